@@ -1,0 +1,94 @@
+//! Spec: client-server API, "Account management": `GET /account/whoami`,
+//! `POST /account/password`, `POST /account/deactivate`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::MatrixResult;
+use crate::http::extract::{Authed, JsonBody};
+use crate::http::AppState;
+use crate::services::accounts::uia::{stages, UiaRequest};
+
+/// Who the access token belongs to.
+pub async fn whoami(Authed(session): Authed) -> Json<Value> {
+    Json(json!({
+        "user_id": session.user_id,
+        "device_id": session.device_id,
+        "is_guest": session.is_guest,
+    }))
+}
+
+/// `POST /account/password` body.
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    new_password: String,
+    #[serde(default = "default_true")]
+    logout_devices: bool,
+    auth: Option<Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Changes the password after the current one is confirmed (`m.login.password`); by
+/// default every other device is logged out.
+pub async fn change_password(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    JsonBody(body): JsonBody<PasswordBody>,
+) -> MatrixResult<Json<Value>> {
+    let uia = UiaRequest {
+        operation: "change_password",
+        user: Some(session.user_id.as_str()),
+        flows: vec![vec![stages::PASSWORD]],
+    };
+    services
+        .accounts
+        .user_interactive_auth(body.auth.as_ref(), &uia)
+        .await?;
+    services
+        .accounts
+        .change_password(
+            &session.user_id,
+            &body.new_password,
+            body.logout_devices,
+            Some(&session.device_id),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /account/deactivate` body.
+#[derive(Deserialize)]
+pub struct DeactivateBody {
+    auth: Option<Value>,
+    /// Identity servers are not supported; accepted and ignored.
+    #[allow(dead_code)]
+    id_server: Option<String>,
+    /// Erasure of past messages is not implemented; the profile is always cleared.
+    #[serde(default)]
+    #[allow(dead_code)]
+    erase: bool,
+}
+
+/// Deactivates the account after the password is confirmed.
+pub async fn deactivate(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    JsonBody(body): JsonBody<DeactivateBody>,
+) -> MatrixResult<Json<Value>> {
+    let uia = UiaRequest {
+        operation: "deactivate",
+        user: Some(session.user_id.as_str()),
+        flows: vec![vec![stages::PASSWORD]],
+    };
+    services
+        .accounts
+        .user_interactive_auth(body.auth.as_ref(), &uia)
+        .await?;
+    services.accounts.deactivate(&session.user_id).await?;
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}

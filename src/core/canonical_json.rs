@@ -1,0 +1,340 @@
+//! Canonical JSON: the byte form that signatures and hashes cover.
+//!
+//! Spec: appendices, "Canonical JSON": the shortest UTF-8 encoding, object keys sorted by
+//! code point, integers only in `[-(2**53)+1, (2**53)-1]`, no exponents, no fractions, no `-0`.
+//! A number that arrives as a float but is integral (the spec's `1e10` and `-0` example) is
+//! written as that integer; a real fraction or an out-of-range number is an error.
+
+use serde_json::{Map, Number, Value};
+
+/// The largest magnitude canonical JSON allows: 2**53 - 1.
+pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Why a value has no canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanonicalJsonError {
+    /// A number with a fractional part, or NaN/infinity.
+    NotAnInteger(String),
+    /// An integer outside the safe range.
+    OutOfRange(String),
+}
+
+impl std::fmt::Display for CanonicalJsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotAnInteger(n) => write!(f, "number {n} is not an integer"),
+            Self::OutOfRange(n) => write!(f, "integer {n} is outside the canonical JSON range"),
+        }
+    }
+}
+
+impl std::error::Error for CanonicalJsonError {}
+
+/// Encodes `value` as canonical JSON bytes.
+pub fn to_canonical_bytes(value: &Value) -> Result<Vec<u8>, CanonicalJsonError> {
+    let mut out = Vec::with_capacity(256);
+    write_value(&mut out, value)?;
+    Ok(out)
+}
+
+/// Encodes `value` as a canonical JSON string.
+pub fn to_canonical_string(value: &Value) -> Result<String, CanonicalJsonError> {
+    let bytes = to_canonical_bytes(value)?;
+    // The writer only ever emits valid UTF-8: ASCII punctuation plus whole `str`s.
+    Ok(String::from_utf8(bytes).expect("canonical JSON writer emits UTF-8"))
+}
+
+/// Encodes an object as canonical JSON, leaving out the top-level keys in `skip`.
+///
+/// Signing and hashing exclude `signatures`, `unsigned` (and `hashes`) without cloning the
+/// object first.
+pub fn object_to_canonical_bytes_without(
+    object: &Map<String, Value>,
+    skip: &[&str],
+) -> Result<Vec<u8>, CanonicalJsonError> {
+    let mut out = Vec::with_capacity(512);
+    write_object(&mut out, object, skip)?;
+    Ok(out)
+}
+
+/// Checks that every number in `value` is a canonical integer.
+pub fn validate(value: &Value) -> Result<(), CanonicalJsonError> {
+    match value {
+        Value::Number(n) => canonical_integer(n).map(|_| ()),
+        Value::Array(items) => items.iter().try_for_each(validate),
+        Value::Object(map) => map.values().try_for_each(validate),
+        _ => Ok(()),
+    }
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), CanonicalJsonError> {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            let int = canonical_integer(n)?;
+            out.extend_from_slice(int.to_string().as_bytes());
+        }
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, item)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => write_object(out, map, &[])?,
+    }
+    Ok(())
+}
+
+/// serde_json's `Map` is a `BTreeMap<String, _>` (the `preserve_order` feature is never
+/// enabled, a test guards it), so iteration is in byte order, which for UTF-8 is code point
+/// order, exactly what the spec asks.
+fn write_object(
+    out: &mut Vec<u8>,
+    map: &Map<String, Value>,
+    skip: &[&str],
+) -> Result<(), CanonicalJsonError> {
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in map {
+        if skip.contains(&key.as_str()) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_string(out, key);
+        out.push(b':');
+        write_value(out, value)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn canonical_integer(n: &Number) -> Result<i64, CanonicalJsonError> {
+    if let Some(i) = n.as_i64() {
+        return if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&i) {
+            Ok(i)
+        } else {
+            Err(CanonicalJsonError::OutOfRange(n.to_string()))
+        };
+    }
+    if n.as_u64().is_some() {
+        return Err(CanonicalJsonError::OutOfRange(n.to_string()));
+    }
+    let f = n
+        .as_f64()
+        .ok_or_else(|| CanonicalJsonError::NotAnInteger(n.to_string()))?;
+    if !f.is_finite() || f.fract() != 0.0 {
+        return Err(CanonicalJsonError::NotAnInteger(n.to_string()));
+    }
+    if f.abs() > MAX_SAFE_INTEGER as f64 {
+        return Err(CanonicalJsonError::OutOfRange(n.to_string()));
+    }
+    // Integral and within ±2**53, so the conversion is exact; `-0.0` becomes `0`.
+    Ok(f as i64)
+}
+
+/// Spec grammar: escape `"`, `\`, and control characters (the five with short escapes as
+/// such, the rest as lowercase `\u00XX`); everything else is written as raw UTF-8.
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x09 => b"\\t",
+            0x0a => b"\\n",
+            0x0c => b"\\f",
+            0x0d => b"\\r",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(input: &str) -> String {
+        let value: Value = serde_json::from_str(input).unwrap();
+        to_canonical_string(&value).unwrap()
+    }
+
+    /// Spec: appendices, "Canonical JSON", "Examples", every pair verbatim.
+    #[test]
+    fn spec_canonical_json_examples() {
+        assert_eq!(canon("{}"), "{}");
+        assert_eq!(
+            canon(
+                r#"{
+    "one": 1,
+    "two": "Two"
+}"#
+            ),
+            r#"{"one":1,"two":"Two"}"#
+        );
+        assert_eq!(
+            canon(
+                r#"{
+    "b": "2",
+    "a": "1"
+}"#
+            ),
+            r#"{"a":"1","b":"2"}"#
+        );
+        assert_eq!(canon(r#"{"b":"2","a":"1"}"#), r#"{"a":"1","b":"2"}"#);
+        assert_eq!(
+            canon(
+                r#"{
+    "auth": {
+        "success": true,
+        "mxid": "@john.doe:example.com",
+        "profile": {
+            "display_name": "John Doe",
+            "three_pids": [
+                {
+                    "medium": "email",
+                    "address": "john.doe@example.org"
+                },
+                {
+                    "medium": "msisdn",
+                    "address": "123456789"
+                }
+            ]
+        }
+    }
+}"#
+            ),
+            r#"{"auth":{"mxid":"@john.doe:example.com","profile":{"display_name":"John Doe","three_pids":[{"address":"john.doe@example.org","medium":"email"},{"address":"123456789","medium":"msisdn"}]},"success":true}}"#
+        );
+        assert_eq!(
+            canon(
+                r#"{
+    "a": "日本語"
+}"#
+            ),
+            r#"{"a":"日本語"}"#
+        );
+        assert_eq!(
+            canon(
+                r#"{
+    "本": 2,
+    "日": 1
+}"#
+            ),
+            r#"{"日":1,"本":2}"#
+        );
+        assert_eq!(
+            canon(
+                r#"{
+    "a": "\u65E5"
+}"#
+            ),
+            r#"{"a":"日"}"#
+        );
+        assert_eq!(
+            canon(
+                r#"{
+    "a": null
+}"#
+            ),
+            r#"{"a":null}"#
+        );
+        assert_eq!(
+            canon(
+                r#"{
+    "a": -0,
+    "b": 1e10
+}"#
+            ),
+            r#"{"a":0,"b":10000000000}"#
+        );
+    }
+
+    /// Guards against a dependency enabling serde_json's `preserve_order`, which would
+    /// silently break every signature we make.
+    #[test]
+    fn serde_json_maps_iterate_sorted() {
+        let value: Value = serde_json::from_str(r#"{"b":1,"a":2}"#).unwrap();
+        assert_eq!(serde_json::to_string(&value).unwrap(), r#"{"a":2,"b":1}"#);
+    }
+
+    #[test]
+    fn control_characters_use_the_grammar_escapes() {
+        let value = Value::String("\u{8}\t\n\u{c}\r\u{1}\u{1f}\"\\\u{7f}é".into());
+        assert_eq!(
+            to_canonical_string(&value).unwrap(),
+            "\"\\b\\t\\n\\f\\r\\u0001\\u001f\\\"\\\\\u{7f}é\""
+        );
+    }
+
+    #[test]
+    fn integer_range_is_enforced() {
+        assert_eq!(
+            canon("[9007199254740991,-9007199254740991]"),
+            "[9007199254740991,-9007199254740991]"
+        );
+        let too_big: Value = serde_json::from_str("9007199254740992").unwrap();
+        assert!(matches!(
+            to_canonical_bytes(&too_big),
+            Err(CanonicalJsonError::OutOfRange(_))
+        ));
+        let huge: Value = serde_json::from_str("18446744073709551615").unwrap();
+        assert!(matches!(
+            to_canonical_bytes(&huge),
+            Err(CanonicalJsonError::OutOfRange(_))
+        ));
+        let float_big: Value = serde_json::from_str("1e300").unwrap();
+        assert!(matches!(
+            to_canonical_bytes(&float_big),
+            Err(CanonicalJsonError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn fractions_are_refused() {
+        let value: Value = serde_json::from_str(r#"{"a":1.5}"#).unwrap();
+        assert!(matches!(
+            to_canonical_bytes(&value),
+            Err(CanonicalJsonError::NotAnInteger(_))
+        ));
+        assert!(validate(&value).is_err());
+        assert!(validate(&serde_json::json!({"a":[1,2,{"b":3}]})).is_ok());
+    }
+
+    #[test]
+    fn skipping_top_level_keys() {
+        let value = serde_json::json!({"a":1,"signatures":{"x":{}},"unsigned":{"age":1},"z":{"unsigned":1}});
+        let bytes = object_to_canonical_bytes_without(
+            value.as_object().unwrap(),
+            &["signatures", "unsigned"],
+        )
+        .unwrap();
+        assert_eq!(bytes, br#"{"a":1,"z":{"unsigned":1}}"#);
+    }
+}

@@ -1,0 +1,260 @@
+//! Content hashes, reference hashes, event ids and the signing of events.
+//!
+//! Spec: server-server API, "Calculating the content hash for an event",
+//! "Calculating the reference hash for an event" and "Signing events"; rooms v4+
+//! "Event IDs"; rooms v12 "Event format" (the room id is the create event's hash).
+
+use ring::digest::{digest, SHA256};
+use serde_json::{json, Value};
+
+use super::base64;
+use super::canonical_json;
+use super::redaction::redact;
+use super::room_version::RoomVersion;
+use super::signatures::{self, SignatureError};
+use super::signing_key::SigningKeyPair;
+
+/// SHA-256 over the event without `unsigned`, `signatures` and `hashes`.
+pub fn content_hash(event: &Value) -> Result<[u8; 32], SignatureError> {
+    let object = event.as_object().ok_or(SignatureError::NotAnObject)?;
+    let bytes = canonical_json::object_to_canonical_bytes_without(
+        object,
+        &["unsigned", "signatures", "hashes"],
+    )?;
+    Ok(sha256(&bytes))
+}
+
+/// SHA-256 over the redacted event without `signatures` and `unsigned`.
+pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], SignatureError> {
+    let redacted = redact(event, version);
+    let object = redacted.as_object().ok_or(SignatureError::NotAnObject)?;
+    let bytes = signatures::signed_bytes(object)?;
+    Ok(sha256(&bytes))
+}
+
+/// The event id of `event` (rooms v4+): `$` + URL-safe unpadded base64 of the reference hash.
+pub fn event_id(event: &Value, version: RoomVersion) -> Result<String, SignatureError> {
+    Ok(format!(
+        "${}",
+        base64::encode_url_safe(reference_hash(event, version)?)
+    ))
+}
+
+/// The room id a v12 create event defines: its event id with the `!` sigil.
+pub fn room_id_from_create_event(
+    create_event: &Value,
+    version: RoomVersion,
+) -> Result<String, SignatureError> {
+    Ok(format!(
+        "!{}",
+        base64::encode_url_safe(reference_hash(create_event, version)?)
+    ))
+}
+
+/// Adds `hashes.sha256` and the server's signature over the redacted event, in place.
+///
+/// Spec: server-server API, "Signing events" (`hash_and_sign_event`).
+pub fn hash_and_sign_event(
+    event: &mut Value,
+    server_name: &str,
+    key: &SigningKeyPair,
+    version: RoomVersion,
+) -> Result<(), SignatureError> {
+    let hash = content_hash(event)?;
+    let object = event.as_object_mut().ok_or(SignatureError::NotAnObject)?;
+    object.insert(
+        "hashes".to_owned(),
+        json!({ "sha256": base64::encode(hash) }),
+    );
+    let mut redacted = redact(event, version);
+    signatures::sign_json(&mut redacted, server_name, key)?;
+    let signatures = redacted
+        .as_object_mut()
+        .and_then(|o| o.remove("signatures"))
+        .unwrap_or_else(|| json!({}));
+    event
+        .as_object_mut()
+        .ok_or(SignatureError::NotAnObject)?
+        .insert("signatures".to_owned(), signatures);
+    Ok(())
+}
+
+/// Whether `hashes.sha256` matches the event's content hash.
+pub fn content_hash_matches(event: &Value) -> Result<bool, SignatureError> {
+    let Some(claimed) = event
+        .get("hashes")
+        .and_then(|h| h.get("sha256"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(false);
+    };
+    let Ok(claimed) = base64::decode(claimed) else {
+        return Ok(false);
+    };
+    Ok(claimed == content_hash(event)?)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    digest(&SHA256, bytes)
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::signatures::tests::spec_key;
+    use crate::core::signatures::verify_json;
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// Spec: appendices, "Event Signing", the minimally-sized event. The vectors use the
+    /// redaction rules that keep `origin`, i.e. those of room version 10.
+    #[test]
+    fn spec_event_signing_minimal_event() {
+        let mut event = parse(
+            r#"{
+    "room_id": "!x:domain",
+    "sender": "@a:domain",
+    "origin": "domain",
+    "origin_server_ts": 1000000,
+    "signatures": {},
+    "hashes": {},
+    "type": "X",
+    "content": {},
+    "prev_events": [],
+    "auth_events": [],
+    "depth": 3,
+    "unsigned": {
+        "age_ts": 1000000
+    }
+}"#,
+        );
+        hash_and_sign_event(&mut event, "domain", &spec_key(), RoomVersion::V10).unwrap();
+        assert_eq!(
+            event,
+            parse(
+                r#"{
+    "auth_events": [],
+    "content": {},
+    "depth": 3,
+    "hashes": {
+        "sha256": "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+    },
+    "origin": "domain",
+    "origin_server_ts": 1000000,
+    "prev_events": [],
+    "room_id": "!x:domain",
+    "sender": "@a:domain",
+    "signatures": {
+        "domain": {
+            "ed25519:1": "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+        }
+    },
+    "type": "X",
+    "unsigned": {
+        "age_ts": 1000000
+    }
+}"#
+            )
+        );
+    }
+
+    /// Spec: appendices, "Event Signing", the event with redactable content.
+    #[test]
+    fn spec_event_signing_redactable_content() {
+        let mut event = parse(
+            r#"{
+    "content": {
+        "body": "Here is the message content"
+    },
+    "event_id": "$0:domain",
+    "origin": "domain",
+    "origin_server_ts": 1000000,
+    "type": "m.room.message",
+    "room_id": "!r:domain",
+    "sender": "@u:domain",
+    "signatures": {},
+    "unsigned": {
+        "age_ts": 1000000
+    }
+}"#,
+        );
+        hash_and_sign_event(&mut event, "domain", &spec_key(), RoomVersion::V10).unwrap();
+        assert_eq!(
+            event,
+            parse(
+                r#"{
+    "content": {
+        "body": "Here is the message content"
+    },
+    "event_id": "$0:domain",
+    "hashes": {
+        "sha256": "onLKD1bGljeBWQhWZ1kaP9SorVmRQNdN5aM2JYU2n/g"
+    },
+    "origin": "domain",
+    "origin_server_ts": 1000000,
+    "type": "m.room.message",
+    "room_id": "!r:domain",
+    "sender": "@u:domain",
+    "signatures": {
+        "domain": {
+            "ed25519:1": "Wm+VzmOUOz08Ds+0NTWb1d4CZrVsJSikkeRxh6aCcUwu6pNC78FunoD7KNWzqFn241eYHYMGCA5McEiVPdhzBA"
+        }
+    },
+    "unsigned": {
+        "age_ts": 1000000
+    }
+}"#
+            )
+        );
+        assert!(content_hash_matches(&event).unwrap());
+        // The signature covers the redacted form, so it verifies on that form.
+        let redacted = redact(&event, RoomVersion::V10);
+        verify_json(
+            &redacted,
+            "domain",
+            "ed25519:1",
+            &spec_key().verifying_key(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn content_hash_detects_a_changed_body() {
+        let mut event = json!({"type": "m.room.message", "content": {"body": "a"}, "room_id": "!r:x", "sender": "@a:x"});
+        hash_and_sign_event(&mut event, "x", &spec_key(), RoomVersion::V12).unwrap();
+        assert!(content_hash_matches(&event).unwrap());
+        event["content"]["body"] = json!("b");
+        assert!(!content_hash_matches(&event).unwrap());
+        assert!(!content_hash_matches(&json!({"hashes": {"sha256": "!!"}})).unwrap());
+    }
+
+    #[test]
+    fn event_id_ignores_non_essential_content_and_unsigned() {
+        let a = json!({"type": "m.room.message", "content": {"body": "a"}, "hashes": {"sha256": "h"}, "unsigned": {"x": 1}});
+        let b =
+            json!({"type": "m.room.message", "content": {"body": "b"}, "hashes": {"sha256": "h"}});
+        let id = event_id(&a, RoomVersion::V11).unwrap();
+        assert_eq!(id, event_id(&b, RoomVersion::V11).unwrap());
+        assert!(id.starts_with('$'));
+        assert_eq!(id.len(), 44);
+        assert!(!id.contains('+') && !id.contains('/'));
+    }
+
+    #[test]
+    fn v12_room_id_is_the_create_event_hash_with_a_bang() {
+        let create = json!({
+            "type": "m.room.create", "state_key": "", "sender": "@a:x",
+            "content": {"room_version": "12"}, "origin_server_ts": 1, "depth": 1,
+            "prev_events": [], "auth_events": [], "hashes": {"sha256": "h"}
+        });
+        let room_id = room_id_from_create_event(&create, RoomVersion::V12).unwrap();
+        let event_id = event_id(&create, RoomVersion::V12).unwrap();
+        assert_eq!(&room_id[1..], &event_id[1..]);
+        assert!(room_id.starts_with('!'));
+    }
+}

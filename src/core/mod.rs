@@ -1,0 +1,17 @@
+//! Pure protocol functions: no I/O, no clocks, no storage.
+//!
+//! Everything here is testable with the spec's own vectors
+//! (`matrix-spec/content/appendices.md`, "Cryptographic Test Vectors").
+
+pub mod base64;
+pub mod canonical_json;
+pub mod event_hashes;
+pub mod identifiers;
+pub mod redaction;
+pub mod room_version;
+pub mod signatures;
+pub mod signing_key;
+
+pub use identifiers::{EventId, IdentifierError, RoomAliasId, RoomId, ServerName, UserId};
+pub use room_version::RoomVersion;
+pub use signing_key::SigningKeyPair;

@@ -1,0 +1,841 @@
+//! Accounts: users, passwords, devices, access tokens, user-interactive auth and the stored
+//! profile.
+//!
+//! Owns the tables `userid_account`, `tokenhash_session`, `userid_deviceid_device` and
+//! `userid_profile`. Spec: client-server API, "Client Authentication", "Account
+//! registration and management", "Device Management".
+
+pub mod records;
+pub mod secrets;
+pub mod uia;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::config::RegistrationConfig;
+use crate::core::identifiers::is_valid_user_localpart;
+use crate::core::{ServerName, UserId};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::now_ms;
+use crate::storage::{keys, Db, Table};
+use records::{Account, Device, LastSeen, Profile, TokenSession};
+use uia::{stages, UiaRequest, UiaSessions};
+
+/// Passwords longer than this are refused (hashing cost is linear in length).
+pub const MAX_PASSWORD_BYTES: usize = 512;
+
+/// Device display names longer than this are refused.
+pub const MAX_DEVICE_NAME_BYTES: usize = 512;
+
+/// How often a device's last-seen time is written at most.
+const LAST_SEEN_WRITE_INTERVAL_MS: u64 = 60_000;
+
+/// Who an access token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The authenticated user.
+    pub user_id: UserId,
+    /// Their device.
+    pub device_id: String,
+    /// Whether the user is a guest.
+    pub is_guest: bool,
+}
+
+/// A new login: the token is shown once and never stored in clear.
+#[derive(Debug, Clone)]
+pub struct NewLogin {
+    /// The user logged in.
+    pub user_id: UserId,
+    /// The new access token.
+    pub access_token: String,
+    /// The device it belongs to.
+    pub device_id: String,
+}
+
+/// A device as listed to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub device_id: String,
+    /// Name chosen by the user.
+    pub display_name: Option<String>,
+    /// Last request IP.
+    pub last_seen_ip: Option<String>,
+    /// Last request time (ms).
+    pub last_seen_ts: Option<u64>,
+}
+
+/// What `/register` asks for, already parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Desired localpart (or full id on our server); generated when absent.
+    pub username: Option<String>,
+    /// Password; an account without one cannot use password login.
+    pub password: Option<String>,
+    /// Device to create or reuse.
+    pub device_id: Option<String>,
+    /// Its display name.
+    pub initial_device_display_name: Option<String>,
+    /// Create the account without logging in.
+    pub inhibit_login: bool,
+    /// `kind=guest`.
+    pub guest: bool,
+    /// The `auth` object, if any.
+    pub auth: Option<Value>,
+}
+
+/// The accounts service.
+pub struct Accounts {
+    db: Arc<Db>,
+    server_name: ServerName,
+    registration: RegistrationConfig,
+    uia: UiaSessions,
+    /// Serialises account creation, so two registrations of one name cannot both win.
+    create_lock: tokio::sync::Mutex<()>,
+    /// Serialises read-modify-write of device records and their tokens, so two logins on
+    /// one device id cannot leave an orphaned, still valid token behind.
+    device_lock: tokio::sync::Mutex<()>,
+    /// Last time each device's last-seen record was written, to write it at most once a minute.
+    last_seen_written: Mutex<HashMap<(String, String), u64>>,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> MatrixResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| MatrixError::internal(format!("corrupt record in {}: {e}", table.name())))
+}
+
+fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
+    keys::join(&[user_id.as_bytes(), device_id.as_bytes()])
+}
+
+impl Accounts {
+    /// The service over `db`.
+    pub fn new(db: Arc<Db>, server_name: ServerName, registration: RegistrationConfig) -> Self {
+        Self {
+            db,
+            server_name,
+            registration,
+            uia: UiaSessions::default(),
+            create_lock: tokio::sync::Mutex::new(()),
+            device_lock: tokio::sync::Mutex::new(()),
+            last_seen_written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Our server name.
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    fn account(&self, user_id: &str) -> MatrixResult<Option<Account>> {
+        self.db
+            .get(Table::UseridAccount, user_id)?
+            .map(|bytes| decode(Table::UseridAccount, &bytes))
+            .transpose()
+    }
+
+    /// Whether `user_id` is a registered, active account of ours.
+    pub fn is_active_user(&self, user_id: &UserId) -> MatrixResult<bool> {
+        Ok(self
+            .account(user_id.as_str())?
+            .is_some_and(|a| !a.deactivated))
+    }
+
+    /// Turns a requested username (localpart, or a full id on our server) into a user id,
+    /// checking the grammar and that it is free. Spec: `/register/available` errors.
+    pub fn check_username_available(&self, username: &str) -> MatrixResult<UserId> {
+        let localpart = match username.strip_prefix('@') {
+            Some(full) => {
+                let id = UserId::parse(username).map_err(|_| invalid_username())?;
+                if id.server_name() != self.server_name.as_str() {
+                    return Err(invalid_username().with_message("User id is not on this server"));
+                }
+                full.split(':').next().unwrap_or("").to_owned()
+            }
+            None => username.to_owned(),
+        };
+        // Synapse lower-cases requested names; the spec's grammar has no capitals.
+        let localpart = localpart.to_lowercase();
+        if !is_valid_user_localpart(&localpart) {
+            return Err(invalid_username());
+        }
+        let user_id = UserId::new_local(&localpart, &self.server_name).map_err(|_| {
+            invalid_username().with_message("User id would be longer than 255 bytes")
+        })?;
+        if self.db.contains(Table::UseridAccount, user_id.as_str())? {
+            return Err(MatrixError::new(
+                400,
+                ErrorCode::UserInUse,
+                "User ID already taken",
+            ));
+        }
+        Ok(user_id)
+    }
+
+    /// Creates an account (no login). Used by `/register` and `ourwhats create-user`.
+    pub async fn create_account(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        is_admin: bool,
+        is_guest: bool,
+    ) -> MatrixResult<()> {
+        let password_hash = match password {
+            Some(p) => Some(hash_password_blocking(p).await?),
+            None => None,
+        };
+        let _guard = self.create_lock.lock().await;
+        if self.db.contains(Table::UseridAccount, user_id.as_str())? {
+            return Err(MatrixError::new(
+                400,
+                ErrorCode::UserInUse,
+                "User ID already taken",
+            ));
+        }
+        let account = Account {
+            password_hash,
+            created_ts: now_ms(),
+            is_admin,
+            is_guest,
+            deactivated: false,
+        };
+        let profile = Profile {
+            displayname: Some(user_id.localpart().to_owned()),
+            avatar_url: None,
+        };
+        let mut batch = self.db.batch();
+        batch.put(Table::UseridAccount, user_id.as_str(), encode(&account));
+        batch.put(Table::UseridProfile, user_id.as_str(), encode(&profile));
+        self.db.commit(batch).await?;
+        tracing::info!(user = %user_id, is_admin, is_guest, "account created");
+        Ok(())
+    }
+
+    /// Registration through `/register`, with user-interactive auth.
+    /// Answers `None` when `inhibit_login` was asked for.
+    pub async fn register(
+        &self,
+        request: Registration,
+    ) -> MatrixResult<(UserId, Option<NewLogin>)> {
+        let user_id = if request.guest {
+            if !self.registration.allow_guests {
+                return Err(MatrixError::new(
+                    403,
+                    ErrorCode::GuestAccessForbidden,
+                    "Guest access is disabled",
+                ));
+            }
+            self.generated_user_id()?
+        } else {
+            self.check_new_user(&request).await?
+        };
+        // Guests log in with their token only.
+        let password = request.password.as_deref().filter(|_| !request.guest);
+        self.create_account(&user_id, password, false, request.guest)
+            .await?;
+        let login = if request.inhibit_login {
+            None
+        } else {
+            let login = self
+                .create_login(
+                    &user_id,
+                    request.device_id,
+                    request.initial_device_display_name,
+                    None,
+                )
+                .await?;
+            Some(login)
+        };
+        Ok((user_id, login))
+    }
+
+    /// The checks and user-interactive auth a regular (non-guest) registration needs,
+    /// answering the user id to create.
+    async fn check_new_user(&self, request: &Registration) -> MatrixResult<UserId> {
+        if !self.registration.enabled {
+            return Err(MatrixError::forbidden("Registration has been disabled"));
+        }
+        // The name is checked before any auth stage, so clients learn about a taken or
+        // invalid name at once (as Synapse does).
+        let user_id = match &request.username {
+            Some(name) => self.check_username_available(name)?,
+            None => self.generated_user_id()?,
+        };
+        // Password login is the only login we offer, so an account without a password
+        // could never log in again: require one (as Synapse does).
+        let password = request
+            .password
+            .as_deref()
+            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+        check_password_shape(password)?;
+        let flows = if self.registration.token.is_some() {
+            vec![vec![stages::REGISTRATION_TOKEN]]
+        } else {
+            vec![vec![stages::DUMMY]]
+        };
+        let uia = UiaRequest {
+            operation: "register",
+            user: None,
+            flows,
+        };
+        self.user_interactive_auth(request.auth.as_ref(), &uia)
+            .await?;
+        Ok(user_id)
+    }
+
+    fn generated_user_id(&self) -> MatrixResult<UserId> {
+        for _ in 0..10 {
+            let id = UserId::new_local(&secrets::new_numeric_localpart(), &self.server_name)
+                .map_err(MatrixError::internal)?;
+            if !self.db.contains(Table::UseridAccount, id.as_str())? {
+                return Ok(id);
+            }
+        }
+        Err(MatrixError::internal(
+            "could not find a free generated user id",
+        ))
+    }
+
+    /// Whether `token` is the configured registration token.
+    /// Spec: `GET /_matrix/client/v1/register/m.login.registration_token/validity`.
+    pub fn registration_token_valid(&self, token: &str) -> MatrixResult<bool> {
+        if !self.registration.enabled {
+            return Err(MatrixError::forbidden("Registration has been disabled"));
+        }
+        Ok(self
+            .registration
+            .token
+            .as_deref()
+            .is_some_and(|t| secrets::constant_time_eq(t.as_bytes(), token.as_bytes())))
+    }
+
+    /// The registration flows currently offered, for `GET /register`-style discovery.
+    pub fn registration_enabled(&self) -> bool {
+        self.registration.enabled
+    }
+
+    /// Runs user-interactive auth for `request`: `Ok` once a flow is complete, else the 401
+    /// challenge (or another error) to send back.
+    pub async fn user_interactive_auth(
+        &self,
+        auth: Option<&Value>,
+        request: &UiaRequest<'_>,
+    ) -> MatrixResult<()> {
+        if let Some(auth) = auth {
+            if !auth.is_object() {
+                return Err(MatrixError::bad_json("`auth` must be an object"));
+            }
+        }
+        let session = self.uia.open(auth, request)?;
+        if let Some(stage) = auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
+            if !request.flows.iter().any(|flow| flow.contains(&stage)) {
+                let failure = MatrixError::new(
+                    400,
+                    ErrorCode::Unrecognized,
+                    format!("Auth stage {stage} is not offered for this request"),
+                );
+                return Err(self.uia.challenge(&session, request, Some(failure)));
+            }
+            let auth = auth.expect("stage came from auth");
+            match self.verify_stage(stage, auth, request.user).await {
+                Ok(()) => self.uia.complete_stage(&session, stage),
+                Err(failure) if failure.status == 500 => return Err(failure),
+                Err(failure) => return Err(self.uia.challenge(&session, request, Some(failure))),
+            }
+        }
+        if self.uia.finish_if_complete(&session, request) {
+            Ok(())
+        } else {
+            Err(self.uia.challenge(&session, request, None))
+        }
+    }
+
+    async fn verify_stage(
+        &self,
+        stage: &str,
+        auth: &Value,
+        user: Option<&str>,
+    ) -> MatrixResult<()> {
+        match stage {
+            stages::DUMMY => Ok(()),
+            stages::REGISTRATION_TOKEN => {
+                let given = auth.get("token").and_then(Value::as_str).unwrap_or("");
+                let expected = self.registration.token.as_deref().unwrap_or("");
+                if !expected.is_empty()
+                    && secrets::constant_time_eq(given.as_bytes(), expected.as_bytes())
+                {
+                    Ok(())
+                } else {
+                    Err(MatrixError::new(
+                        401,
+                        ErrorCode::Forbidden,
+                        "Invalid registration token",
+                    ))
+                }
+            }
+            stages::PASSWORD => {
+                let Some(user) = user else {
+                    return Err(MatrixError::forbidden("No user to check a password for"));
+                };
+                let claimed = self.identifier_user(auth)?;
+                if claimed.as_str() != user {
+                    return Err(MatrixError::forbidden("Password auth is for another user"));
+                }
+                let password = auth
+                    .get("password")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+                self.check_password(&claimed, password).await
+            }
+            other => Err(MatrixError::new(
+                400,
+                ErrorCode::Unrecognized,
+                format!("Unknown auth stage {other}"),
+            )),
+        }
+    }
+
+    /// The user named by a login or auth body: `identifier` of type `m.id.user`, or the
+    /// deprecated top-level `user`. A localpart is taken as ours.
+    pub fn identifier_user(&self, body: &Value) -> MatrixResult<UserId> {
+        let name = match body.get("identifier") {
+            Some(identifier) => {
+                let kind = identifier.get("type").and_then(Value::as_str).unwrap_or("");
+                if kind != "m.id.user" {
+                    return Err(MatrixError::new(
+                        400,
+                        ErrorCode::Unrecognized,
+                        format!("Identifier type {kind:?} is not supported; use m.id.user"),
+                    ));
+                }
+                identifier.get("user").and_then(Value::as_str)
+            }
+            None => body.get("user").and_then(Value::as_str),
+        }
+        .ok_or_else(|| MatrixError::missing_param("Missing user identifier"))?;
+        if name.starts_with('@') {
+            UserId::parse(name).map_err(|_| MatrixError::forbidden("Invalid username or password"))
+        } else {
+            UserId::new_local(&name.to_lowercase(), &self.server_name)
+                .map_err(|_| MatrixError::forbidden("Invalid username or password"))
+        }
+    }
+
+    /// Checks a password; wrong user, wrong password and no password all answer the same
+    /// 403, so the answer does not tell which accounts exist.
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> MatrixResult<()> {
+        let invalid = || MatrixError::forbidden("Invalid username or password");
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(invalid());
+        }
+        let account = self.account(user_id.as_str())?;
+        let hash = account.as_ref().and_then(|a| a.password_hash.clone());
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || match hash {
+            Some(hash) => secrets::verify_password(&password, &hash),
+            None => {
+                // Spend the same time as a real check, so timing does not reveal the account.
+                let _ = secrets::hash_password(&password);
+                false
+            }
+        })
+        .await
+        .map_err(MatrixError::internal)?;
+        if !matches {
+            return Err(invalid());
+        }
+        if account.is_some_and(|a| a.deactivated) {
+            return Err(MatrixError::forbidden("This account has been deactivated")
+                .with_code(ErrorCode::UserDeactivated));
+        }
+        Ok(())
+    }
+
+    /// Password login. Spec: `POST /login` with `m.login.password`.
+    pub async fn login_with_password(
+        &self,
+        body: &Value,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        ip: Option<String>,
+    ) -> MatrixResult<NewLogin> {
+        let user_id = self.identifier_user(body)?;
+        let password = body
+            .get("password")
+            .and_then(Value::as_str)
+            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+        if user_id.server_name() != self.server_name.as_str() {
+            return Err(MatrixError::forbidden("Invalid username or password"));
+        }
+        self.check_password(&user_id, password).await?;
+        self.create_login(&user_id, device_id, display_name, ip)
+            .await
+    }
+
+    /// A new access token for `user_id` on `device_id` (new, or existing: then its old token
+    /// stops working, as the spec says for a reused device id).
+    pub async fn create_login(
+        &self,
+        user_id: &UserId,
+        device_id: Option<String>,
+        display_name: Option<String>,
+        ip: Option<String>,
+    ) -> MatrixResult<NewLogin> {
+        let device_id = match device_id {
+            Some(id) if id.is_empty() || id.len() > 255 => {
+                return Err(MatrixError::invalid_param(
+                    "device_id must be 1 to 255 bytes",
+                ))
+            }
+            Some(id) => id,
+            None => secrets::new_device_id(),
+        };
+        if let Some(name) = &display_name {
+            check_device_name(name)?;
+        }
+        let account = self
+            .account(user_id.as_str())?
+            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+        let token = secrets::new_access_token();
+        let hash = secrets::token_hash(&token);
+        let key = device_key(user_id.as_str(), &device_id);
+        let _guard = self.device_lock.lock().await;
+        let mut batch = self.db.batch();
+        let existing: Option<Device> = self
+            .db
+            .get(Table::UseridDeviceidDevice, &key)?
+            .map(|b| decode(Table::UseridDeviceidDevice, &b))
+            .transpose()?;
+        if let Some(old) = &existing {
+            if let Some(old_hash) = hex_to_hash(&old.token_hash) {
+                batch.delete(Table::TokenhashSession, old_hash);
+            }
+        }
+        let device = Device {
+            display_name: display_name.or_else(|| existing.and_then(|d| d.display_name)),
+            token_hash: secrets::token_hash_hex(&hash),
+        };
+        let last_seen = LastSeen { ts: now_ms(), ip };
+        let session = TokenSession {
+            user_id: user_id.to_string(),
+            device_id: device_id.clone(),
+            is_guest: account.is_guest,
+        };
+        batch.put(Table::UseridDeviceidDevice, &key, encode(&device));
+        batch.put(Table::UseridDeviceidLastseen, &key, encode(&last_seen));
+        batch.put(Table::TokenhashSession, hash, encode(&session));
+        self.db.commit(batch).await?;
+        Ok(NewLogin {
+            user_id: user_id.clone(),
+            access_token: token,
+            device_id,
+        })
+    }
+
+    /// Who `token` belongs to; 401 `M_UNKNOWN_TOKEN` if nobody. Records the device's
+    /// last-seen time and IP at most once a minute.
+    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> MatrixResult<Session> {
+        let unknown = || {
+            MatrixError::new(401, ErrorCode::UnknownToken, "Unknown access token")
+                .with("soft_logout", false)
+        };
+        if token.is_empty() || token.len() > 512 {
+            return Err(unknown());
+        }
+        let Some(bytes) = self
+            .db
+            .get(Table::TokenhashSession, secrets::token_hash(token))?
+        else {
+            return Err(unknown());
+        };
+        let record: TokenSession = decode(Table::TokenhashSession, &bytes)?;
+        let user_id = UserId::parse(&record.user_id).map_err(MatrixError::internal)?;
+        self.note_last_seen(&record.user_id, &record.device_id, ip);
+        Ok(Session {
+            user_id,
+            device_id: record.device_id,
+            is_guest: record.is_guest,
+        })
+    }
+
+    fn note_last_seen(&self, user_id: &str, device_id: &str, ip: Option<&str>) {
+        let now = now_ms();
+        {
+            let mut written = self
+                .last_seen_written
+                .lock()
+                .expect("last-seen lock poisoned");
+            let entry = written
+                .entry((user_id.to_owned(), device_id.to_owned()))
+                .or_insert(0);
+            if now.saturating_sub(*entry) < LAST_SEEN_WRITE_INTERVAL_MS {
+                return;
+            }
+            *entry = now;
+        }
+        let mut batch = self.db.batch();
+        let record = LastSeen {
+            ts: now,
+            ip: ip.map(str::to_owned),
+        };
+        batch.put(
+            Table::UseridDeviceidLastseen,
+            device_key(user_id, device_id),
+            encode(&record),
+        );
+        // Losing a last-seen time in a crash is harmless: no fsync.
+        if let Err(e) = self.db.write_relaxed(batch) {
+            tracing::warn!(error = %e, "could not record last-seen time");
+        }
+    }
+
+    /// The devices of `user_id`.
+    pub fn devices(&self, user_id: &UserId) -> MatrixResult<Vec<DeviceInfo>> {
+        let prefix = keys::prefix(user_id.as_str().as_bytes());
+        let mut found = Vec::new();
+        for item in self.db.scan_prefix(Table::UseridDeviceidDevice, &prefix) {
+            let (key, value) = item?;
+            let device: Device = decode(Table::UseridDeviceidDevice, &value)?;
+            found.push((key, device));
+        }
+        let seen = self
+            .db
+            .multi_get(Table::UseridDeviceidLastseen, found.iter().map(|(k, _)| k))?;
+        found
+            .into_iter()
+            .zip(seen)
+            .map(|((key, device), seen)| {
+                let device_id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                self.device_info(device_id, device, seen.as_deref())
+            })
+            .collect()
+    }
+
+    fn device_info(
+        &self,
+        device_id: String,
+        device: Device,
+        last_seen: Option<&[u8]>,
+    ) -> MatrixResult<DeviceInfo> {
+        let seen: Option<LastSeen> = last_seen
+            .map(|b| decode(Table::UseridDeviceidLastseen, b))
+            .transpose()?;
+        Ok(DeviceInfo {
+            device_id,
+            display_name: device.display_name,
+            last_seen_ip: seen.as_ref().and_then(|s| s.ip.clone()),
+            last_seen_ts: seen.map(|s| s.ts),
+        })
+    }
+
+    /// One device of `user_id`; 404 `M_NOT_FOUND` if it does not exist.
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> MatrixResult<DeviceInfo> {
+        let device = self.device_record(user_id, device_id)?;
+        let seen = self.db.get(
+            Table::UseridDeviceidLastseen,
+            device_key(user_id.as_str(), device_id),
+        )?;
+        self.device_info(device_id.to_owned(), device, seen.as_deref())
+    }
+
+    fn device_record(&self, user_id: &UserId, device_id: &str) -> MatrixResult<Device> {
+        self.db
+            .get(
+                Table::UseridDeviceidDevice,
+                device_key(user_id.as_str(), device_id),
+            )?
+            .map(|b| decode(Table::UseridDeviceidDevice, &b))
+            .transpose()?
+            .ok_or_else(|| MatrixError::not_found("No such device"))
+    }
+
+    /// Renames a device. Spec: `PUT /devices/{deviceId}`.
+    pub async fn rename_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> MatrixResult<()> {
+        if let Some(name) = &display_name {
+            check_device_name(name)?;
+        }
+        let _guard = self.device_lock.lock().await;
+        let mut device = self.device_record(user_id, device_id)?;
+        // Spec: "If not given, the display name is unchanged."
+        if display_name.is_none() {
+            return Ok(());
+        }
+        device.display_name = display_name;
+        let mut batch = self.db.batch();
+        batch.put(
+            Table::UseridDeviceidDevice,
+            device_key(user_id.as_str(), device_id),
+            encode(&device),
+        );
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Deletes devices and their tokens; unknown ids are ignored, as the spec asks.
+    pub async fn delete_devices(
+        &self,
+        user_id: &UserId,
+        device_ids: &[String],
+    ) -> MatrixResult<()> {
+        let mut batch = self.db.batch();
+        for device_id in device_ids {
+            let key = device_key(user_id.as_str(), device_id);
+            let Some(bytes) = self.db.get(Table::UseridDeviceidDevice, &key)? else {
+                continue;
+            };
+            let device: Device = decode(Table::UseridDeviceidDevice, &bytes)?;
+            if let Some(hash) = hex_to_hash(&device.token_hash) {
+                batch.delete(Table::TokenhashSession, hash);
+            }
+            batch.delete(Table::UseridDeviceidDevice, &key);
+            batch.delete(Table::UseridDeviceidLastseen, &key);
+        }
+        if !batch.is_empty() {
+            self.db.commit(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every device of `user_id` except `keep`.
+    pub async fn delete_all_devices(
+        &self,
+        user_id: &UserId,
+        keep: Option<&str>,
+    ) -> MatrixResult<()> {
+        let ids: Vec<String> = self
+            .devices(user_id)?
+            .into_iter()
+            .map(|d| d.device_id)
+            .filter(|id| Some(id.as_str()) != keep)
+            .collect();
+        self.delete_devices(user_id, &ids).await
+    }
+
+    /// Sets a new password. Spec: `POST /account/password`.
+    pub async fn change_password(
+        &self,
+        user_id: &UserId,
+        new_password: &str,
+        logout_other_devices: bool,
+        current_device: Option<&str>,
+    ) -> MatrixResult<()> {
+        check_password_shape(new_password)?;
+        let hash = hash_password_blocking(new_password).await?;
+        let mut account = self
+            .account(user_id.as_str())?
+            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+        account.password_hash = Some(hash);
+        let mut batch = self.db.batch();
+        batch.put(Table::UseridAccount, user_id.as_str(), encode(&account));
+        self.db.commit(batch).await?;
+        if logout_other_devices {
+            self.delete_all_devices(user_id, current_device).await?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates an account: no more logins, every device and token gone, profile
+    /// cleared, the id kept reserved. The password hash stays so that a login with the
+    /// right password can be told `M_USER_DEACTIVATED` (a wrong one still gets the plain
+    /// 403). Spec: `POST /account/deactivate`.
+    pub async fn deactivate(&self, user_id: &UserId) -> MatrixResult<()> {
+        let mut account = self
+            .account(user_id.as_str())?
+            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+        account.deactivated = true;
+        let mut batch = self.db.batch();
+        batch.put(Table::UseridAccount, user_id.as_str(), encode(&account));
+        batch.put(
+            Table::UseridProfile,
+            user_id.as_str(),
+            encode(&Profile::default()),
+        );
+        self.db.commit(batch).await?;
+        self.delete_all_devices(user_id, None).await?;
+        tracing::info!(user = %user_id, "account deactivated");
+        Ok(())
+    }
+
+    /// The stored profile of `user_id`, if the account exists.
+    pub fn profile(&self, user_id: &UserId) -> MatrixResult<Option<Profile>> {
+        self.db
+            .get(Table::UseridProfile, user_id.as_str())?
+            .map(|b| decode(Table::UseridProfile, &b))
+            .transpose()
+    }
+}
+
+fn invalid_username() -> MatrixError {
+    MatrixError::new(
+        400,
+        ErrorCode::InvalidUsername,
+        "User ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'",
+    )
+}
+
+fn check_password_shape(password: &str) -> MatrixResult<()> {
+    if password.is_empty() {
+        return Err(MatrixError::new(
+            400,
+            ErrorCode::WeakPassword,
+            "Password must not be empty",
+        ));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(MatrixError::invalid_param(format!(
+            "Password is longer than {MAX_PASSWORD_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_device_name(name: &str) -> MatrixResult<()> {
+    if name.len() > MAX_DEVICE_NAME_BYTES {
+        return Err(MatrixError::invalid_param(format!(
+            "Device display name is longer than {MAX_DEVICE_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+async fn hash_password_blocking(password: &str) -> MatrixResult<String> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || secrets::hash_password(&password))
+        .await
+        .map_err(MatrixError::internal)?
+        .map_err(MatrixError::internal)
+}
+
+fn hex_to_hash(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_hash_hex_round_trips() {
+        let hash = secrets::token_hash("abc");
+        assert_eq!(hex_to_hash(&secrets::token_hash_hex(&hash)), Some(hash));
+        assert_eq!(hex_to_hash("zz"), None);
+    }
+}

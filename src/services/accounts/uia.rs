@@ -1,0 +1,158 @@
+//! User-interactive authentication sessions.
+//!
+//! Spec: client-server API, "User-Interactive Authentication API". A request without
+//! `auth` gets 401 with the flows and a new `session`; each completed stage is remembered in
+//! the session; once every stage of one flow is complete the request goes through and the
+//! session ends. A session is bound to one operation (and user), so it cannot be replayed
+//! for another.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::secrets::new_session_id;
+use crate::error::{ErrorCode, MatrixError};
+
+/// How long an unfinished session is kept.
+const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Stage types we can verify.
+pub mod stages {
+    /// Always completes.
+    pub const DUMMY: &str = "m.login.dummy";
+    /// The account's password.
+    pub const PASSWORD: &str = "m.login.password";
+    /// The configured registration token.
+    pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+}
+
+/// What an operation asks of user-interactive auth.
+pub struct UiaRequest<'a> {
+    /// Names the operation, e.g. `"register"`, `"delete_devices"`.
+    pub operation: &'a str,
+    /// The authenticated user the operation is for, if any.
+    pub user: Option<&'a str>,
+    /// The acceptable flows, each a list of stage types.
+    pub flows: Vec<Vec<&'static str>>,
+}
+
+struct Session {
+    operation: String,
+    user: Option<String>,
+    completed: Vec<String>,
+    created: Instant,
+}
+
+/// The open sessions (in memory: a restart asks clients to start over).
+#[derive(Default)]
+pub struct UiaSessions {
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+impl UiaSessions {
+    /// The session named in `auth`, or a new one; refuses a session of another operation.
+    pub fn open(
+        &self,
+        auth: Option<&Value>,
+        request: &UiaRequest<'_>,
+    ) -> Result<String, MatrixError> {
+        let mut sessions = self.sessions.lock().expect("uia lock poisoned");
+        let now = Instant::now();
+        sessions.retain(|_, s| now.duration_since(s.created) < SESSION_LIFETIME);
+        let named = auth.and_then(|a| a.get("session")).and_then(Value::as_str);
+        match named {
+            Some(id) => {
+                let session = sessions.get(id).ok_or_else(|| {
+                    MatrixError::new(
+                        400,
+                        ErrorCode::InvalidParam,
+                        "Unknown or expired auth session",
+                    )
+                })?;
+                if session.operation != request.operation || session.user.as_deref() != request.user
+                {
+                    return Err(MatrixError::forbidden(
+                        "Requested operation has changed during the UI authentication session",
+                    ));
+                }
+                Ok(id.to_owned())
+            }
+            None => {
+                let id = new_session_id();
+                sessions.insert(
+                    id.clone(),
+                    Session {
+                        operation: request.operation.to_owned(),
+                        user: request.user.map(str::to_owned),
+                        completed: Vec::new(),
+                        created: now,
+                    },
+                );
+                Ok(id)
+            }
+        }
+    }
+
+    /// Records a completed stage.
+    pub fn complete_stage(&self, session: &str, stage: &str) {
+        let mut sessions = self.sessions.lock().expect("uia lock poisoned");
+        if let Some(s) = sessions.get_mut(session) {
+            if !s.completed.iter().any(|c| c == stage) {
+                s.completed.push(stage.to_owned());
+            }
+        }
+    }
+
+    /// Whether the session has completed every stage of some flow; if so it ends.
+    pub fn finish_if_complete(&self, session: &str, request: &UiaRequest<'_>) -> bool {
+        let mut sessions = self.sessions.lock().expect("uia lock poisoned");
+        let done = sessions.get(session).is_some_and(|s| {
+            request.flows.iter().any(|flow| {
+                flow.iter()
+                    .all(|stage| s.completed.iter().any(|c| c == stage))
+            })
+        });
+        if done {
+            sessions.remove(session);
+        }
+        done
+    }
+
+    /// The 401 answer: flows, params, session, completed stages, and the failure if any.
+    pub fn challenge(
+        &self,
+        session: &str,
+        request: &UiaRequest<'_>,
+        failure: Option<MatrixError>,
+    ) -> MatrixError {
+        let completed: Vec<String> = self
+            .sessions
+            .lock()
+            .expect("uia lock poisoned")
+            .get(session)
+            .map(|s| s.completed.clone())
+            .unwrap_or_default();
+        let flows: Vec<Value> = request
+            .flows
+            .iter()
+            .map(|stages| json!({ "stages": stages }))
+            .collect();
+        let mut error = MatrixError {
+            status: 401,
+            errcode: None,
+            message: String::new(),
+            extra: Default::default(),
+        };
+        if let Some(failure) = failure {
+            error.errcode = failure.errcode;
+            error.message = failure.message;
+        }
+        error
+            .with("flows", flows)
+            .with("params", json!({}))
+            .with("session", session)
+            .with("completed", completed)
+    }
+}

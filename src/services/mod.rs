@@ -1,0 +1,67 @@
+//! The homeserver's behaviour, one folder or file per capability; no HTTP types here.
+//!
+//! [`Services`] is built once at start-up and shared as an `Arc`.
+
+pub mod accounts;
+pub mod rate_limit;
+pub mod server_keys;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::core::SigningKeyPair;
+use crate::storage::{Db, DbOptions};
+use accounts::Accounts;
+use rate_limit::RateLimiter;
+
+/// Milliseconds since the Unix epoch (the spec's timestamps).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything a request handler may call.
+pub struct Services {
+    /// The validated configuration.
+    pub config: Config,
+    /// The database.
+    pub db: Arc<Db>,
+    /// Our server's signing key.
+    pub signing_key: SigningKeyPair,
+    /// Users, devices, tokens, UIA.
+    pub accounts: Accounts,
+    /// Token buckets.
+    pub rate_limiter: RateLimiter,
+}
+
+impl Services {
+    /// Opens the data folder (database and signing key) and builds every service.
+    pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+        let db = Db::open(
+            &config.data_path("db"),
+            &DbOptions {
+                block_cache_bytes: config.storage.cache_size as usize,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let signing_key =
+            server_keys::load_or_create(&config.data_path(server_keys::SIGNING_KEY_FILE))?;
+        let accounts = Accounts::new(
+            Arc::clone(&db),
+            config.server_name.clone(),
+            config.registration.clone(),
+        );
+        let rate_limiter = RateLimiter::new(&config.rate_limits);
+        Ok(Arc::new(Self {
+            config,
+            db,
+            signing_key,
+            accounts,
+            rate_limiter,
+        }))
+    }
+}

@@ -1,0 +1,159 @@
+//! Token-bucket rate limits per action and per user or client IP.
+//!
+//! Spec: client-server API, "Rate limiting": over the limit answers 429
+//! `M_LIMIT_EXCEEDED` with `retry_after_ms`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::config::RateLimitConfig;
+use crate::error::MatrixError;
+
+/// What is being limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RateAction {
+    /// `POST /login`, per client IP.
+    Login,
+    /// `POST /register` and token checks, per client IP.
+    Register,
+    /// Sending events, per user.
+    Message,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    per_second: f64,
+    burst: f64,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// Buckets beyond this many are pruned of the full ones.
+const PRUNE_THRESHOLD: usize = 10_000;
+
+/// The limiter; one per server.
+pub struct RateLimiter {
+    enabled: bool,
+    rules: HashMap<RateAction, Rule>,
+    buckets: Mutex<HashMap<(RateAction, String), Bucket>>,
+}
+
+impl RateLimiter {
+    /// A limiter with the configured rules.
+    pub fn new(config: &RateLimitConfig) -> Self {
+        let rules = HashMap::from([
+            (
+                RateAction::Login,
+                Rule {
+                    per_second: f64::from(config.login_per_minute) / 60.0,
+                    burst: f64::from(config.login_burst.max(1)),
+                },
+            ),
+            (
+                RateAction::Register,
+                Rule {
+                    per_second: f64::from(config.register_per_minute) / 60.0,
+                    burst: f64::from(config.register_burst.max(1)),
+                },
+            ),
+            (
+                RateAction::Message,
+                Rule {
+                    per_second: f64::from(config.message_per_second),
+                    burst: f64::from(config.message_burst.max(1)),
+                },
+            ),
+        ]);
+        Self {
+            enabled: config.enabled,
+            rules,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `action` by `who`, or answers 429 with the wait until one refills.
+    pub fn check(&self, action: RateAction, who: &str) -> Result<(), MatrixError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let rule = self.rules[&action];
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock poisoned");
+        if buckets.len() > PRUNE_THRESHOLD {
+            buckets.retain(|(a, _), b| {
+                let r = self.rules[a];
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * r.per_second < r.burst
+            });
+        }
+        let bucket = buckets.entry((action, who.to_owned())).or_insert(Bucket {
+            tokens: rule.burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rule.per_second).min(rule.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait_ms = if rule.per_second > 0.0 {
+            ((1.0 - bucket.tokens) / rule.per_second * 1000.0).ceil() as u64
+        } else {
+            // A zero rate never refills: ask to wait an hour.
+            3_600_000
+        };
+        Err(MatrixError::limit_exceeded(wait_ms.max(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(enabled: bool) -> RateLimitConfig {
+        RateLimitConfig {
+            enabled,
+            login_per_minute: 60,
+            login_burst: 3,
+            register_per_minute: 0,
+            register_burst: 1,
+            message_per_second: 10,
+            message_burst: 2,
+        }
+    }
+
+    #[test]
+    fn burst_then_429_with_retry_after() {
+        let limiter = RateLimiter::new(&config(true));
+        for _ in 0..3 {
+            limiter.check(RateAction::Login, "1.2.3.4").unwrap();
+        }
+        let err = limiter.check(RateAction::Login, "1.2.3.4").unwrap_err();
+        assert_eq!(err.status, 429);
+        let retry = err.extra["retry_after_ms"].as_u64().unwrap();
+        assert!(retry > 0 && retry <= 1000, "{retry}");
+        // Another IP and another action have their own buckets.
+        limiter.check(RateAction::Login, "5.6.7.8").unwrap();
+        limiter.check(RateAction::Message, "1.2.3.4").unwrap();
+    }
+
+    #[test]
+    fn zero_rate_never_refills() {
+        let limiter = RateLimiter::new(&config(true));
+        limiter.check(RateAction::Register, "ip").unwrap();
+        let err = limiter.check(RateAction::Register, "ip").unwrap_err();
+        assert_eq!(err.extra["retry_after_ms"], 3_600_000);
+    }
+
+    #[test]
+    fn disabled_never_limits() {
+        let limiter = RateLimiter::new(&config(false));
+        for _ in 0..100 {
+            limiter.check(RateAction::Register, "ip").unwrap();
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! RocksDB: one opened database, a column family per table, write batches and scans.
+//!
+//! Storage knows keys and bytes, never HTTP or Matrix rules. Each service owns its tables
+//! (listed in [`tables`]) and encodes its own values.
+//!
+//! # Durability (fsync policy)
+//! The WAL is always on. Acknowledged writes go through [`Db::commit`], which writes with
+//! `sync = true` on a blocking thread: RocksDB groups concurrent writers into one write
+//! group whose leader appends every batch to the WAL and fsyncs once for all of them, so
+//! many concurrent commits share one fsync (group commit) and none is acknowledged before
+//! it is on disk. Writes whose loss after a crash is harmless (e.g. a device's last-seen
+//! time) use [`Db::write_relaxed`], which skips the fsync but still goes through the WAL.
+
+pub mod keys;
+pub mod tables;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, ReadOptions, WriteOptions, DB,
+};
+
+pub use tables::Table;
+
+/// The schema version this build writes. Bump it with a migration when a table's layout
+/// changes; a database from a newer build refuses to open.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+
+/// A storage failure: I/O, corruption, or a database this build cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError(pub String);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage: {}", self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self(e.into_string())
+    }
+}
+
+/// Result of a storage operation.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// One entry found by a scan: key and value.
+pub type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// Tuning for the opened database.
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Bytes of the shared LRU block cache.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 32 << 20,
+        }
+    }
+}
+
+/// The opened database. Cheap to share behind an `Arc`.
+pub struct Db {
+    db: DB,
+    synced: WriteOptions,
+    relaxed: WriteOptions,
+}
+
+/// A set of writes applied atomically by [`Db::commit`].
+pub struct Batch<'a> {
+    db: &'a Db,
+    batch: rocksdb::WriteBatch,
+}
+
+impl Batch<'_> {
+    /// Sets `key` to `value` in `table`.
+    pub fn put(&mut self, table: Table, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.batch.put_cf(self.db.cf(table), key, value);
+    }
+
+    /// Removes `key` from `table`.
+    pub fn delete(&mut self, table: Table, key: impl AsRef<[u8]>) {
+        self.batch.delete_cf(self.db.cf(table), key);
+    }
+
+    /// Number of operations in the batch.
+    pub fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Whether the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path`, creating missing tables and checking the
+    /// schema version.
+    pub fn open(path: &Path, options: &DbOptions) -> StorageResult<Arc<Self>> {
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut block = BlockBasedOptions::default();
+        block.set_block_cache(&cache);
+        block.set_bloom_filter(10.0, false);
+        block.set_cache_index_and_filter_blocks(true);
+
+        let mut cf_options = Options::default();
+        cf_options.set_block_based_table_factory(&block);
+        cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Small memtables keep the idle footprint low; they grow nothing until written.
+        cf_options.set_write_buffer_size(8 << 20);
+
+        let mut db_options = cf_options.clone();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_keep_log_file_num(3);
+        db_options.set_max_log_file_size(4 << 20);
+        db_options.set_max_background_jobs(2);
+
+        // Open every table we know plus any the directory already has (a newer build's), so
+        // that the schema check below can give a clear answer instead of RocksDB's.
+        let mut names: Vec<String> = Table::ALL.iter().map(|t| t.name().to_owned()).collect();
+        if let Ok(existing) = DB::list_cf(&db_options, path) {
+            for name in existing {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let descriptors = names
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| {
+            let text = e.into_string();
+            if text.contains("lock") {
+                StorageError(format!(
+                    "{text} (is another ourwhats process using {}?)",
+                    path.display()
+                ))
+            } else {
+                StorageError(text)
+            }
+        })?;
+
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        let relaxed = WriteOptions::default();
+        let db = Self {
+            db,
+            synced,
+            relaxed,
+        };
+        db.check_schema_version()?;
+        Ok(Arc::new(db))
+    }
+
+    fn check_schema_version(&self) -> StorageResult<()> {
+        match self.get(Table::Meta, SCHEMA_VERSION_KEY)? {
+            None => {
+                let mut batch = self.batch();
+                batch.put(
+                    Table::Meta,
+                    SCHEMA_VERSION_KEY,
+                    SCHEMA_VERSION.to_be_bytes(),
+                );
+                self.commit_blocking(batch)
+            }
+            Some(bytes) => {
+                let found = keys::read_u64(&bytes)
+                    .ok_or_else(|| StorageError("schema version record is corrupt".to_owned()))?;
+                if found > SCHEMA_VERSION {
+                    Err(StorageError(format!(
+                        "the database has schema version {found}, newer than the {SCHEMA_VERSION} this build knows; \
+                         run a newer ourwhats or restore a backup"
+                    )))
+                } else if found < SCHEMA_VERSION {
+                    Err(StorageError(format!(
+                        "the database has schema version {found} and no migration to {SCHEMA_VERSION} exists"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn cf(&self, table: Table) -> &ColumnFamily {
+        self.db
+            .cf_handle(table.name())
+            .expect("every table's column family is opened in Db::open")
+    }
+
+    /// Reads one value.
+    pub fn get(&self, table: Table, key: impl AsRef<[u8]>) -> StorageResult<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(table), key)?)
+    }
+
+    /// Reads several values of one table in one call, in the order of `keys`.
+    pub fn multi_get<K: AsRef<[u8]>>(
+        &self,
+        table: Table,
+        keys: impl IntoIterator<Item = K>,
+    ) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(table);
+        self.db
+            .multi_get_cf(keys.into_iter().map(|k| (cf, k)))
+            .into_iter()
+            .map(|r| r.map_err(StorageError::from))
+            .collect()
+    }
+
+    /// Whether `key` exists in `table`.
+    pub fn contains(&self, table: Table, key: impl AsRef<[u8]>) -> StorageResult<bool> {
+        Ok(self.db.get_pinned_cf(self.cf(table), key)?.is_some())
+    }
+
+    /// A new, empty batch.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            db: self,
+            batch: rocksdb::WriteBatch::default(),
+        }
+    }
+
+    /// Writes `batch` atomically and durably (WAL fsynced) on the calling thread.
+    pub fn commit_blocking(&self, batch: Batch<'_>) -> StorageResult<()> {
+        Ok(self.db.write_opt(batch.batch, &self.synced)?)
+    }
+
+    /// Writes `batch` atomically and durably without blocking the async runtime;
+    /// concurrent commits share fsyncs (see the module docs).
+    pub async fn commit(self: &Arc<Self>, batch: Batch<'_>) -> StorageResult<()> {
+        let raw = batch.batch;
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || db.db.write_opt(raw, &db.synced))
+            .await
+            .map_err(|e| StorageError(format!("write task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// Writes `batch` atomically through the WAL without waiting for an fsync: for data
+    /// whose loss in a machine crash is harmless.
+    pub fn write_relaxed(&self, batch: Batch<'_>) -> StorageResult<()> {
+        Ok(self.db.write_opt(batch.batch, &self.relaxed)?)
+    }
+
+    /// Every entry of `table` whose key starts with `prefix`, in key order.
+    pub fn scan_prefix<'a>(
+        &'a self,
+        table: Table,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = StorageResult<Entry>> + 'a {
+        let mut read = ReadOptions::default();
+        if let Some(end) = keys::prefix_successor(prefix) {
+            read.set_iterate_upper_bound(end);
+        }
+        self.db
+            .iterator_cf_opt(
+                self.cf(table),
+                read,
+                IteratorMode::From(prefix, Direction::Forward),
+            )
+            .map(|item| item.map_err(StorageError::from))
+    }
+
+    /// Entries of `table` with `from <= key < to`, forwards, or backwards from just below
+    /// `to` when `reverse`.
+    pub fn scan_range<'a>(
+        &'a self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+    ) -> impl Iterator<Item = StorageResult<Entry>> + 'a {
+        let mut read = ReadOptions::default();
+        read.set_iterate_lower_bound(from.to_vec());
+        read.set_iterate_upper_bound(to.to_vec());
+        let mode = if reverse {
+            IteratorMode::End
+        } else {
+            IteratorMode::Start
+        };
+        self.db
+            .iterator_cf_opt(self.cf(table), read, mode)
+            .map(|item| item.map_err(StorageError::from))
+    }
+
+    /// Flushes memtables to disk (used at shutdown so the next start replays little WAL).
+    pub fn flush(&self) -> StorageResult<()> {
+        for table in Table::ALL {
+            self.db.flush_cf(self.cf(*table))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_temp() -> (tempfile::TempDir, Arc<Db>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn batch_writes_are_atomic_and_readable() {
+        let (_dir, db) = open_temp();
+        let mut batch = db.batch();
+        batch.put(Table::Meta, b"a", b"1");
+        batch.put(Table::Meta, b"b", b"2");
+        assert_eq!(batch.len(), 2);
+        db.commit_blocking(batch).unwrap();
+        assert_eq!(
+            db.get(Table::Meta, b"a").unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            db.multi_get(Table::Meta, [&b"b"[..], &b"zz"[..]]).unwrap(),
+            vec![Some(b"2".to_vec()), None]
+        );
+        let mut batch = db.batch();
+        batch.delete(Table::Meta, b"a");
+        db.commit_blocking(batch).unwrap();
+        assert!(!db.contains(Table::Meta, b"a").unwrap());
+    }
+
+    #[test]
+    fn prefix_and_range_scans_follow_key_order() {
+        let (_dir, db) = open_temp();
+        let mut batch = db.batch();
+        for (user, n) in [("@a:x", 3u64), ("@a:x", 1), ("@a:x", 256), ("@b:x", 2)] {
+            batch.put(
+                Table::Meta,
+                keys::join(&[user.as_bytes(), &n.to_be_bytes()]),
+                b"",
+            );
+        }
+        db.commit_blocking(batch).unwrap();
+        let prefix = keys::prefix(b"@a:x");
+        let found: Vec<u64> = db
+            .scan_prefix(Table::Meta, &prefix)
+            .map(|r| keys::read_u64(&r.unwrap().0[prefix.len()..]).unwrap())
+            .collect();
+        assert_eq!(found, vec![1, 3, 256]);
+
+        let from = keys::join(&[b"@a:x", &2u64.to_be_bytes()]);
+        let to = keys::join(&[b"@a:x", &300u64.to_be_bytes()]);
+        let back: Vec<u64> = db
+            .scan_range(Table::Meta, &from, &to, true)
+            .map(|r| keys::read_u64(&r.unwrap().0[prefix.len()..]).unwrap())
+            .collect();
+        assert_eq!(back, vec![256, 3]);
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+            let mut batch = db.batch();
+            batch.put(Table::Meta, b"k", b"v");
+            db.commit(batch).await.unwrap();
+        }
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        assert_eq!(
+            db.get(Table::Meta, b"k").unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+
+    #[test]
+    fn newer_schema_version_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+            let mut batch = db.batch();
+            batch.put(
+                Table::Meta,
+                SCHEMA_VERSION_KEY,
+                (SCHEMA_VERSION + 1).to_be_bytes(),
+            );
+            db.commit_blocking(batch).unwrap();
+        }
+        let err = Db::open(dir.path(), &DbOptions::default()).err().unwrap();
+        assert!(err.0.contains("newer"), "{err}");
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let (dir, _db) = open_temp();
+        let err = Db::open(dir.path(), &DbOptions::default()).err().unwrap();
+        assert!(err.0.contains("another ourwhats process"), "{err}");
+    }
+}

@@ -1,0 +1,46 @@
+//! Every table (RocksDB column family) of the database, declared in one place.
+//!
+//! Names follow `key_value`. Keys made of several parts join them with `0xFF`
+//! (see [`super::keys`]). Values are JSON unless noted.
+
+/// A table of the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// `name -> bytes`: schema version and other server-wide records. Owner: storage.
+    Meta,
+    /// `user_id -> Account` (password hash, flags, creation time). Owner: accounts.
+    UseridAccount,
+    /// `sha256(access_token) -> TokenSession {user_id, device_id}`. Owner: accounts.
+    TokenhashSession,
+    /// `user_id 0xFF device_id -> Device` (display name, token hash). Owner: accounts.
+    UseridDeviceidDevice,
+    /// `user_id 0xFF device_id -> LastSeen` (time and IP of the device's last request),
+    /// kept apart from `Device` so that writing it never races a device change. Owner: accounts.
+    UseridDeviceidLastseen,
+    /// `user_id -> Profile` (display name, avatar url). Owner: accounts.
+    UseridProfile,
+}
+
+impl Table {
+    /// Every table, in declaration order.
+    pub const ALL: &'static [Table] = &[
+        Table::Meta,
+        Table::UseridAccount,
+        Table::TokenhashSession,
+        Table::UseridDeviceidDevice,
+        Table::UseridDeviceidLastseen,
+        Table::UseridProfile,
+    ];
+
+    /// The column family's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Meta => "meta",
+            Table::UseridAccount => "userid_account",
+            Table::TokenhashSession => "tokenhash_session",
+            Table::UseridDeviceidDevice => "userid_deviceid_device",
+            Table::UseridDeviceidLastseen => "userid_deviceid_lastseen",
+            Table::UseridProfile => "userid_profile",
+        }
+    }
+}

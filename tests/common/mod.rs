@@ -1,0 +1,140 @@
+//! A real ourwhats on loopback with a real RocksDB in a temp folder, and a small client.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use ourwhats::{Config, RunningServer, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// The configuration tests start from: ports 0, rate limits off, everything else default.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::embedded_default();
+    config.data_dir = data_dir.to_path_buf();
+    config.client.listen = "127.0.0.1:0".parse().unwrap();
+    config.federation.listen = "127.0.0.1:0".parse().unwrap();
+    config.rate_limits.enabled = false;
+    config.logging.level = "warn".into();
+    config
+}
+
+/// A running server, its temp folder and an HTTP client.
+pub struct TestServer {
+    pub server: Option<RunningServer>,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl TestServer {
+    /// A server on the test configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A server on the test configuration changed by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let server = Server::start(config).await.unwrap();
+        let base = server.client_url();
+        Self {
+            server: Some(server),
+            dir,
+            http: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    /// Stops the server and starts a new one on the same data folder.
+    pub async fn restart(&mut self) {
+        self.server.take().unwrap().shutdown().await;
+        let config = test_config(self.dir.path());
+        let server = Server::start(config).await.unwrap();
+        self.base = server.client_url();
+        self.server = Some(server);
+    }
+
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    /// Sends a request; answers the status and the JSON body (`Null` when not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let bytes = response.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// Registers through the dummy flow; answers `(user_id, access_token, device_id)`.
+    pub async fn register(&self, username: &str, password: &str) -> (String, String, String) {
+        let body = json!({"username": username, "password": password});
+        let (status, challenge) = self
+            .post("/_matrix/client/v3/register", None, body.clone())
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+        let session = challenge["session"].as_str().unwrap().to_owned();
+        let mut body = body;
+        body["auth"] = json!({"type": "m.login.dummy", "session": session});
+        let (status, done) = self.post("/_matrix/client/v3/register", None, body).await;
+        assert_eq!(status, StatusCode::OK, "{done}");
+        (
+            done["user_id"].as_str().unwrap().to_owned(),
+            done["access_token"].as_str().unwrap().to_owned(),
+            done["device_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Password login; answers the response.
+    pub async fn login(&self, user: &str, password: &str) -> (StatusCode, Value) {
+        self.post(
+            "/_matrix/client/v3/login",
+            None,
+            json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+}
+
+/// Asserts the standard error body.
+pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    assert_eq!(body["errcode"], want_code, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+}
