@@ -119,6 +119,10 @@ pub struct RateLimitConfig {
 pub struct MediaConfig {
     /// Largest upload in bytes.
     pub max_upload_size: u64,
+    /// Largest image (pixels) thumbnails are made from.
+    pub max_thumbnail_pixels: u64,
+    /// Whether the deprecated unauthenticated download/thumbnail endpoints serve media.
+    pub legacy_unauthenticated: bool,
 }
 
 /// `[rooms]`.
@@ -264,6 +268,8 @@ impl Config {
             },
             media: MediaConfig {
                 max_upload_size: r.size("media.max_upload_size")?,
+                max_thumbnail_pixels: r.u64("media.max_thumbnail_pixels", 1)?,
+                legacy_unauthenticated: r.bool("media.legacy_unauthenticated")?,
             },
             rooms: RoomsConfig { default_version },
             well_known: WellKnownConfig {

@@ -52,6 +52,10 @@ pub enum ErrorCode {
     WeakPassword,
     /// `M_UNSUPPORTED_ROOM_VERSION`
     UnsupportedRoomVersion,
+    /// `M_CANNOT_OVERWRITE_MEDIA`
+    CannotOverwriteMedia,
+    /// `M_NOT_YET_UPLOADED`
+    NotYetUploaded,
 }
 
 impl ErrorCode {
@@ -79,6 +83,8 @@ impl ErrorCode {
             Self::TooLarge => "M_TOO_LARGE",
             Self::WeakPassword => "M_WEAK_PASSWORD",
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
         }
     }
 }

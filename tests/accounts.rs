@@ -45,6 +45,46 @@ async fn registration_goes_through_the_dummy_flow() {
 }
 
 #[tokio::test]
+async fn an_empty_first_request_gets_the_flows_and_a_session_survives_a_failed_attempt() {
+    let s = TestServer::start().await;
+    let (status, challenge) = s.post("/_matrix/client/v3/register", None, json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    assert!(challenge["session"].is_string());
+    // Auth passes but the password is missing: 400, and the session stays usable.
+    let session = challenge["session"].clone();
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "pat", "auth": {"type": "m.login.dummy", "session": session}}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_MISSING_PARAM");
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "pat", "password": "pw", "auth": {"type": "m.login.dummy", "session": session}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Bad device parameters are refused before anything is created.
+    let (status, body) = s
+        .post(
+            "/_matrix/client/v3/register",
+            None,
+            json!({"username": "quin", "password": "pw", "device_id": ""}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, _) = s
+        .get("/_matrix/client/v3/register/available?username=quin", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn taken_and_invalid_names_are_refused_before_auth() {
     let s = TestServer::start().await;
     s.register("bob", "secret-1").await;
@@ -175,6 +215,23 @@ async fn login_with_an_existing_device_id_replaces_its_token() {
     let (_, first) = login("PHONE").await;
     assert_eq!(first["device_id"], "PHONE");
     let (_, second) = login("PHONE").await;
+    // A name given for a known device is ignored (spec: only for new devices).
+    let body = |name: &str| {
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "fay"},
+               "password": "pw", "device_id": "TABLET", "initial_device_display_name": name})
+    };
+    s.post("/_matrix/client/v3/login", None, body("Tablet"))
+        .await;
+    let (_, again) = s
+        .post("/_matrix/client/v3/login", None, body("Renamed"))
+        .await;
+    let (_, device) = s
+        .get(
+            "/_matrix/client/v3/devices/TABLET",
+            again["access_token"].as_str(),
+        )
+        .await;
+    assert_eq!(device["display_name"], "Tablet");
     let (status, body) = s
         .get(
             "/_matrix/client/v3/account/whoami",
@@ -331,11 +388,19 @@ async fn devices_can_be_listed_renamed_and_deleted_with_the_password() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    // A UIA session cannot be reused for another user's operation or replayed after success.
-    let (status, _) = s
+    // A session ends with its successful operation: it cannot be replayed.
+    let (status, body) = s
         .call(Method::DELETE, &path, Some(&token), Some(auth("pw")))
         .await;
-    assert_eq!(status.as_u16(), 404, "device is gone");
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    // Deleting a device that is already gone succeeds (after auth), as the spec says.
+    let (_, challenge) = s.call(Method::DELETE, &path, Some(&token), None).await;
+    let again = json!({"auth": {"type": "m.login.password", "session": challenge["session"],
+        "identifier": {"type": "m.id.user", "user": "ivy"}, "password": "pw"}});
+    let (status, _) = s
+        .call(Method::DELETE, &path, Some(&token), Some(again))
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     // Bulk deletion.
     let (_, third) = s.login("ivy", "pw").await;
@@ -491,7 +556,7 @@ async fn deactivation_ends_every_session_and_keeps_the_name_reserved() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["id_server_unbind_result"], "no-support");
+    assert_eq!(body["id_server_unbind_result"], "success");
     assert_eq!(
         s.get("/_matrix/client/v3/account/whoami", Some(&token))
             .await
@@ -527,9 +592,15 @@ async fn guests_are_refused_unless_enabled() {
     s.stop().await;
 
     let s = TestServer::start_with(|c| c.registration.allow_guests = true).await;
+    // Spec: a guest's device id is the server's choice, and inhibit_login is ignored.
     let (status, body) = s
-        .post("/_matrix/client/v3/register?kind=guest", None, json!({}))
+        .post(
+            "/_matrix/client/v3/register?kind=guest",
+            None,
+            json!({"device_id": "MINE", "inhibit_login": true}),
+        )
         .await;
+    assert_ne!(body["device_id"], "MINE");
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, me) = s
         .get(

@@ -132,3 +132,68 @@ fn serve_stops_cleanly_on_sigterm() {
     assert!(dir.path().join("data/signing.key").exists());
     assert!(dir.path().join("data/db").exists());
 }
+
+/// Starts `serve` on `config`, answers the child and its client API base URL; the rest of
+/// its output is drained on a thread so the pipe never fills.
+fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("OURWHATS_LOGGING__FORMAT", "json")
+        .env("OURWHATS_FEDERATION__ENABLED", "false")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("server exited early").unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if record["fields"]["message"] == "client API listening" {
+            break record["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://{address}"))
+}
+
+/// An acknowledged registration survives `kill -9` right after the answer: the batch was
+/// in the fsynced WAL before the server replied.
+#[tokio::test]
+async fn acknowledged_writes_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (mut child, base) = spawn_server(&config);
+    let http = reqwest::Client::new();
+    let register = |body: serde_json::Value| {
+        http.post(format!("{base}/_matrix/client/v3/register"))
+            .json(&body)
+            .send()
+    };
+    let challenge: serde_json::Value =
+        register(serde_json::json!({"username": "crash", "password": "pw"}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let done = register(serde_json::json!({"username": "crash", "password": "pw",
+        "auth": {"type": "m.login.dummy", "session": challenge["session"]}}))
+    .await
+    .unwrap();
+    assert_eq!(done.status(), 200);
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush.
+    child.wait().unwrap();
+
+    let (mut child, base) = spawn_server(&config);
+    let login = http
+        .post(format!("{base}/_matrix/client/v3/login"))
+        .json(&serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "crash"}, "password": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

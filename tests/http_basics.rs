@@ -96,7 +96,7 @@ async fn unknown_routes_and_methods() {
     let s = TestServer::start().await;
     let (status, body) = s.get("/_matrix/client/v3/no/such/endpoint", None).await;
     assert_error(status, &body, 404, "M_UNRECOGNIZED");
-    let (status, body) = s.get("/_matrix/media/v3/config", None).await;
+    let (status, body) = s.get("/_matrix/media/v3/preview_url?url=x", None).await;
     assert_error(status, &body, 404, "M_UNRECOGNIZED");
     let (status, body) = s
         .call(

@@ -45,7 +45,7 @@ pub async fn change_password(
         user: Some(session.user_id.as_str()),
         flows: vec![vec![stages::PASSWORD]],
     };
-    services
+    let passed = services
         .accounts
         .user_interactive_auth(body.auth.as_ref(), &uia)
         .await?;
@@ -58,6 +58,7 @@ pub async fn change_password(
             Some(&session.device_id),
         )
         .await?;
+    services.accounts.finish_uia(passed);
     Ok(Json(json!({})))
 }
 
@@ -85,10 +86,12 @@ pub async fn deactivate(
         user: Some(session.user_id.as_str()),
         flows: vec![vec![stages::PASSWORD]],
     };
-    services
+    let passed = services
         .accounts
         .user_interactive_auth(body.auth.as_ref(), &uia)
         .await?;
     services.accounts.deactivate(&session.user_id).await?;
-    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+    services.accounts.finish_uia(passed);
+    // Spec: "success" when the homeserver has no identifiers to unbind (we keep none).
+    Ok(Json(json!({ "id_server_unbind_result": "success" })))
 }

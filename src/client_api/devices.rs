@@ -12,13 +12,19 @@ use crate::http::AppState;
 use crate::services::accounts::uia::{stages, UiaRequest};
 use crate::services::accounts::DeviceInfo;
 
+/// Spec: `client_device.yaml`; optional fields are left out when unknown, not `null`.
 fn device_json(device: DeviceInfo) -> Value {
-    json!({
-        "device_id": device.device_id,
-        "display_name": device.display_name,
-        "last_seen_ip": device.last_seen_ip,
-        "last_seen_ts": device.last_seen_ts,
-    })
+    let mut object = json!({ "device_id": device.device_id });
+    if let Some(name) = device.display_name {
+        object["display_name"] = json!(name);
+    }
+    if let Some(ip) = device.last_seen_ip {
+        object["last_seen_ip"] = json!(ip);
+    }
+    if let Some(ts) = device.last_seen_ts {
+        object["last_seen_ts"] = json!(ts);
+    }
+    object
 }
 
 /// The user's devices.
@@ -87,16 +93,16 @@ pub async fn delete_one(
     MaybeJsonBody(body): MaybeJsonBody<DeleteBody>,
 ) -> MatrixResult<Json<Value>> {
     let auth = body.and_then(|b| b.auth);
-    // Spec: 404 for a device the user does not have, before asking for auth.
-    services.accounts.device(&session.user_id, &device_id)?;
-    services
+    let passed = services
         .accounts
         .user_interactive_auth(auth.as_ref(), &delete_uia(session.user_id.as_str()))
         .await?;
+    // Spec: 200 also when the device "had been removed previously".
     services
         .accounts
         .delete_devices(&session.user_id, &[device_id])
         .await?;
+    services.accounts.finish_uia(passed);
     Ok(Json(json!({})))
 }
 
@@ -113,7 +119,7 @@ pub async fn delete_many(
     Authed(session): Authed,
     JsonBody(body): JsonBody<DeleteManyBody>,
 ) -> MatrixResult<Json<Value>> {
-    services
+    let passed = services
         .accounts
         .user_interactive_auth(body.auth.as_ref(), &delete_uia(session.user_id.as_str()))
         .await?;
@@ -121,5 +127,6 @@ pub async fn delete_many(
         .accounts
         .delete_devices(&session.user_id, &body.devices)
         .await?;
+    services.accounts.finish_uia(passed);
     Ok(Json(json!({})))
 }

@@ -26,12 +26,20 @@ use crate::services::Services;
 pub type AppState = Arc<Services>;
 
 /// The client-server listener's router: client API, media API, `.well-known`.
+/// Upload routes get the media size limit; every other route the client body limit.
 pub fn client_router(services: AppState) -> Router {
     let limit = services.config.client.max_body_size;
+    let upload_limit = services.config.media.max_upload_size;
+    let uploads = crate::media_api::upload_routes().layer(middleware::from_fn_with_state(
+        upload_limit,
+        reject_oversized_body,
+    ));
     let router = crate::client_api::routes()
+        .merge(crate::media_api::routes())
+        .layer(middleware::from_fn_with_state(limit, reject_oversized_body))
+        .merge(uploads)
         .fallback(fallback::unrecognized)
         .method_not_allowed_fallback(fallback::method_not_allowed)
-        .layer(middleware::from_fn_with_state(limit, reject_oversized_body))
         .with_state(services);
     with_common_layers(router).layer(cors())
 }

@@ -3,6 +3,7 @@
 //! [`Services`] is built once at start-up and shared as an `Arc`.
 
 pub mod accounts;
+pub mod media;
 pub mod rate_limit;
 pub mod server_keys;
 
@@ -12,6 +13,7 @@ use crate::config::Config;
 use crate::core::SigningKeyPair;
 use crate::storage::{Db, DbOptions};
 use accounts::Accounts;
+use media::{Media, MediaLimits};
 use rate_limit::RateLimiter;
 
 /// Milliseconds since the Unix epoch (the spec's timestamps).
@@ -32,8 +34,10 @@ pub struct Services {
     pub signing_key: SigningKeyPair,
     /// Users, devices, tokens, UIA.
     pub accounts: Accounts,
+    /// Uploads, downloads, thumbnails.
+    pub media: Media,
     /// Token buckets.
-    pub rate_limiter: RateLimiter,
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
 impl Services {
@@ -50,17 +54,34 @@ impl Services {
         .map_err(|e| e.to_string())?;
         let signing_key =
             server_keys::load_or_create(&config.data_path(server_keys::SIGNING_KEY_FILE))?;
+        let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits));
         let accounts = Accounts::new(
             Arc::clone(&db),
             config.server_name.clone(),
             config.registration.clone(),
+            Arc::clone(&rate_limiter),
         );
-        let rate_limiter = RateLimiter::new(&config.rate_limits);
+        let media = Media::open(
+            Arc::clone(&db),
+            &config.data_path("media"),
+            config.server_name.clone(),
+            MediaLimits {
+                max_upload_size: config.media.max_upload_size,
+                max_thumbnail_pixels: config.media.max_thumbnail_pixels,
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open the media store in {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
         Ok(Arc::new(Self {
             config,
             db,
             signing_key,
             accounts,
+            media,
             rate_limiter,
         }))
     }

@@ -19,6 +19,15 @@ pub enum Table {
     UseridDeviceidLastseen,
     /// `user_id -> Profile` (display name, avatar url). Owner: accounts.
     UseridProfile,
+    /// `server_name 0xFF media_id -> MediaRecord` (uploader, content hash, type, name,
+    /// image size). Owner: media.
+    MediaidMedia,
+    /// `user_id 0xFF media_id -> expiry (u64 BE)`: ids from `/create` not uploaded yet.
+    /// Owner: media.
+    UseridMediaidPending,
+    /// `server_name 0xFF media_id 0xFF method 0xFF width (u32 BE) 0xFF height (u32 BE) ->
+    /// ThumbnailRecord`. Owner: media.
+    MediaidThumbnail,
 }
 
 impl Table {
@@ -30,6 +39,9 @@ impl Table {
         Table::UseridDeviceidDevice,
         Table::UseridDeviceidLastseen,
         Table::UseridProfile,
+        Table::MediaidMedia,
+        Table::UseridMediaidPending,
+        Table::MediaidThumbnail,
     ];
 
     /// The column family's name.
@@ -41,6 +53,9 @@ impl Table {
             Table::UseridDeviceidDevice => "userid_deviceid_device",
             Table::UseridDeviceidLastseen => "userid_deviceid_lastseen",
             Table::UseridProfile => "userid_profile",
+            Table::MediaidMedia => "mediaid_media",
+            Table::UseridMediaidPending => "userid_mediaid_pending",
+            Table::MediaidThumbnail => "mediaid_thumbnail",
         }
     }
 }

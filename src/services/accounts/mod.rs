@@ -19,9 +19,10 @@ use crate::core::identifiers::is_valid_user_localpart;
 use crate::core::{ServerName, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
+use crate::services::rate_limit::{RateAction, RateLimiter};
 use crate::storage::{keys, Db, Table};
 use records::{Account, Device, LastSeen, Profile, TokenSession};
-use uia::{stages, UiaRequest, UiaSessions};
+use uia::{stages, UiaPassed, UiaRequest, UiaSessions};
 
 /// Passwords longer than this are refused (hashing cost is linear in length).
 pub const MAX_PASSWORD_BYTES: usize = 512;
@@ -94,9 +95,12 @@ pub struct Accounts {
     uia: UiaSessions,
     /// Serialises account creation, so two registrations of one name cannot both win.
     create_lock: tokio::sync::Mutex<()>,
-    /// Serialises read-modify-write of device records and their tokens, so two logins on
-    /// one device id cannot leave an orphaned, still valid token behind.
-    device_lock: tokio::sync::Mutex<()>,
+    /// Serialises every read-modify-write of an account record, its devices and tokens, so
+    /// no interleaving (two logins on one device, a login during deactivation, a password
+    /// change during deactivation) can leave an orphaned, still valid token behind.
+    account_lock: tokio::sync::Mutex<()>,
+    /// Shared limits (failed password checks in user-interactive auth are limited per user).
+    rate_limiter: Arc<RateLimiter>,
     /// Last time each device's last-seen record was written, to write it at most once a minute.
     last_seen_written: Mutex<HashMap<(String, String), u64>>,
 }
@@ -116,14 +120,20 @@ fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
 
 impl Accounts {
     /// The service over `db`.
-    pub fn new(db: Arc<Db>, server_name: ServerName, registration: RegistrationConfig) -> Self {
+    pub fn new(
+        db: Arc<Db>,
+        server_name: ServerName,
+        registration: RegistrationConfig,
+        rate_limiter: Arc<RateLimiter>,
+    ) -> Self {
         Self {
             db,
             server_name,
             registration,
             uia: UiaSessions::default(),
             create_lock: tokio::sync::Mutex::new(()),
-            device_lock: tokio::sync::Mutex::new(()),
+            account_lock: tokio::sync::Mutex::new(()),
+            rate_limiter,
             last_seen_written: Mutex::new(HashMap::new()),
         }
     }
@@ -223,7 +233,7 @@ impl Accounts {
         &self,
         request: Registration,
     ) -> MatrixResult<(UserId, Option<NewLogin>)> {
-        let user_id = if request.guest {
+        if request.guest {
             if !self.registration.allow_guests {
                 return Err(MatrixError::new(
                     403,
@@ -231,14 +241,28 @@ impl Accounts {
                     "Guest access is disabled",
                 ));
             }
-            self.generated_user_id()?
-        } else {
-            self.check_new_user(&request).await?
-        };
-        // Guests log in with their token only.
-        let password = request.password.as_deref().filter(|_| !request.guest);
-        self.create_account(&user_id, password, false, request.guest)
+            // Spec: for guests every parameter but `initial_device_display_name` is
+            // ignored, and the server picks the device id.
+            let name = request.initial_device_display_name;
+            if let Some(name) = &name {
+                check_device_name(name)?;
+            }
+            let user_id = self.generated_user_id()?;
+            self.create_account(&user_id, None, false, true).await?;
+            let login = self.create_login(&user_id, None, name, None).await?;
+            return Ok((user_id, Some(login)));
+        }
+        let (user_id, passed) = self.check_new_user(&request).await?;
+        // Password login is the only login we offer, so an account without a password
+        // could never log in: require one once auth is done (a first request without one
+        // still gets the flows, as clients expect).
+        let password = request
+            .password
+            .as_deref()
+            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+        self.create_account(&user_id, Some(password), false, false)
             .await?;
+        self.finish_uia(passed);
         let login = if request.inhibit_login {
             None
         } else {
@@ -255,25 +279,25 @@ impl Accounts {
         Ok((user_id, login))
     }
 
-    /// The checks and user-interactive auth a regular (non-guest) registration needs,
-    /// answering the user id to create.
-    async fn check_new_user(&self, request: &Registration) -> MatrixResult<UserId> {
+    /// Everything a regular registration checks before creating anything, then
+    /// user-interactive auth; answers the user id to create.
+    async fn check_new_user(&self, request: &Registration) -> MatrixResult<(UserId, UiaPassed)> {
         if !self.registration.enabled {
             return Err(MatrixError::forbidden("Registration has been disabled"));
         }
-        // The name is checked before any auth stage, so clients learn about a taken or
-        // invalid name at once (as Synapse does).
+        // Checked before any auth stage, so clients learn about a taken or invalid name
+        // (or a bad parameter) at once, and nothing is created that a later check refuses.
         let user_id = match &request.username {
             Some(name) => self.check_username_available(name)?,
             None => self.generated_user_id()?,
         };
-        // Password login is the only login we offer, so an account without a password
-        // could never log in again: require one (as Synapse does).
-        let password = request
-            .password
-            .as_deref()
-            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
-        check_password_shape(password)?;
+        if let Some(password) = &request.password {
+            check_password_shape(password)?;
+        }
+        check_device_id(request.device_id.as_deref())?;
+        if let Some(name) = &request.initial_device_display_name {
+            check_device_name(name)?;
+        }
         let flows = if self.registration.token.is_some() {
             vec![vec![stages::REGISTRATION_TOKEN]]
         } else {
@@ -284,9 +308,10 @@ impl Accounts {
             user: None,
             flows,
         };
-        self.user_interactive_auth(request.auth.as_ref(), &uia)
+        let passed = self
+            .user_interactive_auth(request.auth.as_ref(), &uia)
             .await?;
-        Ok(user_id)
+        Ok((user_id, passed))
     }
 
     fn generated_user_id(&self) -> MatrixResult<UserId> {
@@ -326,7 +351,7 @@ impl Accounts {
         &self,
         auth: Option<&Value>,
         request: &UiaRequest<'_>,
-    ) -> MatrixResult<()> {
+    ) -> MatrixResult<UiaPassed> {
         if let Some(auth) = auth {
             if !auth.is_object() {
                 return Err(MatrixError::bad_json("`auth` must be an object"));
@@ -349,11 +374,17 @@ impl Accounts {
                 Err(failure) => return Err(self.uia.challenge(&session, request, Some(failure))),
             }
         }
-        if self.uia.finish_if_complete(&session, request) {
-            Ok(())
+        if self.uia.is_complete(&session, request) {
+            Ok(UiaPassed { session })
         } else {
             Err(self.uia.challenge(&session, request, None))
         }
+    }
+
+    /// Ends a session whose operation succeeded. Until then a client may retry the
+    /// operation with the same session (the spec: completed stages cannot be retried).
+    pub fn finish_uia(&self, passed: UiaPassed) {
+        self.uia.finish(&passed.session);
     }
 
     async fn verify_stage(
@@ -387,6 +418,8 @@ impl Accounts {
                 if claimed.as_str() != user {
                     return Err(MatrixError::forbidden("Password auth is for another user"));
                 }
+                // Each guess costs an Argon2 hash: limit guesses per user.
+                self.rate_limiter.check(RateAction::Login, user)?;
                 let password = auth
                     .get("password")
                     .and_then(Value::as_str)
@@ -487,25 +520,22 @@ impl Accounts {
         display_name: Option<String>,
         ip: Option<String>,
     ) -> MatrixResult<NewLogin> {
-        let device_id = match device_id {
-            Some(id) if id.is_empty() || id.len() > 255 => {
-                return Err(MatrixError::invalid_param(
-                    "device_id must be 1 to 255 bytes",
-                ))
-            }
-            Some(id) => id,
-            None => secrets::new_device_id(),
-        };
+        check_device_id(device_id.as_deref())?;
+        let device_id = device_id.unwrap_or_else(secrets::new_device_id);
         if let Some(name) = &display_name {
             check_device_name(name)?;
         }
-        let account = self
-            .account(user_id.as_str())?
-            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
         let token = secrets::new_access_token();
         let hash = secrets::token_hash(&token);
         let key = device_key(user_id.as_str(), &device_id);
-        let _guard = self.device_lock.lock().await;
+        let _guard = self.account_lock.lock().await;
+        let account = self
+            .account(user_id.as_str())?
+            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+        if account.deactivated {
+            return Err(MatrixError::forbidden("This account has been deactivated")
+                .with_code(ErrorCode::UserDeactivated));
+        }
         let mut batch = self.db.batch();
         let existing: Option<Device> = self
             .db
@@ -517,8 +547,12 @@ impl Accounts {
                 batch.delete(Table::TokenhashSession, old_hash);
             }
         }
+        // Spec: the display name is "ignored if device_id corresponds to a known device".
         let device = Device {
-            display_name: display_name.or_else(|| existing.and_then(|d| d.display_name)),
+            display_name: match existing {
+                Some(d) => d.display_name,
+                None => display_name,
+            },
             token_hash: secrets::token_hash_hex(&hash),
         };
         let last_seen = LastSeen { ts: now_ms(), ip };
@@ -665,7 +699,7 @@ impl Accounts {
         if let Some(name) = &display_name {
             check_device_name(name)?;
         }
-        let _guard = self.device_lock.lock().await;
+        let _guard = self.account_lock.lock().await;
         let mut device = self.device_record(user_id, device_id)?;
         // Spec: "If not given, the display name is unchanged."
         if display_name.is_none() {
@@ -688,6 +722,29 @@ impl Accounts {
         user_id: &UserId,
         device_ids: &[String],
     ) -> MatrixResult<()> {
+        let guard = self.account_lock.lock().await;
+        self.delete_devices_locked(&guard, user_id, device_ids)
+            .await
+    }
+
+    /// Deletes every device of `user_id` except `keep`.
+    pub async fn delete_all_devices(
+        &self,
+        user_id: &UserId,
+        keep: Option<&str>,
+    ) -> MatrixResult<()> {
+        let guard = self.account_lock.lock().await;
+        self.delete_all_devices_locked(&guard, user_id, keep).await
+    }
+
+    /// [`Accounts::delete_devices`] for a caller that holds the account lock (the guard
+    /// is the proof).
+    async fn delete_devices_locked(
+        &self,
+        _guard: &tokio::sync::MutexGuard<'_, ()>,
+        user_id: &UserId,
+        device_ids: &[String],
+    ) -> MatrixResult<()> {
         let mut batch = self.db.batch();
         for device_id in device_ids {
             let key = device_key(user_id.as_str(), device_id);
@@ -707,9 +764,9 @@ impl Accounts {
         Ok(())
     }
 
-    /// Deletes every device of `user_id` except `keep`.
-    pub async fn delete_all_devices(
+    async fn delete_all_devices_locked(
         &self,
+        guard: &tokio::sync::MutexGuard<'_, ()>,
         user_id: &UserId,
         keep: Option<&str>,
     ) -> MatrixResult<()> {
@@ -719,7 +776,7 @@ impl Accounts {
             .map(|d| d.device_id)
             .filter(|id| Some(id.as_str()) != keep)
             .collect();
-        self.delete_devices(user_id, &ids).await
+        self.delete_devices_locked(guard, user_id, &ids).await
     }
 
     /// Sets a new password. Spec: `POST /account/password`.
@@ -732,15 +789,21 @@ impl Accounts {
     ) -> MatrixResult<()> {
         check_password_shape(new_password)?;
         let hash = hash_password_blocking(new_password).await?;
+        let guard = self.account_lock.lock().await;
         let mut account = self
             .account(user_id.as_str())?
             .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+        if account.deactivated {
+            return Err(MatrixError::forbidden("This account has been deactivated")
+                .with_code(ErrorCode::UserDeactivated));
+        }
         account.password_hash = Some(hash);
         let mut batch = self.db.batch();
         batch.put(Table::UseridAccount, user_id.as_str(), encode(&account));
         self.db.commit(batch).await?;
         if logout_other_devices {
-            self.delete_all_devices(user_id, current_device).await?;
+            self.delete_all_devices_locked(&guard, user_id, current_device)
+                .await?;
         }
         Ok(())
     }
@@ -750,6 +813,7 @@ impl Accounts {
     /// right password can be told `M_USER_DEACTIVATED` (a wrong one still gets the plain
     /// 403). Spec: `POST /account/deactivate`.
     pub async fn deactivate(&self, user_id: &UserId) -> MatrixResult<()> {
+        let guard = self.account_lock.lock().await;
         let mut account = self
             .account(user_id.as_str())?
             .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
@@ -762,7 +826,8 @@ impl Accounts {
             encode(&Profile::default()),
         );
         self.db.commit(batch).await?;
-        self.delete_all_devices(user_id, None).await?;
+        self.delete_all_devices_locked(&guard, user_id, None)
+            .await?;
         tracing::info!(user = %user_id, "account deactivated");
         Ok(())
     }
@@ -798,6 +863,15 @@ fn check_password_shape(password: &str) -> MatrixResult<()> {
         )));
     }
     Ok(())
+}
+
+fn check_device_id(device_id: Option<&str>) -> MatrixResult<()> {
+    match device_id {
+        Some(id) if id.is_empty() || id.len() > 255 => Err(MatrixError::invalid_param(
+            "device_id must be 1 to 255 bytes",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_device_name(name: &str) -> MatrixResult<()> {

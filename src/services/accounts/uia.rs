@@ -18,6 +18,17 @@ use crate::error::{ErrorCode, MatrixError};
 /// How long an unfinished session is kept.
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
+/// Open sessions at most; past that new ones are refused with 429 until old ones expire.
+const MAX_SESSIONS: usize = 10_000;
+
+/// Proof that user-interactive auth passed for an operation; hand it back to
+/// `Accounts::finish_uia` once the operation succeeded.
+#[derive(Debug)]
+pub struct UiaPassed {
+    /// The session that passed.
+    pub session: String,
+}
+
 /// Stage types we can verify.
 pub mod stages {
     /// Always completes.
@@ -80,6 +91,10 @@ impl UiaSessions {
                 Ok(id.to_owned())
             }
             None => {
+                if sessions.len() >= MAX_SESSIONS {
+                    return Err(MatrixError::limit_exceeded(60_000)
+                        .with_message("Too many authentication sessions in progress"));
+                }
                 let id = new_session_id();
                 sessions.insert(
                     id.clone(),
@@ -105,19 +120,24 @@ impl UiaSessions {
         }
     }
 
-    /// Whether the session has completed every stage of some flow; if so it ends.
-    pub fn finish_if_complete(&self, session: &str, request: &UiaRequest<'_>) -> bool {
-        let mut sessions = self.sessions.lock().expect("uia lock poisoned");
-        let done = sessions.get(session).is_some_and(|s| {
+    /// Whether the session has completed every stage of some flow. The session stays
+    /// until [`UiaSessions::finish`], so a failed operation can be retried with it.
+    pub fn is_complete(&self, session: &str, request: &UiaRequest<'_>) -> bool {
+        let sessions = self.sessions.lock().expect("uia lock poisoned");
+        sessions.get(session).is_some_and(|s| {
             request.flows.iter().any(|flow| {
                 flow.iter()
                     .all(|stage| s.completed.iter().any(|c| c == stage))
             })
-        });
-        if done {
-            sessions.remove(session);
-        }
-        done
+        })
+    }
+
+    /// Ends a session.
+    pub fn finish(&self, session: &str) {
+        self.sessions
+            .lock()
+            .expect("uia lock poisoned")
+            .remove(session);
     }
 
     /// The 401 answer: flows, params, session, completed stages, and the failure if any.

@@ -1,0 +1,80 @@
+//! Spec: `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}` and the deprecated
+//! `GET /_matrix/media/v3/thumbnail/...`. Thumbnails are static (`animated` is accepted and
+//! treated as `false`, which the spec allows when animation is not supported).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+
+use crate::error::{MatrixError, MatrixResult};
+use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::AppState;
+use crate::media_api::download::{check_legacy_allowed, default_timeout_ms};
+use crate::media_api::serving::respond;
+use crate::services::media::thumbnail::Method;
+
+/// Query of the thumbnail endpoints.
+#[derive(Deserialize)]
+pub struct ThumbnailQuery {
+    width: Option<u32>,
+    height: Option<u32>,
+    method: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    animated: Option<bool>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+async fn serve(
+    services: AppState,
+    server_name: &str,
+    media_id: &str,
+    query: ThumbnailQuery,
+) -> MatrixResult<Response> {
+    let width = query
+        .width
+        .ok_or_else(|| MatrixError::missing_param("Missing `width`"))?;
+    let height = query
+        .height
+        .ok_or_else(|| MatrixError::missing_param("Missing `height`"))?;
+    let method = match query.method.as_deref() {
+        None => Method::Scale,
+        Some(m) => Method::parse(m)
+            .ok_or_else(|| MatrixError::invalid_param("method must be \"scale\" or \"crop\""))?,
+    };
+    let served = services
+        .media
+        .thumbnail(
+            server_name,
+            media_id,
+            method,
+            width,
+            height,
+            Duration::from_millis(query.timeout_ms),
+        )
+        .await?;
+    respond(&services, served, None, true).await
+}
+
+/// A thumbnail of the content.
+pub async fn thumbnail(
+    State(services): State<AppState>,
+    _auth: Authed,
+    PathParams((server_name, media_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ThumbnailQuery>,
+) -> MatrixResult<Response> {
+    serve(services, &server_name, &media_id, query).await
+}
+
+/// Deprecated, unauthenticated thumbnail.
+pub async fn legacy_thumbnail(
+    State(services): State<AppState>,
+    PathParams((server_name, media_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ThumbnailQuery>,
+) -> MatrixResult<Response> {
+    check_legacy_allowed(&services)?;
+    serve(services, &server_name, &media_id, query).await
+}

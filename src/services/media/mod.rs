@@ -1,0 +1,591 @@
+//! Media: uploads (direct and `create` + `PUT`), downloads, thumbnails.
+//!
+//! Owns the tables `mediaid_media`, `userid_mediaid_pending`, `mediaid_thumbnail` and the
+//! blob files under `<data_dir>/media/`. Spec: client-server API, "Content repository".
+//! Keys carry the server name so that remote media fetched over federation can live in the
+//! same tables and store later; today only our own server's media exists.
+
+pub mod blob_store;
+pub mod records;
+pub mod thumbnail;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures_util::Stream;
+use tokio::sync::Notify;
+
+use crate::core::{ServerName, UserId};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::accounts::secrets;
+use crate::services::now_ms;
+use crate::storage::{keys, Db, Table};
+use blob_store::{BlobStore, BlobWriteError, StoredBlob};
+use records::{Content, ImageInfo, MediaRecord, ThumbnailRecord};
+use thumbnail::{Method, Rendered, ThumbnailError};
+
+/// How long an id from `/create` may wait for its upload (the spec's recommendation).
+pub const UNUSED_EXPIRY_MS: u64 = 24 * 3_600_000;
+/// Pending `/create` ids a user may hold at once.
+pub const MAX_PENDING_PER_USER: usize = 50;
+/// The longest a download waits for a pending upload, whatever `timeout_ms` asks.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Longest file name kept.
+const MAX_FILENAME_BYTES: usize = 255;
+
+/// A stored piece of content, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The blob holding the bytes.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Content type to serve.
+    pub content_type: String,
+    /// File name for `Content-Disposition`, if known.
+    pub filename: Option<String>,
+}
+
+/// Limits the media service enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaLimits {
+    /// Largest upload in bytes.
+    pub max_upload_size: u64,
+    /// Largest image (pixels) thumbnails are made from.
+    pub max_thumbnail_pixels: u64,
+}
+
+/// The media service.
+pub struct Media {
+    db: Arc<Db>,
+    store: BlobStore,
+    server_name: ServerName,
+    limits: MediaLimits,
+    /// Downloads waiting for a pending upload, by media key.
+    waiters: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
+    /// Serialises check-and-set of media records (create limits, first upload wins).
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+fn media_key(server: &str, media_id: &str) -> Vec<u8> {
+    keys::join(&[server.as_bytes(), media_id.as_bytes()])
+}
+
+fn thumbnail_key(server: &str, media_id: &str, method: Method, width: u32, height: u32) -> Vec<u8> {
+    keys::join(&[
+        server.as_bytes(),
+        media_id.as_bytes(),
+        method.as_str().as_bytes(),
+        &width.to_be_bytes(),
+        &height.to_be_bytes(),
+    ])
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialise")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> MatrixResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| MatrixError::internal(format!("corrupt record in {}: {e}", table.name())))
+}
+
+/// Spec: "Matrix Content (mxc://) URIs": a media id is `[A-Za-z0-9_-]+`.
+pub fn is_valid_media_id(media_id: &str) -> bool {
+    !media_id.is_empty()
+        && media_id.len() <= 255
+        && media_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A content type fit for a header (`type/subtype` plus parameters, visible ASCII), else
+/// `application/octet-stream`.
+pub fn sanitize_content_type(given: Option<&str>) -> String {
+    match given.map(str::trim) {
+        Some(t)
+            if !t.is_empty()
+                && t.len() <= 255
+                && t.contains('/')
+                && t.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+        {
+            t.to_owned()
+        }
+        _ => "application/octet-stream".to_owned(),
+    }
+}
+
+/// A file name without control characters or path separators, at most 255 bytes.
+pub fn sanitize_filename(given: Option<&str>) -> Option<String> {
+    let name = given?.trim();
+    if name.is_empty()
+        || name.len() > MAX_FILENAME_BYTES
+        || name
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\\')
+    {
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+fn blob_error(e: BlobWriteError, limit: u64) -> MatrixError {
+    match e {
+        BlobWriteError::TooLarge => MatrixError::new(
+            413,
+            ErrorCode::TooLarge,
+            format!("Upload is larger than the {limit} bytes allowed"),
+        ),
+        BlobWriteError::Body(e) => MatrixError::new(
+            400,
+            ErrorCode::Unknown,
+            format!("Upload was interrupted: {e}"),
+        ),
+        BlobWriteError::Io(e) => MatrixError::internal(format!("media store: {e}")),
+    }
+}
+
+impl Media {
+    /// The service, with its blob store under `root`.
+    pub fn open(
+        db: Arc<Db>,
+        root: &Path,
+        server_name: ServerName,
+        limits: MediaLimits,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            db,
+            store: BlobStore::open(root)?,
+            server_name,
+            limits,
+            waiters: Mutex::new(HashMap::new()),
+            write_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> MediaLimits {
+        self.limits
+    }
+
+    /// The blob store (handlers open files through it).
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    fn new_media_id() -> String {
+        secrets::new_session_id()
+    }
+
+    fn mxc(&self, media_id: &str) -> String {
+        format!("mxc://{}/{media_id}", self.server_name)
+    }
+
+    fn record(&self, key: &[u8]) -> MatrixResult<Option<MediaRecord>> {
+        self.db
+            .get(Table::MediaidMedia, key)?
+            .map(|b| decode(Table::MediaidMedia, &b))
+            .transpose()
+    }
+
+    /// Streams an upload into the store and answers its `mxc://` URI.
+    /// Spec: `POST /_matrix/media/v3/upload`.
+    pub async fn upload<S, E>(
+        &self,
+        uploader: &UserId,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        body: S,
+    ) -> MatrixResult<String>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let content = self.store_content(content_type, filename, body).await?;
+        let media_id = Self::new_media_id();
+        let record = MediaRecord {
+            uploader: uploader.to_string(),
+            created_ts: now_ms(),
+            unused_expires_ts: None,
+            content: Some(content),
+        };
+        let mut batch = self.db.batch();
+        batch.put(
+            Table::MediaidMedia,
+            media_key(self.server_name.as_str(), &media_id),
+            encode(&record),
+        );
+        self.db.commit(batch).await?;
+        Ok(self.mxc(&media_id))
+    }
+
+    async fn store_content<S, E>(
+        &self,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        body: S,
+    ) -> MatrixResult<Content>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let limit = self.limits.max_upload_size;
+        let StoredBlob { sha256, size } = self
+            .store
+            .write_stream(body, limit)
+            .await
+            .map_err(|e| blob_error(e, limit))?;
+        let image = self.probe_image(&sha256).await;
+        Ok(Content {
+            sha256,
+            size,
+            content_type: sanitize_content_type(content_type),
+            filename: sanitize_filename(filename),
+            image,
+        })
+    }
+
+    /// Reads an image header from the stored blob (only the header: cheap for any size).
+    async fn probe_image(&self, sha256: &str) -> Option<ImageInfo> {
+        let path = self.store.path(sha256);
+        tokio::task::spawn_blocking(move || {
+            let mut reader = image::ImageReader::open(path)
+                .ok()?
+                .with_guessed_format()
+                .ok()?;
+            // Only the header is read here; the decoder's allocation limits would refuse
+            // to even report a huge image's size, and we want to know it to refuse it.
+            reader.no_limits();
+            let content_type = thumbnail::content_type_of(reader.format()?)?;
+            let (width, height) = reader.into_dimensions().ok()?;
+            (width > 0 && height > 0).then(|| ImageInfo {
+                content_type: content_type.to_owned(),
+                width,
+                height,
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Reserves an `mxc://` URI for a later `PUT`. Spec: `POST /_matrix/media/v1/create`.
+    pub async fn create_pending(&self, uploader: &UserId) -> MatrixResult<(String, u64)> {
+        let _guard = self.write_lock.lock().await;
+        let now = now_ms();
+        let prefix = keys::prefix(uploader.as_str().as_bytes());
+        let mut pending = 0;
+        let mut batch = self.db.batch();
+        for item in self.db.scan_prefix(Table::UseridMediaidPending, &prefix) {
+            let (key, value) = item?;
+            match keys::read_u64(&value) {
+                Some(expires) if expires > now => pending += 1,
+                _ => batch.delete(Table::UseridMediaidPending, key),
+            }
+        }
+        if pending >= MAX_PENDING_PER_USER {
+            return Err(MatrixError::limit_exceeded(60_000)
+                .with_message("Too many pending uploads; finish or wait for some to expire"));
+        }
+        let media_id = Self::new_media_id();
+        let expires = now + UNUSED_EXPIRY_MS;
+        let record = MediaRecord {
+            uploader: uploader.to_string(),
+            created_ts: now,
+            unused_expires_ts: Some(expires),
+            content: None,
+        };
+        batch.put(
+            Table::MediaidMedia,
+            media_key(self.server_name.as_str(), &media_id),
+            encode(&record),
+        );
+        batch.put(
+            Table::UseridMediaidPending,
+            keys::join(&[uploader.as_str().as_bytes(), media_id.as_bytes()]),
+            expires.to_be_bytes(),
+        );
+        self.db.commit(batch).await?;
+        Ok((self.mxc(&media_id), expires))
+    }
+
+    /// Uploads the content of an id from `/create`.
+    /// Spec: `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_pending<S, E>(
+        &self,
+        uploader: &UserId,
+        server: &str,
+        media_id: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        body: S,
+    ) -> MatrixResult<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let unknown = || MatrixError::not_found("Unknown media ID");
+        if server != self.server_name.as_str() || !is_valid_media_id(media_id) {
+            return Err(unknown());
+        }
+        let key = media_key(server, media_id);
+        // Check before reading the body, so a doomed upload is refused at once...
+        self.check_uploadable(&key, uploader)?;
+        let content = self.store_content(content_type, filename, body).await?;
+        // ...and again after, since another upload may have won meanwhile.
+        let _guard = self.write_lock.lock().await;
+        let mut record = self.check_uploadable(&key, uploader)?;
+        record.content = Some(content);
+        record.unused_expires_ts = None;
+        let mut batch = self.db.batch();
+        batch.put(Table::MediaidMedia, &key, encode(&record));
+        batch.delete(
+            Table::UseridMediaidPending,
+            keys::join(&[uploader.as_str().as_bytes(), media_id.as_bytes()]),
+        );
+        self.db.commit(batch).await?;
+        drop(_guard);
+        if let Some(notify) = self
+            .waiters
+            .lock()
+            .expect("waiters lock poisoned")
+            .remove(&key)
+        {
+            notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn check_uploadable(&self, key: &[u8], uploader: &UserId) -> MatrixResult<MediaRecord> {
+        let record = self
+            .record(key)?
+            .ok_or_else(|| MatrixError::not_found("Unknown media ID"))?;
+        if record.uploader != uploader.as_str() {
+            return Err(MatrixError::forbidden(
+                "This media ID was created by another user",
+            ));
+        }
+        if record.content.is_some() {
+            return Err(MatrixError::new(
+                409,
+                ErrorCode::CannotOverwriteMedia,
+                "Media already uploaded",
+            ));
+        }
+        if record.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
+            return Err(MatrixError::not_found("This media ID has expired"));
+        }
+        Ok(record)
+    }
+
+    /// The content of `mxc://server/media_id`, waiting up to `wait` for a pending upload.
+    /// Spec: download endpoints, `timeout_ms` and 504 `M_NOT_YET_UPLOADED`.
+    pub async fn content(
+        &self,
+        server: &str,
+        media_id: &str,
+        wait: Duration,
+    ) -> MatrixResult<Content> {
+        if ServerName::parse(server).is_err() {
+            return Err(MatrixError::invalid_param("Invalid server name"));
+        }
+        if !is_valid_media_id(media_id) {
+            return Err(MatrixError::not_found("Unknown media ID"));
+        }
+        if server != self.server_name.as_str() {
+            return Err(MatrixError::not_found(
+                "Remote media is not available: this server does not federate yet",
+            ));
+        }
+        let key = media_key(server, media_id);
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            let notify = Arc::clone(
+                self.waiters
+                    .lock()
+                    .expect("waiters lock poisoned")
+                    .entry(key.clone())
+                    .or_default(),
+            );
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before reading, so an upload finishing in between still wakes us.
+            notified.as_mut().enable();
+            let record = self
+                .record(&key)?
+                .ok_or_else(|| MatrixError::not_found("Unknown media ID"))?;
+            if let Some(content) = record.content {
+                return Ok(content);
+            }
+            if record.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
+                return Err(MatrixError::not_found("Unknown media ID"));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(MatrixError::new(
+                    504,
+                    ErrorCode::NotYetUploaded,
+                    "Media has not been uploaded yet",
+                ));
+            }
+        }
+    }
+
+    /// What to serve for a download.
+    pub async fn download(
+        &self,
+        server: &str,
+        media_id: &str,
+        wait: Duration,
+    ) -> MatrixResult<Served> {
+        let content = self.content(server, media_id, wait).await?;
+        Ok(Served {
+            sha256: content.sha256,
+            size: content.size,
+            content_type: content.content_type,
+            filename: content.filename,
+        })
+    }
+
+    /// What to serve for a thumbnail: a cached one, a new one, or the original when it is
+    /// no larger than asked. Spec: `GET /_matrix/client/v1/media/thumbnail/...`.
+    pub async fn thumbnail(
+        &self,
+        server: &str,
+        media_id: &str,
+        method: Method,
+        width: u32,
+        height: u32,
+        wait: Duration,
+    ) -> MatrixResult<Served> {
+        if width == 0 || height == 0 {
+            return Err(MatrixError::invalid_param(
+                "width and height must be positive",
+            ));
+        }
+        let content = self.content(server, media_id, wait).await?;
+        let cannot = || {
+            MatrixError::new(
+                400,
+                ErrorCode::Unknown,
+                "Cannot generate thumbnails for the requested content",
+            )
+        };
+        let image = content.image.clone().ok_or_else(cannot)?;
+        if u64::from(image.width) * u64::from(image.height) > self.limits.max_thumbnail_pixels {
+            return Err(MatrixError::new(
+                413,
+                ErrorCode::TooLarge,
+                "Image is too large to thumbnail",
+            ));
+        }
+        let (bw, bh) = thumbnail::target_box(method, width, height, (image.width, image.height));
+        let key = thumbnail_key(server, media_id, method, bw, bh);
+        if let Some(bytes) = self.db.get(Table::MediaidThumbnail, &key)? {
+            let cached: ThumbnailRecord = decode(Table::MediaidThumbnail, &bytes)?;
+            return Ok(thumbnail_served(cached));
+        }
+        let original = self
+            .store
+            .read_all(&content.sha256)
+            .await
+            .map_err(|e| MatrixError::internal(format!("media store: {e}")))?;
+        let max_pixels = self.limits.max_thumbnail_pixels;
+        let rendered = tokio::task::spawn_blocking(move || {
+            thumbnail::render(&original, method, width, height, max_pixels)
+        })
+        .await
+        .map_err(MatrixError::internal)?;
+        match rendered {
+            Ok(Rendered::Original { content_type }) => Ok(Served {
+                sha256: content.sha256,
+                size: content.size,
+                content_type: content_type.to_owned(),
+                filename: content.filename,
+            }),
+            Ok(Rendered::Thumbnail {
+                bytes,
+                content_type,
+                width,
+                height,
+            }) => {
+                let blob = self
+                    .store
+                    .write_bytes(bytes)
+                    .await
+                    .map_err(|e| blob_error(e, u64::MAX))?;
+                let record = ThumbnailRecord {
+                    sha256: blob.sha256,
+                    size: blob.size,
+                    content_type: content_type.to_owned(),
+                    width,
+                    height,
+                };
+                let mut batch = self.db.batch();
+                batch.put(Table::MediaidThumbnail, &key, encode(&record));
+                self.db.commit(batch).await?;
+                Ok(thumbnail_served(record))
+            }
+            Err(ThumbnailError::TooLarge) => Err(MatrixError::new(
+                413,
+                ErrorCode::TooLarge,
+                "Image is too large to thumbnail",
+            )),
+            Err(ThumbnailError::Unsupported) | Err(ThumbnailError::Corrupt(_)) => Err(cannot()),
+        }
+    }
+}
+
+fn thumbnail_served(record: ThumbnailRecord) -> Served {
+    let extension = if record.content_type == "image/jpeg" {
+        "jpg"
+    } else {
+        "png"
+    };
+    Served {
+        sha256: record.sha256,
+        size: record.size,
+        content_type: record.content_type,
+        filename: Some(format!("thumbnail.{extension}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_ids_follow_the_spec_alphabet() {
+        assert!(is_valid_media_id("abcXYZ019_-"));
+        for bad in ["", "../etc/passwd", "a.b", "a/b", "a%2Fb", "ü"] {
+            assert!(!is_valid_media_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn content_types_and_names_are_sanitised() {
+        assert_eq!(sanitize_content_type(Some("image/png")), "image/png");
+        assert_eq!(
+            sanitize_content_type(Some("text/plain; charset=utf-8")),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(sanitize_content_type(None), "application/octet-stream");
+        assert_eq!(
+            sanitize_content_type(Some("nonsense")),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            sanitize_content_type(Some("text/html\r\nX-Evil: 1")),
+            "application/octet-stream"
+        );
+        assert_eq!(
+            sanitize_filename(Some("Été.pdf")).as_deref(),
+            Some("Été.pdf")
+        );
+        assert_eq!(sanitize_filename(Some("../../x")), None);
+        assert_eq!(sanitize_filename(Some("a\nb")), None);
+    }
+}
