@@ -42,24 +42,33 @@ TOKEN=$(curl -s -XPOST "$BASE/_matrix/client/v3/register" \
 AUTH="Authorization: Bearer $TOKEN"
 kib() { awk -v k="$1" '$1 == k":" {print $2}' "/proc/$PID/status"; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-upload() { curl -s -XPOST -H "$AUTH" -H 'Content-Type: application/octet-stream' --data-binary "@$1" "$BASE/_matrix/media/v3/upload" \
+upload() { curl -s -XPOST -H "$AUTH" -H 'Content-Type: application/octet-stream' -T "$1" "$BASE/_matrix/media/v3/upload" \
   | sed -E 's/.*"mxc:\/\/([^"]+)".*/\1/'; }
+# Prints the media id, then (on stderr) curl's own request time, which leaves out curl's start-up.
+timed_upload() { curl -s -XPOST -H "$AUTH" -H 'Content-Type: application/octet-stream' -T "$1" \
+  -w '\n%{time_total}\n' "$BASE/_matrix/media/v3/upload"; }
 
 echo "machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"
 
-# 1 GiB first, so the peak RSS is this upload's.
+# RSS is sampled every 20 ms while the 1 GiB upload runs (VmHWM would include start-up).
 head -c 1G /dev/urandom > "$WORK/big.bin"
 BEFORE=$(kib VmRSS)
-upload "$WORK/big.bin" >/dev/null
-PEAK=$(kib VmHWM)
+upload "$WORK/big.bin" > "$WORK/big.out" &
+UP=$!
+PEAK=$BEFORE
+while kill -0 "$UP" 2>/dev/null; do
+  now=$(kib VmRSS); [ "$now" -gt "$PEAK" ] && PEAK=$now; sleep 0.02
+done
+grep -q . "$WORK/big.out" || { echo "1 GiB upload failed" >&2; exit 1; }
 echo "1 GiB upload: RSS before ${BEFORE} KiB, peak during ${PEAK} KiB, growth $((PEAK - BEFORE)) KiB"
 rm "$WORK/big.bin"
 
 up=(); down=()
 for i in $(seq "$RUNS"); do
   head -c 10M /dev/urandom > "$WORK/ten.bin"
-  start=$(date +%s.%N); ID=$(upload "$WORK/ten.bin"); end=$(date +%s.%N)
-  up+=("$(echo "10 / ($end - $start)" | bc -l)")
+  out=$(timed_upload "$WORK/ten.bin")
+  ID=$(echo "$out" | head -1 | sed -E 's/.*"mxc:\/\/([^"]+)".*/\1/')
+  up+=("$(echo "10 / $(echo "$out" | tail -1)" | bc -l)")
   speed=$(curl -s -o /dev/null -w '%{speed_download}' -H "$AUTH" "$BASE/_matrix/client/v1/media/download/$ID")
   down+=("$(echo "$speed / 1048576" | bc -l)")
 done

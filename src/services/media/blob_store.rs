@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use axum::body::Bytes;
 use futures_util::{Stream, StreamExt};
 use ring::digest::{Context, SHA256};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::services::accounts::secrets;
 
-/// Write buffer: few, large writes keep loopback uploads fast.
-const WRITE_BUFFER: usize = 1 << 20;
+/// Chunks queued between the receiving task and the writing thread.
+const QUEUED_CHUNKS: usize = 2;
 
 /// A blob in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,10 @@ impl BlobStore {
 
     /// Streams `body` into the store, hashing as it goes and refusing more than `limit`
     /// bytes. Nothing is visible until the whole body is on disk.
+    ///
+    /// One blocking thread per upload hashes and writes the chunks as they arrive, through
+    /// a short bounded queue: the async side never blocks, memory stays bounded by the
+    /// queue (no large buffers are allocated per upload), and hashing overlaps receiving.
     pub async fn write_stream<S, E>(
         &self,
         mut body: S,
@@ -98,24 +104,46 @@ impl BlobStore {
             path: self.tmp.join(secrets::new_session_id()),
             keep: false,
         };
-        let file = tokio::fs::File::create(&temp.path).await?;
-        let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, file);
-        let mut hash = Context::new(&SHA256);
-        let mut size: u64 = 0;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| BlobWriteError::Body(e.to_string()))?;
-            size += chunk.len() as u64;
-            if size > limit {
-                return Err(BlobWriteError::TooLarge);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_CHUNKS);
+        let complete = Arc::new(AtomicBool::new(false));
+        let path = temp.path.clone();
+        let writer_complete = Arc::clone(&complete);
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut file = std::fs::File::create(&path)?;
+            let mut hash = Context::new(&SHA256);
+            while let Some(chunk) = receiver.blocking_recv() {
+                hash.update(&chunk);
+                file.write_all(&chunk)?;
             }
-            hash.update(&chunk);
-            writer.write_all(&chunk).await?;
+            // An aborted upload is deleted anyway: no point making it durable.
+            if writer_complete.load(Ordering::Acquire) {
+                file.sync_data()?;
+            }
+            Ok(hex(hash.finish().as_ref()))
+        });
+        let mut size: u64 = 0;
+        let received = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| BlobWriteError::Body(e.to_string()))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(BlobWriteError::TooLarge);
+                }
+                if sender.send(chunk).await.is_err() {
+                    // The writer stopped: its own error is reported below.
+                    break;
+                }
+            }
+            Ok(())
         }
-        writer.flush().await?;
-        let file = writer.into_inner();
-        file.sync_all().await?;
-        drop(file);
-        let sha256 = hex(hash.finish().as_ref());
+        .await;
+        complete.store(received.is_ok(), Ordering::Release);
+        drop(sender);
+        let written = writer
+            .await
+            .map_err(|e| BlobWriteError::Io(std::io::Error::other(e)))?;
+        received?;
+        let sha256 = written?;
         self.place(&mut temp, &sha256).await?;
         Ok(StoredBlob { sha256, size })
     }
