@@ -19,6 +19,9 @@ use crate::services::accounts::secrets;
 /// Chunks queued between the receiving task and the writing thread.
 const QUEUED_CHUNKS: usize = 2;
 
+/// An upload that sends nothing for this long is abandoned (it holds a writer thread).
+const BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A blob in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBlob {
@@ -106,10 +109,10 @@ impl BlobStore {
         };
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(QUEUED_CHUNKS);
         let complete = Arc::new(AtomicBool::new(false));
-        let path = temp.path.clone();
+        // Created here, not on the writer thread, so the guard above always covers it.
+        let mut file = std::fs::File::create(&temp.path)?;
         let writer_complete = Arc::clone(&complete);
         let writer = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            let mut file = std::fs::File::create(&path)?;
             let mut hash = Context::new(&SHA256);
             while let Some(chunk) = receiver.blocking_recv() {
                 hash.update(&chunk);
@@ -123,7 +126,12 @@ impl BlobStore {
         });
         let mut size: u64 = 0;
         let received = async {
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, body.next()).await;
+                let Ok(next) = next else {
+                    return Err(BlobWriteError::Body("no data for 60 seconds".into()));
+                };
+                let Some(chunk) = next else { break };
                 let chunk = chunk.map_err(|e| BlobWriteError::Body(e.to_string()))?;
                 size += chunk.len() as u64;
                 if size > limit {

@@ -25,7 +25,7 @@ use crate::services::now_ms;
 use crate::storage::{keys, Db, Table};
 use blob_store::{BlobStore, BlobWriteError, StoredBlob};
 use records::{Content, ImageInfo, MediaRecord, ThumbnailRecord};
-use thumbnail::{Method, Rendered, ThumbnailError};
+use thumbnail::{Method, Plan, ThumbnailError};
 
 /// How long an id from `/create` may wait for its upload (the spec's recommendation).
 pub const UNUSED_EXPIRY_MS: u64 = 24 * 3_600_000;
@@ -34,7 +34,15 @@ pub const MAX_PENDING_PER_USER: usize = 50;
 /// The longest a download waits for a pending upload, whatever `timeout_ms` asks.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Longest file name kept.
-const MAX_FILENAME_BYTES: usize = 255;
+const MAX_FILENAME_BYTES: usize = 1024;
+/// Uploads in progress at once, server-wide (each holds a writer thread); more get 429.
+pub const MAX_CONCURRENT_UPLOADS: usize = 64;
+/// Thumbnails decoded at once (decoding takes up to 8 bytes per source pixel).
+const CONCURRENT_DECODES: usize = 2;
+/// Thumbnails cached per media at most; further sizes are rendered but not stored.
+const MAX_CACHED_THUMBNAILS: usize = 32;
+/// Bytes of an upload read to find an image header.
+const IMAGE_PROBE_BYTES: u64 = 1 << 20;
 
 /// A stored piece of content, ready to serve.
 #[derive(Debug, Clone)]
@@ -68,6 +76,12 @@ pub struct Media {
     waiters: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
     /// Serialises check-and-set of media records (create limits, first upload wins).
     write_lock: tokio::sync::Mutex<()>,
+    /// Pending ids whose content is being uploaded right now (a second PUT gets 409).
+    uploading: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Bounds concurrent uploads.
+    upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Bounds concurrent thumbnail decodes.
+    decode_slots: tokio::sync::Semaphore,
 }
 
 fn media_key(server: &str, media_id: &str) -> Vec<u8> {
@@ -118,15 +132,11 @@ pub fn sanitize_content_type(given: Option<&str>) -> String {
     }
 }
 
-/// A file name without control characters or path separators, at most 255 bytes.
+/// The uploader's file name, kept as given (the spec wants the same name back; serving
+/// escapes it), unless empty or absurdly long.
 pub fn sanitize_filename(given: Option<&str>) -> Option<String> {
-    let name = given?.trim();
-    if name.is_empty()
-        || name.len() > MAX_FILENAME_BYTES
-        || name
-            .chars()
-            .any(|c| c.is_control() || c == '/' || c == '\\')
-    {
+    let name = given?;
+    if name.is_empty() || name.len() > MAX_FILENAME_BYTES {
         return None;
     }
     Some(name.to_owned())
@@ -163,6 +173,9 @@ impl Media {
             limits,
             waiters: Mutex::new(HashMap::new()),
             write_lock: tokio::sync::Mutex::new(()),
+            uploading: Mutex::new(std::collections::HashSet::new()),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS)),
+            decode_slots: tokio::sync::Semaphore::new(CONCURRENT_DECODES),
         })
     }
 
@@ -233,6 +246,11 @@ impl Media {
         E: std::fmt::Display,
     {
         let limit = self.limits.max_upload_size;
+        let _slot = Arc::clone(&self.upload_slots)
+            .try_acquire_owned()
+            .map_err(|_| {
+                MatrixError::limit_exceeded(1000).with_message("Too many uploads in progress")
+            })?;
         let StoredBlob { sha256, size } = self
             .store
             .write_stream(body, limit)
@@ -252,8 +270,14 @@ impl Media {
     async fn probe_image(&self, sha256: &str) -> Option<ImageInfo> {
         let path = self.store.path(sha256);
         tokio::task::spawn_blocking(move || {
-            let mut reader = image::ImageReader::open(path)
+            use std::io::Read;
+            let mut prefix = Vec::new();
+            std::fs::File::open(path)
                 .ok()?
+                .take(IMAGE_PROBE_BYTES)
+                .read_to_end(&mut prefix)
+                .ok()?;
+            let mut reader = image::ImageReader::new(std::io::Cursor::new(prefix))
                 .with_guessed_format()
                 .ok()?;
             // Only the header is read here; the decoder's allocation limits would refuse
@@ -335,6 +359,7 @@ impl Media {
         let key = media_key(server, media_id);
         // Check before reading the body, so a doomed upload is refused at once...
         self.check_uploadable(&key, uploader)?;
+        let _in_progress = InProgress::claim(&self.uploading, &key)?;
         let content = self.store_content(content_type, filename, body).await?;
         // ...and again after, since another upload may have won meanwhile.
         let _guard = self.write_lock.lock().await;
@@ -390,11 +415,9 @@ impl Media {
         media_id: &str,
         wait: Duration,
     ) -> MatrixResult<Content> {
-        if ServerName::parse(server).is_err() {
-            return Err(MatrixError::invalid_param("Invalid server name"));
-        }
-        if !is_valid_media_id(media_id) {
-            return Err(MatrixError::not_found("Unknown media ID"));
+        let unknown = || MatrixError::not_found("Unknown media ID");
+        if ServerName::parse(server).is_err() || !is_valid_media_id(media_id) {
+            return Err(unknown());
         }
         if server != self.server_name.as_str() {
             return Err(MatrixError::not_found(
@@ -404,25 +427,23 @@ impl Media {
         let key = media_key(server, media_id);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
-            let notify = Arc::clone(
-                self.waiters
-                    .lock()
-                    .expect("waiters lock poisoned")
-                    .entry(key.clone())
-                    .or_default(),
-            );
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            // Registered before reading, so an upload finishing in between still wakes us.
-            notified.as_mut().enable();
-            let record = self
-                .record(&key)?
-                .ok_or_else(|| MatrixError::not_found("Unknown media ID"))?;
+            let record = self.record(&key)?.ok_or_else(unknown)?;
             if let Some(content) = record.content {
                 return Ok(content);
             }
             if record.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
-                return Err(MatrixError::not_found("Unknown media ID"));
+                return Err(unknown());
+            }
+            // Pending: wait for the upload. Only pending ids get a waiter entry, and the
+            // last waiter removes it, so unknown ids cannot grow the map.
+            let waiter = Waiter::register(&self.waiters, &key);
+            let notified = waiter.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Read again now that we are registered: an upload that finished in between
+            // would otherwise never wake us.
+            if let Some(content) = self.record(&key)?.and_then(|r| r.content) {
+                return Ok(content);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(MatrixError::new(
@@ -475,6 +496,25 @@ impl Media {
             )
         };
         let image = content.image.clone().ok_or_else(cannot)?;
+        let may_be_animated = matches!(image.content_type.as_str(), "image/gif" | "image/webp");
+        let plan = thumbnail::plan(
+            method,
+            width,
+            height,
+            (image.width, image.height),
+            may_be_animated,
+        );
+        let (out_w, out_h) = match plan {
+            Plan::Original => {
+                return Ok(Served {
+                    sha256: content.sha256,
+                    size: content.size,
+                    content_type: image.content_type,
+                    filename: content.filename,
+                })
+            }
+            Plan::Render { width, height } => (width, height),
+        };
         if u64::from(image.width) * u64::from(image.height) > self.limits.max_thumbnail_pixels {
             return Err(MatrixError::new(
                 413,
@@ -482,12 +522,17 @@ impl Media {
                 "Image is too large to thumbnail",
             ));
         }
-        let (bw, bh) = thumbnail::target_box(method, width, height, (image.width, image.height));
-        let key = thumbnail_key(server, media_id, method, bw, bh);
+        // Keyed by what is produced, so requests that map to the same output share it.
+        let key = thumbnail_key(server, media_id, method, out_w, out_h);
         if let Some(bytes) = self.db.get(Table::MediaidThumbnail, &key)? {
             let cached: ThumbnailRecord = decode(Table::MediaidThumbnail, &bytes)?;
             return Ok(thumbnail_served(cached));
         }
+        let _decode = self
+            .decode_slots
+            .acquire()
+            .await
+            .map_err(MatrixError::internal)?;
         let original = self
             .store
             .read_all(&content.sha256)
@@ -495,47 +540,112 @@ impl Media {
             .map_err(|e| MatrixError::internal(format!("media store: {e}")))?;
         let max_pixels = self.limits.max_thumbnail_pixels;
         let rendered = tokio::task::spawn_blocking(move || {
-            thumbnail::render(&original, method, width, height, max_pixels)
+            thumbnail::render(&original, method, out_w, out_h, max_pixels)
         })
         .await
-        .map_err(MatrixError::internal)?;
-        match rendered {
-            Ok(Rendered::Original { content_type }) => Ok(Served {
-                sha256: content.sha256,
-                size: content.size,
-                content_type: content_type.to_owned(),
-                filename: content.filename,
-            }),
-            Ok(Rendered::Thumbnail {
-                bytes,
-                content_type,
-                width,
-                height,
-            }) => {
-                let blob = self
-                    .store
-                    .write_bytes(bytes)
-                    .await
-                    .map_err(|e| blob_error(e, u64::MAX))?;
-                let record = ThumbnailRecord {
-                    sha256: blob.sha256,
-                    size: blob.size,
-                    content_type: content_type.to_owned(),
-                    width,
-                    height,
-                };
-                let mut batch = self.db.batch();
-                batch.put(Table::MediaidThumbnail, &key, encode(&record));
-                self.db.commit(batch).await?;
-                Ok(thumbnail_served(record))
+        .map_err(MatrixError::internal)?
+        .map_err(|e| match e {
+            ThumbnailError::TooLarge => {
+                MatrixError::new(413, ErrorCode::TooLarge, "Image is too large to thumbnail")
             }
-            Err(ThumbnailError::TooLarge) => Err(MatrixError::new(
-                413,
-                ErrorCode::TooLarge,
-                "Image is too large to thumbnail",
-            )),
-            Err(ThumbnailError::Unsupported) | Err(ThumbnailError::Corrupt(_)) => Err(cannot()),
+            ThumbnailError::Unsupported | ThumbnailError::Corrupt(_) => cannot(),
+        })?;
+        let blob = self
+            .store
+            .write_bytes(rendered.bytes)
+            .await
+            .map_err(|e| blob_error(e, u64::MAX))?;
+        let record = ThumbnailRecord {
+            sha256: blob.sha256,
+            size: blob.size,
+            content_type: rendered.content_type.to_owned(),
+            width: rendered.width,
+            height: rendered.height,
+        };
+        // Clients may ask for many sizes; past a few per image, render without storing.
+        let prefix = keys::prefix(&media_key(server, media_id));
+        let cached = self
+            .db
+            .scan_prefix(Table::MediaidThumbnail, &prefix)
+            .take(MAX_CACHED_THUMBNAILS)
+            .count();
+        if cached < MAX_CACHED_THUMBNAILS {
+            let mut batch = self.db.batch();
+            batch.put(Table::MediaidThumbnail, &key, encode(&record));
+            self.db.commit(batch).await?;
         }
+        Ok(thumbnail_served(record))
+    }
+}
+
+/// A download waiting for a pending upload; the last one out removes the map entry.
+struct Waiter<'a> {
+    map: &'a Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
+    key: Vec<u8>,
+    notify: Arc<Notify>,
+}
+
+impl<'a> Waiter<'a> {
+    fn register(map: &'a Mutex<HashMap<Vec<u8>, Arc<Notify>>>, key: &[u8]) -> Self {
+        let notify = Arc::clone(
+            map.lock()
+                .expect("waiters lock poisoned")
+                .entry(key.to_vec())
+                .or_default(),
+        );
+        Self {
+            map,
+            key: key.to_vec(),
+            notify,
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().expect("waiters lock poisoned");
+        // The map's reference plus ours: nobody else waits.
+        let last = map
+            .get(&self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify) && Arc::strong_count(n) <= 2);
+        if last {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Marks a pending id as being uploaded for as long as the upload runs.
+struct InProgress<'a> {
+    set: &'a Mutex<std::collections::HashSet<Vec<u8>>>,
+    key: Vec<u8>,
+}
+
+impl<'a> InProgress<'a> {
+    fn claim(set: &'a Mutex<std::collections::HashSet<Vec<u8>>>, key: &[u8]) -> MatrixResult<Self> {
+        if !set
+            .lock()
+            .expect("uploading lock poisoned")
+            .insert(key.to_vec())
+        {
+            return Err(MatrixError::new(
+                409,
+                ErrorCode::CannotOverwriteMedia,
+                "This media is being uploaded already",
+            ));
+        }
+        Ok(Self {
+            set,
+            key: key.to_vec(),
+        })
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .expect("uploading lock poisoned")
+            .remove(&self.key);
     }
 }
 
@@ -585,7 +695,8 @@ mod tests {
             sanitize_filename(Some("Été.pdf")).as_deref(),
             Some("Été.pdf")
         );
-        assert_eq!(sanitize_filename(Some("../../x")), None);
-        assert_eq!(sanitize_filename(Some("a\nb")), None);
+        // Kept as given: serving escapes it.
+        assert_eq!(sanitize_filename(Some("../x y")).as_deref(), Some("../x y"));
+        assert_eq!(sanitize_filename(Some("")), None);
     }
 }

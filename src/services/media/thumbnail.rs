@@ -55,25 +55,64 @@ pub enum ThumbnailError {
     Corrupt(String),
 }
 
-/// What to answer for a thumbnail request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rendered {
+/// What to do for a thumbnail request, decided from the image's dimensions alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
     /// The original is no larger than asked for: serve it as is.
-    Original {
-        /// Its detected content type.
-        content_type: &'static str,
-    },
-    /// A new thumbnail.
-    Thumbnail {
-        /// Encoded bytes.
-        bytes: Vec<u8>,
-        /// `image/jpeg` or `image/png`.
-        content_type: &'static str,
-        /// Actual width.
+    Original,
+    /// Render an image of exactly `width`×`height` (for `crop`, the box to fill).
+    Render {
+        /// Output width.
         width: u32,
-        /// Actual height.
+        /// Output height.
         height: u32,
     },
+}
+
+/// A rendered thumbnail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Encoded bytes.
+    pub bytes: Vec<u8>,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: &'static str,
+    /// Actual width.
+    pub width: u32,
+    /// Actual height.
+    pub height: u32,
+}
+
+/// Decides what to serve. `may_be_animated` (GIF, WebP) forbids serving the original,
+/// since an animated image must not be answered unless asked for: such images are
+/// rendered as a static PNG, at their own size when they are small.
+pub fn plan(
+    method: Method,
+    width: u32,
+    height: u32,
+    original: (u32, u32),
+    may_be_animated: bool,
+) -> Plan {
+    let (ow, oh) = original;
+    let (bw, bh) = target_box(method, width, height, original);
+    let fits = match method {
+        Method::Scale => ow <= bw && oh <= bh,
+        Method::Crop => ow <= bw || oh <= bh,
+    };
+    if fits {
+        return if may_be_animated {
+            Plan::Render {
+                width: ow,
+                height: oh,
+            }
+        } else {
+            Plan::Original
+        };
+    }
+    let (width, height) = match method {
+        Method::Scale => fit_within(original, (bw, bh)),
+        Method::Crop => (bw, bh),
+    };
+    Plan::Render { width, height }
 }
 
 /// The box to render for a request: snapped to a standard size where one fits.
@@ -143,7 +182,7 @@ pub fn probe(bytes: &[u8], max_pixels: u64) -> Result<(ImageFormat, u32, u32), T
     Ok((format, w, h))
 }
 
-/// Renders the thumbnail for a request of `width`×`height` with `method`.
+/// Renders a planned thumbnail of `width`×`height` from the image in `bytes`.
 pub fn render(
     bytes: &[u8],
     method: Method,
@@ -152,38 +191,30 @@ pub fn render(
     max_pixels: u64,
 ) -> Result<Rendered, ThumbnailError> {
     let (format, ow, oh) = probe(bytes, max_pixels)?;
-    let original_type = content_type_of(format).ok_or(ThumbnailError::Unsupported)?;
-    let (bw, bh) = target_box(method, width, height, (ow, oh));
-    // Never upscale: an original no larger than the box is served as is.
-    let needs_scaling = match method {
-        Method::Scale => ow > bw || oh > bh,
-        Method::Crop => ow > bw && oh > bh,
-    };
-    if !needs_scaling {
-        return Ok(Rendered::Original {
-            content_type: original_type,
-        });
-    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(ow);
     limits.max_image_height = Some(oh);
-    limits.max_alloc = Some(max_pixels.saturating_mul(8));
+    // Room for the decoded pixels at up to 8 bytes each (16-bit RGBA), no more.
+    limits.max_alloc = Some(u64::from(ow) * u64::from(oh) * 8 + (1 << 20));
     reader.limits(limits);
     let image = reader
         .decode()
         .map_err(|e| ThumbnailError::Corrupt(e.to_string()))?;
-    let thumbnail = match method {
-        Method::Scale => {
-            let (tw, th) = fit_within((ow, oh), (bw, bh));
-            image.thumbnail_exact(tw, th)
-        }
-        Method::Crop => {
-            let scale = (f64::from(bw) / f64::from(ow)).max(f64::from(bh) / f64::from(oh));
-            let sw = ((f64::from(ow) * scale).ceil() as u32).clamp(bw, ow);
-            let sh = ((f64::from(oh) * scale).ceil() as u32).clamp(bh, oh);
-            let scaled = image.thumbnail_exact(sw, sh);
-            scaled.crop_imm((sw - bw) / 2, (sh - bh) / 2, bw, bh)
+    let thumbnail = if (width, height) == (ow, oh) {
+        image
+    } else {
+        match method {
+            Method::Scale => image.thumbnail_exact(width.min(ow), height.min(oh)),
+            Method::Crop => {
+                let scale =
+                    (f64::from(width) / f64::from(ow)).max(f64::from(height) / f64::from(oh));
+                let sw = ((f64::from(ow) * scale).ceil() as u32).clamp(width.min(ow), ow);
+                let sh = ((f64::from(oh) * scale).ceil() as u32).clamp(height.min(oh), oh);
+                let scaled = image.thumbnail_exact(sw, sh);
+                let (cw, ch) = (width.min(sw), height.min(sh));
+                scaled.crop_imm((sw - cw) / 2, (sh - ch) / 2, cw, ch)
+            }
         }
     };
     encode(thumbnail, format)
@@ -205,7 +236,7 @@ fn encode(image: DynamicImage, source: ImageFormat) -> Result<Rendered, Thumbnai
             .map_err(|e| ThumbnailError::Corrupt(e.to_string()))?;
         "image/png"
     };
-    Ok(Rendered::Thumbnail {
+    Ok(Rendered {
         bytes: out.into_inner(),
         content_type,
         width,
@@ -236,70 +267,71 @@ mod tests {
         out.into_inner()
     }
 
-    fn dims(r: &Rendered) -> (u32, u32) {
-        match r {
-            Rendered::Thumbnail { width, height, .. } => (*width, *height),
-            Rendered::Original { .. } => panic!("expected a thumbnail"),
+    /// Probe, plan and render, as the media service does.
+    fn make(bytes: &[u8], method: Method, w: u32, h: u32) -> Option<Rendered> {
+        let (format, ow, oh) = probe(bytes, 1 << 30).unwrap();
+        let animated = matches!(format, ImageFormat::Gif | ImageFormat::WebP);
+        match plan(method, w, h, (ow, oh), animated) {
+            Plan::Original => None,
+            Plan::Render { width, height } => {
+                Some(render(bytes, method, width, height, 1 << 30).unwrap())
+            }
         }
+    }
+
+    fn dims(r: &Option<Rendered>) -> (u32, u32) {
+        let r = r.as_ref().expect("expected a thumbnail");
+        (r.width, r.height)
     }
 
     #[test]
     fn scale_snaps_to_standard_sizes_and_keeps_aspect() {
-        let r = render(&jpeg(1600, 1200), Method::Scale, 256, 256, 1 << 30).unwrap();
+        let r = make(&jpeg(1600, 1200), Method::Scale, 256, 256);
         assert_eq!(dims(&r), (320, 240));
-        assert!(matches!(
-            r,
-            Rendered::Thumbnail {
-                content_type: "image/jpeg",
-                ..
-            }
-        ));
+        assert_eq!(r.unwrap().content_type, "image/jpeg");
         // Larger than the biggest standard size: exact box, aspect kept.
-        let r = render(&jpeg(1600, 1200), Method::Scale, 1000, 1000, 1 << 30).unwrap();
+        let r = make(&jpeg(1600, 1200), Method::Scale, 1000, 1000);
         assert_eq!(dims(&r), (1000, 750));
     }
 
     #[test]
     fn scale_is_never_smaller_than_asked_in_both_dimensions() {
         for (w, h) in [(100, 100), (320, 240), (321, 241), (500, 90), (90, 500)] {
-            let (tw, th) = dims(&render(&jpeg(1200, 900), Method::Scale, w, h, 1 << 30).unwrap());
+            let (tw, th) = dims(&make(&jpeg(1200, 900), Method::Scale, w, h));
             assert!(tw >= w || th >= h, "{w}x{h} gave {tw}x{th}");
         }
     }
 
     #[test]
     fn crop_fills_the_box_exactly() {
-        let r = render(&png(400, 300), Method::Crop, 96, 96, 1 << 30).unwrap();
+        let r = make(&png(400, 300), Method::Crop, 96, 96);
         assert_eq!(dims(&r), (96, 96));
-        assert!(matches!(
-            r,
-            Rendered::Thumbnail {
-                content_type: "image/png",
-                ..
-            }
-        ));
-        let r = render(&png(400, 300), Method::Crop, 40, 40, 1 << 30).unwrap();
+        assert_eq!(r.unwrap().content_type, "image/png");
+        let r = make(&png(400, 300), Method::Crop, 40, 40);
         assert_eq!(dims(&r), (96, 96), "snapped to the standard 96x96");
-        let r = render(&png(400, 300), Method::Crop, 200, 50, 1 << 30).unwrap();
+        let r = make(&png(400, 300), Method::Crop, 200, 50);
         assert_eq!(dims(&r), (200, 50));
     }
 
     #[test]
     fn small_originals_are_served_as_they_are() {
-        let r = render(&png(50, 40), Method::Scale, 320, 240, 1 << 30).unwrap();
+        assert_eq!(make(&png(50, 40), Method::Scale, 320, 240), None);
+        assert_eq!(make(&png(50, 40), Method::Crop, 96, 96), None);
         assert_eq!(
-            r,
-            Rendered::Original {
-                content_type: "image/png"
-            }
+            plan(Method::Scale, 2000, 2000, (1200, 900), false),
+            Plan::Original
         );
-        let r = render(&png(50, 40), Method::Crop, 96, 96, 1 << 30).unwrap();
-        assert_eq!(
-            r,
-            Rendered::Original {
-                content_type: "image/png"
-            }
-        );
+    }
+
+    #[test]
+    fn possibly_animated_originals_are_rendered_static() {
+        let mut gif = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 10, image::Rgba([9, 9, 9, 255])))
+            .write_to(&mut gif, ImageFormat::Gif)
+            .unwrap();
+        let r =
+            make(&gif.into_inner(), Method::Scale, 320, 240).expect("rendered, not the original");
+        assert_eq!((r.width, r.height, r.content_type), (20, 10, "image/png"));
     }
 
     #[test]
@@ -316,12 +348,13 @@ mod tests {
         );
         let broken = b"\x89PNG\r\n\x1a\nthis is not a PNG header at all".to_vec();
         assert!(matches!(
-            render(&broken, Method::Scale, 10, 10, 1 << 30),
+            probe(&broken, 1 << 30),
             Err(ThumbnailError::Corrupt(_))
         ));
         // A truncated image must not panic, whatever the decoder makes of it.
         let mut truncated = png(100, 100);
         truncated.truncate(60);
         let _ = render(&truncated, Method::Scale, 10, 10, 1 << 30);
+        let _ = render(&truncated, Method::Crop, 10, 10, 1 << 30);
     }
 }
