@@ -3,10 +3,12 @@
 //! Everything here is testable with the spec's own vectors
 //! (`matrix-spec/content/appendices.md`, "Cryptographic Test Vectors").
 
+pub mod auth_rules;
 pub mod base64;
 pub mod canonical_json;
 pub mod event_hashes;
 pub mod identifiers;
+pub mod power_levels;
 pub mod redaction;
 pub mod room_version;
 pub mod signatures;
