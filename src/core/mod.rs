@@ -7,6 +7,7 @@ pub mod auth_rules;
 pub mod base64;
 pub mod canonical_json;
 pub mod event_hashes;
+pub mod hex;
 pub mod identifiers;
 pub mod power_levels;
 pub mod redaction;

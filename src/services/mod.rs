@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod media;
 pub mod rate_limit;
+pub mod records;
 pub mod server_keys;
 
 use std::sync::Arc;

@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 
 use crate::config::RegistrationConfig;
+use crate::core::hex;
 use crate::core::identifiers::is_valid_user_localpart;
 use crate::core::{ServerName, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::services::rate_limit::{RateAction, RateLimiter};
+use crate::services::records::{decode, encode};
 use crate::storage::{keys, Db, Table};
 use records::{Account, Device, LastSeen, Profile, TokenSession};
 use uia::{stages, UiaPassed, UiaRequest, UiaSessions};
@@ -103,15 +105,6 @@ pub struct Accounts {
     rate_limiter: Arc<RateLimiter>,
     /// Last time each device's last-seen record was written, to write it at most once a minute.
     last_seen_written: Mutex<HashMap<(String, String), u64>>,
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialise")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> MatrixResult<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| MatrixError::internal(format!("corrupt record in {}: {e}", table.name())))
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -543,7 +536,7 @@ impl Accounts {
             .map(|b| decode(Table::UseridDeviceidDevice, &b))
             .transpose()?;
         if let Some(old) = &existing {
-            if let Some(old_hash) = hex_to_hash(&old.token_hash) {
+            if let Some(old_hash) = hex::decode_32(&old.token_hash) {
                 batch.delete(Table::TokenhashSession, old_hash);
             }
         }
@@ -553,7 +546,7 @@ impl Accounts {
                 Some(d) => d.display_name,
                 None => display_name,
             },
-            token_hash: secrets::token_hash_hex(&hash),
+            token_hash: hex::encode(&hash),
         };
         let last_seen = LastSeen { ts: now_ms(), ip };
         let session = TokenSession {
@@ -752,7 +745,7 @@ impl Accounts {
                 continue;
             };
             let device: Device = decode(Table::UseridDeviceidDevice, &bytes)?;
-            if let Some(hash) = hex_to_hash(&device.token_hash) {
+            if let Some(hash) = hex::decode_32(&device.token_hash) {
                 batch.delete(Table::TokenhashSession, hash);
             }
             batch.delete(Table::UseridDeviceidDevice, &key);
@@ -891,25 +884,13 @@ async fn hash_password_blocking(password: &str) -> MatrixResult<String> {
         .map_err(MatrixError::internal)
 }
 
-fn hex_to_hash(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn token_hash_hex_round_trips() {
+    fn token_hashes_round_trip_through_hex() {
         let hash = secrets::token_hash("abc");
-        assert_eq!(hex_to_hash(&secrets::token_hash_hex(&hash)), Some(hash));
-        assert_eq!(hex_to_hash("zz"), None);
+        assert_eq!(hex::decode_32(&hex::encode(&hash)), Some(hash));
     }
 }

@@ -32,11 +32,6 @@ pub fn token_hash(token: &str) -> [u8; 32] {
         .expect("SHA-256 is 32 bytes")
 }
 
-/// Lower-case hex of a token hash, as kept in the device record.
-pub fn token_hash_hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A new device id: ten upper-case letters, as Synapse makes them.
 pub fn new_device_id() -> String {
     random_bytes::<10>()

@@ -14,6 +14,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::core::hex;
 use crate::services::accounts::secrets;
 
 /// Chunks queued between the receiving task and the writing thread.
@@ -122,7 +123,7 @@ impl BlobStore {
             if writer_complete.load(Ordering::Acquire) {
                 file.sync_data()?;
             }
-            Ok(hex(hash.finish().as_ref()))
+            Ok(hex::encode(hash.finish().as_ref()))
         });
         let mut size: u64 = 0;
         let received = async {
@@ -201,10 +202,6 @@ impl BlobStore {
     pub fn pending_temp_files(&self) -> usize {
         std::fs::read_dir(&self.tmp).map_or(0, |d| d.count())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

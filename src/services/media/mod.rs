@@ -22,6 +22,7 @@ use crate::core::{ServerName, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::accounts::secrets;
 use crate::services::now_ms;
+use crate::services::records::{decode, encode};
 use crate::storage::{keys, Db, Table};
 use blob_store::{BlobStore, BlobWriteError, StoredBlob};
 use records::{Content, ImageInfo, MediaRecord, ThumbnailRecord};
@@ -96,15 +97,6 @@ fn thumbnail_key(server: &str, media_id: &str, method: Method, width: u32, heigh
         &width.to_be_bytes(),
         &height.to_be_bytes(),
     ])
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records serialise")
-}
-
-fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> MatrixResult<T> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| MatrixError::internal(format!("corrupt record in {}: {e}", table.name())))
 }
 
 /// Spec: "Matrix Content (mxc://) URIs": a media id is `[A-Za-z0-9_-]+`.
