@@ -9,6 +9,7 @@ pub mod canonical_json;
 pub mod event_hashes;
 pub mod hex;
 pub mod identifiers;
+pub mod pdu;
 pub mod power_levels;
 pub mod redaction;
 pub mod room_version;

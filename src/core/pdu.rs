@@ -1,0 +1,268 @@
+//! Building a signed PDU (persistent data unit) for our server.
+//!
+//! Spec: server-server API, "PDUs" and "Signing events"; room versions' "Event format"
+//! (v10/v11: `room_id` on every event; v12: not on the create event). The caller chooses
+//! `prev_events`, `auth_events` and `depth` (the rooms service owns the graph); this module
+//! checks the spec's size limits, fills the hashes and signature, and answers the event id.
+
+use serde_json::{json, Map, Value};
+
+use super::canonical_json;
+use super::event_hashes::{self, hash_and_sign_event};
+use super::room_version::RoomVersion;
+use super::signing_key::SigningKeyPair;
+
+/// Spec: a PDU, in canonical JSON, is at most 65536 bytes.
+pub const MAX_PDU_BYTES: usize = 65_536;
+/// Spec: at most 20 `prev_events`.
+pub const MAX_PREV_EVENTS: usize = 20;
+/// Spec: at most 10 `auth_events`.
+pub const MAX_AUTH_EVENTS: usize = 10;
+
+/// What a new event says, before the server hashes and signs it.
+#[derive(Debug, Clone)]
+pub struct PduTemplate {
+    /// The room; `None` only for a v12 create event (its id is the room id).
+    pub room_id: Option<String>,
+    /// Our user who sends it.
+    pub sender: String,
+    /// Event type.
+    pub kind: String,
+    /// Present for state events.
+    pub state_key: Option<String>,
+    /// The content object.
+    pub content: Value,
+    /// The room's forward extremities (at most 20).
+    pub prev_events: Vec<String>,
+    /// From the auth events selection (at most 10).
+    pub auth_events: Vec<String>,
+    /// One more than the deepest prev event.
+    pub depth: u64,
+    /// Milliseconds since the epoch.
+    pub origin_server_ts: u64,
+    /// For `m.room.redaction` in v10: the redacted event (v11+ carries it in content).
+    pub redacts: Option<String>,
+}
+
+/// A built PDU and its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltPdu {
+    /// `$` + URL-safe base64 of the reference hash.
+    pub event_id: String,
+    /// The signed event in federation format (no `event_id` member).
+    pub pdu: Value,
+}
+
+/// Why a PDU cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PduError {
+    /// `content` is not an object, or has no canonical form (floats, big integers).
+    BadContent(String),
+    /// Too many prev or auth events, or a missing/forbidden room id.
+    BadShape(String),
+    /// Larger than 65536 bytes.
+    TooLarge(usize),
+}
+
+impl std::fmt::Display for PduError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadContent(m) | Self::BadShape(m) => f.write_str(m),
+            Self::TooLarge(n) => write!(f, "event is {n} bytes, more than {MAX_PDU_BYTES}"),
+        }
+    }
+}
+
+impl std::error::Error for PduError {}
+
+/// Fills in hashes and our signature and computes the event id.
+pub fn build(
+    version: RoomVersion,
+    template: PduTemplate,
+    server_name: &str,
+    key: &SigningKeyPair,
+) -> Result<BuiltPdu, PduError> {
+    if !template.content.is_object() {
+        return Err(PduError::BadContent("content must be an object".into()));
+    }
+    canonical_json::validate(&template.content).map_err(|e| PduError::BadContent(e.to_string()))?;
+    if template.prev_events.len() > MAX_PREV_EVENTS {
+        return Err(PduError::BadShape(format!(
+            "more than {MAX_PREV_EVENTS} prev_events"
+        )));
+    }
+    if template.auth_events.len() > MAX_AUTH_EVENTS {
+        return Err(PduError::BadShape(format!(
+            "more than {MAX_AUTH_EVENTS} auth_events"
+        )));
+    }
+    let is_v12_create = version.room_id_is_create_event_hash() && template.kind == "m.room.create";
+    if is_v12_create != template.room_id.is_none() {
+        return Err(PduError::BadShape(if is_v12_create {
+            "a v12 create event has no room_id".into()
+        } else {
+            "room_id is required".into()
+        }));
+    }
+    let mut pdu = Map::new();
+    pdu.insert("type".into(), json!(template.kind));
+    pdu.insert("sender".into(), json!(template.sender));
+    pdu.insert("content".into(), template.content);
+    pdu.insert("prev_events".into(), json!(template.prev_events));
+    pdu.insert("auth_events".into(), json!(template.auth_events));
+    pdu.insert("depth".into(), json!(template.depth));
+    pdu.insert("origin_server_ts".into(), json!(template.origin_server_ts));
+    if let Some(room_id) = template.room_id {
+        pdu.insert("room_id".into(), json!(room_id));
+    }
+    if let Some(state_key) = template.state_key {
+        pdu.insert("state_key".into(), json!(state_key));
+    }
+    if let Some(redacts) = template.redacts {
+        if !version.redacts_in_content() {
+            pdu.insert("redacts".into(), json!(redacts));
+        }
+    }
+    let mut pdu = Value::Object(pdu);
+    hash_and_sign_event(&mut pdu, server_name, key, version)
+        .map_err(|e| PduError::BadContent(e.to_string()))?;
+    let size = canonical_json::to_canonical_bytes(&pdu)
+        .map_err(|e| PduError::BadContent(e.to_string()))?
+        .len();
+    if size > MAX_PDU_BYTES {
+        return Err(PduError::TooLarge(size));
+    }
+    let event_id =
+        event_hashes::event_id(&pdu, version).map_err(|e| PduError::BadContent(e.to_string()))?;
+    Ok(BuiltPdu { event_id, pdu })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event_hashes::{content_hash_matches, room_id_from_create_event};
+    use crate::core::redaction::redact;
+    use crate::core::signatures::verify_json;
+
+    fn template(room_id: Option<&str>, kind: &str, content: Value) -> PduTemplate {
+        PduTemplate {
+            room_id: room_id.map(str::to_owned),
+            sender: "@alice:a.org".into(),
+            kind: kind.into(),
+            state_key: None,
+            content,
+            prev_events: vec!["$prev".into()],
+            auth_events: vec!["$auth".into()],
+            depth: 7,
+            origin_server_ts: 1_700_000_000_000,
+            redacts: None,
+        }
+    }
+
+    #[test]
+    fn built_events_are_hashed_signed_and_named_by_their_reference_hash() {
+        let key = SigningKeyPair::generate();
+        for version in RoomVersion::ALL {
+            let built = build(
+                version,
+                template(
+                    Some("!r:a.org"),
+                    "m.room.message",
+                    json!({"body": "hi", "msgtype": "m.text"}),
+                ),
+                "a.org",
+                &key,
+            )
+            .unwrap();
+            assert!(content_hash_matches(&built.pdu).unwrap());
+            verify_json(
+                &redact(&built.pdu, version),
+                "a.org",
+                key.key_id(),
+                &key.verifying_key(),
+            )
+            .unwrap();
+            assert_eq!(
+                built.event_id,
+                event_hashes::event_id(&built.pdu, version).unwrap()
+            );
+            assert!(built.pdu.get("event_id").is_none());
+            assert_eq!(built.pdu["depth"], 7);
+        }
+    }
+
+    #[test]
+    fn v12_create_has_no_room_id_and_defines_it() {
+        let key = SigningKeyPair::generate();
+        let mut t = template(None, "m.room.create", json!({"room_version": "12"}));
+        t.state_key = Some(String::new());
+        t.prev_events.clear();
+        t.auth_events.clear();
+        let built = build(RoomVersion::V12, t.clone(), "a.org", &key).unwrap();
+        assert!(built.pdu.get("room_id").is_none());
+        let room_id = room_id_from_create_event(&built.pdu, RoomVersion::V12).unwrap();
+        assert_eq!(&room_id[1..], &built.event_id[1..]);
+        // Other events, and create events of older versions, need a room id.
+        assert!(matches!(
+            build(RoomVersion::V11, t, "a.org", &key),
+            Err(PduError::BadShape(_))
+        ));
+        let msg = template(None, "m.room.message", json!({}));
+        assert!(matches!(
+            build(RoomVersion::V12, msg, "a.org", &key),
+            Err(PduError::BadShape(_))
+        ));
+    }
+
+    #[test]
+    fn redacts_is_top_level_only_in_v10() {
+        let key = SigningKeyPair::generate();
+        let mut t = template(
+            Some("!r:a.org"),
+            "m.room.redaction",
+            json!({"redacts": "$e"}),
+        );
+        t.redacts = Some("$e".into());
+        let v10 = build(RoomVersion::V10, t.clone(), "a.org", &key).unwrap();
+        assert_eq!(v10.pdu["redacts"], "$e");
+        let v11 = build(RoomVersion::V11, t, "a.org", &key).unwrap();
+        assert!(v11.pdu.get("redacts").is_none());
+        assert_eq!(v11.pdu["content"]["redacts"], "$e");
+    }
+
+    #[test]
+    fn spec_limits_are_enforced() {
+        let key = SigningKeyPair::generate();
+        let big = template(
+            Some("!r:a.org"),
+            "m.room.message",
+            json!({"body": "x".repeat(70_000)}),
+        );
+        assert!(matches!(
+            build(RoomVersion::V12, big, "a.org", &key),
+            Err(PduError::TooLarge(_))
+        ));
+        let mut many = template(Some("!r:a.org"), "m.room.message", json!({}));
+        many.prev_events = (0..21).map(|i| format!("$e{i}")).collect();
+        assert!(matches!(
+            build(RoomVersion::V12, many, "a.org", &key),
+            Err(PduError::BadShape(_))
+        ));
+        let mut auth = template(Some("!r:a.org"), "m.room.message", json!({}));
+        auth.auth_events = (0..11).map(|i| format!("$e{i}")).collect();
+        assert!(matches!(
+            build(RoomVersion::V12, auth, "a.org", &key),
+            Err(PduError::BadShape(_))
+        ));
+        let float = template(Some("!r:a.org"), "m.room.message", json!({"n": 1.5}));
+        assert!(matches!(
+            build(RoomVersion::V12, float, "a.org", &key),
+            Err(PduError::BadContent(_))
+        ));
+        let not_object = template(Some("!r:a.org"), "m.room.message", json!([1]));
+        assert!(matches!(
+            build(RoomVersion::V12, not_object, "a.org", &key),
+            Err(PduError::BadContent(_))
+        ));
+    }
+}
