@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod media;
 pub mod rate_limit;
 pub mod records;
+pub mod rooms;
 pub mod server_keys;
 
 use std::sync::Arc;

@@ -28,6 +28,17 @@ pub enum Table {
     /// `server_name 0xFF media_id 0xFF method 0xFF width (u32 BE) 0xFF height (u32 BE) ->
     /// ThumbnailRecord`. Owner: media.
     MediaidThumbnail,
+    /// `type 0xFF state_key -> short id (u64 BE)`: interned state keys. Owner: rooms.
+    StatekeyShortstatekey,
+    /// `short id (u64 BE) -> type 0xFF state_key`. Owner: rooms.
+    ShortstatekeyStatekey,
+    /// `event_id -> short id (u64 BE)`: interned event ids. Owner: rooms.
+    EventidShorteventid,
+    /// `short id (u64 BE) -> event_id`. Owner: rooms.
+    ShorteventidEventid,
+    /// `short state hash (u64 BE) -> StateDiff` (binary: parent, depth, added pairs,
+    /// removed keys): a state snapshot as a delta on its parent. Owner: rooms.
+    ShortstatehashStatediff,
 }
 
 impl Table {
@@ -42,6 +53,11 @@ impl Table {
         Table::MediaidMedia,
         Table::UseridMediaidPending,
         Table::MediaidThumbnail,
+        Table::StatekeyShortstatekey,
+        Table::ShortstatekeyStatekey,
+        Table::EventidShorteventid,
+        Table::ShorteventidEventid,
+        Table::ShortstatehashStatediff,
     ];
 
     /// The column family's name.
@@ -56,6 +72,11 @@ impl Table {
             Table::MediaidMedia => "mediaid_media",
             Table::UseridMediaidPending => "userid_mediaid_pending",
             Table::MediaidThumbnail => "mediaid_thumbnail",
+            Table::StatekeyShortstatekey => "statekey_shortstatekey",
+            Table::ShortstatekeyStatekey => "shortstatekey_statekey",
+            Table::EventidShorteventid => "eventid_shorteventid",
+            Table::ShorteventidEventid => "shorteventid_eventid",
+            Table::ShortstatehashStatediff => "shortstatehash_statediff",
         }
     }
 }
