@@ -32,6 +32,9 @@ pub const MAX_PASSWORD_BYTES: usize = 512;
 /// Device display names longer than this are refused.
 pub const MAX_DEVICE_NAME_BYTES: usize = 512;
 
+/// Entries in the last-seen throttle beyond which stale ones are dropped.
+const LAST_SEEN_PRUNE_THRESHOLD: usize = 100_000;
+
 /// How often a device's last-seen time is written at most.
 const LAST_SEEN_WRITE_INTERVAL_MS: u64 = 60_000;
 
@@ -104,7 +107,8 @@ pub struct Accounts {
     /// Shared limits (failed password checks in user-interactive auth are limited per user).
     rate_limiter: Arc<RateLimiter>,
     /// Last time each device's last-seen record was written, to write it at most once a minute.
-    last_seen_written: Mutex<HashMap<(String, String), u64>>,
+    /// Keyed by token hash: checking it on every request allocates nothing.
+    last_seen_written: Mutex<HashMap<[u8; 32], u64>>,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -331,11 +335,6 @@ impl Accounts {
             .token
             .as_deref()
             .is_some_and(|t| secrets::constant_time_eq(t.as_bytes(), token.as_bytes())))
-    }
-
-    /// The registration flows currently offered, for `GET /register`-style discovery.
-    pub fn registration_enabled(&self) -> bool {
-        self.registration.enabled
     }
 
     /// Runs user-interactive auth for `request`: `Ok` once a flow is complete, else the 401
@@ -575,15 +574,13 @@ impl Accounts {
         if token.is_empty() || token.len() > 512 {
             return Err(unknown());
         }
-        let Some(bytes) = self
-            .db
-            .get(Table::TokenhashSession, secrets::token_hash(token))?
-        else {
+        let hash = secrets::token_hash(token);
+        let Some(bytes) = self.db.get(Table::TokenhashSession, hash)? else {
             return Err(unknown());
         };
         let record: TokenSession = decode(Table::TokenhashSession, &bytes)?;
         let user_id = UserId::parse(&record.user_id).map_err(MatrixError::internal)?;
-        self.note_last_seen(&record.user_id, &record.device_id, ip);
+        self.note_last_seen(hash, &record.user_id, &record.device_id, ip);
         Ok(Session {
             user_id,
             device_id: record.device_id,
@@ -591,16 +588,24 @@ impl Accounts {
         })
     }
 
-    fn note_last_seen(&self, user_id: &str, device_id: &str, ip: Option<&str>) {
+    fn note_last_seen(
+        &self,
+        token_hash: [u8; 32],
+        user_id: &str,
+        device_id: &str,
+        ip: Option<&str>,
+    ) {
         let now = now_ms();
         {
             let mut written = self
                 .last_seen_written
                 .lock()
                 .expect("last-seen lock poisoned");
-            let entry = written
-                .entry((user_id.to_owned(), device_id.to_owned()))
-                .or_insert(0);
+            if written.len() > LAST_SEEN_PRUNE_THRESHOLD {
+                // Tokens logged out long ago: forget them.
+                written.retain(|_, at| now.saturating_sub(*at) < LAST_SEEN_WRITE_INTERVAL_MS);
+            }
+            let entry = written.entry(token_hash).or_insert(0);
             if now.saturating_sub(*entry) < LAST_SEEN_WRITE_INTERVAL_MS {
                 return;
             }
@@ -616,7 +621,8 @@ impl Accounts {
             device_key(user_id, device_id),
             encode(&record),
         );
-        // Losing a last-seen time in a crash is harmless: no fsync.
+        // Losing a last-seen time in a crash is harmless: no fsync. (If the device was just
+        // deleted, the stray record is never listed and a later login overwrites it.)
         if let Err(e) = self.db.write_relaxed(batch) {
             tracing::warn!(error = %e, "could not record last-seen time");
         }
