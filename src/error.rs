@@ -56,6 +56,14 @@ pub enum ErrorCode {
     CannotOverwriteMedia,
     /// `M_NOT_YET_UPLOADED`
     NotYetUploaded,
+    /// `M_ROOM_IN_USE`
+    RoomInUse,
+    /// `M_INVALID_ROOM_STATE`
+    InvalidRoomState,
+    /// `M_BAD_ALIAS`
+    BadAlias,
+    /// `M_BAD_STATE`
+    BadState,
 }
 
 impl ErrorCode {
@@ -85,6 +93,10 @@ impl ErrorCode {
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
+            Self::RoomInUse => "M_ROOM_IN_USE",
+            Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
+            Self::BadAlias => "M_BAD_ALIAS",
+            Self::BadState => "M_BAD_STATE",
         }
     }
 }

@@ -131,6 +131,7 @@ impl RunningServer {
         if tokio::time::timeout(GRACE, self.client_task).await.is_err() {
             tracing::warn!("client listener did not stop within the grace period");
         }
+        self.services.rooms.shutdown().await;
         if let Err(e) = self.services.db.flush() {
             tracing::warn!(error = %e, "flush at shutdown failed");
         }

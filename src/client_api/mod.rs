@@ -2,13 +2,22 @@
 
 pub mod account;
 pub mod capabilities;
+pub mod create_room;
 pub mod devices;
+pub mod directory;
 pub mod login;
+pub mod membership;
 pub mod registration;
+pub mod relations;
+pub mod room_events;
+pub mod room_members;
+pub mod room_send;
+pub mod room_state;
+pub mod room_upgrades;
 pub mod versions;
 pub mod well_known;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::http::AppState;
@@ -57,5 +66,101 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/_matrix/client/v3/delete_devices",
             post(devices::delete_many),
+        )
+        .merge(room_routes())
+}
+
+const ROOM: &str = "/_matrix/client/v3/rooms/{room_id}";
+
+/// Rooms: creation, membership, state, sending, history, relations, aliases, directory.
+fn room_routes() -> Router<AppState> {
+    let room = |path: &str| format!("{ROOM}{path}");
+    Router::new()
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/timestamp_to_event",
+            get(room_events::timestamp_to_event),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}",
+            get(relations::all),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}",
+            get(relations::by_rel_type),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::by_rel_and_event_type),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/threads",
+            get(relations::threads),
+        )
+        .route(
+            "/_matrix/client/v3/createRoom",
+            post(create_room::create_room),
+        )
+        .route(
+            "/_matrix/client/v3/joined_rooms",
+            get(room_members::joined_rooms),
+        )
+        .route("/_matrix/client/v3/join/{room}", post(membership::join))
+        .route("/_matrix/client/v3/knock/{room}", post(membership::knock))
+        .route(&room("/join"), post(membership::join))
+        .route(&room("/leave"), post(membership::leave))
+        .route(&room("/forget"), post(membership::forget))
+        .route(&room("/invite"), post(membership::invite))
+        .route(&room("/kick"), post(membership::kick))
+        .route(&room("/ban"), post(membership::ban))
+        .route(&room("/unban"), post(membership::unban))
+        .route(&room("/members"), get(room_members::members))
+        .route(&room("/joined_members"), get(room_members::joined_members))
+        .route(&room("/state"), get(room_state::get_state))
+        .route(
+            &room("/state/{event_type}"),
+            get(room_state::get_state_event_empty_key).put(room_state::put_state_event_empty_key),
+        )
+        .route(
+            &room("/state/{event_type}/"),
+            get(room_state::get_state_event_empty_key).put(room_state::put_state_event_empty_key),
+        )
+        .route(
+            &room("/state/{event_type}/{state_key}"),
+            get(room_state::get_state_event).put(room_state::put_state_event),
+        )
+        .route(&room("/send/{event_type}/{txn_id}"), put(room_send::send))
+        .route(&room("/redact/{event_id}/{txn_id}"), put(room_send::redact))
+        .route(&room("/event/{event_id}"), get(room_events::get_event))
+        .route(&room("/messages"), get(room_events::messages))
+        .route(&room("/context/{event_id}"), get(room_events::context))
+        .route(&room("/relations/{event_id}"), get(relations::all))
+        .route(
+            &room("/relations/{event_id}/{rel_type}"),
+            get(relations::by_rel_type),
+        )
+        .route(
+            &room("/relations/{event_id}/{rel_type}/{event_type}"),
+            get(relations::by_rel_and_event_type),
+        )
+        .route(&room("/threads"), get(relations::threads))
+        .route(
+            &room("/timestamp_to_event"),
+            get(room_events::timestamp_to_event),
+        )
+        .route(&room("/upgrade"), post(room_upgrades::upgrade))
+        .route(&room("/aliases"), get(directory::room_aliases))
+        .route(
+            "/_matrix/client/v3/directory/room/{alias}",
+            get(directory::get_alias)
+                .put(directory::put_alias)
+                .delete(directory::delete_alias),
+        )
+        .route(
+            "/_matrix/client/v3/directory/list/room/{room_id}",
+            get(directory::get_visibility).put(directory::put_visibility),
+        )
+        .route(
+            "/_matrix/client/v3/publicRooms",
+            get(directory::get_public_rooms).post(directory::post_public_rooms),
         )
 }

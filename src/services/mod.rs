@@ -17,6 +17,7 @@ use crate::storage::{Db, DbOptions};
 use accounts::Accounts;
 use media::{Media, MediaLimits};
 use rate_limit::RateLimiter;
+use rooms::Rooms;
 
 /// Milliseconds since the Unix epoch (the spec's timestamps).
 pub fn now_ms() -> u64 {
@@ -33,11 +34,13 @@ pub struct Services {
     /// The database.
     pub db: Arc<Db>,
     /// Our server's signing key.
-    pub signing_key: SigningKeyPair,
+    pub signing_key: Arc<SigningKeyPair>,
     /// Users, devices, tokens, UIA.
     pub accounts: Accounts,
     /// Uploads, downloads, thumbnails.
     pub media: Media,
+    /// Rooms, events, state, membership, aliases.
+    pub rooms: Rooms,
     /// Token buckets.
     pub rate_limiter: Arc<RateLimiter>,
 }
@@ -54,8 +57,9 @@ impl Services {
             },
         )
         .map_err(|e| e.to_string())?;
-        let signing_key =
-            server_keys::load_or_create(&config.data_path(server_keys::SIGNING_KEY_FILE))?;
+        let signing_key = Arc::new(server_keys::load_or_create(
+            &config.data_path(server_keys::SIGNING_KEY_FILE),
+        )?);
         let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits));
         let accounts = Accounts::new(
             Arc::clone(&db),
@@ -78,12 +82,20 @@ impl Services {
                 config.data_dir.display()
             )
         })?;
+        let rooms = Rooms::open(
+            Arc::clone(&db),
+            config.server_name.clone(),
+            Arc::clone(&signing_key),
+            config.rooms.default_version,
+        )
+        .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
         Ok(Arc::new(Self {
             config,
             db,
             signing_key,
             accounts,
             media,
+            rooms,
             rate_limiter,
         }))
     }

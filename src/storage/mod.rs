@@ -254,6 +254,12 @@ impl Db {
         Ok(self.db.write_opt(batch.batch, &self.relaxed)?)
     }
 
+    /// Makes every write so far durable (fsyncs the WAL): how a writer that issued several
+    /// [`Db::write_relaxed`] batches acknowledges them all with one fsync.
+    pub fn sync_wal(&self) -> StorageResult<()> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
     /// Every entry of `table` whose key starts with `prefix`, in key order.
     pub fn scan_prefix<'a>(
         &'a self,

@@ -39,6 +39,48 @@ pub enum Table {
     /// `short state hash (u64 BE) -> StateDiff` (binary: parent, depth, added pairs,
     /// removed keys): a state snapshot as a delta on its parent. Owner: rooms.
     ShortstatehashStatediff,
+    /// `room_id -> short room id (u64 BE)`. Owner: rooms.
+    RoomidShortroomid,
+    /// `short room id (u64 BE) -> RoomRecord` (room id, version, current state snapshot,
+    /// forward extremities, depth): a room's head, rewritten with each event. Owner: rooms.
+    ShortroomidRoom,
+    /// `short event id (u64 BE) -> PDU` (federation format; redacted in place when a
+    /// redaction applies). Owner: rooms.
+    ShorteventidPdu,
+    /// `short event id (u64 BE) -> EventMeta` (binary: room, stream position, state
+    /// snapshots before and after, replaced state event, redacting event). Owner: rooms.
+    ShorteventidMeta,
+    /// `short room id (u64 BE) ++ stream position (u64 BE) -> short event id (u64 BE)`:
+    /// a room's timeline in arrival order. Owner: rooms.
+    ShortroomidPosShorteventid,
+    /// `stream position (u64 BE) -> short room id (u64 BE)`: every event of every room in
+    /// one order (the global stream). Owner: rooms.
+    PosShortroomid,
+    /// `user_id 0xFF room_id -> MembershipRecord` (membership, event, positions,
+    /// forgotten). Owner: rooms.
+    UseridRoomidMembership,
+    /// `user_id 0xFF device_id 0xFF txn_id -> event_id`: idempotent sends. Owner: rooms.
+    TxnidEventid,
+    /// `short event id (u64 BE) -> device_id 0xFF txn_id`: for `unsigned.transaction_id`.
+    /// Owner: rooms.
+    ShorteventidTxnid,
+    /// `parent short event id (u64 BE) ++ position (u64 BE) ++ child short event id
+    /// (u64 BE) -> Relation` (rel_type, event type, sender): relations of an event. Owner: rooms.
+    RelatesPosChild,
+    /// `short room id (u64 BE) ++ latest position (u64 BE) ++ root short event id (u64 BE)
+    /// -> ()`: a room's threads by latest activity. Owner: rooms.
+    ShortroomidThreadpos,
+    /// `short room id (u64 BE) ++ origin_server_ts (u64 BE) ++ short event id (u64 BE) -> ()`:
+    /// a room's events by timestamp, for `timestamp_to_event`. Owner: rooms.
+    ShortroomidTsShorteventid,
+    /// `thread root short event id (u64 BE) -> latest reply position (u64 BE)`. Owner: rooms.
+    ThreadrootLatestpos,
+    /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
+    AliasRoomid,
+    /// `room_id 0xFF alias -> ()`. Owner: rooms.
+    RoomidAlias,
+    /// `room_id -> ()`: rooms listed in the public room directory. Owner: rooms.
+    RoomidPublished,
 }
 
 impl Table {
@@ -58,6 +100,22 @@ impl Table {
         Table::EventidShorteventid,
         Table::ShorteventidEventid,
         Table::ShortstatehashStatediff,
+        Table::RoomidShortroomid,
+        Table::ShortroomidRoom,
+        Table::ShorteventidPdu,
+        Table::ShorteventidMeta,
+        Table::ShortroomidPosShorteventid,
+        Table::PosShortroomid,
+        Table::UseridRoomidMembership,
+        Table::TxnidEventid,
+        Table::ShorteventidTxnid,
+        Table::RelatesPosChild,
+        Table::ShortroomidThreadpos,
+        Table::ShortroomidTsShorteventid,
+        Table::ThreadrootLatestpos,
+        Table::AliasRoomid,
+        Table::RoomidAlias,
+        Table::RoomidPublished,
     ];
 
     /// The column family's name.
@@ -77,6 +135,22 @@ impl Table {
             Table::EventidShorteventid => "eventid_shorteventid",
             Table::ShorteventidEventid => "shorteventid_eventid",
             Table::ShortstatehashStatediff => "shortstatehash_statediff",
+            Table::RoomidShortroomid => "roomid_shortroomid",
+            Table::ShortroomidRoom => "shortroomid_room",
+            Table::ShorteventidPdu => "shorteventid_pdu",
+            Table::ShorteventidMeta => "shorteventid_meta",
+            Table::ShortroomidPosShorteventid => "shortroomid_pos_shorteventid",
+            Table::PosShortroomid => "pos_shortroomid",
+            Table::UseridRoomidMembership => "userid_roomid_membership",
+            Table::TxnidEventid => "txnid_eventid",
+            Table::ShorteventidTxnid => "shorteventid_txnid",
+            Table::RelatesPosChild => "relates_pos_child",
+            Table::ShortroomidThreadpos => "shortroomid_threadpos",
+            Table::ShortroomidTsShorteventid => "shortroomid_ts_shorteventid",
+            Table::ThreadrootLatestpos => "threadroot_latestpos",
+            Table::AliasRoomid => "alias_roomid",
+            Table::RoomidAlias => "roomid_alias",
+            Table::RoomidPublished => "roomid_published",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::services::rate_limit::{RateAction, RateLimiter};
 use crate::services::records::{decode, encode};
+use crate::services::rooms::membership::MemberProfile;
 use crate::storage::{keys, Db, Table};
 use records::{Account, Device, LastSeen, Profile, TokenSession};
 use uia::{stages, UiaPassed, UiaRequest, UiaSessions};
@@ -152,6 +153,22 @@ impl Accounts {
         Ok(self
             .account(user_id.as_str())?
             .is_some_and(|a| !a.deactivated))
+    }
+
+    /// Whether `user_id` is an active server administrator.
+    pub fn is_admin(&self, user_id: &UserId) -> MatrixResult<bool> {
+        Ok(self
+            .account(user_id.as_str())?
+            .is_some_and(|a| a.is_admin && !a.deactivated))
+    }
+
+    /// The profile a member event of `user_id` carries (empty when none is set).
+    pub fn member_profile(&self, user_id: &UserId) -> MatrixResult<MemberProfile> {
+        let profile = self.profile(user_id)?.unwrap_or_default();
+        Ok(MemberProfile {
+            displayname: profile.displayname,
+            avatar_url: profile.avatar_url,
+        })
     }
 
     /// Turns a requested username (localpart, or a full id on our server) into a user id,

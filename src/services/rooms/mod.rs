@@ -1,7 +1,162 @@
-//! Rooms: event building, auth, state, timeline, membership.
+//! Rooms: event building, auth, state, timeline, membership, aliases and relations.
 //!
-//! This first part holds the state store; event building and the write path follow.
-//! Owns the tables `statekey_shortstatekey`, `shortstatekey_statekey`,
-//! `eventid_shorteventid`, `shorteventid_eventid` and `shortstatehash_statediff`.
+//! [`Rooms`] is the service; its parts:
+//! - [`state_store`]: interned short ids and layered state snapshots;
+//! - [`event_store`]: reading rooms, events, timelines and memberships;
+//! - [`writer`]: the write path, one writer task per room;
+//! - [`create`], [`membership`], [`sending`]: what clients ask the graph to do;
+//! - [`history`], [`members`], [`relations`], [`aliases`]: what clients read;
+//! - [`visibility`], [`filter`], [`client_event`], [`tokens`]: the rules and formats those share.
+//!
+//! Owns the tables `roomid_shortroomid`, `shortroomid_room`, `shorteventid_pdu`,
+//! `shorteventid_meta`, `shortroomid_pos_shorteventid`, `pos_shortroomid`,
+//! `userid_roomid_membership`, `txnid_eventid`, `shorteventid_txnid`, `relates_pos_child`,
+//! `shortroomid_threadpos`, `threadroot_latestpos`, `alias_roomid`, `roomid_alias`,
+//! `roomid_published` and the state store's tables.
 
+pub mod aliases;
+pub mod client_event;
+pub mod create;
+pub mod event_store;
+pub mod filter;
+pub mod history;
+pub mod members;
+pub mod membership;
+pub mod records;
+pub mod relations;
+pub mod sending;
 pub mod state_store;
+pub mod tokens;
+pub mod upgrade;
+pub mod visibility;
+pub mod writer;
+
+use std::sync::Arc;
+
+use crate::core::{RoomVersion, ServerName, SigningKeyPair};
+use crate::error::{MatrixError, MatrixResult};
+use event_store::{EventStore, Room};
+use records::MembershipRecord;
+use state_store::ShortStateHash;
+use visibility::VisibilityCheck;
+use writer::{WriterContext, Writers};
+
+/// The rooms service.
+pub struct Rooms {
+    store: Arc<EventStore>,
+    writers: Writers,
+    server_name: ServerName,
+    signing_key: Arc<SigningKeyPair>,
+    default_version: RoomVersion,
+    /// Serializes alias check-and-set.
+    alias_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a user may read of a room: the room, their membership, and the state snapshot they
+/// see (the current one while joined, the one at their leave after they left).
+#[derive(Debug, Clone)]
+pub struct ReadAccess {
+    /// The room.
+    pub room: Room,
+    /// The reader's membership record, if any.
+    pub membership: Option<MembershipRecord>,
+    /// The state the reader sees.
+    pub snapshot: ShortStateHash,
+}
+
+impl Rooms {
+    /// Opens the service's tables.
+    pub fn open(
+        db: Arc<crate::storage::Db>,
+        server_name: ServerName,
+        signing_key: Arc<SigningKeyPair>,
+        default_version: RoomVersion,
+    ) -> MatrixResult<Self> {
+        let store = Arc::new(EventStore::open(db)?);
+        let writers = Writers::new(WriterContext {
+            store: Arc::clone(&store),
+            server_name: server_name.as_str().to_owned(),
+            signing_key: Arc::clone(&signing_key),
+        });
+        Ok(Self {
+            store,
+            writers,
+            server_name,
+            signing_key,
+            default_version,
+            alias_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Lets the room writers finish their queues and stop (server shutdown).
+    pub async fn shutdown(&self) {
+        self.writers.shutdown().await;
+    }
+
+    /// The read side of the tables.
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Our server name.
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// A known room, or 404 `M_NOT_FOUND`.
+    pub fn known_room(&self, room_id: &str) -> MatrixResult<Room> {
+        self.store
+            .room(room_id)?
+            .ok_or_else(|| MatrixError::not_found("Unknown room"))
+    }
+
+    /// The user's current membership in a room (`None` when they have none).
+    pub fn membership_of(&self, user_id: &str, room_id: &str) -> MatrixResult<Option<String>> {
+        Ok(self
+            .store
+            .membership(user_id, room_id)?
+            .map(|r| r.membership))
+    }
+
+    /// What `user_id` may read of `room_id`; 403 `M_FORBIDDEN` for an unknown room or a
+    /// user who never was in it (unless it is world-readable).
+    pub fn read_access(&self, user_id: &str, room_id: &str) -> MatrixResult<ReadAccess> {
+        let not_member = || MatrixError::forbidden("You aren't a member of the room");
+        let room = self.store.room(room_id)?.ok_or_else(not_member)?;
+        let membership = self.store.membership(user_id, room_id)?;
+        let snapshot = match membership.as_ref().map(|m| m.membership.as_str()) {
+            Some("join") => room.record.state,
+            Some("leave" | "ban") => {
+                let record = membership.as_ref().expect("matched Some");
+                if record.last_join_pos == 0
+                    && !VisibilityCheck::world_readable(&self.store, &room)?
+                {
+                    // Left without ever joining (a rejected invite or knock): nothing to see.
+                    return Err(not_member());
+                }
+                match self.store.event_by_id(&record.event_id)? {
+                    Some(leave) => leave.meta.state_after,
+                    None => return Err(not_member()),
+                }
+            }
+            _ if VisibilityCheck::world_readable(&self.store, &room)? => room.record.state,
+            _ => return Err(not_member()),
+        };
+        Ok(ReadAccess {
+            room,
+            membership,
+            snapshot,
+        })
+    }
+
+    /// Rooms the user is joined to.
+    pub fn joined_rooms(&self, user_id: &str) -> MatrixResult<Vec<String>> {
+        Ok(self
+            .store
+            .memberships_of(user_id)?
+            .into_iter()
+            .filter(|(_, r)| r.membership == "join")
+            .map(|(room, _)| room)
+            .collect())
+    }
+}

@@ -1,0 +1,182 @@
+//! Spec: client-server API, "Room aliases" and "Published room directory": `PUT/GET/DELETE
+//! /directory/room/{roomAlias}`, `GET /rooms/{roomId}/aliases`, `GET/PUT
+//! /directory/list/room/{roomId}`, `GET/POST /publicRooms`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{MatrixError, MatrixResult};
+use crate::http::extract::{Authed, JsonBody, MaybeJsonBody, PathParams, QueryParams};
+use crate::http::AppState;
+use crate::services::rooms::aliases::PublicRoomsQuery;
+
+/// `PUT /directory/room/{alias}` body.
+#[derive(Deserialize)]
+pub struct AliasBody {
+    room_id: String,
+}
+
+/// Creates a local alias.
+pub async fn put_alias(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(alias): PathParams<String>,
+    JsonBody(body): JsonBody<AliasBody>,
+) -> MatrixResult<Json<Value>> {
+    services
+        .rooms
+        .create_alias(&session.user_id, &alias, &body.room_id)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// Resolves an alias (no authentication needed).
+pub async fn get_alias(
+    State(services): State<AppState>,
+    PathParams(alias): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    let (room_id, servers) = services.rooms.resolve_alias(&alias)?;
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// Deletes a local alias.
+pub async fn delete_alias(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(alias): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    let is_admin = services.accounts.is_admin(&session.user_id)?;
+    services
+        .rooms
+        .delete_alias(&session.user_id, is_admin, &alias)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// A room's local aliases.
+pub async fn room_aliases(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    let aliases = services
+        .rooms
+        .local_aliases(session.user_id.as_str(), &room_id)?;
+    Ok(Json(json!({ "aliases": aliases })))
+}
+
+/// Whether a room is published (no authentication needed).
+pub async fn get_visibility(
+    State(services): State<AppState>,
+    PathParams(room_id): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    let published = services.rooms.is_published(&room_id)?;
+    Ok(Json(json!({
+        "visibility": if published { "public" } else { "private" }
+    })))
+}
+
+/// `PUT /directory/list/room/{roomId}` body.
+#[derive(Deserialize)]
+pub struct VisibilityBody {
+    visibility: Option<String>,
+}
+
+/// Publishes or hides a room.
+pub async fn put_visibility(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    JsonBody(body): JsonBody<VisibilityBody>,
+) -> MatrixResult<Json<Value>> {
+    let published = match body.visibility.as_deref() {
+        Some("public") => true,
+        None | Some("private") => false,
+        Some(other) => {
+            return Err(MatrixError::invalid_param(format!(
+                "visibility must be public or private, not {other:?}"
+            )))
+        }
+    };
+    let is_admin = services.accounts.is_admin(&session.user_id)?;
+    services
+        .rooms
+        .set_visibility(&session.user_id, is_admin, &room_id, published)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /publicRooms` query.
+#[derive(Deserialize)]
+pub struct PublicRoomsParams {
+    limit: Option<String>,
+    since: Option<String>,
+    server: Option<String>,
+}
+
+fn check_server(services: &AppState, server: Option<&str>) -> MatrixResult<()> {
+    match server {
+        Some(s) if s != services.config.server_name.as_str() => Err(MatrixError::new(
+            400,
+            crate::error::ErrorCode::Unrecognized,
+            "Listing other servers' directories needs federation, which this server does not do yet",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The published rooms (no authentication needed).
+pub async fn get_public_rooms(
+    State(services): State<AppState>,
+    QueryParams(params): QueryParams<PublicRoomsParams>,
+) -> MatrixResult<Json<Value>> {
+    check_server(&services, params.server.as_deref())?;
+    let limit = super::room_events::limit(params.limit.as_deref(), 500)?;
+    Ok(Json(services.rooms.public_rooms(&PublicRoomsQuery {
+        limit: Some(limit),
+        since: params.since,
+        search: None,
+        room_types: None,
+    })?))
+}
+
+/// `POST /publicRooms` body.
+#[derive(Deserialize, Default)]
+pub struct PublicRoomsBody {
+    limit: Option<usize>,
+    since: Option<String>,
+    filter: Option<PublicRoomsFilter>,
+}
+
+/// The body's `filter`.
+#[derive(Deserialize, Default)]
+pub struct PublicRoomsFilter {
+    generic_search_term: Option<String>,
+    room_types: Option<Vec<Option<String>>>,
+}
+
+/// `POST /publicRooms` query.
+#[derive(Deserialize)]
+pub struct ServerParam {
+    server: Option<String>,
+}
+
+/// The published rooms, filtered.
+pub async fn post_public_rooms(
+    State(services): State<AppState>,
+    Authed(_session): Authed,
+    QueryParams(params): QueryParams<ServerParam>,
+    MaybeJsonBody(body): MaybeJsonBody<PublicRoomsBody>,
+) -> MatrixResult<Json<Value>> {
+    check_server(&services, params.server.as_deref())?;
+    let body = body.unwrap_or_default();
+    let filter = body.filter.unwrap_or_default();
+    Ok(Json(services.rooms.public_rooms(&PublicRoomsQuery {
+        limit: body.limit,
+        since: body.since,
+        search: filter.generic_search_term,
+        room_types: filter.room_types,
+    })?))
+}

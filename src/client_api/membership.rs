@@ -1,0 +1,167 @@
+//! Spec: client-server API, "Room membership": `POST /join/{roomIdOrAlias}`, `POST
+//! /rooms/{roomId}/join`, `/invite`, `/leave`, `/forget`, `/kick`, `/ban`, `/unban`,
+//! `POST /knock/{roomIdOrAlias}`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::core::UserId;
+use crate::error::{MatrixError, MatrixResult};
+use crate::http::extract::{Authed, JsonBody, MaybeJsonBody, PathParams};
+use crate::http::AppState;
+
+/// Body of join, leave and knock.
+#[derive(Deserialize, Default)]
+pub struct ReasonBody {
+    reason: Option<String>,
+}
+
+/// Body of invite, kick, ban and unban.
+#[derive(Deserialize)]
+pub struct TargetBody {
+    user_id: String,
+    reason: Option<String>,
+    #[serde(default)]
+    is_direct: bool,
+}
+
+fn target(body: &TargetBody) -> MatrixResult<UserId> {
+    UserId::parse(&body.user_id)
+        .map_err(|e| MatrixError::invalid_param(format!("user_id is not a user id: {e}")))
+}
+
+/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`.
+pub async fn join(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room): PathParams<String>,
+    MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
+) -> MatrixResult<Json<Value>> {
+    let room_id = services.rooms.resolve_room_or_alias(&room)?;
+    let profile = services.accounts.member_profile(&session.user_id)?;
+    let reason = body.and_then(|b| b.reason);
+    services
+        .rooms
+        .join(&session.user_id, &room_id, reason, &profile)
+        .await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /knock/{roomIdOrAlias}`.
+pub async fn knock(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room): PathParams<String>,
+    MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
+) -> MatrixResult<Json<Value>> {
+    let room_id = services.rooms.resolve_room_or_alias(&room)?;
+    let profile = services.accounts.member_profile(&session.user_id)?;
+    let reason = body.and_then(|b| b.reason);
+    services
+        .rooms
+        .knock(&session.user_id, &room_id, reason, &profile)
+        .await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
+/// `POST /rooms/{roomId}/leave`.
+pub async fn leave(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
+) -> MatrixResult<Json<Value>> {
+    let reason = body.and_then(|b| b.reason);
+    services
+        .rooms
+        .leave(&session.user_id, &room_id, reason)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/forget`.
+pub async fn forget(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    services.rooms.forget(&session.user_id, &room_id).await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/invite`.
+pub async fn invite(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> MatrixResult<Json<Value>> {
+    let target = target(&body)?;
+    let profile = if target.server_name() == services.config.server_name.as_str() {
+        if !services.accounts.is_active_user(&target)? {
+            return Err(MatrixError::not_found(format!("Unknown user {target}")));
+        }
+        Some(services.accounts.member_profile(&target)?)
+    } else {
+        None
+    };
+    services
+        .rooms
+        .invite(
+            &session.user_id,
+            &room_id,
+            &target,
+            body.reason,
+            body.is_direct,
+            profile.as_ref(),
+        )
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/kick`.
+pub async fn kick(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> MatrixResult<Json<Value>> {
+    let target = target(&body)?;
+    services
+        .rooms
+        .kick(&session.user_id, &room_id, &target, body.reason)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/ban`.
+pub async fn ban(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> MatrixResult<Json<Value>> {
+    let target = target(&body)?;
+    services
+        .rooms
+        .ban(&session.user_id, &room_id, &target, body.reason)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /rooms/{roomId}/unban`.
+pub async fn unban(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> MatrixResult<Json<Value>> {
+    let target = target(&body)?;
+    services
+        .rooms
+        .unban(&session.user_id, &room_id, &target, body.reason)
+        .await?;
+    Ok(Json(json!({})))
+}

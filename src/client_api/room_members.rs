@@ -1,0 +1,61 @@
+//! Spec: client-server API, "Room membership" (listing): `GET /joined_rooms`, `GET
+//! /rooms/{roomId}/members`, `GET /rooms/{roomId}/joined_members`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::MatrixResult;
+use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::AppState;
+use crate::services::rooms::members::MembersQuery;
+
+/// The rooms the user is joined to.
+pub async fn joined_rooms(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+) -> MatrixResult<Json<Value>> {
+    let rooms = services.rooms.joined_rooms(session.user_id.as_str())?;
+    Ok(Json(json!({ "joined_rooms": rooms })))
+}
+
+/// `/members` query.
+#[derive(Deserialize)]
+pub struct MembersParams {
+    at: Option<String>,
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+/// The room's member events, filtered.
+pub async fn members(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+    QueryParams(params): QueryParams<MembersParams>,
+) -> MatrixResult<Json<Value>> {
+    let chunk = services.rooms.members_for(
+        session.user_id.as_str(),
+        &room_id,
+        &MembersQuery {
+            at: params.at.as_deref(),
+            membership: params.membership.as_deref(),
+            not_membership: params.not_membership.as_deref(),
+        },
+    )?;
+    Ok(Json(json!({ "chunk": chunk })))
+}
+
+/// Joined members with their profiles.
+pub async fn joined_members(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    Ok(Json(
+        services
+            .rooms
+            .joined_members_for(session.user_id.as_str(), &room_id)?,
+    ))
+}

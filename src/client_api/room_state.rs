@@ -1,0 +1,123 @@
+//! Spec: client-server API, "Getting events for a room" and "Sending events to a room"
+//! (state): `GET /rooms/{roomId}/state`, `GET` and `PUT
+//! /rooms/{roomId}/state/{eventType}/{stateKey}` (the state key may be empty).
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::MatrixResult;
+use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
+use crate::http::AppState;
+use crate::services::rooms::client_event::client_event;
+
+/// The whole state the user may see.
+pub async fn get_state(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(room_id): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    Ok(Json(Value::Array(
+        services
+            .rooms
+            .state_for(session.user_id.as_str(), &room_id)?,
+    )))
+}
+
+/// `format=content` (default) or `format=event`.
+#[derive(Deserialize)]
+pub struct FormatParams {
+    format: Option<String>,
+}
+
+async fn get_one(
+    services: AppState,
+    user: &str,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+    format: Option<&str>,
+) -> MatrixResult<Json<Value>> {
+    let event = services
+        .rooms
+        .state_event_for(user, room_id, kind, state_key)?;
+    match format {
+        Some("event") => Ok(Json(client_event(
+            services.rooms.store(),
+            &event,
+            room_id,
+            None,
+        )?)),
+        None | Some("content") => Ok(Json(event.content().clone())),
+        Some(other) => Err(crate::error::MatrixError::invalid_param(format!(
+            "format must be content or event, not {other:?}"
+        ))),
+    }
+}
+
+/// One state event's content (or the event with `format=event`).
+pub async fn get_state_event(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((room_id, kind, state_key)): PathParams<(String, String, String)>,
+    QueryParams(params): QueryParams<FormatParams>,
+) -> MatrixResult<Json<Value>> {
+    let user = session.user_id.as_str();
+    get_one(
+        services.clone(),
+        user,
+        &room_id,
+        &kind,
+        &state_key,
+        params.format.as_deref(),
+    )
+    .await
+}
+
+/// The same with an empty state key.
+pub async fn get_state_event_empty_key(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((room_id, kind)): PathParams<(String, String)>,
+    QueryParams(params): QueryParams<FormatParams>,
+) -> MatrixResult<Json<Value>> {
+    let user = session.user_id.as_str();
+    get_one(
+        services.clone(),
+        user,
+        &room_id,
+        &kind,
+        "",
+        params.format.as_deref(),
+    )
+    .await
+}
+
+/// Sets a state event; answers its id.
+pub async fn put_state_event(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((room_id, kind, state_key)): PathParams<(String, String, String)>,
+    JsonBody(content): JsonBody<Value>,
+) -> MatrixResult<Json<Value>> {
+    let event_id = services
+        .rooms
+        .send_state(&session.user_id, &room_id, &kind, &state_key, content)
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}
+
+/// The same with an empty state key.
+pub async fn put_state_event_empty_key(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((room_id, kind)): PathParams<(String, String)>,
+    JsonBody(content): JsonBody<Value>,
+) -> MatrixResult<Json<Value>> {
+    let event_id = services
+        .rooms
+        .send_state(&session.user_id, &room_id, &kind, "", content)
+        .await?;
+    Ok(Json(json!({ "event_id": event_id })))
+}

@@ -1,0 +1,307 @@
+//! Reading the rooms service's tables: rooms, events with their metadata, timelines,
+//! memberships and state at any snapshot. Writes happen in [`super::writer`] only.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::records::{EventMeta, MembershipRecord, RoomRecord};
+use super::state_store::{ShortEventId, ShortStateHash, StateStore};
+use crate::core::RoomVersion;
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::records::decode;
+use crate::storage::{keys, Db, Table};
+
+/// A stored event: its ids, its PDU and where it sits.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// The short id.
+    pub short: ShortEventId,
+    /// The event id.
+    pub event_id: String,
+    /// The PDU in federation format (redacted if a redaction applied).
+    pub pdu: Value,
+    /// Room, position, state snapshots.
+    pub meta: EventMeta,
+}
+
+impl StoredEvent {
+    /// The event's type.
+    pub fn kind(&self) -> &str {
+        self.pdu.get("type").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The state key, for state events.
+    pub fn state_key(&self) -> Option<&str> {
+        self.pdu.get("state_key").and_then(Value::as_str)
+    }
+
+    /// The sender.
+    pub fn sender(&self) -> &str {
+        self.pdu.get("sender").and_then(Value::as_str).unwrap_or("")
+    }
+
+    /// The content (an empty object if absent).
+    pub fn content(&self) -> &Value {
+        static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+        self.pdu
+            .get("content")
+            .unwrap_or_else(|| EMPTY.get_or_init(|| Value::Object(Default::default())))
+    }
+}
+
+/// A room as the rest of the service sees it.
+#[derive(Debug, Clone)]
+pub struct Room {
+    /// The room's short id.
+    pub short: u64,
+    /// Its head record.
+    pub record: RoomRecord,
+    /// Its version.
+    pub version: RoomVersion,
+}
+
+pub(super) fn corrupt(what: &str) -> MatrixError {
+    MatrixError::internal(format!("corrupt rooms record: {what}"))
+}
+
+/// The key of a membership record.
+pub(super) fn membership_key(user_id: &str, room_id: &str) -> Vec<u8> {
+    keys::join(&[user_id.as_bytes(), room_id.as_bytes()])
+}
+
+/// `room short ++ pos`: a timeline key.
+pub(super) fn timeline_key(room: u64, pos: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&room.to_be_bytes());
+    key[8..].copy_from_slice(&pos.to_be_bytes());
+    key
+}
+
+/// The rooms service's tables, read side, plus the id counters the writers share.
+pub struct EventStore {
+    pub(super) db: Arc<Db>,
+    pub(super) state: StateStore,
+    next_pos: AtomicU64,
+    next_room: AtomicU64,
+}
+
+fn last_u64_key(db: &Db, table: Table) -> MatrixResult<u64> {
+    match db.scan_range(table, &[0u8; 8], &[0xffu8; 9], true).next() {
+        Some(entry) => {
+            let (key, _) = entry?;
+            key.get(..8)
+                .and_then(keys::read_u64)
+                .ok_or_else(|| corrupt("u64 key"))
+        }
+        None => Ok(0),
+    }
+}
+
+impl EventStore {
+    /// Opens the store and finds the counters' next values.
+    pub fn open(db: Arc<Db>) -> MatrixResult<Self> {
+        let last_pos = last_u64_key(&db, Table::PosShortroomid)?;
+        let last_room = last_u64_key(&db, Table::ShortroomidRoom)?;
+        Ok(Self {
+            state: StateStore::open(Arc::clone(&db))?,
+            db,
+            next_pos: AtomicU64::new(last_pos + 1),
+            next_room: AtomicU64::new(last_room + 1),
+        })
+    }
+
+    /// The next stream position.
+    pub(super) fn allocate_pos(&self) -> u64 {
+        self.next_pos.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The highest stream position handed out so far.
+    pub fn current_pos(&self) -> u64 {
+        self.next_pos.load(Ordering::Relaxed) - 1
+    }
+
+    /// A new short room id.
+    pub(super) fn allocate_room(&self) -> u64 {
+        self.next_room.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The state store.
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
+    /// The short id of a known room.
+    pub fn room_short(&self, room_id: &str) -> MatrixResult<Option<u64>> {
+        self.db
+            .get(Table::RoomidShortroomid, room_id)?
+            .map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short room id")))
+            .transpose()
+    }
+
+    /// A room by its short id.
+    pub fn room_by_short(&self, short: u64) -> MatrixResult<Room> {
+        let bytes = self
+            .db
+            .get(Table::ShortroomidRoom, short.to_be_bytes())?
+            .ok_or_else(|| corrupt("unknown short room id"))?;
+        let record: RoomRecord = decode(Table::ShortroomidRoom, &bytes)?;
+        let version = RoomVersion::from_id(&record.version).ok_or_else(|| corrupt("version"))?;
+        Ok(Room {
+            short,
+            record,
+            version,
+        })
+    }
+
+    /// A known room, if any.
+    pub fn room(&self, room_id: &str) -> MatrixResult<Option<Room>> {
+        match self.room_short(room_id)? {
+            Some(short) => self.room_by_short(short).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The metadata of an event.
+    pub fn meta(&self, short: ShortEventId) -> MatrixResult<EventMeta> {
+        let bytes = self
+            .db
+            .get(Table::ShorteventidMeta, short.to_be_bytes())?
+            .ok_or_else(|| corrupt("event without metadata"))?;
+        EventMeta::decode(&bytes).ok_or_else(|| corrupt("event metadata"))
+    }
+
+    /// Several stored events by short id, in order, read in three batched reads.
+    pub fn events(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<StoredEvent>> {
+        let keys: Vec<[u8; 8]> = shorts.iter().map(|s| s.to_be_bytes()).collect();
+        let pdus = self.db.multi_get(Table::ShorteventidPdu, &keys)?;
+        let metas = self.db.multi_get(Table::ShorteventidMeta, &keys)?;
+        let ids = self.state.event_ids_of(shorts)?;
+        shorts
+            .iter()
+            .zip(pdus)
+            .zip(metas)
+            .zip(ids)
+            .map(|(((short, pdu), meta), event_id)| {
+                let pdu = pdu.ok_or_else(|| corrupt("event without PDU"))?;
+                let meta = meta.ok_or_else(|| corrupt("event without metadata"))?;
+                Ok(StoredEvent {
+                    short: *short,
+                    event_id,
+                    pdu: serde_json::from_slice(&pdu).map_err(|_| corrupt("PDU JSON"))?,
+                    meta: EventMeta::decode(&meta).ok_or_else(|| corrupt("event metadata"))?,
+                })
+            })
+            .collect()
+    }
+
+    /// One stored event by short id.
+    pub fn event(&self, short: ShortEventId) -> MatrixResult<StoredEvent> {
+        self.events(&[short])?
+            .pop()
+            .ok_or_else(|| corrupt("event read"))
+    }
+
+    /// A stored event by id, if we have it.
+    pub fn event_by_id(&self, event_id: &str) -> MatrixResult<Option<StoredEvent>> {
+        match self.state.find_event(event_id)? {
+            Some(short) => self.event(short).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The state event `(type, state_key)` in a snapshot, if any.
+    pub fn state_event(
+        &self,
+        snapshot: ShortStateHash,
+        event_type: &str,
+        state_key: &str,
+    ) -> MatrixResult<Option<StoredEvent>> {
+        let Some(key) = self.state.find_state_key(event_type, state_key)? else {
+            return Ok(None);
+        };
+        match self.state.get(snapshot, key)? {
+            Some(short) => self.event(short).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every event of a snapshot's state, optionally only those of one type.
+    pub fn state_events(
+        &self,
+        snapshot: ShortStateHash,
+        only_type: Option<&str>,
+    ) -> MatrixResult<Vec<StoredEvent>> {
+        let map = self.state.load(snapshot)?;
+        let mut shorts: Vec<ShortEventId> = Vec::with_capacity(map.len());
+        for (key, event) in map {
+            if let Some(kind) = only_type {
+                let (k, _) = self.state.state_key_of(key)?;
+                if k != kind {
+                    continue;
+                }
+            }
+            shorts.push(event);
+        }
+        shorts.sort_unstable();
+        self.events(&shorts)
+    }
+
+    /// A user's membership record in a room.
+    pub fn membership(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> MatrixResult<Option<MembershipRecord>> {
+        self.db
+            .get(
+                Table::UseridRoomidMembership,
+                membership_key(user_id, room_id),
+            )?
+            .map(|b| decode(Table::UseridRoomidMembership, &b))
+            .transpose()
+    }
+
+    /// Every room a user has a membership record in, with the record.
+    pub fn memberships_of(&self, user_id: &str) -> MatrixResult<Vec<(String, MembershipRecord)>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(Table::UseridRoomidMembership, &prefix) {
+            let (key, value) = entry?;
+            let room = String::from_utf8(key[prefix.len()..].to_vec())
+                .map_err(|_| corrupt("membership key"))?;
+            out.push((room, decode(Table::UseridRoomidMembership, &value)?));
+        }
+        Ok(out)
+    }
+
+    /// Short ids of a room's events with `from <= pos < to`, forwards or backwards, at most
+    /// `limit` of them, with their positions.
+    pub fn timeline(
+        &self,
+        room: u64,
+        from: u64,
+        to: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> MatrixResult<Vec<(u64, ShortEventId)>> {
+        let lower = timeline_key(room, from);
+        let upper = timeline_key(room, to);
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .scan_range(Table::ShortroomidPosShorteventid, &lower, &upper, backwards)
+            .take(limit)
+        {
+            let (key, value) = entry?;
+            let pos = key.get(8..16).and_then(keys::read_u64);
+            let short = keys::read_u64(&value);
+            match (pos, short) {
+                (Some(pos), Some(short)) => out.push((pos, short)),
+                _ => return Err(corrupt("timeline entry")),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,354 @@
+//! Reading a room's history: one event, a page of events, an event's context.
+//!
+//! Spec: client-server API, `GET /rooms/{roomId}/event/{eventId}`, `GET
+//! /rooms/{roomId}/messages`, `GET /rooms/{roomId}/context/{eventId}`. Every event passes the
+//! history visibility rules for the reader; one they may not see is left out of a page,
+//! and answered 404 `M_NOT_FOUND` when asked for by id.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::client_event::{client_event, Viewer};
+use super::event_store::{Room, StoredEvent};
+use super::filter::RoomEventFilter;
+use super::tokens;
+use super::visibility::VisibilityCheck;
+use super::{ReadAccess, Rooms};
+use crate::error::{MatrixError, MatrixResult};
+
+/// Events scanned per page at most, however many the filter drops (then `end` lets the
+/// client go on).
+const MAX_SCANNED: usize = 2000;
+/// The most events a page holds.
+pub const MAX_LIMIT: usize = 1000;
+
+/// A page of `/messages`.
+#[derive(Debug)]
+pub struct MessagesPage {
+    /// The token the page starts at.
+    pub start: String,
+    /// Where the next page starts; `None` when there are no more events.
+    pub end: Option<String>,
+    /// The events, in the order of the request's direction.
+    pub chunk: Vec<Value>,
+    /// Member events for lazy-loading clients.
+    pub state: Vec<Value>,
+}
+
+/// `/context` of an event.
+#[derive(Debug)]
+pub struct EventContext {
+    /// Token before `events_before`.
+    pub start: String,
+    /// Token after `events_after`.
+    pub end: String,
+    /// Earlier events, newest first.
+    pub events_before: Vec<Value>,
+    /// The event.
+    pub event: Value,
+    /// Later events, oldest first.
+    pub events_after: Vec<Value>,
+    /// The state at the last event returned.
+    pub state: Vec<Value>,
+}
+
+/// How `/messages` walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards older events (`dir=b`).
+    Backward,
+    /// Towards newer events (`dir=f`).
+    Forward,
+}
+
+struct Scan {
+    events: Vec<StoredEvent>,
+    /// Position of the last event scanned (returned or not), if the range was not used up.
+    more_after: Option<u64>,
+}
+
+impl Rooms {
+    fn visible_event(
+        &self,
+        access: &ReadAccess,
+        user_id: &str,
+        event_id: &str,
+    ) -> MatrixResult<StoredEvent> {
+        let not_found = || MatrixError::not_found("Event not found");
+        let event = self
+            .store
+            .event_by_id(event_id)?
+            .filter(|e| e.meta.room == access.room.short)
+            .ok_or_else(not_found)?;
+        let mut check = VisibilityCheck::new(&self.store, user_id, access.membership.as_ref());
+        if !check.can_see(&event)? {
+            return Err(not_found());
+        }
+        Ok(event)
+    }
+
+    /// One event the viewer may see.
+    pub fn event_for(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &str,
+        event_id: &str,
+    ) -> MatrixResult<Value> {
+        let access = self.read_access(viewer.user_id, room_id)?;
+        let event = self.visible_event(&access, viewer.user_id, event_id)?;
+        client_event(&self.store, &event, room_id, Some(viewer))
+    }
+
+    /// Scans the timeline from `from` (exclusive bound semantics of [`tokens`]) towards `to`,
+    /// keeping events that are visible and pass the filter, up to `limit`.
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        room: &Room,
+        check: &mut VisibilityCheck<'_>,
+        filter: &RoomEventFilter,
+        lower: u64,
+        upper: u64,
+        dir: Direction,
+        limit: usize,
+    ) -> MatrixResult<Scan> {
+        let backwards = dir == Direction::Backward;
+        let (mut lower, mut upper) = (lower, upper);
+        let mut events = Vec::new();
+        let mut scanned = 0;
+        loop {
+            if lower >= upper || events.len() >= limit || scanned >= MAX_SCANNED {
+                let more = lower < upper;
+                let last = if backwards { upper } else { lower };
+                return Ok(Scan {
+                    events,
+                    more_after: more.then_some(last),
+                });
+            }
+            let want = (limit - events.len()).clamp(16, 256);
+            let page = self
+                .store
+                .timeline(room.short, lower, upper, backwards, want)?;
+            if page.is_empty() {
+                return Ok(Scan {
+                    events,
+                    more_after: None,
+                });
+            }
+            let shorts: Vec<u64> = page.iter().map(|(_, s)| *s).collect();
+            let loaded = self.store.events(&shorts)?;
+            for (event, (pos, _)) in loaded.into_iter().zip(page) {
+                scanned += 1;
+                if backwards {
+                    upper = pos;
+                } else {
+                    lower = pos + 1;
+                }
+                if filter.matches(&event) && check.can_see(&event)? {
+                    events.push(event);
+                    if events.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `/messages`: a page of the room's events in one direction.
+    #[allow(clippy::too_many_arguments)]
+    pub fn messages(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        dir: Direction,
+        limit: usize,
+        filter: &RoomEventFilter,
+    ) -> MatrixResult<MessagesPage> {
+        let access = self.read_access(viewer.user_id, room_id)?;
+        let room = &access.room;
+        let limit = limit.min(MAX_LIMIT);
+        let from = from.map(tokens::parse).transpose()?;
+        let to = to.map(tokens::parse).transpose()?;
+        // Token n is the point after position n: backwards covers positions <= n, forwards > n.
+        let (start, lower, upper) = match dir {
+            Direction::Backward => {
+                let from = from.unwrap_or(room.record.last_pos);
+                (from, to.map_or(0, |t| t + 1), from.saturating_add(1))
+            }
+            Direction::Forward => {
+                let from = from.unwrap_or(0);
+                (
+                    from,
+                    from.saturating_add(1),
+                    to.map_or(u64::MAX, |t| t.saturating_add(1)),
+                )
+            }
+        };
+        let mut check =
+            VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
+        let scan = self.scan(room, &mut check, filter, lower, upper, dir, limit)?;
+        let end = match (dir, scan.more_after) {
+            (_, None) => None,
+            (Direction::Backward, Some(upper)) => Some(tokens::token(upper.saturating_sub(1))),
+            (Direction::Forward, Some(lower)) => Some(tokens::token(lower.saturating_sub(1))),
+        };
+        let state = if filter.lazy_load_members {
+            self.member_events_of_senders(&scan.events, access.snapshot, room_id)?
+        } else {
+            Vec::new()
+        };
+        let chunk = scan
+            .events
+            .iter()
+            .map(|e| client_event(&self.store, e, room_id, Some(viewer)))
+            .collect::<MatrixResult<_>>()?;
+        Ok(MessagesPage {
+            start: tokens::token(start),
+            end,
+            chunk,
+            state,
+        })
+    }
+
+    fn member_events_of_senders(
+        &self,
+        events: &[StoredEvent],
+        snapshot: u64,
+        room_id: &str,
+    ) -> MatrixResult<Vec<Value>> {
+        let senders: BTreeSet<&str> = events.iter().map(StoredEvent::sender).collect();
+        let mut out = Vec::new();
+        for sender in senders {
+            if let Some(member) = self.store.state_event(snapshot, "m.room.member", sender)? {
+                out.push(client_event(&self.store, &member, room_id, None)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `/context/{eventId}`: the event, up to `limit` events around it, and the state.
+    pub fn context(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &str,
+        event_id: &str,
+        limit: usize,
+        filter: &RoomEventFilter,
+    ) -> MatrixResult<EventContext> {
+        let access = self.read_access(viewer.user_id, room_id)?;
+        let event = self.visible_event(&access, viewer.user_id, event_id)?;
+        let limit = limit.min(MAX_LIMIT);
+        let before_limit = limit / 2;
+        let after_limit = limit - before_limit;
+        let mut check =
+            VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
+        let pos = event.meta.pos;
+        let before = self.scan(
+            &access.room,
+            &mut check,
+            filter,
+            0,
+            pos,
+            Direction::Backward,
+            before_limit,
+        )?;
+        let after = self.scan(
+            &access.room,
+            &mut check,
+            filter,
+            pos + 1,
+            u64::MAX,
+            Direction::Forward,
+            after_limit,
+        )?;
+        let start = before
+            .events
+            .last()
+            .map_or(pos, |e| e.meta.pos)
+            .saturating_sub(1);
+        let end = after.events.last().map_or(pos, |e| e.meta.pos);
+        let last = after.events.last().unwrap_or(&event);
+        let state = if filter.lazy_load_members {
+            let mut all: Vec<StoredEvent> = before.events.clone();
+            all.push(event.clone());
+            all.extend(after.events.iter().cloned());
+            self.member_events_of_senders(&all, last.meta.state_after, room_id)?
+        } else {
+            self.store
+                .state_events(last.meta.state_after, None)?
+                .iter()
+                .map(|e| client_event(&self.store, e, room_id, None))
+                .collect::<MatrixResult<_>>()?
+        };
+        let render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
+            events
+                .iter()
+                .map(|e| client_event(&self.store, e, room_id, Some(viewer)))
+                .collect()
+        };
+        Ok(EventContext {
+            start: tokens::token(start),
+            end: tokens::token(end),
+            events_before: render(&before.events)?,
+            event: client_event(&self.store, &event, room_id, Some(viewer))?,
+            events_after: render(&after.events)?,
+            state,
+        })
+    }
+}
+
+impl Rooms {
+    /// Spec: `GET /rooms/{roomId}/timestamp_to_event`: the visible event closest to `ts`
+    /// in direction `dir` (at or after it forwards, at or before it backwards).
+    pub fn timestamp_to_event(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        ts: u64,
+        dir: Direction,
+    ) -> MatrixResult<(String, u64)> {
+        let access = self.read_access(user_id, room_id)?;
+        let room = access.room.short;
+        let mut check = VisibilityCheck::new(&self.store, user_id, access.membership.as_ref());
+        let at = super::writer::thread_key(room, ts, 0);
+        let (lower, upper, backwards) = match dir {
+            Direction::Forward => (
+                at,
+                super::writer::thread_key(room, u64::MAX, u64::MAX),
+                false,
+            ),
+            Direction::Backward => (
+                super::writer::thread_key(room, 0, 0),
+                super::writer::thread_key(room, ts, u64::MAX),
+                true,
+            ),
+        };
+        for entry in self
+            .store
+            .db
+            .scan_range(
+                crate::storage::Table::ShortroomidTsShorteventid,
+                &lower,
+                &upper,
+                backwards,
+            )
+            .take(MAX_SCANNED)
+        {
+            let (key, _) = entry?;
+            let (Some(event_ts), Some(short)) = (
+                key.get(8..16).and_then(crate::storage::keys::read_u64),
+                key.get(16..24).and_then(crate::storage::keys::read_u64),
+            ) else {
+                continue;
+            };
+            let event = self.store.event(short)?;
+            if check.can_see(&event)? {
+                return Ok((event.event_id, event_ts));
+            }
+        }
+        Err(MatrixError::not_found("No event found in that direction"))
+    }
+}

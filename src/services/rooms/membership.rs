@@ -1,0 +1,297 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, knock, forget.
+//!
+//! Spec: client-server API, "Room membership" (`/join`, `/rooms/{roomId}/join`, `/invite`,
+//! `/leave`, `/kick`, `/ban`, `/unban`, `/knock`, `/forget`). Each change is an
+//! `m.room.member` event the auth rules judge; a refusal is 403 `M_FORBIDDEN` naming the
+//! rule. Restricted joins are satisfied locally: a user joined to one of the rooms in the
+//! `allow` list gets `join_authorised_via_users_server` set to a local member who may invite.
+
+use serde_json::{json, Map, Value};
+
+use super::writer::{EventDraft, JobStart, Writers};
+use super::Rooms;
+use crate::core::power_levels::PowerLevels;
+use crate::core::UserId;
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+
+/// The profile copied into a member event.
+#[derive(Debug, Clone, Default)]
+pub struct MemberProfile {
+    /// Display name.
+    pub displayname: Option<String>,
+    /// Avatar `mxc://` URI.
+    pub avatar_url: Option<String>,
+}
+
+fn member_content(
+    membership: &str,
+    profile: Option<&MemberProfile>,
+    reason: Option<String>,
+) -> Map<String, Value> {
+    let mut content = Map::new();
+    content.insert("membership".into(), json!(membership));
+    if let Some(profile) = profile {
+        if let Some(name) = &profile.displayname {
+            content.insert("displayname".into(), json!(name));
+        }
+        if let Some(avatar) = &profile.avatar_url {
+            content.insert("avatar_url".into(), json!(avatar));
+        }
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".into(), json!(reason));
+    }
+    content
+}
+
+impl Rooms {
+    async fn set_membership(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &str,
+        content: Map<String, Value>,
+    ) -> MatrixResult<String> {
+        let draft = EventDraft::new(
+            sender.as_str(),
+            "m.room.member",
+            Some(target),
+            Value::Object(content),
+        );
+        self.append(room_id, vec![draft])
+            .await?
+            .pop()
+            .ok_or_else(|| MatrixError::internal("writer answered no event"))
+    }
+
+    /// Joins `user` to a room this server knows (joining over federation is not built
+    /// yet: an unknown room is 404 `M_NOT_FOUND`).
+    pub async fn join(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<String>,
+        profile: &MemberProfile,
+    ) -> MatrixResult<()> {
+        let room = self
+            .store
+            .room(room_id)?
+            .ok_or_else(|| MatrixError::not_found("No known servers for this room"))?;
+        let current = self.membership_of(user.as_str(), room_id)?;
+        if current.as_deref() == Some("join") {
+            return Ok(());
+        }
+        let mut content = member_content("join", Some(profile), reason);
+        let join_rule = self
+            .store
+            .state_event(room.record.state, "m.room.join_rules", "")?;
+        let rule = join_rule
+            .as_ref()
+            .and_then(|e| e.content().get("join_rule"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if matches!(rule, "restricted" | "knock_restricted") && current.as_deref() != Some("invite")
+        {
+            let allow = join_rule
+                .as_ref()
+                .and_then(|e| e.content().get("allow"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let allowed_by_membership = allow.iter().any(|entry| {
+                entry.get("type").and_then(Value::as_str) == Some("m.room_membership")
+                    && entry
+                        .get("room_id")
+                        .and_then(Value::as_str)
+                        .and_then(|r| self.membership_of(user.as_str(), r).ok().flatten())
+                        .as_deref()
+                        == Some("join")
+            });
+            if allowed_by_membership {
+                let via = self.local_inviter(room_id)?.ok_or_else(|| {
+                    MatrixError::forbidden("No local member of the room may authorise the join")
+                })?;
+                content.insert("join_authorised_via_users_server".into(), json!(via));
+            } else if rule == "restricted" {
+                return Err(MatrixError::forbidden(
+                    "You are not joined to any room that grants access to this one",
+                ));
+            }
+        }
+        self.set_membership(user, room_id, user.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// A local joined member with the power to invite (for restricted joins).
+    fn local_inviter(&self, room_id: &str) -> MatrixResult<Option<String>> {
+        let room = self.known_room(room_id)?;
+        let snapshot = room.record.state;
+        let create = self.store.state_event(snapshot, "m.room.create", "")?;
+        let levels = self
+            .store
+            .state_event(snapshot, "m.room.power_levels", "")?;
+        let levels = PowerLevels::new(
+            room.version,
+            create.as_ref().map(|e| &e.pdu),
+            levels.as_ref().map(|e| &e.pdu),
+        );
+        let suffix = format!(":{}", self.server_name.as_str());
+        let mut best: Option<(i128, String)> = None;
+        for member in self.store.state_events(snapshot, Some("m.room.member"))? {
+            let Some(user) = member.state_key() else {
+                continue;
+            };
+            let joined = member.content().get("membership").and_then(Value::as_str) == Some("join");
+            let power = levels.user(user);
+            if joined && user.ends_with(&suffix) && power >= i128::from(levels.invite) {
+                if best.as_ref().is_none_or(|(p, _)| power > *p) {
+                    best = Some((power, user.to_owned()));
+                }
+            }
+        }
+        Ok(best.map(|(_, user)| user))
+    }
+
+    /// Invites `target` (a local user; inviting users of other servers needs federation,
+    /// which is not built yet).
+    pub async fn invite(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+        target_profile: Option<&MemberProfile>,
+    ) -> MatrixResult<()> {
+        self.known_room(room_id)?;
+        if target.server_name() != self.server_name.as_str() {
+            return Err(MatrixError::new(
+                400,
+                ErrorCode::Unrecognized,
+                "Inviting users of other servers needs federation, which this server does not do yet",
+            ));
+        }
+        match self.membership_of(target.as_str(), room_id)?.as_deref() {
+            Some("join") => {
+                return Err(MatrixError::forbidden(format!(
+                    "{target} is already in the room"
+                )))
+            }
+            Some("ban") => {
+                return Err(MatrixError::forbidden(format!(
+                    "{target} is banned from the room"
+                )))
+            }
+            _ => {}
+        }
+        let mut content = member_content("invite", target_profile, reason);
+        if is_direct {
+            content.insert("is_direct".into(), json!(true));
+        }
+        self.set_membership(sender, room_id, target.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves a room (or rejects an invite, or withdraws a knock).
+    pub async fn leave(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<String>,
+    ) -> MatrixResult<()> {
+        self.known_room(room_id)?;
+        let content = member_content("leave", None, reason);
+        self.set_membership(user, room_id, user.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Kicks `target`: a leave event by someone else.
+    pub async fn kick(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> MatrixResult<()> {
+        self.known_room(room_id)?;
+        match self.membership_of(target.as_str(), room_id)?.as_deref() {
+            Some("join" | "invite" | "knock") => {}
+            _ => {
+                return Err(MatrixError::forbidden(format!(
+                    "{target} is not in the room, invited or knocking"
+                )))
+            }
+        }
+        let content = member_content("leave", None, reason);
+        self.set_membership(sender, room_id, target.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Bans `target`.
+    pub async fn ban(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> MatrixResult<()> {
+        self.known_room(room_id)?;
+        let content = member_content("ban", None, reason);
+        self.set_membership(sender, room_id, target.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Lifts a ban (the target's membership becomes `leave`).
+    pub async fn unban(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<String>,
+    ) -> MatrixResult<()> {
+        self.known_room(room_id)?;
+        if self.membership_of(target.as_str(), room_id)?.as_deref() != Some("ban") {
+            return Err(MatrixError::forbidden(format!("{target} is not banned")));
+        }
+        let content = member_content("leave", None, reason);
+        self.set_membership(sender, room_id, target.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Knocks on a room whose join rule allows it.
+    pub async fn knock(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<String>,
+        profile: &MemberProfile,
+    ) -> MatrixResult<()> {
+        self.store
+            .room(room_id)?
+            .ok_or_else(|| MatrixError::not_found("No known servers for this room"))?;
+        let content = member_content("knock", Some(profile), reason);
+        self.set_membership(user, room_id, user.as_str(), content)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a room the user left: it no longer shows in their lists.
+    pub async fn forget(&self, user: &UserId, room_id: &str) -> MatrixResult<()> {
+        self.store
+            .membership(user.as_str(), room_id)?
+            .ok_or_else(|| MatrixError::not_found("You have never been in this room"))?;
+        self.writers
+            .submit(
+                room_id,
+                Writers::job(JobStart::Forget(user.as_str().to_owned()), Vec::new()),
+            )
+            .await?;
+        Ok(())
+    }
+}

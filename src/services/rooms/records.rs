@@ -1,0 +1,138 @@
+//! The records the rooms service keeps in its tables.
+
+use serde::{Deserialize, Serialize};
+
+use super::state_store::{ShortEventId, ShortStateHash};
+
+/// `shortroomid_room`: a room's head, rewritten with each event the room gets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomRecord {
+    /// The room id.
+    pub room_id: String,
+    /// The room version's identifier (`"10"`, `"11"`, `"12"`).
+    pub version: String,
+    /// The current state's snapshot.
+    pub state: ShortStateHash,
+    /// Forward extremities: the events with no successor yet.
+    pub extremities: Vec<String>,
+    /// The greatest depth in the room.
+    pub depth: u64,
+    /// Stream position of the room's latest event.
+    pub last_pos: u64,
+}
+
+/// `shorteventid_meta`: where an event sits (binary, fixed width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The room's short id.
+    pub room: u64,
+    /// The event's stream position (its place in the room's timeline).
+    pub pos: u64,
+    /// The state before the event.
+    pub state_before: ShortStateHash,
+    /// The state after the event (the same as before for a non-state event).
+    pub state_after: ShortStateHash,
+    /// The state event this one replaced (0: none).
+    pub replaces: ShortEventId,
+    /// The redaction that redacted this event (0: none).
+    pub redacted_by: ShortEventId,
+}
+
+impl EventMeta {
+    const LEN: usize = 48;
+
+    /// The stored form.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        for (i, v) in [
+            self.room,
+            self.pos,
+            self.state_before,
+            self.state_after,
+            self.replaces,
+            self.redacted_by,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    /// Parses the stored form.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != Self::LEN {
+            return None;
+        }
+        let at = |i: usize| {
+            u64::from_be_bytes(
+                bytes[i * 8..i * 8 + 8]
+                    .try_into()
+                    .expect("eight-byte slice"),
+            )
+        };
+        Some(Self {
+            room: at(0),
+            pos: at(1),
+            state_before: at(2),
+            state_after: at(3),
+            replaces: at(4),
+            redacted_by: at(5),
+        })
+    }
+}
+
+/// `userid_roomid_membership`: a user's membership in a room, kept with each member event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembershipRecord {
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    /// The member event.
+    pub event_id: String,
+    /// Its stream position.
+    pub pos: u64,
+    /// Stream position of the user's latest join (0: never joined), for `shared` history.
+    #[serde(default)]
+    pub last_join_pos: u64,
+    /// Set by `/forget`; cleared by the next membership change.
+    #[serde(default)]
+    pub forgotten: bool,
+}
+
+/// `alias_roomid`: where a local alias points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasRecord {
+    /// The room.
+    pub room_id: String,
+    /// Who created the alias (may delete it without power in the room).
+    pub creator: String,
+}
+
+/// `relates_pos_child`: one relation of an event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelationRecord {
+    /// `m.annotation`, `m.replace`, `m.thread`, `m.reference`, …
+    pub rel_type: String,
+    /// The child's event type.
+    pub event_type: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_meta_round_trips() {
+        let meta = EventMeta {
+            room: 1,
+            pos: 2,
+            state_before: 3,
+            state_after: 4,
+            replaces: 0,
+            redacted_by: u64::MAX,
+        };
+        assert_eq!(EventMeta::decode(&meta.encode()), Some(meta));
+        assert_eq!(EventMeta::decode(&[0; 47]), None);
+    }
+}

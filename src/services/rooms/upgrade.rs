@@ -1,0 +1,284 @@
+//! Room upgrades.
+//!
+//! Spec: client-server API, "Room Upgrades", "Server behaviour": check the user may send
+//! `m.room.tombstone`; create the new room with `predecessor` in its create event; copy the
+//! state the spec lists (and the bans); tombstone the old room; restrict it
+//! (`events_default` and `invite` raised to `max(50, users_default + 1)`); move local
+//! aliases and the directory listing to the new room.
+
+use serde_json::{json, Map, Value};
+
+use super::event_store::Room;
+use super::membership::MemberProfile;
+use super::writer::{EventDraft, JobStart, Writers};
+use super::Rooms;
+use crate::core::power_levels::PowerLevels;
+use crate::core::{RoomVersion, UserId};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::storage::{keys, Table};
+
+/// State carried into the new room.
+const COPIED_STATE: &[&str] = &[
+    "m.room.server_acl",
+    "m.room.encryption",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.guest_access",
+    "m.room.history_visibility",
+    "m.room.join_rules",
+];
+
+impl Rooms {
+    fn levels(&self, room: &Room) -> MatrixResult<(PowerLevels, Option<Value>)> {
+        let snapshot = room.record.state;
+        let create = self.store.state_event(snapshot, "m.room.create", "")?;
+        let levels = self
+            .store
+            .state_event(snapshot, "m.room.power_levels", "")?;
+        Ok((
+            PowerLevels::new(
+                room.version,
+                create.as_ref().map(|e| &e.pdu),
+                levels.as_ref().map(|e| &e.pdu),
+            ),
+            levels.map(|e| e.content().clone()),
+        ))
+    }
+
+    /// Upgrades `room_id` to `new_version`; answers the replacement room's id.
+    pub async fn upgrade(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        new_version: &str,
+        additional_creators: Vec<String>,
+        profile: &MemberProfile,
+    ) -> MatrixResult<String> {
+        let version = RoomVersion::from_id(new_version)
+            .filter(|v| v.is_stable())
+            .ok_or_else(|| {
+                MatrixError::new(
+                    400,
+                    ErrorCode::UnsupportedRoomVersion,
+                    format!("Room version {new_version:?} is not supported (10, 11 and 12 are)"),
+                )
+            })?;
+        let old = self.known_room(room_id)?;
+        if self.membership_of(user.as_str(), room_id)?.as_deref() != Some("join") {
+            return Err(MatrixError::forbidden("You are not in the room"));
+        }
+        let (levels, levels_content) = self.levels(&old)?;
+        if levels.user(user.as_str()) < levels.event("m.room.tombstone", true) {
+            return Err(MatrixError::forbidden(
+                "You may not upgrade this room (sending m.room.tombstone needs more power)",
+            ));
+        }
+        let snapshot = old.record.state;
+        let old_create = self
+            .store
+            .state_event(snapshot, "m.room.create", "")?
+            .ok_or_else(|| MatrixError::internal("room without a create event"))?;
+
+        // The new room's create event.
+        let mut create_content = Map::new();
+        for key in ["type", "m.federate"] {
+            if let Some(v) = old_create.content().get(key) {
+                create_content.insert(key.into(), v.clone());
+            }
+        }
+        create_content.insert("room_version".into(), json!(version.as_str()));
+        if version.create_event_has_creator_key() {
+            create_content.insert("creator".into(), json!(user.as_str()));
+        }
+        let mut predecessor = json!({ "room_id": room_id });
+        if !version.room_id_is_create_event_hash() {
+            // Before v12 the predecessor names the old room's last event too.
+            if let Some(last) = old.record.extremities.first() {
+                predecessor["event_id"] = json!(last);
+            }
+        }
+        create_content.insert("predecessor".into(), predecessor);
+        let mut creators: Vec<String> = Vec::new();
+        if version.creators_have_infinite_power() {
+            for extra in additional_creators {
+                UserId::parse(&extra).map_err(|e| {
+                    MatrixError::invalid_param(format!("additional_creators: {extra:?}: {e}"))
+                })?;
+                if extra != user.as_str() && !creators.contains(&extra) {
+                    creators.push(extra);
+                }
+            }
+            if !creators.is_empty() {
+                create_content.insert("additional_creators".into(), json!(creators));
+            }
+        }
+        let (create, new_room_id) = self.build_create_event(version, user, create_content)?;
+
+        let sender = user.as_str();
+        let mut drafts = Vec::new();
+        let mut join = Map::new();
+        join.insert("membership".into(), json!("join"));
+        if let Some(name) = &profile.displayname {
+            join.insert("displayname".into(), json!(name));
+        }
+        if let Some(avatar) = &profile.avatar_url {
+            join.insert("avatar_url".into(), json!(avatar));
+        }
+        drafts.push(EventDraft::new(
+            sender,
+            "m.room.member",
+            Some(sender),
+            Value::Object(join),
+        ));
+        // Power levels: the old ones; in v12 the creators are not listed.
+        let mut new_levels = levels_content
+            .and_then(|c| c.as_object().cloned())
+            .unwrap_or_default();
+        if version.creators_have_infinite_power() {
+            if let Some(users) = new_levels.get_mut("users").and_then(Value::as_object_mut) {
+                users.remove(sender);
+                for c in &creators {
+                    users.remove(c);
+                }
+            }
+        } else {
+            let users = new_levels
+                .entry("users")
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or_else(|| MatrixError::internal("power levels users is not an object"))?;
+            let needed = levels.user(sender).min(i128::from(i64::MAX)) as i64;
+            users.insert(sender.to_owned(), json!(needed.max(100)));
+        }
+        drafts.push(EventDraft::new(
+            sender,
+            "m.room.power_levels",
+            Some(""),
+            Value::Object(new_levels),
+        ));
+        for kind in COPIED_STATE {
+            if let Some(event) = self.store.state_event(snapshot, kind, "")? {
+                if event.meta.redacted_by == 0 {
+                    drafts.push(EventDraft::new(
+                        sender,
+                        kind,
+                        Some(""),
+                        event.content().clone(),
+                    ));
+                }
+            }
+        }
+        for member in self.store.state_events(snapshot, Some("m.room.member"))? {
+            if member.content().get("membership").and_then(Value::as_str) == Some("ban") {
+                if let Some(target) = member.state_key() {
+                    let mut content = json!({ "membership": "ban" });
+                    if let Some(reason) = member.content().get("reason") {
+                        content["reason"] = reason.clone();
+                    }
+                    drafts.push(EventDraft::new(
+                        sender,
+                        "m.room.member",
+                        Some(target),
+                        content,
+                    ));
+                }
+            }
+        }
+        self.writers
+            .submit(
+                &new_room_id,
+                Writers::job(JobStart::Create(create, version), drafts),
+            )
+            .await?;
+
+        // Tombstone and restrict the old room.
+        let mut old_drafts = vec![EventDraft::new(
+            sender,
+            "m.room.tombstone",
+            Some(""),
+            json!({
+                "body": "This room has been replaced",
+                "replacement_room": new_room_id,
+            }),
+        )];
+        if let Some(mut content) = self
+            .store
+            .state_event(snapshot, "m.room.power_levels", "")?
+            .and_then(|e| e.content().as_object().cloned())
+        {
+            let users_default = content
+                .get("users_default")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            let restricted = (users_default + 1).max(50);
+            let mut changed = false;
+            for key in ["events_default", "invite"] {
+                let current = content.get(key).and_then(Value::as_i64).unwrap_or(0);
+                if current < restricted {
+                    content.insert(key.into(), json!(restricted));
+                    changed = true;
+                }
+            }
+            if changed && levels.user(sender) >= levels.event("m.room.power_levels", true) {
+                old_drafts.push(EventDraft::new(
+                    sender,
+                    "m.room.power_levels",
+                    Some(""),
+                    Value::Object(content),
+                ));
+            }
+        }
+        self.append(room_id, old_drafts).await?;
+        self.move_aliases(room_id, &new_room_id).await?;
+        if let Some(alias) = self
+            .store
+            .state_event(snapshot, "m.room.canonical_alias", "")?
+            .filter(|e| e.content().as_object().is_some_and(|c| !c.is_empty()))
+        {
+            // Best effort, as Synapse: aliases of other servers cannot be checked, so the
+            // new room may refuse them; the room is upgraded either way.
+            let content = alias.content().clone();
+            if let Err(e) = self
+                .send_state(user, &new_room_id, "m.room.canonical_alias", "", content)
+                .await
+            {
+                tracing::info!(room = %new_room_id, "canonical alias not carried over: {}", e.message);
+            }
+            self.send_state(user, room_id, "m.room.canonical_alias", "", json!({}))
+                .await?;
+        }
+        if self.store.db.contains(Table::RoomidPublished, room_id)? {
+            self.set_published(&new_room_id, true).await?;
+            self.set_published(room_id, false).await?;
+        }
+        Ok(new_room_id)
+    }
+
+    async fn move_aliases(&self, old: &str, new: &str) -> MatrixResult<()> {
+        let _guard = self.alias_lock.lock().await;
+        let prefix = keys::prefix(old.as_bytes());
+        let mut batch = self.store.db.batch();
+        for entry in self.store.db.scan_prefix(Table::RoomidAlias, &prefix) {
+            let (key, _) = entry?;
+            let alias = &key[prefix.len()..];
+            let Some(mut record) = self.alias_target(&String::from_utf8_lossy(alias))? else {
+                continue;
+            };
+            record.room_id = new.to_owned();
+            batch.put(
+                Table::AliasRoomid,
+                alias,
+                crate::services::records::encode(&record),
+            );
+            batch.delete(Table::RoomidAlias, &key);
+            batch.put(
+                Table::RoomidAlias,
+                keys::join(&[new.as_bytes(), alias]),
+                b"",
+            );
+        }
+        self.store.db.commit(batch).await?;
+        Ok(())
+    }
+}

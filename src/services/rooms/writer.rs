@@ -1,0 +1,778 @@
+//! The write path: one writer task per room appends events to its graph.
+//!
+//! Spec: server-server API, "PDUs" (prev_events, auth_events, depth), "Auth events
+//! selection"; room versions' "Authorisation rules".
+//!
+//! Every event a room gets passes through that room's writer, so sends into one room are
+//! serialized while different rooms proceed in parallel. A writer keeps the room's head
+//! (record, current state, the state events it read lately) in memory. For each event it
+//! picks `prev_events` (the forward extremities), `auth_events` (per the selection
+//! algorithm, from the current state) and `depth`, builds and signs the PDU, checks the auth
+//! rules against the state before it, and writes one batch: PDU, metadata, event id
+//! interning, timeline and stream entries, state snapshot, room head, membership, txn id,
+//! relation and redaction records. Batches go to the WAL without fsync; after the jobs it
+//! drained from its queue the writer fsyncs once and only then answers them all (group
+//! commit: nothing is acknowledged before it is durable).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
+use super::records::{EventMeta, MembershipRecord, RelationRecord, RoomRecord};
+use super::state_store::{ShortEventId, StateMap};
+use crate::core::auth_rules::{self, AuthContext};
+use crate::core::pdu::{self, BuiltPdu, PduError, PduTemplate, MAX_PREV_EVENTS};
+use crate::core::power_levels::PowerLevels;
+use crate::core::redaction::redact;
+use crate::core::{RoomVersion, SigningKeyPair};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::now_ms;
+use crate::services::records::{decode, encode};
+use crate::storage::{keys, Batch, Table};
+
+/// Jobs a writer takes from its queue at once (and then fsyncs once for).
+const MAX_JOBS_PER_COMMIT: usize = 128;
+/// A writer idle this long drops its in-memory head (its task stays, parked).
+const IDLE_DROP_HEAD: Duration = Duration::from_secs(300);
+/// State events a writer keeps parsed; the cache is cleared when it grows past this.
+const MAX_CACHED_EVENTS: usize = 512;
+
+/// An event a local user wants to send, before the writer builds it.
+#[derive(Debug, Clone)]
+pub struct EventDraft {
+    /// The sender (a local user).
+    pub sender: String,
+    /// Event type.
+    pub kind: String,
+    /// Present for state events.
+    pub state_key: Option<String>,
+    /// The content object.
+    pub content: Value,
+    /// For redactions: the event redacted.
+    pub redacts: Option<String>,
+    /// `(txn key, device id, txn id)` for idempotent client sends.
+    pub txn: Option<TxnRef>,
+}
+
+/// A client transaction: the dedupe key and what `unsigned.transaction_id` shows.
+#[derive(Debug, Clone)]
+pub struct TxnRef {
+    /// `user 0xFF device 0xFF room 0xFF endpoint 0xFF txn`.
+    pub key: Vec<u8>,
+    /// The sending device.
+    pub device_id: String,
+    /// The client's transaction id.
+    pub txn_id: String,
+}
+
+impl EventDraft {
+    /// A draft without transaction or redaction.
+    pub fn new(sender: &str, kind: &str, state_key: Option<&str>, content: Value) -> Self {
+        Self {
+            sender: sender.to_owned(),
+            kind: kind.to_owned(),
+            state_key: state_key.map(str::to_owned),
+            content,
+            redacts: None,
+            txn: None,
+        }
+    }
+}
+
+/// What a job does before its drafts.
+pub enum JobStart {
+    /// Append to an existing room.
+    Append,
+    /// Create the room with this (already built) create event.
+    Create(BuiltPdu, RoomVersion),
+    /// Mark the room forgotten for this user (who must have left it).
+    Forget(String),
+}
+
+/// A unit of work for a writer: drafts applied in order; the first failure stops the job.
+pub struct Job {
+    /// Create or append.
+    pub start: JobStart,
+    /// Events to append, in order.
+    pub drafts: Vec<EventDraft>,
+    /// Answers the event ids (the create event's first, when creating).
+    pub reply: oneshot::Sender<MatrixResult<Vec<String>>>,
+}
+
+/// What the writers share.
+pub struct WriterContext {
+    /// The tables.
+    pub store: Arc<EventStore>,
+    /// Our server name (for the PDU's signature).
+    pub server_name: String,
+    /// Our signing key.
+    pub signing_key: Arc<SigningKeyPair>,
+}
+
+/// The per-room writers: one task each, started on first use.
+pub struct Writers {
+    ctx: Arc<WriterContext>,
+    queues: std::sync::Mutex<HashMap<String, WriterHandle>>,
+}
+
+struct WriterHandle {
+    queue: mpsc::Sender<Job>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writers {
+    /// No writer runs until a room gets an event.
+    pub fn new(ctx: WriterContext) -> Self {
+        Self {
+            ctx: Arc::new(ctx),
+            queues: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Hands `job` to the room's writer and waits for its answer (after the fsync).
+    pub async fn submit(&self, room_id: &str, job: Job) -> MatrixResult<Vec<String>> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { reply, ..job };
+        let queue = {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queues
+                .entry(room_id.to_owned())
+                .or_insert_with(|| {
+                    let (queue, rx) = mpsc::channel(1024);
+                    let task =
+                        tokio::spawn(run_writer(Arc::clone(&self.ctx), room_id.to_owned(), rx));
+                    WriterHandle { queue, task }
+                })
+                .queue
+                .clone()
+        };
+        queue
+            .send(job)
+            .await
+            .map_err(|_| MatrixError::internal("room writer stopped"))?;
+        answer
+            .await
+            .map_err(|_| MatrixError::internal("room writer dropped a job"))?
+    }
+
+    /// Stops every writer once its queue is empty (at shutdown, so that nothing holds the
+    /// database afterwards).
+    pub async fn shutdown(&self) {
+        let handles: Vec<WriterHandle> = {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queues.drain().map(|(_, h)| h).collect()
+        };
+        for handle in handles {
+            drop(handle.queue);
+            let _ = handle.task.await;
+        }
+    }
+
+    /// A job whose reply the caller ignores (replaced by [`Writers::submit`]'s own).
+    pub fn job(start: JobStart, drafts: Vec<EventDraft>) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job {
+            start,
+            drafts,
+            reply,
+        }
+    }
+}
+
+async fn run_writer(ctx: Arc<WriterContext>, room_id: String, mut queue: mpsc::Receiver<Job>) {
+    let mut head: Option<RoomHead> = None;
+    loop {
+        let first = if head.is_some() {
+            match tokio::time::timeout(IDLE_DROP_HEAD, queue.recv()).await {
+                Ok(job) => job,
+                Err(_) => {
+                    head = None;
+                    continue;
+                }
+            }
+        } else {
+            queue.recv().await
+        };
+        let Some(first) = first else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_JOBS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let ctx2 = Arc::clone(&ctx);
+        let room = room_id.clone();
+        let worked = tokio::task::spawn_blocking(move || {
+            let mut head = head;
+            let mut answers = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let result = process_job(&ctx2, &room, &mut head, job.start, job.drafts);
+                answers.push((job.reply, result));
+            }
+            // Group commit: one fsync for everything above, before any answer.
+            if let Err(e) = ctx2.store.db.sync_wal() {
+                head = None;
+                let error = MatrixError::from(e);
+                for (_, result) in answers.iter_mut() {
+                    *result = Err(error.clone());
+                }
+            }
+            (head, answers)
+        })
+        .await;
+        match worked {
+            Ok((new_head, answers)) => {
+                head = new_head;
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                // The jobs' replies were dropped with the panicked task; their callers see
+                // an internal error. Start again from the stored head.
+                tracing::error!(room = %room_id, "room writer task failed: {e}");
+                head = None;
+            }
+        }
+    }
+}
+
+fn process_job(
+    ctx: &WriterContext,
+    room_id: &str,
+    head: &mut Option<RoomHead>,
+    start: JobStart,
+    drafts: Vec<EventDraft>,
+) -> MatrixResult<Vec<String>> {
+    let mut ids = Vec::with_capacity(drafts.len() + 1);
+    match start {
+        JobStart::Create(create, version) => {
+            ids.push(create_room(ctx, room_id, head, create, version)?);
+        }
+        JobStart::Append => {}
+        JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
+    }
+    for draft in drafts {
+        if head.is_none() {
+            *head = Some(RoomHead::load(&ctx.store, room_id)?);
+        }
+        let current = head.as_mut().expect("loaded above");
+        match append(ctx, current, draft) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                if e.status >= 500 {
+                    // A storage failure may leave the cached head ahead of the tables.
+                    *head = None;
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// Sets the `forgotten` flag of a user's membership record, in the room's writer so that
+/// it cannot race a membership change.
+fn forget(store: &EventStore, room_id: &str, user: &str) -> MatrixResult<()> {
+    let key = membership_key(user, room_id);
+    let mut record: MembershipRecord = store
+        .db
+        .get(Table::UseridRoomidMembership, &key)?
+        .map(|b| decode(Table::UseridRoomidMembership, &b))
+        .transpose()?
+        .ok_or_else(|| MatrixError::not_found("You have never been in this room"))?;
+    if !matches!(record.membership.as_str(), "leave" | "ban") {
+        return Err(MatrixError::new(
+            400,
+            ErrorCode::Unknown,
+            "You must leave the room before forgetting it",
+        ));
+    }
+    record.forgotten = true;
+    let mut batch = store.db.batch();
+    batch.put(Table::UseridRoomidMembership, &key, encode(&record));
+    store.db.write_relaxed(batch)?;
+    Ok(())
+}
+
+/// A room's head as its writer keeps it.
+struct RoomHead {
+    short: u64,
+    record: RoomRecord,
+    version: RoomVersion,
+    state: StateMap,
+    cache: HashMap<ShortEventId, Arc<StoredEvent>>,
+}
+
+impl RoomHead {
+    fn load(store: &EventStore, room_id: &str) -> MatrixResult<Self> {
+        let room = store
+            .room(room_id)?
+            .ok_or_else(|| MatrixError::not_found("Unknown room"))?;
+        let state = store.state.load(room.record.state)?;
+        Ok(Self {
+            short: room.short,
+            record: room.record,
+            version: room.version,
+            state,
+            cache: HashMap::new(),
+        })
+    }
+
+    /// The current state event `(type, state_key)`, parsed once and cached.
+    fn state_event(
+        &mut self,
+        store: &EventStore,
+        event_type: &str,
+        state_key: &str,
+    ) -> MatrixResult<Option<Arc<StoredEvent>>> {
+        let Some(key) = store.state.find_state_key(event_type, state_key)? else {
+            return Ok(None);
+        };
+        let Some(&short) = self.state.get(&key) else {
+            return Ok(None);
+        };
+        if let Some(event) = self.cache.get(&short) {
+            return Ok(Some(Arc::clone(event)));
+        }
+        if self.cache.len() >= MAX_CACHED_EVENTS {
+            self.cache.clear();
+        }
+        let event = Arc::new(store.event(short)?);
+        self.cache.insert(short, Arc::clone(&event));
+        Ok(Some(event))
+    }
+}
+
+fn pdu_error(e: PduError) -> MatrixError {
+    match e {
+        PduError::TooLarge(_) => MatrixError::new(413, ErrorCode::TooLarge, e.to_string()),
+        PduError::BadContent(_) | PduError::BadShape(_) => MatrixError::bad_json(e.to_string()),
+    }
+}
+
+fn forbidden(e: auth_rules::AuthError) -> MatrixError {
+    MatrixError::forbidden(e.0)
+}
+
+/// Writes a new room's create event.
+fn create_room(
+    ctx: &WriterContext,
+    room_id: &str,
+    head: &mut Option<RoomHead>,
+    create: BuiltPdu,
+    version: RoomVersion,
+) -> MatrixResult<String> {
+    let store = &ctx.store;
+    if store.room_short(room_id)?.is_some() {
+        return Err(MatrixError::new(
+            400,
+            ErrorCode::RoomInUse,
+            "Room already exists",
+        ));
+    }
+    let signed_by = |_: &str| true;
+    let auth_ctx = AuthContext {
+        version,
+        signed_by: &signed_by,
+    };
+    let no_state: HashMap<(String, String), Value> = HashMap::new();
+    auth_rules::check(&auth_ctx, &create.pdu, &no_state).map_err(forbidden)?;
+    let short_room = store.allocate_room();
+    let mut fresh = RoomHead {
+        short: short_room,
+        record: RoomRecord {
+            room_id: room_id.to_owned(),
+            version: version.as_str().to_owned(),
+            state: 0,
+            extremities: Vec::new(),
+            depth: 0,
+            last_pos: 0,
+        },
+        version,
+        state: StateMap::new(),
+        cache: HashMap::new(),
+    };
+    let mut batch = store.db.batch();
+    batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
+    let id = write_event(ctx, &mut fresh, create, None, batch)?;
+    *head = Some(fresh);
+    Ok(id)
+}
+
+/// Builds, authorizes and writes one event on the room's head.
+fn append(ctx: &WriterContext, head: &mut RoomHead, mut draft: EventDraft) -> MatrixResult<String> {
+    let store = &ctx.store;
+    if let Some(txn) = &draft.txn {
+        if let Some(existing) = store.db.get(Table::TxnidEventid, &txn.key)? {
+            return String::from_utf8(existing)
+                .map_err(|_| MatrixError::internal("corrupt transaction record"));
+        }
+    }
+    if draft.kind == "m.room.redaction" {
+        check_redaction(ctx, head, &draft)?;
+        if head.version.redacts_in_content() {
+            if let (Some(target), Some(content)) = (&draft.redacts, draft.content.as_object_mut()) {
+                content.insert("redacts".into(), json!(target));
+            }
+        }
+    }
+
+    // Auth events: the selection algorithm over the current state.
+    let partial = json!({
+        "type": draft.kind,
+        "sender": draft.sender,
+        "state_key": draft.state_key,
+        "content": draft.content,
+    });
+    let mut auth_state: HashMap<(String, String), Value> = HashMap::new();
+    let mut auth_events = Vec::new();
+    for (kind, key) in auth_rules::auth_event_keys(head.version, &partial) {
+        if let Some(event) = head.state_event(store, &kind, &key)? {
+            auth_events.push(event.event_id.clone());
+            auth_state.insert((kind, key), event.pdu.clone());
+        }
+    }
+    if let Some(create) = head.state_event(store, "m.room.create", "")? {
+        auth_state
+            .entry(("m.room.create".into(), String::new()))
+            .or_insert_with(|| create.pdu.clone());
+    }
+
+    let mut prev_events = head.record.extremities.clone();
+    prev_events.truncate(MAX_PREV_EVENTS);
+    let txn = draft.txn.take();
+    let built = pdu::build(
+        head.version,
+        PduTemplate {
+            room_id: Some(head.record.room_id.clone()),
+            sender: draft.sender,
+            kind: draft.kind,
+            state_key: draft.state_key,
+            content: draft.content,
+            prev_events,
+            auth_events,
+            depth: head.record.depth + 1,
+            origin_server_ts: now_ms(),
+            redacts: draft.redacts,
+        },
+        &ctx.server_name,
+        &ctx.signing_key,
+    )
+    .map_err(pdu_error)?;
+
+    let server = ctx.server_name.clone();
+    let signed_by = move |name: &str| name == server;
+    let auth_ctx = AuthContext {
+        version: head.version,
+        signed_by: &signed_by,
+    };
+    auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
+    write_event(ctx, head, built, txn, store.db.batch())
+}
+
+/// Client-server rules on redactions beyond the auth rules: the target must be in this
+/// room, and redacting someone else's event takes the `redact` power level.
+fn check_redaction(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    draft: &EventDraft,
+) -> MatrixResult<()> {
+    let store = &ctx.store;
+    let target_id = draft
+        .redacts
+        .as_deref()
+        .ok_or_else(|| MatrixError::bad_json("a redaction needs the event it redacts"))?;
+    let target = store
+        .event_by_id(target_id)?
+        .filter(|t| t.meta.room == head.short)
+        .ok_or_else(|| MatrixError::not_found("Event not found in this room"))?;
+    if target.sender() == draft.sender {
+        return Ok(());
+    }
+    let create = head.state_event(store, "m.room.create", "")?;
+    let levels = head.state_event(store, "m.room.power_levels", "")?;
+    let levels = PowerLevels::new(
+        head.version,
+        create.as_ref().map(|e| &e.pdu),
+        levels.as_ref().map(|e| &e.pdu),
+    );
+    if levels.user(&draft.sender) < i128::from(levels.redact) {
+        return Err(MatrixError::forbidden(
+            "You don't have permission to redact other users' events",
+        ));
+    }
+    Ok(())
+}
+
+fn relation_of(pdu: &Value) -> Option<(&str, &str)> {
+    let relates = pdu.get("content")?.get("m.relates_to")?;
+    Some((
+        relates.get("rel_type")?.as_str()?,
+        relates.get("event_id")?.as_str()?,
+    ))
+}
+
+/// Writes `built` (already authorized) as the room's newest event, in one batch.
+fn write_event(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    built: BuiltPdu,
+    txn: Option<TxnRef>,
+    mut batch: Batch<'_>,
+) -> MatrixResult<String> {
+    let store = &ctx.store;
+    let pdu = &built.pdu;
+    let event_id = built.event_id.clone();
+    let kind = pdu.get("type").and_then(Value::as_str).unwrap_or("");
+    let state_key = pdu.get("state_key").and_then(Value::as_str);
+    let short = store.state.intern_new_event(&event_id, &mut batch);
+    let pos = store.allocate_pos();
+    let state_before = head.record.state;
+    let mut state_after = state_before;
+    let mut replaces = 0;
+    let mut state_change = None;
+    if let Some(state_key) = state_key {
+        let key = store.state.state_key(kind, state_key)?;
+        replaces = head.state.get(&key).copied().unwrap_or(0);
+        let parent = (state_before != 0).then_some(state_before);
+        state_after = store
+            .state
+            .save(parent, &[(key, Some(short))], &mut batch)?;
+        state_change = Some(key);
+    }
+    let meta = EventMeta {
+        room: head.short,
+        pos,
+        state_before,
+        state_after,
+        replaces,
+        redacted_by: 0,
+    };
+    batch.put(Table::ShorteventidPdu, short.to_be_bytes(), encode(pdu));
+    batch.put(Table::ShorteventidMeta, short.to_be_bytes(), meta.encode());
+    batch.put(
+        Table::ShortroomidPosShorteventid,
+        timeline_key(head.short, pos),
+        short.to_be_bytes(),
+    );
+    batch.put(
+        Table::PosShortroomid,
+        pos.to_be_bytes(),
+        head.short.to_be_bytes(),
+    );
+    let ts = pdu
+        .get("origin_server_ts")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    batch.put(
+        Table::ShortroomidTsShorteventid,
+        thread_key(head.short, ts, short),
+        b"",
+    );
+
+    if kind == "m.room.member" {
+        if let Some(user) = state_key {
+            let membership = pdu
+                .get("content")
+                .and_then(|c| c.get("membership"))
+                .and_then(Value::as_str)
+                .unwrap_or("leave");
+            let key = membership_key(user, &head.record.room_id);
+            let previous: Option<MembershipRecord> = store
+                .db
+                .get(Table::UseridRoomidMembership, &key)?
+                .map(|b| decode(Table::UseridRoomidMembership, &b))
+                .transpose()?;
+            let last_join_pos = if membership == "join" {
+                pos
+            } else {
+                previous.map_or(0, |p| p.last_join_pos)
+            };
+            let record = MembershipRecord {
+                membership: membership.to_owned(),
+                event_id: event_id.clone(),
+                pos,
+                last_join_pos,
+                forgotten: false,
+            };
+            batch.put(Table::UseridRoomidMembership, &key, encode(&record));
+        }
+    }
+
+    if let Some(txn) = &txn {
+        batch.put(Table::TxnidEventid, &txn.key, &event_id);
+        batch.put(
+            Table::ShorteventidTxnid,
+            short.to_be_bytes(),
+            keys::join(&[txn.device_id.as_bytes(), txn.txn_id.as_bytes()]),
+        );
+    }
+
+    if let Some((rel_type, parent_id)) = relation_of(pdu) {
+        index_relation(
+            store, head, &mut batch, rel_type, parent_id, kind, short, pos,
+        )?;
+    }
+
+    if kind == "m.room.redaction" {
+        let target = pdu
+            .get("redacts")
+            .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
+            .and_then(Value::as_str);
+        if let Some(target) = target {
+            apply_redaction(store, head, &mut batch, target, short)?;
+        }
+    }
+
+    let mut record = head.record.clone();
+    record.extremities = vec![event_id.clone()];
+    record.depth = pdu
+        .get("depth")
+        .and_then(Value::as_u64)
+        .unwrap_or(record.depth + 1);
+    record.state = state_after;
+    record.last_pos = pos;
+    batch.put(
+        Table::ShortroomidRoom,
+        head.short.to_be_bytes(),
+        encode(&record),
+    );
+    store.db.write_relaxed(batch)?;
+
+    head.record = record;
+    if let Some(key) = state_change {
+        if let Some(old) = head.state.insert(key, short) {
+            head.cache.remove(&old);
+        }
+        head.cache.insert(
+            short,
+            Arc::new(StoredEvent {
+                short,
+                event_id: event_id.clone(),
+                pdu: built.pdu,
+                meta,
+            }),
+        );
+    }
+    Ok(event_id)
+}
+
+/// Relation index entries: `parent ++ pos ++ child`, and a thread root's latest activity.
+#[allow(clippy::too_many_arguments)]
+fn index_relation(
+    store: &EventStore,
+    head: &RoomHead,
+    batch: &mut Batch<'_>,
+    rel_type: &str,
+    parent_id: &str,
+    kind: &str,
+    child: ShortEventId,
+    pos: u64,
+) -> MatrixResult<()> {
+    let Some(parent) = store.state.find_event(parent_id)? else {
+        return Ok(());
+    };
+    if store.meta(parent)?.room != head.short {
+        return Ok(());
+    }
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&parent.to_be_bytes());
+    key.extend_from_slice(&pos.to_be_bytes());
+    key.extend_from_slice(&child.to_be_bytes());
+    batch.put(
+        Table::RelatesPosChild,
+        key,
+        encode(&RelationRecord {
+            rel_type: rel_type.to_owned(),
+            event_type: kind.to_owned(),
+        }),
+    );
+    if rel_type == "m.thread" {
+        let previous = store
+            .db
+            .get(Table::ThreadrootLatestpos, parent.to_be_bytes())?
+            .and_then(|b| keys::read_u64(&b));
+        if let Some(previous) = previous {
+            batch.delete(
+                Table::ShortroomidThreadpos,
+                thread_key(head.short, previous, parent),
+            );
+        }
+        batch.put(
+            Table::ShortroomidThreadpos,
+            thread_key(head.short, pos, parent),
+            b"",
+        );
+        batch.put(
+            Table::ThreadrootLatestpos,
+            parent.to_be_bytes(),
+            pos.to_be_bytes(),
+        );
+    }
+    Ok(())
+}
+
+/// `room ++ u64 ++ short event`: the key shape of the thread and timestamp indexes.
+pub(super) fn thread_key(room: u64, pos: u64, root: ShortEventId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&room.to_be_bytes());
+    key[8..16].copy_from_slice(&pos.to_be_bytes());
+    key[16..].copy_from_slice(&root.to_be_bytes());
+    key
+}
+
+/// Rewrites the redacted event's PDU in its redacted form and records who redacted it;
+/// its relation entry goes too (a redacted edit or reaction no longer counts).
+fn apply_redaction(
+    store: &EventStore,
+    head: &mut RoomHead,
+    batch: &mut Batch<'_>,
+    target_id: &str,
+    redaction: ShortEventId,
+) -> MatrixResult<()> {
+    let Some(target) = store.event_by_id(target_id)? else {
+        return Ok(());
+    };
+    if target.meta.room != head.short || target.meta.redacted_by != 0 {
+        return Ok(());
+    }
+    if let Some((_, parent_id)) = relation_of(&target.pdu) {
+        if let Some(parent) = store.state.find_event(parent_id)? {
+            let mut key = Vec::with_capacity(24);
+            key.extend_from_slice(&parent.to_be_bytes());
+            key.extend_from_slice(&target.meta.pos.to_be_bytes());
+            key.extend_from_slice(&target.short.to_be_bytes());
+            batch.delete(Table::RelatesPosChild, key);
+        }
+    }
+    let redacted = redact(&target.pdu, head.version);
+    batch.put(
+        Table::ShorteventidPdu,
+        target.short.to_be_bytes(),
+        encode(&redacted),
+    );
+    let meta = EventMeta {
+        redacted_by: redaction,
+        ..target.meta
+    };
+    batch.put(
+        Table::ShorteventidMeta,
+        target.short.to_be_bytes(),
+        meta.encode(),
+    );
+    // A redacted state event stays in the state, redacted: drop the parsed copy.
+    head.cache.remove(&target.short);
+    Ok(())
+}
