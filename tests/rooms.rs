@@ -394,3 +394,803 @@ async fn sends_are_idempotent_per_device_and_survive_restart() {
     assert!(sent["event_id"].is_string(), "{sent}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn membership_rules_refuse_what_they_should() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let carol = Client::new(&server, "carol").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+
+    // An invite-only room refuses an uninvited join.
+    let (status, body) = bob.join(&room).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Invited, bob joins; he shows in the member lists.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, invited) = alice
+        .get(&format!("/rooms/{room}/members?membership=invite"))
+        .await;
+    assert_eq!(invited["chunk"][0]["state_key"], bob.user_id.as_str());
+    let (status, body) = bob.post(&format!("/rooms/{room}/join"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    let (_, joined) = bob.get("/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([room]));
+    let (_, members) = bob.get(&format!("/rooms/{room}/joined_members")).await;
+    assert!(members["joined"][&alice.user_id].is_object(), "{members}");
+    assert!(members["joined"][&bob.user_id].is_object(), "{members}");
+    let (_, not_join) = bob
+        .get(&format!("/rooms/{room}/members?not_membership=join"))
+        .await;
+    assert_eq!(not_join["chunk"], json!([]));
+
+    // Power levels forbid a state change by a default user.
+    let (status, body) = bob
+        .put(
+            &format!("/rooms/{room}/state/m.room.name/"),
+            json!({"name": "mine now"}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Nor may bob kick alice.
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{room}/kick"),
+            json!({"user_id": alice.user_id}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    // A kicked user can't send.
+    bob.text(&room, "hello").await;
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/kick"),
+            json!({"user_id": bob.user_id, "reason": "spam"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob.try_send(&room, "still here?").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (_, member) = alice.state(&room, "m.room.member", &bob.user_id).await;
+    assert_eq!(member["membership"], "leave");
+    assert_eq!(member["reason"], "spam");
+
+    // A banned user can't join, even when invited.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/ban"),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = carol.join(&room).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Unbanned and invited, carol joins.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/unban"),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/unban"),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+
+    // Leave, then forget; forgetting before leaving is refused.
+    let (status, body) = carol
+        .post(&format!("/rooms/{room}/forget"), json!({}))
+        .await;
+    assert_error(status, &body, 400, "M_UNKNOWN");
+    let (status, _) = carol.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = carol
+        .post(&format!("/rooms/{room}/forget"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, joined) = carol.get("/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+
+    // Unknown rooms and bad targets.
+    let (status, body) = bob.join("!nope:localhost").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"user_id": "not a user"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"user_id": "@ghost:localhost"}),
+        )
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn knocking_and_restricted_joins() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let space = alice.create_room(json!({"preset": "public_chat"})).await;
+    let knock_room = alice
+        .create_room(json!({
+            "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]
+        }))
+        .await;
+    let (status, body) = bob
+        .post(
+            &format!("/knock/{knock_room}"),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, member) = alice
+        .state(&knock_room, "m.room.member", &bob.user_id)
+        .await;
+    assert_eq!(member["membership"], "knock");
+    // A knock is accepted with an invite.
+    alice
+        .post(
+            &format!("/rooms/{knock_room}/invite"),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(bob.join(&knock_room).await.0, StatusCode::OK);
+    // Knocking on an invite-only room is refused.
+    let invite_only = alice.create_room(json!({})).await;
+    let (status, body) = bob.post(&format!("/knock/{invite_only}"), json!({})).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    // Restricted: members of `space` may join.
+    let restricted = alice
+        .create_room(json!({
+            "initial_state": [{"type": "m.room.join_rules", "content": {
+                "join_rule": "restricted",
+                "allow": [{"type": "m.room_membership", "room_id": space}]
+            }}]
+        }))
+        .await;
+    let (status, body) = bob.join(&restricted).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    assert_eq!(bob.join(&space).await.0, StatusCode::OK);
+    let (status, body) = bob.join(&restricted).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, member) = alice
+        .state(&restricted, "m.room.member", &bob.user_id)
+        .await;
+    assert_eq!(
+        member["join_authorised_via_users_server"],
+        alice.user_id.as_str()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn redactions_need_power_over_others_events() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let alices = alice.text(&room, "alice's secret").await;
+    let bobs = bob.text(&room, "bob's secret").await;
+
+    // Bob (power 0) may not redact alice's message.
+    let (status, body) = bob
+        .put(&format!("/rooms/{room}/redact/{alices}/r1"), json!({}))
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    // He may redact his own; alice (power 100) may redact anyone's.
+    let (status, own) = bob
+        .put(
+            &format!("/rooms/{room}/redact/{bobs}/r2"),
+            json!({"reason": "oops"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/redact/{alices}/r3"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The redacted content is served per the room version, with redacted_because.
+    let (_, event) = alice.get(&format!("/rooms/{room}/event/{bobs}")).await;
+    assert_eq!(event["content"], json!({}), "{event}");
+    assert_eq!(
+        event["unsigned"]["redacted_because"]["event_id"],
+        own["event_id"]
+    );
+    assert_eq!(
+        event["unsigned"]["redacted_because"]["content"]["reason"],
+        "oops"
+    );
+    // The redaction event itself names the redacted event (top level and, v11+, content).
+    let redaction_id = own["event_id"].as_str().unwrap();
+    let (_, redaction) = alice
+        .get(&format!("/rooms/{room}/event/{redaction_id}"))
+        .await;
+    assert_eq!(redaction["redacts"], bobs.as_str());
+    assert_eq!(redaction["content"]["redacts"], bobs.as_str());
+    // Unknown events can't be redacted.
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/redact/$nope/r4"), json!({}))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_visibility_decides_who_reads_what() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let eve = Client::new(&server, "eve").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility",
+                               "content": {"history_visibility": "joined"}}]
+        }))
+        .await;
+    let before = alice.text(&room, "before bob").await;
+    bob.join(&room).await;
+    let during = alice.text(&room, "while bob is here").await;
+    bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    let after = alice.text(&room, "after bob left").await;
+
+    // Bob sees only what was sent while he was joined.
+    let page = bob.messages(&room, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["while bob is here"]);
+    assert_eq!(
+        bob.get(&format!("/rooms/{room}/event/{during}")).await.0,
+        StatusCode::OK
+    );
+    let (status, body) = bob.get(&format!("/rooms/{room}/event/{before}")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = bob.get(&format!("/rooms/{room}/event/{after}")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    // His view of the state stops at his leave.
+    let (_, members) = bob
+        .get(&format!("/rooms/{room}/members?membership=leave"))
+        .await;
+    assert_eq!(members["chunk"][0]["state_key"], bob.user_id.as_str());
+    alice
+        .put(
+            &format!("/rooms/{room}/state/m.room.topic/"),
+            json!({"topic": "after bob"}),
+        )
+        .await;
+    let (status, body) = bob.state(&room, "m.room.topic", "").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // A non-member gets 403 everywhere; an unknown event is 404 for a member.
+    for path in [
+        format!("/rooms/{room}/messages?dir=b"),
+        format!("/rooms/{room}/event/{during}"),
+        format!("/rooms/{room}/context/{during}"),
+        format!("/rooms/{room}/state"),
+        format!("/rooms/{room}/members"),
+        format!("/rooms/{room}/joined_members"),
+    ] {
+        let (status, body) = eve.get(&path).await;
+        assert_error(status, &body, 403, "M_FORBIDDEN");
+    }
+    let (status, body) = alice.get(&format!("/rooms/{room}/event/$unknown")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // With `shared`, a newcomer sees the history from before they joined.
+    let shared = alice.create_room(json!({"preset": "public_chat"})).await;
+    alice.text(&shared, "old news").await;
+    eve.join(&shared).await;
+    let page = eve.messages(&shared, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["old news"]);
+
+    // world_readable: anyone may read without joining.
+    let open = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility",
+                               "content": {"history_visibility": "world_readable"}}]
+        }))
+        .await;
+    alice.text(&open, "for everyone").await;
+    let page = eve.messages(&open, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["for everyone"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn context_relations_and_threads() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    for i in 0..3 {
+        alice.text(&room, &format!("before{i}")).await;
+    }
+    let root = alice.text(&room, "root").await;
+    for i in 0..3 {
+        alice.text(&room, &format!("after{i}")).await;
+    }
+
+    let (status, context) = alice
+        .get(&format!("/rooms/{room}/context/{root}?limit=4"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["event"]["event_id"], root.as_str());
+    assert_eq!(bodies(&context["events_before"]), ["before2", "before1"]);
+    assert_eq!(bodies(&context["events_after"]), ["after0", "after1"]);
+    assert!(context["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+    // The tokens continue the pagination on either side.
+    let start = context["start"].as_str().unwrap();
+    let older = alice
+        .messages(&room, &format!("dir=b&limit=1&from={start}"))
+        .await;
+    assert_eq!(bodies(&older["chunk"]), ["before0"]);
+    let end = context["end"].as_str().unwrap();
+    let newer = alice
+        .messages(&room, &format!("dir=f&limit=1&from={end}"))
+        .await;
+    assert_eq!(bodies(&newer["chunk"]), ["after2"]);
+
+    // An edit, two reactions and a thread reply.
+    let edit = alice
+        .send(
+            &room,
+            json!({
+                "msgtype": "m.text", "body": "* root (edited)",
+                "m.new_content": {"msgtype": "m.text", "body": "root (edited)"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": root}
+            }),
+        )
+        .await;
+    let txn = |n: u32| format!("react{n}");
+    for (who, n) in [(&alice, 1), (&bob, 2)] {
+        let (status, body) = who
+            .put(
+                &format!("/rooms/{room}/send/m.reaction/{}", txn(n)),
+                json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👍"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let reply = bob
+        .send(
+            &room,
+            json!({
+                "msgtype": "m.text", "body": "in thread",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root}
+            }),
+        )
+        .await;
+
+    let (_, all) = alice.get(&format!("/rooms/{room}/relations/{root}")).await;
+    assert_eq!(all["chunk"].as_array().unwrap().len(), 4, "{all}");
+    assert_eq!(all["chunk"][0]["event_id"], reply.as_str(), "newest first");
+    let (_, edits) = alice
+        .get(&format!("/rooms/{room}/relations/{root}/m.replace"))
+        .await;
+    assert_eq!(edits["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(edits["chunk"][0]["event_id"], edit.as_str());
+    let (_, reactions) = alice
+        .get(&format!(
+            "/rooms/{room}/relations/{root}/m.annotation/m.reaction?limit=1"
+        ))
+        .await;
+    assert_eq!(reactions["chunk"].as_array().unwrap().len(), 1);
+    let next = reactions["next_batch"].as_str().unwrap();
+    let (_, rest) = alice
+        .get(&format!(
+            "/rooms/{room}/relations/{root}/m.annotation/m.reaction?limit=1&from={next}"
+        ))
+        .await;
+    assert_eq!(rest["chunk"].as_array().unwrap().len(), 1);
+    assert_ne!(
+        rest["chunk"][0]["event_id"],
+        reactions["chunk"][0]["event_id"]
+    );
+    assert!(rest.get("next_batch").is_none(), "{rest}");
+
+    // A redacted reaction no longer counts.
+    let reaction_id = rest["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    alice
+        .put(&format!("/rooms/{room}/redact/{reaction_id}/x"), json!({}))
+        .await;
+    let (_, reactions) = alice
+        .get(&format!("/rooms/{room}/relations/{root}/m.annotation"))
+        .await;
+    assert_eq!(reactions["chunk"].as_array().unwrap().len(), 1);
+
+    // Threads list the root; `participated` only for those who took part.
+    let (_, threads) = alice.get(&format!("/rooms/{room}/threads")).await;
+    assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");
+    let (_, mine) = bob
+        .get(&format!("/rooms/{room}/threads?include=participated"))
+        .await;
+    assert_eq!(mine["chunk"].as_array().unwrap().len(), 1);
+    let carol = Client::new(&server, "carol").await;
+    carol.join(&room).await;
+    let (_, none) = carol
+        .get(&format!("/rooms/{room}/threads?include=participated"))
+        .await;
+    assert_eq!(none["chunk"], json!([]));
+    let (status, body) = alice
+        .get(&format!("/rooms/{room}/relations/$missing"))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn aliases_and_directory_listing() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Lobby"}))
+        .await;
+    let (status, body) = alice
+        .put(
+            "/directory/room/%23lobby:localhost",
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob
+        .put(
+            "/directory/room/%23lobby:localhost",
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_error(status, &body, 409, "M_UNKNOWN");
+    let (status, body) = alice
+        .put(
+            "/directory/room/%23x:elsewhere.org",
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (_, aliases) = alice.get(&format!("/rooms/{room}/aliases")).await;
+    assert_eq!(aliases["aliases"], json!(["#lobby:localhost"]));
+
+    // canonical_alias must name aliases that point to the room.
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/state/m.room.canonical_alias/"),
+            json!({"alias": "#nothere:localhost"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_BAD_ALIAS");
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/state/m.room.canonical_alias/"),
+            json!({"alias": "#lobby:localhost"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Joining by alias; bob (not the creator, no power) may not delete it.
+    let (status, joined) = bob.join("#lobby:localhost").await;
+    assert_eq!(status, StatusCode::OK, "{joined}");
+    assert_eq!(joined["room_id"], room.as_str());
+    let (status, body) = bob
+        .call(Method::DELETE, "/directory/room/%23lobby:localhost", None)
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, _) = alice
+        .call(Method::DELETE, "/directory/room/%23lobby:localhost", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server
+        .get(&format!("{V3}/directory/room/%23lobby:localhost"), None)
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // Publishing needs power; the directory filters and paginates.
+    let (status, body) = bob
+        .put(
+            &format!("/directory/list/room/{room}"),
+            json!({"visibility": "public"}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    alice
+        .put(
+            &format!("/directory/list/room/{room}"),
+            json!({"visibility": "public"}),
+        )
+        .await;
+    let other = alice
+        .create_room(json!({"visibility": "public", "name": "Garden"}))
+        .await;
+    let (_, page) = alice.post("/publicRooms", json!({"limit": 1})).await;
+    assert_eq!(
+        page["chunk"][0]["room_id"],
+        room.as_str(),
+        "most members first"
+    );
+    assert_eq!(page["total_room_count_estimate"], 2);
+    let next = page["next_batch"].as_str().unwrap();
+    let (_, page2) = alice
+        .post("/publicRooms", json!({"limit": 1, "since": next}))
+        .await;
+    assert_eq!(page2["chunk"][0]["room_id"], other.as_str());
+    let (_, found) = alice
+        .post(
+            "/publicRooms",
+            json!({"filter": {"generic_search_term": "gard"}}),
+        )
+        .await;
+    assert_eq!(found["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(found["chunk"][0]["name"], "Garden");
+    alice
+        .put(
+            &format!("/directory/list/room/{room}"),
+            json!({"visibility": "private"}),
+        )
+        .await;
+    let (_, listed) = server
+        .get(&format!("{V3}/directory/list/room/{room}"), None)
+        .await;
+    assert_eq!(listed["visibility"], "private");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn upgrade_replaces_the_room() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let old = alice
+        .create_room(json!({
+            "room_version": "11", "preset": "public_chat", "name": "Old name",
+            "room_alias_name": "up"
+        }))
+        .await;
+    bob.join(&old).await;
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{old}/upgrade"),
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{old}/upgrade"),
+            json!({"new_version": "99"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{old}/upgrade"),
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+
+    let (_, tombstone) = alice.state(&old, "m.room.tombstone", "").await;
+    assert_eq!(tombstone["replacement_room"], new);
+    let (_, create) = alice.state(new, "m.room.create", "").await;
+    assert_eq!(create["predecessor"]["room_id"], old.as_str());
+    assert_eq!(create["room_version"], "12");
+    let (_, name) = alice.state(new, "m.room.name", "").await;
+    assert_eq!(name["name"], "Old name");
+    let (_, rules) = alice.state(new, "m.room.join_rules", "").await;
+    assert_eq!(rules["join_rule"], "public");
+    let (_, levels) = alice.state(new, "m.room.power_levels", "").await;
+    assert!(levels["users"].get(&alice.user_id).is_none(), "{levels}");
+    // The old room is restricted; the alias moved.
+    let (status, body) = bob.try_send(&old, "still talking").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (_, resolved) = alice.get("/directory/room/%23up:localhost").await;
+    assert_eq!(resolved["room_id"], new);
+    let (_, alias) = alice.state(new, "m.room.canonical_alias", "").await;
+    assert_eq!(alias["alias"], "#up:localhost");
+    // Bob follows.
+    assert_eq!(bob.join(new).await.0, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn timestamp_to_event_finds_the_nearest_visible_event() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let room = alice.create_room(json!({})).await;
+    let first = alice.text(&room, "first").await;
+    let (_, event) = alice.get(&format!("/rooms/{room}/event/{first}")).await;
+    let ts = event["origin_server_ts"].as_u64().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let second = alice.text(&room, "second").await;
+
+    let (status, found) = alice
+        .get(&format!(
+            "/rooms/{room}/timestamp_to_event?ts={}&dir=f",
+            ts + 1
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["event_id"], second.as_str());
+    let (_, found) = alice
+        .get(&format!("/rooms/{room}/timestamp_to_event?ts={ts}&dir=b"))
+        .await;
+    assert_eq!(found["event_id"], first.as_str());
+    assert_eq!(found["origin_server_ts"], ts);
+    let (status, body) = alice
+        .get(&format!("/rooms/{room}/timestamp_to_event?ts=1&dir=b"))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice
+        .get(&format!("/rooms/{room}/timestamp_to_event?ts=x&dir=b"))
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn create_room_options_and_bad_input() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    // trusted_private_chat in v12: invitees become additional creators; is_direct marks them.
+    let dm = alice
+        .create_room(json!({
+            "preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true
+        }))
+        .await;
+    let (_, create) = alice.state(&dm, "m.room.create", "").await;
+    assert_eq!(create["additional_creators"], json!([bob.user_id]));
+    let (_, invite) = alice.state(&dm, "m.room.member", &bob.user_id).await;
+    assert_eq!(invite["membership"], "invite");
+    assert_eq!(invite["is_direct"], true);
+    // In v11 they get the creator's power level instead.
+    let dm11 = alice
+        .create_room(json!({
+            "room_version": "11", "preset": "trusted_private_chat", "invite": [bob.user_id]
+        }))
+        .await;
+    let (_, levels) = alice.state(&dm11, "m.room.power_levels", "").await;
+    assert_eq!(levels["users"][&bob.user_id], 100);
+
+    // The override applies on top of the defaults.
+    let room = alice
+        .create_room(json!({"power_level_content_override": {"events_default": 20}}))
+        .await;
+    let (_, levels) = alice.state(&room, "m.room.power_levels", "").await;
+    assert_eq!(levels["events_default"], 20);
+    assert_eq!(levels["state_default"], 50);
+
+    // Initial state the rules refuse is M_INVALID_ROOM_STATE.
+    let (status, body) = alice
+        .post(
+            "/createRoom",
+            json!({"room_version": "11", "power_level_content_override": {"users": {}},
+                   "name": "unreachable"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_ROOM_STATE");
+    for bad in [
+        json!({"visibility": "secret"}),
+        json!({"preset": "party"}),
+        json!({"invite": ["nobody"]}),
+    ] {
+        let (status, body) = alice.post("/createRoom", bad).await;
+        assert_error(status, &body, 400, "M_INVALID_PARAM");
+    }
+    let (status, body) = alice.post("/createRoom", json!({"name": 5})).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+
+    // Sending: content must be an object; an event over 64 KiB is too large.
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/send/m.room.message/bad1"),
+            json!([1, 2]),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let big = "x".repeat(70_000);
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/send/m.room.message/bad2"),
+            json!({"msgtype": "m.text", "body": big}),
+        )
+        .await;
+    assert_error(status, &body, 413, "M_TOO_LARGE");
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/send/m.room.message/bad3"),
+            json!({"n": 1.5}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let (status, body) = alice
+        .put("/rooms/!nope:localhost/send/m.room.message/t", json!({}))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_sends_form_one_chain() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let room = alice.create_room(json!({})).await;
+    let sends = (0..40).map(|i| {
+        let path = format!("{V3}/rooms/{room}/send/m.room.message/c{i}");
+        let server = &server;
+        let token = alice.token.clone();
+        async move {
+            let (status, body) = server
+                .call(
+                    Method::PUT,
+                    &path,
+                    Some(&token),
+                    Some(json!({"body": format!("{i}"), "msgtype": "m.text"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let page = alice.messages(&room, "dir=f&limit=100").await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(bodies(&page["chunk"]).len(), 40);
+    // Each PDU's prev_events is the event before it and its depth one more: a single
+    // chain, no forks, whatever order the writer took the requests in.
+    let store = server.running().services.rooms.store();
+    let mut previous: Option<(String, u64)> = None;
+    for event in chunk {
+        let id = event["event_id"].as_str().unwrap();
+        let pdu = store.event_by_id(id).unwrap().unwrap().pdu;
+        let depth = pdu["depth"].as_u64().unwrap();
+        if let Some((prev_id, prev_depth)) = &previous {
+            assert_eq!(pdu["prev_events"], json!([prev_id]));
+            assert_eq!(depth, prev_depth + 1);
+        }
+        assert!(
+            pdu.get("event_id").is_none(),
+            "federation format has no event_id"
+        );
+        assert!(pdu["signatures"]["localhost"].is_object());
+        previous = Some((id.to_owned(), depth));
+    }
+    server.stop().await;
+}

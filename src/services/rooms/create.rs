@@ -65,9 +65,9 @@ pub struct CreateRoomRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Preset {
-    PrivateChat,
-    TrustedPrivateChat,
-    PublicChat,
+    Private,
+    TrustedPrivate,
+    Public,
 }
 
 fn random_localpart() -> String {
@@ -98,7 +98,7 @@ fn default_power_levels(
     let mut users = Map::new();
     if !version.creators_have_infinite_power() {
         users.insert(creator.to_owned(), json!(100));
-        if preset == Preset::TrustedPrivateChat {
+        if preset == Preset::TrustedPrivate {
             for invitee in invitees {
                 users.insert(invitee.as_str().to_owned(), json!(100));
             }
@@ -109,7 +109,7 @@ fn default_power_levels(
     } else {
         100
     };
-    let invite = if preset == Preset::PublicChat { 50 } else { 0 };
+    let invite = if preset == Preset::Public { 50 } else { 0 };
     let content = json!({
         "users": users,
         "users_default": 0,
@@ -202,11 +202,11 @@ impl Rooms {
             }
         };
         let preset = match request.preset.as_deref() {
-            None if public => Preset::PublicChat,
-            None => Preset::PrivateChat,
-            Some("private_chat") => Preset::PrivateChat,
-            Some("trusted_private_chat") => Preset::TrustedPrivateChat,
-            Some("public_chat") => Preset::PublicChat,
+            None if public => Preset::Public,
+            None => Preset::Private,
+            Some("private_chat") => Preset::Private,
+            Some("trusted_private_chat") => Preset::TrustedPrivate,
+            Some("public_chat") => Preset::Public,
             Some(other) => {
                 return Err(MatrixError::invalid_param(format!(
                     "Unknown preset {other:?}"
@@ -298,7 +298,7 @@ impl Rooms {
                     extra.push(user.into_string());
                 }
             }
-            if preset == Preset::TrustedPrivateChat {
+            if preset == Preset::TrustedPrivate {
                 extra.extend(invitees.iter().map(|u| u.as_str().to_owned()));
             }
             let mut seen = HashSet::new();
@@ -364,8 +364,8 @@ impl Rooms {
                 .any(|s| s.kind == kind && s.state_key.is_empty())
         };
         let (join_rule, guest_access) = match preset {
-            Preset::PublicChat => ("public", "forbidden"),
-            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
+            Preset::Public => ("public", "forbidden"),
+            Preset::Private | Preset::TrustedPrivate => ("invite", "can_join"),
         };
         for (kind, content) in [
             ("m.room.join_rules", json!({ "join_rule": join_rule })),

@@ -144,10 +144,12 @@ impl Rooms {
             };
             let joined = member.content().get("membership").and_then(Value::as_str) == Some("join");
             let power = levels.user(user);
-            if joined && user.ends_with(&suffix) && power >= i128::from(levels.invite) {
-                if best.as_ref().is_none_or(|(p, _)| power > *p) {
-                    best = Some((power, user.to_owned()));
-                }
+            if joined
+                && user.ends_with(&suffix)
+                && power >= i128::from(levels.invite)
+                && best.as_ref().is_none_or(|(p, _)| power > *p)
+            {
+                best = Some((power, user.to_owned()));
             }
         }
         Ok(best.map(|(_, user)| user))

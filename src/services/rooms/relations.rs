@@ -112,10 +112,6 @@ impl Rooms {
             .scan_range(Table::RelatesPosChild, &lower, &upper, backwards)
         {
             let (key, value) = entry?;
-            if chunk.len() >= limit {
-                more = true;
-                break;
-            }
             let record: RelationRecord = decode(Table::RelatesPosChild, &value)?;
             let (Some(pos), Some(child)) = (
                 key.get(8..16).and_then(keys::read_u64),
@@ -123,16 +119,22 @@ impl Rooms {
             ) else {
                 continue;
             };
-            last_pos = Some(pos);
             if query.rel_type.is_some_and(|t| t != record.rel_type)
                 || query.event_type.is_some_and(|t| t != record.event_type)
             {
                 continue;
             }
             let event = self.store.event(child)?;
-            if check.can_see(&event)? {
-                chunk.push(client_event(&self.store, &event, room_id, Some(viewer))?);
+            if !check.can_see(&event)? {
+                continue;
             }
+            if chunk.len() >= limit {
+                // Another match exists: the page ends at the last one returned.
+                more = true;
+                break;
+            }
+            last_pos = Some(pos);
+            chunk.push(client_event(&self.store, &event, room_id, Some(viewer))?);
         }
         let next_batch = match (more, last_pos) {
             (true, Some(pos)) if backwards => Some(tokens::token(pos.saturating_sub(1))),

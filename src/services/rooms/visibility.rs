@@ -2,10 +2,15 @@
 //!
 //! Spec: client-server API, "Room History Visibility", "Server behaviour": the rules are
 //! applied with the state of the room at each event (the state before it; for
-//! `m.room.history_visibility` events and the user's own member events, before or after).
-//! 1. `world_readable`: allow. 2. The user's membership was `join`: allow. 3. `shared` and
-//! the user joined at any point after the event: allow. 4. `invited` and the membership was
-//! `invite`: allow. 5. Otherwise deny. A missing or unknown value counts as `shared`.
+//! `m.room.history_visibility` events and the user's own member events, before or after):
+//!
+//! 1. `world_readable`: allow.
+//! 2. The user's membership was `join`: allow.
+//! 3. `shared` and the user joined at any point after the event: allow.
+//! 4. `invited` and the membership was `invite`: allow.
+//! 5. Otherwise deny.
+//!
+//! A missing or unknown value counts as `shared`.
 
 use std::collections::HashMap;
 
