@@ -569,3 +569,110 @@ async fn media_survives_a_restart() {
     assert_eq!(response.bytes().await.unwrap().as_ref(), bytes.as_slice());
     s.stop().await;
 }
+
+/// Attachments as a chat shows them: an image and a file sent into a room as `m.image` and
+/// `m.file` events; another member reads the events, fetches a thumbnail of the image and
+/// downloads the file. The room's avatar (`m.room.avatar`) points at uploaded media too.
+#[tokio::test]
+async fn attachments_travel_through_room_events() {
+    let s = TestServer::start().await;
+    let alice = client(&s, "alice").await;
+    let bob = client(&s, "bob").await;
+    let v3 = "/_matrix/client/v3";
+    let (_, created) = s
+        .post(
+            &format!("{v3}/createRoom"),
+            Some(&alice.token),
+            json!({"preset": "public_chat"}),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .post(&format!("{v3}/join/{room}"), Some(&bob.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let image = alice
+        .upload_ok(png(640, 480), "image/png", Some("cat.png"))
+        .await;
+    let file = alice
+        .upload_ok(
+            b"quarterly numbers".to_vec(),
+            "text/plain",
+            Some("report.txt"),
+        )
+        .await;
+    for (txn, content) in [
+        (
+            "img",
+            json!({"msgtype": "m.image", "body": "cat.png", "url": image,
+                       "info": {"mimetype": "image/png", "w": 640, "h": 480}}),
+        ),
+        (
+            "file",
+            json!({"msgtype": "m.file", "body": "report.txt", "url": file,
+                        "info": {"mimetype": "text/plain"}}),
+        ),
+    ] {
+        let (status, body) = s
+            .call(
+                Method::PUT,
+                &format!("{v3}/rooms/{room}/send/m.room.message/{txn}"),
+                Some(&alice.token),
+                Some(content),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            &format!("{v3}/rooms/{room}/state/m.room.avatar/"),
+            Some(&alice.token),
+            Some(json!({"url": image})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Bob finds the attachments by their url and fetches them.
+    let (_, page) = s
+        .get(
+            &format!(
+                "{v3}/rooms/{room}/messages?dir=b&filter={}",
+                urlencode(r#"{"contains_url":true,"types":["m.room.message"]}"#)
+            ),
+            Some(&bob.token),
+        )
+        .await;
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 2, "{page}");
+    let file_url = chunk[0]["content"]["url"].as_str().unwrap();
+    let image_url = chunk[1]["content"]["url"].as_str().unwrap();
+    let download = bob
+        .get(&format!(
+            "/_matrix/client/v1/media/download/{}",
+            path_of(file_url)
+        ))
+        .await;
+    assert_eq!(download.status(), StatusCode::OK);
+    assert_eq!(
+        download.bytes().await.unwrap().as_ref(),
+        b"quarterly numbers"
+    );
+    let thumbnail = bob
+        .get(&format!(
+            "/_matrix/client/v1/media/thumbnail/{}?width=96&height=96&method=crop",
+            path_of(image_url)
+        ))
+        .await;
+    assert_eq!(thumbnail.status(), StatusCode::OK);
+    assert_eq!(thumbnail.headers()["content-type"], "image/png");
+    let (_, avatar) = s
+        .get(
+            &format!("{v3}/rooms/{room}/state/m.room.avatar/"),
+            Some(&bob.token),
+        )
+        .await;
+    assert_eq!(avatar["url"], image.as_str());
+    s.stop().await;
+}

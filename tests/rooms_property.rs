@@ -63,20 +63,18 @@ async fn apply(rooms: &Rooms, room: &str, op: &Op, n: usize) {
     let profile = MemberProfile::default();
     // Refusals are expected; only what was stored matters.
     let _ = match op {
-        Op::Invite(a, t) => rooms.invite(&uid(*a), room, &uid(*t), None, false, None).await,
+        Op::Invite(a, t) => {
+            rooms
+                .invite(&uid(*a), room, &uid(*t), None, false, None)
+                .await
+        }
         Op::Join(a) => rooms.join(&uid(*a), room, None, &profile).await,
         Op::Leave(a) => rooms.leave(&uid(*a), room, None).await,
         Op::Kick(a, t) => rooms.kick(&uid(*a), room, &uid(*t), None).await,
         Op::Ban(a, t) => rooms.ban(&uid(*a), room, &uid(*t), None).await,
         Op::Unban(a, t) => rooms.unban(&uid(*a), room, &uid(*t), None).await,
         Op::SetUserLevel(a, _, level) | Op::SetLevel(a, _, level) => {
-            let current = rooms
-                .store()
-                .room(room)
-                .unwrap()
-                .unwrap()
-                .record
-                .state;
+            let current = rooms.store().room(room).unwrap().unwrap().record.state;
             let mut content = rooms
                 .store()
                 .state_event(current, "m.room.power_levels", "")
@@ -132,7 +130,9 @@ fn state_of(rooms: &Rooms, snapshot: u64) -> HashMap<(String, String), String> {
 fn check_room(rooms: &Rooms, room_id: &str, version: RoomVersion) {
     let store = rooms.store();
     let room = store.room(room_id).unwrap().unwrap();
-    let timeline = store.timeline(room.short, 0, u64::MAX, false, 100_000).unwrap();
+    let timeline = store
+        .timeline(room.short, 0, u64::MAX, false, 100_000)
+        .unwrap();
     let shorts: Vec<u64> = timeline.iter().map(|(_, s)| *s).collect();
     let events = store.events(&shorts).unwrap();
     let signed_by = |_: &str| true;

@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use super::event_store::Room;
 use super::records::AliasRecord;
 use super::Rooms;
-use crate::core::power_levels::PowerLevels;
 use crate::core::{RoomAliasId, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
@@ -156,16 +155,7 @@ impl Rooms {
     }
 
     fn power_for_state(&self, room: &Room, user: &str, event_type: &str) -> MatrixResult<bool> {
-        let snapshot = room.record.state;
-        let create = self.store.state_event(snapshot, "m.room.create", "")?;
-        let levels = self
-            .store
-            .state_event(snapshot, "m.room.power_levels", "")?;
-        let levels = PowerLevels::new(
-            room.version,
-            create.as_ref().map(|e| &e.pdu),
-            levels.as_ref().map(|e| &e.pdu),
-        );
+        let levels = self.current_power_levels(room)?;
         let joined = self.membership_of(user, &room.record.room_id)?.as_deref() == Some("join");
         Ok(joined && levels.user(user) >= levels.event(event_type, true))
     }

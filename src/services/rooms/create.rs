@@ -12,7 +12,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::membership::MemberProfile;
+use super::membership::{member_content, MemberProfile};
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
 use crate::core::pdu::{self, PduTemplate};
@@ -314,14 +314,7 @@ impl Rooms {
         let sender = creator.as_str();
         let mut drafts = Vec::new();
         // 2. The creator joins.
-        let mut join = Map::new();
-        join.insert("membership".into(), json!("join"));
-        if let Some(name) = &creator_profile.displayname {
-            join.insert("displayname".into(), json!(name));
-        }
-        if let Some(avatar) = &creator_profile.avatar_url {
-            join.insert("avatar_url".into(), json!(avatar));
-        }
+        let join = member_content("join", Some(creator_profile), None);
         drafts.push(EventDraft::new(
             sender,
             "m.room.member",
@@ -416,18 +409,10 @@ impl Rooms {
         }
         // 8. Invites.
         for invitee in &invitees {
-            let mut content = Map::new();
-            content.insert("membership".into(), json!("invite"));
+            let profile = invitee_profiles(invitee);
+            let mut content = member_content("invite", profile.as_ref(), None);
             if request.is_direct {
                 content.insert("is_direct".into(), json!(true));
-            }
-            if let Some(profile) = invitee_profiles(invitee) {
-                if let Some(name) = profile.displayname {
-                    content.insert("displayname".into(), json!(name));
-                }
-                if let Some(avatar) = profile.avatar_url {
-                    content.insert("avatar_url".into(), json!(avatar));
-                }
             }
             drafts.push(EventDraft::new(
                 sender,

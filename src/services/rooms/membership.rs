@@ -10,7 +10,6 @@ use serde_json::{json, Map, Value};
 
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
-use crate::core::power_levels::PowerLevels;
 use crate::core::UserId;
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 
@@ -23,7 +22,7 @@ pub struct MemberProfile {
     pub avatar_url: Option<String>,
 }
 
-fn member_content(
+pub(super) fn member_content(
     membership: &str,
     profile: Option<&MemberProfile>,
     reason: Option<String>,
@@ -127,15 +126,7 @@ impl Rooms {
     fn local_inviter(&self, room_id: &str) -> MatrixResult<Option<String>> {
         let room = self.known_room(room_id)?;
         let snapshot = room.record.state;
-        let create = self.store.state_event(snapshot, "m.room.create", "")?;
-        let levels = self
-            .store
-            .state_event(snapshot, "m.room.power_levels", "")?;
-        let levels = PowerLevels::new(
-            room.version,
-            create.as_ref().map(|e| &e.pdu),
-            levels.as_ref().map(|e| &e.pdu),
-        );
+        let levels = self.current_power_levels(&room)?;
         let suffix = format!(":{}", self.server_name.as_str());
         let mut best: Option<(i128, String)> = None;
         for member in self.store.state_events(snapshot, Some("m.room.member"))? {

@@ -33,6 +33,7 @@ pub mod writer;
 
 use std::sync::Arc;
 
+use crate::core::power_levels::PowerLevels;
 use crate::core::{RoomVersion, ServerName, SigningKeyPair};
 use crate::error::{MatrixError, MatrixResult};
 use event_store::{EventStore, Room};
@@ -147,6 +148,20 @@ impl Rooms {
             membership,
             snapshot,
         })
+    }
+
+    /// The power levels in force in a room's current state.
+    pub fn current_power_levels(&self, room: &Room) -> MatrixResult<PowerLevels> {
+        let snapshot = room.record.state;
+        let create = self.store.state_event(snapshot, "m.room.create", "")?;
+        let levels = self
+            .store
+            .state_event(snapshot, "m.room.power_levels", "")?;
+        Ok(PowerLevels::new(
+            room.version,
+            create.as_ref().map(|e| &e.pdu),
+            levels.as_ref().map(|e| &e.pdu),
+        ))
     }
 
     /// Rooms the user is joined to.

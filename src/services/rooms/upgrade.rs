@@ -8,11 +8,9 @@
 
 use serde_json::{json, Map, Value};
 
-use super::event_store::Room;
-use super::membership::MemberProfile;
+use super::membership::{member_content, MemberProfile};
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
-use crate::core::power_levels::PowerLevels;
 use crate::core::{RoomVersion, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::storage::{keys, Table};
@@ -30,22 +28,6 @@ const COPIED_STATE: &[&str] = &[
 ];
 
 impl Rooms {
-    fn levels(&self, room: &Room) -> MatrixResult<(PowerLevels, Option<Value>)> {
-        let snapshot = room.record.state;
-        let create = self.store.state_event(snapshot, "m.room.create", "")?;
-        let levels = self
-            .store
-            .state_event(snapshot, "m.room.power_levels", "")?;
-        Ok((
-            PowerLevels::new(
-                room.version,
-                create.as_ref().map(|e| &e.pdu),
-                levels.as_ref().map(|e| &e.pdu),
-            ),
-            levels.map(|e| e.content().clone()),
-        ))
-    }
-
     /// Upgrades `room_id` to `new_version`; answers the replacement room's id.
     pub async fn upgrade(
         &self,
@@ -68,7 +50,11 @@ impl Rooms {
         if self.membership_of(user.as_str(), room_id)?.as_deref() != Some("join") {
             return Err(MatrixError::forbidden("You are not in the room"));
         }
-        let (levels, levels_content) = self.levels(&old)?;
+        let levels = self.current_power_levels(&old)?;
+        let levels_content = self
+            .store
+            .state_event(old.record.state, "m.room.power_levels", "")?
+            .map(|e| e.content().clone());
         if levels.user(user.as_str()) < levels.event("m.room.tombstone", true) {
             return Err(MatrixError::forbidden(
                 "You may not upgrade this room (sending m.room.tombstone needs more power)",
@@ -117,14 +103,7 @@ impl Rooms {
 
         let sender = user.as_str();
         let mut drafts = Vec::new();
-        let mut join = Map::new();
-        join.insert("membership".into(), json!("join"));
-        if let Some(name) = &profile.displayname {
-            join.insert("displayname".into(), json!(name));
-        }
-        if let Some(avatar) = &profile.avatar_url {
-            join.insert("avatar_url".into(), json!(avatar));
-        }
+        let join = member_content("join", Some(profile), None);
         drafts.push(EventDraft::new(
             sender,
             "m.room.member",
