@@ -1194,3 +1194,87 @@ async fn concurrent_sends_form_one_chain() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn refusals_leave_nothing_half_done_and_edges_hold() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    // A refused createRoom leaves no room behind.
+    let (status, body) = alice
+        .post(
+            "/createRoom",
+            json!({"room_version": "11", "power_level_content_override": {"users": {}},
+                   "name": "unreachable", "room_alias_name": "never"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_ROOM_STATE");
+    let (_, joined) = alice.get("/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([]));
+    let (status, _) = alice.get("/directory/room/%23never:localhost").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Upgrading a v12 room (infinite creator power) to v11 works.
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "down"}))
+        .await;
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/upgrade"),
+            json!({"new_version": "11"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+    let (_, levels) = alice.state(new, "m.room.power_levels", "").await;
+    // The highest level the old content names (v12's tombstone level, 150).
+    assert_eq!(levels["users"][&alice.user_id], 150, "{levels}");
+
+    // joined_members uses the spec's `display_name`.
+    let profile_room = alice.create_room(json!({})).await;
+    alice
+        .put(
+            &format!(
+                "/rooms/{profile_room}/state/m.room.member/{}",
+                alice.user_id
+            ),
+            json!({"membership": "join", "displayname": "Alice A."}),
+        )
+        .await;
+    let (_, members) = alice
+        .get(&format!("/rooms/{profile_room}/joined_members"))
+        .await;
+    assert_eq!(
+        members["joined"][&alice.user_id]["display_name"],
+        "Alice A."
+    );
+
+    // Tokens at the edge of u64 and limit=0 neither panic nor loop.
+    let page = alice
+        .messages(
+            &room,
+            "dir=b&to=s18446744073709551615&from=s18446744073709551615",
+        )
+        .await;
+    assert_eq!(page["chunk"], json!([]));
+    let page = alice.messages(&room, "dir=b&limit=0").await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1);
+    let (status, _) = alice
+        .post("/publicRooms", json!({"since": "p18446744073709551615"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // After /forget the history is gone for that user.
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    bob.text(&room, "bye").await;
+    bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(
+        bob.get(&format!("/rooms/{room}/messages?dir=b")).await.0,
+        StatusCode::OK
+    );
+    bob.post(&format!("/rooms/{room}/forget"), json!({})).await;
+    let (status, body) = bob.get(&format!("/rooms/{room}/messages?dir=b")).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    server.stop().await;
+}

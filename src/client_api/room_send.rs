@@ -19,21 +19,22 @@ pub async fn send(
     PathParams((room_id, kind, txn_id)): PathParams<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> MatrixResult<Json<Value>> {
+    let txn = Txn {
+        device_id: &session.device_id,
+        txn_id: &txn_id,
+    };
+    if let Some(event_id) = services
+        .rooms
+        .sent_before(&session.user_id, &room_id, "send", txn)?
+    {
+        return Ok(Json(json!({ "event_id": event_id })));
+    }
     services
         .rate_limiter
         .check(RateAction::Message, session.user_id.as_str())?;
     let event_id = services
         .rooms
-        .send_message(
-            &session.user_id,
-            &room_id,
-            &kind,
-            content,
-            Txn {
-                device_id: &session.device_id,
-                txn_id: &txn_id,
-            },
-        )
+        .send_message(&session.user_id, &room_id, &kind, content, txn)
         .await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
@@ -51,6 +52,17 @@ pub async fn redact(
     PathParams((room_id, event_id, txn_id)): PathParams<(String, String, String)>,
     MaybeJsonBody(body): MaybeJsonBody<RedactBody>,
 ) -> MatrixResult<Json<Value>> {
+    let txn = Txn {
+        device_id: &session.device_id,
+        txn_id: &txn_id,
+    };
+    if let Some(redaction) =
+        services
+            .rooms
+            .sent_before(&session.user_id, &room_id, "redact", txn)?
+    {
+        return Ok(Json(json!({ "event_id": redaction })));
+    }
     services
         .rate_limiter
         .check(RateAction::Message, session.user_id.as_str())?;
@@ -61,10 +73,7 @@ pub async fn redact(
             &room_id,
             &event_id,
             body.and_then(|b| b.reason),
-            Txn {
-                device_id: &session.device_id,
-                txn_id: &txn_id,
-            },
+            txn,
         )
         .await?;
     Ok(Json(json!({ "event_id": redaction })))

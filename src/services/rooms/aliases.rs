@@ -169,6 +169,7 @@ impl Rooms {
         alias: &str,
     ) -> MatrixResult<()> {
         let alias = self.parse_local_alias(alias)?;
+        let _guard = self.alias_lock.lock().await;
         let record = self
             .alias_target(alias.as_str())?
             .ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
@@ -183,7 +184,6 @@ impl Rooms {
         if !allowed {
             return Err(MatrixError::forbidden("You may not delete this alias"));
         }
-        let _guard = self.alias_lock.lock().await;
         self.remove_alias_record(alias.as_str(), &record.room_id)
             .await
     }
@@ -381,7 +381,7 @@ impl Rooms {
             "chunk": chunk,
             "total_room_count_estimate": total,
         });
-        if offset + limit < total {
+        if offset.saturating_add(limit) < total {
             out["next_batch"] = json!(format!("p{}", offset + limit));
         }
         if offset > 0 {

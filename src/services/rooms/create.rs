@@ -6,7 +6,7 @@
 //! room version 12's creators (the sender plus `additional_creators`, which
 //! `trusted_private_chat` extends with the invitees) who are not listed in power levels.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
@@ -15,6 +15,8 @@ use serde_json::{json, Map, Value};
 use super::membership::{member_content, MemberProfile};
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
+use crate::core::auth_rules::{self, AuthContext};
+use crate::core::canonical_json;
 use crate::core::pdu::{self, PduTemplate};
 use crate::core::{event_hashes, RoomAliasId, RoomVersion, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
@@ -134,6 +136,54 @@ fn default_power_levels(
         Value::Object(map) => map,
         _ => unreachable!("json! of an object literal"),
     }
+}
+
+/// Spec: `/createRoom` "MUST apply the normal state resolution rules when creating the new
+/// room, including checking power levels for each event": the whole sequence is checked
+/// against the auth rules (and canonical JSON) before anything is written, so a refused
+/// request leaves no half-built room behind. The writer checks each event again as it
+/// builds it.
+pub(super) fn check_drafts(
+    version: RoomVersion,
+    room_id: &str,
+    create: &Value,
+    drafts: &[EventDraft],
+    server_name: &str,
+) -> MatrixResult<()> {
+    let mut state: HashMap<(String, String), Value> = HashMap::new();
+    state.insert(("m.room.create".into(), String::new()), create.clone());
+    let signed_by = |name: &str| name == server_name;
+    let ctx = AuthContext {
+        version,
+        signed_by: &signed_by,
+    };
+    // The creator's join is allowed as the event right after the create event.
+    let create_id = event_hashes::event_id(create, version).map_err(MatrixError::internal)?;
+    for (i, draft) in drafts.iter().enumerate() {
+        canonical_json::validate(&draft.content)
+            .map_err(|e| MatrixError::bad_json(format!("{}: {e}", draft.kind)))?;
+        let prev_events = if i == 0 {
+            vec![create_id.clone()]
+        } else {
+            Vec::new()
+        };
+        let mut event = json!({
+            "type": draft.kind,
+            "sender": draft.sender,
+            "content": draft.content,
+            "room_id": room_id,
+            "prev_events": prev_events,
+        });
+        if let Some(key) = &draft.state_key {
+            event["state_key"] = json!(key);
+        }
+        auth_rules::check(&ctx, &event, &state)
+            .map_err(|e| invalid_state(format!("{} refused: {e}", draft.kind)))?;
+        if let Some(key) = &draft.state_key {
+            state.insert((draft.kind.clone(), key.clone()), event);
+        }
+    }
+    Ok(())
 }
 
 impl Rooms {
@@ -422,8 +472,23 @@ impl Rooms {
             ));
         }
 
+        check_drafts(
+            version,
+            &room_id,
+            &create.pdu,
+            &drafts,
+            self.server_name.as_str(),
+        )?;
         if let Some(alias) = &alias {
-            self.put_alias(alias, &room_id, creator.as_str()).await?;
+            self.put_alias(alias, &room_id, creator.as_str())
+                .await
+                .map_err(|e| {
+                    if e.status == 409 {
+                        MatrixError::new(400, ErrorCode::RoomInUse, "Room alias already taken")
+                    } else {
+                        e
+                    }
+                })?;
         }
         let created = self
             .writers

@@ -169,14 +169,18 @@ impl Rooms {
     ) -> MatrixResult<MessagesPage> {
         let access = self.read_access(viewer.user_id, room_id)?;
         let room = &access.room;
-        let limit = limit.min(MAX_LIMIT);
+        let limit = limit.clamp(1, MAX_LIMIT);
         let from = from.map(tokens::parse).transpose()?;
         let to = to.map(tokens::parse).transpose()?;
         // Token n is the point after position n: backwards covers positions <= n, forwards > n.
         let (start, lower, upper) = match dir {
             Direction::Backward => {
                 let from = from.unwrap_or(room.record.last_pos);
-                (from, to.map_or(0, |t| t + 1), from.saturating_add(1))
+                (
+                    from,
+                    to.map_or(0, |t| t.saturating_add(1)),
+                    from.saturating_add(1),
+                )
             }
             Direction::Forward => {
                 let from = from.unwrap_or(0);
@@ -196,7 +200,7 @@ impl Rooms {
             (Direction::Forward, Some(lower)) => Some(tokens::token(lower.saturating_sub(1))),
         };
         let state = if filter.lazy_load_members {
-            self.member_events_of_senders(&scan.events, access.snapshot, room_id)?
+            self.member_events_of_senders(&scan.events, room_id)?
         } else {
             Vec::new()
         };
@@ -213,16 +217,24 @@ impl Rooms {
         })
     }
 
+    /// The member event of each sender as it was when they sent (their display name then),
+    /// for lazy-loading clients.
     fn member_events_of_senders(
         &self,
         events: &[StoredEvent],
-        snapshot: u64,
         room_id: &str,
     ) -> MatrixResult<Vec<Value>> {
-        let senders: BTreeSet<&str> = events.iter().map(StoredEvent::sender).collect();
+        let mut seen = BTreeSet::new();
         let mut out = Vec::new();
-        for sender in senders {
-            if let Some(member) = self.store.state_event(snapshot, "m.room.member", sender)? {
+        for event in events {
+            let sender = event.sender();
+            if !seen.insert(sender) {
+                continue;
+            }
+            if let Some(member) =
+                self.store
+                    .state_event(event.meta.state_after, "m.room.member", sender)?
+            {
                 out.push(client_event(&self.store, &member, room_id, None)?);
             }
         }
@@ -275,7 +287,7 @@ impl Rooms {
             let mut all: Vec<StoredEvent> = before.events.clone();
             all.push(event.clone());
             all.extend(after.events.iter().cloned());
-            self.member_events_of_senders(&all, last.meta.state_after, room_id)?
+            self.member_events_of_senders(&all, room_id)?
         } else {
             self.store
                 .state_events(last.meta.state_after, None)?

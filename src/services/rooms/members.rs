@@ -111,9 +111,13 @@ impl Rooms {
                 continue;
             };
             let mut profile = Map::new();
-            for key in ["displayname", "avatar_url"] {
-                if let Some(v) = content.get(key).filter(|v| v.is_string()) {
-                    profile.insert(key.into(), v.clone());
+            // Spec: `RoomMember` says `display_name`, where member events say `displayname`.
+            for (from, to) in [
+                ("displayname", "display_name"),
+                ("avatar_url", "avatar_url"),
+            ] {
+                if let Some(v) = content.get(from).filter(|v| v.is_string()) {
+                    profile.insert(to.into(), v.clone());
                 }
             }
             joined.insert(member.to_owned(), Value::Object(profile));

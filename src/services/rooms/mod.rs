@@ -125,6 +125,10 @@ impl Rooms {
         let not_member = || MatrixError::forbidden("You aren't a member of the room");
         let room = self.store.room(room_id)?.ok_or_else(not_member)?;
         let membership = self.store.membership(user_id, room_id)?;
+        if membership.as_ref().is_some_and(|m| m.forgotten) {
+            // Spec: after /forget the user can no longer retrieve the room's history.
+            return Err(not_member());
+        }
         let snapshot = match membership.as_ref().map(|m| m.membership.as_str()) {
             Some("join") => room.record.state,
             Some("leave" | "ban") => {

@@ -92,7 +92,7 @@ impl Rooms {
         let to = query.to.map(tokens::parse).transpose()?;
         let (lo, hi) = if backwards {
             (
-                to.map_or(0, |t| t + 1),
+                to.map_or(0, |t| t.saturating_add(1)),
                 from.map_or(u64::MAX, |f| f.saturating_add(1)),
             )
         } else {

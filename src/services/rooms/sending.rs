@@ -77,6 +77,23 @@ impl Rooms {
             .ok_or_else(|| MatrixError::internal("writer answered no event"))
     }
 
+    /// The event a transaction already sent, if any (so a retry is answered before any
+    /// rate limit applies).
+    pub fn sent_before(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        endpoint: &str,
+        txn: Txn<'_>,
+    ) -> MatrixResult<Option<String>> {
+        let key = txn_ref(sender, room_id, endpoint, txn).key;
+        Ok(self
+            .store
+            .db
+            .get(crate::storage::Table::TxnidEventid, key)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
     /// A message-like event; idempotent per device and transaction id.
     pub async fn send_message(
         &self,

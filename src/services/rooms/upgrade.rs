@@ -8,9 +8,11 @@
 
 use serde_json::{json, Map, Value};
 
+use super::create::check_drafts;
 use super::membership::{member_content, MemberProfile};
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
+use crate::core::power_levels;
 use crate::core::{RoomVersion, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::storage::{keys, Table};
@@ -26,6 +28,22 @@ const COPIED_STATE: &[&str] = &[
     "m.room.history_visibility",
     "m.room.join_rules",
 ];
+
+/// The highest finite level a power levels content names (users, events, and the rest).
+fn highest_level(content: &Map<String, Value>) -> i64 {
+    let mut top = 0;
+    for (key, value) in content {
+        match value {
+            Value::Object(map) if matches!(key.as_str(), "users" | "events" | "notifications") => {
+                for v in map.values() {
+                    top = top.max(v.as_i64().unwrap_or(0));
+                }
+            }
+            v => top = top.max(v.as_i64().unwrap_or(0)),
+        }
+    }
+    top
+}
 
 impl Rooms {
     /// Upgrades `room_id` to `new_version`; answers the replacement room's id.
@@ -122,13 +140,24 @@ impl Rooms {
                 }
             }
         } else {
+            // The upgrader (and, coming from v12, the old room's creators, whose power was
+            // infinite) get the highest level the content names, so every copied event is
+            // theirs to send.
+            let top = highest_level(&new_levels).max(100);
+            let old_creators = if old.version.creators_have_infinite_power() {
+                power_levels::creators(old.version, Some(&old_create.pdu))
+            } else {
+                Vec::new()
+            };
             let users = new_levels
                 .entry("users")
                 .or_insert_with(|| json!({}))
                 .as_object_mut()
                 .ok_or_else(|| MatrixError::internal("power levels users is not an object"))?;
-            let needed = levels.user(sender).min(i128::from(i64::MAX)) as i64;
-            users.insert(sender.to_owned(), json!(needed.max(100)));
+            users.insert(sender.to_owned(), json!(top));
+            for creator in old_creators {
+                users.insert(creator, json!(top));
+            }
         }
         drafts.push(EventDraft::new(
             sender,
@@ -164,6 +193,13 @@ impl Rooms {
                 }
             }
         }
+        check_drafts(
+            version,
+            &new_room_id,
+            &create.pdu,
+            &drafts,
+            self.server_name.as_str(),
+        )?;
         self.writers
             .submit(
                 &new_room_id,
