@@ -837,6 +837,52 @@ async fn context_relations_and_threads() {
         .await;
     assert_eq!(reactions["chunk"].as_array().unwrap().len(), 1);
 
+    // The root carries the bundled aggregations: the latest edit and the thread summary.
+    let (_, bundled) = bob.get(&format!("/rooms/{room}/event/{root}")).await;
+    let relations = &bundled["unsigned"]["m.relations"];
+    assert_eq!(
+        relations["m.replace"]["event_id"],
+        edit.as_str(),
+        "{bundled}"
+    );
+    assert_eq!(relations["m.thread"]["count"], 1);
+    assert_eq!(
+        relations["m.thread"]["latest_event"]["event_id"],
+        reply.as_str()
+    );
+    assert_eq!(relations["m.thread"]["current_user_participated"], true);
+    let (_, seen_by_alice) = alice.get(&format!("/rooms/{room}/event/{root}")).await;
+    assert_eq!(
+        seen_by_alice["unsigned"]["m.relations"]["m.thread"]["current_user_participated"], true,
+        "the root's sender takes part in its thread"
+    );
+    // An edit by someone else is not a valid replacement; redacting the edit unbundles it.
+    bob.send(
+        &room,
+        json!({
+            "msgtype": "m.text", "body": "* hijack",
+            "m.new_content": {"msgtype": "m.text", "body": "hijack"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": root}
+        }),
+    )
+    .await;
+    let (_, still) = alice.get(&format!("/rooms/{room}/event/{root}")).await;
+    assert_eq!(
+        still["unsigned"]["m.relations"]["m.replace"]["event_id"],
+        edit.as_str()
+    );
+    alice
+        .put(&format!("/rooms/{room}/redact/{edit}/unedit"), json!({}))
+        .await;
+    let (_, unedited) = alice.get(&format!("/rooms/{room}/event/{root}")).await;
+    assert!(
+        unedited["unsigned"]["m.relations"]
+            .get("m.replace")
+            .is_none(),
+        "{unedited}"
+    );
+    assert_eq!(unedited["unsigned"]["m.relations"]["m.thread"]["count"], 1);
+
     // Threads list the root; `participated` only for those who took part.
     let (_, threads) = alice.get(&format!("/rooms/{room}/threads")).await;
     assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");

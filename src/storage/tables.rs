@@ -73,6 +73,9 @@ pub enum Table {
     /// `short room id (u64 BE) ++ origin_server_ts (u64 BE) ++ short event id (u64 BE) -> ()`:
     /// a room's events by timestamp, for `timestamp_to_event`. Owner: rooms.
     ShortroomidTsShorteventid,
+    /// `parent short event id (u64 BE) -> Aggregates` (latest edit, thread summary,
+    /// references): the bundled aggregations of an event. Owner: rooms.
+    ShorteventidAggregates,
     /// `thread root short event id (u64 BE) -> latest reply position (u64 BE)`. Owner: rooms.
     ThreadrootLatestpos,
     /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
@@ -112,6 +115,7 @@ impl Table {
         Table::RelatesPosChild,
         Table::ShortroomidThreadpos,
         Table::ShortroomidTsShorteventid,
+        Table::ShorteventidAggregates,
         Table::ThreadrootLatestpos,
         Table::AliasRoomid,
         Table::RoomidAlias,
@@ -147,6 +151,7 @@ impl Table {
             Table::RelatesPosChild => "relates_pos_child",
             Table::ShortroomidThreadpos => "shortroomid_threadpos",
             Table::ShortroomidTsShorteventid => "shortroomid_ts_shorteventid",
+            Table::ShorteventidAggregates => "shorteventid_aggregates",
             Table::ThreadrootLatestpos => "threadroot_latestpos",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",

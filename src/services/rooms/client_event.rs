@@ -3,13 +3,16 @@
 //! Spec: client-server API, "Room Event Format" (`ClientEvent`): the PDU's `content`,
 //! `event_id`, `origin_server_ts`, `room_id`, `sender`, `state_key`, `type`, plus `unsigned`
 //! with `age`, `prev_content` and `replaces_state` (state events), `redacted_because`
-//! (redacted events) and `transaction_id` (only for the device that sent it).
+//! (redacted events), `transaction_id` (only for the device that sent it) and `m.relations`
+//! (bundled aggregations, see [`super::aggregates`]).
 
 use serde_json::{json, Map, Value};
 
+use super::aggregates::Aggregates;
 use super::event_store::{EventStore, StoredEvent};
 use crate::error::MatrixResult;
 use crate::services::now_ms;
+use crate::services::records::decode;
 use crate::storage::{keys, Table};
 
 /// Who is looking: `transaction_id` is shown to the sending device only.
@@ -21,12 +24,22 @@ pub struct Viewer<'a> {
     pub device_id: &'a str,
 }
 
-/// `event` as a client sees it.
+/// `event` as a client sees it, with its bundled aggregations.
 pub fn client_event(
     store: &EventStore,
     event: &StoredEvent,
     room_id: &str,
     viewer: Option<Viewer<'_>>,
+) -> MatrixResult<Value> {
+    render(store, event, room_id, viewer, true)
+}
+
+fn render(
+    store: &EventStore,
+    event: &StoredEvent,
+    room_id: &str,
+    viewer: Option<Viewer<'_>>,
+    with_bundle: bool,
 ) -> MatrixResult<Value> {
     let pdu = &event.pdu;
     let mut out = Map::new();
@@ -62,8 +75,27 @@ pub fn client_event(
         let redaction = store.event(event.meta.redacted_by)?;
         unsigned.insert(
             "redacted_because".into(),
-            client_event(store, &redaction, room_id, None)?,
+            render(store, &redaction, room_id, None, false)?,
         );
+    } else if with_bundle {
+        // Spec: "Aggregations of child events": bundled in `unsigned.m.relations`. The
+        // events inside a bundle are served without bundles of their own.
+        if let Some(bytes) = store
+            .db
+            .get(Table::ShorteventidAggregates, event.short.to_be_bytes())?
+        {
+            let aggregates: Aggregates = decode(Table::ShorteventidAggregates, &bytes)?;
+            let child = |short| {
+                store
+                    .event(short)
+                    .ok()
+                    .and_then(|e| render(store, &e, room_id, viewer, false).ok())
+            };
+            let bundle = aggregates.bundle(viewer.map(|v| v.user_id), &child);
+            if !bundle.is_empty() {
+                unsigned.insert("m.relations".into(), Value::Object(bundle));
+            }
+        }
     }
     if let Some(viewer) = viewer {
         if viewer.user_id == event.sender() {

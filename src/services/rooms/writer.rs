@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::aggregates::{Aggregates, Child};
 use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
 use super::records::{EventMeta, MembershipRecord, RelationRecord, RoomRecord};
 use super::state_store::{ShortEventId, StateMap};
@@ -621,9 +622,12 @@ fn write_event(
     }
 
     if let Some((rel_type, parent_id)) = relation_of(pdu) {
-        index_relation(
-            store, head, &mut batch, rel_type, parent_id, kind, short, pos,
-        )?;
+        let child = Child {
+            short,
+            event_id: &event_id,
+            pdu,
+        };
+        index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
 
     if kind == "m.room.redaction" {
@@ -677,15 +681,30 @@ fn index_relation(
     batch: &mut Batch<'_>,
     rel_type: &str,
     parent_id: &str,
-    kind: &str,
-    child: ShortEventId,
+    child_event: &Child<'_>,
     pos: u64,
 ) -> MatrixResult<()> {
     let Some(parent) = store.state.find_event(parent_id)? else {
         return Ok(());
     };
-    if store.meta(parent)?.room != head.short {
+    let parent_event = store.event(parent)?;
+    if parent_event.meta.room != head.short {
         return Ok(());
+    }
+    let child = child_event.short;
+    let kind = child_event
+        .pdu
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let mut aggregates = load_aggregates(store, parent)?;
+    aggregates.add(&parent_event, rel_type, child_event);
+    if !aggregates.is_empty() {
+        batch.put(
+            Table::ShorteventidAggregates,
+            parent.to_be_bytes(),
+            encode(&aggregates),
+        );
     }
     let mut key = Vec::with_capacity(24);
     key.extend_from_slice(&parent.to_be_bytes());
@@ -724,6 +743,60 @@ fn index_relation(
     Ok(())
 }
 
+fn load_aggregates(store: &EventStore, parent: ShortEventId) -> MatrixResult<Aggregates> {
+    Ok(store
+        .db
+        .get(Table::ShorteventidAggregates, parent.to_be_bytes())?
+        .map(|b| decode(Table::ShorteventidAggregates, &b))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// Recomputes a parent's aggregates from its children, leaving out `without` (a child
+/// being redacted in the same batch).
+fn rebuild_aggregates(
+    store: &EventStore,
+    batch: &mut Batch<'_>,
+    parent: ShortEventId,
+    without: ShortEventId,
+) -> MatrixResult<()> {
+    let parent_event = store.event(parent)?;
+    let mut aggregates = Aggregates::default();
+    for entry in store
+        .db
+        .scan_prefix(Table::RelatesPosChild, &parent.to_be_bytes())
+    {
+        let (key, value) = entry?;
+        let Some(child) = key.get(16..24).and_then(keys::read_u64) else {
+            continue;
+        };
+        if child == without {
+            continue;
+        }
+        let record: RelationRecord = decode(Table::RelatesPosChild, &value)?;
+        let event = store.event(child)?;
+        aggregates.add(
+            &parent_event,
+            &record.rel_type,
+            &Child {
+                short: child,
+                event_id: &event.event_id,
+                pdu: &event.pdu,
+            },
+        );
+    }
+    if aggregates.is_empty() {
+        batch.delete(Table::ShorteventidAggregates, parent.to_be_bytes());
+    } else {
+        batch.put(
+            Table::ShorteventidAggregates,
+            parent.to_be_bytes(),
+            encode(&aggregates),
+        );
+    }
+    Ok(())
+}
+
 /// `room ++ u64 ++ short event`: the key shape of the thread and timestamp indexes.
 pub(super) fn thread_key(room: u64, pos: u64, root: ShortEventId) -> [u8; 24] {
     let mut key = [0u8; 24];
@@ -755,6 +828,7 @@ fn apply_redaction(
             key.extend_from_slice(&target.meta.pos.to_be_bytes());
             key.extend_from_slice(&target.short.to_be_bytes());
             batch.delete(Table::RelatesPosChild, key);
+            rebuild_aggregates(store, batch, parent, target.short)?;
         }
     }
     let redacted = redact(&target.pdu, head.version);
