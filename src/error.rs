@@ -64,6 +64,10 @@ pub enum ErrorCode {
     BadAlias,
     /// `M_BAD_STATE`
     BadState,
+    /// `M_PROFILE_TOO_LARGE`
+    ProfileTooLarge,
+    /// `M_KEY_TOO_LARGE`
+    KeyTooLarge,
 }
 
 impl ErrorCode {
@@ -97,6 +101,8 @@ impl ErrorCode {
             Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
             Self::BadAlias => "M_BAD_ALIAS",
             Self::BadState => "M_BAD_STATE",
+            Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
+            Self::KeyTooLarge => "M_KEY_TOO_LARGE",
         }
     }
 }

@@ -676,3 +676,60 @@ async fn attachments_travel_through_room_events() {
     assert_eq!(avatar["url"], image.as_str());
     s.stop().await;
 }
+
+/// A profile picture: uploaded, set as `avatar_url`, carried into member events, and
+/// fetched as a thumbnail by another user.
+#[tokio::test]
+async fn avatars_are_uploaded_set_and_shown() {
+    let s = TestServer::start().await;
+    let alice = client(&s, "alice").await;
+    let bob = client(&s, "bob").await;
+    let v3 = "/_matrix/client/v3";
+    let (_, created) = s
+        .post(
+            &format!("{v3}/createRoom"),
+            Some(&alice.token),
+            json!({"preset": "public_chat"}),
+        )
+        .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    s.post(&format!("{v3}/join/{room}"), Some(&bob.token), json!({}))
+        .await;
+
+    let avatar = alice
+        .upload_ok(jpeg(400, 400), "image/jpeg", Some("me.jpg"))
+        .await;
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            &format!("{v3}/profile/@alice:localhost/avatar_url"),
+            Some(&alice.token),
+            Some(json!({"avatar_url": avatar})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, profile) = s.get(&format!("{v3}/profile/@alice:localhost"), None).await;
+    assert_eq!(profile["avatar_url"], avatar.as_str());
+
+    // Bob sees the avatar on alice's member event and fetches a thumbnail of it.
+    let (_, members) = s
+        .get(
+            &format!("{v3}/rooms/{room}/joined_members"),
+            Some(&bob.token),
+        )
+        .await;
+    let url = members["joined"]["@alice:localhost"]["avatar_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(url, avatar);
+    let thumbnail = bob
+        .get(&format!(
+            "/_matrix/client/v1/media/thumbnail/{}?width=32&height=32&method=crop",
+            path_of(&url)
+        ))
+        .await;
+    assert_eq!(thumbnail.status(), StatusCode::OK);
+    assert_eq!(thumbnail.headers()["content-type"], "image/jpeg");
+    s.stop().await;
+}

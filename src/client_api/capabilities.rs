@@ -8,8 +8,7 @@ use crate::core::RoomVersion;
 use crate::http::extract::Authed;
 use crate::http::AppState;
 
-/// What this server lets clients do. Profile changes are announced as disabled until the
-/// profile endpoints exist, so clients do not offer a button that fails.
+/// What this server lets clients do.
 pub async fn get_capabilities(State(services): State<AppState>, _auth: Authed) -> Json<Value> {
     let available: Map<String, Value> = RoomVersion::ALL
         .iter()
@@ -25,8 +24,9 @@ pub async fn get_capabilities(State(services): State<AppState>, _auth: Authed) -
                 "default": services.config.rooms.default_version.as_str(),
                 "available": available,
             },
-            "m.set_displayname": { "enabled": false },
-            "m.set_avatar_url": { "enabled": false },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
+            "m.profile_fields": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
             "m.get_login_token": { "enabled": false },
         }

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod directory;
 pub mod login;
 pub mod membership;
+pub mod profile;
 pub mod registration;
 pub mod relations;
 pub mod room_events;
@@ -66,6 +67,16 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/_matrix/client/v3/delete_devices",
             post(devices::delete_many),
+        )
+        .route(
+            "/_matrix/client/v3/profile/{user_id}",
+            get(profile::get_profile),
+        )
+        .route(
+            "/_matrix/client/v3/profile/{user_id}/{key_name}",
+            get(profile::get_field)
+                .put(profile::put_field)
+                .delete(profile::delete_field),
         )
         .merge(room_routes())
 }

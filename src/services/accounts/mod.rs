@@ -5,6 +5,7 @@
 //! `userid_profile`. Spec: client-server API, "Client Authentication", "Account
 //! registration and management", "Device Management".
 
+pub mod profiles;
 pub mod records;
 pub mod secrets;
 pub mod uia;
@@ -231,7 +232,7 @@ impl Accounts {
         };
         let profile = Profile {
             displayname: Some(user_id.localpart().to_owned()),
-            avatar_url: None,
+            ..Profile::default()
         };
         let mut batch = self.db.batch();
         batch.put(Table::UseridAccount, user_id.as_str(), encode(&account));

@@ -58,4 +58,7 @@ pub struct Profile {
     pub displayname: Option<String>,
     /// `mxc://` URI of the avatar.
     pub avatar_url: Option<String>,
+    /// Other fields (`m.tz`, custom namespaced keys), by key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, serde_json::Value>,
 }

@@ -122,6 +122,50 @@ impl Rooms {
         Ok(())
     }
 
+    /// Spec: "Profiles", "Events on Change of Profile Information": a new display name or
+    /// avatar is sent as a new `m.room.member` join event in every room the user is
+    /// joined to. A room that refuses it (its rules forbid the change) is skipped.
+    pub async fn update_member_profile(
+        &self,
+        user: &UserId,
+        profile: &MemberProfile,
+    ) -> MatrixResult<()> {
+        for room_id in self.joined_rooms(user.as_str())? {
+            let Some(room) = self.store.room(&room_id)? else {
+                continue;
+            };
+            let mut content = self
+                .store
+                .state_event(room.record.state, "m.room.member", user.as_str())?
+                .and_then(|e| e.content().as_object().cloned())
+                .unwrap_or_default();
+            content.insert("membership".into(), json!("join"));
+            for (key, value) in [
+                ("displayname", &profile.displayname),
+                ("avatar_url", &profile.avatar_url),
+            ] {
+                match value {
+                    Some(v) => content.insert(key.into(), json!(v)),
+                    None => content.remove(key),
+                };
+            }
+            content.remove("reason");
+            if let Err(e) = self
+                .send_state(
+                    user,
+                    &room_id,
+                    "m.room.member",
+                    user.as_str(),
+                    Value::Object(content),
+                )
+                .await
+            {
+                tracing::info!(room = %room_id, user = %user, "profile change not sent: {}", e.message);
+            }
+        }
+        Ok(())
+    }
+
     /// A local joined member with the power to invite (for restricted joins).
     fn local_inviter(&self, room_id: &str) -> MatrixResult<Option<String>> {
         let room = self.known_room(room_id)?;
