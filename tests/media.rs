@@ -570,9 +570,9 @@ async fn media_survives_a_restart() {
     s.stop().await;
 }
 
-/// Attachments as a chat shows them: an image and a file sent into a room as `m.image` and
-/// `m.file` events; another member reads the events, fetches a thumbnail of the image and
-/// downloads the file. The room's avatar (`m.room.avatar`) points at uploaded media too.
+/// Attachments as a chat shows them: an image, a file and a video sent into a room as
+/// `m.image`, `m.file` and `m.video` events; another member reads the events, fetches a
+/// thumbnail of the image and downloads the file and the video. The room's avatar (`m.room.avatar`) points at uploaded media too.
 #[tokio::test]
 async fn attachments_travel_through_room_events() {
     let s = TestServer::start().await;
@@ -602,7 +602,15 @@ async fn attachments_travel_through_room_events() {
             Some("report.txt"),
         )
         .await;
+    let video = alice
+        .upload_ok(b"not really an mp4".to_vec(), "video/mp4", Some("clip.mp4"))
+        .await;
     for (txn, content) in [
+        (
+            "vid",
+            json!({"msgtype": "m.video", "body": "clip.mp4", "url": video,
+                   "info": {"mimetype": "video/mp4"}}),
+        ),
         (
             "img",
             json!({"msgtype": "m.image", "body": "cat.png", "url": image,
@@ -645,9 +653,19 @@ async fn attachments_travel_through_room_events() {
         )
         .await;
     let chunk = page["chunk"].as_array().unwrap();
-    assert_eq!(chunk.len(), 2, "{page}");
+    assert_eq!(chunk.len(), 3, "{page}");
     let file_url = chunk[0]["content"]["url"].as_str().unwrap();
     let image_url = chunk[1]["content"]["url"].as_str().unwrap();
+    assert_eq!(chunk[2]["content"]["msgtype"], "m.video");
+    let clip = bob
+        .get(&format!(
+            "/_matrix/client/v1/media/download/{}",
+            path_of(chunk[2]["content"]["url"].as_str().unwrap())
+        ))
+        .await;
+    assert_eq!(clip.status(), StatusCode::OK);
+    assert_eq!(clip.headers()["content-type"], "video/mp4");
+    assert_eq!(clip.bytes().await.unwrap().as_ref(), b"not really an mp4");
     let download = bob
         .get(&format!(
             "/_matrix/client/v1/media/download/{}",
