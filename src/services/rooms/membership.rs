@@ -44,23 +44,22 @@ pub(super) fn member_content(
 }
 
 impl Rooms {
+    /// Sends the member event for `target` (the writer checks the room exists).
     async fn set_membership(
         &self,
         sender: &UserId,
         room_id: &str,
         target: &str,
         content: Map<String, Value>,
-    ) -> MatrixResult<String> {
+    ) -> MatrixResult<()> {
         let draft = EventDraft::new(
             sender.as_str(),
             "m.room.member",
             Some(target),
             Value::Object(content),
         );
-        self.append(room_id, vec![draft])
-            .await?
-            .pop()
-            .ok_or_else(|| MatrixError::internal("writer answered no event"))
+        self.append(room_id, vec![draft]).await?;
+        Ok(())
     }
 
     /// Joins `user` to a room this server knows (joining over federation is not built
@@ -118,8 +117,7 @@ impl Rooms {
             }
         }
         self.set_membership(user, room_id, user.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Spec: "Profiles", "Events on Change of Profile Information": a new display name or
@@ -227,8 +225,7 @@ impl Rooms {
             content.insert("is_direct".into(), json!(true));
         }
         self.set_membership(sender, room_id, target.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Leaves a room (or rejects an invite, or withdraws a knock).
@@ -238,11 +235,9 @@ impl Rooms {
         room_id: &str,
         reason: Option<String>,
     ) -> MatrixResult<()> {
-        self.known_room(room_id)?;
         let content = member_content("leave", None, reason);
         self.set_membership(user, room_id, user.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Kicks `target`: a leave event by someone else.
@@ -264,8 +259,7 @@ impl Rooms {
         }
         let content = member_content("leave", None, reason);
         self.set_membership(sender, room_id, target.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Bans `target`.
@@ -276,11 +270,9 @@ impl Rooms {
         target: &UserId,
         reason: Option<String>,
     ) -> MatrixResult<()> {
-        self.known_room(room_id)?;
         let content = member_content("ban", None, reason);
         self.set_membership(sender, room_id, target.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Lifts a ban (the target's membership becomes `leave`).
@@ -297,8 +289,7 @@ impl Rooms {
         }
         let content = member_content("leave", None, reason);
         self.set_membership(sender, room_id, target.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Knocks on a room whose join rule allows it.
@@ -314,8 +305,7 @@ impl Rooms {
             .ok_or_else(|| MatrixError::not_found("No known servers for this room"))?;
         let content = member_content("knock", Some(profile), reason);
         self.set_membership(user, room_id, user.as_str(), content)
-            .await?;
-        Ok(())
+            .await
     }
 
     /// Forgets a room the user left: it no longer shows in their lists.
