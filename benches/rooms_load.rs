@@ -26,8 +26,14 @@ fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server process");
     let after_name = &stat[stat.rfind(')').expect("stat has the name in parens") + 2..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
+    let field = |i: usize| -> f64 {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .expect("utime and stime in /proc/PID/stat")
+    };
+    // Fields 14 and 15 of stat (utime, stime), in clock ticks of 1/100 s.
+    (field(11) + field(12)) / 100.0
 }
 
 struct User {

@@ -27,6 +27,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `N` bytes from the operating system's random source.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source works");
+    bytes
+}
+
 /// Everything a request handler may call.
 pub struct Services {
     /// The validated configuration.

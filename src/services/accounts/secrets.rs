@@ -7,17 +7,9 @@ use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::Argon2;
 use ring::digest::{digest, SHA256};
-use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::core::base64;
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the operating system's random source works");
-    bytes
-}
+use crate::services::random_bytes;
 
 /// A new access token: `ow_` + 32 random bytes in URL-safe base64.
 pub fn new_access_token() -> String {

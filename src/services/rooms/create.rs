@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -20,7 +19,7 @@ use crate::core::canonical_json;
 use crate::core::pdu::{self, PduTemplate};
 use crate::core::{event_hashes, RoomAliasId, RoomVersion, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
-use crate::services::now_ms;
+use crate::services::{now_ms, random_bytes};
 
 /// One `initial_state` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,11 +72,7 @@ enum Preset {
 }
 
 fn random_localpart() -> String {
-    let mut bytes = [0u8; 18];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .expect("the operating system's random source works");
-    bytes
+    random_bytes::<18>()
         .iter()
         .map(|b| {
             let i = b % 52;

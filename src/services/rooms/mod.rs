@@ -130,10 +130,9 @@ impl Rooms {
             // Spec: after /forget the user can no longer retrieve the room's history.
             return Err(not_member());
         }
-        let snapshot = match membership.as_ref().map(|m| m.membership.as_str()) {
-            Some("join") => room.record.state,
-            Some("leave" | "ban") => {
-                let record = membership.as_ref().expect("matched Some");
+        let snapshot = match membership.as_ref() {
+            Some(record) if record.membership == "join" => room.record.state,
+            Some(record) if matches!(record.membership.as_str(), "leave" | "ban") => {
                 if record.last_join_pos == 0
                     && !VisibilityCheck::world_readable(&self.store, &room)?
                 {

@@ -25,7 +25,7 @@ use super::aggregates::{Aggregates, Child};
 use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
 use super::records::{EventMeta, MembershipRecord, RelationRecord, RoomRecord};
 use super::state_store::{ShortEventId, StateMap};
-use crate::core::auth_rules::{self, AuthContext};
+use crate::core::auth_rules::{self, AuthContext, AuthState};
 use crate::core::pdu::{self, BuiltPdu, PduError, PduTemplate, MAX_PREV_EVENTS};
 use crate::core::power_levels::PowerLevels;
 use crate::core::redaction::redact;
@@ -437,18 +437,19 @@ fn append(ctx: &WriterContext, head: &mut RoomHead, mut draft: EventDraft) -> Ma
         "state_key": draft.state_key,
         "content": draft.content,
     });
-    let mut auth_state: HashMap<(String, String), Value> = HashMap::new();
+    let mut auth_state = CachedAuthState::default();
     let mut auth_events = Vec::new();
     for (kind, key) in auth_rules::auth_event_keys(head.version, &partial) {
         if let Some(event) = head.state_event(store, &kind, &key)? {
             auth_events.push(event.event_id.clone());
-            auth_state.insert((kind, key), event.pdu.clone());
+            auth_state.0.insert((kind, key), event);
         }
     }
     if let Some(create) = head.state_event(store, "m.room.create", "")? {
         auth_state
+            .0
             .entry(("m.room.create".into(), String::new()))
-            .or_insert_with(|| create.pdu.clone());
+            .or_insert(create);
     }
 
     let mut prev_events = head.record.extremities.clone();
@@ -481,6 +482,19 @@ fn append(ctx: &WriterContext, head: &mut RoomHead, mut draft: EventDraft) -> Ma
     };
     auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
     write_event(ctx, head, built, txn, store.db.batch())
+}
+
+/// The state the auth rules read, borrowed from the writer's cache of parsed state events
+/// (no copy of a big power levels event per message).
+#[derive(Default)]
+struct CachedAuthState(HashMap<(String, String), Arc<StoredEvent>>);
+
+impl AuthState for CachedAuthState {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
+        self.0
+            .get(&(event_type.to_owned(), state_key.to_owned()))
+            .map(|e| &e.pdu)
+    }
 }
 
 /// Client-server rules on redactions beyond the auth rules: the target must be in this
