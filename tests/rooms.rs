@@ -3,99 +3,12 @@
 
 mod common;
 
+use common::client::Client;
 use common::{assert_error, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 const V3: &str = "/_matrix/client/v3";
-
-fn enc(s: &str) -> String {
-    s.replace('#', "%23")
-}
-
-struct Client<'a> {
-    server: &'a TestServer,
-    token: String,
-    user_id: String,
-}
-
-impl<'a> Client<'a> {
-    async fn new(server: &'a TestServer, name: &str) -> Self {
-        let (user_id, token, _) = server.register(name, "correct horse battery").await;
-        Self {
-            server,
-            token,
-            user_id,
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        self.server
-            .call(method, &format!("{V3}{path}"), Some(&self.token), body)
-            .await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-
-    async fn create_room(&self, body: Value) -> String {
-        let (status, body) = self.post("/createRoom", body).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body["room_id"].as_str().unwrap().to_owned()
-    }
-
-    async fn send(&self, room: &str, body: Value) -> String {
-        let txn = format!("t{}", rand_suffix());
-        let (status, out) = self
-            .put(&format!("/rooms/{room}/send/m.room.message/{txn}"), body)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{out}");
-        out["event_id"].as_str().unwrap().to_owned()
-    }
-
-    async fn text(&self, room: &str, text: &str) -> String {
-        self.send(room, json!({"msgtype": "m.text", "body": text}))
-            .await
-    }
-
-    async fn try_send(&self, room: &str, text: &str) -> (StatusCode, Value) {
-        let txn = format!("t{}", rand_suffix());
-        self.put(
-            &format!("/rooms/{room}/send/m.room.message/{txn}"),
-            json!({"msgtype": "m.text", "body": text}),
-        )
-        .await
-    }
-
-    async fn join(&self, room: &str) -> (StatusCode, Value) {
-        self.post(&format!("/join/{}", enc(room)), json!({})).await
-    }
-
-    async fn state(&self, room: &str, kind: &str, key: &str) -> (StatusCode, Value) {
-        self.get(&format!("/rooms/{room}/state/{kind}/{key}")).await
-    }
-
-    async fn messages(&self, room: &str, query: &str) -> Value {
-        let (status, body) = self.get(&format!("/rooms/{room}/messages?{query}")).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        body
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
 
 fn bodies(chunk: &Value) -> Vec<String> {
     chunk

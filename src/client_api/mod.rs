@@ -1,6 +1,7 @@
 //! `/_matrix/client/*` and `/.well-known/matrix/client`: one file per spec area.
 
 pub mod account;
+pub mod account_data;
 pub mod capabilities;
 pub mod create_room;
 pub mod devices;
@@ -8,6 +9,8 @@ pub mod directory;
 pub mod login;
 pub mod membership;
 pub mod profile;
+pub mod read_markers;
+pub mod receipts;
 pub mod registration;
 pub mod relations;
 pub mod room_events;
@@ -15,6 +18,9 @@ pub mod room_members;
 pub mod room_send;
 pub mod room_state;
 pub mod room_upgrades;
+pub mod sync;
+pub mod tags;
+pub mod typing;
 pub mod versions;
 pub mod well_known;
 
@@ -79,6 +85,41 @@ pub fn routes() -> Router<AppState> {
                 .delete(profile::delete_field),
         )
         .merge(room_routes())
+        .merge(live_routes())
+}
+
+/// What keeps a client live: sync, filters, account data, tags, typing, receipts.
+fn live_routes() -> Router<AppState> {
+    let user = |path: &str| format!("/_matrix/client/v3/user/{{user_id}}{path}");
+    Router::new()
+        .route("/_matrix/client/v3/sync", get(sync::sync))
+        .route(&user("/filter"), post(sync::create_filter))
+        .route(&user("/filter/{filter_id}"), get(sync::get_filter))
+        .route(
+            &user("/account_data/{event_type}"),
+            get(account_data::get_global).put(account_data::put_global),
+        )
+        .route(
+            &user("/rooms/{room_id}/account_data/{event_type}"),
+            get(account_data::get_room).put(account_data::put_room),
+        )
+        .route(&user("/rooms/{room_id}/tags"), get(tags::get_tags))
+        .route(
+            &user("/rooms/{room_id}/tags/{tag}"),
+            put(tags::put_tag).delete(tags::delete_tag),
+        )
+        .route(
+            &format!("{ROOM}/typing/{{user_id}}"),
+            put(typing::put_typing),
+        )
+        .route(
+            &format!("{ROOM}/receipt/{{receipt_type}}/{{event_id}}"),
+            post(receipts::post_receipt),
+        )
+        .route(
+            &format!("{ROOM}/read_markers"),
+            post(read_markers::post_read_markers),
+        )
 }
 
 const ROOM: &str = "/_matrix/client/v3/rooms/{room_id}";

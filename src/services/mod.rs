@@ -3,11 +3,14 @@
 //! [`Services`] is built once at start-up and shared as an `Arc`.
 
 pub mod accounts;
+pub mod ephemeral;
 pub mod media;
 pub mod rate_limit;
 pub mod records;
 pub mod rooms;
 pub mod server_keys;
+pub mod stream;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -15,9 +18,11 @@ use crate::config::Config;
 use crate::core::SigningKeyPair;
 use crate::storage::{Db, DbOptions};
 use accounts::Accounts;
+use ephemeral::Ephemeral;
 use media::{Media, MediaLimits};
 use rate_limit::RateLimiter;
 use rooms::Rooms;
+use stream::StreamPositions;
 
 /// Milliseconds since the Unix epoch (the spec's timestamps).
 pub fn now_ms() -> u64 {
@@ -37,6 +42,26 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// Striped async locks: changes under one key (a user, a room) are serialized, different
+/// keys rarely wait for each other, and memory stays fixed.
+pub struct StripedLocks([tokio::sync::Mutex<()>; 32]);
+
+impl Default for StripedLocks {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl StripedLocks {
+    /// Waits for the lock of `key`'s stripe.
+    pub async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+        let stripe = key
+            .iter()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
+        self.0[stripe % self.0.len()].lock().await
+    }
+}
+
 /// Everything a request handler may call.
 pub struct Services {
     /// The validated configuration.
@@ -51,6 +76,12 @@ pub struct Services {
     pub media: Media,
     /// Rooms, events, state, membership, aliases.
     pub rooms: Rooms,
+    /// The global stream's positions and watermark.
+    pub stream_positions: Arc<StreamPositions>,
+    /// Typing and receipts.
+    pub ephemeral: Ephemeral,
+    /// Per-user wake-ups, filters, `/sync`.
+    pub sync: sync::Sync,
     /// Token buckets.
     pub rate_limiter: Arc<RateLimiter>,
 }
@@ -71,11 +102,17 @@ impl Services {
             &config.data_path(server_keys::SIGNING_KEY_FILE),
         )?);
         let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits));
+        let last_event_pos = rooms::event_store::EventStore::last_event_pos(&db)
+            .map_err(|e| format!("cannot read the event stream: {}", e.message))?;
+        let stream_positions = StreamPositions::open(Arc::clone(&db), last_event_pos)
+            .map_err(|e| format!("cannot open the stream: {e}"))?;
+        let sync = sync::Sync::new(Arc::clone(&stream_positions));
         let accounts = Accounts::new(
             Arc::clone(&db),
             config.server_name.clone(),
             config.registration.clone(),
             Arc::clone(&rate_limiter),
+            Arc::clone(&stream_positions),
         );
         let media = Media::open(
             Arc::clone(&db),
@@ -94,11 +131,13 @@ impl Services {
         })?;
         let rooms = Rooms::open(
             Arc::clone(&db),
+            Arc::clone(&stream_positions),
             config.server_name.clone(),
             Arc::clone(&signing_key),
             config.rooms.default_version,
         )
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
+        let ephemeral = Ephemeral::new(Arc::clone(&db), Arc::clone(&stream_positions));
         Ok(Arc::new(Self {
             config,
             db,
@@ -106,6 +145,9 @@ impl Services {
             accounts,
             media,
             rooms,
+            stream_positions,
+            ephemeral,
+            sync,
             rate_limiter,
         }))
     }

@@ -84,6 +84,20 @@ pub enum Table {
     RoomidAlias,
     /// `room_id -> ()`: rooms listed in the public room directory. Owner: rooms.
     RoomidPublished,
+    /// `user_id 0xFF filter_id -> filter` (canonical JSON): stored sync filters. Owner: sync.
+    UseridFilteridFilter,
+    /// `user_id 0xFF room_id (empty for global) 0xFF type -> AccountDataRecord` (position,
+    /// content). Owner: accounts.
+    UseridRoomidTypeAccountdata,
+    /// `user_id 0xFF position (u64 BE) -> room_id 0xFF type`: account data by change, for
+    /// incremental sync. Owner: accounts.
+    UseridPosAccountdata,
+    /// `short room id (u64 BE) ++ user_id 0xFF receipt type 0xFF thread id -> ReceiptRecord`
+    /// (event, timestamp, position): each user's latest receipt. Owner: ephemeral.
+    ShortroomidUseridReceipt,
+    /// `short room id (u64 BE) ++ position (u64 BE) -> user_id 0xFF receipt type 0xFF thread
+    /// id`: receipts by change, for incremental sync. Owner: ephemeral.
+    ShortroomidPosReceipt,
 }
 
 impl Table {
@@ -120,6 +134,11 @@ impl Table {
         Table::AliasRoomid,
         Table::RoomidAlias,
         Table::RoomidPublished,
+        Table::UseridFilteridFilter,
+        Table::UseridRoomidTypeAccountdata,
+        Table::UseridPosAccountdata,
+        Table::ShortroomidUseridReceipt,
+        Table::ShortroomidPosReceipt,
     ];
 
     /// The column family's name.
@@ -156,6 +175,11 @@ impl Table {
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",
             Table::RoomidPublished => "roomid_published",
+            Table::UseridFilteridFilter => "userid_filterid_filter",
+            Table::UseridRoomidTypeAccountdata => "userid_roomid_type_accountdata",
+            Table::UseridPosAccountdata => "userid_pos_accountdata",
+            Table::ShortroomidUseridReceipt => "shortroomid_userid_receipt",
+            Table::ShortroomidPosReceipt => "shortroomid_pos_receipt",
         }
     }
 }

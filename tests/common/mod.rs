@@ -1,6 +1,8 @@
 //! A real ourwhats on loopback with a real RocksDB in a temp folder, and a small client.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::path::Path;
 
 use ourwhats::{Config, RunningServer, Server};

@@ -1,10 +1,11 @@
 //! Accounts: users, passwords, devices, access tokens, user-interactive auth and the stored
 //! profile.
 //!
-//! Owns the tables `userid_account`, `tokenhash_session`, `userid_deviceid_device` and
-//! `userid_profile`. Spec: client-server API, "Client Authentication", "Account
+//! Owns the tables `userid_account`, `tokenhash_session`, `userid_deviceid_device`,
+//! `userid_profile`, `userid_roomid_type_accountdata` and `userid_pos_accountdata`. Spec: client-server API, "Client Authentication", "Account
 //! registration and management", "Device Management".
 
+pub mod account_data;
 pub mod profiles;
 pub mod records;
 pub mod secrets;
@@ -24,6 +25,8 @@ use crate::services::now_ms;
 use crate::services::rate_limit::{RateAction, RateLimiter};
 use crate::services::records::{decode, encode};
 use crate::services::rooms::membership::MemberProfile;
+use crate::services::stream::StreamPositions;
+use crate::services::StripedLocks;
 use crate::storage::{keys, Db, Table};
 use records::{Account, Device, LastSeen, Profile, TokenSession};
 use uia::{stages, UiaPassed, UiaRequest, UiaSessions};
@@ -111,6 +114,10 @@ pub struct Accounts {
     /// Last time each device's last-seen record was written, to write it at most once a minute.
     /// Keyed by token hash: checking it on every request allocates nothing.
     last_seen_written: Mutex<HashMap<[u8; 32], u64>>,
+    /// Positions for account data changes.
+    stream: Arc<StreamPositions>,
+    /// Serializes each user's account data changes.
+    account_data_locks: StripedLocks,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -124,6 +131,7 @@ impl Accounts {
         server_name: ServerName,
         registration: RegistrationConfig,
         rate_limiter: Arc<RateLimiter>,
+        stream: Arc<StreamPositions>,
     ) -> Self {
         Self {
             db,
@@ -134,6 +142,8 @@ impl Accounts {
             account_lock: tokio::sync::Mutex::new(()),
             rate_limiter,
             last_seen_written: Mutex::new(HashMap::new()),
+            stream,
+            account_data_locks: Default::default(),
         }
     }
 

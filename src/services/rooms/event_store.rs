@@ -11,6 +11,7 @@ use super::state_store::{ShortEventId, ShortStateHash, StateStore};
 use crate::core::RoomVersion;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::decode;
+use crate::services::stream::StreamPositions;
 use crate::storage::{keys, Db, Table};
 
 /// A stored event: its ids, its PDU and where it sits.
@@ -83,7 +84,7 @@ pub(super) fn timeline_key(room: u64, pos: u64) -> [u8; 16] {
 pub struct EventStore {
     pub(super) db: Arc<Db>,
     pub(super) state: StateStore,
-    next_pos: AtomicU64,
+    pub(super) stream: Arc<StreamPositions>,
     next_room: AtomicU64,
 }
 
@@ -100,26 +101,26 @@ fn last_u64_key(db: &Db, table: Table) -> MatrixResult<u64> {
 }
 
 impl EventStore {
-    /// Opens the store and finds the counters' next values.
-    pub fn open(db: Arc<Db>) -> MatrixResult<Self> {
-        let last_pos = last_u64_key(&db, Table::PosShortroomid)?;
+    /// Opens the store and finds the room counter's next value.
+    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> MatrixResult<Self> {
         let last_room = last_u64_key(&db, Table::ShortroomidRoom)?;
         Ok(Self {
             state: StateStore::open(Arc::clone(&db))?,
             db,
-            next_pos: AtomicU64::new(last_pos + 1),
+            stream,
             next_room: AtomicU64::new(last_room + 1),
         })
     }
 
-    /// The next stream position.
-    pub(super) fn allocate_pos(&self) -> u64 {
-        self.next_pos.fetch_add(1, Ordering::Relaxed)
+    /// The highest position of the global event stream (`pos_shortroomid`), for opening
+    /// [`StreamPositions`] on a database written before positions were reserved in blocks.
+    pub fn last_event_pos(db: &Db) -> MatrixResult<u64> {
+        last_u64_key(db, Table::PosShortroomid)
     }
 
-    /// The highest stream position handed out so far.
+    /// The highest stream position below which everything is committed.
     pub fn current_pos(&self) -> u64 {
-        self.next_pos.load(Ordering::Relaxed) - 1
+        self.stream.watermark()
     }
 
     /// A new short room id.

@@ -30,6 +30,12 @@ pub struct RoomEventFilter {
     pub include_redundant_members: bool,
     /// The most events to return.
     pub limit: Option<u64>,
+    /// Rooms to include (in `/sync` filters).
+    pub rooms: Option<Vec<String>>,
+    /// Rooms to exclude.
+    pub not_rooms: Vec<String>,
+    /// Whether `/sync` splits notification counts by thread.
+    pub unread_thread_notifications: bool,
 }
 
 /// Spec: "A '*' can be used as a wildcard to match any sequence of characters."
@@ -65,8 +71,30 @@ impl RoomEventFilter {
 
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &StoredEvent) -> bool {
-        let kind = event.kind();
-        let sender = event.sender();
+        if !self.matches_type_and_sender(event.kind(), event.sender()) {
+            return false;
+        }
+        if let Some(wanted) = self.contains_url {
+            let has = event.content().get("url").is_some_and(Value::is_string);
+            if has != wanted {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether a room passes `rooms` and `not_rooms`.
+    pub fn matches_room(&self, room_id: &str) -> bool {
+        !self.not_rooms.iter().any(|r| r == room_id)
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    }
+
+    /// Whether an event of this type from this sender passes (`sender` may be empty for
+    /// events without one, such as account data).
+    pub fn matches_type_and_sender(&self, kind: &str, sender: &str) -> bool {
         if self.not_types.iter().any(|p| glob_matches(p, kind)) {
             return false;
         }
@@ -80,12 +108,6 @@ impl RoomEventFilter {
         }
         if let Some(senders) = &self.senders {
             if !senders.iter().any(|s| s == sender) {
-                return false;
-            }
-        }
-        if let Some(wanted) = self.contains_url {
-            let has = event.content().get("url").is_some_and(Value::is_string);
-            if has != wanted {
                 return false;
             }
         }

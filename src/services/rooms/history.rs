@@ -62,14 +62,17 @@ pub enum Direction {
     Forward,
 }
 
-struct Scan {
-    events: Vec<StoredEvent>,
+/// Events found by [`Rooms::scan_timeline`].
+pub struct Scan {
+    /// The events kept, in the scan's direction.
+    pub events: Vec<StoredEvent>,
     /// Position of the last event scanned (returned or not), if the range was not used up.
-    more_after: Option<u64>,
+    pub more_after: Option<u64>,
 }
 
 impl Rooms {
-    fn visible_event(
+    /// An event of the room that the reader may see; 404 `M_NOT_FOUND` otherwise.
+    pub fn visible_event_for(
         &self,
         access: &ReadAccess,
         user_id: &str,
@@ -96,14 +99,14 @@ impl Rooms {
         event_id: &str,
     ) -> MatrixResult<Value> {
         let access = self.read_access(viewer.user_id, room_id)?;
-        let event = self.visible_event(&access, viewer.user_id, event_id)?;
+        let event = self.visible_event_for(&access, viewer.user_id, event_id)?;
         client_event(&self.store, &event, room_id, Some(viewer))
     }
 
-    /// Scans the timeline from `from` (exclusive bound semantics of [`tokens`]) towards `to`,
-    /// keeping events that are visible and pass the filter, up to `limit`.
+    /// Scans the timeline positions `lower <= pos < upper` in direction `dir`, keeping
+    /// events that are visible and pass the filter, up to `limit`.
     #[allow(clippy::too_many_arguments)]
-    fn scan(
+    pub fn scan_timeline(
         &self,
         room: &Room,
         check: &mut VisibilityCheck<'_>,
@@ -193,7 +196,7 @@ impl Rooms {
         };
         let mut check =
             VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
-        let scan = self.scan(room, &mut check, filter, lower, upper, dir, limit)?;
+        let scan = self.scan_timeline(room, &mut check, filter, lower, upper, dir, limit)?;
         let end = match (dir, scan.more_after) {
             (_, None) => None,
             (Direction::Backward, Some(upper)) => Some(tokens::token(upper.saturating_sub(1))),
@@ -251,14 +254,14 @@ impl Rooms {
         filter: &RoomEventFilter,
     ) -> MatrixResult<EventContext> {
         let access = self.read_access(viewer.user_id, room_id)?;
-        let event = self.visible_event(&access, viewer.user_id, event_id)?;
+        let event = self.visible_event_for(&access, viewer.user_id, event_id)?;
         let limit = limit.min(MAX_LIMIT);
         let before_limit = limit / 2;
         let after_limit = limit - before_limit;
         let mut check =
             VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
         let pos = event.meta.pos;
-        let before = self.scan(
+        let before = self.scan_timeline(
             &access.room,
             &mut check,
             filter,
@@ -267,7 +270,7 @@ impl Rooms {
             Direction::Backward,
             before_limit,
         )?;
-        let after = self.scan(
+        let after = self.scan_timeline(
             &access.room,
             &mut check,
             filter,

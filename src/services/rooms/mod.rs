@@ -70,11 +70,12 @@ impl Rooms {
     /// Opens the service's tables.
     pub fn open(
         db: Arc<crate::storage::Db>,
+        stream: Arc<crate::services::stream::StreamPositions>,
         server_name: ServerName,
         signing_key: Arc<SigningKeyPair>,
         default_version: RoomVersion,
     ) -> MatrixResult<Self> {
-        let store = Arc::new(EventStore::open(db)?);
+        let store = Arc::new(EventStore::open(db, stream)?);
         let writers = Writers::new(WriterContext {
             store: Arc::clone(&store),
             server_name: server_name.as_str().to_owned(),

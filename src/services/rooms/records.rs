@@ -19,6 +19,28 @@ pub struct RoomRecord {
     pub depth: u64,
     /// Stream position of the room's latest event.
     pub last_pos: u64,
+    /// Members whose membership is `join`.
+    #[serde(default)]
+    pub joined: u64,
+    /// Members whose membership is `invite`.
+    #[serde(default)]
+    pub invited: u64,
+}
+
+impl RoomRecord {
+    /// Updates the member counts for a membership going from `before` to `after`.
+    pub fn count_change(&mut self, before: &str, after: &str) {
+        match before {
+            "join" => self.joined = self.joined.saturating_sub(1),
+            "invite" => self.invited = self.invited.saturating_sub(1),
+            _ => {}
+        }
+        match after {
+            "join" => self.joined += 1,
+            "invite" => self.invited += 1,
+            _ => {}
+        }
+    }
 }
 
 /// `shorteventid_meta`: where an event sits (binary, fixed width).

@@ -33,6 +33,7 @@ use crate::core::{RoomVersion, SigningKeyPair};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::services::records::{decode, encode};
+use crate::services::stream::{PosTicket, StreamChange};
 use crate::storage::{keys, Batch, Table};
 
 /// Jobs a writer takes from its queue at once (and then fsyncs once for).
@@ -217,16 +218,26 @@ async fn run_writer(ctx: Arc<WriterContext>, room_id: String, mut queue: mpsc::R
         let worked = tokio::task::spawn_blocking(move || {
             let mut head = head;
             let mut answers = Vec::with_capacity(jobs.len());
+            let mut written = Vec::new();
             for job in jobs {
-                let result = process_job(&ctx2, &room, &mut head, job.start, job.drafts);
+                let result =
+                    process_job(&ctx2, &room, &mut head, job.start, job.drafts, &mut written);
                 answers.push((job.reply, result));
             }
-            // Group commit: one fsync for everything above, before any answer.
-            if let Err(e) = ctx2.store.db.sync_wal() {
-                head = None;
-                let error = MatrixError::from(e);
-                for (_, result) in answers.iter_mut() {
-                    *result = Err(error.clone());
+            // Group commit: one fsync for everything above, before any answer and before
+            // the stream tells syncing clients.
+            match ctx2.store.db.sync_wal() {
+                Ok(()) => {
+                    for (ticket, change) in written {
+                        ticket.commit(vec![change]);
+                    }
+                }
+                Err(e) => {
+                    head = None;
+                    let error = MatrixError::from(e);
+                    for (_, result) in answers.iter_mut() {
+                        *result = Err(error.clone());
+                    }
                 }
             }
             (head, answers)
@@ -255,11 +266,12 @@ fn process_job(
     head: &mut Option<RoomHead>,
     start: JobStart,
     drafts: Vec<EventDraft>,
+    written: &mut Written,
 ) -> MatrixResult<Vec<String>> {
     let mut ids = Vec::with_capacity(drafts.len() + 1);
     match start {
         JobStart::Create(create, version) => {
-            ids.push(create_room(ctx, room_id, head, create, version)?);
+            ids.push(create_room(ctx, room_id, head, create, version, written)?);
         }
         JobStart::Append => {}
         JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
@@ -269,7 +281,7 @@ fn process_job(
             *head = Some(RoomHead::load(&ctx.store, room_id)?);
         }
         let current = head.as_mut().expect("loaded above");
-        match append(ctx, current, draft) {
+        match append(ctx, current, draft, written) {
             Ok(id) => ids.push(id),
             Err(e) => {
                 if e.status >= 500 {
@@ -367,6 +379,9 @@ fn forbidden(e: auth_rules::AuthError) -> MatrixError {
     MatrixError::forbidden(e.0)
 }
 
+/// Positions written in this drain, committed to the stream after the fsync.
+type Written = Vec<(PosTicket, StreamChange)>;
+
 /// Writes a new room's create event.
 fn create_room(
     ctx: &WriterContext,
@@ -374,6 +389,7 @@ fn create_room(
     head: &mut Option<RoomHead>,
     create: BuiltPdu,
     version: RoomVersion,
+    written: &mut Written,
 ) -> MatrixResult<String> {
     let store = &ctx.store;
     if store.room_short(room_id)?.is_some() {
@@ -400,6 +416,8 @@ fn create_room(
             extremities: Vec::new(),
             depth: 0,
             last_pos: 0,
+            joined: 0,
+            invited: 0,
         },
         version,
         state: StateMap::new(),
@@ -407,13 +425,18 @@ fn create_room(
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
-    let id = write_event(ctx, &mut fresh, create, None, batch)?;
+    let id = write_event(ctx, &mut fresh, create, None, batch, written)?;
     *head = Some(fresh);
     Ok(id)
 }
 
 /// Builds, authorizes and writes one event on the room's head.
-fn append(ctx: &WriterContext, head: &mut RoomHead, mut draft: EventDraft) -> MatrixResult<String> {
+fn append(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    mut draft: EventDraft,
+    written: &mut Written,
+) -> MatrixResult<String> {
     let store = &ctx.store;
     if let Some(txn) = &draft.txn {
         if let Some(existing) = store.db.get(Table::TxnidEventid, &txn.key)? {
@@ -481,7 +504,7 @@ fn append(ctx: &WriterContext, head: &mut RoomHead, mut draft: EventDraft) -> Ma
         signed_by: &signed_by,
     };
     auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
-    write_event(ctx, head, built, txn, store.db.batch())
+    write_event(ctx, head, built, txn, store.db.batch(), written)
 }
 
 /// The state the auth rules read, borrowed from the writer's cache of parsed state events
@@ -546,6 +569,7 @@ fn write_event(
     built: BuiltPdu,
     txn: Option<TxnRef>,
     mut batch: Batch<'_>,
+    written: &mut Written,
 ) -> MatrixResult<String> {
     let store = &ctx.store;
     let pdu = &built.pdu;
@@ -553,7 +577,8 @@ fn write_event(
     let kind = pdu.get("type").and_then(Value::as_str).unwrap_or("");
     let state_key = pdu.get("state_key").and_then(Value::as_str);
     let short = store.state.intern_new_event(&event_id, &mut batch);
-    let pos = store.allocate_pos();
+    let ticket = store.stream.allocate()?;
+    let pos = ticket.pos();
     let state_before = head.record.state;
     let mut state_after = state_before;
     let mut replaces = 0;
@@ -597,6 +622,8 @@ fn write_event(
         b"",
     );
 
+    let mut record = head.record.clone();
+    let mut member = None;
     if kind == "m.room.member" {
         if let Some(user) = state_key {
             let membership = pdu
@@ -610,10 +637,13 @@ fn write_event(
                 .get(Table::UseridRoomidMembership, &key)?
                 .map(|b| decode(Table::UseridRoomidMembership, &b))
                 .transpose()?;
+            let before = previous.as_ref().map_or("leave", |p| p.membership.as_str());
+            record.count_change(before, membership);
+            member = Some((user.to_owned(), membership.to_owned()));
             let last_join_pos = if membership == "join" {
                 pos
             } else {
-                previous.map_or(0, |p| p.last_join_pos)
+                previous.as_ref().map_or(0, |p| p.last_join_pos)
             };
             let record = MembershipRecord {
                 membership: membership.to_owned(),
@@ -654,7 +684,6 @@ fn write_event(
         }
     }
 
-    let mut record = head.record.clone();
     record.extremities = vec![event_id.clone()];
     record.depth = pdu
         .get("depth")
@@ -668,6 +697,13 @@ fn write_event(
         encode(&record),
     );
     store.db.write_relaxed(batch)?;
+    written.push((
+        ticket,
+        StreamChange::RoomEvent {
+            room: head.short,
+            member,
+        },
+    ));
 
     head.record = record;
     if let Some(key) = state_change {

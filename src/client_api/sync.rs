@@ -1,0 +1,106 @@
+//! Spec: client-server API, "Syncing": `GET /sync`, and "Filtering": `POST
+//! /user/{userId}/filter`, `GET /user/{userId}/filter/{filterId}`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{MatrixError, MatrixResult};
+use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
+use crate::http::AppState;
+use crate::services::accounts::Session;
+use crate::services::sync::filters::Filters;
+use crate::services::sync::SyncRequest;
+
+/// `/sync` query parameters.
+#[derive(Deserialize)]
+pub struct SyncParams {
+    since: Option<String>,
+    timeout: Option<String>,
+    full_state: Option<String>,
+    filter: Option<String>,
+    set_presence: Option<String>,
+}
+
+fn own(session: &Session, user_id: &str) -> MatrixResult<()> {
+    if session.user_id.as_str() != user_id {
+        return Err(MatrixError::forbidden("Cannot use filters of other users"));
+    }
+    Ok(())
+}
+
+/// The user's updates since `since`, waiting up to `timeout` ms for some.
+pub async fn sync(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    QueryParams(params): QueryParams<SyncParams>,
+) -> MatrixResult<Json<Value>> {
+    let since = params
+        .since
+        .as_deref()
+        .map(|s| services.sync.parse_since(s))
+        .transpose()?;
+    let timeout = match params.timeout.as_deref() {
+        None => Duration::ZERO,
+        Some(ms) => Duration::from_millis(
+            ms.parse()
+                .map_err(|_| MatrixError::invalid_param("timeout must be a number of ms"))?,
+        ),
+    };
+    let full_state = match params.full_state.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(MatrixError::invalid_param(
+                "full_state must be true or false",
+            ))
+        }
+    };
+    if let Some(presence) = params.set_presence.as_deref() {
+        if !matches!(presence, "online" | "offline" | "unavailable") {
+            return Err(MatrixError::invalid_param(
+                "set_presence must be online, offline or unavailable",
+            ));
+        }
+    }
+    let filter =
+        Filters::new(&services.db).resolve(session.user_id.as_str(), params.filter.as_deref())?;
+    let request = SyncRequest {
+        user_id: session.user_id.as_str().to_owned(),
+        device_id: session.device_id.clone(),
+        since,
+        timeout,
+        full_state,
+        filter,
+    };
+    let response = services.sync.sync(services.clone(), request).await?;
+    Ok(Json(response))
+}
+
+/// Stores a filter; answers its id.
+pub async fn create_filter(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams(user_id): PathParams<String>,
+    JsonBody(filter): JsonBody<Value>,
+) -> MatrixResult<Json<Value>> {
+    own(&session, &user_id)?;
+    if !filter.is_object() {
+        return Err(MatrixError::bad_json("A filter must be a JSON object"));
+    }
+    let id = Filters::new(&services.db).create(&user_id, &filter)?;
+    Ok(Json(json!({ "filter_id": id })))
+}
+
+/// A stored filter.
+pub async fn get_filter(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((user_id, filter_id)): PathParams<(String, String)>,
+) -> MatrixResult<Json<Value>> {
+    own(&session, &user_id)?;
+    Ok(Json(Filters::new(&services.db).get(&user_id, &filter_id)?))
+}

@@ -1,0 +1,251 @@
+//! Account data: a user's private JSON objects by type, global or for one room.
+//!
+//! Spec: client-server API, "Client Config" (`PUT/GET /user/{userId}/account_data/{type}`,
+//! `.../rooms/{roomId}/account_data/{type}`), "Room Tagging" (tags live in the room's
+//! `m.tag` account data), "Direct Messaging" (`m.direct`), "Ignoring Users"
+//! (`m.ignored_user_list`). Each change takes a stream position, so `/sync` sends only what
+//! changed since its token.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Accounts;
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::records::{decode, encode};
+use crate::services::stream::StreamChange;
+use crate::storage::{keys, Table};
+
+/// The largest account data object accepted, in bytes of JSON.
+pub const MAX_ACCOUNT_DATA_BYTES: usize = 64 * 1024;
+
+/// Types the server manages itself (spec: 405 `M_BAD_JSON` when a client sets them).
+const SERVER_MANAGED: &[&str] = &["m.fully_read", "m.push_rules"];
+
+/// `userid_roomid_type_accountdata`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AccountDataRecord {
+    pos: u64,
+    content: Value,
+}
+
+/// One account data object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountData {
+    /// The room it belongs to, `None` for global account data.
+    pub room_id: Option<String>,
+    /// Its type.
+    pub kind: String,
+    /// Its content.
+    pub content: Value,
+}
+
+fn data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8> {
+    keys::join(&[
+        user_id.as_bytes(),
+        room_id.unwrap_or("").as_bytes(),
+        kind.as_bytes(),
+    ])
+}
+
+fn pos_key(user_id: &str, pos: u64) -> Vec<u8> {
+    let mut key = keys::prefix(user_id.as_bytes());
+    key.extend_from_slice(&pos.to_be_bytes());
+    key
+}
+
+fn corrupt() -> MatrixError {
+    MatrixError::internal("corrupt account data record")
+}
+
+impl Accounts {
+    /// Checks what a client may set: an object of bounded size, not a server-managed type.
+    pub fn check_client_account_data(kind: &str, content: &Value) -> MatrixResult<()> {
+        if SERVER_MANAGED.contains(&kind) {
+            return Err(MatrixError::new(
+                405,
+                ErrorCode::BadJson,
+                format!("Cannot set {kind} through this API"),
+            ));
+        }
+        if kind.is_empty() || kind.len() > 255 {
+            return Err(MatrixError::invalid_param("Invalid account data type"));
+        }
+        if !content.is_object() {
+            return Err(MatrixError::new(
+                400,
+                ErrorCode::NotJson,
+                "Content must be a JSON object",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets (or with `None`, removes) an account data object, durably, and tells syncing
+    /// clients.
+    pub async fn set_account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+        content: Option<Value>,
+    ) -> MatrixResult<()> {
+        self.update_account_data(user_id, room_id, kind, |_| Some(content))
+            .await
+    }
+
+    /// Changes an account data object with `change` (given the current content, it answers
+    /// the new one, or `None` to leave it alone), serialized with the user's other changes.
+    pub async fn update_account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+        change: impl FnOnce(Option<Value>) -> Option<Option<Value>>,
+    ) -> MatrixResult<()> {
+        let _guard = self.account_data_locks.lock(user_id.as_bytes()).await;
+        let Some(content) = change(self.account_data(user_id, room_id, kind)?) else {
+            return Ok(());
+        };
+        if let Some(content) = &content {
+            let size = serde_json::to_vec(content).map_or(usize::MAX, |b| b.len());
+            if size > MAX_ACCOUNT_DATA_BYTES {
+                return Err(MatrixError::new(
+                    413,
+                    ErrorCode::TooLarge,
+                    "Account data too large",
+                ));
+            }
+        }
+        let key = data_key(user_id, room_id, kind);
+        let previous: Option<AccountDataRecord> = self
+            .db
+            .get(Table::UseridRoomidTypeAccountdata, &key)?
+            .map(|b| decode(Table::UseridRoomidTypeAccountdata, &b))
+            .transpose()?;
+        let ticket = self.stream.allocate()?;
+        let mut batch = self.db.batch();
+        if let Some(previous) = &previous {
+            batch.delete(Table::UseridPosAccountdata, pos_key(user_id, previous.pos));
+        }
+        // A removal is kept as an empty object: clients treat `{}` as "no data", and sync
+        // must still tell them it changed.
+        let record = AccountDataRecord {
+            pos: ticket.pos(),
+            content: content.unwrap_or_else(|| Value::Object(Default::default())),
+        };
+        batch.put(Table::UseridRoomidTypeAccountdata, &key, encode(&record));
+        batch.put(
+            Table::UseridPosAccountdata,
+            pos_key(user_id, ticket.pos()),
+            keys::join(&[room_id.unwrap_or("").as_bytes(), kind.as_bytes()]),
+        );
+        self.db.commit(batch).await?;
+        ticket.commit(vec![StreamChange::AccountData {
+            user: user_id.to_owned(),
+        }]);
+        Ok(())
+    }
+
+    /// One account data object; `None` when unset (or removed).
+    pub fn account_data(
+        &self,
+        user_id: &str,
+        room_id: Option<&str>,
+        kind: &str,
+    ) -> MatrixResult<Option<Value>> {
+        let record: Option<AccountDataRecord> = self
+            .db
+            .get(
+                Table::UseridRoomidTypeAccountdata,
+                data_key(user_id, room_id, kind),
+            )?
+            .map(|b| decode(Table::UseridRoomidTypeAccountdata, &b))
+            .transpose()?;
+        Ok(record
+            .map(|r| r.content)
+            .filter(|c| c.as_object().is_none_or(|o| !o.is_empty())))
+    }
+
+    /// Every account data object of the user (initial sync), global and per room.
+    pub fn all_account_data(&self, user_id: &str) -> MatrixResult<Vec<AccountData>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .scan_prefix(Table::UseridRoomidTypeAccountdata, &prefix)
+        {
+            let (key, value) = entry?;
+            let rest = &key[prefix.len()..];
+            let mut parts = keys::split(rest);
+            let (Some(room), Some(kind)) = (parts.next(), parts.next()) else {
+                return Err(corrupt());
+            };
+            let record: AccountDataRecord = decode(Table::UseridRoomidTypeAccountdata, &value)?;
+            out.push(AccountData {
+                room_id: (!room.is_empty()).then(|| String::from_utf8_lossy(room).into_owned()),
+                kind: String::from_utf8_lossy(kind).into_owned(),
+                content: record.content,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Account data that changed in `(after, upto]`, each object once, as it is now.
+    pub fn account_data_changed(
+        &self,
+        user_id: &str,
+        after: u64,
+        upto: u64,
+    ) -> MatrixResult<Vec<AccountData>> {
+        let from = pos_key(user_id, after.saturating_add(1));
+        let to = pos_key(user_id, upto.saturating_add(1));
+        let mut changed = BTreeMap::new();
+        for entry in self
+            .db
+            .scan_range(Table::UseridPosAccountdata, &from, &to, false)
+        {
+            let (_, value) = entry?;
+            let mut parts = keys::split(&value);
+            let (Some(room), Some(kind)) = (parts.next(), parts.next()) else {
+                return Err(corrupt());
+            };
+            changed.insert((room.to_vec(), kind.to_vec()), ());
+        }
+        let mut out = Vec::with_capacity(changed.len());
+        for (room, kind) in changed.into_keys() {
+            let room = String::from_utf8_lossy(&room).into_owned();
+            let kind = String::from_utf8_lossy(&kind).into_owned();
+            let room_id = (!room.is_empty()).then_some(room);
+            let record: Option<AccountDataRecord> = self
+                .db
+                .get(
+                    Table::UseridRoomidTypeAccountdata,
+                    data_key(user_id, room_id.as_deref(), &kind),
+                )?
+                .map(|b| decode(Table::UseridRoomidTypeAccountdata, &b))
+                .transpose()?;
+            if let Some(record) = record {
+                out.push(AccountData {
+                    room_id,
+                    kind,
+                    content: record.content,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Users the user ignores (`m.ignored_user_list`).
+    pub fn ignored_users(&self, user_id: &str) -> MatrixResult<Vec<String>> {
+        Ok(self
+            .account_data(user_id, None, "m.ignored_user_list")?
+            .and_then(|c| {
+                c.get("ignored_users")
+                    .and_then(Value::as_object)
+                    .map(|o| o.keys().cloned().collect())
+            })
+            .unwrap_or_default())
+    }
+}

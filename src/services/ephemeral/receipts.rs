@@ -1,0 +1,301 @@
+//! Receipts and read markers.
+//!
+//! Spec: client-server API, "Receipts" (`POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`,
+//! `m.read`, `m.read.private`, threaded receipts with `thread_id`), "Fully read markers"
+//! (`POST /rooms/{roomId}/read_markers`, `m.fully_read` room account data). Each user keeps
+//! one receipt per (type, thread) per room; a receipt never moves back to an earlier event.
+//! Private receipts are shown to their owner only.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::Ephemeral;
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::accounts::Accounts;
+use crate::services::now_ms;
+use crate::services::records::{decode, encode};
+use crate::services::rooms::Rooms;
+use crate::services::stream::StreamChange;
+use crate::storage::{keys, Table};
+
+/// A receipt type clients may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptType {
+    /// `m.read`: public.
+    Read,
+    /// `m.read.private`: seen by its owner only.
+    ReadPrivate,
+}
+
+impl ReceiptType {
+    /// Parses the path segment (`m.fully_read` is a read marker, not a receipt).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "m.read" => Some(Self::Read),
+            "m.read.private" => Some(Self::ReadPrivate),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "m.read",
+            Self::ReadPrivate => "m.read.private",
+        }
+    }
+}
+
+/// `shortroomid_userid_receipt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ReceiptRecord {
+    event_id: String,
+    /// The receipted event's stream position (receipts only move forward).
+    event_pos: u64,
+    ts: u64,
+    /// The receipt's own stream position.
+    pos: u64,
+}
+
+fn receipt_key(room: u64, user_id: &str, kind: &str, thread: &str) -> Vec<u8> {
+    let mut key = room.to_be_bytes().to_vec();
+    key.extend_from_slice(&keys::join(&[
+        user_id.as_bytes(),
+        kind.as_bytes(),
+        thread.as_bytes(),
+    ]));
+    key
+}
+
+fn pos_key(room: u64, pos: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&room.to_be_bytes());
+    key[8..].copy_from_slice(&pos.to_be_bytes());
+    key
+}
+
+fn corrupt() -> MatrixError {
+    MatrixError::internal("corrupt receipt record")
+}
+
+/// One receipt as `/sync` shows it.
+struct ShownReceipt {
+    user: String,
+    kind: String,
+    thread: String,
+    record: ReceiptRecord,
+}
+
+impl Ephemeral {
+    /// Sets a user's receipt on an event they can see in a room they are joined to.
+    pub async fn set_receipt(
+        &self,
+        rooms: &Rooms,
+        user_id: &str,
+        room_id: &str,
+        kind: ReceiptType,
+        event_id: &str,
+        thread_id: Option<&str>,
+    ) -> MatrixResult<()> {
+        if thread_id.is_some_and(str::is_empty) {
+            return Err(MatrixError::invalid_param(
+                "thread_id field must be a non-empty string",
+            ));
+        }
+        let access = rooms.read_access(user_id, room_id)?;
+        if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
+            return Err(MatrixError::forbidden("You aren't joined to the room"));
+        }
+        let event = rooms.visible_event_for(&access, user_id, event_id)?;
+        if let Some(thread) = thread_id.filter(|t| *t != "main") {
+            let in_thread = event.event_id == thread
+                || event
+                    .content()
+                    .get("m.relates_to")
+                    .filter(|r| r.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+                    .and_then(|r| r.get("event_id"))
+                    .and_then(Value::as_str)
+                    == Some(thread);
+            if !in_thread {
+                return Err(MatrixError::invalid_param(
+                    "The event is not related to the thread_id",
+                ));
+            }
+        }
+        let room = access.room.short;
+        let key = receipt_key(room, user_id, kind.as_str(), thread_id.unwrap_or(""));
+        let _guard = self.receipt_locks.lock(&key).await;
+        let previous: Option<ReceiptRecord> = self
+            .db
+            .get(Table::ShortroomidUseridReceipt, &key)?
+            .map(|b| decode(Table::ShortroomidUseridReceipt, &b))
+            .transpose()?;
+        if previous
+            .as_ref()
+            .is_some_and(|p| p.event_pos >= event.meta.pos)
+        {
+            // Spec: a receipt for an event before the current one changes nothing.
+            return Ok(());
+        }
+        let ticket = self.stream.allocate()?;
+        let record = ReceiptRecord {
+            event_id: event.event_id.clone(),
+            event_pos: event.meta.pos,
+            ts: now_ms(),
+            pos: ticket.pos(),
+        };
+        let mut batch = self.db.batch();
+        if let Some(previous) = &previous {
+            batch.delete(Table::ShortroomidPosReceipt, pos_key(room, previous.pos));
+        }
+        batch.put(Table::ShortroomidUseridReceipt, &key, encode(&record));
+        batch.put(
+            Table::ShortroomidPosReceipt,
+            pos_key(room, ticket.pos()),
+            &key[8..],
+        );
+        self.db.commit(batch).await?;
+        ticket.commit(vec![StreamChange::RoomEphemeral { room }]);
+        Ok(())
+    }
+
+    /// `POST /read_markers`: the fully read marker (room account data) and receipts.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn set_read_markers(
+        &self,
+        rooms: &Rooms,
+        accounts: &Accounts,
+        user_id: &str,
+        room_id: &str,
+        fully_read: Option<&str>,
+        read: Option<&str>,
+        read_private: Option<&str>,
+    ) -> MatrixResult<()> {
+        if let Some(event_id) = fully_read {
+            let access = rooms.read_access(user_id, room_id)?;
+            if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
+                return Err(MatrixError::forbidden("You aren't joined to the room"));
+            }
+            rooms.visible_event_for(&access, user_id, event_id)?;
+            accounts
+                .set_account_data(
+                    user_id,
+                    Some(room_id),
+                    "m.fully_read",
+                    Some(json!({ "event_id": event_id })),
+                )
+                .await?;
+        }
+        if let Some(event_id) = read {
+            self.set_receipt(rooms, user_id, room_id, ReceiptType::Read, event_id, None)
+                .await?;
+        }
+        if let Some(event_id) = read_private {
+            self.set_receipt(
+                rooms,
+                user_id,
+                room_id,
+                ReceiptType::ReadPrivate,
+                event_id,
+                None,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The stream position of the latest event the user has read in a room (their
+    /// unthreaded or main-timeline `m.read`/`m.read.private`), 0 when none.
+    pub fn read_up_to(&self, room: u64, user_id: &str) -> MatrixResult<u64> {
+        let mut best = 0;
+        for kind in ["m.read", "m.read.private"] {
+            for thread in ["", "main"] {
+                if let Some(bytes) = self.db.get(
+                    Table::ShortroomidUseridReceipt,
+                    receipt_key(room, user_id, kind, thread),
+                )? {
+                    let record: ReceiptRecord = decode(Table::ShortroomidUseridReceipt, &bytes)?;
+                    best = best.max(record.event_pos);
+                }
+            }
+        }
+        Ok(best)
+    }
+
+    /// The `m.receipt` event of a room for `viewer`: receipts that changed in `(after,
+    /// upto]`, or all of them when `after` is `None`. `None` when there is nothing to show.
+    pub fn receipts_for(
+        &self,
+        room: u64,
+        viewer: &str,
+        after: Option<u64>,
+        upto: u64,
+    ) -> MatrixResult<Option<Value>> {
+        let mut shown = Vec::new();
+        match after {
+            Some(after) => {
+                let from = pos_key(room, after.saturating_add(1));
+                let to = pos_key(room, upto.saturating_add(1));
+                for entry in self
+                    .db
+                    .scan_range(Table::ShortroomidPosReceipt, &from, &to, false)
+                {
+                    let (_, value) = entry?;
+                    let mut key = room.to_be_bytes().to_vec();
+                    key.extend_from_slice(&value);
+                    if let Some(bytes) = self.db.get(Table::ShortroomidUseridReceipt, &key)? {
+                        shown.push(shown_receipt(&key, &bytes)?);
+                    }
+                }
+            }
+            None => {
+                for entry in self
+                    .db
+                    .scan_prefix(Table::ShortroomidUseridReceipt, &room.to_be_bytes())
+                {
+                    let (key, value) = entry?;
+                    shown.push(shown_receipt(&key, &value)?);
+                }
+            }
+        }
+        let mut content = Map::new();
+        for receipt in shown {
+            if receipt.record.pos > upto
+                || (receipt.kind == "m.read.private" && receipt.user != viewer)
+            {
+                continue;
+            }
+            let mut body = json!({ "ts": receipt.record.ts });
+            if !receipt.thread.is_empty() {
+                body["thread_id"] = json!(receipt.thread);
+            }
+            let by_type = content
+                .entry(receipt.record.event_id.clone())
+                .or_insert_with(|| json!({}));
+            let by_user = by_type
+                .as_object_mut()
+                .expect("inserted as an object")
+                .entry(receipt.kind)
+                .or_insert_with(|| json!({}));
+            if let Some(by_user) = by_user.as_object_mut() {
+                by_user.insert(receipt.user, body);
+            }
+        }
+        if content.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(json!({ "type": "m.receipt", "content": content })))
+    }
+}
+
+fn shown_receipt(key: &[u8], value: &[u8]) -> MatrixResult<ShownReceipt> {
+    let mut parts = keys::split(key.get(8..).ok_or_else(corrupt)?);
+    let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(corrupt());
+    };
+    Ok(ShownReceipt {
+        user: String::from_utf8_lossy(user).into_owned(),
+        kind: String::from_utf8_lossy(kind).into_owned(),
+        thread: String::from_utf8_lossy(thread).into_owned(),
+        record: decode(Table::ShortroomidUseridReceipt, value)?,
+    })
+}

@@ -1,0 +1,257 @@
+//! The global stream: one monotonic position (u64) for everything a user can be told about
+//! (room events, receipts, typing, account data, to-device messages), and the watermark
+//! below which every position is committed.
+//!
+//! Writers take a [`PosTicket`] before they write and commit it, with a description of the
+//! change ([`StreamChange`]), once their batch is durable. Tickets of different rooms commit
+//! out of order; the watermark is the highest position below which nothing is still in
+//! flight, and changes are handed to the subscriber (the sync notifier) in position order as
+//! the watermark passes them. So a client told "you have everything up to W" never misses a
+//! change at a position below W that commits later.
+//!
+//! Positions survive restarts: allocation reserves blocks and persists the block's ceiling
+//! before handing out a position from it, so a token held by a client is always below the
+//! first position handed out after a restart (in-memory changes such as typing included).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use crate::storage::{keys, Db, StorageError, Table};
+
+/// Positions reserved per persisted ceiling.
+const RESERVE: u64 = 4096;
+const CEILING_KEY: &[u8] = b"stream_ceiling";
+
+/// What committed at a position, for whoever wakes clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamChange {
+    /// An event in a room; `member` names the user of an `m.room.member` event and
+    /// `membership` their new membership.
+    RoomEvent {
+        /// The room's short id.
+        room: u64,
+        /// `(state_key, membership)` of a member event.
+        member: Option<(String, String)>,
+    },
+    /// A receipt or typing change in a room.
+    RoomEphemeral {
+        /// The room's short id.
+        room: u64,
+    },
+    /// A user's global or room account data changed.
+    AccountData {
+        /// The user.
+        user: String,
+    },
+    /// A to-device message for a user's device.
+    ToDevice {
+        /// The recipient.
+        user: String,
+    },
+    /// A user's presence changed; users sharing a room with them are told.
+    Presence {
+        /// The user whose presence changed.
+        user: String,
+    },
+}
+
+/// Receives committed changes in position order (called with the stream's lock held, so it
+/// must be quick and must not allocate positions itself).
+pub trait StreamSubscriber: Send + Sync {
+    /// Changes up to the new watermark, in position order.
+    fn committed(&self, changes: &[(u64, StreamChange)]);
+}
+
+struct Inner {
+    next: u64,
+    ceiling: u64,
+    in_flight: BTreeSet<u64>,
+    pending: BTreeMap<u64, Vec<StreamChange>>,
+}
+
+/// The allocator and watermark of the global stream.
+pub struct StreamPositions {
+    db: Arc<Db>,
+    inner: Mutex<Inner>,
+    watermark: AtomicU64,
+    subscriber: OnceLock<Arc<dyn StreamSubscriber>>,
+}
+
+/// A position being written; commit it with [`PosTicket::commit`] once the write is
+/// durable. Dropped without commit (a failed write), it leaves a gap in the stream.
+pub struct PosTicket {
+    stream: Arc<StreamPositions>,
+    pos: u64,
+    done: bool,
+}
+
+impl PosTicket {
+    /// The position.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Marks the position written, with what changed there.
+    pub fn commit(mut self, changes: Vec<StreamChange>) {
+        self.done = true;
+        self.stream.complete(self.pos, changes);
+    }
+}
+
+impl Drop for PosTicket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.stream.complete(self.pos, Vec::new());
+        }
+    }
+}
+
+impl StreamPositions {
+    /// Opens the stream: the next position is past both the persisted ceiling and
+    /// `last_used` (the highest position any table holds).
+    pub fn open(db: Arc<Db>, last_used: u64) -> Result<Arc<Self>, StorageError> {
+        let ceiling = db
+            .get(Table::Meta, CEILING_KEY)?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0);
+        let start = ceiling.max(last_used) + 1;
+        Ok(Arc::new(Self {
+            db,
+            inner: Mutex::new(Inner {
+                next: start,
+                ceiling: start - 1,
+                in_flight: BTreeSet::new(),
+                pending: BTreeMap::new(),
+            }),
+            watermark: AtomicU64::new(start - 1),
+            subscriber: OnceLock::new(),
+        }))
+    }
+
+    /// Sets who is told about committed changes (once, at start-up).
+    pub fn subscribe(&self, subscriber: Arc<dyn StreamSubscriber>) {
+        let _ = self.subscriber.set(subscriber);
+    }
+
+    /// The highest position below which every position is committed. Read under the
+    /// stream's lock: every change up to it has reached the subscriber.
+    pub fn watermark(&self) -> u64 {
+        let _inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    /// A new position. Blocks for one fsync every [`RESERVE`] positions.
+    pub fn allocate(self: &Arc<Self>) -> Result<PosTicket, StorageError> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let pos = inner.next;
+        if pos > inner.ceiling {
+            let ceiling = pos + RESERVE;
+            let mut batch = self.db.batch();
+            batch.put(Table::Meta, CEILING_KEY, ceiling.to_be_bytes());
+            self.db.commit_blocking(batch)?;
+            inner.ceiling = ceiling;
+        }
+        inner.next = pos + 1;
+        inner.in_flight.insert(pos);
+        Ok(PosTicket {
+            stream: Arc::clone(self),
+            pos,
+            done: false,
+        })
+    }
+
+    /// Allocates and commits at once: for changes with nothing to write (typing).
+    pub fn commit_now(self: &Arc<Self>, change: StreamChange) -> Result<u64, StorageError> {
+        let ticket = self.allocate()?;
+        let pos = ticket.pos();
+        ticket.commit(vec![change]);
+        Ok(pos)
+    }
+
+    fn complete(&self, pos: u64, changes: Vec<StreamChange>) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.in_flight.remove(&pos);
+        if !changes.is_empty() {
+            inner.pending.insert(pos, changes);
+        }
+        let watermark = match inner.in_flight.first() {
+            Some(first) => first - 1,
+            None => inner.next - 1,
+        };
+        let mut ready = Vec::new();
+        while let Some(entry) = inner.pending.first_entry() {
+            if *entry.key() > watermark {
+                break;
+            }
+            let (pos, changes) = entry.remove_entry();
+            ready.extend(changes.into_iter().map(|c| (pos, c)));
+        }
+        // Both under the lock: whoever reads the watermark (under the lock too) finds
+        // every change below it already applied by the subscriber.
+        self.watermark.store(watermark, Ordering::Release);
+        if !ready.is_empty() {
+            if let Some(subscriber) = self.subscriber.get() {
+                subscriber.committed(&ready);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::DbOptions;
+
+    struct Recorder(Mutex<Vec<u64>>);
+
+    impl StreamSubscriber for Recorder {
+        fn committed(&self, changes: &[(u64, StreamChange)]) {
+            self.0
+                .lock()
+                .unwrap()
+                .extend(changes.iter().map(|(p, _)| *p));
+        }
+    }
+
+    fn change() -> Vec<StreamChange> {
+        vec![StreamChange::RoomEphemeral { room: 1 }]
+    }
+
+    #[test]
+    fn watermark_waits_for_positions_still_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let stream = StreamPositions::open(db, 0).unwrap();
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        stream.subscribe(recorder.clone());
+        let a = stream.allocate().unwrap();
+        let b = stream.allocate().unwrap();
+        let c = stream.allocate().unwrap();
+        assert_eq!((a.pos(), b.pos(), c.pos()), (1, 2, 3));
+        c.commit(change());
+        assert_eq!(stream.watermark(), 0);
+        drop(b);
+        assert_eq!(stream.watermark(), 0);
+        assert!(recorder.0.lock().unwrap().is_empty());
+        a.commit(change());
+        assert_eq!(stream.watermark(), 3);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![1, 3]);
+    }
+
+    #[test]
+    fn positions_after_a_restart_are_above_every_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut last = 0;
+        for _ in 0..3 {
+            let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+            let stream = StreamPositions::open(db, 0).unwrap();
+            let pos = stream
+                .commit_now(StreamChange::RoomEphemeral { room: 1 })
+                .unwrap();
+            assert!(pos > last, "{pos} after {last}");
+            assert_eq!(stream.watermark(), pos);
+            last = pos;
+        }
+    }
+}

@@ -1,0 +1,588 @@
+//! Assembling a `/sync` answer for the positions `(since, upto]`.
+//!
+//! Spec: client-server API, `GET /sync` (response: `next_batch`, `rooms.join` with
+//! `timeline`, `state`, `ephemeral`, `account_data`, `summary`, `unread_notifications`;
+//! `rooms.invite` with stripped `invite_state`; `rooms.knock`; `rooms.leave`;
+//! `account_data`), "Lazy-loading room members", "Stripped state", "Ignoring Users".
+//!
+//! An initial sync (no `since`, or `full_state`) visits every room of the user; an
+//! incremental one only the rooms the user's stream says changed, plus rooms whose
+//! account data changed. Work grows with what changed, not with the number of rooms.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde_json::{json, Map, Value};
+
+use super::filters::{EventFormat, Filter};
+use super::notifier::UserStream;
+use super::SyncRequest;
+use crate::error::MatrixResult;
+use crate::services::accounts::account_data::AccountData;
+use crate::services::rooms::client_event::{client_event, Viewer};
+use crate::services::rooms::event_store::{EventStore, Room, StoredEvent};
+use crate::services::rooms::filter::RoomEventFilter;
+use crate::services::rooms::history::Direction;
+use crate::services::rooms::records::MembershipRecord;
+use crate::services::rooms::state_store::{ShortStateHash, StateMap};
+use crate::services::rooms::tokens;
+use crate::services::rooms::visibility::VisibilityCheck;
+use crate::services::Services;
+
+/// Timeline events per room when the filter names no limit.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// The most timeline events per room.
+const MAX_TIMELINE_LIMIT: usize = 100;
+/// Heroes in a room summary.
+const MAX_HEROES: usize = 5;
+/// State types shown in an invite or knock (spec: "Stripped state", recommended set).
+const STRIPPED_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.topic",
+    "m.room.join_rules",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+struct Context<'a> {
+    services: &'a Services,
+    request: &'a SyncRequest,
+    filter: &'a Filter,
+    /// The timeline filter with ignored users added to `not_senders`.
+    timeline_filter: RoomEventFilter,
+    ignored: BTreeSet<String>,
+    since: Option<u64>,
+    upto: u64,
+    /// Whether every room gets its full state (initial sync or `full_state`).
+    full: bool,
+    viewer: Viewer<'a>,
+}
+
+impl Context<'_> {
+    fn store(&self) -> &EventStore {
+        self.services.rooms.store()
+    }
+
+    fn render(&self, event: &StoredEvent, room_id: &str) -> MatrixResult<Value> {
+        let value = match self.filter.event_format {
+            EventFormat::Client => client_event(self.store(), event, room_id, Some(self.viewer))?,
+            EventFormat::Federation => event.pdu.clone(),
+        };
+        Ok(self.filter.project(value))
+    }
+}
+
+/// Builds the answer for `(request.since, upto]`.
+pub fn build(
+    services: &Services,
+    request: &SyncRequest,
+    stream: &UserStream,
+    upto: u64,
+) -> MatrixResult<Value> {
+    let filter = &request.filter;
+    let ignored: BTreeSet<String> = services
+        .accounts
+        .ignored_users(&request.user_id)?
+        .into_iter()
+        .collect();
+    let mut timeline_filter = filter.room.timeline.clone();
+    timeline_filter.not_senders.extend(ignored.iter().cloned());
+    let since = request.since.map(|s| s.min(upto));
+    let ctx = Context {
+        services,
+        request,
+        filter,
+        timeline_filter,
+        ignored,
+        since,
+        upto,
+        full: since.is_none() || request.full_state,
+        viewer: Viewer {
+            user_id: &request.user_id,
+            device_id: &request.device_id,
+        },
+    };
+
+    // Account data first: room account data can put a room in the answer.
+    let account_data = match (ctx.full, since) {
+        (false, Some(since)) => {
+            services
+                .accounts
+                .account_data_changed(&request.user_id, since, upto)?
+        }
+        _ => services.accounts.all_account_data(&request.user_id)?,
+    };
+    let mut global_data = Vec::new();
+    let mut room_data: HashMap<String, Vec<AccountData>> = HashMap::new();
+    for data in account_data {
+        match &data.room_id {
+            Some(room) => room_data.entry(room.clone()).or_default().push(data),
+            None => global_data.push(data),
+        }
+    }
+
+    let store = services.rooms.store();
+    let rooms: Vec<(String, MembershipRecord)> = match (ctx.full, since) {
+        (false, Some(since)) => {
+            let changes = stream.changes();
+            let mut shorts = changes.rooms_changed(since, upto);
+            let mut seen: BTreeSet<u64> = shorts.iter().copied().collect();
+            for room_id in room_data.keys() {
+                if let Some(short) = store.room_short(room_id)? {
+                    if seen.insert(short) {
+                        shorts.push(short);
+                    }
+                }
+            }
+            let mut out = Vec::with_capacity(shorts.len());
+            for short in shorts {
+                let room = store.room_by_short(short)?;
+                if let Some(record) = store.membership(&request.user_id, &room.record.room_id)? {
+                    out.push((room.record.room_id, record));
+                }
+            }
+            out
+        }
+        _ => store.memberships_of(&request.user_id)?,
+    };
+
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut knock = Map::new();
+    let mut leave = Map::new();
+    for (room_id, record) in rooms {
+        if !filter.room.matches_room(&room_id) || record.forgotten {
+            continue;
+        }
+        let Some(room) = store.room(&room_id)? else {
+            continue;
+        };
+        let data = room_data.remove(&room_id).unwrap_or_default();
+        match record.membership.as_str() {
+            "join" => {
+                if let Some(section) = joined_room(&ctx, &room, &record, &data)? {
+                    join.insert(room_id, section);
+                }
+            }
+            "invite" => {
+                let new = since.is_none_or(|s| record.pos > s) || ctx.full;
+                if new && record.pos <= upto && !invited_by_ignored(&ctx, &record)? {
+                    let state = stripped_state(&ctx, &room, &record)?;
+                    invite.insert(room_id, json!({ "invite_state": { "events": state } }));
+                }
+            }
+            "knock" => {
+                let new = since.is_none_or(|s| record.pos > s) || ctx.full;
+                if new && record.pos <= upto {
+                    let state = stripped_state(&ctx, &room, &record)?;
+                    knock.insert(room_id, json!({ "knock_state": { "events": state } }));
+                }
+            }
+            _ => {
+                // Left or banned: in an incremental sync when it happened since `since`;
+                // otherwise only with `include_leave`.
+                let new = since.is_some_and(|s| record.pos > s);
+                if (new || filter.room.include_leave) && record.pos <= upto {
+                    if let Some(section) = left_room(&ctx, &room, &record, &data)? {
+                        leave.insert(room_id, section);
+                    }
+                }
+            }
+        }
+    }
+
+    let mut response = Map::new();
+    response.insert("next_batch".into(), json!(tokens::token(upto)));
+    let mut rooms = Map::new();
+    for (name, section) in [
+        ("join", join),
+        ("invite", invite),
+        ("knock", knock),
+        ("leave", leave),
+    ] {
+        if !section.is_empty() {
+            rooms.insert(name.into(), Value::Object(section));
+        }
+    }
+    if !rooms.is_empty() {
+        response.insert("rooms".into(), Value::Object(rooms));
+    }
+    let global: Vec<Value> = global_data
+        .into_iter()
+        .filter(|d| filter.account_data.matches(&d.kind, ""))
+        .filter(|d| d.content.as_object().is_none_or(|o| !o.is_empty()) || !ctx.full)
+        .map(|d| json!({ "type": d.kind, "content": d.content }))
+        .collect();
+    if !global.is_empty() {
+        response.insert("account_data".into(), json!({ "events": global }));
+    }
+    Ok(Value::Object(response))
+}
+
+/// Whether an invite came from a user the invitee ignores (spec: "Ignoring Users": the
+/// server must not send invites from ignored users).
+fn invited_by_ignored(ctx: &Context<'_>, record: &MembershipRecord) -> MatrixResult<bool> {
+    if ctx.ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(ctx
+        .store()
+        .event_by_id(&record.event_id)?
+        .is_some_and(|e| ctx.ignored.contains(e.sender())))
+}
+
+/// The stripped state of an invite or knock: the recommended state events at the
+/// membership event, and the membership event itself.
+fn stripped_state(
+    ctx: &Context<'_>,
+    room: &Room,
+    record: &MembershipRecord,
+) -> MatrixResult<Vec<Value>> {
+    let store = ctx.store();
+    let Some(member) = store.event_by_id(&record.event_id)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for kind in STRIPPED_STATE_TYPES {
+        if let Some(event) = store.state_event(member.meta.state_before, kind, "")? {
+            out.push(stripped(&event));
+        }
+    }
+    if let Some(sender) =
+        store.state_event(member.meta.state_before, "m.room.member", member.sender())?
+    {
+        out.push(stripped(&sender));
+    }
+    let mut own = client_event(store, &member, &room.record.room_id, Some(ctx.viewer))?;
+    if let Some(own) = own.as_object_mut() {
+        own.remove("room_id");
+    }
+    out.push(own);
+    Ok(out)
+}
+
+fn stripped(event: &StoredEvent) -> Value {
+    json!({
+        "type": event.kind(),
+        "state_key": event.state_key().unwrap_or(""),
+        "content": event.content(),
+        "sender": event.sender(),
+    })
+}
+
+/// A room's timeline for `(lower, upper]` positions: the newest `limit` visible events.
+struct Timeline {
+    events: Vec<StoredEvent>,
+    limited: bool,
+    prev_batch: u64,
+}
+
+fn timeline(
+    ctx: &Context<'_>,
+    room: &Room,
+    record: &MembershipRecord,
+    after: Option<u64>,
+    upto: u64,
+) -> MatrixResult<Timeline> {
+    let limit = ctx
+        .timeline_filter
+        .limit
+        .map_or(DEFAULT_TIMELINE_LIMIT, |l| l as usize)
+        .min(MAX_TIMELINE_LIMIT);
+    let lower = after.map_or(0, |a| a + 1);
+    let upper = upto.saturating_add(1);
+    if limit == 0 || lower >= upper {
+        let more = lower < upper;
+        return Ok(Timeline {
+            events: Vec::new(),
+            limited: more,
+            prev_batch: upto,
+        });
+    }
+    let mut check = VisibilityCheck::new(ctx.store(), &ctx.request.user_id, Some(record));
+    let scan = ctx.services.rooms.scan_timeline(
+        room,
+        &mut check,
+        &ctx.timeline_filter,
+        lower,
+        upper,
+        Direction::Backward,
+        limit,
+    )?;
+    let mut events = scan.events;
+    events.reverse();
+    let prev_batch = match events.first() {
+        Some(first) => first.meta.pos.saturating_sub(1),
+        None => after.unwrap_or(upto),
+    };
+    Ok(Timeline {
+        events,
+        limited: scan.more_after.is_some(),
+        prev_batch,
+    })
+}
+
+/// The state snapshot after the room's last event at or before `pos` (0: none yet).
+fn snapshot_at(store: &EventStore, room: &Room, pos: u64) -> MatrixResult<ShortStateHash> {
+    let last = store.timeline(room.short, 0, pos.saturating_add(1), true, 1)?;
+    match last.first() {
+        Some((_, short)) => Ok(store.meta(*short)?.state_after),
+        None => Ok(0),
+    }
+}
+
+/// State events to send: all of `start` (full) or what differs from `since_state`.
+fn state_section(
+    ctx: &Context<'_>,
+    start: ShortStateHash,
+    since_state: Option<ShortStateHash>,
+    timeline: &[StoredEvent],
+) -> MatrixResult<Vec<StoredEvent>> {
+    let store = ctx.store();
+    if start == 0 || since_state == Some(start) {
+        return Ok(Vec::new());
+    }
+    let now: StateMap = store.state().load(start)?;
+    let before: StateMap = match since_state {
+        Some(0) | None => StateMap::new(),
+        Some(snapshot) => store.state().load(snapshot)?,
+    };
+    let in_timeline: BTreeSet<u64> = timeline.iter().map(|e| e.short).collect();
+    let mut shorts: Vec<u64> = now
+        .iter()
+        .filter(|(key, event)| before.get(key) != Some(event) && !in_timeline.contains(event))
+        .map(|(_, event)| *event)
+        .collect();
+    shorts.sort_unstable();
+    let state_filter = &ctx.filter.room.state;
+    let mut events = store.events(&shorts)?;
+    events.retain(|e| state_filter.matches(e));
+    if state_filter.lazy_load_members {
+        // Spec: "Lazy-loading room members": only the member events of the timeline's
+        // senders (and the syncing user's own).
+        let mut wanted: BTreeSet<&str> = timeline.iter().map(StoredEvent::sender).collect();
+        wanted.insert(&ctx.request.user_id);
+        events.retain(|e| {
+            e.kind() != "m.room.member" || e.state_key().is_some_and(|k| wanted.contains(k))
+        });
+    }
+    Ok(events)
+}
+
+/// Member events of timeline senders missing from the state section (lazy loading in an
+/// incremental sync: the client may not have them).
+fn lazy_members(
+    ctx: &Context<'_>,
+    start: ShortStateHash,
+    timeline: &[StoredEvent],
+    state: &[StoredEvent],
+) -> MatrixResult<Vec<StoredEvent>> {
+    let have: BTreeSet<&str> = state
+        .iter()
+        .chain(timeline.iter())
+        .filter(|e| e.kind() == "m.room.member")
+        .filter_map(StoredEvent::state_key)
+        .collect();
+    let senders: BTreeSet<&str> = timeline.iter().map(StoredEvent::sender).collect();
+    let mut out = Vec::new();
+    for sender in senders.difference(&have) {
+        if let Some(event) = ctx.store().state_event(start, "m.room.member", sender)? {
+            out.push(event);
+        }
+    }
+    Ok(out)
+}
+
+/// `rooms.join.{roomId}`, or `None` when nothing in it is new.
+fn joined_room(
+    ctx: &Context<'_>,
+    room: &Room,
+    record: &MembershipRecord,
+    data: &[AccountData],
+) -> MatrixResult<Option<Value>> {
+    let room_id = room.record.room_id.as_str();
+    let store = ctx.store();
+    // A join since `since` is like an initial sync of the room.
+    let newly_joined = ctx.since.is_some_and(|s| record.pos > s);
+    let full = ctx.full || newly_joined;
+    let after = if ctx.full { None } else { ctx.since };
+    let timeline = timeline(ctx, room, record, after, ctx.upto)?;
+    let start = match timeline.events.first() {
+        Some(first) => first.meta.state_before,
+        None => snapshot_at(store, room, ctx.upto)?,
+    };
+    let since_state = if full {
+        None
+    } else if timeline.limited {
+        Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)
+    } else {
+        Some(start)
+    };
+    let mut state = state_section(ctx, start, since_state, &timeline.events)?;
+    if ctx.filter.room.state.lazy_load_members && !full {
+        let extra = lazy_members(ctx, start, &timeline.events, &state)?;
+        state.extend(extra);
+    }
+
+    let ephemeral = ephemeral_events(ctx, room)?;
+    let account_data: Vec<Value> = data
+        .iter()
+        .filter(|d| {
+            ctx.filter
+                .room
+                .account_data
+                .matches_type_and_sender(&d.kind, "")
+        })
+        .map(|d| json!({ "type": d.kind, "content": d.content }))
+        .collect();
+
+    let members_changed = timeline
+        .events
+        .iter()
+        .chain(state.iter())
+        .any(|e| e.kind() == "m.room.member");
+    let nothing_new = timeline.events.is_empty()
+        && state.is_empty()
+        && ephemeral.is_empty()
+        && account_data.is_empty()
+        && !full;
+    if nothing_new {
+        return Ok(None);
+    }
+
+    let mut section = Map::new();
+    section.insert(
+        "timeline".into(),
+        json!({
+            "events": timeline.events.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()?,
+            "limited": timeline.limited,
+            "prev_batch": tokens::token(timeline.prev_batch),
+        }),
+    );
+    section.insert(
+        "state".into(),
+        json!({
+            "events": state.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()?,
+        }),
+    );
+    section.insert("ephemeral".into(), json!({ "events": ephemeral }));
+    section.insert("account_data".into(), json!({ "events": account_data }));
+    if full || members_changed {
+        section.insert("summary".into(), summary(ctx, room)?);
+    }
+    Ok(Some(Value::Object(section)))
+}
+
+/// `rooms.leave.{roomId}`: the timeline up to the leave, and the state then.
+fn left_room(
+    ctx: &Context<'_>,
+    room: &Room,
+    record: &MembershipRecord,
+    data: &[AccountData],
+) -> MatrixResult<Option<Value>> {
+    let room_id = room.record.room_id.as_str();
+    let store = ctx.store();
+    let after = if ctx.full { None } else { ctx.since };
+    let timeline = timeline(ctx, room, record, after, record.pos)?;
+    let start = match timeline.events.first() {
+        Some(first) => first.meta.state_before,
+        None => snapshot_at(store, room, record.pos)?,
+    };
+    let since_state = if ctx.full || record.last_join_pos == 0 {
+        None
+    } else if timeline.limited {
+        Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)
+    } else {
+        Some(start)
+    };
+    let state = state_section(ctx, start, since_state, &timeline.events)?;
+    let account_data: Vec<Value> = data
+        .iter()
+        .map(|d| json!({ "type": d.kind, "content": d.content }))
+        .collect();
+    Ok(Some(json!({
+        "timeline": {
+            "events": timeline.events.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()?,
+            "limited": timeline.limited,
+            "prev_batch": tokens::token(timeline.prev_batch),
+        },
+        "state": { "events": state.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()? },
+        "account_data": { "events": account_data },
+    })))
+}
+
+/// Typing and receipts that changed (all of them in a full sync).
+fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> MatrixResult<Vec<Value>> {
+    let ephemeral = &ctx.services.ephemeral;
+    let filter = &ctx.filter.room.ephemeral;
+    let mut out = Vec::new();
+    let typing = match (ctx.full, ctx.since) {
+        (false, Some(since)) => ephemeral.typing_changed(room.short, since, ctx.upto),
+        _ => Some(ephemeral.typing_now(room.short)).filter(|t| !t.is_empty()),
+    };
+    if let Some(users) = typing {
+        if filter.matches_type_and_sender("m.typing", "") {
+            out.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+    }
+    if filter.matches_type_and_sender("m.receipt", "") {
+        let after = if ctx.full { None } else { ctx.since };
+        if let Some(receipts) =
+            ephemeral.receipts_for(room.short, &ctx.request.user_id, after, ctx.upto)?
+        {
+            out.push(receipts);
+        }
+    }
+    Ok(out)
+}
+
+/// Spec: `RoomSummary`: member counts, and heroes when the room has no name or alias.
+fn summary(ctx: &Context<'_>, room: &Room) -> MatrixResult<Value> {
+    let store = ctx.store();
+    let snapshot = room.record.state;
+    let mut summary = json!({
+        "m.joined_member_count": room.record.joined,
+        "m.invited_member_count": room.record.invited,
+    });
+    let named = |kind: &str, field: &str| -> MatrixResult<bool> {
+        Ok(store
+            .state_event(snapshot, kind, "")?
+            .and_then(|e| {
+                e.content()
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .map(|s| !s.is_empty())
+            })
+            .unwrap_or(false))
+    };
+    if named("m.room.name", "name")? || named("m.room.canonical_alias", "alias")? {
+        return Ok(summary);
+    }
+    // Spec: heroes are joined or invited members other than the user, in stream order;
+    // if there are none, members who left.
+    let members = store.state_events(snapshot, Some("m.room.member"))?;
+    let mut ordered: BTreeMap<(u8, u64), String> = BTreeMap::new();
+    for member in &members {
+        let Some(user) = member.state_key() else {
+            continue;
+        };
+        if user == ctx.request.user_id {
+            continue;
+        }
+        let rank = match member.content().get("membership").and_then(Value::as_str) {
+            Some("join" | "invite") => 0,
+            _ => 1,
+        };
+        ordered.insert((rank, member.meta.pos), user.to_owned());
+    }
+    let best_rank = ordered.keys().next().map(|(r, _)| *r);
+    let heroes: Vec<String> = ordered
+        .into_iter()
+        .filter(|((rank, _), _)| Some(*rank) == best_rank)
+        .map(|(_, user)| user)
+        .take(MAX_HEROES)
+        .collect();
+    summary["m.heroes"] = json!(heroes);
+    Ok(summary)
+}

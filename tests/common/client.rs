@@ -1,0 +1,117 @@
+//! A client for HTTP stories: one registered user and the calls tests make.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::TestServer;
+
+/// The client-server API prefix.
+pub const V3: &str = "/_matrix/client/v3";
+
+pub fn enc(s: &str) -> String {
+    s.replace('#', "%23")
+}
+
+pub struct Client<'a> {
+    pub server: &'a TestServer,
+    pub token: String,
+    pub user_id: String,
+}
+
+impl<'a> Client<'a> {
+    pub async fn new(server: &'a TestServer, name: &str) -> Self {
+        let (user_id, token, _) = server.register(name, "correct horse battery").await;
+        Self {
+            server,
+            token,
+            user_id,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.server
+            .call(method, &format!("{V3}{path}"), Some(&self.token), body)
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let (status, body) = self.post("/createRoom", body).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["room_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send(&self, room: &str, body: Value) -> String {
+        let txn = format!("t{}", rand_suffix());
+        let (status, out) = self
+            .put(&format!("/rooms/{room}/send/m.room.message/{txn}"), body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+        out["event_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn text(&self, room: &str, text: &str) -> String {
+        self.send(room, json!({"msgtype": "m.text", "body": text}))
+            .await
+    }
+
+    pub async fn try_send(&self, room: &str, text: &str) -> (StatusCode, Value) {
+        let txn = format!("t{}", rand_suffix());
+        self.put(
+            &format!("/rooms/{room}/send/m.room.message/{txn}"),
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await
+    }
+
+    pub async fn join(&self, room: &str) -> (StatusCode, Value) {
+        self.post(&format!("/join/{}", enc(room)), json!({})).await
+    }
+
+    pub async fn state(&self, room: &str, kind: &str, key: &str) -> (StatusCode, Value) {
+        self.get(&format!("/rooms/{room}/state/{kind}/{key}")).await
+    }
+
+    pub async fn messages(&self, room: &str, query: &str) -> Value {
+        let (status, body) = self.get(&format!("/rooms/{room}/messages?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Client<'_> {
+    /// `GET /sync` with a query string; asserts 200.
+    pub async fn sync(&self, query: &str) -> Value {
+        let (status, body) = self.get(&format!("/sync?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    /// An incremental sync from `since` that must answer at once.
+    pub async fn sync_since(&self, since: &Value) -> Value {
+        let since = since.as_str().expect("a next_batch token");
+        self.sync(&format!("since={since}&timeout=0")).await
+    }
+}

@@ -1,0 +1,653 @@
+//! Live chat over HTTP: `/sync` (initial, incremental, long-poll, filters, lazy loading),
+//! account data and tags, typing, receipts and read markers, as clients see them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::client::Client;
+use common::{assert_error, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn timeline_bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ephemeral_of<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+#[tokio::test]
+async fn a_group_and_a_dm_appear_in_the_room_list_with_their_last_message() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let group = alice
+        .create_room(json!({"preset": "public_chat", "name": "Team"}))
+        .await;
+    let dm = alice
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bob.user_id]}),
+        )
+        .await;
+
+    // Bob sees the DM invitation with stripped state, and nothing of the group yet.
+    let first = bob.sync("").await;
+    let invite = &first["rooms"]["invite"][&dm]["invite_state"]["events"];
+    let events = invite.as_array().unwrap();
+    assert!(events.iter().any(|e| e["type"] == "m.room.create"));
+    let own = events
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .expect("the invite itself");
+    assert_eq!(own["content"]["membership"], "invite");
+    assert_eq!(own["content"]["is_direct"], true);
+    assert!(first["rooms"]["join"].get(&group).is_none());
+
+    // Bob joins both and marks the DM in m.direct.
+    assert_eq!(bob.join(&dm).await.0, StatusCode::OK);
+    assert_eq!(bob.join(&group).await.0, StatusCode::OK);
+    let (status, _) = bob
+        .put(
+            &format!("/user/{}/account_data/m.direct", bob.user_id),
+            json!({ alice.user_id.clone(): [dm] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    alice.text(&group, "hello team").await;
+    alice.text(&dm, "psst bob").await;
+    alice.text(&dm, "lunch?").await;
+
+    let initial = bob.sync("").await;
+    assert!(initial["next_batch"].is_string());
+    assert_eq!(
+        timeline_bodies(&initial, &group).last().unwrap(),
+        "hello team"
+    );
+    assert_eq!(timeline_bodies(&initial, &dm).last().unwrap(), "lunch?");
+    let dm_summary = &initial["rooms"]["join"][&dm]["summary"];
+    assert_eq!(dm_summary["m.joined_member_count"], 2);
+    assert_eq!(dm_summary["m.heroes"], json!([alice.user_id]));
+    let group_summary = &initial["rooms"]["join"][&group]["summary"];
+    assert_eq!(group_summary["m.joined_member_count"], 2);
+    assert!(
+        group_summary.get("m.heroes").is_none(),
+        "named rooms need no heroes"
+    );
+    // Full state: the room's name is in the state (or the timeline).
+    let state = &initial["rooms"]["join"][&group]["state"]["events"];
+    let timeline = &initial["rooms"]["join"][&group]["timeline"]["events"];
+    let has_name = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(timeline.as_array().unwrap())
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Team");
+    assert!(has_name);
+    let direct = initial["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.direct")
+        .expect("m.direct in account data");
+    assert_eq!(direct["content"][&alice.user_id], json!([dm]));
+
+    // Incremental: only the room with news, only the news.
+    alice.text(&group, "second").await;
+    let next = bob.sync_since(&initial["next_batch"]).await;
+    assert_eq!(timeline_bodies(&next, &group), vec!["second"]);
+    assert_eq!(next["rooms"]["join"][&group]["timeline"]["limited"], false);
+    assert!(next["rooms"]["join"].get(&dm).is_none());
+    assert!(next.get("account_data").is_none());
+
+    // Nothing new: an empty answer with a usable token.
+    let empty = bob.sync_since(&next["next_batch"]).await;
+    assert!(empty.get("rooms").is_none(), "{empty}");
+
+    // Bob leaves the group: it moves to `leave` once, then disappears.
+    assert_eq!(
+        bob.post(&format!("/rooms/{group}/leave"), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let left = bob.sync_since(&empty["next_batch"]).await;
+    let leave_events = left["rooms"]["leave"][&group]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        leave_events.last().unwrap()["content"]["membership"],
+        "leave"
+    );
+    alice.text(&group, "after bob left").await;
+    let after = bob.sync_since(&left["next_batch"]).await;
+    assert!(after.get("rooms").is_none(), "{after}");
+    // Left rooms come back with include_leave.
+    let with_leave = bob
+        .sync(&format!(
+            "filter={}",
+            urlencode(&json!({"room": {"include_leave": true}}).to_string())
+        ))
+        .await;
+    assert!(with_leave["rooms"]["leave"].get(&group).is_some());
+    assert!(bob.sync("").await["rooms"]["leave"].get(&group).is_none());
+}
+
+fn urlencode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Starts a long-poll from `since` and answers (elapsed, response).
+async fn long_poll(client: &Client<'_>, since: &Value) -> (Duration, Value) {
+    let started = Instant::now();
+    let body = client
+        .sync(&format!("since={}&timeout=10000", since.as_str().unwrap()))
+        .await;
+    (started.elapsed(), body)
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_a_message_a_receipt_typing_and_an_invite() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let mut since = bob.sync("").await["next_batch"].clone();
+
+    // A message.
+    let (took, body) = tokio::join!(long_poll(&bob, &since), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        alice.text(&room, "wake up").await
+    })
+    .0;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(timeline_bodies(&body, &room), vec!["wake up"]);
+    let event_id = body["rooms"]["join"][&room]["timeline"]["events"][0]["event_id"].clone();
+    since = body["next_batch"].clone();
+
+    // A receipt.
+    let ((_, body), _) = tokio::join!(long_poll(&bob, &since), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, out) = alice
+            .post(
+                &format!(
+                    "/rooms/{room}/receipt/m.read/{}",
+                    event_id.as_str().unwrap()
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+    });
+    let receipt = ephemeral_of(&body, &room, "m.receipt").expect("a receipt");
+    assert!(
+        receipt["content"][event_id.as_str().unwrap()]["m.read"][&alice.user_id]["ts"].is_u64()
+    );
+    since = body["next_batch"].clone();
+
+    // Typing.
+    let ((_, body), _) = tokio::join!(long_poll(&bob, &since), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (status, out) = alice
+            .put(
+                &format!("/rooms/{room}/typing/{}", alice.user_id),
+                json!({"typing": true, "timeout": 30000}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+    });
+    let typing = ephemeral_of(&body, &room, "m.typing").expect("typing");
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    since = body["next_batch"].clone();
+
+    // An invite to another room.
+    let ((_, body), other) = tokio::join!(long_poll(&bob, &since), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        alice
+            .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+            .await
+    });
+    assert!(body["rooms"]["invite"].get(&other).is_some(), "{body}");
+
+    // With nothing new, the long-poll waits for its timeout.
+    let started = Instant::now();
+    let quiet = bob
+        .sync(&format!(
+            "since={}&timeout=300",
+            body["next_batch"].as_str().unwrap()
+        ))
+        .await;
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    assert!(quiet.get("rooms").is_none(), "{quiet}");
+}
+
+#[tokio::test]
+async fn typing_ends_by_itself_and_when_told() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let since = bob.sync("").await["next_batch"].clone();
+    let path = format!("/rooms/{room}/typing/{}", alice.user_id);
+    alice
+        .put(&path, json!({"typing": true, "timeout": 300}))
+        .await;
+    let started = bob.sync_since(&since).await;
+    assert_eq!(
+        ephemeral_of(&started, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!([alice.user_id])
+    );
+    // The timeout passes: a long-poll hears that nobody types any more.
+    let (_, ended) = long_poll(&bob, &started["next_batch"]).await;
+    assert_eq!(
+        ephemeral_of(&ended, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!([])
+    );
+    // Explicit start and stop.
+    alice
+        .put(&path, json!({"typing": true, "timeout": 30000}))
+        .await;
+    alice.put(&path, json!({"typing": false})).await;
+    let stopped = bob.sync_since(&ended["next_batch"]).await;
+    assert_eq!(
+        ephemeral_of(&stopped, &room, "m.typing").unwrap()["content"]["user_ids"],
+        json!([])
+    );
+    // Bad requests.
+    let (status, body) = bob
+        .put(&path, json!({"typing": true, "timeout": 100}))
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice.put(&path, json!({"typing": true})).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    let outsider = Client::new(&server, "carol").await;
+    let (status, body) = outsider
+        .put(
+            &format!("/rooms/{room}/typing/{}", outsider.user_id),
+            json!({"typing": true, "timeout": 100}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn receipts_and_read_markers() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let first = alice.text(&room, "one").await;
+    let second = alice.text(&room, "two").await;
+    let since = alice.sync("").await["next_batch"].clone();
+
+    // A private receipt is seen by its owner only.
+    let (status, _) = bob
+        .post(
+            &format!("/rooms/{room}/receipt/m.read.private/{second}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let alice_view = alice.sync_since(&since).await;
+    assert!(
+        ephemeral_of(&alice_view, &room, "m.receipt").is_none(),
+        "{alice_view}"
+    );
+    let bob_view = bob.sync("").await;
+    let receipt = ephemeral_of(&bob_view, &room, "m.receipt").unwrap();
+    assert!(receipt["content"][&second]["m.read.private"][&bob.user_id].is_object());
+
+    // read_markers: the fully read marker is room account data, m.read a public receipt.
+    let (status, out) = bob
+        .post(
+            &format!("/rooms/{room}/read_markers"),
+            json!({"m.fully_read": first, "m.read": first}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let bob_view = bob.sync_since(&bob_view["next_batch"]).await;
+    let data = bob_view["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .unwrap();
+    assert!(data
+        .iter()
+        .any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == first.as_str()));
+    let alice_view = alice.sync_since(&alice_view["next_batch"]).await;
+    let receipt = ephemeral_of(&alice_view, &room, "m.receipt").unwrap();
+    assert!(receipt["content"][&first]["m.read"][&bob.user_id]["ts"].is_u64());
+    // A threaded receipt carries its thread id.
+    bob.post(
+        &format!("/rooms/{room}/receipt/m.read/{second}"),
+        json!({"thread_id": "main"}),
+    )
+    .await;
+    let alice_view = alice.sync_since(&alice_view["next_batch"]).await;
+    let receipt = ephemeral_of(&alice_view, &room, "m.receipt").unwrap();
+    assert_eq!(
+        receipt["content"][&second]["m.read"][&bob.user_id]["thread_id"],
+        "main"
+    );
+
+    // Refusals.
+    let (status, body) = bob
+        .post(&format!("/rooms/{room}/receipt/m.bogus/{first}"), json!({}))
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{room}/receipt/m.read/{first}"),
+            json!({"thread_id": ""}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = bob
+        .post(&format!("/rooms/{room}/receipt/m.read/$nope"), json!({}))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let outsider = Client::new(&server, "carol").await;
+    let (status, body) = outsider
+        .post(&format!("/rooms/{room}/receipt/m.read/{first}"), json!({}))
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = bob
+        .put(
+            &format!(
+                "/user/{}/rooms/{room}/account_data/m.fully_read",
+                bob.user_id
+            ),
+            json!({"event_id": first}),
+        )
+        .await;
+    assert_error(status, &body, 405, "M_BAD_JSON");
+}
+
+#[tokio::test]
+async fn account_data_tags_and_ignored_users() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let since = bob.sync("").await["next_batch"].clone();
+
+    let global = format!("/user/{}/account_data/org.example.settings", bob.user_id);
+    assert_eq!(bob.get(&global).await.0, StatusCode::NOT_FOUND);
+    bob.put(&global, json!({"theme": "dark"})).await;
+    assert_eq!(bob.get(&global).await.1, json!({"theme": "dark"}));
+    let tags = format!("/user/{}/rooms/{room}/tags", bob.user_id);
+    let (status, out) = bob
+        .put(&format!("{tags}/m.favourite"), json!({"order": 0.5}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    bob.put(&format!("{tags}/u.work"), json!({})).await;
+    let (_, listed) = bob.get(&tags).await;
+    assert_eq!(
+        listed,
+        json!({"tags": {"m.favourite": {"order": 0.5}, "u.work": {}}})
+    );
+    bob.call(Method::DELETE, &format!("{tags}/u.work"), None)
+        .await;
+
+    let next = bob.sync_since(&since).await;
+    let events = next["account_data"]["events"].as_array().unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "org.example.settings" && e["content"]["theme"] == "dark"));
+    let room_data = next["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .unwrap();
+    let tag = room_data.iter().find(|e| e["type"] == "m.tag").unwrap();
+    assert_eq!(
+        tag["content"],
+        json!({"tags": {"m.favourite": {"order": 0.5}}})
+    );
+
+    // Others can't read or write it; bad bodies are refused.
+    let (status, body) = alice.get(&global).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = bob.put(&global, json!([1, 2])).await;
+    assert_error(status, &body, 400, "M_NOT_JSON");
+    let (status, body) = bob
+        .put(
+            &format!("/user/{}/account_data/m.push_rules", bob.user_id),
+            json!({}),
+        )
+        .await;
+    assert_error(status, &body, 405, "M_BAD_JSON");
+    let (status, body) = bob
+        .put(
+            &format!("/user/{}/rooms/not-a-room/account_data/x.y", bob.user_id),
+            json!({}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = bob
+        .put(&format!("{tags}/m.lowpriority"), json!({"order": "high"}))
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+
+    // Ignoring Alice hides her messages (and her invites) from Bob's sync.
+    bob.put(
+        &format!("/user/{}/account_data/m.ignored_user_list", bob.user_id),
+        json!({"ignored_users": {alice.user_id.clone(): {}}}),
+    )
+    .await;
+    let before = bob.sync_since(&next["next_batch"]).await;
+    alice.text(&room, "you can't hear me").await;
+    let invite_room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    let after = bob.sync_since(&before["next_batch"]).await;
+    assert!(timeline_bodies(&after, &room).is_empty(), "{after}");
+    assert!(after["rooms"]["invite"].get(&invite_room).is_none());
+}
+
+#[tokio::test]
+async fn filters_limit_the_timeline_and_lazy_load_members() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mut others = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let c = Client::new(&server, name).await;
+        c.join(&room).await;
+        others.push(c);
+    }
+    for i in 0..12 {
+        alice.text(&room, &format!("m{i}")).await;
+    }
+    others[0].text(&room, "from bob").await;
+
+    // A stored filter: 5 events, lazy-loaded members.
+    let filter = json!({"room": {"timeline": {"limit": 5}, "state": {"lazy_load_members": true}}});
+    let (status, created) = alice
+        .post(&format!("/user/{}/filter", alice.user_id), filter.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{created}");
+    let id = created["filter_id"].as_str().unwrap();
+    let (_, stored) = alice
+        .get(&format!("/user/{}/filter/{id}", alice.user_id))
+        .await;
+    assert_eq!(stored, filter);
+    let sync = alice.sync(&format!("filter={id}")).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert_eq!(
+        timeline_bodies(&sync, &room),
+        vec!["m8", "m9", "m10", "m11", "from bob"]
+    );
+    let members: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    let mut members = members;
+    members.sort();
+    let mut want = vec![alice.user_id.as_str(), others[0].user_id.as_str()];
+    want.sort();
+    assert_eq!(members, want, "only the timeline's senders and the user");
+    assert!(joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+
+    // prev_batch continues with /messages.
+    let prev = joined["timeline"]["prev_batch"].as_str().unwrap();
+    let page = alice
+        .messages(&room, &format!("from={prev}&dir=b&limit=3"))
+        .await;
+    let bodies: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(bodies, vec!["m7", "m6", "m5"]);
+
+    // Incremental and limited: the state delta since `since` is sent.
+    let since = sync["next_batch"].clone();
+    alice
+        .put(
+            &format!("/rooms/{room}/state/m.room.topic/"),
+            json!({"topic": "new topic"}),
+        )
+        .await;
+    for i in 0..7 {
+        alice.text(&room, &format!("n{i}")).await;
+    }
+    let next = alice
+        .sync(&format!(
+            "filter={id}&since={}&timeout=0",
+            since.as_str().unwrap()
+        ))
+        .await;
+    let joined = &next["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert!(joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "new topic"));
+
+    // Inline filters with types and event_fields.
+    let inline = json!({
+        "room": {"timeline": {"types": ["m.room.message"], "limit": 2}},
+        "event_fields": ["type", "content.body"]
+    });
+    let sync = alice
+        .sync(&format!("filter={}", urlencode(&inline.to_string())))
+        .await;
+    let events = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[1],
+        json!({"type": "m.room.message", "content": {"body": "n6"}})
+    );
+
+    // Refusals: someone else's filters, unknown filters, bad filters, bad tokens.
+    let (status, body) = others[0]
+        .get(&format!("/user/{}/filter/{id}", alice.user_id))
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice
+        .get(&format!("/user/{}/filter/nope", alice.user_id))
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice
+        .post(
+            &format!("/user/{}/filter", alice.user_id),
+            json!({"room": {"timeline": {"limit": "ten"}}}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    for query in [
+        "filter=nope",
+        "filter=%7Bbad",
+        "since=garbage",
+        "since=s999999999",
+        "timeout=x",
+    ] {
+        let (status, body) = alice.get(&format!("/sync?{query}")).await;
+        assert_error(status, &body, 400, "M_INVALID_PARAM");
+    }
+    let (status, _) = server
+        .call(Method::GET, "/_matrix/client/v3/sync", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_since_token_from_before_a_restart_still_works() {
+    let mut server = TestServer::start().await;
+    let (alice_id, alice_token, _) = server.register("alice", "correct horse battery").await;
+    let (bob_id, bob_token, _) = server.register("bob", "correct horse battery").await;
+    let room = {
+        let alice = Client {
+            server: &server,
+            token: alice_token.clone(),
+            user_id: alice_id.clone(),
+        };
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        let bob = Client {
+            server: &server,
+            token: bob_token.clone(),
+            user_id: bob_id.clone(),
+        };
+        bob.join(&room).await;
+        alice.text(&room, "before").await;
+        room
+    };
+    let since = {
+        let bob = Client {
+            server: &server,
+            token: bob_token.clone(),
+            user_id: bob_id.clone(),
+        };
+        bob.sync("").await["next_batch"].clone()
+    };
+    server.restart().await;
+    let alice = Client {
+        server: &server,
+        token: alice_token,
+        user_id: alice_id,
+    };
+    let bob = Client {
+        server: &server,
+        token: bob_token,
+        user_id: bob_id,
+    };
+    alice.text(&room, "after").await;
+    let next = bob.sync_since(&since).await;
+    assert_eq!(timeline_bodies(&next, &room), vec!["after"]);
+    let again = bob.sync_since(&next["next_batch"]).await;
+    assert!(again.get("rooms").is_none(), "{again}");
+}
