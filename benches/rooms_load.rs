@@ -12,83 +12,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+
+mod common;
 
 const MEMBERS: usize = 32;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// The server's user+system CPU time from `/proc/PID/stat`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("server process");
-    let after_name = &stat[stat.rfind(')').expect("stat has the name in parens") + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let field = |i: usize| -> f64 {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .expect("utime and stime in /proc/PID/stat")
-    };
-    // Fields 14 and 15 of stat (utime, stime), in clock ticks of 1/100 s.
-    (field(11) + field(12)) / 100.0
-}
-
-struct User {
-    http: reqwest::Client,
-    token: String,
-    user_id: String,
-}
-
-async fn register(base: &str, name: &str) -> User {
-    let http = reqwest::Client::new();
-    let url = format!("{base}/_matrix/client/v3/register");
-    let body = json!({"username": name, "password": "bench-password"});
-    let challenge: Value = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut body = body;
-    body["auth"] = json!({"type": "m.login.dummy", "session": challenge["session"]});
-    let done: Value = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    User {
-        http,
-        token: done["access_token"]
-            .as_str()
-            .expect("registered")
-            .to_owned(),
-        user_id: done["user_id"].as_str().unwrap().to_owned(),
-    }
-}
-
-impl User {
-    async fn call(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> Value {
-        let mut request = self.http.request(method, url).bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{url}: {status} {body}");
-        body
-    }
-}
+use common::{cpu_seconds, median, register};
 
 async fn http_bench(base: &str, pid: u32) {
     let runs: usize = std::env::var("RUNS")

@@ -651,3 +651,197 @@ async fn a_since_token_from_before_a_restart_still_works() {
     let again = bob.sync_since(&next["next_batch"]).await;
     assert!(again.get("rooms").is_none(), "{again}");
 }
+
+fn unread(sync: &Value, room: &str) -> (u64, u64) {
+    let counts = &sync["rooms"]["join"][room]["unread_notifications"];
+    (
+        counts["notification_count"]
+            .as_u64()
+            .expect("notification_count"),
+        counts["highlight_count"].as_u64().expect("highlight_count"),
+    )
+}
+
+#[tokio::test]
+async fn unread_counts_rise_with_messages_fall_after_reading_and_mentions_highlight() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let start = bob.sync("").await;
+    assert_eq!(unread(&start, &room), (0, 0));
+
+    alice.text(&room, "one").await;
+    let first = bob.sync_since(&start["next_batch"]).await;
+    assert_eq!(unread(&first, &room), (1, 0));
+    alice.text(&room, "two").await;
+    let mention = alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "bob: look", "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    let second = bob.sync_since(&first["next_batch"]).await;
+    assert_eq!(unread(&second, &room), (3, 1));
+    // Bob's own messages and notices don't count; Alice's member events neither.
+    bob.text(&room, "mine").await;
+    alice
+        .send(&room, json!({"msgtype": "m.notice", "body": "a bot says"}))
+        .await;
+    let third = bob.sync_since(&second["next_batch"]).await;
+    assert_eq!(unread(&third, &room), (3, 1));
+
+    // /notifications lists them, newest first, and only=highlight the mention.
+    let (status, listed) = bob.get("/notifications?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let items = listed["notifications"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["event"]["event_id"], mention.as_str());
+    assert_eq!(items[0]["read"], false);
+    assert_eq!(items[0]["room_id"], room.as_str());
+    let token = listed["next_token"].as_str().unwrap();
+    let (_, rest) = bob.get(&format!("/notifications?from={token}")).await;
+    assert_eq!(rest["notifications"].as_array().unwrap().len(), 1);
+    let (_, highlights) = bob.get("/notifications?only=highlight").await;
+    assert_eq!(highlights["notifications"].as_array().unwrap().len(), 1);
+
+    // Reading up to the mention clears everything before it.
+    let (status, _) = bob
+        .post(
+            &format!("/rooms/{room}/read_markers"),
+            json!({"m.read": mention}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let read = bob.sync_since(&third["next_batch"]).await;
+    assert_eq!(unread(&read, &room), (0, 0));
+
+    // A room rule that mutes the room: nothing counts any more.
+    let (status, out) = bob
+        .put(
+            &format!("/pushrules/global/room/{}", enc_room(&room)),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    alice.text(&room, "muted").await;
+    let muted = bob.sync_since(&read["next_batch"]).await;
+    assert_eq!(unread(&muted, &room), (0, 0));
+    // The rules reach the client as m.push_rules account data.
+    let rules = muted["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .expect("m.push_rules after a change");
+    assert!(rules["content"]["global"]["room"][0]["rule_id"] == room.as_str());
+}
+
+fn enc_room(room: &str) -> String {
+    room.replace('!', "%21").replace(':', "%3A")
+}
+
+#[tokio::test]
+async fn push_rules_can_be_read_changed_and_refused() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let (status, all) = alice.get("/pushrules/").await;
+    assert_eq!(status, StatusCode::OK);
+    let overrides = all["global"]["override"].as_array().unwrap();
+    assert_eq!(overrides[0]["rule_id"], ".m.rule.master");
+    assert_eq!(overrides[0]["enabled"], false);
+    assert!(all["global"]["underride"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["rule_id"] == ".m.rule.room_one_to_one"));
+    let (_, global) = alice.get("/pushrules/global/").await;
+    assert_eq!(global, all["global"]);
+
+    let base = "/pushrules/global/override/.m.rule.suppress_notices";
+    let (_, enabled) = alice.get(&format!("{base}/enabled")).await;
+    assert_eq!(enabled, json!({"enabled": true}));
+    assert_eq!(
+        alice
+            .put(&format!("{base}/enabled"), json!({"enabled": false}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (_, enabled) = alice.get(&format!("{base}/enabled")).await;
+    assert_eq!(enabled, json!({"enabled": false}));
+    alice
+        .put(&format!("{base}/actions"), json!({"actions": ["notify"]}))
+        .await;
+    let (_, actions) = alice.get(&format!("{base}/actions")).await;
+    assert_eq!(actions, json!({"actions": ["notify"]}));
+
+    // A user rule, placed before another.
+    let rule = |pattern: &str| json!({"actions": ["notify"], "pattern": pattern});
+    assert_eq!(
+        alice
+            .put("/pushrules/global/content/lunch", rule("lunch"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, out) = alice
+        .call(
+            Method::PUT,
+            "/pushrules/global/content/coffee?before=lunch",
+            Some(rule("coffee")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let (_, content) = alice.get("/pushrules/global/").await;
+    let ids: Vec<&str> = content["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(&ids[..2], ["coffee", "lunch"]);
+    assert_eq!(
+        alice
+            .call(Method::DELETE, "/pushrules/global/content/lunch", None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = alice.get("/pushrules/global/content/lunch").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+
+    // Refusals.
+    let (status, body) = alice
+        .call(
+            Method::DELETE,
+            "/pushrules/global/override/.m.rule.master",
+            None,
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice
+        .put("/pushrules/global/content/.mine", rule("x"))
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice.put("/pushrules/global/bogus/x", rule("x")).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice
+        .put(
+            "/pushrules/global/content/x",
+            json!({"actions": ["notify"]}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice
+        .call(
+            Method::PUT,
+            "/pushrules/global/content/y?before=nope",
+            Some(rule("y")),
+        )
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice.get("/notifications?only=everything").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+}

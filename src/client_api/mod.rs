@@ -9,6 +9,7 @@ pub mod directory;
 pub mod login;
 pub mod membership;
 pub mod profile;
+pub mod push_rules;
 pub mod read_markers;
 pub mod receipts;
 pub mod registration;
@@ -119,6 +120,29 @@ fn live_routes() -> Router<AppState> {
         .route(
             &format!("{ROOM}/read_markers"),
             post(read_markers::post_read_markers),
+        )
+        .route("/_matrix/client/v3/pushrules/", get(push_rules::get_all))
+        .route(
+            "/_matrix/client/v3/pushrules/global/",
+            get(push_rules::get_global),
+        )
+        .route(
+            "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}",
+            get(push_rules::get_rule)
+                .put(push_rules::put_rule)
+                .delete(push_rules::delete_rule),
+        )
+        .route(
+            "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}/enabled",
+            get(push_rules::get_enabled).put(push_rules::put_enabled),
+        )
+        .route(
+            "/_matrix/client/v3/pushrules/global/{kind}/{rule_id}/actions",
+            get(push_rules::get_actions).put(push_rules::put_actions),
+        )
+        .route(
+            "/_matrix/client/v3/notifications",
+            get(push_rules::notifications),
         )
 }
 

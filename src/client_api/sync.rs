@@ -91,7 +91,7 @@ pub async fn create_filter(
     if !filter.is_object() {
         return Err(MatrixError::bad_json("A filter must be a JSON object"));
     }
-    let id = Filters::new(&services.db).create(&user_id, &filter)?;
+    let id = Filters::new(&services.db).create(&user_id, &filter).await?;
     Ok(Json(json!({ "filter_id": id })))
 }
 

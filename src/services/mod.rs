@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod ephemeral;
 pub mod media;
+pub mod push;
 pub mod rate_limit;
 pub mod records;
 pub mod rooms;
@@ -80,6 +81,8 @@ pub struct Services {
     pub stream_positions: Arc<StreamPositions>,
     /// Typing and receipts.
     pub ephemeral: Ephemeral,
+    /// Push rules and notification counts.
+    pub push: Arc<push::Push>,
     /// Per-user wake-ups, filters, `/sync`.
     pub sync: sync::Sync,
     /// Token buckets.
@@ -129,9 +132,14 @@ impl Services {
                 config.data_dir.display()
             )
         })?;
+        let push = Arc::new(push::Push::new(
+            Arc::clone(&db),
+            Arc::clone(&stream_positions),
+        ));
         let rooms = Rooms::open(
             Arc::clone(&db),
             Arc::clone(&stream_positions),
+            Some(push.clone()),
             config.server_name.clone(),
             Arc::clone(&signing_key),
             config.rooms.default_version,
@@ -147,6 +155,7 @@ impl Services {
             rooms,
             stream_positions,
             ephemeral,
+            push,
             sync,
             rate_limiter,
         }))

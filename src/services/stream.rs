@@ -23,6 +23,10 @@ use crate::storage::{keys, Db, StorageError, Table};
 const RESERVE: u64 = 4096;
 const CEILING_KEY: &[u8] = b"stream_ceiling";
 
+/// One write of [`StreamPositions::write_at_new_position`]: table, key, and the value
+/// (`None` deletes).
+pub type Write = (Table, Vec<u8>, Option<Vec<u8>>);
+
 /// What committed at a position, for whoever wakes clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamChange {
@@ -159,6 +163,34 @@ impl StreamPositions {
             pos,
             done: false,
         })
+    }
+
+    /// Allocates a position, writes what `build` makes of it durably, and commits the
+    /// position with `changes`, all on a blocking thread that the caller's cancellation
+    /// cannot interrupt: a dropped request never lets the watermark pass a position whose
+    /// write is still under way.
+    pub async fn write_at_new_position(
+        self: &Arc<Self>,
+        build: impl FnOnce(u64) -> Vec<Write> + Send + 'static,
+        changes: Vec<StreamChange>,
+    ) -> Result<u64, StorageError> {
+        let stream = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let ticket = stream.allocate()?;
+            let pos = ticket.pos();
+            let mut batch = stream.db.batch();
+            for (table, key, value) in build(pos) {
+                match value {
+                    Some(value) => batch.put(table, key, value),
+                    None => batch.delete(table, key),
+                }
+            }
+            stream.db.commit_blocking(batch)?;
+            ticket.commit(changes);
+            Ok(pos)
+        })
+        .await
+        .map_err(|e| StorageError(format!("write task failed: {e}")))?
     }
 
     /// Allocates and commits at once: for changes with nothing to write (typing).

@@ -98,6 +98,14 @@ pub enum Table {
     /// `short room id (u64 BE) ++ position (u64 BE) -> user_id 0xFF receipt type 0xFF thread
     /// id`: receipts by change, for incremental sync. Owner: ephemeral.
     ShortroomidPosReceipt,
+    /// `user_id -> RulesRecord` (position, ruleset): a user's push rules. Owner: push.
+    UseridPushrules,
+    /// `user_id 0xFF short room id (u64 BE) ++ position (u64 BE) -> highlight (1 byte)`: events
+    /// that notify the user, per room, for unread counts. Owner: push.
+    UseridShortroomidPosNotify,
+    /// `user_id 0xFF position (u64 BE) -> Notification` (room, event, actions): the user's
+    /// notifications in order, for `/notifications`. Owner: push.
+    UseridPosNotification,
 }
 
 impl Table {
@@ -139,6 +147,9 @@ impl Table {
         Table::UseridPosAccountdata,
         Table::ShortroomidUseridReceipt,
         Table::ShortroomidPosReceipt,
+        Table::UseridPushrules,
+        Table::UseridShortroomidPosNotify,
+        Table::UseridPosNotification,
     ];
 
     /// The column family's name.
@@ -180,6 +191,9 @@ impl Table {
             Table::UseridPosAccountdata => "userid_pos_accountdata",
             Table::ShortroomidUseridReceipt => "shortroomid_userid_receipt",
             Table::ShortroomidPosReceipt => "shortroomid_pos_receipt",
+            Table::UseridPushrules => "userid_pushrules",
+            Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
+            Table::UseridPosNotification => "userid_pos_notification",
         }
     }
 }

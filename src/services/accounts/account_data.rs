@@ -124,27 +124,40 @@ impl Accounts {
             .get(Table::UseridRoomidTypeAccountdata, &key)?
             .map(|b| decode(Table::UseridRoomidTypeAccountdata, &b))
             .transpose()?;
-        let ticket = self.stream.allocate()?;
-        let mut batch = self.db.batch();
-        if let Some(previous) = &previous {
-            batch.delete(Table::UseridPosAccountdata, pos_key(user_id, previous.pos));
-        }
         // A removal is kept as an empty object: clients treat `{}` as "no data", and sync
         // must still tell them it changed.
-        let record = AccountDataRecord {
-            pos: ticket.pos(),
-            content: content.unwrap_or_else(|| Value::Object(Default::default())),
-        };
-        batch.put(Table::UseridRoomidTypeAccountdata, &key, encode(&record));
-        batch.put(
-            Table::UseridPosAccountdata,
-            pos_key(user_id, ticket.pos()),
-            keys::join(&[room_id.unwrap_or("").as_bytes(), kind.as_bytes()]),
-        );
-        self.db.commit(batch).await?;
-        ticket.commit(vec![StreamChange::AccountData {
-            user: user_id.to_owned(),
-        }]);
+        let content = content.unwrap_or_else(|| Value::Object(Default::default()));
+        let user = user_id.to_owned();
+        let index_value = keys::join(&[room_id.unwrap_or("").as_bytes(), kind.as_bytes()]);
+        self.stream
+            .write_at_new_position(
+                move |pos| {
+                    let mut writes = Vec::with_capacity(3);
+                    if let Some(previous) = &previous {
+                        writes.push((
+                            Table::UseridPosAccountdata,
+                            pos_key(&user, previous.pos),
+                            None,
+                        ));
+                    }
+                    let record = AccountDataRecord { pos, content };
+                    writes.push((
+                        Table::UseridRoomidTypeAccountdata,
+                        key,
+                        Some(encode(&record)),
+                    ));
+                    writes.push((
+                        Table::UseridPosAccountdata,
+                        pos_key(&user, pos),
+                        Some(index_value),
+                    ));
+                    writes
+                },
+                vec![StreamChange::AccountData {
+                    user: user_id.to_owned(),
+                }],
+            )
+            .await?;
         Ok(())
     }
 

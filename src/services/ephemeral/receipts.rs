@@ -136,25 +136,36 @@ impl Ephemeral {
             // Spec: a receipt for an event before the current one changes nothing.
             return Ok(());
         }
-        let ticket = self.stream.allocate()?;
-        let record = ReceiptRecord {
-            event_id: event.event_id.clone(),
-            event_pos: event.meta.pos,
-            ts: now_ms(),
-            pos: ticket.pos(),
-        };
-        let mut batch = self.db.batch();
-        if let Some(previous) = &previous {
-            batch.delete(Table::ShortroomidPosReceipt, pos_key(room, previous.pos));
-        }
-        batch.put(Table::ShortroomidUseridReceipt, &key, encode(&record));
-        batch.put(
-            Table::ShortroomidPosReceipt,
-            pos_key(room, ticket.pos()),
-            &key[8..],
-        );
-        self.db.commit(batch).await?;
-        ticket.commit(vec![StreamChange::RoomEphemeral { room }]);
+        let event_id = event.event_id.clone();
+        let event_pos = event.meta.pos;
+        self.stream
+            .write_at_new_position(
+                move |pos| {
+                    let record = ReceiptRecord {
+                        event_id,
+                        event_pos,
+                        ts: now_ms(),
+                        pos,
+                    };
+                    let mut writes = Vec::with_capacity(3);
+                    if let Some(previous) = &previous {
+                        writes.push((
+                            Table::ShortroomidPosReceipt,
+                            pos_key(room, previous.pos).to_vec(),
+                            None,
+                        ));
+                    }
+                    writes.push((
+                        Table::ShortroomidPosReceipt,
+                        pos_key(room, pos).to_vec(),
+                        Some(key[8..].to_vec()),
+                    ));
+                    writes.push((Table::ShortroomidUseridReceipt, key, Some(encode(&record))));
+                    writes
+                },
+                vec![StreamChange::RoomEphemeral { room }],
+            )
+            .await?;
         Ok(())
     }
 
@@ -201,6 +212,23 @@ impl Ephemeral {
             .await?;
         }
         Ok(())
+    }
+
+    /// The position of the latest receipt change in a room (0: none).
+    pub fn last_receipt_pos(&self, room: u64) -> MatrixResult<u64> {
+        let from = pos_key(room, 0);
+        let to = pos_key(room, u64::MAX);
+        match self
+            .db
+            .scan_range(Table::ShortroomidPosReceipt, &from, &to, true)
+            .next()
+        {
+            Some(entry) => {
+                let (key, _) = entry?;
+                Ok(key.get(8..16).and_then(keys::read_u64).unwrap_or(0))
+            }
+            None => Ok(0),
+        }
     }
 
     /// The stream position of the latest event the user has read in a room (their

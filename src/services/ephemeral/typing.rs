@@ -76,7 +76,6 @@ impl TypingRooms {
                 tracing::warn!("typing expiry not announced: {}", e.message);
             }
         }
-        rooms.retain(|_, t| !t.users.is_empty() || t.pos != 0);
         next
     }
 

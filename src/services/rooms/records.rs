@@ -120,6 +120,10 @@ pub struct MembershipRecord {
     /// Set by `/forget`; cleared by the next membership change.
     #[serde(default)]
     pub forgotten: bool,
+    /// Stream position where the current run of `join` began (0 when not joined): a
+    /// display name change keeps it, a new join after a leave moves it.
+    #[serde(default)]
+    pub joined_at: u64,
 }
 
 /// `alias_roomid`: where a local alias points.

@@ -113,6 +113,46 @@ pub struct WriterContext {
     pub server_name: String,
     /// Our signing key.
     pub signing_key: Arc<SigningKeyPair>,
+    /// Told of every new event inside its write batch (push rules, notification counts).
+    pub hook: Option<Arc<dyn NewEventHook>>,
+}
+
+/// A local member of a room, for the [`NewEventHook`].
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    /// The user.
+    pub user_id: String,
+    /// Their display name in the room.
+    pub display_name: Option<String>,
+}
+
+/// What the [`NewEventHook`] learns of a new event.
+pub struct NewEvent<'a> {
+    /// The room's id.
+    pub room_id: &'a str,
+    /// The room's short id.
+    pub room: u64,
+    /// The event's stream position.
+    pub pos: u64,
+    /// The PDU.
+    pub pdu: &'a Value,
+    /// The event id.
+    pub event_id: &'a str,
+    /// The room's local joined members before the event.
+    pub local_members: &'a [LocalMember],
+    /// The room's joined member count.
+    pub joined_count: u64,
+    /// The power levels before the event.
+    pub power_levels: &'a PowerLevels,
+    /// The `notifications` object of the power levels content.
+    pub notification_levels: Option<&'a serde_json::Map<String, Value>>,
+}
+
+/// Called by the room writers for every event, with the event's batch, so that what it
+/// writes commits (and reaches syncing clients) together with the event.
+pub trait NewEventHook: Send + Sync {
+    /// Adds the hook's writes for `event` to `batch`.
+    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()>;
 }
 
 /// The per-room writers: one task each, started on first use.
@@ -226,19 +266,17 @@ async fn run_writer(ctx: Arc<WriterContext>, room_id: String, mut queue: mpsc::R
             }
             // Group commit: one fsync for everything above, before any answer and before
             // the stream tells syncing clients.
-            match ctx2.store.db.sync_wal() {
-                Ok(()) => {
-                    for (ticket, change) in written {
-                        ticket.commit(vec![change]);
-                    }
+            if let Err(e) = ctx2.store.db.sync_wal() {
+                head = None;
+                let error = MatrixError::from(e);
+                for (_, result) in answers.iter_mut() {
+                    *result = Err(error.clone());
                 }
-                Err(e) => {
-                    head = None;
-                    let error = MatrixError::from(e);
-                    for (_, result) in answers.iter_mut() {
-                        *result = Err(error.clone());
-                    }
-                }
+            }
+            // Even after a failed fsync the batches are visible to readers, so the stream
+            // must move past them with their changes, not skip them.
+            for (ticket, change) in written {
+                ticket.commit(vec![change]);
             }
             (head, answers)
         })
@@ -326,6 +364,8 @@ struct RoomHead {
     version: RoomVersion,
     state: StateMap,
     cache: HashMap<ShortEventId, Arc<StoredEvent>>,
+    /// Local joined members, loaded when first needed.
+    local_members: Option<Vec<LocalMember>>,
 }
 
 impl RoomHead {
@@ -340,7 +380,50 @@ impl RoomHead {
             version: room.version,
             state,
             cache: HashMap::new(),
+            local_members: None,
         })
+    }
+
+    /// The room's local joined members, read from the current state once per head.
+    fn local_members(
+        &mut self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> MatrixResult<&[LocalMember]> {
+        if self.local_members.is_none() {
+            let suffix = format!(":{server_name}");
+            let mut shorts = Vec::new();
+            for (key, event) in &self.state {
+                let (kind, state_key) = store.state.state_key_of(*key)?;
+                if kind == "m.room.member" && state_key.ends_with(&suffix) {
+                    shorts.push(*event);
+                }
+            }
+            let members = store
+                .events(&shorts)?
+                .iter()
+                .filter_map(|e| local_member(&e.pdu))
+                .collect();
+            self.local_members = Some(members);
+        }
+        Ok(self.local_members.as_deref().unwrap_or_default())
+    }
+
+    /// Keeps the local members current after a member event of a local user.
+    fn member_changed(&mut self, pdu: &Value, server_name: &str) {
+        let Some(members) = self.local_members.as_mut() else {
+            return;
+        };
+        let Some(user) = pdu.get("state_key").and_then(Value::as_str) else {
+            return;
+        };
+        if !user.ends_with(&format!(":{server_name}")) {
+            return;
+        }
+        members.retain(|m| m.user_id != user);
+        if let Some(member) = local_member(pdu) {
+            members.push(member);
+        }
     }
 
     /// The current state event `(type, state_key)`, parsed once and cached.
@@ -422,6 +505,7 @@ fn create_room(
         version,
         state: StateMap::new(),
         cache: HashMap::new(),
+        local_members: None,
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
@@ -554,6 +638,66 @@ fn check_redaction(
     Ok(())
 }
 
+/// A joined member of a member event, with the display name it sets.
+fn local_member(pdu: &Value) -> Option<LocalMember> {
+    let content = pdu.get("content")?;
+    if content.get("membership").and_then(Value::as_str) != Some("join") {
+        return None;
+    }
+    Some(LocalMember {
+        user_id: pdu.get("state_key")?.as_str()?.to_owned(),
+        display_name: content
+            .get("displayname")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// Runs the new-event hook (when set) inside the event's batch.
+fn run_hook(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    pdu: &Value,
+    event_id: &str,
+    pos: u64,
+    batch: &mut Batch<'_>,
+) -> MatrixResult<()> {
+    let Some(hook) = ctx.hook.as_ref() else {
+        return Ok(());
+    };
+    let store = &ctx.store;
+    let create = head.state_event(store, "m.room.create", "")?;
+    let levels_event = head.state_event(store, "m.room.power_levels", "")?;
+    let power_levels = PowerLevels::new(
+        head.version,
+        create.as_ref().map(|e| &e.pdu),
+        levels_event.as_ref().map(|e| &e.pdu),
+    );
+    let notification_levels = levels_event
+        .as_ref()
+        .and_then(|e| e.pdu.get("content"))
+        .and_then(|c| c.get("notifications"))
+        .and_then(Value::as_object);
+    let room = head.short;
+    let joined_count = head.record.joined;
+    let room_id = head.record.room_id.clone();
+    let local_members = head.local_members(store, &ctx.server_name)?;
+    hook.new_event(
+        &NewEvent {
+            room_id: &room_id,
+            room,
+            pos,
+            pdu,
+            event_id,
+            local_members,
+            joined_count,
+            power_levels: &power_levels,
+            notification_levels,
+        },
+        batch,
+    )
+}
+
 fn relation_of(pdu: &Value) -> Option<(&str, &str)> {
     let relates = pdu.get("content")?.get("m.relates_to")?;
     Some((
@@ -645,12 +789,18 @@ fn write_event(
             } else {
                 previous.as_ref().map_or(0, |p| p.last_join_pos)
             };
+            let joined_at = match (before, membership) {
+                ("join", "join") => previous.as_ref().map_or(pos, |p| p.joined_at),
+                (_, "join") => pos,
+                _ => 0,
+            };
             let record = MembershipRecord {
                 membership: membership.to_owned(),
                 event_id: event_id.clone(),
                 pos,
                 last_join_pos,
                 forgotten: false,
+                joined_at,
             };
             batch.put(Table::UseridRoomidMembership, &key, encode(&record));
         }
@@ -696,7 +846,11 @@ fn write_event(
         head.short.to_be_bytes(),
         encode(&record),
     );
+    run_hook(ctx, head, pdu, &event_id, pos, &mut batch)?;
     store.db.write_relaxed(batch)?;
+    if member.is_some() {
+        head.member_changed(pdu, &ctx.server_name);
+    }
     written.push((
         ticket,
         StreamChange::RoomEvent {

@@ -4,6 +4,8 @@
 //! /user/{userId}/filter/{filterId}`; `GET /sync`'s `filter` parameter ("either a filter id
 //! or a JSON-encoded filter object, recognised by its leading `{`").
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -172,18 +174,18 @@ fn copy_path(from: &Value, into: &mut Map<String, Value>, path: &[String]) {
 
 /// Stored filters: `userid_filterid_filter`.
 pub struct Filters<'a> {
-    db: &'a Db,
+    db: &'a Arc<Db>,
 }
 
 impl<'a> Filters<'a> {
     /// Filters in `db`.
-    pub fn new(db: &'a Db) -> Self {
+    pub fn new(db: &'a Arc<Db>) -> Self {
         Self { db }
     }
 
     /// Stores a filter and answers its id: the hash of its canonical JSON, so the same
     /// filter uploaded twice gets the same id and concurrent uploads cannot collide.
-    pub fn create(&self, user_id: &str, filter: &Value) -> MatrixResult<String> {
+    pub async fn create(&self, user_id: &str, filter: &Value) -> MatrixResult<String> {
         Filter::from_json(filter)?;
         let canonical = canonical_json::to_canonical_string(filter)
             .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
@@ -202,7 +204,7 @@ impl<'a> Filters<'a> {
             keys::join(&[user_id.as_bytes(), id.as_bytes()]),
             canonical.as_bytes(),
         );
-        self.db.commit_blocking(batch)?;
+        self.db.commit(batch).await?;
         Ok(id)
     }
 

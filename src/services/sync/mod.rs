@@ -77,14 +77,17 @@ impl Sync {
                 let Some(room) = store.room(&room_id)? else {
                     continue;
                 };
-                let listening = matches!(record.membership.as_str(), "join" | "invite" | "knock");
+                let listening = record.membership == "join";
+                let pos = if listening {
+                    // Receipts count too: a token from before a restart must still get them.
+                    let receipts = services.ephemeral.last_receipt_pos(room.short)?;
+                    room.record.last_pos.max(receipts)
+                } else {
+                    record.pos
+                };
                 rooms.push(LoadedRoom {
                     room: room.short,
-                    pos: if listening {
-                        room.record.last_pos
-                    } else {
-                        record.pos
-                    },
+                    pos,
                     listening,
                 });
             }
@@ -106,25 +109,51 @@ impl Sync {
                 .await
                 .map_err(|e| MatrixError::internal(format!("sync task failed: {e}")))??
         };
-        if let (Some(since), false) = (request.since, request.full_state) {
-            let deadline = tokio::time::Instant::now() + request.timeout.min(MAX_TIMEOUT);
-            loop {
-                let notified = stream.notify().notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if stream.latest() > since {
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                    break;
-                }
+        let request = Arc::new(request);
+        let deadline = tokio::time::Instant::now() + request.timeout.min(MAX_TIMEOUT);
+        let long_poll = request.since.filter(|_| !request.full_state);
+        // What the user has been told of: wait for something newer.
+        let mut seen = long_poll;
+        loop {
+            if let Some(seen) = seen {
+                wait_for_news(&stream, seen, deadline).await;
             }
+            let latest = stream.latest();
+            let response = {
+                let (services, request, stream) = (
+                    Arc::clone(&services),
+                    Arc::clone(&request),
+                    Arc::clone(&stream),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let upto = services.stream_positions.watermark();
+                    response::build(&services, &request, &stream, upto)
+                })
+                .await
+                .map_err(|e| MatrixError::internal(format!("sync task failed: {e}")))??
+            };
+            // A change that concerned nothing the filter lets through (another user's
+            // private receipt, say) goes back to waiting, as long as time remains.
+            let empty = response.as_object().is_some_and(|o| o.len() == 1);
+            if !empty || long_poll.is_none() || tokio::time::Instant::now() >= deadline {
+                return Ok(response);
+            }
+            seen = Some(latest);
         }
-        tokio::task::spawn_blocking(move || {
-            let upto = services.stream_positions.watermark();
-            response::build(&services, &request, &stream, upto)
-        })
-        .await
-        .map_err(|e| MatrixError::internal(format!("sync task failed: {e}")))?
+    }
+}
+
+/// Waits until the user's stream moves past `seen` or the deadline passes.
+async fn wait_for_news(stream: &UserStream, seen: u64, deadline: tokio::time::Instant) {
+    loop {
+        let notified = stream.notify().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if stream.latest() > seen {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
     }
 }

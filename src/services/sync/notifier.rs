@@ -50,13 +50,12 @@ impl UserChanges {
         self.latest = self.latest.max(pos);
     }
 
-    /// Rooms with a change in `(after, upto]`, newest first.
-    pub fn rooms_changed(&self, after: u64, upto: u64) -> Vec<u64> {
-        if after >= upto {
-            return Vec::new();
-        }
+    /// Rooms with a change after `after`, newest first.
+    pub fn rooms_changed(&self, after: u64) -> Vec<u64> {
+        // No upper bound: a room that changed both before and after the answer's upper
+        // position keeps only its latest change here, and must not be missed.
         self.by_pos
-            .range((after + 1, 0)..=(upto, u64::MAX))
+            .range((after.saturating_add(1), 0)..)
             .rev()
             .map(|(_, room)| *room)
             .collect()
@@ -122,8 +121,10 @@ pub struct Notifier {
     inner: Mutex<Inner>,
 }
 
+/// Joined members hear a room's events; invited and knocking users only their own
+/// membership changes.
 fn listens(membership: &str) -> bool {
-    matches!(membership, "join" | "invite" | "knock")
+    membership == "join"
 }
 
 impl Inner {

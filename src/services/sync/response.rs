@@ -56,6 +56,9 @@ struct Context<'a> {
     upto: u64,
     /// Whether every room gets its full state (initial sync or `full_state`).
     full: bool,
+    /// Whether the timeline filter may leave out state events (then an incremental sync
+    /// sends the state delta even when the timeline is not limited).
+    timeline_may_drop_state: bool,
     viewer: Viewer<'a>,
 }
 
@@ -89,6 +92,14 @@ pub fn build(
     let mut timeline_filter = filter.room.timeline.clone();
     timeline_filter.not_senders.extend(ignored.iter().cloned());
     let since = request.since.map(|s| s.min(upto));
+    let timeline_may_drop_state = {
+        let f = &timeline_filter;
+        f.types.is_some()
+            || !f.not_types.is_empty()
+            || f.senders.is_some()
+            || !f.not_senders.is_empty()
+            || f.contains_url.is_some()
+    };
     let ctx = Context {
         services,
         request,
@@ -98,6 +109,7 @@ pub fn build(
         since,
         upto,
         full: since.is_none() || request.full_state,
+        timeline_may_drop_state,
         viewer: Viewer {
             user_id: &request.user_id,
             device_id: &request.device_id,
@@ -126,7 +138,7 @@ pub fn build(
     let rooms: Vec<(String, MembershipRecord)> = match (ctx.full, since) {
         (false, Some(since)) => {
             let changes = stream.changes();
-            let mut shorts = changes.rooms_changed(since, upto);
+            let mut shorts = changes.rooms_changed(since);
             let mut seen: BTreeSet<u64> = shorts.iter().copied().collect();
             for room_id in room_data.keys() {
                 if let Some(short) = store.room_short(room_id)? {
@@ -208,12 +220,18 @@ pub fn build(
     if !rooms.is_empty() {
         response.insert("rooms".into(), Value::Object(rooms));
     }
-    let global: Vec<Value> = global_data
+    let mut global: Vec<Value> = global_data
         .into_iter()
         .filter(|d| filter.account_data.matches(&d.kind, ""))
         .filter(|d| d.content.as_object().is_none_or(|o| !o.is_empty()) || !ctx.full)
         .map(|d| json!({ "type": d.kind, "content": d.content }))
         .collect();
+    if filter.account_data.matches("m.push_rules", "") {
+        let after = if ctx.full { None } else { since };
+        if let Some(rules) = services.push.rules_event(&request.user_id, after, upto)? {
+            global.push(rules);
+        }
+    }
     if !global.is_empty() {
         response.insert("account_data".into(), json!({ "events": global }));
     }
@@ -301,6 +319,7 @@ fn timeline(
         });
     }
     let mut check = VisibilityCheck::new(ctx.store(), &ctx.request.user_id, Some(record));
+    // One event more than the limit tells whether there is a gap (`limited`).
     let scan = ctx.services.rooms.scan_timeline(
         room,
         &mut check,
@@ -308,9 +327,12 @@ fn timeline(
         lower,
         upper,
         Direction::Backward,
-        limit,
+        limit + 1,
     )?;
     let mut events = scan.events;
+    // Short of the extra event, the scan only stops early after scanning its maximum.
+    let limited = events.len() > limit || scan.more_after.is_some();
+    events.truncate(limit);
     events.reverse();
     let prev_batch = match events.first() {
         Some(first) => first.meta.pos.saturating_sub(1),
@@ -318,7 +340,7 @@ fn timeline(
     };
     Ok(Timeline {
         events,
-        limited: scan.more_after.is_some(),
+        limited,
         prev_batch,
     })
 }
@@ -404,19 +426,20 @@ fn joined_room(
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
     // A join since `since` is like an initial sync of the room.
-    let newly_joined = ctx.since.is_some_and(|s| record.pos > s);
+    let newly_joined = ctx.since.is_some_and(|s| record.joined_at > s);
     let full = ctx.full || newly_joined;
-    let after = if ctx.full { None } else { ctx.since };
-    let timeline = timeline(ctx, room, record, after, ctx.upto)?;
+    // Spec: with `full_state` "the timeline will still be limited by the since parameter".
+    let timeline = timeline(ctx, room, record, ctx.since, ctx.upto)?;
     let start = match timeline.events.first() {
         Some(first) => first.meta.state_before,
         None => snapshot_at(store, room, ctx.upto)?,
     };
     let since_state = if full {
         None
-    } else if timeline.limited {
+    } else if timeline.limited || ctx.timeline_may_drop_state {
         Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)
     } else {
+        // Every state change since `since` is in the timeline.
         Some(start)
     };
     let mut state = state_section(ctx, start, since_state, &timeline.events)?;
@@ -471,6 +494,19 @@ fn joined_room(
     if full || members_changed {
         section.insert("summary".into(), summary(ctx, room)?);
     }
+    let user_id = ctx.request.user_id.as_str();
+    let read_up_to = ctx.services.ephemeral.read_up_to(room.short, user_id)?;
+    let counts = ctx
+        .services
+        .push
+        .unread_counts(user_id, room.short, read_up_to)?;
+    section.insert(
+        "unread_notifications".into(),
+        json!({
+            "notification_count": counts.notifications,
+            "highlight_count": counts.highlights,
+        }),
+    );
     Ok(Some(Value::Object(section)))
 }
 
@@ -483,15 +519,26 @@ fn left_room(
 ) -> MatrixResult<Option<Value>> {
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
-    let after = if ctx.full { None } else { ctx.since };
-    let timeline = timeline(ctx, room, record, after, record.pos)?;
+    if record.last_join_pos == 0 {
+        // A rejected invite or knock: the user never saw the room, so only their leave.
+        let leave = store
+            .event_by_id(&record.event_id)?
+            .map(|e| ctx.render(&e, room_id))
+            .transpose()?;
+        return Ok(Some(json!({
+            "timeline": { "events": leave.into_iter().collect::<Vec<_>>(), "limited": false },
+            "state": { "events": [] },
+            "account_data": { "events": [] },
+        })));
+    }
+    let timeline = timeline(ctx, room, record, ctx.since, record.pos)?;
     let start = match timeline.events.first() {
         Some(first) => first.meta.state_before,
         None => snapshot_at(store, room, record.pos)?,
     };
-    let since_state = if ctx.full || record.last_join_pos == 0 {
+    let since_state = if ctx.full {
         None
-    } else if timeline.limited {
+    } else if timeline.limited || ctx.timeline_may_drop_state {
         Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)
     } else {
         Some(start)

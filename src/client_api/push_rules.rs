@@ -1,0 +1,241 @@
+//! Spec: client-server API, "Push Rules: API": `GET /pushrules/`, `GET /pushrules/global/`,
+//! `GET/PUT/DELETE /pushrules/global/{kind}/{ruleId}`, `GET/PUT
+//! /pushrules/global/{kind}/{ruleId}/enabled` and `.../actions`; "Listing Notifications":
+//! `GET /notifications`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::core::push_rules::{RuleBody, RuleKind};
+use crate::error::{MatrixError, MatrixResult};
+use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
+use crate::http::AppState;
+use crate::services::rooms::client_event::Viewer;
+
+fn kind(text: &str) -> MatrixResult<RuleKind> {
+    RuleKind::parse(text)
+        .ok_or_else(|| MatrixError::invalid_param(format!("Unknown push rule kind {text:?}")))
+}
+
+/// Every ruleset (only `global` exists).
+pub async fn get_all(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+) -> MatrixResult<Json<Value>> {
+    let ruleset = services.push.ruleset(session.user_id.as_str())?;
+    Ok(Json(json!({ "global": *ruleset })))
+}
+
+/// The global ruleset.
+pub async fn get_global(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+) -> MatrixResult<Json<Value>> {
+    let ruleset = services.push.ruleset(session.user_id.as_str())?;
+    Ok(Json(json!(*ruleset)))
+}
+
+/// One rule.
+pub async fn get_rule(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+) -> MatrixResult<Json<Value>> {
+    let ruleset = services.push.ruleset(session.user_id.as_str())?;
+    let rule = ruleset
+        .get(kind(&rule_kind)?, &rule_id)
+        .ok_or_else(|| MatrixError::not_found("Push rule not found"))?;
+    Ok(Json(json!(rule)))
+}
+
+/// `before` / `after` of a new rule.
+#[derive(Deserialize)]
+pub struct Placement {
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Adds or replaces a user rule.
+pub async fn put_rule(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+    QueryParams(placement): QueryParams<Placement>,
+    JsonBody(body): JsonBody<RuleBody>,
+) -> MatrixResult<Json<Value>> {
+    let kind = kind(&rule_kind)?;
+    services
+        .push
+        .update_rules(session.user_id.as_str(), |rules| {
+            rules.put_rule(
+                kind,
+                &rule_id,
+                body,
+                placement.before.as_deref(),
+                placement.after.as_deref(),
+            )
+        })
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// Deletes a user rule.
+pub async fn delete_rule(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+) -> MatrixResult<Json<Value>> {
+    let kind = kind(&rule_kind)?;
+    services
+        .push
+        .update_rules(session.user_id.as_str(), |rules| {
+            rules.delete_rule(kind, &rule_id)
+        })
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// Whether a rule is enabled.
+pub async fn get_enabled(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+) -> MatrixResult<Json<Value>> {
+    let ruleset = services.push.ruleset(session.user_id.as_str())?;
+    let rule = ruleset
+        .get(kind(&rule_kind)?, &rule_id)
+        .ok_or_else(|| MatrixError::not_found("Push rule not found"))?;
+    Ok(Json(json!({ "enabled": rule.enabled })))
+}
+
+/// `{"enabled": bool}`.
+#[derive(Deserialize)]
+pub struct EnabledBody {
+    enabled: bool,
+}
+
+/// Enables or disables a rule.
+pub async fn put_enabled(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<EnabledBody>,
+) -> MatrixResult<Json<Value>> {
+    let kind = kind(&rule_kind)?;
+    services
+        .push
+        .update_rules(session.user_id.as_str(), |rules| {
+            rules.set_enabled(kind, &rule_id, body.enabled)
+        })
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// A rule's actions.
+pub async fn get_actions(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+) -> MatrixResult<Json<Value>> {
+    let ruleset = services.push.ruleset(session.user_id.as_str())?;
+    let rule = ruleset
+        .get(kind(&rule_kind)?, &rule_id)
+        .ok_or_else(|| MatrixError::not_found("Push rule not found"))?;
+    Ok(Json(json!({ "actions": rule.actions })))
+}
+
+/// `{"actions": [...]}`.
+#[derive(Deserialize)]
+pub struct ActionsBody {
+    actions: Vec<Value>,
+}
+
+/// Sets a rule's actions.
+pub async fn put_actions(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<ActionsBody>,
+) -> MatrixResult<Json<Value>> {
+    let kind = kind(&rule_kind)?;
+    services
+        .push
+        .update_rules(session.user_id.as_str(), |rules| {
+            rules.set_actions(kind, &rule_id, body.actions)
+        })
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `/notifications` query.
+#[derive(Deserialize)]
+pub struct NotificationsParams {
+    from: Option<String>,
+    limit: Option<String>,
+    only: Option<String>,
+}
+
+/// The user's notifications, newest first.
+pub async fn notifications(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    QueryParams(params): QueryParams<NotificationsParams>,
+) -> MatrixResult<Json<Value>> {
+    let before = params
+        .from
+        .as_deref()
+        .map(|t| {
+            t.parse::<u64>()
+                .map_err(|_| MatrixError::invalid_param("Invalid from token"))
+        })
+        .transpose()?;
+    let limit = match params.limit.as_deref() {
+        None => 20,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| MatrixError::invalid_param("limit must be a positive integer"))?
+            .min(100),
+    };
+    let only_highlight = match params.only.as_deref() {
+        None => false,
+        Some("highlight") => true,
+        Some(_) => return Err(MatrixError::invalid_param("only must be highlight")),
+    };
+    let user_id = session.user_id.as_str();
+    let viewer = Viewer {
+        user_id,
+        device_id: &session.device_id,
+    };
+    let (found, next) = services
+        .push
+        .notifications(user_id, before, limit, only_highlight)?;
+    let mut out = Vec::with_capacity(found.len());
+    for notification in found {
+        // An event the user can no longer read (they left, it was forgotten) is skipped.
+        let Ok(mut event) =
+            services
+                .rooms
+                .event_for(viewer, &notification.room_id, &notification.event_id)
+        else {
+            continue;
+        };
+        if let Some(event) = event.as_object_mut() {
+            event.remove("room_id");
+        }
+        let read_up_to = services.ephemeral.read_up_to(notification.room, user_id)?;
+        out.push(json!({
+            "actions": notification.actions,
+            "event": event,
+            "read": notification.pos <= read_up_to,
+            "room_id": notification.room_id,
+            "ts": notification.ts,
+        }));
+    }
+    let mut body = json!({ "notifications": out });
+    if let Some(next) = next {
+        body["next_token"] = json!(next.to_string());
+    }
+    Ok(Json(body))
+}
