@@ -159,49 +159,43 @@ pub fn build(
         _ => store.memberships_of(&request.user_id)?,
     };
 
+    // Rooms are independent: a big initial sync builds them on two threads.
+    let rooms: Vec<(String, MembershipRecord, Vec<AccountData>)> = rooms
+        .into_iter()
+        .filter(|(room_id, record)| filter.room.matches_room(room_id) && !record.forgotten)
+        .map(|(room_id, record)| {
+            let data = room_data.remove(&room_id).unwrap_or_default();
+            (room_id, record, data)
+        })
+        .collect();
+    let sections: Vec<RoomSection> = if rooms.len() >= PARALLEL_ROOMS {
+        let (first, second) = rooms.split_at(rooms.len() / 2);
+        let (a, b) = std::thread::scope(|scope| {
+            let other = scope.spawn(|| room_sections(&ctx, second));
+            let mine = room_sections(&ctx, first);
+            let theirs = other
+                .join()
+                .unwrap_or_else(|_| Err(crate::error::MatrixError::internal("sync thread failed")));
+            (mine, theirs)
+        });
+        let mut all = a?;
+        all.extend(b?);
+        all
+    } else {
+        room_sections(&ctx, &rooms)?
+    };
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut knock = Map::new();
     let mut leave = Map::new();
-    for (room_id, record) in rooms {
-        if !filter.room.matches_room(&room_id) || record.forgotten {
-            continue;
-        }
-        let Some(room) = store.room(&room_id)? else {
-            continue;
+    for (kind, room_id, section) in sections {
+        let map = match kind {
+            Section::Join => &mut join,
+            Section::Invite => &mut invite,
+            Section::Knock => &mut knock,
+            Section::Leave => &mut leave,
         };
-        let data = room_data.remove(&room_id).unwrap_or_default();
-        match record.membership.as_str() {
-            "join" => {
-                if let Some(section) = joined_room(&ctx, &room, &record, &data)? {
-                    join.insert(room_id, section);
-                }
-            }
-            "invite" => {
-                let new = since.is_none_or(|s| record.pos > s) || ctx.full;
-                if new && record.pos <= upto && !invited_by_ignored(&ctx, &record)? {
-                    let state = stripped_state(&ctx, &room, &record)?;
-                    invite.insert(room_id, json!({ "invite_state": { "events": state } }));
-                }
-            }
-            "knock" => {
-                let new = since.is_none_or(|s| record.pos > s) || ctx.full;
-                if new && record.pos <= upto {
-                    let state = stripped_state(&ctx, &room, &record)?;
-                    knock.insert(room_id, json!({ "knock_state": { "events": state } }));
-                }
-            }
-            _ => {
-                // Left or banned: in an incremental sync when it happened since `since`;
-                // otherwise only with `include_leave`.
-                let new = since.is_some_and(|s| record.pos > s);
-                if (new || filter.room.include_leave) && record.pos <= upto {
-                    if let Some(section) = left_room(&ctx, &room, &record, &data)? {
-                        leave.insert(room_id, section);
-                    }
-                }
-            }
-        }
+        map.insert(room_id, section);
     }
 
     let mut response = Map::new();
@@ -236,6 +230,75 @@ pub fn build(
         response.insert("account_data".into(), json!({ "events": global }));
     }
     Ok(Value::Object(response))
+}
+
+/// Rooms at or above which a sync builds its rooms on two threads.
+const PARALLEL_ROOMS: usize = 32;
+
+/// Where a room goes in the answer.
+enum Section {
+    Join,
+    Invite,
+    Knock,
+    Leave,
+}
+
+type RoomSection = (Section, String, Value);
+
+/// The sections of some rooms.
+fn room_sections(
+    ctx: &Context<'_>,
+    rooms: &[(String, MembershipRecord, Vec<AccountData>)],
+) -> MatrixResult<Vec<RoomSection>> {
+    let store = ctx.store();
+    let (since, upto) = (ctx.since, ctx.upto);
+    let mut out = Vec::with_capacity(rooms.len());
+    for (room_id, record, data) in rooms {
+        let Some(room) = store.room(room_id)? else {
+            continue;
+        };
+        let room_id = room_id.clone();
+        match record.membership.as_str() {
+            "join" => {
+                if let Some(section) = joined_room(ctx, &room, record, data)? {
+                    out.push((Section::Join, room_id, section));
+                }
+            }
+            "invite" => {
+                let new = since.is_none_or(|s| record.pos > s) || ctx.full;
+                if new && record.pos <= upto && !invited_by_ignored(ctx, record)? {
+                    let state = stripped_state(ctx, &room, record)?;
+                    out.push((
+                        Section::Invite,
+                        room_id,
+                        json!({ "invite_state": { "events": state } }),
+                    ));
+                }
+            }
+            "knock" => {
+                let new = since.is_none_or(|s| record.pos > s) || ctx.full;
+                if new && record.pos <= upto {
+                    let state = stripped_state(ctx, &room, record)?;
+                    out.push((
+                        Section::Knock,
+                        room_id,
+                        json!({ "knock_state": { "events": state } }),
+                    ));
+                }
+            }
+            _ => {
+                // Left or banned: in an incremental sync when it happened since `since`;
+                // otherwise only with `include_leave`.
+                let new = since.is_some_and(|s| record.pos > s);
+                if (new || ctx.filter.room.include_leave) && record.pos <= upto {
+                    if let Some(section) = left_room(ctx, &room, record, data)? {
+                        out.push((Section::Leave, room_id, section));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether an invite came from a user the invitee ignores (spec: "Ignoring Users": the
@@ -492,7 +555,16 @@ fn joined_room(
     section.insert("ephemeral".into(), json!({ "events": ephemeral }));
     section.insert("account_data".into(), json!({ "events": account_data }));
     if full || members_changed {
-        section.insert("summary".into(), summary(ctx, room)?);
+        // An unfiltered full state already holds every member event at the timeline's
+        // start.
+        let f = &ctx.filter.room.state;
+        let unfiltered = !f.lazy_load_members
+            && f.types.is_none()
+            && f.not_types.is_empty()
+            && f.senders.is_none()
+            && f.not_senders.is_empty();
+        let known = (full && unfiltered).then(|| state.iter().chain(timeline.events.iter()));
+        section.insert("summary".into(), summary(ctx, room, known)?);
     }
     let user_id = ctx.request.user_id.as_str();
     let read_up_to = ctx.services.ephemeral.read_up_to(room.short, user_id)?;
@@ -585,30 +657,60 @@ fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> MatrixResult<Vec<Value>> 
 }
 
 /// Spec: `RoomSummary`: member counts, and heroes when the room has no name or alias.
-fn summary(ctx: &Context<'_>, room: &Room) -> MatrixResult<Value> {
+fn summary<'e>(
+    ctx: &Context<'_>,
+    room: &Room,
+    known: Option<impl Iterator<Item = &'e StoredEvent>>,
+) -> MatrixResult<Value> {
     let store = ctx.store();
     let snapshot = room.record.state;
     let mut summary = json!({
         "m.joined_member_count": room.record.joined,
         "m.invited_member_count": room.record.invited,
     });
-    let named = |kind: &str, field: &str| -> MatrixResult<bool> {
-        Ok(store
-            .state_event(snapshot, kind, "")?
-            .and_then(|e| {
-                e.content()
-                    .get(field)
-                    .and_then(Value::as_str)
-                    .map(|s| !s.is_empty())
-            })
-            .unwrap_or(false))
+    let has = |e: &StoredEvent, field: &str| {
+        e.content()
+            .get(field)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
     };
-    if named("m.room.name", "name")? || named("m.room.canonical_alias", "alias")? {
-        return Ok(summary);
-    }
+    let members: Vec<StoredEvent> = match known {
+        Some(events) => {
+            // The latest of each state key among the events given (timeline after state).
+            let mut latest: BTreeMap<(String, String), StoredEvent> = BTreeMap::new();
+            for event in events {
+                if let Some(key) = event.state_key() {
+                    latest.insert((event.kind().to_owned(), key.to_owned()), event.clone());
+                }
+            }
+            let named = latest.iter().any(|((kind, key), e)| {
+                key.is_empty()
+                    && ((kind == "m.room.name" && has(e, "name"))
+                        || (kind == "m.room.canonical_alias" && has(e, "alias")))
+            });
+            if named {
+                return Ok(summary);
+            }
+            latest
+                .into_iter()
+                .filter(|((kind, _), _)| kind == "m.room.member")
+                .map(|(_, e)| e)
+                .collect()
+        }
+        None => {
+            let named = |kind: &str, field: &str| -> MatrixResult<bool> {
+                Ok(store
+                    .state_event(snapshot, kind, "")?
+                    .is_some_and(|e| has(&e, field)))
+            };
+            if named("m.room.name", "name")? || named("m.room.canonical_alias", "alias")? {
+                return Ok(summary);
+            }
+            store.state_events(snapshot, Some("m.room.member"))?
+        }
+    };
     // Spec: heroes are joined or invited members other than the user, in stream order;
     // if there are none, members who left.
-    let members = store.state_events(snapshot, Some("m.room.member"))?;
     let mut ordered: BTreeMap<(u8, u64), String> = BTreeMap::new();
     for member in &members {
         let Some(user) = member.state_key() else {
