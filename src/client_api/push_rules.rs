@@ -8,15 +8,30 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::core::push_rules::{RuleBody, RuleKind};
+use crate::core::push_rules::{PushRule, RuleBody, RuleKind};
 use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
 use crate::http::AppState;
+use crate::services::accounts::Session;
 use crate::services::rooms::client_event::Viewer;
 
 fn kind(text: &str) -> MatrixResult<RuleKind> {
     RuleKind::parse(text)
         .ok_or_else(|| MatrixError::invalid_param(format!("Unknown push rule kind {text:?}")))
+}
+
+/// One of the user's rules, or 404 `M_NOT_FOUND`.
+fn find_rule(
+    services: &AppState,
+    session: &Session,
+    rule_kind: &str,
+    rule_id: &str,
+) -> MatrixResult<PushRule> {
+    let ruleset = services.push.ruleset(session.user_id.as_str())?;
+    ruleset
+        .get(kind(rule_kind)?, rule_id)
+        .cloned()
+        .ok_or_else(|| MatrixError::not_found("Push rule not found"))
 }
 
 /// Every ruleset (only `global` exists).
@@ -43,10 +58,7 @@ pub async fn get_rule(
     Authed(session): Authed,
     PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
-    let ruleset = services.push.ruleset(session.user_id.as_str())?;
-    let rule = ruleset
-        .get(kind(&rule_kind)?, &rule_id)
-        .ok_or_else(|| MatrixError::not_found("Push rule not found"))?;
+    let rule = find_rule(&services, &session, &rule_kind, &rule_id)?;
     Ok(Json(json!(rule)))
 }
 
@@ -103,10 +115,7 @@ pub async fn get_enabled(
     Authed(session): Authed,
     PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
-    let ruleset = services.push.ruleset(session.user_id.as_str())?;
-    let rule = ruleset
-        .get(kind(&rule_kind)?, &rule_id)
-        .ok_or_else(|| MatrixError::not_found("Push rule not found"))?;
+    let rule = find_rule(&services, &session, &rule_kind, &rule_id)?;
     Ok(Json(json!({ "enabled": rule.enabled })))
 }
 
@@ -139,10 +148,7 @@ pub async fn get_actions(
     Authed(session): Authed,
     PathParams((rule_kind, rule_id)): PathParams<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
-    let ruleset = services.push.ruleset(session.user_id.as_str())?;
-    let rule = ruleset
-        .get(kind(&rule_kind)?, &rule_id)
-        .ok_or_else(|| MatrixError::not_found("Push rule not found"))?;
+    let rule = find_rule(&services, &session, &rule_kind, &rule_id)?;
     Ok(Json(json!({ "actions": rule.actions })))
 }
 
