@@ -12,22 +12,7 @@ export RUNS="${1:-5}"
 export SEND_SECS="${2:-10}"
 MEMBERS="${3:-10000}"
 PORT="${PORT:-18009}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ourwhats/target}"
-
-cargo build --release --quiet
-cargo bench --quiet --bench rooms_load --no-run
-LOAD=$(ls -t "$CARGO_TARGET_DIR"/release/deps/rooms_load-* | grep -v '\.d$' | head -1)
-BIN="$CARGO_TARGET_DIR/release/ourwhats"
-DATA="$(mktemp -d)"
-trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DATA"' EXIT
-
-OURWHATS_DATA_DIR="$DATA" OURWHATS_CLIENT__LISTEN="127.0.0.1:$PORT" \
-OURWHATS_FEDERATION__ENABLED=false OURWHATS_RATE_LIMITS__ENABLED=false \
-OURWHATS_LOGGING__LEVEL=warn "$BIN" serve &
-PID=$!
-BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 100); do curl -sf "$BASE/_matrix/client/versions" >/dev/null && break; sleep 0.1; done
-
-echo "machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"
+source benches/common/serve.sh
+bench_serve rooms_load
 "$LOAD" http "$BASE" "$PID"
 "$LOAD" storage "$MEMBERS"

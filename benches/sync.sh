@@ -11,22 +11,7 @@ export ROOMS="${1:-200}"
 export POLLERS="${2:-1000}"
 export DELIVERIES="${3:-300}"
 PORT="${PORT:-18010}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ourwhats/target}"
 ulimit -n 8192 2>/dev/null || true
-
-cargo build --release --quiet
-cargo bench --quiet --bench sync_load --no-run
-LOAD=$(ls -t "$CARGO_TARGET_DIR"/release/deps/sync_load-* | grep -v '\.d$' | head -1)
-BIN="$CARGO_TARGET_DIR/release/ourwhats"
-DATA="$(mktemp -d)"
-trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DATA"' EXIT
-
-OURWHATS_DATA_DIR="$DATA" OURWHATS_CLIENT__LISTEN="127.0.0.1:$PORT" \
-OURWHATS_FEDERATION__ENABLED=false OURWHATS_RATE_LIMITS__ENABLED=false \
-OURWHATS_LOGGING__LEVEL=warn "$BIN" serve &
-PID=$!
-BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 100); do curl -sf "$BASE/_matrix/client/versions" >/dev/null && break; sleep 0.1; done
-
-echo "machine: $(nproc) cores, $(uname -m), $(date -u +%Y-%m-%d)"
+source benches/common/serve.sh
+bench_serve sync_load
 "$LOAD" "$BASE" "$PID"

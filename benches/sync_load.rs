@@ -17,6 +17,14 @@ mod common;
 
 use common::{median, percentile, register, rss_kib, User};
 
+/// The `next_batch` of a sync answer.
+fn next_batch(answer: &Value) -> String {
+    answer["next_batch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a sync answer without next_batch: {answer}"))
+        .to_owned()
+}
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -68,10 +76,7 @@ async fn delivery(base: &str) {
     let bob = register(base, "deliver_bob").await;
     let room = create_room(&alice, base, &[&bob.user_id]).await;
     join(&bob, base, &room).await;
-    let mut since = sync(&bob, base, "timeout=0").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let mut since = next_batch(&sync(&bob, base, "timeout=0").await);
     let bob = Arc::new(bob);
     let mut times = Vec::with_capacity(samples);
     for n in 0..samples {
@@ -87,14 +92,14 @@ async fn delivery(base: &str) {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let sent = Instant::now();
         send(&alice, base, &room, n).await;
-        let (arrived, answer) = poll.await.unwrap();
+        let (arrived, answer) = poll.await.expect("the long-poll task ran");
         let events = &answer["rooms"]["join"][&room]["timeline"]["events"];
         assert!(
             events.as_array().is_some_and(|e| !e.is_empty()),
             "the long-poll answered without the message: {answer}"
         );
         times.push(arrived.duration_since(sent).as_secs_f64() * 1000.0);
-        since = answer["next_batch"].as_str().unwrap().to_owned();
+        since = next_batch(&answer);
     }
     println!(
         "| delivery PUT /send -> long-polling receiver ({samples} samples) | p50 {:.2} ms, p99 {:.2} ms |",
@@ -129,10 +134,7 @@ async fn initial_sync(base: &str) {
         median(times),
         bytes / 1024
     );
-    let since = sync(&user, base, "").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let since = next_batch(&sync(&user, base, "").await);
     let mut times = Vec::new();
     for _ in 0..500 {
         let started = Instant::now();
@@ -173,7 +175,7 @@ async fn pollers(base: &str, pid: u32) {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1)
             .build()
-            .unwrap();
+            .expect("an HTTP client");
         let url = format!("{base}/_matrix/client/v3/sync?timeout=20000");
         let since = {
             let answer: Value = http
@@ -181,11 +183,11 @@ async fn pollers(base: &str, pid: u32) {
                 .bearer_auth(&user.token)
                 .send()
                 .await
-                .unwrap()
+                .expect("the server answers")
                 .json()
                 .await
-                .unwrap();
-            answer["next_batch"].as_str().unwrap().to_owned()
+                .expect("a JSON answer");
+            next_batch(&answer)
         };
         tasks.push(tokio::spawn(async move {
             http.get(format!("{url}&since={since}"))

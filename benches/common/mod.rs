@@ -30,37 +30,36 @@ pub struct User {
     pub user_id: String,
 }
 
+/// POSTs a JSON body and reads the JSON answer (a load generator stops on a broken server).
+async fn post_json(http: &reqwest::Client, url: &str, body: &Value) -> Value {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("a JSON answer")
+}
+
+/// Registers `name` through the dummy auth stage.
 pub async fn register(base: &str, name: &str) -> User {
     let http = reqwest::Client::new();
     let url = format!("{base}/_matrix/client/v3/register");
-    let body = json!({"username": name, "password": "bench-password"});
-    let challenge: Value = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut body = body;
+    let mut body = json!({"username": name, "password": "bench-password"});
+    let challenge = post_json(&http, &url, &body).await;
     body["auth"] = json!({"type": "m.login.dummy", "session": challenge["session"]});
-    let done: Value = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    User {
-        http,
-        token: done["access_token"]
+    let done = post_json(&http, &url, &body).await;
+    let field = |key: &str| {
+        done[key]
             .as_str()
-            .expect("registered")
-            .to_owned(),
-        user_id: done["user_id"].as_str().unwrap().to_owned(),
+            .unwrap_or_else(|| panic!("registration answered no {key}: {done}"))
+            .to_owned()
+    };
+    User {
+        token: field("access_token"),
+        user_id: field("user_id"),
+        http,
     }
 }
 
@@ -70,7 +69,7 @@ impl User {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
+        let response = request.send().await.expect("the server answers");
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert!(status.is_success(), "{url}: {status} {body}");

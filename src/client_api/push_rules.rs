@@ -218,13 +218,12 @@ pub async fn notifications(
         .push
         .notifications(user_id, before, limit, only_highlight)?;
     let mut out = Vec::with_capacity(found.len());
+    let store = services.rooms.store();
     for notification in found {
+        let room_id = store.room_by_short(notification.room)?.record.room_id;
+        let event_id = store.state().event_id_of(notification.event)?;
         // An event the user can no longer read (they left, it was forgotten) is skipped.
-        let Ok(mut event) =
-            services
-                .rooms
-                .event_for(viewer, &notification.room_id, &notification.event_id)
-        else {
+        let Ok(mut event) = services.rooms.event_for(viewer, &room_id, &event_id) else {
             continue;
         };
         if let Some(event) = event.as_object_mut() {
@@ -235,7 +234,7 @@ pub async fn notifications(
             "actions": notification.actions,
             "event": event,
             "read": notification.pos <= read_up_to,
-            "room_id": notification.room_id,
+            "room_id": room_id,
             "ts": notification.ts,
         }));
     }

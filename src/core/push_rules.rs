@@ -318,7 +318,13 @@ fn condition_matches(condition: &PushCondition, event: &Value, ctx: &PushContext
             };
             // "As a special case, if `key` is `content.body`, then `pattern` must instead
             // match any substring of the value ... which starts and ends at a word boundary."
-            glob_matches(&glob_tokens(pattern), value, key == "content.body")
+            let words = key == "content.body";
+            if !words && !pattern.contains(['*', '?']) {
+                // A literal pattern matching the whole value (most of the predefined
+                // rules): no glob machinery, no allocation for ASCII.
+                return literal_eq(pattern, value);
+            }
+            glob_matches(&glob_tokens(pattern), value, words)
         }
         // `value` is non-compound (checked on parsing), so equality is the exact match;
         // serde_json keeps integers and floats apart ("do not cast types").
@@ -365,6 +371,13 @@ fn is_scalar(value: &Value) -> bool {
 /// separates names, `\.` and `\\` are a literal dot and backslash, and any other `\x` is
 /// kept as it is. Arrays are not indexed.
 fn property<'e>(event: &'e Value, key: &str) -> Option<&'e Value> {
+    if !key.contains('\\') {
+        // No escapes: walk the path without building it (the common case, per event and
+        // member).
+        return key
+            .split('.')
+            .try_fold(event, |value, name| value.get(name));
+    }
     let mut names = Vec::new();
     let mut name = String::new();
     let mut chars = key.chars();
@@ -405,6 +418,15 @@ fn member_count_matches(is: &str, count: u64) -> bool {
         ">=" => count >= number,
         _ => count == number,
     }
+}
+
+/// Case-insensitive equality, as [`glob_matches`] would decide for a pattern without
+/// wildcards.
+fn literal_eq(pattern: &str, value: &str) -> bool {
+    if pattern.is_ascii() && value.is_ascii() {
+        return pattern.eq_ignore_ascii_case(value);
+    }
+    pattern.to_lowercase() == value.to_lowercase()
 }
 
 /// One element of a glob: `*`, `?` or a (lowercased) literal character.

@@ -100,12 +100,10 @@ pub enum Table {
     ShortroomidPosReceipt,
     /// `user_id -> RulesRecord` (position, ruleset): a user's push rules. Owner: push.
     UseridPushrules,
-    /// `user_id 0xFF short room id (u64 BE) ++ position (u64 BE) -> highlight (1 byte)`: events
-    /// that notify the user, per room, for unread counts. Owner: push.
+    /// `user_id 0xFF short room id (u64 BE) ++ position (u64 BE) -> highlight (1 byte) ++
+    /// event short id ++ timestamp ++ actions (JSON)`: events that notify the user, for unread
+    /// counts and `/notifications`. Owner: push.
     UseridShortroomidPosNotify,
-    /// `user_id 0xFF position (u64 BE) -> Notification` (room, event, actions): the user's
-    /// notifications in order, for `/notifications`. Owner: push.
-    UseridPosNotification,
 }
 
 impl Table {
@@ -149,7 +147,6 @@ impl Table {
         Table::ShortroomidPosReceipt,
         Table::UseridPushrules,
         Table::UseridShortroomidPosNotify,
-        Table::UseridPosNotification,
     ];
 
     /// The column family's name.
@@ -193,7 +190,6 @@ impl Table {
             Table::ShortroomidPosReceipt => "shortroomid_pos_receipt",
             Table::UseridPushrules => "userid_pushrules",
             Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
-            Table::UseridPosNotification => "userid_pos_notification",
         }
     }
 }

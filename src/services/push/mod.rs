@@ -8,8 +8,7 @@
 //! whose actions notify leaves one entry per user; the unread counts are the entries after
 //! the user's read receipt, so reading up to an event clears everything before it.
 //!
-//! Owns the tables `userid_pushrules`, `userid_shortroomid_pos_notify` and
-//! `userid_pos_notification`.
+//! Owns the tables `userid_pushrules` and `userid_shortroomid_pos_notify`.
 
 pub mod notifications;
 

@@ -136,8 +136,8 @@ pub struct NewEvent<'a> {
     pub pos: u64,
     /// The PDU.
     pub pdu: &'a Value,
-    /// The event id.
-    pub event_id: &'a str,
+    /// The event's short id.
+    pub short: ShortEventId,
     /// The room's local joined members before the event.
     pub local_members: &'a [LocalMember],
     /// The room's joined member count.
@@ -366,6 +366,9 @@ struct RoomHead {
     cache: HashMap<ShortEventId, Arc<StoredEvent>>,
     /// Local joined members, loaded when first needed.
     local_members: Option<Vec<LocalMember>>,
+    /// The parsed power levels, with the short ids of the create and power levels
+    /// events they come from (parsed again only when those change).
+    power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
 }
 
 impl RoomHead {
@@ -381,7 +384,30 @@ impl RoomHead {
             state,
             cache: HashMap::new(),
             local_members: None,
+            power_levels: None,
         })
+    }
+
+    /// The current power levels, parsed once per change of the power levels event.
+    fn power_levels(&mut self, store: &EventStore) -> MatrixResult<Arc<PowerLevels>> {
+        let create = self.state_event(store, "m.room.create", "")?;
+        let levels = self.state_event(store, "m.room.power_levels", "")?;
+        let key = (
+            create.as_ref().map_or(0, |e| e.short),
+            levels.as_ref().map_or(0, |e| e.short),
+        );
+        if let Some((cached_key, parsed)) = &self.power_levels {
+            if *cached_key == key {
+                return Ok(Arc::clone(parsed));
+            }
+        }
+        let parsed = Arc::new(PowerLevels::new(
+            self.version,
+            create.as_ref().map(|e| &e.pdu),
+            levels.as_ref().map(|e| &e.pdu),
+        ));
+        self.power_levels = Some((key, Arc::clone(&parsed)));
+        Ok(parsed)
     }
 
     /// The room's local joined members, read from the current state once per head.
@@ -506,6 +532,7 @@ fn create_room(
         state: StateMap::new(),
         cache: HashMap::new(),
         local_members: None,
+        power_levels: None,
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
@@ -623,13 +650,7 @@ fn check_redaction(
     if target.sender() == draft.sender {
         return Ok(());
     }
-    let create = head.state_event(store, "m.room.create", "")?;
-    let levels = head.state_event(store, "m.room.power_levels", "")?;
-    let levels = PowerLevels::new(
-        head.version,
-        create.as_ref().map(|e| &e.pdu),
-        levels.as_ref().map(|e| &e.pdu),
-    );
+    let levels = head.power_levels(store)?;
     if levels.user(&draft.sender) < i128::from(levels.redact) {
         return Err(MatrixError::forbidden(
             "You don't have permission to redact other users' events",
@@ -658,7 +679,7 @@ fn run_hook(
     ctx: &WriterContext,
     head: &mut RoomHead,
     pdu: &Value,
-    event_id: &str,
+    short: ShortEventId,
     pos: u64,
     batch: &mut Batch<'_>,
 ) -> MatrixResult<()> {
@@ -666,13 +687,17 @@ fn run_hook(
         return Ok(());
     };
     let store = &ctx.store;
-    let create = head.state_event(store, "m.room.create", "")?;
+    let sender = pdu.get("sender").and_then(Value::as_str).unwrap_or("");
+    if head
+        .local_members(store, &ctx.server_name)?
+        .iter()
+        .all(|m| m.user_id == sender)
+    {
+        // Nobody else here to notify.
+        return Ok(());
+    }
+    let power_levels = head.power_levels(store)?;
     let levels_event = head.state_event(store, "m.room.power_levels", "")?;
-    let power_levels = PowerLevels::new(
-        head.version,
-        create.as_ref().map(|e| &e.pdu),
-        levels_event.as_ref().map(|e| &e.pdu),
-    );
     let notification_levels = levels_event
         .as_ref()
         .and_then(|e| e.pdu.get("content"))
@@ -688,7 +713,7 @@ fn run_hook(
             room,
             pos,
             pdu,
-            event_id,
+            short,
             local_members,
             joined_count,
             power_levels: &power_levels,
@@ -846,7 +871,7 @@ fn write_event(
         head.short.to_be_bytes(),
         encode(&record),
     );
-    run_hook(ctx, head, pdu, &event_id, pos, &mut batch)?;
+    run_hook(ctx, head, pdu, short, pos, &mut batch)?;
     store.db.write_relaxed(batch)?;
     if member.is_some() {
         head.member_changed(pdu, &ctx.server_name);

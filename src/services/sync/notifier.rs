@@ -75,9 +75,10 @@ pub struct UserStream {
 }
 
 impl UserStream {
-    /// A copy of the user's changes.
-    pub fn changes(&self) -> UserChanges {
-        self.lock().clone()
+    /// Rooms with a change after `after`, newest first (see
+    /// [`UserChanges::rooms_changed`]), without copying the user's whole index.
+    pub fn rooms_changed(&self, after: u64) -> Vec<u64> {
+        self.lock().rooms_changed(after)
     }
 
     /// The latest position of anything for this user.

@@ -137,8 +137,7 @@ pub fn build(
     let store = services.rooms.store();
     let rooms: Vec<(String, MembershipRecord)> = match (ctx.full, since) {
         (false, Some(since)) => {
-            let changes = stream.changes();
-            let mut shorts = changes.rooms_changed(since);
+            let mut shorts = stream.rooms_changed(since);
             let mut seen: BTreeSet<u64> = shorts.iter().copied().collect();
             for room_id in room_data.keys() {
                 if let Some(short) = store.room_short(room_id)? {
