@@ -608,46 +608,36 @@ async fn filters_limit_the_timeline_and_lazy_load_members() {
 #[tokio::test]
 async fn a_since_token_from_before_a_restart_still_works() {
     let mut server = TestServer::start().await;
-    let (alice_id, alice_token, _) = server.register("alice", "correct horse battery").await;
-    let (bob_id, bob_token, _) = server.register("bob", "correct horse battery").await;
+    let alice_login = server.register("alice", "correct horse battery").await;
+    let bob_login = server.register("bob", "correct horse battery").await;
     let room = {
-        let alice = Client {
-            server: &server,
-            token: alice_token.clone(),
-            user_id: alice_id.clone(),
-        };
+        let alice = Client::signed_in(&server, &alice_login);
         let room = alice.create_room(json!({"preset": "public_chat"})).await;
-        let bob = Client {
-            server: &server,
-            token: bob_token.clone(),
-            user_id: bob_id.clone(),
-        };
+        let bob = Client::signed_in(&server, &bob_login);
         bob.join(&room).await;
         alice.text(&room, "before").await;
         room
     };
+    let to_bob = json!({"messages": {bob_login.0.clone(): {bob_login.2.clone(): {"k": "v"}}}});
     let since = {
-        let bob = Client {
-            server: &server,
-            token: bob_token.clone(),
-            user_id: bob_id.clone(),
-        };
+        let bob = Client::signed_in(&server, &bob_login);
         bob.sync("").await["next_batch"].clone()
     };
+    // A to-device message waiting at the restart is still delivered after it.
+    let (status, _) = Client::signed_in(&server, &alice_login)
+        .put("/sendToDevice/m.dummy/r1", to_bob)
+        .await;
+    assert_eq!(status, StatusCode::OK);
     server.restart().await;
-    let alice = Client {
-        server: &server,
-        token: alice_token,
-        user_id: alice_id,
-    };
-    let bob = Client {
-        server: &server,
-        token: bob_token,
-        user_id: bob_id,
-    };
+    let alice = Client::signed_in(&server, &alice_login);
+    let bob = Client::signed_in(&server, &bob_login);
     alice.text(&room, "after").await;
     let next = bob.sync_since(&since).await;
     assert_eq!(timeline_bodies(&next, &room), vec!["after"]);
+    assert_eq!(
+        next["to_device"]["events"][0]["content"]["k"], "v",
+        "{next}"
+    );
     let again = bob.sync_since(&next["next_batch"]).await;
     assert!(again.get("rooms").is_none(), "{again}");
 }
@@ -844,4 +834,132 @@ async fn push_rules_can_be_read_changed_and_refused() {
     assert_error(status, &body, 404, "M_NOT_FOUND");
     let (status, body) = alice.get("/notifications?only=everything").await;
     assert_error(status, &body, 400, "M_INVALID_PARAM");
+}
+
+fn to_device_events(sync: &Value) -> Vec<Value> {
+    sync["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn to_device_messages_reach_their_device_once_in_order() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let bob_phone = bob.another_device().await;
+    let since = bob.sync("").await["next_batch"].clone();
+    let phone_since = bob_phone.sync("").await["next_batch"].clone();
+
+    // A long-polling device wakes for a message addressed to it.
+    let started = Instant::now();
+    let query = format!("since={}&timeout=10000", since.as_str().unwrap());
+    let poll = bob.sync(&query);
+    let send = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, body) = alice
+            .put(
+                "/sendToDevice/m.room_key_request/t1",
+                json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"n": 1}}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+    let (woken, ()) = tokio::join!(poll, send);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let events = to_device_events(&woken);
+    assert_eq!(events.len(), 1, "{woken}");
+    assert_eq!(events[0]["sender"], alice.user_id.as_str());
+    assert_eq!(events[0]["type"], "m.room_key_request");
+    assert_eq!(events[0]["content"], json!({"n": 1}));
+
+    // The same transaction again is a no-op; `*` reaches every device of the user; an
+    // unknown device and a remote user are skipped without failing the send.
+    for txn in ["t1", "t2"] {
+        let body = if txn == "t1" {
+            json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"n": 1}}}})
+        } else {
+            json!({"messages": {
+                bob.user_id.clone(): {"*": {"n": 2}, "NOSUCHDEVICE": {"n": 3}},
+                "@carol:elsewhere.example": {"ABC": {"n": 4}},
+            }})
+        };
+        let (status, body) = alice
+            .put(&format!("/sendToDevice/m.room_key_request/{txn}"), body)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let next = bob.sync_since(&woken["next_batch"]).await;
+    let contents: Vec<Value> = to_device_events(&next)
+        .iter()
+        .map(|e| e["content"].clone())
+        .collect();
+    assert_eq!(contents, vec![json!({"n": 2})], "{next}");
+    // Acknowledged by the next token: gone.
+    let after = bob.sync_since(&next["next_batch"]).await;
+    assert!(after.get("to_device").is_none(), "{after}");
+
+    // The phone never acknowledged anything: it gets the `*` message, and only that.
+    let phone = bob_phone.sync_since(&phone_since).await;
+    let contents: Vec<Value> = to_device_events(&phone)
+        .iter()
+        .map(|e| e["content"].clone())
+        .collect();
+    assert_eq!(contents, vec![json!({"n": 2})], "{phone}");
+    // Syncing again from the same token (the answer was lost) delivers it again.
+    let retry = bob_phone.sync_since(&phone_since).await;
+    assert_eq!(to_device_events(&retry).len(), 1, "{retry}");
+
+    // A long queue comes 100 at a time, in order, and the token keeps the rest waiting.
+    for n in 0..150 {
+        let (status, _) = alice
+            .put(
+                &format!("/sendToDevice/m.dummy/q{n}"),
+                json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"n": n}}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let first = bob.sync_since(&after["next_batch"]).await;
+    let second = bob.sync_since(&first["next_batch"]).await;
+    let third = bob.sync_since(&second["next_batch"]).await;
+    let numbers: Vec<u64> = to_device_events(&first)
+        .iter()
+        .chain(to_device_events(&second).iter())
+        .map(|e| e["content"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(to_device_events(&first).len(), 100);
+    assert_eq!(numbers, (0..150).collect::<Vec<u64>>());
+    assert!(third.get("to_device").is_none(), "{third}");
+    // An initial sync of a device gets what waits for it too.
+    alice
+        .put(
+            "/sendToDevice/m.dummy/late",
+            json!({"messages": {bob.user_id.clone(): {bob_phone.device_id.clone(): {"late": true}}}}),
+        )
+        .await;
+    let initial = bob_phone.sync("").await;
+    assert!(to_device_events(&initial)
+        .iter()
+        .any(|e| e["content"]["late"] == true));
+
+    // Bad input.
+    for body in [
+        json!({}),
+        json!({"messages": []}),
+        json!({"messages": {bob.user_id.clone(): {"X": "not an object"}}}),
+        json!({"messages": {"not a user": {"X": {}}}}),
+    ] {
+        let (status, out) = alice.put("/sendToDevice/m.dummy/bad", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+        assert!(out["errcode"].as_str().unwrap().starts_with("M_"), "{out}");
+    }
+    let (status, out) = bob
+        .get(&format!(
+            "/sync?since={}_x",
+            after["next_batch"].as_str().unwrap()
+        ))
+        .await;
+    assert_error(status, &out, 400, "M_INVALID_PARAM");
 }

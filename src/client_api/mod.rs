@@ -21,6 +21,7 @@ pub mod room_state;
 pub mod room_upgrades;
 pub mod sync;
 pub mod tags;
+pub mod to_device;
 pub mod typing;
 pub mod versions;
 pub mod well_known;
@@ -89,7 +90,8 @@ pub fn routes() -> Router<AppState> {
         .merge(live_routes())
 }
 
-/// What keeps a client live: sync, filters, account data, tags, typing, receipts.
+/// What keeps a client live: sync, filters, account data, tags, typing, receipts, push
+/// rules, to-device messages.
 fn live_routes() -> Router<AppState> {
     let user = |path: &str| format!("/_matrix/client/v3/user/{{user_id}}{path}");
     Router::new()
@@ -143,6 +145,10 @@ fn live_routes() -> Router<AppState> {
         .route(
             "/_matrix/client/v3/notifications",
             get(push_rules::notifications),
+        )
+        .route(
+            "/_matrix/client/v3/sendToDevice/{event_type}/{txn_id}",
+            put(to_device::send_to_device),
         )
 }
 

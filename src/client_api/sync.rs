@@ -43,6 +43,7 @@ pub async fn sync(
         .as_deref()
         .map(|s| services.sync.parse_since(s))
         .transpose()?;
+    let (since, to_device_since) = (since.map(|s| s.0), since.map(|s| s.1));
     let timeout = match params.timeout.as_deref() {
         None => Duration::ZERO,
         Some(ms) => Duration::from_millis(
@@ -72,6 +73,7 @@ pub async fn sync(
         user_id: session.user_id.as_str().to_owned(),
         device_id: session.device_id.clone(),
         since,
+        to_device_since,
         timeout,
         full_state,
         filter,

@@ -104,6 +104,12 @@ pub enum Table {
     /// event short id ++ timestamp ++ actions (JSON)`: events that notify the user, for unread
     /// counts and `/notifications`. Owner: push.
     UseridShortroomidPosNotify,
+    /// `user_id 0xFF device_id 0xFF position (u64 BE) -> event` (JSON: sender, type,
+    /// content): a device's inbox of send-to-device messages. Owner: accounts.
+    UseridDeviceidPosTodevice,
+    /// `user_id 0xFF device_id 0xFF txn_id -> position (u64 BE)`: idempotent to-device
+    /// sends. Owner: accounts.
+    TxnidTodevice,
 }
 
 impl Table {
@@ -147,6 +153,8 @@ impl Table {
         Table::ShortroomidPosReceipt,
         Table::UseridPushrules,
         Table::UseridShortroomidPosNotify,
+        Table::UseridDeviceidPosTodevice,
+        Table::TxnidTodevice,
     ];
 
     /// The column family's name.
@@ -190,6 +198,8 @@ impl Table {
             Table::ShortroomidPosReceipt => "shortroomid_pos_receipt",
             Table::UseridPushrules => "userid_pushrules",
             Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
+            Table::UseridDeviceidPosTodevice => "userid_deviceid_pos_todevice",
+            Table::TxnidTodevice => "txnid_todevice",
         }
     }
 }

@@ -16,15 +16,42 @@ pub struct Client<'a> {
     pub server: &'a TestServer,
     pub token: String,
     pub user_id: String,
+    pub device_id: String,
 }
 
 impl<'a> Client<'a> {
     pub async fn new(server: &'a TestServer, name: &str) -> Self {
-        let (user_id, token, _) = server.register(name, "correct horse battery").await;
+        let (user_id, token, device_id) = server.register(name, "correct horse battery").await;
         Self {
             server,
             token,
             user_id,
+            device_id,
+        }
+    }
+
+    /// A client for an account registered earlier: `(user_id, access_token, device_id)`.
+    pub fn signed_in(server: &'a TestServer, login: &(String, String, String)) -> Self {
+        Self {
+            server,
+            user_id: login.0.clone(),
+            token: login.1.clone(),
+            device_id: login.2.clone(),
+        }
+    }
+
+    /// The same user logged in on a new device.
+    pub async fn another_device(&self) -> Client<'a> {
+        let (status, body) = self
+            .server
+            .login(&self.user_id, "correct horse battery")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        Self {
+            server: self.server,
+            token: body["access_token"].as_str().unwrap().to_owned(),
+            user_id: self.user_id.clone(),
+            device_id: body["device_id"].as_str().unwrap().to_owned(),
         }
     }
 

@@ -2,13 +2,15 @@
 //! profile.
 //!
 //! Owns the tables `userid_account`, `tokenhash_session`, `userid_deviceid_device`,
-//! `userid_profile`, `userid_roomid_type_accountdata` and `userid_pos_accountdata`. Spec: client-server API, "Client Authentication", "Account
-//! registration and management", "Device Management".
+//! `userid_profile`, `userid_roomid_type_accountdata`, `userid_pos_accountdata`,
+//! `userid_deviceid_pos_todevice` and `txnid_todevice`. Spec: client-server API, "Client
+//! Authentication", "Account registration and management", "Device Management".
 
 pub mod account_data;
 pub mod profiles;
 pub mod records;
 pub mod secrets;
+pub mod to_device;
 pub mod uia;
 
 use std::collections::HashMap;
@@ -118,6 +120,8 @@ pub struct Accounts {
     stream: Arc<StreamPositions>,
     /// Serializes each user's account data changes.
     account_data_locks: StripedLocks,
+    /// Serializes to-device sends per sender device and transaction.
+    to_device_locks: StripedLocks,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -144,6 +148,7 @@ impl Accounts {
             last_seen_written: Mutex::new(HashMap::new()),
             stream,
             account_data_locks: Default::default(),
+            to_device_locks: Default::default(),
         }
     }
 
@@ -784,6 +789,7 @@ impl Accounts {
             }
             batch.delete(Table::UseridDeviceidDevice, &key);
             batch.delete(Table::UseridDeviceidLastseen, &key);
+            self.clear_inbox(&mut batch, user_id.as_str(), device_id)?;
         }
         if !batch.is_empty() {
             self.db.commit(batch).await?;

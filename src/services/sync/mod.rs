@@ -37,6 +37,9 @@ pub struct SyncRequest {
     pub device_id: String,
     /// The position of `since`, if given.
     pub since: Option<u64>,
+    /// The last to-device message the client has received (the position of `since`, or
+    /// earlier when the answer that issued `since` left messages for later).
+    pub to_device_since: Option<u64>,
     /// How long to wait for something new.
     pub timeout: Duration,
     /// Send the full state of every room.
@@ -59,13 +62,22 @@ impl Sync {
         Self { notifier, stream }
     }
 
-    /// Parses a `since` token; 400 `M_INVALID_PARAM` for one this server never issued.
-    pub fn parse_since(&self, since: &str) -> MatrixResult<u64> {
+    /// Parses a `since` token into its position and the last to-device message the client
+    /// received; 400 `M_INVALID_PARAM` for a token this server never issued.
+    pub fn parse_since(&self, since: &str) -> MatrixResult<(u64, u64)> {
         let pos = tokens::parse(since)?;
+        let to_device = match since.split('_').nth(1) {
+            None => pos,
+            Some(part) => part
+                .parse()
+                .ok()
+                .filter(|p| *p <= pos)
+                .ok_or_else(|| MatrixError::invalid_param("Unknown since token"))?,
+        };
         if pos > self.stream.watermark() {
             return Err(MatrixError::invalid_param("Unknown since token"));
         }
-        Ok(pos)
+        Ok((pos, to_device))
     }
 
     /// The user's stream, loading their rooms if this is their first sync since start-up.
@@ -115,6 +127,9 @@ impl Sync {
         let request = Arc::new(request);
         let deadline = tokio::time::Instant::now() + request.timeout.min(MAX_TIMEOUT);
         let long_poll = request.since.filter(|_| !request.full_state);
+        // To-device messages left over by the answer that issued `since` are news already.
+        let undelivered = request.to_device_since < request.since;
+        let long_poll = long_poll.filter(|_| !undelivered);
         // What the user has been told of: wait for something newer.
         let mut seen = long_poll;
         loop {

@@ -3,7 +3,8 @@
 //! Spec: client-server API, `GET /sync` (response: `next_batch`, `rooms.join` with
 //! `timeline`, `state`, `ephemeral`, `account_data`, `summary`, `unread_notifications`;
 //! `rooms.invite` with stripped `invite_state`; `rooms.knock`; `rooms.leave`;
-//! `account_data`), "Lazy-loading room members", "Stripped state", "Ignoring Users".
+//! `account_data`; `to_device`), "Lazy-loading room members", "Stripped state", "Ignoring
+//! Users", "Send-to-Device messaging".
 //!
 //! An initial sync (no `since`, or `full_state`) visits every room of the user; an
 //! incremental one only the rooms the user's stream says changed, plus rooms whose
@@ -197,8 +198,22 @@ pub fn build(
         map.insert(room_id, section);
     }
 
+    let to_device = services.accounts.take_to_device(
+        &request.user_id,
+        &request.device_id,
+        request.to_device_since.unwrap_or(0).min(upto),
+        upto,
+    )?;
     let mut response = Map::new();
-    response.insert("next_batch".into(), json!(tokens::token(upto)));
+    let next_batch = match to_device.more_after {
+        // Messages left for the next answer: the token says how far this one went.
+        Some(last) => format!("{}_{last}", tokens::token(upto)),
+        None => tokens::token(upto),
+    };
+    response.insert("next_batch".into(), json!(next_batch));
+    if !to_device.events.is_empty() {
+        response.insert("to_device".into(), json!({ "events": to_device.events }));
+    }
     let mut rooms = Map::new();
     for (name, section) in [
         ("join", join),

@@ -1,0 +1,219 @@
+//! Send-to-device messages: each local recipient device has an inbox ordered by stream
+//! position; `/sync` hands a device what is waiting and deletes it once a later sync token
+//! acknowledges it.
+//!
+//! Spec: client-server API, "Send-to-Device messaging" (`PUT /sendToDevice/{eventType}/{txnId}`;
+//! "Extensions to /sync": `to_device.events`, in order of arrival, at most about 100 per
+//! answer, deleted when the client syncs with the `next_batch` of the answer that carried
+//! them). The transaction id makes a retried send a no-op (spec: "Transaction identifiers",
+//! scoped to the access token's device).
+//!
+//! Tables: `userid_deviceid_pos_todevice` (recipient, device, position -> the event as the
+//! client gets it) and `txnid_todevice` (sender, device, txn id -> position).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{device_key, Accounts};
+use crate::core::UserId;
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::stream::{StreamChange, Write};
+use crate::storage::{keys, Table};
+
+/// Messages handed to a device in one `/sync` answer (the spec recommends 100).
+pub const MAX_PER_SYNC: usize = 100;
+
+/// `messages` of a send: recipient user -> device id (or `*`) -> content.
+pub type Messages = BTreeMap<String, BTreeMap<String, Value>>;
+
+/// What a sync takes from a device's inbox.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// The events, oldest first.
+    pub events: Vec<Value>,
+    /// The position of the last event handed out, when more wait after it.
+    pub more_after: Option<u64>,
+}
+
+fn inbox_prefix(user_id: &str, device_id: &str) -> Vec<u8> {
+    let mut key = device_key(user_id, device_id);
+    key.push(keys::SEP);
+    key
+}
+
+fn inbox_key(user_id: &str, device_id: &str, pos: u64) -> Vec<u8> {
+    let mut key = inbox_prefix(user_id, device_id);
+    key.extend_from_slice(&pos.to_be_bytes());
+    key
+}
+
+impl Accounts {
+    /// Puts `content` of type `kind` in the inbox of each named local device (`*`: all the
+    /// user's devices), once per `(sender device, txn_id)`. Unknown users and devices are
+    /// skipped, as they would be by a remote server. Messages for users on other servers
+    /// are not sent: this server does not federate to-device messages yet, and says so in
+    /// its log.
+    pub async fn send_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &str,
+        kind: &str,
+        txn_id: &str,
+        messages: &Messages,
+    ) -> MatrixResult<()> {
+        check_type(kind)?;
+        let txn_key = keys::join(&[
+            sender.as_str().as_bytes(),
+            sender_device.as_bytes(),
+            txn_id.as_bytes(),
+        ]);
+        // One send per device at a time, so a retry racing the original is still a no-op.
+        let _guard = self.to_device_locks.lock(&txn_key).await;
+        if self.db.contains(Table::TxnidTodevice, &txn_key)? {
+            return Ok(());
+        }
+        let mut deliveries: Vec<(String, String, Value)> = Vec::new();
+        for (user, devices) in messages {
+            let recipient = UserId::parse(user)
+                .map_err(|_| MatrixError::invalid_param(format!("Invalid user id {user:?}")))?;
+            for content in devices.values() {
+                if !content.is_object() {
+                    return Err(MatrixError::bad_json(
+                        "Each message's content must be a JSON object",
+                    ));
+                }
+            }
+            if recipient.server_name() != self.server_name.as_str() {
+                tracing::warn!(
+                    recipient = %recipient,
+                    "to-device message for a remote user not sent: federation of to-device messages is not implemented"
+                );
+                continue;
+            }
+            let known = self.devices(&recipient)?;
+            for (device, content) in devices {
+                let targets: Vec<&str> = if device == "*" {
+                    known.iter().map(|d| d.device_id.as_str()).collect()
+                } else if known.iter().any(|d| d.device_id == *device) {
+                    vec![device.as_str()]
+                } else {
+                    Vec::new()
+                };
+                for target in targets {
+                    let event = json!({
+                        "sender": sender.as_str(),
+                        "type": kind,
+                        "content": content,
+                    });
+                    deliveries.push((user.clone(), target.to_owned(), event));
+                }
+            }
+        }
+        let mut changes: Vec<StreamChange> = Vec::new();
+        for (user, _, _) in &deliveries {
+            if !changes
+                .iter()
+                .any(|c| matches!(c, StreamChange::ToDevice { user: u } if u == user))
+            {
+                changes.push(StreamChange::ToDevice { user: user.clone() });
+            }
+        }
+        self.stream
+            .write_at_new_position(
+                move |pos| {
+                    let mut writes: Vec<Write> = Vec::with_capacity(deliveries.len() + 1);
+                    for (user, device, event) in deliveries {
+                        let bytes = serde_json::to_vec(&event).unwrap_or_default();
+                        writes.push((
+                            Table::UseridDeviceidPosTodevice,
+                            inbox_key(&user, &device, pos),
+                            Some(bytes),
+                        ));
+                    }
+                    writes.push((
+                        Table::TxnidTodevice,
+                        txn_key,
+                        Some(pos.to_be_bytes().to_vec()),
+                    ));
+                    writes
+                },
+                changes,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// For a sync of `device_id` covering `(acknowledged, upto]`: deletes what the client
+    /// acknowledged (everything up to `acknowledged`) and answers what waits after it, up
+    /// to `upto`, at most [`MAX_PER_SYNC`] events.
+    pub fn take_to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        acknowledged: u64,
+        upto: u64,
+    ) -> MatrixResult<Delivery> {
+        let prefix = inbox_prefix(user_id, device_id);
+        let mut batch = self.db.batch();
+        for entry in self.db.scan_range(
+            Table::UseridDeviceidPosTodevice,
+            &prefix,
+            &inbox_key(user_id, device_id, acknowledged.saturating_add(1)),
+            false,
+        ) {
+            let (key, _) = entry?;
+            batch.delete(Table::UseridDeviceidPosTodevice, key);
+        }
+        if !batch.is_empty() {
+            // Losing this delete in a crash only delivers the messages again, which
+            // clients tolerate; no need to wait for the disk.
+            self.db.write_relaxed(batch)?;
+        }
+        let mut delivery = Delivery::default();
+        let mut last_pos = acknowledged;
+        for entry in self.db.scan_range(
+            Table::UseridDeviceidPosTodevice,
+            &inbox_key(user_id, device_id, acknowledged.saturating_add(1)),
+            &inbox_key(user_id, device_id, upto.saturating_add(1)),
+            false,
+        ) {
+            let (key, value) = entry?;
+            if delivery.events.len() == MAX_PER_SYNC {
+                delivery.more_after = Some(last_pos);
+                break;
+            }
+            last_pos = keys::read_u64(&key[prefix.len()..])
+                .ok_or_else(|| MatrixError::internal("corrupt to-device key"))?;
+            let event: Value = serde_json::from_slice(&value)
+                .map_err(|_| MatrixError::internal("corrupt to-device record"))?;
+            delivery.events.push(event);
+        }
+        Ok(delivery)
+    }
+
+    /// Empties a device's inbox (the device is being deleted).
+    pub(super) fn clear_inbox(
+        &self,
+        batch: &mut crate::storage::Batch<'_>,
+        user_id: &str,
+        device_id: &str,
+    ) -> MatrixResult<()> {
+        for entry in self.db.scan_prefix(
+            Table::UseridDeviceidPosTodevice,
+            &inbox_prefix(user_id, device_id),
+        ) {
+            let (key, _) = entry?;
+            batch.delete(Table::UseridDeviceidPosTodevice, key);
+        }
+        Ok(())
+    }
+}
+
+/// Event types: non-empty, at most 255 bytes (the spec's limit on identifiers).
+fn check_type(kind: &str) -> MatrixResult<()> {
+    if kind.is_empty() || kind.len() > 255 {
+        return Err(MatrixError::invalid_param("Invalid event type"));
+    }
+    Ok(())
+}
