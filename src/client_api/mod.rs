@@ -19,6 +19,7 @@ pub mod room_members;
 pub mod room_send;
 pub mod room_state;
 pub mod room_upgrades;
+pub mod search;
 pub mod sync;
 pub mod tags;
 pub mod to_device;
@@ -91,7 +92,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// What keeps a client live: sync, filters, account data, tags, typing, receipts, push
-/// rules, to-device messages.
+/// rules, to-device messages, search.
 fn live_routes() -> Router<AppState> {
     let user = |path: &str| format!("/_matrix/client/v3/user/{{user_id}}{path}");
     Router::new()
@@ -150,6 +151,7 @@ fn live_routes() -> Router<AppState> {
             "/_matrix/client/v3/sendToDevice/{event_type}/{txn_id}",
             put(to_device::send_to_device),
         )
+        .route("/_matrix/client/v3/search", post(search::search))
 }
 
 const ROOM: &str = "/_matrix/client/v3/rooms/{room_id}";

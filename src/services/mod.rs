@@ -9,6 +9,7 @@ pub mod push;
 pub mod rate_limit;
 pub mod records;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
@@ -139,12 +140,14 @@ impl Services {
         let rooms = Rooms::open(
             Arc::clone(&db),
             Arc::clone(&stream_positions),
-            Some(push.clone()),
+            vec![push.clone(), Arc::new(search::index::SearchIndex)],
             config.server_name.clone(),
             Arc::clone(&signing_key),
             config.rooms.default_version,
         )
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
+        search::index::index_existing_events(&db, rooms.store())
+            .map_err(|e| format!("cannot build the search index: {}", e.message))?;
         let ephemeral = Ephemeral::new(Arc::clone(&db), Arc::clone(&stream_positions));
         Ok(Arc::new(Self {
             config,

@@ -110,6 +110,9 @@ pub enum Table {
     /// `user_id 0xFF device_id 0xFF txn_id -> position (u64 BE)`: idempotent to-device
     /// sends. Owner: accounts.
     TxnidTodevice,
+    /// `short room id (u64 BE) ++ term ++ 0xFF ++ position (u64 BE) -> field, short event
+    /// id, term count, field length` (binary): the full-text index. Owner: search.
+    ShortroomidTermPosPosting,
 }
 
 impl Table {
@@ -155,6 +158,7 @@ impl Table {
         Table::UseridShortroomidPosNotify,
         Table::UseridDeviceidPosTodevice,
         Table::TxnidTodevice,
+        Table::ShortroomidTermPosPosting,
     ];
 
     /// The column family's name.
@@ -200,6 +204,7 @@ impl Table {
             Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
             Table::UseridDeviceidPosTodevice => "userid_deviceid_pos_todevice",
             Table::TxnidTodevice => "txnid_todevice",
+            Table::ShortroomidTermPosPosting => "shortroomid_term_pos_posting",
         }
     }
 }

@@ -71,7 +71,7 @@ impl Rooms {
     pub fn open(
         db: Arc<crate::storage::Db>,
         stream: Arc<crate::services::stream::StreamPositions>,
-        hook: Option<Arc<dyn writer::NewEventHook>>,
+        hooks: Vec<Arc<dyn writer::NewEventHook>>,
         server_name: ServerName,
         signing_key: Arc<SigningKeyPair>,
         default_version: RoomVersion,
@@ -81,7 +81,7 @@ impl Rooms {
             store: Arc::clone(&store),
             server_name: server_name.as_str().to_owned(),
             signing_key: Arc::clone(&signing_key),
-            hook,
+            hooks,
         });
         Ok(Self {
             store,

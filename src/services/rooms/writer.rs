@@ -113,8 +113,9 @@ pub struct WriterContext {
     pub server_name: String,
     /// Our signing key.
     pub signing_key: Arc<SigningKeyPair>,
-    /// Told of every new event inside its write batch (push rules, notification counts).
-    pub hook: Option<Arc<dyn NewEventHook>>,
+    /// Told of every new event inside its write batch (notification counts, the search
+    /// index).
+    pub hooks: Vec<Arc<dyn NewEventHook>>,
 }
 
 /// A local member of a room, for the [`NewEventHook`].
@@ -146,6 +147,8 @@ pub struct NewEvent<'a> {
     pub power_levels: &'a PowerLevels,
     /// The `notifications` object of the power levels content.
     pub notification_levels: Option<&'a serde_json::Map<String, Value>>,
+    /// For a redaction that applies: the redacted event as it was before.
+    pub redacted: Option<&'a StoredEvent>,
 }
 
 /// Called by the room writers for every event, with the event's batch, so that what it
@@ -674,28 +677,18 @@ fn local_member(pdu: &Value) -> Option<LocalMember> {
     })
 }
 
-/// Runs the new-event hook (when set) inside the event's batch.
-fn run_hook(
+/// Runs the new-event hooks inside the event's batch.
+fn run_hooks(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    pdu: &Value,
-    short: ShortEventId,
-    pos: u64,
+    (pdu, short, pos): (&Value, ShortEventId, u64),
+    redacted: Option<&StoredEvent>,
     batch: &mut Batch<'_>,
 ) -> MatrixResult<()> {
-    let Some(hook) = ctx.hook.as_ref() else {
-        return Ok(());
-    };
-    let store = &ctx.store;
-    let sender = pdu.get("sender").and_then(Value::as_str).unwrap_or("");
-    if head
-        .local_members(store, &ctx.server_name)?
-        .iter()
-        .all(|m| m.user_id == sender)
-    {
-        // Nobody else here to notify.
+    if ctx.hooks.is_empty() {
         return Ok(());
     }
+    let store = &ctx.store;
     let power_levels = head.power_levels(store)?;
     let levels_event = head.state_event(store, "m.room.power_levels", "")?;
     let notification_levels = levels_event
@@ -707,20 +700,22 @@ fn run_hook(
     let joined_count = head.record.joined;
     let room_id = head.record.room_id.clone();
     let local_members = head.local_members(store, &ctx.server_name)?;
-    hook.new_event(
-        &NewEvent {
-            room_id: &room_id,
-            room,
-            pos,
-            pdu,
-            short,
-            local_members,
-            joined_count,
-            power_levels: &power_levels,
-            notification_levels,
-        },
-        batch,
-    )
+    let event = NewEvent {
+        room_id: &room_id,
+        room,
+        pos,
+        pdu,
+        short,
+        local_members,
+        joined_count,
+        power_levels: &power_levels,
+        notification_levels,
+        redacted,
+    };
+    for hook in &ctx.hooks {
+        hook.new_event(&event, batch)?;
+    }
+    Ok(())
 }
 
 fn relation_of(pdu: &Value) -> Option<(&str, &str)> {
@@ -849,13 +844,14 @@ fn write_event(
         index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
 
+    let mut redacted = None;
     if kind == "m.room.redaction" {
         let target = pdu
             .get("redacts")
             .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
             .and_then(Value::as_str);
         if let Some(target) = target {
-            apply_redaction(store, head, &mut batch, target, short)?;
+            redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }
     }
 
@@ -871,7 +867,7 @@ fn write_event(
         head.short.to_be_bytes(),
         encode(&record),
     );
-    run_hook(ctx, head, pdu, short, pos, &mut batch)?;
+    run_hooks(ctx, head, (pdu, short, pos), redacted.as_ref(), &mut batch)?;
     store.db.write_relaxed(batch)?;
     if member.is_some() {
         head.member_changed(pdu, &ctx.server_name);
@@ -1036,19 +1032,20 @@ pub(super) fn thread_key(room: u64, pos: u64, root: ShortEventId) -> [u8; 24] {
 }
 
 /// Rewrites the redacted event's PDU in its redacted form and records who redacted it;
-/// its relation entry goes too (a redacted edit or reaction no longer counts).
+/// its relation entry goes too (a redacted edit or reaction no longer counts). Answers the
+/// event as it was, when the redaction applied.
 fn apply_redaction(
     store: &EventStore,
     head: &mut RoomHead,
     batch: &mut Batch<'_>,
     target_id: &str,
     redaction: ShortEventId,
-) -> MatrixResult<()> {
+) -> MatrixResult<Option<StoredEvent>> {
     let Some(target) = store.event_by_id(target_id)? else {
-        return Ok(());
+        return Ok(None);
     };
     if target.meta.room != head.short || target.meta.redacted_by != 0 {
-        return Ok(());
+        return Ok(None);
     }
     if let Some((_, parent_id)) = relation_of(&target.pdu) {
         if let Some(parent) = store.state.find_event(parent_id)? {
@@ -1077,5 +1074,5 @@ fn apply_redaction(
     );
     // A redacted state event stays in the state, redacted: drop the parsed copy.
     head.cache.remove(&target.short);
-    Ok(())
+    Ok(Some(target))
 }
