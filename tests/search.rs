@@ -358,3 +358,77 @@ async fn a_database_from_before_the_index_is_indexed_at_start_up() {
     assert_eq!(bodies(&found), vec!["written before the index existed"]);
     assert_eq!(found["results"][0]["result"]["room_id"], room.as_str());
 }
+
+#[tokio::test]
+async fn the_user_directory_finds_room_mates_and_people_in_public_rooms() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let carol = Client::new(&server, "carol").await;
+    let dave = Client::new(&server, "dave").await;
+    let private = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    bob.join(&private).await;
+    carol.create_room(json!({"preset": "public_chat"})).await;
+    dave.create_room(json!({"preset": "private_chat"})).await;
+    let (status, _) = carol
+        .put(
+            &format!("/profile/{}/displayname", carol.user_id),
+            json!({"displayname": "Émile Zola"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let find = |term: &str, limit: Option<u64>| {
+        let mut body = json!({ "search_term": term });
+        if let Some(limit) = limit {
+            body["limit"] = json!(limit);
+        }
+        let alice = &alice;
+        async move {
+            let (status, found) = alice.post("/user_directory/search", body).await;
+            assert_eq!(status, StatusCode::OK, "{found}");
+            found
+        }
+    };
+    let ids = |found: &Value| -> Vec<String> {
+        found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["user_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // A room mate by localpart; someone in a public room by display name, accents aside.
+    assert_eq!(ids(&find("bo", None).await), vec![bob.user_id.clone()]);
+    let emile = find("emile zo", None).await;
+    assert_eq!(ids(&emile), vec![carol.user_id.clone()]);
+    assert_eq!(emile["results"][0]["display_name"], "Émile Zola");
+    assert_eq!(emile["limited"], false);
+    // Dave shares no room with alice and is in no public room.
+    assert!(ids(&find("dave", None).await).is_empty());
+    // The server name matches everyone alice may find: room mates first, then the
+    // limit says there were more.
+    let server_name = alice.user_id.split(':').nth(1).unwrap().to_owned();
+    let everyone = find(&server_name, None).await;
+    let mut expected = vec![
+        alice.user_id.clone(),
+        bob.user_id.clone(),
+        carol.user_id.clone(),
+    ];
+    expected.sort();
+    let mut got = ids(&everyone);
+    assert_eq!(got.len(), 3, "{everyone}");
+    assert_eq!(got[2], carol.user_id, "room mates come first: {everyone}");
+    got.sort();
+    assert_eq!(got, expected);
+    let one = find(&server_name, Some(1)).await;
+    assert_eq!(ids(&one).len(), 1);
+    assert_eq!(one["limited"], true);
+
+    for body in [json!({}), json!({"search_term": "x", "limit": -1})] {
+        let (status, out) = alice.post("/user_directory/search", body).await;
+        assert_error(status, &out, 400, "M_BAD_JSON");
+    }
+}

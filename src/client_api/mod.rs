@@ -24,6 +24,7 @@ pub mod sync;
 pub mod tags;
 pub mod to_device;
 pub mod typing;
+pub mod user_directory;
 pub mod versions;
 pub mod well_known;
 
@@ -92,7 +93,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// What keeps a client live: sync, filters, account data, tags, typing, receipts, push
-/// rules, to-device messages, search.
+/// rules, to-device messages, search, the user directory.
 fn live_routes() -> Router<AppState> {
     let user = |path: &str| format!("/_matrix/client/v3/user/{{user_id}}{path}");
     Router::new()
@@ -152,6 +153,10 @@ fn live_routes() -> Router<AppState> {
             put(to_device::send_to_device),
         )
         .route("/_matrix/client/v3/search", post(search::search))
+        .route(
+            "/_matrix/client/v3/user_directory/search",
+            post(user_directory::search),
+        )
 }
 
 const ROOM: &str = "/_matrix/client/v3/rooms/{room_id}";

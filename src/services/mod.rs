@@ -13,6 +13,7 @@ pub mod search;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
+pub mod user_directory;
 
 use std::sync::Arc;
 

@@ -156,6 +156,24 @@ impl EventStore {
         })
     }
 
+    /// Every room the server knows, by short id.
+    pub fn all_rooms(&self) -> MatrixResult<Vec<Room>> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(Table::ShortroomidRoom, &[]) {
+            let (key, value) = entry?;
+            let short = keys::read_u64(&key).ok_or_else(|| corrupt("short room id"))?;
+            let record: RoomRecord = decode(Table::ShortroomidRoom, &value)?;
+            let version =
+                RoomVersion::from_id(&record.version).ok_or_else(|| corrupt("version"))?;
+            out.push(Room {
+                short,
+                record,
+                version,
+            });
+        }
+        Ok(out)
+    }
+
     /// A known room, if any.
     pub fn room(&self, room_id: &str) -> MatrixResult<Option<Room>> {
         match self.room_short(room_id)? {
