@@ -50,6 +50,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Room defaults.
     pub rooms: RoomsConfig,
+    /// `[presence]`.
+    pub presence: PresenceConfig,
     /// `.well-known` answers.
     pub well_known: WellKnownConfig,
     /// Log output.
@@ -130,6 +132,13 @@ pub struct MediaConfig {
 pub struct RoomsConfig {
     /// Version of new rooms.
     pub default_version: RoomVersion,
+}
+
+/// `[presence]`.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// Whether presence is tracked and shared.
+    pub enabled: bool,
 }
 
 /// `[well_known]`.
@@ -272,6 +281,9 @@ impl Config {
                 legacy_unauthenticated: r.bool("media.legacy_unauthenticated")?,
             },
             rooms: RoomsConfig { default_version },
+            presence: PresenceConfig {
+                enabled: r.bool("presence.enabled")?,
+            },
             well_known: WellKnownConfig {
                 client: r.optional_string("well_known.client")?,
                 server: r.optional_string("well_known.server")?,

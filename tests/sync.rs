@@ -174,6 +174,13 @@ async fn long_poll_wakes_on_a_message_a_receipt_typing_and_an_invite() {
     let bob = Client::new(&server, "bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await;
+    // Alice is online already: her message below changes nothing of her presence.
+    alice
+        .put(
+            &format!("/presence/{}/status", alice.user_id),
+            json!({"presence": "online"}),
+        )
+        .await;
     let mut since = bob.sync("").await["next_batch"].clone();
 
     // A message.
@@ -962,4 +969,126 @@ async fn to_device_messages_reach_their_device_once_in_order() {
         ))
         .await;
     assert_error(status, &out, 400, "M_INVALID_PARAM");
+}
+
+fn presence_of(sync: &Value, user: &str) -> Option<Value> {
+    sync["presence"]["events"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|e| e["sender"] == user)
+        .map(|e| e["content"].clone())
+}
+
+#[tokio::test]
+async fn presence_reaches_room_mates_and_times_out() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let carol = Client::new(&server, "carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let since = bob.sync("set_presence=offline").await["next_batch"].clone();
+
+    // Bob's long-poll wakes when alice says she is online.
+    let query = format!(
+        "since={}&timeout=10000&set_presence=offline",
+        since.as_str().unwrap()
+    );
+    let poll = bob.sync(&query);
+    let put = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, body) = alice
+            .put(
+                &format!("/presence/{}/status", alice.user_id),
+                json!({"presence": "online", "status_msg": "at lunch"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+    let (woken, ()) = tokio::join!(poll, put);
+    let seen = presence_of(&woken, &alice.user_id).expect("alice's presence");
+    assert_eq!(seen["presence"], "online");
+    assert_eq!(seen["status_msg"], "at lunch");
+    assert_eq!(seen["currently_active"], true);
+    assert!(seen["last_active_ago"].as_u64().unwrap() < 5000);
+    // Bob said offline on every sync: nobody hears of him.
+    assert!(presence_of(&woken, &bob.user_id).is_none());
+
+    // Reading it: alice herself and bob may; carol shares no room with her.
+    let path = format!("/presence/{}/status", alice.user_id);
+    for reader in [&alice, &bob] {
+        let (status, body) = reader.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["presence"], "online");
+    }
+    let (status, body) = carol.get(&path).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = bob.put(&path, json!({"presence": "online"})).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice.put(&path, json!({"presence": "busy"})).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice.put(&path, json!({})).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+
+    // Alice never syncs: after the sync timeout she is offline, and bob hears it.
+    let presence = &server.running().services.presence;
+    presence
+        .expire(ourwhats::services::now_ms() + 31_000)
+        .await
+        .unwrap();
+    let next = bob.sync_since(&woken["next_batch"]).await;
+    assert_eq!(
+        presence_of(&next, &alice.user_id).unwrap()["presence"],
+        "offline"
+    );
+    // Her next sync brings her back online; `set_presence=unavailable` says otherwise.
+    alice.sync("timeout=0").await;
+    let back = bob.sync_since(&next["next_batch"]).await;
+    assert_eq!(
+        presence_of(&back, &alice.user_id).unwrap()["presence"],
+        "online"
+    );
+    alice.sync("set_presence=unavailable").await;
+    let away = bob.sync_since(&back["next_batch"]).await;
+    assert_eq!(
+        presence_of(&away, &alice.user_id).unwrap()["presence"],
+        "unavailable"
+    );
+    // An initial sync has room mates who are not offline; carol gets nothing of alice.
+    let initial = bob.sync("set_presence=offline").await;
+    assert_eq!(
+        presence_of(&initial, &alice.user_id).unwrap()["presence"],
+        "unavailable"
+    );
+    let carols = carol.sync("set_presence=offline").await;
+    assert!(presence_of(&carols, &alice.user_id).is_none(), "{carols}");
+    // A presence filter can leave it out.
+    let filtered = bob
+        .sync(&format!(
+            "set_presence=offline&filter={}",
+            urlencode(&json!({"presence": {"not_types": ["m.presence"]}}).to_string())
+        ))
+        .await;
+    assert!(filtered.get("presence").is_none(), "{filtered}");
+}
+
+#[tokio::test]
+async fn presence_can_be_turned_off() {
+    let server = TestServer::start_with(|c| c.presence.enabled = false).await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let path = format!("/presence/{}/status", alice.user_id);
+    let (status, _) = alice
+        .put(&path, json!({"presence": "online", "status_msg": "hi"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = bob.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"presence": "offline"}));
+    alice.sync("").await;
+    let synced = bob.sync("").await;
+    assert!(synced.get("presence").is_none(), "{synced}");
 }

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod directory;
 pub mod login;
 pub mod membership;
+pub mod presence;
 pub mod profile;
 pub mod push_rules;
 pub mod read_markers;
@@ -93,7 +94,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// What keeps a client live: sync, filters, account data, tags, typing, receipts, push
-/// rules, to-device messages, search, the user directory.
+/// rules, to-device messages, search, the user directory, presence.
 fn live_routes() -> Router<AppState> {
     let user = |path: &str| format!("/_matrix/client/v3/user/{{user_id}}{path}");
     Router::new()
@@ -153,6 +154,10 @@ fn live_routes() -> Router<AppState> {
             put(to_device::send_to_device),
         )
         .route("/_matrix/client/v3/search", post(search::search))
+        .route(
+            "/_matrix/client/v3/presence/{user_id}/status",
+            get(presence::get_status).put(presence::put_status),
+        )
         .route(
             "/_matrix/client/v3/user_directory/search",
             post(user_directory::search),

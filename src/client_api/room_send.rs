@@ -36,6 +36,11 @@ pub async fn send(
         .rooms
         .send_message(&session.user_id, &room_id, &kind, content, txn)
         .await?;
+    // Spec ("Last active ago"): sending a message is a pro-active event.
+    services
+        .presence
+        .bump_active(session.user_id.as_str())
+        .await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 

@@ -12,6 +12,7 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::Session;
+use crate::services::ephemeral::presence::State as PresenceState;
 use crate::services::sync::filters::Filters;
 use crate::services::sync::SyncRequest;
 
@@ -60,13 +61,12 @@ pub async fn sync(
             ))
         }
     };
-    if let Some(presence) = params.set_presence.as_deref() {
-        if !matches!(presence, "online" | "offline" | "unavailable") {
-            return Err(MatrixError::invalid_param(
-                "set_presence must be online, offline or unavailable",
-            ));
-        }
-    }
+    let set_presence = match params.set_presence.as_deref() {
+        None => PresenceState::Online,
+        Some(text) => PresenceState::parse(text).ok_or_else(|| {
+            MatrixError::invalid_param("set_presence must be online, offline or unavailable")
+        })?,
+    };
     let filter =
         Filters::new(&services.db).resolve(session.user_id.as_str(), params.filter.as_deref())?;
     let request = SyncRequest {
@@ -74,6 +74,7 @@ pub async fn sync(
         device_id: session.device_id.clone(),
         since,
         to_device_since,
+        set_presence,
         timeout,
         full_state,
         filter,

@@ -85,6 +85,8 @@ pub struct Services {
     pub ephemeral: Ephemeral,
     /// Push rules and notification counts.
     pub push: Arc<push::Push>,
+    /// Online, unavailable, offline.
+    pub presence: Arc<ephemeral::presence::Presence>,
     /// Per-user wake-ups, filters, `/sync`.
     pub sync: sync::Sync,
     /// Token buckets.
@@ -150,6 +152,13 @@ impl Services {
         search::index::index_existing_events(&db, rooms.store())
             .map_err(|e| format!("cannot build the search index: {}", e.message))?;
         let ephemeral = Ephemeral::new(Arc::clone(&db), Arc::clone(&stream_positions));
+        let presence = ephemeral::presence::Presence::open(
+            Arc::clone(&db),
+            Arc::clone(&stream_positions),
+            rooms.shared_store(),
+            config.presence.enabled,
+        )
+        .map_err(|e| format!("cannot load presence: {}", e.message))?;
         Ok(Arc::new(Self {
             config,
             db,
@@ -160,6 +169,7 @@ impl Services {
             stream_positions,
             ephemeral,
             push,
+            presence,
             sync,
             rate_limiter,
         }))

@@ -57,6 +57,8 @@ pub enum StreamChange {
     Presence {
         /// The user whose presence changed.
         user: String,
+        /// The short ids of the rooms they are joined to.
+        rooms: Vec<u64>,
     },
 }
 

@@ -113,6 +113,9 @@ pub enum Table {
     /// `short room id (u64 BE) ++ term ++ 0xFF ++ position (u64 BE) -> field, short event
     /// id, term count, field length` (binary): the full-text index. Owner: search.
     ShortroomidTermPosPosting,
+    /// `user_id -> PresenceRecord` (state, status message, last active, position). Owner:
+    /// ephemeral.
+    UseridPresence,
 }
 
 impl Table {
@@ -159,6 +162,7 @@ impl Table {
         Table::UseridDeviceidPosTodevice,
         Table::TxnidTodevice,
         Table::ShortroomidTermPosPosting,
+        Table::UseridPresence,
     ];
 
     /// The column family's name.
@@ -205,6 +209,7 @@ impl Table {
             Table::UseridDeviceidPosTodevice => "userid_deviceid_pos_todevice",
             Table::TxnidTodevice => "txnid_todevice",
             Table::ShortroomidTermPosPosting => "shortroomid_term_pos_posting",
+            Table::UseridPresence => "userid_presence",
         }
     }
 }

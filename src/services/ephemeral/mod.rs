@@ -1,9 +1,11 @@
-//! Ephemeral room data: typing notifications (memory only) and receipts (stored).
+//! Ephemeral data: typing notifications (memory only), receipts (stored) and presence
+//! ([`presence`], memory and stored).
 //!
-//! Owns the tables `shortroomid_userid_receipt` and `shortroomid_pos_receipt`; typing
-//! lives in memory and is lost at restart, as the spec allows. Both take positions on the
-//! global stream so that `/sync` tells the room's members.
+//! Owns the tables `shortroomid_userid_receipt`, `shortroomid_pos_receipt` and
+//! `userid_presence`; typing lives in memory and is lost at restart, as the spec allows.
+//! All take positions on the global stream so that `/sync` tells whom they concern.
 
+pub mod presence;
 pub mod receipts;
 pub mod typing;
 

@@ -103,6 +103,11 @@ impl Rooms {
         &self.store
     }
 
+    /// The read side, shared (for services that outlive a request).
+    pub fn shared_store(&self) -> Arc<EventStore> {
+        Arc::clone(&self.store)
+    }
+
     /// Our server name.
     pub fn server_name(&self) -> &ServerName {
         &self.server_name
@@ -113,6 +118,12 @@ impl Rooms {
         self.store
             .room(room_id)?
             .ok_or_else(|| MatrixError::not_found("Unknown room"))
+    }
+
+    /// Whether two users are both joined to some room.
+    pub fn share_a_room(&self, a: &str, b: &str) -> MatrixResult<bool> {
+        let theirs = self.joined_rooms(b)?;
+        Ok(self.joined_rooms(a)?.iter().any(|r| theirs.contains(r)))
     }
 
     /// The user's current membership in a room (`None` when they have none).

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{MatrixError, MatrixResult};
+use crate::services::ephemeral::presence::State;
 use crate::services::rooms::tokens;
 use crate::services::stream::StreamPositions;
 use crate::services::Services;
@@ -40,6 +41,8 @@ pub struct SyncRequest {
     /// The last to-device message the client has received (the position of `since`, or
     /// earlier when the answer that issued `since` left messages for later).
     pub to_device_since: Option<u64>,
+    /// What the sync says of the user's presence.
+    pub set_presence: State,
     /// How long to wait for something new.
     pub timeout: Duration,
     /// Send the full state of every room.
@@ -124,6 +127,11 @@ impl Sync {
                     .map_err(|e| MatrixError::internal(format!("sync task failed: {e}")))??
             }
         };
+        // The user counts as syncing (online) until the answer goes.
+        let _syncing = services
+            .presence
+            .syncing(&request.user_id, request.set_presence)
+            .await?;
         let request = Arc::new(request);
         let deadline = tokio::time::Instant::now() + request.timeout.min(MAX_TIMEOUT);
         let long_poll = request.since.filter(|_| !request.full_state);

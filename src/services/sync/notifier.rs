@@ -181,19 +181,18 @@ impl Inner {
                     woken.push(Arc::clone(stream));
                 }
             }
-            StreamChange::Presence { user } => {
-                let Some(stream) = self.users.get(user) else {
-                    return;
-                };
-                let rooms: Vec<u64> = stream.lock().rooms.keys().copied().collect();
-                for room in rooms {
-                    for listener in self.rooms.get(&room).into_iter().flatten() {
-                        let mut changes = listener.lock();
-                        changes.presence = pos;
-                        changes.latest = changes.latest.max(pos);
-                        drop(changes);
-                        woken.push(Arc::clone(listener));
-                    }
+            StreamChange::Presence { user, rooms } => {
+                let own = self.users.get(user);
+                let listeners = rooms
+                    .iter()
+                    .flat_map(|room| self.rooms.get(room).into_iter().flatten())
+                    .chain(own);
+                for listener in listeners {
+                    let mut changes = listener.lock();
+                    changes.presence = pos;
+                    changes.latest = changes.latest.max(pos);
+                    drop(changes);
+                    woken.push(Arc::clone(listener));
                 }
             }
         }
@@ -319,6 +318,14 @@ fn concerns(stream: &Arc<UserStream>, inner: &Inner, change: &StreamChange) -> b
         StreamChange::AccountData { user } | StreamChange::ToDevice { user } => {
             *user == stream.user_id
         }
-        StreamChange::Presence { .. } => false,
+        StreamChange::Presence { user, rooms } => {
+            *user == stream.user_id
+                || rooms.iter().any(|room| {
+                    inner
+                        .rooms
+                        .get(room)
+                        .is_some_and(|l| l.iter().any(|s| Arc::ptr_eq(s, stream)))
+                })
+        }
     }
 }

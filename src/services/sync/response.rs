@@ -243,7 +243,59 @@ pub fn build(
     if !global.is_empty() {
         response.insert("account_data".into(), json!({ "events": global }));
     }
+    let presence = presence_events(&ctx)?;
+    if !presence.is_empty() {
+        response.insert("presence".into(), json!({ "events": presence }));
+    }
     Ok(Value::Object(response))
+}
+
+/// `m.presence` of the user and of the users who share a joined room with them: what
+/// changed since `since`, or everyone not offline in a full sync.
+fn presence_events(ctx: &Context<'_>) -> MatrixResult<Vec<Value>> {
+    let services = ctx.services;
+    let me = ctx.request.user_id.as_str();
+    let filter = &ctx.filter.presence;
+    if !services.presence.enabled() || !filter.matches("m.presence", "") && filter.senders.is_none()
+    {
+        return Ok(Vec::new());
+    }
+    let candidates = match (ctx.full, ctx.since) {
+        (false, Some(since)) => services.presence.changed(since, ctx.upto),
+        _ => services.presence.not_offline(ctx.upto),
+    };
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mine: BTreeSet<String> = services.rooms.joined_rooms(me)?.into_iter().collect();
+    let limit = filter
+        .limit
+        .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let now = crate::services::now_ms();
+    let mut out = Vec::new();
+    for (user, record) in candidates {
+        if out.len() >= limit {
+            break;
+        }
+        if !filter.matches("m.presence", &user) || ctx.ignored.contains(&user) {
+            continue;
+        }
+        if user != me
+            && !services
+                .rooms
+                .joined_rooms(&user)?
+                .iter()
+                .any(|r| mine.contains(r))
+        {
+            continue;
+        }
+        out.push(json!({
+            "type": "m.presence",
+            "sender": user,
+            "content": record.content(now),
+        }));
+    }
+    Ok(out)
 }
 
 /// Rooms at or above which a sync builds its rooms on two threads.
