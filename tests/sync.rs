@@ -1092,3 +1092,67 @@ async fn presence_can_be_turned_off() {
     let synced = bob.sync("").await;
     assert!(synced.get("presence").is_none(), "{synced}");
 }
+
+#[tokio::test]
+async fn thread_notifications_are_counted_per_thread_when_asked() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let root = alice.text(&room, "a thread starts").await;
+    let reply = alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "in the thread",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
+    let main = alice.text(&room, "back in the room").await;
+    let threaded = urlencode(
+        &json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string(),
+    );
+    let split = |sync: &Value| -> (u64, Option<u64>) {
+        let section = &sync["rooms"]["join"][&room];
+        (
+            section["unread_notifications"]["notification_count"]
+                .as_u64()
+                .unwrap(),
+            section["unread_thread_notifications"][&root]["notification_count"].as_u64(),
+        )
+    };
+    assert_eq!(unread(&bob.sync("").await, &room).0, 3);
+    assert_eq!(
+        split(&bob.sync(&format!("filter={threaded}")).await),
+        (2, Some(1))
+    );
+
+    // Reading the thread clears the thread only.
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{room}/receipt/m.read/{reply}"),
+            json!({"thread_id": root}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        split(&bob.sync(&format!("filter={threaded}")).await),
+        (2, None)
+    );
+    assert_eq!(unread(&bob.sync("").await, &room).0, 2);
+    // Reading the main timeline clears the rest.
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{room}/receipt/m.read/{main}"),
+            json!({"thread_id": "main"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(unread(&bob.sync("").await, &room).0, 0);
+    // `/notifications` says which are read.
+    let (status, list) = bob.get("/notifications").await;
+    assert_eq!(status, StatusCode::OK);
+    let notifications = list["notifications"].as_array().unwrap();
+    assert_eq!(notifications.len(), 3);
+    assert!(notifications.iter().all(|n| n["read"] == true), "{list}");
+}

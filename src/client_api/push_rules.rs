@@ -229,11 +229,13 @@ pub async fn notifications(
         if let Some(event) = event.as_object_mut() {
             event.remove("room_id");
         }
-        let read_up_to = services.ephemeral.read_up_to(notification.room, user_id)?;
+        let read = services
+            .ephemeral
+            .read_positions(notification.room, user_id)?;
         out.push(json!({
             "actions": notification.actions,
             "event": event,
-            "read": notification.pos <= read_up_to,
+            "read": read.has_read(notification.pos, notification.thread.as_deref()),
             "room_id": room_id,
             "ts": notification.ts,
         }));

@@ -56,6 +56,28 @@ struct ReceiptRecord {
     pos: u64,
 }
 
+/// A user's read receipts in a room, as stream positions (0: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadPositions {
+    /// The receipt without a thread: everything before it is read.
+    pub unthreaded: u64,
+    /// The main timeline's receipt.
+    pub main: u64,
+    /// Each thread's receipt, by thread root event id.
+    pub threads: std::collections::HashMap<String, u64>,
+}
+
+impl ReadPositions {
+    /// Whether the event at `pos` (in the thread of `root`, if any) is read.
+    pub fn has_read(&self, pos: u64, root: Option<&str>) -> bool {
+        let own = match root {
+            None => self.main,
+            Some(root) => self.threads.get(root).copied().unwrap_or(0),
+        };
+        pos <= self.unthreaded.max(own)
+    }
+}
+
 fn receipt_key(room: u64, user_id: &str, kind: &str, thread: &str) -> Vec<u8> {
     let mut key = room.to_be_bytes().to_vec();
     key.extend_from_slice(&keys::join(&[
@@ -231,22 +253,36 @@ impl Ephemeral {
         }
     }
 
-    /// The stream position of the latest event the user has read in a room (their
-    /// unthreaded or main-timeline `m.read`/`m.read.private`), 0 when none.
-    pub fn read_up_to(&self, room: u64, user_id: &str) -> MatrixResult<u64> {
-        let mut best = 0;
-        for kind in ["m.read", "m.read.private"] {
-            for thread in ["", "main"] {
-                if let Some(bytes) = self.db.get(
-                    Table::ShortroomidUseridReceipt,
-                    receipt_key(room, user_id, kind, thread),
-                )? {
-                    let record: ReceiptRecord = decode(Table::ShortroomidUseridReceipt, &bytes)?;
-                    best = best.max(record.event_pos);
-                }
+    /// How far the user has read in a room: their unthreaded, main-timeline and per-thread
+    /// `m.read`/`m.read.private` receipts, as stream positions.
+    pub fn read_positions(&self, room: u64, user_id: &str) -> MatrixResult<ReadPositions> {
+        let mut prefix = room.to_be_bytes().to_vec();
+        prefix.extend_from_slice(&keys::prefix(user_id.as_bytes()));
+        let mut out = ReadPositions::default();
+        for entry in self
+            .db
+            .scan_prefix(Table::ShortroomidUseridReceipt, &prefix)
+        {
+            let (key, value) = entry?;
+            let mut parts = keys::split(&key[prefix.len()..]);
+            let (Some(kind), thread) = (parts.next(), parts.next().unwrap_or(b"")) else {
+                continue;
+            };
+            if kind != b"m.read" && kind != b"m.read.private" {
+                continue;
             }
+            let pos = decode::<ReceiptRecord>(Table::ShortroomidUseridReceipt, &value)?.event_pos;
+            let slot = match thread {
+                b"" => &mut out.unthreaded,
+                b"main" => &mut out.main,
+                root => out
+                    .threads
+                    .entry(String::from_utf8_lossy(root).into_owned())
+                    .or_default(),
+            };
+            *slot = (*slot).max(pos);
         }
-        Ok(best)
+        Ok(out)
     }
 
     /// The `m.receipt` event of a room for `viewer`: receipts that changed in `(after,

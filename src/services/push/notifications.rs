@@ -2,22 +2,30 @@
 //! unread counts `/sync` shows, and `GET /notifications`.
 //!
 //! One entry per (user, room, position) of an event that notifies the user, in the event's
-//! own write batch: `highlight (1 byte) ++ event short id (u64 BE) ++ origin_server_ts
-//! (u64 BE) ++ actions (JSON)`. Counts scan a room's entries after the read receipt;
-//! `/notifications` merges the newest entries of each room.
+//! own write batch: `flags (1 byte: 1 highlight, 2 in a thread) ++ event short id (u64 BE)
+//! ++ origin_server_ts (u64 BE) ++ [thread root id length (1 byte) ++ thread root id] ++
+//! actions (JSON)`. Counts scan a room's entries after the unthreaded read receipt and
+//! check each against its thread's (or the main timeline's) receipt, as the spec's
+//! "Receiving notifications" asks of threaded read receipts; `/notifications` merges the
+//! newest entries of each room.
 
 use serde_json::Value;
+
+use std::collections::BTreeMap;
 
 use super::Push;
 use crate::core::push_rules::{self, PushContext};
 use crate::error::{MatrixError, MatrixResult};
+use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Table};
 
 /// Unread entries counted at most per room (clients show "99+" long before).
 const MAX_COUNTED: usize = 10_000;
-/// Bytes before the actions in an entry.
+/// Bytes before the thread root (or the actions) in an entry.
 const HEADER: usize = 17;
+const HIGHLIGHT: u8 = 1;
+const THREADED: u8 = 2;
 
 /// One notification, as stored.
 #[derive(Debug, Clone)]
@@ -32,6 +40,8 @@ pub struct Notification {
     pub pos: u64,
     /// The actions of the rule that matched.
     pub actions: Vec<Value>,
+    /// The thread root, for an event in a thread.
+    pub thread: Option<String>,
 }
 
 fn user_prefix(user_id: &str) -> Vec<u8> {
@@ -56,6 +66,36 @@ pub struct UnreadCounts {
     pub notifications: u64,
     /// Of those, events that highlight.
     pub highlights: u64,
+}
+
+/// Unread counts of a room's main timeline and of each of its threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomCounts {
+    /// The main timeline.
+    pub main: UnreadCounts,
+    /// Each thread, by root event id.
+    pub threads: BTreeMap<String, UnreadCounts>,
+}
+
+impl RoomCounts {
+    /// Everything together (what clients that don't split by thread see).
+    pub fn total(&self) -> UnreadCounts {
+        self.threads
+            .values()
+            .fold(self.main, |sum, t| UnreadCounts {
+                notifications: sum.notifications + t.notifications,
+                highlights: sum.highlights + t.highlights,
+            })
+    }
+}
+
+/// The thread root of an event in a thread.
+fn thread_root(pdu: &Value) -> Option<&str> {
+    let relates = pdu.get("content")?.get("m.relates_to")?;
+    if relates.get("rel_type")?.as_str()? != "m.thread" {
+        return None;
+    }
+    relates.get("event_id")?.as_str().filter(|r| r.len() <= 255)
 }
 
 impl NewEventHook for Push {
@@ -89,10 +129,22 @@ impl NewEventHook for Push {
             if !outcome.notify {
                 continue;
             }
-            let mut value = Vec::with_capacity(HEADER + 16);
-            value.push(u8::from(outcome.highlight));
+            let root = thread_root(event.pdu);
+            let mut value = Vec::with_capacity(HEADER + 64);
+            let mut flags = 0;
+            if outcome.highlight {
+                flags |= HIGHLIGHT;
+            }
+            if root.is_some() {
+                flags |= THREADED;
+            }
+            value.push(flags);
             value.extend_from_slice(&event.short.to_be_bytes());
             value.extend_from_slice(&ts.to_be_bytes());
+            if let Some(root) = root {
+                value.push(root.len() as u8);
+                value.extend_from_slice(root.as_bytes());
+            }
             value.extend_from_slice(&serde_json::to_vec(&rule.actions).unwrap_or_default());
             batch.put(
                 Table::UseridShortroomidPosNotify,
@@ -111,35 +163,63 @@ fn parse_entry(key: &[u8], value: &[u8], prefix_len: usize) -> MatrixResult<Noti
         keys::read_u64(&ids[8..]).ok_or_else(corrupt)?,
     );
     let header = value.get(..HEADER).ok_or_else(corrupt)?;
+    let (thread, rest) = split_thread(value)?;
     Ok(Notification {
         room,
         pos,
         event: keys::read_u64(&header[1..9]).ok_or_else(corrupt)?,
         ts: keys::read_u64(&header[9..17]).ok_or_else(corrupt)?,
-        actions: serde_json::from_slice(&value[HEADER..]).map_err(|_| corrupt())?,
+        actions: serde_json::from_slice(rest).map_err(|_| corrupt())?,
+        thread: thread.map(str::to_owned),
     })
 }
 
+/// The thread root of an entry (if any) and the bytes after it.
+fn split_thread(value: &[u8]) -> MatrixResult<(Option<&str>, &[u8])> {
+    let flags = *value.first().ok_or_else(corrupt)?;
+    let rest = value.get(HEADER..).ok_or_else(corrupt)?;
+    if flags & THREADED == 0 {
+        return Ok((None, rest));
+    }
+    let len = usize::from(*rest.first().ok_or_else(corrupt)?);
+    let root = rest.get(1..1 + len).ok_or_else(corrupt)?;
+    let root = std::str::from_utf8(root).map_err(|_| corrupt())?;
+    Ok((Some(root), &rest[1 + len..]))
+}
+
 impl Push {
-    /// The notifying events after position `read_up_to` in a room.
+    /// The notifying events of a room that the user has not read, by thread.
     pub fn unread_counts(
         &self,
         user_id: &str,
         room: u64,
-        read_up_to: u64,
-    ) -> MatrixResult<UnreadCounts> {
-        let from = entry_key(user_id, room, read_up_to.saturating_add(1));
+        read: &ReadPositions,
+    ) -> MatrixResult<RoomCounts> {
+        let from = entry_key(user_id, room, read.unthreaded.saturating_add(1));
         let to = entry_key(user_id, room, u64::MAX);
-        let mut counts = UnreadCounts::default();
+        let mut counts = RoomCounts::default();
         for entry in self
             .db
             .scan_range(Table::UseridShortroomidPosNotify, &from, &to, false)
             .take(MAX_COUNTED)
         {
-            let (_, value) = entry?;
-            counts.notifications += 1;
-            if value.first() == Some(&1) {
-                counts.highlights += 1;
+            let (key, value) = entry?;
+            let pos = key
+                .len()
+                .checked_sub(8)
+                .and_then(|at| keys::read_u64(&key[at..]))
+                .ok_or_else(corrupt)?;
+            let (root, _) = split_thread(&value)?;
+            if read.has_read(pos, root) {
+                continue;
+            }
+            let slot = match root {
+                None => &mut counts.main,
+                Some(root) => counts.threads.entry(root.to_owned()).or_default(),
+            };
+            slot.notifications += 1;
+            if value[0] & HIGHLIGHT != 0 {
+                slot.highlights += 1;
             }
         }
         Ok(counts)
@@ -186,7 +266,7 @@ impl Push {
                 .scan_range(Table::UseridShortroomidPosNotify, &lower, &upper, true)
             {
                 let (key, value) = entry?;
-                if only_highlight && value.first() != Some(&1) {
+                if only_highlight && value.first().is_none_or(|f| f & HIGHLIGHT == 0) {
                     continue;
                 }
                 found.push(parse_entry(&key, &value, prefix.len())?);

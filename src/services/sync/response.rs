@@ -19,6 +19,7 @@ use super::notifier::UserStream;
 use super::SyncRequest;
 use crate::error::MatrixResult;
 use crate::services::accounts::account_data::AccountData;
+use crate::services::push::notifications::UnreadCounts;
 use crate::services::rooms::client_event::{client_event, Viewer};
 use crate::services::rooms::event_store::{EventStore, Room, StoredEvent};
 use crate::services::rooms::filter::RoomEventFilter;
@@ -633,18 +634,27 @@ fn joined_room(
         section.insert("summary".into(), summary(ctx, room, known)?);
     }
     let user_id = ctx.request.user_id.as_str();
-    let read_up_to = ctx.services.ephemeral.read_up_to(room.short, user_id)?;
+    let read = ctx.services.ephemeral.read_positions(room.short, user_id)?;
     let counts = ctx
         .services
         .push
-        .unread_counts(user_id, room.short, read_up_to)?;
-    section.insert(
-        "unread_notifications".into(),
-        json!({
-            "notification_count": counts.notifications,
-            "highlight_count": counts.highlights,
-        }),
-    );
+        .unread_counts(user_id, room.short, &read)?;
+    let as_json = |c: UnreadCounts| json!({ "notification_count": c.notifications, "highlight_count": c.highlights });
+    // Spec: with `unread_thread_notifications` the room's counts are the main timeline's
+    // and each thread has its own; without, one count covers everything.
+    if ctx.filter.room.timeline.unread_thread_notifications {
+        section.insert("unread_notifications".into(), as_json(counts.main));
+        if !counts.threads.is_empty() {
+            let threads: Map<String, Value> = counts
+                .threads
+                .iter()
+                .map(|(root, c)| (root.clone(), as_json(*c)))
+                .collect();
+            section.insert("unread_thread_notifications".into(), Value::Object(threads));
+        }
+    } else {
+        section.insert("unread_notifications".into(), as_json(counts.total()));
+    }
     Ok(Some(Value::Object(section)))
 }
 
