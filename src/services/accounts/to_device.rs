@@ -92,7 +92,10 @@ impl Accounts {
                 continue;
             }
             let known = self.devices(&recipient)?;
-            for (device, content) in devices {
+            // One message per device (spec): a device named itself wins over `*`.
+            let named = devices.iter().filter(|(d, _)| *d != "*");
+            let everyone = devices.iter().filter(|(d, _)| *d == "*");
+            for (device, content) in named.chain(everyone) {
                 let targets: Vec<&str> = if device == "*" {
                     known.iter().map(|d| d.device_id.as_str()).collect()
                 } else if known.iter().any(|d| d.device_id == *device) {
@@ -101,6 +104,9 @@ impl Accounts {
                     Vec::new()
                 };
                 for target in targets {
+                    if deliveries.iter().any(|(u, d, _)| u == user && d == target) {
+                        continue;
+                    }
                     let event = json!({
                         "sender": sender.as_str(),
                         "type": kind,

@@ -138,13 +138,17 @@ pub struct Presence {
 pub struct SyncingGuard {
     presence: Arc<Presence>,
     user_id: String,
+    /// Whether this sync was counted (a user without a record is counted once it exists).
+    counted: bool,
 }
 
 impl Drop for SyncingGuard {
     fn drop(&mut self) {
         let mut inner = self.presence.lock();
         if let Some(tracked) = inner.users.get_mut(&self.user_id) {
-            tracked.syncing = tracked.syncing.saturating_sub(1);
+            if self.counted {
+                tracked.syncing = tracked.syncing.saturating_sub(1);
+            }
             tracked.last_sync_ts = now_ms();
         }
     }
@@ -331,6 +335,12 @@ impl Presence {
                 t.record.state
             })
         };
+        // Made before anything can fail or be cancelled, so the count always comes down.
+        let guard = SyncingGuard {
+            presence: Arc::clone(self),
+            user_id: user_id.to_owned(),
+            counted: current.is_some(),
+        };
         let wanted = match (set_presence, current) {
             (State::Offline, _) => None,
             (State::Online, None | Some(State::Offline)) => Some(State::Online),
@@ -361,18 +371,15 @@ impl Presence {
             )
             .await?;
         }
-        let mut inner = self.lock();
-        if current.is_none() {
+        let mut guard = guard;
+        if !guard.counted {
             // The record was just made: count this sync.
-            if let Some(tracked) = inner.users.get_mut(user_id) {
+            if let Some(tracked) = self.lock().users.get_mut(user_id) {
                 tracked.syncing += 1;
+                guard.counted = true;
             }
         }
-        drop(inner);
-        Ok(Some(SyncingGuard {
-            presence: Arc::clone(self),
-            user_id: user_id.to_owned(),
-        }))
+        Ok(Some(guard))
     }
 
     /// Applies `change` under the user's lock, stores the new record at a new position and

@@ -108,12 +108,15 @@ pub struct Cursor {
     /// The order the token was made for.
     #[serde(rename = "o")]
     pub order: Order,
-    /// The rank of the last result.
-    #[serde(rename = "r")]
+    /// The rank of the last result (as its bits: exact through JSON).
+    #[serde(rename = "r", with = "rank_bits")]
     pub rank: f64,
     /// Its stream position.
     #[serde(rename = "p")]
     pub pos: u64,
+    /// The newest event the first page considered.
+    #[serde(rename = "n")]
+    pub newest: u64,
     /// Only this room (a room group's token).
     #[serde(rename = "room", default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
@@ -147,10 +150,31 @@ impl Cursor {
     }
 }
 
+/// `f64` stored as its bit pattern.
+mod rank_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(rank: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(rank.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        u64::deserialize(d).map(f64::from_bits)
+    }
+}
+
 /// A room the user may search.
 struct Searched {
     room_id: String,
     record: MembershipRecord,
+}
+
+/// One page of results, and where the next starts.
+struct Page<'c> {
+    found: Vec<Found>,
+    resume_at: Option<&'c Candidate>,
+    count: usize,
+    newest: u64,
 }
 
 /// A result found visible.
@@ -195,8 +219,19 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
         Order::Rank => candidates.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.pos.cmp(&a.pos))),
     }
     let count = candidates.len();
+    // Events newer than the first page are left for a new search: they would shift the
+    // ranks and the pages.
+    let newest = match &request.next_batch {
+        Some(cursor) => cursor.newest,
+        None => candidates.iter().map(|c| c.pos).max().unwrap_or(0),
+    };
     if let Some(cursor) = &request.next_batch {
-        candidates.retain(|c| cursor.precedes(c));
+        let only_room = cursor.room.as_deref();
+        candidates.retain(|c| {
+            c.pos <= newest
+                && cursor.precedes(c)
+                && only_room.is_none_or(|r| rooms[&c.room].room_id == r)
+        });
     }
 
     let limit = request
@@ -246,27 +281,25 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
         user_id: &request.user_id,
         device_id: &request.device_id,
     };
-    render(
-        services,
-        request,
-        &search_terms,
+    let page = Page {
         found,
         resume_at,
         count,
-        viewer,
-    )
+        newest,
+    };
+    render(services, request, &search_terms, page, viewer)
 }
 
-/// Rooms the user has been in that pass the filter (and the token's room), by short id;
-/// encrypted rooms are left out.
+/// Rooms the user has been in (and not forgotten) that pass the filter, by short id;
+/// encrypted rooms are left out. All of them, even for a room group's token, so ranks
+/// stay those of the first page.
 fn searchable_rooms(
     store: &EventStore,
     request: &SearchRequest,
 ) -> MatrixResult<HashMap<u64, Searched>> {
-    let only_room = request.next_batch.as_ref().and_then(|c| c.room.as_deref());
     let mut out = HashMap::new();
     for (room_id, record) in store.memberships_of(&request.user_id)? {
-        if !request.filter.matches_room(&room_id) || only_room.is_some_and(|r| r != room_id) {
+        if record.forgotten || !request.filter.matches_room(&room_id) {
             continue;
         }
         let Some(room) = store.room(&room_id)? else {
@@ -288,16 +321,21 @@ fn render(
     services: &Services,
     request: &SearchRequest,
     search_terms: &[String],
-    found: Vec<Found>,
-    resume_at: Option<&Candidate>,
-    count: usize,
+    page: Page<'_>,
     viewer: Viewer<'_>,
 ) -> MatrixResult<Value> {
     let store = services.rooms.store();
+    let Page {
+        found,
+        resume_at,
+        count,
+        newest,
+    } = page;
     let cursor_at = |candidate: &Candidate, room: Option<&str>, sender: Option<&str>| Cursor {
         order: request.order,
         rank: candidate.rank,
         pos: candidate.pos,
+        newest,
         room: room
             .map(str::to_owned)
             .or_else(|| request.next_batch.as_ref().and_then(|c| c.room.clone())),
@@ -324,7 +362,11 @@ fn render(
             "result": client_event(store, &item.event, &item.room_id, Some(viewer))?,
         });
         if let Some(context) = request.context {
-            result["context"] = event_context(services, request, item, context, viewer)?;
+            // A room the user can see events of without `read_access` (invited, with
+            // `invited` history visibility) gets no context rather than failing the search.
+            if let Some(context) = event_context(services, request, item, context, viewer)? {
+                result["context"] = context;
+            }
         }
         results.push(result);
         for (groups, key) in [
@@ -384,7 +426,9 @@ fn render(
     if request.include_state {
         let mut state = Map::new();
         for (room_id, _, _) in &room_groups {
-            let access = services.rooms.read_access(&request.user_id, room_id)?;
+            let Ok(access) = services.rooms.read_access(&request.user_id, room_id) else {
+                continue;
+            };
             let events = store
                 .state_events(access.snapshot, None)?
                 .iter()
@@ -404,11 +448,11 @@ fn event_context(
     item: &Found,
     context: ContextRequest,
     viewer: Viewer<'_>,
-) -> MatrixResult<Value> {
+) -> MatrixResult<Option<Value>> {
     let store = services.rooms.store();
-    let access = services
-        .rooms
-        .read_access(&request.user_id, &item.room_id)?;
+    let Ok(access) = services.rooms.read_access(&request.user_id, &item.room_id) else {
+        return Ok(None);
+    };
     let mut check = VisibilityCheck::new(store, &request.user_id, access.membership.as_ref());
     let everything = RoomEventFilter::default();
     let pos = item.event.meta.pos;
@@ -469,5 +513,5 @@ fn event_context(
         }
         out["profile_info"] = Value::Object(profiles);
     }
-    Ok(out)
+    Ok(Some(out))
 }

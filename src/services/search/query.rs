@@ -1,8 +1,9 @@
 //! Finding and ranking the events of some rooms that hold every search term.
 //!
-//! Each search term matches the words that start with it ("cat" finds "cat" and
-//! "catalogue"), like Synapse's prefix search; an event matches when it holds all the
-//! terms. Rank is BM25 (k1 = 1.2, b = 0.75) over the searched rooms: rare terms weigh more
+//! Each search term of [`MIN_PREFIX_CHARS`] characters or more matches the words that
+//! start with it ("cat" finds "cat" and "catalogue"), like Synapse's prefix search; a
+//! shorter one matches only itself, so a one-letter term doesn't read a large share of the
+//! index. An event matches when it holds all the terms. Rank is BM25 (k1 = 1.2, b = 0.75) over the searched rooms: rare terms weigh more
 //! than common ones, repeats count with diminishing returns, short texts beat long ones,
 //! and a whole-word match counts more than a prefix match. The collection size BM25 needs
 //! is estimated by the number of events holding any of the terms.
@@ -17,6 +18,8 @@ const K1: f64 = 1.2;
 const B: f64 = 0.75;
 /// Weight of a term matched only as the start of longer words.
 const PREFIX_WEIGHT: f64 = 0.6;
+/// Terms shorter than this match whole words only.
+pub const MIN_PREFIX_CHARS: usize = 3;
 
 /// An event holding every term.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +56,10 @@ pub struct RoomMatches {
 pub fn room_matches(db: &Db, room: u64, terms: &[String], fields: u8) -> MatrixResult<RoomMatches> {
     let mut per_term = Vec::with_capacity(terms.len());
     for term in terms {
-        let prefix = term_prefix(room, term);
+        let mut prefix = term_prefix(room, term);
+        if term.chars().count() < MIN_PREFIX_CHARS {
+            prefix.push(crate::storage::keys::SEP);
+        }
         let mut hits: HashMap<u64, Hit> = HashMap::new();
         for entry in db.scan_prefix(Table::ShortroomidTermPosPosting, &prefix) {
             let (key, value) = entry?;
