@@ -259,13 +259,7 @@ impl Presence {
         self.change(
             user_id,
             Box::new(move |current, now| {
-                let mut record = current.map(|t| t.record.clone()).unwrap_or(PresenceRecord {
-                    state,
-                    status_msg: None,
-                    last_active_ts: 0,
-                    currently_active: false,
-                    pos: 0,
-                });
+                let mut record = record_of(current);
                 record.state = state;
                 record.status_msg = status_msg;
                 if state == State::Online {
@@ -299,13 +293,7 @@ impl Presence {
         self.change(
             user_id,
             Box::new(|current, now| {
-                let mut record = current.map(|t| t.record.clone()).unwrap_or(PresenceRecord {
-                    state: State::Online,
-                    status_msg: None,
-                    last_active_ts: now,
-                    currently_active: true,
-                    pos: 0,
-                });
+                let mut record = record_of(current);
                 record.state = State::Online;
                 record.last_active_ts = now;
                 record.currently_active = true;
@@ -353,13 +341,7 @@ impl Presence {
             self.change(
                 user_id,
                 Box::new(move |current, now| {
-                    let mut record = current.map(|t| t.record.clone()).unwrap_or(PresenceRecord {
-                        state,
-                        status_msg: None,
-                        last_active_ts: 0,
-                        currently_active: false,
-                        pos: 0,
-                    });
+                    let mut record = record_of(current);
                     record.state = state;
                     record.currently_active = state == State::Online;
                     if state == State::Online {
@@ -471,6 +453,17 @@ impl Presence {
         }
         Ok(())
     }
+}
+
+/// The user's current record, or a blank one (offline, never active) to change.
+fn record_of(current: Option<&Tracked>) -> PresenceRecord {
+    current.map(|t| t.record.clone()).unwrap_or(PresenceRecord {
+        state: State::Offline,
+        status_msg: None,
+        last_active_ts: 0,
+        currently_active: false,
+        pos: 0,
+    })
 }
 
 /// What the timeouts make of a record at `now`, if anything: offline when syncs stopped,
