@@ -25,6 +25,8 @@ use crate::services::Services;
 pub const DEFAULT_LIMIT: usize = 10;
 /// The most results per search.
 pub const MAX_LIMIT: usize = 100;
+/// Search words used at most (the rest are ignored).
+const MAX_TERMS: usize = 16;
 
 /// A user found in some room.
 #[derive(Debug, Clone)]
@@ -54,6 +56,7 @@ pub fn search_users(
     let mut wanted: Vec<String> = terms::terms(search_term);
     wanted.sort();
     wanted.dedup();
+    wanted.truncate(MAX_TERMS);
     if wanted.is_empty() {
         return Ok(DirectoryResults {
             results: Vec::new(),

@@ -127,7 +127,9 @@ pub fn rank(matches: &[RoomMatches], terms: usize) -> Vec<Candidate> {
 
     let mut out = Vec::new();
     for m in searched {
-        let (first, rest) = m.per_term.split_first().expect("terms > 0");
+        let Some((first, rest)) = m.per_term.split_first() else {
+            continue;
+        };
         'events: for (pos, hit) in first {
             let mut score = term_score(hit, idf[0], average_length);
             for (t, hits) in rest.iter().enumerate() {

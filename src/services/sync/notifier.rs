@@ -26,13 +26,14 @@ pub struct UserChanges {
     rooms: HashMap<u64, u64>,
     /// `(position, room)` for each entry of `rooms`.
     by_pos: BTreeSet<(u64, u64)>,
-    /// Latest change of the user's account data.
-    pub account_data: u64,
-    /// Latest to-device message for the user.
-    pub to_device: u64,
-    /// Latest presence change among the users sharing a room with the user.
-    pub presence: u64,
-    /// The latest of everything above.
+    /// Users sharing a room with the user (and the user) -> their latest presence change
+    /// after `presence_floor`.
+    presence: HashMap<String, u64>,
+    /// Presence changes at or below this are not in `presence` (the stream was loaded
+    /// then, or the client acknowledged them).
+    presence_floor: u64,
+    /// The latest position of anything for the user: rooms, account data, to-device
+    /// messages, presence.
     pub latest: u64,
 }
 
@@ -47,7 +48,7 @@ impl UserChanges {
             self.by_pos.remove(&(previous, room));
         }
         self.by_pos.insert((pos, room));
-        self.latest = self.latest.max(pos);
+        self.touch(pos);
     }
 
     /// Rooms with a change after `after`, newest first.
@@ -59,6 +60,22 @@ impl UserChanges {
             .rev()
             .map(|(_, room)| *room)
             .collect()
+    }
+
+    /// Whose presence changed after `after`; `None` when that is older than what the
+    /// stream knows (a token from before the stream was loaded, or an old token reused).
+    /// Changes up to `after` are forgotten: the client has them.
+    pub fn presence_changed(&mut self, after: u64) -> Option<Vec<String>> {
+        if after < self.presence_floor {
+            return None;
+        }
+        self.presence.retain(|_, pos| *pos > after);
+        self.presence_floor = after;
+        Some(self.presence.keys().cloned().collect())
+    }
+
+    fn touch(&mut self, pos: u64) {
+        self.latest = self.latest.max(pos);
     }
 
     /// The latest change in a room the user heard about.
@@ -79,6 +96,11 @@ impl UserStream {
     /// [`UserChanges::rooms_changed`]), without copying the user's whole index.
     pub fn rooms_changed(&self, after: u64) -> Vec<u64> {
         self.lock().rooms_changed(after)
+    }
+
+    /// See [`UserChanges::presence_changed`].
+    pub fn presence_changed(&self, after: u64) -> Option<Vec<String>> {
+        self.lock().presence_changed(after)
     }
 
     /// The latest position of anything for this user.
@@ -163,21 +185,9 @@ impl Inner {
                 }
             }
             StreamChange::RoomEphemeral { room } => self.touch_listeners(*room, pos, woken),
-            StreamChange::AccountData { user } => {
+            StreamChange::AccountData { user } | StreamChange::ToDevice { user } => {
                 if let Some(stream) = self.users.get(user) {
-                    let mut changes = stream.lock();
-                    changes.account_data = pos;
-                    changes.latest = changes.latest.max(pos);
-                    drop(changes);
-                    woken.push(Arc::clone(stream));
-                }
-            }
-            StreamChange::ToDevice { user } => {
-                if let Some(stream) = self.users.get(user) {
-                    let mut changes = stream.lock();
-                    changes.to_device = pos;
-                    changes.latest = changes.latest.max(pos);
-                    drop(changes);
+                    stream.lock().touch(pos);
                     woken.push(Arc::clone(stream));
                 }
             }
@@ -189,8 +199,8 @@ impl Inner {
                     .chain(own);
                 for listener in listeners {
                     let mut changes = listener.lock();
-                    changes.presence = pos;
-                    changes.latest = changes.latest.max(pos);
+                    changes.presence.insert(user.clone(), pos);
+                    changes.touch(pos);
                     drop(changes);
                     woken.push(Arc::clone(listener));
                 }
@@ -271,6 +281,7 @@ impl Notifier {
             {
                 let mut changes = stream.lock();
                 changes.latest = loaded_at;
+                changes.presence_floor = loaded_at;
                 for room in &rooms {
                     changes.touch_room(room.room, room.pos.min(loaded_at));
                 }

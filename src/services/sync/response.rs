@@ -244,7 +244,7 @@ pub fn build(
     if !global.is_empty() {
         response.insert("account_data".into(), json!({ "events": global }));
     }
-    let presence = presence_events(&ctx)?;
+    let presence = presence_events(&ctx, stream)?;
     if !presence.is_empty() {
         response.insert("presence".into(), json!({ "events": presence }));
     }
@@ -252,8 +252,10 @@ pub fn build(
 }
 
 /// `m.presence` of the user and of the users who share a joined room with them: what
-/// changed since `since`, or everyone not offline in a full sync.
-fn presence_events(ctx: &Context<'_>) -> MatrixResult<Vec<Value>> {
+/// changed since `since`, or everyone not offline in a full sync. An incremental sync
+/// takes whose presence changed from the user's stream (the notifier told exactly the
+/// room mates); only a token older than the stream falls back to checking every change.
+fn presence_events(ctx: &Context<'_>, stream: &UserStream) -> MatrixResult<Vec<Value>> {
     let services = ctx.services;
     let me = ctx.request.user_id.as_str();
     let filter = &ctx.filter.presence;
@@ -261,14 +263,28 @@ fn presence_events(ctx: &Context<'_>) -> MatrixResult<Vec<Value>> {
     {
         return Ok(Vec::new());
     }
-    let candidates = match (ctx.full, ctx.since) {
-        (false, Some(since)) => services.presence.changed(since, ctx.upto),
-        _ => services.presence.not_offline(ctx.upto),
+    let (candidates, room_mates) = match (ctx.full, ctx.since) {
+        (false, Some(since)) => match stream.presence_changed(since) {
+            Some(users) => {
+                let records = users
+                    .into_iter()
+                    .filter_map(|u| services.presence.get(&u).map(|r| (u, r)))
+                    .filter(|(_, r)| r.pos > since && r.pos <= ctx.upto)
+                    .collect();
+                (records, true)
+            }
+            None => (services.presence.changed(since, ctx.upto), false),
+        },
+        _ => (services.presence.not_offline(ctx.upto), false),
     };
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
-    let mine: BTreeSet<String> = services.rooms.joined_rooms(me)?.into_iter().collect();
+    let mine: BTreeSet<String> = if room_mates {
+        BTreeSet::new()
+    } else {
+        services.rooms.joined_rooms(me)?.into_iter().collect()
+    };
     let limit = filter
         .limit
         .map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
@@ -281,7 +297,8 @@ fn presence_events(ctx: &Context<'_>) -> MatrixResult<Vec<Value>> {
         if !filter.matches("m.presence", &user) || ctx.ignored.contains(&user) {
             continue;
         }
-        if user != me
+        if !room_mates
+            && user != me
             && !services
                 .rooms
                 .joined_rooms(&user)?
