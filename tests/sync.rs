@@ -1024,6 +1024,8 @@ async fn presence_reaches_room_mates_and_times_out() {
     }
     let (status, body) = carol.get(&path).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = bob.get("/presence/not-a-user/status").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
     let (status, body) = bob.put(&path, json!({"presence": "online"})).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
     let (status, body) = alice.put(&path, json!({"presence": "busy"})).await;

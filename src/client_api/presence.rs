@@ -5,6 +5,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::core::UserId;
 use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{Authed, JsonBody, PathParams};
 use crate::http::AppState;
@@ -45,6 +46,8 @@ pub async fn get_status(
     Authed(session): Authed,
     PathParams(user_id): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
+    UserId::parse(&user_id)
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user id {user_id:?}")))?;
     let me = session.user_id.as_str();
     if me != user_id && !services.rooms.share_a_room(me, &user_id)? {
         return Err(MatrixError::forbidden(
