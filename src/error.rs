@@ -68,6 +68,10 @@ pub enum ErrorCode {
     ProfileTooLarge,
     /// `M_KEY_TOO_LARGE`
     KeyTooLarge,
+    /// `M_INVALID_SIGNATURE`
+    InvalidSignature,
+    /// `M_WRONG_ROOM_KEYS_VERSION` (key backup; carries `current_version`)
+    WrongRoomKeysVersion,
 }
 
 impl ErrorCode {
@@ -103,6 +107,8 @@ impl ErrorCode {
             Self::BadState => "M_BAD_STATE",
             Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
             Self::KeyTooLarge => "M_KEY_TOO_LARGE",
+            Self::InvalidSignature => "M_INVALID_SIGNATURE",
+            Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
         }
     }
 }

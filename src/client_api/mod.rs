@@ -6,6 +6,8 @@ pub mod capabilities;
 pub mod create_room;
 pub mod devices;
 pub mod directory;
+pub mod key_backup;
+pub mod keys;
 pub mod login;
 pub mod membership;
 pub mod presence;
@@ -91,6 +93,7 @@ pub fn routes() -> Router<AppState> {
         )
         .merge(room_routes())
         .merge(live_routes())
+        .merge(encryption_routes())
 }
 
 /// What keeps a client live: sync, filters, account data, tags, typing, receipts, push
@@ -161,6 +164,53 @@ fn live_routes() -> Router<AppState> {
         .route(
             "/_matrix/client/v3/user_directory/search",
             post(user_directory::search),
+        )
+}
+
+/// End-to-end encryption: device and cross-signing keys, key backup.
+fn encryption_routes() -> Router<AppState> {
+    const KEYS: &str = "/_matrix/client/v3/room_keys/keys";
+    const VERSION: &str = "/_matrix/client/v3/room_keys/version";
+    Router::new()
+        .route("/_matrix/client/v3/keys/upload", post(keys::upload))
+        .route("/_matrix/client/v3/keys/query", post(keys::query))
+        .route("/_matrix/client/v3/keys/claim", post(keys::claim))
+        .route("/_matrix/client/v3/keys/changes", get(keys::changes))
+        .route(
+            "/_matrix/client/v3/keys/device_signing/upload",
+            post(keys::upload_device_signing),
+        )
+        .route(
+            "/_matrix/client/v3/keys/signatures/upload",
+            post(keys::upload_signatures),
+        )
+        .route(
+            VERSION,
+            post(key_backup::create_version).get(key_backup::current_version),
+        )
+        .route(
+            &format!("{VERSION}/{{version}}"),
+            get(key_backup::get_version)
+                .put(key_backup::update_version)
+                .delete(key_backup::delete_version),
+        )
+        .route(
+            KEYS,
+            get(key_backup::get_all)
+                .put(key_backup::put_all)
+                .delete(key_backup::delete_all),
+        )
+        .route(
+            &format!("{KEYS}/{{room_id}}"),
+            get(key_backup::get_room)
+                .put(key_backup::put_room)
+                .delete(key_backup::delete_room),
+        )
+        .route(
+            &format!("{KEYS}/{{room_id}}/{{session_id}}"),
+            get(key_backup::get_session)
+                .put(key_backup::put_session)
+                .delete(key_backup::delete_session),
         )
 }
 

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod ephemeral;
+pub mod key_backup;
 pub mod media;
 pub mod push;
 pub mod rate_limit;
@@ -83,6 +84,8 @@ pub struct Services {
     pub stream_positions: Arc<StreamPositions>,
     /// Typing and receipts.
     pub ephemeral: Ephemeral,
+    /// Server-side backups of room keys.
+    pub key_backup: key_backup::KeyBackup,
     /// Push rules and notification counts.
     pub push: Arc<push::Push>,
     /// Online, unavailable, offline.
@@ -149,6 +152,7 @@ impl Services {
             config.rooms.default_version,
         )
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
+        accounts.attach_rooms(rooms.shared_store());
         search::index::index_existing_events(&db, rooms.store())
             .map_err(|e| format!("cannot build the search index: {}", e.message))?;
         let ephemeral = Ephemeral::new(Arc::clone(&db), Arc::clone(&stream_positions));
@@ -159,6 +163,7 @@ impl Services {
             config.presence.enabled,
         )
         .map_err(|e| format!("cannot load presence: {}", e.message))?;
+        let key_backup = key_backup::KeyBackup::new(Arc::clone(&db));
         Ok(Arc::new(Self {
             config,
             db,
@@ -168,6 +173,7 @@ impl Services {
             rooms,
             stream_positions,
             ephemeral,
+            key_backup,
             push,
             presence,
             sync,

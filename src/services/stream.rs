@@ -60,6 +60,14 @@ pub enum StreamChange {
         /// The short ids of the rooms they are joined to.
         rooms: Vec<u64>,
     },
+    /// A user's devices or cross-signing keys changed; users sharing a room with them are
+    /// told (`device_lists.changed` in /sync).
+    DeviceList {
+        /// The user whose keys changed.
+        user: String,
+        /// The short ids of the rooms they are joined to.
+        rooms: Vec<u64>,
+    },
 }
 
 /// Receives committed changes in position order (called with the stream's lock held, so it

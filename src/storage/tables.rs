@@ -116,6 +116,31 @@ pub enum Table {
     /// `user_id -> PresenceRecord` (state, status message, last active, position). Owner:
     /// ephemeral.
     UseridPresence,
+    /// `user_id 0xFF device_id -> DeviceKeys` (JSON as the device uploaded it). Owner:
+    /// accounts.
+    UseridDeviceidDevicekeys,
+    /// `user_id 0xFF device_id 0xFF algorithm 0xFF upload position (u64 BE) ++ key id ->
+    /// key` (JSON): unclaimed one-time keys, oldest upload first. Owner: accounts.
+    UseridDeviceidAlgorithmPosOnetimekey,
+    /// `user_id 0xFF device_id 0xFF algorithm -> FallbackKey` (key id, key, used). Owner:
+    /// accounts.
+    UseridDeviceidAlgorithmFallbackkey,
+    /// `user_id 0xFF usage (master, self_signing, user_signing) -> CrossSigningKey` (JSON as
+    /// uploaded). Owner: accounts.
+    UseridUsageCrosssigningkey,
+    /// `target user_id 0xFF target key id (device id or public key) 0xFF signer user_id 0xFF
+    /// signer key id -> signature`: signatures uploaded by `/keys/signatures/upload`. Owner:
+    /// accounts.
+    UseridKeyidSignerSignature,
+    /// `user_id -> position (u64 BE)`: the latest change of the user's devices or
+    /// cross-signing keys. Owner: accounts.
+    UseridDevicelistpos,
+    /// `user_id 0xFF version (u64 BE) -> BackupVersion` (algorithm, auth data, etag,
+    /// deleted): server-side key backup versions. Owner: key_backup.
+    UseridVersionBackup,
+    /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id -> KeyBackupData`
+    /// (JSON): backed-up room keys. Owner: key_backup.
+    UseridVersionRoomidSessionidRoomkey,
 }
 
 impl Table {
@@ -163,6 +188,14 @@ impl Table {
         Table::TxnidTodevice,
         Table::ShortroomidTermPosPosting,
         Table::UseridPresence,
+        Table::UseridDeviceidDevicekeys,
+        Table::UseridDeviceidAlgorithmPosOnetimekey,
+        Table::UseridDeviceidAlgorithmFallbackkey,
+        Table::UseridUsageCrosssigningkey,
+        Table::UseridKeyidSignerSignature,
+        Table::UseridDevicelistpos,
+        Table::UseridVersionBackup,
+        Table::UseridVersionRoomidSessionidRoomkey,
     ];
 
     /// The column family's name.
@@ -210,6 +243,16 @@ impl Table {
             Table::TxnidTodevice => "txnid_todevice",
             Table::ShortroomidTermPosPosting => "shortroomid_term_pos_posting",
             Table::UseridPresence => "userid_presence",
+            Table::UseridDeviceidDevicekeys => "userid_deviceid_devicekeys",
+            Table::UseridDeviceidAlgorithmPosOnetimekey => {
+                "userid_deviceid_algorithm_pos_onetimekey"
+            }
+            Table::UseridDeviceidAlgorithmFallbackkey => "userid_deviceid_algorithm_fallbackkey",
+            Table::UseridUsageCrosssigningkey => "userid_usage_crosssigningkey",
+            Table::UseridKeyidSignerSignature => "userid_keyid_signer_signature",
+            Table::UseridDevicelistpos => "userid_devicelistpos",
+            Table::UseridVersionBackup => "userid_version_backup",
+            Table::UseridVersionRoomidSessionidRoomkey => "userid_version_roomid_sessionid_roomkey",
         }
     }
 }

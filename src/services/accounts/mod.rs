@@ -3,10 +3,18 @@
 //!
 //! Owns the tables `userid_account`, `tokenhash_session`, `userid_deviceid_device`,
 //! `userid_profile`, `userid_roomid_type_accountdata`, `userid_pos_accountdata`,
-//! `userid_deviceid_pos_todevice` and `txnid_todevice`. Spec: client-server API, "Client
-//! Authentication", "Account registration and management", "Device Management".
+//! `userid_deviceid_pos_todevice` and `txnid_todevice`, and the end-to-end encryption keys
+//! that belong to devices and users (`userid_deviceid_devicekeys`,
+//! `userid_deviceid_algorithm_pos_onetimekey`, `userid_deviceid_algorithm_fallbackkey`,
+//! `userid_usage_crosssigningkey`, `userid_keyid_signer_signature`, `userid_devicelistpos`),
+//! so that deleting a device deletes its keys in the same write. Spec: client-server API,
+//! "Client Authentication", "Account registration and management", "Device Management",
+//! "End-to-End Encryption".
 
 pub mod account_data;
+pub mod cross_signing;
+pub mod device_keys;
+pub mod device_lists;
 pub mod profiles;
 pub mod records;
 pub mod secrets;
@@ -14,7 +22,7 @@ pub mod to_device;
 pub mod uia;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 
@@ -26,8 +34,9 @@ use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::services::rate_limit::{RateAction, RateLimiter};
 use crate::services::records::{decode, encode};
+use crate::services::rooms::event_store::EventStore;
 use crate::services::rooms::membership::MemberProfile;
-use crate::services::stream::StreamPositions;
+use crate::services::stream::{StreamPositions, Write};
 use crate::services::StripedLocks;
 use crate::storage::{keys, Db, Table};
 use records::{Account, Device, LastSeen, Profile, TokenSession};
@@ -122,6 +131,11 @@ pub struct Accounts {
     account_data_locks: StripedLocks,
     /// Serializes to-device sends per sender device and transaction.
     to_device_locks: StripedLocks,
+    /// Serializes every change of one-time, fallback and cross-signing keys, so a key is
+    /// claimed at most once and a claim never overwrites a newer fallback key.
+    keys_lock: tokio::sync::Mutex<()>,
+    /// The rooms' store, to tell room mates of device-list changes (set at start-up).
+    rooms: OnceLock<Arc<EventStore>>,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -149,6 +163,8 @@ impl Accounts {
             stream,
             account_data_locks: Default::default(),
             to_device_locks: Default::default(),
+            keys_lock: tokio::sync::Mutex::new(()),
+            rooms: OnceLock::new(),
         }
     }
 
@@ -546,6 +562,14 @@ impl Accounts {
         ip: Option<String>,
     ) -> MatrixResult<NewLogin> {
         check_device_id(device_id.as_deref())?;
+        if let Some(id) = &device_id {
+            // Spec: "The given device ID must not be the same as a cross-signing key ID."
+            if self.is_cross_signing_key_id(user_id.as_str(), id)? {
+                return Err(MatrixError::invalid_param(
+                    "This device id is one of the user's cross-signing keys",
+                ));
+            }
+        }
         let device_id = device_id.unwrap_or_else(secrets::new_device_id);
         if let Some(name) = &display_name {
             check_device_name(name)?;
@@ -561,7 +585,7 @@ impl Accounts {
             return Err(MatrixError::forbidden("This account has been deactivated")
                 .with_code(ErrorCode::UserDeactivated));
         }
-        let mut batch = self.db.batch();
+        let mut writes: Vec<Write> = Vec::with_capacity(4);
         let existing: Option<Device> = self
             .db
             .get(Table::UseridDeviceidDevice, &key)?
@@ -569,9 +593,12 @@ impl Accounts {
             .transpose()?;
         if let Some(old) = &existing {
             if let Some(old_hash) = hex::decode_32(&old.token_hash) {
-                batch.delete(Table::TokenhashSession, old_hash);
+                writes.push((Table::TokenhashSession, old_hash.to_vec(), None));
             }
         }
+        // A new device is a change of the user's device list (spec: "Tracking the device
+        // list for a user"); a reused one keeps its keys and changes nothing others see.
+        let announce = existing.is_none();
         // Spec: the display name is "ignored if device_id corresponds to a known device".
         let device = Device {
             display_name: match existing {
@@ -586,10 +613,19 @@ impl Accounts {
             device_id: device_id.clone(),
             is_guest: account.is_guest,
         };
-        batch.put(Table::UseridDeviceidDevice, &key, encode(&device));
-        batch.put(Table::UseridDeviceidLastseen, &key, encode(&last_seen));
-        batch.put(Table::TokenhashSession, hash, encode(&session));
-        self.db.commit(batch).await?;
+        writes.push((
+            Table::UseridDeviceidDevice,
+            key.clone(),
+            Some(encode(&device)),
+        ));
+        writes.push((Table::UseridDeviceidLastseen, key, Some(encode(&last_seen))));
+        writes.push((
+            Table::TokenhashSession,
+            hash.to_vec(),
+            Some(encode(&session)),
+        ));
+        self.commit_keys_change(user_id.as_str(), announce, move |_| writes)
+            .await?;
         Ok(NewLogin {
             user_id: user_id.clone(),
             access_token: token,
@@ -738,13 +774,14 @@ impl Accounts {
             return Ok(());
         }
         device.display_name = display_name;
-        let mut batch = self.db.batch();
-        batch.put(
+        let write = (
             Table::UseridDeviceidDevice,
             device_key(user_id.as_str(), device_id),
-            encode(&device),
+            Some(encode(&device)),
         );
-        self.db.commit(batch).await?;
+        // The name is part of what `/keys/query` shows (`unsigned.device_display_name`).
+        self.commit_keys_change(user_id.as_str(), true, move |_| vec![write])
+            .await?;
         Ok(())
     }
 
@@ -777,7 +814,7 @@ impl Accounts {
         user_id: &UserId,
         device_ids: &[String],
     ) -> MatrixResult<()> {
-        let mut batch = self.db.batch();
+        let mut writes: Vec<Write> = Vec::new();
         for device_id in device_ids {
             let key = device_key(user_id.as_str(), device_id);
             let Some(bytes) = self.db.get(Table::UseridDeviceidDevice, &key)? else {
@@ -785,14 +822,20 @@ impl Accounts {
             };
             let device: Device = decode(Table::UseridDeviceidDevice, &bytes)?;
             if let Some(hash) = hex::decode_32(&device.token_hash) {
-                batch.delete(Table::TokenhashSession, hash);
+                writes.push((Table::TokenhashSession, hash.to_vec(), None));
             }
-            batch.delete(Table::UseridDeviceidDevice, &key);
-            batch.delete(Table::UseridDeviceidLastseen, &key);
-            self.clear_inbox(&mut batch, user_id.as_str(), device_id)?;
+            writes.push((Table::UseridDeviceidDevice, key.clone(), None));
+            writes.push((Table::UseridDeviceidLastseen, key, None));
+            self.clear_inbox(&mut writes, user_id.as_str(), device_id)?;
+            // Spec: "Device keys for the device are deleted alongside the device."
+            self.device_key_removals(&mut writes, user_id.as_str(), device_id)?;
         }
-        if !batch.is_empty() {
-            self.db.commit(batch).await?;
+        if !writes.is_empty() {
+            // The device's keys are held by the keys lock's writers: take it so that no
+            // upload or claim for the device interleaves with the removal.
+            let _keys = self.keys_lock.lock().await;
+            self.commit_keys_change(user_id.as_str(), true, move |_| writes)
+                .await?;
         }
         Ok(())
     }

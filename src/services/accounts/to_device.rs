@@ -201,7 +201,7 @@ impl Accounts {
     /// Empties a device's inbox (the device is being deleted).
     pub(super) fn clear_inbox(
         &self,
-        batch: &mut crate::storage::Batch<'_>,
+        writes: &mut Vec<Write>,
         user_id: &str,
         device_id: &str,
     ) -> MatrixResult<()> {
@@ -210,7 +210,7 @@ impl Accounts {
             &inbox_prefix(user_id, device_id),
         ) {
             let (key, _) = entry?;
-            batch.delete(Table::UseridDeviceidPosTodevice, key);
+            writes.push((Table::UseridDeviceidPosTodevice, key.into_vec(), None));
         }
         Ok(())
     }

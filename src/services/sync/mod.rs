@@ -11,6 +11,7 @@
 //!
 //! Owns the table `userid_filterid_filter`.
 
+pub mod device_lists;
 pub mod filters;
 pub mod notifier;
 pub mod response;
@@ -83,6 +84,26 @@ impl Sync {
         Ok((pos, to_device))
     }
 
+    /// Users whose keys `user_id` should re-fetch, and users who share no room with them
+    /// any more, between two sync tokens. Spec: `GET /keys/changes`. Rare enough to look
+    /// at every room of the user rather than keep a stream for it.
+    pub fn key_changes(
+        &self,
+        services: &Services,
+        user_id: &str,
+        from: u64,
+        to: u64,
+    ) -> MatrixResult<device_lists::DeviceListChanges> {
+        let store = services.rooms.store();
+        let mut rooms = Vec::new();
+        for (room_id, _) in store.memberships_of(user_id)? {
+            if let Some(short) = store.room_short(&room_id)? {
+                rooms.push(short);
+            }
+        }
+        device_lists::changes(services, user_id, from, to.max(from), &rooms, None)
+    }
+
     /// The user's stream, loading their rooms if this is their first sync since start-up.
     fn user_stream(&self, services: &Services, user_id: &str) -> MatrixResult<Arc<UserStream>> {
         self.notifier.stream_for(&self.stream, user_id, || {
@@ -149,7 +170,13 @@ impl Sync {
                 // Nothing for this user since `since`: O(1), whatever their rooms.
                 let upto = self.stream.watermark();
                 if stream.latest() <= since {
-                    return Ok(serde_json::json!({ "next_batch": tokens::token(upto.max(since)) }));
+                    let mut response = serde_json::Map::new();
+                    response.insert(
+                        "next_batch".into(),
+                        serde_json::json!(tokens::token(upto.max(since))),
+                    );
+                    response::add_device_key_counts(&services, &request, &mut response)?;
+                    return Ok(serde_json::Value::Object(response));
                 }
             }
             let response = {
@@ -167,7 +194,10 @@ impl Sync {
             };
             // A change that concerned nothing the filter lets through (another user's
             // private receipt, say) goes back to waiting, as long as time remains.
-            let empty = response.as_object().is_some_and(|o| o.len() == 1);
+            let empty = response.as_object().is_some_and(|o| {
+                o.keys()
+                    .all(|k| response::ALWAYS_PRESENT.contains(&k.as_str()))
+            });
             if !empty || long_poll.is_none() || tokio::time::Instant::now() >= deadline {
                 return Ok(response);
             }

@@ -19,6 +19,38 @@ use crate::services::stream::{StreamChange, StreamPositions, StreamSubscriber};
 /// Recent changes kept for users whose stream is being loaded.
 const RECENT_CHANGES: usize = 16_384;
 
+/// Other users whose something (presence, device keys) changed, as one listening user
+/// hears of it: each with their latest change after `floor`.
+#[derive(Debug, Default, Clone)]
+struct ChangedUsers {
+    latest: HashMap<String, u64>,
+    /// Changes at or below this are not in `latest` (the stream was loaded then, or the
+    /// client acknowledged them).
+    floor: u64,
+}
+
+impl ChangedUsers {
+    fn record(&mut self, user: &str, pos: u64) {
+        match self.latest.get_mut(user) {
+            Some(latest) => *latest = (*latest).max(pos),
+            None => {
+                self.latest.insert(user.to_owned(), pos);
+            }
+        }
+    }
+
+    /// Who changed after `after`; `None` when that is older than `floor`. Changes up to
+    /// `after` are forgotten: the client has them.
+    fn since(&mut self, after: u64) -> Option<Vec<String>> {
+        if after < self.floor {
+            return None;
+        }
+        self.latest.retain(|_, pos| *pos > after);
+        self.floor = after;
+        Some(self.latest.keys().cloned().collect())
+    }
+}
+
 /// What changed for one user, by stream position.
 #[derive(Debug, Default, Clone)]
 pub struct UserChanges {
@@ -26,14 +58,13 @@ pub struct UserChanges {
     rooms: HashMap<u64, u64>,
     /// `(position, room)` for each entry of `rooms`.
     by_pos: BTreeSet<(u64, u64)>,
-    /// Users sharing a room with the user (and the user) -> their latest presence change
-    /// after `presence_floor`.
-    presence: HashMap<String, u64>,
-    /// Presence changes at or below this are not in `presence` (the stream was loaded
-    /// then, or the client acknowledged them).
-    presence_floor: u64,
+    /// Users sharing a room with the user (and the user) whose presence changed.
+    presence: ChangedUsers,
+    /// Users sharing a room with the user (and the user) whose devices or cross-signing
+    /// keys changed.
+    device_lists: ChangedUsers,
     /// The latest position of anything for the user: rooms, account data, to-device
-    /// messages, presence.
+    /// messages, presence, device lists.
     pub latest: u64,
 }
 
@@ -66,12 +97,13 @@ impl UserChanges {
     /// stream knows (a token from before the stream was loaded, or an old token reused).
     /// Changes up to `after` are forgotten: the client has them.
     pub fn presence_changed(&mut self, after: u64) -> Option<Vec<String>> {
-        if after < self.presence_floor {
-            return None;
-        }
-        self.presence.retain(|_, pos| *pos > after);
-        self.presence_floor = after;
-        Some(self.presence.keys().cloned().collect())
+        self.presence.since(after)
+    }
+
+    /// Whose devices or cross-signing keys changed after `after`, like
+    /// [`UserChanges::presence_changed`].
+    pub fn device_lists_changed(&mut self, after: u64) -> Option<Vec<String>> {
+        self.device_lists.since(after)
     }
 
     fn touch(&mut self, pos: u64) {
@@ -101,6 +133,11 @@ impl UserStream {
     /// See [`UserChanges::presence_changed`].
     pub fn presence_changed(&self, after: u64) -> Option<Vec<String>> {
         self.lock().presence_changed(after)
+    }
+
+    /// See [`UserChanges::device_lists_changed`].
+    pub fn device_lists_changed(&self, after: u64) -> Option<Vec<String>> {
+        self.lock().device_lists_changed(after)
     }
 
     /// The latest position of anything for this user.
@@ -191,7 +228,7 @@ impl Inner {
                     woken.push(Arc::clone(stream));
                 }
             }
-            StreamChange::Presence { user, rooms } => {
+            StreamChange::Presence { user, rooms } | StreamChange::DeviceList { user, rooms } => {
                 let own = self.users.get(user);
                 let listeners = rooms
                     .iter()
@@ -199,7 +236,10 @@ impl Inner {
                     .chain(own);
                 for listener in listeners {
                     let mut changes = listener.lock();
-                    changes.presence.insert(user.clone(), pos);
+                    match change {
+                        StreamChange::Presence { .. } => changes.presence.record(user, pos),
+                        _ => changes.device_lists.record(user, pos),
+                    }
                     changes.touch(pos);
                     drop(changes);
                     woken.push(Arc::clone(listener));
@@ -281,7 +321,8 @@ impl Notifier {
             {
                 let mut changes = stream.lock();
                 changes.latest = loaded_at;
-                changes.presence_floor = loaded_at;
+                changes.presence.floor = loaded_at;
+                changes.device_lists.floor = loaded_at;
                 for room in &rooms {
                     changes.touch_room(room.room, room.pos.min(loaded_at));
                 }
@@ -329,7 +370,7 @@ fn concerns(stream: &Arc<UserStream>, inner: &Inner, change: &StreamChange) -> b
         StreamChange::AccountData { user } | StreamChange::ToDevice { user } => {
             *user == stream.user_id
         }
-        StreamChange::Presence { user, rooms } => {
+        StreamChange::Presence { user, rooms } | StreamChange::DeviceList { user, rooms } => {
             *user == stream.user_id
                 || rooms.iter().any(|room| {
                     inner

@@ -248,7 +248,49 @@ pub fn build(
     if !presence.is_empty() {
         response.insert("presence".into(), json!({ "events": presence }));
     }
+    // Spec: `device_lists` "only present on an incremental sync".
+    if let Some(since) = since {
+        let rooms = stream.rooms_changed(since);
+        let key_changes = stream.device_lists_changed(since);
+        let lists = super::device_lists::changes(
+            services,
+            &request.user_id,
+            since,
+            upto,
+            &rooms,
+            key_changes,
+        )?;
+        if !lists.is_empty() {
+            response.insert(
+                "device_lists".into(),
+                json!({ "changed": lists.changed, "left": lists.left }),
+            );
+        }
+    }
+    add_device_key_counts(services, request, &mut response)?;
     Ok(Value::Object(response))
+}
+
+/// Members every answer carries for the syncing device, news or not.
+pub const ALWAYS_PRESENT: &[&str] = &[
+    "next_batch",
+    "device_one_time_keys_count",
+    "device_unused_fallback_key_types",
+];
+
+/// The device's unclaimed one-time keys and unused fallback key types. Spec: "Extensions
+/// to /sync": `device_unused_fallback_key_types` is required in every answer.
+pub fn add_device_key_counts(
+    services: &Services,
+    request: &SyncRequest,
+    response: &mut Map<String, Value>,
+) -> MatrixResult<()> {
+    let accounts = &services.accounts;
+    let counts = accounts.one_time_key_counts(&request.user_id, &request.device_id)?;
+    let fallback = accounts.unused_fallback_key_types(&request.user_id, &request.device_id)?;
+    response.insert("device_one_time_keys_count".into(), json!(counts));
+    response.insert("device_unused_fallback_key_types".into(), json!(fallback));
+    Ok(())
 }
 
 /// `m.presence` of the user and of the users who share a joined room with them: what
@@ -493,7 +535,11 @@ fn timeline(
 }
 
 /// The state snapshot after the room's last event at or before `pos` (0: none yet).
-fn snapshot_at(store: &EventStore, room: &Room, pos: u64) -> MatrixResult<ShortStateHash> {
+pub(super) fn snapshot_at(
+    store: &EventStore,
+    room: &Room,
+    pos: u64,
+) -> MatrixResult<ShortStateHash> {
     let last = store.timeline(room.short, 0, pos.saturating_add(1), true, 1)?;
     match last.first() {
         Some((_, short)) => Ok(store.meta(*short)?.state_after),

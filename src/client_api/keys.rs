@@ -1,0 +1,248 @@
+//! Spec: client-server API, "End-to-End Encryption": `POST /keys/upload`, `POST
+//! /keys/query`, `POST /keys/claim`, `GET /keys/changes`, `POST
+//! /keys/device_signing/upload`, `POST /keys/signatures/upload`.
+//!
+//! Keys of users on other servers cannot be fetched yet (no outgoing federation): their
+//! servers are listed in `failures`, as the spec does for unreachable servers.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::core::UserId;
+use crate::error::{MatrixError, MatrixResult};
+use crate::http::extract::{Authed, JsonBody, QueryParams};
+use crate::http::AppState;
+use crate::services::accounts::cross_signing::CrossSigningUpload;
+use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES};
+use crate::services::accounts::uia::{stages, UiaRequest};
+
+/// `POST /keys/upload` body.
+#[derive(Deserialize)]
+pub struct UploadBody {
+    device_keys: Option<Value>,
+    #[serde(default)]
+    one_time_keys: Map<String, Value>,
+    #[serde(default)]
+    fallback_keys: Map<String, Value>,
+    /// The name before Matrix 1.2 (MSC2732), still sent by some clients.
+    #[serde(default, rename = "org.matrix.msc2732.fallback_keys")]
+    unstable_fallback_keys: Map<String, Value>,
+}
+
+/// Stores the device's identity, one-time and fallback keys.
+pub async fn upload(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    JsonBody(body): JsonBody<UploadBody>,
+) -> MatrixResult<Json<Value>> {
+    let fallback_keys = if body.fallback_keys.is_empty() {
+        body.unstable_fallback_keys
+    } else {
+        body.fallback_keys
+    };
+    let upload = KeyUpload {
+        device_keys: body.device_keys,
+        one_time_keys: body.one_time_keys,
+        fallback_keys,
+    };
+    let counts = services
+        .accounts
+        .upload_keys(&session.user_id, &session.device_id, upload)
+        .await?;
+    Ok(Json(json!({ "one_time_key_counts": counts })))
+}
+
+/// The failure recorded for a server we cannot ask.
+fn unreachable() -> Value {
+    json!({
+        "errcode": "M_UNRECOGNIZED",
+        "error": "This server does not fetch keys over federation yet",
+    })
+}
+
+/// A user id of the request, or 400.
+fn parse_user(user: &str) -> MatrixResult<UserId> {
+    UserId::parse(user).map_err(|_| MatrixError::invalid_param(format!("Invalid user id {user:?}")))
+}
+
+/// `POST /keys/query` body.
+#[derive(Deserialize)]
+pub struct QueryBody {
+    device_keys: BTreeMap<String, Vec<String>>,
+}
+
+/// Device and cross-signing keys of users.
+pub async fn query(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    JsonBody(body): JsonBody<QueryBody>,
+) -> MatrixResult<Json<Value>> {
+    let entries: usize = body.device_keys.values().map(|d| d.len().max(1)).sum();
+    if entries > MAX_KEYS_REQUEST_ENTRIES {
+        return Err(MatrixError::invalid_param(format!(
+            "At most {MAX_KEYS_REQUEST_ENTRIES} users and devices per query"
+        )));
+    }
+    let ours = services.config.server_name.as_str();
+    let mut local = BTreeMap::new();
+    let mut failures = Map::new();
+    for (user, devices) in body.device_keys {
+        let id = parse_user(&user)?;
+        if id.server_name() == ours {
+            local.insert(user, devices);
+        } else {
+            failures.insert(id.server_name().to_owned(), unreachable());
+        }
+    }
+    let viewer = session.user_id.as_str().to_owned();
+    let found = tokio::task::spawn_blocking({
+        let services = services.clone();
+        move || services.accounts.query_keys(&viewer, &local)
+    })
+    .await
+    .map_err(MatrixError::internal)??;
+    Ok(Json(json!({
+        "device_keys": found.device_keys,
+        "master_keys": found.master_keys,
+        "self_signing_keys": found.self_signing_keys,
+        "user_signing_keys": found.user_signing_keys,
+        "failures": failures,
+    })))
+}
+
+/// `POST /keys/claim` body.
+#[derive(Deserialize)]
+pub struct ClaimBody {
+    one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One key per requested device: a one-time key, else the fallback key.
+pub async fn claim(
+    State(services): State<AppState>,
+    Authed(_session): Authed,
+    JsonBody(body): JsonBody<ClaimBody>,
+) -> MatrixResult<Json<Value>> {
+    let entries: usize = body.one_time_keys.values().map(BTreeMap::len).sum();
+    if entries > MAX_KEYS_REQUEST_ENTRIES {
+        return Err(MatrixError::invalid_param(format!(
+            "At most {MAX_KEYS_REQUEST_ENTRIES} devices per claim"
+        )));
+    }
+    let ours = services.config.server_name.as_str();
+    let mut wanted = Vec::with_capacity(entries);
+    let mut failures = Map::new();
+    for (user, devices) in body.one_time_keys {
+        let id = parse_user(&user)?;
+        if id.server_name() != ours {
+            failures.insert(id.server_name().to_owned(), unreachable());
+            continue;
+        }
+        for (device, algorithm) in devices {
+            wanted.push((id.clone(), device, algorithm));
+        }
+    }
+    let claimed = services.accounts.claim_keys(&wanted).await?;
+    Ok(Json(
+        json!({ "one_time_keys": claimed, "failures": failures }),
+    ))
+}
+
+/// `GET /keys/changes` query.
+#[derive(Deserialize)]
+pub struct ChangesParams {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Users whose keys changed, and users who share no room any more, between two tokens.
+pub async fn changes(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    QueryParams(params): QueryParams<ChangesParams>,
+) -> MatrixResult<Json<Value>> {
+    let token = |t: Option<String>, name: &str| -> MatrixResult<u64> {
+        let t = t.ok_or_else(|| MatrixError::missing_param(format!("Missing `{name}`")))?;
+        Ok(services.sync.parse_since(&t)?.0)
+    };
+    let from = token(params.from, "from")?;
+    let to = token(params.to, "to")?;
+    let user = session.user_id.as_str().to_owned();
+    let lists = tokio::task::spawn_blocking({
+        let services = services.clone();
+        move || services.sync.key_changes(&services, &user, from, to)
+    })
+    .await
+    .map_err(MatrixError::internal)??;
+    Ok(Json(
+        json!({ "changed": lists.changed, "left": lists.left }),
+    ))
+}
+
+/// `POST /keys/device_signing/upload` body.
+#[derive(Deserialize)]
+pub struct DeviceSigningBody {
+    master_key: Option<Value>,
+    self_signing_key: Option<Value>,
+    user_signing_key: Option<Value>,
+    auth: Option<Value>,
+}
+
+/// Stores the user's cross-signing keys; replacing existing ones needs the password.
+pub async fn upload_device_signing(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    JsonBody(body): JsonBody<DeviceSigningBody>,
+) -> MatrixResult<Json<Value>> {
+    let upload = CrossSigningUpload {
+        master_key: body.master_key,
+        self_signing_key: body.self_signing_key,
+        user_signing_key: body.user_signing_key,
+    };
+    let user = session.user_id.as_str();
+    let passed = if services
+        .accounts
+        .cross_signing_upload_needs_auth(user, &upload)?
+    {
+        let request = UiaRequest {
+            operation: "device_signing_upload",
+            user: Some(user),
+            flows: vec![vec![stages::PASSWORD]],
+        };
+        Some(
+            services
+                .accounts
+                .user_interactive_auth(body.auth.as_ref(), &request)
+                .await?,
+        )
+    } else {
+        None
+    };
+    services
+        .accounts
+        .upload_cross_signing_keys(&session.user_id, upload)
+        .await?;
+    if let Some(passed) = passed {
+        services.accounts.finish_uia(passed);
+    }
+    Ok(Json(json!({})))
+}
+
+/// Stores signatures of devices and keys; each one that does not verify is reported.
+pub async fn upload_signatures(
+    State(services): State<AppState>,
+    Authed(session): Authed,
+    JsonBody(body): JsonBody<BTreeMap<String, Map<String, Value>>>,
+) -> MatrixResult<Json<Value>> {
+    for user in body.keys() {
+        parse_user(user)?;
+    }
+    let failures = services
+        .accounts
+        .upload_signatures(&session.user_id, &body)
+        .await?;
+    Ok(Json(json!({ "failures": failures })))
+}

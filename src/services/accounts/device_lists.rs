@@ -1,0 +1,88 @@
+//! Device-list changes: when a user's devices, device keys or cross-signing keys change,
+//! the change is written at a new stream position, recorded as the user's latest
+//! device-list position, and announced to the users who share a room with them.
+//!
+//! Spec: client-server API, "End-to-End Encryption", "Tracking the device list for a
+//! user" and "Extensions to /sync" (`device_lists.changed`); `GET /keys/changes`.
+//!
+//! Table: `userid_devicelistpos` (user -> latest change position).
+
+use std::sync::Arc;
+
+use super::Accounts;
+use crate::error::MatrixResult;
+use crate::services::rooms::event_store::EventStore;
+use crate::services::stream::{StreamChange, Write};
+use crate::storage::{keys, Table};
+
+impl Accounts {
+    /// Lets device-list changes find the rooms a user is joined to (set once at start-up;
+    /// the rooms service is opened after this one).
+    pub fn attach_rooms(&self, rooms: Arc<EventStore>) {
+        let _ = self.rooms.set(rooms);
+    }
+
+    /// The short ids of the rooms `user_id` is joined to: whose members hear of the change.
+    fn joined_room_shorts(&self, user_id: &str) -> MatrixResult<Vec<u64>> {
+        let Some(store) = self.rooms.get() else {
+            return Ok(Vec::new());
+        };
+        let mut rooms = Vec::new();
+        for (room_id, record) in store.memberships_of(user_id)? {
+            if record.membership == "join" {
+                if let Some(short) = store.room_short(&room_id)? {
+                    rooms.push(short);
+                }
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// Writes `writes` durably at a new stream position; with `announce`, also as a change
+    /// of `user_id`'s device list, told to them and to everyone sharing a room with them.
+    /// Answers the position.
+    pub(super) async fn commit_keys_change(
+        &self,
+        user_id: &str,
+        announce: bool,
+        writes: impl FnOnce(u64) -> Vec<Write> + Send + 'static,
+    ) -> MatrixResult<u64> {
+        let changes = if announce {
+            vec![StreamChange::DeviceList {
+                user: user_id.to_owned(),
+                rooms: self.joined_room_shorts(user_id)?,
+            }]
+        } else {
+            Vec::new()
+        };
+        let user = user_id.to_owned();
+        let pos = self
+            .stream
+            .write_at_new_position(
+                move |pos| {
+                    let mut all = writes(pos);
+                    if announce {
+                        all.push((
+                            Table::UseridDevicelistpos,
+                            user.into_bytes(),
+                            Some(pos.to_be_bytes().to_vec()),
+                        ));
+                    }
+                    all
+                },
+                changes,
+            )
+            .await?;
+        Ok(pos)
+    }
+
+    /// The position of the latest change of `user_id`'s devices or cross-signing keys (0:
+    /// none since they were recorded).
+    pub fn device_list_pos(&self, user_id: &str) -> MatrixResult<u64> {
+        Ok(self
+            .db
+            .get(Table::UseridDevicelistpos, user_id)?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0))
+    }
+}
