@@ -18,7 +18,6 @@ use crate::http::extract::{Authed, JsonBody, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::cross_signing::CrossSigningUpload;
 use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES};
-use crate::services::accounts::uia::{stages, UiaRequest};
 
 /// `POST /keys/upload` body.
 #[derive(Deserialize)]
@@ -49,11 +48,22 @@ pub async fn upload(
         one_time_keys: body.one_time_keys,
         fallback_keys,
     };
-    let counts = services
-        .accounts
-        .upload_keys(&session.user_id, &session.device_id, upload)
-        .await?;
+    let counts = uncancellable(async move {
+        services
+            .accounts
+            .upload_keys(&session.user_id, &session.device_id, upload)
+            .await
+    })
+    .await?;
     Ok(Json(json!({ "one_time_key_counts": counts })))
+}
+
+/// Runs a key change to its end even if the client goes away: each holds its user's keys
+/// lock until its write commits, so a retry never starts before the first try is done.
+async fn uncancellable<T: Send + 'static>(
+    change: impl std::future::Future<Output = MatrixResult<T>> + Send + 'static,
+) -> MatrixResult<T> {
+    tokio::spawn(change).await.map_err(MatrixError::internal)?
 }
 
 /// The failure recorded for a server we cannot ask.
@@ -145,7 +155,7 @@ pub async fn claim(
             wanted.push((id.clone(), device, algorithm));
         }
     }
-    let claimed = services.accounts.claim_keys(&wanted).await?;
+    let claimed = uncancellable(async move { services.accounts.claim_keys(&wanted).await }).await?;
     Ok(Json(
         json!({ "one_time_keys": claimed, "failures": failures }),
     ))
@@ -202,32 +212,13 @@ pub async fn upload_device_signing(
         self_signing_key: body.self_signing_key,
         user_signing_key: body.user_signing_key,
     };
-    let user = session.user_id.as_str();
-    let passed = if services
-        .accounts
-        .cross_signing_upload_needs_auth(user, &upload)?
-    {
-        let request = UiaRequest {
-            operation: "device_signing_upload",
-            user: Some(user),
-            flows: vec![vec![stages::PASSWORD]],
-        };
-        Some(
-            services
-                .accounts
-                .user_interactive_auth(body.auth.as_ref(), &request)
-                .await?,
-        )
-    } else {
-        None
-    };
-    services
-        .accounts
-        .upload_cross_signing_keys(&session.user_id, upload)
-        .await?;
-    if let Some(passed) = passed {
-        services.accounts.finish_uia(passed);
-    }
+    uncancellable(async move {
+        services
+            .accounts
+            .upload_cross_signing_keys(&session.user_id, upload, body.auth.as_ref())
+            .await
+    })
+    .await?;
     Ok(Json(json!({})))
 }
 
@@ -240,9 +231,12 @@ pub async fn upload_signatures(
     for user in body.keys() {
         parse_user(user)?;
     }
-    let failures = services
-        .accounts
-        .upload_signatures(&session.user_id, &body)
-        .await?;
+    let failures = uncancellable(async move {
+        services
+            .accounts
+            .upload_signatures(&session.user_id, &body)
+            .await
+    })
+    .await?;
     Ok(Json(json!({ "failures": failures })))
 }

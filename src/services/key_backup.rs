@@ -320,6 +320,8 @@ impl KeyBackup {
         }
         record.deleted = true;
         record.count = 0;
+        // Only the number needs keeping.
+        record.auth_data = Value::Null;
         batch.put(
             Table::UseridVersionBackup,
             version_key(user_id, number),

@@ -57,12 +57,32 @@ impl Default for StripedLocks {
 }
 
 impl StripedLocks {
-    /// Waits for the lock of `key`'s stripe.
-    pub async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
-        let stripe = key
+    fn stripe(&self, key: &[u8]) -> usize {
+        let hash = key
             .iter()
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
-        self.0[stripe % self.0.len()].lock().await
+        hash % self.0.len()
+    }
+
+    /// Waits for the lock of `key`'s stripe.
+    pub async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[self.stripe(key)].lock().await
+    }
+
+    /// Waits for the locks of all the keys' stripes, taken in stripe order so that two
+    /// callers never wait for each other in a cycle.
+    pub async fn lock_all<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = keys.into_iter().map(|k| self.stripe(k)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.0[stripe].lock().await);
+        }
+        guards
     }
 }
 

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Map, Value};
 
 use super::device_keys::{add_signatures, ed25519_public_key};
+use super::uia::{stages, UiaRequest};
 use super::Accounts;
 use crate::core::signatures::{verify_json, verify_signature};
 use crate::core::UserId;
@@ -183,7 +184,7 @@ impl Accounts {
     /// Whether uploading `upload` needs user-interactive auth. Spec: not when the user has
     /// no master key yet, nor when every key sent equals the stored one ("the request
     /// contains no new keys").
-    pub fn cross_signing_upload_needs_auth(
+    fn cross_signing_upload_needs_auth(
         &self,
         user_id: &str,
         upload: &CrossSigningUpload,
@@ -206,16 +207,43 @@ impl Accounts {
         Ok(false)
     }
 
-    /// Stores cross-signing keys (after any auth the caller required). The self-signing
-    /// and user-signing keys must be signed by the master key sent with them, or else by
-    /// the stored one. Spec: `POST /keys/device_signing/upload`.
+    /// Stores cross-signing keys. Replacing stored keys needs the password
+    /// (user-interactive auth with `auth`), decided under the user's keys lock so that two
+    /// first uploads cannot both skip it. The self-signing and user-signing keys must be
+    /// signed by the master key sent with them, or else by the stored one; a new master
+    /// key drops the stored self-signing and user-signing keys unless they come with it.
+    /// Spec: `POST /keys/device_signing/upload`.
     pub async fn upload_cross_signing_keys(
+        &self,
+        user_id: &UserId,
+        upload: CrossSigningUpload,
+        auth: Option<&Value>,
+    ) -> MatrixResult<()> {
+        let user = user_id.as_str();
+        let _keys = self.keys_locks.lock(user.as_bytes()).await;
+        let passed = if self.cross_signing_upload_needs_auth(user, &upload)? {
+            let request = UiaRequest {
+                operation: "device_signing_upload",
+                user: Some(user),
+                flows: vec![vec![stages::PASSWORD]],
+            };
+            Some(self.user_interactive_auth(auth, &request).await?)
+        } else {
+            None
+        };
+        self.store_cross_signing_keys(user_id, upload).await?;
+        if let Some(passed) = passed {
+            self.finish_uia(passed);
+        }
+        Ok(())
+    }
+
+    async fn store_cross_signing_keys(
         &self,
         user_id: &UserId,
         upload: CrossSigningUpload,
     ) -> MatrixResult<()> {
         let user = user_id.as_str();
-        let _keys = self.keys_lock.lock().await;
         let mut new: Vec<(Usage, Value, String)> = Vec::new();
         let master = match &upload.master_key {
             Some(key) => {
@@ -260,21 +288,38 @@ impl Accounts {
         }
         let mut changed = false;
         let mut writes: Vec<Write> = Vec::new();
+        let new_master = match &upload.master_key {
+            Some(key) => self
+                .cross_signing_key(user, Usage::Master)?
+                .is_none_or(|stored| stored.json != *key),
+            None => false,
+        };
+        if new_master {
+            // Keys signed by the old master key mean nothing under the new one.
+            for (usage, sent) in [
+                (Usage::SelfSigning, &upload.self_signing_key),
+                (Usage::UserSigning, &upload.user_signing_key),
+            ] {
+                if sent.is_none() {
+                    if let Some(old) = self.cross_signing_key(user, usage)? {
+                        self.signatures_of_and_by(user, &old.public, &mut writes)?;
+                        writes.push((
+                            Table::UseridUsageCrosssigningkey,
+                            usage_key(user, usage),
+                            None,
+                        ));
+                        changed = true;
+                    }
+                }
+            }
+        }
         for (usage, key, _) in new {
             let stored = self.cross_signing_key(user, usage)?;
             if stored.as_ref().map(|s| &s.json) == Some(&key) {
                 continue;
             }
             if let Some(old) = stored {
-                // Signatures of the replaced key no longer mean anything.
-                let prefix = keys::prefix(&keys::join(&[user.as_bytes(), old.public.as_bytes()]));
-                for entry in self
-                    .db
-                    .scan_prefix(Table::UseridKeyidSignerSignature, &prefix)
-                {
-                    let (key, _) = entry?;
-                    writes.push((Table::UseridKeyidSignerSignature, key.into_vec(), None));
-                }
+                self.signatures_of_and_by(user, &old.public, &mut writes)?;
             }
             writes.push((
                 Table::UseridUsageCrosssigningkey,
@@ -305,7 +350,7 @@ impl Accounts {
                 "At most {MAX_SIGNED_OBJECTS} signed objects per upload"
             )));
         }
-        let _keys = self.keys_lock.lock().await;
+        let _keys = self.keys_locks.lock(me.as_bytes()).await;
         let my_master = self.cross_signing_key(me, Usage::Master)?;
         let self_signing = self.cross_signing_key(me, Usage::SelfSigning)?;
         let user_signing = self.cross_signing_key(me, Usage::UserSigning)?;
@@ -354,6 +399,62 @@ impl Accounts {
             self.commit_keys_change(me, true, move |_| writes).await?;
         }
         Ok(failures)
+    }
+
+    /// Adds to `writes` the removal of the signatures of `user_id`'s key `public`, and of
+    /// those it made of the user's own keys (a replaced key's signatures mean nothing;
+    /// those it made of other users' keys are hidden by [`Accounts::uploaded_signatures`]).
+    fn signatures_of_and_by(
+        &self,
+        user_id: &str,
+        public: &str,
+        writes: &mut Vec<Write>,
+    ) -> MatrixResult<()> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let signer_key = format!("ed25519:{public}");
+        for entry in self
+            .db
+            .scan_prefix(Table::UseridKeyidSignerSignature, &prefix)
+        {
+            let (key, _) = entry?;
+            let mut parts = keys::split(&key[prefix.len()..]);
+            let target = parts.next();
+            let by = (parts.next(), parts.next());
+            let of_it = target == Some(public.as_bytes());
+            let by_it = by == (Some(user_id.as_bytes()), Some(signer_key.as_bytes()));
+            drop(parts);
+            if of_it || by_it {
+                writes.push((Table::UseridKeyidSignerSignature, key.into_vec(), None));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes all of `user_id`'s cross-signing keys and the signatures of their keys (the
+    /// account is being deactivated).
+    pub(super) async fn remove_cross_signing(&self, user_id: &str) -> MatrixResult<()> {
+        let _keys = self.keys_locks.lock(user_id.as_bytes()).await;
+        let mut writes: Vec<Write> = Vec::new();
+        for usage in [Usage::Master, Usage::SelfSigning, Usage::UserSigning] {
+            if self.cross_signing_key(user_id, usage)?.is_some() {
+                writes.push((
+                    Table::UseridUsageCrosssigningkey,
+                    usage_key(user_id, usage),
+                    None,
+                ));
+            }
+        }
+        for entry in self.db.scan_prefix(
+            Table::UseridKeyidSignerSignature,
+            &keys::prefix(user_id.as_bytes()),
+        ) {
+            writes.push((Table::UseridKeyidSignerSignature, entry?.0.into_vec(), None));
+        }
+        if !writes.is_empty() {
+            self.commit_keys_change(user_id, true, move |_| writes)
+                .await?;
+        }
+        Ok(())
     }
 
     /// A device of `me` signed by their self-signing key; answers the new signatures.
@@ -474,6 +575,14 @@ impl Accounts {
     ) -> MatrixResult<UploadedSignatures> {
         let prefix = keys::prefix(user_id.as_bytes());
         let mut out = UploadedSignatures::new();
+        // The viewer's signatures of others count only if made by their current
+        // user-signing key (a replaced one's are left behind in other users' rows).
+        let viewer_usk = if viewer != user_id {
+            self.cross_signing_key(viewer, Usage::UserSigning)?
+                .map(|k| format!("ed25519:{}", k.public))
+        } else {
+            None
+        };
         for entry in self
             .db
             .scan_prefix(Table::UseridKeyidSignerSignature, &prefix)
@@ -486,7 +595,10 @@ impl Accounts {
                 continue;
             };
             let signer = String::from_utf8_lossy(signer);
-            if signer != user_id && signer != viewer {
+            let visible = signer == user_id
+                || (signer == viewer
+                    && viewer_usk.as_deref().map(str::as_bytes) == Some(signer_key));
+            if !visible {
                 continue;
             }
             out.entry(String::from_utf8_lossy(target_key).into_owned())

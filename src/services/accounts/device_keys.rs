@@ -29,8 +29,11 @@ use crate::storage::{keys, Table};
 
 /// One-time or fallback keys in one upload, at most.
 pub const MAX_KEYS_PER_UPLOAD: usize = 1_000;
-/// Unclaimed one-time keys kept per device and algorithm, at most: clients keep about 50.
-pub const MAX_ONE_TIME_KEYS: usize = 10_000;
+/// Unclaimed one-time keys kept per device (all algorithms), at most: clients keep about
+/// 50, and every /sync of the device counts them.
+pub const MAX_ONE_TIME_KEYS: usize = 1_000;
+/// Fallback keys (algorithms) kept per device, at most.
+const MAX_FALLBACK_KEYS: usize = 16;
 /// Bytes of one key (its JSON), at most.
 const MAX_KEY_BYTES: usize = 4_096;
 /// Bytes of a device's keys object, at most.
@@ -226,7 +229,7 @@ impl Accounts {
             }
         }
 
-        let _keys = self.keys_lock.lock().await;
+        let _keys = self.keys_locks.lock(user.as_bytes()).await;
         // The device may have been deleted since the token was checked.
         if !self
             .db
@@ -240,6 +243,7 @@ impl Accounts {
             .with("soft_logout", false));
         }
         let dkey = device_key(user, device_id);
+        let mut fallback_writes: Vec<Write> = Vec::new();
         let keys_changed = match &device_keys {
             Some(new) => {
                 let stored: Option<Value> = self
@@ -247,15 +251,25 @@ impl Accounts {
                     .get(Table::UseridDeviceidDevicekeys, &dkey)?
                     .map(|b| decode(Table::UseridDeviceidDevicekeys, &b))
                     .transpose()?;
+                if stored.is_some() && stored.as_ref() != Some(new) {
+                    // Signatures others made of the old keys do not cover the new ones.
+                    for entry in self.db.scan_prefix(
+                        Table::UseridKeyidSignerSignature,
+                        &device_prefix(user, device_id),
+                    ) {
+                        fallback_writes.push((
+                            Table::UseridKeyidSignerSignature,
+                            entry?.0.into_vec(),
+                            None,
+                        ));
+                    }
+                }
                 stored.as_ref() != Some(new)
             }
             None => false,
         };
         let stored = self.stored_one_time_keys(user, device_id)?;
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for (_, (algorithm, _)) in stored.iter() {
-            *counts.entry(algorithm.clone()).or_default() += 1;
-        }
+        let mut count = stored.len();
         let mut new_keys: Vec<(String, String, Vec<u8>)> = Vec::new();
         for (id, algorithm, key_id, bytes) in one_time {
             if let Some((_, existing)) = stored.get(&id) {
@@ -266,16 +280,31 @@ impl Accounts {
                 }
                 continue;
             }
-            let count = counts.entry(algorithm.clone()).or_default();
-            *count += 1;
-            if *count > MAX_ONE_TIME_KEYS {
+            count += 1;
+            if count > MAX_ONE_TIME_KEYS {
                 return Err(MatrixError::invalid_param(format!(
-                    "A device may hold at most {MAX_ONE_TIME_KEYS} one-time keys per algorithm"
+                    "A device may hold at most {MAX_ONE_TIME_KEYS} unclaimed one-time keys"
                 )));
             }
             new_keys.push((algorithm, key_id, bytes));
         }
-        let mut fallback_writes: Vec<Write> = Vec::new();
+        let mut algorithms: Vec<Box<[u8]>> = Vec::new();
+        for entry in self.db.scan_prefix(
+            Table::UseridDeviceidAlgorithmFallbackkey,
+            &device_prefix(user, device_id),
+        ) {
+            algorithms.push(entry?.0);
+        }
+        let prefix_len = device_prefix(user, device_id).len();
+        let new_algorithms = fallback
+            .keys()
+            .filter(|a| !algorithms.iter().any(|k| &k[prefix_len..] == a.as_bytes()))
+            .count();
+        if algorithms.len() + new_algorithms > MAX_FALLBACK_KEYS {
+            return Err(MatrixError::invalid_param(format!(
+                "A device may hold at most {MAX_FALLBACK_KEYS} fallback keys"
+            )));
+        }
         for (algorithm, (key_id, key)) in fallback {
             let fkey = {
                 let mut k = device_prefix(user, device_id);
@@ -415,7 +444,10 @@ impl Accounts {
         &self,
         wanted: &[(UserId, String, String)],
     ) -> MatrixResult<ClaimedKeys> {
-        let _keys = self.keys_lock.lock().await;
+        let _keys = self
+            .keys_locks
+            .lock_all(wanted.iter().map(|(u, _, _)| u.as_str().as_bytes()))
+            .await;
         let mut claimed = ClaimedKeys::new();
         let mut writes: Vec<Write> = Vec::new();
         for (user, device_id, algorithm) in wanted {
@@ -588,6 +620,21 @@ impl Accounts {
                 let (key, _) = entry?;
                 writes.push((table, key.into_vec(), None));
             }
+        }
+        // The device's own signature of the user's master key goes with it.
+        if let Some(master) =
+            self.cross_signing_key(user_id, super::cross_signing::Usage::Master)?
+        {
+            writes.push((
+                Table::UseridKeyidSignerSignature,
+                keys::join(&[
+                    user_id.as_bytes(),
+                    master.public.as_bytes(),
+                    user_id.as_bytes(),
+                    format!("ed25519:{device_id}").as_bytes(),
+                ]),
+                None,
+            ));
         }
         Ok(())
     }

@@ -131,9 +131,10 @@ pub struct Accounts {
     account_data_locks: StripedLocks,
     /// Serializes to-device sends per sender device and transaction.
     to_device_locks: StripedLocks,
-    /// Serializes every change of one-time, fallback and cross-signing keys, so a key is
-    /// claimed at most once and a claim never overwrites a newer fallback key.
-    keys_lock: tokio::sync::Mutex<()>,
+    /// Serializes every change of a user's one-time, fallback and cross-signing keys and
+    /// signatures (per user), so a key is claimed at most once and a claim never
+    /// overwrites a newer fallback key.
+    keys_locks: StripedLocks,
     /// The rooms' store, to tell room mates of device-list changes (set at start-up).
     rooms: OnceLock<Arc<EventStore>>,
 }
@@ -163,7 +164,7 @@ impl Accounts {
             stream,
             account_data_locks: Default::default(),
             to_device_locks: Default::default(),
-            keys_lock: tokio::sync::Mutex::new(()),
+            keys_locks: Default::default(),
             rooms: OnceLock::new(),
         }
     }
@@ -814,6 +815,9 @@ impl Accounts {
         user_id: &UserId,
         device_ids: &[String],
     ) -> MatrixResult<()> {
+        // Listed and removed under the user's keys lock, so that no upload for a device
+        // being deleted lands between the listing and the removal.
+        let _keys = self.keys_locks.lock(user_id.as_str().as_bytes()).await;
         let mut writes: Vec<Write> = Vec::new();
         for device_id in device_ids {
             let key = device_key(user_id.as_str(), device_id);
@@ -831,9 +835,6 @@ impl Accounts {
             self.device_key_removals(&mut writes, user_id.as_str(), device_id)?;
         }
         if !writes.is_empty() {
-            // The device's keys are held by the keys lock's writers: take it so that no
-            // upload or claim for the device interleaves with the removal.
-            let _keys = self.keys_lock.lock().await;
             self.commit_keys_change(user_id.as_str(), true, move |_| writes)
                 .await?;
         }
@@ -904,6 +905,7 @@ impl Accounts {
         self.db.commit(batch).await?;
         self.delete_all_devices_locked(&guard, user_id, None)
             .await?;
+        self.remove_cross_signing(user_id.as_str()).await?;
         tracing::info!(user = %user_id, "account deactivated");
         Ok(())
     }

@@ -9,8 +9,11 @@
 //! `/keys/changes`; we use joined rooms for both, a superset that costs clients at most a
 //! needless key query.
 //!
-//! Membership changes are found in the rooms that changed in the window, by comparing
-//! the joined members before and after it (only when the room's state changed at all).
+//! An incremental sync takes whose keys changed, who joined and who left the user's rooms
+//! from the user's stream (the notifier recorded them as they happened), and compares
+//! whole member lists only in rooms the user joined or left themself. A token older than
+//! the stream takes the slow path: every changed room's members before and after the
+//! window, and every room mate's latest key change.
 
 use std::collections::BTreeSet;
 
@@ -53,23 +56,31 @@ fn joined_members(store: &EventStore, snapshot: ShortStateHash) -> MatrixResult<
 }
 
 /// Changes for `user_id` in `(since, upto]`. `rooms` are the short ids of the rooms that
-/// changed for the user in the window (more is harmless); `key_changes` the users whose
-/// keys changed as the user's stream heard of it, or `None` to find them among the user's
-/// room mates.
+/// changed for the user in the window (more is harmless); `heard` what the user's stream
+/// recorded (users whose keys changed or who joined, users who left), or `None` to work
+/// it all out from the rooms and the user's room mates.
 pub fn changes(
     services: &Services,
     user_id: &str,
     since: u64,
     upto: u64,
     rooms: &[u64],
-    key_changes: Option<Vec<String>>,
+    heard: Option<(Vec<String>, Vec<String>)>,
 ) -> MatrixResult<DeviceListChanges> {
     let store = services.rooms.store();
     let mine: BTreeSet<String> = services.rooms.joined_rooms(user_id)?.into_iter().collect();
     let mut out = DeviceListChanges::default();
     let mut left = BTreeSet::new();
+    let from_stream = heard.is_some();
     for short in rooms {
         let room = store.room_by_short(*short)?;
+        if from_stream {
+            // Others' joins and leaves are heard; only our own need the member lists.
+            let own = store.membership(user_id, &room.record.room_id)?;
+            if own.is_none_or(|record| record.pos <= since) {
+                continue;
+            }
+        }
         let before = super::response::snapshot_at(store, &room, since)?;
         let after = super::response::snapshot_at(store, &room, upto)?;
         if before == after {
@@ -104,8 +115,11 @@ pub fn changes(
             .iter()
             .any(|(room, record)| record.membership == "join" && mine.contains(room)))
     };
-    let candidates = match key_changes {
-        Some(users) => users,
+    let (candidates, check_positions) = match heard {
+        Some((changed, gone)) => {
+            left.extend(gone);
+            (changed, false)
+        }
         None => {
             let mut mates: BTreeSet<String> = BTreeSet::new();
             for room_id in &mine {
@@ -114,11 +128,11 @@ pub fn changes(
                 }
             }
             mates.insert(user_id.to_owned());
-            mates.into_iter().collect()
+            (mates.into_iter().collect(), true)
         }
     };
     for user in candidates {
-        if services.accounts.device_list_pos(&user)? <= since {
+        if check_positions && services.accounts.device_list_pos(&user)? <= since {
             continue;
         }
         if user == user_id || shares_a_room(&user)? {

@@ -18,6 +18,9 @@ use crate::services::stream::{StreamChange, StreamPositions, StreamSubscriber};
 
 /// Recent changes kept for users whose stream is being loaded.
 const RECENT_CHANGES: usize = 16_384;
+/// Users kept per [`ChangedUsers`] before the oldest half is forgotten (a token older than
+/// what remains then takes the slower path that does not need them).
+const CHANGED_USERS_KEPT: usize = 4_096;
 
 /// Other users whose something (presence, device keys) changed, as one listening user
 /// hears of it: each with their latest change after `floor`.
@@ -37,17 +40,30 @@ impl ChangedUsers {
                 self.latest.insert(user.to_owned(), pos);
             }
         }
+        if self.latest.len() > CHANGED_USERS_KEPT {
+            // Forget the older half; tokens from before it take the slow path.
+            let mut positions: Vec<u64> = self.latest.values().copied().collect();
+            let middle = positions.len() / 2;
+            let (_, cut, _) = positions.select_nth_unstable(middle);
+            let cut = *cut;
+            self.latest.retain(|_, pos| *pos > cut);
+            self.floor = self.floor.max(cut);
+        }
     }
 
-    /// Who changed after `after`; `None` when that is older than `floor`. Changes up to
-    /// `after` are forgotten: the client has them.
-    fn since(&mut self, after: u64) -> Option<Vec<String>> {
+    /// Who changed after `after`; `None` when that is older than `floor`. Nothing is
+    /// forgotten by asking: each of a user's devices syncs from its own token.
+    fn since(&self, after: u64) -> Option<Vec<String>> {
         if after < self.floor {
             return None;
         }
-        self.latest.retain(|_, pos| *pos > after);
-        self.floor = after;
-        Some(self.latest.keys().cloned().collect())
+        Some(
+            self.latest
+                .iter()
+                .filter(|(_, pos)| **pos > after)
+                .map(|(user, _)| user.clone())
+                .collect(),
+        )
     }
 }
 
@@ -61,8 +77,10 @@ pub struct UserChanges {
     /// Users sharing a room with the user (and the user) whose presence changed.
     presence: ChangedUsers,
     /// Users sharing a room with the user (and the user) whose devices or cross-signing
-    /// keys changed.
+    /// keys changed, and users who joined a room the user is in.
     device_lists: ChangedUsers,
+    /// Users who left (or were kicked or banned from) a room the user is in.
+    members_left: ChangedUsers,
     /// The latest position of anything for the user: rooms, account data, to-device
     /// messages, presence, device lists.
     pub latest: u64,
@@ -96,14 +114,18 @@ impl UserChanges {
     /// Whose presence changed after `after`; `None` when that is older than what the
     /// stream knows (a token from before the stream was loaded, or an old token reused).
     /// Changes up to `after` are forgotten: the client has them.
-    pub fn presence_changed(&mut self, after: u64) -> Option<Vec<String>> {
+    pub fn presence_changed(&self, after: u64) -> Option<Vec<String>> {
         self.presence.since(after)
     }
 
-    /// Whose devices or cross-signing keys changed after `after`, like
+    /// Whose devices or cross-signing keys changed, or who joined one of the user's rooms,
+    /// after `after`; and who left one of them. `None` as for
     /// [`UserChanges::presence_changed`].
-    pub fn device_lists_changed(&mut self, after: u64) -> Option<Vec<String>> {
-        self.device_lists.since(after)
+    pub fn device_lists_changed(&self, after: u64) -> Option<(Vec<String>, Vec<String>)> {
+        Some((
+            self.device_lists.since(after)?,
+            self.members_left.since(after)?,
+        ))
     }
 
     fn touch(&mut self, pos: u64) {
@@ -136,7 +158,7 @@ impl UserStream {
     }
 
     /// See [`UserChanges::device_lists_changed`].
-    pub fn device_lists_changed(&self, after: u64) -> Option<Vec<String>> {
+    pub fn device_lists_changed(&self, after: u64) -> Option<(Vec<String>, Vec<String>)> {
         self.lock().device_lists_changed(after)
     }
 
@@ -210,6 +232,20 @@ impl Inner {
             StreamChange::RoomEvent { room, member } => {
                 self.touch_listeners(*room, pos, woken);
                 if let Some((user, membership)) = member {
+                    // Room mates learn whose keys to fetch or forget (device lists).
+                    let joined = membership == "join";
+                    if joined || matches!(membership.as_str(), "leave" | "ban") {
+                        for listener in self.rooms.get(room).into_iter().flatten() {
+                            if listener.user_id != *user {
+                                let mut changes = listener.lock();
+                                if joined {
+                                    changes.device_lists.record(user, pos);
+                                } else {
+                                    changes.members_left.record(user, pos);
+                                }
+                            }
+                        }
+                    }
                     if let Some(stream) = self.users.get(user).cloned() {
                         if listens(membership) {
                             self.listen(*room, &stream);
@@ -323,6 +359,7 @@ impl Notifier {
                 changes.latest = loaded_at;
                 changes.presence.floor = loaded_at;
                 changes.device_lists.floor = loaded_at;
+                changes.members_left.floor = loaded_at;
                 for room in &rooms {
                     changes.touch_room(room.room, room.pos.min(loaded_at));
                 }
