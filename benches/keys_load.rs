@@ -176,12 +176,18 @@ async fn query(base: &str, pid: u32) {
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut args = std::env::args().skip(1);
-    let base = args.next().expect("usage: keys_load BASE_URL PID");
-    let pid: u32 = args
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("usage: keys_load BASE_URL PID");
+    // `cargo test --all-targets` runs this with no arguments (or `--bench`): nothing to do.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let (Some(base), Some(pid)) = (
+        args.first().cloned(),
+        args.get(1).and_then(|p| p.parse::<u32>().ok()),
+    ) else {
+        eprintln!("usage: keys_load BASE_URL PID");
+        return;
+    };
     println!("| measure | result |\n|---|---|");
     claim(&base, pid).await;
     query(&base, pid).await;
