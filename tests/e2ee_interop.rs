@@ -3,7 +3,7 @@
 //! loopback and each decrypts the other's (`tests/interop/nio_e2ee.py`).
 //!
 //! The Python environment is made once by `tests/interop/setup_nio.sh` (matrix-nio[e2e]
-//! from PyPI) under `~/.cache/ourwhats/nio-venv`, or named by `OURWHATS_NIO_PYTHON`.
+//! from PyPI) under `~/.cache/ourwhats/nio-venv`, or named by `NIO_E2EE_PYTHON`.
 //! `.ci/run` makes it before the tests; without it this test makes it itself.
 
 mod common;
@@ -15,7 +15,8 @@ use common::TestServer;
 
 /// The Python with matrix-nio[e2e], made on first use.
 fn nio_python() -> PathBuf {
-    if let Some(python) = std::env::var_os("OURWHATS_NIO_PYTHON") {
+    // Not an `OURWHATS_` name: the server reads every `OURWHATS_*` variable as a config key.
+    if let Some(python) = std::env::var_os("NIO_E2EE_PYTHON") {
         return PathBuf::from(python);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
 use crate::services::StripedLocks;
-use crate::storage::{keys, Db, Table};
+use crate::storage::{keys, Batch, Db, Table};
 
 /// Bytes of a version's `auth_data`, at most.
 const MAX_AUTH_DATA_BYTES: usize = 65_536;
@@ -79,6 +79,15 @@ fn version_key(user_id: &str, version: u64) -> Vec<u8> {
     let mut key = keys::prefix(user_id.as_bytes());
     key.extend_from_slice(&version.to_be_bytes());
     key
+}
+
+/// Adds the writing of a version's record to `batch`.
+fn put_version(batch: &mut Batch<'_>, user_id: &str, number: u64, record: &BackupVersion) {
+    batch.put(
+        Table::UseridVersionBackup,
+        version_key(user_id, number),
+        encode(record),
+    );
 }
 
 /// The prefix of a version's keys, narrowed to a room (and a session) when given.
@@ -239,11 +248,7 @@ impl KeyBackup {
             deleted: false,
         };
         let mut batch = self.db.batch();
-        batch.put(
-            Table::UseridVersionBackup,
-            version_key(user_id, number),
-            encode(&record),
-        );
+        put_version(&mut batch, user_id, number, &record);
         self.db.commit(batch).await?;
         Ok(number.to_string())
     }
@@ -291,11 +296,7 @@ impl KeyBackup {
         }
         record.auth_data = auth_data;
         let mut batch = self.db.batch();
-        batch.put(
-            Table::UseridVersionBackup,
-            version_key(user_id, number),
-            encode(&record),
-        );
+        put_version(&mut batch, user_id, number, &record);
         self.db.commit(batch).await?;
         Ok(())
     }
@@ -322,11 +323,7 @@ impl KeyBackup {
         record.count = 0;
         // Only the number needs keeping.
         record.auth_data = Value::Null;
-        batch.put(
-            Table::UseridVersionBackup,
-            version_key(user_id, number),
-            encode(&record),
-        );
+        put_version(&mut batch, user_id, number, &record);
         self.db.commit(batch).await?;
         Ok(())
     }
@@ -387,11 +384,7 @@ impl KeyBackup {
         }
         if changed {
             record.etag += 1;
-            batch.put(
-                Table::UseridVersionBackup,
-                version_key(user_id, number),
-                encode(&record),
-            );
+            put_version(&mut batch, user_id, number, &record);
             self.db.commit(batch).await?;
         }
         Ok(KeysUpdated {
@@ -481,11 +474,7 @@ impl KeyBackup {
         if removed > 0 {
             record.count = record.count.saturating_sub(removed);
             record.etag += 1;
-            batch.put(
-                Table::UseridVersionBackup,
-                version_key(user_id, number),
-                encode(&record),
-            );
+            put_version(&mut batch, user_id, number, &record);
             self.db.commit(batch).await?;
         }
         Ok(KeysUpdated {

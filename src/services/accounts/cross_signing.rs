@@ -150,7 +150,8 @@ fn same_key(stored: &Value, signed: &Value) -> bool {
             o
         })
     };
-    strip(stored).is_some() && strip(stored) == strip(signed)
+    let stored = strip(stored);
+    stored.is_some() && stored == strip(signed)
 }
 
 fn invalid_signature(message: &str) -> Value {
