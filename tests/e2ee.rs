@@ -513,6 +513,15 @@ async fn cross_signing_signatures_with_a_bad_signature_are_refused() {
         "M_INVALID_SIGNATURE",
         "{answer}"
     );
+    // Uploading the same device keys again, with another signature and an explicit null
+    // for the keys it does not send, keeps the self-signing signature.
+    let mut resigned = device_keys(&alice);
+    resigned["signatures"][&alice.user_id]["ed25519:EXTRA"] = json!("c2lnbmF0dXJl");
+    upload(
+        &alice,
+        json!({ "device_keys": resigned, "one_time_keys": null, "fallback_keys": null }),
+    )
+    .await;
     let seen = query(&bob, json!({ &alice.user_id: [] })).await;
     assert!(
         seen["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id]
@@ -540,6 +549,9 @@ async fn cross_signing_signatures_with_a_bad_signature_are_refused() {
     );
 
     // Alice signs Bob's master key with her user-signing key: she sees it, Bob does not.
+    // Only Alice's devices hear of it, as a change of Bob's keys.
+    let alice_since = alice.sync("timeout=0").await["next_batch"].clone();
+    let bob_since = bob.sync("timeout=0").await["next_batch"].clone();
     let usk_id = format!("ed25519:{}", alice_keys.user_signing.public_key_base64());
     let mut bob_master = CrossSigning::key(&bob.user_id, &bob_keys.master, "master", None);
     sign_json(&mut bob_master, &alice.user_id, &alice_keys.user_signing).unwrap();
@@ -551,6 +563,23 @@ async fn cross_signing_signatures_with_a_bad_signature_are_refused() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["failures"], json!({}), "{answer}");
+    let alice_sync = alice.sync_since(&alice_since).await;
+    assert_eq!(
+        alice_sync["device_lists"]["changed"],
+        json!([bob.user_id]),
+        "{alice_sync}"
+    );
+    let bob_sync = bob.sync_since(&bob_since).await;
+    assert!(bob_sync.get("device_lists").is_none(), "{bob_sync}");
+    let (status, changes) = alice
+        .get(&format!(
+            "/keys/changes?from={}&to={}",
+            alice_since.as_str().unwrap(),
+            alice_sync["next_batch"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changes}");
+    assert_eq!(changes["changed"], json!([bob.user_id]), "{changes}");
     let alice_view = query(&alice, json!({ &bob.user_id: [] })).await;
     assert!(
         alice_view["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&usk_id].is_string(),

@@ -23,13 +23,15 @@ use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES
 #[derive(Deserialize)]
 pub struct UploadBody {
     device_keys: Option<Value>,
+    /// `Option`s so an explicit `null` (sent by some clients, mautrix-go among them, when
+    /// they upload only device keys) reads as absent.
     #[serde(default)]
-    one_time_keys: Map<String, Value>,
+    one_time_keys: Option<Map<String, Value>>,
     #[serde(default)]
-    fallback_keys: Map<String, Value>,
+    fallback_keys: Option<Map<String, Value>>,
     /// The name before Matrix 1.2 (MSC2732), still sent by some clients.
     #[serde(default, rename = "org.matrix.msc2732.fallback_keys")]
-    unstable_fallback_keys: Map<String, Value>,
+    unstable_fallback_keys: Option<Map<String, Value>>,
 }
 
 /// Stores the device's identity, one-time and fallback keys.
@@ -38,14 +40,13 @@ pub async fn upload(
     Authed(session): Authed,
     JsonBody(body): JsonBody<UploadBody>,
 ) -> MatrixResult<Json<Value>> {
-    let fallback_keys = if body.fallback_keys.is_empty() {
-        body.unstable_fallback_keys
-    } else {
-        body.fallback_keys
+    let fallback_keys = match body.fallback_keys {
+        Some(keys) if !keys.is_empty() => keys,
+        _ => body.unstable_fallback_keys.unwrap_or_default(),
     };
     let upload = KeyUpload {
         device_keys: body.device_keys,
-        one_time_keys: body.one_time_keys,
+        one_time_keys: body.one_time_keys.unwrap_or_default(),
         fallback_keys,
     };
     let counts = uncancellable(async move {

@@ -170,26 +170,36 @@ impl KeyBackup {
         }
     }
 
-    /// Every version of the user's backup, oldest first.
-    fn versions(&self, user_id: &str) -> MatrixResult<Vec<(u64, BackupVersion)>> {
+    /// The user's versions, newest first, decoded one by one as the caller goes: finding
+    /// the current version reads only the deleted ones above it.
+    fn newest_first<'a>(
+        &'a self,
+        user_id: &str,
+    ) -> impl Iterator<Item = MatrixResult<(u64, BackupVersion)>> + 'a {
         let prefix = keys::prefix(user_id.as_bytes());
-        let mut out = Vec::new();
-        for entry in self.db.scan_prefix(Table::UseridVersionBackup, &prefix) {
-            let (key, value) = entry?;
-            let version = keys::read_u64(&key[prefix.len()..])
-                .ok_or_else(|| MatrixError::internal("corrupt backup version key"))?;
-            out.push((version, decode(Table::UseridVersionBackup, &value)?));
-        }
-        Ok(out)
+        let end = keys::prefix_successor(&prefix).unwrap_or_default();
+        let start = prefix.len();
+        self.db
+            .scan_range(Table::UseridVersionBackup, &prefix, &end, true)
+            .map(move |entry| {
+                let (key, value) = entry?;
+                let version = key
+                    .get(start..)
+                    .and_then(keys::read_u64)
+                    .ok_or_else(|| MatrixError::internal("corrupt backup version key"))?;
+                Ok((version, decode(Table::UseridVersionBackup, &value)?))
+            })
     }
 
     /// The most recently created version that is not deleted.
     fn current(&self, user_id: &str) -> MatrixResult<Option<(u64, BackupVersion)>> {
-        Ok(self
-            .versions(user_id)?
-            .into_iter()
-            .rev()
-            .find(|(_, v)| !v.deleted))
+        for version in self.newest_first(user_id) {
+            let (number, record) = version?;
+            if !record.deleted {
+                return Ok(Some((number, record)));
+            }
+        }
+        Ok(None)
     }
 
     fn version(&self, user_id: &str, version: &str) -> MatrixResult<Option<(u64, BackupVersion)>> {
@@ -239,7 +249,10 @@ impl KeyBackup {
     ) -> MatrixResult<String> {
         Self::check_auth_data(algorithm, &auth_data)?;
         let _guard = self.locks.lock(user_id.as_bytes()).await;
-        let number = self.versions(user_id)?.last().map_or(1, |(n, _)| n + 1);
+        let number = match self.newest_first(user_id).next().transpose()? {
+            Some((newest, _)) => newest + 1,
+            None => 1,
+        };
         let record = BackupVersion {
             algorithm: algorithm.to_owned(),
             auth_data,

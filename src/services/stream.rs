@@ -68,6 +68,15 @@ pub enum StreamChange {
         /// The short ids of the rooms they are joined to.
         rooms: Vec<u64>,
     },
+    /// A user signed another user's master key with their user-signing key: only the
+    /// signer's own devices are told (`device_lists.changed` lists the target), since
+    /// only the signer sees that signature.
+    SignedUser {
+        /// Whose devices are told.
+        signer: String,
+        /// Whose master key was signed.
+        target: String,
+    },
 }
 
 /// Receives committed changes in position order (called with the stream's lock held, so it

@@ -135,6 +135,9 @@ pub enum Table {
     /// `user_id -> position (u64 BE)`: the latest change of the user's devices or
     /// cross-signing keys. Owner: accounts.
     UseridDevicelistpos,
+    /// `signer user_id 0xFF target user_id -> position (u64 BE)`: the latest signature the
+    /// signer uploaded of the target's master key. Owner: accounts.
+    UseridTargetidSignaturepos,
     /// `user_id 0xFF version (u64 BE) -> BackupVersion` (algorithm, auth data, etag,
     /// deleted): server-side key backup versions. Owner: key_backup.
     UseridVersionBackup,
@@ -194,6 +197,7 @@ impl Table {
         Table::UseridUsageCrosssigningkey,
         Table::UseridKeyidSignerSignature,
         Table::UseridDevicelistpos,
+        Table::UseridTargetidSignaturepos,
         Table::UseridVersionBackup,
         Table::UseridVersionRoomidSessionidRoomkey,
     ];
@@ -251,6 +255,7 @@ impl Table {
             Table::UseridUsageCrosssigningkey => "userid_usage_crosssigningkey",
             Table::UseridKeyidSignerSignature => "userid_keyid_signer_signature",
             Table::UseridDevicelistpos => "userid_devicelistpos",
+            Table::UseridTargetidSignaturepos => "userid_targetid_signaturepos",
             Table::UseridVersionBackup => "userid_version_backup",
             Table::UseridVersionRoomidSessionidRoomkey => "userid_version_roomid_sessionid_roomkey",
         }

@@ -221,17 +221,23 @@ impl Accounts {
         auth: Option<&Value>,
     ) -> MatrixResult<()> {
         let user = user_id.as_str();
-        let _keys = self.keys_locks.lock(user.as_bytes()).await;
-        let passed = if self.cross_signing_upload_needs_auth(user, &upload)? {
-            let request = UiaRequest {
-                operation: "device_signing_upload",
-                user: Some(user),
-                flows: vec![vec![stages::PASSWORD]],
-            };
+        let request = UiaRequest {
+            operation: "device_signing_upload",
+            user: Some(user),
+            flows: vec![vec![stages::PASSWORD]],
+        };
+        // The password check (Argon2) runs before the lock, which is shared by a stripe
+        // of users: wrong passwords must not stall other users' uploads and claims.
+        let mut passed = if self.cross_signing_upload_needs_auth(user, &upload)? {
             Some(self.user_interactive_auth(auth, &request).await?)
         } else {
             None
         };
+        let _keys = self.keys_locks.lock(user.as_bytes()).await;
+        // Only a first upload that raced another first upload gets here needing auth.
+        if passed.is_none() && self.cross_signing_upload_needs_auth(user, &upload)? {
+            passed = Some(self.user_interactive_auth(auth, &request).await?);
+        }
         self.store_cross_signing_keys(user_id, upload).await?;
         if let Some(passed) = passed {
             self.finish_uia(passed);
@@ -357,6 +363,8 @@ impl Accounts {
         let user_signing = self.cross_signing_key(me, Usage::UserSigning)?;
         let mut failures = SignatureFailures::new();
         let mut writes: Vec<Write> = Vec::new();
+        let mut own_keys_signed = false;
+        let mut signed_users: Vec<String> = Vec::new();
         for (target, objects) in signed {
             for (key_id, object) in objects {
                 let outcome = if target == me {
@@ -376,6 +384,11 @@ impl Accounts {
                 };
                 match outcome {
                     Ok(signatures) => {
+                        if target == me {
+                            own_keys_signed |= !signatures.is_empty();
+                        } else if !signatures.is_empty() && !signed_users.contains(target) {
+                            signed_users.push(target.clone());
+                        }
                         for (signer_key, signature) in signatures {
                             writes.push((
                                 Table::UseridKeyidSignerSignature,
@@ -395,9 +408,11 @@ impl Accounts {
         }
         if !writes.is_empty() {
             // A signature of one's own device or master key changes what everyone sees of
-            // the signer; one of another user's master key only what the signer sees, but
-            // the signer's other devices must hear of it too: announced as the signer's.
-            self.commit_keys_change(me, true, move |_| writes).await?;
+            // the signer: announced to their room mates. One of another user's master key
+            // changes only what the signer sees of that user: their own devices are told
+            // to fetch the target's keys again.
+            self.commit_signed_keys_change(me, own_keys_signed, signed_users, move |_| writes)
+                .await?;
         }
         Ok(failures)
     }

@@ -251,8 +251,12 @@ impl Accounts {
                     .get(Table::UseridDeviceidDevicekeys, &dkey)?
                     .map(|b| decode(Table::UseridDeviceidDevicekeys, &b))
                     .transpose()?;
-                if stored.is_some() && stored.as_ref() != Some(new) {
-                    // Signatures others made of the old keys do not cover the new ones.
+                let material_changed = stored
+                    .as_ref()
+                    .is_some_and(|old| signed_content(old) != signed_content(new));
+                if material_changed {
+                    // Signatures of the old keys do not cover the new ones, and the old
+                    // ed25519 key's signature of the master key is not this device's any more.
                     for entry in self.db.scan_prefix(
                         Table::UseridKeyidSignerSignature,
                         &device_prefix(user, device_id),
@@ -262,6 +266,9 @@ impl Accounts {
                             entry?.0.into_vec(),
                             None,
                         ));
+                    }
+                    if let Some(row) = self.master_signature_by_device(user, device_id)? {
+                        fallback_writes.push((Table::UseridKeyidSignerSignature, row, None));
                     }
                 }
                 stored.as_ref() != Some(new)
@@ -448,6 +455,27 @@ impl Accounts {
             .keys_locks
             .lock_all(wanted.iter().map(|(u, _, _)| u.as_str().as_bytes()))
             .await;
+        // Up to 10,000 prefix reads: off the async worker where the runtime allows.
+        let (claimed, writes) = blocking_section(|| self.pick_claimed_keys(wanted))?;
+        if !writes.is_empty() {
+            let mut batch = self.db.batch();
+            for (table, key, value) in writes {
+                match value {
+                    Some(value) => batch.put(table, key, value),
+                    None => batch.delete(table, key),
+                }
+            }
+            self.db.commit(batch).await?;
+        }
+        Ok(claimed)
+    }
+
+    /// The key each wanted device hands out (its oldest one-time key, else its fallback
+    /// key) and the writes that consume them. The caller holds the owners' keys locks.
+    fn pick_claimed_keys(
+        &self,
+        wanted: &[(UserId, String, String)],
+    ) -> MatrixResult<(ClaimedKeys, Vec<Write>)> {
         let mut claimed = ClaimedKeys::new();
         let mut writes: Vec<Write> = Vec::new();
         for (user, device_id, algorithm) in wanted {
@@ -502,17 +530,7 @@ impl Accounts {
                 .or_default()
                 .insert(device_id.clone(), Value::Object(entry));
         }
-        if !writes.is_empty() {
-            let mut batch = self.db.batch();
-            for (table, key, value) in writes {
-                match value {
-                    Some(value) => batch.put(table, key, value),
-                    None => batch.delete(table, key),
-                }
-            }
-            self.db.commit(batch).await?;
-        }
-        Ok(claimed)
+        Ok((claimed, writes))
     }
 
     /// The stored keys of some of a user's devices (all of them when `device_ids` is
@@ -622,22 +640,51 @@ impl Accounts {
             }
         }
         // The device's own signature of the user's master key goes with it.
-        if let Some(master) =
-            self.cross_signing_key(user_id, super::cross_signing::Usage::Master)?
-        {
-            writes.push((
-                Table::UseridKeyidSignerSignature,
+        if let Some(row) = self.master_signature_by_device(user_id, device_id)? {
+            writes.push((Table::UseridKeyidSignerSignature, row, None));
+        }
+        Ok(())
+    }
+
+    /// The row of the device's signature of the user's master key, when there is a
+    /// master key.
+    fn master_signature_by_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> MatrixResult<Option<Vec<u8>>> {
+        Ok(self
+            .cross_signing_key(user_id, super::cross_signing::Usage::Master)?
+            .map(|master| {
                 keys::join(&[
                     user_id.as_bytes(),
                     master.public.as_bytes(),
                     user_id.as_bytes(),
                     format!("ed25519:{device_id}").as_bytes(),
-                ]),
-                None,
-            ));
-        }
-        Ok(())
+                ])
+            }))
     }
+}
+
+/// Runs synchronous storage work from async code: in `block_in_place` on a
+/// multi-threaded runtime (other tasks move to another worker), directly otherwise.
+fn blocking_section<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// A signed object without its `signatures` and `unsigned`: what its signatures cover.
+fn signed_content(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(map) = object.as_object_mut() {
+        map.remove("signatures");
+        map.remove("unsigned");
+    }
+    object
 }
 
 /// `algorithm 0xFF position (u64 BE) ++ key id` -> (algorithm, key id).

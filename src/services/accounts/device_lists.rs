@@ -5,7 +5,11 @@
 //! Spec: client-server API, "End-to-End Encryption", "Tracking the device list for a
 //! user" and "Extensions to /sync" (`device_lists.changed`); `GET /keys/changes`.
 //!
-//! Table: `userid_devicelistpos` (user -> latest change position).
+//! A signature of another user's master key is only seen by the signer (spec: "Cross-signing"),
+//! so it is announced to the signer's own devices alone, naming the target as changed.
+//!
+//! Tables: `userid_devicelistpos` (user -> latest change position) and
+//! `userid_targetid_signaturepos` (signer, target -> latest signature position).
 
 use std::sync::Arc;
 
@@ -47,7 +51,20 @@ impl Accounts {
         announce: bool,
         writes: impl FnOnce(u64) -> Vec<Write> + Send + 'static,
     ) -> MatrixResult<u64> {
-        let changes = if announce {
+        self.commit_signed_keys_change(user_id, announce, Vec::new(), writes)
+            .await
+    }
+
+    /// [`Accounts::commit_keys_change`] that also tells `user_id`'s own devices that they
+    /// signed the master keys of `signed_users` (their `device_lists.changed` lists them).
+    pub(super) async fn commit_signed_keys_change(
+        &self,
+        user_id: &str,
+        announce: bool,
+        signed_users: Vec<String>,
+        writes: impl FnOnce(u64) -> Vec<Write> + Send + 'static,
+    ) -> MatrixResult<u64> {
+        let mut changes = if announce {
             vec![StreamChange::DeviceList {
                 user: user_id.to_owned(),
                 rooms: self.joined_room_shorts(user_id)?,
@@ -55,12 +72,23 @@ impl Accounts {
         } else {
             Vec::new()
         };
+        changes.extend(signed_users.iter().map(|target| StreamChange::SignedUser {
+            signer: user_id.to_owned(),
+            target: target.clone(),
+        }));
         let user = user_id.to_owned();
         let pos = self
             .stream
             .write_at_new_position(
                 move |pos| {
                     let mut all = writes(pos);
+                    for target in signed_users {
+                        all.push((
+                            Table::UseridTargetidSignaturepos,
+                            keys::join(&[user.as_bytes(), target.as_bytes()]),
+                            Some(pos.to_be_bytes().to_vec()),
+                        ));
+                    }
                     if announce {
                         all.push((
                             Table::UseridDevicelistpos,
@@ -84,5 +112,21 @@ impl Accounts {
             .get(Table::UseridDevicelistpos, user_id)?
             .and_then(|v| keys::read_u64(&v))
             .unwrap_or(0))
+    }
+
+    /// The users whose master keys `signer` signed after position `since`.
+    pub fn users_signed_since(&self, signer: &str, since: u64) -> MatrixResult<Vec<String>> {
+        let prefix = keys::prefix(signer.as_bytes());
+        let mut out = Vec::new();
+        for entry in self
+            .db
+            .scan_prefix(Table::UseridTargetidSignaturepos, &prefix)
+        {
+            let (key, value) = entry?;
+            if keys::read_u64(&value).is_some_and(|pos| pos > since) {
+                out.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+            }
+        }
+        Ok(out)
     }
 }

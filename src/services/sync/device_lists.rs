@@ -115,6 +115,9 @@ pub fn changes(
             .iter()
             .any(|(room, record)| record.membership == "join" && mine.contains(room)))
     };
+    // Users the syncing user signed the master key of since the token: their keys as the
+    // syncing user sees them changed (the stream path heard of these too).
+    let mut signed: Vec<String> = Vec::new();
     let (candidates, check_positions) = match heard {
         Some((changed, gone)) => {
             left.extend(gone);
@@ -128,6 +131,7 @@ pub fn changes(
                 }
             }
             mates.insert(user_id.to_owned());
+            signed = services.accounts.users_signed_since(user_id, since)?;
             (mates.into_iter().collect(), true)
         }
     };
@@ -136,6 +140,11 @@ pub fn changes(
             continue;
         }
         if user == user_id || shares_a_room(&user)? {
+            out.changed.insert(user);
+        }
+    }
+    for user in signed {
+        if shares_a_room(&user)? {
             out.changed.insert(user);
         }
     }

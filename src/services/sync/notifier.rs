@@ -281,6 +281,15 @@ impl Inner {
                     woken.push(Arc::clone(listener));
                 }
             }
+            StreamChange::SignedUser { signer, target } => {
+                if let Some(stream) = self.users.get(signer) {
+                    let mut changes = stream.lock();
+                    changes.device_lists.record(target, pos);
+                    changes.touch(pos);
+                    drop(changes);
+                    woken.push(Arc::clone(stream));
+                }
+            }
         }
     }
 
@@ -416,5 +425,6 @@ fn concerns(stream: &Arc<UserStream>, inner: &Inner, change: &StreamChange) -> b
                         .is_some_and(|l| l.iter().any(|s| Arc::ptr_eq(s, stream)))
                 })
         }
+        StreamChange::SignedUser { signer, .. } => *signer == stream.user_id,
     }
 }
