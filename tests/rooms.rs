@@ -136,6 +136,18 @@ async fn room_ids_follow_the_room_version() {
         .post("/createRoom", json!({"room_version": "9"}))
         .await;
     assert_error(status, &body, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    // Identical requests at the same moment still make distinct v12 rooms (their create
+    // events would otherwise be identical, and so would the hashes that name them).
+    let answers = futures_util::future::join_all(
+        (0..8).map(|_| alice.post("/createRoom", json!({"preset": "private_chat"}))),
+    )
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, body) in answers {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.insert(body["room_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 8, "{ids:?}");
     server.stop().await;
 }
 

@@ -125,6 +125,7 @@ impl Services {
             &config.data_path("db"),
             &DbOptions {
                 block_cache_bytes: config.storage.cache_size as usize,
+                ..DbOptions::default()
             },
         )
         .map_err(|e| e.to_string())?;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
-    Options, ReadOptions, WriteOptions, DB,
+    Options, ReadOptions, WriteBufferManager, WriteOptions, DB,
 };
 
 pub use tables::Table;
@@ -59,12 +59,15 @@ pub type Entry = (Box<[u8]>, Box<[u8]>);
 pub struct DbOptions {
     /// Bytes of the shared LRU block cache.
     pub block_cache_bytes: usize,
+    /// Bytes all tables' memtables may hold together before the largest is flushed.
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for DbOptions {
     fn default() -> Self {
         Self {
             block_cache_bytes: 32 << 20,
+            write_buffer_bytes: 32 << 20,
         }
     }
 }
@@ -121,6 +124,12 @@ impl Db {
         cf_options.set_write_buffer_size(8 << 20);
 
         let mut db_options = cf_options.clone();
+        // Without a shared budget each of the ~40 tables may hold two 8 MiB memtables: a
+        // busy room's writes touch a dozen tables, and RSS grew by hundreds of MiB.
+        db_options.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager(
+            options.write_buffer_bytes,
+            false,
+        ));
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_keep_log_file_num(3);

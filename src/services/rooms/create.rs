@@ -7,6 +7,7 @@
 //! `trusted_private_chat` extends with the invitees) who are not listed in power levels.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -189,6 +190,14 @@ impl Rooms {
         creator: &UserId,
         content: Map<String, Value>,
     ) -> MatrixResult<(crate::core::pdu::BuiltPdu, String)> {
+        let now = now_ms();
+        let previous = self
+            .last_create_ts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        let origin_server_ts = now.max(previous + 1);
         let room_id_v10 = (!version.room_id_is_create_event_hash())
             .then(|| format!("!{}:{}", random_localpart(), self.server_name.as_str()));
         let create = pdu::build(
@@ -202,7 +211,7 @@ impl Rooms {
                 prev_events: Vec::new(),
                 auth_events: Vec::new(),
                 depth: 1,
-                origin_server_ts: now_ms(),
+                origin_server_ts,
                 redacts: None,
             },
             self.server_name.as_str(),

@@ -52,6 +52,10 @@ pub struct Rooms {
     default_version: RoomVersion,
     /// Serializes alias check-and-set.
     alias_lock: tokio::sync::Mutex<()>,
+    /// The `origin_server_ts` of the last create event built: each new one is later, so
+    /// two rooms made by one user in the same millisecond with the same content still
+    /// get distinct create events, hence distinct v12 room ids (the id is their hash).
+    last_create_ts: std::sync::atomic::AtomicU64,
 }
 
 /// What a user may read of a room: the room, their membership, and the state snapshot they
@@ -90,6 +94,7 @@ impl Rooms {
             signing_key,
             default_version,
             alias_lock: tokio::sync::Mutex::new(()),
+            last_create_ts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
