@@ -1,0 +1,129 @@
+//! `media`: one user uploads N files of S MiB (`POST /_matrix/media/v3/upload`) and
+//! downloads each (`GET /_matrix/client/v1/media/download/...`, authenticated); every
+//! download is checked byte for byte against what was uploaded.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::Target;
+use crate::client::{encode, register, BenchResult};
+use crate::report::{Measure, Phase};
+use crate::stats::median;
+
+/// Pseudo-random bytes (xorshift64), so compression on the way cannot flatter a server.
+fn payload(len: usize) -> Bytes {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
+
+/// MiB/s of each transfer, median.
+fn median_rate(size_mib: f64, latencies_ms: &[f64]) -> f64 {
+    let rates: Vec<f64> = latencies_ms
+        .iter()
+        .map(|ms| size_mib / (ms / 1000.0))
+        .collect();
+    median(&rates).unwrap_or(0.0)
+}
+
+pub async fn run(target: &Target, size_mib: f64, count: usize) -> BenchResult<Vec<Measure>> {
+    let user = register(&target.base, &format!("{}media", target.prefix)).await?;
+    let data = payload((size_mib * 1024.0 * 1024.0) as usize);
+    let params = json!({"size_mib": size_mib, "count": count});
+
+    let phase = Phase::start(target.pid);
+    let mut uris = Vec::with_capacity(count);
+    let mut latencies = Vec::with_capacity(count);
+    for n in 0..count {
+        let started = Instant::now();
+        let response = user
+            .http
+            .post(format!(
+                "{}/_matrix/media/v3/upload?filename=bench{n}.bin",
+                target.base
+            ))
+            .bearer_auth(&user.token)
+            .header("content-type", "application/octet-stream")
+            .body(data.clone())
+            .send()
+            .await
+            .map_err(|e| format!("upload: no answer: {e}"))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        let uri = answer["content_uri"]
+            .as_str()
+            .filter(|_| status.is_success())
+            .ok_or_else(|| format!("upload: {status} {answer}"))?;
+        uris.push(uri.to_owned());
+    }
+    let rate = median_rate(size_mib, &latencies);
+    let upload = phase
+        .finish(count, 0, latencies)
+        .named("media", "upload", params.clone())
+        .with_rate(rate, "MiB/s");
+
+    let phase = Phase::start(target.pid);
+    let mut latencies = Vec::with_capacity(count);
+    let mut bodies = Vec::with_capacity(count);
+    for uri in &uris {
+        let (server, id) = uri
+            .strip_prefix("mxc://")
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| format!("upload answered a malformed content URI {uri}"))?;
+        let started = Instant::now();
+        let response = user
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{}/{}",
+                target.base,
+                encode(server),
+                encode(id)
+            ))
+            .bearer_auth(&user.token)
+            .send()
+            .await
+            .map_err(|e| format!("download: no answer: {e}"))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("download cut short: {e}"))?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        if !status.is_success() {
+            return Err(format!("download {uri}: {status}"));
+        }
+        bodies.push(body);
+    }
+    if let Some(bad) = bodies.iter().position(|b| *b != data) {
+        return Err(format!("download of {} differs from the upload", uris[bad]));
+    }
+    let rate = median_rate(size_mib, &latencies);
+    let download = phase
+        .finish(count, 0, latencies)
+        .named("media", "download", params)
+        .with_rate(rate, "MiB/s");
+    Ok(vec![upload, download])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_has_the_size_asked_and_is_not_constant() {
+        let p = payload(1000);
+        assert_eq!(p.len(), 1000);
+        assert!(p.iter().any(|&b| b != p[0]));
+        assert_eq!(median_rate(10.0, &[1000.0, 500.0, 2000.0]), 10.0);
+    }
+}

@@ -1,0 +1,82 @@
+//! `send`: N concurrent senders, each on its own connection, PUT messages into one room of
+//! M members for T seconds, each sending its next message once the last is answered.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{join_all, Target};
+use crate::client::{register_many, BenchResult};
+use crate::report::{Measure, Phase};
+
+/// A sender stops after this many failed sends (a rate-limited or broken server).
+const MAX_ERRORS_PER_SENDER: usize = 100;
+
+pub async fn run(
+    target: &Target,
+    senders: usize,
+    members: usize,
+    seconds: u64,
+) -> BenchResult<Vec<Measure>> {
+    let senders = senders.max(1);
+    let members = members.max(senders);
+    let prefix = format!("{}send", target.prefix);
+    let users = register_many(&target.base, &prefix, members, 8).await?;
+    let room = users[0]
+        .create_room(json!({"preset": "public_chat", "name": "send benchmark"}))
+        .await?;
+    join_all(&users, &room).await?;
+
+    let phase = Phase::start(target.pid);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let tasks: Vec<_> = users
+        .iter()
+        .take(senders)
+        .enumerate()
+        .map(|(i, user)| {
+            let user = user.clone();
+            let room = room.clone();
+            let prefix = prefix.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let mut n = 0u64;
+                while Instant::now() < deadline && errors < MAX_ERRORS_PER_SENDER {
+                    let started = Instant::now();
+                    let txn = format!("{prefix}-{i}-{n}");
+                    match user
+                        .send_text(&room, &txn, &format!("message {n} from {i}"))
+                        .await
+                    {
+                        Ok(_) => latencies.push(started.elapsed().as_secs_f64() * 1000.0),
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("send failed: {e}");
+                            }
+                            errors += 1;
+                        }
+                    }
+                    n += 1;
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await.map_err(|e| format!("a sender stopped: {e}"))?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let ops = latencies.len();
+    let measure = phase.finish(ops, errors, latencies);
+    let rate = ops as f64 / measure.wall_s;
+    Ok(vec![measure
+        .named(
+            "send",
+            "send",
+            json!({"senders": senders, "members": members, "seconds": seconds}),
+        )
+        .with_rate(rate, "events/s")])
+}
