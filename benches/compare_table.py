@@ -14,12 +14,22 @@ import sys
 
 BEGIN, END = "<!-- compare.sh:begin -->", "<!-- compare.sh:end -->"
 
-# (scenario, measure, field, row title, lower is better)
+# (scenario, measure, field, row title, lower is better). Fields are those of the JSON
+# lines, plus the derived rss_start_mib and rss_growth_mib (peak minus start).
 ROWS = [
-    ("send", "send", "rate", "send: events/s (32 senders, room of 32)", False),
+    ("idle", "idle", "rss_start_mib", "idle RSS after start-up (MiB)", True),
+    ("requests", "versions", "rate", "GET /versions: requests/s ({connections} connections)", False),
+    ("requests", "versions", "cpu_ms_per_op", "GET /versions: server CPU per request (ms)", True),
+    ("requests", "whoami", "rate", "GET /account/whoami: requests/s ({connections} connections)", False),
+    ("requests", "whoami", "cpu_ms_per_op", "GET /account/whoami: server CPU per request (ms)", True),
+    ("send", "send", "rate", "send: events/s ({senders} senders, room of {members})", False),
     ("send", "send", "p50_ms", "send: latency p50 (ms)", True),
     ("send", "send", "p99_ms", "send: latency p99 (ms)", True),
     ("send", "send", "cpu_ms_per_op", "send: server CPU per event (ms)", True),
+    ("send", "send", "client_cpu_ms_per_op", "send: load generator's CPU per event (ms)", True),
+    ("messages", "page", "p50_ms", "GET /messages, {limit} events: median (ms)", True),
+    ("messages", "page", "p99_ms", "GET /messages: p99 (ms)", True),
+    ("messages", "page", "cpu_ms_per_op", "GET /messages: server CPU per page (ms)", True),
     ("delivery", "delivery", "p50_ms", "delivery to a long-poll: p50 (ms)", True),
     ("delivery", "delivery", "p99_ms", "delivery to a long-poll: p99 (ms)", True),
     ("delivery", "delivery", "cpu_ms_per_op", "delivery: server CPU per message (ms)", True),
@@ -27,6 +37,8 @@ ROWS = [
     ("sync", "initial", "cpu_ms_per_op", "initial /sync: server CPU (ms)", True),
     ("sync", "incremental_empty", "p50_ms", "incremental /sync, nothing new: median (ms)", True),
     ("sync", "incremental_empty", "cpu_ms_per_op", "incremental /sync: server CPU (ms)", True),
+    ("longpolls", "held", "rss_growth_mib", "{clients} long-polls held: RSS growth (MiB)", True),
+    ("longpolls", "held", "ops", "long-polls still parked after {hold_seconds} s", False),
     ("rooms", "create", "rate", "createRoom: rooms/s (one client)", False),
     ("rooms", "create", "p50_ms", "createRoom: latency p50 (ms)", True),
     ("rooms", "create", "cpu_ms_per_op", "createRoom: server CPU per room (ms)", True),
@@ -34,6 +46,15 @@ ROWS = [
     ("media", "upload", "cpu_ms_per_op", "upload: server CPU per file (ms)", True),
     ("media", "download", "rate", "download {size_mib} MiB: MiB/s", False),
     ("media", "download", "cpu_ms_per_op", "download: server CPU per file (ms)", True),
+    ("big_upload", "upload", "rate", "upload {size_mib} MiB (streamed): MiB/s", False),
+    ("big_upload", "upload", "rss_growth_mib", "upload {size_mib} MiB: RSS growth (MiB)", True),
+    ("thumbnail", "upload", "p50_ms", "upload a {width}×{height} JPEG ({kib} KiB): ms", True),
+    ("thumbnail", "first", "p50_ms", "its 256×256 thumbnail, first request (ms)", True),
+    ("thumbnail", "cached", "p50_ms", "its thumbnail again: median (ms)", True),
+    ("keys", "claim", "p50_ms", "POST /keys/claim, {devices} devices: median (ms)", True),
+    ("keys", "claim", "cpu_ms_per_op", "/keys/claim: server CPU (ms)", True),
+    ("keys", "query", "p50_ms", "POST /keys/query, {users} users: median (ms)", True),
+    ("keys", "query", "cpu_ms_per_op", "/keys/query: server CPU (ms)", True),
 ]
 
 
@@ -45,6 +66,11 @@ def load(path):
             if not line.startswith("{"):
                 continue
             m = json.loads(line)
+            start, peak = m.get("rss_start_kib"), m.get("rss_peak_kib")
+            if start is not None:
+                m["rss_start_mib"] = start / 1024
+            if start is not None and peak is not None:
+                m["rss_growth_mib"] = (peak - start) / 1024
             by_key.setdefault((m["scenario"], m["measure"], m["server"]), []).append(m)
     return by_key
 
@@ -88,14 +114,14 @@ def table(by_key, runs, synapse_version, command):
             better = (b / a) if lower_better else (a / b)
             ratio += f" ({better:,.1f}× {'less' if lower_better else 'more'})" if better >= 1 else ""
         lines.append(f"| {title.format(**params)} | {fmt(a)} | {fmt(b)} | {ratio} |")
+    peaks = {}
     for server in ("ourwhats", "synapse"):
-        starts = [r["rss_start_kib"] for (_, _, s), rs in by_key.items() if s == server
-                  for r in rs if r.get("rss_start_kib")]
-        peaks = [r["rss_peak_kib"] for (_, _, s), rs in by_key.items() if s == server
-                 for r in rs if r.get("rss_peak_kib")]
-        if starts:
-            lines.append(f"| RSS of {server}: at the first phase / peak over all runs (MiB) | "
-                         f"{fmt(min(starts) / 1024)} / {fmt(max(peaks) / 1024)} | | |")
+        values = [r["rss_peak_kib"] / 1024 for (_, _, s), rs in by_key.items() if s == server
+                  for r in rs if r.get("rss_peak_kib")]
+        peaks[server] = max(values) if values else None
+    if any(peaks.values()):
+        lines.append(f"| RSS peak over all runs (MiB) | {fmt(peaks['ourwhats'])} | "
+                     f"{fmt(peaks['synapse'])} | |")
     errors = sum(r.get("errors", 0) for rs in by_key.values() for r in rs)
     lines.append("")
     lines.append(f"Failed requests over all runs: {errors}.")
@@ -110,8 +136,12 @@ def main():
     p.add_argument("--synapse-version", default="?")
     p.add_argument("--command", default="benches/compare.sh")
     a = p.parse_args()
-    text = table(load(a.results), a.runs, a.synapse_version, a.command)
+    results = load(a.results)
+    text = table(results, a.runs, a.synapse_version, a.command)
     print(text)
+    if not any(server == "synapse" for (_, _, server) in results):
+        print("no Synapse figures: the document is left as it is", file=sys.stderr)
+        return
     with open(a.doc) as f:
         doc = f.read()
     if BEGIN in doc and END in doc:

@@ -35,7 +35,7 @@ config.update({
     "enable_registration_without_verification": True,
     # Only registration and login hash passwords; neither is measured.
     "bcrypt_rounds": 4,
-    "max_upload_size": "200M",
+    "max_upload_size": "4G",
     "trusted_key_servers": [],
     "suppress_key_server_warning": True,
     "report_stats": False,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,6 +50,14 @@ impl Server {
         let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (shutdown, mut stopped) = watch::channel(false);
         let app = http::client_router(Arc::clone(&services));
+        // Without TCP_NODELAY, a response written in two parts (headers, then a streamed
+        // body such as a thumbnail) waits ~40 ms for the client's delayed ACK on a
+        // kept-alive connection (Nagle's algorithm).
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let client_task = tokio::spawn(async move {
             let serve = axum::serve(
                 listener,

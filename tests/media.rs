@@ -326,6 +326,41 @@ async fn thumbnails_follow_the_size_rules_and_are_cached() {
     s.stop().await;
 }
 
+/// A kept-alive client asking for a cached thumbnail or a small file again gets it at
+/// once: the server writes headers and a streamed body separately, which without
+/// TCP_NODELAY waits for the client's delayed ACK (~40 ms on Linux) every time.
+#[tokio::test]
+async fn small_media_on_a_kept_alive_connection_is_not_held_back() {
+    let s = TestServer::start().await;
+    let c = client(&s, "nagle").await;
+    let photo = c.upload_ok(jpeg(800, 600), "image/jpeg", None).await;
+    let note = c
+        .upload_ok(b"a short note".to_vec(), "text/plain", None)
+        .await;
+    let thumbnail = format!(
+        "/_matrix/client/v1/media/thumbnail/{}?width=96&height=96&method=crop",
+        path_of(&photo)
+    );
+    let download = format!("/_matrix/client/v1/media/download/{}", path_of(&note));
+    for path in [thumbnail, download] {
+        let mut times = Vec::new();
+        for _ in 0..7 {
+            let started = std::time::Instant::now();
+            let response = c.get(&path).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            response.bytes().await.unwrap();
+            times.push(started.elapsed());
+        }
+        times.sort();
+        assert!(
+            times[3] < std::time::Duration::from_millis(30),
+            "{path}: median {:?} ({times:?})",
+            times[3]
+        );
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn png_thumbnails_keep_png_and_non_images_are_refused() {
     let s = TestServer::start().await;

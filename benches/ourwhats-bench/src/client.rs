@@ -30,6 +30,7 @@ pub struct User {
     pub base: String,
     pub token: String,
     pub user_id: String,
+    pub device_id: String,
 }
 
 /// Registers `localpart` with a password, completing the dummy auth stage.
@@ -67,6 +68,7 @@ pub async fn register(base: &str, localpart: &str) -> BenchResult<User> {
     Ok(User {
         token: field("access_token")?,
         user_id: field("user_id")?,
+        device_id: field("device_id")?,
         base: base.to_owned(),
         http,
     })

@@ -10,6 +10,7 @@ mod client;
 mod process;
 mod report;
 mod scenarios;
+mod signing;
 mod stats;
 
 use std::process::ExitCode;
@@ -84,6 +85,70 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         count: usize,
     },
+    /// The server's memory with no load (run first, on a fresh server; needs --server-pid).
+    Idle {
+        #[arg(long, default_value_t = 2)]
+        seconds: u64,
+    },
+    /// Requests/s of a cheap endpoint from C connections for T seconds.
+    Requests {
+        #[arg(long, value_enum, default_value = "versions")]
+        endpoint: scenarios::requests::Endpoint,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// GET /messages latency, paging back through a room of N messages.
+    Messages {
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    },
+    /// The server's memory while C long-polling /sync clients wait (raise `ulimit -n`).
+    Longpolls {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        #[arg(long, default_value_t = 3)]
+        hold_seconds: u64,
+    },
+    /// The server's memory while one large file is streamed to it.
+    BigUpload {
+        #[arg(long, default_value_t = 1024.0)]
+        size_mib: f64,
+    },
+    /// Thumbnail of a large JPEG photo: first request and cached ones.
+    Thumbnail {
+        #[arg(long, default_value_t = 4000)]
+        width: u32,
+        #[arg(long, default_value_t = 3000)]
+        height: u32,
+        #[arg(long, default_value_t = 50)]
+        cached: usize,
+    },
+    /// /keys/claim from D devices and /keys/query of U users, in one request each.
+    Keys {
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
+}
+
+/// `--size-mib` within what the tool sends.
+fn check_size(size_mib: f64) -> BenchResult<()> {
+    if size_mib > 0.0 && size_mib <= 4096.0 {
+        Ok(())
+    } else {
+        Err("--size-mib must be in (0, 4096]".into())
+    }
 }
 
 /// A localpart prefix unique to this run: reruns against one server never collide.
@@ -111,10 +176,53 @@ async fn run(cli: &Cli, target: &Target) -> BenchResult<Vec<Measure>> {
             scenarios::rooms::run(target, count, concurrency).await
         }
         Scenario::Media { size_mib, count } => {
-            if !(size_mib > 0.0 && size_mib <= 4096.0) {
-                return Err("--size-mib must be in (0, 4096]".into());
-            }
+            check_size(size_mib)?;
             scenarios::media::run(target, size_mib, count.max(1)).await
+        }
+        Scenario::Idle { seconds } => scenarios::idle::run(target, seconds).await,
+        Scenario::Requests {
+            endpoint,
+            connections,
+            seconds,
+        } => scenarios::requests::run(target, endpoint, connections.max(1), seconds).await,
+        Scenario::Messages {
+            messages,
+            limit,
+            requests,
+        } => {
+            if !(1..=1000).contains(&limit) {
+                return Err("--limit must be in 1..=1000".into());
+            }
+            scenarios::messages::run(target, messages.max(1), limit, requests.max(1)).await
+        }
+        Scenario::Longpolls {
+            clients,
+            users,
+            hold_seconds,
+        } => scenarios::longpolls::run(target, clients.max(1), users.max(1), hold_seconds).await,
+        Scenario::BigUpload { size_mib } => {
+            check_size(size_mib)?;
+            scenarios::big_upload::run(target, size_mib).await
+        }
+        Scenario::Thumbnail {
+            width,
+            height,
+            cached,
+        } => {
+            if !(300..=10_000).contains(&width) || !(300..=10_000).contains(&height) {
+                return Err("--width and --height must be in 300..=10000".into());
+            }
+            scenarios::thumbnail::run(target, width, height, cached.max(1)).await
+        }
+        Scenario::Keys {
+            devices,
+            users,
+            rounds,
+        } => {
+            if !(1..=100).contains(&rounds) {
+                return Err("--rounds must be in 1..=100 (one one-time key per round)".into());
+            }
+            scenarios::keys::run(target, devices.max(1), users.max(1), rounds).await
         }
     }
 }

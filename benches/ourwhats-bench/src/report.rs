@@ -13,6 +13,7 @@ pub struct Phase {
     pid: Option<u32>,
     started: Instant,
     cpu_at_start: Option<f64>,
+    own_cpu_at_start: Option<f64>,
     rss_at_start: Option<u64>,
     peak: Option<PeakRss>,
 }
@@ -22,6 +23,7 @@ impl Phase {
         Self {
             pid,
             cpu_at_start: pid.and_then(cpu_seconds),
+            own_cpu_at_start: cpu_seconds(std::process::id()),
             rss_at_start: pid.and_then(rss_kib),
             peak: pid.map(PeakRss::start),
             started: Instant::now(),
@@ -36,6 +38,10 @@ impl Phase {
             (Some(end), Some(start)) if ops > 0 => Some((end - start) * 1000.0 / ops as f64),
             _ => None,
         };
+        let own_cpu = match (cpu_seconds(std::process::id()), self.own_cpu_at_start) {
+            (Some(end), Some(start)) if ops > 0 => Some((end - start) * 1000.0 / ops as f64),
+            _ => None,
+        };
         Measure {
             scenario: "",
             measure: "",
@@ -46,6 +52,7 @@ impl Phase {
             rate: None,
             latencies_ms,
             cpu_ms_per_op: cpu,
+            client_cpu_ms_per_op: own_cpu,
             rss_start_kib: self.rss_at_start,
             rss_peak_kib: self.peak.as_ref().map(PeakRss::peak_kib),
         }
@@ -65,6 +72,8 @@ pub struct Measure {
     pub latencies_ms: Vec<f64>,
     /// Server CPU (user + system) per successful operation.
     pub cpu_ms_per_op: Option<f64>,
+    /// This tool's own CPU per operation: on a shared machine, what the load took.
+    pub client_cpu_ms_per_op: Option<f64>,
     pub rss_start_kib: Option<u64>,
     pub rss_peak_kib: Option<u64>,
 }
@@ -96,6 +105,7 @@ impl Measure {
             "p50_ms": median(&self.latencies_ms).map(round3),
             "p99_ms": percentile(&self.latencies_ms, 99.0).map(round3),
             "cpu_ms_per_op": self.cpu_ms_per_op.map(round3),
+            "client_cpu_ms_per_op": self.client_cpu_ms_per_op.map(round3),
             "rss_start_kib": self.rss_start_kib,
             "rss_peak_kib": self.rss_peak_kib,
         })
@@ -120,6 +130,9 @@ impl Measure {
         }
         if let Some(cpu) = self.cpu_ms_per_op {
             parts.push(format!("server CPU {cpu:.3} ms/op"));
+        }
+        if let Some(cpu) = self.client_cpu_ms_per_op {
+            parts.push(format!("load generator CPU {cpu:.3} ms/op"));
         }
         if let (Some(start), Some(peak)) = (self.rss_start_kib, self.rss_peak_kib) {
             parts.push(format!(

@@ -74,7 +74,6 @@ pub async fn run(target: &Target, size_mib: f64, count: usize) -> BenchResult<Ve
 
     let phase = Phase::start(target.pid);
     let mut latencies = Vec::with_capacity(count);
-    let mut bodies = Vec::with_capacity(count);
     for uri in &uris {
         let (server, id) = uri
             .strip_prefix("mxc://")
@@ -102,10 +101,9 @@ pub async fn run(target: &Target, size_mib: f64, count: usize) -> BenchResult<Ve
         if !status.is_success() {
             return Err(format!("download {uri}: {status}"));
         }
-        bodies.push(body);
-    }
-    if let Some(bad) = bodies.iter().position(|b| *b != data) {
-        return Err(format!("download of {} differs from the upload", uris[bad]));
+        if body != data {
+            return Err(format!("download of {uri} differs from the upload"));
+        }
     }
     let rate = median_rate(size_mib, &latencies);
     let download = phase

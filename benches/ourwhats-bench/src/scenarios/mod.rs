@@ -1,11 +1,18 @@
 //! The scenarios: each sets up its own users and rooms on the server under test, then
 //! measures one or more phases.
 
+pub mod big_upload;
 pub mod delivery;
+pub mod idle;
+pub mod keys;
+pub mod longpolls;
 pub mod media;
+pub mod messages;
+pub mod requests;
 pub mod rooms;
 pub mod send;
 pub mod sync;
+pub mod thumbnail;
 
 use serde_json::Value;
 

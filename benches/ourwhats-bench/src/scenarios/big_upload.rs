@@ -1,0 +1,146 @@
+//! `big-upload`: one file of S MiB streamed to `POST /_matrix/media/v3/upload` (the tool
+//! never holds it whole), then streamed back and checked: upload MiB/s and the server's
+//! memory while it receives the file.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::Target;
+use crate::client::{encode, register, BenchResult};
+use crate::report::{Measure, Phase};
+
+const CHUNK: usize = 1 << 20;
+
+/// Pseudo-random bytes in 1 MiB chunks (xorshift64), the same for the same `seed`.
+struct Chunks {
+    state: u64,
+    left: usize,
+}
+
+impl Chunks {
+    fn new(seed: u64, len: usize) -> Self {
+        Self {
+            state: seed | 1,
+            left: len,
+        }
+    }
+}
+
+impl Iterator for Chunks {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        if self.left == 0 {
+            return None;
+        }
+        let len = self.left.min(CHUNK);
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            out.extend_from_slice(&self.state.to_le_bytes());
+        }
+        out.truncate(len);
+        self.left -= len;
+        Some(out)
+    }
+}
+
+/// FNV-1a over a stream of chunks.
+fn fnv(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+pub async fn run(target: &Target, size_mib: f64) -> BenchResult<Vec<Measure>> {
+    let user = register(&target.base, &format!("{}big", target.prefix)).await?;
+    let len = (size_mib * 1024.0 * 1024.0) as usize;
+    let seed = 0x5EED_F00D_B16B_0B5E;
+    let expected = Chunks::new(seed, len).fold(FNV_START, |h, c| fnv(h, &c));
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
+        Chunks::new(seed, len).map(Ok::<_, std::io::Error>),
+    ));
+
+    let phase = Phase::start(target.pid);
+    let started = Instant::now();
+    let response = user
+        .http
+        .post(format!(
+            "{}/_matrix/media/v3/upload?filename=big.bin",
+            target.base
+        ))
+        .bearer_auth(&user.token)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", len.to_string())
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("upload: no answer: {e}"))?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let measure = phase.finish(1, 0, vec![elapsed_ms]);
+    let uri = answer["content_uri"]
+        .as_str()
+        .filter(|_| status.is_success())
+        .ok_or_else(|| format!("upload: {status} {answer}"))?;
+
+    // What the server stored must be what was sent.
+    let (server, id) = uri
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| format!("upload answered a malformed content URI {uri}"))?;
+    let mut download = user
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{}/{}",
+            target.base,
+            encode(server),
+            encode(id)
+        ))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .map_err(|e| format!("download: no answer: {e}"))?;
+    if !download.status().is_success() {
+        return Err(format!("download {uri}: {}", download.status()));
+    }
+    let (mut got, mut hash) = (0usize, FNV_START);
+    while let Some(chunk) = download
+        .chunk()
+        .await
+        .map_err(|e| format!("download cut short: {e}"))?
+    {
+        got += chunk.len();
+        hash = fnv(hash, &chunk);
+    }
+    if got != len || hash != expected {
+        return Err(format!(
+            "the download of {uri} ({got} bytes) differs from the upload ({len} bytes)"
+        ));
+    }
+    Ok(vec![measure
+        .named("big_upload", "upload", json!({"size_mib": size_mib}))
+        .with_rate(size_mib / (elapsed_ms / 1000.0), "MiB/s")])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_length_and_repeat_for_a_seed() {
+        let lens: Vec<usize> = Chunks::new(7, 2 * CHUNK + 5).map(|c| c.len()).collect();
+        assert_eq!(lens, vec![CHUNK, CHUNK, 5]);
+        let a = Chunks::new(7, 100).fold(FNV_START, |h, c| fnv(h, &c));
+        let b = Chunks::new(7, 100).fold(FNV_START, |h, c| fnv(h, &c));
+        let c = Chunks::new(8, 100).fold(FNV_START, |h, c| fnv(h, &c));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}
