@@ -197,6 +197,20 @@ pub fn next_batch(answer: &Value) -> BenchResult<String> {
         .ok_or_else(|| format!("a sync answer without next_batch: {answer}"))
 }
 
+/// The URL of `endpoint` (`download` or `thumbnail`, authenticated media) for an
+/// `mxc://server/id` URI the server answered.
+pub fn media_url(base: &str, endpoint: &str, uri: &str) -> BenchResult<String> {
+    let (server, id) = uri
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| format!("upload answered a malformed content URI {uri}"))?;
+    Ok(format!(
+        "{base}/_matrix/client/v1/media/{endpoint}/{}/{}",
+        encode(server),
+        encode(id)
+    ))
+}
+
 /// Percent-encodes a path segment (room ids hold `!` and `:`, which are safe, but
 /// event and media ids may hold anything).
 pub fn encode(segment: &str) -> String {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::Target;
-use crate::client::{encode, register, BenchResult};
+use crate::client::{media_url, register, BenchResult};
 use crate::report::{Measure, Phase};
 
 const CHUNK: usize = 1 << 20;
@@ -91,18 +91,9 @@ pub async fn run(target: &Target, size_mib: f64) -> BenchResult<Vec<Measure>> {
         .ok_or_else(|| format!("upload: {status} {answer}"))?;
 
     // What the server stored must be what was sent.
-    let (server, id) = uri
-        .strip_prefix("mxc://")
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| format!("upload answered a malformed content URI {uri}"))?;
     let mut download = user
         .http
-        .get(format!(
-            "{}/_matrix/client/v1/media/download/{}/{}",
-            target.base,
-            encode(server),
-            encode(id)
-        ))
+        .get(media_url(&target.base, "download", uri)?)
         .bearer_auth(&user.token)
         .send()
         .await

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::Target;
-use crate::client::{encode, register, BenchResult};
+use crate::client::{media_url, register, BenchResult};
 use crate::report::{Measure, Phase};
 use crate::stats::median;
 
@@ -75,19 +75,11 @@ pub async fn run(target: &Target, size_mib: f64, count: usize) -> BenchResult<Ve
     let phase = Phase::start(target.pid);
     let mut latencies = Vec::with_capacity(count);
     for uri in &uris {
-        let (server, id) = uri
-            .strip_prefix("mxc://")
-            .and_then(|rest| rest.split_once('/'))
-            .ok_or_else(|| format!("upload answered a malformed content URI {uri}"))?;
+        let url = media_url(&target.base, "download", uri)?;
         let started = Instant::now();
         let response = user
             .http
-            .get(format!(
-                "{}/_matrix/client/v1/media/download/{}/{}",
-                target.base,
-                encode(server),
-                encode(id)
-            ))
+            .get(url)
             .bearer_auth(&user.token)
             .send()
             .await

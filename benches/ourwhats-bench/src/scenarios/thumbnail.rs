@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::Target;
-use crate::client::{encode, register, BenchResult, User};
+use crate::client::{media_url, register, BenchResult, User};
 use crate::report::{Measure, Phase};
 
 /// A photo-like JPEG (quality 90): two gradients and noise, so it neither compresses to
@@ -107,15 +107,9 @@ pub async fn run(
         .as_str()
         .filter(|_| status.is_success())
         .ok_or_else(|| format!("upload: {status} {answer}"))?;
-    let (server, id) = uri
-        .strip_prefix("mxc://")
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| format!("upload answered a malformed content URI {uri}"))?;
     let url = format!(
-        "{}/_matrix/client/v1/media/thumbnail/{}/{}?width=256&height=256&method=scale",
-        target.base,
-        encode(server),
-        encode(id)
+        "{}?width=256&height=256&method=scale",
+        media_url(&target.base, "thumbnail", uri)?
     );
 
     let phase = Phase::start(target.pid);
