@@ -7,6 +7,7 @@
 //! operation and its RSS (at the phase's start, and the peak sampled every 10 ms).
 
 mod client;
+mod noise;
 mod process;
 mod report;
 mod scenarios;

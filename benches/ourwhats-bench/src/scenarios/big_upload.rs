@@ -8,45 +8,10 @@ use serde_json::json;
 
 use super::Target;
 use crate::client::{media_url, register, BenchResult};
+use crate::noise::Noise;
 use crate::report::{Measure, Phase};
 
 const CHUNK: usize = 1 << 20;
-
-/// Pseudo-random bytes in 1 MiB chunks (xorshift64), the same for the same `seed`.
-struct Chunks {
-    state: u64,
-    left: usize,
-}
-
-impl Chunks {
-    fn new(seed: u64, len: usize) -> Self {
-        Self {
-            state: seed | 1,
-            left: len,
-        }
-    }
-}
-
-impl Iterator for Chunks {
-    type Item = Vec<u8>;
-
-    fn next(&mut self) -> Option<Vec<u8>> {
-        if self.left == 0 {
-            return None;
-        }
-        let len = self.left.min(CHUNK);
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            self.state ^= self.state << 13;
-            self.state ^= self.state >> 7;
-            self.state ^= self.state << 17;
-            out.extend_from_slice(&self.state.to_le_bytes());
-        }
-        out.truncate(len);
-        self.left -= len;
-        Some(out)
-    }
-}
 
 /// FNV-1a over a stream of chunks.
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
@@ -61,9 +26,9 @@ pub async fn run(target: &Target, size_mib: f64) -> BenchResult<Vec<Measure>> {
     let user = register(&target.base, &format!("{}big", target.prefix)).await?;
     let len = (size_mib * 1024.0 * 1024.0) as usize;
     let seed = 0x5EED_F00D_B16B_0B5E;
-    let expected = Chunks::new(seed, len).fold(FNV_START, |h, c| fnv(h, &c));
+    let expected = Noise::new(seed, len, CHUNK).fold(FNV_START, |h, c| fnv(h, &c));
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
-        Chunks::new(seed, len).map(Ok::<_, std::io::Error>),
+        Noise::new(seed, len, CHUNK).map(Ok::<_, std::io::Error>),
     ));
 
     let phase = Phase::start(target.pid);
@@ -125,12 +90,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_cover_the_length_and_repeat_for_a_seed() {
-        let lens: Vec<usize> = Chunks::new(7, 2 * CHUNK + 5).map(|c| c.len()).collect();
-        assert_eq!(lens, vec![CHUNK, CHUNK, 5]);
-        let a = Chunks::new(7, 100).fold(FNV_START, |h, c| fnv(h, &c));
-        let b = Chunks::new(7, 100).fold(FNV_START, |h, c| fnv(h, &c));
-        let c = Chunks::new(8, 100).fold(FNV_START, |h, c| fnv(h, &c));
+    fn the_checksum_follows_the_bytes() {
+        let a = Noise::new(7, 100, 64).fold(FNV_START, |h, c| fnv(h, &c));
+        let b = fnv(FNV_START, &crate::noise::bytes(7, 100));
+        let c = Noise::new(8, 100, 64).fold(FNV_START, |h, c| fnv(h, &c));
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

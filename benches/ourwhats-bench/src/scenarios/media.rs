@@ -9,22 +9,9 @@ use serde_json::{json, Value};
 
 use super::Target;
 use crate::client::{media_url, register, BenchResult};
+use crate::noise;
 use crate::report::{Measure, Phase};
 use crate::stats::median;
-
-/// Pseudo-random bytes (xorshift64), so compression on the way cannot flatter a server.
-fn payload(len: usize) -> Bytes {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
-}
 
 /// MiB/s of each transfer, median.
 fn median_rate(size_mib: f64, latencies_ms: &[f64]) -> f64 {
@@ -37,7 +24,10 @@ fn median_rate(size_mib: f64, latencies_ms: &[f64]) -> f64 {
 
 pub async fn run(target: &Target, size_mib: f64, count: usize) -> BenchResult<Vec<Measure>> {
     let user = register(&target.base, &format!("{}media", target.prefix)).await?;
-    let data = payload((size_mib * 1024.0 * 1024.0) as usize);
+    let data = Bytes::from(noise::bytes(
+        0x9E37_79B9_7F4A_7C15,
+        (size_mib * 1024.0 * 1024.0) as usize,
+    ));
     let params = json!({"size_mib": size_mib, "count": count});
 
     let phase = Phase::start(target.pid);
@@ -110,10 +100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_has_the_size_asked_and_is_not_constant() {
-        let p = payload(1000);
-        assert_eq!(p.len(), 1000);
-        assert!(p.iter().any(|&b| b != p[0]));
+    fn rates_are_the_median_of_each_transfer() {
         assert_eq!(median_rate(10.0, &[1000.0, 500.0, 2000.0]), 10.0);
     }
 }

@@ -16,22 +16,19 @@ use serde_json::json;
 
 use super::Target;
 use crate::client::{media_url, register, BenchResult, User};
+use crate::noise;
 use crate::report::{Measure, Phase};
 
 /// A photo-like JPEG (quality 90): two gradients and noise, so it neither compresses to
 /// nothing nor decodes trivially.
 fn photo(width: u32, height: u32) -> BenchResult<Bytes> {
-    let mut pixels = Vec::with_capacity(width as usize * height as usize * 3);
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    for y in 0..height {
-        for x in 0..width {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            pixels.push((x * 255 / width.max(1)) as u8);
-            pixels.push((y * 255 / height.max(1)) as u8);
-            pixels.push(96 + (state % 64) as u8);
-        }
+    let noise = noise::bytes(0x2545_F491_4F6C_DD1D, width as usize * height as usize);
+    let mut pixels = Vec::with_capacity(noise.len() * 3);
+    let coordinates = (0..height).flat_map(|y| (0..width).map(move |x| (x, y)));
+    for ((x, y), n) in coordinates.zip(noise) {
+        pixels.push((x * 255 / width.max(1)) as u8);
+        pixels.push((y * 255 / height.max(1)) as u8);
+        pixels.push(96 + n % 64);
     }
     let mut out = Vec::new();
     JpegEncoder::new_with_quality(&mut out, 90)
