@@ -1150,7 +1150,7 @@ async fn concurrent_sends_form_one_chain() {
     let mut previous: Option<(String, u64)> = None;
     for event in chunk {
         let id = event["event_id"].as_str().unwrap();
-        let pdu = store.event_by_id(id).unwrap().unwrap().pdu;
+        let pdu = store.event_by_id(id).unwrap().unwrap().pdu().clone();
         let depth = pdu["depth"].as_u64().unwrap();
         if let Some((prev_id, prev_depth)) = &previous {
             assert_eq!(pdu["prev_events"], json!([prev_id]));

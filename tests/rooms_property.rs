@@ -150,15 +150,15 @@ fn check_room(rooms: &Rooms, room_id: &str, version: RoomVersion) {
             "state before {}",
             event.event_id
         );
-        if let Err(e) = auth_rules::check(&ctx, &event.pdu, &fold) {
+        if let Err(e) = auth_rules::check(&ctx, event.pdu(), &fold) {
             panic!("stored event {} breaks the auth rules: {e}", event.event_id);
         }
         if let Some(prev) = &previous {
-            assert_eq!(event.pdu["prev_events"], json!([prev]));
+            assert_eq!(event.pdu()["prev_events"], json!([prev]));
         }
         if let Some(key) = event.state_key() {
             let k = (event.kind().to_owned(), key.to_owned());
-            fold.insert(k.clone(), event.pdu.clone());
+            fold.insert(k.clone(), event.pdu().clone());
             fold_ids.insert(k, event.event_id.clone());
         }
         assert_eq!(state_of(rooms, event.meta.state_after), fold_ids);

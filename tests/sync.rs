@@ -1158,3 +1158,136 @@ async fn thread_notifications_are_counted_per_thread_when_asked() {
     assert_eq!(notifications.len(), 3);
     assert!(notifications.iter().all(|n| n["read"] == true), "{list}");
 }
+
+/// Removes `unsigned.age` at every depth: it is the one field that differs between two
+/// answers a moment apart.
+fn without_age(mut event: Value) -> Value {
+    fn strip(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::Object(unsigned)) = map.get_mut("unsigned") {
+                    unsigned.remove("age");
+                }
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut event);
+    event
+}
+
+/// `/sync` writes its events straight from the stored PDUs rather than through the
+/// renderer the other endpoints use; both must give the same events, with the same
+/// `unsigned` extras, and the federation format must give the stored PDUs.
+#[tokio::test]
+async fn sync_serves_the_events_the_event_endpoint_serves() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Été \"à la\" plage"}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    for topic in ["one", "two"] {
+        let (status, body) = alice
+            .put(
+                &format!("/rooms/{room}/state/m.room.topic/"),
+                json!({ "topic": topic }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let root = alice
+        .text(&room, "root with \"quotes\", ü and \u{1F600}")
+        .await;
+    bob.send(
+        &room,
+        json!({"msgtype": "m.text", "body": "in the thread",
+               "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+    )
+    .await;
+    let doomed = bob.text(&room, "doomed").await;
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/redact/{doomed}/r1"),
+            json!({"reason": "spam"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let filter = urlencode(&json!({"room": {"timeline": {"limit": 50}}}).to_string());
+    let sync = alice.sync(&format!("filter={filter}")).await;
+    let section = &sync["rooms"]["join"][&room];
+    let timeline = section["timeline"]["events"].as_array().unwrap();
+    let state = section["state"]["events"].as_array().unwrap();
+    assert!(timeline.len() >= 12, "{section}");
+    for event in timeline.iter().chain(state) {
+        let id = event["event_id"].as_str().unwrap();
+        let (status, served) = alice.get(&format!("/rooms/{room}/event/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{served}");
+        assert_eq!(without_age(event.clone()), without_age(served));
+        assert!(event["unsigned"]["age"].as_u64().is_some(), "{event}");
+    }
+    let find = |id: &str| {
+        timeline
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {section}"))
+    };
+    let second_topic = timeline
+        .iter()
+        .rfind(|e| e["type"] == "m.room.topic")
+        .unwrap();
+    assert_eq!(second_topic["unsigned"]["prev_content"]["topic"], "one");
+    assert_eq!(
+        second_topic["unsigned"]["prev_sender"],
+        alice.user_id.as_str()
+    );
+    assert!(find(&root)["unsigned"]["transaction_id"].is_string());
+    assert_eq!(
+        find(&root)["unsigned"]["m.relations"]["m.thread"]["count"],
+        1
+    );
+    assert_eq!(
+        find(&root)["content"]["body"],
+        "root with \"quotes\", ü and \u{1F600}"
+    );
+    assert_eq!(find(&doomed)["content"], json!({}));
+    assert_eq!(
+        find(&doomed)["unsigned"]["redacted_because"]["content"]["reason"],
+        "spam"
+    );
+    let redaction = timeline
+        .iter()
+        .find(|e| e["type"] == "m.room.redaction")
+        .unwrap();
+    assert_eq!(redaction["redacts"], doomed.as_str());
+
+    // The federation format: the PDUs as stored, signed and hashed, with the same content.
+    let filter = urlencode(
+        &json!({"event_format": "federation", "room": {"timeline": {"limit": 50}}}).to_string(),
+    );
+    let sync = alice.sync(&format!("filter={filter}")).await;
+    let pdus = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    assert_eq!(pdus.len(), timeline.len());
+    for (pdu, event) in pdus.iter().zip(timeline) {
+        for field in [
+            "hashes",
+            "signatures",
+            "auth_events",
+            "prev_events",
+            "depth",
+        ] {
+            assert!(pdu.get(field).is_some(), "{field} in {pdu}");
+        }
+        assert_eq!(pdu["content"], event["content"]);
+        assert_eq!(pdu["type"], event["type"]);
+        assert!(pdu
+            .get("unsigned")
+            .is_none_or(|u| u.get("transaction_id").is_none()));
+    }
+}

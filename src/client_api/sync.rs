@@ -14,6 +14,7 @@ use crate::http::AppState;
 use crate::services::accounts::Session;
 use crate::services::ephemeral::presence::State as PresenceState;
 use crate::services::sync::filters::Filters;
+use crate::services::sync::response::SyncResponse;
 use crate::services::sync::SyncRequest;
 
 /// `/sync` query parameters.
@@ -38,7 +39,7 @@ pub async fn sync(
     State(services): State<AppState>,
     Authed(session): Authed,
     QueryParams(params): QueryParams<SyncParams>,
-) -> MatrixResult<Json<Value>> {
+) -> MatrixResult<Json<SyncResponse>> {
     let since = params
         .since
         .as_deref()

@@ -92,7 +92,7 @@ impl Aggregates {
                     && kind == Some(parent.kind())
                     && child.pdu.get("state_key").is_none()
                     && parent.state_key().is_none()
-                    && !is_edit(&parent.pdu);
+                    && !is_edit(parent.pdu());
                 if !valid {
                     return;
                 }
@@ -177,12 +177,12 @@ mod tests {
     use crate::services::rooms::records::EventMeta;
 
     fn stored(short: u64, sender: &str, kind: &str, content: Value) -> StoredEvent {
-        StoredEvent {
+        StoredEvent::from_pdu(
             short,
-            event_id: format!("$e{short}"),
-            pdu: json!({"type": kind, "sender": sender, "content": content,
+            format!("$e{short}"),
+            json!({"type": kind, "sender": sender, "content": content,
                         "origin_server_ts": short}),
-            meta: EventMeta {
+            EventMeta {
                 room: 1,
                 pos: short,
                 state_before: 0,
@@ -190,7 +190,7 @@ mod tests {
                 replaces: 0,
                 redacted_by: 0,
             },
-        }
+        )
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
             &Child {
                 short: 2,
                 event_id: "$e2",
-                pdu: &by_other.pdu,
+                pdu: by_other.pdu(),
             },
         );
         assert_eq!(agg.edit, None, "another sender's edit is not valid");
@@ -215,7 +215,7 @@ mod tests {
             &Child {
                 short: 3,
                 event_id: "$e3",
-                pdu: &other_type.pdu,
+                pdu: other_type.pdu(),
             },
         );
         assert_eq!(agg.edit, None, "an edit must keep the type");
@@ -227,7 +227,7 @@ mod tests {
             &Child {
                 short: 9,
                 event_id: "$e9",
-                pdu: &late.pdu,
+                pdu: late.pdu(),
             },
         );
         agg.add(
@@ -236,7 +236,7 @@ mod tests {
             &Child {
                 short: 5,
                 event_id: "$e5",
-                pdu: &early.pdu,
+                pdu: early.pdu(),
             },
         );
         assert_eq!(
@@ -258,7 +258,7 @@ mod tests {
                 &Child {
                     short,
                     event_id: "$r",
-                    pdu: &reply.pdu,
+                    pdu: reply.pdu(),
                 },
             );
         }

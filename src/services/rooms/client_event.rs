@@ -6,6 +6,7 @@
 //! (redacted events), `transaction_id` (only for the device that sent it) and `m.relations`
 //! (bundled aggregations, see [`super::aggregates`]).
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
 use super::aggregates::Aggregates;
@@ -34,6 +35,73 @@ pub fn client_event(
     render(store, event, room_id, viewer, true)
 }
 
+/// A client event that serializes straight from the stored PDU: nothing of the PDU is
+/// copied, only `unsigned` is built. For answers written out whole (`/sync`), where a
+/// `Value` copy of every event would be built only to be serialized and dropped.
+pub struct ClientEventView<'e> {
+    event: &'e StoredEvent,
+    room_id: &'e str,
+    unsigned: Map<String, Value>,
+}
+
+impl<'e> ClientEventView<'e> {
+    /// `event` with its `unsigned` section and bundled aggregations.
+    pub fn new(
+        store: &EventStore,
+        event: &'e StoredEvent,
+        room_id: &'e str,
+        viewer: Option<Viewer<'_>>,
+    ) -> MatrixResult<Self> {
+        let unsigned = unsigned(store, event, room_id, viewer, true)?;
+        Ok(Self {
+            event,
+            room_id,
+            unsigned,
+        })
+    }
+}
+
+/// The PDU's fields a client event carries.
+const CLIENT_FIELDS: [&str; 5] = ["content", "origin_server_ts", "sender", "type", "state_key"];
+
+impl Serialize for ClientEventView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let event = self.event;
+        let mut map = serializer.serialize_map(None)?;
+        match event.content_json() {
+            Some(content) => map.serialize_entry("content", content)?,
+            None => map.serialize_entry("content", event.content())?,
+        }
+        map.serialize_entry("origin_server_ts", &event.origin_server_ts())?;
+        map.serialize_entry("sender", event.sender())?;
+        map.serialize_entry("type", event.kind())?;
+        if let Some(key) = event.state_key() {
+            map.serialize_entry("state_key", key)?;
+        }
+        map.serialize_entry("event_id", &self.event.event_id)?;
+        map.serialize_entry("room_id", self.room_id)?;
+        if let Some(target) = redacts(self.event) {
+            map.serialize_entry("redacts", target)?;
+        }
+        map.serialize_entry("unsigned", &self.unsigned)?;
+        map.end()
+    }
+}
+
+/// The target of a redaction event: room v11 moved `redacts` into the content, and
+/// clients still read the top level.
+fn redacts(event: &StoredEvent) -> Option<&Value> {
+    if event.kind() != "m.room.redaction" {
+        return None;
+    }
+    event
+        .pdu()
+        .get("redacts")
+        .or_else(|| event.content().get("redacts"))
+}
+
+/// `event` as a `Value`, with bundles or without (events inside a bundle, and the
+/// redaction inside `redacted_because`, come without bundles of their own).
 fn render(
     store: &EventStore,
     event: &StoredEvent,
@@ -41,35 +109,40 @@ fn render(
     viewer: Option<Viewer<'_>>,
     with_bundle: bool,
 ) -> MatrixResult<Value> {
-    let pdu = &event.pdu;
+    let pdu = event.pdu();
     let mut out = Map::new();
-    for key in ["content", "origin_server_ts", "sender", "type", "state_key"] {
+    for key in CLIENT_FIELDS {
         if let Some(v) = pdu.get(key) {
             out.insert(key.into(), v.clone());
         }
     }
     out.insert("event_id".into(), json!(event.event_id));
     out.insert("room_id".into(), json!(room_id));
-    if event.kind() == "m.room.redaction" {
-        // Room v11 moved `redacts` into the content; clients still read the top level.
-        if let Some(target) = pdu
-            .get("redacts")
-            .or_else(|| event.content().get("redacts"))
-        {
-            out.insert("redacts".into(), target.clone());
-        }
+    if let Some(target) = redacts(event) {
+        out.insert("redacts".into(), target.clone());
     }
+    let unsigned = unsigned(store, event, room_id, viewer, with_bundle)?;
+    out.insert("unsigned".into(), Value::Object(unsigned));
+    Ok(Value::Object(out))
+}
+
+/// The `unsigned` section: `age`, `prev_content`, `replaces_state` and `prev_sender`
+/// (state events), `redacted_because`, `m.relations` and `transaction_id`.
+fn unsigned(
+    store: &EventStore,
+    event: &StoredEvent,
+    room_id: &str,
+    viewer: Option<Viewer<'_>>,
+    with_bundle: bool,
+) -> MatrixResult<Map<String, Value>> {
     let mut unsigned = Map::new();
-    let ts = pdu
-        .get("origin_server_ts")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    unsigned.insert("age".into(), json!(now_ms().saturating_sub(ts)));
+    let age = now_ms().saturating_sub(event.origin_server_ts());
+    unsigned.insert("age".into(), json!(age));
     if event.meta.replaces != 0 {
-        let previous = store.event(event.meta.replaces)?;
-        unsigned.insert("prev_content".into(), previous.content().clone());
+        let previous = store.content_and_sender(event.meta.replaces)?;
+        unsigned.insert("prev_content".into(), previous.content);
         unsigned.insert("replaces_state".into(), json!(previous.event_id));
-        unsigned.insert("prev_sender".into(), json!(previous.sender()));
+        unsigned.insert("prev_sender".into(), json!(previous.sender));
     }
     if event.meta.redacted_by != 0 {
         let redaction = store.event(event.meta.redacted_by)?;
@@ -113,6 +186,5 @@ fn render(
             }
         }
     }
-    out.insert("unsigned".into(), Value::Object(unsigned));
-    Ok(Value::Object(out))
+    Ok(unsigned)
 }

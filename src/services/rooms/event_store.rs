@@ -1,6 +1,7 @@
 //! Reading the rooms service's tables: rooms, events with their metadata, timelines,
 //! memberships and state at any snapshot. Writes happen in [`super::writer`] only.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,42 +15,17 @@ use crate::services::records::decode;
 use crate::services::stream::StreamPositions;
 use crate::storage::{keys, Db, Table};
 
-/// A stored event: its ids, its PDU and where it sits.
+pub use super::stored_event::StoredEvent;
+
+/// An event's id, content and sender, without the rest of its PDU.
 #[derive(Debug, Clone)]
-pub struct StoredEvent {
-    /// The short id.
-    pub short: ShortEventId,
+pub struct EventSummary {
     /// The event id.
     pub event_id: String,
-    /// The PDU in federation format (redacted if a redaction applied).
-    pub pdu: Value,
-    /// Room, position, state snapshots.
-    pub meta: EventMeta,
-}
-
-impl StoredEvent {
-    /// The event's type.
-    pub fn kind(&self) -> &str {
-        self.pdu.get("type").and_then(Value::as_str).unwrap_or("")
-    }
-
-    /// The state key, for state events.
-    pub fn state_key(&self) -> Option<&str> {
-        self.pdu.get("state_key").and_then(Value::as_str)
-    }
-
-    /// The sender.
-    pub fn sender(&self) -> &str {
-        self.pdu.get("sender").and_then(Value::as_str).unwrap_or("")
-    }
-
     /// The content (an empty object if absent).
-    pub fn content(&self) -> &Value {
-        static EMPTY: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-        self.pdu
-            .get("content")
-            .unwrap_or_else(|| EMPTY.get_or_init(|| Value::Object(Default::default())))
-    }
+    pub content: Value,
+    /// The sender.
+    pub sender: String,
 }
 
 /// A room as the rest of the service sees it.
@@ -205,14 +181,57 @@ impl EventStore {
             .map(|(((short, pdu), meta), event_id)| {
                 let pdu = pdu.ok_or_else(|| corrupt("event without PDU"))?;
                 let meta = meta.ok_or_else(|| corrupt("event without metadata"))?;
-                Ok(StoredEvent {
-                    short: *short,
-                    event_id,
-                    pdu: serde_json::from_slice(&pdu).map_err(|_| corrupt("PDU JSON"))?,
-                    meta: EventMeta::decode(&meta).ok_or_else(|| corrupt("event metadata"))?,
-                })
+                let meta = EventMeta::decode(&meta).ok_or_else(|| corrupt("event metadata"))?;
+                StoredEvent::from_json(*short, event_id, pdu, meta)
+                    .ok_or_else(|| corrupt("PDU JSON"))
             })
             .collect()
+    }
+
+    /// `content[field]` of a stored event when it is a string: the PDU alone is read, and
+    /// nothing else of it is kept.
+    pub fn content_str(&self, short: ShortEventId, field: &str) -> MatrixResult<Option<String>> {
+        use serde_json::value::RawValue;
+        type Fields<'a> = HashMap<std::borrow::Cow<'a, str>, &'a RawValue>;
+        #[derive(serde::Deserialize)]
+        struct Pdu<'a> {
+            #[serde(borrow)]
+            content: Option<&'a RawValue>,
+        }
+        let bytes = self
+            .db
+            .get(Table::ShorteventidPdu, short.to_be_bytes())?
+            .ok_or_else(|| corrupt("event without PDU"))?;
+        let pdu: Pdu<'_> = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
+        let fields: Option<Fields<'_>> =
+            pdu.content.and_then(|c| serde_json::from_str(c.get()).ok());
+        Ok(fields
+            .and_then(|f| f.get(field).copied())
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()))
+    }
+
+    /// The id, content and sender of a stored event: its PDU is read without the
+    /// metadata, and only those fields are kept (for `unsigned.prev_content`).
+    pub fn content_and_sender(&self, short: ShortEventId) -> MatrixResult<EventSummary> {
+        #[derive(serde::Deserialize)]
+        struct Pdu {
+            #[serde(default)]
+            content: Option<Value>,
+            #[serde(default)]
+            sender: String,
+        }
+        let bytes = self
+            .db
+            .get(Table::ShorteventidPdu, short.to_be_bytes())?
+            .ok_or_else(|| corrupt("event without PDU"))?;
+        let pdu: Pdu = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
+        Ok(EventSummary {
+            event_id: self.state.event_id_of(short)?,
+            content: pdu
+                .content
+                .unwrap_or_else(|| Value::Object(Default::default())),
+            sender: pdu.sender,
+        })
     }
 
     /// One stored event by short id.

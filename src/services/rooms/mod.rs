@@ -27,6 +27,7 @@ pub mod records;
 pub mod relations;
 pub mod sending;
 pub mod state_store;
+pub mod stored_event;
 pub mod tokens;
 pub mod upgrade;
 pub mod visibility;
@@ -182,8 +183,8 @@ impl Rooms {
             .state_event(snapshot, "m.room.power_levels", "")?;
         Ok(PowerLevels::new(
             room.version,
-            create.as_ref().map(|e| &e.pdu),
-            levels.as_ref().map(|e| &e.pdu),
+            create.as_ref().map(|e| e.pdu()),
+            levels.as_ref().map(|e| e.pdu()),
         ))
     }
 

@@ -145,7 +145,7 @@ impl Rooms {
             // theirs to send.
             let top = highest_level(&new_levels).max(100);
             let old_creators = if old.version.creators_have_infinite_power() {
-                power_levels::creators(old.version, Some(&old_create.pdu))
+                power_levels::creators(old.version, Some(old_create.pdu()))
             } else {
                 Vec::new()
             };

@@ -18,27 +18,68 @@ use serde_json::Value;
 
 use super::event_store::{EventStore, Room, StoredEvent};
 use super::records::MembershipRecord;
-use super::state_store::ShortStateHash;
+use super::state_store::{ShortEventId, ShortStateHash, ShortStateKey};
 use crate::error::MatrixResult;
 
-/// The history visibility and the viewer's membership in one snapshot.
-#[derive(Debug, Clone)]
-struct SnapshotView {
-    visibility: String,
-    membership: Option<String>,
+/// The values of `m.room.history_visibility` (spec: "Room History Visibility").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HistoryVisibility {
+    WorldReadable,
+    Shared,
+    Invited,
+    Joined,
 }
 
-/// Visibility decisions for one viewer in one room, caching per state snapshot (a run of
-/// messages shares one snapshot, so a page of events costs a few state reads).
+impl HistoryVisibility {
+    /// A missing or unknown value counts as `shared`.
+    fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("world_readable") => Self::WorldReadable,
+            Some("invited") => Self::Invited,
+            Some("joined") => Self::Joined,
+            _ => Self::Shared,
+        }
+    }
+}
+
+/// The viewer's membership, as far as visibility cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Join,
+    Invite,
+    Other,
+}
+
+/// Visibility decisions for one viewer in one room. A run of messages shares one state
+/// snapshot and a room's snapshots share their few history-visibility and member events,
+/// so answers are cached per snapshot and per event: a page of events costs a few state
+/// reads, and an event's content is read once. The viewer's membership is only looked up
+/// when the history visibility leaves the answer open.
 pub struct VisibilityCheck<'a> {
     store: &'a EventStore,
     user_id: &'a str,
     last_join_pos: u64,
-    views: HashMap<ShortStateHash, SnapshotView>,
+    /// The interned `(type, state_key)`s, looked up on first use (`None`: never interned,
+    /// so no snapshot holds such an event).
+    visibility_key: Option<Option<ShortStateKey>>,
+    member_key: Option<Option<ShortStateKey>>,
+    visibility_at: HashMap<ShortStateHash, HistoryVisibility>,
+    membership_at: HashMap<ShortStateHash, Option<Membership>>,
+    /// Contents already read, by event: the field this check needed from each.
+    fields: HashMap<ShortEventId, Option<String>>,
 }
 
-fn content_str<'e>(event: &'e StoredEvent, key: &str) -> Option<&'e str> {
-    event.content().get(key).and_then(Value::as_str)
+/// The short id of `(kind, state_key)`, looked up once into `cache`.
+fn interned(
+    store: &EventStore,
+    cache: &mut Option<Option<ShortStateKey>>,
+    kind: &str,
+    state_key: &str,
+) -> MatrixResult<Option<ShortStateKey>> {
+    if let Some(key) = cache {
+        return Ok(*key);
+    }
+    Ok(*cache.insert(store.state().find_state_key(kind, state_key)?))
 }
 
 impl<'a> VisibilityCheck<'a> {
@@ -48,51 +89,91 @@ impl<'a> VisibilityCheck<'a> {
             store,
             user_id,
             last_join_pos: record.map_or(0, |r| r.last_join_pos),
-            views: HashMap::new(),
+            visibility_key: None,
+            member_key: None,
+            visibility_at: HashMap::new(),
+            membership_at: HashMap::new(),
+            fields: HashMap::new(),
         }
     }
 
-    fn view(&mut self, snapshot: ShortStateHash) -> MatrixResult<SnapshotView> {
-        if let Some(view) = self.views.get(&snapshot) {
-            return Ok(view.clone());
-        }
-        let view = if snapshot == 0 {
-            SnapshotView {
-                visibility: "shared".into(),
-                membership: None,
-            }
-        } else {
-            let visibility = self
-                .store
-                .state_event(snapshot, "m.room.history_visibility", "")?
-                .and_then(|e| content_str(&e, "history_visibility").map(str::to_owned))
-                .filter(|v| {
-                    matches!(
-                        v.as_str(),
-                        "world_readable" | "shared" | "invited" | "joined"
-                    )
-                })
-                .unwrap_or_else(|| "shared".into());
-            let membership = self
-                .store
-                .state_event(snapshot, "m.room.member", self.user_id)?
-                .and_then(|e| content_str(&e, "membership").map(str::to_owned));
-            SnapshotView {
-                visibility,
-                membership,
-            }
+    /// `content[field]` (a string) of the state event `key` in `snapshot`.
+    fn state_field(
+        &mut self,
+        snapshot: ShortStateHash,
+        key: Option<ShortStateKey>,
+        field: &str,
+    ) -> MatrixResult<Option<String>> {
+        let Some(key) = key else {
+            return Ok(None);
         };
-        self.views.insert(snapshot, view.clone());
-        Ok(view)
+        let Some(event) = self.store.state().get(snapshot, key)? else {
+            return Ok(None);
+        };
+        if let Some(value) = self.fields.get(&event) {
+            return Ok(value.clone());
+        }
+        let value = self.store.content_str(event, field)?;
+        self.fields.insert(event, value.clone());
+        Ok(value)
+    }
+
+    fn visibility(&mut self, snapshot: ShortStateHash) -> MatrixResult<HistoryVisibility> {
+        if snapshot == 0 {
+            return Ok(HistoryVisibility::Shared);
+        }
+        if let Some(v) = self.visibility_at.get(&snapshot) {
+            return Ok(*v);
+        }
+        let key = interned(
+            self.store,
+            &mut self.visibility_key,
+            "m.room.history_visibility",
+            "",
+        )?;
+        let value = self.state_field(snapshot, key, "history_visibility")?;
+        let v = HistoryVisibility::parse(value.as_deref());
+        self.visibility_at.insert(snapshot, v);
+        Ok(v)
+    }
+
+    fn membership(&mut self, snapshot: ShortStateHash) -> MatrixResult<Option<Membership>> {
+        if snapshot == 0 {
+            return Ok(None);
+        }
+        if let Some(m) = self.membership_at.get(&snapshot) {
+            return Ok(*m);
+        }
+        let key = interned(
+            self.store,
+            &mut self.member_key,
+            "m.room.member",
+            self.user_id,
+        )?;
+        let m = self
+            .state_field(snapshot, key, "membership")?
+            .map(|m| match m.as_str() {
+                "join" => Membership::Join,
+                "invite" => Membership::Invite,
+                _ => Membership::Other,
+            });
+        self.membership_at.insert(snapshot, m);
+        Ok(m)
     }
 
     fn allowed_at(&mut self, snapshot: ShortStateHash, pos: u64) -> MatrixResult<bool> {
-        let view = self.view(snapshot)?;
-        Ok(match view.visibility.as_str() {
-            "world_readable" => true,
-            _ if view.membership.as_deref() == Some("join") => true,
-            "shared" => self.last_join_pos > pos,
-            "invited" => view.membership.as_deref() == Some("invite"),
+        let visibility = self.visibility(snapshot)?;
+        if visibility == HistoryVisibility::WorldReadable {
+            return Ok(true);
+        }
+        // Decided without the membership: joined later, under `shared`.
+        if visibility == HistoryVisibility::Shared && self.last_join_pos > pos {
+            return Ok(true);
+        }
+        let membership = self.membership(snapshot)?;
+        Ok(match visibility {
+            _ if membership == Some(Membership::Join) => true,
+            HistoryVisibility::Invited => membership == Some(Membership::Invite),
             _ => false,
         })
     }
@@ -114,6 +195,11 @@ impl<'a> VisibilityCheck<'a> {
     pub fn world_readable(store: &EventStore, room: &Room) -> MatrixResult<bool> {
         Ok(store
             .state_event(room.record.state, "m.room.history_visibility", "")?
-            .is_some_and(|e| content_str(&e, "history_visibility") == Some("world_readable")))
+            .is_some_and(|e| {
+                e.content()
+                    .get("history_visibility")
+                    .and_then(Value::as_str)
+                    == Some("world_readable")
+            }))
     }
 }

@@ -406,8 +406,8 @@ impl RoomHead {
         }
         let parsed = Arc::new(PowerLevels::new(
             self.version,
-            create.as_ref().map(|e| &e.pdu),
-            levels.as_ref().map(|e| &e.pdu),
+            create.as_ref().map(|e| e.pdu()),
+            levels.as_ref().map(|e| e.pdu()),
         ));
         self.power_levels = Some((key, Arc::clone(&parsed)));
         Ok(parsed)
@@ -431,7 +431,7 @@ impl RoomHead {
             let members = store
                 .events(&shorts)?
                 .iter()
-                .filter_map(|e| local_member(&e.pdu))
+                .filter_map(|e| local_member(e.pdu()))
                 .collect();
             self.local_members = Some(members);
         }
@@ -630,7 +630,7 @@ impl AuthState for CachedAuthState {
     fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
         self.0
             .get(&(event_type.to_owned(), state_key.to_owned()))
-            .map(|e| &e.pdu)
+            .map(|e| e.pdu())
     }
 }
 
@@ -693,7 +693,7 @@ fn run_hooks(
     let levels_event = head.state_event(store, "m.room.power_levels", "")?;
     let notification_levels = levels_event
         .as_ref()
-        .and_then(|e| e.pdu.get("content"))
+        .and_then(|e| e.pdu().get("content"))
         .and_then(|c| c.get("notifications"))
         .and_then(Value::as_object);
     let room = head.short;
@@ -887,12 +887,12 @@ fn write_event(
         }
         head.cache.insert(
             short,
-            Arc::new(StoredEvent {
+            Arc::new(StoredEvent::from_pdu(
                 short,
-                event_id: event_id.clone(),
-                pdu: built.pdu,
+                event_id.clone(),
+                built.pdu,
                 meta,
-            }),
+            )),
         );
     }
     Ok(event_id)
@@ -1006,7 +1006,7 @@ fn rebuild_aggregates(
             &Child {
                 short: child,
                 event_id: &event.event_id,
-                pdu: &event.pdu,
+                pdu: event.pdu(),
             },
         );
     }
@@ -1047,7 +1047,7 @@ fn apply_redaction(
     if target.meta.room != head.short || target.meta.redacted_by != 0 {
         return Ok(None);
     }
-    if let Some((_, parent_id)) = relation_of(&target.pdu) {
+    if let Some((_, parent_id)) = relation_of(target.pdu()) {
         if let Some(parent) = store.state.find_event(parent_id)? {
             let mut key = Vec::with_capacity(24);
             key.extend_from_slice(&parent.to_be_bytes());
@@ -1057,7 +1057,7 @@ fn apply_redaction(
             rebuild_aggregates(store, batch, parent, target.short)?;
         }
     }
-    let redacted = redact(&target.pdu, head.version);
+    let redacted = redact(target.pdu(), head.version);
     batch.put(
         Table::ShorteventidPdu,
         target.short.to_be_bytes(),

@@ -183,7 +183,7 @@ fn index_event(batch: &mut Batch<'_>, room: u64, pos: u64, short: u64, pdu: &Val
 
 /// Removes a redacted event's postings.
 fn unindex_event(batch: &mut Batch<'_>, event: &StoredEvent) {
-    for (key, _) in postings(event.meta.room, event.meta.pos, event.short, &event.pdu) {
+    for (key, _) in postings(event.meta.room, event.meta.pos, event.short, event.pdu()) {
         batch.delete(Table::ShortroomidTermPosPosting, key);
     }
 }
@@ -223,7 +223,7 @@ pub fn index_existing_events(db: &Db, store: &EventStore) -> MatrixResult<()> {
                 event.meta.room,
                 event.meta.pos,
                 event.short,
-                &event.pdu,
+                event.pdu(),
             );
         }
         count += chunk.len();

@@ -349,7 +349,7 @@ fn render(
     let mut room_groups: Vec<(String, Vec<String>, &Candidate)> = Vec::new();
     let mut sender_groups: Vec<(String, Vec<String>, &Candidate)> = Vec::new();
     for item in &found {
-        if let Some((_, text)) = index::searchable_text(&item.event.pdu) {
+        if let Some((_, text)) = index::searchable_text(item.event.pdu()) {
             for word in terms::words(&text) {
                 let folded = terms::fold(word);
                 if search_terms.iter().any(|t| folded.starts_with(t.as_str())) {

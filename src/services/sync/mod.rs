@@ -137,7 +137,7 @@ impl Sync {
         &self,
         services: Arc<Services>,
         request: SyncRequest,
-    ) -> MatrixResult<serde_json::Value> {
+    ) -> MatrixResult<response::SyncResponse> {
         let stream = match self.notifier.loaded(&request.user_id) {
             Some(stream) => stream,
             None => {
@@ -176,7 +176,7 @@ impl Sync {
                         serde_json::json!(tokens::token(upto.max(since))),
                     );
                     response::add_device_key_counts(&services, &request, &mut response)?;
-                    return Ok(serde_json::Value::Object(response));
+                    return Ok(response::SyncResponse::new(response));
                 }
             }
             let response = {
@@ -194,11 +194,10 @@ impl Sync {
             };
             // A change that concerned nothing the filter lets through (another user's
             // private receipt, say) goes back to waiting, as long as time remains.
-            let empty = response.as_object().is_some_and(|o| {
-                o.keys()
-                    .all(|k| response::ALWAYS_PRESENT.contains(&k.as_str()))
-            });
-            if !empty || long_poll.is_none() || tokio::time::Instant::now() >= deadline {
+            if !response.is_empty()
+                || long_poll.is_none()
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(response);
             }
             seen = Some(latest);

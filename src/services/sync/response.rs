@@ -12,15 +12,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::filters::{EventFormat, Filter};
 use super::notifier::UserStream;
 use super::SyncRequest;
-use crate::error::MatrixResult;
+use crate::error::{MatrixError, MatrixResult};
 use crate::services::accounts::account_data::AccountData;
 use crate::services::push::notifications::UnreadCounts;
-use crate::services::rooms::client_event::{client_event, Viewer};
+use crate::services::rooms::client_event::{client_event, ClientEventView, Viewer};
 use crate::services::rooms::event_store::{EventStore, Room, StoredEvent};
 use crate::services::rooms::filter::RoomEventFilter;
 use crate::services::rooms::history::Direction;
@@ -69,12 +71,162 @@ impl Context<'_> {
         self.services.rooms.store()
     }
 
-    fn render(&self, event: &StoredEvent, room_id: &str) -> MatrixResult<Value> {
-        let value = match self.filter.event_format {
-            EventFormat::Client => client_event(self.store(), event, room_id, Some(self.viewer))?,
-            EventFormat::Federation => event.pdu.clone(),
-        };
-        Ok(self.filter.project(value))
+    /// An event as the filter's `event_format` and `event_fields` ask. Without
+    /// `event_fields` it is written out from the stored event, not copied.
+    fn render<'e>(&self, event: &'e StoredEvent, room_id: &'e str) -> MatrixResult<EventJson<'e>> {
+        let store = self.store();
+        let viewer = Some(self.viewer);
+        Ok(
+            match (self.filter.event_format, &self.filter.event_fields) {
+                (EventFormat::Client, None) => {
+                    EventJson::Client(ClientEventView::new(store, event, room_id, viewer)?)
+                }
+                (EventFormat::Federation, None) => EventJson::Pdu(event),
+                (EventFormat::Client, Some(_)) => EventJson::Projected(
+                    self.filter
+                        .project(client_event(store, event, room_id, viewer)?),
+                ),
+                (EventFormat::Federation, Some(_)) => {
+                    EventJson::Projected(self.filter.project(event.pdu().clone()))
+                }
+            },
+        )
+    }
+
+    fn render_all<'e>(
+        &self,
+        events: &'e [StoredEvent],
+        room_id: &'e str,
+    ) -> MatrixResult<Vec<EventJson<'e>>> {
+        events.iter().map(|e| self.render(e, room_id)).collect()
+    }
+}
+
+/// An event of the answer.
+enum EventJson<'e> {
+    Client(ClientEventView<'e>),
+    Pdu(&'e StoredEvent),
+    Projected(Value),
+}
+
+impl Serialize for EventJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Client(view) => view.serialize(serializer),
+            Self::Pdu(event) => match event.pdu_json() {
+                Some(json) => json.serialize(serializer),
+                None => event.pdu().serialize(serializer),
+            },
+            Self::Projected(value) => value.serialize(serializer),
+        }
+    }
+}
+
+/// `{"events": [...]}`.
+#[derive(serde::Serialize)]
+struct Events<T> {
+    events: Vec<T>,
+}
+
+/// A room's `timeline`.
+#[derive(serde::Serialize)]
+struct TimelineJson<'e> {
+    events: Vec<EventJson<'e>>,
+    limited: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prev_batch: Option<String>,
+}
+
+/// `rooms.join.{roomId}`: a left room's members and the joined-only ones.
+#[derive(serde::Serialize)]
+struct JoinedRoomJson<'e> {
+    #[serde(flatten)]
+    room: LeftRoomJson<'e>,
+    ephemeral: Events<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    summary: Option<Value>,
+    unread_notifications: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unread_thread_notifications: Option<Value>,
+}
+
+/// `rooms.leave.{roomId}`.
+#[derive(serde::Serialize)]
+struct LeftRoomJson<'e> {
+    timeline: TimelineJson<'e>,
+    state: Events<EventJson<'e>>,
+    account_data: Events<Value>,
+}
+
+impl<'e> LeftRoomJson<'e> {
+    fn new(
+        ctx: &Context<'_>,
+        room_id: &'e str,
+        timeline: &'e Timeline,
+        state: &'e [StoredEvent],
+        account_data: Vec<Value>,
+    ) -> MatrixResult<Self> {
+        Ok(Self {
+            timeline: TimelineJson {
+                events: ctx.render_all(&timeline.events, room_id)?,
+                limited: timeline.limited,
+                prev_batch: Some(tokens::token(timeline.prev_batch)),
+            },
+            state: Events {
+                events: ctx.render_all(state, room_id)?,
+            },
+            account_data: Events {
+                events: account_data,
+            },
+        })
+    }
+}
+
+/// A section of the answer written out to JSON on the thread that built it.
+fn raw_json(value: &impl Serialize) -> MatrixResult<Box<RawValue>> {
+    serde_json::value::to_raw_value(value)
+        .map_err(|e| MatrixError::internal(format!("sync answer: {e}")))
+}
+
+/// A `/sync` answer: the top-level members, and each room's section already written
+/// out to JSON (rooms are built on two threads, and so are their bytes).
+#[derive(Debug)]
+pub struct SyncResponse {
+    /// Every member but `rooms`.
+    pub fields: Map<String, Value>,
+    /// `rooms.{join,invite,knock,leave}`: room id to its section.
+    rooms: BTreeMap<&'static str, BTreeMap<String, Box<RawValue>>>,
+}
+
+impl SyncResponse {
+    /// An answer without rooms.
+    pub fn new(fields: Map<String, Value>) -> Self {
+        Self {
+            fields,
+            rooms: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the answer carries only what every answer has (nothing new).
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+            && self
+                .fields
+                .keys()
+                .all(|k| ALWAYS_PRESENT.contains(&k.as_str()))
+    }
+}
+
+impl Serialize for SyncResponse {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in &self.fields {
+            map.serialize_entry(key, value)?;
+        }
+        if !self.rooms.is_empty() {
+            map.serialize_entry("rooms", &self.rooms)?;
+        }
+        map.end()
     }
 }
 
@@ -84,7 +236,7 @@ pub fn build(
     request: &SyncRequest,
     stream: &UserStream,
     upto: u64,
-) -> MatrixResult<Value> {
+) -> MatrixResult<SyncResponse> {
     let filter = &request.filter;
     let ignored: BTreeSet<String> = services
         .accounts
@@ -185,18 +337,19 @@ pub fn build(
     } else {
         room_sections(&ctx, &rooms)?
     };
-    let mut join = Map::new();
-    let mut invite = Map::new();
-    let mut knock = Map::new();
-    let mut leave = Map::new();
+    let mut room_sections: BTreeMap<&'static str, BTreeMap<String, Box<RawValue>>> =
+        BTreeMap::new();
     for (kind, room_id, section) in sections {
-        let map = match kind {
-            Section::Join => &mut join,
-            Section::Invite => &mut invite,
-            Section::Knock => &mut knock,
-            Section::Leave => &mut leave,
+        let name = match kind {
+            Section::Join => "join",
+            Section::Invite => "invite",
+            Section::Knock => "knock",
+            Section::Leave => "leave",
         };
-        map.insert(room_id, section);
+        room_sections
+            .entry(name)
+            .or_default()
+            .insert(room_id, section);
     }
 
     let to_device = services.accounts.take_to_device(
@@ -214,20 +367,6 @@ pub fn build(
     response.insert("next_batch".into(), json!(next_batch));
     if !to_device.events.is_empty() {
         response.insert("to_device".into(), json!({ "events": to_device.events }));
-    }
-    let mut rooms = Map::new();
-    for (name, section) in [
-        ("join", join),
-        ("invite", invite),
-        ("knock", knock),
-        ("leave", leave),
-    ] {
-        if !section.is_empty() {
-            rooms.insert(name.into(), Value::Object(section));
-        }
-    }
-    if !rooms.is_empty() {
-        response.insert("rooms".into(), Value::Object(rooms));
     }
     let mut global: Vec<Value> = global_data
         .into_iter()
@@ -268,7 +407,10 @@ pub fn build(
         }
     }
     add_device_key_counts(services, request, &mut response)?;
-    Ok(Value::Object(response))
+    Ok(SyncResponse {
+        fields: response,
+        rooms: room_sections,
+    })
 }
 
 /// Members every answer carries for the syncing device, news or not.
@@ -369,7 +511,7 @@ enum Section {
     Leave,
 }
 
-type RoomSection = (Section, String, Value);
+type RoomSection = (Section, String, Box<RawValue>);
 
 /// The sections of some rooms.
 fn room_sections(
@@ -397,7 +539,7 @@ fn room_sections(
                     out.push((
                         Section::Invite,
                         room_id,
-                        json!({ "invite_state": { "events": state } }),
+                        raw_json(&json!({ "invite_state": { "events": state } }))?,
                     ));
                 }
             }
@@ -408,7 +550,7 @@ fn room_sections(
                     out.push((
                         Section::Knock,
                         room_id,
-                        json!({ "knock_state": { "events": state } }),
+                        raw_json(&json!({ "knock_state": { "events": state } }))?,
                     ));
                 }
             }
@@ -615,7 +757,7 @@ fn joined_room(
     room: &Room,
     record: &MembershipRecord,
     data: &[AccountData],
-) -> MatrixResult<Option<Value>> {
+) -> MatrixResult<Option<Box<RawValue>>> {
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
     // A join since `since` is like an initial sync of the room.
@@ -667,23 +809,7 @@ fn joined_room(
         return Ok(None);
     }
 
-    let mut section = Map::new();
-    section.insert(
-        "timeline".into(),
-        json!({
-            "events": timeline.events.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()?,
-            "limited": timeline.limited,
-            "prev_batch": tokens::token(timeline.prev_batch),
-        }),
-    );
-    section.insert(
-        "state".into(),
-        json!({
-            "events": state.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()?,
-        }),
-    );
-    section.insert("ephemeral".into(), json!({ "events": ephemeral }));
-    section.insert("account_data".into(), json!({ "events": account_data }));
+    let mut summary_json = None;
     if full || members_changed {
         // An unfiltered full state already holds every member event at the timeline's
         // start.
@@ -694,7 +820,7 @@ fn joined_room(
             && f.senders.is_none()
             && f.not_senders.is_empty();
         let known = (full && unfiltered).then(|| state.iter().chain(timeline.events.iter()));
-        section.insert("summary".into(), summary(ctx, room, known)?);
+        summary_json = Some(summary(ctx, room, known)?);
     }
     let user_id = ctx.request.user_id.as_str();
     let read = ctx.services.ephemeral.read_positions(room.short, user_id)?;
@@ -705,20 +831,28 @@ fn joined_room(
     let as_json = |c: UnreadCounts| json!({ "notification_count": c.notifications, "highlight_count": c.highlights });
     // Spec: with `unread_thread_notifications` the room's counts are the main timeline's
     // and each thread has its own; without, one count covers everything.
-    if ctx.filter.room.timeline.unread_thread_notifications {
-        section.insert("unread_notifications".into(), as_json(counts.main));
-        if !counts.threads.is_empty() {
-            let threads: Map<String, Value> = counts
-                .threads
-                .iter()
-                .map(|(root, c)| (root.clone(), as_json(*c)))
-                .collect();
-            section.insert("unread_thread_notifications".into(), Value::Object(threads));
-        }
+    let (unread, threads) = if ctx.filter.room.timeline.unread_thread_notifications {
+        let threads = (!counts.threads.is_empty()).then(|| {
+            Value::Object(
+                counts
+                    .threads
+                    .iter()
+                    .map(|(root, c)| (root.clone(), as_json(*c)))
+                    .collect(),
+            )
+        });
+        (as_json(counts.main), threads)
     } else {
-        section.insert("unread_notifications".into(), as_json(counts.total()));
-    }
-    Ok(Some(Value::Object(section)))
+        (as_json(counts.total()), None)
+    };
+    let section = JoinedRoomJson {
+        room: LeftRoomJson::new(ctx, room_id, &timeline, &state, account_data)?,
+        ephemeral: Events { events: ephemeral },
+        summary: summary_json,
+        unread_notifications: unread,
+        unread_thread_notifications: threads,
+    };
+    raw_json(&section).map(Some)
 }
 
 /// `rooms.leave.{roomId}`: the timeline up to the leave, and the state then.
@@ -727,20 +861,22 @@ fn left_room(
     room: &Room,
     record: &MembershipRecord,
     data: &[AccountData],
-) -> MatrixResult<Option<Value>> {
+) -> MatrixResult<Option<Box<RawValue>>> {
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
     if record.last_join_pos == 0 {
         // A rejected invite or knock: the user never saw the room, so only their leave.
-        let leave = store
-            .event_by_id(&record.event_id)?
-            .map(|e| ctx.render(&e, room_id))
-            .transpose()?;
-        return Ok(Some(json!({
-            "timeline": { "events": leave.into_iter().collect::<Vec<_>>(), "limited": false },
-            "state": { "events": [] },
-            "account_data": { "events": [] },
-        })));
+        let leave: Vec<StoredEvent> = store.event_by_id(&record.event_id)?.into_iter().collect();
+        return raw_json(&LeftRoomJson {
+            timeline: TimelineJson {
+                events: ctx.render_all(&leave, room_id)?,
+                limited: false,
+                prev_batch: None,
+            },
+            state: Events { events: Vec::new() },
+            account_data: Events { events: Vec::new() },
+        })
+        .map(Some);
     }
     let timeline = timeline(ctx, room, record, ctx.since, record.pos)?;
     let start = match timeline.events.first() {
@@ -759,15 +895,14 @@ fn left_room(
         .iter()
         .map(|d| json!({ "type": d.kind, "content": d.content }))
         .collect();
-    Ok(Some(json!({
-        "timeline": {
-            "events": timeline.events.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()?,
-            "limited": timeline.limited,
-            "prev_batch": tokens::token(timeline.prev_batch),
-        },
-        "state": { "events": state.iter().map(|e| ctx.render(e, room_id)).collect::<MatrixResult<Vec<_>>>()? },
-        "account_data": { "events": account_data },
-    })))
+    raw_json(&LeftRoomJson::new(
+        ctx,
+        room_id,
+        &timeline,
+        &state,
+        account_data,
+    )?)
+    .map(Some)
 }
 
 /// Typing and receipts that changed (all of them in a full sync).
@@ -813,26 +948,27 @@ fn summary<'e>(
             .and_then(Value::as_str)
             .is_some_and(|s| !s.is_empty())
     };
-    let members: Vec<StoredEvent> = match known {
+    let current;
+    let members: Vec<&StoredEvent> = match known {
         Some(events) => {
             // The latest of each state key among the events given (timeline after state).
-            let mut latest: BTreeMap<(String, String), StoredEvent> = BTreeMap::new();
+            let mut latest: BTreeMap<(&str, &str), &StoredEvent> = BTreeMap::new();
             for event in events {
                 if let Some(key) = event.state_key() {
-                    latest.insert((event.kind().to_owned(), key.to_owned()), event.clone());
+                    latest.insert((event.kind(), key), event);
                 }
             }
             let named = latest.iter().any(|((kind, key), e)| {
                 key.is_empty()
-                    && ((kind == "m.room.name" && has(e, "name"))
-                        || (kind == "m.room.canonical_alias" && has(e, "alias")))
+                    && ((*kind == "m.room.name" && has(e, "name"))
+                        || (*kind == "m.room.canonical_alias" && has(e, "alias")))
             });
             if named {
                 return Ok(summary);
             }
             latest
                 .into_iter()
-                .filter(|((kind, _), _)| kind == "m.room.member")
+                .filter(|((kind, _), _)| *kind == "m.room.member")
                 .map(|(_, e)| e)
                 .collect()
         }
@@ -845,13 +981,14 @@ fn summary<'e>(
             if named("m.room.name", "name")? || named("m.room.canonical_alias", "alias")? {
                 return Ok(summary);
             }
-            store.state_events(snapshot, Some("m.room.member"))?
+            current = store.state_events(snapshot, Some("m.room.member"))?;
+            current.iter().collect()
         }
     };
     // Spec: heroes are joined or invited members other than the user, in stream order;
     // if there are none, members who left.
     let mut ordered: BTreeMap<(u8, u64), String> = BTreeMap::new();
-    for member in &members {
+    for member in members {
         let Some(user) = member.state_key() else {
             continue;
         };
