@@ -34,10 +34,12 @@ pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], S
 
 /// The event id of `event` (rooms v4+): `$` + URL-safe unpadded base64 of the reference hash.
 pub fn event_id(event: &Value, version: RoomVersion) -> Result<String, SignatureError> {
-    Ok(format!(
-        "${}",
-        base64::encode_url_safe(reference_hash(event, version)?)
-    ))
+    Ok(event_id_of_hash(reference_hash(event, version)?))
+}
+
+/// The event id of a reference hash.
+pub fn event_id_of_hash(hash: [u8; 32]) -> String {
+    format!("${}", base64::encode_url_safe(hash))
 }
 
 /// The room id a v12 create event defines: its event id with the `!` sigil.
@@ -51,32 +53,31 @@ pub fn room_id_from_create_event(
     ))
 }
 
-/// Adds `hashes.sha256` and the server's signature over the redacted event, in place.
+/// Adds `hashes.sha256` and the server's signature over the redacted event, in place, and
+/// answers the event's reference hash: the signature covers the same bytes (the redacted
+/// event without `signatures` and `unsigned`), so they are built once for both.
 ///
-/// Spec: server-server API, "Signing events" (`hash_and_sign_event`).
+/// Spec: server-server API, "Signing events" (`hash_and_sign_event`), and room versions
+/// 4+, "Event IDs" (the reference hash).
 pub fn hash_and_sign_event(
     event: &mut Value,
     server_name: &str,
     key: &SigningKeyPair,
     version: RoomVersion,
-) -> Result<(), SignatureError> {
+) -> Result<[u8; 32], SignatureError> {
     let hash = content_hash(event)?;
     let object = event.as_object_mut().ok_or(SignatureError::NotAnObject)?;
     object.insert(
         "hashes".to_owned(),
         json!({ "sha256": base64::encode(hash) }),
     );
-    let mut redacted = redact(event, version);
-    signatures::sign_json(&mut redacted, server_name, key)?;
-    let signatures = redacted
-        .as_object_mut()
-        .and_then(|o| o.remove("signatures"))
-        .unwrap_or_else(|| json!({}));
-    event
-        .as_object_mut()
-        .ok_or(SignatureError::NotAnObject)?
-        .insert("signatures".to_owned(), signatures);
-    Ok(())
+    let redacted = redact(event, version);
+    let redacted = redacted.as_object().ok_or(SignatureError::NotAnObject)?;
+    let bytes = signatures::signed_bytes(redacted)?;
+    let signature = base64::encode(key.sign(&bytes));
+    let object = event.as_object_mut().ok_or(SignatureError::NotAnObject)?;
+    signatures::add_signature(object, server_name, key.key_id(), signature);
+    Ok(sha256(&bytes))
 }
 
 /// Whether `hashes.sha256` matches the event's content hash.

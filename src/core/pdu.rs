@@ -124,7 +124,7 @@ pub fn build(
         }
     }
     let mut pdu = Value::Object(pdu);
-    hash_and_sign_event(&mut pdu, server_name, key, version)
+    let reference_hash = hash_and_sign_event(&mut pdu, server_name, key, version)
         .map_err(|e| PduError::BadContent(e.to_string()))?;
     let size = canonical_json::to_canonical_bytes(&pdu)
         .map_err(|e| PduError::BadContent(e.to_string()))?
@@ -132,8 +132,7 @@ pub fn build(
     if size > MAX_PDU_BYTES {
         return Err(PduError::TooLarge(size));
     }
-    let event_id =
-        event_hashes::event_id(&pdu, version).map_err(|e| PduError::BadContent(e.to_string()))?;
+    let event_id = event_hashes::event_id_of_hash(reference_hash);
     Ok(BuiltPdu { event_id, pdu })
 }
 

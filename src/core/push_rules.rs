@@ -233,6 +233,45 @@ pub struct PushContext<'a> {
     pub notification_levels: Option<&'a Map<String, Value>>,
 }
 
+/// An event about to be evaluated against many users' rules: what every evaluation reads
+/// of it is worked out once.
+#[derive(Debug)]
+pub struct PushEvent<'e> {
+    pdu: &'e Value,
+    sender: Option<&'e str>,
+    /// `type`, which most predefined rules test.
+    kind: Option<&'e Value>,
+    /// `content.body` lowercased, as characters (the globs of content rules, display names
+    /// and `@room` all run over it).
+    body: Option<Vec<char>>,
+}
+
+impl<'e> PushEvent<'e> {
+    /// Prepares `pdu` for evaluation.
+    pub fn new(pdu: &'e Value) -> Self {
+        let body = pdu
+            .pointer("/content/body")
+            .and_then(Value::as_str)
+            .map(|body| body.to_lowercase().chars().collect());
+        Self {
+            pdu,
+            sender: str_at(pdu, "sender"),
+            kind: pdu.get("type"),
+            body,
+        }
+    }
+}
+
+impl<'e> PushEvent<'e> {
+    /// The property at a dotted `key` (see [`property`]).
+    fn property(&self, key: &str) -> Option<&'e Value> {
+        if key == "type" {
+            return self.kind;
+        }
+        property(self.pdu, key)
+    }
+}
+
 /// The rule that applies to `event` for `ctx.user_id`: the first enabled rule that matches,
 /// kinds in the order override, content, room, sender, underride. `None` when no rule
 /// matches, and for the user's own events. Spec: "Push Rules": "Disabled rules never
@@ -240,10 +279,10 @@ pub struct PushContext<'a> {
 /// sent themselves."
 pub fn evaluate<'r>(
     ruleset: &'r Ruleset,
-    event: &Value,
+    event: &PushEvent<'_>,
     ctx: &PushContext<'_>,
 ) -> Option<&'r PushRule> {
-    if str_at(event, "sender") == Some(ctx.user_id) {
+    if event.sender == Some(ctx.user_id) {
         return None;
     }
     for kind in RuleKind::ALL {
@@ -291,54 +330,66 @@ fn str_at<'e>(event: &'e Value, key: &str) -> Option<&'e str> {
     event.get(key).and_then(Value::as_str)
 }
 
-fn rule_matches(kind: RuleKind, rule: &PushRule, event: &Value, ctx: &PushContext<'_>) -> bool {
+fn rule_matches(
+    kind: RuleKind,
+    rule: &PushRule,
+    event: &PushEvent<'_>,
+    ctx: &PushContext<'_>,
+) -> bool {
     match kind {
         RuleKind::Override | RuleKind::Underride => rule
             .conditions
             .iter()
             .flatten()
             .all(|condition| condition_matches(condition, event, ctx)),
-        RuleKind::Content => {
-            let body = event.pointer("/content/body").and_then(Value::as_str);
-            match (&rule.pattern, body) {
-                (Some(pattern), Some(body)) => glob_matches(&glob_tokens(pattern), body, true),
-                _ => false,
-            }
-        }
-        RuleKind::Room => str_at(event, "room_id") == Some(rule.rule_id.as_str()),
-        RuleKind::Sender => str_at(event, "sender") == Some(rule.rule_id.as_str()),
+        RuleKind::Content => match (&rule.pattern, &event.body) {
+            (Some(pattern), Some(body)) => matches_words(pattern, body, false),
+            _ => false,
+        },
+        RuleKind::Room => str_at(event.pdu, "room_id") == Some(rule.rule_id.as_str()),
+        RuleKind::Sender => event.sender == Some(rule.rule_id.as_str()),
     }
 }
 
-fn condition_matches(condition: &PushCondition, event: &Value, ctx: &PushContext<'_>) -> bool {
+fn condition_matches(
+    condition: &PushCondition,
+    event: &PushEvent<'_>,
+    ctx: &PushContext<'_>,
+) -> bool {
     match condition {
         PushCondition::EventMatch { key, pattern } => {
-            let Some(value) = property(event, key).and_then(Value::as_str) else {
-                return false;
-            };
             // "As a special case, if `key` is `content.body`, then `pattern` must instead
             // match any substring of the value ... which starts and ends at a word boundary."
-            let words = key == "content.body";
-            if !words && !pattern.contains(['*', '?']) {
+            if key == "content.body" {
+                return event
+                    .body
+                    .as_ref()
+                    .is_some_and(|body| matches_words(pattern, body, false));
+            }
+            let Some(value) = event.property(key).and_then(Value::as_str) else {
+                return false;
+            };
+            if !pattern.contains(['*', '?']) {
                 // A literal pattern matching the whole value (most of the predefined
                 // rules): no glob machinery, no allocation for ASCII.
                 return literal_eq(pattern, value);
             }
-            glob_matches(&glob_tokens(pattern), value, words)
+            let text: Vec<char> = value.to_lowercase().chars().collect();
+            glob_matches(&glob_tokens(pattern), &text, false)
         }
         // `value` is non-compound (checked on parsing), so equality is the exact match;
         // serde_json keeps integers and floats apart ("do not cast types").
         PushCondition::EventPropertyIs { key, value } => {
-            property(event, key).is_some_and(|found| found == value)
+            event.property(key).is_some_and(|found| found == value)
         }
-        PushCondition::EventPropertyContains { key, value } => property(event, key)
+        PushCondition::EventPropertyContains { key, value } => event
+            .property(key)
             .and_then(Value::as_array)
             .is_some_and(|items| items.iter().any(|item| item == value)),
         PushCondition::ContainsDisplayName => {
             let name = ctx.display_name.filter(|name| !name.is_empty());
-            let body = event.pointer("/content/body").and_then(Value::as_str);
-            match (name, body) {
-                (Some(name), Some(body)) => glob_matches(&literal_tokens(name), body, true),
+            match (name, &event.body) {
+                (Some(name), Some(body)) => matches_words(name, body, true),
                 _ => false,
             }
         }
@@ -371,34 +422,64 @@ fn is_scalar(value: &Value) -> bool {
 /// separates names, `\.` and `\\` are a literal dot and backslash, and any other `\x` is
 /// kept as it is. Arrays are not indexed.
 fn property<'e>(event: &'e Value, key: &str) -> Option<&'e Value> {
-    if !key.contains('\\') {
-        // No escapes: walk the path without building it (the common case, per event and
-        // member).
-        return key
-            .split('.')
-            .try_fold(event, |value, name| value.get(name));
-    }
-    let mut names = Vec::new();
-    let mut name = String::new();
-    let mut chars = key.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(escaped @ ('.' | '\\')) => name.push(escaped),
-                Some(other) => {
-                    name.push('\\');
-                    name.push(other);
-                }
-                None => name.push('\\'),
-            },
-            '.' => names.push(std::mem::take(&mut name)),
-            c => name.push(c),
+    path_segments(key).try_fold(event, |value, segment| {
+        if !segment.contains('\\') {
+            return value.get(segment);
         }
-    }
-    names.push(name);
-    names
-        .iter()
-        .try_fold(event, |value, name| value.get(name.as_str()))
+        // An escaped name: compared as it reads unescaped, without building it (this runs
+        // per event and member).
+        value
+            .as_object()?
+            .iter()
+            .find(|(name, _)| unescaped(segment).eq(name.chars()))
+            .map(|(_, found)| found)
+    })
+}
+
+/// The names of a dotted path, still escaped: split at each `.` that no `\` escapes.
+fn path_segments(key: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(key);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let mut escaped = false;
+        for (i, c) in text.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '.' => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(&text[..i]);
+                }
+                _ => {}
+            }
+        }
+        rest = None;
+        Some(text)
+    })
+}
+
+/// The characters of an escaped name: `\.` and `\\` are a dot and a backslash, any other
+/// `\x` stays as it is.
+fn unescaped(segment: &str) -> impl Iterator<Item = char> + '_ {
+    let mut chars = segment.chars();
+    let mut pending = None;
+    std::iter::from_fn(move || {
+        if let Some(c) = pending.take() {
+            return Some(c);
+        }
+        let c = chars.next()?;
+        if c != '\\' {
+            return Some(c);
+        }
+        match chars.next() {
+            Some(escaped @ ('.' | '\\')) => Some(escaped),
+            Some(other) => {
+                pending = Some(other);
+                Some('\\')
+            }
+            None => Some('\\'),
+        }
+    })
 }
 
 /// Spec: "`room_member_count`": a decimal integer "optionally prefixed by one of, `==`, `<`,
@@ -451,8 +532,45 @@ fn glob_tokens(pattern: &str) -> Vec<Token> {
         .collect()
 }
 
-fn literal_tokens(text: &str) -> Vec<Token> {
-    text.to_lowercase().chars().map(Token::Char).collect()
+/// Whether `pattern` (a glob, or taken literally) matches a run of words of `body` (already
+/// lowercased). A pattern without wildcards, the usual case (a user name, a display name,
+/// `@room`), is searched for directly, without building the glob's states.
+fn matches_words(pattern: &str, body: &[char], literal: bool) -> bool {
+    if !literal && pattern.contains(['*', '?']) {
+        return glob_matches(&glob_tokens(pattern), body, true);
+    }
+    // An ASCII pattern is compared byte by byte, lowercased on the way; others once
+    // lowercased like the body.
+    let lowered: Vec<char> = if pattern.is_ascii() {
+        Vec::new()
+    } else {
+        pattern.to_lowercase().chars().collect()
+    };
+    let len = if lowered.is_empty() {
+        pattern.len()
+    } else {
+        lowered.len()
+    };
+    if len == 0 {
+        return glob_matches(&[], body, true);
+    }
+    let equal = |slice: &[char]| {
+        if lowered.is_empty() {
+            slice
+                .iter()
+                .zip(pattern.bytes())
+                .all(|(c, b)| *c == char::from(b.to_ascii_lowercase()))
+        } else {
+            slice == lowered.as_slice()
+        }
+    };
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    (0..=body.len().saturating_sub(len)).any(|i| {
+        i + len <= body.len()
+            && (i == 0 || !is_word(body[i - 1]))
+            && (i + len == body.len() || !is_word(body[i + len]))
+            && equal(&body[i..i + len])
+    })
 }
 
 /// Whether `pattern` matches all of `value` or, with `words`, some substring of it that
@@ -461,8 +579,7 @@ fn literal_tokens(text: &str) -> Vec<Token> {
 /// both sides (the spec leaves "case insensitive" to the homeserver). Runs the pattern as
 /// a set of states over the characters, so the cost is O(value × pattern), with no
 /// backtracking however many `*` there are.
-fn glob_matches(pattern: &[Token], value: &str, words: bool) -> bool {
-    let text: Vec<char> = value.to_lowercase().chars().collect();
+fn glob_matches(pattern: &[Token], text: &[char], words: bool) -> bool {
     let is_word = |i: usize| {
         text.get(i)
             .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')

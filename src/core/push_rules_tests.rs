@@ -38,9 +38,14 @@ fn message(body: &str) -> Value {
 
 /// The id of the rule that applies ("" for none) and what its actions ask for.
 fn apply(ruleset: &Ruleset, event: &Value, ctx: &PushContext<'_>) -> (String, Outcome) {
-    evaluate(ruleset, event, ctx).map_or((String::new(), Outcome::default()), |rule| {
-        (rule.rule_id.clone(), outcome(&rule.actions))
-    })
+    evaluate(ruleset, &PushEvent::new(event), ctx)
+        .map_or((String::new(), Outcome::default()), |rule| {
+            (rule.rule_id.clone(), outcome(&rule.actions))
+        })
+}
+
+fn matches(condition: &PushCondition, event: &Value, ctx: &PushContext<'_>) -> bool {
+    condition_matches(condition, &PushEvent::new(event), ctx)
 }
 
 fn applied(rule_id: &str, outcome: Outcome) -> (String, Outcome) {
@@ -89,7 +94,7 @@ fn own_events_never_notify() {
     let rules = default_ruleset(ALICE);
     let mut own = message("hi");
     own["sender"] = json!(ALICE);
-    assert_eq!(evaluate(&rules, &own, &ctx(2)), None);
+    assert_eq!(evaluate(&rules, &PushEvent::new(&own), &ctx(2)), None);
 }
 
 #[test]
@@ -292,36 +297,26 @@ fn event_match_globs_whole_values_and_body_words() {
     let topic = |value: Value| event("m.room.topic", json!({"topic": value}));
     let lunch = event_match("content.topic", "lunc?*");
     for value in ["Lunch plans", "LUNCH"] {
-        assert!(
-            condition_matches(&lunch, &topic(json!(value)), &ctx(2)),
-            "{value}"
-        );
+        assert!(matches(&lunch, &topic(json!(value)), &ctx(2)), "{value}");
     }
     for value in [json!(" lunch"), json!("lunc"), Value::Null] {
-        assert!(
-            !condition_matches(&lunch, &topic(value.clone()), &ctx(2)),
-            "{value}"
-        );
+        assert!(!matches(&lunch, &topic(value.clone()), &ctx(2)), "{value}");
     }
     let example = event_match("content.body", "ex*ple");
     for body in ["An example event.", "exple", "An exciting triple-whammy"] {
-        assert!(
-            condition_matches(&example, &message(body), &ctx(2)),
-            "{body}"
-        );
+        assert!(matches(&example, &message(body), &ctx(2)), "{body}");
     }
-    assert!(!condition_matches(
-        &example,
-        &message("counterexamples"),
-        &ctx(2)
-    ));
+    assert!(!matches(&example, &message("counterexamples"), &ctx(2)));
     let any = event_match("content.missing", "*");
-    assert!(!condition_matches(&any, &message("hi"), &ctx(2)));
+    assert!(!matches(&any, &message("hi"), &ctx(2)));
 }
 
 #[test]
 fn glob_stars_and_question_marks() {
-    let glob = |pattern: &str, value: &str| glob_matches(&glob_tokens(pattern), value, false);
+    let glob = |pattern: &str, value: &str| {
+        let text: Vec<char> = value.to_lowercase().chars().collect();
+        glob_matches(&glob_tokens(pattern), &text, false)
+    };
     assert!(glob("*", ""));
     assert!(glob("a*b*c", "aXXbYYc"));
     assert!(glob("a**c", "ac"));
@@ -356,23 +351,19 @@ fn dotted_keys_escape_dots_and_backslashes() {
 fn event_property_is_matches_exact_scalars() {
     let create = |federate: Value| event("m.room.create", json!({"m.federate": federate}));
     let federate = property_is(r"content.m\.federate", json!(true));
-    assert!(condition_matches(&federate, &create(json!(true)), &ctx(2)));
+    assert!(matches(&federate, &create(json!(true)), &ctx(2)));
     for other in [json!("true"), json!(1), Value::Null, json!([true])] {
         assert!(
-            !condition_matches(&federate, &create(other.clone()), &ctx(2)),
+            !matches(&federate, &create(other.clone()), &ctx(2)),
             "{other}"
         );
     }
     let one = property_is("content.m\\.federate", json!(1));
-    assert!(condition_matches(&one, &create(json!(1)), &ctx(2)));
-    assert!(!condition_matches(&one, &create(json!(1.0)), &ctx(2)));
+    assert!(matches(&one, &create(json!(1)), &ctx(2)));
+    assert!(!matches(&one, &create(json!(1.0)), &ctx(2)));
     let null = property_is("content.m\\.federate", Value::Null);
-    assert!(condition_matches(&null, &create(Value::Null), &ctx(2)));
-    assert!(!condition_matches(
-        &null,
-        &event("m.room.create", json!({})),
-        &ctx(2)
-    ));
+    assert!(matches(&null, &create(Value::Null), &ctx(2)));
+    assert!(!matches(&null, &event("m.room.create", json!({})), &ctx(2)));
 }
 
 /// Spec: "Conditions", `event_property_contains`, the `alt_aliases` example.
@@ -387,16 +378,12 @@ fn event_property_contains_matches_array_items() {
         key: "content.alt_aliases".to_owned(),
         value: json!(value),
     };
-    assert!(condition_matches(
+    assert!(matches(
         &contains("#myroom:example.com"),
         &alias_event,
         &ctx(2)
     ));
-    assert!(!condition_matches(
-        &contains(":example.com"),
-        &alias_event,
-        &ctx(2)
-    ));
+    assert!(!matches(&contains(":example.com"), &alias_event, &ctx(2)));
 }
 
 #[test]
@@ -540,7 +527,7 @@ fn unknown_conditions_round_trip_and_never_match() {
     let raw = json!({"kind": "org.example.future", "x": 1});
     let unknown: PushCondition = serde_json::from_value(raw.clone()).unwrap();
     assert_eq!(serde_json::to_value(&unknown).unwrap(), raw);
-    assert!(!condition_matches(&unknown, &message("hi"), &ctx(2)));
+    assert!(!matches(&unknown, &message("hi"), &ctx(2)));
     assert!(serde_json::from_value::<PushCondition>(json!({"key": "type"})).is_err());
 }
 
@@ -625,4 +612,52 @@ fn rule_kinds_parse_their_wire_names() {
         assert_eq!(RuleKind::parse(kind.as_str()), Some(kind));
     }
     assert_eq!(RuleKind::parse("global"), None);
+}
+
+#[test]
+fn the_literal_word_search_agrees_with_the_glob() {
+    let bodies = [
+        "",
+        "alice",
+        "Alice!",
+        "hi alice smith, lunch?",
+        "malice",
+        "alice_x",
+        "x@room",
+        "ping @room now",
+        "ÉTÉ à la plage",
+        "été",
+        "a.b a-b",
+        "ΣΑΣ σας",
+    ];
+    let patterns = [
+        "alice",
+        "ALICE",
+        "Alice Smith",
+        "@room",
+        "été",
+        "Été",
+        "a.b",
+        "b",
+        "ΣΑΣ",
+        "smith,",
+        "lunch?",
+        "x",
+    ];
+    for body in bodies {
+        let text: Vec<char> = body.to_lowercase().chars().collect();
+        for pattern in patterns {
+            let lowered: Vec<Token> = pattern.to_lowercase().chars().map(Token::Char).collect();
+            assert_eq!(
+                matches_words(pattern, &text, true),
+                glob_matches(&lowered, &text, true),
+                "{pattern:?} in {body:?}"
+            );
+        }
+    }
+    // Wildcards are wildcards unless the pattern is taken literally (a display name).
+    let text: Vec<char> = "lunch? yes".chars().collect();
+    assert!(matches_words("lun*", &text, false));
+    assert!(!matches_words("lun*", &text, true));
+    assert!(matches_words("lunch?", &text, true));
 }

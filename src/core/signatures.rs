@@ -59,6 +59,18 @@ pub fn sign_json(
 ) -> Result<(), SignatureError> {
     let object = value.as_object_mut().ok_or(SignatureError::NotAnObject)?;
     let signature = base64::encode(key.sign(&signed_bytes(object)?));
+    add_signature(object, entity, key.key_id(), signature);
+    Ok(())
+}
+
+/// Puts `signature` under `signatures.<entity>.<key id>` of `object`, keeping the
+/// signatures already there (and replacing a malformed `signatures` member).
+pub fn add_signature(
+    object: &mut Map<String, Value>,
+    entity: &str,
+    key_id: &str,
+    signature: String,
+) {
     let signatures = object
         .entry("signatures")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -76,8 +88,7 @@ pub fn sign_json(
     by_entity
         .as_object_mut()
         .expect("entity entry was just made an object")
-        .insert(key.key_id().to_owned(), Value::String(signature));
-    Ok(())
+        .insert(key_id.to_owned(), Value::String(signature));
 }
 
 /// Checks that `entity` signed `value` with the key `key_id`, whose public half is `key`.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::Push;
-use crate::core::push_rules::{self, PushContext};
+use crate::core::push_rules::{self, PushContext, PushEvent};
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
@@ -110,6 +110,7 @@ impl NewEventHook for Push {
             .get("origin_server_ts")
             .and_then(Value::as_u64)
             .unwrap_or(0);
+        let prepared = PushEvent::new(event.pdu);
         for member in event.local_members {
             if member.user_id == sender {
                 continue;
@@ -122,7 +123,7 @@ impl NewEventHook for Push {
                 sender_power: event.power_levels.user(sender),
                 notification_levels: event.notification_levels,
             };
-            let Some(rule) = push_rules::evaluate(&ruleset, event.pdu, &ctx) else {
+            let Some(rule) = push_rules::evaluate(&ruleset, &prepared, &ctx) else {
                 continue;
             };
             let outcome = push_rules::outcome(&rule.actions);

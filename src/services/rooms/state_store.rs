@@ -122,11 +122,17 @@ impl StateDiff {
     }
 }
 
+/// Interned state keys kept in memory; the cache starts over when it reaches this size.
+const MAX_CACHED_STATE_KEYS: usize = 16_384;
+
 /// The state store.
 pub struct StateStore {
     db: Arc<Db>,
     next_short: AtomicU64,
     intern_lock: std::sync::Mutex<()>,
+    /// `(type, state_key)` bytes to short id, for keys already interned: an id never
+    /// changes once given, and every event sent looks up a few of them.
+    interned: std::sync::Mutex<HashMap<Vec<u8>, ShortStateKey>>,
 }
 
 fn state_key_bytes(event_type: &str, state_key: &str) -> Vec<u8> {
@@ -155,6 +161,7 @@ impl StateStore {
             db,
             next_short: AtomicU64::new(highest + 1),
             intern_lock: std::sync::Mutex::new(()),
+            interned: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -168,13 +175,30 @@ impl StateStore {
         event_type: &str,
         state_key: &str,
     ) -> MatrixResult<Option<ShortStateKey>> {
-        self.db
-            .get(
-                Table::StatekeyShortstatekey,
-                state_key_bytes(event_type, state_key),
-            )?
-            .map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short state key")))
-            .transpose()
+        let key = state_key_bytes(event_type, state_key);
+        if let Some(short) = self.interned_keys().get(&key) {
+            return Ok(Some(*short));
+        }
+        let Some(bytes) = self.db.get(Table::StatekeyShortstatekey, &key)? else {
+            return Ok(None);
+        };
+        let short = keys::read_u64(&bytes).ok_or_else(|| corrupt("short state key"))?;
+        self.remember_key(key, short);
+        Ok(Some(short))
+    }
+
+    fn interned_keys(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, ShortStateKey>> {
+        self.interned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember_key(&self, key: Vec<u8>, short: ShortStateKey) {
+        let mut cache = self.interned_keys();
+        if cache.len() >= MAX_CACHED_STATE_KEYS {
+            cache.clear();
+        }
+        cache.insert(key, short);
     }
 
     /// The short id of `(type, state_key)`, interning it if new (see the module docs on
