@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::aggregates::Aggregates;
 use super::event_store::{EventStore, StoredEvent};
-use crate::error::MatrixResult;
+use crate::error::{MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::services::records::decode;
 use crate::storage::{keys, Table};
@@ -61,9 +61,6 @@ impl<'e> ClientEventView<'e> {
     }
 }
 
-/// The PDU's fields a client event carries.
-const CLIENT_FIELDS: [&str; 5] = ["content", "origin_server_ts", "sender", "type", "state_key"];
-
 impl Serialize for ClientEventView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let event = self.event;
@@ -101,7 +98,8 @@ fn redacts(event: &StoredEvent) -> Option<&Value> {
 }
 
 /// `event` as a `Value`, with bundles or without (events inside a bundle, and the
-/// redaction inside `redacted_because`, come without bundles of their own).
+/// redaction inside `redacted_because`, come without bundles of their own). Written from
+/// the same view `/sync` serializes, so only the content is parsed, not the whole PDU.
 fn render(
     store: &EventStore,
     event: &StoredEvent,
@@ -109,21 +107,12 @@ fn render(
     viewer: Option<Viewer<'_>>,
     with_bundle: bool,
 ) -> MatrixResult<Value> {
-    let pdu = event.pdu();
-    let mut out = Map::new();
-    for key in CLIENT_FIELDS {
-        if let Some(v) = pdu.get(key) {
-            out.insert(key.into(), v.clone());
-        }
-    }
-    out.insert("event_id".into(), json!(event.event_id));
-    out.insert("room_id".into(), json!(room_id));
-    if let Some(target) = redacts(event) {
-        out.insert("redacts".into(), target.clone());
-    }
-    let unsigned = unsigned(store, event, room_id, viewer, with_bundle)?;
-    out.insert("unsigned".into(), Value::Object(unsigned));
-    Ok(Value::Object(out))
+    let view = ClientEventView {
+        event,
+        room_id,
+        unsigned: unsigned(store, event, room_id, viewer, with_bundle)?,
+    };
+    serde_json::to_value(view).map_err(|e| MatrixError::internal(format!("client event: {e}")))
 }
 
 /// The `unsigned` section: `age`, `prev_content`, `replaces_state` and `prev_sender`
