@@ -539,23 +539,23 @@ fn matches_words(pattern: &str, body: &[char], literal: bool) -> bool {
     if !literal && pattern.contains(['*', '?']) {
         return glob_matches(&glob_tokens(pattern), body, true);
     }
-    // An ASCII pattern is compared byte by byte, lowercased on the way; others once
-    // lowercased like the body.
-    let lowered: Vec<char> = if pattern.is_ascii() {
+    if pattern.is_empty() {
+        return glob_matches(&[], body, true);
+    }
+    // An ASCII pattern is compared byte by byte, lowercased on the way; another is
+    // lowercased once, like the body.
+    let ascii = pattern.is_ascii();
+    let lowered: Vec<char> = if ascii {
         Vec::new()
     } else {
         pattern.to_lowercase().chars().collect()
     };
-    let len = if lowered.is_empty() {
-        pattern.len()
-    } else {
-        lowered.len()
-    };
-    if len == 0 {
-        return glob_matches(&[], body, true);
+    let len = if ascii { pattern.len() } else { lowered.len() };
+    if len > body.len() {
+        return false;
     }
     let equal = |slice: &[char]| {
-        if lowered.is_empty() {
+        if ascii {
             slice
                 .iter()
                 .zip(pattern.bytes())
@@ -565,18 +565,18 @@ fn matches_words(pattern: &str, body: &[char], literal: bool) -> bool {
         }
     };
     let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    (0..=body.len().saturating_sub(len)).any(|i| {
-        i + len <= body.len()
-            && (i == 0 || !is_word(body[i - 1]))
+    (0..=body.len() - len).any(|i| {
+        (i == 0 || !is_word(body[i - 1]))
             && (i + len == body.len() || !is_word(body[i + len]))
             && equal(&body[i..i + len])
     })
 }
 
-/// Whether `pattern` matches all of `value` or, with `words`, some substring of it that
+/// Whether `pattern` matches all of `text` or, with `words`, some substring of it that
 /// starts and ends at a word boundary ("the start or end of the value, or any character
-/// not in the sets `[A-Z]`, `[a-z]`, `[0-9]` or `_`"). Case-insensitive by lowercasing
-/// both sides (the spec leaves "case insensitive" to the homeserver). Runs the pattern as
+/// not in the sets `[A-Z]`, `[a-z]`, `[0-9]` or `_`"). Case-insensitive because both sides
+/// come lowercased: the tokens by [`glob_tokens`], the text by the caller (the spec leaves
+/// "case insensitive" to the homeserver). Runs the pattern as
 /// a set of states over the characters, so the cost is O(value × pattern), with no
 /// backtracking however many `*` there are.
 fn glob_matches(pattern: &[Token], text: &[char], words: bool) -> bool {

@@ -15,6 +15,7 @@ use crate::services::records::decode;
 use crate::services::stream::StreamPositions;
 use crate::storage::{keys, Db, Table};
 
+use super::stored_event;
 pub use super::stored_event::StoredEvent;
 
 /// An event's id, content and sender, without the rest of its PDU.
@@ -192,7 +193,7 @@ impl EventStore {
     /// nothing else of it is kept.
     pub fn content_str(&self, short: ShortEventId, field: &str) -> MatrixResult<Option<String>> {
         use serde_json::value::RawValue;
-        type Fields<'a> = HashMap<std::borrow::Cow<'a, str>, &'a RawValue>;
+        type Fields<'a> = HashMap<String, &'a RawValue>;
         #[derive(serde::Deserialize)]
         struct Pdu<'a> {
             #[serde(borrow)]
@@ -213,24 +214,28 @@ impl EventStore {
     /// The id, content and sender of a stored event: its PDU is read without the
     /// metadata, and only those fields are kept (for `unsigned.prev_content`).
     pub fn content_and_sender(&self, short: ShortEventId) -> MatrixResult<EventSummary> {
+        use serde_json::value::RawValue;
         #[derive(serde::Deserialize)]
-        struct Pdu {
-            #[serde(default)]
-            content: Option<Value>,
-            #[serde(default)]
-            sender: String,
+        struct Pdu<'a> {
+            #[serde(borrow)]
+            content: Option<&'a RawValue>,
+            #[serde(borrow)]
+            sender: Option<&'a RawValue>,
         }
         let bytes = self
             .db
             .get(Table::ShorteventidPdu, short.to_be_bytes())?
             .ok_or_else(|| corrupt("event without PDU"))?;
-        let pdu: Pdu = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
+        let pdu: Pdu<'_> = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
+        // Read as leniently as a parsed PDU was: a sender that is not a string counts as "".
+        let content = match pdu.content {
+            Some(raw) => serde_json::from_str(raw.get()).map_err(|_| corrupt("PDU JSON"))?,
+            None => Value::Object(Default::default()),
+        };
         Ok(EventSummary {
             event_id: self.state.event_id_of(short)?,
-            content: pdu
-                .content
-                .unwrap_or_else(|| Value::Object(Default::default())),
-            sender: pdu.sender,
+            content,
+            sender: stored_event::string(pdu.sender).unwrap_or_default(),
         })
     }
 

@@ -220,6 +220,7 @@ impl StateStore {
         batch.put(Table::StatekeyShortstatekey, &key, short.to_be_bytes());
         batch.put(Table::ShortstatekeyStatekey, short.to_be_bytes(), &key);
         self.db.write_relaxed(batch)?;
+        self.remember_key(key, short);
         Ok(short)
     }
 

@@ -34,7 +34,7 @@ pub struct StoredEvent {
 }
 
 /// The fields taken out at load.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Head {
     kind: String,
     sender: String,
@@ -60,7 +60,7 @@ struct HeadFields<'a> {
 }
 
 /// A JSON string field; anything else counts as absent, as it did for a parsed PDU.
-fn string(raw: Option<&RawValue>) -> Option<String> {
+pub(super) fn string(raw: Option<&RawValue>) -> Option<String> {
     raw.and_then(|r| serde_json::from_str(r.get()).ok())
 }
 
@@ -79,6 +79,10 @@ impl StoredEvent {
         meta: EventMeta,
     ) -> Option<Self> {
         let json = String::from_utf8(json).ok()?.into_boxed_str();
+        // A struct would also be read from a JSON array; a PDU is an object.
+        if !json.trim_start().starts_with('{') {
+            return None;
+        }
         let fields: HeadFields<'_> = serde_json::from_str(&json).ok()?;
         let start = json.as_ptr() as usize;
         let head = Head {
@@ -89,10 +93,12 @@ impl StoredEvent {
                 .origin_server_ts
                 .and_then(|r| serde_json::from_str(r.get()).ok())
                 .unwrap_or(0),
-            // The content borrows from `json`: its offset is where it sits in the text.
-            content: fields.content.map(|c| {
-                let offset = c.get().as_ptr() as usize - start;
-                offset..offset + c.get().len()
+            // The content borrows from `json`: its offset is where it sits in the text
+            // (checked, so a copy instead of a borrow would only cost a full parse later).
+            content: fields.content.and_then(|c| {
+                let offset = (c.get().as_ptr() as usize).checked_sub(start)?;
+                let range = offset..offset + c.get().len();
+                (json.get(range.clone()) == Some(c.get())).then_some(range)
             }),
         };
         Some(Self {
@@ -243,7 +249,14 @@ mod tests {
         assert_eq!(event.state_key(), None);
         assert_eq!(event.origin_server_ts(), 0);
         assert_eq!(event.content(), &json!("x"));
-        for bad in [&b"[1,2]"[..], b"not json", b"{\"type\":", &[0xff, 0xfe]] {
+        let array = b"[null, null, null, null, null]";
+        for bad in [
+            &b"[1,2]"[..],
+            array,
+            b"not json",
+            b"{\"type\":",
+            &[0xff, 0xfe],
+        ] {
             assert!(StoredEvent::from_json(1, "$e".into(), bad.to_vec(), meta()).is_none());
         }
     }

@@ -14,8 +14,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
-
 use super::event_store::{EventStore, Room, StoredEvent};
 use super::records::MembershipRecord;
 use super::state_store::{ShortEventId, ShortStateHash, ShortStateKey};
@@ -65,8 +63,8 @@ pub struct VisibilityCheck<'a> {
     member_key: Option<Option<ShortStateKey>>,
     visibility_at: HashMap<ShortStateHash, HistoryVisibility>,
     membership_at: HashMap<ShortStateHash, Option<Membership>>,
-    /// Contents already read, by event: the field this check needed from each.
-    fields: HashMap<ShortEventId, Option<String>>,
+    /// Content fields already read, by event and field name.
+    fields: HashMap<(ShortEventId, &'static str), Option<String>>,
 }
 
 /// The short id of `(kind, state_key)`, looked up once into `cache`.
@@ -102,7 +100,7 @@ impl<'a> VisibilityCheck<'a> {
         &mut self,
         snapshot: ShortStateHash,
         key: Option<ShortStateKey>,
-        field: &str,
+        field: &'static str,
     ) -> MatrixResult<Option<String>> {
         let Some(key) = key else {
             return Ok(None);
@@ -110,11 +108,11 @@ impl<'a> VisibilityCheck<'a> {
         let Some(event) = self.store.state().get(snapshot, key)? else {
             return Ok(None);
         };
-        if let Some(value) = self.fields.get(&event) {
+        if let Some(value) = self.fields.get(&(event, field)) {
             return Ok(value.clone());
         }
         let value = self.store.content_str(event, field)?;
-        self.fields.insert(event, value.clone());
+        self.fields.insert((event, field), value.clone());
         Ok(value)
     }
 
@@ -193,13 +191,7 @@ impl<'a> VisibilityCheck<'a> {
 
     /// Whether the room's current history visibility is `world_readable`.
     pub fn world_readable(store: &EventStore, room: &Room) -> MatrixResult<bool> {
-        Ok(store
-            .state_event(room.record.state, "m.room.history_visibility", "")?
-            .is_some_and(|e| {
-                e.content()
-                    .get("history_visibility")
-                    .and_then(Value::as_str)
-                    == Some("world_readable")
-            }))
+        let mut check = VisibilityCheck::new(store, "", None);
+        Ok(check.visibility(room.record.state)? == HistoryVisibility::WorldReadable)
     }
 }

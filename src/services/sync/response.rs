@@ -193,7 +193,7 @@ fn raw_json(value: &impl Serialize) -> MatrixResult<Box<RawValue>> {
 #[derive(Debug)]
 pub struct SyncResponse {
     /// Every member but `rooms`.
-    pub fields: Map<String, Value>,
+    fields: Map<String, Value>,
     /// `rooms.{join,invite,knock,leave}`: room id to its section.
     rooms: BTreeMap<&'static str, BTreeMap<String, Box<RawValue>>>,
 }
@@ -414,7 +414,7 @@ pub fn build(
 }
 
 /// Members every answer carries for the syncing device, news or not.
-pub const ALWAYS_PRESENT: &[&str] = &[
+const ALWAYS_PRESENT: &[&str] = &[
     "next_batch",
     "device_one_time_keys_count",
     "device_unused_fallback_key_types",
