@@ -529,6 +529,15 @@ async fn cross_signing_signatures_with_a_bad_signature_are_refused() {
             .is_string(),
         "{seen}"
     );
+    // Merged with the device's own signatures as uploaded, not instead of them.
+    let own_signatures =
+        &seen["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id];
+    assert_eq!(own_signatures["ed25519:EXTRA"], "c2lnbmF0dXJl", "{seen}");
+    assert_eq!(
+        own_signatures[format!("ed25519:{}", alice.device_id)],
+        resigned["signatures"][&alice.user_id][format!("ed25519:{}", alice.device_id)],
+        "{seen}"
+    );
     assert_eq!(
         seen["master_keys"][&alice.user_id]["keys"],
         CrossSigning::key(&alice.user_id, &alice_keys.master, "master", None)["keys"]

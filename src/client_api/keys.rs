@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::core::UserId;
@@ -17,6 +17,7 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{Authed, JsonBody, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::cross_signing::CrossSigningUpload;
+use crate::services::accounts::device_keys::QueriedDeviceKeys;
 use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES};
 
 /// `POST /keys/upload` body.
@@ -91,7 +92,7 @@ pub async fn query(
     State(services): State<AppState>,
     Authed(session): Authed,
     JsonBody(body): JsonBody<QueryBody>,
-) -> MatrixResult<Json<Value>> {
+) -> MatrixResult<Json<QueryAnswer>> {
     let entries: usize = body.device_keys.values().map(|d| d.len().max(1)).sum();
     if entries > MAX_KEYS_REQUEST_ENTRIES {
         return Err(MatrixError::invalid_param(format!(
@@ -116,13 +117,25 @@ pub async fn query(
     })
     .await
     .map_err(MatrixError::internal)??;
-    Ok(Json(json!({
-        "device_keys": found.device_keys,
-        "master_keys": found.master_keys,
-        "self_signing_keys": found.self_signing_keys,
-        "user_signing_keys": found.user_signing_keys,
-        "failures": failures,
-    })))
+    // Written out from what was found, not through `json!`, which would serialize a copy
+    // of every key.
+    Ok(Json(QueryAnswer {
+        device_keys: found.device_keys,
+        master_keys: found.master_keys,
+        self_signing_keys: found.self_signing_keys,
+        user_signing_keys: found.user_signing_keys,
+        failures,
+    }))
+}
+
+/// `POST /keys/query` answer.
+#[derive(Serialize)]
+pub struct QueryAnswer {
+    device_keys: BTreeMap<String, BTreeMap<String, QueriedDeviceKeys>>,
+    master_keys: Map<String, Value>,
+    self_signing_keys: Map<String, Value>,
+    user_signing_keys: Map<String, Value>,
+    failures: Map<String, Value>,
 }
 
 /// `POST /keys/claim` body.

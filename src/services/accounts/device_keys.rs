@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::cross_signing::UploadedSignatures;
@@ -542,7 +543,7 @@ impl Accounts {
         user_id: &str,
         device_ids: &[String],
         signatures: &UploadedSignatures,
-    ) -> MatrixResult<Map<String, Value>> {
+    ) -> MatrixResult<BTreeMap<String, QueriedDeviceKeys>> {
         let prefix = keys::prefix(user_id.as_bytes());
         let mut found: Vec<(String, Vec<u8>)> = Vec::new();
         if device_ids.is_empty() {
@@ -566,28 +567,31 @@ impl Accounts {
             }
         }
         if found.is_empty() {
-            return Ok(Map::new());
+            return Ok(BTreeMap::new());
         }
         let names = self.db.multi_get(
             Table::UseridDeviceidDevice,
             found.iter().map(|(d, _)| device_key(user_id, d)),
         )?;
-        let mut out = Map::new();
+        let mut out = BTreeMap::new();
         for ((device_id, bytes), device) in found.into_iter().zip(names) {
             // A device deleted between the two reads: its keys are going too.
             let Some(device) = device else { continue };
             let device: super::records::Device = decode(Table::UseridDeviceidDevice, &device)?;
-            let mut keys: Value = decode(Table::UseridDeviceidDevicekeys, &bytes)?;
-            if let Some(extra) = signatures.get(&device_id) {
-                add_signatures(&mut keys, extra);
-            }
-            if let Some(object) = keys.as_object_mut() {
-                let mut unsigned = Map::new();
-                if let Some(name) = device.display_name {
-                    unsigned.insert("device_display_name".into(), json!(name));
-                }
-                object.insert("unsigned".into(), Value::Object(unsigned));
-            }
+            let stored = String::from_utf8(bytes)
+                .ok()
+                .and_then(|text| RawValue::from_string(text).ok())
+                .ok_or_else(|| {
+                    MatrixError::internal(format!(
+                        "corrupt record in {}",
+                        Table::UseridDeviceidDevicekeys.name()
+                    ))
+                })?;
+            let keys = QueriedDeviceKeys {
+                stored,
+                display_name: device.display_name,
+                extra: signatures.get(&device_id).cloned(),
+            };
             out.insert(device_id, keys);
         }
         Ok(out)
@@ -725,11 +729,57 @@ pub(super) fn add_signatures(
     }
 }
 
+/// A device's keys as `/keys/query` answers them: the stored JSON written out as it is,
+/// with `unsigned.device_display_name` and the signatures others uploaded (already
+/// filtered for the viewer) merged in. A thousand users' keys go out without a `Value`
+/// copy of each.
+#[derive(Debug)]
+pub struct QueriedDeviceKeys {
+    stored: Box<RawValue>,
+    display_name: Option<String>,
+    /// signer -> key id -> signature, added to the stored `signatures`.
+    extra: Option<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+impl Serialize for QueriedDeviceKeys {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Ok(fields) = serde_json::from_str::<BTreeMap<String, &RawValue>>(self.stored.get())
+        else {
+            // Not an object: nothing to add to.
+            return self.stored.serialize(serializer);
+        };
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in &fields {
+            match key.as_str() {
+                "unsigned" => {}
+                "signatures" if self.extra.is_some() => {}
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if let Some(extra) = &self.extra {
+            let stored = fields
+                .get("signatures")
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            let mut holder = json!({ "signatures": stored });
+            add_signatures(&mut holder, extra);
+            map.serialize_entry("signatures", &holder["signatures"])?;
+        }
+        let mut unsigned = Map::new();
+        if let Some(name) = &self.display_name {
+            unsigned.insert("device_display_name".into(), json!(name));
+        }
+        map.serialize_entry("unsigned", &unsigned)?;
+        map.end()
+    }
+}
+
 /// What `/keys/query` answers for local users.
 #[derive(Debug, Default)]
 pub struct KeysQueried {
     /// user -> device -> keys.
-    pub device_keys: Map<String, Value>,
+    pub device_keys: BTreeMap<String, BTreeMap<String, QueriedDeviceKeys>>,
     /// user -> master key.
     pub master_keys: Map<String, Value>,
     /// user -> self-signing key.
@@ -752,7 +802,7 @@ impl Accounts {
             let signatures = self.uploaded_signatures(viewer, user)?;
             let found = self.query_device_keys(user, devices, &signatures)?;
             if !found.is_empty() || self.db.contains(Table::UseridAccount, user.as_str())? {
-                out.device_keys.insert(user.clone(), Value::Object(found));
+                out.device_keys.insert(user.clone(), found);
             }
             for (usage, key) in self.query_cross_signing_keys(viewer, user, &signatures)? {
                 let map = match usage {

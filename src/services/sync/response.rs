@@ -182,6 +182,14 @@ impl<'e> LeftRoomJson<'e> {
     }
 }
 
+/// `{"events": [...]}` taking the events over (`json!` would serialize a copy of them).
+fn events_object(events: Vec<Value>) -> Value {
+    Value::Object(Map::from_iter([(
+        "events".to_owned(),
+        Value::Array(events),
+    )]))
+}
+
 /// A section of the answer written out to JSON on the thread that built it.
 fn raw_json(value: &impl Serialize) -> MatrixResult<Box<RawValue>> {
     serde_json::value::to_raw_value(value)
@@ -366,7 +374,7 @@ pub fn build(
     };
     response.insert("next_batch".into(), json!(next_batch));
     if !to_device.events.is_empty() {
-        response.insert("to_device".into(), json!({ "events": to_device.events }));
+        response.insert("to_device".into(), events_object(to_device.events));
     }
     let mut global: Vec<Value> = global_data
         .into_iter()
@@ -381,11 +389,11 @@ pub fn build(
         }
     }
     if !global.is_empty() {
-        response.insert("account_data".into(), json!({ "events": global }));
+        response.insert("account_data".into(), events_object(global));
     }
     let presence = presence_events(&ctx, stream)?;
     if !presence.is_empty() {
-        response.insert("presence".into(), json!({ "events": presence }));
+        response.insert("presence".into(), events_object(presence));
     }
     // Spec: `device_lists` "only present on an incremental sync".
     if let Some(since) = since {
