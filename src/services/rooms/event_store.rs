@@ -189,6 +189,13 @@ impl EventStore {
             .collect()
     }
 
+    /// The stored PDU of an event, as JSON bytes.
+    fn pdu_bytes(&self, short: ShortEventId) -> MatrixResult<Vec<u8>> {
+        self.db
+            .get(Table::ShorteventidPdu, short.to_be_bytes())?
+            .ok_or_else(|| corrupt("event without PDU"))
+    }
+
     /// `content[field]` of a stored event when it is a string: the PDU alone is read, and
     /// nothing else of it is kept.
     pub fn content_str(&self, short: ShortEventId, field: &str) -> MatrixResult<Option<String>> {
@@ -199,10 +206,7 @@ impl EventStore {
             #[serde(borrow)]
             content: Option<&'a RawValue>,
         }
-        let bytes = self
-            .db
-            .get(Table::ShorteventidPdu, short.to_be_bytes())?
-            .ok_or_else(|| corrupt("event without PDU"))?;
+        let bytes = self.pdu_bytes(short)?;
         let pdu: Pdu<'_> = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
         let fields: Option<Fields<'_>> =
             pdu.content.and_then(|c| serde_json::from_str(c.get()).ok());
@@ -222,10 +226,7 @@ impl EventStore {
             #[serde(borrow)]
             sender: Option<&'a RawValue>,
         }
-        let bytes = self
-            .db
-            .get(Table::ShorteventidPdu, short.to_be_bytes())?
-            .ok_or_else(|| corrupt("event without PDU"))?;
+        let bytes = self.pdu_bytes(short)?;
         let pdu: Pdu<'_> = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
         // Read as leniently as a parsed PDU was: a sender that is not a string counts as "".
         let content = match pdu.content {
