@@ -2,7 +2,7 @@
 //! recency, keys, filters, pagination, groups, context, and never a room or an event the
 //! searcher may not read.
 
-mod common;
+use crate::common;
 
 use common::client::Client;
 use common::{assert_error, TestServer};

@@ -1,6 +1,6 @@
 //! What every endpoint shares: error bodies, limits, CORS, discovery, rate limits.
 
-mod common;
+use crate::common;
 
 use common::{assert_error, TestServer};
 use reqwest::{Method, StatusCode};

@@ -1,6 +1,6 @@
 //! A restart keeps accounts and the signing key.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use reqwest::StatusCode;

@@ -1,7 +1,7 @@
 //! Rooms over HTTP: creation, membership, state, sending, history, visibility, relations,
 //! aliases, directory, upgrades, as a client sees them.
 
-mod common;
+use crate::common;
 
 use common::client::Client;
 use common::{assert_error, TestServer};

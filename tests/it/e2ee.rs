@@ -2,7 +2,7 @@
 //! device lists in /sync and `/keys/changes`, cross-signing, and key backup, as two users
 //! with two devices each see them.
 
-mod common;
+use crate::common;
 
 use common::client::Client;
 use common::{assert_error, TestServer};

@@ -1,7 +1,7 @@
 //! Live chat over HTTP: `/sync` (initial, incremental, long-poll, filters, lazy loading),
 //! account data and tags, typing, receipts and read markers, as clients see them.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The media repository over HTTP: uploads, downloads, thumbnails, limits, safety headers.
 //! Spec: client-server API, "Content repository".
 
-mod common;
+use crate::common;
 
 use std::io::{Cursor, Write};
 

@@ -1,7 +1,7 @@
 //! The federation listener: TLS, the key server and the version endpoint.
 //! Spec: server-server API, "Retrieving server keys" and "GET /_matrix/federation/v1/version".
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use ourwhats::core::base64;

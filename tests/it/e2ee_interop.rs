@@ -6,7 +6,7 @@
 //! from PyPI) under `~/.cache/ourwhats/nio-venv`, or named by `NIO_E2EE_PYTHON`.
 //! `.ci/run` makes it before the tests; without it this test makes it itself.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! room's stored graph only holds events the auth rules allow against the state before
 //! them, and every stored state snapshot is exactly the fold of the events before it.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

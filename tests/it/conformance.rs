@@ -1,7 +1,7 @@
 //! Keeps `spec/endpoints.tsv` (and so docs/conformance.md) true: every endpoint marked
 //! `works` is routed, every one marked `unrecognized` answers 404 `M_UNRECOGNIZED`.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use reqwest::Method;

@@ -1,7 +1,7 @@
 //! Profiles over HTTP: fields, validation, and member events following a profile change.
 //! Spec: client-server API, "Profiles".
 
-mod common;
+use crate::common;
 
 use common::{assert_error, TestServer};
 use reqwest::{Method, StatusCode};

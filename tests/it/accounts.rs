@@ -1,7 +1,7 @@
 //! Accounts over HTTP, as a client sees them: register, log in, devices, passwords,
 //! deactivation. Spec: client-server API, "Client Authentication" and "Device Management".
 
-mod common;
+use crate::common;
 
 use common::{assert_error, TestServer};
 use reqwest::{Method, StatusCode};

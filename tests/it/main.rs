@@ -1,0 +1,19 @@
+//! Every HTTP story of one server, in one test binary: the server, RocksDB and the client
+//! are linked once rather than once per area. A module per area of the API.
+
+mod common;
+
+mod accounts;
+mod cli;
+mod conformance;
+mod e2ee;
+mod e2ee_interop;
+mod federation_endpoints;
+mod http_basics;
+mod media;
+mod profile;
+mod restart;
+mod rooms;
+mod rooms_property;
+mod search;
+mod sync;
