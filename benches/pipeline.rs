@@ -125,7 +125,7 @@ fn write_path(c: &mut Criterion) {
             let member = UserId::parse(&format!("@m{n}:localhost")).expect("a user id");
             services
                 .rooms
-                .join(&member, &room, None, &MemberProfile::default())
+                .join(&member, &room, None, &MemberProfile::default(), false)
                 .await
                 .expect("the member joins");
         }

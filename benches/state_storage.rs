@@ -62,7 +62,7 @@ async fn storage_bench(members: usize) {
             let user = uid(i);
             async move {
                 rooms
-                    .join(&user, room_ref, None, &MemberProfile::default())
+                    .join(&user, room_ref, None, &MemberProfile::default(), false)
                     .await
                     .unwrap();
                 rooms
@@ -106,7 +106,7 @@ async fn storage_bench(members: usize) {
             rooms.leave(&user, &room, None).await.unwrap();
         } else {
             rooms
-                .join(&user, &room, None, &MemberProfile::default())
+                .join(&user, &room, None, &MemberProfile::default(), false)
                 .await
                 .unwrap();
         }

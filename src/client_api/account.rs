@@ -7,12 +7,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::MatrixResult;
-use crate::http::extract::{Authed, JsonBody};
+use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody};
 use crate::http::AppState;
 use crate::services::accounts::uia::{stages, UiaRequest};
 
 /// Who the access token belongs to.
-pub async fn whoami(Authed(session): Authed) -> Json<Value> {
+pub async fn whoami(AuthedAllowGuest(session): AuthedAllowGuest) -> Json<Value> {
     Json(json!({
         "user_id": session.user_id,
         "device_id": session.device_id,
@@ -43,6 +43,7 @@ pub async fn change_password(
     let uia = UiaRequest {
         operation: "change_password",
         user: Some(session.user_id.as_str()),
+        subject: String::new(),
         flows: vec![vec![stages::PASSWORD]],
     };
     let passed = services
@@ -84,6 +85,7 @@ pub async fn deactivate(
     let uia = UiaRequest {
         operation: "deactivate",
         user: Some(session.user_id.as_str()),
+        subject: String::new(),
         flows: vec![vec![stages::PASSWORD]],
     };
     let passed = services

@@ -5,11 +5,14 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::core::RoomVersion;
-use crate::http::extract::Authed;
+use crate::http::extract::AuthedAllowGuest;
 use crate::http::AppState;
 
 /// What this server lets clients do.
-pub async fn get_capabilities(State(services): State<AppState>, _auth: Authed) -> Json<Value> {
+pub async fn get_capabilities(
+    State(services): State<AppState>,
+    _auth: AuthedAllowGuest,
+) -> Json<Value> {
     let available: Map<String, Value> = RoomVersion::ALL
         .iter()
         .map(|v| {

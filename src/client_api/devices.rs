@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::MatrixResult;
-use crate::http::extract::{Authed, JsonBody, MaybeJsonBody, PathParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
 use crate::services::accounts::uia::{stages, UiaRequest};
 use crate::services::accounts::DeviceInfo;
@@ -30,7 +30,7 @@ fn device_json(device: DeviceInfo) -> Value {
 /// The user's devices.
 pub async fn list(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
 ) -> MatrixResult<Json<Value>> {
     let devices: Vec<Value> = services
         .accounts
@@ -44,7 +44,7 @@ pub async fn list(
 /// One device; 404 `M_NOT_FOUND` if the user has no such device.
 pub async fn get_one(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(device_id): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
     let device = services.accounts.device(&session.user_id, &device_id)?;
@@ -60,7 +60,7 @@ pub struct RenameBody {
 /// Renames a device (creating devices is for application services only, which we do not host).
 pub async fn rename(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(device_id): PathParams<String>,
     JsonBody(body): JsonBody<RenameBody>,
 ) -> MatrixResult<Json<Value>> {
@@ -77,10 +77,16 @@ pub struct DeleteBody {
     auth: Option<Value>,
 }
 
-fn delete_uia(user: &str) -> UiaRequest<'_> {
+/// The auth of a delete, bound to the set of devices it deletes: a session completed for
+/// one device cannot delete another.
+fn delete_uia<'a>(user: &'a str, devices: &[String]) -> UiaRequest<'a> {
+    let mut devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+    devices.sort_unstable();
+    devices.dedup();
     UiaRequest {
         operation: "delete_devices",
         user: Some(user),
+        subject: devices.join("\n"),
         flows: vec![vec![stages::PASSWORD]],
     }
 }
@@ -93,14 +99,16 @@ pub async fn delete_one(
     MaybeJsonBody(body): MaybeJsonBody<DeleteBody>,
 ) -> MatrixResult<Json<Value>> {
     let auth = body.and_then(|b| b.auth);
+    let devices = [device_id];
+    let uia = delete_uia(session.user_id.as_str(), &devices);
     let passed = services
         .accounts
-        .user_interactive_auth(auth.as_ref(), &delete_uia(session.user_id.as_str()))
+        .user_interactive_auth(auth.as_ref(), &uia)
         .await?;
     // Spec: 200 also when the device "had been removed previously".
     services
         .accounts
-        .delete_devices(&session.user_id, &[device_id])
+        .delete_devices(&session.user_id, &devices)
         .await?;
     services.accounts.finish_uia(passed);
     Ok(Json(json!({})))
@@ -119,9 +127,10 @@ pub async fn delete_many(
     Authed(session): Authed,
     JsonBody(body): JsonBody<DeleteManyBody>,
 ) -> MatrixResult<Json<Value>> {
+    let uia = delete_uia(session.user_id.as_str(), &body.devices);
     let passed = services
         .accounts
-        .user_interactive_auth(body.auth.as_ref(), &delete_uia(session.user_id.as_str()))
+        .user_interactive_auth(body.auth.as_ref(), &uia)
         .await?;
     services
         .accounts

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, JsonBody, MaybeJsonBody, PathParams, QueryParams};
+use crate::http::extract::{
+    Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams, QueryParams,
+};
 use crate::http::AppState;
 use crate::services::rooms::aliases::PublicRoomsQuery;
 
@@ -166,7 +168,7 @@ pub struct ServerParam {
 /// The published rooms, filtered.
 pub async fn post_public_rooms(
     State(services): State<AppState>,
-    Authed(_session): Authed,
+    AuthedAllowGuest(_session): AuthedAllowGuest,
     QueryParams(params): QueryParams<ServerParam>,
     MaybeJsonBody(body): MaybeJsonBody<PublicRoomsBody>,
 ) -> MatrixResult<Json<Value>> {

@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::UserId;
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, JsonBody, QueryParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::cross_signing::CrossSigningUpload;
 use crate::services::accounts::device_keys::QueriedDeviceKeys;
@@ -38,7 +38,7 @@ pub struct UploadBody {
 /// Stores the device's identity, one-time and fallback keys.
 pub async fn upload(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     JsonBody(body): JsonBody<UploadBody>,
 ) -> MatrixResult<Json<Value>> {
     let fallback_keys = match body.fallback_keys {
@@ -90,7 +90,7 @@ pub struct QueryBody {
 /// Device and cross-signing keys of users.
 pub async fn query(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     JsonBody(body): JsonBody<QueryBody>,
 ) -> MatrixResult<Json<QueryAnswer>> {
     let entries: usize = body.device_keys.values().map(|d| d.len().max(1)).sum();
@@ -147,7 +147,7 @@ pub struct ClaimBody {
 /// One key per requested device: a one-time key, else the fallback key.
 pub async fn claim(
     State(services): State<AppState>,
-    Authed(_session): Authed,
+    AuthedAllowGuest(_session): AuthedAllowGuest,
     JsonBody(body): JsonBody<ClaimBody>,
 ) -> MatrixResult<Json<Value>> {
     let entries: usize = body.one_time_keys.values().map(BTreeMap::len).sum();

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
-use crate::http::extract::{typed, Authed, ClientIp, JsonBody};
+use crate::http::extract::{typed, Authed, AuthedAllowGuest, ClientIp, JsonBody};
 use crate::http::AppState;
 use crate::services::rate_limit::RateAction;
 
@@ -75,7 +75,7 @@ pub async fn login(
 /// Ends this session: the token and its device are deleted.
 pub async fn logout(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
 ) -> MatrixResult<Json<Value>> {
     services
         .accounts

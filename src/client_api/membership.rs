@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::core::UserId;
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, JsonBody, MaybeJsonBody, PathParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
 
 /// Body of join, leave and knock.
@@ -35,7 +35,7 @@ fn target(body: &TargetBody) -> MatrixResult<UserId> {
 /// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`.
 pub async fn join(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(room): PathParams<String>,
     MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
 ) -> MatrixResult<Json<Value>> {
@@ -44,7 +44,13 @@ pub async fn join(
     let reason = body.and_then(|b| b.reason);
     services
         .rooms
-        .join(&session.user_id, &room_id, reason, &profile)
+        .join(
+            &session.user_id,
+            &room_id,
+            reason,
+            &profile,
+            session.is_guest,
+        )
         .await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
@@ -69,7 +75,7 @@ pub async fn knock(
 /// `POST /rooms/{roomId}/leave`.
 pub async fn leave(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(room_id): PathParams<String>,
     MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
 ) -> MatrixResult<Json<Value>> {

@@ -7,8 +7,8 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use crate::core::UserId;
-use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, JsonBody, PathParams};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::http::extract::{AuthedAllowGuest, JsonBody, PathParams};
 use crate::http::AppState;
 use crate::services::accounts::Session;
 use crate::services::rooms::membership::MemberProfile;
@@ -77,11 +77,12 @@ async fn store_field(
 /// Sets a field of the user's own profile.
 pub async fn put_field(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((user_id, key)): PathParams<(String, String)>,
     JsonBody(mut body): JsonBody<Map<String, Value>>,
 ) -> MatrixResult<Json<Value>> {
     let user = own_user(&services, &session, &user_id)?;
+    guest_may_change(&session, &key)?;
     let value = body
         .remove(&key)
         .ok_or_else(|| MatrixError::missing_param(format!("The body has no {key:?}")))?;
@@ -91,9 +92,23 @@ pub async fn put_field(
 /// Removes a field of the user's own profile.
 pub async fn delete_field(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((user_id, key)): PathParams<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
     let user = own_user(&services, &session, &user_id)?;
+    guest_may_change(&session, &key)?;
     store_field(&services, &user, &key, None).await
+}
+
+/// Spec: "Guest Access": "Guest users may only modify their display name; other profile
+/// fields may not be changed."
+fn guest_may_change(session: &Session, key: &str) -> MatrixResult<()> {
+    if session.is_guest && key != "displayname" {
+        return Err(MatrixError::new(
+            403,
+            ErrorCode::GuestAccessForbidden,
+            "Guests may change only their display name",
+        ));
+    }
+    Ok(())
 }

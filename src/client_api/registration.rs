@@ -28,6 +28,8 @@ pub struct RegisterBody {
     #[serde(default)]
     inhibit_login: bool,
     auth: Option<Value>,
+    /// A guest upgrading its account (spec: "Guest Access").
+    guest_access_token: Option<String>,
     /// Refresh tokens are optional for servers; we issue none (the spec allows ignoring it).
     #[serde(default)]
     #[allow(dead_code)]
@@ -67,6 +69,7 @@ pub async fn register(
             initial_device_display_name: body.initial_device_display_name,
             inhibit_login: body.inhibit_login,
             guest,
+            guest_access_token: body.guest_access_token,
             auth: body.auth,
         })
         .await?;

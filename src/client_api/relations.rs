@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::room_events::{direction, limit};
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::Session;
 use crate::services::rooms::client_event::Viewer;
@@ -64,7 +64,7 @@ fn relations_of(
 /// Every child of an event.
 pub async fn all(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, event_id)): PathParams<(String, String)>,
     QueryParams(params): QueryParams<RelationsParams>,
 ) -> MatrixResult<Json<Value>> {
@@ -76,7 +76,7 @@ pub async fn all(
 /// Children of one relation type.
 pub async fn by_rel_type(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, event_id, rel_type)): PathParams<(String, String, String)>,
     QueryParams(params): QueryParams<RelationsParams>,
 ) -> MatrixResult<Json<Value>> {
@@ -94,7 +94,7 @@ pub async fn by_rel_type(
 /// Children of one relation type and event type.
 pub async fn by_rel_and_event_type(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, event_id, rel_type, event_type)): PathParams<(
         String,
         String,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::services::rooms::client_event::Viewer;
 use crate::services::rooms::filter::RoomEventFilter;
@@ -17,7 +17,7 @@ use crate::services::rooms::history::Direction;
 /// One event the user may see.
 pub async fn get_event(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, event_id)): PathParams<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
     let viewer = Viewer {
@@ -62,7 +62,7 @@ pub fn limit(limit: Option<&str>, default: usize) -> MatrixResult<usize> {
 /// A page of the room's events.
 pub async fn messages(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(room_id): PathParams<String>,
     QueryParams(params): QueryParams<MessagesParams>,
 ) -> MatrixResult<Json<Value>> {
@@ -106,7 +106,7 @@ pub struct ContextParams {
 /// An event with the events around it and the state.
 pub async fn context(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, event_id)): PathParams<(String, String)>,
     QueryParams(params): QueryParams<ContextParams>,
 ) -> MatrixResult<Json<Value>> {

@@ -7,14 +7,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::MatrixResult;
-use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::services::rooms::members::MembersQuery;
 
 /// The rooms the user is joined to.
 pub async fn joined_rooms(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
 ) -> MatrixResult<Json<Value>> {
     let rooms = services.rooms.joined_rooms(session.user_id.as_str())?;
     Ok(Json(json!({ "joined_rooms": rooms })))
@@ -31,7 +31,7 @@ pub struct MembersParams {
 /// The room's member events, filtered.
 pub async fn members(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(room_id): PathParams<String>,
     QueryParams(params): QueryParams<MembersParams>,
 ) -> MatrixResult<Json<Value>> {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::MatrixResult;
-use crate::http::extract::{Authed, JsonBody, MaybeJsonBody, PathParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
 use crate::services::rate_limit::RateAction;
 use crate::services::rooms::sending::Txn;
@@ -15,7 +15,7 @@ use crate::services::rooms::sending::Txn;
 /// Sends a message-like event; the same txn id from the same device answers the same id.
 pub async fn send(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, kind, txn_id)): PathParams<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> MatrixResult<Json<Value>> {

@@ -7,15 +7,15 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::MatrixResult;
-use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::http::extract::{AuthedAllowGuest, JsonBody, PathParams, QueryParams};
 use crate::http::AppState;
-use crate::services::rooms::client_event::client_event;
+use crate::services::accounts::Session;
 
 /// The whole state the user may see.
 pub async fn get_state(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(room_id): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
     Ok(Json(Value::Array(
@@ -39,17 +39,19 @@ async fn get_one(
     state_key: &str,
     format: Option<&str>,
 ) -> MatrixResult<Json<Value>> {
-    let event = services
-        .rooms
-        .state_event_for(user, room_id, kind, state_key)?;
     match format {
-        Some("event") => Ok(Json(client_event(
-            services.rooms.store(),
-            &event,
-            room_id,
-            None,
-        )?)),
-        None | Some("content") => Ok(Json(event.content().clone())),
+        Some("event") => Ok(Json(
+            services
+                .rooms
+                .state_event_json_for(user, room_id, kind, state_key)?,
+        )),
+        None | Some("content") => Ok(Json(
+            services
+                .rooms
+                .state_event_for(user, room_id, kind, state_key)?
+                .content()
+                .clone(),
+        )),
         Some(other) => Err(crate::error::MatrixError::invalid_param(format!(
             "format must be content or event, not {other:?}"
         ))),
@@ -59,7 +61,7 @@ async fn get_one(
 /// One state event's content (or the event with `format=event`).
 pub async fn get_state_event(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, kind, state_key)): PathParams<(String, String, String)>,
     QueryParams(params): QueryParams<FormatParams>,
 ) -> MatrixResult<Json<Value>> {
@@ -78,7 +80,7 @@ pub async fn get_state_event(
 /// The same with an empty state key.
 pub async fn get_state_event_empty_key(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, kind)): PathParams<(String, String)>,
     QueryParams(params): QueryParams<FormatParams>,
 ) -> MatrixResult<Json<Value>> {
@@ -97,13 +99,33 @@ pub async fn get_state_event_empty_key(
 /// Sets a state event; answers its id.
 pub async fn put_state_event(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, kind, state_key)): PathParams<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> MatrixResult<Json<Value>> {
+    put_one(&services, &session, &room_id, &kind, &state_key, content).await
+}
+
+/// Sends a state event. A guest's membership changes only through `/join` and `/leave`,
+/// which apply the guest rules (spec: "Guest Access"); its other state events go through.
+async fn put_one(
+    services: &AppState,
+    session: &Session,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+    content: Value,
+) -> MatrixResult<Json<Value>> {
+    if session.is_guest && kind == "m.room.member" {
+        return Err(MatrixError::new(
+            403,
+            ErrorCode::GuestAccessForbidden,
+            "Guests change their membership with /join and /leave",
+        ));
+    }
     let event_id = services
         .rooms
-        .send_state(&session.user_id, &room_id, &kind, &state_key, content)
+        .send_state(&session.user_id, room_id, kind, state_key, content)
         .await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
@@ -111,13 +133,9 @@ pub async fn put_state_event(
 /// The same with an empty state key.
 pub async fn put_state_event_empty_key(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((room_id, kind)): PathParams<(String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> MatrixResult<Json<Value>> {
-    let event_id = services
-        .rooms
-        .send_state(&session.user_id, &room_id, &kind, "", content)
-        .await?;
-    Ok(Json(json!({ "event_id": event_id })))
+    put_one(&services, &session, &room_id, &kind, "", content).await
 }

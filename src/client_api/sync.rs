@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, JsonBody, PathParams, QueryParams};
+use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::Session;
 use crate::services::ephemeral::presence::State as PresenceState;
@@ -37,7 +37,7 @@ fn own(session: &Session, user_id: &str) -> MatrixResult<()> {
 /// The user's updates since `since`, waiting up to `timeout` ms for some.
 pub async fn sync(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     QueryParams(params): QueryParams<SyncParams>,
 ) -> MatrixResult<Json<SyncResponse>> {
     let since = params

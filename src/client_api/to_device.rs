@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::MatrixResult;
-use crate::http::extract::{Authed, JsonBody, PathParams};
+use crate::http::extract::{AuthedAllowGuest, JsonBody, PathParams};
 use crate::http::AppState;
 use crate::services::accounts::to_device::Messages;
 
@@ -20,7 +20,7 @@ pub struct SendToDeviceBody {
 /// Queues a message for each named device; a repeated transaction id is a no-op.
 pub async fn send_to_device(
     State(services): State<AppState>,
-    Authed(session): Authed,
+    AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams((kind, txn_id)): PathParams<(String, String)>,
     JsonBody(body): JsonBody<SendToDeviceBody>,
 ) -> MatrixResult<Json<Value>> {

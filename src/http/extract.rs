@@ -3,7 +3,8 @@
 //! - [`JsonBody`]: the body, size-limited; malformed JSON is 400 `M_NOT_JSON`, wrong field
 //!   types 400 `M_BAD_JSON`, too large 413 `M_TOO_LARGE`.
 //! - [`Authed`]: the access token's session; none is 401 `M_MISSING_TOKEN`, an unknown one
-//!   401 `M_UNKNOWN_TOKEN`. Spec: client-server API, "Using access tokens".
+//!   401 `M_UNKNOWN_TOKEN`, a guest's 403 `M_GUEST_ACCESS_FORBIDDEN`. Spec: client-server
+//!   API, "Using access tokens". [`AuthedAllowGuest`] lets guests in too.
 //! - [`QueryParams`], [`PathParams`]: parse failures are 400 `M_INVALID_PARAM`.
 //! - [`ClientIp`]: the peer address, for rate limits and device records.
 
@@ -102,7 +103,10 @@ pub fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, MatrixError> {
     T::deserialize(value).map_err(|e| MatrixError::bad_json(format!("Invalid JSON: {e}")))
 }
 
-/// The session of the request's access token.
+/// The session of the request's access token, which must not be a guest's: guests get
+/// 403 `M_GUEST_ACCESS_FORBIDDEN`. Spec: "Guest Access", "Client behaviour": guests may
+/// use only the endpoints listed there, which take [`AuthedAllowGuest`] instead, so an
+/// endpoint is closed to guests unless it says otherwise.
 pub struct Authed(pub Session);
 
 impl FromRequestParts<AppState> for Authed {
@@ -112,15 +116,40 @@ impl FromRequestParts<AppState> for Authed {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = access_token(parts).ok_or_else(|| {
-            MatrixError::new(401, ErrorCode::MissingToken, "Missing access token")
-        })?;
-        let ip = client_ip(parts).map(|ip| ip.to_string());
-        state
-            .accounts
-            .authenticate(&token, ip.as_deref())
-            .map(Authed)
+        let session = session(parts, state)?;
+        if session.is_guest {
+            return Err(MatrixError::new(
+                403,
+                ErrorCode::GuestAccessForbidden,
+                "Guest accounts may not use this endpoint",
+            ));
+        }
+        Ok(Authed(session))
     }
+}
+
+/// The session of the request's access token, a guest's included: for the endpoints the
+/// spec's "Guest Access" module opens to guests (reading and sending in rooms they may
+/// join, `/sync`, their devices, display name and encryption keys).
+pub struct AuthedAllowGuest(pub Session);
+
+impl FromRequestParts<AppState> for AuthedAllowGuest {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        session(parts, state).map(AuthedAllowGuest)
+    }
+}
+
+/// Whoever the access token belongs to; 401 without one or for an unknown one.
+fn session(parts: &Parts, state: &AppState) -> Result<Session, MatrixError> {
+    let token = access_token(parts)
+        .ok_or_else(|| MatrixError::new(401, ErrorCode::MissingToken, "Missing access token"))?;
+    let ip = client_ip(parts).map(|ip| ip.to_string());
+    state.accounts.authenticate(&token, ip.as_deref())
 }
 
 /// The token from `Authorization: Bearer …`, or the deprecated `access_token` query parameter.

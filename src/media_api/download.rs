@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::extract::{AuthedAllowGuest, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::media_api::serving::respond;
 
@@ -53,7 +53,7 @@ async fn serve(
 /// The content, with the uploader's file name.
 pub async fn download(
     State(services): State<AppState>,
-    _auth: Authed,
+    _auth: AuthedAllowGuest,
     PathParams((server_name, media_id)): PathParams<(String, String)>,
     QueryParams(query): QueryParams<DownloadQuery>,
 ) -> MatrixResult<Response> {
@@ -63,7 +63,7 @@ pub async fn download(
 /// The content, with the file name from the path.
 pub async fn download_named(
     State(services): State<AppState>,
-    _auth: Authed,
+    _auth: AuthedAllowGuest,
     PathParams((server_name, media_id, file_name)): PathParams<(String, String, String)>,
     QueryParams(query): QueryParams<DownloadQuery>,
 ) -> MatrixResult<Response> {

@@ -9,7 +9,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::http::extract::{Authed, PathParams, QueryParams};
+use crate::http::extract::{AuthedAllowGuest, PathParams, QueryParams};
 use crate::http::AppState;
 use crate::media_api::download::{check_legacy_allowed, default_timeout_ms};
 use crate::media_api::serving::respond;
@@ -62,7 +62,7 @@ async fn serve(
 /// A thumbnail of the content.
 pub async fn thumbnail(
     State(services): State<AppState>,
-    _auth: Authed,
+    _auth: AuthedAllowGuest,
     PathParams((server_name, media_id)): PathParams<(String, String)>,
     QueryParams(query): QueryParams<ThumbnailQuery>,
 ) -> MatrixResult<Response> {

@@ -402,14 +402,14 @@ async fn devices_can_be_listed_renamed_and_deleted_with_the_password() {
         .await;
     assert_eq!(status, StatusCode::OK);
 
-    // Bulk deletion.
+    // Bulk deletion (the session is bound to the list of devices it opened for).
     let (_, third) = s.login("ivy", "pw").await;
     let third_device = third["device_id"].as_str().unwrap();
     let (status, challenge) = s
         .post(
             "/_matrix/client/v3/delete_devices",
             Some(&token),
-            json!({"devices": [third_device]}),
+            json!({"devices": [third_device, "UNKNOWN"]}),
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

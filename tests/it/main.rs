@@ -3,6 +3,7 @@
 
 mod common;
 
+mod access_control;
 mod accounts;
 mod cli;
 mod conformance;

@@ -68,7 +68,7 @@ async fn apply(rooms: &Rooms, room: &str, op: &Op, n: usize) {
                 .invite(&uid(*a), room, &uid(*t), None, false, None)
                 .await
         }
-        Op::Join(a) => rooms.join(&uid(*a), room, None, &profile).await,
+        Op::Join(a) => rooms.join(&uid(*a), room, None, &profile, false).await,
         Op::Leave(a) => rooms.leave(&uid(*a), room, None).await,
         Op::Kick(a, t) => rooms.kick(&uid(*a), room, &uid(*t), None).await,
         Op::Ban(a, t) => rooms.ban(&uid(*a), room, &uid(*t), None).await,

@@ -224,6 +224,7 @@ impl Accounts {
         let request = UiaRequest {
             operation: "device_signing_upload",
             user: Some(user),
+            subject: String::new(),
             flows: vec![vec![stages::PASSWORD]],
         };
         // The password check (Argon2) runs before the lock, which is shared by a stripe

@@ -104,8 +104,20 @@ pub struct Registration {
     pub inhibit_login: bool,
     /// `kind=guest`.
     pub guest: bool,
+    /// A guest's access token: the guest's account becomes a full one.
+    pub guest_access_token: Option<String>,
     /// The `auth` object, if any.
     pub auth: Option<Value>,
+}
+
+/// Why an auth stage did not complete.
+enum StageError {
+    /// The stage failed (a wrong password, a bad token): the client may try again, so
+    /// the answer is the 401 challenge carrying this error.
+    Failed(MatrixError),
+    /// The request is not allowed at all (another user's password, a rate limit, a
+    /// storage failure): this error is the answer.
+    Refused(MatrixError),
 }
 
 /// The accounts service.
@@ -299,6 +311,9 @@ impl Accounts {
             let login = self.create_login(&user_id, None, name, None).await?;
             return Ok((user_id, Some(login)));
         }
+        if let Some(token) = &request.guest_access_token {
+            return self.upgrade_guest(token, &request).await;
+        }
         let (user_id, passed) = self.check_new_user(&request).await?;
         // Password login is the only login we offer, so an account without a password
         // could never log in: require one once auth is done (a first request without one
@@ -324,6 +339,111 @@ impl Accounts {
             Some(login)
         };
         Ok((user_id, login))
+    }
+
+    /// Spec: "Guest Access": "Guest users can also upgrade their account by going through
+    /// the ordinary `register` flow, but specifying the additional POST parameter
+    /// `guest_access_token` containing the guest's access token. They are also required to
+    /// specify the `username` parameter to the value of the local part of their username."
+    /// The account keeps its id, rooms and devices, gets the password and stops being a
+    /// guest (its existing tokens too); the answer is a new login, as for any registration.
+    async fn upgrade_guest(
+        &self,
+        token: &str,
+        request: &Registration,
+    ) -> MatrixResult<(UserId, Option<NewLogin>)> {
+        if !self.registration.enabled {
+            return Err(MatrixError::forbidden("Registration has been disabled"));
+        }
+        let not_a_guest = || {
+            MatrixError::forbidden(
+                "guest_access_token is not the access token of a guest of this server",
+            )
+        };
+        let guest = self.authenticate(token, None).map_err(|_| not_a_guest())?;
+        if !guest.is_guest {
+            return Err(not_a_guest());
+        }
+        if let Some(name) = &request.username {
+            let named = name
+                .strip_prefix('@')
+                .map_or(name.as_str(), |full| full.split(':').next().unwrap_or(""));
+            if named.to_lowercase() != guest.user_id.localpart() {
+                return Err(MatrixError::forbidden(
+                    "Cannot register taken user ID without valid guest credentials for that user",
+                ));
+            }
+        }
+        if let Some(password) = &request.password {
+            check_password_shape(password)?;
+        }
+        check_device_id(request.device_id.as_deref())?;
+        let flows = if self.registration.token.is_some() {
+            vec![vec![stages::REGISTRATION_TOKEN]]
+        } else {
+            vec![vec![stages::DUMMY]]
+        };
+        let uia = UiaRequest {
+            operation: "register_guest_upgrade",
+            user: Some(guest.user_id.as_str()),
+            subject: String::new(),
+            flows,
+        };
+        let passed = self
+            .user_interactive_auth(request.auth.as_ref(), &uia)
+            .await?;
+        let password = request
+            .password
+            .as_deref()
+            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+        let hash = hash_password_blocking(password).await?;
+        {
+            let _guard = self.account_lock.lock().await;
+            let mut account = self
+                .account(guest.user_id.as_str())?
+                .filter(|a| a.is_guest && !a.deactivated)
+                .ok_or_else(not_a_guest)?;
+            account.is_guest = false;
+            account.password_hash = Some(hash);
+            let mut batch = self.db.batch();
+            batch.put(
+                Table::UseridAccount,
+                guest.user_id.as_str(),
+                encode(&account),
+            );
+            // Every token of the account stops being a guest's in the same write.
+            let prefix = keys::prefix(guest.user_id.as_str().as_bytes());
+            for item in self.db.scan_prefix(Table::UseridDeviceidDevice, &prefix) {
+                let (key, value) = item?;
+                let device: Device = decode(Table::UseridDeviceidDevice, &value)?;
+                let Some(hash) = hex::decode_32(&device.token_hash) else {
+                    continue;
+                };
+                let session = TokenSession {
+                    user_id: guest.user_id.to_string(),
+                    device_id: String::from_utf8_lossy(&key[prefix.len()..]).into_owned(),
+                    is_guest: false,
+                };
+                batch.put(Table::TokenhashSession, hash, encode(&session));
+            }
+            self.db.commit(batch).await?;
+        }
+        self.finish_uia(passed);
+        tracing::info!(user = %guest.user_id, "guest account upgraded");
+        let login = if request.inhibit_login {
+            None
+        } else {
+            Some(
+                self.create_login(
+                    &guest.user_id,
+                    request.device_id.clone(),
+                    request.initial_device_display_name.clone(),
+                    None,
+                )
+                .await?,
+            )
+        };
+        Ok((guest.user_id, login))
     }
 
     /// Everything a regular registration checks before creating anything, then
@@ -353,6 +473,7 @@ impl Accounts {
         let uia = UiaRequest {
             operation: "register",
             user: None,
+            subject: String::new(),
             flows,
         };
         let passed = self
@@ -412,8 +533,10 @@ impl Accounts {
             let auth = auth.expect("stage came from auth");
             match self.verify_stage(stage, auth, request.user).await {
                 Ok(()) => self.uia.complete_stage(&session, stage),
-                Err(failure) if failure.status == 500 => return Err(failure),
-                Err(failure) => return Err(self.uia.challenge(&session, request, Some(failure))),
+                Err(StageError::Refused(refusal)) => return Err(refusal),
+                Err(StageError::Failed(failure)) => {
+                    return Err(self.uia.challenge(&session, request, Some(failure)))
+                }
             }
         }
         if self.uia.is_complete(&session, request) {
@@ -434,7 +557,7 @@ impl Accounts {
         stage: &str,
         auth: &Value,
         user: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> Result<(), StageError> {
         match stage {
             stages::DUMMY => Ok(()),
             stages::REGISTRATION_TOKEN => {
@@ -445,34 +568,48 @@ impl Accounts {
                 {
                     Ok(())
                 } else {
-                    Err(MatrixError::new(
+                    Err(StageError::Failed(MatrixError::new(
                         401,
                         ErrorCode::Forbidden,
                         "Invalid registration token",
-                    ))
+                    )))
                 }
             }
             stages::PASSWORD => {
                 let Some(user) = user else {
-                    return Err(MatrixError::forbidden("No user to check a password for"));
+                    return Err(StageError::Refused(MatrixError::forbidden(
+                        "No user to check a password for",
+                    )));
                 };
-                let claimed = self.identifier_user(auth)?;
+                let claimed = self.identifier_user(auth).map_err(StageError::Failed)?;
                 if claimed.as_str() != user {
-                    return Err(MatrixError::forbidden("Password auth is for another user"));
+                    // As Synapse: proving another account's password is no failed
+                    // attempt to retry but a request that is not allowed.
+                    return Err(StageError::Refused(MatrixError::forbidden(
+                        "Password auth is for another user than the one logged in",
+                    )));
                 }
                 // Each guess costs an Argon2 hash: limit guesses per user.
-                self.rate_limiter.check(RateAction::Login, user)?;
+                self.rate_limiter
+                    .check(RateAction::Login, user)
+                    .map_err(StageError::Refused)?;
                 let password = auth
                     .get("password")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
-                self.check_password(&claimed, password).await
+                    .ok_or_else(|| MatrixError::missing_param("Missing `password`"))
+                    .map_err(StageError::Failed)?;
+                self.check_password(&claimed, password)
+                    .await
+                    .map_err(|e| match e.status {
+                        500.. => StageError::Refused(e),
+                        _ => StageError::Failed(e),
+                    })
             }
-            other => Err(MatrixError::new(
+            other => Err(StageError::Failed(MatrixError::new(
                 400,
                 ErrorCode::Unrecognized,
                 format!("Unknown auth stage {other}"),
-            )),
+            ))),
         }
     }
 

@@ -3,8 +3,9 @@
 //! Spec: client-server API, "User-Interactive Authentication API". A request without
 //! `auth` gets 401 with the flows and a new `session`; each completed stage is remembered in
 //! the session; once every stage of one flow is complete the request goes through and the
-//! session ends. A session is bound to one operation (and user), so it cannot be replayed
-//! for another.
+//! session ends. A session is bound to the request that opened it: its operation, its user
+//! and what it acts on (the devices a delete names), so it cannot be replayed for another
+//! operation or another target (403 `M_FORBIDDEN`, as Synapse answers a changed request).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,6 +46,9 @@ pub struct UiaRequest<'a> {
     pub operation: &'a str,
     /// The authenticated user the operation is for, if any.
     pub user: Option<&'a str>,
+    /// What the operation acts on, when more than the user (the device ids a delete
+    /// names); empty otherwise. A session opened for one subject cannot complete another.
+    pub subject: String,
     /// The acceptable flows, each a list of stage types.
     pub flows: Vec<Vec<&'static str>>,
 }
@@ -52,6 +56,7 @@ pub struct UiaRequest<'a> {
 struct Session {
     operation: String,
     user: Option<String>,
+    subject: String,
     completed: Vec<String>,
     created: Instant,
 }
@@ -82,7 +87,9 @@ impl UiaSessions {
                         "Unknown or expired auth session",
                     )
                 })?;
-                if session.operation != request.operation || session.user.as_deref() != request.user
+                if session.operation != request.operation
+                    || session.user.as_deref() != request.user
+                    || session.subject != request.subject
                 {
                     return Err(MatrixError::forbidden(
                         "Requested operation has changed during the UI authentication session",
@@ -101,6 +108,7 @@ impl UiaSessions {
                     Session {
                         operation: request.operation.to_owned(),
                         user: request.user.map(str::to_owned),
+                        subject: request.subject.clone(),
                         completed: Vec::new(),
                         created: now,
                     },

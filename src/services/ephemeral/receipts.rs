@@ -127,7 +127,8 @@ impl Ephemeral {
         if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
             return Err(MatrixError::forbidden("You aren't joined to the room"));
         }
-        let event = rooms.visible_event_for(&access, user_id, event_id)?;
+        let mut check = rooms.visibility_check(user_id, &access);
+        let event = rooms.visible_event_for(&access, &mut check, event_id)?;
         if let Some(thread) = thread_id.filter(|t| *t != "main") {
             let in_thread = event.event_id == thread
                 || event
@@ -208,7 +209,8 @@ impl Ephemeral {
             if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
                 return Err(MatrixError::forbidden("You aren't joined to the room"));
             }
-            rooms.visible_event_for(&access, user_id, event_id)?;
+            let mut check = rooms.visibility_check(user_id, &access);
+            rooms.visible_event_for(&access, &mut check, event_id)?;
             accounts
                 .set_account_data(
                     user_id,

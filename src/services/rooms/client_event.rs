@@ -4,16 +4,19 @@
 //! `event_id`, `origin_server_ts`, `room_id`, `sender`, `state_key`, `type`, plus `unsigned`
 //! with `age`, `prev_content` and `replaces_state` (state events), `redacted_because`
 //! (redacted events), `transaction_id` (only for the device that sent it) and `m.relations`
-//! (bundled aggregations, see [`super::aggregates`]).
+//! (bundled aggregations, see [`super::aggregates`]). What `unsigned` holds of other
+//! events (the redaction, the edits and thread replies bundled) passes the same history
+//! visibility check as the event itself, so a user who left a room never learns of what
+//! was sent after through an older event.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{json, Map, Value};
 
-use super::aggregates::Aggregates;
 use super::event_store::{EventStore, StoredEvent};
+use super::relations::{stored_aggregates, visible_aggregates};
+use super::visibility::VisibilityCheck;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::now_ms;
-use crate::services::records::decode;
 use crate::storage::{keys, Table};
 
 /// Who is looking: `transaction_id` is shown to the sending device only.
@@ -25,14 +28,17 @@ pub struct Viewer<'a> {
     pub device_id: &'a str,
 }
 
-/// `event` as a client sees it, with its bundled aggregations.
+/// `event` as a client sees it. With `check` (the viewer's visibility check in the
+/// event's room) it carries its bundled aggregations and `redacted_because`, as far as
+/// the viewer may see them; without, neither (state listings, events inside a bundle).
 pub fn client_event(
     store: &EventStore,
     event: &StoredEvent,
     room_id: &str,
     viewer: Option<Viewer<'_>>,
+    check: Option<&mut VisibilityCheck<'_>>,
 ) -> MatrixResult<Value> {
-    render(store, event, room_id, viewer, true)
+    render(store, event, room_id, viewer, check)
 }
 
 /// A client event that serializes straight from the stored PDU: nothing of the PDU is
@@ -45,14 +51,16 @@ pub struct ClientEventView<'e> {
 }
 
 impl<'e> ClientEventView<'e> {
-    /// `event` with its `unsigned` section and bundled aggregations.
+    /// `event` with its `unsigned` section, and what `check` lets the viewer see of its
+    /// bundled aggregations and redaction (see [`client_event`]).
     pub fn new(
         store: &EventStore,
         event: &'e StoredEvent,
         room_id: &'e str,
         viewer: Option<Viewer<'_>>,
+        check: Option<&mut VisibilityCheck<'_>>,
     ) -> MatrixResult<Self> {
-        let unsigned = unsigned(store, event, room_id, viewer, true)?;
+        let unsigned = unsigned(store, event, room_id, viewer, check)?;
         Ok(Self {
             event,
             room_id,
@@ -97,20 +105,19 @@ fn redacts(event: &StoredEvent) -> Option<&Value> {
         .or_else(|| event.content().get("redacts"))
 }
 
-/// `event` as a `Value`, with bundles or without (events inside a bundle, and the
-/// redaction inside `redacted_because`, come without bundles of their own). Written from
-/// the same view `/sync` serializes, so only the content is parsed, not the whole PDU.
+/// `event` as a `Value` (see [`client_event`]). Written from the same view `/sync`
+/// serializes, so only the content is parsed, not the whole PDU.
 fn render(
     store: &EventStore,
     event: &StoredEvent,
     room_id: &str,
     viewer: Option<Viewer<'_>>,
-    with_bundle: bool,
+    check: Option<&mut VisibilityCheck<'_>>,
 ) -> MatrixResult<Value> {
     let view = ClientEventView {
         event,
         room_id,
-        unsigned: unsigned(store, event, room_id, viewer, with_bundle)?,
+        unsigned: unsigned(store, event, room_id, viewer, check)?,
     };
     serde_json::to_value(view).map_err(|e| MatrixError::internal(format!("client event: {e}")))
 }
@@ -122,7 +129,7 @@ fn unsigned(
     event: &StoredEvent,
     room_id: &str,
     viewer: Option<Viewer<'_>>,
-    with_bundle: bool,
+    check: Option<&mut VisibilityCheck<'_>>,
 ) -> MatrixResult<Map<String, Value>> {
     let mut unsigned = Map::new();
     let age = now_ms().saturating_sub(event.origin_server_ts());
@@ -133,25 +140,27 @@ fn unsigned(
         unsigned.insert("replaces_state".into(), json!(previous.event_id));
         unsigned.insert("prev_sender".into(), json!(previous.sender));
     }
-    if event.meta.redacted_by != 0 {
-        let redaction = store.event(event.meta.redacted_by)?;
-        unsigned.insert(
-            "redacted_because".into(),
-            render(store, &redaction, room_id, None, false)?,
-        );
-    } else if with_bundle {
-        // Spec: "Aggregations of child events": bundled in `unsigned.m.relations`. The
-        // events inside a bundle are served without bundles of their own.
-        if let Some(bytes) = store
-            .db
-            .get(Table::ShorteventidAggregates, event.short.to_be_bytes())?
-        {
-            let aggregates: Aggregates = decode(Table::ShorteventidAggregates, &bytes)?;
+    if let Some(check) = check {
+        if event.meta.redacted_by != 0 {
+            // The redaction is an event like any other: shown only to those who may see
+            // it (the content stays redacted for everyone).
+            let redaction = store.event(event.meta.redacted_by)?;
+            if check.can_see(&redaction)? {
+                unsigned.insert(
+                    "redacted_because".into(),
+                    render(store, &redaction, room_id, None, None)?,
+                );
+            }
+        } else if let Some(stored) = stored_aggregates(store, event.short)? {
+            // Spec: "Aggregations of child events": bundled in `unsigned.m.relations`,
+            // counting only the children the viewer may see. The events inside a bundle
+            // are served without bundles of their own.
+            let aggregates = visible_aggregates(store, event, stored, check)?;
             let child = |short| {
                 store
                     .event(short)
                     .ok()
-                    .and_then(|e| render(store, &e, room_id, viewer, false).ok())
+                    .and_then(|e| render(store, &e, room_id, viewer, None).ok())
             };
             let bundle = aggregates.bundle(viewer.map(|v| v.user_id), &child);
             if !bundle.is_empty() {

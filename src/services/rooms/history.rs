@@ -71,11 +71,11 @@ pub struct Scan {
 }
 
 impl Rooms {
-    /// An event of the room that the reader may see; 404 `M_NOT_FOUND` otherwise.
+    /// An event of the room that `check`'s viewer may see; 404 `M_NOT_FOUND` otherwise.
     pub fn visible_event_for(
         &self,
         access: &ReadAccess,
-        user_id: &str,
+        check: &mut VisibilityCheck<'_>,
         event_id: &str,
     ) -> MatrixResult<StoredEvent> {
         let not_found = || MatrixError::not_found("Event not found");
@@ -84,7 +84,6 @@ impl Rooms {
             .event_by_id(event_id)?
             .filter(|e| e.meta.room == access.room.short)
             .ok_or_else(not_found)?;
-        let mut check = VisibilityCheck::new(&self.store, user_id, access.membership.as_ref());
         if !check.can_see(&event)? {
             return Err(not_found());
         }
@@ -99,8 +98,18 @@ impl Rooms {
         event_id: &str,
     ) -> MatrixResult<Value> {
         let access = self.read_access(viewer.user_id, room_id)?;
-        let event = self.visible_event_for(&access, viewer.user_id, event_id)?;
-        client_event(&self.store, &event, room_id, Some(viewer))
+        let mut check = self.visibility_check(viewer.user_id, &access);
+        let event = self.visible_event_for(&access, &mut check, event_id)?;
+        client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))
+    }
+
+    /// The visibility check of `user_id` in the room of `access`.
+    pub fn visibility_check<'a>(
+        &'a self,
+        user_id: &'a str,
+        access: &ReadAccess,
+    ) -> VisibilityCheck<'a> {
+        VisibilityCheck::new(&self.store, user_id, access.membership.as_ref())
     }
 
     /// Scans the timeline positions `lower <= pos < upper` in direction `dir`, keeping
@@ -210,7 +219,7 @@ impl Rooms {
         let chunk = scan
             .events
             .iter()
-            .map(|e| client_event(&self.store, e, room_id, Some(viewer)))
+            .map(|e| client_event(&self.store, e, room_id, Some(viewer), Some(&mut check)))
             .collect::<MatrixResult<_>>()?;
         Ok(MessagesPage {
             start: tokens::token(start),
@@ -238,7 +247,7 @@ impl Rooms {
                 self.store
                     .state_event(event.meta.state_after, "m.room.member", sender)?
             {
-                out.push(client_event(&self.store, &member, room_id, None)?);
+                out.push(client_event(&self.store, &member, room_id, None, None)?);
             }
         }
         Ok(out)
@@ -254,12 +263,11 @@ impl Rooms {
         filter: &RoomEventFilter,
     ) -> MatrixResult<EventContext> {
         let access = self.read_access(viewer.user_id, room_id)?;
-        let event = self.visible_event_for(&access, viewer.user_id, event_id)?;
+        let mut check = self.visibility_check(viewer.user_id, &access);
+        let event = self.visible_event_for(&access, &mut check, event_id)?;
         let limit = limit.min(MAX_LIMIT);
         let before_limit = limit / 2;
         let after_limit = limit - before_limit;
-        let mut check =
-            VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
         let pos = event.meta.pos;
         let before = self.scan_timeline(
             &access.room,
@@ -295,20 +303,21 @@ impl Rooms {
             self.store
                 .state_events(last.meta.state_after, None)?
                 .iter()
-                .map(|e| client_event(&self.store, e, room_id, None))
+                .map(|e| client_event(&self.store, e, room_id, None, Some(&mut check)))
                 .collect::<MatrixResult<_>>()?
         };
-        let render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
+        let event = client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))?;
+        let mut render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
             events
                 .iter()
-                .map(|e| client_event(&self.store, e, room_id, Some(viewer)))
+                .map(|e| client_event(&self.store, e, room_id, Some(viewer), Some(&mut check)))
                 .collect()
         };
         Ok(EventContext {
             start: tokens::token(start),
             end: tokens::token(end),
             events_before: render(&before.events)?,
-            event: client_event(&self.store, &event, room_id, Some(viewer))?,
+            event,
             events_after: render(&after.events)?,
             state,
         })

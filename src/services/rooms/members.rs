@@ -28,11 +28,29 @@ impl Rooms {
     /// Every state event the user may see, in client format.
     pub fn state_for(&self, user_id: &str, room_id: &str) -> MatrixResult<Vec<Value>> {
         let access = self.read_access(user_id, room_id)?;
+        let mut check = self.visibility_check(user_id, &access);
         self.store
             .state_events(access.snapshot, None)?
             .iter()
-            .map(|e| client_event(&self.store, e, room_id, None))
+            .map(|e| client_event(&self.store, e, room_id, None, Some(&mut check)))
             .collect()
+    }
+
+    /// One state event the user may see, in client format (`format=event`).
+    pub fn state_event_json_for(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> MatrixResult<Value> {
+        let access = self.read_access(user_id, room_id)?;
+        let event = self
+            .store
+            .state_event(access.snapshot, event_type, state_key)?
+            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+        let mut check = self.visibility_check(user_id, &access);
+        client_event(&self.store, &event, room_id, None, Some(&mut check))
     }
 
     /// One state event the user may see; 404 `M_NOT_FOUND` if the room has none.
@@ -77,6 +95,7 @@ impl Rooms {
                 }
             }
         }
+        let mut check = self.visibility_check(user_id, &access);
         let mut out = Vec::new();
         for event in self.store.state_events(snapshot, Some("m.room.member"))? {
             let membership = event
@@ -90,7 +109,13 @@ impl Rooms {
             if query.not_membership.is_some_and(|m| m == membership) {
                 continue;
             }
-            out.push(client_event(&self.store, &event, room_id, None)?);
+            out.push(client_event(
+                &self.store,
+                &event,
+                room_id,
+                None,
+                Some(&mut check),
+            )?);
         }
         Ok(out)
     }

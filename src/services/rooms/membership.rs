@@ -8,6 +8,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::guests;
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
 use crate::core::UserId;
@@ -63,13 +64,15 @@ impl Rooms {
     }
 
     /// Joins `user` to a room this server knows (joining over federation is not built
-    /// yet: an unknown room is 404 `M_NOT_FOUND`).
+    /// yet: an unknown room is 404 `M_NOT_FOUND`). A guest's join is marked as one and
+    /// needs the room's guest access to be `can_join` (see [`super::guests`]).
     pub async fn join(
         &self,
         user: &UserId,
         room_id: &str,
         reason: Option<String>,
         profile: &MemberProfile,
+        is_guest: bool,
     ) -> MatrixResult<()> {
         let room = self
             .store
@@ -80,6 +83,9 @@ impl Rooms {
             return Ok(());
         }
         let mut content = member_content("join", Some(profile), reason);
+        if is_guest {
+            content.insert(guests::KIND_FIELD.into(), json!(guests::GUEST));
+        }
         let join_rule = self
             .store
             .state_event(room.record.state, "m.room.join_rules", "")?;

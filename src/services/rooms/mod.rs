@@ -6,7 +6,8 @@
 //! - [`writer`]: the write path, one writer task per room;
 //! - [`create`], [`membership`], [`sending`]: what clients ask the graph to do;
 //! - [`history`], [`members`], [`relations`], [`aliases`]: what clients read;
-//! - [`visibility`], [`filter`], [`client_event`], [`tokens`]: the rules and formats those share.
+//! - [`visibility`], [`guests`], [`filter`], [`client_event`], [`tokens`]: the rules and formats
+//!   those share.
 //!
 //! Owns the tables `roomid_shortroomid`, `shortroomid_room`, `shorteventid_pdu`,
 //! `shorteventid_meta`, `shortroomid_pos_shorteventid`, `pos_shortroomid`,
@@ -20,6 +21,7 @@ pub mod client_event;
 pub mod create;
 pub mod event_store;
 pub mod filter;
+pub mod guests;
 pub mod history;
 pub mod members;
 pub mod membership;

@@ -8,10 +8,12 @@
 
 use serde_json::Value;
 
+use super::aggregates::{Aggregates, Child};
 use super::client_event::{client_event, Viewer};
-use super::event_store::StoredEvent;
+use super::event_store::{EventStore, StoredEvent};
 use super::history::{Direction, MAX_LIMIT};
 use super::records::RelationRecord;
+use super::state_store::ShortEventId;
 use super::tokens;
 use super::visibility::VisibilityCheck;
 use super::writer::thread_key;
@@ -52,6 +54,75 @@ fn child_key(parent: u64, pos: u64, child: u64) -> [u8; 24] {
     key[8..16].copy_from_slice(&pos.to_be_bytes());
     key[16..].copy_from_slice(&child.to_be_bytes());
     key
+}
+
+/// The aggregates of `parent` built from the children `keep` accepts, in arrival order
+/// (the relation index holds no redacted child).
+pub(super) fn aggregates_of_children(
+    store: &EventStore,
+    parent: &StoredEvent,
+    mut keep: impl FnMut(&StoredEvent) -> MatrixResult<bool>,
+) -> MatrixResult<Aggregates> {
+    let mut aggregates = Aggregates::default();
+    for entry in store
+        .db
+        .scan_prefix(Table::RelatesPosChild, &parent.short.to_be_bytes())
+    {
+        let (key, value) = entry?;
+        let Some(child) = key.get(16..24).and_then(keys::read_u64) else {
+            continue;
+        };
+        let record: RelationRecord = decode(Table::RelatesPosChild, &value)?;
+        let event = store.event(child)?;
+        if !keep(&event)? {
+            continue;
+        }
+        aggregates.add(
+            parent,
+            &record.rel_type,
+            &Child {
+                short: child,
+                event_id: &event.event_id,
+                pdu: event.pdu(),
+            },
+        );
+    }
+    Ok(aggregates)
+}
+
+/// The aggregates stored for `parent` (every child counted), if it has any.
+pub(super) fn stored_aggregates(
+    store: &EventStore,
+    parent: ShortEventId,
+) -> MatrixResult<Option<Aggregates>> {
+    store
+        .db
+        .get(Table::ShorteventidAggregates, parent.to_be_bytes())?
+        .map(|bytes| decode(Table::ShorteventidAggregates, &bytes))
+        .transpose()
+}
+
+/// What the viewer of `check` may see of `parent`'s aggregates (`stored`, which count
+/// every child): the same aggregates when the viewer has been joined since before the
+/// first child (every child was sent to them), else rebuilt from the children they may
+/// see, so an edit or thread reply sent after they left is neither bundled nor counted.
+pub(super) fn visible_aggregates(
+    store: &EventStore,
+    parent: &StoredEvent,
+    stored: Aggregates,
+    check: &mut VisibilityCheck<'_>,
+) -> MatrixResult<Aggregates> {
+    let first_child_pos = store
+        .db
+        .scan_prefix(Table::RelatesPosChild, &parent.short.to_be_bytes())
+        .next()
+        .transpose()?
+        .and_then(|(key, _)| key.get(8..16).and_then(keys::read_u64));
+    match first_child_pos {
+        None => Ok(Aggregates::default()),
+        Some(pos) if check.sees_everything_after(pos.saturating_sub(1)) => Ok(stored),
+        Some(_) => aggregates_of_children(store, parent, |child| check.can_see(child)),
+    }
 }
 
 impl Rooms {
@@ -134,7 +205,13 @@ impl Rooms {
                 break;
             }
             last_pos = Some(pos);
-            chunk.push(client_event(&self.store, &event, room_id, Some(viewer))?);
+            chunk.push(client_event(
+                &self.store,
+                &event,
+                room_id,
+                Some(viewer),
+                Some(&mut check),
+            )?);
         }
         let next_batch = match (more, last_pos) {
             (true, Some(pos)) if backwards => Some(tokens::token(pos.saturating_sub(1))),
@@ -187,10 +264,26 @@ impl Rooms {
             if !check.can_see(&root)? {
                 continue;
             }
+            // A root whose replies all came after the viewer could see is no thread to them.
+            let Some(stored) = stored_aggregates(&self.store, root.short)? else {
+                continue;
+            };
+            if visible_aggregates(&self.store, &root, stored, &mut check)?
+                .thread
+                .is_none()
+            {
+                continue;
+            }
             if participated && !self.participated(&root, viewer.user_id)? {
                 continue;
             }
-            chunk.push(client_event(&self.store, &root, room_id, Some(viewer))?);
+            chunk.push(client_event(
+                &self.store,
+                &root,
+                room_id,
+                Some(viewer),
+                Some(&mut check),
+            )?);
         }
         Ok(RelationsPage { chunk, next_batch })
     }

@@ -57,6 +57,8 @@ pub struct VisibilityCheck<'a> {
     store: &'a EventStore,
     user_id: &'a str,
     last_join_pos: u64,
+    /// Where the viewer's current run of `join` began, while they are joined.
+    joined_since: Option<u64>,
     /// The interned `(type, state_key)`s, looked up on first use (`None`: never interned,
     /// so no snapshot holds such an event).
     visibility_key: Option<Option<ShortStateKey>>,
@@ -87,6 +89,10 @@ impl<'a> VisibilityCheck<'a> {
             store,
             user_id,
             last_join_pos: record.map_or(0, |r| r.last_join_pos),
+            // Records from before `joined_at` existed read 0: no shortcut for them.
+            joined_since: record
+                .filter(|r| r.membership == "join" && r.joined_at > 0)
+                .map(|r| r.joined_at),
             visibility_key: None,
             member_key: None,
             visibility_at: HashMap::new(),
@@ -187,6 +193,13 @@ impl<'a> VisibilityCheck<'a> {
             return self.allowed_at(event.meta.state_after, event.meta.pos);
         }
         Ok(false)
+    }
+
+    /// Whether every event after stream position `pos` is visible to the viewer without
+    /// looking: they have been joined since at or before it, so each such event was sent
+    /// while they were a member (rule 2).
+    pub fn sees_everything_after(&self, pos: u64) -> bool {
+        self.joined_since.is_some_and(|since| since <= pos)
     }
 
     /// Whether the room's current history visibility is `world_readable`.

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::aggregates::{Aggregates, Child};
 use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
+use super::guests;
 use super::records::{EventMeta, MembershipRecord, RelationRecord, RoomRecord};
 use super::state_store::{ShortEventId, StateMap};
 use crate::core::auth_rules::{self, AuthContext, AuthState};
@@ -322,8 +323,16 @@ fn process_job(
             *head = Some(RoomHead::load(&ctx.store, room_id)?);
         }
         let current = head.as_mut().expect("loaded above");
+        let ends_guest_access = draft.kind == "m.room.guest_access"
+            && draft.state_key.as_deref() == Some("")
+            && !guests::guests_can_join(Some(&draft.content));
         match append(ctx, current, draft, written) {
-            Ok(id) => ids.push(id),
+            Ok(id) => {
+                ids.push(id);
+                if ends_guest_access {
+                    remove_guests(ctx, current, written)?;
+                }
+            }
             Err(e) => {
                 if e.status >= 500 {
                     // A storage failure may leave the cached head ahead of the tables.
@@ -334,6 +343,35 @@ fn process_job(
         }
     }
     Ok(ids)
+}
+
+/// Spec: "Guest Access", "Server behaviour": once guest access ends, every local guest
+/// who is joined or invited leaves, by its own `leave` event, right after the change (in
+/// the same job, so no event comes between). A leave the rules refuse is logged and
+/// skipped; a storage failure stops the job like any other.
+fn remove_guests(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    written: &mut Written,
+) -> MatrixResult<()> {
+    for guest in head.local_guests(&ctx.store, &ctx.server_name)? {
+        let leave = EventDraft::new(
+            &guest,
+            "m.room.member",
+            Some(&guest),
+            json!({ "membership": "leave" }),
+        );
+        match append(ctx, head, leave, written) {
+            Ok(_) => {
+                tracing::info!(room = %head.record.room_id, user = %guest, "guest left: guest access ended")
+            }
+            Err(e) if e.status >= 500 => return Err(e),
+            Err(e) => {
+                tracing::warn!(room = %head.record.room_id, user = %guest, "guest could not be made to leave: {}", e.message);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets the `forgotten` flag of a user's membership record, in the room's writer so that
@@ -436,6 +474,24 @@ impl RoomHead {
             self.local_members = Some(members);
         }
         Ok(self.local_members.as_deref().unwrap_or_default())
+    }
+
+    /// Local guests who are joined or invited (see [`guests::must_leave_without_access`]).
+    fn local_guests(&self, store: &EventStore, server_name: &str) -> MatrixResult<Vec<String>> {
+        let suffix = format!(":{server_name}");
+        let mut shorts = Vec::new();
+        for (key, event) in &self.state {
+            let (kind, state_key) = store.state.state_key_of(*key)?;
+            if kind == "m.room.member" && state_key.ends_with(&suffix) {
+                shorts.push(*event);
+            }
+        }
+        Ok(store
+            .events(&shorts)?
+            .iter()
+            .filter(|e| guests::must_leave_without_access(e.content()))
+            .filter_map(|e| e.state_key().map(str::to_owned))
+            .collect())
     }
 
     /// Keeps the local members current after a member event of a local user.
@@ -564,6 +620,17 @@ fn append(
             if let (Some(target), Some(content)) = (&draft.redacts, draft.content.as_object_mut()) {
                 content.insert("redacts".into(), json!(target));
             }
+        }
+    }
+
+    if draft.kind == "m.room.member"
+        && guests::is_guest_join(&draft.sender, draft.state_key.as_deref(), &draft.content)
+    {
+        let access = head.state_event(store, "m.room.guest_access", "")?;
+        if !guests::guests_can_join(access.as_ref().map(|e| e.content())) {
+            return Err(MatrixError::forbidden(
+                "Guests may not join this room (its guest access is not can_join)",
+            ));
         }
     }
 
@@ -986,30 +1053,9 @@ fn rebuild_aggregates(
     without: ShortEventId,
 ) -> MatrixResult<()> {
     let parent_event = store.event(parent)?;
-    let mut aggregates = Aggregates::default();
-    for entry in store
-        .db
-        .scan_prefix(Table::RelatesPosChild, &parent.to_be_bytes())
-    {
-        let (key, value) = entry?;
-        let Some(child) = key.get(16..24).and_then(keys::read_u64) else {
-            continue;
-        };
-        if child == without {
-            continue;
-        }
-        let record: RelationRecord = decode(Table::RelatesPosChild, &value)?;
-        let event = store.event(child)?;
-        aggregates.add(
-            &parent_event,
-            &record.rel_type,
-            &Child {
-                short: child,
-                event_id: &event.event_id,
-                pdu: event.pdu(),
-            },
-        );
-    }
+    let aggregates = super::relations::aggregates_of_children(store, &parent_event, |child| {
+        Ok(child.short != without)
+    })?;
     if aggregates.is_empty() {
         batch.delete(Table::ShorteventidAggregates, parent.to_be_bytes());
     } else {

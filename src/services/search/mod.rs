@@ -41,6 +41,9 @@ const MAX_CONTEXT: usize = 50;
 /// Candidates checked for visibility per page at most; past it the page ends early and
 /// `next_batch` goes on from there.
 const MAX_CHECKED: usize = 2000;
+/// Candidates checked for visibility per request at most, for `count` (an approximate
+/// count, the spec says: past this many it counts only the visible ones checked).
+const MAX_COUNTED: usize = 10_000;
 /// Search terms used at most (words past it are ignored).
 const MAX_TERMS: usize = 16;
 
@@ -170,11 +173,14 @@ struct Searched {
 }
 
 /// One page of results, and where the next starts.
-struct Page<'c> {
+struct Page<'c, 's> {
     found: Vec<Found>,
     resume_at: Option<&'c Candidate>,
+    /// Visible matches (see [`MAX_COUNTED`]).
     count: usize,
     newest: u64,
+    /// The visibility check of each room looked at, by short id.
+    checks: HashMap<u64, VisibilityCheck<'s>>,
 }
 
 /// A result found visible.
@@ -218,22 +224,13 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
         Order::Recent => candidates.sort_by_key(|c| std::cmp::Reverse(c.pos)),
         Order::Rank => candidates.sort_by(|a, b| b.rank.total_cmp(&a.rank).then(b.pos.cmp(&a.pos))),
     }
-    let count = candidates.len();
     // Events newer than the first page are left for a new search: they would shift the
     // ranks and the pages.
     let newest = match &request.next_batch {
         Some(cursor) => cursor.newest,
         None => candidates.iter().map(|c| c.pos).max().unwrap_or(0),
     };
-    if let Some(cursor) = &request.next_batch {
-        let only_room = cursor.room.as_deref();
-        candidates.retain(|c| {
-            c.pos <= newest
-                && cursor.precedes(c)
-                && only_room.is_none_or(|r| rooms[&c.room].room_id == r)
-        });
-    }
-
+    candidates.retain(|c| c.pos <= newest);
     let limit = request
         .filter
         .limit
@@ -243,16 +240,31 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
         .next_batch
         .as_ref()
         .and_then(|c| c.sender.as_deref());
+    let only_room = request.next_batch.as_ref().and_then(|c| c.room.as_deref());
+    // One pass over the ranked candidates: each is checked for visibility once; the
+    // visible ones are counted (`count` never counts what the user may not see) and
+    // those after the cursor fill the page.
     let mut checks: HashMap<u64, VisibilityCheck<'_>> = HashMap::new();
     let mut found: Vec<Found> = Vec::new();
-    let mut more = false;
+    let mut count = 0;
+    let mut page_checked = 0;
+    let mut page_done = false;
+    let mut resume_at: Option<&Candidate> = None;
     let mut last_checked: Option<&Candidate> = None;
     for (checked, candidate) in candidates.iter().enumerate() {
-        if checked == MAX_CHECKED {
-            more = true;
-            break;
-        }
         let room = &rooms[&candidate.room];
+        let on_page = !page_done
+            && request
+                .next_batch
+                .as_ref()
+                .is_none_or(|c| c.precedes(candidate))
+            && only_room.is_none_or(|r| room.room_id == r);
+        if checked >= MAX_COUNTED && !on_page {
+            if page_done {
+                break;
+            }
+            continue;
+        }
         let event = store.event(candidate.short)?;
         let check = checks
             .entry(candidate.room)
@@ -261,22 +273,28 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
             && request.filter.matches(&event)
             && sender_only.is_none_or(|s| s == event.sender())
             && check.can_see(&event)?;
-        if !wanted {
-            last_checked = Some(candidate);
+        if wanted {
+            count += 1;
+        }
+        if !on_page {
             continue;
         }
-        if found.len() == limit {
-            more = true;
-            break;
+        if page_checked == MAX_CHECKED || (wanted && found.len() == limit) {
+            // The page ends at the last candidate it looked at.
+            page_done = true;
+            resume_at = last_checked;
+            continue;
         }
+        page_checked += 1;
         last_checked = Some(candidate);
-        found.push(Found {
-            candidate: candidate.clone(),
-            room_id: room.room_id.clone(),
-            event,
-        });
+        if wanted {
+            found.push(Found {
+                candidate: candidate.clone(),
+                room_id: room.room_id.clone(),
+                event,
+            });
+        }
     }
-    let resume_at = if more { last_checked } else { None };
     let viewer = Viewer {
         user_id: &request.user_id,
         device_id: &request.device_id,
@@ -286,6 +304,7 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
         resume_at,
         count,
         newest,
+        checks,
     };
     render(services, request, &search_terms, page, viewer)
 }
@@ -321,7 +340,7 @@ fn render(
     services: &Services,
     request: &SearchRequest,
     search_terms: &[String],
-    page: Page<'_>,
+    page: Page<'_, '_>,
     viewer: Viewer<'_>,
 ) -> MatrixResult<Value> {
     let store = services.rooms.store();
@@ -330,6 +349,7 @@ fn render(
         resume_at,
         count,
         newest,
+        mut checks,
     } = page;
     let cursor_at = |candidate: &Candidate, room: Option<&str>, sender: Option<&str>| Cursor {
         order: request.order,
@@ -359,7 +379,13 @@ fn render(
         }
         let mut result = json!({
             "rank": item.candidate.rank,
-            "result": client_event(store, &item.event, &item.room_id, Some(viewer))?,
+            "result": client_event(
+                store,
+                &item.event,
+                &item.room_id,
+                Some(viewer),
+                checks.get_mut(&item.candidate.room),
+            )?,
         });
         if let Some(context) = request.context {
             // A room the user can see events of without `read_access` (invited, with
@@ -426,14 +452,13 @@ fn render(
     if request.include_state {
         let mut state = Map::new();
         for (room_id, _, _) in &room_groups {
-            let Ok(access) = services.rooms.read_access(&request.user_id, room_id) else {
-                continue;
+            // A room the user cannot read now (invited, under `invited` visibility) gets no
+            // state rather than failing the search.
+            let events = match services.rooms.state_for(&request.user_id, room_id) {
+                Ok(events) => events,
+                Err(e) if e.status >= 500 => return Err(e),
+                Err(_) => continue,
             };
-            let events = store
-                .state_events(access.snapshot, None)?
-                .iter()
-                .map(|e| client_event(store, e, room_id, None))
-                .collect::<MatrixResult<Vec<Value>>>()?;
             state.insert(room_id.clone(), Value::Array(events));
         }
         out.insert("state".into(), Value::Object(state));
@@ -480,10 +505,10 @@ fn event_context(
         .map_or(pos, |e| e.meta.pos)
         .saturating_sub(1);
     let end = after.events.last().map_or(pos, |e| e.meta.pos);
-    let render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
+    let mut render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
         events
             .iter()
-            .map(|e| client_event(store, e, &item.room_id, Some(viewer)))
+            .map(|e| client_event(store, e, &item.room_id, Some(viewer), Some(&mut check)))
             .collect()
     };
     let mut out = json!({

@@ -73,18 +73,27 @@ impl Context<'_> {
 
     /// An event as the filter's `event_format` and `event_fields` ask. Without
     /// `event_fields` it is written out from the stored event, not copied.
-    fn render<'e>(&self, event: &'e StoredEvent, room_id: &'e str) -> MatrixResult<EventJson<'e>> {
+    fn render<'e>(
+        &self,
+        event: &'e StoredEvent,
+        room_id: &'e str,
+        check: &mut VisibilityCheck<'_>,
+    ) -> MatrixResult<EventJson<'e>> {
         let store = self.store();
         let viewer = Some(self.viewer);
         Ok(
             match (self.filter.event_format, &self.filter.event_fields) {
-                (EventFormat::Client, None) => {
-                    EventJson::Client(ClientEventView::new(store, event, room_id, viewer)?)
-                }
+                (EventFormat::Client, None) => EventJson::Client(ClientEventView::new(
+                    store,
+                    event,
+                    room_id,
+                    viewer,
+                    Some(check),
+                )?),
                 (EventFormat::Federation, None) => EventJson::Pdu(event),
                 (EventFormat::Client, Some(_)) => EventJson::Projected(
                     self.filter
-                        .project(client_event(store, event, room_id, viewer)?),
+                        .project(client_event(store, event, room_id, viewer, Some(check))?),
                 ),
                 (EventFormat::Federation, Some(_)) => {
                     EventJson::Projected(self.filter.project(event.pdu().clone()))
@@ -93,12 +102,18 @@ impl Context<'_> {
         )
     }
 
+    /// Events of one room, with what `check` (the user's visibility check there) lets
+    /// them see of bundles and redactions.
     fn render_all<'e>(
         &self,
         events: &'e [StoredEvent],
         room_id: &'e str,
+        check: &mut VisibilityCheck<'_>,
     ) -> MatrixResult<Vec<EventJson<'e>>> {
-        events.iter().map(|e| self.render(e, room_id)).collect()
+        events
+            .iter()
+            .map(|e| self.render(e, room_id, check))
+            .collect()
     }
 }
 
@@ -162,18 +177,18 @@ impl<'e> LeftRoomJson<'e> {
     fn new(
         ctx: &Context<'_>,
         room_id: &'e str,
-        timeline: &'e Timeline,
-        state: &'e [StoredEvent],
+        (timeline, state): (&'e Timeline, &'e [StoredEvent]),
+        check: &mut VisibilityCheck<'_>,
         account_data: Vec<Value>,
     ) -> MatrixResult<Self> {
         Ok(Self {
             timeline: TimelineJson {
-                events: ctx.render_all(&timeline.events, room_id)?,
+                events: ctx.render_all(&timeline.events, room_id, check)?,
                 limited: timeline.limited,
                 prev_batch: Some(tokens::token(timeline.prev_batch)),
             },
             state: Events {
-                events: ctx.render_all(state, room_id)?,
+                events: ctx.render_all(state, room_id, check)?,
             },
             account_data: Events {
                 events: account_data,
@@ -611,7 +626,7 @@ fn stripped_state(
     {
         out.push(stripped(&sender));
     }
-    let mut own = client_event(store, &member, &room.record.room_id, Some(ctx.viewer))?;
+    let mut own = client_event(store, &member, &room.record.room_id, Some(ctx.viewer), None)?;
     if let Some(own) = own.as_object_mut() {
         own.remove("room_id");
     }
@@ -638,7 +653,7 @@ struct Timeline {
 fn timeline(
     ctx: &Context<'_>,
     room: &Room,
-    record: &MembershipRecord,
+    check: &mut VisibilityCheck<'_>,
     after: Option<u64>,
     upto: u64,
 ) -> MatrixResult<Timeline> {
@@ -657,11 +672,10 @@ fn timeline(
             prev_batch: upto,
         });
     }
-    let mut check = VisibilityCheck::new(ctx.store(), &ctx.request.user_id, Some(record));
     // One event more than the limit tells whether there is a gap (`limited`).
     let scan = ctx.services.rooms.scan_timeline(
         room,
-        &mut check,
+        check,
         &ctx.timeline_filter,
         lower,
         upper,
@@ -772,7 +786,8 @@ fn joined_room(
     let newly_joined = ctx.since.is_some_and(|s| record.joined_at > s);
     let full = ctx.full || newly_joined;
     // Spec: with `full_state` "the timeline will still be limited by the since parameter".
-    let timeline = timeline(ctx, room, record, ctx.since, ctx.upto)?;
+    let mut check = VisibilityCheck::new(store, &ctx.request.user_id, Some(record));
+    let timeline = timeline(ctx, room, &mut check, ctx.since, ctx.upto)?;
     let start = match timeline.events.first() {
         Some(first) => first.meta.state_before,
         None => snapshot_at(store, room, ctx.upto)?,
@@ -854,7 +869,7 @@ fn joined_room(
         (as_json(counts.total()), None)
     };
     let section = JoinedRoomJson {
-        room: LeftRoomJson::new(ctx, room_id, &timeline, &state, account_data)?,
+        room: LeftRoomJson::new(ctx, room_id, (&timeline, &state), &mut check, account_data)?,
         ephemeral: Events { events: ephemeral },
         summary: summary_json,
         unread_notifications: unread,
@@ -872,12 +887,13 @@ fn left_room(
 ) -> MatrixResult<Option<Box<RawValue>>> {
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
+    let mut check = VisibilityCheck::new(store, &ctx.request.user_id, Some(record));
     if record.last_join_pos == 0 {
         // A rejected invite or knock: the user never saw the room, so only their leave.
         let leave: Vec<StoredEvent> = store.event_by_id(&record.event_id)?.into_iter().collect();
         return raw_json(&LeftRoomJson {
             timeline: TimelineJson {
-                events: ctx.render_all(&leave, room_id)?,
+                events: ctx.render_all(&leave, room_id, &mut check)?,
                 limited: false,
                 prev_batch: None,
             },
@@ -886,7 +902,7 @@ fn left_room(
         })
         .map(Some);
     }
-    let timeline = timeline(ctx, room, record, ctx.since, record.pos)?;
+    let timeline = timeline(ctx, room, &mut check, ctx.since, record.pos)?;
     let start = match timeline.events.first() {
         Some(first) => first.meta.state_before,
         None => snapshot_at(store, room, record.pos)?,
@@ -906,8 +922,8 @@ fn left_room(
     raw_json(&LeftRoomJson::new(
         ctx,
         room_id,
-        &timeline,
-        &state,
+        (&timeline, &state),
+        &mut check,
         account_data,
     )?)
     .map(Some)
