@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml::{Table, Value};
 
@@ -67,6 +68,14 @@ pub struct ClientConfig {
     pub listen: SocketAddr,
     /// Request body limit in bytes.
     pub max_body_size: u64,
+    /// Open connections at most (0: what the descriptor budget allows).
+    pub max_connections: u64,
+    /// Time to send a complete request head, from its first byte.
+    pub header_timeout: Duration,
+    /// Time a request body may go without sending anything.
+    pub body_idle_timeout: Duration,
+    /// Time an idle kept-alive connection is kept.
+    pub keep_alive_timeout: Duration,
 }
 
 /// `[federation]`.
@@ -114,11 +123,17 @@ pub struct RateLimitConfig {
     pub message_per_second: u32,
     /// Event bucket size.
     pub message_burst: u32,
+    /// Rooms created refilled per minute, per user.
+    pub room_create_per_minute: u32,
+    /// Room creation bucket size.
+    pub room_create_burst: u32,
 }
 
 /// `[media]`.
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
+    /// Uploads one user may have in progress at once.
+    pub max_uploads_per_user: u64,
     /// Largest upload in bytes.
     pub max_upload_size: u64,
     /// Largest image (pixels) thumbnails are made from.
@@ -173,6 +188,10 @@ pub struct LoggingConfig {
 pub struct StorageConfig {
     /// RocksDB block cache in bytes.
     pub cache_size: u64,
+    /// Memtables of all tables together, in bytes.
+    pub write_buffer_size: u64,
+    /// Table files RocksDB keeps open at most.
+    pub max_open_files: u64,
 }
 
 impl Config {
@@ -252,6 +271,10 @@ impl Config {
             client: ClientConfig {
                 listen: r.socket_addr("client.listen")?,
                 max_body_size: r.size("client.max_body_size")?,
+                max_connections: r.u64("client.max_connections", 0)?,
+                header_timeout: r.seconds("client.header_timeout_secs")?,
+                body_idle_timeout: r.seconds("client.body_idle_timeout_secs")?,
+                keep_alive_timeout: r.seconds("client.keep_alive_timeout_secs")?,
             },
             federation: FederationConfig {
                 enabled: r.bool("federation.enabled")?,
@@ -274,8 +297,11 @@ impl Config {
                 register_burst: r.u32("rate_limits.register_burst")?,
                 message_per_second: r.u32("rate_limits.message_per_second")?,
                 message_burst: r.u32("rate_limits.message_burst")?,
+                room_create_per_minute: r.u32("rate_limits.room_create_per_minute")?,
+                room_create_burst: r.u32("rate_limits.room_create_burst")?,
             },
             media: MediaConfig {
+                max_uploads_per_user: r.u64("media.max_uploads_per_user", 1)?,
                 max_upload_size: r.size("media.max_upload_size")?,
                 max_thumbnail_pixels: r.u64("media.max_thumbnail_pixels", 1)?,
                 legacy_unauthenticated: r.bool("media.legacy_unauthenticated")?,
@@ -294,6 +320,8 @@ impl Config {
             },
             storage: StorageConfig {
                 cache_size: r.size("storage.cache_size")?,
+                write_buffer_size: r.size("storage.write_buffer_size")?,
+                max_open_files: r.u64("storage.max_open_files", 16)?,
             },
         })
     }
@@ -477,6 +505,11 @@ impl Reader<'_> {
             .ok()
             .filter(|n| *n >= min)
             .ok_or_else(|| ConfigError(format!("config key `{key}`: must be at least {min}")))
+    }
+
+    /// A whole number of seconds, at least one.
+    fn seconds(&self, key: &str) -> Result<Duration, ConfigError> {
+        self.u64(key, 1).map(Duration::from_secs)
     }
 
     fn u32(&self, key: &str) -> Result<u32, ConfigError> {

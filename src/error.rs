@@ -221,8 +221,19 @@ impl std::fmt::Display for MatrixError {
 impl std::error::Error for MatrixError {}
 
 impl From<StorageError> for MatrixError {
+    /// A write refused while storage recovers is 503 (try again shortly); anything else
+    /// is an internal error. Neither shows the detail, which goes to the log.
     fn from(e: StorageError) -> Self {
-        Self::internal(e)
+        if e.unwritable {
+            tracing::warn!(error = %e, "write refused: storage does not take writes");
+            Self::new(
+                503,
+                ErrorCode::Unknown,
+                "The server cannot store anything right now; try again shortly",
+            )
+        } else {
+            Self::internal(e)
+        }
     }
 }
 
@@ -243,8 +254,11 @@ mod tests {
 
     #[test]
     fn internal_errors_hide_the_detail() {
-        let e = MatrixError::from(StorageError("disk on fire at /secret".into()));
+        let e = MatrixError::from(StorageError::new("disk on fire at /secret"));
         assert_eq!(e.status, 500);
+        assert!(!e.to_json().to_string().contains("secret"));
+        let e = MatrixError::from(StorageError::unwritable("no descriptors at /secret"));
+        assert_eq!(e.status, 503);
         assert!(!e.to_json().to_string().contains("secret"));
     }
 }

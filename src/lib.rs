@@ -10,6 +10,7 @@ pub mod client_api;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod fd_limit;
 pub mod federation_api;
 pub mod http;
 pub mod logging;

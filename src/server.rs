@@ -5,13 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::fd_limit;
 use crate::http;
+use crate::services::health::ListenerState;
 use crate::services::Services;
 
 /// Entry point for running a homeserver.
@@ -33,6 +34,47 @@ pub struct RunningServer {
 /// How long in-flight requests get to finish at shutdown.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// Raises the file descriptor limit and derives the client listener's limits: the
+/// configured connection cap, or what the descriptors leave after the database (see
+/// [`crate::fd_limit`]). A configured cap beyond that budget is kept, with a warning.
+fn connection_limits(config: &Config) -> http::connections::ConnectionLimits {
+    let database_files = config.storage.max_open_files;
+    let budget = match fd_limit::raise() {
+        Some(limits) => {
+            tracing::info!(
+                soft_before = limits.soft_before,
+                soft = limits.soft,
+                hard = limits.hard,
+                "file descriptor limit"
+            );
+            fd_limit::connection_budget(limits.soft, database_files)
+        }
+        None => {
+            tracing::warn!("cannot read the file descriptor limit");
+            fd_limit::connection_budget(1024, database_files)
+        }
+    };
+    let configured = config.client.max_connections;
+    let max_connections = if configured == 0 {
+        budget
+    } else {
+        if configured > budget {
+            tracing::warn!(
+                configured,
+                budget,
+                "client.max_connections is above what the file descriptor limit leaves: \
+                 clients may exhaust descriptors the database needs"
+            );
+        }
+        configured
+    };
+    http::connections::ConnectionLimits {
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        header_timeout: config.client.header_timeout,
+        keep_alive_timeout: config.client.keep_alive_timeout,
+    }
+}
+
 impl Server {
     /// Opens the data folder, binds the listeners and starts serving.
     pub async fn start(config: Config) -> Result<RunningServer, String> {
@@ -42,35 +84,22 @@ impl Server {
 
         let client_listen = config.client.listen;
         let federation = config.federation.clone();
+        let limits = connection_limits(&config);
         let services = Services::open(config)?;
 
         let listener = TcpListener::bind(client_listen)
             .await
             .map_err(|e| format!("cannot listen on {client_listen} (client.listen): {e}"))?;
         let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (shutdown, mut stopped) = watch::channel(false);
+        let (shutdown, stopped) = watch::channel(false);
         let app = http::client_router(Arc::clone(&services));
-        // Without TCP_NODELAY, a response written in two parts (headers, then a streamed
-        // body such as a thumbnail) waits ~40 ms for the client's delayed ACK on a
-        // kept-alive connection (Nagle's algorithm).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        let client_services = Arc::clone(&services);
+        services.listeners.set_client(ListenerState::Up);
         let client_task = tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "client listener failed");
-            }
+            http::connections::serve(listener, app, limits, stopped, GRACE).await;
+            client_services.listeners.set_client(ListenerState::Down);
         });
-        tracing::info!(address = %client_addr, "client API listening");
+        tracing::info!(address = %client_addr, max_connections = limits.max_connections, "client API listening");
 
         let mut federation_addr = None;
         let mut federation_parts = None;
@@ -91,10 +120,19 @@ impl Server {
                 .map_err(|e| e.to_string())?;
             let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
             let handle = axum_server::Handle::new();
-            let server = axum_server::from_tcp_rustls(std_listener, tls)
+            let mut server = axum_server::from_tcp_rustls(std_listener, tls)
                 .map_err(|e| e.to_string())?
                 .handle(handle.clone());
+            // Other servers get the head timeout too (hyper's timer: it also closes a
+            // kept-alive connection idle that long).
+            server
+                .http_builder()
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
             let app = http::federation_router(Arc::clone(&services));
+            let federation_services = Arc::clone(&services);
+            services.listeners.set_federation(ListenerState::Up);
             let task = tokio::spawn(async move {
                 if let Err(e) = server
                     .serve(app.into_make_service_with_connect_info::<SocketAddr>())
@@ -102,6 +140,9 @@ impl Server {
                 {
                     tracing::error!(error = %e, "federation listener failed");
                 }
+                federation_services
+                    .listeners
+                    .set_federation(ListenerState::Down);
             });
             tracing::info!(address = %addr, "federation API listening (TLS)");
             federation_addr = Some(addr);
@@ -137,7 +178,10 @@ impl RunningServer {
             handle.graceful_shutdown(Some(GRACE));
             let _ = task.await;
         }
-        if tokio::time::timeout(GRACE, self.client_task).await.is_err() {
+        if tokio::time::timeout(GRACE * 2, self.client_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("client listener did not stop within the grace period");
         }
         self.services.rooms.shutdown().await;

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::error::MatrixResult;
 use crate::http::extract::{Authed, JsonBody, PathParams};
 use crate::http::AppState;
+use crate::services::rate_limit::RateAction;
 
 /// `POST /upgrade` body.
 #[derive(Deserialize)]
@@ -24,6 +25,10 @@ pub async fn upgrade(
     PathParams(room_id): PathParams<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
 ) -> MatrixResult<Json<Value>> {
+    // An upgrade creates a room.
+    services
+        .rate_limiter
+        .check(RateAction::RoomCreate, session.user_id.as_str())?;
     let profile = services.accounts.member_profile(&session.user_id)?;
     let replacement = services
         .rooms

@@ -70,15 +70,24 @@ pub async fn read_body(request: Request, limit: u64) -> Result<Bytes, MatrixErro
     axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|e| {
-            // axum wraps http-body's `LengthLimitError` ("length limit exceeded").
+            // axum wraps http-body's `LengthLimitError` ("length limit exceeded") and
+            // tower-http's body `TimeoutError`.
             let mut too_large = false;
+            let mut timed_out = false;
             let mut source: Option<&dyn std::error::Error> = Some(&e);
             while let Some(err) = source {
                 too_large |= err.to_string().contains("length limit exceeded");
+                timed_out |= err.is::<tower_http::timeout::TimeoutError>();
                 source = err.source();
             }
             if too_large {
                 MatrixError::new(413, ErrorCode::TooLarge, "Request body is too large")
+            } else if timed_out {
+                MatrixError::new(
+                    408,
+                    ErrorCode::Unknown,
+                    "The request body stopped arriving; send it faster",
+                )
             } else {
                 MatrixError::new(400, ErrorCode::Unknown, "Could not read the request body")
             }

@@ -3,9 +3,11 @@
 //! Handlers live in `client_api`, `federation_api` and `media_api`; this module assembles
 //! them into the two listeners' routers and owns everything every route shares.
 
+pub mod connections;
 pub mod error_response;
 pub mod extract;
 pub mod fallback;
+pub mod health;
 
 use std::sync::Arc;
 
@@ -34,10 +36,14 @@ pub fn client_router(services: AppState) -> Router {
         upload_limit,
         reject_oversized_body,
     ));
+    let body_idle = services.config.client.body_idle_timeout;
     let router = crate::client_api::routes()
         .merge(crate::media_api::routes())
         .layer(middleware::from_fn_with_state(limit, reject_oversized_body))
         .merge(uploads)
+        .route("/health", axum::routing::get(health::health))
+        // A body that stops arriving fails its read (408, see `extract::read_body`).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .fallback(fallback::unrecognized)
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .with_state(services);

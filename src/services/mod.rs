@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod ephemeral;
+pub mod health;
 pub mod key_backup;
 pub mod media;
 pub mod push;
@@ -114,6 +115,8 @@ pub struct Services {
     pub sync: sync::Sync,
     /// Token buckets.
     pub rate_limiter: Arc<RateLimiter>,
+    /// The listeners' states, for the health report.
+    pub listeners: health::Listeners,
 }
 
 impl Services {
@@ -124,8 +127,10 @@ impl Services {
         let db = Db::open(
             &config.data_path("db"),
             &DbOptions {
-                block_cache_bytes: config.storage.cache_size as usize,
-                ..DbOptions::default()
+                block_cache_bytes: usize::try_from(config.storage.cache_size).unwrap_or(usize::MAX),
+                write_buffer_bytes: usize::try_from(config.storage.write_buffer_size)
+                    .unwrap_or(usize::MAX),
+                max_open_files: i32::try_from(config.storage.max_open_files).unwrap_or(i32::MAX),
             },
         )
         .map_err(|e| e.to_string())?;
@@ -150,6 +155,8 @@ impl Services {
             &config.data_path("media"),
             config.server_name.clone(),
             MediaLimits {
+                max_uploads_per_user: usize::try_from(config.media.max_uploads_per_user)
+                    .unwrap_or(usize::MAX),
                 max_upload_size: config.media.max_upload_size,
                 max_thumbnail_pixels: config.media.max_thumbnail_pixels,
             },
@@ -199,6 +206,7 @@ impl Services {
             presence,
             sync,
             rate_limiter,
+            listeners: health::Listeners::default(),
         }))
     }
 }

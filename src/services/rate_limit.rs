@@ -19,6 +19,8 @@ pub enum RateAction {
     Register,
     /// Sending events, per user.
     Message,
+    /// Creating rooms (`createRoom`, upgrades), per user.
+    RoomCreate,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +67,13 @@ impl RateLimiter {
                 Rule {
                     per_second: f64::from(config.message_per_second),
                     burst: f64::from(config.message_burst.max(1)),
+                },
+            ),
+            (
+                RateAction::RoomCreate,
+                Rule {
+                    per_second: f64::from(config.room_create_per_minute) / 60.0,
+                    burst: f64::from(config.room_create_burst.max(1)),
                 },
             ),
         ]);
@@ -123,6 +132,8 @@ mod tests {
             register_burst: 1,
             message_per_second: 10,
             message_burst: 2,
+            room_create_per_minute: 1,
+            room_create_burst: 2,
         }
     }
 

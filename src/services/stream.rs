@@ -209,7 +209,7 @@ impl StreamPositions {
             Ok(pos)
         })
         .await
-        .map_err(|e| StorageError(format!("write task failed: {e}")))?
+        .map_err(|e| StorageError::new(format!("write task failed: {e}")))?
     }
 
     /// Allocates and commits at once: for changes with nothing to write (typing).

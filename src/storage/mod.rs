@@ -11,6 +11,7 @@
 //! it is on disk. Writes whose loss after a crash is harmless (e.g. a device's last-seen
 //! time) use [`Db::write_relaxed`], which skips the fsync but still goes through the WAL.
 
+pub mod health;
 pub mod keys;
 pub mod tables;
 
@@ -32,11 +33,35 @@ const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
 /// A storage failure: I/O, corruption, or a database this build cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StorageError(pub String);
+pub struct StorageError {
+    /// What went wrong (for the log, never for clients).
+    pub message: String,
+    /// A write failed and the database takes none until it recovers (see [`health`]):
+    /// the caller may try again later.
+    pub unwritable: bool,
+}
+
+impl StorageError {
+    /// A failure described by `message`.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unwritable: false,
+        }
+    }
+
+    /// A write refused while the database does not take writes.
+    pub fn unwritable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            unwritable: true,
+        }
+    }
+}
 
 impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "storage: {}", self.0)
+        write!(f, "storage: {}", self.message)
     }
 }
 
@@ -44,8 +69,18 @@ impl std::error::Error for StorageError {}
 
 impl From<rocksdb::Error> for StorageError {
     fn from(e: rocksdb::Error) -> Self {
-        Self(e.into_string())
+        Self::new(e.into_string())
     }
+}
+
+extern "C" {
+    /// `DB::Resume()` (src/storage/resume.cc): NULL on success, else an error text to
+    /// free with `free`.
+    fn ourwhats_rocksdb_resume(db: *mut librocksdb_sys::rocksdb_t) -> *mut std::ffi::c_char;
+    /// Adds the listener that makes running out of descriptors a resumable error.
+    fn ourwhats_rocksdb_options_add_recovery_listener(
+        options: *mut librocksdb_sys::rocksdb_options_t,
+    );
 }
 
 /// Result of a storage operation.
@@ -61,6 +96,8 @@ pub struct DbOptions {
     pub block_cache_bytes: usize,
     /// Bytes all tables' memtables may hold together before the largest is flushed.
     pub write_buffer_bytes: usize,
+    /// Table files RocksDB keeps open at most (its share of the descriptor budget).
+    pub max_open_files: i32,
 }
 
 impl Default for DbOptions {
@@ -68,6 +105,7 @@ impl Default for DbOptions {
         Self {
             block_cache_bytes: 32 << 20,
             write_buffer_bytes: 32 << 20,
+            max_open_files: 512,
         }
     }
 }
@@ -77,6 +115,14 @@ pub struct Db {
     db: DB,
     synced: WriteOptions,
     relaxed: WriteOptions,
+    /// Whether writes go through, and their recovery (see [`health`]).
+    health: Arc<health::WriteHealth>,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.health.close();
+    }
 }
 
 /// A set of writes applied atomically by [`Db::commit`].
@@ -121,7 +167,7 @@ impl Db {
         cf_options.set_block_based_table_factory(&block);
         cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Small memtables keep the idle footprint low; they grow nothing until written.
-        cf_options.set_write_buffer_size(8 << 20);
+        cf_options.set_write_buffer_size((8 << 20).min(options.write_buffer_bytes));
 
         let mut db_options = cf_options.clone();
         // Without a shared budget each of the ~40 tables may hold two 8 MiB memtables: a
@@ -135,6 +181,13 @@ impl Db {
         db_options.set_keep_log_file_num(3);
         db_options.set_max_log_file_size(4 << 20);
         db_options.set_max_background_jobs(2);
+        db_options.set_max_open_files(options.max_open_files);
+        // SAFETY: the options handle is valid while `db_options` lives; the shim only
+        // appends a listener to them (see health.rs for why).
+        unsafe {
+            use rocksdb::AsRawPtr;
+            ourwhats_rocksdb_options_add_recovery_listener(db_options.as_raw_ptr());
+        }
 
         // Open every table we know plus any the directory already has (a newer build's), so
         // that the schema check below can give a clear answer instead of RocksDB's.
@@ -152,25 +205,55 @@ impl Db {
         let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| {
             let text = e.into_string();
             if text.contains("lock") {
-                StorageError(format!(
+                StorageError::new(format!(
                     "{text} (is another ourwhats process using {}?)",
                     path.display()
                 ))
             } else {
-                StorageError(text)
+                StorageError::new(text)
             }
         })?;
 
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
         let relaxed = WriteOptions::default();
-        let db = Self {
+        let db = Arc::new(Self {
             db,
             synced,
             relaxed,
-        };
+            health: Arc::default(),
+        });
         db.check_schema_version()?;
-        Ok(Arc::new(db))
+        health::WriteHealth::start_recovery(&db);
+        Ok(db)
+    }
+
+    /// Whether writes go through (for the health endpoint).
+    pub fn write_state(&self) -> health::WriteState {
+        self.health.state()
+    }
+
+    /// Clears a background error that stopped writes, and resumes them (RocksDB's
+    /// `DB::Resume`); a no-op when writes were not stopped.
+    fn resume(&self) -> StorageResult<()> {
+        use rocksdb::AsRawPtr;
+        // SAFETY: the handle is valid while `self.db` lives, which outlasts the call;
+        // the shim only calls `DB::Resume` on it, which RocksDB makes thread-safe.
+        let error = unsafe { ourwhats_rocksdb_resume(self.db.as_raw_ptr()) };
+        if error.is_null() {
+            return Ok(());
+        }
+        // SAFETY: a non-null answer is a NUL-terminated string from strdup, freed once.
+        let text = unsafe { std::ffi::CStr::from_ptr(error) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { libc::free(error.cast()) };
+        Err(StorageError::new(text))
+    }
+
+    /// A write's outcome, recording a failure in the write state.
+    fn written(&self, result: Result<(), rocksdb::Error>) -> StorageResult<()> {
+        result.map_err(|e| self.health.write_failed(StorageError::from(e)))
     }
 
     fn check_schema_version(&self) -> StorageResult<()> {
@@ -186,14 +269,14 @@ impl Db {
             }
             Some(bytes) => {
                 let found = keys::read_u64(&bytes)
-                    .ok_or_else(|| StorageError("schema version record is corrupt".to_owned()))?;
+                    .ok_or_else(|| StorageError::new("schema version record is corrupt"))?;
                 if found > SCHEMA_VERSION {
-                    Err(StorageError(format!(
+                    Err(StorageError::new(format!(
                         "the database has schema version {found}, newer than the {SCHEMA_VERSION} this build knows; \
                          run a newer ourwhats or restore a backup"
                     )))
                 } else if found < SCHEMA_VERSION {
-                    Err(StorageError(format!(
+                    Err(StorageError::new(format!(
                         "the database has schema version {found} and no migration to {SCHEMA_VERSION} exists"
                     )))
                 } else {
@@ -243,7 +326,7 @@ impl Db {
 
     /// Writes `batch` atomically and durably (WAL fsynced) on the calling thread.
     pub fn commit_blocking(&self, batch: Batch<'_>) -> StorageResult<()> {
-        Ok(self.db.write_opt(batch.batch, &self.synced)?)
+        self.written(self.db.write_opt(batch.batch, &self.synced))
     }
 
     /// Writes `batch` atomically and durably without blocking the async runtime;
@@ -251,22 +334,21 @@ impl Db {
     pub async fn commit(self: &Arc<Self>, batch: Batch<'_>) -> StorageResult<()> {
         let raw = batch.batch;
         let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || db.db.write_opt(raw, &db.synced))
+        tokio::task::spawn_blocking(move || db.written(db.db.write_opt(raw, &db.synced)))
             .await
-            .map_err(|e| StorageError(format!("write task failed: {e}")))??;
-        Ok(())
+            .map_err(|e| StorageError::new(format!("write task failed: {e}")))?
     }
 
     /// Writes `batch` atomically through the WAL without waiting for an fsync: for data
     /// whose loss in a machine crash is harmless.
     pub fn write_relaxed(&self, batch: Batch<'_>) -> StorageResult<()> {
-        Ok(self.db.write_opt(batch.batch, &self.relaxed)?)
+        self.written(self.db.write_opt(batch.batch, &self.relaxed))
     }
 
     /// Makes every write so far durable (fsyncs the WAL): how a writer that issued several
     /// [`Db::write_relaxed`] batches acknowledges them all with one fsync.
     pub fn sync_wal(&self) -> StorageResult<()> {
-        Ok(self.db.flush_wal(true)?)
+        self.written(self.db.flush_wal(true))
     }
 
     /// Every entry of `table` whose key starts with `prefix`, in key order.
@@ -409,13 +491,13 @@ mod tests {
             db.commit_blocking(batch).unwrap();
         }
         let err = Db::open(dir.path(), &DbOptions::default()).err().unwrap();
-        assert!(err.0.contains("newer"), "{err}");
+        assert!(err.message.contains("newer"), "{err}");
     }
 
     #[test]
     fn a_second_open_of_the_same_directory_is_refused() {
         let (dir, _db) = open_temp();
         let err = Db::open(dir.path(), &DbOptions::default()).err().unwrap();
-        assert!(err.0.contains("another ourwhats process"), "{err}");
+        assert!(err.message.contains("another ourwhats process"), "{err}");
     }
 }

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ourwhats");
+use crate::common::process::{spawn_server, BIN};
 
 fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("homeserver.toml");
@@ -133,30 +133,6 @@ fn serve_stops_cleanly_on_sigterm() {
     assert!(dir.path().join("data/db").exists());
 }
 
-/// Starts `serve` on `config`, answers the child and its client API base URL; the rest of
-/// its output is drained on a thread so the pipe never fills.
-fn spawn_server(config: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("OURWHATS_LOGGING__FORMAT", "json")
-        .env("OURWHATS_FEDERATION__ENABLED", "false")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let address = loop {
-        let line = lines.next().expect("server exited early").unwrap();
-        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if record["fields"]["message"] == "client API listening" {
-            break record["fields"]["address"].as_str().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{address}"))
-}
-
 /// An acknowledged registration survives `kill -9` right after the answer: the batch was
 /// in the fsynced WAL before the server replied.
 #[tokio::test]
@@ -164,7 +140,7 @@ async fn acknowledged_writes_survive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path());
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (mut child, base) = spawn_server(&config);
+    let (mut child, base) = spawn_server(&config, None);
     let http = reqwest::Client::new();
     let register = |body: serde_json::Value| {
         http.post(format!("{base}/_matrix/client/v3/register"))
@@ -186,7 +162,7 @@ async fn acknowledged_writes_survive_a_crash() {
     child.kill().unwrap(); // SIGKILL: no shutdown, no flush.
     child.wait().unwrap();
 
-    let (mut child, base) = spawn_server(&config);
+    let (mut child, base) = spawn_server(&config, None);
     let login = http
         .post(format!("{base}/_matrix/client/v3/login"))
         .json(&serde_json::json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "crash"}, "password": "pw"}))

@@ -17,4 +17,5 @@ mod restart;
 mod rooms;
 mod rooms_property;
 mod search;
+mod staying_up;
 mod sync;

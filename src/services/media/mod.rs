@@ -8,6 +8,7 @@
 pub mod blob_store;
 pub mod records;
 pub mod thumbnail;
+pub mod upload_slots;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +28,7 @@ use crate::storage::{keys, Db, Table};
 use blob_store::{BlobStore, BlobWriteError, StoredBlob};
 use records::{Content, ImageInfo, MediaRecord, ThumbnailRecord};
 use thumbnail::{Method, Plan, ThumbnailError};
+use upload_slots::{NoSlot, UploadSlots};
 
 /// How long an id from `/create` may wait for its upload (the spec's recommendation).
 pub const UNUSED_EXPIRY_MS: u64 = 24 * 3_600_000;
@@ -61,6 +63,8 @@ pub struct Served {
 /// Limits the media service enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct MediaLimits {
+    /// Uploads one user may have in progress at once.
+    pub max_uploads_per_user: usize,
     /// Largest upload in bytes.
     pub max_upload_size: u64,
     /// Largest image (pixels) thumbnails are made from.
@@ -79,8 +83,8 @@ pub struct Media {
     write_lock: tokio::sync::Mutex<()>,
     /// Pending ids whose content is being uploaded right now (a second PUT gets 409).
     uploading: Mutex<std::collections::HashSet<Vec<u8>>>,
-    /// Bounds concurrent uploads.
-    upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Bounds concurrent uploads, in all and per user.
+    upload_slots: UploadSlots,
     /// Bounds concurrent thumbnail decodes.
     decode_slots: tokio::sync::Semaphore,
 }
@@ -166,7 +170,7 @@ impl Media {
             waiters: Mutex::new(HashMap::new()),
             write_lock: tokio::sync::Mutex::new(()),
             uploading: Mutex::new(std::collections::HashSet::new()),
-            upload_slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_UPLOADS)),
+            upload_slots: UploadSlots::new(MAX_CONCURRENT_UPLOADS, limits.max_uploads_per_user),
             decode_slots: tokio::sync::Semaphore::new(CONCURRENT_DECODES),
         })
     }
@@ -209,7 +213,9 @@ impl Media {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let content = self.store_content(content_type, filename, body).await?;
+        let content = self
+            .store_content(uploader, content_type, filename, body)
+            .await?;
         let media_id = Self::new_media_id();
         let record = MediaRecord {
             uploader: uploader.to_string(),
@@ -229,6 +235,7 @@ impl Media {
 
     async fn store_content<S, E>(
         &self,
+        uploader: &UserId,
         content_type: Option<&str>,
         filename: Option<&str>,
         body: S,
@@ -238,10 +245,14 @@ impl Media {
         E: std::fmt::Display,
     {
         let limit = self.limits.max_upload_size;
-        let _slot = Arc::clone(&self.upload_slots)
-            .try_acquire_owned()
-            .map_err(|_| {
-                MatrixError::limit_exceeded(1000).with_message("Too many uploads in progress")
+        let _slot = self
+            .upload_slots
+            .try_claim(uploader.as_str())
+            .map_err(|busy| {
+                MatrixError::limit_exceeded(1000).with_message(match busy {
+                    NoSlot::UserBusy => "You have too many uploads in progress",
+                    NoSlot::ServerBusy => "Too many uploads in progress",
+                })
             })?;
         let StoredBlob { sha256, size } = self
             .store
@@ -352,7 +363,9 @@ impl Media {
         // Check before reading the body, so a doomed upload is refused at once...
         self.check_uploadable(&key, uploader)?;
         let _in_progress = InProgress::claim(&self.uploading, &key)?;
-        let content = self.store_content(content_type, filename, body).await?;
+        let content = self
+            .store_content(uploader, content_type, filename, body)
+            .await?;
         // ...and again after, since another upload may have won meanwhile.
         let _guard = self.write_lock.lock().await;
         let mut record = self.check_uploadable(&key, uploader)?;
