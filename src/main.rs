@@ -53,6 +53,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    ourwhats::services::memory::tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

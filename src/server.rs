@@ -93,6 +93,12 @@ impl Server {
         let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (shutdown, stopped) = watch::channel(false);
         let app = http::client_router(Arc::clone(&services));
+        let rooms_store = services.rooms.shared_store();
+        tokio::spawn(crate::services::memory::release_when_idle(
+            Arc::clone(&services.db),
+            vec![Box::new(move || rooms_store.state().release_cache())],
+            stopped.clone(),
+        ));
         let client_services = Arc::clone(&services);
         services.listeners.set_client(ListenerState::Up);
         let client_task = tokio::spawn(async move {

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -39,7 +42,7 @@ pub async fn sync(
     State(services): State<AppState>,
     AuthedAllowGuest(session): AuthedAllowGuest,
     QueryParams(params): QueryParams<SyncParams>,
-) -> MatrixResult<Json<SyncResponse>> {
+) -> MatrixResult<Response> {
     let since = params
         .since
         .as_deref()
@@ -81,7 +84,19 @@ pub async fn sync(
         filter,
     };
     let response = services.sync.sync(services.clone(), request).await?;
-    Ok(Json(response))
+    Ok(json_stream(response))
+}
+
+/// The answer streamed as it is written (see [`SyncResponse::into_json_chunks`]).
+fn json_stream(response: SyncResponse) -> Response {
+    let chunks = response
+        .into_json_chunks()
+        .map(|chunk| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)));
+    (
+        [(CONTENT_TYPE, "application/json")],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 /// Stores a filter; answers its id.

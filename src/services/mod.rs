@@ -3,10 +3,12 @@
 //! [`Services`] is built once at start-up and shared as an `Arc`.
 
 pub mod accounts;
+pub mod cache;
 pub mod ephemeral;
 pub mod health;
 pub mod key_backup;
 pub mod media;
+pub mod memory;
 pub mod push;
 pub mod rate_limit;
 pub mod records;

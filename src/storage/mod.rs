@@ -113,6 +113,11 @@ impl Default for DbOptions {
 /// The opened database. Cheap to share behind an `Arc`.
 pub struct Db {
     db: DB,
+    /// The shared block cache and its configured size (emptied by [`Db::release_memory`]).
+    cache: Cache,
+    cache_bytes: usize,
+    /// Writes so far (successful ones): how the idle-memory worker tells activity.
+    writes: std::sync::atomic::AtomicU64,
     synced: WriteOptions,
     relaxed: WriteOptions,
     /// Whether writes go through, and their recovery (see [`health`]).
@@ -219,6 +224,9 @@ impl Db {
         let relaxed = WriteOptions::default();
         let db = Arc::new(Self {
             db,
+            cache,
+            cache_bytes: options.block_cache_bytes,
+            writes: std::sync::atomic::AtomicU64::new(0),
             synced,
             relaxed,
             health: Arc::default(),
@@ -253,7 +261,30 @@ impl Db {
 
     /// A write's outcome, recording a failure in the write state.
     fn written(&self, result: Result<(), rocksdb::Error>) -> StorageResult<()> {
-        result.map_err(|e| self.health.write_failed(StorageError::from(e)))
+        match result {
+            Ok(()) => {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.health.write_failed(StorageError::from(e))),
+        }
+    }
+
+    /// Successful writes so far.
+    pub fn write_count(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Gives back the memory RocksDB holds for speed: writes the memtables out (they are
+    /// also in the WAL, so this changes no durability) and empties the block cache (it
+    /// fills again on demand). For a server gone idle after load.
+    pub fn release_memory(&self) -> StorageResult<()> {
+        self.flush()?;
+        let mut cache = self.cache.clone();
+        cache.set_capacity(0);
+        cache.set_capacity(self.cache_bytes);
+        Ok(())
     }
 
     fn check_schema_version(&self) -> StorageResult<()> {

@@ -676,3 +676,36 @@ async fn password_auth_naming_another_user_is_forbidden() {
     assert_eq!(eve.get("/account/whoami").await.0, StatusCode::OK);
     s.stop().await;
 }
+
+/// The shortcut for rooms whose history was always readable by later members must not
+/// cover a room that was ever `joined`-only: what was sent then stays hidden from users
+/// who joined afterwards, also after the room turns `shared`.
+#[tokio::test]
+async fn history_sent_while_joined_only_stays_hidden_after_the_room_turns_shared() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "joined"}}]}))
+        .await;
+    alice.text(&room, "members only, back then").await;
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/state/m.room.history_visibility/"),
+            json!({"history_visibility": "shared"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    alice.text(&room, "shared from now on").await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let page = bob.messages(&room, "dir=b&limit=50").await;
+    let text = page.to_string();
+    assert!(text.contains("shared from now on"), "{page}");
+    assert!(!text.contains("members only"), "{page}");
+    let sync = bob.sync("timeout=0").await;
+    let text = sync["rooms"]["join"][&room].to_string();
+    assert!(!text.contains("members only"), "{text}");
+    s.stop().await;
+}

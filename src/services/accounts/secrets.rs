@@ -107,6 +107,17 @@ fn with_argon_memory<T>(blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> 
     answer
 }
 
+/// Frees the pooled Argon2 memory no hash is using (19 MiB a block; for a server gone
+/// idle). The pool allocates again on the next hash.
+pub fn release_pooled_argon_memory() {
+    let mut pool = ARGON_MEMORY
+        .pool
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    pool.allocated -= pool.free.len();
+    pool.free = Vec::new();
+}
+
 /// Hashes a password to an Argon2id PHC string (RustCrypto's default parameters: 19 MiB,
 /// 2 passes, 1 lane; a 16-byte random salt). CPU-heavy: call from a blocking thread.
 pub fn hash_password(password: &str) -> Result<String, String> {

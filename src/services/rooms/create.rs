@@ -498,7 +498,7 @@ impl Rooms {
             .writers
             .submit(
                 &room_id,
-                Writers::job(JobStart::Create(create, version), drafts),
+                Writers::job(JobStart::Create(Box::new(create), version), drafts),
             )
             .await;
         if let Err(e) = created {

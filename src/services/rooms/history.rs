@@ -110,6 +110,7 @@ impl Rooms {
         access: &ReadAccess,
     ) -> VisibilityCheck<'a> {
         VisibilityCheck::new(&self.store, user_id, access.membership.as_ref())
+            .in_room(&access.room.record)
     }
 
     /// Scans the timeline positions `lower <= pos < upper` in direction `dir`, keeping
@@ -203,8 +204,7 @@ impl Rooms {
                 )
             }
         };
-        let mut check =
-            VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
+        let mut check = self.visibility_check(viewer.user_id, &access);
         let scan = self.scan_timeline(room, &mut check, filter, lower, upper, dir, limit)?;
         let end = match (dir, scan.more_after) {
             (_, None) => None,
@@ -336,7 +336,7 @@ impl Rooms {
     ) -> MatrixResult<(String, u64)> {
         let access = self.read_access(user_id, room_id)?;
         let room = access.room.short;
-        let mut check = VisibilityCheck::new(&self.store, user_id, access.membership.as_ref());
+        let mut check = self.visibility_check(user_id, &access);
         let at = super::writer::thread_key(room, ts, 0);
         let (lower, upper, backwards) = match dir {
             Direction::Forward => (

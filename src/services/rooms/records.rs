@@ -25,6 +25,16 @@ pub struct RoomRecord {
     /// Members whose membership is `invite`.
     #[serde(default)]
     pub invited: u64,
+    /// Whether the room's history visibility was ever `invited` or `joined` (set by the
+    /// writer, never cleared). While it is not, only membership decides what a user may
+    /// read, which spares reading the visibility at every event (see
+    /// [`super::visibility`]). Records from before the field read `true`: no shortcut.
+    #[serde(default = "visibility_unknown")]
+    pub visibility_restricted: bool,
+}
+
+fn visibility_unknown() -> bool {
+    true
 }
 
 impl RoomRecord {

@@ -139,8 +139,7 @@ impl Rooms {
             .event_by_id(event_id)?
             .filter(|e| e.meta.room == access.room.short)
             .ok_or_else(not_found)?;
-        let mut check =
-            VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
+        let mut check = self.visibility_check(viewer.user_id, &access);
         if !check.can_see(&parent)? {
             return Err(not_found());
         }
@@ -233,8 +232,7 @@ impl Rooms {
     ) -> MatrixResult<RelationsPage> {
         let access = self.read_access(viewer.user_id, room_id)?;
         let room = access.room.short;
-        let mut check =
-            VisibilityCheck::new(&self.store, viewer.user_id, access.membership.as_ref());
+        let mut check = self.visibility_check(viewer.user_id, &access);
         let limit = limit.clamp(1, MAX_LIMIT);
         let upper_pos = match from {
             Some(token) => tokens::parse(token)?.saturating_add(1),

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{MatrixError, MatrixResult};
+use crate::services::cache::GenerationalCache;
 use crate::storage::{keys, Batch, Db, Table};
 
 /// Longest parent chain; the geometric layering stays far below it (about log2 of the
@@ -133,6 +134,16 @@ pub struct StateStore {
     /// `(type, state_key)` bytes to short id, for keys already interned: an id never
     /// changes once given, and every event sent looks up a few of them.
     interned: std::sync::Mutex<HashMap<Vec<u8>, ShortStateKey>>,
+    /// Decoded snapshot layers (immutable once written), bounded in bytes: a state read
+    /// walks a chain of them, and `/sync` reads many.
+    diffs: GenerationalCache<ShortStateHash, StateDiff>,
+}
+
+/// Bytes of decoded layers kept in memory at most.
+const DIFF_CACHE_BYTES: usize = 16 << 20;
+
+fn diff_bytes(diff: &StateDiff) -> usize {
+    64 + diff.added.len() * 16 + diff.removed.len() * 8
 }
 
 fn state_key_bytes(event_type: &str, state_key: &str) -> Vec<u8> {
@@ -162,6 +173,7 @@ impl StateStore {
             next_short: AtomicU64::new(highest + 1),
             intern_lock: std::sync::Mutex::new(()),
             interned: std::sync::Mutex::new(HashMap::new()),
+            diffs: GenerationalCache::new(DIFF_CACHE_BYTES, diff_bytes),
         })
     }
 
@@ -279,12 +291,22 @@ impl StateStore {
             .collect()
     }
 
-    fn diff(&self, snapshot: ShortStateHash) -> MatrixResult<StateDiff> {
+    fn diff(&self, snapshot: ShortStateHash) -> MatrixResult<Arc<StateDiff>> {
+        if let Some(diff) = self.diffs.get(&snapshot) {
+            return Ok(diff);
+        }
         let bytes = self
             .db
             .get(Table::ShortstatehashStatediff, snapshot.to_be_bytes())?
             .ok_or_else(|| corrupt("unknown state snapshot"))?;
-        StateDiff::decode(&bytes).ok_or_else(|| corrupt("state diff"))
+        let diff = Arc::new(StateDiff::decode(&bytes).ok_or_else(|| corrupt("state diff"))?);
+        self.diffs.insert(snapshot, Arc::clone(&diff));
+        Ok(diff)
+    }
+
+    /// Forgets the cached layers (a server gone idle gives the memory back).
+    pub fn release_cache(&self) {
+        self.diffs.clear();
     }
 
     /// Writes a snapshot: `parent` with `changes` applied (a change to `None` removes the
@@ -323,7 +345,7 @@ impl StateStore {
             let is_base = below.parent.is_none();
             let merge = layer.size() * 2 >= below.size() || below.depth + 1 >= MAX_CHAIN_DEPTH;
             if merge {
-                layer = layer.merged_onto(below);
+                layer = layer.merged_onto(Arc::unwrap_or_clone(below));
                 if is_base {
                     layer.depth = 0;
                     break;

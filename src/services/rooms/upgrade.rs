@@ -203,7 +203,7 @@ impl Rooms {
         self.writers
             .submit(
                 &new_room_id,
-                Writers::job(JobStart::Create(create, version), drafts),
+                Writers::job(JobStart::Create(Box::new(create), version), drafts),
             )
             .await?;
 

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use super::event_store::{EventStore, Room, StoredEvent};
-use super::records::MembershipRecord;
+use super::records::{MembershipRecord, RoomRecord};
 use super::state_store::{ShortEventId, ShortStateHash, ShortStateKey};
 use crate::error::MatrixResult;
 
@@ -59,6 +59,9 @@ pub struct VisibilityCheck<'a> {
     last_join_pos: u64,
     /// Where the viewer's current run of `join` began, while they are joined.
     joined_since: Option<u64>,
+    /// The room's history visibility was never `invited` or `joined` (see
+    /// [`VisibilityCheck::in_room`]).
+    never_restricted: bool,
     /// The interned `(type, state_key)`s, looked up on first use (`None`: never interned,
     /// so no snapshot holds such an event).
     visibility_key: Option<Option<ShortStateKey>>,
@@ -93,12 +96,21 @@ impl<'a> VisibilityCheck<'a> {
             joined_since: record
                 .filter(|r| r.membership == "join" && r.joined_at > 0)
                 .map(|r| r.joined_at),
+            never_restricted: false,
             visibility_key: None,
             member_key: None,
             visibility_at: HashMap::new(),
             membership_at: HashMap::new(),
             fields: HashMap::new(),
         }
+    }
+
+    /// The check for a room whose record is `room`: when its history visibility was never
+    /// `invited` or `joined`, every event before the viewer's latest join was `shared`
+    /// or `world_readable`, so visible to them (rules 1 and 3) without reading the state.
+    pub fn in_room(mut self, room: &RoomRecord) -> Self {
+        self.never_restricted = !room.visibility_restricted;
+        self
     }
 
     /// `content[field]` (a string) of the state event `key` in `snapshot`.
@@ -184,6 +196,16 @@ impl<'a> VisibilityCheck<'a> {
 
     /// Whether the viewer may see `event`.
     pub fn can_see(&mut self, event: &StoredEvent) -> MatrixResult<bool> {
+        // Decided without reading any state, as most events a member reads are (a /sync
+        // of their rooms): sent while the viewer was joined (rule 2); the join that began
+        // that (their own member event, seen after it); sent before their latest join in
+        // a room whose visibility only ever let later members read back (rules 1 and 3).
+        if self.sees_everything_after(event.meta.pos.saturating_sub(1))
+            || self.joined_since == Some(event.meta.pos)
+            || (self.never_restricted && event.meta.pos < self.last_join_pos)
+        {
+            return Ok(true);
+        }
         if self.allowed_at(event.meta.state_before, event.meta.pos)? {
             return Ok(true);
         }

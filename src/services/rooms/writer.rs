@@ -39,8 +39,16 @@ use crate::storage::{keys, Batch, Table};
 
 /// Jobs a writer takes from its queue at once (and then fsyncs once for).
 const MAX_JOBS_PER_COMMIT: usize = 128;
-/// A writer idle this long drops its in-memory head (its task stays, parked).
-const IDLE_DROP_HEAD: Duration = Duration::from_secs(300);
+/// A writer idle this long drops the parsed state events it keeps (the biggest part of a
+/// head: a parsed PDU costs a few KiB), keeping the state map.
+const IDLE_DROP_PARSED: Duration = Duration::from_secs(5);
+/// A writer idle this long stops, and its room's head leaves memory (the next event
+/// starts a new writer, which loads the head again): idle rooms cost no memory.
+const IDLE_STOP: Duration = Duration::from_secs(30);
+/// Jobs a room's queue holds; a full queue makes senders wait (they retry every
+/// [`FULL_QUEUE_RETRY`]).
+const QUEUE_DEPTH: usize = 1024;
+const FULL_QUEUE_RETRY: Duration = Duration::from_millis(1);
 /// State events a writer keeps parsed; the cache is cleared when it grows past this.
 const MAX_CACHED_EVENTS: usize = 512;
 
@@ -90,8 +98,9 @@ impl EventDraft {
 pub enum JobStart {
     /// Append to an existing room.
     Append,
-    /// Create the room with this (already built) create event.
-    Create(BuiltPdu, RoomVersion),
+    /// Create the room with this (already built) create event (boxed: a queue's slots
+    /// are as big as its largest job).
+    Create(Box<BuiltPdu>, RoomVersion),
     /// Mark the room forgotten for this user (who must have left it).
     Forget(String),
 }
@@ -159,15 +168,34 @@ pub trait NewEventHook: Send + Sync {
     fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()>;
 }
 
-/// The per-room writers: one task each, started on first use.
+/// The per-room writers: one task each, started on first use and stopped once idle.
+///
+/// Jobs enter a writer's queue only while the map's lock is held, and a writer leaves the
+/// map under the same lock once its queue is empty, so a job never lands in the queue of a
+/// writer that is stopping, and a room never has two writers.
 pub struct Writers {
     ctx: Arc<WriterContext>,
-    queues: std::sync::Mutex<HashMap<String, WriterHandle>>,
+    queues: Arc<std::sync::Mutex<Queues>>,
+}
+
+/// The running writers, by room.
+#[derive(Default)]
+struct Queues {
+    by_room: HashMap<String, WriterHandle>,
+    /// Tells a writer from its successor in the map.
+    next_id: u64,
 }
 
 struct WriterHandle {
+    id: u64,
     queue: mpsc::Sender<Job>,
     task: tokio::task::JoinHandle<()>,
+}
+
+fn lock_queues(queues: &std::sync::Mutex<Queues>) -> std::sync::MutexGuard<'_, Queues> {
+    queues
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Writers {
@@ -175,34 +203,51 @@ impl Writers {
     pub fn new(ctx: WriterContext) -> Self {
         Self {
             ctx: Arc::new(ctx),
-            queues: std::sync::Mutex::new(HashMap::new()),
+            queues: Arc::default(),
         }
     }
 
     /// Hands `job` to the room's writer and waits for its answer (after the fsync).
     pub async fn submit(&self, room_id: &str, job: Job) -> MatrixResult<Vec<String>> {
         let (reply, answer) = oneshot::channel();
-        let job = Job { reply, ..job };
-        let queue = {
-            let mut queues = self
-                .queues
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            queues
-                .entry(room_id.to_owned())
-                .or_insert_with(|| {
-                    let (queue, rx) = mpsc::channel(1024);
-                    let task =
-                        tokio::spawn(run_writer(Arc::clone(&self.ctx), room_id.to_owned(), rx));
-                    WriterHandle { queue, task }
-                })
-                .queue
-                .clone()
-        };
-        queue
-            .send(job)
-            .await
-            .map_err(|_| MatrixError::internal("room writer stopped"))?;
+        let mut job = Job { reply, ..job };
+        loop {
+            {
+                let mut queues = lock_queues(&self.queues);
+                let queues = &mut *queues;
+                let handle = match queues.by_room.get(room_id) {
+                    Some(handle) => handle,
+                    None => {
+                        queues.next_id += 1;
+                        let id = queues.next_id;
+                        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+                        let task = tokio::spawn(run_writer(
+                            Arc::clone(&self.ctx),
+                            Arc::clone(&self.queues),
+                            (room_id.to_owned(), id),
+                            rx,
+                        ));
+                        queues
+                            .by_room
+                            .entry(room_id.to_owned())
+                            .or_insert(WriterHandle { id, queue, task })
+                    }
+                };
+                match handle.queue.try_send(job) {
+                    Ok(()) => break,
+                    Err(mpsc::error::TrySendError::Full(back)) => job = back,
+                    Err(mpsc::error::TrySendError::Closed(back)) => {
+                        // Writers leave the map before their queue closes: this one died.
+                        // Its successor starts from the stored head.
+                        tracing::error!(room = %room_id, "room writer had stopped; starting a new one");
+                        queues.by_room.remove(room_id);
+                        job = back;
+                        continue;
+                    }
+                }
+            }
+            tokio::time::sleep(FULL_QUEUE_RETRY).await;
+        }
         answer
             .await
             .map_err(|_| MatrixError::internal("room writer dropped a job"))?
@@ -211,13 +256,11 @@ impl Writers {
     /// Stops every writer once its queue is empty (at shutdown, so that nothing holds the
     /// database afterwards).
     pub async fn shutdown(&self) {
-        let handles: Vec<WriterHandle> = {
-            let mut queues = self
-                .queues
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            queues.drain().map(|(_, h)| h).collect()
-        };
+        let handles: Vec<WriterHandle> = lock_queues(&self.queues)
+            .by_room
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
         for handle in handles {
             drop(handle.queue);
             let _ = handle.task.await;
@@ -235,20 +278,43 @@ impl Writers {
     }
 }
 
-async fn run_writer(ctx: Arc<WriterContext>, room_id: String, mut queue: mpsc::Receiver<Job>) {
+/// The next job of a writer's queue, or `None` once the writer should stop: its queue
+/// closed (shutdown), or it was idle for [`IDLE_STOP`] and has left the map (under the
+/// lock, with its queue empty, so no job can be waiting in it).
+async fn next_job(
+    queues: &std::sync::Mutex<Queues>,
+    (room_id, id): (&str, u64),
+    queue: &mut mpsc::Receiver<Job>,
+    head: &mut Option<RoomHead>,
+) -> Option<Job> {
+    if let Ok(job) = tokio::time::timeout(IDLE_DROP_PARSED, queue.recv()).await {
+        return job;
+    }
+    if let Some(head) = head {
+        head.drop_parsed();
+    }
+    if let Ok(job) = tokio::time::timeout(IDLE_STOP - IDLE_DROP_PARSED, queue.recv()).await {
+        return job;
+    }
+    let mut queues = lock_queues(queues);
+    if let Ok(job) = queue.try_recv() {
+        return Some(job);
+    }
+    if queues.by_room.get(room_id).is_some_and(|h| h.id == id) {
+        queues.by_room.remove(room_id);
+    }
+    None
+}
+
+async fn run_writer(
+    ctx: Arc<WriterContext>,
+    queues: Arc<std::sync::Mutex<Queues>>,
+    (room_id, id): (String, u64),
+    mut queue: mpsc::Receiver<Job>,
+) {
     let mut head: Option<RoomHead> = None;
     loop {
-        let first = if head.is_some() {
-            match tokio::time::timeout(IDLE_DROP_HEAD, queue.recv()).await {
-                Ok(job) => job,
-                Err(_) => {
-                    head = None;
-                    continue;
-                }
-            }
-        } else {
-            queue.recv().await
-        };
+        let first = next_job(&queues, (&room_id, id), &mut queue, &mut head).await;
         let Some(first) = first else { return };
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -313,7 +379,7 @@ fn process_job(
     let mut ids = Vec::with_capacity(drafts.len() + 1);
     match start {
         JobStart::Create(create, version) => {
-            ids.push(create_room(ctx, room_id, head, create, version, written)?);
+            ids.push(create_room(ctx, room_id, head, *create, version, written)?);
         }
         JobStart::Append => {}
         JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
@@ -427,6 +493,14 @@ impl RoomHead {
             local_members: None,
             power_levels: None,
         })
+    }
+
+    /// Forgets the parsed events and what was derived from them (a writer gone idle);
+    /// they are read again when needed.
+    fn drop_parsed(&mut self) {
+        self.cache = HashMap::new();
+        self.local_members = None;
+        self.power_levels = None;
     }
 
     /// The current power levels, parsed once per change of the power levels event.
@@ -586,6 +660,7 @@ fn create_room(
             last_pos: 0,
             joined: 0,
             invited: 0,
+            visibility_restricted: false,
         },
         version,
         state: StateMap::new(),
@@ -854,6 +929,14 @@ fn write_event(
     );
 
     let mut record = head.record.clone();
+    if kind == "m.room.history_visibility" && state_key == Some("") {
+        record.visibility_restricted |= matches!(
+            pdu.get("content")
+                .and_then(|c| c.get("history_visibility"))
+                .and_then(Value::as_str),
+            Some("invited" | "joined")
+        );
+    }
     let mut member = None;
     if kind == "m.room.member" {
         if let Some(user) = state_key {
@@ -1121,4 +1204,51 @@ fn apply_redaction(
     // A redacted state event stays in the state, redacted: drop the parsed copy.
     head.cache.remove(&target.short);
     Ok(Some(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues_with(room: &str, id: u64) -> (Arc<std::sync::Mutex<Queues>>, mpsc::Receiver<Job>) {
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        let queues = Arc::new(std::sync::Mutex::new(Queues::default()));
+        lock_queues(&queues).by_room.insert(
+            room.to_owned(),
+            WriterHandle {
+                id,
+                queue,
+                task: tokio::spawn(async {}),
+            },
+        );
+        (queues, rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_writer_leaves_the_map_and_stops() {
+        let (queues, mut rx) = queues_with("!r", 7);
+        let mut head = None;
+        let started = tokio::time::Instant::now();
+        let job = next_job(&queues, ("!r", 7), &mut rx, &mut head).await;
+        assert!(job.is_none(), "nothing came: the writer stops");
+        assert!(started.elapsed() >= IDLE_STOP);
+        assert!(lock_queues(&queues).by_room.is_empty(), "and leaves the map");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_that_comes_keeps_the_writer_and_a_successor_is_not_removed() {
+        let (queues, mut rx) = queues_with("!r", 7);
+        let sender = lock_queues(&queues).by_room["!r"].queue.clone();
+        let mut head = None;
+        sender
+            .try_send(Writers::job(JobStart::Append, Vec::new()))
+            .unwrap();
+        assert!(next_job(&queues, ("!r", 7), &mut rx, &mut head)
+            .await
+            .is_some());
+        // A writer that was replaced in the map (another id) never removes its successor.
+        let job = next_job(&queues, ("!r", 6), &mut rx, &mut head).await;
+        assert!(job.is_none());
+        assert_eq!(lock_queues(&queues).by_room["!r"].id, 7);
+    }
 }

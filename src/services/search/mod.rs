@@ -25,7 +25,7 @@ use crate::services::rooms::client_event::{client_event, Viewer};
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::filter::RoomEventFilter;
 use crate::services::rooms::history::Direction;
-use crate::services::rooms::records::MembershipRecord;
+use crate::services::rooms::records::{MembershipRecord, RoomRecord};
 use crate::services::rooms::tokens;
 use crate::services::rooms::visibility::VisibilityCheck;
 use crate::services::Services;
@@ -170,6 +170,7 @@ mod rank_bits {
 struct Searched {
     room_id: String,
     record: MembershipRecord,
+    room: RoomRecord,
 }
 
 /// One page of results, and where the next starts.
@@ -266,9 +267,9 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
             continue;
         }
         let event = store.event(candidate.short)?;
-        let check = checks
-            .entry(candidate.room)
-            .or_insert_with(|| VisibilityCheck::new(store, &request.user_id, Some(&room.record)));
+        let check = checks.entry(candidate.room).or_insert_with(|| {
+            VisibilityCheck::new(store, &request.user_id, Some(&room.record)).in_room(&room.room)
+        });
         let wanted = event.meta.redacted_by == 0
             && request.filter.matches(&event)
             && sender_only.is_none_or(|s| s == event.sender())
@@ -330,7 +331,14 @@ fn searchable_rooms(
         {
             continue;
         }
-        out.insert(room.short, Searched { room_id, record });
+        out.insert(
+            room.short,
+            Searched {
+                room_id,
+                record,
+                room: room.record,
+            },
+        );
     }
     Ok(out)
 }
@@ -478,7 +486,7 @@ fn event_context(
     let Ok(access) = services.rooms.read_access(&request.user_id, &item.room_id) else {
         return Ok(None);
     };
-    let mut check = VisibilityCheck::new(store, &request.user_id, access.membership.as_ref());
+    let mut check = services.rooms.visibility_check(&request.user_id, &access);
     let everything = RoomEventFilter::default();
     let pos = item.event.meta.pos;
     let before = services.rooms.scan_timeline(
