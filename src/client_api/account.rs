@@ -70,9 +70,8 @@ pub struct DeactivateBody {
     /// Identity servers are not supported; accepted and ignored.
     #[allow(dead_code)]
     id_server: Option<String>,
-    /// Erasure of past messages is not implemented; the profile is always cleared.
+    /// Serve the user's events redacted to whoever joins their rooms afterwards.
     #[serde(default)]
-    #[allow(dead_code)]
     erase: bool,
 }
 
@@ -92,7 +91,10 @@ pub async fn deactivate(
         .accounts
         .user_interactive_auth(body.auth.as_ref(), &uia)
         .await?;
-    services.accounts.deactivate(&session.user_id).await?;
+    services
+        .accounts
+        .deactivate(&session.user_id, body.erase)
+        .await?;
     services.accounts.finish_uia(passed);
     // Spec: "success" when the homeserver has no identifiers to unbind (we keep none).
     Ok(Json(json!({ "id_server_unbind_result": "success" })))

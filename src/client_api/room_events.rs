@@ -14,7 +14,9 @@ use crate::services::rooms::client_event::Viewer;
 use crate::services::rooms::filter::RoomEventFilter;
 use crate::services::rooms::history::Direction;
 
-/// One event the user may see.
+/// One event the user may see. Spec: 404 `M_NOT_FOUND` "if the event was not found or
+/// the user does not have permission to read this event": a room the user may not read
+/// answers the same as an unknown event, so the answer tells nothing of either.
 pub async fn get_event(
     State(services): State<AppState>,
     AuthedAllowGuest(session): AuthedAllowGuest,
@@ -24,7 +26,11 @@ pub async fn get_event(
         user_id: session.user_id.as_str(),
         device_id: &session.device_id,
     };
-    Ok(Json(services.rooms.event_for(viewer, &room_id, &event_id)?))
+    match services.rooms.event_for(viewer, &room_id, &event_id) {
+        Ok(event) => Ok(Json(event)),
+        Err(e) if e.status == 403 => Err(MatrixError::not_found("Event not found")),
+        Err(e) => Err(e),
+    }
 }
 
 /// `/messages` query.

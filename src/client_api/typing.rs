@@ -11,6 +11,9 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{Authed, JsonBody, PathParams};
 use crate::http::AppState;
 
+/// How long a typing notice without a `timeout` lasts, in ms.
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
 /// The request body.
 #[derive(Deserialize)]
 pub struct TypingBody {
@@ -32,11 +35,11 @@ pub async fn put_typing(
     if services.rooms.membership_of(&user_id, &room_id)?.as_deref() != Some("join") {
         return Err(MatrixError::forbidden("You aren't joined to the room"));
     }
-    let typing = match (body.typing, body.timeout) {
-        (false, _) => None,
-        (true, Some(ms)) => Some(Duration::from_millis(ms)),
-        (true, None) => return Err(MatrixError::bad_json("timeout is required when typing")),
-    };
+    // Spec: only `typing` is required; without `timeout` the notice lasts what
+    // Synapse gives it, 30 s.
+    let typing = body
+        .typing
+        .then(|| Duration::from_millis(body.timeout.unwrap_or(DEFAULT_TIMEOUT_MS)));
     services
         .ephemeral
         .set_typing(room.short, &user_id, typing)?;

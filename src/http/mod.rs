@@ -7,6 +7,7 @@ pub mod connections;
 pub mod error_response;
 pub mod extract;
 pub mod fallback;
+pub mod front_page;
 pub mod health;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub fn client_router(services: AppState) -> Router {
         .layer(middleware::from_fn_with_state(limit, reject_oversized_body))
         .merge(uploads)
         .route("/health", axum::routing::get(health::health))
+        .route("/", axum::routing::get(front_page::front_page))
         // A body that stops arriving fails its read (408, see `extract::read_body`).
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .fallback(fallback::unrecognized)
@@ -63,6 +65,7 @@ pub fn federation_router(services: AppState) -> Router {
 
 fn with_common_layers(router: Router) -> Router {
     router
+        .layer(middleware::from_fn(reject_long_uri))
         .layer(TraceLayer::new_for_http())
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
 }
@@ -83,6 +86,26 @@ fn cors() -> CorsLayer {
             CONTENT_TYPE,
             AUTHORIZATION,
         ])
+}
+
+/// The longest request target (path and query) taken: 414 `M_UNKNOWN` beyond, as a Matrix
+/// error (longer still, past hyper's own head limit, hyper refuses the head itself).
+pub const MAX_URI_BYTES: usize = 16 << 10;
+
+async fn reject_long_uri(request: Request, next: Next) -> Response {
+    let length = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if length > MAX_URI_BYTES {
+        return MatrixError::new(
+            414,
+            ErrorCode::Unknown,
+            format!("The request's path and query are longer than {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Refuses a request whose declared length is over the limit before reading any of it;

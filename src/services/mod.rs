@@ -183,6 +183,12 @@ impl Services {
         )
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
         accounts.attach_rooms(rooms.shared_store());
+        for (user_id, at) in accounts
+            .erased_users()
+            .map_err(|e| format!("cannot read the accounts: {}", e.message))?
+        {
+            rooms.store().mark_erased(&user_id, at);
+        }
         search::index::index_existing_events(&db, rooms.store())
             .map_err(|e| format!("cannot build the search index: {}", e.message))?;
         let ephemeral = Ephemeral::new(Arc::clone(&db), Arc::clone(&stream_positions));

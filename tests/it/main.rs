@@ -17,5 +17,6 @@ mod restart;
 mod rooms;
 mod rooms_property;
 mod search;
+mod spec_points;
 mod staying_up;
 mod sync;

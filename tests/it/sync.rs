@@ -288,7 +288,10 @@ async fn typing_ends_by_itself_and_when_told() {
         .put(&path, json!({"typing": true, "timeout": 100}))
         .await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Only `typing` is required (the spec): without `timeout` it lasts 30 s.
     let (status, body) = alice.put(&path, json!({"typing": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = alice.put(&path, json!({"timeout": 1000})).await;
     assert_error(status, &body, 400, "M_BAD_JSON");
     let outsider = Client::new(&server, "carol").await;
     let (status, body) = outsider

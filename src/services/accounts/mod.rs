@@ -273,6 +273,7 @@ impl Accounts {
             is_admin,
             is_guest,
             deactivated: false,
+            erased_at: None,
         };
         let profile = Profile {
             displayname: Some(user_id.localpart().to_owned()),
@@ -1025,13 +1026,24 @@ impl Accounts {
     /// Deactivates an account: no more logins, every device and token gone, profile
     /// cleared, the id kept reserved. The password hash stays so that a login with the
     /// right password can be told `M_USER_DEACTIVATED` (a wrong one still gets the plain
-    /// 403). Spec: `POST /account/deactivate`.
-    pub async fn deactivate(&self, user_id: &UserId) -> MatrixResult<()> {
+    /// 403). With `erase`, the user's events are served redacted from now on to users who
+    /// join their rooms afterwards (spec: "any users (or servers) which join the room
+    /// after the erasure request are served redacted copies of the events sent by this
+    /// account. Users which had visibility on the events prior to the erasure are still
+    /// able to see unredacted copies"). Spec: `POST /account/deactivate`.
+    pub async fn deactivate(&self, user_id: &UserId, erase: bool) -> MatrixResult<()> {
         let guard = self.account_lock.lock().await;
         let mut account = self
             .account(user_id.as_str())?
             .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
         account.deactivated = true;
+        if erase && account.erased_at.is_none() {
+            let at = self.stream.watermark();
+            account.erased_at = Some(at);
+            if let Some(rooms) = self.rooms.get() {
+                rooms.mark_erased(user_id.as_str(), at);
+            }
+        }
         let mut batch = self.db.batch();
         batch.put(Table::UseridAccount, user_id.as_str(), encode(&account));
         batch.put(
@@ -1045,6 +1057,20 @@ impl Accounts {
         self.remove_cross_signing(user_id.as_str()).await?;
         tracing::info!(user = %user_id, "account deactivated");
         Ok(())
+    }
+
+    /// Users who asked for erasure, and from which stream position (read at start-up, for
+    /// the rooms' store).
+    pub fn erased_users(&self) -> MatrixResult<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Table::UseridAccount, b"") {
+            let (key, value) = item?;
+            let account: Account = decode(Table::UseridAccount, &value)?;
+            if let Some(at) = account.erased_at {
+                out.push((String::from_utf8_lossy(&key).into_owned(), at));
+            }
+        }
+        Ok(out)
     }
 
     /// The stored profile of `user_id`, if the account exists.

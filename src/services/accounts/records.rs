@@ -19,6 +19,10 @@ pub struct Account {
     /// Deactivated accounts cannot log in and keep their id reserved.
     #[serde(default)]
     pub deactivated: bool,
+    /// The stream position at which the user asked for erasure (`deactivate` with
+    /// `erase`): their events are served redacted to users who join rooms afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<u64>,
 }
 
 /// `tokenhash_session`: what an access token (by its SHA-256) stands for.

@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use super::event_store::{EventStore, StoredEvent};
 use super::relations::{stored_aggregates, visible_aggregates};
 use super::visibility::VisibilityCheck;
+use crate::core::redaction::redact;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::storage::{keys, Table};
@@ -48,6 +49,9 @@ pub struct ClientEventView<'e> {
     event: &'e StoredEvent,
     room_id: &'e str,
     unsigned: Map<String, Value>,
+    /// The content to show instead of the stored one (an erased sender's event, redacted
+    /// for a viewer who joined after the erasure).
+    content: Option<Value>,
 }
 
 impl<'e> ClientEventView<'e> {
@@ -60,11 +64,13 @@ impl<'e> ClientEventView<'e> {
         viewer: Option<Viewer<'_>>,
         check: Option<&mut VisibilityCheck<'_>>,
     ) -> MatrixResult<Self> {
+        let content = erased_content(store, event, check.as_deref())?;
         let unsigned = unsigned(store, event, room_id, viewer, check)?;
         Ok(Self {
             event,
             room_id,
             unsigned,
+            content,
         })
     }
 }
@@ -73,9 +79,10 @@ impl Serialize for ClientEventView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let event = self.event;
         let mut map = serializer.serialize_map(None)?;
-        match event.content_json() {
-            Some(content) => map.serialize_entry("content", content)?,
-            None => map.serialize_entry("content", event.content())?,
+        match (&self.content, event.content_json()) {
+            (Some(content), _) => map.serialize_entry("content", content)?,
+            (None, Some(content)) => map.serialize_entry("content", content)?,
+            (None, None) => map.serialize_entry("content", event.content())?,
         }
         map.serialize_entry("origin_server_ts", &event.origin_server_ts())?;
         map.serialize_entry("sender", event.sender())?;
@@ -114,12 +121,38 @@ fn render(
     viewer: Option<Viewer<'_>>,
     check: Option<&mut VisibilityCheck<'_>>,
 ) -> MatrixResult<Value> {
+    let content = erased_content(store, event, check.as_deref())?;
     let view = ClientEventView {
         event,
         room_id,
         unsigned: unsigned(store, event, room_id, viewer, check)?,
+        content,
     };
     serde_json::to_value(view).map_err(|e| MatrixError::internal(format!("client event: {e}")))
+}
+
+/// The redacted content of an erased sender's event, for a viewer who was not in the room
+/// before the erasure (`None`: show the event as stored). Spec: `POST
+/// /account/deactivate`, `erase`.
+fn erased_content(
+    store: &EventStore,
+    event: &StoredEvent,
+    check: Option<&VisibilityCheck<'_>>,
+) -> MatrixResult<Option<Value>> {
+    let (Some(check), Some(erased_at)) = (check, store.erased_at(event.sender())) else {
+        return Ok(None);
+    };
+    if check.joined_before(erased_at) || event.meta.redacted_by != 0 {
+        return Ok(None);
+    }
+    let version = store.room_by_short(event.meta.room)?.version;
+    let mut redacted = redact(event.pdu(), version);
+    Ok(Some(
+        redacted
+            .get_mut("content")
+            .map(Value::take)
+            .unwrap_or_default(),
+    ))
 }
 
 /// The `unsigned` section: `age`, `prev_content`, `replaces_state` and `prev_sender`

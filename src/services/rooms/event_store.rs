@@ -63,6 +63,9 @@ pub struct EventStore {
     pub(super) state: StateStore,
     pub(super) stream: Arc<StreamPositions>,
     next_room: AtomicU64,
+    /// Users who asked for erasure, and from which stream position (the accounts
+    /// service owns the record and tells this store; see `client_event`).
+    erased: std::sync::RwLock<HashMap<String, u64>>,
 }
 
 fn last_u64_key(db: &Db, table: Table) -> MatrixResult<u64> {
@@ -86,7 +89,28 @@ impl EventStore {
             db,
             stream,
             next_room: AtomicU64::new(last_room + 1),
+            erased: std::sync::RwLock::default(),
         })
+    }
+
+    /// Notes that `user_id` asked for erasure at stream position `at`.
+    pub fn mark_erased(&self, user_id: &str, at: u64) {
+        self.erased
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(user_id.to_owned(), at);
+    }
+
+    /// Where `user_id` asked for erasure, if they did.
+    pub fn erased_at(&self, user_id: &str) -> Option<u64> {
+        let erased = self
+            .erased
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if erased.is_empty() {
+            return None;
+        }
+        erased.get(user_id).copied()
     }
 
     /// The highest position of the global event stream (`pos_shortroomid`), for opening

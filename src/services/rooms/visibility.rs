@@ -224,6 +224,12 @@ impl<'a> VisibilityCheck<'a> {
         self.joined_since.is_some_and(|since| since <= pos)
     }
 
+    /// Whether the viewer's latest join came before stream position `pos` (they were in
+    /// the room, with what it let them see, before then).
+    pub fn joined_before(&self, pos: u64) -> bool {
+        self.last_join_pos > 0 && self.last_join_pos < pos
+    }
+
     /// Whether the room's current history visibility is `world_readable`.
     pub fn world_readable(store: &EventStore, room: &Room) -> MatrixResult<bool> {
         let mut check = VisibilityCheck::new(store, "", None);

@@ -1232,7 +1232,10 @@ mod tests {
         let job = next_job(&queues, ("!r", 7), &mut rx, &mut head).await;
         assert!(job.is_none(), "nothing came: the writer stops");
         assert!(started.elapsed() >= IDLE_STOP);
-        assert!(lock_queues(&queues).by_room.is_empty(), "and leaves the map");
+        assert!(
+            lock_queues(&queues).by_room.is_empty(),
+            "and leaves the map"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1132,7 +1132,10 @@ mod tests {
         assert!(pieces > 5, "{pieces} pieces for ~600 KB");
         assert_eq!(value["next_batch"], "s1");
         assert_eq!(value["rooms"]["join"].as_object().unwrap().len(), 1000);
-        assert_eq!(value["rooms"]["join"]["!room999:x"]["timeline"]["events"][0]["n"], 999);
+        assert_eq!(
+            value["rooms"]["join"]["!room999:x"]["timeline"]["events"][0]["n"],
+            999
+        );
         assert_eq!(value["rooms"]["leave"].as_object().unwrap().len(), 2);
     }
 

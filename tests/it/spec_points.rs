@@ -1,0 +1,180 @@
+//! Smaller points of the spec a conformance suite checks: typing without a timeout, what
+//! `/event` says of rooms one may not read, errors the HTTP layer makes itself, third-party
+//! invites, and the page a browser gets at the server's root.
+
+use crate::common;
+
+use common::client::Client;
+use common::{assert_error, TestServer};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn typing_needs_only_typing() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let room = alice.create_room(json!({})).await;
+    let path = format!("/rooms/{room}/typing/{}", alice.user_id);
+    let (status, body) = alice.put(&path, json!({"typing": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = alice.sync("timeout=0").await;
+    let ephemeral = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert!(
+        ephemeral.to_string().contains(&alice.user_id),
+        "{ephemeral}"
+    );
+    let (status, body) = alice.put(&path, json!({"typing": false})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = alice.put(&path, json!({"timeout": 1000})).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_of_a_room_one_may_not_read_is_not_found() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let eve = Client::new(&s, "eve").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let secret = alice.text(&room, "secret").await;
+    // Not allowed and unknown answer alike.
+    let (status, body) = eve.get(&format!("/rooms/{room}/event/{secret}")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = eve.get(&format!("/rooms/{room}/event/$nope")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice.get(&format!("/rooms/{room}/event/$nope")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn errors_of_the_http_layer_are_matrix_errors() {
+    let s = TestServer::start().await;
+    // 414: a path and query over the limit.
+    let long = format!("/_matrix/client/versions?x={}", "a".repeat(20_000));
+    let (status, body) = s.get(&long, None).await;
+    assert_error(status, &body, 414, "M_UNKNOWN");
+    // 405: a known path, another method.
+    let (status, body) = s
+        .call(Method::DELETE, "/_matrix/client/versions", None, None)
+        .await;
+    assert_error(status, &body, 405, "M_UNRECOGNIZED");
+    // 404: an unknown path.
+    let (status, body) = s.get("/_matrix/client/v3/nowhere", None).await;
+    assert_error(status, &body, 404, "M_UNRECOGNIZED");
+    // 413: a declared body over the limit.
+    let answer = s
+        .http
+        .post(format!("{}/_matrix/client/v3/login", s.base))
+        .header("Content-Type", "application/json")
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_TOO_LARGE");
+    // 400: a path parameter that is not valid percent-encoded UTF-8.
+    let (status, body) = s.get("/_matrix/client/v3/profile/%FF%FE", None).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn third_party_invites_are_refused_clearly() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let room = alice.create_room(json!({})).await;
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"id_server": "id.example.org", "id_access_token": "t",
+                   "medium": "email", "address": "bob@example.org"}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_UNRECOGNIZED");
+    assert!(
+        body["error"].as_str().unwrap().contains("Third-party"),
+        "{body}"
+    );
+    let (status, body) = alice
+        .post(&format!("/rooms/{room}/invite"), json!({}))
+        .await;
+    assert_error(status, &body, 400, "M_MISSING_PARAM");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_browser_at_the_root_gets_a_page_about_the_server() {
+    let s = TestServer::start().await;
+    let answer = s.http.get(format!("{}/", s.base)).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let content_type = answer.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("Matrix homeserver"), "{page}");
+    assert!(page.contains("localhost"), "{page}");
+    assert!(page.contains("http://localhost:8008"), "{page}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "shared"}}]}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let words = alice.text(&room, "my own words").await;
+    let (_, challenge) = alice
+        .post("/account/deactivate", json!({"erase": true}))
+        .await;
+    let (status, body) = alice
+        .post(
+            "/account/deactivate",
+            json!({"erase": true, "auth": {"type": "m.login.password",
+                   "session": challenge["session"],
+                   "identifier": {"type": "m.id.user", "user": "alice"},
+                   "password": "correct horse battery"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // bob was there before the erasure: he still sees the words.
+    let (_, seen) = bob.get(&format!("/rooms/{room}/event/{words}")).await;
+    assert_eq!(seen["content"]["body"], "my own words");
+    // carol joins afterwards: the message is there, its content redacted.
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let (_, seen) = carol.get(&format!("/rooms/{room}/event/{words}")).await;
+    assert_eq!(seen["event_id"], words.as_str());
+    assert_eq!(seen["content"], json!({}), "{seen}");
+    let page = carol.messages(&room, "dir=b&limit=50").await;
+    assert!(!page.to_string().contains("my own words"), "{page}");
+    let sync = carol.sync("timeout=0").await;
+    assert!(
+        !sync["rooms"]["join"][&room]
+            .to_string()
+            .contains("my own words"),
+        "{sync}"
+    );
+    // Across a restart too.
+    let carol_token = carol.token.clone();
+    let mut s = s;
+    s.restart().await;
+    let (_, seen) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room}/event/{words}"),
+            Some(&carol_token),
+        )
+        .await;
+    assert_eq!(seen["content"], json!({}), "{seen}");
+    s.stop().await;
+}
