@@ -20,3 +20,4 @@ mod search;
 mod spec_points;
 mod staying_up;
 mod sync;
+mod sync_stories;

@@ -106,8 +106,10 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Parses a filter object; 400 `M_BAD_JSON` when it doesn't fit the schema.
+    /// Parses a filter object; 400 `M_BAD_JSON` when a field has the wrong type and
+    /// `M_INVALID_PARAM` when a value is not allowed, the error naming the field.
     pub fn from_json(value: &Value) -> MatrixResult<Self> {
+        check_filter(value)?;
         let filter: Filter = serde_json::from_value(value.clone())
             .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
         if let Some(fields) = &filter.event_fields {
@@ -129,6 +131,139 @@ impl Filter {
             copy_path(&event, &mut out, &path);
         }
         Value::Object(out)
+    }
+}
+
+/// What a filter field holds.
+#[derive(Clone, Copy)]
+enum FieldKind {
+    Bool,
+    Limit,
+    Strings,
+    RoomIds,
+    UserIds,
+    EventFilter,
+    RoomEventFilter,
+}
+
+const EVENT_FILTER_FIELDS: &[(&str, FieldKind)] = &[
+    ("limit", FieldKind::Limit),
+    ("types", FieldKind::Strings),
+    ("not_types", FieldKind::Strings),
+    ("senders", FieldKind::UserIds),
+    ("not_senders", FieldKind::UserIds),
+];
+
+const ROOM_EVENT_FILTER_FIELDS: &[(&str, FieldKind)] = &[
+    ("limit", FieldKind::Limit),
+    ("types", FieldKind::Strings),
+    ("not_types", FieldKind::Strings),
+    ("senders", FieldKind::UserIds),
+    ("not_senders", FieldKind::UserIds),
+    ("rooms", FieldKind::RoomIds),
+    ("not_rooms", FieldKind::RoomIds),
+    ("contains_url", FieldKind::Bool),
+    ("lazy_load_members", FieldKind::Bool),
+    ("include_redundant_members", FieldKind::Bool),
+    ("unread_thread_notifications", FieldKind::Bool),
+];
+
+/// Spec: "Filtering": every field of a `Filter`, checked before it is stored or used,
+/// so that a client learns which field is wrong (unknown fields are ignored, as the
+/// spec's objects allow).
+fn check_filter(value: &Value) -> MatrixResult<()> {
+    let Some(filter) = value.as_object() else {
+        return Err(MatrixError::bad_json("A filter must be a JSON object"));
+    };
+    for (name, field) in filter {
+        match name.as_str() {
+            "event_fields" => check_field("event_fields", field, FieldKind::Strings)?,
+            "event_format" if !matches!(field.as_str(), Some("client" | "federation")) => {
+                return Err(MatrixError::invalid_param(
+                    "event_format must be \"client\" or \"federation\"",
+                ));
+            }
+            "presence" | "account_data" => check_field(name, field, FieldKind::EventFilter)?,
+            "room" => {
+                let room = object("room", field)?;
+                for (name, field) in room {
+                    let path = format!("room.{name}");
+                    match name.as_str() {
+                        "rooms" | "not_rooms" => check_field(&path, field, FieldKind::RoomIds)?,
+                        "include_leave" => check_field(&path, field, FieldKind::Bool)?,
+                        "timeline" | "state" | "ephemeral" | "account_data" => {
+                            check_field(&path, field, FieldKind::RoomEventFilter)?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn object<'v>(path: &str, value: &'v Value) -> MatrixResult<&'v Map<String, Value>> {
+    value
+        .as_object()
+        .ok_or_else(|| MatrixError::bad_json(format!("Filter field {path} must be an object")))
+}
+
+fn check_field(path: &str, value: &Value, kind: FieldKind) -> MatrixResult<()> {
+    let wrong_type =
+        |what: &str| MatrixError::bad_json(format!("Filter field {path} must be {what}"));
+    match kind {
+        FieldKind::Bool => value
+            .as_bool()
+            .map(|_| ())
+            .ok_or_else(|| wrong_type("true or false")),
+        FieldKind::Limit => match value.as_u64() {
+            Some(_) => Ok(()),
+            None if value.is_number() => Err(MatrixError::invalid_param(format!(
+                "Filter field {path} must be a whole number, 0 or more"
+            ))),
+            None => Err(wrong_type("a number")),
+        },
+        FieldKind::Strings | FieldKind::RoomIds | FieldKind::UserIds => {
+            let items = value
+                .as_array()
+                .ok_or_else(|| wrong_type("a list of strings"))?;
+            for item in items {
+                let text = item
+                    .as_str()
+                    .ok_or_else(|| wrong_type("a list of strings"))?;
+                let valid = match kind {
+                    FieldKind::RoomIds => crate::core::RoomId::parse(text).is_ok(),
+                    FieldKind::UserIds => crate::core::UserId::parse(text).is_ok(),
+                    _ => true,
+                };
+                if !valid {
+                    let what = if matches!(kind, FieldKind::RoomIds) {
+                        "room"
+                    } else {
+                        "user"
+                    };
+                    return Err(MatrixError::invalid_param(format!(
+                        "Filter field {path} holds {text:?}, which is not a {what} id"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        FieldKind::EventFilter | FieldKind::RoomEventFilter => {
+            let fields = if matches!(kind, FieldKind::EventFilter) {
+                EVENT_FILTER_FIELDS
+            } else {
+                ROOM_EVENT_FILTER_FIELDS
+            };
+            for (name, field) in object(path, value)? {
+                if let Some((_, kind)) = fields.iter().find(|(n, _)| n == name) {
+                    check_field(&format!("{path}.{name}"), field, *kind)?;
+                }
+            }
+            Ok(())
+        }
     }
 }
 

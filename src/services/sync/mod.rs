@@ -7,12 +7,14 @@
 //! timeout ends; that check compares one number, whatever the number of rooms.
 //!
 //! Parts: [`notifier`] (per-user changes and wake-ups), [`filters`] (stored and inline
-//! filters), [`response`] (assembling the answer from the other services).
+//! filters), [`lazy_members`] (member events each device holds), [`response`]
+//! (assembling the answer from the other services).
 //!
 //! Owns the table `userid_filterid_filter`.
 
 pub mod device_lists;
 pub mod filters;
+pub mod lazy_members;
 pub mod notifier;
 pub mod response;
 
@@ -56,6 +58,8 @@ pub struct SyncRequest {
 pub struct Sync {
     notifier: Arc<Notifier>,
     stream: Arc<StreamPositions>,
+    /// Member events sent to each device under lazy loading.
+    lazy_members: lazy_members::LazyMembers,
 }
 
 impl Sync {
@@ -63,7 +67,11 @@ impl Sync {
     pub fn new(stream: Arc<StreamPositions>) -> Self {
         let notifier = Arc::new(Notifier::default());
         stream.subscribe(notifier.clone());
-        Self { notifier, stream }
+        Self {
+            notifier,
+            stream,
+            lazy_members: lazy_members::LazyMembers::default(),
+        }
     }
 
     /// Parses a `since` token into its position and the last to-device message the client

@@ -71,6 +71,11 @@ impl Context<'_> {
         self.services.rooms.store()
     }
 
+    /// The syncing user and device.
+    fn device(&self) -> (&str, &str) {
+        (&self.request.user_id, &self.request.device_id)
+    }
+
     /// An event as the filter's `event_format` and `event_fields` ask. Without
     /// `event_fields` it is written out from the stored event, not copied.
     fn render<'e>(
@@ -357,6 +362,14 @@ pub fn build(
         },
     };
 
+    if ctx.full {
+        // The client starts afresh: it holds no member events.
+        services
+            .sync
+            .lazy_members
+            .reset(&request.user_id, &request.device_id);
+    }
+
     // Account data first: room account data can put a room in the answer.
     let account_data = match (ctx.full, since) {
         (false, Some(since)) => {
@@ -470,7 +483,16 @@ pub fn build(
     if !global.is_empty() {
         response.insert("account_data".into(), events_object(global));
     }
-    let presence = presence_events(&ctx, stream)?;
+    // Rooms joined since `since`: their members' presence is news to the user.
+    let newly_joined: Vec<&str> = match since {
+        Some(since) if !ctx.full => rooms
+            .iter()
+            .filter(|(_, record, _)| record.membership == "join" && record.joined_at > since)
+            .map(|(room_id, _, _)| room_id.as_str())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let presence = presence_events(&ctx, stream, &newly_joined)?;
     if !presence.is_empty() {
         response.insert("presence".into(), events_object(presence));
     }
@@ -526,7 +548,11 @@ pub fn add_device_key_counts(
 /// changed since `since`, or everyone not offline in a full sync. An incremental sync
 /// takes whose presence changed from the user's stream (the notifier told exactly the
 /// room mates); only a token older than the stream falls back to checking every change.
-fn presence_events(ctx: &Context<'_>, stream: &UserStream) -> MatrixResult<Vec<Value>> {
+fn presence_events(
+    ctx: &Context<'_>,
+    stream: &UserStream,
+    newly_joined: &[&str],
+) -> MatrixResult<Vec<Value>> {
     let services = ctx.services;
     let me = ctx.request.user_id.as_str();
     let filter = &ctx.filter.presence;
@@ -548,6 +574,36 @@ fn presence_events(ctx: &Context<'_>, stream: &UserStream) -> MatrixResult<Vec<V
         },
         _ => (services.presence.not_offline(ctx.upto), false),
     };
+    // A user who joined a room since `since` has not been told its members' presence
+    // (it changed before they shared a room): send it now, unless offline, as Synapse
+    // does. The spec's presence module leaves this to the server.
+    let mut candidates = candidates;
+    let mut newcomers: BTreeSet<String> = BTreeSet::new();
+    for room_id in newly_joined {
+        let room = services.rooms.known_room(room_id)?;
+        for member in services
+            .rooms
+            .store()
+            .state_events(room.record.state, Some("m.room.member"))?
+        {
+            let joined = member.content().get("membership").and_then(Value::as_str) == Some("join");
+            if let (true, Some(user)) = (joined, member.state_key()) {
+                if user != me {
+                    newcomers.insert(user.to_owned());
+                }
+            }
+        }
+    }
+    for user in newcomers {
+        if candidates.iter().any(|(u, _)| *u == user) {
+            continue;
+        }
+        if let Some(record) = services.presence.get(&user) {
+            if record.state != crate::services::ephemeral::presence::State::Offline {
+                candidates.push((user, record));
+            }
+        }
+    }
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
@@ -813,10 +869,12 @@ fn state_section(
     Ok(events)
 }
 
-/// Member events of timeline senders missing from the state section (lazy loading in an
-/// incremental sync: the client may not have them).
+/// Member events of timeline senders missing from the state section that the device has
+/// not been sent (lazy loading in an incremental sync), or all of them with
+/// `include_redundant_members`.
 fn lazy_members(
     ctx: &Context<'_>,
+    room: u64,
     start: ShortStateHash,
     timeline: &[StoredEvent],
     state: &[StoredEvent],
@@ -830,7 +888,13 @@ fn lazy_members(
     let senders: BTreeSet<&str> = timeline.iter().map(StoredEvent::sender).collect();
     let mut out = Vec::new();
     for sender in senders.difference(&have) {
-        if let Some(event) = ctx.store().state_event(start, "m.room.member", sender)? {
+        let Some(event) = ctx.store().state_event(start, "m.room.member", sender)? else {
+            continue;
+        };
+        let since = ctx.since.unwrap_or(0);
+        let redundant = ctx.filter.room.state.include_redundant_members;
+        let lazy = &ctx.services.sync.lazy_members;
+        if redundant || !lazy.has(ctx.device(), room, sender, event.short, since) {
             out.push(event);
         }
     }
@@ -866,9 +930,20 @@ fn joined_room(
         Some(start)
     };
     let mut state = state_section(ctx, start, since_state, &timeline.events)?;
-    if ctx.filter.room.state.lazy_load_members && !full {
-        let extra = lazy_members(ctx, start, &timeline.events, &state)?;
-        state.extend(extra);
+    if ctx.filter.room.state.lazy_load_members {
+        if !full {
+            let extra = lazy_members(ctx, room.short, start, &timeline.events, &state)?;
+            state.extend(extra);
+        }
+        let sent = state
+            .iter()
+            .chain(timeline.events.iter())
+            .filter(|e| e.kind() == "m.room.member")
+            .filter_map(|e| Some((e.state_key()?, e.short)));
+        ctx.services
+            .sync
+            .lazy_members
+            .record(ctx.device(), room.short, sent, ctx.upto);
     }
 
     let ephemeral = ephemeral_events(ctx, room)?;
@@ -973,7 +1048,9 @@ fn left_room(
         Some(first) => first.meta.state_before,
         None => snapshot_at(store, room, record.pos)?,
     };
-    let since_state = if ctx.full {
+    // Joined (and left) since `since`: the client never had this room's state.
+    let joined_since = ctx.since.is_some_and(|s| record.last_join_pos > s);
+    let since_state = if ctx.full || joined_since {
         None
     } else if timeline.limited || ctx.timeline_may_drop_state {
         Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)

@@ -1,0 +1,421 @@
+//! `/sync` in each case the spec describes, one story each: a newly joined room's gap,
+//! state before the timeline, a join and leave in one batch, a rejoin under `joined`
+//! history, room mates' presence, lazy-loaded members, and filters checked on upload.
+
+use std::collections::BTreeSet;
+
+use crate::common;
+
+use common::client::Client;
+use common::{assert_error, TestServer};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn with_filter(filter: Value) -> String {
+    format!("filter={}", enc(&filter.to_string()))
+}
+
+fn bodies(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ids(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["event_id"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn member_keys(events: &Value) -> BTreeSet<String> {
+    events
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .map(|e| e["state_key"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_newly_joined_room_with_more_events_than_the_limit_is_limited_and_pages_back() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let since = bob.sync("timeout=0").await["next_batch"].clone();
+    for n in 0..12 {
+        alice.text(&room, &format!("m{n}")).await;
+    }
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let filter = with_filter(json!({"room": {"timeline": {"limit": 5}}}));
+    let sync = bob
+        .sync(&format!(
+            "since={}&timeout=0&{filter}",
+            since.as_str().unwrap()
+        ))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    let timeline = &joined["timeline"];
+    assert_eq!(timeline["limited"], true, "{timeline}");
+    let events = timeline["events"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    assert_eq!(events.last().unwrap()["state_key"], bob.user_id.as_str());
+    // prev_batch pages back into the rest, without overlap or gap.
+    let page = bob
+        .messages(
+            &room,
+            &format!(
+                "dir=b&limit=100&from={}",
+                timeline["prev_batch"].as_str().unwrap()
+            ),
+        )
+        .await;
+    let older: Vec<String> = bodies(&page["chunk"]);
+    let newest_older = older.first().cloned().unwrap_or_default();
+    let in_timeline = bodies(&timeline["events"]);
+    assert!(
+        !in_timeline.contains(&newest_older),
+        "overlap: {newest_older}"
+    );
+    let mut all: Vec<String> = older.into_iter().rev().collect();
+    all.extend(in_timeline);
+    let expected: Vec<String> = (0..12).map(|n| format!("m{n}")).collect();
+    assert_eq!(all, expected);
+    // The state is that at the timeline's start: the create event and alice's join are
+    // there, bob's join only in the timeline.
+    let state = &joined["state"]["events"];
+    assert!(state
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+    assert!(!member_keys(state).contains(&bob.user_id), "{state}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn state_is_the_state_before_the_timeline_and_never_repeats_it() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "small"}))
+        .await;
+    // The whole room fits in the timeline: it starts at the create event, so there is no
+    // state before it.
+    let sync = alice.sync("timeout=0").await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert_eq!(joined["timeline"]["events"][0]["type"], "m.room.create");
+    let state = ids(&joined["state"]["events"]);
+    let timeline = ids(&joined["timeline"]["events"]);
+    assert!(
+        state.is_empty(),
+        "state repeated from the timeline: {state:?}"
+    );
+
+    // With a timeline of 2, the state holds everything before those 2, nothing of them.
+    let sync = alice
+        .sync(&with_filter(json!({"room": {"timeline": {"limit": 2}}})))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    let state = ids(&joined["state"]["events"]);
+    let short_timeline = ids(&joined["timeline"]["events"]);
+    assert_eq!(short_timeline, timeline[timeline.len() - 2..].to_vec());
+    for id in &short_timeline {
+        assert!(!state.contains(id), "{id} in both");
+    }
+    assert!(joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_join_and_leave_in_one_batch_carry_the_state_of_the_left_room() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "passing through"}))
+        .await;
+    alice.text(&room, "before bob").await;
+    let since = bob.sync("timeout=0").await["next_batch"].clone();
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let (status, body) = bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = bob
+        .sync(&format!("since={}&timeout=0", since.as_str().unwrap()))
+        .await;
+    assert!(sync["rooms"]["join"].get(&room).is_none(), "{sync}");
+    let left = &sync["rooms"]["leave"][&room];
+    let timeline = &left["timeline"]["events"];
+    let last = timeline.as_array().unwrap().last().unwrap();
+    assert_eq!(last["content"]["membership"], "leave", "{left}");
+    // Its state: the room's name and members, as they were.
+    let mut all = left["state"]["events"].as_array().unwrap().clone();
+    all.extend(timeline.as_array().unwrap().iter().cloned());
+    assert!(
+        all.iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "passing through"),
+        "{left}"
+    );
+    assert!(member_keys(&Value::Array(all.clone())).contains(&alice.user_id));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejoin_under_joined_history_shows_its_membership_events() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "joined"}}]}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    alice.text(&room, "while bob is here").await;
+    bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    let since = bob.sync("timeout=0").await["next_batch"].clone();
+    alice.text(&room, "while bob is away").await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    alice.text(&room, "bob is back").await;
+    let sync = bob
+        .sync(&format!("since={}&timeout=0", since.as_str().unwrap()))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    let timeline = &joined["timeline"]["events"];
+    let bodies = bodies(timeline);
+    assert!(
+        !bodies.contains(&"while bob is away".to_owned()),
+        "{timeline}"
+    );
+    assert!(bodies.contains(&"bob is back".to_owned()), "{timeline}");
+    // His rejoin is there (the event that lets him read again).
+    assert!(
+        timeline
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == bob.user_id.as_str()
+                && e["content"]["membership"] == "join"),
+        "{timeline}"
+    );
+    // An initial sync shows the same: the old message he saw, then the rejoin, not what
+    // came in between.
+    let sync = bob.sync("timeout=0").await;
+    let bodies_initial = self::bodies(&sync["rooms"]["join"][&room]["timeline"]["events"]);
+    assert!(!bodies_initial.contains(&"while bob is away".to_owned()));
+    assert!(bodies_initial.contains(&"while bob is here".to_owned()));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn presence_of_a_newly_joined_rooms_members_arrives_in_the_first_incremental_sync() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    // alice is online (she syncs) before bob shares a room with her.
+    alice.sync("timeout=0").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let since = bob.sync("timeout=0").await["next_batch"].clone();
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let sync = bob
+        .sync(&format!("since={}&timeout=0", since.as_str().unwrap()))
+        .await;
+    let presence = &sync["presence"]["events"];
+    let alice_presence = presence
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["sender"] == alice.user_id.as_str()));
+    let alice_presence = alice_presence.unwrap_or_else(|| panic!("no presence of alice: {sync}"));
+    assert_eq!(alice_presence["content"]["presence"], "online");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let mut others = Vec::new();
+    for name in ["bob", "carol", "dan", "erin"] {
+        others.push(Client::new(&s, name).await);
+    }
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    for other in &others {
+        assert_eq!(other.join(&room).await.0, StatusCode::OK);
+    }
+    for other in &others {
+        other
+            .text(&room, &format!("hello from {}", other.user_id))
+            .await;
+    }
+    let lazy = json!({"room": {"state": {"lazy_load_members": true},
+                               "timeline": {"limit": 2}}});
+    let viewer = &alice;
+    // Initial: the two last senders (dan, erin) and alice herself.
+    let sync = viewer.sync(&with_filter(lazy.clone())).await;
+    let joined = &sync["rooms"]["join"][&room];
+    let senders: BTreeSet<String> = joined["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sender"].as_str().unwrap().to_owned())
+        .collect();
+    let mut expected = senders.clone();
+    expected.insert(alice.user_id.clone());
+    let sent = member_keys(&joined["state"]["events"]);
+    let in_timeline = member_keys(&joined["timeline"]["events"]);
+    assert_eq!(&sent | &in_timeline, expected, "{joined}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Incremental: erin speaks again (already sent: not again), bob speaks (new: sent).
+    others[3].text(&room, "erin again").await;
+    others[0].text(&room, "bob again").await;
+    let sync = viewer
+        .sync(&format!(
+            "since={since}&timeout=0&{}",
+            with_filter(lazy.clone())
+        ))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(
+        member_keys(&joined["state"]["events"]),
+        BTreeSet::from([others[0].user_id.clone()]),
+        "{joined}"
+    );
+    // A client that lost that answer and retries its token gets bob's membership again.
+    let retry = viewer
+        .sync(&format!(
+            "since={since}&timeout=0&{}",
+            with_filter(lazy.clone())
+        ))
+        .await;
+    assert_eq!(
+        member_keys(&retry["rooms"]["join"][&room]["state"]["events"]),
+        BTreeSet::from([others[0].user_id.clone()]),
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Gappy incremental: many messages, limit 2, last senders carol (new) and dan (sent
+    // with the initial sync).
+    for _ in 0..4 {
+        others[0].text(&room, "filler").await;
+    }
+    others[1].text(&room, "carol here").await;
+    others[2].text(&room, "dan here").await;
+    let sync = viewer
+        .sync(&format!(
+            "since={since}&timeout=0&{}",
+            with_filter(lazy.clone())
+        ))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert_eq!(
+        member_keys(&joined["state"]["events"]),
+        BTreeSet::from([others[1].user_id.clone()]),
+        "{joined}"
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // With include_redundant_members, members sent before come again.
+    others[1].text(&room, "carol once more").await;
+    let redundant = json!({"room": {"state": {"lazy_load_members": true,
+                                              "include_redundant_members": true},
+                                    "timeline": {"limit": 2}}});
+    let sync = viewer
+        .sync(&format!(
+            "since={since}&timeout=0&{}",
+            with_filter(redundant)
+        ))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    let sent = member_keys(&joined["state"]["events"]);
+    assert!(sent.contains(&others[1].user_id), "{joined}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn filters_are_checked_when_uploaded() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let path = format!("/user/{}/filter", alice.user_id);
+    let bad: [(Value, &str); 6] = [
+        (json!({"room": {"rooms": ["not a room id"]}}), "room.rooms"),
+        (
+            json!({"room": {"timeline": {"senders": ["nobody"]}}}),
+            "room.timeline.senders",
+        ),
+        (
+            json!({"presence": {"not_senders": [42]}}),
+            "presence.not_senders",
+        ),
+        (
+            json!({"room": {"timeline": {"limit": -1}}}),
+            "room.timeline.limit",
+        ),
+        (json!({"event_format": "xml"}), "event_format"),
+        (
+            json!({"room": {"state": {"types": "m.room.name"}}}),
+            "room.state.types",
+        ),
+    ];
+    for (filter, field) in bad {
+        let (status, body) = alice.post(&path, filter.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{filter}: {body}");
+        let code = body["errcode"].as_str().unwrap();
+        assert!(
+            code == "M_BAD_JSON" || code == "M_INVALID_PARAM",
+            "{filter}: {body}"
+        );
+        assert!(
+            body["error"].as_str().unwrap().contains(field),
+            "{filter}: the error should name {field}: {body}"
+        );
+    }
+    let (status, body) = alice
+        .post(
+            &path,
+            json!({"room": {"rooms": ["!a:localhost"], "timeline": {"limit": 10,
+                   "types": ["m.room.*"], "senders": ["@bob:localhost"]}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // An inline filter is checked the same way.
+    let (status, body) = alice
+        .get(&format!(
+            "/sync?{}",
+            with_filter(json!({"room": {"rooms": ["nope"]}}))
+        ))
+        .await;
+    assert_error(status, &body, 400, body["errcode"].as_str().unwrap_or("?"));
+    s.stop().await;
+}
