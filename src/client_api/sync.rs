@@ -87,14 +87,11 @@ pub async fn sync(
     Ok(json_stream(response))
 }
 
-/// The answer streamed as it is written (see [`SyncResponse::into_json_chunks`]).
+/// The answer streamed as it is written (see [`SyncResponse::into_byte_stream`]).
 fn json_stream(response: SyncResponse) -> Response {
-    let chunks = response
-        .into_json_chunks()
-        .map(|chunk| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)));
     (
         [(CONTENT_TYPE, "application/json")],
-        Body::from_stream(futures_util::stream::iter(chunks)),
+        Body::from_stream(response.into_byte_stream()),
     )
         .into_response()
 }

@@ -419,3 +419,66 @@ async fn filters_are_checked_when_uploaded() {
     assert_error(status, &body, 400, body["errcode"].as_str().unwrap_or("?"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_sync_of_many_rooms_is_built_while_it_is_sent_and_complete() {
+    // 300 rooms: past the size where the server builds rooms batch by batch as the
+    // answer goes out; the answer must still hold every room, grouped by membership.
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let mut joined = Vec::new();
+    for n in 0..296 {
+        let room = bob.create_room(json!({"preset": "public_chat"})).await;
+        assert_eq!(alice.join(&room).await.0, StatusCode::OK);
+        bob.text(&room, &format!("message {n}")).await;
+        joined.push(room);
+    }
+    let mut invited = Vec::new();
+    for _ in 0..2 {
+        let room = bob
+            .create_room(json!({"invite": [alice.user_id.clone()]}))
+            .await;
+        invited.push(room);
+    }
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        let room = bob.create_room(json!({"preset": "public_chat"})).await;
+        assert_eq!(alice.join(&room).await.0, StatusCode::OK);
+        let (status, _) = alice.post(&format!("/rooms/{room}/leave"), json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        left.push(room);
+    }
+    let sync = alice
+        .sync(&with_filter(json!({"room": {"include_leave": true}})))
+        .await;
+    let rooms = &sync["rooms"];
+    assert_eq!(rooms["join"].as_object().unwrap().len(), joined.len());
+    for (n, room) in joined.iter().enumerate() {
+        assert_eq!(
+            bodies(&rooms["join"][room]["timeline"]["events"]),
+            vec![format!("message {n}")]
+        );
+        let section = &rooms["join"][room];
+        let members = &member_keys(&section["state"]["events"])
+            | &member_keys(&section["timeline"]["events"]);
+        assert_eq!(
+            members,
+            BTreeSet::from([alice.user_id.clone(), bob.user_id.clone()])
+        );
+    }
+    let invites: BTreeSet<&String> = rooms["invite"].as_object().unwrap().keys().collect();
+    assert_eq!(invites, invited.iter().collect());
+    let leaves: BTreeSet<&String> = rooms["leave"].as_object().unwrap().keys().collect();
+    assert_eq!(leaves, left.iter().collect());
+    assert!(sync["next_batch"].is_string());
+    // The token it gave works: nothing new.
+    let next = alice
+        .sync(&format!(
+            "since={}&timeout=0",
+            sync["next_batch"].as_str().unwrap()
+        ))
+        .await;
+    assert!(next.get("rooms").is_none(), "{next}");
+    s.stop().await;
+}

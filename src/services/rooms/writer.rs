@@ -41,10 +41,10 @@ use crate::storage::{keys, Batch, Table};
 const MAX_JOBS_PER_COMMIT: usize = 128;
 /// A writer idle this long drops the parsed state events it keeps (the biggest part of a
 /// head: a parsed PDU costs a few KiB), keeping the state map.
-const IDLE_DROP_PARSED: Duration = Duration::from_secs(5);
+const IDLE_DROP_PARSED: Duration = Duration::from_secs(2);
 /// A writer idle this long stops, and its room's head leaves memory (the next event
 /// starts a new writer, which loads the head again): idle rooms cost no memory.
-const IDLE_STOP: Duration = Duration::from_secs(30);
+const IDLE_STOP: Duration = Duration::from_secs(10);
 /// Jobs a room's queue holds; a full queue makes senders wait (they retry every
 /// [`FULL_QUEUE_RETRY`]).
 const QUEUE_DEPTH: usize = 1024;

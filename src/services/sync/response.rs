@@ -10,7 +10,8 @@
 //! incremental one only the rooms the user's stream says changed, plus rooms whose
 //! account data changed. Work grows with what changed, not with the number of rooms.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use serde::ser::{Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -217,13 +218,25 @@ fn raw_json(value: &impl Serialize) -> MatrixResult<Box<RawValue>> {
 }
 
 /// A `/sync` answer: the top-level members, and each room's section already written
-/// out to JSON (rooms are built on two threads, and so are their bytes).
-#[derive(Debug)]
+/// out to JSON (rooms are built on two threads, and so are their bytes), or, for a large
+/// full answer, the rooms still to build.
 pub struct SyncResponse {
     /// Every member but `rooms`.
     fields: Map<String, Value>,
     /// `rooms.{join,invite,knock,leave}`: room id to its section.
     rooms: BTreeMap<&'static str, BTreeMap<String, Box<RawValue>>>,
+    /// Rooms built while the answer is sent (instead of `rooms`).
+    deferred: Option<DeferredRooms>,
+}
+
+impl std::fmt::Debug for SyncResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncResponse")
+            .field("fields", &self.fields)
+            .field("rooms", &self.rooms)
+            .field("deferred", &self.deferred.as_ref().map(|d| d.rooms.len()))
+            .finish()
+    }
 }
 
 impl SyncResponse {
@@ -232,12 +245,14 @@ impl SyncResponse {
         Self {
             fields,
             rooms: BTreeMap::new(),
+            deferred: None,
         }
     }
 
     /// Whether the answer carries only what every answer has (nothing new).
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty()
+            && self.deferred.is_none()
             && self
                 .fields
                 .keys()
@@ -247,72 +262,197 @@ impl SyncResponse {
 
 /// Bytes an answer's pieces are gathered into before they are handed on.
 const CHUNK_BYTES: usize = 64 << 10;
+/// A full answer of at least this many rooms builds them while it is sent.
+const DEFER_ROOMS: usize = 256;
+/// Rooms built at a time for an answer being sent.
+const DEFERRED_BATCH: usize = 256;
+/// Batches of an answer being sent between two returns of free memory to the system.
+const TRIM_EVERY_BATCHES: usize = 16;
+/// Pieces of an answer waiting for a slow reader before its builder pauses.
+const CHUNKS_AHEAD: usize = 4;
 
-impl SyncResponse {
-    /// The answer as JSON, in pieces of about [`CHUNK_BYTES`], written out as they are
-    /// taken: each room's section is dropped once copied, so sending an answer of many
-    /// rooms holds it once (sections not yet sent), never twice (sections and the whole
-    /// text, as serializing it into one buffer did: 83 MiB of JSON for a user in 20,000
-    /// rooms peaked at ~250 MiB).
-    pub fn into_json_chunks(self) -> impl Iterator<Item = Vec<u8>> + Send {
-        let mut head = serde_json::to_vec(&self.fields).unwrap_or_else(|_| b"{}".to_vec());
-        let mut rooms = self.rooms.into_iter().peekable();
-        let mut kinds_open = false;
-        let mut current: Option<
-            std::iter::Peekable<std::collections::btree_map::IntoIter<String, Box<RawValue>>>,
-        > = None;
-        let mut done = false;
-        if rooms.peek().is_some() {
-            head.pop(); // the closing brace: `rooms` follows
-            if head.len() > 1 {
-                head.push(b',');
+/// The rooms of a full answer, with what building them needs.
+struct DeferredRooms {
+    services: Arc<Services>,
+    request: Arc<SyncRequest>,
+    upto: u64,
+    /// Sorted by [`Section`], so each member of `rooms` is written in one go.
+    rooms: Vec<RoomToSync>,
+}
+
+impl DeferredRooms {
+    /// The sections, built [`DEFERRED_BATCH`] rooms at a time.
+    fn into_sections(self) -> impl Iterator<Item = MatrixResult<RoomSection>> + Send {
+        let mut rooms: VecDeque<RoomToSync> = self.rooms.into();
+        let mut built: VecDeque<RoomSection> = VecDeque::new();
+        let mut failed = false;
+        let mut batches = 0usize;
+        std::iter::from_fn(move || loop {
+            if let Some(section) = built.pop_front() {
+                return Some(Ok(section));
             }
-            head.extend_from_slice(b"\"rooms\":{");
-            kinds_open = true;
-        }
-        let mut buffer = head;
-        std::iter::from_fn(move || {
-            if done {
+            if batches.is_multiple_of(TRIM_EVERY_BATCHES) || rooms.is_empty() {
+                // A large answer is a burst of allocations on threads of their own (so
+                // in glibc arenas of their own): memory freed before it in other arenas,
+                // and what it frees itself, goes back to the system as it goes.
+                crate::services::memory::trim_heap();
+            }
+            batches += 1;
+            if rooms.is_empty() || failed {
                 return None;
             }
-            loop {
-                if let Some(sections) = current.as_mut() {
-                    match sections.next() {
-                        Some((room_id, section)) => {
-                            json_string(&mut buffer, &room_id);
-                            buffer.push(b':');
-                            buffer.extend_from_slice(section.get().as_bytes());
-                            if sections.peek().is_some() {
-                                buffer.push(b',');
-                            }
-                        }
-                        None => {
-                            current = None;
-                            buffer.push(b'}');
-                            if rooms.peek().is_some() {
-                                buffer.push(b',');
-                            }
-                        }
-                    }
-                } else if let Some((kind, sections)) = rooms.next() {
-                    json_string(&mut buffer, kind);
-                    buffer.extend_from_slice(b":{");
-                    current = Some(sections.into_iter().peekable());
-                } else {
-                    if kinds_open {
-                        buffer.extend_from_slice(b"}}");
-                    }
-                    done = true;
-                    return Some(std::mem::take(&mut buffer));
-                }
-                if buffer.len() >= CHUNK_BYTES {
-                    return Some(std::mem::replace(
-                        &mut buffer,
-                        Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 2)),
-                    ));
+            let batch: Vec<RoomToSync> = rooms.drain(..DEFERRED_BATCH.min(rooms.len())).collect();
+            let sections = Context::new(&self.services, &self.request, self.upto)
+                .and_then(|ctx| build_sections(&ctx, &batch));
+            match sections {
+                Ok(sections) => built.extend(sections),
+                Err(e) => {
+                    failed = true;
+                    return Some(Err(e));
                 }
             }
         })
+    }
+}
+
+/// Writes an answer out: its top-level members, then room sections grouped by kind.
+struct AnswerWriter {
+    buffer: Vec<u8>,
+    /// Whether the top-level object already holds a member.
+    has_members: bool,
+    /// The member of `rooms` being written, once `rooms` is open.
+    kind: Option<&'static str>,
+}
+
+impl AnswerWriter {
+    fn new(fields: &Map<String, Value>) -> Self {
+        let mut buffer = serde_json::to_vec(fields).unwrap_or_else(|_| b"{}".to_vec());
+        buffer.pop(); // the closing brace, written by `finish`
+        Self {
+            has_members: buffer.len() > 1,
+            buffer,
+            kind: None,
+        }
+    }
+
+    fn section(&mut self, (kind, room_id, section): RoomSection) {
+        let name = kind.name();
+        match self.kind {
+            None => {
+                if self.has_members {
+                    self.buffer.push(b',');
+                }
+                self.buffer.extend_from_slice(b"\"rooms\":{");
+                json_string(&mut self.buffer, name);
+                self.buffer.extend_from_slice(b":{");
+            }
+            Some(open) if open != name => {
+                self.buffer.extend_from_slice(b"},");
+                json_string(&mut self.buffer, name);
+                self.buffer.extend_from_slice(b":{");
+            }
+            Some(_) => self.buffer.push(b','),
+        }
+        self.kind = Some(name);
+        json_string(&mut self.buffer, &room_id);
+        self.buffer.push(b':');
+        self.buffer.extend_from_slice(section.get().as_bytes());
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK_BYTES + (CHUNK_BYTES >> 2)),
+        )
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.kind.is_some() {
+            self.buffer.extend_from_slice(b"}}");
+        }
+        self.buffer.push(b'}');
+        self.buffer
+    }
+}
+
+impl SyncResponse {
+    /// Whether writing the answer out builds rooms (blocking work).
+    pub fn builds_while_sent(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// The answer as JSON, in pieces of about [`CHUNK_BYTES`], written out as they are
+    /// taken: each room's section is dropped once copied, so sending an answer of many
+    /// rooms holds it once (sections not yet sent), never twice (sections and the whole
+    /// text, as serializing it into one buffer did). A large full answer builds its rooms
+    /// a batch at a time as the pieces are taken, so it is never held whole: 83 MB of
+    /// JSON for a user in 20,000 rooms. An error while building ends the pieces with it.
+    pub fn into_json_chunks(self) -> impl Iterator<Item = MatrixResult<Vec<u8>>> + Send {
+        let eager = self.rooms.into_iter().flat_map(|(name, sections)| {
+            let kind = match name {
+                "join" => Section::Join,
+                "invite" => Section::Invite,
+                "knock" => Section::Knock,
+                _ => Section::Leave,
+            };
+            sections
+                .into_iter()
+                .map(move |(room_id, section)| Ok((kind, room_id, section)))
+        });
+        let mut sections: Box<dyn Iterator<Item = MatrixResult<RoomSection>> + Send> =
+            match self.deferred {
+                Some(deferred) => Box::new(deferred.into_sections()),
+                None => Box::new(eager),
+            };
+        let mut writer = Some(AnswerWriter::new(&self.fields));
+        std::iter::from_fn(move || {
+            let out = writer.as_mut()?;
+            loop {
+                match sections.next() {
+                    Some(Ok(section)) => out.section(section),
+                    Some(Err(e)) => {
+                        writer = None;
+                        return Some(Err(e));
+                    }
+                    None => return writer.take().map(|w| Ok(w.finish())),
+                }
+                if out.buffer.len() >= CHUNK_BYTES {
+                    return Some(Ok(out.take()));
+                }
+            }
+        })
+    }
+
+    /// The answer as a stream of JSON pieces for the transport. An answer that builds
+    /// rooms as it is sent does so on a blocking thread, at most [`CHUNKS_AHEAD`] pieces
+    /// ahead of the reader; a reader that goes away stops it. An error after the first
+    /// piece can no longer change the status: it is logged and ends the stream with an
+    /// error, so the client sees a cut answer, never a wrong one.
+    pub fn into_byte_stream(
+        self,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
+        use futures_util::StreamExt;
+        let failed = |e: MatrixError| {
+            tracing::error!("sync answer cut short: {e}");
+            std::io::Error::other(e.to_string())
+        };
+        if !self.builds_while_sent() {
+            let chunks = self.into_json_chunks().map(move |c| c.map_err(failed));
+            return futures_util::stream::iter(chunks).left_stream();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            for chunk in self.into_json_chunks() {
+                let last = chunk.is_err();
+                if tx.blocking_send(chunk.map_err(failed)).is_err() || last {
+                    break;
+                }
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        })
+        .right_stream()
     }
 }
 
@@ -322,45 +462,54 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
     let _ = serde_json::to_writer(&mut *out, text);
 }
 
-/// Builds the answer for `(request.since, upto]`.
+impl<'a> Context<'a> {
+    /// What every room of the answer for `(request.since, upto]` needs.
+    fn new(services: &'a Services, request: &'a SyncRequest, upto: u64) -> MatrixResult<Self> {
+        let filter = &request.filter;
+        let ignored: BTreeSet<String> = services
+            .accounts
+            .ignored_users(&request.user_id)?
+            .into_iter()
+            .collect();
+        let mut timeline_filter = filter.room.timeline.clone();
+        timeline_filter.not_senders.extend(ignored.iter().cloned());
+        let since = request.since.map(|s| s.min(upto));
+        let timeline_may_drop_state = {
+            let f = &timeline_filter;
+            f.types.is_some()
+                || !f.not_types.is_empty()
+                || f.senders.is_some()
+                || !f.not_senders.is_empty()
+                || f.contains_url.is_some()
+        };
+        Ok(Self {
+            services,
+            request,
+            filter,
+            timeline_filter,
+            ignored,
+            since,
+            upto,
+            full: since.is_none() || request.full_state,
+            timeline_may_drop_state,
+            viewer: Viewer {
+                user_id: &request.user_id,
+                device_id: &request.device_id,
+            },
+        })
+    }
+}
+
+/// Builds the answer for `(request.since, upto]`. The rooms of a large full answer are
+/// left to be built as it is sent ([`SyncResponse::into_byte_stream`]).
 pub fn build(
-    services: &Services,
-    request: &SyncRequest,
+    services: &Arc<Services>,
+    request: &Arc<SyncRequest>,
     stream: &UserStream,
     upto: u64,
 ) -> MatrixResult<SyncResponse> {
-    let filter = &request.filter;
-    let ignored: BTreeSet<String> = services
-        .accounts
-        .ignored_users(&request.user_id)?
-        .into_iter()
-        .collect();
-    let mut timeline_filter = filter.room.timeline.clone();
-    timeline_filter.not_senders.extend(ignored.iter().cloned());
-    let since = request.since.map(|s| s.min(upto));
-    let timeline_may_drop_state = {
-        let f = &timeline_filter;
-        f.types.is_some()
-            || !f.not_types.is_empty()
-            || f.senders.is_some()
-            || !f.not_senders.is_empty()
-            || f.contains_url.is_some()
-    };
-    let ctx = Context {
-        services,
-        request,
-        filter,
-        timeline_filter,
-        ignored,
-        since,
-        upto,
-        full: since.is_none() || request.full_state,
-        timeline_may_drop_state,
-        viewer: Viewer {
-            user_id: &request.user_id,
-            device_id: &request.device_id,
-        },
-    };
+    let ctx = Context::new(services, request, upto)?;
+    let (filter, since) = (&request.filter, ctx.since);
 
     if ctx.full {
         // The client starts afresh: it holds no member events.
@@ -412,8 +561,7 @@ pub fn build(
         _ => store.memberships_of(&request.user_id)?,
     };
 
-    // Rooms are independent: a big initial sync builds them on two threads.
-    let rooms: Vec<(String, MembershipRecord, Vec<AccountData>)> = rooms
+    let mut rooms: Vec<RoomToSync> = rooms
         .into_iter()
         .filter(|(room_id, record)| filter.room.matches_room(room_id) && !record.forgotten)
         .map(|(room_id, record)| {
@@ -421,35 +569,35 @@ pub fn build(
             (room_id, record, data)
         })
         .collect();
-    let sections: Vec<RoomSection> = if rooms.len() >= PARALLEL_ROOMS {
-        let (first, second) = rooms.split_at(rooms.len() / 2);
-        let (a, b) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| room_sections(&ctx, second));
-            let mine = room_sections(&ctx, first);
-            let theirs = other
-                .join()
-                .unwrap_or_else(|_| Err(crate::error::MatrixError::internal("sync thread failed")));
-            (mine, theirs)
-        });
-        let mut all = a?;
-        all.extend(b?);
-        all
-    } else {
-        room_sections(&ctx, &rooms)?
+    // Rooms joined since `since`: their members' presence is news to the user.
+    let newly_joined: Vec<String> = match since {
+        Some(since) if !ctx.full => rooms
+            .iter()
+            .filter(|(_, record, _)| record.membership == "join" && record.joined_at > since)
+            .map(|(room_id, _, _)| room_id.clone())
+            .collect(),
+        _ => Vec::new(),
     };
     let mut room_sections: BTreeMap<&'static str, BTreeMap<String, Box<RawValue>>> =
         BTreeMap::new();
-    for (kind, room_id, section) in sections {
-        let name = match kind {
-            Section::Join => "join",
-            Section::Invite => "invite",
-            Section::Knock => "knock",
-            Section::Leave => "leave",
-        };
-        room_sections
-            .entry(name)
-            .or_default()
-            .insert(room_id, section);
+    let mut deferred = None;
+    if ctx.full && rooms.len() >= DEFER_ROOMS {
+        // A full answer never comes out empty, so nothing needs the rooms before they
+        // are sent: they are built batch by batch as the client reads.
+        rooms.sort_by_key(|(_, record, _)| Section::of(record).name());
+        deferred = Some(DeferredRooms {
+            services: Arc::clone(services),
+            request: Arc::clone(request),
+            upto,
+            rooms,
+        });
+    } else {
+        for (kind, room_id, section) in build_sections(&ctx, &rooms)? {
+            room_sections
+                .entry(kind.name())
+                .or_default()
+                .insert(room_id, section);
+        }
     }
 
     let to_device = services.accounts.take_to_device(
@@ -483,15 +631,6 @@ pub fn build(
     if !global.is_empty() {
         response.insert("account_data".into(), events_object(global));
     }
-    // Rooms joined since `since`: their members' presence is news to the user.
-    let newly_joined: Vec<&str> = match since {
-        Some(since) if !ctx.full => rooms
-            .iter()
-            .filter(|(_, record, _)| record.membership == "join" && record.joined_at > since)
-            .map(|(room_id, _, _)| room_id.as_str())
-            .collect(),
-        _ => Vec::new(),
-    };
     let presence = presence_events(&ctx, stream, &newly_joined)?;
     if !presence.is_empty() {
         response.insert("presence".into(), events_object(presence));
@@ -519,6 +658,7 @@ pub fn build(
     Ok(SyncResponse {
         fields: response,
         rooms: room_sections,
+        deferred,
     })
 }
 
@@ -551,7 +691,7 @@ pub fn add_device_key_counts(
 fn presence_events(
     ctx: &Context<'_>,
     stream: &UserStream,
-    newly_joined: &[&str],
+    newly_joined: &[String],
 ) -> MatrixResult<Vec<Value>> {
     let services = ctx.services;
     let me = ctx.request.user_id.as_str();
@@ -647,6 +787,7 @@ fn presence_events(
 const PARALLEL_ROOMS: usize = 32;
 
 /// Where a room goes in the answer.
+#[derive(Clone, Copy)]
 enum Section {
     Join,
     Invite,
@@ -654,13 +795,55 @@ enum Section {
     Leave,
 }
 
+impl Section {
+    /// Where the user's membership puts a room.
+    fn of(record: &MembershipRecord) -> Self {
+        match record.membership.as_str() {
+            "join" => Self::Join,
+            "invite" => Self::Invite,
+            "knock" => Self::Knock,
+            _ => Self::Leave,
+        }
+    }
+
+    /// Its member of `rooms`.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Invite => "invite",
+            Self::Knock => "knock",
+            Self::Leave => "leave",
+        }
+    }
+}
+
 type RoomSection = (Section, String, Box<RawValue>);
 
+/// A room of the answer: its id, the user's membership and its account data news.
+type RoomToSync = (String, MembershipRecord, Vec<AccountData>);
+
+/// The sections of some rooms, built on two threads when there are many (rooms are
+/// independent).
+fn build_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> MatrixResult<Vec<RoomSection>> {
+    if rooms.len() < PARALLEL_ROOMS {
+        return room_sections(ctx, rooms);
+    }
+    let (first, second) = rooms.split_at(rooms.len() / 2);
+    let (a, b) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| room_sections(ctx, second));
+        let mine = room_sections(ctx, first);
+        let theirs = other
+            .join()
+            .unwrap_or_else(|_| Err(MatrixError::internal("sync thread failed")));
+        (mine, theirs)
+    });
+    let mut all = a?;
+    all.extend(b?);
+    Ok(all)
+}
+
 /// The sections of some rooms.
-fn room_sections(
-    ctx: &Context<'_>,
-    rooms: &[(String, MembershipRecord, Vec<AccountData>)],
-) -> MatrixResult<Vec<RoomSection>> {
+fn room_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> MatrixResult<Vec<RoomSection>> {
     let store = ctx.store();
     let (since, upto) = (ctx.since, ctx.upto);
     let mut out = Vec::with_capacity(rooms.len());
@@ -1197,8 +1380,8 @@ mod tests {
         response
     }
 
-    fn joined(chunks: impl Iterator<Item = Vec<u8>>) -> (usize, Value) {
-        let chunks: Vec<Vec<u8>> = chunks.collect();
+    fn joined(chunks: impl Iterator<Item = MatrixResult<Vec<u8>>>) -> (usize, Value) {
+        let chunks: Vec<Vec<u8>> = chunks.map(Result::unwrap).collect();
         let bytes: Vec<u8> = chunks.concat();
         (chunks.len(), serde_json::from_slice(&bytes).unwrap())
     }
