@@ -16,6 +16,7 @@ pub mod redaction;
 pub mod room_version;
 pub mod signatures;
 pub mod signing_key;
+pub mod state_res;
 
 pub use identifiers::{EventId, IdentifierError, RoomAliasId, RoomId, ServerName, UserId};
 pub use room_version::RoomVersion;

@@ -88,6 +88,14 @@ impl RoomVersion {
     }
 }
 
+impl RoomVersion {
+    /// Whether state resolution is version 2.1 (`rooms/v12.md`): step 2 starts from an
+    /// empty state map and the full conflicted set holds the conflicted state subgraph.
+    pub fn state_res_starts_empty(self) -> bool {
+        self >= RoomVersion::V12
+    }
+}
+
 impl std::fmt::Display for RoomVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
