@@ -10,6 +10,7 @@ pub mod event_hashes;
 pub mod hex;
 pub mod identifiers;
 pub mod pdu;
+pub mod pdu_checks;
 pub mod power_levels;
 pub mod push_rules;
 pub mod redaction;

@@ -43,6 +43,13 @@ pub trait ResolutionEvents {
     /// restricted joins; the caller checked signatures when the event arrived).
     fn signed_by(&self, event: &Value, server: &str) -> bool;
 
+    /// The keys outside which the states are known to agree, when the caller can tell
+    /// cheaply (snapshots stored as deltas on a common ancestor); `None` (the default)
+    /// compares the states key by key.
+    fn differing_keys(&self, _states: &[&StateMap]) -> Option<HashSet<(String, String)>> {
+        None
+    }
+
     /// The auth difference of the states: every event in the auth chain of some state's
     /// events but not of every state's (spec: "Auth difference"). The default walks the
     /// auth chains through [`ResolutionEvents::event`]; storage answers from its index,
@@ -70,9 +77,34 @@ pub fn resolve(
     states: &[&StateMap],
     events: &dyn ResolutionEvents,
 ) -> StateMap {
-    let (unconflicted, conflicted) = split(states);
-    if conflicted.is_empty() {
-        return unconflicted;
+    let mut resolved = states.first().map(|s| (*s).clone()).unwrap_or_default();
+    for (key, value) in resolve_changes(version, states, events) {
+        match value {
+            Some(id) => resolved.insert(key, id),
+            None => resolved.remove(&key),
+        };
+    }
+    resolved
+}
+
+/// A change of the resolved state against the first state given: the key's new event,
+/// or `None` when the key is not in the resolved state.
+pub type StateChange = ((String, String), Option<String>);
+
+/// Resolves `states` as [`resolve`] does, answering only where the result differs from
+/// `states[0]`: the work and the answer follow the conflict, not the size of the state
+/// (storage keeps snapshots as deltas too).
+pub fn resolve_changes(
+    version: RoomVersion,
+    states: &[&StateMap],
+    events: &dyn ResolutionEvents,
+) -> Vec<StateChange> {
+    let Some(base) = states.first() else {
+        return Vec::new();
+    };
+    let (conflicted_keys, conflicted) = split(states, events.differing_keys(states));
+    if conflicted_keys.is_empty() {
+        return Vec::new();
     }
     let mut cache = Events::new(events);
 
@@ -100,45 +132,99 @@ pub fn resolve(
     }
     let sorted_power = reverse_topological_power_sort(version, &mut cache, &picked);
 
-    // Step 2.
-    let start = if version.state_res_starts_empty() {
-        StateMap::new()
-    } else {
-        unconflicted.clone()
+    // Step 2: from the unconflicted state map (v2) or an empty one (v2.1).
+    let mut partial = Partial {
+        unconflicted: (!version.state_res_starts_empty()).then_some(*base),
+        conflicted_keys: &conflicted_keys,
+        changes: HashMap::new(),
     };
-    let partial = iterative_auth_checks(version, &mut cache, start, &sorted_power);
+    iterative_auth_checks(version, &mut cache, &mut partial, &sorted_power);
 
     // Step 3: the rest, by mainline order of the partial state's power levels.
     let rest: Vec<String> = full.difference(&picked).cloned().collect();
-    let power_levels = partial
-        .get(&("m.room.power_levels".to_owned(), String::new()))
-        .cloned();
+    let power_levels = partial.get(&("m.room.power_levels".to_owned(), String::new()));
+    let power_levels = power_levels.cloned();
     let sorted_rest = mainline_sort(&mut cache, power_levels.as_deref(), rest);
 
     // Step 4.
-    let mut resolved = iterative_auth_checks(version, &mut cache, partial, &sorted_rest);
+    iterative_auth_checks(version, &mut cache, &mut partial, &sorted_rest);
 
-    // Step 5.
-    resolved.extend(unconflicted);
-    resolved
-}
-
-/// The unconflicted state map and the conflicted state set (spec: "Unconflicted state
-/// map and conflicted state set").
-fn split(states: &[&StateMap]) -> (StateMap, BTreeSet<String>) {
-    let mut unconflicted = StateMap::new();
-    let mut conflicted = BTreeSet::new();
-    let keys: HashSet<&(String, String)> = states.iter().flat_map(|s| s.keys()).collect();
-    for key in keys {
-        let values: Vec<Option<&String>> = states.iter().map(|s| s.get(key)).collect();
-        match values.first() {
-            Some(Some(first)) if values.iter().all(|v| *v == Some(*first)) => {
-                unconflicted.insert(key.clone(), (*first).clone());
-            }
-            _ => conflicted.extend(values.into_iter().flatten().cloned()),
+    // Step 5: the unconflicted state map wins; against `base`, only the conflicted keys
+    // and keys no state had can change.
+    let mut changes: Vec<StateChange> = Vec::new();
+    for key in &conflicted_keys {
+        let value = partial.changes.remove(key);
+        if base.get(key) != value.as_ref() {
+            changes.push((key.clone(), value));
         }
     }
-    (unconflicted, conflicted)
+    for (key, value) in partial.changes {
+        if !base.contains_key(&key) {
+            changes.push((key, Some(value)));
+        }
+    }
+    changes
+}
+
+/// The keys not every state maps to the same event, and the events those states hold
+/// for them (spec: "Unconflicted state map and conflicted state set"; the unconflicted
+/// state map is the first state without those keys).
+fn split(
+    states: &[&StateMap],
+    candidates: Option<HashSet<(String, String)>>,
+) -> (HashSet<(String, String)>, BTreeSet<String>) {
+    let mut keys: HashSet<(String, String)> = HashSet::new();
+    let Some((first, rest)) = states.split_first() else {
+        return (keys, BTreeSet::new());
+    };
+    let differs = |key: &(String, String)| {
+        let value = first.get(key);
+        rest.iter().any(|s| s.get(key) != value)
+    };
+    match candidates {
+        Some(candidates) => keys.extend(candidates.into_iter().filter(|k| differs(k))),
+        None => {
+            for (key, value) in first.iter() {
+                if rest.iter().any(|s| s.get(key) != Some(value)) {
+                    keys.insert(key.clone());
+                }
+            }
+            for state in rest {
+                for key in state.keys() {
+                    if !first.contains_key(key) {
+                        keys.insert(key.clone());
+                    }
+                }
+            }
+        }
+    }
+    let conflicted = keys
+        .iter()
+        .flat_map(|key| states.iter().filter_map(move |s| s.get(key)))
+        .cloned()
+        .collect();
+    (keys, conflicted)
+}
+
+/// The state the iterative auth checks build: what they applied, over the unconflicted
+/// state map when the algorithm starts from it (read through, never copied).
+struct Partial<'a> {
+    unconflicted: Option<&'a StateMap>,
+    conflicted_keys: &'a HashSet<(String, String)>,
+    changes: HashMap<(String, String), String>,
+}
+
+impl Partial<'_> {
+    fn get(&self, key: &(String, String)) -> Option<&String> {
+        if let Some(id) = self.changes.get(key) {
+            return Some(id);
+        }
+        let base = self.unconflicted?;
+        if self.conflicted_keys.contains(key) {
+            return None;
+        }
+        base.get(key)
+    }
 }
 
 /// The events reachable from `start` through `auth_events` (not `start` itself, unless
@@ -433,9 +519,9 @@ impl AuthState for CheckState {
 fn iterative_auth_checks(
     version: RoomVersion,
     events: &mut Events<'_>,
-    mut state: StateMap,
+    state: &mut Partial<'_>,
     ordered: &[String],
-) -> StateMap {
+) {
     for id in ordered {
         let Some(event) = events.get(id) else {
             continue;
@@ -482,10 +568,11 @@ fn iterative_auth_checks(
             signed_by: &signed_by,
         };
         if auth_rules::check(&ctx, &event, &CheckState(check)).is_ok() {
-            state.insert((kind.to_owned(), state_key.to_owned()), id.clone());
+            state
+                .changes
+                .insert((kind.to_owned(), state_key.to_owned()), id.clone());
         }
     }
-    state
 }
 
 #[cfg(test)]

@@ -1,0 +1,280 @@
+//! The checks on receipt of a PDU that need nothing but the PDU and the sender's keys.
+//!
+//! Spec: server-server API, "Checks performed on receipt of a PDU". A server receiving
+//! an event from another must ensure that the event:
+//! 1. is a valid event of its room version (the event format, and the client-server
+//!    API's "Size limits"), otherwise it is dropped: [`check_format`];
+//! 2. passes signature checks, otherwise it is dropped: [`check_signatures`];
+//! 3. passes hash checks, otherwise it is redacted before being processed further:
+//!    [`check_content_hash`];
+//! 4. passes the authorisation rules based on its auth events, otherwise it is rejected;
+//! 5. passes them based on the state before it, otherwise it is rejected;
+//! 6. passes them based on the current state of the room, otherwise it is soft failed.
+//!
+//! Checks 4 to 6 are [`super::auth_rules::check`] against three states, which the rooms
+//! service assembles from its graph; check 7 (policy servers) is not supported. Pure: keys
+//! come through a lookup, and a key the lookup does not know is reported so that the caller
+//! can fetch it (outside any room's writer) and ask again.
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::Value;
+
+use super::canonical_json::{self, CanonicalJsonError};
+use super::event_hashes;
+use super::identifiers::{RoomId, UserId};
+use super::pdu::{MAX_AUTH_EVENTS, MAX_PREV_EVENTS};
+use super::redaction;
+use super::room_version::RoomVersion;
+use super::signatures;
+
+/// The largest PDU, as canonical JSON with its signatures (spec: "Size limits").
+pub const MAX_PDU_BYTES: usize = 65_536;
+/// The longest `type` and `state_key` (bytes), and user and room ids.
+const MAX_KEY_BYTES: usize = 255;
+/// Spec (room versions 6 and later): `depth` stays below the largest canonical integer.
+const MAX_DEPTH: i64 = (1 << 53) - 1;
+
+/// Why a PDU was dropped by check 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatError(pub String);
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+fn invalid<T>(reason: impl Into<String>) -> Result<T, FormatError> {
+    Err(FormatError(reason.into()))
+}
+
+/// Check 1: the PDU has the event format of its room version (rooms 10 to 12: the v6
+/// format with v4 event ids, v12 without `room_id` on the create event), is strict
+/// canonical JSON (no floats, integers within ±(2^53 - 1)), and is at most
+/// [`MAX_PDU_BYTES`] as canonical JSON.
+pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError> {
+    let Some(object) = pdu.as_object() else {
+        return invalid("a PDU must be a JSON object");
+    };
+    let bytes = canonical_json::to_canonical_bytes(pdu).map_err(|e| match e {
+        CanonicalJsonError::NotAnInteger(n) => FormatError(format!("{n} is not an integer")),
+        CanonicalJsonError::OutOfRange(n) => FormatError(format!("{n} is outside ±(2^53 - 1)")),
+    })?;
+    if bytes.len() > MAX_PDU_BYTES {
+        return invalid(format!(
+            "the PDU is {} bytes, more than {MAX_PDU_BYTES}",
+            bytes.len()
+        ));
+    }
+    let string = |key: &str| -> Result<Option<&str>, FormatError> {
+        match object.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(_) => invalid(format!("{key} must be a string")),
+        }
+    };
+    let required = |key: &str| -> Result<&Value, FormatError> {
+        object
+            .get(key)
+            .ok_or_else(|| FormatError(format!("{key} is missing")))
+    };
+
+    let Some(kind) = string("type")? else {
+        return invalid("type is missing");
+    };
+    if kind.len() > MAX_KEY_BYTES {
+        return invalid("type is longer than 255 bytes");
+    }
+    if let Some(state_key) = string("state_key")? {
+        if state_key.len() > MAX_KEY_BYTES {
+            return invalid("state_key is longer than 255 bytes");
+        }
+    }
+    let Some(sender) = string("sender")? else {
+        return invalid("sender is missing");
+    };
+    if sender.len() > MAX_KEY_BYTES || UserId::parse(sender).is_err() {
+        return invalid("sender is not a valid user id");
+    }
+    let is_v12_create = version.room_id_is_create_event_hash() && kind == "m.room.create";
+    match (string("room_id")?, is_v12_create) {
+        (Some(_), true) => return invalid("a version 12 create event has no room_id"),
+        (None, false) => return invalid("room_id is missing"),
+        (Some(room_id), false) => {
+            if room_id.len() > MAX_KEY_BYTES || RoomId::parse(room_id).is_err() {
+                return invalid("room_id is not a valid room id");
+            }
+        }
+        (None, true) => {}
+    }
+    if !required("origin_server_ts")?.is_i64() {
+        return invalid("origin_server_ts must be an integer");
+    }
+    match required("depth")?.as_i64() {
+        Some(depth) if (0..=MAX_DEPTH).contains(&depth) => {}
+        _ => return invalid("depth must be an integer from 0 to 2^53 - 1"),
+    }
+    if !required("content")?.is_object() {
+        return invalid("content must be an object");
+    }
+    match required("hashes")?.get("sha256") {
+        Some(Value::String(_)) => {}
+        _ => return invalid("hashes.sha256 must be a string"),
+    }
+    let Some(signatures) = required("signatures")?.as_object() else {
+        return invalid("signatures must be an object");
+    };
+    for by_server in signatures.values() {
+        let Some(by_key) = by_server.as_object() else {
+            return invalid("signatures must map servers to objects");
+        };
+        if !by_key.values().all(Value::is_string) {
+            return invalid("signatures must be strings");
+        }
+    }
+    if object.get("unsigned").is_some_and(|u| !u.is_object()) {
+        return invalid("unsigned must be an object");
+    }
+    for (key, max) in [
+        ("prev_events", MAX_PREV_EVENTS),
+        ("auth_events", MAX_AUTH_EVENTS),
+    ] {
+        let Some(ids) = required(key)?.as_array() else {
+            return invalid(format!("{key} must be a list of event ids"));
+        };
+        if ids.len() > max {
+            return invalid(format!("{key} holds more than {max} events"));
+        }
+        if !ids.iter().all(|id| id.as_str().is_some_and(is_v4_event_id)) {
+            return invalid(format!("{key} must be a list of event ids"));
+        }
+    }
+    Ok(())
+}
+
+/// Spec: room version 4 and later, "Event IDs": `$` and the unpadded url-safe base64 of
+/// a sha256 hash.
+fn is_v4_event_id(id: &str) -> bool {
+    id.strip_prefix('$').is_some_and(|hash| {
+        hash.len() == 43
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// A server's verify key as the caller knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownKey {
+    /// The public key.
+    pub key: VerifyingKey,
+    /// Until when (ms since the epoch) the key may sign events.
+    pub valid_until_ts: u64,
+}
+
+/// What [`check_signatures`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// Every server that must sign did, with a key valid at the event's time.
+    Verified,
+    /// These `(server, key id)` are unknown: fetch them and check again.
+    NeedKeys(Vec<(String, String)>),
+    /// The event must be dropped.
+    Invalid(String),
+}
+
+/// The servers whose signatures an event needs (spec: "Validating hashes and signatures
+/// on received events"): for room versions 3 and later, the sender's server.
+pub fn required_signers(pdu: &Value) -> Vec<String> {
+    pdu.get("sender")
+        .and_then(Value::as_str)
+        .and_then(|s| UserId::parse(s).ok())
+        .map(|u| vec![u.server_name().to_owned()])
+        .unwrap_or_default()
+}
+
+/// Check 2: the redacted event carries a valid signature of every server that must sign,
+/// by a key known to `keys` that had not expired at the event's `origin_server_ts`.
+/// Signatures by keys the caller does not know are skipped, as the spec says; a server
+/// with no known key among its signatures is reported as [`SignatureCheck::NeedKeys`].
+/// Run on the redacted form, so it holds whether the full event or a redacted copy came.
+pub fn check_signatures(
+    version: RoomVersion,
+    pdu: &Value,
+    keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
+) -> SignatureCheck {
+    let redacted = redaction::redact(pdu, version);
+    let Some(object) = redacted.as_object() else {
+        return SignatureCheck::Invalid("not an object".into());
+    };
+    let ts = pdu
+        .get("origin_server_ts")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let mut missing = Vec::new();
+    for server in required_signers(pdu) {
+        let Some(by_key) = pdu
+            .get("signatures")
+            .and_then(|s| s.get(&server))
+            .and_then(Value::as_object)
+            .filter(|m| !m.is_empty())
+        else {
+            return SignatureCheck::Invalid(format!("no signature from {server}"));
+        };
+        let mut verified = false;
+        let mut unknown = Vec::new();
+        for (key_id, signature) in by_key {
+            if !key_id.starts_with("ed25519:") {
+                continue;
+            }
+            let Some(known) = keys(&server, key_id) else {
+                unknown.push((server.clone(), key_id.clone()));
+                continue;
+            };
+            if known.valid_until_ts < ts {
+                // Expired before the event was made: ignored.
+                continue;
+            }
+            let Some(signature) = signature.as_str() else {
+                return SignatureCheck::Invalid(format!("signature {key_id} is not a string"));
+            };
+            match signatures::verify_signature(object, signature, &known.key) {
+                Ok(()) => verified = true,
+                Err(e) => {
+                    return SignatureCheck::Invalid(format!(
+                        "signature of {server} with {key_id} does not verify: {e:?}"
+                    ))
+                }
+            }
+        }
+        if !verified {
+            if unknown.is_empty() {
+                return SignatureCheck::Invalid(format!(
+                    "no signature from {server} by a key valid at the event's time"
+                ));
+            }
+            missing.extend(unknown);
+        }
+    }
+    if missing.is_empty() {
+        SignatureCheck::Verified
+    } else {
+        SignatureCheck::NeedKeys(missing)
+    }
+}
+
+/// Check 3: the event as it is to be kept: itself when its content hash matches, or its
+/// redacted form (and `true`) when it does not, for then "we have only been given a
+/// redacted version of the event".
+pub fn check_content_hash(version: RoomVersion, pdu: &Value) -> (Value, bool) {
+    match event_hashes::content_hash_matches(pdu) {
+        Ok(true) => (pdu.clone(), false),
+        _ => (redaction::redact(pdu, version), true),
+    }
+}
+
+#[cfg(test)]
+#[path = "pdu_checks_tests.rs"]
+mod tests;
