@@ -78,6 +78,12 @@ pub enum Table {
     ShorteventidAggregates,
     /// `thread root short event id (u64 BE) -> latest reply position (u64 BE)`. Owner: rooms.
     ThreadrootLatestpos,
+    /// `short event id (u64 BE) -> GraphRecord` (depth, prev and auth edges as short ids,
+    /// status: accepted, outlier, soft-failed, rejected with its reason). Owner: rooms.
+    ShorteventidGraph,
+    /// `prev short event id (u64 BE) ++ child short event id (u64 BE) -> ()`: the events
+    /// naming an event among their `prev_events`. Owner: rooms.
+    PrevShorteventidChild,
     /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
     AliasRoomid,
     /// `room_id 0xFF alias -> ()`. Owner: rooms.
@@ -177,6 +183,8 @@ impl Table {
         Table::ShortroomidTsShorteventid,
         Table::ShorteventidAggregates,
         Table::ThreadrootLatestpos,
+        Table::ShorteventidGraph,
+        Table::PrevShorteventidChild,
         Table::AliasRoomid,
         Table::RoomidAlias,
         Table::RoomidPublished,
@@ -233,6 +241,8 @@ impl Table {
             Table::ShortroomidTsShorteventid => "shortroomid_ts_shorteventid",
             Table::ShorteventidAggregates => "shorteventid_aggregates",
             Table::ThreadrootLatestpos => "threadroot_latestpos",
+            Table::ShorteventidGraph => "shorteventid_graph",
+            Table::PrevShorteventidChild => "prev_shorteventid_child",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",
             Table::RoomidPublished => "roomid_published",

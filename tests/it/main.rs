@@ -9,6 +9,7 @@ mod cli;
 mod conformance;
 mod e2ee;
 mod e2ee_interop;
+mod event_graph;
 mod federation_endpoints;
 mod http_basics;
 mod media;

@@ -21,6 +21,7 @@ pub mod client_event;
 pub mod create;
 pub mod event_store;
 pub mod filter;
+pub mod graph;
 pub mod guests;
 pub mod history;
 pub mod members;

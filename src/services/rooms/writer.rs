@@ -23,11 +23,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::aggregates::{Aggregates, Child};
 use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
+use super::graph;
 use super::guests;
 use super::records::{EventMeta, MembershipRecord, RelationRecord, RoomRecord};
 use super::state_store::{ShortEventId, StateMap};
 use crate::core::auth_rules::{self, AuthContext, AuthState};
-use crate::core::pdu::{self, BuiltPdu, PduError, PduTemplate, MAX_PREV_EVENTS};
+use crate::core::pdu::{self, BuiltPdu, PduError, PduTemplate};
 use crate::core::power_levels::PowerLevels;
 use crate::core::redaction::redact;
 use crate::core::{RoomVersion, SigningKeyPair};
@@ -731,8 +732,8 @@ fn append(
             .or_insert(create);
     }
 
-    let mut prev_events = head.record.extremities.clone();
-    prev_events.truncate(MAX_PREV_EVENTS);
+    let (prev_events, depth) =
+        graph::local_prev_events(store, &head.record.extremities, head.record.depth)?;
     let txn = draft.txn.take();
     let built = pdu::build(
         head.version,
@@ -744,7 +745,7 @@ fn append(
             content: draft.content,
             prev_events,
             auth_events,
-            depth: head.record.depth + 1,
+            depth,
             origin_server_ts: now_ms(),
             redacts: draft.redacts,
         },
@@ -883,6 +884,7 @@ fn write_event(
     let kind = pdu.get("type").and_then(Value::as_str).unwrap_or("");
     let state_key = pdu.get("state_key").and_then(Value::as_str);
     let short = store.state.intern_new_event(&event_id, &mut batch);
+    graph::write(store, &mut batch, short, pdu, graph::EventStatus::Accepted)?;
     let ticket = store.stream.allocate()?;
     let pos = ticket.pos();
     let state_before = head.record.state;
@@ -1005,11 +1007,14 @@ fn write_event(
         }
     }
 
-    record.extremities = vec![event_id.clone()];
-    record.depth = pdu
-        .get("depth")
-        .and_then(Value::as_u64)
-        .unwrap_or(record.depth + 1);
+    // A local event is new to everyone: nothing names it yet.
+    let prev_events: Vec<String> = graph::event_ids(pdu, "prev_events")
+        .map(str::to_owned)
+        .collect();
+    record.extremities =
+        graph::next_extremities(&record.extremities, &prev_events, &event_id, false);
+    let depth = pdu.get("depth").and_then(Value::as_u64);
+    record.depth = record.depth.max(depth.unwrap_or(record.depth + 1));
     record.state = state_after;
     record.last_pos = pos;
     batch.put(
