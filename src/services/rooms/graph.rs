@@ -97,39 +97,16 @@ fn child_key(prev: ShortEventId, child: ShortEventId) -> Vec<u8> {
     key
 }
 
-/// Writes the graph record of event `short` (its PDU `pdu`) and its child edges into
-/// `batch`; answers the record.
-pub fn write(
-    store: &EventStore,
-    batch: &mut Batch<'_>,
-    short: ShortEventId,
-    pdu: &Value,
-    status: EventStatus,
-) -> MatrixResult<GraphRecord> {
-    let shorts = |key: &str| -> MatrixResult<Vec<ShortEventId>> {
-        let mut out = Vec::new();
-        for id in event_ids(pdu, key) {
-            if let Some(short) = store.state.find_event(id)? {
-                out.push(short);
-            }
-        }
-        Ok(out)
-    };
-    let record = GraphRecord {
-        depth: pdu.get("depth").and_then(Value::as_u64).unwrap_or(0),
-        prev: shorts("prev_events")?,
-        auth: shorts("auth_events")?,
-        status,
-    };
+/// Writes the graph record of event `short` and its child edges into `batch`.
+pub fn write(batch: &mut Batch<'_>, short: ShortEventId, record: &GraphRecord) {
     for prev in &record.prev {
         batch.put(Table::PrevShorteventidChild, child_key(*prev, short), b"");
     }
     batch.put(
         Table::ShorteventidGraph,
         short.to_be_bytes(),
-        encode(&record),
+        encode(record),
     );
-    Ok(record)
 }
 
 /// The graph record of an event (`None` for events stored before the graph was kept).
@@ -156,29 +133,52 @@ pub fn children(store: &EventStore, short: ShortEventId) -> MatrixResult<Vec<Sho
     Ok(out)
 }
 
-/// The prev events and depth of a new local event: the deepest [`LOCAL_PREV_EVENTS`]
-/// extremities, and one more than the deepest of them (at most [`MAX_DEPTH`]).
-/// `room_depth` stands in for extremities stored before the graph was kept.
-pub fn local_prev_events(
+/// A forward extremity as a room's writer keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extremity {
+    /// The event id.
+    pub id: String,
+    /// Its short id.
+    pub short: ShortEventId,
+    /// Its depth.
+    pub depth: u64,
+}
+
+/// The extremities of a room record with their short ids and depths; `room_depth` stands
+/// in for events stored before the graph was kept.
+pub fn load_extremities(
     store: &EventStore,
-    extremities: &[String],
+    ids: &[String],
     room_depth: u64,
-) -> MatrixResult<(Vec<String>, u64)> {
-    let mut known: Vec<(u64, &String)> = Vec::with_capacity(extremities.len());
-    for id in extremities {
-        let depth = match store.state.find_event(id)? {
-            Some(short) => record(store, short)?.map_or(room_depth, |r| r.depth),
-            None => room_depth,
+) -> MatrixResult<Vec<Extremity>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(short) = store.state.find_event(id)? else {
+            return Err(MatrixError::internal(format!(
+                "extremity {id} is not stored"
+            )));
         };
-        known.push((depth, id));
+        let depth = record(store, short)?.map_or(room_depth, |r| r.depth);
+        out.push(Extremity {
+            id: id.clone(),
+            short,
+            depth,
+        });
     }
-    if known.len() > LOCAL_PREV_EVENTS {
-        known.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        known.truncate(LOCAL_PREV_EVENTS);
+    Ok(out)
+}
+
+/// The prev events of a new local event and its depth: the deepest
+/// [`LOCAL_PREV_EVENTS`] extremities, and one more than the deepest (at most
+/// [`MAX_DEPTH`]).
+pub fn local_prev_events(extremities: &[Extremity]) -> (Vec<&Extremity>, u64) {
+    let mut chosen: Vec<&Extremity> = extremities.iter().collect();
+    if chosen.len() > LOCAL_PREV_EVENTS {
+        chosen.sort_by(|a, b| b.depth.cmp(&a.depth).then_with(|| a.id.cmp(&b.id)));
+        chosen.truncate(LOCAL_PREV_EVENTS);
     }
-    let depth = known.iter().map(|(d, _)| *d).max().unwrap_or(0);
-    let prev = known.into_iter().map(|(_, id)| id.clone()).collect();
-    Ok((prev, depth.saturating_add(1).min(MAX_DEPTH)))
+    let depth = chosen.iter().map(|e| e.depth).max().unwrap_or(0);
+    (chosen, depth.saturating_add(1).min(MAX_DEPTH))
 }
 
 #[cfg(test)]
@@ -217,6 +217,32 @@ mod tests {
             next_extremities(&ids(&["$a", "$c"]), &ids(&["$a"]), "$b", true),
             ids(&["$c"])
         );
+    }
+
+    #[test]
+    fn a_local_event_names_the_deepest_ten_extremities_and_goes_one_deeper() {
+        let extremities: Vec<Extremity> = (0..12)
+            .map(|i| Extremity {
+                id: format!("$e{i:02}"),
+                short: i,
+                depth: 100 + i,
+            })
+            .collect();
+        let (prev, depth) = local_prev_events(&extremities);
+        assert_eq!(prev.len(), LOCAL_PREV_EVENTS);
+        assert!(
+            prev.iter().all(|e| e.depth >= 102),
+            "the two shallowest are left"
+        );
+        assert_eq!(depth, 112);
+        let (prev, depth) = local_prev_events(&extremities[..1]);
+        assert_eq!((prev.len(), depth), (1, 101));
+        let deepest = Extremity {
+            id: "$x".into(),
+            short: 99,
+            depth: MAX_DEPTH,
+        };
+        assert_eq!(local_prev_events(&[deepest]).1, MAX_DEPTH);
     }
 
     #[test]

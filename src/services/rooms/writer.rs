@@ -477,6 +477,8 @@ struct RoomHead {
     /// The parsed power levels, with the short ids of the create and power levels
     /// events they come from (parsed again only when those change).
     power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
+    /// The forward extremities with their short ids and depths, loaded when first needed.
+    extremities: Option<Vec<graph::Extremity>>,
 }
 
 impl RoomHead {
@@ -493,7 +495,18 @@ impl RoomHead {
             cache: HashMap::new(),
             local_members: None,
             power_levels: None,
+            extremities: None,
         })
+    }
+
+    /// The forward extremities with their short ids and depths.
+    fn extremities(&mut self, store: &EventStore) -> MatrixResult<&[graph::Extremity]> {
+        if self.extremities.is_none() {
+            let loaded =
+                graph::load_extremities(store, &self.record.extremities, self.record.depth)?;
+            self.extremities = Some(loaded);
+        }
+        Ok(self.extremities.as_deref().unwrap_or_default())
     }
 
     /// Forgets the parsed events and what was derived from them (a writer gone idle);
@@ -668,10 +681,19 @@ fn create_room(
         cache: HashMap::new(),
         local_members: None,
         power_levels: None,
+        extremities: Some(Vec::new()),
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
-    let id = write_event(ctx, &mut fresh, create, None, batch, written)?;
+    let id = write_event(
+        ctx,
+        &mut fresh,
+        create,
+        None,
+        batch,
+        written,
+        Edges::default(),
+    )?;
     *head = Some(fresh);
     Ok(id)
 }
@@ -719,9 +741,11 @@ fn append(
     });
     let mut auth_state = CachedAuthState::default();
     let mut auth_events = Vec::new();
+    let mut edges = Edges::default();
     for (kind, key) in auth_rules::auth_event_keys(head.version, &partial) {
         if let Some(event) = head.state_event(store, &kind, &key)? {
             auth_events.push(event.event_id.clone());
+            edges.auth.push(event.short);
             auth_state.0.insert((kind, key), event);
         }
     }
@@ -732,8 +756,9 @@ fn append(
             .or_insert(create);
     }
 
-    let (prev_events, depth) =
-        graph::local_prev_events(store, &head.record.extremities, head.record.depth)?;
+    let (prev, depth) = graph::local_prev_events(head.extremities(store)?);
+    let prev_events: Vec<String> = prev.iter().map(|e| e.id.clone()).collect();
+    edges.prev = prev.iter().map(|e| e.short).collect();
     let txn = draft.txn.take();
     let built = pdu::build(
         head.version,
@@ -761,7 +786,14 @@ fn append(
         signed_by: &signed_by,
     };
     auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
-    write_event(ctx, head, built, txn, store.db.batch(), written)
+    write_event(ctx, head, built, txn, store.db.batch(), written, edges)
+}
+
+/// The short ids of a new event's prev and auth events, known to the code that built it.
+#[derive(Default)]
+struct Edges {
+    prev: Vec<ShortEventId>,
+    auth: Vec<ShortEventId>,
 }
 
 /// The state the auth rules read, borrowed from the writer's cache of parsed state events
@@ -877,6 +909,7 @@ fn write_event(
     txn: Option<TxnRef>,
     mut batch: Batch<'_>,
     written: &mut Written,
+    edges: Edges,
 ) -> MatrixResult<String> {
     let store = &ctx.store;
     let pdu = &built.pdu;
@@ -884,7 +917,13 @@ fn write_event(
     let kind = pdu.get("type").and_then(Value::as_str).unwrap_or("");
     let state_key = pdu.get("state_key").and_then(Value::as_str);
     let short = store.state.intern_new_event(&event_id, &mut batch);
-    graph::write(store, &mut batch, short, pdu, graph::EventStatus::Accepted)?;
+    let graph_record = graph::GraphRecord {
+        depth: pdu.get("depth").and_then(Value::as_u64).unwrap_or(0),
+        prev: edges.prev,
+        auth: edges.auth,
+        status: graph::EventStatus::Accepted,
+    };
+    graph::write(&mut batch, short, &graph_record);
     let ticket = store.stream.allocate()?;
     let pos = ticket.pos();
     let state_before = head.record.state;
@@ -1013,8 +1052,7 @@ fn write_event(
         .collect();
     record.extremities =
         graph::next_extremities(&record.extremities, &prev_events, &event_id, false);
-    let depth = pdu.get("depth").and_then(Value::as_u64);
-    record.depth = record.depth.max(depth.unwrap_or(record.depth + 1));
+    record.depth = record.depth.max(graph_record.depth);
     record.state = state_after;
     record.last_pos = pos;
     batch.put(
@@ -1035,6 +1073,14 @@ fn write_event(
         },
     ));
 
+    if let Some(cached) = head.extremities.as_mut() {
+        cached.retain(|e| record.extremities.contains(&e.id));
+        cached.push(graph::Extremity {
+            id: event_id.clone(),
+            short,
+            depth: graph_record.depth,
+        });
+    }
     head.record = record;
     if let Some(key) = state_change {
         if let Some(old) = head.state.insert(key, short) {
