@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod capabilities;
 pub mod create_room;
 pub mod devices;
@@ -10,6 +11,7 @@ pub mod key_backup;
 pub mod keys;
 pub mod login;
 pub mod membership;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push_rules;
@@ -71,6 +73,14 @@ pub fn routes() -> Router<AppState> {
             post(account::deactivate),
         )
         .route("/_matrix/client/v3/devices", get(devices::list))
+        .route(
+            "/_matrix/client/v3/admin/whois/{user_id}",
+            get(admin::whois),
+        )
+        .route(
+            "/_matrix/client/v3/user/{user_id}/openid/request_token",
+            post(openid::request_token),
+        )
         .route(
             "/_matrix/client/v3/devices/{device_id}",
             get(devices::get_one)

@@ -1,5 +1,6 @@
 //! `/_matrix/federation/*` and `/_matrix/key/*` (incoming), one file per spec area.
 
+pub mod openid;
 pub mod server_keys;
 pub mod version;
 
@@ -13,6 +14,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys::get_server_key))
         .route("/_matrix/federation/v1/version", get(version::get_version))
+        .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(openid::userinfo),
+        )
         .route(
             "/.well-known/matrix/server",
             get(crate::client_api::well_known::server),

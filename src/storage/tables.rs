@@ -12,6 +12,8 @@ pub enum Table {
     UseridAccount,
     /// `sha256(access_token) -> TokenSession {user_id, device_id}`. Owner: accounts.
     TokenhashSession,
+    /// `sha256(openid token) -> OpenIdToken {user_id, expires_at}`. Owner: accounts.
+    TokenhashOpenid,
     /// `user_id 0xFF device_id -> Device` (display name, token hash). Owner: accounts.
     UseridDeviceidDevice,
     /// `user_id 0xFF device_id -> LastSeen` (time and IP of the device's last request),
@@ -158,6 +160,7 @@ impl Table {
         Table::Meta,
         Table::UseridAccount,
         Table::TokenhashSession,
+        Table::TokenhashOpenid,
         Table::UseridDeviceidDevice,
         Table::UseridDeviceidLastseen,
         Table::UseridProfile,
@@ -216,6 +219,7 @@ impl Table {
             Table::Meta => "meta",
             Table::UseridAccount => "userid_account",
             Table::TokenhashSession => "tokenhash_session",
+            Table::TokenhashOpenid => "tokenhash_openid",
             Table::UseridDeviceidDevice => "userid_deviceid_device",
             Table::UseridDeviceidLastseen => "userid_deviceid_lastseen",
             Table::UseridProfile => "userid_profile",

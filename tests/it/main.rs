@@ -13,6 +13,7 @@ mod event_graph;
 mod federation_endpoints;
 mod http_basics;
 mod media;
+mod openid_and_whois;
 mod profile;
 mod restart;
 mod rooms;

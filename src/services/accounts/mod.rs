@@ -15,6 +15,7 @@ pub mod account_data;
 pub mod cross_signing;
 pub mod device_keys;
 pub mod device_lists;
+pub mod openid;
 pub mod profiles;
 pub mod records;
 pub mod secrets;

@@ -1,0 +1,80 @@
+//! OpenID tokens: a user proves their identity to a third party (a widget, an
+//! integration manager), which asks our federation API who the token belongs to.
+//!
+//! Spec: client-server API, "OpenID" (`POST /user/{userId}/openid/request_token`) and
+//! server-server API, "OpenID" (`GET /_matrix/federation/v1/openid/userinfo`). Tokens are
+//! kept hashed, expire after an hour, and prove nothing else: they are not access tokens.
+//!
+//! Owns the table `tokenhash_openid`.
+
+use serde::{Deserialize, Serialize};
+
+use super::secrets::{new_access_token, token_hash};
+use super::Accounts;
+use crate::core::UserId;
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::now_ms;
+use crate::services::records::{decode, encode};
+use crate::storage::Table;
+
+/// How long an OpenID token is valid (Synapse uses an hour too).
+pub const OPENID_TOKEN_SECS: u64 = 3600;
+
+/// A token's record.
+#[derive(Debug, Serialize, Deserialize)]
+struct OpenIdToken {
+    user_id: String,
+    /// Milliseconds since the epoch.
+    expires_at: u64,
+}
+
+/// A token handed out.
+#[derive(Debug, Clone)]
+pub struct IssuedOpenIdToken {
+    /// The token itself.
+    pub token: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
+impl Accounts {
+    /// A new OpenID token for `user_id`.
+    pub async fn issue_openid_token(&self, user_id: &UserId) -> MatrixResult<IssuedOpenIdToken> {
+        let token = new_access_token();
+        let record = OpenIdToken {
+            user_id: user_id.as_str().to_owned(),
+            expires_at: now_ms() + OPENID_TOKEN_SECS * 1000,
+        };
+        let mut batch = self.db.batch();
+        batch.put(Table::TokenhashOpenid, token_hash(&token), encode(&record));
+        self.db.commit(batch).await?;
+        Ok(IssuedOpenIdToken {
+            token,
+            expires_in: OPENID_TOKEN_SECS,
+        })
+    }
+
+    /// Whose token this is; 401 `M_UNKNOWN_TOKEN` for a token never issued or expired
+    /// (an expired one is deleted).
+    pub fn openid_user(&self, token: &str) -> MatrixResult<String> {
+        let unknown = || {
+            MatrixError::new(
+                401,
+                ErrorCode::UnknownToken,
+                "The OpenID token is not known or has expired",
+            )
+        };
+        let key = token_hash(token);
+        let Some(bytes) = self.db.get(Table::TokenhashOpenid, key)? else {
+            return Err(unknown());
+        };
+        let record: OpenIdToken = decode(Table::TokenhashOpenid, &bytes)?;
+        if record.expires_at <= now_ms() {
+            let mut batch = self.db.batch();
+            batch.delete(Table::TokenhashOpenid, key);
+            self.db.write_relaxed(batch)?;
+            return Err(unknown());
+        }
+        Ok(record.user_id)
+    }
+}
