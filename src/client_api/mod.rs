@@ -285,6 +285,10 @@ fn room_routes() -> Router<AppState> {
         .route(&room("/send/{event_type}/{txn_id}"), put(room_send::send))
         .route(&room("/redact/{event_id}/{txn_id}"), put(room_send::redact))
         .route(&room("/event/{event_id}"), get(room_events::get_event))
+        .route(
+            "/_matrix/client/v3/events/{event_id}",
+            get(room_events::get_event_anywhere),
+        )
         .route(&room("/messages"), get(room_events::messages))
         .route(&room("/context/{event_id}"), get(room_events::context))
         .route(&room("/relations/{event_id}"), get(relations::all))

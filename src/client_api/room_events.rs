@@ -33,6 +33,20 @@ pub async fn get_event(
     }
 }
 
+/// Spec: deprecated `GET /events/{eventId}` ("clients should instead call
+/// `/rooms/{roomId}/event/{eventId}`"), still called by older clients.
+pub async fn get_event_anywhere(
+    State(services): State<AppState>,
+    AuthedAllowGuest(session): AuthedAllowGuest,
+    PathParams(event_id): PathParams<String>,
+) -> MatrixResult<Json<Value>> {
+    let viewer = Viewer {
+        user_id: session.user_id.as_str(),
+        device_id: &session.device_id,
+    };
+    Ok(Json(services.rooms.event_anywhere_for(viewer, &event_id)?))
+}
+
 /// `/messages` query.
 #[derive(Deserialize)]
 pub struct MessagesParams {

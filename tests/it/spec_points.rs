@@ -44,6 +44,15 @@ async fn an_event_of_a_room_one_may_not_read_is_not_found() {
     assert_error(status, &body, 404, "M_NOT_FOUND");
     let (status, body) = alice.get(&format!("/rooms/{room}/event/$nope")).await;
     assert_error(status, &body, 404, "M_NOT_FOUND");
+    // The deprecated `GET /events/{eventId}` answers the same without the room id.
+    let (status, body) = alice.get(&format!("/events/{secret}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["content"]["body"], "secret");
+    assert_eq!(body["room_id"], room.as_str());
+    let (status, body) = eve.get(&format!("/events/{secret}")).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    let (status, body) = alice.get("/events/$nope").await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
     s.stop().await;
 }
 

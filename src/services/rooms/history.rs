@@ -103,6 +103,19 @@ impl Rooms {
         client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))
     }
 
+    /// An event by its id alone, as `event_for` shows it in its room. Spec: the
+    /// deprecated `GET /events/{eventId}`. 404 `M_NOT_FOUND` for an unknown event and,
+    /// like `/rooms/{roomId}/event/{eventId}`, for one the user may not see.
+    pub fn event_anywhere_for(&self, viewer: Viewer<'_>, event_id: &str) -> MatrixResult<Value> {
+        let not_found = || MatrixError::not_found("Event not found");
+        let event = self.store.event_by_id(event_id)?.ok_or_else(not_found)?;
+        let room = self.store.room_by_short(event.meta.room)?;
+        match self.event_for(viewer, &room.record.room_id, event_id) {
+            Err(e) if e.status == 403 => Err(not_found()),
+            other => other,
+        }
+    }
+
     /// The visibility check of `user_id` in the room of `access`.
     pub fn visibility_check<'a>(
         &'a self,
