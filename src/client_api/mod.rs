@@ -20,6 +20,7 @@ pub mod receipts;
 pub mod registration;
 pub mod relations;
 pub mod room_events;
+pub mod room_initial_sync;
 pub mod room_members;
 pub mod room_send;
 pub mod room_state;
@@ -285,6 +286,10 @@ fn room_routes() -> Router<AppState> {
         .route(&room("/send/{event_type}/{txn_id}"), put(room_send::send))
         .route(&room("/redact/{event_id}/{txn_id}"), put(room_send::redact))
         .route(&room("/event/{event_id}"), get(room_events::get_event))
+        .route(
+            &room("/initialSync"),
+            get(room_initial_sync::room_initial_sync),
+        )
         .route(
             "/_matrix/client/v3/events/{event_id}",
             get(room_events::get_event_anywhere),

@@ -187,3 +187,68 @@ async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
     assert_eq!(seen["content"], json!({}), "{seen}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn room_initial_sync_is_a_snapshot_for_members_and_peekers() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let eve = Client::new(&s, "eve").await;
+    let readable = alice
+        .create_room(json!({"preset": "public_chat", "name": "open",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "world_readable"}}]}))
+        .await;
+    for n in 0..25 {
+        alice.text(&readable, &format!("message {n}")).await;
+    }
+    let (status, _) = alice
+        .put(
+            &format!(
+                "/user/{}/rooms/{readable}/account_data/m.tag.note",
+                alice.user_id
+            ),
+            json!({"note": "mine"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A member: membership, the latest messages oldest first, state, account data.
+    let (status, body) = alice.get(&format!("/rooms/{readable}/initialSync")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], readable.as_str());
+    assert_eq!(body["membership"], "join");
+    assert_eq!(body["visibility"], "private");
+    let chunk = body["messages"]["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 20);
+    assert_eq!(chunk.last().unwrap()["content"]["body"], "message 24");
+    assert_eq!(chunk[0]["content"]["body"], "message 5");
+    assert!(body["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "open"));
+    assert_eq!(body["account_data"][0]["type"], "m.tag.note");
+    // `start` pages back through /messages to the earlier ones.
+    let start = body["messages"]["start"].as_str().unwrap();
+    let (status, earlier) = alice
+        .get(&format!(
+            "/rooms/{readable}/messages?dir=b&from={start}&limit=5"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{earlier}");
+    assert_eq!(earlier["chunk"][0]["content"]["body"], "message 4");
+
+    // A peeker into world-readable history: no membership, the same messages.
+    let (status, body) = bob.get(&format!("/rooms/{readable}/initialSync")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("membership").is_none(), "{body}");
+    assert_eq!(body["messages"]["chunk"].as_array().unwrap().len(), 20);
+    assert_eq!(body["account_data"], json!([]));
+
+    // A private room: not for outsiders.
+    let private = alice.create_room(json!({"preset": "private_chat"})).await;
+    let (status, body) = eve.get(&format!("/rooms/{private}/initialSync")).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    s.stop().await;
+}

@@ -28,6 +28,7 @@ pub mod members;
 pub mod membership;
 pub mod records;
 pub mod relations;
+pub mod room_snapshot;
 pub mod sending;
 pub mod state_store;
 pub mod stored_event;

@@ -1,0 +1,65 @@
+//! A room's current state and latest messages in one answer: the deprecated
+//! `GET /rooms/{roomId}/initialSync`, which the spec keeps for peeking into rooms one may
+//! read without being a member (world-readable history).
+//!
+//! Spec: client-server API, "Room Previews" and `room_initial_sync.yaml`. The reads go
+//! through the same access and history visibility rules as `/state` and `/messages`.
+
+use serde_json::Value;
+
+use super::client_event::Viewer;
+use super::filter::RoomEventFilter;
+use super::history::Direction;
+use super::Rooms;
+use crate::error::MatrixResult;
+
+/// Messages the snapshot carries (Synapse's default is the same order of size).
+pub const SNAPSHOT_MESSAGES: usize = 20;
+
+/// What `/rooms/{roomId}/initialSync` answers, but the user's account data.
+#[derive(Debug)]
+pub struct RoomSnapshot {
+    /// The user's membership, if they have one.
+    pub membership: Option<String>,
+    /// The latest messages they may see, oldest first.
+    pub chunk: Vec<Value>,
+    /// A token before `chunk` for `/messages` backwards; `None` when nothing is earlier.
+    pub start: Option<String>,
+    /// A token after `chunk`.
+    pub end: String,
+    /// The state as `/state` shows it to the user (at their leave, if they left).
+    pub state: Vec<Value>,
+    /// Whether the room is published in the room directory.
+    pub published: bool,
+}
+
+impl Rooms {
+    /// The snapshot of `room_id` for `viewer`; 403 `M_FORBIDDEN` when they may not
+    /// read the room (never a member and history not world-readable).
+    pub fn room_snapshot(&self, viewer: Viewer<'_>, room_id: &str) -> MatrixResult<RoomSnapshot> {
+        let state = self.state_for(viewer.user_id, room_id)?;
+        let page = self.messages(
+            viewer,
+            room_id,
+            None,
+            None,
+            Direction::Backward,
+            SNAPSHOT_MESSAGES,
+            &RoomEventFilter::default(),
+        )?;
+        let mut chunk = page.chunk;
+        chunk.reverse();
+        let membership = self
+            .store
+            .membership(viewer.user_id, room_id)?
+            .map(|record| record.membership);
+        Ok(RoomSnapshot {
+            membership,
+            chunk,
+            start: page.end,
+            end: page.start,
+            state,
+            published: self.is_published(room_id)?,
+        })
+    }
+}
