@@ -291,6 +291,10 @@ fn room_routes() -> Router<AppState> {
             get(room_initial_sync::room_initial_sync),
         )
         .route(
+            "/_matrix/client/v3/initialSync",
+            get(room_initial_sync::initial_sync),
+        )
+        .route(
             "/_matrix/client/v3/events/{event_id}",
             get(room_events::get_event_anywhere),
         )

@@ -252,3 +252,61 @@ async fn room_initial_sync_is_a_snapshot_for_members_and_peekers() {
     assert_error(status, &body, 403, "M_FORBIDDEN");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn initial_sync_lists_every_room_with_its_messages_invites_and_presence() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let joined = bob.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(alice.join(&joined).await.0, StatusCode::OK);
+    for n in 0..5 {
+        bob.text(&joined, &format!("message {n}")).await;
+    }
+    let invited = bob
+        .create_room(json!({"invite": [alice.user_id.clone()]}))
+        .await;
+    let left = bob.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(alice.join(&left).await.0, StatusCode::OK);
+    let (status, _) = alice.post(&format!("/rooms/{left}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Bob is online (he syncs); so is alice.
+    bob.sync("timeout=0").await;
+
+    let (status, body) = alice.get("/initialSync?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["end"].is_string());
+    let rooms = body["rooms"].as_array().unwrap();
+    let room = |id: &str| rooms.iter().find(|r| r["room_id"] == id).cloned();
+    let joined_room = room(&joined).expect("the joined room");
+    assert_eq!(joined_room["membership"], "join");
+    let chunk = joined_room["messages"]["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 2);
+    assert_eq!(chunk[1]["content"]["body"], "message 4");
+    assert!(joined_room["state"].as_array().unwrap().len() > 3);
+    let invite = room(&invited).expect("the invite");
+    assert_eq!(invite["membership"], "invite");
+    assert_eq!(invite["invite"]["content"]["membership"], "invite");
+    assert!(room(&left).is_none(), "left rooms only with archived=true");
+    let senders: Vec<&str> = body["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["sender"].as_str())
+        .collect();
+    assert!(senders.contains(&bob.user_id.as_str()), "{body}");
+
+    let (status, body) = alice.get("/initialSync?archived=true").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let left_room = body["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == left.as_str())
+        .cloned()
+        .expect("the left room with archived=true");
+    assert_eq!(left_room["membership"], "leave");
+    let (status, body) = alice.get("/initialSync?archived=maybe").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    s.stop().await;
+}

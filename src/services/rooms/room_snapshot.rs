@@ -7,13 +7,14 @@
 
 use serde_json::Value;
 
+use super::client_event::client_event;
 use super::client_event::Viewer;
 use super::filter::RoomEventFilter;
 use super::history::Direction;
 use super::Rooms;
-use crate::error::MatrixResult;
+use crate::error::{MatrixError, MatrixResult};
 
-/// Messages the snapshot carries (Synapse's default is the same order of size).
+/// Messages `/rooms/{roomId}/initialSync` carries.
 pub const SNAPSHOT_MESSAGES: usize = 20;
 
 /// What `/rooms/{roomId}/initialSync` answers, but the user's account data.
@@ -34,9 +35,15 @@ pub struct RoomSnapshot {
 }
 
 impl Rooms {
-    /// The snapshot of `room_id` for `viewer`; 403 `M_FORBIDDEN` when they may not
+    /// The snapshot of `room_id` for `viewer` with its latest `messages` (at least one);
+    /// 403 `M_FORBIDDEN` when they may not
     /// read the room (never a member and history not world-readable).
-    pub fn room_snapshot(&self, viewer: Viewer<'_>, room_id: &str) -> MatrixResult<RoomSnapshot> {
+    pub fn room_snapshot(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &str,
+        messages: usize,
+    ) -> MatrixResult<RoomSnapshot> {
         let state = self.state_for(viewer.user_id, room_id)?;
         let page = self.messages(
             viewer,
@@ -44,7 +51,7 @@ impl Rooms {
             None,
             None,
             Direction::Backward,
-            SNAPSHOT_MESSAGES,
+            messages,
             &RoomEventFilter::default(),
         )?;
         let mut chunk = page.chunk;
@@ -61,5 +68,22 @@ impl Rooms {
             state,
             published: self.is_published(room_id)?,
         })
+    }
+}
+
+impl Rooms {
+    /// The invite event of a user invited to `room_id`, in client format (an invitee may
+    /// not read the room, but may see their invite).
+    pub fn invite_event_for(&self, viewer: Viewer<'_>, room_id: &str) -> MatrixResult<Value> {
+        let record = self
+            .store
+            .membership(viewer.user_id, room_id)?
+            .filter(|r| r.membership == "invite")
+            .ok_or_else(|| MatrixError::not_found("No invite to this room"))?;
+        let event = self
+            .store
+            .event_by_id(&record.event_id)?
+            .ok_or_else(|| MatrixError::internal("the invite event is not stored"))?;
+        client_event(&self.store, &event, room_id, Some(viewer), None)
     }
 }

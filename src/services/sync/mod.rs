@@ -14,6 +14,7 @@
 
 pub mod device_lists;
 pub mod filters;
+pub mod initial_sync;
 pub mod lazy_members;
 pub mod notifier;
 pub mod response;
