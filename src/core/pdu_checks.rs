@@ -213,8 +213,12 @@ pub fn check_signatures(
         .get("origin_server_ts")
         .and_then(Value::as_u64)
         .unwrap_or(0);
+    let signers = required_signers(pdu);
+    if signers.is_empty() {
+        return SignatureCheck::Invalid("the sender is not a valid user id".into());
+    }
     let mut missing = Vec::new();
-    for server in required_signers(pdu) {
+    for server in signers {
         let Some(by_key) = pdu
             .get("signatures")
             .and_then(|s| s.get(&server))

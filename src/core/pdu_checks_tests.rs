@@ -170,6 +170,16 @@ fn check_2_a_missing_signature_is_dropped() {
 }
 
 #[test]
+fn check_2_without_a_valid_sender_nothing_verifies() {
+    let mut pdu = message();
+    pdu["sender"] = json!("not a user id");
+    assert!(matches!(
+        check_signatures(RoomVersion::V11, &pdu, &known),
+        SignatureCheck::Invalid(_)
+    ));
+}
+
+#[test]
 fn check_2_a_bad_signature_is_dropped() {
     // A signed field changed after signing.
     let mut pdu = message();
