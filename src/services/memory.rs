@@ -4,7 +4,7 @@
 //! `storage.write_buffer_size`) and block cache (up to `storage.cache_size`), and the
 //! allocator keeps what request handling freed, to hand out again. None of it shrinks by
 //! itself, so after a burst a quiet server kept ten times its idle size. Here a worker
-//! notices when writes stop: after [`IDLE_BEFORE_RELEASE`] without one it flushes the
+//! notices when writes stop: after [`IDLE_BEFORE_RELEASE`] (10 s) without one it flushes the
 //! memtables, empties the block cache and the services' caches, frees the pooled
 //! password-hashing memory and asks the allocator to return its free pages to the system,
 //! once per quiet spell.
@@ -18,7 +18,7 @@ use crate::services::accounts::secrets;
 use crate::storage::Db;
 
 /// Quiet time before memory is given back.
-pub const IDLE_BEFORE_RELEASE: Duration = Duration::from_secs(30);
+pub const IDLE_BEFORE_RELEASE: Duration = Duration::from_secs(10);
 /// How often the worker looks.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
