@@ -655,7 +655,9 @@ fn create_room(
             "Room already exists",
         ));
     }
-    let signed_by = |_: &str| true;
+    // We built and signed the create event ourselves.
+    let server = ctx.server_name.as_str();
+    let signed_by = |name: &str| name == server;
     let auth_ctx = AuthContext {
         version,
         signed_by: &signed_by,
