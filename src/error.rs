@@ -168,6 +168,11 @@ impl MatrixError {
         Self::new(404, ErrorCode::NotFound, message)
     }
 
+    /// 401 `M_UNKNOWN_TOKEN`.
+    pub fn unknown_token(message: impl Into<String>) -> Self {
+        Self::new(401, ErrorCode::UnknownToken, message)
+    }
+
     /// 400 `M_BAD_JSON`.
     pub fn bad_json(message: impl Into<String>) -> Self {
         Self::new(400, ErrorCode::BadJson, message)

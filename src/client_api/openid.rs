@@ -14,8 +14,12 @@ pub async fn request_token(
     State(services): State<AppState>,
     Authed(session): Authed,
     PathParams(user_id): PathParams<String>,
-    JsonBody(_body): JsonBody<Value>,
+    JsonBody(body): JsonBody<Value>,
 ) -> MatrixResult<Json<Value>> {
+    // Spec: the body is an empty object.
+    if !body.is_object() {
+        return Err(MatrixError::bad_json("The body must be a JSON object"));
+    }
     if session.user_id.as_str() != user_id {
         return Err(MatrixError::forbidden(
             "You may only request OpenID tokens for yourself",

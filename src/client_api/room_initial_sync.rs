@@ -34,20 +34,7 @@ pub async fn room_initial_sync(
         .filter(|d| d.room_id.as_deref() == Some(room_id.as_str()))
         .map(|d| json!({ "type": d.kind, "content": d.content }))
         .collect();
-    let mut messages = json!({ "chunk": snapshot.chunk, "end": snapshot.end });
-    if let Some(start) = snapshot.start {
-        messages["start"] = json!(start);
-    }
-    let mut out = json!({
-        "room_id": room_id,
-        "messages": messages,
-        "state": snapshot.state,
-        "visibility": if snapshot.published { "public" } else { "private" },
-        "account_data": account_data,
-    });
-    if let Some(membership) = snapshot.membership {
-        out["membership"] = json!(membership);
-    }
+    let out = snapshot.into_room_info(&room_id, account_data);
     Ok(Json(out))
 }
 

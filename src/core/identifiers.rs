@@ -353,7 +353,8 @@ impl RoomAliasId {
 }
 
 /// A SHA-256 in URL-safe unpadded base64 is 43 characters of `[A-Za-z0-9_-]`.
-fn is_url_safe_hash(s: &str) -> bool {
+/// 43 characters of unpadded URL-safe base64 (a sha256 hash, as in v4+ event ids).
+pub(crate) fn is_url_safe_hash(s: &str) -> bool {
     s.len() == 43
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -18,6 +18,19 @@ pub const MAX_PDU_BYTES: usize = 65_536;
 pub const MAX_PREV_EVENTS: usize = 20;
 /// Spec: at most 10 `auth_events`.
 pub const MAX_AUTH_EVENTS: usize = 10;
+/// Spec (room versions 6 and later): `depth` stays below the largest canonical integer
+/// (2^53 - 1); a room already there keeps it.
+pub const MAX_DEPTH: u64 = (1 << 53) - 1;
+
+/// The event ids a PDU lists under `key` (`prev_events` or `auth_events`); anything but
+/// a string is skipped.
+pub fn event_ids<'p>(pdu: &'p Value, key: &str) -> impl Iterator<Item = &'p str> {
+    pdu.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
 
 /// What a new event says, before the server hashes and signs it.
 #[derive(Debug, Clone)]

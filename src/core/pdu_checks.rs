@@ -21,8 +21,9 @@ use serde_json::Value;
 
 use super::canonical_json::{self, CanonicalJsonError};
 use super::event_hashes;
+use super::identifiers::is_url_safe_hash;
 use super::identifiers::{RoomId, UserId};
-use super::pdu::{MAX_AUTH_EVENTS, MAX_PREV_EVENTS};
+use super::pdu::{MAX_AUTH_EVENTS, MAX_DEPTH, MAX_PREV_EVENTS};
 use super::redaction;
 use super::room_version::RoomVersion;
 use super::signatures;
@@ -31,8 +32,6 @@ use super::signatures;
 pub const MAX_PDU_BYTES: usize = 65_536;
 /// The longest `type` and `state_key` (bytes), and user and room ids.
 const MAX_KEY_BYTES: usize = 255;
-/// Spec (room versions 6 and later): `depth` stays below the largest canonical integer.
-const MAX_DEPTH: i64 = (1 << 53) - 1;
 
 /// Why a PDU was dropped by check 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +111,8 @@ pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError
     if !required("origin_server_ts")?.is_i64() {
         return invalid("origin_server_ts must be an integer");
     }
-    match required("depth")?.as_i64() {
-        Some(depth) if (0..=MAX_DEPTH).contains(&depth) => {}
+    match required("depth")?.as_u64() {
+        Some(depth) if depth <= MAX_DEPTH => {}
         _ => return invalid("depth must be an integer from 0 to 2^53 - 1"),
     }
     if !required("content")?.is_object() {
@@ -157,12 +156,7 @@ pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError
 /// Spec: room version 4 and later, "Event IDs": `$` and the unpadded url-safe base64 of
 /// a sha256 hash.
 fn is_v4_event_id(id: &str) -> bool {
-    id.strip_prefix('$').is_some_and(|hash| {
-        hash.len() == 43
-            && hash
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
+    id.strip_prefix('$').is_some_and(is_url_safe_hash)
 }
 
 /// A server's verify key as the caller knows it.

@@ -252,12 +252,7 @@ pub fn auth_chain<'a, E: ResolutionEvents + ?Sized>(
 }
 
 fn auth_events(event: &Value) -> impl Iterator<Item = String> + '_ {
-    event
-        .get("auth_events")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
+    super::pdu::event_ids(event, "auth_events").map(str::to_owned)
 }
 
 fn str_field<'e>(event: &'e Value, key: &str) -> Option<&'e str> {

@@ -32,6 +32,14 @@ pub fn split(key: &[u8]) -> impl Iterator<Item = &[u8]> {
     key.split(|b| *b == SEP)
 }
 
+/// Two numbers as one key, big-endian (sorting by the first, then the second).
+pub fn u64_pair(first: u64, second: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&first.to_be_bytes());
+    key[8..].copy_from_slice(&second.to_be_bytes());
+    key
+}
+
 /// Reads a big-endian `u64` from exactly eight bytes.
 pub fn read_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))

@@ -236,12 +236,8 @@ impl Accounts {
             .db
             .contains(Table::UseridDeviceidDevice, device_key(user, device_id))?
         {
-            return Err(MatrixError::new(
-                401,
-                ErrorCode::UnknownToken,
-                "The device has been deleted",
-            )
-            .with("soft_logout", false));
+            return Err(MatrixError::unknown_token("The device has been deleted")
+                .with("soft_logout", false));
         }
         let dkey = device_key(user, device_id);
         let mut fallback_writes: Vec<Write> = Vec::new();

@@ -776,10 +776,8 @@ impl Accounts {
     /// Who `token` belongs to; 401 `M_UNKNOWN_TOKEN` if nobody. Records the device's
     /// last-seen time and IP at most once a minute.
     pub fn authenticate(&self, token: &str, ip: Option<&str>) -> MatrixResult<Session> {
-        let unknown = || {
-            MatrixError::new(401, ErrorCode::UnknownToken, "Unknown access token")
-                .with("soft_logout", false)
-        };
+        let unknown =
+            || MatrixError::unknown_token("Unknown access token").with("soft_logout", false);
         if token.is_empty() || token.len() > 512 {
             return Err(unknown());
         }

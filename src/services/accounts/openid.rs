@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::secrets::{new_access_token, token_hash};
 use super::Accounts;
 use crate::core::UserId;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::error::{MatrixError, MatrixResult};
 use crate::services::now_ms;
 use crate::services::records::{decode, encode};
 use crate::storage::Table;
@@ -57,13 +57,10 @@ impl Accounts {
     /// Whose token this is; 401 `M_UNKNOWN_TOKEN` for a token never issued or expired
     /// (an expired one is deleted).
     pub fn openid_user(&self, token: &str) -> MatrixResult<String> {
-        let unknown = || {
-            MatrixError::new(
-                401,
-                ErrorCode::UnknownToken,
-                "The OpenID token is not known or has expired",
-            )
-        };
+        let unknown = || MatrixError::unknown_token("The OpenID token is not known or has expired");
+        if token.is_empty() || token.len() > 512 {
+            return Err(unknown());
+        }
         let key = token_hash(token);
         let Some(bytes) = self.db.get(Table::TokenhashOpenid, key)? else {
             return Err(unknown());

@@ -51,10 +51,7 @@ pub(super) fn membership_key(user_id: &str, room_id: &str) -> Vec<u8> {
 
 /// `room short ++ pos`: a timeline key.
 pub(super) fn timeline_key(room: u64, pos: u64) -> [u8; 16] {
-    let mut key = [0u8; 16];
-    key[..8].copy_from_slice(&room.to_be_bytes());
-    key[8..].copy_from_slice(&pos.to_be_bytes());
-    key
+    keys::u64_pair(room, pos)
 }
 
 /// The rooms service's tables, read side, plus the id counters the writers share.

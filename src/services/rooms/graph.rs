@@ -12,10 +12,10 @@
 //! Owns the tables `shorteventid_graph` and `prev_shorteventid_child`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::event_store::EventStore;
 use super::state_store::ShortEventId;
+use crate::core::pdu::MAX_DEPTH;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
 use crate::storage::{keys, Batch, Table};
@@ -23,10 +23,6 @@ use crate::storage::{keys, Batch, Table};
 /// Prev events a local event names at most (the deepest extremities first), as Synapse
 /// does; the spec allows 20.
 pub const LOCAL_PREV_EVENTS: usize = 10;
-
-/// Spec (room versions 6 and later): depth stays below the largest canonical integer; a
-/// room already there keeps it.
-pub const MAX_DEPTH: u64 = (1 << 53) - 1;
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,26 +77,14 @@ pub fn next_extremities(
     next
 }
 
-/// The ids a PDU lists under `key` (`prev_events` or `auth_events`).
-pub fn event_ids<'p>(pdu: &'p Value, key: &str) -> impl Iterator<Item = &'p str> {
-    pdu.get(key)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
-fn child_key(prev: ShortEventId, child: ShortEventId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(16);
-    key.extend_from_slice(&prev.to_be_bytes());
-    key.extend_from_slice(&child.to_be_bytes());
-    key
-}
-
 /// Writes the graph record of event `short` and its child edges into `batch`.
 pub fn write(batch: &mut Batch<'_>, short: ShortEventId, record: &GraphRecord) {
     for prev in &record.prev {
-        batch.put(Table::PrevShorteventidChild, child_key(*prev, short), b"");
+        batch.put(
+            Table::PrevShorteventidChild,
+            keys::u64_pair(*prev, short),
+            b"",
+        );
     }
     batch.put(
         Table::ShorteventidGraph,

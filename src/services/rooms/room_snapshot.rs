@@ -5,7 +5,7 @@
 //! Spec: client-server API, "Room Previews" and `room_initial_sync.yaml`. The reads go
 //! through the same access and history visibility rules as `/state` and `/messages`.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::client_event::client_event;
 use super::client_event::Viewer;
@@ -68,6 +68,27 @@ impl Rooms {
             state,
             published: self.is_published(room_id)?,
         })
+    }
+}
+
+impl RoomSnapshot {
+    /// The spec's `RoomInfo` for `room_id` with the user's room `account_data` events.
+    pub fn into_room_info(self, room_id: &str, account_data: Vec<Value>) -> Value {
+        let mut messages = json!({ "chunk": self.chunk, "end": self.end });
+        if let Some(start) = self.start {
+            messages["start"] = json!(start);
+        }
+        let mut info = json!({
+            "room_id": room_id,
+            "messages": messages,
+            "state": self.state,
+            "visibility": if self.published { "public" } else { "private" },
+            "account_data": account_data,
+        });
+        if let Some(membership) = self.membership {
+            info["membership"] = json!(membership);
+        }
+        info
     }
 }
 

@@ -1049,7 +1049,7 @@ fn write_event(
     }
 
     // A local event is new to everyone: nothing names it yet.
-    let prev_events: Vec<String> = graph::event_ids(pdu, "prev_events")
+    let prev_events: Vec<String> = pdu::event_ids(pdu, "prev_events")
         .map(str::to_owned)
         .collect();
     record.extremities =

@@ -6,9 +6,9 @@
 //! rooms left). Each room goes through the same access and visibility rules as
 //! `/rooms/{roomId}/initialSync`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::error::MatrixResult;
 use crate::services::rooms::client_event::Viewer;
@@ -28,20 +28,13 @@ pub fn initial_sync(
 ) -> MatrixResult<Value> {
     let upto = services.stream_positions.watermark();
     let user_id = viewer.user_id;
-    let mut room_data: Map<String, Value> = Map::new();
+    let mut room_data: HashMap<String, Vec<Value>> = HashMap::new();
     let mut global_data = Vec::new();
     for data in services.accounts.all_account_data(user_id)? {
         let event = json!({ "type": data.kind, "content": data.content });
-        let Some(room) = data.room_id else {
-            global_data.push(event);
-            continue;
-        };
-        if let Some(list) = room_data
-            .entry(room)
-            .or_insert_with(|| json!([]))
-            .as_array_mut()
-        {
-            list.push(event);
+        match data.room_id {
+            Some(room) => room_data.entry(room).or_default().push(event),
+            None => global_data.push(event),
         }
     }
     let mut rooms = Vec::new();
@@ -51,10 +44,12 @@ pub fn initial_sync(
         if record.forgotten || (!archived && !matches!(membership, "join" | "invite")) {
             continue;
         }
-        let mut room = json!({ "room_id": room_id, "membership": membership });
         if membership == "invite" {
-            room["invite"] = services.rooms.invite_event_for(viewer, &room_id)?;
-            rooms.push(room);
+            rooms.push(json!({
+                "room_id": room_id,
+                "membership": membership,
+                "invite": services.rooms.invite_event_for(viewer, &room_id)?,
+            }));
             continue;
         }
         if membership == "knock" {
@@ -71,19 +66,8 @@ pub fn initial_sync(
                     .filter_map(|e| e["state_key"].as_str().map(str::to_owned)),
             );
         }
-        let mut messages = json!({ "chunk": snapshot.chunk, "end": snapshot.end });
-        if let Some(start) = snapshot.start {
-            messages["start"] = json!(start);
-        }
-        room["messages"] = messages;
-        room["state"] = json!(snapshot.state);
-        room["visibility"] = json!(if snapshot.published {
-            "public"
-        } else {
-            "private"
-        });
-        room["account_data"] = room_data.remove(&room_id).unwrap_or_else(|| json!([]));
-        rooms.push(room);
+        let data = room_data.remove(&room_id).unwrap_or_default();
+        rooms.push(snapshot.into_room_info(&room_id, data));
     }
     // Presence of the user and their room mates who are not offline.
     mates.insert(user_id.to_owned());
