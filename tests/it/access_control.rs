@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::client::{enc, Client};
-use common::{assert_error, TestServer};
+use common::{assert_error, urlencode, TestServer};
 use ourwhats::core::SigningKeyPair;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -553,17 +553,6 @@ async fn a_rejoined_reader_sees_the_bundles_again() {
     assert_eq!(relations["m.thread"]["count"], 1, "{event}");
     assert!(relations["m.replace"].is_object(), "{event}");
     s.stop().await;
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Opens a delete session for `device` and answers its id.

@@ -5,11 +5,12 @@ use crate::common;
 
 use common::client::Client;
 use common::TestServer;
+use ourwhats::core::pdu;
 use ourwhats::services::rooms::graph::{self, EventStatus};
 use serde_json::{json, Value};
 
 fn ids(pdu: &Value, key: &str) -> Vec<String> {
-    graph::event_ids(pdu, key).map(str::to_owned).collect()
+    pdu::event_ids(pdu, key).map(str::to_owned).collect()
 }
 
 #[tokio::test]

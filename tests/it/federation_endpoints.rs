@@ -9,22 +9,10 @@ use ourwhats::core::signatures::verify_json;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// A client that trusts only the server's generated certificate and reaches it as `localhost`.
-fn tls_client(s: &TestServer) -> (reqwest::Client, String) {
-    let addr = s.running().federation_addr.expect("federation enabled");
-    let pem = std::fs::read(s.dir.path().join("tls/self-signed.crt")).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    (client, format!("https://localhost:{}", addr.port()))
-}
-
 #[tokio::test]
 async fn key_server_publishes_a_self_signed_key_over_tls() {
     let s = TestServer::start().await;
-    let (client, base) = tls_client(&s);
+    let (client, base) = s.federation_client();
     let response = client
         .get(format!("{base}/_matrix/key/v2/server"))
         .send()

@@ -5,7 +5,7 @@ use crate::common;
 
 use std::io::{Cursor, Write};
 
-use common::{assert_error, TestServer};
+use common::{assert_error, urlencode, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -57,18 +57,6 @@ impl Client<'_> {
             .await
             .unwrap()
     }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'.' {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn path_of(mxc: &str) -> String {

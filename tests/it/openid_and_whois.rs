@@ -9,20 +9,8 @@ use ourwhats::core::UserId;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-/// The federation listener over TLS, as a widget's backend would call it.
-fn federation(s: &TestServer) -> (reqwest::Client, String) {
-    let addr = s.running().federation_addr.expect("federation enabled");
-    let pem = std::fs::read(s.dir.path().join("tls/self-signed.crt")).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
-        .resolve("localhost", addr)
-        .build()
-        .unwrap();
-    (client, format!("https://localhost:{}", addr.port()))
-}
-
 async fn userinfo(s: &TestServer, query: &str) -> (StatusCode, Value) {
-    let (client, base) = federation(s);
+    let (client, base) = s.federation_client();
     let response = client
         .get(format!(
             "{base}/_matrix/federation/v1/openid/userinfo{query}"
@@ -84,9 +72,11 @@ async fn an_openid_token_tells_a_third_party_who_the_user_is_and_nothing_more() 
         "an expired token is deleted"
     );
 
-    // Only for oneself.
+    // Only for oneself, and the body is an object.
     let (status, body) = bob.post(&path, json!({})).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice.post(&path, json!([])).await;
+    assert_error(status, &body, 400, "M_BAD_JSON");
     s.stop().await;
 }
 
@@ -106,6 +96,8 @@ async fn whois_is_for_oneself_and_server_admins() {
 
     let (status, body) = alice.get(&path(&bob.user_id)).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice.get(&path("not-a-user")).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
 
     // A server admin may look anyone up.
     let root = UserId::parse("@root:localhost").unwrap();

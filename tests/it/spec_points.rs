@@ -250,6 +250,11 @@ async fn room_initial_sync_is_a_snapshot_for_members_and_peekers() {
     let private = alice.create_room(json!({"preset": "private_chat"})).await;
     let (status, body) = eve.get(&format!("/rooms/{private}/initialSync")).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Unknown and malformed room ids answer as any room one is not in (as /messages).
+    let (status, body) = eve.get("/rooms/!unknown:localhost/initialSync").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = eve.get("/rooms/not-a-room/initialSync").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
     s.stop().await;
 }
 
@@ -307,6 +312,8 @@ async fn initial_sync_lists_every_room_with_its_messages_invites_and_presence() 
         .expect("the left room with archived=true");
     assert_eq!(left_room["membership"], "leave");
     let (status, body) = alice.get("/initialSync?archived=maybe").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let (status, body) = alice.get("/initialSync?limit=many").await;
     assert_error(status, &body, 400, "M_INVALID_PARAM");
     s.stop().await;
 }

@@ -6,7 +6,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::client::Client;
-use common::{assert_error, TestServer};
+use common::{assert_error, urlencode, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -144,18 +144,6 @@ async fn a_group_and_a_dm_appear_in_the_room_list_with_their_last_message() {
         .await;
     assert!(with_leave["rooms"]["leave"].get(&group).is_some());
     assert!(bob.sync("").await["rooms"]["leave"].get(&group).is_none());
-}
-
-fn urlencode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Starts a long-poll from `since` and answers (elapsed, response).

@@ -7,23 +7,17 @@ use std::collections::BTreeSet;
 use crate::common;
 
 use common::client::Client;
-use common::{assert_error, TestServer};
+use common::{assert_error, urlencode, TestServer};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn enc(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// An incremental sync's query from `since` with an inline filter.
+fn since_with(since: &str, filter: Value) -> String {
+    format!("since={since}&timeout=0&{}", with_filter(filter))
 }
 
 fn with_filter(filter: Value) -> String {
-    format!("filter={}", enc(&filter.to_string()))
+    format!("filter={}", urlencode(&filter.to_string()))
 }
 
 fn bodies(events: &Value) -> Vec<String> {
@@ -299,12 +293,7 @@ async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
     // Incremental: erin speaks again (already sent: not again), bob speaks (new: sent).
     others[3].text(&room, "erin again").await;
     others[0].text(&room, "bob again").await;
-    let sync = viewer
-        .sync(&format!(
-            "since={since}&timeout=0&{}",
-            with_filter(lazy.clone())
-        ))
-        .await;
+    let sync = viewer.sync(&since_with(&since, lazy.clone())).await;
     let joined = &sync["rooms"]["join"][&room];
     assert_eq!(
         member_keys(&joined["state"]["events"]),
@@ -312,12 +301,7 @@ async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
         "{joined}"
     );
     // A client that lost that answer and retries its token gets bob's membership again.
-    let retry = viewer
-        .sync(&format!(
-            "since={since}&timeout=0&{}",
-            with_filter(lazy.clone())
-        ))
-        .await;
+    let retry = viewer.sync(&since_with(&since, lazy.clone())).await;
     assert_eq!(
         member_keys(&retry["rooms"]["join"][&room]["state"]["events"]),
         BTreeSet::from([others[0].user_id.clone()]),
@@ -331,12 +315,7 @@ async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
     }
     others[1].text(&room, "carol here").await;
     others[2].text(&room, "dan here").await;
-    let sync = viewer
-        .sync(&format!(
-            "since={since}&timeout=0&{}",
-            with_filter(lazy.clone())
-        ))
-        .await;
+    let sync = viewer.sync(&since_with(&since, lazy.clone())).await;
     let joined = &sync["rooms"]["join"][&room];
     assert_eq!(joined["timeline"]["limited"], true);
     assert_eq!(
@@ -351,12 +330,7 @@ async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
     let redundant = json!({"room": {"state": {"lazy_load_members": true,
                                               "include_redundant_members": true},
                                     "timeline": {"limit": 2}}});
-    let sync = viewer
-        .sync(&format!(
-            "since={since}&timeout=0&{}",
-            with_filter(redundant)
-        ))
-        .await;
+    let sync = viewer.sync(&since_with(&since, redundant)).await;
     let joined = &sync["rooms"]["join"][&room];
     let sent = member_keys(&joined["state"]["events"]);
     assert!(sent.contains(&others[1].user_id), "{joined}");

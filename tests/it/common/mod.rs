@@ -63,6 +63,19 @@ impl TestServer {
         self.server.as_ref().unwrap()
     }
 
+    /// A client of the federation listener that trusts only the server's generated
+    /// certificate and reaches it as `localhost`, and its base URL.
+    pub fn federation_client(&self) -> (reqwest::Client, String) {
+        let addr = self.running().federation_addr.expect("federation enabled");
+        let pem = std::fs::read(self.dir.path().join("tls/self-signed.crt")).unwrap();
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+            .resolve("localhost", addr)
+            .build()
+            .unwrap();
+        (client, format!("https://localhost:{}", addr.port()))
+    }
+
     /// Sends a request; answers the status and the JSON body (`Null` when not JSON).
     pub async fn call(
         &self,
@@ -133,6 +146,19 @@ impl TestServer {
             server.shutdown().await;
         }
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for query values
+/// and path segments).
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Asserts the standard error body.
