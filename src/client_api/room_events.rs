@@ -26,11 +26,7 @@ pub async fn get_event(
         user_id: session.user_id.as_str(),
         device_id: &session.device_id,
     };
-    match services.rooms.event_for(viewer, &room_id, &event_id) {
-        Ok(event) => Ok(Json(event)),
-        Err(e) if e.status == 403 => Err(MatrixError::not_found("Event not found")),
-        Err(e) => Err(e),
-    }
+    Ok(Json(services.rooms.event_for(viewer, &room_id, &event_id)?))
 }
 
 /// Spec: deprecated `GET /events/{eventId}` ("clients should instead call

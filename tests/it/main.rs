@@ -21,5 +21,6 @@ mod rooms_property;
 mod search;
 mod spec_points;
 mod staying_up;
+mod synapse_pdus;
 mod sync;
 mod sync_stories;

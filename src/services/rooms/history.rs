@@ -90,14 +90,19 @@ impl Rooms {
         Ok(event)
     }
 
-    /// One event the viewer may see.
+    /// One event the viewer may see. Spec: `GET /rooms/{roomId}/event/{eventId}`: 404
+    /// `M_NOT_FOUND` alike for an unknown event and one the user may not see, also in a
+    /// room they may not read (no 403 that would tell the event exists).
     pub fn event_for(
         &self,
         viewer: Viewer<'_>,
         room_id: &str,
         event_id: &str,
     ) -> MatrixResult<Value> {
-        let access = self.read_access(viewer.user_id, room_id)?;
+        let access = match self.read_access(viewer.user_id, room_id) {
+            Err(e) if e.status == 403 => return Err(MatrixError::not_found("Event not found")),
+            other => other?,
+        };
         let mut check = self.visibility_check(viewer.user_id, &access);
         let event = self.visible_event_for(&access, &mut check, event_id)?;
         client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))
@@ -107,13 +112,12 @@ impl Rooms {
     /// deprecated `GET /events/{eventId}`. 404 `M_NOT_FOUND` for an unknown event and,
     /// like `/rooms/{roomId}/event/{eventId}`, for one the user may not see.
     pub fn event_anywhere_for(&self, viewer: Viewer<'_>, event_id: &str) -> MatrixResult<Value> {
-        let not_found = || MatrixError::not_found("Event not found");
-        let event = self.store.event_by_id(event_id)?.ok_or_else(not_found)?;
+        let event = self
+            .store
+            .event_by_id(event_id)?
+            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
         let room = self.store.room_by_short(event.meta.room)?;
-        match self.event_for(viewer, &room.record.room_id, event_id) {
-            Err(e) if e.status == 403 => Err(not_found()),
-            other => other,
-        }
+        self.event_for(viewer, &room.record.room_id, event_id)
     }
 
     /// The visibility check of `user_id` in the room of `access`.
