@@ -199,6 +199,34 @@ pub fn check_signatures(
     pdu: &Value,
     keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
 ) -> SignatureCheck {
+    let signers = required_signers(pdu);
+    if signers.is_empty() {
+        return SignatureCheck::Invalid("the sender is not a valid user id".into());
+    }
+    let mut missing = Vec::new();
+    for server in signers {
+        match check_server_signature(version, pdu, &server, keys) {
+            SignatureCheck::Verified => {}
+            SignatureCheck::NeedKeys(unknown) => missing.extend(unknown),
+            invalid @ SignatureCheck::Invalid(_) => return invalid,
+        }
+    }
+    if missing.is_empty() {
+        SignatureCheck::Verified
+    } else {
+        SignatureCheck::NeedKeys(missing)
+    }
+}
+
+/// Whether the redacted event carries a valid signature of `server` (as in
+/// [`check_signatures`]); also asked for servers the auth rules name, such as the
+/// authorising server of a restricted join.
+pub fn check_server_signature(
+    version: RoomVersion,
+    pdu: &Value,
+    server: &str,
+    keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
+) -> SignatureCheck {
     let redacted = redaction::redact(pdu, version);
     let Some(object) = redacted.as_object() else {
         return SignatureCheck::Invalid("not an object".into());
@@ -207,59 +235,48 @@ pub fn check_signatures(
         .get("origin_server_ts")
         .and_then(Value::as_u64)
         .unwrap_or(0);
-    let signers = required_signers(pdu);
-    if signers.is_empty() {
-        return SignatureCheck::Invalid("the sender is not a valid user id".into());
-    }
-    let mut missing = Vec::new();
-    for server in signers {
-        let Some(by_key) = pdu
-            .get("signatures")
-            .and_then(|s| s.get(&server))
-            .and_then(Value::as_object)
-            .filter(|m| !m.is_empty())
-        else {
-            return SignatureCheck::Invalid(format!("no signature from {server}"));
+    let Some(by_key) = pdu
+        .get("signatures")
+        .and_then(|s| s.get(server))
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty())
+    else {
+        return SignatureCheck::Invalid(format!("no signature from {server}"));
+    };
+    let mut verified = false;
+    let mut unknown = Vec::new();
+    for (key_id, signature) in by_key {
+        if !key_id.starts_with("ed25519:") {
+            continue;
+        }
+        let Some(known) = keys(server, key_id) else {
+            unknown.push((server.to_owned(), key_id.clone()));
+            continue;
         };
-        let mut verified = false;
-        let mut unknown = Vec::new();
-        for (key_id, signature) in by_key {
-            if !key_id.starts_with("ed25519:") {
-                continue;
-            }
-            let Some(known) = keys(&server, key_id) else {
-                unknown.push((server.clone(), key_id.clone()));
-                continue;
-            };
-            if known.valid_until_ts < ts {
-                // Expired before the event was made: ignored.
-                continue;
-            }
-            let Some(signature) = signature.as_str() else {
-                return SignatureCheck::Invalid(format!("signature {key_id} is not a string"));
-            };
-            match signatures::verify_signature(object, signature, &known.key) {
-                Ok(()) => verified = true,
-                Err(e) => {
-                    return SignatureCheck::Invalid(format!(
-                        "signature of {server} with {key_id} does not verify: {e:?}"
-                    ))
-                }
-            }
+        if known.valid_until_ts < ts {
+            // Expired before the event was made: ignored.
+            continue;
         }
-        if !verified {
-            if unknown.is_empty() {
+        let Some(signature) = signature.as_str() else {
+            return SignatureCheck::Invalid(format!("signature {key_id} is not a string"));
+        };
+        match signatures::verify_signature(object, signature, &known.key) {
+            Ok(()) => verified = true,
+            Err(e) => {
                 return SignatureCheck::Invalid(format!(
-                    "no signature from {server} by a key valid at the event's time"
-                ));
+                    "signature of {server} with {key_id} does not verify: {e:?}"
+                ))
             }
-            missing.extend(unknown);
         }
     }
-    if missing.is_empty() {
+    if verified {
         SignatureCheck::Verified
+    } else if unknown.is_empty() {
+        SignatureCheck::Invalid(format!(
+            "no signature from {server} by a key valid at the event's time"
+        ))
     } else {
-        SignatureCheck::NeedKeys(missing)
+        SignatureCheck::NeedKeys(unknown)
     }
 }
 

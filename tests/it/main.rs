@@ -15,6 +15,8 @@ mod http_basics;
 mod media;
 mod openid_and_whois;
 mod profile;
+mod receive_pdu;
+mod receive_property;
 mod restart;
 mod rooms;
 mod rooms_property;

@@ -82,7 +82,7 @@ impl Rooms {
         let event = self
             .store
             .event_by_id(event_id)?
-            .filter(|e| e.meta.room == access.room.short)
+            .filter(|e| e.meta.room == access.room.short && e.has_timeline_place())
             .ok_or_else(not_found)?;
         if !check.can_see(&event)? {
             return Err(not_found());

@@ -4,6 +4,8 @@
 //! - [`state_store`]: interned short ids and layered state snapshots;
 //! - [`event_store`]: reading rooms, events, timelines and memberships;
 //! - [`writer`]: the write path, one writer task per room;
+//! - [`receive`]: events other servers made (the receipt checks), and [`resolution`]: state
+//!   resolution over stored snapshots;
 //! - [`create`], [`membership`], [`sending`]: what clients ask the graph to do;
 //! - [`history`], [`members`], [`relations`], [`aliases`]: what clients read;
 //! - [`visibility`], [`guests`], [`filter`], [`client_event`], [`tokens`]: the rules and formats
@@ -26,8 +28,10 @@ pub mod guests;
 pub mod history;
 pub mod members;
 pub mod membership;
+pub mod receive;
 pub mod records;
 pub mod relations;
+pub mod resolution;
 pub mod room_snapshot;
 pub mod sending;
 pub mod state_store;

@@ -137,7 +137,7 @@ impl Rooms {
         let parent = self
             .store
             .event_by_id(event_id)?
-            .filter(|e| e.meta.room == access.room.short)
+            .filter(|e| e.meta.room == access.room.short && e.has_timeline_place())
             .ok_or_else(not_found)?;
         let mut check = self.visibility_check(viewer.user_id, &access);
         if !check.can_see(&parent)? {

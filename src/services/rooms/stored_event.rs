@@ -162,6 +162,12 @@ impl StoredEvent {
         self.head.state_key.as_deref()
     }
 
+    /// Whether the event has a place in its room's timeline: outliers, rejected and
+    /// soft-failed events (stored at position 0) have none and are not shown to clients.
+    pub fn has_timeline_place(&self) -> bool {
+        self.meta.pos != 0
+    }
+
     /// The sender.
     pub fn sender(&self) -> &str {
         &self.head.sender

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod process;
+pub mod remote;
 
 use std::path::Path;
 

@@ -21,6 +21,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+mod remote_event;
+
+pub use remote_event::{PduOutcome, RemoteEvent};
+
 use super::aggregates::{Aggregates, Child};
 use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
 use super::graph;
@@ -104,6 +108,18 @@ pub enum JobStart {
     Create(Box<BuiltPdu>, RoomVersion),
     /// Mark the room forgotten for this user (who must have left it).
     Forget(String),
+    /// Judge and store an event another server made (checks 4 to 6 of the receipt
+    /// checks; see [`remote_event`]).
+    Receive(Box<RemoteEvent>),
+}
+
+/// What a job answers.
+#[derive(Debug)]
+pub enum JobAnswer {
+    /// The ids of the events written (the create event's first, when creating).
+    Events(Vec<String>),
+    /// What became of a remote event.
+    Received(PduOutcome),
 }
 
 /// A unit of work for a writer: drafts applied in order; the first failure stops the job.
@@ -112,8 +128,8 @@ pub struct Job {
     pub start: JobStart,
     /// Events to append, in order.
     pub drafts: Vec<EventDraft>,
-    /// Answers the event ids (the create event's first, when creating).
-    pub reply: oneshot::Sender<MatrixResult<Vec<String>>>,
+    /// Answers the event ids or the remote event's outcome, after the fsync.
+    pub reply: oneshot::Sender<MatrixResult<JobAnswer>>,
 }
 
 /// What the writers share.
@@ -208,50 +224,106 @@ impl Writers {
         }
     }
 
-    /// Hands `job` to the room's writer and waits for its answer (after the fsync).
+    /// Hands `job` to the room's writer and waits for the ids of the events it wrote
+    /// (answered after the fsync).
     pub async fn submit(&self, room_id: &str, job: Job) -> MatrixResult<Vec<String>> {
+        match self.submit_job(room_id, job).await? {
+            JobAnswer::Events(ids) => Ok(ids),
+            JobAnswer::Received(_) => Err(MatrixError::internal("a writer answered the wrong job")),
+        }
+    }
+
+    /// Hands a remote event to the room's writer at once (before the answer is awaited,
+    /// so the caller can go on preparing the next while the writer works) and answers a
+    /// future of its outcome (after the fsync, so an accepted event is durable).
+    pub fn receive(
+        &self,
+        room_id: &str,
+        event: RemoteEvent,
+    ) -> impl std::future::Future<Output = MatrixResult<PduOutcome>> + Send + 'static {
+        let job = Self::job(JobStart::Receive(Box::new(event)), Vec::new());
         let (reply, answer) = oneshot::channel();
-        let mut job = Job { reply, ..job };
-        loop {
-            {
-                let mut queues = lock_queues(&self.queues);
-                let queues = &mut *queues;
-                let handle = match queues.by_room.get(room_id) {
-                    Some(handle) => handle,
-                    None => {
-                        queues.next_id += 1;
-                        let id = queues.next_id;
-                        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-                        let task = tokio::spawn(run_writer(
-                            Arc::clone(&self.ctx),
-                            Arc::clone(&self.queues),
-                            (room_id.to_owned(), id),
-                            rx,
-                        ));
-                        queues
-                            .by_room
-                            .entry(room_id.to_owned())
-                            .or_insert(WriterHandle { id, queue, task })
-                    }
+        let job = Job { reply, ..job };
+        let queued = self.try_enqueue(room_id, job);
+        let queues = (Arc::clone(&self.ctx), Arc::clone(&self.queues));
+        let room_id = room_id.to_owned();
+        async move {
+            if let Err(job) = queued {
+                // The queue was full: wait for room in it like any other job.
+                let writers = Writers {
+                    ctx: queues.0,
+                    queues: queues.1,
                 };
-                match handle.queue.try_send(job) {
-                    Ok(()) => break,
-                    Err(mpsc::error::TrySendError::Full(back)) => job = back,
-                    Err(mpsc::error::TrySendError::Closed(back)) => {
-                        // Writers leave the map before their queue closes: this one died.
-                        // Its successor starts from the stored head.
-                        tracing::error!(room = %room_id, "room writer had stopped; starting a new one");
-                        queues.by_room.remove(room_id);
-                        job = back;
-                        continue;
-                    }
+                writers.enqueue(&room_id, job).await;
+            }
+            match answer
+                .await
+                .map_err(|_| MatrixError::internal("room writer dropped a job"))??
+            {
+                JobAnswer::Received(outcome) => Ok(outcome),
+                JobAnswer::Events(_) => {
+                    Err(MatrixError::internal("a writer answered the wrong job"))
                 }
             }
-            tokio::time::sleep(FULL_QUEUE_RETRY).await;
         }
+    }
+
+    async fn submit_job(&self, room_id: &str, job: Job) -> MatrixResult<JobAnswer> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job { reply, ..job };
+        self.enqueue(room_id, job).await;
         answer
             .await
             .map_err(|_| MatrixError::internal("room writer dropped a job"))?
+    }
+
+    /// Puts `job` in the room's queue, waiting while it is full.
+    async fn enqueue(&self, room_id: &str, mut job: Job) {
+        loop {
+            match self.try_enqueue(room_id, job) {
+                Ok(()) => return,
+                Err(back) => job = back,
+            }
+            tokio::time::sleep(FULL_QUEUE_RETRY).await;
+        }
+    }
+
+    /// Puts `job` in the room's queue, starting its writer if none runs; gives the job
+    /// back when the queue is full.
+    fn try_enqueue(&self, room_id: &str, mut job: Job) -> Result<(), Job> {
+        let mut queues = lock_queues(&self.queues);
+        let queues = &mut *queues;
+        loop {
+            let handle = match queues.by_room.get(room_id) {
+                Some(handle) => handle,
+                None => {
+                    queues.next_id += 1;
+                    let id = queues.next_id;
+                    let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+                    let task = tokio::spawn(run_writer(
+                        Arc::clone(&self.ctx),
+                        Arc::clone(&self.queues),
+                        (room_id.to_owned(), id),
+                        rx,
+                    ));
+                    queues
+                        .by_room
+                        .entry(room_id.to_owned())
+                        .or_insert(WriterHandle { id, queue, task })
+                }
+            };
+            match handle.queue.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(back)) => return Err(back),
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    // Writers leave the map before their queue closes: this one died.
+                    // Its successor starts from the stored head.
+                    tracing::error!(room = %room_id, "room writer had stopped; starting a new one");
+                    queues.by_room.remove(room_id);
+                    job = back;
+                }
+            }
+        }
     }
 
     /// Stops every writer once its queue is empty (at shutdown, so that nothing holds the
@@ -376,7 +448,7 @@ fn process_job(
     start: JobStart,
     drafts: Vec<EventDraft>,
     written: &mut Written,
-) -> MatrixResult<Vec<String>> {
+) -> MatrixResult<JobAnswer> {
     let mut ids = Vec::with_capacity(drafts.len() + 1);
     match start {
         JobStart::Create(create, version) => {
@@ -384,6 +456,20 @@ fn process_job(
         }
         JobStart::Append => {}
         JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
+        JobStart::Receive(event) => {
+            if head.is_none() {
+                *head = Some(RoomHead::load(&ctx.store, room_id)?);
+            }
+            let current = head.as_mut().expect("loaded above");
+            return match remote_event::receive(ctx, current, *event, written) {
+                Ok(outcome) => Ok(JobAnswer::Received(outcome)),
+                Err(e) => {
+                    // A storage failure may leave the cached head ahead of the tables.
+                    *head = None;
+                    Err(e)
+                }
+            };
+        }
     }
     for draft in drafts {
         if head.is_none() {
@@ -409,7 +495,7 @@ fn process_job(
             }
         }
     }
-    Ok(ids)
+    Ok(JobAnswer::Events(ids))
 }
 
 /// Spec: "Guest Access", "Server behaviour": once guest access ends, every local guest
@@ -599,6 +685,20 @@ impl RoomHead {
         }
     }
 
+    /// An event by short id, parsed once and cached (state events of the room's recent
+    /// states are what remote events name as auth events).
+    fn event(&mut self, store: &EventStore, short: ShortEventId) -> MatrixResult<Arc<StoredEvent>> {
+        if let Some(event) = self.cache.get(&short) {
+            return Ok(Arc::clone(event));
+        }
+        if self.cache.len() >= MAX_CACHED_EVENTS {
+            self.cache.clear();
+        }
+        let event = Arc::new(store.event(short)?);
+        self.cache.insert(short, Arc::clone(&event));
+        Ok(event)
+    }
+
     /// The current state event `(type, state_key)`, parsed once and cached.
     fn state_event(
         &mut self,
@@ -612,15 +712,7 @@ impl RoomHead {
         let Some(&short) = self.state.get(&key) else {
             return Ok(None);
         };
-        if let Some(event) = self.cache.get(&short) {
-            return Ok(Some(Arc::clone(event)));
-        }
-        if self.cache.len() >= MAX_CACHED_EVENTS {
-            self.cache.clear();
-        }
-        let event = Arc::new(store.event(short)?);
-        self.cache.insert(short, Arc::clone(&event));
-        Ok(Some(event))
+        self.event(store, short).map(Some)
     }
 }
 
@@ -949,73 +1041,23 @@ fn write_event(
         replaces,
         redacted_by: 0,
     };
-    batch.put(Table::ShorteventidPdu, short.to_be_bytes(), encode(pdu));
-    batch.put(Table::ShorteventidMeta, short.to_be_bytes(), meta.encode());
-    batch.put(
-        Table::ShortroomidPosShorteventid,
-        timeline_key(head.short, pos),
-        short.to_be_bytes(),
-    );
-    batch.put(
-        Table::PosShortroomid,
-        pos.to_be_bytes(),
-        head.short.to_be_bytes(),
-    );
-    let ts = pdu
-        .get("origin_server_ts")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    batch.put(
-        Table::ShortroomidTsShorteventid,
-        thread_key(head.short, ts, short),
-        b"",
-    );
+    put_event(&mut batch, short, pdu, &meta);
+    put_timeline_place(&mut batch, head.short, pos, short, pdu);
 
     let mut record = head.record.clone();
-    if kind == "m.room.history_visibility" && state_key == Some("") {
-        record.visibility_restricted |= matches!(
-            pdu.get("content")
-                .and_then(|c| c.get("history_visibility"))
-                .and_then(Value::as_str),
-            Some("invited" | "joined")
-        );
-    }
+    note_history_visibility(&mut record, pdu);
     let mut member = None;
     if kind == "m.room.member" {
         if let Some(user) = state_key {
-            let membership = pdu
-                .get("content")
-                .and_then(|c| c.get("membership"))
-                .and_then(Value::as_str)
-                .unwrap_or("leave");
-            let key = membership_key(user, &head.record.room_id);
-            let previous: Option<MembershipRecord> = store
-                .db
-                .get(Table::UseridRoomidMembership, &key)?
-                .map(|b| decode(Table::UseridRoomidMembership, &b))
-                .transpose()?;
-            let before = previous.as_ref().map_or("leave", |p| p.membership.as_str());
-            record.count_change(before, membership);
-            member = Some((user.to_owned(), membership.to_owned()));
-            let last_join_pos = if membership == "join" {
-                pos
-            } else {
-                previous.as_ref().map_or(0, |p| p.last_join_pos)
-            };
-            let joined_at = match (before, membership) {
-                ("join", "join") => previous.as_ref().map_or(pos, |p| p.joined_at),
-                (_, "join") => pos,
-                _ => 0,
-            };
-            let record = MembershipRecord {
-                membership: membership.to_owned(),
-                event_id: event_id.clone(),
+            let membership = membership_of(pdu);
+            put_membership(
+                store,
+                &mut batch,
+                &mut record,
+                (user, membership, &event_id),
                 pos,
-                last_join_pos,
-                forgotten: false,
-                joined_at,
-            };
-            batch.put(Table::UseridRoomidMembership, &key, encode(&record));
+            )?;
+            member = Some((user.to_owned(), membership.to_owned()));
         }
     }
 
@@ -1099,6 +1141,100 @@ fn write_event(
         );
     }
     Ok(event_id)
+}
+
+/// The PDU and its metadata rows of event `short`.
+fn put_event(batch: &mut Batch<'_>, short: ShortEventId, pdu: &Value, meta: &EventMeta) {
+    batch.put(Table::ShorteventidPdu, short.to_be_bytes(), encode(pdu));
+    batch.put(Table::ShorteventidMeta, short.to_be_bytes(), meta.encode());
+}
+
+/// The rows that give an event its place in the room's timeline and the stream, and in
+/// the timestamp index.
+fn put_timeline_place(
+    batch: &mut Batch<'_>,
+    room: u64,
+    pos: u64,
+    short: ShortEventId,
+    pdu: &Value,
+) {
+    batch.put(
+        Table::ShortroomidPosShorteventid,
+        timeline_key(room, pos),
+        short.to_be_bytes(),
+    );
+    batch.put(Table::PosShortroomid, pos.to_be_bytes(), room.to_be_bytes());
+    let ts = pdu
+        .get("origin_server_ts")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    batch.put(
+        Table::ShortroomidTsShorteventid,
+        thread_key(room, ts, short),
+        b"",
+    );
+}
+
+/// Marks the room as having had restricted history visibility, for a history visibility
+/// event that restricts it.
+fn note_history_visibility(record: &mut RoomRecord, pdu: &Value) {
+    let kind = pdu.get("type").and_then(Value::as_str);
+    let state_key = pdu.get("state_key").and_then(Value::as_str);
+    if kind == Some("m.room.history_visibility") && state_key == Some("") {
+        record.visibility_restricted |= matches!(
+            pdu.get("content")
+                .and_then(|c| c.get("history_visibility"))
+                .and_then(Value::as_str),
+            Some("invited" | "joined")
+        );
+    }
+}
+
+/// The membership a member event sets (`leave` when it says nothing valid).
+fn membership_of(pdu: &Value) -> &str {
+    pdu.get("content")
+        .and_then(|c| c.get("membership"))
+        .and_then(Value::as_str)
+        .unwrap_or("leave")
+}
+
+/// A user's membership record after `(user, membership, event id)` became the room's
+/// current member event at `pos`, and the room's member counts.
+fn put_membership(
+    store: &EventStore,
+    batch: &mut Batch<'_>,
+    record: &mut RoomRecord,
+    (user, membership, event_id): (&str, &str, &str),
+    pos: u64,
+) -> MatrixResult<()> {
+    let key = membership_key(user, &record.room_id);
+    let previous: Option<MembershipRecord> = store
+        .db
+        .get(Table::UseridRoomidMembership, &key)?
+        .map(|b| decode(Table::UseridRoomidMembership, &b))
+        .transpose()?;
+    let before = previous.as_ref().map_or("leave", |p| p.membership.as_str());
+    record.count_change(before, membership);
+    let last_join_pos = if membership == "join" {
+        pos
+    } else {
+        previous.as_ref().map_or(0, |p| p.last_join_pos)
+    };
+    let joined_at = match (before, membership) {
+        ("join", "join") => previous.as_ref().map_or(pos, |p| p.joined_at),
+        (_, "join") => pos,
+        _ => 0,
+    };
+    let entry = MembershipRecord {
+        membership: membership.to_owned(),
+        event_id: event_id.to_owned(),
+        pos,
+        last_join_pos,
+        forgotten: false,
+        joined_at,
+    };
+    batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
+    Ok(())
 }
 
 /// Relation index entries: `parent ++ pos ++ child`, and a thread root's latest activity.

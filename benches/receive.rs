@@ -1,0 +1,239 @@
+//! Receiving remote PDUs into one room (the event graph issue's target: at least 5,000
+//! per second on two cores, every signature and hash checked). A real server in a temp
+//! folder; a made-up origin (`remote.example`, a fixed test key) whose user joined the
+//! room sends a chain of messages in transactions of 50, as `/send` would hand them to
+//! the rooms service. Building and signing them is the origin's work and is done before
+//! the clock starts. Prints PDUs per second and CPU time per PDU (user + system of the
+//! whole process), the median of several runs.
+//!
+//! `cargo bench --bench receive` (under `cargo test` a short run checks that it works).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use serde_json::{json, Value};
+
+use ourwhats::core::pdu::{self, PduTemplate};
+use ourwhats::core::pdu_checks::KnownKey;
+use ourwhats::core::{RoomVersion, SigningKeyPair, UserId};
+use ourwhats::services::rooms::create::CreateRoomRequest;
+use ourwhats::services::rooms::membership::MemberProfile;
+use ourwhats::services::rooms::receive::{MissingSource, PduOutcome};
+use ourwhats::services::Services;
+
+const REMOTE: &str = "remote.example";
+const BOB: &str = "@bob:remote.example";
+/// PDUs per transaction, the most a `/send` carries.
+const PER_TRANSACTION: usize = 50;
+
+fn remote_key() -> SigningKeyPair {
+    SigningKeyPair::from_seed(&[9; 32], "r1")
+}
+
+/// The origin: it knows its own key and has nothing else to give.
+struct Origin(KnownKey, String);
+
+impl MissingSource for Origin {
+    fn keys<'a>(
+        &'a self,
+        server: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, HashMap<String, KnownKey>> {
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            if server == REMOTE && ids.contains(&self.1) {
+                out.insert(self.1.clone(), self.0);
+            }
+            out
+        })
+    }
+
+    fn events<'a>(&'a self, _: &'a str, _: &'a [String]) -> BoxFuture<'a, Vec<Value>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// CPU time of this process so far (user + system), in microseconds.
+fn cpu_micros() -> u64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
+struct Room {
+    id: String,
+    levels: String,
+    join: String,
+    prev: String,
+    depth: u64,
+}
+
+fn remote_pdu(
+    room: &Room,
+    kind: &str,
+    state_key: Option<&str>,
+    content: Value,
+    auth: Vec<String>,
+    ts: u64,
+) -> (String, Value) {
+    let built = pdu::build(
+        RoomVersion::V12,
+        PduTemplate {
+            room_id: Some(room.id.clone()),
+            sender: BOB.into(),
+            kind: kind.into(),
+            state_key: state_key.map(str::to_owned),
+            content,
+            prev_events: vec![room.prev.clone()],
+            auth_events: auth,
+            depth: room.depth + 1,
+            origin_server_ts: ts,
+            redacts: None,
+        },
+        REMOTE,
+        &remote_key(),
+    )
+    .expect("the origin builds its event");
+    (built.event_id, built.pdu)
+}
+
+async fn setup(services: &Arc<Services>, origin: &Origin) -> Room {
+    let alice = UserId::parse("@alice:localhost").expect("a user id");
+    let no_profile = |_: &UserId| None;
+    let id = services
+        .rooms
+        .create_room(
+            &alice,
+            CreateRoomRequest {
+                preset: Some("public_chat".into()),
+                ..CreateRoomRequest::default()
+            },
+            &MemberProfile::default(),
+            &no_profile,
+        )
+        .await
+        .expect("the room is created");
+    let store = services.rooms.store();
+    let record = store.room(&id).expect("readable").expect("the room").record;
+    let state_id = |kind: &str| {
+        store
+            .state_event(record.state, kind, "")
+            .expect("readable")
+            .expect("the state event")
+            .event_id
+    };
+    let levels = state_id("m.room.power_levels");
+    let rules = state_id("m.room.join_rules");
+    let mut room = Room {
+        id,
+        levels: levels.clone(),
+        join: String::new(),
+        prev: record.extremities[0].clone(),
+        depth: record.depth,
+    };
+    let (join, pdu) = remote_pdu(
+        &room,
+        "m.room.member",
+        Some(BOB),
+        json!({"membership": "join"}),
+        vec![levels, rules],
+        1,
+    );
+    let (_, outcome) = services
+        .rooms
+        .receive_pdu(REMOTE, pdu, origin)
+        .await
+        .expect("received");
+    assert_eq!(outcome, PduOutcome::Accepted);
+    room.join = join.clone();
+    room.prev = join;
+    room.depth += 1;
+    room
+}
+
+/// `count` messages of bob's in a chain after the room's newest event.
+fn messages(room: &mut Room, count: usize, first_ts: u64) -> Vec<Value> {
+    (0..count)
+        .map(|n| {
+            let (id, pdu) = remote_pdu(
+                room,
+                "m.room.message",
+                None,
+                json!({"msgtype": "m.text", "body": format!("remote message {n}, with a few words of text in it")}),
+                vec![room.levels.clone(), room.join.clone()],
+                first_ts + n as u64,
+            );
+            room.prev = id;
+            room.depth += 1;
+            pdu
+        })
+        .collect()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (runs, per_run) = if full { (5, 5_000) } else { (1, 200) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let key = remote_key();
+    let origin = Origin(
+        KnownKey {
+            key: key.verifying_key(),
+            valid_until_ts: u64::MAX,
+        },
+        key.key_id().to_owned(),
+    );
+    runtime.block_on(async {
+        let mut config = ourwhats::Config::embedded_default();
+        config.data_dir = dir.path().to_path_buf();
+        config.client.listen = "127.0.0.1:0".parse().expect("an address");
+        config.federation.enabled = false;
+        config.logging.level = "warn".into();
+        let server = ourwhats::Server::start(config).await.expect("the server starts");
+        let services = Arc::clone(&server.services);
+        let mut room = setup(&services, &origin).await;
+        let mut rates = Vec::new();
+        let mut cpu_per_pdu = Vec::new();
+        for run in 0..runs {
+            let pdus = messages(&mut room, per_run, 10 + (run * per_run) as u64);
+            let started = Instant::now();
+            let cpu = cpu_micros();
+            let mut pdus = pdus.into_iter().peekable();
+            while pdus.peek().is_some() {
+                let transaction: Vec<Value> = pdus.by_ref().take(PER_TRANSACTION).collect();
+                for result in services.rooms.receive_pdus(REMOTE, transaction, &origin).await {
+                    let (_, outcome) = result.expect("no storage error");
+                    assert_eq!(outcome, PduOutcome::Accepted);
+                }
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            rates.push(per_run as f64 / seconds);
+            cpu_per_pdu.push((cpu_micros() - cpu) as f64 / per_run as f64);
+            println!(
+                "run {run}: {per_run} PDUs in {seconds:.2} s = {:.0} PDUs/s, CPU {:.0} µs/PDU",
+                rates[run],
+                cpu_per_pdu[run]
+            );
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        println!(
+            "receive into one room, transactions of {PER_TRANSACTION}: median {:.0} PDUs/s, CPU {:.0} µs/PDU ({runs} runs of {per_run})",
+            median(&mut rates),
+            median(&mut cpu_per_pdu)
+        );
+        server.shutdown().await;
+    });
+}

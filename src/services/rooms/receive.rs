@@ -1,0 +1,325 @@
+//! The entry point for events other servers made: one remote PDU in, one outcome out.
+//!
+//! Spec: server-server API, "Checks performed on receipt of a PDU". In order:
+//! 1. the event format of the room's version, strict canonical JSON and the size limit
+//!    ([`pdu_checks::check_format`]): otherwise dropped;
+//! 2. the signatures of the sender's server (and, for a restricted join, of the
+//!    authorising server, which the auth rules ask about), by keys the caller's
+//!    [`MissingSource`] supplies ([`pdu_checks::check_signatures`]): otherwise dropped;
+//! 3. the content hash ([`pdu_checks::check_content_hash`]): otherwise the event goes on
+//!    redacted;
+//! 4. to 6. the auth rules against the event's auth events, the state before it and the
+//!    current state, inside the room's writer (see the writer's `remote_event` module):
+//!    rejected, rejected, soft-failed.
+//!
+//! Keys and missing events are fetched here, outside the room's writer, so a slow server
+//! never holds a room: missing prev events are fetched and received first (their own
+//! missing events before them), then auth events still missing are fetched and stored as
+//! outliers (each checked against its own auth events), within a budget; what is still
+//! missing is named in [`PduOutcome::MissingEvents`].
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use super::writer::RemoteEvent;
+use super::Rooms;
+use crate::core::event_hashes;
+use crate::core::pdu;
+use crate::core::pdu_checks::{self, KnownKey, SignatureCheck};
+use crate::error::MatrixResult;
+
+pub use super::writer::PduOutcome;
+
+/// Events fetched for one offered PDU at most (its missing auth and prev events, theirs,
+/// and so on), as Synapse bounds `get_missing_events`.
+pub const FETCH_BUDGET: usize = 50;
+
+/// What the entry point asks of its caller: keys and events it does not have. Federation
+/// answers from its key cache and other servers; tests from a made-up server.
+pub trait MissingSource: Send + Sync {
+    /// The verify keys of `server` with these ids (key id to key); keys the source cannot
+    /// find are left out.
+    fn keys<'a>(
+        &'a self,
+        server: &'a str,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, HashMap<String, KnownKey>>;
+
+    /// The PDUs of these events of `room_id`, those the source can get.
+    fn events<'a>(&'a self, room_id: &'a str, event_ids: &'a [String])
+        -> BoxFuture<'a, Vec<Value>>;
+}
+
+/// A PDU's answer in a transaction: known at once, or when its writer has written it.
+enum Answered {
+    Now(MatrixResult<(Option<String>, PduOutcome)>),
+    Later(String, BoxFuture<'static, MatrixResult<PduOutcome>>),
+}
+
+/// How many events may still be fetched for the PDU being received.
+struct Budget(usize);
+
+/// A PDU that passed checks 1 to 3, ready for its room's writer.
+struct Prepared {
+    room_id: String,
+    event: RemoteEvent,
+}
+
+/// What the checks before the writer decided: go on, or this outcome.
+enum Prepare {
+    Ready(Box<Prepared>),
+    Done(Option<String>, PduOutcome),
+}
+
+impl Rooms {
+    /// Receives one PDU `origin` sent: the receipt checks in order, fetching through
+    /// `source` what is missing, and the outcome. Answers the event id (when the PDU had
+    /// one's shape) with the outcome.
+    pub async fn receive_pdu(
+        &self,
+        origin: &str,
+        pdu: Value,
+        source: &dyn MissingSource,
+    ) -> MatrixResult<(Option<String>, PduOutcome)> {
+        let mut budget = Budget(FETCH_BUDGET);
+        self.receive_one(origin, pdu, false, source, &mut budget)
+            .await
+    }
+
+    /// Receives the PDUs of one transaction, in order, answering each one's outcome. A
+    /// PDU may name earlier ones of the same transaction as prev or auth events (they are
+    /// not fetched); the writers get them all at once, so one fsync covers many.
+    pub async fn receive_pdus(
+        &self,
+        origin: &str,
+        pdus: Vec<Value>,
+        source: &dyn MissingSource,
+    ) -> Vec<MatrixResult<(Option<String>, PduOutcome)>> {
+        let mut budget = Budget(FETCH_BUDGET);
+        let mut in_batch = HashSet::new();
+        let mut answers = Vec::with_capacity(pdus.len());
+        // Each PDU goes to its room's writer as soon as it is checked, so checking the
+        // next overlaps with writing this one; the writers answer after their fsyncs.
+        for pdu in pdus {
+            let step = self
+                .prepare(origin, pdu, false, (source, &mut budget), &in_batch)
+                .await;
+            answers.push(match step {
+                Err(e) => Answered::Now(Err(e)),
+                Ok(Prepare::Done(id, outcome)) => Answered::Now(Ok((id, outcome))),
+                Ok(Prepare::Ready(ready)) => {
+                    in_batch.insert(ready.event.event_id.clone());
+                    let id = ready.event.event_id.clone();
+                    Answered::Later(
+                        id,
+                        Box::pin(self.writers.receive(&ready.room_id, ready.event)),
+                    )
+                }
+            });
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Answered::Now(result) => result,
+                Answered::Later(id, outcome) => outcome.await.map(|o| (Some(id), o)),
+            });
+        }
+        out
+    }
+
+    fn receive_one<'a>(
+        &'a self,
+        origin: &'a str,
+        pdu: Value,
+        outlier: bool,
+        source: &'a dyn MissingSource,
+        budget: &'a mut Budget,
+    ) -> BoxFuture<'a, MatrixResult<(Option<String>, PduOutcome)>> {
+        Box::pin(async move {
+            let none = HashSet::new();
+            match self
+                .prepare(origin, pdu, outlier, (source, budget), &none)
+                .await?
+            {
+                Prepare::Done(id, outcome) => Ok((id, outcome)),
+                Prepare::Ready(ready) => {
+                    let id = ready.event.event_id.clone();
+                    let outcome = self.writers.receive(&ready.room_id, ready.event);
+                    Ok((Some(id), outcome.await?))
+                }
+            }
+        })
+    }
+
+    /// Checks 1 to 3, and fetching what the room lacks (but `in_batch`).
+    async fn prepare(
+        &self,
+        origin: &str,
+        pdu: Value,
+        outlier: bool,
+        (source, budget): (&dyn MissingSource, &mut Budget),
+        in_batch: &HashSet<String>,
+    ) -> MatrixResult<Prepare> {
+        let dropped = |reason: String| Ok(Prepare::Done(None, PduOutcome::Dropped(reason)));
+        let Some(room_id) = pdu.get("room_id").and_then(Value::as_str) else {
+            return dropped("the PDU has no room_id".into());
+        };
+        let room_id = room_id.to_owned();
+        let Some(room) = self.store.room(&room_id)? else {
+            return dropped(format!("this server is not in room {room_id}"));
+        };
+        let version = room.version;
+        // Check 1.
+        if let Err(e) = pdu_checks::check_format(version, &pdu) {
+            return dropped(format!("malformed: {e}"));
+        }
+        let event_id = match event_hashes::event_id(&pdu, version) {
+            Ok(id) => id,
+            Err(e) => return dropped(format!("no event id: {e:?}")),
+        };
+        if let Some(short) = self.store.state.find_event(&event_id)? {
+            let status = super::graph::record(&self.store, short)?.map(|r| r.status);
+            if outlier || status != Some(super::graph::EventStatus::Outlier) {
+                return Ok(Prepare::Done(Some(event_id), PduOutcome::AlreadyKnown));
+            }
+        }
+        // Check 2.
+        let signed_by = match verify_signatures(version, &pdu, source).await {
+            Ok(servers) => servers,
+            Err(reason) => {
+                tracing::info!(%origin, event = %event_id, "dropped: {reason}");
+                return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
+            }
+        };
+        // Check 3.
+        let (pdu, redacted) = pdu_checks::check_content_hash(version, &pdu);
+        if redacted {
+            tracing::info!(%origin, event = %event_id, "content hash mismatch: kept redacted");
+        }
+
+        // What the room lacks, fetched outside its writer.
+        let unknown = |key: &str| -> MatrixResult<Vec<String>> {
+            let mut out = Vec::new();
+            for id in pdu::event_ids(&pdu, key) {
+                if !in_batch.contains(id)
+                    && self.store.state.find_event(id)?.is_none()
+                    && !out.iter().any(|o| o == id)
+                {
+                    out.push(id.to_owned());
+                }
+            }
+            Ok(out)
+        };
+        // Prev events first: one that is also an auth event then gets its timeline
+        // place rather than being held as an outlier.
+        if !outlier {
+            let missing_prev = unknown("prev_events")?;
+            self.fetch_and_receive(origin, &room_id, &missing_prev, false, source, budget)
+                .await?;
+        }
+        let missing_auth = unknown("auth_events")?;
+        self.fetch_and_receive(origin, &room_id, &missing_auth, true, source, budget)
+            .await?;
+
+        Ok(Prepare::Ready(Box::new(Prepared {
+            room_id,
+            event: RemoteEvent {
+                event_id,
+                pdu,
+                signed_by,
+                outlier,
+            },
+        })))
+    }
+
+    /// Fetches `ids` through `source` (within the budget) and receives each, as outliers
+    /// or as timeline events; events the source does not give stay missing.
+    async fn fetch_and_receive(
+        &self,
+        origin: &str,
+        room_id: &str,
+        ids: &[String],
+        outlier: bool,
+        source: &dyn MissingSource,
+        budget: &mut Budget,
+    ) -> MatrixResult<()> {
+        if ids.is_empty() || budget.0 == 0 {
+            return Ok(());
+        }
+        let wanted: Vec<String> = ids.iter().take(budget.0).cloned().collect();
+        budget.0 -= wanted.len();
+        let fetched = source.events(room_id, &wanted).await;
+        // Oldest first: a fetched event's own missing prev events are fetched by its
+        // receipt, so the order here only matters among siblings.
+        let mut fetched: Vec<Value> = fetched
+            .into_iter()
+            .filter(|p| p.get("room_id").and_then(Value::as_str) == Some(room_id))
+            .collect();
+        fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
+        for pdu in fetched {
+            let (id, outcome) =
+                Box::pin(self.receive_one(origin, pdu, outlier, source, budget)).await?;
+            if let Some(id) = id.filter(|id| wanted.contains(id)) {
+                tracing::debug!(%origin, event = %id, ?outcome, "fetched event received");
+            } else {
+                tracing::info!(%origin, "the source answered an event that was not asked for");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Check 2 with keys from `source`: the servers whose signatures verified (the sender's,
+/// and a restricted join's authorising server when it signed), or why the event is
+/// dropped.
+async fn verify_signatures(
+    version: crate::core::RoomVersion,
+    pdu: &Value,
+    source: &dyn MissingSource,
+) -> Result<Vec<String>, String> {
+    let mut servers = pdu_checks::required_signers(pdu);
+    let authoriser = pdu
+        .get("content")
+        .and_then(|c| c.get("join_authorised_via_users_server"))
+        .and_then(Value::as_str)
+        .and_then(|u| u.split_once(':'))
+        .map(|(_, server)| server.to_owned());
+    let required = servers.len();
+    if let Some(server) = authoriser.filter(|s| !servers.contains(s)) {
+        servers.push(server);
+    }
+    let mut keys: HashMap<(String, String), KnownKey> = HashMap::new();
+    for server in &servers {
+        let key_ids: Vec<String> = pdu
+            .get("signatures")
+            .and_then(|s| s.get(server))
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        if key_ids.is_empty() {
+            continue;
+        }
+        for (id, key) in source.keys(server, &key_ids).await {
+            keys.insert((server.clone(), id), key);
+        }
+    }
+    let lookup = |server: &str, id: &str| keys.get(&(server.to_owned(), id.to_owned())).copied();
+    match pdu_checks::check_signatures(version, pdu, &lookup) {
+        SignatureCheck::Verified => {}
+        SignatureCheck::NeedKeys(unknown) => {
+            return Err(format!("no key found to check the signatures {unknown:?}"))
+        }
+        SignatureCheck::Invalid(reason) => return Err(reason),
+    }
+    let mut verified: Vec<String> = servers[..required].to_vec();
+    for server in &servers[required..] {
+        if pdu_checks::check_server_signature(version, pdu, server, &lookup)
+            == SignatureCheck::Verified
+        {
+            verified.push(server.clone());
+        }
+    }
+    Ok(verified)
+}

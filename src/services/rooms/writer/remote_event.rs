@@ -1,0 +1,689 @@
+//! An event another server made, inside its room's writer: checks 4 to 6 of the receipt
+//! checks, the state before it, and storing it with its status.
+//!
+//! Spec: server-server API, "Checks performed on receipt of a PDU" (checks 1 to 3 ran
+//! before the event reached the writer, see [`crate::core::pdu_checks`]):
+//! 4. the event passes the authorisation rules based on its auth events, otherwise it
+//!    is **rejected** (also when an auth event is unknown to the room, belongs to another
+//!    room or was itself rejected);
+//! 5. it passes them based on the state before it (the state after its one prev event,
+//!    or the resolution of the states after each of several), otherwise it is
+//!    **rejected**;
+//! 6. it passes them based on the current state of the room, otherwise it is
+//!    **soft-failed** (stored with its state, neither an extremity nor shown to clients).
+//!
+//! An accepted event gets a place at the end of the timeline (a live event; backfilled
+//! history is the federated rooms' issue), joins the forward extremities by the set rule,
+//! and the room's current state becomes the resolution of the states at the new
+//! extremities (just the state after the event when it names every extremity). An
+//! *outlier* (asked for as such: the auth chain of another event) passes check 4 and is
+//! stored without state or timeline place. Events whose auth or prev events are not
+//! stored answer [`PduOutcome::MissingEvents`] and are not stored: the caller fetches
+//! what is missing outside the writer.
+
+use serde_json::Value;
+use std::sync::Arc;
+
+use super::{
+    membership_of, note_history_visibility, put_event, put_membership, put_timeline_place,
+    relation_of, run_hooks, CachedAuthState, Edges, RoomHead, WriterContext, Written,
+};
+use crate::core::auth_rules::{self, AuthContext};
+use crate::core::pdu;
+use crate::core::RoomVersion;
+use crate::error::MatrixResult;
+use crate::services::records::encode;
+use crate::services::rooms::event_store::EventStore;
+use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
+use crate::services::rooms::records::EventMeta;
+use crate::services::rooms::resolution;
+use crate::services::rooms::state_store::{ShortEventId, ShortStateHash, ShortStateKey, StateMap};
+use crate::services::stream::StreamChange;
+use crate::storage::Table;
+
+/// A remote event that passed checks 1 to 3, for its room's writer.
+#[derive(Debug, Clone)]
+pub struct RemoteEvent {
+    /// Its id (from its reference hash).
+    pub event_id: String,
+    /// The PDU as it is to be kept (redacted when its content hash did not match).
+    pub pdu: Value,
+    /// The servers whose signatures on it were verified.
+    pub signed_by: Vec<String>,
+    /// Held for its own sake (an auth event of another): no state, no timeline place.
+    pub outlier: bool,
+}
+
+/// What became of a remote event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PduOutcome {
+    /// In the timeline and, for a state event, taking part in the room's state.
+    Accepted,
+    /// Stored without state or timeline place (it was asked for as an outlier).
+    Outlier,
+    /// Stored with its state but not an extremity, and not shown to clients (check 6).
+    SoftFailed(String),
+    /// Stored as rejected so that it is not fetched again (check 4 or 5).
+    Rejected(String),
+    /// Already stored (a duplicate delivery); nothing changed.
+    AlreadyKnown,
+    /// Not stored: the event is malformed, badly signed or for a room we are not in
+    /// (checks 1 and 2).
+    Dropped(String),
+    /// Not stored: these auth or prev events are not (or only as outliers, whose state is
+    /// unknown) here; fetch them and offer the event again.
+    MissingEvents(Vec<String>),
+}
+
+/// Checks 4 to 6 and storing, for `event` in the room of `head`.
+pub(super) fn receive(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    event: RemoteEvent,
+    written: &mut Written,
+) -> MatrixResult<PduOutcome> {
+    let store = &ctx.store;
+    let existing = store.state.find_event(&event.event_id)?;
+    if let Some(short) = existing {
+        let status = graph::record(store, short)?.map(|r| r.status);
+        // An outlier offered again as part of the timeline gets its place now.
+        if status != Some(EventStatus::Outlier) || event.outlier {
+            return Ok(PduOutcome::AlreadyKnown);
+        }
+    }
+    let version = head.version;
+    let signed_by = |server: &str| event.signed_by.iter().any(|s| s == server);
+    let auth_ctx = AuthContext {
+        version,
+        signed_by: &signed_by,
+    };
+
+    // Check 4: the auth events, then the rules against them.
+    let auth_ids: Vec<String> = pdu::event_ids(&event.pdu, "auth_events")
+        .map(str::to_owned)
+        .collect();
+    let mut auth_events = Vec::with_capacity(auth_ids.len());
+    let mut missing = Vec::new();
+    for id in &auth_ids {
+        match store.state.find_event(id)? {
+            Some(short) => auth_events.push(head.event(store, short)?),
+            None => missing.push(id.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return Ok(PduOutcome::MissingEvents(missing));
+    }
+    let mut edges = Edges {
+        prev: Vec::new(),
+        auth: auth_events.iter().map(|e| e.short).collect(),
+    };
+    let mut auth_state = CachedAuthState::default();
+    for auth in &auth_events {
+        if auth.meta.room != head.short {
+            let reason = format!("auth event {} belongs to another room", auth.event_id);
+            return reject(ctx, head, (existing, &event), edges, 0, reason);
+        }
+        if let Some(GraphRecord {
+            status: EventStatus::Rejected { .. },
+            ..
+        }) = graph::record(store, auth.short)?
+        {
+            let reason = format!("auth event {} was rejected", auth.event_id);
+            return reject(ctx, head, (existing, &event), edges, 0, reason);
+        }
+        auth_state
+            .0
+            .insert(state_pair(auth.pdu()), Arc::clone(auth));
+    }
+    let auth_pdus: Vec<&Value> = auth_events.iter().map(|e| e.pdu()).collect();
+    if let Err(e) = auth_rules::check_auth_events(version, &event.pdu, &auth_pdus) {
+        return reject(ctx, head, (existing, &event), edges, 0, e.0);
+    }
+    if version.room_id_is_create_event_hash() {
+        // From v12 the create event is the room id's, not among the auth events.
+        if let Some(create) = head.state_event(store, "m.room.create", "")? {
+            auth_state.0.insert(state_pair(create.pdu()), create);
+        }
+    }
+    if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &auth_state) {
+        let reason = format!("not allowed by its auth events: {e}");
+        return reject(ctx, head, (existing, &event), edges, 0, reason);
+    }
+    if event.outlier {
+        let short = store_without_place(
+            ctx,
+            head,
+            (existing, &event),
+            edges,
+            EventStatus::Outlier,
+            (0, 0),
+        )?;
+        tracing::debug!(event = %event.event_id, short, "outlier stored");
+        return Ok(PduOutcome::Outlier);
+    }
+
+    // The state before the event: after its prev events.
+    let prev_ids: Vec<String> = pdu::event_ids(&event.pdu, "prev_events")
+        .map(str::to_owned)
+        .collect();
+    let mut snapshots: Vec<ShortStateHash> = Vec::with_capacity(prev_ids.len());
+    for id in &prev_ids {
+        let Some(short) = store.state.find_event(id)? else {
+            missing.push(id.clone());
+            continue;
+        };
+        let meta = store.meta(short)?;
+        let status = graph::record(store, short)?.map(|r| r.status);
+        match status {
+            Some(EventStatus::Outlier) => missing.push(id.clone()),
+            _ if meta.room != head.short => {
+                let reason = format!("prev event {id} belongs to another room");
+                return reject(ctx, head, (existing, &event), edges, 0, reason);
+            }
+            // The state after a rejected event is the state before it.
+            Some(EventStatus::Rejected { .. }) => snapshots.push(meta.state_before),
+            _ => snapshots.push(meta.state_after),
+        }
+        edges.prev.push(short);
+    }
+    if !missing.is_empty() {
+        return Ok(PduOutcome::MissingEvents(missing));
+    }
+    snapshots.sort_unstable();
+    snapshots.dedup();
+    let mut batch = store.db.batch();
+    // A live event on the room's newest events reads the head's state (no copy).
+    let (state_before, before) = match snapshots.as_slice() {
+        [] => (0, Before::Map(StateMap::new())),
+        [one] if *one == head.record.state => (*one, Before::Current),
+        [one] => (*one, Before::Map(store.state.load(*one)?)),
+        [first, ..] => {
+            let resolved = resolution::resolve_snapshots(store, version, &snapshots)?;
+            let base = store.state.load(*first)?;
+            let changes = state_changes(&base, &resolved);
+            let id = if changes.is_empty() {
+                *first
+            } else {
+                store.state.save(Some(*first), &changes, &mut batch)?
+            };
+            (id, Before::Map(resolved))
+        }
+    };
+
+    // Check 5: the state before it.
+    let before_shorts = auth_shorts_of(store, version, &event.pdu, before.map(head))?;
+    let before_auth = auth_state_from(store, head, before_shorts)?;
+    if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &before_auth) {
+        let reason = format!("not allowed by the state before it: {e}");
+        return reject_with(
+            ctx,
+            head,
+            (existing, &event),
+            edges,
+            batch,
+            state_before,
+            reason,
+        );
+    }
+    let short =
+        existing.unwrap_or_else(|| store.state.intern_new_event(&event.event_id, &mut batch));
+    let kind = event.pdu.get("type").and_then(Value::as_str).unwrap_or("");
+    let state_key = event.pdu.get("state_key").and_then(Value::as_str);
+    let own_key = match state_key {
+        Some(key) => Some(store.state.state_key(kind, key)?),
+        None => None,
+    };
+    let state_after = match own_key {
+        Some(key) => store.state.save(
+            (state_before != 0).then_some(state_before),
+            &[(key, Some(short))],
+            &mut batch,
+        )?,
+        None => state_before,
+    };
+
+    // Check 6: the room's current state.
+    if state_before != head.record.state {
+        let current_shorts = auth_shorts_of(store, version, &event.pdu, &head.state)?;
+        let current_auth = auth_state_from(store, head, current_shorts)?;
+        if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &current_auth) {
+            let reason = format!("not allowed by the room's current state: {e}");
+            let graph_record = GraphRecord {
+                depth: depth_of(&event.pdu),
+                prev: edges.prev,
+                auth: edges.auth,
+                status: EventStatus::SoftFailed,
+            };
+            let meta = EventMeta {
+                room: head.short,
+                pos: 0,
+                state_before,
+                state_after,
+                replaces: 0,
+                redacted_by: 0,
+            };
+            graph::write(&mut batch, short, &graph_record);
+            put_event(&mut batch, short, &event.pdu, &meta);
+            store.db.write_relaxed(batch)?;
+            tracing::info!(event = %event.event_id, room = %head.record.room_id, "soft-failed: {reason}");
+            return Ok(PduOutcome::SoftFailed(reason));
+        }
+    }
+
+    let states = AcceptedStates {
+        before: state_before,
+        after: state_after,
+        before_map: before,
+        own_key,
+    };
+    accept(ctx, head, (short, &event), edges, batch, states, written)?;
+    Ok(PduOutcome::Accepted)
+}
+
+/// `(type, state_key)` of an event (`""` for a missing key).
+fn state_pair(pdu: &Value) -> (String, String) {
+    let field = |k: &str| pdu.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    (field("type"), field("state_key"))
+}
+
+fn depth_of(pdu: &Value) -> u64 {
+    pdu.get("depth").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The state before an event: the room's current state (the head's), or another.
+enum Before {
+    Current,
+    Map(StateMap),
+}
+
+impl Before {
+    fn map<'a>(&'a self, head: &'a RoomHead) -> &'a StateMap {
+        match self {
+            Before::Current => &head.state,
+            Before::Map(map) => map,
+        }
+    }
+}
+
+/// What the auth rules read of `state` for `event`: the events its auth event selection
+/// names, and the create event, as `((type, state_key), event)`.
+fn auth_shorts_of(
+    store: &EventStore,
+    version: RoomVersion,
+    event: &Value,
+    state: &StateMap,
+) -> MatrixResult<Vec<((String, String), ShortEventId)>> {
+    let mut keys = auth_rules::auth_event_keys(version, event);
+    keys.push(("m.room.create".into(), String::new()));
+    let mut out = Vec::with_capacity(keys.len());
+    for (kind, key) in keys {
+        let Some(short_key) = store.state.find_state_key(&kind, &key)? else {
+            continue;
+        };
+        if let Some(&short) = state.get(&short_key) {
+            out.push(((kind, key), short));
+        }
+    }
+    Ok(out)
+}
+
+/// The auth state of [`auth_shorts_of`], parsed events from the head's cache.
+fn auth_state_from(
+    store: &EventStore,
+    head: &mut RoomHead,
+    shorts: Vec<((String, String), ShortEventId)>,
+) -> MatrixResult<CachedAuthState> {
+    let mut out = CachedAuthState::default();
+    for (pair, short) in shorts {
+        out.0.insert(pair, head.event(store, short)?);
+    }
+    Ok(out)
+}
+
+/// The changes that turn `from` into `to`.
+fn state_changes(from: &StateMap, to: &StateMap) -> Vec<(ShortStateKey, Option<ShortEventId>)> {
+    let mut changes: Vec<_> = to
+        .iter()
+        .filter(|(k, e)| from.get(k) != Some(e))
+        .map(|(k, e)| (*k, Some(*e)))
+        .collect();
+    changes.extend(
+        from.keys()
+            .filter(|k| !to.contains_key(k))
+            .map(|k| (*k, None)),
+    );
+    changes.sort_unstable();
+    changes
+}
+
+/// Stores a rejected event (so that it is not fetched again) with the state before it,
+/// when known.
+fn reject(
+    ctx: &WriterContext,
+    head: &RoomHead,
+    event: (Option<ShortEventId>, &RemoteEvent),
+    edges: Edges,
+    state_before: ShortStateHash,
+    reason: String,
+) -> MatrixResult<PduOutcome> {
+    let batch = ctx.store.db.batch();
+    reject_with(ctx, head, event, edges, batch, state_before, reason)
+}
+
+fn reject_with(
+    ctx: &WriterContext,
+    head: &RoomHead,
+    (existing, event): (Option<ShortEventId>, &RemoteEvent),
+    edges: Edges,
+    mut batch: crate::storage::Batch<'_>,
+    state_before: ShortStateHash,
+    reason: String,
+) -> MatrixResult<PduOutcome> {
+    tracing::info!(event = %event.event_id, room = %head.record.room_id, "rejected: {reason}");
+    let status = EventStatus::Rejected {
+        reason: reason.clone(),
+    };
+    let short = existing.unwrap_or_else(|| {
+        ctx.store
+            .state
+            .intern_new_event(&event.event_id, &mut batch)
+    });
+    put_without_place(
+        &mut batch,
+        head,
+        (short, event),
+        edges,
+        status,
+        (state_before, state_before),
+    );
+    ctx.store.db.write_relaxed(batch)?;
+    Ok(PduOutcome::Rejected(reason))
+}
+
+/// Stores an event with a status but no timeline place; answers its short id.
+fn store_without_place(
+    ctx: &WriterContext,
+    head: &RoomHead,
+    (existing, event): (Option<ShortEventId>, &RemoteEvent),
+    edges: Edges,
+    status: EventStatus,
+    states: (ShortStateHash, ShortStateHash),
+) -> MatrixResult<ShortEventId> {
+    let mut batch = ctx.store.db.batch();
+    let short = existing.unwrap_or_else(|| {
+        ctx.store
+            .state
+            .intern_new_event(&event.event_id, &mut batch)
+    });
+    put_without_place(&mut batch, head, (short, event), edges, status, states);
+    ctx.store.db.write_relaxed(batch)?;
+    Ok(short)
+}
+
+/// The rows of an event kept without a timeline place (position 0): outliers, rejected
+/// and soft-failed events. A rejected event names no children: it never hides its prev
+/// events from the extremities.
+fn put_without_place(
+    batch: &mut crate::storage::Batch<'_>,
+    head: &RoomHead,
+    (short, event): (ShortEventId, &RemoteEvent),
+    edges: Edges,
+    status: EventStatus,
+    (state_before, state_after): (ShortStateHash, ShortStateHash),
+) {
+    let graph_record = GraphRecord {
+        depth: depth_of(&event.pdu),
+        prev: edges.prev,
+        auth: edges.auth,
+        status,
+    };
+    let meta = EventMeta {
+        room: head.short,
+        pos: 0,
+        state_before,
+        state_after,
+        replaces: 0,
+        redacted_by: 0,
+    };
+    if matches!(
+        graph_record.status,
+        EventStatus::Rejected { .. } | EventStatus::Outlier
+    ) {
+        // No child edges: only events with state and a place hide their prev events.
+        batch.put(
+            Table::ShorteventidGraph,
+            short.to_be_bytes(),
+            encode(&graph_record),
+        );
+    } else {
+        graph::write(batch, short, &graph_record);
+    }
+    put_event(batch, short, &event.pdu, &meta);
+}
+
+/// The states of an event being accepted.
+struct AcceptedStates {
+    /// The snapshot before it.
+    before: ShortStateHash,
+    /// The snapshot after it (written in its batch).
+    after: ShortStateHash,
+    /// The state before it, whole.
+    before_map: Before,
+    /// Its state key, for a state event.
+    own_key: Option<ShortStateKey>,
+}
+
+/// Stores an accepted event: its timeline place, the forward extremities, the room's new
+/// current state and what follows from it (membership records, counts), relations,
+/// redactions and the new-event hooks, in one batch.
+fn accept(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    (short, event): (ShortEventId, &RemoteEvent),
+    edges: Edges,
+    mut batch: crate::storage::Batch<'_>,
+    states: AcceptedStates,
+    written: &mut Written,
+) -> MatrixResult<()> {
+    let AcceptedStates {
+        before: state_before,
+        after: state_after,
+        before_map,
+        own_key,
+    } = states;
+    let store = &ctx.store;
+    let pdu = &event.pdu;
+    let event_id = &event.event_id;
+    let prev_ids: Vec<String> = pdu::event_ids(pdu, "prev_events")
+        .map(str::to_owned)
+        .collect();
+    let has_children = graph::children(store, short)?
+        .into_iter()
+        .map(|child| graph::record(store, child))
+        .collect::<MatrixResult<Vec<_>>>()?
+        .into_iter()
+        .any(|r| r.is_some_and(|r| r.status == EventStatus::Accepted));
+    let extremities =
+        graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children);
+
+    // The room's current state: the resolution of the states at the extremities.
+    let (current, changes) =
+        if extremities == [event_id.clone()] && state_before == head.record.state {
+            let changes = own_key.map(|k| vec![(k, Some(short))]).unwrap_or_default();
+            (state_after, changes)
+        } else {
+            let mut after_map = match before_map {
+                Before::Current => head.state.clone(),
+                Before::Map(map) => map,
+            };
+            if let Some(key) = own_key {
+                after_map.insert(key, short);
+            }
+            let mut maps = vec![after_map];
+            let mut seen = vec![state_after];
+            for id in extremities.iter().filter(|id| *id != event_id) {
+                if let Some(other) = store.state.find_event(id)? {
+                    let snapshot = store.meta(other)?.state_after;
+                    if !seen.contains(&snapshot) {
+                        seen.push(snapshot);
+                        maps.push(store.state.load(snapshot)?);
+                    }
+                }
+            }
+            let resolved = if maps.len() == 1 {
+                maps.pop().unwrap_or_default()
+            } else {
+                let unwritten = (short, event_id.as_str(), pdu);
+                resolution::resolve_maps(store, head.version, &maps, Some(unwritten))?
+            };
+            let changes = state_changes(&head.state, &resolved);
+            let current = if extremities == [event_id.clone()] {
+                state_after
+            } else if changes.is_empty() {
+                head.record.state
+            } else {
+                store
+                    .state
+                    .save(Some(head.record.state), &changes, &mut batch)?
+            };
+            (current, changes)
+        };
+
+    let ticket = store.stream.allocate()?;
+    let pos = ticket.pos();
+    let graph_record = GraphRecord {
+        depth: depth_of(pdu),
+        prev: edges.prev,
+        auth: edges.auth,
+        status: EventStatus::Accepted,
+    };
+    graph::write(&mut batch, short, &graph_record);
+    let replaces = own_key
+        .and_then(|k| head.state.get(&k).copied())
+        .unwrap_or(0);
+    let meta = EventMeta {
+        room: head.short,
+        pos,
+        state_before,
+        state_after,
+        replaces,
+        redacted_by: 0,
+    };
+    put_event(&mut batch, short, pdu, &meta);
+    put_timeline_place(&mut batch, head.short, pos, short, pdu);
+
+    let mut record = head.record.clone();
+    let mut member = None;
+    let mut members_changed = false;
+    for (key, value) in &changes {
+        let (kind, state_key) = store.state.state_key_of(*key)?;
+        let stored;
+        let (changed_pdu, changed_id) = match value {
+            Some(e) if *e == short => (Some(pdu), event_id.as_str()),
+            Some(e) => {
+                stored = store.event(*e)?;
+                (Some(stored.pdu()), stored.event_id.as_str())
+            }
+            None => (None, ""),
+        };
+        if let Some(changed_pdu) = changed_pdu {
+            note_history_visibility(&mut record, changed_pdu);
+        }
+        if kind != "m.room.member" {
+            continue;
+        }
+        members_changed = true;
+        // A member event gone from the state (a state reset) leaves the user out.
+        let membership = changed_pdu.map_or("leave", membership_of).to_owned();
+        put_membership(
+            store,
+            &mut batch,
+            &mut record,
+            (&state_key, &membership, changed_id),
+            pos,
+        )?;
+        if value == &Some(short) {
+            member = Some((state_key, membership));
+        }
+    }
+
+    if let Some((rel_type, parent_id)) = relation_of(pdu) {
+        let child = crate::services::rooms::aggregates::Child {
+            short,
+            event_id,
+            pdu,
+        };
+        super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
+    }
+    let mut redacted = None;
+    if pdu.get("type").and_then(Value::as_str) == Some("m.room.redaction") {
+        let target = pdu
+            .get("redacts")
+            .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
+            .and_then(Value::as_str);
+        if let Some(target) = target {
+            if may_redact(ctx, head, pdu, target)? {
+                redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
+            }
+        }
+    }
+
+    record.extremities = extremities;
+    record.depth = record.depth.max(graph_record.depth);
+    record.state = current;
+    record.last_pos = pos;
+    batch.put(
+        Table::ShortroomidRoom,
+        head.short.to_be_bytes(),
+        encode(&record),
+    );
+    run_hooks(ctx, head, (pdu, short, pos), redacted.as_ref(), &mut batch)?;
+    store.db.write_relaxed(batch)?;
+    written.push((
+        ticket,
+        StreamChange::RoomEvent {
+            room: head.short,
+            member,
+        },
+    ));
+
+    head.record = record;
+    head.extremities = None;
+    for (key, value) in changes {
+        let old = match value {
+            Some(e) => head.state.insert(key, e),
+            None => head.state.remove(&key),
+        };
+        if let Some(old) = old {
+            head.cache.remove(&old);
+        }
+    }
+    if members_changed {
+        head.local_members = None;
+    }
+    Ok(())
+}
+
+/// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
+/// its sender is of the same server as the redacted event's sender, or has the power to
+/// redact; otherwise it is kept without effect.
+fn may_redact(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    redaction: &Value,
+    target: &str,
+) -> MatrixResult<bool> {
+    let sender = redaction
+        .get("sender")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(target) = ctx.store.event_by_id(target)? else {
+        return Ok(false);
+    };
+    let server_of = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
+    if server_of(sender).is_some() && server_of(sender) == server_of(target.sender()) {
+        return Ok(true);
+    }
+    let levels = head.power_levels(&ctx.store)?;
+    Ok(levels.user(sender) >= i128::from(levels.redact))
+}

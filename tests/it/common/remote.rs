@@ -1,0 +1,114 @@
+//! A made-up remote server (`remote.example`) for tests of the rooms service's receive
+//! entry point: its signing key, its clock, and a [`MissingSource`] that hands out its
+//! key and the events it holds, as federation would.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+use ourwhats::core::pdu_checks::KnownKey;
+use ourwhats::core::SigningKeyPair;
+use ourwhats::services::rooms::receive::MissingSource;
+use serde_json::Value;
+
+pub const REMOTE: &str = "remote.example";
+pub const BOB: &str = "@bob:remote.example";
+
+/// Timestamps of the remote server's events: each later than the one before, as a
+/// server's clock makes them (state resolution breaks ties by them).
+pub fn next_ts() -> u64 {
+    static TS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_700_000_000_000);
+    TS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+pub fn remote_key() -> SigningKeyPair {
+    SigningKeyPair::from_seed(&[9; 32], "r1")
+}
+
+/// The made-up server: its key, and events it can be asked for.
+#[derive(Default)]
+pub struct TestSource {
+    pub events: Mutex<HashMap<String, Value>>,
+    pub asked: Mutex<Vec<String>>,
+    pub without_keys: bool,
+}
+
+impl TestSource {
+    pub fn holding(events: &[&(String, Value)]) -> Self {
+        let source = Self::default();
+        for (id, pdu) in events {
+            source
+                .events
+                .lock()
+                .unwrap()
+                .insert(id.clone(), pdu.clone());
+        }
+        source
+    }
+}
+
+impl MissingSource for TestSource {
+    fn keys<'a>(
+        &'a self,
+        server: &'a str,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, HashMap<String, KnownKey>> {
+        Box::pin(async move {
+            let key = remote_key();
+            let mut out = HashMap::new();
+            if server == REMOTE && !self.without_keys && key_ids.iter().any(|k| k == key.key_id()) {
+                out.insert(
+                    key.key_id().to_owned(),
+                    KnownKey {
+                        key: key.verifying_key(),
+                        valid_until_ts: u64::MAX,
+                    },
+                );
+            }
+            out
+        })
+    }
+
+    fn events<'a>(&'a self, _room: &'a str, ids: &'a [String]) -> BoxFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            self.asked.lock().unwrap().extend(ids.iter().cloned());
+            let held = self.events.lock().unwrap();
+            ids.iter().filter_map(|id| held.get(id).cloned()).collect()
+        })
+    }
+}
+
+/// What a remote event says, for [`remote_pdu`].
+pub struct RemoteDraft<'a> {
+    pub room_id: &'a str,
+    pub sender: &'a str,
+    pub kind: &'a str,
+    pub state_key: Option<&'a str>,
+    pub content: serde_json::Value,
+    pub prev: Vec<String>,
+    pub auth: Vec<String>,
+    pub depth: u64,
+}
+
+/// A v12 event of the remote server, hashed and signed by its key: `(event id, PDU)`.
+pub fn remote_pdu(draft: RemoteDraft<'_>) -> (String, Value) {
+    let built = ourwhats::core::pdu::build(
+        ourwhats::core::RoomVersion::V12,
+        ourwhats::core::pdu::PduTemplate {
+            room_id: Some(draft.room_id.to_owned()),
+            sender: draft.sender.to_owned(),
+            kind: draft.kind.to_owned(),
+            state_key: draft.state_key.map(str::to_owned),
+            content: draft.content,
+            prev_events: draft.prev,
+            auth_events: draft.auth,
+            depth: draft.depth,
+            origin_server_ts: next_ts(),
+            redacts: None,
+        },
+        REMOTE,
+        &remote_key(),
+    )
+    .unwrap();
+    (built.event_id, built.pdu)
+}

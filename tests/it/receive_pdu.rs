@@ -1,0 +1,572 @@
+//! The receipt checks on events from another server, through the rooms service's entry
+//! point, on a real server: PDUs built and signed by a test key of a made-up server
+//! (`remote.example`), whose keys and events a [`TestSource`] hands out as federation
+//! would. What the checks decide is then looked at through the client API.
+
+use crate::common;
+
+use common::client::Client;
+use common::remote::{remote_pdu, RemoteDraft, TestSource, BOB, REMOTE};
+use common::TestServer;
+use ourwhats::core::pdu;
+use ourwhats::services::rooms::graph::{self, EventStatus};
+use ourwhats::services::rooms::receive::PduOutcome;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// A room of alice's that remote users may join, and what the tests read of it.
+struct Room<'a> {
+    s: &'a TestServer,
+    alice: Client<'a>,
+    id: String,
+}
+
+impl<'a> Room<'a> {
+    async fn public(s: &'a TestServer) -> Room<'a> {
+        let alice = Client::new(s, "alice").await;
+        let id = alice.create_room(json!({"preset": "public_chat"})).await;
+        Room { s, alice, id }
+    }
+
+    fn store(&self) -> &ourwhats::services::rooms::event_store::EventStore {
+        self.s.running().services.rooms.store()
+    }
+
+    fn extremities(&self) -> Vec<String> {
+        let mut ids = self
+            .store()
+            .room(&self.id)
+            .unwrap()
+            .unwrap()
+            .record
+            .extremities;
+        ids.sort();
+        ids
+    }
+
+    /// The current state event id of `(kind, key)`.
+    async fn state_id(&self, kind: &str, key: &str) -> String {
+        let (status, body) = self.alice.get(&format!("/rooms/{}/state", self.id)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == kind && e["state_key"] == key)
+            .unwrap_or_else(|| panic!("no {kind} {key} in {body}"))["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn depth_of(&self, ids: &[String]) -> u64 {
+        ids.iter()
+            .filter_map(|id| self.store().event_by_id(id).unwrap())
+            .map(|e| e.pdu()["depth"].as_u64().unwrap())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// An event by `sender` (of the remote server) on `prev`, with `auth` as its auth
+    /// events, signed by the remote key.
+    fn remote(
+        &self,
+        (kind, key): (&str, Option<&str>),
+        content: Value,
+        prev: &[String],
+        auth: &[String],
+    ) -> (String, Value) {
+        remote_pdu(RemoteDraft {
+            room_id: &self.id,
+            sender: BOB,
+            kind,
+            state_key: key,
+            content,
+            prev: prev.to_vec(),
+            auth: auth.to_vec(),
+            depth: self.depth_of(prev) + 1,
+        })
+    }
+
+    async fn receive(&self, pdu: &Value, source: &TestSource) -> PduOutcome {
+        let (_, outcome) = self
+            .s
+            .running()
+            .services
+            .rooms
+            .receive_pdu(REMOTE, pdu.clone(), source)
+            .await
+            .unwrap();
+        outcome
+    }
+
+    /// Bob's join on the current extremities.
+    async fn bob_join(&self) -> (String, Value) {
+        let auth = vec![
+            self.state_id("m.room.power_levels", "").await,
+            self.state_id("m.room.join_rules", "").await,
+        ];
+        self.remote(
+            ("m.room.member", Some(BOB)),
+            json!({"membership": "join"}),
+            &self.extremities(),
+            &auth,
+        )
+    }
+
+    /// Bob joined through the entry point; answers his join.
+    async fn with_bob(&self) -> (String, Value) {
+        let join = self.bob_join().await;
+        assert_eq!(
+            self.receive(&join.1, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+        join
+    }
+
+    /// A message of bob's on `prev`, authorised by his member event `member`.
+    async fn bob_says(&self, text: &str, prev: &[String], member: &str) -> (String, Value) {
+        let auth = vec![
+            self.state_id("m.room.power_levels", "").await,
+            member.to_owned(),
+        ];
+        self.remote(
+            ("m.room.message", None),
+            json!({"msgtype": "m.text", "body": text}),
+            prev,
+            &auth,
+        )
+    }
+
+    /// The event ids alice's `/messages` shows, newest first.
+    async fn timeline(&self) -> Vec<String> {
+        let body = self.alice.messages(&self.id, "dir=b&limit=100").await;
+        body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn status(&self, id: &str) -> EventStatus {
+        let short = self
+            .store()
+            .state()
+            .find_event(id)
+            .unwrap()
+            .expect("stored");
+        graph::record(self.store(), short).unwrap().unwrap().status
+    }
+
+    async fn fetch_event(&self, id: &str) -> StatusCode {
+        self.alice
+            .get(&format!("/rooms/{}/event/{id}", self.id))
+            .await
+            .0
+    }
+}
+
+#[tokio::test]
+async fn a_remote_join_and_message_are_accepted_shown_to_clients_and_a_duplicate_is_known() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (members_status, members) = room
+        .alice
+        .get(&format!("/rooms/{}/joined_members", room.id))
+        .await;
+    assert_eq!(members_status, StatusCode::OK);
+    assert!(members["joined"].get(BOB).is_some(), "{members}");
+
+    let message = room
+        .bob_says("hello from afar", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    assert_eq!(
+        room.receive(&message.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(room.timeline().await[0], message.0);
+    assert_eq!(room.extremities(), vec![message.0.clone()]);
+    assert_eq!(room.fetch_event(&message.0).await, StatusCode::OK);
+    // Alice answers on top of it: her event names it.
+    let reply = room.alice.text(&room.id, "welcome").await;
+    let stored = room.store().event_by_id(&reply).unwrap().unwrap();
+    assert_eq!(stored.pdu()["prev_events"], json!([message.0]));
+
+    // The same PDU again changes nothing.
+    assert_eq!(
+        room.receive(&message.1, &TestSource::default()).await,
+        PduOutcome::AlreadyKnown
+    );
+    assert_eq!(
+        room.timeline()
+            .await
+            .iter()
+            .filter(|id| **id == message.0)
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn checks_1_to_3_drop_malformed_and_badly_signed_events_and_redact_a_bad_hash() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let dropped = |o: PduOutcome| match o {
+        PduOutcome::Dropped(reason) => reason,
+        other => panic!("expected dropped, got {other:?}"),
+    };
+
+    // Check 1: a float is not canonical JSON.
+    let (_, mut pdu) = room
+        .bob_says("x", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    pdu["content"]["amount"] = json!(1.5);
+    let reason = dropped(room.receive(&pdu, &TestSource::default()).await);
+    assert!(reason.contains("malformed"), "{reason}");
+
+    // Check 2: a field the signature covers, changed after signing.
+    let (_, mut pdu) = room
+        .bob_says("x", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    pdu["origin_server_ts"] = json!(pdu["origin_server_ts"].as_u64().unwrap() + 1);
+    let reason = dropped(room.receive(&pdu, &TestSource::default()).await);
+    assert!(reason.contains("does not verify"), "{reason}");
+    // ... no signature of the sender's server at all,
+    let (_, mut pdu) = room
+        .bob_says("x", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    pdu["signatures"] = json!({"other.example": {"ed25519:a": "AAAA"}});
+    let reason = dropped(room.receive(&pdu, &TestSource::default()).await);
+    assert!(
+        reason.contains("no signature from remote.example"),
+        "{reason}"
+    );
+    // ... or a key nobody can find.
+    let (_, pdu) = room
+        .bob_says("x", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    let keyless = TestSource {
+        without_keys: true,
+        ..TestSource::default()
+    };
+    let reason = dropped(room.receive(&pdu, &keyless).await);
+    assert!(reason.contains("no key found"), "{reason}");
+    // Nothing of these was stored.
+    assert_eq!(room.extremities(), vec![join_id.clone()]);
+
+    // Check 3: the content changed, the hash no longer matches: kept redacted.
+    let (_, mut pdu) = room
+        .bob_says("the original", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    pdu["content"]["body"] = json!("a forgery");
+    assert_eq!(
+        room.receive(&pdu, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let newest = room.alice.messages(&room.id, "dir=b&limit=1").await;
+    assert_eq!(newest["chunk"][0]["sender"], BOB);
+    assert_eq!(newest["chunk"][0]["content"], json!({}), "{newest}");
+}
+
+#[tokio::test]
+async fn check_4_rejects_events_their_auth_events_do_not_allow() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let other_room = room
+        .alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await;
+
+    // Bob is not in the room: his message is not allowed by its auth events.
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let (id, pdu) = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "let me in"}),
+        &room.extremities(),
+        std::slice::from_ref(&levels),
+    );
+    match room.receive(&pdu, &TestSource::default()).await {
+        PduOutcome::Rejected(reason) => assert!(reason.contains("auth events"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Kept as rejected, so it is not fetched again; never shown.
+    assert!(matches!(room.status(&id), EventStatus::Rejected { .. }));
+    assert_eq!(room.fetch_event(&id).await, StatusCode::NOT_FOUND);
+    assert!(!room.extremities().contains(&id));
+    assert_eq!(
+        room.receive(&pdu, &TestSource::default()).await,
+        PduOutcome::AlreadyKnown
+    );
+
+    let (join_id, _) = room.with_bob().await;
+    // Auth events of another room.
+    let (status, body) = room
+        .alice
+        .get(&format!("/rooms/{other_room}/state/m.room.power_levels/"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let foreign_levels = {
+        let (_, state) = room.alice.get(&format!("/rooms/{other_room}/state")).await;
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "m.room.power_levels")
+            .unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (_, pdu) = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "wrong room"}),
+        std::slice::from_ref(&join_id),
+        &[foreign_levels, join_id.clone()],
+    );
+    match room.receive(&pdu, &TestSource::default()).await {
+        PduOutcome::Rejected(reason) => assert!(reason.contains("another room"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+
+    // Bob may not change the power levels: rejected...
+    let (levels_id, pdu) = room.remote(
+        ("m.room.power_levels", Some("")),
+        json!({"users": {BOB: 100}}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), join_id.clone()],
+    );
+    assert!(matches!(
+        room.receive(&pdu, &TestSource::default()).await,
+        PduOutcome::Rejected(_)
+    ));
+    // ... and an event that names the rejected one among its auth events is rejected too.
+    let (_, pdu) = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "by my new power"}),
+        std::slice::from_ref(&join_id),
+        &[levels_id.clone(), join_id.clone()],
+    );
+    match room.receive(&pdu, &TestSource::default()).await {
+        PduOutcome::Rejected(reason) => assert!(reason.contains("was rejected"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(room.extremities(), vec![join_id]);
+}
+
+#[tokio::test]
+async fn check_5_rejects_what_the_state_before_the_event_forbids() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (status, body) = room
+        .alice
+        .post(&format!("/rooms/{}/ban", room.id), json!({"user_id": BOB}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Bob names his old join as auth event (allowed by it) but comes after the ban.
+    let (id, pdu) = room
+        .bob_says("I am still here", &room.extremities(), &join_id)
+        .await;
+    match room.receive(&pdu, &TestSource::default()).await {
+        PduOutcome::Rejected(reason) => assert!(reason.contains("state before"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!room.timeline().await.contains(&id));
+}
+
+#[tokio::test]
+async fn check_6_soft_fails_what_the_current_state_forbids_and_it_survives_a_restart() {
+    let mut s = TestServer::start().await;
+    let (room_id, join_id, first, late) = {
+        let room = Room::public(&s).await;
+        let (join_id, _) = room.with_bob().await;
+        let first = room
+            .bob_says("one", std::slice::from_ref(&join_id), &join_id)
+            .await;
+        assert_eq!(
+            room.receive(&first.1, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+        let (status, _) = room
+            .alice
+            .post(&format!("/rooms/{}/ban", room.id), json!({"user_id": BOB}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let ban_extremities = room.extremities();
+        // Bob's second message forks from before the ban: allowed by its auth events and
+        // by the state before it, not by the room's current state.
+        let late = room
+            .bob_says("two", std::slice::from_ref(&first.0), &join_id)
+            .await;
+        match room.receive(&late.1, &TestSource::default()).await {
+            PduOutcome::SoftFailed(reason) => assert!(reason.contains("current state"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(room.status(&late.0), EventStatus::SoftFailed);
+        assert_eq!(room.extremities(), ban_extremities, "not an extremity");
+        assert!(!room.timeline().await.contains(&late.0), "not shown");
+        assert_eq!(room.fetch_event(&late.0).await, StatusCode::NOT_FOUND);
+        let sync = room.alice.sync("").await;
+        assert!(!sync.to_string().contains(&late.0));
+        (room.id.clone(), join_id, first.0, late.0)
+    };
+    s.restart().await;
+    let store = s.running().services.rooms.store();
+    let status = |id: &str| {
+        let short = store.state().find_event(id).unwrap().unwrap();
+        graph::record(store, short).unwrap().unwrap().status
+    };
+    assert_eq!(status(&late), EventStatus::SoftFailed);
+    assert_eq!(status(&first), EventStatus::Accepted);
+    assert_eq!(status(&join_id), EventStatus::Accepted);
+    assert!(!store
+        .room(&room_id)
+        .unwrap()
+        .unwrap()
+        .record
+        .extremities
+        .contains(&late));
+}
+
+#[tokio::test]
+async fn missing_prev_events_are_fetched_or_named_and_a_missing_auth_event_becomes_an_outlier() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+
+    // A prev event nobody has: named in the outcome, nothing stored.
+    let unknown = "$yRzSgsydKkkEcwFZKVQDQoFvFRSDBvnyvjvXVoMRV7I".to_owned();
+    let (id, pdu) = room
+        .bob_says("after a gap", std::slice::from_ref(&unknown), &join_id)
+        .await;
+    assert_eq!(
+        room.receive(&pdu, &TestSource::default()).await,
+        PduOutcome::MissingEvents(vec![unknown])
+    );
+    assert!(room.store().state().find_event(&id).unwrap().is_none());
+
+    // Prev events the source has: fetched, received first, oldest first.
+    let a = room
+        .bob_says("a", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    let depth_a = a.1["depth"].as_u64().unwrap();
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let b = remote_pdu(RemoteDraft {
+        room_id: &room.id,
+        sender: BOB,
+        kind: "m.room.message",
+        state_key: None,
+        content: json!({"msgtype": "m.text", "body": "b"}),
+        prev: vec![a.0.clone()],
+        auth: vec![levels, join_id.clone()],
+        depth: depth_a + 1,
+    });
+    let source = TestSource::holding(&[&a]);
+    assert_eq!(room.receive(&b.1, &source).await, PduOutcome::Accepted);
+    assert_eq!(*source.asked.lock().unwrap(), vec![a.0.clone()]);
+    let timeline = room.timeline().await;
+    assert_eq!(timeline[..2], [b.0.clone(), a.0.clone()]);
+
+    // Bob's display name event arrives only as an auth event of a later message: held
+    // as an outlier, without a place in the timeline...
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob"}),
+        std::slice::from_ref(&b.0),
+        &[levels.clone(), rules, join_id.clone()],
+    );
+    let (said_id, said) = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "renamed"}),
+        std::slice::from_ref(&b.0),
+        &[levels, rename.0.clone()],
+    );
+    let source = TestSource::holding(&[&rename]);
+    assert_eq!(room.receive(&said, &source).await, PduOutcome::Accepted);
+    assert_eq!(room.status(&rename.0), EventStatus::Outlier);
+    assert_eq!(room.fetch_event(&rename.0).await, StatusCode::NOT_FOUND);
+    assert!(!room.timeline().await.contains(&rename.0));
+    assert_eq!(room.extremities(), vec![said_id.clone()]);
+    // ... until it comes as a live event: then it takes its place (a fork beside the
+    // message) and the room's state.
+    assert_eq!(
+        room.receive(&rename.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(room.status(&rename.0), EventStatus::Accepted);
+    assert_eq!(room.timeline().await[0], rename.0);
+    let mut both = vec![said_id, rename.0.clone()];
+    both.sort();
+    assert_eq!(room.extremities(), both);
+    let (status, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(member["displayname"], "Bob");
+}
+
+#[tokio::test]
+async fn a_fork_is_merged_by_state_resolution_and_local_events_name_both_sides() {
+    let mut s = TestServer::start().await;
+    let room_id;
+    let topic_local;
+    {
+        let room = Room::public(&s).await;
+        room_id = room.id.clone();
+        let (join_id, _) = room.with_bob().await;
+        // Alice changes the topic; bob, not having seen it, renames himself on a branch
+        // from his join.
+        let (status, body) = room
+            .alice
+            .put(
+                &format!("/rooms/{}/state/m.room.topic/", room.id),
+                json!({"topic": "ours"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        topic_local = body["event_id"].as_str().unwrap().to_owned();
+        let levels = room.state_id("m.room.power_levels", "").await;
+        let rules = room.state_id("m.room.join_rules", "").await;
+        let rename = room.remote(
+            ("m.room.member", Some(BOB)),
+            json!({"membership": "join", "displayname": "Bobby"}),
+            std::slice::from_ref(&join_id),
+            &[levels, rules, join_id.clone()],
+        );
+        assert_eq!(
+            room.receive(&rename.1, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+        // Two extremities; the current state holds both sides' changes.
+        let mut both = vec![topic_local.clone(), rename.0.clone()];
+        both.sort();
+        assert_eq!(room.extremities(), both);
+        let (_, topic) = room.alice.state(&room.id, "m.room.topic", "").await;
+        assert_eq!(topic["topic"], "ours");
+        let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+        assert_eq!(member["displayname"], "Bobby");
+        // Alice's next event names both and closes the fork.
+        let merge = room.alice.text(&room.id, "merged").await;
+        let stored = room.store().event_by_id(&merge).unwrap().unwrap();
+        let mut prev: Vec<String> = pdu::event_ids(stored.pdu(), "prev_events")
+            .map(str::to_owned)
+            .collect();
+        prev.sort();
+        assert_eq!(prev, both);
+        assert_eq!(room.extremities(), vec![merge]);
+    }
+    s.restart().await;
+    let alice_login = s.login("@alice:localhost", "correct horse battery").await;
+    assert_eq!(alice_login.0, StatusCode::OK);
+    let token = alice_login.1["access_token"].as_str().unwrap();
+    let (status, member) = s
+        .get(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{BOB}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["displayname"], "Bobby");
+}
