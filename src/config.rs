@@ -93,6 +93,65 @@ pub struct FederationConfig {
     pub tls_key: Option<PathBuf>,
     /// Validity we announce for our signing key, in hours.
     pub key_valid_hours: u64,
+    /// A PEM file of CA certificates trusted for outbound TLS besides the system's.
+    pub trusted_ca: Option<PathBuf>,
+    /// Whether outbound TLS certificates are verified (false: tests only).
+    pub verify_tls: bool,
+    /// Address ranges outbound requests may reach although private, loopback or
+    /// link-local.
+    pub ip_range_allowlist: Vec<IpNet>,
+    /// Servers asked for other servers' keys (notaries).
+    pub trusted_key_servers: Vec<ServerName>,
+}
+
+/// An address range, `address/prefix length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// The network's address.
+    pub addr: std::net::IpAddr,
+    /// The prefix length in bits.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address (the whole address).
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in the range (IPv4 ranges also hold IPv4-mapped IPv6 addresses).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// `[registration]`.
@@ -283,6 +342,30 @@ impl Config {
                 tls_cert,
                 tls_key,
                 key_valid_hours: r.u64("federation.key_valid_hours", 1)?,
+                trusted_ca: r.optional_string("federation.trusted_ca")?.map(PathBuf::from),
+                verify_tls: r.bool("federation.verify_tls")?,
+                ip_range_allowlist: r
+                    .strings("federation.ip_range_allowlist")?
+                    .iter()
+                    .map(|s| {
+                        IpNet::parse(s).ok_or_else(|| {
+                            ConfigError(format!(
+                                "config key `federation.ip_range_allowlist`: {s:?} is not an address range like 127.0.0.0/8"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                trusted_key_servers: r
+                    .strings("federation.trusted_key_servers")?
+                    .iter()
+                    .map(|s| {
+                        ServerName::parse(s).map_err(|e| {
+                            ConfigError(format!(
+                                "config key `federation.trusted_key_servers`: {s:?}: {e}"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
             },
             registration: RegistrationConfig {
                 enabled: r.bool("registration.enabled")?,
@@ -362,6 +445,7 @@ fn check_same_type(key: &str, existing: &Value, value: &Value) -> Result<(), Con
         (Value::String(_), Value::String(_))
             | (Value::Integer(_), Value::Integer(_))
             | (Value::Boolean(_), Value::Boolean(_))
+            | (Value::Array(_), Value::Array(_))
             | (Value::Float(_), Value::Float(_) | Value::Integer(_))
     ) || (is_size_key(key) && matches!(value, Value::Integer(_)));
     if compatible {
@@ -426,6 +510,14 @@ fn apply_env(
                 "false" | "0" | "no" | "off" => false,
                 _ => return Err(bad("true or false")),
             }),
+            // A list: comma-separated values.
+            Value::Array(_) => Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Value::String(v.to_owned()))
+                    .collect(),
+            ),
             _ => return Err(bad("a single value, not a table")),
         };
     }
@@ -483,6 +575,20 @@ impl Reader<'_> {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| ConfigError(format!("config key `{key}`: expected a string")))
+    }
+
+    fn strings(&self, key: &str) -> Result<Vec<String>, ConfigError> {
+        let list = self
+            .value(key)?
+            .as_array()
+            .ok_or_else(|| ConfigError(format!("config key `{key}`: expected a list")))?;
+        list.iter()
+            .map(|v| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    ConfigError(format!("config key `{key}`: expected a list of strings"))
+                })
+            })
+            .collect()
     }
 
     fn optional_string(&self, key: &str) -> Result<Option<String>, ConfigError> {

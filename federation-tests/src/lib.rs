@@ -1,49 +1,265 @@
 //! A harness that runs several real ourwhats homeservers in one process, each with its own
 //! temp data folder, RocksDB, signing key and TLS federation listener on loopback.
 //!
-//! The federation issue fills this up with multi-server stories; for now it starts the
-//! servers and hands out their addresses.
+//! The servers verify each other's certificates: the harness makes a certificate
+//! authority ([`TestCa`]), gives every server a certificate for `127.0.0.1` signed by it,
+//! and makes every server trust it (`federation.trusted_ca`). Servers are named by their
+//! federation address (`127.0.0.1:PORT`, an IP literal with a port: no `.well-known`, no
+//! SRV), and `federation.ip_range_allowlist` opens loopback, which outbound requests
+//! otherwise refuse.
 
+use std::path::{Path, PathBuf};
+
+use ourwhats::config::IpNet;
+use ourwhats::core::ServerName;
 use ourwhats::{Config, RunningServer, Server};
+
+/// A certificate authority made for one test run.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// Where its certificate is written (PEM), for servers to trust.
+    pub cert_path: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA, its certificate written into `dir`.
+    pub fn new(dir: &Path) -> Result<Self, String> {
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ourwhats federation test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).map_err(|e| e.to_string())?;
+        let cert_path = dir.join("test-ca.crt");
+        std::fs::write(&cert_path, issuer.pem()).map_err(|e| e.to_string())?;
+        Ok(Self { issuer, cert_path })
+    }
+
+    /// A certificate for `127.0.0.1` and `localhost` signed by the CA, written into `dir`
+    /// as `(cert, key)` PEM files.
+    pub fn issue(&self, dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), String> {
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .map_err(|e| e.to_string())?;
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        let cert_path = dir.join(format!("{name}.crt"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).map_err(|e| e.to_string())?;
+        std::fs::write(&key_path, key.serialize_pem()).map_err(|e| e.to_string())?;
+        Ok((cert_path, key_path))
+    }
+}
+
+/// A free loopback port (bound and released: another process could take it in between,
+/// which on a test machine does not happen in practice).
+pub fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// The configuration of a server named `127.0.0.1:<port>` with a certificate from `ca`,
+/// trusting `ca`, loopback allowed for outbound requests, rate limits off.
+pub fn config_for(ca: &TestCa, data_dir: &Path, port: u16) -> Result<Config, String> {
+    let mut config = Config::embedded_default();
+    config.server_name =
+        ServerName::parse(&format!("127.0.0.1:{port}")).map_err(|e| e.to_string())?;
+    config.data_dir = data_dir.join("data");
+    config.client.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+    config.federation.listen = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let (cert, key) = ca.issue(data_dir, "federation")?;
+    config.federation.tls_cert = Some(cert);
+    config.federation.tls_key = Some(key);
+    config.federation.trusted_ca = Some(ca.cert_path.clone());
+    config.federation.ip_range_allowlist = vec![
+        IpNet::parse("127.0.0.0/8").ok_or("a range")?,
+        IpNet::parse("::1/128").ok_or("a range")?,
+    ];
+    config.rate_limits.enabled = false;
+    config.logging.level = "warn".into();
+    Ok(config)
+}
 
 /// One homeserver of a cluster.
 pub struct Instance {
-    /// The running server.
-    pub server: RunningServer,
-    /// Its data folder (deleted when the instance is dropped).
+    /// The running server (`None` while stopped).
+    pub server: Option<RunningServer>,
+    /// Its configuration (to start it again on the same data).
+    pub config: Config,
+    /// Its folder: data and certificate (deleted when the instance is dropped).
     pub dir: tempfile::TempDir,
+}
+
+impl Instance {
+    /// The running server.
+    pub fn running(&self) -> &RunningServer {
+        self.server.as_ref().expect("the instance is running")
+    }
+
+    /// Its server name, `127.0.0.1:PORT`.
+    pub fn name(&self) -> &str {
+        self.config.server_name.as_str()
+    }
+
+    /// Its client API base URL.
+    pub fn client_url(&self) -> String {
+        self.running().client_url()
+    }
 }
 
 /// Several homeservers started together.
 pub struct Cluster {
+    /// The CA every server trusts.
+    pub ca: TestCa,
+    ca_dir: tempfile::TempDir,
     /// The instances, in start order.
     pub instances: Vec<Instance>,
 }
 
 impl Cluster {
-    /// Starts `n` servers named `hs1.test`, `hs2.test`, …, each with its listeners on
-    /// loopback port 0 and rate limits off.
+    /// Starts `n` servers, each named by its federation address.
     pub async fn start(n: usize) -> Result<Self, String> {
+        let ca_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let ca = TestCa::new(ca_dir.path())?;
         let mut instances = Vec::with_capacity(n);
-        for i in 1..=n {
+        for _ in 0..n {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let mut config = Config::embedded_default();
-            config.server_name = ourwhats::core::ServerName::parse(&format!("hs{i}.test"))
-                .map_err(|e| e.to_string())?;
-            config.data_dir = dir.path().to_path_buf();
-            config.client.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-            config.federation.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
-            config.rate_limits.enabled = false;
-            let server = Server::start(config).await?;
-            instances.push(Instance { server, dir });
+            let config = config_for(&ca, dir.path(), free_port()?)?;
+            let server = Server::start(config.clone()).await?;
+            instances.push(Instance {
+                server: Some(server),
+                config,
+                dir,
+            });
         }
-        Ok(Self { instances })
+        Ok(Self {
+            ca,
+            ca_dir,
+            instances,
+        })
+    }
+
+    /// The folder the CA's files are in.
+    pub fn ca_dir(&self) -> &Path {
+        self.ca_dir.path()
     }
 
     /// Stops every server.
     pub async fn shutdown(self) {
         for instance in self.instances {
-            instance.server.shutdown().await;
+            if let Some(server) = instance.server {
+                server.shutdown().await;
+            }
         }
     }
+}
+
+/// A user of one instance, speaking the client API over HTTP.
+pub struct User {
+    /// The instance's client API base URL.
+    pub base: String,
+    /// `@name:server`.
+    pub user_id: String,
+    /// The access token.
+    pub token: String,
+    /// The device.
+    pub device_id: String,
+    http: reqwest::Client,
+}
+
+impl User {
+    /// Registers `name` on `instance` through the dummy flow.
+    pub async fn register(instance: &Instance, name: &str) -> Result<Self, String> {
+        let http = reqwest::Client::new();
+        let base = instance.client_url();
+        let url = format!("{base}/_matrix/client/v3/register");
+        let mut body = serde_json::json!({"username": name, "password": "correct horse battery"});
+        let challenge: serde_json::Value = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        body["auth"] =
+            serde_json::json!({"type": "m.login.dummy", "session": challenge["session"]});
+        let done: serde_json::Value = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let field = |k: &str| {
+            done[k]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("registration answered {done}"))
+        };
+        Ok(Self {
+            user_id: field("user_id")?,
+            token: field("access_token")?,
+            device_id: field("device_id")?,
+            base,
+            http,
+        })
+    }
+
+    /// A client API request; answers the status and JSON body (`Null` when not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/_matrix/client/v3{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("a body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// `GET`.
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// `POST`.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `PUT`.
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub fn enc(text: &str) -> String {
+    ourwhats::core::url::encode(text)
 }

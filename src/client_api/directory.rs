@@ -34,11 +34,22 @@ pub async fn put_alias(
     Ok(Json(json!({})))
 }
 
-/// Resolves an alias (no authentication needed).
+/// Resolves an alias (no authentication needed); another server's alias by asking that
+/// server (server-server `GET /query/directory`).
 pub async fn get_alias(
     State(services): State<AppState>,
     PathParams(alias): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
+    let parsed = crate::core::RoomAliasId::parse(&alias)
+        .map_err(|e| MatrixError::invalid_param(format!("{alias:?} is not a room alias: {e}")))?;
+    if parsed.server_name() != services.config.server_name.as_str() {
+        let (room_id, servers) = services
+            .federation
+            .room_alias(&parsed)
+            .await
+            .map_err(|e| e.for_client("Room alias"))?;
+        return Ok(Json(json!({ "room_id": room_id, "servers": servers })));
+    }
     let (room_id, servers) = services.rooms.resolve_alias(&alias)?;
     Ok(Json(json!({ "room_id": room_id, "servers": servers })))
 }

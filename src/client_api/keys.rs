@@ -2,8 +2,10 @@
 //! /keys/query`, `POST /keys/claim`, `GET /keys/changes`, `POST
 //! /keys/device_signing/upload`, `POST /keys/signatures/upload`.
 //!
-//! Keys of users on other servers cannot be fetched yet (no outgoing federation): their
-//! servers are listed in `failures`, as the spec does for unreachable servers.
+//! Keys of users on other servers are asked of their servers (server-server `POST
+//! /user/keys/query` and `/user/keys/claim`), all servers at once, each within the
+//! request's `timeout` (10 s by default); a server that does not answer in time is listed
+//! in `failures`. What a server answers is kept only for its own users and devices.
 
 use std::collections::BTreeMap;
 
@@ -12,13 +14,14 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::core::UserId;
+use crate::core::{ServerName, UserId};
 use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, QueryParams};
 use crate::http::AppState;
 use crate::services::accounts::cross_signing::CrossSigningUpload;
 use crate::services::accounts::device_keys::QueriedDeviceKeys;
 use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES};
+use crate::services::federation::client::FederationError;
 
 /// `POST /keys/upload` body.
 #[derive(Deserialize)]
@@ -68,12 +71,54 @@ async fn uncancellable<T: Send + 'static>(
     tokio::spawn(change).await.map_err(MatrixError::internal)?
 }
 
-/// The failure recorded for a server we cannot ask.
-fn unreachable() -> Value {
-    json!({
-        "errcode": "M_UNRECOGNIZED",
-        "error": "This server does not fetch keys over federation yet",
-    })
+/// The failure recorded for a server that gave no answer.
+fn failure(error: &FederationError) -> Value {
+    let status = match error {
+        FederationError::Refused { status, .. } => *status,
+        _ => 503,
+    };
+    json!({ "status": status, "message": error.to_string() })
+}
+
+/// How long a keys request waits for other servers by default (spec: `timeout`, 10 s).
+const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
+
+/// Asks each server its part, all at once, each within `timeout_ms`.
+async fn ask_servers<F, Fut>(
+    by_server: BTreeMap<String, Map<String, Value>>,
+    timeout_ms: u64,
+    ask: F,
+) -> Vec<(String, Result<Map<String, Value>, FederationError>)>
+where
+    F: Fn(ServerName, Map<String, Value>) -> Fut,
+    Fut: std::future::Future<Output = Result<Map<String, Value>, FederationError>>,
+{
+    let timeout = std::time::Duration::from_millis(timeout_ms.min(60_000));
+    let asks = by_server.into_iter().map(|(server, part)| {
+        let name = ServerName::parse(&server);
+        let fut = name.map(|name| ask(name, part));
+        async move {
+            let result = match fut {
+                Err(e) => Err(FederationError::Unreachable(e.to_string())),
+                Ok(fut) => match tokio::time::timeout(timeout, fut).await {
+                    Ok(result) => result,
+                    Err(_) => Err(FederationError::Unreachable("no answer in time".into())),
+                },
+            };
+            (server, result)
+        }
+    });
+    futures_util::future::join_all(asks).await
+}
+
+/// The entries of `map` (user id to anything) for users of `server`.
+fn of_server(map: Option<&Value>, server: &str) -> Map<String, Value> {
+    map.and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(user, _)| UserId::parse(user).is_ok_and(|u| u.server_name() == server))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// A user id of the request, or 400.
@@ -85,6 +130,7 @@ fn parse_user(user: &str) -> MatrixResult<UserId> {
 #[derive(Deserialize)]
 pub struct QueryBody {
     device_keys: BTreeMap<String, Vec<String>>,
+    timeout: Option<u64>,
 }
 
 /// Device and cross-signing keys of users.
@@ -101,13 +147,32 @@ pub async fn query(
     }
     let ours = services.config.server_name.as_str();
     let mut local = BTreeMap::new();
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.device_keys {
         let id = parse_user(&user)?;
         if id.server_name() == ours {
             local.insert(user, devices);
         } else {
-            failures.insert(id.server_name().to_owned(), unreachable());
+            remote
+                .entry(id.server_name().to_owned())
+                .or_default()
+                .insert(user, json!(devices));
+        }
+    }
+    let mut failures = Map::new();
+    let mut remote_found = Vec::new();
+    let timeout = body.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS);
+    let federation = &services.federation;
+    let answers = ask_servers(remote, timeout, |server, part| async move {
+        federation.user_keys(&server, &part).await
+    })
+    .await;
+    for (server, answer) in answers {
+        match answer {
+            Ok(answer) => remote_found.push((server, answer)),
+            Err(e) => {
+                failures.insert(server, failure(&e));
+            }
         }
     }
     let viewer = session.user_id.as_str().to_owned();
@@ -117,12 +182,36 @@ pub async fn query(
     })
     .await
     .map_err(MatrixError::internal)??;
+    let mut remote_device_keys = Map::new();
+    let mut master_keys = found.master_keys;
+    let mut self_signing_keys = found.self_signing_keys;
+    for (server, answer) in remote_found {
+        // A server speaks only for its own users, and a device's keys name their device.
+        for (user, devices) in of_server(answer.get("device_keys"), &server) {
+            let devices: Map<String, Value> = devices
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(device, keys)| {
+                    keys.get("user_id").and_then(Value::as_str) == Some(user.as_str())
+                        && keys.get("device_id").and_then(Value::as_str) == Some(device.as_str())
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            remote_device_keys.insert(user, Value::Object(devices));
+        }
+        master_keys.extend(of_server(answer.get("master_keys"), &server));
+        self_signing_keys.extend(of_server(answer.get("self_signing_keys"), &server));
+    }
     // Written out from what was found, not through `json!`, which would serialize a copy
     // of every key.
     Ok(Json(QueryAnswer {
-        device_keys: found.device_keys,
-        master_keys: found.master_keys,
-        self_signing_keys: found.self_signing_keys,
+        device_keys: DeviceKeysAnswer {
+            local: found.device_keys,
+            remote: remote_device_keys,
+        },
+        master_keys,
+        self_signing_keys,
         user_signing_keys: found.user_signing_keys,
         failures,
     }))
@@ -131,17 +220,30 @@ pub async fn query(
 /// `POST /keys/query` answer.
 #[derive(Serialize)]
 pub struct QueryAnswer {
-    device_keys: BTreeMap<String, BTreeMap<String, QueriedDeviceKeys>>,
+    /// Local users' keys and, flattened into the same object, remote users' (user ids
+    /// never collide: they name their server).
+    device_keys: DeviceKeysAnswer,
     master_keys: Map<String, Value>,
     self_signing_keys: Map<String, Value>,
     user_signing_keys: Map<String, Value>,
     failures: Map<String, Value>,
 }
 
+/// The `device_keys` of a `/keys/query` answer: local users' as found, remote users' as
+/// their servers gave them.
+#[derive(Serialize)]
+pub struct DeviceKeysAnswer {
+    #[serde(flatten)]
+    local: BTreeMap<String, BTreeMap<String, QueriedDeviceKeys>>,
+    #[serde(flatten)]
+    remote: Map<String, Value>,
+}
+
 /// `POST /keys/claim` body.
 #[derive(Deserialize)]
 pub struct ClaimBody {
     one_time_keys: BTreeMap<String, BTreeMap<String, String>>,
+    timeout: Option<u64>,
 }
 
 /// One key per requested device: a one-time key, else the fallback key.
@@ -158,20 +260,45 @@ pub async fn claim(
     }
     let ours = services.config.server_name.as_str();
     let mut wanted = Vec::with_capacity(entries);
-    let mut failures = Map::new();
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, devices) in body.one_time_keys {
         let id = parse_user(&user)?;
         if id.server_name() != ours {
-            failures.insert(id.server_name().to_owned(), unreachable());
+            remote
+                .entry(id.server_name().to_owned())
+                .or_default()
+                .insert(user, json!(devices));
             continue;
         }
         for (device, algorithm) in devices {
             wanted.push((id.clone(), device, algorithm));
         }
     }
-    let claimed = uncancellable(async move { services.accounts.claim_keys(&wanted).await }).await?;
+    let timeout = body.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS);
+    let federation = &services.federation;
+    let answers = ask_servers(remote, timeout, |server, part| async move {
+        federation.claim_user_keys(&server, &part).await
+    })
+    .await;
+    let local_services = services.clone();
+    let claimed =
+        uncancellable(async move { local_services.accounts.claim_keys(&wanted).await }).await?;
+    let mut one_time_keys = serde_json::to_value(claimed).map_err(MatrixError::internal)?;
+    let mut failures = Map::new();
+    for (server, answer) in answers {
+        match answer {
+            Ok(answer) => {
+                for (user, keys) in of_server(answer.get("one_time_keys"), &server) {
+                    one_time_keys[user] = keys;
+                }
+            }
+            Err(e) => {
+                failures.insert(server, failure(&e));
+            }
+        }
+    }
     Ok(Json(
-        json!({ "one_time_keys": claimed, "failures": failures }),
+        json!({ "one_time_keys": one_time_keys, "failures": failures }),
     ))
 }
 

@@ -13,12 +13,21 @@ use crate::http::AppState;
 use crate::services::accounts::Session;
 use crate::services::rooms::membership::MemberProfile;
 
+fn parse_user(user_id: &str) -> MatrixResult<UserId> {
+    UserId::parse(user_id)
+        .map_err(|e| MatrixError::invalid_param(format!("{user_id:?} is not a user id: {e}")))
+}
+
+fn is_local(services: &AppState, user: &UserId) -> bool {
+    user.server_name() == services.config.server_name.as_str()
+}
+
 fn local_user(services: &AppState, user_id: &str) -> MatrixResult<UserId> {
-    let user = UserId::parse(user_id)
-        .map_err(|e| MatrixError::invalid_param(format!("{user_id:?} is not a user id: {e}")))?;
-    if user.server_name() != services.config.server_name.as_str() {
-        // Asking another server for its users' profiles needs federation (not built yet).
-        return Err(MatrixError::not_found("Profile not found"));
+    let user = parse_user(user_id)?;
+    if !is_local(services, &user) {
+        return Err(MatrixError::forbidden(
+            "You may only change your own profile",
+        ));
     }
     Ok(user)
 }
@@ -33,23 +42,43 @@ fn own_user(services: &AppState, session: &Session, user_id: &str) -> MatrixResu
     Ok(user)
 }
 
-/// Every field of a user's profile (no token needed).
+/// Every field of a user's profile (no token needed); a user of another server's from
+/// that server (server-server `GET /query/profile`).
 pub async fn get_profile(
     State(services): State<AppState>,
     PathParams(user_id): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
+    let user = parse_user(&user_id)?;
+    if !is_local(&services, &user) {
+        let profile = services
+            .federation
+            .profile(&user, None)
+            .await
+            .map_err(|e| e.for_client("Profile"))?;
+        return Ok(Json(Value::Object(profile)));
+    }
     Ok(Json(Value::Object(
         services.accounts.profile_fields(&user)?,
     )))
 }
 
-/// One field (no token needed).
+/// One field (no token needed), from the user's server for a remote user.
 pub async fn get_field(
     State(services): State<AppState>,
     PathParams((user_id, key)): PathParams<(String, String)>,
 ) -> MatrixResult<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
+    let user = parse_user(&user_id)?;
+    if !is_local(&services, &user) {
+        let mut profile = services
+            .federation
+            .profile(&user, Some(&key))
+            .await
+            .map_err(|e| e.for_client("Profile field"))?;
+        let value = profile
+            .remove(&key)
+            .ok_or_else(|| MatrixError::not_found(format!("No {key} in this profile")))?;
+        return Ok(Json(json!({ key: value })));
+    }
     let value = services.accounts.profile_field(&user, &key)?;
     Ok(Json(json!({ key: value })))
 }

@@ -9,6 +9,7 @@ pub mod canonical_json;
 pub mod event_hashes;
 pub mod hex;
 pub mod identifiers;
+pub mod key_document;
 pub mod pdu;
 pub mod pdu_checks;
 pub mod power_levels;
@@ -18,6 +19,8 @@ pub mod room_version;
 pub mod signatures;
 pub mod signing_key;
 pub mod state_res;
+pub mod url;
+pub mod x_matrix;
 
 pub use identifiers::{EventId, IdentifierError, RoomAliasId, RoomId, ServerName, UserId};
 pub use room_version::RoomVersion;

@@ -1,10 +1,14 @@
 //! `/_matrix/federation/*` and `/_matrix/key/*` (incoming), one file per spec area.
 
+pub mod auth;
+pub mod key_query;
 pub mod openid;
+pub mod query;
 pub mod server_keys;
+pub mod user_keys;
 pub mod version;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::http::AppState;
@@ -13,6 +17,28 @@ use crate::http::AppState;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/_matrix/key/v2/server", get(server_keys::get_server_key))
+        .route("/_matrix/key/v2/query", post(key_query::query_many))
+        .route(
+            "/_matrix/key/v2/query/{server_name}",
+            get(key_query::query_one),
+        )
+        .route("/_matrix/federation/v1/query/profile", get(query::profile))
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(query::directory),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            post(user_keys::query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            post(user_keys::claim),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(user_keys::devices),
+        )
         .route("/_matrix/federation/v1/version", get(version::get_version))
         .route(
             "/_matrix/federation/v1/openid/userinfo",

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod cache;
 pub mod ephemeral;
+pub mod federation;
 pub mod health;
 pub mod key_backup;
 pub mod media;
@@ -119,6 +120,8 @@ pub struct Services {
     pub rate_limiter: Arc<RateLimiter>,
     /// The listeners' states, for the health report.
     pub listeners: health::Listeners,
+    /// Talking to other servers: outbound requests and their keys.
+    pub federation: federation::Federation,
 }
 
 impl Services {
@@ -200,6 +203,8 @@ impl Services {
         )
         .map_err(|e| format!("cannot load presence: {}", e.message))?;
         let key_backup = key_backup::KeyBackup::new(Arc::clone(&db));
+        let federation =
+            federation::Federation::new(&config, Arc::clone(&db), Arc::clone(&signing_key))?;
         Ok(Arc::new(Self {
             config,
             db,
@@ -215,6 +220,7 @@ impl Services {
             sync,
             rate_limiter,
             listeners: health::Listeners::default(),
+            federation,
         }))
     }
 }

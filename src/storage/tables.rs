@@ -152,6 +152,9 @@ pub enum Table {
     /// `user_id 0xFF version (u64 BE) 0xFF room_id 0xFF session_id -> KeyBackupData`
     /// (JSON): backed-up room keys. Owner: key_backup.
     UseridVersionRoomidSessionidRoomkey,
+    /// `server_name -> KeyDocumentRecord` (the server's key document as fetched, and
+    /// when): remote servers' keys, also served by our notary endpoint. Owner: federation.
+    ServernameKeydocument,
 }
 
 impl Table {
@@ -211,6 +214,7 @@ impl Table {
         Table::UseridTargetidSignaturepos,
         Table::UseridVersionBackup,
         Table::UseridVersionRoomidSessionidRoomkey,
+        Table::ServernameKeydocument,
     ];
 
     /// The column family's name.
@@ -272,6 +276,7 @@ impl Table {
             Table::UseridTargetidSignaturepos => "userid_targetid_signaturepos",
             Table::UseridVersionBackup => "userid_version_backup",
             Table::UseridVersionRoomidSessionidRoomkey => "userid_version_roomid_sessionid_roomkey",
+            Table::ServernameKeydocument => "servername_keydocument",
         }
     }
 }

@@ -1,0 +1,322 @@
+//! Other servers' signing keys: fetched, checked, cached and kept.
+//!
+//! Spec: server-server API, "Retrieving server keys". A key is fetched from its server
+//! (`GET /_matrix/key/v2/server`) or, when that fails, from the configured notaries
+//! (`POST /_matrix/key/v2/query`, each answer signed by its server and by the notary);
+//! the document is checked by [`key_document::check`] (its own signatures, validity capped
+//! at seven days). Documents are kept in the database (for the notary endpoint and after a
+//! restart) and their keys in memory. One fetch per server at a time: concurrent lookups
+//! of one server wait for the first; a failed fetch is not repeated for a minute. Our own
+//! key is answered locally, never over the network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::client::{FederationClient, FederationError};
+use crate::core::key_document::{self, ServerKey};
+use crate::core::pdu_checks::KnownKey;
+use crate::core::signatures;
+use crate::core::{ServerName, SigningKeyPair};
+use crate::services::now_ms;
+use crate::services::records::{decode, encode};
+use crate::storage::{Db, Table};
+
+/// The largest key document read.
+const KEY_DOCUMENT_MAX_BYTES: usize = 256 * 1024;
+/// How long a failed fetch keeps a server from being asked again.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A key document as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KeyDocumentRecord {
+    /// The document as the server (or a notary) gave it.
+    document: Value,
+    /// When it was fetched (ms since the epoch).
+    fetched_at: u64,
+}
+
+/// The key ring.
+pub struct KeyRing {
+    db: Arc<Db>,
+    client: Arc<FederationClient>,
+    own_key: Arc<SigningKeyPair>,
+    own_valid_ms: u64,
+    notaries: Vec<ServerName>,
+    keys: Mutex<HashMap<String, HashMap<String, ServerKey>>>,
+    fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    failed: Mutex<HashMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl KeyRing {
+    /// A key ring over the `servername_keydocument` table.
+    pub fn new(
+        db: Arc<Db>,
+        client: Arc<FederationClient>,
+        own_key: Arc<SigningKeyPair>,
+        own_valid_ms: u64,
+        notaries: Vec<ServerName>,
+    ) -> Self {
+        Self {
+            db,
+            client,
+            own_key,
+            own_valid_ms,
+            notaries,
+            keys: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn own_name(&self) -> &ServerName {
+        self.client.server_name()
+    }
+
+    /// The keys of `server` among `key_ids` that may have signed something made at
+    /// `at_ts` (old keys included, with their expiry), fetching when a key is unknown or
+    /// its cached validity ends before `at_ts`.
+    pub async fn keys_for(
+        &self,
+        server: &str,
+        key_ids: &[String],
+        at_ts: u64,
+    ) -> HashMap<String, KnownKey> {
+        if server == self.own_name().as_str() {
+            let mut out = HashMap::new();
+            if key_ids.iter().any(|k| k == self.own_key.key_id()) {
+                out.insert(
+                    self.own_key.key_id().to_owned(),
+                    KnownKey {
+                        key: self.own_key.verifying_key(),
+                        valid_until_ts: now_ms() + self.own_valid_ms,
+                    },
+                );
+            }
+            return out;
+        }
+        let fresh = |keys: &HashMap<String, ServerKey>| {
+            key_ids
+                .iter()
+                .any(|id| keys.get(id).is_some_and(|k| k.valid_until_ts >= at_ts))
+        };
+        if !self.known(server, &fresh) {
+            self.fetch(server, &fresh).await;
+        }
+        let keys = lock(&self.keys);
+        let Some(known) = keys.get(server) else {
+            return HashMap::new();
+        };
+        key_ids
+            .iter()
+            .filter_map(|id| {
+                known.get(id).map(|k| {
+                    (
+                        id.clone(),
+                        KnownKey {
+                            key: k.key,
+                            valid_until_ts: k.valid_until_ts,
+                        },
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The current (not old) key `key_id` of `server`, valid now: what may sign requests.
+    pub async fn request_key(
+        &self,
+        server: &str,
+        key_id: &str,
+    ) -> Option<ed25519_dalek::VerifyingKey> {
+        let ids = [key_id.to_owned()];
+        let now = now_ms();
+        let found = self.keys_for(server, &ids, now).await;
+        let key = found.get(key_id)?;
+        let old = lock(&self.keys)
+            .get(server)
+            .and_then(|k| k.get(key_id))
+            .is_some_and(|k| k.old);
+        (!old && key.valid_until_ts >= now).then_some(key.key)
+    }
+
+    /// Whether memory (or, loaded into it, the database) has keys that satisfy `fresh`.
+    fn known(
+        &self,
+        server: &str,
+        fresh: &(dyn Fn(&HashMap<String, ServerKey>) -> bool + Sync),
+    ) -> bool {
+        if lock(&self.keys).get(server).is_some_and(fresh) {
+            return true;
+        }
+        let Ok(Some(record)) = self.stored(server) else {
+            return false;
+        };
+        let Ok(doc) = key_document::check(&record.document, server, record.fetched_at) else {
+            return false;
+        };
+        let ok = fresh(&doc.keys);
+        lock(&self.keys).insert(server.to_owned(), doc.keys);
+        ok
+    }
+
+    fn stored(&self, server: &str) -> Result<Option<KeyDocumentRecord>, String> {
+        self.db
+            .get(Table::ServernameKeydocument, server)
+            .map_err(|e| e.to_string())?
+            .map(|b| decode(Table::ServernameKeydocument, &b).map_err(|e| e.message))
+            .transpose()
+    }
+
+    /// The stored key document of `server` (for the notary endpoint), fetching it when
+    /// none is stored or it is valid for less than `minimum_valid_until_ts`.
+    pub async fn document(&self, server: &str, minimum_valid_until_ts: u64) -> Option<Value> {
+        let fresh = |keys: &HashMap<String, ServerKey>| {
+            keys.values()
+                .any(|k| !k.old && k.valid_until_ts >= minimum_valid_until_ts)
+        };
+        let stored_is_fresh = self.stored(server).ok().flatten().is_some_and(|r| {
+            key_document::check(&r.document, server, r.fetched_at).is_ok_and(|d| fresh(&d.keys))
+        });
+        if !stored_is_fresh {
+            self.fetch(server, &fresh).await;
+        }
+        self.stored(server).ok().flatten().map(|r| r.document)
+    }
+
+    /// Fetches `server`'s keys (once at a time per server; not again for a minute after a
+    /// failure), directly and then through the notaries.
+    async fn fetch(
+        &self,
+        server: &str,
+        fresh: &(dyn Fn(&HashMap<String, ServerKey>) -> bool + Sync),
+    ) {
+        let gate = Arc::clone(lock(&self.fetching).entry(server.to_owned()).or_default());
+        let _turn = gate.lock().await;
+        // Another lookup may have fetched while this one waited.
+        if lock(&self.keys).get(server).is_some_and(fresh) {
+            return;
+        }
+        if lock(&self.failed)
+            .get(server)
+            .is_some_and(|at| at.elapsed() < FAILURE_BACKOFF)
+        {
+            return;
+        }
+        let Ok(name) = ServerName::parse(server) else {
+            return;
+        };
+        let now = now_ms();
+        let mut fetched = match self.fetch_direct(&name).await {
+            Ok(document) => Some(document),
+            Err(e) => {
+                tracing::info!(%server, error = %e, "cannot fetch the server's keys directly");
+                None
+            }
+        };
+        if fetched.as_ref().is_none_or(|(_, doc)| !fresh(&doc.keys)) {
+            for notary in &self.notaries {
+                match self.fetch_from_notary(notary, &name).await {
+                    Ok(found) if fresh(&found.1.keys) => {
+                        fetched = Some(found);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::info!(%server, %notary, error = %e, "notary could not give the server's keys")
+                    }
+                }
+            }
+        }
+        match fetched {
+            Some((document, checked)) => {
+                let record = KeyDocumentRecord {
+                    document,
+                    fetched_at: now,
+                };
+                let mut batch = self.db.batch();
+                batch.put(Table::ServernameKeydocument, server, encode(&record));
+                if let Err(e) = self.db.write_relaxed(batch) {
+                    tracing::warn!(%server, error = %e, "cannot store the server's keys");
+                }
+                lock(&self.failed).remove(server);
+                lock(&self.keys).insert(server.to_owned(), checked.keys);
+            }
+            None => {
+                lock(&self.failed).insert(server.to_owned(), Instant::now());
+            }
+        }
+    }
+
+    async fn fetch_direct(
+        &self,
+        server: &ServerName,
+    ) -> Result<(Value, key_document::KeyDocument), String> {
+        let document = self
+            .client
+            .get_unsigned(server, "/_matrix/key/v2/server", KEY_DOCUMENT_MAX_BYTES)
+            .await
+            .map_err(|e: FederationError| e.to_string())?;
+        let checked = key_document::check(&document, server.as_str(), now_ms()).map_err(|e| e.0)?;
+        Ok((document, checked))
+    }
+
+    /// Spec: "Querying Keys Through Another Server": the notary's answer holds documents
+    /// signed by their server and by the notary, whose own key is fetched directly.
+    async fn fetch_from_notary(
+        &self,
+        notary: &ServerName,
+        server: &ServerName,
+    ) -> Result<(Value, key_document::KeyDocument), String> {
+        let path = format!("/_matrix/key/v2/query/{}", server.as_str());
+        let answer = self
+            .client
+            .get_unsigned(notary, &path, KEY_DOCUMENT_MAX_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let notary_keys = match self.fetch_direct(notary).await {
+            Ok((_, doc)) => doc.keys,
+            Err(e) => return Err(format!("cannot fetch the notary's own keys: {e}")),
+        };
+        let documents = answer
+            .get("server_keys")
+            .and_then(Value::as_array)
+            .ok_or("the answer has no server_keys")?;
+        for document in documents {
+            let Ok(checked) = key_document::check(document, server.as_str(), now_ms()) else {
+                continue;
+            };
+            let signed_by_notary = notary_keys.iter().any(|(id, k)| {
+                !k.old && signatures::verify_json(document, notary.as_str(), id, &k.key).is_ok()
+            });
+            if signed_by_notary {
+                return Ok((document.clone(), checked));
+            }
+        }
+        Err("no document signed by both the server and the notary".into())
+    }
+
+    /// The answer of our notary endpoint for `server`: its document with our signature
+    /// added (our own document when it is us).
+    pub async fn notarised(&self, server: &str, minimum_valid_until_ts: u64) -> Option<Value> {
+        let mut document = if server == self.own_name().as_str() {
+            crate::services::server_keys::key_document(
+                self.own_name(),
+                &self.own_key,
+                now_ms() + self.own_valid_ms,
+            )
+            .ok()?
+        } else {
+            self.document(server, minimum_valid_until_ts).await?
+        };
+        signatures::sign_json(&mut document, self.own_name().as_str(), &self.own_key).ok()?;
+        Some(document)
+    }
+}

@@ -1,0 +1,73 @@
+//! What the rooms service's receive entry point asks of other servers: keys through the
+//! key ring, missing events from the server that sent the PDU.
+//!
+//! Spec: server-server API, "Retrieving events" (`GET /_matrix/federation/v1/event/{eventId}`
+//! answers a transaction holding the one PDU).
+
+use std::collections::HashMap;
+
+use futures_util::future::BoxFuture;
+use reqwest::Method;
+use serde_json::Value;
+
+use super::Federation;
+use crate::core::pdu_checks::KnownKey;
+use crate::core::ServerName;
+use crate::services::now_ms;
+use crate::services::rooms::receive::MissingSource;
+
+/// Events are fetched from `origin`, keys from wherever the key ring finds them.
+pub struct FromOrigin<'a> {
+    /// The federation service.
+    pub federation: &'a Federation,
+    /// The server that sent the PDUs.
+    pub origin: ServerName,
+}
+
+impl MissingSource for FromOrigin<'_> {
+    fn keys<'a>(
+        &'a self,
+        server: &'a str,
+        key_ids: &'a [String],
+    ) -> BoxFuture<'a, HashMap<String, KnownKey>> {
+        // Keys valid now serve events of any time; expired ones are kept with their
+        // expiry and the signature check compares it with the event's time.
+        Box::pin(self.federation.keys.keys_for(server, key_ids, now_ms()))
+    }
+
+    fn events<'a>(
+        &'a self,
+        _room_id: &'a str,
+        event_ids: &'a [String],
+    ) -> BoxFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for id in event_ids {
+                let path = format!(
+                    "/_matrix/federation/v1/event/{}",
+                    crate::core::url::encode(id)
+                );
+                match self
+                    .federation
+                    .client
+                    .request(&self.origin, Method::GET, &path, None)
+                    .await
+                {
+                    Ok(answer) => {
+                        if let Some(pdu) = answer
+                            .get("pdus")
+                            .and_then(Value::as_array)
+                            .and_then(|p| p.first())
+                        {
+                            out.push(pdu.clone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(origin = %self.origin, event = %id, error = %e, "cannot fetch a missing event")
+                    }
+                }
+            }
+            out
+        })
+    }
+}
