@@ -8,6 +8,8 @@
 //! SRV), and `federation.ip_range_allowlist` opens loopback, which outbound requests
 //! otherwise refuse.
 
+pub mod synapse;
+
 use std::path::{Path, PathBuf};
 
 use ourwhats::config::IpNet;
@@ -181,8 +183,14 @@ pub struct User {
 impl User {
     /// Registers `name` on `instance` through the dummy flow.
     pub async fn register(instance: &Instance, name: &str) -> Result<Self, String> {
+        Self::register_at(&instance.client_url(), name).await
+    }
+
+    /// Registers `name` on the server whose client API is at `base` (ourwhats or
+    /// Synapse) through the dummy flow.
+    pub async fn register_at(base: &str, name: &str) -> Result<Self, String> {
         let http = reqwest::Client::new();
-        let base = instance.client_url();
+        let base = base.to_owned();
         let url = format!("{base}/_matrix/client/v3/register");
         let mut body = serde_json::json!({"username": name, "password": "correct horse battery"});
         let challenge: serde_json::Value = http

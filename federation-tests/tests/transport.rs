@@ -149,10 +149,7 @@ async fn forged_misdirected_and_unsigned_requests_are_refused_with_401() {
     assert_eq!(response.status().as_u16(), 401);
     // Signed as server a, but with a key that is not a's (a forgery): a's real key is
     // fetched and does not verify it.
-    let forger = SigningKeyPair::from_seed(
-        &[1; 32],
-        a.running().services.signing_key.version(),
-    );
+    let forger = SigningKeyPair::from_seed(&[1; 32], a.running().services.signing_key.version());
     unauthorized(
         signed_request(
             &http,

@@ -1,0 +1,122 @@
+//! Interop with a real Synapse (1.163.2 from PyPI, in a venv the harness makes) over
+//! verified TLS through the test CA: profile and alias lookups and device key queries,
+//! both ways. Each direction makes the asking server sign its request and the answering
+//! server fetch the asker's key and check the signature.
+
+use federation_tests::synapse::Synapse;
+use federation_tests::{enc, Cluster, User};
+use ourwhats::core::{signatures, SigningKeyPair};
+use serde_json::{json, Value};
+
+/// Uploads device keys for `user`'s device, signed by a device key made from `seed`.
+async fn upload_device_keys(user: &User, seed: u8) -> Value {
+    let device_key = SigningKeyPair::from_seed(&[seed; 32], &user.device_id);
+    let mut keys = json!({
+        "user_id": user.user_id,
+        "device_id": user.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{}", user.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+            format!("ed25519:{}", user.device_id): device_key.public_key_base64(),
+        },
+    });
+    signatures::sign_json(&mut keys, &user.user_id, &device_key).unwrap();
+    let (status, body) = user
+        .post("/keys/upload", json!({"device_keys": keys}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    keys["keys"].clone()
+}
+
+#[tokio::test]
+async fn synapse_and_ourwhats_look_up_profiles_aliases_and_device_keys_both_ways() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let ours = &cluster.instances[0];
+    let synapse = Synapse::start(&cluster.ca).await.unwrap();
+    let alice = User::register(ours, "alice").await.unwrap();
+    let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
+    assert!(sam.user_id.ends_with(&synapse.server_name));
+
+    // Profiles.
+    let (status, _) = alice
+        .put(
+            &format!("/profile/{}/displayname", enc(&alice.user_id)),
+            json!({"displayname": "Alice of ourwhats"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, profile) = sam.get(&format!("/profile/{}", enc(&alice.user_id))).await;
+    assert_eq!(
+        status,
+        200,
+        "Synapse asking us: {profile}\n{}",
+        synapse.log_tail()
+    );
+    assert_eq!(profile["displayname"], "Alice of ourwhats");
+    let (status, profile) = alice.get(&format!("/profile/{}", enc(&sam.user_id))).await;
+    assert_eq!(
+        status,
+        200,
+        "we asking Synapse: {profile}\n{}",
+        synapse.log_tail()
+    );
+    assert_eq!(profile["displayname"], "sam");
+
+    // Aliases.
+    let (status, ours_room) = alice
+        .post("/createRoom", json!({"room_alias_name": "here"}))
+        .await;
+    assert_eq!(status, 200, "{ours_room}");
+    let (status, theirs_room) = sam
+        .post("/createRoom", json!({"room_alias_name": "there"}))
+        .await;
+    assert_eq!(status, 200, "{theirs_room}");
+    let our_alias = format!("#here:{}", ours.name());
+    let their_alias = format!("#there:{}", synapse.server_name);
+    let (status, found) = sam
+        .get(&format!("/directory/room/{}", enc(&our_alias)))
+        .await;
+    assert_eq!(status, 200, "{found}\n{}", synapse.log_tail());
+    assert_eq!(found["room_id"], ours_room["room_id"]);
+    let (status, found) = alice
+        .get(&format!("/directory/room/{}", enc(&their_alias)))
+        .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["room_id"], theirs_room["room_id"]);
+    assert!(
+        found["servers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(synapse.server_name)),
+        "{found}"
+    );
+
+    // Device keys.
+    let alice_keys = upload_device_keys(&alice, 3).await;
+    let sam_keys = upload_device_keys(&sam, 4).await;
+    let (status, answer) = sam
+        .post(
+            "/keys/query",
+            json!({"device_keys": {alice.user_id.clone(): []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["device_keys"][&alice.user_id][&alice.device_id]["keys"],
+        alice_keys,
+        "Synapse got our user's keys: {answer}\n{}",
+        synapse.log_tail()
+    );
+    let (status, answer) = alice
+        .post(
+            "/keys/query",
+            json!({"device_keys": {sam.user_id.clone(): []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["device_keys"][&sam.user_id][&sam.device_id]["keys"], sam_keys,
+        "we got Synapse's user's keys: {answer}"
+    );
+    cluster.shutdown().await;
+}
