@@ -118,6 +118,20 @@ impl Instance {
     pub fn client_url(&self) -> String {
         self.running().client_url()
     }
+
+    /// Stops the server (its data stays).
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Starts the server again on its data and configuration (same ports).
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.stop().await;
+        self.server = Some(Server::start(self.config.clone()).await?);
+        Ok(())
+    }
 }
 
 /// Several homeservers started together.
@@ -177,7 +191,8 @@ pub struct User {
     pub token: String,
     /// The device.
     pub device_id: String,
-    http: reqwest::Client,
+    /// The HTTP client.
+    pub http: reqwest::Client,
 }
 
 impl User {
@@ -264,6 +279,35 @@ impl User {
     /// `PUT`.
     pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// Syncs from `since` until at least `want` to-device events have come (or `wait`
+    /// passed); answers them in order, and the token to go on from.
+    pub async fn to_device_events(
+        &self,
+        since: Option<String>,
+        want: usize,
+        wait: std::time::Duration,
+    ) -> (Vec<serde_json::Value>, Option<String>) {
+        let started = std::time::Instant::now();
+        let mut since = since;
+        let mut events = Vec::new();
+        while events.len() < want && started.elapsed() < wait {
+            let path = match &since {
+                Some(token) => format!("/sync?timeout=1000&since={}", enc(token)),
+                None => "/sync?timeout=0".to_owned(),
+            };
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, 200, "{body}");
+            events.extend(
+                body["to_device"]["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            since = body["next_batch"].as_str().map(str::to_owned);
+        }
+        (events, since)
     }
 }
 

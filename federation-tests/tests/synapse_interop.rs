@@ -1,7 +1,9 @@
 //! Interop with a real Synapse (1.163.2 from PyPI, in a venv the harness makes) over
-//! verified TLS through the test CA: profile and alias lookups and device key queries,
-//! both ways. Each direction makes the asking server sign its request and the answering
+//! verified TLS through the test CA: profile and alias lookups, device key queries and
+//! to-device messages, both ways. Each direction makes the asking server sign its request and the answering
 //! server fetch the asker's key and check the signature.
+
+use std::time::Duration;
 
 use federation_tests::synapse::Synapse;
 use federation_tests::{enc, Cluster, User};
@@ -29,7 +31,7 @@ async fn upload_device_keys(user: &User, seed: u8) -> Value {
 }
 
 #[tokio::test]
-async fn synapse_and_ourwhats_look_up_profiles_aliases_and_device_keys_both_ways() {
+async fn synapse_and_ourwhats_look_up_profiles_aliases_device_keys_and_exchange_to_device_messages() {
     let cluster = Cluster::start(1).await.unwrap();
     let ours = &cluster.instances[0];
     let synapse = Synapse::start(&cluster.ca).await.unwrap();
@@ -118,5 +120,45 @@ async fn synapse_and_ourwhats_look_up_profiles_aliases_and_device_keys_both_ways
         answer["device_keys"][&sam.user_id][&sam.device_id]["keys"], sam_keys,
         "we got Synapse's user's keys: {answer}"
     );
+
+    // To-device messages, both ways, through each server's federation sender.
+    let (_, sam_since) = sam.to_device_events(None, 0, Duration::ZERO).await;
+    let (_, alice_since) = alice.to_device_events(None, 0, Duration::ZERO).await;
+    let (status, body) = alice
+        .put(
+            "/sendToDevice/m.test/from-ours",
+            json!({"messages": {sam.user_id.clone(): {sam.device_id.clone(): {"hello": "Synapse"}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sam
+        .put(
+            "/sendToDevice/m.test/from-synapse",
+            json!({"messages": {alice.user_id.clone(): {"*": {"hello": "ourwhats"}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (events, _) = sam
+        .to_device_events(sam_since, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        events.len(),
+        1,
+        "Synapse's user got ours: {events:?}\n{}",
+        synapse.log_tail()
+    );
+    assert_eq!(events[0]["sender"], alice.user_id);
+    assert_eq!(events[0]["content"], json!({"hello": "Synapse"}));
+    let (events, _) = alice
+        .to_device_events(alice_since, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        events.len(),
+        1,
+        "our user got Synapse's: {events:?}\n{}",
+        synapse.log_tail()
+    );
+    assert_eq!(events[0]["sender"], sam.user_id);
+    assert_eq!(events[0]["content"], json!({"hello": "ourwhats"}));
     cluster.shutdown().await;
 }

@@ -84,6 +84,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
         };
         x_matrix::verify_request(&header, (&method, &target), us, content.as_ref(), &key)
             .map_err(|_| unauthorized("The request's signature does not verify"))?;
+        // The origin is up: whatever waits for it goes now, not after its back-off.
+        services.federation.sender.contacted(origin.as_str());
         let body = typed(content.as_ref().unwrap_or(&Value::Null))?;
         Ok(Signed { origin, body })
     }

@@ -5,10 +5,11 @@ pub mod key_query;
 pub mod openid;
 pub mod query;
 pub mod server_keys;
+pub mod transactions;
 pub mod user_keys;
 pub mod version;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::http::AppState;
@@ -21,6 +22,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/_matrix/key/v2/query/{server_name}",
             get(key_query::query_one),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(transactions::send),
         )
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
         .route(

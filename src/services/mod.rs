@@ -10,6 +10,7 @@ pub mod health;
 pub mod key_backup;
 pub mod media;
 pub mod memory;
+pub mod outbox;
 pub mod push;
 pub mod rate_limit;
 pub mod records;
@@ -148,12 +149,14 @@ impl Services {
         let stream_positions = StreamPositions::open(Arc::clone(&db), last_event_pos)
             .map_err(|e| format!("cannot open the stream: {e}"))?;
         let sync = sync::Sync::new(Arc::clone(&stream_positions));
+        let outbox = Arc::new(outbox::Outbox::default());
         let accounts = Accounts::new(
             Arc::clone(&db),
             config.server_name.clone(),
             config.registration.clone(),
             Arc::clone(&rate_limiter),
             Arc::clone(&stream_positions),
+            Arc::clone(&outbox),
         );
         let media = Media::open(
             Arc::clone(&db),
@@ -203,8 +206,12 @@ impl Services {
         )
         .map_err(|e| format!("cannot load presence: {}", e.message))?;
         let key_backup = key_backup::KeyBackup::new(Arc::clone(&db));
-        let federation =
-            federation::Federation::new(&config, Arc::clone(&db), Arc::clone(&signing_key))?;
+        let federation = federation::Federation::new(
+            &config,
+            Arc::clone(&db),
+            Arc::clone(&signing_key),
+            outbox,
+        )?;
         Ok(Arc::new(Self {
             config,
             db,

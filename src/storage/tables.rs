@@ -155,6 +155,16 @@ pub enum Table {
     /// `server_name -> KeyDocumentRecord` (the server's key document as fetched, and
     /// when): remote servers' keys, also served by our notary endpoint. Owner: federation.
     ServernameKeydocument,
+    /// `server_name 0xFF position (u64 BE) -> EDU` (JSON `{edu_type, content}`): EDUs
+    /// waiting to be sent to a server, in order. Owner: outbox (written by the services
+    /// that make them, read and deleted by the federation sender).
+    ServernamePosEdu,
+    /// `server_name -> DestinationRecord` (consecutive failures, retry time): the
+    /// federation sender's back-off per destination. Owner: federation.
+    ServernameDestination,
+    /// `origin server 0xFF transaction id -> answer` (JSON): transactions received, so a
+    /// repeated one is answered the same without being processed again. Owner: federation.
+    OriginTxnidAnswer,
 }
 
 impl Table {
@@ -215,6 +225,9 @@ impl Table {
         Table::UseridVersionBackup,
         Table::UseridVersionRoomidSessionidRoomkey,
         Table::ServernameKeydocument,
+        Table::ServernamePosEdu,
+        Table::ServernameDestination,
+        Table::OriginTxnidAnswer,
     ];
 
     /// The column family's name.
@@ -277,6 +290,9 @@ impl Table {
             Table::UseridVersionBackup => "userid_version_backup",
             Table::UseridVersionRoomidSessionidRoomkey => "userid_version_roomid_sessionid_roomkey",
             Table::ServernameKeydocument => "servername_keydocument",
+            Table::ServernamePosEdu => "servername_pos_edu",
+            Table::ServernameDestination => "servername_destination",
+            Table::OriginTxnidAnswer => "origin_txnid_answer",
         }
     }
 }

@@ -42,6 +42,15 @@ impl Accounts {
         Ok(rooms)
     }
 
+    /// Another server said that its user's devices or cross-signing keys changed: our
+    /// users sharing a room with them are told (`device_lists.changed`), and their
+    /// clients query the keys again.
+    pub async fn remote_keys_changed(&self, user_id: &str) -> MatrixResult<()> {
+        self.commit_keys_change(user_id, true, |_| Vec::new())
+            .await?;
+        Ok(())
+    }
+
     /// Writes `writes` durably at a new stream position; with `announce`, also as a change
     /// of `user_id`'s device list, told to them and to everyone sharing a room with them.
     /// Answers the position.

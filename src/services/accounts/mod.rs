@@ -150,6 +150,8 @@ pub struct Accounts {
     keys_locks: StripedLocks,
     /// The rooms' store, to tell room mates of device-list changes (set at start-up).
     rooms: OnceLock<Arc<EventStore>>,
+    /// What waits to be sent to other servers (to-device messages to their users).
+    outbox: Arc<crate::services::outbox::Outbox>,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -164,6 +166,7 @@ impl Accounts {
         registration: RegistrationConfig,
         rate_limiter: Arc<RateLimiter>,
         stream: Arc<StreamPositions>,
+        outbox: Arc<crate::services::outbox::Outbox>,
     ) -> Self {
         Self {
             db,
@@ -179,6 +182,7 @@ impl Accounts {
             to_device_locks: Default::default(),
             keys_locks: Default::default(),
             rooms: OnceLock::new(),
+            outbox,
         }
     }
 

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use super::{device_key, Accounts};
 use crate::core::UserId;
 use crate::error::{MatrixError, MatrixResult};
+use crate::services::outbox::Outbox;
 use crate::services::stream::{StreamChange, Write};
 use crate::storage::{keys, Table};
 
@@ -51,9 +52,10 @@ fn inbox_key(user_id: &str, device_id: &str, pos: u64) -> Vec<u8> {
 impl Accounts {
     /// Puts `content` of type `kind` in the inbox of each named local device (`*`: all the
     /// user's devices), once per `(sender device, txn_id)`. Unknown users and devices are
-    /// skipped, as they would be by a remote server. Messages for users on other servers
-    /// are not sent: this server does not federate to-device messages yet, and says so in
-    /// its log.
+    /// skipped, as they would be by a remote server. Messages for users of other servers
+    /// go into the outbox, one `m.direct_to_device` EDU per server (spec: server-server
+    /// API, "Send-to-device messaging"), in the same write; a sender of another server
+    /// (a message that came over federation) reaches local users only: we relay nothing.
     pub async fn send_to_device(
         &self,
         sender: &UserId,
@@ -74,6 +76,8 @@ impl Accounts {
             return Ok(());
         }
         let mut deliveries: Vec<(String, String, Value)> = Vec::new();
+        let mut remote: BTreeMap<String, Messages> = BTreeMap::new();
+        let sender_is_local = sender.server_name() == self.server_name.as_str();
         for (user, devices) in messages {
             let recipient = UserId::parse(user)
                 .map_err(|_| MatrixError::invalid_param(format!("Invalid user id {user:?}")))?;
@@ -85,10 +89,12 @@ impl Accounts {
                 }
             }
             if recipient.server_name() != self.server_name.as_str() {
-                tracing::warn!(
-                    recipient = %recipient,
-                    "to-device message for a remote user not sent: federation of to-device messages is not implemented"
-                );
+                if sender_is_local {
+                    remote
+                        .entry(recipient.server_name().to_owned())
+                        .or_default()
+                        .insert(user.clone(), devices.clone());
+                }
                 continue;
             }
             let known = self.devices(&recipient)?;
@@ -125,10 +131,26 @@ impl Accounts {
                 changes.push(StreamChange::ToDevice { user: user.clone() });
             }
         }
+        let destinations: Vec<String> = remote.keys().cloned().collect();
+        let (sender_id, kind_owned) = (sender.as_str().to_owned(), kind.to_owned());
         self.stream
             .write_at_new_position(
                 move |pos| {
                     let mut writes: Vec<Write> = Vec::with_capacity(deliveries.len() + 1);
+                    for (server, messages) in remote {
+                        // The message id is unique among ours: a stream position is
+                        // never handed out twice.
+                        let edu = json!({
+                            "edu_type": "m.direct_to_device",
+                            "content": {
+                                "sender": sender_id,
+                                "type": kind_owned,
+                                "message_id": format!("{pos:x}"),
+                                "messages": messages,
+                            },
+                        });
+                        writes.push(Outbox::queue(&server, pos, &edu));
+                    }
                     for (user, device, event) in deliveries {
                         let bytes = serde_json::to_vec(&event).unwrap_or_default();
                         writes.push((
@@ -147,6 +169,9 @@ impl Accounts {
                 changes,
             )
             .await?;
+        for destination in destinations {
+            self.outbox.wake(&destination);
+        }
         Ok(())
     }
 

@@ -4,24 +4,31 @@
 //! - [`discovery`]: where a server name is reached, and the guarded DNS resolver;
 //! - [`ip_guard`]: which addresses outbound requests may reach;
 //! - [`keys`]: other servers' signing keys, fetched, checked and kept;
+//! - [`queries`]: what we ask other servers about their users and aliases;
+//! - [`sender`]: delivering the outbox to each destination;
 //! - [`source`]: what the rooms service's receive entry point fetches from other servers.
 //!
-//! Owns the table `servername_keydocument`.
+//! Owns the tables `servername_keydocument` and `servername_destination`.
 
 pub mod client;
 pub mod discovery;
 pub mod ip_guard;
 pub mod keys;
 pub mod queries;
+pub mod sender;
 pub mod source;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::config::Config;
 use crate::core::SigningKeyPair;
+use crate::services::outbox::Outbox;
 use crate::storage::Db;
 use client::FederationClient;
 use keys::KeyRing;
+use sender::Sender;
 
 /// The federation service.
 pub struct Federation {
@@ -29,14 +36,19 @@ pub struct Federation {
     pub client: Arc<FederationClient>,
     /// Other servers' keys.
     pub keys: KeyRing,
+    /// The worker delivering the outbox (started by [`Federation::start`]).
+    pub sender: Sender,
+    db: Arc<Db>,
+    outbox: Arc<Outbox>,
 }
 
 impl Federation {
-    /// The service for `config`, speaking with `signing_key`.
+    /// The service for `config`, speaking with `signing_key`, delivering `outbox`.
     pub fn new(
         config: &Config,
         db: Arc<Db>,
         signing_key: Arc<SigningKeyPair>,
+        outbox: Arc<Outbox>,
     ) -> Result<Self, String> {
         let client = Arc::new(FederationClient::new(
             &config.federation,
@@ -44,12 +56,28 @@ impl Federation {
             Arc::clone(&signing_key),
         )?);
         let keys = KeyRing::new(
-            db,
+            Arc::clone(&db),
             Arc::clone(&client),
             signing_key,
             config.federation.key_valid_hours * 3_600_000,
             config.federation.trusted_key_servers.clone(),
         );
-        Ok(Self { client, keys })
+        Ok(Self {
+            client,
+            keys,
+            sender: Sender::default(),
+            db,
+            outbox,
+        })
+    }
+
+    /// Starts the background work (the sender) until `stopped` turns true.
+    pub fn start(&self, stopped: watch::Receiver<bool>) {
+        self.sender.start(
+            Arc::clone(&self.db),
+            Arc::clone(&self.client),
+            &self.outbox,
+            stopped,
+        );
     }
 }

@@ -1,0 +1,83 @@
+//! To-device messages between servers: delivered through the durable outbox and the
+//! sender, once and in order, also when the destination was down while they queued and
+//! when the sending server restarted meanwhile.
+
+use std::time::Duration;
+
+use federation_tests::{enc, Cluster, User};
+use serde_json::json;
+
+async fn send(from: &User, to: &User, n: u32) {
+    let (status, body) = from
+        .put(
+            &format!("/sendToDevice/m.test/t{n}"),
+            json!({"messages": {to.user_id.clone(): {to.device_id.clone(): {"n": n}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_to_device_message_reaches_a_device_of_another_server_once() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    let (_, since) = bob.to_device_events(None, 0, Duration::ZERO).await;
+    send(&alice, &bob, 1).await;
+    // The same transaction id again: nothing more.
+    send(&alice, &bob, 1).await;
+    let (events, since) = bob
+        .to_device_events(since, 1, Duration::from_secs(20))
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["sender"], alice.user_id);
+    assert_eq!(events[0]["type"], "m.test");
+    assert_eq!(events[0]["content"], json!({"n": 1}));
+    let (more, _) = bob.to_device_events(since, 1, Duration::from_secs(2)).await;
+    assert!(more.is_empty(), "delivered once: {more:?}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_queued_while_the_destination_is_down_arrive_in_order_after_a_restart_of_both() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    let (_, since) = bob.to_device_events(None, 0, Duration::ZERO).await;
+    let bob_server = cluster.instances[1].name().to_owned();
+
+    cluster.instances[1].stop().await;
+    for n in 1..=3 {
+        send(&alice, &bob, n).await;
+    }
+    // The sending server restarts with the messages still queued (its first tries
+    // failed): they are in its database, not only in memory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.instances[0].restart().await.unwrap();
+    let alice = User {
+        base: cluster.instances[0].client_url(),
+        ..alice
+    };
+    cluster.instances[1].restart().await.unwrap();
+    let bob = User {
+        base: cluster.instances[1].client_url(),
+        ..bob
+    };
+    // Bob's server contacts alice's (a profile lookup): her server's back-off for it ends
+    // and the queue goes at once.
+    let (status, _) = bob.get(&format!("/profile/{}", enc(&alice.user_id))).await;
+    assert_eq!(status, 200);
+    let (events, _) = bob
+        .to_device_events(since, 3, Duration::from_secs(30))
+        .await;
+    let order: Vec<u64> = events
+        .iter()
+        .map(|e| e["content"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, vec![1, 2, 3], "to {bob_server}: {events:?}");
+    cluster.shutdown().await;
+}

@@ -1,0 +1,328 @@
+//! The federation sender: delivers what the outbox holds, per destination, in order.
+//!
+//! Spec: server-server API, "Transactions" (`PUT /_matrix/federation/v1/send/{txnId}`, at
+//! most 50 PDUs and 100 EDUs). Each destination has its own task, started when something
+//! is queued for it and stopped once its queue is empty and idle, so a destination that
+//! does not answer holds up no other. One transaction in flight per destination; a retry
+//! sends the same transaction (same id, same content) until it is acknowledged, then its
+//! EDUs leave the queue. Failures back off exponentially with jitter (1 s doubling to an
+//! hour), persisted so a restart does not hammer a dead server, and reset as soon as that
+//! server makes a request to us. A transaction the destination refuses outright (a 4xx
+//! other than 429) three times gives up its first EDU, logged, so one item the other
+//! side cannot take never wedges the queue. At start, destinations with queued EDUs are
+//! resumed. Today the outbox holds to-device messages; room events join with federated
+//! rooms.
+//!
+//! Owns the table `servername_destination`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use super::client::{FederationClient, FederationError};
+use crate::core::ServerName;
+use crate::services::now_ms;
+use crate::services::outbox::Outbox;
+use crate::services::records::{decode, encode};
+use crate::storage::{Db, Table};
+
+/// EDUs per transaction at most (spec).
+pub const MAX_EDUS: usize = 100;
+/// A destination task without work stops after this long.
+const IDLE_STOP: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF_MS: u64 = 1_000;
+const MAX_BACKOFF_MS: u64 = 3_600_000;
+/// Refusals of one transaction before its first EDU is given up.
+const REFUSALS_BEFORE_SKIP: u32 = 3;
+
+/// A destination's back-off, as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DestinationRecord {
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// Not before this time (ms since the epoch).
+    pub retry_at: u64,
+}
+
+/// The back-off after `failures` consecutive failures: 1 s doubling up to an hour, with
+/// up to a quarter more as jitter (from `jitter`, a number in 0..1000).
+pub fn backoff_ms(failures: u32, jitter: u64) -> u64 {
+    let base = FIRST_BACKOFF_MS
+        .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
+        .min(MAX_BACKOFF_MS);
+    base + base / 4 * jitter.min(1000) / 1000
+}
+
+struct Shared {
+    db: Arc<Db>,
+    client: Arc<FederationClient>,
+    /// The running destination tasks' wake-ups.
+    running: Mutex<HashMap<String, Arc<Notify>>>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// The sender's handle: who to wake.
+pub struct Sender {
+    shared: Mutex<Option<Arc<Shared>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Self {
+            shared: Mutex::new(None),
+        }
+    }
+}
+
+impl Sender {
+    /// Starts the sender: it resumes every destination with queued EDUs and then follows
+    /// the outbox's wake-ups until `stopped` turns true.
+    pub fn start(
+        &self,
+        db: Arc<Db>,
+        client: Arc<FederationClient>,
+        outbox: &Outbox,
+        stopped: watch::Receiver<bool>,
+    ) {
+        let Some(mut wakeups) = outbox.take_wakeups() else {
+            tracing::error!("the federation sender was started twice");
+            return;
+        };
+        let shared = Arc::new(Shared {
+            db,
+            client,
+            running: Mutex::new(HashMap::new()),
+            stopped: stopped.clone(),
+        });
+        *lock(&self.shared) = Some(Arc::clone(&shared));
+        match Outbox::destinations(&shared.db) {
+            Ok(destinations) => {
+                for destination in destinations {
+                    wake(&shared, &destination);
+                }
+            }
+            Err(e) => tracing::error!(error = %e.message, "cannot read the outbox"),
+        }
+        let mut stopped = stopped;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = wakeups.recv() => match next {
+                        Some(destination) => wake(&shared, &destination),
+                        None => return,
+                    },
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// `server` made a request to us: it is up, so its back-off ends and what waits for it
+    /// is sent now.
+    pub fn contacted(&self, server: &str) {
+        let Some(shared) = lock(&self.shared).clone() else {
+            return;
+        };
+        let key = server.as_bytes();
+        let had_backoff = shared
+            .db
+            .get(Table::ServernameDestination, key)
+            .ok()
+            .flatten()
+            .is_some();
+        if had_backoff {
+            let mut batch = shared.db.batch();
+            batch.delete(Table::ServernameDestination, key);
+            if let Err(e) = shared.db.write_relaxed(batch) {
+                tracing::warn!(%server, error = %e, "cannot reset the back-off");
+            }
+            wake(&shared, server);
+        }
+    }
+}
+
+/// Wakes the destination's task, starting it when none runs.
+fn wake(shared: &Arc<Shared>, destination: &str) {
+    let mut running = lock(&shared.running);
+    if let Some(notify) = running.get(destination) {
+        notify.notify_one();
+        return;
+    }
+    let Ok(name) = ServerName::parse(destination) else {
+        tracing::warn!(%destination, "queued EDUs for an invalid server name");
+        return;
+    };
+    let notify = Arc::new(Notify::new());
+    running.insert(destination.to_owned(), Arc::clone(&notify));
+    tokio::spawn(run_destination(Arc::clone(shared), name, notify));
+}
+
+fn load_record(db: &Db, destination: &str) -> DestinationRecord {
+    db.get(Table::ServernameDestination, destination.as_bytes())
+        .ok()
+        .flatten()
+        .and_then(|b| decode(Table::ServernameDestination, &b).ok())
+        .unwrap_or_default()
+}
+
+fn store_record(db: &Db, destination: &str, record: &DestinationRecord) {
+    let mut batch = db.batch();
+    batch.put(
+        Table::ServernameDestination,
+        destination.as_bytes(),
+        encode(record),
+    );
+    if let Err(e) = db.write_relaxed(batch) {
+        tracing::warn!(%destination, error = %e, "cannot store the back-off");
+    }
+}
+
+/// Waits `duration`, or less if woken or stopped; answers whether to go on.
+async fn pause(notify: &Notify, stopped: &mut watch::Receiver<bool>, duration: Duration) -> bool {
+    tokio::select! {
+        _ = notify.notified() => true,
+        _ = tokio::time::sleep(duration) => true,
+        _ = stopped.changed() => false,
+    }
+}
+
+async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: Arc<Notify>) {
+    let name = destination.as_str().to_owned();
+    let mut stopped = shared.stopped.clone();
+    // The transaction in flight: its id and EDU keys, kept across retries.
+    let mut in_flight: Option<(String, Vec<Vec<u8>>, Vec<Value>)> = None;
+    let mut refusals = 0u32;
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let record = load_record(&shared.db, &name);
+        let now = now_ms();
+        if record.retry_at > now {
+            if !pause(
+                &notify,
+                &mut stopped,
+                Duration::from_millis(record.retry_at - now),
+            )
+            .await
+            {
+                break;
+            }
+            // Woken early: only a contact (which deletes the record) ends the wait.
+            continue;
+        }
+        if in_flight.is_none() {
+            let pending = match Outbox::pending(&shared.db, &name, MAX_EDUS) {
+                Ok(pending) => pending,
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %e.message, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            if pending.is_empty() {
+                // Idle: stop, unless something arrives meanwhile. Leaving the map under its
+                // lock after checking the queue once more means a wake-up either finds
+                // this task or starts a new one.
+                if pause(&notify, &mut stopped, IDLE_STOP).await {
+                    let mut running = lock(&shared.running);
+                    if Outbox::pending(&shared.db, &name, 1).is_ok_and(|p| p.is_empty()) {
+                        running.remove(&name);
+                        return;
+                    }
+                    continue;
+                }
+                break;
+            }
+            let (keys, edus): (Vec<Vec<u8>>, Vec<Value>) = pending.into_iter().unzip();
+            // Stable for these EDUs: the position of the first and the count.
+            let first = keys
+                .first()
+                .and_then(|k| k.get(k.len() - 8..))
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+            let txn_id = format!("{first:x}.{}", keys.len());
+            in_flight = Some((txn_id, keys, edus));
+            refusals = 0;
+        }
+        let Some((txn_id, keys, edus)) = in_flight.clone() else {
+            continue;
+        };
+        let body = json!({
+            "origin": shared.client.server_name().as_str(),
+            "origin_server_ts": now_ms(),
+            "pdus": [],
+            "edus": edus,
+        });
+        let path = format!("/_matrix/federation/v1/send/{txn_id}");
+        match shared
+            .client
+            .request(&destination, Method::PUT, &path, Some(&body))
+            .await
+        {
+            Ok(_) => {
+                let mut batch = shared.db.batch();
+                for key in &keys {
+                    batch.delete(Table::ServernamePosEdu, key);
+                }
+                batch.delete(Table::ServernameDestination, name.as_bytes());
+                if let Err(e) = shared.db.write_relaxed(batch) {
+                    tracing::error!(destination = %name, error = %e, "cannot clear sent EDUs");
+                }
+                in_flight = None;
+            }
+            Err(FederationError::Refused { status, body })
+                if (400..500).contains(&status) && status != 429 =>
+            {
+                refusals += 1;
+                tracing::warn!(destination = %name, %status, %body, "transaction {txn_id} refused ({refusals})");
+                if refusals >= REFUSALS_BEFORE_SKIP {
+                    // Give up the first EDU, which may be what the other side cannot take.
+                    if let Some(first) = keys.first() {
+                        let mut batch = shared.db.batch();
+                        batch.delete(Table::ServernamePosEdu, first);
+                        let _ = shared.db.write_relaxed(batch);
+                        tracing::warn!(destination = %name, edu = %edus[0], "an EDU the destination keeps refusing was dropped");
+                    }
+                    in_flight = None;
+                } else {
+                    back_off(&shared.db, &name, record);
+                }
+            }
+            Err(e) => {
+                tracing::info!(destination = %name, error = %e, "transaction {txn_id} not delivered; backing off");
+                back_off(&shared.db, &name, record);
+            }
+        }
+    }
+    lock(&shared.running).remove(&name);
+}
+
+fn back_off(db: &Db, destination: &str, mut record: DestinationRecord) {
+    record.failures = record.failures.saturating_add(1);
+    let jitter = u64::from(crate::services::random_bytes::<2>()[0]) * 1000 / 255;
+    record.retry_at = now_ms() + backoff_ms(record.failures, jitter);
+    store_record(db, destination, &record);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_to_an_hour_with_a_quarter_of_jitter() {
+        assert_eq!(backoff_ms(1, 0), 1_000);
+        assert_eq!(backoff_ms(2, 0), 2_000);
+        assert_eq!(backoff_ms(5, 0), 16_000);
+        assert_eq!(backoff_ms(40, 0), MAX_BACKOFF_MS);
+        assert_eq!(backoff_ms(1, 1000), 1_250);
+        assert!(backoff_ms(3, 500) > backoff_ms(3, 0) && backoff_ms(3, 500) < backoff_ms(3, 1000));
+    }
+}

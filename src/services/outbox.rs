@@ -1,0 +1,107 @@
+//! Durable EDUs waiting to be sent to other servers (to-device messages to their users),
+//! and the wake-up of the federation sender.
+//!
+//! Services that have something for another server write it here **in the same batch**
+//! as the rest of their change (so a crash never keeps one without the other), keyed by
+//! destination and stream position, and then wake the sender. The sender
+//! ([`crate::services::federation::sender`]) reads each destination's queue in order and
+//! deletes what the destination acknowledged. An EDU costs one write whatever happens
+//! after.
+//!
+//! Owns the table `servername_pos_edu`.
+
+use std::sync::Mutex;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::stream::Write;
+use crate::storage::{keys, Db, Table};
+
+/// The outbox's wake-up channel and table access.
+pub struct Outbox {
+    wake: mpsc::UnboundedSender<String>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        let (wake, woken) = mpsc::unbounded_channel();
+        Self {
+            wake,
+            woken: Mutex::new(Some(woken)),
+        }
+    }
+}
+
+fn prefix(destination: &str) -> Vec<u8> {
+    keys::prefix(destination.as_bytes())
+}
+
+/// The key of an EDU for `destination` written at stream position `pos` (one per
+/// destination and position).
+pub fn edu_key(destination: &str, pos: u64) -> Vec<u8> {
+    let mut key = prefix(destination);
+    key.extend_from_slice(&pos.to_be_bytes());
+    key
+}
+
+impl Outbox {
+    /// The write that queues `edu` (`{"edu_type", "content"}`) for `destination` at `pos`.
+    pub fn queue(destination: &str, pos: u64, edu: &Value) -> Write {
+        (
+            Table::ServernamePosEdu,
+            edu_key(destination, pos),
+            Some(serde_json::to_vec(edu).unwrap_or_default()),
+        )
+    }
+
+    /// Tells the sender that `destination` has something new.
+    pub fn wake(&self, destination: &str) {
+        let _ = self.wake.send(destination.to_owned());
+    }
+
+    /// The receiving end of the wake-ups (the sender takes it once).
+    pub fn take_wakeups(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.woken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Up to `limit` queued EDUs of `destination`, oldest first: `(key, EDU)`.
+    pub fn pending(
+        db: &Db,
+        destination: &str,
+        limit: usize,
+    ) -> MatrixResult<Vec<(Vec<u8>, Value)>> {
+        let mut out = Vec::new();
+        for item in db.scan_prefix(Table::ServernamePosEdu, &prefix(destination)) {
+            let (key, value) = item?;
+            let edu = serde_json::from_slice(&value)
+                .map_err(|_| MatrixError::internal("corrupt record in servername_pos_edu"))?;
+            out.push((key.to_vec(), edu));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The destinations with queued EDUs (at start, to resume sending).
+    pub fn destinations(db: &Db) -> MatrixResult<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for item in db.scan_prefix(Table::ServernamePosEdu, b"") {
+            let (key, _) = item?;
+            let Some(end) = key.iter().position(|b| *b == keys::SEP) else {
+                continue;
+            };
+            let name = String::from_utf8_lossy(&key[..end]).into_owned();
+            if out.last() != Some(&name) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+}
