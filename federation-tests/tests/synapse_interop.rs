@@ -31,7 +31,7 @@ async fn upload_device_keys(user: &User, seed: u8) -> Value {
 }
 
 #[tokio::test]
-async fn synapse_and_ourwhats_look_up_profiles_aliases_device_keys_and_exchange_to_device_messages() {
+async fn synapse_and_ourwhats_exchange_lookups_keys_and_to_device_messages() {
     let cluster = Cluster::start(1).await.unwrap();
     let ours = &cluster.instances[0];
     let synapse = Synapse::start(&cluster.ca).await.unwrap();
