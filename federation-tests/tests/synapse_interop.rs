@@ -1,6 +1,6 @@
 //! Interop with a real Synapse (1.163.2 from PyPI, in a venv the harness makes) over
-//! verified TLS through the test CA: profile and alias lookups, device key queries and
-//! to-device messages, both ways. Each direction makes the asking server sign its request and the answering
+//! verified TLS through the test CA: profile and alias lookups, device key queries,
+//! to-device messages and media, both ways. Each direction makes the asking server sign its request and the answering
 //! server fetch the asker's key and check the signature.
 
 use std::time::Duration;
@@ -31,7 +31,7 @@ async fn upload_device_keys(user: &User, seed: u8) -> Value {
 }
 
 #[tokio::test]
-async fn synapse_and_ourwhats_exchange_lookups_keys_and_to_device_messages() {
+async fn synapse_and_ourwhats_exchange_lookups_keys_to_device_and_media() {
     let cluster = Cluster::start(1).await.unwrap();
     let ours = &cluster.instances[0];
     let synapse = Synapse::start(&cluster.ca).await.unwrap();
@@ -160,5 +160,64 @@ async fn synapse_and_ourwhats_exchange_lookups_keys_and_to_device_messages() {
     );
     assert_eq!(events[0]["sender"], sam.user_id);
     assert_eq!(events[0]["content"], json!({"hello": "ourwhats"}));
+
+    // Media, both ways (the federation media endpoints, multipart).
+    let ours_mxc = upload(&alice, b"from ourwhats\r\n--with dashes".to_vec()).await;
+    let theirs_mxc = upload(&sam, b"from Synapse".to_vec()).await;
+    let (status, bytes) = download(&sam, &ours_mxc).await;
+    assert_eq!(
+        status,
+        200,
+        "Synapse fetching ours: {}\n{}",
+        String::from_utf8_lossy(&bytes),
+        synapse.log_tail()
+    );
+    assert_eq!(bytes, b"from ourwhats\r\n--with dashes");
+    let (status, bytes) = download(&alice, &theirs_mxc).await;
+    assert_eq!(
+        status,
+        200,
+        "we fetching Synapse's: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(bytes, b"from Synapse");
     cluster.shutdown().await;
+}
+
+async fn upload(user: &User, bytes: Vec<u8>) -> String {
+    let response = user
+        .http
+        .post(format!(
+            "{}/_matrix/media/v3/upload?filename=note.txt",
+            user.base
+        ))
+        .bearer_auth(&user.token)
+        .header("Content-Type", "text/plain")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    body["content_uri"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned()
+}
+
+async fn download(user: &User, mxc: &str) -> (u16, Vec<u8>) {
+    let path = mxc.trim_start_matches("mxc://");
+    let response = user
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{path}",
+            user.base
+        ))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.bytes().await.unwrap().to_vec(),
+    )
 }

@@ -10,6 +10,7 @@ pub mod event_hashes;
 pub mod hex;
 pub mod identifiers;
 pub mod key_document;
+pub mod multipart;
 pub mod pdu;
 pub mod pdu_checks;
 pub mod power_levels;

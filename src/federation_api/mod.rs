@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod key_query;
+pub mod media;
 pub mod openid;
 pub mod query;
 pub mod server_keys;
@@ -26,6 +27,14 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/_matrix/federation/v1/send/{txn_id}",
             put(transactions::send),
+        )
+        .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(media::thumbnail),
         )
         .route("/_matrix/federation/v1/query/profile", get(query::profile))
         .route(

@@ -22,8 +22,7 @@ pub struct DownloadQuery {
     #[serde(default)]
     #[allow(dead_code)]
     pub allow_redirect: bool,
-    /// Remote media is not fetched yet, so this changes nothing.
-    #[allow(dead_code)]
+    /// Whether media of other servers may be fetched (default true).
     pub allow_remote: Option<bool>,
 }
 
@@ -39,6 +38,13 @@ async fn serve(
     file_name: Option<String>,
     query: &DownloadQuery,
 ) -> MatrixResult<Response> {
+    super::remote::ensure_here(
+        &services,
+        server_name,
+        media_id,
+        query.allow_remote.unwrap_or(true),
+    )
+    .await?;
     let served = services
         .media
         .download(

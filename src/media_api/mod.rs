@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod download;
+pub mod remote;
 pub mod serving;
 pub mod thumbnail;
 pub mod upload;

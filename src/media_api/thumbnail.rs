@@ -1,6 +1,7 @@
 //! Spec: `GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}` and the deprecated
 //! `GET /_matrix/media/v3/thumbnail/...`. Thumbnails are static (`animated` is accepted and
-//! treated as `false`, which the spec allows when animation is not supported).
+//! treated as `false`, which the spec allows when animation is not supported). Thumbnails
+//! of other servers' media are made here from the original, fetched once.
 
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub struct ThumbnailQuery {
     animated: Option<bool>,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+    /// Whether media of other servers may be fetched (default true).
+    allow_remote: Option<bool>,
 }
 
 async fn serve(
@@ -45,6 +48,13 @@ async fn serve(
         Some(m) => Method::parse(m)
             .ok_or_else(|| MatrixError::invalid_param("method must be \"scale\" or \"crop\""))?,
     };
+    super::remote::ensure_here(
+        &services,
+        server_name,
+        media_id,
+        query.allow_remote.unwrap_or(true),
+    )
+    .await?;
     let served = services
         .media
         .thumbnail(

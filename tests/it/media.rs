@@ -172,7 +172,7 @@ async fn media_needs_a_token_and_unknown_media_is_404() {
     for path in [
         "/_matrix/client/v1/media/download/localhost/doesNotExist",
         "/_matrix/client/v1/media/download/localhost/bad.id",
-        "/_matrix/client/v1/media/download/elsewhere.org/abc",
+        "/_matrix/client/v1/media/download/elsewhere.invalid/abc?allow_remote=false",
         "/_matrix/client/v1/media/thumbnail/localhost/doesNotExist?width=32&height=32",
     ] {
         let response = c.get(path).await;
@@ -180,6 +180,11 @@ async fn media_needs_a_token_and_unknown_media_is_404() {
         let body: Value = response.json().await.unwrap();
         assert_error(status, &body, 404, "M_NOT_FOUND");
     }
+    // A server that cannot be reached (`.invalid` never resolves): 502, not a hang.
+    let response = c.get("/_matrix/client/v1/media/download/elsewhere.invalid/abc").await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_error(status, &body, 502, "M_UNKNOWN");
     let response = c.get("/_matrix/client/v1/media/config").await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["m.upload.size"], 50 << 20);

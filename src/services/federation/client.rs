@@ -206,6 +206,84 @@ impl FederationClient {
         .await
     }
 
+    /// `https://authority` of requests to `destination` (discovery).
+    pub async fn base_url(&self, destination: &ServerName) -> String {
+        self.discovery.resolve(destination).await.base_url
+    }
+
+    /// A signed `GET` whose answer is streamed (media): the response once its status is
+    /// 200, else the error the JSON answer describes.
+    pub async fn get_stream(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+    ) -> Result<reqwest::Response, FederationError> {
+        self.check_destination(destination)?;
+        let target = self.discovery.resolve(destination).await;
+        let header = x_matrix::sign_request(
+            &self.key,
+            ("GET", path_and_query),
+            (self.server_name.as_str(), destination.as_str()),
+            None,
+        )
+        .map_err(|e| FederationError::BadResponse(format!("cannot sign the request: {e:?}")))?;
+        let response = self
+            .http
+            .get(format!("{}{path_and_query}", target.base_url))
+            .header(reqwest::header::AUTHORIZATION, header)
+            .send()
+            .await
+            .map_err(|e| FederationError::Unreachable(error_chain(&e)))?;
+        refused_unless_ok(response).await
+    }
+
+    /// An unsigned `GET` of any URL (a media `Location`, the deprecated media endpoints),
+    /// redirects followed within the address guard; the response once its status is 200.
+    pub async fn get_url_stream(&self, url: &str) -> Result<reqwest::Response, FederationError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| FederationError::BadResponse(format!("bad URL {url:?}: {e}")))?;
+        if parsed.scheme() != "https" {
+            return Err(FederationError::BadResponse(format!(
+                "not an https URL: {url:?}"
+            )));
+        }
+        if let Some(ip) = parsed
+            .host_str()
+            .and_then(|h| h.trim_matches(|c| c == '[' || c == ']').parse().ok())
+        {
+            if !self.guard.permits(ip) {
+                return Err(FederationError::Unreachable(format!(
+                    "{url} is an address federation may not reach"
+                )));
+            }
+        }
+        let response = self
+            .discovery
+            .http()
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| FederationError::Unreachable(error_chain(&e)))?;
+        refused_unless_ok(response).await
+    }
+
+    fn check_destination(&self, destination: &ServerName) -> Result<(), FederationError> {
+        if destination == &self.server_name {
+            return Err(FederationError::Unreachable(
+                "a request to ourselves".into(),
+            ));
+        }
+        let host = destination.host().trim_matches(|c| c == '[' || c == ']');
+        if let Ok(ip) = host.parse() {
+            if !self.guard.permits(ip) {
+                return Err(FederationError::Unreachable(format!(
+                    "{destination} is an address federation may not reach (see federation.ip_range_allowlist)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// An unsigned `GET` (key documents), answering at most `limit` bytes of JSON.
     pub async fn get_unsigned(
         &self,
@@ -270,6 +348,21 @@ impl FederationClient {
         }
         json.ok_or_else(|| FederationError::BadResponse("the answer is not JSON".into()))
     }
+}
+
+/// The response when its status is 200, else [`FederationError::Refused`] with its JSON.
+async fn refused_unless_ok(
+    response: reqwest::Response,
+) -> Result<reqwest::Response, FederationError> {
+    if response.status() == StatusCode::OK {
+        return Ok(response);
+    }
+    let status = response.status().as_u16();
+    let bytes = read_limited(response, 64 * 1024).await.unwrap_or_default();
+    Err(FederationError::Refused {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    })
 }
 
 /// An error with its causes, for logs ("error sending request" alone says nothing).

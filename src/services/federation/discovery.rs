@@ -97,6 +97,12 @@ impl Discovery {
         }
     }
 
+    /// The client that follows redirects within the address guard (`.well-known`, media
+    /// `Location`s).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.well_known_client
+    }
+
     /// The base URL of requests to `server`.
     pub async fn resolve(&self, server: &ServerName) -> Target {
         let host = server.host();

@@ -4,6 +4,7 @@
 //! - [`discovery`]: where a server name is reached, and the guarded DNS resolver;
 //! - [`ip_guard`]: which addresses outbound requests may reach;
 //! - [`keys`]: other servers' signing keys, fetched, checked and kept;
+//! - [`media`]: other servers' media, streamed in;
 //! - [`queries`]: what we ask other servers about their users and aliases;
 //! - [`sender`]: delivering the outbox to each destination;
 //! - [`source`]: what the rooms service's receive entry point fetches from other servers.
@@ -14,6 +15,7 @@ pub mod client;
 pub mod discovery;
 pub mod ip_guard;
 pub mod keys;
+pub mod media;
 pub mod queries;
 pub mod sender;
 pub mod source;

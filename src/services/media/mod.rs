@@ -412,6 +412,77 @@ impl Media {
         Ok(record)
     }
 
+    /// Whether another server's `mxc://server/media_id` is in our cache.
+    pub fn has_remote(&self, server: &str, media_id: &str) -> MatrixResult<bool> {
+        Ok(self
+            .record(&media_key(server, media_id))?
+            .is_some_and(|r| r.content.is_some()))
+    }
+
+    /// Stores another server's media, as its server gave it, under its own `mxc://` id
+    /// (so downloads and thumbnails serve it like ours). Counted against
+    /// `media.max_upload_size` and the concurrent-upload slots (per origin server, under
+    /// the global cap).
+    pub async fn store_remote<S, E>(
+        &self,
+        server: &str,
+        media_id: &str,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+        body: S,
+    ) -> MatrixResult<()>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let limit = self.limits.max_upload_size;
+        let _slot = self
+            .upload_slots
+            .try_claim(&format!("server {server}"))
+            .map_err(|_| {
+                MatrixError::limit_exceeded(1000)
+                    .with_message("Too many media downloads in progress")
+            })?;
+        let StoredBlob { sha256, size } =
+            self.store
+                .write_stream(body, limit)
+                .await
+                .map_err(|e| match e {
+                    BlobWriteError::TooLarge => MatrixError::new(
+                        502,
+                        ErrorCode::TooLarge,
+                        format!("The remote media is larger than the {limit} bytes allowed"),
+                    ),
+                    BlobWriteError::Body(e) => MatrixError::new(
+                        502,
+                        ErrorCode::Unknown,
+                        format!("The remote media did not arrive whole: {e}"),
+                    ),
+                    BlobWriteError::Io(e) => MatrixError::internal(format!("media store: {e}")),
+                })?;
+        let image = self.probe_image(&sha256).await;
+        let record = MediaRecord {
+            uploader: server.to_owned(),
+            created_ts: now_ms(),
+            unused_expires_ts: None,
+            content: Some(Content {
+                sha256,
+                size,
+                content_type: sanitize_content_type(content_type),
+                filename: sanitize_filename(filename),
+                image,
+            }),
+        };
+        let mut batch = self.db.batch();
+        batch.put(
+            Table::MediaidMedia,
+            media_key(server, media_id),
+            encode(&record),
+        );
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
     /// The content of `mxc://server/media_id`, waiting up to `wait` for a pending upload.
     /// Spec: download endpoints, `timeout_ms` and 504 `M_NOT_YET_UPLOADED`.
     pub async fn content(
@@ -424,11 +495,8 @@ impl Media {
         if ServerName::parse(server).is_err() || !is_valid_media_id(media_id) {
             return Err(unknown());
         }
-        if server != self.server_name.as_str() {
-            return Err(MatrixError::not_found(
-                "Remote media is not available: this server does not federate yet",
-            ));
-        }
+        // Another server's media is here once fetched ([`Media::store_remote`]); it is
+        // never pending, so the loop below answers at once.
         let key = media_key(server, media_id);
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
