@@ -8,6 +8,7 @@
 //! SRV), and `federation.ip_range_allowlist` opens loopback, which outbound requests
 //! otherwise refuse.
 
+pub mod process;
 pub mod synapse;
 
 use std::path::{Path, PathBuf};

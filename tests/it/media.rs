@@ -181,7 +181,9 @@ async fn media_needs_a_token_and_unknown_media_is_404() {
         assert_error(status, &body, 404, "M_NOT_FOUND");
     }
     // A server that cannot be reached (`.invalid` never resolves): 502, not a hang.
-    let response = c.get("/_matrix/client/v1/media/download/elsewhere.invalid/abc").await;
+    let response = c
+        .get("/_matrix/client/v1/media/download/elsewhere.invalid/abc")
+        .await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_error(status, &body, 502, "M_UNKNOWN");
