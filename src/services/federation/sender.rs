@@ -7,7 +7,8 @@
 //! sends the same transaction (same id, same content) until it is acknowledged, then its
 //! EDUs leave the queue. Failures back off exponentially with jitter (1 s doubling to an
 //! hour), persisted so a restart does not hammer a dead server, and reset as soon as that
-//! server makes a request to us. A transaction the destination refuses outright (a 4xx
+//! server makes a request to us; a destination waiting longer than a few seconds gives
+//! up its task and waits as an entry in a set that one timer checks. A transaction the destination refuses outright (a 4xx
 //! other than 429) three times gives up its first EDU, logged, so one item the other
 //! side cannot take never wedges the queue. At start, destinations with queued EDUs are
 //! resumed. Today the outbox holds to-device messages; room events join with federated
@@ -39,6 +40,11 @@ const FIRST_BACKOFF_MS: u64 = 1_000;
 const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// Refusals of one transaction before its first EDU is given up.
 const REFUSALS_BEFORE_SKIP: u32 = 3;
+/// A destination backing off longer than this gives up its task (and the memory of its
+/// transaction) until its retry time: thousands of dead servers cost a set entry each.
+const PARK_AFTER: Duration = Duration::from_secs(5);
+/// How often parked destinations are checked for their retry time.
+const PARKED_TICK: Duration = Duration::from_secs(1);
 
 /// A destination's back-off, as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +69,8 @@ struct Shared {
     client: Arc<FederationClient>,
     /// The running destination tasks' wake-ups.
     running: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Destinations without a task, backing off: `(retry time, name)`.
+    parked: Mutex<std::collections::BTreeSet<(u64, String)>>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -101,6 +109,7 @@ impl Sender {
             db,
             client,
             running: Mutex::new(HashMap::new()),
+            parked: Mutex::new(std::collections::BTreeSet::new()),
             stopped: stopped.clone(),
         });
         *lock(&self.shared) = Some(Arc::clone(&shared));
@@ -112,6 +121,32 @@ impl Sender {
             }
             Err(e) => tracing::error!(error = %e.message, "cannot read the outbox"),
         }
+        let parked = Arc::clone(&shared);
+        let mut parked_stop = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(PARKED_TICK) => {}
+                    _ = parked_stop.changed() => return,
+                }
+                let now = now_ms();
+                let due: Vec<String> = {
+                    let mut set = lock(&parked.parked);
+                    let mut due = Vec::new();
+                    while let Some(first) = set.first().cloned() {
+                        if first.0 > now {
+                            break;
+                        }
+                        set.remove(&first);
+                        due.push(first.1);
+                    }
+                    due
+                };
+                for destination in due {
+                    wake(&parked, &destination);
+                }
+            }
+        });
         let mut stopped = stopped;
         tokio::spawn(async move {
             loop {
@@ -139,6 +174,7 @@ impl Sender {
             .ok()
             .flatten()
             .is_some();
+        lock(&shared.parked).retain(|(_, name)| name != server);
         if had_backoff {
             let mut batch = shared.db.batch();
             batch.delete(Table::ServernameDestination, key);
@@ -208,13 +244,15 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
         let record = load_record(&shared.db, &name);
         let now = now_ms();
         if record.retry_at > now {
-            if !pause(
-                &notify,
-                &mut stopped,
-                Duration::from_millis(record.retry_at - now),
-            )
-            .await
-            {
+            let wait = Duration::from_millis(record.retry_at - now);
+            if wait > PARK_AFTER {
+                // Park: no task until the retry time (or a contact, which wakes it).
+                let mut running = lock(&shared.running);
+                running.remove(&name);
+                lock(&shared.parked).insert((record.retry_at, name.clone()));
+                return;
+            }
+            if !pause(&notify, &mut stopped, wait).await {
                 break;
             }
             // Woken early: only a contact (which deletes the record) ends the wait.
