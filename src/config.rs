@@ -186,6 +186,10 @@ pub struct RateLimitConfig {
     pub room_create_per_minute: u32,
     /// Room creation bucket size.
     pub room_create_burst: u32,
+    /// Requests from one other server per second (after their signature is checked).
+    pub federation_per_second: u32,
+    /// Federation bucket size.
+    pub federation_burst: u32,
 }
 
 /// `[media]`.
@@ -382,6 +386,8 @@ impl Config {
                 message_burst: r.u32("rate_limits.message_burst")?,
                 room_create_per_minute: r.u32("rate_limits.room_create_per_minute")?,
                 room_create_burst: r.u32("rate_limits.room_create_burst")?,
+                federation_per_second: r.u32("rate_limits.federation_per_second")?,
+                federation_burst: r.u32("rate_limits.federation_burst")?,
             },
             media: MediaConfig {
                 max_uploads_per_user: r.u64("media.max_uploads_per_user", 1)?,

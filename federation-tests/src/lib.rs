@@ -147,12 +147,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` servers, each named by its federation address.
     pub async fn start(n: usize) -> Result<Self, String> {
+        Self::start_with(n, |_, _| {}).await
+    }
+
+    /// Starts `n` servers, the configuration of server `i` changed by `adjust(i, …)`.
+    pub async fn start_with(n: usize, adjust: impl Fn(usize, &mut Config)) -> Result<Self, String> {
         let ca_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ca = TestCa::new(ca_dir.path())?;
         let mut instances = Vec::with_capacity(n);
         for _ in 0..n {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let config = config_for(&ca, dir.path(), free_port()?)?;
+            let mut config = config_for(&ca, dir.path(), free_port()?)?;
+            adjust(instances.len(), &mut config);
             let server = Server::start(config.clone()).await?;
             instances.push(Instance {
                 server: Some(server),

@@ -308,3 +308,57 @@ async fn remote_device_keys_are_queried_and_claimed_and_an_unreachable_server_is
     assert_eq!(devices["devices"][0]["keys"]["keys"], device_keys["keys"]);
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_origin_over_its_rate_limit_gets_429_and_other_origins_do_not() {
+    let cluster = Cluster::start_with(3, |i, config| {
+        if i == 1 {
+            config.rate_limits.enabled = true;
+            config.rate_limits.federation_per_second = 1;
+            config.rate_limits.federation_burst = 3;
+        }
+    })
+    .await
+    .unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let bob = User::register(b, "bob").await.unwrap();
+    let http = tls_client(&cluster);
+    let target = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&bob.user_id)
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let key = &a.running().services.signing_key;
+        let (status, body) = signed_request(
+            &http,
+            b.name(),
+            (a.name(), key),
+            ("GET", &target, b.name()),
+            None,
+        )
+        .await;
+        if status == 429 {
+            assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{body}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    // Another origin has its own allowance.
+    let key = &c.running().services.signing_key;
+    let (status, _) = signed_request(
+        &http,
+        b.name(),
+        (c.name(), key),
+        ("GET", &target, b.name()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    cluster.shutdown().await;
+}

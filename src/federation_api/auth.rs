@@ -6,7 +6,8 @@
 //! names is a current key of the origin (fetched once when unknown); the signature covers
 //! this request's method, target (path and query as sent), origin, destination and JSON
 //! body. Any failure is 401 `M_UNAUTHORIZED` (a key we cannot fetch included), never a
-//! 500.
+//! 500. Verified requests count against the origin's rate limit (`rate_limits.federation_*`,
+//! 429 `M_LIMIT_EXCEEDED` beyond).
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header::AUTHORIZATION;
@@ -18,6 +19,7 @@ use crate::core::ServerName;
 use crate::error::{ErrorCode, MatrixError};
 use crate::http::extract::{parse_json, read_body, typed, BodyLimit};
 use crate::http::AppState;
+use crate::services::rate_limit::RateAction;
 
 /// A request another server signed: who, and its body as `T` (`T` = `Value` reads
 /// `Null` for an empty body).
@@ -84,6 +86,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
         };
         x_matrix::verify_request(&header, (&method, &target), us, content.as_ref(), &key)
             .map_err(|_| unauthorized("The request's signature does not verify"))?;
+        // Per origin, once we know the request is really the origin's (a forger cannot
+        // spend another server's allowance).
+        services
+            .rate_limiter
+            .check(RateAction::Federation, origin.as_str())?;
         // The origin is up: whatever waits for it goes now, not after its back-off.
         services.federation.sender.contacted(origin.as_str());
         let body = typed(content.as_ref().unwrap_or(&Value::Null))?;

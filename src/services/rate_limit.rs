@@ -21,6 +21,8 @@ pub enum RateAction {
     Message,
     /// Creating rooms (`createRoom`, upgrades), per user.
     RoomCreate,
+    /// Requests from another server (after their signature is checked), per origin.
+    Federation,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +76,13 @@ impl RateLimiter {
                 Rule {
                     per_second: f64::from(config.room_create_per_minute) / 60.0,
                     burst: f64::from(config.room_create_burst.max(1)),
+                },
+            ),
+            (
+                RateAction::Federation,
+                Rule {
+                    per_second: f64::from(config.federation_per_second),
+                    burst: f64::from(config.federation_burst.max(1)),
                 },
             ),
         ]);
