@@ -143,6 +143,8 @@ mod tests {
             message_burst: 2,
             room_create_per_minute: 1,
             room_create_burst: 2,
+            federation_per_second: 1,
+            federation_burst: 2,
         }
     }
 
