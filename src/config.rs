@@ -706,6 +706,61 @@ mod tests {
     }
 
     #[test]
+    fn federation_lists_come_from_a_file_as_arrays_and_from_the_environment_comma_separated() {
+        let c = Config::embedded_default();
+        assert!(c.federation.ip_range_allowlist.is_empty());
+        assert!(c.federation.trusted_key_servers.is_empty());
+        assert!(c.federation.verify_tls);
+        assert_eq!(c.federation.trusted_ca, None);
+        let c = Config::load(
+            None,
+            env(&[
+                (
+                    "OURWHATS_FEDERATION__IP_RANGE_ALLOWLIST",
+                    "127.0.0.0/8, ::1/128",
+                ),
+                ("OURWHATS_FEDERATION__TRUSTED_KEY_SERVERS", "matrix.org"),
+                ("OURWHATS_FEDERATION__VERIFY_TLS", "false"),
+                ("OURWHATS_FEDERATION__TRUSTED_CA", "/etc/ca.pem"),
+            ]),
+        )
+        .unwrap();
+        let allow = &c.federation.ip_range_allowlist;
+        assert_eq!(allow.len(), 2);
+        assert!(allow[0].contains("127.1.2.3".parse().unwrap()));
+        assert!(!allow[0].contains("128.0.0.1".parse().unwrap()));
+        assert!(allow[1].contains("::1".parse().unwrap()));
+        assert_eq!(c.federation.trusted_key_servers[0].as_str(), "matrix.org");
+        assert!(!c.federation.verify_tls);
+        assert_eq!(
+            c.federation.trusted_ca.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[federation]\nip_range_allowlist = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path), env(&[])).unwrap();
+        assert!(c.federation.ip_range_allowlist[0].contains("10.9.9.9".parse().unwrap()));
+        // A bad range names the key.
+        let err = Config::load(
+            None,
+            env(&[("OURWHATS_FEDERATION__IP_RANGE_ALLOWLIST", "10.0.0.0/99")]),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("federation.ip_range_allowlist"), "{err}");
+        std::fs::write(&path, "[federation]\nip_range_allowlist = \"10.0.0.0/8\"\n").unwrap();
+        assert!(
+            Config::load(Some(&path), env(&[])).is_err(),
+            "a string where a list goes"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_key_in_one_line() {
         let cases = [
             (
