@@ -316,7 +316,7 @@ impl Config {
         let default_version = r.string("rooms.default_version")?;
         let default_version = RoomVersion::from_id(&default_version).ok_or_else(|| {
             ConfigError(format!(
-                "config key `rooms.default_version`: unsupported room version {default_version:?} (supported: 10, 11, 12)"
+                "config key `rooms.default_version`: unsupported room version {default_version:?} (supported: 6 to 12)"
             ))
         })?;
         let format = match r.string("logging.format")?.as_str() {

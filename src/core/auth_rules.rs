@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::base64;
 use super::event_hashes;
 use super::identifiers::UserId;
-use super::power_levels::{Power, PowerLevels};
+use super::power_levels::{level_value, Power, PowerLevels};
 use super::room_version::RoomVersion;
 use super::signatures;
 
@@ -143,7 +143,7 @@ pub fn auth_event_keys(version: RoomVersion, event: &Value) -> Vec<(String, Stri
                 keys.push(("m.room.third_party_invite".to_owned(), token.to_owned()));
             }
         }
-        if membership == "join" {
+        if membership == "join" && version.has_restricted_joins() {
             if let Some(via) = content
                 .and_then(|c| c.get("join_authorised_via_users_server"))
                 .and_then(Value::as_str)
@@ -346,11 +346,12 @@ fn check_member(
     let Some(new_membership) = ev.content.get("membership").and_then(Value::as_str) else {
         return reject("a member event needs content.membership");
     };
-    // 5.2
+    // 5.2 (v8+)
     let via = ev
         .content
         .get("join_authorised_via_users_server")
-        .and_then(Value::as_str);
+        .and_then(Value::as_str)
+        .filter(|_| version.has_restricted_joins());
     if let Some(via) = via {
         let server = UserId::parse(via)
             .map_err(|_| AuthError("join_authorised_via_users_server is not a user id".into()))?;
@@ -387,6 +388,7 @@ fn check_member(
             if sender_membership == Some("ban") {
                 return reject("the sender is banned");
             }
+            let rule = rule.filter(|r| join_rule_exists(version, r));
             match rule {
                 Some("invite") | Some("knock") => {
                     if matches!(sender_membership, Some("invite") | Some("join")) {
@@ -466,7 +468,8 @@ fn check_member(
             }
         }
         // 5.7
-        "knock" => {
+        "knock" if version.has_knocking() => {
+            let rule = rule.filter(|r| join_rule_exists(version, r));
             if !matches!(rule, Some("knock") | Some("knock_restricted")) {
                 return reject("the join rule does not allow knocking");
             }
@@ -484,6 +487,18 @@ fn check_member(
         }
         // 5.8
         _ => reject("unknown membership"),
+    }
+}
+
+/// Whether a join rule means anything in this room version: `knock` from v7,
+/// `restricted` from v8, `knock_restricted` from v10 (before, they are unknown rules and
+/// let nobody in).
+fn join_rule_exists(version: RoomVersion, rule: &str) -> bool {
+    match rule {
+        "knock" => version.has_knocking(),
+        "restricted" => version.has_restricted_joins(),
+        "knock_restricted" => version.has_knock_restricted(),
+        _ => true,
     }
 }
 
@@ -583,28 +598,31 @@ fn check_power_levels(
     sender_level: Power,
 ) -> Result<(), AuthError> {
     let new = ev.content;
-    // 10.1
-    for key in LEVEL_KEYS {
-        if new.get(key).is_some_and(|v| v.as_i64().is_none()) {
-            return reject(format!("{key} is not an integer"));
+    let level = |v: &Value| level_value(version, v);
+    if version.power_levels_are_integers_only() {
+        // 10.1
+        for key in LEVEL_KEYS {
+            if new.get(key).is_some_and(|v| level(v).is_none()) {
+                return reject(format!("{key} is not an integer"));
+            }
         }
-    }
-    // 10.2
-    for key in ["events", "notifications"] {
-        if let Some(v) = new.get(key) {
-            let ok = v
-                .as_object()
-                .is_some_and(|m| m.values().all(|x| x.as_i64().is_some()));
-            if !ok {
-                return reject(format!("{key} is not an object of integers"));
+        // 10.2
+        for key in ["events", "notifications"] {
+            if let Some(v) = new.get(key) {
+                let ok = v
+                    .as_object()
+                    .is_some_and(|m| m.values().all(|x| level(x).is_some()));
+                if !ok {
+                    return reject(format!("{key} is not an object of integers"));
+                }
             }
         }
     }
-    // 10.3
+    // 10.3 (v6 to v9: rule 9.1, where an integer may be written as a string)
     if let Some(users) = new.get("users") {
         let ok = users.as_object().is_some_and(|m| {
             m.iter()
-                .all(|(k, v)| UserId::parse(k).is_ok() && v.as_i64().is_some())
+                .all(|(k, v)| UserId::parse(k).is_ok() && level(v).is_some())
         });
         if !ok {
             return reject("users is not an object of user ids to integers");
@@ -628,10 +646,7 @@ fn check_power_levels(
     let too_high = |v: Option<i64>| v.is_some_and(|v| Power::from(v) > sender_level);
     // 10.6
     for key in LEVEL_KEYS {
-        let (before, after) = (
-            old.get(key).and_then(Value::as_i64),
-            new.get(key).and_then(Value::as_i64),
-        );
+        let (before, after) = (old.get(key).and_then(level), new.get(key).and_then(level));
         if before != after && (too_high(before) || too_high(after)) {
             return reject(format!("changing {key} beyond one's own power"));
         }
@@ -646,8 +661,8 @@ fn check_power_levels(
             .chain(after.into_iter().flat_map(|m| m.keys()))
             .collect();
         for name in names {
-            let b = before.and_then(|m| m.get(name)).and_then(Value::as_i64);
-            let a = after.and_then(|m| m.get(name)).and_then(Value::as_i64);
+            let b = before.and_then(|m| m.get(name)).and_then(level);
+            let a = after.and_then(|m| m.get(name)).and_then(level);
             if b != a && (too_high(b) || too_high(a)) {
                 return reject(format!("changing {key}.{name} beyond one's own power"));
             }
@@ -662,8 +677,8 @@ fn check_power_levels(
         .chain(after.into_iter().flat_map(|m| m.keys()))
         .collect();
     for name in names {
-        let b = before.and_then(|m| m.get(name)).and_then(Value::as_i64);
-        let a = after.and_then(|m| m.get(name)).and_then(Value::as_i64);
+        let b = before.and_then(|m| m.get(name)).and_then(level);
+        let a = after.and_then(|m| m.get(name)).and_then(level);
         if b == a {
             continue;
         }

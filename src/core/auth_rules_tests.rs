@@ -134,7 +134,7 @@ impl Room {
     }
 }
 
-fn all_versions() -> [RoomVersion; 3] {
+fn all_versions() -> [RoomVersion; 7] {
     RoomVersion::ALL
 }
 
@@ -854,5 +854,109 @@ fn malformed_events_are_rejected_not_panicking() {
         json!("not an object"),
     ] {
         assert!(room.check(&bad).is_err(), "{bad}");
+    }
+}
+
+// ---- What rooms v6 to v9 may and may not do ----
+
+#[test]
+fn knocking_exists_from_v7() {
+    for v in all_versions() {
+        let mut room = Room::standard(v);
+        room.join_rule("knock");
+        let knock = room.member(BOB, BOB, "knock");
+        assert_eq!(room.allows(&knock), v >= RoomVersion::V7, "{v}");
+        // Before v7 "knock" is an unknown join rule, which lets nobody in, not even the
+        // invited (v6 rule 4.3.4 names only `invite`).
+        let invite = room.member(BOB, ALICE, "invite");
+        room.set(invite);
+        assert_eq!(
+            room.allows(&room.member(BOB, BOB, "join")),
+            v >= RoomVersion::V7,
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn restricted_joins_exist_from_v8_and_knock_restricted_from_v10() {
+    for v in all_versions() {
+        for (rule, since) in [
+            ("restricted", RoomVersion::V8),
+            ("knock_restricted", RoomVersion::V10),
+        ] {
+            let mut room = Room::standard(v);
+            room.join_rule(rule);
+            let join = room.event(
+                "m.room.member",
+                BOB,
+                Some(BOB),
+                json!({"membership": "join", "join_authorised_via_users_server": ALICE}),
+            );
+            assert_eq!(room.allows(&join), v >= since, "{v} {rule}");
+            let knock = room.member(BOB, BOB, "knock");
+            assert_eq!(
+                room.allows(&knock),
+                rule == "knock_restricted" && v >= since,
+                "{v} {rule} knock"
+            );
+        }
+    }
+}
+
+#[test]
+fn before_v8_join_authorised_via_is_neither_checked_nor_selected() {
+    let mut room = Room::standard(RoomVersion::V7);
+    room.join_rule("public");
+    let join = room.event(
+        "m.room.member",
+        BOB,
+        Some(BOB),
+        json!({"membership": "join", "join_authorised_via_users_server": CAROL}),
+    );
+    assert!(
+        room.check_signed(&join, false).is_ok(),
+        "no signature asked for"
+    );
+    let keys = auth_event_keys(RoomVersion::V7, &join);
+    assert!(!keys.contains(&("m.room.member".to_owned(), CAROL.to_owned())));
+    assert!(auth_event_keys(RoomVersion::V8, &join)
+        .contains(&("m.room.member".to_owned(), CAROL.to_owned())));
+}
+
+#[test]
+fn power_levels_may_be_strings_of_integers_before_v10() {
+    for v in all_versions() {
+        let mut room = Room::standard(v);
+        room.join_rule("public").join(BOB);
+        let users = if v.creators_have_infinite_power() {
+            json!({BOB: "50"})
+        } else {
+            json!({ALICE: "100", BOB: " +050 "})
+        };
+        let stringy = pl(
+            &room,
+            ALICE,
+            json!({"users": users, "ban": "60", "events": {"m.room.name": "40"}}),
+        );
+        assert_eq!(room.allows(&stringy), v < RoomVersion::V10, "{v}");
+        if v < RoomVersion::V10 {
+            // Stored and in force: Bob (50) may now set the name (40) but not ban (60).
+            room.set(stringy);
+            assert!(
+                room.allows(&room.event("m.room.name", BOB, Some(""), json!({}))),
+                "{v}"
+            );
+            assert!(!room.allows(&room.member(ALICE, BOB, "ban")), "{v}");
+            // Raising oneself beyond one's power is judged on the parsed values.
+            let raise = pl(
+                &room,
+                BOB,
+                json!({"users": {ALICE: "100", BOB: "51"}, "ban": "60", "events": {"m.room.name": "40"}}),
+            );
+            assert!(!room.allows(&raise), "{v}");
+            let junk = pl(&room, ALICE, json!({"users": {ALICE: "100", BOB: "fifty"}}));
+            assert!(!room.allows(&junk), "{v}: 9.1 still wants integers");
+        }
     }
 }

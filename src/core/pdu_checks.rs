@@ -49,7 +49,7 @@ fn invalid<T>(reason: impl Into<String>) -> Result<T, FormatError> {
     Err(FormatError(reason.into()))
 }
 
-/// Check 1: the PDU has the event format of its room version (rooms 10 to 12: the v6
+/// Check 1: the PDU has the event format of its room version (rooms 6 to 12: the v6
 /// format with v4 event ids, v12 without `room_id` on the create event), is strict
 /// canonical JSON (no floats, integers within ±(2^53 - 1)), and is at most
 /// [`MAX_PDU_BYTES`] as canonical JSON.

@@ -41,17 +41,84 @@ pub struct PowerLevels {
     exists: bool,
 }
 
-fn int(content: &Value, key: &str) -> Option<i64> {
-    content.get(key).and_then(Value::as_i64)
+/// A power level value: an integer, or before room v10 also a string of one (spec:
+/// "`m.room.power_levels` events accept values as strings").
+pub fn level_value(version: RoomVersion, value: &Value) -> Option<i64> {
+    if version.power_levels_are_integers_only() {
+        value.as_i64()
+    } else {
+        integer_or_integer_string(value)
+    }
 }
 
-fn int_map(content: &Value, key: &str) -> HashMap<String, i64> {
+/// An integer, or a string of one as rooms before v10 allow: base 10, an optional sign,
+/// leading zeroes and surrounding whitespace allowed. Where the room version is not at
+/// hand this is safe to use on stored power levels: the auth rules of v10+ rooms never
+/// let a string in.
+pub fn integer_or_integer_string(value: &Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    let text = value.as_str()?.trim();
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.strip_prefix('+').unwrap_or(text).parse().ok()
+}
+
+/// Rewrites the levels of a power levels content as integers (strings of integers become
+/// integers, values that are neither are dropped): what a room upgraded from a version
+/// before 10 must carry over, since later versions reject strings.
+pub fn integers_only(content: &mut serde_json::Map<String, Value>) {
+    let fix = |value: &mut Value| match integer_or_integer_string(value) {
+        Some(n) => {
+            *value = Value::from(n);
+            true
+        }
+        None => false,
+    };
+    for key in LEVEL_KEYS_AND_MAPS {
+        let keep = match content.get_mut(*key) {
+            None => true,
+            Some(Value::Object(map)) if MAP_KEYS.contains(key) => {
+                map.retain(|_, v| fix(v));
+                true
+            }
+            Some(_) if MAP_KEYS.contains(key) => false,
+            Some(value) => fix(value),
+        };
+        if !keep {
+            content.remove(*key);
+        }
+    }
+}
+
+const MAP_KEYS: &[&str] = &["users", "events", "notifications"];
+const LEVEL_KEYS_AND_MAPS: &[&str] = &[
+    "users",
+    "events",
+    "notifications",
+    "users_default",
+    "events_default",
+    "state_default",
+    "ban",
+    "kick",
+    "invite",
+    "redact",
+];
+
+fn int(version: RoomVersion, content: &Value, key: &str) -> Option<i64> {
+    content.get(key).and_then(|v| level_value(version, v))
+}
+
+fn int_map(version: RoomVersion, content: &Value, key: &str) -> HashMap<String, i64> {
     content
         .get(key)
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .filter_map(|(k, v)| v.as_i64().map(|v| (k.clone(), v)))
+                .filter_map(|(k, v)| level_value(version, v).map(|v| (k.clone(), v)))
                 .collect()
         })
         .unwrap_or_default()
@@ -114,15 +181,15 @@ impl PowerLevels {
             };
         };
         Self {
-            users: int_map(content, "users"),
-            users_default: int(content, "users_default").unwrap_or(0),
-            events: int_map(content, "events"),
-            events_default: int(content, "events_default").unwrap_or(0),
-            state_default: int(content, "state_default").unwrap_or(50),
-            ban: int(content, "ban").unwrap_or(50),
-            kick: int(content, "kick").unwrap_or(50),
-            invite: int(content, "invite").unwrap_or(0),
-            redact: int(content, "redact").unwrap_or(50),
+            users: int_map(version, content, "users"),
+            users_default: int(version, content, "users_default").unwrap_or(0),
+            events: int_map(version, content, "events"),
+            events_default: int(version, content, "events_default").unwrap_or(0),
+            state_default: int(version, content, "state_default").unwrap_or(50),
+            ban: int(version, content, "ban").unwrap_or(50),
+            kick: int(version, content, "kick").unwrap_or(50),
+            invite: int(version, content, "invite").unwrap_or(0),
+            redact: int(version, content, "redact").unwrap_or(50),
             creators,
             creators_infinite,
             exists: true,
@@ -153,5 +220,61 @@ impl PowerLevels {
             self.events_default
         });
         Power::from(level)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn strings_of_integers_count_before_v10_only() {
+        for (text, n) in [("100", 100), ("000100", 100), ("+100", 100), ("-100", -100)] {
+            assert_eq!(
+                level_value(RoomVersion::V9, &json!(text)),
+                Some(n),
+                "{text}"
+            );
+            assert_eq!(level_value(RoomVersion::V10, &json!(text)), None, "{text}");
+        }
+        assert_eq!(level_value(RoomVersion::V6, &json!(" 00100 ")), Some(100));
+        assert_eq!(level_value(RoomVersion::V6, &json!(" -100 ")), Some(-100));
+        for bad in [
+            json!("1.5"),
+            json!("1e3"),
+            json!(""),
+            json!("+-1"),
+            json!("abc"),
+            json!(1.5),
+        ] {
+            assert_eq!(level_value(RoomVersion::V9, &bad), None, "{bad}");
+        }
+        assert_eq!(level_value(RoomVersion::V12, &json!(7)), Some(7));
+    }
+
+    #[test]
+    fn stringy_levels_are_read_in_v9_rooms() {
+        let event =
+            json!({"content": {"ban": "75", "users": {"@a:x": " 100 "}, "users_default": "5"}});
+        let create =
+            json!({"type": "m.room.create", "sender": "@a:x", "content": {"creator": "@a:x"}});
+        let levels = PowerLevels::new(RoomVersion::V9, Some(&create), Some(&event));
+        assert_eq!(levels.ban, 75);
+        assert_eq!(levels.users_default, 5);
+        assert_eq!(levels.user("@a:x"), Power::from(100));
+    }
+
+    #[test]
+    fn upgrading_turns_strings_into_integers() {
+        let mut content = json!({
+            "ban": "75", "kick": "nope", "users": {"@a:x": "100", "@b:x": "x"},
+            "events": "not a map", "redact": 10
+        });
+        integers_only(content.as_object_mut().unwrap());
+        assert_eq!(
+            content,
+            json!({"ban": 75, "users": {"@a:x": 100}, "redact": 10})
+        );
     }
 }

@@ -398,7 +398,7 @@ fn condition_matches(
             let needed = ctx
                 .notification_levels
                 .and_then(|levels| levels.get(key))
-                .and_then(Value::as_i64)
+                .and_then(super::power_levels::integer_or_integer_string)
                 .unwrap_or(50);
             ctx.sender_power >= Power::from(needed)
         }

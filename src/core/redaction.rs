@@ -68,7 +68,11 @@ pub fn redact_content(
     };
     match event_type {
         "m.room.member" => {
-            let mut kept = keep(&["membership", "join_authorised_via_users_server"]);
+            let mut kept = if version.redaction_keeps_join_authorised_via() {
+                keep(&["membership", "join_authorised_via_users_server"])
+            } else {
+                keep(&["membership"])
+            };
             if version.redaction_keeps_signed_invite_and_redacts() {
                 if let Some(signed) = content
                     .get("third_party_invite")
@@ -88,7 +92,10 @@ pub fn redact_content(
                 keep(&["creator"])
             }
         }
-        "m.room.join_rules" => keep(&["join_rule", "allow"]),
+        "m.room.join_rules" if version.redaction_keeps_join_rules_allow() => {
+            keep(&["join_rule", "allow"])
+        }
+        "m.room.join_rules" => keep(&["join_rule"]),
         "m.room.power_levels" => {
             if version.redaction_keeps_power_levels_invite() {
                 keep(&[

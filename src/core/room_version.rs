@@ -1,12 +1,24 @@
 //! Room versions and the per-version answers the rest of the code asks for.
 //!
-//! Spec: "Room Versions" (`rooms/v10.md`, `v11.md`, `v12.md`). Every version-dependent rule
-//! is a method here, so no other module compares version strings.
+//! Spec: "Room Versions" (`rooms/v6.md` to `v12.md`). Every version-dependent rule is a
+//! method here, so no other module compares version strings. Versions 6 to 9 share the
+//! event format of 10 (v4 event ids, strict canonical JSON) and differ in what rooms may
+//! do: knocking (7), restricted joins (8, and their redaction fix in 9), power levels given
+//! as strings (before 10). Versions 1 to 5 (other event id and PDU formats, state
+//! resolution v1) are not supported yet.
 
 /// A room version this server can take part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoomVersion {
-    /// Room version 10.
+    /// Room version 6: strict canonical JSON, `notifications` power levels enforced.
+    V6,
+    /// Room version 7: knocking.
+    V7,
+    /// Room version 8: restricted joins.
+    V8,
+    /// Room version 9: restricted joins keep their authorising user through redaction.
+    V9,
+    /// Room version 10: `knock_restricted`, power levels only as integers.
     V10,
     /// Room version 11: redaction clarified, `creator` dropped, `redacts` moved to content.
     V11,
@@ -16,14 +28,26 @@ pub enum RoomVersion {
 
 impl RoomVersion {
     /// Every version we support, oldest first.
-    pub const ALL: [RoomVersion; 3] = [RoomVersion::V10, RoomVersion::V11, RoomVersion::V12];
+    pub const ALL: [RoomVersion; 7] = [
+        RoomVersion::V6,
+        RoomVersion::V7,
+        RoomVersion::V8,
+        RoomVersion::V9,
+        RoomVersion::V10,
+        RoomVersion::V11,
+        RoomVersion::V12,
+    ];
 
     /// The version a new room gets unless configured otherwise.
     pub const DEFAULT: RoomVersion = RoomVersion::V12;
 
-    /// Parses a version identifier (`"10"`, `"11"`, `"12"`).
+    /// Parses a version identifier (`"6"` to `"12"`).
     pub fn from_id(id: &str) -> Option<Self> {
         match id {
+            "6" => Some(Self::V6),
+            "7" => Some(Self::V7),
+            "8" => Some(Self::V8),
+            "9" => Some(Self::V9),
             "10" => Some(Self::V10),
             "11" => Some(Self::V11),
             "12" => Some(Self::V12),
@@ -34,6 +58,10 @@ impl RoomVersion {
     /// The version identifier as the spec writes it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V6 => "6",
+            Self::V7 => "7",
+            Self::V8 => "8",
+            Self::V9 => "9",
             Self::V10 => "10",
             Self::V11 => "11",
             Self::V12 => "12",
@@ -47,7 +75,37 @@ impl RoomVersion {
 
     /// Spec v11+ redaction: `origin`, `membership` and `prev_state` are no longer protected.
     pub fn redaction_keeps_origin_membership_prev_state(self) -> bool {
-        self == Self::V10
+        self <= Self::V10
+    }
+
+    /// Spec v8+ redaction: `m.room.join_rules` keeps `allow`.
+    pub fn redaction_keeps_join_rules_allow(self) -> bool {
+        self >= Self::V8
+    }
+
+    /// Spec v9+ redaction: `m.room.member` keeps `join_authorised_via_users_server`.
+    pub fn redaction_keeps_join_authorised_via(self) -> bool {
+        self >= Self::V9
+    }
+
+    /// Spec v7: the `knock` membership and join rule exist.
+    pub fn has_knocking(self) -> bool {
+        self >= Self::V7
+    }
+
+    /// Spec v8: the `restricted` join rule exists.
+    pub fn has_restricted_joins(self) -> bool {
+        self >= Self::V8
+    }
+
+    /// Spec v10: the `knock_restricted` join rule exists.
+    pub fn has_knock_restricted(self) -> bool {
+        self >= Self::V10
+    }
+
+    /// Spec v10: power levels are integers only (before, strings of integers count too).
+    pub fn power_levels_are_integers_only(self) -> bool {
+        self >= Self::V10
     }
 
     /// Spec v11+ redaction: the create event keeps its whole content (v10 keeps `creator`).
@@ -73,7 +131,7 @@ impl RoomVersion {
 
     /// Spec v11: the create event no longer has a `creator`; the sender is the creator.
     pub fn create_event_has_creator_key(self) -> bool {
-        self == Self::V10
+        self <= Self::V10
     }
 
     /// Spec v12: the create event has no `room_id`; the room id is its reference hash with `!`.
@@ -111,7 +169,8 @@ mod tests {
         for v in RoomVersion::ALL {
             assert_eq!(RoomVersion::from_id(v.as_str()), Some(v));
         }
-        assert_eq!(RoomVersion::from_id("9"), None);
+        assert_eq!(RoomVersion::from_id("5"), None);
+        assert_eq!(RoomVersion::from_id("1"), None);
         assert_eq!(RoomVersion::from_id("org.matrix.msc0000"), None);
         assert_eq!(RoomVersion::DEFAULT.as_str(), "12");
     }

@@ -147,6 +147,10 @@ fn compare(g: &Graph, tips: &[String]) {
         RoomVersion::V12 => ruma_common::room_version_rules::RoomVersionRules::V12,
         RoomVersion::V11 => ruma_common::room_version_rules::RoomVersionRules::V11,
         RoomVersion::V10 => ruma_common::room_version_rules::RoomVersionRules::V10,
+        RoomVersion::V9 => ruma_common::room_version_rules::RoomVersionRules::V9,
+        RoomVersion::V8 => ruma_common::room_version_rules::RoomVersionRules::V8,
+        RoomVersion::V7 => ruma_common::room_version_rules::RoomVersionRules::V7,
+        RoomVersion::V6 => ruma_common::room_version_rules::RoomVersionRules::V6,
     };
     let v2_rules = rules.state_res.v2_rules().copied().unwrap();
     let theirs = ruma_state_res::resolve(

@@ -132,10 +132,12 @@ async fn room_ids_follow_the_room_version() {
     let (_, levels) = alice.state(&v10, "m.room.power_levels", "").await;
     assert_eq!(levels["users"][&alice.user_id], 100);
     // Unsupported versions are refused.
-    let (status, body) = alice
-        .post("/createRoom", json!({"room_version": "9"}))
-        .await;
-    assert_error(status, &body, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    for unsupported in ["5", "1", "13", "org.example.v1"] {
+        let (status, body) = alice
+            .post("/createRoom", json!({"room_version": unsupported}))
+            .await;
+        assert_error(status, &body, 400, "M_UNSUPPORTED_ROOM_VERSION");
+    }
     // Identical requests at the same moment still make distinct v12 rooms (their create
     // events would otherwise be identical, and so would the hashes that name them).
     let answers = futures_util::future::join_all(
@@ -518,6 +520,108 @@ async fn knocking_and_restricted_joins() {
         member["join_authorised_via_users_server"],
         alice.user_id.as_str()
     );
+    server.stop().await;
+}
+
+/// Rooms v6 to v9 (`rooms/v6.md` to `v9.md`): made and used like newer ones, with what their
+/// version adds: knocking from 7, restricted joins from 8 (`allow` surviving redaction), power
+/// levels written as strings before 10.
+#[tokio::test]
+async fn rooms_v6_to_v9_do_what_their_version_allows() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let space = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&space).await.0, StatusCode::OK);
+    for version in ["6", "7", "8", "9"] {
+        let v: u32 = version.parse().unwrap();
+        let public = alice
+            .create_room(json!({"room_version": version, "preset": "public_chat"}))
+            .await;
+        let (_, create) = alice.state(&public, "m.room.create", "").await;
+        assert_eq!(create["room_version"], version);
+        assert_eq!(create["creator"], alice.user_id.as_str());
+        assert_eq!(bob.join(&public).await.0, StatusCode::OK, "v{version}");
+        bob.text(&public, "hello").await;
+        let page = alice.messages(&public, "dir=b&limit=1").await;
+        assert_eq!(page["chunk"][0]["content"]["body"], "hello", "v{version}");
+
+        // Knocking: from v7.
+        let knock_room = alice
+            .create_room(json!({
+                "room_version": version,
+                "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]
+            }))
+            .await;
+        let (status, body) = bob.post(&format!("/knock/{knock_room}"), json!({})).await;
+        if v >= 7 {
+            assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        } else {
+            assert_error(status, &body, 403, "M_FORBIDDEN");
+        }
+
+        // Restricted joins: from v8, and their `allow` survives a redaction from v8.
+        let restricted = alice
+            .create_room(json!({
+                "room_version": version,
+                "initial_state": [{"type": "m.room.join_rules", "content": {
+                    "join_rule": "restricted",
+                    "allow": [{"type": "m.room_membership", "room_id": space}]
+                }}]
+            }))
+            .await;
+        let (status, body) = bob.join(&restricted).await;
+        if v >= 8 {
+            assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        } else {
+            assert_error(status, &body, 403, "M_FORBIDDEN");
+        }
+        let (_, rules) = alice
+            .get(&format!(
+                "/rooms/{restricted}/state/m.room.join_rules/?format=event"
+            ))
+            .await;
+        let rules_id = rules["event_id"].as_str().unwrap();
+        let (status, body) = alice
+            .put(
+                &format!("/rooms/{restricted}/redact/{rules_id}/r{version}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, rules) = alice.state(&restricted, "m.room.join_rules", "").await;
+        assert_eq!(rules["join_rule"], "restricted", "v{version}");
+        assert_eq!(rules.get("allow").is_some(), v >= 8, "v{version}: {rules}");
+
+        // Power levels as strings: accepted before v10, and in force.
+        let levels =
+            json!({"users": {alice.user_id.as_str(): "100", bob.user_id.as_str(): " 50 "}});
+        let (status, body) = alice
+            .put(
+                &format!("/rooms/{public}/state/m.room.power_levels/"),
+                levels.clone(),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        let (status, body) = bob
+            .put(
+                &format!("/rooms/{public}/state/m.room.name/"),
+                json!({"name": "by bob"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: bob has 50: {body}");
+    }
+    // Version 10 refuses the same strings.
+    let v10 = alice
+        .create_room(json!({"room_version": "10", "preset": "public_chat"}))
+        .await;
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{v10}/state/m.room.power_levels/"),
+            json!({"users": {alice.user_id.as_str(): "100"}}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
     server.stop().await;
 }
 

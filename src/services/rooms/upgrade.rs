@@ -36,10 +36,10 @@ fn highest_level(content: &Map<String, Value>) -> i64 {
         match value {
             Value::Object(map) if matches!(key.as_str(), "users" | "events" | "notifications") => {
                 for v in map.values() {
-                    top = top.max(v.as_i64().unwrap_or(0));
+                    top = top.max(power_levels::integer_or_integer_string(v).unwrap_or(0));
                 }
             }
-            v => top = top.max(v.as_i64().unwrap_or(0)),
+            v => top = top.max(power_levels::integer_or_integer_string(v).unwrap_or(0)),
         }
     }
     top
@@ -132,6 +132,7 @@ impl Rooms {
         let mut new_levels = levels_content
             .and_then(|c| c.as_object().cloned())
             .unwrap_or_default();
+        power_levels::integers_only(&mut new_levels);
         if version.creators_have_infinite_power() {
             if let Some(users) = new_levels.get_mut("users").and_then(Value::as_object_mut) {
                 users.remove(sender);
@@ -224,12 +225,15 @@ impl Rooms {
         {
             let users_default = content
                 .get("users_default")
-                .and_then(Value::as_i64)
+                .and_then(|v| power_levels::level_value(old.version, v))
                 .unwrap_or(0);
             let restricted = (users_default + 1).max(50);
             let mut changed = false;
             for key in ["events_default", "invite"] {
-                let current = content.get(key).and_then(Value::as_i64).unwrap_or(0);
+                let current = content
+                    .get(key)
+                    .and_then(|v| power_levels::level_value(old.version, v))
+                    .unwrap_or(0);
                 if current < restricted {
                     content.insert(key.into(), json!(restricted));
                     changed = true;
