@@ -72,6 +72,10 @@ pub enum ErrorCode {
     InvalidSignature,
     /// `M_WRONG_ROOM_KEYS_VERSION` (key backup; carries `current_version`)
     WrongRoomKeysVersion,
+    /// `M_INCOMPATIBLE_ROOM_VERSION` (federation joins; carries `room_version`)
+    IncompatibleRoomVersion,
+    /// `M_UNABLE_TO_AUTHORISE_JOIN` (a restricted join no condition of which we know)
+    UnableToAuthoriseJoin,
 }
 
 impl ErrorCode {
@@ -109,6 +113,8 @@ impl ErrorCode {
             Self::KeyTooLarge => "M_KEY_TOO_LARGE",
             Self::InvalidSignature => "M_INVALID_SIGNATURE",
             Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
+            Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
         }
     }
 }

@@ -99,7 +99,9 @@ impl Server {
             vec![Box::new(move || rooms_store.state().release_cache())],
             stopped.clone(),
         ));
-        services.federation.start(stopped.clone());
+        services
+            .federation
+            .start(services.rooms.shared_store(), stopped.clone());
         let client_services = Arc::clone(&services);
         services.listeners.set_client(ListenerState::Up);
         let client_task = tokio::spawn(async move {

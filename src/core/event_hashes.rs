@@ -71,6 +71,18 @@ pub fn hash_and_sign_event(
         "hashes".to_owned(),
         json!({ "sha256": base64::encode(hash) }),
     );
+    sign_event(event, server_name, key, version)
+}
+
+/// Adds `server_name`'s signature to an event that already has its hashes (spec:
+/// "Signing events": the redacted form is signed), keeping the signatures it has; answers
+/// the event's reference hash. A resident server signs a restricted join this way.
+pub fn sign_event(
+    event: &mut Value,
+    server_name: &str,
+    key: &SigningKeyPair,
+    version: RoomVersion,
+) -> Result<[u8; 32], SignatureError> {
     let redacted = redact(event, version);
     let redacted = redacted.as_object().ok_or(SignatureError::NotAnObject)?;
     let bytes = signatures::signed_bytes(redacted)?;

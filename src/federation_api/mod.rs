@@ -1,6 +1,8 @@
 //! `/_matrix/federation/*` and `/_matrix/key/*` (incoming), one file per spec area.
 
 pub mod auth;
+pub mod events;
+pub mod joins;
 pub mod key_query;
 pub mod media;
 pub mod openid;
@@ -54,6 +56,22 @@ pub fn routes() -> Router<AppState> {
             get(user_keys::devices),
         )
         .route("/_matrix/federation/v1/version", get(version::get_version))
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(events::event),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(joins::make_join),
+        )
+        .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            put(joins::send_join_v1),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(joins::send_join_v2),
+        )
         .route(
             "/_matrix/federation/v1/openid/userinfo",
             get(openid::userinfo),

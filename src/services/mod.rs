@@ -185,7 +185,7 @@ impl Services {
             vec![push.clone(), Arc::new(search::index::SearchIndex)],
             config.server_name.clone(),
             Arc::clone(&signing_key),
-            config.rooms.default_version,
+            (config.rooms.default_version, Arc::clone(&outbox)),
         )
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
         accounts.attach_rooms(rooms.shared_store());

@@ -1,12 +1,14 @@
-//! Durable EDUs waiting to be sent to other servers (to-device messages to their users),
-//! and the wake-up of the federation sender.
+//! Durable PDUs and EDUs waiting to be sent to other servers (a room's events to the
+//! servers in the room, to-device messages to their users), and the wake-up of the
+//! federation sender.
 //!
 //! Services that have something for another server write it here **in the same batch**
 //! as the rest of their change (so a crash never keeps one without the other), keyed by
 //! destination and stream position, and then wake the sender. The sender
 //! ([`crate::services::federation::sender`]) reads each destination's queue in order and
-//! deletes what the destination acknowledged. An EDU costs one write whatever happens
-//! after.
+//! deletes what the destination acknowledged. An item costs one write whatever happens
+//! after. A PDU is queued by event id (the event itself is stored once, with the room);
+//! the sender reads it through a [`PduStore`] when it builds the transaction.
 //!
 //! Owns the table `servername_pos_edu`.
 
@@ -18,6 +20,31 @@ use tokio::sync::mpsc;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::stream::Write;
 use crate::storage::{keys, Db, Table};
+
+/// Where the sender reads the PDUs the outbox names (the rooms' event store).
+pub trait PduStore: Send + Sync {
+    /// The PDU of `event_id` as it goes over federation, if it is stored.
+    fn pdu(&self, event_id: &str) -> Option<Value>;
+}
+
+/// A queued item: a room event (by id) or an EDU.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// The event with this id.
+    Pdu(String),
+    /// An EDU (`{"edu_type", "content"}`).
+    Edu(Value),
+}
+
+impl Item {
+    /// Reads a stored item: `{"pdu": event id}` or an EDU.
+    fn parse(value: Value) -> Self {
+        match value.get("pdu").and_then(Value::as_str) {
+            Some(id) => Item::Pdu(id.to_owned()),
+            None => Item::Edu(value),
+        }
+    }
+}
 
 /// The outbox's wake-up channel and table access.
 pub struct Outbox {
@@ -57,6 +84,16 @@ impl Outbox {
         )
     }
 
+    /// The write that queues the room event `event_id` for `destination` at `pos` (the
+    /// event's own stream position).
+    pub fn queue_pdu(destination: &str, pos: u64, event_id: &str) -> Write {
+        (
+            Table::ServernamePosEdu,
+            edu_key(destination, pos),
+            Some(serde_json::to_vec(&serde_json::json!({ "pdu": event_id })).unwrap_or_default()),
+        )
+    }
+
     /// Tells the sender that `destination` has something new.
     pub fn wake(&self, destination: &str) {
         let _ = self.wake.send(destination.to_owned());
@@ -70,18 +107,14 @@ impl Outbox {
             .take()
     }
 
-    /// Up to `limit` queued EDUs of `destination`, oldest first: `(key, EDU)`.
-    pub fn pending(
-        db: &Db,
-        destination: &str,
-        limit: usize,
-    ) -> MatrixResult<Vec<(Vec<u8>, Value)>> {
+    /// Up to `limit` queued items of `destination`, oldest first: `(key, item)`.
+    pub fn pending(db: &Db, destination: &str, limit: usize) -> MatrixResult<Vec<(Vec<u8>, Item)>> {
         let mut out = Vec::new();
         for item in db.scan_prefix(Table::ServernamePosEdu, &prefix(destination)) {
             let (key, value) = item?;
-            let edu = serde_json::from_slice(&value)
+            let value = serde_json::from_slice(&value)
                 .map_err(|_| MatrixError::internal("corrupt record in servername_pos_edu"))?;
-            out.push((key.to_vec(), edu));
+            out.push((key.to_vec(), Item::parse(value)));
             if out.len() >= limit {
                 break;
             }

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::core::SigningKeyPair;
-use crate::services::outbox::Outbox;
+use crate::services::outbox::{Outbox, PduStore};
 use crate::storage::Db;
 use client::FederationClient;
 use keys::KeyRing;
@@ -73,10 +73,11 @@ impl Federation {
         })
     }
 
-    /// Starts the background work (the sender) until `stopped` turns true.
-    pub fn start(&self, stopped: watch::Receiver<bool>) {
+    /// Starts the background work (the sender, reading queued events from `pdus`) until
+    /// `stopped` turns true.
+    pub fn start(&self, pdus: Arc<dyn PduStore>, stopped: watch::Receiver<bool>) {
         self.sender.start(
-            Arc::clone(&self.db),
+            (Arc::clone(&self.db), pdus),
             Arc::clone(&self.client),
             &self.outbox,
             stopped,

@@ -1,7 +1,7 @@
 //! The federation sender: delivers what the outbox holds, per destination, in order.
 //!
 //! Spec: server-server API, "Transactions" (`PUT /_matrix/federation/v1/send/{txnId}`, at
-//! most 50 PDUs and 100 EDUs). Each destination has its own task, started when something
+//! most 50 PDUs and 100 EDUs), in the order they were queued. Each destination has its own task, started when something
 //! is queued for it and stopped once its queue is empty and idle, so a destination that
 //! does not answer holds up no other. One transaction in flight per destination; a retry
 //! sends the same transaction (same id, same content) until it is acknowledged, then its
@@ -9,10 +9,10 @@
 //! hour), persisted so a restart does not hammer a dead server, and reset as soon as that
 //! server makes a request to us; a destination waiting longer than a few seconds gives
 //! up its task and waits as an entry in a set that one timer checks. A transaction the destination refuses outright (a 4xx
-//! other than 429) three times gives up its first EDU, logged, so one item the other
-//! side cannot take never wedges the queue. At start, destinations with queued EDUs are
-//! resumed. Today the outbox holds to-device messages; room events join with federated
-//! rooms.
+//! other than 429) three times gives up its first item, logged, so one item the other
+//! side cannot take never wedges the queue. At start, destinations with queued items are
+//! resumed. A PDU the destination answers with an error in the transaction's answer is
+//! logged, not retried (the spec's answer says the other side judged it).
 //!
 //! Owns the table `servername_destination`.
 
@@ -28,12 +28,14 @@ use tokio::sync::{watch, Notify};
 use super::client::{FederationClient, FederationError};
 use crate::core::ServerName;
 use crate::services::now_ms;
-use crate::services::outbox::Outbox;
+use crate::services::outbox::{Item, Outbox, PduStore};
 use crate::services::records::{decode, encode};
 use crate::storage::{Db, Table};
 
 /// EDUs per transaction at most (spec).
 pub const MAX_EDUS: usize = 100;
+/// PDUs per transaction at most (spec).
+pub const MAX_PDUS: usize = 50;
 /// A destination task without work stops after this long.
 const IDLE_STOP: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF_MS: u64 = 1_000;
@@ -67,6 +69,7 @@ pub fn backoff_ms(failures: u32, jitter: u64) -> u64 {
 struct Shared {
     db: Arc<Db>,
     client: Arc<FederationClient>,
+    pdus: Arc<dyn PduStore>,
     /// The running destination tasks' wake-ups.
     running: Mutex<HashMap<String, Arc<Notify>>>,
     /// Destinations without a task, backing off: `(retry time, name)`.
@@ -96,7 +99,7 @@ impl Sender {
     /// the outbox's wake-ups until `stopped` turns true.
     pub fn start(
         &self,
-        db: Arc<Db>,
+        (db, pdus): (Arc<Db>, Arc<dyn PduStore>),
         client: Arc<FederationClient>,
         outbox: &Outbox,
         stopped: watch::Receiver<bool>,
@@ -108,6 +111,7 @@ impl Sender {
         let shared = Arc::new(Shared {
             db,
             client,
+            pdus,
             running: Mutex::new(HashMap::new()),
             parked: Mutex::new(std::collections::BTreeSet::new()),
             stopped: stopped.clone(),
@@ -234,8 +238,8 @@ async fn pause(notify: &Notify, stopped: &mut watch::Receiver<bool>, duration: D
 async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: Arc<Notify>) {
     let name = destination.as_str().to_owned();
     let mut stopped = shared.stopped.clone();
-    // The transaction in flight: its id and EDU keys, kept across retries.
-    let mut in_flight: Option<(String, Vec<Vec<u8>>, Vec<Value>)> = None;
+    // The transaction in flight, kept across retries.
+    let mut in_flight: Option<Transaction> = None;
     let mut refusals = 0u32;
     loop {
         if *stopped.borrow() {
@@ -259,7 +263,7 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             continue;
         }
         if in_flight.is_none() {
-            let pending = match Outbox::pending(&shared.db, &name, MAX_EDUS) {
+            let pending = match Outbox::pending(&shared.db, &name, MAX_EDUS + MAX_PDUS) {
                 Ok(pending) => pending,
                 Err(e) => {
                     tracing::error!(destination = %name, error = %e.message, "cannot read the outbox");
@@ -280,23 +284,27 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 }
                 break;
             }
-            let (keys, edus): (Vec<Vec<u8>>, Vec<Value>) = pending.into_iter().unzip();
-            // Stable for these EDUs: the position of the first and the count.
-            let first = keys
-                .first()
-                .and_then(|k| k.get(k.len() - 8..))
-                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
-            let txn_id = format!("{first:x}.{}", keys.len());
-            in_flight = Some((txn_id, keys, edus));
+            let transaction = next_transaction(shared.pdus.as_ref(), &name, pending);
             refusals = 0;
+            in_flight = Some(transaction);
         }
-        let Some((txn_id, keys, edus)) = in_flight.clone() else {
+        let Some(Transaction {
+            txn_id,
+            keys,
+            pdus,
+            edus,
+        }) = in_flight.clone()
+        else {
             continue;
         };
+        if keys.is_empty() {
+            in_flight = None;
+            continue;
+        }
         let body = json!({
             "origin": shared.client.server_name().as_str(),
             "origin_server_ts": now_ms(),
-            "pdus": [],
+            "pdus": pdus,
             "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
@@ -305,7 +313,8 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             .request(&destination, Method::PUT, &path, Some(&body))
             .await
         {
-            Ok(_) => {
+            Ok(answer) => {
+                log_pdu_errors(&name, &answer);
                 let mut batch = shared.db.batch();
                 for key in &keys {
                     batch.delete(Table::ServernamePosEdu, key);
@@ -322,12 +331,12 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 refusals += 1;
                 tracing::warn!(destination = %name, %status, %body, "transaction {txn_id} refused ({refusals})");
                 if refusals >= REFUSALS_BEFORE_SKIP {
-                    // Give up the first EDU, which may be what the other side cannot take.
+                    // Give up the first item, which may be what the other side cannot take.
                     if let Some(first) = keys.first() {
                         let mut batch = shared.db.batch();
                         batch.delete(Table::ServernamePosEdu, first);
                         let _ = shared.db.write_relaxed(batch);
-                        tracing::warn!(destination = %name, edu = %edus[0], "an EDU the destination keeps refusing was dropped");
+                        tracing::warn!(destination = %name, "an item the destination keeps refusing was dropped");
                     }
                     in_flight = None;
                 } else {
@@ -341,6 +350,64 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
         }
     }
     lock(&shared.running).remove(&name);
+}
+
+/// A transaction being delivered: the same id and content on every retry.
+#[derive(Clone)]
+struct Transaction {
+    txn_id: String,
+    /// The outbox keys it empties once acknowledged.
+    keys: Vec<Vec<u8>>,
+    pdus: Vec<Value>,
+    edus: Vec<Value>,
+}
+
+/// The next transaction from the head of a destination's queue: items in order while
+/// both limits hold. A queued event no longer stored is skipped (its key still leaves
+/// the queue with the transaction).
+fn next_transaction(
+    store: &dyn PduStore,
+    destination: &str,
+    pending: Vec<(Vec<u8>, Item)>,
+) -> Transaction {
+    let mut keys = Vec::new();
+    let mut pdus = Vec::new();
+    let mut edus = Vec::new();
+    for (key, item) in pending {
+        match item {
+            Item::Pdu(_) if pdus.len() >= MAX_PDUS => break,
+            Item::Edu(_) if edus.len() >= MAX_EDUS => break,
+            Item::Pdu(id) => match store.pdu(&id) {
+                Some(pdu) => pdus.push(pdu),
+                None => tracing::warn!(%destination, event = %id, "a queued event is not stored"),
+            },
+            Item::Edu(edu) => edus.push(edu),
+        }
+        keys.push(key);
+    }
+    // Stable for these items: the position of the first and the count.
+    let first = keys
+        .first()
+        .and_then(|k| k.get(k.len().saturating_sub(8)..))
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+    Transaction {
+        txn_id: format!("{first:x}.{}", keys.len()),
+        keys,
+        pdus,
+        edus,
+    }
+}
+
+/// The destination's answer names PDUs it did not accept (`{"pdus": {id: {"error"}}}`).
+fn log_pdu_errors(destination: &str, answer: &Value) {
+    let Some(results) = answer.get("pdus").and_then(Value::as_object) else {
+        return;
+    };
+    for (event_id, result) in results {
+        if let Some(error) = result.get("error") {
+            tracing::info!(%destination, event = %event_id, %error, "the destination did not accept an event");
+        }
+    }
 }
 
 fn back_off(db: &Db, destination: &str, mut record: DestinationRecord) {

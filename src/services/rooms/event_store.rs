@@ -370,3 +370,15 @@ impl EventStore {
         Ok(out)
     }
 }
+
+impl crate::services::outbox::PduStore for EventStore {
+    fn pdu(&self, event_id: &str) -> Option<Value> {
+        match self.event_by_id(event_id) {
+            Ok(event) => event.map(|e| e.pdu().clone()),
+            Err(e) => {
+                tracing::warn!(event = %event_id, error = %e.message, "cannot read a queued event");
+                None
+            }
+        }
+    }
+}

@@ -171,7 +171,7 @@ impl Rooms {
     }
 
     /// A local joined member with the power to invite (for restricted joins).
-    fn local_inviter(&self, room_id: &str) -> MatrixResult<Option<String>> {
+    pub(super) fn local_inviter(&self, room_id: &str) -> MatrixResult<Option<String>> {
         let room = self.known_room(room_id)?;
         let snapshot = room.record.state;
         let levels = self.current_power_levels(&room)?;

@@ -31,9 +31,12 @@ pub mod membership;
 pub mod receive;
 pub mod records;
 pub mod relations;
+pub mod resident_join;
 pub mod resolution;
 pub mod room_snapshot;
 pub mod sending;
+pub mod server_reads;
+pub mod server_visibility;
 pub mod state_store;
 pub mod stored_event;
 pub mod tokens;
@@ -87,7 +90,7 @@ impl Rooms {
         hooks: Vec<Arc<dyn writer::NewEventHook>>,
         server_name: ServerName,
         signing_key: Arc<SigningKeyPair>,
-        default_version: RoomVersion,
+        (default_version, outbox): (RoomVersion, Arc<crate::services::outbox::Outbox>),
     ) -> MatrixResult<Self> {
         let store = Arc::new(EventStore::open(db, stream)?);
         let writers = Writers::new(WriterContext {
@@ -95,6 +98,7 @@ impl Rooms {
             server_name: server_name.as_str().to_owned(),
             signing_key: Arc::clone(&signing_key),
             hooks,
+            outbox,
         });
         Ok(Self {
             store,

@@ -88,6 +88,31 @@ impl Rooms {
             .await
     }
 
+    /// Receives a membership event another server sent us for the room (`send_join`,
+    /// `send_leave`, `send_knock`): the receipt checks as for any PDU, and once accepted
+    /// the event is passed on to the other servers in the room.
+    pub async fn receive_membership_pdu(
+        &self,
+        origin: &str,
+        pdu: Value,
+        source: &dyn MissingSource,
+    ) -> MatrixResult<(Option<String>, PduOutcome)> {
+        let mut budget = Budget(FETCH_BUDGET);
+        let none = HashSet::new();
+        match self
+            .prepare(origin, pdu, false, (source, &mut budget), &none)
+            .await?
+        {
+            Prepare::Done(id, outcome) => Ok((id, outcome)),
+            Prepare::Ready(mut ready) => {
+                ready.event.forward = true;
+                let id = ready.event.event_id.clone();
+                let outcome = self.writers.receive(&ready.room_id, ready.event).await?;
+                Ok((Some(id), outcome))
+            }
+        }
+    }
+
     /// Receives the PDUs of one transaction, in order, answering each one's outcome. A
     /// PDU may name earlier ones of the same transaction as prev or auth events (they are
     /// not fetched); the writers get them all at once, so one fsync covers many.
@@ -230,6 +255,8 @@ impl Rooms {
                 pdu,
                 signed_by,
                 outlier,
+                forward: false,
+                given_state: None,
             },
         })))
     }

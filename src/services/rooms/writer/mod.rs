@@ -14,7 +14,7 @@
 //! drained from its queue the writer fsyncs once and only then answers them all (group
 //! commit: nothing is acknowledged before it is durable).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,7 @@ use crate::core::redaction::redact;
 use crate::core::{RoomVersion, SigningKeyPair};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
+use crate::services::outbox::Outbox;
 use crate::services::records::{decode, encode};
 use crate::services::stream::{PosTicket, StreamChange};
 use crate::storage::{keys, Batch, Table};
@@ -143,6 +144,9 @@ pub struct WriterContext {
     /// Told of every new event inside its write batch (notification counts, the search
     /// index).
     pub hooks: Vec<Arc<dyn NewEventHook>>,
+    /// Where events for other servers are queued (in the event's batch) and the sender
+    /// woken (after the fsync).
+    pub outbox: Arc<Outbox>,
 }
 
 /// A local member of a room, for the [`NewEventHook`].
@@ -401,7 +405,7 @@ async fn run_writer(
         let worked = tokio::task::spawn_blocking(move || {
             let mut head = head;
             let mut answers = Vec::with_capacity(jobs.len());
-            let mut written = Vec::new();
+            let mut written = Written::default();
             for job in jobs {
                 let result =
                     process_job(&ctx2, &room, &mut head, job.start, job.drafts, &mut written);
@@ -418,8 +422,12 @@ async fn run_writer(
             }
             // Even after a failed fsync the batches are visible to readers, so the stream
             // must move past them with their changes, not skip them.
-            for (ticket, change) in written {
+            for (ticket, change) in written.changes {
                 ticket.commit(vec![change]);
+            }
+            // Only durable events leave for other servers.
+            for destination in &written.destinations {
+                ctx2.outbox.wake(destination);
             }
             (head, answers)
         })
@@ -565,6 +573,9 @@ struct RoomHead {
     power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
     /// The forward extremities with their short ids and depths, loaded when first needed.
     extremities: Option<Vec<graph::Extremity>>,
+    /// The other servers with joined members, read from the current state when first
+    /// needed and again after a member event.
+    remote_servers: Option<BTreeSet<String>>,
 }
 
 impl RoomHead {
@@ -582,6 +593,7 @@ impl RoomHead {
             local_members: None,
             power_levels: None,
             extremities: None,
+            remote_servers: None,
         })
     }
 
@@ -668,8 +680,39 @@ impl RoomHead {
             .collect())
     }
 
+    /// The other servers with joined members in the current state. Read from the member
+    /// events once per membership change (a cost that grows with the room; a per-server
+    /// count kept with the room record would not).
+    fn remote_servers(
+        &mut self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> MatrixResult<&BTreeSet<String>> {
+        if self.remote_servers.is_none() {
+            let mut shorts = Vec::new();
+            for (key, event) in &self.state {
+                let (kind, state_key) = store.state.state_key_of(*key)?;
+                let remote = state_key
+                    .split_once(':')
+                    .is_some_and(|(_, server)| server != server_name);
+                if kind == "m.room.member" && remote {
+                    shorts.push(*event);
+                }
+            }
+            let servers = store
+                .events(&shorts)?
+                .iter()
+                .filter(|e| membership_of(e.pdu()) == "join")
+                .filter_map(|e| e.state_key()?.split_once(':').map(|(_, s)| s.to_owned()))
+                .collect();
+            self.remote_servers = Some(servers);
+        }
+        Ok(self.remote_servers.get_or_insert_with(BTreeSet::new))
+    }
+
     /// Keeps the local members current after a member event of a local user.
     fn member_changed(&mut self, pdu: &Value, server_name: &str) {
+        self.remote_servers = None;
         let Some(members) = self.local_members.as_mut() else {
             return;
         };
@@ -727,8 +770,13 @@ fn forbidden(e: auth_rules::AuthError) -> MatrixError {
     MatrixError::forbidden(e.0)
 }
 
-/// Positions written in this drain, committed to the stream after the fsync.
-type Written = Vec<(PosTicket, StreamChange)>;
+/// What a drain wrote: positions, committed to the stream after the fsync, and the
+/// servers that have new events queued, woken after it.
+#[derive(Default)]
+struct Written {
+    changes: Vec<(PosTicket, StreamChange)>,
+    destinations: BTreeSet<String>,
+}
 
 /// Writes a new room's create event.
 fn create_room(
@@ -776,6 +824,7 @@ fn create_room(
         local_members: None,
         power_levels: None,
         extremities: Some(Vec::new()),
+        remote_servers: Some(BTreeSet::new()),
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
@@ -1105,17 +1154,29 @@ fn write_event(
         encode(&record),
     );
     run_hooks(ctx, head, (pdu, short, pos), redacted.as_ref(), &mut batch)?;
+    // Our event goes to every other server in the room, and to a member event's
+    // target's server (an invite, a kick).
+    let mut destinations = head.remote_servers(store, &ctx.server_name)?.clone();
+    if let Some((user, _)) = &member {
+        if let Some((_, server)) = user.split_once(':') {
+            if server != ctx.server_name {
+                destinations.insert(server.to_owned());
+            }
+        }
+    }
+    queue_for(&mut batch, &destinations, pos, &event_id);
     store.db.write_relaxed(batch)?;
     if member.is_some() {
         head.member_changed(pdu, &ctx.server_name);
     }
-    written.push((
+    written.changes.push((
         ticket,
         StreamChange::RoomEvent {
             room: head.short,
             member,
         },
     ));
+    written.destinations.extend(destinations);
 
     if let Some(cached) = head.extremities.as_mut() {
         cached.retain(|e| record.extremities.contains(&e.id));
@@ -1141,6 +1202,16 @@ fn write_event(
         );
     }
     Ok(event_id)
+}
+
+/// Queues the event `event_id` (at stream position `pos`) for each of `destinations`.
+fn queue_for(batch: &mut Batch<'_>, destinations: &BTreeSet<String>, pos: u64, event_id: &str) {
+    for destination in destinations {
+        let (table, key, value) = Outbox::queue_pdu(destination, pos, event_id);
+        if let Some(value) = value {
+            batch.put(table, key, value);
+        }
+    }
 }
 
 /// The PDU and its metadata rows of event `short`.

@@ -22,6 +22,7 @@
 //! what is missing outside the writer.
 
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::{
@@ -52,6 +53,13 @@ pub struct RemoteEvent {
     pub signed_by: Vec<String>,
     /// Held for its own sake (an auth event of another): no state, no timeline place.
     pub outlier: bool,
+    /// Sent to us for the room (`send_join`, `send_leave`, `send_knock`): once accepted,
+    /// we pass it on to the other servers in the room, as its sender's server cannot.
+    pub forward: bool,
+    /// The state before the event as another server told it (our own join through a
+    /// resident server): used instead of the state after its prev events, which we do
+    /// not have, and the event is not held against our current state (which it makes).
+    pub given_state: Option<(ShortStateHash, StateMap)>,
 }
 
 /// What became of a remote event.
@@ -162,51 +170,61 @@ pub(super) fn receive(
         return Ok(PduOutcome::Outlier);
     }
 
-    // The state before the event: after its prev events.
+    // The state before the event: after its prev events, or as given.
     let prev_ids: Vec<String> = pdu::event_ids(&event.pdu, "prev_events")
         .map(str::to_owned)
         .collect();
-    let mut snapshots: Vec<ShortStateHash> = Vec::with_capacity(prev_ids.len());
-    for id in &prev_ids {
-        let Some(short) = store.state.find_event(id)? else {
-            missing.push(id.clone());
-            continue;
-        };
-        let meta = store.meta(short)?;
-        let status = graph::record(store, short)?.map(|r| r.status);
-        match status {
-            Some(EventStatus::Outlier) => missing.push(id.clone()),
-            _ if meta.room != head.short => {
-                let reason = format!("prev event {id} belongs to another room");
-                return reject(ctx, head, (existing, &event), edges, 0, reason);
-            }
-            // The state after a rejected event is the state before it.
-            Some(EventStatus::Rejected { .. }) => snapshots.push(meta.state_before),
-            _ => snapshots.push(meta.state_after),
-        }
-        edges.prev.push(short);
-    }
-    if !missing.is_empty() {
-        return Ok(PduOutcome::MissingEvents(missing));
-    }
-    snapshots.sort_unstable();
-    snapshots.dedup();
+    let given = event.given_state.is_some();
     let mut batch = store.db.batch();
-    // A live event on the room's newest events reads the head's state (no copy).
-    let (state_before, before) = match snapshots.as_slice() {
-        [] => (0, Before::Map(StateMap::new())),
-        [one] if *one == head.record.state => (*one, Before::Current),
-        [one] => (*one, Before::Map(store.state.load(*one)?)),
-        [first, ..] => {
-            let resolved = resolution::resolve_snapshots(store, version, &snapshots)?;
-            let base = store.state.load(*first)?;
-            let changes = state_changes(&base, &resolved);
-            let id = if changes.is_empty() {
-                *first
-            } else {
-                store.state.save(Some(*first), &changes, &mut batch)?
+    let (state_before, before) = if let Some((hash, map)) = event.given_state.clone() {
+        for id in &prev_ids {
+            if let Some(short) = store.state.find_event(id)? {
+                edges.prev.push(short);
+            }
+        }
+        (hash, Before::Map(map))
+    } else {
+        let mut snapshots: Vec<ShortStateHash> = Vec::with_capacity(prev_ids.len());
+        for id in &prev_ids {
+            let Some(short) = store.state.find_event(id)? else {
+                missing.push(id.clone());
+                continue;
             };
-            (id, Before::Map(resolved))
+            let meta = store.meta(short)?;
+            let status = graph::record(store, short)?.map(|r| r.status);
+            match status {
+                Some(EventStatus::Outlier) => missing.push(id.clone()),
+                _ if meta.room != head.short => {
+                    let reason = format!("prev event {id} belongs to another room");
+                    return reject(ctx, head, (existing, &event), edges, 0, reason);
+                }
+                // The state after a rejected event is the state before it.
+                Some(EventStatus::Rejected { .. }) => snapshots.push(meta.state_before),
+                _ => snapshots.push(meta.state_after),
+            }
+            edges.prev.push(short);
+        }
+        if !missing.is_empty() {
+            return Ok(PduOutcome::MissingEvents(missing));
+        }
+        snapshots.sort_unstable();
+        snapshots.dedup();
+        // A live event on the room's newest events reads the head's state (no copy).
+        match snapshots.as_slice() {
+            [] => (0, Before::Map(StateMap::new())),
+            [one] if *one == head.record.state => (*one, Before::Current),
+            [one] => (*one, Before::Map(store.state.load(*one)?)),
+            [first, ..] => {
+                let resolved = resolution::resolve_snapshots(store, version, &snapshots)?;
+                let base = store.state.load(*first)?;
+                let changes = state_changes(&base, &resolved);
+                let id = if changes.is_empty() {
+                    *first
+                } else {
+                    store.state.save(Some(*first), &changes, &mut batch)?
+                };
+                (id, Before::Map(resolved))
+            }
         }
     };
 
@@ -243,7 +261,7 @@ pub(super) fn receive(
     };
 
     // Check 6: the room's current state.
-    if state_before != head.record.state {
+    if state_before != head.record.state && !given {
         let current_shorts = auth_shorts_of(store, version, &event.pdu, &head.state)?;
         let current_auth = auth_state_from(store, head, current_shorts)?;
         if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &current_auth) {
@@ -638,8 +656,23 @@ fn accept(
         encode(&record),
     );
     run_hooks(ctx, head, (pdu, short, pos), redacted.as_ref(), &mut batch)?;
+    let mut destinations = BTreeSet::new();
+    if event.forward {
+        // The servers in the room before the event, but its own (the event is a
+        // membership of its sender, so the servers after it are those, or those and its
+        // own).
+        destinations = head.remote_servers(store, &ctx.server_name)?.clone();
+        let sender_server = pdu
+            .get("sender")
+            .and_then(Value::as_str)
+            .and_then(|s| s.split_once(':'))
+            .map(|(_, server)| server);
+        destinations.retain(|d| Some(d.as_str()) != sender_server);
+        super::queue_for(&mut batch, &destinations, pos, event_id);
+    }
     store.db.write_relaxed(batch)?;
-    written.push((
+    written.destinations.extend(destinations);
+    written.changes.push((
         ticket,
         StreamChange::RoomEvent {
             room: head.short,
@@ -660,6 +693,7 @@ fn accept(
     }
     if members_changed {
         head.local_members = None;
+        head.remote_servers = None;
     }
     Ok(())
 }

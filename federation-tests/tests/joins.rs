@@ -1,0 +1,230 @@
+//! Joining a room on another ourwhats as the resident server answers it: `make_join` and
+//! `send_join` (v2 and v1) between two real instances over TLS, and every refusal the
+//! spec names for them. The joining side's requests are made with the second server's
+//! own federation client and key, so each one is a real signed request.
+
+use federation_tests::{enc, Cluster, Instance, User};
+use ourwhats::core::{event_hashes, RoomVersion, ServerName};
+use ourwhats::services::federation::client::FederationError;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// `instance` asks `to` (a signed request); answers the status and body.
+async fn ask(
+    instance: &Instance,
+    to: &Instance,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let services = &instance.running().services;
+    let destination = ServerName::parse(to.name()).unwrap();
+    match services
+        .federation
+        .client
+        .request(&destination, method, path, body.as_ref())
+        .await
+    {
+        Ok(answer) => (200, answer),
+        Err(FederationError::Refused { status, body }) => (status, body),
+        Err(e) => panic!("{path}: {e}"),
+    }
+}
+
+/// The template filled in and signed by `instance`: answers the event id and PDU.
+fn sign_join(instance: &Instance, version: RoomVersion, template: &Value) -> (String, Value) {
+    let mut pdu = template.clone();
+    pdu["origin_server_ts"] = json!(1_700_000_000_000u64);
+    let key = &instance.running().services.signing_key;
+    event_hashes::hash_and_sign_event(&mut pdu, instance.name(), key, version).unwrap();
+    let id = event_hashes::event_id(&pdu, version).unwrap();
+    (id, pdu)
+}
+
+#[tokio::test]
+async fn make_join_and_send_join_with_every_refusal() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "name": "lobby"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let bob = format!("@bob:{}", b.name());
+    let make_join = |user: &str, query: &str| {
+        format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{query}",
+            enc(&room),
+            enc(user)
+        )
+    };
+
+    // make_join refusals.
+    let (status, body) = ask(b, a, Method::GET, &make_join(&bob, "ver=10&ver=11"), None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION")),
+        "{body}"
+    );
+    assert_eq!(body["room_version"], "12");
+    let (status, body) = ask(b, a, Method::GET, &make_join(&bob, ""), None).await;
+    assert_eq!(status, 400, "no ver means version 1: {body}");
+    let (status, body) = ask(
+        b,
+        a,
+        Method::GET,
+        &make_join(&alice.user_id, "ver=12"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "not of the origin: {body}"
+    );
+    let unknown = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        enc("!nowhere:elsewhere"),
+        enc(&bob)
+    );
+    let (status, body) = ask(b, a, Method::GET, &unknown, None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{body}"
+    );
+    let (status, invite_only) = alice.post("/createRoom", json!({})).await;
+    assert_eq!(status, 200);
+    let path = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        enc(invite_only["room_id"].as_str().unwrap()),
+        enc(&bob)
+    );
+    let (status, body) = ask(b, a, Method::GET, &path, None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "invite-only: {body}"
+    );
+
+    // The template.
+    let (status, answer) = ask(b, a, Method::GET, &make_join(&bob, "ver=11&ver=12"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["room_version"], "12");
+    let template = answer["event"].clone();
+    assert_eq!(template["type"], "m.room.member");
+    assert_eq!(template["state_key"], bob);
+    assert_eq!(template["content"]["membership"], "join");
+    assert!(!template["prev_events"].as_array().unwrap().is_empty());
+    let version = RoomVersion::V12;
+    let (event_id, join) = sign_join(b, version, &template);
+    let send_join = |id: &str, v: u8| {
+        format!(
+            "/_matrix/federation/v{v}/send_join/{}/{}",
+            enc(&room),
+            enc(id)
+        )
+    };
+
+    // send_join refusals, each signed properly by b.
+    let mut wrong_type = template.clone();
+    wrong_type["type"] = json!("m.room.message");
+    let (id, wrong_type) = sign_join(b, version, &wrong_type);
+    let mut not_join = template.clone();
+    not_join["content"]["membership"] = json!("leave");
+    let (id2, not_join) = sign_join(b, version, &not_join);
+    let mut other_sender = template.clone();
+    other_sender["sender"] = json!(alice.user_id);
+    other_sender["state_key"] = json!(alice.user_id);
+    let (id3, other_sender) = sign_join(b, version, &other_sender);
+    let mut other_key = template.clone();
+    other_key["state_key"] = json!(format!("@carol:{}", b.name()));
+    let (id4, other_key) = sign_join(b, version, &other_key);
+    for (id, pdu, what) in [
+        (&id, &wrong_type, "not a member event"),
+        (&id2, &not_join, "not a join"),
+        (&id3, &other_sender, "sender of another server"),
+        (&id4, &other_key, "state_key is not the sender"),
+        (
+            &"$wrongid".to_owned(),
+            &join,
+            "the path names another event",
+        ),
+    ] {
+        let (status, body) = ask(b, a, Method::PUT, &send_join(id, 2), Some(pdu.clone())).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{what}: {body}"
+        );
+    }
+    // A signature that does not verify (the event changed after signing).
+    let mut tampered = join.clone();
+    tampered["origin_server_ts"] = json!(1_700_000_000_001u64);
+    let tampered_id = event_hashes::event_id(&tampered, version).unwrap();
+    let (status, body) = ask(
+        b,
+        a,
+        Method::PUT,
+        &send_join(&tampered_id, 2),
+        Some(tampered),
+    )
+    .await;
+    assert_eq!(status, 400, "bad signature: {body}");
+    // Another room's event id in the path's room.
+    let mut elsewhere = template.clone();
+    elsewhere["room_id"] = json!(invite_only["room_id"]);
+    let (id5, elsewhere) = sign_join(b, version, &elsewhere);
+    let (status, body) = ask(b, a, Method::PUT, &send_join(&id5, 2), Some(elsewhere)).await;
+    assert_eq!(status, 400, "an event of another room: {body}");
+
+    // The real join: state before it and its auth chain.
+    let (status, answer) = ask(
+        b,
+        a,
+        Method::PUT,
+        &send_join(&event_id, 2),
+        Some(join.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let state = answer["state"].as_array().unwrap();
+    let has = |list: &[Value], kind: &str| list.iter().any(|e| e["type"] == kind);
+    assert!(
+        has(state, "m.room.create") && has(state, "m.room.name"),
+        "{answer}"
+    );
+    assert!(state.iter().any(|e| e["state_key"] == alice.user_id));
+    assert!(
+        !state.iter().any(|e| e["state_key"] == bob),
+        "the state before the join"
+    );
+    let chain = answer["auth_chain"].as_array().unwrap();
+    assert!(
+        has(chain, "m.room.create") && has(chain, "m.room.power_levels"),
+        "{answer}"
+    );
+    assert_eq!(answer["members_omitted"], false);
+    assert_eq!(answer["servers_in_room"], json!([a.name()]));
+    // Sent again (a retry), through v1: the same answer, wrapped.
+    let (status, again) = ask(b, a, Method::PUT, &send_join(&event_id, 1), Some(join)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again[0], 200);
+    assert_eq!(again[1]["state"].as_array().unwrap().len(), state.len());
+
+    // Alice sees bob joined.
+    let (status, member) = alice
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&bob)
+        ))
+        .await;
+    assert_eq!(status, 200, "{member}");
+    assert_eq!(member["membership"], "join");
+    cluster.shutdown().await;
+}

@@ -1,0 +1,161 @@
+//! Rooms shared with a real Synapse (1.163.2 from PyPI): a Synapse user joins a room on
+//! ourwhats (`make_join`/`send_join` answered here), and messages and state go both ways
+//! (our events through our federation sender, Synapse's through `/send` and the receipt
+//! checks). Rooms of version 10, 11 and 12.
+
+use std::time::{Duration, Instant};
+
+use federation_tests::synapse::Synapse;
+use federation_tests::{enc, Cluster, User};
+use serde_json::{json, Value};
+
+/// Polls `user`'s `/messages` (newest first) until an `m.room.message` with `body` shows,
+/// or 30 s pass; answers the event.
+async fn wait_for_message(user: &User, room: &str, body: &str) -> Option<Value> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let (status, page) = user
+            .get(&format!("/rooms/{}/messages?dir=b&limit=20", enc(room)))
+            .await;
+        if status == 200 {
+            let found = page["chunk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["type"] == "m.room.message" && e["content"]["body"] == body);
+            if let Some(event) = found {
+                return Some(event.clone());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// Polls a state event until `check` holds on its content, or 30 s pass.
+async fn wait_for_state(
+    user: &User,
+    room: &str,
+    (kind, key): (&str, &str),
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < Duration::from_secs(30) {
+        let (status, content) = user
+            .get(&format!("/rooms/{}/state/{kind}/{}", enc(room), enc(key)))
+            .await;
+        if status == 200 && check(&content) {
+            return content;
+        }
+        last = content;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn a_synapse_user_joins_our_room_and_both_talk() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let ours = &cluster.instances[0];
+    let synapse = Synapse::start(&cluster.ca).await.unwrap();
+    let alice = User::register(ours, "alice").await.unwrap();
+    let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
+
+    for version in ["10", "11", "12"] {
+        let (status, created) = alice
+            .post(
+                "/createRoom",
+                json!({"preset": "public_chat", "room_version": version, "name": "ours"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{created}");
+        let room = created["room_id"].as_str().unwrap().to_owned();
+
+        // Synapse joins through us: make_join, then send_join.
+        let (status, joined) = sam
+            .post(
+                &format!("/join/{}?server_name={}", enc(&room), enc(ours.name())),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            200,
+            "v{version}: Synapse joining our room: {joined}\n{}",
+            synapse.log_tail()
+        );
+        let member = wait_for_state(&alice, &room, ("m.room.member", &sam.user_id), |c| {
+            c["membership"] == "join"
+        })
+        .await;
+        assert_eq!(member["membership"], "join", "v{version}: {member}");
+        let (_, name) = sam
+            .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
+            .await;
+        assert_eq!(name["name"], "ours", "v{version}: Synapse has the state");
+
+        // Ours to Synapse, through our sender.
+        let (status, sent) = alice
+            .put(
+                &format!("/rooms/{}/send/m.room.message/o{version}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("hello from ourwhats v{version}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let seen = wait_for_message(&sam, &room, &format!("hello from ourwhats v{version}")).await;
+        assert!(
+            seen.is_some(),
+            "v{version}: Synapse never showed our message\n{}",
+            synapse.log_tail()
+        );
+        assert_eq!(seen.unwrap()["event_id"], sent["event_id"]);
+
+        // Synapse's to ours, through /send.
+        let (status, sent) = sam
+            .put(
+                &format!("/rooms/{}/send/m.room.message/s{version}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("hello from Synapse v{version}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let seen = wait_for_message(&alice, &room, &format!("hello from Synapse v{version}")).await;
+        assert!(
+            seen.is_some(),
+            "v{version}: we never showed Synapse's message\n{}",
+            synapse.log_tail()
+        );
+        assert_eq!(seen.unwrap()["event_id"], sent["event_id"]);
+
+        // State: our creator renames the room, and Synapse shows the new name.
+        let (status, body) = alice
+            .put(
+                &format!("/rooms/{}/state/m.room.name/", enc(&room)),
+                json!({"name": format!("renamed v{version}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let renamed = wait_for_state(&sam, &room, ("m.room.name", ""), |c| {
+            c["name"] == format!("renamed v{version}")
+        })
+        .await;
+        assert_eq!(
+            renamed["name"],
+            format!("renamed v{version}"),
+            "v{version}\n{}",
+            synapse.log_tail()
+        );
+
+        // Synapse's user leaves: the leave comes through /send.
+        let (status, body) = sam
+            .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let member = wait_for_state(&alice, &room, ("m.room.member", &sam.user_id), |c| {
+            c["membership"] == "leave"
+        })
+        .await;
+        assert_eq!(member["membership"], "leave", "v{version}: {member}");
+    }
+    cluster.shutdown().await;
+}

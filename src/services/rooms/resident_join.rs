@@ -1,0 +1,431 @@
+//! Joins of other servers' users to our rooms: what a resident server answers.
+//!
+//! Spec: server-server API, "Joining Rooms": `GET /make_join/{roomId}/{userId}` (a join
+//! event template built on the room's current state, checked against the auth rules
+//! before it is handed out) and `PUT /v2/send_join/{roomId}/{eventId}` (the signed join
+//! goes through the checks on receipt of a PDU; once accepted we pass it on to the other
+//! servers in the room and answer the state before it and the auth chain of that state
+//! and of the join). For a restricted room we choose a local member who may invite as
+//! `join_authorised_via_users_server` and sign the join ourselves before it is kept.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::{json, Map, Value};
+
+use super::graph;
+use super::receive::{MissingSource, PduOutcome};
+use super::state_store::{ShortEventId, StateMap};
+use super::Rooms;
+use crate::core::auth_rules::{self, AuthContext};
+use crate::core::{event_hashes, RoomVersion, UserId};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::now_ms;
+
+/// What `send_join` answers (the `200` body of v2; v1 wraps it).
+#[derive(Debug)]
+pub struct JoinAnswer {
+    /// The state before the join (PDUs).
+    pub state: Vec<Value>,
+    /// The auth chain of the join and of that state (PDUs).
+    pub auth_chain: Vec<Value>,
+    /// The join as we keep it, when we added our signature (restricted joins).
+    pub event: Option<Value>,
+    /// Servers with joined members before the join.
+    pub servers_in_room: Vec<String>,
+}
+
+impl JoinAnswer {
+    /// The spec's JSON form.
+    pub fn to_json(&self) -> Value {
+        let mut body = json!({
+            "state": self.state,
+            "auth_chain": self.auth_chain,
+            "members_omitted": false,
+            "servers_in_room": self.servers_in_room,
+        });
+        if let Some(event) = &self.event {
+            body["event"] = event.clone();
+        }
+        body
+    }
+}
+
+impl Rooms {
+    /// `make_join`: a join event template for `user` (of `origin`), if the room's version
+    /// is among `supported` (the `ver` parameters; none means version 1) and the join
+    /// would pass the auth rules on the current state.
+    pub fn join_template(
+        &self,
+        origin: &str,
+        room_id: &str,
+        user: &UserId,
+        supported: &[String],
+    ) -> MatrixResult<(RoomVersion, Value)> {
+        if user.server_name() != origin {
+            return Err(MatrixError::forbidden(
+                "The user is not of the requesting server",
+            ));
+        }
+        let room = self.known_room(room_id)?;
+        let version = room.version;
+        let supported_here = if supported.is_empty() {
+            version.as_str() == "1"
+        } else {
+            supported.iter().any(|v| v == version.as_str())
+        };
+        if !supported_here {
+            return Err(MatrixError::new(
+                400,
+                ErrorCode::IncompatibleRoomVersion,
+                format!(
+                    "The room is of version {version}, which the joining server does not support"
+                ),
+            )
+            .with("room_version", version.as_str()));
+        }
+        let state = self.store.state.load(room.record.state)?;
+        if self.local_joined(&state)?.is_none() {
+            return Err(MatrixError::not_found(
+                "This server has no member in the room",
+            ));
+        }
+        let mut content = Map::new();
+        content.insert("membership".into(), json!("join"));
+        if let Some(via) = self.restricted_join_authoriser(room_id, version, user)? {
+            content.insert("join_authorised_via_users_server".into(), json!(via));
+        }
+        let partial = json!({
+            "type": "m.room.member",
+            "sender": user.as_str(),
+            "state_key": user.as_str(),
+            "content": content,
+        });
+        let mut auth_events = Vec::new();
+        let mut auth_state = HashMap::new();
+        for (kind, key) in auth_rules::auth_event_keys(version, &partial) {
+            if let Some(event) = self.state_event_in(&state, &kind, &key)? {
+                auth_events.push(event.event_id.clone());
+                auth_state.insert((kind, key), event.pdu().clone());
+            }
+        }
+        if let Some(create) = self.state_event_in(&state, "m.room.create", "")? {
+            auth_state
+                .entry(("m.room.create".to_owned(), String::new()))
+                .or_insert_with(|| create.pdu().clone());
+        }
+        let extremities =
+            graph::load_extremities(&self.store, &room.record.extremities, room.record.depth)?;
+        let (prev, depth) = graph::local_prev_events(&extremities);
+        let template = json!({
+            "room_id": room_id,
+            "type": "m.room.member",
+            "sender": user.as_str(),
+            "state_key": user.as_str(),
+            "content": content,
+            "origin": origin,
+            "origin_server_ts": now_ms(),
+            "depth": depth,
+            "prev_events": prev.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            "auth_events": auth_events,
+        });
+        // The joining server signs it; the rules are judged as if it had.
+        let signed_by = |_: &str| true;
+        let ctx = AuthContext {
+            version,
+            signed_by: &signed_by,
+        };
+        auth_rules::check(&ctx, &template, &auth_state)
+            .map_err(|e| MatrixError::forbidden(format!("The join would not be allowed: {e}")))?;
+        Ok((version, template))
+    }
+
+    /// `send_join`: receives `pdu` (the join with id `event_id` that `origin` signed)
+    /// and answers the state before it and the auth chain.
+    pub async fn accept_remote_join(
+        &self,
+        origin: &str,
+        (room_id, event_id): (&str, &str),
+        mut pdu: Value,
+        source: &dyn MissingSource,
+    ) -> MatrixResult<JoinAnswer> {
+        let room = self.known_room(room_id)?;
+        let version = room.version;
+        check_membership_pdu(origin, room_id, &pdu, "join")?;
+        let computed = event_hashes::event_id(&pdu, version)
+            .map_err(|e| MatrixError::bad_json(format!("The event cannot be hashed: {e:?}")))?;
+        if computed != event_id {
+            return Err(MatrixError::invalid_param(format!(
+                "The event's id is {computed}, not {event_id}"
+            )));
+        }
+        let via = pdu
+            .get("content")
+            .and_then(|c| c.get("join_authorised_via_users_server"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let mut signed_here = false;
+        if let Some(via) = via.filter(|_| version.has_restricted_joins()) {
+            let ours =
+                UserId::parse(&via).is_ok_and(|u| u.server_name() == self.server_name.as_str());
+            if ours {
+                event_hashes::sign_event(
+                    &mut pdu,
+                    self.server_name.as_str(),
+                    &self.signing_key,
+                    version,
+                )
+                .map_err(|e| MatrixError::bad_json(format!("The event cannot be signed: {e:?}")))?;
+                signed_here = true;
+            }
+        }
+        let kept = pdu.clone();
+        let (_, outcome) = self.receive_membership_pdu(origin, pdu, source).await?;
+        match outcome {
+            PduOutcome::Accepted | PduOutcome::AlreadyKnown => {}
+            PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => {
+                return Err(MatrixError::forbidden(format!(
+                    "The join is not allowed: {why}"
+                )))
+            }
+            PduOutcome::Dropped(why) => {
+                return Err(MatrixError::invalid_param(format!(
+                    "The join was refused: {why}"
+                )))
+            }
+            PduOutcome::MissingEvents(ids) => {
+                return Err(MatrixError::invalid_param(format!(
+                    "The join names events this server does not have: {}",
+                    ids.join(", ")
+                )))
+            }
+            PduOutcome::Outlier => {
+                return Err(MatrixError::internal("a join was kept as an outlier"))
+            }
+        }
+        let short = self
+            .store
+            .state
+            .find_event(event_id)?
+            .ok_or_else(|| MatrixError::internal("an accepted join is not stored"))?;
+        let meta = self.store.meta(short)?;
+        if meta.room != room_id_short(self, room_id)? {
+            return Err(MatrixError::invalid_param("The event is of another room"));
+        }
+        let state_map = self.store.state.load(meta.state_before)?;
+        let state_shorts: Vec<ShortEventId> = state_map.values().copied().collect();
+        let state_events = self.store.events(&state_shorts)?;
+        let mut servers: BTreeSet<String> = BTreeSet::new();
+        servers.insert(self.server_name.as_str().to_owned());
+        for event in &state_events {
+            if event.kind() == "m.room.member"
+                && event.content().get("membership").and_then(Value::as_str) == Some("join")
+            {
+                if let Some((_, server)) = event.state_key().and_then(|k| k.split_once(':')) {
+                    servers.insert(server.to_owned());
+                }
+            }
+        }
+        let mut roots = state_shorts;
+        roots.push(short);
+        let mut chain = self.auth_chain(&roots)?;
+        if version.room_id_is_create_event_hash() {
+            // From v12 the create event is an auth event of every other without being
+            // listed: it belongs to every auth chain.
+            if let Some(create) = state_events.iter().find(|e| e.kind() == "m.room.create") {
+                if !chain.contains(&create.short) {
+                    chain.push(create.short);
+                }
+            }
+        }
+        Ok(JoinAnswer {
+            state: state_events.iter().map(|e| e.pdu().clone()).collect(),
+            auth_chain: self
+                .store
+                .events(&chain)?
+                .iter()
+                .map(|e| e.pdu().clone())
+                .collect(),
+            event: signed_here.then_some(kept),
+            servers_in_room: servers.into_iter().collect(),
+        })
+    }
+
+    /// The auth chain of `roots`: every event reachable through `auth_events`, the roots
+    /// themselves excluded unless another root's chain holds them.
+    pub fn auth_chain(&self, roots: &[ShortEventId]) -> MatrixResult<Vec<ShortEventId>> {
+        let mut seen: HashSet<ShortEventId> = HashSet::new();
+        let mut todo: Vec<ShortEventId> = Vec::new();
+        for root in roots {
+            if let Some(record) = graph::record(&self.store, *root)? {
+                todo.extend(record.auth);
+            }
+        }
+        while let Some(next) = todo.pop() {
+            if !seen.insert(next) {
+                continue;
+            }
+            if let Some(record) = graph::record(&self.store, next)? {
+                todo.extend(record.auth.iter().filter(|a| !seen.contains(a)));
+            }
+        }
+        let mut chain: Vec<ShortEventId> = seen.into_iter().collect();
+        chain.sort_unstable();
+        Ok(chain)
+    }
+
+    /// A local user joined in `state`, if any.
+    fn local_joined(&self, state: &StateMap) -> MatrixResult<Option<String>> {
+        let suffix = format!(":{}", self.server_name.as_str());
+        for (key, short) in state {
+            let (kind, state_key) = self.store.state.state_key_of(*key)?;
+            if kind != "m.room.member" || !state_key.ends_with(&suffix) {
+                continue;
+            }
+            let event = self.store.event(*short)?;
+            if event.content().get("membership").and_then(Value::as_str) == Some("join") {
+                return Ok(Some(state_key));
+            }
+        }
+        Ok(None)
+    }
+
+    fn state_event_in(
+        &self,
+        state: &StateMap,
+        kind: &str,
+        state_key: &str,
+    ) -> MatrixResult<Option<super::stored_event::StoredEvent>> {
+        let Some(key) = self.store.state.find_state_key(kind, state_key)? else {
+            return Ok(None);
+        };
+        match state.get(&key) {
+            Some(short) => self.store.event(*short).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// For a restricted room the user may join through a room of its `allow` list: the
+    /// local member who authorises it. `None` when the room is not restricted, or the
+    /// user is invited or joined already (no authoriser needed).
+    fn restricted_join_authoriser(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        user: &UserId,
+    ) -> MatrixResult<Option<String>> {
+        let room = self.known_room(room_id)?;
+        let Some(rules) = self
+            .store
+            .state_event(room.record.state, "m.room.join_rules", "")?
+        else {
+            return Ok(None);
+        };
+        let rule = rules
+            .content()
+            .get("join_rule")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let restricted = (rule == "restricted" && version.has_restricted_joins())
+            || (rule == "knock_restricted" && version.has_knock_restricted());
+        if !restricted {
+            return Ok(None);
+        }
+        let current = self.membership_of(user.as_str(), room_id)?;
+        if matches!(current.as_deref(), Some("invite") | Some("join")) {
+            return Ok(None);
+        }
+        let allowed_rooms: Vec<String> = rules
+            .content()
+            .get("allow")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.get("type").and_then(Value::as_str) == Some("m.room_membership"))
+            .filter_map(|e| e.get("room_id").and_then(Value::as_str).map(str::to_owned))
+            .collect();
+        let mut known_any = false;
+        let mut allowed = false;
+        for allowed_room in &allowed_rooms {
+            if self.store.room(allowed_room)?.is_some() {
+                known_any = true;
+                if self.membership_of(user.as_str(), allowed_room)?.as_deref() == Some("join") {
+                    allowed = true;
+                    break;
+                }
+            }
+        }
+        if !allowed {
+            if !known_any {
+                return Err(MatrixError::new(
+                    400,
+                    ErrorCode::UnableToAuthoriseJoin,
+                    "This server knows none of the rooms that grant access to this one",
+                ));
+            }
+            if rule == "knock_restricted" {
+                return Ok(None);
+            }
+            return Err(MatrixError::forbidden(
+                "The user is not joined to any room that grants access to this one",
+            ));
+        }
+        self.local_inviter(room_id)?.map(Some).ok_or_else(|| {
+            MatrixError::new(
+                400,
+                ErrorCode::UnableToAuthoriseJoin,
+                "No member of this server may authorise the join",
+            )
+        })
+    }
+}
+
+fn room_id_short(rooms: &Rooms, room_id: &str) -> MatrixResult<u64> {
+    rooms
+        .store
+        .room_short(room_id)?
+        .ok_or_else(|| MatrixError::not_found("Unknown room"))
+}
+
+/// The checks the spec names for `send_join`/`send_leave`/`send_knock` before the
+/// receipt checks: a member event of this room, of the given membership, whose sender is
+/// a user of `origin` and its own target.
+pub fn check_membership_pdu(
+    origin: &str,
+    room_id: &str,
+    pdu: &Value,
+    membership: &str,
+) -> MatrixResult<()> {
+    let field = |name: &str| pdu.get(name).and_then(Value::as_str);
+    if field("type") != Some("m.room.member") {
+        return Err(MatrixError::invalid_param(
+            "The event is not an m.room.member event",
+        ));
+    }
+    if field("room_id") != Some(room_id) {
+        return Err(MatrixError::invalid_param("The event is of another room"));
+    }
+    let sender = field("sender").unwrap_or("");
+    let sender_server = UserId::parse(sender)
+        .ok()
+        .map(|u| u.server_name().to_owned());
+    if sender_server.as_deref() != Some(origin) {
+        return Err(MatrixError::invalid_param(
+            "The event's sender is not a user of the requesting server",
+        ));
+    }
+    if field("state_key") != Some(sender) {
+        return Err(MatrixError::invalid_param(
+            "The event's state_key is not its sender",
+        ));
+    }
+    let actual = pdu
+        .get("content")
+        .and_then(|c| c.get("membership"))
+        .and_then(Value::as_str);
+    if actual != Some(membership) {
+        return Err(MatrixError::invalid_param(format!(
+            "The event's membership is not {membership}"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Which events another server may read (`/event`, and later `/state`, `/backfill`,
+//! `/get_missing_events`).
+//!
+//! Spec: the client-server API's "Room History Visibility" applied to a server as the sum
+//! of its users, with the state before the event, as Synapse does:
+//! 1. `world_readable` or `shared` (or a missing/unknown value): any server with a member
+//!    in the room, then or now, may read it;
+//! 2. `invited`: a server one of whose users was joined or invited then;
+//! 3. `joined`: a server one of whose users was joined then.
+//!
+//! A server that never had a member in the room reads nothing but `world_readable`
+//! history.
+
+use serde_json::Value;
+
+use super::event_store::EventStore;
+use super::state_store::ShortStateHash;
+use crate::error::MatrixResult;
+
+/// The memberships `server`'s users have in `snapshot`.
+fn memberships_of(
+    store: &EventStore,
+    snapshot: ShortStateHash,
+    server: &str,
+) -> MatrixResult<Vec<String>> {
+    let suffix = format!(":{server}");
+    Ok(store
+        .state_events(snapshot, Some("m.room.member"))?
+        .iter()
+        .filter(|e| e.state_key().is_some_and(|k| k.ends_with(&suffix)))
+        .filter_map(|e| {
+            e.content()
+                .get("membership")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect())
+}
+
+/// Whether `server` may read an event whose state before it is `before`, in a room whose
+/// current state is `current`.
+pub fn server_may_see(
+    store: &EventStore,
+    server: &str,
+    before: ShortStateHash,
+    current: ShortStateHash,
+) -> MatrixResult<bool> {
+    let visibility = store
+        .state_event(before, "m.room.history_visibility", "")?
+        .and_then(|e| {
+            e.content()
+                .get("history_visibility")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+    let then = memberships_of(store, before, server)?;
+    let joined_then = then.iter().any(|m| m == "join");
+    match visibility.as_deref() {
+        Some("world_readable") => Ok(true),
+        Some("joined") => Ok(joined_then),
+        Some("invited") => Ok(joined_then || then.iter().any(|m| m == "invite")),
+        _ => {
+            if joined_then {
+                return Ok(true);
+            }
+            let now = memberships_of(store, current, server)?;
+            Ok(now.iter().any(|m| m == "join"))
+        }
+    }
+}
