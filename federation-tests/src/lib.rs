@@ -91,6 +91,11 @@ pub fn config_for(ca: &TestCa, data_dir: &Path, port: u16) -> Result<Config, Str
     ];
     config.rate_limits.enabled = false;
     config.logging.level = "warn".into();
+    if let Ok(level) = std::env::var("OURWHATS_TEST_LOG") {
+        // Debugging a test: the servers' log on stderr (`--nocapture`), once per process.
+        config.logging.level = level;
+        let _ = ourwhats::logging::init(&config.logging);
+    }
     Ok(config)
 }
 

@@ -228,3 +228,124 @@ async fn make_join_and_send_join_with_every_refusal() {
     assert_eq!(member["membership"], "join");
     cluster.shutdown().await;
 }
+
+/// Polls `user`'s `/messages` until a message with `body` shows (30 s at most).
+async fn sees_message(user: &User, room: &str, body: &str) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        let (status, page) = user
+            .get(&format!("/rooms/{}/messages?dir=b&limit=30", enc(room)))
+            .await;
+        if status == 200
+            && page["chunk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["content"]["body"] == body)
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn three_servers_join_one_room_and_talk() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "name": "three", "room_alias_name": "three"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+
+    // Bob by alias (resolved on a), carol by id through bob's server.
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}", enc(&format!("#three:{}", a.name()))),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room);
+    let (status, body) = carol
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(b.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, name) = carol
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
+        .await;
+    assert_eq!((status, &name["name"]), (200, &json!("three")), "{name}");
+
+    // Every message reaches every server.
+    for (sender, text) in [(&alice, "from a"), (&bob, "from b"), (&carol, "from c")] {
+        let (status, sent) = sender
+            .put(
+                &format!("/rooms/{}/send/m.room.message/{}", enc(&room), enc(text)),
+                json!({"msgtype": "m.text", "body": text}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+    }
+    for user in [&alice, &bob, &carol] {
+        for text in ["from a", "from b", "from c"] {
+            assert!(
+                sees_message(user, &room, text).await,
+                "{} never saw {text:?}",
+                user.user_id
+            );
+        }
+        let (status, members) = user
+            .get(&format!("/rooms/{}/joined_members", enc(&room)))
+            .await;
+        assert_eq!(status, 200, "{members}");
+        assert_eq!(
+            members["joined"].as_object().unwrap().len(),
+            3,
+            "{}: {members}",
+            user.user_id
+        );
+    }
+
+    // Bob leaves; alice and carol see it.
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for user in [&alice, &carol] {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, member) = user
+                .get(&format!(
+                    "/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&bob.user_id)
+                ))
+                .await;
+            if member["membership"] == "leave" {
+                break;
+            }
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "{} never saw bob leave: {member}",
+                user.user_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    cluster.shutdown().await;
+}

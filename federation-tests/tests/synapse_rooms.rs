@@ -159,3 +159,108 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn we_join_a_synapse_room_and_both_talk() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let ours = &cluster.instances[0];
+    let synapse = Synapse::start(&cluster.ca).await.unwrap();
+    let alice = User::register(ours, "alice").await.unwrap();
+    let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
+
+    for version in ["10", "11", "12"] {
+        let alias_name = format!("lobby{version}");
+        let (status, created) = sam
+            .post(
+                "/createRoom",
+                json!({"preset": "public_chat", "room_version": version, "name": "theirs",
+                       "room_alias_name": alias_name}),
+            )
+            .await;
+        assert_eq!(status, 200, "{created}");
+        let room = created["room_id"].as_str().unwrap().to_owned();
+        let (status, _) = sam
+            .put(
+                &format!("/rooms/{}/send/m.room.message/before", enc(&room)),
+                json!({"msgtype": "m.text", "body": "before the join"}),
+            )
+            .await;
+        assert_eq!(status, 200);
+
+        // Through the alias (v10) or by id with `via` (v11, v12).
+        let target = if version == "10" {
+            format!(
+                "/join/{}",
+                enc(&format!("#{alias_name}:{}", synapse.server_name))
+            )
+        } else {
+            format!("/join/{}?via={}", enc(&room), enc(&synapse.server_name))
+        };
+        let (status, joined) = alice.post(&target, json!({})).await;
+        assert_eq!(
+            status,
+            200,
+            "v{version}: joining Synapse's room: {joined}\n{}",
+            synapse.log_tail()
+        );
+        assert_eq!(joined["room_id"], room);
+        let (status, name) = alice
+            .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
+            .await;
+        assert_eq!(
+            (status, &name["name"]),
+            (200, &json!("theirs")),
+            "v{version}: {name}"
+        );
+        let member = wait_for_state(&sam, &room, ("m.room.member", &alice.user_id), |c| {
+            c["membership"] == "join"
+        })
+        .await;
+        assert_eq!(member["membership"], "join", "v{version}: {member}");
+        let (status, members) = alice
+            .get(&format!("/rooms/{}/joined_members", enc(&room)))
+            .await;
+        assert_eq!(status, 200, "{members}");
+        assert!(members["joined"].get(&sam.user_id).is_some(), "{members}");
+
+        // Synapse's message to us, then ours to Synapse.
+        let (status, sent) = sam
+            .put(
+                &format!("/rooms/{}/send/m.room.message/s{version}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("welcome v{version}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let seen = wait_for_message(&alice, &room, &format!("welcome v{version}")).await;
+        assert!(
+            seen.is_some(),
+            "v{version}: Synapse's message never came\n{}",
+            synapse.log_tail()
+        );
+        let (status, sent) = alice
+            .put(
+                &format!("/rooms/{}/send/m.room.message/o{version}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("thanks v{version}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        let seen = wait_for_message(&sam, &room, &format!("thanks v{version}")).await;
+        assert!(
+            seen.is_some(),
+            "v{version}: our message never reached Synapse\n{}",
+            synapse.log_tail()
+        );
+
+        // Our user leaves.
+        let (status, body) = alice
+            .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let member = wait_for_state(&sam, &room, ("m.room.member", &alice.user_id), |c| {
+            c["membership"] == "leave"
+        })
+        .await;
+        assert_eq!(member["membership"], "leave", "v{version}: {member}");
+    }
+    cluster.shutdown().await;
+}

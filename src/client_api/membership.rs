@@ -2,15 +2,16 @@
 //! /rooms/{roomId}/join`, `/invite`, `/leave`, `/forget`, `/kick`, `/ban`, `/unban`,
 //! `POST /knock/{roomIdOrAlias}`.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::core::UserId;
+use crate::core::{url, RoomAliasId, RoomId, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
+use crate::services::rooms::membership::member_content;
 
 /// Body of join, leave and knock.
 #[derive(Deserialize, Default)]
@@ -32,16 +33,63 @@ fn target(body: &TargetBody) -> MatrixResult<UserId> {
         .map_err(|e| MatrixError::invalid_param(format!("user_id is not a user id: {e}")))
 }
 
-/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`.
+/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`. A room none of our users
+/// is in is joined through another server: those the client names (`via`, or the older
+/// `server_name`), those the alias's directory answer names, and the room id's own.
 pub async fn join(
     State(services): State<AppState>,
     AuthedAllowGuest(session): AuthedAllowGuest,
     PathParams(room): PathParams<String>,
+    RawQuery(query): RawQuery,
     MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
 ) -> MatrixResult<Json<Value>> {
-    let room_id = services.rooms.resolve_room_or_alias(&room)?;
+    let query = query.unwrap_or_default();
+    let mut servers = url::query_values(&query, "via");
+    servers.extend(url::query_values(&query, "server_name"));
+    let room_id = match RoomAliasId::parse(&room) {
+        Ok(alias) if alias.server_name() != services.config.server_name.as_str() => {
+            let (room_id, known) = services
+                .federation
+                .room_alias(&alias)
+                .await
+                .map_err(|e| e.for_client("Room alias"))?;
+            servers.extend(known);
+            room_id
+        }
+        _ => services.rooms.resolve_room_or_alias(&room)?,
+    };
     let profile = services.accounts.member_profile(&session.user_id)?;
     let reason = body.and_then(|b| b.reason);
+    let joined = services
+        .rooms
+        .membership_of(session.user_id.as_str(), &room_id)?
+        .as_deref()
+        == Some("join");
+    if !joined && !services.rooms.has_local_member(&room_id)? {
+        if let Some(server) = RoomId::parse(&room_id)
+            .ok()
+            .and_then(|r| r.server_name().map(str::to_owned))
+        {
+            servers.push(server);
+        }
+        if session.is_guest {
+            return Err(MatrixError::forbidden(
+                "Guests cannot join rooms through other servers",
+            ));
+        }
+        let content = member_content("join", Some(&profile), reason);
+        services
+            .federation
+            .join_room(
+                &services.rooms,
+                &session.user_id,
+                &room_id,
+                &servers,
+                content,
+            )
+            .await?;
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
     services
         .rooms
         .join(

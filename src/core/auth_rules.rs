@@ -165,6 +165,10 @@ pub fn check_auth_events(
     event: &Value,
     auth_events: &[&Value],
 ) -> Result<(), AuthError> {
+    if event.get("type").and_then(Value::as_str) == Some("m.room.create") {
+        // Rule 1 judges the create event whole, before any rule about auth events.
+        return Ok(());
+    }
     let allowed: HashSet<(String, String)> = auth_event_keys(version, event).into_iter().collect();
     let room_id = event.get("room_id").and_then(Value::as_str);
     let mut seen = HashSet::new();

@@ -960,3 +960,12 @@ fn power_levels_may_be_strings_of_integers_before_v10() {
         }
     }
 }
+
+#[test]
+fn the_create_event_is_judged_by_rule_1_not_by_the_auth_events_rules() {
+    for v in all_versions() {
+        let room = Room::new(v);
+        let create = room.state[&("m.room.create".to_owned(), String::new())].clone();
+        assert!(check_auth_events(v, &create, &[]).is_ok(), "{v}");
+    }
+}

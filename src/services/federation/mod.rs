@@ -14,6 +14,7 @@
 pub mod client;
 pub mod discovery;
 pub mod ip_guard;
+pub mod joining;
 pub mod keys;
 pub mod media;
 pub mod queries;
@@ -42,6 +43,8 @@ pub struct Federation {
     pub sender: Sender,
     db: Arc<Db>,
     outbox: Arc<Outbox>,
+    /// Our signing key (for the events we make through other servers, such as joins).
+    signing_key: Arc<SigningKeyPair>,
 }
 
 impl Federation {
@@ -60,7 +63,7 @@ impl Federation {
         let keys = KeyRing::new(
             Arc::clone(&db),
             Arc::clone(&client),
-            signing_key,
+            Arc::clone(&signing_key),
             config.federation.key_valid_hours * 3_600_000,
             config.federation.trusted_key_servers.clone(),
         );
@@ -70,6 +73,7 @@ impl Federation {
             sender: Sender::default(),
             db,
             outbox,
+            signing_key,
         })
     }
 

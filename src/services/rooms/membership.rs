@@ -23,7 +23,8 @@ pub struct MemberProfile {
     pub avatar_url: Option<String>,
 }
 
-pub(super) fn member_content(
+/// The content of a member event: membership, the profile, the reason.
+pub fn member_content(
     membership: &str,
     profile: Option<&MemberProfile>,
     reason: Option<String>,

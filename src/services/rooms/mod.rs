@@ -31,6 +31,7 @@ pub mod membership;
 pub mod receive;
 pub mod records;
 pub mod relations;
+pub mod remote_join;
 pub mod resident_join;
 pub mod resolution;
 pub mod room_snapshot;

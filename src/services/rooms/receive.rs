@@ -301,7 +301,7 @@ impl Rooms {
 /// Check 2 with keys from `source`: the servers whose signatures verified (the sender's,
 /// and a restricted join's authorising server when it signed), or why the event is
 /// dropped.
-async fn verify_signatures(
+pub(super) async fn verify_signatures(
     version: crate::core::RoomVersion,
     pdu: &Value,
     source: &dyn MissingSource,

@@ -274,7 +274,7 @@ impl Rooms {
     }
 
     /// A local user joined in `state`, if any.
-    fn local_joined(&self, state: &StateMap) -> MatrixResult<Option<String>> {
+    pub(super) fn local_joined(&self, state: &StateMap) -> MatrixResult<Option<String>> {
         let suffix = format!(":{}", self.server_name.as_str());
         for (key, short) in state {
             let (kind, state_key) = self.store.state.state_key_of(*key)?;

@@ -366,6 +366,10 @@ impl StateStore {
 
     /// The full state of a snapshot.
     pub fn load(&self, snapshot: ShortStateHash) -> MatrixResult<StateMap> {
+        if snapshot == 0 {
+            // No state yet (a room learnt of from another server, before its join).
+            return Ok(StateMap::new());
+        }
         let mut chain = vec![self.diff(snapshot)?];
         while let Some(parent) = chain.last().and_then(|d| d.parent) {
             if chain.len() > MAX_CHAIN_DEPTH as usize {

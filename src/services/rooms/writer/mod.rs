@@ -22,8 +22,10 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 mod remote_event;
+mod remote_join;
 
 pub use remote_event::{PduOutcome, RemoteEvent};
+pub use remote_join::RemoteJoin;
 
 use super::aggregates::{Aggregates, Child};
 use super::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
@@ -112,6 +114,8 @@ pub enum JobStart {
     /// Judge and store an event another server made (checks 4 to 6 of the receipt
     /// checks; see [`remote_event`]).
     Receive(Box<RemoteEvent>),
+    /// Take in the room our user joined through a resident server (see [`remote_join`]).
+    JoinRemote(Box<RemoteJoin>),
 }
 
 /// What a job answers.
@@ -269,6 +273,15 @@ impl Writers {
                     Err(MatrixError::internal("a writer answered the wrong job"))
                 }
             }
+        }
+    }
+
+    /// Takes in a room joined through a resident server; answers what became of the join.
+    pub async fn join_remote(&self, room_id: &str, join: RemoteJoin) -> MatrixResult<PduOutcome> {
+        let job = Self::job(JobStart::JoinRemote(Box::new(join)), Vec::new());
+        match self.submit_job(room_id, job).await? {
+            JobAnswer::Received(outcome) => Ok(outcome),
+            JobAnswer::Events(_) => Err(MatrixError::internal("a writer answered the wrong job")),
         }
     }
 
@@ -464,6 +477,15 @@ fn process_job(
         }
         JobStart::Append => {}
         JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
+        JobStart::JoinRemote(join) => {
+            return match remote_join::join(ctx, room_id, head, *join, written) {
+                Ok(outcome) => Ok(JobAnswer::Received(outcome)),
+                Err(e) => {
+                    *head = None;
+                    Err(e)
+                }
+            };
+        }
         JobStart::Receive(event) => {
             if head.is_none() {
                 *head = Some(RoomHead::load(&ctx.store, room_id)?);

@@ -1,0 +1,167 @@
+//! Our user joins a room another server holds: the answer of its `send_join`, checked and
+//! taken in.
+//!
+//! Spec: server-server API, "Joining Rooms": the joining server checks every event of the
+//! answer's `state` and `auth_chain` (the checks on receipt of a PDU: format, signatures,
+//! hashes here; the auth rules in the room's writer, see the writer's `remote_join`), and
+//! the room's state is the `state` the resident server gave, before our join. The
+//! requests themselves (`make_join`, `send_join`) are the federation service's.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::receive::{verify_signatures, MissingSource, PduOutcome};
+use super::writer::{RemoteEvent, RemoteJoin};
+use super::Rooms;
+use crate::core::{event_hashes, pdu_checks, RoomVersion};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+
+/// Events a join's answer may hold (state and auth chain together).
+pub const MAX_JOIN_EVENTS: usize = 200_000;
+
+fn bad_answer(why: impl Into<String>) -> MatrixError {
+    MatrixError::new(
+        502,
+        ErrorCode::Unknown,
+        format!(
+            "The resident server's answer to our join is unusable: {}",
+            why.into()
+        ),
+    )
+}
+
+impl Rooms {
+    /// Checks and takes in `answer` (a `send_join` answer) for our `join` (the event as we
+    /// signed it, or as the resident server countersigned it) in `room_id` of `version`.
+    pub async fn join_through(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        (join, answer): (Value, &Value),
+        source: &dyn MissingSource,
+    ) -> MatrixResult<()> {
+        let list = |key: &str| -> MatrixResult<&Vec<Value>> {
+            answer
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad_answer(format!("no {key} list")))
+        };
+        let (state, chain) = (list("state")?, list("auth_chain")?);
+        if state.len() + chain.len() > MAX_JOIN_EVENTS {
+            return Err(bad_answer("too many events"));
+        }
+        let mut seen = HashSet::new();
+        let mut events = Vec::with_capacity(state.len() + chain.len());
+        let mut state_ids = Vec::with_capacity(state.len());
+        let mut create_version = None;
+        for (pdu, in_state) in state
+            .iter()
+            .map(|p| (p, true))
+            .chain(chain.iter().map(|p| (p, false)))
+        {
+            let Some(event) = self.checked(room_id, version, pdu.clone(), source).await else {
+                continue;
+            };
+            if in_state {
+                state_ids.push(event.event_id.clone());
+            }
+            if event.pdu.get("type").and_then(Value::as_str) == Some("m.room.create") {
+                create_version = Some(
+                    event
+                        .pdu
+                        .get("content")
+                        .and_then(|c| c.get("room_version"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("1")
+                        .to_owned(),
+                );
+            }
+            if seen.insert(event.event_id.clone()) {
+                events.push(event);
+            }
+        }
+        if create_version.as_deref() != Some(version.as_str()) {
+            return Err(bad_answer(format!(
+                "the create event is missing or not of version {version}"
+            )));
+        }
+        let join = self
+            .checked(room_id, version, join, source)
+            .await
+            .ok_or_else(|| bad_answer("our join came back unusable"))?;
+        let outcome = self
+            .writers
+            .join_remote(
+                room_id,
+                RemoteJoin {
+                    version,
+                    events,
+                    state_ids,
+                    join,
+                },
+            )
+            .await?;
+        match outcome {
+            PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),
+            other => Err(MatrixError::forbidden(format!(
+                "Our join was not allowed by the state the resident server gave: {other:?}"
+            ))),
+        }
+    }
+
+    /// Checks 1 to 3 of one event of a join's answer: the event ready for the writer, or
+    /// `None` (logged) when it is malformed, of another room or badly signed.
+    async fn checked(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        pdu: Value,
+        source: &dyn MissingSource,
+    ) -> Option<RemoteEvent> {
+        if let Err(e) = pdu_checks::check_format(version, &pdu) {
+            tracing::info!(room = %room_id, "a join answer's event is malformed: {e}");
+            return None;
+        }
+        let event_id = event_hashes::event_id(&pdu, version).ok()?;
+        let of_room = if pdu.get("type").and_then(Value::as_str) == Some("m.room.create")
+            && version.room_id_is_create_event_hash()
+        {
+            event_hashes::room_id_from_create_event(&pdu, version)
+                .ok()
+                .as_deref()
+                == Some(room_id)
+        } else {
+            pdu.get("room_id").and_then(Value::as_str) == Some(room_id)
+        };
+        if !of_room {
+            tracing::info!(room = %room_id, event = %event_id, "a join answer's event is of another room");
+            return None;
+        }
+        let signed_by = match verify_signatures(version, &pdu, source).await {
+            Ok(servers) => servers,
+            Err(reason) => {
+                tracing::info!(room = %room_id, event = %event_id, "a join answer's event is dropped: {reason}");
+                return None;
+            }
+        };
+        let (pdu, _) = pdu_checks::check_content_hash(version, &pdu);
+        Some(RemoteEvent {
+            event_id,
+            pdu,
+            signed_by,
+            outlier: true,
+            forward: false,
+            given_state: None,
+        })
+    }
+
+    /// Whether one of our users is joined to the room (we can then join others locally).
+    pub fn has_local_member(&self, room_id: &str) -> MatrixResult<bool> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(false);
+        };
+        let state = self.store.state.load(room.record.state)?;
+        Ok(self.local_joined(&state)?.is_some())
+    }
+}
