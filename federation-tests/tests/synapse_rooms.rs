@@ -54,6 +54,97 @@ async fn wait_for_state(
     last
 }
 
+/// `user`'s current `/sync` token.
+async fn sync_token(user: &User) -> String {
+    let filter = enc(r#"{"room":{"timeline":{"limit":1}}}"#);
+    let (status, body) = user.get(&format!("/sync?timeout=0&filter={filter}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["next_batch"].as_str().unwrap().to_owned()
+}
+
+/// Follows `user`'s `/sync` from `since` until an ephemeral event of `room` satisfies
+/// `check`, or 30 s pass.
+async fn wait_for_ephemeral(
+    user: &User,
+    room: &str,
+    since: String,
+    check: impl Fn(&Value) -> bool,
+) -> bool {
+    let mut since = since;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let (status, body) = user
+            .get(&format!("/sync?timeout=1000&since={}", enc(&since)))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if body["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(&check)
+        {
+            return true;
+        }
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+    }
+    false
+}
+
+/// Typing and read receipts both ways between `ours` and `theirs` in `room`, on the
+/// messages `our_event` and `their_event`.
+async fn typing_and_receipts_both_ways(
+    (ours, theirs): (&User, &User),
+    room: &str,
+    (our_event, their_event): (&str, &str),
+    synapse: &Synapse,
+) {
+    for (typist, watcher) in [(ours, theirs), (theirs, ours)] {
+        let since = sync_token(watcher).await;
+        let (status, body) = typist
+            .put(
+                &format!("/rooms/{}/typing/{}", enc(room), enc(&typist.user_id)),
+                json!({"typing": true, "timeout": 20000}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let typing = wait_for_ephemeral(watcher, room, since, |e| {
+            e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|ids| ids.contains(&json!(typist.user_id)))
+        })
+        .await;
+        assert!(
+            typing,
+            "{} never saw {} typing\n{}",
+            watcher.user_id,
+            typist.user_id,
+            synapse.log_tail()
+        );
+    }
+    for (reader, watcher, event) in [(ours, theirs, their_event), (theirs, ours, our_event)] {
+        let since = sync_token(watcher).await;
+        let (status, body) = reader
+            .post(
+                &format!("/rooms/{}/receipt/m.read/{}", enc(room), enc(event)),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let read = wait_for_ephemeral(watcher, room, since, |e| {
+            e["type"] == "m.receipt" && e["content"][event]["m.read"].get(&reader.user_id).is_some()
+        })
+        .await;
+        assert!(
+            read,
+            "{} never saw {}'s receipt\n{}",
+            watcher.user_id,
+            reader.user_id,
+            synapse.log_tail()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_synapse_user_joins_our_room_and_both_talk() {
     let cluster = Cluster::start(1).await.unwrap();
@@ -110,6 +201,7 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
             synapse.log_tail()
         );
         assert_eq!(seen.unwrap()["event_id"], sent["event_id"]);
+        let our_event = sent["event_id"].as_str().unwrap().to_owned();
 
         // Synapse's to ours, through /send.
         let (status, sent) = sam
@@ -126,6 +218,16 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
             synapse.log_tail()
         );
         assert_eq!(seen.unwrap()["event_id"], sent["event_id"]);
+        if version == "12" {
+            let their_event = sent["event_id"].as_str().unwrap();
+            typing_and_receipts_both_ways(
+                (&alice, &sam),
+                &room,
+                (&our_event, their_event),
+                &synapse,
+            )
+            .await;
+        }
 
         // State: our creator renames the room, and Synapse shows the new name.
         let (status, body) = alice

@@ -43,5 +43,13 @@ pub async fn put_typing(
     services
         .ephemeral
         .set_typing(room.short, &user_id, typing)?;
+    let edu = json!({
+        "edu_type": "m.typing",
+        "content": {"room_id": room_id, "user_id": user_id, "typing": body.typing},
+    });
+    services
+        .ephemeral
+        .send_room_edu(&services.rooms, &room_id, edu)
+        .await?;
     Ok(Json(json!({})))
 }

@@ -23,6 +23,7 @@ use crate::core::UserId;
 use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::PathParams;
 use crate::http::AppState;
+use crate::services::ephemeral::receipts::ReceiptType;
 use crate::services::federation::source::FromOrigin;
 use crate::services::rooms::receive::PduOutcome;
 use crate::storage::{keys, Table};
@@ -136,6 +137,7 @@ async fn receive_edu(services: &AppState, origin: &str, edu: &Value) -> MatrixRe
     match kind {
         "m.direct_to_device" => direct_to_device(services, origin, content).await,
         "m.typing" => typing(services, origin, content),
+        "m.receipt" => receipts(services, origin, content).await,
         "m.device_list_update" | "m.signing_key_update" => {
             let user = content.get("user_id").and_then(Value::as_str).unwrap_or("");
             if !of_origin(user, origin) {
@@ -150,6 +152,56 @@ async fn receive_edu(services: &AppState, origin: &str, edu: &Value) -> MatrixRe
             Ok(())
         }
     }
+}
+
+/// Spec: "Receipts": `{room_id: {"m.read": {user_id: {event_ids, data: {ts, thread_id?}}}}}`.
+/// Each of the origin's users' receipt is set as a receipt of ours would be (the user must
+/// be joined and see the event); one that cannot be is skipped, logged.
+async fn receipts(services: &AppState, origin: &str, content: &Value) -> MatrixResult<()> {
+    let Some(rooms) = content.as_object() else {
+        return Err(MatrixError::bad_json("m.receipt content is not an object"));
+    };
+    for (room_id, kinds) in rooms {
+        let Some(users) = kinds.get("m.read").and_then(Value::as_object) else {
+            continue;
+        };
+        for (user, receipt) in users {
+            if !of_origin(user, origin) {
+                tracing::info!(%origin, %user, "a receipt for another server's user was skipped");
+                continue;
+            }
+            let Some(event_id) = receipt
+                .get("event_ids")
+                .and_then(Value::as_array)
+                .and_then(|ids| ids.last())
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
+            let thread = receipt
+                .get("data")
+                .and_then(|d| d.get("thread_id"))
+                .and_then(Value::as_str);
+            if let Err(e) = services
+                .ephemeral
+                .set_receipt(
+                    &services.rooms,
+                    user,
+                    room_id,
+                    ReceiptType::Read,
+                    event_id,
+                    thread,
+                )
+                .await
+            {
+                if e.status >= 500 {
+                    return Err(e);
+                }
+                tracing::info!(%origin, %user, %room_id, error = %e.message, "a receipt was not taken");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Spec: "Send-to-device messaging": `{sender, type, message_id, messages}`.

@@ -197,7 +197,11 @@ impl Services {
         }
         search::index::index_existing_events(&db, rooms.store())
             .map_err(|e| format!("cannot build the search index: {}", e.message))?;
-        let ephemeral = Ephemeral::new(Arc::clone(&db), Arc::clone(&stream_positions));
+        let ephemeral = Ephemeral::new(
+            Arc::clone(&db),
+            Arc::clone(&stream_positions),
+            Arc::clone(&outbox),
+        );
         let presence = ephemeral::presence::Presence::open(
             Arc::clone(&db),
             Arc::clone(&stream_positions),

@@ -23,16 +23,53 @@ pub struct Ephemeral {
     typing: Arc<TypingRooms>,
     /// Serializes each user's receipt changes in a room.
     receipt_locks: StripedLocks,
+    /// Where our users' typing and receipts are queued for the room's other servers.
+    outbox: Arc<crate::services::outbox::Outbox>,
 }
 
 impl Ephemeral {
-    /// The service over `db` and the global stream.
-    pub fn new(db: Arc<Db>, stream: Arc<StreamPositions>) -> Self {
+    /// The service over `db` and the global stream, sending through `outbox`.
+    pub fn new(
+        db: Arc<Db>,
+        stream: Arc<StreamPositions>,
+        outbox: Arc<crate::services::outbox::Outbox>,
+    ) -> Self {
         Self {
             db,
             typing: Arc::new(TypingRooms::new(Arc::clone(&stream))),
             stream,
             receipt_locks: StripedLocks::default(),
+            outbox,
         }
+    }
+
+    /// Queues `edu` for every other server with a member in `room_id` (our user's typing
+    /// or receipt); answers once it is durable.
+    pub async fn send_room_edu(
+        &self,
+        rooms: &crate::services::rooms::Rooms,
+        room_id: &str,
+        edu: serde_json::Value,
+    ) -> crate::error::MatrixResult<()> {
+        let servers = rooms.remote_servers(room_id)?;
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let destinations = servers.clone();
+        self.stream
+            .write_at_new_position(
+                move |pos| {
+                    destinations
+                        .iter()
+                        .map(|server| crate::services::outbox::Outbox::queue(server, pos, &edu))
+                        .collect()
+                },
+                Vec::new(),
+            )
+            .await?;
+        for server in &servers {
+            self.outbox.wake(server);
+        }
+        Ok(())
     }
 }

@@ -161,13 +161,32 @@ impl Ephemeral {
         }
         let event_id = event.event_id.clone();
         let event_pos = event.meta.pos;
+        let ts = now_ms();
+        // A public receipt of one of our users goes to the room's other servers too.
+        let ours = user_id
+            .split_once(':')
+            .is_some_and(|(_, server)| server == rooms.server_name().as_str());
+        let edu = (ours && kind == ReceiptType::Read).then(|| {
+            let mut data = serde_json::Map::new();
+            data.insert("ts".into(), ts.into());
+            if let Some(thread) = thread_id {
+                data.insert("thread_id".into(), thread.into());
+            }
+            serde_json::json!({
+                "edu_type": "m.receipt",
+                "content": {room_id: {"m.read": {user_id: {
+                    "event_ids": [event_id.clone()],
+                    "data": data,
+                }}}},
+            })
+        });
         self.stream
             .write_at_new_position(
                 move |pos| {
                     let record = ReceiptRecord {
                         event_id,
                         event_pos,
-                        ts: now_ms(),
+                        ts,
                         pos,
                     };
                     let mut writes = Vec::with_capacity(3);
@@ -189,6 +208,9 @@ impl Ephemeral {
                 vec![StreamChange::RoomEphemeral { room }],
             )
             .await?;
+        if let Some(edu) = edu {
+            self.send_room_edu(rooms, room_id, edu).await?;
+        }
         Ok(())
     }
 

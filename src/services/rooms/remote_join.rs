@@ -156,6 +156,26 @@ impl Rooms {
         })
     }
 
+    /// The other servers with a joined member in the room's current state (read from
+    /// its member events: a cost that grows with the room).
+    pub fn remote_servers(&self, room_id: &str) -> MatrixResult<Vec<String>> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(Vec::new());
+        };
+        let own = self.server_name.as_str();
+        let mut servers: Vec<String> = self
+            .store
+            .state_events(room.record.state, Some("m.room.member"))?
+            .iter()
+            .filter(|e| e.content().get("membership").and_then(Value::as_str) == Some("join"))
+            .filter_map(|e| e.state_key()?.split_once(':').map(|(_, s)| s.to_owned()))
+            .filter(|s| s != own)
+            .collect();
+        servers.sort_unstable();
+        servers.dedup();
+        Ok(servers)
+    }
+
     /// Whether one of our users is joined to the room (we can then join others locally).
     pub fn has_local_member(&self, room_id: &str) -> MatrixResult<bool> {
         let Some(room) = self.store.room(room_id)? else {
