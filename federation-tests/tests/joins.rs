@@ -216,6 +216,91 @@ async fn make_join_and_send_join_with_every_refusal() {
     assert_eq!(again[0], 200);
     assert_eq!(again[1]["state"].as_array().unwrap().len(), state.len());
 
+    // A join that the room's current state refuses (the room went invite-only after the
+    // template was made) is refused, and so is the same join sent again: its state is
+    // never handed out.
+    let carol = format!("@carol:{}", b.name());
+    let (status, answer) = ask(b, a, Method::GET, &make_join(&carol, "ver=12"), None).await;
+    assert_eq!(status, 200, "{answer}");
+    let (late_id, late_join) = sign_join(b, version, &answer["event"]);
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/state/m.room.join_rules/", enc(&room)),
+            json!({"join_rule": "invite"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for attempt in 0..2 {
+        let (status, body) = ask(
+            b,
+            a,
+            Method::PUT,
+            &send_join(&late_id, 2),
+            Some(late_join.clone()),
+        )
+        .await;
+        assert_eq!(status, 403, "attempt {attempt}: {body}");
+        assert!(body.get("state").is_none(), "{body}");
+    }
+
+    // A restricted room: a join naming one of a's users as its authoriser, sent without
+    // make_join by a user who meets none of the conditions, is refused and not signed.
+    let (_, space) = alice
+        .post("/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    let (status, restricted) = alice
+        .post(
+            "/createRoom",
+            json!({"initial_state": [{"type": "m.room.join_rules", "content": {
+                "join_rule": "restricted",
+                "allow": [{"type": "m.room_membership", "room_id": space["room_id"]}]
+            }}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{restricted}");
+    let restricted = restricted["room_id"].as_str().unwrap().to_owned();
+    let event_id_of = |kind: &'static str, key: String| {
+        let alice = &alice;
+        let restricted = restricted.clone();
+        async move {
+            let (_, e) = alice
+                .get(&format!(
+                    "/rooms/{}/state/{kind}/{}?format=event",
+                    enc(&restricted),
+                    enc(&key)
+                ))
+                .await;
+            e["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let power = event_id_of("m.room.power_levels", String::new()).await;
+    let rules = event_id_of("m.room.join_rules", String::new()).await;
+    let authoriser = event_id_of("m.room.member", alice.user_id.clone()).await;
+    let (_, page) = alice
+        .get(&format!(
+            "/rooms/{}/messages?dir=b&limit=1",
+            enc(&restricted)
+        ))
+        .await;
+    let latest = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let forged = json!({
+        "room_id": restricted, "type": "m.room.member", "sender": bob, "state_key": bob,
+        "content": {"membership": "join", "join_authorised_via_users_server": alice.user_id},
+        "prev_events": [latest], "auth_events": [power, rules, authoriser], "depth": 50,
+    });
+    let (forged_id, forged) = sign_join(b, version, &forged);
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        enc(&restricted),
+        enc(&forged_id)
+    );
+    let (status, body) = ask(b, a, Method::PUT, &path, Some(forged)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+
     // Alice sees bob joined.
     let (status, member) = alice
         .get(&format!(

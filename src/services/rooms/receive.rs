@@ -192,7 +192,9 @@ impl Rooms {
             return dropped("the PDU has no room_id".into());
         };
         let room_id = room_id.to_owned();
-        let Some(room) = self.store.room(&room_id)? else {
+        let Some(room) = self.store.room(&room_id)?.filter(|r| r.record.state != 0) else {
+            // No record, or one with no state yet (a join through another server that
+            // did not complete).
             return dropped(format!("this server is not in room {room_id}"));
         };
         let version = room.version;

@@ -168,6 +168,17 @@ impl Rooms {
             let ours =
                 UserId::parse(&via).is_ok_and(|u| u.server_name() == self.server_name.as_str());
             if ours {
+                // We vouch for this join with our signature only if its user meets the
+                // room's conditions now (spec: "Restricted rooms"; a server may skip
+                // make_join).
+                let sender = pdu
+                    .get("sender")
+                    .and_then(Value::as_str)
+                    .and_then(|s| UserId::parse(s).ok())
+                    .ok_or_else(|| {
+                        MatrixError::invalid_param("The event's sender is not a user id")
+                    })?;
+                self.restricted_join_authoriser(room_id, version, &sender)?;
                 event_hashes::sign_event(
                     &mut pdu,
                     self.server_name.as_str(),
@@ -177,6 +188,14 @@ impl Rooms {
                 .map_err(|e| MatrixError::bad_json(format!("The event cannot be signed: {e:?}")))?;
                 signed_here = true;
             }
+        }
+        if self
+            .local_joined(&self.store.state.load(room.record.state)?)?
+            .is_none()
+        {
+            return Err(MatrixError::not_found(
+                "This server has no member in the room",
+            ));
         }
         let kept = pdu.clone();
         let (_, outcome) = self.receive_membership_pdu(origin, pdu, source).await?;
@@ -207,6 +226,12 @@ impl Rooms {
             .state
             .find_event(event_id)?
             .ok_or_else(|| MatrixError::internal("an accepted join is not stored"))?;
+        // A join sent again is answered only if it was accepted the first time.
+        let accepted = graph::record(&self.store, short)?
+            .is_some_and(|r| r.status == graph::EventStatus::Accepted);
+        if !accepted {
+            return Err(MatrixError::forbidden("The join is not allowed"));
+        }
         let meta = self.store.meta(short)?;
         if meta.room != room_id_short(self, room_id)? {
             return Err(MatrixError::invalid_param("The event is of another room"));
@@ -346,7 +371,8 @@ impl Rooms {
         let mut known_any = false;
         let mut allowed = false;
         for allowed_room in &allowed_rooms {
-            if self.store.room(allowed_room)?.is_some() {
+            // Only rooms we are still in tell a current membership.
+            if self.has_local_member(allowed_room)? {
                 known_any = true;
                 if self.membership_of(user.as_str(), allowed_room)?.as_deref() == Some("join") {
                     allowed = true;

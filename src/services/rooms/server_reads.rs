@@ -25,7 +25,9 @@ impl Rooms {
             }
         }
         let event = self.store.event(short)?;
-        let room = self.store.room_by_short(event.meta.room)?;
+        let Ok(room) = self.store.room_by_short(event.meta.room) else {
+            return Err(not_found());
+        };
         if !server_may_see(
             &self.store,
             server,

@@ -426,21 +426,28 @@ async fn run_writer(
             }
             // Group commit: one fsync for everything above, before any answer and before
             // the stream tells syncing clients.
-            if let Err(e) = ctx2.store.db.sync_wal() {
-                head = None;
-                let error = MatrixError::from(e);
-                for (_, result) in answers.iter_mut() {
-                    *result = Err(error.clone());
+            let synced = match ctx2.store.db.sync_wal() {
+                Ok(()) => true,
+                Err(e) => {
+                    head = None;
+                    let error = MatrixError::from(e);
+                    for (_, result) in answers.iter_mut() {
+                        *result = Err(error.clone());
+                    }
+                    false
                 }
-            }
+            };
             // Even after a failed fsync the batches are visible to readers, so the stream
             // must move past them with their changes, not skip them.
             for (ticket, change) in written.changes {
                 ticket.commit(vec![change]);
             }
-            // Only durable events leave for other servers.
-            for destination in &written.destinations {
-                ctx2.outbox.wake(destination);
+            // Only durable events leave for other servers (after a failed fsync they wait
+            // in the outbox for the sender's next start or wake-up).
+            if synced {
+                for destination in &written.destinations {
+                    ctx2.outbox.wake(destination);
+                }
             }
             (head, answers)
         })

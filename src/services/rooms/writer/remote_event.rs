@@ -178,7 +178,15 @@ pub(super) fn receive(
     let mut batch = store.db.batch();
     let (state_before, before) = if let Some((hash, map)) = event.given_state.clone() {
         for id in &prev_ids {
-            if let Some(short) = store.state.find_event(id)? {
+            // Only edges to this room's events that have a place in its graph.
+            let Some(short) = store.state.find_event(id)? else {
+                continue;
+            };
+            let placed = matches!(
+                graph::record(store, short)?.map(|r| r.status),
+                Some(EventStatus::Accepted) | Some(EventStatus::SoftFailed)
+            );
+            if placed && store.meta(short)?.room == head.short {
                 edges.prev.push(short);
             }
         }
@@ -521,8 +529,13 @@ fn accept(
         .collect::<MatrixResult<Vec<_>>>()?
         .into_iter()
         .any(|r| r.is_some_and(|r| r.status == EventStatus::Accepted));
-    let extremities =
-        graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children);
+    // Our join through another server starts the room afresh: what we held before (a
+    // room we had left) is not built on.
+    let extremities = if event.given_state.is_some() {
+        vec![event_id.clone()]
+    } else {
+        graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children)
+    };
 
     // The room's current state: the resolution of the states at the extremities.
     let (current, changes) =

@@ -55,7 +55,23 @@ pub(super) fn join(
             None => empty_room(ctx, room_id, job.version)?,
         });
     }
-    let current = head.as_mut().expect("set above");
+    // A room made here for a join that then fails keeps its record (the events taken in
+    // point at it) with no state: the receive entry point treats such a room as one we
+    // are not in.
+    take_in(ctx, room_id, head, job, written)
+}
+
+fn take_in(
+    ctx: &WriterContext,
+    room_id: &str,
+    head: &mut Option<RoomHead>,
+    job: RemoteJoin,
+    written: &mut Written,
+) -> MatrixResult<PduOutcome> {
+    let store = &ctx.store;
+    let Some(current) = head.as_mut() else {
+        return Err(MatrixError::internal("the room's head is not loaded"));
+    };
     if current.version != job.version {
         return Err(MatrixError::invalid_param(format!(
             "The room is of version {} here, {} there",
