@@ -182,6 +182,26 @@ async fn make_join_and_send_join_with_every_refusal() {
     let (status, body) = ask(b, a, Method::PUT, &send_join(&id5, 2), Some(elsewhere)).await;
     assert_eq!(status, 400, "an event of another room: {body}");
 
+    // Not in the room (history "shared", no member then or now): nothing to read.
+    // The room's newest event, which the template builds on.
+    let latest = template["prev_events"][0].as_str().unwrap().to_owned();
+    let state_ids = |at: &str| {
+        format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&room),
+            enc(at)
+        )
+    };
+    let (status, body) = ask(b, a, Method::GET, &state_ids(&latest), None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{body}"
+    );
+    let event_path = format!("/_matrix/federation/v1/event/{}", enc(&latest));
+    let (status, body) = ask(b, a, Method::GET, &event_path, None).await;
+    assert_eq!(status, 404, "{body}");
+
     // The real join: state before it and its auth chain.
     let (status, answer) = ask(
         b,
@@ -282,11 +302,11 @@ async fn make_join_and_send_join_with_every_refusal() {
             enc(&restricted)
         ))
         .await;
-    let latest = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let restricted_latest = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
     let forged = json!({
         "room_id": restricted, "type": "m.room.member", "sender": bob, "state_key": bob,
         "content": {"membership": "join", "join_authorised_via_users_server": alice.user_id},
-        "prev_events": [latest], "auth_events": [power, rules, authoriser], "depth": 50,
+        "prev_events": [restricted_latest], "auth_events": [power, rules, authoriser], "depth": 50,
     });
     let (forged_id, forged) = sign_join(b, version, &forged);
     let path = format!(
@@ -298,6 +318,78 @@ async fn make_join_and_send_join_with_every_refusal() {
     assert_eq!(
         (status, body["errcode"].as_str()),
         (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+
+    // Now in the room: events, state, history and auth chains.
+    let (status, body) = ask(b, a, Method::GET, &event_path, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pdus"].as_array().unwrap().len(), 1);
+    let (status, body) = ask(b, a, Method::GET, &state_ids(&event_id), None).await;
+    assert_eq!(status, 200, "{body}");
+    let ids = body["pdu_ids"].as_array().unwrap();
+    assert_eq!(ids.len(), state.len(), "the state before the join: {body}");
+    assert!(!body["auth_chain_ids"].as_array().unwrap().is_empty());
+    let state_path = format!(
+        "/_matrix/federation/v1/state/{}?event_id={}",
+        enc(&room),
+        enc(&event_id)
+    );
+    let (status, body) = ask(b, a, Method::GET, &state_path, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pdus"].as_array().unwrap().len(), state.len());
+    let backfill = format!(
+        "/_matrix/federation/v1/backfill/{}?v={}&limit=4",
+        enc(&room),
+        enc(&event_id)
+    );
+    let (status, body) = ask(b, a, Method::GET, &backfill, None).await;
+    assert_eq!(status, 200, "{body}");
+    let pdus = body["pdus"].as_array().unwrap();
+    assert_eq!(pdus.len(), 4, "{body}");
+    assert_eq!(pdus[0]["state_key"], bob, "the given event first");
+    let depths: Vec<u64> = pdus.iter().map(|p| p["depth"].as_u64().unwrap()).collect();
+    assert!(
+        depths.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {depths:?}"
+    );
+    let missing = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+    let (status, body) = ask(
+        b,
+        a,
+        Method::POST,
+        &missing,
+        Some(json!({"earliest_events": [latest], "latest_events": [event_id], "limit": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Between the room's latest event when bob asked and his join: nothing was sent.
+    assert_eq!(body["events"], json!([]), "{body}");
+    let (status, body) = ask(
+        b,
+        a,
+        Method::POST,
+        &missing,
+        Some(json!({"earliest_events": [], "latest_events": [event_id], "limit": 3})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3, "{body}");
+    assert!(
+        events[0]["depth"].as_u64() < events[2]["depth"].as_u64(),
+        "oldest first"
+    );
+    let auth = format!(
+        "/_matrix/federation/v1/event_auth/{}/{}",
+        enc(&room),
+        enc(&event_id)
+    );
+    let (status, body) = ask(b, a, Method::GET, &auth, None).await;
+    assert_eq!(status, 200, "{body}");
+    let chain = body["auth_chain"].as_array().unwrap();
+    assert!(
+        has(chain, "m.room.create") && has(chain, "m.room.join_rules"),
         "{body}"
     );
 

@@ -61,6 +61,23 @@ pub fn routes() -> Router<AppState> {
             get(events::event),
         )
         .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(events::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(events::get_missing_events),
+        )
+        .route("/_matrix/federation/v1/state/{room_id}", get(events::state))
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(events::state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(events::event_auth),
+        )
+        .route(
             "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
             get(joins::make_join),
         )

@@ -1,41 +1,251 @@
-//! What other servers read of our rooms, event by event, under
-//! [`server_visibility`](super::server_visibility).
+//! What other servers read of our rooms, under
+//! [`server_visibility`](super::server_visibility): single events, history, state, auth
+//! chains.
 //!
-//! Spec: server-server API, "Retrieving events" (`GET /_matrix/federation/v1/event/{eventId}`).
+//! Spec: server-server API, "Retrieving events" (`/event/{eventId}`, `/state/{roomId}`,
+//! `/state_ids/{roomId}`), "Backfilling and retrieving missing events" (`/backfill`,
+//! `/get_missing_events`) and "Authentication" (`/event_auth`). Events an asking server
+//! may not see are left out of lists, and answered as unknown alone; rejected events are
+//! never served.
+
+use std::collections::{BTreeSet, HashSet};
+
+use serde_json::Value;
 
 use super::graph::{self, EventStatus};
 use super::server_visibility::server_may_see;
+use super::state_store::ShortEventId;
+use super::stored_event::StoredEvent;
 use super::Rooms;
 use crate::error::{MatrixError, MatrixResult};
-use serde_json::Value;
+
+/// Events one `/backfill` answers at most.
+pub const MAX_BACKFILL: usize = 100;
+/// Events one `/get_missing_events` answers at most.
+pub const MAX_MISSING: usize = 100;
+
+/// The state before an event and its auth chain, as `/state` and `/state_ids` answer.
+pub struct StateAtEvent {
+    /// The state events.
+    pub state: Vec<StoredEvent>,
+    /// Their auth chain (and the event's).
+    pub auth_chain: Vec<StoredEvent>,
+}
 
 impl Rooms {
-    /// The PDU of `event_id` for `server`: 404 when we do not have it, it was rejected,
-    /// or the server may not see it (the same answer, so as not to tell which).
-    pub fn event_for_server(&self, server: &str, event_id: &str) -> MatrixResult<Value> {
-        let not_found = || MatrixError::not_found("Event not found");
-        let short = self
-            .store
-            .state
-            .find_event(event_id)?
-            .ok_or_else(not_found)?;
+    /// A stored, not rejected event of `room_id` (when given) that `server` may see.
+    fn event_seen_by(
+        &self,
+        server: &str,
+        room_id: Option<&str>,
+        event_id: &str,
+    ) -> MatrixResult<Option<StoredEvent>> {
+        let Some(short) = self.store.state.find_event(event_id)? else {
+            return Ok(None);
+        };
+        self.short_seen_by(server, room_id, short)
+    }
+
+    fn short_seen_by(
+        &self,
+        server: &str,
+        room_id: Option<&str>,
+        short: ShortEventId,
+    ) -> MatrixResult<Option<StoredEvent>> {
         if let Some(record) = graph::record(&self.store, short)? {
             if matches!(record.status, EventStatus::Rejected { .. }) {
-                return Err(not_found());
+                return Ok(None);
             }
         }
         let event = self.store.event(short)?;
         let Ok(room) = self.store.room_by_short(event.meta.room) else {
-            return Err(not_found());
+            return Ok(None);
         };
+        if room_id.is_some_and(|r| r != room.record.room_id) {
+            return Ok(None);
+        }
         if !server_may_see(
             &self.store,
             server,
             event.meta.state_before,
             room.record.state,
         )? {
-            return Err(not_found());
+            return Ok(None);
         }
-        Ok(event.pdu().clone())
+        Ok(Some(event))
+    }
+
+    /// The PDU of `event_id` for `server`: 404 when we do not have it, it was rejected,
+    /// or the server may not see it (the same answer, so as not to tell which).
+    pub fn event_for_server(&self, server: &str, event_id: &str) -> MatrixResult<Value> {
+        self.event_seen_by(server, None, event_id)?
+            .map(|e| e.pdu().clone())
+            .ok_or_else(|| MatrixError::not_found("Event not found"))
+    }
+
+    /// `/backfill`: the events `from` and those before them (newest first, by a walk of
+    /// `prev_events`), up to `limit`, those `server` may see.
+    pub fn backfill_for_server(
+        &self,
+        server: &str,
+        room_id: &str,
+        from: &[String],
+        limit: usize,
+    ) -> MatrixResult<Vec<Value>> {
+        let limit = limit.clamp(1, MAX_BACKFILL);
+        let mut seen = HashSet::new();
+        // Deepest first: (depth, short).
+        let mut frontier: BTreeSet<(u64, ShortEventId)> = BTreeSet::new();
+        for id in from {
+            if let Some(short) = self.store.state.find_event(id)? {
+                let depth = graph::record(&self.store, short)?.map_or(0, |r| r.depth);
+                frontier.insert((depth, short));
+            }
+        }
+        let mut out = Vec::new();
+        while let Some((_, short)) = frontier.pop_last() {
+            if out.len() >= limit {
+                break;
+            }
+            if !seen.insert(short) {
+                continue;
+            }
+            let Some(event) = self.short_seen_by(server, Some(room_id), short)? else {
+                continue;
+            };
+            if let Some(record) = graph::record(&self.store, short)? {
+                for prev in record.prev {
+                    if !seen.contains(&prev) {
+                        let d = graph::record(&self.store, prev)?.map_or(0, |r| r.depth);
+                        frontier.insert((d, prev));
+                    }
+                }
+            }
+            out.push(event.pdu().clone());
+        }
+        Ok(out)
+    }
+
+    /// `/get_missing_events`: a breadth-first walk of the `prev_events` of `latest`,
+    /// skipping `earliest` and events below `min_depth`, up to `limit`, oldest first.
+    pub fn missing_events_for_server(
+        &self,
+        server: &str,
+        room_id: &str,
+        (earliest, latest): (&[String], &[String]),
+        (limit, min_depth): (usize, u64),
+    ) -> MatrixResult<Vec<Value>> {
+        let limit = limit.clamp(1, MAX_MISSING);
+        let mut stop: HashSet<ShortEventId> = HashSet::new();
+        for id in earliest {
+            if let Some(short) = self.store.state.find_event(id)? {
+                stop.insert(short);
+            }
+        }
+        let mut queue = std::collections::VecDeque::new();
+        let mut seen: HashSet<ShortEventId> = HashSet::new();
+        for id in latest {
+            // The latest events themselves must be ones the server may see.
+            let Some(event) = self.event_seen_by(server, Some(room_id), id)? else {
+                continue;
+            };
+            seen.insert(event.short);
+            if let Some(record) = graph::record(&self.store, event.short)? {
+                queue.extend(record.prev);
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(short) = queue.pop_front() {
+            if out.len() >= limit {
+                break;
+            }
+            if stop.contains(&short) || !seen.insert(short) {
+                continue;
+            }
+            let Some(record) = graph::record(&self.store, short)? else {
+                continue;
+            };
+            if record.depth < min_depth {
+                continue;
+            }
+            let Some(event) = self.short_seen_by(server, Some(room_id), short)? else {
+                continue;
+            };
+            queue.extend(record.prev.iter().copied());
+            out.push(event);
+        }
+        out.sort_by_key(|e| {
+            (
+                graph::record(&self.store, e.short)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |r| r.depth),
+                e.short,
+            )
+        });
+        Ok(out.into_iter().map(|e| e.pdu().clone()).collect())
+    }
+
+    /// `/state` and `/state_ids`: the state before `event_id` and the auth chain of it
+    /// and of the event; 404 when the server may not see the event.
+    pub fn state_for_server(
+        &self,
+        server: &str,
+        room_id: &str,
+        event_id: &str,
+    ) -> MatrixResult<StateAtEvent> {
+        let event = self
+            .event_seen_by(server, Some(room_id), event_id)?
+            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+        let map = self.store.state.load(event.meta.state_before)?;
+        let shorts: Vec<ShortEventId> = map.values().copied().collect();
+        let mut roots = shorts.clone();
+        roots.push(event.short);
+        let chain = self.auth_chain_with_create(&roots, &event)?;
+        Ok(StateAtEvent {
+            state: self.store.events(&shorts)?,
+            auth_chain: self.store.events(&chain)?,
+        })
+    }
+
+    /// The auth chain of `roots`; from v12, where the create event is nobody's listed auth
+    /// event, with the create event of `event`'s room.
+    fn auth_chain_with_create(
+        &self,
+        roots: &[ShortEventId],
+        event: &StoredEvent,
+    ) -> MatrixResult<Vec<ShortEventId>> {
+        let mut chain = self.auth_chain(roots)?;
+        let room = self.store.room_by_short(event.meta.room)?;
+        if room.version.room_id_is_create_event_hash() {
+            let create = self
+                .store
+                .state_event(room.record.state, "m.room.create", "")?;
+            if let Some(create) = create.filter(|c| c.short != event.short) {
+                if !chain.contains(&create.short) {
+                    chain.push(create.short);
+                }
+            }
+        }
+        Ok(chain)
+    }
+
+    /// `/event_auth`: the auth chain of one event the server may see.
+    pub fn event_auth_for_server(
+        &self,
+        server: &str,
+        room_id: &str,
+        event_id: &str,
+    ) -> MatrixResult<Vec<Value>> {
+        let event = self
+            .event_seen_by(server, Some(room_id), event_id)?
+            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+        let chain = self.auth_chain_with_create(&[event.short], &event)?;
+        Ok(self
+            .store
+            .events(&chain)?
+            .iter()
+            .map(|e| e.pdu().clone())
+            .collect())
     }
 }

@@ -393,7 +393,8 @@ impl StateStore {
         snapshot: ShortStateHash,
         key: ShortStateKey,
     ) -> MatrixResult<Option<ShortEventId>> {
-        let mut next = Some(snapshot);
+        // Snapshot 0 is the empty state (before a room's create event).
+        let mut next = (snapshot != 0).then_some(snapshot);
         let mut steps = 0;
         while let Some(id) = next {
             steps += 1;
