@@ -498,31 +498,105 @@ async fn three_servers_join_one_room_and_talk() {
         );
     }
 
-    // Bob leaves; alice and carol see it.
-    let (status, body) = bob
-        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+    // A redaction by the room's creator of bob's message, seen redacted on every server.
+    let (_, page) = bob
+        .get(&format!("/rooms/{}/messages?dir=b&limit=30", enc(&room)))
+        .await;
+    let bobs = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "from b")
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(&bobs)),
+            json!({"reason": "test"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
-    for user in [&alice, &carol] {
+    for user in [&alice, &bob, &carol] {
         let started = std::time::Instant::now();
         loop {
-            let (_, member) = user
-                .get(&format!(
-                    "/rooms/{}/state/m.room.member/{}",
-                    enc(&room),
-                    enc(&bob.user_id)
-                ))
+            let (status, event) = user
+                .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&bobs)))
                 .await;
-            if member["membership"] == "leave" {
+            if status == 200 && event["content"] == json!({}) {
                 break;
             }
             assert!(
                 started.elapsed().as_secs() < 30,
-                "{} never saw bob leave: {member}",
+                "{} never saw the redaction: {event}",
                 user.user_id
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    // A kick of carol by the creator, across servers: bob sees it, and carol's server
+    // knows she is out.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/kick", enc(&room)),
+            json!({"user_id": carol.user_id, "reason": "test"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for user in [&bob, &carol] {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, rooms) = user.get("/joined_rooms").await;
+            let carol_in = if user.user_id == carol.user_id {
+                rooms["joined_rooms"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(room))
+            } else {
+                let (_, member) = user
+                    .get(&format!(
+                        "/rooms/{}/state/m.room.member/{}",
+                        enc(&room),
+                        enc(&carol.user_id)
+                    ))
+                    .await;
+                member["membership"] != "leave"
+            };
+            if !carol_in {
+                break;
+            }
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "{} never saw the kick",
+                user.user_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    // Bob leaves; alice sees it.
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    loop {
+        let (_, member) = alice
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&bob.user_id)
+            ))
+            .await;
+        if member["membership"] == "leave" {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "alice never saw bob leave: {member}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     cluster.shutdown().await;
 }
