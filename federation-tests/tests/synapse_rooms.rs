@@ -248,6 +248,51 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
             synapse.log_tail()
         );
 
+        if version == "12" {
+            // A profile change on Synapse reaches our member list; Synapse's user redacts
+            // their own message and we show it redacted.
+            let (status, body) = sam
+                .put(
+                    &format!("/profile/{}/displayname", enc(&sam.user_id)),
+                    json!({"displayname": "Sam of Synapse"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let member = wait_for_state(&alice, &room, ("m.room.member", &sam.user_id), |c| {
+                c["displayname"] == "Sam of Synapse"
+            })
+            .await;
+            assert_eq!(
+                member["displayname"],
+                "Sam of Synapse",
+                "{member}\n{}",
+                synapse.log_tail()
+            );
+            let their_event = sent["event_id"].as_str().unwrap();
+            let (status, body) = sam
+                .put(
+                    &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(their_event)),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let started = Instant::now();
+            loop {
+                let (status, event) = alice
+                    .get(&format!("/rooms/{}/event/{}", enc(&room), enc(their_event)))
+                    .await;
+                if status == 200 && event["content"] == json!({}) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the redaction never came: {event}\n{}",
+                    synapse.log_tail()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+
         // Synapse's user leaves: the leave comes through /send.
         let (status, body) = sam
             .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
@@ -258,6 +303,25 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
         })
         .await;
         assert_eq!(member["membership"], "leave", "v{version}: {member}");
+
+        if version == "12" {
+            // Our creator bans Synapse's user (no longer joined: the ban is sent to the
+            // banned user's server as the member event's target); joining again is refused.
+            let (status, body) = alice
+                .post(
+                    &format!("/rooms/{}/ban", enc(&room)),
+                    json!({"user_id": sam.user_id, "reason": "test"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let (status, body) = sam
+                .post(
+                    &format!("/join/{}?server_name={}", enc(&room), enc(ours.name())),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 403, "a banned user joining again: {body}");
+        }
     }
     cluster.shutdown().await;
 }
