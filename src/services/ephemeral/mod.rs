@@ -55,7 +55,7 @@ impl Ephemeral {
         if servers.is_empty() {
             return Ok(());
         }
-        let destinations = servers.clone();
+        let destinations = std::sync::Arc::clone(&servers);
         self.stream
             .write_at_new_position(
                 move |pos| {
@@ -67,7 +67,7 @@ impl Ephemeral {
                 Vec::new(),
             )
             .await?;
-        for server in &servers {
+        for server in servers.iter() {
             self.outbox.wake(server);
         }
         Ok(())

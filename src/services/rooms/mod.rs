@@ -45,6 +45,7 @@ pub mod upgrade;
 pub mod visibility;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::core::power_levels::PowerLevels;
@@ -69,7 +70,13 @@ pub struct Rooms {
     /// two rooms made by one user in the same millisecond with the same content still
     /// get distinct create events, hence distinct v12 room ids (the id is their hash).
     last_create_ts: std::sync::atomic::AtomicU64,
+    /// Each room's other servers as of a state snapshot (typing and receipts ask for
+    /// them often; a room's member events are read again only when its state changed).
+    remote_servers: std::sync::Mutex<RemoteServers>,
 }
+
+/// Rooms' other servers by room id, with the state snapshot they were read from.
+type RemoteServers = HashMap<String, (u64, Arc<Vec<String>>)>;
 
 /// What a user may read of a room: the room, their membership, and the state snapshot they
 /// see (the current one while joined, the one at their leave after they left).
@@ -109,6 +116,7 @@ impl Rooms {
             default_version,
             alias_lock: tokio::sync::Mutex::new(()),
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
+            remote_servers: std::sync::Mutex::new(HashMap::new()),
         })
     }
 

@@ -8,6 +8,7 @@
 //! requests themselves (`make_join`, `send_join`) are the federation service's.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -16,6 +17,9 @@ use super::writer::{RemoteEvent, RemoteJoin};
 use super::Rooms;
 use crate::core::{event_hashes, pdu_checks, RoomVersion};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
+
+/// Rooms whose other servers are remembered at most (the map is emptied past this).
+const REMOTE_SERVERS_CACHED: usize = 10_000;
 
 /// Events a join's answer may hold (state and auth chain together).
 pub const MAX_JOIN_EVENTS: usize = 200_000;
@@ -156,16 +160,22 @@ impl Rooms {
         })
     }
 
-    /// The other servers with a joined member in the room's current state (read from
-    /// its member events: a cost that grows with the room).
-    pub fn remote_servers(&self, room_id: &str) -> MatrixResult<Vec<String>> {
+    /// The other servers with a joined member in the room's current state, read from its
+    /// member events once per state snapshot.
+    pub fn remote_servers(&self, room_id: &str) -> MatrixResult<Arc<Vec<String>>> {
         let Some(room) = self.store.room(room_id)? else {
-            return Ok(Vec::new());
+            return Ok(Arc::default());
         };
+        let snapshot = room.record.state;
+        if let Some((at, servers)) = self.cached_servers().get(room_id) {
+            if *at == snapshot {
+                return Ok(Arc::clone(servers));
+            }
+        }
         let own = self.server_name.as_str();
         let mut servers: Vec<String> = self
             .store
-            .state_events(room.record.state, Some("m.room.member"))?
+            .state_events(snapshot, Some("m.room.member"))?
             .iter()
             .filter(|e| e.content().get("membership").and_then(Value::as_str) == Some("join"))
             .filter_map(|e| e.state_key()?.split_once(':').map(|(_, s)| s.to_owned()))
@@ -173,7 +183,19 @@ impl Rooms {
             .collect();
         servers.sort_unstable();
         servers.dedup();
+        let servers = Arc::new(servers);
+        let mut cache = self.cached_servers();
+        if cache.len() >= REMOTE_SERVERS_CACHED {
+            cache.clear();
+        }
+        cache.insert(room_id.to_owned(), (snapshot, Arc::clone(&servers)));
         Ok(servers)
+    }
+
+    fn cached_servers(&self) -> std::sync::MutexGuard<'_, super::RemoteServers> {
+        self.remote_servers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether one of our users is joined to the room (we can then join others locally).
