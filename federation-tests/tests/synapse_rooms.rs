@@ -430,3 +430,81 @@ async fn we_join_a_synapse_room_and_both_talk() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn we_invite_a_synapse_user_who_joins() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let ours = &cluster.instances[0];
+    let synapse = Synapse::start(&cluster.ca).await.unwrap();
+    let alice = User::register(ours, "alice").await.unwrap();
+    let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "name": "just us", "is_direct": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": sam.user_id}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        200,
+        "inviting Synapse's user: {body}\n{}",
+        synapse.log_tail()
+    );
+
+    // Synapse shows the invite with the room's name.
+    let started = Instant::now();
+    loop {
+        let (status, body) = sam.get("/sync?timeout=1000").await;
+        assert_eq!(status, 200, "{body}");
+        let invite = &body["rooms"]["invite"][&room]["invite_state"]["events"];
+        if let Some(events) = invite.as_array() {
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "just us"),
+                "{invite}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no invite on Synapse\n{}",
+            synapse.log_tail()
+        );
+    }
+
+    // Accepting it: Synapse joins through us; then a message reaches Synapse's user.
+    let (status, body) = sam
+        .post(
+            &format!("/join/{}?server_name={}", enc(&room), enc(ours.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail());
+    let member = wait_for_state(&alice, &room, ("m.room.member", &sam.user_id), |c| {
+        c["membership"] == "join"
+    })
+    .await;
+    assert_eq!(member["membership"], "join", "{member}");
+    let (status, _) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/dm1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "hi sam"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        wait_for_message(&sam, &room, "hi sam").await.is_some(),
+        "{}",
+        synapse.log_tail()
+    );
+    cluster.shutdown().await;
+}

@@ -191,7 +191,7 @@ pub async fn invite(
     } else {
         None
     };
-    services
+    let event_id = services
         .rooms
         .invite(
             &session.user_id,
@@ -202,6 +202,12 @@ pub async fn invite(
             profile.as_ref(),
         )
         .await?;
+    if target.server_name() != services.config.server_name.as_str() {
+        services
+            .federation
+            .send_invite(&services.rooms, &room_id, &event_id, &target)
+            .await?;
+    }
     Ok(Json(json!({})))
 }
 

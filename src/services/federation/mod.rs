@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod discovery;
+pub mod inviting;
 pub mod ip_guard;
 pub mod joining;
 pub mod keys;

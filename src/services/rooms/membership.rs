@@ -12,7 +12,7 @@ use super::guests;
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
 use crate::core::UserId;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::error::{MatrixError, MatrixResult};
 
 /// The profile copied into a member event.
 #[derive(Debug, Clone, Default)]
@@ -195,8 +195,8 @@ impl Rooms {
         Ok(best.map(|(_, user)| user))
     }
 
-    /// Invites `target` (a local user; inviting users of other servers needs federation,
-    /// which is not built yet).
+    /// Invites `target`; answers the invite's event id (for a user of another server, the
+    /// federation service then hands the invite to that server).
     pub async fn invite(
         &self,
         sender: &UserId,
@@ -205,15 +205,8 @@ impl Rooms {
         reason: Option<String>,
         is_direct: bool,
         target_profile: Option<&MemberProfile>,
-    ) -> MatrixResult<()> {
+    ) -> MatrixResult<String> {
         self.known_room(room_id)?;
-        if target.server_name() != self.server_name.as_str() {
-            return Err(MatrixError::new(
-                400,
-                ErrorCode::Unrecognized,
-                "Inviting users of other servers needs federation, which this server does not do yet",
-            ));
-        }
         match self.membership_of(target.as_str(), room_id)?.as_deref() {
             Some("join") => {
                 return Err(MatrixError::forbidden(format!(
@@ -231,8 +224,16 @@ impl Rooms {
         if is_direct {
             content.insert("is_direct".into(), json!(true));
         }
-        self.set_membership(sender, room_id, target.as_str(), content)
-            .await
+        let draft = EventDraft::new(
+            sender.as_str(),
+            "m.room.member",
+            Some(target.as_str()),
+            Value::Object(content),
+        );
+        self.append(room_id, vec![draft])
+            .await?
+            .pop()
+            .ok_or_else(|| MatrixError::internal("the invite was not written"))
     }
 
     /// Leaves a room (or rejects an invite, or withdraws a knock).
