@@ -32,6 +32,17 @@ pub fn event_ids<'p>(pdu: &'p Value, key: &str) -> impl Iterator<Item = &'p str>
         .filter_map(Value::as_str)
 }
 
+/// The event a redaction redacts: top-level `redacts` (rooms before v11) or
+/// `content.redacts` (v11 and later); `None` for other events or a malformed one.
+pub fn redaction_target(pdu: &Value) -> Option<&str> {
+    if pdu.get("type").and_then(Value::as_str) != Some("m.room.redaction") {
+        return None;
+    }
+    pdu.get("redacts")
+        .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
+        .and_then(Value::as_str)
+}
+
 /// What a new event says, before the server hashes and signs it.
 #[derive(Debug, Clone)]
 pub struct PduTemplate {

@@ -23,7 +23,6 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{PathParams, QueryParams};
 use crate::http::AppState;
 use crate::media_api::serving::content_disposition;
-use crate::services::media::thumbnail::Method;
 use crate::services::media::Served;
 
 /// `?timeout_ms=`.
@@ -48,48 +47,18 @@ pub async fn download(
     multipart_answer(&services, served, false).await
 }
 
-/// `?width=&height=&method=&animated=&timeout_ms=`.
-#[derive(Deserialize)]
-pub struct ThumbnailQuery {
-    width: Option<u32>,
-    height: Option<u32>,
-    method: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    animated: Option<bool>,
-    #[serde(default = "crate::media_api::download::default_timeout_ms")]
-    timeout_ms: u64,
-}
-
 /// A thumbnail of our media.
 pub async fn thumbnail(
     State(services): State<AppState>,
     PathParams(media_id): PathParams<String>,
-    QueryParams(query): QueryParams<ThumbnailQuery>,
+    QueryParams(query): QueryParams<crate::media_api::thumbnail::ThumbnailQuery>,
     _signed: Signed<Value>,
 ) -> MatrixResult<Response> {
-    let width = query
-        .width
-        .ok_or_else(|| MatrixError::missing_param("Missing `width`"))?;
-    let height = query
-        .height
-        .ok_or_else(|| MatrixError::missing_param("Missing `height`"))?;
-    let method = match query.method.as_deref() {
-        None => Method::Scale,
-        Some(m) => Method::parse(m)
-            .ok_or_else(|| MatrixError::invalid_param("method must be \"scale\" or \"crop\""))?,
-    };
+    let (width, height, method) = query.size()?;
     let ours = services.config.server_name.as_str().to_owned();
     let served = services
         .media
-        .thumbnail(
-            &ours,
-            &media_id,
-            method,
-            width,
-            height,
-            Duration::from_millis(query.timeout_ms),
-        )
+        .thumbnail(&ours, &media_id, method, width, height, query.timeout())
         .await?;
     multipart_answer(&services, served, true).await
 }

@@ -31,23 +31,38 @@ pub struct ThumbnailQuery {
     allow_remote: Option<bool>,
 }
 
+impl ThumbnailQuery {
+    /// The requested width, height and method (`scale` unless given): 400
+    /// `M_MISSING_PARAM` without a size, `M_INVALID_PARAM` for another method.
+    pub fn size(&self) -> MatrixResult<(u32, u32, Method)> {
+        let width = self
+            .width
+            .ok_or_else(|| MatrixError::missing_param("Missing `width`"))?;
+        let height = self
+            .height
+            .ok_or_else(|| MatrixError::missing_param("Missing `height`"))?;
+        let method = match self.method.as_deref() {
+            None => Method::Scale,
+            Some(m) => Method::parse(m).ok_or_else(|| {
+                MatrixError::invalid_param("method must be \"scale\" or \"crop\"")
+            })?,
+        };
+        Ok((width, height, method))
+    }
+
+    /// How long to wait for media still being uploaded.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
 async fn serve(
     services: AppState,
     server_name: &str,
     media_id: &str,
     query: ThumbnailQuery,
 ) -> MatrixResult<Response> {
-    let width = query
-        .width
-        .ok_or_else(|| MatrixError::missing_param("Missing `width`"))?;
-    let height = query
-        .height
-        .ok_or_else(|| MatrixError::missing_param("Missing `height`"))?;
-    let method = match query.method.as_deref() {
-        None => Method::Scale,
-        Some(m) => Method::parse(m)
-            .ok_or_else(|| MatrixError::invalid_param("method must be \"scale\" or \"crop\""))?,
-    };
+    let (width, height, method) = query.size()?;
     super::remote::ensure_here(
         &services,
         server_name,
@@ -63,7 +78,7 @@ async fn serve(
             method,
             width,
             height,
-            Duration::from_millis(query.timeout_ms),
+            query.timeout(),
         )
         .await?;
     respond(&services, served, None, true).await

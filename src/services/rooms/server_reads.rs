@@ -8,13 +8,13 @@
 //! may not see are left out of lists, and answered as unknown alone; rejected events are
 //! never served.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::Value;
 
 use super::graph::{self, EventStatus};
 use super::server_visibility::server_may_see;
-use super::state_store::ShortEventId;
+use super::state_store::{ShortEventId, ShortStateHash};
 use super::stored_event::StoredEvent;
 use super::Rooms;
 use crate::error::{MatrixError, MatrixResult};
@@ -23,6 +23,11 @@ use crate::error::{MatrixError, MatrixResult};
 pub const MAX_BACKFILL: usize = 100;
 /// Events one `/get_missing_events` answers at most.
 pub const MAX_MISSING: usize = 100;
+
+/// Visibility answers of one request, by the state snapshot before the event: a run of
+/// messages shares one snapshot, so a page of history costs a few membership reads, not
+/// one per event.
+type SeenCache = HashMap<ShortStateHash, bool>;
 
 /// The state before an event and its auth chain, as `/state` and `/state_ids` answer.
 pub struct StateAtEvent {
@@ -43,7 +48,7 @@ impl Rooms {
         let Some(short) = self.store.state.find_event(event_id)? else {
             return Ok(None);
         };
-        self.short_seen_by(server, room_id, short)
+        self.short_seen_by(server, room_id, short, &mut SeenCache::new())
     }
 
     fn short_seen_by(
@@ -51,6 +56,7 @@ impl Rooms {
         server: &str,
         room_id: Option<&str>,
         short: ShortEventId,
+        cache: &mut SeenCache,
     ) -> MatrixResult<Option<StoredEvent>> {
         if let Some(record) = graph::record(&self.store, short)? {
             if matches!(record.status, EventStatus::Rejected { .. }) {
@@ -64,15 +70,16 @@ impl Rooms {
         if room_id.is_some_and(|r| r != room.record.room_id) {
             return Ok(None);
         }
-        if !server_may_see(
-            &self.store,
-            server,
-            event.meta.state_before,
-            room.record.state,
-        )? {
-            return Ok(None);
-        }
-        Ok(Some(event))
+        let before = event.meta.state_before;
+        let seen = match cache.get(&before) {
+            Some(seen) => *seen,
+            None => {
+                let seen = server_may_see(&self.store, server, before, room.record.state)?;
+                cache.insert(before, seen);
+                seen
+            }
+        };
+        Ok(seen.then_some(event))
     }
 
     /// The PDU of `event_id` for `server`: 404 when we do not have it, it was rejected,
@@ -102,6 +109,7 @@ impl Rooms {
                 frontier.insert((depth, short));
             }
         }
+        let mut cache = SeenCache::new();
         let mut out = Vec::new();
         while let Some((_, short)) = frontier.pop_last() {
             if out.len() >= limit {
@@ -110,7 +118,7 @@ impl Rooms {
             if !seen.insert(short) {
                 continue;
             }
-            let Some(event) = self.short_seen_by(server, Some(room_id), short)? else {
+            let Some(event) = self.short_seen_by(server, Some(room_id), short, &mut cache)? else {
                 continue;
             };
             if let Some(record) = graph::record(&self.store, short)? {
@@ -154,7 +162,8 @@ impl Rooms {
                 queue.extend(record.prev);
             }
         }
-        let mut out = Vec::new();
+        let mut cache = SeenCache::new();
+        let mut out: Vec<(u64, ShortEventId, Value)> = Vec::new();
         while let Some(short) = queue.pop_front() {
             if out.len() >= limit {
                 break;
@@ -168,22 +177,14 @@ impl Rooms {
             if record.depth < min_depth {
                 continue;
             }
-            let Some(event) = self.short_seen_by(server, Some(room_id), short)? else {
+            let Some(event) = self.short_seen_by(server, Some(room_id), short, &mut cache)? else {
                 continue;
             };
             queue.extend(record.prev.iter().copied());
-            out.push(event);
+            out.push((record.depth, short, event.pdu().clone()));
         }
-        out.sort_by_key(|e| {
-            (
-                graph::record(&self.store, e.short)
-                    .ok()
-                    .flatten()
-                    .map_or(0, |r| r.depth),
-                e.short,
-            )
-        });
-        Ok(out.into_iter().map(|e| e.pdu().clone()).collect())
+        out.sort_unstable_by_key(|(depth, short, _)| (*depth, *short));
+        Ok(out.into_iter().map(|(_, _, pdu)| pdu).collect())
     }
 
     /// `/state` and `/state_ids`: the state before `event_id` and the auth chain of it

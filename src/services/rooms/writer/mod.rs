@@ -1158,14 +1158,8 @@ fn write_event(
     }
 
     let mut redacted = None;
-    if kind == "m.room.redaction" {
-        let target = pdu
-            .get("redacts")
-            .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
-            .and_then(Value::as_str);
-        if let Some(target) = target {
-            redacted = apply_redaction(store, head, &mut batch, target, short)?;
-        }
+    if let Some(target) = pdu::redaction_target(pdu) {
+        redacted = apply_redaction(store, head, &mut batch, target, short)?;
     }
 
     // A local event is new to everyone: nothing names it yet.

@@ -87,7 +87,7 @@ pub enum PduOutcome {
 pub(super) fn receive(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    event: RemoteEvent,
+    mut event: RemoteEvent,
     written: &mut Written,
 ) -> MatrixResult<PduOutcome> {
     let store = &ctx.store;
@@ -176,7 +176,8 @@ pub(super) fn receive(
         .collect();
     let given = event.given_state.is_some();
     let mut batch = store.db.batch();
-    let (state_before, before) = if let Some((hash, map)) = event.given_state.clone() {
+    // Taken, not copied (a room's whole state); `accept` only asks whether it was given.
+    let (state_before, before) = if let Some((hash, map)) = event.given_state.take() {
         for id in &prev_ids {
             // Only edges to this room's events that have a place in its graph.
             let Some(short) = store.state.find_event(id)? else {
@@ -301,6 +302,7 @@ pub(super) fn receive(
         after: state_after,
         before_map: before,
         own_key,
+        given,
     };
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
     Ok(PduOutcome::Accepted)
@@ -497,6 +499,9 @@ struct AcceptedStates {
     before_map: Before,
     /// Its state key, for a state event.
     own_key: Option<ShortStateKey>,
+    /// The state before it was given (our join through another server): the room
+    /// starts afresh from it.
+    given: bool,
 }
 
 /// Stores an accepted event: its timeline place, the forward extremities, the room's new
@@ -516,6 +521,7 @@ fn accept(
         after: state_after,
         before_map,
         own_key,
+        given,
     } = states;
     let store = &ctx.store;
     let pdu = &event.pdu;
@@ -531,7 +537,7 @@ fn accept(
         .any(|r| r.is_some_and(|r| r.status == EventStatus::Accepted));
     // Our join through another server starts the room afresh: what we held before (a
     // room we had left) is not built on.
-    let extremities = if event.given_state.is_some() {
+    let extremities = if given {
         vec![event_id.clone()]
     } else {
         graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children)
@@ -647,15 +653,9 @@ fn accept(
         super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
     let mut redacted = None;
-    if pdu.get("type").and_then(Value::as_str) == Some("m.room.redaction") {
-        let target = pdu
-            .get("redacts")
-            .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
-            .and_then(Value::as_str);
-        if let Some(target) = target {
-            if may_redact(ctx, head, pdu, target)? {
-                redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
-            }
+    if let Some(target) = pdu::redaction_target(pdu) {
+        if may_redact(ctx, head, pdu, target)? {
+            redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
         }
     }
 
