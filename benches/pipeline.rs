@@ -120,7 +120,8 @@ fn write_path(c: &mut Criterion) {
                 &no_profile,
             )
             .await
-            .expect("the room is created");
+            .expect("the room is created")
+            .room_id;
         for n in 0..8 {
             let member = UserId::parse(&format!("@m{n}:localhost")).expect("a user id");
             services

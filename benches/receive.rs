@@ -119,7 +119,8 @@ async fn setup(services: &Arc<Services>, origin: &Origin) -> Room {
             &no_profile,
         )
         .await
-        .expect("the room is created");
+        .expect("the room is created")
+        .room_id;
     let store = services.rooms.store();
     let record = store.room(&id).expect("readable").expect("the room").record;
     let state_id = |kind: &str| {

@@ -41,7 +41,8 @@ async fn storage_bench(members: usize) {
             &no_profile,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .room_id;
     let store = rooms.store();
     let state_bytes = |event_id: &str| -> usize {
         let event = store.event_by_id(event_id).unwrap().unwrap();

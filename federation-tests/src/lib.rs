@@ -323,6 +323,61 @@ impl User {
     }
 }
 
+impl User {
+    /// Follows `/sync` (a full one first, then incremental ones) until an answer
+    /// satisfies `check`, or 30 s pass; answers that body.
+    pub async fn sync_until(
+        &self,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let started = std::time::Instant::now();
+        let mut since: Option<String> = None;
+        while started.elapsed() < std::time::Duration::from_secs(30) {
+            let path = match &since {
+                Some(token) => format!("/sync?timeout=1000&since={}", enc(token)),
+                None => "/sync?timeout=0".to_owned(),
+            };
+            let (status, body) = self.get(&path).await;
+            if status == 200 {
+                if check(&body) {
+                    return Some(body);
+                }
+                since = body["next_batch"].as_str().map(str::to_owned).or(since);
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        None
+    }
+}
+
+impl Instance {
+    /// A federation request from this instance to `to` (signed with its key); answers
+    /// the status and body.
+    pub async fn ask(
+        &self,
+        to: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        use ourwhats::services::federation::client::FederationError;
+        let destination = ServerName::parse(to).expect("a server name");
+        match self
+            .running()
+            .services
+            .federation
+            .client
+            .request(&destination, method, path, body.as_ref())
+            .await
+        {
+            Ok(answer) => (200, answer),
+            Err(FederationError::Refused { status, body }) => (status, body),
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+}
+
 /// Percent-encodes a path segment or query value.
 pub fn enc(text: &str) -> String {
     ourwhats::core::url::encode(text)

@@ -118,6 +118,12 @@ impl Synapse {
         }
     }
 
+    /// Whether Synapse's log holds `text` (a warning it gives, say).
+    pub fn log_contains(&self, text: &str) -> bool {
+        std::fs::read_to_string(self.dir.path().join("homeserver.log"))
+            .is_ok_and(|log| log.contains(text))
+    }
+
     /// The end of Synapse's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let log =

@@ -4,8 +4,7 @@
 //! own federation client and key, so each one is a real signed request.
 
 use federation_tests::{enc, Cluster, Instance, User};
-use ourwhats::core::{event_hashes, RoomVersion, ServerName};
-use ourwhats::services::federation::client::FederationError;
+use ourwhats::core::{event_hashes, RoomVersion};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -17,18 +16,7 @@ async fn ask(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let services = &instance.running().services;
-    let destination = ServerName::parse(to.name()).unwrap();
-    match services
-        .federation
-        .client
-        .request(&destination, method, path, body.as_ref())
-        .await
-    {
-        Ok(answer) => (200, answer),
-        Err(FederationError::Refused { status, body }) => (status, body),
-        Err(e) => panic!("{path}: {e}"),
-    }
+    instance.ask(to.name(), method, path, body).await
 }
 
 /// The template filled in and signed by `instance`: answers the event id and PDU.

@@ -508,3 +508,179 @@ async fn we_invite_a_synapse_user_who_joins() {
     );
     cluster.shutdown().await;
 }
+
+/// Waits until `user`'s `/sync` shows `room` in `rooms.{section}`; answers that part.
+async fn sync_shows(user: &User, section: &str, room: &str, synapse: &Synapse) -> Value {
+    let body = user
+        .sync_until(|b| b["rooms"][section].get(room).is_some())
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{} never saw {room} in rooms.{section}\n{}",
+                user.user_id,
+                synapse.log_tail()
+            )
+        });
+    body["rooms"][section][room].clone()
+}
+
+#[tokio::test]
+async fn invites_and_knocks_with_synapse_both_ways() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let ours = &cluster.instances[0];
+    let synapse = Synapse::start(&cluster.ca).await.unwrap();
+    let alice = User::register(ours, "alice").await.unwrap();
+    let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
+    let has_name = |part: &Value, key: &str, name: &str| {
+        part[key]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name)
+    };
+
+    // Synapse invites our user (createRoom's invite list, v12); she rejects it through
+    // Synapse (our make_leave/send_leave).
+    let (status, created) = sam
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "room_version": "12", "name": "sam's",
+                   "invite": [alice.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}\n{}", synapse.log_tail());
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let invite = sync_shows(&alice, "invite", &room, &synapse).await;
+    assert!(has_name(&invite, "invite_state", "sam's"), "{invite}");
+    let (status, body) = alice
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail());
+    let member = wait_for_state(&sam, &room, ("m.room.member", &alice.user_id), |c| {
+        c["membership"] == "leave"
+    })
+    .await;
+    assert_eq!(member["membership"], "leave", "{member}");
+
+    // Invited by /invite to a v11 room, she accepts with a join that names no server.
+    let (status, created) = sam
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "room_version": "11", "name": "second"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = sam
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": alice.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail());
+    sync_shows(&alice, "invite", &room, &synapse).await;
+    let (status, body) = alice
+        .post(&format!("/join/{}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail());
+    let member = wait_for_state(&sam, &room, ("m.room.member", &alice.user_id), |c| {
+        c["membership"] == "join"
+    })
+    .await;
+    assert_eq!(member["membership"], "join", "{member}");
+
+    // Our createRoom invites Synapse's user, who rejects it through us.
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "name": "alice's", "invite": [sam.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let invite = sync_shows(&sam, "invite", &room, &synapse).await;
+    assert!(has_name(&invite, "invite_state", "alice's"), "{invite}");
+    let (status, body) = sam
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail());
+    let member = wait_for_state(&alice, &room, ("m.room.member", &sam.user_id), |c| {
+        c["membership"] == "leave"
+    })
+    .await;
+    assert_eq!(member["membership"], "leave", "{member}");
+
+    // Knocks both ways, each let in with an invite.
+    let knock_rule = json!([{"type": "m.room.join_rules", "state_key": "",
+                             "content": {"join_rule": "knock"}}]);
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "name": "our door", "initial_state": knock_rule}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let our_room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, created) = sam
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "room_version": "12", "name": "their door",
+                   "initial_state": knock_rule}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let their_room = created["room_id"].as_str().unwrap().to_owned();
+    for (knocker, host, room, door, via) in [
+        (&sam, &alice, &our_room, "our door", ours.name().to_owned()),
+        (
+            &alice,
+            &sam,
+            &their_room,
+            "their door",
+            synapse.server_name.clone(),
+        ),
+    ] {
+        let (status, body) = knocker
+            .post(
+                &format!("/knock/{}?via={}", enc(room), enc(&via)),
+                json!({"reason": "hello?"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{door}: {body}\n{}", synapse.log_tail());
+        let knock = sync_shows(knocker, "knock", room, &synapse).await;
+        assert!(has_name(&knock, "knock_state", door), "{door}: {knock}");
+        let member = wait_for_state(host, room, ("m.room.member", &knocker.user_id), |c| {
+            c["membership"] == "knock"
+        })
+        .await;
+        assert_eq!(member["membership"], "knock", "{door}: {member}");
+        let (status, body) = host
+            .post(
+                &format!("/rooms/{}/invite", enc(room)),
+                json!({"user_id": knocker.user_id}),
+            )
+            .await;
+        assert_eq!(status, 200, "{door}: {body}\n{}", synapse.log_tail());
+        sync_shows(knocker, "invite", room, &synapse).await;
+        let (status, body) = knocker
+            .post(
+                &format!("/join/{}?server_name={}", enc(room), enc(&via)),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{door}: {body}\n{}", synapse.log_tail());
+        let member = wait_for_state(host, room, ("m.room.member", &knocker.user_id), |c| {
+            c["membership"] == "join"
+        })
+        .await;
+        assert_eq!(member["membership"], "join", "{door}: {member}");
+    }
+    // Our invites' room state is as v1.16 asks (full PDUs with the create event): Synapse
+    // checks it and would warn.
+    assert!(
+        !synapse.log_contains("failed to validate `invite_room_state`"),
+        "{}",
+        synapse.log_tail()
+    );
+    cluster.shutdown().await;
+}

@@ -1,4 +1,7 @@
-//! Spec: client-server API, "Creation": `POST /createRoom`.
+//! Spec: client-server API, "Creation": `POST /createRoom`. Invitees of other servers are
+//! invited once the room is made; one whose server refuses or cannot be reached is
+//! logged and left out: the room exists by then, so the answer is its id (Synapse answers
+//! the invite's error instead, for a room that was made all the same).
 
 use axum::extract::State;
 use axum::Json;
@@ -21,9 +24,14 @@ pub async fn create_room(
         .check(RateAction::RoomCreate, session.user_id.as_str())?;
     let profile = services.accounts.member_profile(&session.user_id)?;
     let invitee_profile = |user: &crate::core::UserId| services.accounts.member_profile(user).ok();
-    let room_id = services
+    let created = services
         .rooms
         .create_room(&session.user_id, request, &profile, &invitee_profile)
         .await?;
+    let room_id = created.room_id.clone();
+    services
+        .federation
+        .invite_all(&services.rooms, &session.user_id, created)
+        .await;
     Ok(Json(json!({ "room_id": room_id })))
 }

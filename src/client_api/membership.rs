@@ -33,6 +33,32 @@ fn target(body: &TargetBody) -> MatrixResult<UserId> {
         .map_err(|e| MatrixError::invalid_param(format!("user_id is not a user id: {e}")))
 }
 
+/// The room a path names (by id, or by alias, asking the alias's server for another's),
+/// and the servers that may be in it: those the client names (`via`, or the older
+/// `server_name`) and those the alias's directory answer names.
+async fn room_and_servers(
+    services: &AppState,
+    room: &str,
+    query: Option<String>,
+) -> MatrixResult<(String, Vec<String>)> {
+    let query = query.unwrap_or_default();
+    let mut servers = url::query_values(&query, "via");
+    servers.extend(url::query_values(&query, "server_name"));
+    let room_id = match RoomAliasId::parse(room) {
+        Ok(alias) if alias.server_name() != services.config.server_name.as_str() => {
+            let (room_id, known) = services
+                .federation
+                .room_alias(&alias)
+                .await
+                .map_err(|e| e.for_client("Room alias"))?;
+            servers.extend(known);
+            room_id
+        }
+        _ => services.rooms.resolve_room_or_alias(room)?,
+    };
+    Ok((room_id, servers))
+}
+
 /// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`. A room none of our users
 /// is in is joined through another server: those the client names (`via`, or the older
 /// `server_name`), those the alias's directory answer names, and the room id's own.
@@ -43,21 +69,7 @@ pub async fn join(
     RawQuery(query): RawQuery,
     MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
 ) -> MatrixResult<Json<Value>> {
-    let query = query.unwrap_or_default();
-    let mut servers = url::query_values(&query, "via");
-    servers.extend(url::query_values(&query, "server_name"));
-    let room_id = match RoomAliasId::parse(&room) {
-        Ok(alias) if alias.server_name() != services.config.server_name.as_str() => {
-            let (room_id, known) = services
-                .federation
-                .room_alias(&alias)
-                .await
-                .map_err(|e| e.for_client("Room alias"))?;
-            servers.extend(known);
-            room_id
-        }
-        _ => services.rooms.resolve_room_or_alias(&room)?,
-    };
+    let (room_id, mut servers) = room_and_servers(&services, &room, query).await?;
     let profile = services.accounts.member_profile(&session.user_id)?;
     let reason = body.and_then(|b| b.reason);
     let joined = services
@@ -66,6 +78,12 @@ pub async fn join(
         .as_deref()
         == Some("join");
     if !joined && !services.rooms.has_local_member(&room_id)? {
+        // The inviter's server first: it is surely in the room.
+        let mut pending = services
+            .rooms
+            .servers_for_pending(&session.user_id, &room_id)?;
+        pending.append(&mut servers);
+        servers = pending;
         if let Some(server) = RoomId::parse(&room_id)
             .ok()
             .and_then(|r| r.server_name().map(str::to_owned))
@@ -103,16 +121,38 @@ pub async fn join(
     Ok(Json(json!({ "room_id": room_id })))
 }
 
-/// `POST /knock/{roomIdOrAlias}`.
+/// `POST /knock/{roomIdOrAlias}`: a room none of our users is in is knocked on through
+/// another server, found as for a join.
 pub async fn knock(
     State(services): State<AppState>,
     Authed(session): Authed,
     PathParams(room): PathParams<String>,
+    RawQuery(query): RawQuery,
     MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
 ) -> MatrixResult<Json<Value>> {
-    let room_id = services.rooms.resolve_room_or_alias(&room)?;
+    let (room_id, mut servers) = room_and_servers(&services, &room, query).await?;
     let profile = services.accounts.member_profile(&session.user_id)?;
     let reason = body.and_then(|b| b.reason);
+    if !services.rooms.has_local_member(&room_id)? {
+        if let Some(server) = RoomId::parse(&room_id)
+            .ok()
+            .and_then(|r| r.server_name().map(str::to_owned))
+        {
+            servers.push(server);
+        }
+        let content = member_content("knock", Some(&profile), reason);
+        services
+            .federation
+            .knock_remote(
+                &services.rooms,
+                &session.user_id,
+                &room_id,
+                &servers,
+                content,
+            )
+            .await?;
+        return Ok(Json(json!({ "room_id": room_id })));
+    }
     services
         .rooms
         .knock(&session.user_id, &room_id, reason, &profile)
@@ -128,6 +168,16 @@ pub async fn leave(
     MaybeJsonBody(body): MaybeJsonBody<ReasonBody>,
 ) -> MatrixResult<Json<Value>> {
     let reason = body.and_then(|b| b.reason);
+    if services
+        .rooms
+        .pending_out_of_room(&session.user_id, &room_id)?
+    {
+        services
+            .federation
+            .leave_remote(&services.rooms, &session.user_id, &room_id, reason)
+            .await?;
+        return Ok(Json(json!({})));
+    }
     services
         .rooms
         .leave(&session.user_id, &room_id, reason)
@@ -183,15 +233,28 @@ pub async fn invite(
         is_direct: body.is_direct,
     };
     let target = target(&body)?;
-    let profile = if target.server_name() == services.config.server_name.as_str() {
-        if !services.accounts.is_active_user(&target)? {
-            return Err(MatrixError::not_found(format!("Unknown user {target}")));
-        }
-        Some(services.accounts.member_profile(&target)?)
-    } else {
-        None
-    };
-    let event_id = services
+    if target.server_name() != services.config.server_name.as_str() {
+        let built = services
+            .rooms
+            .build_invite(
+                &session.user_id,
+                &room_id,
+                &target,
+                body.reason,
+                body.is_direct,
+            )
+            .await?;
+        services
+            .federation
+            .invite_remote(&services.rooms, &room_id, built, &target)
+            .await?;
+        return Ok(Json(json!({})));
+    }
+    if !services.accounts.is_active_user(&target)? {
+        return Err(MatrixError::not_found(format!("Unknown user {target}")));
+    }
+    let profile = services.accounts.member_profile(&target)?;
+    services
         .rooms
         .invite(
             &session.user_id,
@@ -199,15 +262,9 @@ pub async fn invite(
             &target,
             body.reason,
             body.is_direct,
-            profile.as_ref(),
+            Some(&profile),
         )
         .await?;
-    if target.server_name() != services.config.server_name.as_str() {
-        services
-            .federation
-            .send_invite(&services.rooms, &room_id, &event_id, &target)
-            .await?;
-    }
     Ok(Json(json!({})))
 }
 

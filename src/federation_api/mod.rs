@@ -2,9 +2,10 @@
 
 pub mod auth;
 pub mod events;
-pub mod joins;
+pub mod invites;
 pub mod key_query;
 pub mod media;
+pub mod membership;
 pub mod openid;
 pub mod query;
 pub mod server_keys;
@@ -79,15 +80,39 @@ pub fn routes() -> Router<AppState> {
         )
         .route(
             "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
-            get(joins::make_join),
+            get(membership::make_join),
         )
         .route(
             "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
-            put(joins::send_join_v1),
+            put(membership::send_join_v1),
         )
         .route(
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
-            put(joins::send_join_v2),
+            put(membership::send_join_v2),
+        )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(membership::make_leave),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            put(membership::send_leave_v1),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(membership::send_leave_v2),
+        )
+        .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(membership::make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            put(membership::send_knock),
+        )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(invites::invite_v2),
         )
         .route(
             "/_matrix/federation/v1/openid/userinfo",

@@ -86,6 +86,10 @@ pub enum Table {
     /// `prev short event id (u64 BE) ++ child short event id (u64 BE) -> ()`: the events
     /// naming an event among their `prev_events`. Owner: rooms.
     PrevShorteventidChild,
+    /// `short event id (u64 BE) -> [stripped state event]`: what another server told of a
+    /// room with an invite or a knock answer (`invite_room_state`, `knock_room_state`),
+    /// for a room we are not in, kept by the member event. Owner: rooms.
+    ShorteventidStrippedstate,
     /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
     AliasRoomid,
     /// `room_id 0xFF alias -> ()`. Owner: rooms.
@@ -201,6 +205,7 @@ impl Table {
         Table::ThreadrootLatestpos,
         Table::ShorteventidGraph,
         Table::PrevShorteventidChild,
+        Table::ShorteventidStrippedstate,
         Table::AliasRoomid,
         Table::RoomidAlias,
         Table::RoomidPublished,
@@ -264,6 +269,7 @@ impl Table {
             Table::ThreadrootLatestpos => "threadroot_latestpos",
             Table::ShorteventidGraph => "shorteventid_graph",
             Table::PrevShorteventidChild => "prev_shorteventid_child",
+            Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",
             Table::RoomidPublished => "roomid_published",

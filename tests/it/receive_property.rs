@@ -343,7 +343,8 @@ proptest! {
             let room = rooms
                 .create_room(&alice(), request, &MemberProfile::default(), &no_profile)
                 .await
-                .unwrap();
+                .unwrap()
+                .room_id;
             // Bob joins from his server.
             let store = rooms.store();
             let newest = accepted(store, &room).pop().unwrap();

@@ -191,7 +191,8 @@ proptest! {
             let room = rooms
                 .create_room(&uid(0), request, &MemberProfile::default(), &no_profile)
                 .await
-                .unwrap();
+                .unwrap()
+                .room_id;
             for (n, op) in ops.iter().enumerate() {
                 apply(rooms, &room, op, n).await;
             }

@@ -1,80 +1,71 @@
 //! Inviting a user of another server into one of our rooms.
 //!
-//! Spec: server-server API, "Inviting to a room": the invite event, already in our room,
-//! goes to the invitee's server with `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
-//! (`room_version`, the event, and the stripped state a client shows with an invite); that
-//! server signs it and answers it back. The answer is checked (the same event, now with
-//! the invitee's server's signature); a refusal is passed on to our client. The invite
-//! stays in our room either way (it is an event like any other); a refused one is
-//! withdrawn by a kick.
+//! Spec: server-server API, "Inviting to a room": the invite is built on the room's
+//! current state and checked, but not kept yet; it goes to the invitee's server with `PUT
+//! /_matrix/federation/v2/invite/{roomId}/{eventId}` (`room_version`, the event, and the
+//! room's state as full PDUs, the create event among them, as v1.16 asks); that server
+//! signs it and answers it back. The answer is checked (the same event, now with the
+//! invitee's server's signature) and only then is the invite kept and sent to the other
+//! servers in the room. A refusal is passed on to our client and leaves no trace in the
+//! room.
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::client::FederationError;
 use super::Federation;
+use crate::core::pdu::BuiltPdu;
 use crate::core::url::encode;
 use crate::core::{event_hashes, pdu_checks, ServerName, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::rooms::create::CreatedRoom;
 use crate::services::rooms::Rooms;
 
-/// The state events an invite carries, stripped (spec: "Stripped state").
-const STRIPPED: [&str; 7] = [
-    "m.room.create",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.topic",
-    "m.room.join_rules",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
-
 impl Federation {
-    /// Hands our invite `event_id` in `room_id` to `target`'s server.
-    pub async fn send_invite(
+    /// Invites a new room's invitees of other servers, one after another; a failure is
+    /// logged and the next goes on.
+    pub async fn invite_all(&self, rooms: &Rooms, inviter: &UserId, created: CreatedRoom) {
+        for target in &created.remote_invitees {
+            let invited = async {
+                let built = rooms
+                    .build_invite(inviter, &created.room_id, target, None, created.is_direct)
+                    .await?;
+                self.invite_remote(rooms, &created.room_id, built, target)
+                    .await
+            };
+            if let Err(e) = invited.await {
+                tracing::warn!(room = %created.room_id, %target, error = %e.message, "a new room's invitee of another server was not invited");
+            }
+        }
+    }
+
+    /// Has `target`'s server sign our invite `built` in `room_id`, then keeps it.
+    pub async fn invite_remote(
         &self,
         rooms: &Rooms,
         room_id: &str,
-        event_id: &str,
+        built: BuiltPdu,
         target: &UserId,
     ) -> MatrixResult<()> {
-        let store = rooms.store();
         let room = rooms.known_room(room_id)?;
-        let event = store
-            .event_by_id(event_id)?
-            .ok_or_else(|| MatrixError::internal("the invite is not stored"))?;
-        let mut stripped = Vec::new();
-        for kind in STRIPPED {
-            if let Some(state) = store.state_event(event.meta.state_before, kind, "")? {
-                stripped.push(json!({
-                    "type": kind,
-                    "state_key": "",
-                    "content": state.content(),
-                    "sender": state.sender(),
-                }));
-            }
-        }
-        if let Some(inviter) =
-            store.state_event(event.meta.state_before, "m.room.member", event.sender())?
-        {
-            stripped.push(json!({
-                "type": "m.room.member",
-                "state_key": event.sender(),
-                "content": inviter.content(),
-                "sender": inviter.sender(),
-            }));
-        }
+        let inviter = built
+            .pdu
+            .get("sender")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let body = json!({
             "room_version": room.version.as_str(),
-            "event": event.pdu(),
-            "invite_room_state": stripped,
+            "event": built.pdu,
+            "invite_room_state": rooms.invite_room_state(room.record.state, Some(&inviter))?,
         });
         let destination = ServerName::parse(target.server_name())
             .map_err(|e| MatrixError::invalid_param(format!("The invitee's server name: {e}")))?;
+        let event_id = built.event_id;
         let path = format!(
             "/_matrix/federation/v2/invite/{}/{}",
             encode(room_id),
-            encode(event_id)
+            encode(&event_id)
         );
         let answer = self
             .client
@@ -100,7 +91,7 @@ impl Federation {
         let same = event_hashes::event_id(&signed, room.version)
             .ok()
             .as_deref()
-            == Some(event_id);
+            == Some(event_id.as_str());
         let keys = self
             .keys
             .keys_for(
@@ -133,6 +124,18 @@ impl Federation {
                 "The invitee's server answered with an event that is not our invite, signed",
             ));
         }
-        Ok(())
+        // What we keep is our event with their signature added, nothing else of theirs.
+        let mut kept = body["event"].clone();
+        if let (Some(theirs), Some(signatures)) = (
+            signed
+                .get("signatures")
+                .and_then(|s| s.get(target.server_name())),
+            kept.get_mut("signatures").and_then(Value::as_object_mut),
+        ) {
+            signatures.insert(target.server_name().to_owned(), theirs.clone());
+        }
+        rooms
+            .keep_signed_invite(room_id, (&event_id, kept), target.server_name())
+            .await
     }
 }

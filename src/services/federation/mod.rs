@@ -3,11 +3,14 @@
 //! - [`client`]: outbound HTTPS requests, signed with our key;
 //! - [`discovery`]: where a server name is reached, and the guarded DNS resolver;
 //! - [`ip_guard`]: which addresses outbound requests may reach;
+//! - [`inviting`], [`joining`], [`knocking`], [`leaving`]: our users' memberships in rooms
+//!   with other servers (through [`templates`]);
 //! - [`keys`]: other servers' signing keys, fetched, checked and kept;
 //! - [`media`]: other servers' media, streamed in;
 //! - [`queries`]: what we ask other servers about their users and aliases;
 //! - [`sender`]: delivering the outbox to each destination;
-//! - [`source`]: what the rooms service's receive entry point fetches from other servers.
+//! - [`source`]: what the rooms service's receive entry point fetches from other servers;
+//! - [`templates`]: our users' member events through a resident server's template.
 //!
 //! Owns the tables `servername_keydocument` and `servername_destination`.
 
@@ -17,10 +20,13 @@ pub mod inviting;
 pub mod ip_guard;
 pub mod joining;
 pub mod keys;
+pub mod knocking;
+pub mod leaving;
 pub mod media;
 pub mod queries;
 pub mod sender;
 pub mod source;
+pub mod templates;
 
 use std::sync::Arc;
 

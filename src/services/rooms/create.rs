@@ -182,6 +182,17 @@ pub(super) fn check_drafts(
     Ok(())
 }
 
+/// A room just made.
+#[derive(Debug)]
+pub struct CreatedRoom {
+    /// Its id.
+    pub room_id: String,
+    /// Invitees of other servers, not invited yet.
+    pub remote_invitees: Vec<UserId>,
+    /// Whether the invites are to a direct chat.
+    pub is_direct: bool,
+}
+
 impl Rooms {
     /// A new room's create event, signed, and the room id (v12: derived from the event).
     pub(super) fn build_create_event(
@@ -226,14 +237,15 @@ impl Rooms {
         Ok((create, room_id))
     }
 
-    /// Creates a room as `creator` asks; answers its id.
+    /// Creates a room as `creator` asks; answers its id and the invitees of other
+    /// servers, whose invites the caller sends through federation.
     pub async fn create_room(
         &self,
         creator: &UserId,
         request: CreateRoomRequest,
         creator_profile: &MemberProfile,
         invitee_profiles: &(dyn Fn(&UserId) -> Option<MemberProfile> + Sync),
-    ) -> MatrixResult<String> {
+    ) -> MatrixResult<CreatedRoom> {
         let version = match &request.room_version {
             None => self.default_version,
             Some(v) => RoomVersion::from_id(v)
@@ -279,13 +291,6 @@ impl Rooms {
             let user = UserId::parse(invitee).map_err(|e| {
                 MatrixError::invalid_param(format!("invite: {invitee:?} is not a user id: {e}"))
             })?;
-            if user.server_name() != self.server_name.as_str() {
-                return Err(MatrixError::new(
-                    400,
-                    ErrorCode::Unrecognized,
-                    "Inviting users of other servers needs federation, which this server does not do yet",
-                ));
-            }
             if &user != creator && !invitees.contains(&user) {
                 invitees.push(user);
             }
@@ -461,8 +466,11 @@ impl Rooms {
                 }),
             ));
         }
-        // 8. Invites.
-        for invitee in &invitees {
+        // 8. Invites of our users (those of other servers follow, once the room is made).
+        let (local_invitees, remote_invitees): (Vec<&UserId>, Vec<&UserId>) = invitees
+            .iter()
+            .partition(|u| u.server_name() == self.server_name.as_str());
+        for invitee in local_invitees {
             let profile = invitee_profiles(invitee);
             let mut content = member_content("invite", profile.as_ref(), None);
             if request.is_direct {
@@ -515,6 +523,10 @@ impl Rooms {
         if public {
             self.set_published(&room_id, true).await?;
         }
-        Ok(room_id)
+        Ok(CreatedRoom {
+            remote_invitees: remote_invitees.into_iter().cloned().collect(),
+            is_direct: request.is_direct,
+            room_id,
+        })
     }
 }

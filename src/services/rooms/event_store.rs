@@ -313,6 +313,15 @@ impl EventStore {
         self.events(&shorts)
     }
 
+    /// The stripped state another server sent with the member event `short` (an invite
+    /// or a knock's answer for a room we are not in), if any.
+    pub fn stripped_state(&self, short: ShortEventId) -> MatrixResult<Option<Vec<Value>>> {
+        self.db
+            .get(Table::ShorteventidStrippedstate, short.to_be_bytes())?
+            .map(|b| decode(Table::ShorteventidStrippedstate, &b))
+            .transpose()
+    }
+
     /// A user's membership record in a room.
     pub fn membership(
         &self,

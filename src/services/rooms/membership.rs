@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use super::guests;
 use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
+use crate::core::pdu::BuiltPdu;
 use crate::core::UserId;
 use crate::error::{MatrixError, MatrixResult};
 
@@ -195,8 +196,7 @@ impl Rooms {
         Ok(best.map(|(_, user)| user))
     }
 
-    /// Invites `target`; answers the invite's event id (for a user of another server, the
-    /// federation service then hands the invite to that server).
+    /// Invites `target`, a user of this server; answers the invite's event id.
     pub async fn invite(
         &self,
         sender: &UserId,
@@ -206,6 +206,38 @@ impl Rooms {
         is_direct: bool,
         target_profile: Option<&MemberProfile>,
     ) -> MatrixResult<String> {
+        let draft =
+            self.invite_draft(sender, room_id, target, reason, is_direct, target_profile)?;
+        self.append(room_id, vec![draft])
+            .await?
+            .pop()
+            .ok_or_else(|| MatrixError::internal("the invite was not written"))
+    }
+
+    /// The invite of `target`, a user of another server, built, signed and checked on
+    /// the room's current state but not kept: that server signs it first (spec:
+    /// server-server API, "Inviting to a room"; see [`Rooms::keep_signed_invite`]).
+    pub async fn build_invite(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+    ) -> MatrixResult<BuiltPdu> {
+        let draft = self.invite_draft(sender, room_id, target, reason, is_direct, None)?;
+        self.writers.build(room_id, draft).await
+    }
+
+    fn invite_draft(
+        &self,
+        sender: &UserId,
+        room_id: &str,
+        target: &UserId,
+        reason: Option<String>,
+        is_direct: bool,
+        target_profile: Option<&MemberProfile>,
+    ) -> MatrixResult<EventDraft> {
         self.known_room(room_id)?;
         match self.membership_of(target.as_str(), room_id)?.as_deref() {
             Some("join") => {
@@ -224,16 +256,12 @@ impl Rooms {
         if is_direct {
             content.insert("is_direct".into(), json!(true));
         }
-        let draft = EventDraft::new(
+        Ok(EventDraft::new(
             sender.as_str(),
             "m.room.member",
             Some(target.as_str()),
             Value::Object(content),
-        );
-        self.append(room_id, vec![draft])
-            .await?
-            .pop()
-            .ok_or_else(|| MatrixError::internal("the invite was not written"))
+        ))
     }
 
     /// Leaves a room (or rejects an invite, or withdraws a knock).

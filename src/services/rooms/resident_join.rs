@@ -51,15 +51,16 @@ impl JoinAnswer {
 }
 
 impl Rooms {
-    /// `make_join`: a join event template for `user` (of `origin`), if the room's version
-    /// is among `supported` (the `ver` parameters; none means version 1) and the join
-    /// would pass the auth rules on the current state.
-    pub fn join_template(
+    /// `make_join`, `make_leave`, `make_knock`: a `membership` event template for `user`
+    /// (of `origin`), if the room's version is among `supported` (the `ver` parameters;
+    /// none means version 1; a leave does not ask) and the event would pass the auth
+    /// rules on the current state.
+    pub fn member_template(
         &self,
         origin: &str,
         room_id: &str,
-        user: &UserId,
-        supported: &[String],
+        (user, membership): (&UserId, &str),
+        supported: Option<&[String]>,
     ) -> MatrixResult<(RoomVersion, Value)> {
         if user.server_name() != origin {
             return Err(MatrixError::forbidden(
@@ -68,20 +69,23 @@ impl Rooms {
         }
         let room = self.known_room(room_id)?;
         let version = room.version;
-        let supported_here = if supported.is_empty() {
-            version.as_str() == "1"
-        } else {
-            supported.iter().any(|v| v == version.as_str())
-        };
-        if !supported_here {
-            return Err(MatrixError::new(
-                400,
-                ErrorCode::IncompatibleRoomVersion,
-                format!(
-                    "The room is of version {version}, which the joining server does not support"
-                ),
-            )
-            .with("room_version", version.as_str()));
+        if let Some(supported) = supported {
+            let supported_here = if supported.is_empty() {
+                version.as_str() == "1"
+            } else {
+                supported.iter().any(|v| v == version.as_str())
+            };
+            let knock_refused = membership == "knock" && !version.has_knocking();
+            if !supported_here || knock_refused {
+                return Err(MatrixError::new(
+                    400,
+                    ErrorCode::IncompatibleRoomVersion,
+                    format!(
+                        "The room is of version {version}, which the asking server does not support"
+                    ),
+                )
+                .with("room_version", version.as_str()));
+            }
         }
         let state = self.store.state.load(room.record.state)?;
         if self.local_joined(&state)?.is_none() {
@@ -90,9 +94,11 @@ impl Rooms {
             ));
         }
         let mut content = Map::new();
-        content.insert("membership".into(), json!("join"));
-        if let Some(via) = self.restricted_join_authoriser(room_id, version, user)? {
-            content.insert("join_authorised_via_users_server".into(), json!(via));
+        content.insert("membership".into(), json!(membership));
+        if membership == "join" {
+            if let Some(via) = self.restricted_join_authoriser(room_id, version, user)? {
+                content.insert("join_authorised_via_users_server".into(), json!(via));
+            }
         }
         let partial = json!({
             "type": "m.room.member",
@@ -128,14 +134,15 @@ impl Rooms {
             "prev_events": prev.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             "auth_events": auth_events,
         });
-        // The joining server signs it; the rules are judged as if it had.
+        // The asking server signs it; the rules are judged as if it had.
         let signed_by = |_: &str| true;
         let ctx = AuthContext {
             version,
             signed_by: &signed_by,
         };
-        auth_rules::check(&ctx, &template, &auth_state)
-            .map_err(|e| MatrixError::forbidden(format!("The join would not be allowed: {e}")))?;
+        auth_rules::check(&ctx, &template, &auth_state).map_err(|e| {
+            MatrixError::forbidden(format!("The {membership} would not be allowed: {e}"))
+        })?;
         Ok((version, template))
     }
 
@@ -145,93 +152,19 @@ impl Rooms {
         &self,
         origin: &str,
         (room_id, event_id): (&str, &str),
-        mut pdu: Value,
+        pdu: Value,
         source: &dyn MissingSource,
     ) -> MatrixResult<JoinAnswer> {
-        let room = self.known_room(room_id)?;
-        let version = room.version;
-        check_membership_pdu(origin, room_id, &pdu, "join")?;
-        let computed = event_hashes::event_id(&pdu, version)
-            .map_err(|e| MatrixError::bad_json(format!("The event cannot be hashed: {e:?}")))?;
-        if computed != event_id {
-            return Err(MatrixError::invalid_param(format!(
-                "The event's id is {computed}, not {event_id}"
-            )));
-        }
-        let via = pdu
-            .get("content")
-            .and_then(|c| c.get("join_authorised_via_users_server"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let mut signed_here = false;
-        if let Some(via) = via.filter(|_| version.has_restricted_joins()) {
-            let ours =
-                UserId::parse(&via).is_ok_and(|u| u.server_name() == self.server_name.as_str());
-            if ours {
-                // We vouch for this join with our signature only if its user meets the
-                // room's conditions now (spec: "Restricted rooms"; a server may skip
-                // make_join).
-                let sender = pdu
-                    .get("sender")
-                    .and_then(Value::as_str)
-                    .and_then(|s| UserId::parse(s).ok())
-                    .ok_or_else(|| {
-                        MatrixError::invalid_param("The event's sender is not a user id")
-                    })?;
-                self.restricted_join_authoriser(room_id, version, &sender)?;
-                event_hashes::sign_event(
-                    &mut pdu,
-                    self.server_name.as_str(),
-                    &self.signing_key,
-                    version,
-                )
-                .map_err(|e| MatrixError::bad_json(format!("The event cannot be signed: {e:?}")))?;
-                signed_here = true;
-            }
-        }
-        if self
-            .local_joined(&self.store.state.load(room.record.state)?)?
-            .is_none()
-        {
-            return Err(MatrixError::not_found(
-                "This server has no member in the room",
-            ));
-        }
-        let kept = pdu.clone();
-        let (_, outcome) = self.receive_membership_pdu(origin, pdu, source).await?;
-        match outcome {
-            PduOutcome::Accepted | PduOutcome::AlreadyKnown => {}
-            PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => {
-                return Err(MatrixError::forbidden(format!(
-                    "The join is not allowed: {why}"
-                )))
-            }
-            PduOutcome::Dropped(why) => {
-                return Err(MatrixError::invalid_param(format!(
-                    "The join was refused: {why}"
-                )))
-            }
-            PduOutcome::MissingEvents(ids) => {
-                return Err(MatrixError::invalid_param(format!(
-                    "The join names events this server does not have: {}",
-                    ids.join(", ")
-                )))
-            }
-            PduOutcome::Outlier => {
-                return Err(MatrixError::internal("a join was kept as an outlier"))
-            }
-        }
         let short = self
-            .store
-            .state
-            .find_event(event_id)?
-            .ok_or_else(|| MatrixError::internal("an accepted join is not stored"))?;
-        // A join sent again is answered only if it was accepted the first time.
-        let accepted = graph::record(&self.store, short)?
-            .is_some_and(|r| r.status == graph::EventStatus::Accepted);
-        if !accepted {
-            return Err(MatrixError::forbidden("The join is not allowed"));
-        }
+            .accept_remote_member(origin, (room_id, event_id), "join", pdu, source)
+            .await?;
+        let version = self.known_room(room_id)?.version;
+        let kept = self.store.event(short)?.pdu().clone();
+        // Ours only when we countersigned a restricted join.
+        let signed_here = kept
+            .get("signatures")
+            .and_then(|s| s.get(self.server_name.as_str()))
+            .is_some();
         let meta = self.store.meta(short)?;
         if meta.room != room_id_short(self, room_id)? {
             return Err(MatrixError::invalid_param("The event is of another room"));
@@ -273,6 +206,137 @@ impl Rooms {
             event: signed_here.then_some(kept),
             servers_in_room: servers.into_iter().collect(),
         })
+    }
+
+    /// `send_leave`: receives the leave with id `event_id` that `origin` signed.
+    pub async fn accept_remote_leave(
+        &self,
+        origin: &str,
+        (room_id, event_id): (&str, &str),
+        pdu: Value,
+        source: &dyn MissingSource,
+    ) -> MatrixResult<()> {
+        self.accept_remote_member(origin, (room_id, event_id), "leave", pdu, source)
+            .await
+            .map(|_| ())
+    }
+
+    /// `send_knock`: receives the knock with id `event_id` that `origin` signed; answers
+    /// the room's state for the knocking user to see (full PDUs, as v1.16 asks).
+    pub async fn accept_remote_knock(
+        &self,
+        origin: &str,
+        (room_id, event_id): (&str, &str),
+        pdu: Value,
+        source: &dyn MissingSource,
+    ) -> MatrixResult<Vec<Value>> {
+        let short = self
+            .accept_remote_member(origin, (room_id, event_id), "knock", pdu, source)
+            .await?;
+        let meta = self.store.meta(short)?;
+        self.invite_room_state(meta.state_before, None)
+    }
+
+    /// The checks of a `send_join`, `send_leave` or `send_knock` and the receipt of its
+    /// event; answers the event's short id once it is accepted.
+    async fn accept_remote_member(
+        &self,
+        origin: &str,
+        (room_id, event_id): (&str, &str),
+        membership: &str,
+        mut pdu: Value,
+        source: &dyn MissingSource,
+    ) -> MatrixResult<ShortEventId> {
+        let room = self.known_room(room_id)?;
+        let version = room.version;
+        check_membership_pdu(origin, room_id, &pdu, membership)?;
+        let computed = event_hashes::event_id(&pdu, version)
+            .map_err(|e| MatrixError::bad_json(format!("The event cannot be hashed: {e:?}")))?;
+        if computed != event_id {
+            return Err(MatrixError::invalid_param(format!(
+                "The event's id is {computed}, not {event_id}"
+            )));
+        }
+        if membership == "join" {
+            self.countersign_restricted_join(room_id, version, &mut pdu)?;
+        }
+        if self
+            .local_joined(&self.store.state.load(room.record.state)?)?
+            .is_none()
+        {
+            return Err(MatrixError::not_found(
+                "This server has no member in the room",
+            ));
+        }
+        let (_, outcome) = self.receive_membership_pdu(origin, pdu, source).await?;
+        match outcome {
+            PduOutcome::Accepted | PduOutcome::AlreadyKnown => {}
+            PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => {
+                return Err(MatrixError::forbidden(format!(
+                    "The {membership} is not allowed: {why}"
+                )))
+            }
+            PduOutcome::Dropped(why) => {
+                return Err(MatrixError::invalid_param(format!(
+                    "The {membership} was refused: {why}"
+                )))
+            }
+            PduOutcome::MissingEvents(ids) => {
+                return Err(MatrixError::invalid_param(format!(
+                    "The {membership} names events this server does not have: {}",
+                    ids.join(", ")
+                )))
+            }
+            PduOutcome::Outlier => {
+                return Err(MatrixError::internal("a membership was kept as an outlier"))
+            }
+        }
+        let short = self
+            .store
+            .state
+            .find_event(event_id)?
+            .ok_or_else(|| MatrixError::internal("an accepted membership is not stored"))?;
+        // An event sent again is answered only if it was accepted the first time.
+        let accepted = graph::record(&self.store, short)?
+            .is_some_and(|r| r.status == graph::EventStatus::Accepted);
+        if !accepted {
+            return Err(MatrixError::forbidden(format!(
+                "The {membership} is not allowed"
+            )));
+        }
+        Ok(short)
+    }
+
+    /// A restricted join naming one of our users as its authoriser gets our signature,
+    /// if its user meets the room's conditions now (spec: "Restricted rooms"; a server
+    /// may skip `make_join`).
+    fn countersign_restricted_join(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        pdu: &mut Value,
+    ) -> MatrixResult<()> {
+        let via = pdu
+            .get("content")
+            .and_then(|c| c.get("join_authorised_via_users_server"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let Some(via) = via.filter(|_| version.has_restricted_joins()) else {
+            return Ok(());
+        };
+        let ours = UserId::parse(&via).is_ok_and(|u| u.server_name() == self.server_name.as_str());
+        if !ours {
+            return Ok(());
+        }
+        let sender = pdu
+            .get("sender")
+            .and_then(Value::as_str)
+            .and_then(|s| UserId::parse(s).ok())
+            .ok_or_else(|| MatrixError::invalid_param("The event's sender is not a user id"))?;
+        self.restricted_join_authoriser(room_id, version, &sender)?;
+        event_hashes::sign_event(pdu, self.server_name.as_str(), &self.signing_key, version)
+            .map_err(|e| MatrixError::bad_json(format!("The event cannot be signed: {e:?}")))?;
+        Ok(())
     }
 
     /// The auth chain of `roots`: every event reachable through `auth_events`, the roots

@@ -28,6 +28,7 @@ use crate::services::rooms::event_store::{EventStore, Room, StoredEvent};
 use crate::services::rooms::filter::RoomEventFilter;
 use crate::services::rooms::history::Direction;
 use crate::services::rooms::records::MembershipRecord;
+use crate::services::rooms::remote_invite::STRIPPED_STATE_TYPES;
 use crate::services::rooms::state_store::{ShortStateHash, StateMap};
 use crate::services::rooms::tokens;
 use crate::services::rooms::visibility::VisibilityCheck;
@@ -39,16 +40,6 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 const MAX_TIMELINE_LIMIT: usize = 100;
 /// Heroes in a room summary.
 const MAX_HEROES: usize = 5;
-/// State types shown in an invite or knock (spec: "Stripped state", recommended set).
-const STRIPPED_STATE_TYPES: &[&str] = &[
-    "m.room.create",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.topic",
-    "m.room.join_rules",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-];
 
 struct Context<'a> {
     services: &'a Services,
@@ -918,8 +909,11 @@ fn stripped_state(
     let Some(member) = store.event_by_id(&record.event_id)? else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
-    for kind in STRIPPED_STATE_TYPES {
+    // A room we are not in: the state the other server sent with the event.
+    let remote = store.stripped_state(member.short)?;
+    let from_state = remote.is_none();
+    let mut out = remote.unwrap_or_default();
+    for kind in STRIPPED_STATE_TYPES.into_iter().filter(|_| from_state) {
         if let Some(event) = store.state_event(member.meta.state_before, kind, "")? {
             out.push(stripped(&event));
         }

@@ -21,9 +21,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+mod out_of_band;
 mod remote_event;
 mod remote_join;
 
+pub use out_of_band::OutOfBandMember;
 pub use remote_event::{PduOutcome, RemoteEvent};
 pub use remote_join::RemoteJoin;
 
@@ -116,6 +118,11 @@ pub enum JobStart {
     Receive(Box<RemoteEvent>),
     /// Take in the room our user joined through a resident server (see [`remote_join`]).
     JoinRemote(Box<RemoteJoin>),
+    /// Keep our user's member event of a room we are not in (see [`out_of_band`]).
+    OutOfBand(Box<OutOfBandMember>),
+    /// Build, sign and check the (one) draft on the current state without storing it:
+    /// an invite of another server's user, which that server signs before we keep it.
+    Build,
 }
 
 /// What a job answers.
@@ -125,6 +132,8 @@ pub enum JobAnswer {
     Events(Vec<String>),
     /// What became of a remote event.
     Received(PduOutcome),
+    /// The event built (not stored).
+    Built(Box<BuiltPdu>),
 }
 
 /// A unit of work for a writer: drafts applied in order; the first failure stops the job.
@@ -237,7 +246,7 @@ impl Writers {
     pub async fn submit(&self, room_id: &str, job: Job) -> MatrixResult<Vec<String>> {
         match self.submit_job(room_id, job).await? {
             JobAnswer::Events(ids) => Ok(ids),
-            JobAnswer::Received(_) => Err(MatrixError::internal("a writer answered the wrong job")),
+            _ => Err(MatrixError::internal("a writer answered the wrong job")),
         }
     }
 
@@ -269,9 +278,7 @@ impl Writers {
                 .map_err(|_| MatrixError::internal("room writer dropped a job"))??
             {
                 JobAnswer::Received(outcome) => Ok(outcome),
-                JobAnswer::Events(_) => {
-                    Err(MatrixError::internal("a writer answered the wrong job"))
-                }
+                _ => Err(MatrixError::internal("a writer answered the wrong job")),
             }
         }
     }
@@ -281,7 +288,22 @@ impl Writers {
         let job = Self::job(JobStart::JoinRemote(Box::new(join)), Vec::new());
         match self.submit_job(room_id, job).await? {
             JobAnswer::Received(outcome) => Ok(outcome),
-            JobAnswer::Events(_) => Err(MatrixError::internal("a writer answered the wrong job")),
+            _ => Err(MatrixError::internal("a writer answered the wrong job")),
+        }
+    }
+
+    /// Keeps our user's member event of a room we are not in (see [`out_of_band`]).
+    pub async fn out_of_band(&self, room_id: &str, member: OutOfBandMember) -> MatrixResult<()> {
+        let job = Self::job(JobStart::OutOfBand(Box::new(member)), Vec::new());
+        self.submit_job(room_id, job).await.map(|_| ())
+    }
+
+    /// Builds, signs and checks `draft` on the room's current state without storing it.
+    pub async fn build(&self, room_id: &str, draft: EventDraft) -> MatrixResult<BuiltPdu> {
+        let job = Self::job(JobStart::Build, vec![draft]);
+        match self.submit_job(room_id, job).await? {
+            JobAnswer::Built(built) => Ok(*built),
+            _ => Err(MatrixError::internal("a writer answered the wrong job")),
         }
     }
 
@@ -492,6 +514,27 @@ fn process_job(
                     Err(e)
                 }
             };
+        }
+        JobStart::OutOfBand(member) => {
+            return match out_of_band::write(ctx, room_id, head, *member, written) {
+                Ok(()) => Ok(JobAnswer::Events(Vec::new())),
+                Err(e) => {
+                    *head = None;
+                    Err(e)
+                }
+            };
+        }
+        JobStart::Build => {
+            if head.is_none() {
+                *head = Some(RoomHead::load(&ctx.store, room_id)?);
+            }
+            let current = head.as_mut().expect("loaded above");
+            let draft = drafts
+                .into_iter()
+                .next()
+                .ok_or_else(|| MatrixError::internal("nothing to build"))?;
+            let (built, _, _) = build(ctx, current, draft)?;
+            return Ok(JobAnswer::Built(Box::new(built)));
         }
         JobStart::Receive(event) => {
             if head.is_none() {
@@ -874,7 +917,7 @@ fn create_room(
 fn append(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    mut draft: EventDraft,
+    draft: EventDraft,
     written: &mut Written,
 ) -> MatrixResult<String> {
     let store = &ctx.store;
@@ -884,6 +927,18 @@ fn append(
                 .map_err(|_| MatrixError::internal("corrupt transaction record"));
         }
     }
+    let (built, txn, edges) = build(ctx, head, draft)?;
+    write_event(ctx, head, built, txn, store.db.batch(), written, edges)
+}
+
+/// Builds and signs one event on the room's head and checks it against the auth rules
+/// (the state before it is the current state).
+fn build(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    mut draft: EventDraft,
+) -> MatrixResult<(BuiltPdu, Option<TxnRef>, Edges)> {
+    let store = &ctx.store;
     if draft.kind == "m.room.redaction" {
         check_redaction(ctx, head, &draft)?;
         if head.version.redacts_in_content() {
@@ -958,7 +1013,7 @@ fn append(
         signed_by: &signed_by,
     };
     auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
-    write_event(ctx, head, built, txn, store.db.batch(), written, edges)
+    Ok((built, txn, edges))
 }
 
 /// The short ids of a new event's prev and auth events, known to the code that built it.

@@ -451,7 +451,7 @@ fn store_without_place(
 /// The rows of an event kept without a timeline place (position 0): outliers, rejected
 /// and soft-failed events. A rejected event names no children: it never hides its prev
 /// events from the extremities.
-fn put_without_place(
+pub(super) fn put_without_place(
     batch: &mut crate::storage::Batch<'_>,
     head: &RoomHead,
     (short, event): (ShortEventId, &RemoteEvent),

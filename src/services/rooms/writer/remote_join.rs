@@ -150,7 +150,11 @@ fn take_in(
 }
 
 /// The record of a room we learn of from another server, with no event yet.
-fn empty_room(ctx: &WriterContext, room_id: &str, version: RoomVersion) -> MatrixResult<RoomHead> {
+pub(super) fn empty_room(
+    ctx: &WriterContext,
+    room_id: &str,
+    version: RoomVersion,
+) -> MatrixResult<RoomHead> {
     let store = &ctx.store;
     let short = store.allocate_room();
     let record = RoomRecord {

@@ -1,0 +1,467 @@
+//! Invites, rejections, leaves and knocks between real ourwhats instances over TLS
+//! (`PUT /v2/invite` both ways, `make_leave`/`send_leave`, `make_knock`/`send_knock`), the
+//! invitee's `/sync` showing them, and every refusal the spec names for an invite.
+
+use federation_tests::{enc, Cluster, Instance, User};
+use ourwhats::core::pdu::{self, PduTemplate};
+use ourwhats::core::RoomVersion;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Waits until `user`'s `/sync` shows `room` in `section` (`invite`, `knock`, `leave`,
+/// `join`); answers that room's part.
+async fn sync_shows(user: &User, section: &str, room: &str) -> Value {
+    let body = user
+        .sync_until(|b| b["rooms"][section].get(room).is_some())
+        .await
+        .unwrap_or_else(|| panic!("{} never saw {room} in rooms.{section}", user.user_id));
+    body["rooms"][section][room].clone()
+}
+
+/// Waits until `user` sees `target`'s membership in `room` become `membership`.
+async fn membership_becomes(user: &User, room: &str, target: &str, membership: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, member) = user
+            .get(&format!(
+                "/rooms/{}/state/m.room.member/{}",
+                enc(room),
+                enc(target)
+            ))
+            .await;
+        if status == 200 && member["membership"] == membership {
+            return;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{} never saw {target} {membership}: {member}",
+            user.user_id
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn state_has(events: &Value, kind: &str, check: impl Fn(&Value) -> bool) -> bool {
+    events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["type"] == kind && check(e))
+}
+
+#[tokio::test]
+async fn invites_rejected_and_accepted_across_three_servers() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+
+    // createRoom with an invitee of another server.
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "name": "party", "invite": [carol.user_id]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let invite = sync_shows(&carol, "invite", &room).await;
+    let events = &invite["invite_state"]["events"];
+    assert!(
+        state_has(events, "m.room.name", |e| e["content"]["name"] == "party"),
+        "{invite}"
+    );
+    assert!(state_has(events, "m.room.create", |_| true), "{invite}");
+    assert!(
+        state_has(events, "m.room.member", |e| e["state_key"] == carol.user_id
+            && e["content"]["membership"] == "invite"
+            && e["sender"] == alice.user_id),
+        "the invite itself is shown: {invite}"
+    );
+
+    // /invite of another server's user; the invitee rejects it through our server.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id, "reason": "come"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &bob.user_id, "invite").await;
+    sync_shows(&bob, "invite", &room).await;
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &bob.user_id, "leave").await;
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    let (status, synced) = bob.get(&format!("/sync?timeout=0&filter={filter}")).await;
+    assert_eq!(status, 200, "{synced}");
+    let left = synced["rooms"]["leave"][&room].clone();
+    assert!(
+        state_has(&left["timeline"]["events"], "m.room.member", |e| e
+            ["content"]["membership"]
+            == "leave"),
+        "{left}"
+    );
+    let (_, synced) = bob.get("/sync?timeout=0").await;
+    assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");
+
+    // The other invitee accepts: a join with no `via`, through the inviter's server.
+    let (status, body) = carol
+        .post(&format!("/join/{}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &carol.user_id, "join").await;
+
+    // Bob, invited again, joins this time and talks.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_shows(&bob, "invite", &room).await;
+    let (status, body) = bob.post(&format!("/join/{}", enc(&room)), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = bob
+        .put(
+            &format!("/rooms/{}/send/m.room.message/t1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "made it"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for user in [&alice, &carol] {
+        let seen = user
+            .sync_until(|b| {
+                state_has(
+                    &b["rooms"]["join"][&room]["timeline"]["events"],
+                    "m.room.message",
+                    |e| e["content"]["body"] == "made it",
+                )
+            })
+            .await;
+        assert!(seen.is_some(), "{} never saw bob's message", user.user_id);
+    }
+
+    // An invite of a user already joined is refused on our side, of a user who does not
+    // exist on theirs.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": format!("@nobody:{}", b.name())}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, member) = alice
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&format!("@nobody:{}", b.name()))
+        ))
+        .await;
+    assert_eq!(status, 404, "a refused invite leaves no trace: {member}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn knocks_accepted_and_retracted_across_servers() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "name": "knock knock", "initial_state": [
+                {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+
+    // Bob knocks through alice's server and sees the room's name while he waits.
+    let (status, body) = bob
+        .post(
+            &format!("/knock/{}?via={}", enc(&room), enc(a.name())),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let knock = sync_shows(&bob, "knock", &room).await;
+    assert!(
+        state_has(&knock["knock_state"]["events"], "m.room.name", |e| e
+            ["content"]["name"]
+            == "knock knock"),
+        "{knock}"
+    );
+    membership_becomes(&alice, &room, &bob.user_id, "knock").await;
+
+    // Alice lets him in with an invite; he joins.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_shows(&bob, "invite", &room).await;
+    let (status, body) = bob.post(&format!("/join/{}", enc(&room)), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &bob.user_id, "join").await;
+
+    // Carol knocks through bob's server, then thinks better of it.
+    let (status, body) = carol
+        .post(
+            &format!("/knock/{}?via={}", enc(&room), enc(b.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &carol.user_id, "knock").await;
+    let (status, body) = carol
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &carol.user_id, "leave").await;
+    membership_becomes(&bob, &room, &carol.user_id, "leave").await;
+
+    // A knock on a room whose rule does not allow it is refused by the resident server.
+    let (status, created) = alice
+        .post("/createRoom", json!({"preset": "private_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let closed = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = carol
+        .post(
+            &format!("/knock/{}?via={}", enc(&closed), enc(a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (_, synced) = carol.get("/sync?timeout=0").await;
+    assert!(synced["rooms"]["knock"].get(&closed).is_none(), "{synced}");
+    cluster.shutdown().await;
+}
+
+/// An invite `from` makes by hand, for `invitee` in `room_id` of `version`, signed with
+/// `from`'s key after `change` shaped it.
+fn hand_made_invite(
+    from: &Instance,
+    version: RoomVersion,
+    (room_id, invitee): (&str, &str),
+    change: impl FnOnce(&mut PduTemplate),
+) -> (String, Value) {
+    let mut template = PduTemplate {
+        room_id: Some(room_id.to_owned()),
+        sender: format!("@mallory:{}", from.name()),
+        kind: "m.room.member".into(),
+        state_key: Some(invitee.to_owned()),
+        content: json!({"membership": "invite"}),
+        prev_events: vec!["$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()],
+        auth_events: vec!["$BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into()],
+        depth: 5,
+        origin_server_ts: 1_700_000_000_000,
+        redacts: None,
+    };
+    change(&mut template);
+    let key = &from.running().services.signing_key;
+    let built = pdu::build(version, template, from.name(), key).unwrap();
+    (built.event_id, built.pdu)
+}
+
+#[tokio::test]
+async fn invite_refusals() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let room = format!("!hand:{}", b.name());
+    let v11 = RoomVersion::from_id("11").unwrap();
+    let v12 = RoomVersion::from_id("12").unwrap();
+    let put = |room: &str, id: &str, version: &str, event: &Value, state: Value| {
+        let path = format!("/_matrix/federation/v2/invite/{}/{}", enc(room), enc(id));
+        let body = json!({"room_version": version, "event": event, "invite_room_state": state});
+        async move { b.ask(a.name(), Method::PUT, &path, Some(body)).await }
+    };
+    let invalid = |(status, body): (u16, Value), what: &str| {
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{what}: {body}"
+        );
+    };
+
+    let (id, event) = hand_made_invite(b, v11, (&room, &alice.user_id), |_| {});
+    invalid(
+        put(
+            &format!("!other:{}", b.name()),
+            &id,
+            "11",
+            &event,
+            json!([]),
+        )
+        .await,
+        "another room in the path",
+    );
+    invalid(
+        put(&room, "$notthisone", "11", &event, json!([])).await,
+        "another event id in the path",
+    );
+    let (id2, join) = hand_made_invite(b, v11, (&room, &alice.user_id), |t| {
+        t.content = json!({"membership": "join"});
+    });
+    invalid(put(&room, &id2, "11", &join, json!([])).await, "a join");
+    let (id2, other_type) = hand_made_invite(b, v11, (&room, &alice.user_id), |t| {
+        t.kind = "m.room.topic".into();
+    });
+    invalid(
+        put(&room, &id2, "11", &other_type, json!([])).await,
+        "another event type",
+    );
+    let (id2, theirs) = hand_made_invite(b, v11, (&room, &format!("@x:{}", b.name())), |_| {});
+    invalid(
+        put(&room, &id2, "11", &theirs, json!([])).await,
+        "an invitee of another server",
+    );
+    let (id2, spoofed) = hand_made_invite(b, v11, (&room, &alice.user_id), |t| {
+        t.sender = format!("@mallory:{}", a.name());
+    });
+    invalid(
+        put(&room, &id2, "11", &spoofed, json!([])).await,
+        "a sender of another server",
+    );
+    // Signed by the wrong key: a's key under b's name.
+    let mut forged = event.clone();
+    forged["signatures"] = json!({});
+    let key = &a.running().services.signing_key;
+    ourwhats::core::event_hashes::sign_event(&mut forged, b.name(), key, v11).unwrap();
+    invalid(
+        put(&room, &id, "11", &forged, json!([])).await,
+        "a bad signature",
+    );
+    // Content changed after signing (the content hash no longer matches).
+    let mut tampered = event.clone();
+    tampered["content"]["displayname"] = json!("changed");
+    let tampered_id = ourwhats::core::event_hashes::event_id(&tampered, v11).unwrap();
+    invalid(
+        put(&room, &tampered_id, "11", &tampered, json!([])).await,
+        "a content hash mismatch",
+    );
+    let (status, body) = put(&room, &id, "1", &event, json!([])).await;
+    assert_eq!(
+        (
+            status,
+            body["errcode"].as_str(),
+            body["room_version"].as_str()
+        ),
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION"), Some("1")),
+        "{body}"
+    );
+    let (id2, nobody) = hand_made_invite(b, v11, (&room, &format!("@nobody:{}", a.name())), |_| {});
+    let (status, body) = put(&room, &id2, "11", &nobody, json!([])).await;
+    assert_eq!(status, 403, "an unknown invitee: {body}");
+    // v12: the room state must hold the create event.
+    let room12 = format!("!{}", "C".repeat(43));
+    let (id12, v12_invite) = hand_made_invite(b, v12, (&room12, &alice.user_id), |_| {});
+    invalid(
+        put(
+            &room12,
+            &id12,
+            "12",
+            &v12_invite,
+            json!([{"type": "m.room.name", "state_key": "",
+            "sender": "@mallory:x", "content": {"name": "no create"}}]),
+        )
+        .await,
+        "v12 room state without the create event",
+    );
+
+    // None of that reached alice.
+    let (_, synced) = alice.get("/sync?timeout=0").await;
+    assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");
+
+    // Before v12, room state in the older stripped form is taken (with a warning): the
+    // invite is signed and shown.
+    let (status, body) = put(
+        &room,
+        &id,
+        "11",
+        &event,
+        json!([{"type": "m.room.name", "state_key": "", "sender": "@mallory:x",
+                "content": {"name": "old style"}}, "not an event"]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["event"]["signatures"].get(a.name()).is_some(),
+        "our signature added: {body}"
+    );
+    let invite = sync_shows(&alice, "invite", &room).await;
+    assert!(
+        state_has(&invite["invite_state"]["events"], "m.room.name", |e| e
+            ["content"]["name"]
+            == "old style"),
+        "{invite}"
+    );
+
+    // send_leave and make_leave refusals on a room of a.
+    let (status, created) = alice
+        .post("/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let ours = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = b
+        .ask(
+            a.name(),
+            Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_leave/{}/{}",
+                enc(&ours),
+                enc(&alice.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "a leave for another server's user: {body}");
+    let (id2, join) = hand_made_invite(b, v12, (&ours, &format!("@m:{}", b.name())), |t| {
+        t.sender = format!("@m:{}", b.name());
+        t.content = json!({"membership": "join"});
+    });
+    let (status, body) = b
+        .ask(
+            a.name(),
+            Method::PUT,
+            &format!(
+                "/_matrix/federation/v2/send_leave/{}/{}",
+                enc(&ours),
+                enc(&id2)
+            ),
+            Some(join),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "a join sent as a leave: {body}"
+    );
+    cluster.shutdown().await;
+}

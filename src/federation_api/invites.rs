@@ -1,0 +1,41 @@
+//! Spec: server-server API, "Inviting to a room": `PUT
+//! /_matrix/federation/v2/invite/{roomId}/{eventId}`. The checks and signing are the
+//! rooms service's (`services/rooms/remote_invite.rs`). The v1 endpoint is for room
+//! versions 1 and 2, which this server does not support: it answers 404 `M_UNRECOGNIZED`.
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::auth::Signed;
+use crate::core::UserId;
+use crate::error::MatrixResult;
+use crate::http::extract::PathParams;
+use crate::http::AppState;
+use crate::services::federation::source::FromOrigin;
+use crate::services::rooms::remote_invite::InviteOffer;
+
+/// An invite of one of our users, signed by us in the answer.
+pub async fn invite_v2(
+    State(services): State<AppState>,
+    PathParams((room_id, event_id)): PathParams<(String, String)>,
+    signed: Signed<InviteOffer>,
+) -> MatrixResult<Json<Value>> {
+    let source = FromOrigin {
+        federation: &services.federation,
+        origin: signed.origin.clone(),
+    };
+    let accounts = &services.accounts;
+    let exists = |user: &UserId| accounts.is_active_user(user).unwrap_or(false);
+    let event = services
+        .rooms
+        .accept_remote_invite(
+            signed.origin.as_str(),
+            (&room_id, &event_id),
+            signed.body,
+            &exists,
+            &source,
+        )
+        .await?;
+    Ok(Json(json!({ "event": event })))
+}

@@ -1,0 +1,196 @@
+//! Our user's member event through a resident server's template: the first half of a
+//! join, a leave (rejecting an invite) or a knock.
+//!
+//! Spec: server-server API, "Joining Rooms", "Leaving Rooms (Rejecting Invites)",
+//! "Knocking": `GET /make_{join,leave,knock}/{roomId}/{userId}` (with every room version we
+//! support as `ver`, except for a leave) answers a template; the template must be our
+//! user's member event in that room; we fill in our content, `origin` and timestamp, hash
+//! and sign it. The `send_*` half is the caller's.
+
+use reqwest::Method;
+use serde_json::{Map, Value};
+
+use super::client::FederationError;
+use super::Federation;
+use crate::core::url::encode;
+use crate::core::{event_hashes, RoomVersion, ServerName, UserId};
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::now_ms;
+
+/// Fields of a template that go into our event.
+const TEMPLATE_FIELDS: [&str; 7] = [
+    "room_id",
+    "sender",
+    "state_key",
+    "type",
+    "prev_events",
+    "auth_events",
+    "depth",
+];
+
+/// Our member event, made from a template and signed.
+pub struct SignedMember {
+    /// The room's version, as the resident server told it.
+    pub version: RoomVersion,
+    /// The event.
+    pub pdu: Value,
+    /// Its id.
+    pub event_id: String,
+}
+
+/// A resident server's refusal, passed on to our client as it was given (status and
+/// Matrix error), other failures as 502.
+pub(super) fn refusal(error: FederationError) -> MatrixError {
+    match error {
+        FederationError::Refused { status, body } if (400..500).contains(&status) => {
+            let errcode = body.get("errcode").and_then(Value::as_str).unwrap_or("");
+            let message = body
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("The resident server refused the request")
+                .to_owned();
+            let code = match errcode {
+                "M_FORBIDDEN" => ErrorCode::Forbidden,
+                "M_NOT_FOUND" => ErrorCode::NotFound,
+                "M_INCOMPATIBLE_ROOM_VERSION" => ErrorCode::IncompatibleRoomVersion,
+                "M_UNABLE_TO_AUTHORISE_JOIN" => ErrorCode::UnableToAuthoriseJoin,
+                "M_LIMIT_EXCEEDED" => ErrorCode::LimitExceeded,
+                _ => ErrorCode::Unknown,
+            };
+            MatrixError::new(status, code, message)
+        }
+        other => MatrixError::new(
+            502,
+            ErrorCode::Unknown,
+            format!("The resident server could not be asked: {other}"),
+        ),
+    }
+}
+
+impl Federation {
+    /// `make_{membership}` at `destination` for `user` in `room_id`, filled in with
+    /// `content` (its `membership` is set here), hashed and signed.
+    pub(super) async fn member_from_template(
+        &self,
+        destination: &ServerName,
+        (room_id, user): (&str, &UserId),
+        membership: &str,
+        mut content: Map<String, Value>,
+    ) -> MatrixResult<SignedMember> {
+        let mut path = format!(
+            "/_matrix/federation/v1/make_{membership}/{}/{}",
+            encode(room_id),
+            encode(user.as_str()),
+        );
+        if membership != "leave" {
+            let versions: Vec<String> = RoomVersion::ALL
+                .iter()
+                .map(|v| format!("ver={}", v.as_str()))
+                .collect();
+            path = format!("{path}?{}", versions.join("&"));
+        }
+        let answer = self
+            .client
+            .request(destination, Method::GET, &path, None)
+            .await
+            .map_err(refusal)?;
+        let version = answer
+            .get("room_version")
+            .and_then(Value::as_str)
+            .and_then(RoomVersion::from_id)
+            .ok_or_else(|| {
+                MatrixError::new(
+                    400,
+                    ErrorCode::UnsupportedRoomVersion,
+                    "The room's version is not one this server supports",
+                )
+            })?;
+        let template = answer
+            .get("event")
+            .and_then(Value::as_object)
+            .ok_or_else(|| refusal(FederationError::BadResponse("no event template".into())))?;
+        let field = |k: &str| template.get(k).and_then(Value::as_str);
+        if field("type") != Some("m.room.member")
+            || field("sender") != Some(user.as_str())
+            || field("state_key") != Some(user.as_str())
+            || field("room_id") != Some(room_id)
+        {
+            return Err(refusal(FederationError::BadResponse(format!(
+                "the template is not our user's {membership} in this room"
+            ))));
+        }
+        let mut pdu = Map::new();
+        for key in TEMPLATE_FIELDS {
+            if let Some(value) = template.get(key) {
+                pdu.insert(key.to_owned(), value.clone());
+            }
+        }
+        pdu.insert(
+            "origin".into(),
+            Value::from(self.client.server_name().as_str()),
+        );
+        if membership == "join" {
+            if let Some(via) = template
+                .get("content")
+                .and_then(|c| c.get("join_authorised_via_users_server"))
+            {
+                content.insert("join_authorised_via_users_server".into(), via.clone());
+            }
+        }
+        content.insert("membership".into(), Value::from(membership));
+        pdu.insert("content".into(), Value::Object(content));
+        pdu.insert("origin_server_ts".into(), Value::from(now_ms()));
+        let mut pdu = Value::Object(pdu);
+        event_hashes::hash_and_sign_event(
+            &mut pdu,
+            self.client.server_name().as_str(),
+            &self.signing_key,
+            version,
+        )
+        .map_err(|e| MatrixError::internal(format!("cannot sign our {membership}: {e:?}")))?;
+        let event_id = event_hashes::event_id(&pdu, version)
+            .map_err(|e| MatrixError::internal(format!("cannot hash our {membership}: {e:?}")))?;
+        Ok(SignedMember {
+            version,
+            pdu,
+            event_id,
+        })
+    }
+
+    /// `PUT /v2/send_{membership}` (for a join or leave, the v1 form when the server does
+    /// not know v2, its answer unwrapped).
+    pub(super) async fn send_member(
+        &self,
+        destination: &ServerName,
+        room_id: &str,
+        membership: &str,
+        member: &SignedMember,
+    ) -> MatrixResult<Value> {
+        let tail = format!("{}/{}", encode(room_id), encode(&member.event_id));
+        let has_v2 = membership != "knock";
+        let first = if has_v2 {
+            format!("/_matrix/federation/v2/send_{membership}/{tail}")
+        } else {
+            format!("/_matrix/federation/v1/send_{membership}/{tail}")
+        };
+        match self
+            .client
+            .request(destination, Method::PUT, &first, Some(&member.pdu))
+            .await
+        {
+            Err(FederationError::Refused { status: 404, body })
+                if has_v2
+                    && body.get("errcode").and_then(Value::as_str) == Some("M_UNRECOGNIZED") =>
+            {
+                let v1 = format!("/_matrix/federation/v1/send_{membership}/{tail}");
+                let answer = self
+                    .client
+                    .request(destination, Method::PUT, &v1, Some(&member.pdu))
+                    .await
+                    .map_err(refusal)?;
+                Ok(answer.get(1).cloned().unwrap_or(Value::Null))
+            }
+            other => other.map_err(refusal),
+        }
+    }
+}

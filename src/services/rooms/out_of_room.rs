@@ -1,0 +1,159 @@
+//! Our users' member events in rooms we are not in: the leave that rejects an invite or
+//! retracts a knock, the knock itself, each made with a resident server (see the
+//! federation service's `leaving` and `knocking`), and the leave we make alone when no
+//! resident server can be reached.
+//!
+//! Spec: server-server API, "Leaving Rooms (Rejecting Invites)" and "Knocking". When
+//! none of the room's servers answers, the invite is still rejected here, as Synapse
+//! does: a leave of our own, naming the invite as its prev and auth event, signed by us
+//! and sent nowhere, so the user is not left with an invite they cannot get rid of.
+
+use serde_json::{json, Value};
+
+use super::receive::MissingSource;
+use super::remote_invite::{checked_room_state, shaped_room_state};
+use super::writer::OutOfBandMember;
+use super::Rooms;
+use crate::core::pdu::{self, PduTemplate};
+use crate::core::{RoomId, RoomVersion, UserId};
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::now_ms;
+
+impl Rooms {
+    /// Keeps our user's member event (`event_id`, `pdu`) that a resident server of
+    /// `room_id` (of `version`) accepted, with the room state it answered (a knock's).
+    pub async fn keep_remote_member(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        (event_id, pdu): (&str, Value),
+        stripped_state: Option<Vec<Value>>,
+    ) -> MatrixResult<()> {
+        self.writers
+            .out_of_band(
+                room_id,
+                OutOfBandMember {
+                    version,
+                    event_id: event_id.to_owned(),
+                    pdu,
+                    stripped_state,
+                },
+            )
+            .await
+    }
+
+    /// A knock's answered room state as a client sees it: checked as for an invite, the
+    /// entries that fail dropped (spec: `send_knock`, entries "improperly signed or
+    /// formatted SHOULD be removed").
+    pub async fn knock_room_state(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        raw: Option<&Value>,
+        source: &dyn MissingSource,
+    ) -> Vec<Value> {
+        match checked_room_state(version, room_id, raw, source).await {
+            Ok(stripped) => stripped,
+            Err(why) => {
+                tracing::info!(room = %room_id, "a knock's room state is not as the spec asks: {why}");
+                if version.room_id_is_create_event_hash() {
+                    Vec::new()
+                } else {
+                    shaped_room_state(raw)
+                }
+            }
+        }
+    }
+
+    /// Whether `user` is invited to or knocking on `room_id` with no member of ours in the
+    /// room: their leave then goes through another server.
+    pub fn pending_out_of_room(&self, user: &UserId, room_id: &str) -> MatrixResult<bool> {
+        let pending = matches!(
+            self.membership_of(user.as_str(), room_id)?.as_deref(),
+            Some("invite" | "knock")
+        );
+        Ok(pending && !self.has_local_member(room_id)?)
+    }
+
+    /// The servers that may let `user` leave (or join) `room_id` they are invited to or
+    /// knocking on: the inviter's, those of the room state's senders, the room id's.
+    pub fn servers_for_pending(&self, user: &UserId, room_id: &str) -> MatrixResult<Vec<String>> {
+        let mut servers: Vec<String> = Vec::new();
+        let mut add = |user_id: &str| {
+            if let Ok(user) = UserId::parse(user_id) {
+                let server = user.server_name().to_owned();
+                if server != self.server_name.as_str() && !servers.contains(&server) {
+                    servers.push(server);
+                }
+            }
+        };
+        if let Some(record) = self.store.membership(user.as_str(), room_id)? {
+            if let Some(event) = self.store.event_by_id(&record.event_id)? {
+                add(event.sender());
+                for stripped in self.store.stripped_state(event.short)?.unwrap_or_default() {
+                    if let Some(sender) = stripped.get("sender").and_then(Value::as_str) {
+                        add(sender);
+                    }
+                }
+            }
+        }
+        if let Some(server) = RoomId::parse(room_id)
+            .ok()
+            .and_then(|r| r.server_name().map(str::to_owned))
+        {
+            if server != self.server_name.as_str() && !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        Ok(servers)
+    }
+
+    /// Rejects `user`'s invite (or retracts their knock) here alone: a leave of ours after
+    /// their member event, kept out of band and sent nowhere.
+    pub async fn leave_alone(
+        &self,
+        user: &UserId,
+        room_id: &str,
+        reason: Option<String>,
+    ) -> MatrixResult<()> {
+        let room = self.known_room(room_id)?;
+        let record = self
+            .store
+            .membership(user.as_str(), room_id)?
+            .ok_or_else(|| MatrixError::forbidden("You are not invited to this room"))?;
+        let member = self
+            .store
+            .event_by_id(&record.event_id)?
+            .ok_or_else(|| MatrixError::internal("the member event is not stored"))?;
+        let mut content = json!({ "membership": "leave" });
+        if let Some(reason) = reason {
+            content["reason"] = json!(reason);
+        }
+        let depth = member
+            .pdu()
+            .get("depth")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            + 1;
+        let built = pdu::build(
+            room.version,
+            PduTemplate {
+                room_id: Some(room_id.to_owned()),
+                sender: user.as_str().to_owned(),
+                kind: "m.room.member".into(),
+                state_key: Some(user.as_str().to_owned()),
+                content,
+                prev_events: vec![member.event_id.clone()],
+                auth_events: vec![member.event_id.clone()],
+                depth,
+                origin_server_ts: now_ms(),
+                redacts: None,
+            },
+            self.server_name.as_str(),
+            &self.signing_key,
+        )
+        .map_err(|e| MatrixError::internal(format!("cannot build the leave: {e:?}")))?;
+        self.keep_remote_member(room_id, room.version, (&built.event_id, built.pdu), None)
+            .await
+    }
+}

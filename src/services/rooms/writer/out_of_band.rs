@@ -1,0 +1,135 @@
+//! Our user's membership in a room we are not in: an invite another server sent us, the
+//! leave that rejects it, a knock we sent, the leave that retracts it.
+//!
+//! Spec: server-server API, "Inviting to a room" and "Leaving Rooms (Rejecting
+//! Invites)": such a member event reaches us without the room's graph, so it cannot pass
+//! the auth rules here. It is kept as an outlier (no state, no timeline place; a later
+//! delivery of the same event as part of the room gives it its place), the user's
+//! membership record points at it with a new stream position (so their `/sync` shows the
+//! invite, knock or leave), and the stripped state the other server sent with it is kept
+//! by the event for the client. A room we did not know gets a record with no state, as for
+//! a join through another server.
+
+use serde_json::Value;
+
+use super::remote_event::{put_without_place, RemoteEvent};
+use super::remote_join::empty_room;
+use super::{membership_of, put_membership, Edges, RoomHead, WriterContext, Written};
+use crate::core::RoomVersion;
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::records::{decode, encode};
+use crate::services::rooms::event_store::membership_key;
+use crate::services::rooms::graph::EventStatus;
+use crate::services::rooms::records::MembershipRecord;
+use crate::services::stream::StreamChange;
+use crate::storage::Table;
+
+/// A member event of a local user for a room we are not in.
+pub struct OutOfBandMember {
+    /// The room's version as the other server told it.
+    pub version: RoomVersion,
+    /// The event's id.
+    pub event_id: String,
+    /// The event, signed as it is to be kept.
+    pub pdu: Value,
+    /// The stripped state events to show with it (invites and knocks).
+    pub stripped_state: Option<Vec<Value>>,
+}
+
+/// Keeps the event and points the user's membership at it.
+pub(super) fn write(
+    ctx: &WriterContext,
+    room_id: &str,
+    head: &mut Option<RoomHead>,
+    job: OutOfBandMember,
+    written: &mut Written,
+) -> MatrixResult<()> {
+    let store = &ctx.store;
+    if head.is_none() {
+        *head = Some(match store.room(room_id)? {
+            Some(_) => RoomHead::load(store, room_id)?,
+            None => empty_room(ctx, room_id, job.version)?,
+        });
+    }
+    let Some(current) = head.as_mut() else {
+        return Err(MatrixError::internal("the room's head is not loaded"));
+    };
+    if current.version != job.version {
+        return Err(MatrixError::invalid_param(format!(
+            "The room is of version {} here, {} there",
+            current.version, job.version
+        )));
+    }
+    let user = job
+        .pdu
+        .get("state_key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| MatrixError::invalid_param("The member event has no state_key"))?
+        .to_owned();
+    let membership = membership_of(&job.pdu).to_owned();
+
+    let key = membership_key(&user, room_id);
+    let previous: Option<MembershipRecord> = store
+        .db
+        .get(Table::UseridRoomidMembership, &key)?
+        .map(|b| decode(Table::UseridRoomidMembership, &b))
+        .transpose()?;
+    if previous
+        .as_ref()
+        .is_some_and(|p| p.event_id == job.event_id)
+    {
+        return Ok(());
+    }
+
+    let mut batch = store.db.batch();
+    let short = match store.state.find_event(&job.event_id)? {
+        Some(short) => short,
+        None => {
+            let short = store.state.intern_new_event(&job.event_id, &mut batch);
+            let event = RemoteEvent {
+                event_id: job.event_id.clone(),
+                pdu: job.pdu,
+                signed_by: Vec::new(),
+                outlier: true,
+                forward: false,
+                given_state: None,
+            };
+            put_without_place(
+                &mut batch,
+                current,
+                (short, &event),
+                Edges::default(),
+                EventStatus::Outlier,
+                (0, 0),
+            );
+            short
+        }
+    };
+    if let Some(stripped) = &job.stripped_state {
+        batch.put(
+            Table::ShorteventidStrippedstate,
+            short.to_be_bytes(),
+            encode(stripped),
+        );
+    }
+    let ticket = store.stream.allocate()?;
+    // The room's counts describe the members we hold state for: a scratch copy takes
+    // the change, the room's record stays as it is.
+    let mut scratch = current.record.clone();
+    put_membership(
+        store,
+        &mut batch,
+        &mut scratch,
+        (&user, &membership, &job.event_id),
+        ticket.pos(),
+    )?;
+    store.db.write_relaxed(batch)?;
+    written.changes.push((
+        ticket,
+        StreamChange::RoomEvent {
+            room: current.short,
+            member: Some((user, membership)),
+        },
+    ));
+    Ok(())
+}
