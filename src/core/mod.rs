@@ -17,6 +17,7 @@ pub mod power_levels;
 pub mod push_rules;
 pub mod redaction;
 pub mod room_version;
+pub mod server_acl;
 pub mod signatures;
 pub mod signing_key;
 pub mod state_res;

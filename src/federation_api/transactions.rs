@@ -8,10 +8,13 @@
 //! the origin's own users:
 //! - `m.direct_to_device`: the messages for our users' devices, once per message id;
 //! - `m.typing`: when the user is joined to the room;
+//! - `m.receipt`: `m.read` receipts of users joined to the room;
 //! - `m.device_list_update`, `m.signing_key_update`: our users sharing a room with the
 //!   user are told their keys changed (`device_lists.changed` in `/sync`).
 //!
-//! Other EDU types (receipts and presence, which need federated rooms) are ignored.
+//! Other EDU types (presence) are ignored. PDUs and room EDUs (typing, receipts) of a room
+//! whose server ACL denies the origin are ignored (spec: "Server Access Control Lists");
+//! the endpoints that name a room answer 403 `M_FORBIDDEN` to such a server.
 
 use axum::extract::State;
 use axum::Json;
@@ -165,6 +168,10 @@ async fn receipts(services: &AppState, origin: &str, content: &Value) -> MatrixR
         let Some(users) = kinds.get("m.read").and_then(Value::as_object) else {
             continue;
         };
+        if !services.rooms.server_allowed(room_id, origin)? {
+            tracing::info!(%origin, %room_id, "receipts from a server the room's ACL denies were ignored");
+            continue;
+        }
         for (user, receipt) in users {
             if !of_origin(user, origin) {
                 tracing::info!(%origin, %user, "a receipt for another server's user was skipped");
@@ -264,6 +271,7 @@ fn typing(services: &AppState, origin: &str, content: &Value) -> MatrixResult<()
         .get("typing")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    services.rooms.check_server_acl(room_id, origin)?;
     if services.rooms.membership_of(user, room_id)?.as_deref() != Some("join") {
         return Err(MatrixError::forbidden("the user is not in the room"));
     }

@@ -38,6 +38,7 @@ pub mod resident_join;
 pub mod resolution;
 pub mod room_snapshot;
 pub mod sending;
+pub mod server_acl;
 pub mod server_reads;
 pub mod server_visibility;
 pub mod state_store;
@@ -75,6 +76,8 @@ pub struct Rooms {
     /// Each room's other servers as of a state snapshot (typing and receipts ask for
     /// them often; a room's member events are read again only when its state changed).
     remote_servers: std::sync::Mutex<RemoteServers>,
+    /// Each room's compiled server ACL as of a state snapshot.
+    server_acls: std::sync::Mutex<HashMap<String, server_acl::CachedAcl>>,
 }
 
 /// Rooms' other servers by room id, with the state snapshot they were read from.
@@ -119,6 +122,7 @@ impl Rooms {
             alias_lock: tokio::sync::Mutex::new(()),
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             remote_servers: std::sync::Mutex::new(HashMap::new()),
+            server_acls: std::sync::Mutex::new(HashMap::new()),
         })
     }
 

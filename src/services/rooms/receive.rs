@@ -206,6 +206,10 @@ impl Rooms {
             Ok(id) => id,
             Err(e) => return dropped(format!("no event id: {e:?}")),
         };
+        if !self.server_allowed(&room_id, origin)? {
+            let reason = format!("the server ACL of room {room_id} denies {origin}");
+            return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
+        }
         if let Some(short) = self.store.state.find_event(&event_id)? {
             let status = super::graph::record(&self.store, short)?.map(|r| r.status);
             if outlier || status != Some(super::graph::EventStatus::Outlier) {

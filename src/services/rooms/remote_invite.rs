@@ -73,6 +73,8 @@ impl Rooms {
                 )
                 .with("room_version", offer.room_version.as_str())
             })?;
+        // A room we know (and its ACL): an invite from a denied server is refused.
+        self.check_server_acl(room_id, origin)?;
         if let Some(room) = self.store.room(room_id)? {
             if room.version != version {
                 return Err(MatrixError::invalid_param(format!(

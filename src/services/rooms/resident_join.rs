@@ -68,6 +68,7 @@ impl Rooms {
             ));
         }
         let room = self.known_room(room_id)?;
+        self.check_server_acl(room_id, origin)?;
         let version = room.version;
         if let Some(supported) = supported {
             let supported_here = if supported.is_empty() {
@@ -248,6 +249,7 @@ impl Rooms {
         source: &dyn MissingSource,
     ) -> MatrixResult<ShortEventId> {
         let room = self.known_room(room_id)?;
+        self.check_server_acl(room_id, origin)?;
         let version = room.version;
         check_membership_pdu(origin, room_id, &pdu, membership)?;
         let computed = event_hashes::event_id(&pdu, version)

@@ -99,6 +99,7 @@ impl Rooms {
         from: &[String],
         limit: usize,
     ) -> MatrixResult<Vec<Value>> {
+        self.check_server_acl(room_id, server)?;
         let limit = limit.clamp(1, MAX_BACKFILL);
         let mut seen = HashSet::new();
         // Deepest first: (depth, short).
@@ -143,6 +144,7 @@ impl Rooms {
         (earliest, latest): (&[String], &[String]),
         (limit, min_depth): (usize, u64),
     ) -> MatrixResult<Vec<Value>> {
+        self.check_server_acl(room_id, server)?;
         let limit = limit.clamp(1, MAX_MISSING);
         let mut stop: HashSet<ShortEventId> = HashSet::new();
         for id in earliest {
@@ -195,6 +197,7 @@ impl Rooms {
         room_id: &str,
         event_id: &str,
     ) -> MatrixResult<StateAtEvent> {
+        self.check_server_acl(room_id, server)?;
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
             .ok_or_else(|| MatrixError::not_found("Event not found"))?;
@@ -238,6 +241,7 @@ impl Rooms {
         room_id: &str,
         event_id: &str,
     ) -> MatrixResult<Vec<Value>> {
+        self.check_server_acl(room_id, server)?;
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
             .ok_or_else(|| MatrixError::not_found("Event not found"))?;
