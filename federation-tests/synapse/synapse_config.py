@@ -3,7 +3,7 @@ TLS (see ../shared/FEDERATION-NOTES.md, "Synapse as a peer on loopback"):
 server_name 127.0.0.1:FED_PORT, a TLS federation listener on FED_PORT with a certificate
 from the test CA, a plain client listener on CLIENT_PORT, the test CA trusted for outbound
 federation, loopback allowed, no key servers, short retry intervals, open registration and
-no rate limits. Usage:
+no rate limits, its room directory open to other servers. Usage:
 synapse_config.py DIR FED_PORT CLIENT_PORT CERT KEY CA  (with the Synapse venv's python)"""
 
 import os
@@ -42,6 +42,8 @@ config.update({
     "ip_range_blacklist": [],
     "federation_ip_range_blacklist": [],
     "trusted_key_servers": [],
+    "allow_public_rooms_over_federation": True,
+    "room_list_publication_rules": [{"action": "allow"}],
     "suppress_key_server_warning": True,
     "federation": {
         "destination_min_retry_interval": "2s",

@@ -588,3 +588,84 @@ async fn three_servers_join_one_room_and_talk() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn another_servers_room_directory() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    for name in ["cats", "dogs"] {
+        let (status, created) = alice
+            .post(
+                "/createRoom",
+                json!({"preset": "public_chat", "visibility": "public", "name": name}),
+            )
+            .await;
+        assert_eq!(status, 200, "{created}");
+    }
+    let (status, hidden) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "name": "hidden"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{hidden}");
+    let names = |page: &Value| -> Vec<String> {
+        let mut names: Vec<String> = page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    };
+    let server = enc(a.name());
+    let (status, page) = bob.get(&format!("/publicRooms?server={server}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(names(&page), ["cats", "dogs"], "{page}");
+    let (status, page) = bob
+        .post(
+            &format!("/publicRooms?server={server}"),
+            json!({"filter": {"generic_search_term": "DOG"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(names(&page), ["dogs"], "{page}");
+    // Paging through another server's directory.
+    let (status, first) = bob
+        .get(&format!("/publicRooms?server={server}&limit=1"))
+        .await;
+    assert_eq!(status, 200, "{first}");
+    let token = first["next_batch"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let (status, second) = bob
+        .get(&format!(
+            "/publicRooms?server={server}&limit=1&since={}",
+            enc(&token)
+        ))
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let mut both = names(&first);
+    both.extend(names(&second));
+    both.sort();
+    assert_eq!(both, ["cats", "dogs"]);
+    // Without an access token we do not ask another server.
+    let anonymous = reqwest::get(format!(
+        "{}/_matrix/client/v3/publicRooms?server={server}",
+        b.client_url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    // A room found there is joined through it.
+    let room = page["chunk"][0]["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob
+        .post(&format!("/join/{}?via={server}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    cluster.shutdown().await;
+}

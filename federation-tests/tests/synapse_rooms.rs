@@ -525,7 +525,7 @@ async fn sync_shows(user: &User, section: &str, room: &str, synapse: &Synapse) -
 }
 
 #[tokio::test]
-async fn invites_and_knocks_with_synapse_both_ways() {
+async fn invites_knocks_and_directories_with_synapse_both_ways() {
     let cluster = Cluster::start(1).await.unwrap();
     let ours = &cluster.instances[0];
     let synapse = Synapse::start(&cluster.ca).await.unwrap();
@@ -675,6 +675,49 @@ async fn invites_and_knocks_with_synapse_both_ways() {
         .await;
         assert_eq!(member["membership"], "join", "{door}: {member}");
     }
+    // Each lists the other's room directory.
+    let (status, created) = sam
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "visibility": "public", "name": "listed on synapse"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "visibility": "public", "name": "listed here"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let names = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (status, page) = alice
+        .get(&format!(
+            "/publicRooms?server={}",
+            enc(&synapse.server_name)
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}\n{}", synapse.log_tail());
+    assert!(
+        names(&page).contains(&"listed on synapse".to_owned()),
+        "{page}"
+    );
+    let (status, page) = sam
+        .post(
+            &format!("/publicRooms?server={}", enc(ours.name())),
+            json!({"filter": {"generic_search_term": "listed"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{page}\n{}", synapse.log_tail());
+    assert_eq!(names(&page), vec!["listed here".to_owned()], "{page}");
+
     // Our invites' room state is as v1.16 asks (full PDUs with the create event): Synapse
     // checks it and would warn.
     assert!(

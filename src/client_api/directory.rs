@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::core::ServerName;
 use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{
     Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams, QueryParams,
@@ -129,24 +130,55 @@ pub struct PublicRoomsParams {
     server: Option<String>,
 }
 
-fn check_server(services: &AppState, server: Option<&str>) -> MatrixResult<()> {
+/// The other server a `server` parameter names, if it names one.
+fn other_server(services: &AppState, server: Option<&str>) -> MatrixResult<Option<ServerName>> {
     match server {
-        Some(s) if s != services.config.server_name.as_str() => Err(MatrixError::new(
-            400,
-            crate::error::ErrorCode::Unrecognized,
-            "Listing other servers' directories needs federation, which this server does not do yet",
-        )),
-        _ => Ok(()),
+        Some(s) if s != services.config.server_name.as_str() => ServerName::parse(s)
+            .map(Some)
+            .map_err(|e| MatrixError::invalid_param(format!("server is not a server name: {e}"))),
+        _ => Ok(None),
     }
 }
 
-/// The published rooms (no authentication needed).
+/// Another server's directory, through federation.
+async fn remote_rooms(
+    services: &AppState,
+    server: &ServerName,
+    (limit, since): (Option<usize>, Option<&str>),
+    filter: Option<Value>,
+) -> MatrixResult<Json<Value>> {
+    let answer = services
+        .federation
+        .public_rooms(server, (limit, since), filter.as_ref())
+        .await
+        .map_err(|e| e.for_client("Room directory"))?;
+    Ok(Json(Value::Object(answer)))
+}
+
+/// The published rooms (no authentication needed, but for another server's: we do not
+/// make requests to other servers for anyone who asks).
 pub async fn get_public_rooms(
     State(services): State<AppState>,
+    session: Option<AuthedAllowGuest>,
     QueryParams(params): QueryParams<PublicRoomsParams>,
 ) -> MatrixResult<Json<Value>> {
-    check_server(&services, params.server.as_deref())?;
     let limit = super::room_events::limit(params.limit.as_deref(), 500)?;
+    if let Some(server) = other_server(&services, params.server.as_deref())? {
+        if session.is_none() {
+            return Err(MatrixError::new(
+                401,
+                crate::error::ErrorCode::MissingToken,
+                "Listing another server's rooms needs an access token",
+            ));
+        }
+        return remote_rooms(
+            &services,
+            &server,
+            (Some(limit), params.since.as_deref()),
+            None,
+        )
+        .await;
+    }
     Ok(Json(services.rooms.public_rooms(&PublicRoomsQuery {
         limit: Some(limit),
         since: params.since,
@@ -183,8 +215,26 @@ pub async fn post_public_rooms(
     QueryParams(params): QueryParams<ServerParam>,
     MaybeJsonBody(body): MaybeJsonBody<PublicRoomsBody>,
 ) -> MatrixResult<Json<Value>> {
-    check_server(&services, params.server.as_deref())?;
     let body = body.unwrap_or_default();
+    if let Some(server) = other_server(&services, params.server.as_deref())? {
+        let filter = body.filter.as_ref().map(|f| {
+            let mut out = serde_json::Map::new();
+            if let Some(term) = &f.generic_search_term {
+                out.insert("generic_search_term".into(), json!(term));
+            }
+            if let Some(types) = &f.room_types {
+                out.insert("room_types".into(), json!(types));
+            }
+            Value::Object(out)
+        });
+        return remote_rooms(
+            &services,
+            &server,
+            (body.limit, body.since.as_deref()),
+            filter,
+        )
+        .await;
+    }
     let filter = body.filter.unwrap_or_default();
     Ok(Json(services.rooms.public_rooms(&PublicRoomsQuery {
         limit: body.limit,

@@ -7,6 +7,7 @@ pub mod key_query;
 pub mod media;
 pub mod membership;
 pub mod openid;
+pub mod public_rooms;
 pub mod query;
 pub mod server_keys;
 pub mod transactions;
@@ -113,6 +114,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(invites::invite_v2),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(public_rooms::get_public_rooms).post(public_rooms::post_public_rooms),
         )
         .route(
             "/_matrix/federation/v1/openid/userinfo",

@@ -153,6 +153,22 @@ impl FromRequestParts<AppState> for AuthedAllowGuest {
     }
 }
 
+/// An optional session: none without a token, 401 for an unknown one (endpoints open to
+/// everyone that do more for a signed-in user).
+impl axum::extract::OptionalFromRequestParts<AppState> for AuthedAllowGuest {
+    type Rejection = MatrixError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if access_token(parts).is_none() {
+            return Ok(None);
+        }
+        session(parts, state).map(|s| Some(AuthedAllowGuest(s)))
+    }
+}
+
 /// Whoever the access token belongs to; 401 without one or for an unknown one.
 fn session(parts: &Parts, state: &AppState) -> Result<Session, MatrixError> {
     let token = access_token(parts)

@@ -1,7 +1,7 @@
 //! What we ask other servers about their users and aliases, with no room shared.
 //!
 //! Spec: server-server API, "Querying for information" (`GET /query/profile`, `GET
-//! /query/directory`) and "End-to-End Encryption" (`POST /user/keys/query`, `POST
+//! /query/directory`), "Public Room Directory" (`/publicRooms`) and "End-to-End Encryption" (`POST /user/keys/query`, `POST
 //! /user/keys/claim`).
 
 use reqwest::Method;
@@ -85,6 +85,79 @@ impl Federation {
             })
             .unwrap_or_default();
         Ok((room_id, servers))
+    }
+
+    /// `server`'s published rooms (spec: "Public Room Directory"): `POST /publicRooms` with
+    /// the client's paging and filter, or `GET` when there is no filter and the server
+    /// does not know the POST form. Only entries with a room id are passed on.
+    pub async fn public_rooms(
+        &self,
+        server: &ServerName,
+        (limit, since): (Option<usize>, Option<&str>),
+        filter: Option<&Value>,
+    ) -> Result<Map<String, Value>, FederationError> {
+        let mut body = Map::new();
+        if let Some(limit) = limit {
+            body.insert("limit".into(), json!(limit));
+        }
+        if let Some(since) = since {
+            body.insert("since".into(), json!(since));
+        }
+        if let Some(filter) = filter {
+            body.insert("filter".into(), filter.clone());
+        }
+        let path = "/_matrix/federation/v1/publicRooms";
+        let answer = match self
+            .client
+            .request(server, Method::POST, path, Some(&Value::Object(body)))
+            .await
+        {
+            Err(FederationError::Refused { status, .. })
+                if filter.is_none() && matches!(status, 400 | 404 | 405) =>
+            {
+                let mut query = Vec::new();
+                if let Some(limit) = limit {
+                    query.push(format!("limit={limit}"));
+                }
+                if let Some(since) = since {
+                    query.push(format!("since={}", encode(since)));
+                }
+                let path = format!("{path}?{}", query.join("&"));
+                self.client
+                    .request(server, Method::GET, &path, None)
+                    .await?
+            }
+            other => other?,
+        };
+        let mut answer = object(answer)?;
+        let chunk: Vec<Value> = answer
+            .remove("chunk")
+            .and_then(|c| match c {
+                Value::Array(rooms) => Some(rooms),
+                _ => None,
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|room| {
+                room.get("room_id")
+                    .and_then(Value::as_str)
+                    .is_some_and(|r| crate::core::RoomId::parse(r).is_ok())
+            })
+            .collect();
+        let mut out = Map::new();
+        out.insert("chunk".into(), Value::Array(chunk));
+        for key in ["next_batch", "prev_batch"] {
+            if let Some(token) = answer.remove(key).filter(Value::is_string) {
+                out.insert(key.into(), token);
+            }
+        }
+        if let Some(total) = answer
+            .remove("total_room_count_estimate")
+            .filter(Value::is_u64)
+        {
+            out.insert("total_room_count_estimate".into(), total);
+        }
+        Ok(out)
     }
 
     /// Device and cross-signing keys of users of `server`: its `/user/keys/query` answer.
