@@ -669,3 +669,57 @@ async fn another_servers_room_directory() {
     assert_eq!(status, 200, "{body}");
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn timestamp_to_event_for_another_server() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = alice
+        .post("/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let ask_ts = |ts: u64, dir: &str| {
+        let path = format!(
+            "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir={dir}",
+            enc(&room)
+        );
+        async move { b.ask(a.name(), Method::GET, &path, None).await }
+    };
+    // Not joined, the room's history shared with members only: nothing is found.
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/state/m.room.history_visibility/", enc(&room)),
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask_ts(u64::MAX / 2, "b").await;
+    assert_eq!(status, 404, "{body}");
+
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, sent) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/t1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "now"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let (status, body) = ask_ts(u64::MAX / 2, "b").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["event_id"], sent["event_id"], "{body}");
+    assert!(body["origin_server_ts"].is_u64(), "{body}");
+    let (status, body) = ask_ts(u64::MAX / 2, "f").await;
+    assert_eq!(status, 404, "nothing after the last event: {body}");
+    let (status, body) = ask_ts(0, "x").await;
+    assert_eq!(status, 400, "{body}");
+    cluster.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! Spec: server-server API, "Retrieving events" (`GET /event/{eventId}`, `GET
 //! /state/{roomId}`, `GET /state_ids/{roomId}`), "Backfilling and retrieving missing
 //! events" (`GET /backfill/{roomId}`, `POST /get_missing_events/{roomId}`) and
-//! "Authentication" (`GET /event_auth/{roomId}/{eventId}`): what the asking server may
+//! "Authentication" (`GET /event_auth/{roomId}/{eventId}`), "Timestamp to event" (`GET
+//! /timestamp_to_event/{roomId}`): what the asking server may
 //! see (see `services/rooms/server_reads.rs`).
 
 use axum::extract::{RawQuery, State};
@@ -15,6 +16,7 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{PathParams, QueryParams};
 use crate::http::AppState;
 use crate::services::now_ms;
+use crate::services::rooms::history::Direction;
 
 fn transaction(services: &AppState, pdus: Vec<Value>) -> Json<Value> {
     Json(json!({
@@ -147,4 +149,43 @@ pub async fn event_auth(
             .rooms
             .event_auth_for_server(signed.origin.as_str(), &room_id, &event_id)?;
     Ok(Json(json!({ "auth_chain": chain })))
+}
+
+/// `/timestamp_to_event` query.
+#[derive(Deserialize)]
+pub struct TimestampQuery {
+    ts: Option<String>,
+    dir: Option<String>,
+}
+
+/// The event closest to `ts` in direction `dir` (spec: "Timestamp to event").
+pub async fn timestamp_to_event(
+    State(services): State<AppState>,
+    PathParams(room_id): PathParams<String>,
+    QueryParams(query): QueryParams<TimestampQuery>,
+    signed: Signed<Value>,
+) -> MatrixResult<Json<Value>> {
+    let ts: u64 = query
+        .ts
+        .as_deref()
+        .ok_or_else(|| MatrixError::missing_param("ts is required"))?
+        .parse()
+        .map_err(|_| MatrixError::invalid_param("ts must be a timestamp in milliseconds"))?;
+    let dir = match query.dir.as_deref() {
+        Some("f") => Direction::Forward,
+        Some("b") => Direction::Backward,
+        Some(other) => {
+            return Err(MatrixError::invalid_param(format!(
+                "dir must be b or f, not {other:?}"
+            )))
+        }
+        None => return Err(MatrixError::missing_param("dir is required")),
+    };
+    let (event_id, origin_server_ts) =
+        services
+            .rooms
+            .timestamp_to_event_for_server(signed.origin.as_str(), &room_id, ts, dir)?;
+    Ok(Json(
+        json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }),
+    ))
 }

@@ -116,6 +116,10 @@ pub fn routes() -> Router<AppState> {
             put(invites::invite_v2),
         )
         .route(
+            "/_matrix/federation/v1/timestamp_to_event/{room_id}",
+            get(events::timestamp_to_event),
+        )
+        .route(
             "/_matrix/federation/v1/publicRooms",
             get(public_rooms::get_public_rooms).post(public_rooms::post_public_rooms),
         )

@@ -352,8 +352,19 @@ impl Rooms {
         dir: Direction,
     ) -> MatrixResult<(String, u64)> {
         let access = self.read_access(user_id, room_id)?;
-        let room = access.room.short;
         let mut check = self.visibility_check(user_id, &access);
+        self.closest_event(access.room.short, ts, dir, |event| check.can_see(event))
+    }
+
+    /// The event of room `room` closest to `ts` in direction `dir` that `visible` lets
+    /// through (at most [`MAX_SCANNED`] looked at).
+    pub(super) fn closest_event(
+        &self,
+        room: u64,
+        ts: u64,
+        dir: Direction,
+        mut visible: impl FnMut(&StoredEvent) -> MatrixResult<bool>,
+    ) -> MatrixResult<(String, u64)> {
         let at = super::writer::thread_key(room, ts, 0);
         let (lower, upper, backwards) = match dir {
             Direction::Forward => (
@@ -386,7 +397,7 @@ impl Rooms {
                 continue;
             };
             let event = self.store.event(short)?;
-            if check.can_see(&event)? {
+            if visible(&event)? {
                 return Ok((event.event_id, event_ts));
             }
         }

@@ -3,8 +3,9 @@
 //! chains.
 //!
 //! Spec: server-server API, "Retrieving events" (`/event/{eventId}`, `/state/{roomId}`,
-//! `/state_ids/{roomId}`), "Backfilling and retrieving missing events" (`/backfill`,
-//! `/get_missing_events`) and "Authentication" (`/event_auth`). Events an asking server
+//! `/state_ids/{roomId}`, `/timestamp_to_event/{roomId}`), "Backfilling and retrieving
+//! missing events" (`/backfill`, `/get_missing_events`) and "Authentication"
+//! (`/event_auth`). Events an asking server
 //! may not see are left out of lists, and answered as unknown alone; rejected events are
 //! never served.
 
@@ -88,6 +89,25 @@ impl Rooms {
         self.event_seen_by(server, None, event_id)?
             .map(|e| e.pdu().clone())
             .ok_or_else(|| MatrixError::not_found("Event not found"))
+    }
+
+    /// `/timestamp_to_event`: the event closest to `ts` in direction `dir` that `server`
+    /// may see.
+    pub fn timestamp_to_event_for_server(
+        &self,
+        server: &str,
+        room_id: &str,
+        ts: u64,
+        dir: super::history::Direction,
+    ) -> MatrixResult<(String, u64)> {
+        self.check_server_acl(room_id, server)?;
+        let room = self.known_room(room_id)?;
+        let mut cache = SeenCache::new();
+        self.closest_event(room.short, ts, dir, |event| {
+            Ok(self
+                .short_seen_by(server, Some(room_id), event.short, &mut cache)?
+                .is_some())
+        })
     }
 
     /// `/backfill`: the events `from` and those before them (newest first, by a walk of
