@@ -589,6 +589,77 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
     .await;
     assert_eq!(member["membership"], "join", "{member}");
 
+    // A new device of hers, with its keys, is told to Synapse (m.device_list_update),
+    // whose user then finds it in a key query.
+    let since = sync_token(&sam).await;
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{}/_matrix/client/v3/login", alice.base))
+        .json(
+            &json!({"type": "m.login.password", "password": "correct horse battery",
+                      "identifier": {"type": "m.id.user", "user": alice.user_id},
+                      "initial_device_display_name": "second phone"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device = login["device_id"].as_str().expect("a device").to_owned();
+    let token = login["access_token"].as_str().expect("a token").to_owned();
+    let key = ourwhats::core::SigningKeyPair::from_seed(&[9; 32], &device);
+    let mut device_keys = json!({
+        "user_id": alice.user_id,
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{device}"): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+            format!("ed25519:{device}"): key.public_key_base64()
+        }
+    });
+    ourwhats::core::signatures::sign_json(&mut device_keys, &alice.user_id, &key).unwrap();
+    let uploaded = http
+        .post(format!("{}/_matrix/client/v3/keys/upload", alice.base))
+        .bearer_auth(&token)
+        .json(&json!({"device_keys": device_keys}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status().as_u16(), 200);
+    let mut since = since;
+    let started = Instant::now();
+    let mut changed = false;
+    loop {
+        let (status, body) = sam
+            .get(&format!("/sync?timeout=1000&since={}", enc(&since)))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        changed |= body["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == &alice.user_id));
+        let (_, keys) = sam
+            .post(
+                "/keys/query",
+                json!({"device_keys": {alice.user_id.clone(): []}}),
+            )
+            .await;
+        if changed && keys["device_keys"][&alice.user_id][&device].is_object() {
+            assert_eq!(
+                keys["device_keys"][&alice.user_id][&device]["unsigned"]["device_display_name"],
+                "second phone",
+                "{keys}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "Synapse never learnt alice's new device: {keys}\n{}",
+            synapse.log_tail()
+        );
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+    }
+
     // Our createRoom invites Synapse's user, who rejects it through us.
     let (status, created) = alice
         .post(

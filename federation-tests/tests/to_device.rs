@@ -81,3 +81,91 @@ async fn messages_queued_while_the_destination_is_down_arrive_in_order_after_a_r
     assert_eq!(order, vec![1, 2, 3], "to {bob_server}: {events:?}");
     cluster.shutdown().await;
 }
+
+/// Follows `user`'s `/sync` until `device_lists.changed` names `target`.
+async fn device_list_changes(user: &User, since: String, target: &str) -> bool {
+    let mut since = since;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        let (status, body) = user
+            .get(&format!(
+                "/sync?timeout=1000&since={}",
+                federation_tests::enc(&since)
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        if body["device_lists"]["changed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|u| u == target)
+        {
+            return true;
+        }
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_new_device_and_new_keys_are_told_to_servers_sharing_a_room() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = alice
+        .post("/createRoom", serde_json::json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob
+        .post(
+            &format!(
+                "/join/{}?via={}",
+                federation_tests::enc(&room),
+                federation_tests::enc(a.name())
+            ),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, first) = alice.get("/sync?timeout=0").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Bob uploads device keys on his server: alice's server hears of it.
+    let device_key = ourwhats::core::SigningKeyPair::from_seed(&[7; 32], &bob.device_id);
+    let mut device_keys = serde_json::json!({
+        "user_id": bob.user_id,
+        "device_id": bob.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{}", bob.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+            format!("ed25519:{}", bob.device_id): device_key.public_key_base64()
+        }
+    });
+    ourwhats::core::signatures::sign_json(&mut device_keys, &bob.user_id, &device_key).unwrap();
+    let (status, body) = bob
+        .post(
+            "/keys/upload",
+            serde_json::json!({"device_keys": device_keys}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        device_list_changes(&alice, since, &bob.user_id).await,
+        "alice was never told bob's keys changed"
+    );
+    // And her query of bob's keys (through his server) shows the device.
+    let (status, keys) = alice
+        .post(
+            "/keys/query",
+            serde_json::json!({"device_keys": {bob.user_id.clone(): []}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    assert!(
+        keys["device_keys"][&bob.user_id][&bob.device_id].is_object(),
+        "{keys}"
+    );
+    cluster.shutdown().await;
+}

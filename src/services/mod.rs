@@ -104,7 +104,7 @@ pub struct Services {
     /// Uploads, downloads, thumbnails.
     pub media: Media,
     /// Rooms, events, state, membership, aliases.
-    pub rooms: Rooms,
+    pub rooms: Arc<Rooms>,
     /// The global stream's positions and watermark.
     pub stream_positions: Arc<StreamPositions>,
     /// Typing and receipts.
@@ -188,7 +188,11 @@ impl Services {
             (config.rooms.default_version, Arc::clone(&outbox)),
         )
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
+        let rooms = Arc::new(rooms);
         accounts.attach_rooms(rooms.shared_store());
+        accounts.attach_room_mates(
+            Arc::clone(&rooms) as Arc<dyn accounts::device_list_updates::RoomMates>
+        );
         for (user_id, at) in accounts
             .erased_users()
             .map_err(|e| format!("cannot read the accounts: {}", e.message))?

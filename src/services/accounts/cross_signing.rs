@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Map, Value};
 
 use super::device_keys::{add_signatures, ed25519_public_key};
+use super::device_list_updates::Changed;
 use super::uia::{stages, UiaRequest};
 use super::Accounts;
 use crate::core::signatures::{verify_json, verify_signature};
@@ -337,7 +338,10 @@ impl Accounts {
             changed = true;
         }
         if changed {
+            let prev = self.device_list_pos(user)?;
             self.commit_keys_change(user, true, move |_| writes).await?;
+            self.tell_other_servers(user, prev, Changed::CrossSigning)
+                .await;
         }
         Ok(())
     }
@@ -412,8 +416,12 @@ impl Accounts {
             // the signer: announced to their room mates. One of another user's master key
             // changes only what the signer sees of that user: their own devices are told
             // to fetch the target's keys again.
+            let prev = self.device_list_pos(me)?;
             self.commit_signed_keys_change(me, own_keys_signed, signed_users, move |_| writes)
                 .await?;
+            if own_keys_signed {
+                self.tell_other_servers(me, prev, Changed::Everything).await;
+            }
         }
         Ok(failures)
     }
@@ -468,8 +476,11 @@ impl Accounts {
             writes.push((Table::UseridKeyidSignerSignature, entry?.0.into_vec(), None));
         }
         if !writes.is_empty() {
+            let prev = self.device_list_pos(user_id)?;
             self.commit_keys_change(user_id, true, move |_| writes)
                 .await?;
+            self.tell_other_servers(user_id, prev, Changed::CrossSigning)
+                .await;
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::cross_signing::UploadedSignatures;
+use super::device_list_updates::Changed;
 use super::{device_key, Accounts};
 use crate::core::signatures::verify_json;
 use crate::core::{base64, UserId};
@@ -338,6 +339,7 @@ impl Accounts {
             ));
         }
         if keys_changed || !new_keys.is_empty() || !fallback_writes.is_empty() {
+            let prev = self.device_list_pos(user)?;
             let (user_owned, device_owned) = (user.to_owned(), device_id.to_owned());
             let device_keys_bytes = device_keys.filter(|_| keys_changed).map(|k| encode(&k));
             self.commit_keys_change(user, keys_changed, move |pos| {
@@ -360,6 +362,10 @@ impl Accounts {
                 writes
             })
             .await?;
+            if keys_changed {
+                self.tell_other_servers(user, prev, Changed::Devices(&[device_id]))
+                    .await;
+            }
         }
         self.one_time_key_counts(user, device_id)
     }

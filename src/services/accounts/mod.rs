@@ -14,6 +14,7 @@
 pub mod account_data;
 pub mod cross_signing;
 pub mod device_keys;
+pub mod device_list_updates;
 pub mod device_lists;
 pub mod openid;
 pub mod profiles;
@@ -40,6 +41,7 @@ use crate::services::rooms::membership::MemberProfile;
 use crate::services::stream::{StreamPositions, Write};
 use crate::services::StripedLocks;
 use crate::storage::{keys, Db, Table};
+use device_list_updates::Changed;
 use records::{Account, Device, LastSeen, Profile, TokenSession};
 use uia::{stages, UiaPassed, UiaRequest, UiaSessions};
 
@@ -152,6 +154,8 @@ pub struct Accounts {
     rooms: OnceLock<Arc<EventStore>>,
     /// What waits to be sent to other servers (to-device messages to their users).
     outbox: Arc<crate::services::outbox::Outbox>,
+    /// The servers sharing rooms with a user, for device-list updates (set at start-up).
+    room_mates: OnceLock<Arc<dyn device_list_updates::RoomMates>>,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -183,6 +187,7 @@ impl Accounts {
             keys_locks: Default::default(),
             rooms: OnceLock::new(),
             outbox,
+            room_mates: OnceLock::new(),
         }
     }
 
@@ -768,8 +773,13 @@ impl Accounts {
             hash.to_vec(),
             Some(encode(&session)),
         ));
+        let prev = self.device_list_pos(user_id.as_str())?;
         self.commit_keys_change(user_id.as_str(), announce, move |_| writes)
             .await?;
+        if announce {
+            self.tell_other_servers(user_id.as_str(), prev, Changed::Devices(&[&device_id]))
+                .await;
+        }
         Ok(NewLogin {
             user_id: user_id.clone(),
             access_token: token,
@@ -922,8 +932,11 @@ impl Accounts {
             Some(encode(&device)),
         );
         // The name is part of what `/keys/query` shows (`unsigned.device_display_name`).
+        let prev = self.device_list_pos(user_id.as_str())?;
         self.commit_keys_change(user_id.as_str(), true, move |_| vec![write])
             .await?;
+        self.tell_other_servers(user_id.as_str(), prev, Changed::Devices(&[device_id]))
+            .await;
         Ok(())
     }
 
@@ -976,8 +989,12 @@ impl Accounts {
             self.device_key_removals(&mut writes, user_id.as_str(), device_id)?;
         }
         if !writes.is_empty() {
+            let prev = self.device_list_pos(user_id.as_str())?;
             self.commit_keys_change(user_id.as_str(), true, move |_| writes)
                 .await?;
+            let deleted: Vec<&str> = device_ids.iter().map(String::as_str).collect();
+            self.tell_other_servers(user_id.as_str(), prev, Changed::Devices(&deleted))
+                .await;
         }
         Ok(())
     }

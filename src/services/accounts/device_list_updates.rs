@@ -1,0 +1,140 @@
+//! Our users' device-list changes, told to the other servers that share a room with them.
+//!
+//! Spec: server-server API, "Device Management": a server sends `m.device_list_update`
+//! EDUs to every server sharing a room with a local user whenever that user's device
+//! list changes (a new or deleted device, new keys, a new display name), one per device,
+//! in a sequence per user: `stream_id` is the change's position (the same number `GET
+//! /user/devices` answers as the list's `stream_id`), `prev_id` the one before it, so
+//! a server that missed one resyncs. Cross-signing key changes go as
+//! `m.signing_key_update` (spec: "End-to-End Encryption"). The EDUs are queued durably
+//! after the change commits; a crash between the two loses them, and the next change's
+//! `prev_id` then makes the other servers resync.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::Accounts;
+use crate::core::UserId;
+use crate::error::MatrixResult;
+use crate::services::outbox::Outbox;
+
+/// Who shares rooms with a user on other servers (the rooms service answers).
+pub trait RoomMates: Send + Sync {
+    /// The other servers with a member joined to a room `user_id` is joined to.
+    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>>;
+}
+
+/// What changed of a local user's keys.
+pub enum Changed<'a> {
+    /// These devices (new, renamed, deleted, new keys).
+    Devices(&'a [&'a str]),
+    /// Their master or self-signing key.
+    CrossSigning,
+    /// Signatures of their devices or keys: every device and the cross-signing keys.
+    Everything,
+}
+
+impl Accounts {
+    /// Lets device-list changes find the servers sharing rooms with a user (set once at
+    /// start-up).
+    pub fn attach_room_mates(&self, mates: Arc<dyn RoomMates>) {
+        let _ = self.room_mates.set(mates);
+    }
+
+    /// Tells the other servers sharing a room with `user_id` (one of ours) what changed;
+    /// `prev` is the user's device-list position before the change. Failures are logged:
+    /// the change itself has committed.
+    pub(super) async fn tell_other_servers(&self, user_id: &str, prev: u64, changed: Changed<'_>) {
+        if let Err(e) = self.queue_updates(user_id, prev, changed).await {
+            tracing::warn!(user = %user_id, error = %e.message, "device-list updates for other servers were not queued");
+        }
+    }
+
+    async fn queue_updates(
+        &self,
+        user_id: &str,
+        prev: u64,
+        changed: Changed<'_>,
+    ) -> MatrixResult<()> {
+        let local =
+            UserId::parse(user_id).is_ok_and(|u| u.server_name() == self.server_name.as_str());
+        let Some(mates) = self.room_mates.get().filter(|_| local) else {
+            return Ok(());
+        };
+        let servers = mates.remote_servers_sharing(user_id)?;
+        if servers.is_empty() {
+            return Ok(());
+        }
+        let mut wanted = BTreeMap::new();
+        wanted.insert(user_id.to_owned(), Vec::new());
+        let keys = self.query_keys("", &wanted)?;
+        let user = UserId::parse(user_id)
+            .map_err(|e| crate::error::MatrixError::internal(e.to_string()))?;
+        let listed = self.devices(&user)?;
+        let all: Vec<&str> = listed.iter().map(|d| d.device_id.as_str()).collect();
+        let (devices, cross_signing) = match changed {
+            Changed::Devices(devices) => (devices, false),
+            Changed::CrossSigning => (&[][..], true),
+            Changed::Everything => (&all[..], true),
+        };
+        let stream_id = self.device_list_pos(user_id)?;
+        let prev_id: Vec<u64> = (prev > 0).then_some(prev).into_iter().collect();
+        let mut edus: Vec<Value> = devices
+            .iter()
+            .map(|device_id| {
+                let mut content = json!({
+                    "user_id": user_id,
+                    "device_id": device_id,
+                    "stream_id": stream_id,
+                    "prev_id": prev_id,
+                });
+                match listed.iter().find(|d| d.device_id == *device_id) {
+                    None => content["deleted"] = json!(true),
+                    Some(device) => {
+                        if let Some(name) = &device.display_name {
+                            content["device_display_name"] = json!(name);
+                        }
+                        if let Some(k) = keys
+                            .device_keys
+                            .get(user_id)
+                            .and_then(|m| m.get(*device_id))
+                        {
+                            content["keys"] = json!(k);
+                        }
+                    }
+                }
+                json!({ "edu_type": "m.device_list_update", "content": content })
+            })
+            .collect();
+        if cross_signing {
+            let mut content = json!({ "user_id": user_id });
+            if let Some(master) = keys.master_keys.get(user_id) {
+                content["master_key"] = master.clone();
+            }
+            if let Some(self_signing) = keys.self_signing_keys.get(user_id) {
+                content["self_signing_key"] = self_signing.clone();
+            }
+            edus.push(json!({ "edu_type": "m.signing_key_update", "content": content }));
+        }
+        for edu in edus {
+            let destinations = servers.clone();
+            self.stream
+                .write_at_new_position(
+                    move |pos| {
+                        destinations
+                            .iter()
+                            .map(|server| Outbox::queue(server, pos, &edu))
+                            .collect()
+                    },
+                    Vec::new(),
+                )
+                .await?;
+        }
+        for server in &servers {
+            self.outbox.wake(server);
+        }
+        Ok(())
+    }
+}
