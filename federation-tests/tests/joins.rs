@@ -723,3 +723,160 @@ async fn timestamp_to_event_for_another_server() {
     assert_eq!(status, 400, "{body}");
     cluster.shutdown().await;
 }
+
+/// `user` says "fork {n}" in `room`; answers the status.
+async fn send_text(user: &User, room: &str, n: &str) -> u16 {
+    let path = format!("/rooms/{}/send/m.room.message/fork{}", enc(room), enc(n));
+    let body = json!({"msgtype": "m.text", "body": format!("fork {n}")});
+    user.put(&path, body).await.0
+}
+
+/// `user` sets `room`'s topic; answers the status.
+async fn set_topic(user: &User, room: &str, text: &str) -> u16 {
+    let path = format!("/rooms/{}/state/m.room.topic/", enc(room));
+    user.put(&path, json!({"topic": text})).await.0
+}
+
+/// The room's topic as `user` sees it now (`None` when they cannot read it).
+async fn topic_of(user: &User, room: &str) -> Option<String> {
+    let (status, topic) = user
+        .get(&format!("/rooms/{}/state/m.room.topic/", enc(room)))
+        .await;
+    (status == 200).then(|| topic["topic"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn three_servers_converge_after_a_fork_and_catch_up_after_a_restart() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    let names: Vec<String> = cluster
+        .instances
+        .iter()
+        .map(|i| i.name().to_owned())
+        .collect();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    let carol = User::register(&cluster.instances[2], "carol")
+        .await
+        .unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "room_version": "11", "topic": "start",
+                   "power_level_content_override": {"users": {
+                       alice.user_id.clone(): 100, bob.user_id.clone(): 50,
+                       carol.user_id.clone(): 50}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    for user in [&bob, &carol] {
+        let (status, body) = user
+            .post(
+                &format!("/join/{}?via={}", enc(&room), enc(&names[0])),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for user in [&alice, &bob] {
+        let started = std::time::Instant::now();
+        loop {
+            let (_, members) = user
+                .get(&format!("/rooms/{}/joined_members", enc(&room)))
+                .await;
+            if members["joined"].as_object().map_or(0, |m| m.len()) == 3 {
+                break;
+            }
+            assert!(
+                started.elapsed().as_secs() < 30,
+                "{}: {members}",
+                user.user_id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    // A fork: the three change the topic and talk at the same moment, each on their own
+    // server; every server ends with one topic, the same, and every message.
+    let (a1, b1, c1, a2, b2, c2) = tokio::join!(
+        set_topic(&alice, &room, "from a"),
+        set_topic(&bob, &room, "from b"),
+        set_topic(&carol, &room, "from c"),
+        send_text(&alice, &room, "a"),
+        send_text(&bob, &room, "b"),
+        send_text(&carol, &room, "c"),
+    );
+    assert_eq!([a1, b1, c1, a2, b2, c2], [200; 6]);
+    let started = std::time::Instant::now();
+    loop {
+        let mut topics = Vec::new();
+        for user in [&alice, &bob, &carol] {
+            topics.push(topic_of(user, &room).await);
+        }
+        let mut all_seen = true;
+        for user in [&alice, &bob, &carol] {
+            for n in ["a", "b", "c"] {
+                all_seen &= sees_message(user, &room, &format!("fork {n}")).await;
+            }
+        }
+        let same = topics.windows(2).all(|w| w[0] == w[1]);
+        let settled = same && topics[0].as_deref().is_some_and(|t| t.starts_with("from "));
+        if all_seen && settled {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "no convergence: topics {topics:?}, every message seen: {all_seen}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Carol's server is stopped while the others talk and change the topic; once back
+    // (and heard from) it catches up on all of it.
+    cluster.instances[2].stop().await;
+    for n in 0..5 {
+        assert_eq!(
+            send_text(&alice, &room, &format!("while down {n}")).await,
+            200
+        );
+    }
+    assert_eq!(
+        set_topic(&bob, &room, "changed while c was down").await,
+        200
+    );
+    cluster.instances[2].restart().await.unwrap();
+    // The client listener comes back on a new port.
+    let carol = User {
+        base: cluster.instances[2].client_url(),
+        user_id: carol.user_id.clone(),
+        token: carol.token.clone(),
+        device_id: carol.device_id.clone(),
+        http: carol.http.clone(),
+    };
+    let (status, _) = carol
+        .put(
+            &format!("/rooms/{}/send/m.room.message/back", enc(&room)),
+            json!({"msgtype": "m.text", "body": "back"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for n in 0..5 {
+        assert!(
+            sees_message(&carol, &room, &format!("fork while down {n}")).await,
+            "carol never got message {n}"
+        );
+    }
+    let started = std::time::Instant::now();
+    while topic_of(&carol, &room).await.as_deref() != Some("changed while c was down") {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "carol's topic never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(sees_message(&alice, &room, "back").await);
+    assert!(sees_message(&bob, &room, "back").await);
+    cluster.shutdown().await;
+}
