@@ -645,9 +645,43 @@ struct RoomHead {
     power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
     /// The forward extremities with their short ids and depths, loaded when first needed.
     extremities: Option<Vec<graph::Extremity>>,
-    /// The other servers with joined members, read from the current state when first
-    /// needed and again after a member event.
-    remote_servers: Option<BTreeSet<String>>,
+    /// The other servers' joined members, read from the current state when first needed
+    /// and kept current after each member event.
+    remote_servers: Option<RemoteJoined>,
+}
+
+/// Other servers' joined members of a room, and the servers they make up.
+#[derive(Default)]
+struct RemoteJoined {
+    users: std::collections::HashSet<String>,
+    per_server: HashMap<String, usize>,
+    servers: BTreeSet<String>,
+}
+
+impl RemoteJoined {
+    /// `user` (of another server) is now joined, or not.
+    fn set(&mut self, user: &str, joined: bool) {
+        let Some((_, server)) = user.split_once(':') else {
+            return;
+        };
+        if joined {
+            if self.users.insert(user.to_owned()) {
+                let count = self.per_server.entry(server.to_owned()).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    self.servers.insert(server.to_owned());
+                }
+            }
+        } else if self.users.remove(user) {
+            if let Some(count) = self.per_server.get_mut(server) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_server.remove(server);
+                    self.servers.remove(server);
+                }
+            }
+        }
+    }
 }
 
 impl RoomHead {
@@ -752,9 +786,9 @@ impl RoomHead {
             .collect())
     }
 
-    /// The other servers with joined members in the current state. Read from the member
-    /// events once per membership change (a cost that grows with the room; a per-server
-    /// count kept with the room record would not).
+    /// The other servers with joined members in the current state: read from the member
+    /// events once, then kept current by [`RoomHead::member_changed`] (a member event costs
+    /// a set update, not a read of the room's members).
     fn remote_servers(
         &mut self,
         store: &EventStore,
@@ -771,31 +805,39 @@ impl RoomHead {
                     shorts.push(*event);
                 }
             }
-            let servers = store
-                .events(&shorts)?
-                .iter()
-                .filter(|e| membership_of(e.pdu()) == "join")
-                .filter_map(|e| e.state_key()?.split_once(':').map(|(_, s)| s.to_owned()))
-                .collect();
-            self.remote_servers = Some(servers);
+            let mut joined = RemoteJoined::default();
+            for event in store.events(&shorts)? {
+                if membership_of(event.pdu()) == "join" {
+                    if let Some(user) = event.state_key() {
+                        joined.set(user, true);
+                    }
+                }
+            }
+            self.remote_servers = Some(joined);
         }
-        Ok(self.remote_servers.get_or_insert_with(BTreeSet::new))
+        Ok(&self
+            .remote_servers
+            .get_or_insert_with(Default::default)
+            .servers)
     }
 
-    /// Keeps the local members current after a member event of a local user.
-    fn member_changed(&mut self, pdu: &Value, server_name: &str) {
-        self.remote_servers = None;
+    /// Keeps the local members and the other servers current after `user`'s member event
+    /// became `pdu` (`None`: their member event left the state, as in a state reset).
+    fn member_changed(&mut self, user: &str, pdu: Option<&Value>, server_name: &str) {
+        let local = user
+            .split_once(':')
+            .is_some_and(|(_, server)| server == server_name);
+        if !local {
+            if let Some(remote) = self.remote_servers.as_mut() {
+                remote.set(user, pdu.is_some_and(|p| membership_of(p) == "join"));
+            }
+            return;
+        }
         let Some(members) = self.local_members.as_mut() else {
             return;
         };
-        let Some(user) = pdu.get("state_key").and_then(Value::as_str) else {
-            return;
-        };
-        if !user.ends_with(&format!(":{server_name}")) {
-            return;
-        }
         members.retain(|m| m.user_id != user);
-        if let Some(member) = local_member(pdu) {
+        if let Some(member) = pdu.and_then(local_member) {
             members.push(member);
         }
     }
@@ -896,7 +938,7 @@ fn create_room(
         local_members: None,
         power_levels: None,
         extremities: Some(Vec::new()),
-        remote_servers: Some(BTreeSet::new()),
+        remote_servers: Some(RemoteJoined::default()),
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
@@ -1244,8 +1286,8 @@ fn write_event(
     }
     queue_for(&mut batch, &destinations, pos, &event_id);
     store.db.write_relaxed(batch)?;
-    if member.is_some() {
-        head.member_changed(pdu, &ctx.server_name);
+    if let Some((user, _)) = &member {
+        head.member_changed(user, Some(pdu), &ctx.server_name);
     }
     written.changes.push((
         ticket,

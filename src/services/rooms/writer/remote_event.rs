@@ -611,7 +611,7 @@ fn accept(
 
     let mut record = head.record.clone();
     let mut member = None;
-    let mut members_changed = false;
+    let mut member_changes: Vec<(String, Option<Value>)> = Vec::new();
     for (key, value) in &changes {
         let (kind, state_key) = store.state.state_key_of(*key)?;
         let stored;
@@ -629,7 +629,7 @@ fn accept(
         if kind != "m.room.member" {
             continue;
         }
-        members_changed = true;
+        member_changes.push((state_key.clone(), changed_pdu.cloned()));
         // A member event gone from the state (a state reset) leaves the user out.
         let membership = changed_pdu.map_or("leave", membership_of).to_owned();
         put_membership(
@@ -704,9 +704,8 @@ fn accept(
             head.cache.remove(&old);
         }
     }
-    if members_changed {
-        head.local_members = None;
-        head.remote_servers = None;
+    for (user, pdu) in &member_changes {
+        head.member_changed(user, pdu.as_ref(), &ctx.server_name);
     }
     Ok(())
 }
