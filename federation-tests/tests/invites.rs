@@ -423,6 +423,36 @@ async fn invite_refusals() {
         "{invite}"
     );
 
+    // An invite that lies about a room's version does not keep our users out of it: the
+    // real invite and the join take the version the room has.
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = bob
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "name": "real"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let real = created["room_id"].as_str().unwrap().to_owned();
+    let (lie_id, lie) = hand_made_invite(b, v11, (&real, &alice.user_id), |_| {});
+    let (status, body) = put(&real, &lie_id, "11", &lie, json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{}/invite", enc(&real)),
+            json!({"user_id": alice.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "the real invite after the lie: {body}");
+    let (status, body) = alice
+        .post(&format!("/join/{}", enc(&real)), json!({}))
+        .await;
+    assert_eq!(status, 200, "the join after the lie: {body}");
+    let (status, name) = alice
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(&real)))
+        .await;
+    assert_eq!((status, &name["name"]), (200, &json!("real")), "{name}");
+
     // send_leave and make_leave refusals on a room of a.
     let (status, created) = alice
         .post("/createRoom", json!({"preset": "public_chat"}))

@@ -138,7 +138,7 @@ pub async fn devices(
         .collect();
     let mut answer = json!({
         "user_id": user.as_str(),
-        "stream_id": services.accounts.device_list_pos(user.as_str())?,
+        "stream_id": services.accounts.device_list_update_id(user.as_str())?,
         "devices": devices,
     });
     if let Some(master) = keys.master_keys.get(user.as_str()) {

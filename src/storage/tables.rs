@@ -147,6 +147,10 @@ pub enum Table {
     /// `user_id -> position (u64 BE)`: the latest change of the user's devices or
     /// cross-signing keys. Owner: accounts.
     UseridDevicelistpos,
+    /// `user_id -> stream position (u64 BE)`: the `stream_id` of the latest
+    /// `m.device_list_update` sent to other servers for one of our users (what `GET
+    /// /user/devices` answers, so that the next update's `prev_id` names it). Owner: accounts.
+    UseridDevicelistedu,
     /// `signer user_id 0xFF target user_id -> position (u64 BE)`: the latest signature the
     /// signer uploaded of the target's master key. Owner: accounts.
     UseridTargetidSignaturepos,
@@ -226,6 +230,7 @@ impl Table {
         Table::UseridUsageCrosssigningkey,
         Table::UseridKeyidSignerSignature,
         Table::UseridDevicelistpos,
+        Table::UseridDevicelistedu,
         Table::UseridTargetidSignaturepos,
         Table::UseridVersionBackup,
         Table::UseridVersionRoomidSessionidRoomkey,
@@ -292,6 +297,7 @@ impl Table {
             Table::UseridUsageCrosssigningkey => "userid_usage_crosssigningkey",
             Table::UseridKeyidSignerSignature => "userid_keyid_signer_signature",
             Table::UseridDevicelistpos => "userid_devicelistpos",
+            Table::UseridDevicelistedu => "userid_devicelistedu",
             Table::UseridTargetidSignaturepos => "userid_targetid_signaturepos",
             Table::UseridVersionBackup => "userid_version_backup",
             Table::UseridVersionRoomidSessionidRoomkey => "userid_version_roomid_sessionid_roomkey",

@@ -338,10 +338,8 @@ impl Accounts {
             changed = true;
         }
         if changed {
-            let prev = self.device_list_pos(user)?;
             self.commit_keys_change(user, true, move |_| writes).await?;
-            self.tell_other_servers(user, prev, Changed::CrossSigning)
-                .await;
+            self.tell_other_servers(user, Changed::CrossSigning).await;
         }
         Ok(())
     }
@@ -416,11 +414,10 @@ impl Accounts {
             // the signer: announced to their room mates. One of another user's master key
             // changes only what the signer sees of that user: their own devices are told
             // to fetch the target's keys again.
-            let prev = self.device_list_pos(me)?;
             self.commit_signed_keys_change(me, own_keys_signed, signed_users, move |_| writes)
                 .await?;
             if own_keys_signed {
-                self.tell_other_servers(me, prev, Changed::Everything).await;
+                self.tell_other_servers(me, Changed::Everything).await;
             }
         }
         Ok(failures)
@@ -476,10 +473,9 @@ impl Accounts {
             writes.push((Table::UseridKeyidSignerSignature, entry?.0.into_vec(), None));
         }
         if !writes.is_empty() {
-            let prev = self.device_list_pos(user_id)?;
             self.commit_keys_change(user_id, true, move |_| writes)
                 .await?;
-            self.tell_other_servers(user_id, prev, Changed::CrossSigning)
+            self.tell_other_servers(user_id, Changed::CrossSigning)
                 .await;
         }
         Ok(())

@@ -339,7 +339,6 @@ impl Accounts {
             ));
         }
         if keys_changed || !new_keys.is_empty() || !fallback_writes.is_empty() {
-            let prev = self.device_list_pos(user)?;
             let (user_owned, device_owned) = (user.to_owned(), device_id.to_owned());
             let device_keys_bytes = device_keys.filter(|_| keys_changed).map(|k| encode(&k));
             self.commit_keys_change(user, keys_changed, move |pos| {
@@ -363,7 +362,7 @@ impl Accounts {
             })
             .await?;
             if keys_changed {
-                self.tell_other_servers(user, prev, Changed::Devices(&[device_id]))
+                self.tell_other_servers(user, Changed::Devices(&[device_id]))
                     .await;
             }
         }

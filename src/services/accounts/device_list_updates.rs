@@ -3,11 +3,13 @@
 //! Spec: server-server API, "Device Management": a server sends `m.device_list_update`
 //! EDUs to every server sharing a room with a local user whenever that user's device
 //! list changes (a new or deleted device, new keys, a new display name), one per device,
-//! in a sequence per user: `stream_id` is the change's position (the same number `GET
-//! /user/devices` answers as the list's `stream_id`), `prev_id` the one before it, so
-//! a server that missed one resyncs. Cross-signing key changes go as
+//! in a sequence per user: each has its own `stream_id` (the stream position it is queued
+//! at, unique), and `prev_id` names the one before it; `GET /user/devices` answers the
+//! latest as the list's `stream_id`, so a server that resynced links the next update to
+//! what it has, and one that missed an update resyncs. The sequence of one user is
+//! queued under a lock of its own. Cross-signing key changes go as
 //! `m.signing_key_update` (spec: "End-to-End Encryption"). The EDUs are queued durably
-//! after the change commits; a crash between the two loses them, and the next change's
+//! after the change commits; a crash between the two loses them, and the next update's
 //! `prev_id` then makes the other servers resync.
 
 use std::collections::BTreeMap;
@@ -19,6 +21,7 @@ use super::Accounts;
 use crate::core::UserId;
 use crate::error::MatrixResult;
 use crate::services::outbox::Outbox;
+use crate::storage::{keys, Table};
 
 /// Who shares rooms with a user on other servers (the rooms service answers).
 pub trait RoomMates: Send + Sync {
@@ -43,21 +46,24 @@ impl Accounts {
         let _ = self.room_mates.set(mates);
     }
 
-    /// Tells the other servers sharing a room with `user_id` (one of ours) what changed;
-    /// `prev` is the user's device-list position before the change. Failures are logged:
-    /// the change itself has committed.
-    pub(super) async fn tell_other_servers(&self, user_id: &str, prev: u64, changed: Changed<'_>) {
-        if let Err(e) = self.queue_updates(user_id, prev, changed).await {
+    /// The `stream_id` of the latest device-list update sent for `user_id` (0: none).
+    pub fn device_list_update_id(&self, user_id: &str) -> MatrixResult<u64> {
+        Ok(self
+            .db
+            .get(Table::UseridDevicelistedu, user_id)?
+            .and_then(|v| keys::read_u64(&v))
+            .unwrap_or(0))
+    }
+
+    /// Tells the other servers sharing a room with `user_id` (one of ours) what changed.
+    /// Failures are logged: the change itself has committed.
+    pub(super) async fn tell_other_servers(&self, user_id: &str, changed: Changed<'_>) {
+        if let Err(e) = self.queue_updates(user_id, changed).await {
             tracing::warn!(user = %user_id, error = %e.message, "device-list updates for other servers were not queued");
         }
     }
 
-    async fn queue_updates(
-        &self,
-        user_id: &str,
-        prev: u64,
-        changed: Changed<'_>,
-    ) -> MatrixResult<()> {
+    async fn queue_updates(&self, user_id: &str, changed: Changed<'_>) -> MatrixResult<()> {
         let local =
             UserId::parse(user_id).is_ok_and(|u| u.server_name() == self.server_name.as_str());
         let Some(mates) = self.room_mates.get().filter(|_| local) else {
@@ -79,16 +85,12 @@ impl Accounts {
             Changed::CrossSigning => (&[][..], true),
             Changed::Everything => (&all[..], true),
         };
-        let stream_id = self.device_list_pos(user_id)?;
-        let prev_id: Vec<u64> = (prev > 0).then_some(prev).into_iter().collect();
         let mut edus: Vec<Value> = devices
             .iter()
             .map(|device_id| {
                 let mut content = json!({
                     "user_id": user_id,
                     "device_id": device_id,
-                    "stream_id": stream_id,
-                    "prev_id": prev_id,
                 });
                 match listed.iter().find(|d| d.device_id == *device_id) {
                     None => content["deleted"] = json!(true),
@@ -118,15 +120,32 @@ impl Accounts {
             }
             edus.push(json!({ "edu_type": "m.signing_key_update", "content": content }));
         }
-        for edu in edus {
+        let _sequence = self.device_edu_locks.lock(user_id.as_bytes()).await;
+        for mut edu in edus {
+            let is_device_update = edu["edu_type"] == "m.device_list_update";
+            let prev = self.device_list_update_id(user_id)?;
             let destinations = servers.clone();
+            let user = user_id.to_owned();
             self.stream
                 .write_at_new_position(
                     move |pos| {
-                        destinations
-                            .iter()
-                            .map(|server| Outbox::queue(server, pos, &edu))
-                            .collect()
+                        let mut writes = Vec::with_capacity(destinations.len() + 1);
+                        if is_device_update {
+                            edu["content"]["stream_id"] = json!(pos);
+                            edu["content"]["prev_id"] =
+                                json!((prev > 0).then_some(prev).into_iter().collect::<Vec<_>>());
+                            writes.push((
+                                Table::UseridDevicelistedu,
+                                user.into_bytes(),
+                                Some(pos.to_be_bytes().to_vec()),
+                            ));
+                        }
+                        writes.extend(
+                            destinations
+                                .iter()
+                                .map(|server| Outbox::queue(server, pos, &edu)),
+                        );
+                        writes
                     },
                     Vec::new(),
                 )

@@ -156,6 +156,8 @@ pub struct Accounts {
     outbox: Arc<crate::services::outbox::Outbox>,
     /// The servers sharing rooms with a user, for device-list updates (set at start-up).
     room_mates: OnceLock<Arc<dyn device_list_updates::RoomMates>>,
+    /// Serializes each user's device-list updates to other servers (their sequence).
+    device_edu_locks: StripedLocks,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -188,6 +190,7 @@ impl Accounts {
             rooms: OnceLock::new(),
             outbox,
             room_mates: OnceLock::new(),
+            device_edu_locks: Default::default(),
         }
     }
 
@@ -773,11 +776,10 @@ impl Accounts {
             hash.to_vec(),
             Some(encode(&session)),
         ));
-        let prev = self.device_list_pos(user_id.as_str())?;
         self.commit_keys_change(user_id.as_str(), announce, move |_| writes)
             .await?;
         if announce {
-            self.tell_other_servers(user_id.as_str(), prev, Changed::Devices(&[&device_id]))
+            self.tell_other_servers(user_id.as_str(), Changed::Devices(&[&device_id]))
                 .await;
         }
         Ok(NewLogin {
@@ -932,10 +934,9 @@ impl Accounts {
             Some(encode(&device)),
         );
         // The name is part of what `/keys/query` shows (`unsigned.device_display_name`).
-        let prev = self.device_list_pos(user_id.as_str())?;
         self.commit_keys_change(user_id.as_str(), true, move |_| vec![write])
             .await?;
-        self.tell_other_servers(user_id.as_str(), prev, Changed::Devices(&[device_id]))
+        self.tell_other_servers(user_id.as_str(), Changed::Devices(&[device_id]))
             .await;
         Ok(())
     }
@@ -989,11 +990,10 @@ impl Accounts {
             self.device_key_removals(&mut writes, user_id.as_str(), device_id)?;
         }
         if !writes.is_empty() {
-            let prev = self.device_list_pos(user_id.as_str())?;
             self.commit_keys_change(user_id.as_str(), true, move |_| writes)
                 .await?;
             let deleted: Vec<&str> = device_ids.iter().map(String::as_str).collect();
-            self.tell_other_servers(user_id.as_str(), prev, Changed::Devices(&deleted))
+            self.tell_other_servers(user_id.as_str(), Changed::Devices(&deleted))
                 .await;
         }
         Ok(())

@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::client::FederationError;
+use super::templates::refusal;
 use super::Federation;
 use crate::core::pdu::BuiltPdu;
 use crate::core::url::encode;
@@ -72,19 +73,21 @@ impl Federation {
             .request(&destination, Method::PUT, &path, Some(&body))
             .await
             .map_err(|e| match e {
-                FederationError::Refused { status, body } if (400..500).contains(&status) => {
-                    let message = body
-                        .get("error")
-                        .and_then(Value::as_str)
-                        .unwrap_or("The invitee's server refused the invite")
-                        .to_owned();
-                    MatrixError::new(status, ErrorCode::Forbidden, message)
+                // Spec: a 400 `M_MISSING_PARAM`/`M_INVALID_PARAM` is our fault, not the
+                // client's: a 5xx.
+                FederationError::Refused { status: 400, body }
+                    if matches!(
+                        body.get("errcode").and_then(Value::as_str),
+                        Some("M_MISSING_PARAM" | "M_INVALID_PARAM")
+                    ) =>
+                {
+                    MatrixError::new(
+                        502,
+                        ErrorCode::Unknown,
+                        format!("The invitee's server refused our invite: {body}"),
+                    )
                 }
-                other => MatrixError::new(
-                    502,
-                    ErrorCode::Unknown,
-                    format!("The invitee's server could not be asked: {other}"),
-                ),
+                other => refusal(other),
             })?;
         // The same event, signed by the invitee's server.
         let signed = answer.get("event").cloned().unwrap_or(Value::Null);

@@ -35,6 +35,10 @@ pub enum EventStatus {
     /// Passed the checks against its auth events and the state before it but not against
     /// the room's current state: stored, never an extremity, not served to clients.
     SoftFailed,
+    /// Kept for our user's sake as another server sent it, with no check against the
+    /// room (an invite to a room we are not in; our leave or knock there): unknown to the
+    /// room's checks until it comes again with the room, and never served.
+    OutOfBand,
     /// Failed the checks against its auth events or the state before it.
     Rejected {
         /// The rule that refused it.
@@ -100,6 +104,12 @@ pub fn record(store: &EventStore, short: ShortEventId) -> MatrixResult<Option<Gr
         .get(Table::ShorteventidGraph, short.to_be_bytes())?
         .map(|bytes| decode(Table::ShorteventidGraph, &bytes))
         .transpose()
+}
+
+/// Whether `short` is held only out of band (see [`EventStatus::OutOfBand`]): the room's
+/// checks treat it as unknown.
+pub fn is_out_of_band(store: &EventStore, short: ShortEventId) -> MatrixResult<bool> {
+    Ok(record(store, short)?.is_some_and(|r| r.status == EventStatus::OutOfBand))
 }
 
 /// The events that name `short` among their `prev_events`.

@@ -212,7 +212,12 @@ impl Rooms {
         }
         if let Some(short) = self.store.state.find_event(&event_id)? {
             let status = super::graph::record(&self.store, short)?.map(|r| r.status);
-            if outlier || status != Some(super::graph::EventStatus::Outlier) {
+            let again = match status {
+                Some(super::graph::EventStatus::OutOfBand) => true,
+                Some(super::graph::EventStatus::Outlier) => !outlier,
+                _ => false,
+            };
+            if !again {
                 return Ok(Prepare::Done(Some(event_id), PduOutcome::AlreadyKnown));
             }
         }
@@ -234,10 +239,11 @@ impl Rooms {
         let unknown = |key: &str| -> MatrixResult<Vec<String>> {
             let mut out = Vec::new();
             for id in pdu::event_ids(&pdu, key) {
-                if !in_batch.contains(id)
-                    && self.store.state.find_event(id)?.is_none()
-                    && !out.iter().any(|o| o == id)
-                {
+                let known = match self.store.state.find_event(id)? {
+                    Some(short) => !super::graph::is_out_of_band(&self.store, short)?,
+                    None => false,
+                };
+                if !in_batch.contains(id) && !known && !out.iter().any(|o| o == id) {
                     out.push(id.to_owned());
                 }
             }

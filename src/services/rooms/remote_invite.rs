@@ -75,7 +75,7 @@ impl Rooms {
             })?;
         // A room we know (and its ACL): an invite from a denied server is refused.
         self.check_server_acl(room_id, origin)?;
-        if let Some(room) = self.store.room(room_id)? {
+        if let Some(room) = self.store.room(room_id)?.filter(|r| r.record.state != 0) {
             if room.version != version {
                 return Err(MatrixError::invalid_param(format!(
                     "The room is of version {} here",
@@ -139,8 +139,19 @@ impl Rooms {
             // A room we are in: the invite is one of its events, judged as such now (it
             // also comes through the inviting server's transaction).
             let (_, outcome) = self.receive_pdu(origin, pdu.clone(), source).await?;
+            let accepted = || -> MatrixResult<bool> {
+                let Some(short) = self.store.state.find_event(event_id)? else {
+                    return Ok(false);
+                };
+                Ok(super::graph::record(&self.store, short)?
+                    .is_some_and(|r| r.status == super::graph::EventStatus::Accepted))
+            };
             return match outcome {
-                PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(pdu),
+                // Signed only when it is in the room (not when it was refused before).
+                PduOutcome::Accepted | PduOutcome::AlreadyKnown if accepted()? => Ok(pdu),
+                PduOutcome::Accepted | PduOutcome::AlreadyKnown => Err(MatrixError::forbidden(
+                    "The invite is not allowed in this room",
+                )),
                 PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => Err(
                     MatrixError::forbidden(format!("The invite is not allowed: {why}")),
                 ),

@@ -60,7 +60,10 @@ impl Rooms {
         cache: &mut SeenCache,
     ) -> MatrixResult<Option<StoredEvent>> {
         if let Some(record) = graph::record(&self.store, short)? {
-            if matches!(record.status, EventStatus::Rejected { .. }) {
+            if matches!(
+                record.status,
+                EventStatus::Rejected { .. } | EventStatus::OutOfBand
+            ) {
                 return Ok(None);
             }
         }

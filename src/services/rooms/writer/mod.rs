@@ -703,6 +703,24 @@ impl RoomHead {
         })
     }
 
+    /// Gives a room we hold no state of another version (see the writer's
+    /// `out_of_band` and `remote_join`).
+    fn adopt_version(&mut self, store: &EventStore, version: RoomVersion) -> MatrixResult<()> {
+        if self.record.state != 0 {
+            return Err(MatrixError::internal("a room with state keeps its version"));
+        }
+        self.record.version = version.as_str().to_owned();
+        self.version = version;
+        let mut batch = store.db.batch();
+        batch.put(
+            Table::ShortroomidRoom,
+            self.short.to_be_bytes(),
+            encode(&self.record),
+        );
+        store.db.write_relaxed(batch)?;
+        Ok(())
+    }
+
     /// The forward extremities with their short ids and depths.
     fn extremities(&mut self, store: &EventStore) -> MatrixResult<&[graph::Extremity]> {
         if self.extremities.is_none() {

@@ -55,10 +55,22 @@ pub(super) fn write(
         return Err(MatrixError::internal("the room's head is not loaded"));
     };
     if current.version != job.version {
-        return Err(MatrixError::invalid_param(format!(
-            "The room is of version {} here, {} there",
-            current.version, job.version
-        )));
+        // A room we hold no state of takes the version its latest member event came
+        // with (an invite could claim any); one we hold state of keeps its own.
+        if current.record.state != 0 {
+            return Err(MatrixError::invalid_param(format!(
+                "The room is of version {} here, {} there",
+                current.version, job.version
+            )));
+        }
+        current.adopt_version(store, job.version)?;
+    }
+    // A room one of our users is in now (a join that completed since the caller looked)
+    // gets its member events through the room, never out of band.
+    if !current.local_members(store, &ctx.server_name)?.is_empty() {
+        return Err(MatrixError::forbidden(
+            "This server is in the room now: the membership goes through the room",
+        ));
     }
     let user = job
         .pdu
@@ -99,7 +111,7 @@ pub(super) fn write(
                 current,
                 (short, &event),
                 Edges::default(),
-                EventStatus::Outlier,
+                EventStatus::OutOfBand,
                 (0, 0),
             );
             short

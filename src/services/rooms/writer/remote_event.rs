@@ -94,8 +94,14 @@ pub(super) fn receive(
     let existing = store.state.find_event(&event.event_id)?;
     if let Some(short) = existing {
         let status = graph::record(store, short)?.map(|r| r.status);
-        // An outlier offered again as part of the timeline gets its place now.
-        if status != Some(EventStatus::Outlier) || event.outlier {
+        // An outlier offered again as part of the timeline gets its place now; an event
+        // kept out of band is checked now that it comes with the room.
+        let again = match status {
+            Some(EventStatus::OutOfBand) => true,
+            Some(EventStatus::Outlier) => !event.outlier,
+            _ => false,
+        };
+        if !again {
             return Ok(PduOutcome::AlreadyKnown);
         }
     }
@@ -114,8 +120,10 @@ pub(super) fn receive(
     let mut missing = Vec::new();
     for id in &auth_ids {
         match store.state.find_event(id)? {
-            Some(short) => auth_events.push(head.event(store, short)?),
-            None => missing.push(id.clone()),
+            Some(short) if !graph::is_out_of_band(store, short)? => {
+                auth_events.push(head.event(store, short)?)
+            }
+            _ => missing.push(id.clone()),
         }
     }
     if !missing.is_empty() {
@@ -202,7 +210,7 @@ pub(super) fn receive(
             let meta = store.meta(short)?;
             let status = graph::record(store, short)?.map(|r| r.status);
             match status {
-                Some(EventStatus::Outlier) => missing.push(id.clone()),
+                Some(EventStatus::Outlier | EventStatus::OutOfBand) => missing.push(id.clone()),
                 _ if meta.room != head.short => {
                     let reason = format!("prev event {id} belongs to another room");
                     return reject(ctx, head, (existing, &event), edges, 0, reason);
@@ -475,7 +483,7 @@ pub(super) fn put_without_place(
     };
     if matches!(
         graph_record.status,
-        EventStatus::Rejected { .. } | EventStatus::Outlier
+        EventStatus::Rejected { .. } | EventStatus::Outlier | EventStatus::OutOfBand
     ) {
         // No child edges: only events with state and a place hide their prev events.
         batch.put(

@@ -73,10 +73,15 @@ fn take_in(
         return Err(MatrixError::internal("the room's head is not loaded"));
     };
     if current.version != job.version {
-        return Err(MatrixError::invalid_param(format!(
-            "The room is of version {} here, {} there",
-            current.version, job.version
-        )));
+        // Only a room we hold no state of (one an invite told us of) takes the version
+        // the resident server answers.
+        if current.record.state != 0 {
+            return Err(MatrixError::invalid_param(format!(
+                "The room is of version {} here, {} there",
+                current.version, job.version
+            )));
+        }
+        current.adopt_version(store, job.version)?;
     }
     let create_key = store.state.state_key("m.room.create", "")?;
     let mut pending = job.events;
