@@ -880,3 +880,55 @@ async fn three_servers_converge_after_a_fork_and_catch_up_after_a_restart() {
     assert!(sees_message(&bob, &room, "back").await);
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_gap_is_asked_for_with_get_missing_events() {
+    use ourwhats::services::federation::source::FromOrigin;
+    use ourwhats::services::rooms::receive::MissingSource;
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = alice
+        .post("/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let (status, sent) = alice
+            .put(
+                &format!("/rooms/{}/send/m.room.message/g{n}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("gap {n}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        ids.push(sent["event_id"].as_str().unwrap().to_owned());
+    }
+    // B asks A for what lies between the first message and the last, as its receive
+    // path does for a gap.
+    let source = FromOrigin {
+        federation: &b.running().services.federation,
+        origin: ourwhats::core::ServerName::parse(a.name()).unwrap(),
+    };
+    let events = source
+        .missing_events(&room, (&ids[..1], &ids[5..]), 10)
+        .await;
+    let bodies: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["gap 1", "gap 2", "gap 3", "gap 4"]);
+    let events = source
+        .missing_events(&room, (&ids[..1], &ids[5..]), 2)
+        .await;
+    assert_eq!(events.len(), 2, "the limit is kept");
+    cluster.shutdown().await;
+}

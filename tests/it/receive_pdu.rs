@@ -508,6 +508,47 @@ async fn missing_prev_events_are_fetched_or_named_and_a_missing_auth_event_becom
 }
 
 #[tokio::test]
+async fn a_gap_is_filled_with_one_get_missing_events_request() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    // Eight messages of bob's in a line; only the last one reaches us.
+    let mut chain: Vec<(String, Value)> = Vec::new();
+    let mut prev = join_id.clone();
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let join_depth = room.depth_of(std::slice::from_ref(&join_id));
+    for n in 0..8u64 {
+        let said = remote_pdu(RemoteDraft {
+            room_id: &room.id,
+            sender: BOB,
+            kind: "m.room.message",
+            state_key: None,
+            content: json!({"msgtype": "m.text", "body": format!("line {n}")}),
+            prev: vec![prev.clone()],
+            auth: vec![levels.clone(), join_id.clone()],
+            depth: join_depth + n + 1,
+        });
+        prev = said.0.clone();
+        chain.push(said);
+    }
+    let held: Vec<&(String, Value)> = chain.iter().collect();
+    let mut source = TestSource::holding(&held);
+    source.serves_gaps = true;
+    let last = chain.last().unwrap();
+    assert_eq!(room.receive(&last.1, &source).await, PduOutcome::Accepted);
+    assert_eq!(*source.gap_requests.lock().unwrap(), 1);
+    assert!(
+        source.asked.lock().unwrap().is_empty(),
+        "no event fetched alone: {:?}",
+        source.asked.lock().unwrap()
+    );
+    let timeline = room.timeline().await;
+    let newest_first: Vec<String> = chain.iter().rev().map(|(id, _)| id.clone()).collect();
+    assert_eq!(timeline[..8], newest_first[..]);
+    assert_eq!(room.extremities(), vec![last.0.clone()]);
+}
+
+#[tokio::test]
 async fn a_fork_is_merged_by_state_resolution_and_local_events_name_both_sides() {
     let mut s = TestServer::start().await;
     let room_id;

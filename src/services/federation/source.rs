@@ -2,13 +2,14 @@
 //! key ring, missing events from the server that sent the PDU.
 //!
 //! Spec: server-server API, "Retrieving events" (`GET /_matrix/federation/v1/event/{eventId}`
-//! answers a transaction holding the one PDU).
+//! answers a transaction holding the one PDU) and "Retrieving missing events" (`POST
+//! /_matrix/federation/v1/get_missing_events/{roomId}`).
 
 use std::collections::HashMap;
 
 use futures_util::future::BoxFuture;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::Federation;
 use crate::core::pdu_checks::KnownKey;
@@ -33,6 +34,42 @@ impl MissingSource for FromOrigin<'_> {
         // Keys valid now serve events of any time; expired ones are kept with their
         // expiry and the signature check compares it with the event's time.
         Box::pin(self.federation.keys.keys_for(server, key_ids, now_ms()))
+    }
+
+    fn missing_events<'a>(
+        &'a self,
+        room_id: &'a str,
+        (earliest, latest): (&'a [String], &'a [String]),
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let path = format!(
+                "/_matrix/federation/v1/get_missing_events/{}",
+                crate::core::url::encode(room_id)
+            );
+            let body = json!({
+                "earliest_events": earliest,
+                "latest_events": latest,
+                "limit": limit,
+                "min_depth": 0,
+            });
+            match self
+                .federation
+                .client
+                .request(&self.origin, Method::POST, &path, Some(&body))
+                .await
+            {
+                Ok(answer) => answer
+                    .get("events")
+                    .and_then(Value::as_array)
+                    .map(|events| events.iter().take(limit).cloned().collect())
+                    .unwrap_or_default(),
+                Err(e) => {
+                    tracing::info!(origin = %self.origin, room = %room_id, error = %e, "cannot fetch the events of a gap");
+                    Vec::new()
+                }
+            }
+        })
     }
 
     fn events<'a>(

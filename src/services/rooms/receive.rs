@@ -50,7 +50,23 @@ pub trait MissingSource: Send + Sync {
     /// The PDUs of these events of `room_id`, those the source can get.
     fn events<'a>(&'a self, room_id: &'a str, event_ids: &'a [String])
         -> BoxFuture<'a, Vec<Value>>;
+
+    /// The events of `room_id` between `earliest` (what we hold: our forward extremities)
+    /// and `latest`, at most `limit`, as `/get_missing_events` answers them; none when the
+    /// source cannot tell.
+    fn missing_events<'a>(
+        &'a self,
+        room_id: &'a str,
+        (earliest, latest): (&'a [String], &'a [String]),
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Value>> {
+        let _ = (room_id, earliest, latest, limit);
+        Box::pin(async { Vec::new() })
+    }
 }
+
+/// Events one `/get_missing_events` asks for at most (as Synapse does).
+const GAP_LIMIT: usize = 10;
 
 /// A PDU's answer in a transaction: known at once, or when its writer has written it.
 enum Answered {
@@ -252,7 +268,14 @@ impl Rooms {
         // Prev events first: one that is also an auth event then gets its timeline
         // place rather than being held as an outlier.
         if !outlier {
-            let missing_prev = unknown("prev_events")?;
+            let mut missing_prev = unknown("prev_events")?;
+            if !missing_prev.is_empty() && budget.0 > 0 {
+                // A gap: what lies between our forward extremities and this event, in
+                // one request, before any event is fetched alone.
+                self.fill_gap(origin, (&room_id, &event_id), source, budget)
+                    .await?;
+                missing_prev = unknown("prev_events")?;
+            }
             self.fetch_and_receive(origin, &room_id, &missing_prev, false, source, budget)
                 .await?;
         }
@@ -271,6 +294,39 @@ impl Rooms {
                 given_state: None,
             },
         })))
+    }
+
+    /// Spec: server-server API, "Retrieving missing events": asks `source` for the events
+    /// between our forward extremities and `event_id` (at most [`GAP_LIMIT`], within the
+    /// budget) and receives them oldest first, as timeline events.
+    async fn fill_gap(
+        &self,
+        origin: &str,
+        (room_id, event_id): (&str, &str),
+        source: &dyn MissingSource,
+        budget: &mut Budget,
+    ) -> MatrixResult<()> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(());
+        };
+        let limit = GAP_LIMIT.min(budget.0);
+        let latest = [event_id.to_owned()];
+        let fetched = source
+            .missing_events(room_id, (&room.record.extremities, &latest), limit)
+            .await;
+        budget.0 = budget.0.saturating_sub(fetched.len().min(limit));
+        let mut fetched: Vec<Value> = fetched
+            .into_iter()
+            .take(limit)
+            .filter(|p| p.get("room_id").and_then(Value::as_str) == Some(room_id))
+            .collect();
+        fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
+        for pdu in fetched {
+            let (id, outcome) =
+                Box::pin(self.receive_one(origin, pdu, false, source, budget)).await?;
+            tracing::debug!(%origin, event = ?id, ?outcome, "an event of a gap received");
+        }
+        Ok(())
     }
 
     /// Fetches `ids` through `source` (within the budget) and receives each, as outliers

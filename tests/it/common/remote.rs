@@ -31,6 +31,9 @@ pub struct TestSource {
     pub events: Mutex<HashMap<String, Value>>,
     pub asked: Mutex<Vec<String>>,
     pub without_keys: bool,
+    /// Answers `/get_missing_events` (each request counted in `gap_requests`).
+    pub serves_gaps: bool,
+    pub gap_requests: Mutex<usize>,
 }
 
 impl TestSource {
@@ -69,6 +72,42 @@ impl MissingSource for TestSource {
         })
     }
 
+    /// As a server answers `/get_missing_events`: a walk back over `prev_events` from
+    /// `latest` (excluded), stopping at `earliest`, at most `limit`, oldest first.
+    fn missing_events<'a>(
+        &'a self,
+        _room: &'a str,
+        (earliest, latest): (&'a [String], &'a [String]),
+        limit: usize,
+    ) -> BoxFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            if !self.serves_gaps {
+                return Vec::new();
+            }
+            *self.gap_requests.lock().unwrap() += 1;
+            let held = self.events.lock().unwrap();
+            let mut out: Vec<Value> = Vec::new();
+            let mut seen: std::collections::HashSet<String> = earliest.iter().cloned().collect();
+            let mut todo: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+            for id in latest {
+                if let Some(pdu) = held.get(id) {
+                    todo.extend(prev_ids(pdu));
+                }
+            }
+            while let Some(id) = todo.pop_front() {
+                if out.len() >= limit || !seen.insert(id.clone()) {
+                    continue;
+                }
+                if let Some(pdu) = held.get(&id) {
+                    todo.extend(prev_ids(pdu));
+                    out.push(pdu.clone());
+                }
+            }
+            out.reverse();
+            out
+        })
+    }
+
     fn events<'a>(&'a self, _room: &'a str, ids: &'a [String]) -> BoxFuture<'a, Vec<Value>> {
         Box::pin(async move {
             self.asked.lock().unwrap().extend(ids.iter().cloned());
@@ -76,6 +115,15 @@ impl MissingSource for TestSource {
             ids.iter().filter_map(|id| held.get(id).cloned()).collect()
         })
     }
+}
+
+fn prev_ids(pdu: &Value) -> Vec<String> {
+    pdu["prev_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 /// What a remote event says, for [`remote_pdu`].
