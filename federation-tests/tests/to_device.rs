@@ -169,3 +169,51 @@ async fn a_new_device_and_new_keys_are_told_to_servers_sharing_a_room() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn presence_goes_to_servers_sharing_a_room() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = alice
+        .post("/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = alice
+        .put(
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            json!({"presence": "unavailable", "status_msg": "at lunch"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = bob
+        .sync_until(|b| {
+            b["presence"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    e["sender"] == alice.user_id.as_str()
+                        && e["content"]["presence"] == "unavailable"
+                        && e["content"]["status_msg"] == "at lunch"
+                })
+        })
+        .await;
+    assert!(seen.is_some(), "bob never saw alice's presence");
+    let (status, shown) = bob
+        .get(&format!("/presence/{}/status", enc(&alice.user_id)))
+        .await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["presence"], "unavailable", "{shown}");
+    assert_eq!(shown["status_msg"], "at lunch", "{shown}");
+    cluster.shutdown().await;
+}

@@ -12,7 +12,9 @@
 //! - `m.device_list_update`, `m.signing_key_update`: our users sharing a room with the
 //!   user are told their keys changed (`device_lists.changed` in `/sync`).
 //!
-//! Other EDU types (presence) are ignored. PDUs and room EDUs (typing, receipts) of a room
+//! - `m.presence`: the origin's users' presence, for users we share a room with.
+//!
+//! Other EDU types are ignored. PDUs and room EDUs (typing, receipts) of a room
 //! whose server ACL denies the origin are ignored (spec: "Server Access Control Lists");
 //! the endpoints that name a room answer 403 `M_FORBIDDEN` to such a server.
 
@@ -35,6 +37,8 @@ use crate::storage::{keys, Table};
 const MAX_PDUS: usize = 50;
 /// EDUs per transaction at most (spec).
 const MAX_EDUS: usize = 100;
+/// Presence updates taken from one `m.presence` EDU at most.
+const MAX_PRESENCE_UPDATES: usize = 1000;
 
 /// The transaction body.
 #[derive(Deserialize)]
@@ -140,6 +144,7 @@ async fn receive_edu(services: &AppState, origin: &str, edu: &Value) -> MatrixRe
     match kind {
         "m.direct_to_device" => direct_to_device(services, origin, content).await,
         "m.typing" => typing(services, origin, content),
+        "m.presence" => presence(services, origin, content).await,
         "m.receipt" => receipts(services, origin, content).await,
         "m.device_list_update" | "m.signing_key_update" => {
             let user = content.get("user_id").and_then(Value::as_str).unwrap_or("");
@@ -256,6 +261,23 @@ async fn direct_to_device(services: &AppState, origin: &str, content: &Value) ->
         .accounts
         .send_to_device(&sender, &dedupe_device, kind, message_id, &messages)
         .await
+}
+
+/// Spec: "Presence": `{push: [{user_id, presence, last_active_ago, currently_active?,
+/// status_msg?}]}`; updates for the origin's users only.
+async fn presence(services: &AppState, origin: &str, content: &Value) -> MatrixResult<()> {
+    let Some(updates) = content.get("push").and_then(Value::as_array) else {
+        return Err(MatrixError::bad_json("m.presence content has no push list"));
+    };
+    for update in updates.iter().take(MAX_PRESENCE_UPDATES) {
+        let user = update.get("user_id").and_then(Value::as_str).unwrap_or("");
+        if !of_origin(user, origin) {
+            tracing::info!(%origin, %user, "a presence update for another server's user was skipped");
+            continue;
+        }
+        services.presence.set_remote(user, update).await?;
+    }
+    Ok(())
 }
 
 /// Spec: "Typing Notifications": `{room_id, user_id, typing}`.

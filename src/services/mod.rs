@@ -213,6 +213,11 @@ impl Services {
             config.presence.enabled,
         )
         .map_err(|e| format!("cannot load presence: {}", e.message))?;
+        presence.attach_federation(ephemeral::presence::PresenceFederation {
+            server_name: config.server_name.as_str().to_owned(),
+            outbox: Arc::clone(&outbox),
+            mates: Arc::clone(&rooms) as Arc<dyn accounts::device_list_updates::RoomMates>,
+        });
         let key_backup = key_backup::KeyBackup::new(Arc::clone(&db));
         let federation = federation::Federation::new(
             &config,

@@ -14,6 +14,12 @@
 //! Records live in memory and in the table `userid_presence` (so a `since` token from
 //! before a restart still gets the changes after it); each change takes a position on the
 //! global stream and wakes the users of the rooms the user is joined to.
+//!
+//! Across servers (spec: server-server API, "Presence"): a change of one of our users goes
+//! as an `m.presence` EDU to every other server sharing a room with them, queued in the
+//! change's own write; another server's `m.presence` sets its users' records (users we
+//! share a room with), which our timeouts leave alone but for one: a user not heard of for
+//! [`REMOTE_TIMEOUT_MS`] goes offline, as in Synapse.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -39,6 +45,18 @@ pub const ACTIVE_GRANULARITY_MS: u64 = 60 * 1000;
 const REAP_INTERVAL: Duration = Duration::from_secs(5);
 /// The longest status message kept, in bytes.
 pub const MAX_STATUS_BYTES: usize = 1024;
+/// Time without news of another server's user after which they count as offline.
+pub const REMOTE_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
+/// What presence needs to talk to other servers (attached at start-up).
+pub struct PresenceFederation {
+    /// Our server name: whose users are ours.
+    pub server_name: String,
+    /// Where EDUs for other servers are queued.
+    pub outbox: Arc<crate::services::outbox::Outbox>,
+    /// Who shares rooms with a user on other servers.
+    pub mates: Arc<dyn crate::services::accounts::device_list_updates::RoomMates>,
+}
 
 /// A presence state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +150,7 @@ pub struct Presence {
     inner: Mutex<Inner>,
     locks: StripedLocks,
     reaper: OnceLock<()>,
+    federation: OnceLock<PresenceFederation>,
 }
 
 /// Held while a sync runs; the user counts as syncing until it drops.
@@ -188,7 +207,76 @@ impl Presence {
             inner: Mutex::new(inner),
             locks: StripedLocks::default(),
             reaper: OnceLock::new(),
+            federation: OnceLock::new(),
         }))
+    }
+
+    /// Lets changes of our users go to other servers, and tells ours from theirs.
+    pub fn attach_federation(&self, federation: PresenceFederation) {
+        let _ = self.federation.set(federation);
+    }
+
+    /// Whether `user_id` is another server's (only known once federation is attached).
+    fn is_remote(&self, user_id: &str) -> bool {
+        self.federation.get().is_some_and(|f| {
+            user_id
+                .split_once(':')
+                .is_some_and(|(_, server)| server != f.server_name)
+        })
+    }
+
+    /// Another server's `m.presence` update for its user `user_id` (one sharing a room
+    /// with us): their record becomes what it says. Malformed fields are left out.
+    pub async fn set_remote(self: &Arc<Self>, user_id: &str, update: &Value) -> MatrixResult<()> {
+        if !self.enabled || !self.is_remote(user_id) {
+            return Ok(());
+        }
+        let Some(state) = update
+            .get("presence")
+            .and_then(Value::as_str)
+            .and_then(State::parse)
+        else {
+            return Ok(());
+        };
+        let shares_a_room = self
+            .rooms
+            .memberships_of(user_id)?
+            .iter()
+            .any(|(_, m)| m.membership == "join");
+        if !shares_a_room {
+            return Ok(());
+        }
+        let status_msg = update
+            .get("status_msg")
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= MAX_STATUS_BYTES)
+            .map(str::to_owned);
+        let ago = update
+            .get("last_active_ago")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let currently_active = update
+            .get("currently_active")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        self.change(
+            user_id,
+            Box::new(move |_, now| {
+                Some(PresenceRecord {
+                    state,
+                    status_msg,
+                    last_active_ts: now.saturating_sub(ago),
+                    currently_active: currently_active && state == State::Online,
+                    pos: 0,
+                })
+            }),
+        )
+        .await?;
+        // Heard of now: the remote timeout counts from here.
+        if let Some(tracked) = self.lock().users.get_mut(user_id) {
+            tracked.last_sync_ts = now_ms();
+        }
+        Ok(())
     }
 
     /// Whether presence is tracked at all.
@@ -396,17 +484,35 @@ impl Presence {
             }
             rooms
         };
+        // Our user's change goes to the other servers sharing a room with them.
+        let destinations: Vec<String> = match self.federation.get() {
+            Some(federation) if !self.is_remote(user_id) => {
+                federation.mates.remote_servers_sharing(user_id)?
+            }
+            _ => Vec::new(),
+        };
         let user = user_id.to_owned();
         let presence = Arc::clone(self);
         let mut record = record;
+        let queued = destinations.clone();
         self.stream
             .write_at_new_position(
                 move |pos| {
                     record.pos = pos;
                     let bytes = crate::services::records::encode(&record);
+                    let mut writes = Vec::with_capacity(queued.len() + 1);
+                    if !queued.is_empty() {
+                        let mut update = record.content(now);
+                        update["user_id"] = json!(user);
+                        let edu = json!({"edu_type": "m.presence", "content": {"push": [update]}});
+                        writes.extend(queued.iter().map(|server| {
+                            crate::services::outbox::Outbox::queue(server, pos, &edu)
+                        }));
+                    }
                     // In memory before the position commits: a sync woken by it must find it.
                     presence.remember(&user, record, now);
-                    vec![(Table::UseridPresence, user.into_bytes(), Some(bytes))]
+                    writes.push((Table::UseridPresence, user.into_bytes(), Some(bytes)));
+                    writes
                 },
                 vec![StreamChange::Presence {
                     user: user_id.to_owned(),
@@ -414,6 +520,11 @@ impl Presence {
                 }],
             )
             .await?;
+        if let Some(federation) = self.federation.get() {
+            for server in &destinations {
+                federation.outbox.wake(server);
+            }
+        }
         Ok(())
     }
 
@@ -439,17 +550,21 @@ impl Presence {
 
     /// Applies the timeouts due at `now`.
     pub async fn expire(self: &Arc<Self>, now: u64) -> MatrixResult<()> {
-        let due: Vec<String> = self
+        let due: Vec<(String, bool)> = self
             .lock()
             .users
             .iter()
-            .filter(|(_, t)| timed_out(t, now).is_some())
-            .map(|(u, _)| u.clone())
+            .map(|(u, t)| (u, t, self.is_remote(u)))
+            .filter(|(_, t, remote)| expired(t, *remote, now).is_some())
+            .map(|(u, _, remote)| (u.clone(), remote))
             .collect();
-        for user in due {
+        for (user, remote) in due {
             // Checked again under the user's lock: a sync may have come in meanwhile.
-            self.change(&user, Box::new(move |current, _| timed_out(current?, now)))
-                .await?;
+            self.change(
+                &user,
+                Box::new(move |current, _| expired(current?, remote, now)),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -463,6 +578,20 @@ fn record_of(current: Option<&Tracked>) -> PresenceRecord {
         last_active_ts: 0,
         currently_active: false,
         pos: 0,
+    })
+}
+
+/// The timeouts of a user: ours by their syncs and activity ([`timed_out`]), another
+/// server's by when we last heard of them.
+fn expired(tracked: &Tracked, remote: bool, now: u64) -> Option<PresenceRecord> {
+    if !remote {
+        return timed_out(tracked, now);
+    }
+    let silent = now.saturating_sub(tracked.last_sync_ts) > REMOTE_TIMEOUT_MS;
+    (silent && tracked.record.state != State::Offline).then(|| PresenceRecord {
+        state: State::Offline,
+        currently_active: false,
+        ..tracked.record.clone()
     })
 }
 
@@ -566,6 +695,23 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn another_servers_user_goes_offline_only_when_not_heard_of() {
+        let start = 1_000_000;
+        // Not syncing here and idle: our timeouts would take them offline, theirs do not.
+        let heard = tracked(State::Online, start, false, 0);
+        assert_eq!(expired(&heard, true, start + IDLE_MS * 3), None);
+        assert!(expired(&heard, false, start + IDLE_MS * 3).is_some());
+        let silent = expired(&heard, true, start + REMOTE_TIMEOUT_MS + 1).unwrap();
+        assert_eq!(
+            (silent.state, silent.currently_active),
+            (State::Offline, false)
+        );
+        assert_eq!(silent.status_msg.as_deref(), Some("here"));
+        let offline = tracked(State::Offline, start, false, 0);
+        assert_eq!(expired(&offline, true, start + REMOTE_TIMEOUT_MS * 2), None);
     }
 
     #[test]
