@@ -137,6 +137,17 @@ async fn invites_rejected_and_accepted_across_three_servers() {
         )
         .await;
     assert_eq!(status, 200);
+    // Bob's server counts the room's members from its state (his invites, kept out of
+    // band, were never counted).
+    let joined = sync_shows(&bob, "join", &room).await;
+    assert_eq!(
+        (
+            &joined["summary"]["m.joined_member_count"],
+            &joined["summary"]["m.invited_member_count"]
+        ),
+        (&json!(3), &json!(0)),
+        "{joined}"
+    );
     for user in [&alice, &carol] {
         let seen = user
             .sync_until(|b| {

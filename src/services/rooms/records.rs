@@ -134,6 +134,10 @@ pub struct MembershipRecord {
     /// display name change keeps it, a new join after a leave moves it.
     #[serde(default)]
     pub joined_at: u64,
+    /// The member event is one kept out of band (a room we are not in): not part of the
+    /// room's state, so the room's member counts never counted it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub out_of_band: bool,
 }
 
 /// `alias_roomid`: where a local alias points.

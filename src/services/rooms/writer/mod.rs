@@ -1422,7 +1422,11 @@ fn put_membership(
         .get(Table::UseridRoomidMembership, &key)?
         .map(|b| decode(Table::UseridRoomidMembership, &b))
         .transpose()?;
-    let before = previous.as_ref().map_or("leave", |p| p.membership.as_str());
+    // An out-of-band membership was never counted: the room's counts start from leave.
+    let before = previous
+        .as_ref()
+        .filter(|p| !p.out_of_band)
+        .map_or("leave", |p| p.membership.as_str());
     record.count_change(before, membership);
     let last_join_pos = if membership == "join" {
         pos
@@ -1441,6 +1445,7 @@ fn put_membership(
         last_join_pos,
         forgotten: false,
         joined_at,
+        out_of_band: false,
     };
     batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
     Ok(())

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::remote_event::{put_without_place, RemoteEvent};
 use super::remote_join::empty_room;
-use super::{membership_of, put_membership, Edges, RoomHead, WriterContext, Written};
+use super::{membership_of, Edges, RoomHead, WriterContext, Written};
 use crate::core::RoomVersion;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
@@ -125,16 +125,18 @@ pub(super) fn write(
         );
     }
     let ticket = store.stream.allocate()?;
-    // The room's counts describe the members we hold state for: a scratch copy takes
-    // the change, the room's record stays as it is.
-    let mut scratch = current.record.clone();
-    put_membership(
-        store,
-        &mut batch,
-        &mut scratch,
-        (&user, &membership, &job.event_id),
-        ticket.pos(),
-    )?;
+    // Not part of the room's state: the room's member counts do not take it, and the
+    // record says so for the next change to count from the state.
+    let entry = MembershipRecord {
+        membership: membership.clone(),
+        event_id: job.event_id.clone(),
+        pos: ticket.pos(),
+        last_join_pos: previous.as_ref().map_or(0, |p| p.last_join_pos),
+        forgotten: false,
+        joined_at: 0,
+        out_of_band: true,
+    };
+    batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
     store.db.write_relaxed(batch)?;
     written.changes.push((
         ticket,
