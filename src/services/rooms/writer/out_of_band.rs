@@ -3,12 +3,15 @@
 //!
 //! Spec: server-server API, "Inviting to a room" and "Leaving Rooms (Rejecting
 //! Invites)": such a member event reaches us without the room's graph, so it cannot pass
-//! the auth rules here. It is kept as an outlier (no state, no timeline place; a later
-//! delivery of the same event as part of the room gives it its place), the user's
+//! the auth rules here. It is kept with the status `OutOfBand` (no state, no timeline
+//! place, unknown to the room's checks and never served; a later delivery of the same
+//! event as part of the room checks it and gives it its place), the user's
 //! membership record points at it with a new stream position (so their `/sync` shows the
 //! invite, knock or leave), and the stripped state the other server sent with it is kept
 //! by the event for the client. A room we did not know gets a record with no state, as for
-//! a join through another server.
+//! a join through another server; such a room takes the version of its latest member
+//! event (an invite could claim any), one we hold state of keeps its own. Once one of our
+//! users is in the room, nothing goes out of band.
 
 use serde_json::Value;
 
