@@ -9,6 +9,7 @@
 //! otherwise refuse.
 
 pub mod process;
+pub mod split;
 pub mod synapse;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,160 @@
+//! A network split between two real ourwhats (a TCP proxy in front of each federation
+//! listener, the servers named by the proxies' ports): while split, each side changes the
+//! room's state and talks; once healed, both show the same state and every message.
+
+use std::time::{Duration, Instant};
+
+use federation_tests::split::SplitProxy;
+use federation_tests::{enc, free_port, Cluster, User};
+use ourwhats::core::ServerName;
+use serde_json::json;
+
+async fn state_of(user: &User, room: &str, kind: &str, field: &str) -> Option<String> {
+    let (status, content) = user
+        .get(&format!("/rooms/{}/state/{kind}/", enc(room)))
+        .await;
+    (status == 200)
+        .then(|| content[field].as_str().map(str::to_owned))
+        .flatten()
+}
+
+async fn sees(user: &User, room: &str, body: &str) -> bool {
+    let (status, page) = user
+        .get(&format!("/rooms/{}/messages?dir=b&limit=50", enc(room)))
+        .await;
+    status == 200
+        && page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["content"]["body"] == body)
+}
+
+async fn say(user: &User, room: &str, body: &str) {
+    let (status, sent) = user
+        .put(
+            &format!("/rooms/{}/send/m.room.message/{}", enc(room), enc(body)),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+}
+
+#[tokio::test]
+async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing() {
+    let proxy_ports = [free_port().unwrap(), free_port().unwrap()];
+    let real_ports = [free_port().unwrap(), free_port().unwrap()];
+    let cluster = Cluster::start_with(2, |i, config| {
+        config.server_name = ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).unwrap();
+        config.federation.listen = format!("127.0.0.1:{}", real_ports[i]).parse().unwrap();
+    })
+    .await
+    .unwrap();
+    let proxies = [
+        SplitProxy::start(proxy_ports[0], real_ports[0])
+            .await
+            .unwrap(),
+        SplitProxy::start(proxy_ports[1], real_ports[1])
+            .await
+            .unwrap(),
+    ];
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "public_chat", "room_version": "11", "name": "before",
+                   "topic": "before",
+                   "power_level_content_override": {"users": {
+                       alice.user_id.clone(): 100, bob.user_id.clone(): 100}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    say(&bob, &room, "joined").await;
+    let started = Instant::now();
+    while !sees(&alice, &room, "joined").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bob's message never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Split: each side changes something and talks.
+    for proxy in &proxies {
+        proxy.set_split(true);
+    }
+    let (status, _) = alice
+        .put(
+            &format!("/rooms/{}/state/m.room.topic/", enc(&room)),
+            json!({"topic": "set on a during the split"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    say(&alice, &room, "a during the split").await;
+    let (status, _) = bob
+        .put(
+            &format!("/rooms/{}/state/m.room.name/", enc(&room)),
+            json!({"name": "set on b during the split"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    say(&bob, &room, "b during the split").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !sees(&alice, &room, "b during the split").await,
+        "the split let an event through"
+    );
+
+    // Healed: both sides end with both changes and every message.
+    for proxy in &proxies {
+        proxy.set_split(false);
+    }
+    say(&alice, &room, "a after healing").await;
+    say(&bob, &room, "b after healing").await;
+    let started = Instant::now();
+    loop {
+        let mut done = true;
+        for user in [&alice, &bob] {
+            done &= state_of(user, &room, "m.room.topic", "topic")
+                .await
+                .as_deref()
+                == Some("set on a during the split");
+            done &= state_of(user, &room, "m.room.name", "name")
+                .await
+                .as_deref()
+                == Some("set on b during the split");
+            for body in [
+                "a during the split",
+                "b during the split",
+                "a after healing",
+                "b after healing",
+            ] {
+                done &= sees(user, &room, body).await;
+            }
+        }
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no convergence after healing: alice sees topic {:?} name {:?}, bob sees topic {:?} name {:?}",
+            state_of(&alice, &room, "m.room.topic", "topic").await,
+            state_of(&alice, &room, "m.room.name", "name").await,
+            state_of(&bob, &room, "m.room.topic", "topic").await,
+            state_of(&bob, &room, "m.room.name", "name").await,
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(proxies);
+    cluster.shutdown().await;
+}
