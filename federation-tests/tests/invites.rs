@@ -406,8 +406,28 @@ async fn invite_refusals() {
         "v12 room state without the create event",
     );
 
-    // None of that reached alice.
-    let (_, synced) = alice.get("/sync?timeout=0").await;
+    // An event over 65,536 bytes, and a v12 room state of more entries than we keep.
+    let mut huge = event.clone();
+    huge["content"]["reason"] = json!("x".repeat(70_000));
+    let huge_id = ourwhats::core::event_hashes::event_id(&huge, v11).unwrap();
+    invalid(
+        put(&room, &huge_id, "11", &huge, json!([])).await,
+        "an event over 65,536 bytes",
+    );
+    let many: Vec<serde_json::Value> = (0..100)
+        .map(|n| {
+            json!({"type": "m.room.name", "state_key": format!("{n}"), "sender": "@m:x",
+                        "content": {"name": "many"}})
+        })
+        .collect();
+    invalid(
+        put(&room12, &id12, "12", &v12_invite, json!(many)).await,
+        "v12 room state of 100 entries",
+    );
+
+    // None of that reached alice, whose /sync works as before.
+    let (status, synced) = alice.get("/sync?timeout=0").await;
+    assert_eq!(status, 200, "{synced}");
     assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");
 
     // Before v12, room state in the older stripped form is taken (with a warning): the
