@@ -122,19 +122,58 @@ impl Outbox {
         Ok(out)
     }
 
-    /// The destinations with queued EDUs (at start, to resume sending).
+    /// The destinations with queued items (at start, to resume sending): one seek per
+    /// destination past all its items, so a long queue for a dead server is not read.
     pub fn destinations(db: &Db) -> MatrixResult<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
-        for item in db.scan_prefix(Table::ServernamePosEdu, b"") {
+        // Keys are `name 0xFF pos`; names are text, which never holds 0xFF, so `name`
+        // followed by ten 0xFF bytes is past every key of that name.
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(item) = db
+                .scan_range(Table::ServernamePosEdu, &from, &[0xFF], false)
+                .next()
+            else {
+                return Ok(out);
+            };
             let (key, _) = item?;
             let Some(end) = key.iter().position(|b| *b == keys::SEP) else {
+                // Not a key of ours: step past it.
+                from = key.to_vec();
+                from.push(0);
                 continue;
             };
-            let name = String::from_utf8_lossy(&key[..end]).into_owned();
-            if out.last() != Some(&name) {
-                out.push(name);
+            out.push(String::from_utf8_lossy(&key[..end]).into_owned());
+            from = key[..end].to_vec();
+            from.extend_from_slice(&[0xFF; 10]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::DbOptions;
+
+    #[test]
+    fn destinations_are_found_once_each_whatever_their_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let mut batch = db.batch();
+        let edu = serde_json::json!({"edu_type": "m.typing", "content": {}});
+        for (name, count) in [("a.example", 500u64), ("b.example:8448", 2), ("c", 1)] {
+            for pos in 1..=count {
+                let (table, key, value) = Outbox::queue(name, pos, &edu);
+                batch.put(table, key, value.unwrap());
             }
         }
-        Ok(out)
+        db.commit_blocking(batch).unwrap();
+        assert_eq!(
+            Outbox::destinations(&db).unwrap(),
+            ["a.example", "b.example:8448", "c"]
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let none = Db::open(empty.path(), &DbOptions::default()).unwrap();
+        assert!(Outbox::destinations(&none).unwrap().is_empty());
     }
 }
