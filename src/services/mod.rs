@@ -190,9 +190,7 @@ impl Services {
         .map_err(|e| format!("cannot open the rooms tables: {}", e.message))?;
         let rooms = Arc::new(rooms);
         accounts.attach_rooms(rooms.shared_store());
-        accounts.attach_room_mates(
-            Arc::clone(&rooms) as Arc<dyn accounts::device_list_updates::RoomMates>
-        );
+        accounts.attach_room_mates(Arc::clone(&rooms) as Arc<dyn rooms::room_mates::RoomMates>);
         for (user_id, at) in accounts
             .erased_users()
             .map_err(|e| format!("cannot read the accounts: {}", e.message))?
@@ -216,7 +214,7 @@ impl Services {
         presence.attach_federation(ephemeral::presence::PresenceFederation {
             server_name: config.server_name.as_str().to_owned(),
             outbox: Arc::clone(&outbox),
-            mates: Arc::clone(&rooms) as Arc<dyn accounts::device_list_updates::RoomMates>,
+            mates: Arc::clone(&rooms) as Arc<dyn rooms::room_mates::RoomMates>,
         });
         let key_backup = key_backup::KeyBackup::new(Arc::clone(&db));
         let federation = federation::Federation::new(

@@ -21,13 +21,8 @@ use super::Accounts;
 use crate::core::UserId;
 use crate::error::MatrixResult;
 use crate::services::outbox::Outbox;
+use crate::services::rooms::room_mates::RoomMates;
 use crate::storage::{keys, Table};
-
-/// Who shares rooms with a user on other servers (the rooms service answers).
-pub trait RoomMates: Send + Sync {
-    /// The other servers with a member joined to a room `user_id` is joined to.
-    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>>;
-}
 
 /// What changed of a local user's keys.
 pub enum Changed<'a> {

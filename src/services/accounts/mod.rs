@@ -155,7 +155,7 @@ pub struct Accounts {
     /// What waits to be sent to other servers (to-device messages to their users).
     outbox: Arc<crate::services::outbox::Outbox>,
     /// The servers sharing rooms with a user, for device-list updates (set at start-up).
-    room_mates: OnceLock<Arc<dyn device_list_updates::RoomMates>>,
+    room_mates: OnceLock<Arc<dyn crate::services::rooms::room_mates::RoomMates>>,
     /// Serializes each user's device-list updates to other servers (their sequence).
     device_edu_locks: StripedLocks,
 }

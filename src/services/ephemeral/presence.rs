@@ -55,7 +55,7 @@ pub struct PresenceFederation {
     /// Where EDUs for other servers are queued.
     pub outbox: Arc<crate::services::outbox::Outbox>,
     /// Who shares rooms with a user on other servers.
-    pub mates: Arc<dyn crate::services::accounts::device_list_updates::RoomMates>,
+    pub mates: Arc<dyn crate::services::rooms::room_mates::RoomMates>,
 }
 
 /// A presence state.

@@ -36,6 +36,7 @@ pub mod remote_invite;
 pub mod remote_join;
 pub mod resident_join;
 pub mod resolution;
+pub mod room_mates;
 pub mod room_snapshot;
 pub mod sending;
 pub mod server_acl;

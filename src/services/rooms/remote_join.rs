@@ -198,17 +198,6 @@ impl Rooms {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The other servers with a member joined to a room `user_id` is joined to.
-    pub fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>> {
-        let mut servers: Vec<String> = Vec::new();
-        for room_id in self.joined_rooms(user_id)? {
-            servers.extend(self.remote_servers(&room_id)?.iter().cloned());
-        }
-        servers.sort_unstable();
-        servers.dedup();
-        Ok(servers)
-    }
-
     /// Whether one of our users is joined to the room (we can then join others locally).
     pub fn has_local_member(&self, room_id: &str) -> MatrixResult<bool> {
         let Some(room) = self.store.room(room_id)? else {
@@ -216,11 +205,5 @@ impl Rooms {
         };
         let state = self.store.state.load(room.record.state)?;
         Ok(self.local_joined(&state)?.is_some())
-    }
-}
-
-impl crate::services::accounts::device_list_updates::RoomMates for Rooms {
-    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>> {
-        Rooms::remote_servers_sharing(self, user_id)
     }
 }

@@ -1,0 +1,25 @@
+//! Who shares rooms with a user on other servers: the servers that must hear of the user's
+//! device-list and presence changes (spec: server-server API, "Device Management",
+//! "Presence"). The accounts and presence services ask through [`RoomMates`], so they
+//! need not hold the rooms service.
+
+use super::Rooms;
+use crate::error::MatrixResult;
+
+/// Who shares rooms with a user on other servers (the rooms service answers).
+pub trait RoomMates: Send + Sync {
+    /// The other servers with a member joined to a room `user_id` is joined to.
+    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>>;
+}
+
+impl RoomMates for Rooms {
+    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>> {
+        let mut servers: Vec<String> = Vec::new();
+        for room_id in self.joined_rooms(user_id)? {
+            servers.extend(self.remote_servers(&room_id)?.iter().cloned());
+        }
+        servers.sort_unstable();
+        servers.dedup();
+        Ok(servers)
+    }
+}
