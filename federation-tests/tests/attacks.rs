@@ -1,0 +1,144 @@
+//! Regression tests named after known attack classes on federation (the hostile-federation
+//! issue), each between real ourwhats over TLS. Others live beside the feature they guard:
+//! `joins.rs` and `invites.rs` (membership endpoints naming another room or type, unsigned
+//! or badly signed membership events), `server_acl.rs` (ACLs on every endpoint).
+
+use federation_tests::{enc, Cluster, User};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// `from` sends a transaction of `edus` to `to`; the transaction must be taken.
+async fn send_edus(
+    from: &federation_tests::Instance,
+    to: &federation_tests::Instance,
+    txn: &str,
+    edus: Value,
+) {
+    let body = json!({
+        "origin": from.name(),
+        "origin_server_ts": 1_700_000_000_000u64,
+        "pdus": [],
+        "edus": edus,
+    });
+    let (status, answer) = from
+        .ask(
+            to.name(),
+            Method::PUT,
+            &format!("/_matrix/federation/v1/send/{txn}"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn edus_about_another_servers_users_are_ignored() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+    let (status, created) = alice
+        .post("/createRoom", json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    for user in [&bob, &carol] {
+        let (status, body) = user
+            .post(
+                &format!("/join/{}?via={}", enc(&room), enc(a.name())),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, sent) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/m1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "hello"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let event = sent["event_id"].as_str().unwrap().to_owned();
+    let (_, first) = alice.get("/sync?timeout=0").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // C speaks for B's user: typing, a read receipt, presence, a device-list change.
+    send_edus(
+        c,
+        a,
+        "forged",
+        json!([
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": bob.user_id, "typing": true}},
+            {"edu_type": "m.receipt", "content": {room.clone(): {"m.read": {bob.user_id.clone(): {
+                "event_ids": [event], "data": {"ts": 1_700_000_000_000u64}}}}}},
+            {"edu_type": "m.presence", "content": {"push": [{"user_id": bob.user_id,
+                "presence": "online", "last_active_ago": 5, "status_msg": "forged"}]}},
+            {"edu_type": "m.device_list_update", "content": {"user_id": bob.user_id,
+                "device_id": "FORGED", "stream_id": 1, "prev_id": []}}
+        ]),
+    )
+    .await;
+    // And for its own user, as a control: that typing shows.
+    send_edus(
+        c,
+        a,
+        "own",
+        json!([{"edu_type": "m.typing", "content": {"room_id": room, "user_id": carol.user_id, "typing": true}}]),
+    )
+    .await;
+
+    let seen = alice
+        .sync_until(|body| {
+            body["rooms"]["join"][&room]["ephemeral"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["type"] == "m.typing")
+        })
+        .await
+        .expect("carol's typing shows");
+    let (status, body) = alice
+        .get(&format!("/sync?timeout=0&since={}", enc(&since)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for answer in [&seen, &body] {
+        let ephemeral = &answer["rooms"]["join"][&room]["ephemeral"]["events"];
+        for e in ephemeral.as_array().into_iter().flatten() {
+            if e["type"] == "m.typing" {
+                let typing = e["content"]["user_ids"].as_array().unwrap();
+                assert!(!typing.contains(&json!(bob.user_id)), "{e}");
+            }
+            if e["type"] == "m.receipt" {
+                assert!(
+                    e["content"][&event]["m.read"].get(&bob.user_id).is_none(),
+                    "{e}"
+                );
+            }
+        }
+        let presence = &answer["presence"]["events"];
+        assert!(
+            !presence
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["sender"] == bob.user_id.as_str()
+                    && e["content"]["status_msg"] == "forged"),
+            "{presence}"
+        );
+    }
+    let changed = &body["device_lists"]["changed"];
+    assert!(
+        !changed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|u| u == &json!(bob.user_id)),
+        "{changed}"
+    );
+    cluster.shutdown().await;
+}
