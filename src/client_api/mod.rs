@@ -7,6 +7,7 @@ pub mod capabilities;
 pub mod create_room;
 pub mod devices;
 pub mod directory;
+pub mod events;
 pub mod key_backup;
 pub mod keys;
 pub mod login;
@@ -298,6 +299,7 @@ fn room_routes() -> Router<AppState> {
             "/_matrix/client/v3/events/{event_id}",
             get(room_events::get_event_anywhere),
         )
+        .route("/_matrix/client/v3/events", get(events::events))
         .route(&room("/messages"), get(room_events::messages))
         .route(&room("/context/{event_id}"), get(room_events::context))
         .route(&room("/relations/{event_id}"), get(relations::all))

@@ -1282,3 +1282,89 @@ async fn sync_serves_the_events_the_event_endpoint_serves() {
             .is_none_or(|u| u.get("transaction_id").is_none()));
     }
 }
+
+#[tokio::test]
+async fn the_deprecated_event_stream_long_polls_the_users_rooms() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+
+    // Without `from`: no room event yet (only bob's own presence, as the call brings him
+    // online), and a token to go on from.
+    let (status, first) = bob.get("/events?timeout=0").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert!(
+        first["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] == "m.presence"),
+        "{first}"
+    );
+    let end = first["end"].as_str().unwrap().to_owned();
+
+    // A long poll that a message ends.
+    let started = Instant::now();
+    let waiting = {
+        let path = format!("/events?from={}&timeout=10000", urlencode(&end));
+        let bob_token = bob.token.clone();
+        let base = server.running().client_url();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{base}/_matrix/client/v3{path}"))
+                .bearer_auth(bob_token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.text(&room, "through the stream").await;
+    let answer = waiting.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "the poll was not ended"
+    );
+    let message = answer["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.message")
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(message["content"]["body"], "through the stream");
+    assert_eq!(message["room_id"], room.as_str());
+    assert_eq!(answer["start"], end.as_str());
+
+    // Typing comes with its room too; a bad token is refused.
+    let end = answer["end"].as_str().unwrap().to_owned();
+    let (status, _) = alice
+        .put(
+            &format!(
+                "/rooms/{}/typing/{}",
+                urlencode(&room),
+                urlencode(&alice.user_id)
+            ),
+            json!({"typing": true, "timeout": 10000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, next) = bob
+        .get(&format!("/events?from={}&timeout=5000", urlencode(&end)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let typing = next["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .unwrap_or_else(|| panic!("{next}"));
+    assert_eq!(typing["room_id"], room.as_str());
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    let (status, body) = bob.get("/events?from=nonsense").await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+}
