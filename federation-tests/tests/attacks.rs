@@ -142,3 +142,91 @@ async fn edus_about_another_servers_users_are_ignored() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn reads_by_a_server_not_in_the_room_are_refused() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (status, created) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules",
+                   "state_key": "", "content": {"join_rule": "public"}}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob
+        .post(
+            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, sent) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/s1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "for members"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let event = sent["event_id"].as_str().unwrap().to_owned();
+    let (r, e) = (enc(&room), enc(&event));
+    let reads = [
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/state_ids/{r}?event_id={e}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/state/{r}?event_id={e}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/event_auth/{r}/{e}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/_matrix/federation/v1/backfill/{r}?v={e}&limit=10"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/_matrix/federation/v1/get_missing_events/{r}"),
+            Some(json!({"earliest_events": [], "latest_events": [event], "limit": 10})),
+        ),
+    ];
+    for (method, path, body) in reads {
+        // C has no member in the room: refused, nothing of it in the answer.
+        let (status, answer) = c.ask(a.name(), method.clone(), &path, body.clone()).await;
+        assert_eq!(
+            (status, answer["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{path}: {answer}"
+        );
+        assert!(!answer.to_string().contains("for members"), "{answer}");
+        // B has one: answered.
+        let (status, answer) = b.ask(a.name(), method, &path, body).await;
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+    // A single event by id: unknown to C (404, as for an event that does not exist).
+    let (status, answer) = c
+        .ask(
+            a.name(),
+            Method::GET,
+            &format!("/_matrix/federation/v1/event/{e}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    cluster.shutdown().await;
+}

@@ -170,7 +170,8 @@ async fn make_join_and_send_join_with_every_refusal() {
     let (status, body) = ask(b, a, Method::PUT, &send_join(&id5, 2), Some(elsewhere)).await;
     assert_eq!(status, 400, "an event of another room: {body}");
 
-    // Not in the room (history "shared", no member then or now): nothing to read.
+    // Not in the room (no member now): /state_ids is 403 (spec: "The requesting host is
+    // not in the room"), /event 404 as for an unknown event.
     // The room's newest event, which the template builds on.
     let latest = template["prev_events"][0].as_str().unwrap().to_owned();
     let state_ids = |at: &str| {
@@ -183,7 +184,7 @@ async fn make_join_and_send_join_with_every_refusal() {
     let (status, body) = ask(b, a, Method::GET, &state_ids(&latest), None).await;
     assert_eq!(
         (status, body["errcode"].as_str()),
-        (404, Some("M_NOT_FOUND")),
+        (403, Some("M_FORBIDDEN")),
         "{body}"
     );
     let event_path = format!("/_matrix/federation/v1/event/{}", enc(&latest));

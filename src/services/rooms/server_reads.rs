@@ -39,6 +39,20 @@ pub struct StateAtEvent {
 }
 
 impl Rooms {
+    /// Spec: `/state`, `/state_ids`, `/event_auth`, `/backfill`, `/get_missing_events`
+    /// answer 403 to a server that is not in the room (none of its users joined now) or
+    /// that the room's ACL denies.
+    fn check_server_in_room(&self, room_id: &str, server: &str) -> MatrixResult<()> {
+        self.check_server_acl(room_id, server)?;
+        let known = self.store.room(room_id)?.is_some();
+        if known && !self.remote_servers(room_id)?.iter().any(|s| s == server) {
+            return Err(MatrixError::forbidden(
+                "The requesting server is not in the room",
+            ));
+        }
+        Ok(())
+    }
+
     /// A stored, not rejected event of `room_id` (when given) that `server` may see.
     fn event_seen_by(
         &self,
@@ -122,7 +136,7 @@ impl Rooms {
         from: &[String],
         limit: usize,
     ) -> MatrixResult<Vec<Value>> {
-        self.check_server_acl(room_id, server)?;
+        self.check_server_in_room(room_id, server)?;
         let limit = limit.clamp(1, MAX_BACKFILL);
         let mut seen = HashSet::new();
         // Deepest first: (depth, short).
@@ -167,7 +181,7 @@ impl Rooms {
         (earliest, latest): (&[String], &[String]),
         (limit, min_depth): (usize, u64),
     ) -> MatrixResult<Vec<Value>> {
-        self.check_server_acl(room_id, server)?;
+        self.check_server_in_room(room_id, server)?;
         let limit = limit.clamp(1, MAX_MISSING);
         let mut stop: HashSet<ShortEventId> = HashSet::new();
         for id in earliest {
@@ -220,7 +234,7 @@ impl Rooms {
         room_id: &str,
         event_id: &str,
     ) -> MatrixResult<StateAtEvent> {
-        self.check_server_acl(room_id, server)?;
+        self.check_server_in_room(room_id, server)?;
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
             .ok_or_else(|| MatrixError::not_found("Event not found"))?;
@@ -264,7 +278,7 @@ impl Rooms {
         room_id: &str,
         event_id: &str,
     ) -> MatrixResult<Vec<Value>> {
-        self.check_server_acl(room_id, server)?;
+        self.check_server_in_room(room_id, server)?;
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
             .ok_or_else(|| MatrixError::not_found("Event not found"))?;
