@@ -162,6 +162,13 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
             .await;
         assert_eq!(status, 200, "{created}");
         let room = created["room_id"].as_str().unwrap().to_owned();
+        let (status, sent) = alice
+            .put(
+                &format!("/rooms/{}/send/m.room.message/h{version}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("history v{version}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
 
         // Synapse joins through us: make_join, then send_join.
         let (status, joined) = sam
@@ -185,6 +192,14 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
             .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
             .await;
         assert_eq!(name["name"], "ours", "v{version}: Synapse has the state");
+        // History from before the join (shared with members) reaches Synapse's client:
+        // Synapse backfills it from us (our /backfill, under the visibility rules).
+        let seen = wait_for_message(&sam, &room, &format!("history v{version}")).await;
+        assert!(
+            seen.is_some(),
+            "v{version}: Synapse never showed the history before its join\n{}",
+            synapse.log_tail()
+        );
 
         // Ours to Synapse, through our sender.
         let (status, sent) = alice
