@@ -325,6 +325,24 @@ impl User {
 }
 
 impl User {
+    /// Creates a room with `body` (must succeed); answers its id.
+    pub async fn create_room(&self, body: serde_json::Value) -> String {
+        let (status, created) = self.post("/createRoom", body).await;
+        assert_eq!(status, 200, "{}: createRoom: {created}", self.user_id);
+        created["room_id"].as_str().expect("a room id").to_owned()
+    }
+
+    /// Joins `room` through `server` (must succeed).
+    pub async fn join_via(&self, room: &str, server: &str) {
+        let path = format!("/join/{}?via={}", enc(room), enc(server));
+        let (status, body) = self.post(&path, serde_json::json!({})).await;
+        assert_eq!(
+            status, 200,
+            "{} joining {room} via {server}: {body}",
+            self.user_id
+        );
+    }
+
     /// Follows `/sync` (a full one first, then incremental ones) until an answer
     /// satisfies `check`, or 30 s pass; answers that body.
     pub async fn sync_until(

@@ -42,19 +42,9 @@ async fn edus_about_another_servers_users_are_ignored() {
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
     let carol = User::register(c, "carol").await.unwrap();
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "public_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
     for user in [&bob, &carol] {
-        let (status, body) = user
-            .post(
-                &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        user.join_via(&room, a.name()).await;
     }
     let (status, sent) = alice
         .put(
@@ -153,22 +143,13 @@ async fn reads_by_a_server_not_in_the_room_are_refused() {
     );
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
+    let room = alice
+        .create_room(
             json!({"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules",
                    "state_key": "", "content": {"join_rule": "public"}}]}),
         )
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = bob
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    bob.join_via(&room, a.name()).await;
     let (status, sent) = alice
         .put(
             &format!("/rooms/{}/send/m.room.message/s1", enc(&room)),

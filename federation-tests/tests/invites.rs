@@ -62,14 +62,9 @@ async fn invites_rejected_and_accepted_across_three_servers() {
     let carol = User::register(c, "carol").await.unwrap();
 
     // createRoom with an invitee of another server.
-    let (status, created) = alice
-        .post(
-            "/createRoom",
-            json!({"preset": "private_chat", "name": "party", "invite": [carol.user_id]}),
-        )
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "party", "invite": [carol.user_id]}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
     let invite = sync_shows(&carol, "invite", &room).await;
     let events = &invite["invite_state"]["events"];
     assert!(
@@ -199,16 +194,13 @@ async fn knocks_accepted_and_retracted_across_servers() {
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
     let carol = User::register(c, "carol").await.unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
+    let room = alice
+        .create_room(
             json!({"preset": "private_chat", "name": "knock knock", "initial_state": [
                 {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
             ]}),
         )
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
 
     // Bob knocks through alice's server and sees the room's name while he waits.
     let (status, body) = bob
@@ -257,11 +249,7 @@ async fn knocks_accepted_and_retracted_across_servers() {
     membership_becomes(&bob, &room, &carol.user_id, "leave").await;
 
     // A knock on a room whose rule does not allow it is refused by the resident server.
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "private_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let closed = created["room_id"].as_str().unwrap().to_owned();
+    let closed = alice.create_room(json!({"preset": "private_chat"})).await;
     let (status, body) = carol
         .post(
             &format!("/knock/{}?via={}", enc(&closed), enc(a.name())),
@@ -457,14 +445,9 @@ async fn invite_refusals() {
     // An invite that lies about a room's version does not keep our users out of it: the
     // real invite and the join take the version the room has.
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = bob
-        .post(
-            "/createRoom",
-            json!({"preset": "private_chat", "name": "real"}),
-        )
+    let real = bob
+        .create_room(json!({"preset": "private_chat", "name": "real"}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let real = created["room_id"].as_str().unwrap().to_owned();
     let (lie_id, lie) = hand_made_invite(b, v11, (&real, &alice.user_id), |_| {});
     let (status, body) = put(&real, &lie_id, "11", &lie, json!([])).await;
     assert_eq!(status, 200, "{body}");
@@ -485,11 +468,7 @@ async fn invite_refusals() {
     assert_eq!((status, &name["name"]), (200, &json!("real")), "{name}");
 
     // send_leave and make_leave refusals on a room of a.
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "public_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let ours = created["room_id"].as_str().unwrap().to_owned();
+    let ours = alice.create_room(json!({"preset": "public_chat"})).await;
     let (status, body) = b
         .ask(
             a.name(),

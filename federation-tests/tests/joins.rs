@@ -34,14 +34,9 @@ async fn make_join_and_send_join_with_every_refusal() {
     let cluster = Cluster::start(2).await.unwrap();
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
-            json!({"preset": "public_chat", "name": "lobby"}),
-        )
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "lobby"}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
     let bob = format!("@bob:{}", b.name());
     let make_join = |user: &str, query: &str| {
         format!(
@@ -427,14 +422,9 @@ async fn three_servers_join_one_room_and_talk() {
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
     let carol = User::register(c, "carol").await.unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
-            json!({"preset": "public_chat", "name": "three", "room_alias_name": "three"}),
-        )
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "three", "room_alias_name": "three"}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
 
     // Bob by alias (resolved on a), carol by id through bob's server.
     let (status, body) = bob
@@ -445,13 +435,7 @@ async fn three_servers_join_one_room_and_talk() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["room_id"], room);
-    let (status, body) = carol
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(b.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    carol.join_via(&room, b.name()).await;
     let (status, name) = carol
         .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
         .await;
@@ -677,11 +661,7 @@ async fn timestamp_to_event_for_another_server() {
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "public_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
     let ask_ts = |ts: u64, dir: &str| {
         let path = format!(
             "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir={dir}",
@@ -700,13 +680,7 @@ async fn timestamp_to_event_for_another_server() {
     let (status, body) = ask_ts(u64::MAX / 2, "b").await;
     assert_eq!(status, 404, "{body}");
 
-    let (status, body) = bob
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    bob.join_via(&room, a.name()).await;
     let (status, sent) = alice
         .put(
             &format!("/rooms/{}/send/m.room.message/t1", enc(&room)),
@@ -761,25 +735,16 @@ async fn three_servers_converge_after_a_fork_and_catch_up_after_a_restart() {
     let carol = User::register(&cluster.instances[2], "carol")
         .await
         .unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
+    let room = alice
+        .create_room(
             json!({"preset": "public_chat", "room_version": "11", "topic": "start",
                    "power_level_content_override": {"users": {
                        alice.user_id.clone(): 100, bob.user_id.clone(): 50,
                        carol.user_id.clone(): 50}}}),
         )
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
     for user in [&bob, &carol] {
-        let (status, body) = user
-            .post(
-                &format!("/join/{}?via={}", enc(&room), enc(&names[0])),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        user.join_via(&room, &names[0]).await;
     }
     for user in [&alice, &bob] {
         let started = std::time::Instant::now();
@@ -890,18 +855,8 @@ async fn a_gap_is_asked_for_with_get_missing_events() {
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "public_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = bob
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&room, a.name()).await;
     let mut ids = Vec::new();
     for n in 0..6 {
         let (status, sent) = alice

@@ -26,18 +26,8 @@ async fn a_server_the_acl_denies_is_refused_everywhere() {
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "public_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = bob
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&room, a.name()).await;
     let (status, _) = bob
         .put(
             &format!("/rooms/{}/send/m.room.message/m1", enc(&room)),

@@ -61,24 +61,15 @@ async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
+    let room = alice
+        .create_room(
             json!({"preset": "public_chat", "room_version": "11", "name": "before",
                    "topic": "before",
                    "power_level_content_override": {"users": {
                        alice.user_id.clone(): 100, bob.user_id.clone(): 100}}}),
         )
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = bob
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    bob.join_via(&room, a.name()).await;
     say(&bob, &room, "joined").await;
     let started = Instant::now();
     while !sees(&alice, &room, "joined").await {

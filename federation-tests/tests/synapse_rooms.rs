@@ -154,14 +154,9 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
     let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
 
     for version in ["10", "11", "12"] {
-        let (status, created) = alice
-            .post(
-                "/createRoom",
-                json!({"preset": "public_chat", "room_version": version, "name": "ours"}),
-            )
+        let room = alice
+            .create_room(json!({"preset": "public_chat", "room_version": version, "name": "ours"}))
             .await;
-        assert_eq!(status, 200, "{created}");
-        let room = created["room_id"].as_str().unwrap().to_owned();
         let (status, sent) = alice
             .put(
                 &format!("/rooms/{}/send/m.room.message/h{version}", enc(&room)),
@@ -351,15 +346,12 @@ async fn we_join_a_synapse_room_and_both_talk() {
 
     for version in ["10", "11", "12"] {
         let alias_name = format!("lobby{version}");
-        let (status, created) = sam
-            .post(
-                "/createRoom",
+        let room = sam
+            .create_room(
                 json!({"preset": "public_chat", "room_version": version, "name": "theirs",
                        "room_alias_name": alias_name}),
             )
             .await;
-        assert_eq!(status, 200, "{created}");
-        let room = created["room_id"].as_str().unwrap().to_owned();
         let (status, _) = sam
             .put(
                 &format!("/rooms/{}/send/m.room.message/before", enc(&room)),
@@ -453,14 +445,9 @@ async fn we_invite_a_synapse_user_who_joins() {
     let synapse = Synapse::start(&cluster.ca).await.unwrap();
     let alice = User::register(ours, "alice").await.unwrap();
     let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
-    let (status, created) = alice
-        .post(
-            "/createRoom",
-            json!({"preset": "private_chat", "name": "just us", "is_direct": true}),
-        )
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "just us", "is_direct": true}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
     let (status, body) = alice
         .post(
             &format!("/rooms/{}/invite", enc(&room)),
@@ -578,14 +565,9 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
     assert_eq!(member["membership"], "leave", "{member}");
 
     // Invited by /invite to a v11 room, she accepts with a join that names no server.
-    let (status, created) = sam
-        .post(
-            "/createRoom",
-            json!({"preset": "private_chat", "room_version": "11", "name": "second"}),
-        )
+    let room = sam
+        .create_room(json!({"preset": "private_chat", "room_version": "11", "name": "second"}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
     let (status, body) = sam
         .post(
             &format!("/rooms/{}/invite", enc(&room)),
@@ -676,14 +658,9 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
     }
 
     // Our createRoom invites Synapse's user, who rejects it through us.
-    let (status, created) = alice
-        .post(
-            "/createRoom",
-            json!({"preset": "private_chat", "name": "alice's", "invite": [sam.user_id]}),
-        )
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "alice's", "invite": [sam.user_id]}))
         .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
     let invite = sync_shows(&sam, "invite", &room, &synapse).await;
     assert!(has_name(&invite, "invite_state", "alice's"), "{invite}");
     let (status, body) = sam
@@ -699,23 +676,17 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
     // Knocks both ways, each let in with an invite.
     let knock_rule = json!([{"type": "m.room.join_rules", "state_key": "",
                              "content": {"join_rule": "knock"}}]);
-    let (status, created) = alice
-        .post(
-            "/createRoom",
+    let our_room = alice
+        .create_room(
             json!({"preset": "private_chat", "name": "our door", "initial_state": knock_rule}),
         )
         .await;
-    assert_eq!(status, 200, "{created}");
-    let our_room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, created) = sam
-        .post(
-            "/createRoom",
+    let their_room = sam
+        .create_room(
             json!({"preset": "private_chat", "room_version": "12", "name": "their door",
                    "initial_state": knock_rule}),
         )
         .await;
-    assert_eq!(status, 200, "{created}");
-    let their_room = created["room_id"].as_str().unwrap().to_owned();
     for (knocker, host, room, door, via) in [
         (&sam, &alice, &our_room, "our door", ours.name().to_owned()),
         (

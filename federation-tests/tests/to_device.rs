@@ -176,18 +176,8 @@ async fn presence_goes_to_servers_sharing_a_room() {
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
-    let (status, created) = alice
-        .post("/createRoom", json!({"preset": "public_chat"}))
-        .await;
-    assert_eq!(status, 200, "{created}");
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, body) = bob
-        .post(
-            &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&room, a.name()).await;
     let (status, body) = alice
         .put(
             &format!("/presence/{}/status", enc(&alice.user_id)),
