@@ -222,7 +222,7 @@ impl Rooms {
             Ok(id) => id,
             Err(e) => return dropped(format!("no event id: {e:?}")),
         };
-        if !self.server_allowed(&room_id, origin)? {
+        if !self.server_allowed_in(&room, origin)? {
             let reason = format!("the server ACL of room {room_id} denies {origin}");
             return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
         }

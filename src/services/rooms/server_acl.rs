@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::event_store::Room;
 use super::Rooms;
 use crate::core::server_acl::ServerAcl;
 use crate::error::{MatrixError, MatrixResult};
@@ -35,11 +36,22 @@ impl Rooms {
         }
     }
 
+    /// [`Rooms::server_allowed`] for a room the caller has read already (the receive path,
+    /// once per PDU: no second read of the room).
+    pub(super) fn server_allowed_in(&self, room: &Room, server: &str) -> MatrixResult<bool> {
+        Ok(self
+            .server_acl_at(&room.record.room_id, room.record.state)?
+            .is_none_or(|acl| acl.allows(server)))
+    }
+
     fn server_acl(&self, room_id: &str) -> MatrixResult<Option<Arc<ServerAcl>>> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(None);
         };
-        let snapshot = room.record.state;
+        self.server_acl_at(room_id, room.record.state)
+    }
+
+    fn server_acl_at(&self, room_id: &str, snapshot: u64) -> MatrixResult<Option<Arc<ServerAcl>>> {
         let cached = self.cached_acls().get(room_id).cloned();
         if let Some((at, _, acl)) = &cached {
             if *at == snapshot {

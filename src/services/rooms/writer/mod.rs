@@ -525,10 +525,10 @@ fn process_job(
             };
         }
         JobStart::Build => {
-            if head.is_none() {
-                *head = Some(RoomHead::load(&ctx.store, room_id)?);
-            }
-            let current = head.as_mut().expect("loaded above");
+            let current = match head {
+                Some(current) => current,
+                None => head.insert(RoomHead::load(&ctx.store, room_id)?),
+            };
             let draft = drafts
                 .into_iter()
                 .next()
