@@ -343,6 +343,28 @@ impl User {
         );
     }
 
+    /// Pages back through `room` with `/messages` (`limit` a page) until there is no
+    /// `end` (each page must answer 200); answers every event, newest first, and the
+    /// number of pages.
+    pub async fn page_back(&self, room: &str, limit: usize) -> (Vec<serde_json::Value>, usize) {
+        let mut events = Vec::new();
+        let mut from: Option<String> = None;
+        for pages in 1..=100 {
+            let mut path = format!("/rooms/{}/messages?dir=b&limit={limit}", enc(room));
+            if let Some(token) = &from {
+                path.push_str(&format!("&from={}", enc(token)));
+            }
+            let (status, page) = self.get(&path).await;
+            assert_eq!(status, 200, "{}: {path}: {page}", self.user_id);
+            events.extend(page["chunk"].as_array().into_iter().flatten().cloned());
+            match page["end"].as_str() {
+                Some(end) => from = Some(end.to_owned()),
+                None => return (events, pages),
+            }
+        }
+        panic!("{}: paging back through {room} did not end", self.user_id);
+    }
+
     /// Follows `/sync` (a full one first, then incremental ones) until an answer
     /// satisfies `check`, or 30 s pass; answers that body.
     pub async fn sync_until(

@@ -1,7 +1,8 @@
 //! Rooms shared with a real Synapse (1.163.2 from PyPI): a Synapse user joins a room on
 //! ourwhats (`make_join`/`send_join` answered here), and messages and state go both ways
 //! (our events through our federation sender, Synapse's through `/send` and the receipt
-//! checks). Rooms of version 10, 11 and 12.
+//! checks), and history before a join backfilled both ways. Rooms of version 10, 11 and
+//! 12.
 
 use std::time::{Duration, Instant};
 
@@ -359,6 +360,19 @@ async fn we_join_a_synapse_room_and_both_talk() {
             )
             .await;
         assert_eq!(status, 200);
+        if version == "12" {
+            // History longer than one backfill: the later backfills start from events
+            // whose prev events we lack, and ask Synapse for the state there.
+            for n in 0..15 {
+                let (status, _) = sam
+                    .put(
+                        &format!("/rooms/{}/send/m.room.message/more{n}", enc(&room)),
+                        json!({"msgtype": "m.text", "body": format!("more {n}")}),
+                    )
+                    .await;
+                assert_eq!(status, 200);
+            }
+        }
 
         // Through the alias (v10) or by id with `via` (v11, v12).
         let target = if version == "10" {
@@ -395,6 +409,28 @@ async fn we_join_a_synapse_room_and_both_talk() {
             .await;
         assert_eq!(status, 200, "{members}");
         assert!(members["joined"].get(&sam.user_id).is_some(), "{members}");
+
+        // What Synapse's room held before our join is backfilled from Synapse as our user
+        // pages back, down to the room's creation.
+        let (history, _) = alice.page_back(&room, 3).await;
+        let before = history
+            .iter()
+            .position(|e| e["content"]["body"] == "before the join");
+        let create = history.iter().position(|e| e["type"] == "m.room.create");
+        assert!(
+            matches!((before, create), (Some(b), Some(c)) if b < c && c == history.len() - 1),
+            "v{version}: {history:?}\n{}",
+            synapse.log_tail()
+        );
+        let more: Vec<&str> = history
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .filter(|b| b.starts_with("more "))
+            .collect();
+        let expected: Vec<String> = (0..15).rev().map(|n| format!("more {n}")).collect();
+        if version == "12" {
+            assert_eq!(more, expected, "v{version}");
+        }
 
         // Synapse's message to us, then ours to Synapse.
         let (status, sent) = sam

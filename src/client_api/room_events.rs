@@ -93,15 +93,34 @@ pub async fn messages(
         user_id: session.user_id.as_str(),
         device_id: &session.device_id,
     };
-    let page = services.rooms.messages(
-        viewer,
-        &room_id,
-        params.from.as_deref(),
-        params.to.as_deref(),
-        dir,
-        limit,
-        &filter,
-    )?;
+    let read = || {
+        services.rooms.messages(
+            viewer,
+            &room_id,
+            params.from.as_deref(),
+            params.to.as_deref(),
+            dir,
+            limit,
+            &filter,
+        )
+    };
+    let mut page = read()?;
+    if dir == Direction::Backward && page.end.is_none() && params.to.is_none() {
+        // The start of what we hold: the room's past may be on other servers.
+        match services
+            .federation
+            .backfill(
+                &services.rooms,
+                &room_id,
+                limit.saturating_sub(page.chunk.len()).max(10),
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(_) => page = read()?,
+            Err(e) => tracing::info!(room = %room_id, error = %e.message, "backfill failed"),
+        }
+    }
     let mut out = json!({ "start": page.start, "chunk": page.chunk });
     if let Some(end) = page.end {
         out["end"] = json!(end);

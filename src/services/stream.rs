@@ -12,8 +12,15 @@
 //! Positions survive restarts: allocation reserves blocks and persists the block's ceiling
 //! before handing out a position from it, so a token held by a client is always below the
 //! first position handed out after a restart (in-memory changes such as typing included).
+//!
+//! Live positions start above [`HISTORY_SPACE`]. The positions below it are for a room's
+//! past fetched from other servers (backfill), handed out downwards in blocks
+//! ([`StreamPositions::reserve_history`]): history sorts before every event a room already
+//! holds, and is never news to a syncing client. A database from before this split keeps
+//! its old live positions; the history space stops above them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -22,6 +29,13 @@ use crate::storage::{keys, Db, StorageError, Table};
 /// Positions reserved per persisted ceiling.
 const RESERVE: u64 = 4096;
 const CEILING_KEY: &[u8] = b"stream_ceiling";
+/// Live positions are above this one; history positions below it.
+pub const HISTORY_SPACE: u64 = 1 << 40;
+/// The highest history position not handed out yet.
+const HISTORY_NEXT_KEY: &[u8] = b"history_next";
+/// History positions stay above this one (the live positions of a database from before
+/// the split).
+const HISTORY_FLOOR_KEY: &[u8] = b"history_floor";
 
 /// One write of [`StreamPositions::write_at_new_position`]: table, key, and the value
 /// (`None` deletes).
@@ -97,6 +111,8 @@ struct Inner {
 pub struct StreamPositions {
     db: Arc<Db>,
     inner: Mutex<Inner>,
+    /// `(next, floor)` of the history space.
+    history: Mutex<(u64, u64)>,
     watermark: AtomicU64,
     subscriber: OnceLock<Arc<dyn StreamSubscriber>>,
 }
@@ -134,13 +150,29 @@ impl StreamPositions {
     /// Opens the stream: the next position is past both the persisted ceiling and
     /// `last_used` (the highest position any table holds).
     pub fn open(db: Arc<Db>, last_used: u64) -> Result<Arc<Self>, StorageError> {
-        let ceiling = db
-            .get(Table::Meta, CEILING_KEY)?
-            .and_then(|v| keys::read_u64(&v))
-            .unwrap_or(0);
-        let start = ceiling.max(last_used) + 1;
+        let read = |key: &[u8]| -> Result<Option<u64>, StorageError> {
+            Ok(db.get(Table::Meta, key)?.and_then(|v| keys::read_u64(&v)))
+        };
+        let ceiling = read(CEILING_KEY)?.unwrap_or(0);
+        let used = ceiling.max(last_used);
+        let history = match (read(HISTORY_NEXT_KEY)?, read(HISTORY_FLOOR_KEY)?) {
+            (Some(next), Some(floor)) => (next, floor),
+            _ => {
+                // The first start with a history space: what is used so far stays below
+                // its floor.
+                let floor = used.min(HISTORY_SPACE - 1);
+                let next = HISTORY_SPACE - 1;
+                let mut batch = db.batch();
+                batch.put(Table::Meta, HISTORY_NEXT_KEY, next.to_be_bytes());
+                batch.put(Table::Meta, HISTORY_FLOOR_KEY, floor.to_be_bytes());
+                db.commit_blocking(batch)?;
+                (next, floor)
+            }
+        };
+        let start = used.max(HISTORY_SPACE) + 1;
         Ok(Arc::new(Self {
             db,
+            history: Mutex::new(history),
             inner: Mutex::new(Inner {
                 next: start,
                 ceiling: start - 1,
@@ -212,6 +244,33 @@ impl StreamPositions {
         .map_err(|e| StorageError::new(format!("write task failed: {e}")))?
     }
 
+    /// `n` history positions, ascending, below every history position handed out before
+    /// (so below every event of every room that was placed with one, and below every live
+    /// position); `None` once the history space is used up.
+    pub fn reserve_history(&self, n: u64) -> Result<Option<RangeInclusive<u64>>, StorageError> {
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        let (next, floor) = *history;
+        if n == 0 || next < floor.saturating_add(n) {
+            return Ok(None);
+        }
+        let block = next - n + 1..=next;
+        let mut batch = self.db.batch();
+        batch.put(Table::Meta, HISTORY_NEXT_KEY, (next - n).to_be_bytes());
+        // Not synced on its own: the events placed at these positions are written (and
+        // synced) after it, and a write-ahead log keeps its order.
+        self.db.write_relaxed(batch)?;
+        history.0 = next - n;
+        Ok(Some(block))
+    }
+
+    /// History positions are all above this one.
+    pub fn history_floor(&self) -> u64 {
+        self.history
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+    }
+
     /// Allocates and commits at once: for changes with nothing to write (typing).
     pub fn commit_now(self: &Arc<Self>, change: StreamChange) -> Result<u64, StorageError> {
         let ticket = self.allocate()?;
@@ -279,15 +338,16 @@ mod tests {
         let a = stream.allocate().unwrap();
         let b = stream.allocate().unwrap();
         let c = stream.allocate().unwrap();
-        assert_eq!((a.pos(), b.pos(), c.pos()), (1, 2, 3));
+        let base = HISTORY_SPACE;
+        assert_eq!((a.pos(), b.pos(), c.pos()), (base + 1, base + 2, base + 3));
         c.commit(change());
-        assert_eq!(stream.watermark(), 0);
+        assert_eq!(stream.watermark(), base);
         drop(b);
-        assert_eq!(stream.watermark(), 0);
+        assert_eq!(stream.watermark(), base);
         assert!(recorder.0.lock().unwrap().is_empty());
         a.commit(change());
-        assert_eq!(stream.watermark(), 3);
-        assert_eq!(*recorder.0.lock().unwrap(), vec![1, 3]);
+        assert_eq!(stream.watermark(), base + 3);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![base + 1, base + 3]);
     }
 
     #[test]
@@ -304,5 +364,38 @@ mod tests {
             assert_eq!(stream.watermark(), pos);
             last = pos;
         }
+    }
+
+    #[test]
+    fn history_blocks_go_downwards_below_live_positions_and_survive_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
+        let live = stream.allocate().unwrap().pos();
+        let first = stream.reserve_history(3).unwrap().unwrap();
+        assert_eq!(first, HISTORY_SPACE - 3..=HISTORY_SPACE - 1);
+        assert!(*first.end() < live);
+        let second = stream.reserve_history(2).unwrap().unwrap();
+        assert_eq!(*second.end() + 1, *first.start());
+        assert_eq!(stream.reserve_history(0).unwrap(), None);
+        drop(stream);
+        let stream = StreamPositions::open(db, 0).unwrap();
+        let third = stream.reserve_history(1).unwrap().unwrap();
+        assert_eq!(*third.end() + 1, *second.start());
+    }
+
+    #[test]
+    fn a_database_from_before_the_history_space_keeps_its_old_positions_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        // Live positions up to 1000 were used before the split; history can go down to
+        // 1001 and no further.
+        let stream = StreamPositions::open(db, 1000).unwrap();
+        assert!(stream.allocate().unwrap().pos() > HISTORY_SPACE);
+        let all = HISTORY_SPACE - 1 - 1000;
+        assert_eq!(stream.reserve_history(all + 1).unwrap(), None);
+        let block = stream.reserve_history(all).unwrap().unwrap();
+        assert_eq!(*block.start(), 1001);
+        assert_eq!(stream.reserve_history(1).unwrap(), None);
     }
 }

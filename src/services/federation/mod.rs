@@ -1,5 +1,6 @@
 //! Federation: talking to other servers.
 //!
+//! - [`backfilling`]: a room's past, fetched for clients paging back;
 //! - [`client`]: outbound HTTPS requests, signed with our key;
 //! - [`discovery`]: where a server name is reached, and the guarded DNS resolver;
 //! - [`ip_guard`]: which addresses outbound requests may reach;
@@ -14,6 +15,7 @@
 //!
 //! Owns the tables `servername_keydocument` and `servername_destination`.
 
+pub mod backfilling;
 pub mod client;
 pub mod discovery;
 pub mod inviting;

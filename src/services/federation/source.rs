@@ -2,8 +2,9 @@
 //! key ring, missing events from the server that sent the PDU.
 //!
 //! Spec: server-server API, "Retrieving events" (`GET /_matrix/federation/v1/event/{eventId}`
-//! answers a transaction holding the one PDU) and "Retrieving missing events" (`POST
-//! /_matrix/federation/v1/get_missing_events/{roomId}`).
+//! answers a transaction holding the one PDU), "Retrieving missing events" (`POST
+//! /_matrix/federation/v1/get_missing_events/{roomId}`) and the state at an event (`GET
+//! /_matrix/federation/v1/state_ids/{roomId}`).
 
 use std::collections::HashMap;
 
@@ -67,6 +68,37 @@ impl MissingSource for FromOrigin<'_> {
                 Err(e) => {
                     tracing::info!(origin = %self.origin, room = %room_id, error = %e, "cannot fetch the events of a gap");
                     Vec::new()
+                }
+            }
+        })
+    }
+
+    fn state_ids<'a>(
+        &'a self,
+        room_id: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async move {
+            let path = format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                crate::core::url::encode(room_id),
+                crate::core::url::encode(event_id)
+            );
+            match self
+                .federation
+                .client
+                .request(&self.origin, Method::GET, &path, None)
+                .await
+            {
+                Ok(answer) => {
+                    let ids = answer.get("pdu_ids").and_then(Value::as_array)?;
+                    ids.iter()
+                        .map(|id| id.as_str().map(str::to_owned))
+                        .collect()
+                }
+                Err(e) => {
+                    tracing::info!(origin = %self.origin, room = %room_id, event = %event_id, error = %e, "cannot fetch the state at an event");
+                    None
                 }
             }
         })

@@ -100,6 +100,10 @@ fn thread_root(pdu: &Value) -> Option<&str> {
 
 impl NewEventHook for Push {
     fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()> {
+        if event.historical {
+            // History fetched from other servers is not news to anyone.
+            return Ok(());
+        }
         let sender = event
             .pdu
             .get("sender")

@@ -4,8 +4,8 @@
 //! - [`state_store`]: interned short ids and layered state snapshots;
 //! - [`event_store`]: reading rooms, events, timelines and memberships;
 //! - [`writer`]: the write path, one writer task per room;
-//! - [`receive`]: events other servers made (the receipt checks), and [`resolution`]: state
-//!   resolution over stored snapshots;
+//! - [`receive`]: events other servers made (the receipt checks), [`backfill`]: the room's
+//!   past fetched from them, and [`resolution`]: state resolution over stored snapshots;
 //! - [`create`], [`membership`], [`sending`]: what clients ask the graph to do;
 //! - [`history`], [`members`], [`relations`], [`aliases`]: what clients read;
 //! - [`visibility`], [`guests`], [`filter`], [`client_event`], [`tokens`]: the rules and formats
@@ -19,6 +19,7 @@
 
 pub mod aggregates;
 pub mod aliases;
+pub mod backfill;
 pub mod client_event;
 pub mod create;
 pub mod event_store;

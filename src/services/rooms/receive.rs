@@ -63,6 +63,28 @@ pub trait MissingSource: Send + Sync {
         let _ = (room_id, earliest, latest, limit);
         Box::pin(async { Vec::new() })
     }
+
+    /// The ids of the state events of `room_id` before `event_id`, as `/state_ids`
+    /// answers them (`pdu_ids`); `None` when the source cannot tell.
+    fn state_ids<'a>(
+        &'a self,
+        room_id: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Option<Vec<String>>> {
+        let _ = (room_id, event_id);
+        Box::pin(async { None })
+    }
+}
+
+/// What an offered PDU is to become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// A live event: its missing prev events are fetched first.
+    Live,
+    /// Held for its own sake (an auth or state event of another).
+    Outlier,
+    /// Of the room's past (backfill): placed by the caller, prev events not fetched.
+    History,
 }
 
 /// Events one `/get_missing_events` asks for at most (as Synapse does).
@@ -75,16 +97,16 @@ enum Answered {
 }
 
 /// How many events may still be fetched for the PDU being received.
-struct Budget(usize);
+pub(super) struct Budget(pub(super) usize);
 
 /// A PDU that passed checks 1 to 3, ready for its room's writer.
-struct Prepared {
-    room_id: String,
-    event: RemoteEvent,
+pub(super) struct Prepared {
+    pub(super) room_id: String,
+    pub(super) event: RemoteEvent,
 }
 
 /// What the checks before the writer decided: go on, or this outcome.
-enum Prepare {
+pub(super) enum Prepare {
     Ready(Box<Prepared>),
     Done(Option<String>, PduOutcome),
 }
@@ -100,7 +122,7 @@ impl Rooms {
         source: &dyn MissingSource,
     ) -> MatrixResult<(Option<String>, PduOutcome)> {
         let mut budget = Budget(FETCH_BUDGET);
-        self.receive_one(origin, pdu, false, source, &mut budget)
+        self.receive_one(origin, pdu, Kind::Live, source, &mut budget)
             .await
     }
 
@@ -116,7 +138,7 @@ impl Rooms {
         let mut budget = Budget(FETCH_BUDGET);
         let none = HashSet::new();
         match self
-            .prepare(origin, pdu, false, (source, &mut budget), &none)
+            .prepare(origin, pdu, Kind::Live, (source, &mut budget), &none)
             .await?
         {
             Prepare::Done(id, outcome) => Ok((id, outcome)),
@@ -145,7 +167,7 @@ impl Rooms {
         // next overlaps with writing this one; the writers answer after their fsyncs.
         for pdu in pdus {
             let step = self
-                .prepare(origin, pdu, false, (source, &mut budget), &in_batch)
+                .prepare(origin, pdu, Kind::Live, (source, &mut budget), &in_batch)
                 .await;
             answers.push(match step {
                 Err(e) => Answered::Now(Err(e)),
@@ -174,14 +196,14 @@ impl Rooms {
         &'a self,
         origin: &'a str,
         pdu: Value,
-        outlier: bool,
+        kind: Kind,
         source: &'a dyn MissingSource,
         budget: &'a mut Budget,
     ) -> BoxFuture<'a, MatrixResult<(Option<String>, PduOutcome)>> {
         Box::pin(async move {
             let none = HashSet::new();
             match self
-                .prepare(origin, pdu, outlier, (source, budget), &none)
+                .prepare(origin, pdu, kind, (source, budget), &none)
                 .await?
             {
                 Prepare::Done(id, outcome) => Ok((id, outcome)),
@@ -195,19 +217,18 @@ impl Rooms {
     }
 
     /// Checks 1 to 3, and fetching what the room lacks (but `in_batch`).
-    async fn prepare(
+    pub(super) async fn prepare(
         &self,
         origin: &str,
         pdu: Value,
-        outlier: bool,
+        kind: Kind,
         (source, budget): (&dyn MissingSource, &mut Budget),
         in_batch: &HashSet<String>,
     ) -> MatrixResult<Prepare> {
         let dropped = |reason: String| Ok(Prepare::Done(None, PduOutcome::Dropped(reason)));
-        let Some(room_id) = pdu.get("room_id").and_then(Value::as_str) else {
+        let Some(room_id) = room_of(&pdu) else {
             return dropped("the PDU has no room_id".into());
         };
-        let room_id = room_id.to_owned();
         let Some(room) = self.store.room(&room_id)?.filter(|r| r.record.state != 0) else {
             // No record, or one with no state yet (a join through another server that
             // did not complete).
@@ -230,7 +251,7 @@ impl Rooms {
             let status = super::graph::record(&self.store, short)?.map(|r| r.status);
             let again = match status {
                 Some(super::graph::EventStatus::OutOfBand) => true,
-                Some(super::graph::EventStatus::Outlier) => !outlier,
+                Some(super::graph::EventStatus::Outlier) => kind != Kind::Outlier,
                 _ => false,
             };
             if !again {
@@ -267,7 +288,7 @@ impl Rooms {
         };
         // Prev events first: one that is also an auth event then gets its timeline
         // place rather than being held as an outlier.
-        if !outlier {
+        if kind == Kind::Live {
             let mut missing_prev = unknown("prev_events")?;
             if !missing_prev.is_empty() && budget.0 > 0 {
                 // A gap: what lies between our forward extremities and this event, in
@@ -276,12 +297,19 @@ impl Rooms {
                     .await?;
                 missing_prev = unknown("prev_events")?;
             }
-            self.fetch_and_receive(origin, &room_id, &missing_prev, false, source, budget)
+            self.fetch_and_receive(origin, &room_id, &missing_prev, Kind::Live, source, budget)
                 .await?;
         }
         let missing_auth = unknown("auth_events")?;
-        self.fetch_and_receive(origin, &room_id, &missing_auth, true, source, budget)
-            .await?;
+        self.fetch_and_receive(
+            origin,
+            &room_id,
+            &missing_auth,
+            Kind::Outlier,
+            source,
+            budget,
+        )
+        .await?;
 
         Ok(Prepare::Ready(Box::new(Prepared {
             room_id,
@@ -289,9 +317,10 @@ impl Rooms {
                 event_id,
                 pdu,
                 signed_by,
-                outlier,
+                outlier: kind == Kind::Outlier,
                 forward: false,
                 given_state: None,
+                history_pos: None,
             },
         })))
     }
@@ -323,7 +352,7 @@ impl Rooms {
         fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
         for pdu in fetched {
             let (id, outcome) =
-                Box::pin(self.receive_one(origin, pdu, false, source, budget)).await?;
+                Box::pin(self.receive_one(origin, pdu, Kind::Live, source, budget)).await?;
             tracing::debug!(%origin, event = ?id, ?outcome, "an event of a gap received");
         }
         Ok(())
@@ -331,12 +360,12 @@ impl Rooms {
 
     /// Fetches `ids` through `source` (within the budget) and receives each, as outliers
     /// or as timeline events; events the source does not give stay missing.
-    async fn fetch_and_receive(
+    pub(super) async fn fetch_and_receive(
         &self,
         origin: &str,
         room_id: &str,
         ids: &[String],
-        outlier: bool,
+        kind: Kind,
         source: &dyn MissingSource,
         budget: &mut Budget,
     ) -> MatrixResult<()> {
@@ -355,7 +384,7 @@ impl Rooms {
         fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
         for pdu in fetched {
             let (id, outcome) =
-                Box::pin(self.receive_one(origin, pdu, outlier, source, budget)).await?;
+                Box::pin(self.receive_one(origin, pdu, kind, source, budget)).await?;
             if let Some(id) = id.filter(|id| wanted.contains(id)) {
                 tracing::debug!(%origin, event = %id, ?outcome, "fetched event received");
             } else {
@@ -364,6 +393,26 @@ impl Rooms {
         }
         Ok(())
     }
+}
+
+/// The room of a PDU: its `room_id`, or for the create event of a room version whose
+/// room id is the create event's hash (v12), that hash.
+pub(super) fn room_of(pdu: &Value) -> Option<String> {
+    if let Some(room_id) = pdu.get("room_id").and_then(Value::as_str) {
+        return Some(room_id.to_owned());
+    }
+    if pdu.get("type").and_then(Value::as_str) != Some("m.room.create") {
+        return None;
+    }
+    let version = pdu
+        .get("content")
+        .and_then(|c| c.get("room_version"))
+        .and_then(Value::as_str)
+        .and_then(crate::core::RoomVersion::from_id)?;
+    if !version.room_id_is_create_event_hash() {
+        return None;
+    }
+    event_hashes::room_id_from_create_event(pdu, version).ok()
 }
 
 /// Check 2 with keys from `source`: the servers whose signatures verified (the sender's,

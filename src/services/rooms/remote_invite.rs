@@ -198,6 +198,7 @@ impl Rooms {
             outlier: false,
             forward: true,
             given_state: None,
+            history_pos: None,
         };
         match self.writers.receive(room_id, event).await? {
             PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),

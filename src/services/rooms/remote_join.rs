@@ -157,6 +157,7 @@ impl Rooms {
             outlier: true,
             forward: false,
             given_state: None,
+            history_pos: None,
         })
     }
 

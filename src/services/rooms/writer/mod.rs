@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
+mod backfilled;
 mod out_of_band;
 mod remote_event;
 mod remote_join;
@@ -193,6 +194,9 @@ pub struct NewEvent<'a> {
     pub notification_levels: Option<&'a serde_json::Map<String, Value>>,
     /// For a redaction that applies: the redacted event as it was before.
     pub redacted: Option<&'a StoredEvent>,
+    /// The event is of the room's past, fetched from another server (backfill): nobody
+    /// is notified of it.
+    pub historical: bool,
 }
 
 /// Called by the room writers for every event, with the event's batch, so that what it
@@ -1145,6 +1149,7 @@ fn run_hooks(
     head: &mut RoomHead,
     (pdu, short, pos): (&Value, ShortEventId, u64),
     redacted: Option<&StoredEvent>,
+    historical: bool,
     batch: &mut Batch<'_>,
 ) -> MatrixResult<()> {
     if ctx.hooks.is_empty() {
@@ -1173,6 +1178,7 @@ fn run_hooks(
         power_levels: &power_levels,
         notification_levels,
         redacted,
+        historical,
     };
     for hook in &ctx.hooks {
         hook.new_event(&event, batch)?;
@@ -1291,7 +1297,14 @@ fn write_event(
         head.short.to_be_bytes(),
         encode(&record),
     );
-    run_hooks(ctx, head, (pdu, short, pos), redacted.as_ref(), &mut batch)?;
+    run_hooks(
+        ctx,
+        head,
+        (pdu, short, pos),
+        redacted.as_ref(),
+        false,
+        &mut batch,
+    )?;
     // Our event goes to every other server in the room, and to a member event's
     // target's server (an invite, a kick).
     let mut destinations = head.remote_servers(store, &ctx.server_name)?.clone();

@@ -108,6 +108,7 @@ pub(super) fn write(
                 outlier: true,
                 forward: false,
                 given_state: None,
+                history_pos: None,
             };
             put_without_place(
                 &mut batch,

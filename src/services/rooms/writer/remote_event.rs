@@ -12,8 +12,9 @@
 //! 6. it passes them based on the current state of the room, otherwise it is
 //!    **soft-failed** (stored with its state, neither an extremity nor shown to clients).
 //!
-//! An accepted event gets a place at the end of the timeline (a live event; backfilled
-//! history is the federated rooms' issue), joins the forward extremities by the set rule,
+//! An accepted event gets a place at the end of the timeline (a live event; history
+//! fetched by backfill gets its place before the room's oldest event, in the writer's
+//! `backfilled` module), joins the forward extremities by the set rule,
 //! and the room's current state becomes the resolution of the states at the new
 //! extremities (just the state after the event when it names every extremity). An
 //! *outlier* (asked for as such: the auth chain of another event) passes check 4 and is
@@ -60,6 +61,10 @@ pub struct RemoteEvent {
     /// resident server): used instead of the state after its prev events, which we do
     /// not have, and the event is not held against our current state (which it makes).
     pub given_state: Option<(ShortStateHash, StateMap)>,
+    /// A history position (reserved by the caller, below the room's oldest event): the
+    /// event is of the room's past, fetched by backfill, and is placed there without
+    /// changing the room's present (see the writer's `backfilled` module).
+    pub history_pos: Option<u64>,
 }
 
 /// What became of a remote event.
@@ -104,6 +109,10 @@ pub(super) fn receive(
         if !again {
             return Ok(PduOutcome::AlreadyKnown);
         }
+    }
+    if event.history_pos.is_some() && !super::backfilled::fits(ctx, head)? {
+        let reason = "the room holds events from before the history space".to_owned();
+        return Ok(PduOutcome::Dropped(reason));
     }
     let version = head.version;
     let signed_by = |server: &str| event.signed_by.iter().any(|s| s == server);
@@ -277,6 +286,21 @@ pub(super) fn receive(
         None => state_before,
     };
 
+    if let Some(pos) = event.history_pos {
+        let before_map = before.map(head);
+        let history = super::backfilled::History {
+            before: state_before,
+            after: state_after,
+            replaces: own_key
+                .and_then(|k| before_map.get(&k).copied())
+                .unwrap_or(0),
+            restricted_before: history_restricted(store, before_map)?,
+            pos,
+        };
+        let event_ref = (short, &event.pdu, event.event_id.as_str());
+        return super::backfilled::place(ctx, head, event_ref, edges, batch, history);
+    }
+
     // Check 6: the room's current state.
     if state_before != head.record.state && !given {
         let current_shorts = auth_shorts_of(store, version, &event.pdu, &head.state)?;
@@ -314,6 +338,27 @@ pub(super) fn receive(
     };
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
     Ok(PduOutcome::Accepted)
+}
+
+/// Whether `state` holds a history visibility of `joined` or `invited`.
+fn history_restricted(store: &EventStore, state: &StateMap) -> MatrixResult<bool> {
+    let Some(key) = store
+        .state
+        .find_state_key("m.room.history_visibility", "")?
+    else {
+        return Ok(false);
+    };
+    let Some(&short) = state.get(&key) else {
+        return Ok(false);
+    };
+    let event = store.event(short)?;
+    Ok(matches!(
+        event
+            .content()
+            .get("history_visibility")
+            .and_then(Value::as_str),
+        Some("invited" | "joined")
+    ))
 }
 
 /// `(type, state_key)` of an event (`""` for a missing key).
@@ -676,7 +721,14 @@ fn accept(
         head.short.to_be_bytes(),
         encode(&record),
     );
-    run_hooks(ctx, head, (pdu, short, pos), redacted.as_ref(), &mut batch)?;
+    run_hooks(
+        ctx,
+        head,
+        (pdu, short, pos),
+        redacted.as_ref(),
+        false,
+        &mut batch,
+    )?;
     let mut destinations = BTreeSet::new();
     if event.forward {
         // The servers in the room before the event, but its own (the event is a
@@ -721,7 +773,7 @@ fn accept(
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
 /// its sender is of the same server as the redacted event's sender, or has the power to
 /// redact; otherwise it is kept without effect.
-fn may_redact(
+pub(super) fn may_redact(
     ctx: &WriterContext,
     head: &mut RoomHead,
     redaction: &Value,

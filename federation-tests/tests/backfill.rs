@@ -1,0 +1,166 @@
+//! A room's past that predates our join, fetched from the server that holds it when a
+//! client pages back past the oldest event we have (`/backfill`, `/state_ids`), between
+//! two real instances over TLS.
+
+use federation_tests::{enc, Cluster, User};
+use serde_json::{json, Value};
+
+fn bodies(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn history_from_before_our_join_is_backfilled_for_messages() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mut said = Vec::new();
+    for n in 0..25 {
+        if n == 12 {
+            let path = format!("/rooms/{}/state/m.room.topic/", enc(&room));
+            let (status, body) = alice.put(&path, json!({"topic": "halfway"})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let path = format!("/rooms/{}/send/m.room.message/old{n}", enc(&room));
+        let body = format!("old {n}");
+        let (status, sent) = alice
+            .put(&path, json!({"msgtype": "m.text", "body": body}))
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        said.push(body);
+    }
+    bob.join_via(&room, a.name()).await;
+    let joined = bob
+        .sync_until(|s| s["rooms"]["join"][&room].is_object())
+        .await
+        .expect("bob's sync shows the room");
+    let since = joined["next_batch"].as_str().unwrap().to_owned();
+
+    // Paging back from our join reaches the room's creation, every message once, in order.
+    let (events, pages) = bob.page_back(&room, 7).await;
+    assert!(pages > 4, "{pages} pages");
+    let mut expected = said.clone();
+    expected.reverse();
+    assert_eq!(bodies(&events), expected);
+    let ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["event_id"].as_str())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "no event twice");
+    assert_eq!(events.first().unwrap()["content"]["membership"], "join");
+    assert_eq!(events.last().unwrap()["type"], "m.room.create");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "halfway"),
+        "the topic change of the past is in the timeline"
+    );
+
+    // The same history read again comes from our own store, the same.
+    let (again, _) = bob.page_back(&room, 50).await;
+    assert_eq!(bodies(&again), expected);
+
+    // History is not news: an incremental sync does not bring it.
+    let (status, next) = bob
+        .get(&format!("/sync?timeout=0&since={}", enc(&since)))
+        .await;
+    assert_eq!(status, 200, "{next}");
+    let timeline = &next["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(
+        bodies(timeline.as_array().map_or(&[][..], |v| v)).is_empty(),
+        "{next}"
+    );
+    // Nor does it count as unread.
+    let (status, full) = bob.get("/sync?timeout=0").await;
+    assert_eq!(status, 200);
+    let counts = &full["rooms"]["join"][&room]["unread_notifications"];
+    assert_eq!(
+        counts["notification_count"].as_u64().unwrap_or(0),
+        0,
+        "{counts}"
+    );
+
+    // An event of the past has its context, and the state at it (the topic not yet set).
+    let old3 = events
+        .iter()
+        .find(|e| e["content"]["body"] == "old 3")
+        .unwrap();
+    let path = format!(
+        "/rooms/{}/context/{}?limit=4",
+        enc(&room),
+        enc(old3["event_id"].as_str().unwrap())
+    );
+    let (status, context) = bob.get(&path).await;
+    assert_eq!(status, 200, "{context}");
+    assert_eq!(
+        bodies(context["events_before"].as_array().unwrap()),
+        ["old 2", "old 1"]
+    );
+    assert_eq!(
+        bodies(context["events_after"].as_array().unwrap()),
+        ["old 4", "old 5"]
+    );
+
+    // Live talk goes on after it, and history stays before it.
+    let (status, sent) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/new", enc(&room)),
+            json!({"msgtype": "m.text", "body": "new"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    bob.sync_until(|s| {
+        s["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|e| e["content"]["body"] == "new"))
+    })
+    .await
+    .expect("the new message reaches bob");
+    let (status, page) = bob
+        .get(&format!("/rooms/{}/messages?dir=b&limit=3", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(bodies(page["chunk"].as_array().unwrap())[0], "new");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_shared_with_members_only_stays_hidden_after_a_backfill() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "joined"}
+            }]
+        }))
+        .await;
+    for n in 0..5 {
+        let path = format!("/rooms/{}/send/m.room.message/s{n}", enc(&room));
+        let (status, sent) = alice
+            .put(
+                &path,
+                json!({"msgtype": "m.text", "body": format!("secret {n}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+    }
+    bob.join_via(&room, a.name()).await;
+    let (events, _) = bob.page_back(&room, 10).await;
+    assert!(bodies(&events).is_empty(), "{events:?}");
+    assert_eq!(events.first().unwrap()["content"]["membership"], "join");
+    cluster.shutdown().await;
+}

@@ -1,0 +1,119 @@
+//! An event of a room's past, fetched from another server (backfill), inside its room's
+//! writer: it passed checks 4 and 5 like any remote event and gets a place before every
+//! event the room held, at a history position the caller reserved.
+//!
+//! Spec: server-server API, "Backfilling and retrieving missing events", and the client-server
+//! API's `/messages`, which reads the room's timeline in order. Unlike a live event, history
+//! changes nothing of the room's present: not its forward extremities, not its current state
+//! or membership records, and nobody is notified (no stream change, no push). Check 6 (the
+//! current state) does not apply to it, as Synapse does for backfilled events.
+
+use serde_json::Value;
+
+use super::remote_event::PduOutcome;
+use super::{
+    note_history_visibility, put_event, put_timeline_place, relation_of, Edges, RoomHead,
+    WriterContext,
+};
+use crate::core::pdu;
+use crate::error::MatrixResult;
+use crate::services::records::encode;
+use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
+use crate::services::rooms::records::EventMeta;
+use crate::services::rooms::state_store::{ShortEventId, ShortStateHash};
+use crate::storage::{Batch, Table};
+
+/// What the receive path knows of a historical event once checks 4 and 5 passed.
+pub(super) struct History {
+    /// The snapshot before it.
+    pub before: ShortStateHash,
+    /// The snapshot after it (written in its batch).
+    pub after: ShortStateHash,
+    /// The event its own state key held before it, for a state event.
+    pub replaces: ShortEventId,
+    /// The state before it has `joined` or `invited` history visibility.
+    pub restricted_before: bool,
+    /// Its history position.
+    pub pos: u64,
+}
+
+/// Whether the room of `head` can take history: none of its events is at a position
+/// from before the history space (an old database's). Then every history position handed
+/// out now is below all of its events, history placed earlier included.
+pub(super) fn fits(ctx: &WriterContext, head: &RoomHead) -> MatrixResult<bool> {
+    let floor = ctx.store.stream.history_floor();
+    Ok(ctx
+        .store
+        .timeline(head.short, 0, u64::MAX, false, 1)?
+        .first()
+        .is_none_or(|(first, _)| *first > floor))
+}
+
+/// Stores `event` as history of the room of `head`.
+pub(super) fn place(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    (short, pdu, event_id): (ShortEventId, &Value, &str),
+    edges: Edges,
+    mut batch: Batch<'_>,
+    history: History,
+) -> MatrixResult<PduOutcome> {
+    let store = &ctx.store;
+    let pos = history.pos;
+    let graph_record = GraphRecord {
+        depth: pdu.get("depth").and_then(Value::as_u64).unwrap_or(0),
+        prev: edges.prev,
+        auth: edges.auth,
+        status: EventStatus::Accepted,
+    };
+    graph::write(&mut batch, short, &graph_record);
+    let meta = EventMeta {
+        room: head.short,
+        pos,
+        state_before: history.before,
+        state_after: history.after,
+        replaces: history.replaces,
+        redacted_by: 0,
+    };
+    put_event(&mut batch, short, pdu, &meta);
+    put_timeline_place(&mut batch, head.short, pos, short, pdu);
+
+    if let Some((rel_type, parent_id)) = relation_of(pdu) {
+        let child = crate::services::rooms::aggregates::Child {
+            short,
+            event_id,
+            pdu,
+        };
+        super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
+    }
+    let mut redacted = None;
+    if let Some(target) = pdu::redaction_target(pdu) {
+        if super::remote_event::may_redact(ctx, head, pdu, target)? {
+            redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
+        }
+    }
+    // Readers check history visibility per event only in rooms that ever restricted it:
+    // history may be where the room did.
+    let mut record = head.record.clone();
+    record.visibility_restricted |= history.restricted_before;
+    note_history_visibility(&mut record, pdu);
+    if record.visibility_restricted != head.record.visibility_restricted {
+        batch.put(
+            Table::ShortroomidRoom,
+            head.short.to_be_bytes(),
+            encode(&record),
+        );
+    }
+    super::run_hooks(
+        ctx,
+        head,
+        (pdu, short, pos),
+        redacted.as_ref(),
+        true,
+        &mut batch,
+    )?;
+    store.db.write_relaxed(batch)?;
+    head.record = record;
+    tracing::debug!(event = %event_id, room = %head.record.room_id, pos, "history placed");
+    Ok(PduOutcome::Accepted)
+}
