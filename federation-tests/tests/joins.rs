@@ -888,3 +888,112 @@ async fn a_gap_is_asked_for_with_get_missing_events() {
     assert_eq!(events.len(), 2, "the limit is kept");
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn send_join_with_omit_members_answers_without_most_member_events() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let mut locals = Vec::new();
+    for n in 0..6 {
+        locals.push(User::register(a, &format!("local{n}")).await.unwrap());
+    }
+    // One room with a name, one without (its heroes' member events stay).
+    let named = alice
+        .create_room(json!({"preset": "public_chat", "name": "lobby"}))
+        .await;
+    let unnamed = alice.create_room(json!({"preset": "public_chat"})).await;
+    for user in &locals {
+        for room in [&named, &unnamed] {
+            let (status, body) = user.post(&format!("/join/{}", enc(room)), json!({})).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    let version = RoomVersion::V12;
+    for (n, room) in [&named, &unnamed].into_iter().enumerate() {
+        let bob = format!("@bob{n}:{}", b.name());
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+            enc(room),
+            enc(&bob)
+        );
+        let (status, answer) = ask(b, a, Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{answer}");
+        let (event_id, join) = sign_join(b, version, &answer["event"]);
+        let send_join = |query: &str| {
+            format!(
+                "/_matrix/federation/v2/send_join/{}/{}{query}",
+                enc(room),
+                enc(&event_id)
+            )
+        };
+        let (status, body) = ask(
+            b,
+            a,
+            Method::PUT,
+            &send_join("?omit_members=maybe"),
+            Some(join.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_INVALID_PARAM")),
+            "{body}"
+        );
+        let (status, full) = ask(b, a, Method::PUT, &send_join(""), Some(join.clone())).await;
+        assert_eq!(status, 200, "{full}");
+        assert_eq!(full["members_omitted"], false);
+        let (status, reduced) = ask(
+            b,
+            a,
+            Method::PUT,
+            &send_join("?omit_members=true"),
+            Some(join),
+        )
+        .await;
+        assert_eq!(status, 200, "{reduced}");
+        assert_eq!(reduced["members_omitted"], true, "{reduced}");
+        let members = |answer: &Value| -> Vec<String> {
+            answer["state"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "m.room.member")
+                .map(|e| e["state_key"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(members(&full).len(), 7, "{full}");
+        let kept = members(&reduced);
+        if room == &named {
+            assert!(kept.is_empty(), "a named room keeps no member: {kept:?}");
+        } else {
+            // The first five members: alice, then local0 to local3.
+            let mut expected = vec![alice.user_id.clone()];
+            expected.extend(locals[..4].iter().map(|u| u.user_id.clone()));
+            let mut kept = kept;
+            kept.sort();
+            expected.sort();
+            assert_eq!(kept, expected);
+        }
+        let others =
+            |answer: &Value| answer["state"].as_array().unwrap().len() - members(answer).len();
+        assert_eq!(
+            others(&full),
+            others(&reduced),
+            "every other state event stays"
+        );
+        // Nothing twice: what the state holds is not repeated in the auth chain.
+        let state_ids: Vec<String> = reduced["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| event_hashes::event_id(e, version).unwrap())
+            .collect();
+        for event in reduced["auth_chain"].as_array().unwrap() {
+            let id = event_hashes::event_id(event, version).unwrap();
+            assert!(!state_ids.contains(&id), "{id} in both");
+        }
+        assert_eq!(reduced["servers_in_room"], json!([a.name()]));
+    }
+    cluster.shutdown().await;
+}

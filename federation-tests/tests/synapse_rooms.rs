@@ -188,6 +188,23 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
             .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
             .await;
         assert_eq!(name["name"], "ours", "v{version}: Synapse has the state");
+        // Synapse joins with `omit_members` (a partial-state join: our answer leaves the
+        // member events out) and then resyncs the room's full state from us.
+        let started = Instant::now();
+        let resynced = format!("State resync complete for {room}");
+        while !synapse.log_contains(&resynced) && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(
+            synapse.log_contains(&resynced),
+            "v{version}: Synapse's state resync never ended\n{}",
+            synapse.log_tail()
+        );
+        let (status, members) = sam
+            .get(&format!("/rooms/{}/joined_members", enc(&room)))
+            .await;
+        assert_eq!(status, 200, "{members}");
+        assert!(members["joined"].get(&alice.user_id).is_some(), "{members}");
         // History from before the join (shared with members) reaches Synapse's client:
         // Synapse backfills it from us (our /backfill, under the visibility rules).
         let seen = wait_for_message(&sam, &room, &format!("history v{version}")).await;

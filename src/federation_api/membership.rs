@@ -89,13 +89,25 @@ fn source_of<'a, T>(services: &'a AppState, signed: &Signed<T>) -> FromOrigin<'a
     }
 }
 
-/// The signed join, received; answers the state before it and the auth chain.
+/// The signed join, received; answers the state before it and the auth chain, without
+/// most member events when the query says `omit_members=true`.
 pub async fn send_join_v2(
     State(services): State<AppState>,
     PathParams((room_id, event_id)): PathParams<(String, String)>,
+    RawQuery(query): RawQuery,
     signed: Signed<Value>,
 ) -> MatrixResult<Json<Value>> {
-    let answer = send_join(&services, &room_id, &event_id, signed).await?;
+    let omit = url::query_values(query.as_deref().unwrap_or(""), "omit_members");
+    let omit_members = match omit.last().map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(MatrixError::invalid_param(
+                "omit_members must be true or false",
+            ))
+        }
+    };
+    let answer = send_join(&services, (&room_id, &event_id), omit_members, signed).await?;
     Ok(Json(answer))
 }
 
@@ -105,14 +117,14 @@ pub async fn send_join_v1(
     PathParams((room_id, event_id)): PathParams<(String, String)>,
     signed: Signed<Value>,
 ) -> MatrixResult<Json<Value>> {
-    let answer = send_join(&services, &room_id, &event_id, signed).await?;
+    let answer = send_join(&services, (&room_id, &event_id), false, signed).await?;
     Ok(Json(json!([200, answer])))
 }
 
 async fn send_join(
     services: &AppState,
-    room_id: &str,
-    event_id: &str,
+    (room_id, event_id): (&str, &str),
+    omit_members: bool,
     signed: Signed<Value>,
 ) -> MatrixResult<Value> {
     let source = source_of(services, &signed);
@@ -122,6 +134,7 @@ async fn send_join(
             signed.origin.as_str(),
             (room_id, event_id),
             signed.body,
+            omit_members,
             &source,
         )
         .await?;

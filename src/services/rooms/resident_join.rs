@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
+use super::event_store::StoredEvent;
 use super::graph;
 use super::receive::{MissingSource, PduOutcome};
 use super::state_store::{ShortEventId, StateMap};
@@ -32,6 +33,9 @@ pub struct JoinAnswer {
     pub event: Option<Value>,
     /// Servers with joined members before the join.
     pub servers_in_room: Vec<String>,
+    /// Member events were left out of `state` (the joining server asked with
+    /// `omit_members`).
+    pub members_omitted: bool,
 }
 
 impl JoinAnswer {
@@ -40,7 +44,7 @@ impl JoinAnswer {
         let mut body = json!({
             "state": self.state,
             "auth_chain": self.auth_chain,
-            "members_omitted": false,
+            "members_omitted": self.members_omitted,
             "servers_in_room": self.servers_in_room,
         });
         if let Some(event) = &self.event {
@@ -149,11 +153,17 @@ impl Rooms {
 
     /// `send_join`: receives `pdu` (the join with id `event_id` that `origin` signed)
     /// and answers the state before it and the auth chain.
+    ///
+    /// With `omit_members` (spec v1.6, `send_join` v2) the state leaves out member
+    /// events but those of the room's heroes when it has neither a name nor a canonical
+    /// alias (the joining server's clients name the room after them), and the auth chain
+    /// leaves out what the state holds.
     pub async fn accept_remote_join(
         &self,
         origin: &str,
         (room_id, event_id): (&str, &str),
         pdu: Value,
+        omit_members: bool,
         source: &dyn MissingSource,
     ) -> MatrixResult<JoinAnswer> {
         let short = self
@@ -184,7 +194,13 @@ impl Rooms {
                 }
             }
         }
-        let mut roots = state_shorts;
+        let joining = kept.get("state_key").and_then(Value::as_str).unwrap_or("");
+        let state_events = if omit_members {
+            without_members(state_events, joining)
+        } else {
+            state_events
+        };
+        let mut roots: Vec<ShortEventId> = state_events.iter().map(|e| e.short).collect();
         roots.push(short);
         let mut chain = self.auth_chain(&roots)?;
         if version.room_id_is_create_event_hash() {
@@ -196,6 +212,10 @@ impl Rooms {
                 }
             }
         }
+        if omit_members {
+            let in_state: BTreeSet<ShortEventId> = state_events.iter().map(|e| e.short).collect();
+            chain.retain(|e| !in_state.contains(e));
+        }
         Ok(JoinAnswer {
             state: state_events.iter().map(|e| e.pdu().clone()).collect(),
             auth_chain: self
@@ -206,6 +226,7 @@ impl Rooms {
                 .collect(),
             event: signed_here.then_some(kept),
             servers_in_room: servers.into_iter().collect(),
+            members_omitted: omit_members,
         })
     }
 
@@ -469,6 +490,39 @@ impl Rooms {
             )
         })
     }
+}
+
+/// Heroes a room summary names at most (client-server API, `m.heroes`).
+const HEROES: usize = 5;
+
+/// `state` without its member events, but for a room with neither a name nor a canonical
+/// alias those of its heroes: the first [`HEROES`] joined or invited members other than
+/// `joining`, in the order they became members.
+fn without_members(state: Vec<StoredEvent>, joining: &str) -> Vec<StoredEvent> {
+    let named = state.iter().any(|e| {
+        (e.kind() == "m.room.name" && e.content().get("name").is_some())
+            || (e.kind() == "m.room.canonical_alias" && e.content().get("alias").is_some())
+    });
+    let mut heroes: Vec<(u64, ShortEventId)> = Vec::new();
+    if !named {
+        heroes = state
+            .iter()
+            .filter(|e| e.kind() == "m.room.member" && e.state_key() != Some(joining))
+            .filter(|e| {
+                matches!(
+                    e.content().get("membership").and_then(Value::as_str),
+                    Some("join" | "invite")
+                )
+            })
+            .map(|e| (e.meta.pos, e.short))
+            .collect();
+        heroes.sort_unstable();
+        heroes.truncate(HEROES);
+    }
+    state
+        .into_iter()
+        .filter(|e| e.kind() != "m.room.member" || heroes.iter().any(|(_, h)| *h == e.short))
+        .collect()
 }
 
 fn room_id_short(rooms: &Rooms, room_id: &str) -> MatrixResult<u64> {
