@@ -10,9 +10,12 @@
 //! many concurrent commits share one fsync (group commit) and none is acknowledged before
 //! it is on disk. Writes whose loss after a crash is harmless (e.g. a device's last-seen
 //! time) use [`Db::write_relaxed`], which skips the fsync but still goes through the WAL.
+//! The room writers write relaxed and then call [`Db::sync_wal`] once per drain; writers
+//! that call it while an fsync is under way share the next one ([`sync_gate`]).
 
 pub mod health;
 pub mod keys;
+pub mod sync_gate;
 pub mod tables;
 
 use std::path::Path;
@@ -122,6 +125,8 @@ pub struct Db {
     relaxed: WriteOptions,
     /// Whether writes go through, and their recovery (see [`health`]).
     health: Arc<health::WriteHealth>,
+    /// WAL syncs shared across writers ([`Db::sync_wal`]).
+    sync_gate: sync_gate::SyncGate,
 }
 
 impl Drop for Db {
@@ -230,6 +235,7 @@ impl Db {
             synced,
             relaxed,
             health: Arc::default(),
+            sync_gate: sync_gate::SyncGate::default(),
         });
         db.check_schema_version()?;
         health::WriteHealth::start_recovery(&db);
@@ -377,9 +383,11 @@ impl Db {
     }
 
     /// Makes every write so far durable (fsyncs the WAL): how a writer that issued several
-    /// [`Db::write_relaxed`] batches acknowledges them all with one fsync.
+    /// [`Db::write_relaxed`] batches acknowledges them all with one fsync. Writers that
+    /// ask while an fsync is under way share the next one ([`sync_gate`]).
     pub fn sync_wal(&self) -> StorageResult<()> {
-        self.written(self.db.flush_wal(true))
+        let result = self.sync_gate.sync(|| self.db.flush_wal(true));
+        self.written(result)
     }
 
     /// Every entry of `table` whose key starts with `prefix`, in key order.
