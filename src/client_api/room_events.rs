@@ -117,7 +117,13 @@ pub async fn messages(
             .await
         {
             Ok(0) => {}
-            Ok(_) => page = read()?,
+            Ok(_) => {
+                page = read()?;
+                if page.end.is_none() {
+                    // More may be had from the other servers: the client asks again.
+                    page.end = services.rooms.token_before_oldest(&room_id)?;
+                }
+            }
             Err(e) => tracing::info!(room = %room_id, error = %e.message, "backfill failed"),
         }
     }

@@ -6,6 +6,10 @@
 //! asked in turn until one answers events we can place; what the answer holds is checked
 //! and placed by the rooms service ([`crate::services::rooms::backfill`]).
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use reqwest::Method;
 use serde_json::Value;
 
@@ -18,24 +22,76 @@ use crate::services::rooms::Rooms;
 
 /// Servers asked per backfill at most.
 const SERVERS_ASKED: usize = 3;
+/// The wait after a backfill of a room that placed nothing, doubled each time since its
+/// last success, up to [`MAX_BACKOFF`] (as Synapse backs off per backward extremity).
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Rooms whose failed backfills are remembered at most (the map is emptied past this).
+const BACKOFF_ROOMS: usize = 10_000;
+
+/// Rooms whose last backfill placed nothing: `(failures in a row, not before)`.
+#[derive(Default)]
+pub struct BackfillBackoff(Mutex<HashMap<String, (u32, Instant)>>);
+
+impl BackfillBackoff {
+    fn waiting(&self, room_id: &str) -> bool {
+        let rooms = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        rooms
+            .get(room_id)
+            .is_some_and(|(_, until)| Instant::now() < *until)
+    }
+
+    fn record(&self, room_id: &str, placed: bool) {
+        let mut rooms = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if placed {
+            rooms.remove(room_id);
+            return;
+        }
+        if rooms.len() >= BACKOFF_ROOMS {
+            rooms.clear();
+        }
+        let failures = rooms.get(room_id).map_or(0, |(n, _)| *n);
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << failures.min(12))
+            .min(MAX_BACKOFF);
+        rooms.insert(room_id.to_owned(), (failures + 1, Instant::now() + wait));
+    }
+}
 
 impl Federation {
     /// Fetches up to `limit` events of `room_id`'s past, before the oldest we hold, from
     /// the other servers in the room; answers how many got a place. Nothing is asked
-    /// when the room's history is whole here.
+    /// when the room's history is whole here. After a backfill that placed nothing (no
+    /// server answered usable history), the room is not asked for again for a while.
     pub async fn backfill(
         &self,
         rooms: &Rooms,
         room_id: &str,
         limit: usize,
     ) -> MatrixResult<usize> {
+        if self.backfill_backoff.waiting(room_id) {
+            return Ok(0);
+        }
         let points = rooms.backfill_points(room_id)?;
         if points.is_empty() {
             return Ok(0);
         }
+        let placed = self.backfill_from(rooms, room_id, &points, limit).await;
+        self.backfill_backoff
+            .record(room_id, matches!(placed, Ok(n) if n > 0));
+        placed
+    }
+
+    async fn backfill_from(
+        &self,
+        rooms: &Rooms,
+        room_id: &str,
+        points: &[String],
+        limit: usize,
+    ) -> MatrixResult<usize> {
         let limit = limit.clamp(1, MAX_BACKFILL_EVENTS);
         let mut query = format!("limit={limit}");
-        for point in &points {
+        for point in points {
             query.push_str("&v=");
             query.push_str(&crate::core::url::encode(point));
         }
@@ -72,7 +128,7 @@ impl Federation {
                 origin: destination,
             };
             let placed = rooms
-                .receive_history(server, room_id, pdus, &source)
+                .receive_history(server, (room_id, points), pdus, &source)
                 .await?;
             tracing::debug!(room = %room_id, %server, placed, "backfilled");
             if placed > 0 {

@@ -54,6 +54,8 @@ pub struct Federation {
     outbox: Arc<Outbox>,
     /// Our signing key (for the events we make through other servers, such as joins).
     signing_key: Arc<SigningKeyPair>,
+    /// Rooms whose last backfill placed nothing, waiting before the next.
+    backfill_backoff: backfilling::BackfillBackoff,
 }
 
 impl Federation {
@@ -83,6 +85,7 @@ impl Federation {
             db,
             outbox,
             signing_key,
+            backfill_backoff: Default::default(),
         })
     }
 

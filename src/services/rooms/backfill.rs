@@ -43,6 +43,13 @@ impl Rooms {
         let oldest = self
             .store
             .timeline(room.short, 0, u64::MAX, false, OLDEST_LOOKED_AT)?;
+        if oldest
+            .first()
+            .is_some_and(|(first, _)| *first <= self.store.stream.history_floor())
+        {
+            // A room of a database from before the history space: no place for history.
+            return Ok(Vec::new());
+        }
         let shorts: Vec<u64> = oldest.iter().map(|(_, s)| *s).collect();
         let mut points = Vec::new();
         for event in self.store.events(&shorts)? {
@@ -66,13 +73,15 @@ impl Rooms {
         ))
     }
 
-    /// Takes in `pdus`, `origin`'s answer to our backfill of `room_id`: each event
-    /// checked and placed before the room's oldest, oldest first, fetching through
-    /// `source` what the checks lack. Answers how many events got a place.
+    /// Takes in `pdus`, `origin`'s answer to our backfill of `room_id` from `points`
+    /// (the `v` we asked with): each event checked and placed before the room's oldest,
+    /// oldest first, fetching through `source` what the checks lack. Only the points and
+    /// what they reach through the answer's `prev_events` are history: anything else in
+    /// the answer is left out. Answers how many events got a place.
     pub async fn receive_history(
         &self,
         origin: &str,
-        room_id: &str,
+        (room_id, points): (&str, &[String]),
         pdus: Vec<Value>,
         source: &dyn MissingSource,
     ) -> MatrixResult<usize> {
@@ -97,7 +106,7 @@ impl Rooms {
                 }
             }
         }
-        let events = oldest_first(prepared);
+        let events = oldest_first(reachable_from(points, prepared));
         let Some(block) = self.store.stream.reserve_history(events.len() as u64)? else {
             if !events.is_empty() {
                 tracing::warn!(room = %room_id, "no history position is left: backfilled events are not placed");
@@ -167,7 +176,7 @@ impl Rooms {
         }
         self.fetch_and_receive(origin, room_id, &lacking, Kind::Outlier, source, budget)
             .await?;
-        let mut changes = Vec::with_capacity(ids.len());
+        let mut map = StateMap::with_capacity(ids.len());
         for id in &ids {
             let Some(short) = self.store.state.find_event(id)? else {
                 return Ok(None);
@@ -186,17 +195,41 @@ impl Rooms {
                 return Ok(None);
             }
             let key = self.store.state.state_key(event.kind(), state_key)?;
-            changes.push((key, Some(short)));
+            if map.insert(key, short).is_some_and(|other| other != short) {
+                tracing::info!(%origin, event = %event_id, "the state before a backfilled event names two events for one key");
+                return Ok(None);
+            }
         }
+        let changes: Vec<_> = map
+            .iter()
+            .map(|(key, short)| (*key, Some(*short)))
+            .collect();
         let mut batch = self.store.db.batch();
         let snapshot = self.store.state.save(None, &changes, &mut batch)?;
         self.store.db.write_relaxed(batch)?;
-        let map: StateMap = changes
-            .iter()
-            .filter_map(|(key, short)| short.map(|s| (*key, s)))
-            .collect::<HashMap<_, _>>();
         Ok(Some((snapshot, map)))
     }
+}
+
+/// The events among `events` that are `points` or reached from them through the
+/// `prev_events` of events among them.
+fn reachable_from(points: &[String], events: Vec<RemoteEvent>) -> Vec<RemoteEvent> {
+    let by_id: HashMap<&str, &RemoteEvent> =
+        events.iter().map(|e| (e.event_id.as_str(), e)).collect();
+    let mut reached: HashSet<String> = HashSet::new();
+    let mut todo: Vec<&str> = points.iter().map(String::as_str).collect();
+    while let Some(id) = todo.pop() {
+        let Some(event) = by_id.get(id) else {
+            continue;
+        };
+        if reached.insert(id.to_owned()) {
+            todo.extend(pdu::event_ids(&event.pdu, "prev_events"));
+        }
+    }
+    events
+        .into_iter()
+        .filter(|e| reached.contains(&e.event_id))
+        .collect()
 }
 
 /// The events in an order where each comes after those of its prev events that are
@@ -261,6 +294,23 @@ mod tests {
             given_state: None,
             history_pos: None,
         }
+    }
+
+    #[test]
+    fn only_what_the_points_reach_is_history() {
+        let events = vec![
+            event("$b", 2, &["$a"]),
+            event("$a", 1, &[]),
+            // Not reached from the point: slipped in by the answering server.
+            event("$later", 9, &["$b"]),
+            event("$elsewhere", 1, &[]),
+        ];
+        let mut ids: Vec<String> = reachable_from(&["$b".to_owned()], events)
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["$a", "$b"]);
     }
 
     #[test]

@@ -185,6 +185,18 @@ impl Rooms {
         }
     }
 
+    /// The token just before the oldest event the room holds (its history may go on on
+    /// other servers); `None` for a room with no event.
+    pub fn token_before_oldest(&self, room_id: &str) -> MatrixResult<Option<String>> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(None);
+        };
+        let oldest = self.store.timeline(room.short, 0, u64::MAX, false, 1)?;
+        Ok(oldest
+            .first()
+            .map(|(pos, _)| tokens::token(pos.saturating_sub(1))))
+    }
+
     /// `/messages`: a page of the room's events in one direction.
     #[allow(clippy::too_many_arguments)]
     pub fn messages(

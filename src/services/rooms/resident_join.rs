@@ -497,27 +497,33 @@ const HEROES: usize = 5;
 
 /// `state` without its member events, but for a room with neither a name nor a canonical
 /// alias those of its heroes: the first [`HEROES`] joined or invited members other than
-/// `joining`, in the order they became members.
+/// `joining`, in the order they became members (former members when there are none).
 fn without_members(state: Vec<StoredEvent>, joining: &str) -> Vec<StoredEvent> {
     let named = state.iter().any(|e| {
         (e.kind() == "m.room.name" && e.content().get("name").is_some())
             || (e.kind() == "m.room.canonical_alias" && e.content().get("alias").is_some())
     });
-    let mut heroes: Vec<(u64, ShortEventId)> = Vec::new();
-    if !named {
-        heroes = state
+    let members_with = |memberships: &[&str]| -> Vec<(u64, ShortEventId)> {
+        let mut found: Vec<(u64, ShortEventId)> = state
             .iter()
             .filter(|e| e.kind() == "m.room.member" && e.state_key() != Some(joining))
             .filter(|e| {
-                matches!(
-                    e.content().get("membership").and_then(Value::as_str),
-                    Some("join" | "invite")
-                )
+                let membership = e.content().get("membership").and_then(Value::as_str);
+                membership.is_some_and(|m| memberships.contains(&m))
             })
             .map(|e| (e.meta.pos, e.short))
             .collect();
-        heroes.sort_unstable();
-        heroes.truncate(HEROES);
+        found.sort_unstable();
+        found.truncate(HEROES);
+        found
+    };
+    let mut heroes = Vec::new();
+    if !named {
+        heroes = members_with(&["join", "invite"]);
+        if heroes.is_empty() {
+            // As the room summary does: former members name a room nobody else is in.
+            heroes = members_with(&["leave", "ban"]);
+        }
     }
     state
         .into_iter()

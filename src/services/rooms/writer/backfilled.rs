@@ -16,6 +16,7 @@ use super::{
     WriterContext,
 };
 use crate::core::pdu;
+use crate::core::power_levels::PowerLevels;
 use crate::error::MatrixResult;
 use crate::services::records::encode;
 use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
@@ -33,6 +34,8 @@ pub(super) struct History {
     pub replaces: ShortEventId,
     /// The state before it has `joined` or `invited` history visibility.
     pub restricted_before: bool,
+    /// For a redaction: the power levels of the state before it, which judge it.
+    pub redaction_levels: Option<PowerLevels>,
     /// Its history position.
     pub pos: u64,
 }
@@ -88,7 +91,8 @@ pub(super) fn place(
     }
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
-        if super::remote_event::may_redact(ctx, head, pdu, target)? {
+        let levels = history.redaction_levels.as_ref();
+        if super::remote_event::may_redact(ctx, head, (pdu, target), levels)? {
             redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
         }
     }

@@ -1488,8 +1488,23 @@ fn index_relation(
         .get("type")
         .and_then(Value::as_str)
         .unwrap_or("");
+    // A thread's latest event is the one with the highest position: a reply placed as
+    // history (backfill) below it leaves it, and the thread's place in `/threads`, alone.
+    let previous_latest = if rel_type == "m.thread" {
+        store
+            .db
+            .get(Table::ThreadrootLatestpos, parent.to_be_bytes())?
+            .and_then(|b| keys::read_u64(&b))
+    } else {
+        None
+    };
+    let older = previous_latest.is_some_and(|latest| latest > pos);
     let mut aggregates = load_aggregates(store, parent)?;
+    let kept_latest = aggregates.thread.as_ref().map(|t| t.latest);
     aggregates.add(&parent_event, rel_type, child_event);
+    if let (true, Some(thread), Some(latest)) = (older, aggregates.thread.as_mut(), kept_latest) {
+        thread.latest = latest;
+    }
     if !aggregates.is_empty() {
         batch.put(
             Table::ShorteventidAggregates,
@@ -1509,12 +1524,8 @@ fn index_relation(
             event_type: kind.to_owned(),
         }),
     );
-    if rel_type == "m.thread" {
-        let previous = store
-            .db
-            .get(Table::ThreadrootLatestpos, parent.to_be_bytes())?
-            .and_then(|b| keys::read_u64(&b));
-        if let Some(previous) = previous {
+    if rel_type == "m.thread" && !older {
+        if let Some(previous) = previous_latest {
             batch.delete(
                 Table::ShortroomidThreadpos,
                 thread_key(head.short, previous, parent),

@@ -32,10 +32,11 @@ use super::{
 };
 use crate::core::auth_rules::{self, AuthContext};
 use crate::core::pdu;
+use crate::core::power_levels::PowerLevels;
 use crate::core::RoomVersion;
 use crate::error::MatrixResult;
 use crate::services::records::encode;
-use crate::services::rooms::event_store::EventStore;
+use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
 use crate::services::rooms::records::EventMeta;
 use crate::services::rooms::resolution;
@@ -295,6 +296,10 @@ pub(super) fn receive(
                 .and_then(|k| before_map.get(&k).copied())
                 .unwrap_or(0),
             restricted_before: history_restricted(store, before_map)?,
+            redaction_levels: match pdu::redaction_target(&event.pdu) {
+                Some(_) => Some(levels_in(store, version, before_map)?),
+                None => None,
+            },
             pos,
         };
         let event_ref = (short, &event.pdu, event.event_id.as_str());
@@ -338,6 +343,27 @@ pub(super) fn receive(
     };
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
     Ok(PduOutcome::Accepted)
+}
+
+/// The power levels `state` sets.
+fn levels_in(
+    store: &EventStore,
+    version: RoomVersion,
+    state: &StateMap,
+) -> MatrixResult<PowerLevels> {
+    let event_of = |kind: &str| -> MatrixResult<Option<StoredEvent>> {
+        let Some(key) = store.state.find_state_key(kind, "")? else {
+            return Ok(None);
+        };
+        state.get(&key).map(|&short| store.event(short)).transpose()
+    };
+    let create = event_of("m.room.create")?;
+    let levels = event_of("m.room.power_levels")?;
+    Ok(PowerLevels::new(
+        version,
+        create.as_ref().map(|e| e.pdu()),
+        levels.as_ref().map(|e| e.pdu()),
+    ))
 }
 
 /// Whether `state` holds a history visibility of `joined` or `invited`.
@@ -707,7 +733,7 @@ fn accept(
     }
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
-        if may_redact(ctx, head, pdu, target)? {
+        if may_redact(ctx, head, (pdu, target), None)? {
             redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
         }
     }
@@ -773,11 +799,14 @@ fn accept(
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
 /// its sender is of the same server as the redacted event's sender, or has the power to
 /// redact; otherwise it is kept without effect.
+///
+/// The power is read from `levels` when given (a redaction of the room's past is judged
+/// by the state before it), else from the room's current state.
 pub(super) fn may_redact(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    redaction: &Value,
-    target: &str,
+    (redaction, target): (&Value, &str),
+    levels: Option<&PowerLevels>,
 ) -> MatrixResult<bool> {
     let sender = redaction
         .get("sender")
@@ -790,6 +819,13 @@ pub(super) fn may_redact(
     if server_of(sender).is_some() && server_of(sender) == server_of(target.sender()) {
         return Ok(true);
     }
-    let levels = head.power_levels(&ctx.store)?;
+    let current;
+    let levels = match levels {
+        Some(levels) => levels,
+        None => {
+            current = head.power_levels(&ctx.store)?;
+            &current
+        }
+    };
     Ok(levels.user(sender) >= i128::from(levels.redact))
 }
