@@ -1,0 +1,165 @@
+//! What the client API does with members of other servers: the user directory, search,
+//! unread counts, profile changes fanned out, power given to a remote user and used, and
+//! a room upgrade the remote member follows. Two real instances over TLS.
+
+use std::time::{Duration, Instant};
+
+use federation_tests::{enc, Cluster, User};
+use serde_json::{json, Value};
+
+/// Polls `check` on `path` as `user` until it holds, or 30 s pass; answers the last body.
+async fn wait_for(user: &User, path: &str, check: impl Fn(u16, &Value) -> bool) -> Value {
+    let started = Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < Duration::from_secs(30) {
+        let (status, body) = user.get(path).await;
+        if check(status, &body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{}: {path} never satisfied the check: {last}", user.user_id);
+}
+
+#[tokio::test]
+async fn remote_members_in_directory_search_counts_profiles_power_and_upgrades() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "mixed"}))
+        .await;
+    bob.join_via(&room, a.name()).await;
+
+    // Bob's message: alice finds it with search, and it counts as unread for her.
+    let (status, sent) = bob
+        .put(
+            &format!("/rooms/{}/send/m.room.message/m1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "a remote pineapple"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let search = json!({"search_categories": {"room_events": {"search_term": "pineapple"}}});
+    let started = Instant::now();
+    let found = loop {
+        let (status, body) = alice.post("/search", search.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        let results = &body["search_categories"]["room_events"]["results"];
+        if results.as_array().is_some_and(|r| !r.is_empty()) || started.elapsed().as_secs() > 30 {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let results = &found["search_categories"]["room_events"];
+    assert_eq!(results["count"], 1, "{found}");
+    assert_eq!(
+        results["results"][0]["result"]["event_id"],
+        sent["event_id"]
+    );
+    let synced = alice
+        .sync_until(|s| {
+            s["rooms"]["join"][&room]["unread_notifications"]["notification_count"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 1
+        })
+        .await;
+    assert!(
+        synced.is_some(),
+        "bob's message never counted as unread for alice"
+    );
+
+    // The user directory finds the remote room mate.
+    let (status, directory) = alice
+        .post("/user_directory/search", json!({"search_term": "bob"}))
+        .await;
+    assert_eq!(status, 200, "{directory}");
+    assert!(
+        directory["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["user_id"] == bob.user_id),
+        "{directory}"
+    );
+
+    // Bob's new display name reaches alice's member list.
+    let (status, body) = bob
+        .put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            json!({"displayname": "Bob Remote"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let member_path = format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&bob.user_id)
+    );
+    wait_for(&alice, &member_path, |status, c| {
+        status == 200 && c["displayname"] == "Bob Remote"
+    })
+    .await;
+    let (status, directory) = alice
+        .post("/user_directory/search", json!({"search_term": "remote"}))
+        .await;
+    assert_eq!(status, 200, "{directory}");
+    assert_eq!(
+        directory["results"][0]["user_id"], bob.user_id,
+        "{directory}"
+    );
+
+    // Power given to bob on a, used from b: his name change is seen on a.
+    let levels_path = format!("/rooms/{}/state/m.room.power_levels/", enc(&room));
+    let (status, mut levels) = alice.get(&levels_path).await;
+    assert_eq!(status, 200, "{levels}");
+    levels["users"][&bob.user_id] = json!(100);
+    let (status, body) = alice.put(&levels_path, levels).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(&bob, &levels_path, |status, l| {
+        status == 200 && l["users"][&bob.user_id] == 100
+    })
+    .await;
+    let name_path = format!("/rooms/{}/state/m.room.name/", enc(&room));
+    let (status, body) = bob.put(&name_path, json!({"name": "renamed by bob"})).await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(&alice, &name_path, |status, n| {
+        status == 200 && n["name"] == "renamed by bob"
+    })
+    .await;
+
+    // Alice upgrades the room: bob sees the tombstone and follows it into the new room
+    // (through a), keeping his power there.
+    let (status, upgraded) = alice
+        .post(
+            &format!("/rooms/{}/upgrade", enc(&room)),
+            json!({"new_version": "11"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{upgraded}");
+    let new_room = upgraded["replacement_room"].as_str().unwrap().to_owned();
+    let tombstone_path = format!("/rooms/{}/state/m.room.tombstone/", enc(&room));
+    let tombstone = wait_for(&bob, &tombstone_path, |status, _| status == 200).await;
+    assert_eq!(tombstone["replacement_room"], new_room);
+    bob.join_via(&new_room, a.name()).await;
+    let (status, create) = bob
+        .get(&format!("/rooms/{}/state/m.room.create/", enc(&new_room)))
+        .await;
+    assert_eq!(status, 200, "{create}");
+    assert_eq!(create["predecessor"]["room_id"], room, "{create}");
+    let (status, levels) = bob
+        .get(&format!(
+            "/rooms/{}/state/m.room.power_levels/",
+            enc(&new_room)
+        ))
+        .await;
+    assert_eq!(status, 200, "{levels}");
+    assert_eq!(levels["users"][&bob.user_id], 100, "{levels}");
+    let (status, name) = bob
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(&new_room)))
+        .await;
+    assert_eq!((status, &name["name"]), (200, &json!("renamed by bob")));
+    cluster.shutdown().await;
+}
