@@ -20,6 +20,7 @@ async fn history_from_before_our_join_is_backfilled_for_messages() {
     let bob = User::register(b, "bob").await.unwrap();
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     let mut said = Vec::new();
+    let mut sent_ids = Vec::new();
     for n in 0..25 {
         if n == 12 {
             let path = format!("/rooms/{}/state/m.room.topic/", enc(&room));
@@ -33,7 +34,17 @@ async fn history_from_before_our_join_is_backfilled_for_messages() {
             .await;
         assert_eq!(status, 200, "{sent}");
         said.push(body);
+        sent_ids.push(sent["event_id"].as_str().unwrap().to_owned());
     }
+    // A reference to an early message, sent last: backfill places it before its parent,
+    // which comes with a later page.
+    let (status, note) = alice
+        .put(
+            &format!("/rooms/{}/send/org.example.note/n1", enc(&room)),
+            json!({"m.relates_to": {"rel_type": "m.reference", "event_id": sent_ids[1]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{note}");
     bob.join_via(&room, a.name()).await;
     let joined = bob
         .sync_until(|s| s["rooms"]["join"][&room].is_object())
@@ -48,7 +59,7 @@ async fn history_from_before_our_join_is_backfilled_for_messages() {
     let mut from = String::new();
     for _ in 0..20 {
         let path = format!(
-            "/rooms/{}/messages?dir=b&limit=30&filter={filter}{from}",
+            "/rooms/{}/messages?dir=b&limit=10&filter={filter}{from}",
             enc(&room)
         );
         let (status, page) = bob.get(&path).await;
@@ -82,6 +93,20 @@ async fn history_from_before_our_join_is_backfilled_for_messages() {
             .iter()
             .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "halfway"),
         "the topic change of the past is in the timeline"
+    );
+
+    // The reference placed before its parent is bundled with the parent all the same.
+    let (status, parent) = bob
+        .get(&format!(
+            "/rooms/{}/event/{}",
+            enc(&room),
+            enc(&sent_ids[1])
+        ))
+        .await;
+    assert_eq!(status, 200, "{parent}");
+    assert_eq!(
+        parent["unsigned"]["m.relations"]["m.reference"]["chunk"][0]["event_id"], note["event_id"],
+        "{parent}"
     );
 
     // The same history read again comes from our own store, the same.

@@ -90,6 +90,10 @@ pub enum Table {
     /// room with an invite or a knock answer (`invite_room_state`, `knock_room_state`),
     /// for a room we are not in, kept by the member event. Owner: rooms.
     ShorteventidStrippedstate,
+    /// `parent event id 0xFF child short event id (u64 BE) -> ()`: relations (edits,
+    /// reactions, thread replies) to an event not held yet, indexed once it gets its
+    /// place. Owner: rooms.
+    EventidPendingrelation,
     /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
     AliasRoomid,
     /// `room_id 0xFF alias -> ()`. Owner: rooms.
@@ -210,6 +214,7 @@ impl Table {
         Table::ShorteventidGraph,
         Table::PrevShorteventidChild,
         Table::ShorteventidStrippedstate,
+        Table::EventidPendingrelation,
         Table::AliasRoomid,
         Table::RoomidAlias,
         Table::RoomidPublished,
@@ -275,6 +280,7 @@ impl Table {
             Table::ShorteventidGraph => "shorteventid_graph",
             Table::PrevShorteventidChild => "prev_shorteventid_child",
             Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
+            Table::EventidPendingrelation => "eventid_pendingrelation",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",
             Table::RoomidPublished => "roomid_published",

@@ -14,7 +14,8 @@
 //! Owns the tables `roomid_shortroomid`, `shortroomid_room`, `shorteventid_pdu`,
 //! `shorteventid_meta`, `shortroomid_pos_shorteventid`, `pos_shortroomid`,
 //! `userid_roomid_membership`, `txnid_eventid`, `shorteventid_txnid`, `relates_pos_child`,
-//! `shortroomid_threadpos`, `threadroot_latestpos`, `shorteventid_aggregates`, `alias_roomid`, `roomid_alias`,
+//! `shortroomid_threadpos`, `threadroot_latestpos`, `shorteventid_aggregates`,
+//! `eventid_pendingrelation`, `alias_roomid`, `roomid_alias`,
 //! `roomid_published` and the state store's tables.
 
 pub mod aggregates;

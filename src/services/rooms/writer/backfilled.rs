@@ -89,6 +89,9 @@ pub(super) fn place(
         };
         super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
+    // Backfill goes from the newest history back: reactions, edits and replies placed
+    // before their parent wait for it.
+    super::adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
         let levels = history.redaction_levels.as_ref();

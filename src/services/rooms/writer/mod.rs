@@ -1476,6 +1476,15 @@ fn index_relation(
     pos: u64,
 ) -> MatrixResult<()> {
     let Some(parent) = store.state.find_event(parent_id)? else {
+        // Not held yet (a message from before we joined, or history not yet backfilled):
+        // indexed when it gets its place.
+        if parent_id.len() <= MAX_EVENT_ID {
+            batch.put(
+                Table::EventidPendingrelation,
+                pending_key(parent_id, child_event.short),
+                b"",
+            );
+        }
         return Ok(());
     };
     let parent_event = store.event(parent)?;
@@ -1539,6 +1548,108 @@ fn index_relation(
         batch.put(
             Table::ThreadrootLatestpos,
             parent.to_be_bytes(),
+            pos.to_be_bytes(),
+        );
+    }
+    Ok(())
+}
+
+/// Event ids longer than this are not kept as pending parents (the spec caps ids at 255).
+const MAX_EVENT_ID: usize = 255;
+
+fn pending_key(parent_id: &str, child: ShortEventId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(parent_id.len() + 9);
+    key.extend_from_slice(parent_id.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(&child.to_be_bytes());
+    key
+}
+
+/// Indexes the relations that were waiting for `parent` (an event getting its timeline
+/// place in `batch`, written there too): their index entries, the parent's aggregates
+/// and a thread's latest activity, the children taken in position order.
+fn adopt_pending_children(
+    store: &EventStore,
+    head: &RoomHead,
+    batch: &mut Batch<'_>,
+    parent: (ShortEventId, &str, &Value),
+) -> MatrixResult<()> {
+    let (parent_short, parent_id, parent_pdu) = parent;
+    let mut prefix = parent_id.as_bytes().to_vec();
+    prefix.push(0xFF);
+    let mut children = Vec::new();
+    for entry in store.db.scan_prefix(Table::EventidPendingrelation, &prefix) {
+        let (key, _) = entry?;
+        batch.delete(Table::EventidPendingrelation, &key);
+        let Some(short) = key.get(prefix.len()..).and_then(keys::read_u64) else {
+            continue;
+        };
+        let child = store.event(short)?;
+        if child.meta.room == head.short && child.has_timeline_place() {
+            children.push(child);
+        }
+    }
+    if children.is_empty() {
+        return Ok(());
+    }
+    children.sort_by_key(|c| c.meta.pos);
+    let meta = EventMeta {
+        room: head.short,
+        pos: 0,
+        state_before: 0,
+        state_after: 0,
+        replaces: 0,
+        redacted_by: 0,
+    };
+    let parent_event =
+        StoredEvent::from_pdu(parent_short, parent_id.to_owned(), parent_pdu.clone(), meta);
+    let mut aggregates = load_aggregates(store, parent_short)?;
+    let mut thread_pos = None;
+    for child in &children {
+        let Some((rel_type, to)) = relation_of(child.pdu()) else {
+            continue;
+        };
+        if to != parent_id {
+            continue;
+        }
+        let as_child = Child {
+            short: child.short,
+            event_id: &child.event_id,
+            pdu: child.pdu(),
+        };
+        aggregates.add(&parent_event, rel_type, &as_child);
+        let mut key = Vec::with_capacity(24);
+        key.extend_from_slice(&parent_short.to_be_bytes());
+        key.extend_from_slice(&child.meta.pos.to_be_bytes());
+        key.extend_from_slice(&child.short.to_be_bytes());
+        batch.put(
+            Table::RelatesPosChild,
+            key,
+            encode(&RelationRecord {
+                rel_type: rel_type.to_owned(),
+                event_type: child.kind().to_owned(),
+            }),
+        );
+        if rel_type == "m.thread" {
+            thread_pos = Some(child.meta.pos);
+        }
+    }
+    if !aggregates.is_empty() {
+        batch.put(
+            Table::ShorteventidAggregates,
+            parent_short.to_be_bytes(),
+            encode(&aggregates),
+        );
+    }
+    if let Some(pos) = thread_pos {
+        batch.put(
+            Table::ShortroomidThreadpos,
+            thread_key(head.short, pos, parent_short),
+            b"",
+        );
+        batch.put(
+            Table::ThreadrootLatestpos,
+            parent_short.to_be_bytes(),
             pos.to_be_bytes(),
         );
     }

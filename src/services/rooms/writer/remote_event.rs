@@ -731,6 +731,7 @@ fn accept(
         };
         super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
+    super::adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
         if may_redact(ctx, head, (pdu, target), None)? {
