@@ -13,6 +13,8 @@ pub mod key_document;
 pub mod multipart;
 pub mod pdu;
 pub mod pdu_checks;
+#[cfg(test)]
+mod pdu_fuzz_tests;
 pub mod power_levels;
 pub mod push_rules;
 pub mod redaction;
