@@ -549,6 +549,80 @@ async fn a_gap_is_filled_with_one_get_missing_events_request() {
 }
 
 #[tokio::test]
+async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let join_depth = room.depth_of(std::slice::from_ref(&join_id));
+    // Bob renames himself on an event bob's server cannot give, then says something;
+    // only the message reaches us. The rename cannot be placed (its prev event is
+    // missing for good), so the message's prev events cannot be had either.
+    let lost = "$lostlostlostlostlostlostlostlostlostlostlos".to_owned();
+    let rename = remote_pdu(RemoteDraft {
+        room_id: &room.id,
+        sender: BOB,
+        kind: "m.room.member",
+        state_key: Some(BOB),
+        content: json!({"membership": "join", "displayname": "Bob at the gap"}),
+        prev: vec![lost.clone()],
+        auth: vec![levels.clone(), rules.clone(), join_id.clone()],
+        depth: join_depth + 1,
+    });
+    let said = remote_pdu(RemoteDraft {
+        room_id: &room.id,
+        sender: BOB,
+        kind: "m.room.message",
+        state_key: None,
+        content: json!({"msgtype": "m.text", "body": "after the gap"}),
+        prev: vec![rename.0.clone()],
+        auth: vec![levels.clone(), rename.0.clone()],
+        depth: join_depth + 2,
+    });
+    // Without the state, the message waits for what it lacks.
+    let outcome = room.receive(&said.1, &TestSource::default()).await;
+    assert!(
+        matches!(outcome, PduOutcome::MissingEvents(_)),
+        "{outcome:?}"
+    );
+
+    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut ids: Vec<String> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state_key"] != BOB)
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.push(rename.0.clone());
+    // The rename (a state event the message's state names) is fetched, as an outlier.
+    let source = TestSource::holding(&[&rename]);
+    source.state_ids.lock().unwrap().insert(said.0.clone(), ids);
+    assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
+    assert!(source.asked.lock().unwrap().contains(&lost));
+    // The message is in the timeline; the rename, never placed, is not. The state
+    // before the message is the one bob's server told (his new name), and the room
+    // resolves its extremities: our join and the message.
+    let timeline = room.timeline().await;
+    assert_eq!(timeline[0], said.0);
+    assert!(!timeline.contains(&rename.0));
+    let stored = room.store().event_by_id(&said.0).unwrap().unwrap();
+    let before = room
+        .store()
+        .state_event(stored.meta.state_before, "m.room.member", BOB)
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.event_id, rename.0);
+    let mut both = vec![join_id.clone(), said.0.clone()];
+    both.sort();
+    assert_eq!(room.extremities(), both);
+    let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_eq!(member["displayname"], "Bob at the gap");
+}
+
+#[tokio::test]
 async fn a_fork_is_merged_by_state_resolution_and_local_events_name_both_sides() {
     let mut s = TestServer::start().await;
     let room_id;

@@ -149,7 +149,7 @@ impl Rooms {
     /// The state before `event_id` as `source` tells it: its state events, fetched (as
     /// outliers, each checked against its own auth events) when not held, and saved as a
     /// snapshot. `None` when the source cannot tell or one of them cannot be had.
-    async fn state_before(
+    pub(super) async fn state_before(
         &self,
         origin: &str,
         room_id: &str,
@@ -293,6 +293,7 @@ mod tests {
             forward: false,
             given_state: None,
             history_pos: None,
+            gap_state: None,
         }
     }
 

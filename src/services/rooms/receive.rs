@@ -15,8 +15,11 @@
 //! Keys and missing events are fetched here, outside the room's writer, so a slow server
 //! never holds a room: missing prev events are fetched and received first (their own
 //! missing events before them), then auth events still missing are fetched and stored as
-//! outliers (each checked against its own auth events), within a budget; what is still
-//! missing is named in [`PduOutcome::MissingEvents`].
+//! outliers (each checked against its own auth events), within a budget. When prev events
+//! still cannot be had (a gap too big to fill), the state before the event is asked of
+//! the server that sent it (`/state_ids`, its state events fetched as outliers) and
+//! stands for theirs, as Synapse does; what is still missing is named in
+//! [`PduOutcome::MissingEvents`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -288,6 +291,7 @@ impl Rooms {
         };
         // Prev events first: one that is also an auth event then gets its timeline
         // place rather than being held as an outlier.
+        let mut gap_state = None;
         if kind == Kind::Live {
             let mut missing_prev = unknown("prev_events")?;
             if !missing_prev.is_empty() && budget.0 > 0 {
@@ -299,6 +303,13 @@ impl Rooms {
             }
             self.fetch_and_receive(origin, &room_id, &missing_prev, Kind::Live, source, budget)
                 .await?;
+            if !unknown("prev_events")?.is_empty() {
+                // A gap too big to fill: the state before the event, as its sender's
+                // server tells it, stands for the state after the prev events we lack.
+                gap_state = self
+                    .state_before(origin, &room_id, &event_id, source, budget)
+                    .await?;
+            }
         }
         let missing_auth = unknown("auth_events")?;
         self.fetch_and_receive(
@@ -321,6 +332,7 @@ impl Rooms {
                 forward: false,
                 given_state: None,
                 history_pos: None,
+                gap_state,
             },
         })))
     }

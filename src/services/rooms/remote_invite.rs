@@ -199,6 +199,7 @@ impl Rooms {
             forward: true,
             given_state: None,
             history_pos: None,
+            gap_state: None,
         };
         match self.writers.receive(room_id, event).await? {
             PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),

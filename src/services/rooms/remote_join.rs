@@ -158,6 +158,7 @@ impl Rooms {
             forward: false,
             given_state: None,
             history_pos: None,
+            gap_state: None,
         })
     }
 

@@ -34,6 +34,8 @@ pub struct TestSource {
     /// Answers `/get_missing_events` (each request counted in `gap_requests`).
     pub serves_gaps: bool,
     pub gap_requests: Mutex<usize>,
+    /// Answers `/state_ids` at these events (the ids of the state before each).
+    pub state_ids: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl TestSource {
@@ -106,6 +108,14 @@ impl MissingSource for TestSource {
             out.reverse();
             out
         })
+    }
+
+    fn state_ids<'a>(
+        &'a self,
+        _room: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async move { self.state_ids.lock().unwrap().get(event_id).cloned() })
     }
 
     fn events<'a>(&'a self, _room: &'a str, ids: &'a [String]) -> BoxFuture<'a, Vec<Value>> {

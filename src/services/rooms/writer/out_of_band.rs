@@ -109,6 +109,7 @@ pub(super) fn write(
                 forward: false,
                 given_state: None,
                 history_pos: None,
+                gap_state: None,
             };
             put_without_place(
                 &mut batch,

@@ -62,6 +62,11 @@ pub struct RemoteEvent {
     /// resident server): used instead of the state after its prev events, which we do
     /// not have, and the event is not held against our current state (which it makes).
     pub given_state: Option<(ShortStateHash, StateMap)>,
+    /// The state before the event as the server that sent it told (`/state_ids`), for
+    /// when some of its prev events cannot be had (a gap too big to fill): used then
+    /// instead of the state after its prev events. Unlike `given_state`, the event is
+    /// held against the current state (check 6) and joins the extremities as any other.
+    pub gap_state: Option<(ShortStateHash, StateMap)>,
     /// A history position (reserved by the caller, below the room's oldest event): the
     /// event is of the room's past, fetched by backfill, and is placed there without
     /// changing the room's present (see the writer's `backfilled` module).
@@ -231,27 +236,37 @@ pub(super) fn receive(
             }
             edges.prev.push(short);
         }
-        if !missing.is_empty() {
-            return Ok(PduOutcome::MissingEvents(missing));
-        }
+        let gap = if missing.is_empty() {
+            None
+        } else {
+            match event.gap_state.take() {
+                // Prev events that could not be had: the state before the event is what
+                // the server that sent it told (`/state_ids`).
+                Some(given) => Some(given),
+                None => return Ok(PduOutcome::MissingEvents(missing)),
+            }
+        };
         snapshots.sort_unstable();
         snapshots.dedup();
         // A live event on the room's newest events reads the head's state (no copy).
-        match snapshots.as_slice() {
-            [] => (0, Before::Map(StateMap::new())),
-            [one] if *one == head.record.state => (*one, Before::Current),
-            [one] => (*one, Before::Map(store.state.load(*one)?)),
-            [first, ..] => {
-                let resolved = resolution::resolve_snapshots(store, version, &snapshots)?;
-                let base = store.state.load(*first)?;
-                let changes = state_changes(&base, &resolved);
-                let id = if changes.is_empty() {
-                    *first
-                } else {
-                    store.state.save(Some(*first), &changes, &mut batch)?
-                };
-                (id, Before::Map(resolved))
-            }
+        match (gap, snapshots.as_slice()) {
+            (Some((hash, map)), _) => (hash, Before::Map(map)),
+            (None, snapshots) => match snapshots {
+                [] => (0, Before::Map(StateMap::new())),
+                [one] if *one == head.record.state => (*one, Before::Current),
+                [one] => (*one, Before::Map(store.state.load(*one)?)),
+                [first, ..] => {
+                    let resolved = resolution::resolve_snapshots(store, version, snapshots)?;
+                    let base = store.state.load(*first)?;
+                    let changes = state_changes(&base, &resolved);
+                    let id = if changes.is_empty() {
+                        *first
+                    } else {
+                        store.state.save(Some(*first), &changes, &mut batch)?
+                    };
+                    (id, Before::Map(resolved))
+                }
+            },
         }
     };
 
