@@ -102,6 +102,9 @@ pub struct FederationConfig {
     pub ip_range_allowlist: Vec<IpNet>,
     /// Servers asked for other servers' keys (notaries).
     pub trusted_key_servers: Vec<ServerName>,
+    /// The local address outbound federation connections come from (a multi-homed host;
+    /// tests that tell servers apart by source address); `None`: the system's choice.
+    pub outbound_address: Option<std::net::IpAddr>,
 }
 
 /// An address range, `address/prefix length`.
@@ -370,6 +373,16 @@ impl Config {
                         })
                     })
                     .collect::<Result<_, _>>()?,
+                outbound_address: r
+                    .optional_string("federation.outbound_address")?
+                    .map(|s| {
+                        s.parse().map_err(|_| {
+                            ConfigError(format!(
+                                "config key `federation.outbound_address`: {s:?} is not an IP address"
+                            ))
+                        })
+                    })
+                    .transpose()?,
             },
             registration: RegistrationConfig {
                 enabled: r.bool("registration.enabled")?,
@@ -710,6 +723,7 @@ mod tests {
         let c = Config::embedded_default();
         assert!(c.federation.ip_range_allowlist.is_empty());
         assert!(c.federation.trusted_key_servers.is_empty());
+        assert_eq!(c.federation.outbound_address, None);
         assert!(c.federation.verify_tls);
         assert_eq!(c.federation.trusted_ca, None);
         let c = Config::load(
@@ -722,9 +736,14 @@ mod tests {
                 ("OURWHATS_FEDERATION__TRUSTED_KEY_SERVERS", "matrix.org"),
                 ("OURWHATS_FEDERATION__VERIFY_TLS", "false"),
                 ("OURWHATS_FEDERATION__TRUSTED_CA", "/etc/ca.pem"),
+                ("OURWHATS_FEDERATION__OUTBOUND_ADDRESS", "127.0.0.2"),
             ]),
         )
         .unwrap();
+        assert_eq!(
+            c.federation.outbound_address,
+            Some("127.0.0.2".parse().unwrap())
+        );
         let allow = &c.federation.ip_range_allowlist;
         assert_eq!(allow.len(), 2);
         assert!(allow[0].contains("127.1.2.3".parse().unwrap()));

@@ -623,6 +623,53 @@ async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
 }
 
 #[tokio::test]
+async fn a_remote_state_event_merging_a_fork_is_stored() {
+    // Found by the seeded split runs: a state event on several prev events whose
+    // resolution differs from the first's state saved its state on a snapshot that was
+    // not written yet (500 to the sending server, for good).
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.topic/", room.id),
+            json!({"topic": "ours"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let topic = body["event_id"].as_str().unwrap().to_owned();
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bobby"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), rules.clone(), join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&rename.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    // Bob renames himself again, on both branches.
+    let merge = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob merged"}),
+        &[topic.clone(), rename.0.clone()],
+        &[levels, rules, rename.0.clone()],
+    );
+    assert_eq!(
+        room.receive(&merge.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(room.extremities(), vec![merge.0.clone()]);
+    let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_eq!(member["displayname"], "Bob merged");
+    let (_, topic_now) = room.alice.state(&room.id, "m.room.topic", "").await;
+    assert_eq!(topic_now["topic"], "ours");
+}
+
+#[tokio::test]
 async fn a_fork_is_merged_by_state_resolution_and_local_events_name_both_sides() {
     let mut s = TestServer::start().await;
     let room_id;

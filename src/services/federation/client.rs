@@ -119,7 +119,8 @@ fn builder(
         .no_proxy()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("ourwhats/", env!("CARGO_PKG_VERSION")));
+        .user_agent(concat!("ourwhats/", env!("CARGO_PKG_VERSION")))
+        .local_address(config.outbound_address);
     if !config.verify_tls {
         builder = builder.tls_danger_accept_invalid_certs(true);
     } else if let Some(path) = &config.trusted_ca {

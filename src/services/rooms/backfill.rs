@@ -63,7 +63,7 @@ impl Rooms {
     }
 
     /// Whether the event is held with a timeline place (or judged, for a rejected one).
-    fn has_place(&self, event_id: &str) -> MatrixResult<bool> {
+    pub(super) fn has_place(&self, event_id: &str) -> MatrixResult<bool> {
         let Some(short) = self.store.state.find_event(event_id)? else {
             return Ok(false);
         };
@@ -199,6 +199,15 @@ impl Rooms {
                 tracing::info!(%origin, event = %event_id, "the state before a backfilled event names two events for one key");
                 return Ok(None);
             }
+        }
+        let has_create = self
+            .store
+            .state
+            .find_state_key("m.room.create", "")?
+            .is_some_and(|key| map.contains_key(&key));
+        if !has_create {
+            tracing::info!(%origin, event = %event_id, "the state told for an event has no create event");
+            return Ok(None);
         }
         let changes: Vec<_> = map
             .iter()

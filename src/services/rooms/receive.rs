@@ -275,7 +275,10 @@ impl Rooms {
             tracing::info!(%origin, event = %event_id, "content hash mismatch: kept redacted");
         }
 
-        // What the room lacks, fetched outside its writer.
+        // What the room lacks, fetched outside its writer. A prev event held as an outlier
+        // counts as held here (the writer still finds its state missing): fetching the
+        // state at events from before our join made the seeded split runs diverge more
+        // (see docs/benchmarks.md, "Convergence under splits").
         let unknown = |key: &str| -> MatrixResult<Vec<String>> {
             let mut out = Vec::new();
             for id in pdu::event_ids(&pdu, key) {

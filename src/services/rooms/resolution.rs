@@ -88,10 +88,14 @@ pub fn resolve_maps(
     let mut out = StateMap::with_capacity(resolved.len());
     for ((kind, state_key), event_id) in resolved {
         let key = store.state.state_key(&kind, &state_key)?;
-        let event = by_id
-            .get(event_id.as_str())
-            .copied()
-            .ok_or_else(|| MatrixError::internal("state resolution chose an event of no state"))?;
+        // Mostly an event of one of the states; also one of their auth chains' (the auth
+        // difference takes part in the iterative auth checks and can win).
+        let event = match by_id.get(event_id.as_str()) {
+            Some(short) => *short,
+            None => store.state.find_event(&event_id)?.ok_or_else(|| {
+                MatrixError::internal("state resolution chose an event that is not stored")
+            })?,
+        };
         out.insert(key, event);
     }
     Ok(out)

@@ -238,6 +238,19 @@ impl Rooms {
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
             .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+        // An event held without its state (an outlier, or rejected on its auth events
+        // alone) has none to tell; an empty answer would read as a room without state.
+        let placed = matches!(
+            graph::record(&self.store, event.short)?.map(|r| r.status),
+            Some(EventStatus::Accepted | EventStatus::SoftFailed)
+                | Some(EventStatus::Rejected { .. })
+        );
+        // (Before the create event the state is empty indeed.)
+        if !placed || (event.meta.state_before == 0 && event.kind() != "m.room.create") {
+            return Err(MatrixError::not_found(
+                "The state at this event is not known here",
+            ));
+        }
         let map = self.store.state.load(event.meta.state_before)?;
         let shorts: Vec<ShortEventId> = map.values().copied().collect();
         let mut roots = shorts.clone();

@@ -148,39 +148,11 @@ pub(super) fn receive(
         prev: Vec::new(),
         auth: auth_events.iter().map(|e| e.short).collect(),
     };
-    let mut auth_state = CachedAuthState::default();
-    for auth in &auth_events {
-        if auth.meta.room != head.short {
-            let reason = format!("auth event {} belongs to another room", auth.event_id);
-            return reject(ctx, head, (existing, &event), edges, 0, reason);
-        }
-        if let Some(GraphRecord {
-            status: EventStatus::Rejected { .. },
-            ..
-        }) = graph::record(store, auth.short)?
-        {
-            let reason = format!("auth event {} was rejected", auth.event_id);
-            return reject(ctx, head, (existing, &event), edges, 0, reason);
-        }
-        auth_state
-            .0
-            .insert(state_pair(auth.pdu()), Arc::clone(auth));
-    }
-    let auth_pdus: Vec<&Value> = auth_events.iter().map(|e| e.pdu()).collect();
-    if let Err(e) = auth_rules::check_auth_events(version, &event.pdu, &auth_pdus) {
-        return reject(ctx, head, (existing, &event), edges, 0, e.0);
-    }
-    if version.room_id_is_create_event_hash() {
-        // From v12 the create event is the room id's, not among the auth events.
-        if let Some(create) = head.state_event(store, "m.room.create", "")? {
-            auth_state.0.insert(state_pair(create.pdu()), create);
-        }
-    }
-    if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &auth_state) {
-        let reason = format!("not allowed by its auth events: {e}");
-        return reject(ctx, head, (existing, &event), edges, 0, reason);
-    }
+    let check_4 = check_4_of(ctx, head, &event, &auth_events, &auth_ctx)?;
     if event.outlier {
+        if let Err(reason) = check_4 {
+            return reject(ctx, head, (existing, &event), edges, 0, reason);
+        }
         let short = store_without_place(
             ctx,
             head,
@@ -199,6 +171,10 @@ pub(super) fn receive(
         .collect();
     let given = event.given_state.is_some();
     let mut batch = store.db.batch();
+    // A resolved state before the event saved in this batch (not readable until it is
+    // written): `(the first prev's snapshot, the changes from it)`, so that the state
+    // after the event is saved on that written snapshot instead.
+    let mut unwritten_before: Option<(ShortStateHash, Vec<StateChange>)> = None;
     // Taken, not copied (a room's whole state); `accept` only asks whether it was given.
     let (state_before, before) = if let Some((hash, map)) = event.given_state.take() {
         for id in &prev_ids {
@@ -230,7 +206,11 @@ pub(super) fn receive(
                     let reason = format!("prev event {id} belongs to another room");
                     return reject(ctx, head, (existing, &event), edges, 0, reason);
                 }
-                // The state after a rejected event is the state before it.
+                // The state after a rejected event is the state before it, when known
+                // (an outlier rejected on its auth events has none).
+                Some(EventStatus::Rejected { .. }) if meta.state_before == 0 => {
+                    missing.push(id.clone())
+                }
                 Some(EventStatus::Rejected { .. }) => snapshots.push(meta.state_before),
                 _ => snapshots.push(meta.state_after),
             }
@@ -262,13 +242,30 @@ pub(super) fn receive(
                     let id = if changes.is_empty() {
                         *first
                     } else {
-                        store.state.save(Some(*first), &changes, &mut batch)?
+                        let id = store.state.save(Some(*first), &changes, &mut batch)?;
+                        unwritten_before = Some((*first, changes));
+                        id
                     };
                     (id, Before::Map(resolved))
                 }
             },
         }
     };
+
+    // Check 4's verdict, now that the state before the event is known: a rejected event
+    // keeps it, so that events built on it are judged on the state after it (the state
+    // before it).
+    if let Err(reason) = check_4 {
+        return reject_with(
+            ctx,
+            head,
+            (existing, &event),
+            edges,
+            batch,
+            state_before,
+            reason,
+        );
+    }
 
     // Check 5: the state before it.
     let before_shorts = auth_shorts_of(store, version, &event.pdu, before.map(head))?;
@@ -293,13 +290,18 @@ pub(super) fn receive(
         Some(key) => Some(store.state.state_key(kind, key)?),
         None => None,
     };
-    let state_after = match own_key {
-        Some(key) => store.state.save(
+    let state_after = match (own_key, unwritten_before) {
+        (Some(key), Some((first, mut changes))) => {
+            changes.retain(|(k, _)| *k != key);
+            changes.push((key, Some(short)));
+            store.state.save(Some(first), &changes, &mut batch)?
+        }
+        (Some(key), None) => store.state.save(
             (state_before != 0).then_some(state_before),
             &[(key, Some(short))],
             &mut batch,
         )?,
-        None => state_before,
+        (None, _) => state_before,
     };
 
     if let Some(pos) = event.history_pos {
@@ -402,6 +404,51 @@ fn history_restricted(store: &EventStore, state: &StateMap) -> MatrixResult<bool
     ))
 }
 
+/// Check 4: the event's auth events are of its room and not rejected, they are the ones
+/// its type needs, and the auth rules allow it against them; `Err(reason)` otherwise.
+fn check_4_of(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    event: &RemoteEvent,
+    auth_events: &[Arc<StoredEvent>],
+    auth_ctx: &AuthContext<'_>,
+) -> MatrixResult<Result<(), String>> {
+    let store = &ctx.store;
+    let mut auth_state = CachedAuthState::default();
+    for auth in auth_events {
+        if auth.meta.room != head.short {
+            return Ok(Err(format!(
+                "auth event {} belongs to another room",
+                auth.event_id
+            )));
+        }
+        if let Some(GraphRecord {
+            status: EventStatus::Rejected { .. },
+            ..
+        }) = graph::record(store, auth.short)?
+        {
+            return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
+        }
+        auth_state
+            .0
+            .insert(state_pair(auth.pdu()), Arc::clone(auth));
+    }
+    let auth_pdus: Vec<&Value> = auth_events.iter().map(|e| e.pdu()).collect();
+    if let Err(e) = auth_rules::check_auth_events(auth_ctx.version, &event.pdu, &auth_pdus) {
+        return Ok(Err(e.0));
+    }
+    if auth_ctx.version.room_id_is_create_event_hash() {
+        // From v12 the create event is the room id's, not among the auth events.
+        if let Some(create) = head.state_event(store, "m.room.create", "")? {
+            auth_state.0.insert(state_pair(create.pdu()), create);
+        }
+    }
+    if let Err(e) = auth_rules::check(auth_ctx, &event.pdu, &auth_state) {
+        return Ok(Err(format!("not allowed by its auth events: {e}")));
+    }
+    Ok(Ok(()))
+}
+
 /// `(type, state_key)` of an event (`""` for a missing key).
 fn state_pair(pdu: &Value) -> (String, String) {
     let field = |k: &str| pdu.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
@@ -462,8 +509,11 @@ fn auth_state_from(
     Ok(out)
 }
 
+/// One key of a state set to an event or removed.
+type StateChange = (ShortStateKey, Option<ShortEventId>);
+
 /// The changes that turn `from` into `to`.
-fn state_changes(from: &StateMap, to: &StateMap) -> Vec<(ShortStateKey, Option<ShortEventId>)> {
+fn state_changes(from: &StateMap, to: &StateMap) -> Vec<StateChange> {
     let mut changes: Vec<_> = to
         .iter()
         .filter(|(k, e)| from.get(k) != Some(e))

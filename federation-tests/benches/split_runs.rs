@@ -1,0 +1,348 @@
+//! Convergence under network splits, seeded (the hostile-federation issue): three ourwhats,
+//! each behind a proxy that can cut it off from some of the others, and users on every
+//! side changing topics, names, join rules, power levels and memberships in rooms of
+//! versions 10, 11 and 12 while the network is split and healed at seeded moments. After
+//! the last healing (and one message of each server's user per room), every server must
+//! show the same current state and the same joined members in every room within 10 s.
+//!
+//! Each server's outbound connections come from its own loopback address
+//! (`federation.outbound_address` 127.0.0.2, .3, .4), so a proxy can cut one server off
+//! from another and not from the third.
+//!
+//! `cargo bench -p federation-tests --bench split_runs -- --runs 100 --seed 1` (each run
+//! prints its steps and its time to converge); under `cargo test` a short run of 2.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use federation_tests::split::SplitProxy;
+use federation_tests::{enc, free_port, Cluster, Instance, User};
+use ourwhats::core::ServerName;
+use serde_json::{json, Value};
+
+/// Steps of splitting and changing per run.
+const STEPS: usize = 6;
+/// The time every server has to agree after the last healing.
+const CONVERGENCE: Duration = Duration::from_secs(10);
+
+/// xorshift64*, so a seed replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn source_of(server: usize) -> IpAddr {
+    IpAddr::from([127, 0, 0, 2 + server as u8])
+}
+
+/// Cuts the network along `groups` (servers in different groups cannot reach each other).
+fn partition(proxies: &[SplitProxy], groups: &[usize]) {
+    for (x, proxy) in proxies.iter().enumerate() {
+        let blocked: BTreeSet<IpAddr> = (0..proxies.len())
+            .filter(|&y| groups[y] != groups[x])
+            .map(source_of)
+            .collect();
+        proxy.block_sources(blocked);
+    }
+}
+
+/// A room's current state as `instance` holds it: `(type, state_key, event_id)`, sorted.
+fn held_state(instance: &Instance, room: &str) -> Vec<(String, String, String)> {
+    let store = instance.running().services.rooms.store();
+    let Ok(Some(record)) = store.room(room) else {
+        return vec![("no room".into(), String::new(), String::new())];
+    };
+    let mut out: Vec<(String, String, String)> = store
+        .state_events(record.record.state, None)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            (
+                e.kind().to_owned(),
+                e.state_key().unwrap_or("").to_owned(),
+                e.event_id.clone(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A room's current state as `user` reads it: `(type, state_key, event_id)`, sorted.
+async fn state_of(user: &User, room: &str) -> Vec<(String, String, String)> {
+    let (status, body) = user.get(&format!("/rooms/{}/state", enc(room))).await;
+    if status != 200 {
+        // Told apart from any state: the user cannot read the room there.
+        return vec![(
+            format!("unreadable for {}", user.user_id),
+            status.to_string(),
+            body.to_string(),
+        )];
+    }
+    let mut out: Vec<(String, String, String)> = body
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            (field("type"), field("state_key"), field("event_id"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One random change by one of the users, on their side of the split; answers what it
+/// was (refusals are part of the game: a user may have lost the power on their side).
+async fn random_change(rng: &mut Rng, users: &[User], rooms: &[String]) -> String {
+    let room = &rooms[rng.below(rooms.len())];
+    // The first three users are the rooms' admins; the last three come and go.
+    let core = rng.below(3);
+    let actor = &users[core];
+    let path = |kind: &str| format!("/rooms/{}/state/{kind}/", enc(room));
+    let (what, status) = match rng.below(6) {
+        0 => {
+            let topic = format!("topic {}", rng.next() % 1000);
+            let (status, _) = actor
+                .put(&path("m.room.topic"), json!({"topic": topic}))
+                .await;
+            (format!("topic {topic:?}"), status)
+        }
+        1 => {
+            let name = format!("name {}", rng.next() % 1000);
+            let (status, _) = actor.put(&path("m.room.name"), json!({"name": name})).await;
+            (format!("name {name:?}"), status)
+        }
+        2 => {
+            let rule = ["public", "invite"][rng.below(2)];
+            let (status, _) = actor
+                .put(&path("m.room.join_rules"), json!({"join_rule": rule}))
+                .await;
+            (format!("join rule {rule}"), status)
+        }
+        3 => {
+            let (status, mut levels) = actor.get(&path("m.room.power_levels")).await;
+            if status != 200 {
+                return format!("{} cannot read power levels", actor.user_id);
+            }
+            let target = &users[rng.below(users.len())].user_id;
+            let level = [0, 50, 100][rng.below(3)];
+            levels["users"][target] = json!(level);
+            let (status, _) = actor.put(&path("m.room.power_levels"), levels).await;
+            (format!("power of {target} to {level}"), status)
+        }
+        4 => {
+            let extra = &users[3 + rng.below(3)];
+            let (status, _) = extra
+                .post(&format!("/rooms/{}/leave", enc(room)), json!({}))
+                .await;
+            return format!("{} leaves {room}: {status}", extra.user_id);
+        }
+        _ => {
+            let extra = &users[3 + rng.below(3)];
+            let (status, _) = extra.post(&format!("/join/{}", enc(room)), json!({})).await;
+            return format!("{} joins {room}: {status}", extra.user_id);
+        }
+    };
+    format!("{} in {room}: {what}: {status}", actor.user_id)
+}
+
+/// One seeded run; answers the time every server took to agree after healing.
+async fn run(seed: u64) -> Result<Duration, String> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let proxy_ports = [free_port()?, free_port()?, free_port()?];
+    let real_ports = [free_port()?, free_port()?, free_port()?];
+    let cluster = Cluster::start_with(3, |i, config| {
+        config.server_name =
+            ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).expect("a server name");
+        config.federation.listen = format!("127.0.0.1:{}", real_ports[i])
+            .parse()
+            .expect("an address");
+        config.federation.outbound_address = Some(source_of(i));
+    })
+    .await?;
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(SplitProxy::start(proxy_ports[i], real_ports[i]).await?);
+    }
+    let names = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let mut users = Vec::new();
+    for (n, name) in names.iter().enumerate() {
+        users.push(User::register(&cluster.instances[n % 3], name).await?);
+    }
+    let mut rooms = Vec::new();
+    for version in ["10", "11", "12"] {
+        // From v12 the creator's power is not in the power levels (it is infinite).
+        let skip = usize::from(version == "12");
+        let admins: serde_json::Map<String, Value> = users[skip..3]
+            .iter()
+            .map(|u| (u.user_id.clone(), json!(100)))
+            .collect();
+        let room = users[0]
+            .create_room(json!({
+                "preset": "public_chat",
+                "room_version": version,
+                "power_level_content_override": {"users": admins},
+            }))
+            .await;
+        for (n, user) in users.iter().enumerate().skip(1) {
+            let via = cluster.instances[0].name();
+            if n % 3 == 0 {
+                let (status, body) = user.post(&format!("/join/{}", enc(&room)), json!({})).await;
+                if status != 200 {
+                    return Err(format!("{} joining: {body}", user.user_id));
+                }
+            } else {
+                user.join_via(&room, via).await;
+            }
+        }
+        rooms.push(room);
+    }
+
+    let mut log = Vec::new();
+    for step in 0..STEPS {
+        let groups = match rng.below(5) {
+            0 => vec![0, 0, 0],
+            1 => vec![0, 1, 1],
+            2 => vec![1, 0, 1],
+            3 => vec![1, 1, 0],
+            _ => vec![0, 1, 2],
+        };
+        partition(&proxies, &groups);
+        log.push(format!("step {step}: groups {groups:?}"));
+        for _ in 0..(2 + rng.below(4)) {
+            let change = random_change(&mut rng, &users, &rooms).await;
+            log.push(format!("  {change}"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Healed: each admin says something in each room, then every server must agree.
+    partition(&proxies, &[0, 0, 0]);
+    let healed = Instant::now();
+    for room in &rooms {
+        for (n, user) in users[..3].iter().enumerate() {
+            let _ = user
+                .put(
+                    &format!("/rooms/{}/send/m.room.message/healed{n}", enc(room)),
+                    json!({"msgtype": "m.text", "body": "healed"}),
+                )
+                .await;
+        }
+    }
+    loop {
+        let mut differing = Vec::new();
+        for room in &rooms {
+            let mut states = Vec::new();
+            for (n, user) in users[..3].iter().enumerate() {
+                let held = held_state(&cluster.instances[n], room);
+                let read = state_of(user, room).await;
+                if read != held {
+                    // What the user reads differs from what the server holds (it cannot
+                    // read the room, say): that is a difference too.
+                    states.push(read);
+                } else {
+                    states.push(held);
+                }
+            }
+            if states.iter().any(|s| *s != states[0]) {
+                differing.push((room.clone(), states));
+            }
+        }
+        if differing.is_empty() {
+            break;
+        }
+        if healed.elapsed() > CONVERGENCE {
+            let mut report = format!("seed {seed}: no convergence {CONVERGENCE:?} after healing\n");
+            for line in &log {
+                report.push_str(line);
+                report.push('\n');
+            }
+            for (room, states) in differing {
+                report.push_str(&format!("{room}:\n"));
+                for (n, instance) in cluster.instances.iter().enumerate() {
+                    let held = held_state(instance, &room);
+                    let members: Vec<String> = held
+                        .iter()
+                        .filter(|(kind, _, _)| kind == "m.room.member")
+                        .map(|(_, key, id)| format!("{key}={}", &id[..8.min(id.len())]))
+                        .collect();
+                    report.push_str(&format!(
+                        "  server {n} holds {} state events; members {members:?}\n",
+                        held.len()
+                    ));
+                }
+                let all: BTreeSet<_> = states.iter().flatten().cloned().collect();
+                for entry in all {
+                    let seen: Vec<bool> = states.iter().map(|s| s.contains(&entry)).collect();
+                    if seen.iter().any(|s| !s) {
+                        report.push_str(&format!("  {entry:?} on servers {seen:?}\n"));
+                    }
+                }
+            }
+            cluster.shutdown().await;
+            return Err(report);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = healed.elapsed();
+    drop(proxies);
+    cluster.shutdown().await;
+    Ok(took)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let runs = arg("--runs").unwrap_or(if full { 100 } else { 2 });
+    let first = arg("--seed").unwrap_or(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let mut times = Vec::new();
+        let mut failures = Vec::new();
+        for seed in first..first + runs {
+            match run(seed).await {
+                Ok(took) => {
+                    println!("seed {seed}: converged {:.0} ms after healing", took.as_secs_f64() * 1e3);
+                    times.push(took);
+                }
+                Err(report) => {
+                    println!("{report}");
+                    failures.push(seed);
+                }
+            }
+        }
+        times.sort();
+        let median = times.get(times.len() / 2).copied().unwrap_or_default();
+        let worst = times.last().copied().unwrap_or_default();
+        println!(
+            "split_runs: {} of {runs} runs converged within {CONVERGENCE:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}",
+            times.len(),
+            median.as_secs_f64() * 1e3,
+            worst.as_secs_f64() * 1e3
+        );
+        assert!(failures.is_empty(), "seeds that did not converge: {failures:?}");
+    });
+}
