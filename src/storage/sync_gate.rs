@@ -41,13 +41,16 @@ impl SyncGate {
                 rounds.syncing = true;
                 let covers = rounds.asked;
                 drop(rounds);
+                // Ends the round however `sync` ends (a panic included), so that waiters
+                // never wait for a round nobody runs.
+                let mut round = Round {
+                    gate: self,
+                    covers,
+                    succeeded: false,
+                };
                 let result = sync();
-                let mut after = self.rounds.lock().unwrap_or_else(PoisonError::into_inner);
-                after.syncing = false;
-                if result.is_ok() {
-                    after.done = after.done.max(covers);
-                }
-                self.ended.notify_all();
+                round.succeeded = result.is_ok();
+                drop(round);
                 return result;
             }
             rounds = self
@@ -55,6 +58,28 @@ impl SyncGate {
                 .wait(rounds)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+}
+
+/// The fsync round a caller runs; dropping it ends the round.
+struct Round<'a> {
+    gate: &'a SyncGate,
+    covers: u64,
+    succeeded: bool,
+}
+
+impl Drop for Round<'_> {
+    fn drop(&mut self) {
+        let mut rounds = self
+            .gate
+            .rounds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        rounds.syncing = false;
+        if self.succeeded {
+            rounds.done = rounds.done.max(self.covers);
+        }
+        self.gate.ended.notify_all();
     }
 }
 

@@ -28,6 +28,9 @@ const OLDEST_LOOKED_AT: usize = 20;
 pub const MAX_BACKFILL_EVENTS: usize = 100;
 /// Events fetched for one backfill's checks (auth events, state events) at most.
 const FETCH_BUDGET: usize = 500;
+/// State events a `/state_ids` answer may name at most (rooms bigger than this are
+/// not taken through a gap).
+const MAX_STATE_IDS: usize = 200_000;
 /// `/state_ids` requests one backfill makes at most (one per event whose prev events
 /// are missing; history in one line needs one).
 const STATE_REQUESTS: usize = 3;
@@ -157,9 +160,15 @@ impl Rooms {
         source: &dyn MissingSource,
         budget: &mut Budget,
     ) -> MatrixResult<Option<(u64, StateMap)>> {
-        let Some(ids) = source.state_ids(room_id, event_id).await else {
+        let Some(mut ids) = source.state_ids(room_id, event_id).await else {
             return Ok(None);
         };
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > MAX_STATE_IDS {
+            tracing::info!(%origin, event = %event_id, told = ids.len(), "a state too big to take is refused");
+            return Ok(None);
+        }
         let mut lacking = Vec::new();
         for id in &ids {
             let held = match self.store.state.find_event(id)? {
@@ -209,12 +218,26 @@ impl Rooms {
             tracing::info!(%origin, event = %event_id, "the state told for an event has no create event");
             return Ok(None);
         }
-        let changes: Vec<_> = map
+        // Saved as the changes from the room's current state (most of a state told for a
+        // gap is the room's state already), the same snapshot when nothing differs.
+        let current = self.store.room(room_id)?.map_or(0, |r| r.record.state);
+        let base = self.store.state.load(current)?;
+        if base == map && current != 0 {
+            return Ok(Some((current, map)));
+        }
+        let mut changes: Vec<_> = map
             .iter()
+            .filter(|(key, short)| base.get(key) != Some(short))
             .map(|(key, short)| (*key, Some(*short)))
             .collect();
+        changes.extend(
+            base.keys()
+                .filter(|key| !map.contains_key(key))
+                .map(|key| (*key, None)),
+        );
         let mut batch = self.store.db.batch();
-        let snapshot = self.store.state.save(None, &changes, &mut batch)?;
+        let parent = (current != 0).then_some(current);
+        let snapshot = self.store.state.save(parent, &changes, &mut batch)?;
         self.store.db.write_relaxed(batch)?;
         Ok(Some((snapshot, map)))
     }

@@ -306,7 +306,7 @@ impl Rooms {
             }
             self.fetch_and_receive(origin, &room_id, &missing_prev, Kind::Live, source, budget)
                 .await?;
-            if !unknown("prev_events")?.is_empty() {
+            if !unknown("prev_events")?.is_empty() && budget.0 > 0 {
                 // A gap too big to fill: the state before the event, as its sender's
                 // server tells it, stands for the state after the prev events we lack.
                 gap_state = self

@@ -1478,7 +1478,16 @@ fn index_relation(
     let Some(parent) = store.state.find_event(parent_id)? else {
         // Not held yet (a message from before we joined, or history not yet backfilled):
         // indexed when it gets its place.
-        if parent_id.len() <= MAX_EVENT_ID {
+        let mut prefix = parent_id.as_bytes().to_vec();
+        prefix.push(0xFF);
+        let waiting = store
+            .db
+            .scan_prefix(Table::EventidPendingrelation, &prefix)
+            .take(MAX_PENDING_PER_PARENT)
+            .count();
+        // Bounded per parent: an event id can be known before its event exists (a hash),
+        // so a member could line up any number of relations for one future event.
+        if parent_id.len() <= MAX_EVENT_ID && waiting < MAX_PENDING_PER_PARENT {
             batch.put(
                 Table::EventidPendingrelation,
                 pending_key(parent_id, child_event.short),
@@ -1553,6 +1562,9 @@ fn index_relation(
     }
     Ok(())
 }
+
+/// Relations kept waiting for one parent at most.
+const MAX_PENDING_PER_PARENT: usize = 1000;
 
 /// Event ids longer than this are not kept as pending parents (the spec caps ids at 255).
 const MAX_EVENT_ID: usize = 255;
@@ -1642,16 +1654,30 @@ fn adopt_pending_children(
         );
     }
     if let Some(pos) = thread_pos {
-        batch.put(
-            Table::ShortroomidThreadpos,
-            thread_key(head.short, pos, parent_short),
-            b"",
-        );
-        batch.put(
-            Table::ThreadrootLatestpos,
-            parent_short.to_be_bytes(),
-            pos.to_be_bytes(),
-        );
+        // Replies indexed directly (while the parent was held as an outlier) may already
+        // have given the thread a latest position: the higher one stays.
+        let previous = store
+            .db
+            .get(Table::ThreadrootLatestpos, parent_short.to_be_bytes())?
+            .and_then(|b| keys::read_u64(&b));
+        if previous.is_none_or(|p| p < pos) {
+            if let Some(previous) = previous {
+                batch.delete(
+                    Table::ShortroomidThreadpos,
+                    thread_key(head.short, previous, parent_short),
+                );
+            }
+            batch.put(
+                Table::ShortroomidThreadpos,
+                thread_key(head.short, pos, parent_short),
+                b"",
+            );
+            batch.put(
+                Table::ThreadrootLatestpos,
+                parent_short.to_be_bytes(),
+                pos.to_be_bytes(),
+            );
+        }
     }
     Ok(())
 }
