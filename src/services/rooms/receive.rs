@@ -306,7 +306,10 @@ impl Rooms {
             }
             self.fetch_and_receive(origin, &room_id, &missing_prev, Kind::Live, source, budget)
                 .await?;
-            if !unknown("prev_events")?.is_empty() && budget.0 > 0 {
+            // One request per PDU even with the fetch budget spent (the gap filling
+            // above may have used it up): the state events it names that we lack are
+            // fetched within the budget, and it refuses when they are too many.
+            if !unknown("prev_events")?.is_empty() {
                 // A gap too big to fill: the state before the event, as its sender's
                 // server tells it, stands for the state after the prev events we lack.
                 gap_state = self
