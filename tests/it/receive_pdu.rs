@@ -623,6 +623,64 @@ async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
 }
 
 #[tokio::test]
+async fn a_rejected_event_replayed_through_send_gap_filling_and_backfill_stays_rejected() {
+    // Attack class (hostile-federation issue): a rejected event offered again, by
+    // itself, as a prev event of a valid one, and as history, must stay rejected and
+    // leave the state alone.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    // Bob, without the power, changes the topic: rejected.
+    let topic = room.remote(
+        ("m.room.topic", Some("")),
+        json!({"topic": "taken over"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), join_id.clone()],
+    );
+    let outcome = room.receive(&topic.1, &TestSource::default()).await;
+    assert!(matches!(outcome, PduOutcome::Rejected(_)), "{outcome:?}");
+    // Again through /send.
+    assert_eq!(
+        room.receive(&topic.1, &TestSource::default()).await,
+        PduOutcome::AlreadyKnown
+    );
+    // As history (a backfill answer naming it).
+    let rooms = &s.running().services.rooms;
+    let placed = rooms
+        .receive_history(
+            REMOTE,
+            (&room.id, std::slice::from_ref(&topic.0)),
+            vec![topic.1.clone()],
+            &TestSource::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(placed, 0);
+    // As the prev event of a valid message, fetched with a gap: the message is judged on
+    // the state after the rejected event, which is the state before it.
+    let said = room
+        .bob_says(
+            "after the attempt",
+            std::slice::from_ref(&topic.0),
+            &join_id,
+        )
+        .await;
+    let mut source = TestSource::holding(&[&topic]);
+    source.serves_gaps = true;
+    assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
+    assert!(matches!(
+        room.status(&topic.0),
+        EventStatus::Rejected { .. }
+    ));
+    let timeline = room.timeline().await;
+    assert!(!timeline.contains(&topic.0));
+    assert_eq!(timeline[0], said.0);
+    let (status, _) = room.alice.state(&room.id, "m.room.topic", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no topic was ever set");
+}
+
+#[tokio::test]
 async fn a_remote_state_event_merging_a_fork_is_stored() {
     // Found by the seeded split runs: a state event on several prev events whose
     // resolution differs from the first's state saved its state on a snapshot that was
