@@ -211,3 +211,42 @@ async fn reads_by_a_server_not_in_the_room_are_refused() {
     assert_eq!(status, 404, "{answer}");
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_item_the_destination_keeps_refusing_never_stops_the_rest_of_the_queue() {
+    // B takes federation bodies of 20,000 bytes at most: a to-device message of 40,000
+    // bytes from A is refused (413) every time; the message after it still arrives.
+    let cluster = Cluster::start_with(2, |i, config| {
+        if i == 1 {
+            config.federation.max_body_size = 20_000;
+        }
+    })
+    .await
+    .unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (_, since) = bob
+        .to_device_events(None, 0, std::time::Duration::ZERO)
+        .await;
+    for (n, filler) in [(1, "x".repeat(40_000)), (2, String::new())] {
+        let (status, body) = alice
+            .put(
+                &format!("/sendToDevice/m.test/big{n}"),
+                json!({"messages": {bob.user_id.clone(): {bob.device_id.clone():
+                    {"n": n, "filler": filler}}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (events, _) = bob
+        .to_device_events(since, 1, std::time::Duration::from_secs(30))
+        .await;
+    let numbers: Vec<&Value> = events.iter().map(|e| &e["content"]["n"]).collect();
+    assert_eq!(
+        numbers,
+        [&json!(2)],
+        "the refused message is dropped, the next one arrives"
+    );
+    cluster.shutdown().await;
+}
