@@ -681,6 +681,49 @@ async fn a_rejected_event_replayed_through_send_gap_filling_and_backfill_stays_r
 }
 
 #[tokio::test]
+async fn a_no_power_levels_take_over_is_rejected_and_the_state_stays() {
+    // Attack class (hostile-federation issue): "there is no power-levels event". Bob
+    // names no power levels among the auth events of his own power levels event (with
+    // none, everybody may set state); the state before it has alice's, so it is rejected.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels_before = room.state_id("m.room.power_levels", "").await;
+    let take_over = room.remote(
+        ("m.room.power_levels", Some("")),
+        json!({"users": {BOB: 100}, "state_default": 0}),
+        std::slice::from_ref(&join_id),
+        std::slice::from_ref(&join_id),
+    );
+    let outcome = room.receive(&take_over.1, &TestSource::default()).await;
+    assert!(matches!(outcome, PduOutcome::Rejected(_)), "{outcome:?}");
+    assert_eq!(
+        room.state_id("m.room.power_levels", "").await,
+        levels_before
+    );
+    // Nor does a message built on it give bob the power: his topic after it is refused.
+    let topic = room.remote(
+        ("m.room.topic", Some("")),
+        json!({"topic": "mine now"}),
+        std::slice::from_ref(&take_over.0),
+        &[take_over.0.clone(), join_id.clone()],
+    );
+    let outcome = room.receive(&topic.1, &TestSource::default()).await;
+    assert!(matches!(outcome, PduOutcome::Rejected(_)), "{outcome:?}");
+    let (status, _) = room.alice.state(&room.id, "m.room.topic", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Alice (the creator) keeps her power: her topic goes through.
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.topic/", room.id),
+            json!({"topic": "still ours"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
 async fn a_remote_state_event_merging_a_fork_is_stored() {
     // Found by the seeded split runs: a state event on several prev events whose
     // resolution differs from the first's state saved its state on a snapshot that was
