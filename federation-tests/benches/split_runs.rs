@@ -17,6 +17,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use federation_tests::seeded::{full_run, number_arg, Rng};
 use federation_tests::split::SplitProxy;
 use federation_tests::{enc, free_port, Cluster, Instance, User};
 use ourwhats::core::ServerName;
@@ -26,24 +27,6 @@ use serde_json::{json, Value};
 const STEPS: usize = 6;
 /// The time every server has to agree after the last healing.
 const CONVERGENCE: Duration = Duration::from_secs(10);
-
-/// xorshift64*, so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn source_of(server: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, 2 + server as u8])
@@ -116,14 +99,14 @@ async fn random_change(rng: &mut Rng, users: &[User], rooms: &[String]) -> Strin
     let path = |kind: &str| format!("/rooms/{}/state/{kind}/", enc(room));
     let (what, status) = match rng.below(6) {
         0 => {
-            let topic = format!("topic {}", rng.next() % 1000);
+            let topic = format!("topic {}", rng.next_u64() % 1000);
             let (status, _) = actor
                 .put(&path("m.room.topic"), json!({"topic": topic}))
                 .await;
             (format!("topic {topic:?}"), status)
         }
         1 => {
-            let name = format!("name {}", rng.next() % 1000);
+            let name = format!("name {}", rng.next_u64() % 1000);
             let (status, _) = actor.put(&path("m.room.name"), json!({"name": name})).await;
             (format!("name {name:?}"), status)
         }
@@ -163,7 +146,7 @@ async fn random_change(rng: &mut Rng, users: &[User], rooms: &[String]) -> Strin
 
 /// One seeded run; answers the time every server took to agree after healing.
 async fn run(seed: u64) -> Result<Duration, String> {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let proxy_ports = [free_port()?, free_port()?, free_port()?];
     let real_ports = [free_port()?, free_port()?, free_port()?];
     let cluster = Cluster::start_with(3, |i, config| {
@@ -306,21 +289,14 @@ async fn run(seed: u64) -> Result<Duration, String> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    let full = full_run();
     // Not part of `cargo test` yet: some seeds do not converge (docs/benchmarks.md).
-    let runs = arg("--runs").unwrap_or(if full { 100 } else { 0 });
+    let runs = number_arg("--runs").unwrap_or(if full { 100 } else { 0 });
     if runs == 0 {
         println!("split_runs: run by hand, `cargo bench -p federation-tests --bench split_runs -- --runs N`");
         return;
     }
-    let first = arg("--seed").unwrap_or(1);
+    let first = number_arg("--seed").unwrap_or(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

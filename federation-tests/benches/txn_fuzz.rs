@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+use federation_tests::seeded::{full_run, number_arg, Rng};
 use federation_tests::{enc, Cluster, Instance, User};
 use ourwhats::core::pdu::MAX_DEPTH;
 use ourwhats::core::pdu_checks::{check_content_hash, check_signatures, KnownKey, SignatureCheck};
@@ -28,24 +29,6 @@ use serde_json::{json, Value};
 const PER_TRANSACTION: usize = 20;
 /// Transactions per batch.
 const TRANSACTIONS: usize = 3;
-
-/// A small deterministic generator (xorshift64*), so a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// A room the fuzzer writes into, and what B's user needs to write there.
 struct Room {
@@ -245,7 +228,7 @@ fn make_pdu(
         6 => {
             // Unknown prev or auth events (B cannot give them either).
             let mut pdu = valid;
-            let unknown = format!("${:043}", rng.next());
+            let unknown = format!("${:043}", rng.next_u64());
             let field = if rng.below(2) == 0 {
                 "prev_events"
             } else {
@@ -370,16 +353,9 @@ async fn readable(alice: &User, room: &str, event_id: &str) -> Option<Value> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    let batches = arg("--batches").unwrap_or(if full { 20 } else { 3 });
-    let seed = arg("--seed").unwrap_or(0x5EED);
+    let full = full_run();
+    let batches = number_arg("--batches").unwrap_or(if full { 20 } else { 3 });
+    let seed = number_arg("--seed").unwrap_or(0x5EED);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -400,7 +376,7 @@ fn main() {
             let version = RoomVersion::from_id(version).unwrap();
             rooms.push(room_facts(a, &id, &bob.user_id, version));
         }
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed);
         let mut worst = (0.0f64, 0.0f64);
         let mut counts = [0usize; 4];
         for batch in 0..batches {

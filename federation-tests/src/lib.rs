@@ -9,6 +9,7 @@
 //! otherwise refuse.
 
 pub mod process;
+pub mod seeded;
 pub mod split;
 pub mod synapse;
 
