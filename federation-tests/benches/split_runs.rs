@@ -65,6 +65,214 @@ fn held_state(instance: &Instance, room: &str) -> Vec<(String, String, String)> 
     out
 }
 
+/// What `instance` holds of one event: status, depth, prev events and the state after it
+/// as `type|state_key=event_id` strings.
+struct HeldEvent {
+    status: String,
+    depth: u64,
+    summary: String,
+    prev: Vec<String>,
+    state_after: BTreeSet<String>,
+}
+
+/// Every event of `room` that `instance` reaches from its extremities through prev edges.
+fn held_graph(instance: &Instance, room: &str) -> std::collections::BTreeMap<String, HeldEvent> {
+    use ourwhats::services::rooms::graph;
+    let store = instance.running().services.rooms.store();
+    let state = store.state();
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(Some(record)) = store.room(room) else {
+        return out;
+    };
+    let mut todo: Vec<String> = record.record.extremities.clone();
+    while let Some(id) = todo.pop() {
+        if out.contains_key(&id) {
+            continue;
+        }
+        let Ok(Some(short)) = state.find_event(&id) else {
+            continue;
+        };
+        let Ok(Some(node)) = graph::record(store, short) else {
+            continue;
+        };
+        let Ok(event) = store.event(short) else {
+            continue;
+        };
+        let mut after = BTreeSet::new();
+        for (key, value) in state.load(event.meta.state_after).unwrap_or_default() {
+            let (kind, skey) = state.state_key_of(key).unwrap_or_default();
+            let id = state.event_id_of(value).unwrap_or_default();
+            after.insert(format!("{kind}|{skey}={}", &id[..9.min(id.len())]));
+        }
+        // Through the PDU's own prev events: outliers record none in the graph.
+        let prev: Vec<String> = event.pdu()["prev_events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+        todo.extend(prev.iter().cloned());
+        out.insert(
+            id,
+            HeldEvent {
+                status: format!("{:?}", node.status),
+                depth: node.depth,
+                summary: {
+                    let content = event.pdu()["content"].to_string();
+                    let short: String = content.chars().take(60).collect();
+                    format!(
+                        "{} {} by {} {short}",
+                        event.kind(),
+                        event.state_key().unwrap_or("-"),
+                        event.sender()
+                    )
+                },
+                prev,
+                state_after: after,
+            },
+        );
+    }
+    out
+}
+
+/// The events every server holds on which they disagree (status or state after), the
+/// shallowest first: where a failed run went wrong.
+fn graph_report(instances: &[Instance], room: &str) -> String {
+    let graphs: Vec<_> = instances.iter().map(|i| held_graph(i, room)).collect();
+    let mut report = String::new();
+    let mut found: Vec<(u64, String)> = Vec::new();
+    let ids: BTreeSet<&String> = graphs.iter().flat_map(|g| g.keys()).collect();
+    for id in ids {
+        let held: Vec<&HeldEvent> = graphs.iter().filter_map(|g| g.get(id)).collect();
+        // Outliers hold no state: compared on status only against each other.
+        let placed: Vec<&&HeldEvent> = held.iter().filter(|e| e.status != "Outlier").collect();
+        if held.len() > 1
+            && (placed
+                .iter()
+                .any(|e| e.state_after != placed[0].state_after)
+                || held.iter().any(|e| e.status != held[0].status))
+        {
+            found.push((held[0].depth, id.clone()));
+        }
+    }
+    for (n, instance) in instances.iter().enumerate() {
+        let store = instance.running().services.rooms.store();
+        if let Ok(Some(record)) = store.room(room) {
+            let ext: Vec<&str> = record
+                .record
+                .extremities
+                .iter()
+                .map(|e| &e[..9.min(e.len())])
+                .collect();
+            report.push_str(&format!("  server {n} extremities {ext:?}\n"));
+            for e in &record.record.extremities {
+                let everywhere = instances.iter().all(|i| {
+                    let store = i.running().services.rooms.store();
+                    store
+                        .room(room)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|r| r.record.extremities.contains(e))
+                });
+                if !everywhere {
+                    // Where the others see it built on: its children there.
+                    for (m, other) in instances.iter().enumerate() {
+                        let store = other.running().services.rooms.store();
+                        let Ok(Some(short)) = store.state().find_event(e) else {
+                            continue;
+                        };
+                        let children: Vec<String> =
+                            ourwhats::services::rooms::graph::children(store, short)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|c| {
+                                    let id = store.state().event_id_of(c).unwrap_or_default();
+                                    let status = ourwhats::services::rooms::graph::record(store, c)
+                                        .ok()
+                                        .flatten()
+                                        .map(|r| format!("{:?}", r.status))
+                                        .unwrap_or_default();
+                                    format!("{} {status}", &id[..9.min(id.len())])
+                                })
+                                .collect();
+                        let summary = graphs[m]
+                            .get(e)
+                            .map(|h| h.summary.clone())
+                            .unwrap_or_default();
+                        report.push_str(&format!(
+                            "    {} on server {m}: {summary}; children {children:?}\n",
+                            &e[..9.min(e.len())]
+                        ));
+                    }
+                }
+                if let Some(held) = graphs[n].get(e) {
+                    let members: Vec<&String> = held
+                        .state_after
+                        .iter()
+                        .filter(|s| {
+                            s.starts_with("m.room.member|") || s.starts_with("m.room.join_rules")
+                        })
+                        .collect();
+                    report.push_str(&format!(
+                        "    after {}: {members:?}\n",
+                        &e[..9.min(e.len())]
+                    ));
+                }
+            }
+        }
+    }
+    for (n, g) in graphs.iter().enumerate() {
+        let only: Vec<String> = g
+            .iter()
+            .filter(|(id, _)| graphs.iter().any(|o| !o.contains_key(*id)))
+            .map(|(id, e)| {
+                format!(
+                    "{} d{} {} {}",
+                    &id[..9.min(id.len())],
+                    e.depth,
+                    e.status,
+                    e.summary
+                )
+            })
+            .collect();
+        report.push_str(&format!(
+            "  server {n} holds {} events; not everywhere: {only:?}\n",
+            g.len()
+        ));
+    }
+    found.sort();
+    for (depth, id) in found.iter().take(6) {
+        let first = graphs
+            .iter()
+            .find_map(|g| g.get(id))
+            .expect("held somewhere");
+        report.push_str(&format!(
+            "  differs at depth {depth}: {id} {}\n",
+            first.summary
+        ));
+        for (n, g) in graphs.iter().enumerate() {
+            let Some(e) = g.get(id) else {
+                report.push_str(&format!("    server {n}: not held\n"));
+                continue;
+            };
+            let prev: Vec<&str> = e.prev.iter().map(|p| &p[..9.min(p.len())]).collect();
+            report.push_str(&format!("    server {n}: {} prev {prev:?}\n", e.status));
+            let diff: Vec<&String> = e
+                .state_after
+                .iter()
+                .filter(|s| {
+                    graphs.iter().any(|o| {
+                        o.get(id)
+                            .is_some_and(|o| o.status != "Outlier" && !o.state_after.contains(*s))
+                    })
+                })
+                .collect();
+            report.push_str(&format!("      state after, not everywhere: {diff:?}\n"));
+        }
+    }
+    report
+}
+
 /// A room's current state as `user` reads it: `(type, state_key, event_id)`, sorted.
 async fn state_of(user: &User, room: &str) -> Vec<(String, String, String)> {
     let (status, body) = user.get(&format!("/rooms/{}/state", enc(room))).await;
@@ -156,6 +364,14 @@ async fn run(seed: u64) -> Result<Duration, String> {
             .parse()
             .expect("an address");
         config.federation.outbound_address = Some(source_of(i));
+        // Each trusts the other two as notaries (as servers trust matrix.org): a server
+        // cut off from another still gets its keys, through the third.
+        config.federation.trusted_key_servers = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| {
+                ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[j])).expect("a server name")
+            })
+            .collect();
     })
     .await?;
     let mut proxies = Vec::new();
@@ -269,6 +485,7 @@ async fn run(seed: u64) -> Result<Duration, String> {
                         held.len()
                     ));
                 }
+                report.push_str(&graph_report(&cluster.instances, &room));
                 let all: BTreeSet<_> = states.iter().flatten().cloned().collect();
                 for entry in all {
                     let seen: Vec<bool> = states.iter().map(|s| s.contains(&entry)).collect();

@@ -875,15 +875,25 @@ async fn a_gap_is_asked_for_with_get_missing_events() {
         origin: ourwhats::core::ServerName::parse(a.name()).unwrap(),
     };
     let events = source
-        .missing_events(&room, (&ids[..1], &ids[5..]), 10)
+        .missing_events(&room, (&ids[..1], &ids[5..]), (10, 0))
         .await;
     let bodies: Vec<&str> = events
         .iter()
         .filter_map(|e| e["content"]["body"].as_str())
         .collect();
     assert_eq!(bodies, ["gap 1", "gap 2", "gap 3", "gap 4"]);
+    // Nothing deeper in the past than `min_depth` (what the asking server holds).
+    let min_depth = events[2]["depth"].as_u64().unwrap();
+    let recent = source
+        .missing_events(&room, (&ids[..1], &ids[5..]), (10, min_depth))
+        .await;
+    let bodies: Vec<&str> = recent
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["gap 3", "gap 4"]);
     let events = source
-        .missing_events(&room, (&ids[..1], &ids[5..]), 2)
+        .missing_events(&room, (&ids[..1], &ids[5..]), (2, 0))
         .await;
     assert_eq!(events.len(), 2, "the limit is kept");
     cluster.shutdown().await;

@@ -86,6 +86,10 @@ pub enum Table {
     /// `prev short event id (u64 BE) ++ child short event id (u64 BE) -> ()`: the events
     /// naming an event among their `prev_events`. Owner: rooms.
     PrevShorteventidChild,
+    /// `prev event id 0xFF child short event id (u64 BE) -> ()`: the accepted events
+    /// naming an event not held when they were stored among their `prev_events` (it
+    /// arrives later: not a forward extremity then). Owner: rooms.
+    EventidPendingchild,
     /// `short event id (u64 BE) -> [stripped state event]`: what another server told of a
     /// room with an invite or a knock answer (`invite_room_state`, `knock_room_state`),
     /// for a room we are not in, kept by the member event. Owner: rooms.
@@ -213,6 +217,7 @@ impl Table {
         Table::ThreadrootLatestpos,
         Table::ShorteventidGraph,
         Table::PrevShorteventidChild,
+        Table::EventidPendingchild,
         Table::ShorteventidStrippedstate,
         Table::EventidPendingrelation,
         Table::AliasRoomid,
@@ -279,6 +284,7 @@ impl Table {
             Table::ThreadrootLatestpos => "threadroot_latestpos",
             Table::ShorteventidGraph => "shorteventid_graph",
             Table::PrevShorteventidChild => "prev_shorteventid_child",
+            Table::EventidPendingchild => "eventid_pendingchild",
             Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
             Table::EventidPendingrelation => "eventid_pendingrelation",
             Table::AliasRoomid => "alias_roomid",

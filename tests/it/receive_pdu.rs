@@ -589,22 +589,25 @@ async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
 
     let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
     assert_eq!(status, StatusCode::OK);
-    let mut ids: Vec<String> = state
+    let ids: Vec<String> = state
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["state_key"] != BOB)
         .map(|e| e["event_id"].as_str().unwrap().to_owned())
         .collect();
-    ids.push(rename.0.clone());
-    // The rename (a state event the message's state names) is fetched, as an outlier.
+    // Bob's server tells the state before the rename (the room's state as we hold it);
+    // the state after it adds the rename, fetched as an outlier.
     let source = TestSource::holding(&[&rename]);
-    source.state_ids.lock().unwrap().insert(said.0.clone(), ids);
+    source
+        .state_ids
+        .lock()
+        .unwrap()
+        .insert(rename.0.clone(), ids);
     assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
     assert!(source.asked.lock().unwrap().contains(&lost));
     // The message is in the timeline; the rename, never placed, is not. The state
-    // before the message is the one bob's server told (his new name), and the room
-    // resolves its extremities: our join and the message.
+    // before the message is the state after the rename as bob's server told it (his
+    // new name), and the room resolves its extremities: our join and the message.
     let timeline = room.timeline().await;
     assert_eq!(timeline[0], said.0);
     assert!(!timeline.contains(&rename.0));
@@ -620,6 +623,161 @@ async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
     assert_eq!(room.extremities(), both);
     let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
     assert_eq!(member["displayname"], "Bob at the gap");
+}
+
+#[tokio::test]
+async fn a_prev_event_held_only_as_an_outlier_takes_the_state_its_sender_tells_merged_with_ours() {
+    // Found by the seeded split runs: an event on a prev event we hold only as an
+    // outlier (the state a join took, or an auth event fetched alone) was answered
+    // "missing" for good, and everything after it with it.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let state_at_join: Vec<String> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    // Bob's rename reaches us only as an auth event of a message: an outlier.
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), rules, join_id.clone()],
+    );
+    let said = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "renamed"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), rename.0.clone()],
+    );
+    let source = TestSource::holding(&[&rename]);
+    assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
+    assert_eq!(room.status(&rename.0), EventStatus::Outlier);
+    // Our side of the fork: alice sets the topic.
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.topic/", room.id),
+            json!({"topic": "ours"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let topic = body["event_id"].as_str().unwrap().to_owned();
+    // Bob answers on our topic and on his rename.
+    let after = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "after both"}),
+        &[topic.clone(), rename.0.clone()],
+        &[levels, rename.0.clone()],
+    );
+    // Without the state after the rename, the message waits for it.
+    assert_eq!(
+        room.receive(&after.1, &TestSource::default()).await,
+        PduOutcome::MissingEvents(vec![rename.0.clone()])
+    );
+    // Bob's server tells the state before the rename (the state at his join); the state
+    // after it adds the rename, and it is resolved with the state after our topic.
+    let source = TestSource::default();
+    source
+        .state_ids
+        .lock()
+        .unwrap()
+        .insert(rename.0.clone(), state_at_join);
+    assert_eq!(room.receive(&after.1, &source).await, PduOutcome::Accepted);
+    assert_eq!(room.status(&rename.0), EventStatus::Outlier);
+    assert_eq!(room.timeline().await[0], after.0);
+    assert_eq!(room.extremities(), vec![after.0.clone()]);
+    let stored = room.store().event_by_id(&after.0).unwrap().unwrap();
+    let before = |kind: &str, key: &str| {
+        room.store()
+            .state_event(stored.meta.state_before, kind, key)
+            .unwrap()
+            .unwrap()
+            .event_id
+    };
+    assert_eq!(before("m.room.member", BOB), rename.0);
+    assert_eq!(before("m.room.topic", ""), topic);
+    let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_eq!(member["displayname"], "Bob");
+    let (_, topic_now) = room.alice.state(&room.id, "m.room.topic", "").await;
+    assert_eq!(topic_now["topic"], "ours");
+}
+
+#[tokio::test]
+async fn an_event_accepted_on_a_soft_failed_one_leaves_no_dangling_extremity_behind_it() {
+    // Found by the seeded split runs: an event we soft-failed (and another server
+    // accepted) never named its prev event's successor here, so that prev event stayed a
+    // forward extremity for good, resolving an old state into the room's.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    // Alice silences everyone below 100.
+    let (_, mut levels_content) = room.alice.state(&room.id, "m.room.power_levels", "").await;
+    levels_content["events_default"] = json!(100);
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.power_levels/", room.id),
+            levels_content,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let silence = body["event_id"].as_str().unwrap().to_owned();
+    let old_levels = room.store().event_by_id(&join_id).unwrap().unwrap().pdu()["auth_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .find(|id| room.store().event_by_id(id).unwrap().unwrap().kind() == "m.room.power_levels")
+        .unwrap();
+    // Bob, on a branch from his join: a rename (allowed now too), then a message (allowed
+    // before the silence only: soft-failed), then another rename on the message.
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob 1"}),
+        std::slice::from_ref(&join_id),
+        &[old_levels.clone(), rules.clone(), join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&rename.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let mut both = vec![silence.clone(), rename.0.clone()];
+    both.sort();
+    assert_eq!(room.extremities(), both);
+    let said = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "before the silence, as I see it"}),
+        std::slice::from_ref(&rename.0),
+        &[old_levels.clone(), rename.0.clone()],
+    );
+    assert!(matches!(
+        room.receive(&said.1, &TestSource::default()).await,
+        PduOutcome::SoftFailed(_)
+    ));
+    let again = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob 2"}),
+        std::slice::from_ref(&said.0),
+        &[old_levels, rules, rename.0.clone()],
+    );
+    assert_eq!(
+        room.receive(&again.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    // The rename before the soft-failed message is built on: no longer an extremity.
+    let mut now = vec![silence, again.0.clone()];
+    now.sort();
+    assert_eq!(room.extremities(), now);
+    let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_eq!(member["displayname"], "Bob 2");
 }
 
 #[tokio::test]

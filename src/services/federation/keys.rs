@@ -6,8 +6,10 @@
 //! the document is checked by [`key_document::check`] (its own signatures, validity capped
 //! at seven days). Documents are kept in the database (for the notary endpoint and after a
 //! restart) and their keys in memory. One fetch per server at a time: concurrent lookups
-//! of one server wait for the first; a failed fetch is not repeated for a minute. Our own
-//! key is answered locally, never over the network.
+//! of one server wait for the first; a failed fetch is not repeated for a while (a second
+//! after the first failure, doubling up to five minutes, so that a server cut off for a
+//! moment is asked again soon after, and one gone for good costs little). Our own key is
+//! answered locally, never over the network.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,8 +29,17 @@ use crate::storage::{Db, Table};
 
 /// The largest key document read.
 const KEY_DOCUMENT_MAX_BYTES: usize = 256 * 1024;
-/// How long a failed fetch keeps a server from being asked again.
-const FAILURE_BACKOFF: Duration = Duration::from_secs(60);
+/// How long the first failed fetch keeps a server from being asked again; it doubles with
+/// each failure in a row, up to [`MAX_FAILURE_BACKOFF`].
+const FIRST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a server is not asked again after failed fetches.
+const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How long `failures` failed fetches in a row keep a server from being asked again.
+fn failure_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_FAILURE_BACKOFF * 2u32.pow(doublings)).min(MAX_FAILURE_BACKOFF)
+}
 
 /// A key document as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,7 +59,8 @@ pub struct KeyRing {
     notaries: Vec<ServerName>,
     keys: Mutex<HashMap<String, HashMap<String, ServerKey>>>,
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    failed: Mutex<HashMap<String, Instant>>,
+    /// Servers whose last fetch failed: when, and how many failures in a row.
+    failed: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -206,7 +218,7 @@ impl KeyRing {
         }
         if lock(&self.failed)
             .get(server)
-            .is_some_and(|at| at.elapsed() < FAILURE_BACKOFF)
+            .is_some_and(|(at, failures)| at.elapsed() < failure_backoff(*failures))
         {
             return;
         }
@@ -250,7 +262,12 @@ impl KeyRing {
                 lock(&self.keys).insert(server.to_owned(), checked.keys);
             }
             None => {
-                lock(&self.failed).insert(server.to_owned(), Instant::now());
+                let mut failed = lock(&self.failed);
+                let failures = failed.get(server).map_or(0, |(_, n)| *n);
+                failed.insert(
+                    server.to_owned(),
+                    (Instant::now(), failures.saturating_add(1)),
+                );
             }
         }
     }
@@ -318,5 +335,20 @@ impl KeyRing {
         };
         signatures::sign_json(&mut document, self.own_name().as_str(), &self.own_key).ok()?;
         Some(document)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fetch_waits_a_second_doubling_up_to_five_minutes() {
+        assert_eq!(failure_backoff(1), Duration::from_secs(1));
+        assert_eq!(failure_backoff(2), Duration::from_secs(2));
+        assert_eq!(failure_backoff(5), Duration::from_secs(16));
+        assert_eq!(failure_backoff(9), Duration::from_secs(256));
+        assert_eq!(failure_backoff(10), MAX_FAILURE_BACKOFF);
+        assert_eq!(failure_backoff(u32::MAX), MAX_FAILURE_BACKOFF);
     }
 }

@@ -325,8 +325,10 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 }
                 in_flight = None;
             }
+            // 401: the destination could not check our signature (it cannot reach our
+            // key yet, say); 408 and 429: it is busy. None of them is about the items.
             Err(FederationError::Refused { status, body })
-                if (400..500).contains(&status) && status != 429 =>
+                if (400..500).contains(&status) && ![401, 408, 429].contains(&status) =>
             {
                 refusals += 1;
                 tracing::warn!(destination = %name, %status, %body, "transaction {txn_id} refused ({refusals})");

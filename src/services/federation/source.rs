@@ -41,7 +41,7 @@ impl MissingSource for FromOrigin<'_> {
         &'a self,
         room_id: &'a str,
         (earliest, latest): (&'a [String], &'a [String]),
-        limit: usize,
+        (limit, min_depth): (usize, u64),
     ) -> BoxFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let path = format!(
@@ -52,7 +52,7 @@ impl MissingSource for FromOrigin<'_> {
                 "earliest_events": earliest,
                 "latest_events": latest,
                 "limit": limit,
-                "min_depth": 0,
+                "min_depth": min_depth,
             });
             match self
                 .federation

@@ -16,7 +16,6 @@ use serde_json::Value;
 
 use super::graph::{self, EventStatus};
 use super::receive::{room_of, Budget, Kind, MissingSource, PduOutcome, Prepare};
-use super::state_store::StateMap;
 use super::writer::RemoteEvent;
 use super::Rooms;
 use crate::core::pdu;
@@ -28,9 +27,6 @@ const OLDEST_LOOKED_AT: usize = 20;
 pub const MAX_BACKFILL_EVENTS: usize = 100;
 /// Events fetched for one backfill's checks (auth events, state events) at most.
 const FETCH_BUDGET: usize = 500;
-/// State events a `/state_ids` answer may name at most (rooms bigger than this are
-/// not taken through a gap).
-const MAX_STATE_IDS: usize = 200_000;
 /// `/state_ids` requests one backfill makes at most (one per event whose prev events
 /// are missing; history in one line needs one).
 const STATE_REQUESTS: usize = 3;
@@ -148,99 +144,6 @@ impl Rooms {
         }
         Ok(placed)
     }
-
-    /// The state before `event_id` as `source` tells it: its state events, fetched (as
-    /// outliers, each checked against its own auth events) when not held, and saved as a
-    /// snapshot. `None` when the source cannot tell or one of them cannot be had.
-    pub(super) async fn state_before(
-        &self,
-        origin: &str,
-        room_id: &str,
-        event_id: &str,
-        source: &dyn MissingSource,
-        budget: &mut Budget,
-    ) -> MatrixResult<Option<(u64, StateMap)>> {
-        let Some(mut ids) = source.state_ids(room_id, event_id).await else {
-            return Ok(None);
-        };
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() > MAX_STATE_IDS {
-            tracing::info!(%origin, event = %event_id, told = ids.len(), "a state too big to take is refused");
-            return Ok(None);
-        }
-        let mut lacking = Vec::new();
-        for id in &ids {
-            let held = match self.store.state.find_event(id)? {
-                Some(short) => !graph::is_out_of_band(&self.store, short)?,
-                None => false,
-            };
-            if !held {
-                lacking.push(id.clone());
-            }
-        }
-        if lacking.len() > budget.0 {
-            tracing::info!(%origin, event = %event_id, lacking = lacking.len(), "too many state events to fetch for a backfilled event");
-            return Ok(None);
-        }
-        self.fetch_and_receive(origin, room_id, &lacking, Kind::Outlier, source, budget)
-            .await?;
-        let mut map = StateMap::with_capacity(ids.len());
-        for id in &ids {
-            let Some(short) = self.store.state.find_event(id)? else {
-                return Ok(None);
-            };
-            if !matches!(
-                graph::record(&self.store, short)?.map(|r| r.status),
-                Some(EventStatus::Accepted | EventStatus::Outlier | EventStatus::SoftFailed)
-            ) {
-                return Ok(None);
-            }
-            let event = self.store.event(short)?;
-            let Some(state_key) = event.state_key() else {
-                return Ok(None);
-            };
-            if event.meta.room != self.store.room(room_id)?.map_or(0, |r| r.short) {
-                return Ok(None);
-            }
-            let key = self.store.state.state_key(event.kind(), state_key)?;
-            if map.insert(key, short).is_some_and(|other| other != short) {
-                tracing::info!(%origin, event = %event_id, "the state before a backfilled event names two events for one key");
-                return Ok(None);
-            }
-        }
-        let has_create = self
-            .store
-            .state
-            .find_state_key("m.room.create", "")?
-            .is_some_and(|key| map.contains_key(&key));
-        if !has_create {
-            tracing::info!(%origin, event = %event_id, "the state told for an event has no create event");
-            return Ok(None);
-        }
-        // Saved as the changes from the room's current state (most of a state told for a
-        // gap is the room's state already), the same snapshot when nothing differs.
-        let current = self.store.room(room_id)?.map_or(0, |r| r.record.state);
-        let base = self.store.state.load(current)?;
-        if base == map && current != 0 {
-            return Ok(Some((current, map)));
-        }
-        let mut changes: Vec<_> = map
-            .iter()
-            .filter(|(key, short)| base.get(key) != Some(short))
-            .map(|(key, short)| (*key, Some(*short)))
-            .collect();
-        changes.extend(
-            base.keys()
-                .filter(|key| !map.contains_key(key))
-                .map(|key| (*key, None)),
-        );
-        let mut batch = self.store.db.batch();
-        let parent = (current != 0).then_some(current);
-        let snapshot = self.store.state.save(parent, &changes, &mut batch)?;
-        self.store.db.write_relaxed(batch)?;
-        Ok(Some((snapshot, map)))
-    }
 }
 
 /// The events among `events` that are `points` or reached from them through the
@@ -325,7 +228,7 @@ mod tests {
             forward: false,
             given_state: None,
             history_pos: None,
-            gap_state: None,
+            gap_states: Vec::new(),
         }
     }
 

@@ -9,7 +9,8 @@
 //! never in state, timeline or extremities). Local events are always accepted; the other
 //! statuses come with events from other servers.
 //!
-//! Owns the tables `shorteventid_graph` and `prev_shorteventid_child`.
+//! Owns the tables `shorteventid_graph`, `prev_shorteventid_child` and
+//! `eventid_pendingchild`.
 
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +124,101 @@ pub fn children(store: &EventStore, short: ShortEventId) -> MatrixResult<Vec<Sho
             .and_then(keys::read_u64)
             .ok_or_else(|| MatrixError::internal("corrupt record in prev_shorteventid_child"))?;
         out.push(child);
+    }
+    Ok(out)
+}
+
+/// Notes, in `batch`, `child` (being accepted) as a successor of those of its `prev_ids`
+/// that are not held: when one arrives later, it is not a forward extremity.
+pub fn note_unknown_prevs(
+    store: &EventStore,
+    batch: &mut Batch<'_>,
+    prev_ids: &[String],
+    child: ShortEventId,
+) -> MatrixResult<()> {
+    for id in prev_ids {
+        if store.state.find_event(id)?.is_none() {
+            batch.put(
+                Table::EventidPendingchild,
+                pending_child_key(id, child),
+                b"",
+            );
+        }
+    }
+    Ok(())
+}
+
+fn pending_child_key(event_id: &str, child: ShortEventId) -> Vec<u8> {
+    keys::join(&[event_id.as_bytes(), &child.to_be_bytes()])
+}
+
+/// Whether an accepted event names `short` (`event_id`) among its prev events, stored
+/// before or after it: then it is not a forward extremity.
+pub fn has_accepted_child(
+    store: &EventStore,
+    short: ShortEventId,
+    event_id: &str,
+) -> MatrixResult<bool> {
+    let mut children = children(store, short)?;
+    let prefix = keys::prefix(event_id.as_bytes());
+    for entry in store.db.scan_prefix(Table::EventidPendingchild, &prefix) {
+        let (key, _) = entry?;
+        let child = key
+            .get(prefix.len()..)
+            .and_then(keys::read_u64)
+            .ok_or_else(|| MatrixError::internal("corrupt record in eventid_pendingchild"))?;
+        children.push(child);
+    }
+    for child in children {
+        if record(store, child)?.is_some_and(|r| r.status == EventStatus::Accepted) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Events walked at most by [`prevs_before_failed`].
+const FAILED_WALK_LIMIT: usize = 200;
+
+/// The prev events of those of `prev_ids` that were soft-failed or rejected here, and on
+/// through soft-failed or rejected ones (at most [`FAILED_WALK_LIMIT`] events): an event
+/// accepted on top of them makes them no forward extremities either, as Synapse does
+/// (`_get_prevs_before_rejected`). Otherwise an event another server accepted and we
+/// soft-failed leaves its prev event dangling as an extremity, and the room's state keeps
+/// resolving an old state in.
+pub fn prevs_before_failed(
+    store: &EventStore,
+    prev_ids: &[String],
+) -> MatrixResult<std::collections::HashSet<String>> {
+    let failed = |status: &EventStatus| {
+        matches!(
+            status,
+            EventStatus::SoftFailed | EventStatus::Rejected { .. }
+        )
+    };
+    let mut out = std::collections::HashSet::new();
+    let mut queue = Vec::new();
+    for id in prev_ids {
+        if let Some(short) = store.state.find_event(id)? {
+            if record(store, short)?.is_some_and(|r| failed(&r.status)) {
+                queue.push(short);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    while let Some(short) = queue.pop() {
+        if !seen.insert(short) || seen.len() > FAILED_WALK_LIMIT {
+            continue;
+        }
+        let Some(node) = record(store, short)? else {
+            continue;
+        };
+        for prev in node.prev {
+            out.insert(store.state.event_id_of(prev)?);
+            if record(store, prev)?.is_some_and(|r| failed(&r.status)) {
+                queue.push(prev);
+            }
+        }
     }
     Ok(out)
 }

@@ -47,6 +47,7 @@ pub mod server_visibility;
 pub mod state_store;
 pub mod stored_event;
 pub mod tokens;
+pub mod told_state;
 pub mod upgrade;
 pub mod visibility;
 pub mod writer;

@@ -16,16 +16,18 @@
 //! never holds a room: missing prev events are fetched and received first (their own
 //! missing events before them), then auth events still missing are fetched and stored as
 //! outliers (each checked against its own auth events), within a budget. When prev events
-//! still cannot be had (a gap too big to fill), the state before the event is asked of
-//! the server that sent it (`/state_ids`, its state events fetched as outliers) and
-//! stands for theirs, as Synapse does; what is still missing is named in
-//! [`PduOutcome::MissingEvents`].
+//! still cannot be had (a gap too big to fill), or are held only as outliers, the state
+//! after each is asked of the server that sent it (`/state_ids`, its state events
+//! fetched as outliers; see [`super::told_state`]) and the writer resolves it with the
+//! states after the prev events it holds, as Synapse does; what is still missing is
+//! named in [`PduOutcome::MissingEvents`].
 
 use std::collections::{HashMap, HashSet};
 
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
+use super::graph::EventStatus;
 use super::writer::RemoteEvent;
 use super::Rooms;
 use crate::core::event_hashes;
@@ -55,15 +57,15 @@ pub trait MissingSource: Send + Sync {
         -> BoxFuture<'a, Vec<Value>>;
 
     /// The events of `room_id` between `earliest` (what we hold: our forward extremities)
-    /// and `latest`, at most `limit`, as `/get_missing_events` answers them; none when the
-    /// source cannot tell.
+    /// and `latest`, none deeper in the past than `min_depth`, at most `limit`, as
+    /// `/get_missing_events` answers them; none when the source cannot tell.
     fn missing_events<'a>(
         &'a self,
         room_id: &'a str,
         (earliest, latest): (&'a [String], &'a [String]),
-        limit: usize,
+        (limit, min_depth): (usize, u64),
     ) -> BoxFuture<'a, Vec<Value>> {
-        let _ = (room_id, earliest, latest, limit);
+        let _ = (room_id, earliest, latest, limit, min_depth);
         Box::pin(async { Vec::new() })
     }
 
@@ -275,10 +277,7 @@ impl Rooms {
             tracing::info!(%origin, event = %event_id, "content hash mismatch: kept redacted");
         }
 
-        // What the room lacks, fetched outside its writer. A prev event held as an outlier
-        // counts as held here (the writer still finds its state missing): fetching the
-        // state at events from before our join made the seeded split runs diverge more
-        // (see docs/benchmarks.md, "Convergence under splits").
+        // What the room lacks, fetched outside its writer (an outlier counts as held).
         let unknown = |key: &str| -> MatrixResult<Vec<String>> {
             let mut out = Vec::new();
             for id in pdu::event_ids(&pdu, key) {
@@ -294,7 +293,7 @@ impl Rooms {
         };
         // Prev events first: one that is also an auth event then gets its timeline
         // place rather than being held as an outlier.
-        let mut gap_state = None;
+        let mut gap_states = Vec::new();
         if kind == Kind::Live {
             let mut missing_prev = unknown("prev_events")?;
             if !missing_prev.is_empty() && budget.0 > 0 {
@@ -306,15 +305,20 @@ impl Rooms {
             }
             self.fetch_and_receive(origin, &room_id, &missing_prev, Kind::Live, source, budget)
                 .await?;
-            // One request per PDU even with the fetch budget spent (the gap filling
-            // above may have used it up): the state events it names that we lack are
-            // fetched within the budget, and it refuses when they are too many.
-            if !unknown("prev_events")?.is_empty() {
-                // A gap too big to fill: the state before the event, as its sender's
-                // server tells it, stands for the state after the prev events we lack.
-                gap_state = self
-                    .state_before(origin, &room_id, &event_id, source, budget)
-                    .await?;
+            // Prev events still without a state of ours (missing for good, or held only
+            // as outliers, such as the state a join took): the state after each as the
+            // sending server tells it, which the writer resolves with the states after
+            // the others. Asked even with the fetch budget spent (the gap filling above
+            // may have used it up); the state events named are fetched within it.
+            for prev in self.unplaced_prevs(&pdu, in_batch)? {
+                match self
+                    .state_after_prev(origin, &room_id, &prev, source, budget)
+                    .await?
+                {
+                    Some(snapshot) => gap_states.push((prev, snapshot)),
+                    // The writer answers what is missing; no use asking on.
+                    None => break,
+                }
             }
         }
         let missing_auth = unknown("auth_events")?;
@@ -338,9 +342,42 @@ impl Rooms {
                 forward: false,
                 given_state: None,
                 history_pos: None,
-                gap_state,
+                gap_states,
             },
         })))
+    }
+
+    /// The depth of the oldest event of `room` held with a place (0 when none is).
+    fn oldest_depth(&self, room: &super::event_store::Room) -> MatrixResult<u64> {
+        let oldest = self.store.timeline(room.short, 0, u64::MAX, false, 1)?;
+        let Some((_, short)) = oldest.first() else {
+            return Ok(0);
+        };
+        Ok(super::graph::record(&self.store, *short)?.map_or(0, |r| r.depth))
+    }
+
+    /// The prev events of `pdu` without a state of ours that the writer can use: not
+    /// held (nor earlier in the transaction), held only as outliers or out of band, or
+    /// rejected before their state was known.
+    fn unplaced_prevs(&self, pdu: &Value, in_batch: &HashSet<String>) -> MatrixResult<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for id in pdu::event_ids(pdu, "prev_events") {
+            if in_batch.contains(id) || out.iter().any(|o| o == id) {
+                continue;
+            }
+            let placed = match self.store.state.find_event(id)? {
+                None => false,
+                Some(short) => match super::graph::record(&self.store, short)?.map(|r| r.status) {
+                    Some(EventStatus::Outlier | EventStatus::OutOfBand) => false,
+                    Some(EventStatus::Rejected { .. }) => self.store.meta(short)?.state_before != 0,
+                    _ => true,
+                },
+            };
+            if !placed {
+                out.push(id.to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Spec: server-server API, "Retrieving missing events": asks `source` for the events
@@ -358,16 +395,26 @@ impl Rooms {
         };
         let limit = GAP_LIMIT.min(budget.0);
         let latest = [event_id.to_owned()];
+        // Nothing from before the oldest event we hold with a place (as Synapse asks):
+        // events from before our join, held as outliers, are not the gap, and taking them
+        // in as live events would put the room's past at its end.
+        let min_depth = self.oldest_depth(&room)?;
         let fetched = source
-            .missing_events(room_id, (&room.record.extremities, &latest), limit)
+            .missing_events(
+                room_id,
+                (&room.record.extremities, &latest),
+                (limit, min_depth),
+            )
             .await;
         budget.0 = budget.0.saturating_sub(fetched.len().min(limit));
+        let depth = |p: &Value| p.get("depth").and_then(Value::as_u64).unwrap_or(0);
         let mut fetched: Vec<Value> = fetched
             .into_iter()
             .take(limit)
             .filter(|p| p.get("room_id").and_then(Value::as_str) == Some(room_id))
+            .filter(|p| depth(p) >= min_depth)
             .collect();
-        fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
+        fetched.sort_by_key(depth);
         for pdu in fetched {
             let (id, outcome) =
                 Box::pin(self.receive_one(origin, pdu, Kind::Live, source, budget)).await?;

@@ -199,7 +199,7 @@ impl Rooms {
             forward: true,
             given_state: None,
             history_pos: None,
-            gap_state: None,
+            gap_states: Vec::new(),
         };
         match self.writers.receive(room_id, event).await? {
             PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),

@@ -158,7 +158,7 @@ impl Rooms {
             forward: false,
             given_state: None,
             history_pos: None,
-            gap_state: None,
+            gap_states: Vec::new(),
         })
     }
 

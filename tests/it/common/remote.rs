@@ -75,12 +75,13 @@ impl MissingSource for TestSource {
     }
 
     /// As a server answers `/get_missing_events`: a walk back over `prev_events` from
-    /// `latest` (excluded), stopping at `earliest`, at most `limit`, oldest first.
+    /// `latest` (excluded), stopping at `earliest` and below `min_depth`, at most
+    /// `limit`, oldest first.
     fn missing_events<'a>(
         &'a self,
         _room: &'a str,
         (earliest, latest): (&'a [String], &'a [String]),
-        limit: usize,
+        (limit, min_depth): (usize, u64),
     ) -> BoxFuture<'a, Vec<Value>> {
         Box::pin(async move {
             if !self.serves_gaps {
@@ -101,6 +102,9 @@ impl MissingSource for TestSource {
                     continue;
                 }
                 if let Some(pdu) = held.get(&id) {
+                    if pdu["depth"].as_u64().unwrap_or(0) < min_depth {
+                        continue;
+                    }
                     todo.extend(prev_ids(pdu));
                     out.push(pdu.clone());
                 }

@@ -70,6 +70,10 @@ pub(super) fn place(
         status: EventStatus::Accepted,
     };
     graph::write(&mut batch, short, &graph_record);
+    let prev_ids: Vec<String> = crate::core::pdu::event_ids(pdu, "prev_events")
+        .map(str::to_owned)
+        .collect();
+    graph::note_unknown_prevs(store, &mut batch, &prev_ids, short)?;
     let meta = EventMeta {
         room: head.short,
         pos,

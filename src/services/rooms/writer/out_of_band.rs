@@ -109,7 +109,7 @@ pub(super) fn write(
                 forward: false,
                 given_state: None,
                 history_pos: None,
-                gap_state: None,
+                gap_states: Vec::new(),
             };
             put_without_place(
                 &mut batch,

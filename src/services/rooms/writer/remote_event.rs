@@ -62,11 +62,12 @@ pub struct RemoteEvent {
     /// resident server): used instead of the state after its prev events, which we do
     /// not have, and the event is not held against our current state (which it makes).
     pub given_state: Option<(ShortStateHash, StateMap)>,
-    /// The state before the event as the server that sent it told (`/state_ids`), for
-    /// when some of its prev events cannot be had (a gap too big to fill): used then
-    /// instead of the state after its prev events. Unlike `given_state`, the event is
-    /// held against the current state (check 6) and joins the extremities as any other.
-    pub gap_state: Option<(ShortStateHash, StateMap)>,
+    /// The state after prev events we cannot place (missing for good, or held only as
+    /// outliers), as the server that sent the event told it (`/state_ids`; see the
+    /// rooms' `told_state` module): `(prev event id, snapshot)`, resolved with the states
+    /// after the prev events we hold. Unlike `given_state`, the event is held against the
+    /// current state (check 6) and joins the extremities as any other.
+    pub gap_states: Vec<(String, ShortStateHash)>,
     /// A history position (reserved by the caller, below the room's oldest event): the
     /// event is of the room's past, fetched by backfill, and is placed there without
     /// changing the room's present (see the writer's `backfilled` module).
@@ -178,30 +179,41 @@ pub(super) fn receive(
     // Taken, not copied (a room's whole state); `accept` only asks whether it was given.
     let (state_before, before) = if let Some((hash, map)) = event.given_state.take() {
         for id in &prev_ids {
-            // Only edges to this room's events that have a place in its graph.
+            // Edges to this room's events, held with a place or as outliers (the state
+            // the join took): one placed later is not a forward extremity.
             let Some(short) = store.state.find_event(id)? else {
                 continue;
             };
-            let placed = matches!(
-                graph::record(store, short)?.map(|r| r.status),
-                Some(EventStatus::Accepted) | Some(EventStatus::SoftFailed)
+            let status = graph::record(store, short)?.map(|r| r.status);
+            let held = matches!(
+                status,
+                Some(EventStatus::Accepted | EventStatus::SoftFailed | EventStatus::Outlier)
             );
-            if placed && store.meta(short)?.room == head.short {
+            if held && store.meta(short)?.room == head.short {
                 edges.prev.push(short);
             }
         }
         (hash, Before::Map(map))
     } else {
         let mut snapshots: Vec<ShortStateHash> = Vec::with_capacity(prev_ids.len());
+        // A prev event without a state of ours takes the state after it as told, if any.
+        let mut unplaced = |id: &String, snapshots: &mut Vec<ShortStateHash>| match event
+            .gap_states
+            .iter()
+            .find(|(prev, _)| prev == id)
+        {
+            Some((_, told)) => snapshots.push(*told),
+            None => missing.push(id.clone()),
+        };
         for id in &prev_ids {
             let Some(short) = store.state.find_event(id)? else {
-                missing.push(id.clone());
+                unplaced(id, &mut snapshots);
                 continue;
             };
             let meta = store.meta(short)?;
             let status = graph::record(store, short)?.map(|r| r.status);
             match status {
-                Some(EventStatus::Outlier | EventStatus::OutOfBand) => missing.push(id.clone()),
+                Some(EventStatus::Outlier | EventStatus::OutOfBand) => unplaced(id, &mut snapshots),
                 _ if meta.room != head.short => {
                     let reason = format!("prev event {id} belongs to another room");
                     return reject(ctx, head, (existing, &event), edges, 0, reason);
@@ -209,46 +221,36 @@ pub(super) fn receive(
                 // The state after a rejected event is the state before it, when known
                 // (an outlier rejected on its auth events has none).
                 Some(EventStatus::Rejected { .. }) if meta.state_before == 0 => {
-                    missing.push(id.clone())
+                    unplaced(id, &mut snapshots)
                 }
                 Some(EventStatus::Rejected { .. }) => snapshots.push(meta.state_before),
                 _ => snapshots.push(meta.state_after),
             }
             edges.prev.push(short);
         }
-        let gap = if missing.is_empty() {
-            None
-        } else {
-            match event.gap_state.take() {
-                // Prev events that could not be had: the state before the event is what
-                // the server that sent it told (`/state_ids`).
-                Some(given) => Some(given),
-                None => return Ok(PduOutcome::MissingEvents(missing)),
-            }
-        };
+        if !missing.is_empty() {
+            return Ok(PduOutcome::MissingEvents(missing));
+        }
         snapshots.sort_unstable();
         snapshots.dedup();
         // A live event on the room's newest events reads the head's state (no copy).
-        match (gap, snapshots.as_slice()) {
-            (Some((hash, map)), _) => (hash, Before::Map(map)),
-            (None, snapshots) => match snapshots {
-                [] => (0, Before::Map(StateMap::new())),
-                [one] if *one == head.record.state => (*one, Before::Current),
-                [one] => (*one, Before::Map(store.state.load(*one)?)),
-                [first, ..] => {
-                    let resolved = resolution::resolve_snapshots(store, version, snapshots)?;
-                    let base = store.state.load(*first)?;
-                    let changes = state_changes(&base, &resolved);
-                    let id = if changes.is_empty() {
-                        *first
-                    } else {
-                        let id = store.state.save(Some(*first), &changes, &mut batch)?;
-                        unwritten_before = Some((*first, changes));
-                        id
-                    };
-                    (id, Before::Map(resolved))
-                }
-            },
+        match snapshots.as_slice() {
+            [] => (0, Before::Map(StateMap::new())),
+            [one] if *one == head.record.state => (*one, Before::Current),
+            [one] => (*one, Before::Map(store.state.load(*one)?)),
+            [first, ..] => {
+                let resolved = resolution::resolve_snapshots(store, version, &snapshots)?;
+                let base = store.state.load(*first)?;
+                let changes = state_changes(&base, &resolved);
+                let id = if changes.is_empty() {
+                    *first
+                } else {
+                    let id = store.state.save(Some(*first), &changes, &mut batch)?;
+                    unwritten_before = Some((*first, changes));
+                    id
+                };
+                (id, Before::Map(resolved))
+            }
         }
     };
 
@@ -673,18 +675,19 @@ fn accept(
     let prev_ids: Vec<String> = pdu::event_ids(pdu, "prev_events")
         .map(str::to_owned)
         .collect();
-    let has_children = graph::children(store, short)?
-        .into_iter()
-        .map(|child| graph::record(store, child))
-        .collect::<MatrixResult<Vec<_>>>()?
-        .into_iter()
-        .any(|r| r.is_some_and(|r| r.status == EventStatus::Accepted));
+    let has_children = graph::has_accepted_child(store, short, event_id)?;
     // Our join through another server starts the room afresh: what we held before (a
     // room we had left) is not built on.
     let extremities = if given {
         vec![event_id.clone()]
     } else {
-        graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children)
+        let mut next =
+            graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children);
+        let dangling = graph::prevs_before_failed(store, &prev_ids)?;
+        if next.iter().any(|e| !dangling.contains(e)) {
+            next.retain(|e| !dangling.contains(e));
+        }
+        next
     };
 
     // The room's current state: the resolution of the states at the extremities.
@@ -739,6 +742,7 @@ fn accept(
         status: EventStatus::Accepted,
     };
     graph::write(&mut batch, short, &graph_record);
+    graph::note_unknown_prevs(store, &mut batch, &prev_ids, short)?;
     let replaces = own_key
         .and_then(|k| head.state.get(&k).copied())
         .unwrap_or(0);
@@ -835,6 +839,27 @@ fn accept(
         destinations.retain(|d| Some(d.as_str()) != sender_server);
         super::queue_for(&mut batch, &destinations, pos, event_id);
     }
+    // Servers whose members this event's state resolution brought back (a state reset
+    // on our side undone, say) may have missed what we sent while they were out: our own
+    // events at the room's forward extremities go to them, and they fetch the rest.
+    let returning = returning_servers(head, store, &ctx.server_name, pdu, &member_changes)?;
+    if !returning.is_empty() {
+        for id in &record.extremities {
+            let Some(own) = store.state.find_event(id)? else {
+                continue;
+            };
+            let own_event = store.event(own)?;
+            let ours = own_event
+                .sender()
+                .split_once(':')
+                .is_some_and(|(_, server)| server == ctx.server_name);
+            if ours && own_event.meta.pos != 0 {
+                super::queue_for(&mut batch, &returning, own_event.meta.pos, id);
+            }
+        }
+        tracing::info!(room = %head.record.room_id, servers = ?returning, "servers back in the room's state get our latest events");
+        destinations.extend(returning);
+    }
     store.db.write_relaxed(batch)?;
     written.destinations.extend(destinations);
     written.changes.push((
@@ -860,6 +885,41 @@ fn accept(
         head.member_changed(user, pdu.as_ref(), &ctx.server_name);
     }
     Ok(())
+}
+
+/// The other servers (not ours, not the sender's) that have a joined member in the
+/// room's state after `member_changes` and had none before.
+fn returning_servers(
+    head: &mut RoomHead,
+    store: &EventStore,
+    server_name: &str,
+    pdu: &Value,
+    member_changes: &[(String, Option<Value>)],
+) -> MatrixResult<BTreeSet<String>> {
+    let sender_server = pdu
+        .get("sender")
+        .and_then(Value::as_str)
+        .and_then(|s| s.split_once(':'))
+        .map_or("", |(_, server)| server);
+    let mut joined: BTreeSet<String> = BTreeSet::new();
+    for (user, changed) in member_changes {
+        let Some((_, server)) = user.split_once(':') else {
+            continue;
+        };
+        if server == server_name || server == sender_server {
+            continue;
+        }
+        if changed.as_ref().is_some_and(|p| membership_of(p) == "join") {
+            joined.insert(server.to_owned());
+        }
+    }
+    if joined.is_empty() {
+        return Ok(joined);
+    }
+    // The head still holds the state before the event.
+    let before = head.remote_servers(store, server_name)?;
+    joined.retain(|s| !before.contains(s));
+    Ok(joined)
 }
 
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
