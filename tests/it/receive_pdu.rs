@@ -781,6 +781,54 @@ async fn an_event_accepted_on_a_soft_failed_one_leaves_no_dangling_extremity_beh
 }
 
 #[tokio::test]
+async fn a_member_forking_the_graph_on_purpose_leaves_at_most_the_cap_of_extremities() {
+    // Attack class (hostile-federation issue): every event resolves the states of all
+    // forward extremities, so a member adding one branch per event would make each later
+    // event cost more. Past the cap the shallowest extremities are dropped.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    // Each step: a branch left alone, and a stem the next step builds on.
+    let mut last = join_id.clone();
+    for n in 0..graph::MAX_EXTREMITIES + 10 {
+        let base = std::slice::from_ref(&last);
+        let (_, branch) = room.bob_says(&format!("branch {n}"), base, &join_id).await;
+        let (stem_id, stem) = room.bob_says(&format!("stem {n}"), base, &join_id).await;
+        for pdu in [&branch, &stem] {
+            assert_eq!(
+                room.receive(pdu, &TestSource::default()).await,
+                PduOutcome::Accepted
+            );
+        }
+        last = stem_id;
+    }
+    let extremities = room.extremities();
+    assert_eq!(extremities.len(), graph::MAX_EXTREMITIES);
+    assert!(extremities.contains(&last), "the newest stays");
+    // Alice's next message names ten of them, the deepest.
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/t1", room.id),
+            json!({"msgtype": "m.text", "body": "merging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let merged = room
+        .store()
+        .event_by_id(body["event_id"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
+    let prev = merged.pdu()["prev_events"].as_array().unwrap();
+    assert_eq!(prev.len(), graph::LOCAL_PREV_EVENTS);
+    assert!(prev.iter().any(|p| p == last.as_str()));
+    assert_eq!(
+        room.extremities().len(),
+        graph::MAX_EXTREMITIES - graph::LOCAL_PREV_EVENTS + 1
+    );
+}
+
+#[tokio::test]
 async fn a_rejected_event_replayed_through_send_gap_filling_and_backfill_stays_rejected() {
     // Attack class (hostile-federation issue): a rejected event offered again, by
     // itself, as a prev event of a valid one, and as history, must stay rejected and

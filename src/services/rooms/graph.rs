@@ -25,6 +25,13 @@ use crate::storage::{keys, Batch, Table};
 /// does; the spec allows 20.
 pub const LOCAL_PREV_EVENTS: usize = 10;
 
+/// Forward extremities a room keeps at most. Each new event resolves the states of all of
+/// them into the room's current state, so a member who forks the graph on purpose (one
+/// branch per event) could otherwise make every later event cost more; past the cap the
+/// shallowest are dropped, as Synapse prunes stuck extremities. Well above what honest
+/// servers make: a local event merges up to [`LOCAL_PREV_EVENTS`] at a time.
+pub const MAX_EXTREMITIES: usize = 50;
+
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -258,6 +265,21 @@ pub fn load_extremities(
     Ok(out)
 }
 
+/// `extremities` (with their depths) cut down to [`MAX_EXTREMITIES`]: `keep` (the event
+/// being accepted) and the deepest others.
+pub fn cap_extremities(mut extremities: Vec<(String, u64)>, keep: &str) -> Vec<String> {
+    if extremities.len() > MAX_EXTREMITIES {
+        extremities.sort_by(|(a, da), (b, db)| {
+            (b == keep)
+                .cmp(&(a == keep))
+                .then(db.cmp(da))
+                .then_with(|| a.cmp(b))
+        });
+        extremities.truncate(MAX_EXTREMITIES);
+    }
+    extremities.into_iter().map(|(id, _)| id).collect()
+}
+
 /// The prev events of a new local event and its depth: the deepest
 /// [`LOCAL_PREV_EVENTS`] extremities, and one more than the deepest (at most
 /// [`MAX_DEPTH`]).
@@ -307,6 +329,22 @@ mod tests {
             next_extremities(&ids(&["$a", "$c"]), &ids(&["$a"]), "$b", true),
             ids(&["$c"])
         );
+    }
+
+    #[test]
+    fn extremities_over_the_cap_lose_the_shallowest_but_never_the_new_event() {
+        let many: Vec<(String, u64)> = (0..MAX_EXTREMITIES as u64 + 5)
+            .map(|i| (format!("$e{i:03}"), 100 + i))
+            .collect();
+        let mut with_new = many.clone();
+        with_new.push(("$new".to_owned(), 1));
+        let kept = cap_extremities(with_new, "$new");
+        assert_eq!(kept.len(), MAX_EXTREMITIES);
+        assert_eq!(kept[0], "$new");
+        assert!(!kept.contains(&"$e000".to_owned()));
+        assert!(kept.contains(&format!("$e{:03}", MAX_EXTREMITIES + 4)));
+        let few: Vec<(String, u64)> = many[..3].to_vec();
+        assert_eq!(cap_extremities(few, "$x").len(), 3);
     }
 
     #[test]

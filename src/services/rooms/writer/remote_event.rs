@@ -678,7 +678,7 @@ fn accept(
     let has_children = graph::has_accepted_child(store, short, event_id)?;
     // Our join through another server starts the room afresh: what we held before (a
     // room we had left) is not built on.
-    let extremities = if given {
+    let mut extremities = if given {
         vec![event_id.clone()]
     } else {
         let mut next =
@@ -689,6 +689,23 @@ fn accept(
         }
         next
     };
+    if extremities.len() > graph::MAX_EXTREMITIES {
+        let mut with_depths = Vec::with_capacity(extremities.len());
+        for id in &extremities {
+            let depth = if id == event_id {
+                depth_of(pdu)
+            } else {
+                match store.state.find_event(id)? {
+                    Some(other) => graph::record(store, other)?.map_or(0, |r| r.depth),
+                    None => 0,
+                }
+            };
+            with_depths.push((id.clone(), depth));
+        }
+        let before = extremities.len();
+        extremities = graph::cap_extremities(with_depths, event_id);
+        tracing::info!(room = %head.record.room_id, dropped = before - extremities.len(), "forward extremities over the cap: the shallowest dropped");
+    }
 
     // The room's current state: the resolution of the states at the extremities.
     let (current, changes) =
