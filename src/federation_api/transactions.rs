@@ -91,7 +91,7 @@ pub async fn send(
                             json!({ "error": why })
                         }
                         PduOutcome::MissingEvents(ids) => {
-                            tracing::info!(%origin, event = %event_id, missing = ?ids, "a PDU waits for events it names");
+                            tracing::debug!(%origin, event = %event_id, missing = ?ids, "a PDU waits for events it names");
                             json!({ "error": format!("missing events: {}", ids.join(", ")) })
                         }
                     };

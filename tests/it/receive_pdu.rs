@@ -784,27 +784,39 @@ async fn an_event_accepted_on_a_soft_failed_one_leaves_no_dangling_extremity_beh
 async fn a_member_forking_the_graph_on_purpose_leaves_at_most_the_cap_of_extremities() {
     // Attack class (hostile-federation issue): every event resolves the states of all
     // forward extremities, so a member adding one branch per event would make each later
-    // event cost more. Past the cap the shallowest extremities are dropped.
+    // event cost more. At the cap a new fork does not become an extremity, and nothing
+    // already one is dropped (forks choose their depths: dropping the "shallowest" would
+    // let them push the room's state back).
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
     // Each step: a branch left alone, and a stem the next step builds on.
     let mut last = join_id.clone();
+    let mut branches = Vec::new();
     for n in 0..graph::MAX_EXTREMITIES + 10 {
         let base = std::slice::from_ref(&last);
-        let (_, branch) = room.bob_says(&format!("branch {n}"), base, &join_id).await;
+        let (branch_id, branch) = room.bob_says(&format!("branch {n}"), base, &join_id).await;
         let (stem_id, stem) = room.bob_says(&format!("stem {n}"), base, &join_id).await;
-        for pdu in [&branch, &stem] {
+        for pdu in [&stem, &branch] {
             assert_eq!(
                 room.receive(pdu, &TestSource::default()).await,
                 PduOutcome::Accepted
             );
         }
+        branches.push(branch_id);
         last = stem_id;
     }
     let extremities = room.extremities();
     assert_eq!(extremities.len(), graph::MAX_EXTREMITIES);
-    assert!(extremities.contains(&last), "the newest stays");
+    assert!(
+        extremities.contains(&last),
+        "the stem replaces one: it stays"
+    );
+    assert!(extremities.contains(&branches[0]), "the first fork is kept");
+    assert!(
+        !extremities.contains(branches.last().unwrap()),
+        "a fork past the cap is not an extremity"
+    );
     // Alice's next message names ten of them, the deepest.
     let (status, body) = room
         .alice
@@ -826,6 +838,60 @@ async fn a_member_forking_the_graph_on_purpose_leaves_at_most_the_cap_of_extremi
         room.extremities().len(),
         graph::MAX_EXTREMITIES - graph::LOCAL_PREV_EVENTS + 1
     );
+}
+
+#[tokio::test]
+async fn an_event_on_one_rejected_without_a_state_takes_no_extremity_away() {
+    // Found by review: an event rejected before its state was known (it names another
+    // room's event) must not count as built on our extremities, or an event on it (taking
+    // the state its sender tells) would replace our extremities and so the room's state.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let other = room
+        .alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await;
+    let other_create = room
+        .store()
+        .room(&other)
+        .unwrap()
+        .unwrap()
+        .record
+        .extremities[0]
+        .clone();
+    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let state_ids: Vec<String> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let (bad_id, bad) = room
+        .bob_says("on two rooms", &[join_id.clone(), other_create], &join_id)
+        .await;
+    assert!(matches!(
+        room.receive(&bad, &TestSource::default()).await,
+        PduOutcome::Rejected(_)
+    ));
+    let (next_id, next) = room
+        .bob_says(
+            "on the rejected one",
+            std::slice::from_ref(&bad_id),
+            &join_id,
+        )
+        .await;
+    let source = TestSource::default();
+    source
+        .state_ids
+        .lock()
+        .unwrap()
+        .insert(bad_id.clone(), state_ids);
+    assert_eq!(room.receive(&next, &source).await, PduOutcome::Accepted);
+    let mut both = vec![join_id, next_id];
+    both.sort();
+    assert_eq!(room.extremities(), both, "our extremity stays");
 }
 
 #[tokio::test]

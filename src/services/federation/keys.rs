@@ -203,8 +203,8 @@ impl KeyRing {
         self.stored(server).ok().flatten().map(|r| r.document)
     }
 
-    /// Fetches `server`'s keys (once at a time per server; not again for a minute after a
-    /// failure), directly and then through the notaries.
+    /// Fetches `server`'s keys (once at a time per server; after failures, not again for
+    /// [`failure_backoff`]), directly and then through the notaries.
     async fn fetch(
         &self,
         server: &str,

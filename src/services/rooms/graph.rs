@@ -27,9 +27,11 @@ pub const LOCAL_PREV_EVENTS: usize = 10;
 
 /// Forward extremities a room keeps at most. Each new event resolves the states of all of
 /// them into the room's current state, so a member who forks the graph on purpose (one
-/// branch per event) could otherwise make every later event cost more; past the cap the
-/// shallowest are dropped, as Synapse prunes stuck extremities. Well above what honest
-/// servers make: a local event merges up to [`LOCAL_PREV_EVENTS`] at a time.
+/// branch per event) could otherwise make every later event cost more. At the cap a new
+/// fork (an event that replaces no extremity) does not become one; nothing already an
+/// extremity is dropped, so forks (whose depths their senders choose) cannot push the
+/// room's state back to an old point. Well above what honest servers make: a local event
+/// merges up to [`LOCAL_PREV_EVENTS`] at a time.
 pub const MAX_EXTREMITIES: usize = 50;
 
 /// What became of an event.
@@ -159,12 +161,13 @@ fn pending_child_key(event_id: &str, child: ShortEventId) -> Vec<u8> {
     keys::join(&[event_id.as_bytes(), &child.to_be_bytes()])
 }
 
-/// Whether an accepted event names `short` (`event_id`) among its prev events, stored
-/// before or after it: then it is not a forward extremity.
+/// Whether an accepted event of room `room` names `short` (`event_id`) among its prev
+/// events, stored before or after it: then it is not a forward extremity. (An event id
+/// can be named before its event exists, from another room too.)
 pub fn has_accepted_child(
     store: &EventStore,
-    short: ShortEventId,
-    event_id: &str,
+    (short, event_id): (ShortEventId, &str),
+    room: u64,
 ) -> MatrixResult<bool> {
     let mut children = children(store, short)?;
     let prefix = keys::prefix(event_id.as_bytes());
@@ -177,7 +180,9 @@ pub fn has_accepted_child(
         children.push(child);
     }
     for child in children {
-        if record(store, child)?.is_some_and(|r| r.status == EventStatus::Accepted) {
+        if record(store, child)?.is_some_and(|r| r.status == EventStatus::Accepted)
+            && store.meta(child)?.room == room
+        {
             return Ok(true);
         }
     }
@@ -197,17 +202,23 @@ pub fn prevs_before_failed(
     store: &EventStore,
     prev_ids: &[String],
 ) -> MatrixResult<std::collections::HashSet<String>> {
-    let failed = |status: &EventStatus| {
-        matches!(
-            status,
-            EventStatus::SoftFailed | EventStatus::Rejected { .. }
-        )
+    // Only events judged with a state of ours: a rejected event without one (refused
+    // before its state was known, such as one naming another room's event) says
+    // nothing about what it was built on, and must not take our extremities away.
+    let failed_with_state = |short: ShortEventId| -> MatrixResult<bool> {
+        let failed = record(store, short)?.is_some_and(|r| {
+            matches!(
+                r.status,
+                EventStatus::SoftFailed | EventStatus::Rejected { .. }
+            )
+        });
+        Ok(failed && store.meta(short)?.state_before != 0)
     };
     let mut out = std::collections::HashSet::new();
     let mut queue = Vec::new();
     for id in prev_ids {
         if let Some(short) = store.state.find_event(id)? {
-            if record(store, short)?.is_some_and(|r| failed(&r.status)) {
+            if failed_with_state(short)? {
                 queue.push(short);
             }
         }
@@ -222,7 +233,7 @@ pub fn prevs_before_failed(
         };
         for prev in node.prev {
             out.insert(store.state.event_id_of(prev)?);
-            if record(store, prev)?.is_some_and(|r| failed(&r.status)) {
+            if failed_with_state(prev)? {
                 queue.push(prev);
             }
         }
@@ -265,19 +276,14 @@ pub fn load_extremities(
     Ok(out)
 }
 
-/// `extremities` (with their depths) cut down to [`MAX_EXTREMITIES`]: `keep` (the event
-/// being accepted) and the deepest others.
-pub fn cap_extremities(mut extremities: Vec<(String, u64)>, keep: &str) -> Vec<String> {
-    if extremities.len() > MAX_EXTREMITIES {
-        extremities.sort_by(|(a, da), (b, db)| {
-            (b == keep)
-                .cmp(&(a == keep))
-                .then(db.cmp(da))
-                .then_with(|| a.cmp(b))
-        });
-        extremities.truncate(MAX_EXTREMITIES);
+/// The forward extremities after `event_id` joined them (`next`), held to
+/// [`MAX_EXTREMITIES`]: past it, `event_id` is left out when it made the set grow (a
+/// fork); nothing else is dropped.
+pub fn cap_extremities(mut next: Vec<String>, before: usize, event_id: &str) -> Vec<String> {
+    if next.len() > MAX_EXTREMITIES && next.len() > before {
+        next.retain(|e| e != event_id);
     }
-    extremities.into_iter().map(|(id, _)| id).collect()
+    next
 }
 
 /// The prev events of a new local event and its depth: the deepest
@@ -332,19 +338,22 @@ mod tests {
     }
 
     #[test]
-    fn extremities_over_the_cap_lose_the_shallowest_but_never_the_new_event() {
-        let many: Vec<(String, u64)> = (0..MAX_EXTREMITIES as u64 + 5)
-            .map(|i| (format!("$e{i:03}"), 100 + i))
-            .collect();
-        let mut with_new = many.clone();
-        with_new.push(("$new".to_owned(), 1));
-        let kept = cap_extremities(with_new, "$new");
-        assert_eq!(kept.len(), MAX_EXTREMITIES);
-        assert_eq!(kept[0], "$new");
-        assert!(!kept.contains(&"$e000".to_owned()));
-        assert!(kept.contains(&format!("$e{:03}", MAX_EXTREMITIES + 4)));
-        let few: Vec<(String, u64)> = many[..3].to_vec();
-        assert_eq!(cap_extremities(few, "$x").len(), 3);
+    fn at_the_cap_a_new_fork_is_left_out_and_nothing_else_is_dropped() {
+        let full: Vec<String> = (0..MAX_EXTREMITIES).map(|i| format!("$e{i:03}")).collect();
+        // A fork: the set would grow past the cap.
+        let mut forked = full.clone();
+        forked.push("$fork".to_owned());
+        assert_eq!(cap_extremities(forked, full.len(), "$fork"), full);
+        // An event replacing one of them: the set does not grow; it stays.
+        let mut replaced = full[1..].to_vec();
+        replaced.push("$next".to_owned());
+        assert_eq!(
+            cap_extremities(replaced.clone(), full.len(), "$next"),
+            replaced
+        );
+        // Below the cap: as is.
+        let few = vec!["$a".to_owned(), "$b".to_owned()];
+        assert_eq!(cap_extremities(few.clone(), 1, "$b"), few);
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub(super) enum Kind {
     History,
 }
 
+/// Prev events of one PDU whose state is asked of its sender at most (`/state_ids` and
+/// the event itself for each).
+const TOLD_PREVS: usize = 5;
+
 /// Events one `/get_missing_events` asks for at most (as Synapse does).
 const GAP_LIMIT: usize = 10;
 
@@ -310,7 +314,15 @@ impl Rooms {
             // sending server tells it, which the writer resolves with the states after
             // the others. Asked even with the fetch budget spent (the gap filling above
             // may have used it up); the state events named are fetched within it.
-            for prev in self.unplaced_prevs(&pdu, in_batch)? {
+            let unplaced = self.unplaced_prevs(&pdu, in_batch)?;
+            // More than a few: the writer names them missing (two requests each would
+            // let one hostile PDU cost forty).
+            let unplaced = if unplaced.len() > TOLD_PREVS {
+                Vec::new()
+            } else {
+                unplaced
+            };
+            for prev in unplaced {
                 match self
                     .state_after_prev(origin, &room_id, &prev, source, budget)
                     .await?
@@ -447,7 +459,20 @@ impl Rooms {
             .filter(|p| p.get("room_id").and_then(Value::as_str) == Some(room_id))
             .collect();
         fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
+        // A prev event from before the oldest event we hold with a place (from before our
+        // join) is not taken in as a live event at the timeline's end: held as an
+        // outlier, the state after it is asked for instead.
+        let oldest = match (kind, self.store.room(room_id)?) {
+            (Kind::Live, Some(room)) => self.oldest_depth(&room)?,
+            _ => 0,
+        };
         for pdu in fetched {
+            let depth = pdu.get("depth").and_then(Value::as_u64).unwrap_or(0);
+            let kind = if kind == Kind::Live && depth < oldest {
+                Kind::Outlier
+            } else {
+                kind
+            };
             let (id, outcome) =
                 Box::pin(self.receive_one(origin, pdu, kind, source, budget)).await?;
             if let Some(id) = id.filter(|id| wanted.contains(id)) {

@@ -7,7 +7,8 @@
 //! takes the state *after* each prev event it lacks from the server that sent it (the
 //! state before the prev event, and the prev event itself when it is a state event), and
 //! the room's writer resolves those with the states after the prev events it holds: the
-//! state of our own side of a fork is never replaced by another server's word.
+//! state of our own side of a fork is resolved with another server's word, not replaced
+//! by it.
 
 use super::graph::{self, EventStatus};
 use super::receive::{Budget, Kind, MissingSource};
@@ -51,12 +52,6 @@ impl Rooms {
         source: &dyn MissingSource,
         budget: &mut Budget,
     ) -> MatrixResult<Option<ShortStateHash>> {
-        let Some(mut map) = self
-            .told_state(origin, room_id, prev_id, source, budget)
-            .await?
-        else {
-            return Ok(None);
-        };
         let held = |rooms: &Self| -> MatrixResult<Option<(u64, Option<EventStatus>)>> {
             let Some(short) = rooms.store.state.find_event(prev_id)? else {
                 return Ok(None);
@@ -64,12 +59,27 @@ impl Rooms {
             let status = graph::record(&rooms.store, short)?.map(|r| r.status);
             Ok((status != Some(EventStatus::OutOfBand)).then_some((short, status)))
         };
+        // The prev event itself first (a prev event that cannot be had costs no state
+        // request), even with the budget spent by the gap filling (one per prev event;
+        // the caller asks for a few prev events at most).
         if held(self)?.is_none() {
             let wanted = [prev_id.to_owned()];
-            self.fetch_and_receive(origin, room_id, &wanted, Kind::Outlier, source, budget)
+            let mut spare = Budget(1);
+            let allowance = if budget.0 > 0 {
+                &mut *budget
+            } else {
+                &mut spare
+            };
+            self.fetch_and_receive(origin, room_id, &wanted, Kind::Outlier, source, allowance)
                 .await?;
         }
         let Some((short, status)) = held(self)? else {
+            return Ok(None);
+        };
+        let Some(mut map) = self
+            .told_state(origin, room_id, prev_id, source, budget)
+            .await?
+        else {
             return Ok(None);
         };
         // The state after a rejected event is the state before it.

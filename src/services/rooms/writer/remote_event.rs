@@ -62,8 +62,9 @@ pub struct RemoteEvent {
     /// resident server): used instead of the state after its prev events, which we do
     /// not have, and the event is not held against our current state (which it makes).
     pub given_state: Option<(ShortStateHash, StateMap)>,
-    /// The state after prev events we cannot place (missing for good, or held only as
-    /// outliers), as the server that sent the event told it (`/state_ids`; see the
+    /// The state after prev events we cannot place (missing for good, held only as
+    /// outliers, or rejected before their state was known), as the server that sent the
+    /// event told it (`/state_ids`; see the
     /// rooms' `told_state` module): `(prev event id, snapshot)`, resolved with the states
     /// after the prev events we hold. Unlike `given_state`, the event is held against the
     /// current state (check 6) and joins the extremities as any other.
@@ -216,6 +217,8 @@ pub(super) fn receive(
                 Some(EventStatus::Outlier | EventStatus::OutOfBand) => unplaced(id, &mut snapshots),
                 _ if meta.room != head.short => {
                     let reason = format!("prev event {id} belongs to another room");
+                    // Judged without a state: no edges to what it claims to build on.
+                    edges.prev.clear();
                     return reject(ctx, head, (existing, &event), edges, 0, reason);
                 }
                 // The state after a rejected event is the state before it, when known
@@ -675,7 +678,7 @@ fn accept(
     let prev_ids: Vec<String> = pdu::event_ids(pdu, "prev_events")
         .map(str::to_owned)
         .collect();
-    let has_children = graph::has_accepted_child(store, short, event_id)?;
+    let has_children = graph::has_accepted_child(store, (short, event_id), head.short)?;
     // Our join through another server starts the room afresh: what we held before (a
     // room we had left) is not built on.
     let mut extremities = if given {
@@ -690,21 +693,16 @@ fn accept(
         next
     };
     if extremities.len() > graph::MAX_EXTREMITIES {
-        let mut with_depths = Vec::with_capacity(extremities.len());
-        for id in &extremities {
-            let depth = if id == event_id {
-                depth_of(pdu)
-            } else {
-                match store.state.find_event(id)? {
-                    Some(other) => graph::record(store, other)?.map_or(0, |r| r.depth),
-                    None => 0,
-                }
-            };
-            with_depths.push((id.clone(), depth));
+        let before = head.record.extremities.len();
+        extremities = graph::cap_extremities(extremities, before, event_id);
+        if !extremities.contains(event_id) {
+            tracing::info!(room = %head.record.room_id, event = %event_id, "the room is at its cap of forward extremities: a new fork does not become one");
         }
-        let before = extremities.len();
-        extremities = graph::cap_extremities(with_depths, event_id);
-        tracing::info!(room = %head.record.room_id, dropped = before - extremities.len(), "forward extremities over the cap: the shallowest dropped");
+    }
+    if extremities.is_empty() {
+        // Never a room without extremities (its next local event would have no prev
+        // events): the event itself stands.
+        extremities.push(event_id.clone());
     }
 
     // The room's current state: the resolution of the states at the extremities.
@@ -859,7 +857,11 @@ fn accept(
     // Servers whose members this event's state resolution brought back (a state reset
     // on our side undone, say) may have missed what we sent while they were out: our own
     // events at the room's forward extremities go to them, and they fetch the rest.
-    let returning = returning_servers(head, store, &ctx.server_name, pdu, &member_changes)?;
+    let returning = if given {
+        BTreeSet::new()
+    } else {
+        returning_servers(head, store, &ctx.server_name, pdu, &member_changes)?
+    };
     if !returning.is_empty() {
         for id in &record.extremities {
             let Some(own) = store.state.find_event(id)? else {
