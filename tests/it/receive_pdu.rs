@@ -895,6 +895,37 @@ async fn an_event_on_one_rejected_without_a_state_takes_no_extremity_away() {
 }
 
 #[tokio::test]
+async fn an_event_on_many_prev_events_we_cannot_have_takes_the_state_told_before_it() {
+    // With more than five prev events we cannot place, the state after each is not asked
+    // one by one (two requests each): the state before the event, once, stands for them.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    let state_ids: Vec<String> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let lost: Vec<String> = (0..6)
+        .map(|n| format!("$lost{n}lostlostlostlostlostlostlostlostlostlo"))
+        .collect();
+    let (said_id, said) = room.bob_says("after six gaps", &lost, &join_id).await;
+    let source = TestSource::default();
+    source
+        .state_ids
+        .lock()
+        .unwrap()
+        .insert(said_id.clone(), state_ids);
+    assert_eq!(room.receive(&said, &source).await, PduOutcome::Accepted);
+    let mut both = vec![join_id, said_id];
+    both.sort();
+    assert_eq!(room.extremities(), both);
+}
+
+#[tokio::test]
 async fn a_rejected_event_replayed_through_send_gap_filling_and_backfill_stays_rejected() {
     // Attack class (hostile-federation issue): a rejected event offered again, by
     // itself, as a prev event of a valid one, and as history, must stay rejected and

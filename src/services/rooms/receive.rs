@@ -92,8 +92,9 @@ pub(super) enum Kind {
     History,
 }
 
-/// Prev events of one PDU whose state is asked of its sender at most (`/state_ids` and
-/// the event itself for each).
+/// Prev events of one PDU whose state is asked of its sender one by one at most
+/// (`/state_ids` and the event itself for each); with more, the state before the PDU is
+/// asked once instead.
 const TOLD_PREVS: usize = 5;
 
 /// Events one `/get_missing_events` asks for at most (as Synapse does).
@@ -315,21 +316,26 @@ impl Rooms {
             // the others. Asked even with the fetch budget spent (the gap filling above
             // may have used it up); the state events named are fetched within it.
             let unplaced = self.unplaced_prevs(&pdu, in_batch)?;
-            // More than a few: the writer names them missing (two requests each would
-            // let one hostile PDU cost forty).
-            let unplaced = if unplaced.len() > TOLD_PREVS {
-                Vec::new()
-            } else {
-                unplaced
-            };
-            for prev in unplaced {
-                match self
-                    .state_after_prev(origin, &room_id, &prev, source, budget)
+            if unplaced.len() > TOLD_PREVS {
+                // More than a few (two requests each would let one hostile PDU cost
+                // forty): one request, the state before the event as its sender tells
+                // it, stands for the state after each of them.
+                if let Some((snapshot, _)) = self
+                    .state_before(origin, &room_id, &event_id, source, budget)
                     .await?
                 {
-                    Some(snapshot) => gap_states.push((prev, snapshot)),
-                    // The writer answers what is missing; no use asking on.
-                    None => break,
+                    gap_states = unplaced.into_iter().map(|p| (p, snapshot)).collect();
+                }
+            } else {
+                for prev in unplaced {
+                    match self
+                        .state_after_prev(origin, &room_id, &prev, source, budget)
+                        .await?
+                    {
+                        Some(snapshot) => gap_states.push((prev, snapshot)),
+                        // The writer answers what is missing; no use asking on.
+                        None => break,
+                    }
                 }
             }
         }
