@@ -3,7 +3,9 @@
 //! `joins.rs` and `invites.rs` (membership endpoints naming another room or type, unsigned
 //! or badly signed membership events), `server_acl.rs` (ACLs on every endpoint).
 
-use federation_tests::{enc, Cluster, User};
+use federation_tests::split::SplitProxy;
+use federation_tests::{enc, free_port, Cluster, User};
+use ourwhats::core::ServerName;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -248,5 +250,66 @@ async fn an_item_the_destination_keeps_refusing_never_stops_the_rest_of_the_queu
         [&json!(2)],
         "the refused message is dropped, the next one arrives"
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_destination_that_cannot_check_our_signature_yet_loses_nothing_of_the_queue() {
+    // B cannot reach A's key for a while (A's listener is cut off from B's address), so
+    // it answers A's transactions 401. That is about the request, not its items: after
+    // more than three such answers nothing is given up, and once B gets the key the
+    // message arrives. (Before, three refusals of any 4xx dropped the first item.)
+    let proxy_port = free_port().unwrap();
+    let real_port = free_port().unwrap();
+    let b_source = std::net::IpAddr::from([127, 0, 0, 3]);
+    let cluster = Cluster::start_with(2, |i, config| {
+        if i == 0 {
+            config.server_name =
+                ServerName::parse(&format!("127.0.0.1:{proxy_port}")).expect("a server name");
+            config.federation.listen = format!("127.0.0.1:{real_port}")
+                .parse()
+                .expect("an address");
+        } else {
+            config.federation.outbound_address = Some(b_source);
+        }
+    })
+    .await
+    .unwrap();
+    let proxy = SplitProxy::start(proxy_port, real_port).await.unwrap();
+    proxy.block_sources([b_source]);
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let (_, since) = bob
+        .to_device_events(None, 0, std::time::Duration::ZERO)
+        .await;
+    let (status, body) = alice
+        .put(
+            "/sendToDevice/m.test/k1",
+            json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"n": 1}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A tries at once, after 1 s and after 2 s more: three 401s by about 3 s, a fourth
+    // at about 7 s.
+    tokio::time::sleep(std::time::Duration::from_millis(7_500)).await;
+    let (events, _) = bob
+        .to_device_events(since.clone(), 0, std::time::Duration::ZERO)
+        .await;
+    assert!(
+        events.is_empty(),
+        "nothing can arrive while B lacks A's key"
+    );
+    proxy.block_sources([]);
+    let (events, _) = bob
+        .to_device_events(since, 1, std::time::Duration::from_secs(40))
+        .await;
+    let numbers: Vec<&Value> = events.iter().map(|e| &e["content"]["n"]).collect();
+    assert_eq!(
+        numbers,
+        [&json!(1)],
+        "the message arrives once B has the key"
+    );
+    drop(proxy);
     cluster.shutdown().await;
 }
