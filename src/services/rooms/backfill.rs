@@ -84,7 +84,7 @@ impl Rooms {
         pdus: Vec<Value>,
         source: &dyn MissingSource,
     ) -> MatrixResult<usize> {
-        let mut budget = Budget(FETCH_BUDGET);
+        let mut budget = Budget(FETCH_BUDGET, STATE_REQUESTS);
         let none = HashSet::new();
         let mut prepared = Vec::new();
         for pdu in pdus.into_iter().take(MAX_BACKFILL_EVENTS) {

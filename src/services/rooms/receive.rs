@@ -106,8 +106,16 @@ enum Answered {
     Later(String, BoxFuture<'static, MatrixResult<PduOutcome>>),
 }
 
-/// How many events may still be fetched for the PDU being received.
-pub(super) struct Budget(pub(super) usize);
+/// How many events may still be fetched for the PDU (or transaction) being received
+/// (`.0`), and how many times the state at an event may still be asked (`.1`,
+/// [`STATE_ASKS`] to start: each ask is a `/state_ids` request and the events it names,
+/// and one hostile PDU's gap can hold many events, each with prev events to ask about).
+pub(super) struct Budget(pub(super) usize, pub(super) usize);
+
+/// The states asked of other servers for one received PDU (or transaction) at most: its
+/// own prev events, and those of the events fetched for it. Each PDU keeps
+/// [`TOLD_PREVS`] of what is left for its own prev events.
+pub(super) const STATE_ASKS: usize = 50;
 
 /// A PDU that passed checks 1 to 3, ready for its room's writer.
 pub(super) struct Prepared {
@@ -131,7 +139,7 @@ impl Rooms {
         pdu: Value,
         source: &dyn MissingSource,
     ) -> MatrixResult<(Option<String>, PduOutcome)> {
-        let mut budget = Budget(FETCH_BUDGET);
+        let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         self.receive_one(origin, pdu, Kind::Live, source, &mut budget)
             .await
     }
@@ -145,7 +153,7 @@ impl Rooms {
         pdu: Value,
         source: &dyn MissingSource,
     ) -> MatrixResult<(Option<String>, PduOutcome)> {
-        let mut budget = Budget(FETCH_BUDGET);
+        let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let none = HashSet::new();
         match self
             .prepare(origin, pdu, Kind::Live, (source, &mut budget), &none)
@@ -170,7 +178,7 @@ impl Rooms {
         pdus: Vec<Value>,
         source: &dyn MissingSource,
     ) -> Vec<MatrixResult<(Option<String>, PduOutcome)>> {
-        let mut budget = Budget(FETCH_BUDGET);
+        let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let mut in_batch = HashSet::new();
         let mut answers = Vec::with_capacity(pdus.len());
         // Each PDU goes to its room's writer as soon as it is checked, so checking the
@@ -300,6 +308,10 @@ impl Rooms {
         // place rather than being held as an outlier.
         let mut gap_states = Vec::new();
         if kind == Kind::Live {
+            // The state asks this event's own prev events may need are kept from the
+            // events fetched for it (which may spend the rest).
+            let reserved = budget.1.min(TOLD_PREVS);
+            budget.1 -= reserved;
             let mut missing_prev = unknown("prev_events")?;
             if !missing_prev.is_empty() && budget.0 > 0 {
                 // A gap: what lies between our forward extremities and this event, in
@@ -315,6 +327,7 @@ impl Rooms {
             // sending server tells it, which the writer resolves with the states after
             // the others. Asked even with the fetch budget spent (the gap filling above
             // may have used it up); the state events named are fetched within it.
+            budget.1 += reserved;
             let unplaced = self.unplaced_prevs(&pdu, in_batch)?;
             if unplaced.len() > TOLD_PREVS {
                 // More than a few (two requests each would let one hostile PDU cost

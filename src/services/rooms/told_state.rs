@@ -64,7 +64,7 @@ impl Rooms {
         // the caller asks for a few prev events at most).
         if held(self)?.is_none() {
             let wanted = [prev_id.to_owned()];
-            let mut spare = Budget(1);
+            let mut spare = Budget(1, 0);
             let allowance = if budget.0 > 0 {
                 &mut *budget
             } else {
@@ -107,6 +107,11 @@ impl Rooms {
         source: &dyn MissingSource,
         budget: &mut Budget,
     ) -> MatrixResult<Option<StateMap>> {
+        if budget.1 == 0 {
+            tracing::info!(%origin, event = %event_id, "no more state asks for this PDU");
+            return Ok(None);
+        }
+        budget.1 -= 1;
         let Some(mut ids) = source.state_ids(room_id, event_id).await else {
             return Ok(None);
         };
