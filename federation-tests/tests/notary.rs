@@ -154,7 +154,7 @@ async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["errcode"], "M_UNAUTHORIZED");
     // Nor does our own notary endpoint pass the document on.
-    let (_, answer) = {
+    let (status, answer) = {
         let response = http
             .get(format!(
                 "https://{}/_matrix/key/v2/query/{}",
@@ -170,6 +170,7 @@ async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
             response.json::<Value>().await.unwrap_or(Value::Null),
         )
     };
+    assert_eq!(status, 200, "{answer}");
     assert!(
         answer["server_keys"]
             .as_array()

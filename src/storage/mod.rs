@@ -39,8 +39,8 @@ const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 pub struct StorageError {
     /// What went wrong (for the log, never for clients).
     pub message: String,
-    /// A write failed and the database takes none until it recovers (see [`health`]):
-    /// the caller may try again later.
+    /// A write failed and the database takes none until it recovers (see [`health`]), or
+    /// a read failed for want of file descriptors: the caller may try again later.
     pub unwritable: bool,
 }
 
@@ -71,8 +71,15 @@ impl std::fmt::Display for StorageError {
 impl std::error::Error for StorageError {}
 
 impl From<rocksdb::Error> for StorageError {
+    /// A read that failed because the process ran out of file descriptors (RocksDB could
+    /// not open a table file) is as passing as a refused write: 503, not 500.
     fn from(e: rocksdb::Error) -> Self {
-        Self::new(e.into_string())
+        let message = e.into_string();
+        if message.contains("Too many open files") {
+            Self::unwritable(message)
+        } else {
+            Self::new(message)
+        }
     }
 }
 

@@ -817,6 +817,22 @@ async fn a_member_forking_the_graph_on_purpose_leaves_at_most_the_cap_of_extremi
         !extremities.contains(branches.last().unwrap()),
         "a fork past the cap is not an extremity"
     );
+    // A state event forking at the cap: stored, but not in the room's state either.
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob at the cap"}),
+        std::slice::from_ref(&join_id),
+        &[levels, rules, join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&rename.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(room.extremities(), extremities);
+    let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_ne!(member["displayname"], "Bob at the cap");
     // Alice's next message names ten of them, the deepest.
     let (status, body) = room
         .alice

@@ -59,6 +59,10 @@ impl Rooms {
             let status = graph::record(&rooms.store, short)?.map(|r| r.status);
             Ok((status != Some(EventStatus::OutOfBand)).then_some((short, status)))
         };
+        if budget.1 == 0 {
+            tracing::info!(%origin, event = %prev_id, "no more state asks for this PDU");
+            return Ok(None);
+        }
         // The prev event itself first (a prev event that cannot be had costs no state
         // request), even with the budget spent by the gap filling (one per prev event;
         // the caller asks for a few prev events at most).

@@ -692,10 +692,12 @@ fn accept(
         }
         next
     };
+    let mut left_out = false;
     if extremities.len() > graph::MAX_EXTREMITIES {
         let before = head.record.extremities.len();
         extremities = graph::cap_extremities(extremities, before, event_id);
         if !extremities.contains(event_id) {
+            left_out = true;
             tracing::info!(room = %head.record.room_id, event = %event_id, "the room is at its cap of forward extremities: a new fork does not become one");
         }
     }
@@ -706,47 +708,50 @@ fn accept(
     }
 
     // The room's current state: the resolution of the states at the extremities.
-    let (current, changes) =
-        if extremities == [event_id.clone()] && state_before == head.record.state {
-            let changes = own_key.map(|k| vec![(k, Some(short))]).unwrap_or_default();
-            (state_after, changes)
-        } else {
-            let mut after_map = match before_map {
-                Before::Current => head.state.clone(),
-                Before::Map(map) => map,
-            };
-            if let Some(key) = own_key {
-                after_map.insert(key, short);
-            }
-            let mut maps = vec![after_map];
-            let mut seen = vec![state_after];
-            for id in extremities.iter().filter(|id| *id != event_id) {
-                if let Some(other) = store.state.find_event(id)? {
-                    let snapshot = store.meta(other)?.state_after;
-                    if !seen.contains(&snapshot) {
-                        seen.push(snapshot);
-                        maps.push(store.state.load(snapshot)?);
-                    }
+    let (current, changes) = if left_out {
+        // A fork left out at the cap takes no part in the room's state either (until an
+        // event built on it merges it).
+        (head.record.state, Vec::new())
+    } else if extremities == [event_id.clone()] && state_before == head.record.state {
+        let changes = own_key.map(|k| vec![(k, Some(short))]).unwrap_or_default();
+        (state_after, changes)
+    } else {
+        let mut after_map = match before_map {
+            Before::Current => head.state.clone(),
+            Before::Map(map) => map,
+        };
+        if let Some(key) = own_key {
+            after_map.insert(key, short);
+        }
+        let mut maps = vec![after_map];
+        let mut seen = vec![state_after];
+        for id in extremities.iter().filter(|id| *id != event_id) {
+            if let Some(other) = store.state.find_event(id)? {
+                let snapshot = store.meta(other)?.state_after;
+                if !seen.contains(&snapshot) {
+                    seen.push(snapshot);
+                    maps.push(store.state.load(snapshot)?);
                 }
             }
-            let resolved = if maps.len() == 1 {
-                maps.pop().unwrap_or_default()
-            } else {
-                let unwritten = (short, event_id.as_str(), pdu);
-                resolution::resolve_maps(store, head.version, &maps, Some(unwritten))?
-            };
-            let changes = state_changes(&head.state, &resolved);
-            let current = if extremities == [event_id.clone()] {
-                state_after
-            } else if changes.is_empty() {
-                head.record.state
-            } else {
-                store
-                    .state
-                    .save(Some(head.record.state), &changes, &mut batch)?
-            };
-            (current, changes)
+        }
+        let resolved = if maps.len() == 1 {
+            maps.pop().unwrap_or_default()
+        } else {
+            let unwritten = (short, event_id.as_str(), pdu);
+            resolution::resolve_maps(store, head.version, &maps, Some(unwritten))?
         };
+        let changes = state_changes(&head.state, &resolved);
+        let current = if extremities == [event_id.clone()] {
+            state_after
+        } else if changes.is_empty() {
+            head.record.state
+        } else {
+            store
+                .state
+                .save(Some(head.record.state), &changes, &mut batch)?
+        };
+        (current, changes)
+    };
 
     let ticket = store.stream.allocate()?;
     let pos = ticket.pos();
