@@ -74,6 +74,9 @@ async fn writes_resume_after_descriptors_run_out_and_come_back() {
     .unwrap();
     let (mut child, base) = spawn_server(&config, Some(160));
     let address: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    // The server runs in a child process: its TLS crypto provider is not this one's (run
+    // alone, this test would have none).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // One kept-alive connection, opened before the descriptors run out.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
