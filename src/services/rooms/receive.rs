@@ -340,14 +340,28 @@ impl Rooms {
                     gap_states = unplaced.into_iter().map(|p| (p, snapshot)).collect();
                 }
             } else {
-                for prev in unplaced {
+                let mut rest = Vec::new();
+                for (n, prev) in unplaced.iter().enumerate() {
                     match self
-                        .state_after_prev(origin, &room_id, &prev, source, budget)
+                        .state_after_prev(origin, &room_id, prev, source, budget)
                         .await?
                     {
-                        Some(snapshot) => gap_states.push((prev, snapshot)),
-                        // The writer answers what is missing; no use asking on.
-                        None => break,
+                        Some(snapshot) => gap_states.push((prev.clone(), snapshot)),
+                        None => {
+                            rest = unplaced[n..].to_vec();
+                            break;
+                        }
+                    }
+                }
+                // A prev event that cannot be had (or whose state cannot be told): the
+                // state before the event, asked once, stands for it and those after it,
+                // as with many prev events.
+                if !rest.is_empty() {
+                    if let Some((snapshot, _)) = self
+                        .state_before(origin, &room_id, &event_id, source, budget)
+                        .await?
+                    {
+                        gap_states.extend(rest.into_iter().map(|p| (p, snapshot)));
                     }
                 }
             }
