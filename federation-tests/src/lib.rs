@@ -180,6 +180,17 @@ impl Cluster {
         })
     }
 
+    /// A client of the cluster's federation listeners (and of any server with a
+    /// certificate of the test CA) that trusts the test CA only.
+    pub fn tls_client(&self) -> Result<reqwest::Client, String> {
+        let ca = std::fs::read(&self.ca.cert_path).map_err(|e| e.to_string())?;
+        let cert = reqwest::Certificate::from_pem(&ca).map_err(|e| e.to_string())?;
+        reqwest::Client::builder()
+            .tls_certs_only([cert])
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
     /// The folder the CA's files are in.
     pub fn ca_dir(&self) -> &Path {
         self.ca_dir.path()

@@ -9,6 +9,15 @@ use ourwhats::core::ServerName;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+/// The `n` of each `m.test` to-device message `user` gets after `since`, waiting up to
+/// `seconds` for the first.
+async fn test_numbers_arriving(user: &User, since: Option<String>, seconds: u64) -> Vec<Value> {
+    let (events, _) = user
+        .to_device_events(since, 1, std::time::Duration::from_secs(seconds))
+        .await;
+    events.iter().map(|e| e["content"]["n"].clone()).collect()
+}
+
 /// `from` sends a transaction of `edus` to `to`; the transaction must be taken.
 async fn send_edus(
     from: &federation_tests::Instance,
@@ -241,13 +250,10 @@ async fn an_item_the_destination_keeps_refusing_never_stops_the_rest_of_the_queu
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let (events, _) = bob
-        .to_device_events(since, 1, std::time::Duration::from_secs(30))
-        .await;
-    let numbers: Vec<&Value> = events.iter().map(|e| &e["content"]["n"]).collect();
+    let numbers = test_numbers_arriving(&bob, since, 30).await;
     assert_eq!(
         numbers,
-        [&json!(2)],
+        [json!(2)],
         "the refused message is dropped, the next one arrives"
     );
     cluster.shutdown().await;
@@ -301,13 +307,10 @@ async fn a_destination_that_cannot_check_our_signature_yet_loses_nothing_of_the_
         "nothing can arrive while B lacks A's key"
     );
     proxy.block_sources([]);
-    let (events, _) = bob
-        .to_device_events(since, 1, std::time::Duration::from_secs(40))
-        .await;
-    let numbers: Vec<&Value> = events.iter().map(|e| &e["content"]["n"]).collect();
+    let numbers = test_numbers_arriving(&bob, since, 40).await;
     assert_eq!(
         numbers,
-        [&json!(1)],
+        [json!(1)],
         "the message arrives once B has the key"
     );
     drop(proxy);

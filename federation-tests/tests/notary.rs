@@ -77,15 +77,6 @@ async fn query(State(notary): State<Arc<Notary>>) -> Json<Value> {
     Json(json!({"server_keys": [notary.origin_document(), notary.expired_document()]}))
 }
 
-/// A client of the cluster's federation listeners that trusts the test CA.
-fn tls_client(cluster: &Cluster) -> reqwest::Client {
-    let ca = std::fs::read(&cluster.ca.cert_path).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
     let notary_port = free_port().unwrap();
@@ -129,7 +120,7 @@ async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
     );
 
     // A request signed with the key the notary vouches for, alone.
-    let http = tls_client(&cluster);
+    let http = cluster.tls_client().unwrap();
     let target = format!(
         "/_matrix/federation/v1/query/profile?user_id={}",
         enc(&alice.user_id)

@@ -6,15 +6,6 @@ use federation_tests::{enc, Cluster, User};
 use ourwhats::core::{signatures, x_matrix, SigningKeyPair};
 use serde_json::{json, Value};
 
-/// A client of the cluster's federation listeners that trusts the test CA.
-fn tls_client(cluster: &Cluster) -> reqwest::Client {
-    let ca = std::fs::read(&cluster.ca.cert_path).unwrap();
-    reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn profile_and_alias_lookups_cross_servers_and_keys_are_fetched_once_and_notarised() {
     let cluster = Cluster::start(3).await.unwrap();
@@ -70,7 +61,7 @@ async fn profile_and_alias_lookups_cross_servers_and_keys_are_fetched_once_and_n
     assert_eq!(status, 404);
 
     // Server c, as a notary, answers a's keys signed by a and by c.
-    let http = tls_client(&cluster);
+    let http = cluster.tls_client().unwrap();
     let url = format!("https://{}/_matrix/key/v2/query/{}", c.name(), a.name());
     let answer: Value = http.get(url).send().await.unwrap().json().await.unwrap();
     let doc = &answer["server_keys"][0];
@@ -130,7 +121,7 @@ async fn forged_misdirected_and_unsigned_requests_are_refused_with_401() {
     let cluster = Cluster::start(2).await.unwrap();
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let bob = User::register(b, "bob").await.unwrap();
-    let http = tls_client(&cluster);
+    let http = cluster.tls_client().unwrap();
     let target = format!(
         "/_matrix/federation/v1/query/profile?user_id={}",
         enc(&bob.user_id)
@@ -291,7 +282,7 @@ async fn remote_device_keys_are_queried_and_claimed_and_an_unreachable_server_is
     );
 
     // Bob's device list, as a server tracking it sees it.
-    let http = tls_client(&cluster);
+    let http = cluster.tls_client().unwrap();
     let real = &a.running().services.signing_key;
     let target = format!("/_matrix/federation/v1/user/devices/{}", enc(&bob.user_id));
     let (status, devices) = signed_request(
@@ -326,7 +317,7 @@ async fn an_origin_over_its_rate_limit_gets_429_and_other_origins_do_not() {
         &cluster.instances[2],
     );
     let bob = User::register(b, "bob").await.unwrap();
-    let http = tls_client(&cluster);
+    let http = cluster.tls_client().unwrap();
     let target = format!(
         "/_matrix/federation/v1/query/profile?user_id={}",
         enc(&bob.user_id)

@@ -58,6 +58,18 @@ impl<'a> Room<'a> {
             .to_owned()
     }
 
+    /// The ids of the room's current state events, as alice reads them.
+    async fn current_state_ids(&self) -> Vec<String> {
+        let (status, state) = self.alice.get(&format!("/rooms/{}/state", self.id)).await;
+        assert_eq!(status, StatusCode::OK, "{state}");
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     fn depth_of(&self, ids: &[String]) -> u64 {
         ids.iter()
             .filter_map(|id| self.store().event_by_id(id).unwrap())
@@ -587,14 +599,7 @@ async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
         "{outcome:?}"
     );
 
-    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
-    assert_eq!(status, StatusCode::OK);
-    let ids: Vec<String> = state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = room.current_state_ids().await;
     // Bob's server tells the state before the rename (the room's state as we hold it).
     // The rename's own prev event cannot be had: that told state stands for the state
     // after it, and the rename is placed; the message follows it.
@@ -635,14 +640,7 @@ async fn a_prev_event_held_only_as_an_outlier_takes_the_state_its_sender_tells_m
     let (join_id, _) = room.with_bob().await;
     let levels = room.state_id("m.room.power_levels", "").await;
     let rules = room.state_id("m.room.join_rules", "").await;
-    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
-    assert_eq!(status, StatusCode::OK);
-    let state_at_join: Vec<String> = state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let state_at_join = room.current_state_ids().await;
     // Bob's rename reaches us only as an auth event of a message: an outlier.
     let rename = room.remote(
         ("m.room.member", Some(BOB)),
@@ -876,14 +874,7 @@ async fn an_event_on_one_rejected_without_a_state_takes_no_extremity_away() {
         .record
         .extremities[0]
         .clone();
-    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
-    assert_eq!(status, StatusCode::OK);
-    let state_ids: Vec<String> = state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let state_ids = room.current_state_ids().await;
     let (bad_id, bad) = room
         .bob_says("on two rooms", &[join_id.clone(), other_create], &join_id)
         .await;
@@ -917,14 +908,7 @@ async fn an_event_on_many_prev_events_we_cannot_have_takes_the_state_told_before
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
-    let (status, state) = room.alice.get(&format!("/rooms/{}/state", room.id)).await;
-    assert_eq!(status, StatusCode::OK);
-    let state_ids: Vec<String> = state
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let state_ids = room.current_state_ids().await;
     let lost: Vec<String> = (0..6)
         .map(|n| format!("$lost{n}lostlostlostlostlostlostlostlostlostlo"))
         .collect();
