@@ -319,7 +319,7 @@ impl Config {
         let default_version = r.string("rooms.default_version")?;
         let default_version = RoomVersion::from_id(&default_version).ok_or_else(|| {
             ConfigError(format!(
-                "config key `rooms.default_version`: unsupported room version {default_version:?} (supported: 6 to 12)"
+                "config key `rooms.default_version`: unsupported room version {default_version:?} (supported: 3 to 12)"
             ))
         })?;
         let format = match r.string("logging.format")?.as_str() {
@@ -797,7 +797,7 @@ mod tests {
             ("OURWHATS_NO_SUCH_KEY", "1", "OURWHATS_NO_SUCH_KEY"),
             (
                 "OURWHATS_ROOMS__DEFAULT_VERSION",
-                "3",
+                "2",
                 "rooms.default_version",
             ),
             (

@@ -1,6 +1,8 @@
-//! The authorisation rules of room versions 10, 11 and 12.
+//! The authorisation rules of room versions 3 to 12.
 //!
-//! Spec: `rooms/v10.md`, `v11.md`, `v12.md`, "Authorisation rules". [`check`] applies the
+//! Spec: `rooms/v3.md` (`fragments/v3-auth-rules.md`), `v6.md`, `v8.md` (`fragments/v8-auth-rules.md`),
+//! `v10.md`, `v11.md`, `v12.md`, "Authorisation rules". Where versions differ, a
+//! [`RoomVersion`] method says which rule holds. [`check`] applies the
 //! rules to an event against a state (the state before the event, or its auth events);
 //! [`check_auth_events`] applies the rules about the `auth_events` list itself, and
 //! [`auth_event_keys`] is the server-server API's "Auth events selection". Pure: signature
@@ -235,6 +237,17 @@ pub fn check(ctx: &AuthContext<'_>, event: &Value, state: &dyn AuthState) -> Res
         .unwrap_or(true);
     if !federate && domain(ev.sender) != domain(create_sender) {
         return reject("the room does not federate and the sender is from another server");
+    }
+
+    // v3 to v5 rule 4: m.room.aliases names the sender's server.
+    if ev.kind == "m.room.aliases" && version.has_aliases_auth_rule() {
+        return match ev.state_key {
+            None => reject("an m.room.aliases event has a state_key"),
+            Some(key) if key != domain(ev.sender) => {
+                reject("an m.room.aliases state_key is the sender's server")
+            }
+            Some(_) => Ok(()),
+        };
     }
 
     let levels = PowerLevels::new(version, Some(create), state.get("m.room.power_levels", ""));
@@ -655,8 +668,13 @@ fn check_power_levels(
             return reject(format!("changing {key} beyond one's own power"));
         }
     }
-    // 10.7, 10.8
-    for key in ["events", "notifications"] {
+    // 10.7, 10.8 (`notifications` from room version 6)
+    let guarded: &[&str] = if version.power_levels_guard_notifications() {
+        &["events", "notifications"]
+    } else {
+        &["events"]
+    };
+    for &key in guarded {
         let before = old.get(key).and_then(Value::as_object);
         let after = new.get(key).and_then(Value::as_object);
         let names: HashSet<&String> = before

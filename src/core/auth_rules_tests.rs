@@ -134,7 +134,7 @@ impl Room {
     }
 }
 
-fn all_versions() -> [RoomVersion; 7] {
+fn all_versions() -> [RoomVersion; 10] {
     RoomVersion::ALL
 }
 
@@ -766,6 +766,55 @@ fn rule_10_7_and_10_8_events_entries_cannot_move_beyond_own_power() {
         "adding above own power"
     );
     assert!(room.allows(&change(json!({"m.room.tombstone": 100, "m.room.name": 50}))));
+}
+
+#[test]
+fn rule_10_7_notifications_entries_are_guarded_from_v6_only() {
+    for version in [RoomVersion::V5, RoomVersion::V6] {
+        let mut room = Room::standard(version);
+        room.power_levels(json!({"users": {ALICE: 100, BOB: 50}, "state_default": 50,
+                                 "notifications": {"room": 100}}))
+            .join(BOB);
+        let lowered = pl(
+            &room,
+            BOB,
+            json!({"users": {ALICE: 100, BOB: 50}, "state_default": 50,
+                   "notifications": {"room": 0}}),
+        );
+        assert_eq!(
+            room.allows(&lowered),
+            version == RoomVersion::V5,
+            "room version {version}: lowering notifications.room from above own power"
+        );
+    }
+}
+
+#[test]
+fn v3_to_v5_rule_4_aliases_name_the_senders_server() {
+    for version in [RoomVersion::V3, RoomVersion::V4, RoomVersion::V5] {
+        let room = Room::standard(version);
+        let aliases = |sender: &str, key: Option<&str>| {
+            room.event(
+                "m.room.aliases",
+                sender,
+                key,
+                json!({"aliases": ["#x:b.org"]}),
+            )
+        };
+        // Allowed whatever the sender's membership and power: the rule ends the checks.
+        assert!(room.allows(&aliases(BOB, Some("b.org"))), "v{version}");
+        assert!(!room.allows(&aliases(BOB, Some("a.org"))), "v{version}");
+        assert!(!room.allows(&aliases(BOB, None)), "v{version}");
+    }
+    // From v6 it is an ordinary state event: bob is not in the room.
+    let room = Room::standard(RoomVersion::V6);
+    let event = room.event(
+        "m.room.aliases",
+        BOB,
+        Some("b.org"),
+        json!({"aliases": ["#x:b.org"]}),
+    );
+    assert!(!room.allows(&event));
 }
 
 #[test]

@@ -32,14 +32,19 @@ pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], S
     Ok(sha256(&bytes))
 }
 
-/// The event id of `event` (rooms v4+): `$` + URL-safe unpadded base64 of the reference hash.
+/// The event id of `event`: `$` + unpadded base64 of the reference hash (rooms v3, the
+/// standard alphabet; v4+, URL-safe).
 pub fn event_id(event: &Value, version: RoomVersion) -> Result<String, SignatureError> {
-    Ok(event_id_of_hash(reference_hash(event, version)?))
+    Ok(event_id_of_hash(reference_hash(event, version)?, version))
 }
 
-/// The event id of a reference hash.
-pub fn event_id_of_hash(hash: [u8; 32]) -> String {
-    format!("${}", base64::encode_url_safe(hash))
+/// The event id of a reference hash in a room of `version`.
+pub fn event_id_of_hash(hash: [u8; 32], version: RoomVersion) -> String {
+    if version.event_ids_are_url_safe() {
+        format!("${}", base64::encode_url_safe(hash))
+    } else {
+        format!("${}", base64::encode(hash))
+    }
 }
 
 /// The room id a v12 create event defines: its event id with the `!` sigil.
@@ -256,6 +261,25 @@ mod tests {
         assert!(id.starts_with('$'));
         assert_eq!(id.len(), 44);
         assert!(!id.contains('+') && !id.contains('/'));
+    }
+
+    #[test]
+    fn v3_event_ids_use_the_standard_alphabet_and_v4_the_url_safe_one() {
+        // Search for an event whose hash has a byte that encodes as `+`/`-` or `/`/`_`.
+        let found = (0..200).find_map(|n| {
+            let event = json!({"type": "m.room.message", "content": {}, "depth": n,
+                               "hashes": {"sha256": "h"}});
+            let v3 = event_id(&event, RoomVersion::V3).unwrap();
+            let v4 = event_id(&event, RoomVersion::V4).unwrap();
+            (v3.contains(['+', '/'])).then_some((v3, v4))
+        });
+        let (v3, v4) = found.expect("some hash among 200 encodes a + or /");
+        assert_eq!(v3.len(), 44);
+        assert_eq!(v3.replace('+', "-").replace('/', "_"), v4);
+        assert_eq!(
+            event_id(&json!({"type": "t"}), RoomVersion::V5).unwrap(),
+            event_id(&json!({"type": "t"}), RoomVersion::V4).unwrap()
+        );
     }
 
     #[test]

@@ -311,7 +311,8 @@ impl RoomId {
 }
 
 impl EventId {
-    /// Parses `$hash` (room versions 4+) or `$opaque:server` (versions 1-3).
+    /// Parses `$hash` (room versions 3+: standard base64 in 3, URL-safe from 4) or
+    /// `$opaque:server` (versions 1 and 2).
     pub fn parse(s: &str) -> Result<Self, IdentifierError> {
         const KIND: &str = "event id";
         if s.len() > MAX_ID_BYTES {
@@ -322,8 +323,8 @@ impl EventId {
         };
         if rest.contains(':') {
             split_namespaced(s, '$', KIND)?;
-        } else if !is_url_safe_hash(rest) {
-            return err(KIND, "must be an unpadded URL-safe base64 hash");
+        } else if !is_url_safe_hash(rest) && !is_standard_hash(rest) {
+            return err(KIND, "must be an unpadded base64 hash");
         }
         Ok(Self(s.to_owned()))
     }
@@ -358,6 +359,13 @@ pub(crate) fn is_url_safe_hash(s: &str) -> bool {
     s.len() == 43
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// 43 characters of unpadded standard base64 (a sha256 hash, as in v3 event ids).
+pub(crate) fn is_standard_hash(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 #[cfg(test)]
@@ -463,11 +471,14 @@ mod tests {
     #[test]
     fn event_ids() {
         assert!(EventId::parse("$Rqnc-F-dvnEYJTyHq_iKxU2bZ1CI92-kuZq3a5lr5Zg").is_ok());
+        // Room version 3 (the spec's example there).
+        assert!(EventId::parse("$acR1l0raoZnm60CBwAVgqbZqoO/mYU81xysh1u7XcJk").is_ok());
         assert!(EventId::parse("$0:domain").is_ok());
         for bad in [
             "Rqnc",
             "$",
-            "$has+plus/slashAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "$has+plus/slash-and_AAAAAAAAAAAAAAAAAAAAAAAA", // mixed alphabets
+            "$has+plus/slashAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", // 44 characters
             "$abc",
         ] {
             assert!(EventId::parse(bad).is_err(), "{bad:?} should be invalid");

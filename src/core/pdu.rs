@@ -156,7 +156,7 @@ pub fn build(
     if size > MAX_PDU_BYTES {
         return Err(PduError::TooLarge(size));
     }
-    let event_id = event_hashes::event_id_of_hash(reference_hash);
+    let event_id = event_hashes::event_id_of_hash(reference_hash, version);
     Ok(BuiltPdu { event_id, pdu })
 }
 

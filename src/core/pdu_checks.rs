@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::canonical_json::{self, CanonicalJsonError};
 use super::event_hashes;
-use super::identifiers::is_url_safe_hash;
+use super::identifiers::{is_standard_hash, is_url_safe_hash};
 use super::identifiers::{RoomId, UserId};
 use super::pdu::{MAX_AUTH_EVENTS, MAX_DEPTH, MAX_PREV_EVENTS};
 use super::redaction;
@@ -49,10 +49,14 @@ fn invalid<T>(reason: impl Into<String>) -> Result<T, FormatError> {
     Err(FormatError(reason.into()))
 }
 
-/// Check 1: the PDU has the event format of its room version (rooms 6 to 12: the v6
-/// format with v4 event ids, v12 without `room_id` on the create event), is strict
-/// canonical JSON (no floats, integers within ±(2^53 - 1)), and is at most
-/// [`MAX_PDU_BYTES`] as canonical JSON.
+/// Check 1: the PDU has the event format of its room version (rooms 3 to 12: the v3
+/// format, with v3 event ids in room 3 and v4 ones after, v12 without `room_id` on the
+/// create event), is canonical JSON (no floats, integers within ±(2^53 - 1)), and is at
+/// most [`MAX_PDU_BYTES`] as canonical JSON.
+///
+/// Rooms 3 to 5 "MUST NOT strictly enforce" canonical JSON (`v1-canonical-json`); this
+/// server still drops their PDUs that hold a float or an integer out of range, for it has
+/// no byte form to hash them by that other servers are known to share.
 pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError> {
     let Some(object) = pdu.as_object() else {
         return invalid("a PDU must be a JSON object");
@@ -146,17 +150,26 @@ pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError
         if ids.len() > max {
             return invalid(format!("{key} holds more than {max} events"));
         }
-        if !ids.iter().all(|id| id.as_str().is_some_and(is_v4_event_id)) {
+        if !ids
+            .iter()
+            .all(|id| id.as_str().is_some_and(|id| is_event_id(version, id)))
+        {
             return invalid(format!("{key} must be a list of event ids"));
         }
     }
     Ok(())
 }
 
-/// Spec: room version 4 and later, "Event IDs": `$` and the unpadded url-safe base64 of
-/// a sha256 hash.
-fn is_v4_event_id(id: &str) -> bool {
-    id.strip_prefix('$').is_some_and(is_url_safe_hash)
+/// Spec: rooms v3 and v4, "Event IDs": `$` and the unpadded base64 of a sha256 hash,
+/// standard in v3, URL-safe from v4.
+fn is_event_id(version: RoomVersion, id: &str) -> bool {
+    id.strip_prefix('$').is_some_and(|hash| {
+        if version.event_ids_are_url_safe() {
+            is_url_safe_hash(hash)
+        } else {
+            is_standard_hash(hash)
+        }
+    })
 }
 
 /// A server's verify key as the caller knows it.
@@ -190,7 +203,8 @@ pub fn required_signers(pdu: &Value) -> Vec<String> {
 }
 
 /// Check 2: the redacted event carries a valid signature of every server that must sign,
-/// by a key known to `keys` that had not expired at the event's `origin_server_ts`.
+/// by a key known to `keys` that had not expired at the event's `origin_server_ts` (rooms
+/// v5 and later; in rooms 3 and 4 an expired key still counts).
 /// Signatures by keys the caller does not know are skipped, as the spec says; a server
 /// with no known key among its signatures is reported as [`SignatureCheck::NeedKeys`].
 /// Run on the redacted form, so it holds whether the full event or a redacted copy came.
@@ -253,8 +267,8 @@ pub fn check_server_signature(
             unknown.push((server.to_owned(), key_id.clone()));
             continue;
         };
-        if known.valid_until_ts < ts {
-            // Expired before the event was made: ignored.
+        if version.enforces_key_validity() && known.valid_until_ts < ts {
+            // Expired before the event was made: ignored (rooms v5 and later).
             continue;
         }
         let Some(signature) = signature.as_str() else {

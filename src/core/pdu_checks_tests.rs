@@ -59,6 +59,23 @@ fn check_1_floats_and_out_of_range_integers_are_dropped() {
 }
 
 #[test]
+fn check_1_event_ids_in_the_alphabet_of_the_room_version() {
+    let v3_id = "$acR1l0raoZnm60CBwAVgqbZqoO/mYU81xysh1u7XcJk";
+    let v4_id = "$acR1l0raoZnm60CBwAVgqbZqoO_mYU81xysh1u7XcJk";
+    for (version, good, bad) in [
+        (RoomVersion::V3, v3_id, v4_id),
+        (RoomVersion::V4, v4_id, v3_id),
+        (RoomVersion::V11, v4_id, v3_id),
+    ] {
+        let mut pdu = message();
+        pdu["prev_events"] = json!([good]);
+        check_format(version, &pdu).unwrap();
+        pdu["auth_events"] = json!([bad]);
+        assert!(check_format(version, &pdu).is_err(), "{version}: {bad}");
+    }
+}
+
+#[test]
 fn check_1_a_pdu_over_64_kib_is_dropped() {
     let mut pdu = remote_pdu(json!({"msgtype": "m.text", "body": "x".repeat(60_000)}));
     check_format(RoomVersion::V11, &pdu).unwrap();
@@ -224,6 +241,18 @@ fn check_2_a_key_expired_before_the_event_does_not_count() {
         check_signatures(RoomVersion::V11, &message(), &expired),
         SignatureCheck::Invalid(_)
     ));
+    // Validity periods are enforced from room version 5 (spec: rooms v5, "Signing key
+    // validity period"); in rooms 3 and 4 the expired key still counts.
+    assert!(matches!(
+        check_signatures(RoomVersion::V5, &message(), &expired),
+        SignatureCheck::Invalid(_)
+    ));
+    for version in [RoomVersion::V3, RoomVersion::V4] {
+        assert_eq!(
+            check_signatures(version, &message(), &expired),
+            SignatureCheck::Verified
+        );
+    }
 }
 
 // Check 3: the content hash.

@@ -1,6 +1,7 @@
 //! The redaction algorithm per room version.
 //!
-//! Spec: rooms v10 (`fragments/v9-redactions.md`) and rooms v11/v12
+//! Spec: rooms v3 to v5 (`fragments/v1-redactions.md`), v6 and v7
+//! (`fragments/v6-redactions.md`), v8 to v10 (`fragments/v9-redactions.md`) and v11/v12
 //! (`fragments/v11-redactions.md`), "Redactions". Used for redacted events served to
 //! clients and for reference hashes and signatures, which cover the redacted form.
 
@@ -24,7 +25,7 @@ const KEPT_KEYS: &[&str] = &[
     "origin_server_ts",
 ];
 
-/// Top-level keys only room version 10 keeps.
+/// Top-level keys only room versions up to 10 keep.
 const KEPT_KEYS_V10_ONLY: &[&str] = &["origin", "membership", "prev_state"];
 
 /// Answers the redacted form of `event` under `version`'s rules. A non-object answers as is.
@@ -123,6 +124,7 @@ pub fn redact_content(
             }
         }
         "m.room.history_visibility" => keep(&["history_visibility"]),
+        "m.room.aliases" if version.redaction_keeps_aliases() => keep(&["aliases"]),
         "m.room.redaction" if version.redaction_keeps_signed_invite_and_redacts() => {
             keep(&["redacts"])
         }
@@ -231,5 +233,18 @@ mod tests {
             redact(&hv, RoomVersion::V11)["content"],
             json!({"history_visibility": "shared"})
         );
+    }
+
+    #[test]
+    fn aliases_kept_up_to_v5_only() {
+        let ev = json!({"type": "m.room.aliases", "state_key": "x",
+                        "content": {"aliases": ["#a:x"], "other": 1}});
+        for version in [RoomVersion::V3, RoomVersion::V4, RoomVersion::V5] {
+            assert_eq!(
+                redact(&ev, version)["content"],
+                json!({"aliases": ["#a:x"]})
+            );
+        }
+        assert_eq!(redact(&ev, RoomVersion::V6)["content"], json!({}));
     }
 }

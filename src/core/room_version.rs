@@ -1,15 +1,25 @@
 //! Room versions and the per-version answers the rest of the code asks for.
 //!
-//! Spec: "Room Versions" (`rooms/v6.md` to `v12.md`). Every version-dependent rule is a
-//! method here, so no other module compares version strings. Versions 6 to 9 share the
-//! event format of 10 (v4 event ids, strict canonical JSON) and differ in what rooms may
-//! do: knocking (7), restricted joins (8, and their redaction fix in 9), power levels given
-//! as strings (before 10). Versions 1 to 5 (other event id and PDU formats, state
-//! resolution v1) are not supported yet.
+//! Spec: "Room Versions" (`rooms/v3.md` to `v12.md`). Every version-dependent rule is a
+//! method here, so no other module compares version strings. Versions 3 to 11 share one
+//! event format (event ids are reference hashes, `prev_events` and `auth_events` plain
+//! lists of ids) and state resolution v2, and differ in: the base64 alphabet of event ids
+//! (standard in 3, URL-safe from 4), signing-key validity (enforced from 5), the special
+//! auth rule and redaction of `m.room.aliases` and the `notifications` power level (6
+//! drops the first two and enforces the third), knocking (7), restricted joins (8, and
+//! their redaction fix in 9), power levels given as strings (before 10). Versions 1 and 2
+//! (event ids chosen by the sending server, `(id, hash)` pairs as references, state
+//! resolution v1 in 1) are not supported.
 
 /// A room version this server can take part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoomVersion {
+    /// Room version 3: event ids are the reference hash in standard unpadded base64.
+    V3,
+    /// Room version 4: event ids in URL-safe unpadded base64.
+    V4,
+    /// Room version 5: signing keys are only valid until their `valid_until_ts`.
+    V5,
     /// Room version 6: strict canonical JSON, `notifications` power levels enforced.
     V6,
     /// Room version 7: knocking.
@@ -28,7 +38,10 @@ pub enum RoomVersion {
 
 impl RoomVersion {
     /// Every version we support, oldest first.
-    pub const ALL: [RoomVersion; 7] = [
+    pub const ALL: [RoomVersion; 10] = [
+        RoomVersion::V3,
+        RoomVersion::V4,
+        RoomVersion::V5,
         RoomVersion::V6,
         RoomVersion::V7,
         RoomVersion::V8,
@@ -41,9 +54,12 @@ impl RoomVersion {
     /// The version a new room gets unless configured otherwise.
     pub const DEFAULT: RoomVersion = RoomVersion::V12;
 
-    /// Parses a version identifier (`"6"` to `"12"`).
+    /// Parses a version identifier (`"3"` to `"12"`).
     pub fn from_id(id: &str) -> Option<Self> {
         match id {
+            "3" => Some(Self::V3),
+            "4" => Some(Self::V4),
+            "5" => Some(Self::V5),
             "6" => Some(Self::V6),
             "7" => Some(Self::V7),
             "8" => Some(Self::V8),
@@ -58,6 +74,9 @@ impl RoomVersion {
     /// The version identifier as the spec writes it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V3 => "3",
+            Self::V4 => "4",
+            Self::V5 => "5",
             Self::V6 => "6",
             Self::V7 => "7",
             Self::V8 => "8",
@@ -71,6 +90,34 @@ impl RoomVersion {
     /// All supported versions are stable ones.
     pub fn is_stable(self) -> bool {
         true
+    }
+
+    /// Spec v4: event ids are URL-safe base64 (`-` and `_`); v3 uses the standard
+    /// alphabet (`+` and `/`).
+    pub fn event_ids_are_url_safe(self) -> bool {
+        self >= Self::V4
+    }
+
+    /// Spec v5 ("Signing key validity period"): a signature counts only if the key's
+    /// `valid_until_ts` is at least the event's `origin_server_ts`.
+    pub fn enforces_key_validity(self) -> bool {
+        self >= Self::V5
+    }
+
+    /// Spec v3 to v5 auth rule 4: an `m.room.aliases` event needs a `state_key` naming
+    /// the sender's server (v6 removes the rule).
+    pub fn has_aliases_auth_rule(self) -> bool {
+        self <= Self::V5
+    }
+
+    /// Spec v1 to v5 redaction: `m.room.aliases` keeps `aliases` (v6 drops it).
+    pub fn redaction_keeps_aliases(self) -> bool {
+        self <= Self::V5
+    }
+
+    /// Spec v6: the auth rules for power levels also guard the `notifications` levels.
+    pub fn power_levels_guard_notifications(self) -> bool {
+        self >= Self::V6
     }
 
     /// Spec v11+ redaction: `origin`, `membership` and `prev_state` are no longer protected.
@@ -169,7 +216,7 @@ mod tests {
         for v in RoomVersion::ALL {
             assert_eq!(RoomVersion::from_id(v.as_str()), Some(v));
         }
-        assert_eq!(RoomVersion::from_id("5"), None);
+        assert_eq!(RoomVersion::from_id("2"), None);
         assert_eq!(RoomVersion::from_id("1"), None);
         assert_eq!(RoomVersion::from_id("org.matrix.msc0000"), None);
         assert_eq!(RoomVersion::DEFAULT.as_str(), "12");

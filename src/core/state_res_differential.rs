@@ -1,6 +1,6 @@
 //! Differential test: our state resolution against ruma's (`ruma-state-res`, a
 //! dev-dependency used only here) on random forked graphs with membership, join rule and
-//! power level churn, for v2 (room version 11) and v2.1 (room version 12).
+//! power level churn, for v2 (room versions 5 and 11) and v2.1 (room version 12).
 //!
 //! A case is a script of numbers; each number adds one event (a topic, power levels,
 //! join rules, a membership change, or an event merging two branches) on a branch chosen
@@ -151,6 +151,9 @@ fn compare(g: &Graph, tips: &[String]) {
         RoomVersion::V8 => ruma_common::room_version_rules::RoomVersionRules::V8,
         RoomVersion::V7 => ruma_common::room_version_rules::RoomVersionRules::V7,
         RoomVersion::V6 => ruma_common::room_version_rules::RoomVersionRules::V6,
+        RoomVersion::V5 => ruma_common::room_version_rules::RoomVersionRules::V5,
+        RoomVersion::V4 => ruma_common::room_version_rules::RoomVersionRules::V4,
+        RoomVersion::V3 => ruma_common::room_version_rules::RoomVersionRules::V3,
     };
     let v2_rules = rules.state_res.v2_rules().copied().unwrap();
     let theirs = ruma_state_res::resolve(
@@ -292,6 +295,11 @@ proptest! {
     #[test]
     fn v2_agrees_with_ruma(script in proptest::collection::vec(any::<u32>(), 4..48)) {
         play(RoomVersion::V11, &script);
+    }
+
+    #[test]
+    fn v2_agrees_with_ruma_in_room_v5(script in proptest::collection::vec(any::<u32>(), 4..48)) {
+        play(RoomVersion::V5, &script);
     }
 
     #[test]

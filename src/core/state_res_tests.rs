@@ -44,12 +44,15 @@ impl ResolutionEvents for Graph {
 
 impl Graph {
     fn new(version: RoomVersion) -> Self {
-        let create = json!({
+        let mut create = json!({
             "type": "m.room.create", "state_key": "", "sender": ALICE,
             "content": {"room_version": version.as_str()},
             "prev_events": [], "auth_events": [], "depth": 1, "origin_server_ts": 0,
             "hashes": {"sha256": "x"},
         });
+        if version.create_event_has_creator_key() {
+            create["content"]["creator"] = json!(ALICE);
+        }
         let (room_id, create_id, create) = if version.room_id_is_create_event_hash() {
             let room_id = event_hashes::room_id_from_create_event(&create, version).unwrap();
             let id = format!("${}", &room_id[1..]);

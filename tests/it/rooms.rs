@@ -132,7 +132,7 @@ async fn room_ids_follow_the_room_version() {
     let (_, levels) = alice.state(&v10, "m.room.power_levels", "").await;
     assert_eq!(levels["users"][&alice.user_id], 100);
     // Unsupported versions are refused.
-    for unsupported in ["5", "1", "13", "org.example.v1"] {
+    for unsupported in ["2", "1", "13", "org.example.v1"] {
         let (status, body) = alice
             .post("/createRoom", json!({"room_version": unsupported}))
             .await;
@@ -523,17 +523,17 @@ async fn knocking_and_restricted_joins() {
     server.stop().await;
 }
 
-/// Rooms v6 to v9 (`rooms/v6.md` to `v9.md`): made and used like newer ones, with what their
+/// Rooms v3 to v9 (`rooms/v3.md` to `v9.md`): made and used like newer ones, with what their
 /// version adds: knocking from 7, restricted joins from 8 (`allow` surviving redaction), power
 /// levels written as strings before 10.
 #[tokio::test]
-async fn rooms_v6_to_v9_do_what_their_version_allows() {
+async fn rooms_v3_to_v9_do_what_their_version_allows() {
     let server = TestServer::start().await;
     let alice = Client::new(&server, "alice").await;
     let bob = Client::new(&server, "bob").await;
     let space = alice.create_room(json!({"preset": "public_chat"})).await;
     assert_eq!(bob.join(&space).await.0, StatusCode::OK);
-    for version in ["6", "7", "8", "9"] {
+    for version in ["3", "4", "5", "6", "7", "8", "9"] {
         let v: u32 = version.parse().unwrap();
         let public = alice
             .create_room(json!({"room_version": version, "preset": "public_chat"}))
@@ -581,7 +581,8 @@ async fn rooms_v6_to_v9_do_what_their_version_allows() {
                 "/rooms/{restricted}/state/m.room.join_rules/?format=event"
             ))
             .await;
-        let rules_id = rules["event_id"].as_str().unwrap();
+        // v3 event ids may hold `/`: encoded, as in any path.
+        let rules_id = common::urlencode(rules["event_id"].as_str().unwrap());
         let (status, body) = alice
             .put(
                 &format!("/rooms/{restricted}/redact/{rules_id}/r{version}"),
@@ -1353,5 +1354,64 @@ async fn refusals_leave_nothing_half_done_and_edges_hold() {
     bob.post(&format!("/rooms/{room}/forget"), json!({})).await;
     let (status, body) = bob.get(&format!("/rooms/{room}/messages?dir=b")).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    server.stop().await;
+}
+
+/// Room version 3 names events by their reference hash in standard base64, so ids hold
+/// `/` and `+` (`rooms/v3.md`, "Event IDs"; v4 switched to URL-safe base64 for that
+/// reason). Clients percent-encode them in paths; every endpoint that takes an event id
+/// in its path must find the event.
+#[tokio::test]
+async fn room_v3_event_ids_with_slashes_work_in_paths() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let room = alice
+        .create_room(json!({"room_version": "3", "preset": "public_chat"}))
+        .await;
+    let mut with_slash = None;
+    for n in 0..64 {
+        let id = alice.text(&room, &format!("message {n}")).await;
+        assert_eq!(id.len(), 44, "{id}");
+        assert!(!id.contains(['-', '_']), "standard alphabet: {id}");
+        if id.contains('/') && with_slash.is_none() {
+            with_slash = Some(id);
+        }
+    }
+    let id = with_slash.expect("one of 64 hashes encodes a /");
+    let path_id = common::urlencode(&id);
+    let (status, event) = alice.get(&format!("/rooms/{room}/event/{path_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["event_id"], id.as_str());
+    let (status, context) = alice
+        .get(&format!("/rooms/{room}/context/{path_id}?limit=2"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{context}");
+    assert_eq!(context["event"]["event_id"], id.as_str());
+    let edit = alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "* edited", "m.new_content": {"msgtype": "m.text", "body": "edited"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": id}}),
+        )
+        .await;
+    let (status, relations) = alice
+        .get(&format!("/rooms/{room}/relations/{path_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{relations}");
+    assert_eq!(
+        relations["chunk"][0]["event_id"],
+        edit.as_str(),
+        "{relations}"
+    );
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/redact/{path_id}/t1"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, event) = alice.get(&format!("/rooms/{room}/event/{path_id}")).await;
+    assert_eq!(event["content"], json!({}), "{event}");
+    assert_eq!(
+        event["unsigned"]["redacted_because"]["redacts"],
+        id.as_str()
+    );
     server.stop().await;
 }
