@@ -1,17 +1,19 @@
-//! Convergence under network splits, seeded (the hostile-federation issue): three ourwhats,
-//! each behind a proxy that can cut it off from some of the others, and users on every
+//! Convergence under network splits, seeded (the hostile-federation issue): three ourwhats
+//! (or, with `--synapse`, two ourwhats and a real Synapse as the third server), each behind
+//! a proxy that can cut it off from some of the others, and users on every
 //! side changing topics, names, join rules, power levels and memberships in rooms of
 //! versions 10, 11 and 12 while the network is split and healed at seeded moments. After
 //! the last healing (and one message of each server's user per room), every server must
 //! show the same current state and the same joined members in every room within 10 s.
 //!
 //! Each server's outbound connections come from its own loopback address
-//! (`federation.outbound_address` 127.0.0.2, .3, .4), so a proxy can cut one server off
-//! from another and not from the third.
+//! (`federation.outbound_address` 127.0.0.2, .3, .4; Synapse's from 127.0.0.1, the
+//! address the kernel picks for it), so a proxy can cut one server off from another and
+//! not from the third.
 //!
-//! `cargo bench -p federation-tests --bench split_runs -- --runs 100 --seed 1` (each run
-//! prints its time to converge, a failed one its steps and each server's state); under
-//! `cargo test` nothing runs until every seed converges (see docs/benchmarks.md).
+//! `cargo bench -p federation-tests --bench split_runs -- --runs 100 --seed 1 [--synapse]`
+//! (each run prints its time to converge, a failed one its steps and each server's state);
+//! under `cargo test` nothing runs until every seed converges (see docs/benchmarks.md).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use federation_tests::seeded::{full_run, number_arg, Rng};
 use federation_tests::split::SplitProxy;
+use federation_tests::synapse::Synapse;
 use federation_tests::{enc, free_port, Cluster, Instance, User};
 use ourwhats::core::ServerName;
 use serde_json::{json, Value};
@@ -28,16 +31,21 @@ const STEPS: usize = 6;
 /// The time every server has to agree after the last healing.
 const CONVERGENCE: Duration = Duration::from_secs(10);
 
-fn source_of(server: usize) -> IpAddr {
-    IpAddr::from([127, 0, 0, 2 + server as u8])
+/// The address server `server`'s outbound connections come from.
+fn source_of(server: usize, synapse: bool) -> IpAddr {
+    if synapse && server == 2 {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([127, 0, 0, 2 + server as u8])
+    }
 }
 
 /// Cuts the network along `groups` (servers in different groups cannot reach each other).
-fn partition(proxies: &[SplitProxy], groups: &[usize]) {
+fn partition(proxies: &[SplitProxy], groups: &[usize], synapse: bool) {
     for (x, proxy) in proxies.iter().enumerate() {
         let blocked: BTreeSet<IpAddr> = (0..proxies.len())
             .filter(|&y| groups[y] != groups[x])
-            .map(source_of)
+            .map(|y| source_of(y, synapse))
             .collect();
         proxy.block_sources(blocked);
     }
@@ -352,18 +360,20 @@ async fn random_change(rng: &mut Rng, users: &[User], rooms: &[String]) -> Strin
     format!("{} in {room}: {what}: {status}", actor.user_id)
 }
 
-/// One seeded run; answers the time every server took to agree after healing.
-async fn run(seed: u64) -> Result<Duration, String> {
+/// One seeded run (with Synapse as server 2 when `synapse`); answers the time every server
+/// took to agree after healing.
+async fn run(seed: u64, synapse: bool) -> Result<Duration, String> {
     let mut rng = Rng::new(seed);
     let proxy_ports = [free_port()?, free_port()?, free_port()?];
     let real_ports = [free_port()?, free_port()?, free_port()?];
-    let cluster = Cluster::start_with(3, |i, config| {
+    let ours = if synapse { 2 } else { 3 };
+    let cluster = Cluster::start_with(ours, |i, config| {
         config.server_name =
             ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).expect("a server name");
         config.federation.listen = format!("127.0.0.1:{}", real_ports[i])
             .parse()
             .expect("an address");
-        config.federation.outbound_address = Some(source_of(i));
+        config.federation.outbound_address = Some(source_of(i, synapse));
         // Each trusts the other two as notaries (as servers trust matrix.org): a server
         // cut off from another still gets its keys, through the third.
         config.federation.trusted_key_servers = (0..3)
@@ -374,6 +384,11 @@ async fn run(seed: u64) -> Result<Duration, String> {
             .collect();
     })
     .await?;
+    let synapse = if synapse {
+        Some(Synapse::start_on(&cluster.ca, Some((proxy_ports[2], real_ports[2]))).await?)
+    } else {
+        None
+    };
     let mut proxies = Vec::new();
     for i in 0..3 {
         proxies.push(SplitProxy::start(proxy_ports[i], real_ports[i]).await?);
@@ -381,7 +396,11 @@ async fn run(seed: u64) -> Result<Duration, String> {
     let names = ["alice", "bob", "carol", "dave", "erin", "frank"];
     let mut users = Vec::new();
     for (n, name) in names.iter().enumerate() {
-        users.push(User::register(&cluster.instances[n % 3], name).await?);
+        users.push(match (&synapse, cluster.instances.get(n % 3)) {
+            (_, Some(instance)) => User::register(instance, name).await?,
+            (Some(synapse), None) => User::register_at(&synapse.client_url, name).await?,
+            (None, None) => unreachable!("three ourwhats without Synapse"),
+        });
     }
     let mut rooms = Vec::new();
     for version in ["10", "11", "12"] {
@@ -421,7 +440,7 @@ async fn run(seed: u64) -> Result<Duration, String> {
             3 => vec![1, 1, 0],
             _ => vec![0, 1, 2],
         };
-        partition(&proxies, &groups);
+        partition(&proxies, &groups, synapse.is_some());
         log.push(format!("step {step}: groups {groups:?}"));
         for _ in 0..(2 + rng.below(4)) {
             let change = random_change(&mut rng, &users, &rooms).await;
@@ -431,7 +450,7 @@ async fn run(seed: u64) -> Result<Duration, String> {
     }
 
     // Healed: each admin says something in each room, then every server must agree.
-    partition(&proxies, &[0, 0, 0]);
+    partition(&proxies, &[0, 0, 0], synapse.is_some());
     let healed = Instant::now();
     for room in &rooms {
         for (n, user) in users[..3].iter().enumerate() {
@@ -448,8 +467,12 @@ async fn run(seed: u64) -> Result<Duration, String> {
         for room in &rooms {
             let mut states = Vec::new();
             for (n, user) in users[..3].iter().enumerate() {
-                let held = held_state(&cluster.instances[n], room);
                 let read = state_of(user, room).await;
+                // Synapse's state is only read through its client API.
+                let held = cluster
+                    .instances
+                    .get(n)
+                    .map_or_else(|| read.clone(), |i| held_state(i, room));
                 if read != held {
                     // What the user reads differs from what the server holds (it cannot
                     // read the room, say): that is a difference too.
@@ -494,6 +517,11 @@ async fn run(seed: u64) -> Result<Duration, String> {
                     }
                 }
             }
+            if let Some(synapse) = &synapse {
+                report.push_str("Synapse's log, last lines:\n");
+                report.push_str(&synapse.log_tail());
+                report.push('\n');
+            }
             cluster.shutdown().await;
             return Err(report);
         }
@@ -514,6 +542,7 @@ fn main() {
         return;
     }
     let first = number_arg("--seed").unwrap_or(1);
+    let synapse = std::env::args().any(|a| a == "--synapse");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -522,7 +551,7 @@ fn main() {
         let mut times = Vec::new();
         let mut failures = Vec::new();
         for seed in first..first + runs {
-            match run(seed).await {
+            match run(seed, synapse).await {
                 Ok(took) => {
                     println!("seed {seed}: converged {:.0} ms after healing", took.as_secs_f64() * 1e3);
                     times.push(took);
@@ -537,7 +566,8 @@ fn main() {
         let median = times.get(times.len() / 2).copied().unwrap_or_default();
         let worst = times.last().copied().unwrap_or_default();
         println!(
-            "split_runs: {} of {runs} runs converged within {CONVERGENCE:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}",
+            "split_runs{}: {} of {runs} runs converged within {CONVERGENCE:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}",
+            if synapse { " with Synapse" } else { "" },
             times.len(),
             median.as_secs_f64() * 1e3,
             worst.as_secs_f64() * 1e3

@@ -46,7 +46,7 @@ pub fn ensure_venv() -> Result<PathBuf, String> {
 /// A running Synapse; killed when dropped.
 pub struct Synapse {
     process: Child,
-    /// `127.0.0.1:FED_PORT`.
+    /// `127.0.0.1:PORT`: the port it listens on, or its proxy's.
     pub server_name: String,
     /// The client API's base URL (plain HTTP).
     pub client_url: String,
@@ -64,11 +64,23 @@ impl Drop for Synapse {
 impl Synapse {
     /// Starts Synapse with a certificate from `ca`, and waits until its client API answers.
     pub async fn start(ca: &TestCa) -> Result<Self, String> {
+        Self::start_on(ca, None).await
+    }
+
+    /// As [`Synapse::start`]; with `(name_port, listen_port)`, Synapse is named
+    /// `127.0.0.1:name_port` (where a proxy forwards to it) and listens on `listen_port`.
+    pub async fn start_on(ca: &TestCa, ports: Option<(u16, u16)>) -> Result<Self, String> {
         let venv = ensure_venv()?;
         let python = venv.join("bin/python");
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let (cert, key) = ca.issue(dir.path(), "synapse")?;
-        let fed_port = free_port()?;
+        let (name_port, fed_port) = match ports {
+            Some(ports) => ports,
+            None => {
+                let port = free_port()?;
+                (port, port)
+            }
+        };
         let client_port = free_port()?;
         let status = Command::new(&python)
             .arg(setup_dir().join("synapse_config.py"))
@@ -78,6 +90,7 @@ impl Synapse {
             .arg(&cert)
             .arg(&key)
             .arg(&ca.cert_path)
+            .arg(name_port.to_string())
             .status()
             .map_err(|e| format!("cannot run synapse_config.py: {e}"))?;
         if !status.success() {
@@ -92,7 +105,7 @@ impl Synapse {
             .map_err(|e| format!("cannot start Synapse: {e}"))?;
         let synapse = Self {
             process,
-            server_name: format!("127.0.0.1:{fed_port}"),
+            server_name: format!("127.0.0.1:{name_port}"),
             client_url: format!("http://127.0.0.1:{client_port}"),
             dir,
         };

@@ -4,7 +4,9 @@ server_name 127.0.0.1:FED_PORT, a TLS federation listener on FED_PORT with a cer
 from the test CA, a plain client listener on CLIENT_PORT, the test CA trusted for outbound
 federation, loopback allowed, no key servers, short retry intervals, open registration and
 no rate limits, its room directory open to other servers. Usage:
-synapse_config.py DIR FED_PORT CLIENT_PORT CERT KEY CA  (with the Synapse venv's python)"""
+synapse_config.py DIR FED_PORT CLIENT_PORT CERT KEY CA [NAME_PORT]  (with the Synapse venv's
+python); with NAME_PORT the server is named 127.0.0.1:NAME_PORT (a proxy there forwards to
+FED_PORT)."""
 
 import os
 import subprocess
@@ -14,7 +16,8 @@ import yaml
 
 directory, fed_port, client_port, cert, key, ca = sys.argv[1:7]
 fed_port, client_port = int(fed_port), int(client_port)
-server_name = f"127.0.0.1:{fed_port}"
+name_port = int(sys.argv[7]) if len(sys.argv) > 7 else fed_port
+server_name = f"127.0.0.1:{name_port}"
 config_path = os.path.join(directory, "homeserver.yaml")
 
 subprocess.run(
