@@ -59,7 +59,7 @@ fn protocol(c: &mut Criterion) {
         b.iter(|| canonical_json::to_canonical_bytes(black_box(&event)))
     });
     c.bench_function("content_hash/message_pdu", |b| {
-        b.iter(|| event_hashes::content_hash(black_box(&event)))
+        b.iter(|| event_hashes::content_hash(black_box(&event), RoomVersion::V12))
     });
     c.bench_function("sign/message_pdu", |b| {
         b.iter(|| {

@@ -463,6 +463,29 @@ async fn we_join_a_synapse_room_and_both_talk() {
             "v{version}: Synapse's message never came\n{}",
             synapse.log_tail()
         );
+        // Rooms before v6 do not enforce canonical JSON: Synapse takes floats there and
+        // hashes them as Python writes them; we must take the event as it is.
+        if ["3", "5"].contains(&version) {
+            let floats = json!({"msgtype": "m.text", "body": format!("floats v{version}"),
+                                "x": 1.5, "y": 1e16, "z": 100.0, "w": 0.00001});
+            let (status, sent) = sam
+                .put(
+                    &format!("/rooms/{}/send/m.room.message/f{version}", enc(&room)),
+                    floats,
+                )
+                .await;
+            assert_eq!(status, 200, "{sent}");
+            let seen = wait_for_message(&alice, &room, &format!("floats v{version}")).await;
+            let seen = seen.unwrap_or_else(|| {
+                panic!(
+                    "v{version}: Synapse's floats never came\n{}",
+                    synapse.log_tail()
+                )
+            });
+            assert_eq!(seen["event_id"], sent["event_id"]);
+            assert_eq!(seen["content"]["x"], 1.5, "v{version}: {seen}");
+            assert_eq!(seen["content"]["y"], 1e16, "v{version}: {seen}");
+        }
         let (status, sent) = alice
             .put(
                 &format!("/rooms/{}/send/m.room.message/o{version}", enc(&room)),

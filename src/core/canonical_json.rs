@@ -4,8 +4,36 @@
 //! code point, integers only in `[-(2**53)+1, (2**53)-1]`, no exponents, no fractions, no `-0`.
 //! A number that arrives as a float but is integral (the spec's `1e10` and `-0` example) is
 //! written as that integer; a real fraction or an out-of-range number is an error.
+//!
+//! Rooms v1 to v5 "MUST NOT strictly enforce" that (`rooms/fragments/v1-canonical-json.md`):
+//! their events may hold floats and integers out of range, and servers hash and sign them
+//! as Synapse (whose JSON encoder writes Python's `repr` of a float) writes them:
+//! [`Numbers::Lenient`].
 
 use serde_json::{Map, Number, Value};
+
+use super::room_version::RoomVersion;
+
+/// How numbers are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbers {
+    /// Integers within ±(2^53 - 1) only; an integral float is written as the integer.
+    Canonical,
+    /// Any integer as it is, and a float as Python's `repr` writes it (`50.57`, `100.0`,
+    /// `1e+16`, `1e-05`): what servers hash in rooms v1 to v5.
+    Lenient,
+}
+
+impl Numbers {
+    /// The numbers of events in rooms of `version`.
+    pub fn of(version: RoomVersion) -> Self {
+        if version.strict_canonical_json() {
+            Self::Canonical
+        } else {
+            Self::Lenient
+        }
+    }
+}
 
 /// The largest magnitude canonical JSON allows: 2**53 - 1.
 pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
@@ -32,8 +60,14 @@ impl std::error::Error for CanonicalJsonError {}
 
 /// Encodes `value` as canonical JSON bytes.
 pub fn to_canonical_bytes(value: &Value) -> Result<Vec<u8>, CanonicalJsonError> {
+    to_bytes(value, Numbers::Canonical)
+}
+
+/// Encodes `value` as canonical JSON bytes with numbers written as `numbers` says
+/// ([`Numbers::Lenient`] never fails).
+pub fn to_bytes(value: &Value, numbers: Numbers) -> Result<Vec<u8>, CanonicalJsonError> {
     let mut out = Vec::with_capacity(256);
-    write_value(&mut out, value)?;
+    write_value(&mut out, value, numbers)?;
     Ok(out)
 }
 
@@ -52,8 +86,17 @@ pub fn object_to_canonical_bytes_without(
     object: &Map<String, Value>,
     skip: &[&str],
 ) -> Result<Vec<u8>, CanonicalJsonError> {
+    object_to_bytes_without(object, skip, Numbers::Canonical)
+}
+
+/// As [`object_to_canonical_bytes_without`], with numbers written as `numbers` says.
+pub fn object_to_bytes_without(
+    object: &Map<String, Value>,
+    skip: &[&str],
+    numbers: Numbers,
+) -> Result<Vec<u8>, CanonicalJsonError> {
     let mut out = Vec::with_capacity(512);
-    write_object(&mut out, object, skip)?;
+    write_object(&mut out, object, skip, numbers)?;
     Ok(out)
 }
 
@@ -67,15 +110,22 @@ pub fn validate(value: &Value) -> Result<(), CanonicalJsonError> {
     }
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), CanonicalJsonError> {
+fn write_value(
+    out: &mut Vec<u8>,
+    value: &Value,
+    numbers: Numbers,
+) -> Result<(), CanonicalJsonError> {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => {
-            let int = canonical_integer(n)?;
-            out.extend_from_slice(int.to_string().as_bytes());
-        }
+        Value::Number(n) => match numbers {
+            Numbers::Canonical => {
+                let int = canonical_integer(n)?;
+                out.extend_from_slice(int.to_string().as_bytes());
+            }
+            Numbers::Lenient => out.extend_from_slice(lenient_number(n).as_bytes()),
+        },
         Value::String(s) => write_string(out, s),
         Value::Array(items) => {
             out.push(b'[');
@@ -83,11 +133,11 @@ fn write_value(out: &mut Vec<u8>, value: &Value) -> Result<(), CanonicalJsonErro
                 if i > 0 {
                     out.push(b',');
                 }
-                write_value(out, item)?;
+                write_value(out, item, numbers)?;
             }
             out.push(b']');
         }
-        Value::Object(map) => write_object(out, map, &[])?,
+        Value::Object(map) => write_object(out, map, &[], numbers)?,
     }
     Ok(())
 }
@@ -99,6 +149,7 @@ fn write_object(
     out: &mut Vec<u8>,
     map: &Map<String, Value>,
     skip: &[&str],
+    numbers: Numbers,
 ) -> Result<(), CanonicalJsonError> {
     out.push(b'{');
     let mut first = true;
@@ -112,7 +163,7 @@ fn write_object(
         first = false;
         write_string(out, key);
         out.push(b':');
-        write_value(out, value)?;
+        write_value(out, value, numbers)?;
     }
     out.push(b'}');
     Ok(())
@@ -140,6 +191,57 @@ fn canonical_integer(n: &Number) -> Result<i64, CanonicalJsonError> {
     }
     // Integral and within ±2**53, so the conversion is exact; `-0.0` becomes `0`.
     Ok(f as i64)
+}
+
+/// An integer as it is; a float as Python's `repr` writes it.
+fn lenient_number(n: &Number) -> String {
+    if let Some(i) = n.as_i64() {
+        i.to_string()
+    } else if let Some(u) = n.as_u64() {
+        u.to_string()
+    } else {
+        python_float_repr(n.as_f64().unwrap_or(0.0))
+    }
+}
+
+/// Python's `repr` of a finite float (CPython `float_repr_style` "short"): the shortest
+/// digits that read back as the same float, positional with at least one digit after
+/// the point (`100.0`) when the decimal point falls between 10^-4 and 10^16, else in
+/// exponent form with a signed exponent of at least two digits (`1e+16`, `1.5e-07`).
+fn python_float_repr(f: f64) -> String {
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    // Rust's `{:e}` writes the same shortest round-trip digits: `d.ddde±x`.
+    let scientific = format!("{:e}", f.abs());
+    let (mantissa, exponent) = scientific.split_once('e').unwrap_or((&scientific, "0"));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if digits.bytes().all(|b| b == b'0') {
+        return format!("{sign}0.0");
+    }
+    // Where the decimal point falls: value = 0.DIGITS × 10^point.
+    let point = exponent.parse::<i32>().unwrap_or(0) + 1;
+    let count = digits.len() as i32;
+    let body = if !(-3..=16).contains(&point) {
+        let exponent = point - 1;
+        let rest = &digits[1..];
+        let dot = if rest.is_empty() { "" } else { "." };
+        let exp_sign = if exponent < 0 { '-' } else { '+' };
+        format!(
+            "{}{dot}{rest}e{exp_sign}{:02}",
+            &digits[..1],
+            exponent.abs()
+        )
+    } else if point <= 0 {
+        format!("0.{}{digits}", "0".repeat((-point) as usize))
+    } else if point < count {
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
+    } else {
+        format!("{digits}{}.0", "0".repeat((point - count) as usize))
+    };
+    format!("{sign}{body}")
 }
 
 /// Spec grammar: escape `"`, `\`, and control characters (the five with short escapes as
@@ -336,5 +438,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(bytes, br#"{"a":1,"z":{"unsigned":1}}"#);
+    }
+
+    /// Rooms v1 to v5: numbers as Synapse's encoder writes them (Python's `repr` of a
+    /// float; integers of any size as they are). Expected strings from CPython 3.
+    #[test]
+    fn lenient_numbers_are_written_as_python_does() {
+        for (input, python) in [
+            ("50.57", "50.57"),
+            ("100.0", "100.0"),
+            ("1e2", "100.0"),
+            ("-0.0", "-0.0"),
+            ("0.0", "0.0"),
+            ("0.0001", "0.0001"),
+            ("0.00001", "1e-05"),
+            ("1.5e-7", "1.5e-07"),
+            ("1e15", "1000000000000000.0"),
+            ("1e16", "1e+16"),
+            ("12345678901234567.0", "1.2345678901234568e+16"),
+            ("5.114698E4", "51146.98"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("5e-324", "5e-324"),
+            ("123456789.123", "123456789.123"),
+            ("-2.5", "-2.5"),
+        ] {
+            let value: Value = serde_json::from_str(input).unwrap();
+            let written = to_bytes(&value, Numbers::Lenient).unwrap();
+            assert_eq!(String::from_utf8(written).unwrap(), python, "{input}");
+        }
+        let big: Value =
+            serde_json::from_str(r#"{"b":9007199254740993,"a":-9007199254740993}"#).unwrap();
+        assert_eq!(
+            to_bytes(&big, Numbers::Lenient).unwrap(),
+            br#"{"a":-9007199254740993,"b":9007199254740993}"#
+        );
+        assert!(to_canonical_bytes(&big).is_err());
+        // Integral floats differ: canonical JSON writes the integer, Python the float.
+        let integral: Value = serde_json::from_str(r#"{"a":1e10}"#).unwrap();
+        assert_eq!(
+            to_canonical_bytes(&integral).unwrap(),
+            br#"{"a":10000000000}"#
+        );
+        assert_eq!(
+            to_bytes(&integral, Numbers::Lenient).unwrap(),
+            br#"{"a":10000000000.0}"#
+        );
     }
 }

@@ -8,18 +8,20 @@ use ring::digest::{digest, SHA256};
 use serde_json::{json, Value};
 
 use super::base64;
-use super::canonical_json;
+use super::canonical_json::{self, Numbers};
 use super::redaction::redact;
 use super::room_version::RoomVersion;
 use super::signatures::{self, SignatureError};
 use super::signing_key::SigningKeyPair;
 
-/// SHA-256 over the event without `unsigned`, `signatures` and `hashes`.
-pub fn content_hash(event: &Value) -> Result<[u8; 32], SignatureError> {
+/// SHA-256 over the event without `unsigned`, `signatures` and `hashes`, numbers written
+/// as events of rooms of `version` have them.
+pub fn content_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], SignatureError> {
     let object = event.as_object().ok_or(SignatureError::NotAnObject)?;
-    let bytes = canonical_json::object_to_canonical_bytes_without(
+    let bytes = canonical_json::object_to_bytes_without(
         object,
         &["unsigned", "signatures", "hashes"],
+        Numbers::of(version),
     )?;
     Ok(sha256(&bytes))
 }
@@ -28,7 +30,7 @@ pub fn content_hash(event: &Value) -> Result<[u8; 32], SignatureError> {
 pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], SignatureError> {
     let redacted = redact(event, version);
     let object = redacted.as_object().ok_or(SignatureError::NotAnObject)?;
-    let bytes = signatures::signed_bytes(object)?;
+    let bytes = signatures::signed_bytes_with(object, Numbers::of(version))?;
     Ok(sha256(&bytes))
 }
 
@@ -70,7 +72,7 @@ pub fn hash_and_sign_event(
     key: &SigningKeyPair,
     version: RoomVersion,
 ) -> Result<[u8; 32], SignatureError> {
-    let hash = content_hash(event)?;
+    let hash = content_hash(event, version)?;
     let object = event.as_object_mut().ok_or(SignatureError::NotAnObject)?;
     object.insert(
         "hashes".to_owned(),
@@ -90,7 +92,7 @@ pub fn sign_event(
 ) -> Result<[u8; 32], SignatureError> {
     let redacted = redact(event, version);
     let redacted = redacted.as_object().ok_or(SignatureError::NotAnObject)?;
-    let bytes = signatures::signed_bytes(redacted)?;
+    let bytes = signatures::signed_bytes_with(redacted, Numbers::of(version))?;
     let signature = base64::encode(key.sign(&bytes));
     let object = event.as_object_mut().ok_or(SignatureError::NotAnObject)?;
     signatures::add_signature(object, server_name, key.key_id(), signature);
@@ -98,7 +100,7 @@ pub fn sign_event(
 }
 
 /// Whether `hashes.sha256` matches the event's content hash.
-pub fn content_hash_matches(event: &Value) -> Result<bool, SignatureError> {
+pub fn content_hash_matches(event: &Value, version: RoomVersion) -> Result<bool, SignatureError> {
     let Some(claimed) = event
         .get("hashes")
         .and_then(|h| h.get("sha256"))
@@ -109,7 +111,7 @@ pub fn content_hash_matches(event: &Value) -> Result<bool, SignatureError> {
     let Ok(claimed) = base64::decode(claimed) else {
         return Ok(false);
     };
-    Ok(claimed == content_hash(event)?)
+    Ok(claimed == content_hash(event, version)?)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -229,7 +231,7 @@ mod tests {
 }"#
             )
         );
-        assert!(content_hash_matches(&event).unwrap());
+        assert!(content_hash_matches(&event, RoomVersion::V10).unwrap());
         // The signature covers the redacted form, so it verifies on that form.
         let redacted = redact(&event, RoomVersion::V10);
         verify_json(
@@ -245,10 +247,12 @@ mod tests {
     fn content_hash_detects_a_changed_body() {
         let mut event = json!({"type": "m.room.message", "content": {"body": "a"}, "room_id": "!r:x", "sender": "@a:x"});
         hash_and_sign_event(&mut event, "x", &spec_key(), RoomVersion::V12).unwrap();
-        assert!(content_hash_matches(&event).unwrap());
+        assert!(content_hash_matches(&event, RoomVersion::V12).unwrap());
         event["content"]["body"] = json!("b");
-        assert!(!content_hash_matches(&event).unwrap());
-        assert!(!content_hash_matches(&json!({"hashes": {"sha256": "!!"}})).unwrap());
+        assert!(!content_hash_matches(&event, RoomVersion::V12).unwrap());
+        assert!(
+            !content_hash_matches(&json!({"hashes": {"sha256": "!!"}}), RoomVersion::V12).unwrap()
+        );
     }
 
     #[test]

@@ -197,7 +197,7 @@ mod tests {
                 &key,
             )
             .unwrap();
-            assert!(content_hash_matches(&built.pdu).unwrap());
+            assert!(content_hash_matches(&built.pdu, version).unwrap());
             verify_json(
                 &redact(&built.pdu, version),
                 "a.org",

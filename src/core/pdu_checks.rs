@@ -19,7 +19,7 @@
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 
-use super::canonical_json::{self, CanonicalJsonError};
+use super::canonical_json::{self, CanonicalJsonError, Numbers};
 use super::event_hashes;
 use super::identifiers::{is_standard_hash, is_url_safe_hash};
 use super::identifiers::{RoomId, UserId};
@@ -51,17 +51,15 @@ fn invalid<T>(reason: impl Into<String>) -> Result<T, FormatError> {
 
 /// Check 1: the PDU has the event format of its room version (rooms 3 to 12: the v3
 /// format, with v3 event ids in room 3 and v4 ones after, v12 without `room_id` on the
-/// create event), is canonical JSON (no floats, integers within ±(2^53 - 1)), and is at
-/// most [`MAX_PDU_BYTES`] as canonical JSON.
-///
-/// Rooms 3 to 5 "MUST NOT strictly enforce" canonical JSON (`v1-canonical-json`); this
-/// server still drops their PDUs that hold a float or an integer out of range, for it has
-/// no byte form to hash them by that other servers are known to share.
+/// create event), is canonical JSON (no floats, integers within ±(2^53 - 1)) from room
+/// version 6 (before, "servers MUST NOT strictly enforce" it: floats and large integers
+/// pass, written as [`Numbers::Lenient`] says), and is at most [`MAX_PDU_BYTES`] as
+/// canonical JSON.
 pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError> {
     let Some(object) = pdu.as_object() else {
         return invalid("a PDU must be a JSON object");
     };
-    let bytes = canonical_json::to_canonical_bytes(pdu).map_err(|e| match e {
+    let bytes = canonical_json::to_bytes(pdu, Numbers::of(version)).map_err(|e| match e {
         CanonicalJsonError::NotAnInteger(n) => FormatError(format!("{n} is not an integer")),
         CanonicalJsonError::OutOfRange(n) => FormatError(format!("{n} is outside ±(2^53 - 1)")),
     })?;
@@ -274,7 +272,8 @@ pub fn check_server_signature(
         let Some(signature) = signature.as_str() else {
             return SignatureCheck::Invalid(format!("signature {key_id} is not a string"));
         };
-        match signatures::verify_signature(object, signature, &known.key) {
+        match signatures::verify_signature_with(object, signature, &known.key, Numbers::of(version))
+        {
             Ok(()) => verified = true,
             Err(e) => {
                 return SignatureCheck::Invalid(format!(
@@ -298,7 +297,7 @@ pub fn check_server_signature(
 /// redacted form (and `true`) when it does not, for then "we have only been given a
 /// redacted version of the event".
 pub fn check_content_hash(version: RoomVersion, pdu: &Value) -> (Value, bool) {
-    match event_hashes::content_hash_matches(pdu) {
+    match event_hashes::content_hash_matches(pdu, version) {
         Ok(true) => (pdu.clone(), false),
         _ => (redaction::redact(pdu, version), true),
     }

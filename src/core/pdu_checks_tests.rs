@@ -75,6 +75,38 @@ fn check_1_event_ids_in_the_alphabet_of_the_room_version() {
     }
 }
 
+/// Rooms before v6 do not enforce canonical JSON (`rooms/fragments/v1-canonical-json.md`):
+/// a power levels event with float levels and an integer beyond 2^53 passes checks 1 to 3,
+/// hashed and signed over the numbers as its server wrote them; from v6 it is dropped.
+#[test]
+fn check_1_to_3_rooms_before_v6_take_floats_and_large_integers() {
+    let mut pdu = json!({
+        "type": "m.room.power_levels", "state_key": "", "sender": format!("@bob:{REMOTE}"),
+        "room_id": ROOM, "prev_events": [PREV], "auth_events": [PREV], "depth": 12,
+        "origin_server_ts": 1_000_000,
+        "content": {"ban": 50.5, "users": {format!("@bob:{REMOTE}"): 100.0},
+                    "big": 9_007_199_254_740_993u64},
+    });
+    event_hashes::hash_and_sign_event(&mut pdu, REMOTE, &remote_key(), RoomVersion::V5).unwrap();
+    for version in [RoomVersion::V3, RoomVersion::V5] {
+        check_format(version, &pdu).unwrap();
+        assert_eq!(
+            check_signatures(version, &pdu, &known),
+            SignatureCheck::Verified
+        );
+        assert!(
+            !check_content_hash(version, &pdu).1,
+            "the content hash matches"
+        );
+    }
+    let dropped = check_format(RoomVersion::V6, &pdu).unwrap_err().0;
+    assert!(dropped.contains("not an integer"), "{dropped}");
+    // The bytes signed hold the numbers as written: changing 50.5 to 50 breaks the hash.
+    let mut changed = pdu.clone();
+    changed["content"]["ban"] = json!(50);
+    assert!(check_content_hash(RoomVersion::V5, &changed).1);
+}
+
 #[test]
 fn check_1_a_pdu_over_64_kib_is_dropped() {
     let mut pdu = remote_pdu(json!({"msgtype": "m.text", "body": "x".repeat(60_000)}));

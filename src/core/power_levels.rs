@@ -46,6 +46,12 @@ pub struct PowerLevels {
 pub fn level_value(version: RoomVersion, value: &Value) -> Option<i64> {
     if version.power_levels_are_integers_only() {
         value.as_i64()
+    } else if let (true, Some(float)) = (
+        version.power_levels_may_be_floats() && !value.is_i64(),
+        value.as_f64().filter(|_| value.is_f64()),
+    ) {
+        // Truncated at the point (`50.57` is 50); JSON has no NaN or infinities.
+        Some(float.trunc() as i64)
     } else {
         integer_or_integer_string(value)
     }
@@ -69,9 +75,10 @@ pub fn integer_or_integer_string(value: &Value) -> Option<i64> {
 
 /// Rewrites the levels of a power levels content as integers (strings of integers become
 /// integers, values that are neither are dropped): what a room upgraded from a version
-/// before 10 must carry over, since later versions reject strings.
+/// before 10 must carry over, since later versions reject strings. Floats (only rooms before
+/// v6 let them in) become their integer part, as those rooms count them.
 pub fn integers_only(content: &mut serde_json::Map<String, Value>) {
-    let fix = |value: &mut Value| match integer_or_integer_string(value) {
+    let fix = |value: &mut Value| match level_value(RoomVersion::V5, value) {
         Some(n) => {
             *value = Value::from(n);
             true
@@ -228,6 +235,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Spec: rooms v1 to v5, "`m.room.power_levels` events accept values as floats": the
+    /// value is truncated at the decimal point.
+    #[test]
+    fn floats_count_truncated_before_v6_only() {
+        for (float, n) in [
+            (50.57, 50),
+            (5.114698E4, 51146),
+            (-0.5, 0),
+            (-50.9, -50),
+            (100.0, 100),
+        ] {
+            assert_eq!(
+                level_value(RoomVersion::V5, &json!(float)),
+                Some(n),
+                "{float}"
+            );
+            assert_eq!(
+                level_value(RoomVersion::V3, &json!(float)),
+                Some(n),
+                "{float}"
+            );
+        }
+        assert_eq!(level_value(RoomVersion::V6, &json!(50.57)), None);
+        assert_eq!(level_value(RoomVersion::V5, &json!(50)), Some(50));
+        assert_eq!(level_value(RoomVersion::V5, &json!("50")), Some(50));
+    }
+
     #[test]
     fn strings_of_integers_count_before_v10_only() {
         for (text, n) in [("100", 100), ("000100", 100), ("+100", 100), ("-100", -100)] {
@@ -268,13 +302,13 @@ mod tests {
     #[test]
     fn upgrading_turns_strings_into_integers() {
         let mut content = json!({
-            "ban": "75", "kick": "nope", "users": {"@a:x": "100", "@b:x": "x"},
+            "ban": "75", "kick": "nope", "users": {"@a:x": "100", "@b:x": "x", "@c:x": 50.57},
             "events": "not a map", "redact": 10
         });
         integers_only(content.as_object_mut().unwrap());
         assert_eq!(
             content,
-            json!({"ban": 75, "users": {"@a:x": 100}, "redact": 10})
+            json!({"ban": 75, "users": {"@a:x": 100, "@c:x": 50}, "redact": 10})
         );
     }
 }

@@ -115,6 +115,18 @@ impl RoomVersion {
         self <= Self::V5
     }
 
+    /// Spec v6 ("Canonical JSON"): events must be strict canonical JSON (integers within
+    /// ±(2^53 - 1), no floats); before, servers must not enforce it.
+    pub fn strict_canonical_json(self) -> bool {
+        self >= Self::V6
+    }
+
+    /// Spec v1 to v5 ("`m.room.power_levels` events accept values as floats"): a float
+    /// level counts as its integer part.
+    pub fn power_levels_may_be_floats(self) -> bool {
+        self <= Self::V5
+    }
+
     /// Spec v6: the auth rules for power levels also guard the `notifications` levels.
     pub fn power_levels_guard_notifications(self) -> bool {
         self >= Self::V6

@@ -7,7 +7,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use serde_json::{Map, Value};
 
 use super::base64;
-use super::canonical_json::{self, CanonicalJsonError};
+use super::canonical_json::{self, CanonicalJsonError, Numbers};
 use super::signing_key::SigningKeyPair;
 
 /// Why a signature could not be made or did not verify.
@@ -47,7 +47,16 @@ impl From<CanonicalJsonError> for SignatureError {
 
 /// The bytes a signature of `object` covers.
 pub fn signed_bytes(object: &Map<String, Value>) -> Result<Vec<u8>, CanonicalJsonError> {
-    canonical_json::object_to_canonical_bytes_without(object, &["signatures", "unsigned"])
+    signed_bytes_with(object, Numbers::Canonical)
+}
+
+/// The bytes a signature of `object` covers, numbers written as `numbers` says (an event
+/// of a room before v6 may hold floats).
+pub fn signed_bytes_with(
+    object: &Map<String, Value>,
+    numbers: Numbers,
+) -> Result<Vec<u8>, CanonicalJsonError> {
+    canonical_json::object_to_bytes_without(object, &["signatures", "unsigned"], numbers)
 }
 
 /// Signs `value` in place as `entity` (a server name) and adds the signature under
@@ -57,8 +66,18 @@ pub fn sign_json(
     entity: &str,
     key: &SigningKeyPair,
 ) -> Result<(), SignatureError> {
+    sign_json_with(value, entity, key, Numbers::Canonical)
+}
+
+/// As [`sign_json`], over the bytes [`signed_bytes_with`] writes.
+pub fn sign_json_with(
+    value: &mut Value,
+    entity: &str,
+    key: &SigningKeyPair,
+    numbers: Numbers,
+) -> Result<(), SignatureError> {
     let object = value.as_object_mut().ok_or(SignatureError::NotAnObject)?;
-    let signature = base64::encode(key.sign(&signed_bytes(object)?));
+    let signature = base64::encode(key.sign(&signed_bytes_with(object, numbers)?));
     add_signature(object, entity, key.key_id(), signature);
     Ok(())
 }
@@ -114,10 +133,20 @@ pub fn verify_signature(
     signature_b64: &str,
     key: &VerifyingKey,
 ) -> Result<(), SignatureError> {
+    verify_signature_with(object, signature_b64, key, Numbers::Canonical)
+}
+
+/// As [`verify_signature`], over the bytes [`signed_bytes_with`] writes.
+pub fn verify_signature_with(
+    object: &Map<String, Value>,
+    signature_b64: &str,
+    key: &VerifyingKey,
+    numbers: Numbers,
+) -> Result<(), SignatureError> {
     let bytes = base64::decode(signature_b64).map_err(|_| SignatureError::Malformed)?;
     let bytes: [u8; 64] = bytes.try_into().map_err(|_| SignatureError::Malformed)?;
     let signature = Signature::from_bytes(&bytes);
-    key.verify_strict(&signed_bytes(object)?, &signature)
+    key.verify_strict(&signed_bytes_with(object, numbers)?, &signature)
         .map_err(|_| SignatureError::Invalid)
 }
 

@@ -7,10 +7,16 @@
 //! RFC 9110 section 11.4 as the spec asks: scheme case-insensitive, parameter names
 //! case-insensitive and in any order, values quoted (with backslash escapes) or bare
 //! tokens, colons allowed unquoted for older senders, unknown parameters ignored.
+//!
+//! A body may carry events of rooms before v6, which can hold floats and integers beyond
+//! canonical JSON's range: such a request is signed over their lenient form (as Synapse
+//! does, see [`Numbers::Lenient`]), and a signature that does not verify over the canonical
+//! bytes is checked over those too (both encode the same JSON value).
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::{json, Map, Value};
 
+use super::canonical_json::{CanonicalJsonError, Numbers};
 use super::signatures::{self, SignatureError};
 use super::SigningKeyPair;
 
@@ -187,7 +193,12 @@ pub fn sign_request(
     content: Option<&Value>,
 ) -> Result<String, SignatureError> {
     let mut object = request_object(method, uri, origin, destination, content);
-    signatures::sign_json(&mut object, origin, key)?;
+    match signatures::sign_json(&mut object, origin, key) {
+        Err(SignatureError::Canonical(
+            CanonicalJsonError::NotAnInteger(_) | CanonicalJsonError::OutOfRange(_),
+        )) => signatures::sign_json_with(&mut object, origin, key, Numbers::Lenient)?,
+        other => other?,
+    }
     let sig = object["signatures"][origin][key.key_id()]
         .as_str()
         .unwrap_or_default()
@@ -214,7 +225,14 @@ pub fn verify_request(
         return Err(SignatureError::NotAnObject);
     };
     let map: Map<String, Value> = map;
-    signatures::verify_signature(&map, &header.sig, verify_key)
+    let canonical = signatures::verify_signature(&map, &header.sig, verify_key);
+    if canonical.is_ok()
+        || signatures::signed_bytes(&map).ok()
+            == signatures::signed_bytes_with(&map, Numbers::Lenient).ok()
+    {
+        return canonical;
+    }
+    signatures::verify_signature_with(&map, &header.sig, verify_key, Numbers::Lenient)
 }
 
 #[cfg(test)]
@@ -274,6 +292,43 @@ mod tests {
         ] {
             assert!(XMatrix::parse(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    /// A transaction carrying an event of a v5 room with floats: signed over the lenient
+    /// form, by us or (with an integral float, which canonical JSON would write as an
+    /// integer) as Synapse signs it; verified either way, and still bound to the body.
+    #[test]
+    fn requests_with_floats_in_the_body_verify() {
+        let key = SigningKeyPair::from_seed(&[3; 32], "k1");
+        let vk = key.verifying_key();
+        let target = ("PUT", "/_matrix/federation/v1/send/2");
+        let floats = json!({"pdus": [{"content": {"x": 1.5, "big": 9_007_199_254_740_993u64}}]});
+        let header = sign_request(&key, target, ("o.example", "d.example"), Some(&floats)).unwrap();
+        let parsed = XMatrix::parse(&header).unwrap();
+        verify_request(&parsed, target, "d.example", Some(&floats), &vk).unwrap();
+        let other = json!({"pdus": [{"content": {"x": 2.5, "big": 9_007_199_254_740_993u64}}]});
+        assert!(verify_request(&parsed, target, "d.example", Some(&other), &vk).is_err());
+
+        let integral: Value =
+            serde_json::from_str(r#"{"pdus": [{"content": {"x": 1e10}}]}"#).unwrap();
+        let mut object = request_object(
+            target.0,
+            target.1,
+            "o.example",
+            "d.example",
+            Some(&integral),
+        );
+        signatures::sign_json_with(&mut object, "o.example", &key, Numbers::Lenient).unwrap();
+        let parsed = XMatrix {
+            origin: "o.example".into(),
+            destination: Some("d.example".into()),
+            key: key.key_id().into(),
+            sig: object["signatures"]["o.example"][key.key_id()]
+                .as_str()
+                .unwrap()
+                .into(),
+        };
+        verify_request(&parsed, target, "d.example", Some(&integral), &vk).unwrap();
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Rooms {
         verify_signatures(version, &pdu, source)
             .await
             .map_err(|why| MatrixError::invalid_param(format!("The invite: {why}")))?;
-        if !event_hashes::content_hash_matches(&pdu).unwrap_or(false) {
+        if !event_hashes::content_hash_matches(&pdu, version).unwrap_or(false) {
             return Err(MatrixError::invalid_param(
                 "The invite's content does not match its hash",
             ));
