@@ -1,9 +1,11 @@
 //! Attack classes (hostile-federation issue): "a notary answer not signed by the origin
-//! server" and "an expired key": refused. A server we cannot reach directly has its keys
-//! vouched for by a notary (`federation.trusted_key_servers`); a notary that signs a key
-//! document the server itself did not sign must not make us accept requests (or events)
-//! signed with that key, and a key past its `valid_until_ts` signs nothing new. The
-//! notary here is a real HTTPS server of the test's own, lying or not.
+//! server", "an expired key" and "keys valid too long": refused. A server we cannot reach
+//! directly has its keys vouched for by a notary (`federation.trusted_key_servers`); a
+//! notary that signs a key document the server itself did not sign must not make us
+//! accept requests (or events) signed with that key, a key past its `valid_until_ts`
+//! signs nothing new, and a key said to be valid for a year counts for 7 days after it was
+//! fetched (rooms v5+). The notary here is a real HTTPS server of the test's own, lying or
+//! not.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use federation_tests::{enc, free_port, Cluster, User};
-use ourwhats::core::{signatures, x_matrix, ServerName, SigningKeyPair};
+use federation_tests::{enc, free_port, Cluster, TestCa, User};
+use ourwhats::core::pdu::{self, PduTemplate};
+use ourwhats::core::{signatures, x_matrix, RoomVersion, ServerName, SigningKeyPair};
 use serde_json::{json, Value};
 
 fn now_ms() -> u64 {
@@ -34,7 +37,12 @@ struct Notary {
     /// A server whose key expired an hour ago (its document signed by it).
     expired: String,
     expired_key: SigningKeyPair,
+    /// A server whose document says its key is valid for a year (signed by it).
+    long_lived: String,
+    long_lived_key: SigningKeyPair,
 }
+
+const DAY_MS: u64 = 24 * 3_600_000;
 
 impl Notary {
     fn document(server: &str, key: &SigningKeyPair, valid_until_ts: u64) -> Value {
@@ -67,6 +75,63 @@ impl Notary {
         signatures::sign_json(&mut doc, &self.name, &self.key).unwrap();
         doc
     }
+
+    fn long_lived_document(&self) -> Value {
+        let mut doc = Self::document(
+            &self.long_lived,
+            &self.long_lived_key,
+            now_ms() + 365 * DAY_MS,
+        );
+        signatures::sign_json(&mut doc, &self.long_lived, &self.long_lived_key).unwrap();
+        signatures::sign_json(&mut doc, &self.name, &self.key).unwrap();
+        doc
+    }
+
+    /// A notary on a free port with server names nobody listens on (their keys can only
+    /// come through it), honest or not about `origin`.
+    fn new(honest: bool) -> Self {
+        let unreachable = || format!("127.0.0.1:{}", free_port().unwrap());
+        Self {
+            name: unreachable(),
+            key: SigningKeyPair::generate(),
+            origin: unreachable(),
+            origin_key: SigningKeyPair::generate(),
+            honest: AtomicBool::new(honest),
+            expired: unreachable(),
+            expired_key: SigningKeyPair::generate(),
+            long_lived: unreachable(),
+            long_lived_key: SigningKeyPair::generate(),
+        }
+    }
+
+    /// Serves the notary over HTTPS with a certificate of `ca` until the handle shuts it.
+    async fn serve(
+        self: &Arc<Self>,
+        ca: &TestCa,
+    ) -> (
+        axum_server::Handle<SocketAddr>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ca.issue(dir.path(), "notary").unwrap();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+            .await
+            .unwrap();
+        let app = Router::new()
+            .route("/_matrix/key/v2/server", get(own_keys))
+            .route("/_matrix/key/v2/query", post(query))
+            .route("/_matrix/key/v2/query/{server}", get(query))
+            .with_state(Arc::clone(self));
+        let address: SocketAddr = self.name.parse().unwrap();
+        let handle = axum_server::Handle::new();
+        let serving = tokio::spawn(
+            axum_server::bind_rustls(address, tls)
+                .handle(handle.clone())
+                .serve(app.into_make_service()),
+        );
+        (handle, serving, dir)
+    }
 }
 
 async fn own_keys(State(notary): State<Arc<Notary>>) -> Json<Value> {
@@ -74,23 +139,17 @@ async fn own_keys(State(notary): State<Arc<Notary>>) -> Json<Value> {
 }
 
 async fn query(State(notary): State<Arc<Notary>>) -> Json<Value> {
-    Json(json!({"server_keys": [notary.origin_document(), notary.expired_document()]}))
+    Json(json!({"server_keys": [
+        notary.origin_document(),
+        notary.expired_document(),
+        notary.long_lived_document(),
+    ]}))
 }
 
 #[tokio::test]
 async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
-    let notary_port = free_port().unwrap();
-    // A server name nobody listens on: its keys can only come through the notary.
-    let origin = format!("127.0.0.1:{}", free_port().unwrap());
-    let notary = Arc::new(Notary {
-        name: format!("127.0.0.1:{notary_port}"),
-        key: SigningKeyPair::generate(),
-        origin: origin.clone(),
-        origin_key: SigningKeyPair::generate(),
-        honest: AtomicBool::new(false),
-        expired: format!("127.0.0.1:{}", free_port().unwrap()),
-        expired_key: SigningKeyPair::generate(),
-    });
+    let notary = Arc::new(Notary::new(false));
+    let origin = notary.origin.clone();
     let notary_name = ServerName::parse(&notary.name).unwrap();
     let cluster = Cluster::start_with(1, |_, config| {
         config.federation.trusted_key_servers = vec![notary_name.clone()];
@@ -101,23 +160,7 @@ async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
     let alice = User::register(a, "alice").await.unwrap();
 
     // The notary, with a certificate of the cluster's CA.
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = cluster.ca.issue(dir.path(), "notary").unwrap();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .unwrap();
-    let app = Router::new()
-        .route("/_matrix/key/v2/server", get(own_keys))
-        .route("/_matrix/key/v2/query", post(query))
-        .route("/_matrix/key/v2/query/{server}", get(query))
-        .with_state(Arc::clone(&notary));
-    let address: SocketAddr = format!("127.0.0.1:{notary_port}").parse().unwrap();
-    let handle = axum_server::Handle::new();
-    let serving = tokio::spawn(
-        axum_server::bind_rustls(address, tls)
-            .handle(handle.clone())
-            .serve(app.into_make_service()),
-    );
+    let (handle, serving, _dir) = notary.serve(&cluster.ca).await;
 
     // A request signed with the key the notary vouches for, alone.
     let http = cluster.tls_client().unwrap();
@@ -192,6 +235,90 @@ async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
     let (status, body) = ask_as((&notary.expired, &notary.expired_key)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+
+    handle.shutdown();
+    let _ = serving.await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_said_valid_for_a_year_signs_nothing_past_seven_days() {
+    // The long-lived server's document says a year; the spec caps a key's validity at 7
+    // days after it was fetched (rooms v5+, "Signing key validity period"). An invite of
+    // its user made now is taken; one dated 8 days ahead is refused, since no key of its
+    // server was valid then as far as we may know.
+    let notary = Arc::new(Notary::new(true));
+    let notary_name = ServerName::parse(&notary.name).unwrap();
+    let cluster = Cluster::start_with(1, |_, config| {
+        config.federation.trusted_key_servers = vec![notary_name.clone()];
+    })
+    .await
+    .unwrap();
+    let a = &cluster.instances[0];
+    let alice = User::register(a, "alice").await.unwrap();
+    let (handle, serving, _dir) = notary.serve(&cluster.ca).await;
+    let http = cluster.tls_client().unwrap();
+    let server = notary.long_lived.as_str();
+    let room_id = format!("!room:{server}");
+
+    let invite = |origin_server_ts: u64| {
+        let built = pdu::build(
+            RoomVersion::V11,
+            PduTemplate {
+                room_id: Some(room_id.clone()),
+                sender: format!("@lee:{server}"),
+                kind: "m.room.member".into(),
+                state_key: Some(alice.user_id.clone()),
+                content: json!({"membership": "invite"}),
+                prev_events: vec![format!("${}", "a".repeat(43))],
+                auth_events: vec![format!("${}", "b".repeat(43))],
+                depth: 3,
+                origin_server_ts,
+                redacts: None,
+            },
+            server,
+            &notary.long_lived_key,
+        )
+        .unwrap();
+        let target = format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            enc(&room_id),
+            enc(&built.event_id)
+        );
+        let body = json!({"room_version": "11", "event": built.pdu, "invite_room_state": []});
+        let header = x_matrix::sign_request(
+            &notary.long_lived_key,
+            ("PUT", &target),
+            (server, a.name()),
+            Some(&body),
+        )
+        .unwrap();
+        let request = http
+            .put(format!("https://{}{target}", a.name()))
+            .header("Authorization", header)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = invite(now_ms() + 8 * DAY_MS).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("valid at the event's time"),
+        "{body}"
+    );
+    let (status, body) = invite(now_ms()).await;
+    assert_eq!(status, 200, "{body}");
+    let sync = alice.get("/sync").await.1;
+    assert!(sync["rooms"]["invite"].get(&room_id).is_some(), "{sync}");
 
     handle.shutdown();
     let _ = serving.await;

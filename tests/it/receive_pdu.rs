@@ -1136,3 +1136,76 @@ async fn a_fork_is_merged_by_state_resolution_and_local_events_name_both_sides()
     assert_eq!(status, StatusCode::OK, "{member}");
     assert_eq!(member["displayname"], "Bobby");
 }
+
+#[tokio::test]
+async fn forged_old_power_levels_after_a_fork_leave_the_state_unchanged() {
+    // Attack class (hostile-federation issue): "forged old power levels after a fork".
+    // Alice (the v12 creator) gave bob 100, then took it back. Bob's server forks from
+    // before the demotion: a power levels event that the old levels allow (bob at 100),
+    // giving bob 100 again and the room's defaults to him. It is soft-failed (the current
+    // state forbids it), and a message of bob's built on it (which the current state
+    // allows) brings the fork into state resolution, where alice's demotion wins: her power
+    // as creator is infinite, so hers sorts first and bob's is checked against it.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let promote =
+        |level: i64| json!({"users": {BOB: level}, "state_default": 50, "events_default": 0});
+    let path = format!("/rooms/{}/state/m.room.power_levels/", room.id);
+    let (status, body) = room.alice.put(&path, promote(100)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let promotion = body["event_id"].as_str().unwrap().to_owned();
+    let (status, body) = room.alice.put(&path, promote(0)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let demotion = body["event_id"].as_str().unwrap().to_owned();
+
+    let forged = room.remote(
+        ("m.room.power_levels", Some("")),
+        json!({"users": {BOB: 100}, "state_default": 0, "events_default": 0,
+               "events": {"m.room.power_levels": 0}}),
+        std::slice::from_ref(&promotion),
+        &[promotion.clone(), join_id.clone()],
+    );
+    match room.receive(&forged.1, &TestSource::default()).await {
+        PduOutcome::SoftFailed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(room.state_id("m.room.power_levels", "").await, demotion);
+
+    // Bob's message on the forged levels: allowed by the current state (events_default
+    // 0), so accepted, and its state (the forged levels) meets ours in a resolution.
+    let message = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "on my fork"}),
+        std::slice::from_ref(&forged.0),
+        &[forged.0.clone(), join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&message.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert!(room.extremities().contains(&message.0));
+    assert_eq!(room.state_id("m.room.power_levels", "").await, demotion);
+    // Bob has no power: his topic on his message is soft-failed, alice's goes through.
+    let topic = room.remote(
+        ("m.room.topic", Some("")),
+        json!({"topic": "mine now"}),
+        std::slice::from_ref(&message.0),
+        &[forged.0.clone(), join_id.clone()],
+    );
+    match room.receive(&topic.1, &TestSource::default()).await {
+        PduOutcome::SoftFailed(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let (status, _) = room.alice.state(&room.id, "m.room.topic", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.topic/", room.id),
+            json!({"topic": "still ours"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(room.state_id("m.room.power_levels", "").await, demotion);
+}
