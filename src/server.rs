@@ -102,6 +102,19 @@ impl Server {
         services
             .federation
             .start(services.rooms.shared_store(), stopped.clone());
+        // Push gateways are user-given URLs: the federation address guard applies.
+        let guard = crate::services::federation::ip_guard::IpGuard::new(
+            federation.ip_range_allowlist.clone(),
+        );
+        let gateways = crate::services::push::delivery::gateway_client(
+            crate::services::federation::discovery::GuardedResolver::plain(guard.clone())?,
+        )?;
+        services.push.start_delivery(
+            Arc::clone(&services) as Arc<dyn crate::services::push::delivery::PushLookups>,
+            gateways,
+            move |ip| guard.permits(ip),
+            stopped.clone(),
+        );
         let client_services = Arc::clone(&services);
         services.listeners.set_client(ListenerState::Up);
         let client_task = tokio::spawn(async move {

@@ -16,6 +16,7 @@ pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push_rules;
+pub mod pushers;
 pub mod read_markers;
 pub mod receipts;
 pub mod registration;
@@ -164,6 +165,8 @@ fn live_routes() -> Router<AppState> {
             "/_matrix/client/v3/notifications",
             get(push_rules::notifications),
         )
+        .route("/_matrix/client/v3/pushers", get(pushers::get_pushers))
+        .route("/_matrix/client/v3/pushers/set", post(pushers::set_pusher))
         .route(
             "/_matrix/client/v3/sendToDevice/{event_type}/{txn_id}",
             put(to_device::send_to_device),

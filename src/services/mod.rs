@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::core::SigningKeyPair;
+use crate::error::MatrixResult;
 use crate::storage::{Db, DbOptions};
 use accounts::Accounts;
 use ephemeral::Ephemeral;
@@ -175,10 +176,11 @@ impl Services {
                 config.data_dir.display()
             )
         })?;
-        let push = Arc::new(push::Push::new(
-            Arc::clone(&db),
-            Arc::clone(&stream_positions),
-        ));
+        let push = Arc::new(
+            push::Push::open(Arc::clone(&db), Arc::clone(&stream_positions))
+                .map_err(|e| format!("cannot load the pushers: {}", e.message))?,
+        );
+        accounts.attach_push(Arc::clone(&push));
         let rooms = Rooms::open(
             Arc::clone(&db),
             Arc::clone(&stream_positions),
@@ -240,5 +242,47 @@ impl Services {
             listeners: health::Listeners::default(),
             federation,
         }))
+    }
+}
+
+impl push::delivery::PushLookups for Services {
+    fn event(&self, short: u64) -> MatrixResult<(String, serde_json::Value)> {
+        let event = self.rooms.store().event(short)?;
+        Ok((event.event_id.clone(), event.pdu().clone()))
+    }
+
+    fn joined_room(&self, room: u64, user_id: &str) -> MatrixResult<Option<String>> {
+        let store = self.rooms.store();
+        let room_id = store.room_by_short(room)?.record.room_id;
+        let joined = store
+            .membership(user_id, &room_id)?
+            .is_some_and(|m| m.membership == "join");
+        Ok(joined.then_some(room_id))
+    }
+
+    fn read_positions(
+        &self,
+        room: u64,
+        user_id: &str,
+    ) -> MatrixResult<ephemeral::receipts::ReadPositions> {
+        self.ephemeral.read_positions(room, user_id)
+    }
+
+    fn names(&self, room_id: &str, sender: &str) -> (Option<String>, Option<String>) {
+        let store = self.rooms.store();
+        let Ok(Some(room)) = store.room(room_id) else {
+            return (None, None);
+        };
+        let field = |kind: &str, key: &str, field: &str| {
+            store
+                .state_event(room.record.state, kind, key)
+                .ok()
+                .flatten()
+                .and_then(|e| e.pdu()["content"][field].as_str().map(str::to_owned))
+        };
+        (
+            field("m.room.name", "", "name"),
+            field("m.room.member", sender, "displayname"),
+        )
     }
 }

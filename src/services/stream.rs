@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::storage::{keys, Db, StorageError, Table};
 
@@ -114,7 +114,8 @@ pub struct StreamPositions {
     /// `(next, floor)` of the history space.
     history: Mutex<(u64, u64)>,
     watermark: AtomicU64,
-    subscriber: OnceLock<Arc<dyn StreamSubscriber>>,
+    /// Who is told of committed changes: the sync notifier, the push delivery's waker.
+    subscribers: RwLock<Vec<Arc<dyn StreamSubscriber>>>,
 }
 
 /// A position being written; commit it with [`PosTicket::commit`] once the write is
@@ -180,13 +181,16 @@ impl StreamPositions {
                 pending: BTreeMap::new(),
             }),
             watermark: AtomicU64::new(start - 1),
-            subscriber: OnceLock::new(),
+            subscribers: RwLock::new(Vec::new()),
         }))
     }
 
-    /// Sets who is told about committed changes (once, at start-up).
+    /// Adds one who is told about committed changes (at start-up).
     pub fn subscribe(&self, subscriber: Arc<dyn StreamSubscriber>) {
-        let _ = self.subscriber.set(subscriber);
+        self.subscribers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(subscriber);
     }
 
     /// The highest position below which every position is committed. Read under the
@@ -301,7 +305,12 @@ impl StreamPositions {
         // every change below it already applied by the subscriber.
         self.watermark.store(watermark, Ordering::Release);
         if !ready.is_empty() {
-            if let Some(subscriber) = self.subscriber.get() {
+            for subscriber in self
+                .subscribers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
                 subscriber.committed(&ready);
             }
         }

@@ -124,6 +124,12 @@ pub enum Table {
     /// event short id ++ timestamp ++ actions (JSON)`: events that notify the user, for unread
     /// counts and `/notifications`. Owner: push.
     UseridShortroomidPosNotify,
+    /// `user_id 0xFF app_id 0xFF pushkey -> PusherRecord` (JSON): a user's pushers. Owner: push.
+    UseridAppidPushkeyPusher,
+    /// `position (u64 BE) ++ user_id 0xFF app_id 0xFF pushkey -> QueuedPush` (JSON: room and
+    /// event short ids, actions): notifications waiting to go to one pusher's gateway, in
+    /// stream order. Owner: push.
+    PosPusherPushqueue,
     /// `user_id 0xFF device_id 0xFF position (u64 BE) -> event` (JSON: sender, type,
     /// content): a device's inbox of send-to-device messages. Owner: accounts.
     UseridDeviceidPosTodevice,
@@ -230,6 +236,8 @@ impl Table {
         Table::ShortroomidPosReceipt,
         Table::UseridPushrules,
         Table::UseridShortroomidPosNotify,
+        Table::UseridAppidPushkeyPusher,
+        Table::PosPusherPushqueue,
         Table::UseridDeviceidPosTodevice,
         Table::TxnidTodevice,
         Table::ShortroomidTermPosPosting,
@@ -297,6 +305,8 @@ impl Table {
             Table::ShortroomidPosReceipt => "shortroomid_pos_receipt",
             Table::UseridPushrules => "userid_pushrules",
             Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
+            Table::UseridAppidPushkeyPusher => "userid_appid_pushkey_pusher",
+            Table::PosPusherPushqueue => "pos_pusher_pushqueue",
             Table::UseridDeviceidPosTodevice => "userid_deviceid_pos_todevice",
             Table::TxnidTodevice => "txnid_todevice",
             Table::ShortroomidTermPosPosting => "shortroomid_term_pos_posting",

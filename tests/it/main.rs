@@ -15,6 +15,7 @@ mod http_basics;
 mod media;
 mod openid_and_whois;
 mod profile;
+mod push;
 mod receive_pdu;
 mod receive_property;
 mod restart;

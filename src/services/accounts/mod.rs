@@ -158,6 +158,8 @@ pub struct Accounts {
     room_mates: OnceLock<Arc<dyn crate::services::rooms::room_mates::RoomMates>>,
     /// Serializes each user's device-list updates to other servers (their sequence).
     device_edu_locks: StripedLocks,
+    /// The push service: a deleted device's pushers go with it (set at start-up).
+    push: OnceLock<Arc<crate::services::push::Push>>,
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -191,7 +193,13 @@ impl Accounts {
             outbox,
             room_mates: OnceLock::new(),
             device_edu_locks: Default::default(),
+            push: OnceLock::new(),
         }
+    }
+
+    /// Lets device deletion remove the device's pushers (set once at start-up).
+    pub fn attach_push(&self, push: Arc<crate::services::push::Push>) {
+        let _ = self.push.set(push);
     }
 
     /// Our server name.
@@ -995,6 +1003,12 @@ impl Accounts {
             let deleted: Vec<&str> = device_ids.iter().map(String::as_str).collect();
             self.tell_other_servers(user_id.as_str(), Changed::Devices(&deleted))
                 .await;
+        }
+        // Spec ("Push Notifications"): a device's pushers go with it (as Synapse removes
+        // the pushers of a deleted access token).
+        if let Some(push) = self.push.get() {
+            push.remove_device_pushers(user_id.as_str(), device_ids)
+                .await?;
         }
         Ok(())
     }

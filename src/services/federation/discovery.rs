@@ -248,6 +248,16 @@ impl GuardedResolver {
     pub fn new(dns: TokioResolver, guard: IpGuard, srv: Arc<Mutex<SrvMap>>) -> Self {
         Self { dns, guard, srv }
     }
+
+    /// A resolver of A/AAAA records only, over the system's DNS configuration, answering
+    /// only addresses `guard` permits: for other user-given URLs (push gateways).
+    pub fn plain(guard: IpGuard) -> Result<Self, String> {
+        let dns = TokioResolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
+            .build()
+            .map_err(|e| format!("cannot start the DNS resolver: {e}"))?;
+        Ok(Self::new(dns, guard, Arc::default()))
+    }
 }
 
 impl Resolve for GuardedResolver {

@@ -1,19 +1,25 @@
-//! Push rules and notification counts.
+//! Push rules, notification counts, pushers and their delivery.
 //!
 //! Spec: client-server API, "Push Notifications" ("Push Rules", "Predefined Rules",
-//! `GET/PUT/DELETE /pushrules/...`, `GET /notifications`), and `/sync`'s
-//! `unread_notifications`. Each user's rules are evaluated ([`crate::core::push_rules`])
+//! `GET/PUT/DELETE /pushrules/...`, `GET /notifications`, `GET /pushers`,
+//! `POST /pushers/set`), `/sync`'s `unread_notifications`, and the push gateway API. Each user's rules are evaluated ([`crate::core::push_rules`])
 //! for every event of the rooms they are joined to, inside the event's write batch (a
 //! [`NewEventHook`]), so counts and the event reach a syncing client together. An event
 //! whose actions notify leaves one entry per user; the unread counts are the entries after
 //! the user's read receipt, so reading up to an event clears everything before it.
 //!
-//! Owns the tables `userid_pushrules` and `userid_shortroomid_pos_notify`.
+//! A notifying event for a user with pushers also queues one entry per pusher in the same
+//! batch ([`delivery`]).
+//!
+//! Owns the tables `userid_pushrules`, `userid_shortroomid_pos_notify`,
+//! `userid_appid_pushkey_pusher` and `pos_pusher_pushqueue`.
 
+pub mod delivery;
 pub mod notifications;
+pub mod pushers;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -23,7 +29,8 @@ use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::{StreamChange, StreamPositions};
 use crate::services::StripedLocks;
-use crate::storage::{Db, Table};
+use crate::storage::{keys, Batch, Db, Table};
+use pushers::{Pusher, PusherChange, PusherIndex, MAX_PUSHERS_PER_USER};
 
 /// Parsed rulesets kept in memory at most (the cache is cleared past this).
 const MAX_CACHED_RULESETS: usize = 10_000;
@@ -42,6 +49,12 @@ pub struct Push {
     stream: Arc<StreamPositions>,
     rulesets: Mutex<HashMap<String, Arc<Ruleset>>>,
     locks: StripedLocks,
+    /// Every pusher (the table's contents).
+    pushers: RwLock<PusherIndex>,
+    /// Serializes pusher changes.
+    pusher_lock: tokio::sync::Mutex<()>,
+    /// Wakes the delivery worker.
+    delivery: Arc<delivery::Delivery>,
 }
 
 fn rule_error(e: RuleEditError) -> MatrixError {
@@ -56,14 +69,155 @@ fn rule_error(e: RuleEditError) -> MatrixError {
 }
 
 impl Push {
-    /// The service over `db`.
-    pub fn new(db: Arc<Db>, stream: Arc<StreamPositions>) -> Self {
-        Self {
+    /// The service over `db`, with the stored pushers loaded.
+    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> MatrixResult<Self> {
+        let mut all = Vec::new();
+        for entry in db.scan_prefix(Table::UseridAppidPushkeyPusher, &[]) {
+            let (_, value) = entry?;
+            all.push(decode::<Pusher>(Table::UseridAppidPushkeyPusher, &value)?);
+        }
+        Ok(Self {
             db,
             stream,
             rulesets: Mutex::new(HashMap::new()),
             locks: StripedLocks::default(),
+            pushers: RwLock::new(PusherIndex::new(all)),
+            pusher_lock: tokio::sync::Mutex::new(()),
+            delivery: Arc::default(),
+        })
+    }
+
+    fn pusher_index(&self) -> RwLockReadGuard<'_, PusherIndex> {
+        self.pushers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The user's pushers, as `GET /pushers` lists them.
+    pub fn pushers(&self, user_id: &str) -> Vec<Value> {
+        let mut list: Vec<Value> = self
+            .pusher_index()
+            .of(user_id)
+            .iter()
+            .map(Pusher::to_client)
+            .collect();
+        list.sort_by(|a, b| a["app_id"].as_str().cmp(&b["app_id"].as_str()));
+        list
+    }
+
+    /// Applies a `POST /pushers/set`. Spec: without `append`, "the homeserver must remove
+    /// any other pushers with the same App ID and pushkey for different users"; deleting
+    /// a pusher that does not exist is not an error.
+    pub async fn change_pusher(&self, user_id: &str, change: PusherChange) -> MatrixResult<()> {
+        let _guard = self.pusher_lock.lock().await;
+        let mut batch = self.db.batch();
+        match change {
+            PusherChange::Delete { app_id, pushkey } => {
+                self.remove_pushers(
+                    user_id,
+                    |p| p.app_id == app_id && p.pushkey == pushkey,
+                    &mut batch,
+                )?;
+            }
+            PusherChange::Set { pusher, append } => {
+                let (others, count) = {
+                    let index = self.pusher_index();
+                    let others = if append {
+                        Vec::new()
+                    } else {
+                        index.others_with(user_id, &pusher.app_id, &pusher.pushkey)
+                    };
+                    let replacing = index.find(user_id, &pusher.key()).is_some();
+                    (others, index.of(user_id).len() + usize::from(!replacing))
+                };
+                if count > MAX_PUSHERS_PER_USER {
+                    return Err(MatrixError::forbidden(format!(
+                        "At most {MAX_PUSHERS_PER_USER} pushers per user: remove one first"
+                    )));
+                }
+                for other in others {
+                    let key = other.key();
+                    self.remove_pushers(&other.user_id, |p| p.key() == key, &mut batch)?;
+                }
+                batch.put(
+                    Table::UseridAppidPushkeyPusher,
+                    pusher.key(),
+                    encode(&pusher),
+                );
+                self.pushers
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(*pusher);
+            }
         }
+        self.db.commit(batch).await?;
+        Ok(())
+    }
+
+    /// Removes the user's pushers that `drop` picks (record and index; their queued
+    /// notifications are dropped by the worker, which finds no pusher for them).
+    fn remove_pushers(
+        &self,
+        user_id: &str,
+        drop: impl Fn(&Pusher) -> bool,
+        batch: &mut Batch<'_>,
+    ) -> MatrixResult<()> {
+        let gone = self
+            .pushers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove_where(user_id, drop);
+        for pusher in gone {
+            batch.delete(Table::UseridAppidPushkeyPusher, pusher.key());
+        }
+        Ok(())
+    }
+
+    /// Removes the pushers the user's `devices` set (the devices are being deleted).
+    pub async fn remove_device_pushers(
+        &self,
+        user_id: &str,
+        devices: &[String],
+    ) -> MatrixResult<()> {
+        if !self.pusher_index().has_any(user_id) {
+            return Ok(());
+        }
+        let _guard = self.pusher_lock.lock().await;
+        let mut batch = self.db.batch();
+        self.remove_pushers(user_id, |p| devices.contains(&p.device_id), &mut batch)?;
+        if !batch.is_empty() {
+            self.db.commit(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// The short ids of the rooms the user has notification entries in.
+    fn rooms_with_notifications(&self, user_id: &str) -> MatrixResult<Vec<u64>> {
+        let prefix = keys::prefix(user_id.as_bytes());
+        let end = keys::prefix_successor(&prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1]);
+        let mut rooms = Vec::new();
+        let mut from = prefix.clone();
+        loop {
+            let Some(first) = self
+                .db
+                .scan_range(Table::UseridShortroomidPosNotify, &from, &end, false)
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = first?;
+            let Some(room) = key
+                .get(prefix.len()..prefix.len() + 8)
+                .and_then(keys::read_u64)
+            else {
+                break;
+            };
+            rooms.push(room);
+            let Some(next) = room.checked_add(1) else {
+                break;
+            };
+            from = prefix.clone();
+            from.extend_from_slice(&next.to_be_bytes());
+        }
+        Ok(rooms)
     }
 
     fn record(&self, user_id: &str) -> MatrixResult<Option<RulesRecord>> {

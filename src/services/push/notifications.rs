@@ -13,10 +13,12 @@ use serde_json::Value;
 
 use std::collections::BTreeMap;
 
+use super::delivery::{queue_key, QueuedPush};
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::ephemeral::receipts::ReadPositions;
+use crate::services::records::encode;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Table};
 
@@ -156,6 +158,22 @@ impl NewEventHook for Push {
                 entry_key(&member.user_id, event.room, event.pos),
                 value,
             );
+            // One queued push per pusher of the member, in this same batch.
+            let pushers = self.pusher_index();
+            for pusher in pushers.of(&member.user_id) {
+                let queued = QueuedPush {
+                    room: event.room,
+                    event: event.short,
+                    ts,
+                    actions: rule.actions.clone(),
+                };
+                batch.put(
+                    Table::PosPusherPushqueue,
+                    queue_key(event.pos, &pusher.key()),
+                    encode(&queued),
+                );
+                self.delivery.queued_at(event.pos);
+            }
         }
         Ok(())
     }

@@ -1,0 +1,315 @@
+//! Push notifications (client-server API "Push Notifications", push gateway API): pushers
+//! set and listed over HTTP, and notifications delivered to a small push gateway the test
+//! runs on loopback, which answers as it is told (500, 200, a rejected pushkey).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common;
+use common::client::Client;
+use common::{assert_error, TestServer};
+use ourwhats::config::IpNet;
+
+/// A push gateway: what it was sent, and the answers it gives in turn (then 200 `{}`).
+#[derive(Default)]
+struct Gateway {
+    received: Mutex<Vec<Value>>,
+    answers: Mutex<VecDeque<(u16, Value)>>,
+}
+
+async fn notify(
+    State(gateway): State<Arc<Gateway>>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    gateway.received.lock().unwrap().push(body);
+    let (status, answer) = gateway
+        .answers
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or((200, json!({"rejected": []})));
+    (StatusCode::from_u16(status).unwrap(), Json(answer))
+}
+
+impl Gateway {
+    async fn start() -> (Arc<Self>, String) {
+        let gateway = Arc::new(Self::default());
+        let app = Router::new()
+            .route("/_matrix/push/v1/notify", post(notify))
+            .with_state(Arc::clone(&gateway));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (gateway, format!("http://{addr}/_matrix/push/v1/notify"))
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests came (or 10 s pass); answers them all.
+    async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let started = Instant::now();
+        while self.received().len() < n && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.received()
+    }
+}
+
+/// A server whose pushes may reach loopback (where the test's gateway is).
+async fn server() -> TestServer {
+    TestServer::start_with(|config| {
+        config.federation.ip_range_allowlist = vec![IpNet::parse("127.0.0.0/8").unwrap()];
+    })
+    .await
+}
+
+fn pusher(url: &str, pushkey: &str) -> Value {
+    json!({
+        "pushkey": pushkey, "kind": "http", "app_id": "org.example.chat",
+        "app_display_name": "Chat", "device_display_name": "Phone", "lang": "en",
+        "data": {"url": url, "extra": "kept"},
+    })
+}
+
+async fn set(client: &Client<'_>, body: Value) -> (StatusCode, Value) {
+    client.post("/pushers/set", body).await
+}
+
+async fn pushers_of(client: &Client<'_>) -> Vec<Value> {
+    let (status, body) = client.get("/pushers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["pushers"].as_array().unwrap().clone()
+}
+
+/// Alice's DM with bob, both joined.
+async fn dm(alice: &Client<'_>, bob: &Client<'_>) -> String {
+    let room = alice
+        .create_room(
+            json!({"preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true}),
+        )
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    room
+}
+
+#[tokio::test]
+async fn messages_reach_the_gateway_with_the_unread_count() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let (gateway, url) = Gateway::start().await;
+    let (status, body) = set(&bob, pusher(&url, "bob-phone")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = pushers_of(&bob).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["pushkey"], "bob-phone");
+    assert_eq!(listed[0]["data"]["url"], url.as_str());
+    assert!(pushers_of(&alice).await.is_empty());
+
+    let room = dm(&alice, &bob).await;
+    let first = alice.text(&room, "hello bob").await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let n = &got[0]["notification"];
+    assert_eq!(n["event_id"], first.as_str());
+    assert_eq!(n["room_id"], room.as_str());
+    assert_eq!(n["type"], "m.room.message");
+    assert_eq!(n["sender"], alice.user_id.as_str());
+    assert_eq!(n["content"]["body"], "hello bob");
+    assert_eq!(n["counts"]["unread"], 1);
+    assert_eq!(n["prio"], "high", "a one-to-one message sounds");
+    let device = &n["devices"][0];
+    assert_eq!(device["app_id"], "org.example.chat");
+    assert_eq!(device["pushkey"], "bob-phone");
+    assert_eq!(device["data"], json!({"extra": "kept"}), "url left out");
+    assert_eq!(device["tweaks"]["sound"], "default");
+
+    let second = alice.text(&room, "are you there").await;
+    let got = gateway.wait_for(2).await;
+    assert_eq!(got[1]["notification"]["event_id"], second.as_str());
+    assert_eq!(got[1]["notification"]["counts"]["unread"], 2);
+    // Bob reads; the next one counts alone.
+    let (status, body) = bob
+        .post(&format!("/rooms/{room}/receipt/m.read/{second}"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    alice.text(&room, "third").await;
+    let got = gateway.wait_for(3).await;
+    assert_eq!(
+        got[2]["notification"]["counts"]["unread"], 1,
+        "{:?}",
+        got[2]
+    );
+    // Alice's own messages never push to her, and bob's to alice: she has no pusher.
+    bob.text(&room, "yes").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gateway.received().len(), 3);
+
+    // `event_id_only`: ids, counts and devices, no content.
+    let mut slim = pusher(&url, "bob-tablet");
+    slim["data"]["format"] = json!("event_id_only");
+    assert_eq!(set(&bob, slim).await.0, StatusCode::OK);
+    alice.text(&room, "fourth").await;
+    let got = gateway.wait_for(5).await;
+    assert_eq!(got.len(), 5, "one request per device");
+    let slim = got
+        .iter()
+        .find(|b| b["notification"]["devices"][0]["pushkey"] == "bob-tablet")
+        .unwrap();
+    assert!(slim["notification"].get("content").is_none(), "{slim}");
+    assert!(slim["notification"].get("sender").is_none(), "{slim}");
+    assert_eq!(slim["notification"]["counts"]["unread"], 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_gateway_is_retried_and_a_rejected_pushkey_loses_its_pusher() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let (gateway, url) = Gateway::start().await;
+    gateway
+        .answers
+        .lock()
+        .unwrap()
+        .extend([(500, json!({})), (200, json!({"rejected": []}))]);
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let room = dm(&alice, &bob).await;
+    let first = alice.text(&room, "one").await;
+    // Refused once, sent again after the back-off: the same notification twice.
+    let got = gateway.wait_for(2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["notification"]["event_id"], first.as_str());
+    assert_eq!(got[1]["notification"]["event_id"], first.as_str());
+
+    // The gateway rejects the pushkey: the pusher is removed, nothing more is sent.
+    gateway
+        .answers
+        .lock()
+        .unwrap()
+        .push_back((200, json!({"rejected": ["bob-phone"]})));
+    alice.text(&room, "two").await;
+    assert_eq!(gateway.wait_for(3).await.len(), 3);
+    let started = Instant::now();
+    while !pushers_of(&bob).await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pusher stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice.text(&room, "three").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gateway.received().len(), 3);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn pushers_are_checked_replaced_and_go_with_their_device() {
+    let s = server().await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let url = "https://push.example.org/_matrix/push/v1/notify";
+
+    // Refusals, each named.
+    let mut email = pusher(url, "k");
+    email["kind"] = json!("email");
+    let (status, body) = set(&bob, email).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    assert!(body["error"].as_str().unwrap().contains("email"), "{body}");
+    let (status, body) = set(&bob, pusher("https://push.example.org/elsewhere", "k")).await;
+    assert_error(status, &body, 400, "M_INVALID_PARAM");
+    let mut no_url = pusher(url, "k");
+    no_url["data"] = json!({});
+    let (status, body) = set(&bob, no_url).await;
+    assert_error(status, &body, 400, "M_MISSING_PARAM");
+    let (status, body) = set(&bob, json!({"kind": "http"})).await;
+    assert_error(status, &body, 400, "M_MISSING_PARAM");
+
+    // The same app id and pushkey replaces; `append: false` takes it from carol.
+    assert_eq!(set(&carol, pusher(url, "shared")).await.0, StatusCode::OK);
+    assert_eq!(set(&bob, pusher(url, "shared")).await.0, StatusCode::OK);
+    assert!(
+        pushers_of(&carol).await.is_empty(),
+        "append false removes others'"
+    );
+    let mut renamed = pusher(url, "shared");
+    renamed["device_display_name"] = json!("New phone");
+    assert_eq!(set(&bob, renamed).await.0, StatusCode::OK);
+    let listed = pushers_of(&bob).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["device_display_name"], "New phone");
+    let mut appended = pusher(url, "shared");
+    appended["append"] = json!(true);
+    assert_eq!(set(&carol, appended).await.0, StatusCode::OK);
+    assert_eq!(pushers_of(&bob).await.len(), 1, "append true keeps bob's");
+
+    // `kind: null` deletes (a second time is no error).
+    let mut delete = pusher(url, "shared");
+    delete["kind"] = Value::Null;
+    assert_eq!(set(&bob, delete.clone()).await.0, StatusCode::OK);
+    assert_eq!(set(&bob, delete).await.0, StatusCode::OK);
+    assert!(pushers_of(&bob).await.is_empty());
+
+    // A pusher belongs to the device that set it: logging that device out removes it,
+    // the other device's stays.
+    let phone = bob.another_device().await;
+    assert_eq!(set(&phone, pusher(url, "phone")).await.0, StatusCode::OK);
+    assert_eq!(set(&bob, pusher(url, "laptop")).await.0, StatusCode::OK);
+    assert_eq!(pushers_of(&bob).await.len(), 2);
+    let (status, _) = phone.post("/logout", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let left = pushers_of(&bob).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["pushkey"], "laptop");
+
+    // A password change that logs the other devices out takes their pushers.
+    let tablet = bob.another_device().await;
+    assert_eq!(set(&tablet, pusher(url, "tablet")).await.0, StatusCode::OK);
+    let (status, body) = bob
+        .post(
+            "/account/password",
+            json!({"new_password": "another horse battery",
+                   "auth": {"type": "m.login.password", "password": "correct horse battery",
+                            "identifier": {"type": "m.id.user", "user": bob.user_id}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let left: Vec<String> = pushers_of(&bob)
+        .await
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["laptop"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_never_reach_loopback_unless_allowed() {
+    // The default configuration: loopback is not an address pushes may reach.
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let localhost = url.replace("127.0.0.1", "localhost");
+    assert_eq!(
+        set(&bob, pusher(&localhost, "bob-named")).await.0,
+        StatusCode::OK
+    );
+    let room = dm(&alice, &bob).await;
+    alice.text(&room, "hello").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(gateway.received().is_empty(), "{:?}", gateway.received());
+    s.stop().await;
+}
