@@ -112,7 +112,7 @@ impl Server {
         services.push.start_delivery(
             Arc::clone(&services) as Arc<dyn crate::services::push::delivery::PushLookups>,
             gateways,
-            move |ip| guard.permits(ip),
+            Arc::new(move |ip| guard.permits(ip)),
             stopped.clone(),
         );
         let client_services = Arc::clone(&services);

@@ -242,9 +242,9 @@ pub fn check(ctx: &AuthContext<'_>, event: &Value, state: &dyn AuthState) -> Res
     // v3 to v5 rule 4: m.room.aliases names the sender's server.
     if ev.kind == "m.room.aliases" && version.has_aliases_auth_rule() {
         return match ev.state_key {
-            None => reject("an m.room.aliases event has a state_key"),
+            None => reject("an m.room.aliases event needs a state_key"),
             Some(key) if key != domain(ev.sender) => {
-                reject("an m.room.aliases state_key is the sender's server")
+                reject("an m.room.aliases state_key must be the sender's server")
             }
             Some(_) => Ok(()),
         };

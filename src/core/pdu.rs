@@ -109,7 +109,12 @@ pub fn build(
     if !template.content.is_object() {
         return Err(PduError::BadContent("content must be an object".into()));
     }
-    canonical_json::validate(&template.content).map_err(|e| PduError::BadContent(e.to_string()))?;
+    // Rooms before v6 take floats and large integers (a client sending back power levels
+    // that hold `50.5`, say); later ones refuse them.
+    if version.strict_canonical_json() {
+        canonical_json::validate(&template.content)
+            .map_err(|e| PduError::BadContent(e.to_string()))?;
+    }
     if template.prev_events.len() > MAX_PREV_EVENTS {
         return Err(PduError::BadShape(format!(
             "more than {MAX_PREV_EVENTS} prev_events"
@@ -150,7 +155,7 @@ pub fn build(
     let mut pdu = Value::Object(pdu);
     let reference_hash = hash_and_sign_event(&mut pdu, server_name, key, version)
         .map_err(|e| PduError::BadContent(e.to_string()))?;
-    let size = canonical_json::to_canonical_bytes(&pdu)
+    let size = canonical_json::to_bytes(&pdu, canonical_json::Numbers::of(version))
         .map_err(|e| PduError::BadContent(e.to_string()))?
         .len();
     if size > MAX_PDU_BYTES {

@@ -113,9 +113,16 @@ pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError
     if !required("origin_server_ts")?.is_i64() {
         return invalid("origin_server_ts must be an integer");
     }
+    // Spec: `depth` up to 2^63 - 1 in the PDU formats of rooms v3 to v5 (`pdu_v3.yaml`,
+    // `pdu_v4.yaml`); v6 lowered it to canonical JSON's 2^53 - 1.
+    let max_depth = if version.strict_canonical_json() {
+        MAX_DEPTH
+    } else {
+        i64::MAX as u64
+    };
     match required("depth")?.as_u64() {
-        Some(depth) if depth <= MAX_DEPTH => {}
-        _ => return invalid("depth must be an integer from 0 to 2^53 - 1"),
+        Some(depth) if depth <= max_depth => {}
+        _ => return invalid(format!("depth must be an integer from 0 to {max_depth}")),
     }
     if !required("content")?.is_object() {
         return invalid("content must be an object");

@@ -9,14 +9,15 @@
 //! tokens, colons allowed unquoted for older senders, unknown parameters ignored.
 //!
 //! A body may carry events of rooms before v6, which can hold floats and integers beyond
-//! canonical JSON's range: such a request is signed over their lenient form (as Synapse
-//! does, see [`Numbers::Lenient`]), and a signature that does not verify over the canonical
-//! bytes is checked over those too (both encode the same JSON value).
+//! canonical JSON's range: requests are signed over the lenient form (as Synapse does, see
+//! [`Numbers::Lenient`]; the same bytes as canonical JSON for a body without such
+//! numbers), and a signature that does not verify over the canonical bytes is checked over
+//! the lenient ones too (both encode the same JSON value).
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::{json, Map, Value};
 
-use super::canonical_json::{CanonicalJsonError, Numbers};
+use super::canonical_json::Numbers;
 use super::signatures::{self, SignatureError};
 use super::SigningKeyPair;
 
@@ -193,12 +194,9 @@ pub fn sign_request(
     content: Option<&Value>,
 ) -> Result<String, SignatureError> {
     let mut object = request_object(method, uri, origin, destination, content);
-    match signatures::sign_json(&mut object, origin, key) {
-        Err(SignatureError::Canonical(
-            CanonicalJsonError::NotAnInteger(_) | CanonicalJsonError::OutOfRange(_),
-        )) => signatures::sign_json_with(&mut object, origin, key, Numbers::Lenient)?,
-        other => other?,
-    }
+    // The lenient form is the canonical one for a body without floats or large integers;
+    // with them, it is what Synapse verifies (`100.0` stays `100.0`).
+    signatures::sign_json_with(&mut object, origin, key, Numbers::Lenient)?;
     let sig = object["signatures"][origin][key.key_id()]
         .as_str()
         .unwrap_or_default()
@@ -329,6 +327,25 @@ mod tests {
                 .into(),
         };
         verify_request(&parsed, target, "d.example", Some(&integral), &vk).unwrap();
+        // What we sign for such a body is the Python form too (`10000000000.0`).
+        let header =
+            sign_request(&key, target, ("o.example", "d.example"), Some(&integral)).unwrap();
+        let ours = XMatrix::parse(&header).unwrap();
+        let object = request_object(
+            target.0,
+            target.1,
+            "o.example",
+            "d.example",
+            Some(&integral),
+        );
+        signatures::verify_signature_with(
+            object.as_object().unwrap(),
+            &ours.sig,
+            &vk,
+            Numbers::Lenient,
+        )
+        .unwrap();
+        assert!(signatures::verify_signature(object.as_object().unwrap(), &ours.sig, &vk).is_err());
     }
 
     #[test]

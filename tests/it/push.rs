@@ -302,6 +302,11 @@ async fn pushes_never_reach_loopback_unless_allowed() {
     let bob = Client::new(&s, "bob").await;
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let mapped = url.replace("127.0.0.1", "[::ffff:127.0.0.1]");
+    assert_eq!(
+        set(&bob, pusher(&mapped, "bob-mapped")).await.0,
+        StatusCode::OK
+    );
     let localhost = url.replace("127.0.0.1", "localhost");
     assert_eq!(
         set(&bob, pusher(&localhost, "bob-named")).await.0,

@@ -3,24 +3,27 @@
 //! Spec: push gateway API, `POST /_matrix/push/v1/notify`, and client-server API "Push
 //! Notifications" ("Homeserver behaviour"). An event that notifies a user with pushers
 //! leaves one queue entry per pusher in the event's own write batch
-//! (`pos_pusher_pushqueue`), so nothing acknowledged is lost to a crash and the send path
-//! never waits for a gateway. A worker drains the queue in stream order: one request per
-//! entry (one device), with the user's unread count across the rooms they are in; a
+//! (`pos_pusher_pushqueue`, keyed by pusher then position), so nothing acknowledged is lost
+//! to a crash and the send path never waits for a gateway. A worker delivers each pusher's
+//! entries in order, one request per entry (one device), with the user's unread count
+//! across the rooms they are in; pushers are served concurrently (at most
+//! [`MAX_IN_FLIGHT`] at once), so a slow or dead gateway holds up only its own pushers. A
 //! pusher whose gateway fails keeps its entries and is retried with a doubling back-off
-//! (1 s to 5 min); the pushkeys a gateway answers as `rejected` lose their pusher.
-//! Notifications older than a day are dropped unsent. Gateway URLs are user input: the
-//! HTTP client resolves them through the same address guard as federation
-//! (`federation.ip_range_allowlist` opens private ranges).
+//! (1 s to 5 min); entries queued more than a day ago are dropped unsent; the pushkeys a
+//! gateway answers as `rejected` lose their pusher. Gateway URLs are user input: the HTTP
+//! client resolves them through the same address guard as federation
+//! (`federation.ip_range_allowlist` opens private ranges) and follows no redirect.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
 
 use super::pushers::Pusher;
 use super::Push;
@@ -29,17 +32,21 @@ use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::stream::{StreamChange, StreamSubscriber};
 use crate::storage::{keys, Table};
 
-/// Entries read per round.
-const BATCH: usize = 200;
+/// Entries one pusher's delivery takes at a time.
+const PER_PUSHER: usize = 50;
+/// Pushers delivered to at once.
+pub const MAX_IN_FLIGHT: usize = 64;
 /// How long a gateway gets to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry of a failing pusher, doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Notifications older than this are dropped unsent.
+/// Entries queued longer ago than this are dropped unsent.
 const MAX_AGE_MS: u64 = 24 * 3_600_000;
 /// The largest gateway answer read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// The worker looks at the queue at least this often (a missed wake-up costs no more).
+const IDLE_LOOK: Duration = Duration::from_secs(30);
 
 /// What a queue entry holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,17 +55,34 @@ pub struct QueuedPush {
     pub room: u64,
     /// The event's short id.
     pub event: u64,
-    /// When the event was sent (ms).
-    pub ts: u64,
+    /// When it was queued here (ms, our clock).
+    pub queued: u64,
     /// The actions of the push rule that matched (for `tweaks` and `prio`).
     pub actions: Vec<Value>,
 }
 
-/// `position (u64 BE) ++ pusher key`.
+/// `pusher key 0xFF position (u64 BE)`: a pusher's entries together, in stream order.
 pub fn queue_key(pos: u64, pusher_key: &[u8]) -> Vec<u8> {
-    let mut key = pos.to_be_bytes().to_vec();
-    key.extend_from_slice(pusher_key);
+    let mut key = pusher_queue_prefix(pusher_key);
+    key.extend_from_slice(&pos.to_be_bytes());
     key
+}
+
+fn pusher_queue_prefix(pusher_key: &[u8]) -> Vec<u8> {
+    keys::prefix(pusher_key)
+}
+
+/// The pusher key of a queue key.
+fn pusher_of(queue_key: &[u8]) -> &[u8] {
+    &queue_key[..queue_key.len().saturating_sub(9)]
+}
+
+/// The user of a pusher key.
+fn user_of(pusher_key: &[u8]) -> String {
+    keys::split(pusher_key)
+        .next()
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .unwrap_or_default()
 }
 
 /// What the worker needs to know of rooms and receipts (implemented over the services).
@@ -73,6 +97,12 @@ pub trait PushLookups: Send + Sync {
     fn names(&self, room_id: &str, sender: &str) -> (Option<String>, Option<String>);
 }
 
+/// The pushers being delivered to, with the task doing it.
+type InFlight = HashMap<Vec<u8>, tokio::task::Id>;
+
+/// Which addresses gateways may be reached at.
+pub type AddressGuard = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 /// A pusher's failures: when it may be tried again and the next wait.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -81,9 +111,9 @@ struct Backoff {
 }
 
 /// The worker's wake-up: the send path notes the greatest stream position whose event
-/// queued pushes, and once the stream commits up to it the worker is woken (the entries
-/// are readable then). Held by the stream's subscriber list, so it holds nothing that
-/// holds the stream.
+/// queued pushes, and the worker is woken by every commit until the stream has passed
+/// it (the entries are readable then). Held by the stream's subscriber list, so it holds
+/// nothing that holds the stream.
 #[derive(Debug, Default)]
 pub struct Delivery {
     wake: Notify,
@@ -104,8 +134,8 @@ impl StreamSubscriber for Delivery {
             return;
         };
         let upto = self.pushes_upto.load(Ordering::Acquire);
-        if upto <= last && upto > self.woken_upto.load(Ordering::Acquire) {
-            self.woken_upto.fetch_max(upto, Ordering::AcqRel);
+        if upto > self.woken_upto.load(Ordering::Acquire) {
+            self.woken_upto.fetch_max(upto.min(last), Ordering::AcqRel);
             self.wake.notify_one();
         }
     }
@@ -134,177 +164,252 @@ enum Sent {
     Failed(String),
 }
 
+/// What one pusher's delivery did.
+struct Outcome {
+    pusher: Pusher,
+    /// Entries sent or dropped.
+    done: Vec<Vec<u8>>,
+    failure: Option<String>,
+    rejected: bool,
+}
+
+/// What the worker's tasks share.
+struct Worker {
+    push: Arc<Push>,
+    lookups: Arc<dyn PushLookups>,
+    http: reqwest::Client,
+    guard: AddressGuard,
+}
+
 impl Push {
     /// Runs the delivery worker until `stopped` turns true.
     pub fn start_delivery(
         self: &Arc<Self>,
         lookups: Arc<dyn PushLookups>,
         http: reqwest::Client,
-        guard: impl Fn(std::net::IpAddr) -> bool + Send + Sync + 'static,
+        guard: AddressGuard,
         mut stopped: watch::Receiver<bool>,
     ) {
         self.stream
             .subscribe(Arc::clone(&self.delivery) as Arc<dyn StreamSubscriber>);
-        let push = Arc::clone(self);
+        let worker = Arc::new(Worker {
+            push: Arc::clone(self),
+            lookups,
+            http,
+            guard,
+        });
         tokio::spawn(async move {
             let mut backoff: HashMap<Vec<u8>, Backoff> = HashMap::new();
+            // The pushers being delivered to, with their task.
+            let mut in_flight: InFlight = HashMap::new();
+            let mut tasks: JoinSet<Outcome> = JoinSet::new();
             loop {
-                // Given up at shutdown even mid-request: entries not yet marked sent
-                // are sent again after the restart (at least once, never lost).
-                let round = tokio::select! {
-                    round = push.deliver_round(&*lookups, &http, &guard, &mut backoff) => round,
-                    _ = stopped.wait_for(|s| *s) => return,
-                };
-                let next_wake = match round {
-                    Ok(true) => Duration::ZERO,
-                    Ok(false) => backoff
-                        .values()
-                        .map(|b| b.until.saturating_duration_since(Instant::now()))
-                        .min()
-                        .unwrap_or(Duration::from_secs(60))
-                        .max(Duration::from_millis(50)),
-                    Err(e) => {
-                        tracing::warn!(error = %e.message, "push delivery round failed");
-                        Duration::from_secs(5)
+                if let Err(e) = worker.start_deliveries(&mut backoff, &mut in_flight, &mut tasks) {
+                    tracing::warn!(error = %e.message, "reading the push queue failed");
+                }
+                let retry = backoff
+                    .values()
+                    .map(|b| b.until.saturating_duration_since(Instant::now()))
+                    .min()
+                    .unwrap_or(IDLE_LOOK)
+                    .clamp(Duration::from_millis(20), IDLE_LOOK);
+                let finished = tokio::select! {
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
+                        Ok(outcome) => Some(outcome),
+                        Err(e) => {
+                            // A task that died: its pusher may be tried again.
+                            in_flight.retain(|_, task| *task != e.id());
+                            None
+                        }
+                    },
+                    _ = worker.push.delivery.wake.notified() => None,
+                    _ = tokio::time::sleep(retry) => None,
+                    _ = stopped.wait_for(|s| *s) => {
+                        // Entries not yet recorded as sent go again after the restart.
+                        tasks.abort_all();
+                        return;
                     }
                 };
-                if next_wake.is_zero() {
-                    tokio::task::yield_now().await;
-                    continue;
-                }
-                tokio::select! {
-                    _ = push.delivery.wake.notified() => {}
-                    _ = tokio::time::sleep(next_wake) => {}
-                    _ = stopped.wait_for(|s| *s) => return,
+                if let Some(outcome) = finished {
+                    if let Err(e) = worker
+                        .push
+                        .finish(outcome, &mut backoff, &mut in_flight)
+                        .await
+                    {
+                        tracing::warn!(error = %e.message, "recording push deliveries failed");
+                    }
                 }
             }
         });
     }
 
-    /// One pass over the queue: answers whether a full batch was sent (more may wait).
-    async fn deliver_round(
+    /// Records one pusher's delivery: entries done, back-off, a rejected pushkey.
+    async fn finish(
         &self,
-        lookups: &dyn PushLookups,
-        http: &reqwest::Client,
-        guard: &(dyn Fn(std::net::IpAddr) -> bool + Send + Sync),
+        outcome: Outcome,
         backoff: &mut HashMap<Vec<u8>, Backoff>,
-    ) -> MatrixResult<bool> {
-        let now = Instant::now();
-        let mut entries: BTreeMap<Vec<u8>, Vec<(Vec<u8>, QueuedPush)>> = BTreeMap::new();
-        let mut read = 0;
-        let mut stale = Vec::new();
-        for entry in self.db.scan_prefix(Table::PosPusherPushqueue, &[]) {
-            let (key, value) = entry?;
-            read += 1;
-            let pusher_key = key.get(8..).unwrap_or_default().to_vec();
-            if backoff.get(&pusher_key).is_some_and(|b| b.until > now) {
-                if read >= BATCH * 10 {
-                    break;
-                }
-                continue;
-            }
-            match serde_json::from_slice::<QueuedPush>(&value) {
-                Ok(queued) => entries
-                    .entry(pusher_key)
-                    .or_default()
-                    .push((key.to_vec(), queued)),
-                Err(_) => stale.push(key.to_vec()),
-            }
-            if entries.values().map(Vec::len).sum::<usize>() >= BATCH {
-                break;
-            }
-        }
-        let full = entries.values().map(Vec::len).sum::<usize>() >= BATCH;
-        let mut jobs = Vec::new();
-        for (pusher_key, queued) in entries {
-            let user_id = keys::split(&pusher_key)
-                .next()
-                .map(|u| String::from_utf8_lossy(u).into_owned())
-                .unwrap_or_default();
-            let pusher = self.pusher_index().find(&user_id, &pusher_key).cloned();
-            let Some(pusher) = pusher else {
-                // The pusher is gone: so are its notifications.
-                stale.extend(queued.into_iter().map(|(k, _)| k));
-                continue;
-            };
-            jobs.push(self.deliver_to(lookups, http, guard, pusher, queued));
-        }
-        let outcomes = futures_util::future::join_all(jobs).await;
+        in_flight: &mut InFlight,
+    ) -> MatrixResult<()> {
+        let pusher_key = outcome.pusher.key();
+        in_flight.remove(&pusher_key);
         let mut batch = self.db.batch();
-        for key in stale {
+        for key in outcome.done {
             batch.delete(Table::PosPusherPushqueue, key);
         }
-        for (pusher, done, failure, rejected) in outcomes {
-            for key in done {
-                batch.delete(Table::PosPusherPushqueue, key);
+        match outcome.failure {
+            None => {
+                backoff.remove(&pusher_key);
             }
-            let pusher_key = pusher.key();
-            match failure {
-                None => {
-                    backoff.remove(&pusher_key);
-                }
-                Some(why) => {
-                    let next = backoff
-                        .get(&pusher_key)
-                        .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
-                    tracing::info!(user = %pusher.user_id, app_id = %pusher.app_id, error = %why, retry_in = ?next, "push gateway failed");
-                    backoff.insert(
-                        pusher_key,
-                        Backoff {
-                            until: Instant::now() + next,
-                            next,
-                        },
-                    );
-                }
+            Some(why) => {
+                let next = backoff
+                    .get(&pusher_key)
+                    .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
+                tracing::info!(user = %outcome.pusher.user_id, app_id = %outcome.pusher.app_id, error = %why, retry_in = ?next, "push gateway failed");
+                backoff.insert(
+                    pusher_key.clone(),
+                    Backoff {
+                        until: Instant::now() + next,
+                        next,
+                    },
+                );
             }
-            if rejected {
-                tracing::info!(user = %pusher.user_id, app_id = %pusher.app_id, "push gateway rejected the pushkey: pusher removed");
-                self.remove_pushers(&pusher.user_id, |p| p.key() == pusher.key(), &mut batch)?;
-            }
+        }
+        if !outcome.rejected {
+            self.db.commit(batch).await?;
+            return Ok(());
+        }
+        // Removed only if it is still the pusher that was used (not set again since).
+        let _guard = self.pusher_lock.lock().await;
+        let same = self
+            .pusher_index()
+            .find(&outcome.pusher.user_id, &pusher_key)
+            .is_some_and(|p| *p == outcome.pusher);
+        if same {
+            tracing::info!(user = %outcome.pusher.user_id, app_id = %outcome.pusher.app_id, "push gateway rejected the pushkey: pusher removed");
+            batch.delete(Table::UseridAppidPushkeyPusher, &pusher_key);
         }
         self.db.commit(batch).await?;
-        Ok(full)
+        if same {
+            self.forget_pushers(&outcome.pusher.user_id, &[pusher_key]);
+        }
+        Ok(())
     }
+}
 
-    /// Sends `queued` (one pusher's entries, oldest first) until one fails; answers the
-    /// pusher, the keys delivered (or dropped), the failure and whether the gateway
-    /// rejected the pushkey.
-    async fn deliver_to(
-        &self,
-        lookups: &dyn PushLookups,
-        http: &reqwest::Client,
-        guard: &(dyn Fn(std::net::IpAddr) -> bool + Send + Sync),
-        pusher: Pusher,
-        queued: Vec<(Vec<u8>, QueuedPush)>,
-    ) -> (Pusher, Vec<Vec<u8>>, Option<String>, bool) {
-        let mut done = Vec::new();
-        let now = crate::services::now_ms();
-        for (key, entry) in queued {
-            if now.saturating_sub(entry.ts) > MAX_AGE_MS {
-                done.push(key);
+impl Worker {
+    /// Starts a delivery for every pusher with queued entries that is neither in flight
+    /// nor backing off (up to [`MAX_IN_FLIGHT`] at once); drops the entries of pushers
+    /// that no longer exist.
+    fn start_deliveries(
+        self: &Arc<Self>,
+        backoff: &mut HashMap<Vec<u8>, Backoff>,
+        in_flight: &mut InFlight,
+        tasks: &mut JoinSet<Outcome>,
+    ) -> MatrixResult<()> {
+        let db = &self.push.db;
+        let now = Instant::now();
+        {
+            let index = self.push.pusher_index();
+            backoff.retain(|key, _| index.find(&user_of(key), key).is_some());
+        }
+        let mut from: Vec<u8> = Vec::new();
+        let mut orphans = db.batch();
+        while in_flight.len() < MAX_IN_FLIGHT {
+            let Some(first) = db
+                .scan_range(Table::PosPusherPushqueue, &from, &[0xff], false)
+                .next()
+            else {
+                break;
+            };
+            let (key, _) = first?;
+            let pusher_key = pusher_of(&key).to_vec();
+            let prefix = pusher_queue_prefix(&pusher_key);
+            let Some(end) = keys::prefix_successor(&prefix) else {
+                break;
+            };
+            from.clone_from(&end);
+            if in_flight.contains_key(&pusher_key)
+                || backoff.get(&pusher_key).is_some_and(|b| b.until > now)
+            {
                 continue;
             }
-            let body = match self.notification(lookups, &pusher, &entry) {
-                Ok(Some(body)) => body,
-                Ok(None) => {
-                    done.push(key);
-                    continue;
+            let pusher = self
+                .push
+                .pusher_index()
+                .find(&user_of(&pusher_key), &pusher_key)
+                .cloned();
+            let mut entries = Vec::new();
+            for entry in db
+                .scan_range(Table::PosPusherPushqueue, &prefix, &end, false)
+                .take(if pusher.is_some() { PER_PUSHER } else { 10_000 })
+            {
+                let (key, value) = entry?;
+                match (&pusher, serde_json::from_slice::<QueuedPush>(&value)) {
+                    (Some(_), Ok(queued)) => entries.push((key.to_vec(), queued)),
+                    // The pusher is gone (its notifications too), or the entry is unreadable.
+                    _ => orphans.delete(Table::PosPusherPushqueue, key),
                 }
-                Err(e) => return (pusher, done, Some(e.message), false),
-            };
-            match post(http, guard, pusher.url(), &body).await {
-                Sent::Done(rejected) => {
-                    done.push(key);
-                    if rejected.contains(&pusher.pushkey) {
-                        return (pusher, done, None, true);
-                    }
-                }
-                Sent::Failed(why) => return (pusher, done, Some(why), false),
             }
+            let Some(pusher) = pusher else {
+                continue;
+            };
+            let worker = Arc::clone(self);
+            let task = tasks.spawn(async move { worker.deliver(pusher, entries).await });
+            in_flight.insert(pusher_key, task.id());
         }
-        (pusher, done, None, false)
+        if !orphans.is_empty() {
+            db.write_relaxed(orphans)?;
+        }
+        Ok(())
     }
 
+    /// Sends one pusher's entries (oldest first) until one fails.
+    async fn deliver(&self, pusher: Pusher, queued: Vec<(Vec<u8>, QueuedPush)>) -> Outcome {
+        let mut outcome = Outcome {
+            pusher,
+            done: Vec::new(),
+            failure: None,
+            rejected: false,
+        };
+        let now = crate::services::now_ms();
+        for (key, entry) in queued {
+            if now.saturating_sub(entry.queued) > MAX_AGE_MS {
+                outcome.done.push(key);
+                continue;
+            }
+            let body = match self
+                .push
+                .notification(&*self.lookups, &outcome.pusher, &entry)
+            {
+                Ok(Some(body)) => body,
+                Ok(None) => {
+                    outcome.done.push(key);
+                    continue;
+                }
+                Err(e) => {
+                    outcome.failure = Some(e.message);
+                    break;
+                }
+            };
+            match post(&self.http, &self.guard, outcome.pusher.url(), &body).await {
+                Sent::Done(rejected) => {
+                    outcome.done.push(key);
+                    if rejected.contains(&outcome.pusher.pushkey) {
+                        outcome.rejected = true;
+                        break;
+                    }
+                }
+                Sent::Failed(why) => {
+                    outcome.failure = Some(why);
+                    break;
+                }
+            }
+        }
+        outcome
+    }
+}
+
+impl Push {
     /// The `notification` object for one device (spec: push gateway API), or `None` when
     /// the user has left the room since.
     fn notification(
@@ -337,9 +442,11 @@ impl Push {
             "data": data,
             "tweaks": tweaks,
         });
-        // Spec: `prio` "high" for events that should wake the device (Synapse: those that
-        // sound or highlight); `low` otherwise.
-        let prio = if highlight || tweaks.contains_key("sound") {
+        // Spec: `prio` "high" for events that should wake the device: as Synapse, those
+        // that sound or highlight, and encrypted ones (whose content the server cannot
+        // judge); `low` otherwise.
+        let encrypted = pdu.get("type").and_then(Value::as_str) == Some("m.room.encrypted");
+        let prio = if highlight || encrypted || tweaks.contains_key("sound") {
             "high"
         } else {
             "low"
@@ -391,12 +498,7 @@ impl Push {
 
 /// One `POST` to a gateway. Its host is resolved through the address guard; an IP
 /// literal is judged directly.
-async fn post(
-    http: &reqwest::Client,
-    guard: &(dyn Fn(std::net::IpAddr) -> bool + Send + Sync),
-    url: &str,
-    body: &Value,
-) -> Sent {
+async fn post(http: &reqwest::Client, guard: &AddressGuard, url: &str, body: &Value) -> Sent {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return Sent::Failed(format!("{url} is not a URL"));
     };
@@ -406,7 +508,7 @@ async fn post(
     if literal.is_some_and(|ip| !guard(ip)) {
         return Sent::Failed(format!("{url}: an address pushes may not reach"));
     }
-    let response = match http.post(parsed).json(body).send().await {
+    let mut response = match http.post(parsed).json(body).send().await {
         Ok(response) => response,
         Err(e) => return Sent::Failed(e.to_string()),
     };
@@ -414,11 +516,19 @@ async fn post(
     if !status.is_success() {
         return Sent::Failed(format!("the gateway answered {status}"));
     }
-    let bytes = match response.bytes().await {
-        Ok(bytes) if bytes.len() <= MAX_ANSWER_BYTES => bytes,
-        Ok(_) => return Sent::Done(Vec::new()),
-        Err(e) => return Sent::Failed(e.to_string()),
-    };
+    // Read up to the limit: the gateway is someone else's.
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_ANSWER_BYTES => {
+                bytes.extend_from_slice(&chunk);
+            }
+            // Delivered; an answer too long to read rejects nothing we can tell.
+            Ok(Some(_)) => return Sent::Done(Vec::new()),
+            Ok(None) => break,
+            Err(e) => return Sent::Failed(e.to_string()),
+        }
+    }
     let rejected = serde_json::from_slice::<Value>(&bytes)
         .ok()
         .and_then(|v| v.get("rejected").cloned())

@@ -29,7 +29,7 @@ use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::{StreamChange, StreamPositions};
 use crate::services::StripedLocks;
-use crate::storage::{keys, Batch, Db, Table};
+use crate::storage::{keys, Db, Table};
 use pushers::{Pusher, PusherChange, PusherIndex, MAX_PUSHERS_PER_USER};
 
 /// Parsed rulesets kept in memory at most (the cache is cleared past this).
@@ -109,13 +109,17 @@ impl Push {
     pub async fn change_pusher(&self, user_id: &str, change: PusherChange) -> MatrixResult<()> {
         let _guard = self.pusher_lock.lock().await;
         let mut batch = self.db.batch();
+        // The index changes once the batch is durable, so that memory never claims what
+        // the table does not hold.
+        let mut removed: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut added = None;
         match change {
             PusherChange::Delete { app_id, pushkey } => {
-                self.remove_pushers(
-                    user_id,
-                    |p| p.app_id == app_id && p.pushkey == pushkey,
-                    &mut batch,
-                )?;
+                let key = pushers::pusher_key(user_id, &app_id, &pushkey);
+                if self.pusher_index().find(user_id, &key).is_some() {
+                    batch.delete(Table::UseridAppidPushkeyPusher, &key);
+                    removed.push((user_id.to_owned(), key));
+                }
             }
             PusherChange::Set { pusher, append } => {
                 let (others, count) = {
@@ -134,41 +138,37 @@ impl Push {
                     )));
                 }
                 for other in others {
-                    let key = other.key();
-                    self.remove_pushers(&other.user_id, |p| p.key() == key, &mut batch)?;
+                    batch.delete(Table::UseridAppidPushkeyPusher, other.key());
+                    removed.push((other.user_id.clone(), other.key()));
                 }
                 batch.put(
                     Table::UseridAppidPushkeyPusher,
                     pusher.key(),
                     encode(&pusher),
                 );
-                self.pushers
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(*pusher);
+                added = Some(*pusher);
             }
         }
         self.db.commit(batch).await?;
+        for (user, key) in removed {
+            self.forget_pushers(&user, &[key]);
+        }
+        if let Some(pusher) = added {
+            self.pushers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(pusher);
+        }
         Ok(())
     }
 
-    /// Removes the user's pushers that `drop` picks (record and index; their queued
+    /// Drops pushers from the index (their records are deleted; their queued
     /// notifications are dropped by the worker, which finds no pusher for them).
-    fn remove_pushers(
-        &self,
-        user_id: &str,
-        drop: impl Fn(&Pusher) -> bool,
-        batch: &mut Batch<'_>,
-    ) -> MatrixResult<()> {
-        let gone = self
-            .pushers
+    fn forget_pushers(&self, user_id: &str, keys: &[Vec<u8>]) {
+        self.pushers
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove_where(user_id, drop);
-        for pusher in gone {
-            batch.delete(Table::UseridAppidPushkeyPusher, pusher.key());
-        }
-        Ok(())
+            .remove_where(user_id, |p| keys.contains(&p.key()));
     }
 
     /// Removes the pushers the user's `devices` set (the devices are being deleted).
@@ -181,11 +181,22 @@ impl Push {
             return Ok(());
         }
         let _guard = self.pusher_lock.lock().await;
-        let mut batch = self.db.batch();
-        self.remove_pushers(user_id, |p| devices.contains(&p.device_id), &mut batch)?;
-        if !batch.is_empty() {
-            self.db.commit(batch).await?;
+        let gone: Vec<Vec<u8>> = self
+            .pusher_index()
+            .of(user_id)
+            .iter()
+            .filter(|p| devices.contains(&p.device_id))
+            .map(Pusher::key)
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
         }
+        let mut batch = self.db.batch();
+        for key in &gone {
+            batch.delete(Table::UseridAppidPushkeyPusher, key);
+        }
+        self.db.commit(batch).await?;
+        self.forget_pushers(user_id, &gone);
         Ok(())
     }
 

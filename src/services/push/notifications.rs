@@ -164,7 +164,7 @@ impl NewEventHook for Push {
                 let queued = QueuedPush {
                     room: event.room,
                     event: event.short,
-                    ts,
+                    queued: crate::services::now_ms(),
                     actions: rule.actions.clone(),
                 };
                 batch.put(

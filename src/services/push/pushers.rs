@@ -233,18 +233,26 @@ pub fn parse_change(
 /// Spec: `data.url` "MUST be an HTTPS URL with a path of `/_matrix/push/v1/notify`" (plain
 /// HTTP is taken too, as Synapse does, for gateways on a private network). Where the host
 /// leads is judged when a notification is sent (the address guard).
+/// Parsed as the delivery parses it, so what is checked is where requests go.
 fn check_gateway_url(url: &str) -> MatrixResult<()> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| MatrixError::invalid_param("data.url must be an https:// URL"))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    if authority.is_empty() || authority.contains('@') {
-        return Err(MatrixError::invalid_param("data.url has no valid host"));
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|_| MatrixError::invalid_param("data.url is not a URL"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(MatrixError::invalid_param(
+            "data.url must be an https:// URL",
+        ));
     }
-    if path != NOTIFY_PATH {
+    if parsed.host_str().is_none_or(str::is_empty)
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+    {
+        return Err(MatrixError::invalid_param(
+            "data.url must name a host, without user information",
+        ));
+    }
+    if parsed.path() != NOTIFY_PATH || parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(MatrixError::invalid_param(format!(
-            "data.url must have the path {NOTIFY_PATH}"
+            "data.url must have the path {NOTIFY_PATH} and no query or fragment"
         )));
     }
     Ok(())
@@ -384,6 +392,15 @@ mod tests {
             "M_INVALID_PARAM",
         );
         refused(&|b| b["data"]["format"] = json!("full"), "M_INVALID_PARAM");
+        for sneaky in [
+            "https://victim.example?/_matrix/push/v1/notify",
+            "https://victim.example#/_matrix/push/v1/notify",
+            "https://victim.example/_matrix/push/v1/notify?x=1",
+            "https://victim.example\\@push.example.org/_matrix/push/v1/notify",
+            "https:///_matrix/push/v1/notify",
+        ] {
+            refused(&|b| b["data"]["url"] = json!(sneaky), "M_INVALID_PARAM");
+        }
         refused(
             &|b| b["pushkey"] = json!("k".repeat(513)),
             "M_INVALID_PARAM",
