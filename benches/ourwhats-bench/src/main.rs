@@ -109,7 +109,8 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         requests: usize,
     },
-    /// The server's memory while C long-polling /sync clients wait (raise `ulimit -n`).
+    /// The server's memory while C long-polling /sync (or /events) clients wait (raise
+    /// `ulimit -n`).
     Longpolls {
         #[arg(long, default_value_t = 1000)]
         clients: usize,
@@ -117,6 +118,9 @@ enum Scenario {
         users: usize,
         #[arg(long, default_value_t = 3)]
         hold_seconds: u64,
+        /// `sync` or `events`.
+        #[arg(long, default_value = "sync")]
+        endpoint: String,
     },
     /// The server's memory while one large file is streamed to it.
     BigUpload {
@@ -200,7 +204,11 @@ async fn run(cli: &Cli, target: &Target) -> BenchResult<Vec<Measure>> {
             clients,
             users,
             hold_seconds,
-        } => scenarios::longpolls::run(target, clients.max(1), users.max(1), hold_seconds).await,
+            ref endpoint,
+        } => {
+            scenarios::longpolls::run(target, clients.max(1), users.max(1), hold_seconds, endpoint)
+                .await
+        }
         Scenario::BigUpload { size_mib } => {
             check_size(size_mib)?;
             scenarios::big_upload::run(target, size_mib).await

@@ -1,10 +1,13 @@
 //! `longpolls`: C clients (spread over U users, one connection each) park a long-polling
-//! `/sync` at once; the server's memory before and while it holds them. Run the server
+//! `/sync` (or, with `--endpoint events`, the deprecated `/events` stream from a sync
+//! token) at once; the server's memory before and while it holds them. Run the server
 //! and this tool with enough file descriptors (`ulimit -n 8192`).
 
 use std::time::Duration;
 
 use serde_json::json;
+
+use reqwest::Method;
 
 use super::Target;
 use crate::client::{http_client, next_batch, register_many, BenchResult, User};
@@ -18,7 +21,11 @@ pub async fn run(
     clients: usize,
     users: usize,
     hold_seconds: u64,
+    endpoint: &str,
 ) -> BenchResult<Vec<Measure>> {
+    if !matches!(endpoint, "sync" | "events") {
+        return Err(format!("--endpoint is sync or events, not {endpoint}"));
+    }
     if hold_seconds * 1000 >= POLL_TIMEOUT_MS {
         return Err(format!(
             "--hold-seconds must stay under {} s",
@@ -32,7 +39,22 @@ pub async fn run(
     for n in 0..clients {
         let mut user = accounts[n % accounts.len()].clone();
         user.http = http_client()?;
-        let since = next_batch(&user.sync("timeout=0&set_presence=offline").await?)?;
+        let mut since = next_batch(&user.sync("timeout=0&set_presence=offline").await?)?;
+        if endpoint == "events" {
+            // `/events` marks its user online (as Synapse does), which is news to the
+            // stream once: taken here, so that the poll below waits.
+            let first = user
+                .call(
+                    Method::GET,
+                    &format!("/_matrix/client/v3/events?from={since}&timeout=0"),
+                    None,
+                )
+                .await?;
+            since = first["end"]
+                .as_str()
+                .ok_or_else(|| format!("/events answered no end: {first}"))?
+                .to_owned();
+        }
         pollers.push((user, since));
     }
 
@@ -40,11 +62,23 @@ pub async fn run(
     let tasks: Vec<_> = pollers
         .into_iter()
         .map(|(user, since)| {
+            let events = endpoint == "events";
             tokio::spawn(async move {
-                user.sync(&format!(
-                    "since={since}&timeout={POLL_TIMEOUT_MS}&set_presence=offline"
-                ))
-                .await
+                if events {
+                    user.call(
+                        Method::GET,
+                        &format!(
+                            "/_matrix/client/v3/events?from={since}&timeout={POLL_TIMEOUT_MS}"
+                        ),
+                        None,
+                    )
+                    .await
+                } else {
+                    user.sync(&format!(
+                        "since={since}&timeout={POLL_TIMEOUT_MS}&set_presence=offline"
+                    ))
+                    .await
+                }
             })
         })
         .collect();
@@ -57,6 +91,6 @@ pub async fn run(
     Ok(vec![measure.named(
         "longpolls",
         "held",
-        json!({"clients": clients, "users": users, "hold_seconds": hold_seconds}),
+        json!({"clients": clients, "users": users, "hold_seconds": hold_seconds, "endpoint": endpoint}),
     )])
 }
