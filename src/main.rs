@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Replace the server's signing key (stop the server first, start it after): the
+    /// current key is kept as an old key, expired now, which other servers still use to
+    /// check the events it signed.
+    RotateKey {
+        /// Configuration file (default: config/homeserver.toml, else the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, String> {
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
                 password_file,
                 config,
             } => create_user(config.as_deref(), &name, admin, password_file.as_deref()).await,
+            Command::RotateKey { config } => rotate_key(config.as_deref()),
         }
     });
     match result {
@@ -111,6 +120,19 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
             _ = int.recv() => {}
         }
     })
+}
+
+fn rotate_key(config_path: Option<&Path>) -> Result<(), String> {
+    let config = load_config(config_path)?;
+    let (old, new) =
+        ourwhats::services::server_keys::rotate(&config.data_dir, ourwhats::services::now_ms())?;
+    println!(
+        "signing key {new} replaces {old} (kept in {} as an old key); restart the server to use it",
+        config
+            .data_path(ourwhats::services::server_keys::OLD_SIGNING_KEYS_FILE)
+            .display()
+    );
+    Ok(())
 }
 
 async fn create_user(

@@ -100,6 +100,8 @@ pub struct Services {
     pub db: Arc<Db>,
     /// Our server's signing key.
     pub signing_key: Arc<SigningKeyPair>,
+    /// The keys it replaced, published as `old_verify_keys`.
+    pub old_signing_keys: Arc<Vec<server_keys::OldKey>>,
     /// Users, devices, tokens, UIA.
     pub accounts: Accounts,
     /// Uploads, downloads, thumbnails.
@@ -143,6 +145,10 @@ impl Services {
         .map_err(|e| e.to_string())?;
         let signing_key = Arc::new(server_keys::load_or_create(
             &config.data_path(server_keys::SIGNING_KEY_FILE),
+        )?);
+        let old_signing_keys = Arc::new(server_keys::load_old_keys(
+            &config.data_path(server_keys::OLD_SIGNING_KEYS_FILE),
+            &signing_key,
         )?);
         let rate_limiter = Arc::new(RateLimiter::new(&config.rate_limits));
         let last_event_pos = rooms::event_store::EventStore::last_event_pos(&db)
@@ -222,13 +228,14 @@ impl Services {
         let federation = federation::Federation::new(
             &config,
             Arc::clone(&db),
-            Arc::clone(&signing_key),
+            (Arc::clone(&signing_key), Arc::clone(&old_signing_keys)),
             outbox,
         )?;
         Ok(Arc::new(Self {
             config,
             db,
             signing_key,
+            old_signing_keys,
             accounts,
             media,
             rooms,

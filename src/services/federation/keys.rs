@@ -11,6 +11,7 @@
 //! moment is asked again soon after, and one gone for good costs little). Our own key is
 //! answered locally, never over the network.
 
+use crate::services::server_keys::OldKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -55,6 +56,8 @@ pub struct KeyRing {
     db: Arc<Db>,
     client: Arc<FederationClient>,
     own_key: Arc<SigningKeyPair>,
+    /// The keys ours replaced (events we signed with them still verify).
+    own_old: Arc<Vec<OldKey>>,
     own_valid_ms: u64,
     notaries: Vec<ServerName>,
     keys: Mutex<HashMap<String, HashMap<String, ServerKey>>>,
@@ -72,7 +75,7 @@ impl KeyRing {
     pub fn new(
         db: Arc<Db>,
         client: Arc<FederationClient>,
-        own_key: Arc<SigningKeyPair>,
+        (own_key, own_old): (Arc<SigningKeyPair>, Arc<Vec<OldKey>>),
         own_valid_ms: u64,
         notaries: Vec<ServerName>,
     ) -> Self {
@@ -80,6 +83,7 @@ impl KeyRing {
             db,
             client,
             own_key,
+            own_old,
             own_valid_ms,
             notaries,
             keys: Mutex::new(HashMap::new()),
@@ -111,6 +115,17 @@ impl KeyRing {
                         valid_until_ts: now_ms() + self.own_valid_ms,
                     },
                 );
+            }
+            for old in self.own_old.iter().filter(|k| key_ids.contains(&k.key_id)) {
+                if let Some(key) = old.verifying_key() {
+                    out.insert(
+                        old.key_id.clone(),
+                        KnownKey {
+                            key,
+                            valid_until_ts: old.expired_ts,
+                        },
+                    );
+                }
             }
             return out;
         }
@@ -327,6 +342,7 @@ impl KeyRing {
             crate::services::server_keys::key_document(
                 self.own_name(),
                 &self.own_key,
+                &self.own_old,
                 now_ms() + self.own_valid_ms,
             )
             .ok()?

@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::services::server_keys::OldKey;
+
 use crate::config::Config;
 use crate::core::SigningKeyPair;
 use crate::services::outbox::{Outbox, PduStore};
@@ -63,7 +65,7 @@ impl Federation {
     pub fn new(
         config: &Config,
         db: Arc<Db>,
-        signing_key: Arc<SigningKeyPair>,
+        (signing_key, old_keys): (Arc<SigningKeyPair>, Arc<Vec<OldKey>>),
         outbox: Arc<Outbox>,
     ) -> Result<Self, String> {
         let client = Arc::new(FederationClient::new(
@@ -74,7 +76,7 @@ impl Federation {
         let keys = KeyRing::new(
             Arc::clone(&db),
             Arc::clone(&client),
-            Arc::clone(&signing_key),
+            (Arc::clone(&signing_key), old_keys),
             config.federation.key_valid_hours * 3_600_000,
             config.federation.trusted_key_servers.clone(),
         );

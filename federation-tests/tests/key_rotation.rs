@@ -1,0 +1,92 @@
+//! A server replaces its signing key (`ourwhats rotate-key`): its key document lists the
+//! old key under `old_verify_keys` with the time it stopped signing, so a server that
+//! never saw the old key still accepts the room history it signed (spec: server-server
+//! API, "Retrieving server keys": "old_verify_keys ... keys that were previously used by
+//! this server ... used to verify events").
+
+use std::time::{Duration, Instant};
+
+use federation_tests::{enc, Cluster, User};
+use ourwhats::services::{now_ms, server_keys};
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn history_signed_with_a_replaced_key_is_taken_by_a_server_joining_later() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "before the new key"}))
+        .await;
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/t1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "signed with the old key"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Stopped, rotated, started again.
+    cluster.instances[0].stop().await;
+    let data_dir = cluster.instances[0].config.data_dir.clone();
+    let (old_id, new_id) = server_keys::rotate(&data_dir, now_ms()).unwrap();
+    cluster.instances[0].restart().await.unwrap();
+    let a = &cluster.instances[0];
+    let alice = User {
+        base: a.client_url(),
+        ..alice
+    };
+
+    // Bob's server never saw the old key: the room's state and history came with it.
+    let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    bob.join_via(&room, a.name()).await;
+    let (status, name) = bob
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
+        .await;
+    assert_eq!((status, &name["name"]), (200, &json!("before the new key")));
+    let (history, _) = bob.page_back(&room, 20).await;
+    assert!(
+        history
+            .iter()
+            .any(|e| e["content"]["body"] == "signed with the old key"),
+        "{history:?}"
+    );
+
+    // The document: the new key to verify with, the old one with its expiry.
+    let http = cluster.tls_client().unwrap();
+    let document: Value = http
+        .get(format!("https://{}/_matrix/key/v2/server", a.name()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(document["verify_keys"].get(&new_id).is_some(), "{document}");
+    assert!(document["verify_keys"].get(&old_id).is_none(), "{document}");
+    let expired = document["old_verify_keys"][&old_id]["expired_ts"].as_u64();
+    assert!(expired.is_some_and(|t| t <= now_ms()), "{document}");
+    assert!(document["signatures"][a.name()].get(&new_id).is_some());
+
+    // And what alice says now, signed with the new key, reaches bob.
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/t2", enc(&room)),
+            json!({"msgtype": "m.text", "body": "signed with the new key"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = Instant::now();
+    loop {
+        let (_, page) = bob
+            .get(&format!("/rooms/{}/messages?dir=b&limit=5", enc(&room)))
+            .await;
+        if page.to_string().contains("signed with the new key") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}
