@@ -207,6 +207,7 @@ impl Cluster {
 }
 
 /// A user of one instance, speaking the client API over HTTP.
+#[derive(Clone)]
 pub struct User {
     /// The instance's client API base URL.
     pub base: String,
@@ -229,6 +230,8 @@ impl User {
     /// Registers `name` on the server whose client API is at `base` (ourwhats or
     /// Synapse) through the dummy flow.
     pub async fn register_at(base: &str, name: &str) -> Result<Self, String> {
+        // A test whose servers all run in child processes has installed no provider yet.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
         let base = base.to_owned();
         let url = format!("{base}/_matrix/client/v3/register");
