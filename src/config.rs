@@ -189,6 +189,14 @@ pub struct RateLimitConfig {
     pub room_create_per_minute: u32,
     /// Room creation bucket size.
     pub room_create_burst: u32,
+    /// Invites sent refilled per minute, per user.
+    pub invite_per_minute: u32,
+    /// Invites-sent bucket size.
+    pub invite_burst: u32,
+    /// Invites received refilled per minute, per user of ours (from anyone).
+    pub invites_received_per_minute: u32,
+    /// Invites-received bucket size.
+    pub invites_received_burst: u32,
     /// Requests from one other server per second (after their signature is checked).
     pub federation_per_second: u32,
     /// Federation bucket size.
@@ -399,6 +407,10 @@ impl Config {
                 message_burst: r.u32("rate_limits.message_burst")?,
                 room_create_per_minute: r.u32("rate_limits.room_create_per_minute")?,
                 room_create_burst: r.u32("rate_limits.room_create_burst")?,
+                invite_per_minute: r.u32("rate_limits.invite_per_minute")?,
+                invite_burst: r.u32("rate_limits.invite_burst")?,
+                invites_received_per_minute: r.u32("rate_limits.invites_received_per_minute")?,
+                invites_received_burst: r.u32("rate_limits.invites_received_burst")?,
                 federation_per_second: r.u32("rate_limits.federation_per_second")?,
                 federation_burst: r.u32("rate_limits.federation_burst")?,
             },

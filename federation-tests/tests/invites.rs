@@ -505,3 +505,40 @@ async fn invite_refusals() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn invites_from_another_server_are_rate_limited_per_invitee() {
+    // Server 0 takes 2 invites for one of its users in a burst, then 1 a minute.
+    let cluster = Cluster::start_with(2, |i, config| {
+        if i == 0 {
+            let limits = &mut config.rate_limits;
+            limits.enabled = true;
+            limits.register_burst = 100;
+            limits.federation_burst = 10_000;
+            limits.invites_received_per_minute = 1;
+            limits.invites_received_burst = 2;
+        }
+    })
+    .await
+    .unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    for n in 0..3 {
+        let room = bob.create_room(json!({"preset": "private_chat"})).await;
+        let (status, body) = bob
+            .post(
+                &format!("/rooms/{}/invite", enc(&room)),
+                json!({"user_id": alice.user_id}),
+            )
+            .await;
+        if n < 2 {
+            assert_eq!(status, 200, "invite {n}: {body}");
+        } else {
+            assert_eq!(status, 429, "invite {n}: {body}");
+            assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED", "{body}");
+        }
+    }
+    cluster.shutdown().await;
+}

@@ -11,6 +11,7 @@ use crate::core::{url, RoomAliasId, RoomId, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
+use crate::services::rate_limit::RateAction;
 use crate::services::rooms::membership::member_content;
 
 /// Body of join, leave and knock.
@@ -233,6 +234,9 @@ pub async fn invite(
         is_direct: body.is_direct,
     };
     let target = target(&body)?;
+    // Invites are rate-limited per inviter, and per invitee of ours (whoever invites).
+    let limiter = &services.rate_limiter;
+    limiter.check(RateAction::InviteSent, session.user_id.as_str())?;
     if target.server_name() != services.config.server_name.as_str() {
         let built = services
             .rooms
@@ -253,6 +257,7 @@ pub async fn invite(
     if !services.accounts.is_active_user(&target)? {
         return Err(MatrixError::not_found(format!("Unknown user {target}")));
     }
+    limiter.check(RateAction::InviteReceived, target.as_str())?;
     let profile = services.accounts.member_profile(&target)?;
     services
         .rooms

@@ -13,6 +13,7 @@ use crate::error::MatrixResult;
 use crate::http::extract::PathParams;
 use crate::http::AppState;
 use crate::services::federation::source::FromOrigin;
+use crate::services::rate_limit::RateAction;
 use crate::services::rooms::remote_invite::InviteOffer;
 
 /// An invite of one of our users, signed by us in the answer.
@@ -21,6 +22,15 @@ pub async fn invite_v2(
     PathParams((room_id, event_id)): PathParams<(String, String)>,
     signed: Signed<InviteOffer>,
 ) -> MatrixResult<Json<Value>> {
+    // Invites our users receive are rate-limited per invitee (from any server).
+    let invitee = signed.body.event.get("state_key").and_then(Value::as_str);
+    if let Some(invitee) = invitee.and_then(|i| UserId::parse(i).ok()) {
+        if invitee.server_name() == services.config.server_name.as_str() {
+            services
+                .rate_limiter
+                .check(RateAction::InviteReceived, invitee.as_str())?;
+        }
+    }
     let source = FromOrigin {
         federation: &services.federation,
         origin: signed.origin.clone(),

@@ -23,6 +23,10 @@ pub enum RateAction {
     RoomCreate,
     /// Requests from another server (after their signature is checked), per origin.
     Federation,
+    /// Invites sent, per inviting user.
+    InviteSent,
+    /// Invites received, per invited user of ours (from our users and other servers').
+    InviteReceived,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +89,20 @@ impl RateLimiter {
                     burst: f64::from(config.federation_burst.max(1)),
                 },
             ),
+            (
+                RateAction::InviteSent,
+                Rule {
+                    per_second: f64::from(config.invite_per_minute) / 60.0,
+                    burst: f64::from(config.invite_burst.max(1)),
+                },
+            ),
+            (
+                RateAction::InviteReceived,
+                Rule {
+                    per_second: f64::from(config.invites_received_per_minute) / 60.0,
+                    burst: f64::from(config.invites_received_burst.max(1)),
+                },
+            ),
         ]);
         Self {
             enabled: config.enabled,
@@ -143,6 +161,10 @@ mod tests {
             message_burst: 2,
             room_create_per_minute: 1,
             room_create_burst: 2,
+            invite_per_minute: 1,
+            invite_burst: 2,
+            invites_received_per_minute: 1,
+            invites_received_burst: 2,
             federation_per_second: 1,
             federation_burst: 2,
         }

@@ -1415,3 +1415,61 @@ async fn room_v3_event_ids_with_slashes_work_in_paths() {
     );
     server.stop().await;
 }
+
+/// Invites are rate-limited like messages (Synapse's `rc_invites`): per inviting user, and
+/// per invited user of ours whoever invites (so that nobody can flood one user with
+/// invites from many accounts); beyond the burst, 429 `M_LIMIT_EXCEEDED` with the wait.
+#[tokio::test]
+async fn invites_are_rate_limited_per_inviter_and_per_invitee() {
+    let server = TestServer::start_with(|config| {
+        let limits = &mut config.rate_limits;
+        limits.enabled = true;
+        limits.message_burst = 1_000;
+        limits.room_create_burst = 1_000;
+        limits.register_burst = 1_000;
+        limits.login_burst = 1_000;
+        limits.invite_per_minute = 1;
+        limits.invite_burst = 3;
+        limits.invites_received_per_minute = 1;
+        limits.invites_received_burst = 2;
+    })
+    .await;
+    let alice = Client::new(&server, "alice").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let mut invitees = Vec::new();
+    for name in ["b1", "b2", "b3", "b4"] {
+        invitees.push(Client::new(&server, name).await);
+    }
+    for (n, invitee) in invitees.iter().enumerate() {
+        let (status, body) = alice
+            .post(
+                &format!("/rooms/{room}/invite"),
+                json!({"user_id": invitee.user_id}),
+            )
+            .await;
+        if n < 3 {
+            assert_eq!(status, StatusCode::OK, "invite {n}: {body}");
+        } else {
+            assert_error(status, &body, 429, "M_LIMIT_EXCEEDED");
+            assert!(body["retry_after_ms"].as_u64().unwrap() > 0, "{body}");
+        }
+    }
+    // Carol is invited by three different users: the third is refused for her sake.
+    let carol = Client::new(&server, "carol").await;
+    for (n, inviter) in ["i1", "i2", "i3"].iter().enumerate() {
+        let inviter = Client::new(&server, inviter).await;
+        let room = inviter.create_room(json!({"preset": "private_chat"})).await;
+        let (status, body) = inviter
+            .post(
+                &format!("/rooms/{room}/invite"),
+                json!({"user_id": carol.user_id}),
+            )
+            .await;
+        if n < 2 {
+            assert_eq!(status, StatusCode::OK, "invite {n}: {body}");
+        } else {
+            assert_error(status, &body, 429, "M_LIMIT_EXCEEDED");
+        }
+    }
+    server.stop().await;
+}
