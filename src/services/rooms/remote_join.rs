@@ -59,13 +59,20 @@ impl Rooms {
         let mut events = Vec::with_capacity(state.len() + chain.len());
         let mut state_ids = Vec::with_capacity(state.len());
         let mut create_version = None;
+        // How many events were dropped, and why the first was (for the error we answer).
+        let mut dropped: (usize, Option<String>) = (0, None);
         for (pdu, in_state) in state
             .iter()
             .map(|p| (p, true))
             .chain(chain.iter().map(|p| (p, false)))
         {
-            let Some(event) = self.checked(room_id, version, pdu.clone(), source).await else {
-                continue;
+            let event = match self.checked(room_id, version, pdu.clone(), source).await {
+                Ok(event) => event,
+                Err(reason) => {
+                    dropped.0 += 1;
+                    dropped.1.get_or_insert(reason);
+                    continue;
+                }
             };
             if in_state {
                 state_ids.push(event.event_id.clone());
@@ -86,14 +93,22 @@ impl Rooms {
             }
         }
         if create_version.as_deref() != Some(version.as_str()) {
+            let why = match dropped {
+                (0, _) => String::new(),
+                (n, first) => format!(
+                    " ({n} of {} events dropped, the first because {})",
+                    state.len() + chain.len(),
+                    first.unwrap_or_default()
+                ),
+            };
             return Err(bad_answer(format!(
-                "the create event is missing or not of version {version}"
+                "no usable create event of version {version}{why}"
             )));
         }
         let join = self
             .checked(room_id, version, join, source)
             .await
-            .ok_or_else(|| bad_answer("our join came back unusable"))?;
+            .map_err(|why| bad_answer(format!("our join came back unusable: {why}")))?;
         let outcome = self
             .writers
             .join_remote(
@@ -115,19 +130,20 @@ impl Rooms {
     }
 
     /// Checks 1 to 3 of one event of a join's answer: the event ready for the writer, or
-    /// `None` (logged) when it is malformed, of another room or badly signed.
+    /// why not (logged too) when it is malformed, of another room or badly signed.
     async fn checked(
         &self,
         room_id: &str,
         version: RoomVersion,
         pdu: Value,
         source: &dyn MissingSource,
-    ) -> Option<RemoteEvent> {
+    ) -> Result<RemoteEvent, String> {
         if let Err(e) = pdu_checks::check_format(version, &pdu) {
             tracing::info!(room = %room_id, "a join answer's event is malformed: {e}");
-            return None;
+            return Err(format!("it is malformed: {e}"));
         }
-        let event_id = event_hashes::event_id(&pdu, version).ok()?;
+        let event_id = event_hashes::event_id(&pdu, version)
+            .map_err(|e| format!("it has no event id: {e}"))?;
         let of_room = if pdu.get("type").and_then(Value::as_str) == Some("m.room.create")
             && version.room_id_is_create_event_hash()
         {
@@ -140,17 +156,17 @@ impl Rooms {
         };
         if !of_room {
             tracing::info!(room = %room_id, event = %event_id, "a join answer's event is of another room");
-            return None;
+            return Err(format!("{event_id} is of another room"));
         }
         let signed_by = match verify_signatures(version, &pdu, source).await {
             Ok(servers) => servers,
             Err(reason) => {
                 tracing::info!(room = %room_id, event = %event_id, "a join answer's event is dropped: {reason}");
-                return None;
+                return Err(format!("{event_id}: {reason}"));
             }
         };
         let (pdu, _) = pdu_checks::check_content_hash(version, &pdu);
-        Some(RemoteEvent {
+        Ok(RemoteEvent {
             event_id,
             pdu,
             signed_by,
