@@ -124,6 +124,9 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
 
 fn rotate_key(config_path: Option<&Path>) -> Result<(), String> {
     let config = load_config(config_path)?;
+    // Refused while a server runs on this data folder (it holds the database's lock and
+    // would keep signing with the key marked expired).
+    drop(Services::open(config.clone())?);
     let (old, new) =
         ourwhats::services::server_keys::rotate(&config.data_dir, ourwhats::services::now_ms())?;
     println!(

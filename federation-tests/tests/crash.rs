@@ -126,6 +126,15 @@ async fn kill_9_of_either_server_while_a_room_talks_loses_and_doubles_nothing() 
                 .filter(|b| b.starts_with(["alice", "bob"][other]))
                 .map(str::to_owned)
                 .collect();
+            // What this side acknowledged is there, after every kill of its own server.
+            let own: Vec<String> = history
+                .iter()
+                .rev()
+                .filter_map(|e| e["content"]["body"].as_str())
+                .filter(|b| b.starts_with(["alice", "bob"][side]))
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(own, sent[side], "{} lost its own", user.user_id);
             let ids: Vec<&str> = history
                 .iter()
                 .filter_map(|e| e["event_id"].as_str())

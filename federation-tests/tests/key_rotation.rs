@@ -1,8 +1,7 @@
 //! A server replaces its signing key (`ourwhats rotate-key`): its key document lists the
 //! old key under `old_verify_keys` with the time it stopped signing, so a server that
 //! never saw the old key still accepts the room history it signed (spec: server-server
-//! API, "Retrieving server keys": "old_verify_keys ... keys that were previously used by
-//! this server ... used to verify events").
+//! API, "Retrieving server keys": old keys are "only valid for signing events").
 
 use std::time::{Duration, Instant};
 

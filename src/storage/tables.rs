@@ -126,9 +126,9 @@ pub enum Table {
     UseridShortroomidPosNotify,
     /// `user_id 0xFF app_id 0xFF pushkey -> PusherRecord` (JSON): a user's pushers. Owner: push.
     UseridAppidPushkeyPusher,
-    /// `position (u64 BE) ++ user_id 0xFF app_id 0xFF pushkey -> QueuedPush` (JSON: room and
-    /// event short ids, actions): notifications waiting to go to one pusher's gateway, in
-    /// stream order. Owner: push.
+    /// `user_id 0xFF app_id 0xFF pushkey 0xFF position (u64 BE) -> QueuedPush` (JSON: room
+    /// and event short ids, when queued, actions): notifications waiting to go to one
+    /// pusher's gateway, each pusher's in stream order. Owner: push.
     PosPusherPushqueue,
     /// `user_id 0xFF device_id 0xFF position (u64 BE) -> event` (JSON: sender, type,
     /// content): a device's inbox of send-to-device messages. Owner: accounts.

@@ -207,9 +207,13 @@ impl Push {
                 if let Err(e) = worker.start_deliveries(&mut backoff, &mut in_flight, &mut tasks) {
                     tracing::warn!(error = %e.message, "reading the push queue failed");
                 }
+                // The next back-off to end, of a pusher not being delivered to (one whose
+                // back-off ended is retried by the pass above, or is in flight).
+                let now = Instant::now();
                 let retry = backoff
-                    .values()
-                    .map(|b| b.until.saturating_duration_since(Instant::now()))
+                    .iter()
+                    .filter(|(key, b)| b.until > now && !in_flight.contains_key(*key))
+                    .map(|(_, b)| b.until - now)
                     .min()
                     .unwrap_or(IDLE_LOOK)
                     .clamp(Duration::from_millis(20), IDLE_LOOK);
@@ -217,8 +221,20 @@ impl Push {
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
                         Ok(outcome) => Some(outcome),
                         Err(e) => {
-                            // A task that died: its pusher may be tried again.
-                            in_flight.retain(|_, task| *task != e.id());
+                            // A task that died: its pusher is tried again after a
+                            // back-off, like a failing gateway.
+                            let died: Vec<Vec<u8>> = in_flight
+                                .iter()
+                                .filter(|(_, task)| **task == e.id())
+                                .map(|(key, _)| key.clone())
+                                .collect();
+                            for key in died {
+                                in_flight.remove(&key);
+                                let next = backoff
+                                    .get(&key)
+                                    .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
+                                backoff.insert(key, Backoff { until: Instant::now() + next, next });
+                            }
                             None
                         }
                     },
