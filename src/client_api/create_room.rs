@@ -19,9 +19,17 @@ pub async fn create_room(
     Authed(session): Authed,
     JsonBody(request): JsonBody<CreateRoomRequest>,
 ) -> MatrixResult<Json<Value>> {
-    services
-        .rate_limiter
-        .check(RateAction::RoomCreate, session.user_id.as_str())?;
+    let limiter = &services.rate_limiter;
+    limiter.check(RateAction::RoomCreate, session.user_id.as_str())?;
+    // The invitees count as invites (per inviter, and per invitee of ours), as `/invite`
+    // does: over either limit the room is not made.
+    let own_suffix = format!(":{}", services.config.server_name.as_str());
+    for invitee in &request.invite {
+        limiter.check(RateAction::InviteSent, session.user_id.as_str())?;
+        if invitee.ends_with(&own_suffix) {
+            limiter.check(RateAction::InviteReceived, invitee)?;
+        }
+    }
     let profile = services.accounts.member_profile(&session.user_id)?;
     let invitee_profile = |user: &crate::core::UserId| services.accounts.member_profile(user).ok();
     let created = services

@@ -65,12 +65,14 @@ impl Gateway {
     }
 }
 
-/// A server whose pushes may reach loopback (where the test's gateway is).
+/// Lets pushes reach loopback (where the test's gateway is).
+fn allow_loopback(config: &mut ourwhats::config::Config) {
+    config.federation.ip_range_allowlist = vec![IpNet::parse("127.0.0.0/8").unwrap()];
+}
+
+/// A server whose pushes may reach loopback.
 async fn server() -> TestServer {
-    TestServer::start_with(|config| {
-        config.federation.ip_range_allowlist = vec![IpNet::parse("127.0.0.0/8").unwrap()];
-    })
-    .await
+    TestServer::start_with(allow_loopback).await
 }
 
 fn pusher(url: &str, pushkey: &str) -> Value {
@@ -316,5 +318,38 @@ async fn pushes_never_reach_loopback_unless_allowed() {
     alice.text(&room, "hello").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(gateway.received().is_empty(), "{:?}", gateway.received());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn queued_pushes_survive_a_restart() {
+    let mut s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let (gateway, url) = Gateway::start().await;
+    // The gateway fails everything for now: the notification stays queued.
+    gateway
+        .answers
+        .lock()
+        .unwrap()
+        .extend(std::iter::repeat_n((500, json!({})), 1_000));
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let room = dm(&alice, &bob).await;
+    let event = alice.text(&room, "while the gateway is down").await;
+    assert!(!gateway.wait_for(1).await.is_empty(), "tried at least once");
+    drop((alice, bob));
+
+    // Restarted; from now on the gateway takes what it is sent.
+    s.restart_with(allow_loopback).await;
+    let tried_before = gateway.received().len();
+    gateway.answers.lock().unwrap().clear();
+    let got = gateway.wait_for(tried_before + 1).await;
+    let after: Vec<&Value> = got[tried_before..].iter().collect();
+    assert!(
+        after
+            .iter()
+            .any(|b| b["notification"]["event_id"] == event.as_str()),
+        "the queued notification was sent again after the restart: {after:?}"
+    );
     s.stop().await;
 }

@@ -1454,6 +1454,14 @@ async fn invites_are_rate_limited_per_inviter_and_per_invitee() {
             assert!(body["retry_after_ms"].as_u64().unwrap() > 0, "{body}");
         }
     }
+    // A room made with invitees counts them too: over the limit, no room.
+    let (status, body) = alice
+        .post(
+            "/createRoom",
+            json!({"preset": "private_chat", "invite": [invitees[3].user_id]}),
+        )
+        .await;
+    assert_error(status, &body, 429, "M_LIMIT_EXCEEDED");
     // Carol is invited by three different users: the third is refused for her sake.
     let carol = Client::new(&server, "carol").await;
     for (n, inviter) in ["i1", "i2", "i3"].iter().enumerate() {

@@ -380,7 +380,11 @@ impl Worker {
     }
 
     /// Sends one pusher's entries (oldest first) until one fails.
-    async fn deliver(&self, pusher: Pusher, queued: Vec<(Vec<u8>, QueuedPush)>) -> Outcome {
+    async fn deliver(
+        self: Arc<Self>,
+        pusher: Pusher,
+        queued: Vec<(Vec<u8>, QueuedPush)>,
+    ) -> Outcome {
         let mut outcome = Outcome {
             pusher,
             done: Vec::new(),
@@ -393,10 +397,17 @@ impl Worker {
                 outcome.done.push(key);
                 continue;
             }
-            let body = match self
-                .push
-                .notification(&*self.lookups, &outcome.pusher, &entry)
-            {
+            // Reads (the event, receipts, every room's unread count) off the async
+            // threads.
+            let built = {
+                let (worker, pusher) = (Arc::clone(&self), outcome.pusher.clone());
+                tokio::task::spawn_blocking(move || {
+                    worker.push.notification(&*worker.lookups, &pusher, &entry)
+                })
+                .await
+                .unwrap_or_else(|e| Err(crate::error::MatrixError::internal(e.to_string())))
+            };
+            let body = match built {
                 Ok(Some(body)) => body,
                 Ok(None) => {
                     outcome.done.push(key);

@@ -53,8 +53,15 @@ impl TestServer {
 
     /// Stops the server and starts a new one on the same data folder.
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// Stops the server and starts a new one on the same data folder, its test
+    /// configuration changed by `adjust`.
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Config)) {
         self.server.take().unwrap().shutdown().await;
-        let config = test_config(self.dir.path());
+        let mut config = test_config(self.dir.path());
+        adjust(&mut config);
         let server = Server::start(config).await.unwrap();
         self.base = server.client_url();
         self.server = Some(server);
