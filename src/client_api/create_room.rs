@@ -27,7 +27,8 @@ pub async fn create_room(
     for invitee in &request.invite {
         limiter.check(RateAction::InviteSent, session.user_id.as_str())?;
         if invitee.ends_with(&own_suffix) {
-            limiter.check(RateAction::InviteReceived, invitee)?;
+            let bucket = format!("{invitee}|{}", services.config.server_name.as_str());
+            limiter.check(RateAction::InviteReceived, &bucket)?;
         }
     }
     let profile = services.accounts.member_profile(&session.user_id)?;

@@ -257,7 +257,8 @@ pub async fn invite(
     if !services.accounts.is_active_user(&target)? {
         return Err(MatrixError::not_found(format!("Unknown user {target}")));
     }
-    limiter.check(RateAction::InviteReceived, target.as_str())?;
+    let bucket = format!("{target}|{}", services.config.server_name.as_str());
+    limiter.check(RateAction::InviteReceived, &bucket)?;
     let profile = services.accounts.member_profile(&target)?;
     services
         .rooms

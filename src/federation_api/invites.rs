@@ -22,14 +22,17 @@ pub async fn invite_v2(
     PathParams((room_id, event_id)): PathParams<(String, String)>,
     signed: Signed<InviteOffer>,
 ) -> MatrixResult<Json<Value>> {
-    // Invites our users receive are rate-limited per invitee (from any server).
+    // Invites our users receive are rate-limited per invitee and inviting server; an
+    // invite counts once it proves valid (a malformed one takes nobody's allowance).
     let invitee = signed.body.event.get("state_key").and_then(Value::as_str);
-    if let Some(invitee) = invitee.and_then(|i| UserId::parse(i).ok()) {
-        if invitee.server_name() == services.config.server_name.as_str() {
-            services
-                .rate_limiter
-                .check(RateAction::InviteReceived, invitee.as_str())?;
-        }
+    let bucket = invitee
+        .and_then(|i| UserId::parse(i).ok())
+        .filter(|i| i.server_name() == services.config.server_name.as_str())
+        .map(|i| format!("{i}|{}", signed.origin));
+    if let Some(bucket) = &bucket {
+        services
+            .rate_limiter
+            .peek(RateAction::InviteReceived, bucket)?;
     }
     let source = FromOrigin {
         federation: &services.federation,
@@ -47,5 +50,10 @@ pub async fn invite_v2(
             &source,
         )
         .await?;
+    if let Some(bucket) = &bucket {
+        services
+            .rate_limiter
+            .count(RateAction::InviteReceived, bucket);
+    }
     Ok(Json(json!({ "event": event })))
 }

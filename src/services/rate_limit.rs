@@ -25,7 +25,8 @@ pub enum RateAction {
     Federation,
     /// Invites sent, per inviting user.
     InviteSent,
-    /// Invites received, per invited user of ours (from our users and other servers').
+    /// Invites received, per invited user of ours and inviting server (so that one server's
+    /// flood leaves others' invites through).
     InviteReceived,
 }
 
@@ -113,6 +114,21 @@ impl RateLimiter {
 
     /// Takes one token for `action` by `who`, or answers 429 with the wait until one refills.
     pub fn check(&self, action: RateAction, who: &str) -> Result<(), MatrixError> {
+        self.take(action, who, true)
+    }
+
+    /// Whether [`RateLimiter::check`] would pass now, taking nothing: for what is counted
+    /// only once it proves valid ([`RateLimiter::count`] then takes the token).
+    pub fn peek(&self, action: RateAction, who: &str) -> Result<(), MatrixError> {
+        self.take(action, who, false)
+    }
+
+    /// Takes one token (possibly the last) for what [`RateLimiter::peek`] let through.
+    pub fn count(&self, action: RateAction, who: &str) {
+        let _ = self.take(action, who, true);
+    }
+
+    fn take(&self, action: RateAction, who: &str, consume: bool) -> Result<(), MatrixError> {
         if !self.enabled {
             return Ok(());
         }
@@ -133,7 +149,9 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + elapsed * rule.per_second).min(rule.burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if consume {
+                bucket.tokens -= 1.0;
+            }
             return Ok(());
         }
         let wait_ms = if rule.per_second > 0.0 {
@@ -183,6 +201,26 @@ mod tests {
         // Another IP and another action have their own buckets.
         limiter.check(RateAction::Login, "5.6.7.8").unwrap();
         limiter.check(RateAction::Message, "1.2.3.4").unwrap();
+    }
+
+    #[test]
+    fn peek_takes_nothing_and_count_takes_one() {
+        let limiter = RateLimiter::new(&config(true));
+        // Invites received: burst 2, one a minute.
+        for _ in 0..10 {
+            limiter
+                .peek(RateAction::InviteReceived, "@a:x|evil.example")
+                .unwrap();
+        }
+        limiter.count(RateAction::InviteReceived, "@a:x|evil.example");
+        limiter.count(RateAction::InviteReceived, "@a:x|evil.example");
+        assert!(limiter
+            .peek(RateAction::InviteReceived, "@a:x|evil.example")
+            .is_err());
+        // Another server's invites to the same user have their own bucket.
+        limiter
+            .peek(RateAction::InviteReceived, "@a:x|good.example")
+            .unwrap();
     }
 
     #[test]
