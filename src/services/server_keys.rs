@@ -52,6 +52,14 @@ impl OldKey {
         if alg != "ed25519" {
             return Err(format!("unknown algorithm {alg:?}"));
         }
+        // Spec: a key version is `[a-zA-Z0-9_]`.
+        if version.is_empty()
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(format!("the key version {version:?} is not [a-zA-Z0-9_]"));
+        }
         let bytes = crate::core::base64::decode(public_key)
             .map_err(|_| format!("the public key of ed25519:{version} is not base64"))?;
         if bytes.len() != 32 {
@@ -291,6 +299,9 @@ mod tests {
         assert_eq!(old_key.valid_until_ts, 1_000);
         assert_eq!(old_key.key, first.verifying_key());
         std::fs::write(&old_path, "ed25519 x notbase64 1\n").unwrap();
+        assert!(load_old_keys(&old_path, &current).is_err());
+        let line = format!("ed25519 a:b {} 1\n", current.public_key_base64());
+        std::fs::write(&old_path, line).unwrap();
         assert!(load_old_keys(&old_path, &current).is_err());
     }
 }
