@@ -186,7 +186,7 @@ impl Services {
             push::Push::open(Arc::clone(&db), Arc::clone(&stream_positions))
                 .map_err(|e| format!("cannot load the pushers: {}", e.message))?,
         );
-        accounts.attach_push(Arc::clone(&push));
+        accounts.attach_device_removal(Arc::clone(&push) as Arc<dyn accounts::DeviceRemovalHook>);
         let rooms = Rooms::open(
             Arc::clone(&db),
             Arc::clone(&stream_positions),

@@ -158,8 +158,19 @@ pub struct Accounts {
     room_mates: OnceLock<Arc<dyn crate::services::rooms::room_mates::RoomMates>>,
     /// Serializes each user's device-list updates to other servers (their sequence).
     device_edu_locks: StripedLocks,
-    /// The push service: a deleted device's pushers go with it (set at start-up).
-    push: OnceLock<Arc<crate::services::push::Push>>,
+    /// Told when devices are deleted (the push service: their pushers go with them; set
+    /// at start-up).
+    device_removal: OnceLock<Arc<dyn DeviceRemovalHook>>,
+}
+
+/// Whoever keeps something per device that must go when the device does.
+pub trait DeviceRemovalHook: Send + Sync {
+    /// `devices` of `user_id` were deleted.
+    fn devices_removed<'a>(
+        &'a self,
+        user_id: &'a str,
+        devices: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, MatrixResult<()>>;
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -193,13 +204,13 @@ impl Accounts {
             outbox,
             room_mates: OnceLock::new(),
             device_edu_locks: Default::default(),
-            push: OnceLock::new(),
+            device_removal: OnceLock::new(),
         }
     }
 
-    /// Lets device deletion remove the device's pushers (set once at start-up).
-    pub fn attach_push(&self, push: Arc<crate::services::push::Push>) {
-        let _ = self.push.set(push);
+    /// Lets device deletion tell `hook` (set once at start-up).
+    pub fn attach_device_removal(&self, hook: Arc<dyn DeviceRemovalHook>) {
+        let _ = self.device_removal.set(hook);
     }
 
     /// Our server name.
@@ -1006,9 +1017,8 @@ impl Accounts {
         }
         // Spec ("Push Notifications"): a device's pushers go with it (as Synapse removes
         // the pushers of a deleted access token).
-        if let Some(push) = self.push.get() {
-            push.remove_device_pushers(user_id.as_str(), device_ids)
-                .await?;
+        if let Some(hook) = self.device_removal.get() {
+            hook.devices_removed(user_id.as_str(), device_ids).await?;
         }
         Ok(())
     }

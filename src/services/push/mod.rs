@@ -322,3 +322,13 @@ impl Push {
         ))
     }
 }
+
+impl crate::services::accounts::DeviceRemovalHook for Push {
+    fn devices_removed<'a>(
+        &'a self,
+        user_id: &'a str,
+        devices: &'a [String],
+    ) -> futures_util::future::BoxFuture<'a, MatrixResult<()>> {
+        Box::pin(self.remove_device_pushers(user_id, devices))
+    }
+}
