@@ -146,16 +146,21 @@ async fn query(State(notary): State<Arc<Notary>>) -> Json<Value> {
     ]}))
 }
 
+/// One server that trusts `notary` (and no other) for keys.
+async fn cluster_trusting(notary: &Notary) -> Cluster {
+    let notary_name = ServerName::parse(&notary.name).unwrap();
+    Cluster::start_with(1, |_, config| {
+        config.federation.trusted_key_servers = vec![notary_name.clone()];
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_notary_answer_the_origin_did_not_sign_is_refused() {
     let notary = Arc::new(Notary::new(false));
     let origin = notary.origin.clone();
-    let notary_name = ServerName::parse(&notary.name).unwrap();
-    let cluster = Cluster::start_with(1, |_, config| {
-        config.federation.trusted_key_servers = vec![notary_name.clone()];
-    })
-    .await
-    .unwrap();
+    let cluster = cluster_trusting(&notary).await;
     let a = &cluster.instances[0];
     let alice = User::register(a, "alice").await.unwrap();
 
@@ -248,12 +253,7 @@ async fn a_key_said_valid_for_a_year_signs_nothing_past_seven_days() {
     // its user made now is taken; one dated 8 days ahead is refused, since no key of its
     // server was valid then as far as we may know.
     let notary = Arc::new(Notary::new(true));
-    let notary_name = ServerName::parse(&notary.name).unwrap();
-    let cluster = Cluster::start_with(1, |_, config| {
-        config.federation.trusted_key_servers = vec![notary_name.clone()];
-    })
-    .await
-    .unwrap();
+    let cluster = cluster_trusting(&notary).await;
     let a = &cluster.instances[0];
     let alice = User::register(a, "alice").await.unwrap();
     let (handle, serving, _dir) = notary.serve(&cluster.ca).await;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::error::MatrixResult;
 use crate::http::extract::{Authed, JsonBody};
 use crate::http::AppState;
-use crate::services::rate_limit::RateAction;
+use crate::services::rate_limit::{invite_bucket, RateAction};
 use crate::services::rooms::create::CreateRoomRequest;
 
 /// Creates a room; answers `{"room_id": …}`.
@@ -23,12 +23,18 @@ pub async fn create_room(
     limiter.check(RateAction::RoomCreate, session.user_id.as_str())?;
     // The invitees count as invites (per inviter, and per invitee of ours), as `/invite`
     // does: over either limit the room is not made.
-    let own_suffix = format!(":{}", services.config.server_name.as_str());
+    let ours = services.config.server_name.as_str();
     for invitee in &request.invite {
+        // A malformed id is refused by the room service (400 `M_INVALID_PARAM`).
+        let Ok(invitee) = crate::core::UserId::parse(invitee) else {
+            continue;
+        };
         limiter.check(RateAction::InviteSent, session.user_id.as_str())?;
-        if invitee.ends_with(&own_suffix) {
-            let bucket = format!("{invitee}|{}", services.config.server_name.as_str());
-            limiter.check(RateAction::InviteReceived, &bucket)?;
+        if invitee.server_name() == ours {
+            limiter.check(
+                RateAction::InviteReceived,
+                &invite_bucket(invitee.as_str(), ours),
+            )?;
         }
     }
     let profile = services.accounts.member_profile(&session.user_id)?;

@@ -11,7 +11,7 @@ use crate::core::{url, RoomAliasId, RoomId, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
-use crate::services::rate_limit::RateAction;
+use crate::services::rate_limit::{invite_bucket, RateAction};
 use crate::services::rooms::membership::member_content;
 
 /// Body of join, leave and knock.
@@ -257,7 +257,7 @@ pub async fn invite(
     if !services.accounts.is_active_user(&target)? {
         return Err(MatrixError::not_found(format!("Unknown user {target}")));
     }
-    let bucket = format!("{target}|{}", services.config.server_name.as_str());
+    let bucket = invite_bucket(target.as_str(), services.config.server_name.as_str());
     limiter.check(RateAction::InviteReceived, &bucket)?;
     let profile = services.accounts.member_profile(&target)?;
     services

@@ -13,7 +13,7 @@ use crate::error::MatrixResult;
 use crate::http::extract::PathParams;
 use crate::http::AppState;
 use crate::services::federation::source::FromOrigin;
-use crate::services::rate_limit::RateAction;
+use crate::services::rate_limit::{invite_bucket, RateAction};
 use crate::services::rooms::remote_invite::InviteOffer;
 
 /// An invite of one of our users, signed by us in the answer.
@@ -28,7 +28,7 @@ pub async fn invite_v2(
     let bucket = invitee
         .and_then(|i| UserId::parse(i).ok())
         .filter(|i| i.server_name() == services.config.server_name.as_str())
-        .map(|i| format!("{i}|{}", signed.origin));
+        .map(|i| invite_bucket(i.as_str(), signed.origin.as_str()));
     if let Some(bucket) = &bucket {
         services
             .rate_limiter

@@ -41,6 +41,11 @@ struct Bucket {
     updated: Instant,
 }
 
+/// The [`RateAction::InviteReceived`] bucket of an invitee of ours and the inviting server.
+pub fn invite_bucket(invitee: &str, inviting_server: &str) -> String {
+    format!("{invitee}|{inviting_server}")
+}
+
 /// Buckets beyond this many are pruned of the full ones.
 const PRUNE_THRESHOLD: usize = 10_000;
 

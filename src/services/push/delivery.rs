@@ -110,6 +110,22 @@ struct Backoff {
     next: Duration,
 }
 
+/// Puts a pusher in back-off: 1 s after its first failure, doubled after each next one
+/// up to [`MAX_BACKOFF`]; answers the wait.
+fn back_off(backoff: &mut HashMap<Vec<u8>, Backoff>, pusher_key: Vec<u8>) -> Duration {
+    let next = backoff
+        .get(&pusher_key)
+        .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
+    backoff.insert(
+        pusher_key,
+        Backoff {
+            until: Instant::now() + next,
+            next,
+        },
+    );
+    next
+}
+
 /// The worker's wake-up: the send path notes the greatest stream position whose event
 /// queued pushes, and the worker is woken by every commit until the stream has passed
 /// it (the entries are readable then). Held by the stream's subscriber list, so it holds
@@ -230,10 +246,7 @@ impl Push {
                                 .collect();
                             for key in died {
                                 in_flight.remove(&key);
-                                let next = backoff
-                                    .get(&key)
-                                    .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
-                                backoff.insert(key, Backoff { until: Instant::now() + next, next });
+                                back_off(&mut backoff, key);
                             }
                             None
                         }
@@ -277,17 +290,8 @@ impl Push {
                 backoff.remove(&pusher_key);
             }
             Some(why) => {
-                let next = backoff
-                    .get(&pusher_key)
-                    .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
+                let next = back_off(backoff, pusher_key.clone());
                 tracing::info!(user = %outcome.pusher.user_id, app_id = %outcome.pusher.app_id, error = %why, retry_in = ?next, "push gateway failed");
-                backoff.insert(
-                    pusher_key.clone(),
-                    Backoff {
-                        until: Instant::now() + next,
-                        next,
-                    },
-                );
             }
         }
         if !outcome.rejected {
