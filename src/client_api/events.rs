@@ -20,6 +20,7 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::{AuthedAllowGuest, QueryParams};
 use crate::http::AppState;
 use crate::services::ephemeral::presence::State as PresenceState;
+use crate::services::rooms::tokens;
 use crate::services::sync::filters::Filter;
 use crate::services::sync::SyncRequest;
 
@@ -36,9 +37,12 @@ pub async fn events(
     AuthedAllowGuest(session): AuthedAllowGuest,
     QueryParams(params): QueryParams<EventsParams>,
 ) -> MatrixResult<Json<Value>> {
-    let since = match params.from.as_deref() {
-        Some(token) => services.sync.parse_since(token)?.0,
-        None => services.stream_positions.watermark(),
+    // `/events` has no place for to-device messages: it leaves them in the inbox, and its
+    // `end` token keeps the to-device position of `from` (0 without one), so that a `/sync`
+    // from that token still delivers them instead of acknowledging them unseen.
+    let (since, to_device_seen) = match params.from.as_deref() {
+        Some(token) => services.sync.parse_since(token)?,
+        None => (services.stream_positions.watermark(), 0),
     };
     let timeout = match params.timeout.as_deref() {
         None => Duration::ZERO,
@@ -60,6 +64,7 @@ pub async fn events(
         device_id: session.device_id.clone(),
         since: Some(since),
         to_device_since: Some(since),
+        deliver_to_device: false,
         set_presence: PresenceState::Online,
         timeout,
         full_state: false,
@@ -77,10 +82,20 @@ pub async fn events(
     })
     .await
     .map_err(|e| MatrixError::internal(format!("events task failed: {e}")))??;
+    let upto = answer["next_batch"]
+        .as_str()
+        .map(tokens::parse)
+        .transpose()?
+        .unwrap_or(since);
+    let end = if to_device_seen < upto {
+        format!("{}_{to_device_seen}", tokens::token(upto))
+    } else {
+        tokens::token(upto)
+    };
     Ok(Json(json!({
         "chunk": flatten(&answer, session.user_id.as_str()),
-        "start": crate::services::rooms::tokens::token(since),
-        "end": answer["next_batch"],
+        "start": params.from.unwrap_or_else(|| tokens::token(since)),
+        "end": end,
     })))
 }
 

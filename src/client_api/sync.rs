@@ -78,6 +78,7 @@ pub async fn sync(
         device_id: session.device_id.clone(),
         since,
         to_device_since,
+        deliver_to_device: true,
         set_presence,
         timeout,
         full_state,

@@ -78,8 +78,17 @@ async fn a_guest_joins_only_rooms_whose_guest_access_is_can_join() {
     let (status, body) = g.post(&format!("/knock/{}", enc(&public)), json!({})).await;
     assert_error(status, &body, 403, "M_GUEST_ACCESS_FORBIDDEN");
 
-    // Any value but can_join keeps guests out.
+    // Any value but can_join keeps guests out, and so does none at all.
     set_guest_access(&alice, &public, json!("sometimes")).await;
+    let (status, body) = g.join(&public).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{public}/state/m.room.guest_access/"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = g.join(&public).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
 

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common;
-use common::client::Client;
+use common::client::{enc, Client};
 use common::{assert_error, TestServer};
 use ourwhats::config::IpNet;
 
@@ -293,6 +293,114 @@ async fn pushers_are_checked_replaced_and_go_with_their_device() {
         .map(|p| p["pushkey"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(left, ["laptop"]);
+
+    // Deleting a device (`DELETE /devices/{deviceId}`, with the password) takes its pusher.
+    let (status, login) = s.login(&bob.user_id, "another horse battery").await;
+    assert_eq!(status, StatusCode::OK, "{login}");
+    let signed_in = (
+        bob.user_id.clone(),
+        login["access_token"].as_str().unwrap().to_owned(),
+        login["device_id"].as_str().unwrap().to_owned(),
+    );
+    let watch = Client::signed_in(&s, &signed_in);
+    assert_eq!(set(&watch, pusher(url, "watch")).await.0, StatusCode::OK);
+    assert_eq!(pushers_of(&bob).await.len(), 2);
+    let path = format!("/devices/{}", watch.device_id);
+    let (status, challenge) = bob
+        .call(reqwest::Method::DELETE, &path, Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    let (status, body) = bob
+        .call(
+            reqwest::Method::DELETE,
+            &path,
+            Some(
+                json!({"auth": {"type": "m.login.password", "password": "another horse battery",
+                                 "session": challenge["session"],
+                                 "identifier": {"type": "m.id.user", "user": bob.user_id}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let left: Vec<String> = pushers_of(&bob)
+        .await
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(left, ["laptop"]);
+    s.stop().await;
+}
+
+/// The user's push rules decide what is pushed and how: a group message without sound is
+/// low priority, a mention high with its highlight tweak, and a room muted by a room rule
+/// pushes nothing but what an override rule (the mention) still asks for.
+#[tokio::test]
+async fn push_rules_decide_what_reaches_the_gateway() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+
+    let plain = alice.text(&room, "hello all").await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(got[0]["notification"]["event_id"], plain.as_str());
+    assert_eq!(got[0]["notification"]["prio"], "low", "{got:?}");
+    assert!(got[0]["notification"]["devices"][0]["tweaks"]
+        .get("sound")
+        .is_none());
+
+    let mention = alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "bob, look",
+                   "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    let got = gateway.wait_for(2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let n = &got[1]["notification"];
+    assert_eq!(n["event_id"], mention.as_str());
+    assert_eq!(n["prio"], "high");
+    assert_eq!(n["devices"][0]["tweaks"]["highlight"], true, "{n}");
+
+    // bob mutes the room: a plain message is not pushed, a mention still is.
+    let (status, body) = bob
+        .put(
+            &format!("/pushrules/global/room/{}", enc(&room)),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let muted = alice.text(&room, "nobody needs to hear this").await;
+    let again = alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "bob, again",
+                   "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    let got = gateway.wait_for(3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["notification"]["event_id"], again.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        gateway
+            .received()
+            .iter()
+            .all(|g| g["notification"]["event_id"] != muted.as_str()),
+        "a muted room's message was pushed"
+    );
+    // bob's own messages are not pushed to him.
+    bob.text(&room, "my own words").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gateway.received().len(), 3);
     s.stop().await;
 }
 

@@ -143,6 +143,23 @@ async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
         .await;
     assert_eq!(bob.join(&room).await.0, StatusCode::OK);
     let words = alice.text(&room, "my own words").await;
+    // Her edit and her thread reply come bundled with older events.
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "* my edited words",
+                   "m.new_content": {"msgtype": "m.text", "body": "my edited words"},
+                   "m.relates_to": {"rel_type": "m.replace", "event_id": words}}),
+        )
+        .await;
+    let root = bob.text(&room, "a thread root by bob").await;
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "my reply words",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
     let (_, challenge) = alice
         .post("/account/deactivate", json!({"erase": true}))
         .await;
@@ -168,11 +185,29 @@ async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
     let page = carol.messages(&room, "dir=b&limit=50").await;
     assert!(!page.to_string().contains("my own words"), "{page}");
     let sync = carol.sync("timeout=0").await;
+    let section = sync["rooms"]["join"][&room].to_string();
+    for text in ["my own words", "my edited words", "my reply words"] {
+        assert!(!section.contains(text), "{text} in {sync}");
+        assert!(!page.to_string().contains(text), "{text} in {page}");
+    }
+    // The thread root is bob's: carol sees it, with the erased reply bundled redacted.
+    let (_, seen) = carol.get(&format!("/rooms/{room}/event/{root}")).await;
+    assert_eq!(seen["content"]["body"], "a thread root by bob");
+    let latest = &seen["unsigned"]["m.relations"]["m.thread"]["latest_event"];
+    assert_eq!(latest["sender"], alice.user_id.as_str(), "{seen}");
+    assert_eq!(latest["content"], json!({}), "{seen}");
+    // Search finds nothing of hers for carol, and counts nothing; bob still finds it.
+    let search =
+        |words: &str| json!({"search_categories": {"room_events": {"search_term": words}}});
+    let (status, found) = carol.post("/search", search("words")).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    let events = &found["search_categories"]["room_events"];
+    assert_eq!(events["count"], 0, "{found}");
+    assert_eq!(events["results"], json!([]), "{found}");
+    let (_, found) = bob.post("/search", search("words")).await;
     assert!(
-        !sync["rooms"]["join"][&room]
-            .to_string()
-            .contains("my own words"),
-        "{sync}"
+        found["search_categories"]["room_events"]["count"].as_u64() >= Some(2),
+        "{found}"
     );
     // Across a restart too.
     let carol_token = carol.token.clone();

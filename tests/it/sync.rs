@@ -1368,3 +1368,74 @@ async fn the_deprecated_event_stream_long_polls_the_users_rooms() {
     let (status, body) = bob.get("/events?from=nonsense").await;
     assert_error(status, &body, 400, "M_INVALID_PARAM");
 }
+
+/// `/events` answers only the user's rooms, carries other members' presence, and leaves
+/// to-device messages (which it has no place for) to a later `/sync` from its token.
+#[tokio::test]
+async fn the_event_stream_keeps_to_other_rooms_and_leaves_to_device_messages_to_sync() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let carol = Client::new(&server, "carol").await;
+    let shared = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&shared).await.0, StatusCode::OK);
+    let elsewhere = carol.create_room(json!({"preset": "public_chat"})).await;
+    let (_, first) = bob.get("/events?timeout=0").await;
+    let from = first["end"].as_str().unwrap().to_owned();
+
+    carol.text(&elsewhere, "not for bob").await;
+    let (status, _) = alice
+        .put(
+            &format!("/presence/{}/status", urlencode(&alice.user_id)),
+            json!({"presence": "online", "status_msg": "here"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = alice
+        .put(
+            "/sendToDevice/m.test/e1",
+            json!({"messages": {&bob.user_id: {&bob.device_id: {"n": 1}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    alice.text(&shared, "for bob").await;
+
+    let (status, answer) = bob
+        .get(&format!("/events?from={}&timeout=0", urlencode(&from)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let chunk = answer["chunk"].as_array().unwrap();
+    assert!(!answer.to_string().contains("not for bob"), "{answer}");
+    assert!(
+        chunk
+            .iter()
+            .any(|e| e["type"] == "m.room.message" && e["room_id"] == shared.as_str()),
+        "{answer}"
+    );
+    assert!(
+        chunk.iter().any(|e| e["type"] == "m.presence"
+            && e["sender"] == alice.user_id.as_str()
+            && e["content"]["status_msg"] == "here"),
+        "{answer}"
+    );
+    assert!(chunk.iter().all(|e| e["type"] != "m.test"), "{answer}");
+
+    // A /sync from the stream's token still delivers the to-device message, once.
+    let end = answer["end"].as_str().unwrap();
+    let synced = bob
+        .sync(&format!("since={}&timeout=0", urlencode(end)))
+        .await;
+    let events = synced["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(events.len(), 1, "{synced}");
+    assert_eq!(events[0]["content"]["n"], 1);
+    let next = bob.sync_since(&synced["next_batch"]).await;
+    assert!(
+        next["to_device"]["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
+        "{next}"
+    );
+}

@@ -159,7 +159,10 @@ async fn a_join_and_leave_in_one_batch_carry_the_state_of_the_left_room() {
     let room = alice
         .create_room(json!({"preset": "public_chat", "name": "passing through"}))
         .await;
-    alice.text(&room, "before bob").await;
+    // More events than the default timeline of 10 before bob comes.
+    for n in 0..15 {
+        alice.text(&room, &format!("before bob {n}")).await;
+    }
     let since = bob.sync("timeout=0").await["next_batch"].clone();
     assert_eq!(bob.join(&room).await.0, StatusCode::OK);
     let (status, body) = bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
@@ -172,15 +175,28 @@ async fn a_join_and_leave_in_one_batch_carry_the_state_of_the_left_room() {
     let timeline = &left["timeline"]["events"];
     let last = timeline.as_array().unwrap().last().unwrap();
     assert_eq!(last["content"]["membership"], "leave", "{left}");
-    // Its state: the room's name and members, as they were.
-    let mut all = left["state"]["events"].as_array().unwrap().clone();
-    all.extend(timeline.as_array().unwrap().iter().cloned());
+    // The timeline is what happened since `since`, the join and the leave; the state
+    // before it comes whole in its own section, as for a room newly joined: the room's
+    // name, creation and members, as they were.
+    assert_eq!(timeline.as_array().unwrap().len(), 2, "{left}");
+    assert_eq!(left["timeline"]["limited"], false, "{left}");
+    let state = &left["state"]["events"];
+    let types: Vec<&str> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(types.contains(&"m.room.create"), "{left}");
     assert!(
-        all.iter()
+        state
+            .as_array()
+            .unwrap()
+            .iter()
             .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "passing through"),
         "{left}"
     );
-    assert!(member_keys(&Value::Array(all.clone())).contains(&alice.user_id));
+    assert!(member_keys(state).contains(&alice.user_id), "{left}");
     s.stop().await;
 }
 

@@ -122,6 +122,18 @@ fn render(
     check: Option<&mut VisibilityCheck<'_>>,
 ) -> MatrixResult<Value> {
     let content = erased_content(store, event, check.as_deref())?;
+    render_with_content(store, event, room_id, viewer, check, content)
+}
+
+/// `event` as a `Value`, showing `content` (when given) instead of the stored content.
+fn render_with_content(
+    store: &EventStore,
+    event: &StoredEvent,
+    room_id: &str,
+    viewer: Option<Viewer<'_>>,
+    check: Option<&mut VisibilityCheck<'_>>,
+    content: Option<Value>,
+) -> MatrixResult<Value> {
     let view = ClientEventView {
         event,
         room_id,
@@ -131,18 +143,27 @@ fn render(
     serde_json::to_value(view).map_err(|e| MatrixError::internal(format!("client event: {e}")))
 }
 
+/// Whether `event`'s sender was erased before the viewer of `check` joined the room, so
+/// that the viewer is shown the event's content redacted and search does not find it.
+/// Spec: `POST /account/deactivate`, `erase`: "hide all of the user's messages from users
+/// who did not already have access to them".
+pub fn erased_for(store: &EventStore, event: &StoredEvent, check: &VisibilityCheck<'_>) -> bool {
+    store
+        .erased_at(event.sender())
+        .is_some_and(|erased_at| !check.joined_before(erased_at))
+}
+
 /// The redacted content of an erased sender's event, for a viewer who was not in the room
-/// before the erasure (`None`: show the event as stored). Spec: `POST
-/// /account/deactivate`, `erase`.
+/// before the erasure (`None`: show the event as stored).
 fn erased_content(
     store: &EventStore,
     event: &StoredEvent,
     check: Option<&VisibilityCheck<'_>>,
 ) -> MatrixResult<Option<Value>> {
-    let (Some(check), Some(erased_at)) = (check, store.erased_at(event.sender())) else {
+    let Some(check) = check else {
         return Ok(None);
     };
-    if check.joined_before(erased_at) || event.meta.redacted_by != 0 {
+    if event.meta.redacted_by != 0 || !erased_for(store, event, check) {
         return Ok(None);
     }
     let version = store.room_by_short(event.meta.room)?.version;
@@ -189,11 +210,13 @@ fn unsigned(
             // counting only the children the viewer may see. The events inside a bundle
             // are served without bundles of their own.
             let aggregates = visible_aggregates(store, event, stored, check)?;
+            // A bundled edit or thread reply by an erased sender is shown redacted like
+            // the event would be on its own.
+            let check: &VisibilityCheck<'_> = check;
             let child = |short| {
-                store
-                    .event(short)
-                    .ok()
-                    .and_then(|e| render(store, &e, room_id, viewer, None).ok())
+                let e = store.event(short).ok()?;
+                let content = erased_content(store, &e, Some(check)).ok()?;
+                render_with_content(store, &e, room_id, viewer, None, content).ok()
             };
             let bundle = aggregates.bundle(viewer.map(|v| v.user_id), &child);
             if !bundle.is_empty() {

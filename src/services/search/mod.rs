@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::core::base64;
 use crate::error::{MatrixError, MatrixResult};
-use crate::services::rooms::client_event::{client_event, Viewer};
+use crate::services::rooms::client_event::{client_event, erased_for, Viewer};
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::filter::RoomEventFilter;
 use crate::services::rooms::history::Direction;
@@ -273,7 +273,8 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
         let wanted = event.meta.redacted_by == 0
             && request.filter.matches(&event)
             && sender_only.is_none_or(|s| s == event.sender())
-            && check.can_see(&event)?;
+            && check.can_see(&event)?
+            && !erased_for(store, &event, check);
         if wanted {
             count += 1;
         }

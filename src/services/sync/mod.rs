@@ -45,6 +45,9 @@ pub struct SyncRequest {
     /// The last to-device message the client has received (the position of `since`, or
     /// earlier when the answer that issued `since` left messages for later).
     pub to_device_since: Option<u64>,
+    /// Whether the answer carries (and so acknowledges) to-device messages: `/events`,
+    /// which has no place for them, leaves them to a later `/sync`.
+    pub deliver_to_device: bool,
     /// What the sync says of the user's presence.
     pub set_presence: State,
     /// How long to wait for something new.

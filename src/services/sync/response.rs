@@ -591,12 +591,16 @@ pub fn build(
         }
     }
 
-    let to_device = services.accounts.take_to_device(
-        &request.user_id,
-        &request.device_id,
-        request.to_device_since.unwrap_or(0).min(upto),
-        upto,
-    )?;
+    let to_device = if request.deliver_to_device {
+        services.accounts.take_to_device(
+            &request.user_id,
+            &request.device_id,
+            request.to_device_since.unwrap_or(0).min(upto),
+            upto,
+        )?
+    } else {
+        crate::services::accounts::to_device::Delivery::default()
+    };
     let mut response = Map::new();
     let next_batch = match to_device.more_after {
         // Messages left for the next answer: the token says how far this one went.
