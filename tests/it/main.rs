@@ -12,6 +12,7 @@ mod e2ee_interop;
 mod event_graph;
 mod federation_endpoints;
 mod http_basics;
+mod jssdk_interop;
 mod media;
 mod openid_and_whois;
 mod profile;
