@@ -126,10 +126,13 @@ pub enum Table {
     UseridShortroomidPosNotify,
     /// `user_id 0xFF app_id 0xFF pushkey -> PusherRecord` (JSON): a user's pushers. Owner: push.
     UseridAppidPushkeyPusher,
-    /// `user_id 0xFF app_id 0xFF pushkey 0xFF position (u64 BE) -> QueuedPush` (JSON: room
-    /// and event short ids, when queued, actions): notifications waiting to go to one
-    /// pusher's gateway, each pusher's in stream order. Owner: push.
-    PosPusherPushqueue,
+    /// `position (u64 BE) -> room ++ event short id ++ queued at ++ users` (see
+    /// `services/push/queue.rs`): events that notified users with pushers, one entry per
+    /// event, waiting for every pusher's cursor to pass. Owner: push.
+    PosPushqueue,
+    /// `user_id 0xFF app_id 0xFF pushkey -> position (u64 BE)`: how far each pusher has
+    /// delivered the push queue. Owner: push.
+    PusherkeyPushcursor,
     /// `user_id 0xFF device_id 0xFF position (u64 BE) -> event` (JSON: sender, type,
     /// content): a device's inbox of send-to-device messages. Owner: accounts.
     UseridDeviceidPosTodevice,
@@ -237,7 +240,8 @@ impl Table {
         Table::UseridPushrules,
         Table::UseridShortroomidPosNotify,
         Table::UseridAppidPushkeyPusher,
-        Table::PosPusherPushqueue,
+        Table::PosPushqueue,
+        Table::PusherkeyPushcursor,
         Table::UseridDeviceidPosTodevice,
         Table::TxnidTodevice,
         Table::ShortroomidTermPosPosting,
@@ -306,7 +310,8 @@ impl Table {
             Table::UseridPushrules => "userid_pushrules",
             Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
             Table::UseridAppidPushkeyPusher => "userid_appid_pushkey_pusher",
-            Table::PosPusherPushqueue => "pos_pusher_pushqueue",
+            Table::PosPushqueue => "pos_pushqueue",
+            Table::PusherkeyPushcursor => "pusherkey_pushcursor",
             Table::UseridDeviceidPosTodevice => "userid_deviceid_pos_todevice",
             Table::TxnidTodevice => "txnid_todevice",
             Table::ShortroomidTermPosPosting => "shortroomid_term_pos_posting",

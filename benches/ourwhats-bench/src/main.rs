@@ -7,6 +7,7 @@
 //! operation and its RSS (at the phase's start, and the peak sampled every 10 ms).
 
 mod client;
+mod gateway;
 mod noise;
 mod process;
 mod report;
@@ -55,6 +56,14 @@ enum Scenario {
         members: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Every member sets an http pusher to a push gateway the tool runs on loopback
+        /// (the server must let pushes reach 127.0.0.1: `federation.ip_range_allowlist`).
+        #[arg(long)]
+        pushers: bool,
+        /// With --pushers: point the pushers at this URL instead (e.g. a closed port, to
+        /// measure queueing without deliveries).
+        #[arg(long)]
+        pusher_url: Option<String>,
     },
     /// Send-to-receipt latency through a long-polling /sync.
     Delivery {
@@ -170,7 +179,12 @@ async fn run(cli: &Cli, target: &Target) -> BenchResult<Vec<Measure>> {
             senders,
             members,
             seconds,
-        } => scenarios::send::run(target, senders, members, seconds).await,
+            pushers,
+            ref pusher_url,
+        } => {
+            let pushers = pushers.then(|| pusher_url.clone());
+            scenarios::send::run(target, senders, members, seconds, pushers).await
+        }
         Scenario::Delivery { messages } => scenarios::delivery::run(target, messages.max(1)).await,
         Scenario::Sync {
             rooms,

@@ -1,39 +1,46 @@
 //! Sending notifications to push gateways.
 //!
 //! Spec: push gateway API, `POST /_matrix/push/v1/notify`, and client-server API "Push
-//! Notifications" ("Homeserver behaviour"). An event that notifies a user with pushers
-//! leaves one queue entry per pusher in the event's own write batch
-//! (`pos_pusher_pushqueue`, keyed by pusher then position), so nothing acknowledged is lost
-//! to a crash and the send path never waits for a gateway. A worker delivers each pusher's
-//! entries in order, one request per entry (one device), with the user's unread count
-//! across the rooms they are in; pushers are served concurrently (at most
-//! [`MAX_IN_FLIGHT`] at once), so a slow or dead gateway holds up only its own pushers. A
-//! pusher whose gateway fails keeps its entries and is retried with a doubling back-off
-//! (1 s to 5 min); entries queued more than a day ago are dropped unsent; the pushkeys a
-//! gateway answers as `rejected` lose their pusher. Gateway URLs are user input: the HTTP
-//! client resolves them through the same address guard as federation
-//! (`federation.ip_range_allowlist` opens private ranges) and follows no redirect.
+//! Notifications" ("Homeserver behaviour"). An event that notifies users with pushers
+//! leaves one entry in the push queue in its own write batch (see [`super::queue`]), so
+//! nothing acknowledged is lost to a crash and the send path never waits for a gateway. A
+//! worker reads the queue once, in stream order, and hands each entry to the pushers of
+//! the users it lists; each pusher delivers its own in order, one request per entry (one
+//! device), with the user's unread count across the rooms they are in, and records how
+//! far it got in its cursor. Pushers are served concurrently (at most [`MAX_IN_FLIGHT`]
+//! at once), so a slow or dead gateway holds up only its own pushers. A pusher whose
+//! gateway fails keeps its place and is retried with a doubling back-off (1 s to 5 min);
+//! entries queued more than a day ago are skipped unsent; the pushkeys a gateway answers
+//! as `rejected` lose their pusher. Entries every pusher has passed are deleted. Gateway
+//! URLs are user input: the HTTP client resolves them through the same address guard as
+//! federation (`federation.ip_range_allowlist` opens private ranges) and follows no
+//! redirect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use super::pushers::Pusher;
+use super::queue::{self, QueuedEvent};
 use super::Push;
 use crate::error::MatrixResult;
 use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::stream::{StreamChange, StreamSubscriber};
-use crate::storage::{keys, Table};
+use crate::storage::Table;
 
 /// Entries one pusher's delivery takes at a time.
 const PER_PUSHER: usize = 50;
+/// Entries held in memory per pusher; a pusher further behind reads its own from the
+/// queue again once it has caught up with these.
+const HELD_PER_PUSHER: usize = 1_000;
+/// Queue entries read per pass.
+const READ_PER_PASS: usize = 10_000;
 /// Pushers delivered to at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// How long a gateway gets to answer.
@@ -41,49 +48,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry of a failing pusher, doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Entries queued longer ago than this are dropped unsent.
+/// Entries queued longer ago than this are skipped unsent.
 const MAX_AGE_MS: u64 = 24 * 3_600_000;
 /// The largest gateway answer read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The worker looks at the queue at least this often (a missed wake-up costs no more).
 const IDLE_LOOK: Duration = Duration::from_secs(30);
-
-/// What a queue entry holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QueuedPush {
-    /// The room's short id.
-    pub room: u64,
-    /// The event's short id.
-    pub event: u64,
-    /// When it was queued here (ms, our clock).
-    pub queued: u64,
-    /// The actions of the push rule that matched (for `tweaks` and `prio`).
-    pub actions: Vec<Value>,
-}
-
-/// `pusher key 0xFF position (u64 BE)`: a pusher's entries together, in stream order.
-pub fn queue_key(pos: u64, pusher_key: &[u8]) -> Vec<u8> {
-    let mut key = pusher_queue_prefix(pusher_key);
-    key.extend_from_slice(&pos.to_be_bytes());
-    key
-}
-
-fn pusher_queue_prefix(pusher_key: &[u8]) -> Vec<u8> {
-    keys::prefix(pusher_key)
-}
-
-/// The pusher key of a queue key.
-fn pusher_of(queue_key: &[u8]) -> &[u8] {
-    &queue_key[..queue_key.len().saturating_sub(9)]
-}
-
-/// The user of a pusher key.
-fn user_of(pusher_key: &[u8]) -> String {
-    keys::split(pusher_key)
-        .next()
-        .map(|u| String::from_utf8_lossy(u).into_owned())
-        .unwrap_or_default()
-}
+/// How long the worker lets new entries gather after a wake-up, so that a busy room's
+/// events are taken in a few passes rather than one pass per event.
+const GATHER: Duration = Duration::from_millis(10);
 
 /// What the worker needs to know of rooms and receipts (implemented over the services).
 pub trait PushLookups: Send + Sync {
@@ -97,11 +70,17 @@ pub trait PushLookups: Send + Sync {
     fn names(&self, room_id: &str, sender: &str) -> (Option<String>, Option<String>);
 }
 
-/// The pushers being delivered to, with the task doing it.
-type InFlight = HashMap<Vec<u8>, tokio::task::Id>;
-
 /// Which addresses gateways may be reached at.
 pub type AddressGuard = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// One push a pusher owes: a queue entry's event.
+#[derive(Debug, Clone, Copy)]
+struct Item {
+    pos: u64,
+    room: u64,
+    event: u64,
+    queued: u64,
+}
 
 /// A pusher's failures: when it may be tried again and the next wait.
 #[derive(Debug, Clone, Copy)]
@@ -110,20 +89,67 @@ struct Backoff {
     next: Duration,
 }
 
-/// Puts a pusher in back-off: 1 s after its first failure, doubled after each next one
-/// up to [`MAX_BACKOFF`]; answers the wait.
-fn back_off(backoff: &mut HashMap<Vec<u8>, Backoff>, pusher_key: Vec<u8>) -> Duration {
-    let next = backoff
-        .get(&pusher_key)
-        .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
-    backoff.insert(
-        pusher_key,
-        Backoff {
+/// What the worker knows of one pusher.
+struct PusherState {
+    pusher: Pusher,
+    /// The position delivered up to (as stored).
+    cursor: u64,
+    /// Entries for it read from the queue, oldest first.
+    held: VecDeque<Item>,
+    /// Entries for it between the last held one and the reader were not held (too many,
+    /// or it came with a cursor behind the reader): read again from the queue when the
+    /// held ones are done.
+    behind: bool,
+    backoff: Option<Backoff>,
+    in_flight: bool,
+}
+
+impl PusherState {
+    /// Puts the pusher in back-off: 1 s after its first failure, doubled after each next
+    /// one up to [`MAX_BACKOFF`]; answers the wait.
+    fn back_off(&mut self) -> Duration {
+        let next = self
+            .backoff
+            .map_or(FIRST_BACKOFF, |b| (b.next * 2).min(MAX_BACKOFF));
+        self.backoff = Some(Backoff {
             until: Instant::now() + next,
             next,
-        },
-    );
-    next
+        });
+        next
+    }
+
+    fn backing_off(&self, now: Instant) -> bool {
+        self.backoff.is_some_and(|b| b.until > now)
+    }
+
+    /// Holds the entry at `pos` if it is for this pusher and there is room.
+    fn offer(&mut self, item: Item) {
+        if item.pos <= self.cursor || self.behind {
+            return;
+        }
+        if self.held.back().is_some_and(|last| last.pos >= item.pos) {
+            return;
+        }
+        if self.held.len() < HELD_PER_PUSHER {
+            self.held.push_back(item);
+        } else {
+            self.behind = true;
+        }
+    }
+}
+
+/// What the worker keeps between passes.
+#[derive(Default)]
+struct Progress {
+    /// By pusher key.
+    pushers: HashMap<Vec<u8>, PusherState>,
+    /// The queue has been read up to here (every entry at or before it was offered).
+    reader: u64,
+    /// Entries at or before it are deleted.
+    deleted_upto: u64,
+    started: bool,
+    /// The pusher each delivery task serves.
+    tasks: HashMap<tokio::task::Id, Vec<u8>>,
 }
 
 /// The worker's wake-up: the send path notes the greatest stream position whose event
@@ -183,8 +209,10 @@ enum Sent {
 /// What one pusher's delivery did.
 struct Outcome {
     pusher: Pusher,
-    /// Entries sent or dropped.
-    done: Vec<Vec<u8>>,
+    /// Entries sent or skipped, from the first of those given.
+    done: usize,
+    /// The position of the last of them.
+    done_upto: Option<u64>,
     failure: Option<String>,
     rejected: bool,
 }
@@ -215,43 +243,67 @@ impl Push {
             guard,
         });
         tokio::spawn(async move {
-            let mut backoff: HashMap<Vec<u8>, Backoff> = HashMap::new();
-            // The pushers being delivered to, with their task.
-            let mut in_flight: InFlight = HashMap::new();
+            let mut progress = Progress::default();
             let mut tasks: JoinSet<Outcome> = JoinSet::new();
             loop {
-                if let Err(e) = worker.start_deliveries(&mut backoff, &mut in_flight, &mut tasks) {
+                // The pass reads the queue: off the async threads.
+                let pass = Arc::clone(&worker);
+                let (mut moved_progress, mut moved_tasks) = (progress, tasks);
+                let joined = tokio::task::spawn_blocking(move || {
+                    let passed = pass.pass(&mut moved_progress, &mut moved_tasks);
+                    (moved_progress, moved_tasks, passed)
+                })
+                .await;
+                let passed;
+                (progress, tasks, passed) = match joined {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // Its state is lost with it: start over from the stored cursors.
+                        tracing::error!(error = %e, "the push queue pass failed");
+                        (Progress::default(), JoinSet::new(), Ok(()))
+                    }
+                };
+                if let Err(e) = passed {
                     tracing::warn!(error = %e.message, "reading the push queue failed");
                 }
                 // The next back-off to end, of a pusher not being delivered to (one whose
                 // back-off ended is retried by the pass above, or is in flight).
                 let now = Instant::now();
-                let retry = backoff
-                    .iter()
-                    .filter(|(key, b)| b.until > now && !in_flight.contains_key(*key))
-                    .map(|(_, b)| b.until - now)
+                let retry = progress
+                    .pushers
+                    .values()
+                    .filter(|s| !s.in_flight)
+                    .filter_map(|s| s.backoff.filter(|b| b.until > now))
+                    .map(|b| b.until - now)
                     .min()
                     .unwrap_or(IDLE_LOOK)
                     .clamp(Duration::from_millis(20), IDLE_LOOK);
+                let mut woken = false;
                 let finished = tokio::select! {
-                    Some(done) = tasks.join_next(), if !tasks.is_empty() => match done {
-                        Ok(outcome) => Some(outcome),
+                    Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
+                        Ok((id, outcome)) => {
+                            progress.tasks.remove(&id);
+                            Some(outcome)
+                        }
                         Err(e) => {
                             // A task that died: its pusher is tried again after a
                             // back-off, like a failing gateway.
-                            let died: Vec<Vec<u8>> = in_flight
-                                .iter()
-                                .filter(|(_, task)| **task == e.id())
-                                .map(|(key, _)| key.clone())
-                                .collect();
-                            for key in died {
-                                in_flight.remove(&key);
-                                back_off(&mut backoff, key);
+                            tracing::warn!(error = %e, "a push delivery task failed");
+                            let state = progress
+                                .tasks
+                                .remove(&e.id())
+                                .and_then(|key| progress.pushers.get_mut(&key));
+                            if let Some(state) = state {
+                                state.in_flight = false;
+                                state.back_off();
                             }
                             None
                         }
                     },
-                    _ = worker.push.delivery.wake.notified() => None,
+                    _ = worker.push.delivery.wake.notified() => {
+                        woken = true;
+                        None
+                    }
                     _ = tokio::time::sleep(retry) => None,
                     _ = stopped.wait_for(|s| *s) => {
                         // Entries not yet recorded as sent go again after the restart.
@@ -259,12 +311,11 @@ impl Push {
                         return;
                     }
                 };
+                if woken {
+                    tokio::time::sleep(GATHER).await;
+                }
                 if let Some(outcome) = finished {
-                    if let Err(e) = worker
-                        .push
-                        .finish(outcome, &mut backoff, &mut in_flight)
-                        .await
-                    {
+                    if let Err(e) = worker.push.finish(outcome, &mut progress).await {
                         tracing::warn!(error = %e.message, "recording push deliveries failed");
                     }
                 }
@@ -272,30 +323,31 @@ impl Push {
         });
     }
 
-    /// Records one pusher's delivery: entries done, back-off, a rejected pushkey.
-    async fn finish(
-        &self,
-        outcome: Outcome,
-        backoff: &mut HashMap<Vec<u8>, Backoff>,
-        in_flight: &mut InFlight,
-    ) -> MatrixResult<()> {
+    /// Records one pusher's delivery: its cursor, back-off, a rejected pushkey.
+    async fn finish(&self, outcome: Outcome, progress: &mut Progress) -> MatrixResult<()> {
         let pusher_key = outcome.pusher.key();
-        in_flight.remove(&pusher_key);
+        let Some(state) = progress.pushers.get_mut(&pusher_key) else {
+            // Removed meanwhile.
+            return Ok(());
+        };
+        state.in_flight = false;
         let mut batch = self.db.batch();
-        for key in outcome.done {
-            batch.delete(Table::PosPusherPushqueue, key);
+        state.held.drain(..outcome.done.min(state.held.len()));
+        if let Some(upto) = outcome.done_upto {
+            state.cursor = state.cursor.max(upto);
+            queue::put_cursor(&mut batch, &pusher_key, state.cursor);
         }
         match outcome.failure {
-            None => {
-                backoff.remove(&pusher_key);
-            }
+            None => state.backoff = None,
             Some(why) => {
-                let next = back_off(backoff, pusher_key.clone());
+                let next = state.back_off();
                 tracing::info!(user = %outcome.pusher.user_id, app_id = %outcome.pusher.app_id, error = %why, retry_in = ?next, "push gateway failed");
             }
         }
         if !outcome.rejected {
-            self.db.commit(batch).await?;
+            // Not synced: after a crash an entry sent just before goes again (pushes are
+            // at least once), and the send path's syncs do not wait behind these.
+            self.db.write_relaxed(batch)?;
             return Ok(());
         }
         // Removed only if it is still the pusher that was used (not set again since).
@@ -307,98 +359,219 @@ impl Push {
         if same {
             tracing::info!(user = %outcome.pusher.user_id, app_id = %outcome.pusher.app_id, "push gateway rejected the pushkey: pusher removed");
             batch.delete(Table::UseridAppidPushkeyPusher, &pusher_key);
+            queue::delete_cursor(&mut batch, &pusher_key);
         }
         self.db.commit(batch).await?;
         if same {
-            self.forget_pushers(&outcome.pusher.user_id, &[pusher_key]);
+            self.forget_pushers(&outcome.pusher.user_id, std::slice::from_ref(&pusher_key));
+            progress.pushers.remove(&pusher_key);
         }
         Ok(())
     }
 }
 
 impl Worker {
-    /// Starts a delivery for every pusher with queued entries that is neither in flight
-    /// nor backing off (up to [`MAX_IN_FLIGHT`] at once); drops the entries of pushers
-    /// that no longer exist.
-    fn start_deliveries(
+    /// One pass over the queue: follows the pushers that exist, reads the new entries
+    /// once and offers each to the pushers of the users it lists, starts a delivery for
+    /// every pusher with entries that is neither in flight nor backing off (up to
+    /// [`MAX_IN_FLIGHT`] at once), and deletes the entries every pusher has passed.
+    fn pass(
         self: &Arc<Self>,
-        backoff: &mut HashMap<Vec<u8>, Backoff>,
-        in_flight: &mut InFlight,
+        progress: &mut Progress,
         tasks: &mut JoinSet<Outcome>,
     ) -> MatrixResult<()> {
         let db = &self.push.db;
-        let now = Instant::now();
-        {
-            let index = self.push.pusher_index();
-            backoff.retain(|key, _| index.find(&user_of(key), key).is_some());
+        let published = self.push.stream.watermark();
+        self.follow_pushers(progress, published)?;
+
+        // New entries, read once, offered to the pushers of their users.
+        let mut by_user: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+        for (key, state) in &progress.pushers {
+            by_user
+                .entry(state.pusher.user_id.as_str())
+                .or_default()
+                .push(key.clone());
         }
-        let mut from: Vec<u8> = Vec::new();
-        let mut orphans = db.batch();
-        while in_flight.len() < MAX_IN_FLIGHT {
-            let Some(first) = db
-                .scan_range(Table::PosPusherPushqueue, &from, &[0xff], false)
-                .next()
-            else {
-                break;
-            };
-            let (key, _) = first?;
-            let pusher_key = pusher_of(&key).to_vec();
-            let prefix = pusher_queue_prefix(&pusher_key);
-            let Some(end) = keys::prefix_successor(&prefix) else {
-                break;
-            };
-            from.clone_from(&end);
-            if in_flight.contains_key(&pusher_key)
-                || backoff.get(&pusher_key).is_some_and(|b| b.until > now)
-            {
+        let mut offers: Vec<(Vec<u8>, Item)> = Vec::new();
+        let from = queue::entry_key(progress.reader.saturating_add(1));
+        let to = queue::entry_key(published.saturating_add(1));
+        let mut reader = published;
+        for (n, entry) in db
+            .scan_range(Table::PosPushqueue, &from, &to, false)
+            .enumerate()
+        {
+            let (key, value) = entry?;
+            let Some(pos) = queue::entry_pos(&key) else {
                 continue;
+            };
+            if n >= READ_PER_PASS {
+                reader = pos - 1;
+                break;
             }
-            let pusher = self
-                .push
-                .pusher_index()
-                .find(&user_of(&pusher_key), &pusher_key)
-                .cloned();
-            let mut entries = Vec::new();
-            for entry in db
-                .scan_range(Table::PosPusherPushqueue, &prefix, &end, false)
-                .take(if pusher.is_some() { PER_PUSHER } else { 10_000 })
-            {
-                let (key, value) = entry?;
-                match (&pusher, serde_json::from_slice::<QueuedPush>(&value)) {
-                    (Some(_), Ok(queued)) => entries.push((key.to_vec(), queued)),
-                    // The pusher is gone (its notifications too), or the entry is unreadable.
-                    _ => orphans.delete(Table::PosPusherPushqueue, key),
+            let Some(queued) = QueuedEvent::decode(&value) else {
+                tracing::warn!(pos, "an unreadable push queue entry was skipped");
+                continue;
+            };
+            let item = Item {
+                pos,
+                room: queued.room,
+                event: queued.event,
+                queued: queued.queued,
+            };
+            for user in &queued.users {
+                for pusher_key in by_user.get(user.as_str()).into_iter().flatten() {
+                    offers.push((pusher_key.clone(), item));
                 }
             }
-            let Some(pusher) = pusher else {
-                continue;
-            };
-            let worker = Arc::clone(self);
-            let task = tasks.spawn(async move { worker.deliver(pusher, entries).await });
-            in_flight.insert(pusher_key, task.id());
         }
-        if !orphans.is_empty() {
-            db.write_relaxed(orphans)?;
+        drop(by_user);
+        for (pusher_key, item) in offers {
+            if let Some(state) = progress.pushers.get_mut(&pusher_key) {
+                state.offer(item);
+            }
+        }
+        progress.reader = progress.reader.max(reader);
+
+        // Deliveries.
+        let now = Instant::now();
+        let mut in_flight = progress.pushers.values().filter(|s| s.in_flight).count();
+        for (pusher_key, state) in &mut progress.pushers {
+            if in_flight >= MAX_IN_FLIGHT {
+                break;
+            }
+            if state.in_flight || state.backing_off(now) {
+                continue;
+            }
+            if state.held.is_empty() && state.behind {
+                self.catch_up(state, progress.reader)?;
+            }
+            if state.held.is_empty() {
+                continue;
+            }
+            let items: Vec<Item> = state.held.iter().take(PER_PUSHER).copied().collect();
+            let (worker, pusher) = (Arc::clone(self), state.pusher.clone());
+            let task = tasks.spawn(async move { worker.deliver(pusher, items).await });
+            progress.tasks.insert(task.id(), pusher_key.clone());
+            state.in_flight = true;
+            in_flight += 1;
+        }
+
+        // What every pusher has passed goes.
+        let floor = progress
+            .pushers
+            .values()
+            .map(|s| s.cursor)
+            .min()
+            .unwrap_or(progress.reader)
+            .min(progress.reader);
+        if floor > progress.deleted_upto {
+            let mut batch = db.batch();
+            let from = queue::entry_key(progress.deleted_upto.saturating_add(1));
+            let to = queue::entry_key(floor.saturating_add(1));
+            for entry in db.scan_range(Table::PosPushqueue, &from, &to, false) {
+                let (key, _) = entry?;
+                batch.delete(Table::PosPushqueue, key);
+            }
+            if !batch.is_empty() {
+                db.write_relaxed(batch)?;
+            }
+            progress.deleted_upto = floor;
         }
         Ok(())
     }
 
+    /// Keeps the worker's pushers those of the index: new ones start at their stored
+    /// cursor, removed ones are forgotten, changed ones take their new settings. On the
+    /// first pass the reader starts at the lowest cursor.
+    fn follow_pushers(&self, progress: &mut Progress, published: u64) -> MatrixResult<()> {
+        let pushers: Vec<Pusher> = self.push.pusher_index().all().cloned().collect();
+        let keys: std::collections::HashSet<Vec<u8>> = pushers.iter().map(Pusher::key).collect();
+        progress.pushers.retain(|key, _| keys.contains(key));
+        let mut added = Vec::new();
+        for pusher in pushers {
+            let key = pusher.key();
+            if let Some(state) = progress.pushers.get_mut(&key) {
+                state.pusher = pusher;
+                continue;
+            }
+            let cursor = queue::cursor(&self.push.db, &key)?.unwrap_or(published);
+            added.push((
+                key,
+                PusherState {
+                    pusher,
+                    cursor,
+                    held: VecDeque::new(),
+                    behind: false,
+                    backoff: None,
+                    in_flight: false,
+                },
+            ));
+        }
+        if !progress.started {
+            progress.started = true;
+            let lowest = added
+                .iter()
+                .map(|(_, s)| s.cursor)
+                .min()
+                .unwrap_or(published);
+            progress.reader = lowest.min(published);
+            progress.deleted_upto = 0;
+        }
+        for (key, mut state) in added {
+            // Entries between its cursor and the reader were offered before it came.
+            state.behind = state.cursor < progress.reader;
+            progress.pushers.insert(key, state);
+        }
+        Ok(())
+    }
+
+    /// Reads a pusher's own entries again from the queue, after its cursor (or its last
+    /// held entry) up to the reader, as many as it may hold.
+    fn catch_up(&self, state: &mut PusherState, reader: u64) -> MatrixResult<()> {
+        let after = state.held.back().map_or(state.cursor, |last| last.pos);
+        let from = queue::entry_key(after.saturating_add(1));
+        let to = queue::entry_key(reader.saturating_add(1));
+        for entry in self
+            .push
+            .db
+            .scan_range(Table::PosPushqueue, &from, &to, false)
+        {
+            let (key, value) = entry?;
+            let (Some(pos), Some(queued)) = (queue::entry_pos(&key), QueuedEvent::decode(&value))
+            else {
+                continue;
+            };
+            if !queued.lists(&state.pusher.user_id) {
+                continue;
+            }
+            if state.held.len() >= HELD_PER_PUSHER {
+                return Ok(());
+            }
+            state.held.push_back(Item {
+                pos,
+                room: queued.room,
+                event: queued.event,
+                queued: queued.queued,
+            });
+        }
+        state.behind = false;
+        Ok(())
+    }
+
     /// Sends one pusher's entries (oldest first) until one fails.
-    async fn deliver(
-        self: Arc<Self>,
-        pusher: Pusher,
-        queued: Vec<(Vec<u8>, QueuedPush)>,
-    ) -> Outcome {
+    async fn deliver(self: Arc<Self>, pusher: Pusher, items: Vec<Item>) -> Outcome {
         let mut outcome = Outcome {
             pusher,
-            done: Vec::new(),
+            done: 0,
+            done_upto: None,
             failure: None,
             rejected: false,
         };
         let now = crate::services::now_ms();
-        for (key, entry) in queued {
-            if now.saturating_sub(entry.queued) > MAX_AGE_MS {
-                outcome.done.push(key);
+        for item in items {
+            if now.saturating_sub(item.queued) > MAX_AGE_MS {
+                outcome.done += 1;
+                outcome.done_upto = Some(item.pos);
                 continue;
             }
             // Reads (the event, receipts, every room's unread count) off the async
@@ -406,7 +579,7 @@ impl Worker {
             let built = {
                 let (worker, pusher) = (Arc::clone(&self), outcome.pusher.clone());
                 tokio::task::spawn_blocking(move || {
-                    worker.push.notification(&*worker.lookups, &pusher, &entry)
+                    worker.push.notification(&*worker.lookups, &pusher, &item)
                 })
                 .await
                 .unwrap_or_else(|e| Err(crate::error::MatrixError::internal(e.to_string())))
@@ -414,7 +587,8 @@ impl Worker {
             let body = match built {
                 Ok(Some(body)) => body,
                 Ok(None) => {
-                    outcome.done.push(key);
+                    outcome.done += 1;
+                    outcome.done_upto = Some(item.pos);
                     continue;
                 }
                 Err(e) => {
@@ -424,7 +598,8 @@ impl Worker {
             };
             match post(&self.http, &self.guard, outcome.pusher.url(), &body).await {
                 Sent::Done(rejected) => {
-                    outcome.done.push(key);
+                    outcome.done += 1;
+                    outcome.done_upto = Some(item.pos);
                     if rejected.contains(&outcome.pusher.pushkey) {
                         outcome.rejected = true;
                         break;
@@ -447,15 +622,18 @@ impl Push {
         &self,
         lookups: &dyn PushLookups,
         pusher: &Pusher,
-        entry: &QueuedPush,
+        item: &Item,
     ) -> MatrixResult<Option<Value>> {
-        let Some(room_id) = lookups.joined_room(entry.room, &pusher.user_id)? else {
+        let Some(room_id) = lookups.joined_room(item.room, &pusher.user_id)? else {
             return Ok(None);
         };
-        let (event_id, pdu) = lookups.event(entry.event)?;
+        let Some(actions) = self.notified_actions(&pusher.user_id, item.room, item.pos)? else {
+            return Ok(None);
+        };
+        let (event_id, pdu) = lookups.event(item.event)?;
         let unread = self.unread_total(lookups, &pusher.user_id)?;
         let mut tweaks = Map::new();
-        for action in &entry.actions {
+        for action in &actions {
             if let Some(name) = action.get("set_tweak").and_then(Value::as_str) {
                 let value = action.get("value").cloned().unwrap_or(Value::Bool(true));
                 tweaks.insert(name.to_owned(), value);

@@ -17,6 +17,8 @@
 pub mod delivery;
 pub mod notifications;
 pub mod pushers;
+mod queue;
+mod unread_cache;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
@@ -55,6 +57,8 @@ pub struct Push {
     pusher_lock: tokio::sync::Mutex<()>,
     /// Wakes the delivery worker.
     delivery: Arc<delivery::Delivery>,
+    /// Unread counts already made (see [`unread_cache`]).
+    unread: unread_cache::UnreadCache,
 }
 
 fn rule_error(e: RuleEditError) -> MatrixError {
@@ -84,6 +88,7 @@ impl Push {
             pushers: RwLock::new(PusherIndex::new(all)),
             pusher_lock: tokio::sync::Mutex::new(()),
             delivery: Arc::default(),
+            unread: unread_cache::UnreadCache::default(),
         })
     }
 
@@ -118,6 +123,7 @@ impl Push {
                 let key = pushers::pusher_key(user_id, &app_id, &pushkey);
                 if self.pusher_index().find(user_id, &key).is_some() {
                     batch.delete(Table::UseridAppidPushkeyPusher, &key);
+                    queue::delete_cursor(&mut batch, &key);
                     removed.push((user_id.to_owned(), key));
                 }
             }
@@ -139,6 +145,7 @@ impl Push {
                 }
                 for other in others {
                     batch.delete(Table::UseridAppidPushkeyPusher, other.key());
+                    queue::delete_cursor(&mut batch, &other.key());
                     removed.push((other.user_id.clone(), other.key()));
                 }
                 batch.put(
@@ -146,6 +153,10 @@ impl Push {
                     pusher.key(),
                     encode(&pusher),
                 );
+                // A new pusher gets what comes from now on; one set again keeps its place.
+                if queue::cursor(&self.db, &pusher.key())?.is_none() {
+                    queue::put_cursor(&mut batch, &pusher.key(), self.stream.watermark());
+                }
                 added = Some(*pusher);
             }
         }
@@ -162,8 +173,8 @@ impl Push {
         Ok(())
     }
 
-    /// Drops pushers from the index (their records are deleted; their queued
-    /// notifications are dropped by the worker, which finds no pusher for them).
+    /// Drops pushers from the index (their records are deleted; the worker forgets them
+    /// and the queue entries only they still wanted go with the others').
     fn forget_pushers(&self, user_id: &str, keys: &[Vec<u8>]) {
         self.pushers
             .write()
@@ -194,6 +205,7 @@ impl Push {
         let mut batch = self.db.batch();
         for key in &gone {
             batch.delete(Table::UseridAppidPushkeyPusher, key);
+            queue::delete_cursor(&mut batch, key);
         }
         self.db.commit(batch).await?;
         self.forget_pushers(user_id, &gone);

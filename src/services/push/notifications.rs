@@ -13,16 +13,16 @@ use serde_json::Value;
 
 use std::collections::BTreeMap;
 
-use super::delivery::{queue_key, QueuedPush};
+use super::queue::{self, QueuedEvent};
+use super::unread_cache::Counted;
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::ephemeral::receipts::ReadPositions;
-use crate::services::records::encode;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Table};
 
-/// Unread entries counted at most per room (clients show "99+" long before).
+/// Unread entries counted at most per room in one go (clients show "99+" long before).
 const MAX_COUNTED: usize = 10_000;
 /// Bytes before the thread root (or the actions) in an entry.
 const HEADER: usize = 17;
@@ -117,6 +117,9 @@ impl NewEventHook for Push {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let prepared = PushEvent::new(event.pdu);
+        let index = self.pusher_index();
+        // The notified users with pushers: one queue entry for them all.
+        let mut to_push: Vec<&str> = Vec::new();
         for member in event.local_members {
             if member.user_id == sender {
                 continue;
@@ -158,24 +161,40 @@ impl NewEventHook for Push {
                 entry_key(&member.user_id, event.room, event.pos),
                 value,
             );
-            // One queued push per pusher of the member, in this same batch.
-            let pushers = self.pusher_index();
-            for pusher in pushers.of(&member.user_id) {
-                let queued = QueuedPush {
-                    room: event.room,
-                    event: event.short,
-                    queued: crate::services::now_ms(),
-                    actions: rule.actions.clone(),
-                };
-                batch.put(
-                    Table::PosPusherPushqueue,
-                    queue_key(event.pos, &pusher.key()),
-                    encode(&queued),
-                );
-                self.delivery.queued_at(event.pos);
+            if index.has_any(&member.user_id) {
+                to_push.push(&member.user_id);
             }
         }
+        if !to_push.is_empty() {
+            let entry =
+                QueuedEvent::encode(event.room, event.short, crate::services::now_ms(), &to_push);
+            queue::put_entry(batch, event.pos, entry);
+            self.delivery.queued_at(event.pos);
+        }
         Ok(())
+    }
+}
+
+impl Push {
+    /// The actions of the rule that made the event at `pos` in `room` notify `user_id`,
+    /// if it did.
+    pub(super) fn notified_actions(
+        &self,
+        user_id: &str,
+        room: u64,
+        pos: u64,
+    ) -> MatrixResult<Option<Vec<Value>>> {
+        let Some(value) = self.db.get(
+            Table::UseridShortroomidPosNotify,
+            entry_key(user_id, room, pos),
+        )?
+        else {
+            return Ok(None);
+        };
+        let (_, actions) = split_thread(&value)?;
+        serde_json::from_slice(actions)
+            .map(Some)
+            .map_err(|_| corrupt())
     }
 }
 
@@ -211,21 +230,35 @@ fn split_thread(value: &[u8]) -> MatrixResult<(Option<&str>, &[u8])> {
 }
 
 impl Push {
-    /// The notifying events of a room that the user has not read, by thread.
+    /// The notifying events of a room that the user has not read, by thread, as far as the
+    /// stream has published. A count made earlier at the same receipts goes on from where
+    /// it stopped (see [`super::unread_cache`]).
     pub fn unread_counts(
         &self,
         user_id: &str,
         room: u64,
         read: &ReadPositions,
     ) -> MatrixResult<RoomCounts> {
-        let from = entry_key(user_id, room, read.unthreaded.saturating_add(1));
-        let to = entry_key(user_id, room, u64::MAX);
-        let mut counts = RoomCounts::default();
+        let published = self.stream.watermark();
+        let (mut counts, after) = match self.unread.get(user_id, room, read) {
+            Some(counted) => (counted.counts, counted.upto.max(read.unthreaded)),
+            None => (RoomCounts::default(), read.unthreaded),
+        };
+        if after >= published {
+            return Ok(counts);
+        }
+        let from = entry_key(user_id, room, after.saturating_add(1));
+        let to = entry_key(user_id, room, published.saturating_add(1));
+        let mut scanned = 0;
         for entry in self
             .db
             .scan_range(Table::UseridShortroomidPosNotify, &from, &to, false)
-            .take(MAX_COUNTED)
         {
+            scanned += 1;
+            if scanned > MAX_COUNTED {
+                // Beyond the cap: answered as counted so far, not remembered.
+                return Ok(counts);
+            }
             let (key, value) = entry?;
             let pos = key
                 .len()
@@ -245,6 +278,15 @@ impl Push {
                 slot.highlights += 1;
             }
         }
+        self.unread.put(
+            user_id,
+            room,
+            Counted {
+                read: read.clone(),
+                upto: published,
+                counts: counts.clone(),
+            },
+        );
         Ok(counts)
     }
 

@@ -279,6 +279,11 @@ impl PusherIndex {
         self.by_user.get(user_id).map_or(&[], Vec::as_slice)
     }
 
+    /// Every pusher.
+    pub fn all(&self) -> impl Iterator<Item = &Pusher> {
+        self.by_user.values().flatten()
+    }
+
     /// Whether the user has any pusher.
     pub fn has_any(&self, user_id: &str) -> bool {
         self.by_user.contains_key(user_id)

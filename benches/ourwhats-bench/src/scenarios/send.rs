@@ -3,10 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::json;
 
 use super::{join_all, Target};
 use crate::client::{register_many, BenchResult};
+use crate::gateway::Gateway;
 use crate::report::{Measure, Phase};
 
 /// A sender stops after this many failed sends (a rate-limited or broken server).
@@ -17,6 +19,7 @@ pub async fn run(
     senders: usize,
     members: usize,
     seconds: u64,
+    pushers: Option<Option<String>>,
 ) -> BenchResult<Vec<Measure>> {
     let senders = senders.max(1);
     let members = members.max(senders);
@@ -26,6 +29,27 @@ pub async fn run(
         .create_room(json!({"preset": "public_chat", "name": "send benchmark"}))
         .await?;
     join_all(&users, &room).await?;
+    // With pushers, each message notifies every other member (the default rules), and
+    // each of their pushers gets a request: what the send path must not wait for.
+    let gateway = if let Some(url) = &pushers {
+        let gateway = Gateway::start().await?;
+        let url = url.clone().unwrap_or_else(|| gateway.url.clone());
+        for (i, user) in users.iter().enumerate() {
+            user.call(
+                Method::POST,
+                "/_matrix/client/v3/pushers/set",
+                Some(json!({
+                    "kind": "http", "app_id": "org.example.bench", "pushkey": format!("key-{i}"),
+                    "app_display_name": "bench", "device_display_name": "bench", "lang": "en",
+                    "data": {"url": url},
+                })),
+            )
+            .await?;
+        }
+        Some(gateway)
+    } else {
+        None
+    };
 
     let phase = Phase::start(target.pid);
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -72,11 +96,19 @@ pub async fn run(
     let ops = latencies.len();
     let measure = phase.finish(ops, errors, latencies);
     let rate = ops as f64 / measure.wall_s;
+    if let Some(gateway) = &gateway {
+        let pushed = gateway.received();
+        eprintln!(
+            "push gateway: {pushed} notifications during the sends ({:.0}/s; each event notifies {} members)",
+            pushed as f64 / measure.wall_s,
+            members - 1
+        );
+    }
     Ok(vec![measure
         .named(
             "send",
             "send",
-            json!({"senders": senders, "members": members, "seconds": seconds}),
+            json!({"senders": senders, "members": members, "seconds": seconds, "pushers": pushers.is_some()}),
         )
         .with_rate(rate, "events/s")])
 }
