@@ -213,6 +213,70 @@ async fn a_failing_gateway_is_retried_and_a_rejected_pushkey_loses_its_pusher() 
     alice.text(&room, "three").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(gateway.received().len(), 3);
+
+    // Set again with the same pushkey, it starts afresh: "three", sent while there was
+    // no pusher, is not pushed late; what comes after is.
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let four = alice.text(&room, "four").await;
+    let got = gateway.wait_for(4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[3]["notification"]["event_id"], four.as_str());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gateway.received().len(), 4);
+    s.stop().await;
+}
+
+/// A pusher whose user is never notified (here: a room muted) neither holds the queue back
+/// for others nor gets anything; the other user's pushes flow, also across a restart.
+#[tokio::test]
+async fn a_pusher_never_notified_holds_nothing_back() {
+    let mut s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    assert_eq!(
+        set(&carol, pusher(&url, "carol-phone")).await.0,
+        StatusCode::OK
+    );
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let (status, _) = carol
+        .put(
+            &format!("/pushrules/global/room/{}", enc(&room)),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for n in 0..5 {
+        alice.text(&room, &format!("before {n}")).await;
+    }
+    assert_eq!(gateway.wait_for(5).await.len(), 5);
+    let login = (
+        alice.user_id.clone(),
+        alice.token.clone(),
+        alice.device_id.clone(),
+    );
+    drop((alice, bob, carol));
+    s.restart_with(allow_loopback).await;
+    let alice = Client::signed_in(&s, &login);
+    let after = alice.text(&room, "after the restart").await;
+    let got = gateway.wait_for(6).await;
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got[5]["notification"]["event_id"], after.as_str());
+    assert!(got
+        .iter()
+        .all(|g| g["notification"]["devices"][0]["pushkey"] == "bob-phone"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        gateway.received().len(),
+        6,
+        "nothing pushed twice after the restart"
+    );
     s.stop().await;
 }
 

@@ -101,7 +101,8 @@ struct PusherState {
     /// held ones are done.
     behind: bool,
     backoff: Option<Backoff>,
-    in_flight: bool,
+    /// The delivery task serving it, if one runs.
+    task: Option<tokio::task::Id>,
 }
 
 impl PusherState {
@@ -272,7 +273,7 @@ impl Push {
                 let retry = progress
                     .pushers
                     .values()
-                    .filter(|s| !s.in_flight)
+                    .filter(|s| s.task.is_none())
                     .filter_map(|s| s.backoff.filter(|b| b.until > now))
                     .map(|b| b.until - now)
                     .min()
@@ -283,7 +284,7 @@ impl Push {
                     Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
                         Ok((id, outcome)) => {
                             progress.tasks.remove(&id);
-                            Some(outcome)
+                            Some((id, outcome))
                         }
                         Err(e) => {
                             // A task that died: its pusher is tried again after a
@@ -293,8 +294,8 @@ impl Push {
                                 .tasks
                                 .remove(&e.id())
                                 .and_then(|key| progress.pushers.get_mut(&key));
-                            if let Some(state) = state {
-                                state.in_flight = false;
+                            if let Some(state) = state.filter(|s| s.task == Some(e.id())) {
+                                state.task = None;
                                 state.back_off();
                             }
                             None
@@ -314,8 +315,8 @@ impl Push {
                 if woken {
                     tokio::time::sleep(GATHER).await;
                 }
-                if let Some(outcome) = finished {
-                    if let Err(e) = worker.push.finish(outcome, &mut progress).await {
+                if let Some((task, outcome)) = finished {
+                    if let Err(e) = worker.push.finish(task, outcome, &mut progress).await {
                         tracing::warn!(error = %e.message, "recording push deliveries failed");
                     }
                 }
@@ -323,14 +324,23 @@ impl Push {
         });
     }
 
-    /// Records one pusher's delivery: its cursor, back-off, a rejected pushkey.
-    async fn finish(&self, outcome: Outcome, progress: &mut Progress) -> MatrixResult<()> {
+    /// Records one pusher's delivery by `task`: its cursor, back-off, a rejected pushkey.
+    async fn finish(
+        &self,
+        task: tokio::task::Id,
+        outcome: Outcome,
+        progress: &mut Progress,
+    ) -> MatrixResult<()> {
         let pusher_key = outcome.pusher.key();
-        let Some(state) = progress.pushers.get_mut(&pusher_key) else {
-            // Removed meanwhile.
+        let Some(state) = progress
+            .pushers
+            .get_mut(&pusher_key)
+            .filter(|s| s.task == Some(task))
+        else {
+            // Removed meanwhile (and perhaps set again since, with a state of its own).
             return Ok(());
         };
-        state.in_flight = false;
+        state.task = None;
         let mut batch = self.db.batch();
         state.held.drain(..outcome.done.min(state.held.len()));
         if let Some(upto) = outcome.done_upto {
@@ -381,6 +391,9 @@ impl Worker {
         tasks: &mut JoinSet<Outcome>,
     ) -> MatrixResult<()> {
         let db = &self.push.db;
+        // Pusher changes wait for the pass: a pusher's cursor and its place in the index
+        // are made under this lock, so the pass never sees one without the other.
+        let _changes = self.push.pusher_lock.blocking_lock();
         let published = self.push.stream.watermark();
         self.follow_pushers(progress, published)?;
 
@@ -434,12 +447,12 @@ impl Worker {
 
         // Deliveries.
         let now = Instant::now();
-        let mut in_flight = progress.pushers.values().filter(|s| s.in_flight).count();
+        let mut in_flight = progress.tasks.len();
         for (pusher_key, state) in &mut progress.pushers {
             if in_flight >= MAX_IN_FLIGHT {
                 break;
             }
-            if state.in_flight || state.backing_off(now) {
+            if state.task.is_some() || state.backing_off(now) {
                 continue;
             }
             if state.held.is_empty() && state.behind {
@@ -452,30 +465,41 @@ impl Worker {
             let (worker, pusher) = (Arc::clone(self), state.pusher.clone());
             let task = tasks.spawn(async move { worker.deliver(pusher, items).await });
             progress.tasks.insert(task.id(), pusher_key.clone());
-            state.in_flight = true;
+            state.task = Some(task.id());
             in_flight += 1;
         }
 
-        // What every pusher has passed goes.
-        let floor = progress
-            .pushers
-            .values()
-            .map(|s| s.cursor)
-            .min()
-            .unwrap_or(progress.reader)
-            .min(progress.reader);
+        // What every pusher has passed goes. A pusher with nothing held and nothing
+        // missed has passed everything read: its cursor moves to the reader (stored with
+        // the deletions), so a pusher nobody notifies holds nothing back.
+        let reader = progress.reader;
+        let mut batch = db.batch();
+        let mut floor = reader;
+        for (pusher_key, state) in &mut progress.pushers {
+            let passed = match state.held.front() {
+                Some(first) => first.pos - 1,
+                None if state.behind || state.task.is_some() => state.cursor,
+                None => {
+                    if state.cursor < reader {
+                        state.cursor = reader;
+                        queue::put_cursor(&mut batch, pusher_key, reader);
+                    }
+                    reader
+                }
+            };
+            floor = floor.min(passed);
+        }
         if floor > progress.deleted_upto {
-            let mut batch = db.batch();
             let from = queue::entry_key(progress.deleted_upto.saturating_add(1));
             let to = queue::entry_key(floor.saturating_add(1));
             for entry in db.scan_range(Table::PosPushqueue, &from, &to, false) {
                 let (key, _) = entry?;
                 batch.delete(Table::PosPushqueue, key);
             }
-            if !batch.is_empty() {
-                db.write_relaxed(batch)?;
-            }
             progress.deleted_upto = floor;
+        }
+        if !batch.is_empty() {
+            db.write_relaxed(batch)?;
         }
         Ok(())
     }
@@ -503,7 +527,7 @@ impl Worker {
                     held: VecDeque::new(),
                     behind: false,
                     backoff: None,
-                    in_flight: false,
+                    task: None,
                 },
             ));
         }

@@ -153,8 +153,10 @@ impl Push {
                     pusher.key(),
                     encode(&pusher),
                 );
-                // A new pusher gets what comes from now on; one set again keeps its place.
-                if queue::cursor(&self.db, &pusher.key())?.is_none() {
+                // A new pusher gets what comes from now on (a cursor left by one removed
+                // earlier does not count); one set again keeps its place.
+                let existing = self.pusher_index().find(user_id, &pusher.key()).is_some();
+                if !existing {
                     queue::put_cursor(&mut batch, &pusher.key(), self.stream.watermark());
                 }
                 added = Some(*pusher);

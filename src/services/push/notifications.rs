@@ -22,7 +22,8 @@ use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Table};
 
-/// Unread entries counted at most per room in one go (clients show "99+" long before).
+/// Unread entries counted at most per room in one call; a count goes on from where the
+/// last call stopped (clients show "99+" long before).
 const MAX_COUNTED: usize = 10_000;
 /// Bytes before the thread root (or the actions) in an entry.
 const HEADER: usize = 17;
@@ -250,14 +251,17 @@ impl Push {
         let from = entry_key(user_id, room, after.saturating_add(1));
         let to = entry_key(user_id, room, published.saturating_add(1));
         let mut scanned = 0;
+        let mut upto = published;
+        let mut last = after;
         for entry in self
             .db
             .scan_range(Table::UseridShortroomidPosNotify, &from, &to, false)
         {
             scanned += 1;
             if scanned > MAX_COUNTED {
-                // Beyond the cap: answered as counted so far, not remembered.
-                return Ok(counts);
+                // The rest is counted by the next calls, from where this one stopped.
+                upto = last;
+                break;
             }
             let (key, value) = entry?;
             let pos = key
@@ -265,6 +269,7 @@ impl Push {
                 .checked_sub(8)
                 .and_then(|at| keys::read_u64(&key[at..]))
                 .ok_or_else(corrupt)?;
+            last = pos;
             let (root, _) = split_thread(&value)?;
             if read.has_read(pos, root) {
                 continue;
@@ -283,7 +288,7 @@ impl Push {
             room,
             Counted {
                 read: read.clone(),
-                upto: published,
+                upto,
                 counts: counts.clone(),
             },
         );
