@@ -455,13 +455,16 @@ async fn a_user_who_left_or_was_banned_reads_nothing_sent_after() {
         assert_eq!(status, StatusCode::OK, "{relations}");
         assert_eq!(relations["chunk"], json!([]), "{relations}");
 
-        // /search: only hello matches "hello" for the reader, and the count says so.
+        // /search: only hello matches "hello" for the reader, and the count says so; its
+        // context stops at what the reader could see.
         let (status, found) = reader
             .post(
                 "/search",
-                json!({"search_categories": {"room_events": {"search_term": "hello"}}}),
+                json!({"search_categories": {"room_events": {"search_term": "hello",
+                       "event_context": {"before_limit": 5, "after_limit": 20}}}}),
             )
             .await;
+        assert!(!found.to_string().contains("secret"), "{found}");
         assert_eq!(status, StatusCode::OK, "{found}");
         let results = &found["search_categories"]["room_events"];
         assert_eq!(results["count"], 1, "{found}");

@@ -133,5 +133,19 @@ async fn whois_is_for_oneself_and_server_admins() {
     assert_error(status, &body, 404, "M_NOT_FOUND");
     let (status, body) = admin.get(&path("@someone:elsewhere.example")).await;
     assert_error(status, &body, 400, "M_INVALID_PARAM");
+
+    // A deactivated account has no sessions to tell of.
+    let (_, challenge) = bob.post("/account/deactivate", json!({})).await;
+    let (status, body) = bob
+        .post(
+            "/account/deactivate",
+            json!({"auth": {"type": "m.login.password", "session": challenge["session"],
+                            "identifier": {"type": "m.id.user", "user": bob.user_id},
+                            "password": "correct horse battery"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = admin.get(&path(&bob.user_id)).await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
     s.stop().await;
 }
