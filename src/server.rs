@@ -108,6 +108,7 @@ impl Server {
         );
         let gateways = crate::services::push::delivery::gateway_client(
             crate::services::federation::discovery::GuardedResolver::plain(guard.clone())?,
+            federation.trusted_ca.as_deref(),
         )?;
         services.push.start_delivery(
             Arc::clone(&services) as Arc<dyn crate::services::push::delivery::PushLookups>,

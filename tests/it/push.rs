@@ -39,16 +39,67 @@ async fn notify(
     (StatusCode::from_u16(status).unwrap(), Json(answer))
 }
 
+/// The test's certificate authority: its certificate (PEM, in a file the server is told
+/// to trust as `federation.trusted_ca`) and a gateway certificate for 127.0.0.1 it signed.
+struct TestCa {
+    _dir: tempfile::TempDir,
+    cert_path: std::path::PathBuf,
+    gateway_cert: String,
+    gateway_key: String,
+}
+
+fn test_ca() -> &'static TestCa {
+    static CA: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ourwhats push test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("ca.crt");
+        std::fs::write(&cert_path, issuer.pem()).unwrap();
+        TestCa {
+            _dir: dir,
+            cert_path,
+            gateway_cert: cert.pem(),
+            gateway_key: key.serialize_pem(),
+        }
+    })
+}
+
 impl Gateway {
+    /// A gateway on loopback over HTTPS (gateway URLs must be https), with a certificate
+    /// from the test's CA.
     async fn start() -> (Arc<Self>, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let gateway = Arc::new(Self::default());
         let app = Router::new()
             .route("/_matrix/push/v1/notify", post(notify))
             .with_state(Arc::clone(&gateway));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ca = test_ca();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+            ca.gateway_cert.as_bytes().to_vec(),
+            ca.gateway_key.as_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (gateway, format!("http://{addr}/_matrix/push/v1/notify"))
+        let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
+        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        (gateway, format!("https://{addr}/_matrix/push/v1/notify"))
     }
 
     fn received(&self) -> Vec<Value> {
@@ -65,9 +116,10 @@ impl Gateway {
     }
 }
 
-/// Lets pushes reach loopback (where the test's gateway is).
+/// Lets pushes reach loopback (where the test's gateway is), trusting the test's CA.
 fn allow_loopback(config: &mut ourwhats::config::Config) {
     config.federation.ip_range_allowlist = vec![IpNet::parse("127.0.0.0/8").unwrap()];
+    config.federation.trusted_ca = Some(test_ca().cert_path.clone());
 }
 
 /// A server whose pushes may reach loopback.
@@ -295,6 +347,18 @@ async fn pushers_are_checked_replaced_and_go_with_their_device() {
     assert!(body["error"].as_str().unwrap().contains("email"), "{body}");
     let (status, body) = set(&bob, pusher("https://push.example.org/elsewhere", "k")).await;
     assert_error(status, &body, 400, "M_INVALID_PARAM");
+    // Spec: "MUST be an HTTPS URL".
+    let plain = set(
+        &bob,
+        pusher("http://push.example.org/_matrix/push/v1/notify", "k"),
+    )
+    .await;
+    assert_error(plain.0, &plain.1, 400, "M_INVALID_PARAM");
+    assert!(
+        plain.1["error"].as_str().unwrap().contains("https"),
+        "{}",
+        plain.1
+    );
     let mut no_url = pusher(url, "k");
     no_url["data"] = json!({});
     let (status, body) = set(&bob, no_url).await;
@@ -470,8 +534,12 @@ async fn push_rules_decide_what_reaches_the_gateway() {
 
 #[tokio::test]
 async fn pushes_never_reach_loopback_unless_allowed() {
-    // The default configuration: loopback is not an address pushes may reach.
-    let s = TestServer::start().await;
+    // The default configuration: loopback is not an address pushes may reach (the
+    // gateway's certificate is trusted, so only the address guard stands in the way).
+    let s = TestServer::start_with(|config| {
+        config.federation.trusted_ca = Some(test_ca().cert_path.clone());
+    })
+    .await;
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let (gateway, url) = Gateway::start().await;

@@ -184,17 +184,29 @@ impl StreamSubscriber for Delivery {
     }
 }
 
-/// An HTTP client for gateways: no proxy, no redirects, the federation address guard.
+/// An HTTPS client for gateways: no proxy, no redirects, the federation address guard;
+/// certificates checked against the system's roots plus `trusted_ca` (a PEM file, the
+/// federation's `trusted_ca`: private deployments and tests).
 pub fn gateway_client(
     resolver: impl reqwest::dns::Resolve + 'static,
+    trusted_ca: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .dns_resolver(Arc::new(resolver))
         .no_proxy()
+        .https_only(true)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("ourwhats/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("ourwhats/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = trusted_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read federation.trusted_ca {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("federation.trusted_ca {}: {e}", path.display()))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot build the push gateway client: {e}"))
 }
