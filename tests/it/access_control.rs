@@ -630,6 +630,25 @@ async fn a_uia_session_serves_only_the_request_that_opened_it() {
         let (status, answer) = dan.post(path, body).await;
         assert_error(status, &answer, 403, "M_FORBIDDEN");
     }
+    // Sessions opened by the other operations do not delete a device either.
+    let openers = [
+        ("/account/password", json!({"new_password": "another one"})),
+        ("/account/deactivate", json!({})),
+        ("/keys/device_signing/upload", master(3)),
+    ];
+    for (path, body) in openers {
+        let (status, challenge) = dan.post(path, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {challenge}");
+        let other = challenge["session"].as_str().unwrap().to_owned();
+        let (status, answer) = dan
+            .call(
+                Method::DELETE,
+                &format!("/devices/{}", d2.device_id),
+                Some(json!({"auth": password_auth(&other, &dan.user_id, pw)})),
+            )
+            .await;
+        assert_error(status, &answer, 403, "M_FORBIDDEN");
+    }
     let (_, devices) = dan.get("/devices").await;
     assert_eq!(devices["devices"].as_array().unwrap().len(), 3, "{devices}");
     assert_eq!(d2.get("/account/whoami").await.0, StatusCode::OK);

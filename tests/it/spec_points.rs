@@ -290,6 +290,33 @@ async fn room_initial_sync_is_a_snapshot_for_members_and_peekers() {
     assert_error(status, &body, 403, "M_FORBIDDEN");
     let (status, body) = eve.get("/rooms/not-a-room/initialSync").await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    // `joined` history: a member who came late sees nothing from before their join, in
+    // both initial syncs; one who left sees nothing from after.
+    let joined_only = alice
+        .create_room(json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "",
+             "content": {"history_visibility": "joined"}}]}))
+        .await;
+    alice.text(&joined_only, "before eve came").await;
+    assert_eq!(eve.join(&joined_only).await.0, StatusCode::OK);
+    alice.text(&joined_only, "while eve is here").await;
+    let (status, left) = eve
+        .post(&format!("/rooms/{joined_only}/leave"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{left}");
+    alice.text(&joined_only, "after eve left").await;
+    let (status, body) = eve.get(&format!("/rooms/{joined_only}/initialSync")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let text = body.to_string();
+    assert!(text.contains("while eve is here"), "{body}");
+    assert!(!text.contains("before eve came"), "{body}");
+    assert!(!text.contains("after eve left"), "{body}");
+    let (status, all) = eve.get("/initialSync?archived=true").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    let text = all.to_string();
+    assert!(!text.contains("before eve came"), "{all}");
+    assert!(!text.contains("after eve left"), "{all}");
     s.stop().await;
 }
 
