@@ -145,6 +145,15 @@ async fn pushers_of(client: &Client<'_>) -> Vec<Value> {
     body["pushers"].as_array().unwrap().clone()
 }
 
+/// The pushkeys of the client's user's pushers.
+async fn pushkeys_of(client: &Client<'_>) -> Vec<String> {
+    pushers_of(client)
+        .await
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Alice's DM with bob, both joined.
 async fn dm(alice: &Client<'_>, bob: &Client<'_>) -> String {
     let room = alice
@@ -415,12 +424,7 @@ async fn pushers_are_checked_replaced_and_go_with_their_device() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let left: Vec<String> = pushers_of(&bob)
-        .await
-        .iter()
-        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(left, ["laptop"]);
+    assert_eq!(pushkeys_of(&bob).await, ["laptop"]);
 
     // Deleting a device (`DELETE /devices/{deviceId}`, with the password) takes its pusher.
     let (status, login) = s.login(&bob.user_id, "another horse battery").await;
@@ -450,12 +454,7 @@ async fn pushers_are_checked_replaced_and_go_with_their_device() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let left: Vec<String> = pushers_of(&bob)
-        .await
-        .iter()
-        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(left, ["laptop"]);
+    assert_eq!(pushkeys_of(&bob).await, ["laptop"]);
     s.stop().await;
 }
 
