@@ -163,10 +163,20 @@ impl Cluster {
         let ca = TestCa::new(ca_dir.path())?;
         let mut instances = Vec::with_capacity(n);
         for _ in 0..n {
-            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let mut config = config_for(&ca, dir.path(), free_port()?)?;
-            adjust(instances.len(), &mut config);
-            let server = Server::start(config.clone()).await?;
+            // A port found free can be taken before the server binds it (by another
+            // test's outgoing connection, say): then another port, a few times.
+            let mut attempt = 0;
+            let (server, config, dir) = loop {
+                attempt += 1;
+                let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let mut config = config_for(&ca, dir.path(), free_port()?)?;
+                adjust(instances.len(), &mut config);
+                match Server::start(config.clone()).await {
+                    Ok(server) => break (server, config, dir),
+                    Err(e) if e.contains("Address already in use") && attempt < 5 => continue,
+                    Err(e) => return Err(e),
+                }
+            };
             instances.push(Instance {
                 server: Some(server),
                 config,
