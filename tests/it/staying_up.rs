@@ -290,11 +290,19 @@ async fn idle_kept_alive_connections_close_but_long_polls_do_not() {
         "closed after {idle:?} idle"
     );
 
-    // A long-poll longer than both timeouts is a request in progress: never cut.
-    let since = alice.sync("timeout=0").await["next_batch"]
-        .as_str()
+    // A long-poll longer than both timeouts is a request in progress: never cut. (The
+    // token comes through a fresh client: the shared one's pooled connection has been
+    // idle past the keep-alive timeout, and reusing it races the server closing it.)
+    let synced: Value = reqwest::Client::new()
+        .get(format!("{}/_matrix/client/v3/sync?timeout=0", s.base))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
         .unwrap()
-        .to_owned();
+        .json()
+        .await
+        .unwrap();
+    let since = synced["next_batch"].as_str().unwrap().to_owned();
     let mut stream = connect(&s);
     let request = format!(
         "GET /_matrix/client/v3/sync?timeout=3500&since={since} HTTP/1.1\r\nHost: x\r\n\
