@@ -57,14 +57,6 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The smallest key greater than `key` (`key` followed by a zero byte).
-pub fn successor(key: &[u8]) -> Vec<u8> {
-    let mut next = Vec::with_capacity(key.len() + 1);
-    next.extend_from_slice(key);
-    next.push(0);
-    next
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
