@@ -36,6 +36,24 @@ struct Rule {
     burst: f64,
 }
 
+impl Rule {
+    /// `rate` a second, bursts of `burst` (at least 1).
+    fn per_second(rate: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+        }
+    }
+
+    /// `rate` a minute, bursts of `burst` (at least 1).
+    fn per_minute(rate: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(rate) / 60.0,
+            burst: f64::from(burst.max(1)),
+        }
+    }
+}
+
 struct Bucket {
     tokens: f64,
     updated: Instant,
@@ -62,52 +80,34 @@ impl RateLimiter {
         let rules = HashMap::from([
             (
                 RateAction::Login,
-                Rule {
-                    per_second: f64::from(config.login_per_minute) / 60.0,
-                    burst: f64::from(config.login_burst.max(1)),
-                },
+                Rule::per_minute(config.login_per_minute, config.login_burst),
             ),
             (
                 RateAction::Register,
-                Rule {
-                    per_second: f64::from(config.register_per_minute) / 60.0,
-                    burst: f64::from(config.register_burst.max(1)),
-                },
+                Rule::per_minute(config.register_per_minute, config.register_burst),
             ),
             (
                 RateAction::Message,
-                Rule {
-                    per_second: f64::from(config.message_per_second),
-                    burst: f64::from(config.message_burst.max(1)),
-                },
+                Rule::per_second(config.message_per_second, config.message_burst),
             ),
             (
                 RateAction::RoomCreate,
-                Rule {
-                    per_second: f64::from(config.room_create_per_minute) / 60.0,
-                    burst: f64::from(config.room_create_burst.max(1)),
-                },
+                Rule::per_minute(config.room_create_per_minute, config.room_create_burst),
             ),
             (
                 RateAction::Federation,
-                Rule {
-                    per_second: f64::from(config.federation_per_second),
-                    burst: f64::from(config.federation_burst.max(1)),
-                },
+                Rule::per_second(config.federation_per_second, config.federation_burst),
             ),
             (
                 RateAction::InviteSent,
-                Rule {
-                    per_second: f64::from(config.invite_per_minute) / 60.0,
-                    burst: f64::from(config.invite_burst.max(1)),
-                },
+                Rule::per_minute(config.invite_per_minute, config.invite_burst),
             ),
             (
                 RateAction::InviteReceived,
-                Rule {
-                    per_second: f64::from(config.invites_received_per_minute) / 60.0,
-                    burst: f64::from(config.invites_received_burst.max(1)),
-                },
+                Rule::per_minute(
+                    config.invites_received_per_minute,
+                    config.invites_received_burst,
+                ),
             ),
         ]);
         Self {
