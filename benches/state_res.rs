@@ -1,17 +1,21 @@
 //! State resolution (criterion): a room whose state holds 100,000 member events forks,
 //! and 1,000 members change their display name on one branch, so 1,000 keys are
 //! conflicted (2,000 events). Events are in memory. Measured twice: with the defaults
-//! of `core::state_res` (the auth difference by walking every state event's auth chain,
-//! the states compared key by key), and with the difference and the differing keys given,
-//! as an auth chain index and delta snapshots in storage would answer them (not built
-//! yet). Both time `resolve_changes` (the answer as changes against the first state, as
-//! storage keeps snapshots). Command: `cargo bench --bench state_res`.
+//! of `core::state_res::resolve_changes` (the auth difference by walking every state
+//! event's auth chain, the states compared key by key), and with `resolve_conflict` given
+//! the difference and the conflicted keys, as storage answers them from its auth chain
+//! index and delta snapshots: the algorithm's own part. Both answer the changes against
+//! the first state, as storage keeps snapshots. (`benches/fork_resolution.rs` measures
+//! the same fork end to end, through storage.) Command: `cargo bench --bench state_res`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ourwhats::core::state_res::{resolve, resolve_changes, ResolutionEvents, StateMap};
+use ourwhats::core::state_res::{
+    auth_difference, resolve, resolve_changes, resolve_conflict, Conflict, ResolutionEvents,
+    StateMap,
+};
 use ourwhats::core::RoomVersion;
 use serde_json::{json, Value};
 
@@ -30,29 +34,6 @@ impl ResolutionEvents for Events {
     }
     fn signed_by(&self, _: &Value, _: &str) -> bool {
         false
-    }
-}
-
-/// The same events with the auth difference and the keys where the states differ
-/// given, computed once beforehand, as an auth chain index and delta snapshots would
-/// answer them: what the rest of the algorithm costs.
-struct WithDifference<'a>(&'a Events, HashSet<String>, HashSet<(String, String)>);
-
-impl ResolutionEvents for WithDifference<'_> {
-    fn event(&self, event_id: &str) -> Option<Arc<Value>> {
-        self.0.event(event_id)
-    }
-    fn is_rejected(&self, _: &str) -> bool {
-        false
-    }
-    fn signed_by(&self, _: &Value, _: &str) -> bool {
-        false
-    }
-    fn auth_difference(&self, _: &[&StateMap]) -> HashSet<String> {
-        self.1.clone()
-    }
-    fn differing_keys(&self, _: &[&StateMap]) -> Option<HashSet<(String, String)>> {
-        Some(self.2.clone())
     }
 }
 
@@ -157,20 +138,23 @@ fn bench(c: &mut Criterion) {
     group.bench_function("1000 conflicted of 100000 state events, v2", |b| {
         b.iter(|| resolve_changes(RoomVersion::V11, &[&base, &branch], &events))
     });
-    let difference = events.auth_difference(&[&base, &branch]);
-    let differing = branch
-        .iter()
-        .filter(|(key, id)| base.get(*key) != Some(*id))
-        .map(|(key, _)| key.clone())
-        .collect();
-    let indexed = WithDifference(&events, difference, differing);
+    let difference = auth_difference(&events, &[&base, &branch]);
+    let unconflicted = |key: &(String, String)| base.get(key).cloned();
+    let conflict = Conflict {
+        keys: branch
+            .iter()
+            .filter(|(key, id)| base.get(*key) != Some(*id))
+            .map(|(key, id)| (key.clone(), vec![base.get(key).cloned(), Some(id.clone())]))
+            .collect(),
+        unconflicted: &unconflicted,
+    };
     assert_eq!(
-        resolve(RoomVersion::V11, &[&base, &branch], &indexed),
-        resolved
+        resolve_conflict(RoomVersion::V11, &conflict, difference.clone(), &events).len(),
+        CONFLICTED
     );
     group.bench_function(
-        "the same, auth difference and differing keys given (as storage would answer them)",
-        |b| b.iter(|| resolve_changes(RoomVersion::V11, &[&base, &branch], &indexed)),
+        "the same, auth difference and conflicted keys given (as storage answers them)",
+        |b| b.iter(|| resolve_conflict(RoomVersion::V11, &conflict, difference.clone(), &events)),
     );
     group.finish();
 }

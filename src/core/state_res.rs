@@ -42,33 +42,6 @@ pub trait ResolutionEvents {
     /// Whether `event` carries a valid signature of `server` (asked by the auth rules of
     /// restricted joins; the caller checked signatures when the event arrived).
     fn signed_by(&self, event: &Value, server: &str) -> bool;
-
-    /// The keys outside which the states are known to agree, when the caller can tell
-    /// cheaply (snapshots stored as deltas on a common ancestor); `None` (the default)
-    /// compares the states key by key.
-    fn differing_keys(&self, _states: &[&StateMap]) -> Option<HashSet<(String, String)>> {
-        None
-    }
-
-    /// The auth difference of the states: every event in the auth chain of some state's
-    /// events but not of every state's (spec: "Auth difference"). The default walks the
-    /// auth chains through [`ResolutionEvents::event`]; storage answers from its index,
-    /// so the cost follows the difference rather than the room's age.
-    fn auth_difference(&self, states: &[&StateMap]) -> HashSet<String> {
-        let chains: Vec<HashSet<String>> = states
-            .iter()
-            .map(|state| auth_chain(self, state.values().map(String::as_str)))
-            .collect();
-        let Some((first, rest)) = chains.split_first() else {
-            return HashSet::new();
-        };
-        let union: HashSet<&String> = chains.iter().flatten().collect();
-        union
-            .into_iter()
-            .filter(|id| !(first.contains(*id) && rest.iter().all(|c| c.contains(*id))))
-            .cloned()
-            .collect()
-    }
 }
 
 /// Resolves `states` (the states after each `prev_event`) into one.
@@ -92,8 +65,9 @@ pub fn resolve(
 pub type StateChange = ((String, String), Option<String>);
 
 /// Resolves `states` as [`resolve`] does, answering only where the result differs from
-/// `states[0]`: the work and the answer follow the conflict, not the size of the state
-/// (storage keeps snapshots as deltas too).
+/// `states[0]`. Compares the states key by key and walks every state event's auth chain
+/// for the auth difference; storage, which keeps snapshots as deltas and an auth chain
+/// index, calls [`resolve_conflict`] with both already known.
 pub fn resolve_changes(
     version: RoomVersion,
     states: &[&StateMap],
@@ -102,15 +76,56 @@ pub fn resolve_changes(
     let Some(base) = states.first() else {
         return Vec::new();
     };
-    let (conflicted_keys, conflicted) = split(states, events.differing_keys(states));
-    if conflicted_keys.is_empty() {
+    let unconflicted = |key: &(String, String)| base.get(key).cloned();
+    let conflict = Conflict {
+        keys: split(states),
+        unconflicted: &unconflicted,
+    };
+    if conflict.keys.is_empty() {
         return Vec::new();
     }
+    let difference = auth_difference(events, states);
+    resolve_conflict(version, &conflict, difference, events)
+}
+
+/// The states to resolve, told by where they differ (spec: "Unconflicted state map and
+/// conflicted state set").
+pub struct Conflict<'a> {
+    /// The keys not every state maps to the same event, each with every state's event
+    /// for it in the order of the states (`None`: that state has no such key).
+    pub keys: HashMap<(String, String), Vec<Option<String>>>,
+    /// The unconflicted state map: the event every state holds for a key outside `keys`
+    /// (asked for the few keys the auth rules read, never listed).
+    pub unconflicted: &'a Lookup<'a>,
+}
+
+/// A state map read a key at a time.
+pub type Lookup<'a> = dyn Fn(&(String, String)) -> Option<String> + 'a;
+
+/// The resolution of the states `conflict` describes, as changes against the first of
+/// them (the work and the answer follow the conflict, not the size of the state).
+/// `difference` is the states' auth difference (spec: "Auth difference").
+pub fn resolve_conflict(
+    version: RoomVersion,
+    conflict: &Conflict<'_>,
+    difference: HashSet<String>,
+    events: &dyn ResolutionEvents,
+) -> Vec<StateChange> {
+    if conflict.keys.is_empty() {
+        return Vec::new();
+    }
+    let conflicted: BTreeSet<String> = conflict
+        .keys
+        .values()
+        .flatten()
+        .flatten()
+        .cloned()
+        .collect();
     let mut cache = Events::new(events);
 
     // The full conflicted set: only events we have take part.
     let mut full: HashSet<String> = conflicted.iter().cloned().collect();
-    full.extend(events.auth_difference(states));
+    full.extend(difference);
     if version.state_res_starts_empty() {
         full.extend(conflicted_subgraph(&mut cache, &conflicted));
     }
@@ -134,8 +149,8 @@ pub fn resolve_changes(
 
     // Step 2: from the unconflicted state map (v2) or an empty one (v2.1).
     let mut partial = Partial {
-        unconflicted: (!version.state_res_starts_empty()).then_some(*base),
-        conflicted_keys: &conflicted_keys,
+        unconflicted: (!version.state_res_starts_empty()).then_some(conflict.unconflicted),
+        conflicted_keys: &conflict.keys,
         changes: HashMap::new(),
     };
     iterative_auth_checks(version, &mut cache, &mut partial, &sorted_power);
@@ -143,87 +158,97 @@ pub fn resolve_changes(
     // Step 3: the rest, by mainline order of the partial state's power levels.
     let rest: Vec<String> = full.difference(&picked).cloned().collect();
     let power_levels = partial.get(&("m.room.power_levels".to_owned(), String::new()));
-    let power_levels = power_levels.cloned();
     let sorted_rest = mainline_sort(&mut cache, power_levels.as_deref(), rest);
 
     // Step 4.
     iterative_auth_checks(version, &mut cache, &mut partial, &sorted_rest);
 
-    // Step 5: the unconflicted state map wins; against `base`, only the conflicted keys
-    // and keys no state had can change.
+    // Step 5: the unconflicted state map wins; against the first state, only the
+    // conflicted keys and keys no state had can change.
     let mut changes: Vec<StateChange> = Vec::new();
-    for key in &conflicted_keys {
+    for (key, values) in &conflict.keys {
         let value = partial.changes.remove(key);
-        if base.get(key) != value.as_ref() {
+        if values.first().and_then(Option::as_ref) != value.as_ref() {
             changes.push((key.clone(), value));
         }
     }
     for (key, value) in partial.changes {
-        if !base.contains_key(&key) {
+        if (conflict.unconflicted)(&key).is_none() {
             changes.push((key, Some(value)));
         }
     }
     changes
 }
 
-/// The keys not every state maps to the same event, and the events those states hold
-/// for them (spec: "Unconflicted state map and conflicted state set"; the unconflicted
-/// state map is the first state without those keys).
-fn split(
-    states: &[&StateMap],
-    candidates: Option<HashSet<(String, String)>>,
-) -> (HashSet<(String, String)>, BTreeSet<String>) {
-    let mut keys: HashSet<(String, String)> = HashSet::new();
+/// The keys not every state maps to the same event, with each state's event for them
+/// (spec: "Unconflicted state map and conflicted state set"; the unconflicted state map
+/// is the first state without those keys).
+fn split(states: &[&StateMap]) -> HashMap<(String, String), Vec<Option<String>>> {
+    let mut keys: HashSet<&(String, String)> = HashSet::new();
     let Some((first, rest)) = states.split_first() else {
-        return (keys, BTreeSet::new());
+        return HashMap::new();
     };
-    let differs = |key: &(String, String)| {
-        let value = first.get(key);
-        rest.iter().any(|s| s.get(key) != value)
-    };
-    match candidates {
-        Some(candidates) => keys.extend(candidates.into_iter().filter(|k| differs(k))),
-        None => {
-            for (key, value) in first.iter() {
-                if rest.iter().any(|s| s.get(key) != Some(value)) {
-                    keys.insert(key.clone());
-                }
-            }
-            for state in rest {
-                for key in state.keys() {
-                    if !first.contains_key(key) {
-                        keys.insert(key.clone());
-                    }
-                }
+    for (key, value) in first.iter() {
+        if rest.iter().any(|s| s.get(key) != Some(value)) {
+            keys.insert(key);
+        }
+    }
+    for state in rest {
+        for key in state.keys() {
+            if !first.contains_key(key) {
+                keys.insert(key);
             }
         }
     }
-    let conflicted = keys
+    keys.into_iter()
+        .map(|key| {
+            let values = states.iter().map(|s| s.get(key).cloned()).collect();
+            (key.clone(), values)
+        })
+        .collect()
+}
+
+/// The auth difference of the states: every event in the auth chain of some state's
+/// events but not of every state's (spec: "Auth difference"), by walking the auth
+/// chains of all their events: its cost follows the size of the states (storage answers
+/// from its index instead).
+pub fn auth_difference<E: ResolutionEvents + ?Sized>(
+    events: &E,
+    states: &[&StateMap],
+) -> HashSet<String> {
+    let chains: Vec<HashSet<String>> = states
         .iter()
-        .flat_map(|key| states.iter().filter_map(move |s| s.get(key)))
-        .cloned()
+        .map(|state| auth_chain(events, state.values().map(String::as_str)))
         .collect();
-    (keys, conflicted)
+    let Some((first, rest)) = chains.split_first() else {
+        return HashSet::new();
+    };
+    let union: HashSet<&String> = chains.iter().flatten().collect();
+    union
+        .into_iter()
+        .filter(|id| !(first.contains(*id) && rest.iter().all(|c| c.contains(*id))))
+        .cloned()
+        .collect()
 }
 
 /// The state the iterative auth checks build: what they applied, over the unconflicted
 /// state map when the algorithm starts from it (read through, never copied).
 struct Partial<'a> {
-    unconflicted: Option<&'a StateMap>,
-    conflicted_keys: &'a HashSet<(String, String)>,
+    unconflicted: Option<&'a Lookup<'a>>,
+    conflicted_keys: &'a HashMap<(String, String), Vec<Option<String>>>,
     changes: HashMap<(String, String), String>,
 }
 
 impl Partial<'_> {
-    fn get(&self, key: &(String, String)) -> Option<&String> {
+    fn get(&self, key: &(String, String)) -> Option<String> {
         if let Some(id) = self.changes.get(key) {
-            return Some(id);
+            return Some(id.clone());
         }
-        let base = self.unconflicted?;
-        if self.conflicted_keys.contains(key) {
+        let unconflicted = self.unconflicted?;
+        if self.conflicted_keys.contains_key(key) {
             return None;
         }
-        base.get(key)
+        unconflicted(key)
     }
 }
 
@@ -543,7 +568,7 @@ fn iterative_auth_checks(
         needed.push(("m.room.create".to_owned(), String::new()));
         for key in needed {
             if let Some(in_state) = state.get(&key) {
-                if let Some(resolved) = events.get(in_state) {
+                if let Some(resolved) = events.get(&in_state) {
                     check.insert(key, resolved);
                 }
             }

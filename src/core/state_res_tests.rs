@@ -465,7 +465,7 @@ fn the_auth_difference_is_what_some_but_not_all_chains_hold() {
     let bare = Bare::new(&[("A", &["R"]), ("B", &["Q", "R"]), ("Q", &["R"]), ("R", &[])]);
     let s1 = StateMap::from([(key("t", "1"), "A".to_owned())]);
     let s2 = StateMap::from([(key("t", "1"), "B".to_owned())]);
-    let diff = bare.auth_difference(&[&s1, &s2]);
+    let diff = auth_difference(&bare, &[&s1, &s2]);
     assert_eq!(diff, HashSet::from(["Q".to_owned()]));
 }
 

@@ -86,6 +86,15 @@ pub enum Table {
     /// `prev short event id (u64 BE) ++ child short event id (u64 BE) -> ()`: the events
     /// naming an event among their `prev_events`. Owner: rooms.
     PrevShorteventidChild,
+    /// `auth short event id (u64 BE) ++ child short event id (u64 BE) -> child's short
+    /// state key (u64 BE)`: the state events (not rejected) naming an event among their
+    /// `auth_events`, so state resolution can tell whether the room's state reaches an
+    /// event without walking the state's auth chains. Owner: rooms (auth index).
+    AuthShorteventidChild,
+    /// `short event id (u64 BE) -> auth height (u32 BE)`: one more than the greatest
+    /// height of its auth events (0 for an event with none held), worked out when a
+    /// resolution first needs it and kept. Owner: rooms (auth index).
+    ShorteventidAuthheight,
     /// `prev event id 0xFF child short event id (u64 BE) -> ()`: the accepted events
     /// naming an event not held when they were stored among their `prev_events` (it
     /// arrives later: not a forward extremity then). Owner: rooms.
@@ -226,6 +235,8 @@ impl Table {
         Table::ThreadrootLatestpos,
         Table::ShorteventidGraph,
         Table::PrevShorteventidChild,
+        Table::AuthShorteventidChild,
+        Table::ShorteventidAuthheight,
         Table::EventidPendingchild,
         Table::ShorteventidStrippedstate,
         Table::EventidPendingrelation,
@@ -296,6 +307,8 @@ impl Table {
             Table::ThreadrootLatestpos => "threadroot_latestpos",
             Table::ShorteventidGraph => "shorteventid_graph",
             Table::PrevShorteventidChild => "prev_shorteventid_child",
+            Table::AuthShorteventidChild => "auth_shorteventid_child",
+            Table::ShorteventidAuthheight => "shorteventid_authheight",
             Table::EventidPendingchild => "eventid_pendingchild",
             Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
             Table::EventidPendingrelation => "eventid_pendingrelation",

@@ -5,7 +5,9 @@
 //!   a prev event;
 //! - a current state (as clients read it) equal to resolving, from scratch, the states
 //!   after each extremity, with `core::state_res` fed straight from the stored PDUs;
-//! - joined members (as clients read them) that match that state.
+//! - joined members (as clients read them) that match that state;
+//! - an auth difference from the auth index equal to walking the states' whole auth
+//!   chains, for the states after the newest events.
 
 use crate::common;
 
@@ -21,6 +23,7 @@ use ourwhats::services::rooms::event_store::EventStore;
 use ourwhats::services::rooms::graph::{self, EventStatus};
 use ourwhats::services::rooms::membership::MemberProfile;
 use ourwhats::services::rooms::receive::PduOutcome;
+use ourwhats::services::rooms::resolution;
 use ourwhats::services::rooms::sending::Txn;
 use ourwhats::services::rooms::Rooms;
 use proptest::prelude::*;
@@ -292,6 +295,30 @@ fn check_room(rooms: &Rooms, room: &str) {
         })
         .collect();
     assert_eq!(current, expected, "current state");
+
+    // The auth index answers the auth difference the walk over whole chains does, for
+    // the states after the newest accepted events taken two and three at a time.
+    let newest: Vec<&String> = accepted.iter().rev().take(6).collect();
+    let snapshot = |id: &String| store.event_by_id(id).unwrap().unwrap().meta.state_after;
+    let mut groups: Vec<Vec<&String>> = Vec::new();
+    for (i, a) in newest.iter().enumerate() {
+        for b in &newest[i + 1..] {
+            groups.push(vec![a, b]);
+        }
+    }
+    groups.extend(newest.windows(3).map(|w| w.to_vec()));
+    for group in groups {
+        let states: Vec<state_res::StateMap> =
+            group.iter().map(|e| state_after(store, e)).collect();
+        let refs: Vec<&state_res::StateMap> = states.iter().collect();
+        let walked = state_res::auth_difference(&Stored(store), &refs);
+        let snapshots: Vec<u64> = group.iter().map(|e| snapshot(e)).collect();
+        let indexed = resolution::auth_difference(store, &snapshots).unwrap();
+        assert_eq!(
+            indexed, walked,
+            "auth difference of the states after {group:?}"
+        );
+    }
 
     // Each member's membership record, and the joined count, follow the state.
     let mut joined = 0;

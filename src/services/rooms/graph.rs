@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::event_store::EventStore;
-use super::state_store::ShortEventId;
+use super::state_store::{ShortEventId, ShortStateKey};
 use crate::core::pdu::MAX_DEPTH;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};
@@ -91,8 +91,15 @@ pub fn next_extremities(
     next
 }
 
-/// Writes the graph record of event `short` and its child edges into `batch`.
-pub fn write(batch: &mut Batch<'_>, short: ShortEventId, record: &GraphRecord) {
+/// Writes the graph record of event `short` and its child edges into `batch`, and for a
+/// state event (whose short state key is `state_key`) its place in the auth index.
+pub fn write(
+    batch: &mut Batch<'_>,
+    short: ShortEventId,
+    record: &GraphRecord,
+    state_key: Option<ShortStateKey>,
+) {
+    super::auth_index::note_children(batch, short, &record.auth, state_key, &record.status);
     for prev in &record.prev {
         batch.put(
             Table::PrevShorteventidChild,
@@ -114,6 +121,26 @@ pub fn record(store: &EventStore, short: ShortEventId) -> MatrixResult<Option<Gr
         .get(Table::ShorteventidGraph, short.to_be_bytes())?
         .map(|bytes| decode(Table::ShorteventidGraph, &bytes))
         .transpose()
+}
+
+/// The graph records of several events, in order, in one read.
+pub fn records(
+    store: &EventStore,
+    shorts: &[ShortEventId],
+) -> MatrixResult<Vec<Option<GraphRecord>>> {
+    store
+        .db
+        .multi_get(
+            Table::ShorteventidGraph,
+            shorts.iter().map(|s| s.to_be_bytes()),
+        )?
+        .into_iter()
+        .map(|bytes| {
+            bytes
+                .map(|b| decode(Table::ShorteventidGraph, &b))
+                .transpose()
+        })
+        .collect()
 }
 
 /// Whether `short` is held only out of band (see [`EventStatus::OutOfBand`]): the room's

@@ -20,6 +20,7 @@
 
 pub mod aggregates;
 pub mod aliases;
+pub mod auth_index;
 pub mod backfill;
 pub mod client_event;
 pub mod create;
@@ -110,6 +111,7 @@ impl Rooms {
         (default_version, outbox): (RoomVersion, Arc<crate::services::outbox::Outbox>),
     ) -> MatrixResult<Self> {
         let store = Arc::new(EventStore::open(db, stream)?);
+        auth_index::build_if_missing(&store)?;
         let writers = Writers::new(WriterContext {
             store: Arc::clone(&store),
             server_name: server_name.as_str().to_owned(),

@@ -1,14 +1,12 @@
 //! State resolution over stored snapshots: [`crate::core::state_res`] given the room's
 //! tables as its event source.
 //!
-//! Spec: `rooms/v2.md` and `rooms/v12.md`, "State resolution". The snapshots (short ids)
-//! become the algorithm's maps of `(type, state_key)` to event id, the result comes back
-//! as short ids. Keys every snapshot maps to the same event need no resolution; the
-//! algorithm is told so through [`ResolutionEvents::differing_keys`].
-//!
-//! Not built yet: an auth chain index (chain cover). The auth difference is the
-//! algorithm's default, walking the auth chains of every state's events, so its cost
-//! follows the size of the room's state rather than the conflict.
+//! Spec: `rooms/v2.md` and `rooms/v12.md`, "State resolution". The states are compared
+//! as short ids; only the conflicted keys and their events become the algorithm's
+//! strings, the unconflicted state map is read a key at a time as the auth rules ask,
+//! and the auth difference comes from [`super::auth_index`]. So what a resolution costs
+//! beyond comparing the states' short ids follows the conflict, not the size of the
+//! state or the age of the room. The result comes back as short ids.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -16,10 +14,14 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::auth_index;
 use super::event_store::EventStore;
 use super::graph::{self, EventStatus};
-use super::state_store::{ShortEventId, ShortStateHash, StateMap};
-use crate::core::state_res::{self, ResolutionEvents};
+use super::state_store::{ShortEventId, ShortIdHash, ShortStateHash, ShortStateKey, StateMap};
+
+/// The keys where the states differ.
+type KeySet = HashSet<ShortStateKey, ShortIdHash>;
+use crate::core::state_res::{self, Conflict, ResolutionEvents};
 use crate::core::RoomVersion;
 use crate::error::{MatrixError, MatrixResult};
 
@@ -48,49 +50,97 @@ pub fn resolve_maps(
     maps: &[StateMap],
     unwritten: Option<Unwritten<'_>>,
 ) -> MatrixResult<StateMap> {
-    let mut keys = HashMap::new();
-    let mut ids: HashMap<ShortEventId, String> = HashMap::new();
-    let mut cache = HashMap::new();
-    if let Some((short, id, pdu)) = unwritten {
-        ids.insert(short, id.to_owned());
-        cache.insert(id.to_owned(), Some((Arc::new(pdu.clone()), false)));
-    }
-    let mut named = Vec::with_capacity(maps.len());
-    let mut differing = HashSet::new();
-    for map in maps {
-        let mut out = state_res::StateMap::with_capacity(map.len());
-        for (key, event) in map {
-            if !keys.contains_key(key) {
-                keys.insert(*key, store.state.state_key_of(*key)?);
-            }
-            if !ids.contains_key(event) {
-                ids.insert(*event, store.state.event_id_of(*event)?);
-            }
-            if maps.iter().any(|m| m.get(key) != Some(event)) {
-                differing.insert(keys[key].clone());
-            }
-            out.insert(keys[key].clone(), ids[event].clone());
-        }
-        named.push(out);
-    }
-    let events = StoredEvents {
-        store,
-        differing,
-        cache: RefCell::new(cache),
-        error: RefCell::default(),
+    let Some(first) = maps.first() else {
+        return Ok(StateMap::default());
     };
-    let refs: Vec<&state_res::StateMap> = named.iter().collect();
-    let resolved = state_res::resolve(version, &refs, &events);
-    if let Some(e) = events.error.into_inner() {
+    let conflicted = conflicted_keys(maps);
+    if conflicted.is_empty() {
+        return Ok(first.clone());
+    }
+    let names = Names::new(store, unwritten);
+    let unwritten_auth = match unwritten {
+        Some((short, _, pdu)) => {
+            let mut auth = Vec::new();
+            for id in crate::core::pdu::event_ids(pdu, "auth_events") {
+                if let Some(a) = store.state.find_event(id)? {
+                    auth.push(a);
+                }
+            }
+            Some((short, auth))
+        }
+        None => None,
+    };
+    let per_state = conflicted_events(maps, &conflicted);
+    let difference = index_difference(
+        store,
+        maps,
+        (&conflicted, &per_state),
+        unwritten_auth.as_ref().map(|(s, a)| (*s, a.as_slice())),
+    )?;
+
+    // What the algorithm starts from, read in bulk: the conflicted events, the auth
+    // difference, and their auth events.
+    let mut cache = names.pdus();
+    let mut wanted: Vec<ShortEventId> = per_state.iter().flatten().copied().collect();
+    wanted.extend(&difference);
+    prefetch(store, &names, wanted, &mut cache)?;
+    let mut keys = HashMap::with_capacity(conflicted.len());
+    for key in &conflicted {
+        let values = maps
+            .iter()
+            .map(|m| m.get(key).map(|e| names.event_id(*e)).transpose())
+            .collect::<MatrixResult<Vec<_>>>()?;
+        keys.insert(store.state.state_key_of(*key)?, values);
+    }
+    let difference = difference
+        .into_iter()
+        .map(|e| names.event_id(e))
+        .collect::<MatrixResult<HashSet<_>>>()?;
+
+    let changes = {
+        let lookups = RefCell::new(HashMap::new());
+        let unconflicted = |key: &(String, String)| -> Option<String> {
+            if let Some(hit) = lookups.borrow().get(key) {
+                return Clone::clone(hit);
+            }
+            let found = names.unconflicted(first, key);
+            lookups.borrow_mut().insert(key.clone(), found.clone());
+            found
+        };
+        let conflict = Conflict {
+            keys,
+            unconflicted: &unconflicted,
+        };
+        let events = StoredEvents {
+            store,
+            cache: RefCell::new(cache),
+            error: RefCell::default(),
+        };
+        let changes = state_res::resolve_conflict(version, &conflict, difference, &events);
+        if let Some(e) = events.error.into_inner() {
+            return Err(e);
+        }
+        changes
+    };
+    if let Some(e) = names.error.into_inner() {
         return Err(e);
     }
-    let by_id: HashMap<&str, ShortEventId> = ids.iter().map(|(s, id)| (id.as_str(), *s)).collect();
-    let mut out = StateMap::with_capacity(resolved.len());
-    for ((kind, state_key), event_id) in resolved {
+    let by_id: HashMap<String, ShortEventId> = names
+        .ids
+        .into_inner()
+        .into_iter()
+        .map(|(short, id)| (id, short))
+        .collect();
+    let mut out = first.clone();
+    for ((kind, state_key), event_id) in changes {
         let key = store.state.state_key(&kind, &state_key)?;
+        let Some(event_id) = event_id else {
+            out.remove(&key);
+            continue;
+        };
         // Mostly an event of one of the states; also one of their auth chains' (the auth
         // difference takes part in the iterative auth checks and can win).
-        let event = match by_id.get(event_id.as_str()) {
+        let event = match by_id.get(&event_id) {
             Some(short) => *short,
             None => store.state.find_event(&event_id)?.ok_or_else(|| {
                 MatrixError::internal("state resolution chose an event that is not stored")
@@ -101,13 +151,176 @@ pub fn resolve_maps(
     Ok(out)
 }
 
+/// The auth difference of stored snapshots, as event ids, from the auth index (what a
+/// resolution of them uses; for tests and diagnostics).
+pub fn auth_difference(
+    store: &EventStore,
+    snapshots: &[ShortStateHash],
+) -> MatrixResult<HashSet<String>> {
+    let maps: Vec<StateMap> = snapshots
+        .iter()
+        .map(|s| store.state.load(*s))
+        .collect::<MatrixResult<_>>()?;
+    let conflicted = conflicted_keys(&maps);
+    let per_state = conflicted_events(&maps, &conflicted);
+    index_difference(store, &maps, (&conflicted, &per_state), None)?
+        .into_iter()
+        .map(|e| store.state.event_id_of(e))
+        .collect()
+}
+
+/// The auth difference of `maps`, whose conflicted keys and events are `conflicted`,
+/// from the index.
+fn index_difference(
+    store: &EventStore,
+    maps: &[StateMap],
+    (conflicted, per_state): (&KeySet, &[Vec<ShortEventId>]),
+    unwritten: Option<(ShortEventId, &[ShortEventId])>,
+) -> MatrixResult<HashSet<ShortEventId>> {
+    let Some(first) = maps.first() else {
+        return Ok(HashSet::new());
+    };
+    let in_unconflicted = |event: ShortEventId, key: ShortStateKey| {
+        !conflicted.contains(&key) && first.get(&key) == Some(&event)
+    };
+    auth_index::auth_difference(store, per_state, unwritten, &in_unconflicted)
+}
+
+/// Each map's events of the conflicted keys.
+fn conflicted_events(maps: &[StateMap], conflicted: &KeySet) -> Vec<Vec<ShortEventId>> {
+    maps.iter()
+        .map(|m| {
+            conflicted
+                .iter()
+                .filter_map(|k| m.get(k).copied())
+                .collect()
+        })
+        .collect()
+}
+
+/// Reads `wanted` and their auth events in bulk into `cache`, and their ids into `names`:
+/// the events a resolution asks for first, each read one at a time otherwise.
+fn prefetch(
+    store: &EventStore,
+    names: &Names<'_>,
+    mut wanted: Vec<ShortEventId>,
+    cache: &mut HashMap<String, Option<Looked>>,
+) -> MatrixResult<()> {
+    let mut seen: HashSet<ShortEventId> = names.ids.borrow().keys().copied().collect();
+    for _ in 0..2 {
+        wanted.retain(|s| seen.insert(*s));
+        if wanted.is_empty() {
+            break;
+        }
+        let ids = store.state.event_ids_of(&wanted)?;
+        let pdus = store.db.multi_get(
+            crate::storage::Table::ShorteventidPdu,
+            wanted.iter().map(|s| s.to_be_bytes()),
+        )?;
+        let records = graph::records(store, &wanted)?;
+        let mut next = Vec::new();
+        for (((short, id), pdu), record) in wanted.iter().zip(ids).zip(pdus).zip(records) {
+            names.ids.borrow_mut().insert(*short, id.clone());
+            let Some(pdu) = pdu.and_then(|p| serde_json::from_slice::<Value>(&p).ok()) else {
+                continue;
+            };
+            let rejected = matches!(
+                record.as_ref().map(|r| &r.status),
+                Some(EventStatus::Rejected { .. })
+            );
+            if let Some(record) = record {
+                next.extend(record.auth);
+            }
+            cache.insert(id, Some((Arc::new(pdu), rejected)));
+        }
+        wanted = next;
+    }
+    Ok(())
+}
+
+/// The keys not every map holds the same event for.
+fn conflicted_keys(maps: &[StateMap]) -> KeySet {
+    let mut out = KeySet::default();
+    let Some((first, rest)) = maps.split_first() else {
+        return out;
+    };
+    for (key, event) in first {
+        if rest.iter().any(|m| m.get(key) != Some(event)) {
+            out.insert(*key);
+        }
+    }
+    for map in rest {
+        out.extend(map.keys().filter(|k| !first.contains_key(*k)));
+    }
+    out
+}
+
+/// Short ids turned into the algorithm's strings, each read once.
+struct Names<'a> {
+    store: &'a EventStore,
+    ids: RefCell<HashMap<ShortEventId, String>>,
+    unwritten: Option<(String, Arc<Value>)>,
+    /// The first storage error met by a lookup that has no error path.
+    error: RefCell<Option<MatrixError>>,
+}
+
+impl<'a> Names<'a> {
+    fn new(store: &'a EventStore, unwritten: Option<Unwritten<'_>>) -> Self {
+        let mut ids = HashMap::new();
+        if let Some((short, id, _)) = unwritten {
+            ids.insert(short, id.to_owned());
+        }
+        Self {
+            store,
+            ids: RefCell::new(ids),
+            unwritten: unwritten.map(|(_, id, pdu)| (id.to_owned(), Arc::new(pdu.clone()))),
+            error: RefCell::default(),
+        }
+    }
+
+    fn event_id(&self, short: ShortEventId) -> MatrixResult<String> {
+        if let Some(id) = self.ids.borrow().get(&short) {
+            return Ok(id.clone());
+        }
+        let id = self.store.state.event_id_of(short)?;
+        self.ids.borrow_mut().insert(short, id.clone());
+        Ok(id)
+    }
+
+    /// The event the unconflicted state map (`first` outside the conflicted keys, which
+    /// the algorithm never asks for) holds for `key`.
+    fn unconflicted(
+        &self,
+        first: &StateMap,
+        (kind, state_key): &(String, String),
+    ) -> Option<String> {
+        let found = (|| {
+            let Some(key) = self.store.state.find_state_key(kind, state_key)? else {
+                return Ok(None);
+            };
+            first.get(&key).map(|e| self.event_id(*e)).transpose()
+        })();
+        found.unwrap_or_else(|e| {
+            self.error.borrow_mut().get_or_insert(e);
+            None
+        })
+    }
+
+    /// The PDUs known without a read (the unwritten event's), as the event cache starts.
+    fn pdus(&self) -> HashMap<String, Option<Looked>> {
+        self.unwritten
+            .iter()
+            .map(|(id, pdu)| (id.clone(), Some((Arc::clone(pdu), false))))
+            .collect()
+    }
+}
+
 /// A stored event's PDU and whether it was rejected.
 type Looked = (Arc<Value>, bool);
 
 /// Stored events as the algorithm asks for them, each read once.
 struct StoredEvents<'a> {
     store: &'a EventStore,
-    differing: HashSet<(String, String)>,
     cache: RefCell<HashMap<String, Option<Looked>>>,
     /// The first storage error met (the trait has no error path; it is reported after).
     error: RefCell<Option<MatrixError>>,
@@ -170,12 +383,5 @@ impl ResolutionEvents for StoredEvents<'_> {
                 .get("signatures")
                 .and_then(|s| s.get(server))
                 .is_some()
-    }
-
-    fn differing_keys(
-        &self,
-        _states: &[&state_res::StateMap],
-    ) -> Option<HashSet<(String, String)>> {
-        Some(self.differing.clone())
     }
 }

@@ -142,7 +142,7 @@ impl Rooms {
         self.fetch_and_receive(origin, room_id, &lacking, Kind::Outlier, source, budget)
             .await?;
         let room_short = self.store.room(room_id)?.map_or(0, |r| r.short);
-        let mut map = StateMap::with_capacity(ids.len());
+        let mut map = StateMap::with_capacity_and_hasher(ids.len(), Default::default());
         for id in &ids {
             let Some(short) = self.store.state.find_event(id)? else {
                 return Ok(None);

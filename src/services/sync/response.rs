@@ -1025,7 +1025,7 @@ fn state_section(
     }
     let now: StateMap = store.state().load(start)?;
     let before: StateMap = match since_state {
-        Some(0) | None => StateMap::new(),
+        Some(0) | None => StateMap::default(),
         Some(snapshot) => store.state().load(snapshot)?,
     };
     let in_timeline: BTreeSet<u64> = timeline.iter().map(|e| e.short).collect();

@@ -19,6 +19,7 @@ use crate::core::pdu;
 use crate::core::power_levels::PowerLevels;
 use crate::error::MatrixResult;
 use crate::services::records::encode;
+use crate::services::rooms::auth_index;
 use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
 use crate::services::rooms::records::EventMeta;
 use crate::services::rooms::state_store::{ShortEventId, ShortStateHash};
@@ -69,7 +70,8 @@ pub(super) fn place(
         auth: edges.auth,
         status: EventStatus::Accepted,
     };
-    graph::write(&mut batch, short, &graph_record);
+    let state_key = auth_index::state_key_of(store, pdu)?;
+    graph::write(&mut batch, short, &graph_record, state_key);
     let prev_ids: Vec<String> = crate::core::pdu::event_ids(pdu, "prev_events")
         .map(str::to_owned)
         .collect();

@@ -955,7 +955,7 @@ fn create_room(
             visibility_restricted: false,
         },
         version,
-        state: StateMap::new(),
+        state: StateMap::default(),
         cache: HashMap::new(),
         local_members: None,
         power_levels: None,
@@ -1216,7 +1216,12 @@ fn write_event(
         auth: edges.auth,
         status: graph::EventStatus::Accepted,
     };
-    graph::write(&mut batch, short, &graph_record);
+    graph::write(
+        &mut batch,
+        short,
+        &graph_record,
+        super::auth_index::state_key_of(store, pdu)?,
+    );
     let ticket = store.stream.allocate()?;
     let pos = ticket.pos();
     let state_before = head.record.state;

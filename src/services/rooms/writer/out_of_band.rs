@@ -116,7 +116,7 @@ pub(super) fn write(
                 current,
                 (short, &event),
                 Edges::default(),
-                EventStatus::OutOfBand,
+                (EventStatus::OutOfBand, None),
                 (0, 0),
             );
             short

@@ -36,6 +36,7 @@ use crate::core::power_levels::PowerLevels;
 use crate::core::RoomVersion;
 use crate::error::MatrixResult;
 use crate::services::records::encode;
+use crate::services::rooms::auth_index;
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
 use crate::services::rooms::records::EventMeta;
@@ -238,7 +239,7 @@ pub(super) fn receive(
         snapshots.dedup();
         // A live event on the room's newest events reads the head's state (no copy).
         match snapshots.as_slice() {
-            [] => (0, Before::Map(StateMap::new())),
+            [] => (0, Before::Map(StateMap::default())),
             [one] if *one == head.record.state => (*one, Before::Current),
             [one] => (*one, Before::Map(store.state.load(*one)?)),
             [first, ..] => {
@@ -348,7 +349,8 @@ pub(super) fn receive(
                 replaces: 0,
                 redacted_by: 0,
             };
-            graph::write(&mut batch, short, &graph_record);
+            let state_key = auth_index::state_key_of(store, &event.pdu)?;
+            graph::write(&mut batch, short, &graph_record, state_key);
             put_event(&mut batch, short, &event.pdu, &meta);
             store.db.write_relaxed(batch)?;
             tracing::info!(event = %event.event_id, room = %head.record.room_id, "soft-failed: {reason}");
@@ -570,7 +572,7 @@ fn reject_with(
         head,
         (short, event),
         edges,
-        status,
+        (status, None),
         (state_before, state_before),
     );
     ctx.store.db.write_relaxed(batch)?;
@@ -592,20 +594,29 @@ fn store_without_place(
             .state
             .intern_new_event(&event.event_id, &mut batch)
     });
-    put_without_place(&mut batch, head, (short, event), edges, status, states);
+    let state_key = auth_index::state_key_of(&ctx.store, &event.pdu)?;
+    put_without_place(
+        &mut batch,
+        head,
+        (short, event),
+        edges,
+        (status, state_key),
+        states,
+    );
     ctx.store.db.write_relaxed(batch)?;
     Ok(short)
 }
 
 /// The rows of an event kept without a timeline place (position 0): outliers, rejected
 /// and soft-failed events. A rejected event names no children: it never hides its prev
-/// events from the extremities.
+/// events from the extremities. `state_key` is the event's short state key, if it is a
+/// state event (for the auth index; rejected and out-of-band events stay out of it).
 pub(super) fn put_without_place(
     batch: &mut crate::storage::Batch<'_>,
     head: &RoomHead,
     (short, event): (ShortEventId, &RemoteEvent),
     edges: Edges,
-    status: EventStatus,
+    (status, state_key): (EventStatus, Option<ShortStateKey>),
     (state_before, state_after): (ShortStateHash, ShortStateHash),
 ) {
     let graph_record = GraphRecord {
@@ -627,13 +638,20 @@ pub(super) fn put_without_place(
         EventStatus::Rejected { .. } | EventStatus::Outlier | EventStatus::OutOfBand
     ) {
         // No child edges: only events with state and a place hide their prev events.
+        auth_index::note_children(
+            batch,
+            short,
+            &graph_record.auth,
+            state_key,
+            &graph_record.status,
+        );
         batch.put(
             Table::ShorteventidGraph,
             short.to_be_bytes(),
             encode(&graph_record),
         );
     } else {
-        graph::write(batch, short, &graph_record);
+        graph::write(batch, short, &graph_record, state_key);
     }
     put_event(batch, short, &event.pdu, &meta);
 }
@@ -761,7 +779,7 @@ fn accept(
         auth: edges.auth,
         status: EventStatus::Accepted,
     };
-    graph::write(&mut batch, short, &graph_record);
+    graph::write(&mut batch, short, &graph_record, own_key);
     graph::note_unknown_prevs(store, &mut batch, &prev_ids, short)?;
     let replaces = own_key
         .and_then(|k| head.state.get(&k).copied())

@@ -11,8 +11,6 @@
 //! and 5 against that state and becomes the room's only forward extremity. A room we
 //! did not have is made here, with no event of its own.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 
 use super::remote_event::{self, PduOutcome, RemoteEvent};
@@ -147,7 +145,7 @@ fn take_in(
     let map: StateMap = changes
         .iter()
         .filter_map(|(key, short)| short.map(|s| (*key, s)))
-        .collect::<HashMap<_, _>>();
+        .collect();
     let mut join = job.join;
     join.outlier = false;
     join.given_state = Some((snapshot, map));
