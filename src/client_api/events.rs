@@ -68,6 +68,7 @@ pub async fn events(
         set_presence: PresenceState::Online,
         timeout,
         full_state: false,
+        use_state_after: false,
         filter,
     };
     let response = services.sync.sync(services.clone(), request).await?;

@@ -26,6 +26,7 @@ pub struct SyncParams {
     since: Option<String>,
     timeout: Option<String>,
     full_state: Option<String>,
+    use_state_after: Option<String>,
     filter: Option<String>,
     set_presence: Option<String>,
 }
@@ -56,15 +57,15 @@ pub async fn sync(
                 .map_err(|_| MatrixError::invalid_param("timeout must be a number of ms"))?,
         ),
     };
-    let full_state = match params.full_state.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            return Err(MatrixError::invalid_param(
-                "full_state must be true or false",
-            ))
-        }
+    let flag = |value: Option<&str>, name: &str| match value {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(MatrixError::invalid_param(format!(
+            "{name} must be true or false"
+        ))),
     };
+    let full_state = flag(params.full_state.as_deref(), "full_state")?;
+    let use_state_after = flag(params.use_state_after.as_deref(), "use_state_after")?;
     let set_presence = match params.set_presence.as_deref() {
         None => PresenceState::Online,
         Some(text) => PresenceState::parse(text).ok_or_else(|| {
@@ -82,6 +83,7 @@ pub async fn sync(
         set_presence,
         timeout,
         full_state,
+        use_state_after,
         filter,
     };
     let response = services.sync.sync(services.clone(), request).await?;

@@ -95,6 +95,13 @@ pub enum Table {
     /// height of its auth events (0 for an event with none held), worked out when a
     /// resolution first needs it and kept. Owner: rooms (auth index).
     ShorteventidAuthheight,
+    /// `short event id (u64 BE) -> snapshot (u64 BE)`: the room's current state after an
+    /// accepted event, kept where it is not the event's own state after (a fork).
+    /// Owner: rooms (stream state).
+    ShorteventidCurrentstate,
+    /// `short room id (u64 BE) ++ position (u64 BE) -> ()`: events accepted with a gap
+    /// before them (prev events not fetched, their state told). Owner: rooms (stream state).
+    ShortroomidGappos,
     /// `prev event id 0xFF child short event id (u64 BE) -> ()`: the accepted events
     /// naming an event not held when they were stored among their `prev_events` (it
     /// arrives later: not a forward extremity then). Owner: rooms.
@@ -237,6 +244,8 @@ impl Table {
         Table::PrevShorteventidChild,
         Table::AuthShorteventidChild,
         Table::ShorteventidAuthheight,
+        Table::ShorteventidCurrentstate,
+        Table::ShortroomidGappos,
         Table::EventidPendingchild,
         Table::ShorteventidStrippedstate,
         Table::EventidPendingrelation,
@@ -309,6 +318,8 @@ impl Table {
             Table::PrevShorteventidChild => "prev_shorteventid_child",
             Table::AuthShorteventidChild => "auth_shorteventid_child",
             Table::ShorteventidAuthheight => "shorteventid_authheight",
+            Table::ShorteventidCurrentstate => "shorteventid_currentstate",
+            Table::ShortroomidGappos => "shortroomid_gappos",
             Table::EventidPendingchild => "eventid_pendingchild",
             Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
             Table::EventidPendingrelation => "eventid_pendingrelation",

@@ -112,7 +112,9 @@ async fn state_events_are_indexed_as_auth_children_and_an_older_database_is_inde
         );
     }
     // A message is nobody's auth event and is left out.
-    assert!(entries.iter().all(|(_, child, _)| *child != short(&message)));
+    assert!(entries
+        .iter()
+        .all(|(_, child, _)| *child != short(&message)));
 
     // A database from before the index: the entries and the mark are gone.
     let mut batch = services.db.batch();
@@ -121,7 +123,10 @@ async fn state_events_are_indexed_as_auth_children_and_an_older_database_is_inde
         key.extend_from_slice(&child.to_be_bytes());
         batch.delete(ourwhats::storage::Table::AuthShorteventidChild, key);
     }
-    batch.delete(ourwhats::storage::Table::Meta, b"rooms.auth_children_indexed");
+    batch.delete(
+        ourwhats::storage::Table::Meta,
+        b"rooms.auth_children_indexed",
+    );
     services.db.commit_blocking(batch).unwrap();
     assert!(auth_children(&services.db).is_empty());
     s.restart().await;

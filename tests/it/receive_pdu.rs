@@ -1209,3 +1209,122 @@ async fn forged_old_power_levels_after_a_fork_leave_the_state_unchanged() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(room.state_id("m.room.power_levels", "").await, demotion);
 }
+
+/// `rooms.join.{room}` of alice's sync since `since` (`None`: initial), with
+/// `use_state_after` as asked.
+async fn room_sync(room: &Room<'_>, since: Option<&str>, state_after: bool) -> (Value, String) {
+    let mut query = format!("use_state_after={state_after}");
+    if let Some(since) = since {
+        query.push_str(&format!("&since={since}"));
+    }
+    let body = room.alice.sync(&query).await;
+    let token = body["next_batch"].as_str().unwrap().to_owned();
+    (body["rooms"]["join"][&room.id].clone(), token)
+}
+
+fn ids_in(section: &Value) -> Vec<String> {
+    section["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn sync_state_after_gives_the_resolved_state_when_a_losing_fork_comes_last_in_the_timeline()
+{
+    // Spec v1.16, `use_state_after`: the state up to the end of the timeline, which
+    // clients take instead of applying the timeline's state events. Bob renames himself
+    // twice on two branches from his join; the rename made first (the earlier
+    // timestamp) arrives last. State resolution orders them by timestamp and keeps the
+    // later one, so the timeline's last state event is not the room's state.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (first, token) = room_sync(&room, None, true).await;
+    assert!(first.get("state").is_none(), "{first}");
+    let initial = ids_in(&first["state_after"]);
+    assert!(initial.contains(&join_id), "the state up to the end: {first}");
+    let (_, old_token) = room_sync(&room, None, false).await;
+
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let auth = [levels, rules, join_id.clone()];
+    let early = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "early"}),
+        std::slice::from_ref(&join_id),
+        &auth,
+    );
+    let late = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "late"}),
+        std::slice::from_ref(&join_id),
+        &auth,
+    );
+    assert_eq!(
+        room.receive(&late.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(
+        room.receive(&early.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let (_, member) = room.alice.state(&room.id, "m.room.member", BOB).await;
+    assert_eq!(member["displayname"], "late", "resolved by timestamp");
+
+    let (section, _) = room_sync(&room, Some(&token), true).await;
+    assert_eq!(
+        ids_in(&section["timeline"]),
+        vec![late.0.clone(), early.0.clone()]
+    );
+    assert!(section.get("state").is_none(), "{section}");
+    // The member event the room holds, though the timeline's last is the other.
+    assert_eq!(ids_in(&section["state_after"]), vec![late.0.clone()]);
+
+    // Without `use_state_after`: `state`, up to the timeline's start, and no
+    // `state_after`.
+    let (old, _) = room_sync(&room, Some(&old_token), false).await;
+    assert!(old.get("state_after").is_none(), "{old}");
+    assert!(old["state"]["events"].is_array(), "{old}");
+}
+
+#[tokio::test]
+async fn sync_says_limited_when_an_event_comes_with_a_gap_before_it() {
+    // The "/sync says limited when a fork brings a gap": bob's message names
+    // events we could not fetch (their state was told); the timeline does not run on
+    // into it.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (_, token) = room_sync(&room, None, false).await;
+    let own = room.alice.text(&room.id, "before the gap").await;
+    let (section, after_own) = room_sync(&room, Some(&token), false).await;
+    assert_eq!(section["timeline"]["limited"], false, "{section}");
+    assert_eq!(ids_in(&section["timeline"]), vec![own.clone()]);
+
+    let state_ids = room.current_state_ids().await;
+    let lost: Vec<String> = (0..6)
+        .map(|n| format!("$lost{n}lostlostlostlostlostlostlostlostlostlo"))
+        .collect();
+    let (said_id, said) = room.bob_says("after a gap", &lost, &join_id).await;
+    let source = TestSource::default();
+    source
+        .state_ids
+        .lock()
+        .unwrap()
+        .insert(said_id.clone(), state_ids);
+    assert_eq!(room.receive(&said, &source).await, PduOutcome::Accepted);
+
+    let (section, next) = room_sync(&room, Some(&after_own), false).await;
+    assert_eq!(section["timeline"]["limited"], true, "{section}");
+    let timeline = ids_in(&section["timeline"]);
+    assert_eq!(timeline.last(), Some(&said_id), "{section}");
+    assert!(section["timeline"]["prev_batch"].is_string());
+    // Events after it run on as usual.
+    let again = room.alice.text(&room.id, "after the gap").await;
+    let (section, _) = room_sync(&room, Some(&next), false).await;
+    assert_eq!(section["timeline"]["limited"], false, "{section}");
+    assert_eq!(ids_in(&section["timeline"]), vec![again]);
+}

@@ -47,6 +47,7 @@ pub mod server_reads;
 pub mod server_visibility;
 pub mod state_store;
 pub mod stored_event;
+pub mod stream_state;
 pub mod tokens;
 pub mod told_state;
 pub mod upgrade;

@@ -54,6 +54,9 @@ pub struct SyncRequest {
     pub timeout: Duration,
     /// Send the full state of every room.
     pub full_state: bool,
+    /// Send each room's state up to the end of its timeline, as `state_after`, instead
+    /// of up to its start as `state` (spec v1.16, `use_state_after`).
+    pub use_state_after: bool,
     /// The filter.
     pub filter: Filter,
 }

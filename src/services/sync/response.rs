@@ -30,6 +30,7 @@ use crate::services::rooms::history::Direction;
 use crate::services::rooms::records::MembershipRecord;
 use crate::services::rooms::remote_invite::STRIPPED_STATE_TYPES;
 use crate::services::rooms::state_store::{ShortStateHash, StateMap};
+use crate::services::rooms::stream_state;
 use crate::services::rooms::tokens;
 use crate::services::rooms::visibility::VisibilityCheck;
 use crate::services::Services;
@@ -166,8 +167,25 @@ struct JoinedRoomJson<'e> {
 #[derive(serde::Serialize)]
 struct LeftRoomJson<'e> {
     timeline: TimelineJson<'e>,
-    state: Events<EventJson<'e>>,
+    /// The state up to the timeline's start; or, when the client asked
+    /// `use_state_after`, `state_after`: the state up to its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<Events<EventJson<'e>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_after: Option<Events<EventJson<'e>>>,
     account_data: Events<Value>,
+}
+
+/// `(state, state_after)` of a room section: the events in the one the client asked for.
+type StateFields<'e> = (Option<Events<EventJson<'e>>>, Option<Events<EventJson<'e>>>);
+
+fn state_fields<'e>(ctx: &Context<'_>, events: Vec<EventJson<'e>>) -> StateFields<'e> {
+    let events = Some(Events { events });
+    if ctx.request.use_state_after {
+        (None, events)
+    } else {
+        (events, None)
+    }
 }
 
 impl<'e> LeftRoomJson<'e> {
@@ -178,15 +196,15 @@ impl<'e> LeftRoomJson<'e> {
         check: &mut VisibilityCheck<'_>,
         account_data: Vec<Value>,
     ) -> MatrixResult<Self> {
+        let (state, state_after) = state_fields(ctx, ctx.render_all(state, room_id, check)?);
         Ok(Self {
             timeline: TimelineJson {
                 events: ctx.render_all(&timeline.events, room_id, check)?,
                 limited: timeline.limited,
                 prev_batch: Some(tokens::token(timeline.prev_batch)),
             },
-            state: Events {
-                events: ctx.render_all(state, room_id, check)?,
-            },
+            state,
+            state_after,
             account_data: Events {
                 events: account_data,
             },
@@ -963,8 +981,17 @@ fn timeline(
         .limit
         .map_or(DEFAULT_TIMELINE_LIMIT, |l| l as usize)
         .min(MAX_TIMELINE_LIMIT);
-    let lower = after.map_or(0, |a| a + 1);
+    let mut lower = after.map_or(0, |a| a + 1);
     let upper = upto.saturating_add(1);
+    // An event that came with a gap before it (prev events another server could not
+    // give): the client's timeline does not run on into it. As after a long absence,
+    // the newest events come as a new, limited timeline (which may repeat some the
+    // client has), with the state against what the client holds.
+    let gap = after.is_some()
+        && stream_state::newest_gap(ctx.store(), room.short, lower, upper)?.is_some();
+    if gap {
+        lower = 0;
+    }
     if limit == 0 || lower >= upper {
         let more = lower < upper;
         return Ok(Timeline {
@@ -985,7 +1012,7 @@ fn timeline(
     )?;
     let mut events = scan.events;
     // Short of the extra event, the scan only stops early after scanning its maximum.
-    let limited = events.len() > limit || scan.more_after.is_some();
+    let limited = gap || events.len() > limit || scan.more_after.is_some();
     events.truncate(limit);
     events.reverse();
     let prev_batch = match events.first() {
@@ -999,7 +1026,9 @@ fn timeline(
     })
 }
 
-/// The state snapshot after the room's last event at or before `pos` (0: none yet).
+/// The room's state after its last event at or before `pos` (0: none yet): the current
+/// state then, which after a fork is the resolution of the branches rather than the
+/// event's own state.
 pub(super) fn snapshot_at(
     store: &EventStore,
     room: &Room,
@@ -1007,9 +1036,67 @@ pub(super) fn snapshot_at(
 ) -> MatrixResult<ShortStateHash> {
     let last = store.timeline(room.short, 0, pos.saturating_add(1), true, 1)?;
     match last.first() {
-        Some((_, short)) => Ok(store.meta(*short)?.state_after),
+        Some((_, short)) => {
+            stream_state::current_after(store, *short, store.meta(*short)?.state_after)
+        }
         None => Ok(0),
     }
+}
+
+/// Where a room's state section runs to and from: `(to, from)`, `from` being what the
+/// client holds (`None`: nothing, so the whole state). Spec: the state "between the time
+/// indicated by the since parameter, and the start of the timeline". When the timeline
+/// does not follow one line of state (another server's event on an older event: a fork
+/// whose state the room resolved, or events the client does not see between), the
+/// section runs to the room's state at the end instead, so that the client, applying the
+/// timeline after it, holds the room's resolved state.
+fn state_span(
+    ctx: &Context<'_>,
+    room: &Room,
+    timeline: &Timeline,
+    upto: u64,
+    fresh: bool,
+) -> MatrixResult<(ShortStateHash, Option<ShortStateHash>)> {
+    let store = ctx.store();
+    if ctx.request.use_state_after {
+        // Spec: `state_after`, the state "between the time indicated by the since
+        // parameter, and the end of the timeline".
+        let end = snapshot_at(store, room, upto)?;
+        let since = match fresh {
+            true => None,
+            false => Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?),
+        };
+        return Ok((end, since));
+    }
+    let start = match timeline.events.first() {
+        Some(first) => first.meta.state_before,
+        None => snapshot_at(store, room, upto)?,
+    };
+    if fresh {
+        return Ok((start, None));
+    }
+    let since = snapshot_at(store, room, ctx.since.unwrap_or(0))?;
+    let joins_since = timeline.limited || ctx.timeline_may_drop_state || since == start;
+    if joins_since && follows_one_line(store, &timeline.events)? {
+        Ok((start, Some(since)))
+    } else {
+        Ok((snapshot_at(store, room, upto)?, Some(since)))
+    }
+}
+
+/// Whether each timeline event's state before it is the room's state after the one
+/// before it.
+fn follows_one_line(store: &EventStore, events: &[StoredEvent]) -> MatrixResult<bool> {
+    for pair in events.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if b.meta.state_before != a.meta.state_after
+            && b.meta.state_before
+                != stream_state::current_after(store, a.short, a.meta.state_after)?
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// State events to send: all of `start` (full) or what differs from `since_state`.
@@ -1028,7 +1115,12 @@ fn state_section(
         Some(0) | None => StateMap::default(),
         Some(snapshot) => store.state().load(snapshot)?,
     };
-    let in_timeline: BTreeSet<u64> = timeline.iter().map(|e| e.short).collect();
+    // Under `state_after` the client takes no state from the timeline: nothing is left
+    // out for being in it.
+    let in_timeline: BTreeSet<u64> = match ctx.request.use_state_after {
+        true => BTreeSet::new(),
+        false => timeline.iter().map(|e| e.short).collect(),
+    };
     let mut shorts: Vec<u64> = now
         .iter()
         .filter(|(key, event)| before.get(key) != Some(event) && !in_timeline.contains(event))
@@ -1098,18 +1190,7 @@ fn joined_room(
     let mut check =
         VisibilityCheck::new(store, &ctx.request.user_id, Some(record)).in_room(&room.record);
     let timeline = timeline(ctx, room, &mut check, ctx.since, ctx.upto)?;
-    let start = match timeline.events.first() {
-        Some(first) => first.meta.state_before,
-        None => snapshot_at(store, room, ctx.upto)?,
-    };
-    let since_state = if full {
-        None
-    } else if timeline.limited || ctx.timeline_may_drop_state {
-        Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)
-    } else {
-        // Every state change since `since` is in the timeline.
-        Some(start)
-    };
+    let (start, since_state) = state_span(ctx, room, &timeline, ctx.upto, full)?;
     let mut state = state_section(ctx, start, since_state, &timeline.events)?;
     if ctx.filter.room.state.lazy_load_members {
         if !full {
@@ -1219,25 +1300,17 @@ fn left_room(
                 limited: false,
                 prev_batch: None,
             },
-            state: Events { events: Vec::new() },
+            state: state_fields(ctx, Vec::new()).0,
+            state_after: state_fields(ctx, Vec::new()).1,
             account_data: Events { events: Vec::new() },
         })
         .map(Some);
     }
     let timeline = timeline(ctx, room, &mut check, ctx.since, record.pos)?;
-    let start = match timeline.events.first() {
-        Some(first) => first.meta.state_before,
-        None => snapshot_at(store, room, record.pos)?,
-    };
     // Joined (and left) since `since`: the client never had this room's state.
     let joined_since = ctx.since.is_some_and(|s| record.last_join_pos > s);
-    let since_state = if ctx.full || joined_since {
-        None
-    } else if timeline.limited || ctx.timeline_may_drop_state {
-        Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?)
-    } else {
-        Some(start)
-    };
+    let fresh = ctx.full || joined_since;
+    let (start, since_state) = state_span(ctx, room, &timeline, record.pos, fresh)?;
     let state = state_section(ctx, start, since_state, &timeline.events)?;
     let account_data: Vec<Value> = data
         .iter()

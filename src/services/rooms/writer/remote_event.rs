@@ -42,6 +42,7 @@ use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
 use crate::services::rooms::records::EventMeta;
 use crate::services::rooms::resolution;
 use crate::services::rooms::state_store::{ShortEventId, ShortStateHash, ShortStateKey, StateMap};
+use crate::services::rooms::stream_state;
 use crate::services::stream::StreamChange;
 use crate::storage::Table;
 
@@ -173,6 +174,7 @@ pub(super) fn receive(
         .map(str::to_owned)
         .collect();
     let given = event.given_state.is_some();
+    let mut gap = false;
     let mut batch = store.db.batch();
     // A resolved state before the event saved in this batch (not readable until it is
     // written): `(the first prev's snapshot, the changes from it)`, so that the state
@@ -198,13 +200,17 @@ pub(super) fn receive(
         (hash, Before::Map(map))
     } else {
         let mut snapshots: Vec<ShortStateHash> = Vec::with_capacity(prev_ids.len());
-        // A prev event without a state of ours takes the state after it as told, if any.
+        // A prev event without a state of ours takes the state after it as told, if any:
+        // the event comes with a gap before it.
         let mut unplaced = |id: &String, snapshots: &mut Vec<ShortStateHash>| match event
             .gap_states
             .iter()
             .find(|(prev, _)| prev == id)
         {
-            Some((_, told)) => snapshots.push(*told),
+            Some((_, told)) => {
+                gap = true;
+                snapshots.push(*told)
+            }
             None => missing.push(id.clone()),
         };
         for id in &prev_ids {
@@ -364,6 +370,7 @@ pub(super) fn receive(
         before_map: before,
         own_key,
         given,
+        gap,
     };
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
     Ok(PduOutcome::Accepted)
@@ -669,6 +676,8 @@ struct AcceptedStates {
     /// The state before it was given (our join through another server): the room
     /// starts afresh from it.
     given: bool,
+    /// Some of its prev events are not held: their state was told.
+    gap: bool,
 }
 
 /// Stores an accepted event: its timeline place, the forward extremities, the room's new
@@ -689,6 +698,7 @@ fn accept(
         before_map,
         own_key,
         given,
+        gap,
     } = states;
     let store = &ctx.store;
     let pdu = &event.pdu;
@@ -781,6 +791,10 @@ fn accept(
     };
     graph::write(&mut batch, short, &graph_record, own_key);
     graph::note_unknown_prevs(store, &mut batch, &prev_ids, short)?;
+    stream_state::note_current(&mut batch, short, current, state_after);
+    if gap {
+        stream_state::note_gap(&mut batch, head.short, pos);
+    }
     let replaces = own_key
         .and_then(|k| head.state.get(&k).copied())
         .unwrap_or(0);
