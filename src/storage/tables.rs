@@ -87,9 +87,9 @@ pub enum Table {
     /// naming an event among their `prev_events`. Owner: rooms.
     PrevShorteventidChild,
     /// `auth short event id (u64 BE) ++ child short event id (u64 BE) -> child's short
-    /// state key (u64 BE)`: the state events (not rejected) naming an event among their
-    /// `auth_events`, so state resolution can tell whether the room's state reaches an
-    /// event without walking the state's auth chains. Owner: rooms (auth index).
+    /// state key (u64 BE)`: the state events (whatever their status) naming an event
+    /// among their `auth_events`, so state resolution can tell whether the room's state
+    /// reaches an event without walking the state's auth chains. Owner: rooms (auth index).
     AuthShorteventidChild,
     /// `short event id (u64 BE) -> auth height (u32 BE)`: one more than the greatest
     /// height of its auth events (0 for an event with none held), worked out when a

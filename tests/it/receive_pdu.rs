@@ -11,6 +11,7 @@ use common::TestServer;
 use ourwhats::core::pdu;
 use ourwhats::services::rooms::graph::{self, EventStatus};
 use ourwhats::services::rooms::receive::PduOutcome;
+use ourwhats::services::rooms::resolution;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -1232,8 +1233,7 @@ fn ids_in(section: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn sync_state_after_gives_the_resolved_state_when_a_losing_fork_comes_last_in_the_timeline()
-{
+async fn sync_state_after_gives_the_resolved_state_when_a_losing_fork_comes_last_in_the_timeline() {
     // Spec v1.16, `use_state_after`: the state up to the end of the timeline, which
     // clients take instead of applying the timeline's state events. Bob renames himself
     // twice on two branches from his join; the rename made first (the earlier
@@ -1245,7 +1245,10 @@ async fn sync_state_after_gives_the_resolved_state_when_a_losing_fork_comes_last
     let (first, token) = room_sync(&room, None, true).await;
     assert!(first.get("state").is_none(), "{first}");
     let initial = ids_in(&first["state_after"]);
-    assert!(initial.contains(&join_id), "the state up to the end: {first}");
+    assert!(
+        initial.contains(&join_id),
+        "the state up to the end: {first}"
+    );
     let (_, old_token) = room_sync(&room, None, false).await;
 
     let levels = room.state_id("m.room.power_levels", "").await;
@@ -1327,4 +1330,66 @@ async fn sync_says_limited_when_an_event_comes_with_a_gap_before_it() {
     let (section, _) = room_sync(&room, Some(&next), false).await;
     assert_eq!(section["timeline"]["limited"], false, "{section}");
     assert_eq!(ids_in(&section["timeline"]), vec![again]);
+}
+
+#[tokio::test]
+async fn a_stale_auth_height_makes_the_index_step_aside_for_one_resolution() {
+    // The auth index's walk relies on kept auth heights falling along every auth edge;
+    // one that does not (kept before its event was written again) is found, forgotten,
+    // and the auth difference comes from walking the chains instead: the same answer.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (status, body) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.topic/", room.id),
+            json!({"topic": "ours"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let topic = body["event_id"].as_str().unwrap().to_owned();
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bobby"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), rules, join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&rename.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let store = room.store();
+    let snapshot = |id: &str| store.event_by_id(id).unwrap().unwrap().meta.state_after;
+    let snapshots = [snapshot(&topic), snapshot(&rename.0)];
+    let expected = resolution::auth_difference(store, &snapshots).unwrap();
+    assert!(expected.contains(&join_id), "{expected:?}");
+
+    let db = &s.running().services.db;
+    let levels_short = store.event_by_id(&levels).unwrap().unwrap().short;
+    let mut batch = db.batch();
+    batch.put(
+        ourwhats::storage::Table::ShorteventidAuthheight,
+        levels_short.to_be_bytes(),
+        999u32.to_be_bytes(),
+    );
+    db.commit_blocking(batch).unwrap();
+    assert_eq!(
+        resolution::auth_difference(store, &snapshots).unwrap(),
+        expected
+    );
+    let kept = db
+        .get(
+            ourwhats::storage::Table::ShorteventidAuthheight,
+            levels_short.to_be_bytes(),
+        )
+        .unwrap();
+    assert_ne!(kept, Some(999u32.to_be_bytes().to_vec()), "forgotten");
+    // The next resolution works the heights out again and uses the index.
+    assert_eq!(
+        resolution::auth_difference(store, &snapshots).unwrap(),
+        expected
+    );
 }

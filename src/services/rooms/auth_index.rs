@@ -19,7 +19,13 @@
 //!    the unconflicted state holds is met.
 //!
 //! An event's auth height is one more than the greatest of its held auth events' (0
-//! without any), computed the first time a resolution needs it and kept.
+//! without any), computed the first time a resolution needs it and kept (forgotten when
+//! the event is written again). The walk checks that heights fall along every edge it
+//! follows; if a kept one does not, the heights it met are forgotten and the caller
+//! walks the states' whole auth chains for this resolution.
+//!
+//! An event's auth edges are its graph record's; for an event stored before the graph
+//! was kept, or held out of band (stored without its edges), those its PDU names.
 //!
 //! Owns the tables `auth_shorteventid_child` and `shorteventid_authheight`.
 
@@ -47,24 +53,18 @@ pub const MAX_STATES: usize = 64;
 const BUILT_KEY: &[u8] = b"rooms.auth_children_indexed";
 
 /// Notes, in `batch`, event `short` (a state event whose key is `state_key`) as an auth
-/// child of each of `auth`. Rejected and out-of-band events are never in a room's state
-/// and are left out.
+/// child of each of `auth`, whatever its status: the index follows the graph's shape
+/// (an event later rejected may still be in a state taken from another server, or on
+/// the auth path of one that is).
 pub fn note_children(
     batch: &mut Batch<'_>,
     short: ShortEventId,
     auth: &[ShortEventId],
     state_key: Option<ShortStateKey>,
-    status: &EventStatus,
 ) {
     let Some(state_key) = state_key else {
         return;
     };
-    if matches!(
-        status,
-        EventStatus::Rejected { .. } | EventStatus::OutOfBand
-    ) {
-        return;
-    }
     for parent in auth {
         batch.put(
             Table::AuthShorteventidChild,
@@ -85,8 +85,8 @@ pub fn state_key_of(store: &EventStore, pdu: &Value) -> MatrixResult<Option<Shor
     store.state.state_key(kind, state_key).map(Some)
 }
 
-/// Indexes the auth children of every stored event, once (a database from before the
-/// index). Blocking; run at start-up before the rooms writer takes events.
+/// Indexes the auth children of every stored state event, once (a database from before
+/// the index). Blocking; run at start-up before the rooms writer takes events.
 pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
     if store.db.get(Table::Meta, BUILT_KEY)?.is_some() {
         return Ok(());
@@ -96,32 +96,25 @@ pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
     let mut indexed = 0usize;
     for entry in store
         .db
-        .scan_range(Table::ShorteventidGraph, &[], &[0xff; 9], false)
+        .scan_range(Table::ShorteventidPdu, &[], &[0xff; 9], false)
     {
         let (key, bytes) = entry?;
-        let short = keys::read_u64(&key)
-            .ok_or_else(|| MatrixError::internal("corrupt key in shorteventid_graph"))?;
-        let record: graph::GraphRecord =
-            crate::services::records::decode(Table::ShorteventidGraph, &bytes)?;
-        if record.auth.is_empty() {
-            continue;
-        }
-        let Some(pdu) = store.db.get(Table::ShorteventidPdu, short.to_be_bytes())? else {
-            continue;
-        };
         // Only state events are indexed: most events are not, and need no parse.
-        if !pdu.windows(11).any(|w| w == b"\"state_key\"") {
+        if !bytes.windows(11).any(|w| w == b"\"state_key\"") {
             continue;
         }
-        let Ok(pdu) = serde_json::from_slice::<Value>(&pdu) else {
+        let short = keys::read_u64(&key)
+            .ok_or_else(|| MatrixError::internal("corrupt key in shorteventid_pdu"))?;
+        let Ok(pdu) = serde_json::from_slice::<Value>(&bytes) else {
             continue;
         };
-        let state_key = state_key_of(store, &pdu)?;
-        note_children(&mut batch, short, &record.auth, state_key, &record.status);
-        if state_key.is_some() {
-            indexed += 1;
-            pending += record.auth.len();
-        }
+        let Some(state_key) = state_key_of(store, &pdu)? else {
+            continue;
+        };
+        let auth = auth_edges(store, short, Some(&pdu))?;
+        note_children(&mut batch, short, &auth, Some(state_key));
+        indexed += 1;
+        pending += auth.len();
         if pending >= 10_000 {
             store
                 .db
@@ -140,8 +133,49 @@ pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
     Ok(())
 }
 
+/// An event's auth edges to events held: its graph record's, or, for an event without
+/// one (stored before the graph was kept) or held out of band (stored without its
+/// edges), those its PDU names. `pdu` spares reading it when the caller has it.
+fn auth_edges(
+    store: &EventStore,
+    short: ShortEventId,
+    pdu: Option<&Value>,
+) -> MatrixResult<Vec<ShortEventId>> {
+    if let Some(record) = graph::record(store, short)? {
+        if record.status != EventStatus::OutOfBand {
+            return Ok(record.auth);
+        }
+    }
+    let read;
+    let pdu = match pdu {
+        Some(pdu) => pdu,
+        None => {
+            let Some(bytes) = store.db.get(Table::ShorteventidPdu, short.to_be_bytes())? else {
+                return Ok(Vec::new());
+            };
+            read = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+            &read
+        }
+    };
+    let mut out = Vec::new();
+    for id in crate::core::pdu::event_ids(pdu, "auth_events") {
+        if let Some(held) = store.state.find_event(id)? {
+            out.push(held);
+        }
+    }
+    Ok(out)
+}
+
+/// Forgets the auth height kept for `short`, in `batch`: an event written again (held
+/// out of band, now with the room) may have other auth edges than when it was worked out.
+pub fn forget_height(batch: &mut Batch<'_>, short: ShortEventId) {
+    batch.delete(Table::ShorteventidAuthheight, short.to_be_bytes());
+}
+
 /// The auth difference of states given by their conflicted events (`conflicted[i]`:
-/// state `i`'s events of the conflicted keys), as the module docs describe.
+/// state `i`'s events of the conflicted keys), as the module docs describe; `None` when
+/// the index cannot answer (a kept auth height found stale: the heights met are
+/// forgotten, and the caller walks the states' auth chains instead).
 /// `in_unconflicted(event, key)` answers whether the unconflicted state map holds
 /// `event` (whose short state key is `key`). `unwritten` is an event among the
 /// conflicted whose graph record is not written yet, with its auth events.
@@ -150,7 +184,7 @@ pub fn auth_difference(
     conflicted: &[Vec<ShortEventId>],
     unwritten: Option<(ShortEventId, &[ShortEventId])>,
     in_unconflicted: &dyn Fn(ShortEventId, ShortStateKey) -> bool,
-) -> MatrixResult<HashSet<ShortEventId>> {
+) -> MatrixResult<Option<HashSet<ShortEventId>>> {
     if conflicted.len() > MAX_STATES {
         return Err(MatrixError::internal(format!(
             "state resolution over {} states, more than {MAX_STATES}",
@@ -158,7 +192,11 @@ pub fn auth_difference(
         )));
     }
     let mut edges = Edges::new(store, unwritten);
-    let reached = walk_back(&mut edges, conflicted)?;
+    let Some(reached) = walk_back(&mut edges, conflicted)? else {
+        tracing::warn!("an auth height kept for state resolution was stale; forgetting those met");
+        edges.forget_heights()?;
+        return Ok(None);
+    };
     edges.keep_heights()?;
     let full = all_states(conflicted.len());
     let mut forward = Forward::new(store, in_unconflicted);
@@ -168,7 +206,7 @@ pub fn auth_difference(
             out.insert(event);
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn all_states(count: usize) -> u64 {
@@ -187,8 +225,12 @@ struct Marks {
     own: u64,
 }
 
-/// Step 1: every event the walk met, with the states reaching it.
-fn walk_back(edges: &mut Edges<'_>, conflicted: &[Vec<ShortEventId>]) -> MatrixResult<IdMap<u64>> {
+/// Step 1: every event the walk met, with the states reaching it; `None` if an auth
+/// edge does not fall in height (a kept height gone stale): the walk cannot answer.
+fn walk_back(
+    edges: &mut Edges<'_>,
+    conflicted: &[Vec<ShortEventId>],
+) -> MatrixResult<Option<IdMap<u64>>> {
     let full = all_states(conflicted.len());
     let mut marks: IdMap<Marks> = IdMap::default();
     for (i, events) in conflicted.iter().enumerate() {
@@ -212,7 +254,11 @@ fn walk_back(edges: &mut Edges<'_>, conflicted: &[Vec<ShortEventId>]) -> MatrixR
             open -= 1;
         }
         let passes = reach | own;
+        let height = edges.height(event)?;
         for parent in edges.auth_of(event)? {
+            if edges.height(parent)? >= height {
+                return Ok(None);
+            }
             match marks.entry(parent) {
                 Entry::Vacant(slot) => {
                     slot.insert(Marks {
@@ -236,7 +282,7 @@ fn walk_back(edges: &mut Edges<'_>, conflicted: &[Vec<ShortEventId>]) -> MatrixR
             }
         }
     }
-    Ok(marks.into_iter().map(|(e, m)| (e, m.reach)).collect())
+    Ok(Some(marks.into_iter().map(|(e, m)| (e, m.reach)).collect()))
 }
 
 /// Auth edges and heights as the walk reads them, each once.
@@ -268,9 +314,7 @@ impl<'a> Edges<'a> {
         if let Some(known) = self.auth.get(&event) {
             return Ok(known.clone());
         }
-        let edges = graph::record(self.store, event)?
-            .map(|r| r.auth)
-            .unwrap_or_default();
+        let edges = auth_edges(self.store, event, None)?;
         self.auth.insert(event, edges.clone());
         Ok(edges)
     }
@@ -336,6 +380,16 @@ impl<'a> Edges<'a> {
             }
         }
         Ok(self.heights[&event])
+    }
+
+    /// Forgets every kept height this walk met.
+    fn forget_heights(&mut self) -> MatrixResult<()> {
+        let mut batch = self.store.db.batch();
+        for event in self.heights.keys() {
+            forget_height(&mut batch, *event);
+        }
+        self.store.db.write_relaxed(batch)?;
+        Ok(())
     }
 
     /// Keeps the heights worked out (derived data: a lost write is worked out again).

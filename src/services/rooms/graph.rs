@@ -99,7 +99,7 @@ pub fn write(
     record: &GraphRecord,
     state_key: Option<ShortStateKey>,
 ) {
-    super::auth_index::note_children(batch, short, &record.auth, state_key, &record.status);
+    super::auth_index::note_children(batch, short, &record.auth, state_key);
     for prev in &record.prev {
         batch.put(
             Table::PrevShorteventidChild,

@@ -82,7 +82,7 @@ pub fn resolve_maps(
     // difference, and their auth events.
     let mut cache = names.pdus();
     let mut wanted: Vec<ShortEventId> = per_state.iter().flatten().copied().collect();
-    wanted.extend(&difference);
+    wanted.extend(difference.iter().flatten());
     prefetch(store, &names, wanted, &mut cache)?;
     let mut keys = HashMap::with_capacity(conflicted.len());
     for key in &conflicted {
@@ -92,10 +92,13 @@ pub fn resolve_maps(
             .collect::<MatrixResult<Vec<_>>>()?;
         keys.insert(store.state.state_key_of(*key)?, values);
     }
-    let difference = difference
-        .into_iter()
-        .map(|e| names.event_id(e))
-        .collect::<MatrixResult<HashSet<_>>>()?;
+    let difference = match difference {
+        Some(indexed) => indexed
+            .into_iter()
+            .map(|e| names.event_id(e))
+            .collect::<MatrixResult<HashSet<_>>>()?,
+        None => walked_difference(store, maps, &names, &cache)?,
+    };
 
     let changes = {
         let lookups = RefCell::new(HashMap::new());
@@ -163,22 +166,53 @@ pub fn auth_difference(
         .collect::<MatrixResult<_>>()?;
     let conflicted = conflicted_keys(&maps);
     let per_state = conflicted_events(&maps, &conflicted);
-    index_difference(store, &maps, (&conflicted, &per_state), None)?
-        .into_iter()
-        .map(|e| store.state.event_id_of(e))
-        .collect()
+    let names = Names::new(store, None);
+    match index_difference(store, &maps, (&conflicted, &per_state), None)? {
+        Some(indexed) => indexed.into_iter().map(|e| names.event_id(e)).collect(),
+        None => walked_difference(store, &maps, &names, &HashMap::new()),
+    }
+}
+
+/// The auth difference of `maps` by walking the auth chains of all their events (the
+/// algorithm's own way, whose cost follows the size of the states): when the index
+/// cannot answer.
+fn walked_difference(
+    store: &EventStore,
+    maps: &[StateMap],
+    names: &Names<'_>,
+    cache: &HashMap<String, Option<Looked>>,
+) -> MatrixResult<HashSet<String>> {
+    let mut named = Vec::with_capacity(maps.len());
+    for map in maps {
+        let mut out = state_res::StateMap::with_capacity(map.len());
+        for (key, event) in map {
+            out.insert(store.state.state_key_of(*key)?, names.event_id(*event)?);
+        }
+        named.push(out);
+    }
+    let events = StoredEvents {
+        store,
+        cache: RefCell::new(cache.clone()),
+        error: RefCell::default(),
+    };
+    let refs: Vec<&state_res::StateMap> = named.iter().collect();
+    let difference = state_res::auth_difference(&events, &refs);
+    match events.error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(difference),
+    }
 }
 
 /// The auth difference of `maps`, whose conflicted keys and events are `conflicted`,
-/// from the index.
+/// from the index (`None`: it cannot answer).
 fn index_difference(
     store: &EventStore,
     maps: &[StateMap],
     (conflicted, per_state): (&KeySet, &[Vec<ShortEventId>]),
     unwritten: Option<(ShortEventId, &[ShortEventId])>,
-) -> MatrixResult<HashSet<ShortEventId>> {
+) -> MatrixResult<Option<HashSet<ShortEventId>>> {
     let Some(first) = maps.first() else {
-        return Ok(HashSet::new());
+        return Ok(Some(HashSet::new()));
     };
     let in_unconflicted = |event: ShortEventId, key: ShortStateKey| {
         !conflicted.contains(&key) && first.get(&key) == Some(&event)

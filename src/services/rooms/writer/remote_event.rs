@@ -119,6 +119,10 @@ pub(super) fn receive(
         if !again {
             return Ok(PduOutcome::AlreadyKnown);
         }
+        // Written again, perhaps with other auth edges: a kept auth height is stale.
+        let mut batch = store.db.batch();
+        auth_index::forget_height(&mut batch, short);
+        store.db.write_relaxed(batch)?;
     }
     if event.history_pos.is_some() && !super::backfilled::fits(ctx, head)? {
         let reason = "the room holds events from before the history space".to_owned();
@@ -574,12 +578,13 @@ fn reject_with(
             .state
             .intern_new_event(&event.event_id, &mut batch)
     });
+    let state_key = auth_index::state_key_of(&ctx.store, &event.pdu)?;
     put_without_place(
         &mut batch,
         head,
         (short, event),
         edges,
-        (status, None),
+        (status, state_key),
         (state_before, state_before),
     );
     ctx.store.db.write_relaxed(batch)?;
@@ -617,7 +622,7 @@ fn store_without_place(
 /// The rows of an event kept without a timeline place (position 0): outliers, rejected
 /// and soft-failed events. A rejected event names no children: it never hides its prev
 /// events from the extremities. `state_key` is the event's short state key, if it is a
-/// state event (for the auth index; rejected and out-of-band events stay out of it).
+/// state event (for the auth index).
 pub(super) fn put_without_place(
     batch: &mut crate::storage::Batch<'_>,
     head: &RoomHead,
@@ -645,13 +650,7 @@ pub(super) fn put_without_place(
         EventStatus::Rejected { .. } | EventStatus::Outlier | EventStatus::OutOfBand
     ) {
         // No child edges: only events with state and a place hide their prev events.
-        auth_index::note_children(
-            batch,
-            short,
-            &graph_record.auth,
-            state_key,
-            &graph_record.status,
-        );
+        auth_index::note_children(batch, short, &graph_record.auth, state_key);
         batch.put(
             Table::ShorteventidGraph,
             short.to_be_bytes(),
