@@ -25,7 +25,9 @@
 //! walks the states' whole auth chains for this resolution.
 //!
 //! An event's auth edges are its graph record's; for an event stored before the graph
-//! was kept, or held out of band (stored without its edges), those its PDU names.
+//! was kept, or held out of band (stored without its edges), those its PDU names that
+//! are held. An out-of-band event's edges grow as its auth events arrive, so its height
+//! (and any worked out above it) is never kept.
 //!
 //! Owns the tables `auth_shorteventid_child` and `shorteventid_authheight`.
 
@@ -111,7 +113,7 @@ pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
         let Some(state_key) = state_key_of(store, &pdu)? else {
             continue;
         };
-        let auth = auth_edges(store, short, Some(&pdu))?;
+        let (auth, _) = auth_edges(store, short, Some(&pdu))?;
         note_children(&mut batch, short, &auth, Some(state_key));
         indexed += 1;
         pending += auth.len();
@@ -135,28 +137,38 @@ pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
 
 /// An event's auth edges to events held: its graph record's, or, for an event without
 /// one (stored before the graph was kept) or held out of band (stored without its
-/// edges), those its PDU names. `pdu` spares reading it when the caller has it.
+/// edges), those its PDU names. `pdu` spares reading it when the caller has it. The flag
+/// says whether the edges are final: an out-of-band event's grow as its auth events
+/// arrive, so no height worked out from them is kept.
 fn auth_edges(
     store: &EventStore,
     short: ShortEventId,
     pdu: Option<&Value>,
-) -> MatrixResult<Vec<ShortEventId>> {
-    if let Some(record) = graph::record(store, short)? {
-        if record.status != EventStatus::OutOfBand {
-            return Ok(record.auth);
+) -> MatrixResult<(Vec<ShortEventId>, bool)> {
+    let record = graph::record(store, short)?;
+    let out_of_band = match record {
+        Some(record) if record.status != EventStatus::OutOfBand => {
+            return Ok((record.auth, true));
         }
-    }
+        Some(_) => true,
+        None => false,
+    };
     let read;
     let pdu = match pdu {
         Some(pdu) => pdu,
         None => {
             let Some(bytes) = store.db.get(Table::ShorteventidPdu, short.to_be_bytes())? else {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), !out_of_band));
             };
             read = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
             &read
         }
     };
+    Ok((held_auth_events(store, pdu)?, !out_of_band))
+}
+
+/// The short ids of the auth events a PDU names that are held.
+pub fn held_auth_events(store: &EventStore, pdu: &Value) -> MatrixResult<Vec<ShortEventId>> {
     let mut out = Vec::new();
     for id in crate::core::pdu::event_ids(pdu, "auth_events") {
         if let Some(held) = store.state.find_event(id)? {
@@ -292,6 +304,9 @@ struct Edges<'a> {
     heights: IdMap<u32>,
     /// Heights worked out by this walk, to keep.
     new_heights: Vec<(ShortEventId, u32)>,
+    /// Events whose edges may still grow (held out of band), and those above them: their
+    /// heights are worked out each time, never kept.
+    unsettled: IdSet,
     unwritten: Option<ShortEventId>,
 }
 
@@ -306,6 +321,7 @@ impl<'a> Edges<'a> {
             auth,
             heights: IdMap::default(),
             new_heights: Vec::new(),
+            unsettled: IdSet::default(),
             unwritten: unwritten.map(|(short, _)| short),
         }
     }
@@ -314,7 +330,10 @@ impl<'a> Edges<'a> {
         if let Some(known) = self.auth.get(&event) {
             return Ok(known.clone());
         }
-        let edges = auth_edges(self.store, event, None)?;
+        let (edges, settled) = auth_edges(self.store, event, None)?;
+        if !settled {
+            self.unsettled.insert(event);
+        }
         self.auth.insert(event, edges.clone());
         Ok(edges)
     }
@@ -365,6 +384,7 @@ impl<'a> Edges<'a> {
                 continue;
             }
             let mut h = 0;
+            let mut settled = !self.unsettled.contains(&node);
             for parent in self.auth_of(node)? {
                 let below = self
                     .heights
@@ -372,10 +392,13 @@ impl<'a> Edges<'a> {
                     .copied()
                     .ok_or_else(|| MatrixError::internal("a cycle of auth events"))?;
                 h = h.max(below + 1);
+                settled &= !self.unsettled.contains(&parent);
             }
             on_path.remove(&node);
             self.heights.insert(node, h);
-            if Some(node) != self.unwritten {
+            if !settled {
+                self.unsettled.insert(node);
+            } else if Some(node) != self.unwritten {
                 self.new_heights.push((node, h));
             }
         }

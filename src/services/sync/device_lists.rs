@@ -81,8 +81,8 @@ pub fn changes(
                 continue;
             }
         }
-        let before = super::response::snapshot_at(store, &room, since)?;
-        let after = super::response::snapshot_at(store, &room, upto)?;
+        let before = super::response::resolved_at(store, &room, since)?;
+        let after = super::response::resolved_at(store, &room, upto)?;
         if before == after {
             continue;
         }

@@ -984,14 +984,17 @@ fn timeline(
     let mut lower = after.map_or(0, |a| a + 1);
     let upper = upto.saturating_add(1);
     // An event that came with a gap before it (prev events another server could not
-    // give): the client's timeline does not run on into it. As after a long absence,
-    // the newest events come as a new, limited timeline (which may repeat some the
-    // client has), with the state against what the client holds.
-    let gap = after.is_some()
-        && stream_state::newest_gap(ctx.store(), room.short, lower, upper)?.is_some();
-    if gap {
-        lower = 0;
+    // give): the client's timeline does not run on into it. The timeline starts at the
+    // newest such event, `limited`, its `prev_batch` before the gap, and the state
+    // section brings the client from what it holds to the state before that event.
+    let gap = match after {
+        Some(_) => stream_state::newest_gap(ctx.store(), room.short, lower, upper)?,
+        None => None,
+    };
+    if let Some(at) = gap {
+        lower = at;
     }
+    let gap = gap.is_some();
     if limit == 0 || lower >= upper {
         let more = lower < upper;
         return Ok(Timeline {
@@ -1026,14 +1029,30 @@ fn timeline(
     })
 }
 
-/// The room's state after its last event at or before `pos` (0: none yet): the current
-/// state then, which after a fork is the resolution of the branches rather than the
-/// event's own state.
+/// The state snapshot after the room's last event at or before `pos` (0: none yet): that
+/// event's own state, which a client applying the timeline in order last built on.
 pub(super) fn snapshot_at(
     store: &EventStore,
     room: &Room,
     pos: u64,
 ) -> MatrixResult<ShortStateHash> {
+    let last = store.timeline(room.short, 0, pos.saturating_add(1), true, 1)?;
+    match last.first() {
+        Some((_, short)) => Ok(store.meta(*short)?.state_after),
+        None => Ok(0),
+    }
+}
+
+/// The room's current state as of `pos` (0: none yet): after a fork, the resolution of
+/// the branches rather than the last event's own state.
+pub(super) fn resolved_at(
+    store: &EventStore,
+    room: &Room,
+    pos: u64,
+) -> MatrixResult<ShortStateHash> {
+    if pos >= room.record.last_pos {
+        return Ok(room.record.state);
+    }
     let last = store.timeline(room.short, 0, pos.saturating_add(1), true, 1)?;
     match last.first() {
         Some((_, short)) => {
@@ -1044,12 +1063,15 @@ pub(super) fn snapshot_at(
 }
 
 /// Where a room's state section runs to and from: `(to, from)`, `from` being what the
-/// client holds (`None`: nothing, so the whole state). Spec: the state "between the time
-/// indicated by the since parameter, and the start of the timeline". When the timeline
-/// does not follow one line of state (another server's event on an older event: a fork
-/// whose state the room resolved, or events the client does not see between), the
-/// section runs to the room's state at the end instead, so that the client, applying the
-/// timeline after it, holds the room's resolved state.
+/// client holds (`None`: nothing, so the whole state). `upto` is where the room's
+/// section ends (a left room's: the leave).
+///
+/// Spec: `state` runs "between the time indicated by the since parameter, and the start
+/// of the timeline"; the client applies the timeline's state events after it. Under
+/// `use_state_after`, `state_after` runs to the end of the timeline, from the room's
+/// resolved state at the token (which is what such a client holds), to its resolved
+/// state at the end: after a fork, the client holds the room's state even when the
+/// timeline's last state event lost the resolution.
 fn state_span(
     ctx: &Context<'_>,
     room: &Room,
@@ -1058,45 +1080,28 @@ fn state_span(
     fresh: bool,
 ) -> MatrixResult<(ShortStateHash, Option<ShortStateHash>)> {
     let store = ctx.store();
+    // A left room's section ends at the leave, which may be before the token.
+    let since = ctx.since.unwrap_or(0).min(upto);
     if ctx.request.use_state_after {
-        // Spec: `state_after`, the state "between the time indicated by the since
-        // parameter, and the end of the timeline".
-        let end = snapshot_at(store, room, upto)?;
-        let since = match fresh {
+        let end = resolved_at(store, room, upto)?;
+        let from = match fresh {
             true => None,
-            false => Some(snapshot_at(store, room, ctx.since.unwrap_or(0))?),
+            false => Some(resolved_at(store, room, since)?),
         };
-        return Ok((end, since));
+        return Ok((end, from));
     }
     let start = match timeline.events.first() {
         Some(first) => first.meta.state_before,
         None => snapshot_at(store, room, upto)?,
     };
     if fresh {
-        return Ok((start, None));
-    }
-    let since = snapshot_at(store, room, ctx.since.unwrap_or(0))?;
-    let joins_since = timeline.limited || ctx.timeline_may_drop_state || since == start;
-    if joins_since && follows_one_line(store, &timeline.events)? {
-        Ok((start, Some(since)))
+        Ok((start, None))
+    } else if timeline.limited || ctx.timeline_may_drop_state {
+        Ok((start, Some(snapshot_at(store, room, since)?)))
     } else {
-        Ok((snapshot_at(store, room, upto)?, Some(since)))
+        // Every state change since `since` is in the timeline.
+        Ok((start, Some(start)))
     }
-}
-
-/// Whether each timeline event's state before it is the room's state after the one
-/// before it.
-fn follows_one_line(store: &EventStore, events: &[StoredEvent]) -> MatrixResult<bool> {
-    for pair in events.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if b.meta.state_before != a.meta.state_after
-            && b.meta.state_before
-                != stream_state::current_after(store, a.short, a.meta.state_after)?
-        {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// State events to send: all of `start` (full) or what differs from `since_state`.

@@ -119,6 +119,11 @@ pub(super) fn write(
                 (EventStatus::OutOfBand, None),
                 (0, 0),
             );
+            // Its graph record has no edges; the auth index takes those its PDU names
+            // (as a rebuild of the index would).
+            let auth = crate::services::rooms::auth_index::held_auth_events(store, &event.pdu)?;
+            let state_key = crate::services::rooms::auth_index::state_key_of(store, &event.pdu)?;
+            crate::services::rooms::auth_index::note_children(&mut batch, short, &auth, state_key);
             short
         }
     };
