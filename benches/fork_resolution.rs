@@ -13,51 +13,24 @@
 //! `cargo bench --bench fork_resolution [-- --members 100000]` (under `cargo test` a
 //! short run with a small room checks that it works).
 
-use std::collections::HashMap;
+#[path = "common/origin.rs"]
+mod origin;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 
+use origin::{remote_key, Origin, REMOTE};
 use ourwhats::core::pdu::{self, PduTemplate};
-use ourwhats::core::pdu_checks::KnownKey;
-use ourwhats::core::{RoomVersion, SigningKeyPair, UserId};
+use ourwhats::core::{RoomVersion, UserId};
 use ourwhats::services::rooms::create::CreateRoomRequest;
 use ourwhats::services::rooms::membership::MemberProfile;
-use ourwhats::services::rooms::receive::{MissingSource, PduOutcome};
+use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::Services;
 
-const REMOTE: &str = "remote.example";
 /// PDUs per transaction, the most a `/send` carries.
 const PER_TRANSACTION: usize = 50;
-
-fn remote_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[9; 32], "r1")
-}
-
-/// The origin: it knows its own key and has nothing else to give.
-struct Origin(KnownKey, String);
-
-impl MissingSource for Origin {
-    fn keys<'a>(
-        &'a self,
-        server: &'a str,
-        ids: &'a [String],
-    ) -> BoxFuture<'a, HashMap<String, KnownKey>> {
-        Box::pin(async move {
-            let mut out = HashMap::new();
-            if server == REMOTE && ids.contains(&self.1) {
-                out.insert(self.1.clone(), self.0);
-            }
-            out
-        })
-    }
-
-    fn events<'a>(&'a self, _: &'a str, _: &'a [String]) -> BoxFuture<'a, Vec<Value>> {
-        Box::pin(async { Vec::new() })
-    }
-}
 
 fn user(n: usize) -> String {
     format!("@u{n}:{REMOTE}")
@@ -225,14 +198,7 @@ fn main() {
         .build()
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp folder");
-    let key = remote_key();
-    let origin = Origin(
-        KnownKey {
-            key: key.verifying_key(),
-            valid_until_ts: u64::MAX,
-        },
-        key.key_id().to_owned(),
-    );
+    let origin = Origin::new();
     runtime.block_on(async {
         let mut config = ourwhats::Config::embedded_default();
         config.data_dir = dir.path().to_path_buf();
