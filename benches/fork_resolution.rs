@@ -7,8 +7,11 @@
 //! prev event: a fork whose two states differ in 1,000 members. Timed: receiving that
 //! fork event (its state is one stored snapshot; the room's current state is then the
 //! resolution of both branches), and receiving the event that merges the branches
-//! (its state before is that resolution). Building and signing events is the origin's
-//! work and is done before the clock starts. Prints the median of the runs.
+//! (its state before is that resolution); and, apart, resolving the states after the
+//! branch's last event and the fork event straight from storage, as the writer does
+//! (`resolution::resolve_snapshots`, both states loaded and compared). Building and
+//! signing events is the origin's work and is done before the clock starts. Prints the
+//! median of the runs.
 //!
 //! `cargo bench --bench fork_resolution [-- --members 100000]` (under `cargo test` a
 //! short run with a small room checks that it works).
@@ -27,6 +30,7 @@ use ourwhats::core::{RoomVersion, UserId};
 use ourwhats::services::rooms::create::CreateRoomRequest;
 use ourwhats::services::rooms::membership::MemberProfile;
 use ourwhats::services::rooms::receive::PduOutcome;
+use ourwhats::services::rooms::resolution;
 use ourwhats::services::Services;
 
 /// PDUs per transaction, the most a `/send` carries.
@@ -176,6 +180,32 @@ async fn timed(services: &Services, origin: &Origin, pdu: Value) -> f64 {
     ms
 }
 
+/// Resolving the states after two stored events, as the room writer does for a fork
+/// (`resolution::resolve_snapshots`, the median of three).
+fn resolve_alone(services: &Services, events: [&String; 2]) -> f64 {
+    let store = services.rooms.store();
+    let snapshots: Vec<u64> = events
+        .iter()
+        .map(|id| {
+            store
+                .event_by_id(id)
+                .expect("readable")
+                .expect("stored")
+                .meta
+                .state_after
+        })
+        .collect();
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            resolution::resolve_snapshots(store, RoomVersion::V12, &snapshots).expect("resolved");
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[1]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
@@ -224,6 +254,7 @@ fn main() {
 
         let mut fork_ms = Vec::new();
         let mut merge_ms = Vec::new();
+        let mut resolve_ms = Vec::new();
         for run in 0..runs {
             let fork_point = tip.clone();
             let mut branch = Vec::with_capacity(changed);
@@ -236,12 +267,13 @@ fn main() {
             receive_all(&services, &origin, branch).await;
             let (fork, fork_pdu) = room.message(members - 1 - run, vec![fork_point]);
             fork_ms.push(timed(&services, &origin, fork_pdu).await);
+            resolve_ms.push(resolve_alone(&services, [&branch_tip, &fork]));
             let (merge, merge_pdu) = room.message(members - 1 - run, vec![branch_tip, fork]);
             merge_ms.push(timed(&services, &origin, merge_pdu).await);
             tip = merge;
             println!(
-                "run {run}: fork {:.1} ms, merge {:.1} ms",
-                fork_ms[run], merge_ms[run]
+                "run {run}: fork {:.1} ms, merge {:.1} ms, the resolution alone {:.1} ms",
+                fork_ms[run], merge_ms[run], resolve_ms[run]
             );
         }
         // Every run's renamed members kept their new names: the branch won.
@@ -261,9 +293,10 @@ fn main() {
             v[v.len() / 2]
         };
         println!(
-            "fork of {changed} conflicted members in a state of {members}: receiving the fork event median {:.1} ms, the merging event {:.1} ms ({runs} runs)",
+            "fork of {changed} conflicted members in a state of {members}: receiving the fork event median {:.1} ms, the merging event {:.1} ms, resolving the two branches' stored states alone {:.1} ms ({runs} runs)",
             median(&mut fork_ms),
-            median(&mut merge_ms)
+            median(&mut merge_ms),
+            median(&mut resolve_ms)
         );
         server.shutdown().await;
     });

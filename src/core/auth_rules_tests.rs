@@ -222,6 +222,41 @@ fn rule_2_v12_room_id_must_be_the_create_event_id() {
     assert!(!room.allows(&msg));
 }
 
+/// A state whose caller vouches for its create event's id.
+struct WithCreateId<'a>(&'a HashMap<(String, String), Value>, &'a str);
+
+impl AuthState for WithCreateId<'_> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
+        AuthState::get(self.0, event_type, state_key)
+    }
+
+    fn create_event_id(&self) -> Option<&str> {
+        Some(self.1)
+    }
+}
+
+#[test]
+fn rule_2_v12_takes_the_create_event_id_the_caller_knows_instead_of_hashing_again() {
+    let mut room = Room::standard(RoomVersion::V12);
+    room.join_rule("public");
+    let msg = room.event("m.room.message", ALICE, None, json!({"body": "hi"}));
+    let never_signed = |_: &str| false;
+    let ctx = AuthContext {
+        version: RoomVersion::V12,
+        signed_by: &never_signed,
+    };
+    assert!(check(&ctx, &msg, &WithCreateId(&room.state, &room.create_id)).is_ok());
+    // The id vouched for decides: another one does not make the room id.
+    let other = "$BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+    let refused = check(&ctx, &msg, &WithCreateId(&room.state, other)).unwrap_err();
+    assert!(refused.0.contains("create event's id"), "{refused:?}");
+    // The creator's first join names the create event by that id.
+    let fresh = Room::new(RoomVersion::V12);
+    let mut join = fresh.member(ALICE, ALICE, "join");
+    join["prev_events"] = json!([fresh.create_id]);
+    assert!(check(&ctx, &join, &WithCreateId(&fresh.state, &fresh.create_id)).is_ok());
+}
+
 // ---- Rule 3: the auth_events list ----
 
 #[test]

@@ -524,13 +524,20 @@ fn mainline_sort(
 /// The state an event is checked against in the iterative auth checks: its own
 /// (unrejected) auth events, overridden by the resolved state wherever that holds a key
 /// the auth rules need.
-struct CheckState(HashMap<(String, String), Arc<Value>>);
+/// Each event comes with its id (the key it was fetched by).
+struct CheckState(HashMap<(String, String), (String, Arc<Value>)>);
 
 impl AuthState for CheckState {
     fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
         self.0
             .get(&(event_type.to_owned(), state_key.to_owned()))
-            .map(|e| e.as_ref())
+            .map(|(_, e)| e.as_ref())
+    }
+
+    fn create_event_id(&self) -> Option<&str> {
+        self.0
+            .get(&("m.room.create".to_owned(), String::new()))
+            .map(|(id, _)| id.as_str())
     }
 }
 
@@ -560,7 +567,10 @@ fn iterative_auth_checks(
                 if let (Some(t), Some(k)) =
                     (str_field(&auth, "type"), str_field(&auth, "state_key"))
                 {
-                    check.insert((t.to_owned(), k.to_owned()), auth.clone());
+                    check.insert(
+                        (t.to_owned(), k.to_owned()),
+                        (auth_id.clone(), auth.clone()),
+                    );
                 }
             }
         }
@@ -569,15 +579,17 @@ fn iterative_auth_checks(
         for key in needed {
             if let Some(in_state) = state.get(&key) {
                 if let Some(resolved) = events.get(&in_state) {
-                    check.insert(key, resolved);
+                    check.insert(key, (in_state, resolved));
                 }
             }
         }
         if version.room_id_is_create_event_hash() && kind != "m.room.create" {
             let create_key = ("m.room.create".to_owned(), String::new());
             if let std::collections::hash_map::Entry::Vacant(slot) = check.entry(create_key) {
+                let room_id = str_field(&event, "room_id").unwrap_or("");
+                let id = format!("${}", room_id.strip_prefix('!').unwrap_or(room_id));
                 if let Some(create) = events.create_event(version, &event) {
-                    slot.insert(create);
+                    slot.insert((id, create));
                 }
             }
         }

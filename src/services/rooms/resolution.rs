@@ -120,9 +120,10 @@ pub fn resolve_maps(
             error: RefCell::default(),
         };
         let changes = state_res::resolve_conflict(version, &conflict, difference, &events);
-        if let Some(e) = events.error.into_inner() {
+        if let Some(e) = events.error.take() {
             return Err(e);
         }
+        drop_elsewhere(events.cache.into_inner());
         changes
     };
     if let Some(e) = names.error.into_inner() {
@@ -270,6 +271,17 @@ fn prefetch(
         wanted = next;
     }
     Ok(())
+}
+
+/// Drops `value` on a thread of the blocking pool rather than the room writer's: a
+/// resolution's thousands of parsed events take milliseconds to free.
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn_blocking(move || drop(value));
+        }
+        Err(_) => drop(value),
+    }
 }
 
 /// The keys not every map holds the same event for.

@@ -1098,6 +1098,13 @@ impl AuthState for CachedAuthState {
             .get(&(event_type.to_owned(), state_key.to_owned()))
             .map(|e| e.pdu())
     }
+
+    /// Stored events are held under their ids.
+    fn create_event_id(&self) -> Option<&str> {
+        self.0
+            .get(&("m.room.create".to_owned(), String::new()))
+            .map(|e| e.event_id.as_str())
+    }
 }
 
 /// Client-server rules on redactions beyond the auth rules: the target must be in this
