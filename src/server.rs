@@ -75,6 +75,28 @@ fn connection_limits(config: &Config) -> http::connections::ConnectionLimits {
     }
 }
 
+/// How long a start waits for the data folder's lock, and how often it tries.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Opens the services. The data folder's lock is released when the last handle of a
+/// previous open drops, which in this process can trail a server's shutdown by a moment
+/// (a background worker finishing its pass: a restart in tests, an embedder); the wait
+/// is asynchronous so that worker can finish. Another process holding the lock is told
+/// after the wait.
+async fn open_services(config: Config) -> Result<Arc<Services>, String> {
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match Services::open(config.clone()) {
+            Err(e) if e.contains(crate::storage::LOCKED) && waited < LOCK_WAIT => {
+                tokio::time::sleep(LOCK_RETRY).await;
+                waited += LOCK_RETRY;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Server {
     /// Opens the data folder, binds the listeners and starts serving.
     pub async fn start(config: Config) -> Result<RunningServer, String> {
@@ -85,7 +107,7 @@ impl Server {
         let client_listen = config.client.listen;
         let federation = config.federation.clone();
         let limits = connection_limits(&config);
-        let services = Services::open(config)?;
+        let services = open_services(config).await?;
 
         let listener = TcpListener::bind(client_listen)
             .await

@@ -33,7 +33,10 @@ pub type StateMap = HashMap<(String, String), String>;
 
 /// What the algorithm asks of the caller.
 pub trait ResolutionEvents {
-    /// The PDU of an event, if the caller has it (a missing event takes no part).
+    /// The PDU of an event, if the caller has it (a missing event takes no part). The
+    /// caller vouches that `event_id` is the event's id as its room version derives it
+    /// (checked when the event arrived): the auth rules then take a create event's id
+    /// from here rather than hashing it again.
     fn event(&self, event_id: &str) -> Option<Arc<Value>>;
 
     /// Whether the event was rejected (its auth events are then not used for others).

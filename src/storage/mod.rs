@@ -34,9 +34,8 @@ pub const SCHEMA_VERSION: u64 = 1;
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
-/// How long an open waits for the data folder's lock, and how often it tries.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+/// Words in the error of an open refused because another handle holds the folder's lock.
+pub const LOCKED: &str = "the data folder is locked";
 
 /// A storage failure: I/O, corruption, or a database this build cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,33 +219,21 @@ impl Db {
                 }
             }
         }
-        let open = || {
-            let descriptors = names
-                .iter()
-                .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
-            DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| e.into_string())
-        };
-        // The folder's lock is released when the last handle of a previous open drops. In
-        // this process that can trail a server's shutdown by a moment (a background
-        // worker finishing its pass: a restart in tests, an embedder); another process
-        // holding it is told at once after the wait.
-        let mut waited = std::time::Duration::ZERO;
-        let db = loop {
-            match open() {
-                Ok(db) => break db,
-                Err(text) if text.contains("lock") && waited < LOCK_WAIT => {
-                    std::thread::sleep(LOCK_RETRY);
-                    waited += LOCK_RETRY;
-                }
-                Err(text) if text.contains("lock") => {
-                    return Err(StorageError::new(format!(
-                        "{text} (is another ourwhats process using {}?)",
-                        path.display()
-                    )))
-                }
-                Err(text) => return Err(StorageError::new(text)),
+        let descriptors = names
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| {
+            let text = e.into_string();
+            // RocksDB names the folder's lock file (`…/LOCK`) when another handle holds it.
+            if text.contains("/LOCK") {
+                StorageError::new(format!(
+                    "{text} ({LOCKED}: is another ourwhats process using {}?)",
+                    path.display()
+                ))
+            } else {
+                StorageError::new(text)
             }
-        };
+        })?;
 
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
@@ -560,22 +547,8 @@ mod tests {
     #[test]
     fn a_second_open_of_the_same_directory_is_refused() {
         let (dir, _db) = open_temp();
-        let started = std::time::Instant::now();
         let err = Db::open(dir.path(), &DbOptions::default()).err().unwrap();
         assert!(err.message.contains("another ourwhats process"), "{err}");
-        // After waiting a moment for a previous handle in this process to close.
-        assert!(started.elapsed() >= LOCK_WAIT);
-    }
-
-    #[test]
-    fn an_open_waits_for_a_handle_of_this_process_to_close() {
-        let (dir, db) = open_temp();
-        let closing = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            drop(db);
-        });
-        let reopened = Db::open(dir.path(), &DbOptions::default());
-        closing.join().unwrap();
-        assert!(reopened.is_ok(), "{:?}", reopened.err());
+        assert!(err.message.contains(LOCKED), "{err}");
     }
 }

@@ -38,3 +38,21 @@ async fn accounts_and_signing_key_survive_a_restart() {
     assert_eq!(body["errcode"], "M_USER_IN_USE");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_waits_for_a_lingering_handle_of_the_database() {
+    // A background worker of the stopped server may still hold the database for a
+    // moment (its RocksDB lock with it); the new server waits for it, on the same
+    // runtime, rather than failing.
+    let mut s = TestServer::start().await;
+    let lingering = std::sync::Arc::clone(&s.running().services.db);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(lingering);
+    });
+    s.restart().await;
+    let (status, _) = s
+        .call(reqwest::Method::GET, "/_matrix/client/versions", None, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -1020,6 +1020,8 @@ fn timeline(
     events.reverse();
     let prev_batch = match events.first() {
         Some(first) => first.meta.pos.saturating_sub(1),
+        // Nothing shown after a gap: paging back starts just before it.
+        None if gap => lower.saturating_sub(1),
         None => after.unwrap_or(upto),
     };
     Ok(Timeline {
