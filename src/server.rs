@@ -29,6 +29,9 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     client_task: JoinHandle<()>,
     federation: Option<(axum_server::Handle<SocketAddr>, JoinHandle<()>)>,
+    /// Background workers that stop when told (push delivery, memory release): joined
+    /// at shutdown, so nothing of this server holds the database after it.
+    workers: Vec<JoinHandle<()>>,
 }
 
 /// How long in-flight requests get to finish at shutdown.
@@ -116,11 +119,12 @@ impl Server {
         let (shutdown, stopped) = watch::channel(false);
         let app = http::client_router(Arc::clone(&services));
         let rooms_store = services.rooms.shared_store();
-        tokio::spawn(crate::services::memory::release_when_idle(
+        let mut workers = Vec::new();
+        workers.push(tokio::spawn(crate::services::memory::release_when_idle(
             Arc::clone(&services.db),
             vec![Box::new(move || rooms_store.state().release_cache())],
             stopped.clone(),
-        ));
+        )));
         services
             .federation
             .start(services.rooms.shared_store(), stopped.clone());
@@ -132,12 +136,12 @@ impl Server {
             crate::services::federation::discovery::GuardedResolver::plain(guard.clone())?,
             federation.trusted_ca.as_deref(),
         )?;
-        services.push.start_delivery(
+        workers.push(services.push.start_delivery(
             Arc::clone(&services) as Arc<dyn crate::services::push::delivery::PushLookups>,
             gateways,
             Arc::new(move |ip| guard.permits(ip)),
             stopped.clone(),
-        );
+        ));
         let client_services = Arc::clone(&services);
         services.listeners.set_client(ListenerState::Up);
         let client_task = tokio::spawn(async move {
@@ -201,6 +205,7 @@ impl Server {
             shutdown,
             client_task,
             federation: federation_parts,
+            workers,
         })
     }
 }
@@ -228,6 +233,11 @@ impl RunningServer {
             .is_err()
         {
             tracing::warn!("client listener did not stop within the grace period");
+        }
+        for worker in self.workers {
+            if tokio::time::timeout(GRACE, worker).await.is_err() {
+                tracing::warn!("a background worker did not stop within the grace period");
+            }
         }
         self.services.rooms.shutdown().await;
         if let Err(e) = self.services.db.flush() {

@@ -239,14 +239,15 @@ struct Worker {
 }
 
 impl Push {
-    /// Runs the delivery worker until `stopped` turns true.
+    /// Runs the delivery worker until `stopped` turns true; answers its task, which the
+    /// server joins at shutdown.
     pub fn start_delivery(
         self: &Arc<Self>,
         lookups: Arc<dyn PushLookups>,
         http: reqwest::Client,
         guard: AddressGuard,
         mut stopped: watch::Receiver<bool>,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         self.stream
             .subscribe(Arc::clone(&self.delivery) as Arc<dyn StreamSubscriber>);
         let worker = Arc::new(Worker {
@@ -333,7 +334,7 @@ impl Push {
                     }
                 }
             }
-        });
+        })
     }
 
     /// Records one pusher's delivery by `task`: its cursor, back-off, a rejected pushkey.
