@@ -24,11 +24,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use origin::{remote_key, Origin, REMOTE};
+use origin::{public_room, remote_key, Origin, REMOTE};
 use ourwhats::core::pdu::{self, PduTemplate};
-use ourwhats::core::{RoomVersion, UserId};
-use ourwhats::services::rooms::create::CreateRoomRequest;
-use ourwhats::services::rooms::membership::MemberProfile;
+use ourwhats::core::RoomVersion;
 use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::rooms::resolution;
 use ourwhats::services::Services;
@@ -117,40 +115,16 @@ impl Room {
 }
 
 async fn create(services: &Arc<Services>) -> (Room, String) {
-    let alice = UserId::parse("@alice:localhost").expect("a user id");
-    let no_profile = |_: &UserId| None;
-    let id = services
-        .rooms
-        .create_room(
-            &alice,
-            CreateRoomRequest {
-                preset: Some("public_chat".into()),
-                ..CreateRoomRequest::default()
-            },
-            &MemberProfile::default(),
-            &no_profile,
-        )
-        .await
-        .expect("the room is created")
-        .room_id;
-    let store = services.rooms.store();
-    let record = store.room(&id).expect("readable").expect("the room").record;
-    let state_id = |kind: &str| {
-        store
-            .state_event(record.state, kind, "")
-            .expect("readable")
-            .expect("the state event")
-            .event_id
-    };
+    let created = public_room(services).await;
     let room = Room {
-        id,
-        levels: state_id("m.room.power_levels"),
-        rules: state_id("m.room.join_rules"),
+        id: created.id,
+        levels: created.levels,
+        rules: created.rules,
         members: Vec::new(),
-        depth: record.depth,
+        depth: created.depth,
         ts: 1,
     };
-    (room, record.extremities[0].clone())
+    (room, created.tip)
 }
 
 async fn receive_all(services: &Services, origin: &Origin, pdus: Vec<Value>) {

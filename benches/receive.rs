@@ -21,11 +21,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use origin::{remote_key, Origin, REMOTE};
+use origin::{public_room, remote_key, Origin, REMOTE};
 use ourwhats::core::pdu::{self, PduTemplate};
-use ourwhats::core::{RoomVersion, UserId};
-use ourwhats::services::rooms::create::CreateRoomRequest;
-use ourwhats::services::rooms::membership::MemberProfile;
+use ourwhats::core::RoomVersion;
 use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::Services;
 
@@ -83,39 +81,14 @@ fn remote_pdu(
 }
 
 async fn setup(services: &Arc<Services>, origin: &Origin) -> Room {
-    let alice = UserId::parse("@alice:localhost").expect("a user id");
-    let no_profile = |_: &UserId| None;
-    let id = services
-        .rooms
-        .create_room(
-            &alice,
-            CreateRoomRequest {
-                preset: Some("public_chat".into()),
-                ..CreateRoomRequest::default()
-            },
-            &MemberProfile::default(),
-            &no_profile,
-        )
-        .await
-        .expect("the room is created")
-        .room_id;
-    let store = services.rooms.store();
-    let record = store.room(&id).expect("readable").expect("the room").record;
-    let state_id = |kind: &str| {
-        store
-            .state_event(record.state, kind, "")
-            .expect("readable")
-            .expect("the state event")
-            .event_id
-    };
-    let levels = state_id("m.room.power_levels");
-    let rules = state_id("m.room.join_rules");
+    let created = public_room(services).await;
+    let (levels, rules) = (created.levels, created.rules);
     let mut room = Room {
-        id,
+        id: created.id,
         levels: levels.clone(),
         join: String::new(),
-        prev: record.extremities[0].clone(),
-        depth: record.depth,
+        prev: created.tip,
+        depth: created.depth,
     };
     let (join, pdu) = remote_pdu(
         &room,

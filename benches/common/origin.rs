@@ -1,6 +1,7 @@
 //! A made-up origin server for the benches that feed remote PDUs to the rooms service:
 //! `remote.example` with a fixed test key, which knows its own key and has nothing else
-//! to give. Included by `#[path]` (each bench is its own crate).
+//! to give; and the public room a local user creates for its users to join. Included by
+//! `#[path]` (each bench is its own crate).
 
 use std::collections::HashMap;
 
@@ -8,8 +9,11 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 
 use ourwhats::core::pdu_checks::KnownKey;
-use ourwhats::core::SigningKeyPair;
+use ourwhats::core::{SigningKeyPair, UserId};
+use ourwhats::services::rooms::create::CreateRoomRequest;
+use ourwhats::services::rooms::membership::MemberProfile;
 use ourwhats::services::rooms::receive::MissingSource;
+use ourwhats::services::Services;
 
 /// The origin's server name.
 pub const REMOTE: &str = "remote.example";
@@ -52,5 +56,53 @@ impl MissingSource for Origin {
 
     fn events<'a>(&'a self, _: &'a str, _: &'a [String]) -> BoxFuture<'a, Vec<Value>> {
         Box::pin(async { Vec::new() })
+    }
+}
+
+/// A public room created by `@alice:localhost`, as the origin needs to know it.
+pub struct PublicRoom {
+    pub id: String,
+    /// The power levels event's id.
+    pub levels: String,
+    /// The join rules event's id.
+    pub rules: String,
+    /// The room's newest event.
+    pub tip: String,
+    pub depth: u64,
+}
+
+/// Creates a [`PublicRoom`].
+pub async fn public_room(services: &Services) -> PublicRoom {
+    let alice = UserId::parse("@alice:localhost").expect("a user id");
+    let no_profile = |_: &UserId| None;
+    let id = services
+        .rooms
+        .create_room(
+            &alice,
+            CreateRoomRequest {
+                preset: Some("public_chat".into()),
+                ..CreateRoomRequest::default()
+            },
+            &MemberProfile::default(),
+            &no_profile,
+        )
+        .await
+        .expect("the room is created")
+        .room_id;
+    let store = services.rooms.store();
+    let record = store.room(&id).expect("readable").expect("the room").record;
+    let state_id = |kind: &str| {
+        store
+            .state_event(record.state, kind, "")
+            .expect("readable")
+            .expect("the state event")
+            .event_id
+    };
+    PublicRoom {
+        levels: state_id("m.room.power_levels"),
+        rules: state_id("m.room.join_rules"),
+        tip: record.extremities[0].clone(),
+        depth: record.depth,
+        id,
     }
 }

@@ -59,6 +59,19 @@ impl<'a> Room<'a> {
             .to_owned()
     }
 
+    /// Alice sets the topic; answers the event id.
+    async fn alice_sets_topic(&self, topic: &str) -> String {
+        let (status, body) = self
+            .alice
+            .put(
+                &format!("/rooms/{}/state/m.room.topic/", self.id),
+                json!({ "topic": topic }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+
     /// The ids of the room's current state events, as alice reads them.
     async fn current_state_ids(&self) -> Vec<String> {
         let (status, state) = self.alice.get(&format!("/rooms/{}/state", self.id)).await;
@@ -659,15 +672,7 @@ async fn a_prev_event_held_only_as_an_outlier_takes_the_state_its_sender_tells_m
     assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
     assert_eq!(room.status(&rename.0), EventStatus::Outlier);
     // Our side of the fork: alice sets the topic.
-    let (status, body) = room
-        .alice
-        .put(
-            &format!("/rooms/{}/state/m.room.topic/", room.id),
-            json!({"topic": "ours"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let topic = body["event_id"].as_str().unwrap().to_owned();
+    let topic = room.alice_sets_topic("ours").await;
     // Bob answers on our topic and on his rename.
     let after = room.remote(
         ("m.room.message", None),
@@ -1017,14 +1022,7 @@ async fn a_no_power_levels_take_over_is_rejected_and_the_state_stays() {
     let (status, _) = room.alice.state(&room.id, "m.room.topic", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Alice (the creator) keeps her power: her topic goes through.
-    let (status, body) = room
-        .alice
-        .put(
-            &format!("/rooms/{}/state/m.room.topic/", room.id),
-            json!({"topic": "still ours"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    room.alice_sets_topic("still ours").await;
 }
 
 #[tokio::test]
@@ -1035,15 +1033,7 @@ async fn a_remote_state_event_merging_a_fork_is_stored() {
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
-    let (status, body) = room
-        .alice
-        .put(
-            &format!("/rooms/{}/state/m.room.topic/", room.id),
-            json!({"topic": "ours"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let topic = body["event_id"].as_str().unwrap().to_owned();
+    let topic = room.alice_sets_topic("ours").await;
     let levels = room.state_id("m.room.power_levels", "").await;
     let rules = room.state_id("m.room.join_rules", "").await;
     let rename = room.remote(
@@ -1085,15 +1075,7 @@ async fn a_fork_is_merged_by_state_resolution_and_local_events_name_both_sides()
         let (join_id, _) = room.with_bob().await;
         // Alice changes the topic; bob, not having seen it, renames himself on a branch
         // from his join.
-        let (status, body) = room
-            .alice
-            .put(
-                &format!("/rooms/{}/state/m.room.topic/", room.id),
-                json!({"topic": "ours"}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        topic_local = body["event_id"].as_str().unwrap().to_owned();
+        topic_local = room.alice_sets_topic("ours").await;
         let levels = room.state_id("m.room.power_levels", "").await;
         let rules = room.state_id("m.room.join_rules", "").await;
         let rename = room.remote(
@@ -1200,14 +1182,7 @@ async fn forged_old_power_levels_after_a_fork_leave_the_state_unchanged() {
     }
     let (status, _) = room.alice.state(&room.id, "m.room.topic", "").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, body) = room
-        .alice
-        .put(
-            &format!("/rooms/{}/state/m.room.topic/", room.id),
-            json!({"topic": "still ours"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    room.alice_sets_topic("still ours").await;
     assert_eq!(room.state_id("m.room.power_levels", "").await, demotion);
 }
 
@@ -1340,15 +1315,7 @@ async fn a_stale_auth_height_makes_the_index_step_aside_for_one_resolution() {
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
-    let (status, body) = room
-        .alice
-        .put(
-            &format!("/rooms/{}/state/m.room.topic/", room.id),
-            json!({"topic": "ours"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let topic = body["event_id"].as_str().unwrap().to_owned();
+    let topic = room.alice_sets_topic("ours").await;
     let levels = room.state_id("m.room.power_levels", "").await;
     let rules = room.state_id("m.room.join_rules", "").await;
     let rename = room.remote(

@@ -168,6 +168,7 @@ pub(super) fn receive(
             edges,
             EventStatus::Outlier,
             (0, 0),
+            store.db.batch(),
         )?;
         tracing::debug!(event = %event.event_id, short, "outlier stored");
         return Ok(PduOutcome::Outlier);
@@ -565,7 +566,7 @@ fn reject_with(
     head: &RoomHead,
     (existing, event): (Option<ShortEventId>, &RemoteEvent),
     edges: Edges,
-    mut batch: crate::storage::Batch<'_>,
+    batch: crate::storage::Batch<'_>,
     state_before: ShortStateHash,
     reason: String,
 ) -> MatrixResult<PduOutcome> {
@@ -573,25 +574,20 @@ fn reject_with(
     let status = EventStatus::Rejected {
         reason: reason.clone(),
     };
-    let short = existing.unwrap_or_else(|| {
-        ctx.store
-            .state
-            .intern_new_event(&event.event_id, &mut batch)
-    });
-    let state_key = auth_index::state_key_of(&ctx.store, &event.pdu)?;
-    put_without_place(
-        &mut batch,
+    store_without_place(
+        ctx,
         head,
-        (short, event),
+        (existing, event),
         edges,
-        (status, state_key),
+        status,
         (state_before, state_before),
-    );
-    ctx.store.db.write_relaxed(batch)?;
+        batch,
+    )?;
     Ok(PduOutcome::Rejected(reason))
 }
 
-/// Stores an event with a status but no timeline place; answers its short id.
+/// Stores an event with a status but no timeline place, in `batch` (with what the caller
+/// already put there); answers its short id.
 fn store_without_place(
     ctx: &WriterContext,
     head: &RoomHead,
@@ -599,8 +595,8 @@ fn store_without_place(
     edges: Edges,
     status: EventStatus,
     states: (ShortStateHash, ShortStateHash),
+    mut batch: crate::storage::Batch<'_>,
 ) -> MatrixResult<ShortEventId> {
-    let mut batch = ctx.store.db.batch();
     let short = existing.unwrap_or_else(|| {
         ctx.store
             .state
