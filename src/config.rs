@@ -809,7 +809,7 @@ mod tests {
             ("OURWHATS_NO_SUCH_KEY", "1", "OURWHATS_NO_SUCH_KEY"),
             (
                 "OURWHATS_ROOMS__DEFAULT_VERSION",
-                "2",
+                "13",
                 "rooms.default_version",
             ),
             (

@@ -365,14 +365,29 @@ async fn invite_refusals() {
         put(&room, &tampered_id, "11", &tampered, json!([])).await,
         "a content hash mismatch",
     );
-    let (status, body) = put(&room, &id, "1", &event, json!([])).await;
+    let (status, body) = put(&room, &id, "org.example.v0", &event, json!([])).await;
     assert_eq!(
         (
             status,
             body["errcode"].as_str(),
             body["room_version"].as_str()
         ),
-        (400, Some("M_INCOMPATIBLE_ROOM_VERSION"), Some("1")),
+        (
+            400,
+            Some("M_INCOMPATIBLE_ROOM_VERSION"),
+            Some("org.example.v0")
+        ),
+        "{body}"
+    );
+    // An event of the v3 format said to be of a room v1, which has its own.
+    let (status, body) = put(&room, &id, "1", &event, json!([])).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("event_id"),
         "{body}"
     );
     let (id2, nobody) = hand_made_invite(b, v11, (&room, &format!("@nobody:{}", a.name())), |_| {});

@@ -154,7 +154,7 @@ async fn a_synapse_user_joins_our_room_and_both_talk() {
     let alice = User::register(ours, "alice").await.unwrap();
     let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
 
-    for version in ["3", "5", "10", "11", "12"] {
+    for version in ["1", "2", "3", "5", "10", "11", "12"] {
         let room = alice
             .create_room(json!({"preset": "public_chat", "room_version": version, "name": "ours"}))
             .await;
@@ -362,7 +362,7 @@ async fn we_join_a_synapse_room_and_both_talk() {
     let alice = User::register(ours, "alice").await.unwrap();
     let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
 
-    for version in ["3", "5", "10", "11", "12"] {
+    for version in ["1", "2", "3", "5", "10", "11", "12"] {
         let alias_name = format!("lobby{version}");
         let room = sam
             .create_room(

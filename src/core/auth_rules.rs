@@ -309,7 +309,25 @@ pub fn check(ctx: &AuthContext<'_>, event: &Value, state: &dyn AuthState) -> Res
         return check_power_levels(version, &ev, state, create, sender_level);
     }
 
-    // Rule 11.
+    // v1 and v2 rule 11: a redaction needs the redact level, or its own event id and
+    // the redacted event's naming the same server.
+    if ev.kind == "m.room.redaction" && version.redaction_authorised_by_event_id_server() {
+        if sender_level >= Power::from(levels.redact) {
+            return Ok(());
+        }
+        let server_of = |key: &str| {
+            event
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(event_hashes::event_id_server)
+        };
+        return match (server_of("event_id"), server_of("redacts")) {
+            (Some(own), Some(target)) if own == target => Ok(()),
+            _ => reject("the sender's power is below the redact level"),
+        };
+    }
+
+    // Rule 11 (rule 12 in v1 and v2).
     Ok(())
 }
 
@@ -402,12 +420,7 @@ fn check_member(
         // 5.3
         "join" => {
             // 5.3.1: the creator's first join, right after the create event.
-            let prev: Vec<&str> = ev
-                .raw
-                .get("prev_events")
-                .and_then(Value::as_array)
-                .map(|p| p.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let prev: Vec<&str> = super::pdu::event_ids(ev.raw, "prev_events").collect();
             if prev.len() == 1 {
                 let create_id = match state.create_event_id() {
                     Some(id) => id.to_owned(),

@@ -38,6 +38,9 @@ impl Room {
             "prev_events": [], "auth_events": [], "depth": 1, "origin_server_ts": 1,
             "hashes": {"sha256": "x"},
         });
+        if !version.event_ids_are_reference_hashes() {
+            create["event_id"] = json!("$create:a.org");
+        }
         let room_id = if version.room_id_is_create_event_hash() {
             event_hashes::room_id_from_create_event(&create, version).unwrap()
         } else {
@@ -134,7 +137,7 @@ impl Room {
     }
 }
 
-fn all_versions() -> [RoomVersion; 10] {
+fn all_versions() -> [RoomVersion; 12] {
     RoomVersion::ALL
 }
 
@@ -903,6 +906,43 @@ fn rule_11_other_events_are_allowed() {
     let mut room = Room::standard(RoomVersion::V10);
     room.join_rule("public");
     assert!(room.allows(&room.event("org.example.custom", ALICE, None, json!({"x": 1}))));
+}
+
+#[test]
+fn rule_11_v1_and_v2_redactions_need_the_redact_level_or_the_redacted_events_server() {
+    for version in [RoomVersion::V1, RoomVersion::V2] {
+        let mut room = Room::standard(version);
+        room.join_rule("public").join(BOB);
+        let redaction = |sender: &str, own_id: &str, redacts: &str| {
+            let mut e = room.event("m.room.redaction", sender, None, json!({}));
+            e["event_id"] = json!(own_id);
+            e["redacts"] = json!(redacts);
+            e
+        };
+        // Alice has 100, above the default redact level of 50: any event.
+        assert!(
+            room.allows(&redaction(ALICE, "$r:a.org", "$x:b.org")),
+            "{version}"
+        );
+        // Bob (0) may redact events whose ids his redaction's own server named.
+        assert!(
+            room.allows(&redaction(BOB, "$r:b.org", "$x:b.org")),
+            "{version}"
+        );
+        assert!(
+            !room.allows(&redaction(BOB, "$r:b.org", "$x:a.org")),
+            "{version}"
+        );
+        let mut no_target = redaction(BOB, "$r:b.org", "$x:b.org");
+        no_target.as_object_mut().unwrap().remove("redacts");
+        assert!(!room.allows(&no_target), "{version}");
+    }
+    // From v3, a redaction passes the auth rules and is checked when applied.
+    let mut room = Room::standard(RoomVersion::V3);
+    room.join_rule("public").join(BOB);
+    let mut e = room.event("m.room.redaction", BOB, None, json!({}));
+    e["redacts"] = json!("$x");
+    assert!(room.allows(&e));
 }
 
 #[test]

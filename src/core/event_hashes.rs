@@ -35,9 +35,27 @@ pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], S
 }
 
 /// The event id of `event`: `$` + unpadded base64 of the reference hash (rooms v3, the
-/// standard alphabet; v4+, URL-safe).
+/// standard alphabet; v4+, URL-safe); in rooms v1 and v2, the `event_id` the event
+/// carries, which must have the form `$opaque:server` (spec: rooms v1, "Event IDs").
 pub fn event_id(event: &Value, version: RoomVersion) -> Result<String, SignatureError> {
+    if !version.event_ids_are_reference_hashes() {
+        let id = event.get("event_id").and_then(Value::as_str);
+        return match id {
+            Some(id) if is_v1_event_id(id) => Ok(id.to_owned()),
+            _ => Err(SignatureError::NoEventId),
+        };
+    }
     Ok(event_id_of_hash(reference_hash(event, version)?, version))
+}
+
+/// Spec: rooms v1, "Event IDs": `$opaque_id:domain`, the domain a server name.
+pub fn is_v1_event_id(id: &str) -> bool {
+    id.contains(':') && super::identifiers::EventId::parse(id).is_ok()
+}
+
+/// The server named in a rooms v1/v2 event id (`$opaque:server`).
+pub fn event_id_server(id: &str) -> Option<&str> {
+    id.split_once(':').map(|(_, server)| server)
 }
 
 /// The event id of a reference hash in a room of `version`.

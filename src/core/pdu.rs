@@ -22,14 +22,19 @@ pub const MAX_AUTH_EVENTS: usize = 10;
 /// (2^53 - 1); a room already there keeps it.
 pub const MAX_DEPTH: u64 = (1 << 53) - 1;
 
-/// The event ids a PDU lists under `key` (`prev_events` or `auth_events`); anything but
-/// a string is skipped.
+/// The event ids a PDU lists under `key` (`prev_events` or `auth_events`): plain ids
+/// (rooms v3 and later) or the ids of `[id, hashes]` pairs (rooms v1 and v2); anything
+/// else is skipped (the format check refuses it on receipt).
 pub fn event_ids<'p>(pdu: &'p Value, key: &str) -> impl Iterator<Item = &'p str> {
     pdu.get(key)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(Value::as_str)
+        .filter_map(|reference| match reference {
+            Value::String(id) => Some(id.as_str()),
+            Value::Array(pair) => pair.first().and_then(Value::as_str),
+            _ => None,
+        })
 }
 
 /// The event a redaction redacts: top-level `redacts` (rooms before v11) or
@@ -71,9 +76,10 @@ pub struct PduTemplate {
 /// A built PDU and its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuiltPdu {
-    /// `$` + URL-safe base64 of the reference hash.
+    /// `$` + base64 of the reference hash (rooms v3 and later); `$opaque:server`, made
+    /// up here and held in the PDU (rooms v1 and v2).
     pub event_id: String,
-    /// The signed event in federation format (no `event_id` member).
+    /// The signed event in federation format (an `event_id` member only in rooms v1, v2).
     pub pdu: Value,
 }
 
@@ -99,10 +105,25 @@ impl std::fmt::Display for PduError {
 
 impl std::error::Error for PduError {}
 
-/// Fills in hashes and our signature and computes the event id.
+/// Fills in hashes and our signature and computes the event id. Events of rooms v1 and v2
+/// list the reference hashes of their prev and auth events: build those with
+/// [`build_referencing`].
 pub fn build(
     version: RoomVersion,
     template: PduTemplate,
+    server_name: &str,
+    key: &SigningKeyPair,
+) -> Result<BuiltPdu, PduError> {
+    build_referencing(version, template, &|_| None, server_name, key)
+}
+
+/// [`build`], with `reference_hash` answering the reference hash of each prev and auth
+/// event (asked only in rooms v1 and v2, whose events list `[id, {"sha256": hash}]`
+/// pairs and carry an `event_id` the sending server makes up: `$opaque:server_name`).
+pub fn build_referencing(
+    version: RoomVersion,
+    template: PduTemplate,
+    reference_hash: &dyn Fn(&str) -> Option<[u8; 32]>,
     server_name: &str,
     key: &SigningKeyPair,
 ) -> Result<BuiltPdu, PduError> {
@@ -137,8 +158,14 @@ pub fn build(
     pdu.insert("type".into(), json!(template.kind));
     pdu.insert("sender".into(), json!(template.sender));
     pdu.insert("content".into(), template.content);
-    pdu.insert("prev_events".into(), json!(template.prev_events));
-    pdu.insert("auth_events".into(), json!(template.auth_events));
+    let prev_events = references(version, &template.prev_events, reference_hash)?;
+    pdu.insert("prev_events".into(), prev_events);
+    let auth_events = references(version, &template.auth_events, reference_hash)?;
+    pdu.insert("auth_events".into(), auth_events);
+    let made_up_id = (!version.event_ids_are_reference_hashes()).then(|| new_event_id(server_name));
+    if let Some(id) = &made_up_id {
+        pdu.insert("event_id".into(), json!(id));
+    }
     pdu.insert("depth".into(), json!(template.depth));
     pdu.insert("origin_server_ts".into(), json!(template.origin_server_ts));
     if let Some(room_id) = template.room_id {
@@ -161,8 +188,47 @@ pub fn build(
     if size > MAX_PDU_BYTES {
         return Err(PduError::TooLarge(size));
     }
-    let event_id = event_hashes::event_id_of_hash(reference_hash, version);
+    let event_id =
+        made_up_id.unwrap_or_else(|| event_hashes::event_id_of_hash(reference_hash, version));
     Ok(BuiltPdu { event_id, pdu })
+}
+
+/// `prev_events` or `auth_events` as an event of `version` lists them: the ids (rooms v3
+/// and later), or `[id, {"sha256": hash}]` pairs with `reference_hash` answering each
+/// hash (rooms v1 and v2; spec: `pdu_v1.yaml`).
+pub fn references<S: AsRef<str>>(
+    version: RoomVersion,
+    ids: &[S],
+    reference_hash: &dyn Fn(&str) -> Option<[u8; 32]>,
+) -> Result<Value, PduError> {
+    let ids = ids.iter().map(AsRef::as_ref);
+    if !version.event_references_carry_hashes() {
+        return Ok(Value::Array(ids.map(|id| json!(id)).collect()));
+    }
+    let pairs = ids.map(|id| {
+        let hash = reference_hash(id)
+            .ok_or_else(|| PduError::BadShape(format!("no reference hash for the event {id}")))?;
+        Ok(json!([id, { "sha256": super::base64::encode(hash) }]))
+    });
+    pairs
+        .collect::<Result<Vec<Value>, PduError>>()
+        .map(Value::Array)
+}
+
+/// A new event id for rooms v1 and v2: `$` + 16 random characters (96 bits) + `:server`.
+pub fn new_event_id(server_name: &str) -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 12];
+    // The system's random source failing is not recoverable anywhere; the id would
+    // still be unique enough with the time alone, so fall back to it.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..12]);
+    }
+    format!("${}:{server_name}", super::base64::encode_url_safe(bytes))
 }
 
 #[cfg(test)]
@@ -190,7 +256,8 @@ mod tests {
     #[test]
     fn built_events_are_hashed_signed_and_named_by_their_reference_hash() {
         let key = SigningKeyPair::generate();
-        for version in RoomVersion::ALL {
+        let versions = RoomVersion::ALL.into_iter();
+        for version in versions.filter(|v| v.event_ids_are_reference_hashes()) {
             let built = build(
                 version,
                 template(
@@ -216,6 +283,52 @@ mod tests {
             );
             assert!(built.pdu.get("event_id").is_none());
             assert_eq!(built.pdu["depth"], 7);
+        }
+    }
+
+    #[test]
+    fn v1_and_v2_events_carry_a_made_up_id_and_reference_their_events_with_hashes() {
+        let key = SigningKeyPair::generate();
+        let hashes = |id: &str| match id {
+            "$prev" => Some([1u8; 32]),
+            "$auth" => Some([2u8; 32]),
+            _ => None,
+        };
+        for version in [RoomVersion::V1, RoomVersion::V2] {
+            let t = template(Some("!r:a.org"), "m.room.message", json!({"body": "hi"}));
+            let built = build_referencing(version, t.clone(), &hashes, "a.org", &key).unwrap();
+            assert!(built.event_id.starts_with('$') && built.event_id.ends_with(":a.org"));
+            assert_eq!(built.pdu["event_id"], built.event_id);
+            assert_eq!(
+                event_hashes::event_id(&built.pdu, version).unwrap(),
+                built.event_id
+            );
+            let sha = |b: u8| crate::core::base64::encode([b; 32]);
+            assert_eq!(
+                built.pdu["prev_events"],
+                json!([["$prev", {"sha256": sha(1)}]])
+            );
+            assert_eq!(
+                built.pdu["auth_events"],
+                json!([["$auth", {"sha256": sha(2)}]])
+            );
+            assert_eq!(
+                event_ids(&built.pdu, "prev_events").collect::<Vec<_>>(),
+                ["$prev"]
+            );
+            // The signature and the content hash cover the id.
+            assert!(content_hash_matches(&built.pdu, version).unwrap());
+            let mut forged = redact(&built.pdu, version);
+            forged["event_id"] = json!("$other:a.org");
+            assert!(verify_json(&forged, "a.org", key.key_id(), &key.verifying_key()).is_err());
+            // Two events never share an id.
+            let again = build_referencing(version, t.clone(), &hashes, "a.org", &key).unwrap();
+            assert_ne!(again.event_id, built.event_id);
+            // Without the hashes of what it references, no event.
+            assert!(matches!(
+                build(version, t, "a.org", &key),
+                Err(PduError::BadShape(_))
+            ));
         }
     }
 

@@ -49,9 +49,10 @@ fn invalid<T>(reason: impl Into<String>) -> Result<T, FormatError> {
     Err(FormatError(reason.into()))
 }
 
-/// Check 1: the PDU has the event format of its room version (rooms 3 to 12: the v3
-/// format, with v3 event ids in room 3 and v4 ones after, v12 without `room_id` on the
-/// create event), is canonical JSON (no floats, integers within ±(2^53 - 1)) from room
+/// Check 1: the PDU has the event format of its room version (rooms 1 and 2: an
+/// `event_id` of the form `$opaque:server` and `[id, hashes]` pairs as references; rooms
+/// 3 to 12: the v3 format, with v3 event ids in room 3 and v4 ones after, v12 without
+/// `room_id` on the create event), is canonical JSON (no floats, integers within ±(2^53 - 1)) from room
 /// version 6 (before, "servers MUST NOT strictly enforce" it: floats and large integers
 /// pass, written as [`Numbers::Lenient`] says), and is at most [`MAX_PDU_BYTES`] as
 /// canonical JSON.
@@ -145,29 +146,56 @@ pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError
     if object.get("unsigned").is_some_and(|u| !u.is_object()) {
         return invalid("unsigned must be an object");
     }
+    if !version.event_ids_are_reference_hashes() {
+        match string("event_id")? {
+            Some(id) if is_event_id(version, id) => {}
+            _ => return invalid("event_id must be of the form $opaque:server"),
+        }
+    }
+    let what = if version.event_references_carry_hashes() {
+        "a list of [event id, hashes] pairs"
+    } else {
+        "a list of event ids"
+    };
     for (key, max) in [
         ("prev_events", MAX_PREV_EVENTS),
         ("auth_events", MAX_AUTH_EVENTS),
     ] {
-        let Some(ids) = required(key)?.as_array() else {
-            return invalid(format!("{key} must be a list of event ids"));
+        let Some(references) = required(key)?.as_array() else {
+            return invalid(format!("{key} must be {what}"));
         };
-        if ids.len() > max {
+        if references.len() > max {
             return invalid(format!("{key} holds more than {max} events"));
         }
-        if !ids
-            .iter()
-            .all(|id| id.as_str().is_some_and(|id| is_event_id(version, id)))
-        {
-            return invalid(format!("{key} must be a list of event ids"));
+        if !references.iter().all(|r| is_reference(version, r)) {
+            return invalid(format!("{key} must be {what}"));
         }
     }
     Ok(())
 }
 
-/// Spec: rooms v3 and v4, "Event IDs": `$` and the unpadded base64 of a sha256 hash,
-/// standard in v3, URL-safe from v4.
+/// One entry of `prev_events` or `auth_events`: an event id (rooms v3 and later), or
+/// (rooms v1 and v2, `pdu_v1.yaml`) a pair of an event id and an object of hashes.
+fn is_reference(version: RoomVersion, reference: &Value) -> bool {
+    if !version.event_references_carry_hashes() {
+        return reference
+            .as_str()
+            .is_some_and(|id| is_event_id(version, id));
+    }
+    match reference.as_array().map(Vec::as_slice) {
+        Some([Value::String(id), Value::Object(hashes)]) => {
+            is_event_id(version, id) && hashes.values().all(Value::is_string)
+        }
+        _ => false,
+    }
+}
+
+/// Spec: "Event IDs": rooms v1 and v2, `$opaque:server`; v3, `$` and the unpadded
+/// standard base64 of a sha256 hash; v4 and later, URL-safe base64.
 fn is_event_id(version: RoomVersion, id: &str) -> bool {
+    if !version.event_ids_are_reference_hashes() {
+        return event_hashes::is_v1_event_id(id);
+    }
     id.strip_prefix('$').is_some_and(|hash| {
         if version.event_ids_are_url_safe() {
             is_url_safe_hash(hash)
@@ -198,13 +226,27 @@ pub enum SignatureCheck {
 }
 
 /// The servers whose signatures an event needs (spec: "Validating hashes and signatures
-/// on received events"): for room versions 3 and later, the sender's server.
-pub fn required_signers(pdu: &Value) -> Vec<String> {
-    pdu.get("sender")
+/// on received events"): the sender's server, and in rooms v1 and v2 also the server
+/// named in the event id. Empty when the sender is not a user id.
+pub fn required_signers(version: RoomVersion, pdu: &Value) -> Vec<String> {
+    let Some(sender) = pdu
+        .get("sender")
         .and_then(Value::as_str)
         .and_then(|s| UserId::parse(s).ok())
-        .map(|u| vec![u.server_name().to_owned()])
-        .unwrap_or_default()
+    else {
+        return Vec::new();
+    };
+    let mut servers = vec![sender.server_name().to_owned()];
+    if version.event_id_server_signs() {
+        let id_server = pdu
+            .get("event_id")
+            .and_then(Value::as_str)
+            .and_then(event_hashes::event_id_server);
+        if let Some(server) = id_server.filter(|s| *s != servers[0]) {
+            servers.push(server.to_owned());
+        }
+    }
+    servers
 }
 
 /// Check 2: the redacted event carries a valid signature of every server that must sign,
@@ -218,7 +260,7 @@ pub fn check_signatures(
     pdu: &Value,
     keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
 ) -> SignatureCheck {
-    let signers = required_signers(pdu);
+    let signers = required_signers(version, pdu);
     if signers.is_empty() {
         return SignatureCheck::Invalid("the sender is not a valid user id".into());
     }

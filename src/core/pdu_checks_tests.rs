@@ -310,3 +310,91 @@ fn check_3_a_changed_content_is_kept_redacted_and_still_verifies() {
     assert_eq!(kept["content"], json!({}));
     assert_eq!(kept["sender"], pdu["sender"]);
 }
+
+// Rooms v1 and v2: the event carries its id, references carry hashes, and the server
+// named in the id signs too.
+
+fn v1_pdu(sender: &str, id_server: &str) -> Value {
+    let template = PduTemplate {
+        room_id: Some(ROOM.into()),
+        sender: sender.into(),
+        kind: "m.room.message".into(),
+        state_key: None,
+        content: json!({"msgtype": "m.text", "body": "hello"}),
+        prev_events: vec!["$prev:remote.example".into()],
+        auth_events: vec!["$auth:remote.example".into()],
+        depth: 12,
+        origin_server_ts: 1_000_000,
+        redacts: None,
+    };
+    let hash = |_: &str| Some([3u8; 32]);
+    crate::core::pdu::build_referencing(RoomVersion::V1, template, &hash, id_server, &remote_key())
+        .unwrap()
+        .pdu
+}
+
+#[test]
+fn check_1_v1_and_v2_events_carry_their_id_and_reference_events_with_hashes() {
+    let pdu = v1_pdu(&format!("@bob:{REMOTE}"), REMOTE);
+    check_format(RoomVersion::V1, &pdu).unwrap();
+    check_format(RoomVersion::V2, &pdu).unwrap();
+    // The later format lists plain ids, and the older one pairs.
+    assert!(check_format(RoomVersion::V3, &pdu)
+        .unwrap_err()
+        .0
+        .contains("event ids"));
+    assert!(check_format(RoomVersion::V1, &message()).is_err());
+    let refused = |change: &dyn Fn(&mut Value)| {
+        let mut bad = pdu.clone();
+        change(&mut bad);
+        check_format(RoomVersion::V1, &bad).unwrap_err().0
+    };
+    assert!(refused(&|p| {
+        p.as_object_mut().unwrap().remove("event_id");
+    })
+    .contains("event_id"));
+    assert!(refused(&|p| p["event_id"] = json!("$no_server")).contains("event_id"));
+    assert!(refused(&|p| p["event_id"] = json!(7)).contains("event_id"));
+    assert!(refused(&|p| p["prev_events"] = json!([["$prev:remote.example"]])).contains("pairs"));
+    assert!(refused(&|p| p["auth_events"] = json!([["$a:r.example", "h"]])).contains("pairs"));
+    assert!(refused(&|p| p["auth_events"] = json!(["$a:r.example"])).contains("pairs"));
+    assert!(refused(&|p| p["prev_events"] = json!([["nosigil:r", {}]])).contains("pairs"));
+}
+
+#[test]
+fn check_2_in_v1_the_server_named_in_the_event_id_signs_too() {
+    let other = "other.example";
+    let both = |server: &str, key_id: &str| {
+        let key = remote_key();
+        (key_id == key.key_id() && (server == REMOTE || server == other)).then(|| KnownKey {
+            key: key.verifying_key(),
+            valid_until_ts: u64::MAX,
+        })
+    };
+    // Sent by bob of remote.example under an id of other.example, signed only by the
+    // latter: remote.example's signature is missing.
+    let mut pdu = v1_pdu(&format!("@bob:{REMOTE}"), other);
+    assert_eq!(required_signers(RoomVersion::V1, &pdu), [REMOTE, other]);
+    assert!(matches!(
+        check_signatures(RoomVersion::V1, &pdu, &both),
+        SignatureCheck::Invalid(reason) if reason.contains(REMOTE)
+    ));
+    // Signed by both, each key known: verified; other.example's key unknown: fetched.
+    event_hashes::sign_event(&mut pdu, REMOTE, &remote_key(), RoomVersion::V1).unwrap();
+    assert_eq!(
+        check_signatures(RoomVersion::V1, &pdu, &both),
+        SignatureCheck::Verified
+    );
+    assert!(matches!(
+        check_signatures(RoomVersion::V1, &pdu, &known),
+        SignatureCheck::NeedKeys(keys) if keys[0].0 == other
+    ));
+    // From v3 on, the id is the hash and names no server: the sender's signature is all.
+    assert_eq!(required_signers(RoomVersion::V3, &pdu), [REMOTE]);
+    // An event of carol (other.example) whose id only remote.example signed is dropped.
+    let carol = v1_pdu(&format!("@carol:{other}"), REMOTE);
+    assert!(matches!(
+        check_signatures(RoomVersion::V1, &carol, &both),
+        SignatureCheck::Invalid(reason) if reason.contains(other)
+    ));
+}

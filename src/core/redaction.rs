@@ -1,6 +1,6 @@
 //! The redaction algorithm per room version.
 //!
-//! Spec: rooms v3 to v5 (`fragments/v1-redactions.md`), v6 and v7
+//! Spec: rooms v1 to v5 (`fragments/v1-redactions.md`), v6 and v7
 //! (`fragments/v6-redactions.md`), v8 to v10 (`fragments/v9-redactions.md`) and v11/v12
 //! (`fragments/v11-redactions.md`), "Redactions". Used for redacted events served to
 //! clients and for reference hashes and signatures, which cover the redacted form.

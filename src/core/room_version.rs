@@ -1,19 +1,26 @@
 //! Room versions and the per-version answers the rest of the code asks for.
 //!
-//! Spec: "Room Versions" (`rooms/v3.md` to `v12.md`). Every version-dependent rule is a
-//! method here, so no other module compares version strings. Versions 3 to 11 share one
+//! Spec: "Room Versions" (`rooms/v1.md` to `v12.md`). Every version-dependent rule is a
+//! method here, so no other module compares version strings. Versions 1 and 2 share the
+//! original event format: the sending server chooses the event id (`$opaque:server`, a
+//! field of the PDU), `prev_events` and `auth_events` are `[id, {"sha256": hash}]` pairs,
+//! the server named in the event id signs too, and a redaction is authorised by its own
+//! event id's server (auth rule 11); they differ in state resolution (v1: the original
+//! algorithm; v2: the one every later version builds on). Versions 3 to 11 share one
 //! event format (event ids are reference hashes, `prev_events` and `auth_events` plain
 //! lists of ids) and state resolution v2, and differ in: the base64 alphabet of event ids
 //! (standard in 3, URL-safe from 4), signing-key validity (enforced from 5), the special
 //! auth rule and redaction of `m.room.aliases` and the `notifications` power level (6
 //! drops the first two and enforces the third), knocking (7), restricted joins (8, and
-//! their redaction fix in 9), power levels given as strings (before 10). Versions 1 and 2
-//! (event ids chosen by the sending server, `(id, hash)` pairs as references, state
-//! resolution v1 in 1) are not supported.
+//! their redaction fix in 9), power levels given as strings (before 10).
 
 /// A room version this server can take part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RoomVersion {
+    /// Room version 1: event ids chosen by the sender, state resolution v1.
+    V1,
+    /// Room version 2: as 1, with state resolution v2.
+    V2,
     /// Room version 3: event ids are the reference hash in standard unpadded base64.
     V3,
     /// Room version 4: event ids in URL-safe unpadded base64.
@@ -38,7 +45,9 @@ pub enum RoomVersion {
 
 impl RoomVersion {
     /// Every version we support, oldest first.
-    pub const ALL: [RoomVersion; 10] = [
+    pub const ALL: [RoomVersion; 12] = [
+        RoomVersion::V1,
+        RoomVersion::V2,
         RoomVersion::V3,
         RoomVersion::V4,
         RoomVersion::V5,
@@ -54,9 +63,11 @@ impl RoomVersion {
     /// The version a new room gets unless configured otherwise.
     pub const DEFAULT: RoomVersion = RoomVersion::V12;
 
-    /// Parses a version identifier (`"3"` to `"12"`).
+    /// Parses a version identifier (`"1"` to `"12"`).
     pub fn from_id(id: &str) -> Option<Self> {
         match id {
+            "1" => Some(Self::V1),
+            "2" => Some(Self::V2),
             "3" => Some(Self::V3),
             "4" => Some(Self::V4),
             "5" => Some(Self::V5),
@@ -74,6 +85,8 @@ impl RoomVersion {
     /// The version identifier as the spec writes it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::V1 => "1",
+            Self::V2 => "2",
             Self::V3 => "3",
             Self::V4 => "4",
             Self::V5 => "5",
@@ -90,6 +103,36 @@ impl RoomVersion {
     /// All supported versions are stable ones.
     pub fn is_stable(self) -> bool {
         true
+    }
+
+    /// Spec v3: the event id is the event's reference hash; in versions 1 and 2 it is
+    /// the PDU's `event_id` field, chosen by the sending server.
+    pub fn event_ids_are_reference_hashes(self) -> bool {
+        self >= Self::V3
+    }
+
+    /// Spec v1 and v2: `prev_events` and `auth_events` list `[event id, hashes]` pairs
+    /// (from v3, plain event ids).
+    pub fn event_references_carry_hashes(self) -> bool {
+        self <= Self::V2
+    }
+
+    /// Spec v1 and v2 ("Validating hashes and signatures on received events"): the
+    /// server named in the event id must sign the event as well as the sender's.
+    pub fn event_id_server_signs(self) -> bool {
+        self <= Self::V2
+    }
+
+    /// Spec v1 and v2 auth rule 11: a redaction is allowed by the redact level or when
+    /// the redacted event's id and its own name the same server (from v3, redactions
+    /// pass the auth rules and are checked when applied).
+    pub fn redaction_authorised_by_event_id_server(self) -> bool {
+        self <= Self::V2
+    }
+
+    /// Spec v1: state resolution v1 (versions 2 to 11 use v2, version 12 v2.1).
+    pub fn state_res_v1(self) -> bool {
+        self == Self::V1
     }
 
     /// Spec v4: event ids are URL-safe base64 (`-` and `_`); v3 uses the standard
@@ -228,8 +271,8 @@ mod tests {
         for v in RoomVersion::ALL {
             assert_eq!(RoomVersion::from_id(v.as_str()), Some(v));
         }
-        assert_eq!(RoomVersion::from_id("2"), None);
-        assert_eq!(RoomVersion::from_id("1"), None);
+        assert_eq!(RoomVersion::from_id("0"), None);
+        assert_eq!(RoomVersion::from_id("13"), None);
         assert_eq!(RoomVersion::from_id("org.matrix.msc0000"), None);
         assert_eq!(RoomVersion::DEFAULT.as_str(), "12");
     }

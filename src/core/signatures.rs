@@ -23,6 +23,8 @@ pub enum SignatureError {
     Malformed,
     /// The signature does not match.
     Invalid,
+    /// An event of room version 1 or 2 has no `event_id` of the form `$opaque:server`.
+    NoEventId,
 }
 
 impl std::fmt::Display for SignatureError {
@@ -33,6 +35,7 @@ impl std::fmt::Display for SignatureError {
             Self::Missing => f.write_str("signature missing"),
             Self::Malformed => f.write_str("signature is not valid base64 of 64 bytes"),
             Self::Invalid => f.write_str("signature does not verify"),
+            Self::NoEventId => f.write_str("event_id missing or not of the form $opaque:server"),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! State resolution: the room state before an event whose `prev_events` lead to several
 //! states.
 //!
-//! Spec: `rooms/v2.md` ("State resolution", the algorithm of room versions 2 to 11) and
+//! Spec: `rooms/v1.md` (state resolution v1, in [`v1`]), `rooms/v2.md` ("State
+//! resolution", the algorithm of room versions 2 to 11) and
 //! `rooms/v12.md` (version 2.1: the iterative auth checks of step 2 start from an empty
 //! state, and the full conflicted set also holds the *conflicted state subgraph*). Pure:
 //! events come from the caller through [`ResolutionEvents`], as the spec's algorithm is
@@ -87,7 +88,11 @@ pub fn resolve_changes(
     if conflict.keys.is_empty() {
         return Vec::new();
     }
-    let difference = auth_difference(events, states);
+    let difference = if version.state_res_v1() {
+        HashSet::new() // state resolution v1 has no use for it
+    } else {
+        auth_difference(events, states)
+    };
     resolve_conflict(version, &conflict, difference, events)
 }
 
@@ -107,7 +112,8 @@ pub type Lookup<'a> = dyn Fn(&(String, String)) -> Option<String> + 'a;
 
 /// The resolution of the states `conflict` describes, as changes against the first of
 /// them (the work and the answer follow the conflict, not the size of the state).
-/// `difference` is the states' auth difference (spec: "Auth difference").
+/// `difference` is the states' auth difference (spec: "Auth difference"; room version 1,
+/// resolved by state resolution v1, does not read it).
 pub fn resolve_conflict(
     version: RoomVersion,
     conflict: &Conflict<'_>,
@@ -116,6 +122,9 @@ pub fn resolve_conflict(
 ) -> Vec<StateChange> {
     if conflict.keys.is_empty() {
         return Vec::new();
+    }
+    if version.state_res_v1() {
+        return v1::resolve_conflict(version, conflict, events);
     }
     let conflicted: BTreeSet<String> = conflict
         .keys
@@ -609,6 +618,9 @@ fn iterative_auth_checks(
         }
     }
 }
+
+#[path = "state_res_v1.rs"]
+mod v1;
 
 #[cfg(test)]
 #[path = "state_res_tests.rs"]

@@ -154,6 +154,8 @@ fn compare(g: &Graph, tips: &[String]) {
         RoomVersion::V5 => ruma_common::room_version_rules::RoomVersionRules::V5,
         RoomVersion::V4 => ruma_common::room_version_rules::RoomVersionRules::V4,
         RoomVersion::V3 => ruma_common::room_version_rules::RoomVersionRules::V3,
+        RoomVersion::V2 => ruma_common::room_version_rules::RoomVersionRules::V2,
+        RoomVersion::V1 => unreachable!("ruma-state-res has no state resolution v1"),
     };
     let v2_rules = rules.state_res.v2_rules().copied().unwrap();
     let theirs = ruma_state_res::resolve(

@@ -471,3 +471,108 @@ fn the_auth_difference_is_what_some_but_not_all_chains_hold() {
 
 #[path = "state_res_differential.rs"]
 mod differential;
+
+// State resolution v1 (room version 1).
+
+/// `sha1(event_id)` of a graph event, as state resolution v1 orders by it.
+fn sha1_of(g: &Graph, name: &str) -> Vec<u8> {
+    let id = g.id(name);
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, id.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn v1_a_key_only_one_state_holds_is_not_conflicted_so_a_join_outlives_closed_join_rules() {
+    for version in [RoomVersion::V1, RoomVersion::V2] {
+        let mut g = Graph::new(version);
+        g.state(
+            "JR",
+            ALICE,
+            "m.room.join_rules",
+            json!({"join_rule": "invite"}),
+            &["IMZ"],
+        );
+        g.member("ME", EVELYN, EVELYN, "join", &["IMZ"]);
+        let state = g.resolve(&["JR", "ME"]);
+        assert_eq!(state[&key("m.room.join_rules", "")], "JR", "{version}");
+        assert_eq!(g.resolve(&["ME", "JR"]), state, "{version}");
+        // The state reset v2 was made to stop: v1 keeps the join, v2 drops it.
+        let joined = state.get(&key("m.room.member", EVELYN));
+        match version {
+            RoomVersion::V1 => assert_eq!(joined.map(String::as_str), Some("ME")),
+            _ => assert_eq!(joined, None),
+        }
+    }
+}
+
+#[test]
+fn v1_power_levels_go_by_depth_and_the_first_refused_ends_the_pass() {
+    let mut g = Graph::new(RoomVersion::V1);
+    g.power("PA", ALICE, &[(BOB, 50)], &["IMZ"]);
+    g.power("PB", BOB, &[(BOB, 50), (CHARLIE, 50)], &["PA"]);
+    g.topic("T", ALICE, &["PA"]);
+    g.power("PC", ALICE, &[(BOB, 50), (CHARLIE, 0)], &["T"]);
+    // PB is shallower, so it goes first; alice's deeper PC is allowed over it. (Under v2
+    // alice's, the more powerful sender's, goes first and bob's is applied over it.)
+    let state = g.resolve(&["PB", "PC"]);
+    assert_eq!(state[&key("m.room.power_levels", "")], "PC");
+    assert_eq!(g.resolve(&["PC", "PB"]), state);
+    // Bob raising charlie above himself, deeper still, is refused over PC: PC stays.
+    g.topic("T2", ALICE, &["T"]);
+    g.topic("T3", ALICE, &["T2"]);
+    g.power("PD", BOB, &[(BOB, 50), (CHARLIE, 60)], &["T3"]);
+    let state = g.resolve(&["PC", "PD"]);
+    assert_eq!(state[&key("m.room.power_levels", "")], "PC");
+    // Three in a row: PB, PC, then PD refused: the pass ends at PC.
+    let state = g.resolve(&["PB", "PC", "PD"]);
+    assert_eq!(state[&key("m.room.power_levels", "")], "PC");
+}
+
+#[test]
+fn v1_other_keys_take_the_deepest_event_the_resolved_state_allows() {
+    let mut g = Graph::new(RoomVersion::V1);
+    g.power("PA", ALICE, &[(BOB, 50)], &["IMZ"]);
+    g.topic("T1", ALICE, &["PA"]);
+    g.state("N", BOB, "m.room.name", json!({"name": "n"}), &["PA"]);
+    g.topic("T2", BOB, &["N"]);
+    let state = g.resolve(&["T1", "T2"]);
+    assert_eq!(state[&key("m.room.topic", "")], "T2");
+    assert_eq!(state[&key("m.room.name", "")], "N");
+    // Bob banned on alice's branch: the ban wins the member pass, and bob's deeper
+    // topic is then refused, leaving alice's.
+    g.member("MB", ALICE, BOB, "ban", &["T1"]);
+    let state = g.resolve(&["MB", "T2"]);
+    assert_eq!(state[&key("m.room.member", BOB)], "MB");
+    assert_eq!(state[&key("m.room.topic", "")], "T1");
+    assert_eq!(g.resolve(&["T2", "MB"]), state);
+}
+
+#[test]
+fn v1_ties_in_depth_go_to_the_lowest_sha1_of_the_event_id() {
+    let mut g = Graph::new(RoomVersion::V1);
+    g.topic("TA", ALICE, &["IMZ"]);
+    g.topic("TB", ALICE, &["IMZ"]);
+    let lowest = if sha1_of(&g, "TA") < sha1_of(&g, "TB") {
+        "TA"
+    } else {
+        "TB"
+    };
+    assert_eq!(g.resolve(&["TA", "TB"])[&key("m.room.topic", "")], lowest);
+    assert_eq!(g.resolve(&["TB", "TA"])[&key("m.room.topic", "")], lowest);
+}
+
+#[test]
+fn v1_when_no_event_of_a_key_passes_the_last_in_order_is_taken_as_synapse_does() {
+    let mut g = Graph::new(RoomVersion::V1);
+    g.power("PA", ALICE, &[(BOB, 50)], &["IMZ"]);
+    g.topic("TA", BOB, &["PA"]);
+    g.member("MB", ALICE, BOB, "ban", &["TA"]);
+    g.topic("TB", BOB, &["PA"]);
+    g.topic("TC", BOB, &["TB"]);
+    // Bob is banned in the resolved state, so neither TA nor TC passes; the order is
+    // the deepest first (TC), so the last is TA.
+    let state = g.resolve(&["MB", "TC"]);
+    assert_eq!(state[&key("m.room.member", BOB)], "MB");
+    assert_eq!(state[&key("m.room.topic", "")], "TA");
+}

@@ -25,7 +25,7 @@ async fn versions_and_capabilities() {
     assert_eq!(caps["m.room_versions"]["default"], "12");
     assert_eq!(
         caps["m.room_versions"]["available"],
-        json!({"3": "stable", "4": "stable", "5": "stable", "6": "stable", "7": "stable", "8": "stable", "9": "stable",
+        json!({"1": "stable", "2": "stable", "3": "stable", "4": "stable", "5": "stable", "6": "stable", "7": "stable", "8": "stable", "9": "stable",
                "10": "stable", "11": "stable", "12": "stable"})
     );
     s.stop().await;

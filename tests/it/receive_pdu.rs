@@ -6,9 +6,9 @@
 use crate::common;
 
 use common::client::Client;
-use common::remote::{remote_pdu, RemoteDraft, TestSource, BOB, REMOTE};
+use common::remote::{remote_pdu, remote_pdu_in, RemoteDraft, TestSource, BOB, REMOTE};
 use common::TestServer;
-use ourwhats::core::pdu;
+use ourwhats::core::{event_hashes, pdu, RoomVersion};
 use ourwhats::services::rooms::graph::{self, EventStatus};
 use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::rooms::resolution;
@@ -20,13 +20,25 @@ struct Room<'a> {
     s: &'a TestServer,
     alice: Client<'a>,
     id: String,
+    version: RoomVersion,
 }
 
 impl<'a> Room<'a> {
     async fn public(s: &'a TestServer) -> Room<'a> {
+        Self::public_in(s, RoomVersion::V12).await
+    }
+
+    async fn public_in(s: &'a TestServer, version: RoomVersion) -> Room<'a> {
         let alice = Client::new(s, "alice").await;
-        let id = alice.create_room(json!({"preset": "public_chat"})).await;
-        Room { s, alice, id }
+        let id = alice
+            .create_room(json!({"preset": "public_chat", "room_version": version.as_str()}))
+            .await;
+        Room {
+            s,
+            alice,
+            id,
+            version,
+        }
     }
 
     fn store(&self) -> &ourwhats::services::rooms::event_store::EventStore {
@@ -101,7 +113,7 @@ impl<'a> Room<'a> {
         prev: &[String],
         auth: &[String],
     ) -> (String, Value) {
-        remote_pdu(RemoteDraft {
+        let draft = RemoteDraft {
             room_id: &self.id,
             sender: BOB,
             kind,
@@ -110,7 +122,13 @@ impl<'a> Room<'a> {
             prev: prev.to_vec(),
             auth: auth.to_vec(),
             depth: self.depth_of(prev) + 1,
-        })
+        };
+        // Rooms v1 and v2 name each referenced event with its reference hash.
+        let hash = |id: &str| {
+            let event = self.store().event_by_id(id).unwrap()?;
+            event_hashes::reference_hash(event.pdu(), self.version).ok()
+        };
+        remote_pdu_in(self.version, draft, &hash)
     }
 
     async fn receive(&self, pdu: &Value, source: &TestSource) -> PduOutcome {
@@ -127,10 +145,14 @@ impl<'a> Room<'a> {
 
     /// Bob's join on the current extremities.
     async fn bob_join(&self) -> (String, Value) {
-        let auth = vec![
+        let mut auth = vec![
             self.state_id("m.room.power_levels", "").await,
             self.state_id("m.room.join_rules", "").await,
         ];
+        // Before v12 the create event is one of the auth events.
+        if !self.version.room_id_is_create_event_hash() {
+            auth.push(self.state_id("m.room.create", "").await);
+        }
         self.remote(
             ("m.room.member", Some(BOB)),
             json!({"membership": "join"}),
@@ -1359,4 +1381,68 @@ async fn a_stale_auth_height_makes_the_index_step_aside_for_one_resolution() {
         resolution::auth_difference(store, &snapshots).unwrap(),
         expected
     );
+}
+
+/// A fork in rooms v1 and v2 (`rooms/v1.md`, `v2.md`): the same two branches of topics
+/// resolve by depth under state resolution v1 and by power and time under v2. Bob's
+/// events carry ids of his server and reference their events with hashes.
+#[tokio::test]
+async fn a_fork_in_a_v1_room_is_resolved_by_depth_and_in_a_v2_room_by_time() {
+    for (version, winner) in [(RoomVersion::V1, "B2"), (RoomVersion::V2, "A")] {
+        let s = TestServer::start().await;
+        let room = Room::public_in(&s, version).await;
+        let (join_id, join) = room.with_bob().await;
+        assert!(join_id.ends_with(&format!(":{REMOTE}")), "{join_id}");
+        assert!(join["prev_events"][0][1]["sha256"].is_string(), "{join}");
+        // Alice gives bob the power to set the topic.
+        let (_, mut levels) = room.alice.state(&room.id, "m.room.power_levels", "").await;
+        levels["users"][BOB] = json!(50);
+        let (status, body) = room
+            .alice
+            .put(
+                &format!("/rooms/{}/state/m.room.power_levels/", room.id),
+                levels,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let fork_point = room.extremities();
+        let auth = vec![
+            room.state_id("m.room.create", "").await,
+            room.state_id("m.room.power_levels", "").await,
+            join_id.clone(),
+        ];
+        // Alice sets topic A (now); bob, not having seen it, sets B1 and then B2 on
+        // the fork point, with timestamps of the past: his branch is the deeper one.
+        let a = room.alice_sets_topic("A").await;
+        assert!(a.ends_with(":localhost"), "{a}");
+        let topic = |text: &str, prev: &[String]| {
+            room.remote(
+                ("m.room.topic", Some("")),
+                json!({ "topic": text }),
+                prev,
+                &auth,
+            )
+        };
+        let b1 = topic("B1", &fork_point);
+        assert_eq!(
+            room.receive(&b1.1, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+        let b2 = topic("B2", std::slice::from_ref(&b1.0));
+        assert_eq!(
+            room.receive(&b2.1, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+        let mut both = vec![a.clone(), b2.0.clone()];
+        both.sort();
+        assert_eq!(room.extremities(), both, "{version}");
+        let (_, now) = room.alice.state(&room.id, "m.room.topic", "").await;
+        assert_eq!(now["topic"], winner, "{version}");
+        // Alice's next event closes the fork on the resolved state.
+        room.alice.text(&room.id, "merged").await;
+        assert_eq!(room.extremities().len(), 1);
+        let (_, now) = room.alice.state(&room.id, "m.room.topic", "").await;
+        assert_eq!(now["topic"], winner, "{version}");
+        s.stop().await;
+    }
 }

@@ -132,7 +132,7 @@ async fn room_ids_follow_the_room_version() {
     let (_, levels) = alice.state(&v10, "m.room.power_levels", "").await;
     assert_eq!(levels["users"][&alice.user_id], 100);
     // Unsupported versions are refused.
-    for unsupported in ["2", "1", "13", "org.example.v1"] {
+    for unsupported in ["0", "13", "org.example.v1"] {
         let (status, body) = alice
             .post("/createRoom", json!({"room_version": unsupported}))
             .await;
@@ -523,17 +523,17 @@ async fn knocking_and_restricted_joins() {
     server.stop().await;
 }
 
-/// Rooms v3 to v9 (`rooms/v3.md` to `v9.md`): made and used like newer ones, with what their
-/// version adds: knocking from 7, restricted joins from 8 (`allow` surviving redaction), power
-/// levels written as strings before 10.
+/// Rooms v1 to v9 (`rooms/v1.md` to `v9.md`): made and used like newer ones, with what their
+/// version adds: event ids that name our server in 1 and 2, knocking from 7, restricted joins
+/// from 8 (`allow` surviving redaction), power levels written as strings before 10.
 #[tokio::test]
-async fn rooms_v3_to_v9_do_what_their_version_allows() {
+async fn rooms_v1_to_v9_do_what_their_version_allows() {
     let server = TestServer::start().await;
     let alice = Client::new(&server, "alice").await;
     let bob = Client::new(&server, "bob").await;
     let space = alice.create_room(json!({"preset": "public_chat"})).await;
     assert_eq!(bob.join(&space).await.0, StatusCode::OK);
-    for version in ["3", "4", "5", "6", "7", "8", "9"] {
+    for version in ["1", "2", "3", "4", "5", "6", "7", "8", "9"] {
         let v: u32 = version.parse().unwrap();
         let public = alice
             .create_room(json!({"room_version": version, "preset": "public_chat"}))
@@ -545,6 +545,14 @@ async fn rooms_v3_to_v9_do_what_their_version_allows() {
         bob.text(&public, "hello").await;
         let page = alice.messages(&public, "dir=b&limit=1").await;
         assert_eq!(page["chunk"][0]["content"]["body"], "hello", "v{version}");
+        // Event ids: `$opaque:server` in 1 and 2, the reference hash after.
+        let id = page["chunk"][0]["event_id"].as_str().unwrap();
+        assert_eq!(id.ends_with(":localhost"), v <= 2, "v{version}: {id}");
+        let (status, event) = alice
+            .get(&format!("/rooms/{public}/event/{}", common::urlencode(id)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {event}");
+        assert_eq!(event["event_id"], id);
 
         // Knocking: from v7.
         let knock_room = alice

@@ -4,8 +4,9 @@
 //! Spec: server-server API, "Joining Rooms", "Leaving Rooms (Rejecting Invites)",
 //! "Knocking": `GET /make_{join,leave,knock}/{roomId}/{userId}` (with every room version we
 //! support as `ver`, except for a leave) answers a template; the template must be our
-//! user's member event in that room; we fill in our content, `origin` and timestamp, hash
-//! and sign it. The `send_*` half is the caller's.
+//! user's member event in that room; we fill in our content, `origin` and timestamp (and
+//! in rooms v1 and v2 an event id of ours), hash and sign it. The `send_*` half is the
+//! caller's.
 
 use reqwest::Method;
 use serde_json::{Map, Value};
@@ -140,6 +141,11 @@ impl Federation {
         content.insert("membership".into(), Value::from(membership));
         pdu.insert("content".into(), Value::Object(content));
         pdu.insert("origin_server_ts".into(), Value::from(now_ms()));
+        if !version.event_ids_are_reference_hashes() {
+            // Rooms v1 and v2: the id is ours to make (a template's is not taken).
+            let id = crate::core::pdu::new_event_id(self.client.server_name().as_str());
+            pdu.insert("event_id".into(), Value::from(id));
+        }
         let mut pdu = Value::Object(pdu);
         event_hashes::hash_and_sign_event(
             &mut pdu,

@@ -15,7 +15,7 @@ use super::remote_invite::{checked_room_state, shaped_room_state};
 use super::writer::OutOfBandMember;
 use super::Rooms;
 use crate::core::pdu::{self, PduTemplate};
-use crate::core::{RoomId, RoomVersion, UserId};
+use crate::core::{event_hashes, RoomId, RoomVersion, UserId};
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::now_ms;
 
@@ -135,7 +135,10 @@ impl Rooms {
             .and_then(Value::as_u64)
             .unwrap_or(0)
             + 1;
-        let built = pdu::build(
+        let member_hash = event_hashes::reference_hash(member.pdu(), room.version)
+            .map_err(MatrixError::internal)?;
+        let hash_of = |id: &str| (id == member.event_id).then_some(member_hash);
+        let built = pdu::build_referencing(
             room.version,
             PduTemplate {
                 room_id: Some(room_id.to_owned()),
@@ -149,6 +152,7 @@ impl Rooms {
                 origin_server_ts: now_ms(),
                 redacts: None,
             },
+            &hash_of,
             self.server_name.as_str(),
             &self.signing_key,
         )

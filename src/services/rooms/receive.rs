@@ -546,7 +546,7 @@ pub(super) async fn verify_signatures(
     pdu: &Value,
     source: &dyn MissingSource,
 ) -> Result<Vec<String>, String> {
-    let mut servers = pdu_checks::required_signers(pdu);
+    let mut servers = pdu_checks::required_signers(version, pdu);
     let authoriser = pdu
         .get("content")
         .and_then(|c| c.get("join_authorised_via_users_server"))

@@ -18,7 +18,7 @@ use super::receive::{MissingSource, PduOutcome};
 use super::state_store::{ShortEventId, StateMap};
 use super::Rooms;
 use crate::core::auth_rules::{self, AuthContext};
-use crate::core::{event_hashes, RoomVersion, UserId};
+use crate::core::{event_hashes, pdu, RoomVersion, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::now_ms;
 
@@ -113,10 +113,12 @@ impl Rooms {
         });
         let mut auth_events = Vec::new();
         let mut auth_state = HashMap::new();
+        let mut referenced = Vec::new();
         for (kind, key) in auth_rules::auth_event_keys(version, &partial) {
             if let Some(event) = self.state_event_in(&state, &kind, &key)? {
                 auth_events.push(event.event_id.clone());
                 auth_state.insert((kind, key), event.pdu().clone());
+                referenced.push(event);
             }
         }
         if let Some(create) = self.state_event_in(&state, "m.room.create", "")? {
@@ -127,6 +129,23 @@ impl Rooms {
         let extremities =
             graph::load_extremities(&self.store, &room.record.extremities, room.record.depth)?;
         let (prev, depth) = graph::local_prev_events(&extremities);
+        let prev_ids: Vec<&str> = prev.iter().map(|e| e.id.as_str()).collect();
+        // Rooms v1 and v2 list the reference hash of each.
+        let mut hashes = HashMap::new();
+        if version.event_references_carry_hashes() {
+            let shorts: Vec<_> = prev.iter().map(|e| e.short).collect();
+            referenced.extend(self.store.events(&shorts)?);
+            for event in &referenced {
+                let hash = event_hashes::reference_hash(event.pdu(), version)
+                    .map_err(MatrixError::internal)?;
+                hashes.insert(event.event_id.as_str(), hash);
+            }
+        }
+        let hash_of = |id: &str| hashes.get(id).copied();
+        let prev_events =
+            pdu::references(version, &prev_ids, &hash_of).map_err(MatrixError::internal)?;
+        let auth_events =
+            pdu::references(version, &auth_events, &hash_of).map_err(MatrixError::internal)?;
         let template = json!({
             "room_id": room_id,
             "type": "m.room.member",
@@ -136,7 +155,7 @@ impl Rooms {
             "origin": origin,
             "origin_server_ts": now_ms(),
             "depth": depth,
-            "prev_events": prev.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            "prev_events": prev_events,
             "auth_events": auth_events,
         });
         // The asking server signs it; the rules are judged as if it had.

@@ -71,12 +71,17 @@ pub fn resolve_maps(
         None => None,
     };
     let per_state = conflicted_events(maps, &conflicted);
-    let difference = index_difference(
-        store,
-        maps,
-        (&conflicted, &per_state),
-        unwritten_auth.as_ref().map(|(s, a)| (*s, a.as_slice())),
-    )?;
+    // State resolution v1 (room version 1) has no use for the auth difference.
+    let difference = if version.state_res_v1() {
+        Some(HashSet::new())
+    } else {
+        index_difference(
+            store,
+            maps,
+            (&conflicted, &per_state),
+            unwritten_auth.as_ref().map(|(s, a)| (*s, a.as_slice())),
+        )?
+    };
 
     // What the algorithm starts from, read in bulk: the conflicted events, the auth
     // difference, and their auth events.

@@ -154,8 +154,18 @@ pub struct RemoteDraft<'a> {
 
 /// A v12 event of the remote server, hashed and signed by its key: `(event id, PDU)`.
 pub fn remote_pdu(draft: RemoteDraft<'_>) -> (String, Value) {
-    let built = ourwhats::core::pdu::build(
-        ourwhats::core::RoomVersion::V12,
+    remote_pdu_in(ourwhats::core::RoomVersion::V12, draft, &|_| None)
+}
+
+/// [`remote_pdu`] in a room of `version`; `reference_hash` answers the hashes of the
+/// events it references (asked in rooms v1 and v2 only).
+pub fn remote_pdu_in(
+    version: ourwhats::core::RoomVersion,
+    draft: RemoteDraft<'_>,
+    reference_hash: &dyn Fn(&str) -> Option<[u8; 32]>,
+) -> (String, Value) {
+    let built = ourwhats::core::pdu::build_referencing(
+        version,
         ourwhats::core::pdu::PduTemplate {
             room_id: Some(draft.room_id.to_owned()),
             sender: draft.sender.to_owned(),
@@ -168,6 +178,7 @@ pub fn remote_pdu(draft: RemoteDraft<'_>) -> (String, Value) {
             origin_server_ts: next_ts(),
             redacts: None,
         },
+        reference_hash,
         REMOTE,
         &remote_key(),
     )

@@ -37,6 +37,7 @@ use super::guests;
 use super::records::{EventMeta, MembershipRecord, RelationRecord, RoomRecord};
 use super::state_store::{ShortEventId, StateMap};
 use crate::core::auth_rules::{self, AuthContext, AuthState};
+use crate::core::event_hashes;
 use crate::core::pdu::{self, BuiltPdu, PduError, PduTemplate};
 use crate::core::power_levels::PowerLevels;
 use crate::core::redaction::redact;
@@ -1051,7 +1052,18 @@ fn build(
     let prev_events: Vec<String> = prev.iter().map(|e| e.id.clone()).collect();
     edges.prev = prev.iter().map(|e| e.short).collect();
     let txn = draft.txn.take();
-    let built = pdu::build(
+    // Rooms v1 and v2 list each prev and auth event with its reference hash.
+    let mut hashes: HashMap<String, [u8; 32]> = HashMap::new();
+    if head.version.event_references_carry_hashes() {
+        let prev_events = store.events(&edges.prev)?;
+        let referenced = auth_state.0.values().map(|e| &**e).chain(&prev_events);
+        for event in referenced {
+            let hash = event_hashes::reference_hash(event.pdu(), head.version)
+                .map_err(MatrixError::internal)?;
+            hashes.insert(event.event_id.clone(), hash);
+        }
+    }
+    let built = pdu::build_referencing(
         head.version,
         PduTemplate {
             room_id: Some(head.record.room_id.clone()),
@@ -1065,6 +1077,7 @@ fn build(
             origin_server_ts: now_ms(),
             redacts: draft.redacts,
         },
+        &|id| hashes.get(id).copied(),
         &ctx.server_name,
         &ctx.signing_key,
     )

@@ -975,7 +975,8 @@ fn returning_servers(
 
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
 /// its sender is of the same server as the redacted event's sender, or has the power to
-/// redact; otherwise it is kept without effect.
+/// redact; otherwise it is kept without effect. In rooms v1 and v2 the auth rules judged
+/// it (rule 11); their other way, both event ids naming one server, also counts here.
 ///
 /// The power is read from `levels` when given (a redaction of the room's past is judged
 /// by the state before it), else from the room's current state.
@@ -995,6 +996,17 @@ pub(super) fn may_redact(
     let server_of = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
     if server_of(sender).is_some() && server_of(sender) == server_of(target.sender()) {
         return Ok(true);
+    }
+    // Rooms v1 and v2: auth rule 11 allowed it, by power or by both event ids naming
+    // the same server; the latter holds here too.
+    if !head.version.event_ids_are_reference_hashes() {
+        let own = redaction.get("event_id").and_then(Value::as_str);
+        let own_server = own.and_then(crate::core::event_hashes::event_id_server);
+        if own_server.is_some()
+            && own_server == crate::core::event_hashes::event_id_server(&target.event_id)
+        {
+            return Ok(true);
+        }
     }
     let current;
     let levels = match levels {
