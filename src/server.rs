@@ -29,8 +29,9 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     client_task: JoinHandle<()>,
     federation: Option<(axum_server::Handle<SocketAddr>, JoinHandle<()>)>,
-    /// Background workers that stop when told (push delivery, memory release): joined
-    /// at shutdown, so nothing of this server holds the database after it.
+    /// Background workers that stop when told (push delivery, memory release, the
+    /// federation sender): joined at shutdown, so nothing of this server holds the
+    /// database after it.
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -125,9 +126,11 @@ impl Server {
             vec![Box::new(move || rooms_store.state().release_cache())],
             stopped.clone(),
         )));
-        services
-            .federation
-            .start(services.rooms.shared_store(), stopped.clone());
+        workers.extend(
+            services
+                .federation
+                .start(services.rooms.shared_store(), stopped.clone()),
+        );
         // Push gateways are user-given URLs: the federation address guard applies.
         let guard = crate::services::federation::ip_guard::IpGuard::new(
             federation.ip_range_allowlist.clone(),

@@ -56,3 +56,50 @@ async fn a_restart_waits_for_a_lingering_handle_of_the_database() {
         .await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn shutdown_drops_a_transaction_in_flight_and_ends_the_senders_tasks() {
+    use tokio::io::AsyncReadExt;
+    // A server that takes the connection and never answers (not even TLS).
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let destination = format!("127.0.0.1:{}", hole.local_addr().unwrap().port());
+    let (connected_tx, connected) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut conn, _) = hole.accept().await.unwrap();
+        let _ = connected_tx.send(());
+        let mut buf = [0u8; 1024];
+        // Reads the client's hello, then waits for the connection to be dropped.
+        while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        let _ = closed_tx.send(std::time::Instant::now());
+    });
+    let mut s = TestServer::start_with(|config| {
+        config.federation.ip_range_allowlist =
+            vec![ourwhats::config::IpNet::parse("127.0.0.0/8").unwrap()];
+    })
+    .await;
+    let alice = common::client::Client::new(&s, "alice").await;
+    let (status, body) = alice
+        .put(
+            "/sendToDevice/m.test/t1",
+            serde_json::json!({"messages": {format!("@x:{destination}"): {"*": {"a": 1}}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The sender is now waiting on the hole.
+    tokio::time::timeout(std::time::Duration::from_secs(10), connected)
+        .await
+        .expect("the sender connects to the destination")
+        .unwrap();
+    let started = std::time::Instant::now();
+    s.server.take().unwrap().shutdown().await;
+    let stopped = std::time::Instant::now();
+    assert!(stopped - started < std::time::Duration::from_secs(5));
+    // Shutdown waited for the destination's task, which dropped its request: the
+    // connection was already closed when it returned.
+    let closed_at = tokio::time::timeout(std::time::Duration::from_secs(1), closed)
+        .await
+        .expect("the request was dropped at shutdown")
+        .unwrap();
+    assert!(closed_at <= stopped + std::time::Duration::from_millis(100));
+}

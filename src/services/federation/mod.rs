@@ -92,13 +92,18 @@ impl Federation {
     }
 
     /// Starts the background work (the sender, reading queued events from `pdus`) until
-    /// `stopped` turns true.
-    pub fn start(&self, pdus: Arc<dyn PduStore>, stopped: watch::Receiver<bool>) {
+    /// `stopped` turns true; the handle ends when all of it has ended (`None` when it
+    /// was started before).
+    pub fn start(
+        &self,
+        pdus: Arc<dyn PduStore>,
+        stopped: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
         self.sender.start(
             (Arc::clone(&self.db), pdus),
             Arc::clone(&self.client),
             &self.outbox,
             stopped,
-        );
+        )
     }
 }

@@ -12,7 +12,10 @@
 //! other than 429) three times gives up its first item, logged, so one item the other
 //! side cannot take never wedges the queue. At start, destinations with queued items are
 //! resumed. A PDU the destination answers with an error in the transaction's answer is
-//! logged, not retried (the spec's answer says the other side judged it).
+//! logged, not retried (the spec's answer says the other side judged it). Every task the
+//! sender starts is tracked: when the server stops, a transaction in flight is dropped
+//! (it stays queued, sent again under the same id at the next start) and the handle
+//! [`Sender::start`] answers ends once no task is left.
 //!
 //! Owns the table `servername_destination`.
 
@@ -24,6 +27,8 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use super::client::{FederationClient, FederationError};
 use crate::core::ServerName;
@@ -75,6 +80,8 @@ struct Shared {
     /// Destinations without a task, backing off: `(retry time, name)`.
     parked: Mutex<std::collections::BTreeSet<(u64, String)>>,
     stopped: watch::Receiver<bool>,
+    /// Every task of the sender, waited for at shutdown.
+    tasks: TaskTracker,
 }
 
 /// The sender's handle: who to wake.
@@ -96,18 +103,20 @@ impl Default for Sender {
 
 impl Sender {
     /// Starts the sender: it resumes every destination with queued EDUs and then follows
-    /// the outbox's wake-ups until `stopped` turns true.
+    /// the outbox's wake-ups until `stopped` turns true. The handle ends once every task
+    /// of the sender has ended after that (`None`: the sender was already started).
     pub fn start(
         &self,
         (db, pdus): (Arc<Db>, Arc<dyn PduStore>),
         client: Arc<FederationClient>,
         outbox: &Outbox,
         stopped: watch::Receiver<bool>,
-    ) {
+    ) -> Option<JoinHandle<()>> {
         let Some(mut wakeups) = outbox.take_wakeups() else {
             tracing::error!("the federation sender was started twice");
-            return;
+            return None;
         };
+        let tasks = TaskTracker::new();
         let shared = Arc::new(Shared {
             db,
             client,
@@ -115,6 +124,7 @@ impl Sender {
             running: Mutex::new(HashMap::new()),
             parked: Mutex::new(std::collections::BTreeSet::new()),
             stopped: stopped.clone(),
+            tasks: tasks.clone(),
         });
         *lock(&self.shared) = Some(Arc::clone(&shared));
         match Outbox::destinations(&shared.db) {
@@ -127,7 +137,7 @@ impl Sender {
         }
         let parked = Arc::clone(&shared);
         let mut parked_stop = stopped.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(PARKED_TICK) => {}
@@ -151,18 +161,29 @@ impl Sender {
                 }
             }
         });
-        let mut stopped = stopped;
-        tokio::spawn(async move {
+        let mut wakeups_stop = stopped.clone();
+        tasks.spawn(async move {
             loop {
                 tokio::select! {
                     next = wakeups.recv() => match next {
                         Some(destination) => wake(&shared, &destination),
                         None => return,
                     },
-                    _ = stopped.changed() => return,
+                    _ = wakeups_stop.changed() => return,
                 }
             }
         });
+        let mut stopped = stopped;
+        Some(tokio::spawn(async move {
+            while !*stopped.borrow_and_update() {
+                if stopped.changed().await.is_err() {
+                    break;
+                }
+            }
+            // No new task after this; the running ones see the stop themselves.
+            tasks.close();
+            tasks.wait().await;
+        }))
     }
 
     /// `server` made a request to us: it is up, so its back-off ends and what waits for it
@@ -202,8 +223,13 @@ fn wake(shared: &Arc<Shared>, destination: &str) {
         return;
     };
     let notify = Arc::new(Notify::new());
+    if *shared.stopped.borrow() {
+        return;
+    }
     running.insert(destination.to_owned(), Arc::clone(&notify));
-    tokio::spawn(run_destination(Arc::clone(shared), name, notify));
+    shared
+        .tasks
+        .spawn(run_destination(Arc::clone(shared), name, notify));
 }
 
 fn load_record(db: &Db, destination: &str) -> DestinationRecord {
@@ -308,11 +334,15 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
-        match shared
+        let request = shared
             .client
-            .request(&destination, Method::PUT, &path, Some(&body))
-            .await
-        {
+            .request(&destination, Method::PUT, &path, Some(&body));
+        // Stopping drops the request: the items stay queued for the next start.
+        let answer = tokio::select! {
+            answer = request => answer,
+            _ = stopped.changed() => break,
+        };
+        match answer {
             Ok(answer) => {
                 log_pdu_errors(&name, &answer);
                 let mut batch = shared.db.batch();
