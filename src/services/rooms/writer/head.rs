@@ -1,0 +1,296 @@
+//! A room's head as its writer keeps it in memory: the room record, the current state
+//! map and the state events read lately, the power levels, the forward extremities and
+//! the other servers' joined members.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::core::power_levels::PowerLevels;
+use crate::core::RoomVersion;
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::records::encode;
+use crate::services::rooms::event_store::{EventStore, StoredEvent};
+use crate::services::rooms::graph;
+use crate::services::rooms::guests;
+use crate::services::rooms::records::RoomRecord;
+use crate::services::rooms::state_store::{ShortEventId, StateMap};
+use crate::storage::Table;
+use serde_json::Value;
+
+use super::persist::{local_member, membership_of};
+use super::LocalMember;
+
+/// State events a writer keeps parsed; the cache is cleared when it grows past this.
+pub(super) const MAX_CACHED_EVENTS: usize = 512;
+
+/// A room's head as its writer keeps it.
+pub(super) struct RoomHead {
+    pub(super) short: u64,
+    pub(super) record: RoomRecord,
+    pub(super) version: RoomVersion,
+    pub(super) state: StateMap,
+    pub(super) cache: HashMap<ShortEventId, Arc<StoredEvent>>,
+    /// Local joined members, loaded when first needed.
+    pub(super) local_members: Option<Vec<LocalMember>>,
+    /// The parsed power levels, with the short ids of the create and power levels
+    /// events they come from (parsed again only when those change).
+    pub(super) power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
+    /// The forward extremities with their short ids and depths, loaded when first needed.
+    pub(super) extremities: Option<Vec<graph::Extremity>>,
+    /// The other servers' joined members, read from the current state when first needed
+    /// and kept current after each member event.
+    pub(super) remote_servers: Option<RemoteJoined>,
+}
+
+/// Other servers' joined members of a room, and the servers they make up.
+#[derive(Default)]
+pub(super) struct RemoteJoined {
+    pub(super) users: std::collections::HashSet<String>,
+    pub(super) per_server: HashMap<String, usize>,
+    pub(super) servers: BTreeSet<String>,
+}
+
+impl RemoteJoined {
+    /// `user` (of another server) is now joined, or not.
+    pub(super) fn set(&mut self, user: &str, joined: bool) {
+        let Some((_, server)) = user.split_once(':') else {
+            return;
+        };
+        if joined {
+            if self.users.insert(user.to_owned()) {
+                let count = self.per_server.entry(server.to_owned()).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    self.servers.insert(server.to_owned());
+                }
+            }
+        } else if self.users.remove(user) {
+            if let Some(count) = self.per_server.get_mut(server) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_server.remove(server);
+                    self.servers.remove(server);
+                }
+            }
+        }
+    }
+}
+
+impl RoomHead {
+    pub(super) fn load(store: &EventStore, room_id: &str) -> MatrixResult<Self> {
+        let room = store
+            .room(room_id)?
+            .ok_or_else(|| MatrixError::not_found("Unknown room"))?;
+        let state = store.state.load(room.record.state)?;
+        Ok(Self {
+            short: room.short,
+            record: room.record,
+            version: room.version,
+            state,
+            cache: HashMap::new(),
+            local_members: None,
+            power_levels: None,
+            extremities: None,
+            remote_servers: None,
+        })
+    }
+
+    /// Gives a room we hold no state of another version (see the writer's
+    /// `out_of_band` and `remote_join`).
+    pub(super) fn adopt_version(
+        &mut self,
+        store: &EventStore,
+        version: RoomVersion,
+    ) -> MatrixResult<()> {
+        if self.record.state != 0 {
+            return Err(MatrixError::internal("a room with state keeps its version"));
+        }
+        self.record.version = version.as_str().to_owned();
+        self.version = version;
+        let mut batch = store.db.batch();
+        batch.put(
+            Table::ShortroomidRoom,
+            self.short.to_be_bytes(),
+            encode(&self.record),
+        );
+        store.db.write_relaxed(batch)?;
+        Ok(())
+    }
+
+    /// The forward extremities with their short ids and depths.
+    pub(super) fn extremities(&mut self, store: &EventStore) -> MatrixResult<&[graph::Extremity]> {
+        if self.extremities.is_none() {
+            let loaded =
+                graph::load_extremities(store, &self.record.extremities, self.record.depth)?;
+            self.extremities = Some(loaded);
+        }
+        Ok(self.extremities.as_deref().unwrap_or_default())
+    }
+
+    /// Forgets the parsed events and what was derived from them (a writer gone idle);
+    /// they are read again when needed.
+    pub(super) fn drop_parsed(&mut self) {
+        self.cache = HashMap::new();
+        self.local_members = None;
+        self.power_levels = None;
+    }
+
+    /// The current power levels, parsed once per change of the power levels event.
+    pub(super) fn power_levels(&mut self, store: &EventStore) -> MatrixResult<Arc<PowerLevels>> {
+        let create = self.state_event(store, "m.room.create", "")?;
+        let levels = self.state_event(store, "m.room.power_levels", "")?;
+        let key = (
+            create.as_ref().map_or(0, |e| e.short),
+            levels.as_ref().map_or(0, |e| e.short),
+        );
+        if let Some((cached_key, parsed)) = &self.power_levels {
+            if *cached_key == key {
+                return Ok(Arc::clone(parsed));
+            }
+        }
+        let parsed = Arc::new(PowerLevels::new(
+            self.version,
+            create.as_ref().map(|e| e.pdu()),
+            levels.as_ref().map(|e| e.pdu()),
+        ));
+        self.power_levels = Some((key, Arc::clone(&parsed)));
+        Ok(parsed)
+    }
+
+    /// The room's local joined members, read from the current state once per head.
+    pub(super) fn local_members(
+        &mut self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> MatrixResult<&[LocalMember]> {
+        if self.local_members.is_none() {
+            let suffix = format!(":{server_name}");
+            let mut shorts = Vec::new();
+            for (key, event) in &self.state {
+                let (kind, state_key) = store.state.state_key_of(*key)?;
+                if kind == "m.room.member" && state_key.ends_with(&suffix) {
+                    shorts.push(*event);
+                }
+            }
+            let members = store
+                .events(&shorts)?
+                .iter()
+                .filter_map(|e| local_member(e.pdu()))
+                .collect();
+            self.local_members = Some(members);
+        }
+        Ok(self.local_members.as_deref().unwrap_or_default())
+    }
+
+    /// Local guests who are joined or invited (see [`guests::must_leave_without_access`]).
+    pub(super) fn local_guests(
+        &self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> MatrixResult<Vec<String>> {
+        let suffix = format!(":{server_name}");
+        let mut shorts = Vec::new();
+        for (key, event) in &self.state {
+            let (kind, state_key) = store.state.state_key_of(*key)?;
+            if kind == "m.room.member" && state_key.ends_with(&suffix) {
+                shorts.push(*event);
+            }
+        }
+        Ok(store
+            .events(&shorts)?
+            .iter()
+            .filter(|e| guests::must_leave_without_access(e.content()))
+            .filter_map(|e| e.state_key().map(str::to_owned))
+            .collect())
+    }
+
+    /// The other servers with joined members in the current state: read from the member
+    /// events once, then kept current by [`RoomHead::member_changed`] (a member event costs
+    /// a set update, not a read of the room's members).
+    pub(super) fn remote_servers(
+        &mut self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> MatrixResult<&BTreeSet<String>> {
+        if self.remote_servers.is_none() {
+            let mut shorts = Vec::new();
+            for (key, event) in &self.state {
+                let (kind, state_key) = store.state.state_key_of(*key)?;
+                let remote = state_key
+                    .split_once(':')
+                    .is_some_and(|(_, server)| server != server_name);
+                if kind == "m.room.member" && remote {
+                    shorts.push(*event);
+                }
+            }
+            let mut joined = RemoteJoined::default();
+            for event in store.events(&shorts)? {
+                if membership_of(event.pdu()) == "join" {
+                    if let Some(user) = event.state_key() {
+                        joined.set(user, true);
+                    }
+                }
+            }
+            self.remote_servers = Some(joined);
+        }
+        Ok(&self
+            .remote_servers
+            .get_or_insert_with(Default::default)
+            .servers)
+    }
+
+    /// Keeps the local members and the other servers current after `user`'s member event
+    /// became `pdu` (`None`: their member event left the state, as in a state reset).
+    pub(super) fn member_changed(&mut self, user: &str, pdu: Option<&Value>, server_name: &str) {
+        let local = user
+            .split_once(':')
+            .is_some_and(|(_, server)| server == server_name);
+        if !local {
+            if let Some(remote) = self.remote_servers.as_mut() {
+                remote.set(user, pdu.is_some_and(|p| membership_of(p) == "join"));
+            }
+            return;
+        }
+        let Some(members) = self.local_members.as_mut() else {
+            return;
+        };
+        members.retain(|m| m.user_id != user);
+        if let Some(member) = pdu.and_then(local_member) {
+            members.push(member);
+        }
+    }
+
+    /// An event by short id, parsed once and cached (state events of the room's recent
+    /// states are what remote events name as auth events).
+    pub(super) fn event(
+        &mut self,
+        store: &EventStore,
+        short: ShortEventId,
+    ) -> MatrixResult<Arc<StoredEvent>> {
+        if let Some(event) = self.cache.get(&short) {
+            return Ok(Arc::clone(event));
+        }
+        if self.cache.len() >= MAX_CACHED_EVENTS {
+            self.cache.clear();
+        }
+        let event = Arc::new(store.event(short)?);
+        self.cache.insert(short, Arc::clone(&event));
+        Ok(event)
+    }
+
+    /// The current state event `(type, state_key)`, parsed once and cached.
+    pub(super) fn state_event(
+        &mut self,
+        store: &EventStore,
+        event_type: &str,
+        state_key: &str,
+    ) -> MatrixResult<Option<Arc<StoredEvent>>> {
+        let Some(key) = store.state.find_state_key(event_type, state_key)? else {
+            return Ok(None);
+        };
+        let Some(&short) = self.state.get(&key) else {
+            return Ok(None);
+        };
+        self.event(store, short).map(Some)
+    }
+}

@@ -1,0 +1,230 @@
+//! Building local events: a new room's create event, and each event our users send,
+//! built on the room's head (prev events from the extremities, auth events by the
+//! selection algorithm, depth), signed, and checked against the auth rules.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::core::auth_rules::{self, AuthContext, AuthState};
+use crate::core::event_hashes;
+use crate::core::pdu::{self, BuiltPdu, PduTemplate};
+use crate::core::RoomVersion;
+use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::now_ms;
+use crate::services::rooms::event_store::StoredEvent;
+use crate::services::rooms::graph;
+use crate::services::rooms::guests;
+use crate::services::rooms::records::RoomRecord;
+use crate::services::rooms::state_store::{ShortEventId, StateMap};
+use crate::storage::Table;
+use serde_json::{json, Value};
+
+use super::head::{RemoteJoined, RoomHead};
+use super::persist::write_event;
+use super::redactions::check_redaction;
+use super::{forbidden, pdu_error, EventDraft, TxnRef, WriterContext, Written};
+
+/// Writes a new room's create event.
+pub(super) fn create_room(
+    ctx: &WriterContext,
+    room_id: &str,
+    head: &mut Option<RoomHead>,
+    create: BuiltPdu,
+    version: RoomVersion,
+    written: &mut Written,
+) -> MatrixResult<String> {
+    let store = &ctx.store;
+    if store.room_short(room_id)?.is_some() {
+        return Err(MatrixError::new(
+            400,
+            ErrorCode::RoomInUse,
+            "Room already exists",
+        ));
+    }
+    // We built and signed the create event ourselves.
+    let server = ctx.server_name.as_str();
+    let signed_by = |name: &str| name == server;
+    let auth_ctx = AuthContext {
+        version,
+        signed_by: &signed_by,
+    };
+    let no_state: HashMap<(String, String), Value> = HashMap::new();
+    auth_rules::check(&auth_ctx, &create.pdu, &no_state).map_err(forbidden)?;
+    let short_room = store.allocate_room();
+    let mut fresh = RoomHead {
+        short: short_room,
+        record: RoomRecord {
+            room_id: room_id.to_owned(),
+            version: version.as_str().to_owned(),
+            state: 0,
+            extremities: Vec::new(),
+            depth: 0,
+            last_pos: 0,
+            joined: 0,
+            invited: 0,
+            visibility_restricted: false,
+        },
+        version,
+        state: StateMap::default(),
+        cache: HashMap::new(),
+        local_members: None,
+        power_levels: None,
+        extremities: Some(Vec::new()),
+        remote_servers: Some(RemoteJoined::default()),
+    };
+    let mut batch = store.db.batch();
+    batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
+    let id = write_event(
+        ctx,
+        &mut fresh,
+        create,
+        None,
+        batch,
+        written,
+        Edges::default(),
+    )?;
+    *head = Some(fresh);
+    Ok(id)
+}
+
+/// Builds, authorizes and writes one event on the room's head.
+pub(super) fn append(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    draft: EventDraft,
+    written: &mut Written,
+) -> MatrixResult<String> {
+    let store = &ctx.store;
+    if let Some(txn) = &draft.txn {
+        if let Some(existing) = store.db.get(Table::TxnidEventid, &txn.key)? {
+            return String::from_utf8(existing)
+                .map_err(|_| MatrixError::internal("corrupt transaction record"));
+        }
+    }
+    let (built, txn, edges) = build(ctx, head, draft)?;
+    write_event(ctx, head, built, txn, store.db.batch(), written, edges)
+}
+
+/// Builds and signs one event on the room's head and checks it against the auth rules
+/// (the state before it is the current state).
+pub(super) fn build(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    mut draft: EventDraft,
+) -> MatrixResult<(BuiltPdu, Option<TxnRef>, Edges)> {
+    let store = &ctx.store;
+    if draft.kind == "m.room.redaction" {
+        check_redaction(ctx, head, &draft)?;
+        if head.version.redacts_in_content() {
+            if let (Some(target), Some(content)) = (&draft.redacts, draft.content.as_object_mut()) {
+                content.insert("redacts".into(), json!(target));
+            }
+        }
+    }
+
+    if draft.kind == "m.room.member"
+        && guests::is_guest_join(&draft.sender, draft.state_key.as_deref(), &draft.content)
+    {
+        let access = head.state_event(store, "m.room.guest_access", "")?;
+        if !guests::guests_can_join(access.as_ref().map(|e| e.content())) {
+            return Err(MatrixError::forbidden(
+                "Guests may not join this room (its guest access is not can_join)",
+            ));
+        }
+    }
+
+    // Auth events: the selection algorithm over the current state.
+    let partial = json!({
+        "type": draft.kind,
+        "sender": draft.sender,
+        "state_key": draft.state_key,
+        "content": draft.content,
+    });
+    let mut auth_state = CachedAuthState::default();
+    let mut auth_events = Vec::new();
+    let mut edges = Edges::default();
+    for (kind, key) in auth_rules::auth_event_keys(head.version, &partial) {
+        if let Some(event) = head.state_event(store, &kind, &key)? {
+            auth_events.push(event.event_id.clone());
+            edges.auth.push(event.short);
+            auth_state.0.insert((kind, key), event);
+        }
+    }
+    if let Some(create) = head.state_event(store, "m.room.create", "")? {
+        auth_state
+            .0
+            .entry(("m.room.create".into(), String::new()))
+            .or_insert(create);
+    }
+
+    let (prev, depth) = graph::local_prev_events(head.extremities(store)?);
+    let prev_events: Vec<String> = prev.iter().map(|e| e.id.clone()).collect();
+    edges.prev = prev.iter().map(|e| e.short).collect();
+    let txn = draft.txn.take();
+    // Rooms v1 and v2 list each prev and auth event with its reference hash.
+    let mut hashes: HashMap<String, [u8; 32]> = HashMap::new();
+    if head.version.event_references_carry_hashes() {
+        let prev_events = store.events(&edges.prev)?;
+        let referenced = auth_state.0.values().map(|e| &**e).chain(&prev_events);
+        for event in referenced {
+            let hash = event_hashes::reference_hash(event.pdu(), head.version)
+                .map_err(MatrixError::internal)?;
+            hashes.insert(event.event_id.clone(), hash);
+        }
+    }
+    let built = pdu::build_referencing(
+        head.version,
+        PduTemplate {
+            room_id: Some(head.record.room_id.clone()),
+            sender: draft.sender,
+            kind: draft.kind,
+            state_key: draft.state_key,
+            content: draft.content,
+            prev_events,
+            auth_events,
+            depth,
+            origin_server_ts: now_ms(),
+            redacts: draft.redacts,
+        },
+        &|id| hashes.get(id).copied(),
+        &ctx.server_name,
+        &ctx.signing_key,
+    )
+    .map_err(pdu_error)?;
+
+    let server = ctx.server_name.clone();
+    let signed_by = move |name: &str| name == server;
+    let auth_ctx = AuthContext {
+        version: head.version,
+        signed_by: &signed_by,
+    };
+    auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
+    Ok((built, txn, edges))
+}
+
+/// The short ids of a new event's prev and auth events, known to the code that built it.
+#[derive(Default)]
+pub(super) struct Edges {
+    pub(super) prev: Vec<ShortEventId>,
+    pub(super) auth: Vec<ShortEventId>,
+}
+
+/// The state the auth rules read, borrowed from the writer's cache of parsed state events
+/// (no copy of a big power levels event per message).
+#[derive(Default)]
+pub(super) struct CachedAuthState(pub(super) HashMap<(String, String), Arc<StoredEvent>>);
+
+impl AuthState for CachedAuthState {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
+        self.0
+            .get(&(event_type.to_owned(), state_key.to_owned()))
+            .map(|e| e.pdu())
+    }
+
+    /// Stored events are held under their ids.
+    fn create_event_id(&self) -> Option<&str> {
+        self.0
+            .get(&("m.room.create".to_owned(), String::new()))
+            .map(|e| e.event_id.as_str())
+    }
+}

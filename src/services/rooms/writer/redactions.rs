@@ -1,0 +1,88 @@
+//! Redactions: the client-server rules on a local redaction, and applying a redaction
+//! to the event it targets.
+
+use crate::core::redaction::redact;
+use crate::error::{MatrixError, MatrixResult};
+use crate::services::records::encode;
+use crate::services::rooms::event_store::{EventStore, StoredEvent};
+use crate::services::rooms::records::EventMeta;
+use crate::services::rooms::state_store::ShortEventId;
+use crate::storage::{Batch, Table};
+
+use super::head::RoomHead;
+use super::relations::{rebuild_aggregates, relation_of};
+use super::{EventDraft, WriterContext};
+
+/// Client-server rules on redactions beyond the auth rules: the target must be in this
+/// room, and redacting someone else's event takes the `redact` power level.
+pub(super) fn check_redaction(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    draft: &EventDraft,
+) -> MatrixResult<()> {
+    let store = &ctx.store;
+    let target_id = draft
+        .redacts
+        .as_deref()
+        .ok_or_else(|| MatrixError::bad_json("a redaction needs the event it redacts"))?;
+    let target = store
+        .event_by_id(target_id)?
+        .filter(|t| t.meta.room == head.short)
+        .ok_or_else(|| MatrixError::not_found("Event not found in this room"))?;
+    if target.sender() == draft.sender {
+        return Ok(());
+    }
+    let levels = head.power_levels(store)?;
+    if levels.user(&draft.sender) < i128::from(levels.redact) {
+        return Err(MatrixError::forbidden(
+            "You don't have permission to redact other users' events",
+        ));
+    }
+    Ok(())
+}
+
+/// Rewrites the redacted event's PDU in its redacted form and records who redacted it;
+/// its relation entry goes too (a redacted edit or reaction no longer counts). Answers the
+/// event as it was, when the redaction applied.
+pub(super) fn apply_redaction(
+    store: &EventStore,
+    head: &mut RoomHead,
+    batch: &mut Batch<'_>,
+    target_id: &str,
+    redaction: ShortEventId,
+) -> MatrixResult<Option<StoredEvent>> {
+    let Some(target) = store.event_by_id(target_id)? else {
+        return Ok(None);
+    };
+    if target.meta.room != head.short || target.meta.redacted_by != 0 {
+        return Ok(None);
+    }
+    if let Some((_, parent_id)) = relation_of(target.pdu()) {
+        if let Some(parent) = store.state.find_event(parent_id)? {
+            let mut key = Vec::with_capacity(24);
+            key.extend_from_slice(&parent.to_be_bytes());
+            key.extend_from_slice(&target.meta.pos.to_be_bytes());
+            key.extend_from_slice(&target.short.to_be_bytes());
+            batch.delete(Table::RelatesPosChild, key);
+            rebuild_aggregates(store, batch, parent, target.short)?;
+        }
+    }
+    let redacted = redact(target.pdu(), head.version);
+    batch.put(
+        Table::ShorteventidPdu,
+        target.short.to_be_bytes(),
+        encode(&redacted),
+    );
+    let meta = EventMeta {
+        redacted_by: redaction,
+        ..target.meta
+    };
+    batch.put(
+        Table::ShorteventidMeta,
+        target.short.to_be_bytes(),
+        meta.encode(),
+    );
+    // A redacted state event stays in the state, redacted: drop the parsed copy.
+    head.cache.remove(&target.short);
+    Ok(Some(target))
+}
