@@ -733,6 +733,90 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
         since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
     }
 
+    // And the other way: Synapse's user's device list, fetched once by our server (`GET
+    // /user/devices`) and kept; his new device then reaches the kept list through
+    // Synapse's m.device_list_update (or, after a gap, a fetch again).
+    let upload_keys = |user: User, seed: u8| async move {
+        let key = ourwhats::core::SigningKeyPair::from_seed(&[seed; 32], &user.device_id);
+        let mut device_keys = json!({
+            "user_id": user.user_id,
+            "device_id": user.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{}", user.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+                format!("ed25519:{}", user.device_id): key.public_key_base64()
+            }
+        });
+        ourwhats::core::signatures::sign_json(&mut device_keys, &user.user_id, &key).unwrap();
+        let (status, body) = user
+            .post("/keys/upload", json!({"device_keys": device_keys}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    };
+    let sams_devices = |want: Vec<String>| {
+        let alice = alice.clone();
+        let sam_id = sam.user_id.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let (status, keys) = alice
+                    .post("/keys/query", json!({"device_keys": {sam_id.clone(): []}}))
+                    .await;
+                assert_eq!(status, 200, "{keys}");
+                let mut have: Vec<String> = keys["device_keys"][&sam_id]
+                    .as_object()
+                    .map(|m| m.keys().cloned().collect())
+                    .unwrap_or_default();
+                have.sort();
+                if have == want || started.elapsed() > Duration::from_secs(30) {
+                    return have;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    upload_keys(sam.clone(), 11).await;
+    assert_eq!(
+        sams_devices(vec![sam.device_id.clone()]).await,
+        vec![sam.device_id.clone()]
+    );
+    let kept = ours
+        .running()
+        .services
+        .remote_device_lists
+        .get(&sam.user_id)
+        .unwrap();
+    assert!(
+        kept.is_some_and(|l| !l.stale),
+        "our server keeps sam's list"
+    );
+    let login: Value = http
+        .post(format!("{}/_matrix/client/v3/login", synapse.client_url))
+        .json(
+            &json!({"type": "m.login.password", "password": "correct horse battery",
+                      "identifier": {"type": "m.id.user", "user": sam.user_id}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sams_phone = User {
+        token: login["access_token"].as_str().expect("a token").to_owned(),
+        device_id: login["device_id"].as_str().expect("a device").to_owned(),
+        ..sam.clone()
+    };
+    upload_keys(sams_phone.clone(), 12).await;
+    let mut both = vec![sam.device_id.clone(), sams_phone.device_id.clone()];
+    both.sort();
+    assert_eq!(
+        sams_devices(both.clone()).await,
+        both,
+        "our server never learnt sam's new device\n{}",
+        synapse.log_tail()
+    );
+
     // Our createRoom invites Synapse's user, who rejects it through us.
     let room = alice
         .create_room(json!({"preset": "private_chat", "name": "alice's", "invite": [sam.user_id]}))

@@ -207,3 +207,182 @@ async fn presence_goes_to_servers_sharing_a_room() {
     assert_eq!(shown["status_msg"], "at lunch", "{shown}");
     cluster.shutdown().await;
 }
+
+/// Uploads signed device keys for `user`'s device (key made from `seed`).
+async fn upload_device_keys(user: &User, seed: u8) {
+    let device_key = ourwhats::core::SigningKeyPair::from_seed(&[seed; 32], &user.device_id);
+    let mut device_keys = serde_json::json!({
+        "user_id": user.user_id,
+        "device_id": user.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{}", user.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+            format!("ed25519:{}", user.device_id): device_key.public_key_base64()
+        }
+    });
+    ourwhats::core::signatures::sign_json(&mut device_keys, &user.user_id, &device_key).unwrap();
+    let (status, body) = user
+        .post(
+            "/keys/upload",
+            serde_json::json!({"device_keys": device_keys}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The device ids `/keys/query` gives `asker` for `target`, and the answer's failures.
+async fn queried_devices(asker: &User, target: &str) -> (Vec<String>, serde_json::Value) {
+    let (status, keys) = asker
+        .post(
+            "/keys/query",
+            serde_json::json!({"device_keys": {target: []}, "timeout": 2000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{keys}");
+    let mut devices: Vec<String> = keys["device_keys"][target]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    devices.sort();
+    (devices, keys["failures"].clone())
+}
+
+/// Spec: server-server API, "Device Management": a server keeps the device lists of the
+/// other servers' users it shares a room with, follows their `m.device_list_update`s, and
+/// fetches a list again when an update shows a gap.
+#[tokio::test]
+async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let mut bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    let a_name = cluster.instances[0].name().to_owned();
+    let room = alice
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await;
+    bob.join_via(&room, &a_name).await;
+    let (_, first) = alice.get("/sync?timeout=0").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    upload_device_keys(&bob, 7).await;
+    assert!(device_list_changes(&alice, since, &bob.user_id).await);
+
+    // The first query fetches bob's list from his server, which then keeps it.
+    let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, vec![bob.device_id.clone()], "{failures}");
+    let kept = alice_server_list(&cluster, &bob.user_id);
+    assert!(
+        kept.is_some_and(|l| !l.stale),
+        "alice's server keeps bob's list"
+    );
+    // With bob's server down, alice still gets his keys.
+    cluster.instances[1].stop().await;
+    let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, vec![bob.device_id.clone()]);
+    assert_eq!(failures, serde_json::json!({}));
+    cluster.instances[1].restart().await.unwrap();
+    bob.base = cluster.instances[1].client_url();
+
+    // Bob's second device: the update that follows is applied, so with bob's server
+    // down again alice gets both devices.
+    let (_, before) = alice.get("/sync?timeout=0").await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
+    let (status, login) = bob
+        .post(
+            "/login",
+            serde_json::json!({"type": "m.login.password", "user": bob.user_id,
+                               "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let phone = User {
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: login["device_id"].as_str().unwrap().to_owned(),
+        ..bob.clone()
+    };
+    upload_device_keys(&phone, 8).await;
+    assert!(device_list_changes(&alice, since, &bob.user_id).await);
+    let mut both = vec![bob.device_id.clone(), phone.device_id.clone()];
+    both.sort();
+    let started = std::time::Instant::now();
+    while alice_server_list(&cluster, &bob.user_id).is_none_or(|l| {
+        l.devices
+            .get(&phone.device_id)
+            .is_none_or(|d| d.keys.is_none())
+    }) && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    cluster.instances[1].stop().await;
+    let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, both, "{failures}");
+    cluster.instances[1].restart().await.unwrap();
+    bob.base = cluster.instances[1].client_url();
+
+    // An update of bob's server whose prev_id names a position alice's server never
+    // saw: nothing of it is applied, the list is stale, and the next query fetches it
+    // again from bob's server (which has no such device).
+    let kept = alice_server_list(&cluster, &bob.user_id).unwrap();
+    let ghost = serde_json::json!({
+        "edu_type": "m.device_list_update",
+        "content": {
+            "user_id": bob.user_id, "device_id": "GHOST", "stream_id": kept.stream_id + 10,
+            "prev_id": [kept.stream_id + 5],
+            "keys": {"user_id": bob.user_id, "device_id": "GHOST", "keys": {"ed25519:GHOST": "x"}}
+        }
+    });
+    let b = &cluster.instances[1];
+    let (status, body) = b
+        .ask(
+            &a_name,
+            reqwest::Method::PUT,
+            "/_matrix/federation/v1/send/gap1",
+            Some(serde_json::json!({
+                "origin": b.name(), "origin_server_ts": 1, "pdus": [], "edus": [ghost]
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let stale = alice_server_list(&cluster, &bob.user_id).unwrap();
+    assert!(
+        stale.stale && !stale.devices.contains_key("GHOST"),
+        "{stale:?}"
+    );
+    let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, both, "{failures}");
+    let fresh = alice_server_list(&cluster, &bob.user_id).unwrap();
+    assert!(!fresh.stale, "fetched again");
+
+    // A member event of bob's (a new display name) drops the list: it is fetched
+    // afresh when next asked for.
+    let (status, body) = bob
+        .put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            json!({"displayname": "Bob B."}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let started = std::time::Instant::now();
+    while alice_server_list(&cluster, &bob.user_id).is_some()
+        && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alice_server_list(&cluster, &bob.user_id).is_none());
+    let (devices, _) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, both);
+    cluster.shutdown().await;
+}
+
+/// The device list alice's server (the first instance) keeps for `user`.
+fn alice_server_list(
+    cluster: &Cluster,
+    user: &str,
+) -> Option<ourwhats::services::federation::device_lists::RemoteDeviceList> {
+    cluster.instances[0]
+        .running()
+        .services
+        .remote_device_lists
+        .get(user)
+        .unwrap()
+}

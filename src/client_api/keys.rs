@@ -2,10 +2,13 @@
 //! /keys/query`, `POST /keys/claim`, `GET /keys/changes`, `POST
 //! /keys/device_signing/upload`, `POST /keys/signatures/upload`.
 //!
-//! Keys of users on other servers are asked of their servers (server-server `POST
-//! /user/keys/query` and `/user/keys/claim`), all servers at once, each within the
-//! request's `timeout` (10 s by default); a server that does not answer in time is listed
-//! in `failures`. What a server answers is kept only for its own users and devices.
+//! Keys of users on other servers we share a room with come from their device lists,
+//! which we keep and follow (`services/federation/device_lists.rs`; fetched with `GET
+//! /user/devices` when we have none or an update showed a gap). Other users' keys are
+//! asked of their servers (server-server `POST /user/keys/query`), and one-time keys
+//! always are (`/user/keys/claim`), all servers at once, each within the request's
+//! `timeout` (10 s by default); a server that does not answer in time is listed in
+//! `failures`. What a server answers is kept only for its own users and devices.
 
 use std::collections::BTreeMap;
 
@@ -148,10 +151,17 @@ pub async fn query(
     let ours = services.config.server_name.as_str();
     let mut local = BTreeMap::new();
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    // Users of other servers we share a room with: from their kept device lists.
+    let mut tracked: Vec<(UserId, Vec<String>)> = Vec::new();
     for (user, devices) in body.device_keys {
         let id = parse_user(&user)?;
         if id.server_name() == ours {
             local.insert(user, devices);
+        } else if services
+            .rooms
+            .share_a_room(session.user_id.as_str(), &user)?
+        {
+            tracked.push((id, devices));
         } else {
             remote
                 .entry(id.server_name().to_owned())
@@ -162,6 +172,18 @@ pub async fn query(
     let mut failures = Map::new();
     let mut remote_found = Vec::new();
     let timeout = body.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS);
+    let tracked_users: Vec<UserId> = tracked.iter().map(|(u, _)| u.clone()).collect();
+    let kept = services
+        .remote_device_lists
+        .lists_of(
+            &services.federation,
+            &tracked_users,
+            std::time::Duration::from_millis(timeout.min(60_000)),
+        )
+        .await?;
+    for (server, error) in &kept.failures {
+        failures.insert(server.clone(), failure(error));
+    }
     let federation = &services.federation;
     let answers = ask_servers(remote, timeout, |server, part| async move {
         federation.user_keys(&server, &part).await
@@ -185,6 +207,19 @@ pub async fn query(
     let mut remote_device_keys = Map::new();
     let mut master_keys = found.master_keys;
     let mut self_signing_keys = found.self_signing_keys;
+    for (user, wanted) in &tracked {
+        let Some(list) = kept.lists.get(user.as_str()) else {
+            continue;
+        };
+        let user = user.as_str().to_owned();
+        remote_device_keys.insert(user.clone(), Value::Object(list.device_keys(wanted)));
+        if let Some(master) = &list.master_key {
+            master_keys.insert(user.clone(), master.clone());
+        }
+        if let Some(key) = &list.self_signing_key {
+            self_signing_keys.insert(user, key.clone());
+        }
+    }
     for (server, answer) in remote_found {
         // A server speaks only for its own users, and a device's keys name their device.
         for (user, devices) in of_server(answer.get("device_keys"), &server) {

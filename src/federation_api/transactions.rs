@@ -9,8 +9,9 @@
 //! - `m.direct_to_device`: the messages for our users' devices, once per message id;
 //! - `m.typing`: when the user is joined to the room;
 //! - `m.receipt`: `m.read` receipts of users joined to the room;
-//! - `m.device_list_update`, `m.signing_key_update`: our users sharing a room with the
-//!   user are told their keys changed (`device_lists.changed` in `/sync`).
+//! - `m.device_list_update`, `m.signing_key_update`: the user's device list, when we keep
+//!   it, follows (`services/federation/device_lists.rs`), and our users sharing a room
+//!   with the user are told their keys changed (`device_lists.changed` in `/sync`).
 //!
 //! - `m.presence`: the origin's users' presence, for users we share a room with.
 //!
@@ -153,6 +154,12 @@ async fn receive_edu(services: &AppState, origin: &str, edu: &Value) -> MatrixRe
                 return Err(MatrixError::forbidden(
                     "a server speaks only for its own users",
                 ));
+            }
+            let lists = &services.remote_device_lists;
+            if kind == "m.device_list_update" {
+                lists.device_list_update(content).await?;
+            } else {
+                lists.signing_key_update(content).await?;
             }
             services.accounts.remote_keys_changed(user).await
         }

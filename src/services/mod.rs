@@ -126,6 +126,8 @@ pub struct Services {
     pub listeners: health::Listeners,
     /// Talking to other servers: outbound requests and their keys.
     pub federation: federation::Federation,
+    /// The device lists of other servers' users we share a room with.
+    pub remote_device_lists: Arc<federation::device_lists::RemoteDeviceLists>,
 }
 
 impl Services {
@@ -187,10 +189,18 @@ impl Services {
                 .map_err(|e| format!("cannot load the pushers: {}", e.message))?,
         );
         accounts.attach_device_removal(Arc::clone(&push) as Arc<dyn accounts::DeviceRemovalHook>);
+        let remote_device_lists = Arc::new(federation::device_lists::RemoteDeviceLists::new(
+            Arc::clone(&db),
+            config.server_name.clone(),
+        ));
         let rooms = Rooms::open(
             Arc::clone(&db),
             Arc::clone(&stream_positions),
-            vec![push.clone(), Arc::new(search::index::SearchIndex)],
+            vec![
+                push.clone(),
+                Arc::new(search::index::SearchIndex),
+                Arc::clone(&remote_device_lists) as Arc<dyn rooms::writer::NewEventHook>,
+            ],
             config.server_name.clone(),
             Arc::clone(&signing_key),
             (config.rooms.default_version, Arc::clone(&outbox)),
@@ -248,6 +258,7 @@ impl Services {
             rate_limiter,
             listeners: health::Listeners::default(),
             federation,
+            remote_device_lists,
         }))
     }
 }

@@ -184,6 +184,10 @@ pub enum Table {
     /// `m.device_list_update` sent to other servers for one of our users (what `GET
     /// /user/devices` answers, so that the next update's `prev_id` names it). Owner: accounts.
     UseridDevicelistedu,
+    /// `user_id -> record (JSON)`: the device list of another server's user we share a
+    /// room with (devices and their keys, cross-signing keys, the list's `stream_id`,
+    /// whether an update showed a gap). Owner: federation (`device_lists.rs`).
+    UseridRemotedevicelist,
     /// `signer user_id 0xFF target user_id -> position (u64 BE)`: the latest signature the
     /// signer uploaded of the target's master key. Owner: accounts.
     UseridTargetidSignaturepos,
@@ -273,6 +277,7 @@ impl Table {
         Table::UseridKeyidSignerSignature,
         Table::UseridDevicelistpos,
         Table::UseridDevicelistedu,
+        Table::UseridRemotedevicelist,
         Table::UseridTargetidSignaturepos,
         Table::UseridVersionBackup,
         Table::UseridVersionRoomidSessionidRoomkey,
@@ -349,6 +354,7 @@ impl Table {
             Table::UseridKeyidSignerSignature => "userid_keyid_signer_signature",
             Table::UseridDevicelistpos => "userid_devicelistpos",
             Table::UseridDevicelistedu => "userid_devicelistedu",
+            Table::UseridRemotedevicelist => "userid_remotedevicelist",
             Table::UseridTargetidSignaturepos => "userid_targetid_signaturepos",
             Table::UseridVersionBackup => "userid_version_backup",
             Table::UseridVersionRoomidSessionidRoomkey => "userid_version_roomid_sessionid_roomkey",

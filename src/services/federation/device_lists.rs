@@ -1,0 +1,467 @@
+//! The device lists of other servers' users we share a room with, kept here.
+//!
+//! Spec: server-server API, "Device Management": a server tracks the device lists of the
+//! remote users it shares a room with. It fills a list with `GET /user/devices/{userId}`
+//! (devices with their keys, the cross-signing keys, and the list's `stream_id`), then
+//! follows the `m.device_list_update` EDUs the user's server sends: each names its
+//! `stream_id` and the `prev_id`s before it. An update whose `prev_id`s do not name the
+//! `stream_id` we hold shows that we missed one: the list is marked stale and fetched
+//! again at the next query ("re-synced when an update shows a gap"). `m.signing_key_update`
+//! replaces the cross-signing keys. A client's `/keys/query` for such a user is answered
+//! from the list, so the user's server is not asked each time, and a server that is down
+//! does not hide the devices of its users; if a stale list cannot be fetched again, the
+//! stale one is answered (as Synapse does). A list is only kept while it can be followed:
+//! any member event of the user (a join, a leave) drops it, to be fetched afresh. Not
+//! covered: our users leaving every room shared with the user and later joining, through
+//! another server, a room the user is already in (no member event of theirs comes in
+//! between): the kept list then misses the changes made meanwhile until the user's next
+//! update, whose `prev_id` shows the gap.
+//!
+//! What another server says is kept only for its own users, and a device's keys only
+//! when they name that user and device.
+//!
+//! Owns the table `userid_remotedevicelist`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::client::FederationError;
+use super::Federation;
+use crate::core::{ServerName, UserId};
+use crate::error::MatrixResult;
+use crate::services::records::{decode, encode};
+use crate::services::rooms::writer::{NewEvent, NewEventHook};
+use crate::services::StripedLocks;
+use crate::storage::{Batch, Db, Table};
+
+/// Device lists fetched at once for one query at most.
+const CONCURRENT_RESYNCS: usize = 16;
+
+/// A remote user's device list as kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteDeviceList {
+    /// The position of the list in its server's updates for the user.
+    pub stream_id: u64,
+    /// By device id.
+    pub devices: BTreeMap<String, RemoteDevice>,
+    /// The user's master cross-signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Value>,
+    /// The user's self-signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_signing_key: Option<Value>,
+    /// An update showed a gap: fetch the list again before trusting it.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// One device of a remote user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RemoteDevice {
+    /// Its signed device keys, when it has uploaded them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Value>,
+    /// Its display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+}
+
+impl RemoteDeviceList {
+    /// The device keys of `wanted` devices (all when empty) as `/keys/query` lists them,
+    /// the display name under `unsigned`.
+    pub fn device_keys(&self, wanted: &[String]) -> Map<String, Value> {
+        self.devices
+            .iter()
+            .filter(|(id, _)| wanted.is_empty() || wanted.contains(id))
+            .filter_map(|(id, device)| {
+                let mut keys = device.keys.clone()?;
+                if let (Some(name), Some(object)) = (&device.display_name, keys.as_object_mut()) {
+                    let unsigned = object.entry("unsigned").or_insert_with(|| json!({}));
+                    if let Some(unsigned) = unsigned.as_object_mut() {
+                        unsigned.insert("device_display_name".into(), json!(name));
+                    }
+                }
+                Some((id.clone(), keys))
+            })
+            .collect()
+    }
+}
+
+/// Device keys that name `user` and `device`, or nothing.
+fn keys_of(user: &str, device: &str, keys: Option<&Value>) -> Option<Value> {
+    let keys = keys?;
+    let names = |field: &str, want: &str| keys.get(field).and_then(Value::as_str) == Some(want);
+    (keys.is_object() && names("user_id", user) && names("device_id", device)).then(|| keys.clone())
+}
+
+/// A cross-signing key that names `user` among its `user_id`, or nothing.
+fn cross_signing_key_of(user: &str, key: Option<&Value>) -> Option<Value> {
+    let key = key?;
+    (key.get("user_id").and_then(Value::as_str) == Some(user)).then(|| key.clone())
+}
+
+/// The list a `GET /user/devices/{user}` answer gives, if it is one for `user`.
+pub fn list_from_answer(user: &str, answer: &Value) -> Option<RemoteDeviceList> {
+    if answer.get("user_id").and_then(Value::as_str) != Some(user) {
+        return None;
+    }
+    let stream_id = answer.get("stream_id").and_then(Value::as_u64)?;
+    let mut devices = BTreeMap::new();
+    for device in answer.get("devices").and_then(Value::as_array)? {
+        let Some(id) = device.get("device_id").and_then(Value::as_str) else {
+            continue;
+        };
+        devices.insert(
+            id.to_owned(),
+            RemoteDevice {
+                keys: keys_of(user, id, device.get("keys")),
+                display_name: device
+                    .get("device_display_name")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            },
+        );
+    }
+    Some(RemoteDeviceList {
+        stream_id,
+        devices,
+        master_key: cross_signing_key_of(user, answer.get("master_key")),
+        self_signing_key: cross_signing_key_of(user, answer.get("self_signing_key")),
+        stale: false,
+    })
+}
+
+/// What an `m.device_list_update` does to a kept list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateEffect {
+    /// No list is kept for the user (or it is stale already): nothing to follow.
+    NotKept,
+    /// The update was applied.
+    Applied,
+    /// The update is one the list already holds.
+    Known,
+    /// The update's `prev_id`s do not name the list's position: the list is now stale.
+    Gap,
+}
+
+/// Applies one `m.device_list_update` content to `list` (pure, for tests and the cache).
+pub fn apply_update(list: &mut RemoteDeviceList, user: &str, content: &Value) -> UpdateEffect {
+    if list.stale {
+        return UpdateEffect::NotKept;
+    }
+    let Some(stream_id) = content.get("stream_id").and_then(Value::as_u64) else {
+        list.stale = true;
+        return UpdateEffect::Gap;
+    };
+    if stream_id <= list.stream_id {
+        return UpdateEffect::Known;
+    }
+    let prev: Vec<u64> = content
+        .get("prev_id")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
+    let follows = prev.contains(&list.stream_id) || (prev.is_empty() && list.stream_id == 0);
+    let device = content.get("device_id").and_then(Value::as_str);
+    let (true, Some(device)) = (follows, device) else {
+        list.stale = true;
+        return UpdateEffect::Gap;
+    };
+    if content.get("deleted").and_then(Value::as_bool) == Some(true) {
+        list.devices.remove(device);
+    } else {
+        let entry = list.devices.entry(device.to_owned()).or_default();
+        if let Some(keys) = keys_of(user, device, content.get("keys")) {
+            entry.keys = Some(keys);
+        }
+        if let Some(name) = content.get("device_display_name").and_then(Value::as_str) {
+            entry.display_name = Some(name.to_owned());
+        }
+    }
+    list.stream_id = stream_id;
+    UpdateEffect::Applied
+}
+
+/// What a query of kept lists found.
+#[derive(Debug, Default)]
+pub struct KeptLists {
+    /// By user: the list (fresh, or stale when it could not be fetched again).
+    pub lists: BTreeMap<String, RemoteDeviceList>,
+    /// Servers that could not give a list we did not have, and why.
+    pub failures: BTreeMap<String, FederationError>,
+}
+
+/// The remote device lists we keep.
+pub struct RemoteDeviceLists {
+    db: Arc<Db>,
+    server_name: ServerName,
+    /// One change of a user's list at a time (a fetch and an update racing).
+    locks: StripedLocks,
+}
+
+impl RemoteDeviceLists {
+    /// The cache in `db`, for the server `server_name`.
+    pub fn new(db: Arc<Db>, server_name: ServerName) -> Self {
+        Self {
+            db,
+            server_name,
+            locks: StripedLocks::default(),
+        }
+    }
+
+    /// The list kept for `user`, if any.
+    pub fn get(&self, user: &str) -> MatrixResult<Option<RemoteDeviceList>> {
+        match self.db.get(Table::UseridRemotedevicelist, user)? {
+            Some(bytes) => Ok(Some(decode(Table::UseridRemotedevicelist, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, user: &str, list: &RemoteDeviceList) -> MatrixResult<()> {
+        let mut batch = self.db.batch();
+        batch.put(Table::UseridRemotedevicelist, user, encode(list));
+        self.db.write_relaxed(batch)?;
+        Ok(())
+    }
+
+    /// Follows an `m.device_list_update` (its sender already checked to be the user's
+    /// server).
+    pub async fn device_list_update(&self, content: &Value) -> MatrixResult<UpdateEffect> {
+        let Some(user) = content.get("user_id").and_then(Value::as_str) else {
+            return Ok(UpdateEffect::NotKept);
+        };
+        let _one = self.locks.lock(user.as_bytes()).await;
+        let Some(mut list) = self.get(user)? else {
+            return Ok(UpdateEffect::NotKept);
+        };
+        let effect = apply_update(&mut list, user, content);
+        if matches!(effect, UpdateEffect::Applied | UpdateEffect::Gap) {
+            self.put(user, &list)?;
+        }
+        if effect == UpdateEffect::Gap {
+            tracing::info!(%user, "a device-list update shows a gap: the list is fetched again");
+        }
+        Ok(effect)
+    }
+
+    /// Follows an `m.signing_key_update`: the kept list takes the new cross-signing keys.
+    pub async fn signing_key_update(&self, content: &Value) -> MatrixResult<()> {
+        let Some(user) = content.get("user_id").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let _one = self.locks.lock(user.as_bytes()).await;
+        let Some(mut list) = self.get(user)? else {
+            return Ok(());
+        };
+        if let Some(master) = cross_signing_key_of(user, content.get("master_key")) {
+            list.master_key = Some(master);
+        }
+        if let Some(key) = cross_signing_key_of(user, content.get("self_signing_key")) {
+            list.self_signing_key = Some(key);
+        }
+        self.put(user, &list)
+    }
+
+    /// The lists of `users` (other servers' users we share a room with): kept ones as
+    /// they are, the others (and stale ones) fetched from their servers, at most
+    /// [`CONCURRENT_RESYNCS`] at once, each within `timeout`, and kept.
+    pub async fn lists_of(
+        &self,
+        federation: &Federation,
+        users: &[UserId],
+        timeout: Duration,
+    ) -> MatrixResult<KeptLists> {
+        let mut found = KeptLists::default();
+        let mut fetch = Vec::new();
+        for user in users {
+            match self.get(user.as_str())? {
+                Some(list) if !list.stale => {
+                    found.lists.insert(user.as_str().to_owned(), list);
+                }
+                stale => fetch.push((user.clone(), stale)),
+            }
+        }
+        let fetched: Vec<_> = futures_util::stream::iter(fetch)
+            .map(|(user, stale)| async move {
+                let server = ServerName::parse(user.server_name());
+                let answer = match server {
+                    Ok(server) => {
+                        let ask = federation.user_devices(&server, user.as_str());
+                        match tokio::time::timeout(timeout, ask).await {
+                            Ok(answer) => answer,
+                            Err(_) => Err(FederationError::Unreachable("no answer in time".into())),
+                        }
+                    }
+                    Err(e) => Err(FederationError::Unreachable(e.to_string())),
+                };
+                (user, stale, answer)
+            })
+            .buffer_unordered(CONCURRENT_RESYNCS)
+            .collect()
+            .await;
+        for (user, stale, answer) in fetched {
+            let user_id = user.as_str();
+            let list = answer.and_then(|a| {
+                list_from_answer(user_id, &a).ok_or_else(|| {
+                    FederationError::BadResponse("not a device list of the user".into())
+                })
+            });
+            match list {
+                Ok(list) => {
+                    let kept = self.keep_fetched(user_id, list).await?;
+                    found.lists.insert(user_id.to_owned(), kept);
+                }
+                Err(e) => match stale {
+                    Some(stale) => {
+                        tracing::info!(user = %user_id, error = %e, "a stale device list is answered: its server could not give it again");
+                        found.lists.insert(user_id.to_owned(), stale);
+                    }
+                    None => {
+                        found.failures.insert(user.server_name().to_owned(), e);
+                    }
+                },
+            }
+        }
+        Ok(found)
+    }
+
+    /// Keeps a fetched list unless an update newer than it was applied meanwhile;
+    /// answers the list kept.
+    async fn keep_fetched(
+        &self,
+        user: &str,
+        list: RemoteDeviceList,
+    ) -> MatrixResult<RemoteDeviceList> {
+        let _one = self.locks.lock(user.as_bytes()).await;
+        if let Some(kept) = self.get(user)? {
+            if !kept.stale && kept.stream_id > list.stream_id {
+                return Ok(kept);
+            }
+        }
+        self.put(user, &list)?;
+        Ok(list)
+    }
+}
+
+/// A member event of another server's user drops their list: it is fetched again when
+/// next asked for, so a list kept while no room was shared (no updates came) is never
+/// trusted once one is shared again.
+impl NewEventHook for RemoteDeviceLists {
+    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()> {
+        if event.pdu.get("type").and_then(Value::as_str) != Some("m.room.member") {
+            return Ok(());
+        }
+        let Some(user) = event.pdu.get("state_key").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let theirs =
+            UserId::parse(user).is_ok_and(|u| u.server_name() != self.server_name.as_str());
+        if theirs {
+            batch.delete(Table::UseridRemotedevicelist, user);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOB: &str = "@bob:b.example";
+
+    fn keys(device: &str) -> Value {
+        json!({"user_id": BOB, "device_id": device, "keys": {format!("ed25519:{device}"): "k"}})
+    }
+
+    fn fetched() -> RemoteDeviceList {
+        list_from_answer(
+            BOB,
+            &json!({
+                "user_id": BOB, "stream_id": 5,
+                "devices": [
+                    {"device_id": "D1", "keys": keys("D1"), "device_display_name": "phone"},
+                    {"device_id": "D2", "keys": keys("OTHER")},
+                    {"device_id": "D3"}
+                ],
+                "master_key": {"user_id": BOB, "usage": ["master"], "keys": {"ed25519:m": "m"}},
+                "self_signing_key": {"user_id": "@eve:b.example", "keys": {}}
+            }),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_fetched_list_keeps_only_keys_that_name_the_user_and_device() {
+        let list = fetched();
+        assert_eq!(list.stream_id, 5);
+        assert_eq!(list.devices.len(), 3);
+        assert!(list.devices["D1"].keys.is_some());
+        assert!(
+            list.devices["D2"].keys.is_none(),
+            "keys naming another device"
+        );
+        assert!(list.master_key.is_some());
+        assert!(list.self_signing_key.is_none(), "a key of another user");
+        let answered = list.device_keys(&[]);
+        assert_eq!(answered.len(), 1, "devices without keys are not listed");
+        assert_eq!(answered["D1"]["unsigned"]["device_display_name"], "phone");
+        assert!(list.device_keys(&["D9".into()]).is_empty());
+        // An answer for another user, or without a stream id, is none.
+        assert!(list_from_answer(
+            "@eve:b.example",
+            &json!({"user_id": BOB, "stream_id": 1, "devices": []})
+        )
+        .is_none());
+        assert!(list_from_answer(BOB, &json!({"user_id": BOB, "devices": []})).is_none());
+    }
+
+    #[test]
+    fn updates_that_follow_are_applied_and_a_gap_makes_the_list_stale() {
+        let mut list = fetched();
+        let new_device = json!({"user_id": BOB, "device_id": "D4", "stream_id": 6, "prev_id": [5], "keys": keys("D4")});
+        assert_eq!(
+            apply_update(&mut list, BOB, &new_device),
+            UpdateEffect::Applied
+        );
+        assert_eq!(list.stream_id, 6);
+        assert!(list.devices["D4"].keys.is_some());
+        // The same again, or an older one: known.
+        assert_eq!(
+            apply_update(&mut list, BOB, &new_device),
+            UpdateEffect::Known
+        );
+        let deleted = json!({"user_id": BOB, "device_id": "D1", "stream_id": 7, "prev_id": [6], "deleted": true});
+        assert_eq!(
+            apply_update(&mut list, BOB, &deleted),
+            UpdateEffect::Applied
+        );
+        assert!(!list.devices.contains_key("D1"));
+        // prev_id names 8, which we never saw: a gap.
+        let after_a_gap = json!({"user_id": BOB, "device_id": "D5", "stream_id": 9, "prev_id": [8], "keys": keys("D5")});
+        assert_eq!(
+            apply_update(&mut list, BOB, &after_a_gap),
+            UpdateEffect::Gap
+        );
+        assert!(list.stale);
+        assert!(!list.devices.contains_key("D5"), "nothing of it is applied");
+        assert_eq!(
+            apply_update(&mut list, BOB, &after_a_gap),
+            UpdateEffect::NotKept
+        );
+        // The first update of a list that had none follows position 0.
+        let mut empty = RemoteDeviceList::default();
+        let first = json!({"user_id": BOB, "device_id": "D1", "stream_id": 3, "prev_id": [], "keys": keys("D1")});
+        assert_eq!(apply_update(&mut empty, BOB, &first), UpdateEffect::Applied);
+        // Keys naming another device are not taken.
+        let wrong = json!({"user_id": BOB, "device_id": "D2", "stream_id": 4, "prev_id": [3], "keys": keys("D1")});
+        assert_eq!(apply_update(&mut empty, BOB, &wrong), UpdateEffect::Applied);
+        assert!(empty.devices["D2"].keys.is_none());
+    }
+}
