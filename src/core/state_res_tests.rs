@@ -576,3 +576,19 @@ fn v1_when_no_event_of_a_key_passes_the_last_in_order_is_taken_as_synapse_does()
     assert_eq!(state[&key("m.room.member", BOB)], "MB");
     assert_eq!(state[&key("m.room.topic", "")], "TA");
 }
+
+#[test]
+fn v1_a_conflicted_key_is_not_in_the_resolved_state_until_its_pass_whatever_the_order() {
+    let mut g = Graph::new(RoomVersion::V1);
+    g.power("PA", ALICE, &[(BOB, 50)], &["IMZ"]);
+    // Bob leaves on one branch; on the other he changes the power levels.
+    g.member("LB", BOB, BOB, "leave", &["PA"]);
+    g.power("PB", BOB, &[(BOB, 50), (CHARLIE, 50)], &["PA"]);
+    // The power levels pass runs before bob's membership is resolved, so bob is not
+    // joined in R then, and PB is refused, whichever state comes first.
+    for order in [["PB", "LB"], ["LB", "PB"]] {
+        let state = g.resolve(&order);
+        assert_eq!(state[&key("m.room.power_levels", "")], "PA", "{order:?}");
+        assert_eq!(state[&key("m.room.member", BOB)], "LB", "{order:?}");
+    }
+}

@@ -66,18 +66,20 @@ pub(super) fn resolve_conflict(
 
     let mut resolved = Resolved {
         unconflicted: conflict.unconflicted,
+        conflicted_keys: &conflict.keys,
         settled,
         chosen: HashMap::new(),
     };
-    let pass = |kind: &str| {
-        conflicted
-            .iter()
-            .filter(move |(key, _)| key.0 == kind)
-            .collect::<Vec<_>>()
-    };
-    for kind in ["m.room.power_levels", "m.room.join_rules", "m.room.member"] {
+    // The power levels (the one key of that type the auth rules read), every join
+    // rules key, every member key: each pass against R as the passes before left it.
+    let passes: [&dyn Fn(&Key) -> bool; 3] = [
+        &|key| key.0 == "m.room.power_levels" && key.1.is_empty(),
+        &|key| key.0 == "m.room.join_rules",
+        &|key| key.0 == "m.room.member",
+    ];
+    for in_pass in passes {
         let mut picked = Vec::new();
-        for (key, candidates) in pass(kind) {
+        for (key, candidates) in conflicted.iter().filter(|(key, _)| in_pass(key)) {
             picked.push((
                 key.clone(),
                 resolve_auth_events(version, &mut cache, &resolved, candidates),
@@ -109,9 +111,11 @@ pub(super) fn resolve_conflict(
     changes
 }
 
-/// The state *R* as far as the passes have built it.
+/// The state *R* as far as the passes have built it: the unconflicted keys, and the
+/// conflicted ones resolved so far (one not yet resolved is not in *R*).
 struct Resolved<'a> {
     unconflicted: &'a super::Lookup<'a>,
+    conflicted_keys: &'a HashMap<Key, Vec<Option<String>>>,
     settled: HashMap<Key, Option<String>>,
     chosen: HashMap<Key, String>,
 }
@@ -121,10 +125,13 @@ impl Resolved<'_> {
         if let Some(id) = self.chosen.get(key) {
             return Some(id.clone());
         }
-        match self.settled.get(key) {
-            Some(value) => value.clone(),
-            None => (self.unconflicted)(key),
+        if let Some(value) = self.settled.get(key) {
+            return value.clone();
         }
+        if self.conflicted_keys.contains_key(key) {
+            return None;
+        }
+        (self.unconflicted)(key)
     }
 }
 

@@ -1446,3 +1446,37 @@ async fn a_fork_in_a_v1_room_is_resolved_by_depth_and_in_a_v2_room_by_time() {
         s.stop().await;
     }
 }
+
+/// Rooms v1 and v2: an event id is the sender's choice, so a PDU under the id of an event
+/// we hold but with other content is not that event: dropped, not "already known" (a
+/// `send_join` answered for it would hand out the state before the held event).
+#[tokio::test]
+async fn in_a_v1_room_another_event_under_a_held_id_is_dropped() {
+    let s = TestServer::start().await;
+    let room = Room::public_in(&s, RoomVersion::V1).await;
+    let (join_id, join) = room.with_bob().await;
+    // The same event again is known.
+    assert_eq!(
+        room.receive(&join, &TestSource::default()).await,
+        PduOutcome::AlreadyKnown
+    );
+    // A message of bob's server that claims the join's id.
+    let (_, mut other) = room
+        .bob_says("not the join", &room.extremities(), &join_id)
+        .await;
+    other["event_id"] = json!(join_id);
+    ourwhats::core::event_hashes::hash_and_sign_event(
+        &mut other,
+        REMOTE,
+        &common::remote::remote_key(),
+        RoomVersion::V1,
+    )
+    .unwrap();
+    match room.receive(&other, &TestSource::default()).await {
+        PduOutcome::Dropped(why) => assert!(why.contains("another event"), "{why}"),
+        outcome => panic!("{outcome:?}"),
+    }
+    // The held event is unchanged.
+    let held = room.store().event_by_id(&join_id).unwrap().unwrap();
+    assert_eq!(held.pdu()["type"], "m.room.member");
+}

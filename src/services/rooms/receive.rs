@@ -266,6 +266,14 @@ impl Rooms {
             return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
         }
         if let Some(short) = self.store.state.find_event(&event_id)? {
+            // Rooms v1 and v2: the sender chose the id; another event under a held id
+            // is not that event.
+            if !version.event_ids_are_reference_hashes()
+                && !same_event(version, self.store.event(short)?.pdu(), &pdu)
+            {
+                let reason = format!("another event is held under the id {event_id}");
+                return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
+            }
             let status = super::graph::record(&self.store, short)?.map(|r| r.status);
             let again = match status {
                 Some(super::graph::EventStatus::OutOfBand) => true,
@@ -536,6 +544,18 @@ pub(super) fn room_of(pdu: &Value) -> Option<String> {
         return None;
     }
     event_hashes::room_id_from_create_event(pdu, version).ok()
+}
+
+/// Whether two PDUs are the same event: the same reference hash (which a redacted copy
+/// of an event shares with it).
+pub(super) fn same_event(version: crate::core::RoomVersion, a: &Value, b: &Value) -> bool {
+    match (
+        event_hashes::reference_hash(a, version),
+        event_hashes::reference_hash(b, version),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Check 2 with keys from `source`: the servers whose signatures verified (the sender's,

@@ -302,6 +302,7 @@ impl Rooms {
         if membership == "join" {
             self.countersign_restricted_join(room_id, version, &mut pdu)?;
         }
+        let sent = pdu.clone();
         if self
             .local_joined(&self.store.state.load(room.record.state)?)?
             .is_none()
@@ -338,6 +339,16 @@ impl Rooms {
             .state
             .find_event(event_id)?
             .ok_or_else(|| MatrixError::internal("an accepted membership is not stored"))?;
+        // The event answered for is the one sent (in rooms v1 and v2 an id the sender
+        // chose could name another), of this room.
+        let stored = self.store.event(short)?;
+        if stored.meta.room != room.short
+            || !super::receive::same_event(version, stored.pdu(), &sent)
+        {
+            return Err(MatrixError::invalid_param(format!(
+                "Another event is held under the id {event_id}"
+            )));
+        }
         // An event sent again is answered only if it was accepted the first time.
         let accepted = graph::record(&self.store, short)?
             .is_some_and(|r| r.status == graph::EventStatus::Accepted);
