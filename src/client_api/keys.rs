@@ -25,6 +25,7 @@ use crate::services::accounts::cross_signing::CrossSigningUpload;
 use crate::services::accounts::device_keys::QueriedDeviceKeys;
 use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES};
 use crate::services::federation::client::FederationError;
+use crate::services::federation::device_lists::MAX_FETCHES_PER_QUERY;
 
 /// `POST /keys/upload` body.
 #[derive(Deserialize)]
@@ -85,6 +86,8 @@ fn failure(error: &FederationError) -> Value {
 
 /// How long a keys request waits for other servers by default (spec: `timeout`, 10 s).
 const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
+/// The longest a keys request waits for other servers, whatever its `timeout`.
+const MAX_REMOTE_TIMEOUT_MS: u64 = 60_000;
 
 /// Asks each server its part, all at once, each within `timeout_ms`.
 async fn ask_servers<F, Fut>(
@@ -96,7 +99,7 @@ where
     F: Fn(ServerName, Map<String, Value>) -> Fut,
     Fut: std::future::Future<Output = Result<Map<String, Value>, FederationError>>,
 {
-    let timeout = std::time::Duration::from_millis(timeout_ms.min(60_000));
+    let timeout = std::time::Duration::from_millis(timeout_ms.min(MAX_REMOTE_TIMEOUT_MS));
     let asks = by_server.into_iter().map(|(server, part)| {
         let name = ServerName::parse(&server);
         let fut = name.map(|name| ask(name, part));
@@ -152,43 +155,63 @@ pub async fn query(
     let mut local = BTreeMap::new();
     let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     // Users of other servers we share a room with: from their kept device lists.
+    let viewer_rooms: std::collections::HashSet<String> = services
+        .rooms
+        .joined_rooms(session.user_id.as_str())?
+        .into_iter()
+        .collect();
     let mut tracked: Vec<(UserId, Vec<String>)> = Vec::new();
+    let mut asked_the_batched_way = Vec::new();
     for (user, devices) in body.device_keys {
         let id = parse_user(&user)?;
         if id.server_name() == ours {
             local.insert(user, devices);
         } else if services
             .rooms
-            .share_a_room(session.user_id.as_str(), &user)?
+            .joined_rooms(&user)?
+            .iter()
+            .any(|r| viewer_rooms.contains(r))
         {
             tracked.push((id, devices));
         } else {
-            remote
-                .entry(id.server_name().to_owned())
-                .or_default()
-                .insert(user, json!(devices));
+            asked_the_batched_way.push((id, devices));
         }
+    }
+    let tracked_users: Vec<UserId> = tracked.iter().map(|(u, _)| u.clone()).collect();
+    let lists = &services.remote_device_lists;
+    let mut needed = lists.needed(&tracked_users)?;
+    // Past the fetches one query may make, the batched way (not kept).
+    if needed.to_fetch.len() > MAX_FETCHES_PER_QUERY {
+        for (user, _, _) in needed.to_fetch.split_off(MAX_FETCHES_PER_QUERY) {
+            let position = tracked.iter().position(|(u, _)| *u == user);
+            if let Some(position) = position {
+                asked_the_batched_way.push(tracked.swap_remove(position));
+            }
+        }
+    }
+    for (user, devices) in asked_the_batched_way {
+        remote
+            .entry(user.server_name().to_owned())
+            .or_default()
+            .insert(user.as_str().to_owned(), json!(devices));
     }
     let mut failures = Map::new();
     let mut remote_found = Vec::new();
     let timeout = body.timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS);
-    let tracked_users: Vec<UserId> = tracked.iter().map(|(u, _)| u.clone()).collect();
-    let kept = services
-        .remote_device_lists
-        .lists_of(
-            &services.federation,
-            &tracked_users,
-            std::time::Duration::from_millis(timeout.min(60_000)),
-        )
-        .await?;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(timeout.min(MAX_REMOTE_TIMEOUT_MS));
+    let federation = &services.federation;
+    let (fetched, answers) = tokio::join!(
+        lists.fetch(federation, needed.to_fetch, deadline),
+        ask_servers(remote, timeout, |server, part| async move {
+            federation.user_keys(&server, &part).await
+        })
+    );
+    let mut kept = fetched?;
+    kept.lists.append(&mut needed.fresh);
     for (server, error) in &kept.failures {
         failures.insert(server.clone(), failure(error));
     }
-    let federation = &services.federation;
-    let answers = ask_servers(remote, timeout, |server, part| async move {
-        federation.user_keys(&server, &part).await
-    })
-    .await;
     for (server, answer) in answers {
         match answer {
             Ok(answer) => remote_found.push((server, answer)),

@@ -157,9 +157,9 @@ async fn receive_edu(services: &AppState, origin: &str, edu: &Value) -> MatrixRe
             }
             let lists = &services.remote_device_lists;
             if kind == "m.device_list_update" {
-                lists.device_list_update(content).await?;
+                lists.device_list_update(content)?;
             } else {
-                lists.signing_key_update(content).await?;
+                lists.signing_key_update(content)?;
             }
             services.accounts.remote_keys_changed(user).await
         }

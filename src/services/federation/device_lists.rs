@@ -4,9 +4,11 @@
 //! remote users it shares a room with. It fills a list with `GET /user/devices/{userId}`
 //! (devices with their keys, the cross-signing keys, and the list's `stream_id`), then
 //! follows the `m.device_list_update` EDUs the user's server sends: each names its
-//! `stream_id` and the `prev_id`s before it. An update whose `prev_id`s do not name the
-//! `stream_id` we hold shows that we missed one: the list is marked stale and fetched
-//! again at the next query ("re-synced when an update shows a gap"). `m.signing_key_update`
+//! `stream_id` and the `prev_id`s before it. An update with a `prev_id` we have not seen
+//! (the fetched list's `stream_id` or an update applied since) shows that we missed one:
+//! the list is marked stale and fetched again at the next query ("re-synced when an
+//! update shows a gap"). Stream ids are only unique, not ordered: an update is known when
+//! its `stream_id` is among the last ones seen. `m.signing_key_update`
 //! replaces the cross-signing keys. A client's `/keys/query` for such a user is answered
 //! from the list, so the user's server is not asked each time, and a server that is down
 //! does not hide the devices of its users; if a stale list cannot be fetched again, the
@@ -18,13 +20,21 @@
 //! update, whose `prev_id` shows the gap.
 //!
 //! What another server says is kept only for its own users, and a device's keys only
-//! when they name that user and device.
+//! when they name that user and device; a list keeps at most [`MAX_DEVICES`] devices,
+//! each's keys at most [`MAX_KEYS_BYTES`]. A query fetches at most
+//! [`MAX_FETCHES_PER_QUERY`] lists (the client API asks its other users' keys the
+//! batched way), all within the query's one deadline.
+//!
+//! Changes of one user's list (an update, keeping a fetched list, the member-event hook
+//! dropping it) are serialized by a striped lock whose generation counts them: a list
+//! fetched while an update came (which found no list to follow) is kept stale.
 //!
 //! Owns the table `userid_remotedevicelist`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+
+use std::sync::{Mutex, PoisonError};
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -36,11 +46,20 @@ use crate::core::{ServerName, UserId};
 use crate::error::MatrixResult;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
-use crate::services::StripedLocks;
 use crate::storage::{Batch, Db, Table};
 
 /// Device lists fetched at once for one query at most.
 const CONCURRENT_RESYNCS: usize = 16;
+/// Device lists one query fetches at most.
+pub const MAX_FETCHES_PER_QUERY: usize = 64;
+/// Devices a kept list holds at most (a server adding more is not followed further).
+pub const MAX_DEVICES: usize = 1_000;
+/// The largest device keys object kept (as JSON).
+pub const MAX_KEYS_BYTES: usize = 16 * 1024;
+/// Stream ids of applied updates remembered per list (to know repeats and `prev_id`s).
+const SEEN_STREAM_IDS: usize = 32;
+/// Stripes of the per-user lock.
+const STRIPES: usize = 64;
 
 /// A remote user's device list as kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,6 +77,9 @@ pub struct RemoteDeviceList {
     /// An update showed a gap: fetch the list again before trusting it.
     #[serde(default)]
     pub stale: bool,
+    /// The last stream ids seen: the fetched list's and the updates applied since.
+    #[serde(default)]
+    pub seen: Vec<u64>,
 }
 
 /// One device of a remote user.
@@ -92,11 +114,14 @@ impl RemoteDeviceList {
     }
 }
 
-/// Device keys that name `user` and `device`, or nothing.
+/// Device keys that name `user` and `device`, no larger than [`MAX_KEYS_BYTES`], or
+/// nothing.
 fn keys_of(user: &str, device: &str, keys: Option<&Value>) -> Option<Value> {
     let keys = keys?;
     let names = |field: &str, want: &str| keys.get(field).and_then(Value::as_str) == Some(want);
-    (keys.is_object() && names("user_id", user) && names("device_id", device)).then(|| keys.clone())
+    let small = serde_json::to_vec(keys).is_ok_and(|b| b.len() <= MAX_KEYS_BYTES);
+    (keys.is_object() && names("user_id", user) && names("device_id", device) && small)
+        .then(|| keys.clone())
 }
 
 /// A cross-signing key that names `user` among its `user_id`, or nothing.
@@ -116,6 +141,10 @@ pub fn list_from_answer(user: &str, answer: &Value) -> Option<RemoteDeviceList> 
         let Some(id) = device.get("device_id").and_then(Value::as_str) else {
             continue;
         };
+        if devices.len() >= MAX_DEVICES {
+            tracing::info!(%user, "a device list longer than {MAX_DEVICES} was cut");
+            break;
+        }
         devices.insert(
             id.to_owned(),
             RemoteDevice {
@@ -133,6 +162,7 @@ pub fn list_from_answer(user: &str, answer: &Value) -> Option<RemoteDeviceList> 
         master_key: cross_signing_key_of(user, answer.get("master_key")),
         self_signing_key: cross_signing_key_of(user, answer.get("self_signing_key")),
         stale: false,
+        seen: vec![stream_id],
     })
 }
 
@@ -158,17 +188,22 @@ pub fn apply_update(list: &mut RemoteDeviceList, user: &str, content: &Value) ->
         list.stale = true;
         return UpdateEffect::Gap;
     };
-    if stream_id <= list.stream_id {
+    if stream_id == list.stream_id || list.seen.contains(&stream_id) {
         return UpdateEffect::Known;
     }
-    let prev: Vec<u64> = content
+    let prev: Option<Vec<u64>> = content
         .get("prev_id")
         .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-        .collect();
-    let follows = prev.contains(&list.stream_id) || (prev.is_empty() && list.stream_id == 0);
+        .map(|ids| ids.iter().map(Value::as_u64).collect())
+        .unwrap_or(Some(Vec::new()));
+    // Every update before it seen (none before it: the list had none either).
+    let follows = match &prev {
+        Some(prev) if prev.is_empty() => list.stream_id == 0,
+        Some(prev) => prev
+            .iter()
+            .all(|p| *p == list.stream_id || list.seen.contains(p)),
+        None => false,
+    };
     let device = content.get("device_id").and_then(Value::as_str);
     let (true, Some(device)) = (follows, device) else {
         list.stale = true;
@@ -176,7 +211,7 @@ pub fn apply_update(list: &mut RemoteDeviceList, user: &str, content: &Value) ->
     };
     if content.get("deleted").and_then(Value::as_bool) == Some(true) {
         list.devices.remove(device);
-    } else {
+    } else if list.devices.contains_key(device) || list.devices.len() < MAX_DEVICES {
         let entry = list.devices.entry(device.to_owned()).or_default();
         if let Some(keys) = keys_of(user, device, content.get("keys")) {
             entry.keys = Some(keys);
@@ -186,24 +221,38 @@ pub fn apply_update(list: &mut RemoteDeviceList, user: &str, content: &Value) ->
         }
     }
     list.stream_id = stream_id;
+    list.seen.push(stream_id);
+    if list.seen.len() > SEEN_STREAM_IDS {
+        list.seen.remove(0);
+    }
     UpdateEffect::Applied
 }
 
-/// What a query of kept lists found.
+/// What fetching lists found.
 #[derive(Debug, Default)]
-pub struct KeptLists {
+pub struct Fetched {
     /// By user: the list (fresh, or stale when it could not be fetched again).
     pub lists: BTreeMap<String, RemoteDeviceList>,
     /// Servers that could not give a list we did not have, and why.
     pub failures: BTreeMap<String, FederationError>,
 }
 
+/// The lists a query needs: those kept fresh, and those to fetch (with the stale list
+/// kept, if any).
+#[derive(Debug, Default)]
+pub struct Needed {
+    /// Kept and fresh, by user.
+    pub fresh: BTreeMap<String, RemoteDeviceList>,
+    /// To fetch: the user, the stale list kept (if any) and the stripe's generation.
+    pub to_fetch: Vec<(UserId, Option<RemoteDeviceList>, u64)>,
+}
+
 /// The remote device lists we keep.
 pub struct RemoteDeviceLists {
     db: Arc<Db>,
     server_name: ServerName,
-    /// One change of a user's list at a time (a fetch and an update racing).
-    locks: StripedLocks,
+    /// Per stripe of users: held across each change of a list, counting the changes.
+    stripes: Vec<Mutex<u64>>,
 }
 
 impl RemoteDeviceLists {
@@ -212,8 +261,17 @@ impl RemoteDeviceLists {
         Self {
             db,
             server_name,
-            locks: StripedLocks::default(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
         }
+    }
+
+    fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, u64> {
+        let hash = user
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        self.stripes[hash % STRIPES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The list kept for `user`, if any.
@@ -233,11 +291,13 @@ impl RemoteDeviceLists {
 
     /// Follows an `m.device_list_update` (its sender already checked to be the user's
     /// server).
-    pub async fn device_list_update(&self, content: &Value) -> MatrixResult<UpdateEffect> {
+    pub fn device_list_update(&self, content: &Value) -> MatrixResult<UpdateEffect> {
         let Some(user) = content.get("user_id").and_then(Value::as_str) else {
             return Ok(UpdateEffect::NotKept);
         };
-        let _one = self.locks.lock(user.as_bytes()).await;
+        let mut changes = self.stripe(user);
+        // Counted even when no list is kept: a fetch in flight must not be kept fresh.
+        *changes += 1;
         let Some(mut list) = self.get(user)? else {
             return Ok(UpdateEffect::NotKept);
         };
@@ -252,11 +312,12 @@ impl RemoteDeviceLists {
     }
 
     /// Follows an `m.signing_key_update`: the kept list takes the new cross-signing keys.
-    pub async fn signing_key_update(&self, content: &Value) -> MatrixResult<()> {
+    pub fn signing_key_update(&self, content: &Value) -> MatrixResult<()> {
         let Some(user) = content.get("user_id").and_then(Value::as_str) else {
             return Ok(());
         };
-        let _one = self.locks.lock(user.as_bytes()).await;
+        let mut changes = self.stripe(user);
+        *changes += 1;
         let Some(mut list) = self.get(user)? else {
             return Ok(());
         };
@@ -269,45 +330,51 @@ impl RemoteDeviceLists {
         self.put(user, &list)
     }
 
-    /// The lists of `users` (other servers' users we share a room with): kept ones as
-    /// they are, the others (and stale ones) fetched from their servers, at most
-    /// [`CONCURRENT_RESYNCS`] at once, each within `timeout`, and kept.
-    pub async fn lists_of(
-        &self,
-        federation: &Federation,
-        users: &[UserId],
-        timeout: Duration,
-    ) -> MatrixResult<KeptLists> {
-        let mut found = KeptLists::default();
-        let mut fetch = Vec::new();
+    /// Which of `users` (other servers' users we share a room with) have a fresh list,
+    /// and which need one fetched.
+    pub fn needed(&self, users: &[UserId]) -> MatrixResult<Needed> {
+        let mut needed = Needed::default();
         for user in users {
+            let changes = *self.stripe(user.as_str());
             match self.get(user.as_str())? {
                 Some(list) if !list.stale => {
-                    found.lists.insert(user.as_str().to_owned(), list);
+                    needed.fresh.insert(user.as_str().to_owned(), list);
                 }
-                stale => fetch.push((user.clone(), stale)),
+                stale => needed.to_fetch.push((user.clone(), stale, changes)),
             }
         }
-        let fetched: Vec<_> = futures_util::stream::iter(fetch)
-            .map(|(user, stale)| async move {
-                let server = ServerName::parse(user.server_name());
-                let answer = match server {
-                    Ok(server) => {
-                        let ask = federation.user_devices(&server, user.as_str());
-                        match tokio::time::timeout(timeout, ask).await {
-                            Ok(answer) => answer,
-                            Err(_) => Err(FederationError::Unreachable("no answer in time".into())),
-                        }
-                    }
-                    Err(e) => Err(FederationError::Unreachable(e.to_string())),
-                };
-                (user, stale, answer)
-            })
-            .buffer_unordered(CONCURRENT_RESYNCS)
-            .collect()
-            .await;
-        for (user, stale, answer) in fetched {
+        Ok(needed)
+    }
+
+    /// Fetches the lists of `to_fetch` from their servers, [`CONCURRENT_RESYNCS`] at
+    /// once, until `deadline`, and keeps them; a user whose list could not be fetched
+    /// gets the stale one kept, or their server is listed as a failure.
+    pub async fn fetch(
+        &self,
+        federation: &Federation,
+        to_fetch: Vec<(UserId, Option<RemoteDeviceList>, u64)>,
+        deadline: tokio::time::Instant,
+    ) -> MatrixResult<Fetched> {
+        let asked: Vec<UserId> = to_fetch.iter().map(|(u, _, _)| u.clone()).collect();
+        let mut answers: BTreeMap<String, Result<Value, FederationError>> =
+            futures_util::stream::iter(asked)
+                .map(|user| async move {
+                    let answer = match ServerName::parse(user.server_name()) {
+                        Ok(server) => federation.user_devices(&server, user.as_str()).await,
+                        Err(e) => Err(FederationError::Unreachable(e.to_string())),
+                    };
+                    (user.as_str().to_owned(), answer)
+                })
+                .buffer_unordered(CONCURRENT_RESYNCS)
+                .take_until(tokio::time::sleep_until(deadline))
+                .collect()
+                .await;
+        let mut found = Fetched::default();
+        for (user, stale, changes) in to_fetch {
             let user_id = user.as_str();
+            let answer = answers
+                .remove(user_id)
+                .unwrap_or_else(|| Err(FederationError::Unreachable("no answer in time".into())));
             let list = answer.and_then(|a| {
                 list_from_answer(user_id, &a).ok_or_else(|| {
                     FederationError::BadResponse("not a device list of the user".into())
@@ -315,7 +382,7 @@ impl RemoteDeviceLists {
             });
             match list {
                 Ok(list) => {
-                    let kept = self.keep_fetched(user_id, list).await?;
+                    let kept = self.keep_fetched(user_id, list, changes)?;
                     found.lists.insert(user_id.to_owned(), kept);
                 }
                 Err(e) => match stale {
@@ -332,21 +399,33 @@ impl RemoteDeviceLists {
         Ok(found)
     }
 
-    /// Keeps a fetched list unless an update newer than it was applied meanwhile;
-    /// answers the list kept.
-    async fn keep_fetched(
+    /// Keeps a fetched list, stale when the user's list changed since the fetch began
+    /// (`changes` was the stripe's generation then: an update may have found no list to
+    /// follow); answers the list.
+    fn keep_fetched(
         &self,
         user: &str,
-        list: RemoteDeviceList,
+        mut list: RemoteDeviceList,
+        changes: u64,
     ) -> MatrixResult<RemoteDeviceList> {
-        let _one = self.locks.lock(user.as_bytes()).await;
-        if let Some(kept) = self.get(user)? {
-            if !kept.stale && kept.stream_id > list.stream_id {
-                return Ok(kept);
-            }
+        let mut now = self.stripe(user);
+        if *now != changes {
+            list.stale = true;
         }
+        *now += 1;
         self.put(user, &list)?;
         Ok(list)
+    }
+
+    /// Drops `user`'s list at once (not with an event's batch, which commits later: a
+    /// change of the list in between would bring it back).
+    fn drop_list(&self, user: &str) -> MatrixResult<()> {
+        let mut changes = self.stripe(user);
+        *changes += 1;
+        let mut batch = self.db.batch();
+        batch.delete(Table::UseridRemotedevicelist, user);
+        self.db.write_relaxed(batch)?;
+        Ok(())
     }
 }
 
@@ -354,7 +433,7 @@ impl RemoteDeviceLists {
 /// next asked for, so a list kept while no room was shared (no updates came) is never
 /// trusted once one is shared again.
 impl NewEventHook for RemoteDeviceLists {
-    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()> {
+    fn new_event(&self, event: &NewEvent<'_>, _batch: &mut Batch<'_>) -> MatrixResult<()> {
         if event.pdu.get("type").and_then(Value::as_str) != Some("m.room.member") {
             return Ok(());
         }
@@ -363,8 +442,8 @@ impl NewEventHook for RemoteDeviceLists {
         };
         let theirs =
             UserId::parse(user).is_ok_and(|u| u.server_name() != self.server_name.as_str());
-        if theirs {
-            batch.delete(Table::UseridRemotedevicelist, user);
+        if theirs && self.db.get(Table::UseridRemotedevicelist, user)?.is_some() {
+            self.drop_list(user)?;
         }
         Ok(())
     }
@@ -443,8 +522,15 @@ mod tests {
             UpdateEffect::Applied
         );
         assert!(!list.devices.contains_key("D1"));
-        // prev_id names 8, which we never saw: a gap.
-        let after_a_gap = json!({"user_id": BOB, "device_id": "D5", "stream_id": 9, "prev_id": [8], "keys": keys("D5")});
+        // Two updates on 7, the later first: both are applied, each once.
+        let d6 = json!({"user_id": BOB, "device_id": "D6", "stream_id": 12, "prev_id": [7], "keys": keys("D6")});
+        let d7 = json!({"user_id": BOB, "device_id": "D7", "stream_id": 11, "prev_id": [7], "keys": keys("D7")});
+        assert_eq!(apply_update(&mut list, BOB, &d6), UpdateEffect::Applied);
+        assert_eq!(apply_update(&mut list, BOB, &d7), UpdateEffect::Applied);
+        assert_eq!(apply_update(&mut list, BOB, &d6), UpdateEffect::Known);
+        assert!(list.devices.contains_key("D6") && list.devices.contains_key("D7"));
+        // prev_id names 11, seen, and 8, which we never saw: a gap.
+        let after_a_gap = json!({"user_id": BOB, "device_id": "D5", "stream_id": 13, "prev_id": [11, 8], "keys": keys("D5")});
         assert_eq!(
             apply_update(&mut list, BOB, &after_a_gap),
             UpdateEffect::Gap
@@ -463,5 +549,39 @@ mod tests {
         let wrong = json!({"user_id": BOB, "device_id": "D2", "stream_id": 4, "prev_id": [3], "keys": keys("D1")});
         assert_eq!(apply_update(&mut empty, BOB, &wrong), UpdateEffect::Applied);
         assert!(empty.devices["D2"].keys.is_none());
+    }
+
+    #[test]
+    fn a_list_fetched_while_an_update_came_is_kept_stale_and_a_dropped_one_stays_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &crate::storage::DbOptions::default()).unwrap();
+        let lists = RemoteDeviceLists::new(db, ServerName::parse("a.example").unwrap());
+        let bob = UserId::parse(BOB).unwrap();
+        let needed = lists.needed(std::slice::from_ref(&bob)).unwrap();
+        let (_, none, changes) = needed.to_fetch.into_iter().next().unwrap();
+        assert!(none.is_none());
+        // While the fetch is out, an update comes, with no list to follow.
+        let update = json!({"user_id": BOB, "device_id": "D9", "stream_id": 6, "prev_id": [5]});
+        assert_eq!(
+            lists.device_list_update(&update).unwrap(),
+            UpdateEffect::NotKept
+        );
+        let kept = lists.keep_fetched(BOB, fetched(), changes).unwrap();
+        assert!(kept.stale, "the fetched list may miss that update");
+        let needed = lists.needed(std::slice::from_ref(&bob)).unwrap();
+        assert_eq!(needed.to_fetch.len(), 1, "fetched again next time");
+        // Fetched with nothing in between: fresh.
+        let (_, _, changes) = needed.to_fetch.into_iter().next().unwrap();
+        assert!(!lists.keep_fetched(BOB, fetched(), changes).unwrap().stale);
+        assert_eq!(lists.needed(std::slice::from_ref(&bob)).unwrap().fresh.len(), 1);
+        // Dropped: gone, and an update then finds nothing to follow.
+        lists.drop_list(BOB).unwrap();
+        assert!(lists.get(BOB).unwrap().is_none());
+        let next = json!({"user_id": BOB, "device_id": "D9", "stream_id": 7, "prev_id": [5]});
+        assert_eq!(
+            lists.device_list_update(&next).unwrap(),
+            UpdateEffect::NotKept
+        );
+        assert!(lists.get(BOB).unwrap().is_none());
     }
 }
