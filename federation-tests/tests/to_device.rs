@@ -386,3 +386,55 @@ fn alice_server_list(
         .get(user)
         .unwrap()
 }
+
+/// A list kept from a room we no longer share misses the updates made meanwhile: our
+/// server joining, through another server, a room the user is in drops it.
+#[tokio::test]
+async fn a_device_list_kept_from_a_room_left_is_fetched_again_after_joining_another() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let first = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&first, a.name()).await;
+    upload_device_keys(&bob, 7).await;
+    let (devices, _) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, vec![bob.device_id.clone()]);
+    assert!(alice_server_list(&cluster, &bob.user_id).is_some());
+    // Alice leaves: her server shares no room with bob, and hears nothing of him.
+    let (status, body) = alice
+        .post(&format!("/rooms/{}/leave", enc(&first)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, login) = bob
+        .post(
+            "/login",
+            json!({"type": "m.login.password", "user": bob.user_id,
+                   "password": "correct horse battery"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    let phone = User {
+        token: login["access_token"].as_str().unwrap().to_owned(),
+        device_id: login["device_id"].as_str().unwrap().to_owned(),
+        ..bob.clone()
+    };
+    upload_device_keys(&phone, 8).await;
+    // Bob's own room on his server; alice joins it through his server.
+    let second = bob.create_room(json!({"preset": "public_chat"})).await;
+    let (status, body) = alice
+        .post(
+            &format!("/join/{}?via={}", enc(&second), enc(b.name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut both = vec![bob.device_id.clone(), phone.device_id.clone()];
+    both.sort();
+    let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(
+        devices, both,
+        "the list kept from before was not trusted: {failures}"
+    );
+    cluster.shutdown().await;
+}

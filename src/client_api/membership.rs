@@ -107,6 +107,19 @@ pub async fn join(
                 content,
             )
             .await?;
+        // Kept device lists of the room's members may have missed updates while no
+        // room was shared with them: dropped (a read of every member event, off the
+        // async threads).
+        let forget = {
+            let (services, room_id) = (services.clone(), room_id.clone());
+            move || {
+                let lists = &services.remote_device_lists;
+                lists.forget_members_of(services.rooms.store(), &room_id)
+            }
+        };
+        tokio::task::spawn_blocking(forget)
+            .await
+            .map_err(MatrixError::internal)??;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     services

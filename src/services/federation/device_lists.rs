@@ -13,11 +13,9 @@
 //! from the list, so the user's server is not asked each time, and a server that is down
 //! does not hide the devices of its users; if a stale list cannot be fetched again, the
 //! stale one is answered (as Synapse does). A list is only kept while it can be followed:
-//! any member event of the user (a join, a leave) drops it, to be fetched afresh. Not
-//! covered: our users leaving every room shared with the user and later joining, through
-//! another server, a room the user is already in (no member event of theirs comes in
-//! between): the kept list then misses the changes made meanwhile until the user's next
-//! update, whose `prev_id` shows the gap.
+//! any member event of the user (a join, a leave) drops it, to be fetched afresh, and so
+//! does our server joining, through another server, a room the user is in (we may have
+//! stopped sharing rooms with them in between, and missed updates).
 //!
 //! What another server says is kept only for its own users, and a device's keys only
 //! when they name that user and device; a list keeps at most [`MAX_DEVICES`] devices,
@@ -45,6 +43,7 @@ use super::Federation;
 use crate::core::{ServerName, UserId};
 use crate::error::MatrixResult;
 use crate::services::records::{decode, encode};
+use crate::services::rooms::event_store::EventStore;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{Batch, Db, Table};
 
@@ -417,6 +416,26 @@ impl RemoteDeviceLists {
         Ok(list)
     }
 
+    /// Our server joined `room_id` through another server: the lists of its members of
+    /// other servers are dropped, for a list kept from a room we shared with them
+    /// before may have missed updates while no room was shared.
+    pub fn forget_members_of(&self, store: &EventStore, room_id: &str) -> MatrixResult<()> {
+        let Some(room) = store.room(room_id)? else {
+            return Ok(());
+        };
+        for member in store.state_events(room.record.state, Some("m.room.member"))? {
+            let Some(user) = member.state_key() else {
+                continue;
+            };
+            let theirs =
+                UserId::parse(user).is_ok_and(|u| u.server_name() != self.server_name.as_str());
+            if theirs && self.db.get(Table::UseridRemotedevicelist, user)?.is_some() {
+                self.drop_list(user)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops `user`'s list at once (not with an event's batch, which commits later: a
     /// change of the list in between would bring it back).
     fn drop_list(&self, user: &str) -> MatrixResult<()> {
@@ -573,7 +592,14 @@ mod tests {
         // Fetched with nothing in between: fresh.
         let (_, _, changes) = needed.to_fetch.into_iter().next().unwrap();
         assert!(!lists.keep_fetched(BOB, fetched(), changes).unwrap().stale);
-        assert_eq!(lists.needed(std::slice::from_ref(&bob)).unwrap().fresh.len(), 1);
+        assert_eq!(
+            lists
+                .needed(std::slice::from_ref(&bob))
+                .unwrap()
+                .fresh
+                .len(),
+            1
+        );
         // Dropped: gone, and an update then finds nothing to follow.
         lists.drop_list(BOB).unwrap();
         assert!(lists.get(BOB).unwrap().is_none());

@@ -22,9 +22,10 @@
 //! states after the prev events it holds, as Synapse does; what is still missing is
 //! named in [`PduOutcome::MissingEvents`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::graph::EventStatus;
@@ -181,6 +182,7 @@ impl Rooms {
         let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let mut in_batch = HashSet::new();
         let mut answers = Vec::with_capacity(pdus.len());
+        prefetch_sender_keys(&pdus, source).await;
         // Each PDU goes to its room's writer as soon as it is checked, so checking the
         // next overlaps with writing this one; the writers answer after their fsyncs.
         for pdu in pdus {
@@ -544,6 +546,49 @@ pub(super) fn room_of(pdu: &Value) -> Option<String> {
         return None;
     }
     event_hashes::room_id_from_create_event(pdu, version).ok()
+}
+
+/// Servers whose keys one batch looks up at once at most.
+const CONCURRENT_KEY_LOOKUPS: usize = 16;
+
+/// The keys the senders' servers signed a batch's PDUs with, looked up at once (each
+/// server once, [`CONCURRENT_KEY_LOOKUPS`] at a time) before the PDUs are checked one
+/// by one, so that a transaction of events from many servers waits for the slowest
+/// lookup, not for their sum. Only the sender's server: a PDU cannot make us ask any
+/// server it names in its signatures.
+async fn prefetch_sender_keys(pdus: &[Value], source: &dyn MissingSource) {
+    let mut wanted: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for pdu in pdus {
+        let server = pdu
+            .get("sender")
+            .and_then(Value::as_str)
+            .and_then(|s| s.split_once(':'))
+            .map(|(_, server)| server);
+        let Some(server) = server else {
+            continue;
+        };
+        let key_ids = pdu
+            .get("signatures")
+            .and_then(|s| s.get(server))
+            .and_then(Value::as_object);
+        if let Some(key_ids) = key_ids {
+            let ids = wanted.entry(server.to_owned()).or_default();
+            ids.extend(
+                key_ids
+                    .keys()
+                    .filter(|k| k.starts_with("ed25519:"))
+                    .cloned(),
+            );
+        }
+    }
+    let lookups = wanted.into_iter().map(|(server, ids)| async move {
+        let ids: Vec<String> = ids.into_iter().collect();
+        source.keys(&server, &ids).await;
+    });
+    futures_util::stream::iter(lookups)
+        .buffer_unordered(CONCURRENT_KEY_LOOKUPS)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// Whether two PDUs are the same event: the same reference hash (which a redacted copy
