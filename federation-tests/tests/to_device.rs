@@ -438,3 +438,84 @@ async fn a_device_list_kept_from_a_room_left_is_fetched_again_after_joining_anot
     );
     cluster.shutdown().await;
 }
+
+/// Spec: a destination coming back after an outage with a backlog is sent the newest
+/// event of each room (catch-up) and pulls the gap itself: bob's client gets alice's
+/// latest message live, not all of them replayed, and paging back reaches the first.
+#[tokio::test]
+async fn a_destination_back_from_an_outage_catches_up_with_the_newest_events() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let mut bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    let a_name = cluster.instances[0].name().to_owned();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&room, &a_name).await;
+    let (_, first) = bob.get("/sync?timeout=0").await;
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+    cluster.instances[1].stop().await;
+    let total = 150;
+    for n in 1..=total {
+        let (status, body) = alice
+            .put(
+                &format!("/rooms/{}/send/m.room.message/c{n}", enc(&room)),
+                json!({"msgtype": "m.text", "body": format!("m{n}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    cluster.instances[1].restart().await.unwrap();
+    bob.base = cluster.instances[1].client_url();
+    // Bob speaks: his server's request ends alice's server's back-off at once.
+    let (status, body) = bob
+        .put(
+            &format!("/rooms/{}/send/m.room.message/back", enc(&room)),
+            json!({"msgtype": "m.text", "body": "back"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut live = Vec::new();
+    let started = std::time::Instant::now();
+    while !live.contains(&format!("m{total}")) && started.elapsed() < Duration::from_secs(30) {
+        // A timeline long enough for every event that comes live.
+        let filter = enc(r#"{"room":{"timeline":{"limit":500}}}"#);
+        let (status, body) = bob
+            .get(&format!(
+                "/sync?timeout=1000&filter={filter}&since={}",
+                enc(&since)
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        for event in body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if event["sender"] == alice.user_id.as_str() {
+                live.push(event["content"]["body"].as_str().unwrap_or("").to_owned());
+            }
+        }
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+    }
+    assert!(
+        live.contains(&format!("m{total}")),
+        "the newest arrived: {live:?}"
+    );
+    assert!(
+        live.len() < total / 2,
+        "{} of {total} came live: no catch-up",
+        live.len()
+    );
+    // The rest is history bob's server pulls when his client pages back.
+    let (events, _) = bob.page_back(&room, 400).await;
+    let bodies: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert!(
+        bodies.contains(&"m1"),
+        "paging back reached the first: {bodies:?}"
+    );
+    cluster.shutdown().await;
+}

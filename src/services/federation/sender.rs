@@ -12,7 +12,14 @@
 //! other than 429) three times gives up its first item, logged, so one item the other
 //! side cannot take never wedges the queue. At start, destinations with queued items are
 //! resumed. A PDU the destination answers with an error in the transaction's answer is
-//! logged, not retried (the spec's answer says the other side judged it). Every task the
+//! logged, not retried (the spec's answer says the other side judged it).
+//!
+//! Catch-up: a destination coming back (its task starts anew: after our start, after it
+//! was parked backing off, or after a failed attempt) with more than [`CATCH_UP_AFTER`]
+//! events queued is sent only the newest queued event of each room; the older ones leave
+//! its queue (logged), for it to ask for with `get_missing_events` or `/backfill`, as the
+//! spec's gap handling has it (Synapse does the same). EDUs are never dropped this way.
+//! Every task the
 //! sender starts is tracked: when the server stops, a transaction in flight is dropped
 //! (it stays queued, sent again under the same id at the next start) and the handle
 //! [`Sender::start`] answers ends once no task is left.
@@ -52,6 +59,10 @@ const REFUSALS_BEFORE_SKIP: u32 = 3;
 const PARK_AFTER: Duration = Duration::from_secs(5);
 /// How often parked destinations are checked for their retry time.
 const PARKED_TICK: Duration = Duration::from_secs(1);
+/// Queued events beyond which a destination coming back catches up (newest per room).
+pub const CATCH_UP_AFTER: usize = 100;
+/// Queue entries one catch-up looks at (the next check takes the rest).
+const CATCH_UP_SCAN: usize = 50_000;
 
 /// A destination's back-off, as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -267,6 +278,8 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
     // The transaction in flight, kept across retries.
     let mut in_flight: Option<Transaction> = None;
     let mut refusals = 0u32;
+    // A new task, or one whose last attempt failed: a backlog is caught up first.
+    let mut check_backlog = true;
     loop {
         if *stopped.borrow() {
             break;
@@ -289,6 +302,15 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             continue;
         }
         if in_flight.is_none() {
+            if check_backlog {
+                check_backlog = match catch_up(&shared, &name) {
+                    Ok(more) => more,
+                    Err(e) => {
+                        tracing::error!(destination = %name, error = %e.message, "cannot read the outbox");
+                        false
+                    }
+                };
+            }
             let pending = match Outbox::pending(&shared.db, &name, MAX_EDUS + MAX_PDUS) {
                 Ok(pending) => pending,
                 Err(e) => {
@@ -378,10 +400,73 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             Err(e) => {
                 tracing::info!(destination = %name, error = %e, "transaction {txn_id} not delivered; backing off");
                 back_off(&shared.db, &name, record);
+                check_backlog = true;
             }
         }
     }
     lock(&shared.running).remove(&name);
+}
+
+/// Catch-up (see the module doc): when more than [`CATCH_UP_AFTER`] events are queued
+/// for `destination`, only the newest of each room stays; answers whether the scan was
+/// cut short (the rest is looked at next time).
+fn catch_up(shared: &Shared, destination: &str) -> crate::error::MatrixResult<bool> {
+    let queued = Outbox::pending(&shared.db, destination, CATCH_UP_SCAN)?;
+    let full = queued.len() == CATCH_UP_SCAN;
+    let events: Vec<(Vec<u8>, String)> = queued
+        .into_iter()
+        .filter_map(|(key, item)| match item {
+            Item::Pdu(id) => Some((key, id)),
+            Item::Edu(_) => None,
+        })
+        .collect();
+    let keep = newest_per_room(&events, |id| {
+        shared.pdus.pdu(id).and_then(|pdu| {
+            pdu.get("room_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+    });
+    let Some(keep) = keep else {
+        return Ok(full);
+    };
+    let mut batch = shared.db.batch();
+    let mut dropped = 0usize;
+    for (key, _) in &events {
+        if !keep.contains(key) {
+            batch.delete(Table::ServernamePosEdu, key);
+            dropped += 1;
+        }
+    }
+    shared.db.write_relaxed(batch)?;
+    tracing::info!(%destination, dropped, kept = keep.len(), "catching up: the newest event of each room is sent, the older ones are left for the destination to ask for");
+    Ok(full)
+}
+
+/// The queue keys to keep of `events` (key, event id, in queue order) when there are
+/// more than [`CATCH_UP_AFTER`]: the last of each room (`room_of`; an event no longer
+/// stored is kept, to be skipped as usual). `None`: no catch-up.
+fn newest_per_room(
+    events: &[(Vec<u8>, String)],
+    room_of: impl Fn(&str) -> Option<String>,
+) -> Option<std::collections::HashSet<Vec<u8>>> {
+    if events.len() <= CATCH_UP_AFTER {
+        return None;
+    }
+    let mut newest: HashMap<String, &Vec<u8>> = HashMap::new();
+    let mut keep = std::collections::HashSet::new();
+    for (key, id) in events {
+        match room_of(id) {
+            Some(room) => {
+                newest.insert(room, key);
+            }
+            None => {
+                keep.insert(key.clone());
+            }
+        }
+    }
+    keep.extend(newest.into_values().cloned());
+    Some(keep)
 }
 
 /// A transaction being delivered: the same id and content on every retry.
@@ -452,6 +537,25 @@ fn back_off(db: &Db, destination: &str, mut record: DestinationRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_keeps_the_newest_event_of_each_room() {
+        let events: Vec<(Vec<u8>, String)> = (0..=CATCH_UP_AFTER as u8)
+            .map(|n| (vec![n], format!("$e{n}")))
+            .collect();
+        // Rooms by parity; one event no longer stored.
+        let room_of = |id: &str| {
+            let n: usize = id[2..].parse().unwrap();
+            (n != 3).then(|| format!("!r{}", n % 2))
+        };
+        let keep = newest_per_room(&events, room_of).unwrap();
+        let last = CATCH_UP_AFTER as u8;
+        let mut kept: Vec<u8> = keep.iter().map(|k| k[0]).collect();
+        kept.sort();
+        assert_eq!(kept, vec![3, last - 1, last]);
+        // At the threshold or below: everything is sent.
+        assert!(newest_per_room(&events[..CATCH_UP_AFTER], room_of).is_none());
+    }
 
     #[test]
     fn backoff_doubles_from_a_second_to_an_hour_with_a_quarter_of_jitter() {
