@@ -192,25 +192,20 @@ fn main() {
                 .expect("the event")
                 .event_id
         };
-        let newest = store
-            .room(&room_id)
-            .expect("read")
-            .expect("the room")
-            .record
-            .extremities[0]
-            .clone();
-        let depth = store
-            .event_by_id(&newest)
-            .expect("read")
-            .expect("stored")
-            .pdu()["depth"]
-            .as_u64()
-            .unwrap_or(0);
+        // The room's newest event (its only extremity here) and its depth.
+        let newest = || {
+            let room = store.room(&room_id).expect("read").expect("the room");
+            let id = room.record.extremities[0].clone();
+            let event = store.event_by_id(&id).expect("read").expect("stored");
+            let depth = event.pdu()["depth"].as_u64().unwrap_or(0);
+            (id, depth)
+        };
+        let (newest_id, depth) = newest();
         let mut room = Room {
             id: room_id.clone(),
             power_levels: state_id("m.room.power_levels"),
             join_rules: state_id("m.room.join_rules"),
-            prev: newest,
+            prev: newest_id,
             depth,
         };
 
@@ -247,21 +242,7 @@ fn main() {
         let asked_after_first: u64 = origins.iter().map(|o| o.asked.load(Ordering::SeqCst)).sum();
 
         // Round 2: every live origin's user again (a chain on the last accepted event).
-        let accepted_prev = store
-            .room(&room_id)
-            .expect("read")
-            .expect("the room")
-            .record
-            .extremities[0]
-            .clone();
-        room.prev = accepted_prev;
-        room.depth = store
-            .event_by_id(&room.prev)
-            .expect("read")
-            .expect("stored")
-            .pdu()["depth"]
-            .as_u64()
-            .unwrap_or(0);
+        (room.prev, room.depth) = newest();
         let mut pdus = Vec::new();
         for (origin, join) in origins.iter().zip(&joins).take(servers) {
             let auth = vec![room.power_levels.clone(), join.clone()];

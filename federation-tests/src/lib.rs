@@ -350,6 +350,31 @@ impl User {
 }
 
 impl User {
+    /// Uploads signed device keys for this user's device (the key made from `seed`);
+    /// answers their `keys` object.
+    pub async fn upload_device_keys(&self, seed: u8) -> serde_json::Value {
+        let key = ourwhats::core::SigningKeyPair::from_seed(&[seed; 32], &self.device_id);
+        let mut device_keys = serde_json::json!({
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{}", self.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
+                format!("ed25519:{}", self.device_id): key.public_key_base64()
+            }
+        });
+        ourwhats::core::signatures::sign_json(&mut device_keys, &self.user_id, &key)
+            .expect("device keys sign");
+        let (status, body) = self
+            .post(
+                "/keys/upload",
+                serde_json::json!({"device_keys": device_keys}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        device_keys["keys"].clone()
+    }
+
     /// Creates a room with `body` (must succeed); answers its id.
     pub async fn create_room(&self, body: serde_json::Value) -> String {
         let (status, created) = self.post("/createRoom", body).await;

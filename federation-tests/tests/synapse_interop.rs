@@ -7,28 +7,7 @@ use std::time::Duration;
 
 use federation_tests::synapse::Synapse;
 use federation_tests::{enc, Cluster, User};
-use ourwhats::core::{signatures, SigningKeyPair};
 use serde_json::{json, Value};
-
-/// Uploads device keys for `user`'s device, signed by a device key made from `seed`.
-async fn upload_device_keys(user: &User, seed: u8) -> Value {
-    let device_key = SigningKeyPair::from_seed(&[seed; 32], &user.device_id);
-    let mut keys = json!({
-        "user_id": user.user_id,
-        "device_id": user.device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            format!("curve25519:{}", user.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
-            format!("ed25519:{}", user.device_id): device_key.public_key_base64(),
-        },
-    });
-    signatures::sign_json(&mut keys, &user.user_id, &device_key).unwrap();
-    let (status, body) = user
-        .post("/keys/upload", json!({"device_keys": keys}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    keys["keys"].clone()
-}
 
 #[tokio::test]
 async fn synapse_and_ourwhats_exchange_lookups_keys_to_device_and_media() {
@@ -94,8 +73,8 @@ async fn synapse_and_ourwhats_exchange_lookups_keys_to_device_and_media() {
     );
 
     // Device keys.
-    let alice_keys = upload_device_keys(&alice, 3).await;
-    let sam_keys = upload_device_keys(&sam, 4).await;
+    let alice_keys = alice.upload_device_keys(3).await;
+    let sam_keys = sam.upload_device_keys(4).await;
     let (status, answer) = sam
         .post(
             "/keys/query",

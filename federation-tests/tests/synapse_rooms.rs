@@ -736,23 +736,6 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
     // And the other way: Synapse's user's device list, fetched once by our server (`GET
     // /user/devices`) and kept; his new device then reaches the kept list through
     // Synapse's m.device_list_update (or, after a gap, a fetch again).
-    let upload_keys = |user: User, seed: u8| async move {
-        let key = ourwhats::core::SigningKeyPair::from_seed(&[seed; 32], &user.device_id);
-        let mut device_keys = json!({
-            "user_id": user.user_id,
-            "device_id": user.device_id,
-            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-            "keys": {
-                format!("curve25519:{}", user.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
-                format!("ed25519:{}", user.device_id): key.public_key_base64()
-            }
-        });
-        ourwhats::core::signatures::sign_json(&mut device_keys, &user.user_id, &key).unwrap();
-        let (status, body) = user
-            .post("/keys/upload", json!({"device_keys": device_keys}))
-            .await;
-        assert_eq!(status, 200, "{body}");
-    };
     let sams_devices = |want: Vec<String>| {
         let alice = alice.clone();
         let sam_id = sam.user_id.clone();
@@ -775,7 +758,7 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
             }
         }
     };
-    upload_keys(sam.clone(), 11).await;
+    sam.upload_device_keys(11).await;
     assert_eq!(
         sams_devices(vec![sam.device_id.clone()]).await,
         vec![sam.device_id.clone()]
@@ -807,7 +790,7 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
         device_id: login["device_id"].as_str().expect("a device").to_owned(),
         ..sam.clone()
     };
-    upload_keys(sams_phone.clone(), 12).await;
+    sams_phone.upload_device_keys(12).await;
     let mut both = vec![sam.device_id.clone(), sams_phone.device_id.clone()];
     both.sort();
     assert_eq!(

@@ -133,24 +133,7 @@ async fn a_new_device_and_new_keys_are_told_to_servers_sharing_a_room() {
     let since = first["next_batch"].as_str().unwrap().to_owned();
 
     // Bob uploads device keys on his server: alice's server hears of it.
-    let device_key = ourwhats::core::SigningKeyPair::from_seed(&[7; 32], &bob.device_id);
-    let mut device_keys = serde_json::json!({
-        "user_id": bob.user_id,
-        "device_id": bob.device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            format!("curve25519:{}", bob.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
-            format!("ed25519:{}", bob.device_id): device_key.public_key_base64()
-        }
-    });
-    ourwhats::core::signatures::sign_json(&mut device_keys, &bob.user_id, &device_key).unwrap();
-    let (status, body) = bob
-        .post(
-            "/keys/upload",
-            serde_json::json!({"device_keys": device_keys}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    bob.upload_device_keys(7).await;
     assert!(
         device_list_changes(&alice, since, &bob.user_id).await,
         "alice was never told bob's keys changed"
@@ -208,28 +191,6 @@ async fn presence_goes_to_servers_sharing_a_room() {
     cluster.shutdown().await;
 }
 
-/// Uploads signed device keys for `user`'s device (key made from `seed`).
-async fn upload_device_keys(user: &User, seed: u8) {
-    let device_key = ourwhats::core::SigningKeyPair::from_seed(&[seed; 32], &user.device_id);
-    let mut device_keys = serde_json::json!({
-        "user_id": user.user_id,
-        "device_id": user.device_id,
-        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
-        "keys": {
-            format!("curve25519:{}", user.device_id): "3C5BFWi2Y8MaVvjM8M22DBmh24PmgR0nPvJOIArzgyI",
-            format!("ed25519:{}", user.device_id): device_key.public_key_base64()
-        }
-    });
-    ourwhats::core::signatures::sign_json(&mut device_keys, &user.user_id, &device_key).unwrap();
-    let (status, body) = user
-        .post(
-            "/keys/upload",
-            serde_json::json!({"device_keys": device_keys}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 /// The device ids `/keys/query` gives `asker` for `target`, and the answer's failures.
 async fn queried_devices(asker: &User, target: &str) -> (Vec<String>, serde_json::Value) {
     let (status, keys) = asker
@@ -264,7 +225,7 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     bob.join_via(&room, &a_name).await;
     let (_, first) = alice.get("/sync?timeout=0").await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
-    upload_device_keys(&bob, 7).await;
+    bob.upload_device_keys(7).await;
     assert!(device_list_changes(&alice, since, &bob.user_id).await);
 
     // The first query fetches bob's list from his server, which then keeps it.
@@ -300,7 +261,7 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
         device_id: login["device_id"].as_str().unwrap().to_owned(),
         ..bob.clone()
     };
-    upload_device_keys(&phone, 8).await;
+    phone.upload_device_keys(8).await;
     assert!(device_list_changes(&alice, since, &bob.user_id).await);
     let mut both = vec![bob.device_id.clone(), phone.device_id.clone()];
     both.sort();
@@ -397,7 +358,7 @@ async fn a_device_list_kept_from_a_room_left_is_fetched_again_after_joining_anot
     let bob = User::register(b, "bob").await.unwrap();
     let first = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join_via(&first, a.name()).await;
-    upload_device_keys(&bob, 7).await;
+    bob.upload_device_keys(7).await;
     let (devices, _) = queried_devices(&alice, &bob.user_id).await;
     assert_eq!(devices, vec![bob.device_id.clone()]);
     assert!(alice_server_list(&cluster, &bob.user_id).is_some());
@@ -419,7 +380,7 @@ async fn a_device_list_kept_from_a_room_left_is_fetched_again_after_joining_anot
         device_id: login["device_id"].as_str().unwrap().to_owned(),
         ..bob.clone()
     };
-    upload_device_keys(&phone, 8).await;
+    phone.upload_device_keys(8).await;
     // Bob's own room on his server; alice joins it through his server.
     let second = bob.create_room(json!({"preset": "public_chat"})).await;
     let (status, body) = alice
