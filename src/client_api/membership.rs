@@ -108,7 +108,7 @@ pub async fn join(
             )
             .await?;
         // Kept device lists of the room's members may have missed updates while no
-        // room was shared with them: dropped (a read of every member event, off the
+        // room was shared with them: dropped (a read of the room's state keys, off the
         // async threads).
         let forget = {
             let (services, room_id) = (services.clone(), room_id.clone());
@@ -117,9 +117,15 @@ pub async fn join(
                 lists.forget_members_of(services.rooms.store(), &room_id)
             }
         };
-        tokio::task::spawn_blocking(forget)
-            .await
-            .map_err(MatrixError::internal)??;
+        match tokio::task::spawn_blocking(forget).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped")
+            }
+            Err(e) => {
+                tracing::warn!(room = %room_id, error = %e, "kept device lists of the room's members were not dropped")
+            }
+        }
         return Ok(Json(json!({ "room_id": room_id })));
     }
     services

@@ -122,6 +122,32 @@ impl Outbox {
         Ok(out)
     }
 
+    /// The queued events of `destination`, oldest first: `(key, event id)`; EDUs are
+    /// passed over without reading their bodies.
+    pub fn queued_events<'d>(
+        db: &'d Db,
+        destination: &str,
+    ) -> impl Iterator<Item = MatrixResult<(Vec<u8>, String)>> + 'd {
+        let from = prefix(destination);
+        let to = keys::prefix_successor(&from).unwrap_or_else(|| vec![0xFF; from.len() + 9]);
+        db.scan_range(Table::ServernamePosEdu, &from, &to, false)
+            .filter_map(|item| {
+                let (key, value) = match item {
+                    Ok(item) => item,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                // An event is stored as `{"pdu":"$id"}`; anything else is an EDU.
+                if !value.starts_with(br#"{"pdu":"#) {
+                    return None;
+                }
+                let value: Value = serde_json::from_slice(&value).ok()?;
+                match Item::parse(value) {
+                    Item::Pdu(id) => Some(Ok((key.to_vec(), id))),
+                    Item::Edu(_) => None,
+                }
+            })
+    }
+
     /// The destinations with queued items (at start, to resume sending): one seek per
     /// destination past all its items, so a long queue for a dead server is not read.
     pub fn destinations(db: &Db) -> MatrixResult<Vec<String>> {

@@ -423,14 +423,15 @@ impl RemoteDeviceLists {
         let Some(room) = store.room(room_id)? else {
             return Ok(());
         };
-        for member in store.state_events(room.record.state, Some("m.room.member"))? {
-            let Some(user) = member.state_key() else {
+        for key in store.state().load(room.record.state)?.keys() {
+            let (kind, user) = store.state().state_key_of(*key)?;
+            if kind != "m.room.member" {
                 continue;
-            };
+            }
             let theirs =
-                UserId::parse(user).is_ok_and(|u| u.server_name() != self.server_name.as_str());
-            if theirs && self.db.get(Table::UseridRemotedevicelist, user)?.is_some() {
-                self.drop_list(user)?;
+                UserId::parse(&user).is_ok_and(|u| u.server_name() != self.server_name.as_str());
+            if theirs {
+                self.drop_list(&user)?;
             }
         }
         Ok(())
@@ -438,9 +439,14 @@ impl RemoteDeviceLists {
 
     /// Drops `user`'s list at once (not with an event's batch, which commits later: a
     /// change of the list in between would bring it back).
+    /// A change of the user's list is counted either way (a fetch in flight is then kept
+    /// stale); only a kept list costs a write.
     fn drop_list(&self, user: &str) -> MatrixResult<()> {
         let mut changes = self.stripe(user);
         *changes += 1;
+        if self.db.get(Table::UseridRemotedevicelist, user)?.is_none() {
+            return Ok(());
+        }
         let mut batch = self.db.batch();
         batch.delete(Table::UseridRemotedevicelist, user);
         self.db.write_relaxed(batch)?;
@@ -461,7 +467,7 @@ impl NewEventHook for RemoteDeviceLists {
         };
         let theirs =
             UserId::parse(user).is_ok_and(|u| u.server_name() != self.server_name.as_str());
-        if theirs && self.db.get(Table::UseridRemotedevicelist, user)?.is_some() {
+        if theirs {
             self.drop_list(user)?;
         }
         Ok(())

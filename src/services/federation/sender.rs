@@ -14,11 +14,16 @@
 //! resumed. A PDU the destination answers with an error in the transaction's answer is
 //! logged, not retried (the spec's answer says the other side judged it).
 //!
-//! Catch-up: a destination coming back (its task starts anew: after our start, after it
-//! was parked backing off, or after a failed attempt) with more than [`CATCH_UP_AFTER`]
-//! events queued is sent only the newest queued event of each room; the older ones leave
-//! its queue (logged), for it to ask for with `get_missing_events` or `/backfill`, as the
-//! spec's gap handling has it (Synapse does the same). EDUs are never dropped this way.
+//! Catch-up: a destination coming back from failures (an attempt failed, or its stored
+//! back-off shows failures when its task starts: after our start, after it was parked)
+//! with more than [`CATCH_UP_AFTER`] events queued is sent only the newest queued event
+//! of each room; the older ones leave its queue (logged), for it to ask for with
+//! `get_missing_events` or `/backfill`, as the spec's gap handling has it (Synapse enters
+//! catch-up after a failed transaction). Never dropped this way: EDUs, and member events
+//! about the destination's users (a leave, kick or ban it could not ask us for once out
+//! of the room). A request from the destination ends its back-off but keeps the count of
+//! failures until a transaction goes through. The scan reads the queue once, off the
+//! async threads, EDU bodies unread.
 //! Every task the
 //! sender starts is tracked: when the server stops, a transaction in flight is dropped
 //! (it stays queued, sent again under the same id at the next start) and the handle
@@ -61,8 +66,8 @@ const PARK_AFTER: Duration = Duration::from_secs(5);
 const PARKED_TICK: Duration = Duration::from_secs(1);
 /// Queued events beyond which a destination coming back catches up (newest per room).
 pub const CATCH_UP_AFTER: usize = 100;
-/// Queue entries one catch-up looks at (the next check takes the rest).
-const CATCH_UP_SCAN: usize = 50_000;
+/// Deletions per write batch of a catch-up.
+const CATCH_UP_BATCH: usize = 10_000;
 
 /// A destination's back-off, as stored.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,20 +208,13 @@ impl Sender {
         let Some(shared) = lock(&self.shared).clone() else {
             return;
         };
-        let key = server.as_bytes();
-        let had_backoff = shared
-            .db
-            .get(Table::ServernameDestination, key)
-            .ok()
-            .flatten()
-            .is_some();
+        let mut record = load_record(&shared.db, server);
         lock(&shared.parked).retain(|(_, name)| name != server);
-        if had_backoff {
-            let mut batch = shared.db.batch();
-            batch.delete(Table::ServernameDestination, key);
-            if let Err(e) = shared.db.write_relaxed(batch) {
-                tracing::warn!(%server, error = %e, "cannot reset the back-off");
-            }
+        if record.retry_at > 0 {
+            // Sent to at once; the failures stay counted (a backlog is caught up)
+            // until a transaction goes through.
+            record.retry_at = 0;
+            store_record(&shared.db, server, &record);
             wake(&shared, server);
         }
     }
@@ -278,8 +276,8 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
     // The transaction in flight, kept across retries.
     let mut in_flight: Option<Transaction> = None;
     let mut refusals = 0u32;
-    // A new task, or one whose last attempt failed: a backlog is caught up first.
-    let mut check_backlog = true;
+    // Back from failures (stored, or an attempt of this task): a backlog is caught up.
+    let mut check_backlog = load_record(&shared.db, &name).failures > 0;
     loop {
         if *stopped.borrow() {
             break;
@@ -303,13 +301,15 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
         }
         if in_flight.is_none() {
             if check_backlog {
-                check_backlog = match catch_up(&shared, &name) {
-                    Ok(more) => more,
-                    Err(e) => {
-                        tracing::error!(destination = %name, error = %e.message, "cannot read the outbox");
-                        false
+                check_backlog = false;
+                let (scan, destination) = (Arc::clone(&shared), name.clone());
+                match tokio::task::spawn_blocking(move || catch_up(&scan, &destination)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(destination = %name, error = %e.message, "catch-up could not read the outbox");
                     }
-                };
+                    Err(e) => tracing::error!(destination = %name, error = %e, "catch-up failed"),
+                }
             }
             let pending = match Outbox::pending(&shared.db, &name, MAX_EDUS + MAX_PDUS) {
                 Ok(pending) => pending,
@@ -408,65 +408,61 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
 }
 
 /// Catch-up (see the module doc): when more than [`CATCH_UP_AFTER`] events are queued
-/// for `destination`, only the newest of each room stays; answers whether the scan was
-/// cut short (the rest is looked at next time).
-fn catch_up(shared: &Shared, destination: &str) -> crate::error::MatrixResult<bool> {
-    let queued = Outbox::pending(&shared.db, destination, CATCH_UP_SCAN)?;
-    let full = queued.len() == CATCH_UP_SCAN;
-    let events: Vec<(Vec<u8>, String)> = queued
-        .into_iter()
-        .filter_map(|(key, item)| match item {
-            Item::Pdu(id) => Some((key, id)),
-            Item::Edu(_) => None,
-        })
-        .collect();
-    let keep = newest_per_room(&events, |id| {
-        shared.pdus.pdu(id).and_then(|pdu| {
-            pdu.get("room_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-    });
-    let Some(keep) = keep else {
-        return Ok(full);
-    };
+/// for `destination`, only the newest of each room stays (and every member event about
+/// one of its users). One pass over the queue; memory follows the number of rooms.
+fn catch_up(shared: &Shared, destination: &str) -> crate::error::MatrixResult<()> {
+    let mut counted = 0;
+    for event in Outbox::queued_events(&shared.db, destination).take(CATCH_UP_AFTER + 1) {
+        event?;
+        counted += 1;
+    }
+    if counted <= CATCH_UP_AFTER {
+        return Ok(());
+    }
+    let mut newest: HashMap<String, Vec<u8>> = HashMap::new();
     let mut batch = shared.db.batch();
-    let mut dropped = 0usize;
-    for (key, _) in &events {
-        if !keep.contains(key) {
-            batch.delete(Table::ServernamePosEdu, key);
-            dropped += 1;
+    let (mut dropped, mut in_batch) = (0usize, 0usize);
+    for event in Outbox::queued_events(&shared.db, destination) {
+        let (key, id) = event?;
+        // An event no longer stored stays, to be skipped as usual.
+        let Some(pdu) = shared.pdus.pdu(&id) else {
+            continue;
+        };
+        match catch_up_room(&pdu, destination) {
+            Some(room) => {
+                if let Some(older) = newest.insert(room, key) {
+                    batch.delete(Table::ServernamePosEdu, older);
+                    dropped += 1;
+                    in_batch += 1;
+                }
+            }
+            None => continue,
+        }
+        if in_batch >= CATCH_UP_BATCH {
+            shared
+                .db
+                .write_relaxed(std::mem::replace(&mut batch, shared.db.batch()))?;
+            in_batch = 0;
         }
     }
     shared.db.write_relaxed(batch)?;
-    tracing::info!(%destination, dropped, kept = keep.len(), "catching up: the newest event of each room is sent, the older ones are left for the destination to ask for");
-    Ok(full)
+    tracing::info!(%destination, dropped, rooms = newest.len(), "catching up: the newest event of each room is sent, the older ones are left for the destination to ask for");
+    Ok(())
 }
 
-/// The queue keys to keep of `events` (key, event id, in queue order) when there are
-/// more than [`CATCH_UP_AFTER`]: the last of each room (`room_of`; an event no longer
-/// stored is kept, to be skipped as usual). `None`: no catch-up.
-fn newest_per_room(
-    events: &[(Vec<u8>, String)],
-    room_of: impl Fn(&str) -> Option<String>,
-) -> Option<std::collections::HashSet<Vec<u8>>> {
-    if events.len() <= CATCH_UP_AFTER {
+/// The room an event counts for in a catch-up, or `None` for an event that is always
+/// sent: a member event about a user of `destination`.
+fn catch_up_room(pdu: &Value, destination: &str) -> Option<String> {
+    let field = |key: &str| pdu.get(key).and_then(Value::as_str);
+    if field("type") == Some("m.room.member")
+        && field("state_key")
+            .and_then(|u| u.split_once(':'))
+            .map(|(_, s)| s)
+            == Some(destination)
+    {
         return None;
     }
-    let mut newest: HashMap<String, &Vec<u8>> = HashMap::new();
-    let mut keep = std::collections::HashSet::new();
-    for (key, id) in events {
-        match room_of(id) {
-            Some(room) => {
-                newest.insert(room, key);
-            }
-            None => {
-                keep.insert(key.clone());
-            }
-        }
-    }
-    keep.extend(newest.into_values().cloned());
-    Some(keep)
+    field("room_id").map(str::to_owned)
 }
 
 /// A transaction being delivered: the same id and content on every retry.
@@ -502,13 +498,21 @@ fn next_transaction(
         }
         keys.push(key);
     }
-    // Stable for these items: the position of the first and the count.
+    // Stable for these items, and only for them (a catch-up deletes items from the
+    // middle of the queue): the position of the first, the count, and a hash of all
+    // their keys (FNV-1a).
     let first = keys
         .first()
         .and_then(|k| k.get(k.len().saturating_sub(8)..))
         .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
+    let hash = keys
+        .iter()
+        .flatten()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
     Transaction {
-        txn_id: format!("{first:x}.{}", keys.len()),
+        txn_id: format!("{first:x}.{}.{hash:x}", keys.len()),
         keys,
         pdus,
         edus,
@@ -539,22 +543,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_backlog_keeps_the_newest_event_of_each_room() {
-        let events: Vec<(Vec<u8>, String)> = (0..=CATCH_UP_AFTER as u8)
-            .map(|n| (vec![n], format!("$e{n}")))
-            .collect();
-        // Rooms by parity; one event no longer stored.
-        let room_of = |id: &str| {
-            let n: usize = id[2..].parse().unwrap();
-            (n != 3).then(|| format!("!r{}", n % 2))
+    fn a_catch_up_counts_events_by_room_but_never_drops_member_events_of_the_destination() {
+        let event = |kind: &str, state_key: Option<&str>| {
+            let mut e = json!({"type": kind, "room_id": "!r:a.example", "sender": "@x:a.example"});
+            if let Some(key) = state_key {
+                e["state_key"] = json!(key);
+            }
+            e
         };
-        let keep = newest_per_room(&events, room_of).unwrap();
-        let last = CATCH_UP_AFTER as u8;
-        let mut kept: Vec<u8> = keep.iter().map(|k| k[0]).collect();
-        kept.sort();
-        assert_eq!(kept, vec![3, last - 1, last]);
-        // At the threshold or below: everything is sent.
-        assert!(newest_per_room(&events[..CATCH_UP_AFTER], room_of).is_none());
+        let room = Some("!r:a.example".to_owned());
+        assert_eq!(
+            catch_up_room(&event("m.room.message", None), "d.example"),
+            room
+        );
+        assert_eq!(
+            catch_up_room(&event("m.room.member", Some("@u:e.example")), "d.example"),
+            room
+        );
+        // A leave, kick or ban of the destination's user is always sent.
+        assert_eq!(
+            catch_up_room(&event("m.room.member", Some("@u:d.example")), "d.example"),
+            None
+        );
+        assert_eq!(
+            catch_up_room(&json!({"type": "m.room.message"}), "d.example"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_transaction_id_names_its_items() {
+        let item = |pos: u64| {
+            (
+                pos,
+                Item::Edu(json!({"edu_type": "m.typing", "content": {}})),
+            )
+        };
+        let transaction = |positions: &[u64]| {
+            let pending = positions
+                .iter()
+                .map(|p| {
+                    let (pos, edu) = item(*p);
+                    (crate::services::outbox::edu_key("d.example", pos), edu)
+                })
+                .collect();
+            next_transaction(&NoPdus, "d.example", pending).txn_id
+        };
+        assert_eq!(transaction(&[1, 2, 3]), transaction(&[1, 2, 3]));
+        // Same first item and count, other items: another id.
+        assert_ne!(transaction(&[1, 2, 3]), transaction(&[1, 5, 9]));
+    }
+
+    struct NoPdus;
+
+    impl PduStore for NoPdus {
+        fn pdu(&self, _: &str) -> Option<Value> {
+            None
+        }
     }
 
     #[test]

@@ -182,7 +182,10 @@ impl Rooms {
         let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let mut in_batch = HashSet::new();
         let mut answers = Vec::with_capacity(pdus.len());
-        prefetch_sender_keys(&pdus, source).await;
+        prefetch_sender_keys(&pdus, source, |room| {
+            self.store.room(room).ok().flatten().is_some()
+        })
+        .await;
         // Each PDU goes to its room's writer as soon as it is checked, so checking the
         // next overlaps with writing this one; the writers answer after their fsyncs.
         for pdu in pdus {
@@ -554,11 +557,19 @@ const CONCURRENT_KEY_LOOKUPS: usize = 16;
 /// The keys the senders' servers signed a batch's PDUs with, looked up at once (each
 /// server once, [`CONCURRENT_KEY_LOOKUPS`] at a time) before the PDUs are checked one
 /// by one, so that a transaction of events from many servers waits for the slowest
-/// lookup, not for their sum. Only the sender's server: a PDU cannot make us ask any
-/// server it names in its signatures.
-async fn prefetch_sender_keys(pdus: &[Value], source: &dyn MissingSource) {
+/// lookup, not for their sum. Only for PDUs of rooms we hold (`known_room`), and only
+/// the sender's server: a PDU cannot make us ask any server it names in its signatures.
+async fn prefetch_sender_keys(
+    pdus: &[Value],
+    source: &dyn MissingSource,
+    known_room: impl Fn(&str) -> bool,
+) {
     let mut wanted: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
     for pdu in pdus {
+        let room = pdu.get("room_id").and_then(Value::as_str);
+        if !room.is_some_and(&known_room) {
+            continue;
+        }
         let server = pdu
             .get("sender")
             .and_then(Value::as_str)
