@@ -10,11 +10,13 @@
 
 use serde_json::Value;
 
+use super::head::RoomHead;
+use super::persist::Edges;
+use super::persist::{note_history_visibility, put_event, put_timeline_place, run_hooks};
+use super::redactions::apply_redaction;
+use super::relations::{adopt_pending_children, index_relation, relation_of};
 use super::remote_event::PduOutcome;
-use super::{
-    note_history_visibility, put_event, put_timeline_place, relation_of, Edges, RoomHead,
-    WriterContext,
-};
+use super::WriterContext;
 use crate::core::pdu;
 use crate::core::power_levels::PowerLevels;
 use crate::error::MatrixResult;
@@ -93,16 +95,16 @@ pub(super) fn place(
             event_id,
             pdu,
         };
-        super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
+        index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
     // Backfill goes from the newest history back: reactions, edits and replies placed
     // before their parent wait for it.
-    super::adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
+    adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
         let levels = history.redaction_levels.as_ref();
         if super::remote_event::may_redact(ctx, head, (pdu, target), levels)? {
-            redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
+            redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }
     }
     // Readers check history visibility per event only in rooms that ever restricted it:
@@ -117,7 +119,7 @@ pub(super) fn place(
             encode(&record),
         );
     }
-    super::run_hooks(
+    run_hooks(
         ctx,
         head,
         (pdu, short, pos),

@@ -17,7 +17,6 @@ use crate::services::rooms::state_store::{ShortEventId, StateMap};
 use crate::storage::Table;
 use serde_json::Value;
 
-use super::persist::{local_member, membership_of};
 use super::LocalMember;
 
 /// State events a writer keeps parsed; the cache is cleared when it grows past this.
@@ -293,4 +292,27 @@ impl RoomHead {
         };
         self.event(store, short).map(Some)
     }
+}
+
+/// A joined member of a member event, with the display name it sets.
+pub(super) fn local_member(pdu: &Value) -> Option<LocalMember> {
+    let content = pdu.get("content")?;
+    if content.get("membership").and_then(Value::as_str) != Some("join") {
+        return None;
+    }
+    Some(LocalMember {
+        user_id: pdu.get("state_key")?.as_str()?.to_owned(),
+        display_name: content
+            .get("displayname")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// The membership a member event sets (`leave` when it says nothing valid).
+pub(super) fn membership_of(pdu: &Value) -> &str {
+    pdu.get("content")
+        .and_then(|c| c.get("membership"))
+        .and_then(Value::as_str)
+        .unwrap_or("leave")
 }

@@ -15,12 +15,12 @@ use crate::services::rooms::event_store::StoredEvent;
 use crate::services::rooms::graph;
 use crate::services::rooms::guests;
 use crate::services::rooms::records::RoomRecord;
-use crate::services::rooms::state_store::{ShortEventId, StateMap};
+use crate::services::rooms::state_store::StateMap;
 use crate::storage::Table;
 use serde_json::{json, Value};
 
 use super::head::{RemoteJoined, RoomHead};
-use super::persist::write_event;
+use super::persist::{write_event, Edges};
 use super::redactions::check_redaction;
 use super::{forbidden, pdu_error, EventDraft, TxnRef, WriterContext, Written};
 
@@ -200,13 +200,6 @@ pub(super) fn build(
     };
     auth_rules::check(&auth_ctx, &built.pdu, &auth_state).map_err(forbidden)?;
     Ok((built, txn, edges))
-}
-
-/// The short ids of a new event's prev and auth events, known to the code that built it.
-#[derive(Default)]
-pub(super) struct Edges {
-    pub(super) prev: Vec<ShortEventId>,
-    pub(super) auth: Vec<ShortEventId>,
 }
 
 /// The state the auth rules read, borrowed from the writer's cache of parsed state events

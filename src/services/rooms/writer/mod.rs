@@ -55,16 +55,8 @@ use crate::services::outbox::Outbox;
 use crate::services::stream::{PosTicket, StreamChange};
 use crate::storage::Batch;
 
-use head::RoomHead;
-use local_event::{CachedAuthState, Edges};
-use persist::{
-    membership_of, note_history_visibility, put_event, put_membership, put_timeline_place,
-    queue_for, run_hooks,
-};
 pub use queue::Writers;
-use redactions::apply_redaction;
 pub(super) use relations::thread_key;
-use relations::{adopt_pending_children, index_relation, relation_of};
 
 /// An event a local user wants to send, before the writer builds it.
 #[derive(Debug, Clone)]

@@ -15,9 +15,12 @@
 
 use serde_json::Value;
 
+use super::head::membership_of;
+use super::head::RoomHead;
+use super::persist::Edges;
 use super::remote_event::{put_without_place, RemoteEvent};
 use super::remote_join::empty_room;
-use super::{membership_of, Edges, RoomHead, WriterContext, Written};
+use super::{WriterContext, Written};
 use crate::core::RoomVersion;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::{decode, encode};

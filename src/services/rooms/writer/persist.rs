@@ -19,26 +19,10 @@ use crate::services::stream::StreamChange;
 use crate::storage::{keys, Batch, Table};
 use serde_json::Value;
 
-use super::head::RoomHead;
-use super::local_event::Edges;
+use super::head::{membership_of, RoomHead};
 use super::redactions::apply_redaction;
 use super::relations::{index_relation, relation_of, thread_key};
-use super::{LocalMember, NewEvent, TxnRef, WriterContext, Written};
-
-/// A joined member of a member event, with the display name it sets.
-pub(super) fn local_member(pdu: &Value) -> Option<LocalMember> {
-    let content = pdu.get("content")?;
-    if content.get("membership").and_then(Value::as_str) != Some("join") {
-        return None;
-    }
-    Some(LocalMember {
-        user_id: pdu.get("state_key")?.as_str()?.to_owned(),
-        display_name: content
-            .get("displayname")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    })
-}
+use super::{NewEvent, TxnRef, WriterContext, Written};
 
 /// Runs the new-event hooks inside the event's batch.
 pub(super) fn run_hooks(
@@ -311,14 +295,6 @@ pub(super) fn note_history_visibility(record: &mut RoomRecord, pdu: &Value) {
     }
 }
 
-/// The membership a member event sets (`leave` when it says nothing valid).
-pub(super) fn membership_of(pdu: &Value) -> &str {
-    pdu.get("content")
-        .and_then(|c| c.get("membership"))
-        .and_then(Value::as_str)
-        .unwrap_or("leave")
-}
-
 /// A user's membership record after `(user, membership, event id)` became the room's
 /// current member event at `pos`, and the room's member counts.
 pub(super) fn put_membership(
@@ -361,4 +337,11 @@ pub(super) fn put_membership(
     };
     batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
     Ok(())
+}
+
+/// The short ids of a new event's prev and auth events, known to the code that built it.
+#[derive(Default)]
+pub(super) struct Edges {
+    pub(super) prev: Vec<ShortEventId>,
+    pub(super) auth: Vec<ShortEventId>,
 }

@@ -26,10 +26,15 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{
-    membership_of, note_history_visibility, put_event, put_membership, put_timeline_place,
-    relation_of, run_hooks, CachedAuthState, Edges, RoomHead, WriterContext, Written,
+use super::head::{membership_of, RoomHead};
+use super::local_event::CachedAuthState;
+use super::persist::Edges;
+use super::persist::{
+    note_history_visibility, put_event, put_membership, put_timeline_place, queue_for, run_hooks,
 };
+use super::redactions::apply_redaction;
+use super::relations::{adopt_pending_children, index_relation, relation_of};
+use super::{WriterContext, Written};
 use crate::core::auth_rules::{self, AuthContext};
 use crate::core::pdu;
 use crate::core::power_levels::PowerLevels;
@@ -845,13 +850,13 @@ fn accept(
             event_id,
             pdu,
         };
-        super::index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
+        index_relation(store, head, &mut batch, rel_type, parent_id, &child, pos)?;
     }
-    super::adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
+    adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
         if may_redact(ctx, head, (pdu, target), None)? {
-            redacted = super::apply_redaction(store, head, &mut batch, target, short)?;
+            redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }
     }
 
@@ -884,7 +889,7 @@ fn accept(
             .and_then(|s| s.split_once(':'))
             .map(|(_, server)| server);
         destinations.retain(|d| Some(d.as_str()) != sender_server);
-        super::queue_for(&mut batch, &destinations, pos, event_id);
+        queue_for(&mut batch, &destinations, pos, event_id);
     }
     // Servers whose members this event's state resolution brought back (a state reset
     // on our side undone, say) may have missed what we sent while they were out: our own
@@ -905,7 +910,7 @@ fn accept(
                 .split_once(':')
                 .is_some_and(|(_, server)| server == ctx.server_name);
             if ours && own_event.meta.pos != 0 {
-                super::queue_for(&mut batch, &returning, own_event.meta.pos, id);
+                queue_for(&mut batch, &returning, own_event.meta.pos, id);
             }
         }
         tracing::info!(room = %head.record.room_id, servers = ?returning, "servers back in the room's state get our latest events");

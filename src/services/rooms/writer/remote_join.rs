@@ -13,8 +13,9 @@
 
 use serde_json::Value;
 
+use super::head::RoomHead;
 use super::remote_event::{self, PduOutcome, RemoteEvent};
-use super::{RoomHead, WriterContext, Written};
+use super::{WriterContext, Written};
 use crate::core::RoomVersion;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::encode;
