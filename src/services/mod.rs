@@ -62,12 +62,17 @@ impl Default for StripedLocks {
     }
 }
 
+/// Which of `stripes` stripes `key` falls in (striped locks keyed by user or room).
+pub fn stripe_of(key: &[u8], stripes: usize) -> usize {
+    let hash = key
+        .iter()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
+    hash % stripes
+}
+
 impl StripedLocks {
     fn stripe(&self, key: &[u8]) -> usize {
-        let hash = key
-            .iter()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(*b as usize));
-        hash % self.0.len()
+        stripe_of(key, self.0.len())
     }
 
     /// Waits for the lock of `key`'s stripe.

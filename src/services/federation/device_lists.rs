@@ -265,10 +265,7 @@ impl RemoteDeviceLists {
     }
 
     fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, u64> {
-        let hash = user
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        self.stripes[hash % STRIPES]
+        self.stripes[crate::services::stripe_of(user.as_bytes(), STRIPES)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }

@@ -182,8 +182,15 @@ impl Rooms {
         let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let mut in_batch = HashSet::new();
         let mut answers = Vec::with_capacity(pdus.len());
+        let rooms_held: HashMap<&str, bool> = pdus
+            .iter()
+            .filter_map(|pdu| pdu.get("room_id").and_then(Value::as_str))
+            .collect::<HashSet<&str>>()
+            .into_iter()
+            .map(|room| (room, self.store.room(room).ok().flatten().is_some()))
+            .collect();
         prefetch_sender_keys(&pdus, source, |room| {
-            self.store.room(room).ok().flatten().is_some()
+            rooms_held.get(room).copied().unwrap_or(false)
         })
         .await;
         // Each PDU goes to its room's writer as soon as it is checked, so checking the

@@ -376,10 +376,7 @@ pub(super) fn process_job(
             return Ok(JobAnswer::Built(Box::new(built)));
         }
         JobStart::Receive(event) => {
-            if head.is_none() {
-                *head = Some(RoomHead::load(&ctx.store, room_id)?);
-            }
-            let current = head.as_mut().expect("loaded above");
+            let current = loaded(ctx, room_id, head)?;
             return match super::remote_event::receive(ctx, current, *event, written) {
                 Ok(outcome) => Ok(JobAnswer::Received(outcome)),
                 Err(e) => {
@@ -391,10 +388,7 @@ pub(super) fn process_job(
         }
     }
     for draft in drafts {
-        if head.is_none() {
-            *head = Some(RoomHead::load(&ctx.store, room_id)?);
-        }
-        let current = head.as_mut().expect("loaded above");
+        let current = loaded(ctx, room_id, head)?;
         let ends_guest_access = draft.kind == "m.room.guest_access"
             && draft.state_key.as_deref() == Some("")
             && !guests::guests_can_join(Some(&draft.content));
@@ -468,6 +462,19 @@ pub(super) fn forget(store: &EventStore, room_id: &str, user: &str) -> MatrixRes
     batch.put(Table::UseridRoomidMembership, &key, encode(&record));
     store.db.write_relaxed(batch)?;
     Ok(())
+}
+
+/// The room's head, loaded from storage when the writer holds none.
+fn loaded<'h>(
+    ctx: &WriterContext,
+    room_id: &str,
+    head: &'h mut Option<RoomHead>,
+) -> MatrixResult<&'h mut RoomHead> {
+    if head.is_none() {
+        *head = Some(RoomHead::load(&ctx.store, room_id)?);
+    }
+    head.as_mut()
+        .ok_or_else(|| MatrixError::internal("the room's head was not loaded"))
 }
 
 #[cfg(test)]
