@@ -189,21 +189,39 @@ impl EventStore {
         EventMeta::decode(&bytes).ok_or_else(|| corrupt("event metadata"))
     }
 
-    /// Several stored events by short id, in order, read in three batched reads.
+    /// Several stored events by short id, in order, read in two batched reads (a third
+    /// for the ids of events whose metadata predates carrying the id).
     pub fn events(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<StoredEvent>> {
         let keys: Vec<[u8; 8]> = shorts.iter().map(|s| s.to_be_bytes()).collect();
         let pdus = self.db.multi_get(Table::ShorteventidPdu, &keys)?;
         let metas = self.db.multi_get(Table::ShorteventidMeta, &keys)?;
-        let ids = self.state.event_ids_of(shorts)?;
+        let metas: Vec<Vec<u8>> = metas
+            .into_iter()
+            .map(|m| m.ok_or_else(|| corrupt("event without metadata")))
+            .collect::<MatrixResult<_>>()?;
+        let without_id: Vec<ShortEventId> = shorts
+            .iter()
+            .zip(&metas)
+            .filter(|(_, meta)| EventMeta::decode_event_id(meta).is_none())
+            .map(|(short, _)| *short)
+            .collect();
+        let older_ids = match without_id.is_empty() {
+            true => Vec::new(),
+            false => self.state.event_ids_of(&without_id)?,
+        };
+        let mut older_ids = older_ids.into_iter();
         shorts
             .iter()
             .zip(pdus)
             .zip(metas)
-            .zip(ids)
-            .map(|(((short, pdu), meta), event_id)| {
+            .map(|((short, pdu), meta_bytes)| {
                 let pdu = pdu.ok_or_else(|| corrupt("event without PDU"))?;
-                let meta = meta.ok_or_else(|| corrupt("event without metadata"))?;
-                let meta = EventMeta::decode(&meta).ok_or_else(|| corrupt("event metadata"))?;
+                let meta =
+                    EventMeta::decode(&meta_bytes).ok_or_else(|| corrupt("event metadata"))?;
+                let event_id = match EventMeta::decode_event_id(&meta_bytes) {
+                    Some(id) => id.to_owned(),
+                    None => older_ids.next().ok_or_else(|| corrupt("event id"))?,
+                };
                 StoredEvent::from_json(*short, event_id, pdu, meta)
                     .ok_or_else(|| corrupt("PDU JSON"))
             })
@@ -389,5 +407,50 @@ impl crate::services::outbox::PduStore for EventStore {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::DbOptions;
+
+    #[test]
+    fn events_load_with_their_ids_whether_or_not_the_metadata_carries_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
+        let store = EventStore::open(Arc::clone(&db), stream).unwrap();
+        let meta = |pos| EventMeta {
+            room: 1,
+            pos,
+            state_before: 0,
+            state_after: 0,
+            replaces: 0,
+            redacted_by: 0,
+        };
+        let mut batch = db.batch();
+        let mut shorts = Vec::new();
+        for (i, id) in ["$old:x", "$new:x", "$older:x"].into_iter().enumerate() {
+            let short = store.state.intern_new_event(id, &mut batch);
+            let pdu =
+                format!(r#"{{"type":"m.room.message","sender":"@a:x","content":{{"n":{i}}}}}"#);
+            batch.put(Table::ShorteventidPdu, short.to_be_bytes(), pdu);
+            // Schema version 1 wrote the fixed fields alone; version 2 adds the id.
+            let record = match id {
+                "$new:x" => meta(i as u64).encode_with_id(id),
+                _ => meta(i as u64).encode().to_vec(),
+            };
+            batch.put(Table::ShorteventidMeta, short.to_be_bytes(), record);
+            shorts.push(short);
+        }
+        db.commit_blocking(batch).unwrap();
+        let loaded = store.events(&shorts).unwrap();
+        let ids: Vec<&str> = loaded.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["$old:x", "$new:x", "$older:x"]);
+        let positions: Vec<u64> = loaded.iter().map(|e| e.meta.pos).collect();
+        assert_eq!(positions, [0, 1, 2]);
+        assert_eq!(store.events(&shorts[1..2]).unwrap()[0].event_id, "$new:x");
+        assert!(store.events(&[]).unwrap().is_empty());
     }
 }

@@ -312,7 +312,7 @@ impl DeferredRooms {
             }
             let batch: Vec<RoomToSync> = rooms.drain(..DEFERRED_BATCH.min(rooms.len())).collect();
             let sections = Context::new(&self.services, &self.request, self.upto)
-                .and_then(|ctx| build_sections(&ctx, &batch));
+                .and_then(|ctx| build_sections(&ctx, &batch, true));
             match sections {
                 Ok(sections) => built.extend(sections),
                 Err(e) => {
@@ -601,7 +601,7 @@ pub fn build(
             rooms,
         });
     } else {
-        for (kind, room_id, section) in build_sections(&ctx, &rooms)? {
+        for (kind, room_id, section) in build_sections(&ctx, &rooms, false)? {
             room_sections
                 .entry(kind.name())
                 .or_default()
@@ -837,14 +837,27 @@ type RoomToSync = (String, MembershipRecord, Vec<AccountData>);
 
 /// The sections of some rooms, built on two threads when there are many (rooms are
 /// independent).
-fn build_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> MatrixResult<Vec<RoomSection>> {
+///
+/// With `read_once` (a large full answer, built as it is sent) the rooms' reads leave the
+/// block cache as it is: an initial sync of 20,000 rooms reads ~170 MB of table blocks
+/// once, and cached they took ~50 MiB of memory, evicted what other requests read, and
+/// bought this answer nothing (measured in docs/benchmarks.md).
+fn build_sections(
+    ctx: &Context<'_>,
+    rooms: &[RoomToSync],
+    read_once: bool,
+) -> MatrixResult<Vec<RoomSection>> {
+    let sections = |rooms| match read_once {
+        true => crate::storage::bulk_reads(|| room_sections(ctx, rooms)),
+        false => room_sections(ctx, rooms),
+    };
     if rooms.len() < PARALLEL_ROOMS {
-        return room_sections(ctx, rooms);
+        return sections(rooms);
     }
     let (first, second) = rooms.split_at(rooms.len() / 2);
     let (a, b) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| room_sections(ctx, second));
-        let mine = room_sections(ctx, first);
+        let other = scope.spawn(|| sections(second));
+        let mine = sections(first);
         let theirs = other
             .join()
             .unwrap_or_else(|_| Err(MatrixError::internal("sync thread failed")));

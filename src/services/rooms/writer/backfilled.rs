@@ -86,7 +86,7 @@ pub(super) fn place(
         replaces: history.replaces,
         redacted_by: 0,
     };
-    put_event(&mut batch, short, pdu, &meta);
+    put_event(&mut batch, (short, event_id), pdu, &meta);
     put_timeline_place(&mut batch, head.short, pos, short, pdu);
 
     if let Some((rel_type, parent_id)) = relation_of(pdu) {

@@ -118,7 +118,7 @@ pub(super) fn write_event(
         replaces,
         redacted_by: 0,
     };
-    put_event(&mut batch, short, pdu, &meta);
+    put_event(&mut batch, (short, &event_id), pdu, &meta);
     put_timeline_place(&mut batch, head.short, pos, short, pdu);
 
     let mut record = head.record.clone();
@@ -248,10 +248,19 @@ pub(super) fn queue_for(
     }
 }
 
-/// The PDU and its metadata rows of event `short`.
-pub(super) fn put_event(batch: &mut Batch<'_>, short: ShortEventId, pdu: &Value, meta: &EventMeta) {
+/// The PDU and metadata rows of event `short` (`event_id`).
+pub(super) fn put_event(
+    batch: &mut Batch<'_>,
+    (short, event_id): (ShortEventId, &str),
+    pdu: &Value,
+    meta: &EventMeta,
+) {
     batch.put(Table::ShorteventidPdu, short.to_be_bytes(), encode(pdu));
-    batch.put(Table::ShorteventidMeta, short.to_be_bytes(), meta.encode());
+    batch.put(
+        Table::ShorteventidMeta,
+        short.to_be_bytes(),
+        meta.encode_with_id(event_id),
+    );
 }
 
 /// The rows that give an event its place in the room's timeline and the stream, and in

@@ -80,7 +80,7 @@ pub(super) fn apply_redaction(
     batch.put(
         Table::ShorteventidMeta,
         target.short.to_be_bytes(),
-        meta.encode(),
+        meta.encode_with_id(&target.event_id),
     );
     // A redacted state event stays in the state, redacted: drop the parsed copy.
     head.cache.remove(&target.short);

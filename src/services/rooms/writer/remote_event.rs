@@ -367,7 +367,7 @@ pub(super) fn receive(
             };
             let state_key = auth_index::state_key_of(store, &event.pdu)?;
             graph::write(&mut batch, short, &graph_record, state_key);
-            put_event(&mut batch, short, &event.pdu, &meta);
+            put_event(&mut batch, (short, &event.event_id), &event.pdu, &meta);
             store.db.write_relaxed(batch)?;
             tracing::info!(event = %event.event_id, room = %head.record.room_id, "soft-failed: {reason}");
             return Ok(PduOutcome::SoftFailed(reason));
@@ -660,7 +660,7 @@ pub(super) fn put_without_place(
     } else {
         graph::write(batch, short, &graph_record, state_key);
     }
-    put_event(batch, short, &event.pdu, &meta);
+    put_event(batch, (short, &event.event_id), &event.pdu, &meta);
 }
 
 /// The states of an event being accepted.
@@ -806,7 +806,7 @@ fn accept(
         replaces,
         redacted_by: 0,
     };
-    put_event(&mut batch, short, pdu, &meta);
+    put_event(&mut batch, (short, event_id), pdu, &meta);
     put_timeline_place(&mut batch, head.short, pos, short, pdu);
 
     let mut record = head.record.clone();
