@@ -71,10 +71,13 @@ impl Context<'_> {
 
     /// An event as the filter's `event_format` and `event_fields` ask. Without
     /// `event_fields` it is written out from the stored event, not copied.
+    ///
+    /// `loaded`: the events loaded with it (its replaced state event, for `prev_content`,
+    /// is often among them: an invite and the join that replaced it).
     fn render<'e>(
         &self,
         event: &'e StoredEvent,
-        room_id: &'e str,
+        (room_id, loaded): (&'e str, &[StoredEvent]),
         check: &mut VisibilityCheck<'_>,
     ) -> MatrixResult<EventJson<'e>> {
         let store = self.store();
@@ -83,7 +86,7 @@ impl Context<'_> {
             match (self.filter.event_format, &self.filter.event_fields) {
                 (EventFormat::Client, None) => EventJson::Client(ClientEventView::new(
                     store,
-                    event,
+                    (event, loaded),
                     room_id,
                     viewer,
                     Some(check),
@@ -110,7 +113,7 @@ impl Context<'_> {
     ) -> MatrixResult<Vec<EventJson<'e>>> {
         events
             .iter()
-            .map(|e| self.render(e, room_id, check))
+            .map(|e| self.render(e, (room_id, events), check))
             .collect()
     }
 }
