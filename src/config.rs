@@ -266,6 +266,9 @@ pub struct StorageConfig {
     pub write_buffer_size: u64,
     /// Table files RocksDB keeps open at most.
     pub max_open_files: u64,
+    /// Whether the tables' index and filter blocks live in the block cache (bounded by
+    /// `cache_size`, slower) instead of with each open table file.
+    pub index_in_cache: bool,
 }
 
 impl Config {
@@ -436,6 +439,7 @@ impl Config {
                 cache_size: r.size("storage.cache_size")?,
                 write_buffer_size: r.size("storage.write_buffer_size")?,
                 max_open_files: r.u64("storage.max_open_files", 16)?,
+                index_in_cache: r.bool("storage.index_in_cache")?,
             },
         })
     }

@@ -759,20 +759,30 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
         }
     };
     sam.upload_device_keys(11).await;
-    assert_eq!(
-        sams_devices(vec![sam.device_id.clone()]).await,
-        vec![sam.device_id.clone()]
-    );
-    let kept = ours
-        .running()
-        .services
-        .remote_device_lists
-        .get(&sam.user_id)
-        .unwrap();
-    assert!(
-        kept.is_some_and(|l| !l.stale),
-        "our server keeps sam's list"
-    );
+    // Synapse's updates for sam's login and key upload may reach us during or after our
+    // first fetch: the list is then kept stale (a gap it cannot follow) and the next
+    // query fetches it again. Once they have all come, a query leaves a fresh list kept.
+    let started = Instant::now();
+    loop {
+        assert_eq!(
+            sams_devices(vec![sam.device_id.clone()]).await,
+            vec![sam.device_id.clone()]
+        );
+        let kept = ours
+            .running()
+            .services
+            .remote_device_lists
+            .get(&sam.user_id)
+            .unwrap();
+        if kept.is_some_and(|l| !l.stale) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "our server keeps sam's list"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let login: Value = http
         .post(format!("{}/_matrix/client/v3/login", synapse.client_url))
         .json(

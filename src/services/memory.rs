@@ -80,6 +80,7 @@ pub async fn release_when_idle(db: Arc<Db>, caches: Vec<Release>, mut stop: watc
         trim_again = true;
         let db = Arc::clone(&db);
         let caches = Arc::clone(&caches);
+        let readers = Arc::clone(&db);
         let outcome = tokio::task::spawn_blocking(move || {
             let flushed = db.release_memory();
             for release in caches.iter() {
@@ -91,7 +92,10 @@ pub async fn release_when_idle(db: Arc<Db>, caches: Vec<Release>, mut stop: watc
         })
         .await;
         match outcome {
-            Ok(Ok(())) => tracing::debug!("idle: memory given back"),
+            Ok(Ok(())) => tracing::debug!(
+                table_readers = readers.table_readers_bytes(),
+                "idle: memory given back"
+            ),
             Ok(Err(e)) => tracing::warn!(error = %e, "idle: could not flush the memtables"),
             Err(e) => tracing::warn!(error = %e, "idle: memory release task failed"),
         }

@@ -147,6 +147,7 @@ impl Services {
                 write_buffer_bytes: usize::try_from(config.storage.write_buffer_size)
                     .unwrap_or(usize::MAX),
                 max_open_files: i32::try_from(config.storage.max_open_files).unwrap_or(i32::MAX),
+                index_in_cache: config.storage.index_in_cache,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -155,6 +155,8 @@ pub struct DbOptions {
     pub write_buffer_bytes: usize,
     /// Table files RocksDB keeps open at most (its share of the descriptor budget).
     pub max_open_files: i32,
+    /// Index and filter blocks in the block cache instead of with their open table.
+    pub index_in_cache: bool,
 }
 
 impl Default for DbOptions {
@@ -163,6 +165,7 @@ impl Default for DbOptions {
             block_cache_bytes: 32 << 20,
             write_buffer_bytes: 32 << 20,
             max_open_files: 512,
+            index_in_cache: false,
         }
     }
 }
@@ -225,11 +228,13 @@ impl Db {
         let mut block = BlockBasedOptions::default();
         block.set_block_cache(&cache);
         block.set_bloom_filter(10.0, false);
-        // Index and filter blocks stay with their open table (a few MiB for a 20,000-room
-        // database), not in the LRU cache: every read looked them up there under the
-        // cache's locks, and an initial sync of 20,000 rooms took 12 % less CPU without
-        // (docs/benchmarks.md).
-        block.set_cache_index_and_filter_blocks(false);
+        // By default index and filter blocks stay with their open table, not in the LRU
+        // cache: every read looked them up there under the cache's locks, and an initial
+        // sync of 20,000 rooms took 12 % less CPU without (docs/benchmarks.md). The price
+        // is memory that grows with the database (`table_readers_bytes`) and that the
+        // cache size does not bound; `storage.index_in_cache` bounds it.
+        block.set_cache_index_and_filter_blocks(options.index_in_cache);
+        block.set_cache_index_and_filter_blocks_with_high_priority(true);
 
         let mut cf_options = Options::default();
         cf_options.set_block_based_table_factory(&block);
@@ -334,6 +339,20 @@ impl Db {
             }
             Err(e) => Err(self.health.write_failed(StorageError::from(e))),
         }
+    }
+
+    /// Memory held by the open tables' readers (their index and filter blocks when those
+    /// are not in the block cache), in bytes.
+    pub fn table_readers_bytes(&self) -> u64 {
+        Table::ALL
+            .iter()
+            .filter_map(|t| {
+                self.db
+                    .property_int_value_cf(self.cf(*t), "rocksdb.estimate-table-readers-mem")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
     }
 
     /// Successful writes so far.
@@ -633,6 +652,40 @@ mod tests {
         // The scope ends with the closure: reads after it fill the cache again.
         db.multi_get(Table::Meta, &keys).unwrap();
         assert!(db.cache.get_usage() > empty + 100_000);
+    }
+
+    #[test]
+    fn index_and_filter_blocks_live_with_the_tables_unless_asked_into_the_cache() {
+        let readers = |index_in_cache| {
+            let dir = tempfile::tempdir().unwrap();
+            let options = DbOptions {
+                index_in_cache,
+                ..DbOptions::default()
+            };
+            let db = Db::open(dir.path(), &options).unwrap();
+            let mut batch = db.batch();
+            for i in 0u64..20_000 {
+                batch.put(Table::Meta, i.to_be_bytes(), [1u8; 16]);
+            }
+            db.commit_blocking(batch).unwrap();
+            db.release_memory().unwrap();
+            assert_eq!(
+                db.get(Table::Meta, 7u64.to_be_bytes())
+                    .unwrap()
+                    .unwrap()
+                    .len(),
+                16
+            );
+            db.table_readers_bytes()
+        };
+        let with_tables = readers(false);
+        let in_cache = readers(true);
+        // 20,000 keys: a filter of ~25 KB and an index of ~100 entries.
+        assert!(with_tables > 20_000, "{with_tables}");
+        assert!(
+            in_cache < with_tables / 2,
+            "{in_cache} against {with_tables}"
+        );
     }
 
     #[test]

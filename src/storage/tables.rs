@@ -50,7 +50,8 @@ pub enum Table {
     /// redaction applies). Owner: rooms.
     ShorteventidPdu,
     /// `short event id (u64 BE) -> EventMeta` (binary: room, stream position, state
-    /// snapshots before and after, replaced state event, redacting event). Owner: rooms.
+    /// snapshots before and after, replaced state event, redacting event; then the event
+    /// id, in records written since schema version 2). Owner: rooms.
     ShorteventidMeta,
     /// `short room id (u64 BE) ++ stream position (u64 BE) -> short event id (u64 BE)`:
     /// a room's timeline in arrival order. Owner: rooms.

@@ -192,10 +192,16 @@ fn replaced(
     let Some(event) = loaded.iter().find(|e| e.short == short) else {
         return store.content_and_sender(short);
     };
-    let content = match event.content_json() {
-        Some(raw) => serde_json::from_str(raw.get())
+    // As `content_and_sender` reads it: the stored content's text parsed alone, `{}` when
+    // the stored PDU has none (or `null`); an event built in memory has no text.
+    let content = match (event.content_json(), event.pdu_json()) {
+        (Some(raw), _) => serde_json::from_str(raw.get())
             .map_err(|_| MatrixError::internal("stored content is not JSON"))?,
-        None => event.content().clone(),
+        (None, Some(_)) => Value::Object(Map::new()),
+        (None, None) => match event.content() {
+            Value::Object(content) => Value::Object(content.clone()),
+            _ => Value::Object(Map::new()),
+        },
     };
     Ok(EventSummary {
         event_id: event.event_id.clone(),

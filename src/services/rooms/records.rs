@@ -103,7 +103,9 @@ impl EventMeta {
         out
     }
 
-    /// The event id a stored record carries after its fixed fields, if it has one.
+    /// The event id a stored record carries after its fixed fields, if it has one (a
+    /// tail that is not UTF-8 counts as none: the id is then read from
+    /// `shorteventid_eventid`, which every event has).
     pub fn decode_event_id(bytes: &[u8]) -> Option<&str> {
         match bytes.get(Self::LEN..) {
             Some(tail) if !tail.is_empty() => std::str::from_utf8(tail).ok(),

@@ -72,8 +72,8 @@ impl Context<'_> {
     /// An event as the filter's `event_format` and `event_fields` ask. Without
     /// `event_fields` it is written out from the stored event, not copied.
     ///
-    /// `loaded`: the events loaded with it (its replaced state event, for `prev_content`,
-    /// is often among them: an invite and the join that replaced it).
+    /// `loaded`: timeline events loaded with it (its replaced state event, for
+    /// `prev_content`, is often among them: an invite and the join that replaced it).
     fn render<'e>(
         &self,
         event: &'e StoredEvent,
@@ -104,16 +104,19 @@ impl Context<'_> {
     }
 
     /// Events of one room, with what `check` (the user's visibility check there) lets
-    /// them see of bundles and redactions.
+    /// them see of bundles and redactions. A timeline's events are each other's
+    /// `loaded` (a join and the invite it replaced); a state section's never are (one
+    /// event per key: what one replaced is not beside it), so they get none.
     fn render_all<'e>(
         &self,
         events: &'e [StoredEvent],
-        room_id: &'e str,
+        (room_id, timeline): (&'e str, bool),
         check: &mut VisibilityCheck<'_>,
     ) -> MatrixResult<Vec<EventJson<'e>>> {
+        let loaded = if timeline { events } else { &[] };
         events
             .iter()
-            .map(|e| self.render(e, (room_id, events), check))
+            .map(|e| self.render(e, (room_id, loaded), check))
             .collect()
     }
 }
@@ -199,10 +202,11 @@ impl<'e> LeftRoomJson<'e> {
         check: &mut VisibilityCheck<'_>,
         account_data: Vec<Value>,
     ) -> MatrixResult<Self> {
-        let (state, state_after) = state_fields(ctx, ctx.render_all(state, room_id, check)?);
+        let (state, state_after) =
+            state_fields(ctx, ctx.render_all(state, (room_id, false), check)?);
         Ok(Self {
             timeline: TimelineJson {
-                events: ctx.render_all(&timeline.events, room_id, check)?,
+                events: ctx.render_all(&timeline.events, (room_id, true), check)?,
                 limited: timeline.limited,
                 prev_batch: Some(tokens::token(timeline.prev_batch)),
             },
@@ -1319,7 +1323,7 @@ fn left_room(
         let leave: Vec<StoredEvent> = store.event_by_id(&record.event_id)?.into_iter().collect();
         return raw_json(&LeftRoomJson {
             timeline: TimelineJson {
-                events: ctx.render_all(&leave, room_id, &mut check)?,
+                events: ctx.render_all(&leave, (room_id, true), &mut check)?,
                 limited: false,
                 prev_batch: None,
             },
