@@ -154,6 +154,46 @@ impl EventStore {
         })
     }
 
+    /// Several known rooms by id, in order (`None` for one we do not know), in two
+    /// batched reads: a `/sync` of thousands of rooms read two records a room one at a
+    /// time.
+    pub fn rooms(&self, room_ids: &[&str]) -> MatrixResult<Vec<Option<Room>>> {
+        let shorts: Vec<Option<u64>> = self
+            .db
+            .multi_get(Table::RoomidShortroomid, room_ids)?
+            .into_iter()
+            .map(|b| {
+                b.map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short room id")))
+                    .transpose()
+            })
+            .collect::<MatrixResult<_>>()?;
+        let known: Vec<[u8; 8]> = shorts.iter().flatten().map(|s| s.to_be_bytes()).collect();
+        let mut records = self
+            .db
+            .multi_get(Table::ShortroomidRoom, &known)?
+            .into_iter();
+        shorts
+            .into_iter()
+            .map(|short| {
+                let Some(short) = short else {
+                    return Ok(None);
+                };
+                let bytes = records
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| corrupt("unknown short room id"))?;
+                let record: RoomRecord = decode(Table::ShortroomidRoom, &bytes)?;
+                let version =
+                    RoomVersion::from_id(&record.version).ok_or_else(|| corrupt("version"))?;
+                Ok(Some(Room {
+                    short,
+                    record,
+                    version,
+                }))
+            })
+            .collect()
+    }
+
     /// Every room the server knows, by short id.
     pub fn all_rooms(&self) -> MatrixResult<Vec<Room>> {
         let mut out = Vec::new();
@@ -452,5 +492,49 @@ mod tests {
         assert_eq!(positions, [0, 1, 2]);
         assert_eq!(store.events(&shorts[1..2]).unwrap()[0].event_id, "$new:x");
         assert!(store.events(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rooms_are_read_in_a_batch_and_unknown_ones_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
+        let store = EventStore::open(Arc::clone(&db), stream).unwrap();
+        let mut batch = db.batch();
+        for (short, id) in [(3u64, "!a:x"), (9, "!b:x")] {
+            let record = RoomRecord {
+                room_id: id.into(),
+                version: "11".into(),
+                state: 0,
+                extremities: Vec::new(),
+                depth: 0,
+                last_pos: 0,
+                joined: 0,
+                invited: 0,
+                visibility_restricted: false,
+            };
+            batch.put(Table::RoomidShortroomid, id, short.to_be_bytes());
+            batch.put(
+                Table::ShortroomidRoom,
+                short.to_be_bytes(),
+                serde_json::to_vec(&record).unwrap(),
+            );
+        }
+        db.commit_blocking(batch).unwrap();
+        let rooms = store.rooms(&["!b:x", "!unknown:x", "!a:x"]).unwrap();
+        let found: Vec<Option<(u64, String)>> = rooms
+            .iter()
+            .map(|r| r.as_ref().map(|r| (r.short, r.record.room_id.clone())))
+            .collect();
+        assert_eq!(
+            found,
+            [Some((9, "!b:x".into())), None, Some((3, "!a:x".into()))]
+        );
+        assert_eq!(
+            store.room("!a:x").unwrap().map(|r| r.short),
+            Some(3),
+            "one at a time reads the same"
+        );
+        assert!(store.rooms(&[]).unwrap().is_empty());
     }
 }

@@ -880,8 +880,9 @@ fn room_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> MatrixResult<Vec<Ro
     let store = ctx.store();
     let (since, upto) = (ctx.since, ctx.upto);
     let mut out = Vec::with_capacity(rooms.len());
-    for (room_id, record, data) in rooms {
-        let Some(room) = store.room(room_id)? else {
+    let ids: Vec<&str> = rooms.iter().map(|(id, _, _)| id.as_str()).collect();
+    for ((room_id, record, data), room) in rooms.iter().zip(store.rooms(&ids)?) {
+        let Some(room) = room else {
             continue;
         };
         let room_id = room_id.clone();
