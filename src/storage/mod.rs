@@ -371,17 +371,19 @@ impl Db {
         Ok(())
     }
 
+    fn write_schema_version(&self) -> StorageResult<()> {
+        let mut batch = self.batch();
+        batch.put(
+            Table::Meta,
+            SCHEMA_VERSION_KEY,
+            SCHEMA_VERSION.to_be_bytes(),
+        );
+        self.commit_blocking(batch)
+    }
+
     fn check_schema_version(&self) -> StorageResult<()> {
         match self.get(Table::Meta, SCHEMA_VERSION_KEY)? {
-            None => {
-                let mut batch = self.batch();
-                batch.put(
-                    Table::Meta,
-                    SCHEMA_VERSION_KEY,
-                    SCHEMA_VERSION.to_be_bytes(),
-                );
-                self.commit_blocking(batch)
-            }
+            None => self.write_schema_version(),
             Some(bytes) => {
                 let found = keys::read_u64(&bytes)
                     .ok_or_else(|| StorageError::new("schema version record is corrupt"))?;
@@ -400,13 +402,7 @@ impl Db {
                         to = SCHEMA_VERSION,
                         "schema version raised (older records are read as they are)"
                     );
-                    let mut batch = self.batch();
-                    batch.put(
-                        Table::Meta,
-                        SCHEMA_VERSION_KEY,
-                        SCHEMA_VERSION.to_be_bytes(),
-                    );
-                    self.commit_blocking(batch)
+                    self.write_schema_version()
                 } else {
                     Ok(())
                 }

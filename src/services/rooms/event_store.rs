@@ -502,17 +502,7 @@ mod tests {
         let store = EventStore::open(Arc::clone(&db), stream).unwrap();
         let mut batch = db.batch();
         for (short, id) in [(3u64, "!a:x"), (9, "!b:x")] {
-            let record = RoomRecord {
-                room_id: id.into(),
-                version: "11".into(),
-                state: 0,
-                extremities: Vec::new(),
-                depth: 0,
-                last_pos: 0,
-                joined: 0,
-                invited: 0,
-                visibility_restricted: false,
-            };
+            let record = RoomRecord::new(id, "11");
             batch.put(Table::RoomidShortroomid, id, short.to_be_bytes());
             batch.put(
                 Table::ShortroomidRoom,

@@ -38,6 +38,22 @@ fn visibility_unknown() -> bool {
 }
 
 impl RoomRecord {
+    /// The record of a room about to get its first event: no state, no extremities, no
+    /// members, and (having had no history visibility yet) no restricted visibility.
+    pub fn new(room_id: &str, version: &str) -> Self {
+        Self {
+            room_id: room_id.to_owned(),
+            version: version.to_owned(),
+            state: 0,
+            extremities: Vec::new(),
+            depth: 0,
+            last_pos: 0,
+            joined: 0,
+            invited: 0,
+            visibility_restricted: false,
+        }
+    }
+
     /// Updates the member counts for a membership going from `before` to `after`.
     pub fn count_change(&mut self, before: &str, after: &str) {
         match before {

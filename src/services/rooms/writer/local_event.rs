@@ -53,17 +53,7 @@ pub(super) fn create_room(
     let short_room = store.allocate_room();
     let mut fresh = RoomHead {
         short: short_room,
-        record: RoomRecord {
-            room_id: room_id.to_owned(),
-            version: version.as_str().to_owned(),
-            state: 0,
-            extremities: Vec::new(),
-            depth: 0,
-            last_pos: 0,
-            joined: 0,
-            invited: 0,
-            visibility_restricted: false,
-        },
+        record: RoomRecord::new(room_id, version.as_str()),
         version,
         state: StateMap::default(),
         cache: HashMap::new(),

@@ -161,17 +161,7 @@ pub(super) fn empty_room(
 ) -> MatrixResult<RoomHead> {
     let store = &ctx.store;
     let short = store.allocate_room();
-    let record = RoomRecord {
-        room_id: room_id.to_owned(),
-        version: version.as_str().to_owned(),
-        state: 0,
-        extremities: Vec::new(),
-        depth: 0,
-        last_pos: 0,
-        joined: 0,
-        invited: 0,
-        visibility_restricted: false,
-    };
+    let record = RoomRecord::new(room_id, version.as_str());
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short.to_be_bytes());
     batch.put(Table::ShortroomidRoom, short.to_be_bytes(), encode(&record));
