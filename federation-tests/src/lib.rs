@@ -350,6 +350,36 @@ impl User {
 }
 
 impl User {
+    /// The same user logged in again (password login): a new device with its own token,
+    /// on whichever server (ourwhats or Synapse) `base` names.
+    pub async fn login_another_device(&self) -> Result<Self, String> {
+        let login: serde_json::Value = self
+            .http
+            .post(format!("{}/_matrix/client/v3/login", self.base))
+            .json(&serde_json::json!({
+                "type": "m.login.password",
+                "password": "correct horse battery",
+                "identifier": {"type": "m.id.user", "user": self.user_id},
+            }))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let field = |name: &str| {
+            login[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("a login answer without {name}: {login}"))
+        };
+        Ok(Self {
+            token: field("access_token")?,
+            device_id: field("device_id")?,
+            ..self.clone()
+        })
+    }
+
     /// Uploads signed device keys for this user's device (the key made from `seed`);
     /// answers their `keys` object.
     pub async fn upload_device_keys(&self, seed: u8) -> serde_json::Value {

@@ -783,23 +783,7 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let login: Value = http
-        .post(format!("{}/_matrix/client/v3/login", synapse.client_url))
-        .json(
-            &json!({"type": "m.login.password", "password": "correct horse battery",
-                      "identifier": {"type": "m.id.user", "user": sam.user_id}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sams_phone = User {
-        token: login["access_token"].as_str().expect("a token").to_owned(),
-        device_id: login["device_id"].as_str().expect("a device").to_owned(),
-        ..sam.clone()
-    };
+    let sams_phone = sam.login_another_device().await.unwrap();
     sams_phone.upload_device_keys(12).await;
     let mut both = vec![sam.device_id.clone(), sams_phone.device_id.clone()];
     both.sort();

@@ -248,19 +248,7 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     // down again alice gets both devices.
     let (_, before) = alice.get("/sync?timeout=0").await;
     let since = before["next_batch"].as_str().unwrap().to_owned();
-    let (status, login) = bob
-        .post(
-            "/login",
-            serde_json::json!({"type": "m.login.password", "user": bob.user_id,
-                               "password": "correct horse battery"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    let phone = User {
-        token: login["access_token"].as_str().unwrap().to_owned(),
-        device_id: login["device_id"].as_str().unwrap().to_owned(),
-        ..bob.clone()
-    };
+    let phone = bob.login_another_device().await.unwrap();
     phone.upload_device_keys(8).await;
     assert!(device_list_changes(&alice, since, &bob.user_id).await);
     let mut both = vec![bob.device_id.clone(), phone.device_id.clone()];
@@ -367,19 +355,7 @@ async fn a_device_list_kept_from_a_room_left_is_fetched_again_after_joining_anot
         .post(&format!("/rooms/{}/leave", enc(&first)), json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, login) = bob
-        .post(
-            "/login",
-            json!({"type": "m.login.password", "user": bob.user_id,
-                   "password": "correct horse battery"}),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    let phone = User {
-        token: login["access_token"].as_str().unwrap().to_owned(),
-        device_id: login["device_id"].as_str().unwrap().to_owned(),
-        ..bob.clone()
-    };
+    let phone = bob.login_another_device().await.unwrap();
     phone.upload_device_keys(8).await;
     // Bob's own room on his server; alice joins it through his server.
     let second = bob.create_room(json!({"preset": "public_chat"})).await;
