@@ -36,7 +36,12 @@ pub use tables::Table;
 ///   written under version 1 lack it and are still read (the id then comes from
 ///   `shorteventid_eventid`), so a version-1 database opens as version 2 unchanged; a
 ///   version-1 build refuses a version-2 database instead of misreading its records.
-pub const SCHEMA_VERSION: u64 = 2;
+/// - 3: PDUs are keyed by room and event (`shortroomid_shorteventid_pdu`) instead of by
+///   event (`shorteventid_pdu`), and timeline entries carry their event's metadata
+///   record. The rooms service moves a version-1 or -2 database's records at start-up,
+///   before it serves (a move cut short resumes at the next start); an older build
+///   refuses the version-3 database instead of finding no PDU.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// The oldest schema version this build reads as it is (see [`SCHEMA_VERSION`]).
 const OLDEST_READABLE_SCHEMA: u64 = 1;
@@ -400,7 +405,7 @@ impl Db {
                     tracing::info!(
                         from = found,
                         to = SCHEMA_VERSION,
-                        "schema version raised (older records are read as they are)"
+                        "schema version raised (older records are read as they are or moved at start-up)"
                     );
                     self.write_schema_version()
                 } else {
@@ -522,6 +527,13 @@ impl Db {
         self.db
             .iterator_cf_opt(self.cf(table), read, mode)
             .map(|item| item.map_err(StorageError::from))
+    }
+
+    /// Compacts the whole of `table`: after a migration emptied it, so that the deletions
+    /// it left cost later reads nothing.
+    pub fn compact(&self, table: Table) {
+        self.db
+            .compact_range_cf(self.cf(table), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Flushes memtables to disk (used at shutdown so the next start replays little WAL).
@@ -685,20 +697,22 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_opens_and_is_marked_version_2() {
-        let dir = tempfile::tempdir().unwrap();
-        {
+    fn version_1_and_2_databases_open_and_are_marked_version_3() {
+        for old in [1u64, 2] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+                let mut batch = db.batch();
+                batch.put(Table::Meta, SCHEMA_VERSION_KEY, old.to_be_bytes());
+                db.commit_blocking(batch).unwrap();
+            }
             let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-            let mut batch = db.batch();
-            batch.put(Table::Meta, SCHEMA_VERSION_KEY, 1u64.to_be_bytes());
-            db.commit_blocking(batch).unwrap();
+            assert_eq!(
+                db.get(Table::Meta, SCHEMA_VERSION_KEY).unwrap().as_deref(),
+                Some(&SCHEMA_VERSION.to_be_bytes()[..])
+            );
         }
-        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        assert_eq!(
-            db.get(Table::Meta, SCHEMA_VERSION_KEY).unwrap().as_deref(),
-            Some(&SCHEMA_VERSION.to_be_bytes()[..])
-        );
-        assert_eq!(SCHEMA_VERSION, 2);
+        assert_eq!(SCHEMA_VERSION, 3);
     }
 
     #[test]

@@ -46,15 +46,23 @@ pub enum Table {
     /// `short room id (u64 BE) -> RoomRecord` (room id, version, current state snapshot,
     /// forward extremities, depth): a room's head, rewritten with each event. Owner: rooms.
     ShortroomidRoom,
-    /// `short event id (u64 BE) -> PDU` (federation format; redacted in place when a
-    /// redaction applies). Owner: rooms.
+    /// `short event id (u64 BE) -> PDU`: where schema versions 1 and 2 kept PDUs; emptied
+    /// into `shortroomid_shorteventid_pdu` at start-up (see `services/rooms/migrations.rs`).
+    /// Owner: rooms.
     ShorteventidPdu,
+    /// `short room id (u64 BE) ++ short event id (u64 BE) -> PDU` (federation format;
+    /// redacted in place when a redaction applies): a room's events lie together, so the
+    /// latest events of a room are read from a block or two rather than one block each.
+    /// The room comes from the event's `shorteventid_meta`. Owner: rooms.
+    ShortroomidShorteventidPdu,
     /// `short event id (u64 BE) -> EventMeta` (binary: room, stream position, state
     /// snapshots before and after, replaced state event, redacting event; then the event
     /// id, in records written since schema version 2). Owner: rooms.
     ShorteventidMeta,
-    /// `short room id (u64 BE) ++ stream position (u64 BE) -> short event id (u64 BE)`:
-    /// a room's timeline in arrival order. Owner: rooms.
+    /// `short room id (u64 BE) ++ stream position (u64 BE) -> short event id (u64 BE) ++
+    /// the event's `shorteventid_meta` record`: a room's timeline in arrival order, read
+    /// without a lookup per event (entries written before schema version 3 hold the short
+    /// id alone until moved at start-up). Owner: rooms.
     ShortroomidPosShorteventid,
     /// `stream position (u64 BE) -> short room id (u64 BE)`: every event of every room in
     /// one order (the global stream). Owner: rooms.
@@ -234,6 +242,7 @@ impl Table {
         Table::RoomidShortroomid,
         Table::ShortroomidRoom,
         Table::ShorteventidPdu,
+        Table::ShortroomidShorteventidPdu,
         Table::ShorteventidMeta,
         Table::ShortroomidPosShorteventid,
         Table::PosShortroomid,
@@ -309,6 +318,7 @@ impl Table {
             Table::RoomidShortroomid => "roomid_shortroomid",
             Table::ShortroomidRoom => "shortroomid_room",
             Table::ShorteventidPdu => "shorteventid_pdu",
+            Table::ShortroomidShorteventidPdu => "shortroomid_shorteventid_pdu",
             Table::ShorteventidMeta => "shorteventid_meta",
             Table::ShortroomidPosShorteventid => "shortroomid_pos_shorteventid",
             Table::PosShortroomid => "pos_shortroomid",

@@ -673,6 +673,21 @@ async fn redactions_need_power_over_others_events() {
         event["unsigned"]["redacted_because"]["content"]["reason"],
         "oops"
     );
+    // `/messages` reads it through its timeline entry, which carries the event's
+    // metadata: the redaction shows there too.
+    let (status, page) = alice
+        .get(&format!("/rooms/{room}/messages?dir=b&limit=10"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed = page["chunk"]
+        .as_array()
+        .and_then(|chunk| chunk.iter().find(|e| e["event_id"] == bobs.as_str()))
+        .unwrap_or_else(|| panic!("{page}"));
+    assert_eq!(listed["content"], json!({}), "{listed}");
+    assert_eq!(
+        listed["unsigned"]["redacted_because"]["event_id"],
+        own["event_id"]
+    );
     // The redaction event itself names the redacted event (top level and, v11+, content).
     let redaction_id = own["event_id"].as_str().unwrap();
     let (_, redaction) = alice

@@ -98,15 +98,17 @@ pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
     let mut indexed = 0usize;
     for entry in store
         .db
-        .scan_range(Table::ShorteventidPdu, &[], &[0xff; 9], false)
+        .scan_range(Table::ShortroomidShorteventidPdu, &[], &[0xff; 17], false)
     {
         let (key, bytes) = entry?;
         // Only state events are indexed: most events are not, and need no parse.
         if !bytes.windows(11).any(|w| w == b"\"state_key\"") {
             continue;
         }
-        let short = keys::read_u64(&key)
-            .ok_or_else(|| MatrixError::internal("corrupt key in shorteventid_pdu"))?;
+        let short = key
+            .get(8..)
+            .and_then(keys::read_u64)
+            .ok_or_else(|| MatrixError::internal("corrupt key in shortroomid_shorteventid_pdu"))?;
         let Ok(pdu) = serde_json::from_slice::<Value>(&bytes) else {
             continue;
         };
@@ -157,7 +159,7 @@ fn auth_edges(
     let pdu = match pdu {
         Some(pdu) => pdu,
         None => {
-            let Some(bytes) = store.db.get(Table::ShorteventidPdu, short.to_be_bytes())? else {
+            let Some(bytes) = store.pdus(&[short])?.pop().flatten() else {
                 return Ok((Vec::new(), !out_of_band));
             };
             read = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);

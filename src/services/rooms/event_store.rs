@@ -49,9 +49,31 @@ pub(super) fn membership_key(user_id: &str, room_id: &str) -> Vec<u8> {
     keys::join(&[user_id.as_bytes(), room_id.as_bytes()])
 }
 
+/// `room short ++ event short`: the key of an event's PDU (`shortroomid_shorteventid_pdu`).
+pub(super) fn pdu_key(room: u64, short: ShortEventId) -> [u8; 16] {
+    keys::u64_pair(room, short)
+}
+
 /// `room short ++ pos`: a timeline key.
 pub(super) fn timeline_key(room: u64, pos: u64) -> [u8; 16] {
     keys::u64_pair(room, pos)
+}
+
+/// A timeline entry's value: the event's short id, then (since schema version 3) its
+/// metadata record as `shorteventid_meta` holds it, so that reading a room's latest
+/// events needs no lookup of each one's metadata. The two copies change together: an
+/// event's record is written with its place, and a redaction rewrites both.
+pub(super) fn timeline_value(short: ShortEventId, meta: &EventMeta, event_id: &str) -> Vec<u8> {
+    let mut out = short.to_be_bytes().to_vec();
+    out.extend_from_slice(&meta.encode_with_id(event_id));
+    out
+}
+
+/// The short id of a timeline entry's value and the metadata record it carries, if any
+/// (entries written before schema version 3 carry none until moved at start-up).
+pub fn read_timeline_value(value: &[u8]) -> Option<(ShortEventId, Option<&[u8]>)> {
+    let short = keys::read_u64(value.get(..8)?)?;
+    Some((short, value.get(8..).filter(|meta| !meta.is_empty())))
 }
 
 /// The rooms service's tables, read side, plus the id counters the writers share.
@@ -230,19 +252,48 @@ impl EventStore {
     }
 
     /// Several stored events by short id, in order, read in two batched reads (a third
-    /// for the ids of events whose metadata predates carrying the id).
+    /// for the ids of events whose metadata predates carrying the id): the metadata, then
+    /// the PDUs it places (a room's PDUs lie together, so a room's events share blocks).
     pub fn events(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<StoredEvent>> {
-        let keys: Vec<[u8; 8]> = shorts.iter().map(|s| s.to_be_bytes()).collect();
-        let pdus = self.db.multi_get(Table::ShorteventidPdu, &keys)?;
-        let metas = self.db.multi_get(Table::ShorteventidMeta, &keys)?;
-        let metas: Vec<Vec<u8>> = metas
+        self.events_with_metas(shorts, vec![None; shorts.len()])
+    }
+
+    /// [`EventStore::events`], with the metadata records already at hand (`Some`, by
+    /// index in `shorts`) not read again.
+    fn events_with_metas(
+        &self,
+        shorts: &[ShortEventId],
+        mut metas: Vec<Option<Vec<u8>>>,
+    ) -> MatrixResult<Vec<StoredEvent>> {
+        let missing: Vec<usize> = (0..shorts.len()).filter(|i| metas[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let read = self.db.multi_get(
+                Table::ShorteventidMeta,
+                missing.iter().map(|i| shorts[*i].to_be_bytes()),
+            )?;
+            for (i, meta) in missing.into_iter().zip(read) {
+                metas[i] = meta;
+            }
+        }
+        let metas: Vec<(Vec<u8>, EventMeta)> = metas
             .into_iter()
-            .map(|m| m.ok_or_else(|| corrupt("event without metadata")))
+            .map(|m| {
+                let bytes = m.ok_or_else(|| corrupt("event without metadata"))?;
+                let meta = EventMeta::decode(&bytes).ok_or_else(|| corrupt("event metadata"))?;
+                Ok((bytes, meta))
+            })
             .collect::<MatrixResult<_>>()?;
+        let pdus = self.db.multi_get(
+            Table::ShortroomidShorteventidPdu,
+            shorts
+                .iter()
+                .zip(&metas)
+                .map(|(short, (_, meta))| pdu_key(meta.room, *short)),
+        )?;
         let without_id: Vec<ShortEventId> = shorts
             .iter()
             .zip(&metas)
-            .filter(|(_, meta)| EventMeta::decode_event_id(meta).is_none())
+            .filter(|(_, (bytes, _))| EventMeta::decode_event_id(bytes).is_none())
             .map(|(short, _)| *short)
             .collect();
         let older_ids = match without_id.is_empty() {
@@ -254,10 +305,8 @@ impl EventStore {
             .iter()
             .zip(pdus)
             .zip(metas)
-            .map(|((short, pdu), meta_bytes)| {
+            .map(|((short, pdu), (meta_bytes, meta))| {
                 let pdu = pdu.ok_or_else(|| corrupt("event without PDU"))?;
-                let meta =
-                    EventMeta::decode(&meta_bytes).ok_or_else(|| corrupt("event metadata"))?;
                 let event_id = match EventMeta::decode_event_id(&meta_bytes) {
                     Some(id) => id.to_owned(),
                     None => older_ids.next().ok_or_else(|| corrupt("event id"))?,
@@ -268,15 +317,47 @@ impl EventStore {
             .collect()
     }
 
-    /// The stored PDU of an event, as JSON bytes.
-    fn pdu_bytes(&self, short: ShortEventId) -> MatrixResult<Vec<u8>> {
-        self.db
-            .get(Table::ShorteventidPdu, short.to_be_bytes())?
-            .ok_or_else(|| corrupt("event without PDU"))
+    /// The stored PDUs of some events, as JSON bytes, in order (`None` for an event not
+    /// held): their metadata places them.
+    pub fn pdus(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<Option<Vec<u8>>>> {
+        let metas = self.db.multi_get(
+            Table::ShorteventidMeta,
+            shorts.iter().map(|s| s.to_be_bytes()),
+        )?;
+        let keys: Vec<Option<[u8; 16]>> = shorts
+            .iter()
+            .zip(metas)
+            .map(|(short, meta)| {
+                let meta = meta.and_then(|m| EventMeta::decode(&m));
+                meta.map(|m| pdu_key(m.room, *short))
+            })
+            .collect();
+        let mut pdus = self
+            .db
+            .multi_get(Table::ShortroomidShorteventidPdu, keys.iter().flatten())?
+            .into_iter();
+        Ok(keys
+            .iter()
+            .map(|key| key.and_then(|_| pdus.next().flatten()))
+            .collect())
     }
 
-    /// `content[field]` of a stored event when it is a string: the PDU alone is read, and
-    /// nothing else of it is kept.
+    /// The stored metadata (as stored) and PDU (JSON bytes) of an event.
+    fn meta_and_pdu(&self, short: ShortEventId) -> MatrixResult<(Vec<u8>, Vec<u8>)> {
+        let bytes = self
+            .db
+            .get(Table::ShorteventidMeta, short.to_be_bytes())?
+            .ok_or_else(|| corrupt("event without metadata"))?;
+        let meta = EventMeta::decode(&bytes).ok_or_else(|| corrupt("event metadata"))?;
+        let pdu = self
+            .db
+            .get(Table::ShortroomidShorteventidPdu, pdu_key(meta.room, short))?
+            .ok_or_else(|| corrupt("event without PDU"))?;
+        Ok((bytes, pdu))
+    }
+
+    /// `content[field]` of a stored event when it is a string: nothing else of the PDU is
+    /// kept.
     pub fn content_str(&self, short: ShortEventId, field: &str) -> MatrixResult<Option<String>> {
         use serde_json::value::RawValue;
         type Fields<'a> = HashMap<String, &'a RawValue>;
@@ -285,7 +366,7 @@ impl EventStore {
             #[serde(borrow)]
             content: Option<&'a RawValue>,
         }
-        let bytes = self.pdu_bytes(short)?;
+        let (_, bytes) = self.meta_and_pdu(short)?;
         let pdu: Pdu<'_> = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
         let fields: Option<Fields<'_>> =
             pdu.content.and_then(|c| serde_json::from_str(c.get()).ok());
@@ -294,8 +375,8 @@ impl EventStore {
             .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok()))
     }
 
-    /// The id, content and sender of a stored event: its PDU is read without the
-    /// metadata, and only those fields are kept (for `unsigned.prev_content`).
+    /// The id, content and sender of a stored event: only those fields of its PDU are kept
+    /// (for `unsigned.prev_content`).
     pub fn content_and_sender(&self, short: ShortEventId) -> MatrixResult<EventSummary> {
         use serde_json::value::RawValue;
         #[derive(serde::Deserialize)]
@@ -305,7 +386,7 @@ impl EventStore {
             #[serde(borrow)]
             sender: Option<&'a RawValue>,
         }
-        let bytes = self.pdu_bytes(short)?;
+        let (meta, bytes) = self.meta_and_pdu(short)?;
         let pdu: Pdu<'_> = serde_json::from_slice(&bytes).map_err(|_| corrupt("PDU JSON"))?;
         // Read as leniently as a parsed PDU was: a sender that is not a string counts as "".
         let content = match pdu.content {
@@ -313,7 +394,10 @@ impl EventStore {
             None => Value::Object(Default::default()),
         };
         Ok(EventSummary {
-            event_id: self.state.event_id_of(short)?,
+            event_id: match EventMeta::decode_event_id(&meta) {
+                Some(id) => id.to_owned(),
+                None => self.state.event_id_of(short)?,
+            },
             content,
             sender: stored_event::string(pdu.sender).unwrap_or_default(),
         })
@@ -418,6 +502,42 @@ impl EventStore {
         backwards: bool,
         limit: usize,
     ) -> MatrixResult<Vec<(u64, ShortEventId)>> {
+        self.timeline_entries(room, (from, to), backwards, limit)
+            .map(|entries| {
+                entries
+                    .into_iter()
+                    .map(|(pos, short, _)| (pos, short))
+                    .collect()
+            })
+    }
+
+    /// [`EventStore::timeline`]'s events, loaded: their metadata comes with the timeline
+    /// entries, so only their PDUs are read (together, from the room's blocks).
+    pub fn timeline_events(
+        &self,
+        room: u64,
+        (from, to): (u64, u64),
+        backwards: bool,
+        limit: usize,
+    ) -> MatrixResult<Vec<(u64, StoredEvent)>> {
+        let entries = self.timeline_entries(room, (from, to), backwards, limit)?;
+        let shorts: Vec<ShortEventId> = entries.iter().map(|(_, short, _)| *short).collect();
+        let positions: Vec<u64> = entries.iter().map(|(pos, _, _)| *pos).collect();
+        let metas = entries.into_iter().map(|(_, _, meta)| meta).collect();
+        let events = self.events_with_metas(&shorts, metas)?;
+        Ok(positions.into_iter().zip(events).collect())
+    }
+
+    /// A timeline's entries: position, short id and the metadata record the entry
+    /// carries (`None` for an entry from before schema version 3, or one whose copy does
+    /// not name its own place, which is then read from `shorteventid_meta`).
+    fn timeline_entries(
+        &self,
+        room: u64,
+        (from, to): (u64, u64),
+        backwards: bool,
+        limit: usize,
+    ) -> MatrixResult<Vec<TimelineEntry>> {
         let lower = timeline_key(room, from);
         let upper = timeline_key(room, to);
         let mut out = Vec::new();
@@ -428,15 +548,20 @@ impl EventStore {
         {
             let (key, value) = entry?;
             let pos = key.get(8..16).and_then(keys::read_u64);
-            let short = keys::read_u64(&value);
-            match (pos, short) {
-                (Some(pos), Some(short)) => out.push((pos, short)),
+            match (pos, read_timeline_value(&value)) {
+                (Some(pos), Some((short, meta))) => {
+                    let placed = |m: &&[u8]| EventMeta::decode(m).is_some_and(|m| m.pos == pos);
+                    out.push((pos, short, meta.filter(placed).map(<[u8]>::to_vec)));
+                }
                 _ => return Err(corrupt("timeline entry")),
             }
         }
         Ok(out)
     }
 }
+
+/// A timeline entry read: position, short event id, the metadata record it carries.
+type TimelineEntry = (u64, ShortEventId, Option<Vec<u8>>);
 
 impl crate::services::outbox::PduStore for EventStore {
     fn pdu(&self, event_id: &str) -> Option<Value> {
@@ -475,7 +600,7 @@ mod tests {
             let short = store.state.intern_new_event(id, &mut batch);
             let pdu =
                 format!(r#"{{"type":"m.room.message","sender":"@a:x","content":{{"n":{i}}}}}"#);
-            batch.put(Table::ShorteventidPdu, short.to_be_bytes(), pdu);
+            batch.put(Table::ShortroomidShorteventidPdu, pdu_key(1, short), pdu);
             // Schema version 1 wrote the fixed fields alone; version 2 adds the id.
             let record = match id {
                 "$new:x" => meta(i as u64).encode_with_id(id),

@@ -156,19 +156,23 @@ impl Rooms {
                     more_after: more.then_some(last),
                 });
             }
-            let want = (limit - events.len()).clamp(16, 256);
+            // The first page asks for just what is missing (most events pass); pages after
+            // it, where the filter or visibility dropped some, ask for more at a time.
+            let missing = limit - events.len();
+            let want = match scanned {
+                0 => missing.min(256),
+                _ => missing.clamp(16, 256),
+            };
             let page = self
                 .store
-                .timeline(room.short, lower, upper, backwards, want)?;
+                .timeline_events(room.short, (lower, upper), backwards, want)?;
             if page.is_empty() {
                 return Ok(Scan {
                     events,
                     more_after: None,
                 });
             }
-            let shorts: Vec<u64> = page.iter().map(|(_, s)| *s).collect();
-            let loaded = self.store.events(&shorts)?;
-            for (event, (pos, _)) in loaded.into_iter().zip(page) {
+            for (pos, event) in page {
                 scanned += 1;
                 if backwards {
                     upper = pos;

@@ -31,6 +31,7 @@ pub mod guests;
 pub mod history;
 pub mod members;
 pub mod membership;
+pub mod migrations;
 pub mod out_of_room;
 pub mod receive;
 pub mod records;
@@ -112,6 +113,7 @@ impl Rooms {
         (default_version, outbox): (RoomVersion, Arc<crate::services::outbox::Outbox>),
     ) -> MatrixResult<Self> {
         let store = Arc::new(EventStore::open(db, stream)?);
+        migrations::run(&store)?;
         auth_index::build_if_missing(&store)?;
         let writers = Writers::new(WriterContext {
             store: Arc::clone(&store),

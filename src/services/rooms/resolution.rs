@@ -253,10 +253,7 @@ fn prefetch(
             break;
         }
         let ids = store.state.event_ids_of(&wanted)?;
-        let pdus = store.db.multi_get(
-            crate::storage::Table::ShorteventidPdu,
-            wanted.iter().map(|s| s.to_be_bytes()),
-        )?;
+        let pdus = store.pdus(&wanted)?;
         let records = graph::records(store, &wanted)?;
         let mut next = Vec::new();
         for (((short, id), pdu), record) in wanted.iter().zip(ids).zip(pdus).zip(records) {

@@ -233,7 +233,7 @@ pub fn index_existing_events(db: &Db, store: &EventStore) -> MatrixResult<()> {
     };
     for entry in db.scan_prefix(Table::ShortroomidPosShorteventid, &[]) {
         let (_, value) = entry?;
-        let short = keys::read_u64(&value)
+        let (short, _) = crate::services::rooms::event_store::read_timeline_value(&value)
             .ok_or_else(|| MatrixError::internal("corrupt timeline entry"))?;
         chunk.push(short);
         if chunk.len() == BACKFILL_BATCH {

@@ -87,7 +87,7 @@ pub(super) fn place(
         redacted_by: 0,
     };
     put_event(&mut batch, (short, event_id), pdu, &meta);
-    put_timeline_place(&mut batch, head.short, pos, short, pdu);
+    put_timeline_place(&mut batch, (short, event_id), pdu, &meta);
 
     if let Some((rel_type, parent_id)) = relation_of(pdu) {
         let child = crate::services::rooms::aggregates::Child {

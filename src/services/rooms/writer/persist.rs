@@ -11,7 +11,9 @@ use crate::error::MatrixResult;
 use crate::services::outbox::Outbox;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::aggregates::Child;
-use crate::services::rooms::event_store::{membership_key, timeline_key, EventStore, StoredEvent};
+use crate::services::rooms::event_store::{
+    membership_key, pdu_key, timeline_key, timeline_value, EventStore, StoredEvent,
+};
 use crate::services::rooms::graph;
 use crate::services::rooms::records::{EventMeta, MembershipRecord, RoomRecord};
 use crate::services::rooms::state_store::ShortEventId;
@@ -119,7 +121,7 @@ pub(super) fn write_event(
         redacted_by: 0,
     };
     put_event(&mut batch, (short, &event_id), pdu, &meta);
-    put_timeline_place(&mut batch, head.short, pos, short, pdu);
+    put_timeline_place(&mut batch, (short, &event_id), pdu, &meta);
 
     let mut record = head.record.clone();
     note_history_visibility(&mut record, pdu);
@@ -255,7 +257,11 @@ pub(super) fn put_event(
     pdu: &Value,
     meta: &EventMeta,
 ) {
-    batch.put(Table::ShorteventidPdu, short.to_be_bytes(), encode(pdu));
+    batch.put(
+        Table::ShortroomidShorteventidPdu,
+        pdu_key(meta.room, short),
+        encode(pdu),
+    );
     batch.put(
         Table::ShorteventidMeta,
         short.to_be_bytes(),
@@ -263,19 +269,19 @@ pub(super) fn put_event(
     );
 }
 
-/// The rows that give an event its place in the room's timeline and the stream, and in
-/// the timestamp index.
+/// The rows that give event `short` (`event_id`, with `meta`) its place `meta.pos` in
+/// the room's timeline and the stream, and in the timestamp index.
 pub(super) fn put_timeline_place(
     batch: &mut Batch<'_>,
-    room: u64,
-    pos: u64,
-    short: ShortEventId,
+    (short, event_id): (ShortEventId, &str),
     pdu: &Value,
+    meta: &EventMeta,
 ) {
+    let (room, pos) = (meta.room, meta.pos);
     batch.put(
         Table::ShortroomidPosShorteventid,
         timeline_key(room, pos),
-        short.to_be_bytes(),
+        timeline_value(short, meta, event_id),
     );
     batch.put(Table::PosShortroomid, pos.to_be_bytes(), room.to_be_bytes());
     let ts = pdu

@@ -4,7 +4,9 @@
 use crate::core::redaction::redact;
 use crate::error::{MatrixError, MatrixResult};
 use crate::services::records::encode;
-use crate::services::rooms::event_store::{EventStore, StoredEvent};
+use crate::services::rooms::event_store::{
+    pdu_key, timeline_key, timeline_value, EventStore, StoredEvent,
+};
 use crate::services::rooms::records::EventMeta;
 use crate::services::rooms::state_store::ShortEventId;
 use crate::storage::{Batch, Table};
@@ -69,8 +71,8 @@ pub(super) fn apply_redaction(
     }
     let redacted = redact(target.pdu(), head.version);
     batch.put(
-        Table::ShorteventidPdu,
-        target.short.to_be_bytes(),
+        Table::ShortroomidShorteventidPdu,
+        pdu_key(target.meta.room, target.short),
         encode(&redacted),
     );
     let meta = EventMeta {
@@ -82,6 +84,14 @@ pub(super) fn apply_redaction(
         target.short.to_be_bytes(),
         meta.encode_with_id(&target.event_id),
     );
+    if target.has_timeline_place() {
+        // The timeline entry carries a copy of the record.
+        batch.put(
+            Table::ShortroomidPosShorteventid,
+            timeline_key(meta.room, meta.pos),
+            timeline_value(target.short, &meta, &target.event_id),
+        );
+    }
     // A redacted state event stays in the state, redacted: drop the parsed copy.
     head.cache.remove(&target.short);
     Ok(Some(target))

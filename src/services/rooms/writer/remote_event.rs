@@ -807,7 +807,7 @@ fn accept(
         redacted_by: 0,
     };
     put_event(&mut batch, (short, event_id), pdu, &meta);
-    put_timeline_place(&mut batch, head.short, pos, short, pdu);
+    put_timeline_place(&mut batch, (short, event_id), pdu, &meta);
 
     let mut record = head.record.clone();
     let mut member = None;
