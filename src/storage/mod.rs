@@ -43,7 +43,8 @@ pub use tables::Table;
 ///   refuses the version-3 database instead of finding no PDU.
 pub const SCHEMA_VERSION: u64 = 3;
 
-/// The oldest schema version this build reads as it is (see [`SCHEMA_VERSION`]).
+/// The oldest schema version this build opens, reading its records as they are or moving
+/// them at start-up (see [`SCHEMA_VERSION`]).
 const OLDEST_READABLE_SCHEMA: u64 = 1;
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";

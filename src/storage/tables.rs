@@ -46,9 +46,9 @@ pub enum Table {
     /// `short room id (u64 BE) -> RoomRecord` (room id, version, current state snapshot,
     /// forward extremities, depth): a room's head, rewritten with each event. Owner: rooms.
     ShortroomidRoom,
-    /// `short event id (u64 BE) -> PDU`: where schema versions 1 and 2 kept PDUs; emptied
-    /// into `shortroomid_shorteventid_pdu` at start-up (see `services/rooms/migrations.rs`).
-    /// Owner: rooms.
+    /// `short event id (u64 BE) -> PDU`: where schema versions 1 and 2 kept PDUs; moved
+    /// into `shortroomid_shorteventid_pdu` at start-up (see `services/rooms/migrations.rs`;
+    /// a PDU without metadata, which no read reaches, stays). Owner: rooms.
     ShorteventidPdu,
     /// `short room id (u64 BE) ++ short event id (u64 BE) -> PDU` (federation format;
     /// redacted in place when a redaction applies): a room's events lie together, so the
@@ -57,12 +57,15 @@ pub enum Table {
     ShortroomidShorteventidPdu,
     /// `short event id (u64 BE) -> EventMeta` (binary: room, stream position, state
     /// snapshots before and after, replaced state event, redacting event; then the event
-    /// id, in records written since schema version 2). Owner: rooms.
+    /// id, in records written since schema version 2). The timeline entry of an event with
+    /// a place holds a copy: whoever writes one writes both. Owner: rooms.
     ShorteventidMeta,
     /// `short room id (u64 BE) ++ stream position (u64 BE) -> short event id (u64 BE) ++
     /// the event's `shorteventid_meta` record`: a room's timeline in arrival order, read
-    /// without a lookup per event (entries written before schema version 3 hold the short
-    /// id alone until moved at start-up). Owner: rooms.
+    /// without a lookup per event. Entries written before schema version 3 held the short
+    /// id alone; the move at start-up adds the record, except where it is a version-1
+    /// record without the event id (read through `shorteventid_meta` as before). Owner:
+    /// rooms.
     ShortroomidPosShorteventid,
     /// `stream position (u64 BE) -> short room id (u64 BE)`: every event of every room in
     /// one order (the global stream). Owner: rooms.

@@ -3,16 +3,21 @@
 
 use super::event_store::{pdu_key, read_timeline_value, timeline_value, EventStore};
 use super::records::EventMeta;
-use crate::error::{MatrixError, MatrixResult};
+use crate::error::MatrixResult;
 use crate::storage::{keys, Batch, Entry, Table};
 
 /// The `meta` record saying the PDUs are keyed by room (schema version 3).
 const PDUS_BY_ROOM: &[u8] = b"pdus_by_room";
+/// The `meta` record saying the emptied `shorteventid_pdu` was compacted (its files,
+/// deletions and all, held the disk space of every PDU until then).
+const OLD_PDUS_COMPACTED: &[u8] = b"old_pdus_compacted";
 /// The `meta` record saying timeline entries carry their event's metadata (schema
 /// version 3).
 const TIMELINE_METAS: &[u8] = b"timeline_metas";
-/// Entries rewritten per write batch.
+/// Entries rewritten per write batch at most.
 const MOVE_BATCH: usize = 10_000;
+/// Bytes of entries rewritten per write batch at most (PDUs run to 64 KiB).
+const MOVE_BATCH_BYTES: usize = 16 << 20;
 
 /// Runs every move the database still needs.
 pub fn run(store: &EventStore) -> MatrixResult<()> {
@@ -21,9 +26,10 @@ pub fn run(store: &EventStore) -> MatrixResult<()> {
 }
 
 /// Schema version 3: moves each PDU of `shorteventid_pdu` to its room's place in
-/// `shortroomid_shorteventid_pdu` (the room comes from the event's metadata). A PDU
-/// without metadata (no room to put it under, and never readable) stays where it is,
-/// counted in the log.
+/// `shortroomid_shorteventid_pdu` (the room comes from the event's metadata), then
+/// compacts the emptied table once. A PDU without metadata or with a key that is not a
+/// short id (no room to put it under, and never readable) stays where it is, counted in
+/// the log.
 fn move_pdus_by_room(store: &EventStore) -> MatrixResult<()> {
     let (mut moved, mut unplaced) = (0usize, 0usize);
     let done = rewrite(
@@ -32,12 +38,11 @@ fn move_pdus_by_room(store: &EventStore) -> MatrixResult<()> {
         PDUS_BY_ROOM,
         |batch, entry, meta| {
             let (key, pdu) = entry;
-            let Some(meta) = meta.as_deref().and_then(EventMeta::decode) else {
+            let meta = meta.as_deref().and_then(EventMeta::decode);
+            let (Some(meta), Some(short)) = (meta, keys::read_u64(&key)) else {
                 unplaced += 1;
                 return Ok(());
             };
-            let short = keys::read_u64(&key)
-                .ok_or_else(|| MatrixError::internal("corrupt key in shorteventid_pdu"))?;
             batch.put(
                 Table::ShortroomidShorteventidPdu,
                 pdu_key(meta.room, short),
@@ -48,21 +53,24 @@ fn move_pdus_by_room(store: &EventStore) -> MatrixResult<()> {
             Ok(())
         },
     )?;
-    if !done {
-        return Ok(());
-    }
-    if moved > 0 {
-        store.db.compact(Table::ShorteventidPdu);
+    if done && moved + unplaced > 0 {
         tracing::info!(
             moved,
+            unplaced,
             "PDUs moved to their rooms' places (schema version 3)"
         );
     }
     if unplaced > 0 {
         tracing::warn!(
             unplaced,
-            "PDUs without metadata left in shorteventid_pdu: no event reads them"
+            "PDUs without metadata or a readable key left in shorteventid_pdu: no event reads them"
         );
+    }
+    if store.db.get(Table::Meta, OLD_PDUS_COMPACTED)?.is_none() {
+        store.db.compact(Table::ShorteventidPdu);
+        let mut batch = store.db.batch();
+        batch.put(Table::Meta, OLD_PDUS_COMPACTED, b"1");
+        store.db.commit_blocking(batch)?;
     }
     Ok(())
 }
@@ -127,14 +135,16 @@ fn rewrite(
     };
     let mut chunk: Vec<Entry> = Vec::with_capacity(MOVE_BATCH);
     let mut entries = db.scan_range(table, &[], &[0xff; 17], false);
-    let mut done = 0usize;
+    let (mut done, mut bytes) = (0usize, 0usize);
     loop {
         let entry = entries.next().transpose()?;
         let end = entry.is_none();
+        bytes += entry.as_ref().map_or(0, |(k, v)| k.len() + v.len());
         chunk.extend(entry);
-        if chunk.len() < MOVE_BATCH && !end {
+        if chunk.len() < MOVE_BATCH && bytes < MOVE_BATCH_BYTES && !end {
             continue;
         }
+        bytes = 0;
         let shorts: Vec<Vec<u8>> = chunk
             .iter()
             .map(|e| short_of(e).unwrap_or_default())
@@ -181,7 +191,8 @@ mod tests {
 
     /// A version-2 database cut short in its move: event 0 already in its room's place,
     /// the others in the old tables (PDU by event, timeline entries without metadata),
-    /// and one PDU without metadata at all. Events are in rooms 1 to 3, in turn.
+    /// one PDU without metadata at all and one whose key is not a short id. Events are in
+    /// rooms 1 to 3, in turn.
     fn version_2_store(events: u64) -> (tempfile::TempDir, EventStore, Vec<u64>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
@@ -219,6 +230,7 @@ mod tests {
             shorts.push(short);
         }
         batch.put(Table::ShorteventidPdu, 999_999u64.to_be_bytes(), b"{}");
+        batch.put(Table::ShorteventidPdu, b"\xff\xffbad", b"{}");
         db.commit_blocking(batch).unwrap();
         (dir, store, shorts)
     }
@@ -240,7 +252,12 @@ mod tests {
             .scan_range(Table::ShorteventidPdu, &[], &[0xff; 9], false)
             .map(|e| e.unwrap().0)
             .collect();
-        assert_eq!(left, [999_999u64.to_be_bytes().to_vec().into_boxed_slice()]);
+        let unreadable: [Box<[u8]>; 2] = [
+            Box::from(&999_999u64.to_be_bytes()[..]),
+            Box::from(&b"\xff\xffbad"[..]),
+        ];
+        assert_eq!(left, unreadable);
+        assert!(db.get(Table::Meta, OLD_PDUS_COMPACTED).unwrap().is_some());
         let in_room_1 = db
             .scan_prefix(Table::ShortroomidShorteventidPdu, &1u64.to_be_bytes())
             .count();

@@ -11,8 +11,8 @@
 //! - [`visibility`], [`guests`], [`filter`], [`client_event`], [`tokens`]: the rules and formats
 //!   those share.
 //!
-//! Owns the tables `roomid_shortroomid`, `shortroomid_room`, `shorteventid_pdu`,
-//! `shorteventid_meta`, `shortroomid_pos_shorteventid`, `pos_shortroomid`,
+//! Owns the tables `roomid_shortroomid`, `shortroomid_room`, `shortroomid_shorteventid_pdu`,
+//! `shorteventid_pdu` (emptied by [`migrations`]), `shorteventid_meta`, `shortroomid_pos_shorteventid`, `pos_shortroomid`,
 //! `userid_roomid_membership`, `txnid_eventid`, `shorteventid_txnid`, `relates_pos_child`,
 //! `shortroomid_threadpos`, `threadroot_latestpos`, `shorteventid_aggregates`,
 //! `eventid_pendingrelation`, `alias_roomid`, `roomid_alias`,
