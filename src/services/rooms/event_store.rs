@@ -317,29 +317,54 @@ impl EventStore {
             .collect()
     }
 
-    /// The stored PDUs of some events, as JSON bytes, in order (`None` for an event not
-    /// held): their metadata places them.
-    pub fn pdus(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<Option<Vec<u8>>>> {
+    /// The ids and stored PDUs (JSON bytes) of some events, in order (`None` for a PDU
+    /// not held): their metadata places the PDUs and carries the ids (the id table is
+    /// read only for records from before it did).
+    pub fn ids_and_pdus(
+        &self,
+        shorts: &[ShortEventId],
+    ) -> MatrixResult<Vec<(String, Option<Vec<u8>>)>> {
         let metas = self.db.multi_get(
             Table::ShorteventidMeta,
             shorts.iter().map(|s| s.to_be_bytes()),
         )?;
         let keys: Vec<Option<[u8; 16]>> = shorts
             .iter()
-            .zip(metas)
+            .zip(&metas)
             .map(|(short, meta)| {
-                let meta = meta.and_then(|m| EventMeta::decode(&m));
+                let meta = meta.as_deref().and_then(EventMeta::decode);
                 meta.map(|m| pdu_key(m.room, *short))
             })
             .collect();
+        let carried: Vec<Option<&str>> = metas
+            .iter()
+            .map(|m| m.as_deref().and_then(EventMeta::decode_event_id))
+            .collect();
+        let without_id: Vec<ShortEventId> = shorts
+            .iter()
+            .zip(&carried)
+            .filter(|(_, id)| id.is_none())
+            .map(|(short, _)| *short)
+            .collect();
+        let mut older_ids = match without_id.is_empty() {
+            true => Vec::new(),
+            false => self.state.event_ids_of(&without_id)?,
+        }
+        .into_iter();
         let mut pdus = self
             .db
             .multi_get(Table::ShortroomidShorteventidPdu, keys.iter().flatten())?
             .into_iter();
-        Ok(keys
-            .iter()
-            .map(|key| key.and_then(|_| pdus.next().flatten()))
-            .collect())
+        keys.iter()
+            .zip(carried)
+            .map(|(key, id)| {
+                let id = match id {
+                    Some(id) => id.to_owned(),
+                    None => older_ids.next().ok_or_else(|| corrupt("event id"))?,
+                };
+                Ok((id, key.and_then(|_| pdus.next().flatten())))
+            })
+            .collect()
     }
 
     /// The stored metadata (as stored) and PDU (JSON bytes) of an event.

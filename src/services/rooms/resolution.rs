@@ -252,13 +252,12 @@ fn prefetch(
         if wanted.is_empty() {
             break;
         }
-        let ids = store.state.event_ids_of(&wanted)?;
-        let pdus = store.pdus(&wanted)?;
+        let ids_and_pdus = store.ids_and_pdus(&wanted)?;
         let records = graph::records(store, &wanted)?;
         let mut next = Vec::new();
-        for (((short, id), pdu), record) in wanted.iter().zip(ids).zip(pdus).zip(records) {
+        for ((short, (id, pdu)), record) in wanted.iter().zip(ids_and_pdus).zip(records) {
             names.ids.borrow_mut().insert(*short, id.clone());
-            let Some(pdu) = pdu.and_then(|p| serde_json::from_slice::<Value>(&p).ok()) else {
+            let Some(pdu) = pdu.and_then(|p| parse_for_resolution(&p)) else {
                 continue;
             };
             let rejected = matches!(
@@ -273,6 +272,23 @@ fn prefetch(
         wanted = next;
     }
     Ok(())
+}
+
+/// A stored PDU as state resolution reads it: every top-level field but `signatures`,
+/// `hashes` and `unsigned`, which neither the algorithm nor the auth rules read (checked
+/// on receipt) and which are a good part of a member event's bytes and allocations.
+fn parse_for_resolution(bytes: &[u8]) -> Option<Value> {
+    use serde_json::value::RawValue;
+    type Fields<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+    let fields: Fields<'_> = serde_json::from_slice(bytes).ok()?;
+    let mut out = serde_json::Map::new();
+    for (name, raw) in fields {
+        if matches!(name.as_str(), "signatures" | "hashes" | "unsigned") {
+            continue;
+        }
+        out.insert(name, serde_json::from_str(raw.get()).ok()?);
+    }
+    Some(Value::Object(out))
 }
 
 /// Drops `value` on a thread of the blocking pool rather than the room writer's: a
