@@ -252,6 +252,8 @@ fn walk_back(
             marks.entry(*event).or_default().own |= 1 << i;
         }
     }
+    let starts: Vec<ShortEventId> = marks.keys().copied().collect();
+    edges.read_ahead(&starts)?;
     let mut waiting = BinaryHeap::new();
     // Events waiting that not every state reaches yet: the walk goes on while any is.
     let mut open = 0usize;
@@ -299,6 +301,14 @@ fn walk_back(
     Ok(Some(marks.into_iter().map(|(e, m)| (e, m.reach)).collect()))
 }
 
+/// A kept auth height.
+fn decode_height(bytes: &[u8]) -> MatrixResult<u32> {
+    let bytes: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| MatrixError::internal("corrupt record in shorteventid_authheight"))?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
 /// Auth edges and heights as the walk reads them, each once.
 struct Edges<'a> {
     store: &'a EventStore,
@@ -341,18 +351,42 @@ impl<'a> Edges<'a> {
     }
 
     fn stored_height(&self, event: ShortEventId) -> MatrixResult<Option<u32>> {
-        let Some(bytes) = self
-            .store
+        self.store
             .db
             .get(Table::ShorteventidAuthheight, event.to_be_bytes())?
-        else {
-            return Ok(None);
-        };
-        let bytes: [u8; 4] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| MatrixError::internal("corrupt record in shorteventid_authheight"))?;
-        Ok(Some(u32::from_be_bytes(bytes)))
+            .map(|bytes| decode_height(&bytes))
+            .transpose()
+    }
+
+    /// Reads the kept heights and the graph records of `events` in two batched reads:
+    /// the walk starts from thousands of conflicted events, each read alone otherwise.
+    /// What is not found is read (or worked out) as the walk meets it.
+    fn read_ahead(&mut self, events: &[ShortEventId]) -> MatrixResult<()> {
+        let wanted: Vec<ShortEventId> = events
+            .iter()
+            .copied()
+            .filter(|e| Some(*e) != self.unwritten && !self.heights.contains_key(e))
+            .collect();
+        let heights = self.store.db.multi_get(
+            Table::ShorteventidAuthheight,
+            wanted.iter().map(|e| e.to_be_bytes()),
+        )?;
+        for (event, bytes) in wanted.iter().zip(heights) {
+            if let Some(bytes) = bytes {
+                self.heights.insert(*event, decode_height(&bytes)?);
+            }
+        }
+        // As `auth_edges` takes them: a graph record's edges are final unless it is held
+        // out of band.
+        for (event, record) in wanted.iter().zip(graph::records(self.store, &wanted)?) {
+            match record {
+                Some(record) if record.status != EventStatus::OutOfBand => {
+                    self.auth.entry(*event).or_insert(record.auth);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The event's auth height, working out those of its auth chain not known yet
@@ -439,7 +473,8 @@ impl<'a> Edges<'a> {
 /// forwards along the auth children; what a search found unreachable is remembered for
 /// the next.
 struct Forward<'a> {
-    store: &'a EventStore,
+    /// The auth children, scanned per event through one iterator.
+    children: crate::storage::PrefixScans<'a>,
     in_unconflicted: &'a dyn Fn(ShortEventId, ShortStateKey) -> bool,
     /// Events from which no event of the unconflicted state map is reachable.
     dead_ends: IdSet,
@@ -451,7 +486,7 @@ impl<'a> Forward<'a> {
         in_unconflicted: &'a dyn Fn(ShortEventId, ShortStateKey) -> bool,
     ) -> Self {
         Self {
-            store,
+            children: store.db.prefix_scans(Table::AuthShorteventidChild),
             in_unconflicted,
             dead_ends: IdSet::default(),
         }
@@ -465,12 +500,7 @@ impl<'a> Forward<'a> {
             if self.dead_ends.contains(&node) {
                 continue;
             }
-            for entry in self
-                .store
-                .db
-                .scan_prefix(Table::AuthShorteventidChild, &node.to_be_bytes())
-            {
-                let (key, value) = entry?;
+            for (key, value) in self.children.scan(&node.to_be_bytes())? {
                 let (Some(child), Some(state_key)) = (
                     key.get(8..16).and_then(keys::read_u64),
                     keys::read_u64(&value),
