@@ -89,14 +89,19 @@ pub fn resolve_maps(
     let mut wanted: Vec<ShortEventId> = per_state.iter().flatten().copied().collect();
     wanted.extend(difference.iter().flatten());
     prefetch(store, &names, wanted, &mut cache)?;
+    let conflicted: Vec<ShortStateKey> = conflicted.into_iter().collect();
+    let named = store.state.state_keys_of(&conflicted)?;
     let mut keys = HashMap::with_capacity(conflicted.len());
-    for key in &conflicted {
+    for (key, name) in conflicted.iter().zip(&named) {
         let values = maps
             .iter()
             .map(|m| m.get(key).map(|e| names.event_id(*e)).transpose())
             .collect::<MatrixResult<Vec<_>>>()?;
-        keys.insert(store.state.state_key_of(*key)?, values);
+        keys.insert(name.clone(), values);
     }
+    // The short keys of the conflicted keys, which the changes are mostly of.
+    let shorts_of: HashMap<(String, String), ShortStateKey> =
+        named.into_iter().zip(conflicted.iter().copied()).collect();
     let difference = match difference {
         Some(indexed) => indexed
             .into_iter()
@@ -141,8 +146,11 @@ pub fn resolve_maps(
         .map(|(short, id)| (id, short))
         .collect();
     let mut out = first.clone();
-    for ((kind, state_key), event_id) in changes {
-        let key = store.state.state_key(&kind, &state_key)?;
+    for (name, event_id) in changes {
+        let key = match shorts_of.get(&name) {
+            Some(key) => *key,
+            None => store.state.state_key(&name.0, &name.1)?,
+        };
         let Some(event_id) = event_id else {
             out.remove(&key);
             continue;

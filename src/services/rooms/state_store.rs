@@ -270,12 +270,19 @@ impl StateStore {
             .db
             .get(Table::ShortstatekeyStatekey, short.to_be_bytes())?
             .ok_or_else(|| corrupt("unknown short state key"))?;
-        let mut parts = keys::split(&bytes);
-        let (Some(kind), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(corrupt("state key record"));
-        };
-        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt("state key text"));
-        Ok((text(kind)?, text(key)?))
+        parse_state_key(&bytes)
+    }
+
+    /// [`StateStore::state_key_of`] for several keys, in one batched read.
+    pub fn state_keys_of(&self, shorts: &[ShortStateKey]) -> MatrixResult<Vec<(String, String)>> {
+        self.db
+            .multi_get(
+                Table::ShortstatekeyStatekey,
+                shorts.iter().map(|s| s.to_be_bytes()),
+            )?
+            .into_iter()
+            .map(|bytes| parse_state_key(&bytes.ok_or_else(|| corrupt("unknown short state key"))?))
+            .collect()
     }
 
     /// The short id of a stored event, if any.
@@ -451,6 +458,16 @@ impl StateStore {
             .get(Table::ShortstatehashStatediff, snapshot.to_be_bytes())?
             .map_or(0, |b| b.len()))
     }
+}
+
+/// `type 0xFF state_key` of `shortstatekey_statekey`, as text.
+fn parse_state_key(bytes: &[u8]) -> MatrixResult<(String, String)> {
+    let mut parts = keys::split(bytes);
+    let (Some(kind), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(corrupt("state key record"));
+    };
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| corrupt("state key text"));
+    Ok((text(kind)?, text(key)?))
 }
 
 #[cfg(test)]
