@@ -159,7 +159,7 @@ fn auth_edges(
     let pdu = match pdu {
         Some(pdu) => pdu,
         None => {
-            let Some(bytes) = store.ids_and_pdus(&[short])?.pop().and_then(|(_, pdu)| pdu) else {
+            let Some(bytes) = store.pdu_of(short)? else {
                 return Ok((Vec::new(), !out_of_band));
             };
             read = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);

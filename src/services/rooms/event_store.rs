@@ -367,6 +367,17 @@ impl EventStore {
             .collect()
     }
 
+    /// The stored PDU of an event, as JSON bytes, if it is held (with its metadata).
+    pub fn pdu_of(&self, short: ShortEventId) -> MatrixResult<Option<Vec<u8>>> {
+        let Some(bytes) = self.db.get(Table::ShorteventidMeta, short.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let meta = EventMeta::decode(&bytes).ok_or_else(|| corrupt("event metadata"))?;
+        Ok(self
+            .db
+            .get(Table::ShortroomidShorteventidPdu, pdu_key(meta.room, short))?)
+    }
+
     /// The stored metadata (as stored) and PDU (JSON bytes) of an event.
     fn meta_and_pdu(&self, short: ShortEventId) -> MatrixResult<(Vec<u8>, Vec<u8>)> {
         let bytes = self

@@ -282,19 +282,30 @@ fn prefetch(
     Ok(())
 }
 
-/// A stored PDU as state resolution reads it: every top-level field but `signatures`,
-/// `hashes` and `unsigned`, which neither the algorithm nor the auth rules read (checked
-/// on receipt) and which are a good part of a member event's bytes and allocations.
+/// A stored PDU as state resolution reads it: without `hashes` and `unsigned`, and with
+/// `signatures` reduced to the signing servers' names (each an empty object), which is
+/// all the auth rules ask of them ([`StoredEvents::signed_by`], for restricted joins: the
+/// signatures themselves were verified on receipt). Those are a good part of a member
+/// event's bytes and allocations.
 fn parse_for_resolution(bytes: &[u8]) -> Option<Value> {
     use serde_json::value::RawValue;
     type Fields<'a> = std::collections::BTreeMap<String, &'a RawValue>;
+    type Signers = std::collections::BTreeMap<String, serde::de::IgnoredAny>;
     let fields: Fields<'_> = serde_json::from_slice(bytes).ok()?;
     let mut out = serde_json::Map::new();
     for (name, raw) in fields {
-        if matches!(name.as_str(), "signatures" | "hashes" | "unsigned") {
-            continue;
-        }
-        out.insert(name, serde_json::from_str(raw.get()).ok()?);
+        let value = match name.as_str() {
+            "hashes" | "unsigned" => continue,
+            "signatures" => match serde_json::from_str::<Signers>(raw.get()) {
+                Ok(signers) => signers
+                    .into_keys()
+                    .map(|server| (server, Value::Object(serde_json::Map::new())))
+                    .collect(),
+                Err(_) => serde_json::from_str(raw.get()).ok()?,
+            },
+            _ => serde_json::from_str(raw.get()).ok()?,
+        };
+        out.insert(name, value);
     }
     Some(Value::Object(out))
 }
@@ -455,5 +466,70 @@ impl ResolutionEvents for StoredEvents<'_> {
                 .get("signatures")
                 .and_then(|s| s.get(server))
                 .is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::stream::StreamPositions;
+    use crate::storage::{Db, DbOptions};
+    use serde_json::json;
+
+    #[test]
+    fn events_parsed_for_resolution_keep_what_the_auth_rules_read() {
+        let pdu = json!({
+            "type": "m.room.member",
+            "state_key": "@a:x",
+            "sender": "@a:x",
+            "room_id": "!r:x",
+            "content": {
+                "membership": "join",
+                "join_authorised_via_users_server": "@r:y",
+                "third_party_invite": {"signed": {"signatures": {"z": {"ed25519:1": "s"}}}}
+            },
+            "signatures": {"x": {"ed25519:1": "s1"}, "y": {"ed25519:2": "s2"}},
+            "hashes": {"sha256": "h"},
+            "unsigned": {"age": 1},
+            "auth_events": ["$a"],
+            "prev_events": ["$p"],
+            "depth": 3,
+            "origin_server_ts": 5
+        });
+        let parsed = parse_for_resolution(&serde_json::to_vec(&pdu).unwrap()).unwrap();
+        assert_eq!(parsed["signatures"], json!({"x": {}, "y": {}}));
+        let mut expected = pdu.clone();
+        for field in ["hashes", "unsigned", "signatures"] {
+            expected.as_object_mut().unwrap().remove(field);
+        }
+        let mut kept = parsed.clone();
+        kept.as_object_mut().unwrap().remove("signatures");
+        assert_eq!(kept, expected);
+        assert_eq!(parse_for_resolution(b"[1]"), None);
+        assert_eq!(parse_for_resolution(b"{\"a\":"), None);
+
+        // A restricted join stays signed by its authorising server.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
+        let store = EventStore::open(db, stream).unwrap();
+        let events = StoredEvents {
+            store: &store,
+            cache: RefCell::default(),
+            error: RefCell::default(),
+        };
+        assert!(events.signed_by(&parsed, "y"));
+        assert!(events.signed_by(&parsed, "x"));
+        assert!(!events.signed_by(&parsed, "z"));
+        let unsigned_by_y = parse_for_resolution(
+            &serde_json::to_vec(&json!({
+                "sender": "@a:x",
+                "content": {"join_authorised_via_users_server": "@r:y"},
+                "signatures": {"x": {"ed25519:1": "s1"}}
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(!events.signed_by(&unsigned_by_y, "y"));
     }
 }
