@@ -54,6 +54,8 @@ const MAX_AGE_MS: u64 = 24 * 3_600_000;
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The worker looks at the queue at least this often (a missed wake-up costs no more).
 const IDLE_LOOK: Duration = Duration::from_secs(30);
+/// How long deliveries under way may take to end at shutdown.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the worker lets new entries gather after a wake-up, so that a busy room's
 /// events are taken in a few passes rather than one pass per event.
 const GATHER: Duration = Duration::from_millis(10);
@@ -292,7 +294,7 @@ impl Push {
                     .min()
                     .unwrap_or(IDLE_LOOK)
                     .clamp(Duration::from_millis(20), IDLE_LOOK);
-                let mut woken = false;
+                let (mut woken, mut stopping) = (false, false);
                 let finished = tokio::select! {
                     Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
                         Ok((id, outcome)) => {
@@ -320,11 +322,17 @@ impl Push {
                     }
                     _ = tokio::time::sleep(retry) => None,
                     _ = stopped.wait_for(|s| *s) => {
-                        // Entries not yet recorded as sent go again after the restart.
-                        tasks.abort_all();
-                        return;
+                        stopping = true;
+                        None
                     }
                 };
+                if stopping {
+                    worker
+                        .push
+                        .finish_in_flight(&mut tasks, &mut progress)
+                        .await;
+                    return;
+                }
                 if woken {
                     tokio::time::sleep(GATHER).await;
                 }
@@ -335,6 +343,24 @@ impl Push {
                 }
             }
         })
+    }
+
+    /// At shutdown: deliveries under way get [`STOP_GRACE`] to end and be recorded, so
+    /// that a restart does not push them again (one that had reached its gateway when the
+    /// stop came was sent again after a restart). What is still under way then is cut
+    /// off, and its entries go again after the restart (pushes are at least once).
+    async fn finish_in_flight(&self, tasks: &mut JoinSet<Outcome>, progress: &mut Progress) {
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while let Ok(Some(done)) =
+            tokio::time::timeout_at(deadline, tasks.join_next_with_id()).await
+        {
+            let Ok((task, outcome)) = done else { continue };
+            progress.tasks.remove(&task);
+            if let Err(e) = self.finish(task, outcome, progress).await {
+                tracing::warn!(error = %e.message, "recording push deliveries failed");
+            }
+        }
+        tasks.abort_all();
     }
 
     /// Records one pusher's delivery by `task`: its cursor, back-off, a rejected pushkey.
