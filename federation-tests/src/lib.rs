@@ -231,6 +231,30 @@ pub struct User {
     pub http: reqwest::Client,
 }
 
+/// POSTs `body` to `url` and reads the JSON answer, whatever its status.
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The string `answer[name]`, or an error naming what answered (`what`) without it.
+fn string_field(answer: &serde_json::Value, name: &str, what: &str) -> Result<String, String> {
+    answer[name]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("a {what} answer without {name}: {answer}"))
+}
+
 impl User {
     /// Registers `name` on `instance` through the dummy flow.
     pub async fn register(instance: &Instance, name: &str) -> Result<Self, String> {
@@ -246,32 +270,11 @@ impl User {
         let base = base.to_owned();
         let url = format!("{base}/_matrix/client/v3/register");
         let mut body = serde_json::json!({"username": name, "password": "correct horse battery"});
-        let challenge: serde_json::Value = http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
+        let challenge = post_json(&http, &url, &body).await?;
         body["auth"] =
             serde_json::json!({"type": "m.login.dummy", "session": challenge["session"]});
-        let done: serde_json::Value = http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let field = |k: &str| {
-            done[k]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("registration answered {done}"))
-        };
+        let done = post_json(&http, &url, &body).await?;
+        let field = |k: &str| string_field(&done, k, "registration");
         Ok(Self {
             user_id: field("user_id")?,
             token: field("access_token")?,
@@ -353,26 +356,14 @@ impl User {
     /// The same user logged in again (password login): a new device with its own token,
     /// on whichever server (ourwhats or Synapse) `base` names.
     pub async fn login_another_device(&self) -> Result<Self, String> {
-        let login: serde_json::Value = self
-            .http
-            .post(format!("{}/_matrix/client/v3/login", self.base))
-            .json(&serde_json::json!({
-                "type": "m.login.password",
-                "password": "correct horse battery",
-                "identifier": {"type": "m.id.user", "user": self.user_id},
-            }))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let field = |name: &str| {
-            login[name]
-                .as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| format!("a login answer without {name}: {login}"))
-        };
+        let body = serde_json::json!({
+            "type": "m.login.password",
+            "password": "correct horse battery",
+            "identifier": {"type": "m.id.user", "user": self.user_id},
+        });
+        let url = format!("{}/_matrix/client/v3/login", self.base);
+        let login = post_json(&self.http, &url, &body).await?;
+        let field = |name: &str| string_field(&login, name, "login");
         Ok(Self {
             token: field("access_token")?,
             device_id: field("device_id")?,

@@ -611,17 +611,23 @@ impl crate::services::outbox::PduStore for EventStore {
     }
 }
 
+/// A store over a new database in a temp folder (kept while the folder lives), for tests.
+#[cfg(test)]
+pub(crate) fn open_temp_store() -> (tempfile::TempDir, Arc<Db>, EventStore) {
+    let dir = tempfile::tempdir().expect("a temp folder");
+    let db = Db::open(dir.path(), &crate::storage::DbOptions::default()).expect("a database");
+    let stream = StreamPositions::open(Arc::clone(&db), 0).expect("stream positions");
+    let store = EventStore::open(Arc::clone(&db), stream).expect("the event store");
+    (dir, db, store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::DbOptions;
 
     #[test]
     fn events_load_with_their_ids_whether_or_not_the_metadata_carries_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
-        let store = EventStore::open(Arc::clone(&db), stream).unwrap();
+        let (_dir, db, store) = open_temp_store();
         let meta = |pos| EventMeta {
             room: 1,
             pos,
@@ -657,10 +663,7 @@ mod tests {
 
     #[test]
     fn rooms_are_read_in_a_batch_and_unknown_ones_are_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
-        let store = EventStore::open(Arc::clone(&db), stream).unwrap();
+        let (_dir, db, store) = open_temp_store();
         let mut batch = db.batch();
         for (short, id) in [(3u64, "!a:x"), (9, "!b:x")] {
             let record = RoomRecord::new(id, "11");

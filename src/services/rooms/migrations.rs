@@ -171,8 +171,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::services::stream::StreamPositions;
-    use crate::storage::{Db, DbOptions};
 
     fn meta(room: u64, pos: u64) -> EventMeta {
         EventMeta {
@@ -194,10 +192,7 @@ mod tests {
     /// one PDU without metadata at all and one whose key is not a short id. Events are in
     /// rooms 1 to 3, in turn.
     fn version_2_store(events: u64) -> (tempfile::TempDir, EventStore, Vec<u64>) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
-        let store = EventStore::open(Arc::clone(&db), stream).unwrap();
+        let (dir, db, store) = crate::services::rooms::event_store::open_temp_store();
         let mut batch = db.batch();
         let mut shorts = Vec::new();
         for i in 0..events {

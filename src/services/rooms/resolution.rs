@@ -472,8 +472,6 @@ impl ResolutionEvents for StoredEvents<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::stream::StreamPositions;
-    use crate::storage::{Db, DbOptions};
     use serde_json::json;
 
     #[test]
@@ -509,10 +507,7 @@ mod tests {
         assert_eq!(parse_for_resolution(b"{\"a\":"), None);
 
         // A restricted join stays signed by its authorising server.
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
-        let stream = StreamPositions::open(Arc::clone(&db), 0).unwrap();
-        let store = EventStore::open(db, stream).unwrap();
+        let (_dir, _db, store) = crate::services::rooms::event_store::open_temp_store();
         let events = StoredEvents {
             store: &store,
             cache: RefCell::default(),
