@@ -108,12 +108,13 @@ async fn writes_resume_after_descriptors_run_out_and_come_back() {
 
     let mut held = exhaust_descriptors(address);
     assert!(!held.is_empty());
-    // Sends until storage refuses one, then asks `/health`. Recovery retries every
-    // second, and a descriptor that comes free meanwhile (a connection closed) can let it
-    // succeed before `/health` is asked on a loaded machine: then the free descriptors
-    // are taken again and the round repeats.
+    // Sends until storage refuses one, then asks `/health`. A refusal can come from a
+    // read that could not open a table file (storage stays writable), or recovery
+    // (retried every second, a descriptor freed by a closed connection letting it
+    // succeed) can beat `/health` on a loaded machine: then the free descriptors are
+    // taken again and the round repeats, until a refused write shows.
     let mut unwritable = None;
-    for _round in 0..3 {
+    for _round in 0..20 {
         let mut refused = 0;
         while refused == 0 && n < 2000 {
             n += 1;
