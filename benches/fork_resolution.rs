@@ -13,7 +13,7 @@
 //! signing events is the origin's work and is done before the clock starts. Prints the
 //! median of the runs.
 //!
-//! `cargo bench --bench fork_resolution [-- --members 100000]` (under `cargo test` a
+//! `cargo bench --bench fork_resolution [-- --members 100000 --runs 5]` (under `cargo test` a
 //! short run with a small room checks that it works).
 
 #[path = "common/origin.rs"]
@@ -194,6 +194,7 @@ fn main() {
     } else {
         (300, 2, 50)
     };
+    let runs = arg("--runs").unwrap_or(runs).max(1);
     let members = arg("--members")
         .unwrap_or(default_members)
         .max(changed * runs);

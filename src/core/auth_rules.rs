@@ -162,9 +162,14 @@ pub fn auth_event_keys(version: RoomVersion, event: &Value) -> Vec<(String, Stri
             }
         }
     }
-    let mut seen = HashSet::new();
-    keys.retain(|k| seen.insert(k.clone()));
-    keys
+    // A handful of keys: a linear dedup, keeping the first of each.
+    let mut unique: Vec<(String, String)> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if !unique.contains(&key) {
+            unique.push(key);
+        }
+    }
+    unique
 }
 
 /// Rules about the `auth_events` list itself (v12 rule 3, v10/v11 rule 2): no duplicate

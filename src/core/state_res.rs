@@ -20,7 +20,7 @@
 //! 5. the unconflicted state map laid over the result.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -126,38 +126,59 @@ pub fn resolve_conflict(
     if version.state_res_v1() {
         return v1::resolve_conflict(version, conflict, events);
     }
-    let conflicted: BTreeSet<String> = conflict
-        .keys
-        .values()
-        .flatten()
-        .flatten()
-        .cloned()
-        .collect();
     let mut cache = Events::new(events);
+    let mut conflicted: Vec<Ix> = Vec::new();
+    for id in conflict.keys.values().flatten().flatten() {
+        conflicted.push(cache.ix(id));
+    }
+    conflicted.sort_unstable();
+    conflicted.dedup();
 
     // The full conflicted set: only events we have take part.
-    let mut full: HashSet<String> = conflicted.iter().cloned().collect();
-    full.extend(difference);
-    if version.state_res_starts_empty() {
-        full.extend(conflicted_subgraph(&mut cache, &conflicted));
+    let mut full = Marks::default();
+    let mut members: Vec<Ix> = Vec::new();
+    let mut add = |cache: &mut Events<'_>, full: &mut Marks, ix: Ix| {
+        if full.insert(ix) && cache.load(ix) {
+            members.push(ix);
+        }
+    };
+    for &ix in &conflicted {
+        add(&mut cache, &mut full, ix);
     }
-    full.retain(|id| cache.get(id).is_some());
-
-    // Step 1: power events and their auth chains within the full conflicted set.
-    let power: Vec<String> = full
-        .iter()
-        .filter(|id| cache.get(id).is_some_and(|e| is_power_event(&e)))
-        .cloned()
-        .collect();
-    let mut picked: HashSet<String> = power.iter().cloned().collect();
-    for id in &power {
-        for auth in auth_chain(events, std::iter::once(id.as_str())) {
-            if full.contains(&auth) {
-                picked.insert(auth);
-            }
+    for id in &difference {
+        let ix = cache.ix(id);
+        add(&mut cache, &mut full, ix);
+    }
+    if version.state_res_starts_empty() {
+        for ix in conflicted_subgraph(&mut cache, &conflicted) {
+            add(&mut cache, &mut full, ix);
         }
     }
-    let sorted_power = reverse_topological_power_sort(version, &mut cache, &picked);
+    // `full` now also marks events we lack; only `members` take part.
+    let mut in_full = Marks::default();
+    for &ix in &members {
+        in_full.insert(ix);
+    }
+
+    // Step 1: power events and their auth chains within the full conflicted set.
+    let power: Vec<Ix> = members
+        .iter()
+        .copied()
+        .filter(|&ix| cache.node(ix).power)
+        .collect();
+    let mut picked = Marks::default();
+    let mut picked_list: Vec<Ix> = Vec::new();
+    for &ix in &power {
+        if picked.insert(ix) {
+            picked_list.push(ix);
+        }
+    }
+    for ix in cache.auth_chain(&power) {
+        if in_full.contains(ix) && picked.insert(ix) {
+            picked_list.push(ix);
+        }
+    }
+    let sorted_power = reverse_topological_power_sort(version, &mut cache, &picked, &picked_list);
 
     // Step 2: from the unconflicted state map (v2) or an empty one (v2.1).
     let mut partial = Partial {
@@ -168,9 +189,16 @@ pub fn resolve_conflict(
     iterative_auth_checks(version, &mut cache, &mut partial, &sorted_power);
 
     // Step 3: the rest, by mainline order of the partial state's power levels.
-    let rest: Vec<String> = full.difference(&picked).cloned().collect();
-    let power_levels = partial.get(&("m.room.power_levels".to_owned(), String::new()));
-    let sorted_rest = mainline_sort(&mut cache, power_levels.as_deref(), rest);
+    let rest: Vec<Ix> = members
+        .iter()
+        .copied()
+        .filter(|&ix| !picked.contains(ix))
+        .collect();
+    let power_levels = partial.get(
+        &("m.room.power_levels".to_owned(), String::new()),
+        &mut cache,
+    );
+    let sorted_rest = mainline_sort(&mut cache, power_levels, rest);
 
     // Step 4.
     iterative_auth_checks(version, &mut cache, &mut partial, &sorted_rest);
@@ -179,14 +207,17 @@ pub fn resolve_conflict(
     // conflicted keys and keys no state had can change.
     let mut changes: Vec<StateChange> = Vec::new();
     for (key, values) in &conflict.keys {
-        let value = partial.changes.remove(key);
+        let value = partial
+            .changes
+            .remove(key)
+            .map(|ix| cache.node(ix).id.clone());
         if values.first().and_then(Option::as_ref) != value.as_ref() {
             changes.push((key.clone(), value));
         }
     }
-    for (key, value) in partial.changes {
+    for (key, ix) in partial.changes {
         if (conflict.unconflicted)(&key).is_none() {
-            changes.push((key, Some(value)));
+            changes.push((key, Some(cache.node(ix).id.clone())));
         }
     }
     changes
@@ -248,19 +279,19 @@ pub fn auth_difference<E: ResolutionEvents + ?Sized>(
 struct Partial<'a> {
     unconflicted: Option<&'a Lookup<'a>>,
     conflicted_keys: &'a HashMap<(String, String), Vec<Option<String>>>,
-    changes: HashMap<(String, String), String>,
+    changes: HashMap<(String, String), Ix>,
 }
 
 impl Partial<'_> {
-    fn get(&self, key: &(String, String)) -> Option<String> {
-        if let Some(id) = self.changes.get(key) {
-            return Some(id.clone());
+    fn get(&self, key: &(String, String), events: &mut Events<'_>) -> Option<Ix> {
+        if let Some(ix) = self.changes.get(key) {
+            return Some(*ix);
         }
         let unconflicted = self.unconflicted?;
         if self.conflicted_keys.contains_key(key) {
             return None;
         }
-        unconflicted(key)
+        unconflicted(key).map(|id| events.ix(&id))
     }
 }
 
@@ -322,43 +353,136 @@ fn is_power_event(event: &Value) -> bool {
     }
 }
 
-/// Events fetched once per resolution.
+/// An event's index in [`Events`]: the algorithm's sets, edges and sorts work on these,
+/// not on event id strings.
+type Ix = u32;
+
+/// A set of [`Ix`].
+#[derive(Default)]
+struct Marks(Vec<bool>);
+
+impl Marks {
+    /// Marks `ix`; whether it was unmarked.
+    fn insert(&mut self, ix: Ix) -> bool {
+        let i = ix as usize;
+        if i >= self.0.len() {
+            self.0.resize(i + 1, false);
+        }
+        !std::mem::replace(&mut self.0[i], true)
+    }
+
+    fn contains(&self, ix: Ix) -> bool {
+        self.0.get(ix as usize).copied().unwrap_or(false)
+    }
+}
+
+/// An event as the algorithm reads it, fetched once, with the fields it asks most.
+struct Node {
+    id: String,
+    /// Whether the caller was asked for it yet.
+    loaded: bool,
+    event: Option<Arc<Value>>,
+    /// `(type, state_key)` of a state event.
+    key: Option<(String, String)>,
+    /// Its auth events (indices; fetched only when asked).
+    auth: Vec<Ix>,
+    power: bool,
+    timestamp: i64,
+    rejected: Option<bool>,
+}
+
+/// Events fetched once per resolution, each given an index.
 struct Events<'a> {
     source: &'a dyn ResolutionEvents,
-    fetched: HashMap<String, Option<Arc<Value>>>,
+    index: HashMap<String, Ix>,
+    nodes: Vec<Node>,
 }
 
 impl<'a> Events<'a> {
     fn new(source: &'a dyn ResolutionEvents) -> Self {
         Self {
             source,
-            fetched: HashMap::new(),
+            index: HashMap::new(),
+            nodes: Vec::new(),
         }
     }
 
-    fn get(&mut self, id: &str) -> Option<Arc<Value>> {
-        if let Some(known) = self.fetched.get(id) {
-            return known.clone();
+    /// The index of `id` (not fetched yet).
+    fn ix(&mut self, id: &str) -> Ix {
+        if let Some(ix) = self.index.get(id) {
+            return *ix;
         }
-        let event = self.source.event(id);
-        self.fetched.insert(id.to_owned(), event.clone());
-        event
+        let ix = self.nodes.len() as Ix;
+        self.nodes.push(Node {
+            id: id.to_owned(),
+            loaded: false,
+            event: None,
+            key: None,
+            auth: Vec::new(),
+            power: false,
+            timestamp: 0,
+            rejected: None,
+        });
+        self.index.insert(id.to_owned(), ix);
+        ix
+    }
+
+    /// Fetches the event at `ix` if not done yet; whether the caller has it.
+    fn load(&mut self, ix: Ix) -> bool {
+        let i = ix as usize;
+        if self.nodes[i].loaded {
+            return self.nodes[i].event.is_some();
+        }
+        self.nodes[i].loaded = true;
+        let Some(event) = self.source.event(&self.nodes[i].id) else {
+            return false;
+        };
+        let auth: Vec<Ix> = auth_events(&event).map(|id| self.ix(&id)).collect();
+        let node = &mut self.nodes[i];
+        node.key = match (str_field(&event, "type"), str_field(&event, "state_key")) {
+            (Some(kind), Some(state_key)) => Some((kind.to_owned(), state_key.to_owned())),
+            _ => None,
+        };
+        node.power = is_power_event(&event);
+        node.timestamp = timestamp(&event);
+        node.auth = auth;
+        node.event = Some(event);
+        true
+    }
+
+    fn node(&self, ix: Ix) -> &Node {
+        &self.nodes[ix as usize]
+    }
+
+    /// The event with this id, if the caller has it.
+    fn get(&mut self, id: &str) -> Option<Arc<Value>> {
+        let ix = self.ix(id);
+        self.load(ix);
+        self.node(ix).event.clone()
+    }
+
+    fn is_rejected(&mut self, ix: Ix) -> bool {
+        if let Some(known) = self.node(ix).rejected {
+            return known;
+        }
+        let rejected = self.source.is_rejected(&self.node(ix).id);
+        self.nodes[ix as usize].rejected = Some(rejected);
+        rejected
     }
 
     /// The event's auth event of this type (and state key), if any.
-    fn auth_event_of_type(
-        &mut self,
-        event: &Value,
-        kind: &str,
-        state_key: &str,
-    ) -> Option<(String, Arc<Value>)> {
-        for id in auth_events(event) {
-            if let Some(auth) = self.get(&id) {
-                if str_field(&auth, "type") == Some(kind)
-                    && str_field(&auth, "state_key") == Some(state_key)
-                {
-                    return Some((id, auth));
-                }
+    fn auth_of_type(&mut self, ix: Ix, kind: &str, state_key: &str) -> Option<Ix> {
+        self.load(ix);
+        for n in 0..self.node(ix).auth.len() {
+            let auth = self.node(ix).auth[n];
+            if self.load(auth)
+                && self
+                    .node(auth)
+                    .key
+                    .as_ref()
+                    .is_some_and(|(k, s)| k == kind && s == state_key)
+            {
+                return Some(auth);
             }
         }
         None
@@ -366,72 +490,104 @@ impl<'a> Events<'a> {
 
     /// The room's create event: among the event's auth events, or (v12, where it is not
     /// one of them) the event whose id the room id is made from.
-    fn create_event(&mut self, version: RoomVersion, event: &Value) -> Option<Arc<Value>> {
+    fn create_event(&mut self, version: RoomVersion, ix: Ix) -> Option<Ix> {
         if version.room_id_is_create_event_hash() {
-            let room_id = str_field(event, "room_id")?;
-            return self.get(&format!("${}", room_id.strip_prefix('!')?));
+            let event = self.node(ix).event.clone()?;
+            let room_id = str_field(&event, "room_id")?;
+            let create = self.ix(&format!("${}", room_id.strip_prefix('!')?));
+            return self.load(create).then_some(create);
         }
-        self.auth_event_of_type(event, "m.room.create", "")
-            .map(|(_, e)| e)
+        self.auth_of_type(ix, "m.room.create", "")
+    }
+
+    /// The events reachable from `start` through auth events (not `start` itself, unless
+    /// reached again).
+    fn auth_chain(&mut self, start: &[Ix]) -> Vec<Ix> {
+        let mut seen = Marks::default();
+        let mut out = Vec::new();
+        let mut todo: Vec<Ix> = Vec::new();
+        for &ix in start {
+            if self.load(ix) {
+                todo.extend(&self.node(ix).auth);
+            }
+        }
+        while let Some(ix) = todo.pop() {
+            if !seen.insert(ix) {
+                continue;
+            }
+            out.push(ix);
+            if self.load(ix) {
+                todo.extend(&self.nodes[ix as usize].auth);
+            }
+        }
+        out
     }
 }
 
 /// Spec (v12): "Conflicted state subgraph": the events on auth paths from one event of
 /// the conflicted state set to another, endpoints included.
-fn conflicted_subgraph(events: &mut Events<'_>, conflicted: &BTreeSet<String>) -> HashSet<String> {
-    // Every event reachable from the conflicted set, with its auth edges.
-    let mut edges: HashMap<String, Vec<String>> = HashMap::new();
-    let mut todo: Vec<String> = conflicted.iter().cloned().collect();
-    while let Some(id) = todo.pop() {
-        if edges.contains_key(&id) {
+fn conflicted_subgraph(events: &mut Events<'_>, conflicted: &[Ix]) -> Vec<Ix> {
+    let mut is_conflicted = Marks::default();
+    for &ix in conflicted {
+        is_conflicted.insert(ix);
+    }
+    // Every event reachable from the conflicted set.
+    let mut reached = Marks::default();
+    let mut all: Vec<Ix> = Vec::new();
+    let mut todo: Vec<Ix> = conflicted.to_vec();
+    while let Some(ix) = todo.pop() {
+        if !reached.insert(ix) {
             continue;
         }
-        let next: Vec<String> = events
-            .get(&id)
-            .map(|e| auth_events(&e).collect())
-            .unwrap_or_default();
-        todo.extend(next.iter().filter(|n| !edges.contains_key(*n)).cloned());
-        edges.insert(id, next);
+        all.push(ix);
+        events.load(ix);
+        todo.extend(
+            events
+                .node(ix)
+                .auth
+                .iter()
+                .filter(|n| !reached.contains(**n)),
+        );
     }
     // Which of them lead to a conflicted event (depth first, without recursion).
-    let mut leads: HashMap<&str, bool> = HashMap::new();
-    for start in edges.keys() {
-        let mut stack: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
-        while let Some((id, child)) = stack.pop() {
-            if leads.contains_key(id) && child == 0 {
+    let mut done = Marks::default();
+    let mut leads = Marks::default();
+    for &start in &all {
+        let mut stack: Vec<(Ix, usize)> = vec![(start, 0)];
+        while let Some((ix, child)) = stack.pop() {
+            if done.contains(ix) && child == 0 {
                 continue;
             }
-            let next = edges.get(id).map(Vec::as_slice).unwrap_or(&[]);
+            let next = &events.node(ix).auth;
             if child < next.len() {
-                stack.push((id, child + 1));
-                let n = next[child].as_str();
-                if !leads.contains_key(n) && edges.contains_key(n) {
+                stack.push((ix, child + 1));
+                let n = next[child];
+                if !done.contains(n) && reached.contains(n) {
                     stack.push((n, 0));
                 }
                 continue;
             }
-            let reaches = conflicted.contains(id)
-                || next.iter().any(|n| leads.get(n.as_str()) == Some(&true));
-            leads.insert(id, reaches);
+            let reaches = is_conflicted.contains(ix) || next.iter().any(|n| leads.contains(*n));
+            done.insert(ix);
+            if reaches {
+                leads.insert(ix);
+            }
         }
     }
-    // On a path between two conflicted events: reached from one (all of `edges` are)
-    // and leading to one.
-    leads
-        .into_iter()
-        .filter(|(_, reaches)| *reaches)
-        .map(|(id, _)| id.to_owned())
-        .collect()
+    // On a path between two conflicted events: reached from one (all of `all` are) and
+    // leading to one.
+    all.into_iter().filter(|ix| leads.contains(*ix)).collect()
 }
 
 /// The sender's power "when looking at their respective auth events".
-fn sender_power(version: RoomVersion, events: &mut Events<'_>, event: &Value) -> Power {
-    let sender = str_field(event, "sender").unwrap_or("");
-    let create = events.create_event(version, event);
-    let levels = events
-        .auth_event_of_type(event, "m.room.power_levels", "")
-        .map(|(_, e)| e);
-    PowerLevels::new(version, create.as_deref(), levels.as_deref()).user(sender)
+fn sender_power(version: RoomVersion, events: &mut Events<'_>, ix: Ix) -> Power {
+    let create = events.create_event(version, ix);
+    let levels = events.auth_of_type(ix, "m.room.power_levels", "");
+    let event = events.node(ix).event.as_deref();
+    let sender = event.and_then(|e| str_field(e, "sender")).unwrap_or("");
+    let create = create.and_then(|c| events.node(c).event.as_deref());
+    let levels = levels.and_then(|l| events.node(l).event.as_deref());
+    PowerLevels::new(version, create, levels).user(sender)
 }
 
 /// Greater power first, then the smaller `origin_server_ts` (the event id breaks ties).
@@ -443,39 +599,47 @@ type SortKey = (Reverse<Power>, i64);
 fn reverse_topological_power_sort(
     version: RoomVersion,
     events: &mut Events<'_>,
-    ids: &HashSet<String>,
-) -> Vec<String> {
+    within: &Marks,
+    ids: &[Ix],
+) -> Vec<Ix> {
     // For each event, its auth events within the set (to wait for) and who waits on it.
-    let mut waiting_on: HashMap<&str, usize> = HashMap::new();
-    let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
-    let mut keys: HashMap<&str, SortKey> = HashMap::new();
-    for id in ids {
-        let Some(event) = events.get(id) else {
+    let mut waiting_on: HashMap<Ix, usize> = HashMap::new();
+    let mut dependents: HashMap<Ix, Vec<Ix>> = HashMap::new();
+    let mut keys: HashMap<Ix, SortKey> = HashMap::new();
+    for &ix in ids {
+        if !events.load(ix) {
             continue;
-        };
-        let within: BTreeSet<String> = auth_events(&event).filter(|a| ids.contains(a)).collect();
-        waiting_on.insert(id, within.len());
-        for auth in within {
-            if let Some(auth) = ids.get(&auth) {
-                dependents.entry(auth.as_str()).or_default().push(id);
-            }
         }
-        let power = sender_power(version, events, &event);
-        keys.insert(id, (Reverse(power), timestamp(&event)));
+        let mut inside: Vec<Ix> = events
+            .node(ix)
+            .auth
+            .iter()
+            .copied()
+            .filter(|a| within.contains(*a))
+            .collect();
+        inside.sort_unstable();
+        inside.dedup();
+        waiting_on.insert(ix, inside.len());
+        for auth in inside {
+            dependents.entry(auth).or_default().push(ix);
+        }
+        let power = sender_power(version, events, ix);
+        keys.insert(ix, (Reverse(power), events.node(ix).timestamp));
     }
-    let mut ready: BinaryHeap<Reverse<(SortKey, &str)>> = waiting_on
+    let id = |ix: Ix| events.node(ix).id.as_str();
+    let mut ready: BinaryHeap<Reverse<(SortKey, &str, Ix)>> = waiting_on
         .iter()
         .filter(|(_, n)| **n == 0)
-        .map(|(id, _)| Reverse((keys[id], *id)))
+        .map(|(ix, _)| Reverse((keys[ix], id(*ix), *ix)))
         .collect();
     let mut out = Vec::with_capacity(ids.len());
-    while let Some(Reverse((_, id))) = ready.pop() {
-        out.push(id.to_owned());
-        for dependent in dependents.get(id).into_iter().flatten() {
+    while let Some(Reverse((_, _, ix))) = ready.pop() {
+        out.push(ix);
+        for dependent in dependents.get(&ix).into_iter().flatten() {
             if let Some(n) = waiting_on.get_mut(dependent) {
                 *n -= 1;
                 if *n == 0 {
-                    ready.push(Reverse((keys[dependent], *dependent)));
+                    ready.push(Reverse((keys[dependent], id(*dependent), *dependent)));
                 }
             }
         }
@@ -486,57 +650,52 @@ fn reverse_topological_power_sort(
 /// Spec: "Mainline ordering" based on the power levels event `power_levels`: events
 /// based on an earlier event of its mainline first (those based on none before all),
 /// then by `origin_server_ts`, then by event id.
-fn mainline_sort(
-    events: &mut Events<'_>,
-    power_levels: Option<&str>,
-    ids: Vec<String>,
-) -> Vec<String> {
-    let mut mainline: HashMap<String, usize> = HashMap::new();
-    let mut next = power_levels.map(str::to_owned);
-    while let Some(id) = next {
-        if mainline.contains_key(&id) {
+fn mainline_sort(events: &mut Events<'_>, power_levels: Option<Ix>, ids: Vec<Ix>) -> Vec<Ix> {
+    let mut mainline: HashMap<Ix, usize> = HashMap::new();
+    let mut next = power_levels;
+    while let Some(ix) = next {
+        if mainline.contains_key(&ix) {
             break; // a cycle: not a valid graph, stop rather than loop
         }
-        let event = events.get(&id);
-        mainline.insert(id, mainline.len());
-        next = event.and_then(|e| {
-            events
-                .auth_event_of_type(&e, "m.room.power_levels", "")
-                .map(|(id, _)| id)
-        });
+        mainline.insert(ix, mainline.len());
+        next = events.auth_of_type(ix, "m.room.power_levels", "");
     }
-    let mut keyed: Vec<(Reverse<usize>, i64, String)> = ids
+    // The mainline position a power levels event leads to, once found.
+    let mut leads_to: HashMap<Ix, usize> = HashMap::new();
+    let mut keyed: Vec<(Reverse<usize>, i64, Ix)> = ids
         .into_iter()
-        .map(|id| {
-            let Some(event) = events.get(&id) else {
-                return (Reverse(usize::MAX), 0, id);
-            };
+        .map(|ix| {
+            if !events.load(ix) {
+                return (Reverse(usize::MAX), 0, ix);
+            }
             let mut position = usize::MAX;
-            let mut seen = HashSet::new();
-            let mut current = event.clone();
-            while let Some((pl_id, pl)) =
-                events.auth_event_of_type(&current, "m.room.power_levels", "")
-            {
-                if let Some(i) = mainline.get(&pl_id) {
+            let mut walked: Vec<Ix> = Vec::new();
+            let mut current = ix;
+            while let Some(pl) = events.auth_of_type(current, "m.room.power_levels", "") {
+                if let Some(i) = mainline.get(&pl).or_else(|| leads_to.get(&pl)) {
                     position = *i;
                     break;
                 }
-                if !seen.insert(pl_id) {
+                if walked.contains(&pl) {
                     break;
                 }
+                walked.push(pl);
                 current = pl;
             }
-            (Reverse(position), timestamp(&event), id)
+            for pl in walked {
+                leads_to.insert(pl, position);
+            }
+            (Reverse(position), events.node(ix).timestamp, ix)
         })
         .collect();
-    keyed.sort();
-    keyed.into_iter().map(|(_, _, id)| id).collect()
+    keyed.sort_by(|a, b| {
+        (a.0, a.1, events.node(a.2).id.as_str()).cmp(&(b.0, b.1, events.node(b.2).id.as_str()))
+    });
+    keyed.into_iter().map(|(_, _, ix)| ix).collect()
 }
 
-/// The state an event is checked against in the iterative auth checks: its own
-/// (unrejected) auth events, overridden by the resolved state wherever that holds a key
-/// the auth rules need.
-/// Each event comes with its id (the key it was fetched by).
+/// The state an event is checked against in state resolution v1: its candidates, each
+/// with the id it was fetched by.
 struct CheckState(HashMap<(String, String), (String, Arc<Value>)>);
 
 impl AuthState for CheckState {
@@ -553,56 +712,122 @@ impl AuthState for CheckState {
     }
 }
 
+/// The state an event is checked against in the iterative auth checks: its own
+/// (unrejected) auth events, overridden by the resolved state wherever that holds a key
+/// the auth rules need. A handful of entries, each a key and an event; a later entry
+/// for a key replaces an earlier one.
+struct IterativeState<'e> {
+    nodes: &'e [Node],
+    entries: Vec<(&'e str, &'e str, Ix)>,
+}
+
+impl<'e> IterativeState<'e> {
+    fn set(&mut self, kind: &'e str, state_key: &'e str, ix: Ix) {
+        match self
+            .entries
+            .iter_mut()
+            .find(|(k, s, _)| *k == kind && *s == state_key)
+        {
+            Some(entry) => entry.2 = ix,
+            None => self.entries.push((kind, state_key, ix)),
+        }
+    }
+
+    fn find(&self, event_type: &str, state_key: &str) -> Option<&'e Node> {
+        self.entries
+            .iter()
+            .find(|(k, s, _)| *k == event_type && *s == state_key)
+            .map(|(_, _, ix)| &self.nodes[*ix as usize])
+    }
+}
+
+impl AuthState for IterativeState<'_> {
+    fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
+        self.find(event_type, state_key)?.event.as_deref()
+    }
+
+    fn create_event_id(&self) -> Option<&str> {
+        self.find("m.room.create", "").map(|n| n.id.as_str())
+    }
+}
+
+/// Where an entry of an event's [`IterativeState`] comes from.
+enum Entry {
+    /// One of its auth events (under that event's key).
+    Auth(Ix),
+    /// The resolved state's event for the `n`th key the auth rules need.
+    Needed(usize, Ix),
+    /// The room's create event (v12).
+    Create(Ix),
+}
+
 /// Spec: "Iterative auth checks": each event applied to `state` if the auth rules allow
 /// it, in order.
 fn iterative_auth_checks(
     version: RoomVersion,
     events: &mut Events<'_>,
     state: &mut Partial<'_>,
-    ordered: &[String],
+    ordered: &[Ix],
 ) {
-    for id in ordered {
-        let Some(event) = events.get(id) else {
+    let create_key = ("m.room.create".to_owned(), String::new());
+    let mut entries: Vec<Entry> = Vec::new();
+    for &ix in ordered {
+        if !events.load(ix) || events.node(ix).key.is_none() {
+            continue;
+        }
+        let Some(event) = events.node(ix).event.clone() else {
             continue;
         };
-        let (Some(kind), Some(state_key)) =
-            (str_field(&event, "type"), str_field(&event, "state_key"))
-        else {
-            continue;
-        };
-        let mut check = HashMap::new();
-        for auth_id in auth_events(&event) {
-            if events.source.is_rejected(&auth_id) {
+        entries.clear();
+        for n in 0..events.node(ix).auth.len() {
+            let auth = events.node(ix).auth[n];
+            if events.is_rejected(auth) {
                 continue;
             }
-            if let Some(auth) = events.get(&auth_id) {
-                if let (Some(t), Some(k)) =
-                    (str_field(&auth, "type"), str_field(&auth, "state_key"))
-                {
-                    check.insert(
-                        (t.to_owned(), k.to_owned()),
-                        (auth_id.clone(), auth.clone()),
-                    );
-                }
+            if events.load(auth) && events.node(auth).key.is_some() {
+                entries.push(Entry::Auth(auth));
             }
         }
         let mut needed = auth_rules::auth_event_keys(version, &event);
-        needed.push(("m.room.create".to_owned(), String::new()));
-        for key in needed {
-            if let Some(in_state) = state.get(&key) {
-                if let Some(resolved) = events.get(&in_state) {
-                    check.insert(key, (in_state, resolved));
+        needed.push(create_key.clone());
+        for (n, key) in needed.iter().enumerate() {
+            if let Some(in_state) = state.get(key, events) {
+                if events.load(in_state) {
+                    entries.push(Entry::Needed(n, in_state));
                 }
             }
         }
-        if version.room_id_is_create_event_hash() && kind != "m.room.create" {
-            let create_key = ("m.room.create".to_owned(), String::new());
-            if let std::collections::hash_map::Entry::Vacant(slot) = check.entry(create_key) {
-                let room_id = str_field(&event, "room_id").unwrap_or("");
-                let id = format!("${}", room_id.strip_prefix('!').unwrap_or(room_id));
-                if let Some(create) = events.create_event(version, &event) {
-                    slot.insert((id, create));
+        let is_create = events
+            .node(ix)
+            .key
+            .as_ref()
+            .is_some_and(|(kind, _)| kind == "m.room.create");
+        if version.room_id_is_create_event_hash() && !is_create {
+            if let Some(create) = events.create_event(version, ix) {
+                entries.push(Entry::Create(create));
+            }
+        }
+
+        let mut check = IterativeState {
+            nodes: &events.nodes,
+            entries: Vec::with_capacity(entries.len()),
+        };
+        let mut create_from_room_id = None;
+        for entry in &entries {
+            match *entry {
+                Entry::Auth(auth) => {
+                    if let Some((kind, state_key)) = &check.nodes[auth as usize].key {
+                        check.set(kind, state_key, auth);
+                    }
                 }
+                Entry::Needed(n, found) => check.set(&needed[n].0, &needed[n].1, found),
+                Entry::Create(create) => create_from_room_id = Some(create),
+            }
+        }
+        // v12: the create event the room id names, where nothing else gave one.
+        if let Some(create) = create_from_room_id {
+            if check.find("m.room.create", "").is_none() {
+                check.entries.push(("m.room.create", "", create));
             }
         }
         let source = events.source;
@@ -611,10 +836,10 @@ fn iterative_auth_checks(
             version,
             signed_by: &signed_by,
         };
-        if auth_rules::check(&ctx, &event, &CheckState(check)).is_ok() {
-            state
-                .changes
-                .insert((kind.to_owned(), state_key.to_owned()), id.clone());
+        if auth_rules::check(&ctx, &event, &check).is_ok() {
+            if let Some(key) = events.node(ix).key.clone() {
+                state.changes.insert(key, ix);
+            }
         }
     }
 }

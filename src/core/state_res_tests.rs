@@ -451,8 +451,11 @@ fn the_conflicted_state_subgraph_is_every_path_between_conflicted_events() {
         ("Z", &[]),
     ]);
     let mut events = Events::new(&bare);
-    let conflicted = BTreeSet::from(["C1".to_owned(), "C2".to_owned()]);
-    let subgraph = conflicted_subgraph(&mut events, &conflicted);
+    let conflicted = [events.ix("C1"), events.ix("C2")];
+    let subgraph: HashSet<String> = conflicted_subgraph(&mut events, &conflicted)
+        .into_iter()
+        .map(|ix| events.node(ix).id.clone())
+        .collect();
     let expected: HashSet<String> = ["C1", "X", "Y", "C2"]
         .iter()
         .map(|s| s.to_string())
