@@ -155,8 +155,8 @@ async fn timed(services: &Services, origin: &Origin, pdu: Value) -> f64 {
 }
 
 /// Resolving the states after two stored events, as the room writer does for a fork
-/// (`resolution::resolve_snapshots`, the median of three).
-fn resolve_alone(services: &Services, events: [&String; 2]) -> f64 {
+/// (`resolution::resolve_snapshots`, the median of three): wall and thread CPU time, ms.
+fn resolve_alone(services: &Services, events: [&String; 2]) -> (f64, f64) {
     let store = services.rooms.store();
     let snapshots: Vec<u64> = events
         .iter()
@@ -169,15 +169,29 @@ fn resolve_alone(services: &Services, events: [&String; 2]) -> f64 {
                 .state_after
         })
         .collect();
-    let mut times: Vec<f64> = (0..3)
+    let mut times: Vec<(f64, f64)> = (0..3)
         .map(|_| {
             let started = Instant::now();
+            let cpu = thread_cpu_ms();
             resolution::resolve_snapshots(store, RoomVersion::V12, &snapshots).expect("resolved");
-            started.elapsed().as_secs_f64() * 1000.0
+            (
+                started.elapsed().as_secs_f64() * 1000.0,
+                thread_cpu_ms() - cpu,
+            )
         })
         .collect();
-    times.sort_by(|a, b| a.total_cmp(b));
+    times.sort_by(|a, b| a.0.total_cmp(&b.0));
     times[1]
+}
+
+/// The calling thread's CPU time so far, in ms (Linux: `/proc/thread-self/schedstat`'s
+/// first field, in ns; 0 where it cannot be read): on a shared machine, CPU time varies
+/// less than wall time.
+fn thread_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns / 1e6)
 }
 
 fn main() {
@@ -230,6 +244,7 @@ fn main() {
         let mut fork_ms = Vec::new();
         let mut merge_ms = Vec::new();
         let mut resolve_ms = Vec::new();
+        let mut resolve_cpu_ms = Vec::new();
         for run in 0..runs {
             let fork_point = tip.clone();
             let mut branch = Vec::with_capacity(changed);
@@ -242,13 +257,15 @@ fn main() {
             receive_all(&services, &origin, branch).await;
             let (fork, fork_pdu) = room.message(members - 1 - run, vec![fork_point]);
             fork_ms.push(timed(&services, &origin, fork_pdu).await);
-            resolve_ms.push(resolve_alone(&services, [&branch_tip, &fork]));
+            let (wall, cpu) = resolve_alone(&services, [&branch_tip, &fork]);
+            resolve_ms.push(wall);
+            resolve_cpu_ms.push(cpu);
             let (merge, merge_pdu) = room.message(members - 1 - run, vec![branch_tip, fork]);
             merge_ms.push(timed(&services, &origin, merge_pdu).await);
             tip = merge;
             println!(
-                "run {run}: fork {:.1} ms, merge {:.1} ms, the resolution alone {:.1} ms",
-                fork_ms[run], merge_ms[run], resolve_ms[run]
+                "run {run}: fork {:.1} ms, merge {:.1} ms, the resolution alone {:.1} ms ({:.1} ms CPU)",
+                fork_ms[run], merge_ms[run], resolve_ms[run], resolve_cpu_ms[run]
             );
         }
         // Every run's renamed members kept their new names: the branch won.
@@ -268,10 +285,11 @@ fn main() {
             v[v.len() / 2]
         };
         println!(
-            "fork of {changed} conflicted members in a state of {members}: receiving the fork event median {:.1} ms, the merging event {:.1} ms, resolving the two branches' stored states alone {:.1} ms ({runs} runs)",
+            "fork of {changed} conflicted members in a state of {members}: receiving the fork event median {:.1} ms, the merging event {:.1} ms, resolving the two branches' stored states alone {:.1} ms, {:.1} ms of CPU ({runs} runs)",
             median(&mut fork_ms),
             median(&mut merge_ms),
-            median(&mut resolve_ms)
+            median(&mut resolve_ms),
+            median(&mut resolve_cpu_ms)
         );
         server.shutdown().await;
     });
