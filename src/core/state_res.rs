@@ -549,20 +549,23 @@ fn conflicted_subgraph(events: &mut Events<'_>, conflicted: &[Ix]) -> Vec<Ix> {
                 .filter(|n| !reached.contains(**n)),
         );
     }
-    // Which of them lead to a conflicted event (depth first, without recursion).
+    // Which of them lead to a conflicted event (depth first, without recursion). An
+    // event already entered is not entered again: one still on the stack would mean an
+    // auth cycle (never in a consistent graph), which must not make the walk endless.
+    let mut entered = Marks::default();
     let mut done = Marks::default();
     let mut leads = Marks::default();
     for &start in &all {
         let mut stack: Vec<(Ix, usize)> = vec![(start, 0)];
         while let Some((ix, child)) = stack.pop() {
-            if done.contains(ix) && child == 0 {
+            if child == 0 && !entered.insert(ix) {
                 continue;
             }
             let next = &events.node(ix).auth;
             if child < next.len() {
                 stack.push((ix, child + 1));
                 let n = next[child];
-                if !done.contains(n) && reached.contains(n) {
+                if !entered.contains(n) && reached.contains(n) {
                     stack.push((n, 0));
                 }
                 continue;
@@ -670,13 +673,16 @@ fn mainline_sort(events: &mut Events<'_>, power_levels: Option<Ix>, ids: Vec<Ix>
             }
             let mut position = usize::MAX;
             let mut walked: Vec<Ix> = Vec::new();
+            // Power levels events walked for the first time: few, as the others are in
+            // `leads_to` (a `HashSet` allocates only when one is).
+            let mut seen: HashSet<Ix> = HashSet::new();
             let mut current = ix;
             while let Some(pl) = events.auth_of_type(current, "m.room.power_levels", "") {
                 if let Some(i) = mainline.get(&pl).or_else(|| leads_to.get(&pl)) {
                     position = *i;
                     break;
                 }
-                if walked.contains(&pl) {
+                if !seen.insert(pl) {
                     break;
                 }
                 walked.push(pl);

@@ -464,6 +464,20 @@ fn the_conflicted_state_subgraph_is_every_path_between_conflicted_events() {
 }
 
 #[test]
+fn an_auth_cycle_does_not_make_the_conflicted_subgraph_endless() {
+    // Never in a consistent graph (v12 ids are reference hashes), but a store could be
+    // inconsistent: C1 → X → C1, and X → X.
+    let bare = Bare::new(&[("C1", &["X"]), ("X", &["C1", "X"]), ("C2", &[])]);
+    let mut events = Events::new(&bare);
+    let conflicted = [events.ix("C1"), events.ix("C2")];
+    let subgraph: HashSet<String> = conflicted_subgraph(&mut events, &conflicted)
+        .into_iter()
+        .map(|ix| events.node(ix).id.clone())
+        .collect();
+    assert!(subgraph.contains("C1") && subgraph.contains("C2"));
+}
+
+#[test]
 fn the_auth_difference_is_what_some_but_not_all_chains_hold() {
     let bare = Bare::new(&[("A", &["R"]), ("B", &["Q", "R"]), ("Q", &["R"]), ("R", &[])]);
     let s1 = StateMap::from([(key("t", "1"), "A".to_owned())]);
