@@ -450,12 +450,7 @@ fn the_conflicted_state_subgraph_is_every_path_between_conflicted_events() {
         ("W", &[]),
         ("Z", &[]),
     ]);
-    let mut events = Events::new(&bare);
-    let conflicted = [events.ix("C1"), events.ix("C2")];
-    let subgraph: HashSet<String> = conflicted_subgraph(&mut events, &conflicted)
-        .into_iter()
-        .map(|ix| events.node(ix).id.clone())
-        .collect();
+    let subgraph = subgraph_of(&bare, &["C1", "C2"]);
     let expected: HashSet<String> = ["C1", "X", "Y", "C2"]
         .iter()
         .map(|s| s.to_string())
@@ -468,13 +463,18 @@ fn an_auth_cycle_does_not_make_the_conflicted_subgraph_endless() {
     // Never in a consistent graph (v12 ids are reference hashes), but a store could be
     // inconsistent: C1 → X → C1, and X → X.
     let bare = Bare::new(&[("C1", &["X"]), ("X", &["C1", "X"]), ("C2", &[])]);
-    let mut events = Events::new(&bare);
-    let conflicted = [events.ix("C1"), events.ix("C2")];
-    let subgraph: HashSet<String> = conflicted_subgraph(&mut events, &conflicted)
+    let subgraph = subgraph_of(&bare, &["C1", "C2"]);
+    assert!(subgraph.contains("C1") && subgraph.contains("C2"));
+}
+
+/// The conflicted state subgraph of `conflicted` in `bare`, as event ids.
+fn subgraph_of(bare: &Bare, conflicted: &[&str]) -> HashSet<String> {
+    let mut events = Events::new(bare);
+    let conflicted: Vec<Ix> = conflicted.iter().map(|id| events.ix(id)).collect();
+    conflicted_subgraph(&mut events, &conflicted)
         .into_iter()
         .map(|ix| events.node(ix).id.clone())
-        .collect();
-    assert!(subgraph.contains("C1") && subgraph.contains("C2"));
+        .collect()
 }
 
 #[test]
