@@ -1,123 +1,14 @@
 //! The one error type that reaches the wire: `{"errcode": "M_…", "error": "…"}` plus a status.
 //!
-//! Spec: client-server API, "Standard error response" and "Common error codes". Services
-//! return it (it holds no HTTP types: the status is a plain number); the `http` layer renders it.
+//! Spec: client-server API, "Standard error response" and "Common error codes". Handlers
+//! build it at the edge: from their own checks, or from a service's [`ServiceError`], whose
+//! [`ErrorKind`] this module alone maps to a status. The `http` layer renders it.
 
 use serde_json::{Map, Value};
 
+pub use crate::core::error_code::ErrorCode;
+use crate::services::error::{ErrorKind, ServiceError};
 use crate::storage::StorageError;
-
-/// The spec's error codes that ourwhats answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// `M_FORBIDDEN`
-    Forbidden,
-    /// `M_UNKNOWN_TOKEN`
-    UnknownToken,
-    /// `M_MISSING_TOKEN`
-    MissingToken,
-    /// `M_USER_LOCKED`
-    UserLocked,
-    /// `M_USER_DEACTIVATED`
-    UserDeactivated,
-    /// `M_BAD_JSON`
-    BadJson,
-    /// `M_NOT_JSON`
-    NotJson,
-    /// `M_NOT_FOUND`
-    NotFound,
-    /// `M_LIMIT_EXCEEDED`
-    LimitExceeded,
-    /// `M_UNRECOGNIZED`
-    Unrecognized,
-    /// `M_UNKNOWN`
-    Unknown,
-    /// `M_UNAUTHORIZED`
-    Unauthorized,
-    /// `M_USER_IN_USE`
-    UserInUse,
-    /// `M_INVALID_USERNAME`
-    InvalidUsername,
-    /// `M_EXCLUSIVE`
-    Exclusive,
-    /// `M_GUEST_ACCESS_FORBIDDEN`
-    GuestAccessForbidden,
-    /// `M_INVALID_PARAM`
-    InvalidParam,
-    /// `M_MISSING_PARAM`
-    MissingParam,
-    /// `M_TOO_LARGE`
-    TooLarge,
-    /// `M_WEAK_PASSWORD`
-    WeakPassword,
-    /// `M_UNSUPPORTED_ROOM_VERSION`
-    UnsupportedRoomVersion,
-    /// `M_CANNOT_OVERWRITE_MEDIA`
-    CannotOverwriteMedia,
-    /// `M_NOT_YET_UPLOADED`
-    NotYetUploaded,
-    /// `M_ROOM_IN_USE`
-    RoomInUse,
-    /// `M_INVALID_ROOM_STATE`
-    InvalidRoomState,
-    /// `M_BAD_ALIAS`
-    BadAlias,
-    /// `M_BAD_STATE`
-    BadState,
-    /// `M_PROFILE_TOO_LARGE`
-    ProfileTooLarge,
-    /// `M_KEY_TOO_LARGE`
-    KeyTooLarge,
-    /// `M_INVALID_SIGNATURE`
-    InvalidSignature,
-    /// `M_WRONG_ROOM_KEYS_VERSION` (key backup; carries `current_version`)
-    WrongRoomKeysVersion,
-    /// `M_INCOMPATIBLE_ROOM_VERSION` (federation joins; carries `room_version`)
-    IncompatibleRoomVersion,
-    /// `M_UNABLE_TO_AUTHORISE_JOIN` (a restricted join no condition of which we know)
-    UnableToAuthoriseJoin,
-}
-
-impl ErrorCode {
-    /// The wire form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Forbidden => "M_FORBIDDEN",
-            Self::UnknownToken => "M_UNKNOWN_TOKEN",
-            Self::MissingToken => "M_MISSING_TOKEN",
-            Self::UserLocked => "M_USER_LOCKED",
-            Self::UserDeactivated => "M_USER_DEACTIVATED",
-            Self::BadJson => "M_BAD_JSON",
-            Self::NotJson => "M_NOT_JSON",
-            Self::NotFound => "M_NOT_FOUND",
-            Self::LimitExceeded => "M_LIMIT_EXCEEDED",
-            Self::Unrecognized => "M_UNRECOGNIZED",
-            Self::Unknown => "M_UNKNOWN",
-            Self::Unauthorized => "M_UNAUTHORIZED",
-            Self::UserInUse => "M_USER_IN_USE",
-            Self::InvalidUsername => "M_INVALID_USERNAME",
-            Self::Exclusive => "M_EXCLUSIVE",
-            Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
-            Self::InvalidParam => "M_INVALID_PARAM",
-            Self::MissingParam => "M_MISSING_PARAM",
-            Self::TooLarge => "M_TOO_LARGE",
-            Self::WeakPassword => "M_WEAK_PASSWORD",
-            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
-            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
-            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
-            Self::RoomInUse => "M_ROOM_IN_USE",
-            Self::InvalidRoomState => "M_INVALID_ROOM_STATE",
-            Self::BadAlias => "M_BAD_ALIAS",
-            Self::BadState => "M_BAD_STATE",
-            Self::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
-            Self::KeyTooLarge => "M_KEY_TOO_LARGE",
-            Self::InvalidSignature => "M_INVALID_SIGNATURE",
-            Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
-            Self::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
-            Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
-        }
-    }
-}
 
 /// An error as the client or remote server will see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,20 +122,41 @@ impl std::fmt::Display for MatrixError {
 
 impl std::error::Error for MatrixError {}
 
-impl From<StorageError> for MatrixError {
-    /// A write refused while storage recovers is 503 (try again shortly); anything else
-    /// is an internal error. Neither shows the detail, which goes to the log.
-    fn from(e: StorageError) -> Self {
-        if e.unwritable {
-            tracing::warn!(error = %e, "write refused: storage does not take writes");
-            Self::new(
-                503,
-                ErrorCode::Unknown,
-                "The server cannot store anything right now; try again shortly",
-            )
-        } else {
-            Self::internal(e)
+impl From<ServiceError> for MatrixError {
+    fn from(e: ServiceError) -> Self {
+        Self {
+            status: status_of(e.kind),
+            errcode: e.errcode,
+            message: e.message,
+            extra: e.extra,
         }
+    }
+}
+
+/// The HTTP status of each kind of service outcome (the spec's status for each error the
+/// services name; where the spec gives a code a status of its own, e.g. `M_USER_IN_USE` is
+/// 400, the service reports the kind that has it).
+pub fn status_of(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::Invalid => 400,
+        ErrorKind::Unauthenticated => 401,
+        ErrorKind::Forbidden => 403,
+        ErrorKind::NotFound => 404,
+        ErrorKind::ServerControlled => 405,
+        ErrorKind::Conflict => 409,
+        ErrorKind::TooLarge => 413,
+        ErrorKind::RateLimited => 429,
+        ErrorKind::Internal => 500,
+        ErrorKind::RemoteFailed => 502,
+        ErrorKind::Unavailable => 503,
+        ErrorKind::TimedOut => 504,
+    }
+}
+
+impl From<StorageError> for MatrixError {
+    /// As the services see it: 503 while storage refuses writes, else 500; no detail shown.
+    fn from(e: StorageError) -> Self {
+        ServiceError::from(e).into()
     }
 }
 
@@ -261,6 +173,17 @@ mod tests {
             e.to_json(),
             json!({"errcode": "M_LIMIT_EXCEEDED", "error": "Too many requests", "retry_after_ms": 1500})
         );
+    }
+
+    #[test]
+    fn service_outcomes_get_their_status_at_the_edge() {
+        let e = MatrixError::from(ServiceError::forbidden("no"));
+        assert_eq!((e.status, e.errcode), (403, Some(ErrorCode::Forbidden)));
+        let e = MatrixError::from(ServiceError::limit_exceeded(10));
+        assert_eq!(e.status, 429);
+        assert_eq!(e.extra.get("retry_after_ms"), Some(&serde_json::json!(10)));
+        let e = MatrixError::from(ServiceError::remote_failed("down"));
+        assert_eq!((e.status, e.errcode), (502, Some(ErrorCode::Unknown)));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::http::AppState;
 use crate::services::accounts::cross_signing::CrossSigningUpload;
 use crate::services::accounts::device_keys::QueriedDeviceKeys;
 use crate::services::accounts::device_keys::{KeyUpload, MAX_KEYS_REQUEST_ENTRIES};
+use crate::services::error::ServiceResult;
 use crate::services::federation::client::FederationError;
 use crate::services::federation::device_lists::MAX_FETCHES_PER_QUERY;
 
@@ -70,9 +71,11 @@ pub async fn upload(
 /// Runs a key change to its end even if the client goes away: each holds its user's keys
 /// lock until its write commits, so a retry never starts before the first try is done.
 async fn uncancellable<T: Send + 'static>(
-    change: impl std::future::Future<Output = MatrixResult<T>> + Send + 'static,
+    change: impl std::future::Future<Output = ServiceResult<T>> + Send + 'static,
 ) -> MatrixResult<T> {
-    tokio::spawn(change).await.map_err(MatrixError::internal)?
+    Ok(tokio::spawn(change)
+        .await
+        .map_err(MatrixError::internal)??)
 }
 
 /// The failure recorded for a server that gave no answer.

@@ -176,7 +176,8 @@ async fn send_leave(
             signed.body,
             &source,
         )
-        .await
+        .await?;
+    Ok(())
 }
 
 /// The signed knock, received; answers the room's state for the knocking user.

@@ -161,7 +161,7 @@ async fn receive_edu(services: &AppState, origin: &str, edu: &Value) -> MatrixRe
             } else {
                 lists.signing_key_update(content)?;
             }
-            services.accounts.remote_keys_changed(user).await
+            Ok(services.accounts.remote_keys_changed(user).await?)
         }
         other => {
             tracing::debug!(%origin, edu_type = %other, "EDU type not handled");
@@ -214,8 +214,8 @@ async fn receipts(services: &AppState, origin: &str, content: &Value) -> MatrixR
                 )
                 .await
             {
-                if e.status >= 500 {
-                    return Err(e);
+                if e.kind.is_server_side() {
+                    return Err(e.into());
                 }
                 tracing::info!(%origin, %user, %room_id, error = %e.message, "a receipt was not taken");
             }
@@ -268,7 +268,8 @@ async fn direct_to_device(services: &AppState, origin: &str, content: &Value) ->
     services
         .accounts
         .send_to_device(&sender, &dedupe_device, kind, message_id, &messages)
-        .await
+        .await?;
+    Ok(())
 }
 
 /// Spec: "Presence": `{push: [{user_id, presence, last_active_ago, currently_active?,

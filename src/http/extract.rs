@@ -174,7 +174,7 @@ fn session(parts: &Parts, state: &AppState) -> Result<Session, MatrixError> {
     let token = access_token(parts)
         .ok_or_else(|| MatrixError::new(401, ErrorCode::MissingToken, "Missing access token"))?;
     let ip = client_ip(parts).map(|ip| ip.to_string());
-    state.accounts.authenticate(&token, ip.as_deref())
+    Ok(state.accounts.authenticate(&token, ip.as_deref())?)
 }
 
 /// The token from `Authorization: Bearer …`, or the deprecated `access_token` query parameter.

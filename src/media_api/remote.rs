@@ -49,5 +49,6 @@ pub async fn ensure_here(
             remote.filename.as_deref(),
             remote.body,
         )
-        .await
+        .await?;
+    Ok(())
 }

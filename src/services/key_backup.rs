@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::StripedLocks;
 use crate::storage::{keys, Batch, Db, Table};
@@ -114,24 +114,24 @@ fn parse_version(version: &str) -> Option<u64> {
     version.parse().ok().filter(|_| !version.starts_with('+'))
 }
 
-fn unknown_version() -> MatrixError {
-    MatrixError::not_found("Unknown backup version")
+fn unknown_version() -> ServiceError {
+    ServiceError::not_found("Unknown backup version")
 }
 
 /// Checks one session's key. Spec: `KeyBackupData`.
-fn check_session(key: &Value) -> MatrixResult<()> {
+fn check_session(key: &Value) -> ServiceResult<()> {
     let ok = key.get("first_message_index").is_some_and(Value::is_u64)
         && key.get("forwarded_count").is_some_and(Value::is_u64)
         && key.get("is_verified").is_some_and(Value::is_boolean)
         && key.get("session_data").is_some_and(Value::is_object);
     if !ok {
-        return Err(MatrixError::bad_json(
+        return Err(ServiceError::bad_json(
             "A key needs first_message_index, forwarded_count, is_verified and session_data",
         ));
     }
     if serde_json::to_vec(key).map_or(0, |b| b.len()) > MAX_SESSION_BYTES {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::TooLarge,
             "A key is too large",
         ));
@@ -175,7 +175,7 @@ impl KeyBackup {
     fn newest_first<'a>(
         &'a self,
         user_id: &str,
-    ) -> impl Iterator<Item = MatrixResult<(u64, BackupVersion)>> + 'a {
+    ) -> impl Iterator<Item = ServiceResult<(u64, BackupVersion)>> + 'a {
         let prefix = keys::prefix(user_id.as_bytes());
         let end = keys::prefix_successor(&prefix).unwrap_or_default();
         let start = prefix.len();
@@ -186,13 +186,13 @@ impl KeyBackup {
                 let version = key
                     .get(start..)
                     .and_then(keys::read_u64)
-                    .ok_or_else(|| MatrixError::internal("corrupt backup version key"))?;
+                    .ok_or_else(|| ServiceError::internal("corrupt backup version key"))?;
                 Ok((version, decode(Table::UseridVersionBackup, &value)?))
             })
     }
 
     /// The most recently created version that is not deleted.
-    fn current(&self, user_id: &str) -> MatrixResult<Option<(u64, BackupVersion)>> {
+    fn current(&self, user_id: &str) -> ServiceResult<Option<(u64, BackupVersion)>> {
         for version in self.newest_first(user_id) {
             let (number, record) = version?;
             if !record.deleted {
@@ -202,7 +202,7 @@ impl KeyBackup {
         Ok(None)
     }
 
-    fn version(&self, user_id: &str, version: &str) -> MatrixResult<Option<(u64, BackupVersion)>> {
+    fn version(&self, user_id: &str, version: &str) -> ServiceResult<Option<(u64, BackupVersion)>> {
         let Some(number) = parse_version(version) else {
             return Ok(None);
         };
@@ -215,24 +215,24 @@ impl KeyBackup {
         Ok(Some((number, decode(Table::UseridVersionBackup, &bytes)?)))
     }
 
-    fn live_version(&self, user_id: &str, version: &str) -> MatrixResult<(u64, BackupVersion)> {
+    fn live_version(&self, user_id: &str, version: &str) -> ServiceResult<(u64, BackupVersion)> {
         self.version(user_id, version)?
             .filter(|(_, v)| !v.deleted)
             .ok_or_else(unknown_version)
     }
 
-    fn check_auth_data(algorithm: &str, auth_data: &Value) -> MatrixResult<()> {
+    fn check_auth_data(algorithm: &str, auth_data: &Value) -> ServiceResult<()> {
         if algorithm.is_empty() || algorithm.len() > 255 {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "`algorithm` must be a non-empty string",
             ));
         }
         if !auth_data.is_object() {
-            return Err(MatrixError::bad_json("`auth_data` must be an object"));
+            return Err(ServiceError::bad_json("`auth_data` must be an object"));
         }
         if serde_json::to_vec(auth_data).map_or(0, |b| b.len()) > MAX_AUTH_DATA_BYTES {
-            return Err(MatrixError::new(
-                400,
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::TooLarge,
                 "`auth_data` is too large",
             ));
@@ -246,7 +246,7 @@ impl KeyBackup {
         user_id: &str,
         algorithm: &str,
         auth_data: Value,
-    ) -> MatrixResult<String> {
+    ) -> ServiceResult<String> {
         Self::check_auth_data(algorithm, &auth_data)?;
         let _guard = self.locks.lock(user_id.as_bytes()).await;
         let number = match self.newest_first(user_id).next().transpose()? {
@@ -268,12 +268,12 @@ impl KeyBackup {
 
     /// A version's description (the current one when `version` is `None`); 404 when there
     /// is none. Spec: `GET /room_keys/version[/{version}]`.
-    pub fn version_info(&self, user_id: &str, version: Option<&str>) -> MatrixResult<Value> {
+    pub fn version_info(&self, user_id: &str, version: Option<&str>) -> ServiceResult<Value> {
         let (number, record) = match version {
             Some(v) => self.live_version(user_id, v)?,
             None => self
                 .current(user_id)?
-                .ok_or_else(|| MatrixError::not_found("No current backup version"))?,
+                .ok_or_else(|| ServiceError::not_found("No current backup version"))?,
         };
         Ok(json!({
             "algorithm": record.algorithm,
@@ -293,17 +293,17 @@ impl KeyBackup {
         algorithm: &str,
         auth_data: Value,
         body_version: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         Self::check_auth_data(algorithm, &auth_data)?;
         if body_version.is_some_and(|v| v != version) {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "The version in the body must be the version in the path",
             ));
         }
         let _guard = self.locks.lock(user_id.as_bytes()).await;
         let (number, mut record) = self.live_version(user_id, version)?;
         if record.algorithm != algorithm {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "The algorithm of a backup version cannot change",
             ));
         }
@@ -316,7 +316,7 @@ impl KeyBackup {
 
     /// Deletes a version and its keys; deleting it again is fine, a version that never
     /// existed is 404. Spec: `DELETE /room_keys/version/{version}`.
-    pub async fn delete_version(&self, user_id: &str, version: &str) -> MatrixResult<()> {
+    pub async fn delete_version(&self, user_id: &str, version: &str) -> ServiceResult<()> {
         let _guard = self.locks.lock(user_id.as_bytes()).await;
         let (number, mut record) = self
             .version(user_id, version)?
@@ -348,10 +348,10 @@ impl KeyBackup {
         user_id: &str,
         version: &str,
         keys_in: RoomKeys,
-    ) -> MatrixResult<KeysUpdated> {
+    ) -> ServiceResult<KeysUpdated> {
         for (room, sessions) in &keys_in {
             if !room.starts_with('!') || room.contains('\u{0}') {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "Invalid room id {room:?}"
                 )));
             }
@@ -363,14 +363,14 @@ impl KeyBackup {
         let (number, mut record) = match self.current(user_id)? {
             Some((number, record)) if parse_version(version) == Some(number) => (number, record),
             Some((number, _)) => {
-                return Err(MatrixError::new(
-                    403,
+                return Err(ServiceError::new(
+                    ErrorKind::Forbidden,
                     ErrorCode::WrongRoomKeysVersion,
                     "Keys can only be written to the current backup version",
                 )
                 .with("current_version", number.to_string()))
             }
-            None => return Err(MatrixError::not_found("No current backup version")),
+            None => return Err(ServiceError::not_found("No current backup version")),
         };
         let mut batch = self.db.batch();
         let mut changed = false;
@@ -413,7 +413,7 @@ impl KeyBackup {
         user_id: &str,
         version: &str,
         scope: Scope<'_>,
-    ) -> MatrixResult<RoomKeys> {
+    ) -> ServiceResult<RoomKeys> {
         let (number, _) = self.live_version(user_id, version)?;
         let base = keys_prefix(user_id, number, Scope::All);
         let mut out = RoomKeys::new();
@@ -435,7 +435,7 @@ impl KeyBackup {
             let (key, value) = entry?;
             let mut parts = keys::split(&key[base.len()..]);
             let (Some(room), Some(session)) = (parts.next(), parts.next()) else {
-                return Err(MatrixError::internal("corrupt backed-up key"));
+                return Err(ServiceError::internal("corrupt backed-up key"));
             };
             out.entry(String::from_utf8_lossy(room).into_owned())
                 .or_default()
@@ -445,7 +445,7 @@ impl KeyBackup {
                 );
         }
         if matches!(scope, Scope::Session(..)) && out.is_empty() {
-            return Err(MatrixError::not_found("No key for this session"));
+            return Err(ServiceError::not_found("No key for this session"));
         }
         Ok(out)
     }
@@ -457,7 +457,7 @@ impl KeyBackup {
         user_id: &str,
         version: &str,
         scope: Scope<'_>,
-    ) -> MatrixResult<KeysUpdated> {
+    ) -> ServiceResult<KeysUpdated> {
         let _guard = self.locks.lock(user_id.as_bytes()).await;
         let (number, mut record) = self.live_version(user_id, version)?;
         let prefix = keys_prefix(user_id, number, scope);

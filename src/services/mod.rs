@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod cache;
 pub mod ephemeral;
+pub mod error;
 pub mod federation;
 pub mod health;
 pub mod key_backup;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::core::SigningKeyPair;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::storage::{Db, DbOptions};
 use accounts::Accounts;
 use ephemeral::Ephemeral;
@@ -270,12 +271,12 @@ impl Services {
 }
 
 impl push::delivery::PushLookups for Services {
-    fn event(&self, short: u64) -> MatrixResult<(String, serde_json::Value)> {
+    fn event(&self, short: u64) -> ServiceResult<(String, serde_json::Value)> {
         let event = self.rooms.store().event(short)?;
         Ok((event.event_id.clone(), event.pdu().clone()))
     }
 
-    fn joined_room(&self, room: u64, user_id: &str) -> MatrixResult<Option<String>> {
+    fn joined_room(&self, room: u64, user_id: &str) -> ServiceResult<Option<String>> {
         let store = self.rooms.store();
         let room_id = store.room_by_short(room)?.record.room_id;
         let joined = store
@@ -288,7 +289,7 @@ impl push::delivery::PushLookups for Services {
         &self,
         room: u64,
         user_id: &str,
-    ) -> MatrixResult<ephemeral::receipts::ReadPositions> {
+    ) -> ServiceResult<ephemeral::receipts::ReadPositions> {
         self.ephemeral.read_positions(room, user_id)
     }
 

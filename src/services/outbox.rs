@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::stream::Write;
 use crate::storage::{keys, Db, Table};
 
@@ -108,12 +108,16 @@ impl Outbox {
     }
 
     /// Up to `limit` queued items of `destination`, oldest first: `(key, item)`.
-    pub fn pending(db: &Db, destination: &str, limit: usize) -> MatrixResult<Vec<(Vec<u8>, Item)>> {
+    pub fn pending(
+        db: &Db,
+        destination: &str,
+        limit: usize,
+    ) -> ServiceResult<Vec<(Vec<u8>, Item)>> {
         let mut out = Vec::new();
         for item in db.scan_prefix(Table::ServernamePosEdu, &prefix(destination)) {
             let (key, value) = item?;
             let value = serde_json::from_slice(&value)
-                .map_err(|_| MatrixError::internal("corrupt record in servername_pos_edu"))?;
+                .map_err(|_| ServiceError::internal("corrupt record in servername_pos_edu"))?;
             out.push((key.to_vec(), Item::parse(value)));
             if out.len() >= limit {
                 break;
@@ -127,7 +131,7 @@ impl Outbox {
     pub fn queued_events<'d>(
         db: &'d Db,
         destination: &str,
-    ) -> impl Iterator<Item = MatrixResult<(Vec<u8>, String)>> + 'd {
+    ) -> impl Iterator<Item = ServiceResult<(Vec<u8>, String)>> + 'd {
         let from = prefix(destination);
         let to = keys::prefix_successor(&from).unwrap_or_else(|| vec![0xFF; from.len() + 9]);
         db.scan_range(Table::ServernamePosEdu, &from, &to, false)
@@ -150,7 +154,7 @@ impl Outbox {
 
     /// The destinations with queued items (at start, to resume sending): one seek per
     /// destination past all its items, so a long queue for a dead server is not read.
-    pub fn destinations(db: &Db) -> MatrixResult<Vec<String>> {
+    pub fn destinations(db: &Db) -> ServiceResult<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         // Keys are `name 0xFF pos`; names are text, which never holds 0xFF, so `name`
         // followed by ten 0xFF bytes is past every key of that name.

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::config::RateLimitConfig;
-use crate::error::MatrixError;
+use crate::services::error::ServiceError;
 
 /// What is being limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,13 +118,13 @@ impl RateLimiter {
     }
 
     /// Takes one token for `action` by `who`, or answers 429 with the wait until one refills.
-    pub fn check(&self, action: RateAction, who: &str) -> Result<(), MatrixError> {
+    pub fn check(&self, action: RateAction, who: &str) -> Result<(), ServiceError> {
         self.take(action, who, true)
     }
 
     /// Whether [`RateLimiter::check`] would pass now, taking nothing: for what is counted
     /// only once it proves valid ([`RateLimiter::count`] then takes the token).
-    pub fn peek(&self, action: RateAction, who: &str) -> Result<(), MatrixError> {
+    pub fn peek(&self, action: RateAction, who: &str) -> Result<(), ServiceError> {
         self.take(action, who, false)
     }
 
@@ -133,7 +133,7 @@ impl RateLimiter {
         let _ = self.take(action, who, true);
     }
 
-    fn take(&self, action: RateAction, who: &str, consume: bool) -> Result<(), MatrixError> {
+    fn take(&self, action: RateAction, who: &str, consume: bool) -> Result<(), ServiceError> {
         if !self.enabled {
             return Ok(());
         }
@@ -165,7 +165,7 @@ impl RateLimiter {
             // A zero rate never refills: ask to wait an hour.
             3_600_000
         };
-        Err(MatrixError::limit_exceeded(wait_ms.max(1)))
+        Err(ServiceError::limit_exceeded(wait_ms.max(1)))
     }
 }
 
@@ -200,7 +200,7 @@ mod tests {
             limiter.check(RateAction::Login, "1.2.3.4").unwrap();
         }
         let err = limiter.check(RateAction::Login, "1.2.3.4").unwrap_err();
-        assert_eq!(err.status, 429);
+        assert_eq!(err.kind, crate::services::error::ErrorKind::RateLimited);
         let retry = err.extra["retry_after_ms"].as_u64().unwrap();
         assert!(retry > 0 && retry <= 1000, "{retry}");
         // Another IP and another action have their own buckets.

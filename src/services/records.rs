@@ -1,6 +1,6 @@
 //! How services store their records: JSON values in their tables.
 
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::Table;
 
 /// A record as stored.
@@ -9,7 +9,7 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// A stored record; a record that does not parse is an internal error naming its table.
-pub fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> MatrixResult<T> {
+pub fn decode<T: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> ServiceResult<T> {
     serde_json::from_slice(bytes)
-        .map_err(|e| MatrixError::internal(format!("corrupt record in {}: {e}", table.name())))
+        .map_err(|e| ServiceError::internal(format!("corrupt record in {}: {e}", table.name())))
 }

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::core::signatures::sign_json;
 use crate::core::{ServerName, SigningKeyPair};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// File name of the key inside the data folder (Synapse's text format).
 pub const SIGNING_KEY_FILE: &str = "signing.key";
@@ -183,7 +183,7 @@ pub fn key_document(
     key: &SigningKeyPair,
     old_keys: &[OldKey],
     valid_until_ts: u64,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     let old: serde_json::Map<String, Value> = old_keys
         .iter()
         .map(|k| {
@@ -199,7 +199,7 @@ pub fn key_document(
         "verify_keys": { key.key_id(): { "key": key.public_key_base64() } },
         "old_verify_keys": old,
     });
-    sign_json(&mut document, server_name.as_str(), key).map_err(MatrixError::internal)?;
+    sign_json(&mut document, server_name.as_str(), key).map_err(ServiceError::internal)?;
     Ok(document)
 }
 

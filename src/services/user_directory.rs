@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use crate::core::UserId;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::rooms::event_store::{EventStore, Room};
 use crate::services::search::terms;
 use crate::services::Services;
@@ -51,7 +51,7 @@ pub fn search_users(
     searcher: &str,
     search_term: &str,
     limit: usize,
-) -> MatrixResult<DirectoryResults> {
+) -> ServiceResult<DirectoryResults> {
     let store = services.rooms.store();
     let mut wanted: Vec<String> = terms::terms(search_term);
     wanted.sort();
@@ -133,8 +133,8 @@ pub fn search_users(
 }
 
 /// Whether anyone may join or read the room.
-fn is_public(store: &EventStore, room: &Room) -> MatrixResult<bool> {
-    let content_is = |kind: &str, key: &str, value: &str| -> MatrixResult<bool> {
+fn is_public(store: &EventStore, room: &Room) -> ServiceResult<bool> {
+    let content_is = |kind: &str, key: &str, value: &str| -> ServiceResult<bool> {
         Ok(store
             .state_event(room.record.state, kind, "")?
             .is_some_and(|e| e.content().get(key).and_then(Value::as_str) == Some(value)))
@@ -153,7 +153,7 @@ fn collect_members(
     room: &Room,
     shares_room: bool,
     found: &mut HashMap<String, Found>,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     for event in store.state_events(room.record.state, Some("m.room.member"))? {
         let content = event.content();
         if content.get("membership").and_then(Value::as_str) != Some("join") {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Accounts;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::StreamChange;
 use crate::storage::{keys, Table};
@@ -55,26 +55,26 @@ fn pos_key(user_id: &str, pos: u64) -> Vec<u8> {
     key
 }
 
-fn corrupt() -> MatrixError {
-    MatrixError::internal("corrupt account data record")
+fn corrupt() -> ServiceError {
+    ServiceError::internal("corrupt account data record")
 }
 
 impl Accounts {
     /// Checks what a client may set: an object of bounded size, not a server-managed type.
-    pub fn check_client_account_data(kind: &str, content: &Value) -> MatrixResult<()> {
+    pub fn check_client_account_data(kind: &str, content: &Value) -> ServiceResult<()> {
         if SERVER_MANAGED.contains(&kind) {
-            return Err(MatrixError::new(
-                405,
+            return Err(ServiceError::new(
+                ErrorKind::ServerControlled,
                 ErrorCode::BadJson,
                 format!("Cannot set {kind} through this API"),
             ));
         }
         if kind.is_empty() || kind.len() > 255 {
-            return Err(MatrixError::invalid_param("Invalid account data type"));
+            return Err(ServiceError::invalid_param("Invalid account data type"));
         }
         if !content.is_object() {
-            return Err(MatrixError::new(
-                400,
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::NotJson,
                 "Content must be a JSON object",
             ));
@@ -90,7 +90,7 @@ impl Accounts {
         room_id: Option<&str>,
         kind: &str,
         content: Option<Value>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         self.update_account_data(user_id, room_id, kind, |_| Some(content))
             .await
     }
@@ -103,7 +103,7 @@ impl Accounts {
         room_id: Option<&str>,
         kind: &str,
         change: impl FnOnce(Option<Value>) -> Option<Option<Value>>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let _guard = self.account_data_locks.lock(user_id.as_bytes()).await;
         let Some(content) = change(self.account_data(user_id, room_id, kind)?) else {
             return Ok(());
@@ -111,8 +111,8 @@ impl Accounts {
         if let Some(content) = &content {
             let size = serde_json::to_vec(content).map_or(usize::MAX, |b| b.len());
             if size > MAX_ACCOUNT_DATA_BYTES {
-                return Err(MatrixError::new(
-                    413,
+                return Err(ServiceError::new(
+                    ErrorKind::TooLarge,
                     ErrorCode::TooLarge,
                     "Account data too large",
                 ));
@@ -167,7 +167,7 @@ impl Accounts {
         user_id: &str,
         room_id: Option<&str>,
         kind: &str,
-    ) -> MatrixResult<Option<Value>> {
+    ) -> ServiceResult<Option<Value>> {
         let record: Option<AccountDataRecord> = self
             .db
             .get(
@@ -182,7 +182,7 @@ impl Accounts {
     }
 
     /// Every account data object of the user (initial sync), global and per room.
-    pub fn all_account_data(&self, user_id: &str) -> MatrixResult<Vec<AccountData>> {
+    pub fn all_account_data(&self, user_id: &str) -> ServiceResult<Vec<AccountData>> {
         let prefix = keys::prefix(user_id.as_bytes());
         let mut out = Vec::new();
         for entry in self
@@ -211,7 +211,7 @@ impl Accounts {
         user_id: &str,
         after: u64,
         upto: u64,
-    ) -> MatrixResult<Vec<AccountData>> {
+    ) -> ServiceResult<Vec<AccountData>> {
         let from = pos_key(user_id, after.saturating_add(1));
         let to = pos_key(user_id, upto.saturating_add(1));
         let mut changed = BTreeMap::new();
@@ -251,7 +251,7 @@ impl Accounts {
     }
 
     /// Users the user ignores (`m.ignored_user_list`).
-    pub fn ignored_users(&self, user_id: &str) -> MatrixResult<Vec<String>> {
+    pub fn ignored_users(&self, user_id: &str) -> ServiceResult<Vec<String>> {
         Ok(self
             .account_data(user_id, None, "m.ignored_user_list")?
             .and_then(|c| {

@@ -24,7 +24,7 @@ use super::uia::{stages, UiaRequest};
 use super::Accounts;
 use crate::core::signatures::{verify_json, verify_signature};
 use crate::core::UserId;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::Write;
 use crate::storage::{keys, Table};
@@ -98,19 +98,19 @@ fn signature_key(target: &str, target_key: &str, signer: &str, signer_key: &str)
 
 /// Checks a cross-signing key's shape: the user's, for `usage`, with exactly one Ed25519
 /// key named after itself. Answers the public key. Spec: `CrossSigningKey`.
-fn check_shape(user_id: &str, key: &Value, usage: Usage) -> MatrixResult<String> {
+fn check_shape(user_id: &str, key: &Value, usage: Usage) -> ServiceResult<String> {
     let name = usage.as_str();
     let object = key
         .as_object()
-        .ok_or_else(|| MatrixError::bad_json(format!("The {name} key must be an object")))?;
+        .ok_or_else(|| ServiceError::bad_json(format!("The {name} key must be an object")))?;
     if object.get("user_id").and_then(Value::as_str) != Some(user_id) {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "The {name} key's user_id is not the uploader"
         )));
     }
     let usages = object.get("usage").and_then(Value::as_array);
     if !usages.is_some_and(|u| u.iter().any(|v| v.as_str() == Some(name))) {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "The {name} key's usage must include {name:?}"
         )));
     }
@@ -118,19 +118,19 @@ fn check_shape(user_id: &str, key: &Value, usage: Usage) -> MatrixResult<String>
     let (key_id, public) = match key_map.map(|k| k.iter().collect::<Vec<_>>()).as_deref() {
         Some([(id, Value::String(public))]) => (id.as_str(), public.as_str()),
         _ => {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "The {name} key's keys must hold exactly one key"
             )))
         }
     };
     if key_id != format!("ed25519:{public}") || ed25519_public_key(public).is_none() {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "The {name} key must be an Ed25519 key named ed25519:<public key>"
         )));
     }
     if serde_json::to_vec(key).map_or(0, |b| b.len()) > MAX_CROSS_SIGNING_KEY_BYTES {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::TooLarge,
             format!("The {name} key is too large"),
         ));
@@ -165,7 +165,7 @@ impl Accounts {
         &self,
         user_id: &str,
         usage: Usage,
-    ) -> MatrixResult<Option<CrossSigningKey>> {
+    ) -> ServiceResult<Option<CrossSigningKey>> {
         let Some(bytes) = self
             .db
             .get(Table::UseridUsageCrosssigningkey, usage_key(user_id, usage))?
@@ -179,7 +179,7 @@ impl Accounts {
             .and_then(|k| k.values().next())
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| MatrixError::internal("corrupt cross-signing key"))?;
+            .ok_or_else(|| ServiceError::internal("corrupt cross-signing key"))?;
         Ok(Some(CrossSigningKey { json, public }))
     }
 
@@ -190,7 +190,7 @@ impl Accounts {
         &self,
         user_id: &str,
         upload: &CrossSigningUpload,
-    ) -> MatrixResult<bool> {
+    ) -> ServiceResult<bool> {
         if self.cross_signing_key(user_id, Usage::Master)?.is_none() {
             return Ok(false);
         }
@@ -220,7 +220,7 @@ impl Accounts {
         user_id: &UserId,
         upload: CrossSigningUpload,
         auth: Option<&Value>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let user = user_id.as_str();
         let request = UiaRequest {
             operation: "device_signing_upload",
@@ -251,7 +251,7 @@ impl Accounts {
         &self,
         user_id: &UserId,
         upload: CrossSigningUpload,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let user = user_id.as_str();
         let mut new: Vec<(Usage, Value, String)> = Vec::new();
         let master = match &upload.master_key {
@@ -271,13 +271,13 @@ impl Accounts {
             let Some(key) = key else { continue };
             let public = check_shape(user, key, usage)?;
             let master = master.as_deref().ok_or_else(|| {
-                MatrixError::missing_param("No master key to check the signature against")
+                ServiceError::missing_param("No master key to check the signature against")
             })?;
             let verifying = ed25519_public_key(master)
-                .ok_or_else(|| MatrixError::internal("bad master key"))?;
+                .ok_or_else(|| ServiceError::internal("bad master key"))?;
             verify_json(key, user, &format!("ed25519:{master}"), &verifying).map_err(|e| {
-                MatrixError::new(
-                    400,
+                ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::InvalidSignature,
                     format!(
                         "The {} key is not signed by the master key: {e}",
@@ -293,7 +293,7 @@ impl Accounts {
             .iter()
             .any(|(_, _, public)| devices.iter().any(|d| d.device_id == *public))
         {
-            return Err(MatrixError::forbidden("Key ID in use"));
+            return Err(ServiceError::forbidden("Key ID in use"));
         }
         let mut changed = false;
         let mut writes: Vec<Write> = Vec::new();
@@ -352,11 +352,11 @@ impl Accounts {
         &self,
         signer: &UserId,
         signed: &BTreeMap<String, Map<String, Value>>,
-    ) -> MatrixResult<SignatureFailures> {
+    ) -> ServiceResult<SignatureFailures> {
         let me = signer.as_str();
         let total: usize = signed.values().map(Map::len).sum();
         if total > MAX_SIGNED_OBJECTS {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "At most {MAX_SIGNED_OBJECTS} signed objects per upload"
             )));
         }
@@ -431,7 +431,7 @@ impl Accounts {
         user_id: &str,
         public: &str,
         writes: &mut Vec<Write>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let prefix = keys::prefix(user_id.as_bytes());
         let signer_key = format!("ed25519:{public}");
         for entry in self
@@ -454,7 +454,7 @@ impl Accounts {
 
     /// Removes all of `user_id`'s cross-signing keys and the signatures of their keys (the
     /// account is being deactivated).
-    pub(super) async fn remove_cross_signing(&self, user_id: &str) -> MatrixResult<()> {
+    pub(super) async fn remove_cross_signing(&self, user_id: &str) -> ServiceResult<()> {
         let _keys = self.keys_locks.lock(user_id.as_bytes()).await;
         let mut writes: Vec<Write> = Vec::new();
         for usage in [Usage::Master, Usage::SelfSigning, Usage::UserSigning] {
@@ -596,7 +596,7 @@ impl Accounts {
         &self,
         viewer: &str,
         user_id: &str,
-    ) -> MatrixResult<UploadedSignatures> {
+    ) -> ServiceResult<UploadedSignatures> {
         let prefix = keys::prefix(user_id.as_bytes());
         let mut out = UploadedSignatures::new();
         // The viewer's signatures of others count only if made by their current
@@ -645,7 +645,7 @@ impl Accounts {
         viewer: &str,
         user_id: &str,
         signatures: &UploadedSignatures,
-    ) -> MatrixResult<Vec<(Usage, Value)>> {
+    ) -> ServiceResult<Vec<(Usage, Value)>> {
         let mut out = Vec::new();
         for usage in [Usage::Master, Usage::SelfSigning, Usage::UserSigning] {
             if usage == Usage::UserSigning && viewer != user_id {
@@ -664,7 +664,7 @@ impl Accounts {
 
     /// Whether `device_id` is one of `user_id`'s cross-signing public keys (a device may
     /// not take that id: spec, "Key and signature security").
-    pub fn is_cross_signing_key_id(&self, user_id: &str, device_id: &str) -> MatrixResult<bool> {
+    pub fn is_cross_signing_key_id(&self, user_id: &str, device_id: &str) -> ServiceResult<bool> {
         for usage in [Usage::Master, Usage::SelfSigning, Usage::UserSigning] {
             if self
                 .cross_signing_key(user_id, usage)?

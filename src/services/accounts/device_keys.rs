@@ -24,7 +24,7 @@ use super::device_list_updates::Changed;
 use super::{device_key, Accounts};
 use crate::core::signatures::verify_json;
 use crate::core::{base64, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::Write;
 use crate::storage::{keys, Table};
@@ -82,33 +82,33 @@ fn algorithm_prefix(user_id: &str, device_id: &str, algorithm: &str) -> Vec<u8> 
 }
 
 /// Splits `<algorithm>:<key id>`; both parts non-empty.
-fn split_key_id(id: &str) -> MatrixResult<(&str, &str)> {
+fn split_key_id(id: &str) -> ServiceResult<(&str, &str)> {
     match id.split_once(':') {
         Some((algorithm, key)) if !algorithm.is_empty() && !key.is_empty() && id.len() <= 255 => {
             Ok((algorithm, key))
         }
-        _ => Err(MatrixError::invalid_param(format!(
+        _ => Err(ServiceError::invalid_param(format!(
             "Key id {id:?} is not of the form <algorithm>:<key id>"
         ))),
     }
 }
 
 /// A one-time or fallback key: a string (unsigned algorithms) or an object with a `key`.
-fn check_key(id: &str, key: &Value) -> MatrixResult<Vec<u8>> {
+fn check_key(id: &str, key: &Value) -> ServiceResult<Vec<u8>> {
     let shaped = match key {
         Value::String(s) => !s.is_empty(),
         Value::Object(o) => o.get("key").is_some_and(Value::is_string),
         _ => false,
     };
     if !shaped {
-        return Err(MatrixError::bad_json(format!(
+        return Err(ServiceError::bad_json(format!(
             "Key {id} must be a string or an object with a `key`"
         )));
     }
-    let bytes = serde_json::to_vec(key).map_err(MatrixError::internal)?;
+    let bytes = serde_json::to_vec(key).map_err(ServiceError::internal)?;
     if bytes.len() > MAX_KEY_BYTES {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::TooLarge,
             format!("Key {id} is larger than {MAX_KEY_BYTES} bytes"),
         ));
@@ -120,19 +120,19 @@ fn check_key(id: &str, key: &Value) -> MatrixResult<Vec<u8>> {
 /// by the Ed25519 key it holds. Answers it without `unsigned` (the server's to add).
 /// Spec: "Uploading keys": "The JSON object must include the public part of the device's
 /// Ed25519 key, and must be signed by that key."
-fn check_device_keys(user_id: &str, device_id: &str, keys: &Value) -> MatrixResult<Value> {
+fn check_device_keys(user_id: &str, device_id: &str, keys: &Value) -> ServiceResult<Value> {
     let mut object = keys
         .as_object()
         .cloned()
-        .ok_or_else(|| MatrixError::bad_json("`device_keys` must be an object"))?;
+        .ok_or_else(|| ServiceError::bad_json("`device_keys` must be an object"))?;
     object.remove("unsigned");
     if object.get("user_id").and_then(Value::as_str) != Some(user_id) {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "`device_keys.user_id` does not match the logged-in user",
         ));
     }
     if object.get("device_id").and_then(Value::as_str) != Some(device_id) {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "`device_keys.device_id` does not match the logged-in device",
         ));
     }
@@ -141,7 +141,7 @@ fn check_device_keys(user_id: &str, device_id: &str, keys: &Value) -> MatrixResu
         .and_then(Value::as_array)
         .is_some_and(|a| a.iter().all(Value::is_string));
     if !algorithms_ok {
-        return Err(MatrixError::bad_json(
+        return Err(ServiceError::bad_json(
             "`device_keys.algorithms` must be a list of strings",
         ));
     }
@@ -149,30 +149,30 @@ fn check_device_keys(user_id: &str, device_id: &str, keys: &Value) -> MatrixResu
         .get("keys")
         .and_then(Value::as_object)
         .filter(|k| k.values().all(Value::is_string))
-        .ok_or_else(|| MatrixError::bad_json("`device_keys.keys` must map key ids to keys"))?;
+        .ok_or_else(|| ServiceError::bad_json("`device_keys.keys` must map key ids to keys"))?;
     let signing_key_id = format!("ed25519:{device_id}");
     let public = key_map
         .get(&signing_key_id)
         .and_then(Value::as_str)
         .ok_or_else(|| {
-            MatrixError::bad_json(format!("`device_keys.keys` has no {signing_key_id}"))
+            ServiceError::bad_json(format!("`device_keys.keys` has no {signing_key_id}"))
         })?
         .to_owned();
     let value = Value::Object(object);
-    let bytes = serde_json::to_vec(&value).map_err(MatrixError::internal)?;
+    let bytes = serde_json::to_vec(&value).map_err(ServiceError::internal)?;
     if bytes.len() > MAX_DEVICE_KEYS_BYTES {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::TooLarge,
             "`device_keys` is too large",
         ));
     }
     let verifying = ed25519_public_key(&public).ok_or_else(|| {
-        MatrixError::invalid_param(format!("{signing_key_id} is not an Ed25519 public key"))
+        ServiceError::invalid_param(format!("{signing_key_id} is not an Ed25519 public key"))
     })?;
     verify_json(&value, user_id, &signing_key_id, &verifying).map_err(|e| {
-        MatrixError::new(
-            400,
+        ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::InvalidSignature,
             format!("`device_keys` is not signed by {signing_key_id}: {e}"),
         )
@@ -197,7 +197,7 @@ impl Accounts {
         user_id: &UserId,
         device_id: &str,
         upload: KeyUpload,
-    ) -> MatrixResult<BTreeMap<String, u64>> {
+    ) -> ServiceResult<BTreeMap<String, u64>> {
         let user = user_id.as_str();
         let device_keys = upload
             .device_keys
@@ -207,7 +207,7 @@ impl Accounts {
         if upload.one_time_keys.len() > MAX_KEYS_PER_UPLOAD
             || upload.fallback_keys.len() > MAX_KEYS_PER_UPLOAD
         {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "At most {MAX_KEYS_PER_UPLOAD} keys per upload"
             )));
         }
@@ -225,7 +225,7 @@ impl Accounts {
                 .insert(algorithm.to_owned(), (id.clone(), key.clone()))
                 .is_some()
             {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "More than one fallback key for {algorithm}"
                 )));
             }
@@ -237,7 +237,7 @@ impl Accounts {
             .db
             .contains(Table::UseridDeviceidDevice, device_key(user, device_id))?
         {
-            return Err(MatrixError::unknown_token("The device has been deleted")
+            return Err(ServiceError::unknown_token("The device has been deleted")
                 .with("soft_logout", false));
         }
         let dkey = device_key(user, device_id);
@@ -279,7 +279,7 @@ impl Accounts {
         for (id, algorithm, key_id, bytes) in one_time {
             if let Some((_, existing)) = stored.get(&id) {
                 if existing.as_slice() != bytes.as_slice() {
-                    return Err(MatrixError::invalid_param(format!(
+                    return Err(ServiceError::invalid_param(format!(
                         "One-time key {id} already exists with different content"
                     )));
                 }
@@ -287,7 +287,7 @@ impl Accounts {
             }
             count += 1;
             if count > MAX_ONE_TIME_KEYS {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "A device may hold at most {MAX_ONE_TIME_KEYS} unclaimed one-time keys"
                 )));
             }
@@ -306,7 +306,7 @@ impl Accounts {
             .filter(|a| !algorithms.iter().any(|k| &k[prefix_len..] == a.as_bytes()))
             .count();
         if algorithms.len() + new_algorithms > MAX_FALLBACK_KEYS {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "A device may hold at most {MAX_FALLBACK_KEYS} fallback keys"
             )));
         }
@@ -374,7 +374,7 @@ impl Accounts {
         &self,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<HashMap<String, (String, Vec<u8>)>> {
+    ) -> ServiceResult<HashMap<String, (String, Vec<u8>)>> {
         let prefix = device_prefix(user_id, device_id);
         let mut found = HashMap::new();
         for entry in self
@@ -397,7 +397,7 @@ impl Accounts {
         &self,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<BTreeMap<String, u64>> {
+    ) -> ServiceResult<BTreeMap<String, u64>> {
         let prefix = device_prefix(user_id, device_id);
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         for entry in self
@@ -409,7 +409,7 @@ impl Accounts {
             let end = rest
                 .iter()
                 .position(|b| *b == keys::SEP)
-                .ok_or_else(|| MatrixError::internal("corrupt one-time key"))?;
+                .ok_or_else(|| ServiceError::internal("corrupt one-time key"))?;
             let algorithm = String::from_utf8_lossy(&rest[..end]);
             match counts.get_mut(algorithm.as_ref()) {
                 Some(count) => *count += 1,
@@ -430,7 +430,7 @@ impl Accounts {
         &self,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<Vec<String>> {
+    ) -> ServiceResult<Vec<String>> {
         let prefix = device_prefix(user_id, device_id);
         let mut types = Vec::new();
         for entry in self
@@ -452,7 +452,7 @@ impl Accounts {
     pub async fn claim_keys(
         &self,
         wanted: &[(UserId, String, String)],
-    ) -> MatrixResult<ClaimedKeys> {
+    ) -> ServiceResult<ClaimedKeys> {
         let _keys = self
             .keys_locks
             .lock_all(wanted.iter().map(|(u, _, _)| u.as_str().as_bytes()))
@@ -477,7 +477,7 @@ impl Accounts {
     fn pick_claimed_keys(
         &self,
         wanted: &[(UserId, String, String)],
-    ) -> MatrixResult<(ClaimedKeys, Vec<Write>)> {
+    ) -> ServiceResult<(ClaimedKeys, Vec<Write>)> {
         let mut claimed = ClaimedKeys::new();
         let mut writes: Vec<Write> = Vec::new();
         for (user, device_id, algorithm) in wanted {
@@ -493,7 +493,7 @@ impl Accounts {
                     let key_id = key
                         .get(prefix.len() + 8..)
                         .map(|id| String::from_utf8_lossy(id).into_owned())
-                        .ok_or_else(|| MatrixError::internal("corrupt one-time key"))?;
+                        .ok_or_else(|| ServiceError::internal("corrupt one-time key"))?;
                     let parsed: Value =
                         decode(Table::UseridDeviceidAlgorithmPosOnetimekey, &value)?;
                     writes.push((
@@ -544,7 +544,7 @@ impl Accounts {
         user_id: &str,
         device_ids: &[String],
         signatures: &UploadedSignatures,
-    ) -> MatrixResult<BTreeMap<String, QueriedDeviceKeys>> {
+    ) -> ServiceResult<BTreeMap<String, QueriedDeviceKeys>> {
         let prefix = keys::prefix(user_id.as_bytes());
         let mut found: Vec<(String, Vec<u8>)> = Vec::new();
         if device_ids.is_empty() {
@@ -583,7 +583,7 @@ impl Accounts {
                 .ok()
                 .and_then(|text| RawValue::from_string(text).ok())
                 .ok_or_else(|| {
-                    MatrixError::internal(format!(
+                    ServiceError::internal(format!(
                         "corrupt record in {}",
                         Table::UseridDeviceidDevicekeys.name()
                     ))
@@ -603,7 +603,7 @@ impl Accounts {
         &self,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<Option<(Value, ed25519_dalek::VerifyingKey)>> {
+    ) -> ServiceResult<Option<(Value, ed25519_dalek::VerifyingKey)>> {
         let Some(bytes) = self.db.get(
             Table::UseridDeviceidDevicekeys,
             device_key(user_id, device_id),
@@ -627,7 +627,7 @@ impl Accounts {
         writes: &mut Vec<Write>,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         writes.push((
             Table::UseridDeviceidDevicekeys,
             device_key(user_id, device_id),
@@ -657,7 +657,7 @@ impl Accounts {
         &self,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<Option<Vec<u8>>> {
+    ) -> ServiceResult<Option<Vec<u8>>> {
         Ok(self
             .cross_signing_key(user_id, super::cross_signing::Usage::Master)?
             .map(|master| {
@@ -693,8 +693,8 @@ fn signed_content(object: &Value) -> Value {
 }
 
 /// `algorithm 0xFF position (u64 BE) ++ key id` -> (algorithm, key id).
-fn parse_one_time_key(rest: &[u8]) -> MatrixResult<(String, String)> {
-    let corrupt = || MatrixError::internal("corrupt one-time key");
+fn parse_one_time_key(rest: &[u8]) -> ServiceResult<(String, String)> {
+    let corrupt = || ServiceError::internal("corrupt one-time key");
     let end = rest
         .iter()
         .position(|b| *b == keys::SEP)
@@ -797,7 +797,7 @@ impl Accounts {
         &self,
         viewer: &str,
         wanted: &BTreeMap<String, Vec<String>>,
-    ) -> MatrixResult<KeysQueried> {
+    ) -> ServiceResult<KeysQueried> {
         let mut out = KeysQueried::default();
         for (user, devices) in wanted {
             let signatures = self.uploaded_signatures(viewer, user)?;

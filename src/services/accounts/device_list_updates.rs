@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::Accounts;
 use crate::core::UserId;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::outbox::Outbox;
 use crate::services::rooms::room_mates::RoomMates;
 use crate::storage::{keys, Table};
@@ -42,7 +42,7 @@ impl Accounts {
     }
 
     /// The `stream_id` of the latest device-list update sent for `user_id` (0: none).
-    pub fn device_list_update_id(&self, user_id: &str) -> MatrixResult<u64> {
+    pub fn device_list_update_id(&self, user_id: &str) -> ServiceResult<u64> {
         Ok(self
             .db
             .get(Table::UseridDevicelistedu, user_id)?
@@ -58,7 +58,7 @@ impl Accounts {
         }
     }
 
-    async fn queue_updates(&self, user_id: &str, changed: Changed<'_>) -> MatrixResult<()> {
+    async fn queue_updates(&self, user_id: &str, changed: Changed<'_>) -> ServiceResult<()> {
         let local =
             UserId::parse(user_id).is_ok_and(|u| u.server_name() == self.server_name.as_str());
         let Some(mates) = self.room_mates.get().filter(|_| local) else {
@@ -72,7 +72,7 @@ impl Accounts {
         wanted.insert(user_id.to_owned(), Vec::new());
         let keys = self.query_keys("", &wanted)?;
         let user = UserId::parse(user_id)
-            .map_err(|e| crate::error::MatrixError::internal(e.to_string()))?;
+            .map_err(|e| crate::services::error::ServiceError::internal(e.to_string()))?;
         let listed = self.devices(&user)?;
         let all: Vec<&str> = listed.iter().map(|d| d.device_id.as_str()).collect();
         let (devices, cross_signing) = match changed {

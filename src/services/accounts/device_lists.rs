@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use super::Accounts;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::rooms::event_store::EventStore;
 use crate::services::stream::{StreamChange, Write};
 use crate::storage::{keys, Table};
@@ -27,7 +27,7 @@ impl Accounts {
     }
 
     /// The short ids of the rooms `user_id` is joined to: whose members hear of the change.
-    fn joined_room_shorts(&self, user_id: &str) -> MatrixResult<Vec<u64>> {
+    fn joined_room_shorts(&self, user_id: &str) -> ServiceResult<Vec<u64>> {
         let Some(store) = self.rooms.get() else {
             return Ok(Vec::new());
         };
@@ -45,7 +45,7 @@ impl Accounts {
     /// Another server said that its user's devices or cross-signing keys changed: our
     /// users sharing a room with them are told (`device_lists.changed`), and their
     /// clients query the keys again.
-    pub async fn remote_keys_changed(&self, user_id: &str) -> MatrixResult<()> {
+    pub async fn remote_keys_changed(&self, user_id: &str) -> ServiceResult<()> {
         self.commit_keys_change(user_id, true, |_| Vec::new())
             .await?;
         Ok(())
@@ -59,7 +59,7 @@ impl Accounts {
         user_id: &str,
         announce: bool,
         writes: impl FnOnce(u64) -> Vec<Write> + Send + 'static,
-    ) -> MatrixResult<u64> {
+    ) -> ServiceResult<u64> {
         self.commit_signed_keys_change(user_id, announce, Vec::new(), writes)
             .await
     }
@@ -72,7 +72,7 @@ impl Accounts {
         announce: bool,
         signed_users: Vec<String>,
         writes: impl FnOnce(u64) -> Vec<Write> + Send + 'static,
-    ) -> MatrixResult<u64> {
+    ) -> ServiceResult<u64> {
         let mut changes = if announce {
             vec![StreamChange::DeviceList {
                 user: user_id.to_owned(),
@@ -115,7 +115,7 @@ impl Accounts {
 
     /// The position of the latest change of `user_id`'s devices or cross-signing keys (0:
     /// none since they were recorded).
-    pub fn device_list_pos(&self, user_id: &str) -> MatrixResult<u64> {
+    pub fn device_list_pos(&self, user_id: &str) -> ServiceResult<u64> {
         Ok(self
             .db
             .get(Table::UseridDevicelistpos, user_id)?
@@ -124,7 +124,7 @@ impl Accounts {
     }
 
     /// The users whose master keys `signer` signed after position `since`.
-    pub fn users_signed_since(&self, signer: &str, since: u64) -> MatrixResult<Vec<String>> {
+    pub fn users_signed_since(&self, signer: &str, since: u64) -> ServiceResult<Vec<String>> {
         let prefix = keys::prefix(signer.as_bytes());
         let mut out = Vec::new();
         for entry in self

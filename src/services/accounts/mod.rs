@@ -32,7 +32,7 @@ use crate::config::RegistrationConfig;
 use crate::core::hex;
 use crate::core::identifiers::is_valid_user_localpart;
 use crate::core::{ServerName, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::rate_limit::{RateAction, RateLimiter};
 use crate::services::records::{decode, encode};
@@ -117,10 +117,10 @@ pub struct Registration {
 enum StageError {
     /// The stage failed (a wrong password, a bad token): the client may try again, so
     /// the answer is the 401 challenge carrying this error.
-    Failed(MatrixError),
+    Failed(ServiceError),
     /// The request is not allowed at all (another user's password, a rate limit, a
     /// storage failure): this error is the answer.
-    Refused(MatrixError),
+    Refused(ServiceError),
 }
 
 /// The accounts service.
@@ -170,7 +170,7 @@ pub trait DeviceRemovalHook: Send + Sync {
         &'a self,
         user_id: &'a str,
         devices: &'a [String],
-    ) -> futures_util::future::BoxFuture<'a, MatrixResult<()>>;
+    ) -> futures_util::future::BoxFuture<'a, ServiceResult<()>>;
 }
 
 fn device_key(user_id: &str, device_id: &str) -> Vec<u8> {
@@ -218,7 +218,7 @@ impl Accounts {
         &self.server_name
     }
 
-    fn account(&self, user_id: &str) -> MatrixResult<Option<Account>> {
+    fn account(&self, user_id: &str) -> ServiceResult<Option<Account>> {
         self.db
             .get(Table::UseridAccount, user_id)?
             .map(|bytes| decode(Table::UseridAccount, &bytes))
@@ -226,21 +226,21 @@ impl Accounts {
     }
 
     /// Whether `user_id` is a registered, active account of ours.
-    pub fn is_active_user(&self, user_id: &UserId) -> MatrixResult<bool> {
+    pub fn is_active_user(&self, user_id: &UserId) -> ServiceResult<bool> {
         Ok(self
             .account(user_id.as_str())?
             .is_some_and(|a| !a.deactivated))
     }
 
     /// Whether `user_id` is an active server administrator.
-    pub fn is_admin(&self, user_id: &UserId) -> MatrixResult<bool> {
+    pub fn is_admin(&self, user_id: &UserId) -> ServiceResult<bool> {
         Ok(self
             .account(user_id.as_str())?
             .is_some_and(|a| a.is_admin && !a.deactivated))
     }
 
     /// The profile a member event of `user_id` carries (empty when none is set).
-    pub fn member_profile(&self, user_id: &UserId) -> MatrixResult<MemberProfile> {
+    pub fn member_profile(&self, user_id: &UserId) -> ServiceResult<MemberProfile> {
         let profile = self.profile(user_id)?.unwrap_or_default();
         Ok(MemberProfile {
             displayname: profile.displayname,
@@ -250,7 +250,7 @@ impl Accounts {
 
     /// Turns a requested username (localpart, or a full id on our server) into a user id,
     /// checking the grammar and that it is free. Spec: `/register/available` errors.
-    pub fn check_username_available(&self, username: &str) -> MatrixResult<UserId> {
+    pub fn check_username_available(&self, username: &str) -> ServiceResult<UserId> {
         let localpart = match username.strip_prefix('@') {
             Some(full) => {
                 let id = UserId::parse(username).map_err(|_| invalid_username())?;
@@ -270,8 +270,8 @@ impl Accounts {
             invalid_username().with_message("User id would be longer than 255 bytes")
         })?;
         if self.db.contains(Table::UseridAccount, user_id.as_str())? {
-            return Err(MatrixError::new(
-                400,
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::UserInUse,
                 "User ID already taken",
             ));
@@ -286,15 +286,15 @@ impl Accounts {
         password: Option<&str>,
         is_admin: bool,
         is_guest: bool,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let password_hash = match password {
             Some(p) => Some(hash_password_blocking(p).await?),
             None => None,
         };
         let _guard = self.create_lock.lock().await;
         if self.db.contains(Table::UseridAccount, user_id.as_str())? {
-            return Err(MatrixError::new(
-                400,
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::UserInUse,
                 "User ID already taken",
             ));
@@ -324,11 +324,11 @@ impl Accounts {
     pub async fn register(
         &self,
         request: Registration,
-    ) -> MatrixResult<(UserId, Option<NewLogin>)> {
+    ) -> ServiceResult<(UserId, Option<NewLogin>)> {
         if request.guest {
             if !self.registration.allow_guests {
-                return Err(MatrixError::new(
-                    403,
+                return Err(ServiceError::new(
+                    ErrorKind::Forbidden,
                     ErrorCode::GuestAccessForbidden,
                     "Guest access is disabled",
                 ));
@@ -354,7 +354,7 @@ impl Accounts {
         let password = request
             .password
             .as_deref()
-            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+            .ok_or_else(|| ServiceError::missing_param("Missing `password`"))?;
         self.create_account(&user_id, Some(password), false, false)
             .await?;
         self.finish_uia(passed);
@@ -384,12 +384,12 @@ impl Accounts {
         &self,
         token: &str,
         request: &Registration,
-    ) -> MatrixResult<(UserId, Option<NewLogin>)> {
+    ) -> ServiceResult<(UserId, Option<NewLogin>)> {
         if !self.registration.enabled {
-            return Err(MatrixError::forbidden("Registration has been disabled"));
+            return Err(ServiceError::forbidden("Registration has been disabled"));
         }
         let not_a_guest = || {
-            MatrixError::forbidden(
+            ServiceError::forbidden(
                 "guest_access_token is not the access token of a guest of this server",
             )
         };
@@ -402,7 +402,7 @@ impl Accounts {
                 .strip_prefix('@')
                 .map_or(name.as_str(), |full| full.split(':').next().unwrap_or(""));
             if named.to_lowercase() != guest.user_id.localpart() {
-                return Err(MatrixError::forbidden(
+                return Err(ServiceError::forbidden(
                     "Cannot register taken user ID without valid guest credentials for that user",
                 ));
             }
@@ -428,7 +428,7 @@ impl Accounts {
         let password = request
             .password
             .as_deref()
-            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+            .ok_or_else(|| ServiceError::missing_param("Missing `password`"))?;
         let hash = hash_password_blocking(password).await?;
         {
             let _guard = self.account_lock.lock().await;
@@ -481,9 +481,9 @@ impl Accounts {
 
     /// Everything a regular registration checks before creating anything, then
     /// user-interactive auth; answers the user id to create.
-    async fn check_new_user(&self, request: &Registration) -> MatrixResult<(UserId, UiaPassed)> {
+    async fn check_new_user(&self, request: &Registration) -> ServiceResult<(UserId, UiaPassed)> {
         if !self.registration.enabled {
-            return Err(MatrixError::forbidden("Registration has been disabled"));
+            return Err(ServiceError::forbidden("Registration has been disabled"));
         }
         // Checked before any auth stage, so clients learn about a taken or invalid name
         // (or a bad parameter) at once, and nothing is created that a later check refuses.
@@ -515,24 +515,24 @@ impl Accounts {
         Ok((user_id, passed))
     }
 
-    fn generated_user_id(&self) -> MatrixResult<UserId> {
+    fn generated_user_id(&self) -> ServiceResult<UserId> {
         for _ in 0..10 {
             let id = UserId::new_local(&secrets::new_numeric_localpart(), &self.server_name)
-                .map_err(MatrixError::internal)?;
+                .map_err(ServiceError::internal)?;
             if !self.db.contains(Table::UseridAccount, id.as_str())? {
                 return Ok(id);
             }
         }
-        Err(MatrixError::internal(
+        Err(ServiceError::internal(
             "could not find a free generated user id",
         ))
     }
 
     /// Whether `token` is the configured registration token.
     /// Spec: `GET /_matrix/client/v1/register/m.login.registration_token/validity`.
-    pub fn registration_token_valid(&self, token: &str) -> MatrixResult<bool> {
+    pub fn registration_token_valid(&self, token: &str) -> ServiceResult<bool> {
         if !self.registration.enabled {
-            return Err(MatrixError::forbidden("Registration has been disabled"));
+            return Err(ServiceError::forbidden("Registration has been disabled"));
         }
         Ok(self
             .registration
@@ -547,17 +547,17 @@ impl Accounts {
         &self,
         auth: Option<&Value>,
         request: &UiaRequest<'_>,
-    ) -> MatrixResult<UiaPassed> {
+    ) -> ServiceResult<UiaPassed> {
         if let Some(auth) = auth {
             if !auth.is_object() {
-                return Err(MatrixError::bad_json("`auth` must be an object"));
+                return Err(ServiceError::bad_json("`auth` must be an object"));
             }
         }
         let session = self.uia.open(auth, request)?;
         if let Some(stage) = auth.and_then(|a| a.get("type")).and_then(Value::as_str) {
             if !request.flows.iter().any(|flow| flow.contains(&stage)) {
-                let failure = MatrixError::new(
-                    400,
+                let failure = ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::Unrecognized,
                     format!("Auth stage {stage} is not offered for this request"),
                 );
@@ -601,8 +601,8 @@ impl Accounts {
                 {
                     Ok(())
                 } else {
-                    Err(StageError::Failed(MatrixError::new(
-                        401,
+                    Err(StageError::Failed(ServiceError::new(
+                        ErrorKind::Unauthenticated,
                         ErrorCode::Forbidden,
                         "Invalid registration token",
                     )))
@@ -610,7 +610,7 @@ impl Accounts {
             }
             stages::PASSWORD => {
                 let Some(user) = user else {
-                    return Err(StageError::Refused(MatrixError::forbidden(
+                    return Err(StageError::Refused(ServiceError::forbidden(
                         "No user to check a password for",
                     )));
                 };
@@ -618,7 +618,7 @@ impl Accounts {
                 if claimed.as_str() != user {
                     // As Synapse: proving another account's password is no failed
                     // attempt to retry but a request that is not allowed.
-                    return Err(StageError::Refused(MatrixError::forbidden(
+                    return Err(StageError::Refused(ServiceError::forbidden(
                         "Password auth is for another user than the one logged in",
                     )));
                 }
@@ -629,17 +629,17 @@ impl Accounts {
                 let password = auth
                     .get("password")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| MatrixError::missing_param("Missing `password`"))
+                    .ok_or_else(|| ServiceError::missing_param("Missing `password`"))
                     .map_err(StageError::Failed)?;
-                self.check_password(&claimed, password)
-                    .await
-                    .map_err(|e| match e.status {
-                        500.. => StageError::Refused(e),
-                        _ => StageError::Failed(e),
-                    })
+                self.check_password(&claimed, password).await.map_err(|e| {
+                    match e.kind.is_server_side() {
+                        true => StageError::Refused(e),
+                        false => StageError::Failed(e),
+                    }
+                })
             }
-            other => Err(StageError::Failed(MatrixError::new(
-                400,
+            other => Err(StageError::Failed(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::Unrecognized,
                 format!("Unknown auth stage {other}"),
             ))),
@@ -648,13 +648,13 @@ impl Accounts {
 
     /// The user named by a login or auth body: `identifier` of type `m.id.user`, or the
     /// deprecated top-level `user`. A localpart is taken as ours.
-    pub fn identifier_user(&self, body: &Value) -> MatrixResult<UserId> {
+    pub fn identifier_user(&self, body: &Value) -> ServiceResult<UserId> {
         let name = match body.get("identifier") {
             Some(identifier) => {
                 let kind = identifier.get("type").and_then(Value::as_str).unwrap_or("");
                 if kind != "m.id.user" {
-                    return Err(MatrixError::new(
-                        400,
+                    return Err(ServiceError::new(
+                        ErrorKind::Invalid,
                         ErrorCode::Unrecognized,
                         format!("Identifier type {kind:?} is not supported; use m.id.user"),
                     ));
@@ -663,19 +663,19 @@ impl Accounts {
             }
             None => body.get("user").and_then(Value::as_str),
         }
-        .ok_or_else(|| MatrixError::missing_param("Missing user identifier"))?;
+        .ok_or_else(|| ServiceError::missing_param("Missing user identifier"))?;
         if name.starts_with('@') {
-            UserId::parse(name).map_err(|_| MatrixError::forbidden("Invalid username or password"))
+            UserId::parse(name).map_err(|_| ServiceError::forbidden("Invalid username or password"))
         } else {
             UserId::new_local(&name.to_lowercase(), &self.server_name)
-                .map_err(|_| MatrixError::forbidden("Invalid username or password"))
+                .map_err(|_| ServiceError::forbidden("Invalid username or password"))
         }
     }
 
     /// Checks a password; wrong user, wrong password and no password all answer the same
     /// 403, so the answer does not tell which accounts exist.
-    pub async fn check_password(&self, user_id: &UserId, password: &str) -> MatrixResult<()> {
-        let invalid = || MatrixError::forbidden("Invalid username or password");
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> ServiceResult<()> {
+        let invalid = || ServiceError::forbidden("Invalid username or password");
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(invalid());
         }
@@ -691,12 +691,12 @@ impl Accounts {
             }
         })
         .await
-        .map_err(MatrixError::internal)?;
+        .map_err(ServiceError::internal)?;
         if !matches {
             return Err(invalid());
         }
         if account.is_some_and(|a| a.deactivated) {
-            return Err(MatrixError::forbidden("This account has been deactivated")
+            return Err(ServiceError::forbidden("This account has been deactivated")
                 .with_code(ErrorCode::UserDeactivated));
         }
         Ok(())
@@ -709,14 +709,14 @@ impl Accounts {
         device_id: Option<String>,
         display_name: Option<String>,
         ip: Option<String>,
-    ) -> MatrixResult<NewLogin> {
+    ) -> ServiceResult<NewLogin> {
         let user_id = self.identifier_user(body)?;
         let password = body
             .get("password")
             .and_then(Value::as_str)
-            .ok_or_else(|| MatrixError::missing_param("Missing `password`"))?;
+            .ok_or_else(|| ServiceError::missing_param("Missing `password`"))?;
         if user_id.server_name() != self.server_name.as_str() {
-            return Err(MatrixError::forbidden("Invalid username or password"));
+            return Err(ServiceError::forbidden("Invalid username or password"));
         }
         self.check_password(&user_id, password).await?;
         self.create_login(&user_id, device_id, display_name, ip)
@@ -731,12 +731,12 @@ impl Accounts {
         device_id: Option<String>,
         display_name: Option<String>,
         ip: Option<String>,
-    ) -> MatrixResult<NewLogin> {
+    ) -> ServiceResult<NewLogin> {
         check_device_id(device_id.as_deref())?;
         if let Some(id) = &device_id {
             // Spec: "The given device ID must not be the same as a cross-signing key ID."
             if self.is_cross_signing_key_id(user_id.as_str(), id)? {
-                return Err(MatrixError::invalid_param(
+                return Err(ServiceError::invalid_param(
                     "This device id is one of the user's cross-signing keys",
                 ));
             }
@@ -751,9 +751,9 @@ impl Accounts {
         let _guard = self.account_lock.lock().await;
         let account = self
             .account(user_id.as_str())?
-            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+            .ok_or_else(|| ServiceError::forbidden("Unknown user"))?;
         if account.deactivated {
-            return Err(MatrixError::forbidden("This account has been deactivated")
+            return Err(ServiceError::forbidden("This account has been deactivated")
                 .with_code(ErrorCode::UserDeactivated));
         }
         let mut writes: Vec<Write> = Vec::with_capacity(4);
@@ -810,9 +810,9 @@ impl Accounts {
 
     /// Who `token` belongs to; 401 `M_UNKNOWN_TOKEN` if nobody. Records the device's
     /// last-seen time and IP at most once a minute.
-    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> MatrixResult<Session> {
+    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> ServiceResult<Session> {
         let unknown =
-            || MatrixError::unknown_token("Unknown access token").with("soft_logout", false);
+            || ServiceError::unknown_token("Unknown access token").with("soft_logout", false);
         if token.is_empty() || token.len() > 512 {
             return Err(unknown());
         }
@@ -821,7 +821,7 @@ impl Accounts {
             return Err(unknown());
         };
         let record: TokenSession = decode(Table::TokenhashSession, &bytes)?;
-        let user_id = UserId::parse(&record.user_id).map_err(MatrixError::internal)?;
+        let user_id = UserId::parse(&record.user_id).map_err(ServiceError::internal)?;
         self.note_last_seen(hash, &record.user_id, &record.device_id, ip);
         Ok(Session {
             user_id,
@@ -871,7 +871,7 @@ impl Accounts {
     }
 
     /// The devices of `user_id`.
-    pub fn devices(&self, user_id: &UserId) -> MatrixResult<Vec<DeviceInfo>> {
+    pub fn devices(&self, user_id: &UserId) -> ServiceResult<Vec<DeviceInfo>> {
         let prefix = keys::prefix(user_id.as_str().as_bytes());
         let mut found = Vec::new();
         for item in self.db.scan_prefix(Table::UseridDeviceidDevice, &prefix) {
@@ -897,7 +897,7 @@ impl Accounts {
         device_id: String,
         device: Device,
         last_seen: Option<&[u8]>,
-    ) -> MatrixResult<DeviceInfo> {
+    ) -> ServiceResult<DeviceInfo> {
         let seen: Option<LastSeen> = last_seen
             .map(|b| decode(Table::UseridDeviceidLastseen, b))
             .transpose()?;
@@ -910,7 +910,7 @@ impl Accounts {
     }
 
     /// One device of `user_id`; 404 `M_NOT_FOUND` if it does not exist.
-    pub fn device(&self, user_id: &UserId, device_id: &str) -> MatrixResult<DeviceInfo> {
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> ServiceResult<DeviceInfo> {
         let device = self.device_record(user_id, device_id)?;
         let seen = self.db.get(
             Table::UseridDeviceidLastseen,
@@ -919,7 +919,7 @@ impl Accounts {
         self.device_info(device_id.to_owned(), device, seen.as_deref())
     }
 
-    fn device_record(&self, user_id: &UserId, device_id: &str) -> MatrixResult<Device> {
+    fn device_record(&self, user_id: &UserId, device_id: &str) -> ServiceResult<Device> {
         self.db
             .get(
                 Table::UseridDeviceidDevice,
@@ -927,7 +927,7 @@ impl Accounts {
             )?
             .map(|b| decode(Table::UseridDeviceidDevice, &b))
             .transpose()?
-            .ok_or_else(|| MatrixError::not_found("No such device"))
+            .ok_or_else(|| ServiceError::not_found("No such device"))
     }
 
     /// Renames a device. Spec: `PUT /devices/{deviceId}`.
@@ -936,7 +936,7 @@ impl Accounts {
         user_id: &UserId,
         device_id: &str,
         display_name: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if let Some(name) = &display_name {
             check_device_name(name)?;
         }
@@ -965,7 +965,7 @@ impl Accounts {
         &self,
         user_id: &UserId,
         device_ids: &[String],
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let guard = self.account_lock.lock().await;
         self.delete_devices_locked(&guard, user_id, device_ids)
             .await
@@ -976,7 +976,7 @@ impl Accounts {
         &self,
         user_id: &UserId,
         keep: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let guard = self.account_lock.lock().await;
         self.delete_all_devices_locked(&guard, user_id, keep).await
     }
@@ -988,7 +988,7 @@ impl Accounts {
         _guard: &tokio::sync::MutexGuard<'_, ()>,
         user_id: &UserId,
         device_ids: &[String],
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         // Listed and removed under the user's keys lock, so that no upload for a device
         // being deleted lands between the listing and the removal.
         let _keys = self.keys_locks.lock(user_id.as_str().as_bytes()).await;
@@ -1028,7 +1028,7 @@ impl Accounts {
         guard: &tokio::sync::MutexGuard<'_, ()>,
         user_id: &UserId,
         keep: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let ids: Vec<String> = self
             .devices(user_id)?
             .into_iter()
@@ -1045,15 +1045,15 @@ impl Accounts {
         new_password: &str,
         logout_other_devices: bool,
         current_device: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         check_password_shape(new_password)?;
         let hash = hash_password_blocking(new_password).await?;
         let guard = self.account_lock.lock().await;
         let mut account = self
             .account(user_id.as_str())?
-            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+            .ok_or_else(|| ServiceError::forbidden("Unknown user"))?;
         if account.deactivated {
-            return Err(MatrixError::forbidden("This account has been deactivated")
+            return Err(ServiceError::forbidden("This account has been deactivated")
                 .with_code(ErrorCode::UserDeactivated));
         }
         account.password_hash = Some(hash);
@@ -1075,11 +1075,11 @@ impl Accounts {
     /// after the erasure request are served redacted copies of the events sent by this
     /// account. Users which had visibility on the events prior to the erasure are still
     /// able to see unredacted copies"). Spec: `POST /account/deactivate`.
-    pub async fn deactivate(&self, user_id: &UserId, erase: bool) -> MatrixResult<()> {
+    pub async fn deactivate(&self, user_id: &UserId, erase: bool) -> ServiceResult<()> {
         let guard = self.account_lock.lock().await;
         let mut account = self
             .account(user_id.as_str())?
-            .ok_or_else(|| MatrixError::forbidden("Unknown user"))?;
+            .ok_or_else(|| ServiceError::forbidden("Unknown user"))?;
         account.deactivated = true;
         if erase && account.erased_at.is_none() {
             let at = self.stream.watermark();
@@ -1105,7 +1105,7 @@ impl Accounts {
 
     /// Users who asked for erasure, and from which stream position (read at start-up, for
     /// the rooms' store).
-    pub fn erased_users(&self) -> MatrixResult<Vec<(String, u64)>> {
+    pub fn erased_users(&self) -> ServiceResult<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for item in self.db.scan_prefix(Table::UseridAccount, b"") {
             let (key, value) = item?;
@@ -1118,7 +1118,7 @@ impl Accounts {
     }
 
     /// The stored profile of `user_id`, if the account exists.
-    pub fn profile(&self, user_id: &UserId) -> MatrixResult<Option<Profile>> {
+    pub fn profile(&self, user_id: &UserId) -> ServiceResult<Option<Profile>> {
         self.db
             .get(Table::UseridProfile, user_id.as_str())?
             .map(|b| decode(Table::UseridProfile, &b))
@@ -1126,54 +1126,54 @@ impl Accounts {
     }
 }
 
-fn invalid_username() -> MatrixError {
-    MatrixError::new(
-        400,
+fn invalid_username() -> ServiceError {
+    ServiceError::new(
+        ErrorKind::Invalid,
         ErrorCode::InvalidUsername,
         "User ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+'",
     )
 }
 
-fn check_password_shape(password: &str) -> MatrixResult<()> {
+fn check_password_shape(password: &str) -> ServiceResult<()> {
     if password.is_empty() {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::WeakPassword,
             "Password must not be empty",
         ));
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "Password is longer than {MAX_PASSWORD_BYTES} bytes"
         )));
     }
     Ok(())
 }
 
-fn check_device_id(device_id: Option<&str>) -> MatrixResult<()> {
+fn check_device_id(device_id: Option<&str>) -> ServiceResult<()> {
     match device_id {
-        Some(id) if id.is_empty() || id.len() > 255 => Err(MatrixError::invalid_param(
+        Some(id) if id.is_empty() || id.len() > 255 => Err(ServiceError::invalid_param(
             "device_id must be 1 to 255 bytes",
         )),
         _ => Ok(()),
     }
 }
 
-fn check_device_name(name: &str) -> MatrixResult<()> {
+fn check_device_name(name: &str) -> ServiceResult<()> {
     if name.len() > MAX_DEVICE_NAME_BYTES {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "Device display name is longer than {MAX_DEVICE_NAME_BYTES} bytes"
         )));
     }
     Ok(())
 }
 
-async fn hash_password_blocking(password: &str) -> MatrixResult<String> {
+async fn hash_password_blocking(password: &str) -> ServiceResult<String> {
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || secrets::hash_password(&password))
         .await
-        .map_err(MatrixError::internal)?
-        .map_err(MatrixError::internal)
+        .map_err(ServiceError::internal)?
+        .map_err(ServiceError::internal)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::secrets::{new_access_token, token_hash};
 use super::Accounts;
 use crate::core::UserId;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::records::{decode, encode};
 use crate::storage::Table;
@@ -39,7 +39,7 @@ pub struct IssuedOpenIdToken {
 
 impl Accounts {
     /// A new OpenID token for `user_id`.
-    pub async fn issue_openid_token(&self, user_id: &UserId) -> MatrixResult<IssuedOpenIdToken> {
+    pub async fn issue_openid_token(&self, user_id: &UserId) -> ServiceResult<IssuedOpenIdToken> {
         let token = new_access_token();
         let record = OpenIdToken {
             user_id: user_id.as_str().to_owned(),
@@ -56,8 +56,9 @@ impl Accounts {
 
     /// Whose token this is; 401 `M_UNKNOWN_TOKEN` for a token never issued or expired
     /// (an expired one is deleted).
-    pub fn openid_user(&self, token: &str) -> MatrixResult<String> {
-        let unknown = || MatrixError::unknown_token("The OpenID token is not known or has expired");
+    pub fn openid_user(&self, token: &str) -> ServiceResult<String> {
+        let unknown =
+            || ServiceError::unknown_token("The OpenID token is not known or has expired");
         if token.is_empty() || token.len() > 512 {
             return Err(unknown());
         }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::records::Profile;
 use super::Accounts;
 use crate::core::UserId;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::encode;
 use crate::storage::Table;
 
@@ -36,16 +36,16 @@ pub fn is_valid_key(key: &str) -> bool {
         })
 }
 
-fn check_key(key: &str) -> MatrixResult<()> {
+fn check_key(key: &str) -> ServiceResult<()> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::KeyTooLarge,
             "Profile keys are at most 255 bytes",
         ));
     }
     if !is_valid_key(key) {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "Invalid profile key {key:?}"
         )));
     }
@@ -68,24 +68,24 @@ fn as_map(profile: &Profile) -> Map<String, Value> {
 }
 
 impl Accounts {
-    fn existing_profile(&self, user_id: &UserId) -> MatrixResult<Profile> {
+    fn existing_profile(&self, user_id: &UserId) -> ServiceResult<Profile> {
         if !self.is_active_user(user_id)? {
-            return Err(MatrixError::not_found("Profile not found"));
+            return Err(ServiceError::not_found("Profile not found"));
         }
         Ok(self.profile(user_id)?.unwrap_or_default())
     }
 
     /// Every field of a local user's profile; 404 for unknown or deactivated users.
-    pub fn profile_fields(&self, user_id: &UserId) -> MatrixResult<Map<String, Value>> {
+    pub fn profile_fields(&self, user_id: &UserId) -> ServiceResult<Map<String, Value>> {
         Ok(as_map(&self.existing_profile(user_id)?))
     }
 
     /// One field; 404 when it is not set.
-    pub fn profile_field(&self, user_id: &UserId, key: &str) -> MatrixResult<Value> {
+    pub fn profile_field(&self, user_id: &UserId, key: &str) -> ServiceResult<Value> {
         check_key(key)?;
         as_map(&self.existing_profile(user_id)?)
             .remove(key)
-            .ok_or_else(|| MatrixError::not_found(format!("No {key} in this profile")))
+            .ok_or_else(|| ServiceError::not_found(format!("No {key} in this profile")))
     }
 
     /// Sets (`Some`) or deletes (`None`) a field of the user's own profile; answers the
@@ -95,7 +95,7 @@ impl Accounts {
         user_id: &UserId,
         key: &str,
         value: Option<Value>,
-    ) -> MatrixResult<Profile> {
+    ) -> ServiceResult<Profile> {
         check_key(key)?;
         let _guard = self.account_lock.lock().await;
         let mut profile = self.existing_profile(user_id)?;
@@ -105,14 +105,14 @@ impl Accounts {
             }
             ("displayname", Some(Value::String(name))) => {
                 if name.chars().count() > MAX_DISPLAYNAME_CHARS {
-                    return Err(MatrixError::invalid_param(format!(
+                    return Err(ServiceError::invalid_param(format!(
                         "displayname is longer than {MAX_DISPLAYNAME_CHARS} characters"
                     )));
                 }
                 profile.displayname = Some(name);
             }
             ("displayname", Some(_)) => {
-                return Err(MatrixError::bad_json("displayname must be a string"))
+                return Err(ServiceError::bad_json("displayname must be a string"))
             }
             ("avatar_url", None) | ("avatar_url", Some(Value::Null)) => profile.avatar_url = None,
             ("avatar_url", Some(Value::String(url))) => {
@@ -121,12 +121,12 @@ impl Accounts {
                     .and_then(|rest| rest.split_once('/'))
                     .is_some_and(|(server, id)| !server.is_empty() && !id.is_empty());
                 if !valid {
-                    return Err(MatrixError::bad_json("avatar_url must be an mxc:// URI"));
+                    return Err(ServiceError::bad_json("avatar_url must be an mxc:// URI"));
                 }
                 profile.avatar_url = Some(url);
             }
             ("avatar_url", Some(_)) => {
-                return Err(MatrixError::bad_json("avatar_url must be an mxc:// URI"))
+                return Err(ServiceError::bad_json("avatar_url must be an mxc:// URI"))
             }
             (other, None) => {
                 profile.fields.remove(other);
@@ -137,8 +137,8 @@ impl Accounts {
         }
         let bytes = encode(&profile);
         if bytes.len() >= MAX_PROFILE_BYTES {
-            return Err(MatrixError::new(
-                400,
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::ProfileTooLarge,
                 "The profile would exceed 64 KiB",
             ));

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::{device_key, Accounts};
 use crate::core::UserId;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::outbox::Outbox;
 use crate::services::stream::{StreamChange, Write};
 use crate::storage::{keys, Table};
@@ -63,7 +63,7 @@ impl Accounts {
         kind: &str,
         txn_id: &str,
         messages: &Messages,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         check_type(kind)?;
         let txn_key = keys::join(&[
             sender.as_str().as_bytes(),
@@ -80,10 +80,10 @@ impl Accounts {
         let sender_is_local = sender.server_name() == self.server_name.as_str();
         for (user, devices) in messages {
             let recipient = UserId::parse(user)
-                .map_err(|_| MatrixError::invalid_param(format!("Invalid user id {user:?}")))?;
+                .map_err(|_| ServiceError::invalid_param(format!("Invalid user id {user:?}")))?;
             for content in devices.values() {
                 if !content.is_object() {
-                    return Err(MatrixError::bad_json(
+                    return Err(ServiceError::bad_json(
                         "Each message's content must be a JSON object",
                     ));
                 }
@@ -184,7 +184,7 @@ impl Accounts {
         device_id: &str,
         acknowledged: u64,
         upto: u64,
-    ) -> MatrixResult<Delivery> {
+    ) -> ServiceResult<Delivery> {
         let prefix = inbox_prefix(user_id, device_id);
         let mut batch = self.db.batch();
         for entry in self.db.scan_range(
@@ -215,9 +215,9 @@ impl Accounts {
                 break;
             }
             last_pos = keys::read_u64(&key[prefix.len()..])
-                .ok_or_else(|| MatrixError::internal("corrupt to-device key"))?;
+                .ok_or_else(|| ServiceError::internal("corrupt to-device key"))?;
             let event: Value = serde_json::from_slice(&value)
-                .map_err(|_| MatrixError::internal("corrupt to-device record"))?;
+                .map_err(|_| ServiceError::internal("corrupt to-device record"))?;
             delivery.events.push(event);
         }
         Ok(delivery)
@@ -229,7 +229,7 @@ impl Accounts {
         writes: &mut Vec<Write>,
         user_id: &str,
         device_id: &str,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         for entry in self.db.scan_prefix(
             Table::UseridDeviceidPosTodevice,
             &inbox_prefix(user_id, device_id),
@@ -242,9 +242,9 @@ impl Accounts {
 }
 
 /// Event types: non-empty, at most 255 bytes (the spec's limit on identifiers).
-fn check_type(kind: &str) -> MatrixResult<()> {
+fn check_type(kind: &str) -> ServiceResult<()> {
     if kind.is_empty() || kind.len() > 255 {
-        return Err(MatrixError::invalid_param("Invalid event type"));
+        return Err(ServiceError::invalid_param("Invalid event type"));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::secrets::new_session_id;
-use crate::error::{ErrorCode, MatrixError};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError};
 
 /// How long an unfinished session is kept.
 const SESSION_LIFETIME: Duration = Duration::from_secs(15 * 60);
@@ -73,7 +73,7 @@ impl UiaSessions {
         &self,
         auth: Option<&Value>,
         request: &UiaRequest<'_>,
-    ) -> Result<String, MatrixError> {
+    ) -> Result<String, ServiceError> {
         let mut sessions = self.sessions.lock().expect("uia lock poisoned");
         let now = Instant::now();
         sessions.retain(|_, s| now.duration_since(s.created) < SESSION_LIFETIME);
@@ -81,8 +81,8 @@ impl UiaSessions {
         match named {
             Some(id) => {
                 let session = sessions.get(id).ok_or_else(|| {
-                    MatrixError::new(
-                        400,
+                    ServiceError::new(
+                        ErrorKind::Invalid,
                         ErrorCode::InvalidParam,
                         "Unknown or expired auth session",
                     )
@@ -91,7 +91,7 @@ impl UiaSessions {
                     || session.user.as_deref() != request.user
                     || session.subject != request.subject
                 {
-                    return Err(MatrixError::forbidden(
+                    return Err(ServiceError::forbidden(
                         "Requested operation has changed during the UI authentication session",
                     ));
                 }
@@ -99,7 +99,7 @@ impl UiaSessions {
             }
             None => {
                 if sessions.len() >= MAX_SESSIONS {
-                    return Err(MatrixError::limit_exceeded(60_000)
+                    return Err(ServiceError::limit_exceeded(60_000)
                         .with_message("Too many authentication sessions in progress"));
                 }
                 let id = new_session_id();
@@ -153,8 +153,8 @@ impl UiaSessions {
         &self,
         session: &str,
         request: &UiaRequest<'_>,
-        failure: Option<MatrixError>,
-    ) -> MatrixError {
+        failure: Option<ServiceError>,
+    ) -> ServiceError {
         let completed: Vec<String> = self
             .sessions
             .lock()
@@ -167,8 +167,8 @@ impl UiaSessions {
             .iter()
             .map(|stages| json!({ "stages": stages }))
             .collect();
-        let mut error = MatrixError {
-            status: 401,
+        let mut error = ServiceError {
+            kind: ErrorKind::Unauthenticated,
             errcode: None,
             message: String::new(),
             extra: Default::default(),

@@ -50,7 +50,7 @@ impl Ephemeral {
         rooms: &crate::services::rooms::Rooms,
         room_id: &str,
         edu: serde_json::Value,
-    ) -> crate::error::MatrixResult<()> {
+    ) -> crate::services::error::ServiceResult<()> {
         let servers = rooms.remote_servers(room_id)?;
         if servers.is_empty() {
             return Ok(());

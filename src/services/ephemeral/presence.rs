@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::rooms::event_store::EventStore;
 use crate::services::stream::{StreamChange, StreamPositions};
@@ -181,13 +181,13 @@ impl Presence {
         stream: Arc<StreamPositions>,
         rooms: Arc<EventStore>,
         enabled: bool,
-    ) -> MatrixResult<Arc<Self>> {
+    ) -> ServiceResult<Arc<Self>> {
         let mut inner = Inner::default();
         let now = now_ms();
         for entry in db.scan_prefix(Table::UseridPresence, &[]) {
             let (key, value) = entry?;
             let user = String::from_utf8(key.to_vec())
-                .map_err(|_| MatrixError::internal("corrupt presence key"))?;
+                .map_err(|_| ServiceError::internal("corrupt presence key"))?;
             let record: PresenceRecord =
                 crate::services::records::decode(Table::UseridPresence, &value)?;
             inner.by_pos.insert((record.pos, user.clone()));
@@ -227,7 +227,7 @@ impl Presence {
 
     /// Another server's `m.presence` update for its user `user_id` (one sharing a room
     /// with us): their record becomes what it says. Malformed fields are left out.
-    pub async fn set_remote(self: &Arc<Self>, user_id: &str, update: &Value) -> MatrixResult<()> {
+    pub async fn set_remote(self: &Arc<Self>, user_id: &str, update: &Value) -> ServiceResult<()> {
         if !self.enabled || !self.is_remote(user_id) {
             return Ok(());
         }
@@ -334,12 +334,12 @@ impl Presence {
         user_id: &str,
         state: State,
         status_msg: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if status_msg
             .as_ref()
             .is_some_and(|s| s.len() > MAX_STATUS_BYTES)
         {
-            return Err(MatrixError::invalid_param("status_msg is too long"));
+            return Err(ServiceError::invalid_param("status_msg is too long"));
         }
         if !self.enabled {
             return Ok(());
@@ -365,7 +365,7 @@ impl Presence {
 
     /// A pro-active event (a message sent): last active now, online. Costs a stream
     /// position only when what clients see changes.
-    pub async fn bump_active(self: &Arc<Self>, user_id: &str) -> MatrixResult<()> {
+    pub async fn bump_active(self: &Arc<Self>, user_id: &str) -> ServiceResult<()> {
         if !self.enabled {
             return Ok(());
         }
@@ -398,7 +398,7 @@ impl Presence {
         self: &Arc<Self>,
         user_id: &str,
         set_presence: State,
-    ) -> MatrixResult<Option<SyncingGuard>> {
+    ) -> ServiceResult<Option<SyncingGuard>> {
         if !self.enabled {
             return Ok(None);
         }
@@ -454,7 +454,7 @@ impl Presence {
 
     /// Applies `change` under the user's lock, stores the new record at a new position and
     /// tells the users of the rooms the user is joined to.
-    async fn change(self: &Arc<Self>, user_id: &str, change: Box<Change>) -> MatrixResult<()> {
+    async fn change(self: &Arc<Self>, user_id: &str, change: Box<Change>) -> ServiceResult<()> {
         self.start_reaper();
         let _guard = self.locks.lock(user_id.as_bytes()).await;
         let now = now_ms();
@@ -549,7 +549,7 @@ impl Presence {
     }
 
     /// Applies the timeouts due at `now`.
-    pub async fn expire(self: &Arc<Self>, now: u64) -> MatrixResult<()> {
+    pub async fn expire(self: &Arc<Self>, now: u64) -> ServiceResult<()> {
         let due: Vec<(String, bool)> = self
             .lock()
             .users

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::Ephemeral;
-use crate::error::{MatrixError, MatrixResult};
 use crate::services::accounts::Accounts;
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::Rooms;
@@ -95,8 +95,8 @@ fn pos_key(room: u64, pos: u64) -> [u8; 16] {
     key
 }
 
-fn corrupt() -> MatrixError {
-    MatrixError::internal("corrupt receipt record")
+fn corrupt() -> ServiceError {
+    ServiceError::internal("corrupt receipt record")
 }
 
 /// One receipt as `/sync` shows it.
@@ -117,15 +117,15 @@ impl Ephemeral {
         kind: ReceiptType,
         event_id: &str,
         thread_id: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if thread_id.is_some_and(str::is_empty) {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "thread_id field must be a non-empty string",
             ));
         }
         let access = rooms.read_access(user_id, room_id)?;
         if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
-            return Err(MatrixError::forbidden("You aren't joined to the room"));
+            return Err(ServiceError::forbidden("You aren't joined to the room"));
         }
         let mut check = rooms.visibility_check(user_id, &access);
         let event = rooms.visible_event_for(&access, &mut check, event_id)?;
@@ -139,7 +139,7 @@ impl Ephemeral {
                     .and_then(Value::as_str)
                     == Some(thread);
             if !in_thread {
-                return Err(MatrixError::invalid_param(
+                return Err(ServiceError::invalid_param(
                     "The event is not related to the thread_id",
                 ));
             }
@@ -225,11 +225,11 @@ impl Ephemeral {
         fully_read: Option<&str>,
         read: Option<&str>,
         read_private: Option<&str>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if let Some(event_id) = fully_read {
             let access = rooms.read_access(user_id, room_id)?;
             if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
-                return Err(MatrixError::forbidden("You aren't joined to the room"));
+                return Err(ServiceError::forbidden("You aren't joined to the room"));
             }
             let mut check = rooms.visibility_check(user_id, &access);
             rooms.visible_event_for(&access, &mut check, event_id)?;
@@ -261,7 +261,7 @@ impl Ephemeral {
     }
 
     /// The position of the latest receipt change in a room (0: none).
-    pub fn last_receipt_pos(&self, room: u64) -> MatrixResult<u64> {
+    pub fn last_receipt_pos(&self, room: u64) -> ServiceResult<u64> {
         let from = pos_key(room, 0);
         let to = pos_key(room, u64::MAX);
         match self
@@ -279,7 +279,7 @@ impl Ephemeral {
 
     /// How far the user has read in a room: their unthreaded, main-timeline and per-thread
     /// `m.read`/`m.read.private` receipts, as stream positions.
-    pub fn read_positions(&self, room: u64, user_id: &str) -> MatrixResult<ReadPositions> {
+    pub fn read_positions(&self, room: u64, user_id: &str) -> ServiceResult<ReadPositions> {
         let mut prefix = room.to_be_bytes().to_vec();
         prefix.extend_from_slice(&keys::prefix(user_id.as_bytes()));
         let mut out = ReadPositions::default();
@@ -317,7 +317,7 @@ impl Ephemeral {
         viewer: &str,
         after: Option<u64>,
         upto: u64,
-    ) -> MatrixResult<Option<Value>> {
+    ) -> ServiceResult<Option<Value>> {
         let mut shown = Vec::new();
         match after {
             Some(after) => {
@@ -375,7 +375,7 @@ impl Ephemeral {
     }
 }
 
-fn shown_receipt(key: &[u8], value: &[u8]) -> MatrixResult<ShownReceipt> {
+fn shown_receipt(key: &[u8], value: &[u8]) -> ServiceResult<ShownReceipt> {
     let mut parts = keys::split(key.get(8..).ok_or_else(corrupt)?);
     let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(corrupt());

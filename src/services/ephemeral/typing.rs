@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Ephemeral;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::stream::{StreamChange, StreamPositions};
 
 /// The longest typing timeout honoured.
@@ -48,7 +48,7 @@ impl TypingRooms {
     }
 
     /// Records a change in a room and tells its members.
-    fn changed(&self, room: u64, rooms: &mut HashMap<u64, RoomTyping>) -> MatrixResult<()> {
+    fn changed(&self, room: u64, rooms: &mut HashMap<u64, RoomTyping>) -> ServiceResult<()> {
         let pos = self
             .stream
             .commit_now(StreamChange::RoomEphemeral { room })?;
@@ -111,7 +111,7 @@ impl Ephemeral {
         room: u64,
         user_id: &str,
         typing: Option<Duration>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let typing_rooms = &self.typing;
         {
             let mut rooms = typing_rooms.lock();

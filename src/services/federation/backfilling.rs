@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::source::FromOrigin;
 use super::Federation;
 use crate::core::ServerName;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::rooms::backfill::MAX_BACKFILL_EVENTS;
 use crate::services::rooms::Rooms;
 
@@ -68,7 +68,7 @@ impl Federation {
         rooms: &Rooms,
         room_id: &str,
         limit: usize,
-    ) -> MatrixResult<usize> {
+    ) -> ServiceResult<usize> {
         if self.backfill_backoff.waiting(room_id) {
             return Ok(0);
         }
@@ -88,7 +88,7 @@ impl Federation {
         room_id: &str,
         points: &[String],
         limit: usize,
-    ) -> MatrixResult<usize> {
+    ) -> ServiceResult<usize> {
         let limit = limit.clamp(1, MAX_BACKFILL_EVENTS);
         let mut query = format!("limit={limit}");
         for point in points {

@@ -8,6 +8,7 @@
 //! the resolver, IP literals here, redirects of `.well-known` in the redirect policy;
 //! federation requests themselves follow no redirect.
 
+use crate::services::error::{ErrorKind, ServiceError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,23 +57,31 @@ impl std::error::Error for FederationError {}
 
 impl FederationError {
     /// The error a client sees when a request to another server on its behalf failed:
-    /// the other server's 404 as 404 `M_NOT_FOUND` (`what` is not found), anything else
-    /// as 502 (that server could not give an answer).
-    pub fn for_client(self, what: &str) -> crate::error::MatrixError {
-        use crate::error::{ErrorCode, MatrixError};
+    /// the other server's 404 as `M_NOT_FOUND` (`what` is not found), anything else as a
+    /// remote failure (that server could not give an answer).
+    pub fn for_client(self, what: &str) -> ServiceError {
         match self {
             Self::Refused { status: 404, .. } => {
-                MatrixError::not_found(format!("{what} not found"))
+                ServiceError::not_found(format!("{what} not found"))
             }
             other => {
                 tracing::info!(error = %other, "a request to another server failed");
-                MatrixError::new(
-                    502,
-                    ErrorCode::Unknown,
-                    format!("The other server could not be asked: {other}"),
-                )
+                ServiceError::remote_failed(format!("The other server could not be asked: {other}"))
             }
         }
+    }
+}
+
+/// What another server's 4xx refusal means for the request we made on a caller's behalf.
+pub fn refusal_kind(status: u16) -> ErrorKind {
+    match status {
+        401 => ErrorKind::Unauthenticated,
+        403 => ErrorKind::Forbidden,
+        404 => ErrorKind::NotFound,
+        409 => ErrorKind::Conflict,
+        413 => ErrorKind::TooLarge,
+        429 => ErrorKind::RateLimited,
+        _ => ErrorKind::Invalid,
     }
 }
 

@@ -41,7 +41,7 @@ use serde_json::{json, Map, Value};
 use super::client::FederationError;
 use super::Federation;
 use crate::core::{ServerName, UserId};
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::event_store::EventStore;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
@@ -271,14 +271,14 @@ impl RemoteDeviceLists {
     }
 
     /// The list kept for `user`, if any.
-    pub fn get(&self, user: &str) -> MatrixResult<Option<RemoteDeviceList>> {
+    pub fn get(&self, user: &str) -> ServiceResult<Option<RemoteDeviceList>> {
         match self.db.get(Table::UseridRemotedevicelist, user)? {
             Some(bytes) => Ok(Some(decode(Table::UseridRemotedevicelist, &bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn put(&self, user: &str, list: &RemoteDeviceList) -> MatrixResult<()> {
+    fn put(&self, user: &str, list: &RemoteDeviceList) -> ServiceResult<()> {
         let mut batch = self.db.batch();
         batch.put(Table::UseridRemotedevicelist, user, encode(list));
         self.db.write_relaxed(batch)?;
@@ -287,7 +287,7 @@ impl RemoteDeviceLists {
 
     /// Follows an `m.device_list_update` (its sender already checked to be the user's
     /// server).
-    pub fn device_list_update(&self, content: &Value) -> MatrixResult<UpdateEffect> {
+    pub fn device_list_update(&self, content: &Value) -> ServiceResult<UpdateEffect> {
         let Some(user) = content.get("user_id").and_then(Value::as_str) else {
             return Ok(UpdateEffect::NotKept);
         };
@@ -308,7 +308,7 @@ impl RemoteDeviceLists {
     }
 
     /// Follows an `m.signing_key_update`: the kept list takes the new cross-signing keys.
-    pub fn signing_key_update(&self, content: &Value) -> MatrixResult<()> {
+    pub fn signing_key_update(&self, content: &Value) -> ServiceResult<()> {
         let Some(user) = content.get("user_id").and_then(Value::as_str) else {
             return Ok(());
         };
@@ -328,7 +328,7 @@ impl RemoteDeviceLists {
 
     /// Which of `users` (other servers' users we share a room with) have a fresh list,
     /// and which need one fetched.
-    pub fn needed(&self, users: &[UserId]) -> MatrixResult<Needed> {
+    pub fn needed(&self, users: &[UserId]) -> ServiceResult<Needed> {
         let mut needed = Needed::default();
         for user in users {
             let changes = *self.stripe(user.as_str());
@@ -350,7 +350,7 @@ impl RemoteDeviceLists {
         federation: &Federation,
         to_fetch: Vec<(UserId, Option<RemoteDeviceList>, u64)>,
         deadline: tokio::time::Instant,
-    ) -> MatrixResult<Fetched> {
+    ) -> ServiceResult<Fetched> {
         let asked: Vec<UserId> = to_fetch.iter().map(|(u, _, _)| u.clone()).collect();
         let mut answers: BTreeMap<String, Result<Value, FederationError>> =
             futures_util::stream::iter(asked)
@@ -403,7 +403,7 @@ impl RemoteDeviceLists {
         user: &str,
         mut list: RemoteDeviceList,
         changes: u64,
-    ) -> MatrixResult<RemoteDeviceList> {
+    ) -> ServiceResult<RemoteDeviceList> {
         let mut now = self.stripe(user);
         if *now != changes {
             list.stale = true;
@@ -416,7 +416,7 @@ impl RemoteDeviceLists {
     /// Our server joined `room_id` through another server: the lists of its members of
     /// other servers are dropped, for a list kept from a room we shared with them
     /// before may have missed updates while no room was shared.
-    pub fn forget_members_of(&self, store: &EventStore, room_id: &str) -> MatrixResult<()> {
+    pub fn forget_members_of(&self, store: &EventStore, room_id: &str) -> ServiceResult<()> {
         let Some(room) = store.room(room_id)? else {
             return Ok(());
         };
@@ -438,7 +438,7 @@ impl RemoteDeviceLists {
     /// change of the list in between would bring it back).
     /// A change of the user's list is counted either way (a fetch in flight is then kept
     /// stale); only a kept list costs a write.
-    fn drop_list(&self, user: &str) -> MatrixResult<()> {
+    fn drop_list(&self, user: &str) -> ServiceResult<()> {
         let mut changes = self.stripe(user);
         *changes += 1;
         if self.db.get(Table::UseridRemotedevicelist, user)?.is_none() {
@@ -455,7 +455,7 @@ impl RemoteDeviceLists {
 /// next asked for, so a list kept while no room was shared (no updates came) is never
 /// trusted once one is shared again.
 impl NewEventHook for RemoteDeviceLists {
-    fn new_event(&self, event: &NewEvent<'_>, _batch: &mut Batch<'_>) -> MatrixResult<()> {
+    fn new_event(&self, event: &NewEvent<'_>, _batch: &mut Batch<'_>) -> ServiceResult<()> {
         if event.pdu.get("type").and_then(Value::as_str) != Some("m.room.member") {
             return Ok(());
         }

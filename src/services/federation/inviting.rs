@@ -18,7 +18,7 @@ use super::Federation;
 use crate::core::pdu::BuiltPdu;
 use crate::core::url::encode;
 use crate::core::{event_hashes, pdu_checks, ServerName, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::rooms::create::CreatedRoom;
 use crate::services::rooms::Rooms;
 
@@ -47,7 +47,7 @@ impl Federation {
         room_id: &str,
         built: BuiltPdu,
         target: &UserId,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let room = rooms.known_room(room_id)?;
         let inviter = built
             .pdu
@@ -61,7 +61,7 @@ impl Federation {
             "invite_room_state": rooms.invite_room_state(room.record.state, Some(&inviter))?,
         });
         let destination = ServerName::parse(target.server_name())
-            .map_err(|e| MatrixError::invalid_param(format!("The invitee's server name: {e}")))?;
+            .map_err(|e| ServiceError::invalid_param(format!("The invitee's server name: {e}")))?;
         let event_id = built.event_id;
         let path = format!(
             "/_matrix/federation/v2/invite/{}/{}",
@@ -81,8 +81,8 @@ impl Federation {
                         Some("M_MISSING_PARAM" | "M_INVALID_PARAM")
                     ) =>
                 {
-                    MatrixError::new(
-                        502,
+                    ServiceError::new(
+                        ErrorKind::RemoteFailed,
                         ErrorCode::Unknown,
                         format!("The invitee's server refused our invite: {body}"),
                     )
@@ -121,8 +121,8 @@ impl Federation {
         ) == pdu_checks::SignatureCheck::Verified;
         if !same || !verified {
             tracing::info!(room = %room_id, event = %event_id, %target, "the invitee's server answered an invite we cannot check");
-            return Err(MatrixError::new(
-                502,
+            return Err(ServiceError::new(
+                ErrorKind::RemoteFailed,
                 ErrorCode::Unknown,
                 "The invitee's server answered with an event that is not our invite, signed",
             ));

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::source::FromOrigin;
 use super::Federation;
 use crate::core::{event_hashes, ServerName, UserId};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::Rooms;
 
 impl Federation {
@@ -25,9 +25,9 @@ impl Federation {
         room_id: &str,
         servers: &[String],
         content: Map<String, Value>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let own = self.client.server_name().as_str().to_owned();
-        let mut last = MatrixError::not_found("No server in the room is known to join through");
+        let mut last = ServiceError::not_found("No server in the room is known to join through");
         let mut tried = Vec::new();
         for server in servers {
             if *server == own || tried.contains(server) {
@@ -58,7 +58,7 @@ impl Federation {
         room_id: &str,
         destination: &ServerName,
         content: Map<String, Value>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let member = self
             .member_from_template(destination, (room_id, user), "join", content)
             .await?;

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::source::FromOrigin;
 use super::Federation;
 use crate::core::{ServerName, UserId};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::Rooms;
 
 impl Federation {
@@ -23,9 +23,9 @@ impl Federation {
         room_id: &str,
         servers: &[String],
         content: Map<String, Value>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let own = self.client.server_name().as_str().to_owned();
-        let mut last = MatrixError::not_found("No server in the room is known to knock through");
+        let mut last = ServiceError::not_found("No server in the room is known to knock through");
         let mut tried: Vec<&String> = Vec::new();
         for server in servers {
             if *server == own || tried.contains(&server) {
@@ -42,7 +42,7 @@ impl Federation {
                 let answer = self
                     .send_member(&destination, room_id, "knock", &member)
                     .await?;
-                Ok::<_, MatrixError>((member, answer))
+                Ok::<_, ServiceError>((member, answer))
             };
             match attempt.await {
                 Ok((member, answer)) => {

@@ -10,7 +10,7 @@ use serde_json::Map;
 
 use super::Federation;
 use crate::core::{ServerName, UserId};
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::rooms::Rooms;
 
 impl Federation {
@@ -22,7 +22,7 @@ impl Federation {
         user: &UserId,
         room_id: &str,
         reason: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         for server in rooms.servers_for_pending(user, room_id)? {
             let Ok(destination) = ServerName::parse(&server) else {
                 continue;
@@ -37,7 +37,7 @@ impl Federation {
                     .await?;
                 self.send_member(&destination, room_id, "leave", &member)
                     .await?;
-                Ok::<_, crate::error::MatrixError>(member)
+                Ok::<_, crate::services::error::ServiceError>(member)
             };
             match attempt.await {
                 Ok(member) => {

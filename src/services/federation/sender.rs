@@ -410,7 +410,7 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
 /// Catch-up (see the module doc): when more than [`CATCH_UP_AFTER`] events are queued
 /// for `destination`, only the newest of each room stays (and every member event about
 /// one of its users). One pass over the queue; memory follows the number of rooms.
-fn catch_up(shared: &Shared, destination: &str) -> crate::error::MatrixResult<()> {
+fn catch_up(shared: &Shared, destination: &str) -> crate::services::error::ServiceResult<()> {
     let mut counted = 0;
     for event in Outbox::queued_events(&shared.db, destination).take(CATCH_UP_AFTER + 1) {
         event?;

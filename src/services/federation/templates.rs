@@ -15,7 +15,7 @@ use super::client::FederationError;
 use super::Federation;
 use crate::core::url::encode;
 use crate::core::{event_hashes, RoomVersion, ServerName, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::now_ms;
 
 /// Fields of a template that go into our event.
@@ -39,9 +39,9 @@ pub struct SignedMember {
     pub event_id: String,
 }
 
-/// A resident server's refusal, passed on to our client as it was given (status and
-/// Matrix error), other failures as 502.
-pub(super) fn refusal(error: FederationError) -> MatrixError {
+/// A resident server's refusal, passed on to our client as it was given (its Matrix error,
+/// and the kind its 4xx status means), other failures as a remote failure.
+pub(super) fn refusal(error: FederationError) -> ServiceError {
     match error {
         FederationError::Refused { status, body } if (400..500).contains(&status) => {
             let errcode = body.get("errcode").and_then(Value::as_str).unwrap_or("");
@@ -58,10 +58,10 @@ pub(super) fn refusal(error: FederationError) -> MatrixError {
                 "M_LIMIT_EXCEEDED" => ErrorCode::LimitExceeded,
                 _ => ErrorCode::Unknown,
             };
-            MatrixError::new(status, code, message)
+            ServiceError::new(super::client::refusal_kind(status), code, message)
         }
-        other => MatrixError::new(
-            502,
+        other => ServiceError::new(
+            ErrorKind::RemoteFailed,
             ErrorCode::Unknown,
             format!("The resident server could not be asked: {other}"),
         ),
@@ -77,7 +77,7 @@ impl Federation {
         (room_id, user): (&str, &UserId),
         membership: &str,
         mut content: Map<String, Value>,
-    ) -> MatrixResult<SignedMember> {
+    ) -> ServiceResult<SignedMember> {
         let mut path = format!(
             "/_matrix/federation/v1/make_{membership}/{}/{}",
             encode(room_id),
@@ -100,8 +100,8 @@ impl Federation {
             .and_then(Value::as_str)
             .and_then(RoomVersion::from_id)
             .ok_or_else(|| {
-                MatrixError::new(
-                    400,
+                ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::UnsupportedRoomVersion,
                     "The room's version is not one this server supports",
                 )
@@ -153,9 +153,9 @@ impl Federation {
             &self.signing_key,
             version,
         )
-        .map_err(|e| MatrixError::internal(format!("cannot sign our {membership}: {e:?}")))?;
+        .map_err(|e| ServiceError::internal(format!("cannot sign our {membership}: {e:?}")))?;
         let event_id = event_hashes::event_id(&pdu, version)
-            .map_err(|e| MatrixError::internal(format!("cannot hash our {membership}: {e:?}")))?;
+            .map_err(|e| ServiceError::internal(format!("cannot hash our {membership}: {e:?}")))?;
         Ok(SignedMember {
             version,
             pdu,
@@ -171,7 +171,7 @@ impl Federation {
         room_id: &str,
         membership: &str,
         member: &SignedMember,
-    ) -> MatrixResult<Value> {
+    ) -> ServiceResult<Value> {
         let tail = format!("{}/{}", encode(room_id), encode(&member.event_id));
         let has_v2 = membership != "knock";
         let first = if has_v2 {

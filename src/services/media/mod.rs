@@ -20,8 +20,8 @@ use futures_util::Stream;
 use tokio::sync::Notify;
 
 use crate::core::{ServerName, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::services::accounts::secrets;
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::records::{decode, encode};
 use crate::storage::{keys, Db, Table};
@@ -138,19 +138,19 @@ pub fn sanitize_filename(given: Option<&str>) -> Option<String> {
     Some(name.to_owned())
 }
 
-fn blob_error(e: BlobWriteError, limit: u64) -> MatrixError {
+fn blob_error(e: BlobWriteError, limit: u64) -> ServiceError {
     match e {
-        BlobWriteError::TooLarge => MatrixError::new(
-            413,
+        BlobWriteError::TooLarge => ServiceError::new(
+            ErrorKind::TooLarge,
             ErrorCode::TooLarge,
             format!("Upload is larger than the {limit} bytes allowed"),
         ),
-        BlobWriteError::Body(e) => MatrixError::new(
-            400,
+        BlobWriteError::Body(e) => ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::Unknown,
             format!("Upload was interrupted: {e}"),
         ),
-        BlobWriteError::Io(e) => MatrixError::internal(format!("media store: {e}")),
+        BlobWriteError::Io(e) => ServiceError::internal(format!("media store: {e}")),
     }
 }
 
@@ -193,7 +193,7 @@ impl Media {
         format!("mxc://{}/{media_id}", self.server_name)
     }
 
-    fn record(&self, key: &[u8]) -> MatrixResult<Option<MediaRecord>> {
+    fn record(&self, key: &[u8]) -> ServiceResult<Option<MediaRecord>> {
         self.db
             .get(Table::MediaidMedia, key)?
             .map(|b| decode(Table::MediaidMedia, &b))
@@ -208,7 +208,7 @@ impl Media {
         content_type: Option<&str>,
         filename: Option<&str>,
         body: S,
-    ) -> MatrixResult<String>
+    ) -> ServiceResult<String>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -239,7 +239,7 @@ impl Media {
         content_type: Option<&str>,
         filename: Option<&str>,
         body: S,
-    ) -> MatrixResult<Content>
+    ) -> ServiceResult<Content>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -249,7 +249,7 @@ impl Media {
             .upload_slots
             .try_claim(uploader.as_str())
             .map_err(|busy| {
-                MatrixError::limit_exceeded(1000).with_message(match busy {
+                ServiceError::limit_exceeded(1000).with_message(match busy {
                     NoSlot::UserBusy => "You have too many uploads in progress",
                     NoSlot::ServerBusy => "Too many uploads in progress",
                 })
@@ -300,7 +300,7 @@ impl Media {
     }
 
     /// Reserves an `mxc://` URI for a later `PUT`. Spec: `POST /_matrix/media/v1/create`.
-    pub async fn create_pending(&self, uploader: &UserId) -> MatrixResult<(String, u64)> {
+    pub async fn create_pending(&self, uploader: &UserId) -> ServiceResult<(String, u64)> {
         let _guard = self.write_lock.lock().await;
         let now = now_ms();
         let prefix = keys::prefix(uploader.as_str().as_bytes());
@@ -314,7 +314,7 @@ impl Media {
             }
         }
         if pending >= MAX_PENDING_PER_USER {
-            return Err(MatrixError::limit_exceeded(60_000)
+            return Err(ServiceError::limit_exceeded(60_000)
                 .with_message("Too many pending uploads; finish or wait for some to expire"));
         }
         let media_id = Self::new_media_id();
@@ -350,12 +350,12 @@ impl Media {
         content_type: Option<&str>,
         filename: Option<&str>,
         body: S,
-    ) -> MatrixResult<()>
+    ) -> ServiceResult<()>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let unknown = || MatrixError::not_found("Unknown media ID");
+        let unknown = || ServiceError::not_found("Unknown media ID");
         if server != self.server_name.as_str() || !is_valid_media_id(media_id) {
             return Err(unknown());
         }
@@ -390,30 +390,30 @@ impl Media {
         Ok(())
     }
 
-    fn check_uploadable(&self, key: &[u8], uploader: &UserId) -> MatrixResult<MediaRecord> {
+    fn check_uploadable(&self, key: &[u8], uploader: &UserId) -> ServiceResult<MediaRecord> {
         let record = self
             .record(key)?
-            .ok_or_else(|| MatrixError::not_found("Unknown media ID"))?;
+            .ok_or_else(|| ServiceError::not_found("Unknown media ID"))?;
         if record.uploader != uploader.as_str() {
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "This media ID was created by another user",
             ));
         }
         if record.content.is_some() {
-            return Err(MatrixError::new(
-                409,
+            return Err(ServiceError::new(
+                ErrorKind::Conflict,
                 ErrorCode::CannotOverwriteMedia,
                 "Media already uploaded",
             ));
         }
         if record.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
-            return Err(MatrixError::not_found("This media ID has expired"));
+            return Err(ServiceError::not_found("This media ID has expired"));
         }
         Ok(record)
     }
 
     /// Whether another server's `mxc://server/media_id` is in our cache.
-    pub fn has_remote(&self, server: &str, media_id: &str) -> MatrixResult<bool> {
+    pub fn has_remote(&self, server: &str, media_id: &str) -> ServiceResult<bool> {
         Ok(self
             .record(&media_key(server, media_id))?
             .is_some_and(|r| r.content.is_some()))
@@ -430,7 +430,7 @@ impl Media {
         content_type: Option<&str>,
         filename: Option<&str>,
         body: S,
-    ) -> MatrixResult<()>
+    ) -> ServiceResult<()>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -440,7 +440,7 @@ impl Media {
             .upload_slots
             .try_claim(&format!("server {server}"))
             .map_err(|_| {
-                MatrixError::limit_exceeded(1000)
+                ServiceError::limit_exceeded(1000)
                     .with_message("Too many media downloads in progress")
             })?;
         let StoredBlob { sha256, size } =
@@ -448,17 +448,17 @@ impl Media {
                 .write_stream(body, limit)
                 .await
                 .map_err(|e| match e {
-                    BlobWriteError::TooLarge => MatrixError::new(
-                        502,
+                    BlobWriteError::TooLarge => ServiceError::new(
+                        ErrorKind::RemoteFailed,
                         ErrorCode::TooLarge,
                         format!("The remote media is larger than the {limit} bytes allowed"),
                     ),
-                    BlobWriteError::Body(e) => MatrixError::new(
-                        502,
+                    BlobWriteError::Body(e) => ServiceError::new(
+                        ErrorKind::RemoteFailed,
                         ErrorCode::Unknown,
                         format!("The remote media did not arrive whole: {e}"),
                     ),
-                    BlobWriteError::Io(e) => MatrixError::internal(format!("media store: {e}")),
+                    BlobWriteError::Io(e) => ServiceError::internal(format!("media store: {e}")),
                 })?;
         let image = self.probe_image(&sha256).await;
         let record = MediaRecord {
@@ -490,8 +490,8 @@ impl Media {
         server: &str,
         media_id: &str,
         wait: Duration,
-    ) -> MatrixResult<Content> {
-        let unknown = || MatrixError::not_found("Unknown media ID");
+    ) -> ServiceResult<Content> {
+        let unknown = || ServiceError::not_found("Unknown media ID");
         if ServerName::parse(server).is_err() || !is_valid_media_id(media_id) {
             return Err(unknown());
         }
@@ -519,8 +519,8 @@ impl Media {
                 return Ok(content);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(MatrixError::new(
-                    504,
+                return Err(ServiceError::new(
+                    ErrorKind::TimedOut,
                     ErrorCode::NotYetUploaded,
                     "Media has not been uploaded yet",
                 ));
@@ -534,7 +534,7 @@ impl Media {
         server: &str,
         media_id: &str,
         wait: Duration,
-    ) -> MatrixResult<Served> {
+    ) -> ServiceResult<Served> {
         let content = self.content(server, media_id, wait).await?;
         Ok(Served {
             sha256: content.sha256,
@@ -554,16 +554,16 @@ impl Media {
         width: u32,
         height: u32,
         wait: Duration,
-    ) -> MatrixResult<Served> {
+    ) -> ServiceResult<Served> {
         if width == 0 || height == 0 {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "width and height must be positive",
             ));
         }
         let content = self.content(server, media_id, wait).await?;
         let cannot = || {
-            MatrixError::new(
-                400,
+            ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::Unknown,
                 "Cannot generate thumbnails for the requested content",
             )
@@ -589,8 +589,8 @@ impl Media {
             Plan::Render { width, height } => (width, height),
         };
         if u64::from(image.width) * u64::from(image.height) > self.limits.max_thumbnail_pixels {
-            return Err(MatrixError::new(
-                413,
+            return Err(ServiceError::new(
+                ErrorKind::TooLarge,
                 ErrorCode::TooLarge,
                 "Image is too large to thumbnail",
             ));
@@ -605,22 +605,24 @@ impl Media {
             .decode_slots
             .acquire()
             .await
-            .map_err(MatrixError::internal)?;
+            .map_err(ServiceError::internal)?;
         let original = self
             .store
             .read_all(&content.sha256)
             .await
-            .map_err(|e| MatrixError::internal(format!("media store: {e}")))?;
+            .map_err(|e| ServiceError::internal(format!("media store: {e}")))?;
         let max_pixels = self.limits.max_thumbnail_pixels;
         let rendered = tokio::task::spawn_blocking(move || {
             thumbnail::render(&original, method, out_w, out_h, max_pixels)
         })
         .await
-        .map_err(MatrixError::internal)?
+        .map_err(ServiceError::internal)?
         .map_err(|e| match e {
-            ThumbnailError::TooLarge => {
-                MatrixError::new(413, ErrorCode::TooLarge, "Image is too large to thumbnail")
-            }
+            ThumbnailError::TooLarge => ServiceError::new(
+                ErrorKind::TooLarge,
+                ErrorCode::TooLarge,
+                "Image is too large to thumbnail",
+            ),
             ThumbnailError::Unsupported | ThumbnailError::Corrupt(_) => cannot(),
         })?;
         let blob = self
@@ -694,14 +696,17 @@ struct InProgress<'a> {
 }
 
 impl<'a> InProgress<'a> {
-    fn claim(set: &'a Mutex<std::collections::HashSet<Vec<u8>>>, key: &[u8]) -> MatrixResult<Self> {
+    fn claim(
+        set: &'a Mutex<std::collections::HashSet<Vec<u8>>>,
+        key: &[u8],
+    ) -> ServiceResult<Self> {
         if !set
             .lock()
             .expect("uploading lock poisoned")
             .insert(key.to_vec())
         {
-            return Err(MatrixError::new(
-                409,
+            return Err(ServiceError::new(
+                ErrorKind::Conflict,
                 ErrorCode::CannotOverwriteMedia,
                 "This media is being uploaded already",
             ));

@@ -29,8 +29,8 @@ use tokio::task::JoinSet;
 use super::pushers::Pusher;
 use super::queue::{self, QueuedEvent};
 use super::Push;
-use crate::error::MatrixResult;
 use crate::services::ephemeral::receipts::ReadPositions;
+use crate::services::error::ServiceResult;
 use crate::services::stream::{StreamChange, StreamSubscriber};
 use crate::storage::Table;
 
@@ -63,11 +63,11 @@ const GATHER: Duration = Duration::from_millis(10);
 /// What the worker needs to know of rooms and receipts (implemented over the services).
 pub trait PushLookups: Send + Sync {
     /// An event's id and PDU by short id.
-    fn event(&self, short: u64) -> MatrixResult<(String, Value)>;
+    fn event(&self, short: u64) -> ServiceResult<(String, Value)>;
     /// The room id of a short room id, and whether `user_id` is joined to it.
-    fn joined_room(&self, room: u64, user_id: &str) -> MatrixResult<Option<String>>;
+    fn joined_room(&self, room: u64, user_id: &str) -> ServiceResult<Option<String>>;
     /// How far the user has read in a room.
-    fn read_positions(&self, room: u64, user_id: &str) -> MatrixResult<ReadPositions>;
+    fn read_positions(&self, room: u64, user_id: &str) -> ServiceResult<ReadPositions>;
     /// The room's name (`m.room.name`) and the sender's display name there, if any.
     fn names(&self, room_id: &str, sender: &str) -> (Option<String>, Option<String>);
 }
@@ -369,7 +369,7 @@ impl Push {
         task: tokio::task::Id,
         outcome: Outcome,
         progress: &mut Progress,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let pusher_key = outcome.pusher.key();
         let Some(state) = progress
             .pushers
@@ -428,7 +428,7 @@ impl Worker {
         self: &Arc<Self>,
         progress: &mut Progress,
         tasks: &mut JoinSet<Outcome>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let db = &self.push.db;
         // Pusher changes wait for the pass: a pusher's cursor and its place in the index
         // are made under this lock, so the pass never sees one without the other.
@@ -546,7 +546,7 @@ impl Worker {
     /// Keeps the worker's pushers those of the index: new ones start at their stored
     /// cursor, removed ones are forgotten, changed ones take their new settings. On the
     /// first pass the reader starts at the lowest cursor.
-    fn follow_pushers(&self, progress: &mut Progress, published: u64) -> MatrixResult<()> {
+    fn follow_pushers(&self, progress: &mut Progress, published: u64) -> ServiceResult<()> {
         let pushers: Vec<Pusher> = self.push.pusher_index().all().cloned().collect();
         let keys: std::collections::HashSet<Vec<u8>> = pushers.iter().map(Pusher::key).collect();
         progress.pushers.retain(|key, _| keys.contains(key));
@@ -590,7 +590,7 @@ impl Worker {
 
     /// Reads a pusher's own entries again from the queue, after its cursor (or its last
     /// held entry) up to the reader, as many as it may hold.
-    fn catch_up(&self, state: &mut PusherState, reader: u64) -> MatrixResult<()> {
+    fn catch_up(&self, state: &mut PusherState, reader: u64) -> ServiceResult<()> {
         let after = state.held.back().map_or(state.cursor, |last| last.pos);
         let from = queue::entry_key(after.saturating_add(1));
         let to = queue::entry_key(reader.saturating_add(1));
@@ -645,7 +645,11 @@ impl Worker {
                     worker.push.notification(&*worker.lookups, &pusher, &item)
                 })
                 .await
-                .unwrap_or_else(|e| Err(crate::error::MatrixError::internal(e.to_string())))
+                .unwrap_or_else(|e| {
+                    Err(crate::services::error::ServiceError::internal(
+                        e.to_string(),
+                    ))
+                })
             };
             let body = match built {
                 Ok(Some(body)) => body,
@@ -686,7 +690,7 @@ impl Push {
         lookups: &dyn PushLookups,
         pusher: &Pusher,
         item: &Item,
-    ) -> MatrixResult<Option<Value>> {
+    ) -> ServiceResult<Option<Value>> {
         let Some(room_id) = lookups.joined_room(item.room, &pusher.user_id)? else {
             return Ok(None);
         };
@@ -752,7 +756,7 @@ impl Push {
     }
 
     /// The user's unread notifications across the rooms they are joined to (the badge).
-    fn unread_total(&self, lookups: &dyn PushLookups, user_id: &str) -> MatrixResult<u64> {
+    fn unread_total(&self, lookups: &dyn PushLookups, user_id: &str) -> ServiceResult<u64> {
         let mut total = 0;
         for room in self.rooms_with_notifications(user_id)? {
             if lookups.joined_room(room, user_id)?.is_none() {

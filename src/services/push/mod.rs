@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::core::push_rules::{self, RuleEditError, Ruleset};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::{StreamChange, StreamPositions};
 use crate::services::StripedLocks;
@@ -61,20 +61,22 @@ pub struct Push {
     unread: unread_cache::UnreadCache,
 }
 
-fn rule_error(e: RuleEditError) -> MatrixError {
+fn rule_error(e: RuleEditError) -> ServiceError {
     match e {
-        RuleEditError::NotFound => MatrixError::not_found("Push rule not found"),
-        RuleEditError::Reserved => MatrixError::invalid_param(
+        RuleEditError::NotFound => ServiceError::not_found("Push rule not found"),
+        RuleEditError::Reserved => ServiceError::invalid_param(
             "Rule ids starting with '.' are reserved for the server's rules",
         ),
-        RuleEditError::BadPlacement(m) => MatrixError::not_found(m),
-        RuleEditError::Invalid(m) => MatrixError::new(400, ErrorCode::InvalidParam, m),
+        RuleEditError::BadPlacement(m) => ServiceError::not_found(m),
+        RuleEditError::Invalid(m) => {
+            ServiceError::new(ErrorKind::Invalid, ErrorCode::InvalidParam, m)
+        }
     }
 }
 
 impl Push {
     /// The service over `db`, with the stored pushers loaded.
-    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> MatrixResult<Self> {
+    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> ServiceResult<Self> {
         let mut all = Vec::new();
         for entry in db.scan_prefix(Table::UseridAppidPushkeyPusher, &[]) {
             let (_, value) = entry?;
@@ -111,7 +113,7 @@ impl Push {
     /// Applies a `POST /pushers/set`. Spec: without `append`, "the homeserver must remove
     /// any other pushers with the same App ID and pushkey for different users"; deleting
     /// a pusher that does not exist is not an error.
-    pub async fn change_pusher(&self, user_id: &str, change: PusherChange) -> MatrixResult<()> {
+    pub async fn change_pusher(&self, user_id: &str, change: PusherChange) -> ServiceResult<()> {
         let _guard = self.pusher_lock.lock().await;
         let mut batch = self.db.batch();
         // The index changes once the batch is durable, so that memory never claims what
@@ -139,7 +141,7 @@ impl Push {
                     (others, index.of(user_id).len() + usize::from(!replacing))
                 };
                 if count > MAX_PUSHERS_PER_USER {
-                    return Err(MatrixError::forbidden(format!(
+                    return Err(ServiceError::forbidden(format!(
                         "At most {MAX_PUSHERS_PER_USER} pushers per user: remove one first"
                     )));
                 }
@@ -189,7 +191,7 @@ impl Push {
         &self,
         user_id: &str,
         devices: &[String],
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if !self.pusher_index().has_any(user_id) {
             return Ok(());
         }
@@ -215,7 +217,7 @@ impl Push {
     }
 
     /// The short ids of the rooms the user has notification entries in.
-    fn rooms_with_notifications(&self, user_id: &str) -> MatrixResult<Vec<u64>> {
+    fn rooms_with_notifications(&self, user_id: &str) -> ServiceResult<Vec<u64>> {
         let prefix = keys::prefix(user_id.as_bytes());
         let end = keys::prefix_successor(&prefix).unwrap_or_else(|| vec![0xff; prefix.len() + 1]);
         let mut rooms = Vec::new();
@@ -245,7 +247,7 @@ impl Push {
         Ok(rooms)
     }
 
-    fn record(&self, user_id: &str) -> MatrixResult<Option<RulesRecord>> {
+    fn record(&self, user_id: &str) -> ServiceResult<Option<RulesRecord>> {
         self.db
             .get(Table::UseridPushrules, user_id)?
             .map(|b| decode(Table::UseridPushrules, &b))
@@ -254,7 +256,7 @@ impl Push {
 
     /// The user's rules: the stored ones brought up to the server's defaults, or the
     /// defaults.
-    pub fn ruleset(&self, user_id: &str) -> MatrixResult<Arc<Ruleset>> {
+    pub fn ruleset(&self, user_id: &str) -> ServiceResult<Arc<Ruleset>> {
         if let Some(cached) = self
             .rulesets
             .lock()
@@ -278,7 +280,7 @@ impl Push {
         &self,
         user_id: &str,
         edit: impl FnOnce(&mut Ruleset) -> Result<(), RuleEditError>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let _guard = self.locks.lock(user_id.as_bytes()).await;
         let mut ruleset = (*self.ruleset(user_id)?).clone();
         edit(&mut ruleset).map_err(rule_error)?;
@@ -321,7 +323,7 @@ impl Push {
         user_id: &str,
         after: Option<u64>,
         upto: u64,
-    ) -> MatrixResult<Option<Value>> {
+    ) -> ServiceResult<Option<Value>> {
         if let Some(after) = after {
             let changed = self
                 .record(user_id)?
@@ -342,7 +344,7 @@ impl crate::services::accounts::DeviceRemovalHook for Push {
         &'a self,
         user_id: &'a str,
         devices: &'a [String],
-    ) -> futures_util::future::BoxFuture<'a, MatrixResult<()>> {
+    ) -> futures_util::future::BoxFuture<'a, ServiceResult<()>> {
         Box::pin(self.remove_device_pushers(user_id, devices))
     }
 }

@@ -17,8 +17,8 @@ use super::queue::{self, QueuedEvent};
 use super::unread_cache::Counted;
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
-use crate::error::{MatrixError, MatrixResult};
 use crate::services::ephemeral::receipts::ReadPositions;
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Table};
 
@@ -58,8 +58,8 @@ fn entry_key(user_id: &str, room: u64, pos: u64) -> Vec<u8> {
     key
 }
 
-fn corrupt() -> MatrixError {
-    MatrixError::internal("corrupt notification entry")
+fn corrupt() -> ServiceError {
+    ServiceError::internal("corrupt notification entry")
 }
 
 /// Unread counts of one room.
@@ -102,7 +102,7 @@ fn thread_root(pdu: &Value) -> Option<&str> {
 }
 
 impl NewEventHook for Push {
-    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()> {
+    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> ServiceResult<()> {
         if event.historical {
             // History fetched from other servers is not news to anyone.
             return Ok(());
@@ -184,7 +184,7 @@ impl Push {
         user_id: &str,
         room: u64,
         pos: u64,
-    ) -> MatrixResult<Option<Vec<Value>>> {
+    ) -> ServiceResult<Option<Vec<Value>>> {
         let Some(value) = self.db.get(
             Table::UseridShortroomidPosNotify,
             entry_key(user_id, room, pos),
@@ -199,7 +199,7 @@ impl Push {
     }
 }
 
-fn parse_entry(key: &[u8], value: &[u8], prefix_len: usize) -> MatrixResult<Notification> {
+fn parse_entry(key: &[u8], value: &[u8], prefix_len: usize) -> ServiceResult<Notification> {
     let ids = key.get(prefix_len..prefix_len + 16).ok_or_else(corrupt)?;
     let (room, pos) = (
         keys::read_u64(&ids[..8]).ok_or_else(corrupt)?,
@@ -218,7 +218,7 @@ fn parse_entry(key: &[u8], value: &[u8], prefix_len: usize) -> MatrixResult<Noti
 }
 
 /// The thread root of an entry (if any) and the bytes after it.
-fn split_thread(value: &[u8]) -> MatrixResult<(Option<&str>, &[u8])> {
+fn split_thread(value: &[u8]) -> ServiceResult<(Option<&str>, &[u8])> {
     let flags = *value.first().ok_or_else(corrupt)?;
     let rest = value.get(HEADER..).ok_or_else(corrupt)?;
     if flags & THREADED == 0 {
@@ -239,7 +239,7 @@ impl Push {
         user_id: &str,
         room: u64,
         read: &ReadPositions,
-    ) -> MatrixResult<RoomCounts> {
+    ) -> ServiceResult<RoomCounts> {
         let published = self.stream.watermark();
         let (mut counts, after) = match self.unread.get(user_id, room, read) {
             Some(counted) => (counted.counts, counted.upto.max(read.unthreaded)),
@@ -304,9 +304,9 @@ impl Push {
         before: Option<u64>,
         limit: usize,
         only_highlight: bool,
-    ) -> MatrixResult<(Vec<Notification>, Option<u64>)> {
+    ) -> ServiceResult<(Vec<Notification>, Option<u64>)> {
         if limit == 0 {
-            return Err(MatrixError::invalid_param("limit must be positive"));
+            return Err(ServiceError::invalid_param("limit must be positive"));
         }
         let prefix = user_prefix(user_id);
         let before = before.unwrap_or(u64::MAX);

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::keys;
 
 /// The path every push gateway serves (spec: push gateway API).
@@ -115,14 +115,14 @@ pub enum PusherChange {
     },
 }
 
-fn text<'a>(body: &'a Map<String, Value>, key: &str) -> MatrixResult<&'a str> {
+fn text<'a>(body: &'a Map<String, Value>, key: &str) -> ServiceResult<&'a str> {
     match body.get(key) {
-        None | Some(Value::Null) => Err(MatrixError::missing_param(format!("{key} is required"))),
+        None | Some(Value::Null) => Err(ServiceError::missing_param(format!("{key} is required"))),
         Some(Value::String(s)) if s.len() <= MAX_TEXT_BYTES => Ok(s),
-        Some(Value::String(_)) => Err(MatrixError::invalid_param(format!(
+        Some(Value::String(_)) => Err(ServiceError::invalid_param(format!(
             "{key} is longer than {MAX_TEXT_BYTES} bytes"
         ))),
-        Some(_) => Err(MatrixError::invalid_param(format!(
+        Some(_) => Err(ServiceError::invalid_param(format!(
             "{key} must be a string"
         ))),
     }
@@ -134,24 +134,24 @@ pub fn parse_change(
     user_id: &str,
     device_id: &str,
     now: u64,
-) -> MatrixResult<PusherChange> {
+) -> ServiceResult<PusherChange> {
     let body = body
         .as_object()
-        .ok_or_else(|| MatrixError::bad_json("The body must be a JSON object"))?;
+        .ok_or_else(|| ServiceError::bad_json("The body must be a JSON object"))?;
     let pushkey = text(body, "pushkey")?;
     if pushkey.len() > MAX_PUSHKEY_BYTES {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "pushkey is longer than {MAX_PUSHKEY_BYTES} bytes"
         )));
     }
     let app_id = text(body, "app_id")?;
     if app_id.chars().count() > MAX_APP_ID_CHARS || app_id.is_empty() {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "app_id must be 1 to {MAX_APP_ID_CHARS} characters"
         )));
     }
     let kind = match body.get("kind") {
-        None => return Err(MatrixError::missing_param("kind is required")),
+        None => return Err(ServiceError::missing_param("kind is required")),
         Some(Value::Null) => {
             return Ok(PusherChange::Delete {
                 app_id: app_id.to_owned(),
@@ -159,41 +159,41 @@ pub fn parse_change(
             })
         }
         Some(Value::String(kind)) => kind.as_str(),
-        Some(_) => return Err(MatrixError::invalid_param("kind must be a string or null")),
+        Some(_) => return Err(ServiceError::invalid_param("kind must be a string or null")),
     };
     match kind {
         "http" => {}
         "email" => {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "email pushers are not supported by this server; use an http pusher",
             ))
         }
         other => {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "unknown pusher kind {other:?} (only http is supported)"
             )))
         }
     }
     let data = match body.get("data") {
-        None | Some(Value::Null) => return Err(MatrixError::missing_param("data is required")),
+        None | Some(Value::Null) => return Err(ServiceError::missing_param("data is required")),
         Some(Value::Object(data)) => data.clone(),
-        Some(_) => return Err(MatrixError::invalid_param("data must be an object")),
+        Some(_) => return Err(ServiceError::invalid_param("data must be an object")),
     };
     let url = match data.get("url") {
         None => {
-            return Err(MatrixError::missing_param(
+            return Err(ServiceError::missing_param(
                 "data.url is required for http pushers",
             ))
         }
         Some(Value::String(url)) => url.as_str(),
-        Some(_) => return Err(MatrixError::invalid_param("data.url must be a string")),
+        Some(_) => return Err(ServiceError::invalid_param("data.url must be a string")),
     };
     check_gateway_url(url)?;
     match data.get("format") {
         None => {}
         Some(Value::String(f)) if f == "event_id_only" => {}
         Some(_) => {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "data.format may only be \"event_id_only\"",
             ))
         }
@@ -202,7 +202,7 @@ pub fn parse_change(
         None | Some(Value::Null) => None,
         Some(Value::String(tag)) if tag.len() <= MAX_PROFILE_TAG_BYTES => Some(tag.clone()),
         Some(_) => {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "profile_tag must be a string of at most {MAX_PROFILE_TAG_BYTES} bytes"
             )))
         }
@@ -210,7 +210,7 @@ pub fn parse_change(
     let append = match body.get("append") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(append)) => *append,
-        Some(_) => return Err(MatrixError::invalid_param("append must be a boolean")),
+        Some(_) => return Err(ServiceError::invalid_param("append must be a boolean")),
     };
     Ok(PusherChange::Set {
         pusher: Box::new(Pusher {
@@ -235,11 +235,11 @@ pub fn parse_change(
 /// and the pushkey). Where the host leads is judged when a notification is sent (the
 /// address guard). Parsed as the delivery parses it, so what is checked is where requests
 /// go.
-fn check_gateway_url(url: &str) -> MatrixResult<()> {
+fn check_gateway_url(url: &str) -> ServiceResult<()> {
     let parsed = reqwest::Url::parse(url)
-        .map_err(|_| MatrixError::invalid_param("data.url is not a URL"))?;
+        .map_err(|_| ServiceError::invalid_param("data.url is not a URL"))?;
     if parsed.scheme() != "https" {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "data.url must be an https:// URL",
         ));
     }
@@ -247,12 +247,12 @@ fn check_gateway_url(url: &str) -> MatrixResult<()> {
         || !parsed.username().is_empty()
         || parsed.password().is_some()
     {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "data.url must name a host, without user information",
         ));
     }
     if parsed.path() != NOTIFY_PATH || parsed.query().is_some() || parsed.fragment().is_some() {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "data.url must have the path {NOTIFY_PATH} and no query or fragment"
         )));
     }

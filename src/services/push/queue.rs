@@ -12,7 +12,7 @@
 //! Entry value: `room (u64 BE) ++ event short id (u64 BE) ++ queued at, ms (u64 BE)`,
 //! then per user `length (u16 BE) ++ user id`.
 
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::storage::{keys, Batch, Db, Table};
 
 /// What an entry says.
@@ -87,7 +87,7 @@ pub fn put_entry(batch: &mut Batch<'_>, pos: u64, value: Vec<u8>) {
 }
 
 /// A pusher's cursor: the position it has delivered up to.
-pub fn cursor(db: &Db, pusher_key: &[u8]) -> MatrixResult<Option<u64>> {
+pub fn cursor(db: &Db, pusher_key: &[u8]) -> ServiceResult<Option<u64>> {
     Ok(db
         .get(Table::PusherkeyPushcursor, pusher_key)?
         .and_then(|v| keys::read_u64(&v)))

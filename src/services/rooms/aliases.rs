@@ -11,7 +11,7 @@ use super::event_store::Room;
 use super::records::AliasRecord;
 use super::Rooms;
 use crate::core::{RoomAliasId, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::storage::{keys, Table};
 
@@ -31,8 +31,8 @@ pub struct PublicRoomsQuery {
     pub room_types: Option<Vec<Option<String>>>,
 }
 
-fn bad_alias(message: impl Into<String>) -> MatrixError {
-    MatrixError::new(400, ErrorCode::BadAlias, message)
+fn bad_alias(message: impl Into<String>) -> ServiceError {
+    ServiceError::new(ErrorKind::Invalid, ErrorCode::BadAlias, message)
 }
 
 /// Spec: `m.room.canonical_alias`: `alias` and `alt_aliases` must be valid aliases that
@@ -42,12 +42,12 @@ pub(super) fn check_canonical_alias(
     rooms: &Rooms,
     room_id: &str,
     content: &Value,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let mut aliases = Vec::new();
     match content.get("alias") {
         None | Some(Value::Null) => {}
         Some(Value::String(a)) => aliases.push(a.as_str()),
-        Some(_) => return Err(MatrixError::bad_json("alias must be a string")),
+        Some(_) => return Err(ServiceError::bad_json("alias must be a string")),
     }
     match content.get("alt_aliases") {
         None => {}
@@ -55,15 +55,15 @@ pub(super) fn check_canonical_alias(
             for a in list {
                 aliases.push(
                     a.as_str()
-                        .ok_or_else(|| MatrixError::bad_json("alt_aliases must hold strings"))?,
+                        .ok_or_else(|| ServiceError::bad_json("alt_aliases must hold strings"))?,
                 );
             }
         }
-        Some(_) => return Err(MatrixError::bad_json("alt_aliases must be an array")),
+        Some(_) => return Err(ServiceError::bad_json("alt_aliases must be an array")),
     }
     for alias in aliases {
         let parsed = RoomAliasId::parse(alias)
-            .map_err(|e| MatrixError::invalid_param(format!("{alias:?} is not an alias: {e}")))?;
+            .map_err(|e| ServiceError::invalid_param(format!("{alias:?} is not an alias: {e}")))?;
         if parsed.server_name() != rooms.server_name.as_str() {
             return Err(bad_alias(format!(
                 "{alias} belongs to another server and cannot be checked without federation"
@@ -78,7 +78,7 @@ pub(super) fn check_canonical_alias(
 
 impl Rooms {
     /// Where a local alias points, if anywhere.
-    pub fn alias_target(&self, alias: &str) -> MatrixResult<Option<AliasRecord>> {
+    pub fn alias_target(&self, alias: &str) -> ServiceResult<Option<AliasRecord>> {
         self.store
             .db
             .get(Table::AliasRoomid, alias)?
@@ -86,12 +86,12 @@ impl Rooms {
             .transpose()
     }
 
-    fn parse_local_alias(&self, alias: &str) -> MatrixResult<RoomAliasId> {
+    fn parse_local_alias(&self, alias: &str) -> ServiceResult<RoomAliasId> {
         let parsed = RoomAliasId::parse(alias).map_err(|e| {
-            MatrixError::invalid_param(format!("{alias:?} is not a room alias: {e}"))
+            ServiceError::invalid_param(format!("{alias:?} is not a room alias: {e}"))
         })?;
         if parsed.server_name() != self.server_name.as_str() {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "Room alias must be on this server",
             ));
         }
@@ -104,11 +104,11 @@ impl Rooms {
         alias: &RoomAliasId,
         room_id: &str,
         creator: &str,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let _guard = self.alias_lock.lock().await;
         if self.alias_target(alias.as_str())?.is_some() {
-            return Err(MatrixError::new(
-                409,
+            return Err(ServiceError::new(
+                ErrorKind::Conflict,
                 ErrorCode::Unknown,
                 "Room alias already exists",
             ));
@@ -131,7 +131,11 @@ impl Rooms {
         Ok(())
     }
 
-    pub(super) async fn remove_alias_record(&self, alias: &str, room_id: &str) -> MatrixResult<()> {
+    pub(super) async fn remove_alias_record(
+        &self,
+        alias: &str,
+        room_id: &str,
+    ) -> ServiceResult<()> {
         let mut batch = self.store.db.batch();
         batch.delete(Table::AliasRoomid, alias);
         batch.delete(
@@ -148,13 +152,13 @@ impl Rooms {
         user: &UserId,
         alias: &str,
         room_id: &str,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let alias = self.parse_local_alias(alias)?;
         self.known_room(room_id)?;
         self.put_alias(&alias, room_id, user.as_str()).await
     }
 
-    fn power_for_state(&self, room: &Room, user: &str, event_type: &str) -> MatrixResult<bool> {
+    fn power_for_state(&self, room: &Room, user: &str, event_type: &str) -> ServiceResult<bool> {
         let levels = self.current_power_levels(room)?;
         let joined = self.membership_of(user, &room.record.room_id)?.as_deref() == Some("join");
         Ok(joined && levels.user(user) >= levels.event(event_type, true))
@@ -167,12 +171,12 @@ impl Rooms {
         user: &UserId,
         is_admin: bool,
         alias: &str,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let alias = self.parse_local_alias(alias)?;
         let _guard = self.alias_lock.lock().await;
         let record = self
             .alias_target(alias.as_str())?
-            .ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
+            .ok_or_else(|| ServiceError::not_found("Room alias not found"))?;
         let allowed = is_admin
             || record.creator == user.as_str()
             || match self.store.room(&record.room_id)? {
@@ -182,7 +186,7 @@ impl Rooms {
                 None => false,
             };
         if !allowed {
-            return Err(MatrixError::forbidden("You may not delete this alias"));
+            return Err(ServiceError::forbidden("You may not delete this alias"));
         }
         self.remove_alias_record(alias.as_str(), &record.room_id)
             .await
@@ -190,23 +194,23 @@ impl Rooms {
 
     /// `GET /directory/room/{alias}`: the room and the servers that know it. Aliases of
     /// other servers need a federation query, not built yet: 404.
-    pub fn resolve_alias(&self, alias: &str) -> MatrixResult<(String, Vec<String>)> {
+    pub fn resolve_alias(&self, alias: &str) -> ServiceResult<(String, Vec<String>)> {
         RoomAliasId::parse(alias).map_err(|e| {
-            MatrixError::invalid_param(format!("{alias:?} is not a room alias: {e}"))
+            ServiceError::invalid_param(format!("{alias:?} is not a room alias: {e}"))
         })?;
         let record = self
             .alias_target(alias)?
-            .ok_or_else(|| MatrixError::not_found("Room alias not found"))?;
+            .ok_or_else(|| ServiceError::not_found("Room alias not found"))?;
         Ok((record.room_id, vec![self.server_name.as_str().to_owned()]))
     }
 
     /// A room id, or the room an alias points to.
-    pub fn resolve_room_or_alias(&self, target: &str) -> MatrixResult<String> {
+    pub fn resolve_room_or_alias(&self, target: &str) -> ServiceResult<String> {
         if target.starts_with('#') {
             Ok(self.resolve_alias(target)?.0)
         } else {
             crate::core::RoomId::parse(target).map_err(|e| {
-                MatrixError::invalid_param(format!("{target:?} is not a room id or alias: {e}"))
+                ServiceError::invalid_param(format!("{target:?} is not a room id or alias: {e}"))
             })?;
             Ok(target.to_owned())
         }
@@ -214,7 +218,7 @@ impl Rooms {
 
     /// `GET /rooms/{roomId}/aliases`: the local aliases of a room the user is in (or that
     /// is world-readable).
-    pub fn local_aliases(&self, user: &str, room_id: &str) -> MatrixResult<Vec<String>> {
+    pub fn local_aliases(&self, user: &str, room_id: &str) -> ServiceResult<Vec<String>> {
         let access = self.read_access(user, room_id)?;
         let joined = access
             .membership
@@ -223,7 +227,7 @@ impl Rooms {
         if !joined
             && !super::visibility::VisibilityCheck::world_readable(&self.store, &access.room)?
         {
-            return Err(MatrixError::forbidden("You are not in the room"));
+            return Err(ServiceError::forbidden("You are not in the room"));
         }
         let prefix = keys::prefix(room_id.as_bytes());
         let mut out = Vec::new();
@@ -235,12 +239,12 @@ impl Rooms {
     }
 
     /// Whether the room is in the published directory.
-    pub fn is_published(&self, room_id: &str) -> MatrixResult<bool> {
+    pub fn is_published(&self, room_id: &str) -> ServiceResult<bool> {
         self.known_room(room_id)?;
         Ok(self.store.db.contains(Table::RoomidPublished, room_id)?)
     }
 
-    pub(super) async fn set_published(&self, room_id: &str, published: bool) -> MatrixResult<()> {
+    pub(super) async fn set_published(&self, room_id: &str, published: bool) -> ServiceResult<()> {
         let mut batch = self.store.db.batch();
         if published {
             batch.put(Table::RoomidPublished, room_id, b"");
@@ -259,10 +263,10 @@ impl Rooms {
         is_admin: bool,
         room_id: &str,
         published: bool,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let room = self.known_room(room_id)?;
         if !is_admin && !self.power_for_state(&room, user.as_str(), "m.room.canonical_alias")? {
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "You may not change this room's directory visibility",
             ));
         }
@@ -270,11 +274,11 @@ impl Rooms {
     }
 
     /// The directory entry of one room (`PublishedRoomsChunk`).
-    fn directory_entry(&self, room: &Room) -> MatrixResult<Value> {
+    fn directory_entry(&self, room: &Room) -> ServiceResult<Value> {
         let snapshot = room.record.state;
         let room_id = &room.record.room_id;
         let mut entry = json!({ "room_id": room_id });
-        let text = |kind: &str, key: &str| -> MatrixResult<Option<String>> {
+        let text = |kind: &str, key: &str| -> ServiceResult<Option<String>> {
             Ok(self.store.state_event(snapshot, kind, "")?.and_then(|e| {
                 e.content()
                     .get(key)
@@ -323,7 +327,7 @@ impl Rooms {
     }
 
     /// `/publicRooms`: published rooms, most members first, filtered and paginated.
-    pub fn public_rooms(&self, query: &PublicRoomsQuery) -> MatrixResult<Value> {
+    pub fn public_rooms(&self, query: &PublicRoomsQuery) -> ServiceResult<Value> {
         let mut entries = Vec::new();
         for entry in self.store.db.scan_prefix(Table::RoomidPublished, b"") {
             let (key, _) = entry?;
@@ -370,7 +374,7 @@ impl Rooms {
             Some(token) => token
                 .strip_prefix('p')
                 .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| MatrixError::invalid_param("Invalid since token"))?,
+                .ok_or_else(|| ServiceError::invalid_param("Invalid since token"))?,
         };
         let limit = query
             .limit

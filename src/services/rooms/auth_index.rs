@@ -43,7 +43,7 @@ use super::state_store::{ShortEventId, ShortIdHash, ShortStateKey};
 /// Sets and maps of short ids.
 type IdSet = HashSet<ShortEventId, ShortIdHash>;
 type IdMap<V> = HashMap<ShortEventId, V, ShortIdHash>;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::{keys, Batch, Table};
 
 /// States a resolution compares at most (one bit each); the writer resolves the states of
@@ -77,7 +77,7 @@ pub fn note_children(
 }
 
 /// The short state key of a PDU, if it is a state event (interning a key never seen).
-pub fn state_key_of(store: &EventStore, pdu: &Value) -> MatrixResult<Option<ShortStateKey>> {
+pub fn state_key_of(store: &EventStore, pdu: &Value) -> ServiceResult<Option<ShortStateKey>> {
     let (Some(kind), Some(state_key)) = (
         pdu.get("type").and_then(Value::as_str),
         pdu.get("state_key").and_then(Value::as_str),
@@ -89,7 +89,7 @@ pub fn state_key_of(store: &EventStore, pdu: &Value) -> MatrixResult<Option<Shor
 
 /// Indexes the auth children of every stored state event, once (a database from before
 /// the index). Blocking; run at start-up before the rooms writer takes events.
-pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
+pub fn build_if_missing(store: &EventStore) -> ServiceResult<()> {
     if store.db.get(Table::Meta, BUILT_KEY)?.is_some() {
         return Ok(());
     }
@@ -108,7 +108,7 @@ pub fn build_if_missing(store: &EventStore) -> MatrixResult<()> {
         let short = key
             .get(8..)
             .and_then(keys::read_u64)
-            .ok_or_else(|| MatrixError::internal("corrupt key in shortroomid_shorteventid_pdu"))?;
+            .ok_or_else(|| ServiceError::internal("corrupt key in shortroomid_shorteventid_pdu"))?;
         let Ok(pdu) = serde_json::from_slice::<Value>(&bytes) else {
             continue;
         };
@@ -146,7 +146,7 @@ fn auth_edges(
     store: &EventStore,
     short: ShortEventId,
     pdu: Option<&Value>,
-) -> MatrixResult<(Vec<ShortEventId>, bool)> {
+) -> ServiceResult<(Vec<ShortEventId>, bool)> {
     let record = graph::record(store, short)?;
     let out_of_band = match record {
         Some(record) if record.status != EventStatus::OutOfBand => {
@@ -170,7 +170,7 @@ fn auth_edges(
 }
 
 /// The short ids of the auth events a PDU names that are held.
-pub fn held_auth_events(store: &EventStore, pdu: &Value) -> MatrixResult<Vec<ShortEventId>> {
+pub fn held_auth_events(store: &EventStore, pdu: &Value) -> ServiceResult<Vec<ShortEventId>> {
     let mut out = Vec::new();
     for id in crate::core::pdu::event_ids(pdu, "auth_events") {
         if let Some(held) = store.state.find_event(id)? {
@@ -198,9 +198,9 @@ pub fn auth_difference(
     conflicted: &[Vec<ShortEventId>],
     unwritten: Option<(ShortEventId, &[ShortEventId])>,
     in_unconflicted: &dyn Fn(ShortEventId, ShortStateKey) -> bool,
-) -> MatrixResult<Option<HashSet<ShortEventId>>> {
+) -> ServiceResult<Option<HashSet<ShortEventId>>> {
     if conflicted.len() > MAX_STATES {
-        return Err(MatrixError::internal(format!(
+        return Err(ServiceError::internal(format!(
             "state resolution over {} states, more than {MAX_STATES}",
             conflicted.len()
         )));
@@ -244,7 +244,7 @@ struct Marks {
 fn walk_back(
     edges: &mut Edges<'_>,
     conflicted: &[Vec<ShortEventId>],
-) -> MatrixResult<Option<IdMap<u64>>> {
+) -> ServiceResult<Option<IdMap<u64>>> {
     let full = all_states(conflicted.len());
     let mut marks: IdMap<Marks> = IdMap::default();
     for (i, events) in conflicted.iter().enumerate() {
@@ -302,10 +302,10 @@ fn walk_back(
 }
 
 /// A kept auth height.
-fn decode_height(bytes: &[u8]) -> MatrixResult<u32> {
+fn decode_height(bytes: &[u8]) -> ServiceResult<u32> {
     let bytes: [u8; 4] = bytes
         .try_into()
-        .map_err(|_| MatrixError::internal("corrupt record in shorteventid_authheight"))?;
+        .map_err(|_| ServiceError::internal("corrupt record in shorteventid_authheight"))?;
     Ok(u32::from_be_bytes(bytes))
 }
 
@@ -338,7 +338,7 @@ impl<'a> Edges<'a> {
         }
     }
 
-    fn auth_of(&mut self, event: ShortEventId) -> MatrixResult<Vec<ShortEventId>> {
+    fn auth_of(&mut self, event: ShortEventId) -> ServiceResult<Vec<ShortEventId>> {
         if let Some(known) = self.auth.get(&event) {
             return Ok(known.clone());
         }
@@ -350,7 +350,7 @@ impl<'a> Edges<'a> {
         Ok(edges)
     }
 
-    fn stored_height(&self, event: ShortEventId) -> MatrixResult<Option<u32>> {
+    fn stored_height(&self, event: ShortEventId) -> ServiceResult<Option<u32>> {
         self.store
             .db
             .get(Table::ShorteventidAuthheight, event.to_be_bytes())?
@@ -361,7 +361,7 @@ impl<'a> Edges<'a> {
     /// Reads the kept heights and the graph records of `events` in two batched reads:
     /// the walk starts from thousands of conflicted events, each read alone otherwise.
     /// What is not found is read (or worked out) as the walk meets it.
-    fn read_ahead(&mut self, events: &[ShortEventId]) -> MatrixResult<()> {
+    fn read_ahead(&mut self, events: &[ShortEventId]) -> ServiceResult<()> {
         let wanted: Vec<ShortEventId> = events
             .iter()
             .copied()
@@ -391,7 +391,7 @@ impl<'a> Edges<'a> {
 
     /// The event's auth height, working out those of its auth chain not known yet
     /// (depth first, without recursion).
-    fn height(&mut self, event: ShortEventId) -> MatrixResult<u32> {
+    fn height(&mut self, event: ShortEventId) -> ServiceResult<u32> {
         if let Some(h) = self.heights.get(&event) {
             return Ok(*h);
         }
@@ -409,7 +409,7 @@ impl<'a> Edges<'a> {
                     }
                 }
                 if !on_path.insert(node) {
-                    return Err(MatrixError::internal("a cycle of auth events"));
+                    return Err(ServiceError::internal("a cycle of auth events"));
                 }
                 stack.push((node, true));
                 for parent in self.auth_of(node)? {
@@ -426,7 +426,7 @@ impl<'a> Edges<'a> {
                     .heights
                     .get(&parent)
                     .copied()
-                    .ok_or_else(|| MatrixError::internal("a cycle of auth events"))?;
+                    .ok_or_else(|| ServiceError::internal("a cycle of auth events"))?;
                 h = h.max(below + 1);
                 settled &= !self.unsettled.contains(&parent);
             }
@@ -442,7 +442,7 @@ impl<'a> Edges<'a> {
     }
 
     /// Forgets every kept height this walk met.
-    fn forget_heights(&mut self) -> MatrixResult<()> {
+    fn forget_heights(&mut self) -> ServiceResult<()> {
         let mut batch = self.store.db.batch();
         for event in self.heights.keys() {
             forget_height(&mut batch, *event);
@@ -452,7 +452,7 @@ impl<'a> Edges<'a> {
     }
 
     /// Keeps the heights worked out (derived data: a lost write is worked out again).
-    fn keep_heights(&mut self) -> MatrixResult<()> {
+    fn keep_heights(&mut self) -> ServiceResult<()> {
         if self.new_heights.is_empty() {
             return Ok(());
         }
@@ -492,7 +492,7 @@ impl<'a> Forward<'a> {
         }
     }
 
-    fn reaches_unconflicted(&mut self, event: ShortEventId) -> MatrixResult<bool> {
+    fn reaches_unconflicted(&mut self, event: ShortEventId) -> ServiceResult<bool> {
         let mut seen = IdSet::default();
         seen.insert(event);
         let mut todo = vec![event];
@@ -505,7 +505,7 @@ impl<'a> Forward<'a> {
                     key.get(8..16).and_then(keys::read_u64),
                     keys::read_u64(&value),
                 ) else {
-                    return Err(MatrixError::internal(
+                    return Err(ServiceError::internal(
                         "corrupt record in auth_shorteventid_child",
                     ));
                 };

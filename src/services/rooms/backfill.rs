@@ -19,7 +19,7 @@ use super::receive::{room_of, Budget, Kind, MissingSource, PduOutcome, Prepare};
 use super::writer::RemoteEvent;
 use super::Rooms;
 use crate::core::pdu;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 
 /// Oldest timeline events whose prev events are looked at for the backfill points.
 const OLDEST_LOOKED_AT: usize = 20;
@@ -35,7 +35,7 @@ impl Rooms {
     /// The events a backfill of `room_id` starts from: the prev events of the room's
     /// oldest events that it does not hold with a place. Empty when its history is
     /// whole (it starts at its create event) or the room is unknown.
-    pub fn backfill_points(&self, room_id: &str) -> MatrixResult<Vec<String>> {
+    pub fn backfill_points(&self, room_id: &str) -> ServiceResult<Vec<String>> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(Vec::new());
         };
@@ -62,7 +62,7 @@ impl Rooms {
     }
 
     /// Whether the event is held with a timeline place (or judged, for a rejected one).
-    pub(super) fn has_place(&self, event_id: &str) -> MatrixResult<bool> {
+    pub(super) fn has_place(&self, event_id: &str) -> ServiceResult<bool> {
         let Some(short) = self.store.state.find_event(event_id)? else {
             return Ok(false);
         };
@@ -83,7 +83,7 @@ impl Rooms {
         (room_id, points): (&str, &[String]),
         pdus: Vec<Value>,
         source: &dyn MissingSource,
-    ) -> MatrixResult<usize> {
+    ) -> ServiceResult<usize> {
         let mut budget = Budget(FETCH_BUDGET, STATE_REQUESTS);
         let none = HashSet::new();
         let mut prepared = Vec::new();

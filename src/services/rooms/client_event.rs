@@ -17,7 +17,7 @@ use super::relations::{stored_aggregates, visible_aggregates};
 use super::state_store::ShortEventId;
 use super::visibility::VisibilityCheck;
 use crate::core::redaction::redact;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::storage::{keys, Table};
 
@@ -39,7 +39,7 @@ pub fn client_event(
     room_id: &str,
     viewer: Option<Viewer<'_>>,
     check: Option<&mut VisibilityCheck<'_>>,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     render(store, event, room_id, viewer, check)
 }
 
@@ -67,7 +67,7 @@ impl<'e> ClientEventView<'e> {
         room_id: &'e str,
         viewer: Option<Viewer<'_>>,
         check: Option<&mut VisibilityCheck<'_>>,
-    ) -> MatrixResult<Self> {
+    ) -> ServiceResult<Self> {
         let content = erased_content(store, event, check.as_deref())?;
         let unsigned = unsigned(store, (event, loaded), room_id, viewer, check)?;
         Ok(Self {
@@ -124,7 +124,7 @@ fn render(
     room_id: &str,
     viewer: Option<Viewer<'_>>,
     check: Option<&mut VisibilityCheck<'_>>,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     let content = erased_content(store, event, check.as_deref())?;
     render_with_content(store, event, room_id, viewer, check, content)
 }
@@ -137,14 +137,14 @@ fn render_with_content(
     viewer: Option<Viewer<'_>>,
     check: Option<&mut VisibilityCheck<'_>>,
     content: Option<Value>,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     let view = ClientEventView {
         event,
         room_id,
         unsigned: unsigned(store, (event, &[]), room_id, viewer, check)?,
         content,
     };
-    serde_json::to_value(view).map_err(|e| MatrixError::internal(format!("client event: {e}")))
+    serde_json::to_value(view).map_err(|e| ServiceError::internal(format!("client event: {e}")))
 }
 
 /// Whether `event`'s sender was erased before the viewer of `check` joined the room, so
@@ -163,7 +163,7 @@ fn erased_content(
     store: &EventStore,
     event: &StoredEvent,
     check: Option<&VisibilityCheck<'_>>,
-) -> MatrixResult<Option<Value>> {
+) -> ServiceResult<Option<Value>> {
     let Some(check) = check else {
         return Ok(None);
     };
@@ -188,7 +188,7 @@ fn replaced(
     store: &EventStore,
     short: ShortEventId,
     loaded: &[StoredEvent],
-) -> MatrixResult<EventSummary> {
+) -> ServiceResult<EventSummary> {
     let Some(event) = loaded.iter().find(|e| e.short == short) else {
         return store.content_and_sender(short);
     };
@@ -196,7 +196,7 @@ fn replaced(
     // the stored PDU has none (or `null`); an event built in memory has no text.
     let content = match (event.content_json(), event.pdu_json()) {
         (Some(raw), _) => serde_json::from_str(raw.get())
-            .map_err(|_| MatrixError::internal("stored content is not JSON"))?,
+            .map_err(|_| ServiceError::internal("stored content is not JSON"))?,
         (None, Some(_)) => Value::Object(Map::new()),
         (None, None) => match event.content() {
             Value::Object(content) => Value::Object(content.clone()),
@@ -218,7 +218,7 @@ fn unsigned(
     room_id: &str,
     viewer: Option<Viewer<'_>>,
     check: Option<&mut VisibilityCheck<'_>>,
-) -> MatrixResult<Map<String, Value>> {
+) -> ServiceResult<Map<String, Value>> {
     let mut unsigned = Map::new();
     let age = now_ms().saturating_sub(event.origin_server_ts());
     unsigned.insert("age".into(), json!(age));

@@ -19,7 +19,7 @@ use crate::core::auth_rules::{self, AuthContext};
 use crate::core::canonical_json;
 use crate::core::pdu::{self, PduTemplate};
 use crate::core::{event_hashes, RoomAliasId, RoomVersion, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::{now_ms, random_bytes};
 
 /// One `initial_state` entry.
@@ -82,8 +82,8 @@ fn random_localpart() -> String {
         .collect()
 }
 
-fn invalid_state(message: impl Into<String>) -> MatrixError {
-    MatrixError::new(400, ErrorCode::InvalidRoomState, message)
+fn invalid_state(message: impl Into<String>) -> ServiceError {
+    ServiceError::new(ErrorKind::Invalid, ErrorCode::InvalidRoomState, message)
 }
 
 /// Spec (room v12): the tombstone level must be above `state_default`.
@@ -145,7 +145,7 @@ pub(super) fn check_drafts(
     create: &Value,
     drafts: &[EventDraft],
     server_name: &str,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let mut state: HashMap<(String, String), Value> = HashMap::new();
     state.insert(("m.room.create".into(), String::new()), create.clone());
     let signed_by = |name: &str| name == server_name;
@@ -154,10 +154,10 @@ pub(super) fn check_drafts(
         signed_by: &signed_by,
     };
     // The creator's join is allowed as the event right after the create event.
-    let create_id = event_hashes::event_id(create, version).map_err(MatrixError::internal)?;
+    let create_id = event_hashes::event_id(create, version).map_err(ServiceError::internal)?;
     for (i, draft) in drafts.iter().enumerate() {
         canonical_json::validate(&draft.content)
-            .map_err(|e| MatrixError::bad_json(format!("{}: {e}", draft.kind)))?;
+            .map_err(|e| ServiceError::bad_json(format!("{}: {e}", draft.kind)))?;
         let prev_events = if i == 0 {
             vec![create_id.clone()]
         } else {
@@ -200,7 +200,7 @@ impl Rooms {
         version: RoomVersion,
         creator: &UserId,
         content: Map<String, Value>,
-    ) -> MatrixResult<(crate::core::pdu::BuiltPdu, String)> {
+    ) -> ServiceResult<(crate::core::pdu::BuiltPdu, String)> {
         let now = now_ms();
         let previous = self
             .last_create_ts
@@ -228,11 +228,11 @@ impl Rooms {
             self.server_name.as_str(),
             &self.signing_key,
         )
-        .map_err(|e| MatrixError::bad_json(format!("creation_content: {e}")))?;
+        .map_err(|e| ServiceError::bad_json(format!("creation_content: {e}")))?;
         let room_id = match room_id_v10 {
             Some(id) => id,
             None => event_hashes::room_id_from_create_event(&create.pdu, version)
-                .map_err(MatrixError::internal)?,
+                .map_err(ServiceError::internal)?,
         };
         Ok((create, room_id))
     }
@@ -245,14 +245,14 @@ impl Rooms {
         request: CreateRoomRequest,
         creator_profile: &MemberProfile,
         invitee_profiles: &(dyn Fn(&UserId) -> Option<MemberProfile> + Sync),
-    ) -> MatrixResult<CreatedRoom> {
+    ) -> ServiceResult<CreatedRoom> {
         let version = match &request.room_version {
             None => self.default_version,
             Some(v) => RoomVersion::from_id(v)
                 .filter(|v| v.is_stable())
                 .ok_or_else(|| {
-                    MatrixError::new(
-                        400,
+                    ServiceError::new(
+                        ErrorKind::Invalid,
                         ErrorCode::UnsupportedRoomVersion,
                         format!("Room version {v:?} is not supported (10, 11 and 12 are)"),
                     )
@@ -262,7 +262,7 @@ impl Rooms {
             None | Some("private") => false,
             Some("public") => true,
             Some(other) => {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "visibility must be public or private, not {other:?}"
                 )))
             }
@@ -274,14 +274,14 @@ impl Rooms {
             Some("trusted_private_chat") => Preset::TrustedPrivate,
             Some("public_chat") => Preset::Public,
             Some(other) => {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "Unknown preset {other:?}"
                 )))
             }
         };
         if !request.invite_3pid.is_empty() {
-            return Err(MatrixError::new(
-                400,
+            return Err(ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::Unrecognized,
                 "Third-party invites need an identity server, which this server does not use",
             ));
@@ -289,7 +289,7 @@ impl Rooms {
         let mut invitees = Vec::new();
         for invitee in &request.invite {
             let user = UserId::parse(invitee).map_err(|e| {
-                MatrixError::invalid_param(format!("invite: {invitee:?} is not a user id: {e}"))
+                ServiceError::invalid_param(format!("invite: {invitee:?} is not a user id: {e}"))
             })?;
             if &user != creator && !invitees.contains(&user) {
                 invitees.push(user);
@@ -297,7 +297,7 @@ impl Rooms {
         }
         for state in &request.initial_state {
             if state.kind.is_empty() || !state.content.is_object() {
-                return Err(MatrixError::bad_json(
+                return Err(ServiceError::bad_json(
                     "initial_state entries need a type and an object content",
                 ));
             }
@@ -313,16 +313,16 @@ impl Rooms {
             Some(name) => {
                 let alias = format!("#{name}:{}", self.server_name.as_str());
                 let parsed = RoomAliasId::parse(&alias).map_err(|e| {
-                    MatrixError::invalid_param(format!("room_alias_name is not valid: {e}"))
+                    ServiceError::invalid_param(format!("room_alias_name is not valid: {e}"))
                 })?;
                 if name.contains(':') || name.chars().any(char::is_whitespace) {
-                    return Err(MatrixError::invalid_param(
+                    return Err(ServiceError::invalid_param(
                         "room_alias_name may not contain ':' or whitespace",
                     ));
                 }
                 if self.alias_target(parsed.as_str())?.is_some() {
-                    return Err(MatrixError::new(
-                        400,
+                    return Err(ServiceError::new(
+                        ErrorKind::Invalid,
                         ErrorCode::RoomInUse,
                         "Room alias already taken",
                     ));
@@ -343,14 +343,14 @@ impl Rooms {
             let mut extra: Vec<String> = Vec::new();
             if let Some(listed) = create_content.get("additional_creators") {
                 let listed = listed.as_array().ok_or_else(|| {
-                    MatrixError::bad_json("additional_creators must be an array of user ids")
+                    ServiceError::bad_json("additional_creators must be an array of user ids")
                 })?;
                 for user in listed {
                     let user = user
                         .as_str()
                         .and_then(|u| UserId::parse(u).ok())
                         .ok_or_else(|| {
-                            MatrixError::bad_json(
+                            ServiceError::bad_json(
                                 "additional_creators must be an array of user ids",
                             )
                         })?;
@@ -495,8 +495,12 @@ impl Rooms {
             self.put_alias(alias, &room_id, creator.as_str())
                 .await
                 .map_err(|e| {
-                    if e.status == 409 {
-                        MatrixError::new(400, ErrorCode::RoomInUse, "Room alias already taken")
+                    if e.kind == ErrorKind::Conflict {
+                        ServiceError::new(
+                            ErrorKind::Invalid,
+                            ErrorCode::RoomInUse,
+                            "Room alias already taken",
+                        )
                     } else {
                         e
                     }
@@ -514,7 +518,7 @@ impl Rooms {
                 let _ = self.remove_alias_record(alias.as_str(), &room_id).await;
             }
             // The auth rules refusing the requested state is the client's mistake.
-            return Err(if e.status == 403 {
+            return Err(if e.kind == ErrorKind::Forbidden {
                 invalid_state(e.message)
             } else {
                 e

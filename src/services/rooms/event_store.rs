@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::records::{EventMeta, MembershipRecord, RoomRecord};
 use super::state_store::{ShortEventId, ShortStateHash, StateStore};
 use crate::core::RoomVersion;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::decode;
 use crate::services::stream::StreamPositions;
 use crate::storage::{keys, Db, Table};
@@ -40,8 +40,8 @@ pub struct Room {
     pub version: RoomVersion,
 }
 
-pub(super) fn corrupt(what: &str) -> MatrixError {
-    MatrixError::internal(format!("corrupt rooms record: {what}"))
+pub(super) fn corrupt(what: &str) -> ServiceError {
+    ServiceError::internal(format!("corrupt rooms record: {what}"))
 }
 
 /// The key of a membership record.
@@ -87,7 +87,7 @@ pub struct EventStore {
     erased: std::sync::RwLock<HashMap<String, u64>>,
 }
 
-fn last_u64_key(db: &Db, table: Table) -> MatrixResult<u64> {
+fn last_u64_key(db: &Db, table: Table) -> ServiceResult<u64> {
     match db.scan_range(table, &[0u8; 8], &[0xffu8; 9], true).next() {
         Some(entry) => {
             let (key, _) = entry?;
@@ -101,7 +101,7 @@ fn last_u64_key(db: &Db, table: Table) -> MatrixResult<u64> {
 
 impl EventStore {
     /// Opens the store and finds the room counter's next value.
-    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> MatrixResult<Self> {
+    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> ServiceResult<Self> {
         let last_room = last_u64_key(&db, Table::ShortroomidRoom)?;
         Ok(Self {
             state: StateStore::open(Arc::clone(&db))?,
@@ -134,7 +134,7 @@ impl EventStore {
 
     /// The highest position of the global event stream (`pos_shortroomid`), for opening
     /// [`StreamPositions`] on a database written before positions were reserved in blocks.
-    pub fn last_event_pos(db: &Db) -> MatrixResult<u64> {
+    pub fn last_event_pos(db: &Db) -> ServiceResult<u64> {
         last_u64_key(db, Table::PosShortroomid)
     }
 
@@ -154,7 +154,7 @@ impl EventStore {
     }
 
     /// The short id of a known room.
-    pub fn room_short(&self, room_id: &str) -> MatrixResult<Option<u64>> {
+    pub fn room_short(&self, room_id: &str) -> ServiceResult<Option<u64>> {
         self.db
             .get(Table::RoomidShortroomid, room_id)?
             .map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short room id")))
@@ -162,7 +162,7 @@ impl EventStore {
     }
 
     /// A room by its short id.
-    pub fn room_by_short(&self, short: u64) -> MatrixResult<Room> {
+    pub fn room_by_short(&self, short: u64) -> ServiceResult<Room> {
         let bytes = self
             .db
             .get(Table::ShortroomidRoom, short.to_be_bytes())?
@@ -179,7 +179,7 @@ impl EventStore {
     /// Several known rooms by id, in order (`None` for one we do not know), in two
     /// batched reads: a `/sync` of thousands of rooms read two records a room one at a
     /// time.
-    pub fn rooms(&self, room_ids: &[&str]) -> MatrixResult<Vec<Option<Room>>> {
+    pub fn rooms(&self, room_ids: &[&str]) -> ServiceResult<Vec<Option<Room>>> {
         let shorts: Vec<Option<u64>> = self
             .db
             .multi_get(Table::RoomidShortroomid, room_ids)?
@@ -188,7 +188,7 @@ impl EventStore {
                 b.map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short room id")))
                     .transpose()
             })
-            .collect::<MatrixResult<_>>()?;
+            .collect::<ServiceResult<_>>()?;
         let known: Vec<[u8; 8]> = shorts.iter().flatten().map(|s| s.to_be_bytes()).collect();
         let mut records = self
             .db
@@ -217,7 +217,7 @@ impl EventStore {
     }
 
     /// Every room the server knows, by short id.
-    pub fn all_rooms(&self) -> MatrixResult<Vec<Room>> {
+    pub fn all_rooms(&self) -> ServiceResult<Vec<Room>> {
         let mut out = Vec::new();
         for entry in self.db.scan_prefix(Table::ShortroomidRoom, &[]) {
             let (key, value) = entry?;
@@ -235,7 +235,7 @@ impl EventStore {
     }
 
     /// A known room, if any.
-    pub fn room(&self, room_id: &str) -> MatrixResult<Option<Room>> {
+    pub fn room(&self, room_id: &str) -> ServiceResult<Option<Room>> {
         match self.room_short(room_id)? {
             Some(short) => self.room_by_short(short).map(Some),
             None => Ok(None),
@@ -243,7 +243,7 @@ impl EventStore {
     }
 
     /// The metadata of an event.
-    pub fn meta(&self, short: ShortEventId) -> MatrixResult<EventMeta> {
+    pub fn meta(&self, short: ShortEventId) -> ServiceResult<EventMeta> {
         let bytes = self
             .db
             .get(Table::ShorteventidMeta, short.to_be_bytes())?
@@ -254,7 +254,7 @@ impl EventStore {
     /// Several stored events by short id, in order, read in two batched reads (a third
     /// for the ids of events whose metadata predates carrying the id): the metadata, then
     /// the PDUs it places (a room's PDUs lie together, so a room's events share blocks).
-    pub fn events(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<StoredEvent>> {
+    pub fn events(&self, shorts: &[ShortEventId]) -> ServiceResult<Vec<StoredEvent>> {
         self.events_with_metas(shorts, vec![None; shorts.len()])
     }
 
@@ -264,7 +264,7 @@ impl EventStore {
         &self,
         shorts: &[ShortEventId],
         mut metas: Vec<Option<Vec<u8>>>,
-    ) -> MatrixResult<Vec<StoredEvent>> {
+    ) -> ServiceResult<Vec<StoredEvent>> {
         let missing: Vec<usize> = (0..shorts.len()).filter(|i| metas[*i].is_none()).collect();
         if !missing.is_empty() {
             let read = self.db.multi_get(
@@ -282,7 +282,7 @@ impl EventStore {
                 let meta = EventMeta::decode(&bytes).ok_or_else(|| corrupt("event metadata"))?;
                 Ok((bytes, meta))
             })
-            .collect::<MatrixResult<_>>()?;
+            .collect::<ServiceResult<_>>()?;
         let pdus = self.db.multi_get(
             Table::ShortroomidShorteventidPdu,
             shorts
@@ -323,7 +323,7 @@ impl EventStore {
     pub fn ids_and_pdus(
         &self,
         shorts: &[ShortEventId],
-    ) -> MatrixResult<Vec<(String, Option<Vec<u8>>)>> {
+    ) -> ServiceResult<Vec<(String, Option<Vec<u8>>)>> {
         let metas = self.db.multi_get(
             Table::ShorteventidMeta,
             shorts.iter().map(|s| s.to_be_bytes()),
@@ -368,7 +368,7 @@ impl EventStore {
     }
 
     /// The stored PDU of an event, as JSON bytes, if it is held (with its metadata).
-    pub fn pdu_of(&self, short: ShortEventId) -> MatrixResult<Option<Vec<u8>>> {
+    pub fn pdu_of(&self, short: ShortEventId) -> ServiceResult<Option<Vec<u8>>> {
         let Some(bytes) = self.db.get(Table::ShorteventidMeta, short.to_be_bytes())? else {
             return Ok(None);
         };
@@ -379,7 +379,7 @@ impl EventStore {
     }
 
     /// The stored metadata (as stored) and PDU (JSON bytes) of an event.
-    fn meta_and_pdu(&self, short: ShortEventId) -> MatrixResult<(Vec<u8>, Vec<u8>)> {
+    fn meta_and_pdu(&self, short: ShortEventId) -> ServiceResult<(Vec<u8>, Vec<u8>)> {
         let bytes = self
             .db
             .get(Table::ShorteventidMeta, short.to_be_bytes())?
@@ -394,7 +394,7 @@ impl EventStore {
 
     /// `content[field]` of a stored event when it is a string: nothing else of the PDU is
     /// kept.
-    pub fn content_str(&self, short: ShortEventId, field: &str) -> MatrixResult<Option<String>> {
+    pub fn content_str(&self, short: ShortEventId, field: &str) -> ServiceResult<Option<String>> {
         use serde_json::value::RawValue;
         type Fields<'a> = HashMap<String, &'a RawValue>;
         #[derive(serde::Deserialize)]
@@ -413,7 +413,7 @@ impl EventStore {
 
     /// The id, content and sender of a stored event: only those fields of its PDU are kept
     /// (for `unsigned.prev_content`).
-    pub fn content_and_sender(&self, short: ShortEventId) -> MatrixResult<EventSummary> {
+    pub fn content_and_sender(&self, short: ShortEventId) -> ServiceResult<EventSummary> {
         use serde_json::value::RawValue;
         #[derive(serde::Deserialize)]
         struct Pdu<'a> {
@@ -440,14 +440,14 @@ impl EventStore {
     }
 
     /// One stored event by short id.
-    pub fn event(&self, short: ShortEventId) -> MatrixResult<StoredEvent> {
+    pub fn event(&self, short: ShortEventId) -> ServiceResult<StoredEvent> {
         self.events(&[short])?
             .pop()
             .ok_or_else(|| corrupt("event read"))
     }
 
     /// A stored event by id, if we have it.
-    pub fn event_by_id(&self, event_id: &str) -> MatrixResult<Option<StoredEvent>> {
+    pub fn event_by_id(&self, event_id: &str) -> ServiceResult<Option<StoredEvent>> {
         match self.state.find_event(event_id)? {
             Some(short) => self.event(short).map(Some),
             None => Ok(None),
@@ -460,7 +460,7 @@ impl EventStore {
         snapshot: ShortStateHash,
         event_type: &str,
         state_key: &str,
-    ) -> MatrixResult<Option<StoredEvent>> {
+    ) -> ServiceResult<Option<StoredEvent>> {
         let Some(key) = self.state.find_state_key(event_type, state_key)? else {
             return Ok(None);
         };
@@ -475,7 +475,7 @@ impl EventStore {
         &self,
         snapshot: ShortStateHash,
         only_type: Option<&str>,
-    ) -> MatrixResult<Vec<StoredEvent>> {
+    ) -> ServiceResult<Vec<StoredEvent>> {
         let map = self.state.load(snapshot)?;
         let mut shorts: Vec<ShortEventId> = Vec::with_capacity(map.len());
         for (key, event) in map {
@@ -493,7 +493,7 @@ impl EventStore {
 
     /// The stripped state another server sent with the member event `short` (an invite
     /// or a knock's answer for a room we are not in), if any.
-    pub fn stripped_state(&self, short: ShortEventId) -> MatrixResult<Option<Vec<Value>>> {
+    pub fn stripped_state(&self, short: ShortEventId) -> ServiceResult<Option<Vec<Value>>> {
         self.db
             .get(Table::ShorteventidStrippedstate, short.to_be_bytes())?
             .map(|b| decode(Table::ShorteventidStrippedstate, &b))
@@ -505,7 +505,7 @@ impl EventStore {
         &self,
         user_id: &str,
         room_id: &str,
-    ) -> MatrixResult<Option<MembershipRecord>> {
+    ) -> ServiceResult<Option<MembershipRecord>> {
         self.db
             .get(
                 Table::UseridRoomidMembership,
@@ -516,7 +516,7 @@ impl EventStore {
     }
 
     /// Every room a user has a membership record in, with the record.
-    pub fn memberships_of(&self, user_id: &str) -> MatrixResult<Vec<(String, MembershipRecord)>> {
+    pub fn memberships_of(&self, user_id: &str) -> ServiceResult<Vec<(String, MembershipRecord)>> {
         let prefix = keys::prefix(user_id.as_bytes());
         let mut out = Vec::new();
         for entry in self.db.scan_prefix(Table::UseridRoomidMembership, &prefix) {
@@ -537,7 +537,7 @@ impl EventStore {
         to: u64,
         backwards: bool,
         limit: usize,
-    ) -> MatrixResult<Vec<(u64, ShortEventId)>> {
+    ) -> ServiceResult<Vec<(u64, ShortEventId)>> {
         self.timeline_entries(room, (from, to), backwards, limit)
             .map(|entries| {
                 entries
@@ -555,7 +555,7 @@ impl EventStore {
         (from, to): (u64, u64),
         backwards: bool,
         limit: usize,
-    ) -> MatrixResult<Vec<(u64, StoredEvent)>> {
+    ) -> ServiceResult<Vec<(u64, StoredEvent)>> {
         let entries = self.timeline_entries(room, (from, to), backwards, limit)?;
         let shorts: Vec<ShortEventId> = entries.iter().map(|(_, short, _)| *short).collect();
         let positions: Vec<u64> = entries.iter().map(|(pos, _, _)| *pos).collect();
@@ -573,7 +573,7 @@ impl EventStore {
         (from, to): (u64, u64),
         backwards: bool,
         limit: usize,
-    ) -> MatrixResult<Vec<TimelineEntry>> {
+    ) -> ServiceResult<Vec<TimelineEntry>> {
         let lower = timeline_key(room, from);
         let upper = timeline_key(room, to);
         let mut out = Vec::new();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::event_store::StoredEvent;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// A parsed `RoomEventFilter`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -60,11 +60,11 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
 
 impl RoomEventFilter {
     /// Parses the `filter` query parameter (a JSON object).
-    pub fn parse(text: Option<&str>) -> MatrixResult<Self> {
+    pub fn parse(text: Option<&str>) -> ServiceResult<Self> {
         match text {
             None | Some("") => Ok(Self::default()),
             Some(text) => serde_json::from_str(text).map_err(|e| {
-                MatrixError::invalid_param(format!("filter is not a valid RoomEventFilter: {e}"))
+                ServiceError::invalid_param(format!("filter is not a valid RoomEventFilter: {e}"))
             }),
         }
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::event_store::EventStore;
 use super::state_store::{ShortEventId, ShortStateKey};
 use crate::core::pdu::MAX_DEPTH;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::storage::{keys, Batch, Table};
 
@@ -115,7 +115,7 @@ pub fn write(
 }
 
 /// The graph record of an event (`None` for events stored before the graph was kept).
-pub fn record(store: &EventStore, short: ShortEventId) -> MatrixResult<Option<GraphRecord>> {
+pub fn record(store: &EventStore, short: ShortEventId) -> ServiceResult<Option<GraphRecord>> {
     store
         .db
         .get(Table::ShorteventidGraph, short.to_be_bytes())?
@@ -127,7 +127,7 @@ pub fn record(store: &EventStore, short: ShortEventId) -> MatrixResult<Option<Gr
 pub fn records(
     store: &EventStore,
     shorts: &[ShortEventId],
-) -> MatrixResult<Vec<Option<GraphRecord>>> {
+) -> ServiceResult<Vec<Option<GraphRecord>>> {
     store
         .db
         .multi_get(
@@ -145,12 +145,12 @@ pub fn records(
 
 /// Whether `short` is held only out of band (see [`EventStatus::OutOfBand`]): the room's
 /// checks treat it as unknown.
-pub fn is_out_of_band(store: &EventStore, short: ShortEventId) -> MatrixResult<bool> {
+pub fn is_out_of_band(store: &EventStore, short: ShortEventId) -> ServiceResult<bool> {
     Ok(record(store, short)?.is_some_and(|r| r.status == EventStatus::OutOfBand))
 }
 
 /// The events that name `short` among their `prev_events`.
-pub fn children(store: &EventStore, short: ShortEventId) -> MatrixResult<Vec<ShortEventId>> {
+pub fn children(store: &EventStore, short: ShortEventId) -> ServiceResult<Vec<ShortEventId>> {
     let prefix = short.to_be_bytes();
     let mut out = Vec::new();
     for entry in store.db.scan_prefix(Table::PrevShorteventidChild, &prefix) {
@@ -158,7 +158,7 @@ pub fn children(store: &EventStore, short: ShortEventId) -> MatrixResult<Vec<Sho
         let child = key
             .get(8..16)
             .and_then(keys::read_u64)
-            .ok_or_else(|| MatrixError::internal("corrupt record in prev_shorteventid_child"))?;
+            .ok_or_else(|| ServiceError::internal("corrupt record in prev_shorteventid_child"))?;
         out.push(child);
     }
     Ok(out)
@@ -171,7 +171,7 @@ pub fn note_unknown_prevs(
     batch: &mut Batch<'_>,
     prev_ids: &[String],
     child: ShortEventId,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     for id in prev_ids {
         if store.state.find_event(id)?.is_none() {
             batch.put(
@@ -195,7 +195,7 @@ pub fn has_accepted_child(
     store: &EventStore,
     (short, event_id): (ShortEventId, &str),
     room: u64,
-) -> MatrixResult<bool> {
+) -> ServiceResult<bool> {
     let mut children = children(store, short)?;
     let prefix = keys::prefix(event_id.as_bytes());
     for entry in store.db.scan_prefix(Table::EventidPendingchild, &prefix) {
@@ -203,7 +203,7 @@ pub fn has_accepted_child(
         let child = key
             .get(prefix.len()..)
             .and_then(keys::read_u64)
-            .ok_or_else(|| MatrixError::internal("corrupt record in eventid_pendingchild"))?;
+            .ok_or_else(|| ServiceError::internal("corrupt record in eventid_pendingchild"))?;
         children.push(child);
     }
     for child in children {
@@ -228,11 +228,11 @@ const FAILED_WALK_LIMIT: usize = 200;
 pub fn prevs_before_failed(
     store: &EventStore,
     prev_ids: &[String],
-) -> MatrixResult<std::collections::HashSet<String>> {
+) -> ServiceResult<std::collections::HashSet<String>> {
     // Only events judged with a state of ours: a rejected event without one (refused
     // before its state was known, such as one naming another room's event) says
     // nothing about what it was built on, and must not take our extremities away.
-    let failed_with_state = |short: ShortEventId| -> MatrixResult<bool> {
+    let failed_with_state = |short: ShortEventId| -> ServiceResult<bool> {
         let failed = record(store, short)?.is_some_and(|r| {
             matches!(
                 r.status,
@@ -285,11 +285,11 @@ pub fn load_extremities(
     store: &EventStore,
     ids: &[String],
     room_depth: u64,
-) -> MatrixResult<Vec<Extremity>> {
+) -> ServiceResult<Vec<Extremity>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let Some(short) = store.state.find_event(id)? else {
-            return Err(MatrixError::internal(format!(
+            return Err(ServiceError::internal(format!(
                 "extremity {id} is not stored"
             )));
         };

@@ -15,7 +15,7 @@ use super::filter::RoomEventFilter;
 use super::tokens;
 use super::visibility::VisibilityCheck;
 use super::{ReadAccess, Rooms};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ErrorKind, ServiceError, ServiceResult};
 
 /// Events scanned per page at most, however many the filter drops (then `end` lets the
 /// client go on).
@@ -77,8 +77,8 @@ impl Rooms {
         access: &ReadAccess,
         check: &mut VisibilityCheck<'_>,
         event_id: &str,
-    ) -> MatrixResult<StoredEvent> {
-        let not_found = || MatrixError::not_found("Event not found");
+    ) -> ServiceResult<StoredEvent> {
+        let not_found = || ServiceError::not_found("Event not found");
         let event = self
             .store
             .event_by_id(event_id)?
@@ -98,9 +98,11 @@ impl Rooms {
         viewer: Viewer<'_>,
         room_id: &str,
         event_id: &str,
-    ) -> MatrixResult<Value> {
+    ) -> ServiceResult<Value> {
         let access = match self.read_access(viewer.user_id, room_id) {
-            Err(e) if e.status == 403 => return Err(MatrixError::not_found("Event not found")),
+            Err(e) if e.kind == ErrorKind::Forbidden => {
+                return Err(ServiceError::not_found("Event not found"))
+            }
             other => other?,
         };
         let mut check = self.visibility_check(viewer.user_id, &access);
@@ -111,11 +113,11 @@ impl Rooms {
     /// An event by its id alone, as `event_for` shows it in its room. Spec: the
     /// deprecated `GET /events/{eventId}`. 404 `M_NOT_FOUND` for an unknown event and,
     /// like `/rooms/{roomId}/event/{eventId}`, for one the user may not see.
-    pub fn event_anywhere_for(&self, viewer: Viewer<'_>, event_id: &str) -> MatrixResult<Value> {
+    pub fn event_anywhere_for(&self, viewer: Viewer<'_>, event_id: &str) -> ServiceResult<Value> {
         let event = self
             .store
             .event_by_id(event_id)?
-            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
         let room = self.store.room_by_short(event.meta.room)?;
         self.event_for(viewer, &room.record.room_id, event_id)
     }
@@ -142,7 +144,7 @@ impl Rooms {
         upper: u64,
         dir: Direction,
         limit: usize,
-    ) -> MatrixResult<Scan> {
+    ) -> ServiceResult<Scan> {
         let backwards = dir == Direction::Backward;
         let (mut lower, mut upper) = (lower, upper);
         let mut events = Vec::new();
@@ -191,7 +193,7 @@ impl Rooms {
 
     /// The token just before the oldest event the room holds (its history may go on on
     /// other servers); `None` for a room with no event.
-    pub fn token_before_oldest(&self, room_id: &str) -> MatrixResult<Option<String>> {
+    pub fn token_before_oldest(&self, room_id: &str) -> ServiceResult<Option<String>> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(None);
         };
@@ -212,7 +214,7 @@ impl Rooms {
         dir: Direction,
         limit: usize,
         filter: &RoomEventFilter,
-    ) -> MatrixResult<MessagesPage> {
+    ) -> ServiceResult<MessagesPage> {
         let access = self.read_access(viewer.user_id, room_id)?;
         let room = &access.room;
         let limit = limit.clamp(1, MAX_LIMIT);
@@ -253,7 +255,7 @@ impl Rooms {
             .events
             .iter()
             .map(|e| client_event(&self.store, e, room_id, Some(viewer), Some(&mut check)))
-            .collect::<MatrixResult<_>>()?;
+            .collect::<ServiceResult<_>>()?;
         Ok(MessagesPage {
             start: tokens::token(start),
             end,
@@ -268,7 +270,7 @@ impl Rooms {
         &self,
         events: &[StoredEvent],
         room_id: &str,
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::new();
         for event in events {
@@ -294,7 +296,7 @@ impl Rooms {
         event_id: &str,
         limit: usize,
         filter: &RoomEventFilter,
-    ) -> MatrixResult<EventContext> {
+    ) -> ServiceResult<EventContext> {
         let access = self.read_access(viewer.user_id, room_id)?;
         let mut check = self.visibility_check(viewer.user_id, &access);
         let event = self.visible_event_for(&access, &mut check, event_id)?;
@@ -337,10 +339,10 @@ impl Rooms {
                 .state_events(last.meta.state_after, None)?
                 .iter()
                 .map(|e| client_event(&self.store, e, room_id, None, Some(&mut check)))
-                .collect::<MatrixResult<_>>()?
+                .collect::<ServiceResult<_>>()?
         };
         let event = client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))?;
-        let mut render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
+        let mut render = |events: &[StoredEvent]| -> ServiceResult<Vec<Value>> {
             events
                 .iter()
                 .map(|e| client_event(&self.store, e, room_id, Some(viewer), Some(&mut check)))
@@ -366,7 +368,7 @@ impl Rooms {
         room_id: &str,
         ts: u64,
         dir: Direction,
-    ) -> MatrixResult<(String, u64)> {
+    ) -> ServiceResult<(String, u64)> {
         let access = self.read_access(user_id, room_id)?;
         let mut check = self.visibility_check(user_id, &access);
         self.closest_event(access.room.short, ts, dir, |event| check.can_see(event))
@@ -379,8 +381,8 @@ impl Rooms {
         room: u64,
         ts: u64,
         dir: Direction,
-        mut visible: impl FnMut(&StoredEvent) -> MatrixResult<bool>,
-    ) -> MatrixResult<(String, u64)> {
+        mut visible: impl FnMut(&StoredEvent) -> ServiceResult<bool>,
+    ) -> ServiceResult<(String, u64)> {
         let at = super::writer::thread_key(room, ts, 0);
         let (lower, upper, backwards) = match dir {
             Direction::Forward => (
@@ -417,6 +419,6 @@ impl Rooms {
                 return Ok((event.event_id, event_ts));
             }
         }
-        Err(MatrixError::not_found("No event found in that direction"))
+        Err(ServiceError::not_found("No event found in that direction"))
     }
 }

@@ -11,7 +11,7 @@ use super::client_event::client_event;
 use super::event_store::StoredEvent;
 use super::tokens;
 use super::Rooms;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// `/members` filters.
 #[derive(Debug, Default)]
@@ -26,7 +26,7 @@ pub struct MembersQuery<'a> {
 
 impl Rooms {
     /// Every state event the user may see, in client format.
-    pub fn state_for(&self, user_id: &str, room_id: &str) -> MatrixResult<Vec<Value>> {
+    pub fn state_for(&self, user_id: &str, room_id: &str) -> ServiceResult<Vec<Value>> {
         let access = self.read_access(user_id, room_id)?;
         let mut check = self.visibility_check(user_id, &access);
         self.store
@@ -43,12 +43,12 @@ impl Rooms {
         room_id: &str,
         event_type: &str,
         state_key: &str,
-    ) -> MatrixResult<Value> {
+    ) -> ServiceResult<Value> {
         let access = self.read_access(user_id, room_id)?;
         let event = self
             .store
             .state_event(access.snapshot, event_type, state_key)?
-            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
         let mut check = self.visibility_check(user_id, &access);
         client_event(&self.store, &event, room_id, None, Some(&mut check))
     }
@@ -60,11 +60,11 @@ impl Rooms {
         room_id: &str,
         event_type: &str,
         state_key: &str,
-    ) -> MatrixResult<StoredEvent> {
+    ) -> ServiceResult<StoredEvent> {
         let access = self.read_access(user_id, room_id)?;
         self.store
             .state_event(access.snapshot, event_type, state_key)?
-            .ok_or_else(|| MatrixError::not_found("Event not found"))
+            .ok_or_else(|| ServiceError::not_found("Event not found"))
     }
 
     /// The member events the user may see, filtered.
@@ -73,7 +73,7 @@ impl Rooms {
         user_id: &str,
         room_id: &str,
         query: &MembersQuery<'_>,
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         let access = self.read_access(user_id, room_id)?;
         let mut snapshot = access.snapshot;
         if let Some(at) = query.at {
@@ -121,7 +121,7 @@ impl Rooms {
     }
 
     /// `/joined_members`: joined users with their display name and avatar.
-    pub fn joined_members_for(&self, user_id: &str, room_id: &str) -> MatrixResult<Value> {
+    pub fn joined_members_for(&self, user_id: &str, room_id: &str) -> ServiceResult<Value> {
         let access = self.read_access(user_id, room_id)?;
         let mut joined = Map::new();
         for event in self

@@ -13,7 +13,7 @@ use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
 use crate::core::pdu::BuiltPdu;
 use crate::core::UserId;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// The profile copied into a member event.
 #[derive(Debug, Clone, Default)]
@@ -54,7 +54,7 @@ impl Rooms {
         room_id: &str,
         target: &str,
         content: Map<String, Value>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let draft = EventDraft::new(
             sender.as_str(),
             "m.room.member",
@@ -75,11 +75,11 @@ impl Rooms {
         reason: Option<String>,
         profile: &MemberProfile,
         is_guest: bool,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let room = self
             .store
             .room(room_id)?
-            .ok_or_else(|| MatrixError::not_found("No known servers for this room"))?;
+            .ok_or_else(|| ServiceError::not_found("No known servers for this room"))?;
         let current = self.membership_of(user.as_str(), room_id)?;
         if current.as_deref() == Some("join") {
             return Ok(());
@@ -115,11 +115,11 @@ impl Rooms {
             });
             if allowed_by_membership {
                 let via = self.local_inviter(room_id)?.ok_or_else(|| {
-                    MatrixError::forbidden("No local member of the room may authorise the join")
+                    ServiceError::forbidden("No local member of the room may authorise the join")
                 })?;
                 content.insert("join_authorised_via_users_server".into(), json!(via));
             } else if rule == "restricted" {
-                return Err(MatrixError::forbidden(
+                return Err(ServiceError::forbidden(
                     "You are not joined to any room that grants access to this one",
                 ));
             }
@@ -135,7 +135,7 @@ impl Rooms {
         &self,
         user: &UserId,
         profile: &MemberProfile,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         for room_id in self.joined_rooms(user.as_str())? {
             let Some(room) = self.store.room(&room_id)? else {
                 continue;
@@ -173,7 +173,7 @@ impl Rooms {
     }
 
     /// A local joined member with the power to invite (for restricted joins).
-    pub(super) fn local_inviter(&self, room_id: &str) -> MatrixResult<Option<String>> {
+    pub(super) fn local_inviter(&self, room_id: &str) -> ServiceResult<Option<String>> {
         let room = self.known_room(room_id)?;
         let snapshot = room.record.state;
         let levels = self.current_power_levels(&room)?;
@@ -205,13 +205,13 @@ impl Rooms {
         reason: Option<String>,
         is_direct: bool,
         target_profile: Option<&MemberProfile>,
-    ) -> MatrixResult<String> {
+    ) -> ServiceResult<String> {
         let draft =
             self.invite_draft(sender, room_id, target, reason, is_direct, target_profile)?;
         self.append(room_id, vec![draft])
             .await?
             .pop()
-            .ok_or_else(|| MatrixError::internal("the invite was not written"))
+            .ok_or_else(|| ServiceError::internal("the invite was not written"))
     }
 
     /// The invite of `target`, a user of another server, built, signed and checked on
@@ -224,7 +224,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<String>,
         is_direct: bool,
-    ) -> MatrixResult<BuiltPdu> {
+    ) -> ServiceResult<BuiltPdu> {
         let draft = self.invite_draft(sender, room_id, target, reason, is_direct, None)?;
         self.writers.build(room_id, draft).await
     }
@@ -237,16 +237,16 @@ impl Rooms {
         reason: Option<String>,
         is_direct: bool,
         target_profile: Option<&MemberProfile>,
-    ) -> MatrixResult<EventDraft> {
+    ) -> ServiceResult<EventDraft> {
         self.known_room(room_id)?;
         match self.membership_of(target.as_str(), room_id)?.as_deref() {
             Some("join") => {
-                return Err(MatrixError::forbidden(format!(
+                return Err(ServiceError::forbidden(format!(
                     "{target} is already in the room"
                 )))
             }
             Some("ban") => {
-                return Err(MatrixError::forbidden(format!(
+                return Err(ServiceError::forbidden(format!(
                     "{target} is banned from the room"
                 )))
             }
@@ -270,7 +270,7 @@ impl Rooms {
         user: &UserId,
         room_id: &str,
         reason: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let content = member_content("leave", None, reason);
         self.set_membership(user, room_id, user.as_str(), content)
             .await
@@ -283,12 +283,12 @@ impl Rooms {
         room_id: &str,
         target: &UserId,
         reason: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         self.known_room(room_id)?;
         match self.membership_of(target.as_str(), room_id)?.as_deref() {
             Some("join" | "invite" | "knock") => {}
             _ => {
-                return Err(MatrixError::forbidden(format!(
+                return Err(ServiceError::forbidden(format!(
                     "{target} is not in the room, invited or knocking"
                 )))
             }
@@ -305,7 +305,7 @@ impl Rooms {
         room_id: &str,
         target: &UserId,
         reason: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let content = member_content("ban", None, reason);
         self.set_membership(sender, room_id, target.as_str(), content)
             .await
@@ -318,10 +318,10 @@ impl Rooms {
         room_id: &str,
         target: &UserId,
         reason: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         self.known_room(room_id)?;
         if self.membership_of(target.as_str(), room_id)?.as_deref() != Some("ban") {
-            return Err(MatrixError::forbidden(format!("{target} is not banned")));
+            return Err(ServiceError::forbidden(format!("{target} is not banned")));
         }
         let content = member_content("leave", None, reason);
         self.set_membership(sender, room_id, target.as_str(), content)
@@ -335,20 +335,20 @@ impl Rooms {
         room_id: &str,
         reason: Option<String>,
         profile: &MemberProfile,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         self.store
             .room(room_id)?
-            .ok_or_else(|| MatrixError::not_found("No known servers for this room"))?;
+            .ok_or_else(|| ServiceError::not_found("No known servers for this room"))?;
         let content = member_content("knock", Some(profile), reason);
         self.set_membership(user, room_id, user.as_str(), content)
             .await
     }
 
     /// Forgets a room the user left: it no longer shows in their lists.
-    pub async fn forget(&self, user: &UserId, room_id: &str) -> MatrixResult<()> {
+    pub async fn forget(&self, user: &UserId, room_id: &str) -> ServiceResult<()> {
         self.store
             .membership(user.as_str(), room_id)?
-            .ok_or_else(|| MatrixError::not_found("You have never been in this room"))?;
+            .ok_or_else(|| ServiceError::not_found("You have never been in this room"))?;
         self.writers
             .submit(
                 room_id,

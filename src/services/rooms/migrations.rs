@@ -3,7 +3,7 @@
 
 use super::event_store::{pdu_key, read_timeline_value, timeline_value, EventStore};
 use super::records::EventMeta;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::storage::{keys, Batch, Entry, Table};
 
 /// The `meta` record saying the PDUs are keyed by room (schema version 3).
@@ -20,7 +20,7 @@ const MOVE_BATCH: usize = 10_000;
 const MOVE_BATCH_BYTES: usize = 16 << 20;
 
 /// Runs every move the database still needs.
-pub fn run(store: &EventStore) -> MatrixResult<()> {
+pub fn run(store: &EventStore) -> ServiceResult<()> {
     move_pdus_by_room(store)?;
     copy_metas_into_timelines(store)
 }
@@ -30,7 +30,7 @@ pub fn run(store: &EventStore) -> MatrixResult<()> {
 /// compacts the emptied table once. A PDU without metadata or with a key that is not a
 /// short id (no room to put it under, and never readable) stays where it is, counted in
 /// the log.
-fn move_pdus_by_room(store: &EventStore) -> MatrixResult<()> {
+fn move_pdus_by_room(store: &EventStore) -> ServiceResult<()> {
     let (mut moved, mut unplaced) = (0usize, 0usize);
     let done = rewrite(
         store,
@@ -76,7 +76,7 @@ fn move_pdus_by_room(store: &EventStore) -> MatrixResult<()> {
 }
 
 /// Schema version 3: gives each timeline entry a copy of its event's metadata record.
-fn copy_metas_into_timelines(store: &EventStore) -> MatrixResult<()> {
+fn copy_metas_into_timelines(store: &EventStore) -> ServiceResult<()> {
     let mut copied = 0usize;
     let done = rewrite(
         store,
@@ -123,8 +123,8 @@ fn rewrite(
     store: &EventStore,
     table: Table,
     flag: &[u8],
-    mut each: impl FnMut(&mut Batch<'_>, Entry, Option<Vec<u8>>) -> MatrixResult<()>,
-) -> MatrixResult<bool> {
+    mut each: impl FnMut(&mut Batch<'_>, Entry, Option<Vec<u8>>) -> ServiceResult<()>,
+) -> ServiceResult<bool> {
     let db = &store.db;
     if db.get(Table::Meta, flag)?.is_some() {
         return Ok(false);

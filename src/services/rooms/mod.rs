@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use crate::core::power_levels::PowerLevels;
 use crate::core::{RoomVersion, ServerName, SigningKeyPair};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use event_store::{EventStore, Room};
 use records::MembershipRecord;
 use state_store::ShortStateHash;
@@ -111,7 +111,7 @@ impl Rooms {
         server_name: ServerName,
         signing_key: Arc<SigningKeyPair>,
         (default_version, outbox): (RoomVersion, Arc<crate::services::outbox::Outbox>),
-    ) -> MatrixResult<Self> {
+    ) -> ServiceResult<Self> {
         let store = Arc::new(EventStore::open(db, stream)?);
         migrations::run(&store)?;
         auth_index::build_if_missing(&store)?;
@@ -156,20 +156,20 @@ impl Rooms {
     }
 
     /// A known room, or 404 `M_NOT_FOUND`.
-    pub fn known_room(&self, room_id: &str) -> MatrixResult<Room> {
+    pub fn known_room(&self, room_id: &str) -> ServiceResult<Room> {
         self.store
             .room(room_id)?
-            .ok_or_else(|| MatrixError::not_found("Unknown room"))
+            .ok_or_else(|| ServiceError::not_found("Unknown room"))
     }
 
     /// Whether two users are both joined to some room.
-    pub fn share_a_room(&self, a: &str, b: &str) -> MatrixResult<bool> {
+    pub fn share_a_room(&self, a: &str, b: &str) -> ServiceResult<bool> {
         let theirs = self.joined_rooms(b)?;
         Ok(self.joined_rooms(a)?.iter().any(|r| theirs.contains(r)))
     }
 
     /// The user's current membership in a room (`None` when they have none).
-    pub fn membership_of(&self, user_id: &str, room_id: &str) -> MatrixResult<Option<String>> {
+    pub fn membership_of(&self, user_id: &str, room_id: &str) -> ServiceResult<Option<String>> {
         Ok(self
             .store
             .membership(user_id, room_id)?
@@ -178,8 +178,8 @@ impl Rooms {
 
     /// What `user_id` may read of `room_id`; 403 `M_FORBIDDEN` for an unknown room or a
     /// user who never was in it (unless it is world-readable).
-    pub fn read_access(&self, user_id: &str, room_id: &str) -> MatrixResult<ReadAccess> {
-        let not_member = || MatrixError::forbidden("You aren't a member of the room");
+    pub fn read_access(&self, user_id: &str, room_id: &str) -> ServiceResult<ReadAccess> {
+        let not_member = || ServiceError::forbidden("You aren't a member of the room");
         let room = self.store.room(room_id)?.ok_or_else(not_member)?;
         let membership = self.store.membership(user_id, room_id)?;
         if membership.as_ref().is_some_and(|m| m.forgotten) {
@@ -211,7 +211,7 @@ impl Rooms {
     }
 
     /// The power levels in force in a room's current state.
-    pub fn current_power_levels(&self, room: &Room) -> MatrixResult<PowerLevels> {
+    pub fn current_power_levels(&self, room: &Room) -> ServiceResult<PowerLevels> {
         let snapshot = room.record.state;
         let create = self.store.state_event(snapshot, "m.room.create", "")?;
         let levels = self
@@ -225,7 +225,7 @@ impl Rooms {
     }
 
     /// Rooms the user is joined to.
-    pub fn joined_rooms(&self, user_id: &str) -> MatrixResult<Vec<String>> {
+    pub fn joined_rooms(&self, user_id: &str) -> ServiceResult<Vec<String>> {
         Ok(self
             .store
             .memberships_of(user_id)?

@@ -16,7 +16,7 @@ use super::writer::OutOfBandMember;
 use super::Rooms;
 use crate::core::pdu::{self, PduTemplate};
 use crate::core::{event_hashes, RoomId, RoomVersion, UserId};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 
 impl Rooms {
@@ -28,7 +28,7 @@ impl Rooms {
         version: RoomVersion,
         (event_id, pdu): (&str, Value),
         stripped_state: Option<Vec<Value>>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         self.writers
             .out_of_band(
                 room_id,
@@ -67,7 +67,7 @@ impl Rooms {
 
     /// Whether `user` is invited to or knocking on `room_id` with no member of ours in the
     /// room: their leave then goes through another server.
-    pub fn pending_out_of_room(&self, user: &UserId, room_id: &str) -> MatrixResult<bool> {
+    pub fn pending_out_of_room(&self, user: &UserId, room_id: &str) -> ServiceResult<bool> {
         let pending = matches!(
             self.membership_of(user.as_str(), room_id)?.as_deref(),
             Some("invite" | "knock")
@@ -77,7 +77,7 @@ impl Rooms {
 
     /// The servers that may let `user` leave (or join) `room_id` they are invited to or
     /// knocking on: the inviter's, those of the room state's senders, the room id's.
-    pub fn servers_for_pending(&self, user: &UserId, room_id: &str) -> MatrixResult<Vec<String>> {
+    pub fn servers_for_pending(&self, user: &UserId, room_id: &str) -> ServiceResult<Vec<String>> {
         let mut servers: Vec<String> = Vec::new();
         let mut add = |user_id: &str| {
             if let Ok(user) = UserId::parse(user_id) {
@@ -115,16 +115,16 @@ impl Rooms {
         user: &UserId,
         room_id: &str,
         reason: Option<String>,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let room = self.known_room(room_id)?;
         let record = self
             .store
             .membership(user.as_str(), room_id)?
-            .ok_or_else(|| MatrixError::forbidden("You are not invited to this room"))?;
+            .ok_or_else(|| ServiceError::forbidden("You are not invited to this room"))?;
         let member = self
             .store
             .event_by_id(&record.event_id)?
-            .ok_or_else(|| MatrixError::internal("the member event is not stored"))?;
+            .ok_or_else(|| ServiceError::internal("the member event is not stored"))?;
         let mut content = json!({ "membership": "leave" });
         if let Some(reason) = reason {
             content["reason"] = json!(reason);
@@ -136,7 +136,7 @@ impl Rooms {
             .unwrap_or(0)
             + 1;
         let member_hash = event_hashes::reference_hash(member.pdu(), room.version)
-            .map_err(MatrixError::internal)?;
+            .map_err(ServiceError::internal)?;
         let hash_of = |id: &str| (id == member.event_id).then_some(member_hash);
         let built = pdu::build_referencing(
             room.version,
@@ -156,7 +156,7 @@ impl Rooms {
             self.server_name.as_str(),
             &self.signing_key,
         )
-        .map_err(|e| MatrixError::internal(format!("cannot build the leave: {e:?}")))?;
+        .map_err(|e| ServiceError::internal(format!("cannot build the leave: {e:?}")))?;
         self.keep_remote_member(room_id, room.version, (&built.event_id, built.pdu), None)
             .await
     }

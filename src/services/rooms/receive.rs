@@ -34,7 +34,7 @@ use super::Rooms;
 use crate::core::event_hashes;
 use crate::core::pdu;
 use crate::core::pdu_checks::{self, KnownKey, SignatureCheck};
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 
 pub use super::writer::PduOutcome;
 
@@ -103,8 +103,8 @@ const GAP_LIMIT: usize = 10;
 
 /// A PDU's answer in a transaction: known at once, or when its writer has written it.
 enum Answered {
-    Now(MatrixResult<(Option<String>, PduOutcome)>),
-    Later(String, BoxFuture<'static, MatrixResult<PduOutcome>>),
+    Now(ServiceResult<(Option<String>, PduOutcome)>),
+    Later(String, BoxFuture<'static, ServiceResult<PduOutcome>>),
 }
 
 /// How many events may still be fetched for the PDU (or transaction) being received
@@ -139,7 +139,7 @@ impl Rooms {
         origin: &str,
         pdu: Value,
         source: &dyn MissingSource,
-    ) -> MatrixResult<(Option<String>, PduOutcome)> {
+    ) -> ServiceResult<(Option<String>, PduOutcome)> {
         let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         self.receive_one(origin, pdu, Kind::Live, source, &mut budget)
             .await
@@ -153,7 +153,7 @@ impl Rooms {
         origin: &str,
         pdu: Value,
         source: &dyn MissingSource,
-    ) -> MatrixResult<(Option<String>, PduOutcome)> {
+    ) -> ServiceResult<(Option<String>, PduOutcome)> {
         let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let none = HashSet::new();
         match self
@@ -178,7 +178,7 @@ impl Rooms {
         origin: &str,
         pdus: Vec<Value>,
         source: &dyn MissingSource,
-    ) -> Vec<MatrixResult<(Option<String>, PduOutcome)>> {
+    ) -> Vec<ServiceResult<(Option<String>, PduOutcome)>> {
         let mut budget = Budget(FETCH_BUDGET, STATE_ASKS);
         let mut in_batch = HashSet::new();
         let mut answers = Vec::with_capacity(pdus.len());
@@ -229,7 +229,7 @@ impl Rooms {
         kind: Kind,
         source: &'a dyn MissingSource,
         budget: &'a mut Budget,
-    ) -> BoxFuture<'a, MatrixResult<(Option<String>, PduOutcome)>> {
+    ) -> BoxFuture<'a, ServiceResult<(Option<String>, PduOutcome)>> {
         Box::pin(async move {
             let none = HashSet::new();
             match self
@@ -254,7 +254,7 @@ impl Rooms {
         kind: Kind,
         (source, budget): (&dyn MissingSource, &mut Budget),
         in_batch: &HashSet<String>,
-    ) -> MatrixResult<Prepare> {
+    ) -> ServiceResult<Prepare> {
         let dropped = |reason: String| Ok(Prepare::Done(None, PduOutcome::Dropped(reason)));
         let Some(room_id) = room_of(&pdu) else {
             return dropped("the PDU has no room_id".into());
@@ -311,7 +311,7 @@ impl Rooms {
         }
 
         // What the room lacks, fetched outside its writer (an outlier counts as held).
-        let unknown = |key: &str| -> MatrixResult<Vec<String>> {
+        let unknown = |key: &str| -> ServiceResult<Vec<String>> {
             let mut out = Vec::new();
             for id in pdu::event_ids(&pdu, key) {
                 let known = match self.store.state.find_event(id)? {
@@ -413,7 +413,7 @@ impl Rooms {
     }
 
     /// The depth of the oldest event of `room` held with a place (0 when none is).
-    fn oldest_depth(&self, room: &super::event_store::Room) -> MatrixResult<u64> {
+    fn oldest_depth(&self, room: &super::event_store::Room) -> ServiceResult<u64> {
         let oldest = self.store.timeline(room.short, 0, u64::MAX, false, 1)?;
         let Some((_, short)) = oldest.first() else {
             return Ok(0);
@@ -424,7 +424,11 @@ impl Rooms {
     /// The prev events of `pdu` without a state of ours that the writer can use: not
     /// held (nor earlier in the transaction), held only as outliers or out of band, or
     /// rejected before their state was known.
-    fn unplaced_prevs(&self, pdu: &Value, in_batch: &HashSet<String>) -> MatrixResult<Vec<String>> {
+    fn unplaced_prevs(
+        &self,
+        pdu: &Value,
+        in_batch: &HashSet<String>,
+    ) -> ServiceResult<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         for id in pdu::event_ids(pdu, "prev_events") {
             if in_batch.contains(id) || out.iter().any(|o| o == id) {
@@ -454,7 +458,7 @@ impl Rooms {
         (room_id, event_id): (&str, &str),
         source: &dyn MissingSource,
         budget: &mut Budget,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(());
         };
@@ -498,7 +502,7 @@ impl Rooms {
         kind: Kind,
         source: &dyn MissingSource,
         budget: &mut Budget,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if ids.is_empty() || budget.0 == 0 {
             return Ok(());
         }

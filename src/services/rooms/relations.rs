@@ -18,7 +18,7 @@ use super::tokens;
 use super::visibility::VisibilityCheck;
 use super::writer::thread_key;
 use super::Rooms;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::decode;
 use crate::storage::{keys, Table};
 
@@ -61,8 +61,8 @@ fn child_key(parent: u64, pos: u64, child: u64) -> [u8; 24] {
 pub(super) fn aggregates_of_children(
     store: &EventStore,
     parent: &StoredEvent,
-    mut keep: impl FnMut(&StoredEvent) -> MatrixResult<bool>,
-) -> MatrixResult<Aggregates> {
+    mut keep: impl FnMut(&StoredEvent) -> ServiceResult<bool>,
+) -> ServiceResult<Aggregates> {
     let mut aggregates = Aggregates::default();
     for entry in store
         .db
@@ -94,7 +94,7 @@ pub(super) fn aggregates_of_children(
 pub(super) fn stored_aggregates(
     store: &EventStore,
     parent: ShortEventId,
-) -> MatrixResult<Option<Aggregates>> {
+) -> ServiceResult<Option<Aggregates>> {
     store
         .db
         .get(Table::ShorteventidAggregates, parent.to_be_bytes())?
@@ -111,7 +111,7 @@ pub(super) fn visible_aggregates(
     parent: &StoredEvent,
     stored: Aggregates,
     check: &mut VisibilityCheck<'_>,
-) -> MatrixResult<Aggregates> {
+) -> ServiceResult<Aggregates> {
     let first_child_pos = store
         .db
         .scan_prefix(Table::RelatesPosChild, &parent.short.to_be_bytes())
@@ -131,9 +131,9 @@ impl Rooms {
         viewer: Viewer<'a>,
         room_id: &str,
         event_id: &str,
-    ) -> MatrixResult<(StoredEvent, VisibilityCheck<'a>)> {
+    ) -> ServiceResult<(StoredEvent, VisibilityCheck<'a>)> {
         let access = self.read_access(viewer.user_id, room_id)?;
-        let not_found = || MatrixError::not_found("Event not found");
+        let not_found = || ServiceError::not_found("Event not found");
         let parent = self
             .store
             .event_by_id(event_id)?
@@ -153,7 +153,7 @@ impl Rooms {
         room_id: &str,
         event_id: &str,
         query: &RelationsQuery<'_>,
-    ) -> MatrixResult<RelationsPage> {
+    ) -> ServiceResult<RelationsPage> {
         let (parent, mut check) = self.visible_parent(viewer, room_id, event_id)?;
         let dir = query.dir.unwrap_or(Direction::Backward);
         let backwards = dir == Direction::Backward;
@@ -229,7 +229,7 @@ impl Rooms {
         participated: bool,
         from: Option<&str>,
         limit: usize,
-    ) -> MatrixResult<RelationsPage> {
+    ) -> ServiceResult<RelationsPage> {
         let access = self.read_access(viewer.user_id, room_id)?;
         let room = access.room.short;
         let mut check = self.visibility_check(viewer.user_id, &access);
@@ -286,7 +286,7 @@ impl Rooms {
         Ok(RelationsPage { chunk, next_batch })
     }
 
-    fn participated(&self, root: &StoredEvent, user_id: &str) -> MatrixResult<bool> {
+    fn participated(&self, root: &StoredEvent, user_id: &str) -> ServiceResult<bool> {
         if root.sender() == user_id {
             return Ok(true);
         }

@@ -20,7 +20,7 @@ use super::state_store::ShortStateHash;
 use super::writer::{OutOfBandMember, RemoteEvent};
 use super::Rooms;
 use crate::core::{event_hashes, pdu_checks, RoomVersion, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 
 /// Entries of an invite's room state kept at most.
 pub const MAX_STRIPPED_STATE: usize = 64;
@@ -59,12 +59,12 @@ impl Rooms {
         offer: InviteOffer,
         invitee_exists: &(dyn Fn(&UserId) -> bool + Sync),
         source: &dyn MissingSource,
-    ) -> MatrixResult<Value> {
+    ) -> ServiceResult<Value> {
         let version = RoomVersion::from_id(&offer.room_version)
             .filter(|v| v.is_stable())
             .ok_or_else(|| {
-                MatrixError::new(
-                    400,
+                ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::IncompatibleRoomVersion,
                     format!(
                         "This server does not support rooms of version {:?}",
@@ -77,7 +77,7 @@ impl Rooms {
         self.check_server_acl(room_id, origin)?;
         if let Some(room) = self.store.room(room_id)?.filter(|r| r.record.state != 0) {
             if room.version != version {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "The room is of version {} here",
                     room.version
                 )));
@@ -85,26 +85,26 @@ impl Rooms {
         }
         let mut pdu = offer.event;
         pdu_checks::check_format(version, &pdu)
-            .map_err(|e| MatrixError::invalid_param(format!("The invite is malformed: {e}")))?;
+            .map_err(|e| ServiceError::invalid_param(format!("The invite is malformed: {e}")))?;
         let computed = event_hashes::event_id(&pdu, version).map_err(|e| {
-            MatrixError::invalid_param(format!("The invite cannot be hashed: {e:?}"))
+            ServiceError::invalid_param(format!("The invite cannot be hashed: {e:?}"))
         })?;
         if computed != event_id {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "The invite's id is {computed}, not {event_id}"
             )));
         }
         let invitee = check_invite_pdu(origin, room_id, self.server_name.as_str(), &pdu)?;
         if !invitee_exists(&invitee) {
-            return Err(MatrixError::forbidden(format!(
+            return Err(ServiceError::forbidden(format!(
                 "There is no user {invitee}"
             )));
         }
         verify_signatures(version, &pdu, source)
             .await
-            .map_err(|why| MatrixError::invalid_param(format!("The invite: {why}")))?;
+            .map_err(|why| ServiceError::invalid_param(format!("The invite: {why}")))?;
         if !event_hashes::content_hash_matches(&pdu, version).unwrap_or(false) {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "The invite's content does not match its hash",
             ));
         }
@@ -118,7 +118,7 @@ impl Rooms {
         {
             Ok(stripped) => stripped,
             Err(why) if version.room_id_is_create_event_hash() => {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "invite_room_state: {why}"
                 )))
             }
@@ -133,13 +133,13 @@ impl Rooms {
             &self.signing_key,
             version,
         )
-        .map_err(|e| MatrixError::internal(format!("cannot sign the invite: {e:?}")))?;
+        .map_err(|e| ServiceError::internal(format!("cannot sign the invite: {e:?}")))?;
 
         if self.has_local_member(room_id)? {
             // A room we are in: the invite is one of its events, judged as such now (it
             // also comes through the inviting server's transaction).
             let (_, outcome) = self.receive_pdu(origin, pdu.clone(), source).await?;
-            let accepted = || -> MatrixResult<bool> {
+            let accepted = || -> ServiceResult<bool> {
                 let Some(short) = self.store.state.find_event(event_id)? else {
                     return Ok(false);
                 };
@@ -149,20 +149,20 @@ impl Rooms {
             return match outcome {
                 // Signed only when it is in the room (not when it was refused before).
                 PduOutcome::Accepted | PduOutcome::AlreadyKnown if accepted()? => Ok(pdu),
-                PduOutcome::Accepted | PduOutcome::AlreadyKnown => Err(MatrixError::forbidden(
+                PduOutcome::Accepted | PduOutcome::AlreadyKnown => Err(ServiceError::forbidden(
                     "The invite is not allowed in this room",
                 )),
                 PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => Err(
-                    MatrixError::forbidden(format!("The invite is not allowed: {why}")),
+                    ServiceError::forbidden(format!("The invite is not allowed: {why}")),
                 ),
-                PduOutcome::Dropped(why) => Err(MatrixError::invalid_param(format!(
+                PduOutcome::Dropped(why) => Err(ServiceError::invalid_param(format!(
                     "The invite was refused: {why}"
                 ))),
-                PduOutcome::MissingEvents(ids) => Err(MatrixError::forbidden(format!(
+                PduOutcome::MissingEvents(ids) => Err(ServiceError::forbidden(format!(
                     "The invite names events this server cannot get: {}",
                     ids.join(", ")
                 ))),
-                PduOutcome::Outlier => Err(MatrixError::internal("an invite kept as an outlier")),
+                PduOutcome::Outlier => Err(ServiceError::internal("an invite kept as an outlier")),
             };
         }
         self.writers
@@ -187,7 +187,7 @@ impl Rooms {
         room_id: &str,
         (event_id, pdu): (&str, Value),
         invitee_server: &str,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let event = RemoteEvent {
             event_id: event_id.to_owned(),
             pdu,
@@ -203,10 +203,10 @@ impl Rooms {
         };
         match self.writers.receive(room_id, event).await? {
             PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),
-            PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => Err(MatrixError::forbidden(
-                format!("The invite is no longer allowed: {why}"),
-            )),
-            other => Err(MatrixError::internal(format!(
+            PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => Err(
+                ServiceError::forbidden(format!("The invite is no longer allowed: {why}")),
+            ),
+            other => Err(ServiceError::internal(format!(
                 "our signed invite was not kept: {other:?}"
             ))),
         }
@@ -219,7 +219,7 @@ impl Rooms {
         &self,
         snapshot: ShortStateHash,
         inviter: Option<&str>,
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         let mut out = Vec::new();
         for kind in STRIPPED_STATE_TYPES {
             if let Some(event) = self.store.state_event(snapshot, kind, "")? {
@@ -235,7 +235,7 @@ impl Rooms {
     }
 
     /// The stripped state another server sent with our user's invite or knock, if any.
-    pub fn remote_stripped_state(&self, event_id: &str) -> MatrixResult<Option<Vec<Value>>> {
+    pub fn remote_stripped_state(&self, event_id: &str) -> ServiceResult<Option<Vec<Value>>> {
         let Some(short) = self.store.state.find_event(event_id)? else {
             return Ok(None);
         };
@@ -249,35 +249,35 @@ fn check_invite_pdu(
     room_id: &str,
     our_server: &str,
     pdu: &Value,
-) -> MatrixResult<UserId> {
+) -> ServiceResult<UserId> {
     let field = |name: &str| pdu.get(name).and_then(Value::as_str);
     if field("type") != Some("m.room.member") {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "The event is not an m.room.member event",
         ));
     }
     if field("room_id") != Some(room_id) {
-        return Err(MatrixError::invalid_param("The event is of another room"));
+        return Err(ServiceError::invalid_param("The event is of another room"));
     }
     let membership = pdu
         .get("content")
         .and_then(|c| c.get("membership"))
         .and_then(Value::as_str);
     if membership != Some("invite") {
-        return Err(MatrixError::invalid_param("The event is not an invite"));
+        return Err(ServiceError::invalid_param("The event is not an invite"));
     }
     let sender_ok = field("sender")
         .and_then(|s| UserId::parse(s).ok())
         .is_some_and(|u| u.server_name() == origin);
     if !sender_ok {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "The invite's sender is not a user of the requesting server",
         ));
     }
     field("state_key")
         .and_then(|s| UserId::parse(s).ok())
         .filter(|u| u.server_name() == our_server)
-        .ok_or_else(|| MatrixError::invalid_param("The invitee is not a user of this server"))
+        .ok_or_else(|| ServiceError::invalid_param("The invitee is not a user of this server"))
 }
 
 /// `invite_room_state` (or `knock_room_state`) checked as the spec asks since v1.16 (full

@@ -16,7 +16,7 @@ use super::receive::{verify_signatures, MissingSource, PduOutcome};
 use super::writer::{RemoteEvent, RemoteJoin};
 use super::Rooms;
 use crate::core::{event_hashes, pdu_checks, RoomVersion};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 
 /// Rooms whose other servers are remembered at most (the map is emptied past this).
 const REMOTE_SERVERS_CACHED: usize = 10_000;
@@ -24,9 +24,9 @@ const REMOTE_SERVERS_CACHED: usize = 10_000;
 /// Events a join's answer may hold (state and auth chain together).
 pub const MAX_JOIN_EVENTS: usize = 200_000;
 
-fn bad_answer(why: impl Into<String>) -> MatrixError {
-    MatrixError::new(
-        502,
+fn bad_answer(why: impl Into<String>) -> ServiceError {
+    ServiceError::new(
+        ErrorKind::RemoteFailed,
         ErrorCode::Unknown,
         format!(
             "The resident server's answer to our join is unusable: {}",
@@ -44,8 +44,8 @@ impl Rooms {
         version: RoomVersion,
         (join, answer): (Value, &Value),
         source: &dyn MissingSource,
-    ) -> MatrixResult<()> {
-        let list = |key: &str| -> MatrixResult<&Vec<Value>> {
+    ) -> ServiceResult<()> {
+        let list = |key: &str| -> ServiceResult<&Vec<Value>> {
             answer
                 .get(key)
                 .and_then(Value::as_array)
@@ -123,7 +123,7 @@ impl Rooms {
             .await?;
         match outcome {
             PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),
-            other => Err(MatrixError::forbidden(format!(
+            other => Err(ServiceError::forbidden(format!(
                 "Our join was not allowed by the state the resident server gave: {other:?}"
             ))),
         }
@@ -180,7 +180,7 @@ impl Rooms {
 
     /// The other servers with a joined member in the room's current state, read from its
     /// member events once per state snapshot.
-    pub fn remote_servers(&self, room_id: &str) -> MatrixResult<Arc<Vec<String>>> {
+    pub fn remote_servers(&self, room_id: &str) -> ServiceResult<Arc<Vec<String>>> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(Arc::default());
         };
@@ -217,7 +217,7 @@ impl Rooms {
     }
 
     /// Whether one of our users is joined to the room (we can then join others locally).
-    pub fn has_local_member(&self, room_id: &str) -> MatrixResult<bool> {
+    pub fn has_local_member(&self, room_id: &str) -> ServiceResult<bool> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(false);
         };

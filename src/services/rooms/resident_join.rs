@@ -19,7 +19,7 @@ use super::state_store::{ShortEventId, StateMap};
 use super::Rooms;
 use crate::core::auth_rules::{self, AuthContext};
 use crate::core::{event_hashes, pdu, RoomVersion, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::now_ms;
 
 /// What `send_join` answers (the `200` body of v2; v1 wraps it).
@@ -65,9 +65,9 @@ impl Rooms {
         room_id: &str,
         (user, membership): (&UserId, &str),
         supported: Option<&[String]>,
-    ) -> MatrixResult<(RoomVersion, Value)> {
+    ) -> ServiceResult<(RoomVersion, Value)> {
         if user.server_name() != origin {
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "The user is not of the requesting server",
             ));
         }
@@ -82,8 +82,8 @@ impl Rooms {
             };
             let knock_refused = membership == "knock" && !version.has_knocking();
             if !supported_here || knock_refused {
-                return Err(MatrixError::new(
-                    400,
+                return Err(ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::IncompatibleRoomVersion,
                     format!(
                         "The room is of version {version}, which the asking server does not support"
@@ -94,7 +94,7 @@ impl Rooms {
         }
         let state = self.store.state.load(room.record.state)?;
         if self.local_joined(&state)?.is_none() {
-            return Err(MatrixError::not_found(
+            return Err(ServiceError::not_found(
                 "This server has no member in the room",
             ));
         }
@@ -137,15 +137,15 @@ impl Rooms {
             referenced.extend(self.store.events(&shorts)?);
             for event in &referenced {
                 let hash = event_hashes::reference_hash(event.pdu(), version)
-                    .map_err(MatrixError::internal)?;
+                    .map_err(ServiceError::internal)?;
                 hashes.insert(event.event_id.as_str(), hash);
             }
         }
         let hash_of = |id: &str| hashes.get(id).copied();
         let prev_events =
-            pdu::references(version, &prev_ids, &hash_of).map_err(MatrixError::internal)?;
+            pdu::references(version, &prev_ids, &hash_of).map_err(ServiceError::internal)?;
         let auth_events =
-            pdu::references(version, &auth_events, &hash_of).map_err(MatrixError::internal)?;
+            pdu::references(version, &auth_events, &hash_of).map_err(ServiceError::internal)?;
         let template = json!({
             "room_id": room_id,
             "type": "m.room.member",
@@ -165,7 +165,7 @@ impl Rooms {
             signed_by: &signed_by,
         };
         auth_rules::check(&ctx, &template, &auth_state).map_err(|e| {
-            MatrixError::forbidden(format!("The {membership} would not be allowed: {e}"))
+            ServiceError::forbidden(format!("The {membership} would not be allowed: {e}"))
         })?;
         Ok((version, template))
     }
@@ -184,7 +184,7 @@ impl Rooms {
         pdu: Value,
         omit_members: bool,
         source: &dyn MissingSource,
-    ) -> MatrixResult<JoinAnswer> {
+    ) -> ServiceResult<JoinAnswer> {
         let short = self
             .accept_remote_member(origin, (room_id, event_id), "join", pdu, source)
             .await?;
@@ -197,7 +197,7 @@ impl Rooms {
             .is_some();
         let meta = self.store.meta(short)?;
         if meta.room != room_id_short(self, room_id)? {
-            return Err(MatrixError::invalid_param("The event is of another room"));
+            return Err(ServiceError::invalid_param("The event is of another room"));
         }
         let state_map = self.store.state.load(meta.state_before)?;
         let state_shorts: Vec<ShortEventId> = state_map.values().copied().collect();
@@ -256,7 +256,7 @@ impl Rooms {
         (room_id, event_id): (&str, &str),
         pdu: Value,
         source: &dyn MissingSource,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         self.accept_remote_member(origin, (room_id, event_id), "leave", pdu, source)
             .await
             .map(|_| ())
@@ -270,7 +270,7 @@ impl Rooms {
         (room_id, event_id): (&str, &str),
         pdu: Value,
         source: &dyn MissingSource,
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         let short = self
             .accept_remote_member(origin, (room_id, event_id), "knock", pdu, source)
             .await?;
@@ -287,15 +287,15 @@ impl Rooms {
         membership: &str,
         mut pdu: Value,
         source: &dyn MissingSource,
-    ) -> MatrixResult<ShortEventId> {
+    ) -> ServiceResult<ShortEventId> {
         let room = self.known_room(room_id)?;
         self.check_server_acl(room_id, origin)?;
         let version = room.version;
         check_membership_pdu(origin, room_id, &pdu, membership)?;
         let computed = event_hashes::event_id(&pdu, version)
-            .map_err(|e| MatrixError::bad_json(format!("The event cannot be hashed: {e:?}")))?;
+            .map_err(|e| ServiceError::bad_json(format!("The event cannot be hashed: {e:?}")))?;
         if computed != event_id {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "The event's id is {computed}, not {event_id}"
             )));
         }
@@ -307,7 +307,7 @@ impl Rooms {
             .local_joined(&self.store.state.load(room.record.state)?)?
             .is_none()
         {
-            return Err(MatrixError::not_found(
+            return Err(ServiceError::not_found(
                 "This server has no member in the room",
             ));
         }
@@ -315,37 +315,39 @@ impl Rooms {
         match outcome {
             PduOutcome::Accepted | PduOutcome::AlreadyKnown => {}
             PduOutcome::Rejected(why) | PduOutcome::SoftFailed(why) => {
-                return Err(MatrixError::forbidden(format!(
+                return Err(ServiceError::forbidden(format!(
                     "The {membership} is not allowed: {why}"
                 )))
             }
             PduOutcome::Dropped(why) => {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "The {membership} was refused: {why}"
                 )))
             }
             PduOutcome::MissingEvents(ids) => {
-                return Err(MatrixError::invalid_param(format!(
+                return Err(ServiceError::invalid_param(format!(
                     "The {membership} names events this server does not have: {}",
                     ids.join(", ")
                 )))
             }
             PduOutcome::Outlier => {
-                return Err(MatrixError::internal("a membership was kept as an outlier"))
+                return Err(ServiceError::internal(
+                    "a membership was kept as an outlier",
+                ))
             }
         }
         let short = self
             .store
             .state
             .find_event(event_id)?
-            .ok_or_else(|| MatrixError::internal("an accepted membership is not stored"))?;
+            .ok_or_else(|| ServiceError::internal("an accepted membership is not stored"))?;
         // The event answered for is the one sent (in rooms v1 and v2 an id the sender
         // chose could name another), of this room.
         let stored = self.store.event(short)?;
         if stored.meta.room != room.short
             || !super::receive::same_event(version, stored.pdu(), &sent)
         {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "Another event is held under the id {event_id}"
             )));
         }
@@ -353,7 +355,7 @@ impl Rooms {
         let accepted = graph::record(&self.store, short)?
             .is_some_and(|r| r.status == graph::EventStatus::Accepted);
         if !accepted {
-            return Err(MatrixError::forbidden(format!(
+            return Err(ServiceError::forbidden(format!(
                 "The {membership} is not allowed"
             )));
         }
@@ -368,7 +370,7 @@ impl Rooms {
         room_id: &str,
         version: RoomVersion,
         pdu: &mut Value,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         let via = pdu
             .get("content")
             .and_then(|c| c.get("join_authorised_via_users_server"))
@@ -385,16 +387,16 @@ impl Rooms {
             .get("sender")
             .and_then(Value::as_str)
             .and_then(|s| UserId::parse(s).ok())
-            .ok_or_else(|| MatrixError::invalid_param("The event's sender is not a user id"))?;
+            .ok_or_else(|| ServiceError::invalid_param("The event's sender is not a user id"))?;
         self.restricted_join_authoriser(room_id, version, &sender)?;
         event_hashes::sign_event(pdu, self.server_name.as_str(), &self.signing_key, version)
-            .map_err(|e| MatrixError::bad_json(format!("The event cannot be signed: {e:?}")))?;
+            .map_err(|e| ServiceError::bad_json(format!("The event cannot be signed: {e:?}")))?;
         Ok(())
     }
 
     /// The auth chain of `roots`: every event reachable through `auth_events`, the roots
     /// themselves excluded unless another root's chain holds them.
-    pub fn auth_chain(&self, roots: &[ShortEventId]) -> MatrixResult<Vec<ShortEventId>> {
+    pub fn auth_chain(&self, roots: &[ShortEventId]) -> ServiceResult<Vec<ShortEventId>> {
         let mut seen: HashSet<ShortEventId> = HashSet::new();
         let mut todo: Vec<ShortEventId> = Vec::new();
         for root in roots {
@@ -416,7 +418,7 @@ impl Rooms {
     }
 
     /// A local user joined in `state`, if any.
-    pub(super) fn local_joined(&self, state: &StateMap) -> MatrixResult<Option<String>> {
+    pub(super) fn local_joined(&self, state: &StateMap) -> ServiceResult<Option<String>> {
         let suffix = format!(":{}", self.server_name.as_str());
         for (key, short) in state {
             let (kind, state_key) = self.store.state.state_key_of(*key)?;
@@ -436,7 +438,7 @@ impl Rooms {
         state: &StateMap,
         kind: &str,
         state_key: &str,
-    ) -> MatrixResult<Option<super::stored_event::StoredEvent>> {
+    ) -> ServiceResult<Option<super::stored_event::StoredEvent>> {
         let Some(key) = self.store.state.find_state_key(kind, state_key)? else {
             return Ok(None);
         };
@@ -454,7 +456,7 @@ impl Rooms {
         room_id: &str,
         version: RoomVersion,
         user: &UserId,
-    ) -> MatrixResult<Option<String>> {
+    ) -> ServiceResult<Option<String>> {
         let room = self.known_room(room_id)?;
         let Some(rules) = self
             .store
@@ -499,8 +501,8 @@ impl Rooms {
         }
         if !allowed {
             if !known_any {
-                return Err(MatrixError::new(
-                    400,
+                return Err(ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::UnableToAuthoriseJoin,
                     "This server knows none of the rooms that grant access to this one",
                 ));
@@ -508,13 +510,13 @@ impl Rooms {
             if rule == "knock_restricted" {
                 return Ok(None);
             }
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "The user is not joined to any room that grants access to this one",
             ));
         }
         self.local_inviter(room_id)?.map(Some).ok_or_else(|| {
-            MatrixError::new(
-                400,
+            ServiceError::new(
+                ErrorKind::Invalid,
                 ErrorCode::UnableToAuthoriseJoin,
                 "No member of this server may authorise the join",
             )
@@ -561,11 +563,11 @@ fn without_members(state: Vec<StoredEvent>, joining: &str) -> Vec<StoredEvent> {
         .collect()
 }
 
-fn room_id_short(rooms: &Rooms, room_id: &str) -> MatrixResult<u64> {
+fn room_id_short(rooms: &Rooms, room_id: &str) -> ServiceResult<u64> {
     rooms
         .store
         .room_short(room_id)?
-        .ok_or_else(|| MatrixError::not_found("Unknown room"))
+        .ok_or_else(|| ServiceError::not_found("Unknown room"))
 }
 
 /// The checks the spec names for `send_join`/`send_leave`/`send_knock` before the
@@ -576,27 +578,27 @@ pub fn check_membership_pdu(
     room_id: &str,
     pdu: &Value,
     membership: &str,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let field = |name: &str| pdu.get(name).and_then(Value::as_str);
     if field("type") != Some("m.room.member") {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "The event is not an m.room.member event",
         ));
     }
     if field("room_id") != Some(room_id) {
-        return Err(MatrixError::invalid_param("The event is of another room"));
+        return Err(ServiceError::invalid_param("The event is of another room"));
     }
     let sender = field("sender").unwrap_or("");
     let sender_server = UserId::parse(sender)
         .ok()
         .map(|u| u.server_name().to_owned());
     if sender_server.as_deref() != Some(origin) {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "The event's sender is not a user of the requesting server",
         ));
     }
     if field("state_key") != Some(sender) {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "The event's state_key is not its sender",
         ));
     }
@@ -605,7 +607,7 @@ pub fn check_membership_pdu(
         .and_then(|c| c.get("membership"))
         .and_then(Value::as_str);
     if actual != Some(membership) {
-        return Err(MatrixError::invalid_param(format!(
+        return Err(ServiceError::invalid_param(format!(
             "The event's membership is not {membership}"
         )));
     }

@@ -23,7 +23,7 @@ use super::state_store::{ShortEventId, ShortIdHash, ShortStateHash, ShortStateKe
 type KeySet = HashSet<ShortStateKey, ShortIdHash>;
 use crate::core::state_res::{self, Conflict, ResolutionEvents};
 use crate::core::RoomVersion;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// An event that takes part in a resolution before its batch is written: its short id,
 /// id and PDU.
@@ -34,11 +34,11 @@ pub fn resolve_snapshots(
     store: &EventStore,
     version: RoomVersion,
     snapshots: &[ShortStateHash],
-) -> MatrixResult<StateMap> {
+) -> ServiceResult<StateMap> {
     let maps: Vec<StateMap> = snapshots
         .iter()
         .map(|s| store.state.load(*s))
-        .collect::<MatrixResult<_>>()?;
+        .collect::<ServiceResult<_>>()?;
     resolve_maps(store, version, &maps, None)
 }
 
@@ -49,7 +49,7 @@ pub fn resolve_maps(
     version: RoomVersion,
     maps: &[StateMap],
     unwritten: Option<Unwritten<'_>>,
-) -> MatrixResult<StateMap> {
+) -> ServiceResult<StateMap> {
     let Some(first) = maps.first() else {
         return Ok(StateMap::default());
     };
@@ -96,7 +96,7 @@ pub fn resolve_maps(
         let values = maps
             .iter()
             .map(|m| m.get(key).map(|e| names.event_id(*e)).transpose())
-            .collect::<MatrixResult<Vec<_>>>()?;
+            .collect::<ServiceResult<Vec<_>>>()?;
         keys.insert(name.clone(), values);
     }
     // The short keys of the conflicted keys, which the changes are mostly of.
@@ -106,7 +106,7 @@ pub fn resolve_maps(
         Some(indexed) => indexed
             .into_iter()
             .map(|e| names.event_id(e))
-            .collect::<MatrixResult<HashSet<_>>>()?,
+            .collect::<ServiceResult<HashSet<_>>>()?,
         None => walked_difference(store, maps, &names, &cache)?,
     };
 
@@ -160,7 +160,7 @@ pub fn resolve_maps(
         let event = match by_id.get(&event_id) {
             Some(short) => *short,
             None => store.state.find_event(&event_id)?.ok_or_else(|| {
-                MatrixError::internal("state resolution chose an event that is not stored")
+                ServiceError::internal("state resolution chose an event that is not stored")
             })?,
         };
         out.insert(key, event);
@@ -173,11 +173,11 @@ pub fn resolve_maps(
 pub fn auth_difference(
     store: &EventStore,
     snapshots: &[ShortStateHash],
-) -> MatrixResult<HashSet<String>> {
+) -> ServiceResult<HashSet<String>> {
     let maps: Vec<StateMap> = snapshots
         .iter()
         .map(|s| store.state.load(*s))
-        .collect::<MatrixResult<_>>()?;
+        .collect::<ServiceResult<_>>()?;
     let conflicted = conflicted_keys(&maps);
     let per_state = conflicted_events(&maps, &conflicted);
     let names = Names::new(store, None);
@@ -195,7 +195,7 @@ fn walked_difference(
     maps: &[StateMap],
     names: &Names<'_>,
     cache: &HashMap<String, Option<Looked>>,
-) -> MatrixResult<HashSet<String>> {
+) -> ServiceResult<HashSet<String>> {
     let mut named = Vec::with_capacity(maps.len());
     for map in maps {
         let mut out = state_res::StateMap::with_capacity(map.len());
@@ -224,7 +224,7 @@ fn index_difference(
     maps: &[StateMap],
     (conflicted, per_state): (&KeySet, &[Vec<ShortEventId>]),
     unwritten: Option<(ShortEventId, &[ShortEventId])>,
-) -> MatrixResult<Option<HashSet<ShortEventId>>> {
+) -> ServiceResult<Option<HashSet<ShortEventId>>> {
     let Some(first) = maps.first() else {
         return Ok(Some(HashSet::new()));
     };
@@ -253,7 +253,7 @@ fn prefetch(
     names: &Names<'_>,
     mut wanted: Vec<ShortEventId>,
     cache: &mut HashMap<String, Option<Looked>>,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let mut seen: HashSet<ShortEventId> = names.ids.borrow().keys().copied().collect();
     for _ in 0..2 {
         wanted.retain(|s| seen.insert(*s));
@@ -344,7 +344,7 @@ struct Names<'a> {
     ids: RefCell<HashMap<ShortEventId, String>>,
     unwritten: Option<(String, Arc<Value>)>,
     /// The first storage error met by a lookup that has no error path.
-    error: RefCell<Option<MatrixError>>,
+    error: RefCell<Option<ServiceError>>,
 }
 
 impl<'a> Names<'a> {
@@ -361,7 +361,7 @@ impl<'a> Names<'a> {
         }
     }
 
-    fn event_id(&self, short: ShortEventId) -> MatrixResult<String> {
+    fn event_id(&self, short: ShortEventId) -> ServiceResult<String> {
         if let Some(id) = self.ids.borrow().get(&short) {
             return Ok(id.clone());
         }
@@ -406,7 +406,7 @@ struct StoredEvents<'a> {
     store: &'a EventStore,
     cache: RefCell<HashMap<String, Option<Looked>>>,
     /// The first storage error met (the trait has no error path; it is reported after).
-    error: RefCell<Option<MatrixError>>,
+    error: RefCell<Option<ServiceError>>,
 }
 
 impl StoredEvents<'_> {
@@ -427,7 +427,7 @@ impl StoredEvents<'_> {
         found
     }
 
-    fn read(&self, event_id: &str) -> MatrixResult<Option<Looked>> {
+    fn read(&self, event_id: &str) -> ServiceResult<Option<Looked>> {
         let Some(event) = self.store.event_by_id(event_id)? else {
             return Ok(None);
         };

@@ -4,16 +4,16 @@
 //! need not hold the rooms service.
 
 use super::Rooms;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 
 /// Who shares rooms with a user on other servers (the rooms service answers).
 pub trait RoomMates: Send + Sync {
     /// The other servers with a member joined to a room `user_id` is joined to.
-    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>>;
+    fn remote_servers_sharing(&self, user_id: &str) -> ServiceResult<Vec<String>>;
 }
 
 impl RoomMates for Rooms {
-    fn remote_servers_sharing(&self, user_id: &str) -> MatrixResult<Vec<String>> {
+    fn remote_servers_sharing(&self, user_id: &str) -> ServiceResult<Vec<String>> {
         let mut servers: Vec<String> = Vec::new();
         for room_id in self.joined_rooms(user_id)? {
             servers.extend(self.remote_servers(&room_id)?.iter().cloned());

@@ -12,7 +12,7 @@ use super::client_event::Viewer;
 use super::filter::RoomEventFilter;
 use super::history::Direction;
 use super::Rooms;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// Messages `/rooms/{roomId}/initialSync` carries.
 pub const SNAPSHOT_MESSAGES: usize = 20;
@@ -43,7 +43,7 @@ impl Rooms {
         viewer: Viewer<'_>,
         room_id: &str,
         messages: usize,
-    ) -> MatrixResult<RoomSnapshot> {
+    ) -> ServiceResult<RoomSnapshot> {
         let state = self.state_for(viewer.user_id, room_id)?;
         let page = self.messages(
             viewer,
@@ -95,16 +95,16 @@ impl RoomSnapshot {
 impl Rooms {
     /// The invite event of a user invited to `room_id`, in client format (an invitee may
     /// not read the room, but may see their invite).
-    pub fn invite_event_for(&self, viewer: Viewer<'_>, room_id: &str) -> MatrixResult<Value> {
+    pub fn invite_event_for(&self, viewer: Viewer<'_>, room_id: &str) -> ServiceResult<Value> {
         let record = self
             .store
             .membership(viewer.user_id, room_id)?
             .filter(|r| r.membership == "invite")
-            .ok_or_else(|| MatrixError::not_found("No invite to this room"))?;
+            .ok_or_else(|| ServiceError::not_found("No invite to this room"))?;
         let event = self
             .store
             .event_by_id(&record.event_id)?
-            .ok_or_else(|| MatrixError::internal("the invite event is not stored"))?;
+            .ok_or_else(|| ServiceError::internal("the invite event is not stored"))?;
         client_event(&self.store, &event, room_id, Some(viewer), None)
     }
 }

@@ -12,7 +12,7 @@ use super::aliases::check_canonical_alias;
 use super::writer::{EventDraft, JobStart, TxnRef, Writers};
 use super::Rooms;
 use crate::core::UserId;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::keys;
 
 /// The longest event type or state key we accept (the PDU limit bounds it anyway).
@@ -41,18 +41,20 @@ fn txn_ref(user: &UserId, room_id: &str, endpoint: &str, txn: Txn<'_>) -> TxnRef
     }
 }
 
-fn check_event_type(kind: &str) -> MatrixResult<()> {
+fn check_event_type(kind: &str) -> ServiceResult<()> {
     if kind.is_empty() || kind.len() > MAX_ID_PART_BYTES {
-        return Err(MatrixError::invalid_param(
+        return Err(ServiceError::invalid_param(
             "Event type must be 1 to 255 bytes",
         ));
     }
     Ok(())
 }
 
-fn check_content(content: &Value) -> MatrixResult<()> {
+fn check_content(content: &Value) -> ServiceResult<()> {
     if !content.is_object() {
-        return Err(MatrixError::bad_json("Event content must be a JSON object"));
+        return Err(ServiceError::bad_json(
+            "Event content must be a JSON object",
+        ));
     }
     Ok(())
 }
@@ -63,18 +65,18 @@ impl Rooms {
         &self,
         room_id: &str,
         drafts: Vec<EventDraft>,
-    ) -> MatrixResult<Vec<String>> {
+    ) -> ServiceResult<Vec<String>> {
         self.known_room(room_id)?;
         self.writers
             .submit(room_id, Writers::job(JobStart::Append, drafts))
             .await
     }
 
-    async fn append_one(&self, room_id: &str, draft: EventDraft) -> MatrixResult<String> {
+    async fn append_one(&self, room_id: &str, draft: EventDraft) -> ServiceResult<String> {
         self.append(room_id, vec![draft])
             .await?
             .pop()
-            .ok_or_else(|| MatrixError::internal("writer answered no event"))
+            .ok_or_else(|| ServiceError::internal("writer answered no event"))
     }
 
     /// The event a transaction already sent, if any (so a retry is answered before any
@@ -85,7 +87,7 @@ impl Rooms {
         room_id: &str,
         endpoint: &str,
         txn: Txn<'_>,
-    ) -> MatrixResult<Option<String>> {
+    ) -> ServiceResult<Option<String>> {
         let key = txn_ref(sender, room_id, endpoint, txn).key;
         Ok(self
             .store
@@ -102,7 +104,7 @@ impl Rooms {
         kind: &str,
         content: Value,
         txn: Txn<'_>,
-    ) -> MatrixResult<String> {
+    ) -> ServiceResult<String> {
         check_event_type(kind)?;
         check_content(&content)?;
         let mut draft = EventDraft::new(sender.as_str(), kind, None, content);
@@ -126,11 +128,11 @@ impl Rooms {
         kind: &str,
         state_key: &str,
         content: Value,
-    ) -> MatrixResult<String> {
+    ) -> ServiceResult<String> {
         check_event_type(kind)?;
         check_content(&content)?;
         if state_key.len() > MAX_ID_PART_BYTES {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "State key is longer than 255 bytes",
             ));
         }
@@ -158,7 +160,7 @@ impl Rooms {
         event_id: &str,
         reason: Option<String>,
         txn: Txn<'_>,
-    ) -> MatrixResult<String> {
+    ) -> ServiceResult<String> {
         let mut content = serde_json::Map::new();
         if let Some(reason) = reason {
             content.insert("reason".into(), Value::String(reason));

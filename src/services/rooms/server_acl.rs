@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::event_store::Room;
 use super::Rooms;
 use crate::core::server_acl::ServerAcl;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// Rooms whose ACL is remembered at most (the map is emptied past this).
 const ACLS_CACHED: usize = 10_000;
@@ -19,18 +19,18 @@ pub(super) type CachedAcl = (u64, u64, Option<Arc<ServerAcl>>);
 
 impl Rooms {
     /// Whether `server` may take part in `room_id` (a room we do not know has no ACL).
-    pub fn server_allowed(&self, room_id: &str, server: &str) -> MatrixResult<bool> {
+    pub fn server_allowed(&self, room_id: &str, server: &str) -> ServiceResult<bool> {
         Ok(self
             .server_acl(room_id)?
             .is_none_or(|acl| acl.allows(server)))
     }
 
     /// 403 `M_FORBIDDEN` when the room's ACL denies `server`.
-    pub fn check_server_acl(&self, room_id: &str, server: &str) -> MatrixResult<()> {
+    pub fn check_server_acl(&self, room_id: &str, server: &str) -> ServiceResult<()> {
         if self.server_allowed(room_id, server)? {
             Ok(())
         } else {
-            Err(MatrixError::forbidden(format!(
+            Err(ServiceError::forbidden(format!(
                 "The room's server ACL denies {server}"
             )))
         }
@@ -38,20 +38,20 @@ impl Rooms {
 
     /// [`Rooms::server_allowed`] for a room the caller has read already (the receive path,
     /// once per PDU: no second read of the room).
-    pub(super) fn server_allowed_in(&self, room: &Room, server: &str) -> MatrixResult<bool> {
+    pub(super) fn server_allowed_in(&self, room: &Room, server: &str) -> ServiceResult<bool> {
         Ok(self
             .server_acl_at(&room.record.room_id, room.record.state)?
             .is_none_or(|acl| acl.allows(server)))
     }
 
-    fn server_acl(&self, room_id: &str) -> MatrixResult<Option<Arc<ServerAcl>>> {
+    fn server_acl(&self, room_id: &str) -> ServiceResult<Option<Arc<ServerAcl>>> {
         let Some(room) = self.store.room(room_id)? else {
             return Ok(None);
         };
         self.server_acl_at(room_id, room.record.state)
     }
 
-    fn server_acl_at(&self, room_id: &str, snapshot: u64) -> MatrixResult<Option<Arc<ServerAcl>>> {
+    fn server_acl_at(&self, room_id: &str, snapshot: u64) -> ServiceResult<Option<Arc<ServerAcl>>> {
         let cached = self.cached_acls().get(room_id).cloned();
         if let Some((at, _, acl)) = &cached {
             if *at == snapshot {

@@ -18,7 +18,7 @@ use super::server_visibility::server_may_see;
 use super::state_store::{ShortEventId, ShortStateHash};
 use super::stored_event::StoredEvent;
 use super::Rooms;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 
 /// Events one `/backfill` answers at most.
 pub const MAX_BACKFILL: usize = 100;
@@ -42,11 +42,11 @@ impl Rooms {
     /// Spec: `/state`, `/state_ids`, `/event_auth`, `/backfill`, `/get_missing_events`
     /// answer 403 to a server that is not in the room (none of its users joined now) or
     /// that the room's ACL denies.
-    fn check_server_in_room(&self, room_id: &str, server: &str) -> MatrixResult<()> {
+    fn check_server_in_room(&self, room_id: &str, server: &str) -> ServiceResult<()> {
         self.check_server_acl(room_id, server)?;
         let known = self.store.room(room_id)?.is_some();
         if known && !self.remote_servers(room_id)?.iter().any(|s| s == server) {
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "The requesting server is not in the room",
             ));
         }
@@ -59,7 +59,7 @@ impl Rooms {
         server: &str,
         room_id: Option<&str>,
         event_id: &str,
-    ) -> MatrixResult<Option<StoredEvent>> {
+    ) -> ServiceResult<Option<StoredEvent>> {
         let Some(short) = self.store.state.find_event(event_id)? else {
             return Ok(None);
         };
@@ -72,7 +72,7 @@ impl Rooms {
         room_id: Option<&str>,
         short: ShortEventId,
         cache: &mut SeenCache,
-    ) -> MatrixResult<Option<StoredEvent>> {
+    ) -> ServiceResult<Option<StoredEvent>> {
         if let Some(record) = graph::record(&self.store, short)? {
             if matches!(
                 record.status,
@@ -102,10 +102,10 @@ impl Rooms {
 
     /// The PDU of `event_id` for `server`: 404 when we do not have it, it was rejected,
     /// or the server may not see it (the same answer, so as not to tell which).
-    pub fn event_for_server(&self, server: &str, event_id: &str) -> MatrixResult<Value> {
+    pub fn event_for_server(&self, server: &str, event_id: &str) -> ServiceResult<Value> {
         self.event_seen_by(server, None, event_id)?
             .map(|e| e.pdu().clone())
-            .ok_or_else(|| MatrixError::not_found("Event not found"))
+            .ok_or_else(|| ServiceError::not_found("Event not found"))
     }
 
     /// `/timestamp_to_event`: the event closest to `ts` in direction `dir` that `server`
@@ -116,7 +116,7 @@ impl Rooms {
         room_id: &str,
         ts: u64,
         dir: super::history::Direction,
-    ) -> MatrixResult<(String, u64)> {
+    ) -> ServiceResult<(String, u64)> {
         self.check_server_acl(room_id, server)?;
         let room = self.known_room(room_id)?;
         let mut cache = SeenCache::new();
@@ -135,7 +135,7 @@ impl Rooms {
         room_id: &str,
         from: &[String],
         limit: usize,
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
         let limit = limit.clamp(1, MAX_BACKFILL);
         let mut seen = HashSet::new();
@@ -180,7 +180,7 @@ impl Rooms {
         room_id: &str,
         (earliest, latest): (&[String], &[String]),
         (limit, min_depth): (usize, u64),
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
         let limit = limit.clamp(1, MAX_MISSING);
         let mut stop: HashSet<ShortEventId> = HashSet::new();
@@ -233,11 +233,11 @@ impl Rooms {
         server: &str,
         room_id: &str,
         event_id: &str,
-    ) -> MatrixResult<StateAtEvent> {
+    ) -> ServiceResult<StateAtEvent> {
         self.check_server_in_room(room_id, server)?;
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
-            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
         // An event held without its state (an outlier, or rejected on its auth events
         // alone) has none to tell; an empty answer would read as a room without state.
         let placed = matches!(
@@ -247,7 +247,7 @@ impl Rooms {
         );
         // (Before the create event the state is empty indeed.)
         if !placed || (event.meta.state_before == 0 && event.kind() != "m.room.create") {
-            return Err(MatrixError::not_found(
+            return Err(ServiceError::not_found(
                 "The state at this event is not known here",
             ));
         }
@@ -268,7 +268,7 @@ impl Rooms {
         &self,
         roots: &[ShortEventId],
         event: &StoredEvent,
-    ) -> MatrixResult<Vec<ShortEventId>> {
+    ) -> ServiceResult<Vec<ShortEventId>> {
         let mut chain = self.auth_chain(roots)?;
         let room = self.store.room_by_short(event.meta.room)?;
         if room.version.room_id_is_create_event_hash() {
@@ -290,11 +290,11 @@ impl Rooms {
         server: &str,
         room_id: &str,
         event_id: &str,
-    ) -> MatrixResult<Vec<Value>> {
+    ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
-            .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
         let chain = self.auth_chain_with_create(&[event.short], &event)?;
         Ok(self
             .store

@@ -15,14 +15,14 @@ use serde_json::Value;
 
 use super::event_store::EventStore;
 use super::state_store::ShortStateHash;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 
 /// The memberships `server`'s users have in `snapshot`.
 fn memberships_of(
     store: &EventStore,
     snapshot: ShortStateHash,
     server: &str,
-) -> MatrixResult<Vec<String>> {
+) -> ServiceResult<Vec<String>> {
     let suffix = format!(":{server}");
     Ok(store
         .state_events(snapshot, Some("m.room.member"))?
@@ -44,7 +44,7 @@ pub fn server_may_see(
     server: &str,
     before: ShortStateHash,
     current: ShortStateHash,
-) -> MatrixResult<bool> {
+) -> ServiceResult<bool> {
     let visibility = store
         .state_event(before, "m.room.history_visibility", "")?
         .and_then(|e| {

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::error::{MatrixError, MatrixResult};
 use crate::services::cache::GenerationalCache;
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::{keys, Batch, Db, Table};
 
 /// Longest parent chain; the geometric layering stays far below it (about log2 of the
@@ -178,13 +178,13 @@ fn state_key_bytes(event_type: &str, state_key: &str) -> Vec<u8> {
     keys::join(&[event_type.as_bytes(), state_key.as_bytes()])
 }
 
-fn corrupt(what: &str) -> MatrixError {
-    MatrixError::internal(format!("corrupt state store record: {what}"))
+fn corrupt(what: &str) -> ServiceError {
+    ServiceError::internal(format!("corrupt state store record: {what}"))
 }
 
 impl StateStore {
     /// Opens the store, finding the next free short id from the tables.
-    pub fn open(db: Arc<Db>) -> MatrixResult<Self> {
+    pub fn open(db: Arc<Db>) -> ServiceResult<Self> {
         let mut highest = 0;
         for table in [
             Table::ShortstatekeyStatekey,
@@ -214,7 +214,7 @@ impl StateStore {
         &self,
         event_type: &str,
         state_key: &str,
-    ) -> MatrixResult<Option<ShortStateKey>> {
+    ) -> ServiceResult<Option<ShortStateKey>> {
         let key = state_key_bytes(event_type, state_key);
         if let Some(short) = self.interned_keys().get(&key) {
             return Ok(Some(*short));
@@ -243,7 +243,7 @@ impl StateStore {
 
     /// The short id of `(type, state_key)`, interning it if new (see the module docs on
     /// durability). Blocking: called from the rooms writer's thread.
-    pub fn state_key(&self, event_type: &str, state_key: &str) -> MatrixResult<ShortStateKey> {
+    pub fn state_key(&self, event_type: &str, state_key: &str) -> ServiceResult<ShortStateKey> {
         if let Some(short) = self.find_state_key(event_type, state_key)? {
             return Ok(short);
         }
@@ -265,7 +265,7 @@ impl StateStore {
     }
 
     /// The `(type, state_key)` of a short id.
-    pub fn state_key_of(&self, short: ShortStateKey) -> MatrixResult<(String, String)> {
+    pub fn state_key_of(&self, short: ShortStateKey) -> ServiceResult<(String, String)> {
         let bytes = self
             .db
             .get(Table::ShortstatekeyStatekey, short.to_be_bytes())?
@@ -274,7 +274,7 @@ impl StateStore {
     }
 
     /// [`StateStore::state_key_of`] for several keys, in one batched read.
-    pub fn state_keys_of(&self, shorts: &[ShortStateKey]) -> MatrixResult<Vec<(String, String)>> {
+    pub fn state_keys_of(&self, shorts: &[ShortStateKey]) -> ServiceResult<Vec<(String, String)>> {
         self.db
             .multi_get(
                 Table::ShortstatekeyStatekey,
@@ -286,7 +286,7 @@ impl StateStore {
     }
 
     /// The short id of a stored event, if any.
-    pub fn find_event(&self, event_id: &str) -> MatrixResult<Option<ShortEventId>> {
+    pub fn find_event(&self, event_id: &str) -> ServiceResult<Option<ShortEventId>> {
         self.db
             .get(Table::EventidShorteventid, event_id)?
             .map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short event id")))
@@ -303,7 +303,7 @@ impl StateStore {
     }
 
     /// The event id of a short id.
-    pub fn event_id_of(&self, short: ShortEventId) -> MatrixResult<String> {
+    pub fn event_id_of(&self, short: ShortEventId) -> ServiceResult<String> {
         let bytes = self
             .db
             .get(Table::ShorteventidEventid, short.to_be_bytes())?
@@ -312,7 +312,7 @@ impl StateStore {
     }
 
     /// The event ids of several short ids, in order, in one read.
-    pub fn event_ids_of(&self, shorts: &[ShortEventId]) -> MatrixResult<Vec<String>> {
+    pub fn event_ids_of(&self, shorts: &[ShortEventId]) -> ServiceResult<Vec<String>> {
         self.db
             .multi_get(
                 Table::ShorteventidEventid,
@@ -326,7 +326,7 @@ impl StateStore {
             .collect()
     }
 
-    fn diff(&self, snapshot: ShortStateHash) -> MatrixResult<Arc<StateDiff>> {
+    fn diff(&self, snapshot: ShortStateHash) -> ServiceResult<Arc<StateDiff>> {
         if let Some(diff) = self.diffs.get(&snapshot) {
             return Ok(diff);
         }
@@ -352,7 +352,7 @@ impl StateStore {
         parent: Option<ShortStateHash>,
         changes: &[(ShortStateKey, Option<ShortEventId>)],
         batch: &mut Batch<'_>,
-    ) -> MatrixResult<ShortStateHash> {
+    ) -> ServiceResult<ShortStateHash> {
         let mut added: Vec<_> = changes
             .iter()
             .filter_map(|(k, e)| e.map(|e| (*k, e)))
@@ -400,7 +400,7 @@ impl StateStore {
     }
 
     /// The full state of a snapshot.
-    pub fn load(&self, snapshot: ShortStateHash) -> MatrixResult<StateMap> {
+    pub fn load(&self, snapshot: ShortStateHash) -> ServiceResult<StateMap> {
         if snapshot == 0 {
             // No state yet (a room learnt of from another server, before its join).
             return Ok(StateMap::default());
@@ -430,7 +430,7 @@ impl StateStore {
         &self,
         snapshot: ShortStateHash,
         key: ShortStateKey,
-    ) -> MatrixResult<Option<ShortEventId>> {
+    ) -> ServiceResult<Option<ShortEventId>> {
         // Snapshot 0 is the empty state (before a room's create event).
         let mut next = (snapshot != 0).then_some(snapshot);
         let mut steps = 0;
@@ -452,7 +452,7 @@ impl StateStore {
     }
 
     /// Bytes of one stored snapshot layer (for the storage benchmark).
-    pub fn stored_bytes(&self, snapshot: ShortStateHash) -> MatrixResult<usize> {
+    pub fn stored_bytes(&self, snapshot: ShortStateHash) -> ServiceResult<usize> {
         Ok(self
             .db
             .get(Table::ShortstatehashStatediff, snapshot.to_be_bytes())?
@@ -461,7 +461,7 @@ impl StateStore {
 }
 
 /// `type 0xFF state_key` of `shortstatekey_statekey`, as text.
-fn parse_state_key(bytes: &[u8]) -> MatrixResult<(String, String)> {
+fn parse_state_key(bytes: &[u8]) -> ServiceResult<(String, String)> {
     let mut parts = keys::split(bytes);
     let (Some(kind), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(corrupt("state key record"));

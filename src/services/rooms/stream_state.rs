@@ -13,7 +13,7 @@
 
 use super::event_store::EventStore;
 use super::state_store::{ShortEventId, ShortStateHash};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::{keys, Batch, Table};
 
 /// Notes, in `batch`, the room's current state after accepted event `short` when it is
@@ -39,13 +39,13 @@ pub fn current_after(
     store: &EventStore,
     short: ShortEventId,
     state_after: ShortStateHash,
-) -> MatrixResult<ShortStateHash> {
+) -> ServiceResult<ShortStateHash> {
     match store
         .db
         .get(Table::ShorteventidCurrentstate, short.to_be_bytes())?
     {
         Some(bytes) => keys::read_u64(&bytes)
-            .ok_or_else(|| MatrixError::internal("corrupt record in shorteventid_currentstate")),
+            .ok_or_else(|| ServiceError::internal("corrupt record in shorteventid_currentstate")),
         None => Ok(state_after),
     }
 }
@@ -61,7 +61,7 @@ pub fn newest_gap(
     room: u64,
     lower: u64,
     upper: u64,
-) -> MatrixResult<Option<u64>> {
+) -> ServiceResult<Option<u64>> {
     if lower >= upper {
         return Ok(None);
     }
@@ -77,7 +77,7 @@ pub fn newest_gap(
             let pos = key
                 .get(8..16)
                 .and_then(keys::read_u64)
-                .ok_or_else(|| MatrixError::internal("corrupt key in shortroomid_gappos"))?;
+                .ok_or_else(|| ServiceError::internal("corrupt key in shortroomid_gappos"))?;
             Ok(Some(pos))
         }
         None => Ok(None),

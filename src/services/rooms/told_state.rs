@@ -14,7 +14,7 @@ use super::graph::{self, EventStatus};
 use super::receive::{Budget, Kind, MissingSource};
 use super::state_store::{ShortStateHash, StateMap};
 use super::Rooms;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 
 /// State events a `/state_ids` answer may name at most (rooms bigger than this are
 /// not taken through a gap).
@@ -30,7 +30,7 @@ impl Rooms {
         event_id: &str,
         source: &dyn MissingSource,
         budget: &mut Budget,
-    ) -> MatrixResult<Option<(ShortStateHash, StateMap)>> {
+    ) -> ServiceResult<Option<(ShortStateHash, StateMap)>> {
         let Some(map) = self
             .told_state(origin, room_id, event_id, source, budget)
             .await?
@@ -51,8 +51,8 @@ impl Rooms {
         prev_id: &str,
         source: &dyn MissingSource,
         budget: &mut Budget,
-    ) -> MatrixResult<Option<ShortStateHash>> {
-        let held = |rooms: &Self| -> MatrixResult<Option<(u64, Option<EventStatus>)>> {
+    ) -> ServiceResult<Option<ShortStateHash>> {
+        let held = |rooms: &Self| -> ServiceResult<Option<(u64, Option<EventStatus>)>> {
             let Some(short) = rooms.store.state.find_event(prev_id)? else {
                 return Ok(None);
             };
@@ -110,7 +110,7 @@ impl Rooms {
         event_id: &str,
         source: &dyn MissingSource,
         budget: &mut Budget,
-    ) -> MatrixResult<Option<StateMap>> {
+    ) -> ServiceResult<Option<StateMap>> {
         if budget.1 == 0 {
             tracing::info!(%origin, event = %event_id, "no more state asks for this PDU");
             return Ok(None);
@@ -181,7 +181,7 @@ impl Rooms {
     /// Saves a told state as the changes from the room's current state (most of a state
     /// told for a gap is the room's state already): the same snapshot when nothing
     /// differs.
-    fn save_told(&self, room_id: &str, map: &StateMap) -> MatrixResult<ShortStateHash> {
+    fn save_told(&self, room_id: &str, map: &StateMap) -> ServiceResult<ShortStateHash> {
         let current = self.store.room(room_id)?.map_or(0, |r| r.record.state);
         let base = self.store.state.load(current)?;
         if base == *map && current != 0 {

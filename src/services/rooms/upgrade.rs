@@ -14,7 +14,7 @@ use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
 use crate::core::power_levels;
 use crate::core::{RoomVersion, UserId};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::storage::{keys, Table};
 
 /// State carried into the new room.
@@ -54,19 +54,19 @@ impl Rooms {
         new_version: &str,
         additional_creators: Vec<String>,
         profile: &MemberProfile,
-    ) -> MatrixResult<String> {
+    ) -> ServiceResult<String> {
         let version = RoomVersion::from_id(new_version)
             .filter(|v| v.is_stable())
             .ok_or_else(|| {
-                MatrixError::new(
-                    400,
+                ServiceError::new(
+                    ErrorKind::Invalid,
                     ErrorCode::UnsupportedRoomVersion,
                     format!("Room version {new_version:?} is not supported (10, 11 and 12 are)"),
                 )
             })?;
         let old = self.known_room(room_id)?;
         if self.membership_of(user.as_str(), room_id)?.as_deref() != Some("join") {
-            return Err(MatrixError::forbidden("You are not in the room"));
+            return Err(ServiceError::forbidden("You are not in the room"));
         }
         let levels = self.current_power_levels(&old)?;
         let levels_content = self
@@ -74,7 +74,7 @@ impl Rooms {
             .state_event(old.record.state, "m.room.power_levels", "")?
             .map(|e| e.content().clone());
         if levels.user(user.as_str()) < levels.event("m.room.tombstone", true) {
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "You may not upgrade this room (sending m.room.tombstone needs more power)",
             ));
         }
@@ -82,7 +82,7 @@ impl Rooms {
         let old_create = self
             .store
             .state_event(snapshot, "m.room.create", "")?
-            .ok_or_else(|| MatrixError::internal("room without a create event"))?;
+            .ok_or_else(|| ServiceError::internal("room without a create event"))?;
 
         // The new room's create event.
         let mut create_content = Map::new();
@@ -107,7 +107,7 @@ impl Rooms {
         if version.creators_have_infinite_power() {
             for extra in additional_creators {
                 UserId::parse(&extra).map_err(|e| {
-                    MatrixError::invalid_param(format!("additional_creators: {extra:?}: {e}"))
+                    ServiceError::invalid_param(format!("additional_creators: {extra:?}: {e}"))
                 })?;
                 if extra != user.as_str() && !creators.contains(&extra) {
                     creators.push(extra);
@@ -154,7 +154,7 @@ impl Rooms {
                 .entry("users")
                 .or_insert_with(|| json!({}))
                 .as_object_mut()
-                .ok_or_else(|| MatrixError::internal("power levels users is not an object"))?;
+                .ok_or_else(|| ServiceError::internal("power levels users is not an object"))?;
             users.insert(sender.to_owned(), json!(top));
             for creator in old_creators {
                 users.insert(creator, json!(top));
@@ -274,7 +274,7 @@ impl Rooms {
         Ok(new_room_id)
     }
 
-    async fn move_aliases(&self, old: &str, new: &str) -> MatrixResult<()> {
+    async fn move_aliases(&self, old: &str, new: &str) -> ServiceResult<()> {
         let _guard = self.alias_lock.lock().await;
         let prefix = keys::prefix(old.as_bytes());
         let mut batch = self.store.db.batch();

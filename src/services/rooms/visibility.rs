@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use super::event_store::{EventStore, Room, StoredEvent};
 use super::records::{MembershipRecord, RoomRecord};
 use super::state_store::{ShortEventId, ShortStateHash, ShortStateKey};
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 
 /// The values of `m.room.history_visibility` (spec: "Room History Visibility").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ fn interned(
     cache: &mut Option<Option<ShortStateKey>>,
     kind: &str,
     state_key: &str,
-) -> MatrixResult<Option<ShortStateKey>> {
+) -> ServiceResult<Option<ShortStateKey>> {
     if let Some(key) = cache {
         return Ok(*key);
     }
@@ -119,7 +119,7 @@ impl<'a> VisibilityCheck<'a> {
         snapshot: ShortStateHash,
         key: Option<ShortStateKey>,
         field: &'static str,
-    ) -> MatrixResult<Option<String>> {
+    ) -> ServiceResult<Option<String>> {
         let Some(key) = key else {
             return Ok(None);
         };
@@ -134,7 +134,7 @@ impl<'a> VisibilityCheck<'a> {
         Ok(value)
     }
 
-    fn visibility(&mut self, snapshot: ShortStateHash) -> MatrixResult<HistoryVisibility> {
+    fn visibility(&mut self, snapshot: ShortStateHash) -> ServiceResult<HistoryVisibility> {
         if snapshot == 0 {
             return Ok(HistoryVisibility::Shared);
         }
@@ -153,7 +153,7 @@ impl<'a> VisibilityCheck<'a> {
         Ok(v)
     }
 
-    fn membership(&mut self, snapshot: ShortStateHash) -> MatrixResult<Option<Membership>> {
+    fn membership(&mut self, snapshot: ShortStateHash) -> ServiceResult<Option<Membership>> {
         if snapshot == 0 {
             return Ok(None);
         }
@@ -177,7 +177,7 @@ impl<'a> VisibilityCheck<'a> {
         Ok(m)
     }
 
-    fn allowed_at(&mut self, snapshot: ShortStateHash, pos: u64) -> MatrixResult<bool> {
+    fn allowed_at(&mut self, snapshot: ShortStateHash, pos: u64) -> ServiceResult<bool> {
         let visibility = self.visibility(snapshot)?;
         if visibility == HistoryVisibility::WorldReadable {
             return Ok(true);
@@ -195,7 +195,7 @@ impl<'a> VisibilityCheck<'a> {
     }
 
     /// Whether the viewer may see `event`.
-    pub fn can_see(&mut self, event: &StoredEvent) -> MatrixResult<bool> {
+    pub fn can_see(&mut self, event: &StoredEvent) -> ServiceResult<bool> {
         // Decided without reading any state, as most events a member reads are (a /sync
         // of their rooms): sent while the viewer was joined (rule 2); the join that began
         // that (their own member event, seen after it); sent before their latest join in
@@ -231,7 +231,7 @@ impl<'a> VisibilityCheck<'a> {
     }
 
     /// Whether the room's current history visibility is `world_readable`.
-    pub fn world_readable(store: &EventStore, room: &Room) -> MatrixResult<bool> {
+    pub fn world_readable(store: &EventStore, room: &Room) -> ServiceResult<bool> {
         let mut check = VisibilityCheck::new(store, "", None);
         Ok(check.visibility(room.record.state)? == HistoryVisibility::WorldReadable)
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::terms;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Db, Table};
@@ -193,7 +193,7 @@ fn unindex_event(batch: &mut Batch<'_>, event: &StoredEvent) {
 pub struct SearchIndex;
 
 impl NewEventHook for SearchIndex {
-    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()> {
+    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> ServiceResult<()> {
         if let Some(redacted) = event.redacted {
             unindex_event(batch, redacted);
         }
@@ -205,7 +205,7 @@ impl NewEventHook for SearchIndex {
 /// Indexes every stored event, once, when the database predates the index (the events
 /// stored since are indexed as they are written). Redacted events have nothing left to
 /// index.
-pub fn index_existing_events(db: &Db, store: &EventStore) -> MatrixResult<()> {
+pub fn index_existing_events(db: &Db, store: &EventStore) -> ServiceResult<()> {
     let version = db
         .get(Table::Meta, VERSION_KEY)?
         .and_then(|v| keys::read_u64(&v));
@@ -215,7 +215,7 @@ pub fn index_existing_events(db: &Db, store: &EventStore) -> MatrixResult<()> {
     let started = std::time::Instant::now();
     let mut count = 0usize;
     let mut chunk: Vec<u64> = Vec::with_capacity(BACKFILL_BATCH);
-    let mut flush = |chunk: &mut Vec<u64>| -> MatrixResult<()> {
+    let mut flush = |chunk: &mut Vec<u64>| -> ServiceResult<()> {
         let mut batch = db.batch();
         for event in store.events(chunk)? {
             index_event(
@@ -234,7 +234,7 @@ pub fn index_existing_events(db: &Db, store: &EventStore) -> MatrixResult<()> {
     for entry in db.scan_prefix(Table::ShortroomidPosShorteventid, &[]) {
         let (_, value) = entry?;
         let (short, _) = crate::services::rooms::event_store::read_timeline_value(&value)
-            .ok_or_else(|| MatrixError::internal("corrupt timeline entry"))?;
+            .ok_or_else(|| ServiceError::internal("corrupt timeline entry"))?;
         chunk.push(short);
         if chunk.len() == BACKFILL_BATCH {
             flush(&mut chunk)?;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::core::base64;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::client_event::{client_event, erased_for, Viewer};
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::filter::RoomEventFilter;
@@ -135,8 +135,8 @@ impl Cursor {
     }
 
     /// A token read back; 400 `M_INVALID_PARAM` for anything this server didn't issue.
-    pub fn parse(token: &str) -> MatrixResult<Self> {
-        let invalid = || MatrixError::invalid_param("Invalid next_batch token");
+    pub fn parse(token: &str) -> ServiceResult<Self> {
+        let invalid = || ServiceError::invalid_param("Invalid next_batch token");
         let bytes = base64::decode_url_safe(token).map_err(|_| invalid())?;
         serde_json::from_slice(&bytes).map_err(|_| invalid())
     }
@@ -193,11 +193,11 @@ struct Found {
 
 /// Runs a `room_events` search over the index that [`index::SearchIndex`] writes; answers
 /// the category's JSON.
-pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult<Value> {
+pub fn room_events(services: &Services, request: &SearchRequest) -> ServiceResult<Value> {
     let store = services.rooms.store();
     if let Some(cursor) = &request.next_batch {
         if cursor.order != request.order {
-            return Err(MatrixError::invalid_param(
+            return Err(ServiceError::invalid_param(
                 "next_batch was issued for another order_by",
             ));
         }
@@ -317,7 +317,7 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> MatrixResult
 fn searchable_rooms(
     store: &EventStore,
     request: &SearchRequest,
-) -> MatrixResult<HashMap<u64, Searched>> {
+) -> ServiceResult<HashMap<u64, Searched>> {
     let mut out = HashMap::new();
     for (room_id, record) in store.memberships_of(&request.user_id)? {
         if record.forgotten || !request.filter.matches_room(&room_id) {
@@ -351,7 +351,7 @@ fn render(
     search_terms: &[String],
     page: Page<'_, '_>,
     viewer: Viewer<'_>,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     let store = services.rooms.store();
     let Page {
         found,
@@ -465,7 +465,7 @@ fn render(
             // state rather than failing the search.
             let events = match services.rooms.state_for(&request.user_id, room_id) {
                 Ok(events) => events,
-                Err(e) if e.status >= 500 => return Err(e),
+                Err(e) if e.kind.is_server_side() => return Err(e),
                 Err(_) => continue,
             };
             state.insert(room_id.clone(), Value::Array(events));
@@ -482,7 +482,7 @@ fn event_context(
     item: &Found,
     context: ContextRequest,
     viewer: Viewer<'_>,
-) -> MatrixResult<Option<Value>> {
+) -> ServiceResult<Option<Value>> {
     let store = services.rooms.store();
     let Ok(access) = services.rooms.read_access(&request.user_id, &item.room_id) else {
         return Ok(None);
@@ -514,7 +514,7 @@ fn event_context(
         .map_or(pos, |e| e.meta.pos)
         .saturating_sub(1);
     let end = after.events.last().map_or(pos, |e| e.meta.pos);
-    let mut render = |events: &[StoredEvent]| -> MatrixResult<Vec<Value>> {
+    let mut render = |events: &[StoredEvent]| -> ServiceResult<Vec<Value>> {
         events
             .iter()
             .map(|e| client_event(store, e, &item.room_id, Some(viewer), Some(&mut check)))

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::index::{split_key, term_prefix, Posting};
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::storage::{Db, Table};
 
 const K1: f64 = 1.2;
@@ -53,7 +53,12 @@ pub struct RoomMatches {
 
 /// Reads the postings of every term in `room`, keeping those of the fields in `fields`
 /// (a mask of [`super::index::Field`]).
-pub fn room_matches(db: &Db, room: u64, terms: &[String], fields: u8) -> MatrixResult<RoomMatches> {
+pub fn room_matches(
+    db: &Db,
+    room: u64,
+    terms: &[String],
+    fields: u8,
+) -> ServiceResult<RoomMatches> {
     let mut per_term = Vec::with_capacity(terms.len());
     for term in terms {
         let mut prefix = term_prefix(room, term);
@@ -90,8 +95,8 @@ pub fn room_matches(db: &Db, room: u64, terms: &[String], fields: u8) -> MatrixR
     Ok(RoomMatches { room, per_term })
 }
 
-fn corrupt() -> MatrixError {
-    MatrixError::internal("corrupt search index entry")
+fn corrupt() -> ServiceError {
+    ServiceError::internal("corrupt search index entry")
 }
 
 /// Ranks the events holding every term, across rooms.

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::rooms::event_store::EventStore;
 use crate::services::rooms::state_store::ShortStateHash;
 use crate::services::Services;
@@ -40,7 +40,7 @@ impl DeviceListChanges {
 }
 
 /// The joined members of a state snapshot (none for snapshot 0: before the room).
-fn joined_members(store: &EventStore, snapshot: ShortStateHash) -> MatrixResult<BTreeSet<String>> {
+fn joined_members(store: &EventStore, snapshot: ShortStateHash) -> ServiceResult<BTreeSet<String>> {
     let mut joined = BTreeSet::new();
     if snapshot == 0 {
         return Ok(joined);
@@ -66,7 +66,7 @@ pub fn changes(
     upto: u64,
     rooms: &[u64],
     heard: Option<(Vec<String>, Vec<String>)>,
-) -> MatrixResult<DeviceListChanges> {
+) -> ServiceResult<DeviceListChanges> {
     let store = services.rooms.store();
     let mine: BTreeSet<String> = services.rooms.joined_rooms(user_id)?.into_iter().collect();
     let mut out = DeviceListChanges::default();
@@ -109,7 +109,7 @@ pub fn changes(
             }
         }
     }
-    let shares_a_room = |other: &str| -> MatrixResult<bool> {
+    let shares_a_room = |other: &str| -> ServiceResult<bool> {
         Ok(store
             .memberships_of(other)?
             .iter()

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::core::canonical_json;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ErrorKind, ServiceError, ServiceResult};
 use crate::services::rooms::filter::RoomEventFilter;
 use crate::storage::{keys, Db, Table};
 
@@ -108,13 +108,13 @@ pub struct Filter {
 impl Filter {
     /// Parses a filter object; 400 `M_BAD_JSON` when a field has the wrong type and
     /// `M_INVALID_PARAM` when a value is not allowed, the error naming the field.
-    pub fn from_json(value: &Value) -> MatrixResult<Self> {
+    pub fn from_json(value: &Value) -> ServiceResult<Self> {
         check_filter(value)?;
         let filter: Filter = serde_json::from_value(value.clone())
-            .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
+            .map_err(|e| ServiceError::bad_json(format!("Invalid filter: {e}")))?;
         if let Some(fields) = &filter.event_fields {
             if fields.iter().any(|f| f.is_empty()) {
-                return Err(MatrixError::bad_json("Invalid filter: empty event field"));
+                return Err(ServiceError::bad_json("Invalid filter: empty event field"));
             }
         }
         Ok(filter)
@@ -171,15 +171,15 @@ const ROOM_EVENT_FILTER_FIELDS: &[(&str, FieldKind)] = &[
 /// Spec: "Filtering": every field of a `Filter`, checked before it is stored or used,
 /// so that a client learns which field is wrong (unknown fields are ignored, as the
 /// spec's objects allow).
-fn check_filter(value: &Value) -> MatrixResult<()> {
+fn check_filter(value: &Value) -> ServiceResult<()> {
     let Some(filter) = value.as_object() else {
-        return Err(MatrixError::bad_json("A filter must be a JSON object"));
+        return Err(ServiceError::bad_json("A filter must be a JSON object"));
     };
     for (name, field) in filter {
         match name.as_str() {
             "event_fields" => check_field("event_fields", field, FieldKind::Strings)?,
             "event_format" if !matches!(field.as_str(), Some("client" | "federation")) => {
-                return Err(MatrixError::invalid_param(
+                return Err(ServiceError::invalid_param(
                     "event_format must be \"client\" or \"federation\"",
                 ));
             }
@@ -204,15 +204,15 @@ fn check_filter(value: &Value) -> MatrixResult<()> {
     Ok(())
 }
 
-fn object<'v>(path: &str, value: &'v Value) -> MatrixResult<&'v Map<String, Value>> {
+fn object<'v>(path: &str, value: &'v Value) -> ServiceResult<&'v Map<String, Value>> {
     value
         .as_object()
-        .ok_or_else(|| MatrixError::bad_json(format!("Filter field {path} must be an object")))
+        .ok_or_else(|| ServiceError::bad_json(format!("Filter field {path} must be an object")))
 }
 
-fn check_field(path: &str, value: &Value, kind: FieldKind) -> MatrixResult<()> {
+fn check_field(path: &str, value: &Value, kind: FieldKind) -> ServiceResult<()> {
     let wrong_type =
-        |what: &str| MatrixError::bad_json(format!("Filter field {path} must be {what}"));
+        |what: &str| ServiceError::bad_json(format!("Filter field {path} must be {what}"));
     match kind {
         FieldKind::Bool => value
             .as_bool()
@@ -220,7 +220,7 @@ fn check_field(path: &str, value: &Value, kind: FieldKind) -> MatrixResult<()> {
             .ok_or_else(|| wrong_type("true or false")),
         FieldKind::Limit => match value.as_u64() {
             Some(_) => Ok(()),
-            None if value.is_number() => Err(MatrixError::invalid_param(format!(
+            None if value.is_number() => Err(ServiceError::invalid_param(format!(
                 "Filter field {path} must be a whole number, 0 or more"
             ))),
             None => Err(wrong_type("a number")),
@@ -244,7 +244,7 @@ fn check_field(path: &str, value: &Value, kind: FieldKind) -> MatrixResult<()> {
                     } else {
                         "user"
                     };
-                    return Err(MatrixError::invalid_param(format!(
+                    return Err(ServiceError::invalid_param(format!(
                         "Filter field {path} holds {text:?}, which is not a {what} id"
                     )));
                 }
@@ -320,14 +320,14 @@ impl<'a> Filters<'a> {
 
     /// Stores a filter and answers its id: the hash of its canonical JSON, so the same
     /// filter uploaded twice gets the same id and concurrent uploads cannot collide.
-    pub async fn create(&self, user_id: &str, filter: &Value) -> MatrixResult<String> {
+    pub async fn create(&self, user_id: &str, filter: &Value) -> ServiceResult<String> {
         Filter::from_json(filter)?;
         let canonical = canonical_json::to_canonical_string(filter)
-            .map_err(|e| MatrixError::bad_json(format!("Invalid filter: {e}")))?;
+            .map_err(|e| ServiceError::bad_json(format!("Invalid filter: {e}")))?;
         if canonical.len() > MAX_FILTER_BYTES {
-            return Err(MatrixError::new(
-                413,
-                crate::error::ErrorCode::TooLarge,
+            return Err(ServiceError::new(
+                ErrorKind::TooLarge,
+                crate::services::error::ErrorCode::TooLarge,
                 "Filter too large",
             ));
         }
@@ -344,33 +344,34 @@ impl<'a> Filters<'a> {
     }
 
     /// A stored filter as uploaded; 404 `M_NOT_FOUND` when unknown.
-    pub fn get(&self, user_id: &str, filter_id: &str) -> MatrixResult<Value> {
+    pub fn get(&self, user_id: &str, filter_id: &str) -> ServiceResult<Value> {
         let bytes = self
             .db
             .get(
                 Table::UseridFilteridFilter,
                 keys::join(&[user_id.as_bytes(), filter_id.as_bytes()]),
             )?
-            .ok_or_else(|| MatrixError::not_found("No such filter"))?;
-        serde_json::from_slice(&bytes).map_err(|_| MatrixError::internal("corrupt filter record"))
+            .ok_or_else(|| ServiceError::not_found("No such filter"))?;
+        serde_json::from_slice(&bytes).map_err(|_| ServiceError::internal("corrupt filter record"))
     }
 
     /// The `filter` parameter of `/sync`: inline JSON or a stored filter's id.
-    pub fn resolve(&self, user_id: &str, param: Option<&str>) -> MatrixResult<Filter> {
+    pub fn resolve(&self, user_id: &str, param: Option<&str>) -> ServiceResult<Filter> {
         match param {
             None | Some("") => Ok(Filter::default()),
             Some(text) if text.trim_start().starts_with('{') => {
                 if text.len() > MAX_FILTER_BYTES {
-                    return Err(MatrixError::invalid_param("Filter too large"));
+                    return Err(ServiceError::invalid_param("Filter too large"));
                 }
                 let value: Value = serde_json::from_str(text)
-                    .map_err(|e| MatrixError::invalid_param(format!("Invalid filter: {e}")))?;
-                Filter::from_json(&value).map_err(|e| MatrixError::invalid_param(e.message.clone()))
+                    .map_err(|e| ServiceError::invalid_param(format!("Invalid filter: {e}")))?;
+                Filter::from_json(&value)
+                    .map_err(|e| ServiceError::invalid_param(e.message.clone()))
             }
             Some(id) => {
                 let value = self.get(user_id, id).map_err(|e| {
-                    if e.status == 404 {
-                        MatrixError::invalid_param("Unknown filter id")
+                    if e.kind == ErrorKind::NotFound {
+                        ServiceError::invalid_param("Unknown filter id")
                     } else {
                         e
                     }

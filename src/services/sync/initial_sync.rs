@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::rooms::client_event::Viewer;
 use crate::services::rooms::tokens;
 use crate::services::Services;
@@ -25,7 +25,7 @@ pub fn initial_sync(
     viewer: Viewer<'_>,
     limit: usize,
     archived: bool,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     let upto = services.stream_positions.watermark();
     let user_id = viewer.user_id;
     let mut room_data: HashMap<String, Vec<Value>> = HashMap::new();

@@ -22,8 +22,8 @@ pub mod response;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{MatrixError, MatrixResult};
 use crate::services::ephemeral::presence::State;
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::tokens;
 use crate::services::stream::StreamPositions;
 use crate::services::Services;
@@ -83,7 +83,7 @@ impl Sync {
 
     /// Parses a `since` token into its position and the last to-device message the client
     /// received; 400 `M_INVALID_PARAM` for a token this server never issued.
-    pub fn parse_since(&self, since: &str) -> MatrixResult<(u64, u64)> {
+    pub fn parse_since(&self, since: &str) -> ServiceResult<(u64, u64)> {
         let pos = tokens::parse(since)?;
         let to_device = match since.split('_').nth(1) {
             None => pos,
@@ -91,10 +91,10 @@ impl Sync {
                 .parse()
                 .ok()
                 .filter(|p| *p <= pos)
-                .ok_or_else(|| MatrixError::invalid_param("Unknown since token"))?,
+                .ok_or_else(|| ServiceError::invalid_param("Unknown since token"))?,
         };
         if pos > self.stream.watermark() {
-            return Err(MatrixError::invalid_param("Unknown since token"));
+            return Err(ServiceError::invalid_param("Unknown since token"));
         }
         Ok((pos, to_device))
     }
@@ -108,7 +108,7 @@ impl Sync {
         user_id: &str,
         from: u64,
         to: u64,
-    ) -> MatrixResult<device_lists::DeviceListChanges> {
+    ) -> ServiceResult<device_lists::DeviceListChanges> {
         let store = services.rooms.store();
         let mut rooms = Vec::new();
         for (room_id, _) in store.memberships_of(user_id)? {
@@ -120,7 +120,7 @@ impl Sync {
     }
 
     /// The user's stream, loading their rooms if this is their first sync since start-up.
-    fn user_stream(&self, services: &Services, user_id: &str) -> MatrixResult<Arc<UserStream>> {
+    fn user_stream(&self, services: &Services, user_id: &str) -> ServiceResult<Arc<UserStream>> {
         self.notifier.stream_for(&self.stream, user_id, || {
             let store = services.rooms.store();
             let mut rooms = Vec::new();
@@ -152,7 +152,7 @@ impl Sync {
         &self,
         services: Arc<Services>,
         request: SyncRequest,
-    ) -> MatrixResult<response::SyncResponse> {
+    ) -> ServiceResult<response::SyncResponse> {
         let stream = match self.notifier.loaded(&request.user_id) {
             Some(stream) => stream,
             None => {
@@ -160,7 +160,7 @@ impl Sync {
                 let user_id = request.user_id.clone();
                 tokio::task::spawn_blocking(move || services.sync.user_stream(&services, &user_id))
                     .await
-                    .map_err(|e| MatrixError::internal(format!("sync task failed: {e}")))??
+                    .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))??
             }
         };
         // The user counts as syncing (online) until the answer goes.
@@ -205,7 +205,7 @@ impl Sync {
                     response::build(&services, &request, &stream, upto)
                 })
                 .await
-                .map_err(|e| MatrixError::internal(format!("sync task failed: {e}")))??
+                .map_err(|e| ServiceError::internal(format!("sync task failed: {e}")))??
             };
             // A change that concerned nothing the filter lets through (another user's
             // private receipt, say) goes back to waiting, as long as time remains.

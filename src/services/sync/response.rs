@@ -20,8 +20,8 @@ use serde_json::{json, Map, Value};
 use super::filters::{EventFormat, Filter};
 use super::notifier::UserStream;
 use super::SyncRequest;
-use crate::error::{MatrixError, MatrixResult};
 use crate::services::accounts::account_data::AccountData;
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::push::notifications::UnreadCounts;
 use crate::services::rooms::client_event::{client_event, ClientEventView, Viewer};
 use crate::services::rooms::event_store::{EventStore, Room, StoredEvent};
@@ -79,7 +79,7 @@ impl Context<'_> {
         event: &'e StoredEvent,
         (room_id, loaded): (&'e str, &[StoredEvent]),
         check: &mut VisibilityCheck<'_>,
-    ) -> MatrixResult<EventJson<'e>> {
+    ) -> ServiceResult<EventJson<'e>> {
         let store = self.store();
         let viewer = Some(self.viewer);
         Ok(
@@ -112,7 +112,7 @@ impl Context<'_> {
         events: &'e [StoredEvent],
         (room_id, timeline): (&'e str, bool),
         check: &mut VisibilityCheck<'_>,
-    ) -> MatrixResult<Vec<EventJson<'e>>> {
+    ) -> ServiceResult<Vec<EventJson<'e>>> {
         let loaded = if timeline { events } else { &[] };
         events
             .iter()
@@ -201,7 +201,7 @@ impl<'e> LeftRoomJson<'e> {
         (timeline, state): (&'e Timeline, &'e [StoredEvent]),
         check: &mut VisibilityCheck<'_>,
         account_data: Vec<Value>,
-    ) -> MatrixResult<Self> {
+    ) -> ServiceResult<Self> {
         let (state, state_after) =
             state_fields(ctx, ctx.render_all(state, (room_id, false), check)?);
         Ok(Self {
@@ -228,9 +228,9 @@ fn events_object(events: Vec<Value>) -> Value {
 }
 
 /// A section of the answer written out to JSON on the thread that built it.
-fn raw_json(value: &impl Serialize) -> MatrixResult<Box<RawValue>> {
+fn raw_json(value: &impl Serialize) -> ServiceResult<Box<RawValue>> {
     serde_json::value::to_raw_value(value)
-        .map_err(|e| MatrixError::internal(format!("sync answer: {e}")))
+        .map_err(|e| ServiceError::internal(format!("sync answer: {e}")))
 }
 
 /// A `/sync` answer: the top-level members, and each room's section already written
@@ -298,7 +298,7 @@ struct DeferredRooms {
 
 impl DeferredRooms {
     /// The sections, built [`DEFERRED_BATCH`] rooms at a time.
-    fn into_sections(self) -> impl Iterator<Item = MatrixResult<RoomSection>> + Send {
+    fn into_sections(self) -> impl Iterator<Item = ServiceResult<RoomSection>> + Send {
         let mut rooms: VecDeque<RoomToSync> = self.rooms.into();
         let mut built: VecDeque<RoomSection> = VecDeque::new();
         let mut failed = false;
@@ -403,7 +403,7 @@ impl SyncResponse {
     /// text, as serializing it into one buffer did). A large full answer builds its rooms
     /// a batch at a time as the pieces are taken, so it is never held whole: 83 MB of
     /// JSON for a user in 20,000 rooms. An error while building ends the pieces with it.
-    pub fn into_json_chunks(self) -> impl Iterator<Item = MatrixResult<Vec<u8>>> + Send {
+    pub fn into_json_chunks(self) -> impl Iterator<Item = ServiceResult<Vec<u8>>> + Send {
         let eager = self.rooms.into_iter().flat_map(|(name, sections)| {
             let kind = match name {
                 "join" => Section::Join,
@@ -415,7 +415,7 @@ impl SyncResponse {
                 .into_iter()
                 .map(move |(room_id, section)| Ok((kind, room_id, section)))
         });
-        let mut sections: Box<dyn Iterator<Item = MatrixResult<RoomSection>> + Send> =
+        let mut sections: Box<dyn Iterator<Item = ServiceResult<RoomSection>> + Send> =
             match self.deferred {
                 Some(deferred) => Box::new(deferred.into_sections()),
                 None => Box::new(eager),
@@ -448,7 +448,7 @@ impl SyncResponse {
         self,
     ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send {
         use futures_util::StreamExt;
-        let failed = |e: MatrixError| {
+        let failed = |e: ServiceError| {
             tracing::error!("sync answer cut short: {e}");
             std::io::Error::other(e.to_string())
         };
@@ -480,7 +480,7 @@ fn json_string(out: &mut Vec<u8>, text: &str) {
 
 impl<'a> Context<'a> {
     /// What every room of the answer for `(request.since, upto]` needs.
-    fn new(services: &'a Services, request: &'a SyncRequest, upto: u64) -> MatrixResult<Self> {
+    fn new(services: &'a Services, request: &'a SyncRequest, upto: u64) -> ServiceResult<Self> {
         let filter = &request.filter;
         let ignored: BTreeSet<String> = services
             .accounts
@@ -523,7 +523,7 @@ pub fn build(
     request: &Arc<SyncRequest>,
     stream: &UserStream,
     upto: u64,
-) -> MatrixResult<SyncResponse> {
+) -> ServiceResult<SyncResponse> {
     let ctx = Context::new(services, request, upto)?;
     let (filter, since) = (&request.filter, ctx.since);
 
@@ -695,7 +695,7 @@ pub fn add_device_key_counts(
     services: &Services,
     request: &SyncRequest,
     response: &mut Map<String, Value>,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let accounts = &services.accounts;
     let counts = accounts.one_time_key_counts(&request.user_id, &request.device_id)?;
     let fallback = accounts.unused_fallback_key_types(&request.user_id, &request.device_id)?;
@@ -712,7 +712,7 @@ fn presence_events(
     ctx: &Context<'_>,
     stream: &UserStream,
     newly_joined: &[String],
-) -> MatrixResult<Vec<Value>> {
+) -> ServiceResult<Vec<Value>> {
     let services = ctx.services;
     let me = ctx.request.user_id.as_str();
     let filter = &ctx.filter.presence;
@@ -853,7 +853,7 @@ fn build_sections(
     ctx: &Context<'_>,
     rooms: &[RoomToSync],
     read_once: bool,
-) -> MatrixResult<Vec<RoomSection>> {
+) -> ServiceResult<Vec<RoomSection>> {
     let sections = |rooms| match read_once {
         true => crate::storage::bulk_reads(|| room_sections(ctx, rooms)),
         false => room_sections(ctx, rooms),
@@ -867,7 +867,7 @@ fn build_sections(
         let mine = sections(first);
         let theirs = other
             .join()
-            .unwrap_or_else(|_| Err(MatrixError::internal("sync thread failed")));
+            .unwrap_or_else(|_| Err(ServiceError::internal("sync thread failed")));
         (mine, theirs)
     });
     let mut all = a?;
@@ -876,7 +876,7 @@ fn build_sections(
 }
 
 /// The sections of some rooms.
-fn room_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> MatrixResult<Vec<RoomSection>> {
+fn room_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> ServiceResult<Vec<RoomSection>> {
     let store = ctx.store();
     let (since, upto) = (ctx.since, ctx.upto);
     let mut out = Vec::with_capacity(rooms.len());
@@ -931,7 +931,7 @@ fn room_sections(ctx: &Context<'_>, rooms: &[RoomToSync]) -> MatrixResult<Vec<Ro
 
 /// Whether an invite came from a user the invitee ignores (spec: "Ignoring Users": the
 /// server must not send invites from ignored users).
-fn invited_by_ignored(ctx: &Context<'_>, record: &MembershipRecord) -> MatrixResult<bool> {
+fn invited_by_ignored(ctx: &Context<'_>, record: &MembershipRecord) -> ServiceResult<bool> {
     if ctx.ignored.is_empty() {
         return Ok(false);
     }
@@ -947,7 +947,7 @@ fn stripped_state(
     ctx: &Context<'_>,
     room: &Room,
     record: &MembershipRecord,
-) -> MatrixResult<Vec<Value>> {
+) -> ServiceResult<Vec<Value>> {
     let store = ctx.store();
     let Some(member) = store.event_by_id(&record.event_id)? else {
         return Ok(Vec::new());
@@ -996,7 +996,7 @@ fn timeline(
     check: &mut VisibilityCheck<'_>,
     after: Option<u64>,
     upto: u64,
-) -> MatrixResult<Timeline> {
+) -> ServiceResult<Timeline> {
     let limit = ctx
         .timeline_filter
         .limit
@@ -1058,7 +1058,7 @@ pub(super) fn snapshot_at(
     store: &EventStore,
     room: &Room,
     pos: u64,
-) -> MatrixResult<ShortStateHash> {
+) -> ServiceResult<ShortStateHash> {
     let last = store.timeline(room.short, 0, pos.saturating_add(1), true, 1)?;
     match last.first() {
         Some((_, short)) => Ok(store.meta(*short)?.state_after),
@@ -1072,7 +1072,7 @@ pub(super) fn resolved_at(
     store: &EventStore,
     room: &Room,
     pos: u64,
-) -> MatrixResult<ShortStateHash> {
+) -> ServiceResult<ShortStateHash> {
     if pos >= room.record.last_pos {
         return Ok(room.record.state);
     }
@@ -1101,7 +1101,7 @@ fn state_span(
     timeline: &Timeline,
     upto: u64,
     fresh: bool,
-) -> MatrixResult<(ShortStateHash, Option<ShortStateHash>)> {
+) -> ServiceResult<(ShortStateHash, Option<ShortStateHash>)> {
     let store = ctx.store();
     // A left room's section ends at the leave, which may be before the token.
     let since = ctx.since.unwrap_or(0).min(upto);
@@ -1133,7 +1133,7 @@ fn state_section(
     start: ShortStateHash,
     since_state: Option<ShortStateHash>,
     timeline: &[StoredEvent],
-) -> MatrixResult<Vec<StoredEvent>> {
+) -> ServiceResult<Vec<StoredEvent>> {
     let store = ctx.store();
     if start == 0 || since_state == Some(start) {
         return Ok(Vec::new());
@@ -1179,7 +1179,7 @@ fn lazy_members(
     start: ShortStateHash,
     timeline: &[StoredEvent],
     state: &[StoredEvent],
-) -> MatrixResult<Vec<StoredEvent>> {
+) -> ServiceResult<Vec<StoredEvent>> {
     let have: BTreeSet<&str> = state
         .iter()
         .chain(timeline.iter())
@@ -1208,7 +1208,7 @@ fn joined_room(
     room: &Room,
     record: &MembershipRecord,
     data: &[AccountData],
-) -> MatrixResult<Option<Box<RawValue>>> {
+) -> ServiceResult<Option<Box<RawValue>>> {
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
     // A join since `since` is like an initial sync of the room.
@@ -1314,7 +1314,7 @@ fn left_room(
     room: &Room,
     record: &MembershipRecord,
     data: &[AccountData],
-) -> MatrixResult<Option<Box<RawValue>>> {
+) -> ServiceResult<Option<Box<RawValue>>> {
     let room_id = room.record.room_id.as_str();
     let store = ctx.store();
     let mut check =
@@ -1355,7 +1355,7 @@ fn left_room(
 }
 
 /// Typing and receipts that changed (all of them in a full sync).
-fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> MatrixResult<Vec<Value>> {
+fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> ServiceResult<Vec<Value>> {
     let ephemeral = &ctx.services.ephemeral;
     let filter = &ctx.filter.room.ephemeral;
     let mut out = Vec::new();
@@ -1384,7 +1384,7 @@ fn summary<'e>(
     ctx: &Context<'_>,
     room: &Room,
     known: Option<impl Iterator<Item = &'e StoredEvent>>,
-) -> MatrixResult<Value> {
+) -> ServiceResult<Value> {
     let store = ctx.store();
     let snapshot = room.record.state;
     let mut summary = json!({
@@ -1422,7 +1422,7 @@ fn summary<'e>(
                 .collect()
         }
         None => {
-            let named = |kind: &str, field: &str| -> MatrixResult<bool> {
+            let named = |kind: &str, field: &str| -> ServiceResult<bool> {
                 Ok(store
                     .state_event(snapshot, kind, "")?
                     .is_some_and(|e| has(&e, field)))
@@ -1479,7 +1479,7 @@ mod tests {
         response
     }
 
-    fn joined(chunks: impl Iterator<Item = MatrixResult<Vec<u8>>>) -> (usize, Value) {
+    fn joined(chunks: impl Iterator<Item = ServiceResult<Vec<u8>>>) -> (usize, Value) {
         let chunks: Vec<Vec<u8>> = chunks.map(Result::unwrap).collect();
         let bytes: Vec<u8> = chunks.concat();
         (chunks.len(), serde_json::from_slice(&bytes).unwrap())

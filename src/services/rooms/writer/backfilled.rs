@@ -19,7 +19,7 @@ use super::remote_event::PduOutcome;
 use super::WriterContext;
 use crate::core::pdu;
 use crate::core::power_levels::PowerLevels;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::records::encode;
 use crate::services::rooms::auth_index;
 use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
@@ -46,7 +46,7 @@ pub(super) struct History {
 /// Whether the room of `head` can take history: none of its events is at a position
 /// from before the history space (an old database's). Then every history position handed
 /// out now is below all of its events, history placed earlier included.
-pub(super) fn fits(ctx: &WriterContext, head: &RoomHead) -> MatrixResult<bool> {
+pub(super) fn fits(ctx: &WriterContext, head: &RoomHead) -> ServiceResult<bool> {
     let floor = ctx.store.stream.history_floor();
     Ok(ctx
         .store
@@ -63,7 +63,7 @@ pub(super) fn place(
     edges: Edges,
     mut batch: Batch<'_>,
     history: History,
-) -> MatrixResult<PduOutcome> {
+) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     let pos = history.pos;
     let graph_record = GraphRecord {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::core::power_levels::PowerLevels;
 use crate::core::RoomVersion;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::encode;
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::graph;
@@ -76,10 +76,10 @@ impl RemoteJoined {
 }
 
 impl RoomHead {
-    pub(super) fn load(store: &EventStore, room_id: &str) -> MatrixResult<Self> {
+    pub(super) fn load(store: &EventStore, room_id: &str) -> ServiceResult<Self> {
         let room = store
             .room(room_id)?
-            .ok_or_else(|| MatrixError::not_found("Unknown room"))?;
+            .ok_or_else(|| ServiceError::not_found("Unknown room"))?;
         let state = store.state.load(room.record.state)?;
         Ok(Self {
             short: room.short,
@@ -100,9 +100,11 @@ impl RoomHead {
         &mut self,
         store: &EventStore,
         version: RoomVersion,
-    ) -> MatrixResult<()> {
+    ) -> ServiceResult<()> {
         if self.record.state != 0 {
-            return Err(MatrixError::internal("a room with state keeps its version"));
+            return Err(ServiceError::internal(
+                "a room with state keeps its version",
+            ));
         }
         self.record.version = version.as_str().to_owned();
         self.version = version;
@@ -117,7 +119,7 @@ impl RoomHead {
     }
 
     /// The forward extremities with their short ids and depths.
-    pub(super) fn extremities(&mut self, store: &EventStore) -> MatrixResult<&[graph::Extremity]> {
+    pub(super) fn extremities(&mut self, store: &EventStore) -> ServiceResult<&[graph::Extremity]> {
         if self.extremities.is_none() {
             let loaded =
                 graph::load_extremities(store, &self.record.extremities, self.record.depth)?;
@@ -135,7 +137,7 @@ impl RoomHead {
     }
 
     /// The current power levels, parsed once per change of the power levels event.
-    pub(super) fn power_levels(&mut self, store: &EventStore) -> MatrixResult<Arc<PowerLevels>> {
+    pub(super) fn power_levels(&mut self, store: &EventStore) -> ServiceResult<Arc<PowerLevels>> {
         let create = self.state_event(store, "m.room.create", "")?;
         let levels = self.state_event(store, "m.room.power_levels", "")?;
         let key = (
@@ -161,7 +163,7 @@ impl RoomHead {
         &mut self,
         store: &EventStore,
         server_name: &str,
-    ) -> MatrixResult<&[LocalMember]> {
+    ) -> ServiceResult<&[LocalMember]> {
         if self.local_members.is_none() {
             let suffix = format!(":{server_name}");
             let mut shorts = Vec::new();
@@ -186,7 +188,7 @@ impl RoomHead {
         &self,
         store: &EventStore,
         server_name: &str,
-    ) -> MatrixResult<Vec<String>> {
+    ) -> ServiceResult<Vec<String>> {
         let suffix = format!(":{server_name}");
         let mut shorts = Vec::new();
         for (key, event) in &self.state {
@@ -210,7 +212,7 @@ impl RoomHead {
         &mut self,
         store: &EventStore,
         server_name: &str,
-    ) -> MatrixResult<&BTreeSet<String>> {
+    ) -> ServiceResult<&BTreeSet<String>> {
         if self.remote_servers.is_none() {
             let mut shorts = Vec::new();
             for (key, event) in &self.state {
@@ -265,7 +267,7 @@ impl RoomHead {
         &mut self,
         store: &EventStore,
         short: ShortEventId,
-    ) -> MatrixResult<Arc<StoredEvent>> {
+    ) -> ServiceResult<Arc<StoredEvent>> {
         if let Some(event) = self.cache.get(&short) {
             return Ok(Arc::clone(event));
         }
@@ -283,7 +285,7 @@ impl RoomHead {
         store: &EventStore,
         event_type: &str,
         state_key: &str,
-    ) -> MatrixResult<Option<Arc<StoredEvent>>> {
+    ) -> ServiceResult<Option<Arc<StoredEvent>>> {
         let Some(key) = store.state.find_state_key(event_type, state_key)? else {
             return Ok(None);
         };

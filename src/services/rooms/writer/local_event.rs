@@ -9,7 +9,7 @@ use crate::core::auth_rules::{self, AuthContext, AuthState};
 use crate::core::event_hashes;
 use crate::core::pdu::{self, BuiltPdu, PduTemplate};
 use crate::core::RoomVersion;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::rooms::event_store::StoredEvent;
 use crate::services::rooms::graph;
@@ -32,11 +32,11 @@ pub(super) fn create_room(
     create: BuiltPdu,
     version: RoomVersion,
     written: &mut Written,
-) -> MatrixResult<String> {
+) -> ServiceResult<String> {
     let store = &ctx.store;
     if store.room_short(room_id)?.is_some() {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::RoomInUse,
             "Room already exists",
         ));
@@ -83,12 +83,12 @@ pub(super) fn append(
     head: &mut RoomHead,
     draft: EventDraft,
     written: &mut Written,
-) -> MatrixResult<String> {
+) -> ServiceResult<String> {
     let store = &ctx.store;
     if let Some(txn) = &draft.txn {
         if let Some(existing) = store.db.get(Table::TxnidEventid, &txn.key)? {
             return String::from_utf8(existing)
-                .map_err(|_| MatrixError::internal("corrupt transaction record"));
+                .map_err(|_| ServiceError::internal("corrupt transaction record"));
         }
     }
     let (built, txn, edges) = build(ctx, head, draft)?;
@@ -101,7 +101,7 @@ pub(super) fn build(
     ctx: &WriterContext,
     head: &mut RoomHead,
     mut draft: EventDraft,
-) -> MatrixResult<(BuiltPdu, Option<TxnRef>, Edges)> {
+) -> ServiceResult<(BuiltPdu, Option<TxnRef>, Edges)> {
     let store = &ctx.store;
     if draft.kind == "m.room.redaction" {
         check_redaction(ctx, head, &draft)?;
@@ -117,7 +117,7 @@ pub(super) fn build(
     {
         let access = head.state_event(store, "m.room.guest_access", "")?;
         if !guests::guests_can_join(access.as_ref().map(|e| e.content())) {
-            return Err(MatrixError::forbidden(
+            return Err(ServiceError::forbidden(
                 "Guests may not join this room (its guest access is not can_join)",
             ));
         }
@@ -158,7 +158,7 @@ pub(super) fn build(
         let referenced = auth_state.0.values().map(|e| &**e).chain(&prev_events);
         for event in referenced {
             let hash = event_hashes::reference_hash(event.pdu(), head.version)
-                .map_err(MatrixError::internal)?;
+                .map_err(ServiceError::internal)?;
             hashes.insert(event.event_id.clone(), hash);
         }
     }

@@ -50,7 +50,7 @@ use crate::core::auth_rules;
 use crate::core::pdu::{BuiltPdu, PduError};
 use crate::core::power_levels::PowerLevels;
 use crate::core::{RoomVersion, SigningKeyPair};
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::outbox::Outbox;
 use crate::services::stream::{PosTicket, StreamChange};
 use crate::storage::Batch;
@@ -139,7 +139,7 @@ pub struct Job {
     /// Events to append, in order.
     pub drafts: Vec<EventDraft>,
     /// Answers the event ids or the remote event's outcome, after the fsync.
-    pub reply: oneshot::Sender<MatrixResult<JobAnswer>>,
+    pub reply: oneshot::Sender<ServiceResult<JobAnswer>>,
 }
 
 /// What the writers share.
@@ -198,18 +198,20 @@ pub struct NewEvent<'a> {
 /// writes commits (and reaches syncing clients) together with the event.
 pub trait NewEventHook: Send + Sync {
     /// Adds the hook's writes for `event` to `batch`.
-    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> MatrixResult<()>;
+    fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> ServiceResult<()>;
 }
 
-fn pdu_error(e: PduError) -> MatrixError {
+fn pdu_error(e: PduError) -> ServiceError {
     match e {
-        PduError::TooLarge(_) => MatrixError::new(413, ErrorCode::TooLarge, e.to_string()),
-        PduError::BadContent(_) | PduError::BadShape(_) => MatrixError::bad_json(e.to_string()),
+        PduError::TooLarge(_) => {
+            ServiceError::new(ErrorKind::TooLarge, ErrorCode::TooLarge, e.to_string())
+        }
+        PduError::BadContent(_) | PduError::BadShape(_) => ServiceError::bad_json(e.to_string()),
     }
 }
 
-fn forbidden(e: auth_rules::AuthError) -> MatrixError {
-    MatrixError::forbidden(e.0)
+fn forbidden(e: auth_rules::AuthError) -> ServiceError {
+    ServiceError::forbidden(e.0)
 }
 
 /// What a drain wrote: positions, committed to the stream after the fsync, and the

@@ -22,7 +22,7 @@ use super::remote_event::{put_without_place, RemoteEvent};
 use super::remote_join::empty_room;
 use super::{WriterContext, Written};
 use crate::core::RoomVersion;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::rooms::event_store::membership_key;
 use crate::services::rooms::graph::EventStatus;
@@ -49,7 +49,7 @@ pub(super) fn write(
     head: &mut Option<RoomHead>,
     job: OutOfBandMember,
     written: &mut Written,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let store = &ctx.store;
     if head.is_none() {
         *head = Some(match store.room(room_id)? {
@@ -58,13 +58,13 @@ pub(super) fn write(
         });
     }
     let Some(current) = head.as_mut() else {
-        return Err(MatrixError::internal("the room's head is not loaded"));
+        return Err(ServiceError::internal("the room's head is not loaded"));
     };
     if current.version != job.version {
         // A room we hold no state of takes the version its latest member event came
         // with (an invite could claim any); one we hold state of keeps its own.
         if current.record.state != 0 {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "The room is of version {} here, {} there",
                 current.version, job.version
             )));
@@ -74,7 +74,7 @@ pub(super) fn write(
     // A room one of our users is in now (a join that completed since the caller looked)
     // gets its member events through the room, never out of band.
     if !current.local_members(store, &ctx.server_name)?.is_empty() {
-        return Err(MatrixError::forbidden(
+        return Err(ServiceError::forbidden(
             "This server is in the room now: the membership goes through the room",
         ));
     }
@@ -82,7 +82,7 @@ pub(super) fn write(
         .pdu
         .get("state_key")
         .and_then(Value::as_str)
-        .ok_or_else(|| MatrixError::invalid_param("The member event has no state_key"))?
+        .ok_or_else(|| ServiceError::invalid_param("The member event has no state_key"))?
         .to_owned();
     let membership = membership_of(&job.pdu).to_owned();
 

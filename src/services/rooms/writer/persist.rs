@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::core::pdu::{self, BuiltPdu};
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::outbox::Outbox;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::aggregates::Child;
@@ -34,7 +34,7 @@ pub(super) fn run_hooks(
     redacted: Option<&StoredEvent>,
     historical: bool,
     batch: &mut Batch<'_>,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     if ctx.hooks.is_empty() {
         return Ok(());
     }
@@ -78,7 +78,7 @@ pub(super) fn write_event(
     mut batch: Batch<'_>,
     written: &mut Written,
     edges: Edges,
-) -> MatrixResult<String> {
+) -> ServiceResult<String> {
     let store = &ctx.store;
     let pdu = &built.pdu;
     let event_id = built.event_id.clone();
@@ -318,7 +318,7 @@ pub(super) fn put_membership(
     record: &mut RoomRecord,
     (user, membership, event_id): (&str, &str, &str),
     pos: u64,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let key = membership_key(user, &record.room_id);
     let previous: Option<MembershipRecord> = store
         .db

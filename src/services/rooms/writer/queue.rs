@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::pdu::BuiltPdu;
-use crate::error::{ErrorCode, MatrixError, MatrixResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::rooms::event_store::{membership_key, EventStore};
 use crate::services::rooms::guests;
@@ -82,10 +82,10 @@ impl Writers {
 
     /// Hands `job` to the room's writer and waits for the ids of the events it wrote
     /// (answered after the fsync).
-    pub async fn submit(&self, room_id: &str, job: Job) -> MatrixResult<Vec<String>> {
+    pub async fn submit(&self, room_id: &str, job: Job) -> ServiceResult<Vec<String>> {
         match self.submit_job(room_id, job).await? {
             JobAnswer::Events(ids) => Ok(ids),
-            _ => Err(MatrixError::internal("a writer answered the wrong job")),
+            _ => Err(ServiceError::internal("a writer answered the wrong job")),
         }
     }
 
@@ -96,7 +96,7 @@ impl Writers {
         &self,
         room_id: &str,
         event: RemoteEvent,
-    ) -> impl std::future::Future<Output = MatrixResult<PduOutcome>> + Send + 'static {
+    ) -> impl std::future::Future<Output = ServiceResult<PduOutcome>> + Send + 'static {
         let job = Self::job(JobStart::Receive(Box::new(event)), Vec::new());
         let (reply, answer) = oneshot::channel();
         let job = Job { reply, ..job };
@@ -114,45 +114,45 @@ impl Writers {
             }
             match answer
                 .await
-                .map_err(|_| MatrixError::internal("room writer dropped a job"))??
+                .map_err(|_| ServiceError::internal("room writer dropped a job"))??
             {
                 JobAnswer::Received(outcome) => Ok(outcome),
-                _ => Err(MatrixError::internal("a writer answered the wrong job")),
+                _ => Err(ServiceError::internal("a writer answered the wrong job")),
             }
         }
     }
 
     /// Takes in a room joined through a resident server; answers what became of the join.
-    pub async fn join_remote(&self, room_id: &str, join: RemoteJoin) -> MatrixResult<PduOutcome> {
+    pub async fn join_remote(&self, room_id: &str, join: RemoteJoin) -> ServiceResult<PduOutcome> {
         let job = Self::job(JobStart::JoinRemote(Box::new(join)), Vec::new());
         match self.submit_job(room_id, job).await? {
             JobAnswer::Received(outcome) => Ok(outcome),
-            _ => Err(MatrixError::internal("a writer answered the wrong job")),
+            _ => Err(ServiceError::internal("a writer answered the wrong job")),
         }
     }
 
     /// Keeps our user's member event of a room we are not in (see [`out_of_band`]).
-    pub async fn out_of_band(&self, room_id: &str, member: OutOfBandMember) -> MatrixResult<()> {
+    pub async fn out_of_band(&self, room_id: &str, member: OutOfBandMember) -> ServiceResult<()> {
         let job = Self::job(JobStart::OutOfBand(Box::new(member)), Vec::new());
         self.submit_job(room_id, job).await.map(|_| ())
     }
 
     /// Builds, signs and checks `draft` on the room's current state without storing it.
-    pub async fn build(&self, room_id: &str, draft: EventDraft) -> MatrixResult<BuiltPdu> {
+    pub async fn build(&self, room_id: &str, draft: EventDraft) -> ServiceResult<BuiltPdu> {
         let job = Self::job(JobStart::Build, vec![draft]);
         match self.submit_job(room_id, job).await? {
             JobAnswer::Built(built) => Ok(*built),
-            _ => Err(MatrixError::internal("a writer answered the wrong job")),
+            _ => Err(ServiceError::internal("a writer answered the wrong job")),
         }
     }
 
-    pub(super) async fn submit_job(&self, room_id: &str, job: Job) -> MatrixResult<JobAnswer> {
+    pub(super) async fn submit_job(&self, room_id: &str, job: Job) -> ServiceResult<JobAnswer> {
         let (reply, answer) = oneshot::channel();
         let job = Job { reply, ..job };
         self.enqueue(room_id, job).await;
         answer
             .await
-            .map_err(|_| MatrixError::internal("room writer dropped a job"))?
+            .map_err(|_| ServiceError::internal("room writer dropped a job"))?
     }
 
     /// Puts `job` in the room's queue, waiting while it is full.
@@ -291,7 +291,7 @@ pub(super) async fn run_writer(
                 Ok(()) => true,
                 Err(e) => {
                     head = None;
-                    let error = MatrixError::from(e);
+                    let error = ServiceError::from(e);
                     for (_, result) in answers.iter_mut() {
                         *result = Err(error.clone());
                     }
@@ -337,7 +337,7 @@ pub(super) fn process_job(
     start: JobStart,
     drafts: Vec<EventDraft>,
     written: &mut Written,
-) -> MatrixResult<JobAnswer> {
+) -> ServiceResult<JobAnswer> {
     let mut ids = Vec::with_capacity(drafts.len() + 1);
     match start {
         JobStart::Create(create, version) => {
@@ -371,7 +371,7 @@ pub(super) fn process_job(
             let draft = drafts
                 .into_iter()
                 .next()
-                .ok_or_else(|| MatrixError::internal("nothing to build"))?;
+                .ok_or_else(|| ServiceError::internal("nothing to build"))?;
             let (built, _, _) = build(ctx, current, draft)?;
             return Ok(JobAnswer::Built(Box::new(built)));
         }
@@ -400,7 +400,7 @@ pub(super) fn process_job(
                 }
             }
             Err(e) => {
-                if e.status >= 500 {
+                if e.kind.is_server_side() {
                     // A storage failure may leave the cached head ahead of the tables.
                     *head = None;
                 }
@@ -419,7 +419,7 @@ pub(super) fn remove_guests(
     ctx: &WriterContext,
     head: &mut RoomHead,
     written: &mut Written,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     for guest in head.local_guests(&ctx.store, &ctx.server_name)? {
         let leave = EventDraft::new(
             &guest,
@@ -431,7 +431,7 @@ pub(super) fn remove_guests(
             Ok(_) => {
                 tracing::info!(room = %head.record.room_id, user = %guest, "guest left: guest access ended")
             }
-            Err(e) if e.status >= 500 => return Err(e),
+            Err(e) if e.kind.is_server_side() => return Err(e),
             Err(e) => {
                 tracing::warn!(room = %head.record.room_id, user = %guest, "guest could not be made to leave: {}", e.message);
             }
@@ -442,17 +442,17 @@ pub(super) fn remove_guests(
 
 /// Sets the `forgotten` flag of a user's membership record, in the room's writer so that
 /// it cannot race a membership change.
-pub(super) fn forget(store: &EventStore, room_id: &str, user: &str) -> MatrixResult<()> {
+pub(super) fn forget(store: &EventStore, room_id: &str, user: &str) -> ServiceResult<()> {
     let key = membership_key(user, room_id);
     let mut record: MembershipRecord = store
         .db
         .get(Table::UseridRoomidMembership, &key)?
         .map(|b| decode(Table::UseridRoomidMembership, &b))
         .transpose()?
-        .ok_or_else(|| MatrixError::not_found("You have never been in this room"))?;
+        .ok_or_else(|| ServiceError::not_found("You have never been in this room"))?;
     if !matches!(record.membership.as_str(), "leave" | "ban") {
-        return Err(MatrixError::new(
-            400,
+        return Err(ServiceError::new(
+            ErrorKind::Invalid,
             ErrorCode::Unknown,
             "You must leave the room before forgetting it",
         ));
@@ -469,12 +469,12 @@ fn loaded<'h>(
     ctx: &WriterContext,
     room_id: &str,
     head: &'h mut Option<RoomHead>,
-) -> MatrixResult<&'h mut RoomHead> {
+) -> ServiceResult<&'h mut RoomHead> {
     if head.is_none() {
         *head = Some(RoomHead::load(&ctx.store, room_id)?);
     }
     head.as_mut()
-        .ok_or_else(|| MatrixError::internal("the room's head was not loaded"))
+        .ok_or_else(|| ServiceError::internal("the room's head was not loaded"))
 }
 
 #[cfg(test)]

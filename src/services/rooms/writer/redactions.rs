@@ -2,7 +2,7 @@
 //! to the event it targets.
 
 use crate::core::redaction::redact;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::encode;
 use crate::services::rooms::event_store::{
     pdu_key, timeline_key, timeline_value, EventStore, StoredEvent,
@@ -21,22 +21,22 @@ pub(super) fn check_redaction(
     ctx: &WriterContext,
     head: &mut RoomHead,
     draft: &EventDraft,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let store = &ctx.store;
     let target_id = draft
         .redacts
         .as_deref()
-        .ok_or_else(|| MatrixError::bad_json("a redaction needs the event it redacts"))?;
+        .ok_or_else(|| ServiceError::bad_json("a redaction needs the event it redacts"))?;
     let target = store
         .event_by_id(target_id)?
         .filter(|t| t.meta.room == head.short)
-        .ok_or_else(|| MatrixError::not_found("Event not found in this room"))?;
+        .ok_or_else(|| ServiceError::not_found("Event not found in this room"))?;
     if target.sender() == draft.sender {
         return Ok(());
     }
     let levels = head.power_levels(store)?;
     if levels.user(&draft.sender) < i128::from(levels.redact) {
-        return Err(MatrixError::forbidden(
+        return Err(ServiceError::forbidden(
             "You don't have permission to redact other users' events",
         ));
     }
@@ -52,7 +52,7 @@ pub(super) fn apply_redaction(
     batch: &mut Batch<'_>,
     target_id: &str,
     redaction: ShortEventId,
-) -> MatrixResult<Option<StoredEvent>> {
+) -> ServiceResult<Option<StoredEvent>> {
     let Some(target) = store.event_by_id(target_id)? else {
         return Ok(None);
     };

@@ -1,7 +1,7 @@
 //! Relations and aggregates: the relation index (`m.relates_to`), children waiting for
 //! a parent not yet received, and the bundled aggregations kept per parent.
 
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::aggregates::{Aggregates, Child};
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
@@ -30,7 +30,7 @@ pub(super) fn index_relation(
     parent_id: &str,
     child_event: &Child<'_>,
     pos: u64,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let Some(parent) = store.state.find_event(parent_id)? else {
         // Not held yet (a message from before we joined, or history not yet backfilled):
         // indexed when it gets its place.
@@ -141,7 +141,7 @@ pub(super) fn adopt_pending_children(
     head: &RoomHead,
     batch: &mut Batch<'_>,
     parent: (ShortEventId, &str, &Value),
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let (parent_short, parent_id, parent_pdu) = parent;
     let mut prefix = parent_id.as_bytes().to_vec();
     prefix.push(0xFF);
@@ -241,7 +241,7 @@ pub(super) fn adopt_pending_children(
 pub(super) fn load_aggregates(
     store: &EventStore,
     parent: ShortEventId,
-) -> MatrixResult<Aggregates> {
+) -> ServiceResult<Aggregates> {
     Ok(store
         .db
         .get(Table::ShorteventidAggregates, parent.to_be_bytes())?
@@ -257,7 +257,7 @@ pub(super) fn rebuild_aggregates(
     batch: &mut Batch<'_>,
     parent: ShortEventId,
     without: ShortEventId,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let parent_event = store.event(parent)?;
     let aggregates =
         crate::services::rooms::relations::aggregates_of_children(store, &parent_event, |child| {

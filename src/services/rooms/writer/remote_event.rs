@@ -39,7 +39,7 @@ use crate::core::auth_rules::{self, AuthContext};
 use crate::core::pdu;
 use crate::core::power_levels::PowerLevels;
 use crate::core::RoomVersion;
-use crate::error::MatrixResult;
+use crate::services::error::ServiceResult;
 use crate::services::records::encode;
 use crate::services::rooms::auth_index;
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
@@ -109,7 +109,7 @@ pub(super) fn receive(
     head: &mut RoomHead,
     mut event: RemoteEvent,
     written: &mut Written,
-) -> MatrixResult<PduOutcome> {
+) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     let existing = store.state.find_event(&event.event_id)?;
     if let Some(short) = existing {
@@ -391,8 +391,8 @@ fn levels_in(
     store: &EventStore,
     version: RoomVersion,
     state: &StateMap,
-) -> MatrixResult<PowerLevels> {
-    let event_of = |kind: &str| -> MatrixResult<Option<StoredEvent>> {
+) -> ServiceResult<PowerLevels> {
+    let event_of = |kind: &str| -> ServiceResult<Option<StoredEvent>> {
         let Some(key) = store.state.find_state_key(kind, "")? else {
             return Ok(None);
         };
@@ -408,7 +408,7 @@ fn levels_in(
 }
 
 /// Whether `state` holds a history visibility of `joined` or `invited`.
-fn history_restricted(store: &EventStore, state: &StateMap) -> MatrixResult<bool> {
+fn history_restricted(store: &EventStore, state: &StateMap) -> ServiceResult<bool> {
     let Some(key) = store
         .state
         .find_state_key("m.room.history_visibility", "")?
@@ -436,7 +436,7 @@ fn check_4_of(
     event: &RemoteEvent,
     auth_events: &[Arc<StoredEvent>],
     auth_ctx: &AuthContext<'_>,
-) -> MatrixResult<Result<(), String>> {
+) -> ServiceResult<Result<(), String>> {
     let store = &ctx.store;
     let mut auth_state = CachedAuthState::default();
     for auth in auth_events {
@@ -505,7 +505,7 @@ fn auth_shorts_of(
     version: RoomVersion,
     event: &Value,
     state: &StateMap,
-) -> MatrixResult<Vec<((String, String), ShortEventId)>> {
+) -> ServiceResult<Vec<((String, String), ShortEventId)>> {
     let mut keys = auth_rules::auth_event_keys(version, event);
     keys.push(("m.room.create".into(), String::new()));
     let mut out = Vec::with_capacity(keys.len());
@@ -525,7 +525,7 @@ fn auth_state_from(
     store: &EventStore,
     head: &mut RoomHead,
     shorts: Vec<((String, String), ShortEventId)>,
-) -> MatrixResult<CachedAuthState> {
+) -> ServiceResult<CachedAuthState> {
     let mut out = CachedAuthState::default();
     for (pair, short) in shorts {
         out.0.insert(pair, head.event(store, short)?);
@@ -561,7 +561,7 @@ fn reject(
     edges: Edges,
     state_before: ShortStateHash,
     reason: String,
-) -> MatrixResult<PduOutcome> {
+) -> ServiceResult<PduOutcome> {
     let batch = ctx.store.db.batch();
     reject_with(ctx, head, event, edges, batch, state_before, reason)
 }
@@ -574,7 +574,7 @@ fn reject_with(
     batch: crate::storage::Batch<'_>,
     state_before: ShortStateHash,
     reason: String,
-) -> MatrixResult<PduOutcome> {
+) -> ServiceResult<PduOutcome> {
     tracing::info!(event = %event.event_id, room = %head.record.room_id, "rejected: {reason}");
     let status = EventStatus::Rejected {
         reason: reason.clone(),
@@ -601,7 +601,7 @@ fn store_without_place(
     status: EventStatus,
     states: (ShortStateHash, ShortStateHash),
     mut batch: crate::storage::Batch<'_>,
-) -> MatrixResult<ShortEventId> {
+) -> ServiceResult<ShortEventId> {
     let short = existing.unwrap_or_else(|| {
         ctx.store
             .state
@@ -691,7 +691,7 @@ fn accept(
     mut batch: crate::storage::Batch<'_>,
     states: AcceptedStates,
     written: &mut Written,
-) -> MatrixResult<()> {
+) -> ServiceResult<()> {
     let AcceptedStates {
         before: state_before,
         after: state_after,
@@ -951,7 +951,7 @@ fn returning_servers(
     server_name: &str,
     pdu: &Value,
     member_changes: &[(String, Option<Value>)],
-) -> MatrixResult<BTreeSet<String>> {
+) -> ServiceResult<BTreeSet<String>> {
     let sender_server = pdu
         .get("sender")
         .and_then(Value::as_str)
@@ -990,7 +990,7 @@ pub(super) fn may_redact(
     head: &mut RoomHead,
     (redaction, target): (&Value, &str),
     levels: Option<&PowerLevels>,
-) -> MatrixResult<bool> {
+) -> ServiceResult<bool> {
     let sender = redaction
         .get("sender")
         .and_then(Value::as_str)

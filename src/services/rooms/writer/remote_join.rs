@@ -17,7 +17,7 @@ use super::head::RoomHead;
 use super::remote_event::{self, PduOutcome, RemoteEvent};
 use super::{WriterContext, Written};
 use crate::core::RoomVersion;
-use crate::error::{MatrixError, MatrixResult};
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::encode;
 use crate::services::rooms::graph::{self, EventStatus};
 use crate::services::rooms::records::RoomRecord;
@@ -46,7 +46,7 @@ pub(super) fn join(
     head: &mut Option<RoomHead>,
     job: RemoteJoin,
     written: &mut Written,
-) -> MatrixResult<PduOutcome> {
+) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     if head.is_none() {
         *head = Some(match store.room(room_id)? {
@@ -66,16 +66,16 @@ fn take_in(
     head: &mut Option<RoomHead>,
     job: RemoteJoin,
     written: &mut Written,
-) -> MatrixResult<PduOutcome> {
+) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     let Some(current) = head.as_mut() else {
-        return Err(MatrixError::internal("the room's head is not loaded"));
+        return Err(ServiceError::internal("the room's head is not loaded"));
     };
     if current.version != job.version {
         // Only a room we hold no state of (one an invite told us of) takes the version
         // the resident server answers.
         if current.record.state != 0 {
-            return Err(MatrixError::invalid_param(format!(
+            return Err(ServiceError::invalid_param(format!(
                 "The room is of version {} here, {} there",
                 current.version, job.version
             )));
@@ -158,7 +158,7 @@ pub(super) fn empty_room(
     ctx: &WriterContext,
     room_id: &str,
     version: RoomVersion,
-) -> MatrixResult<RoomHead> {
+) -> ServiceResult<RoomHead> {
     let store = &ctx.store;
     let short = store.allocate_room();
     let record = RoomRecord::new(room_id, version.as_str());
