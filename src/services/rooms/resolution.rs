@@ -39,18 +39,20 @@ pub fn resolve_snapshots(
         .iter()
         .map(|s| store.state.load(*s))
         .collect::<ServiceResult<_>>()?;
+    let maps: Vec<&StateMap> = maps.iter().collect();
     resolve_maps(store, version, &maps, None)
 }
 
 /// The resolved state of `maps`, as short ids; `unwritten` is an event some map holds
-/// whose batch is not written yet.
+/// whose batch is not written yet. The maps are borrowed: the writer hands in the room's
+/// current state as it holds it.
 pub fn resolve_maps(
     store: &EventStore,
     version: RoomVersion,
-    maps: &[StateMap],
+    maps: &[&StateMap],
     unwritten: Option<Unwritten<'_>>,
 ) -> ServiceResult<StateMap> {
-    let Some(first) = maps.first() else {
+    let Some(&first) = maps.first() else {
         return Ok(StateMap::default());
     };
     let conflicted = conflicted_keys(maps);
@@ -178,6 +180,7 @@ pub fn auth_difference(
         .iter()
         .map(|s| store.state.load(*s))
         .collect::<ServiceResult<_>>()?;
+    let maps: Vec<&StateMap> = maps.iter().collect();
     let conflicted = conflicted_keys(&maps);
     let per_state = conflicted_events(&maps, &conflicted);
     let names = Names::new(store, None);
@@ -192,12 +195,12 @@ pub fn auth_difference(
 /// cannot answer.
 fn walked_difference(
     store: &EventStore,
-    maps: &[StateMap],
+    maps: &[&StateMap],
     names: &Names<'_>,
     cache: &HashMap<String, Option<Looked>>,
 ) -> ServiceResult<HashSet<String>> {
     let mut named = Vec::with_capacity(maps.len());
-    for map in maps {
+    for &map in maps {
         let mut out = state_res::StateMap::with_capacity(map.len());
         for (key, event) in map {
             out.insert(store.state.state_key_of(*key)?, names.event_id(*event)?);
@@ -221,11 +224,11 @@ fn walked_difference(
 /// from the index (`None`: it cannot answer).
 fn index_difference(
     store: &EventStore,
-    maps: &[StateMap],
+    maps: &[&StateMap],
     (conflicted, per_state): (&KeySet, &[Vec<ShortEventId>]),
     unwritten: Option<(ShortEventId, &[ShortEventId])>,
 ) -> ServiceResult<Option<HashSet<ShortEventId>>> {
-    let Some(first) = maps.first() else {
+    let Some(&first) = maps.first() else {
         return Ok(Some(HashSet::new()));
     };
     let in_unconflicted = |event: ShortEventId, key: ShortStateKey| {
@@ -235,7 +238,7 @@ fn index_difference(
 }
 
 /// Each map's events of the conflicted keys.
-fn conflicted_events(maps: &[StateMap], conflicted: &KeySet) -> Vec<Vec<ShortEventId>> {
+fn conflicted_events(maps: &[&StateMap], conflicted: &KeySet) -> Vec<Vec<ShortEventId>> {
     maps.iter()
         .map(|m| {
             conflicted
@@ -260,12 +263,14 @@ fn prefetch(
         if wanted.is_empty() {
             break;
         }
-        let ids_and_pdus = store.ids_and_pdus(&wanted)?;
+        let (ids, pdus): (Vec<String>, Vec<Option<Vec<u8>>>) =
+            store.ids_and_pdus(&wanted)?.into_iter().unzip();
+        let parsed = parse_all(&pdus);
         let records = graph::records(store, &wanted)?;
         let mut next = Vec::new();
-        for ((short, (id, pdu)), record) in wanted.iter().zip(ids_and_pdus).zip(records) {
+        for (((short, id), pdu), record) in wanted.iter().zip(ids).zip(parsed).zip(records) {
             names.ids.borrow_mut().insert(*short, id.clone());
-            let Some(pdu) = pdu.and_then(|p| parse_for_resolution(&p)) else {
+            let Some(pdu) = pdu else {
                 continue;
             };
             let rejected = matches!(
@@ -282,32 +287,85 @@ fn prefetch(
     Ok(())
 }
 
+/// Each stored PDU parsed as [`parse_for_resolution`] does, on two threads when there are
+/// enough to pay for starting the second: parsing is most of reading a resolution's
+/// events, and the writer waits for it.
+fn parse_all(pdus: &[Option<Vec<u8>>]) -> Vec<Option<Value>> {
+    /// Fewer PDUs than this per thread are parsed on the caller's thread alone.
+    const PER_THREAD: usize = 256;
+    let parse = |part: &[Option<Vec<u8>>]| -> Vec<Option<Value>> {
+        part.iter()
+            .map(|pdu| pdu.as_deref().and_then(parse_for_resolution))
+            .collect()
+    };
+    if pdus.len() < 2 * PER_THREAD {
+        return parse(pdus);
+    }
+    let (mine, theirs) = pdus.split_at(pdus.len() / 2);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| parse(theirs));
+        let mut out = parse(mine);
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        out
+    })
+}
+
 /// A stored PDU as state resolution reads it: without `hashes` and `unsigned`, and with
 /// `signatures` reduced to the signing servers' names (each an empty object), which is
 /// all the auth rules ask of them ([`StoredEvents::signed_by`], for restricted joins: the
 /// signatures themselves were verified on receipt). Those are a good part of a member
 /// event's bytes and allocations.
 fn parse_for_resolution(bytes: &[u8]) -> Option<Value> {
-    use serde_json::value::RawValue;
-    type Fields<'a> = std::collections::BTreeMap<String, &'a RawValue>;
-    type Signers = std::collections::BTreeMap<String, serde::de::IgnoredAny>;
-    let fields: Fields<'_> = serde_json::from_slice(bytes).ok()?;
-    let mut out = serde_json::Map::new();
-    for (name, raw) in fields {
-        let value = match name.as_str() {
-            "hashes" | "unsigned" => continue,
-            "signatures" => match serde_json::from_str::<Signers>(raw.get()) {
-                Ok(signers) => signers
+    serde_json::from_slice::<ForResolution>(bytes)
+        .ok()
+        .map(|parsed| Value::Object(parsed.0))
+}
+
+/// A PDU's top-level object read in one pass the way [`parse_for_resolution`] keeps it.
+struct ForResolution(serde_json::Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for ForResolution {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ForResolutionVisitor)
+    }
+}
+
+struct ForResolutionVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ForResolutionVisitor {
+    type Value = ForResolution;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a PDU object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> Result<ForResolution, A::Error> {
+        use serde::de::IgnoredAny;
+        type Signers = std::collections::BTreeMap<String, IgnoredAny>;
+        let mut out = serde_json::Map::new();
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = match &*name {
+                "hashes" | "unsigned" => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                "signatures" => map
+                    .next_value::<Signers>()?
                     .into_keys()
                     .map(|server| (server, Value::Object(serde_json::Map::new())))
                     .collect(),
-                Err(_) => serde_json::from_str(raw.get()).ok()?,
-            },
-            _ => serde_json::from_str(raw.get()).ok()?,
-        };
-        out.insert(name, value);
+                _ => map.next_value::<Value>()?,
+            };
+            out.insert(name.into_owned(), value);
+        }
+        Ok(ForResolution(out))
     }
-    Some(Value::Object(out))
 }
 
 /// Drops `value` on a thread of the blocking pool rather than the room writer's: a
@@ -322,9 +380,9 @@ fn drop_elsewhere<T: Send + 'static>(value: T) {
 }
 
 /// The keys not every map holds the same event for.
-fn conflicted_keys(maps: &[StateMap]) -> KeySet {
+fn conflicted_keys(maps: &[&StateMap]) -> KeySet {
     let mut out = KeySet::default();
-    let Some((first, rest)) = maps.split_first() else {
+    let Some((&first, rest)) = maps.split_first() else {
         return out;
     };
     for (key, event) in first {

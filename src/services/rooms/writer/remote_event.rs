@@ -751,20 +751,31 @@ fn accept(
         if let Some(key) = own_key {
             after_map.insert(key, short);
         }
-        let mut maps = vec![after_map];
+        // The other extremities' states; the room's current one is the head's, not read.
+        let mut loaded = Vec::new();
+        let mut holds_current = false;
         let mut seen = vec![state_after];
         for id in extremities.iter().filter(|id| *id != event_id) {
             if let Some(other) = store.state.find_event(id)? {
                 let snapshot = store.meta(other)?.state_after;
                 if !seen.contains(&snapshot) {
                     seen.push(snapshot);
-                    maps.push(store.state.load(snapshot)?);
+                    if snapshot == head.record.state {
+                        holds_current = true;
+                    } else {
+                        loaded.push(store.state.load(snapshot)?);
+                    }
                 }
             }
         }
-        let resolved = if maps.len() == 1 {
-            maps.pop().unwrap_or_default()
+        let resolved = if seen.len() == 1 {
+            after_map
         } else {
+            let mut maps = vec![&after_map];
+            if holds_current {
+                maps.push(&head.state);
+            }
+            maps.extend(&loaded);
             let unwritten = (short, event_id.as_str(), pdu);
             resolution::resolve_maps(store, head.version, &maps, Some(unwritten))?
         };
