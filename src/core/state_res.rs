@@ -160,7 +160,12 @@ pub fn resolve_conflict(
         in_full.insert(ix);
     }
 
-    // Step 1: power events and their auth chains within the full conflicted set.
+    // Step 1: power events and their auth chains within the full conflicted set, walked
+    // as Synapse and ruma walk them: through auth edges whose both ends are in the full
+    // conflicted set. The spec's words ("the events in the auth chain of P which also
+    // belong to the full conflicted set") would also take an event reached only through
+    // an event outside that set; every other implementation leaves it to step 3, and a
+    // resolution that differs from theirs splits the room's state between servers.
     let power: Vec<Ix> = members
         .iter()
         .copied()
@@ -173,9 +178,14 @@ pub fn resolve_conflict(
             picked_list.push(ix);
         }
     }
-    for ix in cache.auth_chain(&power) {
-        if in_full.contains(ix) && picked.insert(ix) {
-            picked_list.push(ix);
+    let mut walk = power.clone();
+    while let Some(ix) = walk.pop() {
+        for n in 0..cache.node(ix).auth.len() {
+            let auth = cache.node(ix).auth[n];
+            if in_full.contains(auth) && picked.insert(auth) {
+                picked_list.push(auth);
+                walk.push(auth);
+            }
         }
     }
     let sorted_power = reverse_topological_power_sort(version, &mut cache, &picked, &picked_list);
@@ -498,29 +508,6 @@ impl<'a> Events<'a> {
             return self.load(create).then_some(create);
         }
         self.auth_of_type(ix, "m.room.create", "")
-    }
-
-    /// The events reachable from `start` through auth events (not `start` itself, unless
-    /// reached again).
-    fn auth_chain(&mut self, start: &[Ix]) -> Vec<Ix> {
-        let mut seen = Marks::default();
-        let mut out = Vec::new();
-        let mut todo: Vec<Ix> = Vec::new();
-        for &ix in start {
-            if self.load(ix) {
-                todo.extend(&self.node(ix).auth);
-            }
-        }
-        while let Some(ix) = todo.pop() {
-            if !seen.insert(ix) {
-                continue;
-            }
-            out.push(ix);
-            if self.load(ix) {
-                todo.extend(&self.nodes[ix as usize].auth);
-            }
-        }
-        out
     }
 }
 

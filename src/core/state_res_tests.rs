@@ -609,3 +609,31 @@ fn v1_a_conflicted_key_is_not_in_the_resolved_state_until_its_pass_whatever_the_
         assert_eq!(state[&key("m.room.member", BOB)], "LB", "{order:?}");
     }
 }
+
+/// Step 1 takes the power events' auth events within the full conflicted set, walking on
+/// only through such events (as Synapse and ruma do; see `resolve_conflict`). Alice
+/// joined again on two branches (J1, then J2). Her power levels event P, on J1, is in
+/// both states (unconflicted), so J1 is reached from the join rules event JRB only
+/// through P: it is left to step 3, where it is checked after J2, which her kick K names
+/// and step 1 applied. J1 is her membership in the resolved state.
+#[test]
+fn an_event_reached_only_through_unconflicted_ones_is_left_to_the_mainline_pass() {
+    let version = RoomVersion::V11;
+    let mut g = Graph::new(version);
+    g.member("J1", ALICE, ALICE, "join", &["IMZ"]);
+    g.member("J2", ALICE, ALICE, "join", &["IMZ"]);
+    g.power("P", ALICE, &[(BOB, 50), (ZARA, 100)], &["J1"]);
+    let invite = json!({"join_rule": "invite"});
+    g.state("JRZ", ZARA, "m.room.join_rules", invite.clone(), &["P"]);
+    let merge = json!({"type": "m.room.message", "sender": ALICE, "content": {"body": "m"}});
+    g.add("M", merge, &["J2", "JRZ"], None);
+    g.state("JRB", BOB, "m.room.join_rules", invite, &["P"]);
+    g.member("K", ALICE, BOB, "leave", &["M"]);
+    let after = |tip: &str| g.resolve(&[tip]);
+    assert_eq!(after("JRB")[&key("m.room.member", ALICE)], "J1");
+    assert_eq!(after("K")[&key("m.room.member", ALICE)], "J2");
+    let state = g.resolve(&["JRB", "K"]);
+    assert_eq!(state[&key("m.room.member", ALICE)], "J1");
+    assert_eq!(state[&key("m.room.member", BOB)], "K");
+    assert_eq!(state[&key("m.room.join_rules", "")], "JRZ");
+}
