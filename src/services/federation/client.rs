@@ -78,6 +78,7 @@ pub fn refusal_kind(status: u16) -> ErrorKind {
         401 => ErrorKind::Unauthenticated,
         403 => ErrorKind::Forbidden,
         404 => ErrorKind::NotFound,
+        405 => ErrorKind::ServerControlled,
         409 => ErrorKind::Conflict,
         413 => ErrorKind::TooLarge,
         429 => ErrorKind::RateLimited,

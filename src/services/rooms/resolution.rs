@@ -303,7 +303,10 @@ fn parse_all(pdus: &[Option<Vec<u8>>]) -> Vec<Option<Value>> {
     }
     let (mine, theirs) = pdus.split_at(pdus.len() / 2);
     std::thread::scope(|scope| {
-        let other = scope.spawn(|| parse(theirs));
+        // A thread the system will not start (limits, memory) leaves it all to this one.
+        let Ok(other) = std::thread::Builder::new().spawn_scoped(scope, || parse(theirs)) else {
+            return parse(pdus);
+        };
         let mut out = parse(mine);
         match other.join() {
             Ok(rest) => out.extend(rest),
@@ -347,7 +350,6 @@ impl<'de> serde::de::Visitor<'de> for ForResolutionVisitor {
         mut map: A,
     ) -> Result<ForResolution, A::Error> {
         use serde::de::IgnoredAny;
-        type Signers = std::collections::BTreeMap<String, IgnoredAny>;
         let mut out = serde_json::Map::new();
         while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = match &*name {
@@ -355,11 +357,14 @@ impl<'de> serde::de::Visitor<'de> for ForResolutionVisitor {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                "signatures" => map
-                    .next_value::<Signers>()?
-                    .into_keys()
-                    .map(|server| (server, Value::Object(serde_json::Map::new())))
-                    .collect(),
+                // Kept as it is when it is not an object (it was checked on receipt).
+                "signatures" => match map.next_value::<Value>()? {
+                    Value::Object(servers) => servers
+                        .into_iter()
+                        .map(|(server, _)| (server, Value::Object(serde_json::Map::new())))
+                        .collect(),
+                    other => other,
+                },
                 _ => map.next_value::<Value>()?,
             };
             out.insert(name.into_owned(), value);
@@ -561,6 +566,10 @@ mod tests {
         let mut kept = parsed.clone();
         kept.as_object_mut().unwrap().remove("signatures");
         assert_eq!(kept, expected);
+        assert_eq!(
+            parse_for_resolution(br#"{"signatures": 5, "type": "x"}"#),
+            Some(json!({"signatures": 5, "type": "x"}))
+        );
         assert_eq!(parse_for_resolution(b"[1]"), None);
         assert_eq!(parse_for_resolution(b"{\"a\":"), None);
 
