@@ -149,3 +149,80 @@ async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing
     drop(proxies);
     cluster.shutdown().await;
 }
+
+/// A server that learns late of another server's join (it joined through a third,
+/// resident server while we could not hear from that one) sends it our latest event: our
+/// events meanwhile went only to the servers we knew, and the resident server does not
+/// pass on events it did not make, so nothing else would tell the new server of them
+/// until our next event.
+#[tokio::test]
+async fn a_server_that_joined_through_another_gets_our_events_from_before_we_knew_of_it() {
+    let proxy_ports = [
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    ];
+    let real_ports = [
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    ];
+    // Each server connects out from its own loopback address, so a proxy can refuse one.
+    let source = |i: usize| std::net::IpAddr::from([127, 0, 0, 2 + i as u8]);
+    let cluster = Cluster::start_with(3, |i, config| {
+        config.server_name = ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).unwrap();
+        config.federation.listen = format!("127.0.0.1:{}", real_ports[i]).parse().unwrap();
+        config.federation.outbound_address = Some(source(i));
+    })
+    .await
+    .unwrap();
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(
+            SplitProxy::start(proxy_ports[i], real_ports[i])
+                .await
+                .unwrap(),
+        );
+    }
+    let [a, b, c] = [0, 1, 2].map(|i| &cluster.instances[i]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    bob.join_via(&room, a.name()).await;
+    say(&bob, &room, "joined").await;
+    let started = Instant::now();
+    while !sees(&alice, &room, "joined").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bob's message never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The resident server cannot reach bob's: carol's join, made through it, waits there.
+    proxies[1].block_sources([source(0)]);
+    carol.join_via(&room, a.name()).await;
+    say(&bob, &room, "before bob's server knew of carol's").await;
+    let started = Instant::now();
+    while !sees(&alice, &room, "before bob's server knew of carol's").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "bob's message never reached alice"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Healed: carol's join reaches bob's server, which then sends carol's its latest event.
+    proxies[1].block_sources([]);
+    let started = Instant::now();
+    while !sees(&carol, &room, "before bob's server knew of carol's").await {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "carol's server never got bob's message from before bob's server knew of her"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -908,7 +908,7 @@ fn accept(
     let returning = if given {
         BTreeSet::new()
     } else {
-        returning_servers(head, store, &ctx.server_name, pdu, &member_changes)?
+        returning_servers(head, store, &ctx.server_name, &member_changes)?
     };
     if !returning.is_empty() {
         for id in &record.extremities {
@@ -954,26 +954,24 @@ fn accept(
     Ok(())
 }
 
-/// The other servers (not ours, not the sender's) that have a joined member in the
-/// room's state after `member_changes` and had none before.
+/// The other servers that have a joined member in the room's state after
+/// `member_changes` and had none before: brought back by a resolution, or new to us. The
+/// sender's server counts too: a server that joined through another resident server
+/// holds the state that server gave it, not our events it had not received yet (ours
+/// went to the servers we knew in the room), and nothing else would tell it of them
+/// until our next event.
 fn returning_servers(
     head: &mut RoomHead,
     store: &EventStore,
     server_name: &str,
-    pdu: &Value,
     member_changes: &[(String, Option<Value>)],
 ) -> ServiceResult<BTreeSet<String>> {
-    let sender_server = pdu
-        .get("sender")
-        .and_then(Value::as_str)
-        .and_then(|s| s.split_once(':'))
-        .map_or("", |(_, server)| server);
     let mut joined: BTreeSet<String> = BTreeSet::new();
     for (user, changed) in member_changes {
         let Some((_, server)) = user.split_once(':') else {
             continue;
         };
-        if server == server_name || server == sender_server {
+        if server == server_name {
             continue;
         }
         if changed.as_ref().is_some_and(|p| membership_of(p) == "join") {
