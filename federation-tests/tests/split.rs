@@ -40,6 +40,15 @@ async fn say(user: &User, room: &str, body: &str) {
     assert_eq!(status, 200, "{sent}");
 }
 
+/// Waits until `user` sees a message with `body`; fails with `what` after 30 s.
+async fn wait_to_see(user: &User, room: &str, body: &str, what: &str) {
+    let started = Instant::now();
+    while !sees(user, room, body).await {
+        assert!(started.elapsed() < Duration::from_secs(30), "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing() {
     let proxy_ports = [free_port().unwrap(), free_port().unwrap()];
@@ -71,14 +80,7 @@ async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing
         .await;
     bob.join_via(&room, a.name()).await;
     say(&bob, &room, "joined").await;
-    let started = Instant::now();
-    while !sees(&alice, &room, "joined").await {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "bob's message never came"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_to_see(&alice, &room, "joined", "bob's message never came").await;
 
     // Split: each side changes something and talks.
     for proxy in &proxies {
@@ -193,36 +195,27 @@ async fn a_server_that_joined_through_another_gets_our_events_from_before_we_kne
         .await;
     bob.join_via(&room, a.name()).await;
     say(&bob, &room, "joined").await;
-    let started = Instant::now();
-    while !sees(&alice, &room, "joined").await {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "bob's message never came"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_to_see(&alice, &room, "joined", "bob's message never came").await;
 
     // The resident server cannot reach bob's: carol's join, made through it, waits there.
     proxies[1].block_sources([source(0)]);
     carol.join_via(&room, a.name()).await;
     say(&bob, &room, "before bob's server knew of carol's").await;
-    let started = Instant::now();
-    while !sees(&alice, &room, "before bob's server knew of carol's").await {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "bob's message never reached alice"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_to_see(
+        &alice,
+        &room,
+        "before bob's server knew of carol's",
+        "bob's message never reached alice",
+    )
+    .await;
 
     // Healed: carol's join reaches bob's server, which then sends carol's its latest event.
     proxies[1].block_sources([]);
-    let started = Instant::now();
-    while !sees(&carol, &room, "before bob's server knew of carol's").await {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "carol's server never got bob's message from before bob's server knew of her"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_to_see(
+        &carol,
+        &room,
+        "before bob's server knew of carol's",
+        "carol's server never got bob's message from before bob's server knew of her",
+    )
+    .await;
 }
