@@ -902,9 +902,10 @@ fn accept(
         destinations.retain(|d| Some(d.as_str()) != sender_server);
         queue_for(&mut batch, &destinations, pos, event_id);
     }
-    // Servers whose members this event's state resolution brought back (a state reset
-    // on our side undone, say) may have missed what we sent while they were out: our own
-    // events at the room's forward extremities go to them, and they fetch the rest.
+    // Servers whose members this event brought into our state (a state reset on our
+    // side undone, or a server that joined through another one, new to us) may have
+    // missed what we sent while we did not count them: our own events at the room's
+    // forward extremities go to them, and they fetch the rest.
     let returning = if given {
         BTreeSet::new()
     } else {
