@@ -55,51 +55,57 @@ impl MatrixError {
         self
     }
 
+    // The shorthands are the services' outcomes, turned into statuses by `status_of`: one
+    // place says which status each outcome has.
+
     /// 403 `M_FORBIDDEN`.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(403, ErrorCode::Forbidden, message)
+        ServiceError::forbidden(message).into()
     }
 
     /// 404 `M_NOT_FOUND`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, ErrorCode::NotFound, message)
+        ServiceError::not_found(message).into()
     }
 
     /// 401 `M_UNKNOWN_TOKEN`.
     pub fn unknown_token(message: impl Into<String>) -> Self {
-        Self::new(401, ErrorCode::UnknownToken, message)
+        ServiceError::unknown_token(message).into()
     }
 
     /// 400 `M_BAD_JSON`.
     pub fn bad_json(message: impl Into<String>) -> Self {
-        Self::new(400, ErrorCode::BadJson, message)
+        ServiceError::bad_json(message).into()
     }
 
     /// 400 `M_INVALID_PARAM`.
     pub fn invalid_param(message: impl Into<String>) -> Self {
-        Self::new(400, ErrorCode::InvalidParam, message)
+        ServiceError::invalid_param(message).into()
     }
 
     /// 400 `M_MISSING_PARAM`.
     pub fn missing_param(message: impl Into<String>) -> Self {
-        Self::new(400, ErrorCode::MissingParam, message)
+        ServiceError::missing_param(message).into()
     }
 
     /// 404 `M_UNRECOGNIZED`: the endpoint does not exist here.
     pub fn unrecognized() -> Self {
-        Self::new(404, ErrorCode::Unrecognized, "Unrecognized request")
+        ServiceError::new(
+            ErrorKind::NotFound,
+            ErrorCode::Unrecognized,
+            "Unrecognized request",
+        )
+        .into()
     }
 
     /// 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`.
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
-        Self::new(429, ErrorCode::LimitExceeded, "Too many requests")
-            .with("retry_after_ms", retry_after_ms)
+        ServiceError::limit_exceeded(retry_after_ms).into()
     }
 
     /// 500 `M_UNKNOWN`: the detail goes to the log, never to the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(%detail, "internal error");
-        Self::new(500, ErrorCode::Unknown, "Internal server error")
+        ServiceError::internal(detail).into()
     }
 
     /// The JSON body.
