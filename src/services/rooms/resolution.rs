@@ -351,7 +351,7 @@ impl<'de> serde::de::Visitor<'de> for ForResolutionVisitor {
     ) -> Result<ForResolution, A::Error> {
         use serde::de::IgnoredAny;
         let mut out = serde_json::Map::new();
-        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(name) = map.next_key::<String>()? {
             let value = match &*name {
                 "hashes" | "unsigned" => {
                     map.next_value::<IgnoredAny>()?;
@@ -367,7 +367,7 @@ impl<'de> serde::de::Visitor<'de> for ForResolutionVisitor {
                 },
                 _ => map.next_value::<Value>()?,
             };
-            out.insert(name.into_owned(), value);
+            out.insert(name, value);
         }
         Ok(ForResolution(out))
     }
