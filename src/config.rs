@@ -105,6 +105,13 @@ pub struct FederationConfig {
     /// The local address outbound federation connections come from (a multi-homed host;
     /// tests that tell servers apart by source address); `None`: the system's choice.
     pub outbound_address: Option<std::net::IpAddr>,
+    /// Whether our joins through another server ask for a partial state
+    /// (`send_join?omit_members=true`): the room is usable once its non-member state is
+    /// in, and the member list follows in the background.
+    pub partial_state_joins: bool,
+    /// How long the member resync after a partial-state join waits before it starts
+    /// (0 in service; tests and benchmarks use it to hold the partial-state window open).
+    pub partial_state_resync_delay: std::time::Duration,
 }
 
 /// An address range, `address/prefix length`.
@@ -394,6 +401,10 @@ impl Config {
                         })
                     })
                     .transpose()?,
+                partial_state_joins: r.bool("federation.partial_state_joins")?,
+                partial_state_resync_delay: std::time::Duration::from_millis(
+                    r.u64("federation.partial_state_resync_delay_ms", 0)?,
+                ),
             },
             registration: RegistrationConfig {
                 enabled: r.bool("registration.enabled")?,

@@ -131,6 +131,10 @@ impl Server {
                 .federation
                 .start(services.rooms.shared_store(), stopped.clone()),
         );
+        workers.extend(crate::services::partial_resync::PartialResyncs::start(
+            Arc::clone(&services),
+            stopped.clone(),
+        ));
         // Push gateways are user-given URLs: the federation address guard applies.
         let guard = crate::services::federation::ip_guard::IpGuard::new(
             federation.ip_range_allowlist.clone(),

@@ -133,7 +133,12 @@ async fn invites_rejected_and_accepted_across_three_servers() {
         .await;
     assert_eq!(status, 200);
     // Bob's server counts the room's members from its state (his invites, kept out of
-    // band, were never counted).
+    // band, were never counted), once the member list of his partial-state join is in
+    // (the member list waits for it).
+    let (status, body) = bob
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let joined = sync_shows(&bob, "join", &room).await;
     assert_eq!(
         (

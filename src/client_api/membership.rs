@@ -97,7 +97,7 @@ pub async fn join(
             ));
         }
         let content = member_content("join", Some(&profile), reason);
-        services
+        let partial = services
             .federation
             .join_room(
                 &services.rooms,
@@ -107,6 +107,9 @@ pub async fn join(
                 content,
             )
             .await?;
+        if partial {
+            services.partial_resyncs.request(&room_id);
+        }
         // Kept device lists of the room's members may have missed updates while no
         // room was shared with them: dropped (a read of the room's state keys, off the
         // async threads).

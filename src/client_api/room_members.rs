@@ -35,6 +35,7 @@ pub async fn members(
     PathParams(room_id): PathParams<String>,
     QueryParams(params): QueryParams<MembersParams>,
 ) -> MatrixResult<Json<Value>> {
+    wait_for_members(&services, &room_id).await?;
     let chunk = services.rooms.members_for(
         session.user_id.as_str(),
         &room_id,
@@ -53,9 +54,27 @@ pub async fn joined_members(
     Authed(session): Authed,
     PathParams(room_id): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
+    wait_for_members(&services, &room_id).await?;
     Ok(Json(
         services
             .rooms
             .joined_members_for(session.user_id.as_str(), &room_id)?,
     ))
+}
+
+/// How long a member list waits for a room joined with a partial state to be whole.
+const MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A room joined with a partial state answers its member list once the list is in (as
+/// Synapse does; the resync takes seconds), or after [`MEMBERS_WAIT`] with the members
+/// known so far.
+async fn wait_for_members(services: &AppState, room_id: &str) -> MatrixResult<()> {
+    if !services
+        .rooms
+        .wait_full_state(room_id, MEMBERS_WAIT)
+        .await?
+    {
+        tracing::info!(room = %room_id, "a member list is answered before the room's partial state is whole");
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod key_backup;
 pub mod media;
 pub mod memory;
 pub mod outbox;
+pub mod partial_resync;
 pub mod push;
 pub mod rate_limit;
 pub mod records;
@@ -134,6 +135,8 @@ pub struct Services {
     pub federation: federation::Federation,
     /// The device lists of other servers' users we share a room with.
     pub remote_device_lists: Arc<federation::device_lists::RemoteDeviceLists>,
+    /// The member resyncs of rooms joined with a partial state.
+    pub partial_resyncs: partial_resync::PartialResyncs,
 }
 
 impl Services {
@@ -248,6 +251,8 @@ impl Services {
             (Arc::clone(&signing_key), Arc::clone(&old_signing_keys)),
             outbox,
         )?;
+        let partial_resyncs =
+            partial_resync::PartialResyncs::new(config.federation.partial_state_resync_delay);
         Ok(Arc::new(Self {
             config,
             db,
@@ -264,6 +269,7 @@ impl Services {
             sync,
             rate_limiter,
             listeners: health::Listeners::default(),
+            partial_resyncs,
             federation,
             remote_device_lists,
         }))

@@ -217,6 +217,20 @@ impl FederationClient {
         .await
     }
 
+    /// A signed request to `destination` whose answer may be up to `limit` bytes (a
+    /// room's whole state); answers its JSON body.
+    pub async fn request_limited(
+        &self,
+        destination: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        limit: usize,
+    ) -> Result<Value, FederationError> {
+        self.send(destination, method, path_and_query, body, true, limit)
+            .await
+    }
+
     /// `https://authority` of requests to `destination` (discovery).
     pub async fn base_url(&self, destination: &ServerName) -> String {
         self.discovery.resolve(destination).await.base_url

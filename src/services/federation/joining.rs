@@ -17,7 +17,9 @@ use crate::services::rooms::Rooms;
 
 impl Federation {
     /// Joins `user` to `room_id` through the first of `servers` that lets them in, with
-    /// `content` (membership, display name, avatar, reason) in the join.
+    /// `content` (membership, display name, avatar, reason) in the join. Answers whether
+    /// the room was taken in with a partial state (its member list is then to be fetched:
+    /// see [`crate::services::partial_resync`]).
     pub async fn join_room(
         &self,
         rooms: &Rooms,
@@ -25,7 +27,7 @@ impl Federation {
         room_id: &str,
         servers: &[String],
         content: Map<String, Value>,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<bool> {
         let own = self.client.server_name().as_str().to_owned();
         let mut last = ServiceError::not_found("No server in the room is known to join through");
         let mut tried = Vec::new();
@@ -41,7 +43,7 @@ impl Federation {
                 .join_through(rooms, user, room_id, &destination, content.clone())
                 .await
             {
-                Ok(()) => return Ok(()),
+                Ok(partial) => return Ok(partial),
                 Err(e) => {
                     tracing::info!(room = %room_id, %server, error = %e.message, "joining through this server failed");
                     last = e;
@@ -58,7 +60,7 @@ impl Federation {
         room_id: &str,
         destination: &ServerName,
         content: Map<String, Value>,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<bool> {
         let member = self
             .member_from_template(destination, (room_id, user), "join", content)
             .await?;
@@ -80,8 +82,9 @@ impl Federation {
             federation: self,
             origin: destination.clone(),
         };
-        rooms
+        let partial = rooms
             .join_through(room_id, version, (join, &answer), &source)
-            .await
+            .await?;
+        Ok(partial.is_some())
     }
 }

@@ -59,6 +59,8 @@ pub struct Federation {
     signing_key: Arc<SigningKeyPair>,
     /// Rooms whose last backfill placed nothing, waiting before the next.
     backfill_backoff: backfilling::BackfillBackoff,
+    /// Our joins ask for a partial state (`federation.partial_state_joins`).
+    partial_state_joins: bool,
 }
 
 impl Federation {
@@ -89,6 +91,7 @@ impl Federation {
             outbox,
             signing_key,
             backfill_backoff: Default::default(),
+            partial_state_joins: config.federation.partial_state_joins,
         })
     }
 

@@ -175,7 +175,10 @@ impl Federation {
         let tail = format!("{}/{}", encode(room_id), encode(&member.event_id));
         let has_v2 = membership != "knock";
         let first = if has_v2 {
-            format!("/_matrix/federation/v2/send_{membership}/{tail}")
+            // Spec v1.6: a joining server that can take a partial state says so.
+            let partial = membership == "join" && self.partial_state_joins;
+            let query = if partial { "?omit_members=true" } else { "" };
+            format!("/_matrix/federation/v2/send_{membership}/{tail}{query}")
         } else {
             format!("/_matrix/federation/v1/send_{membership}/{tail}")
         };

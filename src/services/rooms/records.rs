@@ -31,6 +31,21 @@ pub struct RoomRecord {
     /// [`super::visibility`]). Records from before the field read `true`: no shortcut.
     #[serde(default = "visibility_unknown")]
     pub visibility_restricted: bool,
+    /// Set while the room's state is partial: we joined through another server with
+    /// `omit_members` and the member list is not in yet (see the writer's
+    /// `partial_state` module).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_state: Option<PartialState>,
+}
+
+/// What a room joined with a partial state needs until its member list is in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialState {
+    /// Our join, the event whose state before it the resync asks for.
+    pub join_event: String,
+    /// The servers the resident server named as in the room (`servers_in_room`): our
+    /// events go to them, and the resync asks them, while their members are unknown.
+    pub servers: Vec<String>,
 }
 
 fn visibility_unknown() -> bool {
@@ -51,6 +66,7 @@ impl RoomRecord {
             joined: 0,
             invited: 0,
             visibility_restricted: false,
+            partial_state: None,
         }
     }
 

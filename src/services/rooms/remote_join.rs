@@ -9,17 +9,24 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::receive::{verify_signatures, MissingSource, PduOutcome};
-use super::writer::{RemoteEvent, RemoteJoin};
+use super::writer::{Completion, FullState, RemoteEvent, RemoteJoin};
 use super::Rooms;
 use crate::core::{event_hashes, pdu_checks, RoomVersion};
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
+use crate::services::records::decode;
+use crate::services::rooms::records::RoomRecord;
+use crate::storage::Table;
 
 /// Rooms whose other servers are remembered at most (the map is emptied past this).
 const REMOTE_SERVERS_CACHED: usize = 10_000;
+
+/// How often [`Rooms::wait_full_state`] looks at the room again.
+const FULL_STATE_POLL: Duration = Duration::from_millis(50);
 
 /// Events a join's answer may hold (state and auth chain together).
 pub const MAX_JOIN_EVENTS: usize = 200_000;
@@ -38,20 +45,96 @@ fn bad_answer(why: impl Into<String>) -> ServiceError {
 impl Rooms {
     /// Checks and takes in `answer` (a `send_join` answer) for our `join` (the event as we
     /// signed it, or as the resident server countersigned it) in `room_id` of `version`.
+    /// Answers the servers to ask for the member list when the answer left the members
+    /// out (`members_omitted`: the room is held with a partial state until then).
     pub async fn join_through(
         &self,
         room_id: &str,
         version: RoomVersion,
         (join, answer): (Value, &Value),
         source: &dyn MissingSource,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<Option<Vec<String>>> {
+        let (events, state_ids) = self
+            .checked_state_answer(room_id, version, (answer, "state"), source)
+            .await?;
+        let join = self
+            .checked(room_id, version, join, source)
+            .await
+            .map_err(|why| bad_answer(format!("our join came back unusable: {why}")))?;
+        let partial = match answer.get("members_omitted").and_then(Value::as_bool) {
+            Some(true) => Some(
+                answer
+                    .get("servers_in_room")
+                    .and_then(Value::as_array)
+                    .map(|list| {
+                        list.iter()
+                            .filter_map(Value::as_str)
+                            .filter(|s| crate::core::ServerName::parse(s).is_ok())
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>()
+                    })
+                    .ok_or_else(|| bad_answer("members omitted without servers_in_room"))?,
+            ),
+            _ => None,
+        };
+        let outcome = self
+            .writers
+            .join_remote(
+                room_id,
+                RemoteJoin {
+                    version,
+                    events,
+                    state_ids,
+                    join,
+                    partial: partial.clone(),
+                },
+            )
+            .await?;
+        match outcome {
+            PduOutcome::Accepted => Ok(partial),
+            PduOutcome::AlreadyKnown => Ok(None),
+            other => Err(ServiceError::forbidden(format!(
+                "Our join was not allowed by the state the resident server gave: {other:?}"
+            ))),
+        }
+    }
+
+    /// Completes the partial state of `room_id` (joined with `omit_members`) with
+    /// `answer`, another server's `GET /state` at our join: its events are checked as a
+    /// join's answer is, then the writer adds the members (see the writer's
+    /// `partial_state` module).
+    pub async fn complete_state(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        answer: &Value,
+        source: &dyn MissingSource,
+    ) -> ServiceResult<Completion> {
+        let (events, state_ids) = self
+            .checked_state_answer(room_id, version, (answer, "pdus"), source)
+            .await?;
+        self.writers
+            .complete_state(room_id, FullState { events, state_ids })
+            .await
+    }
+
+    /// The events of a state answer (`send_join`'s `state` or `/state`'s `pdus`, with
+    /// `auth_chain`), each checked (format, signatures, hashes), and the ids of the state
+    /// events among them. Refuses an answer without a usable create event of `version`.
+    async fn checked_state_answer(
+        &self,
+        room_id: &str,
+        version: RoomVersion,
+        (answer, state_key): (&Value, &str),
+        source: &dyn MissingSource,
+    ) -> ServiceResult<(Vec<RemoteEvent>, Vec<String>)> {
         let list = |key: &str| -> ServiceResult<&Vec<Value>> {
             answer
                 .get(key)
                 .and_then(Value::as_array)
                 .ok_or_else(|| bad_answer(format!("no {key} list")))
         };
-        let (state, chain) = (list("state")?, list("auth_chain")?);
+        let (state, chain) = (list(state_key)?, list("auth_chain")?);
         if state.len() + chain.len() > MAX_JOIN_EVENTS {
             return Err(bad_answer("too many events"));
         }
@@ -59,7 +142,7 @@ impl Rooms {
         let mut events = Vec::with_capacity(state.len() + chain.len());
         let mut state_ids = Vec::with_capacity(state.len());
         let mut create_version = None;
-        // How many events were dropped, and why the first was (for the error we answer).
+        // How many events were dropped, and why the first was (for the error).
         let mut dropped: (usize, Option<String>) = (0, None);
         for (pdu, in_state) in state
             .iter()
@@ -105,28 +188,7 @@ impl Rooms {
                 "no usable create event of version {version}{why}"
             )));
         }
-        let join = self
-            .checked(room_id, version, join, source)
-            .await
-            .map_err(|why| bad_answer(format!("our join came back unusable: {why}")))?;
-        let outcome = self
-            .writers
-            .join_remote(
-                room_id,
-                RemoteJoin {
-                    version,
-                    events,
-                    state_ids,
-                    join,
-                },
-            )
-            .await?;
-        match outcome {
-            PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),
-            other => Err(ServiceError::forbidden(format!(
-                "Our join was not allowed by the state the resident server gave: {other:?}"
-            ))),
-        }
+        Ok((events, state_ids))
     }
 
     /// Checks 1 to 3 of one event of a join's answer: the event ready for the writer, or
@@ -199,6 +261,9 @@ impl Rooms {
             .filter_map(|e| e.state_key()?.split_once(':').map(|(_, s)| s.to_owned()))
             .filter(|s| s != own)
             .collect();
+        if let Some(partial) = &room.record.partial_state {
+            servers.extend(partial.servers.iter().filter(|s| *s != own).cloned());
+        }
         servers.sort_unstable();
         servers.dedup();
         let servers = Arc::new(servers);
@@ -214,6 +279,42 @@ impl Rooms {
         self.remote_servers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The rooms held with a partial state (their member resync is to run).
+    pub fn partial_state_rooms(&self) -> ServiceResult<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in self.store.db.scan_prefix(Table::ShortroomidRoom, &[]) {
+            let (_, value) = entry?;
+            let record: RoomRecord = decode(Table::ShortroomidRoom, &value)?;
+            if record.partial_state.is_some() {
+                out.push(record.room_id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the room is held with a partial state (its members not all known yet).
+    pub fn is_partial(&self, room_id: &str) -> ServiceResult<bool> {
+        Ok(self
+            .store
+            .room(room_id)?
+            .is_some_and(|room| room.record.partial_state.is_some()))
+    }
+
+    /// Waits, at most `limit`, until the room's state is whole (a room joined with a
+    /// partial state whose member list is not in yet); answers whether it is.
+    pub async fn wait_full_state(&self, room_id: &str, limit: Duration) -> ServiceResult<bool> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if !self.is_partial(room_id)? {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(FULL_STATE_POLL).await;
+        }
     }
 
     /// Whether one of our users is joined to the room (we can then join others locally).

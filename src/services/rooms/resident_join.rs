@@ -73,6 +73,12 @@ impl Rooms {
         }
         let room = self.known_room(room_id)?;
         self.check_server_acl(room_id, origin)?;
+        if room.record.partial_state.is_some() {
+            // Our state lacks the members: another resident server is to be asked.
+            return Err(ServiceError::not_found(
+                "This server's state of the room is partial (its member list is not in yet)",
+            ));
+        }
         let version = room.version;
         if let Some(supported) = supported {
             let supported_here = if supported.is_empty() {
@@ -185,6 +191,11 @@ impl Rooms {
         omit_members: bool,
         source: &dyn MissingSource,
     ) -> ServiceResult<JoinAnswer> {
+        if self.is_partial(room_id)? {
+            return Err(ServiceError::not_found(
+                "This server's state of the room is partial (its member list is not in yet)",
+            ));
+        }
         let short = self
             .accept_remote_member(origin, (room_id, event_id), "join", pdu, source)
             .await?;

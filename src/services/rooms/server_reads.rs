@@ -235,6 +235,11 @@ impl Rooms {
         event_id: &str,
     ) -> ServiceResult<StateAtEvent> {
         self.check_server_in_room(room_id, server)?;
+        if self.is_partial(room_id)? {
+            return Err(ServiceError::not_found(
+                "This server's state of the room is partial (its member list is not in yet)",
+            ));
+        }
         let event = self
             .event_seen_by(server, Some(room_id), event_id)?
             .ok_or_else(|| ServiceError::not_found("Event not found"))?;

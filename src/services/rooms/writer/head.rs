@@ -50,6 +50,13 @@ pub(super) struct RemoteJoined {
 }
 
 impl RemoteJoined {
+    /// `server` counts as in the room whatever its members' events say (a partial
+    /// state's `servers_in_room`, whose members are not known yet).
+    pub(super) fn hold(&mut self, server: &str) {
+        *self.per_server.entry(server.to_owned()).or_insert(0) += 1;
+        self.servers.insert(server.to_owned());
+    }
+
     /// `user` (of another server) is now joined, or not.
     pub(super) fn set(&mut self, user: &str, joined: bool) {
         let Some((_, server)) = user.split_once(':') else {
@@ -230,6 +237,11 @@ impl RoomHead {
                     if let Some(user) = event.state_key() {
                         joined.set(user, true);
                     }
+                }
+            }
+            if let Some(partial) = &self.record.partial_state {
+                for server in partial.servers.iter().filter(|s| *s != server_name) {
+                    joined.hold(server);
                 }
             }
             self.remote_servers = Some(joined);

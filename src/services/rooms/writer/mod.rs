@@ -18,7 +18,8 @@
 //! (the room's head in memory), `local_event.rs` (building our users' events),
 //! `persist.rs` (the event's write batch), `relations.rs` (relations and aggregates),
 //! `redactions.rs`; events of other servers: `remote_event.rs` (one received PDU),
-//! `remote_join.rs` (the state a join brings), `backfilled.rs` (history placed before the
+//! `remote_join.rs` (the state a join brings), `partial_state.rs` (a join's state
+//! without its members, and its completion), `backfilled.rs` (history placed before the
 //! oldest event), `out_of_band.rs` (invites and knocks of rooms we are not in). The event
 //! graph itself is `super::graph`. This file holds what they share: the job and draft
 //! types, the writers' context and the new-event hook.
@@ -33,6 +34,7 @@ mod backfilled;
 mod head;
 mod local_event;
 mod out_of_band;
+mod partial_state;
 mod persist;
 mod queue;
 mod redactions;
@@ -41,6 +43,7 @@ mod remote_event;
 mod remote_join;
 
 pub use out_of_band::OutOfBandMember;
+pub use partial_state::{Completion, FullState};
 pub use remote_event::{PduOutcome, RemoteEvent};
 pub use remote_join::RemoteJoin;
 
@@ -116,6 +119,9 @@ pub enum JobStart {
     JoinRemote(Box<RemoteJoin>),
     /// Keep our user's member event of a room we are not in (see [`out_of_band`]).
     OutOfBand(Box<OutOfBandMember>),
+    /// Complete a partial state with the whole state before our join (see
+    /// [`partial_state`]).
+    CompleteState(Box<FullState>),
     /// Build, sign and check the (one) draft on the current state without storing it:
     /// an invite of another server's user, which that server signs before we keep it.
     Build,
@@ -130,6 +136,8 @@ pub enum JobAnswer {
     Received(PduOutcome),
     /// The event built (not stored).
     Built(Box<BuiltPdu>),
+    /// What completing a partial state did.
+    Completed(Completion),
 }
 
 /// A unit of work for a writer: drafts applied in order; the first failure stops the job.

@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::head::RoomHead;
 use super::local_event::{append, build, create_room};
 use super::{
-    EventDraft, Job, JobAnswer, JobStart, OutOfBandMember, PduOutcome, RemoteEvent, RemoteJoin,
-    WriterContext, Written,
+    Completion, EventDraft, FullState, Job, JobAnswer, JobStart, OutOfBandMember, PduOutcome,
+    RemoteEvent, RemoteJoin, WriterContext, Written,
 };
 
 /// Jobs a writer takes from its queue at once (and then fsyncs once for).
@@ -127,6 +127,19 @@ impl Writers {
         let job = Self::job(JobStart::JoinRemote(Box::new(join)), Vec::new());
         match self.submit_job(room_id, job).await? {
             JobAnswer::Received(outcome) => Ok(outcome),
+            _ => Err(ServiceError::internal("a writer answered the wrong job")),
+        }
+    }
+
+    /// Completes the partial state of a room we joined with `omit_members`.
+    pub async fn complete_state(
+        &self,
+        room_id: &str,
+        full: FullState,
+    ) -> ServiceResult<Completion> {
+        let job = Self::job(JobStart::CompleteState(Box::new(full)), Vec::new());
+        match self.submit_job(room_id, job).await? {
+            JobAnswer::Completed(done) => Ok(done),
             _ => Err(ServiceError::internal("a writer answered the wrong job")),
         }
     }
@@ -348,6 +361,15 @@ pub(super) fn process_job(
         JobStart::JoinRemote(join) => {
             return match super::remote_join::join(ctx, room_id, head, *join, written) {
                 Ok(outcome) => Ok(JobAnswer::Received(outcome)),
+                Err(e) => {
+                    *head = None;
+                    Err(e)
+                }
+            };
+        }
+        JobStart::CompleteState(full) => {
+            return match super::partial_state::complete(ctx, room_id, head, *full, written) {
+                Ok(done) => Ok(JobAnswer::Completed(done)),
                 Err(e) => {
                     *head = None;
                     Err(e)

@@ -291,6 +291,7 @@ pub(super) fn receive(
 
     // Check 5: the state before it.
     let before_shorts = auth_shorts_of(store, version, &event.pdu, before.map(head))?;
+    let before_shorts = with_partial_members(head, before_shorts, &auth_events);
     let before_auth = auth_state_from(store, head, before_shorts)?;
     if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &before_auth) {
         let reason = format!("not allowed by the state before it: {e}");
@@ -348,6 +349,7 @@ pub(super) fn receive(
     // Check 6: the room's current state.
     if state_before != head.record.state && !given {
         let current_shorts = auth_shorts_of(store, version, &event.pdu, &head.state)?;
+        let current_shorts = with_partial_members(head, current_shorts, &auth_events);
         let current_auth = auth_state_from(store, head, current_shorts)?;
         if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &current_auth) {
             let reason = format!("not allowed by the room's current state: {e}");
@@ -518,6 +520,33 @@ fn auth_shorts_of(
         }
     }
     Ok(out)
+}
+
+/// While the room's state is partial (our join with `omit_members`), the member events
+/// the auth rules need and the state lacks are its members we do not know yet: they are
+/// taken from the event's auth events, which check 4 accepted. Once the member list is
+/// in, the event is checked again against the whole state (the writer's
+/// `partial_state` module).
+fn with_partial_members(
+    head: &RoomHead,
+    mut shorts: Vec<((String, String), ShortEventId)>,
+    auth_events: &[Arc<StoredEvent>],
+) -> Vec<((String, String), ShortEventId)> {
+    if head.record.partial_state.is_none() {
+        return shorts;
+    }
+    for event in auth_events.iter().filter(|e| e.kind() == "m.room.member") {
+        let Some(user) = event.state_key() else {
+            continue;
+        };
+        let known = shorts
+            .iter()
+            .any(|((kind, key), _)| kind == "m.room.member" && key == user);
+        if !known {
+            shorts.push((("m.room.member".to_owned(), user.to_owned()), event.short));
+        }
+    }
+    shorts
 }
 
 /// The auth state of [`auth_shorts_of`], parsed events from the head's cache.

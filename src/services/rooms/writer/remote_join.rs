@@ -19,9 +19,10 @@ use super::{WriterContext, Written};
 use crate::core::RoomVersion;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::encode;
+use crate::services::rooms::event_store::EventStore;
 use crate::services::rooms::graph::{self, EventStatus};
 use crate::services::rooms::records::RoomRecord;
-use crate::services::rooms::state_store::StateMap;
+use crate::services::rooms::state_store::{ShortEventId, ShortStateKey, StateMap};
 use crate::storage::Table;
 
 /// Passes over the events at most (each takes in those whose auth events are in).
@@ -37,6 +38,9 @@ pub struct RemoteJoin {
     pub state_ids: Vec<String>,
     /// Our join as the resident server kept it.
     pub join: RemoteEvent,
+    /// `Some(servers_in_room)` when the answer left out the room's members
+    /// (`members_omitted`): the room is held with a partial state until the resync.
+    pub partial: Option<Vec<String>>,
 }
 
 /// Takes in the room and the join; answers what became of the join.
@@ -82,8 +86,44 @@ fn take_in(
         }
         current.adopt_version(store, job.version)?;
     }
+    take_in_outliers(ctx, room_id, current, job.events, written)?;
+    // The state before the join: the state events that were taken in.
+    let changes = state_of(store, &job.state_ids)?;
+    let mut batch = store.db.batch();
+    let snapshot = store.state.save(None, &changes, &mut batch)?;
+    store.db.write_relaxed(batch)?;
+    let map: StateMap = changes
+        .iter()
+        .filter_map(|(key, short)| short.map(|s| (*key, s)))
+        .collect();
+    let mut join = job.join;
+    join.outlier = false;
+    // A join starts the room afresh: a partial state of an earlier join is over, and one
+    // of this join begins with it (its members are then taken from the join's auth
+    // events, as for any event on a partial state).
+    super::partial_state::begin(current, &join.event_id, job.partial);
+    join.given_state = Some((snapshot, map));
+    // Accepted, the join writes the room's record with the mark.
+    let outcome = remote_event::receive(ctx, current, join, written)?;
+    if outcome != PduOutcome::Accepted {
+        super::partial_state::begin(current, "", None);
+    }
+    Ok(outcome)
+}
+
+/// Takes in `events` (an auth chain and state, checked for format, signatures and
+/// hashes) as outliers after check 4: the create event first, then by depth, an event
+/// whose auth events are not in yet waiting for another pass.
+pub(super) fn take_in_outliers(
+    ctx: &WriterContext,
+    room_id: &str,
+    current: &mut RoomHead,
+    events: Vec<RemoteEvent>,
+    written: &mut Written,
+) -> ServiceResult<()> {
+    let store = &ctx.store;
     let create_key = store.state.state_key("m.room.create", "")?;
-    let mut pending = job.events;
+    let mut pending = events;
     pending.sort_by_key(|e| {
         let kind = e.pdu.get("type").and_then(Value::as_str);
         let depth = e.pdu.get("depth").and_then(Value::as_u64).unwrap_or(0);
@@ -107,7 +147,7 @@ fn take_in(
                         }
                     }
                     if !matches!(outcome, PduOutcome::Outlier | PduOutcome::AlreadyKnown) {
-                        tracing::info!(room = %room_id, event = %id, ?outcome, "an event of the join's answer was not taken");
+                        tracing::info!(room = %room_id, event = %id, ?outcome, "an event of a state answer was not taken");
                     }
                 }
             }
@@ -119,12 +159,19 @@ fn take_in(
         }
     }
     for event in &pending {
-        tracing::info!(room = %room_id, event = %event.event_id, "an event of the join's answer lacks auth events");
+        tracing::info!(room = %room_id, event = %event.event_id, "an event of a state answer lacks auth events");
     }
+    Ok(())
+}
 
-    // The state before the join: the state events that were taken in.
-    let mut changes = Vec::with_capacity(job.state_ids.len());
-    for id in &job.state_ids {
+/// The state the events `state_ids` make (each under its own key), leaving out those not
+/// taken in or rejected.
+pub(super) fn state_of(
+    store: &EventStore,
+    state_ids: &[String],
+) -> ServiceResult<Vec<(ShortStateKey, Option<ShortEventId>)>> {
+    let mut changes = Vec::with_capacity(state_ids.len());
+    for id in state_ids {
         let Some(short) = store.state.find_event(id)? else {
             continue;
         };
@@ -140,17 +187,7 @@ fn take_in(
         let key = store.state.state_key(event.kind(), state_key)?;
         changes.push((key, Some(short)));
     }
-    let mut batch = store.db.batch();
-    let snapshot = store.state.save(None, &changes, &mut batch)?;
-    store.db.write_relaxed(batch)?;
-    let map: StateMap = changes
-        .iter()
-        .filter_map(|(key, short)| short.map(|s| (*key, s)))
-        .collect();
-    let mut join = job.join;
-    join.outlier = false;
-    join.given_state = Some((snapshot, map));
-    remote_event::receive(ctx, current, join, written)
+    Ok(changes)
 }
 
 /// The record of a room we learn of from another server, with no event yet.

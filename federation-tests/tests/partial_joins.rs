@@ -1,0 +1,232 @@
+//! Joining a room of another server with a partial state (spec v1.6 `send_join` with
+//! `omit_members`; MSC3706/MSC3902, as Synapse does): two real instances over TLS. The
+//! joining server's member resync is held back a few seconds
+//! (`federation.partial_state_resync_delay_ms`) so that the partial-state window can be
+//! looked at: the room must be usable in it (name and topic shown, sending, receiving
+//! from members whose membership it does not know yet), and whole after it (members,
+//! `/sync`, the federation reads it refused meanwhile).
+
+use std::time::{Duration, Instant};
+
+use federation_tests::{enc, Cluster, Instance, User};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// How long the joining server's resync waits in these tests.
+const RESYNC_DELAY: Duration = Duration::from_secs(4);
+
+/// Members the room has on the resident server besides its creator.
+const MEMBERS: usize = 12;
+
+/// A cluster of two whose second server holds its partial states for [`RESYNC_DELAY`].
+async fn cluster() -> Cluster {
+    Cluster::start_with(2, |i, config| {
+        if i == 1 {
+            config.federation.partial_state_resync_delay = RESYNC_DELAY;
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// A public room on `a` with a name, a topic and [`MEMBERS`] local members besides
+/// alice; answers alice, the members and the room.
+async fn big_room(a: &Instance) -> (User, Vec<User>, String) {
+    let alice = User::register(a, "alice").await.unwrap();
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Town hall", "topic": "all welcome"}))
+        .await;
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        let member = User::register(a, &format!("member{i}")).await.unwrap();
+        let (status, body) = member
+            .post(&format!("/join/{}", enc(&room)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        members.push(member);
+    }
+    (alice, members, room)
+}
+
+/// The member events of a joined room's section of a sync answer (state and timeline).
+fn members_in(sync: &Value, room: &str) -> Vec<String> {
+    let section = &sync["rooms"]["join"][room];
+    ["state", "timeline"]
+        .iter()
+        .flat_map(|part| section[part]["events"].as_array().into_iter().flatten())
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The body of a message in a joined room's timeline of a sync answer, if any.
+fn has_message(sync: &Value, room: &str, body: &str) -> bool {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["content"]["body"] == body)
+}
+
+async fn send(user: &User, room: &str, txn: &str, body: &str) {
+    let path = format!("/rooms/{}/send/m.room.message/{txn}", enc(room));
+    let (status, answer) = user
+        .put(&path, json!({"msgtype": "m.text", "body": body}))
+        .await;
+    assert_eq!(status, 200, "{}: {answer}", user.user_id);
+}
+
+/// `user`'s sync of everything from `since` (or from the start), without waiting.
+async fn sync_from(user: &User, since: Option<&str>) -> Value {
+    let path = match since {
+        Some(token) => format!("/sync?timeout=0&since={}", enc(token)),
+        None => "/sync?timeout=0".to_owned(),
+    };
+    let (status, body) = user.get(&path).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn a_partial_state_join_is_usable_at_once_and_gets_its_members_after() {
+    let cluster = cluster().await;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let (alice, members, room) = big_room(a).await;
+    let bob = User::register(b, "bob").await.unwrap();
+
+    let started = Instant::now();
+    bob.join_via(&room, a.name()).await;
+    let first = sync_from(&bob, None).await;
+    assert!(
+        started.elapsed() < RESYNC_DELAY,
+        "the join and a first sync took {:?}: the partial window is gone",
+        started.elapsed()
+    );
+    // In the partial state: the room with its name and topic, without its members.
+    let section = &first["rooms"]["join"][&room];
+    let state: Vec<&Value> = section["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            section["timeline"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+    let name = state.iter().find(|e| e["type"] == "m.room.name");
+    assert_eq!(
+        name.map(|e| &e["content"]["name"]),
+        Some(&json!("Town hall")),
+        "{section}"
+    );
+    assert!(
+        state.iter().any(|e| e["type"] == "m.room.topic"),
+        "{section}"
+    );
+    let known = members_in(&first, &room);
+    assert!(
+        known.len() < MEMBERS,
+        "the partial state holds {} members: {known:?}",
+        known.len()
+    );
+    assert!(known.contains(&bob.user_id), "{known:?}");
+    // The joining server does not answer for the room's state meanwhile (its state is
+    // not whole), nor let another server join through it.
+    let state_ids = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        enc(&room),
+        enc(section["timeline"]["events"][0]["event_id"]
+            .as_str()
+            .unwrap_or(""))
+    );
+    let (status, body) = a.ask(b.name(), Method::GET, &state_ids, None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{body}"
+    );
+
+    // Usable: bob's message reaches the resident server's users, and a member whose
+    // membership the partial state lacks is heard.
+    send(&bob, &room, "b1", "hello from the partial side").await;
+    let seen = alice
+        .sync_until(|s| has_message(s, &room, "hello from the partial side"))
+        .await;
+    assert!(seen.is_some(), "alice never got bob's message");
+    send(&members[3], &room, "m1", "member3 speaks early").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    let heard = bob
+        .sync_until(|s| has_message(s, &room, "member3 speaks early"))
+        .await;
+    assert!(
+        heard.is_some(),
+        "bob never got the message of a member unknown to his server"
+    );
+    assert!(
+        started.elapsed() < RESYNC_DELAY,
+        "the partial window closed ({:?}) before the early checks ended; raise RESYNC_DELAY",
+        started.elapsed()
+    );
+
+    // The member list waits for the resync, then is whole.
+    let (status, list) = bob
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let joined = list["joined"].as_object().map_or(0, |m| m.len());
+    assert_eq!(joined, MEMBERS + 2, "{list}");
+    assert!(
+        started.elapsed() >= RESYNC_DELAY,
+        "the member list came before the resync"
+    );
+
+    // A sync from before the resync carries the room's whole state, as after a join.
+    let after = sync_from(&bob, Some(&since)).await;
+    let now_known = members_in(&after, &room);
+    for member in &members {
+        assert!(
+            now_known.contains(&member.user_id),
+            "{} missing from the sync after the resync: {now_known:?}",
+            member.user_id
+        );
+    }
+    // And everything keeps flowing both ways.
+    send(&members[7], &room, "m2", "member7 after the resync").await;
+    let heard = bob
+        .sync_until(|s| has_message(s, &room, "member7 after the resync"))
+        .await;
+    assert!(heard.is_some(), "bob never got member7's message");
+    let (status, body) = a.ask(b.name(), Method::GET, &state_ids, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = bob
+        .get(&format!("/rooms/{}/members?membership=join", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunk"].as_array().map_or(0, Vec::len), MEMBERS + 2);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_partial_state_resync_resumes_after_a_restart() {
+    let mut cluster = cluster().await;
+    let (room, mut bob) = {
+        let a = &cluster.instances[0];
+        let (_, _, room) = big_room(a).await;
+        let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+        bob.join_via(&room, a.name()).await;
+        (room, bob)
+    };
+    // Stopped within the partial window, before the resync began; bob's token outlives
+    // the restart (the client listener's port does not).
+    cluster.instances[1].restart().await.unwrap();
+    bob.base = cluster.instances[1].client_url();
+    let (status, list) = bob
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let joined = list["joined"].as_object().map_or(0, |m| m.len());
+    assert_eq!(joined, MEMBERS + 2, "{list}");
+    cluster.shutdown().await;
+}
