@@ -3,12 +3,14 @@
 //! 200 MiB), ourwhats joining ourwhats, and Synapse joining the same room in the same run.
 //!
 //! Server A holds a public room whose members join through A's rooms service (no HTTP:
-//! only the room's size matters here); bob on server B then joins over federation. Times:
-//! B's `POST /join` (the whole state and auth chain fetched, checked and taken in: this
-//! server does not do partial-state joins, so the room is usable and its member list
-//! complete at the same moment), then bob's first message and the room's name and member
-//! count read back. RSS is the whole process's (both in-process servers), sampled every
-//! 50 ms during the join. Then a Synapse user joins the same room through A.
+//! only the room's size matters here); bob on server B then joins over federation with a
+//! partial state (`omit_members`, the default), and carl on server C with the whole state
+//! (`federation.partial_state_joins = false`). Times, for each: the `POST /join`, then
+//! the first message sent and the room's name and topic read back ("usable"), then the
+//! member list (`/joined_members`, which waits for the partial state's resync). RSS is
+//! the whole process's (all in-process servers), sampled every 50 ms during each join.
+//! Then a Synapse user joins the same room through A (Synapse joins with a partial
+//! state too), timed to its `/join` and to its member list.
 //!
 //! `cargo bench -p federation-tests --bench big_join -- --members 10000` (default 10,000
 //! with `--bench`; under `cargo test` a short run of 200 members without Synapse).
@@ -49,7 +51,11 @@ fn main() {
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let cluster = Cluster::start(2).await.expect("two servers");
+        let cluster = Cluster::start_with(3, |i, config| {
+            config.federation.partial_state_joins = i != 2;
+        })
+        .await
+        .expect("three servers");
         let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
         let alice = User::register(a, "alice").await.expect("alice");
         let bob = User::register(b, "bob").await.expect("bob");
@@ -95,57 +101,22 @@ fn main() {
             filled.elapsed().as_secs_f64()
         );
 
-        // Bob joins from B.
-        let sampling = Arc::new(AtomicBool::new(true));
-        let peak = Arc::new(AtomicU64::new(0));
-        let before = rss_kib();
-        let sampler = {
-            let (sampling, peak) = (Arc::clone(&sampling), Arc::clone(&peak));
-            tokio::spawn(async move {
-                while sampling.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
-        let started = Instant::now();
-        let (status, joined) = bob
-            .post(
-                &format!("/join/{}?via={}", enc(&room), enc(a.name())),
-                json!({}),
-            )
-            .await;
-        let join_s = started.elapsed().as_secs_f64();
-        assert_eq!(status, 200, "{joined}");
-        let (status, _) = bob
-            .put(
-                &format!("/rooms/{}/send/m.room.message/first", enc(&room)),
-                json!({"msgtype": "m.text", "body": "hello, big room"}),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let (_, name) = bob
-            .get(&format!("/rooms/{}/state/m.room.name/", enc(&room)))
-            .await;
-        assert_eq!(name["name"], "big");
-        let (_, topic) = bob
-            .get(&format!("/rooms/{}/state/m.room.topic/", enc(&room)))
-            .await;
-        assert_eq!(topic["topic"], "many members");
-        let usable_s = started.elapsed().as_secs_f64();
-        let (_, listed) = bob
-            .get(&format!("/rooms/{}/joined_members", enc(&room)))
-            .await;
-        let count = listed["joined"].as_object().map_or(0, |m| m.len());
-        let members_s = started.elapsed().as_secs_f64();
-        assert_eq!(count, members + 2, "everyone, bob included");
-        sampling.store(false, Ordering::Relaxed);
-        let _ = sampler.await;
-        let growth_mib = peak.load(Ordering::Relaxed).saturating_sub(before) as f64 / 1024.0;
-        println!(
-            "ourwhats joins ourwhats, {} members: join {join_s:.2} s, usable (sent, name and topic read) {usable_s:.2} s, member list ({count}) {members_s:.2} s, peak RSS growth {growth_mib:.0} MiB (both servers)",
-            members + 1
-        );
+        let carl = User::register(&cluster.instances[2], "carl")
+            .await
+            .expect("carl");
+        for (joiners, (user, how)) in [(&bob, "partial state"), (&carl, "whole state")]
+            .into_iter()
+            .enumerate()
+        {
+            let (join_s, usable_s, members_s, count, growth_mib) =
+                timed_join(user, &room, a.name()).await;
+            // alice, the members, the joiners before and this one.
+            assert_eq!(count, members + 2 + joiners, "everyone, the joiner included");
+            println!(
+                "ourwhats joins ourwhats ({how}), {} members: join {join_s:.2} s, usable (sent, name and topic read) {usable_s:.2} s, member list ({count}) {members_s:.2} s, peak RSS growth {growth_mib:.0} MiB (all servers)",
+                members + 1
+            );
+        }
 
         if full {
             match Synapse::start(&cluster.ca).await {
@@ -162,9 +133,14 @@ fn main() {
                         .await;
                     let synapse_s = started.elapsed().as_secs_f64();
                     if status == 200 {
+                        let (_, listed) = sam
+                            .get(&format!("/rooms/{}/joined_members", enc(&room)))
+                            .await;
+                        let count = listed["joined"].as_object().map_or(0, |m| m.len());
+                        let members_s = started.elapsed().as_secs_f64();
                         println!(
-                            "Synapse joins ourwhats, {} members: join {synapse_s:.2} s",
-                            members + 2
+                            "Synapse joins ourwhats, {} members: join {synapse_s:.2} s, member list ({count}) {members_s:.2} s",
+                            members + 4
                         );
                     } else {
                         println!("Synapse's join failed after {synapse_s:.1} s: {joined}");
@@ -175,4 +151,53 @@ fn main() {
         }
         cluster.shutdown().await;
     });
+}
+
+/// `user` joins `room` through `via`: the seconds to the join's answer, to the room being
+/// usable (a message sent, name and topic read), to the whole member list; its size; and
+/// the peak RSS growth in MiB meanwhile.
+async fn timed_join(user: &User, room: &str, via: &str) -> (f64, f64, f64, usize, f64) {
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(AtomicU64::new(0));
+    let before = rss_kib();
+    let sampler = {
+        let (sampling, peak) = (Arc::clone(&sampling), Arc::clone(&peak));
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let (status, joined) = user
+        .post(&format!("/join/{}?via={}", enc(room), enc(via)), json!({}))
+        .await;
+    let join_s = started.elapsed().as_secs_f64();
+    assert_eq!(status, 200, "{joined}");
+    let (status, _) = user
+        .put(
+            &format!("/rooms/{}/send/m.room.message/first", enc(room)),
+            json!({"msgtype": "m.text", "body": "hello, big room"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, name) = user
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(room)))
+        .await;
+    assert_eq!(name["name"], "big");
+    let (_, topic) = user
+        .get(&format!("/rooms/{}/state/m.room.topic/", enc(room)))
+        .await;
+    assert_eq!(topic["topic"], "many members");
+    let usable_s = started.elapsed().as_secs_f64();
+    let (_, listed) = user
+        .get(&format!("/rooms/{}/joined_members", enc(room)))
+        .await;
+    let count = listed["joined"].as_object().map_or(0, |m| m.len());
+    let members_s = started.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    let growth_mib = peak.load(Ordering::Relaxed).saturating_sub(before) as f64 / 1024.0;
+    (join_s, usable_s, members_s, count, growth_mib)
 }

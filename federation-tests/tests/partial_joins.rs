@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// How long the joining server's resync waits in these tests.
-const RESYNC_DELAY: Duration = Duration::from_secs(4);
+const RESYNC_DELAY: Duration = Duration::from_secs(6);
 
 /// Members the room has on the resident server besides its creator.
 const MEMBERS: usize = 12;
@@ -170,17 +170,25 @@ async fn a_partial_state_join_is_usable_at_once_and_gets_its_members_after() {
         started.elapsed()
     );
 
-    // The member list waits for the resync, then is whole.
+    assert!(b.running().services.rooms.is_partial(&room).unwrap());
+
+    // Another of B's users joining waits for the member list (a join is judged on the
+    // members), then gets in.
+    let carol = User::register(b, "carol").await.unwrap();
+    carol.join_via(&room, a.name()).await;
+    assert!(
+        started.elapsed() >= RESYNC_DELAY,
+        "carol's join was judged on the partial state"
+    );
+    assert!(!b.running().services.rooms.is_partial(&room).unwrap());
+
+    // The member list is whole.
     let (status, list) = bob
         .get(&format!("/rooms/{}/joined_members", enc(&room)))
         .await;
     assert_eq!(status, 200, "{list}");
     let joined = list["joined"].as_object().map_or(0, |m| m.len());
-    assert_eq!(joined, MEMBERS + 2, "{list}");
-    assert!(
-        started.elapsed() >= RESYNC_DELAY,
-        "the member list came before the resync"
-    );
+    assert_eq!(joined, MEMBERS + 3, "{list}");
 
     // A sync from before the resync carries the room's whole state, as after a join.
     let after = sync_from(&bob, Some(&since)).await;
@@ -204,7 +212,7 @@ async fn a_partial_state_join_is_usable_at_once_and_gets_its_members_after() {
         .get(&format!("/rooms/{}/members?membership=join", enc(&room)))
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["chunk"].as_array().map_or(0, Vec::len), MEMBERS + 2);
+    assert_eq!(body["chunk"].as_array().map_or(0, Vec::len), MEMBERS + 3);
     cluster.shutdown().await;
 }
 
@@ -228,5 +236,30 @@ async fn a_partial_state_resync_resumes_after_a_restart() {
     assert_eq!(status, 200, "{list}");
     let joined = list["joined"].as_object().map_or(0, |m| m.len());
     assert_eq!(joined, MEMBERS + 2, "{list}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn leaving_within_the_partial_window_ends_the_partial_state() {
+    let cluster = cluster().await;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let (_, _, room) = big_room(a).await;
+    let bob = User::register(b, "bob").await.unwrap();
+    bob.join_via(&room, a.name()).await;
+    assert!(b.running().services.rooms.is_partial(&room).unwrap());
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Nobody of ours is left to ask the room's state for: no resync, no partial state.
+    assert!(!b.running().services.rooms.is_partial(&room).unwrap());
+    // Joining again works (a new partial join, completed in turn).
+    bob.join_via(&room, a.name()).await;
+    let (status, list) = bob
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["joined"].as_object().map_or(0, |m| m.len()), MEMBERS + 2);
+    assert!(!b.running().services.rooms.is_partial(&room).unwrap());
     cluster.shutdown().await;
 }

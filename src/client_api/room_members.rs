@@ -35,7 +35,7 @@ pub async fn members(
     PathParams(room_id): PathParams<String>,
     QueryParams(params): QueryParams<MembersParams>,
 ) -> MatrixResult<Json<Value>> {
-    wait_for_members(&services, &room_id).await?;
+    wait_for_members(&services, session.user_id.as_str(), &room_id).await?;
     let chunk = services.rooms.members_for(
         session.user_id.as_str(),
         &room_id,
@@ -54,7 +54,7 @@ pub async fn joined_members(
     Authed(session): Authed,
     PathParams(room_id): PathParams<String>,
 ) -> MatrixResult<Json<Value>> {
-    wait_for_members(&services, &room_id).await?;
+    wait_for_members(&services, session.user_id.as_str(), &room_id).await?;
     Ok(Json(
         services
             .rooms
@@ -68,11 +68,18 @@ const MEMBERS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// A room joined with a partial state answers its member list once the list is in (as
 /// Synapse does; the resync takes seconds), or after [`MEMBERS_WAIT`] with the members
 /// known so far.
-async fn wait_for_members(services: &AppState, room_id: &str) -> MatrixResult<()> {
-    if !services
+async fn wait_for_members(services: &AppState, user_id: &str, room_id: &str) -> MatrixResult<()> {
+    // Only a member waits (the others are answered, or refused, at once).
+    let joined = services
         .rooms
-        .wait_full_state(room_id, MEMBERS_WAIT)
-        .await?
+        .store()
+        .membership(user_id, room_id)?
+        .is_some_and(|m| m.membership == "join");
+    if joined
+        && !services
+            .rooms
+            .wait_full_state(room_id, MEMBERS_WAIT)
+            .await?
     {
         tracing::info!(room = %room_id, "a member list is answered before the room's partial state is whole");
     }

@@ -9,18 +9,21 @@
 //! none answers usably, the task waits (1 s, doubling to 5 minutes) and tries again, until
 //! the room is whole or no longer partial (our user left and joined again fully).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use reqwest::Method;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::error::{ServiceError, ServiceResult};
 use super::federation::source::FromOrigin;
 use super::rooms::writer::Completion;
 use super::Services;
 use crate::core::{RoomVersion, ServerName};
+
+/// Rooms resynced at once.
+const AT_ONCE: usize = 2;
 
 /// The longest wait between two attempts of one room's resync.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -66,34 +69,47 @@ impl PartialResyncs {
             .unwrap_or_else(PoisonError::into_inner)
             .take()?;
         Some(tokio::spawn(async move {
-            match services.rooms.partial_state_rooms() {
-                Ok(rooms) => {
+            let listed = {
+                let services = Arc::clone(&services);
+                tokio::task::spawn_blocking(move || services.rooms.partial_state_rooms()).await
+            };
+            match listed {
+                Ok(Ok(rooms)) => {
                     for room in rooms {
                         services.partial_resyncs.request(&room);
                     }
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e.message, "cannot list the rooms with a partial state")
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot list the rooms with a partial state"),
             }
+            let permits = Arc::new(Semaphore::new(AT_ONCE));
             let mut running = tokio::task::JoinSet::new();
-            let mut started: HashSet<String> = HashSet::new();
+            let mut started: HashMap<tokio::task::Id, String> = HashMap::new();
             loop {
                 tokio::select! {
                     _ = stopped.changed() => break,
-                    Some(done) = running.join_next(), if !running.is_empty() => {
-                        if let Ok(room) = done {
-                            started.remove(&room);
-                        }
+                    Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                        let id = match done {
+                            Ok((id, ())) => id,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "a member resync task ended abnormally");
+                                e.id()
+                            }
+                        };
+                        started.remove(&id);
                     }
                     room = pending.recv() => {
                         let Some(room) = room else { break };
-                        if started.insert(room.clone()) {
+                        if !started.values().any(|r| *r == room) {
                             let services = Arc::clone(&services);
-                            running.spawn(async move {
-                                resync(&services, &room).await;
-                                room
+                            let permits = Arc::clone(&permits);
+                            let name = room.clone();
+                            let task = running.spawn(async move {
+                                resync(&services, &room, &permits).await;
                             });
+                            started.insert(task.id(), name);
                         }
                     }
                 }
@@ -103,14 +119,27 @@ impl PartialResyncs {
     }
 }
 
-/// Resyncs `room_id` until its state is whole or it is no longer partial.
-async fn resync(services: &Services, room_id: &str) {
+/// Resyncs `room_id` until its state is whole or it is no longer partial, one of
+/// [`AT_ONCE`] rooms at a time (a big room's state is hundreds of MiB as JSON).
+async fn resync(services: &Services, room_id: &str, permits: &Semaphore) {
     tokio::time::sleep(services.partial_resyncs.delay).await;
     let mut backoff = Duration::from_secs(1);
     loop {
-        match attempt(services, room_id).await {
+        let outcome = match permits.acquire().await {
+            Ok(_permit) => attempt(services, room_id).await,
+            Err(_) => return,
+        };
+        match outcome {
             Ok(Some(Completion::Completed { added, refused })) => {
                 tracing::info!(room = %room_id, added, refused, "the member list of a room joined with a partial state is in");
+                // Device lists kept from rooms shared before may have missed updates, as
+                // after any join (the members were not known at ours).
+                let forget = services
+                    .remote_device_lists
+                    .forget_members_of(services.rooms.store(), room_id);
+                if let Err(e) = forget {
+                    tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped");
+                }
                 return;
             }
             Ok(Some(Completion::NotPartial) | None) => return,
@@ -132,6 +161,10 @@ async fn attempt(services: &Services, room_id: &str) -> ServiceResult<Option<Com
     let Some(partial) = room.record.partial_state else {
         return Ok(None);
     };
+    if !services.rooms.has_local_member(room_id)? {
+        // Left meanwhile (the mark goes with our last member's leave).
+        return Ok(None);
+    }
     let version = RoomVersion::from_id(&room.record.version)
         .ok_or_else(|| ServiceError::internal("a room of an unknown version"))?;
     let own = services.config.server_name.as_str();
@@ -164,7 +197,7 @@ async fn attempt(services: &Services, room_id: &str) -> ServiceResult<Option<Com
         };
         match services
             .rooms
-            .complete_state(room_id, version, &answer, &source)
+            .complete_state(room_id, version, (answer, &partial.join_event), &source)
             .await
         {
             Ok(done) => return Ok(Some(done)),

@@ -83,7 +83,13 @@ impl Federation {
             origin: destination.clone(),
         };
         let partial = rooms
-            .join_through(room_id, version, (join, &answer), &source)
+            .join_through(
+                room_id,
+                version,
+                (join, answer),
+                destination.as_str(),
+                &source,
+            )
             .await?;
         Ok(partial.is_some())
     }

@@ -46,7 +46,26 @@ pub fn member_content(
     content
 }
 
+/// How long a membership change waits for a room joined with a partial state to be
+/// whole.
+const SETTLED_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Rooms {
+    /// Waits for the room's member list when it is held with a partial state: another
+    /// member's join, an invite, a kick or a ban is judged on the members, which the
+    /// partial state lacks (a user banned there would get in here). 503 when the list
+    /// does not come in time.
+    async fn members_settled(&self, room_id: &str) -> ServiceResult<()> {
+        if self.wait_full_state(room_id, SETTLED_WAIT).await? {
+            return Ok(());
+        }
+        Err(ServiceError::new(
+            crate::services::error::ErrorKind::Unavailable,
+            crate::services::error::ErrorCode::Unknown,
+            "The room's member list is still being fetched from other servers; try again shortly",
+        ))
+    }
+
     /// Sends the member event for `target` (the writer checks the room exists).
     async fn set_membership(
         &self,
@@ -76,6 +95,7 @@ impl Rooms {
         profile: &MemberProfile,
         is_guest: bool,
     ) -> ServiceResult<()> {
+        self.members_settled(room_id).await?;
         let room = self
             .store
             .room(room_id)?
@@ -206,6 +226,7 @@ impl Rooms {
         is_direct: bool,
         target_profile: Option<&MemberProfile>,
     ) -> ServiceResult<String> {
+        self.members_settled(room_id).await?;
         let draft =
             self.invite_draft(sender, room_id, target, reason, is_direct, target_profile)?;
         self.append(room_id, vec![draft])
@@ -225,6 +246,7 @@ impl Rooms {
         reason: Option<String>,
         is_direct: bool,
     ) -> ServiceResult<BuiltPdu> {
+        self.members_settled(room_id).await?;
         let draft = self.invite_draft(sender, room_id, target, reason, is_direct, None)?;
         self.writers.build(room_id, draft).await
     }
@@ -284,6 +306,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<String>,
     ) -> ServiceResult<()> {
+        self.members_settled(room_id).await?;
         self.known_room(room_id)?;
         match self.membership_of(target.as_str(), room_id)?.as_deref() {
             Some("join" | "invite" | "knock") => {}
@@ -306,6 +329,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<String>,
     ) -> ServiceResult<()> {
+        self.members_settled(room_id).await?;
         let content = member_content("ban", None, reason);
         self.set_membership(sender, room_id, target.as_str(), content)
             .await
@@ -319,6 +343,7 @@ impl Rooms {
         target: &UserId,
         reason: Option<String>,
     ) -> ServiceResult<()> {
+        self.members_settled(room_id).await?;
         self.known_room(room_id)?;
         if self.membership_of(target.as_str(), room_id)?.as_deref() != Some("ban") {
             return Err(ServiceError::forbidden(format!("{target} is not banned")));

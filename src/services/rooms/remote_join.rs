@@ -28,6 +28,10 @@ const REMOTE_SERVERS_CACHED: usize = 10_000;
 /// How often [`Rooms::wait_full_state`] looks at the room again.
 const FULL_STATE_POLL: Duration = Duration::from_millis(50);
 
+/// Servers of a partial state's `servers_in_room` kept at most (each is sent our events
+/// and may be asked for the room's state).
+pub const MAX_SERVERS_IN_ROOM: usize = 1_000;
+
 /// Events a join's answer may hold (state and auth chain together).
 pub const MAX_JOIN_EVENTS: usize = 200_000;
 
@@ -51,32 +55,38 @@ impl Rooms {
         &self,
         room_id: &str,
         version: RoomVersion,
-        (join, answer): (Value, &Value),
+        (join, mut answer): (Value, Value),
+        via: &str,
         source: &dyn MissingSource,
     ) -> ServiceResult<Option<Vec<String>>> {
+        // The servers to send to and ask while the members are unknown: the one we
+        // joined through first (a resident may leave itself out, or name none), then
+        // those it names, each once, [`MAX_SERVERS_IN_ROOM`] at most.
+        let partial = match answer.get("members_omitted").and_then(Value::as_bool) {
+            Some(true) => {
+                let mut servers = vec![via.to_owned()];
+                let named = answer.get("servers_in_room").and_then(Value::as_array);
+                for server in named.into_iter().flatten().filter_map(Value::as_str) {
+                    if servers.len() >= MAX_SERVERS_IN_ROOM {
+                        break;
+                    }
+                    if crate::core::ServerName::parse(server).is_ok()
+                        && !servers.iter().any(|s| s == server)
+                    {
+                        servers.push(server.to_owned());
+                    }
+                }
+                Some(servers)
+            }
+            _ => None,
+        };
         let (events, state_ids) = self
-            .checked_state_answer(room_id, version, (answer, "state"), source)
+            .checked_state_answer(room_id, version, (&mut answer, "state"), source)
             .await?;
         let join = self
             .checked(room_id, version, join, source)
             .await
             .map_err(|why| bad_answer(format!("our join came back unusable: {why}")))?;
-        let partial = match answer.get("members_omitted").and_then(Value::as_bool) {
-            Some(true) => Some(
-                answer
-                    .get("servers_in_room")
-                    .and_then(Value::as_array)
-                    .map(|list| {
-                        list.iter()
-                            .filter_map(Value::as_str)
-                            .filter(|s| crate::core::ServerName::parse(s).is_ok())
-                            .map(str::to_owned)
-                            .collect::<Vec<_>>()
-                    })
-                    .ok_or_else(|| bad_answer("members omitted without servers_in_room"))?,
-            ),
-            _ => None,
-        };
         let outcome = self
             .writers
             .join_remote(
@@ -107,49 +117,54 @@ impl Rooms {
         &self,
         room_id: &str,
         version: RoomVersion,
-        answer: &Value,
+        (mut answer, join_event): (Value, &str),
         source: &dyn MissingSource,
     ) -> ServiceResult<Completion> {
         let (events, state_ids) = self
-            .checked_state_answer(room_id, version, (answer, "pdus"), source)
+            .checked_state_answer(room_id, version, (&mut answer, "pdus"), source)
             .await?;
-        self.writers
-            .complete_state(room_id, FullState { events, state_ids })
-            .await
+        let full = FullState {
+            join_event: join_event.to_owned(),
+            events,
+            state_ids,
+        };
+        self.writers.complete_state(room_id, full).await
     }
 
     /// The events of a state answer (`send_join`'s `state` or `/state`'s `pdus`, with
     /// `auth_chain`), each checked (format, signatures, hashes), and the ids of the state
     /// events among them. Refuses an answer without a usable create event of `version`.
+    /// The events are moved out of `answer` (a big room's state is not held twice).
     async fn checked_state_answer(
         &self,
         room_id: &str,
         version: RoomVersion,
-        (answer, state_key): (&Value, &str),
+        (answer, state_key): (&mut Value, &str),
         source: &dyn MissingSource,
     ) -> ServiceResult<(Vec<RemoteEvent>, Vec<String>)> {
-        let list = |key: &str| -> ServiceResult<&Vec<Value>> {
-            answer
-                .get(key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad_answer(format!("no {key} list")))
+        let mut list = |key: &str| -> ServiceResult<Vec<Value>> {
+            match answer.get_mut(key).map(Value::take) {
+                Some(Value::Array(list)) => Ok(list),
+                _ => Err(bad_answer(format!("no {key} list"))),
+            }
         };
         let (state, chain) = (list(state_key)?, list("auth_chain")?);
-        if state.len() + chain.len() > MAX_JOIN_EVENTS {
+        let total = state.len() + chain.len();
+        if total > MAX_JOIN_EVENTS {
             return Err(bad_answer("too many events"));
         }
         let mut seen = HashSet::new();
-        let mut events = Vec::with_capacity(state.len() + chain.len());
+        let mut events = Vec::with_capacity(total);
         let mut state_ids = Vec::with_capacity(state.len());
         let mut create_version = None;
         // How many events were dropped, and why the first was (for the error).
         let mut dropped: (usize, Option<String>) = (0, None);
         for (pdu, in_state) in state
-            .iter()
+            .into_iter()
             .map(|p| (p, true))
-            .chain(chain.iter().map(|p| (p, false)))
+            .chain(chain.into_iter().map(|p| (p, false)))
         {
-            let event = match self.checked(room_id, version, pdu.clone(), source).await {
+            let event = match self.checked(room_id, version, pdu, source).await {
                 Ok(event) => event,
                 Err(reason) => {
                     dropped.0 += 1;
@@ -179,8 +194,7 @@ impl Rooms {
             let why = match dropped {
                 (0, _) => String::new(),
                 (n, first) => format!(
-                    " ({n} of {} events dropped, the first because {})",
-                    state.len() + chain.len(),
+                    " ({n} of {total} events dropped, the first because {})",
                     first.unwrap_or_default()
                 ),
             };

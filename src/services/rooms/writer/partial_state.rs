@@ -40,6 +40,8 @@ use crate::storage::{keys, Table};
 /// The whole state before our join, from the resync: checked for format, signatures and
 /// hashes.
 pub struct FullState {
+    /// The join the state was asked for (the state before it).
+    pub join_event: String,
     /// The state events and their auth chain, in any order, each once.
     pub events: Vec<RemoteEvent>,
     /// The ids of the state events (the state before our join).
@@ -72,7 +74,36 @@ pub(super) fn begin(head: &mut RoomHead, join_event: &str, servers: Option<Vec<S
     head.remote_servers = None;
 }
 
-/// Completes the partial state of `room_id` with `full`.
+/// Ends the partial state of a room our last member leaves (`user` of `server_name`
+/// now `membership`): nobody would answer its resync (a server asked for a room's state
+/// wants a member of ours in it), and a later join starts afresh.
+pub(super) fn end_if_last_left(
+    store: &EventStore,
+    head: &mut RoomHead,
+    (record, server_name): (&mut crate::services::rooms::records::RoomRecord, &str),
+    (user, membership): (&str, &str),
+) -> ServiceResult<()> {
+    let ours = user
+        .split_once(':')
+        .is_some_and(|(_, server)| server == server_name);
+    if record.partial_state.is_none() || !ours || membership == "join" {
+        return Ok(());
+    }
+    let others = head
+        .local_members(store, server_name)?
+        .iter()
+        .any(|m| m.user_id != user);
+    if !others {
+        record.partial_state = None;
+        head.remote_servers = None;
+    }
+    Ok(())
+}
+
+/// Completes the partial state of `room_id` with `full`. Everything it changes in the
+/// room is written in one batch, the mark's removal with it: a crash before leaves the
+/// room partial, to be completed again from the start (only snapshots saved on the way,
+/// unused, are left).
 pub(super) fn complete(
     ctx: &WriterContext,
     room_id: &str,
@@ -87,8 +118,11 @@ pub(super) fn complete(
     let Some(head) = head.as_mut() else {
         return Err(ServiceError::internal("the room's head is not loaded"));
     };
-    let Some(partial) = head.record.partial_state.clone() else {
-        return Ok(Completion::NotPartial);
+    // Only the partial state of the join the state was asked for (not one of a later
+    // join, nor a room left meanwhile).
+    let partial = match &head.record.partial_state {
+        Some(partial) if partial.join_event == full.join_event => partial.clone(),
+        _ => return Ok(Completion::NotPartial),
     };
     let join = store
         .state
@@ -108,86 +142,99 @@ pub(super) fn complete(
             "The state the server gave is not of the room we joined (another create event)",
         ));
     }
-    // What the partial state lacked: keys it did not have at all (the members left out).
-    let missing: Vec<(ShortStateKey, ShortEventId)> = whole
-        .iter()
-        .filter(|(key, _)| !before_join.contains_key(key))
-        .map(|(k, e)| (*k, *e))
-        .collect();
-
+    // What the partial state lacked: the member events left out. Only member keys are
+    // taken (the only ones a resident server may omit), so a server answering the
+    // resync cannot add other state.
+    let mut missing: Vec<(ShortStateKey, Option<ShortEventId>)> = Vec::new();
+    for (key, event) in &whole {
+        if before_join.contains_key(key) {
+            continue;
+        }
+        if store.state.state_key_of(*key)?.0 == "m.room.member" {
+            missing.push((*key, Some(*event)));
+        }
+    }
+    let mut batch = store.db.batch();
     let mut fill = Filler {
         store,
+        partial: (join_meta.state_before, &before_join),
         missing: &missing,
+        filled_base: None,
         done: HashMap::new(),
     };
     let span = span_since(store, head.short, join_meta.pos)?;
     let version = head.version;
     let mut refused: Vec<(ShortEventId, Option<ShortStateKey>, ShortStateHash)> = Vec::new();
     for (pos, short) in span {
-        let meta = store.meta(short)?;
+        let mut meta = store.meta(short)?;
         let (before, after) = (
             fill.filled(meta.state_before)?,
             fill.filled(meta.state_after)?,
         );
         let event = store.event(short)?;
-        let mut batch = store.db.batch();
         let remote = event
             .sender()
             .split_once(':')
             .is_none_or(|(_, s)| s != ctx.server_name);
+        let mut refusal = None;
         if remote && short != join {
-            if let Err(reason) = recheck(store, version, event.pdu(), before)? {
-                tracing::info!(room = %room_id, event = %event.event_id, "accepted on a partial state, refused by the whole state: {reason}");
-                let own_key = match event.state_key() {
-                    Some(key) => Some(store.state.state_key(event.kind(), key)?),
-                    None => None,
-                };
-                refused.push((short, own_key, before));
-                let mut record = graph::record(store, short)?.ok_or_else(|| {
-                    ServiceError::internal("an event of the span has no graph record")
-                })?;
-                record.status = EventStatus::Rejected {
-                    reason: format!("not allowed by the whole state before it: {reason}"),
-                };
-                graph::write(
-                    &mut batch,
-                    short,
-                    &record,
-                    crate::services::rooms::auth_index::state_key_of(store, event.pdu())?,
-                );
-                batch.delete(
-                    Table::ShortroomidPosShorteventid,
-                    timeline_key(head.short, pos),
-                );
-            }
+            refusal = recheck(store, version, event.pdu(), before)?.err();
         }
-        let mut meta = meta;
         meta.state_before = before;
         meta.state_after = after;
-        batch.put(
-            Table::ShorteventidMeta,
-            short.to_be_bytes(),
-            meta.encode_with_id(&event.event_id),
-        );
-        if !refused.iter().any(|(r, _, _)| *r == short) {
+        if let Some(reason) = refusal {
+            tracing::info!(room = %room_id, event = %event.event_id, "accepted on a partial state, refused by the whole state: {reason}");
+            let own_key = match event.state_key() {
+                Some(key) => Some(store.state.state_key(event.kind(), key)?),
+                None => None,
+            };
+            refused.push((short, own_key, before));
+            let mut record = graph::record(store, short)?.ok_or_else(|| {
+                ServiceError::internal("an event of the span has no graph record")
+            })?;
+            record.status = EventStatus::Rejected {
+                reason: format!("not allowed by the whole state before it: {reason}"),
+            };
+            graph::write(
+                &mut batch,
+                short,
+                &record,
+                crate::services::rooms::auth_index::state_key_of(store, event.pdu())?,
+            );
+            // Out of the timeline, as events rejected on arrival are.
+            batch.delete(
+                Table::ShortroomidPosShorteventid,
+                timeline_key(head.short, pos),
+            );
+            meta.pos = 0;
+        } else {
             batch.put(
                 Table::ShortroomidPosShorteventid,
                 timeline_key(head.short, pos),
                 timeline_value(short, &meta, &event.event_id),
             );
         }
+        batch.put(
+            Table::ShorteventidMeta,
+            short.to_be_bytes(),
+            meta.encode_with_id(&event.event_id),
+        );
         let current = stream_state::current_after(store, short, after)?;
         if current != after {
-            stream_state::note_current(&mut batch, short, fill.filled(current)?, after);
+            let current = fill.filled(current)?;
+            if current == meta.state_after {
+                batch.delete(Table::ShorteventidCurrentstate, short.to_be_bytes());
+            } else {
+                stream_state::note_current(&mut batch, short, current, meta.state_after);
+            }
         }
-        store.db.write_relaxed(batch)?;
     }
 
     // The room's current state, whole.
     let mut now = store.state.load(head.record.state)?;
     let mut added = 0;
     for (key, event) in &missing {
-        if !now.contains_key(key) {
+        if let (false, Some(event)) = (now.contains_key(key), event) {
             now.insert(*key, *event);
             added += 1;
         }
@@ -195,8 +242,8 @@ pub(super) fn complete(
     for (short, own_key, before) in &refused {
         let Some(key) = own_key else { continue };
         if now.get(key) == Some(short) {
-            match store.state.load(*before)?.get(key) {
-                Some(earlier) => now.insert(*key, *earlier),
+            match store.state.get(*before, *key)? {
+                Some(earlier) => now.insert(*key, earlier),
                 None => now.remove(key),
             };
         }
@@ -215,13 +262,17 @@ pub(super) fn complete(
         );
         changes
     };
-    let mut batch = store.db.batch();
     let snapshot = if changes.is_empty() {
         head.record.state
     } else {
-        store
+        // Saved in a batch of its own (its parent is read); unused if the batch below
+        // never lands.
+        let mut own = store.db.batch();
+        let id = store
             .state
-            .save(Some(head.record.state), &changes, &mut batch)?
+            .save(Some(head.record.state), &changes, &mut own)?;
+        store.db.write_relaxed(own)?;
+        id
     };
     let ticket = store.stream.allocate()?;
     let pos = ticket.pos();
@@ -256,8 +307,19 @@ pub(super) fn complete(
             batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
         }
     }
+    // A refused event is no forward extremity (there is always one: our join at least).
+    if !refused.is_empty() {
+        let refused_ids = store
+            .state
+            .event_ids_of(&refused.iter().map(|r| r.0).collect::<Vec<_>>())?;
+        record.extremities.retain(|e| !refused_ids.contains(e));
+        if record.extremities.is_empty() {
+            record.extremities.push(partial.join_event.clone());
+        }
+    }
     record.state = snapshot;
     record.partial_state = None;
+    record.last_pos = pos;
     batch.put(
         Table::PosShortroomid,
         pos.to_be_bytes(),
@@ -309,11 +371,16 @@ fn span_since(store: &EventStore, room: u64, from: u64) -> ServiceResult<Vec<(u6
     Ok(out)
 }
 
-/// Each partial snapshot with the missing entries added (under keys it does not have),
-/// saved once.
+/// Each partial snapshot of the span with the missing member events added under keys it
+/// does not have, saved once. The join's partial state before it, filled, is saved once
+/// as a base; any other snapshot is saved as its difference from that partial state, on
+/// the filled base (the span's changes are few; the members, many).
 struct Filler<'a> {
     store: &'a EventStore,
-    missing: &'a [(ShortStateKey, ShortEventId)],
+    /// The join's state before it, as the partial state held it (id and map).
+    partial: (ShortStateHash, &'a StateMap),
+    missing: &'a [(ShortStateKey, Option<ShortEventId>)],
+    filled_base: Option<ShortStateHash>,
     done: HashMap<ShortStateHash, ShortStateHash>,
 }
 
@@ -325,24 +392,57 @@ impl Filler<'_> {
         if let Some(done) = self.done.get(&snapshot) {
             return Ok(*done);
         }
+        let base = match self.filled_base {
+            Some(base) => base,
+            None => {
+                let base = self.save(Some(self.partial.0), self.missing)?;
+                self.filled_base = Some(base);
+                self.done.insert(self.partial.0, base);
+                base
+            }
+        };
+        if snapshot == self.partial.0 {
+            return Ok(base);
+        }
+        // What the span changed since the join: set, or gone (a key the join's state had
+        // and this one does not).
         let map = self.store.state.load(snapshot)?;
-        let adds: Vec<(ShortStateKey, Option<ShortEventId>)> = self
-            .missing
+        let (_, before_join) = self.partial;
+        let mut changes: Vec<(ShortStateKey, Option<ShortEventId>)> = map
             .iter()
-            .filter(|(key, _)| !map.contains_key(key))
+            .filter(|(k, e)| before_join.get(k) != Some(e))
             .map(|(k, e)| (*k, Some(*e)))
             .collect();
-        let filled = if adds.is_empty() {
-            snapshot
-        } else {
-            // Saved in a batch of its own: a later snapshot may be saved on it.
-            let mut batch = self.store.db.batch();
-            let id = self.store.state.save(Some(snapshot), &adds, &mut batch)?;
-            self.store.db.write_relaxed(batch)?;
-            id
-        };
+        changes.extend(
+            before_join
+                .keys()
+                .filter(|k| !map.contains_key(k))
+                .map(|k| (*k, None)),
+        );
+        let filled = self.save(Some(base), &changes)?;
         self.done.insert(snapshot, filled);
         Ok(filled)
+    }
+
+    /// `changes` on `parent`, saved in a batch of its own (a later snapshot is saved on
+    /// it, and the store reads the parent).
+    fn save(
+        &self,
+        parent: Option<ShortStateHash>,
+        changes: &[(ShortStateKey, Option<ShortEventId>)],
+    ) -> ServiceResult<ShortStateHash> {
+        let Some(parent) = parent else {
+            return Err(ServiceError::internal(
+                "a partial snapshot without a parent",
+            ));
+        };
+        if changes.is_empty() {
+            return Ok(parent);
+        }
+        let mut batch = self.store.db.batch();
+        let id = self.store.state.save(Some(parent), changes, &mut batch)?;
+        self.store.db.write_relaxed(batch)?;
+        Ok(id)
     }
 }
 
@@ -353,7 +453,6 @@ fn recheck(
     event: &serde_json::Value,
     before: ShortStateHash,
 ) -> ServiceResult<Result<(), String>> {
-    let state = store.state.load(before)?;
     let mut keys = auth_rules::auth_event_keys(version, event);
     keys.push(("m.room.create".into(), String::new()));
     let mut auth = super::local_event::CachedAuthState::default();
@@ -361,7 +460,7 @@ fn recheck(
         let Some(short_key) = store.state.find_state_key(&kind, &key)? else {
             continue;
         };
-        if let Some(&short) = state.get(&short_key) {
+        if let Some(short) = store.state.get(before, short_key)? {
             auth.0
                 .insert((kind, key), std::sync::Arc::new(store.event(short)?));
         }

@@ -137,6 +137,12 @@ pub(super) fn write_event(
                 pos,
             )?;
             member = Some((user.to_owned(), membership.to_owned()));
+            super::partial_state::end_if_last_left(
+                store,
+                head,
+                (&mut record, &ctx.server_name),
+                (user, membership),
+            )?;
         }
     }
 

@@ -879,6 +879,12 @@ fn accept(
             (&state_key, &membership, changed_id),
             pos,
         )?;
+        super::partial_state::end_if_last_left(
+            store,
+            head,
+            (&mut record, &ctx.server_name),
+            (&state_key, &membership),
+        )?;
         if value == &Some(short) {
             member = Some((state_key, membership));
         }

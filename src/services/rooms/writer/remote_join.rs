@@ -101,12 +101,15 @@ fn take_in(
     // A join starts the room afresh: a partial state of an earlier join is over, and one
     // of this join begins with it (its members are then taken from the join's auth
     // events, as for any event on a partial state).
+    let earlier = current.record.partial_state.clone();
     super::partial_state::begin(current, &join.event_id, job.partial);
     join.given_state = Some((snapshot, map));
     // Accepted, the join writes the room's record with the mark.
     let outcome = remote_event::receive(ctx, current, join, written)?;
     if outcome != PduOutcome::Accepted {
-        super::partial_state::begin(current, "", None);
+        // Not joined: the room stays as it was.
+        current.record.partial_state = earlier;
+        current.remote_servers = None;
     }
     Ok(outcome)
 }
