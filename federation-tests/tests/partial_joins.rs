@@ -259,7 +259,10 @@ async fn leaving_within_the_partial_window_ends_the_partial_state() {
         .get(&format!("/rooms/{}/joined_members", enc(&room)))
         .await;
     assert_eq!(status, 200, "{list}");
-    assert_eq!(list["joined"].as_object().map_or(0, |m| m.len()), MEMBERS + 2);
+    assert_eq!(
+        list["joined"].as_object().map_or(0, |m| m.len()),
+        MEMBERS + 2
+    );
     assert!(!b.running().services.rooms.is_partial(&room).unwrap());
     cluster.shutdown().await;
 }

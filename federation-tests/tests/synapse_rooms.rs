@@ -921,3 +921,86 @@ async fn invites_knocks_and_directories_with_synapse_both_ways() {
     );
     cluster.shutdown().await;
 }
+
+/// A room of several Synapse users joined with a partial state: Synapse answers
+/// `send_join?omit_members=true` without the members, the room is usable at once (our
+/// message reaches Synapse, a Synapse member our server does not know yet is heard), and
+/// the member list comes from Synapse's `/state` at our join.
+#[tokio::test]
+async fn we_join_a_synapse_room_of_many_with_a_partial_state() {
+    const MEMBERS: usize = 5;
+    let cluster = Cluster::start_with(1, |_, config| {
+        config.federation.partial_state_resync_delay = Duration::from_secs(5);
+    })
+    .await
+    .unwrap();
+    let ours = &cluster.instances[0];
+    let synapse = Synapse::start(&cluster.ca).await.unwrap();
+    let alice = User::register(ours, "alice").await.unwrap();
+    let sam = User::register_at(&synapse.client_url, "sam").await.unwrap();
+    let room = sam
+        .create_room(json!({"preset": "public_chat", "name": "their hall"}))
+        .await;
+    let mut members = Vec::new();
+    for i in 0..MEMBERS {
+        let member = User::register_at(&synapse.client_url, &format!("member{i}"))
+            .await
+            .unwrap();
+        let (status, body) = member
+            .post(&format!("/join/{}", enc(&room)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        members.push(member);
+    }
+
+    let started = Instant::now();
+    alice.join_via(&room, &synapse.server_name).await;
+    let rooms = &ours.running().services.rooms;
+    assert!(
+        rooms.is_partial(&room).unwrap(),
+        "Synapse left the members in: no partial state\n{}",
+        synapse.log_tail()
+    );
+    let (status, _) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/p1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "hello while partial"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        wait_for_message(&sam, &room, "hello while partial")
+            .await
+            .is_some(),
+        "Synapse never got our message\n{}",
+        synapse.log_tail()
+    );
+    let (status, _) = members[2]
+        .put(
+            &format!("/rooms/{}/send/m.room.message/m1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "a member you do not know yet"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        wait_for_message(&alice, &room, "a member you do not know yet")
+            .await
+            .is_some(),
+        "a Synapse member unknown to our partial state was not heard"
+    );
+    if started.elapsed() < Duration::from_secs(5) {
+        assert!(
+            rooms.is_partial(&room).unwrap(),
+            "resynced before its delay"
+        );
+    }
+
+    let (status, list) = alice
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    let joined = list["joined"].as_object().map_or(0, |m| m.len());
+    assert_eq!(joined, MEMBERS + 2, "{list}\n{}", synapse.log_tail());
+    assert!(!rooms.is_partial(&room).unwrap());
+    cluster.shutdown().await;
+}
