@@ -68,12 +68,14 @@ fn has_message(sync: &Value, room: &str, body: &str) -> bool {
         .any(|e| e["content"]["body"] == body)
 }
 
-async fn send(user: &User, room: &str, txn: &str, body: &str) {
+/// Sends a message (must succeed); answers its event id.
+async fn send(user: &User, room: &str, txn: &str, body: &str) -> String {
     let path = format!("/rooms/{}/send/m.room.message/{txn}", enc(room));
     let (status, answer) = user
         .put(&path, json!({"msgtype": "m.text", "body": body}))
         .await;
     assert_eq!(status, 200, "{}: {answer}", user.user_id);
+    answer["event_id"].as_str().unwrap_or_default().to_owned()
 }
 
 /// `user`'s sync of everything from `since` (or from the start), without waiting.
@@ -150,7 +152,12 @@ async fn a_partial_state_join_is_usable_at_once_and_gets_its_members_after() {
 
     // Usable: bob's message reaches the resident server's users, and a member whose
     // membership the partial state lacks is heard.
-    send(&bob, &room, "b1", "hello from the partial side").await;
+    let hello = send(&bob, &room, "b1", "hello from the partial side").await;
+    // The resident server, whose members B does not know yet, may read it from B (the
+    // room's history is shared).
+    let path = format!("/_matrix/federation/v1/event/{}", enc(&hello));
+    let (status, body) = a.ask(b.name(), Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{body}");
     let seen = alice
         .sync_until(|s| has_message(s, &room, "hello from the partial side"))
         .await;

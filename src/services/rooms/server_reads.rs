@@ -88,6 +88,16 @@ impl Rooms {
         if room_id.is_some_and(|r| r != room.record.room_id) {
             return Ok(None);
         }
+        // A room held with a partial state does not know the members of the servers the
+        // resident server named: where the history was never restricted to `invited`
+        // or `joined`, such a server (in the room now) may read it all, as its members'
+        // events would tell once they are in.
+        let partial_member = room.record.partial_state.as_ref().is_some_and(|p| {
+            !room.record.visibility_restricted && p.servers.iter().any(|s| s == server)
+        });
+        if partial_member {
+            return Ok(Some(event));
+        }
         let before = event.meta.state_before;
         let seen = match cache.get(&before) {
             Some(seen) => *seen,
