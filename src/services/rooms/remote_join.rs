@@ -261,9 +261,14 @@ impl Rooms {
             return Ok(Arc::default());
         };
         let snapshot = room.record.state;
-        if let Some((at, servers)) = self.cached_servers().get(room_id) {
-            if *at == snapshot {
-                return Ok(Arc::clone(servers));
+        // A partial state's servers are not in the snapshot: neither read from nor kept
+        // in the cache, whose entries the snapshot alone names.
+        let partial = room.record.partial_state.as_ref();
+        if partial.is_none() {
+            if let Some((at, servers)) = self.cached_servers().get(room_id) {
+                if *at == snapshot {
+                    return Ok(Arc::clone(servers));
+                }
             }
         }
         let own = self.server_name.as_str();
@@ -275,12 +280,15 @@ impl Rooms {
             .filter_map(|e| e.state_key()?.split_once(':').map(|(_, s)| s.to_owned()))
             .filter(|s| s != own)
             .collect();
-        if let Some(partial) = &room.record.partial_state {
+        if let Some(partial) = partial {
             servers.extend(partial.servers.iter().filter(|s| *s != own).cloned());
         }
         servers.sort_unstable();
         servers.dedup();
         let servers = Arc::new(servers);
+        if partial.is_some() {
+            return Ok(servers);
+        }
         let mut cache = self.cached_servers();
         if cache.len() >= REMOTE_SERVERS_CACHED {
             cache.clear();
