@@ -58,31 +58,53 @@ async fn a_sender_killed_mid_queue_delivers_everything_once_in_order_after_resta
     cluster.shutdown().await;
 }
 
+/// Two server processes, alice on the first and bob on the second, sharing a public room
+/// named `name` that alice made; the folders live as long as this.
+struct SharedRoom {
+    servers: [ServerProcess; 2],
+    users: [User; 2],
+    room: String,
+    _dirs: [tempfile::TempDir; 3],
+}
+
+impl SharedRoom {
+    async fn start(name: &str) -> Self {
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = federation_tests::TestCa::new(ca_dir.path()).unwrap();
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let servers = [
+            ServerProcess::start(&ca, dir_a.path(), free_port().unwrap()).unwrap(),
+            ServerProcess::start(&ca, dir_b.path(), free_port().unwrap()).unwrap(),
+        ];
+        let users = [
+            User::register_at(&servers[0].client_url, "alice")
+                .await
+                .unwrap(),
+            User::register_at(&servers[1].client_url, "bob")
+                .await
+                .unwrap(),
+        ];
+        let room = users[0]
+            .create_room(json!({"preset": "public_chat", "name": name}))
+            .await;
+        users[1].join_via(&room, &servers[0].name).await;
+        Self {
+            servers,
+            users,
+            room,
+            _dirs: [ca_dir, dir_a, dir_b],
+        }
+    }
+}
+
 /// Crash safety (hostile-federation issue): `kill -9` of either server of a shared room
 /// while messages flow both ways, at seeded moments. Every message its sender's server
 /// acknowledged reaches the other side, once, in the order it was sent; neither client
 /// sees an event twice; the queues resume after each restart.
 #[tokio::test]
 async fn kill_9_of_either_server_while_a_room_talks_loses_and_doubles_nothing() {
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = federation_tests::TestCa::new(ca_dir.path()).unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut servers = [
-        ServerProcess::start(&ca, dir_a.path(), free_port().unwrap()).unwrap(),
-        ServerProcess::start(&ca, dir_b.path(), free_port().unwrap()).unwrap(),
-    ];
-    let mut users = [
-        User::register_at(&servers[0].client_url, "alice")
-            .await
-            .unwrap(),
-        User::register_at(&servers[1].client_url, "bob")
-            .await
-            .unwrap(),
-    ];
-    let room = users[0]
-        .create_room(json!({"preset": "public_chat", "name": "crash"}))
-        .await;
-    users[1].join_via(&room, &servers[0].name).await;
+    let pair = SharedRoom::start("crash").await;
+    let (mut servers, mut users, room) = (pair.servers, pair.users, pair.room);
 
     let mut rng = federation_tests::seeded::Rng::new(7);
     let mut sent: [Vec<String>; 2] = [Vec::new(), Vec::new()];
@@ -209,25 +231,8 @@ async fn try_send(user: &User, room: &str, txn: &str, body: &str) -> Option<Stri
 /// and a client syncing from a token taken before the kills sees no event twice.
 #[tokio::test]
 async fn kill_9_in_the_middle_of_sends_keeps_each_message_once() {
-    let ca_dir = tempfile::tempdir().unwrap();
-    let ca = federation_tests::TestCa::new(ca_dir.path()).unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut servers = [
-        ServerProcess::start(&ca, dir_a.path(), free_port().unwrap()).unwrap(),
-        ServerProcess::start(&ca, dir_b.path(), free_port().unwrap()).unwrap(),
-    ];
-    let mut users = [
-        User::register_at(&servers[0].client_url, "alice")
-            .await
-            .unwrap(),
-        User::register_at(&servers[1].client_url, "bob")
-            .await
-            .unwrap(),
-    ];
-    let room = users[0]
-        .create_room(json!({"preset": "public_chat", "name": "mid-write"}))
-        .await;
-    users[1].join_via(&room, &servers[0].name).await;
+    let pair = SharedRoom::start("mid-write").await;
+    let (mut servers, mut users, room) = (pair.servers, pair.users, pair.room);
     let (status, before) = users[0].get("/sync?timeout=0").await;
     assert_eq!(status, 200);
     let since = before["next_batch"].as_str().unwrap().to_owned();

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use super::head::{membership_of, RoomHead};
 use super::persist::put_membership;
-use super::remote_event::RemoteEvent;
+use super::remote_event::{state_changes, RemoteEvent};
 use super::remote_join::{state_of, take_in_outliers};
 use super::{WriterContext, Written};
 use crate::core::auth_rules::{self, AuthContext};
@@ -248,20 +248,7 @@ pub(super) fn complete(
             };
         }
     }
-    let changes: Vec<(ShortStateKey, Option<ShortEventId>)> = {
-        let old = &head.state;
-        let mut changes: Vec<_> = now
-            .iter()
-            .filter(|(k, e)| old.get(k) != Some(e))
-            .map(|(k, e)| (*k, Some(*e)))
-            .collect();
-        changes.extend(
-            old.keys()
-                .filter(|k| !now.contains_key(k))
-                .map(|k| (*k, None)),
-        );
-        changes
-    };
+    let changes = state_changes(&head.state, &now);
     let snapshot = if changes.is_empty() {
         head.record.state
     } else {
@@ -407,18 +394,7 @@ impl Filler<'_> {
         // What the span changed since the join: set, or gone (a key the join's state had
         // and this one does not).
         let map = self.store.state.load(snapshot)?;
-        let (_, before_join) = self.partial;
-        let mut changes: Vec<(ShortStateKey, Option<ShortEventId>)> = map
-            .iter()
-            .filter(|(k, e)| before_join.get(k) != Some(e))
-            .map(|(k, e)| (*k, Some(*e)))
-            .collect();
-        changes.extend(
-            before_join
-                .keys()
-                .filter(|k| !map.contains_key(k))
-                .map(|k| (*k, None)),
-        );
+        let changes = state_changes(self.partial.1, &map);
         let filled = self.save(Some(base), &changes)?;
         self.done.insert(snapshot, filled);
         Ok(filled)

@@ -563,10 +563,10 @@ fn auth_state_from(
 }
 
 /// One key of a state set to an event or removed.
-type StateChange = (ShortStateKey, Option<ShortEventId>);
+pub(super) type StateChange = (ShortStateKey, Option<ShortEventId>);
 
 /// The changes that turn `from` into `to`.
-fn state_changes(from: &StateMap, to: &StateMap) -> Vec<StateChange> {
+pub(super) fn state_changes(from: &StateMap, to: &StateMap) -> Vec<StateChange> {
     let mut changes: Vec<_> = to
         .iter()
         .filter(|(k, e)| from.get(k) != Some(e))
