@@ -293,6 +293,10 @@ async fn kill_9_in_the_middle_of_sends_keeps_each_message_once() {
         }
     }
     println!("{acknowledged} sends acknowledged before a kill, {unacknowledged} cut off");
+    assert!(
+        acknowledged > 0 && unacknowledged > 0,
+        "this seed's kills never came in the middle of the sends"
+    );
 
     // Each side ends with each message of both, exactly once, within 30 s.
     for (side, user) in users.iter().enumerate() {

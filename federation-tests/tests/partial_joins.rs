@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// How long the joining server's resync waits in these tests.
-const RESYNC_DELAY: Duration = Duration::from_secs(6);
+const RESYNC_DELAY: Duration = Duration::from_secs(10);
 
 /// Members the room has on the resident server besides its creator.
 const MEMBERS: usize = 12;
@@ -135,7 +135,7 @@ async fn a_partial_state_join_is_usable_at_once_and_gets_its_members_after() {
     );
     assert!(known.contains(&bob.user_id), "{known:?}");
     // The joining server does not answer for the room's state meanwhile (its state is
-    // not whole), nor let another server join through it.
+    // not whole).
     let state_ids = format!(
         "/_matrix/federation/v1/state_ids/{}?event_id={}",
         enc(&room),
@@ -235,6 +235,12 @@ async fn a_partial_state_resync_resumes_after_a_restart() {
     };
     // Stopped within the partial window, before the resync began; bob's token outlives
     // the restart (the client listener's port does not).
+    assert!(cluster.instances[1]
+        .running()
+        .services
+        .rooms
+        .is_partial(&room)
+        .unwrap());
     cluster.instances[1].restart().await.unwrap();
     bob.base = cluster.instances[1].client_url();
     let (status, list) = bob

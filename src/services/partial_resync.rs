@@ -22,6 +22,9 @@ use super::rooms::writer::Completion;
 use super::Services;
 use crate::core::{RoomVersion, ServerName};
 
+/// How often the rooms still partial are listed again.
+const RESCAN: Duration = Duration::from_secs(60);
+
 /// Rooms resynced at once.
 const AT_ONCE: usize = 2;
 
@@ -84,6 +87,11 @@ impl PartialResyncs {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot list the rooms with a partial state"),
             }
+            // Rooms are listed again now and then: a request lost with a client that
+            // went away after its join was written, or a task that ended on a stale
+            // answer, is made up for.
+            let mut rescan = tokio::time::interval(RESCAN);
+            rescan.tick().await;
             let permits = Arc::new(Semaphore::new(AT_ONCE));
             let mut running = tokio::task::JoinSet::new();
             let mut started: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -99,6 +107,17 @@ impl PartialResyncs {
                             }
                         };
                         started.remove(&id);
+                    }
+                    _ = rescan.tick() => {
+                        let listed = {
+                            let services = Arc::clone(&services);
+                            tokio::task::spawn_blocking(move || services.rooms.partial_state_rooms()).await
+                        };
+                        if let Ok(Ok(rooms)) = listed {
+                            for room in rooms {
+                                services.partial_resyncs.request(&room);
+                            }
+                        }
                     }
                     room = pending.recv() => {
                         let Some(room) = room else { break };
@@ -134,14 +153,29 @@ async fn resync(services: &Services, room_id: &str, permits: &Semaphore) {
                 tracing::info!(room = %room_id, added, refused, "the member list of a room joined with a partial state is in");
                 // Device lists kept from rooms shared before may have missed updates, as
                 // after any join (the members were not known at ours).
-                let forget = services
-                    .remote_device_lists
-                    .forget_members_of(services.rooms.store(), room_id);
-                if let Err(e) = forget {
-                    tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped");
+                let forget = {
+                    let (lists, rooms) = (
+                        Arc::clone(&services.remote_device_lists),
+                        Arc::clone(&services.rooms),
+                    );
+                    let room_id = room_id.to_owned();
+                    move || lists.forget_members_of(rooms.store(), &room_id)
+                };
+                match tokio::task::spawn_blocking(forget).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped")
+                    }
+                    Err(e) => {
+                        tracing::warn!(room = %room_id, error = %e, "kept device lists of the room's members were not dropped")
+                    }
                 }
                 return;
             }
+            // The room was joined again meanwhile (the answer was for the join before):
+            // its new partial state is resynced by this task too.
+            Ok(Some(Completion::NotPartial))
+                if services.rooms.is_partial(room_id).unwrap_or(false) => {}
             Ok(Some(Completion::NotPartial) | None) => return,
             Err(e) => {
                 tracing::info!(room = %room_id, error = %e.message, retry_in = ?backoff, "the member resync of a room failed")

@@ -95,7 +95,6 @@ impl Rooms {
         profile: &MemberProfile,
         is_guest: bool,
     ) -> ServiceResult<()> {
-        self.members_settled(room_id).await?;
         let room = self
             .store
             .room(room_id)?
@@ -104,6 +103,7 @@ impl Rooms {
         if current.as_deref() == Some("join") {
             return Ok(());
         }
+        self.members_settled(room_id).await?;
         let mut content = member_content("join", Some(profile), reason);
         if is_guest {
             content.insert(guests::KIND_FIELD.into(), json!(guests::GUEST));

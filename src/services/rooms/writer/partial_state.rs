@@ -102,8 +102,9 @@ pub(super) fn end_if_last_left(
 
 /// Completes the partial state of `room_id` with `full`. Everything it changes in the
 /// room is written in one batch, the mark's removal with it: a crash before leaves the
-/// room partial, to be completed again from the start (only snapshots saved on the way,
-/// unused, are left).
+/// room partial, to be completed again from the start (what is left from the attempt,
+/// snapshots saved on the way and the answer's events as outliers, is unused or
+/// harmless).
 pub(super) fn complete(
     ctx: &WriterContext,
     room_id: &str,
@@ -239,7 +240,9 @@ pub(super) fn complete(
             added += 1;
         }
     }
-    for (short, own_key, before) in &refused {
+    // Newest first: of two refused events of one key, the older one's state before
+    // stands.
+    for (short, own_key, before) in refused.iter().rev() {
         let Some(key) = own_key else { continue };
         if now.get(key) == Some(short) {
             match store.state.get(*before, *key)? {

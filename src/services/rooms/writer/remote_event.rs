@@ -879,12 +879,16 @@ fn accept(
             (&state_key, &membership, changed_id),
             pos,
         )?;
-        super::partial_state::end_if_last_left(
-            store,
-            head,
-            (&mut record, &ctx.server_name),
-            (&state_key, &membership),
-        )?;
+        if !given {
+            // (Our own join through another server brings the whole state before it,
+            // judged against the members of before: not a leave.)
+            super::partial_state::end_if_last_left(
+                store,
+                head,
+                (&mut record, &ctx.server_name),
+                (&state_key, &membership),
+            )?;
+        }
         if value == &Some(short) {
             member = Some((state_key, membership));
         }
