@@ -111,24 +111,8 @@ pub async fn join(
             services.partial_resyncs.request(&room_id);
         }
         // Kept device lists of the room's members may have missed updates while no
-        // room was shared with them: dropped (a read of the room's state keys, off the
-        // async threads).
-        let forget = {
-            let (services, room_id) = (services.clone(), room_id.clone());
-            move || {
-                let lists = &services.remote_device_lists;
-                lists.forget_members_of(services.rooms.store(), &room_id)
-            }
-        };
-        match tokio::task::spawn_blocking(forget).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped")
-            }
-            Err(e) => {
-                tracing::warn!(room = %room_id, error = %e, "kept device lists of the room's members were not dropped")
-            }
-        }
+        // room was shared with them.
+        services.forget_member_device_lists(&room_id).await;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     services

@@ -276,6 +276,31 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Drops the kept device lists of `room_id`'s members from other servers (they may
+    /// have missed updates while we shared no room with them: after a join, or once a
+    /// partial state's members are in), reading the room's state off the async threads.
+    pub async fn forget_member_device_lists(&self, room_id: &str) {
+        let forget = {
+            let (lists, rooms) = (
+                Arc::clone(&self.remote_device_lists),
+                Arc::clone(&self.rooms),
+            );
+            let room_id = room_id.to_owned();
+            move || lists.forget_members_of(rooms.store(), &room_id)
+        };
+        match tokio::task::spawn_blocking(forget).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped")
+            }
+            Err(e) => {
+                tracing::warn!(room = %room_id, error = %e, "kept device lists of the room's members were not dropped")
+            }
+        }
+    }
+}
+
 impl push::delivery::PushLookups for Services {
     fn event(&self, short: u64) -> ServiceResult<(String, serde_json::Value)> {
         let event = self.rooms.store().event(short)?;

@@ -153,23 +153,7 @@ async fn resync(services: &Services, room_id: &str, permits: &Semaphore) {
                 tracing::info!(room = %room_id, added, refused, "the member list of a room joined with a partial state is in");
                 // Device lists kept from rooms shared before may have missed updates, as
                 // after any join (the members were not known at ours).
-                let forget = {
-                    let (lists, rooms) = (
-                        Arc::clone(&services.remote_device_lists),
-                        Arc::clone(&services.rooms),
-                    );
-                    let room_id = room_id.to_owned();
-                    move || lists.forget_members_of(rooms.store(), &room_id)
-                };
-                match tokio::task::spawn_blocking(forget).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(room = %room_id, error = %e.message, "kept device lists of the room's members were not dropped")
-                    }
-                    Err(e) => {
-                        tracing::warn!(room = %room_id, error = %e, "kept device lists of the room's members were not dropped")
-                    }
-                }
+                services.forget_member_device_lists(room_id).await;
                 return;
             }
             // The room was joined again meanwhile (the answer was for the join before):
