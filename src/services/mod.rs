@@ -3,6 +3,7 @@
 //! [`Services`] is built once at start-up and shared as an `Arc`.
 
 pub mod accounts;
+pub mod background;
 pub mod cache;
 pub mod ephemeral;
 pub mod error;

@@ -235,6 +235,59 @@ async fn messages_reach_the_gateway_with_the_unread_count() {
     s.stop().await;
 }
 
+/// The badge (`counts.unread`) sums the user's unread notifications across their rooms:
+/// those from before the pusher existed, a room read through leaves it and comes back
+/// with its next notification, a room left stops counting.
+#[tokio::test]
+async fn the_badge_counts_every_room_with_unread_notifications() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let carol = Client::new(&s, "carol").await;
+    let bob = Client::new(&s, "bob").await;
+    let with_alice = dm(&alice, &bob).await;
+    let with_carol = dm(&carol, &bob).await;
+    // Two unread before bob has a pusher.
+    alice.text(&with_alice, "one").await;
+    let last_from_alice = alice.text(&with_alice, "two").await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let badge = |got: &[Value], n: usize| got[n]["notification"]["counts"]["unread"].clone();
+
+    carol.text(&with_carol, "three").await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(badge(&got, 0), 3, "{:?}", got[0]);
+
+    // Bob reads alice's room through: it no longer counts.
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{with_alice}/receipt/m.read/{last_from_alice}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    carol.text(&with_carol, "four").await;
+    let got = gateway.wait_for(2).await;
+    assert_eq!(badge(&got, 1), 2, "{:?}", got[1]);
+
+    // Its next message brings it back.
+    alice.text(&with_alice, "five").await;
+    let got = gateway.wait_for(3).await;
+    assert_eq!(badge(&got, 2), 3, "{:?}", got[2]);
+
+    // A room bob left counts no more.
+    assert_eq!(
+        bob.post(&format!("/rooms/{with_carol}/leave"), json!({}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    alice.text(&with_alice, "six").await;
+    let got = gateway.wait_for(4).await;
+    assert_eq!(badge(&got, 3), 2, "{:?}", got[3]);
+    assert_eq!(got.len(), 4, "{got:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_failing_gateway_is_retried_and_a_rejected_pushkey_loses_its_pusher() {
     let s = server().await;

@@ -43,28 +43,56 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the gateway on an ephemeral loopback port.
+    /// Starts the gateway on an ephemeral loopback port. It stands for a remote service
+    /// (a phone vendor's push relay), so on this machine it runs on a thread of its own at
+    /// the lowest CPU priority: its work is not taken from the senders or the server.
     pub async fn start() -> Result<Self, String> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| format!("push gateway: {e}"))?;
-        let addr = listener
+        let addr = std_listener
             .local_addr()
             .map_err(|e| format!("push gateway: {e}"))?;
         let received = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&received);
         let tls = acceptor()?;
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let (tls, counter) = (tls.clone(), Arc::clone(&counter));
-                tokio::spawn(async move {
-                    if let Ok(stream) = tls.accept(stream).await {
-                        serve(stream, counter).await;
+        std::thread::Builder::new()
+            .name("push-gateway".into())
+            .spawn(move || {
+                // SAFETY: both calls only read their arguments; 0 names this thread. It
+                // runs only on CPU the server and the senders leave idle (SCHED_IDLE),
+                // else at the highest niceness.
+                #[cfg(target_os = "linux")]
+                unsafe {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+                    }
+                }
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    eprintln!("push gateway: cannot start its runtime");
+                    return;
+                };
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(std_listener) else {
+                        eprintln!("push gateway: cannot listen");
+                        return;
+                    };
+                    while let Ok((stream, _)) = listener.accept().await {
+                        let _ = stream.set_nodelay(true);
+                        let (tls, counter) = (tls.clone(), Arc::clone(&counter));
+                        tokio::spawn(async move {
+                            if let Ok(stream) = tls.accept(stream).await {
+                                serve(stream, counter).await;
+                            }
+                        });
                     }
                 });
-            }
-        });
+            })
+            .map_err(|e| format!("push gateway: {e}"))?;
         Ok(Self {
             url: format!("https://{addr}/_matrix/push/v1/notify"),
             received,

@@ -64,6 +64,10 @@ enum Scenario {
         /// measure queueing without deliveries).
         #[arg(long)]
         pusher_url: Option<String>,
+        /// With --pushers (the tool's gateway): after the sends, wait (at most 5 minutes)
+        /// until every push has arrived, and say how long that took.
+        #[arg(long)]
+        wait_for_pushes: bool,
     },
     /// Send-to-receipt latency through a long-polling /sync.
     Delivery {
@@ -181,9 +185,10 @@ async fn run(cli: &Cli, target: &Target) -> BenchResult<Vec<Measure>> {
             seconds,
             pushers,
             ref pusher_url,
+            wait_for_pushes,
         } => {
             let pushers = pushers.then(|| pusher_url.clone());
-            scenarios::send::run(target, senders, members, seconds, pushers).await
+            scenarios::send::run(target, senders, members, seconds, pushers, wait_for_pushes).await
         }
         Scenario::Delivery { messages } => scenarios::delivery::run(target, messages.max(1)).await,
         Scenario::Sync {

@@ -11,7 +11,10 @@
 //! at once), so a slow or dead gateway holds up only its own pushers. A pusher whose
 //! gateway fails keeps its place and is retried with a doubling back-off (1 s to 5 min);
 //! entries queued more than a day ago are skipped unsent; the pushkeys a gateway answers
-//! as `rejected` lose their pusher. Entries every pusher has passed are deleted. Gateway
+//! as `rejected` lose their pusher. Entries every pusher has passed are deleted. The
+//! worker runs on a background thread at the lowest CPU priority
+//! ([`crate::services::background`]), so that sends keep their pace on a busy server,
+//! and its writes are made on the server's own threads ([`Writes`]). Gateway
 //! URLs are user input: the HTTP client resolves them through the same address guard as
 //! federation (`federation.ip_range_allowlist` opens private ranges) and follows no
 //! redirect.
@@ -19,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -30,7 +33,7 @@ use super::pushers::Pusher;
 use super::queue::{self, QueuedEvent};
 use super::Push;
 use crate::services::ephemeral::receipts::ReadPositions;
-use crate::services::error::ServiceResult;
+use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::stream::{StreamChange, StreamSubscriber};
 use crate::storage::Table;
 
@@ -105,6 +108,8 @@ struct PusherState {
     backoff: Option<Backoff>,
     /// The delivery task serving it, if one runs.
     task: Option<tokio::task::Id>,
+    /// Its cursor moved since it was last stored.
+    unsaved: bool,
 }
 
 impl PusherState {
@@ -153,6 +158,57 @@ struct Progress {
     started: bool,
     /// The pusher each delivery task serves.
     tasks: HashMap<tokio::task::Id, Vec<u8>>,
+}
+
+impl Progress {
+    /// The cursors moved since they were last stored, into `writes`.
+    fn take_unsaved(&mut self, writes: &mut Writes) {
+        for state in self.pushers.values_mut() {
+            if std::mem::take(&mut state.unsaved) {
+                writes.cursors.push((state.pusher.clone(), state.cursor));
+            }
+        }
+    }
+}
+
+/// The queue writes of one pass: cursors that moved and the entries every pusher has
+/// passed. The worker's threads run at lower priority, so they make no RocksDB writes of
+/// their own: a write joins the other writers' group, and one of these threads leading a
+/// group and then waiting for the CPU would hold up the sends behind it. These are made
+/// on the server's own blocking threads ([`Worker::write`]).
+#[derive(Default)]
+struct Writes {
+    /// The pusher as the worker knows it, and its cursor.
+    cursors: Vec<(Pusher, u64)>,
+    /// Entries after the first position and up to the second are deleted.
+    delete: Option<(u64, u64)>,
+}
+
+impl Writes {
+    fn is_empty(&self) -> bool {
+        self.cursors.is_empty() && self.delete.is_none()
+    }
+
+    /// One batch, not synced: after a crash an entry sent just before goes again (pushes
+    /// are at least once), and the send path's syncs do not wait behind these.
+    fn apply(&self, db: &crate::storage::Db) -> ServiceResult<()> {
+        let mut batch = db.batch();
+        for (pusher, cursor) in &self.cursors {
+            queue::put_cursor(&mut batch, &pusher.key(), *cursor);
+        }
+        if let Some((after, upto)) = self.delete {
+            let from = queue::entry_key(after.saturating_add(1));
+            let to = queue::entry_key(upto.saturating_add(1));
+            for entry in db.scan_range(Table::PosPushqueue, &from, &to, false) {
+                let (key, _) = entry?;
+                batch.delete(Table::PosPushqueue, key);
+            }
+        }
+        if !batch.is_empty() {
+            db.write_relaxed(batch)?;
+        }
+        Ok(())
+    }
 }
 
 /// The worker's wake-up: the send path notes the greatest stream position whose event
@@ -238,11 +294,47 @@ struct Worker {
     lookups: Arc<dyn PushLookups>,
     http: reqwest::Client,
     guard: AddressGuard,
+    /// The server's runtime, whose blocking threads make the worker's writes.
+    server: tokio::runtime::Handle,
+    /// By short event id.
+    facts: Mutex<HashMap<u64, Arc<EventFacts>>>,
+}
+
+impl Worker {
+    /// Makes `writes` on the server's threads (see [`Writes`]). Started from a task of
+    /// the server's runtime, so that any blocking thread it adds is one of its own, at
+    /// normal priority, not one this thread would make in its own image. Under the pusher
+    /// lock, and only for the pushers still there as the worker knew them: one removed
+    /// and set again since has a new cursor, which an old one must not replace.
+    async fn write(&self, mut writes: Writes) -> ServiceResult<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let push = Arc::clone(&self.push);
+        self.server
+            .spawn(async move {
+                let _changes = push.pusher_lock.lock().await;
+                {
+                    let index = push.pusher_index();
+                    writes.cursors.retain(|(pusher, _)| {
+                        index
+                            .find(&pusher.user_id, &pusher.key())
+                            .is_some_and(|p| p == pusher)
+                    });
+                }
+                let db = Arc::clone(&push.db);
+                tokio::task::spawn_blocking(move || writes.apply(&db))
+                    .await
+                    .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))
+            })
+            .await
+            .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))
+    }
 }
 
 impl Push {
-    /// Runs the delivery worker until `stopped` turns true; answers its task, which the
-    /// server joins at shutdown.
+    /// Runs the delivery worker until `stopped` turns true, on a background thread at
+    /// lower CPU priority; answers a handle the server joins at shutdown.
     pub fn start_delivery(
         self: &Arc<Self>,
         lookups: Arc<dyn PushLookups>,
@@ -257,8 +349,12 @@ impl Push {
             lookups,
             http,
             guard,
+            server: tokio::runtime::Handle::current(),
+            facts: Mutex::default(),
         });
-        tokio::spawn(async move {
+        // Deliveries share the CPU with the requests but must not slow them: on a thread
+        // of their own at lower priority (see [`crate::services::background`]).
+        crate::services::background::spawn("push-delivery", move || async move {
             let mut progress = Progress::default();
             let mut tasks: JoinSet<Outcome> = JoinSet::new();
             loop {
@@ -276,11 +372,16 @@ impl Push {
                     Err(e) => {
                         // Its state is lost with it: start over from the stored cursors.
                         tracing::error!(error = %e, "the push queue pass failed");
-                        (Progress::default(), JoinSet::new(), Ok(()))
+                        (Progress::default(), JoinSet::new(), Ok(Writes::default()))
                     }
                 };
-                if let Err(e) = passed {
-                    tracing::warn!(error = %e.message, "reading the push queue failed");
+                match passed {
+                    Ok(writes) => {
+                        if let Err(e) = worker.write(writes).await {
+                            tracing::warn!(error = %e.message, "writing push cursors failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e.message, "reading the push queue failed"),
                 }
                 // The next back-off to end, of a pusher not being delivered to (one whose
                 // back-off ended is retried by the pass above, or is in flight).
@@ -327,24 +428,28 @@ impl Push {
                     }
                 };
                 if stopping {
-                    worker
-                        .push
-                        .finish_in_flight(&mut tasks, &mut progress)
-                        .await;
+                    worker.finish_in_flight(&mut tasks, &mut progress).await;
+                    let mut writes = Writes::default();
+                    progress.take_unsaved(&mut writes);
+                    if let Err(e) = worker.write(writes).await {
+                        tracing::warn!(error = %e.message, "writing push cursors failed");
+                    }
                     return;
                 }
                 if woken {
                     tokio::time::sleep(GATHER).await;
                 }
                 if let Some((task, outcome)) = finished {
-                    if let Err(e) = worker.push.finish(task, outcome, &mut progress).await {
+                    if let Err(e) = worker.finish(task, outcome, &mut progress).await {
                         tracing::warn!(error = %e.message, "recording push deliveries failed");
                     }
                 }
             }
         })
     }
+}
 
+impl Worker {
     /// At shutdown: deliveries under way get [`STOP_GRACE`] to end and be recorded, so
     /// that a restart does not push them again (one that had reached its gateway when the
     /// stop came was sent again after a restart). What is still under way then is cut
@@ -363,7 +468,8 @@ impl Push {
         tasks.abort_all();
     }
 
-    /// Records one pusher's delivery by `task`: its cursor, back-off, a rejected pushkey.
+    /// Records one pusher's delivery by `task`: its cursor (stored by the next pass),
+    /// back-off, a rejected pushkey.
     async fn finish(
         &self,
         task: tokio::task::Id,
@@ -380,11 +486,10 @@ impl Push {
             return Ok(());
         };
         state.task = None;
-        let mut batch = self.db.batch();
         state.held.drain(..outcome.done.min(state.held.len()));
-        if let Some(upto) = outcome.done_upto {
-            state.cursor = state.cursor.max(upto);
-            queue::put_cursor(&mut batch, &pusher_key, state.cursor);
+        if let Some(upto) = outcome.done_upto.filter(|upto| *upto > state.cursor) {
+            state.cursor = upto;
+            state.unsaved = true;
         }
         match outcome.failure {
             None => state.backoff = None,
@@ -394,28 +499,42 @@ impl Push {
             }
         }
         if !outcome.rejected {
-            // Not synced: after a crash an entry sent just before goes again (pushes are
-            // at least once), and the send path's syncs do not wait behind these.
-            self.db.write_relaxed(batch)?;
             return Ok(());
         }
-        // Removed only if it is still the pusher that was used (not set again since).
-        let _guard = self.pusher_lock.lock().await;
-        let same = self
-            .pusher_index()
-            .find(&outcome.pusher.user_id, &pusher_key)
-            .is_some_and(|p| *p == outcome.pusher);
-        if same {
-            tracing::info!(user = %outcome.pusher.user_id, app_id = %outcome.pusher.app_id, "push gateway rejected the pushkey: pusher removed");
-            batch.delete(Table::UseridAppidPushkeyPusher, &pusher_key);
-            queue::delete_cursor(&mut batch, &pusher_key);
-        }
-        self.db.commit(batch).await?;
-        if same {
-            self.forget_pushers(&outcome.pusher.user_id, std::slice::from_ref(&pusher_key));
+        // On the server's threads, like the worker's other writes.
+        let (push, pusher) = (Arc::clone(&self.push), outcome.pusher);
+        let removed = self
+            .server
+            .spawn(async move { push.remove_rejected(&pusher).await })
+            .await
+            .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))?;
+        if removed {
             progress.pushers.remove(&pusher_key);
         }
         Ok(())
+    }
+}
+
+impl Push {
+    /// Removes a pusher whose pushkey its gateway rejected, if it is still the pusher that
+    /// was used (not set again since); answers whether it was removed.
+    async fn remove_rejected(&self, pusher: &Pusher) -> ServiceResult<bool> {
+        let key = pusher.key();
+        let _guard = self.pusher_lock.lock().await;
+        let same = self
+            .pusher_index()
+            .find(&pusher.user_id, &key)
+            .is_some_and(|p| p == pusher);
+        if !same {
+            return Ok(false);
+        }
+        tracing::info!(user = %pusher.user_id, app_id = %pusher.app_id, "push gateway rejected the pushkey: pusher removed");
+        let mut batch = self.db.batch();
+        batch.delete(Table::UseridAppidPushkeyPusher, &key);
+        queue::delete_cursor(&mut batch, &key);
+        self.db.commit(batch).await?;
+        self.forget_pushers(&pusher.user_id, std::slice::from_ref(&key));
+        Ok(true)
     }
 }
 
@@ -428,13 +547,17 @@ impl Worker {
         self: &Arc<Self>,
         progress: &mut Progress,
         tasks: &mut JoinSet<Outcome>,
-    ) -> ServiceResult<()> {
+    ) -> ServiceResult<Writes> {
         let db = &self.push.db;
-        // Pusher changes wait for the pass: a pusher's cursor and its place in the index
-        // are made under this lock, so the pass never sees one without the other.
-        let _changes = self.push.pusher_lock.blocking_lock();
-        let published = self.push.stream.watermark();
-        self.follow_pushers(progress, published)?;
+        // A pusher's cursor and its place in the index are changed under this lock, so
+        // following them under it never sees one without the other. Held for that only:
+        // this thread may wait long for the CPU, and pusher changes wait for the lock.
+        let published = {
+            let _changes = self.push.pusher_lock.blocking_lock();
+            let published = self.push.stream.watermark();
+            self.follow_pushers(progress, published)?;
+            published
+        };
 
         // New entries, read once, offered to the pushers of their users.
         let mut by_user: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
@@ -470,6 +593,12 @@ impl Worker {
                 event: queued.event,
                 queued: queued.queued,
             };
+            self.push.badge.added(
+                queued
+                    .users
+                    .iter()
+                    .map(|user| (user.as_str(), queued.room, pos)),
+            );
             for user in &queued.users {
                 for pusher_key in by_user.get(user.as_str()).into_iter().flatten() {
                     offers.push((pusher_key.clone(), item));
@@ -512,35 +641,28 @@ impl Worker {
         // missed has passed everything read: its cursor moves to the reader (stored with
         // the deletions), so a pusher nobody notifies holds nothing back.
         let reader = progress.reader;
-        let mut batch = db.batch();
         let mut floor = reader;
-        for (pusher_key, state) in &mut progress.pushers {
+        for state in progress.pushers.values_mut() {
             let passed = match state.held.front() {
                 Some(first) => first.pos - 1,
                 None if state.behind || state.task.is_some() => state.cursor,
                 None => {
                     if state.cursor < reader {
                         state.cursor = reader;
-                        queue::put_cursor(&mut batch, pusher_key, reader);
+                        state.unsaved = true;
                     }
                     reader
                 }
             };
             floor = floor.min(passed);
         }
+        let mut writes = Writes::default();
+        progress.take_unsaved(&mut writes);
         if floor > progress.deleted_upto {
-            let from = queue::entry_key(progress.deleted_upto.saturating_add(1));
-            let to = queue::entry_key(floor.saturating_add(1));
-            for entry in db.scan_range(Table::PosPushqueue, &from, &to, false) {
-                let (key, _) = entry?;
-                batch.delete(Table::PosPushqueue, key);
-            }
+            writes.delete = Some((progress.deleted_upto, floor));
             progress.deleted_upto = floor;
         }
-        if !batch.is_empty() {
-            db.write_relaxed(batch)?;
-        }
-        Ok(())
+        Ok(writes)
     }
 
     /// Keeps the worker's pushers those of the index: new ones start at their stored
@@ -554,7 +676,17 @@ impl Worker {
         for pusher in pushers {
             let key = pusher.key();
             if let Some(state) = progress.pushers.get_mut(&key) {
-                state.pusher = pusher;
+                if state.pusher != pusher {
+                    // Set again since the last pass, perhaps removed and set anew with
+                    // a cursor of its own: that one wins if it is ahead.
+                    if let Some(stored) = queue::cursor(&self.push.db, &key)? {
+                        if stored > state.cursor {
+                            state.cursor = stored;
+                            state.held.retain(|item| item.pos > stored);
+                        }
+                    }
+                    state.pusher = pusher;
+                }
                 continue;
             }
             let cursor = queue::cursor(&self.push.db, &key)?.unwrap_or(published);
@@ -567,6 +699,7 @@ impl Worker {
                     behind: false,
                     backoff: None,
                     task: None,
+                    unsaved: false,
                 },
             ));
         }
@@ -641,15 +774,13 @@ impl Worker {
             // threads.
             let built = {
                 let (worker, pusher) = (Arc::clone(&self), outcome.pusher.clone());
-                tokio::task::spawn_blocking(move || {
-                    worker.push.notification(&*worker.lookups, &pusher, &item)
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(crate::services::error::ServiceError::internal(
-                        e.to_string(),
-                    ))
-                })
+                tokio::task::spawn_blocking(move || worker.notification(&pusher, &item))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(crate::services::error::ServiceError::internal(
+                            e.to_string(),
+                        ))
+                    })
             };
             let body = match built {
                 Ok(Some(body)) => body,
@@ -682,23 +813,66 @@ impl Worker {
     }
 }
 
-impl Push {
+/// What every push of one event says alike: read once for all the pushers it goes to.
+struct EventFacts {
+    event_id: String,
+    pdu: Value,
+    room_name: Option<String>,
+    sender_name: Option<String>,
+    read: Instant,
+}
+
+/// Events' facts kept at most; past it the map starts again.
+const MAX_EVENT_FACTS: usize = 256;
+/// How long an event's facts are used: an event's pushes go out within moments of each
+/// other, and one sent later (a gateway retried) reads the event again, redacted if it
+/// was since.
+const EVENT_FACTS_FOR: Duration = Duration::from_secs(5);
+
+impl Worker {
+    /// The facts of the event of `item` (in the room `room_id`), read on first use.
+    fn event_facts(&self, item: &Item, room_id: &str) -> ServiceResult<Arc<EventFacts>> {
+        let lock = || self.facts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(facts) = lock()
+            .get(&item.event)
+            .filter(|f| f.read.elapsed() < EVENT_FACTS_FOR)
+        {
+            return Ok(Arc::clone(facts));
+        }
+        let (event_id, pdu) = self.lookups.event(item.event)?;
+        let sender = pdu.get("sender").and_then(Value::as_str).unwrap_or("");
+        let (room_name, sender_name) = self.lookups.names(room_id, sender);
+        let facts = Arc::new(EventFacts {
+            event_id,
+            pdu,
+            room_name,
+            sender_name,
+            read: Instant::now(),
+        });
+        let mut kept = lock();
+        if kept.len() >= MAX_EVENT_FACTS {
+            kept.clear();
+        }
+        kept.insert(item.event, Arc::clone(&facts));
+        Ok(facts)
+    }
+
     /// The `notification` object for one device (spec: push gateway API), or `None` when
     /// the user has left the room since.
-    fn notification(
-        &self,
-        lookups: &dyn PushLookups,
-        pusher: &Pusher,
-        item: &Item,
-    ) -> ServiceResult<Option<Value>> {
+    fn notification(&self, pusher: &Pusher, item: &Item) -> ServiceResult<Option<Value>> {
+        let (push, lookups) = (&self.push, &*self.lookups);
         let Some(room_id) = lookups.joined_room(item.room, &pusher.user_id)? else {
             return Ok(None);
         };
-        let Some(actions) = self.notified_actions(&pusher.user_id, item.room, item.pos)? else {
+        let Some(actions) = push.notified_actions(&pusher.user_id, item.room, item.pos)? else {
             return Ok(None);
         };
-        let (event_id, pdu) = lookups.event(item.event)?;
-        let unread = self.unread_total(lookups, &pusher.user_id)?;
+        let facts = self.event_facts(item, &room_id)?;
+        let (event_id, pdu) = (&facts.event_id, &facts.pdu);
+        // The pushed room counts, whatever the badge's rooms missed.
+        push.badge
+            .added([(pusher.user_id.as_str(), item.room, item.pos)]);
+        let unread = push.unread_total(lookups, &pusher.user_id)?;
         let mut tweaks = Map::new();
         for action in &actions {
             if let Some(name) = action.get("set_tweak").and_then(Value::as_str) {
@@ -736,15 +910,14 @@ impl Push {
         });
         if !pusher.event_id_only() {
             let sender = pdu.get("sender").and_then(Value::as_str).unwrap_or("");
-            let (room_name, sender_name) = lookups.names(&room_id, sender);
             notification["type"] = pdu.get("type").cloned().unwrap_or(Value::Null);
             notification["sender"] = Value::from(sender);
             notification["content"] = pdu.get("content").cloned().unwrap_or(json!({}));
-            if let Some(name) = room_name {
-                notification["room_name"] = Value::from(name);
+            if let Some(name) = &facts.room_name {
+                notification["room_name"] = Value::from(name.as_str());
             }
-            if let Some(name) = sender_name {
-                notification["sender_display_name"] = Value::from(name);
+            if let Some(name) = &facts.sender_name {
+                notification["sender_display_name"] = Value::from(name.as_str());
             }
             if pdu.get("type").and_then(Value::as_str) == Some("m.room.member") {
                 notification["user_is_target"] = Value::from(
@@ -754,19 +927,33 @@ impl Push {
         }
         Ok(Some(json!({ "notification": notification })))
     }
+}
 
+impl Push {
     /// The user's unread notifications across the rooms they are joined to (the badge).
+    /// Sums the rooms [`super::badge`] holds for them, dropping those read through or
+    /// left.
     fn unread_total(&self, lookups: &dyn PushLookups, user_id: &str) -> ServiceResult<u64> {
         let mut total = 0;
-        for room in self.rooms_with_notifications(user_id)? {
+        let rooms = self
+            .badge
+            .rooms(user_id, || self.rooms_with_notifications(user_id))?;
+        for room in rooms {
+            // Read before the membership: a rejoin the check misses comes after it.
+            let published = self.stream.watermark();
             if lookups.joined_room(room, user_id)?.is_none() {
+                // Left: its entries count again once the user is back and it notifies
+                // them anew (or the user's rooms are loaded again).
+                self.badge.drop_read(user_id, room, published);
                 continue;
             }
             let read = lookups.read_positions(room, user_id)?;
-            total += self
-                .unread_counts(user_id, room, &read)?
-                .total()
-                .notifications;
+            let (counts, complete_upto) = self.counted_unread(user_id, room, &read)?;
+            let unread = counts.total().notifications;
+            if let Some(upto) = complete_upto.filter(|_| unread == 0) {
+                self.badge.drop_read(user_id, room, upto);
+            }
+            total += unread;
         }
         Ok(total)
     }

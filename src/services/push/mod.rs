@@ -14,6 +14,7 @@
 //! Owns the tables `userid_pushrules`, `userid_shortroomid_pos_notify`,
 //! `userid_appid_pushkey_pusher` and `pos_pusher_pushqueue`.
 
+mod badge;
 pub mod delivery;
 pub mod notifications;
 pub mod pushers;
@@ -59,6 +60,8 @@ pub struct Push {
     delivery: Arc<delivery::Delivery>,
     /// Unread counts already made (see [`unread_cache`]).
     unread: unread_cache::UnreadCache,
+    /// The rooms a push's badge sums (see [`badge`]).
+    badge: badge::BadgeRooms,
 }
 
 fn rule_error(e: RuleEditError) -> ServiceError {
@@ -91,6 +94,7 @@ impl Push {
             pusher_lock: tokio::sync::Mutex::new(()),
             delivery: Arc::default(),
             unread: unread_cache::UnreadCache::default(),
+            badge: badge::BadgeRooms::default(),
         })
     }
 
@@ -180,10 +184,16 @@ impl Push {
     /// Drops pushers from the index (their records are deleted; the worker forgets them
     /// and the queue entries only they still wanted go with the others').
     fn forget_pushers(&self, user_id: &str, keys: &[Vec<u8>]) {
-        self.pushers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove_where(user_id, |p| keys.contains(&p.key()));
+        let none_left = {
+            let mut index = self.pushers.write().unwrap_or_else(PoisonError::into_inner);
+            index.remove_where(user_id, |p| keys.contains(&p.key()));
+            !index.has_any(user_id)
+        };
+        // Not under the index's lock: the send path reads the index, and the badge's lock
+        // is taken by the delivery worker's low-priority threads.
+        if none_left {
+            self.badge.forget(user_id);
+        }
     }
 
     /// Removes the pushers the user's `devices` set (the devices are being deleted).

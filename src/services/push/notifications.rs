@@ -240,13 +240,24 @@ impl Push {
         room: u64,
         read: &ReadPositions,
     ) -> ServiceResult<RoomCounts> {
+        Ok(self.counted_unread(user_id, room, read)?.0)
+    }
+
+    /// [`Push::unread_counts`], and the stream position they are complete up to (`None`
+    /// when the count stopped at [`MAX_COUNTED`] entries short of the published end).
+    pub(super) fn counted_unread(
+        &self,
+        user_id: &str,
+        room: u64,
+        read: &ReadPositions,
+    ) -> ServiceResult<(RoomCounts, Option<u64>)> {
         let published = self.stream.watermark();
         let (mut counts, after) = match self.unread.get(user_id, room, read) {
             Some(counted) => (counted.counts, counted.upto.max(read.unthreaded)),
             None => (RoomCounts::default(), read.unthreaded),
         };
         if after >= published {
-            return Ok(counts);
+            return Ok((counts, Some(after)));
         }
         let from = entry_key(user_id, room, after.saturating_add(1));
         let to = entry_key(user_id, room, published.saturating_add(1));
@@ -292,7 +303,7 @@ impl Push {
                 counts: counts.clone(),
             },
         );
-        Ok(counts)
+        Ok((counts, (upto == published).then_some(upto)))
     }
 
     /// The user's notifications before position `before` (newest first), at most `limit`,

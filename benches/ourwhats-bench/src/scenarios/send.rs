@@ -13,6 +13,8 @@ use crate::report::{Measure, Phase};
 
 /// A sender stops after this many failed sends (a rate-limited or broken server).
 const MAX_ERRORS_PER_SENDER: usize = 100;
+/// How long the gateway's count is followed after the sends, for the pushes still queued.
+const DRAIN_WAIT: Duration = Duration::from_secs(300);
 
 pub async fn run(
     target: &Target,
@@ -20,6 +22,7 @@ pub async fn run(
     members: usize,
     seconds: u64,
     pushers: Option<Option<String>>,
+    wait_for_pushes: bool,
 ) -> BenchResult<Vec<Measure>> {
     let senders = senders.max(1);
     let members = members.max(senders);
@@ -103,6 +106,19 @@ pub async fn run(
             pushed as f64 / measure.wall_s,
             members - 1
         );
+        // Pushes are sent after the sends are acknowledged: how long the rest took.
+        if wait_for_pushes && pushers.as_ref().is_some_and(Option::is_none) {
+            let expected = (ops * (members - 1)) as u64;
+            let waited = Instant::now();
+            while gateway.received() < expected && waited.elapsed() < DRAIN_WAIT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            eprintln!(
+                "push gateway: {} of {expected} notifications {:.2} s after the sends ended",
+                gateway.received(),
+                waited.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(vec![measure
         .named(
