@@ -676,9 +676,10 @@ impl Worker {
         for pusher in pushers {
             let key = pusher.key();
             if let Some(state) = progress.pushers.get_mut(&key) {
-                if state.pusher != pusher {
-                    // Set again since the last pass, perhaps removed and set anew with
-                    // a cursor of its own: that one wins if it is ahead.
+                // Set again since the last pass, perhaps removed and set anew with a
+                // cursor of its own: that one wins if it is ahead. Not while a delivery
+                // is under way (its result is counted off the held entries): next pass.
+                if state.pusher != pusher && state.task.is_none() {
                     if let Some(stored) = queue::cursor(&self.push.db, &key)? {
                         if stored > state.cursor {
                             state.cursor = stored;
@@ -776,11 +777,7 @@ impl Worker {
                 let (worker, pusher) = (Arc::clone(&self), outcome.pusher.clone());
                 tokio::task::spawn_blocking(move || worker.notification(&pusher, &item))
                     .await
-                    .unwrap_or_else(|e| {
-                        Err(crate::services::error::ServiceError::internal(
-                            e.to_string(),
-                        ))
-                    })
+                    .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))
             };
             let body = match built {
                 Ok(Some(body)) => body,
