@@ -22,7 +22,7 @@ mod queue;
 mod unread_cache;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -52,8 +52,10 @@ pub struct Push {
     stream: Arc<StreamPositions>,
     rulesets: Mutex<HashMap<String, Arc<Ruleset>>>,
     locks: StripedLocks,
-    /// Every pusher (the table's contents).
-    pushers: RwLock<PusherIndex>,
+    /// Every pusher (the table's contents), published whole: a reader takes the current
+    /// index and holds no lock while it reads (the delivery worker's low-priority threads
+    /// read it too, and a change must never wait for them, nor the send path behind it).
+    pushers: RwLock<Arc<PusherIndex>>,
     /// Serializes pusher changes.
     pusher_lock: tokio::sync::Mutex<()>,
     /// Wakes the delivery worker.
@@ -90,7 +92,7 @@ impl Push {
             stream,
             rulesets: Mutex::new(HashMap::new()),
             locks: StripedLocks::default(),
-            pushers: RwLock::new(PusherIndex::new(all)),
+            pushers: RwLock::new(Arc::new(PusherIndex::new(all))),
             pusher_lock: tokio::sync::Mutex::new(()),
             delivery: Arc::default(),
             unread: unread_cache::UnreadCache::default(),
@@ -98,8 +100,8 @@ impl Push {
         })
     }
 
-    fn pusher_index(&self) -> RwLockReadGuard<'_, PusherIndex> {
-        self.pushers.read().unwrap_or_else(PoisonError::into_inner)
+    fn pusher_index(&self) -> Arc<PusherIndex> {
+        Arc::clone(&self.pushers.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The user's pushers, as `GET /pushers` lists them.
@@ -173,10 +175,8 @@ impl Push {
             self.forget_pushers(&user, &[key]);
         }
         if let Some(pusher) = added {
-            self.pushers
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(pusher);
+            let mut index = self.pushers.write().unwrap_or_else(PoisonError::into_inner);
+            Arc::make_mut(&mut index).insert(pusher);
         }
         Ok(())
     }
@@ -186,6 +186,7 @@ impl Push {
     fn forget_pushers(&self, user_id: &str, keys: &[Vec<u8>]) {
         let none_left = {
             let mut index = self.pushers.write().unwrap_or_else(PoisonError::into_inner);
+            let index = Arc::make_mut(&mut index);
             index.remove_where(user_id, |p| keys.contains(&p.key()));
             !index.has_any(user_id)
         };

@@ -260,7 +260,7 @@ fn check_gateway_url(url: &str) -> ServiceResult<()> {
 }
 
 /// Every pusher, by user: what the send path and the delivery worker read.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PusherIndex {
     by_user: HashMap<String, Vec<Pusher>>,
 }
