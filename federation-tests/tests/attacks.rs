@@ -265,22 +265,31 @@ async fn a_destination_that_cannot_check_our_signature_yet_loses_nothing_of_the_
     // it answers A's transactions 401. That is about the request, not its items: after
     // more than three such answers nothing is given up, and once B gets the key the
     // message arrives. (Before, three refusals of any 4xx dropped the first item.)
-    let proxy_port = free_port().unwrap();
-    let real_port = free_port().unwrap();
     let b_source = std::net::IpAddr::from([127, 0, 0, 3]);
-    let cluster = Cluster::start_with(2, |i, config| {
-        if i == 0 {
-            config.server_name =
-                ServerName::parse(&format!("127.0.0.1:{proxy_port}")).expect("a server name");
-            config.federation.listen = format!("127.0.0.1:{real_port}")
-                .parse()
-                .expect("an address");
-        } else {
-            config.federation.outbound_address = Some(b_source);
+    // Fixed ports: a port found free may be taken by another test before the server binds
+    // it, so a start that finds it taken tries other ports.
+    let mut attempt = 0;
+    let (cluster, proxy_port, real_port) = loop {
+        attempt += 1;
+        let proxy_port = free_port().unwrap();
+        let real_port = free_port().unwrap();
+        let started = Cluster::start_with(2, |i, config| {
+            if i == 0 {
+                config.server_name =
+                    ServerName::parse(&format!("127.0.0.1:{proxy_port}")).expect("a server name");
+                config.federation.listen = format!("127.0.0.1:{real_port}")
+                    .parse()
+                    .expect("an address");
+            } else {
+                config.federation.outbound_address = Some(b_source);
+            }
+        })
+        .await;
+        match started {
+            Err(e) if e.contains("Address already in use") && attempt < 5 => continue,
+            started => break (started.unwrap(), proxy_port, real_port),
         }
-    })
-    .await
-    .unwrap();
+    };
     let proxy = SplitProxy::start(proxy_port, real_port).await.unwrap();
     proxy.block_sources([b_source]);
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
