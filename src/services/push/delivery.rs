@@ -288,6 +288,11 @@ struct Outcome {
     rejected: bool,
 }
 
+/// A task of the worker's that ended without an answer (it panicked or was cancelled).
+fn task_failed<T>(e: tokio::task::JoinError) -> ServiceResult<T> {
+    Err(ServiceError::internal(e.to_string()))
+}
+
 /// What the worker's tasks share.
 struct Worker {
     push: Arc<Push>,
@@ -325,10 +330,10 @@ impl Worker {
                 let db = Arc::clone(&push.db);
                 tokio::task::spawn_blocking(move || writes.apply(&db))
                     .await
-                    .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))
+                    .unwrap_or_else(task_failed)
             })
             .await
-            .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))
+            .unwrap_or_else(task_failed)
     }
 }
 
@@ -507,7 +512,7 @@ impl Worker {
             .server
             .spawn(async move { push.remove_rejected(&pusher).await })
             .await
-            .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))?;
+            .unwrap_or_else(task_failed)?;
         if removed {
             progress.pushers.remove(&pusher_key);
         }
@@ -777,7 +782,7 @@ impl Worker {
                 let (worker, pusher) = (Arc::clone(&self), outcome.pusher.clone());
                 tokio::task::spawn_blocking(move || worker.notification(&pusher, &item))
                     .await
-                    .unwrap_or_else(|e| Err(ServiceError::internal(e.to_string())))
+                    .unwrap_or_else(task_failed)
             };
             let body = match built {
                 Ok(Some(body)) => body,
@@ -935,9 +940,9 @@ impl Push {
         let rooms = self
             .badge
             .rooms(user_id, || self.rooms_with_notifications(user_id))?;
+        // Read before the memberships: a rejoin the checks miss comes after it.
+        let published = self.stream.watermark();
         for room in rooms {
-            // Read before the membership: a rejoin the check misses comes after it.
-            let published = self.stream.watermark();
             if lookups.joined_room(room, user_id)?.is_none() {
                 // Left: its entries count again once the user is back and it notifies
                 // them anew (or the user's rooms are loaded again).
