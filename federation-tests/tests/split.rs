@@ -219,3 +219,194 @@ async fn a_server_that_joined_through_another_gets_our_events_from_before_we_kne
     )
     .await;
 }
+
+/// The event of `(kind, "")` and carol's membership in `instance`'s current state of
+/// `room`.
+fn held(
+    instance: &federation_tests::Instance,
+    room: &str,
+    kind: &str,
+    carol: &str,
+) -> (String, String) {
+    let store = instance.running().services.rooms.store();
+    let Ok(Some(record)) = store.room(room) else {
+        return ("no room".into(), String::new());
+    };
+    let snapshot = record.record.state;
+    let event = store
+        .state_event(snapshot, kind, "")
+        .ok()
+        .flatten()
+        .map(|e| e.event_id.clone())
+        .unwrap_or_default();
+    let membership = store
+        .state_event(snapshot, "m.room.member", carol)
+        .ok()
+        .flatten()
+        .and_then(|e| e.content()["membership"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "none".into());
+    (event, membership)
+}
+
+/// `instance`'s forward extremities of `room` and every event it holds of it, as
+/// `id type sender prev=[..]` (for a failure's report).
+fn graph_of(instance: &federation_tests::Instance, room: &str) -> Vec<String> {
+    let store = instance.running().services.rooms.store();
+    let Ok(Some(record)) = store.room(room) else {
+        return vec!["no room".into()];
+    };
+    let mut out = vec![format!("extremities {:?}", record.record.extremities)];
+    for (_, short) in store
+        .timeline(record.short, 0, u64::MAX, true, 1000)
+        .unwrap_or_default()
+    {
+        if let Ok(event) = store.event(short) {
+            out.push(format!(
+                "{} {} {} prev={}",
+                event.event_id,
+                event.kind(),
+                event.sender(),
+                event.pdu()["prev_events"]
+            ));
+        }
+    }
+    out
+}
+
+/// A state reset: carol joins through alice's server while bob's server, cut off, makes
+/// the room invite-only. Once healed, bob's server and alice's resolve carol out (v2 state
+/// resolution re-checks her join against the resolved join rule) and count carol's
+/// server out of the room, so neither would send it anything again, nor let it read the
+/// branch that put it out (403: not in the room). Alice's server, which had carol's
+/// server in the room until then, sends it the room's latest events and lets it read what
+/// it held then, so carol's server computes the same state from the same graph.
+#[tokio::test]
+async fn a_server_a_state_reset_put_out_of_the_room_computes_the_same_state() {
+    let proxy_ports = [
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    ];
+    let real_ports = [
+        free_port().unwrap(),
+        free_port().unwrap(),
+        free_port().unwrap(),
+    ];
+    let source = |i: usize| std::net::IpAddr::from([127, 0, 0, 2 + i as u8]);
+    let cluster = Cluster::start_with(3, |i, config| {
+        config.server_name = ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).unwrap();
+        config.federation.listen = format!("127.0.0.1:{}", real_ports[i]).parse().unwrap();
+        config.federation.outbound_address = Some(source(i));
+        // Each trusts the other two as notaries: carol's server, joining while bob's is
+        // cut off, gets its key through alice's.
+        config.federation.trusted_key_servers = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[j])).unwrap())
+            .collect();
+    })
+    .await
+    .unwrap();
+    let mut proxies = Vec::new();
+    for i in 0..3 {
+        proxies.push(
+            SplitProxy::start(proxy_ports[i], real_ports[i])
+                .await
+                .unwrap(),
+        );
+    }
+    let [a, b, c] = [0, 1, 2].map(|i| &cluster.instances[i]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_version": "12",
+            "power_level_content_override": {"users": {bob.user_id.clone(): 100}}}))
+        .await;
+    bob.join_via(&room, a.name()).await;
+    say(&bob, &room, "joined").await;
+    wait_to_see(&alice, &room, "joined", "bob's message never came").await;
+
+    // Bob's server cut off from both others: it makes the room invite-only while carol
+    // joins through alice's server.
+    proxies[0].block_sources([source(1)]);
+    proxies[1].block_sources([source(0), source(2)]);
+    proxies[2].block_sources([source(1)]);
+    let (status, body) = bob
+        .put(
+            &format!("/rooms/{}/state/m.room.join_rules/", enc(&room)),
+            json!({"join_rule": "invite"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let invite_only = body["event_id"].as_str().unwrap().to_owned();
+    carol.join_via(&room, a.name()).await;
+    say(&carol, &room, "carol joined").await;
+    wait_to_see(
+        &alice,
+        &room,
+        "carol joined",
+        "carol's message never reached alice",
+    )
+    .await;
+    assert_eq!(
+        held(c, &room, "m.room.join_rules", &carol.user_id).1,
+        "join"
+    );
+
+    // Healed: every server ends with bob's join rule and carol out.
+    for proxy in &proxies {
+        proxy.block_sources([]);
+    }
+    say(&bob, &room, "bob after healing").await;
+    say(&alice, &room, "alice after healing").await;
+    let started = Instant::now();
+    loop {
+        let now: Vec<_> = [a, b, c]
+            .iter()
+            .map(|i| held(i, &room, "m.room.join_rules", &carol.user_id))
+            .collect();
+        if now
+            .iter()
+            .all(|(rule, membership)| rule == &invite_only && membership != "join")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no convergence: (join rule, carol's membership) on each server {now:?}, bob's rule {invite_only}; graphs: {:#?}",
+            [a, b, c].map(|i| graph_of(i, &room))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // What carol's server may read of alice's: what alice's held at the reset, not what
+    // came after; bob's server, which never counted it in the room, answers 403.
+    let event = |id: &str| format!("/_matrix/federation/v1/event/{}", enc(id));
+    let (status, body) = c
+        .ask(a.name(), reqwest::Method::GET, &event(&invite_only), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, sent) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/later", enc(&room)),
+            json!({"msgtype": "m.text", "body": "after the reset"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let later = sent["event_id"].as_str().unwrap();
+    let (status, body) = c
+        .ask(a.name(), reqwest::Method::GET, &event(later), None)
+        .await;
+    assert_eq!(status, 404, "an event after the reset was served: {body}");
+    let state_ids = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        enc(&room),
+        enc(&invite_only)
+    );
+    let (status, body) = c
+        .ask(b.name(), reqwest::Method::GET, &state_ids, None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    drop(proxies);
+    cluster.shutdown().await;
+}

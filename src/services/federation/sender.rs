@@ -241,7 +241,9 @@ fn wake(shared: &Arc<Shared>, destination: &str) {
         .spawn(run_destination(Arc::clone(shared), name, notify));
 }
 
-fn load_record(db: &Db, destination: &str) -> DestinationRecord {
+/// What the sender holds of `destination`: its consecutive failures and when it may be
+/// tried again (none: never failed, or reached since).
+pub fn load_record(db: &Db, destination: &str) -> DestinationRecord {
     db.get(Table::ServernameDestination, destination.as_bytes())
         .ok()
         .flatten()

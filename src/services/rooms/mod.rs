@@ -38,6 +38,7 @@ pub mod records;
 pub mod relations;
 pub mod remote_invite;
 pub mod remote_join;
+pub mod reset_out;
 pub mod resident_join;
 pub mod resolution;
 pub mod room_mates;
@@ -85,6 +86,8 @@ pub struct Rooms {
     remote_servers: std::sync::Mutex<RemoteServers>,
     /// Each room's compiled server ACL as of a state snapshot.
     server_acls: std::sync::Mutex<HashMap<String, server_acl::CachedAcl>>,
+    /// Servers a resolution of ours put out of a room, which may still read it a while.
+    reset_servers: Arc<reset_out::ResetServers>,
 }
 
 /// Rooms' other servers by room id, with the state snapshot they were read from.
@@ -115,12 +118,14 @@ impl Rooms {
         let store = Arc::new(EventStore::open(db, stream)?);
         migrations::run(&store)?;
         auth_index::build_if_missing(&store)?;
+        let reset_servers = Arc::new(reset_out::ResetServers::default());
         let writers = Writers::new(WriterContext {
             store: Arc::clone(&store),
             server_name: server_name.as_str().to_owned(),
             signing_key: Arc::clone(&signing_key),
             hooks,
             outbox,
+            reset_servers: Arc::clone(&reset_servers),
         });
         Ok(Self {
             store,
@@ -132,6 +137,7 @@ impl Rooms {
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             remote_servers: std::sync::Mutex::new(HashMap::new()),
             server_acls: std::sync::Mutex::new(HashMap::new()),
+            reset_servers,
         })
     }
 

@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use serde_json::Value;
 
 use super::graph::{self, EventStatus};
-use super::server_visibility::server_may_see;
+use super::server_visibility::{server_may_see, Member};
 use super::state_store::{ShortEventId, ShortStateHash};
 use super::stored_event::StoredEvent;
 use super::Rooms;
@@ -25,10 +25,10 @@ pub const MAX_BACKFILL: usize = 100;
 /// Events one `/get_missing_events` answers at most.
 pub const MAX_MISSING: usize = 100;
 
-/// Visibility answers of one request, by the state snapshot before the event: a run of
-/// messages shares one snapshot, so a page of history costs a few membership reads, not
-/// one per event.
-type SeenCache = HashMap<ShortStateHash, bool>;
+/// Visibility answers of one request, by the state snapshot before the event (and
+/// whether the server was counted a member by a reset grant): a run of messages shares
+/// one snapshot, so a page of history costs a few membership reads, not one per event.
+type SeenCache = HashMap<(ShortStateHash, bool), bool>;
 
 /// The state before an event and its auth chain, as `/state` and `/state_ids` answer.
 pub struct StateAtEvent {
@@ -41,11 +41,15 @@ pub struct StateAtEvent {
 impl Rooms {
     /// Spec: `/state`, `/state_ids`, `/event_auth`, `/backfill`, `/get_missing_events`
     /// answer 403 to a server that is not in the room (none of its users joined now) or
-    /// that the room's ACL denies.
+    /// that the room's ACL denies. A server a state resolution of ours put out of the
+    /// room lately counts as in it (see [`reset_out`](super::reset_out)).
     fn check_server_in_room(&self, room_id: &str, server: &str) -> ServiceResult<()> {
         self.check_server_acl(room_id, server)?;
         let known = self.store.room(room_id)?.is_some();
-        if known && !self.remote_servers(room_id)?.iter().any(|s| s == server) {
+        if known
+            && !self.remote_servers(room_id)?.iter().any(|s| s == server)
+            && self.reset_servers.granted(room_id, server).is_none()
+        {
             return Err(ServiceError::forbidden(
                 "The requesting server is not in the room",
             ));
@@ -99,11 +103,21 @@ impl Rooms {
             return Ok(Some(event));
         }
         let before = event.meta.state_before;
-        let seen = match cache.get(&before) {
+        // A server put out by a resolution of ours reads what we held then as a member.
+        let granted = self
+            .reset_servers
+            .granted(&room.record.room_id, server)
+            .is_some_and(|upto| event.meta.pos <= upto);
+        let seen = match cache.get(&(before, granted)) {
             Some(seen) => *seen,
             None => {
-                let seen = server_may_see(&self.store, server, before, room.record.state)?;
-                cache.insert(before, seen);
+                let now = if granted {
+                    Member::Yes
+                } else {
+                    Member::In(room.record.state)
+                };
+                let seen = server_may_see(&self.store, server, before, now)?;
+                cache.insert((before, granted), seen);
                 seen
             }
         };

@@ -37,13 +37,23 @@ fn memberships_of(
         .collect())
 }
 
-/// Whether `server` may read an event whose state before it is `before`, in a room whose
-/// current state is `current`.
+/// Whether a server is a member of the room now.
+#[derive(Debug, Clone, Copy)]
+pub enum Member {
+    /// Counted as one whatever the state says (a reset grant, see
+    /// [`reset_out`](super::reset_out)).
+    Yes,
+    /// As the room's current state, this snapshot, says.
+    In(ShortStateHash),
+}
+
+/// Whether `server` may read an event whose state before it is `before`, in a room of
+/// which it is a member now or not (`now`).
 pub fn server_may_see(
     store: &EventStore,
     server: &str,
     before: ShortStateHash,
-    current: ShortStateHash,
+    now: Member,
 ) -> ServiceResult<bool> {
     let visibility = store
         .state_event(before, "m.room.history_visibility", "")?
@@ -63,8 +73,12 @@ pub fn server_may_see(
             if joined_then {
                 return Ok(true);
             }
-            let now = memberships_of(store, current, server)?;
-            Ok(now.iter().any(|m| m == "join"))
+            match now {
+                Member::Yes => Ok(true),
+                Member::In(current) => Ok(memberships_of(store, current, server)?
+                    .iter()
+                    .any(|m| m == "join")),
+            }
         }
     }
 }

@@ -164,6 +164,9 @@ pub struct WriterContext {
     /// Where events for other servers are queued (in the event's batch) and the sender
     /// woken (after the fsync).
     pub outbox: Arc<Outbox>,
+    /// Servers a resolution put out of a room (granted reads, see
+    /// [`reset_out`](crate::services::rooms::reset_out)).
+    pub reset_servers: Arc<crate::services::rooms::reset_out::ResetServers>,
 }
 
 /// A local member of a room, for the [`NewEventHook`].

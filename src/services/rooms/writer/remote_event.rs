@@ -23,7 +23,7 @@
 //! what is missing outside the writer.
 
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::head::{membership_of, RoomHead};
@@ -371,7 +371,7 @@ pub(super) fn receive(
             graph::write(&mut batch, short, &graph_record, state_key);
             put_event(&mut batch, (short, &event.event_id), &event.pdu, &meta);
             store.db.write_relaxed(batch)?;
-            tracing::info!(event = %event.event_id, room = %head.record.room_id, "soft-failed: {reason}");
+            tracing::info!(server = %ctx.server_name, event = %event.event_id, room = %head.record.room_id, "soft-failed: {reason}");
             return Ok(PduOutcome::SoftFailed(reason));
         }
     }
@@ -950,6 +950,35 @@ fn accept(
     } else {
         returning_servers(head, store, &ctx.server_name, &member_changes)?
     };
+    // Servers this resolution put out of the room without an event about their members
+    // (a state reset) get the room's forward extremities, whoever made them, and may read
+    // what we hold now for a while: the other branch that put them out is in it, and
+    // nothing else would let them compute the same state.
+    let reset = if given || head.record.partial_state.is_some() {
+        BTreeSet::new()
+    } else {
+        let set_by_event = member.as_ref().map(|(user, _)| user.as_str());
+        reset_servers(head, store, &ctx.server_name, &member_changes, set_by_event)?
+    };
+    if !reset.is_empty() {
+        let mut sent = Vec::new();
+        for id in &record.extremities {
+            // (The written event's id is not in the tables until its batch is.)
+            let extremity_pos = if id == event_id {
+                pos
+            } else {
+                match store.state.find_event(id)? {
+                    Some(extremity) => store.event(extremity)?.meta.pos,
+                    None => continue,
+                }
+            };
+            if extremity_pos != 0 {
+                queue_for(&mut batch, &reset, extremity_pos, id);
+                sent.push(id.as_str());
+            }
+        }
+        tracing::info!(server = %ctx.server_name, room = %head.record.room_id, event = %event_id, servers = ?reset, events = ?sent, "servers a state resolution put out of the room get its latest events");
+    }
     if !returning.is_empty() {
         for id in &record.extremities {
             let Some(own) = store.state.find_event(id)? else {
@@ -968,6 +997,10 @@ fn accept(
         destinations.extend(returning);
     }
     store.db.write_relaxed(batch)?;
+    for server in &reset {
+        ctx.reset_servers.grant(&head.record.room_id, server, pos);
+    }
+    destinations.extend(reset);
     written.destinations.extend(destinations);
     written.changes.push((
         ticket,
@@ -1025,6 +1058,56 @@ fn returning_servers(
     let before = head.remote_servers(store, server_name)?;
     joined.retain(|s| !before.contains(s));
     Ok(joined)
+}
+
+/// The other servers all of whose joined members the state after `member_changes` no
+/// longer holds as joined, when no event about them did it: not the written event's own
+/// membership (`set_by_event`, a leave or a kick the server is sent anyway), not a ban
+/// (a server kept out on purpose), and no member of the server newly joined. See
+/// [`reset_out`](crate::services::rooms::reset_out).
+fn reset_servers(
+    head: &mut RoomHead,
+    store: &EventStore,
+    server_name: &str,
+    member_changes: &[(String, Option<Value>)],
+    set_by_event: Option<&str>,
+) -> ServiceResult<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    if member_changes.is_empty() {
+        return Ok(out);
+    }
+    head.remote_servers(store, server_name)?;
+    let Some(joined) = head.remote_servers.as_ref() else {
+        return Ok(out);
+    };
+    let mut lost: HashMap<&str, usize> = HashMap::new();
+    let mut kept: HashSet<&str> = HashSet::new();
+    for (user, changed) in member_changes {
+        let Some((_, server)) = user.split_once(':') else {
+            continue;
+        };
+        if server == server_name {
+            continue;
+        }
+        let now = changed.as_ref().map_or("leave", |p| membership_of(p));
+        if now == "join" {
+            kept.insert(server);
+            continue;
+        }
+        if !joined.users.contains(user) {
+            continue;
+        }
+        if now == "ban" || set_by_event == Some(user.as_str()) {
+            kept.insert(server);
+        }
+        *lost.entry(server).or_default() += 1;
+    }
+    for (server, count) in lost {
+        if !kept.contains(server) && joined.per_server.get(server) == Some(&count) {
+            out.insert(server.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
