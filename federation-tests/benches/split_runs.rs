@@ -12,14 +12,15 @@
 //! not from the third.
 //!
 //! `cargo bench -p federation-tests --bench split_runs -- --runs 100 --seed 1 [--synapse]`
-//! (each run prints its time to converge, a failed one its steps and each server's state);
+//! (each run prints its time to converge and its CPU time and network bytes per event the
+//! users made, a failed one its steps and each server's state);
 //! under `cargo test` it runs [`TEST_SEEDS`].
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use federation_tests::seeded::{full_run, number_arg, Rng};
+use federation_tests::seeded::{cpu_time, full_run, number_arg, Rng};
 use federation_tests::split::SplitProxy;
 use federation_tests::synapse::Synapse;
 use federation_tests::{enc, free_port, Cluster, Instance, User};
@@ -79,56 +80,68 @@ fn held_state(instance: &Instance, room: &str) -> Vec<(String, String, String)> 
     out
 }
 
-/// The users joined to `room` in `instance`'s current state.
-fn joined_in(instance: &Instance, room: &str) -> BTreeSet<String> {
+/// The users joined to `room` in `instance`'s current state, and its forward extremities
+/// (`None`: it does not hold the room).
+fn joined_in(instance: &Instance, room: &str) -> Option<(BTreeSet<String>, Vec<String>)> {
     let store = instance.running().services.rooms.store();
-    let Ok(Some(record)) = store.room(room) else {
-        return BTreeSet::new();
-    };
-    store
+    let record = store.room(room).ok().flatten()?;
+    let joined = store
         .state_events(record.record.state, Some("m.room.member"))
-        .unwrap_or_default()
+        .ok()?
         .iter()
         .filter(|e| e.content()["membership"] == "join")
         .filter_map(|e| e.state_key().map(str::to_owned))
-        .collect()
+        .collect();
+    Some((joined, record.record.extremities.clone()))
 }
 
 /// Whether the servers agree on `room` (`states[n]` as server `n`'s admin `admins[n]`
 /// reads it): the servers in the room hold the same state, and a server that state
 /// resolution put out of it (none of its users joined in its own state) is out in theirs
-/// too. A server out of a room is sent nothing of it any more, as after its users left:
-/// it keeps the state it had when it learnt it was out, and is not held to follow the
-/// room after that. (Synapse's state is only read, so it is always held to the state.)
+/// too, and built on nothing they lack (they hold its forward extremities). A server out
+/// of a room is sent nothing of it any more, as after its users left: it keeps the state
+/// it had when it learnt it was out, and is not held to follow the room after that.
+/// Synapse's state is only read, so with Synapse every server is held to the same state.
 fn agree(
     instances: &[Instance],
     admins: &[User],
     room: &str,
     states: &[Vec<(String, String, String)>],
 ) -> bool {
+    let same = || states.iter().all(|s| *s == states[0]);
+    if instances.len() < states.len() {
+        return same();
+    }
     let server_of = |user: &str| {
-        user.rsplit_once(':')
+        user.split_once(':')
             .map_or(String::new(), |(_, s)| s.to_owned())
     };
-    let joined: Vec<Option<BTreeSet<String>>> = (0..states.len())
-        .map(|n| instances.get(n).map(|i| joined_in(i, room)))
-        .collect();
-    let has_users_of = |n: usize, server: &str| {
-        joined[n]
-            .as_ref()
-            .is_some_and(|j| j.iter().any(|u| server_of(u) == server))
-    };
+    let mut held = Vec::new();
+    for instance in instances.iter().take(states.len()) {
+        match joined_in(instance, room) {
+            Some(h) => held.push(h),
+            None => return same(),
+        }
+    }
+    let has_users_of = |n: usize, server: &str| held[n].0.iter().any(|u| server_of(u) == server);
     let out: Vec<bool> = (0..states.len())
-        .map(|n| joined[n].is_some() && !has_users_of(n, &server_of(&admins[n].user_id)))
+        .map(|n| !has_users_of(n, &server_of(&admins[n].user_id)))
         .collect();
     let inside: Vec<usize> = (0..states.len()).filter(|&n| !out[n]).collect();
     let Some(&first) = inside.first() else {
-        return states.iter().all(|s| *s == states[0]);
+        return same();
     };
     inside.iter().all(|&n| states[n] == states[first])
         && (0..states.len()).filter(|&n| out[n]).all(|n| {
             let server = server_of(&admins[n].user_id);
-            inside.iter().all(|&m| !has_users_of(m, &server))
+            inside.iter().all(|&m| {
+                let store = instances[m].running().services.rooms.store();
+                !has_users_of(m, &server)
+                    && held[n]
+                        .1
+                        .iter()
+                        .all(|e| store.state().find_event(e).ok().flatten().is_some())
+            })
         })
 }
 
@@ -421,7 +434,16 @@ async fn random_change(rng: &mut Rng, users: &[User], rooms: &[String]) -> Strin
 
 /// One seeded run (with Synapse as server 2 when `synapse`); answers the time every server
 /// took to agree after healing.
-async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Duration, String> {
+/// What a converged run took: the time from healing to agreement, and the CPU time of the
+/// process (the in-process servers and the harness; not Synapse's) and the bytes through
+/// the proxies from the first split to agreement, per event the users made.
+struct Figures {
+    took: Duration,
+    cpu_per_event: Duration,
+    bytes_per_event: u64,
+}
+
+async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Figures, String> {
     let mut rng = Rng::new(seed);
     let proxy_ports = [free_port()?, free_port()?, free_port()?];
     let real_ports = [free_port()?, free_port()?, free_port()?];
@@ -491,6 +513,11 @@ async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Duration, Stri
     }
 
     let mut log = Vec::new();
+    let (cpu_before, bytes_before) = (
+        cpu_time(),
+        proxies.iter().map(SplitProxy::bytes).sum::<u64>(),
+    );
+    let mut events = 0u64;
     for step in 0..STEPS {
         let groups = match rng.below(5) {
             0 => vec![0, 0, 0],
@@ -503,6 +530,7 @@ async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Duration, Stri
         log.push(format!("step {step}: groups {groups:?}"));
         for _ in 0..(2 + rng.below(4)) {
             let change = random_change(&mut rng, &users, &rooms).await;
+            events += u64::from(change.ends_with(": 200"));
             log.push(format!("  {change}"));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -513,12 +541,13 @@ async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Duration, Stri
     let healed = Instant::now();
     for room in &rooms {
         for (n, user) in users[..3].iter().enumerate() {
-            let _ = user
+            let (status, _) = user
                 .put(
                     &format!("/rooms/{}/send/m.room.message/healed{n}", enc(room)),
                     json!({"msgtype": "m.text", "body": "healed"}),
                 )
                 .await;
+            events += u64::from(status == 200);
         }
     }
     loop {
@@ -608,9 +637,16 @@ async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Duration, Stri
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let took = healed.elapsed();
+    let events = events.max(1);
+    let figures = Figures {
+        took,
+        cpu_per_event: cpu_time().saturating_sub(cpu_before) / events as u32,
+        bytes_per_event: (proxies.iter().map(SplitProxy::bytes).sum::<u64>() - bytes_before)
+            / events,
+    };
     drop(proxies);
     cluster.shutdown().await;
-    Ok(took)
+    Ok(figures)
 }
 
 /// The seeds `cargo test` runs: 48 once ended with a server that joined through another
@@ -642,6 +678,7 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let mut times = Vec::new();
+        let mut worst_cost = (Duration::ZERO, 0u64);
         let mut failures = Vec::new();
         for seed in seeds {
             // A port the harness picked and another process took before it bound it is
@@ -657,9 +694,18 @@ fn main() {
                 }
             }
             match result {
-                Ok(took) => {
-                    println!("seed {seed}: converged {:.0} ms after healing", took.as_secs_f64() * 1e3);
-                    times.push(took);
+                Ok(figures) => {
+                    println!(
+                        "seed {seed}: converged {:.0} ms after healing; per event made, CPU {} µs and {} bytes",
+                        figures.took.as_secs_f64() * 1e3,
+                        figures.cpu_per_event.as_micros(),
+                        figures.bytes_per_event
+                    );
+                    times.push(figures.took);
+                    worst_cost = (
+                        worst_cost.0.max(figures.cpu_per_event),
+                        worst_cost.1.max(figures.bytes_per_event),
+                    );
                 }
                 Err(report) => {
                     println!("{report}");
@@ -671,11 +717,13 @@ fn main() {
         let median = times.get(times.len() / 2).copied().unwrap_or_default();
         let worst = times.last().copied().unwrap_or_default();
         println!(
-            "split_runs{}: {} of {runs} runs converged within {limit:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}",
+            "split_runs{}: {} of {runs} runs converged within {limit:?} (median {:.0} ms, worst {:.0} ms); failed seeds {failures:?}; worst run per event made: CPU {} µs, {} bytes",
             if synapse { " with Synapse" } else { "" },
             times.len(),
             median.as_secs_f64() * 1e3,
-            worst.as_secs_f64() * 1e3
+            worst.as_secs_f64() * 1e3,
+            worst_cost.0.as_micros(),
+            worst_cost.1
         );
         assert!(failures.is_empty(), "seeds that did not converge: {failures:?}");
     });

@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use federation_tests::seeded::{full_run, number_arg, Rng};
+use federation_tests::seeded::{cpu_time, full_run, number_arg, Rng};
 use federation_tests::{enc, Cluster, Instance, User};
 use ourwhats::core::pdu::MAX_DEPTH;
 use ourwhats::core::pdu_checks::{check_content_hash, check_signatures, KnownKey, SignatureCheck};
@@ -57,21 +57,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The CPU time of the whole process so far (user + system, from `/proc/self/stat`, in
-/// clock ticks of 10 ms).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name (which ends with the last ')'): utime and stime
-    // are the 12th and 13th.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 /// The ids A's store gives for `room`: its create, power levels and bob's member event.

@@ -1,5 +1,8 @@
 //! What the seeded harnesses (`txn_fuzz`, `split_runs`) share: a small deterministic
-//! generator, so a seed replays a run, and their command-line numbers.
+//! generator, so a seed replays a run, their command-line numbers, and the process's CPU
+//! time.
+
+use std::time::Duration;
 
 /// xorshift64*: deterministic for a seed, good enough to pick mutations and steps.
 pub struct Rng(u64);
@@ -33,6 +36,21 @@ pub fn number_arg(name: &str) -> Option<u64> {
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
+}
+
+/// The CPU time of the whole process so far (user + system, from `/proc/self/stat`, in
+/// clock ticks of 10 ms).
+pub fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which ends with the last ')'): utime and stime
+    // are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
 
 /// Whether the harness runs as a benchmark (`cargo bench`), not as a short test run.

@@ -3,12 +3,14 @@
 //! through the proxy (TLS passes through untouched). While split, connections are refused
 //! and those open are closed; a partial split refuses and closes only the connections
 //! from some source addresses (servers whose outbound connections come from their own
-//! loopback address, `federation.outbound_address`).
+//! loopback address, `federation.outbound_address`). It counts the bytes it passes on.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -29,6 +31,7 @@ impl Blocked {
 pub struct SplitProxy {
     /// The port other servers connect to (the server's name).
     pub port: u16,
+    bytes: Arc<AtomicU64>,
     split: watch::Sender<Blocked>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -40,6 +43,8 @@ impl SplitProxy {
             .await
             .map_err(|e| format!("proxy on {port}: {e}"))?;
         let (split, watching) = watch::channel(Blocked::default());
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&bytes);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, peer)) = listener.accept().await else {
@@ -50,18 +55,37 @@ impl SplitProxy {
                     continue; // dropped: refused while split
                 }
                 let mut cut = watching.clone();
+                let counted = Arc::clone(&counted);
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
                         return;
                     };
+                    let (mut in_read, mut in_write) = inbound.split();
+                    let (mut out_read, mut out_write) = outbound.split();
+                    let both_ways = async {
+                        tokio::join!(
+                            pipe(&mut in_read, &mut out_write, &counted),
+                            pipe(&mut out_read, &mut in_write, &counted)
+                        )
+                    };
                     tokio::select! {
-                        _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = both_ways => {}
                         _ = cut.wait_for(|blocked| blocked.blocks(source)) => {}
                     }
                 });
             }
         });
-        Ok(Self { port, split, task })
+        Ok(Self {
+            port,
+            bytes,
+            split,
+            task,
+        })
+    }
+
+    /// The bytes passed on so far, both ways.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Cuts (`true`) or heals (`false`) the network to the server, for everybody.
@@ -79,6 +103,27 @@ impl SplitProxy {
             sources: sources.into_iter().collect(),
         });
     }
+}
+
+/// Copies `from` to `to` until either ends, counting the bytes.
+async fn pipe(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    counted: &AtomicU64,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+                counted.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl Drop for SplitProxy {

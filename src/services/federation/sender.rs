@@ -242,7 +242,8 @@ fn wake(shared: &Arc<Shared>, destination: &str) {
 }
 
 /// What the sender holds of `destination`: its consecutive failures and when it may be
-/// tried again (none: never failed, or reached since).
+/// tried again (none: never failed, or reached since). Public for the split harness's
+/// failure reports.
 pub fn load_record(db: &Db, destination: &str) -> DestinationRecord {
     db.get(Table::ServernameDestination, destination.as_bytes())
         .ok()

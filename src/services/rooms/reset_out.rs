@@ -10,30 +10,53 @@
 //! every other server computes the reset, for good. Synapse behaves the same way.
 //!
 //! So that every server computes the same state from the same graph, such a server is
-//! sent the room's forward extremities as they were at that moment (see the writer's
-//! `remote_event`), and for [`GRANT_FOR`] it may read, as a member would, the events we
-//! had accepted by then: enough to fetch the other branch and resolve it as we did.
-//! Events accepted after the reset stay hidden from it, and a server whose member was
-//! banned, or whose member's own event took it out, gets nothing of this. The grants
-//! are held in memory only: after a restart the reset server reads as any other.
+//! sent the room's forward extremities as they were at that moment (those it may see; see
+//! the writer's `remote_event`), and for [`GRANT_FOR`] it may read, as a member would,
+//! what we held then: events accepted at stream positions up to the reset's, and events
+//! held without a position (outliers, soft-failed ones) whose short ids were given out by
+//! then. That is enough to fetch the other branch and resolve it as we did. Spec:
+//! server-server API, "Retrieving events" and "Backfilling and retrieving missing
+//! events", whose 403 is for "the requesting host is not in the room": this reads "in the
+//! room" as also "was, until our resolution of a branch it never saw". Events held after
+//! the reset stay hidden from it; a server whose member's old membership did not come
+//! back (a ban, a kick or leave from the other branch, or the written event's own) gets
+//! nothing of this. The grants live in memory only: after a restart, or once expired
+//! (the sender may be backing off from the server for a while, hence a day), the reset
+//! server reads as any other.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a reset server may read what we held at the reset.
-pub const GRANT_FOR: Duration = Duration::from_secs(600);
+pub const GRANT_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// Grants held at most (each a room and a server); beyond, expired ones are dropped and
 /// then new ones are not recorded.
 const MAX_GRANTS: usize = 10_000;
 
-/// A reset server's leave to read: events accepted at stream positions up to `upto`
-/// (outliers, at position 0, included), until `until`.
-#[derive(Debug, Clone, Copy)]
-struct Grant {
-    upto: u64,
+/// What a reset server may read of a room, as of the reset: events accepted at stream
+/// positions up to `pos`, events held without a position (0) whose short ids are up to
+/// `short`; until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// The reset's stream position.
+    pub pos: u64,
+    /// The highest short event id given out at the reset.
+    pub short: u64,
     until: Instant,
+}
+
+impl Grant {
+    /// Whether an event held at stream position `pos` (0: none) under short id `short`
+    /// was held at the reset.
+    pub fn covers(&self, pos: u64, short: u64) -> bool {
+        if pos == 0 {
+            short <= self.short
+        } else {
+            pos <= self.pos
+        }
+    }
 }
 
 /// The grants, by room id and server name.
@@ -44,8 +67,9 @@ pub struct ResetServers {
 
 impl ResetServers {
     /// `server` was put out of `room_id` by the resolution that accepted the event at
-    /// stream position `upto`.
-    pub fn grant(&self, room_id: &str, server: &str, upto: u64) {
+    /// stream position `pos`, whose short id, the highest given out then, is `short`.
+    /// Answers whether the grant is held (not when too many are).
+    pub fn grant(&self, room_id: &str, server: &str, (pos, short): (u64, u64)) -> bool {
         let now = Instant::now();
         let mut grants = self
             .grants
@@ -54,24 +78,23 @@ impl ResetServers {
         if grants.len() >= MAX_GRANTS {
             grants.retain(|_, g| g.until > now);
             if grants.len() >= MAX_GRANTS {
-                tracing::warn!(%room_id, %server, "too many reset servers held: this one reads as any other");
-                return;
+                tracing::warn!(%room_id, %server, "too many reset servers held: this one is not told");
+                return false;
             }
         }
-        let grant = Grant {
-            upto,
-            until: now + GRANT_FOR,
-        };
+        let until = now + GRANT_FOR;
         let entry = grants
             .entry((room_id.to_owned(), server.to_owned()))
-            .or_insert(grant);
-        entry.upto = entry.upto.max(upto);
-        entry.until = grant.until;
+            .or_insert(Grant { pos, short, until });
+        entry.pos = entry.pos.max(pos);
+        entry.short = entry.short.max(short);
+        entry.until = until;
+        true
     }
 
-    /// The last stream position of `room_id` that `server` may read as a member, if it
-    /// holds an unexpired grant.
-    pub fn granted(&self, room_id: &str, server: &str) -> Option<u64> {
+    /// What `server` may read of `room_id` as a reset server, if it holds an unexpired
+    /// grant.
+    pub fn granted(&self, room_id: &str, server: &str) -> Option<Grant> {
         let grants = self
             .grants
             .lock()
@@ -79,7 +102,7 @@ impl ResetServers {
         grants
             .get(&(room_id.to_owned(), server.to_owned()))
             .filter(|g| g.until > Instant::now())
-            .map(|g| g.upto)
+            .copied()
     }
 }
 
@@ -91,17 +114,32 @@ mod tests {
     fn a_grant_names_one_room_and_one_server_and_keeps_the_furthest_position() {
         let reset = ResetServers::default();
         assert_eq!(reset.granted("!r:a", "b"), None);
-        reset.grant("!r:a", "b", 10);
-        reset.grant("!r:a", "b", 7);
-        assert_eq!(reset.granted("!r:a", "b"), Some(10));
+        assert!(reset.grant("!r:a", "b", (10, 40)));
+        assert!(reset.grant("!r:a", "b", (7, 30)));
+        let grant = reset.granted("!r:a", "b").unwrap();
+        assert_eq!((grant.pos, grant.short), (10, 40));
         assert_eq!(reset.granted("!r:a", "c"), None);
         assert_eq!(reset.granted("!s:a", "b"), None);
     }
 
     #[test]
+    fn a_grant_covers_what_was_held_at_the_reset_and_nothing_after() {
+        let reset = ResetServers::default();
+        reset.grant("!r:a", "b", (10, 40));
+        let grant = reset.granted("!r:a", "b").unwrap();
+        assert!(grant.covers(10, 40) && grant.covers(3, 99));
+        assert!(!grant.covers(11, 12), "accepted after the reset");
+        assert!(grant.covers(0, 40), "an outlier held at the reset");
+        assert!(
+            !grant.covers(0, 41),
+            "an outlier or soft-failed event held after it"
+        );
+    }
+
+    #[test]
     fn an_expired_grant_reads_as_none() {
         let reset = ResetServers::default();
-        reset.grant("!r:a", "b", 3);
+        reset.grant("!r:a", "b", (3, 3));
         if let Some(g) = reset.grants.lock().unwrap().values_mut().next() {
             g.until = Instant::now() - Duration::from_secs(1);
         }

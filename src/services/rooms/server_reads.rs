@@ -107,7 +107,7 @@ impl Rooms {
         let granted = self
             .reset_servers
             .granted(&room.record.room_id, server)
-            .is_some_and(|upto| event.meta.pos <= upto);
+            .is_some_and(|grant| grant.covers(event.meta.pos, short));
         let seen = match cache.get(&(before, granted)) {
             Some(seen) => *seen,
             None => {

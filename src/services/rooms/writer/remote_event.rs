@@ -46,6 +46,7 @@ use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::graph::{self, EventStatus, GraphRecord};
 use crate::services::rooms::records::EventMeta;
 use crate::services::rooms::resolution;
+use crate::services::rooms::server_visibility::{server_may_see, Member};
 use crate::services::rooms::state_store::{ShortEventId, ShortStateHash, ShortStateKey, StateMap};
 use crate::services::rooms::stream_state;
 use crate::services::stream::StreamChange;
@@ -852,6 +853,7 @@ fn accept(
     let mut record = head.record.clone();
     let mut member = None;
     let mut member_changes: Vec<(String, Option<Value>)> = Vec::new();
+    let mut replaced: Vec<Replaced> = Vec::new();
     for (key, value) in &changes {
         let (kind, state_key) = store.state.state_key_of(*key)?;
         let stored;
@@ -868,6 +870,9 @@ fn accept(
         }
         if kind != "m.room.member" {
             continue;
+        }
+        if value != &Some(short) {
+            replaced.push((state_key.clone(), head.state.get(key).copied(), *value));
         }
         member_changes.push((state_key.clone(), changed_pdu.cloned()));
         // A member event gone from the state (a state reset) leaves the user out.
@@ -951,30 +956,46 @@ fn accept(
         returning_servers(head, store, &ctx.server_name, &member_changes)?
     };
     // Servers this resolution put out of the room without an event about their members
-    // (a state reset) get the room's forward extremities, whoever made them, and may read
-    // what we hold now for a while: the other branch that put them out is in it, and
-    // nothing else would let them compute the same state.
-    let reset = if given || head.record.partial_state.is_some() {
+    // (a state reset) get the room's forward extremities they may see, whoever made them,
+    // and may read what we hold now for a while: the other branch that put them out is in
+    // it, and nothing else would let them compute the same state.
+    let mut reset = if given || head.record.partial_state.is_some() {
         BTreeSet::new()
     } else {
-        let set_by_event = member.as_ref().map(|(user, _)| user.as_str());
-        reset_servers(head, store, &ctx.server_name, &member_changes, set_by_event)?
+        reset_servers(head, store, &ctx.server_name, (&member_changes, &replaced))?
     };
+    reset.retain(|server| {
+        ctx.reset_servers
+            .grant(&head.record.room_id, server, (pos, short))
+    });
     if !reset.is_empty() {
         let mut sent = Vec::new();
         for id in &record.extremities {
             // (The written event's id is not in the tables until its batch is.)
-            let extremity_pos = if id == event_id {
-                pos
+            let (extremity_pos, before) = if id == event_id {
+                (pos, state_before)
             } else {
                 match store.state.find_event(id)? {
-                    Some(extremity) => store.event(extremity)?.meta.pos,
+                    Some(extremity) => {
+                        let meta = store.event(extremity)?.meta;
+                        (meta.pos, meta.state_before)
+                    }
                     None => continue,
                 }
             };
-            if extremity_pos != 0 {
-                queue_for(&mut batch, &reset, extremity_pos, id);
-                sent.push(id.as_str());
+            if extremity_pos == 0 {
+                continue;
+            }
+            for server in &reset {
+                if server_may_see(store, server, before, Member::Yes)? {
+                    queue_for(
+                        &mut batch,
+                        &BTreeSet::from([server.clone()]),
+                        extremity_pos,
+                        id,
+                    );
+                    sent.push((server.as_str(), id.as_str()));
+                }
             }
         }
         tracing::info!(server = %ctx.server_name, room = %head.record.room_id, event = %event_id, servers = ?reset, events = ?sent, "servers a state resolution put out of the room get its latest events");
@@ -997,9 +1018,6 @@ fn accept(
         destinations.extend(returning);
     }
     store.db.write_relaxed(batch)?;
-    for server in &reset {
-        ctx.reset_servers.grant(&head.record.room_id, server, pos);
-    }
     destinations.extend(reset);
     written.destinations.extend(destinations);
     written.changes.push((
@@ -1061,19 +1079,20 @@ fn returning_servers(
 }
 
 /// The other servers all of whose joined members the state after `member_changes` no
-/// longer holds as joined, when no event about them did it: not the written event's own
-/// membership (`set_by_event`, a leave or a kick the server is sent anyway), not a ban
-/// (a server kept out on purpose), and no member of the server newly joined. See
-/// [`reset_out`](crate::services::rooms::reset_out).
+/// longer holds as joined, when no event about them did it: each one's member event was
+/// replaced by the resolution (`replaced`: user, before, after; not by the written event,
+/// such as a leave or a kick the server is sent anyway) with an older one of the same
+/// user, or with none ([`rolled_back`]), never a ban (a server kept out on purpose, even by
+/// an old ban the resolution brought back); and no member of the server newly joined.
+/// See [`reset_out`](crate::services::rooms::reset_out).
 fn reset_servers(
     head: &mut RoomHead,
     store: &EventStore,
     server_name: &str,
-    member_changes: &[(String, Option<Value>)],
-    set_by_event: Option<&str>,
+    (member_changes, replaced): (&[(String, Option<Value>)], &[Replaced]),
 ) -> ServiceResult<BTreeSet<String>> {
     let mut out = BTreeSet::new();
-    if member_changes.is_empty() {
+    if replaced.is_empty() {
         return Ok(out);
     }
     head.remote_servers(store, server_name)?;
@@ -1097,8 +1116,13 @@ fn reset_servers(
         if !joined.users.contains(user) {
             continue;
         }
-        if now == "ban" || set_by_event == Some(user.as_str()) {
+        let rollback = match replaced.iter().find(|(u, _, _)| u == user) {
+            Some((_, Some(before), after)) => now != "ban" && rolled_back(store, *before, *after)?,
+            _ => false,
+        };
+        if !rollback {
             kept.insert(server);
+            continue;
         }
         *lost.entry(server).or_default() += 1;
     }
@@ -1108,6 +1132,49 @@ fn reset_servers(
         }
     }
     Ok(out)
+}
+
+/// A member event the resolution (not the written event) replaced: the user, the event
+/// before, the one after (`None`: none).
+type Replaced = (String, Option<ShortEventId>, Option<ShortEventId>);
+
+/// Member events of one user followed back at most, from the one replaced.
+const ROLLBACK_WALK: usize = 16;
+
+/// Whether `after` (`None`: no member event) is the user's state from before `before`:
+/// none, or one of the user's earlier member events, which `before` reaches through
+/// the user's member events in its auth events (each names the one it followed).
+fn rolled_back(
+    store: &EventStore,
+    before: ShortEventId,
+    after: Option<ShortEventId>,
+) -> ServiceResult<bool> {
+    let Some(after) = after else {
+        return Ok(true);
+    };
+    let user = store.event(before)?.state_key().map(str::to_owned);
+    let mut current = before;
+    for _ in 0..ROLLBACK_WALK {
+        let Some(record) = graph::record(store, current)? else {
+            return Ok(false);
+        };
+        if record.auth.contains(&after) {
+            return Ok(true);
+        }
+        let mut previous = None;
+        for auth in record.auth {
+            let event = store.event(auth)?;
+            if event.kind() == "m.room.member" && event.state_key().map(str::to_owned) == user {
+                previous = Some(auth);
+                break;
+            }
+        }
+        match previous {
+            Some(p) => current = p,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
@@ -1154,4 +1221,55 @@ pub(super) fn may_redact(
         }
     };
     Ok(levels.user(sender) >= i128::from(levels.redact))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::rooms::event_store::open_temp_store;
+    use serde_json::json;
+
+    /// Stores a member event of `user` naming `auth` as its auth events; its short id.
+    fn member(store: &EventStore, id: &str, user: &str, auth: &[ShortEventId]) -> ShortEventId {
+        let mut batch = store.db.batch();
+        let short = store.state.intern_new_event(id, &mut batch);
+        let pdu = json!({"type": "m.room.member", "state_key": user, "sender": user,
+                         "content": {"membership": "join"}});
+        let meta = EventMeta {
+            room: 1,
+            pos: 0,
+            state_before: 0,
+            state_after: 0,
+            replaces: 0,
+            redacted_by: 0,
+        };
+        put_event(&mut batch, (short, id), &pdu, &meta);
+        let record = GraphRecord {
+            depth: 1,
+            prev: Vec::new(),
+            auth: auth.to_vec(),
+            status: EventStatus::Accepted,
+        };
+        graph::write(&mut batch, short, &record, None);
+        store.db.write_relaxed(batch).unwrap();
+        short
+    }
+
+    #[test]
+    fn a_member_event_replaced_by_an_earlier_one_of_the_user_or_by_none_is_rolled_back() {
+        let (_dir, _db, store) = open_temp_store();
+        let carol = "@carol:c";
+        let other = member(&store, "$other", "@alice:a", &[]);
+        let first = member(&store, "$first", carol, &[other]);
+        let left = member(&store, "$left", carol, &[other, first]);
+        let again = member(&store, "$again", carol, &[other, left]);
+        // Back to her first join, two member events before, or to none at all.
+        assert!(rolled_back(&store, again, Some(first)).unwrap());
+        assert!(rolled_back(&store, again, Some(left)).unwrap());
+        assert!(rolled_back(&store, again, None).unwrap());
+        // An event of another branch (a kick or ban that did not follow her join) is an
+        // event about her, not a rollback.
+        let kick = member(&store, "$kick", carol, &[other, first]);
+        assert!(!rolled_back(&store, again, Some(kick)).unwrap());
+    }
 }
