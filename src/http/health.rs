@@ -10,9 +10,15 @@ use axum::Json;
 use super::AppState;
 use crate::services::health;
 
-/// The health report.
+/// The health report (made on a blocking thread: it probes storage with a write).
 pub async fn health(State(services): State<AppState>) -> Response {
-    let report = health::report(&services.db, &services.listeners);
+    let probe = services.clone();
+    let Ok(report) =
+        tokio::task::spawn_blocking(move || health::report(&probe.db, &probe.listeners)).await
+    else {
+        return crate::error::MatrixError::internal("the health report task failed")
+            .into_response();
+    };
     let status = if report.healthy() {
         StatusCode::OK
     } else {

@@ -91,8 +91,9 @@ impl HealthReport {
     }
 }
 
-/// The report now.
+/// The report now (storage probed with a small write first: see [`Db::probe_writes`]).
 pub fn report(db: &Db, listeners: &Listeners) -> HealthReport {
+    db.probe_writes();
     let storage = match db.write_state() {
         WriteState::Writable => StorageHealth {
             writable: true,

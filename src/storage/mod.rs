@@ -48,6 +48,8 @@ pub const SCHEMA_VERSION: u64 = 3;
 const OLDEST_READABLE_SCHEMA: u64 = 1;
 
 const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
+/// The `meta` key the health endpoint's probe writes (see [`Db::probe_writes`]).
+const HEALTH_PROBE_KEY: &[u8] = b"health_probe";
 
 thread_local! {
     /// Whether this thread's reads leave the block cache as it is ([`bulk_reads`]).
@@ -340,6 +342,18 @@ impl Db {
     /// Whether writes go through (for the health endpoint).
     pub fn write_state(&self) -> health::WriteState {
         self.health.state()
+    }
+
+    /// Writes a small marker while writes are thought to go through, so that a background
+    /// error RocksDB raised since (a flush that could not open a file) stops them now, for
+    /// whoever asks the state next, rather than at the next client's write. The health
+    /// endpoint calls it before it reports.
+    pub fn probe_writes(&self) {
+        if self.health.state() == health::WriteState::Writable {
+            let mut batch = self.batch();
+            batch.put(Table::Meta, HEALTH_PROBE_KEY, b"");
+            let _ = self.write_relaxed(batch);
+        }
     }
 
     /// Clears a background error that stopped writes, and resumes them (RocksDB's

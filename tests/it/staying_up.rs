@@ -166,12 +166,16 @@ async fn writes_resume_after_descriptors_run_out_and_come_back() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let next = send(n + 1).await.unwrap();
+    let status = next.status();
+    let body = next.json::<Value>().await.unwrap_or(Value::Null);
+    // (`/health` probes with a write, so a background error RocksDB raised while the
+    // descriptors were out shows there, not on this send: seen once in a CI run before.)
     assert_eq!(
-        next.status(),
+        status,
         StatusCode::OK,
-        "the next send after recovery"
+        "the next send after recovery: {body}"
     );
-    acknowledged.push(next.json::<Value>().await.unwrap()["event_id"].clone());
+    acknowledged.push(body["event_id"].clone());
 
     // Nothing acknowledged was lost.
     let page: Value = http
