@@ -152,13 +152,16 @@ async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing
     cluster.shutdown().await;
 }
 
-/// A server that learns late of another server's join (it joined through a third,
-/// resident server while we could not hear from that one) sends it our latest event: our
-/// events meanwhile went only to the servers we knew, and the resident server does not
-/// pass on events it did not make, so nothing else would tell the new server of them
-/// until our next event.
-#[tokio::test]
-async fn a_server_that_joined_through_another_gets_our_events_from_before_we_knew_of_it() {
+/// The loopback address server `i` connects out from (its own, so a proxy can refuse it
+/// and not the others).
+fn source(i: usize) -> std::net::IpAddr {
+    std::net::IpAddr::from([127, 0, 0, 2 + i as u8])
+}
+
+/// Three servers, each behind a split proxy (named by its port) and connecting out from
+/// its own address, each trusting the other two as notaries (a server cut off from
+/// another still gets its key through the third).
+async fn three_behind_proxies() -> (Cluster, Vec<SplitProxy>) {
     let proxy_ports = [
         free_port().unwrap(),
         free_port().unwrap(),
@@ -169,12 +172,14 @@ async fn a_server_that_joined_through_another_gets_our_events_from_before_we_kne
         free_port().unwrap(),
         free_port().unwrap(),
     ];
-    // Each server connects out from its own loopback address, so a proxy can refuse one.
-    let source = |i: usize| std::net::IpAddr::from([127, 0, 0, 2 + i as u8]);
     let cluster = Cluster::start_with(3, |i, config| {
         config.server_name = ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).unwrap();
         config.federation.listen = format!("127.0.0.1:{}", real_ports[i]).parse().unwrap();
         config.federation.outbound_address = Some(source(i));
+        config.federation.trusted_key_servers = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[j])).unwrap())
+            .collect();
     })
     .await
     .unwrap();
@@ -186,6 +191,17 @@ async fn a_server_that_joined_through_another_gets_our_events_from_before_we_kne
                 .unwrap(),
         );
     }
+    (cluster, proxies)
+}
+
+/// A server that learns late of another server's join (it joined through a third,
+/// resident server while we could not hear from that one) sends it our latest event: our
+/// events meanwhile went only to the servers we knew, and the resident server does not
+/// pass on events it did not make, so nothing else would tell the new server of them
+/// until our next event.
+#[tokio::test]
+async fn a_server_that_joined_through_another_gets_our_events_from_before_we_knew_of_it() {
+    let (cluster, proxies) = three_behind_proxies().await;
     let [a, b, c] = [0, 1, 2].map(|i| &cluster.instances[i]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
@@ -282,38 +298,7 @@ fn graph_of(instance: &federation_tests::Instance, room: &str) -> Vec<String> {
 /// it held then, so carol's server computes the same state from the same graph.
 #[tokio::test]
 async fn a_server_a_state_reset_put_out_of_the_room_computes_the_same_state() {
-    let proxy_ports = [
-        free_port().unwrap(),
-        free_port().unwrap(),
-        free_port().unwrap(),
-    ];
-    let real_ports = [
-        free_port().unwrap(),
-        free_port().unwrap(),
-        free_port().unwrap(),
-    ];
-    let source = |i: usize| std::net::IpAddr::from([127, 0, 0, 2 + i as u8]);
-    let cluster = Cluster::start_with(3, |i, config| {
-        config.server_name = ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).unwrap();
-        config.federation.listen = format!("127.0.0.1:{}", real_ports[i]).parse().unwrap();
-        config.federation.outbound_address = Some(source(i));
-        // Each trusts the other two as notaries: carol's server, joining while bob's is
-        // cut off, gets its key through alice's.
-        config.federation.trusted_key_servers = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[j])).unwrap())
-            .collect();
-    })
-    .await
-    .unwrap();
-    let mut proxies = Vec::new();
-    for i in 0..3 {
-        proxies.push(
-            SplitProxy::start(proxy_ports[i], real_ports[i])
-                .await
-                .unwrap(),
-        );
-    }
+    let (cluster, proxies) = three_behind_proxies().await;
     let [a, b, c] = [0, 1, 2].map(|i| &cluster.instances[i]);
     let alice = User::register(a, "alice").await.unwrap();
     let bob = User::register(b, "bob").await.unwrap();
