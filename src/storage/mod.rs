@@ -192,6 +192,8 @@ pub struct Db {
     health: Arc<health::WriteHealth>,
     /// WAL syncs shared across writers ([`Db::sync_wal`]).
     sync_gate: sync_gate::SyncGate,
+    /// Whether a health probe is being written ([`Db::probe_writes`]).
+    probing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Db {
@@ -333,6 +335,7 @@ impl Db {
             relaxed,
             health: Arc::default(),
             sync_gate: sync_gate::SyncGate::default(),
+            probing: std::sync::atomic::AtomicBool::new(false),
         });
         db.check_schema_version()?;
         health::WriteHealth::start_recovery(&db);
@@ -347,13 +350,22 @@ impl Db {
     /// Writes a small marker while writes are thought to go through, so that a background
     /// error RocksDB raised since (a flush that could not open a file) stops them now, for
     /// whoever asks the state next, rather than at the next client's write. The health
-    /// endpoint calls it before it reports.
+    /// endpoint calls it before it reports; one probe runs at a time (callers meanwhile
+    /// report the state as it is), and it is not counted as activity (an idle server
+    /// polled by a load balancer still gives its memory back).
     pub fn probe_writes(&self) {
-        if self.health.state() == health::WriteState::Writable {
-            let mut batch = self.batch();
-            batch.put(Table::Meta, HEALTH_PROBE_KEY, b"");
-            let _ = self.write_relaxed(batch);
+        use std::sync::atomic::Ordering;
+        if self.health.state() != health::WriteState::Writable
+            || self.probing.swap(true, Ordering::AcqRel)
+        {
+            return;
         }
+        let mut batch = self.batch();
+        batch.put(Table::Meta, HEALTH_PROBE_KEY, b"");
+        if let Err(e) = self.db.write_opt(batch.batch, &self.relaxed) {
+            let _ = self.health.write_failed(StorageError::from(e));
+        }
+        self.probing.store(false, Ordering::Release);
     }
 
     /// Clears a background error that stopped writes, and resumes them (RocksDB's

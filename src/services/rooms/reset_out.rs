@@ -49,13 +49,11 @@ pub struct Grant {
 
 impl Grant {
     /// Whether an event held at stream position `pos` (0: none) under short id `short`
-    /// was held at the reset.
+    /// was held at the reset: its short id was given out by then (which also keeps out
+    /// history backfilled since, whose positions lie below every live one), and, placed
+    /// in the live stream, it was placed by then.
     pub fn covers(&self, pos: u64, short: u64) -> bool {
-        if pos == 0 {
-            short <= self.short
-        } else {
-            pos <= self.pos
-        }
+        short <= self.short && (pos == 0 || pos <= self.pos)
     }
 }
 
@@ -67,7 +65,7 @@ pub struct ResetServers {
 
 impl ResetServers {
     /// `server` was put out of `room_id` by the resolution that accepted the event at
-    /// stream position `pos`, whose short id, the highest given out then, is `short`.
+    /// stream position `pos`, when the highest short id given out was `short`.
     /// Answers whether the grant is held (not when too many are).
     pub fn grant(&self, room_id: &str, server: &str, (pos, short): (u64, u64)) -> bool {
         let now = Instant::now();
@@ -90,6 +88,31 @@ impl ResetServers {
         entry.short = entry.short.max(short);
         entry.until = until;
         true
+    }
+
+    /// Whether a new grant could be held now (not too many held).
+    pub fn has_room(&self) -> bool {
+        let now = Instant::now();
+        let mut grants = self
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if grants.len() >= MAX_GRANTS {
+            grants.retain(|_, g| g.until > now);
+        }
+        grants.len() < MAX_GRANTS
+    }
+
+    /// Takes back `server`'s grant for `room_id`: one of its users was banned or left
+    /// (kicked) by an event since, which says what the server may read from then on.
+    pub fn revoke(&self, room_id: &str, server: &str) {
+        let mut grants = self
+            .grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !grants.is_empty() {
+            grants.remove(&(room_id.to_owned(), server.to_owned()));
+        }
     }
 
     /// What `server` may read of `room_id` as a reset server, if it holds an unexpired
@@ -127,13 +150,23 @@ mod tests {
         let reset = ResetServers::default();
         reset.grant("!r:a", "b", (10, 40));
         let grant = reset.granted("!r:a", "b").unwrap();
-        assert!(grant.covers(10, 40) && grant.covers(3, 99));
+        assert!(grant.covers(10, 40) && grant.covers(3, 12));
         assert!(!grant.covers(11, 12), "accepted after the reset");
+        assert!(!grant.covers(3, 41), "backfilled after the reset");
         assert!(grant.covers(0, 40), "an outlier held at the reset");
         assert!(
             !grant.covers(0, 41),
             "an outlier or soft-failed event held after it"
         );
+    }
+
+    #[test]
+    fn a_revoked_grant_is_gone() {
+        let reset = ResetServers::default();
+        reset.grant("!r:a", "b", (10, 40));
+        reset.revoke("!r:a", "b");
+        assert_eq!(reset.granted("!r:a", "b"), None);
+        assert!(reset.has_room());
     }
 
     #[test]

@@ -209,6 +209,11 @@ impl StateStore {
         self.next_short.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The highest short id given out so far (event or state key).
+    pub fn highest_short(&self) -> u64 {
+        self.next_short.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
     /// The short id of `(type, state_key)`, if it was ever interned.
     pub fn find_state_key(
         &self,

@@ -137,6 +137,11 @@ pub(super) fn write_event(
                 pos,
             )?;
             member = Some((user.to_owned(), membership.to_owned()));
+            if matches!(membership, "ban" | "leave") {
+                if let Some((_, server)) = user.split_once(':') {
+                    ctx.reset_servers.revoke(&record.room_id, server);
+                }
+            }
             super::partial_state::end_if_last_left(
                 store,
                 head,

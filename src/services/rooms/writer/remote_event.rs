@@ -959,15 +959,16 @@ fn accept(
     // (a state reset) get the room's forward extremities they may see, whoever made them,
     // and may read what we hold now for a while: the other branch that put them out is in
     // it, and nothing else would let them compute the same state.
-    let mut reset = if given || head.record.partial_state.is_some() {
+    let reset = if given || head.record.partial_state.is_some() || !ctx.reset_servers.has_room() {
         BTreeSet::new()
     } else {
-        reset_servers(head, store, &ctx.server_name, (&member_changes, &replaced))?
+        // A best effort: a read failing here leaves the event's write alone.
+        reset_servers(head, store, &ctx.server_name, (&member_changes, &replaced))
+            .unwrap_or_else(|e| {
+                tracing::warn!(room = %head.record.room_id, error = %e.message, "could not tell which servers a resolution put out");
+                BTreeSet::new()
+            })
     };
-    reset.retain(|server| {
-        ctx.reset_servers
-            .grant(&head.record.room_id, server, (pos, short))
-    });
     if !reset.is_empty() {
         let mut sent = Vec::new();
         for id in &record.extremities {
@@ -1018,6 +1019,16 @@ fn accept(
         destinations.extend(returning);
     }
     store.db.write_relaxed(batch)?;
+    let highest_short = store.state.highest_short();
+    for server in &reset {
+        ctx.reset_servers
+            .grant(&head.record.room_id, server, (pos, highest_short));
+    }
+    if let Some((user, "ban" | "leave")) = member.as_ref().map(|(u, m)| (u, m.as_str())) {
+        if let Some((_, server)) = user.split_once(':') {
+            ctx.reset_servers.revoke(&head.record.room_id, server);
+        }
+    }
     destinations.extend(reset);
     written.destinations.extend(destinations);
     written.changes.push((
