@@ -98,6 +98,9 @@ struct Shared {
     stopped: watch::Receiver<bool>,
     /// Every task of the sender, waited for at shutdown.
     tasks: TaskTracker,
+    /// When each destination backing off last reached us (ms since the epoch): an attempt
+    /// that failed while it did is tried again at once, not backed off further.
+    contacts: Mutex<HashMap<String, u64>>,
 }
 
 /// The sender's handle: who to wake.
@@ -141,6 +144,7 @@ impl Sender {
             parked: Mutex::new(std::collections::BTreeSet::new()),
             stopped: stopped.clone(),
             tasks: tasks.clone(),
+            contacts: Mutex::new(HashMap::new()),
         });
         *lock(&self.shared) = Some(Arc::clone(&shared));
         match Outbox::destinations(&shared.db) {
@@ -210,6 +214,9 @@ impl Sender {
         };
         let mut record = load_record(&shared.db, server);
         lock(&shared.parked).retain(|(_, name)| name != server);
+        if record.failures > 0 || record.retry_at > 0 {
+            lock(&shared.contacts).insert(server.to_owned(), now_ms());
+        }
         if record.retry_at > 0 {
             // Sent to at once; the failures stay counted (a backlog is caught up)
             // until a transaction goes through.
@@ -359,6 +366,7 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             "edus": edus,
         });
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
+        let attempt_started = now_ms();
         let request = shared
             .client
             .request(&destination, Method::PUT, &path, Some(&body));
@@ -378,6 +386,7 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 if let Err(e) = shared.db.write_relaxed(batch) {
                     tracing::error!(destination = %name, error = %e, "cannot clear sent EDUs");
                 }
+                lock(&shared.contacts).remove(&name);
                 in_flight = None;
             }
             // 401: the destination could not check our signature (it cannot reach our
@@ -401,9 +410,19 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 }
             }
             Err(e) => {
+                check_backlog = true;
+                // The destination reached us while this attempt failed (a network that
+                // healed meanwhile): it is up, so again at once, once (the contact is
+                // used up; a next failure backs off as usual).
+                let reached_us = lock(&shared.contacts)
+                    .remove(&name)
+                    .is_some_and(|at| at >= attempt_started);
+                if reached_us {
+                    tracing::info!(destination = %name, error = %e, "transaction {txn_id} not delivered, but the destination reached us meanwhile; again now");
+                    continue;
+                }
                 tracing::info!(destination = %name, error = %e, "transaction {txn_id} not delivered; backing off");
                 back_off(&shared.db, &name, record);
-                check_backlog = true;
             }
         }
     }

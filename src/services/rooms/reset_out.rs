@@ -12,15 +12,16 @@
 //! So that every server computes the same state from the same graph, such a server is
 //! sent the room's forward extremities as they were at that moment (those it may see; see
 //! the writer's `remote_event`), and for [`GRANT_FOR`] it may read, as a member would,
-//! what we held then: events accepted at stream positions up to the reset's, and events
-//! held without a position (outliers, soft-failed ones) whose short ids were given out by
-//! then. That is enough to fetch the other branch and resolve it as we did. Spec:
+//! what we held then: events whose short ids were given out by then and, for those with a
+//! live stream position, placed by then (outliers and soft-failed events have none;
+//! history backfilled since has a short id given out later). That is enough to fetch the other branch and resolve it as we did. Spec:
 //! server-server API, "Retrieving events" and "Backfilling and retrieving missing
 //! events", whose 403 is for "the requesting host is not in the room": this reads "in the
 //! room" as also "was, until our resolution of a branch it never saw". Events held after
 //! the reset stay hidden from it; a server whose member's old membership did not come
 //! back (a ban, a kick or leave from the other branch, or the written event's own) gets
-//! nothing of this. The grants live in memory only: after a restart, or once expired
+//! nothing of this, and a ban or leave of one of its users written later takes the grant
+//! back. The grants live in memory only: after a restart, or once expired
 //! (the sender may be backing off from the server for a while, hence a day), the reset
 //! server reads as any other.
 
@@ -35,9 +36,8 @@ pub const GRANT_FOR: Duration = Duration::from_secs(24 * 3600);
 /// then new ones are not recorded.
 const MAX_GRANTS: usize = 10_000;
 
-/// What a reset server may read of a room, as of the reset: events accepted at stream
-/// positions up to `pos`, events held without a position (0) whose short ids are up to
-/// `short`; until `until`.
+/// What a reset server may read of a room, as of the reset: events whose short ids are
+/// up to `short` and, placed in the live stream, at positions up to `pos`; until `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     /// The reset's stream position.
