@@ -64,15 +64,18 @@ pub struct ResetServers {
 }
 
 impl ResetServers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Grant>> {
+        self.grants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// `server` was put out of `room_id` by the resolution that accepted the event at
     /// stream position `pos`, when the highest short id given out was `short`.
     /// Answers whether the grant is held (not when too many are).
     pub fn grant(&self, room_id: &str, server: &str, (pos, short): (u64, u64)) -> bool {
         let now = Instant::now();
-        let mut grants = self
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut grants = self.lock();
         if grants.len() >= MAX_GRANTS {
             grants.retain(|_, g| g.until > now);
             if grants.len() >= MAX_GRANTS {
@@ -93,10 +96,7 @@ impl ResetServers {
     /// Whether a new grant could be held now (not too many held).
     pub fn has_room(&self) -> bool {
         let now = Instant::now();
-        let mut grants = self
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut grants = self.lock();
         if grants.len() >= MAX_GRANTS {
             grants.retain(|_, g| g.until > now);
         }
@@ -106,10 +106,7 @@ impl ResetServers {
     /// Takes back `server`'s grant for `room_id`: one of its users was banned or left
     /// (kicked) by an event since, which says what the server may read from then on.
     pub fn revoke(&self, room_id: &str, server: &str) {
-        let mut grants = self
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut grants = self.lock();
         if !grants.is_empty() {
             grants.remove(&(room_id.to_owned(), server.to_owned()));
         }
@@ -118,10 +115,7 @@ impl ResetServers {
     /// What `server` may read of `room_id` as a reset server, if it holds an unexpired
     /// grant.
     pub fn granted(&self, room_id: &str, server: &str) -> Option<Grant> {
-        let grants = self
-            .grants
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let grants = self.lock();
         grants
             .get(&(room_id.to_owned(), server.to_owned()))
             .filter(|g| g.until > Instant::now())

@@ -959,7 +959,7 @@ fn accept(
     // (a state reset) get the room's forward extremities they may see, whoever made them,
     // and may read what we hold now for a while: the other branch that put them out is in
     // it, and nothing else would let them compute the same state.
-    let reset = if given || head.record.partial_state.is_some() || !ctx.reset_servers.has_room() {
+    let mut reset = if given || head.record.partial_state.is_some() {
         BTreeSet::new()
     } else {
         // A best effort: a read failing here leaves the event's write alone.
@@ -969,6 +969,9 @@ fn accept(
                 BTreeSet::new()
             })
     };
+    if !reset.is_empty() && !ctx.reset_servers.has_room() {
+        reset.clear();
+    }
     if !reset.is_empty() {
         let mut sent = Vec::new();
         for id in &record.extremities {
@@ -987,17 +990,14 @@ fn accept(
             if extremity_pos == 0 {
                 continue;
             }
+            let mut may_see = BTreeSet::new();
             for server in &reset {
                 if server_may_see(store, server, before, Member::Yes)? {
-                    queue_for(
-                        &mut batch,
-                        &BTreeSet::from([server.clone()]),
-                        extremity_pos,
-                        id,
-                    );
-                    sent.push((server.as_str(), id.as_str()));
+                    may_see.insert(server.clone());
                 }
             }
+            queue_for(&mut batch, &may_see, extremity_pos, id);
+            sent.push((may_see, id.as_str()));
         }
         tracing::info!(server = %ctx.server_name, room = %head.record.room_id, event = %event_id, servers = ?reset, events = ?sent, "servers a state resolution put out of the room get its latest events");
     }
