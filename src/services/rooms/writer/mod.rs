@@ -14,7 +14,8 @@
 //! drained from its queue the writer fsyncs once and only then answers them all (group
 //! commit: nothing is acknowledged before it is durable).
 //!
-//! One job per file: `queue.rs` (the writers, their queues and group commit), `head.rs`
+//! One job per file: `queue.rs` (the writers and their queues), `commits.rs` (group
+//! commit across rooms: the drains of several rooms applied and fsynced together), `head.rs`
 //! (the room's head in memory), `local_event.rs` (building our users' events),
 //! `persist.rs` (the event's write batch), `relations.rs` (relations and aggregates),
 //! `redactions.rs`; events of other servers: `remote_event.rs` (one received PDU),
@@ -31,6 +32,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 mod backfilled;
+mod commits;
 mod head;
 mod local_event;
 mod out_of_band;

@@ -1,7 +1,7 @@
-//! The writers' queues and group commit: one task per room, started on first use and
-//! stopped once idle, takes up to [`MAX_JOBS_PER_COMMIT`] jobs from its queue, applies
-//! them on the room's head, fsyncs once, then answers them all (nothing is acknowledged
-//! before it is durable).
+//! The writers' queues: one task per room, started on first use and stopped once idle,
+//! takes up to [`MAX_JOBS_PER_COMMIT`] jobs from its queue and hands them with the room's
+//! head to the committers (`commits.rs`), which apply them, fsync once for this room and
+//! others, then answer them all (nothing is acknowledged before it is durable).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::storage::Table;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use super::commits::{Committers, Drain};
 use super::head::RoomHead;
 use super::local_event::{append, build, create_room};
 use super::{
@@ -47,7 +48,7 @@ pub(super) const FULL_QUEUE_RETRY: Duration = Duration::from_millis(1);
 /// map under the same lock once its queue is empty, so a job never lands in the queue of a
 /// writer that is stopping, and a room never has two writers.
 pub struct Writers {
-    ctx: Arc<WriterContext>,
+    committers: Arc<Committers>,
     queues: Arc<std::sync::Mutex<Queues>>,
 }
 
@@ -75,7 +76,7 @@ impl Writers {
     /// No writer runs until a room gets an event.
     pub fn new(ctx: WriterContext) -> Self {
         Self {
-            ctx: Arc::new(ctx),
+            committers: Committers::new(Arc::new(ctx)),
             queues: Arc::default(),
         }
     }
@@ -101,13 +102,13 @@ impl Writers {
         let (reply, answer) = oneshot::channel();
         let job = Job { reply, ..job };
         let queued = self.try_enqueue(room_id, job);
-        let queues = (Arc::clone(&self.ctx), Arc::clone(&self.queues));
+        let queues = (Arc::clone(&self.committers), Arc::clone(&self.queues));
         let room_id = room_id.to_owned();
         async move {
             if let Err(job) = queued {
                 // The queue was full: wait for room in it like any other job.
                 let writers = Writers {
-                    ctx: queues.0,
+                    committers: queues.0,
                     queues: queues.1,
                 };
                 writers.enqueue(&room_id, job).await;
@@ -192,7 +193,7 @@ impl Writers {
                     let id = queues.next_id;
                     let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
                     let task = tokio::spawn(run_writer(
-                        Arc::clone(&self.ctx),
+                        Arc::clone(&self.committers),
                         Arc::clone(&self.queues),
                         (room_id.to_owned(), id),
                         rx,
@@ -271,7 +272,7 @@ pub(super) async fn next_job(
 }
 
 pub(super) async fn run_writer(
-    ctx: Arc<WriterContext>,
+    committers: Arc<Committers>,
     queues: Arc<std::sync::Mutex<Queues>>,
     (room_id, id): (String, u64),
     mut queue: mpsc::Receiver<Job>,
@@ -287,59 +288,19 @@ pub(super) async fn run_writer(
                 Err(_) => break,
             }
         }
-        let ctx2 = Arc::clone(&ctx);
-        let room = room_id.clone();
-        let worked = tokio::task::spawn_blocking(move || {
-            let mut head = head;
-            let mut answers = Vec::with_capacity(jobs.len());
-            let mut written = Written::default();
-            for job in jobs {
-                let result =
-                    process_job(&ctx2, &room, &mut head, job.start, job.drafts, &mut written);
-                answers.push((job.reply, result));
-            }
-            // Group commit: one fsync for everything above, before any answer and before
-            // the stream tells syncing clients.
-            let synced = match ctx2.store.db.sync_wal() {
-                Ok(()) => true,
-                Err(e) => {
-                    head = None;
-                    let error = ServiceError::from(e);
-                    for (_, result) in answers.iter_mut() {
-                        *result = Err(error.clone());
-                    }
-                    false
-                }
-            };
-            // Even after a failed fsync the batches are visible to readers, so the stream
-            // must move past them with their changes, not skip them.
-            for (ticket, change) in written.changes {
-                ticket.commit(vec![change]);
-            }
-            // Only durable events leave for other servers (after a failed fsync they wait
-            // in the outbox for the sender's next start or wake-up).
-            if synced {
-                for destination in &written.destinations {
-                    ctx2.outbox.wake(destination);
-                }
-            }
-            (head, answers)
-        })
-        .await;
-        match worked {
-            Ok((new_head, answers)) => {
-                head = new_head;
-                for (reply, result) in answers {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                // The jobs' replies were dropped with the panicked task; their callers see
-                // an internal error. Start again from the stored head.
-                tracing::error!(room = %room_id, "room writer task failed: {e}");
-                head = None;
-            }
-        }
+        let (back, returned) = oneshot::channel();
+        committers.submit(Drain {
+            room_id: room_id.clone(),
+            head: head.take(),
+            jobs,
+            back,
+        });
+        // The head comes back once the jobs are answered; without it (a failure) the
+        // next drain loads it again.
+        head = returned.await.unwrap_or_else(|_| {
+            tracing::error!(room = %room_id, "room writer's round was lost");
+            None
+        });
     }
 }
 
