@@ -8,10 +8,12 @@
 //!
 //! With `--rooms N` the messages are spread over N rooms (the federated rooms issue's
 //! target: at least 20,000 per second over 100 rooms), each transaction mixing rooms as a
-//! busy origin's would.
+//! busy origin's would. With `--origins K` they come from K origin servers at once (each
+//! with its own key and user, each sending its transactions one after the other, as a
+//! server does to one destination), the rooms shared out among them.
 //!
-//! `cargo bench --bench receive [-- --rooms 100]` (under `cargo test` a short run checks
-//! that it works).
+//! `cargo bench --bench receive [-- --rooms 100 [--origins 4]]` (under `cargo test` a
+//! short run checks that it works).
 
 #[path = "common/origin.rs"]
 mod origin;
@@ -21,13 +23,12 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use origin::{public_room, remote_key, Origin, REMOTE};
+use origin::{numbered, public_room, Origin};
 use ourwhats::core::pdu::{self, PduTemplate};
 use ourwhats::core::RoomVersion;
 use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::Services;
 
-const BOB: &str = "@bob:remote.example";
 /// PDUs per transaction, the most a `/send` carries.
 const PER_TRANSACTION: usize = 50;
 
@@ -43,7 +44,10 @@ fn cpu_micros() -> u64 {
     micros(usage.ru_utime) + micros(usage.ru_stime)
 }
 
+/// A room as its origin server knows it.
 struct Room {
+    /// The origin that sends into it: its server name and key.
+    origin: Arc<(String, ourwhats::core::SigningKeyPair)>,
     id: String,
     levels: String,
     join: String,
@@ -59,11 +63,12 @@ fn remote_pdu(
     auth: Vec<String>,
     ts: u64,
 ) -> (String, Value) {
+    let (server, key) = &*room.origin;
     let built = pdu::build(
         RoomVersion::V12,
         PduTemplate {
             room_id: Some(room.id.clone()),
-            sender: BOB.into(),
+            sender: format!("@bob:{server}"),
             kind: kind.into(),
             state_key: state_key.map(str::to_owned),
             content,
@@ -73,17 +78,22 @@ fn remote_pdu(
             origin_server_ts: ts,
             redacts: None,
         },
-        REMOTE,
-        &remote_key(),
+        server,
+        key,
     )
     .expect("the origin builds its event");
     (built.event_id, built.pdu)
 }
 
-async fn setup(services: &Arc<Services>, origin: &Origin) -> Room {
+async fn setup(
+    services: &Arc<Services>,
+    (sender, source): (Arc<(String, ourwhats::core::SigningKeyPair)>, &Origin),
+) -> Room {
     let created = public_room(services).await;
     let (levels, rules) = (created.levels, created.rules);
+    let bob = format!("@bob:{}", sender.0);
     let mut room = Room {
+        origin: sender,
         id: created.id,
         levels: levels.clone(),
         join: String::new(),
@@ -93,14 +103,14 @@ async fn setup(services: &Arc<Services>, origin: &Origin) -> Room {
     let (join, pdu) = remote_pdu(
         &room,
         "m.room.member",
-        Some(BOB),
+        Some(&bob),
         json!({"membership": "join"}),
         vec![levels, rules],
         1,
     );
     let (_, outcome) = services
         .rooms
-        .receive_pdu(REMOTE, pdu, origin)
+        .receive_pdu(&room.origin.0, pdu, source)
         .await
         .expect("received");
     assert_eq!(outcome, PduOutcome::Accepted);
@@ -129,23 +139,46 @@ fn messages(room: &mut Room, count: usize, first_ts: u64) -> Vec<Value> {
         .collect()
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let full = args.iter().any(|a| a == "--bench");
-    let room_count: usize = args
-        .iter()
-        .position(|a| a == "--rooms")
+/// The value after `flag` on the command line, at least 1 (1 without it).
+fn count_arg(args: &[String], flag: &str) -> usize {
+    args.iter()
+        .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1)
-        .max(1);
+        .max(1)
+}
+
+/// One origin's PDUs, sent in transactions one after the other.
+async fn send_all(services: &Services, (origin, source): (&str, &Origin), pdus: Vec<Value>) {
+    let mut pdus = pdus.into_iter().peekable();
+    while pdus.peek().is_some() {
+        let transaction: Vec<Value> = pdus.by_ref().take(PER_TRANSACTION).collect();
+        for result in services
+            .rooms
+            .receive_pdus(origin, transaction, source)
+            .await
+        {
+            let (_, outcome) = result.expect("no storage error");
+            assert_eq!(outcome, PduOutcome::Accepted);
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let full = args.iter().any(|a| a == "--bench");
+    let room_count = count_arg(&args, "--rooms");
+    let origin_count = count_arg(&args, "--origins").min(room_count);
     let (runs, per_run) = if full { (5, 5_000) } else { (1, 200) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp folder");
-    let origin = Origin::new();
+    let source = Origin::many(origin_count);
+    let origins: Vec<Arc<(String, ourwhats::core::SigningKeyPair)>> =
+        (0..origin_count).map(|n| Arc::new(numbered(n))).collect();
     runtime.block_on(async {
         let mut config = ourwhats::Config::embedded_default();
         config.data_dir = dir.path().to_path_buf();
@@ -155,26 +188,29 @@ fn main() {
         let server = ourwhats::Server::start(config).await.expect("the server starts");
         let services = Arc::clone(&server.services);
         let mut rooms = Vec::with_capacity(room_count);
-        for _ in 0..room_count {
-            rooms.push(setup(&services, &origin).await);
+        for n in 0..room_count {
+            let origin = Arc::clone(&origins[n % origin_count]);
+            rooms.push(setup(&services, (origin, &source)).await);
         }
         let mut rates = Vec::new();
         let mut cpu_per_pdu = Vec::new();
         for run in 0..runs {
             let first_ts = 10 + (run * per_run) as u64;
-            let pdus: Vec<Value> = (0..per_run)
-                .flat_map(|n| messages(&mut rooms[n % room_count], 1, first_ts + n as u64))
-                .collect();
+            // Room n is origin n % K's; each origin's PDUs go round its rooms.
+            let mut by_origin: Vec<Vec<Value>> = vec![Vec::new(); origin_count];
+            for n in 0..per_run {
+                let room = n % room_count;
+                let pdu = messages(&mut rooms[room], 1, first_ts + n as u64);
+                by_origin[room % origin_count].extend(pdu);
+            }
             let started = Instant::now();
             let cpu = cpu_micros();
-            let mut pdus = pdus.into_iter().peekable();
-            while pdus.peek().is_some() {
-                let transaction: Vec<Value> = pdus.by_ref().take(PER_TRANSACTION).collect();
-                for result in services.rooms.receive_pdus(REMOTE, transaction, &origin).await {
-                    let (_, outcome) = result.expect("no storage error");
-                    assert_eq!(outcome, PduOutcome::Accepted);
-                }
-            }
+            let sends = by_origin.into_iter().zip(&origins).map(|(pdus, origin)| {
+                let services = Arc::clone(&services);
+                let source = &source;
+                async move { send_all(&services, (&origin.0, source), pdus).await }
+            });
+            futures_util::future::join_all(sends).await;
             let seconds = started.elapsed().as_secs_f64();
             rates.push(per_run as f64 / seconds);
             cpu_per_pdu.push((cpu_micros() - cpu) as f64 / per_run as f64);
@@ -189,7 +225,7 @@ fn main() {
             v[v.len() / 2]
         };
         println!(
-            "receive into {room_count} room(s), transactions of {PER_TRANSACTION}: median {:.0} PDUs/s, CPU {:.0} µs/PDU ({runs} runs of {per_run})",
+            "receive into {room_count} room(s) from {origin_count} origin(s), transactions of {PER_TRANSACTION}: median {:.0} PDUs/s, CPU {:.0} µs/PDU ({runs} runs of {per_run})",
             median(&mut rates),
             median(&mut cpu_per_pdu)
         );

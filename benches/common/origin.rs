@@ -1,7 +1,8 @@
 //! A made-up origin server for the benches that feed remote PDUs to the rooms service:
-//! `remote.example` with a fixed test key, which knows its own key and has nothing else
-//! to give; and the public room a local user creates for its users to join. Included by
-//! `#[path]` (each bench is its own crate).
+//! `remote.example` with a fixed test key (or several such servers, `remote2.example`
+//! and on, each with its own key), which knows its own key and has nothing else to give;
+//! and the public room a local user creates for its users to join. Included by `#[path]`
+//! (each bench is its own crate).
 
 use std::collections::HashMap;
 
@@ -19,23 +20,44 @@ use ourwhats::services::Services;
 pub const REMOTE: &str = "remote.example";
 
 /// The origin's signing key.
+#[allow(dead_code)] // Not every bench signs as the one origin.
 pub fn remote_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[9; 32], "r1")
+    numbered(0).1
 }
 
-/// The origin as a [`MissingSource`]: its own key, no events.
-pub struct Origin(KnownKey, String);
+/// Origin server `n` of several (0 is [`REMOTE`]): its name and signing key.
+#[allow(dead_code)] // Not every bench has several origins.
+pub fn numbered(n: usize) -> (String, SigningKeyPair) {
+    let name = match n {
+        0 => REMOTE.to_owned(),
+        n => format!("remote{}.example", n + 1),
+    };
+    let seed = 9u8.wrapping_add(n as u8);
+    (name, SigningKeyPair::from_seed(&[seed; 32], "r1"))
+}
+
+/// The origin (or origins) as a [`MissingSource`]: their own keys, no events.
+pub struct Origin(HashMap<String, (String, KnownKey)>);
 
 impl Origin {
+    #[allow(dead_code)] // Not every bench has one origin.
     pub fn new() -> Self {
-        let key = remote_key();
-        Origin(
-            KnownKey {
-                key: key.verifying_key(),
-                valid_until_ts: u64::MAX,
-            },
-            key.key_id().to_owned(),
-        )
+        Self::many(1)
+    }
+
+    /// Origins 0 to `count - 1` of [`numbered`].
+    pub fn many(count: usize) -> Self {
+        let servers = (0..count.max(1))
+            .map(|n| {
+                let (name, key) = numbered(n);
+                let known = KnownKey {
+                    key: key.verifying_key(),
+                    valid_until_ts: u64::MAX,
+                };
+                (name, (key.key_id().to_owned(), known))
+            })
+            .collect();
+        Origin(servers)
     }
 }
 
@@ -47,8 +69,8 @@ impl MissingSource for Origin {
     ) -> BoxFuture<'a, HashMap<String, KnownKey>> {
         Box::pin(async move {
             let mut out = HashMap::new();
-            if server == REMOTE && ids.contains(&self.1) {
-                out.insert(self.1.clone(), self.0);
+            if let Some((id, key)) = self.0.get(server).filter(|(id, _)| ids.contains(id)) {
+                out.insert(id.clone(), *key);
             }
             out
         })

@@ -4,6 +4,7 @@
 //! used entries stay, the total stays under the budget (in the values' own measure of
 //! cost, e.g. bytes), and no entry needs bookkeeping of its own.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -42,13 +43,17 @@ impl<K: Eq + Hash + Clone, V> GenerationalCache<K, V> {
     }
 
     /// The value of `key`, if cached.
-    pub fn get(&self, key: &K) -> Option<Arc<V>> {
+    pub fn get<Q>(&self, key: &Q) -> Option<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         let mut generations = self.lock();
         if let Some(value) = generations.new.get(key) {
             return Some(Arc::clone(value));
         }
-        let value = generations.old.remove(key)?;
-        self.insert_locked(&mut generations, key.clone(), Arc::clone(&value));
+        let (key, value) = generations.old.remove_entry(key)?;
+        self.insert_locked(&mut generations, key, Arc::clone(&value));
         Some(value)
     }
 

@@ -165,7 +165,14 @@ pub struct StateStore {
     /// Decoded snapshot layers (immutable once written), bounded in bytes: a state read
     /// walks a chain of them, and `/sync` reads many.
     diffs: GenerationalCache<ShortStateHash, StateDiff>,
+    /// Event ids to short ids, for events read lately: a written id's short id never
+    /// changes and its row is never removed, and every received event looks up its auth
+    /// and prev events (the same few, event after event) before and inside its writer.
+    shorts: GenerationalCache<String, ShortEventId>,
 }
+
+/// Event ids whose short ids are kept in memory at most (~100 bytes each).
+const SHORT_CACHE_ENTRIES: usize = 32_768;
 
 /// Bytes of decoded layers kept in memory at most.
 const DIFF_CACHE_BYTES: usize = 16 << 20;
@@ -202,6 +209,7 @@ impl StateStore {
             intern_lock: std::sync::Mutex::new(()),
             interned: std::sync::Mutex::new(HashMap::new()),
             diffs: GenerationalCache::new(DIFF_CACHE_BYTES, diff_bytes),
+            shorts: GenerationalCache::new(SHORT_CACHE_ENTRIES, |_| 1),
         })
     }
 
@@ -292,10 +300,20 @@ impl StateStore {
 
     /// The short id of a stored event, if any.
     pub fn find_event(&self, event_id: &str) -> ServiceResult<Option<ShortEventId>> {
-        self.db
+        if let Some(short) = self.shorts.get(event_id) {
+            return Ok(Some(*short));
+        }
+        let short = self
+            .db
             .get(Table::EventidShorteventid, event_id)?
             .map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short event id")))
-            .transpose()
+            .transpose()?;
+        // Only what was read is kept: an id interned in a batch that is never written
+        // is not remembered.
+        if let Some(short) = short {
+            self.shorts.insert(event_id.to_owned(), Arc::new(short));
+        }
+        Ok(short)
     }
 
     /// A new short id for a new event, written in `batch` with the event itself.
@@ -347,6 +365,7 @@ impl StateStore {
     /// Forgets the cached layers (a server gone idle gives the memory back).
     pub fn release_cache(&self) {
         self.diffs.clear();
+        self.shorts.clear();
     }
 
     /// Writes a snapshot: `parent` with `changes` applied (a change to `None` removes the
@@ -484,6 +503,28 @@ mod tests {
         let db = Db::open(dir, &DbOptions::default()).unwrap();
         let store = StateStore::open(Arc::clone(&db)).unwrap();
         (db, store)
+    }
+
+    #[test]
+    fn an_event_id_is_found_once_its_batch_is_written_and_not_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, store) = open(dir.path());
+        let mut batch = db.batch();
+        let lost = store.intern_new_event("$lost", &mut batch);
+        drop(batch);
+        assert_eq!(store.find_event("$lost").unwrap(), None, "never written");
+        let mut batch = db.batch();
+        let kept = store.intern_new_event("$kept", &mut batch);
+        assert_eq!(store.find_event("$kept").unwrap(), None, "not written yet");
+        db.write_relaxed(batch).unwrap();
+        assert_eq!(store.find_event("$kept").unwrap(), Some(kept));
+        assert_eq!(
+            store.find_event("$kept").unwrap(),
+            Some(kept),
+            "from memory"
+        );
+        assert_ne!(lost, kept);
+        assert_eq!(store.find_event("$lost").unwrap(), None);
     }
 
     #[test]

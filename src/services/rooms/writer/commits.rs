@@ -85,9 +85,7 @@ impl Committers {
     pub(super) fn submit(self: &Arc<Self>, drain: Drain) {
         let mut state = self.lock();
         state.waiting.push_back(drain);
-        let running = state.rounds.len();
-        let all_slow = state.rounds.values().all(|began| began.elapsed() >= STUCK);
-        if running < self.base || (running < MAX_COMMITTERS && all_slow) {
+        if starts_another(&state.rounds, self.base, Instant::now()) {
             state.next_id += 1;
             let id = state.next_id;
             state.rounds.insert(id, Instant::now());
@@ -114,6 +112,16 @@ impl Committers {
             round(&self.ctx, drains);
         }
     }
+}
+
+/// Whether a drain queued `now` starts another committer, with `rounds` running (by
+/// committer, when their current round began): fewer than `base` run, or each running
+/// round has been busy for [`STUCK`] (and fewer than [`MAX_COMMITTERS`] run).
+fn starts_another(rounds: &HashMap<u64, Instant>, base: usize, now: Instant) -> bool {
+    let all_slow = rounds
+        .values()
+        .all(|began| now.saturating_duration_since(*began) >= STUCK);
+    rounds.len() < base || (rounds.len() < MAX_COMMITTERS && all_slow)
 }
 
 /// A drain applied, before the fsync: its head and each job's answer.
@@ -201,5 +209,44 @@ fn round(ctx: &WriterContext, drains: Vec<Drain>) {
             let _ = reply.send(result);
         }
         let _ = drain.back.send(drain.head);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_committer_starts_below_the_base_or_when_every_round_is_slow() {
+        let now = Instant::now();
+        let fresh = now;
+        let slow = now - STUCK;
+        let rounds = |began: &[Instant]| -> HashMap<u64, Instant> {
+            began
+                .iter()
+                .copied()
+                .enumerate()
+                .map(|(n, b)| (n as u64, b))
+                .collect()
+        };
+        assert!(starts_another(&rounds(&[]), 2, now), "none runs");
+        assert!(starts_another(&rounds(&[fresh]), 2, now), "below the base");
+        assert!(
+            !starts_another(&rounds(&[fresh, fresh]), 2, now),
+            "the base runs and is quick: the drain waits for a round"
+        );
+        assert!(
+            !starts_another(&rounds(&[slow, fresh]), 2, now),
+            "one round is quick: it takes the drain next"
+        );
+        assert!(
+            starts_another(&rounds(&[slow, slow]), 2, now),
+            "every round is slow: one more, so a slow room does not hold the others"
+        );
+        let at_most = vec![slow; MAX_COMMITTERS];
+        assert!(
+            !starts_another(&rounds(&at_most), 2, now),
+            "never more than the cap"
+        );
     }
 }
