@@ -176,7 +176,7 @@ fn main() {
         .build()
         .expect("a runtime");
     let dir = tempfile::tempdir().expect("a temp folder");
-    let source = Origin::many(origin_count);
+    let source = Arc::new(Origin::many(origin_count));
     let origins: Vec<Arc<(String, ourwhats::core::SigningKeyPair)>> =
         (0..origin_count).map(|n| Arc::new(numbered(n))).collect();
     runtime.block_on(async {
@@ -190,7 +190,7 @@ fn main() {
         let mut rooms = Vec::with_capacity(room_count);
         for n in 0..room_count {
             let origin = Arc::clone(&origins[n % origin_count]);
-            rooms.push(setup(&services, (origin, &source)).await);
+            rooms.push(setup(&services, (origin, &*source)).await);
         }
         let mut rates = Vec::new();
         let mut cpu_per_pdu = Vec::new();
@@ -205,12 +205,22 @@ fn main() {
             }
             let started = Instant::now();
             let cpu = cpu_micros();
-            let sends = by_origin.into_iter().zip(&origins).map(|(pdus, origin)| {
-                let services = Arc::clone(&services);
-                let source = &source;
-                async move { send_all(&services, (&origin.0, source), pdus).await }
-            });
-            futures_util::future::join_all(sends).await;
+            // Each origin's transactions on a task of their own, as `/send` requests from
+            // several servers are.
+            let sends: Vec<_> = by_origin
+                .into_iter()
+                .zip(&origins)
+                .map(|(pdus, origin)| {
+                    let services = Arc::clone(&services);
+                    let (origin, source) = (Arc::clone(origin), Arc::clone(&source));
+                    tokio::spawn(async move {
+                        send_all(&services, (&origin.0, &source), pdus).await
+                    })
+                })
+                .collect();
+            for send in sends {
+                send.await.expect("an origin's sends");
+            }
             let seconds = started.elapsed().as_secs_f64();
             rates.push(per_run as f64 / seconds);
             cpu_per_pdu.push((cpu_micros() - cpu) as f64 / per_run as f64);

@@ -10,9 +10,10 @@
 //! algorithm, from the current state) and `depth`, builds and signs the PDU, checks the auth
 //! rules against the state before it, and writes one batch: PDU, metadata, event id
 //! interning, timeline and stream entries, state snapshot, room head, membership, txn id,
-//! relation and redaction records. Batches go to the WAL without fsync; after the jobs it
-//! drained from its queue the writer fsyncs once and only then answers them all (group
-//! commit: nothing is acknowledged before it is durable).
+//! relation and redaction records. Batches go to the WAL without fsync; the jobs a writer
+//! drained from its queue are applied on a committer thread with other rooms' drains,
+//! which fsyncs once for all of them and only then answers them (group commit across
+//! rooms: nothing is acknowledged before it is durable).
 //!
 //! One job per file: `queue.rs` (the writers and their queues), `commits.rs` (group
 //! commit across rooms: the drains of several rooms applied and fsynced together), `head.rs`

@@ -17,7 +17,7 @@ use crate::storage::Table;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commits::{Committers, Drain};
+use super::commits::{Applied, Committers, Drain};
 use super::head::RoomHead;
 use super::local_event::{append, build, create_room};
 use super::{
@@ -295,12 +295,23 @@ pub(super) async fn run_writer(
             jobs,
             back,
         });
-        // The head comes back once the jobs are answered; without it (a failure) the
-        // next drain loads it again.
-        head = returned.await.unwrap_or_else(|_| {
-            tracing::error!(room = %room_id, "room writer's round was lost");
-            None
-        });
+        // The head and the answers come back after the fsync; without the head (a
+        // failure) the next drain loads it again.
+        match returned.await {
+            Ok(Applied {
+                head: back,
+                answers,
+            }) => {
+                head = back;
+                for (reply, result) in answers {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(_) => {
+                tracing::error!(room = %room_id, "room writer's round was lost");
+                head = None;
+            }
+        }
     }
 }
 
