@@ -24,15 +24,12 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use origin::{public_room, remote_key, Origin, REMOTE};
+use origin::{public_room, remote_key, send_in_transactions, Origin, REMOTE};
 use ourwhats::core::pdu::{self, PduTemplate};
 use ourwhats::core::RoomVersion;
 use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::rooms::resolution;
 use ourwhats::services::Services;
-
-/// PDUs per transaction, the most a `/send` carries.
-const PER_TRANSACTION: usize = 50;
 
 fn user(n: usize) -> String {
     format!("@u{n}:{REMOTE}")
@@ -128,18 +125,7 @@ async fn create(services: &Arc<Services>) -> (Room, String) {
 }
 
 async fn receive_all(services: &Services, origin: &Origin, pdus: Vec<Value>) {
-    let mut pdus = pdus.into_iter().peekable();
-    while pdus.peek().is_some() {
-        let transaction: Vec<Value> = pdus.by_ref().take(PER_TRANSACTION).collect();
-        for result in services
-            .rooms
-            .receive_pdus(REMOTE, transaction, origin)
-            .await
-        {
-            let (_, outcome) = result.expect("no storage error");
-            assert_eq!(outcome, PduOutcome::Accepted);
-        }
-    }
+    send_in_transactions(services, (REMOTE, origin), pdus).await
 }
 
 async fn timed(services: &Services, origin: &Origin, pdu: Value) -> f64 {

@@ -23,14 +23,11 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use origin::{numbered, public_room, Origin};
+use origin::{numbered, public_room, send_in_transactions, Origin, PER_TRANSACTION};
 use ourwhats::core::pdu::{self, PduTemplate};
 use ourwhats::core::RoomVersion;
 use ourwhats::services::rooms::receive::PduOutcome;
 use ourwhats::services::Services;
-
-/// PDUs per transaction, the most a `/send` carries.
-const PER_TRANSACTION: usize = 50;
 
 /// CPU time of this process so far (user + system), in microseconds.
 fn cpu_micros() -> u64 {
@@ -149,22 +146,6 @@ fn count_arg(args: &[String], flag: &str) -> usize {
         .max(1)
 }
 
-/// One origin's PDUs, sent in transactions one after the other.
-async fn send_all(services: &Services, (origin, source): (&str, &Origin), pdus: Vec<Value>) {
-    let mut pdus = pdus.into_iter().peekable();
-    while pdus.peek().is_some() {
-        let transaction: Vec<Value> = pdus.by_ref().take(PER_TRANSACTION).collect();
-        for result in services
-            .rooms
-            .receive_pdus(origin, transaction, source)
-            .await
-        {
-            let (_, outcome) = result.expect("no storage error");
-            assert_eq!(outcome, PduOutcome::Accepted);
-        }
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
@@ -214,7 +195,7 @@ fn main() {
                     let services = Arc::clone(&services);
                     let (origin, source) = (Arc::clone(origin), Arc::clone(&source));
                     tokio::spawn(async move {
-                        send_all(&services, (&origin.0, &source), pdus).await
+                        send_in_transactions(&services, (&origin.0, &source), pdus).await
                     })
                 })
                 .collect();

@@ -13,7 +13,7 @@ use ourwhats::core::pdu_checks::KnownKey;
 use ourwhats::core::{SigningKeyPair, UserId};
 use ourwhats::services::rooms::create::CreateRoomRequest;
 use ourwhats::services::rooms::membership::MemberProfile;
-use ourwhats::services::rooms::receive::MissingSource;
+use ourwhats::services::rooms::receive::{MissingSource, PduOutcome};
 use ourwhats::services::Services;
 
 /// The origin's server name.
@@ -126,5 +126,29 @@ pub async fn public_room(services: &Services) -> PublicRoom {
         tip: record.extremities[0].clone(),
         depth: record.depth,
         id,
+    }
+}
+
+/// PDUs per transaction, the most a `/send` carries.
+pub const PER_TRANSACTION: usize = 50;
+
+/// `origin`'s PDUs received in transactions of [`PER_TRANSACTION`], one after the other
+/// (as a server sends to one destination), each PDU accepted.
+pub async fn send_in_transactions(
+    services: &Services,
+    (origin, source): (&str, &Origin),
+    pdus: Vec<Value>,
+) {
+    let mut pdus = pdus.into_iter().peekable();
+    while pdus.peek().is_some() {
+        let transaction: Vec<Value> = pdus.by_ref().take(PER_TRANSACTION).collect();
+        for result in services
+            .rooms
+            .receive_pdus(origin, transaction, source)
+            .await
+        {
+            let (_, outcome) = result.expect("no storage error");
+            assert_eq!(outcome, PduOutcome::Accepted);
+        }
     }
 }
