@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use crate::services::error::{ServiceError, ServiceResult};
 
 use super::head::RoomHead;
-use super::queue::process_job;
+use super::jobs::process_job;
 use super::{Job, JobAnswer, WriterContext, Written};
 
 /// Committer rounds that run at once when none is slow (the machine's cores, at least 2:

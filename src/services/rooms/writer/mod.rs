@@ -16,7 +16,8 @@
 //! rooms: nothing is acknowledged before it is durable).
 //!
 //! One job per file: `queue.rs` (the writers and their queues), `commits.rs` (group
-//! commit across rooms: the drains of several rooms applied and fsynced together), `head.rs`
+//! commit across rooms: the drains of several rooms applied and fsynced together),
+//! `jobs.rs` (what each kind of job does on the room's head), `head.rs`
 //! (the room's head in memory), `local_event.rs` (building our users' events),
 //! `persist.rs` (the event's write batch), `relations.rs` (relations and aggregates),
 //! `redactions.rs`; events of other servers: `remote_event.rs` (one received PDU),
@@ -35,6 +36,7 @@ use tokio::sync::oneshot;
 mod backfilled;
 mod commits;
 mod head;
+mod jobs;
 mod local_event;
 mod out_of_band;
 mod partial_state;

@@ -8,21 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::core::pdu::BuiltPdu;
-use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
-use crate::services::records::{decode, encode};
-use crate::services::rooms::event_store::{membership_key, EventStore};
-use crate::services::rooms::guests;
-use crate::services::rooms::records::MembershipRecord;
-use crate::storage::Table;
-use serde_json::json;
+use crate::services::error::{ServiceError, ServiceResult};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commits::{Applied, Committers, Drain};
 use super::head::RoomHead;
-use super::local_event::{append, build, create_room};
 use super::{
     Completion, EventDraft, FullState, Job, JobAnswer, JobStart, OutOfBandMember, PduOutcome,
-    RemoteEvent, RemoteJoin, WriterContext, Written,
+    RemoteEvent, RemoteJoin, WriterContext,
 };
 
 /// Jobs a writer takes from its queue at once (and then fsyncs once for).
@@ -313,162 +306,6 @@ pub(super) async fn run_writer(
             }
         }
     }
-}
-
-pub(super) fn process_job(
-    ctx: &WriterContext,
-    room_id: &str,
-    head: &mut Option<RoomHead>,
-    start: JobStart,
-    drafts: Vec<EventDraft>,
-    written: &mut Written,
-) -> ServiceResult<JobAnswer> {
-    let mut ids = Vec::with_capacity(drafts.len() + 1);
-    match start {
-        JobStart::Create(create, version) => {
-            ids.push(create_room(ctx, room_id, head, *create, version, written)?);
-        }
-        JobStart::Append => {}
-        JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
-        JobStart::JoinRemote(join) => {
-            return match super::remote_join::join(ctx, room_id, head, *join, written) {
-                Ok(outcome) => Ok(JobAnswer::Received(outcome)),
-                Err(e) => {
-                    *head = None;
-                    Err(e)
-                }
-            };
-        }
-        JobStart::CompleteState(full) => {
-            return match super::partial_state::complete(ctx, room_id, head, *full, written) {
-                Ok(done) => Ok(JobAnswer::Completed(done)),
-                Err(e) => {
-                    *head = None;
-                    Err(e)
-                }
-            };
-        }
-        JobStart::OutOfBand(member) => {
-            return match super::out_of_band::write(ctx, room_id, head, *member, written) {
-                Ok(()) => Ok(JobAnswer::Events(Vec::new())),
-                Err(e) => {
-                    *head = None;
-                    Err(e)
-                }
-            };
-        }
-        JobStart::Build => {
-            let current = match head {
-                Some(current) => current,
-                None => head.insert(RoomHead::load(&ctx.store, room_id)?),
-            };
-            let draft = drafts
-                .into_iter()
-                .next()
-                .ok_or_else(|| ServiceError::internal("nothing to build"))?;
-            let (built, _, _) = build(ctx, current, draft)?;
-            return Ok(JobAnswer::Built(Box::new(built)));
-        }
-        JobStart::Receive(event) => {
-            let current = loaded(ctx, room_id, head)?;
-            return match super::remote_event::receive(ctx, current, *event, written) {
-                Ok(outcome) => Ok(JobAnswer::Received(outcome)),
-                Err(e) => {
-                    // A storage failure may leave the cached head ahead of the tables.
-                    *head = None;
-                    Err(e)
-                }
-            };
-        }
-    }
-    for draft in drafts {
-        let current = loaded(ctx, room_id, head)?;
-        let ends_guest_access = draft.kind == "m.room.guest_access"
-            && draft.state_key.as_deref() == Some("")
-            && !guests::guests_can_join(Some(&draft.content));
-        match append(ctx, current, draft, written) {
-            Ok(id) => {
-                ids.push(id);
-                if ends_guest_access {
-                    remove_guests(ctx, current, written)?;
-                }
-            }
-            Err(e) => {
-                if e.kind.is_server_side() {
-                    // A storage failure may leave the cached head ahead of the tables.
-                    *head = None;
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(JobAnswer::Events(ids))
-}
-
-/// Spec: "Guest Access", "Server behaviour": once guest access ends, every local guest
-/// who is joined or invited leaves, by its own `leave` event, right after the change (in
-/// the same job, so no event comes between). A leave the rules refuse is logged and
-/// skipped; a storage failure stops the job like any other.
-pub(super) fn remove_guests(
-    ctx: &WriterContext,
-    head: &mut RoomHead,
-    written: &mut Written,
-) -> ServiceResult<()> {
-    for guest in head.local_guests(&ctx.store, &ctx.server_name)? {
-        let leave = EventDraft::new(
-            &guest,
-            "m.room.member",
-            Some(&guest),
-            json!({ "membership": "leave" }),
-        );
-        match append(ctx, head, leave, written) {
-            Ok(_) => {
-                tracing::info!(room = %head.record.room_id, user = %guest, "guest left: guest access ended")
-            }
-            Err(e) if e.kind.is_server_side() => return Err(e),
-            Err(e) => {
-                tracing::warn!(room = %head.record.room_id, user = %guest, "guest could not be made to leave: {}", e.message);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Sets the `forgotten` flag of a user's membership record, in the room's writer so that
-/// it cannot race a membership change.
-pub(super) fn forget(store: &EventStore, room_id: &str, user: &str) -> ServiceResult<()> {
-    let key = membership_key(user, room_id);
-    let mut record: MembershipRecord = store
-        .db
-        .get(Table::UseridRoomidMembership, &key)?
-        .map(|b| decode(Table::UseridRoomidMembership, &b))
-        .transpose()?
-        .ok_or_else(|| ServiceError::not_found("You have never been in this room"))?;
-    if !matches!(record.membership.as_str(), "leave" | "ban") {
-        return Err(ServiceError::new(
-            ErrorKind::Invalid,
-            ErrorCode::Unknown,
-            "You must leave the room before forgetting it",
-        ));
-    }
-    record.forgotten = true;
-    let mut batch = store.db.batch();
-    batch.put(Table::UseridRoomidMembership, &key, encode(&record));
-    store.db.write_relaxed(batch)?;
-    Ok(())
-}
-
-/// The room's head, loaded from storage when the writer holds none.
-fn loaded<'h>(
-    ctx: &WriterContext,
-    room_id: &str,
-    head: &'h mut Option<RoomHead>,
-) -> ServiceResult<&'h mut RoomHead> {
-    if head.is_none() {
-        *head = Some(RoomHead::load(&ctx.store, room_id)?);
-    }
-    head.as_mut()
-        .ok_or_else(|| ServiceError::internal("the room's head was not loaded"))
 }
 
 #[cfg(test)]
