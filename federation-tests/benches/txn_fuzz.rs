@@ -432,7 +432,7 @@ fn main() {
                         };
                         let verified = check_signatures(room.version, pdu, &known)
                             == SignatureCheck::Verified;
-                        let (_, redacted) = check_content_hash(room.version, pdu);
+                        let (_, redacted) = check_content_hash(room.version, pdu.clone());
                         assert!(!verified || redacted, "the harness failed to forge: {pdu}");
                         if let Some(event) = shown {
                             assert_ne!(

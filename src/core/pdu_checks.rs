@@ -345,18 +345,12 @@ pub fn check_server_signature(
 /// Check 3: the event as it is to be kept: itself when its content hash matches, or its
 /// redacted form (and `true`) when it does not, for then "we have only been given a
 /// redacted version of the event".
-pub fn check_content_hash(version: RoomVersion, pdu: &Value) -> (Value, bool) {
-    if content_hash_holds(version, pdu) {
-        (pdu.clone(), false)
-    } else {
-        (redaction::redact(pdu, version), true)
+/// Takes the PDU and gives it back, so that a PDU whose hash holds is not copied.
+pub fn check_content_hash(version: RoomVersion, pdu: Value) -> (Value, bool) {
+    match event_hashes::content_hash_matches(&pdu, version) {
+        Ok(true) => (pdu, false),
+        _ => (redaction::redact(&pdu, version), true),
     }
-}
-
-/// Check 3's question alone: whether the PDU's content hash matches (a PDU without a
-/// well-formed `hashes.sha256` does not).
-pub fn content_hash_holds(version: RoomVersion, pdu: &Value) -> bool {
-    matches!(event_hashes::content_hash_matches(pdu, version), Ok(true))
 }
 
 #[cfg(test)]

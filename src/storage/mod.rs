@@ -10,8 +10,9 @@
 //! many concurrent commits share one fsync (group commit) and none is acknowledged before
 //! it is on disk. Writes whose loss after a crash is harmless (e.g. a device's last-seen
 //! time) use [`Db::write_relaxed`], which skips the fsync but still goes through the WAL.
-//! The room writers write relaxed and then call [`Db::sync_wal`] once per drain; writers
-//! that call it while an fsync is under way share the next one ([`sync_gate`]).
+//! The room writers' committers write relaxed and then call [`Db::sync_wal`] once per
+//! round (the drains of several rooms); callers that ask while an fsync is under way
+//! share the next one ([`sync_gate`]).
 
 pub mod health;
 pub mod keys;

@@ -204,7 +204,7 @@ async fn synapse_pdus_pass_our_receipt_checks_and_hash_to_their_ids() {
             SignatureCheck::Verified,
             "{event_id}"
         );
-        let (kept, redacted) = pdu_checks::check_content_hash(version, &pdu);
+        let (kept, redacted) = pdu_checks::check_content_hash(version, pdu.clone());
         assert!(!redacted, "{event_id}: content hash");
         assert_eq!(kept, pdu);
         assert_eq!(event_hashes::event_id(&pdu, version).unwrap(), event_id);

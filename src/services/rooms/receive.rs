@@ -304,12 +304,8 @@ impl Rooms {
                 return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
             }
         };
-        // Check 3 (the PDU is kept as it came, not copied, when its hash holds).
-        let (pdu, redacted) = if pdu_checks::content_hash_holds(version, &pdu) {
-            (pdu, false)
-        } else {
-            (crate::core::redaction::redact(&pdu, version), true)
-        };
+        // Check 3.
+        let (pdu, redacted) = pdu_checks::check_content_hash(version, pdu);
         if redacted {
             tracing::info!(%origin, event = %event_id, "content hash mismatch: kept redacted");
         }

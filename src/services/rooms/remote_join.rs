@@ -241,7 +241,7 @@ impl Rooms {
                 return Err(format!("{event_id}: {reason}"));
             }
         };
-        let (pdu, _) = pdu_checks::check_content_hash(version, &pdu);
+        let (pdu, _) = pdu_checks::check_content_hash(version, pdu);
         Ok(RemoteEvent {
             event_id,
             pdu,

@@ -277,7 +277,7 @@ pub(super) fn complete(
         let membership = event.as_ref().map_or("leave", |e| membership_of(e.pdu()));
         let event_id = event.as_ref().map_or("", |e| e.event_id.as_str());
         put_membership(
-            store,
+            ctx,
             &mut batch,
             &mut record,
             (&user, membership, event_id),

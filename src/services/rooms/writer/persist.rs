@@ -12,7 +12,7 @@ use crate::services::outbox::Outbox;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::aggregates::Child;
 use crate::services::rooms::event_store::{
-    membership_key, pdu_key, timeline_key, timeline_value, EventStore, StoredEvent,
+    membership_key, pdu_key, timeline_key, timeline_value, StoredEvent,
 };
 use crate::services::rooms::graph;
 use crate::services::rooms::records::{EventMeta, MembershipRecord, RoomRecord};
@@ -130,18 +130,13 @@ pub(super) fn write_event(
         if let Some(user) = state_key {
             let membership = membership_of(pdu);
             put_membership(
-                store,
+                ctx,
                 &mut batch,
                 &mut record,
                 (user, membership, &event_id),
                 pos,
             )?;
             member = Some((user.to_owned(), membership.to_owned()));
-            if matches!(membership, "ban" | "leave") {
-                if let Some((_, server)) = user.split_once(':') {
-                    ctx.reset_servers.revoke(&record.room_id, server);
-                }
-            }
             super::partial_state::end_if_last_left(
                 store,
                 head,
@@ -322,14 +317,22 @@ pub(super) fn note_history_visibility(record: &mut RoomRecord, pdu: &Value) {
 }
 
 /// A user's membership record after `(user, membership, event id)` became the room's
-/// current member event at `pos`, and the room's member counts.
+/// current member event at `pos`, and the room's member counts. A ban or leave (the
+/// event's own, or one a resolution brought) takes back a reset grant of the user's
+/// server ([`crate::services::rooms::reset_out`]).
 pub(super) fn put_membership(
-    store: &EventStore,
+    ctx: &WriterContext,
     batch: &mut Batch<'_>,
     record: &mut RoomRecord,
     (user, membership, event_id): (&str, &str, &str),
     pos: u64,
 ) -> ServiceResult<()> {
+    let store = &ctx.store;
+    if matches!(membership, "ban" | "leave") {
+        if let Some((_, server)) = user.split_once(':') {
+            ctx.reset_servers.revoke(&record.room_id, server);
+        }
+    }
     let key = membership_key(user, &record.room_id);
     let previous: Option<MembershipRecord> = store
         .db

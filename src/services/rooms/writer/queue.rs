@@ -18,7 +18,7 @@ use super::{
     RemoteEvent, RemoteJoin, WriterContext,
 };
 
-/// Jobs a writer takes from its queue at once (and then fsyncs once for).
+/// Jobs a writer takes from its queue at once (one drain, applied in one committer round).
 pub(super) const MAX_JOBS_PER_COMMIT: usize = 128;
 
 /// A writer idle this long drops the parsed state events it keeps (the biggest part of a

@@ -878,7 +878,7 @@ fn accept(
         // A member event gone from the state (a state reset) leaves the user out.
         let membership = changed_pdu.map_or("leave", membership_of).to_owned();
         put_membership(
-            store,
+            ctx,
             &mut batch,
             &mut record,
             (&state_key, &membership, changed_id),
@@ -1023,11 +1023,6 @@ fn accept(
     for server in &reset {
         ctx.reset_servers
             .grant(&head.record.room_id, server, (pos, highest_short));
-    }
-    if let Some((user, "ban" | "leave")) = member.as_ref().map(|(u, m)| (u, m.as_str())) {
-        if let Some((_, server)) = user.split_once(':') {
-            ctx.reset_servers.revoke(&head.record.room_id, server);
-        }
     }
     destinations.extend(reset);
     written.destinations.extend(destinations);
