@@ -645,3 +645,34 @@ async fn queued_pushes_survive_a_restart() {
     );
     s.stop().await;
 }
+
+/// Entries held back by a failing gateway go out in their order once it answers again,
+/// each with the badge as it is when they leave (built together, counted once).
+#[tokio::test]
+async fn pushes_held_back_by_a_failing_gateway_leave_in_order_with_the_badge_of_now() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let (gateway, url) = Gateway::start().await;
+    gateway.answers.lock().unwrap().push_back((500, json!({})));
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let room = dm(&alice, &bob).await;
+    let first = alice.text(&room, "one").await;
+    assert_eq!(gateway.wait_for(1).await.len(), 1, "refused once");
+    // Sent while the pusher waits out its back-off (1 s).
+    let second = alice.text(&room, "two").await;
+    let third = alice.text(&room, "three").await;
+    let got = gateway.wait_for(4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    let ids: Vec<&Value> = got[1..]
+        .iter()
+        .map(|b| &b["notification"]["event_id"])
+        .collect();
+    assert_eq!(ids, [first.as_str(), second.as_str(), third.as_str()]);
+    for body in &got[1..] {
+        assert_eq!(body["notification"]["counts"]["unread"], 3, "{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gateway.received().len(), 4);
+    s.stop().await;
+}

@@ -6,8 +6,9 @@
 //! nothing acknowledged is lost to a crash and the send path never waits for a gateway. A
 //! worker reads the queue once, in stream order, and hands each entry to the pushers of
 //! the users it lists; each pusher delivers its own in order, one request per entry (one
-//! device), with the user's unread count across the rooms they are in, and records how
-//! far it got in its cursor. Pushers are served concurrently (at most [`MAX_IN_FLIGHT`]
+//! device), with the user's unread count across the rooms they are in (read once for each
+//! batch of up to [`PER_PUSHER`] entries, whose bodies are built together), and records
+//! how far it got in its cursor. Pushers are served concurrently (at most [`MAX_IN_FLIGHT`]
 //! at once), so a slow or dead gateway holds up only its own pushers. A pusher whose
 //! gateway fails keeps its place and is retried with a doubling back-off (1 s to 5 min);
 //! entries queued more than a day ago are skipped unsent; the pushkeys a gateway answers
@@ -29,7 +30,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::pushers::Pusher;
+use super::pushers::{Pusher, PusherIndex};
 use super::queue::{self, QueuedEvent};
 use super::Push;
 use crate::services::ephemeral::receipts::ReadPositions;
@@ -158,6 +159,9 @@ struct Progress {
     started: bool,
     /// The pusher each delivery task serves.
     tasks: HashMap<tokio::task::Id, Vec<u8>>,
+    /// The pusher index as last followed, when nothing of it was left for a later pass:
+    /// while the index is the same, there is nothing to follow.
+    followed: Option<Arc<PusherIndex>>,
 }
 
 impl Progress {
@@ -672,9 +676,19 @@ impl Worker {
 
     /// Keeps the worker's pushers those of the index: new ones start at their stored
     /// cursor, removed ones are forgotten, changed ones take their new settings. On the
-    /// first pass the reader starts at the lowest cursor.
+    /// first pass the reader starts at the lowest cursor. Does nothing while the index is
+    /// the one it last followed in full (a changed index is a new one).
     fn follow_pushers(&self, progress: &mut Progress, published: u64) -> ServiceResult<()> {
-        let pushers: Vec<Pusher> = self.push.pusher_index().all().cloned().collect();
+        let index = self.push.pusher_index();
+        if progress
+            .followed
+            .as_ref()
+            .is_some_and(|followed| Arc::ptr_eq(followed, &index))
+        {
+            return Ok(());
+        }
+        let mut deferred = false;
+        let pushers: Vec<Pusher> = index.all().cloned().collect();
         let keys: std::collections::HashSet<Vec<u8>> = pushers.iter().map(Pusher::key).collect();
         progress.pushers.retain(|key, _| keys.contains(key));
         let mut added = Vec::new();
@@ -684,7 +698,9 @@ impl Worker {
                 // Set again since the last pass, perhaps removed and set anew with a
                 // cursor of its own: that one wins if it is ahead. Not while a delivery
                 // is under way (its result is counted off the held entries): next pass.
-                if state.pusher != pusher && state.task.is_none() {
+                if state.pusher != pusher && state.task.is_some() {
+                    deferred = true;
+                } else if state.pusher != pusher {
                     if let Some(stored) = queue::cursor(&self.push.db, &key)? {
                         if stored > state.cursor {
                             state.cursor = stored;
@@ -724,6 +740,7 @@ impl Worker {
             state.behind = state.cursor < progress.reader;
             progress.pushers.insert(key, state);
         }
+        progress.followed = (!deferred).then_some(index);
         Ok(())
     }
 
@@ -760,8 +777,16 @@ impl Worker {
         Ok(())
     }
 
-    /// Sends one pusher's entries (oldest first) until one fails.
+    /// Sends one pusher's entries (oldest first) until one fails. Their bodies are built
+    /// first, in one go off the async threads (see [`Worker::notifications`]).
     async fn deliver(self: Arc<Self>, pusher: Pusher, items: Vec<Item>) -> Outcome {
+        let built = {
+            let (worker, pusher) = (Arc::clone(&self), pusher.clone());
+            tokio::task::spawn_blocking(move || worker.notifications(&pusher, &items))
+                .await
+                .unwrap_or_else(|e| (Vec::new(), Some(e.to_string())))
+        };
+        let (bodies, build_failure) = built;
         let mut outcome = Outcome {
             pusher,
             done: 0,
@@ -769,48 +794,28 @@ impl Worker {
             failure: None,
             rejected: false,
         };
-        let now = crate::services::now_ms();
-        for item in items {
-            if now.saturating_sub(item.queued) > MAX_AGE_MS {
+        for (pos, body) in bodies {
+            let Some(body) = body else {
                 outcome.done += 1;
-                outcome.done_upto = Some(item.pos);
+                outcome.done_upto = Some(pos);
                 continue;
-            }
-            // Reads (the event, receipts, every room's unread count) off the async
-            // threads.
-            let built = {
-                let (worker, pusher) = (Arc::clone(&self), outcome.pusher.clone());
-                tokio::task::spawn_blocking(move || worker.notification(&pusher, &item))
-                    .await
-                    .unwrap_or_else(task_failed)
-            };
-            let body = match built {
-                Ok(Some(body)) => body,
-                Ok(None) => {
-                    outcome.done += 1;
-                    outcome.done_upto = Some(item.pos);
-                    continue;
-                }
-                Err(e) => {
-                    outcome.failure = Some(e.message);
-                    break;
-                }
             };
             match post(&self.http, &self.guard, outcome.pusher.url(), &body).await {
                 Sent::Done(rejected) => {
                     outcome.done += 1;
-                    outcome.done_upto = Some(item.pos);
+                    outcome.done_upto = Some(pos);
                     if rejected.contains(&outcome.pusher.pushkey) {
                         outcome.rejected = true;
-                        break;
+                        return outcome;
                     }
                 }
                 Sent::Failed(why) => {
                     outcome.failure = Some(why);
-                    break;
+                    return outcome;
                 }
             }
         }
+        outcome.failure = build_failure;
         outcome
     }
 }
@@ -859,8 +864,52 @@ impl Worker {
         Ok(facts)
     }
 
-    /// The `notification` object for one device (spec: push gateway API), or `None` when
-    /// the user has left the room since.
+    /// The bodies of one pusher's pushes, in the order of `items`, each with its
+    /// position: `None` for an entry sent to no one (queued too long ago, the user left
+    /// the room since, or it no longer notifies them). Built together, with the user's
+    /// unread count across their rooms (the badge) read once, after every entry's room
+    /// is counted in: each push says how many notifications are unread as it leaves, as
+    /// a phone shows the latest count. Stops at the first entry that cannot be read and
+    /// answers why.
+    fn notifications(
+        &self,
+        pusher: &Pusher,
+        items: &[Item],
+    ) -> (Vec<(u64, Option<Value>)>, Option<String>) {
+        let now = crate::services::now_ms();
+        let mut bodies = Vec::with_capacity(items.len());
+        let mut failure = None;
+        for item in items {
+            if now.saturating_sub(item.queued) > MAX_AGE_MS {
+                bodies.push((item.pos, None));
+                continue;
+            }
+            match self.notification(pusher, item) {
+                Ok(body) => bodies.push((item.pos, body)),
+                Err(e) => {
+                    failure = Some(e.message);
+                    break;
+                }
+            }
+        }
+        if bodies.iter().any(|(_, body)| body.is_some()) {
+            match self.push.unread_total(&*self.lookups, &pusher.user_id) {
+                Ok(unread) => {
+                    for (_, body) in &mut bodies {
+                        if let Some(body) = body {
+                            body["notification"]["counts"]["unread"] = Value::from(unread);
+                        }
+                    }
+                }
+                Err(e) => return (Vec::new(), Some(e.message)),
+            }
+        }
+        (bodies, failure)
+    }
+
+    /// The `notification` object for one device (spec: push gateway API), its unread
+    /// count left for [`Worker::notifications`] to fill in; `None` when the user has left
+    /// the room since.
     fn notification(&self, pusher: &Pusher, item: &Item) -> ServiceResult<Option<Value>> {
         let (push, lookups) = (&self.push, &*self.lookups);
         let Some(room_id) = lookups.joined_room(item.room, &pusher.user_id)? else {
@@ -874,7 +923,6 @@ impl Worker {
         // The pushed room counts, whatever the badge's rooms missed.
         push.badge
             .added([(pusher.user_id.as_str(), item.room, item.pos)]);
-        let unread = push.unread_total(lookups, &pusher.user_id)?;
         let mut tweaks = Map::new();
         for action in &actions {
             if let Some(name) = action.get("set_tweak").and_then(Value::as_str) {
@@ -907,7 +955,7 @@ impl Worker {
             "event_id": event_id,
             "room_id": room_id,
             "prio": prio,
-            "counts": {"unread": unread},
+            "counts": {"unread": 0},
             "devices": [device],
         });
         if !pusher.event_id_only() {
