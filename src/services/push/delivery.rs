@@ -160,7 +160,8 @@ struct Progress {
     /// The pusher each delivery task serves.
     tasks: HashMap<tokio::task::Id, Vec<u8>>,
     /// The pusher index as last followed, when nothing of it was left for a later pass:
-    /// while the index is the same, there is nothing to follow.
+    /// while the index is the same, there is nothing to follow. Every change of the
+    /// index makes a new one (`Arc::make_mut`, and this reference keeps it shared).
     followed: Option<Arc<PusherIndex>>,
 }
 
@@ -868,9 +869,9 @@ impl Worker {
     /// position: `None` for an entry sent to no one (queued too long ago, the user left
     /// the room since, or it no longer notifies them). Built together, with the user's
     /// unread count across their rooms (the badge) read once, after every entry's room
-    /// is counted in: each push says how many notifications are unread as it leaves, as
-    /// a phone shows the latest count. Stops at the first entry that cannot be read and
-    /// answers why.
+    /// is counted in: each push carries the count as it was when its batch was built
+    /// (moments before it leaves, unless the gateway is slow), as a phone shows the
+    /// latest count. Stops at the first entry that cannot be read and answers why.
     fn notifications(
         &self,
         pusher: &Pusher,
