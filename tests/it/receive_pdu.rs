@@ -555,6 +555,90 @@ async fn missing_prev_events_are_fetched_or_named_and_a_missing_auth_event_becom
     assert_eq!(member["displayname"], "Bob");
 }
 
+/// An event held as an outlier and redacted there stays redacted when it later comes as
+/// a live event and takes its place (it used to be written back whole).
+#[tokio::test]
+async fn an_outlier_redacted_while_held_stays_redacted_once_it_takes_its_place() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let rules = room.state_id("m.room.join_rules", "").await;
+    // Bob's rename reaches us only as an auth event of a message: an outlier.
+    let rename = room.remote(
+        ("m.room.member", Some(BOB)),
+        json!({"membership": "join", "displayname": "Bob the Secret"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), rules, join_id.clone()],
+    );
+    let said = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "renamed"}),
+        std::slice::from_ref(&join_id),
+        &[levels.clone(), rename.0.clone()],
+    );
+    let source = TestSource::holding(&[&rename]);
+    assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
+    assert_eq!(room.status(&rename.0), EventStatus::Outlier);
+    // Bob redacts his rename.
+    let redaction = room.remote(
+        ("m.room.redaction", None),
+        json!({"redacts": rename.0}),
+        std::slice::from_ref(&said.0),
+        &[levels, join_id],
+    );
+    assert_eq!(
+        room.receive(&redaction.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let held = room.store().event_by_id(&rename.0).unwrap().unwrap();
+    assert!(
+        held.pdu()["content"].get("displayname").is_none(),
+        "{}",
+        held.pdu()
+    );
+
+    // Bob's server sends the rename as a live event: it takes its place, redacted.
+    assert_eq!(
+        room.receive(&rename.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(room.status(&rename.0), EventStatus::Accepted);
+    let placed = room.store().event_by_id(&rename.0).unwrap().unwrap();
+    assert!(placed.has_timeline_place());
+    assert!(
+        placed.pdu()["content"].get("displayname").is_none(),
+        "{}",
+        placed.pdu()
+    );
+    let (status, body) = room
+        .alice
+        .get(&format!("/rooms/{}/event/{}", room.id, rename.0))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["content"].get("displayname").is_none(), "{body}");
+    assert_eq!(
+        body["unsigned"]["redacted_because"]["event_id"],
+        redaction.0.as_str()
+    );
+    let messages = room.alice.messages(&room.id, "dir=b&limit=100").await;
+    let in_timeline = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == rename.0.as_str())
+        .cloned()
+        .expect("the rename in the timeline");
+    assert!(
+        in_timeline["content"].get("displayname").is_none(),
+        "{in_timeline}"
+    );
+    assert_eq!(
+        in_timeline["unsigned"]["redacted_because"]["event_id"],
+        redaction.0.as_str()
+    );
+}
+
 #[tokio::test]
 async fn a_gap_is_filled_with_one_get_missing_events_request() {
     let s = TestServer::start().await;

@@ -96,3 +96,38 @@ pub(super) fn apply_redaction(
     head.cache.remove(&target.short);
     Ok(Some(target))
 }
+
+/// Records again that the event `short` was redacted by `redaction`, after it was written
+/// anew in the redacted form we held (an outlier redacted while it had no place, then
+/// given one): its record and the copy its timeline entry carries.
+pub(super) fn keep_redaction(
+    store: &EventStore,
+    head: &mut RoomHead,
+    short: ShortEventId,
+    redaction: ShortEventId,
+) -> ServiceResult<()> {
+    let event = store.event(short)?;
+    if event.meta.redacted_by == redaction {
+        return Ok(());
+    }
+    let meta = EventMeta {
+        redacted_by: redaction,
+        ..event.meta
+    };
+    let mut batch = store.db.batch();
+    batch.put(
+        Table::ShorteventidMeta,
+        short.to_be_bytes(),
+        meta.encode_with_id(&event.event_id),
+    );
+    if event.has_timeline_place() {
+        batch.put(
+            Table::ShortroomidPosShorteventid,
+            timeline_key(meta.room, meta.pos),
+            timeline_value(short, &meta, &event.event_id),
+        );
+    }
+    store.db.write_relaxed(batch)?;
+    head.cache.remove(&short);
+    Ok(())
+}

@@ -113,6 +113,7 @@ pub(super) fn receive(
 ) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     let existing = store.state.find_event(&event.event_id)?;
+    let mut kept_redaction = None;
     if let Some(short) = existing {
         let status = graph::record(store, short)?.map(|r| r.status);
         // An outlier offered again as part of the timeline gets its place now; an event
@@ -129,7 +130,39 @@ pub(super) fn receive(
         let mut batch = store.db.batch();
         auth_index::forget_height(&mut batch, short);
         store.db.write_relaxed(batch)?;
+        // Redacted while it was held without a place: it stays redacted. It is written
+        // in the form we hold (so that the search index, pushes and clients never see
+        // the content), and its record names the redaction again once written.
+        let held = store.event(short)?;
+        if held.meta.redacted_by != 0 {
+            event.pdu = held.pdu().clone();
+            kept_redaction = Some((short, held.meta.redacted_by));
+        }
     }
+    let outcome = check_and_store(ctx, head, event, written, existing)?;
+    if let Some((short, redaction)) = kept_redaction {
+        if matches!(
+            outcome,
+            PduOutcome::Accepted
+                | PduOutcome::Outlier
+                | PduOutcome::SoftFailed(_)
+                | PduOutcome::Rejected(_)
+        ) {
+            super::redactions::keep_redaction(store, head, short, redaction)?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// [`receive`] past the check for an event already held: checks 4 to 6 and storing.
+fn check_and_store(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    mut event: RemoteEvent,
+    written: &mut Written,
+    existing: Option<ShortEventId>,
+) -> ServiceResult<PduOutcome> {
+    let store = &ctx.store;
     if event.history_pos.is_some() && !super::backfilled::fits(ctx, head)? {
         let reason = "the room holds events from before the history space".to_owned();
         return Ok(PduOutcome::Dropped(reason));
