@@ -639,6 +639,91 @@ async fn an_outlier_redacted_while_held_stays_redacted_once_it_takes_its_place()
     );
 }
 
+/// A redaction that comes before the event it redacts (backfill goes from the newest
+/// history back; here a fork delivered out of order) waits for it, and the event is
+/// stored redacted when it comes (it used to be stored and shown whole).
+#[tokio::test]
+async fn a_redaction_that_comes_before_its_target_applies_when_the_target_comes() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let message = room
+        .bob_says(
+            "a secret said too soon",
+            std::slice::from_ref(&join_id),
+            &join_id,
+        )
+        .await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let redaction = room.remote(
+        ("m.room.redaction", None),
+        json!({"redacts": message.0}),
+        std::slice::from_ref(&join_id),
+        &[levels, join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&redaction.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert!(room.store().event_by_id(&message.0).unwrap().is_none());
+    assert_eq!(
+        room.receive(&message.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let stored = room.store().event_by_id(&message.0).unwrap().unwrap();
+    assert!(
+        stored.pdu()["content"].get("body").is_none(),
+        "{}",
+        stored.pdu()
+    );
+    let (status, body) = room
+        .alice
+        .get(&format!("/rooms/{}/event/{}", room.id, message.0))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["content"], json!({}), "{body}");
+    assert_eq!(
+        body["unsigned"]["redacted_because"]["event_id"],
+        redaction.0.as_str()
+    );
+    // Its words are not found.
+    let (status, found) = room
+        .alice
+        .post(
+            "/search",
+            json!({"search_categories": {"room_events": {"search_term": "secret"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(
+        found["search_categories"]["room_events"]["count"], 0,
+        "{found}"
+    );
+    // A message of bob's whose words are found, so that the search above means something.
+    let told = room
+        .bob_says(
+            "a secret told later",
+            std::slice::from_ref(&message.0),
+            &join_id,
+        )
+        .await;
+    assert_eq!(
+        room.receive(&told.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let (_, found) = room
+        .alice
+        .post(
+            "/search",
+            json!({"search_categories": {"room_events": {"search_term": "secret"}}}),
+        )
+        .await;
+    assert_eq!(
+        found["search_categories"]["room_events"]["count"], 1,
+        "{found}"
+    );
+}
+
 #[tokio::test]
 async fn a_gap_is_filled_with_one_get_missing_events_request() {
     let s = TestServer::start().await;

@@ -103,7 +103,11 @@ pub(super) fn place(
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
         let levels = history.redaction_levels.as_ref();
-        if super::remote_event::may_redact(ctx, head, (pdu, target), levels)? {
+        if store.state.find_event(target)?.is_none() {
+            // Its target is older still: it waits for it.
+            let power = super::remote_event::has_power_to_redact(ctx, head, pdu, levels)?;
+            super::redactions::wait_for_target(store, &mut batch, target, short, power)?;
+        } else if super::remote_event::may_redact(ctx, head, (pdu, target), levels)? {
             redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }
     }

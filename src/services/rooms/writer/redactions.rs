@@ -131,3 +131,65 @@ pub(super) fn keep_redaction(
     head.cache.remove(&short);
     Ok(())
 }
+
+/// Redactions kept waiting for one event at most (more are accepted but not kept).
+const MAX_WAITING: usize = 16;
+/// One waiting redaction: its short id and whether its sender had the power to redact.
+const WAITING_LEN: usize = 9;
+
+/// Keeps an accepted redaction whose target is not held yet, to be applied when the
+/// target comes (backfill goes from the newest history back, so a redaction often comes
+/// before what it redacts). `power`: whether its sender had the power to redact when it
+/// came; without it, the redaction applies only if both come from one server.
+pub(super) fn wait_for_target(
+    store: &EventStore,
+    batch: &mut Batch<'_>,
+    target_id: &str,
+    redaction: ShortEventId,
+    power: bool,
+) -> ServiceResult<()> {
+    let mut waiting = store
+        .db
+        .get(Table::EventidPendingredaction, target_id.as_bytes())?
+        .unwrap_or_default();
+    if waiting.len() >= MAX_WAITING * WAITING_LEN {
+        return Ok(());
+    }
+    waiting.extend_from_slice(&redaction.to_be_bytes());
+    waiting.push(u8::from(power));
+    batch.put(
+        Table::EventidPendingredaction,
+        target_id.as_bytes(),
+        waiting,
+    );
+    Ok(())
+}
+
+/// The redactions waiting for `event_id` (see [`wait_for_target`]), in the order they
+/// came: each one's short id and whether its sender had the power to redact.
+pub(super) fn waiting_for(
+    store: &EventStore,
+    event_id: &str,
+) -> ServiceResult<Vec<(ShortEventId, bool)>> {
+    let Some(waiting) = store
+        .db
+        .get(Table::EventidPendingredaction, event_id.as_bytes())?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(waiting
+        .chunks_exact(WAITING_LEN)
+        .filter_map(|entry| {
+            let short = crate::storage::keys::read_u64(&entry[..8])?;
+            Some((short, entry[8] != 0))
+        })
+        .collect())
+}
+
+/// The redactions waiting for `event_id` are done with (it came).
+pub(super) fn stop_waiting(store: &EventStore, event_id: &str) -> ServiceResult<()> {
+    let mut batch = store.db.batch();
+    batch.delete(Table::EventidPendingredaction, event_id.as_bytes());
+    store.db.write_relaxed(batch)?;
+    Ok(())
+}

@@ -136,22 +136,61 @@ pub(super) fn receive(
         let held = store.event(short)?;
         if held.meta.redacted_by != 0 {
             event.pdu = held.pdu().clone();
-            kept_redaction = Some((short, held.meta.redacted_by));
+            kept_redaction = Some(held.meta.redacted_by);
         }
     }
+    let mut waited_for = None;
+    if existing.is_none() {
+        kept_redaction = waiting_redaction(ctx, head, &mut event)?;
+        waited_for = kept_redaction.map(|_| event.event_id.clone());
+    }
+    let event_id = kept_redaction.map(|_| event.event_id.clone());
     let outcome = check_and_store(ctx, head, event, written, existing)?;
-    if let Some((short, redaction)) = kept_redaction {
-        if matches!(
-            outcome,
-            PduOutcome::Accepted
-                | PduOutcome::Outlier
-                | PduOutcome::SoftFailed(_)
-                | PduOutcome::Rejected(_)
-        ) {
+    let stored = matches!(
+        outcome,
+        PduOutcome::Accepted
+            | PduOutcome::Outlier
+            | PduOutcome::SoftFailed(_)
+            | PduOutcome::Rejected(_)
+    );
+    if let (Some(redaction), Some(event_id), true) = (kept_redaction, event_id, stored) {
+        if let Some(short) = store.state.find_event(&event_id)? {
             super::redactions::keep_redaction(store, head, short, redaction)?;
+        }
+        if let Some(id) = waited_for {
+            super::redactions::stop_waiting(store, &id)?;
         }
     }
     Ok(outcome)
+}
+
+/// For an event not held before: the first redaction that came before it and applies to
+/// it (see [`super::redactions::wait_for_target`]), if any. The event is then redacted
+/// here, before it is checked and stored, so that nothing of its content is kept or
+/// shown (search, pushes, clients).
+fn waiting_redaction(
+    ctx: &WriterContext,
+    head: &RoomHead,
+    event: &mut RemoteEvent,
+) -> ServiceResult<Option<ShortEventId>> {
+    let store = &ctx.store;
+    for (redaction, power) in super::redactions::waiting_for(store, &event.event_id)? {
+        let redaction_event = store.event(redaction)?;
+        if redaction_event.meta.room != head.short {
+            continue;
+        }
+        let sender = event
+            .pdu
+            .get("sender")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let target = (sender, event.event_id.as_str());
+        if power || same_origin(head.version, redaction_event.pdu(), target) {
+            event.pdu = crate::core::redaction::redact(&event.pdu, head.version);
+            return Ok(Some(redaction));
+        }
+    }
+    Ok(None)
 }
 
 /// [`receive`] past the check for an event already held: checks 4 to 6 and storing.
@@ -943,7 +982,10 @@ fn accept(
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some(target) = pdu::redaction_target(pdu) {
-        if may_redact(ctx, head, (pdu, target), None)? {
+        if store.state.find_event(target)?.is_none() {
+            let power = has_power_to_redact(ctx, head, pdu, None)?;
+            super::redactions::wait_for_target(store, &mut batch, target, short, power)?;
+        } else if may_redact(ctx, head, (pdu, target), None)? {
             redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }
     }
@@ -1229,28 +1271,56 @@ pub(super) fn may_redact(
     (redaction, target): (&Value, &str),
     levels: Option<&PowerLevels>,
 ) -> ServiceResult<bool> {
+    let Some(target) = ctx.store.event_by_id(target)? else {
+        return Ok(false);
+    };
+    if same_origin(head.version, redaction, (target.sender(), &target.event_id)) {
+        return Ok(true);
+    }
+    has_power_to_redact(ctx, head, redaction, levels)
+}
+
+/// Whether a redaction and the event it redacts come from one server (see
+/// [`may_redact`]): their senders', or in rooms v1 and v2 their event ids'.
+pub(super) fn same_origin(
+    version: RoomVersion,
+    redaction: &Value,
+    (target_sender, target_id): (&str, &str),
+) -> bool {
     let sender = redaction
         .get("sender")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let Some(target) = ctx.store.event_by_id(target)? else {
-        return Ok(false);
-    };
     let server_of = |user: &str| user.split_once(':').map(|(_, s)| s.to_owned());
-    if server_of(sender).is_some() && server_of(sender) == server_of(target.sender()) {
-        return Ok(true);
+    if server_of(sender).is_some() && server_of(sender) == server_of(target_sender) {
+        return true;
     }
     // Rooms v1 and v2: auth rule 11 allowed it, by power or by both event ids naming
     // the same server; the latter holds here too.
-    if !head.version.event_ids_are_reference_hashes() {
+    if !version.event_ids_are_reference_hashes() {
         let own = redaction.get("event_id").and_then(Value::as_str);
         let own_server = own.and_then(crate::core::event_hashes::event_id_server);
         if own_server.is_some()
-            && own_server == crate::core::event_hashes::event_id_server(&target.event_id)
+            && own_server == crate::core::event_hashes::event_id_server(target_id)
         {
-            return Ok(true);
+            return true;
         }
     }
+    false
+}
+
+/// Whether the redaction's sender has the power to redact others' events, by `levels`
+/// when given, else by the room's current state.
+pub(super) fn has_power_to_redact(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    redaction: &Value,
+    levels: Option<&PowerLevels>,
+) -> ServiceResult<bool> {
+    let sender = redaction
+        .get("sender")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let current;
     let levels = match levels {
         Some(levels) => levels,
