@@ -45,6 +45,16 @@ async fn history_from_before_our_join_is_backfilled_for_messages() {
         )
         .await;
     assert_eq!(status, 200, "{note}");
+    // A redaction of an early message, sent last too: backfill (newest first) brings it
+    // before the message it redacts.
+    let (status, redaction) = alice
+        .put(
+            &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(&sent_ids[8])),
+            json!({"reason": "said too soon"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{redaction}");
+    said.remove(8);
     bob.join_via(&room, a.name()).await;
     let joined = bob
         .sync_until(|s| s["rooms"]["join"][&room].is_object())
@@ -107,6 +117,22 @@ async fn history_from_before_our_join_is_backfilled_for_messages() {
     assert_eq!(
         parent["unsigned"]["m.relations"]["m.reference"]["chunk"][0]["event_id"], note["event_id"],
         "{parent}"
+    );
+
+    // The message redacted after it was sent is redacted here too, though its redaction
+    // was placed first.
+    let (status, redacted) = bob
+        .get(&format!(
+            "/rooms/{}/event/{}",
+            enc(&room),
+            enc(&sent_ids[8])
+        ))
+        .await;
+    assert_eq!(status, 200, "{redacted}");
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+    assert_eq!(
+        redacted["unsigned"]["redacted_because"]["event_id"], redaction["event_id"],
+        "{redacted}"
     );
 
     // The same history read again comes from our own store, the same.

@@ -106,7 +106,13 @@ pub(super) fn place(
         if store.state.find_event(target)?.is_none() {
             // Its target is older still: it waits for it.
             let power = super::remote_event::has_power_to_redact(ctx, head, pdu, levels)?;
-            super::redactions::wait_for_target(store, &mut batch, target, short, power)?;
+            super::redactions::wait_for_target(
+                store,
+                &mut batch,
+                (target, head.short),
+                short,
+                power,
+            )?;
         } else if super::remote_event::may_redact(ctx, head, (pdu, target), levels)? {
             redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }

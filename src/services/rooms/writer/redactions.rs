@@ -132,10 +132,21 @@ pub(super) fn keep_redaction(
     Ok(())
 }
 
-/// Redactions kept waiting for one event at most (more are accepted but not kept).
+/// Redactions kept waiting for one event in one room at most (more are accepted but not
+/// kept).
 const MAX_WAITING: usize = 16;
 /// One waiting redaction: its short id and whether its sender had the power to redact.
 const WAITING_LEN: usize = 9;
+
+/// The key of the redactions waiting for `target_id` in the room `room`: each room's
+/// writer keeps its own (another room's cannot fill its places).
+fn waiting_key(target_id: &str, room: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(target_id.len() + 9);
+    key.extend_from_slice(target_id.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(&room.to_be_bytes());
+    key
+}
 
 /// Keeps an accepted redaction whose target is not held yet, to be applied when the
 /// target comes (backfill goes from the newest history back, so a redaction often comes
@@ -144,36 +155,35 @@ const WAITING_LEN: usize = 9;
 pub(super) fn wait_for_target(
     store: &EventStore,
     batch: &mut Batch<'_>,
-    target_id: &str,
+    (target_id, room): (&str, u64),
     redaction: ShortEventId,
     power: bool,
 ) -> ServiceResult<()> {
+    let key = waiting_key(target_id, room);
     let mut waiting = store
         .db
-        .get(Table::EventidPendingredaction, target_id.as_bytes())?
+        .get(Table::EventidPendingredaction, &key)?
         .unwrap_or_default();
     if waiting.len() >= MAX_WAITING * WAITING_LEN {
         return Ok(());
     }
     waiting.extend_from_slice(&redaction.to_be_bytes());
     waiting.push(u8::from(power));
-    batch.put(
-        Table::EventidPendingredaction,
-        target_id.as_bytes(),
-        waiting,
-    );
+    batch.put(Table::EventidPendingredaction, key, waiting);
     Ok(())
 }
 
-/// The redactions waiting for `event_id` (see [`wait_for_target`]), in the order they
-/// came: each one's short id and whether its sender had the power to redact.
+/// The redactions waiting for `event_id` in the room `room` (see [`wait_for_target`]),
+/// in the order they came: each one's short id and whether its sender had the power to
+/// redact.
 pub(super) fn waiting_for(
     store: &EventStore,
     event_id: &str,
+    room: u64,
 ) -> ServiceResult<Vec<(ShortEventId, bool)>> {
     let Some(waiting) = store
         .db
-        .get(Table::EventidPendingredaction, event_id.as_bytes())?
+        .get(Table::EventidPendingredaction, waiting_key(event_id, room))?
     else {
         return Ok(Vec::new());
     };
@@ -186,10 +196,10 @@ pub(super) fn waiting_for(
         .collect())
 }
 
-/// The redactions waiting for `event_id` are done with (it came).
-pub(super) fn stop_waiting(store: &EventStore, event_id: &str) -> ServiceResult<()> {
+/// The redactions waiting for `event_id` in the room `room` are done with (it came).
+pub(super) fn stop_waiting(store: &EventStore, event_id: &str, room: u64) -> ServiceResult<()> {
     let mut batch = store.db.batch();
-    batch.delete(Table::EventidPendingredaction, event_id.as_bytes());
+    batch.delete(Table::EventidPendingredaction, waiting_key(event_id, room));
     store.db.write_relaxed(batch)?;
     Ok(())
 }

@@ -108,12 +108,14 @@ pub enum PduOutcome {
 pub(super) fn receive(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    mut event: RemoteEvent,
+    event: RemoteEvent,
     written: &mut Written,
 ) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     let existing = store.state.find_event(&event.event_id)?;
-    let mut kept_redaction = None;
+    // The redaction that applies to the event, if any: it is checked in the form it
+    // came (as every other server checks it), and stored redacted.
+    let mut redacted_by = 0;
     if let Some(short) = existing {
         let status = graph::record(store, short)?.map(|r| r.status);
         // An outlier offered again as part of the timeline gets its place now; an event
@@ -130,22 +132,17 @@ pub(super) fn receive(
         let mut batch = store.db.batch();
         auth_index::forget_height(&mut batch, short);
         store.db.write_relaxed(batch)?;
-        // Redacted while it was held without a place: it stays redacted. It is written
-        // in the form we hold (so that the search index, pushes and clients never see
-        // the content), and its record names the redaction again once written.
-        let held = store.event(short)?;
-        if held.meta.redacted_by != 0 {
-            event.pdu = held.pdu().clone();
-            kept_redaction = Some(held.meta.redacted_by);
-        }
+        // Redacted while it was held without a place: it stays redacted.
+        redacted_by = store.event(short)?.meta.redacted_by;
     }
-    let mut waited_for = None;
-    if existing.is_none() {
-        kept_redaction = waiting_redaction(ctx, head, &mut event)?;
-        waited_for = kept_redaction.map(|_| event.event_id.clone());
+    let mut waited = false;
+    if redacted_by == 0 {
+        let (applies, any) = waiting_redaction(ctx, head, &event)?;
+        redacted_by = applies.unwrap_or(0);
+        waited = any;
     }
-    let event_id = kept_redaction.map(|_| event.event_id.clone());
-    let outcome = check_and_store(ctx, head, event, written, existing)?;
+    let event_id = (redacted_by != 0 || waited).then(|| event.event_id.clone());
+    let outcome = check_and_store(ctx, head, event, written, (existing, redacted_by))?;
     let stored = matches!(
         outcome,
         PduOutcome::Accepted
@@ -153,44 +150,54 @@ pub(super) fn receive(
             | PduOutcome::SoftFailed(_)
             | PduOutcome::Rejected(_)
     );
-    if let (Some(redaction), Some(event_id), true) = (kept_redaction, event_id, stored) {
-        if let Some(short) = store.state.find_event(&event_id)? {
-            super::redactions::keep_redaction(store, head, short, redaction)?;
+    if let (Some(event_id), true) = (event_id, stored) {
+        if redacted_by != 0 {
+            if let Some(short) = store.state.find_event(&event_id)? {
+                super::redactions::keep_redaction(store, head, short, redacted_by)?;
+            }
         }
-        if let Some(id) = waited_for {
-            super::redactions::stop_waiting(store, &id)?;
+        if waited {
+            super::redactions::stop_waiting(store, &event_id, head.short)?;
         }
     }
     Ok(outcome)
 }
 
-/// For an event not held before: the first redaction that came before it and applies to
-/// it (see [`super::redactions::wait_for_target`]), if any. The event is then redacted
-/// here, before it is checked and stored, so that nothing of its content is kept or
-/// shown (search, pushes, clients).
+/// The first redaction that came before the event, waits for it in this room and
+/// applies to it (see [`super::redactions::wait_for_target`]), if any; and whether any
+/// waits for it.
 fn waiting_redaction(
     ctx: &WriterContext,
     head: &RoomHead,
-    event: &mut RemoteEvent,
-) -> ServiceResult<Option<ShortEventId>> {
+    event: &RemoteEvent,
+) -> ServiceResult<(Option<ShortEventId>, bool)> {
     let store = &ctx.store;
-    for (redaction, power) in super::redactions::waiting_for(store, &event.event_id)? {
+    let waiting = super::redactions::waiting_for(store, &event.event_id, head.short)?;
+    let sender = event
+        .pdu
+        .get("sender")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let target = (sender, event.event_id.as_str());
+    for &(redaction, power) in &waiting {
         let redaction_event = store.event(redaction)?;
         if redaction_event.meta.room != head.short {
             continue;
         }
-        let sender = event
-            .pdu
-            .get("sender")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let target = (sender, event.event_id.as_str());
         if power || same_origin(head.version, redaction_event.pdu(), target) {
-            event.pdu = crate::core::redaction::redact(&event.pdu, head.version);
-            return Ok(Some(redaction));
+            return Ok((Some(redaction), true));
         }
     }
-    Ok(None)
+    Ok((None, !waiting.is_empty()))
+}
+
+/// The form `event` is stored in, once checked: redacted when a redaction applies to it
+/// (`redacted_by`, see [`receive`]), so that its content reaches neither the search
+/// index, pushes nor clients.
+fn to_store(event: &mut RemoteEvent, version: RoomVersion, redacted_by: ShortEventId) {
+    if redacted_by != 0 {
+        event.pdu = crate::core::redaction::redact(&event.pdu, version);
+    }
 }
 
 /// [`receive`] past the check for an event already held: checks 4 to 6 and storing.
@@ -199,7 +206,7 @@ fn check_and_store(
     head: &mut RoomHead,
     mut event: RemoteEvent,
     written: &mut Written,
-    existing: Option<ShortEventId>,
+    (existing, redacted_by): (Option<ShortEventId>, ShortEventId),
 ) -> ServiceResult<PduOutcome> {
     let store = &ctx.store;
     if event.history_pos.is_some() && !super::backfilled::fits(ctx, head)? {
@@ -237,8 +244,10 @@ fn check_and_store(
     let check_4 = check_4_of(ctx, head, &event, &auth_events, &auth_ctx)?;
     if event.outlier {
         if let Err(reason) = check_4 {
+            to_store(&mut event, version, redacted_by);
             return reject(ctx, head, (existing, &event), edges, 0, reason);
         }
+        to_store(&mut event, version, redacted_by);
         let short = store_without_place(
             ctx,
             head,
@@ -309,6 +318,7 @@ fn check_and_store(
                     let reason = format!("prev event {id} belongs to another room");
                     // Judged without a state: no edges to what it claims to build on.
                     edges.prev.clear();
+                    to_store(&mut event, version, redacted_by);
                     return reject(ctx, head, (existing, &event), edges, 0, reason);
                 }
                 // The state after a rejected event is the state before it, when known
@@ -351,6 +361,7 @@ fn check_and_store(
     // keeps it, so that events built on it are judged on the state after it (the state
     // before it).
     if let Err(reason) = check_4 {
+        to_store(&mut event, version, redacted_by);
         return reject_with(
             ctx,
             head,
@@ -368,6 +379,7 @@ fn check_and_store(
     let before_auth = auth_state_from(store, head, before_shorts)?;
     if let Err(e) = auth_rules::check(&auth_ctx, &event.pdu, &before_auth) {
         let reason = format!("not allowed by the state before it: {e}");
+        to_store(&mut event, version, redacted_by);
         return reject_with(
             ctx,
             head,
@@ -415,6 +427,7 @@ fn check_and_store(
             },
             pos,
         };
+        to_store(&mut event, version, redacted_by);
         let event_ref = (short, &event.pdu, event.event_id.as_str());
         return super::backfilled::place(ctx, head, event_ref, edges, batch, history);
     }
@@ -442,6 +455,7 @@ fn check_and_store(
             };
             let state_key = auth_index::state_key_of(store, &event.pdu)?;
             graph::write(&mut batch, short, &graph_record, state_key);
+            to_store(&mut event, version, redacted_by);
             put_event(&mut batch, (short, &event.event_id), &event.pdu, &meta);
             store.db.write_relaxed(batch)?;
             tracing::info!(server = %ctx.server_name, event = %event.event_id, room = %head.record.room_id, "soft-failed: {reason}");
@@ -457,6 +471,7 @@ fn check_and_store(
         given,
         gap,
     };
+    to_store(&mut event, version, redacted_by);
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
     Ok(PduOutcome::Accepted)
 }
@@ -984,7 +999,13 @@ fn accept(
     if let Some(target) = pdu::redaction_target(pdu) {
         if store.state.find_event(target)?.is_none() {
             let power = has_power_to_redact(ctx, head, pdu, None)?;
-            super::redactions::wait_for_target(store, &mut batch, target, short, power)?;
+            super::redactions::wait_for_target(
+                store,
+                &mut batch,
+                (target, head.short),
+                short,
+                power,
+            )?;
         } else if may_redact(ctx, head, (pdu, target), None)? {
             redacted = apply_redaction(store, head, &mut batch, target, short)?;
         }
