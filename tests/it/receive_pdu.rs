@@ -724,6 +724,62 @@ async fn a_redaction_that_comes_before_its_target_applies_when_the_target_comes(
     );
 }
 
+/// Before rooms v11 a redaction names its target at the top level, which the redaction
+/// algorithm drops: a redaction stored redacted (its own redaction came first, as
+/// backfill brings the newest first) still redacts what it names.
+#[tokio::test]
+async fn in_a_v10_room_a_redaction_redacted_before_it_came_still_redacts_its_target() {
+    let s = TestServer::start().await;
+    let room = Room::public_in(&s, RoomVersion::V10).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let create = room.state_id("m.room.create", "").await;
+    let auth = [levels, join_id.clone(), create];
+    let at_join = std::slice::from_ref(&join_id);
+    let message = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "soon gone"}),
+        at_join,
+        &auth,
+    );
+    let first = room.remote(
+        ("m.room.redaction", None),
+        json!({"redacts": message.0}),
+        at_join,
+        &auth,
+    );
+    assert_eq!(first.1["redacts"], message.0.as_str(), "top-level in v10");
+    let second = room.remote(
+        ("m.room.redaction", None),
+        json!({"redacts": first.0}),
+        at_join,
+        &auth,
+    );
+    for pdu in [&second.1, &first.1, &message.1] {
+        assert_eq!(
+            room.receive(pdu, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+    }
+    let stored_first = room.store().event_by_id(&first.0).unwrap().unwrap();
+    assert!(
+        stored_first.pdu().get("redacts").is_none(),
+        "{}",
+        stored_first.pdu()
+    );
+    assert_ne!(stored_first.meta.redacted_by, 0);
+    let stored = room.store().event_by_id(&message.0).unwrap().unwrap();
+    assert!(
+        stored.pdu()["content"].get("body").is_none(),
+        "{}",
+        stored.pdu()
+    );
+    assert_eq!(
+        stored.meta.redacted_by,
+        room.store().state().find_event(&first.0).unwrap().unwrap()
+    );
+}
+
 #[tokio::test]
 async fn a_gap_is_filled_with_one_get_missing_events_request() {
     let s = TestServer::start().await;

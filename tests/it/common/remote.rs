@@ -164,6 +164,11 @@ pub fn remote_pdu_in(
     draft: RemoteDraft<'_>,
     reference_hash: &dyn Fn(&str) -> Option<[u8; 32]>,
 ) -> (String, Value) {
+    // A redaction names its target in its content; before rooms v11, at the top level.
+    let redacts = (draft.kind == "m.room.redaction")
+        .then(|| draft.content.get("redacts").and_then(Value::as_str))
+        .flatten()
+        .map(str::to_owned);
     let built = ourwhats::core::pdu::build_referencing(
         version,
         ourwhats::core::pdu::PduTemplate {
@@ -176,7 +181,7 @@ pub fn remote_pdu_in(
             auth_events: draft.auth,
             depth: draft.depth,
             origin_server_ts: next_ts(),
-            redacts: None,
+            redacts,
         },
         reference_hash,
         REMOTE,

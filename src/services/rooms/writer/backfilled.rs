@@ -17,7 +17,6 @@ use super::redactions::apply_redaction;
 use super::relations::{adopt_pending_children, index_relation, relation_of};
 use super::remote_event::PduOutcome;
 use super::WriterContext;
-use crate::core::pdu;
 use crate::core::power_levels::PowerLevels;
 use crate::services::error::ServiceResult;
 use crate::services::records::encode;
@@ -37,8 +36,9 @@ pub(super) struct History {
     pub replaces: ShortEventId,
     /// The state before it has `joined` or `invited` history visibility.
     pub restricted_before: bool,
-    /// For a redaction: the power levels of the state before it, which judge it.
-    pub redaction_levels: Option<PowerLevels>,
+    /// For a redaction: the event it redacts (read from the event as it came) and the
+    /// power levels of the state before it, which judge it.
+    pub redaction: Option<(String, PowerLevels)>,
     /// Its history position.
     pub pos: u64,
 }
@@ -101,8 +101,8 @@ pub(super) fn place(
     // before their parent wait for it.
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
-    if let Some(target) = pdu::redaction_target(pdu) {
-        let levels = history.redaction_levels.as_ref();
+    if let Some((target, levels)) = &history.redaction {
+        let (target, levels) = (target.as_str(), Some(levels));
         if store.state.find_event(target)?.is_none() {
             // Its target is older still: it waits for it.
             let power = super::remote_event::has_power_to_redact(ctx, head, pdu, levels)?;

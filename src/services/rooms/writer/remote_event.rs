@@ -421,8 +421,10 @@ fn check_and_store(
                 .and_then(|k| before_map.get(&k).copied())
                 .unwrap_or(0),
             restricted_before: history_restricted(store, before_map)?,
-            redaction_levels: match pdu::redaction_target(&event.pdu) {
-                Some(_) => Some(levels_in(store, version, before_map)?),
+            // Read before the event is stored redacted: a redaction redacted in turn
+            // keeps its own target only in rooms v11 and later.
+            redaction: match pdu::redaction_target(&event.pdu) {
+                Some(target) => Some((target.to_owned(), levels_in(store, version, before_map)?)),
                 None => None,
             },
             pos,
@@ -470,6 +472,7 @@ fn check_and_store(
         own_key,
         given,
         gap,
+        redacts: pdu::redaction_target(&event.pdu).map(str::to_owned),
     };
     to_store(&mut event, version, redacted_by);
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
@@ -795,6 +798,9 @@ struct AcceptedStates {
     given: bool,
     /// Some of its prev events are not held: their state was told.
     gap: bool,
+    /// For a redaction, the event it redacts: read before the event is stored redacted
+    /// (a redaction redacted in turn keeps its target only in rooms v11 and later).
+    redacts: Option<String>,
 }
 
 /// Stores an accepted event: its timeline place, the forward extremities, the room's new
@@ -816,6 +822,7 @@ fn accept(
         own_key,
         given,
         gap,
+        redacts,
     } = states;
     let store = &ctx.store;
     let pdu = &event.pdu;
@@ -996,7 +1003,7 @@ fn accept(
     }
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
-    if let Some(target) = pdu::redaction_target(pdu) {
+    if let Some(target) = redacts.as_deref() {
         if store.state.find_event(target)?.is_none() {
             let power = has_power_to_redact(ctx, head, pdu, None)?;
             super::redactions::wait_for_target(
