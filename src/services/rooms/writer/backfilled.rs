@@ -13,7 +13,6 @@ use serde_json::Value;
 use super::head::RoomHead;
 use super::persist::Edges;
 use super::persist::{note_history_visibility, put_event, put_timeline_place, run_hooks};
-use super::redactions::apply_redaction;
 use super::relations::{adopt_pending_children, index_relation, relation_of};
 use super::remote_event::PduOutcome;
 use super::WriterContext;
@@ -102,20 +101,16 @@ pub(super) fn place(
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some((target, levels)) = &history.redaction {
-        let (target, levels) = (target.as_str(), Some(levels));
-        if store.state.find_event(target)?.is_none() {
-            // Its target is older still: it waits for it.
-            let power = super::remote_event::has_power_to_redact(ctx, head, pdu, levels)?;
-            super::redactions::wait_for_target(
-                store,
-                &mut batch,
-                (target, head.short),
-                short,
-                power,
-            )?;
-        } else if super::remote_event::may_redact(ctx, head, (pdu, target), levels)? {
-            redacted = apply_redaction(store, head, &mut batch, target, short)?;
-        }
+        // A target older still is not held yet: the redaction waits for it.
+        let event = (short, pdu);
+        redacted = super::remote_event::redact_or_wait(
+            ctx,
+            head,
+            &mut batch,
+            event,
+            target,
+            Some(levels),
+        )?;
     }
     // Readers check history visibility per event only in rooms that ever restricted it:
     // history may be where the room did.

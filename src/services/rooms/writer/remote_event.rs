@@ -1004,18 +1004,7 @@ fn accept(
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
     if let Some(target) = redacts.as_deref() {
-        if store.state.find_event(target)?.is_none() {
-            let power = has_power_to_redact(ctx, head, pdu, None)?;
-            super::redactions::wait_for_target(
-                store,
-                &mut batch,
-                (target, head.short),
-                short,
-                power,
-            )?;
-        } else if may_redact(ctx, head, (pdu, target), None)? {
-            redacted = apply_redaction(store, head, &mut batch, target, short)?;
-        }
+        redacted = redact_or_wait(ctx, head, &mut batch, (short, pdu), target, None)?;
     }
 
     record.extremities = extremities;
@@ -1306,6 +1295,30 @@ pub(super) fn may_redact(
         return Ok(true);
     }
     has_power_to_redact(ctx, head, redaction, levels)
+}
+
+/// Applies the redaction `short` (`pdu`) to `target` if it may (see [`may_redact`]),
+/// answering the target as it was; or, when the target is not held yet, keeps it
+/// waiting for it, with whether its sender has the power to redact by `levels` (else the
+/// room's current state).
+pub(super) fn redact_or_wait(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    batch: &mut crate::storage::Batch<'_>,
+    (short, pdu): (ShortEventId, &Value),
+    target: &str,
+    levels: Option<&PowerLevels>,
+) -> ServiceResult<Option<StoredEvent>> {
+    let store = &ctx.store;
+    if store.state.find_event(target)?.is_none() {
+        let power = has_power_to_redact(ctx, head, pdu, levels)?;
+        super::redactions::wait_for_target(store, batch, (target, head.short), short, power)?;
+        return Ok(None);
+    }
+    if may_redact(ctx, head, (pdu, target), levels)? {
+        return apply_redaction(store, head, batch, target, short);
+    }
+    Ok(None)
 }
 
 /// Whether a redaction and the event it redacts come from one server (see
