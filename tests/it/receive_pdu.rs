@@ -206,6 +206,34 @@ impl<'a> Room<'a> {
         graph::record(self.store(), short).unwrap().unwrap().status
     }
 
+    /// Bob's rename (to `name`, on his join `join_id`) that reaches us only as an auth
+    /// event of a message of his: held as an outlier. Answers the rename and the message.
+    async fn rename_held_as_outlier(
+        &self,
+        join_id: &str,
+        name: &str,
+    ) -> ((String, Value), (String, Value)) {
+        let levels = self.state_id("m.room.power_levels", "").await;
+        let rules = self.state_id("m.room.join_rules", "").await;
+        let prev = [join_id.to_owned()];
+        let rename = self.remote(
+            ("m.room.member", Some(BOB)),
+            json!({"membership": "join", "displayname": name}),
+            &prev,
+            &[levels.clone(), rules, join_id.to_owned()],
+        );
+        let said = self.remote(
+            ("m.room.message", None),
+            json!({"msgtype": "m.text", "body": "renamed"}),
+            &prev,
+            &[levels, rename.0.clone()],
+        );
+        let source = TestSource::holding(&[&rename]);
+        assert_eq!(self.receive(&said.1, &source).await, PduOutcome::Accepted);
+        assert_eq!(self.status(&rename.0), EventStatus::Outlier);
+        (rename, said)
+    }
+
     async fn fetch_event(&self, id: &str) -> StatusCode {
         self.alice
             .get(&format!("/rooms/{}/event/{id}", self.id))
@@ -562,24 +590,10 @@ async fn an_outlier_redacted_while_held_stays_redacted_once_it_takes_its_place()
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
+    let (rename, said) = room
+        .rename_held_as_outlier(&join_id, "Bob the Secret")
+        .await;
     let levels = room.state_id("m.room.power_levels", "").await;
-    let rules = room.state_id("m.room.join_rules", "").await;
-    // Bob's rename reaches us only as an auth event of a message: an outlier.
-    let rename = room.remote(
-        ("m.room.member", Some(BOB)),
-        json!({"membership": "join", "displayname": "Bob the Secret"}),
-        std::slice::from_ref(&join_id),
-        &[levels.clone(), rules, join_id.clone()],
-    );
-    let said = room.remote(
-        ("m.room.message", None),
-        json!({"msgtype": "m.text", "body": "renamed"}),
-        std::slice::from_ref(&join_id),
-        &[levels.clone(), rename.0.clone()],
-    );
-    let source = TestSource::holding(&[&rename]);
-    assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
-    assert_eq!(room.status(&rename.0), EventStatus::Outlier);
     // Bob redacts his rename.
     let redaction = room.remote(
         ("m.room.redaction", None),
@@ -900,24 +914,8 @@ async fn a_prev_event_held_only_as_an_outlier_takes_the_state_its_sender_tells_m
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
     let levels = room.state_id("m.room.power_levels", "").await;
-    let rules = room.state_id("m.room.join_rules", "").await;
     let state_at_join = room.current_state_ids().await;
-    // Bob's rename reaches us only as an auth event of a message: an outlier.
-    let rename = room.remote(
-        ("m.room.member", Some(BOB)),
-        json!({"membership": "join", "displayname": "Bob"}),
-        std::slice::from_ref(&join_id),
-        &[levels.clone(), rules, join_id.clone()],
-    );
-    let said = room.remote(
-        ("m.room.message", None),
-        json!({"msgtype": "m.text", "body": "renamed"}),
-        std::slice::from_ref(&join_id),
-        &[levels.clone(), rename.0.clone()],
-    );
-    let source = TestSource::holding(&[&rename]);
-    assert_eq!(room.receive(&said.1, &source).await, PduOutcome::Accepted);
-    assert_eq!(room.status(&rename.0), EventStatus::Outlier);
+    let (rename, _) = room.rename_held_as_outlier(&join_id, "Bob").await;
     // Our side of the fork: alice sets the topic.
     let topic = room.alice_sets_topic("ours").await;
     // Bob answers on our topic and on his rename.
