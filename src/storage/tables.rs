@@ -126,11 +126,11 @@ pub enum Table {
     /// reactions, thread replies) to an event not held yet, indexed once it gets its
     /// place. Owner: rooms.
     EventidPendingrelation,
-    /// `redacted event id -> (redaction short event id (u64 BE), power (u8))*`: accepted
-    /// redactions of an event not held yet (backfill goes from the newest history back),
-    /// applied when it comes; `power` is whether the redaction's sender had the power to
-    /// redact when it came. Owner: rooms.
-    EventidPendingredaction,
+    /// `short room id (u64 BE) ++ redacted event id -> (redaction short event id (u64 BE),
+    /// power (u8))*`: accepted redactions of an event not held yet (backfill goes from the
+    /// newest history back), applied when it comes; `power` is whether the redaction's
+    /// sender had the power to redact when it came. Owner: rooms.
+    ShortroomidEventidPendingredaction,
     /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
     AliasRoomid,
     /// `room_id 0xFF alias -> ()`. Owner: rooms.
@@ -271,7 +271,7 @@ impl Table {
         Table::EventidPendingchild,
         Table::ShorteventidStrippedstate,
         Table::EventidPendingrelation,
-        Table::EventidPendingredaction,
+        Table::ShortroomidEventidPendingredaction,
         Table::AliasRoomid,
         Table::RoomidAlias,
         Table::RoomidPublished,
@@ -348,7 +348,7 @@ impl Table {
             Table::EventidPendingchild => "eventid_pendingchild",
             Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
             Table::EventidPendingrelation => "eventid_pendingrelation",
-            Table::EventidPendingredaction => "eventid_pendingredaction",
+            Table::ShortroomidEventidPendingredaction => "shortroomid_eventid_pendingredaction",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",
             Table::RoomidPublished => "roomid_published",

@@ -639,7 +639,14 @@ impl Worker {
             if state.held.is_empty() {
                 continue;
             }
-            let items: Vec<Item> = state.held.iter().take(PER_PUSHER).copied().collect();
+            // A pusher retried after a failure tries one entry first: its batch is built
+            // before the first request, and a gateway still down would waste the rest.
+            let take = if state.backoff.is_some() {
+                1
+            } else {
+                PER_PUSHER
+            };
+            let items: Vec<Item> = state.held.iter().take(take).copied().collect();
             let (worker, pusher) = (Arc::clone(self), state.pusher.clone());
             let task = tasks.spawn(async move { worker.deliver(pusher, items).await });
             progress.tasks.insert(task.id(), pusher_key.clone());

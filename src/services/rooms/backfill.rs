@@ -228,6 +228,7 @@ mod tests {
             forward: false,
             given_state: None,
             history_pos: None,
+            redacted_by: 0,
             gap_states: Vec::new(),
         }
     }

@@ -15,8 +15,8 @@
 //! `shorteventid_pdu` (emptied by [`migrations`]), `shorteventid_meta`, `shortroomid_pos_shorteventid`, `pos_shortroomid`,
 //! `userid_roomid_membership`, `txnid_eventid`, `shorteventid_txnid`, `relates_pos_child`,
 //! `shortroomid_threadpos`, `threadroot_latestpos`, `shorteventid_aggregates`,
-//! `eventid_pendingrelation`, `eventid_pendingredaction`, `alias_roomid`, `roomid_alias`,
-//! `roomid_published` and the state store's tables.
+//! `eventid_pendingrelation`, `shortroomid_eventid_pendingredaction`, `alias_roomid`,
+//! `roomid_alias`, `roomid_published` and the state store's tables.
 
 pub mod aggregates;
 pub mod aliases;

@@ -407,6 +407,7 @@ impl Rooms {
                 forward: false,
                 given_state: None,
                 history_pos: None,
+                redacted_by: 0,
                 gap_states,
             },
         })))

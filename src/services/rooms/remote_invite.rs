@@ -199,6 +199,7 @@ impl Rooms {
             forward: true,
             given_state: None,
             history_pos: None,
+            redacted_by: 0,
             gap_states: Vec::new(),
         };
         match self.writers.receive(room_id, event).await? {

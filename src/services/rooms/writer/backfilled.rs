@@ -35,6 +35,8 @@ pub(super) struct History {
     pub replaces: ShortEventId,
     /// The state before it has `joined` or `invited` history visibility.
     pub restricted_before: bool,
+    /// The redaction it is stored under (0: none; its PDU is then redacted already).
+    pub redacted_by: ShortEventId,
     /// For a redaction: the event it redacts (read from the event as it came) and the
     /// power levels of the state before it, which judge it.
     pub redaction: Option<(String, PowerLevels)>,
@@ -83,7 +85,7 @@ pub(super) fn place(
         state_before: history.before,
         state_after: history.after,
         replaces: history.replaces,
-        redacted_by: 0,
+        redacted_by: history.redacted_by,
     };
     put_event(&mut batch, (short, event_id), pdu, &meta);
     put_timeline_place(&mut batch, (short, event_id), pdu, &meta);

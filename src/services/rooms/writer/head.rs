@@ -39,6 +39,9 @@ pub(super) struct RoomHead {
     /// The other servers' joined members, read from the current state when first needed
     /// and kept current after each member event.
     pub(super) remote_servers: Option<RemoteJoined>,
+    /// Whether redactions may wait for their targets in this room (see the writer's
+    /// `redactions`), looked up when first needed; turned on when one starts waiting.
+    pub(super) redactions_waiting: Option<bool>,
 }
 
 /// Other servers' joined members of a room, and the servers they make up.
@@ -98,6 +101,7 @@ impl RoomHead {
             power_levels: None,
             extremities: None,
             remote_servers: None,
+            redactions_waiting: None,
         })
     }
 

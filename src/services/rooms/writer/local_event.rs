@@ -61,6 +61,7 @@ pub(super) fn create_room(
         power_levels: None,
         extremities: Some(Vec::new()),
         remote_servers: Some(RemoteJoined::default()),
+        redactions_waiting: Some(false),
     };
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());

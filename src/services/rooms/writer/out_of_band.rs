@@ -112,6 +112,7 @@ pub(super) fn write(
                 forward: false,
                 given_state: None,
                 history_pos: None,
+                redacted_by: 0,
                 gap_states: Vec::new(),
             };
             put_without_place(

@@ -12,7 +12,7 @@ use crate::services::rooms::state_store::ShortEventId;
 use crate::storage::{Batch, Table};
 
 use super::head::RoomHead;
-use super::relations::{rebuild_aggregates, relation_of};
+use super::relations::{rebuild_aggregates, relation_of, MAX_EVENT_ID};
 use super::{EventDraft, WriterContext};
 
 /// Client-server rules on redactions beyond the auth rules: the target must be in this
@@ -97,41 +97,6 @@ pub(super) fn apply_redaction(
     Ok(Some(target))
 }
 
-/// Records again that the event `short` was redacted by `redaction`, after it was written
-/// anew in the redacted form we held (an outlier redacted while it had no place, then
-/// given one): its record and the copy its timeline entry carries.
-pub(super) fn keep_redaction(
-    store: &EventStore,
-    head: &mut RoomHead,
-    short: ShortEventId,
-    redaction: ShortEventId,
-) -> ServiceResult<()> {
-    let event = store.event(short)?;
-    if event.meta.redacted_by == redaction {
-        return Ok(());
-    }
-    let meta = EventMeta {
-        redacted_by: redaction,
-        ..event.meta
-    };
-    let mut batch = store.db.batch();
-    batch.put(
-        Table::ShorteventidMeta,
-        short.to_be_bytes(),
-        meta.encode_with_id(&event.event_id),
-    );
-    if event.has_timeline_place() {
-        batch.put(
-            Table::ShortroomidPosShorteventid,
-            timeline_key(meta.room, meta.pos),
-            timeline_value(short, &meta, &event.event_id),
-        );
-    }
-    store.db.write_relaxed(batch)?;
-    head.cache.remove(&short);
-    Ok(())
-}
-
 /// Redactions kept waiting for one event in one room at most (more are accepted but not
 /// kept).
 const MAX_WAITING: usize = 16;
@@ -139,13 +104,38 @@ const MAX_WAITING: usize = 16;
 const WAITING_LEN: usize = 9;
 
 /// The key of the redactions waiting for `target_id` in the room `room`: each room's
-/// writer keeps its own (another room's cannot fill its places).
+/// writer keeps its own (another room's cannot fill its places), under the room's prefix.
 fn waiting_key(target_id: &str, room: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(target_id.len() + 9);
-    key.extend_from_slice(target_id.as_bytes());
-    key.push(0xFF);
+    let mut key = Vec::with_capacity(8 + target_id.len());
     key.extend_from_slice(&room.to_be_bytes());
+    key.extend_from_slice(target_id.as_bytes());
     key
+}
+
+/// Whether any redaction may wait in the room of `head`: looked up once per head, so
+/// that the events of a room without any cost no read.
+fn may_wait(store: &EventStore, head: &mut RoomHead) -> ServiceResult<bool> {
+    if let Some(known) = head.redactions_waiting {
+        return Ok(known);
+    }
+    let prefix = head.short.to_be_bytes();
+    let any = match store
+        .db
+        .scan_prefix(Table::ShortroomidEventidPendingredaction, &prefix)
+        .next()
+    {
+        Some(entry) => entry.map(|_| true)?,
+        None => false,
+    };
+    head.redactions_waiting = Some(any);
+    Ok(any)
+}
+
+/// Whether a redaction naming `target_id` may wait for it: the id is the sender's word,
+/// and one that cannot name an event (not `$…`, or longer than the spec's 255 bytes)
+/// never comes, so its row would stay for good.
+fn may_be_waited_for(target_id: &str) -> bool {
+    target_id.len() <= MAX_EVENT_ID && target_id.starts_with('$')
 }
 
 /// Keeps an accepted redaction whose target is not held yet, to be applied when the
@@ -154,36 +144,44 @@ fn waiting_key(target_id: &str, room: u64) -> Vec<u8> {
 /// came; without it, the redaction applies only if both come from one server.
 pub(super) fn wait_for_target(
     store: &EventStore,
+    head: &mut RoomHead,
     batch: &mut Batch<'_>,
-    (target_id, room): (&str, u64),
-    redaction: ShortEventId,
-    power: bool,
+    target_id: &str,
+    (redaction, power): (ShortEventId, bool),
 ) -> ServiceResult<()> {
-    let key = waiting_key(target_id, room);
+    if !may_be_waited_for(target_id) {
+        return Ok(());
+    }
+    head.redactions_waiting = Some(true);
+    let key = waiting_key(target_id, head.short);
     let mut waiting = store
         .db
-        .get(Table::EventidPendingredaction, &key)?
+        .get(Table::ShortroomidEventidPendingredaction, &key)?
         .unwrap_or_default();
     if waiting.len() >= MAX_WAITING * WAITING_LEN {
         return Ok(());
     }
     waiting.extend_from_slice(&redaction.to_be_bytes());
     waiting.push(u8::from(power));
-    batch.put(Table::EventidPendingredaction, key, waiting);
+    batch.put(Table::ShortroomidEventidPendingredaction, key, waiting);
     Ok(())
 }
 
-/// The redactions waiting for `event_id` in the room `room` (see [`wait_for_target`]),
+/// The redactions waiting for `event_id` in the room of `head` (see [`wait_for_target`]),
 /// in the order they came: each one's short id and whether its sender had the power to
 /// redact.
 pub(super) fn waiting_for(
     store: &EventStore,
+    head: &mut RoomHead,
     event_id: &str,
-    room: u64,
 ) -> ServiceResult<Vec<(ShortEventId, bool)>> {
-    let Some(waiting) = store
-        .db
-        .get(Table::EventidPendingredaction, waiting_key(event_id, room))?
+    if !may_wait(store, head)? {
+        return Ok(Vec::new());
+    }
+    let Some(waiting) = store.db.get(
+        Table::ShortroomidEventidPendingredaction,
+        waiting_key(event_id, head.short),
+    )?
     else {
         return Ok(Vec::new());
     };
@@ -199,7 +197,29 @@ pub(super) fn waiting_for(
 /// The redactions waiting for `event_id` in the room `room` are done with (it came).
 pub(super) fn stop_waiting(store: &EventStore, event_id: &str, room: u64) -> ServiceResult<()> {
     let mut batch = store.db.batch();
-    batch.delete(Table::EventidPendingredaction, waiting_key(event_id, room));
+    batch.delete(
+        Table::ShortroomidEventidPendingredaction,
+        waiting_key(event_id, room),
+    );
     store.db.write_relaxed(batch)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_can_be_an_event_id_is_waited_for() {
+        assert!(may_be_waited_for(
+            "$yRzSgsydKkkEcwFZKVQDQoFvFRSDBvnyvjvXVoMRV7I"
+        ));
+        assert!(may_be_waited_for("$old-style:example.org"));
+        assert!(!may_be_waited_for(&format!(
+            "${}",
+            "a".repeat(MAX_EVENT_ID)
+        )));
+        assert!(!may_be_waited_for("not an id"));
+        assert!(!may_be_waited_for(""));
+    }
 }

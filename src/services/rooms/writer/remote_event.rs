@@ -81,6 +81,9 @@ pub struct RemoteEvent {
     /// event is of the room's past, fetched by backfill, and is placed there without
     /// changing the room's present (see the writer's `backfilled` module).
     pub history_pos: Option<u64>,
+    /// The redaction it is stored under: 0 as it comes. The writer sets it, and keeps
+    /// the PDU redacted, when a redaction held before it applies (see `receive`).
+    pub redacted_by: ShortEventId,
 }
 
 /// What became of a remote event.
@@ -133,7 +136,7 @@ pub(super) fn receive(
         auth_index::forget_height(&mut batch, short);
         store.db.write_relaxed(batch)?;
         // Redacted while it was held without a place: it stays redacted.
-        redacted_by = store.event(short)?.meta.redacted_by;
+        redacted_by = store.meta(short)?.redacted_by;
     }
     let mut waited = false;
     if redacted_by == 0 {
@@ -141,7 +144,7 @@ pub(super) fn receive(
         redacted_by = applies.unwrap_or(0);
         waited = any;
     }
-    let event_id = (redacted_by != 0 || waited).then(|| event.event_id.clone());
+    let event_id = waited.then(|| event.event_id.clone());
     let outcome = check_and_store(ctx, head, event, written, (existing, redacted_by))?;
     let stored = matches!(
         outcome,
@@ -151,14 +154,7 @@ pub(super) fn receive(
             | PduOutcome::Rejected(_)
     );
     if let (Some(event_id), true) = (event_id, stored) {
-        if redacted_by != 0 {
-            if let Some(short) = store.state.find_event(&event_id)? {
-                super::redactions::keep_redaction(store, head, short, redacted_by)?;
-            }
-        }
-        if waited {
-            super::redactions::stop_waiting(store, &event_id, head.short)?;
-        }
+        super::redactions::stop_waiting(store, &event_id, head.short)?;
     }
     Ok(outcome)
 }
@@ -168,11 +164,11 @@ pub(super) fn receive(
 /// waits for it.
 fn waiting_redaction(
     ctx: &WriterContext,
-    head: &RoomHead,
+    head: &mut RoomHead,
     event: &RemoteEvent,
 ) -> ServiceResult<(Option<ShortEventId>, bool)> {
     let store = &ctx.store;
-    let waiting = super::redactions::waiting_for(store, &event.event_id, head.short)?;
+    let waiting = super::redactions::waiting_for(store, head, &event.event_id)?;
     let sender = event
         .pdu
         .get("sender")
@@ -180,11 +176,7 @@ fn waiting_redaction(
         .unwrap_or("");
     let target = (sender, event.event_id.as_str());
     for &(redaction, power) in &waiting {
-        let redaction_event = store.event(redaction)?;
-        if redaction_event.meta.room != head.short {
-            continue;
-        }
-        if power || same_origin(head.version, redaction_event.pdu(), target) {
+        if power || same_origin(head.version, store.event(redaction)?.pdu(), target) {
             return Ok((Some(redaction), true));
         }
     }
@@ -197,6 +189,7 @@ fn waiting_redaction(
 fn to_store(event: &mut RemoteEvent, version: RoomVersion, redacted_by: ShortEventId) {
     if redacted_by != 0 {
         event.pdu = crate::core::redaction::redact(&event.pdu, version);
+        event.redacted_by = redacted_by;
     }
 }
 
@@ -421,6 +414,7 @@ fn check_and_store(
                 .and_then(|k| before_map.get(&k).copied())
                 .unwrap_or(0),
             restricted_before: history_restricted(store, before_map)?,
+            redacted_by,
             // Read before the event is stored redacted: a redaction redacted in turn
             // keeps its own target only in rooms v11 and later.
             redaction: match pdu::redaction_target(&event.pdu) {
@@ -453,7 +447,7 @@ fn check_and_store(
                 state_before,
                 state_after,
                 replaces: 0,
-                redacted_by: 0,
+                redacted_by,
             };
             let state_key = auth_index::state_key_of(store, &event.pdu)?;
             graph::write(&mut batch, short, &graph_record, state_key);
@@ -764,7 +758,7 @@ pub(super) fn put_without_place(
         state_before,
         state_after,
         replaces: 0,
-        redacted_by: 0,
+        redacted_by: event.redacted_by,
     };
     if matches!(
         graph_record.status,
@@ -939,7 +933,7 @@ fn accept(
         state_before,
         state_after,
         replaces,
-        redacted_by: 0,
+        redacted_by: event.redacted_by,
     };
     put_event(&mut batch, (short, event_id), pdu, &meta);
     put_timeline_place(&mut batch, (short, event_id), pdu, &meta);
@@ -1275,32 +1269,16 @@ fn rolled_back(
     Ok(false)
 }
 
+/// Applies the redaction `short` (`pdu`) to the event `target` if it may, answering
+/// the target as it was; or, when the target is not held yet, keeps it waiting for it
+/// (see the writer's `redactions`).
+///
 /// Spec: room versions 3 and later, "Handling redactions": a redaction takes effect when
 /// its sender is of the same server as the redacted event's sender, or has the power to
 /// redact; otherwise it is kept without effect. In rooms v1 and v2 the auth rules judged
 /// it (rule 11); their other way, both event ids naming one server, also counts here.
-///
 /// The power is read from `levels` when given (a redaction of the room's past is judged
 /// by the state before it), else from the room's current state.
-pub(super) fn may_redact(
-    ctx: &WriterContext,
-    head: &mut RoomHead,
-    (redaction, target): (&Value, &str),
-    levels: Option<&PowerLevels>,
-) -> ServiceResult<bool> {
-    let Some(target) = ctx.store.event_by_id(target)? else {
-        return Ok(false);
-    };
-    if same_origin(head.version, redaction, (target.sender(), &target.event_id)) {
-        return Ok(true);
-    }
-    has_power_to_redact(ctx, head, redaction, levels)
-}
-
-/// Applies the redaction `short` (`pdu`) to `target` if it may (see [`may_redact`]),
-/// answering the target as it was; or, when the target is not held yet, keeps it
-/// waiting for it, with whether its sender has the power to redact by `levels` (else the
-/// room's current state).
 pub(super) fn redact_or_wait(
     ctx: &WriterContext,
     head: &mut RoomHead,
@@ -1310,19 +1288,21 @@ pub(super) fn redact_or_wait(
     levels: Option<&PowerLevels>,
 ) -> ServiceResult<Option<StoredEvent>> {
     let store = &ctx.store;
-    if store.state.find_event(target)?.is_none() {
+    let Some(held) = store.event_by_id(target)? else {
         let power = has_power_to_redact(ctx, head, pdu, levels)?;
-        super::redactions::wait_for_target(store, batch, (target, head.short), short, power)?;
+        super::redactions::wait_for_target(store, head, batch, target, (short, power))?;
         return Ok(None);
-    }
-    if may_redact(ctx, head, (pdu, target), levels)? {
+    };
+    if same_origin(head.version, pdu, (held.sender(), &held.event_id))
+        || has_power_to_redact(ctx, head, pdu, levels)?
+    {
         return apply_redaction(store, head, batch, target, short);
     }
     Ok(None)
 }
 
 /// Whether a redaction and the event it redacts come from one server (see
-/// [`may_redact`]): their senders', or in rooms v1 and v2 their event ids'.
+/// [`redact_or_wait`]): their senders', or in rooms v1 and v2 their event ids'.
 pub(super) fn same_origin(
     version: RoomVersion,
     redaction: &Value,
