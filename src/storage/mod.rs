@@ -245,6 +245,13 @@ impl Batch<'_> {
         self.batch.delete_cf(self.db.cf(table), key);
     }
 
+    /// Removes every key of `table` from `from` (included) to `to` (excluded), as one
+    /// range tombstone: no read, one write however many keys there are.
+    pub fn delete_range(&mut self, table: Table, from: impl AsRef<[u8]>, to: impl AsRef<[u8]>) {
+        self.batch
+            .delete_range_cf(self.db.cf(table), from.as_ref(), to.as_ref());
+    }
+
     /// Number of operations in the batch.
     pub fn len(&self) -> usize {
         self.batch.len()

@@ -682,3 +682,66 @@ async fn pushes_held_back_by_a_failing_gateway_leave_in_order_with_the_current_b
     assert_eq!(gateway.received().len(), 5);
     s.stop().await;
 }
+
+/// Passed entries are deleted while a pusher whose gateway fails is still behind them:
+/// the pushers that move on must not take its entries with theirs. A restart makes the
+/// pusher behind read its entries from the queue again.
+#[tokio::test]
+async fn a_pusher_kept_behind_by_its_gateway_still_gets_what_others_have_passed() {
+    let mut s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let (bobs_gateway, bobs_url) = Gateway::start().await;
+    let (carols_gateway, carols_url) = Gateway::start().await;
+    // Bob's gateway refuses everything for now; carol's pushes go through, and the queue
+    // behind them is cleared (at most once a second) while bob's pusher backs off.
+    bobs_gateway
+        .answers
+        .lock()
+        .unwrap()
+        .extend(std::iter::repeat_n((500, json!({})), 1_000));
+    assert_eq!(
+        set(&bob, pusher(&bobs_url, "bob-phone")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        set(&carol, pusher(&carols_url, "carol-phone")).await.0,
+        StatusCode::OK
+    );
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let mut sent = Vec::new();
+    for n in 0..4 {
+        sent.push(alice.text(&room, &format!("message {n}")).await);
+        assert_eq!(carols_gateway.wait_for(n + 1).await.len(), n + 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Past bob's second try (1 s after the first), each try a pass that may delete.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let ids = |bodies: &[Value]| -> Vec<Value> {
+        bodies
+            .iter()
+            .map(|b| b["notification"]["event_id"].clone())
+            .collect()
+    };
+    let expected: Vec<Value> = sent.iter().map(|id| json!(id)).collect();
+    assert_eq!(ids(&carols_gateway.received()), expected);
+    drop((alice, bob, carol));
+
+    // After the restart bob's gateway takes everything: all four, in order.
+    s.restart_with(allow_loopback).await;
+    let tried = bobs_gateway.received().len();
+    assert!(tried >= 2, "tried and refused before the restart: {tried}");
+    bobs_gateway.answers.lock().unwrap().clear();
+    bobs_gateway.wait_for(tried + 4).await;
+    // A try refused between the restart and the line above is retried after 1 s.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let got = bobs_gateway.received();
+    assert_eq!(ids(&got[got.len() - 4..]), expected, "{got:?}");
+    assert_eq!(carols_gateway.received().len(), 4, "nothing pushed twice");
+    s.stop().await;
+}

@@ -12,11 +12,11 @@
 //! at once), so a slow or dead gateway holds up only its own pushers. A pusher whose
 //! gateway fails keeps its place and is retried with a doubling back-off (1 s to 5 min);
 //! entries queued more than a day ago are skipped unsent; the pushkeys a gateway answers
-//! as `rejected` lose their pusher. Entries every pusher has passed are deleted. The
-//! worker runs on a background thread at the lowest CPU priority
-//! ([`crate::services::background`]), so that sends keep their pace on a busy server,
-//! and its writes are made on the server's own threads ([`Writes`]). Gateway
-//! URLs are user input: the HTTP client resolves them through the same address guard as
+//! as `rejected` lose their pusher. Entries every pusher has passed are deleted (one
+//! range at most once a second). The worker runs on a background thread at the lowest
+//! CPU priority ([`crate::services::background`]), so that sends keep their pace on a
+//! busy server, and its writes are made on the server's own threads ([`Writes`]).
+//! Gateway URLs are user input: the HTTP client resolves them through the same address guard as
 //! federation (`federation.ip_range_allowlist` opens private ranges) and follows no
 //! redirect.
 
@@ -45,6 +45,9 @@ const PER_PUSHER: usize = 50;
 const HELD_PER_PUSHER: usize = 1_000;
 /// Queue entries read per pass.
 const READ_PER_PASS: usize = 10_000;
+/// Passed entries are deleted at most this often: each deletion is one range tombstone
+/// (cheap to write, but every read of the queue steps over those not yet compacted).
+const DELETE_EVERY: Duration = Duration::from_secs(1);
 /// Pushers delivered to at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// How long a gateway gets to answer.
@@ -157,6 +160,8 @@ struct Progress {
     /// Entries at or before it are deleted.
     deleted_upto: u64,
     started: bool,
+    /// When entries were last deleted.
+    last_delete: Option<Instant>,
     /// The pusher each delivery task serves.
     tasks: HashMap<tokio::task::Id, Vec<u8>>,
     /// The pusher index as last followed, when nothing of it was left for a later pass:
@@ -202,12 +207,7 @@ impl Writes {
             queue::put_cursor(&mut batch, &pusher.key(), *cursor);
         }
         if let Some((after, upto)) = self.delete {
-            let from = queue::entry_key(after.saturating_add(1));
-            let to = queue::entry_key(upto.saturating_add(1));
-            for entry in db.scan_range(Table::PosPushqueue, &from, &to, false) {
-                let (key, _) = entry?;
-                batch.delete(Table::PosPushqueue, key);
-            }
+            queue::delete_entries(&mut batch, after, upto);
         }
         if !batch.is_empty() {
             db.write_relaxed(batch)?;
@@ -569,15 +569,19 @@ impl Worker {
             published
         };
 
-        // New entries, read once, offered to the pushers of their users.
-        let mut by_user: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+        // New entries, read once, offered to the pushers of the users they list (by tag:
+        // a user whose tag only collides gets nothing from it, see [`queue`]). The map
+        // owns its copies, so that the offers reach the pushers' states after the reads.
+        let mut by_tag: HashMap<u32, Vec<(String, Vec<u8>)>> = HashMap::new();
         for (key, state) in &progress.pushers {
-            by_user
-                .entry(state.pusher.user_id.as_str())
+            let user = &state.pusher.user_id;
+            by_tag
+                .entry(queue::user_tag(user))
                 .or_default()
-                .push(key.clone());
+                .push((user.clone(), key.clone()));
         }
-        let mut offers: Vec<(Vec<u8>, Item)> = Vec::new();
+        let mut offers: Vec<(&[u8], Item)> = Vec::new();
+        let mut noted: Vec<(&str, u64, u64)> = Vec::new();
         let from = queue::entry_key(progress.reader.saturating_add(1));
         let to = queue::entry_key(published.saturating_add(1));
         let mut reader = published;
@@ -603,21 +607,20 @@ impl Worker {
                 event: queued.event,
                 queued: queued.queued,
             };
-            self.push.badge.added(
-                queued
-                    .users
-                    .iter()
-                    .map(|user| (user.as_str(), queued.room, pos)),
-            );
-            for user in &queued.users {
-                for pusher_key in by_user.get(user.as_str()).into_iter().flatten() {
-                    offers.push((pusher_key.clone(), item));
-                }
+            for (user, pusher_key) in queued
+                .tags
+                .iter()
+                .filter_map(|tag| by_tag.get(tag))
+                .flatten()
+            {
+                // A user with several pushers is noted once per pusher: the same room.
+                noted.push((user, queued.room, pos));
+                offers.push((pusher_key, item));
             }
         }
-        drop(by_user);
+        self.push.badge.added(noted);
         for (pusher_key, item) in offers {
-            if let Some(state) = progress.pushers.get_mut(&pusher_key) {
+            if let Some(state) = progress.pushers.get_mut(pusher_key) {
                 state.offer(item);
             }
         }
@@ -675,9 +678,13 @@ impl Worker {
         }
         let mut writes = Writes::default();
         progress.take_unsaved(&mut writes);
-        if floor > progress.deleted_upto {
+        let due = progress
+            .last_delete
+            .is_none_or(|at| now.duration_since(at) >= DELETE_EVERY);
+        if floor > progress.deleted_upto && due {
             writes.delete = Some((progress.deleted_upto, floor));
             progress.deleted_upto = floor;
+            progress.last_delete = Some(now);
         }
         Ok(writes)
     }
@@ -758,6 +765,7 @@ impl Worker {
         let after = state.held.back().map_or(state.cursor, |last| last.pos);
         let from = queue::entry_key(after.saturating_add(1));
         let to = queue::entry_key(reader.saturating_add(1));
+        let tag = queue::user_tag(&state.pusher.user_id);
         for entry in self
             .push
             .db
@@ -768,7 +776,7 @@ impl Worker {
             else {
                 continue;
             };
-            if !queued.lists(&state.pusher.user_id) {
+            if !queued.lists(tag) {
                 continue;
             }
             if state.held.len() >= HELD_PER_PUSHER {

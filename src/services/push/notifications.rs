@@ -167,8 +167,12 @@ impl NewEventHook for Push {
             }
         }
         if !to_push.is_empty() {
-            let entry =
-                QueuedEvent::encode(event.room, event.short, crate::services::now_ms(), &to_push);
+            let entry = QueuedEvent::encode(
+                event.room,
+                event.short,
+                crate::services::now_ms(),
+                to_push.iter().copied(),
+            );
             queue::put_entry(batch, event.pos, entry);
             self.delivery.queued_at(event.pos);
         }
