@@ -655,7 +655,8 @@ async fn an_outlier_redacted_while_held_stays_redacted_once_it_takes_its_place()
 
 /// A redaction that comes before the event it redacts (backfill goes from the newest
 /// history back; here a fork delivered out of order) waits for it, and the event is
-/// stored redacted when it comes (it used to be stored and shown whole).
+/// stored redacted when it comes (it used to be stored and shown whole), notifying
+/// nobody.
 #[tokio::test]
 async fn a_redaction_that_comes_before_its_target_applies_when_the_target_comes() {
     let s = TestServer::start().await;
@@ -736,6 +737,16 @@ async fn a_redaction_that_comes_before_its_target_applies_when_the_target_comes(
         found["search_categories"]["room_events"]["count"], 1,
         "{found}"
     );
+    // Nor does it notify alice, as the message told later does.
+    let (status, listed) = room.alice.get("/notifications").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let ids: Vec<&Value> = listed["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["event"]["event_id"])
+        .collect();
+    assert_eq!(ids, [told.0.as_str()], "{listed}");
 }
 
 /// Before rooms v11 a redaction names its target at the top level, which the redaction

@@ -1439,3 +1439,54 @@ async fn the_event_stream_keeps_to_other_rooms_and_leaves_to_device_messages_to_
         "{next}"
     );
 }
+
+/// A redacted message notifies no more (as in Synapse, which deletes its push actions):
+/// it leaves the unread counts, a count made before the redaction is not served after it,
+/// and `/notifications` forgets it; the messages around it still count.
+#[tokio::test]
+async fn a_redacted_message_leaves_the_unread_counts_and_the_notifications() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let start = bob.sync("").await;
+    alice.text(&room, "one").await;
+    let regretted = alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "bob: oops", "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    alice.text(&room, "three").await;
+    // Counted (and the count remembered) before the redaction.
+    let before = bob.sync_since(&start["next_batch"]).await;
+    assert_eq!(unread(&before, &room), (3, 1));
+
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/redact/{regretted}/r1"),
+            json!({"reason": "wrong room"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = bob.sync_since(&before["next_batch"]).await;
+    assert_eq!(unread(&after, &room), (2, 0), "{after}");
+    let (status, listed) = bob.get("/notifications").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let ids: Vec<&Value> = listed["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| &n["event"]["event_id"])
+        .collect();
+    assert_eq!(ids.len(), 2, "{listed}");
+    assert!(!ids.contains(&&json!(regretted)), "{listed}");
+    let (_, highlights) = bob.get("/notifications?only=highlight").await;
+    assert_eq!(highlights["notifications"], json!([]), "{highlights}");
+
+    // Counting goes on as before.
+    alice.text(&room, "four").await;
+    let more = bob.sync_since(&after["next_batch"]).await;
+    assert_eq!(unread(&more, &room), (3, 0));
+}

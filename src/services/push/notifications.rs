@@ -19,6 +19,7 @@ use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
 use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::error::{ServiceError, ServiceResult};
+use crate::services::rooms::stored_event::StoredEvent;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{keys, Batch, Table};
 
@@ -103,8 +104,11 @@ fn thread_root(pdu: &Value) -> Option<&str> {
 
 impl NewEventHook for Push {
     fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> ServiceResult<()> {
-        if event.historical {
-            // History fetched from other servers is not news to anyone.
+        if let Some(target) = event.redacted {
+            self.forget_notifications(event, target, batch);
+        }
+        if !event.news {
+            // History fetched from other servers, or an event redacted before it came.
             return Ok(());
         }
         let sender = event
@@ -181,6 +185,30 @@ impl NewEventHook for Push {
 }
 
 impl Push {
+    /// A redacted event notifies no more (as in Synapse, which deletes its push actions):
+    /// the entries it left for the room's local members go, in the redaction's batch, so
+    /// it leaves the unread counts and `/notifications`, and a push not yet sent is not
+    /// sent. Members who have left since keep theirs (their counts are not shown).
+    fn forget_notifications(
+        &self,
+        event: &NewEvent<'_>,
+        target: &StoredEvent,
+        batch: &mut Batch<'_>,
+    ) {
+        // Counts made before the redaction commits are neither kept nor used: those that
+        // end before its position (a backfilled redaction's position is in the room's
+        // past, so at least past what the stream has published).
+        let barrier = event.pos.max(self.stream.watermark().saturating_add(1));
+        for member in event.local_members {
+            batch.delete(
+                Table::UseridShortroomidPosNotify,
+                entry_key(&member.user_id, target.meta.room, target.meta.pos),
+            );
+            self.unread
+                .forget_before(&member.user_id, target.meta.room, barrier);
+        }
+    }
+
     /// The actions of the rule that made the event at `pos` in `room` notify `user_id`,
     /// if it did.
     pub(super) fn notified_actions(

@@ -131,7 +131,7 @@ pub(super) fn place(
         head,
         (pdu, short, pos),
         redacted.as_ref(),
-        true,
+        false,
         &mut batch,
     )?;
     store.db.write_relaxed(batch)?;

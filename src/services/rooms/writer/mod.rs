@@ -205,9 +205,10 @@ pub struct NewEvent<'a> {
     pub notification_levels: Option<&'a serde_json::Map<String, Value>>,
     /// For a redaction that applies: the redacted event as it was before.
     pub redacted: Option<&'a StoredEvent>,
-    /// The event is of the room's past, fetched from another server (backfill): nobody
-    /// is notified of it.
-    pub historical: bool,
+    /// Whether the event is news to the room's members. It is not when it is of the
+    /// room's past, fetched from another server (backfill), nor when it was redacted
+    /// before it came (its redaction arrived first): nobody is notified of those.
+    pub news: bool,
 }
 
 /// Called by the room writers for every event, with the event's batch, so that what it

@@ -32,7 +32,7 @@ pub(super) fn run_hooks(
     head: &mut RoomHead,
     (pdu, short, pos): (&Value, ShortEventId, u64),
     redacted: Option<&StoredEvent>,
-    historical: bool,
+    news: bool,
     batch: &mut Batch<'_>,
 ) -> ServiceResult<()> {
     if ctx.hooks.is_empty() {
@@ -61,7 +61,7 @@ pub(super) fn run_hooks(
         power_levels: &power_levels,
         notification_levels,
         redacted,
-        historical,
+        news,
     };
     for hook in &ctx.hooks {
         hook.new_event(&event, batch)?;
@@ -188,7 +188,7 @@ pub(super) fn write_event(
         head,
         (pdu, short, pos),
         redacted.as_ref(),
-        false,
+        true,
         &mut batch,
     )?;
     // Our event goes to every other server in the room, and to a member event's

@@ -1015,7 +1015,7 @@ fn accept(
         head,
         (pdu, short, pos),
         redacted.as_ref(),
-        false,
+        event.redacted_by == 0,
         &mut batch,
     )?;
     let mut destinations = BTreeSet::new();
