@@ -1714,3 +1714,79 @@ async fn in_a_v1_room_another_event_under_a_held_id_is_dropped() {
     let held = room.store().event_by_id(&join_id).unwrap().unwrap();
     assert_eq!(held.pdu()["type"], "m.room.member");
 }
+
+/// Whether a redaction of another server's event takes effect is judged by the power
+/// levels before it, as its own server judged it (Synapse: the redaction's auth events),
+/// not by the room's state when it reaches us: a redaction made on a fork before bob was
+/// given the power does not apply though he has it now, and one made before he lost it
+/// applies though he has lost it since.
+#[tokio::test]
+async fn a_redaction_is_judged_by_the_power_its_sender_had_where_it_was_made() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let set_bobs_level = |level: u64| {
+        let room = &room;
+        async move {
+            let (status, mut levels) = room
+                .alice
+                .get(&format!("/rooms/{}/state/m.room.power_levels/", room.id))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{levels}");
+            levels["users"][BOB] = json!(level);
+            let (status, body) = room
+                .alice
+                .put(
+                    &format!("/rooms/{}/state/m.room.power_levels/", room.id),
+                    levels,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let redacted = |id: String| {
+        let room = &room;
+        async move {
+            let (status, body) = room
+                .alice
+                .get(&format!("/rooms/{}/event/{id}", room.id))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["content"] == json!({})
+        }
+    };
+    let bob_redacts = |target: &str, prev: &str, levels: &str| {
+        room.remote(
+            ("m.room.redaction", None),
+            json!({"redacts": target}),
+            &[prev.to_owned()],
+            &[levels.to_owned(), join_id.clone()],
+        )
+    };
+
+    // Without power where he redacted; promoted since.
+    let levels_before = room.state_id("m.room.power_levels", "").await;
+    let first = room.alice.text(&room.id, "first").await;
+    set_bobs_level(50).await;
+    let refused = bob_redacts(&first, &first, &levels_before);
+    assert_eq!(
+        room.receive(&refused.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert!(!redacted(first.clone()).await, "applied without the power");
+
+    // With power where he redacted; demoted since.
+    let levels_with_power = room.state_id("m.room.power_levels", "").await;
+    let second = room.alice.text(&room.id, "second").await;
+    set_bobs_level(0).await;
+    let applied = bob_redacts(&second, &second, &levels_with_power);
+    assert_eq!(
+        room.receive(&applied.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert!(
+        redacted(second).await,
+        "not applied though he had the power"
+    );
+}

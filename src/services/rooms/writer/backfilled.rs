@@ -105,14 +105,8 @@ pub(super) fn place(
     if let Some((target, levels)) = &history.redaction {
         // A target older still is not held yet: the redaction waits for it.
         let event = (short, pdu);
-        redacted = super::remote_event::redact_or_wait(
-            ctx,
-            head,
-            &mut batch,
-            event,
-            target,
-            Some(levels),
-        )?;
+        redacted =
+            super::remote_event::redact_or_wait(ctx, head, &mut batch, event, target, levels)?;
     }
     // Readers check history visibility per event only in rooms that ever restricted it:
     // history may be where the room did.

@@ -459,6 +459,15 @@ fn check_and_store(
         }
     }
 
+    // Read before the event is stored redacted (a redaction redacted in turn keeps its
+    // own target only in rooms v11 and later), with the power levels before it.
+    let redacts = match pdu::redaction_target(&event.pdu) {
+        Some(target) => Some((
+            target.to_owned(),
+            levels_in(store, version, before.map(head))?,
+        )),
+        None => None,
+    };
     let states = AcceptedStates {
         before: state_before,
         after: state_after,
@@ -466,7 +475,7 @@ fn check_and_store(
         own_key,
         given,
         gap,
-        redacts: pdu::redaction_target(&event.pdu).map(str::to_owned),
+        redacts,
     };
     to_store(&mut event, version, redacted_by);
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
@@ -792,9 +801,8 @@ struct AcceptedStates {
     given: bool,
     /// Some of its prev events are not held: their state was told.
     gap: bool,
-    /// For a redaction, the event it redacts: read before the event is stored redacted
-    /// (a redaction redacted in turn keeps its target only in rooms v11 and later).
-    redacts: Option<String>,
+    /// For a redaction, the event it redacts, and the power levels before it.
+    redacts: Option<(String, PowerLevels)>,
 }
 
 /// Stores an accepted event: its timeline place, the forward extremities, the room's new
@@ -997,8 +1005,8 @@ fn accept(
     }
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
-    if let Some(target) = redacts.as_deref() {
-        redacted = redact_or_wait(ctx, head, &mut batch, (short, pdu), target, None)?;
+    if let Some((target, levels)) = &redacts {
+        redacted = redact_or_wait(ctx, head, &mut batch, (short, pdu), target, levels)?;
     }
 
     record.extremities = extremities;
@@ -1277,24 +1285,25 @@ fn rolled_back(
 /// its sender is of the same server as the redacted event's sender, or has the power to
 /// redact; otherwise it is kept without effect. In rooms v1 and v2 the auth rules judged
 /// it (rule 11); their other way, both event ids naming one server, also counts here.
-/// The power is read from `levels` when given (a redaction of the room's past is judged
-/// by the state before it), else from the room's current state.
+/// The power is that of `levels`, the power levels before the redaction, as its own
+/// server judged it (Synapse checks a redaction against its auth events): not the
+/// room's state when it reaches us, which a fork or a later change may have moved.
 pub(super) fn redact_or_wait(
     ctx: &WriterContext,
     head: &mut RoomHead,
     batch: &mut crate::storage::Batch<'_>,
     (short, pdu): (ShortEventId, &Value),
     target: &str,
-    levels: Option<&PowerLevels>,
+    levels: &PowerLevels,
 ) -> ServiceResult<Option<StoredEvent>> {
     let store = &ctx.store;
     let Some(held) = store.event_by_id(target)? else {
-        let power = has_power_to_redact(ctx, head, pdu, levels)?;
+        let power = has_power_to_redact(pdu, levels);
         super::redactions::wait_for_target(store, head, batch, target, (short, power))?;
         return Ok(None);
     };
     if same_origin(head.version, pdu, (held.sender(), &held.event_id))
-        || has_power_to_redact(ctx, head, pdu, levels)?
+        || has_power_to_redact(pdu, levels)
     {
         return apply_redaction(store, head, batch, target, short);
     }
@@ -1330,27 +1339,13 @@ pub(super) fn same_origin(
     false
 }
 
-/// Whether the redaction's sender has the power to redact others' events, by `levels`
-/// when given, else by the room's current state.
-pub(super) fn has_power_to_redact(
-    ctx: &WriterContext,
-    head: &mut RoomHead,
-    redaction: &Value,
-    levels: Option<&PowerLevels>,
-) -> ServiceResult<bool> {
+/// Whether the redaction's sender has the power to redact others' events by `levels`.
+fn has_power_to_redact(redaction: &Value, levels: &PowerLevels) -> bool {
     let sender = redaction
         .get("sender")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let current;
-    let levels = match levels {
-        Some(levels) => levels,
-        None => {
-            current = head.power_levels(&ctx.store)?;
-            &current
-        }
-    };
-    Ok(levels.user(sender) >= i128::from(levels.redact))
+    levels.user(sender) >= i128::from(levels.redact)
 }
 
 #[cfg(test)]
