@@ -3,8 +3,9 @@
 //! sums those rooms only, not every room the user ever had a notification in.
 //!
 //! A user's rooms are loaded once from the notification table (a skip scan over it). The
-//! delivery worker then adds the room of every queue entry it reads that lists the user,
-//! and the badge drops a room it finds read through, or left. That keeps it whole:
+//! delivery worker then adds the room of every queue entry it reads that lists the user's
+//! tag (a tag that only collides adds a room with nothing unread, dropped again), and
+//! the badge drops a room it finds read through, or left. That keeps it whole:
 //! - the user's entry is made before the load starts, and a pass adds to it while the
 //!   load runs; an entry the load missed (committed after the scan passed it) is read by
 //!   a pass after the entry was made, which adds its room;

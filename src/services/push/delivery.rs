@@ -91,6 +91,18 @@ struct Item {
     queued: u64,
 }
 
+impl Item {
+    /// The push of the queue entry at `pos`.
+    fn of(pos: u64, entry: &QueuedEvent) -> Self {
+        Self {
+            pos,
+            room: entry.room,
+            event: entry.event,
+            queued: entry.queued,
+        }
+    }
+}
+
 /// A pusher's failures: when it may be tried again and the next wait.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
@@ -601,12 +613,7 @@ impl Worker {
                 tracing::warn!(pos, "an unreadable push queue entry was skipped");
                 continue;
             };
-            let item = Item {
-                pos,
-                room: queued.room,
-                event: queued.event,
-                queued: queued.queued,
-            };
+            let item = Item::of(pos, &queued);
             for (user, pusher_key) in queued
                 .tags
                 .iter()
@@ -782,12 +789,7 @@ impl Worker {
             if state.held.len() >= HELD_PER_PUSHER {
                 return Ok(());
             }
-            state.held.push_back(Item {
-                pos,
-                room: queued.room,
-                event: queued.event,
-                queued: queued.queued,
-            });
+            state.held.push_back(Item::of(pos, &queued));
         }
         state.behind = false;
         Ok(())

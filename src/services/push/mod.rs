@@ -2,17 +2,19 @@
 //!
 //! Spec: client-server API, "Push Notifications" ("Push Rules", "Predefined Rules",
 //! `GET/PUT/DELETE /pushrules/...`, `GET /notifications`, `GET /pushers`,
-//! `POST /pushers/set`), `/sync`'s `unread_notifications`, and the push gateway API. Each user's rules are evaluated ([`crate::core::push_rules`])
-//! for every event of the rooms they are joined to, inside the event's write batch (a
-//! [`NewEventHook`]), so counts and the event reach a syncing client together. An event
-//! whose actions notify leaves one entry per user; the unread counts are the entries after
-//! the user's read receipt, so reading up to an event clears everything before it.
+//! `POST /pushers/set`), `/sync`'s `unread_notifications`, and the push gateway API.
+//! Each user's rules are evaluated ([`crate::core::push_rules`]) for every event of the
+//! rooms they are joined to, inside the event's write batch (a [`NewEventHook`]), so
+//! counts and the event reach a syncing client together. An event whose actions notify
+//! leaves one entry per user; the unread counts are the entries after the user's read
+//! receipt, so reading up to an event clears everything before it, and a redaction
+//! deletes its target's entries.
 //!
-//! A notifying event for a user with pushers also queues one entry per pusher in the same
-//! batch ([`delivery`]).
+//! A notifying event for users with pushers also queues one entry in the same batch,
+//! listing those users' tags ([`queue`], [`delivery`]).
 //!
 //! Owns the tables `userid_pushrules`, `userid_shortroomid_pos_notify`,
-//! `userid_appid_pushkey_pusher` and `pos_pusher_pushqueue`.
+//! `userid_appid_pushkey_pusher`, `pos_pushqueue` and `pusherkey_pushcursor`.
 
 mod badge;
 pub mod delivery;

@@ -7,7 +7,8 @@
 //! actions (JSON)`. Counts scan a room's entries after the unthreaded read receipt and
 //! check each against its thread's (or the main timeline's) receipt, as the spec's
 //! "Receiving notifications" asks of threaded read receipts; `/notifications` merges the
-//! newest entries of each room.
+//! newest entries of each room. A redaction deletes its target's entries, in its own
+//! batch; an event that comes already redacted, or as history, leaves none.
 
 use serde_json::Value;
 
@@ -188,24 +189,27 @@ impl Push {
     /// A redacted event notifies no more (as in Synapse, which deletes its push actions):
     /// the entries it left for the room's local members go, in the redaction's batch, so
     /// it leaves the unread counts and `/notifications`, and a push not yet sent is not
-    /// sent. Members who have left since keep theirs (their counts are not shown).
+    /// sent. Members who have left since keep theirs: it stays in their
+    /// `/notifications`, and counts if they come back with a receipt before it.
     fn forget_notifications(
         &self,
         event: &NewEvent<'_>,
         target: &StoredEvent,
         batch: &mut Batch<'_>,
     ) {
-        // Counts made before the redaction commits are neither kept nor used: those that
-        // end before its position (a backfilled redaction's position is in the room's
-        // past, so at least past what the stream has published).
+        // Counts begun before the redaction commits are neither kept nor used: those begun
+        // before the stream published its position. A backfilled redaction's position is
+        // in the room's past, and its batch is not a stream change: the next position
+        // is taken instead, which leaves a window (a count begun after another room's
+        // commit passes it and before this batch lands keeps a stale count until the
+        // user's receipt moves; it needs a backfilled redaction of a live event).
         let barrier = event.pos.max(self.stream.watermark().saturating_add(1));
+        self.unread.forget_before(target.meta.room, barrier);
         for member in event.local_members {
             batch.delete(
                 Table::UseridShortroomidPosNotify,
                 entry_key(&member.user_id, target.meta.room, target.meta.pos),
             );
-            self.unread
-                .forget_before(&member.user_id, target.meta.room, barrier);
         }
     }
 
@@ -284,9 +288,13 @@ impl Push {
         read: &ReadPositions,
     ) -> ServiceResult<(RoomCounts, Option<u64>)> {
         let published = self.stream.watermark();
-        let (mut counts, after) = match self.unread.get(user_id, room, read) {
-            Some(counted) => (counted.counts, counted.upto.max(read.unthreaded)),
-            None => (RoomCounts::default(), read.unthreaded),
+        let (mut counts, after, started) = match self.unread.get(user_id, room, read) {
+            Some(counted) => (
+                counted.counts,
+                counted.upto.max(read.unthreaded),
+                counted.started,
+            ),
+            None => (RoomCounts::default(), read.unthreaded, published),
         };
         if after >= published {
             return Ok((counts, Some(after)));
@@ -332,6 +340,7 @@ impl Push {
             Counted {
                 read: read.clone(),
                 upto,
+                started,
                 counts: counts.clone(),
             },
         );

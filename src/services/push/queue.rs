@@ -69,44 +69,43 @@ impl QueuedEvent {
 
     /// Reads an entry; `None` if it is malformed.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.first() == Some(&TAGGED) {
-            let header = &bytes[1..];
-            let tags = bytes.get(TAGGED_HEADER..)?;
-            if tags.len() % 4 != 0 {
+        let (with_tags, rest) = match bytes.split_first() {
+            Some((&TAGGED, rest)) => (true, rest),
+            _ => (false, bytes),
+        };
+        let room = keys::read_u64(rest.get(..8)?)?;
+        let event = keys::read_u64(rest.get(8..16)?)?;
+        let queued = keys::read_u64(rest.get(16..24)?)?;
+        let users = &rest[24..];
+        let tags = if with_tags {
+            if users.len() % 4 != 0 {
                 return None;
             }
-            return Some(Self {
-                room: keys::read_u64(header.get(..8)?)?,
-                event: keys::read_u64(header.get(8..16)?)?,
-                queued: keys::read_u64(header.get(16..24)?)?,
-                tags: tags
-                    .chunks_exact(4)
-                    .map(|t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]))
-                    .collect(),
-            });
-        }
-        Self::decode_with_ids(bytes)
-    }
-
-    /// Reads an entry written before the tags.
-    fn decode_with_ids(bytes: &[u8]) -> Option<Self> {
-        let room = keys::read_u64(bytes.get(..8)?)?;
-        let event = keys::read_u64(bytes.get(8..16)?)?;
-        let queued = keys::read_u64(bytes.get(16..24)?)?;
-        let mut tags = Vec::new();
-        let mut rest = &bytes[24..];
-        while !rest.is_empty() {
-            let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
-            let user = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
-            tags.push(user_tag(user));
-            rest = &rest[2 + len..];
-        }
+            users
+                .chunks_exact(4)
+                .map(|t| u32::from_be_bytes([t[0], t[1], t[2], t[3]]))
+                .collect()
+        } else {
+            Self::tags_of_ids(users)?
+        };
         Some(Self {
             room,
             event,
             queued,
             tags,
         })
+    }
+
+    /// The tags of the users listed by id, as entries written before the tags list them.
+    fn tags_of_ids(mut rest: &[u8]) -> Option<Vec<u32>> {
+        let mut tags = Vec::new();
+        while !rest.is_empty() {
+            let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+            let user = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+            tags.push(user_tag(user));
+            rest = &rest[2 + len..];
+        }
+        Some(tags)
     }
 
     /// Whether the entry lists `tag` (a user's [`user_tag`]).
@@ -132,6 +131,9 @@ pub fn put_entry(batch: &mut Batch<'_>, pos: u64, value: Vec<u8>) {
 
 /// Deletes the entries after position `after` and up to `upto`, in `batch`.
 pub fn delete_entries(batch: &mut Batch<'_>, after: u64, upto: u64) {
+    if after >= upto {
+        return;
+    }
     batch.delete_range(
         Table::PosPushqueue,
         entry_key(after.saturating_add(1)),

@@ -3,10 +3,15 @@
 //! position, goes on from that position while the receipts stay the same. Notification
 //! entries are added at rising positions, and a count only covers positions the stream
 //! has published (all committed), so the remembered part does not change under it. A new
-//! receipt means counting again from it, once. The one exception is a redaction, which
-//! deletes its target's entries: it sets a barrier at its own position before it
-//! commits, and a count that does not reach the barrier (made, perhaps, before the
-//! deletion) is neither kept nor used.
+//! receipt means counting again from it, once.
+//!
+//! The one exception is a redaction, which deletes its target's entries. Before its batch
+//! commits it sets a barrier for the room at its own stream position: a count begun
+//! before the stream had published that position (its `started`, the watermark read
+//! when the count began; for a count continued from a remembered one, that one's) may
+//! have read the entries, and is neither kept nor used. A count begun at or after it
+//! read them deleted. One barrier per room, not per member: every member's count of the
+//! room is stale alike.
 //!
 //! Without it a user who never reads a busy room made every push and every `/sync` of that
 //! room scan all their unread entries (up to the cap): pushes to 31 members of one busy
@@ -21,6 +26,9 @@ use crate::services::ephemeral::receipts::ReadPositions;
 /// Counts remembered at most; past it the map starts again (cheap, and counts are cheap
 /// to redo once).
 const MAX_ENTRIES: usize = 50_000;
+/// Rooms' barriers kept at most; past it they are forgotten, their highest kept for
+/// every room.
+const MAX_BARRIERS: usize = 10_000;
 
 /// A remembered count.
 #[derive(Debug, Clone)]
@@ -29,100 +37,83 @@ pub struct Counted {
     pub read: ReadPositions,
     /// The last stream position it covers.
     pub upto: u64,
+    /// The stream's watermark when its counting began.
+    pub started: u64,
     /// The counts.
     pub counts: RoomCounts,
-}
-
-/// What is remembered of one user's room.
-#[derive(Debug, Default)]
-struct Slot {
-    /// Counts that end before this position are stale.
-    barrier: u64,
-    counted: Option<Counted>,
 }
 
 /// The remembered counts.
 #[derive(Default)]
 pub struct UnreadCache {
-    slots: Mutex<Slots>,
+    inner: Mutex<Inner>,
 }
 
 #[derive(Default)]
-struct Slots {
-    by_room: HashMap<(String, u64), Slot>,
-    /// The highest barrier of the slots forgotten when the map was last cleared: counts
-    /// ending before it are stale (for any room, not knowing which).
-    cleared_barrier: u64,
+struct Inner {
+    counts: HashMap<(String, u64), Counted>,
+    /// By room: counts begun before this position are stale.
+    barriers: HashMap<u64, u64>,
+    /// The highest barrier forgotten: it holds for every room.
+    forgotten: u64,
 }
 
-impl Slots {
-    fn barrier(&self, key: &(String, u64)) -> u64 {
-        self.by_room
-            .get(key)
-            .map_or(0, |slot| slot.barrier)
-            .max(self.cleared_barrier)
-    }
-
-    /// Makes room for one more slot: past [`MAX_ENTRIES`] the map starts again.
-    fn make_room(&mut self) {
-        if self.by_room.len() >= MAX_ENTRIES {
-            let highest = self.by_room.values().map(|s| s.barrier).max().unwrap_or(0);
-            self.cleared_barrier = self.cleared_barrier.max(highest);
-            self.by_room.clear();
-        }
+impl Inner {
+    fn fresh(&self, room: u64, counted: &Counted) -> bool {
+        let barrier = self.barriers.get(&room).copied().unwrap_or(0);
+        counted.started >= barrier.max(self.forgotten)
     }
 }
 
 impl UnreadCache {
-    /// The count of `user_id` in `room`, if one was made at exactly `read`.
+    /// The count of `user_id` in `room`, if one was made at exactly `read` (and not
+    /// before a redaction since).
     pub fn get(&self, user_id: &str, room: u64, read: &ReadPositions) -> Option<Counted> {
-        let slots = self.lock();
-        let key = (user_id.to_owned(), room);
-        let barrier = slots.barrier(&key);
-        slots
-            .by_room
-            .get(&key)?
-            .counted
-            .as_ref()
-            .filter(|c| c.read == *read && c.upto >= barrier)
+        let inner = self.lock();
+        inner
+            .counts
+            .get(&(user_id.to_owned(), room))
+            .filter(|c| c.read == *read && inner.fresh(room, c))
             .cloned()
     }
 
     /// Remembers a count, unless a newer one (covering more) is there already, or it
-    /// ends before a redaction that deleted entries it may have counted.
+    /// was begun before a redaction that deleted entries it may have counted.
     pub fn put(&self, user_id: &str, room: u64, counted: Counted) {
-        let mut slots = self.lock();
-        let key = (user_id.to_owned(), room);
-        if counted.upto < slots.barrier(&key) {
+        let mut inner = self.lock();
+        if !inner.fresh(room, &counted) {
             return;
         }
-        if !slots.by_room.contains_key(&key) {
-            slots.make_room();
-        }
-        let slot = slots.by_room.entry(key).or_default();
-        match &slot.counted {
-            Some(old) if old.read == counted.read && old.upto >= counted.upto => {}
-            _ => slot.counted = Some(counted),
-        }
-    }
-
-    /// Entries of `user_id` in `room` are being deleted in the batch of the event at
-    /// `pos` (not committed yet): counts that end before it are stale.
-    pub fn forget_before(&self, user_id: &str, room: u64, pos: u64) {
-        let mut slots = self.lock();
         let key = (user_id.to_owned(), room);
-        if !slots.by_room.contains_key(&key) {
-            slots.make_room();
-        }
-        let slot = slots.by_room.entry(key).or_default();
-        slot.barrier = slot.barrier.max(pos);
-        if slot.counted.as_ref().is_some_and(|c| c.upto < pos) {
-            slot.counted = None;
+        match inner.counts.get(&key) {
+            Some(old)
+                if old.read == counted.read
+                    && old.upto >= counted.upto
+                    && inner.fresh(room, old) => {}
+            _ => {
+                if inner.counts.len() >= MAX_ENTRIES {
+                    inner.counts.clear();
+                }
+                inner.counts.insert(key, counted);
+            }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Entries of `room` are being deleted in the batch of the event at stream position
+    /// `pos` (not committed yet): counts begun before it are stale.
+    pub fn forget_before(&self, room: u64, pos: u64) {
+        let mut inner = self.lock();
+        if !inner.barriers.contains_key(&room) && inner.barriers.len() >= MAX_BARRIERS {
+            let highest = inner.barriers.values().copied().max().unwrap_or(0);
+            inner.forgotten = inner.forgotten.max(highest);
+            inner.barriers.clear();
+        }
+        let barrier = inner.barriers.entry(room).or_default();
+        *barrier = (*barrier).max(pos);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -131,6 +122,10 @@ mod tests {
     use super::*;
 
     fn counted(unthreaded: u64, upto: u64, n: u64) -> Counted {
+        started(unthreaded, upto, upto, n)
+    }
+
+    fn started(unthreaded: u64, upto: u64, started: u64, n: u64) -> Counted {
         let mut counts = RoomCounts::default();
         counts.main.notifications = n;
         Counted {
@@ -139,6 +134,7 @@ mod tests {
                 ..ReadPositions::default()
             },
             upto,
+            started,
             counts,
         }
     }
@@ -170,39 +166,42 @@ mod tests {
     }
 
     #[test]
-    fn a_count_made_before_a_redaction_deleted_entries_is_stale() {
+    fn a_count_begun_before_a_redaction_deleted_entries_is_stale() {
         let cache = UnreadCache::default();
         let at = counted(5, 0, 0).read;
         cache.put("@a:x", 1, counted(5, 20, 7));
-        // A redaction at 25 deletes an entry it counted.
-        cache.forget_before("@a:x", 1, 25);
+        cache.put("@b:x", 1, counted(5, 20, 2));
+        // A redaction at 25 deletes entries of room 1: every member's count goes.
+        cache.forget_before(1, 25);
         assert!(cache.get("@a:x", 1, &at).is_none());
+        assert!(cache.get("@b:x", 1, &at).is_none());
         // A count begun before the redaction committed, put after it: not kept.
         cache.put("@a:x", 1, counted(5, 24, 7));
         assert!(cache.get("@a:x", 1, &at).is_none());
-        // One that reaches the redaction's position was made after it committed.
-        cache.put("@a:x", 1, counted(5, 25, 6));
+        // One begun once the stream had published it read the entries deleted, even
+        // when it stopped short (10,000 entries at a time) at an older position.
+        cache.put("@a:x", 1, started(5, 12, 25, 6));
         assert_eq!(
             cache.get("@a:x", 1, &at).unwrap().counts.main.notifications,
             6
         );
-        // Other rooms and users are untouched.
+        // Other rooms are untouched.
         cache.put("@a:x", 2, counted(5, 20, 1));
-        cache.put("@b:x", 1, counted(5, 20, 2));
-        assert!(cache.get("@a:x", 2, &at).is_some() && cache.get("@b:x", 1, &at).is_some());
+        assert!(cache.get("@a:x", 2, &at).is_some());
     }
 
     #[test]
-    fn barriers_outlive_the_map_starting_again() {
+    fn barriers_forgotten_still_hold() {
         let cache = UnreadCache::default();
         let at = counted(5, 0, 0).read;
-        cache.forget_before("@a:x", 1, 25);
-        for room in 0..MAX_ENTRIES as u64 {
-            cache.put("@b:x", 100 + room, counted(5, 30, 1));
+        cache.forget_before(1, 25);
+        for room in 0..MAX_BARRIERS as u64 {
+            cache.forget_before(100 + room, 10);
         }
-        // Cleared on the way: the barrier at 25 now holds for every room.
+        // Forgotten on the way: the barrier at 25 now holds for every room.
         cache.put("@a:x", 1, counted(5, 24, 7));
-        assert!(cache.get("@a:x", 1, &at).is_none());
+        cache.put("@a:x", 7, counted(5, 24, 7));
+        assert!(cache.get("@a:x", 1, &at).is_none() && cache.get("@a:x", 7, &at).is_none());
         cache.put("@a:x", 1, counted(5, 26, 7));
         assert!(cache.get("@a:x", 1, &at).is_some());
     }
