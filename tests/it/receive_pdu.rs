@@ -1715,13 +1715,13 @@ async fn in_a_v1_room_another_event_under_a_held_id_is_dropped() {
     assert_eq!(held.pdu()["type"], "m.room.member");
 }
 
-/// Whether a redaction of another server's event takes effect is judged by the power
-/// levels before it, as its own server judged it (Synapse: the redaction's auth events),
-/// not by the room's state when it reaches us: a redaction made on a fork before bob was
-/// given the power does not apply though he has it now, and one made before he lost it
-/// applies though he has lost it since.
+/// Whether a redaction of another server's event takes effect by power is judged, as
+/// Synapse judges it, both by the power levels before it (where its server made it) and
+/// by the room's state when it reaches us: a redaction made on a fork before bob was
+/// given the power does not apply though he has it now, nor one made before he lost it;
+/// one made with the power he still has applies.
 #[tokio::test]
-async fn a_redaction_is_judged_by_the_power_its_sender_had_where_it_was_made() {
+async fn a_redaction_needs_the_power_where_it_was_made_and_where_it_comes() {
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
@@ -1776,10 +1776,9 @@ async fn a_redaction_is_judged_by_the_power_its_sender_had_where_it_was_made() {
     );
     assert!(!redacted(first.clone()).await, "applied without the power");
 
-    // With power where he redacted; demoted since.
+    // With the power where he redacted and here.
     let levels_with_power = room.state_id("m.room.power_levels", "").await;
     let second = room.alice.text(&room.id, "second").await;
-    set_bobs_level(0).await;
     let applied = bob_redacts(&second, &second, &levels_with_power);
     assert_eq!(
         room.receive(&applied.1, &TestSource::default()).await,
@@ -1787,6 +1786,16 @@ async fn a_redaction_is_judged_by_the_power_its_sender_had_where_it_was_made() {
     );
     assert!(
         redacted(second).await,
-        "not applied though he had the power"
+        "not applied though he has the power"
     );
+
+    // With the power where he redacted; demoted since.
+    let third = room.alice.text(&room.id, "third").await;
+    set_bobs_level(0).await;
+    let late = bob_redacts(&third, &third, &levels_with_power);
+    assert_eq!(
+        room.receive(&late.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert!(!redacted(third).await, "applied after he lost the power");
 }

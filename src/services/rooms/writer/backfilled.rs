@@ -16,7 +16,6 @@ use super::persist::{note_history_visibility, put_event, put_timeline_place, run
 use super::relations::{adopt_pending_children, index_relation, relation_of};
 use super::remote_event::PduOutcome;
 use super::WriterContext;
-use crate::core::power_levels::PowerLevels;
 use crate::services::error::ServiceResult;
 use crate::services::records::encode;
 use crate::services::rooms::auth_index;
@@ -37,9 +36,9 @@ pub(super) struct History {
     pub restricted_before: bool,
     /// The redaction it is stored under (0: none; its PDU is then redacted already).
     pub redacted_by: ShortEventId,
-    /// For a redaction: the event it redacts (read from the event as it came) and the
-    /// power levels of the state before it, which judge it.
-    pub redaction: Option<(String, PowerLevels)>,
+    /// For a redaction: the event it redacts (read from the event as it came) and
+    /// whether its sender has the power to redact in the state before it, which judges it.
+    pub redaction: Option<(String, bool)>,
     /// Its history position.
     pub pos: u64,
 }
@@ -102,11 +101,11 @@ pub(super) fn place(
     // before their parent wait for it.
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
-    if let Some((target, levels)) = &history.redaction {
+    if let Some((target, power)) = &history.redaction {
         // A target older still is not held yet: the redaction waits for it.
         let event = (short, pdu);
         redacted =
-            super::remote_event::redact_or_wait(ctx, head, &mut batch, event, target, levels)?;
+            super::remote_event::redact_or_wait(ctx, head, &mut batch, event, target, *power)?;
     }
     // Readers check history visibility per event only in rooms that ever restricted it:
     // history may be where the room did.

@@ -418,7 +418,10 @@ fn check_and_store(
             // Read before the event is stored redacted: a redaction redacted in turn
             // keeps its own target only in rooms v11 and later.
             redaction: match pdu::redaction_target(&event.pdu) {
-                Some(target) => Some((target.to_owned(), levels_in(store, version, before_map)?)),
+                Some(target) => {
+                    let levels = levels_in(store, version, before_map)?;
+                    Some((target.to_owned(), has_power_to_redact(&event.pdu, &levels)))
+                }
                 None => None,
             },
             pos,
@@ -460,12 +463,16 @@ fn check_and_store(
     }
 
     // Read before the event is stored redacted (a redaction redacted in turn keeps its
-    // own target only in rooms v11 and later), with the power levels before it.
+    // own target only in rooms v11 and later), with whether its sender may redact by
+    // power: in the state before it and in the room's current state (see
+    // [`redact_or_wait`]).
     let redacts = match pdu::redaction_target(&event.pdu) {
-        Some(target) => Some((
-            target.to_owned(),
-            levels_in(store, version, before.map(head))?,
-        )),
+        Some(target) => {
+            let before_levels = levels_in(store, version, before.map(head))?;
+            let power = has_power_to_redact(&event.pdu, &before_levels)
+                && has_power_to_redact(&event.pdu, &*head.power_levels(store)?);
+            Some((target.to_owned(), power))
+        }
         None => None,
     };
     let states = AcceptedStates {
@@ -801,8 +808,8 @@ struct AcceptedStates {
     given: bool,
     /// Some of its prev events are not held: their state was told.
     gap: bool,
-    /// For a redaction, the event it redacts, and the power levels before it.
-    redacts: Option<(String, PowerLevels)>,
+    /// For a redaction, the event it redacts, and whether its sender may redact by power.
+    redacts: Option<(String, bool)>,
 }
 
 /// Stores an accepted event: its timeline place, the forward extremities, the room's new
@@ -1005,8 +1012,8 @@ fn accept(
     }
     adopt_pending_children(store, head, &mut batch, (short, event_id, pdu))?;
     let mut redacted = None;
-    if let Some((target, levels)) = &redacts {
-        redacted = redact_or_wait(ctx, head, &mut batch, (short, pdu), target, levels)?;
+    if let Some((target, power)) = &redacts {
+        redacted = redact_or_wait(ctx, head, &mut batch, (short, pdu), target, *power)?;
     }
 
     record.extremities = extremities;
@@ -1285,26 +1292,26 @@ fn rolled_back(
 /// its sender is of the same server as the redacted event's sender, or has the power to
 /// redact; otherwise it is kept without effect. In rooms v1 and v2 the auth rules judged
 /// it (rule 11); their other way, both event ids naming one server, also counts here.
-/// The power is that of `levels`, the power levels before the redaction, as its own
-/// server judged it (Synapse checks a redaction against its auth events): not the
-/// room's state when it reaches us, which a fork or a later change may have moved.
+/// `power`: whether the sender has the power to redact, as the caller judged it. The spec
+/// names no state to judge it by; like Synapse, which rechecks a redaction against every
+/// state it checks the event against, a live redaction needs the power both in the state
+/// before it (where its server made it) and in the room's current state when it comes
+/// (so neither a fork from before a promotion nor one from before a demotion gives it),
+/// and a redaction of the room's past the power in the state before it.
 pub(super) fn redact_or_wait(
     ctx: &WriterContext,
     head: &mut RoomHead,
     batch: &mut crate::storage::Batch<'_>,
     (short, pdu): (ShortEventId, &Value),
     target: &str,
-    levels: &PowerLevels,
+    power: bool,
 ) -> ServiceResult<Option<StoredEvent>> {
     let store = &ctx.store;
     let Some(held) = store.event_by_id(target)? else {
-        let power = has_power_to_redact(pdu, levels);
         super::redactions::wait_for_target(store, head, batch, target, (short, power))?;
         return Ok(None);
     };
-    if same_origin(head.version, pdu, (held.sender(), &held.event_id))
-        || has_power_to_redact(pdu, levels)
-    {
+    if power || same_origin(head.version, pdu, (held.sender(), &held.event_id)) {
         return apply_redaction(store, head, batch, target, short);
     }
     Ok(None)
