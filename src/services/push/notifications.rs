@@ -183,6 +183,11 @@ impl NewEventHook for Push {
         }
         Ok(())
     }
+
+    fn history_redaction_written(&self, room: u64) {
+        self.unread
+            .forget_before(room, self.stream.watermark().saturating_add(1));
+    }
 }
 
 impl Push {
@@ -199,10 +204,9 @@ impl Push {
     ) {
         // Counts begun before the redaction commits are neither kept nor used: those begun
         // before the stream published its position. A backfilled redaction's position is
-        // in the room's past, and its batch is not a stream change: the next position
-        // is taken instead, which leaves a window (a count begun after another room's
-        // commit passes it and before this batch lands keeps a stale count until the
-        // user's receipt moves; it needs a backfilled redaction of a live event).
+        // in the room's past, and its batch is not a stream change: the next position is
+        // taken, and again once the batch is written (`history_redaction_written`), for
+        // other rooms' commits may publish it before.
         let barrier = event.pos.max(self.stream.watermark().saturating_add(1));
         self.unread.forget_before(target.meta.room, barrier);
         for member in event.local_members {

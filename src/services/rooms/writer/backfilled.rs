@@ -128,6 +128,11 @@ pub(super) fn place(
         &mut batch,
     )?;
     store.db.write_relaxed(batch)?;
+    if redacted.is_some() {
+        for hook in &ctx.hooks {
+            hook.history_redaction_written(head.short);
+        }
+    }
     head.record = record;
     tracing::debug!(event = %event_id, room = %head.record.room_id, pos, "history placed");
     Ok(PduOutcome::Accepted)

@@ -216,6 +216,10 @@ pub struct NewEvent<'a> {
 pub trait NewEventHook: Send + Sync {
     /// Adds the hook's writes for `event` to `batch`.
     fn new_event(&self, event: &NewEvent<'_>, batch: &mut Batch<'_>) -> ServiceResult<()>;
+
+    /// A redaction of the room's past (a batch that is no stream change, so its commit
+    /// publishes no position) has been written and redacted an event of the room `room`.
+    fn history_redaction_written(&self, _room: u64) {}
 }
 
 fn pdu_error(e: PduError) -> ServiceError {
