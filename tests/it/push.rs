@@ -155,6 +155,16 @@ async fn pushkeys_of(client: &Client<'_>) -> Vec<String> {
 }
 
 /// Alice's DM with bob, both joined.
+/// A private room alice made, bob and carol joined.
+async fn room_of_three(alice: &Client<'_>, bob: &Client<'_>, carol: &Client<'_>) -> String {
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    room
+}
+
 async fn dm(alice: &Client<'_>, bob: &Client<'_>) -> String {
     let room = alice
         .create_room(
@@ -354,11 +364,7 @@ async fn a_pusher_never_notified_holds_nothing_back() {
         set(&carol, pusher(&url, "carol-phone")).await.0,
         StatusCode::OK
     );
-    let room = alice
-        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
-        .await;
-    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
-    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let room = room_of_three(&alice, &bob, &carol).await;
     let (status, _) = carol
         .put(
             &format!("/pushrules/global/room/{}", enc(&room)),
@@ -522,11 +528,7 @@ async fn push_rules_decide_what_reaches_the_gateway() {
     let carol = Client::new(&s, "carol").await;
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
-    let room = alice
-        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
-        .await;
-    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
-    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let room = room_of_three(&alice, &bob, &carol).await;
 
     let plain = alice.text(&room, "hello all").await;
     let got = gateway.wait_for(1).await;
@@ -709,11 +711,7 @@ async fn a_pusher_kept_behind_by_its_gateway_still_gets_what_others_have_passed(
         set(&carol, pusher(&carols_url, "carol-phone")).await.0,
         StatusCode::OK
     );
-    let room = alice
-        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id, carol.user_id]}))
-        .await;
-    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
-    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let room = room_of_three(&alice, &bob, &carol).await;
     let mut sent = Vec::new();
     for n in 0..4 {
         sent.push(alice.text(&room, &format!("message {n}")).await);

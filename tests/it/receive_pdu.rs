@@ -71,6 +71,22 @@ impl<'a> Room<'a> {
             .to_owned()
     }
 
+    /// Alice changes the power levels with `edit`; answers the event id.
+    async fn alice_sets_levels(&self, edit: impl FnOnce(&mut Value)) -> String {
+        let (status, mut levels) = self.alice.state(&self.id, "m.room.power_levels", "").await;
+        assert_eq!(status, StatusCode::OK, "{levels}");
+        edit(&mut levels);
+        let (status, body) = self
+            .alice
+            .put(
+                &format!("/rooms/{}/state/m.room.power_levels/", self.id),
+                levels,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["event_id"].as_str().unwrap().to_owned()
+    }
+
     /// Alice sets the topic; answers the event id.
     async fn alice_sets_topic(&self, topic: &str) -> String {
         let (status, body) = self
@@ -738,15 +754,10 @@ async fn a_redaction_that_comes_before_its_target_applies_when_the_target_comes(
         "{found}"
     );
     // Nor does it notify alice, as the message told later does.
-    let (status, listed) = room.alice.get("/notifications").await;
-    assert_eq!(status, StatusCode::OK, "{listed}");
-    let ids: Vec<&Value> = listed["notifications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| &n["event"]["event_id"])
-        .collect();
-    assert_eq!(ids, [told.0.as_str()], "{listed}");
+    assert_eq!(
+        room.alice.notified_event_ids().await,
+        std::slice::from_ref(&told.0)
+    );
 }
 
 /// Before rooms v11 a redaction names its target at the top level, which the redaction
@@ -979,17 +990,9 @@ async fn an_event_accepted_on_a_soft_failed_one_leaves_no_dangling_extremity_beh
     let (join_id, _) = room.with_bob().await;
     let rules = room.state_id("m.room.join_rules", "").await;
     // Alice silences everyone below 100.
-    let (_, mut levels_content) = room.alice.state(&room.id, "m.room.power_levels", "").await;
-    levels_content["events_default"] = json!(100);
-    let (status, body) = room
-        .alice
-        .put(
-            &format!("/rooms/{}/state/m.room.power_levels/", room.id),
-            levels_content,
-        )
+    let silence = room
+        .alice_sets_levels(|levels| levels["events_default"] = json!(100))
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let silence = body["event_id"].as_str().unwrap().to_owned();
     let old_levels = room.store().event_by_id(&join_id).unwrap().unwrap().pdu()["auth_events"]
         .as_array()
         .unwrap()
@@ -1725,26 +1728,8 @@ async fn a_redaction_needs_the_power_where_it_was_made_and_where_it_comes() {
     let s = TestServer::start().await;
     let room = Room::public(&s).await;
     let (join_id, _) = room.with_bob().await;
-    let set_bobs_level = |level: u64| {
-        let room = &room;
-        async move {
-            let (status, mut levels) = room
-                .alice
-                .get(&format!("/rooms/{}/state/m.room.power_levels/", room.id))
-                .await;
-            assert_eq!(status, StatusCode::OK, "{levels}");
-            levels["users"][BOB] = json!(level);
-            let (status, body) = room
-                .alice
-                .put(
-                    &format!("/rooms/{}/state/m.room.power_levels/", room.id),
-                    levels,
-                )
-                .await;
-            assert_eq!(status, StatusCode::OK, "{body}");
-            body["event_id"].as_str().unwrap().to_owned()
-        }
-    };
+    let set_bobs_level =
+        |level: u64| room.alice_sets_levels(move |levels| levels["users"][BOB] = json!(level));
     let redacted = |id: String| {
         let room = &room;
         async move {

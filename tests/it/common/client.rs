@@ -115,6 +115,18 @@ impl<'a> Client<'a> {
         self.get(&format!("/rooms/{room}/state/{kind}/{key}")).await
     }
 
+    /// The event ids `GET /notifications` lists, newest first; asserts 200.
+    pub async fn notified_event_ids(&self) -> Vec<String> {
+        let (status, listed) = self.get("/notifications").await;
+        assert_eq!(status, StatusCode::OK, "{listed}");
+        listed["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["event"]["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub async fn messages(&self, room: &str, query: &str) -> Value {
         let (status, body) = self.get(&format!("/rooms/{room}/messages?{query}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
