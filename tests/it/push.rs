@@ -154,7 +154,6 @@ async fn pushkeys_of(client: &Client<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Alice's DM with bob, both joined.
 /// A private room alice made, bob and carol joined.
 async fn room_of_three(alice: &Client<'_>, bob: &Client<'_>, carol: &Client<'_>) -> String {
     let room = alice
@@ -165,6 +164,7 @@ async fn room_of_three(alice: &Client<'_>, bob: &Client<'_>, carol: &Client<'_>)
     room
 }
 
+/// Alice's DM with bob, both joined.
 async fn dm(alice: &Client<'_>, bob: &Client<'_>) -> String {
     let room = alice
         .create_room(

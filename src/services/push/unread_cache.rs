@@ -10,7 +10,8 @@
 //! before the stream had published that position (its `started`, the watermark read
 //! when the count began; for a count continued from a remembered one, that one's) may
 //! have read the entries, and is neither kept nor used. A count begun at or after it
-//! read them deleted. One barrier per room, not per member: every member's count of the
+//! read them deleted. A redaction of the room's past publishes no position: its barrier
+//! is the position after the watermark, set again once its batch is written. One barrier per room, not per member: every member's count of the
 //! room is stale alike.
 //!
 //! Without it a user who never reads a busy room made every push and every `/sync` of that
@@ -99,8 +100,10 @@ impl UnreadCache {
         }
     }
 
-    /// Entries of `room` are being deleted in the batch of the event at stream position
-    /// `pos` (not committed yet): counts begun before it are stale.
+    /// Entries of `room` are deleted by the event at stream position `pos` (called before
+    /// its batch commits; for a redaction of the room's past, whose batch publishes no
+    /// position, again once it is written, with the position after the watermark):
+    /// counts begun before it are stale.
     pub fn forget_before(&self, room: u64, pos: u64) {
         let mut inner = self.lock();
         if !inner.barriers.contains_key(&room) && inner.barriers.len() >= MAX_BARRIERS {

@@ -1293,11 +1293,12 @@ fn rolled_back(
 /// redact; otherwise it is kept without effect. In rooms v1 and v2 the auth rules judged
 /// it (rule 11); their other way, both event ids naming one server, also counts here.
 /// `power`: whether the sender has the power to redact, as the caller judged it. The spec
-/// names no state to judge it by; like Synapse, which rechecks a redaction against every
-/// state it checks the event against, a live redaction needs the power both in the state
+/// names no state to judge it by. Synapse rechecks a redaction against each state it
+/// checks the event against; here a live redaction needs the power both in the state
 /// before it (where its server made it) and in the room's current state when it comes
 /// (so neither a fork from before a promotion nor one from before a demotion gives it),
-/// and a redaction of the room's past the power in the state before it.
+/// and a redaction of the room's past the power in the state before it. (Synapse also
+/// checks the power levels among its auth events, which are not asked here.)
 pub(super) fn redact_or_wait(
     ctx: &WriterContext,
     head: &mut RoomHead,
