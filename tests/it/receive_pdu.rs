@@ -1719,10 +1719,11 @@ async fn in_a_v1_room_another_event_under_a_held_id_is_dropped() {
 }
 
 /// Whether a redaction of another server's event takes effect by power is judged, as
-/// Synapse judges it, both by the power levels before it (where its server made it) and
-/// by the room's state when it reaches us: a redaction made on a fork before bob was
-/// given the power does not apply though he has it now, nor one made before he lost it;
-/// one made with the power he still has applies.
+/// Synapse judges it, by the power levels among its auth events, before it (where its
+/// server made it) and in the room's state when it reaches us: a redaction made on a
+/// fork before bob was given the power does not apply though he has it now, nor one
+/// made before he lost it, nor one whose auth events cite power levels without it; one
+/// made with the power he still has applies.
 #[tokio::test]
 async fn a_redaction_needs_the_power_where_it_was_made_and_where_it_comes() {
     let s = TestServer::start().await;
@@ -1772,6 +1773,19 @@ async fn a_redaction_needs_the_power_where_it_was_made_and_where_it_comes() {
     assert!(
         redacted(second).await,
         "not applied though he has the power"
+    );
+
+    // With the power where he redacted and here, but citing power levels that do not
+    // give it to him among its auth events.
+    let fourth = room.alice.text(&room.id, "fourth").await;
+    let cited = bob_redacts(&fourth, &fourth, &levels_before);
+    assert_eq!(
+        room.receive(&cited.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert!(
+        !redacted(fourth).await,
+        "applied by its auth events' levels"
     );
 
     // With the power where he redacted; demoted since.

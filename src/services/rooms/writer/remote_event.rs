@@ -420,7 +420,12 @@ fn check_and_store(
             redaction: match pdu::redaction_target(&event.pdu) {
                 Some(target) => {
                     let levels = levels_in(store, version, before_map)?;
-                    Some((target.to_owned(), has_power_to_redact(&event.pdu, &levels)))
+                    let power = has_power_to_redact(&event.pdu, &levels)
+                        && has_power_to_redact(
+                            &event.pdu,
+                            &levels_among(store, head, version, &auth_events)?,
+                        );
+                    Some((target.to_owned(), power))
                 }
                 None => None,
             },
@@ -470,7 +475,11 @@ fn check_and_store(
         Some(target) => {
             let before_levels = levels_in(store, version, before.map(head))?;
             let power = has_power_to_redact(&event.pdu, &before_levels)
-                && has_power_to_redact(&event.pdu, &*head.power_levels(store)?);
+                && has_power_to_redact(&event.pdu, &*head.power_levels(store)?)
+                && has_power_to_redact(
+                    &event.pdu,
+                    &levels_among(store, head, version, &auth_events)?,
+                );
             Some((target.to_owned(), power))
         }
         None => None,
@@ -503,6 +512,32 @@ fn levels_in(
     };
     let create = event_of("m.room.create")?;
     let levels = event_of("m.room.power_levels")?;
+    Ok(PowerLevels::new(
+        version,
+        create.as_ref().map(|e| e.pdu()),
+        levels.as_ref().map(|e| e.pdu()),
+    ))
+}
+
+/// The power levels among an event's auth events (the create event from the room's
+/// state in rooms v12, where it is not among them).
+fn levels_among(
+    store: &EventStore,
+    head: &mut RoomHead,
+    version: RoomVersion,
+    auth_events: &[Arc<StoredEvent>],
+) -> ServiceResult<PowerLevels> {
+    let of = |kind: &str| {
+        auth_events
+            .iter()
+            .find(|e| state_pair(e.pdu()) == (kind.to_owned(), String::new()))
+            .cloned()
+    };
+    let create = match of("m.room.create") {
+        Some(create) => Some(create),
+        None => head.state_event(store, "m.room.create", "")?,
+    };
+    let levels = of("m.room.power_levels");
     Ok(PowerLevels::new(
         version,
         create.as_ref().map(|e| e.pdu()),
@@ -1293,12 +1328,11 @@ fn rolled_back(
 /// redact; otherwise it is kept without effect. In rooms v1 and v2 the auth rules judged
 /// it (rule 11); their other way, both event ids naming one server, also counts here.
 /// `power`: whether the sender has the power to redact, as the caller judged it. The spec
-/// names no state to judge it by. Synapse rechecks a redaction against each state it
-/// checks the event against; here a live redaction needs the power both in the state
-/// before it (where its server made it) and in the room's current state when it comes
-/// (so neither a fork from before a promotion nor one from before a demotion gives it),
-/// and a redaction of the room's past the power in the state before it. (Synapse also
-/// checks the power levels among its auth events, which are not asked here.)
+/// names no state to judge it by; like Synapse, which rechecks a redaction against each
+/// state it checks the event against, a redaction needs the power by the power levels
+/// among its auth events and in the state before it (where its server made it), and a
+/// live one also in the room's current state when it comes (so neither a fork from
+/// before a promotion nor one from before a demotion gives it).
 pub(super) fn redact_or_wait(
     ctx: &WriterContext,
     head: &mut RoomHead,
