@@ -469,8 +469,8 @@ fn check_and_store(
 
     // Read before the event is stored redacted (a redaction redacted in turn keeps its
     // own target only in rooms v11 and later), with whether its sender may redact by
-    // power: in the state before it and in the room's current state (see
-    // [`redact_or_wait`]).
+    // power: by its auth events, in the state before it and in the room's current state
+    // (see [`redact_or_wait`]).
     let redacts = match pdu::redaction_target(&event.pdu) {
         Some(target) => {
             let before_levels = levels_in(store, version, before.map(head))?;
