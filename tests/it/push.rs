@@ -538,13 +538,7 @@ async fn push_rules_decide_what_reaches_the_gateway() {
         .get("sound")
         .is_none());
 
-    let mention = alice
-        .send(
-            &room,
-            json!({"msgtype": "m.text", "body": "bob, look",
-                   "m.mentions": {"user_ids": [bob.user_id]}}),
-        )
-        .await;
+    let mention = alice.mention(&room, &bob.user_id, "bob, look").await;
     let got = gateway.wait_for(2).await;
     assert_eq!(got.len(), 2, "{got:?}");
     let n = &got[1]["notification"];
@@ -561,13 +555,7 @@ async fn push_rules_decide_what_reaches_the_gateway() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let muted = alice.text(&room, "nobody needs to hear this").await;
-    let again = alice
-        .send(
-            &room,
-            json!({"msgtype": "m.text", "body": "bob, again",
-                   "m.mentions": {"user_ids": [bob.user_id]}}),
-        )
-        .await;
+    let again = alice.mention(&room, &bob.user_id, "bob, again").await;
     let got = gateway.wait_for(3).await;
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[2]["notification"]["event_id"], again.as_str());

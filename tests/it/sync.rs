@@ -664,12 +664,7 @@ async fn unread_counts_rise_with_messages_fall_after_reading_and_mentions_highli
     let first = bob.sync_since(&start["next_batch"]).await;
     assert_eq!(unread(&first, &room), (1, 0));
     alice.text(&room, "two").await;
-    let mention = alice
-        .send(
-            &room,
-            json!({"msgtype": "m.text", "body": "bob: look", "m.mentions": {"user_ids": [bob.user_id]}}),
-        )
-        .await;
+    let mention = alice.mention(&room, &bob.user_id, "bob: look").await;
     let second = bob.sync_since(&first["next_batch"]).await;
     assert_eq!(unread(&second, &room), (3, 1));
     // Bob's own messages and notices don't count; Alice's member events neither.
@@ -1452,12 +1447,7 @@ async fn a_redacted_message_leaves_the_unread_counts_and_the_notifications() {
     bob.join(&room).await;
     let start = bob.sync("").await;
     alice.text(&room, "one").await;
-    let regretted = alice
-        .send(
-            &room,
-            json!({"msgtype": "m.text", "body": "bob: oops", "m.mentions": {"user_ids": [bob.user_id]}}),
-        )
-        .await;
+    let regretted = alice.mention(&room, &bob.user_id, "bob: oops").await;
     alice.text(&room, "three").await;
     // Counted (and the count remembered) before the redaction.
     let before = bob.sync_since(&start["next_batch"]).await;

@@ -98,6 +98,15 @@ impl<'a> Client<'a> {
             .await
     }
 
+    /// A text message that mentions `user` (`m.mentions`); answers its event id.
+    pub async fn mention(&self, room: &str, user: &str, text: &str) -> String {
+        self.send(
+            room,
+            json!({"msgtype": "m.text", "body": text, "m.mentions": {"user_ids": [user]}}),
+        )
+        .await
+    }
+
     pub async fn try_send(&self, room: &str, text: &str) -> (StatusCode, Value) {
         let txn = format!("t{}", rand_suffix());
         self.put(
