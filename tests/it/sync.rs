@@ -1473,3 +1473,38 @@ async fn a_redacted_message_leaves_the_unread_counts_and_the_notifications() {
     let more = bob.sync_since(&after["next_batch"]).await;
     assert_eq!(unread(&more, &room), (3, 0));
 }
+
+/// A member who has left (or was banned) since a message notified them loses its
+/// notification too when it is redacted: it would stay in their `/notifications`.
+#[tokio::test]
+async fn a_redacted_message_leaves_the_notifications_of_members_who_left() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let carol = Client::new(&server, "carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    // Every message notifies every member (the default `.m.rule.message`).
+    let kept = alice.text(&room, "hello").await;
+    let regretted = alice.text(&room, "oops").await;
+    assert_eq!(bob.notified_event_ids().await.len(), 2);
+    assert_eq!(carol.notified_event_ids().await.len(), 2);
+
+    let (status, body) = bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/ban"),
+            json!({"user_id": carol.user_id, "reason": "spam"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/redact/{regretted}/r1"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    assert_eq!(bob.notified_event_ids().await, vec![kept.clone()]);
+    assert_eq!(carol.notified_event_ids().await, vec![kept]);
+}

@@ -194,8 +194,8 @@ impl Push {
     /// A redacted event notifies no more (as in Synapse, which deletes its push actions):
     /// the entries it left for the room's local members go, in the redaction's batch, so
     /// it leaves the unread counts and `/notifications`, and a push not yet sent is not
-    /// sent. Members who have left since keep theirs: it stays in their
-    /// `/notifications`, and counts if they come back with a receipt before it.
+    /// sent. Members who have left or were banned since lose theirs too (it would stay in
+    /// their `/notifications`, and count again if they came back).
     fn forget_notifications(
         &self,
         event: &NewEvent<'_>,
@@ -209,10 +209,10 @@ impl Push {
         // other rooms' commits may publish it before.
         let barrier = event.pos.max(self.stream.watermark().saturating_add(1));
         self.unread.forget_before(target.meta.room, barrier);
-        for member in event.local_members {
+        for user_id in event.redacted_for {
             batch.delete(
                 Table::UseridShortroomidPosNotify,
-                entry_key(&member.user_id, target.meta.room, target.meta.pos),
+                entry_key(user_id, target.meta.room, target.meta.pos),
             );
         }
     }

@@ -169,6 +169,24 @@ impl RoomHead {
         Ok(parsed)
     }
 
+    /// The member events of local users in the current state, whatever their membership
+    /// (joined, left, banned, invited, knocking): `(user id, event)`.
+    pub(super) fn local_member_events(
+        &self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> ServiceResult<Vec<(String, ShortEventId)>> {
+        let suffix = format!(":{server_name}");
+        let mut found = Vec::new();
+        for (key, event) in &self.state {
+            let (kind, state_key) = store.state.state_key_of(*key)?;
+            if kind == "m.room.member" && state_key.ends_with(&suffix) {
+                found.push((state_key, *event));
+            }
+        }
+        Ok(found)
+    }
+
     /// The room's local joined members, read from the current state once per head.
     pub(super) fn local_members(
         &mut self,
@@ -176,14 +194,11 @@ impl RoomHead {
         server_name: &str,
     ) -> ServiceResult<&[LocalMember]> {
         if self.local_members.is_none() {
-            let suffix = format!(":{server_name}");
-            let mut shorts = Vec::new();
-            for (key, event) in &self.state {
-                let (kind, state_key) = store.state.state_key_of(*key)?;
-                if kind == "m.room.member" && state_key.ends_with(&suffix) {
-                    shorts.push(*event);
-                }
-            }
+            let shorts: Vec<ShortEventId> = self
+                .local_member_events(store, server_name)?
+                .into_iter()
+                .map(|(_, event)| event)
+                .collect();
             let members = store
                 .events(&shorts)?
                 .iter()
@@ -200,14 +215,11 @@ impl RoomHead {
         store: &EventStore,
         server_name: &str,
     ) -> ServiceResult<Vec<String>> {
-        let suffix = format!(":{server_name}");
-        let mut shorts = Vec::new();
-        for (key, event) in &self.state {
-            let (kind, state_key) = store.state.state_key_of(*key)?;
-            if kind == "m.room.member" && state_key.ends_with(&suffix) {
-                shorts.push(*event);
-            }
-        }
+        let shorts: Vec<ShortEventId> = self
+            .local_member_events(store, server_name)?
+            .into_iter()
+            .map(|(_, event)| event)
+            .collect();
         Ok(store
             .events(&shorts)?
             .iter()

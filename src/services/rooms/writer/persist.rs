@@ -49,6 +49,16 @@ pub(super) fn run_hooks(
     let room = head.short;
     let joined_count = head.record.joined;
     let room_id = head.record.room_id.clone();
+    // Whom the redacted event may have notified: the local users who were members then,
+    // joined now or not (each has a member event in the state since).
+    let redacted_for: Vec<String> = match redacted {
+        Some(_) => head
+            .local_member_events(store, &ctx.server_name)?
+            .into_iter()
+            .map(|(user, _)| user)
+            .collect(),
+        None => Vec::new(),
+    };
     let local_members = head.local_members(store, &ctx.server_name)?;
     let event = NewEvent {
         room_id: &room_id,
@@ -61,6 +71,7 @@ pub(super) fn run_hooks(
         power_levels: &power_levels,
         notification_levels,
         redacted,
+        redacted_for: &redacted_for,
         news,
     };
     for hook in &ctx.hooks {
