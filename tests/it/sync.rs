@@ -1483,6 +1483,13 @@ async fn a_redacted_message_leaves_the_notifications_of_members_who_left() {
     let bob = Client::new(&server, "bob").await;
     let carol = Client::new(&server, "carol").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    // A redaction before bob and carol join: the room's writer learns its local members
+    // now, and must keep them current as they join.
+    let early = alice.text(&room, "early").await;
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/redact/{early}/r0"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     bob.join(&room).await;
     carol.join(&room).await;
     // Every message notifies every member (the default `.m.rule.message`).

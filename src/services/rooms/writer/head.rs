@@ -31,6 +31,9 @@ pub(super) struct RoomHead {
     pub(super) cache: HashMap<ShortEventId, Arc<StoredEvent>>,
     /// Local joined members, loaded when first needed.
     pub(super) local_members: Option<Vec<LocalMember>>,
+    /// Local users with a member event in the current state, whatever their membership,
+    /// loaded when first needed and kept current by [`RoomHead::member_changed`].
+    pub(super) local_member_users: Option<BTreeSet<String>>,
     /// The parsed power levels, with the short ids of the create and power levels
     /// events they come from (parsed again only when those change).
     pub(super) power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
@@ -98,6 +101,7 @@ impl RoomHead {
             state,
             cache: HashMap::new(),
             local_members: None,
+            local_member_users: None,
             power_levels: None,
             extremities: None,
             remote_servers: None,
@@ -144,6 +148,7 @@ impl RoomHead {
     pub(super) fn drop_parsed(&mut self) {
         self.cache = HashMap::new();
         self.local_members = None;
+        self.local_member_users = None;
         self.power_levels = None;
     }
 
@@ -177,14 +182,35 @@ impl RoomHead {
         server_name: &str,
     ) -> ServiceResult<Vec<(String, ShortEventId)>> {
         let suffix = format!(":{server_name}");
-        let mut found = Vec::new();
-        for (key, event) in &self.state {
-            let (kind, state_key) = store.state.state_key_of(*key)?;
-            if kind == "m.room.member" && state_key.ends_with(&suffix) {
-                found.push((state_key, *event));
-            }
+        let (keys, events): (Vec<_>, Vec<_>) = self.state.iter().map(|(k, e)| (*k, *e)).unzip();
+        Ok(store
+            .state
+            .state_keys_of(&keys)?
+            .into_iter()
+            .zip(events)
+            .filter(|((kind, state_key), _)| {
+                kind == "m.room.member" && state_key.ends_with(&suffix)
+            })
+            .map(|((_, state_key), event)| (state_key, event))
+            .collect())
+    }
+
+    /// The local users with a member event in the current state, whatever their
+    /// membership (joined, left, banned, invited, knocking).
+    pub(super) fn local_member_users(
+        &mut self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> ServiceResult<&BTreeSet<String>> {
+        if self.local_member_users.is_none() {
+            let users = self
+                .local_member_events(store, server_name)?
+                .into_iter()
+                .map(|(user, _)| user)
+                .collect();
+            self.local_member_users = Some(users);
         }
-        Ok(found)
+        Ok(self.local_member_users.get_or_insert_with(BTreeSet::new))
     }
 
     /// The room's local joined members, read from the current state once per head.
@@ -279,6 +305,12 @@ impl RoomHead {
                 remote.set(user, pdu.is_some_and(|p| membership_of(p) == "join"));
             }
             return;
+        }
+        if let Some(users) = self.local_member_users.as_mut() {
+            match pdu {
+                Some(_) => users.insert(user.to_owned()),
+                None => users.remove(user),
+            };
         }
         let Some(members) = self.local_members.as_mut() else {
             return;

@@ -58,6 +58,7 @@ pub(super) fn create_room(
         state: StateMap::default(),
         cache: HashMap::new(),
         local_members: None,
+        local_member_users: None,
         power_levels: None,
         extremities: Some(Vec::new()),
         remote_servers: Some(RemoteJoined::default()),

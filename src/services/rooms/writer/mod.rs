@@ -207,7 +207,7 @@ pub struct NewEvent<'a> {
     pub redacted: Option<&'a StoredEvent>,
     /// For a redaction that applies: the local users with a member event in the room's
     /// state, whatever their membership (those who have left or were banned since the
-    /// redacted event may have been notified of it too). Empty otherwise.
+    /// redacted event was sent may have been notified of it too). Empty otherwise.
     pub redacted_for: &'a [String],
     /// Whether the event is news to the room's members. It is not when it is of the
     /// room's past, fetched from another server (backfill), nor when it was redacted

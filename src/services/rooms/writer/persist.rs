@@ -49,13 +49,14 @@ pub(super) fn run_hooks(
     let room = head.short;
     let joined_count = head.record.joined;
     let room_id = head.record.room_id.clone();
-    // Whom the redacted event may have notified: the local users who were members then,
-    // joined now or not (each has a member event in the state since).
+    // Whom the redacted event may have notified: the local users who were members then
+    // (each keeps a member event in the state, joined now or not; a state reset since
+    // may have dropped one) and the invited or knocking ones, whom deleting misses nothing.
     let redacted_for: Vec<String> = match redacted {
         Some(_) => head
-            .local_member_events(store, &ctx.server_name)?
-            .into_iter()
-            .map(|(user, _)| user)
+            .local_member_users(store, &ctx.server_name)?
+            .iter()
+            .cloned()
             .collect(),
         None => Vec::new(),
     };
