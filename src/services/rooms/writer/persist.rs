@@ -51,7 +51,8 @@ pub(super) fn run_hooks(
     let room_id = head.record.room_id.clone();
     // Whom the redacted event may have notified: the local users who were members then
     // (each keeps a member event in the state, joined now or not; a state reset since
-    // may have dropped one) and the invited or knocking ones, whom deleting misses nothing.
+    // may have dropped one), with the invited or knocking ones (deleting an entry they
+    // never had costs a tombstone).
     let redacted_for: Vec<String> = match redacted {
         Some(_) => head
             .local_member_users(store, &ctx.server_name)?
