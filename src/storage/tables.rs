@@ -131,6 +131,11 @@ pub enum Table {
     /// newest history back), applied when it comes; `power` is whether the redaction's
     /// sender had the power to redact when it came. Owner: rooms.
     ShortroomidEventidPendingredaction,
+    /// `redacted event id [0xFF short room id (u64 BE)] -> (redaction short event id (u64
+    /// BE), power (u8))*`: the waiting redactions of the builds before
+    /// `shortroomid_eventid_pendingredaction`, moved there at start-up (empty after).
+    /// Owner: rooms.
+    EventidPendingredaction,
     /// `alias -> AliasRecord` (room id, creator). Owner: rooms.
     AliasRoomid,
     /// `room_id 0xFF alias -> ()`. Owner: rooms.
@@ -272,6 +277,7 @@ impl Table {
         Table::ShorteventidStrippedstate,
         Table::EventidPendingrelation,
         Table::ShortroomidEventidPendingredaction,
+        Table::EventidPendingredaction,
         Table::AliasRoomid,
         Table::RoomidAlias,
         Table::RoomidPublished,
@@ -349,6 +355,7 @@ impl Table {
             Table::ShorteventidStrippedstate => "shorteventid_strippedstate",
             Table::EventidPendingrelation => "eventid_pendingrelation",
             Table::ShortroomidEventidPendingredaction => "shortroomid_eventid_pendingredaction",
+            Table::EventidPendingredaction => "eventid_pendingredaction",
             Table::AliasRoomid => "alias_roomid",
             Table::RoomidAlias => "roomid_alias",
             Table::RoomidPublished => "roomid_published",

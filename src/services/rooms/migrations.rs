@@ -22,7 +22,23 @@ const MOVE_BATCH_BYTES: usize = 16 << 20;
 /// Runs every move the database still needs.
 pub fn run(store: &EventStore) -> ServiceResult<()> {
     move_pdus_by_room(store)?;
-    copy_metas_into_timelines(store)
+    copy_metas_into_timelines(store)?;
+    move_waiting_redactions(store)
+}
+
+/// Redactions waiting for their targets move from `eventid_pendingredaction` (older
+/// builds) to `shortroomid_eventid_pendingredaction`, where the writers look. Few rows:
+/// one batch.
+fn move_waiting_redactions(store: &EventStore) -> ServiceResult<()> {
+    let (moved, dropped) = super::writer::move_rows_keyed_by_event(store)?;
+    if moved + dropped > 0 {
+        tracing::info!(
+            moved,
+            dropped,
+            "waiting redactions moved to their rooms' rows"
+        );
+    }
+    Ok(())
 }
 
 /// Schema version 3: moves each PDU of `shorteventid_pdu` to its room's place in
@@ -284,6 +300,75 @@ mod tests {
         assert_eq!(
             store.events(&shorts[1..2]).unwrap()[0].pdu()["content"]["n"],
             1
+        );
+    }
+
+    #[test]
+    fn waiting_redactions_move_to_the_rooms_of_the_redactions() {
+        // Three redactions, in rooms 1, 2 and 3.
+        let (_dir, store, shorts) = version_2_store(3);
+        let waiting = |entries: &[(u64, u8)]| -> Vec<u8> {
+            entries
+                .iter()
+                .flat_map(|(short, power)| short.to_be_bytes().into_iter().chain([*power]))
+                .collect()
+        };
+        let new_key = |room: u64, target: &str| -> Vec<u8> {
+            let mut key = room.to_be_bytes().to_vec();
+            key.extend_from_slice(target.as_bytes());
+            key
+        };
+        let mut batch = store.db.batch();
+        // The first form, by the target's id only: two rooms' redactions in one row.
+        batch.put(
+            Table::EventidPendingredaction,
+            b"$t1",
+            waiting(&[(shorts[0], 1), (shorts[1], 0)]),
+        );
+        // The second, with the room after 0xFF; a redaction without a record goes.
+        let mut second = b"$t2\xff".to_vec();
+        second.extend_from_slice(&3u64.to_be_bytes());
+        batch.put(
+            Table::EventidPendingredaction,
+            second,
+            waiting(&[(shorts[2], 1), (999_999, 1)]),
+        );
+        // A row the room already has keeps its redactions first.
+        batch.put(
+            Table::ShortroomidEventidPendingredaction,
+            new_key(1, "$t1"),
+            waiting(&[(shorts[2], 0)]),
+        );
+        store.db.commit_blocking(batch).unwrap();
+
+        let moved = crate::services::rooms::writer::move_rows_keyed_by_event(&store).unwrap();
+        assert_eq!(moved, (3, 1));
+        let row = |room, target| {
+            store
+                .db
+                .get(
+                    Table::ShortroomidEventidPendingredaction,
+                    new_key(room, target),
+                )
+                .unwrap()
+        };
+        assert_eq!(
+            row(1, "$t1"),
+            Some(waiting(&[(shorts[2], 0), (shorts[0], 1)]))
+        );
+        assert_eq!(row(2, "$t1"), Some(waiting(&[(shorts[1], 0)])));
+        assert_eq!(row(3, "$t2"), Some(waiting(&[(shorts[2], 1)])));
+        assert_eq!(
+            store
+                .db
+                .scan_prefix(Table::EventidPendingredaction, &[])
+                .count(),
+            0
+        );
+        // Nothing is left to move the next time.
+        assert_eq!(
+            crate::services::rooms::writer::move_rows_keyed_by_event(&store).unwrap(),
+            (0, 0)
         );
     }
 

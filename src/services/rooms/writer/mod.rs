@@ -64,6 +64,7 @@ use crate::services::stream::{PosTicket, StreamChange};
 use crate::storage::Batch;
 
 pub use queue::Writers;
+pub(in crate::services::rooms) use redactions::move_rows_keyed_by_event;
 pub(super) use relations::thread_key;
 
 /// An event a local user wants to send, before the writer builds it.

@@ -194,6 +194,61 @@ pub(super) fn waiting_for(
         .collect())
 }
 
+/// Moves the waiting redactions of older builds (`eventid_pendingredaction`, keyed by the
+/// target's id, then also by room after a `0xFF`) to their rooms' rows: each redaction's
+/// room comes from its own record. Run at start-up, before any writer; answers how
+/// many redactions moved and how many were dropped (no record, or a row over
+/// [`MAX_WAITING`]).
+pub(crate) fn move_rows_keyed_by_event(store: &EventStore) -> ServiceResult<(usize, usize)> {
+    let (mut moved, mut dropped) = (0, 0);
+    let mut batch = store.db.batch();
+    for entry in store.db.scan_prefix(Table::EventidPendingredaction, &[]) {
+        let (key, value) = entry?;
+        let target = key.split(|b| *b == 0xFF).next().unwrap_or_default();
+        let target = String::from_utf8_lossy(target);
+        let mut rows: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+        for waiting in value.chunks_exact(WAITING_LEN) {
+            let room = crate::storage::keys::read_u64(&waiting[..8])
+                .and_then(|short| store.meta(short).ok())
+                .map(|meta| meta.room);
+            let Some(room) = room else {
+                dropped += 1;
+                continue;
+            };
+            let row = match rows.entry(room) {
+                std::collections::btree_map::Entry::Occupied(row) => row.into_mut(),
+                std::collections::btree_map::Entry::Vacant(row) => row.insert(
+                    store
+                        .db
+                        .get(
+                            Table::ShortroomidEventidPendingredaction,
+                            waiting_key(&target, room),
+                        )?
+                        .unwrap_or_default(),
+                ),
+            };
+            if row.len() >= MAX_WAITING * WAITING_LEN {
+                dropped += 1;
+                continue;
+            }
+            row.extend_from_slice(waiting);
+            moved += 1;
+        }
+        for (room, row) in rows {
+            batch.put(
+                Table::ShortroomidEventidPendingredaction,
+                waiting_key(&target, room),
+                row,
+            );
+        }
+        batch.delete(Table::EventidPendingredaction, key);
+    }
+    if !batch.is_empty() {
+        store.db.commit_blocking(batch)?;
+    }
+    Ok((moved, dropped))
+}
+
 /// The redactions waiting for `event_id` in the room `room` are done with (it came).
 pub(super) fn stop_waiting(store: &EventStore, event_id: &str, room: u64) -> ServiceResult<()> {
     let mut batch = store.db.batch();
