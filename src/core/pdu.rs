@@ -37,15 +37,20 @@ pub fn event_ids<'p>(pdu: &'p Value, key: &str) -> impl Iterator<Item = &'p str>
         })
 }
 
-/// The event a redaction redacts: top-level `redacts` (rooms before v11) or
-/// `content.redacts` (v11 and later); `None` for other events or a malformed one.
-pub fn redaction_target(pdu: &Value) -> Option<&str> {
+/// The event a redaction redacts: top-level `redacts` in rooms before v11,
+/// `content.redacts` in v11 and later (spec: room version 11, "Moving the redacts
+/// key"), never the other one, as Synapse reads it; `None` for other events or a
+/// malformed one.
+pub fn redaction_target(pdu: &Value, version: RoomVersion) -> Option<&str> {
     if pdu.get("type").and_then(Value::as_str) != Some("m.room.redaction") {
         return None;
     }
-    pdu.get("redacts")
-        .or_else(|| pdu.get("content").and_then(|c| c.get("redacts")))
-        .and_then(Value::as_str)
+    let redacts = if version.redacts_in_content() {
+        pdu.get("content").and_then(|c| c.get("redacts"))
+    } else {
+        pdu.get("redacts")
+    };
+    redacts.and_then(Value::as_str)
 }
 
 /// What a new event says, before the server hashes and signs it.
@@ -369,6 +374,20 @@ mod tests {
         let v11 = build(RoomVersion::V11, t, "a.org", &key).unwrap();
         assert!(v11.pdu.get("redacts").is_none());
         assert_eq!(v11.pdu["content"]["redacts"], "$e");
+    }
+
+    #[test]
+    fn a_redaction_names_its_target_where_its_room_version_puts_it() {
+        let both = json!({"type": "m.room.redaction", "redacts": "$top", "content": {"redacts": "$content"}});
+        assert_eq!(redaction_target(&both, RoomVersion::V10), Some("$top"));
+        assert_eq!(redaction_target(&both, RoomVersion::V11), Some("$content"));
+        let in_content = json!({"type": "m.room.redaction", "content": {"redacts": "$content"}});
+        assert_eq!(redaction_target(&in_content, RoomVersion::V10), None);
+        let at_top = json!({"type": "m.room.redaction", "redacts": "$top", "content": {}});
+        assert_eq!(redaction_target(&at_top, RoomVersion::V12), None);
+        let message =
+            json!({"type": "m.room.message", "redacts": "$top", "content": {"redacts": "$c"}});
+        assert_eq!(redaction_target(&message, RoomVersion::V10), None);
     }
 
     #[test]

@@ -816,6 +816,60 @@ async fn in_a_v10_room_a_redaction_redacted_before_it_came_still_redacts_its_tar
     );
 }
 
+/// From rooms v11 a redaction names its target in `content.redacts` only (spec: room
+/// version 11, as Synapse reads it): a top-level `redacts` naming another event, which
+/// the origin is free to add, redacts nothing.
+#[tokio::test]
+async fn in_a_v11_room_a_redaction_redacts_what_its_content_names_not_its_top_level() {
+    let s = TestServer::start().await;
+    let room = Room::public_in(&s, RoomVersion::V11).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let create = room.state_id("m.room.create", "").await;
+    let auth = [levels, join_id.clone(), create];
+    let at_join = std::slice::from_ref(&join_id);
+    let said = |body: &str| {
+        room.remote(
+            ("m.room.message", None),
+            json!({"msgtype": "m.text", "body": body}),
+            at_join,
+            &auth,
+        )
+    };
+    let (kept, meant) = (said("kept"), said("meant"));
+    let (_, mut redaction) = room.remote(
+        ("m.room.redaction", None),
+        json!({"redacts": meant.0}),
+        at_join,
+        &auth,
+    );
+    // The origin adds a top-level `redacts` naming the other message, hashed and signed.
+    let object = redaction.as_object_mut().unwrap();
+    object.insert("redacts".into(), json!(kept.0));
+    object.remove("hashes");
+    object.remove("signatures");
+    event_hashes::hash_and_sign_event(
+        &mut redaction,
+        REMOTE,
+        &common::remote::remote_key(),
+        RoomVersion::V11,
+    )
+    .unwrap();
+    for pdu in [&kept.1, &meant.1, &redaction] {
+        assert_eq!(
+            room.receive(pdu, &TestSource::default()).await,
+            PduOutcome::Accepted
+        );
+    }
+    let body = |id: &str| {
+        room.store().event_by_id(id).unwrap().unwrap().pdu()["content"]
+            .get("body")
+            .cloned()
+    };
+    assert_eq!(body(&kept.0), Some(json!("kept")));
+    assert_eq!(body(&meant.0), None);
+}
+
 #[tokio::test]
 async fn a_gap_is_filled_with_one_get_missing_events_request() {
     let s = TestServer::start().await;

@@ -178,7 +178,7 @@ pub(super) fn write_event(
     }
 
     let mut redacted = None;
-    if let Some(target) = pdu::redaction_target(pdu) {
+    if let Some(target) = pdu::redaction_target(pdu, head.version) {
         redacted = apply_redaction(store, head, &mut batch, target, short)?;
     }
 

@@ -417,7 +417,7 @@ fn check_and_store(
             redacted_by,
             // Read before the event is stored redacted: a redaction redacted in turn
             // keeps its own target only in rooms v11 and later.
-            redaction: match pdu::redaction_target(&event.pdu) {
+            redaction: match pdu::redaction_target(&event.pdu, version) {
                 Some(target) => {
                     let levels = levels_in(store, version, before_map)?;
                     let power = has_power_to_redact(&event.pdu, &levels)
@@ -471,7 +471,7 @@ fn check_and_store(
     // own target only in rooms v11 and later), with whether its sender may redact by
     // power: by its auth events, in the state before it and in the room's current state
     // (see [`redact_or_wait`]).
-    let redacts = match pdu::redaction_target(&event.pdu) {
+    let redacts = match pdu::redaction_target(&event.pdu, version) {
         Some(target) => {
             let before_levels = levels_in(store, version, before.map(head))?;
             let power = has_power_to_redact(&event.pdu, &before_levels)
