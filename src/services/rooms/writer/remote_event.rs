@@ -81,8 +81,9 @@ pub struct RemoteEvent {
     /// event is of the room's past, fetched by backfill, and is placed there without
     /// changing the room's present (see the writer's `backfilled` module).
     pub history_pos: Option<u64>,
-    /// The redaction it is stored under: 0 as it comes. The writer sets it, and keeps
-    /// the PDU redacted, when a redaction held before it applies (see `receive`).
+    /// The redaction it is stored under: the writer sets it (whatever the caller put
+    /// here), and keeps the PDU redacted, when a redaction held before it applies (see
+    /// `receive`).
     pub redacted_by: ShortEventId,
 }
 
@@ -111,9 +112,11 @@ pub enum PduOutcome {
 pub(super) fn receive(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    event: RemoteEvent,
+    mut event: RemoteEvent,
     written: &mut Written,
 ) -> ServiceResult<PduOutcome> {
+    // The writer alone says whether the event is stored redacted (below).
+    event.redacted_by = 0;
     let store = &ctx.store;
     let existing = store.state.find_event(&event.event_id)?;
     // The redaction that applies to the event, if any: it is checked in the form it
@@ -189,8 +192,8 @@ fn waiting_redaction(
 fn to_store(event: &mut RemoteEvent, version: RoomVersion, redacted_by: ShortEventId) {
     if redacted_by != 0 {
         event.pdu = crate::core::redaction::redact(&event.pdu, version);
-        event.redacted_by = redacted_by;
     }
+    event.redacted_by = redacted_by;
 }
 
 /// [`receive`] past the check for an event already held: checks 4 to 6 and storing.
