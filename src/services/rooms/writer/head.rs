@@ -174,25 +174,33 @@ impl RoomHead {
         Ok(parsed)
     }
 
-    /// The member events of local users in the current state, whatever their membership
-    /// (joined, left, banned, invited, knocking): `(user id, event)`.
-    pub(super) fn local_member_events(
+    /// The member events in the current state of the users `keep` takes (by user id),
+    /// whatever their membership: `(user id, event)`. One read of the state's keys.
+    fn member_events_where(
         &self,
         store: &EventStore,
-        server_name: &str,
+        keep: impl Fn(&str) -> bool,
     ) -> ServiceResult<Vec<(String, ShortEventId)>> {
-        let suffix = format!(":{server_name}");
         let (keys, events): (Vec<_>, Vec<_>) = self.state.iter().map(|(k, e)| (*k, *e)).unzip();
         Ok(store
             .state
             .state_keys_of(&keys)?
             .into_iter()
             .zip(events)
-            .filter(|((kind, state_key), _)| {
-                kind == "m.room.member" && state_key.ends_with(&suffix)
-            })
+            .filter(|((kind, state_key), _)| kind == "m.room.member" && keep(state_key))
             .map(|((_, state_key), event)| (state_key, event))
             .collect())
+    }
+
+    /// The member events of local users in the current state, whatever their membership
+    /// (joined, left, banned, invited, knocking): `(user id, event)`.
+    fn local_member_events(
+        &self,
+        store: &EventStore,
+        server_name: &str,
+    ) -> ServiceResult<Vec<(String, ShortEventId)>> {
+        let suffix = format!(":{server_name}");
+        self.member_events_where(store, |user| user.ends_with(&suffix))
     }
 
     /// The local users with a member event in the current state, whatever their
@@ -213,24 +221,25 @@ impl RoomHead {
         Ok(self.local_member_users.get_or_insert_with(BTreeSet::new))
     }
 
-    /// The room's local joined members, read from the current state once per head.
+    /// The room's local joined members, read from the current state once per head (the
+    /// local users with any member event are kept from the same read).
     pub(super) fn local_members(
         &mut self,
         store: &EventStore,
         server_name: &str,
     ) -> ServiceResult<&[LocalMember]> {
         if self.local_members.is_none() {
-            let shorts: Vec<ShortEventId> = self
+            let (users, shorts): (BTreeSet<String>, Vec<ShortEventId>) = self
                 .local_member_events(store, server_name)?
                 .into_iter()
-                .map(|(_, event)| event)
-                .collect();
+                .unzip();
             let members = store
                 .events(&shorts)?
                 .iter()
                 .filter_map(|e| local_member(e.pdu()))
                 .collect();
             self.local_members = Some(members);
+            self.local_member_users.get_or_insert(users);
         }
         Ok(self.local_members.as_deref().unwrap_or_default())
     }
@@ -263,16 +272,14 @@ impl RoomHead {
         server_name: &str,
     ) -> ServiceResult<&BTreeSet<String>> {
         if self.remote_servers.is_none() {
-            let mut shorts = Vec::new();
-            for (key, event) in &self.state {
-                let (kind, state_key) = store.state.state_key_of(*key)?;
-                let remote = state_key
-                    .split_once(':')
-                    .is_some_and(|(_, server)| server != server_name);
-                if kind == "m.room.member" && remote {
-                    shorts.push(*event);
-                }
-            }
+            let shorts: Vec<ShortEventId> = self
+                .member_events_where(store, |user| {
+                    user.split_once(':')
+                        .is_some_and(|(_, server)| server != server_name)
+                })?
+                .into_iter()
+                .map(|(_, event)| event)
+                .collect();
             let mut joined = RemoteJoined::default();
             for event in store.events(&shorts)? {
                 if membership_of(event.pdu()) == "join" {
