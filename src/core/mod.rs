@@ -8,6 +8,7 @@ pub mod base64;
 pub mod canonical_json;
 pub mod error_code;
 pub mod event_hashes;
+pub mod fnv;
 pub mod hex;
 pub mod identifiers;
 pub mod key_document;

@@ -527,12 +527,7 @@ fn next_transaction(
         .first()
         .and_then(|k| k.get(k.len().saturating_sub(8)..))
         .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or([0; 8])));
-    let hash = keys
-        .iter()
-        .flatten()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::core::fnv::fnv1a_64(keys.iter().flatten().copied());
     Transaction {
         txn_id: format!("{first:x}.{}.{hash:x}", keys.len()),
         keys,

@@ -43,9 +43,7 @@ pub struct QueuedEvent {
 /// A user's tag in queue entries: the 32-bit FNV-1a hash of the user id. Stored, so it
 /// must never change.
 pub fn user_tag(user_id: &str) -> u32 {
-    user_id.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-    })
+    crate::core::fnv::fnv1a_32(user_id.bytes())
 }
 
 impl QueuedEvent {

@@ -11,8 +11,10 @@
 //! when the count began; for a count continued from a remembered one, that one's) may
 //! have read the entries, and is neither kept nor used. A count begun at or after it
 //! read them deleted. A redaction of the room's past publishes no position: its barrier
-//! is the position after the watermark, set again once its batch is written. One barrier per room, not per member: every member's count of the
-//! room is stale alike.
+//! is the position after the watermark, set again once its batch is written (a count
+//! begun in between, once other rooms have published past the first, may be served
+//! until the second is set: moments). One barrier per room, not per member: every
+//! member's count of the room is stale alike.
 //!
 //! Without it a user who never reads a busy room made every push and every `/sync` of that
 //! room scan all their unread entries (up to the cap): pushes to 31 members of one busy

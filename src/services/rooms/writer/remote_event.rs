@@ -533,7 +533,7 @@ fn levels_among(
     let of = |kind: &str| {
         auth_events
             .iter()
-            .find(|e| state_pair(e.pdu()) == (kind.to_owned(), String::new()))
+            .find(|e| e.kind() == kind && e.state_key() == Some(""))
             .cloned()
     };
     let create = match of("m.room.create") {
