@@ -49,13 +49,12 @@ pub(super) fn run_hooks(
     let room = head.short;
     let joined_count = head.record.joined;
     let room_id = head.record.room_id.clone();
+    // Read first: the first call of a head reads the state's members once for both sets.
+    head.local_members(store, &ctx.server_name)?;
     // Whom the redacted event may have notified: the local users who were members then
     // (each keeps a member event in the state, joined now or not; a state reset since
     // may have dropped one), with the invited or knocking ones (deleting an entry they
     // never had costs a tombstone).
-    // Read with the joined members: the first call of a head reads the state's members
-    // once for both.
-    head.local_members(store, &ctx.server_name)?;
     let redacted_for: Vec<String> = match redacted {
         Some(_) => head
             .local_member_users(store, &ctx.server_name)?

@@ -208,8 +208,14 @@ pub(crate) fn move_rows_keyed_by_event(store: &EventStore) -> ServiceResult<(usi
         let target = String::from_utf8_lossy(target);
         let mut rows: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
         for waiting in value.chunks_exact(WAITING_LEN) {
-            let room = crate::storage::keys::read_u64(&waiting[..8])
-                .and_then(|short| store.meta(short).ok())
+            // A read that fails stops the start-up; a redaction without a record goes.
+            let record = match crate::storage::keys::read_u64(&waiting[..8]) {
+                Some(short) => store.db.get(Table::ShorteventidMeta, short.to_be_bytes())?,
+                None => None,
+            };
+            let room = record
+                .as_deref()
+                .and_then(crate::services::rooms::records::EventMeta::decode)
                 .map(|meta| meta.room);
             let Some(room) = room else {
                 dropped += 1;
