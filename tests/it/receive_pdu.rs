@@ -855,6 +855,7 @@ async fn in_a_v11_room_a_redaction_redacts_what_its_content_names_not_its_top_le
         RoomVersion::V11,
     )
     .unwrap();
+    let redaction_id = event_hashes::event_id(&redaction, RoomVersion::V11).unwrap();
     for pdu in [&kept.1, &meant.1, &redaction] {
         assert_eq!(
             room.receive(pdu, &TestSource::default()).await,
@@ -868,6 +869,15 @@ async fn in_a_v11_room_a_redaction_redacts_what_its_content_names_not_its_top_le
     };
     assert_eq!(body(&kept.0), Some(json!("kept")));
     assert_eq!(body(&meant.0), None);
+    // Clients are shown the target the server redacted, at the top level and in the
+    // content (spec: room version 11, "Moving the `redacts` property").
+    let (status, shown) = room
+        .alice
+        .get(&format!("/rooms/{}/event/{}", room.id, redaction_id))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["redacts"], json!(meant.0), "{shown}");
+    assert_eq!(shown["content"]["redacts"], json!(meant.0), "{shown}");
 }
 
 #[tokio::test]

@@ -634,6 +634,56 @@ async fn rooms_v1_to_v9_do_what_their_version_allows() {
     server.stop().await;
 }
 
+/// A redaction is served naming its target at the top level and in the content in
+/// every room version (spec: room version 11, "Moving the `redacts` property": older
+/// clients read the top level, newer ones the content), through `/event` and `/sync`.
+#[tokio::test]
+async fn a_redaction_names_its_target_in_both_places_in_every_room_version() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    for version in ["10", "11", "12"] {
+        let room = alice
+            .create_room(json!({"preset": "public_chat", "room_version": version}))
+            .await;
+        let said = alice.text(&room, "soon gone").await;
+        let (status, body) = alice
+            .put(
+                &format!("/rooms/{room}/redact/{said}/r{version}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        let redaction_id = body["event_id"].as_str().unwrap().to_owned();
+        let (status, shown) = alice
+            .get(&format!("/rooms/{room}/event/{redaction_id}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {shown}");
+        assert_eq!(shown["redacts"], said.as_str(), "v{version}: {shown}");
+        assert_eq!(
+            shown["content"]["redacts"],
+            said.as_str(),
+            "v{version}: {shown}"
+        );
+        let (status, synced) = alice.get("/sync").await;
+        assert_eq!(status, StatusCode::OK, "{synced}");
+        let listed = synced["rooms"]["join"][room.as_str()]["timeline"]["events"]
+            .as_array()
+            .and_then(|events| {
+                events
+                    .iter()
+                    .find(|e| e["event_id"] == redaction_id.as_str())
+            })
+            .unwrap_or_else(|| panic!("v{version}: {synced}"));
+        assert_eq!(listed["redacts"], said.as_str(), "v{version}: {listed}");
+        assert_eq!(
+            listed["content"]["redacts"],
+            said.as_str(),
+            "v{version}: {listed}"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn redactions_need_power_over_others_events() {
     let server = TestServer::start().await;

@@ -16,6 +16,7 @@ use super::event_store::{EventStore, EventSummary, StoredEvent};
 use super::relations::{stored_aggregates, visible_aggregates};
 use super::state_store::ShortEventId;
 use super::visibility::VisibilityCheck;
+use crate::core::pdu;
 use crate::core::redaction::redact;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
@@ -51,8 +52,10 @@ pub struct ClientEventView<'e> {
     room_id: &'e str,
     unsigned: Map<String, Value>,
     /// The content to show instead of the stored one (an erased sender's event, redacted
-    /// for a viewer who joined after the erasure).
+    /// for a viewer who joined after the erasure; a redaction's, with its target).
     content: Option<Value>,
+    /// A redaction's target, shown at the top level in every room version.
+    redacts: Option<String>,
 }
 
 impl<'e> ClientEventView<'e> {
@@ -69,12 +72,14 @@ impl<'e> ClientEventView<'e> {
         check: Option<&mut VisibilityCheck<'_>>,
     ) -> ServiceResult<Self> {
         let content = erased_content(store, event, check.as_deref())?;
+        let (redacts, content) = redaction_shown(store, event, content)?;
         let unsigned = unsigned(store, (event, loaded), room_id, viewer, check)?;
         Ok(Self {
             event,
             room_id,
             unsigned,
             content,
+            redacts,
         })
     }
 }
@@ -96,7 +101,7 @@ impl Serialize for ClientEventView<'_> {
         }
         map.serialize_entry("event_id", &self.event.event_id)?;
         map.serialize_entry("room_id", self.room_id)?;
-        if let Some(target) = redacts(self.event) {
+        if let Some(target) = &self.redacts {
             map.serialize_entry("redacts", target)?;
         }
         map.serialize_entry("unsigned", &self.unsigned)?;
@@ -104,16 +109,37 @@ impl Serialize for ClientEventView<'_> {
     }
 }
 
-/// The target of a redaction event: room v11 moved `redacts` into the content, and
-/// clients still read the top level.
-fn redacts(event: &StoredEvent) -> Option<&Value> {
+/// A redaction's target as a client is shown it, and the content to show with it
+/// (`content`, or the stored one, with `redacts` set to the target when it says
+/// otherwise or nothing). Spec: room version 11, "Moving the `redacts` property": servers
+/// should serve `redacts` at the top level (older clients) and in the content (newer
+/// clients) in every room version. The target is read where the room version puts it
+/// ([`pdu::redaction_target`]): the other place is the sender's to fill and names
+/// nothing the server redacted.
+fn redaction_shown(
+    store: &EventStore,
+    event: &StoredEvent,
+    content: Option<Value>,
+) -> ServiceResult<(Option<String>, Option<Value>)> {
     if event.kind() != "m.room.redaction" {
-        return None;
+        return Ok((None, content));
     }
-    event
-        .pdu()
-        .get("redacts")
-        .or_else(|| event.content().get("redacts"))
+    let version = store.room_by_short(event.meta.room)?.version;
+    let Some(target) = pdu::redaction_target(event.pdu(), version) else {
+        return Ok((None, content));
+    };
+    let shown = content.as_ref().unwrap_or_else(|| event.content());
+    if shown.get("redacts").and_then(Value::as_str) == Some(target) {
+        return Ok((Some(target.to_owned()), content));
+    }
+    let mut content = content.unwrap_or_else(|| event.content().clone());
+    match &mut content {
+        Value::Object(map) => {
+            map.insert("redacts".into(), Value::from(target));
+        }
+        other => *other = json!({ "redacts": target }),
+    }
+    Ok((Some(target.to_owned()), Some(content)))
 }
 
 /// `event` as a `Value` (see [`client_event`]). Written from the same view `/sync`
@@ -138,11 +164,13 @@ fn render_with_content(
     check: Option<&mut VisibilityCheck<'_>>,
     content: Option<Value>,
 ) -> ServiceResult<Value> {
+    let (redacts, content) = redaction_shown(store, event, content)?;
     let view = ClientEventView {
         event,
         room_id,
         unsigned: unsigned(store, (event, &[]), room_id, viewer, check)?,
         content,
+        redacts,
     };
     serde_json::to_value(view).map_err(|e| ServiceError::internal(format!("client event: {e}")))
 }
