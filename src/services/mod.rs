@@ -308,13 +308,20 @@ impl push::delivery::PushLookups for Services {
         Ok((event.event_id.clone(), event.pdu().clone()))
     }
 
-    fn joined_room(&self, room: u64, user_id: &str) -> ServiceResult<Option<String>> {
+    fn member_room(
+        &self,
+        room: u64,
+        user_id: &str,
+    ) -> ServiceResult<Option<push::delivery::MemberRoom>> {
         let store = self.rooms.store();
         let room_id = store.room_by_short(room)?.record.room_id;
-        let joined = store
-            .membership(user_id, &room_id)?
-            .is_some_and(|m| m.membership == "join");
-        Ok(joined.then_some(room_id))
+        let membership = store.membership(user_id, &room_id)?;
+        let invited = match membership.as_ref().map(|m| m.membership.as_str()) {
+            Some("join") => false,
+            Some("invite") => true,
+            _ => return Ok(None),
+        };
+        Ok(Some(push::delivery::MemberRoom { room_id, invited }))
     }
 
     fn read_positions(

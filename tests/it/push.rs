@@ -180,6 +180,9 @@ async fn messages_reach_the_gateway_with_the_unread_count() {
     let s = server().await;
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    // Made before the pushers: its invites would be pushed too, and are not what
+    // this test counts.
     let (gateway, url) = Gateway::start().await;
     let (status, body) = set(&bob, pusher(&url, "bob-phone")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -189,7 +192,6 @@ async fn messages_reach_the_gateway_with_the_unread_count() {
     assert_eq!(listed[0]["data"]["url"], url.as_str());
     assert!(pushers_of(&alice).await.is_empty());
 
-    let room = dm(&alice, &bob).await;
     let first = alice.text(&room, "hello bob").await;
     let got = gateway.wait_for(1).await;
     assert_eq!(got.len(), 1, "{got:?}");
@@ -303,6 +305,9 @@ async fn a_failing_gateway_is_retried_and_a_rejected_pushkey_loses_its_pusher() 
     let s = server().await;
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    // Made before the pushers: its invites would be pushed too, and are not what
+    // this test counts.
     let (gateway, url) = Gateway::start().await;
     gateway
         .answers
@@ -310,7 +315,6 @@ async fn a_failing_gateway_is_retried_and_a_rejected_pushkey_loses_its_pusher() 
         .unwrap()
         .extend([(500, json!({})), (200, json!({"rejected": []}))]);
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
-    let room = dm(&alice, &bob).await;
     let first = alice.text(&room, "one").await;
     // Refused once, sent again after the back-off: the same notification twice.
     let got = gateway.wait_for(2).await;
@@ -358,13 +362,15 @@ async fn a_pusher_never_notified_holds_nothing_back() {
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let carol = Client::new(&s, "carol").await;
+    let room = room_of_three(&alice, &bob, &carol).await;
+    // Made before the pushers: its invites would be pushed too, and are not what
+    // this test counts.
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
     assert_eq!(
         set(&carol, pusher(&url, "carol-phone")).await.0,
         StatusCode::OK
     );
-    let room = room_of_three(&alice, &bob, &carol).await;
     let (status, _) = carol
         .put(
             &format!("/pushrules/global/room/{}", enc(&room)),
@@ -526,9 +532,11 @@ async fn push_rules_decide_what_reaches_the_gateway() {
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let carol = Client::new(&s, "carol").await;
+    let room = room_of_three(&alice, &bob, &carol).await;
+    // Made before the pushers: its invites would be pushed too, and are not what
+    // this test counts.
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
-    let room = room_of_three(&alice, &bob, &carol).await;
 
     let plain = alice.text(&room, "hello all").await;
     let got = gateway.wait_for(1).await;
@@ -643,6 +651,9 @@ async fn pushes_held_back_by_a_failing_gateway_leave_in_order_with_the_current_b
     let s = server().await;
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    // Made before the pushers: its invites would be pushed too, and are not what
+    // this test counts.
     let (gateway, url) = Gateway::start().await;
     // Refused at once and again after the first back-off (1 s): the next try comes 2 s
     // later, long after the two messages below are stored.
@@ -652,7 +663,6 @@ async fn pushes_held_back_by_a_failing_gateway_leave_in_order_with_the_current_b
         .unwrap()
         .extend([(500, json!({})), (500, json!({}))]);
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
-    let room = dm(&alice, &bob).await;
     let first = alice.text(&room, "one").await;
     assert_eq!(gateway.wait_for(1).await.len(), 1, "refused once");
     let second = alice.text(&room, "two").await;
@@ -682,6 +692,9 @@ async fn a_pusher_kept_behind_by_its_gateway_still_gets_what_others_have_passed(
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let carol = Client::new(&s, "carol").await;
+    let room = room_of_three(&alice, &bob, &carol).await;
+    // Made before the pushers: its invites would be pushed too, and are not what
+    // this test counts.
     let (bobs_gateway, bobs_url) = Gateway::start().await;
     let (carols_gateway, carols_url) = Gateway::start().await;
     // Bob's gateway refuses everything for now; carol's pushes go through, and the queue
@@ -699,7 +712,6 @@ async fn a_pusher_kept_behind_by_its_gateway_still_gets_what_others_have_passed(
         set(&carol, pusher(&carols_url, "carol-phone")).await.0,
         StatusCode::OK
     );
-    let room = room_of_three(&alice, &bob, &carol).await;
     let mut sent = Vec::new();
     for n in 0..4 {
         sent.push(alice.text(&room, &format!("message {n}")).await);
@@ -729,5 +741,154 @@ async fn a_pusher_kept_behind_by_its_gateway_still_gets_what_others_have_passed(
     let got = bobs_gateway.received();
     assert_eq!(ids(&got[got.len() - 4..]), expected, "{got:?}");
     assert_eq!(carols_gateway.received().len(), 4, "nothing pushed twice");
+    s.stop().await;
+}
+
+/// Two localparts whose user ids on `server_name` share a push queue tag (the 32-bit
+/// FNV-1a hash of the id: queue entries list tags, not ids).
+fn colliding_localparts(server_name: &str) -> (String, String) {
+    let mut seen = std::collections::HashMap::new();
+    for n in 0u64.. {
+        let local = format!("u{n}");
+        let tag = ourwhats::core::fnv::fnv1a_32(format!("@{local}:{server_name}").bytes());
+        if let Some(first) = seen.insert(tag, local.clone()) {
+            return (first, local);
+        }
+    }
+    unreachable!("the tags are 32 bits")
+}
+
+/// A queue entry names its users by a 32-bit tag, so a user whose tag only collides with a
+/// notified one's is offered the entry: what they are sent is decided by their own
+/// notification entry, and they get nothing (queue.rs). Their pusher is not held back
+/// either: what does notify them later reaches them.
+#[tokio::test]
+async fn a_user_whose_queue_tag_collides_with_a_notified_one_gets_nothing() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let server_name = alice.user_id.split_once(':').unwrap().1.to_owned();
+    let (first, second) = colliding_localparts(&server_name);
+    let carol = Client::new(&s, &first).await;
+    let dave = Client::new(&s, &second).await;
+    assert_eq!(
+        ourwhats::core::fnv::fnv1a_32(carol.user_id.bytes()),
+        ourwhats::core::fnv::fnv1a_32(dave.user_id.bytes())
+    );
+    // Dave is in the room, but its messages do not notify him.
+    let room = room_of_three(&alice, &carol, &dave).await;
+    let (status, _) = dave
+        .put(
+            &format!("/pushrules/global/room/{}", enc(&room)),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(
+        set(&carol, pusher(&url, "carol-phone")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        set(&dave, pusher(&url, "dave-phone")).await.0,
+        StatusCode::OK
+    );
+    let said = alice.text(&room, "for carol's phone").await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["notification"]["event_id"], said.as_str());
+    assert_eq!(
+        got[0]["notification"]["devices"][0]["pushkey"],
+        "carol-phone"
+    );
+    // A DM does notify dave (its invite, then a message): his pusher went past the
+    // entry that was not his.
+    let direct = dm(&alice, &dave).await;
+    let for_dave = alice.text(&direct, "for dave's phone").await;
+    gateway.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = gateway.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let to_dave: Vec<&Value> = got[1..].iter().map(|g| &g["notification"]).collect();
+    assert!(
+        to_dave
+            .iter()
+            .all(|n| n["devices"][0]["pushkey"] == "dave-phone" && n["room_id"] == direct.as_str()),
+        "{got:?}"
+    );
+    assert_eq!(to_dave[0]["content"]["membership"], "invite");
+    assert_eq!(to_dave[1]["event_id"], for_dave.as_str());
+    s.stop().await;
+}
+
+/// An invite notifies the invited user (spec: push rules, `.m.rule.invite_for_me`),
+/// who is not a member yet: their phone hears of it, with `user_is_target`. Nobody
+/// else's rules are asked about it (carol, joined, is not notified).
+#[tokio::test]
+async fn an_invite_reaches_the_invited_users_phone() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    assert_eq!(
+        set(&carol, pusher(&url, "carol-phone")).await.0,
+        StatusCode::OK
+    );
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "Plans", "invite": [carol.user_id]}))
+        .await;
+    assert_eq!(carol.join(&room).await.0, StatusCode::OK);
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{room}/invite"),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got = gateway.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_all = gateway.received();
+    let to = |pushkey: &str| -> Vec<&Value> {
+        got_all
+            .iter()
+            .filter(|g| g["notification"]["devices"][0]["pushkey"] == pushkey)
+            .map(|g| &g["notification"])
+            .collect()
+    };
+    // Both invites are pushed, each to its invitee only: carol's when the room was made,
+    // bob's now (carol, joined by then, is not told of it).
+    let (bobs, carols) = (to("bob-phone"), to("carol-phone"));
+    assert_eq!(bobs.len(), 1, "{got:?}");
+    let n = bobs[0];
+    assert_eq!(n["type"], "m.room.member", "{n}");
+    assert_eq!(n["content"]["membership"], "invite", "{n}");
+    assert_eq!(n["user_is_target"], true, "{n}");
+    assert_eq!(n["room_id"], room.as_str(), "{n}");
+    assert_eq!(n["room_name"], "Plans", "{n}");
+    assert_eq!(n["sender"], alice.user_id.as_str(), "{n}");
+    // The badge counts a pending invite once.
+    assert_eq!(n["counts"]["unread"], 1, "{n}");
+    assert_eq!(carols.len(), 1, "{got_all:?}");
+    assert_eq!(carols[0]["content"]["membership"], "invite");
+    assert_eq!(carols[0]["user_is_target"], true);
+    // Once bob has joined, his invite is not an unread notification of the room: the
+    // next message makes one, for the badge and for `/sync`.
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let said = alice.text(&room, "welcome bob").await;
+    gateway.wait_for(4).await;
+    let got = gateway.received();
+    let to_bob = got
+        .iter()
+        .map(|g| &g["notification"])
+        .find(|n| n["event_id"] == said.as_str() && n["devices"][0]["pushkey"] == "bob-phone")
+        .unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(to_bob["counts"]["unread"], 1, "{to_bob}");
+    let synced = bob.sync("").await;
+    assert_eq!(
+        synced["rooms"]["join"][room.as_str()]["unread_notifications"]["notification_count"],
+        1,
+        "{synced}"
+    );
     s.stop().await;
 }

@@ -71,12 +71,22 @@ const GATHER: Duration = Duration::from_millis(10);
 pub trait PushLookups: Send + Sync {
     /// An event's id and PDU by short id.
     fn event(&self, short: u64) -> ServiceResult<(String, Value)>;
-    /// The room id of a short room id, and whether `user_id` is joined to it.
-    fn joined_room(&self, room: u64, user_id: &str) -> ServiceResult<Option<String>>;
+    /// The room `room` if `user_id` is joined to it or invited (an invite notifies the
+    /// invitee: `.m.rule.invite_for_me`), else `None`.
+    fn member_room(&self, room: u64, user_id: &str) -> ServiceResult<Option<MemberRoom>>;
     /// How far the user has read in a room.
     fn read_positions(&self, room: u64, user_id: &str) -> ServiceResult<ReadPositions>;
     /// The room's name (`m.room.name`) and the sender's display name there, if any.
     fn names(&self, room_id: &str, sender: &str) -> (Option<String>, Option<String>);
+}
+
+/// A room a user is joined to or invited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRoom {
+    /// The room's id.
+    pub room_id: String,
+    /// Whether the user is invited (not joined).
+    pub invited: bool,
 }
 
 /// Which addresses gateways may be reached at.
@@ -927,10 +937,11 @@ impl Worker {
 
     /// The `notification` object for one device (spec: push gateway API), its unread
     /// count left for [`Worker::notifications`] to fill in; `None` when the user has left
-    /// the room since.
+    /// the room since (or was never invited).
     fn notification(&self, pusher: &Pusher, item: &Item) -> ServiceResult<Option<Value>> {
         let (push, lookups) = (&self.push, &*self.lookups);
-        let Some(room_id) = lookups.joined_room(item.room, &pusher.user_id)? else {
+        let Some(MemberRoom { room_id, .. }) = lookups.member_room(item.room, &pusher.user_id)?
+        else {
             return Ok(None);
         };
         let Some(actions) = push.notified_actions(&pusher.user_id, item.room, item.pos)? else {
@@ -1009,11 +1020,21 @@ impl Push {
         // Read before the memberships: a rejoin the checks miss comes after it.
         let published = self.stream.watermark();
         for room in rooms {
-            if lookups.joined_room(room, user_id)?.is_none() {
-                // Left: its entries count again once the user is back and it notifies
-                // them anew (or the user's rooms are loaded again).
-                self.badge.drop_read(user_id, room, published);
-                continue;
+            match lookups.member_room(room, user_id)? {
+                None => {
+                    // Left (or an invite refused): its entries count again once the user
+                    // is back and it notifies them anew (or the user's rooms are loaded
+                    // again).
+                    self.badge.drop_read(user_id, room, published);
+                    continue;
+                }
+                // A pending invite counts once (as Synapse's badge counts invites); the
+                // invite's own entry is never counted as unread.
+                Some(MemberRoom { invited: true, .. }) => {
+                    total += 1;
+                    continue;
+                }
+                Some(_) => {}
             }
             let read = lookups.read_positions(room, user_id)?;
             let (counts, complete_upto) = self.counted_unread(user_id, room, &read)?;

@@ -31,6 +31,11 @@ const MAX_COUNTED: usize = 10_000;
 const HEADER: usize = 17;
 const HIGHLIGHT: u8 = 1;
 const THREADED: u8 = 2;
+/// The invitee's entry for their invite: pushed and listed, but never counted in the
+/// room's unread counts. Before the join it is no room of theirs (the badge counts a
+/// pending invite once, see `unread_total`); after, what came before the join is not
+/// unread (as Synapse, which counts from the latest membership event without a receipt).
+const INVITE: u8 = 4;
 
 /// One notification, as stored.
 #[derive(Debug, Clone)]
@@ -126,14 +131,22 @@ impl NewEventHook for Push {
         let index = self.pusher_index();
         // The notified users with pushers: one queue entry for them all.
         let mut to_push: Vec<&str> = Vec::new();
-        for member in event.local_members {
-            if member.user_id == sender {
+        // The joined members, and the local user an invite invites (spec: push rules,
+        // `.m.rule.invite_for_me`; as Synapse, the invitee's rules judge their invite).
+        let members = event
+            .local_members
+            .iter()
+            .map(|m| (m.user_id.as_str(), m.display_name.as_deref()))
+            .chain(event.invited.map(|user| (user, None)));
+        for (user_id, display_name) in members {
+            let invited = event.invited == Some(user_id);
+            if user_id == sender {
                 continue;
             }
-            let ruleset = self.ruleset(&member.user_id)?;
+            let ruleset = self.ruleset(user_id)?;
             let ctx = PushContext {
-                user_id: &member.user_id,
-                display_name: member.display_name.as_deref(),
+                user_id,
+                display_name,
                 room_member_count: event.joined_count,
                 sender_power: event.power_levels.user(sender),
                 notification_levels: event.notification_levels,
@@ -154,6 +167,9 @@ impl NewEventHook for Push {
             if root.is_some() {
                 flags |= THREADED;
             }
+            if invited {
+                flags |= INVITE;
+            }
             value.push(flags);
             value.extend_from_slice(&event.short.to_be_bytes());
             value.extend_from_slice(&ts.to_be_bytes());
@@ -164,11 +180,11 @@ impl NewEventHook for Push {
             value.extend_from_slice(&serde_json::to_vec(&rule.actions).unwrap_or_default());
             batch.put(
                 Table::UseridShortroomidPosNotify,
-                entry_key(&member.user_id, event.room, event.pos),
+                entry_key(user_id, event.room, event.pos),
                 value,
             );
-            if index.has_any(&member.user_id) {
-                to_push.push(&member.user_id);
+            if index.has_any(user_id) {
+                to_push.push(user_id);
             }
         }
         if !to_push.is_empty() {
@@ -326,7 +342,7 @@ impl Push {
                 .ok_or_else(corrupt)?;
             last = pos;
             let (root, _) = split_thread(&value)?;
-            if read.has_read(pos, root) {
+            if read.has_read(pos, root) || value[0] & INVITE != 0 {
                 continue;
             }
             let slot = match root {

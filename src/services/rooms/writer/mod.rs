@@ -198,6 +198,9 @@ pub struct NewEvent<'a> {
     pub short: ShortEventId,
     /// The room's local joined members before the event.
     pub local_members: &'a [LocalMember],
+    /// For an invite of a local user: that user, whose own push rules judge it too
+    /// (`.m.rule.invite_for_me`), though not a member yet.
+    pub invited: Option<&'a str>,
     /// The room's joined member count.
     pub joined_count: u64,
     /// The power levels before the event.

@@ -64,6 +64,7 @@ pub(super) fn run_hooks(
         None => Vec::new(),
     };
     let local_members = head.local_members(store, &ctx.server_name)?;
+    let invited = invited_local_user(pdu, &ctx.server_name);
     let event = NewEvent {
         room_id: &room_id,
         room,
@@ -71,6 +72,7 @@ pub(super) fn run_hooks(
         pdu,
         short,
         local_members,
+        invited,
         joined_count,
         power_levels: &power_levels,
         notification_levels,
@@ -82,6 +84,19 @@ pub(super) fn run_hooks(
         hook.new_event(&event, batch)?;
     }
     Ok(())
+}
+
+/// The local user an invite event invites, if it is one.
+fn invited_local_user<'p>(pdu: &'p Value, server_name: &str) -> Option<&'p str> {
+    if pdu.get("type").and_then(Value::as_str) != Some("m.room.member")
+        || membership_of(pdu) != "invite"
+    {
+        return None;
+    }
+    pdu.get("state_key").and_then(Value::as_str).filter(|user| {
+        user.split_once(':')
+            .is_some_and(|(_, server)| server == server_name)
+    })
 }
 
 /// Writes `built` (already authorized) as the room's newest event, in one batch.
