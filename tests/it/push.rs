@@ -892,3 +892,37 @@ async fn an_invite_reaches_the_invited_users_phone() {
     );
     s.stop().await;
 }
+
+/// A message redacted while its push waits (its gateway failing) is not pushed late: the
+/// redaction takes its notification away, and the retry sends only what is still there.
+#[tokio::test]
+async fn a_message_redacted_before_its_push_leaves_is_not_pushed() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    let (gateway, url) = Gateway::start().await;
+    // Refused at once: the next try comes after the first back-off (1 s).
+    gateway.answers.lock().unwrap().push_back((500, json!({})));
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let first = alice.text(&room, "one").await;
+    assert_eq!(gateway.wait_for(1).await.len(), 1, "refused once");
+    let regretted = alice.text(&room, "sent by mistake").await;
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/redact/{regretted}/r1"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let last = alice.text(&room, "three").await;
+    let got = gateway.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_all = gateway.received();
+    assert_eq!(got_all.len(), 3, "{got_all:?}");
+    let ids: Vec<&Value> = got[1..]
+        .iter()
+        .map(|b| &b["notification"]["event_id"])
+        .collect();
+    assert_eq!(ids, [first.as_str(), last.as_str()], "{got_all:?}");
+    // The badge no longer counts it either.
+    assert_eq!(got_all[2]["notification"]["counts"]["unread"], 2);
+    s.stop().await;
+}
