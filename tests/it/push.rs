@@ -926,3 +926,38 @@ async fn a_message_redacted_before_its_push_leaves_is_not_pushed() {
     assert_eq!(got_all[2]["notification"]["counts"]["unread"], 2);
     s.stop().await;
 }
+
+/// An invite from a user the invitee ignores is not pushed (spec: "Servers must not send
+/// room invites from ignored users to clients"); one from someone else is.
+#[tokio::test]
+async fn an_invite_from_an_ignored_user_is_not_pushed() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let (status, body) = bob
+        .put(
+            &format!(
+                "/user/{}/account_data/m.ignored_user_list",
+                enc(&bob.user_id)
+            ),
+            json!({"ignored_users": {alice.user_id.as_str(): {}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let ignored = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    let welcome = carol
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    gateway.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = gateway.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["notification"]["room_id"], welcome.as_str());
+    assert_ne!(got[0]["notification"]["room_id"], ignored.as_str());
+    s.stop().await;
+}

@@ -15,7 +15,7 @@ use super::Accounts;
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::StreamChange;
-use crate::storage::{keys, Table};
+use crate::storage::{keys, Db, Table};
 
 /// The largest account data object accepted, in bytes of JSON.
 pub const MAX_ACCOUNT_DATA_BYTES: usize = 64 * 1024;
@@ -168,17 +168,7 @@ impl Accounts {
         room_id: Option<&str>,
         kind: &str,
     ) -> ServiceResult<Option<Value>> {
-        let record: Option<AccountDataRecord> = self
-            .db
-            .get(
-                Table::UseridRoomidTypeAccountdata,
-                data_key(user_id, room_id, kind),
-            )?
-            .map(|b| decode(Table::UseridRoomidTypeAccountdata, &b))
-            .transpose()?;
-        Ok(record
-            .map(|r| r.content)
-            .filter(|c| c.as_object().is_none_or(|o| !o.is_empty())))
+        stored_account_data(&self.db, user_id, room_id, kind)
     }
 
     /// Every account data object of the user (initial sync), global and per room.
@@ -252,13 +242,39 @@ impl Accounts {
 
     /// Users the user ignores (`m.ignored_user_list`).
     pub fn ignored_users(&self, user_id: &str) -> ServiceResult<Vec<String>> {
-        Ok(self
-            .account_data(user_id, None, "m.ignored_user_list")?
+        ignored_users_in(&self.db, user_id)
+    }
+}
+
+/// One account data object in `db`; `None` when unset (or removed).
+fn stored_account_data(
+    db: &Db,
+    user_id: &str,
+    room_id: Option<&str>,
+    kind: &str,
+) -> ServiceResult<Option<Value>> {
+    let record: Option<AccountDataRecord> = db
+        .get(
+            Table::UseridRoomidTypeAccountdata,
+            data_key(user_id, room_id, kind),
+        )?
+        .map(|b| decode(Table::UseridRoomidTypeAccountdata, &b))
+        .transpose()?;
+    Ok(record
+        .map(|r| r.content)
+        .filter(|c| c.as_object().is_none_or(|o| !o.is_empty())))
+}
+
+/// Users `user_id` ignores (`m.ignored_user_list`), read from `db`: for services that
+/// hold the database but not the accounts service (push).
+pub fn ignored_users_in(db: &Db, user_id: &str) -> ServiceResult<Vec<String>> {
+    Ok(
+        stored_account_data(db, user_id, None, "m.ignored_user_list")?
             .and_then(|c| {
                 c.get("ignored_users")
                     .and_then(Value::as_object)
                     .map(|o| o.keys().cloned().collect())
             })
-            .unwrap_or_default())
-    }
+            .unwrap_or_default(),
+    )
 }

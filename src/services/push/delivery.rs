@@ -940,11 +940,14 @@ impl Worker {
     /// the room since (or was never invited).
     fn notification(&self, pusher: &Pusher, item: &Item) -> ServiceResult<Option<Value>> {
         let (push, lookups) = (&self.push, &*self.lookups);
-        let Some(MemberRoom { room_id, .. }) = lookups.member_room(item.room, &pusher.user_id)?
+        let Some(MemberRoom { room_id, invited }) =
+            lookups.member_room(item.room, &pusher.user_id)?
         else {
             return Ok(None);
         };
-        let Some(actions) = push.notified_actions(&pusher.user_id, item.room, item.pos)? else {
+        let Some(actions) =
+            push.notified_actions(&pusher.user_id, (item.room, item.pos), invited)?
+        else {
             return Ok(None);
         };
         let facts = self.event_facts(item, &room_id)?;
@@ -1009,7 +1012,8 @@ impl Worker {
 }
 
 impl Push {
-    /// The user's unread notifications across the rooms they are joined to (the badge).
+    /// The user's unread notifications across the rooms they are joined to, and their
+    /// pending invites that notified them, once each (the badge).
     /// Sums the rooms [`super::badge`] holds for them, dropping those read through or
     /// left.
     fn unread_total(&self, lookups: &dyn PushLookups, user_id: &str) -> ServiceResult<u64> {

@@ -2,7 +2,7 @@
 //! unread counts `/sync` shows, and `GET /notifications`.
 //!
 //! One entry per (user, room, position) of an event that notifies the user, in the event's
-//! own write batch: `flags (1 byte: 1 highlight, 2 in a thread) ++ event short id (u64 BE)
+//! own write batch: `flags (1 byte: 1 highlight, 2 in a thread, 4 the user's invite) ++ event short id (u64 BE)
 //! ++ origin_server_ts (u64 BE) ++ [thread root id length (1 byte) ++ thread root id] ++
 //! actions (JSON)`. Counts scan a room's entries after the unthreaded read receipt and
 //! check each against its thread's (or the main timeline's) receipt, as the spec's
@@ -18,6 +18,7 @@ use super::queue::{self, QueuedEvent};
 use super::unread_cache::Counted;
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
+use crate::services::accounts::account_data::ignored_users_in;
 use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::stored_event::StoredEvent;
@@ -31,10 +32,11 @@ const MAX_COUNTED: usize = 10_000;
 const HEADER: usize = 17;
 const HIGHLIGHT: u8 = 1;
 const THREADED: u8 = 2;
-/// The invitee's entry for their invite: pushed and listed, but never counted in the
-/// room's unread counts. Before the join it is no room of theirs (the badge counts a
-/// pending invite once, see `unread_total`); after, what came before the join is not
-/// unread (as Synapse, which counts from the latest membership event without a receipt).
+/// The invitee's entry for their invite: pushed (and listed by `/notifications` where the
+/// user may read it), never counted in the room's unread counts. Before the join it is no
+/// room of theirs (the badge counts a pending invite once, see `unread_total`); after,
+/// what came before the join is not unread (as Synapse, which counts from the latest
+/// membership event without a receipt).
 const INVITE: u8 = 4;
 
 /// One notification, as stored.
@@ -132,14 +134,32 @@ impl NewEventHook for Push {
         // The notified users with pushers: one queue entry for them all.
         let mut to_push: Vec<&str> = Vec::new();
         // The joined members, and the local user an invite invites (spec: push rules,
-        // `.m.rule.invite_for_me`; as Synapse, the invitee's rules judge their invite).
+        // `.m.rule.invite_for_me`; as Synapse, the invitee's rules judge their invite,
+        // with the display name it gives them), unless they ignore its sender (spec:
+        // "Servers must not send room invites from ignored users to clients").
+        let invitee = match event.invited {
+            Some(user)
+                if !event.local_members.iter().any(|m| m.user_id == user)
+                    && !ignored_users_in(&self.db, user)?
+                        .iter()
+                        .any(|u| u == sender) =>
+            {
+                let name = event
+                    .pdu
+                    .get("content")
+                    .and_then(|c| c.get("displayname"))
+                    .and_then(Value::as_str);
+                Some((user, name))
+            }
+            _ => None,
+        };
         let members = event
             .local_members
             .iter()
             .map(|m| (m.user_id.as_str(), m.display_name.as_deref()))
-            .chain(event.invited.map(|user| (user, None)));
+            .chain(invitee);
         for (user_id, display_name) in members {
-            let invited = event.invited == Some(user_id);
+            let invited = invitee.is_some_and(|(user, _)| user == user_id);
             if user_id == sender {
                 continue;
             }
@@ -234,12 +254,14 @@ impl Push {
     }
 
     /// The actions of the rule that made the event at `pos` in `room` notify `user_id`,
-    /// if it did.
+    /// if it did; with `invite_only`, only if the event is the user's invite (an invited
+    /// user is pushed nothing else of the room, such as what notified them before they
+    /// left, still queued behind a failing gateway).
     pub(super) fn notified_actions(
         &self,
         user_id: &str,
-        room: u64,
-        pos: u64,
+        (room, pos): (u64, u64),
+        invite_only: bool,
     ) -> ServiceResult<Option<Vec<Value>>> {
         let Some(value) = self.db.get(
             Table::UseridShortroomidPosNotify,
@@ -249,6 +271,9 @@ impl Push {
             return Ok(None);
         };
         let (_, actions) = split_thread(&value)?;
+        if invite_only && value[0] & INVITE == 0 {
+            return Ok(None);
+        }
         serde_json::from_slice(actions)
             .map(Some)
             .map_err(|_| corrupt())

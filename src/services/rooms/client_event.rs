@@ -126,7 +126,17 @@ fn redaction_shown(
     }
     let version = store.room_by_short(event.meta.room)?.version;
     let Some(target) = pdu::redaction_target(event.pdu(), version) else {
-        return Ok((None, content));
+        // No target where the room version puts it (a malformed one, or a redacted
+        // redaction before v11): none is shown, not even one the content names.
+        let shown = content.as_ref().unwrap_or_else(|| event.content());
+        if shown.get("redacts").is_none() {
+            return Ok((None, content));
+        }
+        let mut content = content.unwrap_or_else(|| event.content().clone());
+        if let Value::Object(map) = &mut content {
+            map.remove("redacts");
+        }
+        return Ok((None, Some(content)));
     };
     let shown = content.as_ref().unwrap_or_else(|| event.content());
     if shown.get("redacts").and_then(Value::as_str) == Some(target) {
