@@ -562,3 +562,80 @@ async fn invites_from_another_server_are_rate_limited_per_invitee() {
     }
     cluster.shutdown().await;
 }
+
+/// What a push gateway on loopback received (the test's stand-in for a phone vendor's).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+async fn notify(
+    axum::extract::State(received): axum::extract::State<Received>,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::Json<Value> {
+    received.lock().unwrap().push(body);
+    axum::Json(json!({"rejected": []}))
+}
+
+/// A push gateway over HTTPS with a certificate of the cluster's CA (which every server
+/// trusts); answers its notify URL.
+async fn push_gateway(cluster: &Cluster, dir: &std::path::Path) -> (Received, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (cert, key) = cluster.ca.issue(dir, "gateway").unwrap();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .unwrap();
+    let received = Received::default();
+    let app = axum::Router::new()
+        .route("/_matrix/push/v1/notify", axum::routing::post(notify))
+        .with_state(received.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = axum_server::from_tcp_rustls(listener, tls).unwrap();
+    tokio::spawn(async move { server.serve(app.into_make_service()).await });
+    (
+        received,
+        format!("https://{address}/_matrix/push/v1/notify"),
+    )
+}
+
+/// An invite from another server to a room ours is not in (kept out of band) notifies
+/// the invitee as one in a room we are in does (`.m.rule.invite_for_me`): their phone
+/// is pushed, with the invite's sender and `user_is_target`.
+#[tokio::test]
+async fn an_invite_from_another_server_reaches_the_invitees_phone() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (received, url) = push_gateway(&cluster, dir.path()).await;
+    let (status, body) = bob
+        .post(
+            "/pushers/set",
+            json!({
+                "pushkey": "bob-phone", "kind": "http", "app_id": "org.example.chat",
+                "app_display_name": "Chat", "device_display_name": "Phone", "lang": "en",
+                "data": {"url": url},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id], "is_direct": true}))
+        .await;
+    sync_shows(&bob, "invite", &room).await;
+    let started = std::time::Instant::now();
+    while received.lock().unwrap().is_empty() && started.elapsed().as_secs() < 10 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let n = &got[0]["notification"];
+    assert_eq!(n["room_id"], room.as_str(), "{n}");
+    assert_eq!(n["type"], "m.room.member", "{n}");
+    assert_eq!(n["content"]["membership"], "invite", "{n}");
+    assert_eq!(n["sender"], alice.user_id.as_str(), "{n}");
+    assert_eq!(n["user_is_target"], true, "{n}");
+    assert_eq!(n["devices"][0]["pushkey"], "bob-phone", "{n}");
+    assert_eq!(n["counts"]["unread"], 1, "{n}");
+    cluster.shutdown().await;
+}

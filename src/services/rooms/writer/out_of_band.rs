@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::head::membership_of;
 use super::head::RoomHead;
-use super::persist::Edges;
+use super::persist::{run_hooks, Edges};
 use super::remote_event::{put_without_place, RemoteEvent};
 use super::remote_join::empty_room;
 use super::{WriterContext, Written};
@@ -100,13 +100,14 @@ pub(super) fn write(
     }
 
     let mut batch = store.db.batch();
+    let pdu = job.pdu;
     let short = match store.state.find_event(&job.event_id)? {
         Some(short) => short,
         None => {
             let short = store.state.intern_new_event(&job.event_id, &mut batch);
             let event = RemoteEvent {
                 event_id: job.event_id.clone(),
-                pdu: job.pdu,
+                pdu: pdu.clone(),
                 signed_by: Vec::new(),
                 outlier: true,
                 forward: false,
@@ -151,6 +152,19 @@ pub(super) fn write(
         out_of_band: true,
     };
     batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
+    if membership == "invite" {
+        // The invitee's push rules judge their invite (`.m.rule.invite_for_me`), as for
+        // an invite in a room we are in: a federated DM rings their phone. The room has
+        // no state here, so no member of ours is asked about it.
+        run_hooks(
+            ctx,
+            current,
+            (&pdu, short, ticket.pos()),
+            None,
+            true,
+            &mut batch,
+        )?;
+    }
     store.db.write_relaxed(batch)?;
     written.changes.push((
         ticket,
