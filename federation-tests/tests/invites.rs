@@ -627,6 +627,8 @@ async fn an_invite_from_another_server_reaches_the_invitees_phone() {
     while received.lock().unwrap().is_empty() && started.elapsed().as_secs() < 10 {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // Pushed once: nothing more comes.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let got = received.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
     let n = &got[0]["notification"];

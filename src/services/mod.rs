@@ -315,13 +315,18 @@ impl push::delivery::PushLookups for Services {
     ) -> ServiceResult<Option<push::delivery::MemberRoom>> {
         let store = self.rooms.store();
         let room_id = store.room_by_short(room)?.record.room_id;
-        let membership = store.membership(user_id, &room_id)?;
-        let invited = match membership.as_ref().map(|m| m.membership.as_str()) {
-            Some("join") => false,
-            Some("invite") => true,
+        let Some(membership) = store.membership(user_id, &room_id)? else {
+            return Ok(None);
+        };
+        let invited_at = match membership.membership.as_str() {
+            "join" => None,
+            "invite" => Some(membership.pos),
             _ => return Ok(None),
         };
-        Ok(Some(push::delivery::MemberRoom { room_id, invited }))
+        Ok(Some(push::delivery::MemberRoom {
+            room_id,
+            invited_at,
+        }))
     }
 
     fn read_positions(

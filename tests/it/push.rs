@@ -961,3 +961,28 @@ async fn an_invite_from_an_ignored_user_is_not_pushed() {
     assert_ne!(got[0]["notification"]["room_id"], ignored.as_str());
     s.stop().await;
 }
+
+/// A rejected invite leaves the badge: the next invite counts alone.
+#[tokio::test]
+async fn a_rejected_invite_leaves_the_badge() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let first = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(got[0]["notification"]["counts"]["unread"], 1, "{got:?}");
+    let (status, body) = bob.post(&format!("/rooms/{first}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let second = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    let got = gateway.wait_for(2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["notification"]["room_id"], second.as_str());
+    assert_eq!(got[1]["notification"]["counts"]["unread"], 1, "{got:?}");
+    s.stop().await;
+}

@@ -85,8 +85,10 @@ pub trait PushLookups: Send + Sync {
 pub struct MemberRoom {
     /// The room's id.
     pub room_id: String,
-    /// Whether the user is invited (not joined).
-    pub invited: bool,
+    /// While the user is invited (not joined): the stream position of their current
+    /// invite, where its notification entry is (an older invite's, or what notified them
+    /// before they left, is not theirs to be pushed or counted now).
+    pub invited_at: Option<u64>,
 }
 
 /// Which addresses gateways may be reached at.
@@ -940,13 +942,18 @@ impl Worker {
     /// the room since (or was never invited).
     fn notification(&self, pusher: &Pusher, item: &Item) -> ServiceResult<Option<Value>> {
         let (push, lookups) = (&self.push, &*self.lookups);
-        let Some(MemberRoom { room_id, invited }) =
-            lookups.member_room(item.room, &pusher.user_id)?
+        let Some(MemberRoom {
+            room_id,
+            invited_at,
+        }) = lookups.member_room(item.room, &pusher.user_id)?
         else {
             return Ok(None);
         };
+        if invited_at.is_some_and(|at| at != item.pos) {
+            return Ok(None);
+        }
         let Some(actions) =
-            push.notified_actions(&pusher.user_id, (item.room, item.pos), invited)?
+            push.notified_actions(&pusher.user_id, (item.room, item.pos), invited_at.is_some())?
         else {
             return Ok(None);
         };
@@ -1032,10 +1039,15 @@ impl Push {
                     self.badge.drop_read(user_id, room, published);
                     continue;
                 }
-                // A pending invite counts once (as Synapse's badge counts invites); the
-                // invite's own entry is never counted as unread.
-                Some(MemberRoom { invited: true, .. }) => {
-                    total += 1;
+                // A pending invite that notified the user counts once (as Synapse's badge
+                // counts invites); the invite's own entry is never counted as unread.
+                Some(MemberRoom {
+                    invited_at: Some(at),
+                    ..
+                }) => {
+                    if self.notified_actions(user_id, (room, at), true)?.is_some() {
+                        total += 1;
+                    }
                     continue;
                 }
                 Some(_) => {}

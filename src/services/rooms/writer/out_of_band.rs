@@ -101,8 +101,10 @@ pub(super) fn write(
 
     let mut batch = store.db.batch();
     let pdu = job.pdu;
-    let short = match store.state.find_event(&job.event_id)? {
-        Some(short) => short,
+    // An event we hold already (an invite sent again after it was rejected) notifies
+    // nobody anew.
+    let (short, new) = match store.state.find_event(&job.event_id)? {
+        Some(short) => (short, false),
         None => {
             let short = store.state.intern_new_event(&job.event_id, &mut batch);
             let event = RemoteEvent {
@@ -129,7 +131,7 @@ pub(super) fn write(
             let auth = crate::services::rooms::auth_index::held_auth_events(store, &event.pdu)?;
             let state_key = crate::services::rooms::auth_index::state_key_of(store, &event.pdu)?;
             crate::services::rooms::auth_index::note_children(&mut batch, short, &auth, state_key);
-            short
+            (short, true)
         }
     };
     if let Some(stripped) = &job.stripped_state {
@@ -152,7 +154,7 @@ pub(super) fn write(
         out_of_band: true,
     };
     batch.put(Table::UseridRoomidMembership, &key, encode(&entry));
-    if membership == "invite" {
+    if membership == "invite" && new {
         // The invitee's push rules judge their invite (`.m.rule.invite_for_me`), as for
         // an invite in a room we are in: a federated DM rings their phone. The room has
         // no state here, so no member of ours is asked about it.
