@@ -4,11 +4,11 @@
 //! `GET/PUT/DELETE /pushrules/...`, `GET /notifications`, `GET /pushers`,
 //! `POST /pushers/set`), `/sync`'s `unread_notifications`, and the push gateway API.
 //! Each user's rules are evaluated ([`crate::core::push_rules`]) for every event of the
-//! rooms they are joined to (and for an invite of theirs), inside the event's write batch (a [`NewEventHook`]), so
-//! counts and the event reach a syncing client together. An event whose actions notify
-//! leaves one entry per user; the unread counts are the entries after the user's read
-//! receipt, so reading up to an event clears everything before it, and a redaction
-//! deletes its target's entries.
+//! rooms they are joined to (and for an invite of theirs), inside the event's write batch
+//! (a [`NewEventHook`]), so counts and the event reach a syncing client together. An
+//! event whose actions notify leaves one entry per user; the unread counts are the
+//! entries after the user's read receipt, so reading up to an event clears everything
+//! before it, and a redaction deletes its target's entries.
 //!
 //! A notifying event for users with pushers also queues one entry in the same batch,
 //! listing those users' tags ([`queue`], [`delivery`]).

@@ -2,9 +2,9 @@
 //! unread counts `/sync` shows, and `GET /notifications`.
 //!
 //! One entry per (user, room, position) of an event that notifies the user, in the event's
-//! own write batch: `flags (1 byte: 1 highlight, 2 in a thread, 4 the user's invite) ++ event short id (u64 BE)
-//! ++ origin_server_ts (u64 BE) ++ [thread root id length (1 byte) ++ thread root id] ++
-//! actions (JSON)`. Counts scan a room's entries after the unthreaded read receipt and
+//! own write batch: `flags (1 byte: 1 highlight, 2 in a thread, 4 the user's invite) ++
+//! event short id (u64 BE) ++ origin_server_ts (u64 BE) ++ [thread root id length (1 byte)
+//! ++ thread root id] ++ actions (JSON)`. Counts scan a room's entries after the unthreaded read receipt and
 //! check each against its thread's (or the main timeline's) receipt, as the spec's
 //! "Receiving notifications" asks of threaded read receipts; `/notifications` merges the
 //! newest entries of each room. A redaction deletes its target's entries, in its own

@@ -8,10 +8,12 @@
 //! event as part of the room checks it and gives it its place), the user's
 //! membership record points at it with a new stream position (so their `/sync` shows the
 //! invite, knock or leave), and the stripped state the other server sent with it is kept
-//! by the event for the client. A room we did not know gets a record with no state, as for
-//! a join through another server; such a room takes the version of its latest member
-//! event (an invite could claim any), one we hold state of keeps its own. Once one of our
-//! users is in the room, nothing goes out of band.
+//! by the event for the client. A new invite runs the new-event hooks, so that the
+//! invitee's push rules judge it (a federated DM rings their phone). A room we did not
+//! know gets a record with no state, as for a join through another server; such a room
+//! takes the version of its latest member event (an invite could claim any), one we hold
+//! state of keeps its own. Once one of our users is in the room, nothing goes out of
+//! band.
 
 use serde_json::Value;
 
