@@ -140,9 +140,7 @@ impl NewEventHook for Push {
         let invitee = match event.invited {
             Some(user)
                 if !event.local_members.iter().any(|m| m.user_id == user)
-                    && !ignored_users_in(&self.db, user)?
-                        .iter()
-                        .any(|u| u == sender) =>
+                    && !ignores(&self.db, user, sender) =>
             {
                 let name = event
                     .pdu
@@ -277,6 +275,19 @@ impl Push {
         serde_json::from_slice(actions)
             .map(Some)
             .map_err(|_| corrupt())
+    }
+}
+
+/// Whether `user_id` ignores `sender`. An ignore list that cannot be read counts as
+/// ignoring (the invite is kept, only not pushed): one user's bad record must not make
+/// every server's invites to them fail.
+fn ignores(db: &crate::storage::Db, user_id: &str, sender: &str) -> bool {
+    match ignored_users_in(db, user_id) {
+        Ok(ignored) => ignored.iter().any(|u| u == sender),
+        Err(e) => {
+            tracing::warn!(user = user_id, error = %e.message, "cannot read an ignore list");
+            true
+        }
     }
 }
 
