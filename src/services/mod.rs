@@ -170,6 +170,10 @@ impl Services {
             .map_err(|e| format!("cannot open the stream: {e}"))?;
         let sync = sync::Sync::new(Arc::clone(&stream_positions));
         let outbox = Arc::new(outbox::Outbox::default());
+        let ignore_lists = Arc::new(
+            accounts::ignore_lists::IgnoreLists::load(&db)
+                .map_err(|e| format!("cannot read the accounts: {}", e.message))?,
+        );
         let accounts = Accounts::new(
             Arc::clone(&db),
             config.server_name.clone(),
@@ -177,6 +181,7 @@ impl Services {
             Arc::clone(&rate_limiter),
             Arc::clone(&stream_positions),
             Arc::clone(&outbox),
+            Arc::clone(&ignore_lists),
         );
         let media = Media::open(
             Arc::clone(&db),
@@ -196,7 +201,7 @@ impl Services {
             )
         })?;
         let push = Arc::new(
-            push::Push::open(Arc::clone(&db), Arc::clone(&stream_positions))
+            push::Push::open(Arc::clone(&db), Arc::clone(&stream_positions), ignore_lists)
                 .map_err(|e| format!("cannot load the pushers: {}", e.message))?,
         );
         accounts.attach_device_removal(Arc::clone(&push) as Arc<dyn accounts::DeviceRemovalHook>);

@@ -986,3 +986,80 @@ async fn a_rejected_invite_leaves_the_badge() {
     assert_eq!(got[1]["notification"]["counts"]["unread"], 1, "{got:?}");
     s.stop().await;
 }
+
+/// Messages from a user bob ignores neither push nor count for him (spec, "Ignoring
+/// Users"; as Synapse), also after a restart; once he stops ignoring them, they do again.
+/// Carol, who ignores nobody, is pushed everything.
+#[tokio::test]
+async fn messages_from_an_ignored_user_neither_push_nor_count() {
+    let mut s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let room = room_of_three(&alice, &bob, &carol).await;
+    let ignore = |who: Vec<&str>| {
+        let list: serde_json::Map<String, Value> =
+            who.into_iter().map(|u| (u.to_owned(), json!({}))).collect();
+        json!({ "ignored_users": list })
+    };
+    let list_path = format!(
+        "/user/{}/account_data/m.ignored_user_list",
+        enc(&bob.user_id)
+    );
+    let (status, body) = bob
+        .put(&list_path, ignore(vec![alice.user_id.as_str()]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    assert_eq!(
+        set(&carol, pusher(&url, "carol-phone")).await.0,
+        StatusCode::OK
+    );
+    let pushed_to = |pushkey: &str| -> Vec<String> {
+        gateway
+            .received()
+            .iter()
+            .map(|g| &g["notification"])
+            .filter(|n| n["devices"][0]["pushkey"] == pushkey)
+            .map(|n| n["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ignored = alice.text(&room, "bob does not see this").await;
+    let heard = carol.text(&room, "bob sees this").await;
+    // carol: alice's; bob: carol's.
+    gateway.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pushed_to("bob-phone"), vec![heard.clone()]);
+    assert_eq!(pushed_to("carol-phone"), vec![ignored.clone()]);
+    let bobs = gateway
+        .received()
+        .into_iter()
+        .find(|g| g["notification"]["devices"][0]["pushkey"] == "bob-phone")
+        .unwrap();
+    assert_eq!(bobs["notification"]["counts"]["unread"], 1, "{bobs}");
+    let synced = bob.sync("").await;
+    let unread = &synced["rooms"]["join"][room.as_str()]["unread_notifications"];
+    assert_eq!(unread["notification_count"], 1, "{synced}");
+
+    // The list is read again at start-up.
+    let logins = [&alice, &bob].map(|c| (c.user_id.clone(), c.token.clone(), c.device_id.clone()));
+    drop((alice, bob, carol));
+    s.restart_with(allow_loopback).await;
+    let [alice, bob] = logins.map(|l| Client::signed_in(&s, &l));
+    let still_ignored = alice.text(&room, "nor this").await;
+    gateway.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(pushed_to("bob-phone"), vec![heard.clone()]);
+    assert_eq!(pushed_to("carol-phone"), vec![ignored, still_ignored]);
+
+    let (status, body) = bob.put(&list_path, ignore(Vec::new())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let heard_again = alice.text(&room, "bob sees this again").await;
+    gateway.wait_for(5).await;
+    assert_eq!(pushed_to("bob-phone"), vec![heard, heard_again]);
+    let synced = bob.sync("").await;
+    let unread = &synced["rooms"]["join"][room.as_str()]["unread_notifications"];
+    assert_eq!(unread["notification_count"], 2, "{synced}");
+    s.stop().await;
+}

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::ignore_lists::{listed, IGNORED_USER_LIST};
 use super::Accounts;
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
@@ -127,6 +128,7 @@ impl Accounts {
         // A removal is kept as an empty object: clients treat `{}` as "no data", and sync
         // must still tell them it changed.
         let content = content.unwrap_or_else(|| Value::Object(Default::default()));
+        let ignoring = (room_id.is_none() && kind == IGNORED_USER_LIST).then(|| listed(&content));
         let user = user_id.to_owned();
         let index_value = keys::join(&[room_id.unwrap_or("").as_bytes(), kind.as_bytes()]);
         self.stream
@@ -158,6 +160,9 @@ impl Accounts {
                 }],
             )
             .await?;
+        if let Some(ignored) = ignoring {
+            self.ignore_lists.set(user_id, ignored);
+        }
         Ok(())
     }
 
@@ -240,14 +245,14 @@ impl Accounts {
         Ok(out)
     }
 
-    /// Users the user ignores (`m.ignored_user_list`).
+    /// Users the user ignores (`m.ignored_user_list`), as last written.
     pub fn ignored_users(&self, user_id: &str) -> ServiceResult<Vec<String>> {
-        ignored_users_in(&self.db, user_id)
+        Ok(self.ignore_lists.ignored_by_user(user_id))
     }
 }
 
 /// One account data object in `db`; `None` when unset (or removed).
-fn stored_account_data(
+pub(super) fn stored_account_data(
     db: &Db,
     user_id: &str,
     room_id: Option<&str>,
@@ -263,18 +268,4 @@ fn stored_account_data(
     Ok(record
         .map(|r| r.content)
         .filter(|c| c.as_object().is_none_or(|o| !o.is_empty())))
-}
-
-/// Users `user_id` ignores (`m.ignored_user_list`), read from `db`: for services that
-/// hold the database but not the accounts service (push).
-pub fn ignored_users_in(db: &Db, user_id: &str) -> ServiceResult<Vec<String>> {
-    Ok(
-        stored_account_data(db, user_id, None, "m.ignored_user_list")?
-            .and_then(|c| {
-                c.get("ignored_users")
-                    .and_then(Value::as_object)
-                    .map(|o| o.keys().cloned().collect())
-            })
-            .unwrap_or_default(),
-    )
 }

@@ -16,6 +16,7 @@ pub mod cross_signing;
 pub mod device_keys;
 pub mod device_list_updates;
 pub mod device_lists;
+pub mod ignore_lists;
 pub mod openid;
 pub mod profiles;
 pub mod records;
@@ -161,6 +162,8 @@ pub struct Accounts {
     /// Told when devices are deleted (the push service: their pushers go with them; set
     /// at start-up).
     device_removal: OnceLock<Arc<dyn DeviceRemovalHook>>,
+    /// Every local user's ignore list, in memory (the push service reads it too).
+    ignore_lists: Arc<ignore_lists::IgnoreLists>,
 }
 
 /// Whoever keeps something per device that must go when the device does.
@@ -186,6 +189,7 @@ impl Accounts {
         rate_limiter: Arc<RateLimiter>,
         stream: Arc<StreamPositions>,
         outbox: Arc<crate::services::outbox::Outbox>,
+        ignore_lists: Arc<ignore_lists::IgnoreLists>,
     ) -> Self {
         Self {
             db,
@@ -205,6 +209,7 @@ impl Accounts {
             room_mates: OnceLock::new(),
             device_edu_locks: Default::default(),
             device_removal: OnceLock::new(),
+            ignore_lists,
         }
     }
 

@@ -4,7 +4,8 @@
 //! `GET/PUT/DELETE /pushrules/...`, `GET /notifications`, `GET /pushers`,
 //! `POST /pushers/set`), `/sync`'s `unread_notifications`, and the push gateway API.
 //! Each user's rules are evaluated ([`crate::core::push_rules`]) for every event of the
-//! rooms they are joined to (and for an invite of theirs), inside the event's write batch
+//! rooms they are joined to (and for an invite of theirs), unless they ignore its sender
+//! (as Synapse: an ignored user's events neither push nor count), inside the event's write batch
 //! (a [`NewEventHook`]), so counts and the event reach a syncing client together. An
 //! event whose actions notify leaves one entry per user; the unread counts are the
 //! entries after the user's read receipt, so reading up to an event clears everything
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::core::push_rules::{self, RuleEditError, Ruleset};
+use crate::services::accounts::ignore_lists::IgnoreLists;
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::stream::{StreamChange, StreamPositions};
@@ -66,6 +68,8 @@ pub struct Push {
     unread: unread_cache::UnreadCache,
     /// The rooms a push's badge sums (see [`badge`]).
     badge: badge::BadgeRooms,
+    /// Who ignores whom (an ignored sender's events notify nobody who ignores them).
+    ignore_lists: Arc<IgnoreLists>,
 }
 
 fn rule_error(e: RuleEditError) -> ServiceError {
@@ -83,7 +87,11 @@ fn rule_error(e: RuleEditError) -> ServiceError {
 
 impl Push {
     /// The service over `db`, with the stored pushers loaded.
-    pub fn open(db: Arc<Db>, stream: Arc<StreamPositions>) -> ServiceResult<Self> {
+    pub fn open(
+        db: Arc<Db>,
+        stream: Arc<StreamPositions>,
+        ignore_lists: Arc<IgnoreLists>,
+    ) -> ServiceResult<Self> {
         let mut all = Vec::new();
         for entry in db.scan_prefix(Table::UseridAppidPushkeyPusher, &[]) {
             let (_, value) = entry?;
@@ -99,6 +107,7 @@ impl Push {
             delivery: Arc::default(),
             unread: unread_cache::UnreadCache::default(),
             badge: badge::BadgeRooms::default(),
+            ignore_lists,
         })
     }
 

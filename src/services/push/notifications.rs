@@ -18,7 +18,6 @@ use super::queue::{self, QueuedEvent};
 use super::unread_cache::Counted;
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
-use crate::services::accounts::account_data::ignored_users_in;
 use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::stored_event::StoredEvent;
@@ -135,13 +134,12 @@ impl NewEventHook for Push {
         let mut to_push: Vec<&str> = Vec::new();
         // The joined members, and the local user an invite invites (spec: push rules,
         // `.m.rule.invite_for_me`; as Synapse, the invitee's rules judge their invite,
-        // with the display name it gives them), unless they ignore its sender (spec:
-        // "Servers must not send room invites from ignored users to clients").
+        // with the display name it gives them), except those who ignore its sender (spec,
+        // "Ignoring Users": "Servers must not send room invites from ignored users to
+        // clients"; as Synapse, an ignored user's events neither push nor count).
+        let ignorers = self.ignore_lists.ignorers_of(sender);
         let invitee = match event.invited {
-            Some(user)
-                if !event.local_members.iter().any(|m| m.user_id == user)
-                    && !ignores(&self.db, user, sender) =>
-            {
+            Some(user) if !event.local_members.iter().any(|m| m.user_id == user) => {
                 let name = event
                     .pdu
                     .get("content")
@@ -158,7 +156,7 @@ impl NewEventHook for Push {
             .chain(invitee);
         for (user_id, display_name) in members {
             let invited = invitee.is_some_and(|(user, _)| user == user_id);
-            if user_id == sender {
+            if user_id == sender || ignorers.iter().any(|u| u == user_id) {
                 continue;
             }
             let ruleset = self.ruleset(user_id)?;
@@ -275,19 +273,6 @@ impl Push {
         serde_json::from_slice(actions)
             .map(Some)
             .map_err(|_| corrupt())
-    }
-}
-
-/// Whether `user_id` ignores `sender`. An ignore list that cannot be read counts as
-/// ignoring (the invite is kept, only not pushed): one user's bad record must not make
-/// every server's invites to them fail.
-fn ignores(db: &crate::storage::Db, user_id: &str, sender: &str) -> bool {
-    match ignored_users_in(db, user_id) {
-        Ok(ignored) => ignored.iter().any(|u| u == sender),
-        Err(e) => {
-            tracing::warn!(user = user_id, error = %e.message, "cannot read an ignore list");
-            true
-        }
     }
 }
 
