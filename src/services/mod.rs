@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod background;
 pub mod cache;
+pub mod cpu_share;
 pub mod ephemeral;
 pub mod error;
 pub mod federation;

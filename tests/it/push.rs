@@ -1063,3 +1063,54 @@ async fn messages_from_an_ignored_user_neither_push_nor_count() {
     assert_eq!(unread["notification_count"], 2, "{synced}");
     s.stop().await;
 }
+
+/// While every CPU is kept busy by work at the worker's own priority (the worker then
+/// holds itself to a small share of one CPU), pushes still go out: the share is never
+/// zero.
+#[tokio::test]
+async fn pushes_still_go_out_while_the_machine_is_busy() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                // At the worker's niceness, so that the share, not the priority, is
+                // what holds it back.
+                ourwhats::services::background::lower_this_thread();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::black_box(0u64);
+                }
+            })
+        })
+        .collect();
+    // Long enough for the worker to see the machine busy (it looks every 250 ms).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // More than the worker may do at once while the machine is busy (a burst of 50 ms
+    // of CPU).
+    let mut sent = Vec::new();
+    for n in 0..150 {
+        sent.push(alice.text(&room, &format!("busy {n}")).await);
+    }
+    let started = Instant::now();
+    while gateway.received().len() < sent.len() && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = gateway.received();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for hog in hogs {
+        hog.join().unwrap();
+    }
+    let pushed: Vec<&str> = got
+        .iter()
+        .map(|g| g["notification"]["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(pushed, sent, "every push, in order");
+    s.stop().await;
+}

@@ -14,8 +14,10 @@
 //! entries queued more than a day ago are skipped unsent; the pushkeys a gateway answers
 //! as `rejected` lose their pusher. Entries every pusher has passed are deleted (one
 //! range at most once a second). The worker runs on a background thread at the lowest
-//! CPU priority ([`crate::services::background`]), so that sends keep their pace on a
-//! busy server, and its writes are made on the server's own threads ([`Writes`]).
+//! CPU priority ([`crate::services::background`]), and while the rest of the machine keeps
+//! its CPUs busy it takes only a small share of one ([`crate::services::cpu_share`]: the
+//! pushes wait, queued), so that sends keep their pace on a busy server; its writes are
+//! made on the server's own threads ([`Writes`]).
 //! Gateway URLs are user input: the HTTP client resolves them through the same address guard as
 //! federation (`federation.ip_range_allowlist` opens private ranges) and follows no
 //! redirect.
@@ -33,6 +35,7 @@ use tokio::task::JoinSet;
 use super::pushers::{Pusher, PusherIndex};
 use super::queue::{self, QueuedEvent};
 use super::Push;
+use crate::services::cpu_share::{thread_cpu_ns, CpuShare};
 use crate::services::ephemeral::receipts::ReadPositions;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::stream::{StreamChange, StreamSubscriber};
@@ -332,6 +335,8 @@ struct Worker {
     server: tokio::runtime::Handle,
     /// By short event id.
     facts: Mutex<HashMap<u64, Arc<EventFacts>>>,
+    /// The CPU the worker's threads use, held to a small share while the machine is busy.
+    cpu: CpuShare,
 }
 
 impl Worker {
@@ -385,18 +390,35 @@ impl Push {
             guard,
             server: tokio::runtime::Handle::current(),
             facts: Mutex::default(),
+            cpu: CpuShare::default(),
         });
         // Deliveries share the CPU with the requests but must not slow them: on a thread
         // of their own at lower priority (see [`crate::services::background`]).
         crate::services::background::spawn("push-delivery", move || async move {
             let mut progress = Progress::default();
             let mut tasks: JoinSet<Outcome> = JoinSet::new();
+            // This thread runs the deliveries' requests: its CPU is charged too.
+            let mut thread_cpu = thread_cpu_ns();
             loop {
+                // While the machine is busy, no more than the worker's share of the CPU.
+                loop {
+                    thread_cpu = worker.cpu.charge_thread(thread_cpu);
+                    let pause = worker.cpu.pause();
+                    if pause.is_zero() || *stopped.borrow() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
+                }
                 // The pass reads the queue: off the async threads.
                 let pass = Arc::clone(&worker);
                 let (mut moved_progress, mut moved_tasks) = (progress, tasks);
                 let joined = tokio::task::spawn_blocking(move || {
-                    let passed = pass.pass(&mut moved_progress, &mut moved_tasks);
+                    let passed = pass
+                        .cpu
+                        .charge(|| pass.pass(&mut moved_progress, &mut moved_tasks));
                     (moved_progress, moved_tasks, passed)
                 })
                 .await;
@@ -812,9 +834,11 @@ impl Worker {
     async fn deliver(self: Arc<Self>, pusher: Pusher, items: Vec<Item>) -> Outcome {
         let built = {
             let (worker, pusher) = (Arc::clone(&self), pusher.clone());
-            tokio::task::spawn_blocking(move || worker.notifications(&pusher, &items))
-                .await
-                .unwrap_or_else(|e| (Vec::new(), Some(e.to_string())))
+            tokio::task::spawn_blocking(move || {
+                worker.cpu.charge(|| worker.notifications(&pusher, &items))
+            })
+            .await
+            .unwrap_or_else(|e| (Vec::new(), Some(e.to_string())))
         };
         let (bodies, build_failure) = built;
         let mut outcome = Outcome {
