@@ -222,9 +222,20 @@ pub async fn notifications(
     for notification in found {
         let room_id = store.room_by_short(notification.room)?.record.room_id;
         let event_id = store.state().event_id_of(notification.event)?;
-        // An event the user can no longer read (they left, it was forgotten) is skipped.
-        let Ok(mut event) = services.rooms.event_for(viewer, &room_id, &event_id) else {
-            continue;
+        // An event the user can no longer read (they left, it was forgotten) is skipped;
+        // a pending invite is the invitee's to see.
+        let mut event = match services.rooms.event_for(viewer, &room_id, &event_id) {
+            Ok(event) => event,
+            Err(_) if notification.invite => {
+                match services
+                    .rooms
+                    .pending_invite_for(viewer, &room_id, &event_id)?
+                {
+                    Some(event) => event,
+                    None => continue,
+                }
+            }
+            Err(_) => continue,
         };
         if let Some(event) = event.as_object_mut() {
             event.remove("room_id");

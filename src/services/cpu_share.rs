@@ -6,9 +6,11 @@
 //! work uses are those of the requests (measured in docs/benchmarks.md: pushes delivered
 //! beside a send burst slowed the sends by up to a fifth, in proportion to the pushes). So
 //! the work charges its CPU time here ([`CpuShare::charge`], [`CpuShare::charge_thread`]),
-//! and asks before taking more ([`CpuShare::pause`]): once everything else on the machine
-//! uses more than [`BUSY`] of its CPUs, the work may use [`BUSY_SHARE`] of one CPU on
-//! average (what it used beyond that it waits off), until the machine has room again.
+//! and asks before taking more ([`CpuShare::pause`]), which looks at the machine at most
+//! every [`SAMPLE_EVERY`] (the first look after a quiet spell averages over all of it):
+//! once everything else on the machine (niced work included) used more than [`BUSY`] of
+//! its CPUs, the work may use [`BUSY_SHARE`] of one CPU on average (what it used beyond
+//! that, past a burst, it waits off), until the machine has room again.
 //! Work that waits is queued (pushes are on disk), and the share is never zero, so it
 //! always moves on. How busy the machine is comes from `/proc/stat` (Linux); elsewhere
 //! nothing is held back.
@@ -98,14 +100,18 @@ impl CpuShare {
     /// is busy and the worker has used more than its share (at most [`MAX_PAUSE`]: ask
     /// again after, the machine may have room by then).
     pub fn pause(&self) -> Duration {
-        let now = Instant::now();
+        self.pause_with(Instant::now(), machine_times)
+    }
+
+    /// [`CpuShare::pause`] at `now`, with `sample` to read the machine's counters.
+    fn pause_with(&self, now: Instant, sample: impl FnOnce() -> Option<MachineTimes>) -> Duration {
         let charged = self.charged.load(Ordering::Relaxed);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let due = state
             .sampled
             .is_none_or(|(at, _, _)| now.duration_since(at) >= SAMPLE_EVERY);
         if due {
-            if let Some(times) = machine_times() {
+            if let Some(times) = sample() {
                 if let Some((_, before, charged_before)) = state.sampled {
                     state.busy = others_busy(before, times, charged - charged_before.min(charged))
                         .is_some_and(|share| share > BUSY);
@@ -270,61 +276,49 @@ mod tests {
         assert!((share - BUSY_SHARE).abs() < 0.01, "{share}");
     }
 
-    /// Spins on every CPU until `stop`.
-    fn hog_every_cpu(
-        stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Vec<std::thread::JoinHandle<()>> {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        (0..cpus)
-            .map(|_| {
-                let stop = std::sync::Arc::clone(stop);
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::black_box(0u64);
-                    }
-                })
-            })
-            .collect()
-    }
-
     #[test]
-    #[cfg(target_os = "linux")]
-    fn work_beside_busy_cpus_waits() {
+    fn work_beside_a_busy_machine_waits_until_it_has_room() {
         let share = CpuShare::default();
-        // Spins until the thread has used `d` of CPU.
-        let spin = |d: Duration| {
-            share.charge(|| {
-                let started = thread_cpu_ns();
-                while thread_cpu_ns() - started < d.as_nanos() as u64 {
-                    std::hint::black_box(0u64);
-                }
-            })
+        let hz = ticks_per_second();
+        let ticks = |seconds: f64| (seconds * hz) as u64;
+        let t0 = Instant::now();
+        let start = MachineTimes {
+            busy: 1_000_000,
+            total: 2_000_000,
         };
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hogs = hog_every_cpu(&stop);
-        assert_eq!(share.pause(), Duration::ZERO, "nothing used yet");
-        std::thread::sleep(SAMPLE_EVERY + Duration::from_millis(50));
-        spin(Duration::from_millis(120));
-        let busy = share.pause();
-        stop.store(true, Ordering::Relaxed);
-        for hog in hogs {
-            hog.join().unwrap();
-        }
-        assert!(
-            busy >= Duration::from_millis(100),
-            "120 ms of CPU beside busy CPUs owes a wait: {busy:?}"
-        );
-        // (Whether the machine has room again depends on what else runs beside the
-        // test: `a_busy_machine_holds_the_work_to_its_share` covers it.)
+        assert_eq!(share.pause_with(t0, || Some(start)), Duration::ZERO);
+        // 300 ms on two CPUs (0.6 s of CPU time): the worker used 120 ms, the others
+        // 500 ms. Busy, and the worker owes what its burst does not cover.
+        share.charged.fetch_add(120_000_000, Ordering::Relaxed);
+        let busy = MachineTimes {
+            busy: start.busy + ticks(0.62),
+            total: start.total + ticks(0.6),
+        };
+        let t1 = t0 + Duration::from_millis(300);
+        let owed = share.pause_with(t1, || Some(busy));
+        assert!(owed >= Duration::from_millis(100), "{owed:?}");
+        // Not looked at again within 250 ms: still busy, still owing.
+        let still = share.pause_with(t1 + Duration::from_millis(100), || {
+            panic!("looked too soon")
+        });
+        assert!(still > Duration::ZERO, "{still:?}");
+        // The others went quiet: nothing is held back.
+        let quiet = MachineTimes {
+            busy: busy.busy + ticks(0.03),
+            total: busy.total + ticks(0.6),
+        };
+        let t2 = t1 + Duration::from_millis(300);
+        assert_eq!(share.pause_with(t2, || Some(quiet)), Duration::ZERO);
     }
 
     #[test]
     fn charged_work_counts_its_cpu_time() {
         let share = CpuShare::default();
+        // Spins until the thread has used 10 ms of CPU (wall time would depend on the load).
         let spun = share.charge(|| {
-            let started = Instant::now();
+            let started = thread_cpu_ns();
             let mut x = 0u64;
-            while started.elapsed() < Duration::from_millis(30) {
+            while thread_cpu_ns() - started < 10_000_000 && x < u64::MAX / 2 {
                 x = x.wrapping_add(std::hint::black_box(1));
             }
             x

@@ -1075,22 +1075,39 @@ async fn pushes_still_go_out_while_the_machine_is_busy() {
     let room = dm(&alice, &bob).await;
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    /// Busy loops on every CPU, stopped when dropped (also if the test fails).
+    struct Hogs(
+        Arc<std::sync::atomic::AtomicBool>,
+        Vec<std::thread::JoinHandle<()>>,
+    );
+    impl Drop for Hogs {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            for hog in self.1.drain(..) {
+                let _ = hog.join();
+            }
+        }
+    }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let hogs: Vec<_> = (0..cpus)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                // At the worker's niceness, so that the share, not the priority, is
-                // what holds it back.
-                ourwhats::services::background::lower_this_thread();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::black_box(0u64);
-                }
+    let hogs = Hogs(
+        Arc::clone(&stop),
+        (0..cpus)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    // At the worker's niceness, so that the share, not the priority, is
+                    // what holds it back.
+                    ourwhats::services::background::lower_this_thread();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::black_box(0u64);
+                    }
+                })
             })
-        })
-        .collect();
-    // Long enough for the worker to see the machine busy (it looks every 250 ms).
+            .collect(),
+    );
+    // The worker looks at the machine when it is about to take more work (at most every
+    // 250 ms): after this, its looks see the busy loops.
     tokio::time::sleep(Duration::from_millis(600)).await;
     // More than the worker may do at once while the machine is busy (a burst of 50 ms
     // of CPU).
@@ -1103,14 +1120,93 @@ async fn pushes_still_go_out_while_the_machine_is_busy() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let got = gateway.received();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for hog in hogs {
-        hog.join().unwrap();
-    }
+    drop(hogs);
     let pushed: Vec<&str> = got
         .iter()
         .map(|g| g["notification"]["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(pushed, sent, "every push, in order");
+    s.stop().await;
+}
+
+/// `GET /notifications` lists a pending invite (as Synapse), though the invitee may read
+/// nothing else of the room yet; once the invite is rejected, the room is not theirs to
+/// read and it is listed no more.
+#[tokio::test]
+async fn a_pending_invite_is_listed_in_notifications() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    alice.text(&room, "before bob joins").await;
+    let (status, body) = bob.get("/notifications").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = body["notifications"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{body}");
+    let n = &listed[0];
+    assert_eq!(n["room_id"], room.as_str(), "{n}");
+    assert_eq!(n["read"], false, "{n}");
+    assert_eq!(n["actions"][0], "notify", "{n}");
+    let invite = &n["event"];
+    assert_eq!(invite["type"], "m.room.member", "{n}");
+    assert_eq!(invite["state_key"], bob.user_id.as_str(), "{n}");
+    assert_eq!(invite["sender"], alice.user_id.as_str(), "{n}");
+    assert_eq!(invite["content"]["membership"], "invite", "{n}");
+    assert!(invite["event_id"].is_string(), "{n}");
+    // Nothing else of the room is bob's to read yet.
+    let (status, _) = bob.get(&format!("/rooms/{room}/messages?dir=b")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let event_id = invite["event_id"].as_str().unwrap();
+    let (status, _) = bob
+        .get(&format!("/rooms/{room}/event/{}", enc(event_id)))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, body) = bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob.get("/notifications").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["notifications"], json!([]), "{body}");
+    s.stop().await;
+}
+
+/// The room's state from a user bob ignores still notifies him (spec, "Ignoring Users":
+/// state events are still sent; as Synapse): a tombstone is a highlight.
+#[tokio::test]
+async fn state_from_an_ignored_user_still_notifies() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    let (status, body) = bob
+        .put(
+            &format!(
+                "/user/{}/account_data/m.ignored_user_list",
+                enc(&bob.user_id)
+            ),
+            json!({"ignored_users": {alice.user_id.as_str(): {}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    alice.text(&room, "ignored").await;
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{room}/state/m.room.tombstone"),
+            json!({"body": "moved", "replacement_room": "!elsewhere:example.org"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tombstone = body["event_id"].as_str().unwrap().to_owned();
+    let got = gateway.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got_all = gateway.received();
+    assert_eq!(got_all.len(), 1, "{got_all:?}");
+    let n = &got[0]["notification"];
+    assert_eq!(n["event_id"], tombstone.as_str(), "{n}");
+    assert_eq!(n["devices"][0]["tweaks"]["highlight"], true, "{n}");
     s.stop().await;
 }

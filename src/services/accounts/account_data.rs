@@ -7,6 +7,7 @@
 //! changed since its token.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -128,12 +129,26 @@ impl Accounts {
         // A removal is kept as an empty object: clients treat `{}` as "no data", and sync
         // must still tell them it changed.
         let content = content.unwrap_or_else(|| Value::Object(Default::default()));
-        let ignoring = (room_id.is_none() && kind == IGNORED_USER_LIST).then(|| listed(&content));
+        // A new ignore list is in memory before the write commits and its position is
+        // published: a sync that sends the list already filters by it, and a request
+        // dropped meanwhile cannot leave the copy behind the table (the write runs on
+        // regardless). Put back if the write fails.
+        let ignoring = (room_id.is_none() && kind == IGNORED_USER_LIST).then(|| {
+            let before = self.ignore_lists.ignored_by_user(user_id);
+            (Arc::clone(&self.ignore_lists), listed(&content), before)
+        });
+        let restore = ignoring
+            .as_ref()
+            .map(|(lists, _, before)| (Arc::clone(lists), before.clone()));
         let user = user_id.to_owned();
         let index_value = keys::join(&[room_id.unwrap_or("").as_bytes(), kind.as_bytes()]);
-        self.stream
+        let written = self
+            .stream
             .write_at_new_position(
                 move |pos| {
+                    if let Some((lists, ignored, _)) = ignoring {
+                        lists.set(&user, ignored);
+                    }
                     let mut writes = Vec::with_capacity(3);
                     if let Some(previous) = &previous {
                         writes.push((
@@ -159,10 +174,11 @@ impl Accounts {
                     user: user_id.to_owned(),
                 }],
             )
-            .await?;
-        if let Some(ignored) = ignoring {
-            self.ignore_lists.set(user_id, ignored);
+            .await;
+        if let (Err(_), Some((lists, before))) = (&written, restore) {
+            lists.set(user_id, before);
         }
+        written?;
         Ok(())
     }
 

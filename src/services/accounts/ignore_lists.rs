@@ -3,11 +3,13 @@
 //! sender (usually nobody), without reading anyone's account data.
 //!
 //! Spec: client-server API, "Ignoring Users": the server must not send the events of
-//! ignored users to the client, nor their invites; as Synapse, an ignored user's events
-//! neither push nor count as unread for the user who ignores them.
+//! ignored users to the client (state events excepted), nor their invites; as Synapse,
+//! an ignored user's events that are not state neither push nor count as unread for the
+//! user who ignores them, and their invites do not push.
 //!
-//! Loaded from every local account at start-up; changed by
-//! [`super::Accounts::update_account_data`] once the new list is durable.
+//! Loaded from every local account at start-up (a list that cannot be read is taken as
+//! empty, with a warning); changed by [`super::Accounts::update_account_data`] in the
+//! list's own write, just before it commits.
 
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};

@@ -400,17 +400,26 @@ impl Push {
             // This thread runs the deliveries' requests: its CPU is charged too.
             let mut thread_cpu = thread_cpu_ns();
             loop {
-                // While the machine is busy, no more than the worker's share of the CPU.
+                // While the machine is busy, no more than the worker's share of the CPU. A
+                // stop (or its sender gone) ends the wait, and the worker.
+                let mut stopping = false;
                 loop {
                     thread_cpu = worker.cpu.charge_thread(thread_cpu);
                     let pause = worker.cpu.pause();
-                    if pause.is_zero() || *stopped.borrow() {
+                    if pause.is_zero() {
                         break;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
-                        _ = stopped.wait_for(|s| *s) => {}
+                        _ = stopped.wait_for(|s| *s) => {
+                            stopping = true;
+                            break;
+                        }
                     }
+                }
+                if stopping {
+                    worker.stop(&mut tasks, &mut progress).await;
+                    return;
                 }
                 // The pass reads the queue: off the async threads.
                 let pass = Arc::clone(&worker);
@@ -451,7 +460,7 @@ impl Push {
                     .min()
                     .unwrap_or(IDLE_LOOK)
                     .clamp(Duration::from_millis(20), IDLE_LOOK);
-                let (mut woken, mut stopping) = (false, false);
+                let mut woken = false;
                 let finished = tokio::select! {
                     Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
                         Ok((id, outcome)) => {
@@ -484,12 +493,7 @@ impl Push {
                     }
                 };
                 if stopping {
-                    worker.finish_in_flight(&mut tasks, &mut progress).await;
-                    let mut writes = Writes::default();
-                    progress.take_unsaved(&mut writes);
-                    if let Err(e) = worker.write(writes).await {
-                        tracing::warn!(error = %e.message, "writing push cursors failed");
-                    }
+                    worker.stop(&mut tasks, &mut progress).await;
                     return;
                 }
                 if woken {
@@ -506,6 +510,16 @@ impl Push {
 }
 
 impl Worker {
+    /// Ends the worker: what is under way gets its grace, and the cursors are written.
+    async fn stop(&self, tasks: &mut JoinSet<Outcome>, progress: &mut Progress) {
+        self.finish_in_flight(tasks, progress).await;
+        let mut writes = Writes::default();
+        progress.take_unsaved(&mut writes);
+        if let Err(e) = self.write(writes).await {
+            tracing::warn!(error = %e.message, "writing push cursors failed");
+        }
+    }
+
     /// At shutdown: deliveries under way get [`STOP_GRACE`] to end and be recorded, so
     /// that a restart does not push them again (one that had reached its gateway when the
     /// stop came was sent again after a restart). What is still under way then is cut

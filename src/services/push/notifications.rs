@@ -31,8 +31,8 @@ const MAX_COUNTED: usize = 10_000;
 const HEADER: usize = 17;
 const HIGHLIGHT: u8 = 1;
 const THREADED: u8 = 2;
-/// The invitee's entry for their invite: pushed (and listed by `/notifications` where the
-/// user may read it), never counted in the room's unread counts. Before the join it is no
+/// The invitee's entry for their invite: pushed and listed by `/notifications` (while it is
+/// pending, or where the user may read it later), never counted in the room's unread counts. Before the join it is no
 /// room of theirs (the badge counts a pending invite once, see `unread_total`); after,
 /// what came before the join is not unread (as Synapse, which counts from the latest
 /// membership event without a receipt).
@@ -53,6 +53,8 @@ pub struct Notification {
     pub actions: Vec<Value>,
     /// The thread root, for an event in a thread.
     pub thread: Option<String>,
+    /// Whether it is the user's invite (their rules judged it as the invitee).
+    pub invite: bool,
 }
 
 fn user_prefix(user_id: &str) -> Vec<u8> {
@@ -134,12 +136,19 @@ impl NewEventHook for Push {
         let mut to_push: Vec<&str> = Vec::new();
         // The joined members, and the local user an invite invites (spec: push rules,
         // `.m.rule.invite_for_me`; as Synapse, the invitee's rules judge their invite,
-        // with the display name it gives them), except those who ignore its sender (spec,
-        // "Ignoring Users": "Servers must not send room invites from ignored users to
-        // clients"; as Synapse, an ignored user's events neither push nor count).
-        let ignorers = self.ignore_lists.ignorers_of(sender);
+        // with the display name it gives them), except those who ignore its sender: for
+        // the invitee (spec, "Ignoring Users": "Servers must not send room invites from
+        // ignored users to clients") and for events that are not state (as Synapse: an
+        // ignored user's messages neither push nor count; the room's state, such as a
+        // tombstone, still notifies).
+        let mut ignorers = self.ignore_lists.ignorers_of(sender);
+        ignorers.sort_unstable();
+        let ignores = |user: &str| ignorers.binary_search_by(|u| u.as_str().cmp(user)).is_ok();
+        let is_state = event.pdu.get("state_key").is_some();
         let invitee = match event.invited {
-            Some(user) if !event.local_members.iter().any(|m| m.user_id == user) => {
+            Some(user)
+                if !event.local_members.iter().any(|m| m.user_id == user) && !ignores(user) =>
+            {
                 let name = event
                     .pdu
                     .get("content")
@@ -156,7 +165,7 @@ impl NewEventHook for Push {
             .chain(invitee);
         for (user_id, display_name) in members {
             let invited = invitee.is_some_and(|(user, _)| user == user_id);
-            if user_id == sender || ignorers.iter().any(|u| u == user_id) {
+            if user_id == sender || (!is_state && ignores(user_id)) {
                 continue;
             }
             let ruleset = self.ruleset(user_id)?;
@@ -291,6 +300,7 @@ fn parse_entry(key: &[u8], value: &[u8], prefix_len: usize) -> ServiceResult<Not
         ts: keys::read_u64(&header[9..17]).ok_or_else(corrupt)?,
         actions: serde_json::from_slice(rest).map_err(|_| corrupt())?,
         thread: thread.map(str::to_owned),
+        invite: header[0] & INVITE != 0,
     })
 }
 

@@ -110,6 +110,28 @@ impl Rooms {
         client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))
     }
 
+    /// The viewer's pending invite to `room_id`, if `event_id` is it: an invited user may
+    /// read nothing of the room yet (as Synapse), but their invite is theirs to see (it
+    /// is what `/sync` shows them, and what `/notifications` lists, as Synapse).
+    pub fn pending_invite_for(
+        &self,
+        viewer: Viewer<'_>,
+        room_id: &str,
+        event_id: &str,
+    ) -> ServiceResult<Option<Value>> {
+        let pending = self
+            .store
+            .membership(viewer.user_id, room_id)?
+            .is_some_and(|m| m.membership == "invite" && m.event_id == event_id);
+        if !pending {
+            return Ok(None);
+        }
+        let Some(event) = self.store.event_by_id(event_id)? else {
+            return Ok(None);
+        };
+        client_event(&self.store, &event, room_id, Some(viewer), None).map(Some)
+    }
+
     /// An event by its id alone, as `event_for` shows it in its room. Spec: the
     /// deprecated `GET /events/{eventId}`. 404 `M_NOT_FOUND` for an unknown event and,
     /// like `/rooms/{roomId}/event/{eventId}`, for one the user may not see.
