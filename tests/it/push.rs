@@ -1210,3 +1210,69 @@ async fn state_from_an_ignored_user_still_notifies() {
     assert_eq!(n["devices"][0]["tweaks"]["highlight"], true, "{n}");
     s.stop().await;
 }
+
+/// A member whose stored push rules cannot be read (a damaged record) fails nobody's
+/// sends: the server's default rules judge the room's events for them, and everyone
+/// else is pushed as before.
+#[tokio::test]
+async fn a_members_unreadable_push_rules_fail_no_send() {
+    let mut s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let carol = Client::new(&s, "carol").await;
+    let room = room_of_three(&alice, &bob, &carol).await;
+    // A stored record for bob, then damaged while the server is stopped.
+    let (status, _) = bob
+        .put(
+            &format!("/pushrules/global/room/{}", enc(&room)),
+            json!({"actions": ["notify"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (gateway, url) = Gateway::start().await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    assert_eq!(
+        set(&carol, pusher(&url, "carol-phone")).await.0,
+        StatusCode::OK
+    );
+    let logins = [&alice, &bob].map(|c| (c.user_id.clone(), c.token.clone(), c.device_id.clone()));
+    let bob_id = bob.user_id.clone();
+    drop((alice, bob, carol));
+    s.restart_after(
+        |dir| {
+            let db = ourwhats::storage::Db::open(
+                &dir.join("db"),
+                &ourwhats::storage::DbOptions::default(),
+            )
+            .unwrap();
+            let mut batch = db.batch();
+            batch.put(
+                ourwhats::storage::Table::UseridPushrules,
+                bob_id.as_bytes(),
+                b"not a record",
+            );
+            db.commit_blocking(batch).unwrap();
+        },
+        allow_loopback,
+    )
+    .await;
+    let [alice, _bob] = logins.map(|l| Client::signed_in(&s, &l));
+    let said = alice.text(&room, "still sent").await;
+    let got = gateway.wait_for(2).await;
+    let mut pushed: Vec<(&str, &str)> = got
+        .iter()
+        .map(|g| {
+            let n = &g["notification"];
+            (
+                n["devices"][0]["pushkey"].as_str().unwrap(),
+                n["event_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    pushed.sort();
+    assert_eq!(
+        pushed,
+        vec![("bob-phone", said.as_str()), ("carol-phone", said.as_str())]
+    );
+    s.stop().await;
+}

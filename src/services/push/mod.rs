@@ -297,6 +297,15 @@ impl Push {
         Ok(ruleset)
     }
 
+    /// [`Push::ruleset`], or the server's defaults for a user whose stored rules cannot be
+    /// read (logged): one member's bad record must not fail every event of their rooms.
+    fn ruleset_or_defaults(&self, user_id: &str) -> Arc<Ruleset> {
+        self.ruleset(user_id).unwrap_or_else(|e| {
+            tracing::warn!(user = user_id, error = %e.message, "cannot read push rules: the defaults judge the event");
+            Arc::new(push_rules::with_server_defaults(None, user_id))
+        })
+    }
+
     /// Changes the user's rules with `edit`, durably, and tells their syncing clients.
     pub async fn update_rules(
         &self,

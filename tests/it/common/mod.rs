@@ -67,6 +67,22 @@ impl TestServer {
         self.server = Some(server);
     }
 
+    /// Stops the server, lets `between` change its data folder (the database closed),
+    /// and starts a new one on it, its test configuration changed by `adjust`.
+    pub async fn restart_after(
+        &mut self,
+        between: impl FnOnce(&std::path::Path),
+        adjust: impl FnOnce(&mut Config),
+    ) {
+        self.server.take().unwrap().shutdown().await;
+        between(self.dir.path());
+        let mut config = test_config(self.dir.path());
+        adjust(&mut config);
+        let server = Server::start(config).await.unwrap();
+        self.base = server.client_url();
+        self.server = Some(server);
+    }
+
     pub fn running(&self) -> &RunningServer {
         self.server.as_ref().unwrap()
     }
