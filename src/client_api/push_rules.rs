@@ -227,9 +227,10 @@ pub async fn notifications(
         let mut event = match services.rooms.event_for(viewer, &room_id, &event_id) {
             Ok(event) => event,
             Err(_) if notification.invite => {
+                let ignored = services.accounts.ignored_users(user_id)?;
                 match services
                     .rooms
-                    .pending_invite_for(viewer, &room_id, &event_id)?
+                    .pending_invite_for(viewer, &room_id, &event_id, &ignored)?
                 {
                     Some(event) => event,
                     None => continue,

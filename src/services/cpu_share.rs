@@ -288,10 +288,10 @@ mod tests {
         };
         assert_eq!(share.pause_with(t0, || Some(start)), Duration::ZERO);
         // 300 ms on two CPUs (0.6 s of CPU time): the worker used 120 ms, the others
-        // 500 ms. Busy, and the worker owes what its burst does not cover.
+        // 400 ms. Busy, and the worker owes what its burst does not cover.
         share.charged.fetch_add(120_000_000, Ordering::Relaxed);
         let busy = MachineTimes {
-            busy: start.busy + ticks(0.62),
+            busy: start.busy + ticks(0.52),
             total: start.total + ticks(0.6),
         };
         let t1 = t0 + Duration::from_millis(300);

@@ -172,7 +172,7 @@ impl Services {
         let sync = sync::Sync::new(Arc::clone(&stream_positions));
         let outbox = Arc::new(outbox::Outbox::default());
         let ignore_lists = Arc::new(
-            accounts::ignore_lists::IgnoreLists::load(&db)
+            accounts::account_data::load_ignore_lists(&db)
                 .map_err(|e| format!("cannot read the accounts: {}", e.message))?,
         );
         let accounts = Accounts::new(

@@ -1164,6 +1164,20 @@ async fn a_pending_invite_is_listed_in_notifications() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
+    // Not while bob ignores alice (spec: invites from ignored users are not sent).
+    let list_path = format!(
+        "/user/{}/account_data/m.ignored_user_list",
+        enc(&bob.user_id)
+    );
+    let ignoring = json!({"ignored_users": {alice.user_id.as_str(): {}}});
+    assert_eq!(bob.put(&list_path, ignoring).await.0, StatusCode::OK);
+    let (_, body) = bob.get("/notifications").await;
+    assert_eq!(body["notifications"], json!([]), "{body}");
+    let nobody = json!({"ignored_users": {}});
+    assert_eq!(bob.put(&list_path, nobody).await.0, StatusCode::OK);
+    let (_, body) = bob.get("/notifications").await;
+    assert_eq!(body["notifications"].as_array().unwrap().len(), 1, "{body}");
+
     let (status, body) = bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = bob.get("/notifications").await;
@@ -1211,9 +1225,10 @@ async fn state_from_an_ignored_user_still_notifies() {
     s.stop().await;
 }
 
-/// A member whose stored push rules cannot be read (a damaged record) fails nobody's
-/// sends: the server's default rules judge the room's events for them, and everyone
-/// else is pushed as before.
+/// A member whose stored push rules cannot be decoded (a damaged record) fails nobody's
+/// sends: the server's default rules stand in for theirs (bob had muted the room; the
+/// defaults push him), everyone else is pushed as before, bob's own syncs and rules work,
+/// and his next change of rules replaces the record.
 #[tokio::test]
 async fn a_members_unreadable_push_rules_fail_no_send() {
     let mut s = server().await;
@@ -1221,13 +1236,8 @@ async fn a_members_unreadable_push_rules_fail_no_send() {
     let bob = Client::new(&s, "bob").await;
     let carol = Client::new(&s, "carol").await;
     let room = room_of_three(&alice, &bob, &carol).await;
-    // A stored record for bob, then damaged while the server is stopped.
-    let (status, _) = bob
-        .put(
-            &format!("/pushrules/global/room/{}", enc(&room)),
-            json!({"actions": ["notify"]}),
-        )
-        .await;
+    let rule_path = format!("/pushrules/global/room/{}", enc(&room));
+    let (status, _) = bob.put(&rule_path, json!({"actions": []})).await;
     assert_eq!(status, StatusCode::OK);
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
@@ -1235,16 +1245,14 @@ async fn a_members_unreadable_push_rules_fail_no_send() {
         set(&carol, pusher(&url, "carol-phone")).await.0,
         StatusCode::OK
     );
+    alice.text(&room, "muted for bob").await;
+    assert_eq!(gateway.wait_for(1).await.len(), 1);
     let logins = [&alice, &bob].map(|c| (c.user_id.clone(), c.token.clone(), c.device_id.clone()));
     let bob_id = bob.user_id.clone();
     drop((alice, bob, carol));
+    // The record damaged while the server is stopped.
     s.restart_after(
-        |dir| {
-            let db = ourwhats::storage::Db::open(
-                &dir.join("db"),
-                &ourwhats::storage::DbOptions::default(),
-            )
-            .unwrap();
+        |db| {
             let mut batch = db.batch();
             batch.put(
                 ourwhats::storage::Table::UseridPushrules,
@@ -1256,10 +1264,10 @@ async fn a_members_unreadable_push_rules_fail_no_send() {
         allow_loopback,
     )
     .await;
-    let [alice, _bob] = logins.map(|l| Client::signed_in(&s, &l));
+    let [alice, bob] = logins.map(|l| Client::signed_in(&s, &l));
     let said = alice.text(&room, "still sent").await;
-    let got = gateway.wait_for(2).await;
-    let mut pushed: Vec<(&str, &str)> = got
+    let got = gateway.wait_for(3).await;
+    let mut pushed: Vec<(&str, &str)> = got[1..]
         .iter()
         .map(|g| {
             let n = &g["notification"];
@@ -1273,6 +1281,25 @@ async fn a_members_unreadable_push_rules_fail_no_send() {
     assert_eq!(
         pushed,
         vec![("bob-phone", said.as_str()), ("carol-phone", said.as_str())]
+    );
+    let (status, body) = bob.get("/sync").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob.get("/pushrules/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(bob.get(&rule_path).await.0, StatusCode::NOT_FOUND);
+    // His next change replaces the record: the room is muted again.
+    assert_eq!(
+        bob.put(&rule_path, json!({"actions": []})).await.0,
+        StatusCode::OK
+    );
+    alice.text(&room, "muted again").await;
+    gateway.wait_for(4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = gateway.received();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(
+        got[3]["notification"]["devices"][0]["pushkey"],
+        "carol-phone"
     );
     s.stop().await;
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::ignore_lists::{listed, IGNORED_USER_LIST};
+use super::ignore_lists::{listed, IgnoreLists, IGNORED_USER_LIST};
 use super::Accounts;
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
@@ -130,9 +130,9 @@ impl Accounts {
         // must still tell them it changed.
         let content = content.unwrap_or_else(|| Value::Object(Default::default()));
         // A new ignore list is in memory before the write commits and its position is
-        // published: a sync that sends the list already filters by it, and a request
-        // dropped meanwhile cannot leave the copy behind the table (the write runs on
-        // regardless). Put back if the write fails.
+        // published, so a sync that sends the list already filters by it; put back if
+        // the write fails. Both run in a task of their own, to their end even if the
+        // request is dropped meanwhile.
         let ignoring = (room_id.is_none() && kind == IGNORED_USER_LIST).then(|| {
             let before = self.ignore_lists.ignored_by_user(user_id);
             (Arc::clone(&self.ignore_lists), listed(&content), before)
@@ -142,43 +142,49 @@ impl Accounts {
             .map(|(lists, _, before)| (Arc::clone(lists), before.clone()));
         let user = user_id.to_owned();
         let index_value = keys::join(&[room_id.unwrap_or("").as_bytes(), kind.as_bytes()]);
-        let written = self
-            .stream
-            .write_at_new_position(
-                move |pos| {
-                    if let Some((lists, ignored, _)) = ignoring {
-                        lists.set(&user, ignored);
-                    }
-                    let mut writes = Vec::with_capacity(3);
-                    if let Some(previous) = &previous {
+        let stream = Arc::clone(&self.stream);
+        let user_owned = user_id.to_owned();
+        let write = async move {
+            let written = stream
+                .write_at_new_position(
+                    move |pos| {
+                        if let Some((lists, ignored, _)) = ignoring {
+                            lists.set(&user, ignored);
+                        }
+                        let mut writes = Vec::with_capacity(3);
+                        if let Some(previous) = &previous {
+                            writes.push((
+                                Table::UseridPosAccountdata,
+                                pos_key(&user, previous.pos),
+                                None,
+                            ));
+                        }
+                        let record = AccountDataRecord { pos, content };
+                        writes.push((
+                            Table::UseridRoomidTypeAccountdata,
+                            key,
+                            Some(encode(&record)),
+                        ));
                         writes.push((
                             Table::UseridPosAccountdata,
-                            pos_key(&user, previous.pos),
-                            None,
+                            pos_key(&user, pos),
+                            Some(index_value),
                         ));
-                    }
-                    let record = AccountDataRecord { pos, content };
-                    writes.push((
-                        Table::UseridRoomidTypeAccountdata,
-                        key,
-                        Some(encode(&record)),
-                    ));
-                    writes.push((
-                        Table::UseridPosAccountdata,
-                        pos_key(&user, pos),
-                        Some(index_value),
-                    ));
-                    writes
-                },
-                vec![StreamChange::AccountData {
-                    user: user_id.to_owned(),
-                }],
-            )
-            .await;
-        if let (Err(_), Some((lists, before))) = (&written, restore) {
-            lists.set(user_id, before);
-        }
-        written?;
+                        writes
+                    },
+                    vec![StreamChange::AccountData {
+                        user: user_owned.clone(),
+                    }],
+                )
+                .await;
+            if let (Err(_), Some((lists, before))) = (&written, restore) {
+                lists.set(&user_owned, before);
+            }
+            written
+        };
+        tokio::spawn(write)
+            .await
+            .map_err(|e| ServiceError::internal(format!("account data write failed: {e}")))??;
         Ok(())
     }
 
@@ -267,8 +273,26 @@ impl Accounts {
     }
 }
 
+/// The ignore lists of every local account in `db`. A list that cannot be read is left
+/// out (logged): one bad record must not keep the server from starting.
+pub fn load_ignore_lists(db: &Db) -> ServiceResult<IgnoreLists> {
+    let lists = IgnoreLists::default();
+    for entry in db.scan_prefix(Table::UseridAccount, b"") {
+        let (user, _) = entry?;
+        let user = String::from_utf8_lossy(&user);
+        match stored_account_data(db, &user, None, IGNORED_USER_LIST) {
+            Ok(Some(content)) => lists.set(&user, listed(&content)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(user = %user, error = %e.message, "cannot read an ignore list");
+            }
+        }
+    }
+    Ok(lists)
+}
+
 /// One account data object in `db`; `None` when unset (or removed).
-pub(super) fn stored_account_data(
+fn stored_account_data(
     db: &Db,
     user_id: &str,
     room_id: Option<&str>,

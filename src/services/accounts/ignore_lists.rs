@@ -3,11 +3,13 @@
 //! sender (usually nobody), without reading anyone's account data.
 //!
 //! Spec: client-server API, "Ignoring Users": the server must not send the events of
-//! ignored users to the client (state events excepted), nor their invites; as Synapse,
+//! ignored users to the client (state events excepted), nor their invites. As Synapse,
 //! an ignored user's events that are not state neither push nor count as unread for the
-//! user who ignores them, and their invites do not push.
+//! user who ignores them; following the spec, their invites do not push either (Synapse
+//! pushes them).
 //!
-//! Loaded from every local account at start-up (a list that cannot be read is taken as
+//! Loaded from every local account at start-up
+//! ([`super::account_data::load_ignore_lists`]; a list that cannot be read is taken as
 //! empty, with a warning); changed by [`super::Accounts::update_account_data`] in the
 //! list's own write, just before it commits.
 
@@ -15,9 +17,6 @@ use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
 use serde_json::Value;
-
-use crate::services::error::ServiceResult;
-use crate::storage::{Db, Table};
 
 /// The account data type that holds a user's ignore list.
 pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
@@ -46,24 +45,6 @@ pub fn listed(content: &Value) -> Vec<String> {
 }
 
 impl IgnoreLists {
-    /// The lists of every local account in `db`. A list that cannot be read is left out
-    /// (logged): one bad record must not keep the server from starting.
-    pub fn load(db: &Db) -> ServiceResult<Self> {
-        let lists = Self::default();
-        for entry in db.scan_prefix(Table::UseridAccount, b"") {
-            let (user, _) = entry?;
-            let user = String::from_utf8_lossy(&user);
-            match super::account_data::stored_account_data(db, &user, None, IGNORED_USER_LIST) {
-                Ok(Some(content)) => lists.set(&user, listed(&content)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(user = %user, error = %e.message, "cannot read an ignore list");
-                }
-            }
-        }
-        Ok(lists)
-    }
-
     /// Whom `user_id` ignores.
     pub fn ignored_by_user(&self, user_id: &str) -> Vec<String> {
         self.read()

@@ -269,11 +269,21 @@ impl Push {
         Ok(rooms)
     }
 
+    /// The user's stored rules. A record that cannot be decoded (damaged) counts as none,
+    /// logged: the server's defaults stand in for it (one member's bad record must not
+    /// fail every event of their rooms, nor their own syncs), and their next change of
+    /// rules replaces it. A read that fails is an error.
     fn record(&self, user_id: &str) -> ServiceResult<Option<RulesRecord>> {
-        self.db
-            .get(Table::UseridPushrules, user_id)?
-            .map(|b| decode(Table::UseridPushrules, &b))
-            .transpose()
+        let Some(bytes) = self.db.get(Table::UseridPushrules, user_id)? else {
+            return Ok(None);
+        };
+        match decode(Table::UseridPushrules, &bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                tracing::warn!(user = user_id, error = %e.message, "unreadable push rules: the defaults stand in");
+                Ok(None)
+            }
+        }
     }
 
     /// The user's rules: the stored ones brought up to the server's defaults, or the
@@ -295,15 +305,6 @@ impl Push {
         }
         cache.insert(user_id.to_owned(), Arc::clone(&ruleset));
         Ok(ruleset)
-    }
-
-    /// [`Push::ruleset`], or the server's defaults for a user whose stored rules cannot be
-    /// read (logged): one member's bad record must not fail every event of their rooms.
-    fn ruleset_or_defaults(&self, user_id: &str) -> Arc<Ruleset> {
-        self.ruleset(user_id).unwrap_or_else(|e| {
-            tracing::warn!(user = user_id, error = %e.message, "cannot read push rules: the defaults judge the event");
-            Arc::new(push_rules::with_server_defaults(None, user_id))
-        })
     }
 
     /// Changes the user's rules with `edit`, durably, and tells their syncing clients.

@@ -168,7 +168,7 @@ impl NewEventHook for Push {
             if user_id == sender || (!is_state && ignores(user_id)) {
                 continue;
             }
-            let ruleset = self.ruleset_or_defaults(user_id);
+            let ruleset = self.ruleset(user_id)?;
             let ctx = PushContext {
                 user_id,
                 display_name,

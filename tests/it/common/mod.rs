@@ -67,15 +67,31 @@ impl TestServer {
         self.server = Some(server);
     }
 
-    /// Stops the server, lets `between` change its data folder (the database closed),
-    /// and starts a new one on it, its test configuration changed by `adjust`.
+    /// Stops the server, lets `between` change its database (opened once the stopped
+    /// server's last handle is gone: the lock is waited for, as a start does), and starts
+    /// a new one on it, its test configuration changed by `adjust`.
     pub async fn restart_after(
         &mut self,
-        between: impl FnOnce(&std::path::Path),
+        between: impl FnOnce(&ourwhats::storage::Db),
         adjust: impl FnOnce(&mut Config),
     ) {
         self.server.take().unwrap().shutdown().await;
-        between(self.dir.path());
+        let path = self.dir.path().join("db");
+        let options = ourwhats::storage::DbOptions::default();
+        let started = std::time::Instant::now();
+        let db = loop {
+            match ourwhats::storage::Db::open(&path, &options) {
+                Err(e)
+                    if e.to_string().contains(ourwhats::storage::LOCKED)
+                        && started.elapsed() < std::time::Duration::from_secs(5) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
+        between(&db);
+        drop(db);
         let mut config = test_config(self.dir.path());
         adjust(&mut config);
         let server = Server::start(config).await.unwrap();
