@@ -219,15 +219,17 @@ pub async fn notifications(
         .notifications(user_id, before, limit, only_highlight)?;
     let mut out = Vec::with_capacity(found.len());
     let store = services.rooms.store();
+    let ignored = services.accounts.ignored_users(user_id)?;
     for notification in found {
         let room_id = store.room_by_short(notification.room)?.record.room_id;
         let event_id = store.state().event_id_of(notification.event)?;
         // An event the user can no longer read (they left, it was forgotten) is skipped;
-        // a pending invite is the invitee's to see.
+        // a pending invite is the invitee's to see; an invite from a user they ignore,
+        // in any room, is not (spec: "Servers must not send room invites from ignored
+        // users to clients").
         let mut event = match services.rooms.event_for(viewer, &room_id, &event_id) {
             Ok(event) => event,
             Err(_) if notification.invite => {
-                let ignored = services.accounts.ignored_users(user_id)?;
                 match services
                     .rooms
                     .pending_invite_for(viewer, &room_id, &event_id, &ignored)?
@@ -238,6 +240,10 @@ pub async fn notifications(
             }
             Err(_) => continue,
         };
+        let sender = event.get("sender").and_then(Value::as_str).unwrap_or("");
+        if notification.invite && ignored.iter().any(|u| u == sender) {
+            continue;
+        }
         if let Some(event) = event.as_object_mut() {
             event.remove("room_id");
         }

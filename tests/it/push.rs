@@ -1303,3 +1303,36 @@ async fn a_members_unreadable_push_rules_fail_no_send() {
     );
     s.stop().await;
 }
+
+/// In a world-readable room, where an invited user may read the invite like any event,
+/// an invite from a user they ignore is still not listed by `GET /notifications`.
+#[tokio::test]
+async fn an_invite_from_an_ignored_user_is_not_listed_in_a_world_readable_room() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "invite": [bob.user_id],
+            "initial_state": [{
+                "type": "m.room.history_visibility", "state_key": "",
+                "content": {"history_visibility": "world_readable"},
+            }],
+        }))
+        .await;
+    let (_, body) = bob.get("/notifications").await;
+    let listed = body["notifications"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{body}");
+    assert_eq!(listed[0]["room_id"], room.as_str(), "{body}");
+    let list_path = format!(
+        "/user/{}/account_data/m.ignored_user_list",
+        enc(&bob.user_id)
+    );
+    let ignoring = json!({"ignored_users": {alice.user_id.as_str(): {}}});
+    assert_eq!(bob.put(&list_path, ignoring).await.0, StatusCode::OK);
+    let (status, body) = bob.get("/notifications").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["notifications"], json!([]), "{body}");
+    s.stop().await;
+}
