@@ -154,6 +154,18 @@ async fn pushkeys_of(client: &Client<'_>) -> Vec<String> {
         .collect()
 }
 
+/// Makes `client`'s user ignore exactly `users` (`m.ignored_user_list`).
+async fn ignore(client: &Client<'_>, users: &[&str]) {
+    let list: serde_json::Map<String, Value> =
+        users.iter().map(|u| ((*u).to_owned(), json!({}))).collect();
+    let path = format!(
+        "/user/{}/account_data/m.ignored_user_list",
+        enc(&client.user_id)
+    );
+    let (status, body) = client.put(&path, json!({ "ignored_users": list })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// A private room alice made, bob and carol joined.
 async fn room_of_three(alice: &Client<'_>, bob: &Client<'_>, carol: &Client<'_>) -> String {
     let room = alice
@@ -935,16 +947,7 @@ async fn an_invite_from_an_ignored_user_is_not_pushed() {
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let carol = Client::new(&s, "carol").await;
-    let (status, body) = bob
-        .put(
-            &format!(
-                "/user/{}/account_data/m.ignored_user_list",
-                enc(&bob.user_id)
-            ),
-            json!({"ignored_users": {alice.user_id.as_str(): {}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    ignore(&bob, &[&alice.user_id]).await;
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
     let ignored = alice
@@ -997,19 +1000,7 @@ async fn messages_from_an_ignored_user_neither_push_nor_count() {
     let bob = Client::new(&s, "bob").await;
     let carol = Client::new(&s, "carol").await;
     let room = room_of_three(&alice, &bob, &carol).await;
-    let ignore = |who: Vec<&str>| {
-        let list: serde_json::Map<String, Value> =
-            who.into_iter().map(|u| (u.to_owned(), json!({}))).collect();
-        json!({ "ignored_users": list })
-    };
-    let list_path = format!(
-        "/user/{}/account_data/m.ignored_user_list",
-        enc(&bob.user_id)
-    );
-    let (status, body) = bob
-        .put(&list_path, ignore(vec![alice.user_id.as_str()]))
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    ignore(&bob, &[&alice.user_id]).await;
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
     assert_eq!(
@@ -1053,8 +1044,7 @@ async fn messages_from_an_ignored_user_neither_push_nor_count() {
     assert_eq!(pushed_to("bob-phone"), vec![heard.clone()]);
     assert_eq!(pushed_to("carol-phone"), vec![ignored, still_ignored]);
 
-    let (status, body) = bob.put(&list_path, ignore(Vec::new())).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    ignore(&bob, &[]).await;
     let heard_again = alice.text(&room, "bob sees this again").await;
     gateway.wait_for(5).await;
     assert_eq!(pushed_to("bob-phone"), vec![heard, heard_again]);
@@ -1165,16 +1155,10 @@ async fn a_pending_invite_is_listed_in_notifications() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Not while bob ignores alice (spec: invites from ignored users are not sent).
-    let list_path = format!(
-        "/user/{}/account_data/m.ignored_user_list",
-        enc(&bob.user_id)
-    );
-    let ignoring = json!({"ignored_users": {alice.user_id.as_str(): {}}});
-    assert_eq!(bob.put(&list_path, ignoring).await.0, StatusCode::OK);
+    ignore(&bob, &[&alice.user_id]).await;
     let (_, body) = bob.get("/notifications").await;
     assert_eq!(body["notifications"], json!([]), "{body}");
-    let nobody = json!({"ignored_users": {}});
-    assert_eq!(bob.put(&list_path, nobody).await.0, StatusCode::OK);
+    ignore(&bob, &[]).await;
     let (_, body) = bob.get("/notifications").await;
     assert_eq!(body["notifications"].as_array().unwrap().len(), 1, "{body}");
 
@@ -1194,16 +1178,7 @@ async fn state_from_an_ignored_user_still_notifies() {
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let room = dm(&alice, &bob).await;
-    let (status, body) = bob
-        .put(
-            &format!(
-                "/user/{}/account_data/m.ignored_user_list",
-                enc(&bob.user_id)
-            ),
-            json!({"ignored_users": {alice.user_id.as_str(): {}}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    ignore(&bob, &[&alice.user_id]).await;
     let (gateway, url) = Gateway::start().await;
     assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
     alice.text(&room, "ignored").await;
@@ -1325,12 +1300,7 @@ async fn an_invite_from_an_ignored_user_is_not_listed_in_a_world_readable_room()
     let listed = body["notifications"].as_array().unwrap();
     assert_eq!(listed.len(), 1, "{body}");
     assert_eq!(listed[0]["room_id"], room.as_str(), "{body}");
-    let list_path = format!(
-        "/user/{}/account_data/m.ignored_user_list",
-        enc(&bob.user_id)
-    );
-    let ignoring = json!({"ignored_users": {alice.user_id.as_str(): {}}});
-    assert_eq!(bob.put(&list_path, ignoring).await.0, StatusCode::OK);
+    ignore(&bob, &[&alice.user_id]).await;
     let (status, body) = bob.get("/notifications").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["notifications"], json!([]), "{body}");
