@@ -635,8 +635,9 @@ async fn queued_pushes_survive_a_restart() {
         .lock()
         .unwrap()
         .extend(std::iter::repeat_n((500, json!({})), 1_000));
-    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    // Made before the pusher: its invite would be queued too, and retried first.
     let room = dm(&alice, &bob).await;
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
     let event = alice.text(&room, "while the gateway is down").await;
     assert!(!gateway.wait_for(1).await.is_empty(), "tried at least once");
     drop((alice, bob));
