@@ -66,12 +66,7 @@ async fn a_guest_joins_only_rooms_whose_guest_access_is_can_join() {
     let alias = "#lobby:localhost".to_owned();
     let (status, body) = g.join(&alias).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
-    let (status, body) = alice
-        .post(
-            &format!("/rooms/{public}/invite"),
-            json!({"user_id": g.user_id}),
-        )
-        .await;
+    let (status, body) = alice.invite(&public, &g.user_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = g.join(&public).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
@@ -121,21 +116,11 @@ async fn guests_leave_when_guest_access_ends() {
     let invited = guest(&s).await;
     // private_chat lets guests join.
     let room = alice.create_room(json!({"preset": "private_chat"})).await;
-    let (status, body) = alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": g.user_id}),
-        )
-        .await;
+    let (status, body) = alice.invite(&room, &g.user_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = g.join(&room).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": invited.user_id}),
-        )
-        .await;
+    let (status, body) = alice.invite(&room, &invited.user_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     set_guest_access(&alice, &room, json!("forbidden")).await;
@@ -254,12 +239,7 @@ async fn a_guest_upgrades_to_a_full_account_with_its_token() {
     let alice = Client::new(&s, "alice").await;
     let g = guest(&s).await;
     let room = alice.create_room(json!({"preset": "private_chat"})).await;
-    alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": g.user_id}),
-        )
-        .await;
+    alice.invite(&room, &g.user_id).await;
     assert_eq!(g.join(&room).await.0, StatusCode::OK);
     let localpart = g.user_id[1..].split(':').next().unwrap().to_owned();
 
@@ -329,12 +309,7 @@ async fn history_after_the_reader_is_gone(
     banned: bool,
 ) -> (String, String, String) {
     let room = alice.create_room(json!({"preset": "private_chat"})).await;
-    alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": reader.user_id}),
-        )
-        .await;
+    alice.invite(&room, &reader.user_id).await;
     assert_eq!(reader.join(&room).await.0, StatusCode::OK);
     let hello = alice.text(&room, "hello everyone").await;
     if banned {
@@ -516,12 +491,7 @@ async fn a_redaction_after_the_reader_left_is_not_shown_to_them() {
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let room = alice.create_room(json!({"preset": "private_chat"})).await;
-    alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": bob.user_id}),
-        )
-        .await;
+    alice.invite(&room, &bob.user_id).await;
     bob.join(&room).await;
     let hello = alice.text(&room, "hello").await;
     bob.post(&format!("/rooms/{room}/leave"), json!({})).await;
@@ -552,12 +522,7 @@ async fn a_rejoined_reader_sees_the_bundles_again() {
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let (room, hello, _) = history_after_the_reader_is_gone(&alice, &bob, false).await;
-    alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": bob.user_id}),
-        )
-        .await;
+    alice.invite(&room, &bob.user_id).await;
     assert_eq!(bob.join(&room).await.0, StatusCode::OK);
     // History is `shared`: having joined again, bob may read everything before.
     let (_, event) = bob.get(&format!("/rooms/{room}/event/{hello}")).await;

@@ -342,12 +342,7 @@ async fn device_lists_changed_appears_in_the_other_users_sync_after_a_new_device
     // Carol joins the room: Bob is told to fetch her keys, and she his and Alice's.
     let bob_before_carol = bob.sync_since(&next["next_batch"]).await;
     let carol_since = carol.sync("timeout=0").await["next_batch"].clone();
-    let (status, _) = alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": carol.user_id}),
-        )
-        .await;
+    let (status, _) = alice.invite(&room, &carol.user_id).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(carol.join(&room).await.0, StatusCode::OK);
     let bob_sees = bob.sync_since(&bob_before_carol["next_batch"]).await;

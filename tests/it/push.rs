@@ -852,12 +852,7 @@ async fn an_invite_reaches_the_invited_users_phone() {
         .create_room(json!({"preset": "private_chat", "name": "Plans", "invite": [carol.user_id]}))
         .await;
     assert_eq!(carol.join(&room).await.0, StatusCode::OK);
-    let (status, body) = alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": bob.user_id}),
-        )
-        .await;
+    let (status, body) = alice.invite(&room, &bob.user_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let got = gateway.wait_for(2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -334,12 +334,7 @@ async fn membership_rules_refuse_what_they_should() {
     let (status, body) = bob.join(&room).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
     // Invited, bob joins; he shows in the member lists.
-    let (status, body) = alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": bob.user_id}),
-        )
-        .await;
+    let (status, body) = alice.invite(&room, &bob.user_id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, invited) = alice
         .get(&format!("/rooms/{room}/members?membership=invite"))
@@ -398,12 +393,7 @@ async fn membership_rules_refuse_what_they_should() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": carol.user_id}),
-        )
-        .await;
+    let (status, body) = alice.invite(&room, &carol.user_id).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
     let (status, body) = carol.join(&room).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
@@ -422,12 +412,7 @@ async fn membership_rules_refuse_what_they_should() {
         )
         .await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
-    alice
-        .post(
-            &format!("/rooms/{room}/invite"),
-            json!({"user_id": carol.user_id}),
-        )
-        .await;
+    alice.invite(&room, &carol.user_id).await;
     assert_eq!(carol.join(&room).await.0, StatusCode::OK);
 
     // Leave, then forget; forgetting before leaving is refused.
@@ -487,12 +472,7 @@ async fn knocking_and_restricted_joins() {
         .await;
     assert_eq!(member["membership"], "knock");
     // A knock is accepted with an invite.
-    alice
-        .post(
-            &format!("/rooms/{knock_room}/invite"),
-            json!({"user_id": bob.user_id}),
-        )
-        .await;
+    alice.invite(&knock_room, &bob.user_id).await;
     assert_eq!(bob.join(&knock_room).await.0, StatusCode::OK);
     // Knocking on an invite-only room is refused.
     let invite_only = alice.create_room(json!({})).await;
@@ -646,12 +626,7 @@ async fn a_redaction_names_its_target_in_both_places_in_every_room_version() {
             .create_room(json!({"preset": "public_chat", "room_version": version}))
             .await;
         let said = alice.text(&room, "soon gone").await;
-        let (status, body) = alice
-            .put(
-                &format!("/rooms/{room}/redact/{said}/r{version}"),
-                json!({}),
-            )
-            .await;
+        let (status, body) = alice.redact(&room, &said, &format!("r{version}")).await;
         assert_eq!(status, StatusCode::OK, "v{version}: {body}");
         let redaction_id = body["event_id"].as_str().unwrap().to_owned();
         let (status, shown) = alice
@@ -1514,12 +1489,7 @@ async fn invites_are_rate_limited_per_inviter_and_per_invitee() {
         invitees.push(Client::new(&server, name).await);
     }
     for (n, invitee) in invitees.iter().enumerate() {
-        let (status, body) = alice
-            .post(
-                &format!("/rooms/{room}/invite"),
-                json!({"user_id": invitee.user_id}),
-            )
-            .await;
+        let (status, body) = alice.invite(&room, &invitee.user_id).await;
         if n < 3 {
             assert_eq!(status, StatusCode::OK, "invite {n}: {body}");
         } else {
@@ -1540,12 +1510,7 @@ async fn invites_are_rate_limited_per_inviter_and_per_invitee() {
     for (n, inviter) in ["i1", "i2", "i3"].iter().enumerate() {
         let inviter = Client::new(&server, inviter).await;
         let room = inviter.create_room(json!({"preset": "private_chat"})).await;
-        let (status, body) = inviter
-            .post(
-                &format!("/rooms/{room}/invite"),
-                json!({"user_id": carol.user_id}),
-            )
-            .await;
+        let (status, body) = inviter.invite(&room, &carol.user_id).await;
         if n < 2 {
             assert_eq!(status, StatusCode::OK, "invite {n}: {body}");
         } else {

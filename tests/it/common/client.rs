@@ -120,6 +120,24 @@ impl<'a> Client<'a> {
         self.post(&format!("/join/{}", enc(room)), json!({})).await
     }
 
+    /// `POST /rooms/{room}/invite` of `user_id`.
+    pub async fn invite(&self, room: &str, user_id: &str) -> (StatusCode, Value) {
+        self.post(
+            &format!("/rooms/{}/invite", enc(room)),
+            json!({ "user_id": user_id }),
+        )
+        .await
+    }
+
+    /// `PUT /rooms/{room}/redact/{event_id}/{txn}` with no reason.
+    pub async fn redact(&self, room: &str, event_id: &str, txn: &str) -> (StatusCode, Value) {
+        self.put(
+            &format!("/rooms/{}/redact/{}/{txn}", enc(room), enc(event_id)),
+            json!({}),
+        )
+        .await
+    }
+
     pub async fn state(&self, room: &str, kind: &str, key: &str) -> (StatusCode, Value) {
         self.get(&format!("/rooms/{room}/state/{kind}/{key}")).await
     }
