@@ -28,10 +28,20 @@ pub fn content_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], Sig
 
 /// SHA-256 over the redacted event without `signatures` and `unsigned`.
 pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], SignatureError> {
+    Ok(sha256(&redacted_signed_bytes(event, version)?))
+}
+
+/// The redacted event without `signatures` and `unsigned`, as canonical JSON: what the
+/// reference hash hashes and what every server's signature of the event covers (spec:
+/// server-server API, "Calculating the reference hash for an event" and "Signing
+/// events"), so one pass serves both checks of a received PDU.
+pub fn redacted_signed_bytes(
+    event: &Value,
+    version: RoomVersion,
+) -> Result<Vec<u8>, SignatureError> {
     let redacted = redact(event, version);
     let object = redacted.as_object().ok_or(SignatureError::NotAnObject)?;
-    let bytes = signatures::signed_bytes_with(object, Numbers::of(version))?;
-    Ok(sha256(&bytes))
+    Ok(signatures::signed_bytes_with(object, Numbers::of(version))?)
 }
 
 /// The event id of `event`: `$` + unpadded base64 of the reference hash (rooms v3, the
@@ -39,13 +49,29 @@ pub fn reference_hash(event: &Value, version: RoomVersion) -> Result<[u8; 32], S
 /// carries, which must have the form `$opaque:server` (spec: rooms v1, "Event IDs").
 pub fn event_id(event: &Value, version: RoomVersion) -> Result<String, SignatureError> {
     if !version.event_ids_are_reference_hashes() {
-        let id = event.get("event_id").and_then(Value::as_str);
-        return match id {
-            Some(id) if is_v1_event_id(id) => Ok(id.to_owned()),
-            _ => Err(SignatureError::NoEventId),
-        };
+        return carried_event_id(event);
     }
     Ok(event_id_of_hash(reference_hash(event, version)?, version))
+}
+
+/// As [`event_id`], with the event's [`redacted_signed_bytes`] already written.
+pub fn event_id_over(
+    event: &Value,
+    version: RoomVersion,
+    signed: &[u8],
+) -> Result<String, SignatureError> {
+    if !version.event_ids_are_reference_hashes() {
+        return carried_event_id(event);
+    }
+    Ok(event_id_of_hash(sha256(signed), version))
+}
+
+/// Rooms v1 and v2: the `event_id` the event carries.
+fn carried_event_id(event: &Value) -> Result<String, SignatureError> {
+    match event.get("event_id").and_then(Value::as_str) {
+        Some(id) if is_v1_event_id(id) => Ok(id.to_owned()),
+        _ => Err(SignatureError::NoEventId),
+    }
 }
 
 /// Spec: rooms v1, "Event IDs": `$opaque_id:domain`, the domain a server name.
@@ -283,6 +309,30 @@ mod tests {
         assert!(id.starts_with('$'));
         assert_eq!(id.len(), 44);
         assert!(!id.contains('+') && !id.contains('/'));
+    }
+
+    #[test]
+    fn the_bytes_written_once_give_the_event_id_and_verify_the_signature() {
+        let mut event = json!({"type": "m.room.message", "content": {"body": "a"},
+                               "room_id": "!r:x", "sender": "@a:x", "event_id": "$e:x",
+                               "unsigned": {"age": 1}});
+        hash_and_sign_event(&mut event, "x", &spec_key(), RoomVersion::V12).unwrap();
+        for version in [RoomVersion::V1, RoomVersion::V3, RoomVersion::V12] {
+            let signed = redacted_signed_bytes(&event, version).unwrap();
+            assert_eq!(
+                event_id_over(&event, version, &signed).unwrap(),
+                event_id(&event, version).unwrap()
+            );
+        }
+        let signed = redacted_signed_bytes(&event, RoomVersion::V12).unwrap();
+        let signature = event["signatures"]["x"]["ed25519:1"].as_str().unwrap();
+        let key = spec_key().verifying_key();
+        assert!(signatures::verify_signature_over(&signed, signature, &key).is_ok());
+        // The body is not covered (redacted away); the type is.
+        let mut changed = event.clone();
+        changed["type"] = json!("m.room.other");
+        let signed = redacted_signed_bytes(&changed, RoomVersion::V12).unwrap();
+        assert!(signatures::verify_signature_over(&signed, signature, &key).is_err());
     }
 
     #[test]

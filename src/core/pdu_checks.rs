@@ -260,13 +260,27 @@ pub fn check_signatures(
     pdu: &Value,
     keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
 ) -> SignatureCheck {
+    match event_hashes::redacted_signed_bytes(pdu, version) {
+        Ok(signed) => check_signatures_over(version, pdu, &signed, keys),
+        Err(e) => SignatureCheck::Invalid(format!("not signable: {e:?}")),
+    }
+}
+
+/// As [`check_signatures`], with the PDU's
+/// [`redacted_signed_bytes`](event_hashes::redacted_signed_bytes) already written.
+pub fn check_signatures_over(
+    version: RoomVersion,
+    pdu: &Value,
+    signed: &[u8],
+    keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
+) -> SignatureCheck {
     let signers = required_signers(version, pdu);
     if signers.is_empty() {
         return SignatureCheck::Invalid("the sender is not a valid user id".into());
     }
     let mut missing = Vec::new();
     for server in signers {
-        match check_server_signature(version, pdu, &server, keys) {
+        match check_server_signature_over(version, pdu, signed, &server, keys) {
             SignatureCheck::Verified => {}
             SignatureCheck::NeedKeys(unknown) => missing.extend(unknown),
             invalid @ SignatureCheck::Invalid(_) => return invalid,
@@ -288,10 +302,21 @@ pub fn check_server_signature(
     server: &str,
     keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
 ) -> SignatureCheck {
-    let redacted = redaction::redact(pdu, version);
-    let Some(object) = redacted.as_object() else {
-        return SignatureCheck::Invalid("not an object".into());
-    };
+    match event_hashes::redacted_signed_bytes(pdu, version) {
+        Ok(signed) => check_server_signature_over(version, pdu, &signed, server, keys),
+        Err(e) => SignatureCheck::Invalid(format!("not signable: {e:?}")),
+    }
+}
+
+/// As [`check_server_signature`], with the PDU's
+/// [`redacted_signed_bytes`](event_hashes::redacted_signed_bytes) already written.
+pub fn check_server_signature_over(
+    version: RoomVersion,
+    pdu: &Value,
+    signed: &[u8],
+    server: &str,
+    keys: &dyn Fn(&str, &str) -> Option<KnownKey>,
+) -> SignatureCheck {
     let ts = pdu
         .get("origin_server_ts")
         .and_then(Value::as_u64)
@@ -321,8 +346,7 @@ pub fn check_server_signature(
         let Some(signature) = signature.as_str() else {
             return SignatureCheck::Invalid(format!("signature {key_id} is not a string"));
         };
-        match signatures::verify_signature_with(object, signature, &known.key, Numbers::of(version))
-        {
+        match signatures::verify_signature_over(signed, signature, &known.key) {
             Ok(()) => verified = true,
             Err(e) => {
                 return SignatureCheck::Invalid(format!(

@@ -146,10 +146,19 @@ pub fn verify_signature_with(
     key: &VerifyingKey,
     numbers: Numbers,
 ) -> Result<(), SignatureError> {
+    verify_signature_over(&signed_bytes_with(object, numbers)?, signature_b64, key)
+}
+
+/// Checks one base64 signature over `signed`, the bytes [`signed_bytes_with`] wrote.
+pub fn verify_signature_over(
+    signed: &[u8],
+    signature_b64: &str,
+    key: &VerifyingKey,
+) -> Result<(), SignatureError> {
     let bytes = base64::decode(signature_b64).map_err(|_| SignatureError::Malformed)?;
     let bytes: [u8; 64] = bytes.try_into().map_err(|_| SignatureError::Malformed)?;
     let signature = Signature::from_bytes(&bytes);
-    key.verify_strict(&signed_bytes_with(object, numbers)?, &signature)
+    key.verify_strict(signed, &signature)
         .map_err(|_| SignatureError::Invalid)
 }
 

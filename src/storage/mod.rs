@@ -315,9 +315,21 @@ impl Db {
                 }
             }
         }
-        let descriptors = names
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, cf_options.clone()));
+        // Event ids are looked up mostly to learn that an event is new (each PDU received,
+        // before its writer and again in it): a bloom filter over the memtable's whole
+        // keys answers most of those misses without a search of the memtable (~160 KiB
+        // for an 8 MiB memtable, so on this table alone).
+        let mut event_ids_options = cf_options.clone();
+        event_ids_options.set_memtable_prefix_bloom_ratio(0.02);
+        event_ids_options.set_memtable_whole_key_filtering(true);
+        let descriptors = names.iter().map(|name| {
+            let options = if name == Table::EventidShorteventid.name() {
+                event_ids_options.clone()
+            } else {
+                cf_options.clone()
+            };
+            ColumnFamilyDescriptor::new(name, options)
+        });
         let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| {
             let text = e.into_string();
             // RocksDB names the folder's lock file (`…/LOCK`) when another handle holds it.

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::records::{EventMeta, MembershipRecord, RoomRecord};
 use super::state_store::{ShortEventId, ShortStateHash, StateStore};
 use crate::core::RoomVersion;
+use crate::services::cache::GenerationalCache;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::decode;
 use crate::services::stream::StreamPositions;
@@ -85,7 +86,21 @@ pub struct EventStore {
     /// Users who asked for erasure, and from which stream position (the accounts
     /// service owns the record and tells this store; see `client_event`).
     erased: std::sync::RwLock<HashMap<String, u64>>,
+    /// Rooms' short ids as read (a room's short id never changes and its row is never
+    /// removed): every PDU received looks its room up.
+    room_shorts: GenerationalCache<String, u64>,
+    /// Events read as held with the room (not out of band): an event is kept out of
+    /// band only when first stored, so once it is held otherwise it stays so (see
+    /// `graph::is_out_of_band`). Each PDU received asks it of its prev and auth events,
+    /// before its writer and again in it.
+    pub(super) held_in_room: GenerationalCache<ShortEventId, ()>,
 }
+
+/// Room ids whose short ids are kept in memory at most (~100 bytes each).
+const ROOM_SHORT_CACHE_ENTRIES: usize = 32_768;
+
+/// Events known to be held with their room kept in memory at most (~40 bytes each).
+const HELD_IN_ROOM_CACHE_ENTRIES: usize = 65_536;
 
 fn last_u64_key(db: &Db, table: Table) -> ServiceResult<u64> {
     match db.scan_range(table, &[0u8; 8], &[0xffu8; 9], true).next() {
@@ -109,6 +124,8 @@ impl EventStore {
             stream,
             next_room: AtomicU64::new(last_room + 1),
             erased: std::sync::RwLock::default(),
+            room_shorts: GenerationalCache::new(ROOM_SHORT_CACHE_ENTRIES, |_| 1),
+            held_in_room: GenerationalCache::new(HELD_IN_ROOM_CACHE_ENTRIES, |_| 1),
         })
     }
 
@@ -155,10 +172,20 @@ impl EventStore {
 
     /// The short id of a known room.
     pub fn room_short(&self, room_id: &str) -> ServiceResult<Option<u64>> {
-        self.db
+        if let Some(short) = self.room_shorts.get(room_id) {
+            return Ok(Some(*short));
+        }
+        let short = self
+            .db
             .get(Table::RoomidShortroomid, room_id)?
             .map(|b| keys::read_u64(&b).ok_or_else(|| corrupt("short room id")))
-            .transpose()
+            .transpose()?;
+        // Only what was read is kept: a short id allocated in a batch that is never
+        // written is not remembered.
+        if let Some(short) = short {
+            self.room_shorts.insert(room_id.to_owned(), Arc::new(short));
+        }
+        Ok(short)
     }
 
     /// A room by its short id.

@@ -144,9 +144,21 @@ pub fn records(
 }
 
 /// Whether `short` is held only out of band (see [`EventStatus::OutOfBand`]): the room's
-/// checks treat it as unknown.
+/// checks treat it as unknown. Only a new event is ever stored out of band (the writer's
+/// `out_of_band` keeps an event it holds as it is), so an event read as held otherwise is
+/// remembered as such.
 pub fn is_out_of_band(store: &EventStore, short: ShortEventId) -> ServiceResult<bool> {
-    Ok(record(store, short)?.is_some_and(|r| r.status == EventStatus::OutOfBand))
+    if store.held_in_room.get(&short).is_some() {
+        return Ok(false);
+    }
+    let Some(record) = record(store, short)? else {
+        return Ok(false);
+    };
+    if record.status == EventStatus::OutOfBand {
+        return Ok(true);
+    }
+    store.held_in_room.insert(short, std::sync::Arc::new(()));
+    Ok(false)
 }
 
 /// The events that name `short` among their `prev_events`.
@@ -190,13 +202,20 @@ fn pending_child_key(event_id: &str, child: ShortEventId) -> Vec<u8> {
 
 /// Whether an accepted event of room `room` names `short` (`event_id`) among its prev
 /// events, stored before or after it: then it is not a forward extremity. (An event id
-/// can be named before its event exists, from another room too.)
+/// can be named before its event exists, from another room too.) A `fresh` short id,
+/// interned in the event's own batch, is named by no edge yet: only the events waiting
+/// for its id are looked at.
 pub fn has_accepted_child(
     store: &EventStore,
     (short, event_id): (ShortEventId, &str),
     room: u64,
+    fresh: bool,
 ) -> ServiceResult<bool> {
-    let mut children = children(store, short)?;
+    let mut children = if fresh {
+        Vec::new()
+    } else {
+        children(store, short)?
+    };
     let prefix = keys::prefix(event_id.as_bytes());
     for entry in store.db.scan_prefix(Table::EventidPendingchild, &prefix) {
         let (key, _) = entry?;
@@ -219,15 +238,16 @@ pub fn has_accepted_child(
 /// Events walked at most by [`prevs_before_failed`].
 const FAILED_WALK_LIMIT: usize = 200;
 
-/// The prev events of those of `prev_ids` that were soft-failed or rejected here, and on
-/// through soft-failed or rejected ones (at most [`FAILED_WALK_LIMIT`] events): an event
+/// The prev events of `failed` (an event's prev events that were soft-failed or
+/// rejected here with a state of ours), and on through soft-failed or rejected ones (at
+/// most [`FAILED_WALK_LIMIT`] events): an event
 /// accepted on top of them makes them no forward extremities either, as Synapse does
 /// (`_get_prevs_before_rejected`). Otherwise an event another server accepted and we
 /// soft-failed leaves its prev event dangling as an extremity, and the room's state keeps
 /// resolving an old state in.
 pub fn prevs_before_failed(
     store: &EventStore,
-    prev_ids: &[String],
+    failed: Vec<ShortEventId>,
 ) -> ServiceResult<std::collections::HashSet<String>> {
     // Only events judged with a state of ours: a rejected event without one (refused
     // before its state was known, such as one naming another room's event) says
@@ -242,14 +262,7 @@ pub fn prevs_before_failed(
         Ok(failed && store.meta(short)?.state_before != 0)
     };
     let mut out = std::collections::HashSet::new();
-    let mut queue = Vec::new();
-    for id in prev_ids {
-        if let Some(short) = store.state.find_event(id)? {
-            if failed_with_state(short)? {
-                queue.push(short);
-            }
-        }
-    }
+    let mut queue = failed;
     let mut seen = std::collections::HashSet::new();
     while let Some(short) = queue.pop() {
         if !seen.insert(short) || seen.len() > FAILED_WALK_LIMIT {

@@ -269,7 +269,13 @@ impl Rooms {
         if let Err(e) = pdu_checks::check_format(version, &pdu) {
             return dropped(format!("malformed: {e}"));
         }
-        let event_id = match event_hashes::event_id(&pdu, version) {
+        // What the event id hashes (rooms v3 and later) and every signature covers,
+        // written once for both.
+        let signed = match event_hashes::redacted_signed_bytes(&pdu, version) {
+            Ok(signed) => signed,
+            Err(e) => return dropped(format!("no event id: {e:?}")),
+        };
+        let event_id = match event_hashes::event_id_over(&pdu, version, &signed) {
             Ok(id) => id,
             Err(e) => return dropped(format!("no event id: {e:?}")),
         };
@@ -297,7 +303,7 @@ impl Rooms {
             }
         }
         // Check 2.
-        let signed_by = match verify_signatures(version, &pdu, source).await {
+        let signed_by = match verify_signatures_over(version, (&pdu, &signed), source).await {
             Ok(servers) => servers,
             Err(reason) => {
                 tracing::info!(%origin, event = %event_id, "dropped: {reason}");
@@ -634,6 +640,18 @@ pub(super) async fn verify_signatures(
     pdu: &Value,
     source: &dyn MissingSource,
 ) -> Result<Vec<String>, String> {
+    let signed = event_hashes::redacted_signed_bytes(pdu, version)
+        .map_err(|e| format!("not signable: {e:?}"))?;
+    verify_signatures_over(version, (pdu, &signed), source).await
+}
+
+/// As [`verify_signatures`], with the PDU's
+/// [`redacted_signed_bytes`](event_hashes::redacted_signed_bytes) already written.
+pub(super) async fn verify_signatures_over(
+    version: crate::core::RoomVersion,
+    (pdu, signed): (&Value, &[u8]),
+    source: &dyn MissingSource,
+) -> Result<Vec<String>, String> {
     let mut servers = pdu_checks::required_signers(version, pdu);
     let authoriser = pdu
         .get("content")
@@ -661,7 +679,7 @@ pub(super) async fn verify_signatures(
         }
     }
     let lookup = |server: &str, id: &str| keys.get(&(server.to_owned(), id.to_owned())).copied();
-    match pdu_checks::check_signatures(version, pdu, &lookup) {
+    match pdu_checks::check_signatures_over(version, pdu, signed, &lookup) {
         SignatureCheck::Verified => {}
         SignatureCheck::NeedKeys(unknown) => {
             return Err(format!("no key found to check the signatures {unknown:?}"))
@@ -670,7 +688,7 @@ pub(super) async fn verify_signatures(
     }
     let mut verified: Vec<String> = servers[..required].to_vec();
     for server in &servers[required..] {
-        if pdu_checks::check_server_signature(version, pdu, server, &lookup)
+        if pdu_checks::check_server_signature_over(version, pdu, signed, server, &lookup)
             == SignatureCheck::Verified
         {
             verified.push(server.clone());

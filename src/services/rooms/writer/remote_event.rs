@@ -263,6 +263,9 @@ fn check_and_store(
         .collect();
     let given = event.given_state.is_some();
     let mut gap = false;
+    // Prev events soft-failed or rejected here with a state of ours (see
+    // [`graph::prevs_before_failed`]), noted as their records are read.
+    let mut failed_prevs: Vec<ShortEventId> = Vec::new();
     let mut batch = store.db.batch();
     // A resolved state before the event saved in this batch (not readable until it is
     // written): `(the first prev's snapshot, the changes from it)`, so that the state
@@ -322,7 +325,16 @@ fn check_and_store(
                 Some(EventStatus::Rejected { .. }) if meta.state_before == 0 => {
                     unplaced(id, &mut snapshots)
                 }
-                Some(EventStatus::Rejected { .. }) => snapshots.push(meta.state_before),
+                Some(EventStatus::Rejected { .. }) => {
+                    failed_prevs.push(short);
+                    snapshots.push(meta.state_before)
+                }
+                Some(EventStatus::SoftFailed) => {
+                    if meta.state_before != 0 {
+                        failed_prevs.push(short);
+                    }
+                    snapshots.push(meta.state_after)
+                }
                 _ => snapshots.push(meta.state_after),
             }
             edges.prev.push(short);
@@ -388,6 +400,7 @@ fn check_and_store(
     }
     let short =
         existing.unwrap_or_else(|| store.state.intern_new_event(&event.event_id, &mut batch));
+    let fresh = existing.is_none();
     let kind = event.pdu.get("type").and_then(Value::as_str).unwrap_or("");
     let state_key = event.pdu.get("state_key").and_then(Value::as_str);
     let own_key = match state_key {
@@ -495,6 +508,8 @@ fn check_and_store(
         given,
         gap,
         redacts,
+        failed_prevs,
+        fresh,
     };
     to_store(&mut event, version, redacted_by);
     accept(ctx, head, (short, &event), edges, batch, states, written)?;
@@ -587,12 +602,23 @@ fn check_4_of(
                 auth.event_id
             )));
         }
-        if let Some(GraphRecord {
-            status: EventStatus::Rejected { .. },
-            ..
-        }) = graph::record(store, auth.short)?
-        {
-            return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
+        // An event of the room's current state was not rejected (a rejected event never
+        // enters a state): its record is read only otherwise.
+        let current = match auth.state_key() {
+            Some(key) => store
+                .state
+                .find_state_key(auth.kind(), key)?
+                .is_some_and(|k| head.state.get(&k) == Some(&auth.short)),
+            None => false,
+        };
+        if !current {
+            if let Some(GraphRecord {
+                status: EventStatus::Rejected { .. },
+                ..
+            }) = graph::record(store, auth.short)?
+            {
+                return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
+            }
         }
         auth_state
             .0
@@ -848,6 +874,10 @@ struct AcceptedStates {
     gap: bool,
     /// For a redaction, the event it redacts, and whether its sender may redact by power.
     redacts: Option<(String, bool)>,
+    /// Its prev events soft-failed or rejected here with a state of ours.
+    failed_prevs: Vec<ShortEventId>,
+    /// Its short id is new: no event held names it as a prev event by short id.
+    fresh: bool,
 }
 
 /// Stores an accepted event: its timeline place, the forward extremities, the room's new
@@ -870,6 +900,8 @@ fn accept(
         given,
         gap,
         redacts,
+        failed_prevs,
+        fresh,
     } = states;
     let store = &ctx.store;
     let pdu = &event.pdu;
@@ -877,7 +909,7 @@ fn accept(
     let prev_ids: Vec<String> = pdu::event_ids(pdu, "prev_events")
         .map(str::to_owned)
         .collect();
-    let has_children = graph::has_accepted_child(store, (short, event_id), head.short)?;
+    let has_children = graph::has_accepted_child(store, (short, event_id), head.short, fresh)?;
     // Our join through another server starts the room afresh: what we held before (a
     // room we had left) is not built on.
     let mut extremities = if given {
@@ -885,7 +917,7 @@ fn accept(
     } else {
         let mut next =
             graph::next_extremities(&head.record.extremities, &prev_ids, event_id, has_children);
-        let dangling = graph::prevs_before_failed(store, &prev_ids)?;
+        let dangling = graph::prevs_before_failed(store, failed_prevs)?;
         if next.iter().any(|e| !dangling.contains(e)) {
             next.retain(|e| !dangling.contains(e));
         }
