@@ -58,11 +58,13 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// Striped async locks: changes under one key (a user, a room) are serialized, different
 /// keys rarely wait for each other, and memory stays fixed.
-pub struct StripedLocks([tokio::sync::Mutex<()>; 32]);
+pub struct StripedLocks([Arc<tokio::sync::Mutex<()>>; 32]);
 
 impl Default for StripedLocks {
     fn default() -> Self {
-        Self(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+        Self(std::array::from_fn(|_| {
+            Arc::new(tokio::sync::Mutex::new(()))
+        }))
     }
 }
 
@@ -82,6 +84,12 @@ impl StripedLocks {
     /// Waits for the lock of `key`'s stripe.
     pub async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
         self.0[self.stripe(key)].lock().await
+    }
+
+    /// As [`StripedLocks::lock`], a guard a spawned task can hold: a change that must
+    /// run to its end even if its request is dropped keeps the key locked until then.
+    pub async fn lock_owned(&self, key: &[u8]) -> tokio::sync::OwnedMutexGuard<()> {
+        Arc::clone(&self.0[self.stripe(key)]).lock_owned().await
     }
 
     /// Waits for the locks of all the keys' stripes, taken in stripe order so that two

@@ -106,7 +106,9 @@ impl Accounts {
         kind: &str,
         change: impl FnOnce(Option<Value>) -> Option<Option<Value>>,
     ) -> ServiceResult<()> {
-        let _guard = self.account_data_locks.lock(user_id.as_bytes()).await;
+        // Held by the write's task to its end: a request dropped meanwhile must not let
+        // the user's next change read or write around it.
+        let guard = self.account_data_locks.lock_owned(user_id.as_bytes()).await;
         let Some(content) = change(self.account_data(user_id, room_id, kind)?) else {
             return Ok(());
         };
@@ -145,6 +147,7 @@ impl Accounts {
         let stream = Arc::clone(&self.stream);
         let user_owned = user_id.to_owned();
         let write = async move {
+            let _guard = guard;
             let written = stream
                 .write_at_new_position(
                     move |pos| {

@@ -22,10 +22,10 @@ pub mod delivery;
 pub mod notifications;
 pub mod pushers;
 mod queue;
+mod ruleset_cache;
 mod unread_cache;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -39,9 +39,6 @@ use crate::services::StripedLocks;
 use crate::storage::{keys, Db, Table};
 use pushers::{Pusher, PusherChange, PusherIndex, MAX_PUSHERS_PER_USER};
 
-/// Parsed rulesets kept in memory at most (the cache is cleared past this).
-const MAX_CACHED_RULESETS: usize = 10_000;
-
 /// `userid_pushrules`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RulesRecord {
@@ -54,7 +51,7 @@ struct RulesRecord {
 pub struct Push {
     db: Arc<Db>,
     stream: Arc<StreamPositions>,
-    rulesets: Mutex<HashMap<String, Arc<Ruleset>>>,
+    rulesets: Arc<ruleset_cache::RulesetCache>,
     locks: StripedLocks,
     /// Every pusher (the table's contents), published whole: a reader takes the current
     /// index and holds no lock while it reads (the delivery worker's low-priority threads
@@ -100,7 +97,7 @@ impl Push {
         Ok(Self {
             db,
             stream,
-            rulesets: Mutex::new(HashMap::new()),
+            rulesets: Arc::default(),
             locks: StripedLocks::default(),
             pushers: RwLock::new(Arc::new(PusherIndex::new(all))),
             pusher_lock: tokio::sync::Mutex::new(()),
@@ -289,21 +286,13 @@ impl Push {
     /// The user's rules: the stored ones brought up to the server's defaults, or the
     /// defaults.
     pub fn ruleset(&self, user_id: &str) -> ServiceResult<Arc<Ruleset>> {
-        if let Some(cached) = self
-            .rulesets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(user_id)
-        {
-            return Ok(Arc::clone(cached));
-        }
+        let miss = match self.rulesets.get(user_id) {
+            Ok(cached) => return Ok(cached),
+            Err(miss) => miss,
+        };
         let stored = self.record(user_id)?.map(|r| r.ruleset);
         let ruleset = Arc::new(push_rules::with_server_defaults(stored, user_id));
-        let mut cache = self.rulesets.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= MAX_CACHED_RULESETS {
-            cache.clear();
-        }
-        cache.insert(user_id.to_owned(), Arc::clone(&ruleset));
+        self.rulesets.fill(user_id, &ruleset, miss);
         Ok(ruleset)
     }
 
@@ -313,38 +302,43 @@ impl Push {
         user_id: &str,
         edit: impl FnOnce(&mut Ruleset) -> Result<(), RuleEditError>,
     ) -> ServiceResult<()> {
-        let _guard = self.locks.lock(user_id.as_bytes()).await;
+        let guard = self.locks.lock_owned(user_id.as_bytes()).await;
         let mut ruleset = (*self.ruleset(user_id)?).clone();
         edit(&mut ruleset).map_err(rule_error)?;
         let stored = ruleset.clone();
         let key = user_id.as_bytes().to_vec();
-        // The cache first: an event written from now on uses the new rules.
-        self.rulesets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(user_id.to_owned(), Arc::new(ruleset));
-        let written = self
-            .stream
-            .write_at_new_position(
-                move |pos| {
-                    let record = RulesRecord {
-                        pos,
-                        ruleset: stored,
-                    };
-                    vec![(Table::UseridPushrules, key, Some(encode(&record)))]
-                },
-                vec![StreamChange::AccountData {
-                    user: user_id.to_owned(),
-                }],
-            )
-            .await;
-        if written.is_err() {
-            self.rulesets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(user_id);
-        }
-        written?;
+        let (rulesets, stream, user) = (
+            Arc::clone(&self.rulesets),
+            Arc::clone(&self.stream),
+            user_id.to_owned(),
+        );
+        // The cache first (an event written from now on uses the new rules), then the
+        // write, the cache read again if it fails: in a task of their own, holding the
+        // user's lock to their end even if the request is dropped meanwhile, so that the
+        // cache is never left ahead of what is stored.
+        let write = async move {
+            let _guard = guard;
+            rulesets.set(&user, Arc::new(ruleset));
+            let written = stream
+                .write_at_new_position(
+                    move |pos| {
+                        let record = RulesRecord {
+                            pos,
+                            ruleset: stored,
+                        };
+                        vec![(Table::UseridPushrules, key, Some(encode(&record)))]
+                    },
+                    vec![StreamChange::AccountData { user: user.clone() }],
+                )
+                .await;
+            if written.is_err() {
+                rulesets.forget(&user);
+            }
+            written
+        };
+        tokio::spawn(write)
+            .await
+            .map_err(|e| ServiceError::internal(format!("push rules write failed: {e}")))??;
         Ok(())
     }
 
