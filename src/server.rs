@@ -123,7 +123,7 @@ impl Server {
         let mut workers = Vec::new();
         workers.push(tokio::spawn(crate::services::memory::release_when_idle(
             Arc::clone(&services.db),
-            vec![Box::new(move || rooms_store.state().release_cache())],
+            vec![Box::new(move || rooms_store.release_cache())],
             stopped.clone(),
         )));
         workers.extend(

@@ -303,7 +303,10 @@ impl Push {
         edit: impl FnOnce(&mut Ruleset) -> Result<(), RuleEditError>,
     ) -> ServiceResult<()> {
         let guard = self.locks.lock_owned(user_id.as_bytes()).await;
-        let mut ruleset = (*self.ruleset(user_id)?).clone();
+        // From the stored rules, not the cache: a cache emptied while another change was
+        // being written may have been filled again from the record before it.
+        let stored = self.record(user_id)?.map(|r| r.ruleset);
+        let mut ruleset = push_rules::with_server_defaults(stored, user_id);
         edit(&mut ruleset).map_err(rule_error)?;
         let stored = ruleset.clone();
         let key = user_id.as_bytes().to_vec();
@@ -313,12 +316,14 @@ impl Push {
             user_id.to_owned(),
         );
         // The cache first (an event written from now on uses the new rules), then the
-        // write, the cache read again if it fails: in a task of their own, holding the
-        // user's lock to their end even if the request is dropped meanwhile, so that the
-        // cache is never left ahead of what is stored.
+        // write, then the cache again (a cache emptied meanwhile may have been filled
+        // from the record before it), or read again if the write failed: in a task of
+        // their own, holding the user's lock to their end even if the request is dropped
+        // meanwhile, so that the cache is never left ahead of or behind what is stored.
+        let ruleset = Arc::new(ruleset);
         let write = async move {
             let _guard = guard;
-            rulesets.set(&user, Arc::new(ruleset));
+            rulesets.set(&user, Arc::clone(&ruleset));
             let written = stream
                 .write_at_new_position(
                     move |pos| {
@@ -331,8 +336,9 @@ impl Push {
                     vec![StreamChange::AccountData { user: user.clone() }],
                 )
                 .await;
-            if written.is_err() {
-                rulesets.forget(&user);
+            match &written {
+                Ok(_) => rulesets.set(&user, ruleset),
+                Err(_) => rulesets.forget(&user),
             }
             written
         };

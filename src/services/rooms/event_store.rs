@@ -91,8 +91,8 @@ pub struct EventStore {
     room_shorts: GenerationalCache<String, u64>,
     /// Events read as held with the room (not out of band): an event is kept out of
     /// band only when first stored, so once it is held otherwise it stays so (see
-    /// `graph::is_out_of_band`). Each PDU received asks it of its prev and auth events,
-    /// before its writer and again in it.
+    /// `graph::is_out_of_band`). Each PDU received asks it of its prev and auth events
+    /// before its writer, and of its auth events again in it.
     pub(super) held_in_room: GenerationalCache<ShortEventId, ()>,
 }
 
@@ -168,6 +168,14 @@ impl EventStore {
     /// The state store.
     pub fn state(&self) -> &StateStore {
         &self.state
+    }
+
+    /// Forgets what is kept in memory to spare reads (a server gone idle gives the
+    /// memory back).
+    pub fn release_cache(&self) {
+        self.state.release_cache();
+        self.room_shorts.clear();
+        self.held_in_room.clear();
     }
 
     /// The short id of a known room.

@@ -310,6 +310,7 @@ impl Rooms {
                 return Ok(Prepare::Done(Some(event_id), PduOutcome::Dropped(reason)));
             }
         };
+        drop(signed);
         // Check 3.
         let (pdu, redacted) = pdu_checks::check_content_hash(version, pdu);
         if redacted {

@@ -602,23 +602,12 @@ fn check_4_of(
                 auth.event_id
             )));
         }
-        // An event of the room's current state was not rejected (a rejected event never
-        // enters a state): its record is read only otherwise.
-        let current = match auth.state_key() {
-            Some(key) => store
-                .state
-                .find_state_key(auth.kind(), key)?
-                .is_some_and(|k| head.state.get(&k) == Some(&auth.short)),
-            None => false,
-        };
-        if !current {
-            if let Some(GraphRecord {
-                status: EventStatus::Rejected { .. },
-                ..
-            }) = graph::record(store, auth.short)?
-            {
-                return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
-            }
+        if let Some(GraphRecord {
+            status: EventStatus::Rejected { .. },
+            ..
+        }) = graph::record(store, auth.short)?
+        {
+            return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
         }
         auth_state
             .0
