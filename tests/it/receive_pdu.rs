@@ -991,6 +991,92 @@ async fn a_gap_that_cannot_be_filled_takes_the_state_the_sender_tells() {
     assert_eq!(member["displayname"], "Bob at the gap");
 }
 
+/// A thread reply that comes before its root (a fork delivered out of order) waits for it
+/// and is related to it once the root comes.
+#[tokio::test]
+async fn a_reply_that_comes_before_its_root_is_related_to_it_when_the_root_comes() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let root = room
+        .bob_says("root", std::slice::from_ref(&join_id), &join_id)
+        .await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let reply = room.remote(
+        ("m.room.message", None),
+        json!({"msgtype": "m.text", "body": "reply",
+               "m.relates_to": {"rel_type": "m.thread", "event_id": root.0}}),
+        std::slice::from_ref(&join_id),
+        &[levels, join_id.clone()],
+    );
+    assert_eq!(
+        room.receive(&reply.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    assert_eq!(
+        room.receive(&root.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let (status, body) = room
+        .alice
+        .get(&format!("/rooms/{}/relations/{}", room.id, root.0))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let related: Vec<&str> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(related, [reply.0.as_str()], "{body}");
+}
+
+/// An event whose prev event is not held is placed on the state its sender tells; when
+/// the prev event comes later (here after a restart), it is placed too but does not
+/// become a forward extremity, since an event already builds on it.
+#[tokio::test]
+async fn a_prev_event_that_comes_after_its_successor_is_no_extremity_even_after_a_restart() {
+    let mut s = TestServer::start().await;
+    let (room_id, first, second) = {
+        let room = Room::public(&s).await;
+        let (join_id, _) = room.with_bob().await;
+        let first = room
+            .bob_says("one", std::slice::from_ref(&join_id), &join_id)
+            .await;
+        let second = room
+            .bob_says("two", std::slice::from_ref(&first.0), &join_id)
+            .await;
+        // The first cannot be had; bob's server tells the state before the second.
+        let source = TestSource::default();
+        let ids = room.current_state_ids().await;
+        source
+            .state_ids
+            .lock()
+            .unwrap()
+            .insert(second.0.clone(), ids);
+        assert_eq!(room.receive(&second.1, &source).await, PduOutcome::Accepted);
+        let mut both = vec![join_id.clone(), second.0.clone()];
+        both.sort();
+        assert_eq!(room.extremities(), both);
+        (room.id.clone(), first, second)
+    };
+    s.restart().await;
+    let rooms = &s.running().services.rooms;
+    let (_, outcome) = rooms
+        .receive_pdu(REMOTE, first.1.clone(), &TestSource::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome, PduOutcome::Accepted);
+    let extremities = rooms
+        .store()
+        .room(&room_id)
+        .unwrap()
+        .unwrap()
+        .record
+        .extremities;
+    assert_eq!(extremities, vec![second.0.clone()]);
+}
+
 #[tokio::test]
 async fn a_prev_event_held_only_as_an_outlier_takes_the_state_its_sender_tells_merged_with_ours() {
     // Found by the seeded split runs: an event on a prev event we hold only as an

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::pending_parents::PendingParents;
 use super::records::{EventMeta, MembershipRecord, RoomRecord};
 use super::state_store::{ShortEventId, ShortStateHash, StateStore};
 use crate::core::RoomVersion;
@@ -94,6 +95,8 @@ pub struct EventStore {
     /// `graph::is_out_of_band`). Each PDU received asks it of its prev and auth events
     /// before its writer, and of its auth events again in it.
     pub(super) held_in_room: GenerationalCache<ShortEventId, ()>,
+    /// Event ids held events may wait for (see [`PendingParents`]).
+    pub(super) pending_parents: PendingParents,
 }
 
 /// Room ids whose short ids are kept in memory at most (~100 bytes each).
@@ -120,6 +123,7 @@ impl EventStore {
         let last_room = last_u64_key(&db, Table::ShortroomidRoom)?;
         Ok(Self {
             state: StateStore::open(Arc::clone(&db))?,
+            pending_parents: PendingParents::load(&db)?,
             db,
             stream,
             next_room: AtomicU64::new(last_room + 1),

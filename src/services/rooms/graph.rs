@@ -186,6 +186,7 @@ pub fn note_unknown_prevs(
 ) -> ServiceResult<()> {
     for id in prev_ids {
         if store.state.find_event(id)?.is_none() {
+            store.pending_parents.note(id);
             batch.put(
                 Table::EventidPendingchild,
                 pending_child_key(id, child),
@@ -216,14 +217,16 @@ pub fn has_accepted_child(
     } else {
         children(store, short)?
     };
-    let prefix = keys::prefix(event_id.as_bytes());
-    for entry in store.db.scan_prefix(Table::EventidPendingchild, &prefix) {
-        let (key, _) = entry?;
-        let child = key
-            .get(prefix.len()..)
-            .and_then(keys::read_u64)
-            .ok_or_else(|| ServiceError::internal("corrupt record in eventid_pendingchild"))?;
-        children.push(child);
+    if store.pending_parents.may_be_awaited(event_id) {
+        let prefix = keys::prefix(event_id.as_bytes());
+        for entry in store.db.scan_prefix(Table::EventidPendingchild, &prefix) {
+            let (key, _) = entry?;
+            let child = key
+                .get(prefix.len()..)
+                .and_then(keys::read_u64)
+                .ok_or_else(|| ServiceError::internal("corrupt record in eventid_pendingchild"))?;
+            children.push(child);
+        }
     }
     for child in children {
         if record(store, child)?.is_some_and(|r| r.status == EventStatus::Accepted)

@@ -33,6 +33,7 @@ pub mod members;
 pub mod membership;
 pub mod migrations;
 pub mod out_of_room;
+pub mod pending_parents;
 pub mod receive;
 pub mod records;
 pub mod relations;

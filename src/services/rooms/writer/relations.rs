@@ -44,6 +44,7 @@ pub(super) fn index_relation(
         // Bounded per parent: an event id can be known before its event exists (a hash),
         // so a member could line up any number of relations for one future event.
         if parent_id.len() <= MAX_EVENT_ID && waiting < MAX_PENDING_PER_PARENT {
+            store.pending_parents.note(parent_id);
             batch.put(
                 Table::EventidPendingrelation,
                 pending_key(parent_id, child_event.short),
@@ -143,6 +144,9 @@ pub(super) fn adopt_pending_children(
     parent: (ShortEventId, &str, &Value),
 ) -> ServiceResult<()> {
     let (parent_short, parent_id, parent_pdu) = parent;
+    if !store.pending_parents.may_be_awaited(parent_id) {
+        return Ok(());
+    }
     let mut prefix = parent_id.as_bytes().to_vec();
     prefix.push(0xFF);
     let mut children = Vec::new();
