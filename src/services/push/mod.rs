@@ -356,17 +356,21 @@ impl Push {
         after: Option<u64>,
         upto: u64,
     ) -> ServiceResult<Option<Value>> {
+        let record = self.record(user_id)?;
         if let Some(after) = after {
-            let changed = self
-                .record(user_id)?
+            let changed = record
+                .as_ref()
                 .is_some_and(|r| r.pos > after && r.pos <= upto);
             if !changed {
                 return Ok(None);
             }
         }
-        let ruleset = self.ruleset(user_id)?;
+        // The rules of the record read, not the cache's: while a change is being written
+        // the cache may hold the rules before it, and a sync past the change must not
+        // send those.
+        let ruleset = push_rules::with_server_defaults(record.map(|r| r.ruleset), user_id);
         Ok(Some(
-            json!({ "type": "m.push_rules", "content": { "global": *ruleset } }),
+            json!({ "type": "m.push_rules", "content": { "global": ruleset } }),
         ))
     }
 }

@@ -205,9 +205,11 @@ fn pending_child_key(event_id: &str, child: ShortEventId) -> Vec<u8> {
 /// events, stored before or after it: then it is not a forward extremity. (An event id
 /// can be named before its event exists, from another room too.) A `fresh` short id,
 /// interned in the event's own batch, is named by no edge yet: only the events waiting
-/// for its id are looked at.
+/// for its id are looked at. Their entries go in `batch` (the event's own, which places
+/// it): once it is held nobody waits for it.
 pub fn has_accepted_child(
     store: &EventStore,
+    batch: &mut Batch<'_>,
     (short, event_id): (ShortEventId, &str),
     room: u64,
     fresh: bool,
@@ -221,6 +223,7 @@ pub fn has_accepted_child(
         let prefix = keys::prefix(event_id.as_bytes());
         for entry in store.db.scan_prefix(Table::EventidPendingchild, &prefix) {
             let (key, _) = entry?;
+            batch.delete(Table::EventidPendingchild, &key);
             let child = key
                 .get(prefix.len()..)
                 .and_then(keys::read_u64)

@@ -7,14 +7,16 @@
 //!
 //! It holds a hash of every id with an entry, and may hold more: an id is added when its
 //! entry is put in a batch, before the batch is written (so a look after the write never
-//! misses it), and is not taken out when its entries go. Past [`MAX_IDS`] it stops
-//! answering "none" at all. Read whole from both tables at start-up.
+//! misses it), and is not taken out when its entries go (they go when the event comes).
+//! Past [`MAX_IDS`] it stops answering "none" at all until the next start. Read from both
+//! tables at start-up; a key it cannot read makes it answer "maybe" for every id, as
+//! when full (the scans that read the tables tell what is wrong).
 
 use std::collections::HashSet;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::core::fnv::fnv1a_64;
-use crate::services::error::{ServiceError, ServiceResult};
+use crate::services::error::ServiceResult;
 use crate::storage::{keys, Db, Table};
 
 /// Ids kept at most (~16 bytes each); past this every id may be waited for.
@@ -44,14 +46,30 @@ impl PendingParents {
                     .len()
                     .checked_sub(9)
                     .filter(|&end| key[end] == keys::SEP)
-                    .map(|end| &key[..end])
-                    .ok_or_else(|| {
-                        ServiceError::internal(format!("corrupt record in {}", table.name()))
-                    })?;
-                pending.add(id);
+                    .map(|end| &key[..end]);
+                match id {
+                    Some(id) => pending.add(id),
+                    None => {
+                        tracing::warn!(
+                            table = table.name(),
+                            "an unreadable key: every event looks for events waiting on it"
+                        );
+                        pending.fill();
+                    }
+                }
+                if pending.lock().full {
+                    return Ok(pending);
+                }
             }
         }
         Ok(pending)
+    }
+
+    /// Answers "maybe" for every id from now on.
+    fn fill(&self) {
+        let mut inner = self.lock();
+        inner.ids = HashSet::new();
+        inner.full = true;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -65,8 +83,8 @@ impl PendingParents {
         }
         inner.ids.insert(fnv1a_64(id.iter().copied()));
         if inner.ids.len() > MAX_IDS {
-            inner.ids = HashSet::new();
-            inner.full = true;
+            drop(inner);
+            self.fill();
         }
     }
 
@@ -109,6 +127,17 @@ mod tests {
         assert!(!pending.may_be_awaited("$nobody_waits"));
         pending.note("$nobody_waits");
         assert!(pending.may_be_awaited("$nobody_waits"));
+    }
+
+    #[test]
+    fn an_unreadable_key_makes_every_id_awaited() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &DbOptions::default()).unwrap();
+        let mut batch = db.batch();
+        batch.put(Table::EventidPendingrelation, b"short", b"");
+        db.commit_blocking(batch).unwrap();
+        let pending = PendingParents::load(&db).unwrap();
+        assert!(pending.may_be_awaited("$anything"));
     }
 
     #[test]

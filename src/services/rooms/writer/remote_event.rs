@@ -898,7 +898,8 @@ fn accept(
     let prev_ids: Vec<String> = pdu::event_ids(pdu, "prev_events")
         .map(str::to_owned)
         .collect();
-    let has_children = graph::has_accepted_child(store, (short, event_id), head.short, fresh)?;
+    let has_children =
+        graph::has_accepted_child(store, &mut batch, (short, event_id), head.short, fresh)?;
     // Our join through another server starts the room afresh: what we held before (a
     // room we had left) is not built on.
     let mut extremities = if given {
