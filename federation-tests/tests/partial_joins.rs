@@ -9,6 +9,8 @@
 use std::time::{Duration, Instant};
 
 use federation_tests::{enc, Cluster, Instance, User};
+use ourwhats::core::pdu::{self, PduTemplate};
+use ourwhats::core::RoomVersion;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -277,5 +279,157 @@ async fn leaving_within_the_partial_window_ends_the_partial_state() {
         MEMBERS + 2
     );
     assert!(!b.running().services.rooms.is_partial(&room).unwrap());
+    cluster.shutdown().await;
+}
+
+/// `user`'s membership in `room` as `viewer`'s server holds it.
+async fn membership(viewer: &User, room: &str, user: &str) -> String {
+    let path = format!("/rooms/{}/state/m.room.member/{}", enc(room), enc(user));
+    let (status, content) = viewer.get(&path).await;
+    assert_eq!(status, 200, "{content}");
+    content["membership"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The current state event id of `(kind, key)` in `room` on `instance`.
+fn state_id(instance: &Instance, room: &str, kind: &str, key: &str) -> String {
+    let store = instance.running().services.rooms.store();
+    let state = store.room(room).unwrap().unwrap().record.state;
+    store
+        .state_event(state, kind, key)
+        .unwrap()
+        .unwrap()
+        .event_id
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A PDU of `sender` (a user of `origin`) made and signed by hand.
+fn hand_made(
+    origin: &Instance,
+    room: &str,
+    (sender, kind, state_key): (&str, &str, Option<&str>),
+    content: Value,
+    (prev, auth, depth): (&str, Vec<String>, u64),
+) -> (String, Value) {
+    let template = PduTemplate {
+        room_id: Some(room.to_owned()),
+        sender: sender.to_owned(),
+        kind: kind.into(),
+        state_key: state_key.map(str::to_owned),
+        content,
+        prev_events: vec![prev.to_owned()],
+        auth_events: auth,
+        depth,
+        origin_server_ts: now_ms(),
+        redacts: None,
+    };
+    let key = &origin.running().services.signing_key;
+    let built = pdu::build(RoomVersion::V12, template, origin.name(), key).unwrap();
+    (built.event_id, built.pdu)
+}
+
+/// An event the partial state allowed and the whole state refuses (a banned member's
+/// state event, judged on the membership its own auth events give while the member list
+/// is missing) is taken out of the state of the events that came after it, not only out
+/// of the room's current state: the next event built on them must not bring it back.
+#[tokio::test]
+async fn an_event_refused_at_completion_leaves_the_state_of_the_events_after_it() {
+    let cluster = cluster().await;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let (alice, _members, room) = big_room(a).await;
+    let mallory = User::register(a, "mallory").await.unwrap();
+    mallory.join_via(&room, a.name()).await;
+    let mallory_join = state_id(a, &room, "m.room.member", &mallory.user_id);
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/ban", enc(&room)),
+            json!({"user_id": mallory.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bob = User::register(b, "bob").await.unwrap();
+    bob.join_via(&room, a.name()).await;
+    assert!(b.running().services.rooms.is_partial(&room).unwrap());
+
+    // Hand-made by A's key: mallory renames herself on her old join (the partial state
+    // lacks her ban), and alice speaks on that.
+    let bob_join = state_id(b, &room, "m.room.member", &bob.user_id);
+    let depth = b
+        .running()
+        .services
+        .rooms
+        .store()
+        .event_by_id(&bob_join)
+        .unwrap()
+        .unwrap()
+        .pdu()["depth"]
+        .as_u64()
+        .unwrap();
+    let levels = state_id(a, &room, "m.room.power_levels", "");
+    let rules = state_id(a, &room, "m.room.join_rules", "");
+    let alice_join = state_id(a, &room, "m.room.member", &alice.user_id);
+    let rename = hand_made(
+        a,
+        &room,
+        (&mallory.user_id, "m.room.member", Some(&mallory.user_id)),
+        json!({"membership": "join", "displayname": "not banned"}),
+        (
+            &bob_join,
+            vec![levels.clone(), rules, mallory_join],
+            depth + 1,
+        ),
+    );
+    let said = hand_made(
+        a,
+        &room,
+        (&alice.user_id, "m.room.message", None),
+        json!({"msgtype": "m.text", "body": "on the rename"}),
+        (&rename.0, vec![levels, alice_join], depth + 2),
+    );
+    let path = "/_matrix/federation/v1/send/refused-at-completion";
+    let body = json!({"origin": a.name(), "origin_server_ts": now_ms(),
+                      "pdus": [rename.1, said.1]});
+    let (status, answer) = a.ask(b.name(), Method::PUT, path, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&rename.0], json!({}), "{answer}");
+    assert_eq!(answer["pdus"][&said.0], json!({}), "{answer}");
+
+    // The member list comes: the rename is refused, mallory is banned again.
+    let waited = Instant::now();
+    while b.running().services.rooms.is_partial(&room).unwrap() {
+        assert!(
+            waited.elapsed() < RESYNC_DELAY * 3,
+            "the resync never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(membership(&bob, &room, &mallory.user_id).await, "ban");
+    // Alice's next message comes on her last one alone: the room's state after it is the
+    // state after hers, which must not hold the refused rename.
+    let levels = state_id(a, &room, "m.room.power_levels", "");
+    let alice_join = state_id(a, &room, "m.room.member", &alice.user_id);
+    let next = hand_made(
+        a,
+        &room,
+        (&alice.user_id, "m.room.message", None),
+        json!({"msgtype": "m.text", "body": "after the resync"}),
+        (&said.0, vec![levels, alice_join], depth + 3),
+    );
+    let path = "/_matrix/federation/v1/send/after-completion";
+    let body = json!({"origin": a.name(), "origin_server_ts": now_ms(), "pdus": [next.1]});
+    let (status, answer) = a.ask(b.name(), Method::PUT, path, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&next.0], json!({}), "{answer}");
+    assert_eq!(membership(&bob, &room, &mallory.user_id).await, "ban");
+    // And bob's own message after it.
+    send(&bob, &room, "b-after", "bob after the resync").await;
+    assert_eq!(membership(&bob, &room, &mallory.user_id).await, "ban");
     cluster.shutdown().await;
 }

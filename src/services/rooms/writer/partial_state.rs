@@ -12,8 +12,9 @@
 //!   event of the room since our join (and to the room's current state), under keys no
 //!   later event set;
 //! - checks every other server's event of that span again against the whole state before
-//!   it: one the rules now refuse is rejected (out of the timeline; a state event of
-//!   the current state gives its key back to the state before it);
+//!   it: one the rules now refuse is rejected (out of the timeline; a refused state
+//!   event gives its key back to the state before it in the states of the span's later
+//!   events and in the current state, so that no event built on them brings it back);
 //! - counts the members (their membership records) and tells our members' clients the
 //!   room anew: their next `/sync` carries the room's whole state, as after a join.
 
@@ -162,6 +163,7 @@ pub(super) fn complete(
         missing: &missing,
         filled_base: None,
         done: HashMap::new(),
+        refused: Vec::new(),
     };
     let span = span_since(store, head.short, join_meta.pos)?;
     let version = head.version;
@@ -190,6 +192,11 @@ pub(super) fn complete(
                 None => None,
             };
             refused.push((short, own_key, before));
+            // The events after it that passed were placed on a state holding it: their
+            // states give its key back to the state before it from now on.
+            if let Some(key) = own_key {
+                fill.refuse(key, short, before);
+            }
             let mut record = graph::record(store, short)?.ok_or_else(|| {
                 ServiceError::internal("an event of the span has no graph record")
             })?;
@@ -372,9 +379,22 @@ struct Filler<'a> {
     missing: &'a [(ShortStateKey, Option<ShortEventId>)],
     filled_base: Option<ShortStateHash>,
     done: HashMap<ShortStateHash, ShortStateHash>,
+    /// State events of the span refused by the whole state (key, event, the filled state
+    /// before it), in span order.
+    refused: Vec<(ShortStateKey, ShortEventId, ShortStateHash)>,
 }
 
 impl Filler<'_> {
+    /// `event`, of `key`, was refused: a snapshot filled from now on that holds it holds
+    /// instead what the state before it (`before`, filled) holds under `key`.
+    fn refuse(&mut self, key: ShortStateKey, event: ShortEventId, before: ShortStateHash) {
+        self.refused.push((key, event, before));
+        // Snapshots filled before hold it as they were; those asked for again are
+        // filled anew.
+        let base = self.partial.0;
+        self.done.retain(|snapshot, _| *snapshot == base);
+    }
+
     fn filled(&mut self, snapshot: ShortStateHash) -> ServiceResult<ShortStateHash> {
         if snapshot == 0 {
             return Ok(0);
@@ -397,7 +417,16 @@ impl Filler<'_> {
         // What the span changed since the join: set, or gone (a key the join's state had
         // and this one does not).
         let map = self.store.state.load(snapshot)?;
-        let changes = state_changes(self.partial.1, &map);
+        let mut changes = state_changes(self.partial.1, &map);
+        for (key, value) in &mut changes {
+            // Newest first: a refused event's state before is filled with the older
+            // refusals already undone.
+            for (refused_key, event, before) in self.refused.iter().rev() {
+                if key == refused_key && *value == Some(*event) {
+                    *value = self.store.state.get(*before, *key)?;
+                }
+            }
+        }
         let filled = self.save(Some(base), &changes)?;
         self.done.insert(snapshot, filled);
         Ok(filled)
