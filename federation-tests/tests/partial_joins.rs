@@ -400,6 +400,10 @@ async fn an_event_refused_at_completion_leaves_the_state_of_the_events_after_it(
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["pdus"][&rename.0], json!({}), "{answer}");
     assert_eq!(answer["pdus"][&said.0], json!({}), "{answer}");
+    assert!(
+        b.running().services.rooms.is_partial(&room).unwrap(),
+        "the hand-made events came after the resync: raise RESYNC_DELAY"
+    );
 
     // The member list comes: the rename is refused, mallory is banned again.
     let waited = Instant::now();

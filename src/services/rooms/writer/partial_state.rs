@@ -13,8 +13,11 @@
 //!   later event set;
 //! - checks every other server's event of that span again against the whole state before
 //!   it: one the rules now refuse is rejected (out of the timeline; a refused state
-//!   event gives its key back to the state before it in the states of the span's later
-//!   events and in the current state, so that no event built on them brings it back);
+//!   event gives its key back to the state before it, under its own key only, in the
+//!   states of the span's later events and in the current state, so that an event built
+//!   on one of them does not bring it back; events of the window that were soft-failed
+//!   or rejected on arrival have no place in the span and keep their states as they
+//!   were);
 //! - counts the members (their membership records) and tells our members' clients the
 //!   room anew: their next `/sync` carries the room's whole state, as after a join.
 
