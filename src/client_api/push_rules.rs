@@ -232,7 +232,7 @@ pub async fn notifications(
             Err(_) if notification.invite => {
                 match services
                     .rooms
-                    .pending_invite_for(viewer, &room_id, &event_id, &ignored)?
+                    .pending_invite_for(viewer, &room_id, &event_id)?
                 {
                     Some(event) => event,
                     None => continue,

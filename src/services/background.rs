@@ -6,9 +6,10 @@
 //! idle. Push deliveries run this way: on a saturated server the sends keep most of their
 //! pace and the pushes wait (they are queued on disk), and on one with CPU to spare they go
 //! out at once (a worker may further hold itself to a share of the CPU while the machine
-//! is busy: [`super::cpu_share`]). `SCHED_IDLE`, which runs a thread only on idle CPU, kept the sends a little
-//! faster but stopped the pushes outright while any other process kept the CPU busy (the
-//! push tests timed out beside three `yes` loops), so it is not used. Such threads should
+//! is busy: [`super::cpu_share`]). `SCHED_IDLE`, which runs a thread only on idle CPU,
+//! kept the sends a little faster but stopped the pushes outright while any other process
+//! kept the CPU busy (the push tests timed out beside three `yes` loops), so it is not
+//! used. Such threads should
 //! make no RocksDB writes (see `push::delivery`'s `Writes`): one of them leading a write
 //! group and then waiting for the CPU would hold up the writers behind it. Threads they
 //! create inherit their niceness, so they must not grow another runtime's blocking pool.

@@ -31,9 +31,10 @@ const MAX_COUNTED: usize = 10_000;
 const HEADER: usize = 17;
 const HIGHLIGHT: u8 = 1;
 const THREADED: u8 = 2;
-/// The invitee's entry for their invite: pushed and listed by `/notifications` (while it is
-/// pending, or where the user may read it later), never counted in the room's unread counts. Before the join it is no
-/// room of theirs (the badge counts a pending invite once, see `unread_total`); after,
+/// The invitee's entry for their invite: pushed and listed by `/notifications` (while it
+/// is pending, or where the user may read it later), never counted in the room's unread
+/// counts. Before the join it is no room of theirs (the badge counts a pending invite
+/// once, see `unread_total`); after,
 /// what came before the join is not unread (as Synapse, which counts from the latest
 /// membership event without a receipt).
 const INVITE: u8 = 4;

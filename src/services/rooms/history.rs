@@ -110,17 +110,14 @@ impl Rooms {
         client_event(&self.store, &event, room_id, Some(viewer), Some(&mut check))
     }
 
-    /// The viewer's pending invite to `room_id`, if `event_id` is it, unless its sender is
-    /// one of `ignored` (spec: invites from ignored users are not sent to clients): an
-    /// invited user may read nothing of the room yet (as Synapse), but their invite is
-    /// theirs to see (it is what `/sync` shows them, and what `/notifications` lists, as
-    /// Synapse).
+    /// The viewer's pending invite to `room_id`, if `event_id` is it: an invited user may
+    /// read nothing of the room yet (as Synapse), but their invite is theirs to see (it
+    /// is what `/sync` shows them, and what `/notifications` lists, as Synapse).
     pub fn pending_invite_for(
         &self,
         viewer: Viewer<'_>,
         room_id: &str,
         event_id: &str,
-        ignored: &[String],
     ) -> ServiceResult<Option<Value>> {
         let pending = self
             .store
@@ -137,7 +134,7 @@ impl Rooms {
             .room(room_id)?
             .is_some_and(|room| room.short == event.meta.room);
         let theirs = event.kind() == "m.room.member" && event.state_key() == Some(viewer.user_id);
-        if !in_room || !theirs || ignored.iter().any(|u| u == event.sender()) {
+        if !in_room || !theirs {
             return Ok(None);
         }
         client_event(&self.store, &event, room_id, Some(viewer), None).map(Some)
