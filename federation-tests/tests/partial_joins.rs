@@ -437,3 +437,111 @@ async fn an_event_refused_at_completion_leaves_the_state_of_the_events_after_it(
     assert_eq!(membership(&bob, &room, &mallory.user_id).await, "ban");
     cluster.shutdown().await;
 }
+
+/// An event soft-failed within the partial window (a banned member's message on her old
+/// join) keeps a state of ours that another server may build on: the completion fills
+/// it with the members the partial state lacked, so that an event built on it after the
+/// resync is judged on the whole state (a member's message is not refused as a
+/// stranger's).
+#[tokio::test]
+async fn an_event_soft_failed_in_the_partial_window_gets_the_whole_state_too() {
+    let cluster = cluster().await;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let (alice, members, room) = big_room(a).await;
+    let mallory = User::register(a, "mallory").await.unwrap();
+    mallory.join_via(&room, a.name()).await;
+    let mallory_join = state_id(a, &room, "m.room.member", &mallory.user_id);
+    let bob = User::register(b, "bob").await.unwrap();
+    bob.join_via(&room, a.name()).await;
+    assert!(b.running().services.rooms.is_partial(&room).unwrap());
+    let bob_join = state_id(b, &room, "m.room.member", &bob.user_id);
+
+    // Mallory is banned within the window: B's current state holds the ban.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/ban", enc(&room)),
+            json!({"user_id": mallory.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&mallory.user_id)
+    );
+    let waited = Instant::now();
+    while bob.get(&path).await.1["membership"] != "ban" {
+        assert!(waited.elapsed() < RESYNC_DELAY, "the ban never came to B");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Hand-made by A's key: mallory speaks on bob's join, before her ban. It passes on
+    // the state before it and fails on B's current state: soft-failed.
+    let depth = b
+        .running()
+        .services
+        .rooms
+        .store()
+        .event_by_id(&bob_join)
+        .unwrap()
+        .unwrap()
+        .pdu()["depth"]
+        .as_u64()
+        .unwrap();
+    let levels = state_id(a, &room, "m.room.power_levels", "");
+    let said = hand_made(
+        a,
+        &room,
+        (&mallory.user_id, "m.room.message", None),
+        json!({"msgtype": "m.text", "body": "on my old join"}),
+        (&bob_join, vec![levels.clone(), mallory_join], depth + 1),
+    );
+    let path = "/_matrix/federation/v1/send/soft-failed-in-window";
+    let body = json!({"origin": a.name(), "origin_server_ts": now_ms(), "pdus": [said.1]});
+    let (status, answer) = a.ask(b.name(), Method::PUT, path, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&said.0], json!({}), "{answer}");
+    let (status, _) = bob
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&said.0)))
+        .await;
+    assert_eq!(status, 404, "a soft-failed event is not served");
+    assert!(
+        b.running().services.rooms.is_partial(&room).unwrap(),
+        "the hand-made event came after the resync: raise RESYNC_DELAY"
+    );
+
+    let waited = Instant::now();
+    while b.running().services.rooms.is_partial(&room).unwrap() {
+        assert!(
+            waited.elapsed() < RESYNC_DELAY * 3,
+            "the resync never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A member the partial state lacked answers mallory's message alone: the state
+    // before the answer is the state after the soft-failed message, which must hold
+    // the member's join.
+    let member = &members[0];
+    let member_join = state_id(a, &room, "m.room.member", &member.user_id);
+    let reply = hand_made(
+        a,
+        &room,
+        (&member.user_id, "m.room.message", None),
+        json!({"msgtype": "m.text", "body": "on the soft-failed one"}),
+        (&said.0, vec![levels, member_join], depth + 2),
+    );
+    let path = "/_matrix/federation/v1/send/on-the-soft-failed";
+    let body = json!({"origin": a.name(), "origin_server_ts": now_ms(), "pdus": [reply.1]});
+    let (status, answer) = a.ask(b.name(), Method::PUT, path, Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["pdus"][&reply.0], json!({}), "{answer}");
+    let (status, event) = bob
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&reply.0)))
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(event["content"]["body"], "on the soft-failed one");
+    assert_eq!(membership(&bob, &room, &mallory.user_id).await, "ban");
+    assert_eq!(membership(&bob, &room, &member.user_id).await, "join");
+    cluster.shutdown().await;
+}

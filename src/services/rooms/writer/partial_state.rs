@@ -10,14 +10,17 @@
 //! - takes its events in as outliers after check 4;
 //! - adds the member events the partial state lacked to the state before and after every
 //!   event of the room since our join (and to the room's current state), under keys no
-//!   later event set;
-//! - checks every other server's event of that span again against the whole state before
-//!   it: one the rules now refuse is rejected (out of the timeline; a refused state
-//!   event gives its key back to the state before it, under its own key only, in the
-//!   states of the span's later events and in the current state, so that an event built
-//!   on one of them does not bring it back; events of the window that were soft-failed
-//!   or rejected on arrival have no place in the span and keep their states as they
-//!   were);
+//!   later event set: the events of the timeline's span, and those stored in the window
+//!   without a place (soft-failed, or rejected on arrival), which another server may
+//!   build on;
+//! - checks every other server's event of that span, and the soft-failed ones, again
+//!   against the whole state before it: one the rules now refuse is rejected (out of the
+//!   timeline; a refused state event gives its key back to the state before it, under its
+//!   own key only, in the states of the events after it and in the current state, so
+//!   that an event built on one of them does not bring it back; the events are taken in
+//!   the order they were stored, and one held since before our join but placed in the
+//!   window, fetched as an outlier first, may come before an event it was built on and
+//!   keep the refused one);
 //! - counts the members (their membership records) and tells our members' clients the
 //!   room anew: their next `/sync` carries the room's whole state, as after a join.
 
@@ -32,7 +35,7 @@ use crate::core::auth_rules::{self, AuthContext};
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::rooms::event_store::{
-    membership_key, timeline_key, timeline_value, EventStore,
+    membership_key, pdu_key, timeline_key, timeline_value, EventStore,
 };
 use crate::services::rooms::graph::{self, EventStatus};
 use crate::services::rooms::records::{MembershipRecord, PartialState};
@@ -169,9 +172,14 @@ pub(super) fn complete(
         refused: Vec::new(),
     };
     let span = span_since(store, head.short, join_meta.pos)?;
+    let unplaced = unplaced_since(store, head.short, join)?;
     let version = head.version;
     let mut refused: Vec<(ShortEventId, Option<ShortStateKey>, ShortStateHash)> = Vec::new();
-    for (pos, short) in span {
+    for item in in_arrival_order(span, unplaced) {
+        let (short, pos) = match item {
+            WindowEvent::Placed { pos, short } => (short, Some(pos)),
+            WindowEvent::Unplaced(short) => (short, None),
+        };
         let mut meta = store.meta(short)?;
         let (before, after) = (
             fill.filled(meta.state_before)?,
@@ -182,8 +190,18 @@ pub(super) fn complete(
             .sender()
             .split_once(':')
             .is_none_or(|(_, s)| s != ctx.server_name);
+        // Placed events and soft-failed ones are judged again; an event rejected on
+        // arrival stays rejected (its states are filled all the same: another server
+        // may build on it).
+        let judged = match pos {
+            Some(_) => true,
+            None => matches!(
+                graph::record(store, short)?.map(|r| r.status),
+                Some(EventStatus::SoftFailed)
+            ),
+        };
         let mut refusal = None;
-        if remote && short != join {
+        if remote && short != join && judged {
             refusal = recheck(store, version, event.pdu(), before)?.err();
         }
         meta.state_before = before;
@@ -212,13 +230,18 @@ pub(super) fn complete(
                 &record,
                 crate::services::rooms::auth_index::state_key_of(store, event.pdu())?,
             );
-            // Out of the timeline, as events rejected on arrival are.
-            batch.delete(
-                Table::ShortroomidPosShorteventid,
-                timeline_key(head.short, pos),
-            );
+            match pos {
+                // Out of the timeline, as events rejected on arrival are.
+                Some(pos) => batch.delete(
+                    Table::ShortroomidPosShorteventid,
+                    timeline_key(head.short, pos),
+                ),
+                // As stored when rejected on arrival: the state after it is the state
+                // before it.
+                None => meta.state_after = before,
+            }
             meta.pos = 0;
-        } else {
+        } else if let Some(pos) = pos {
             batch.put(
                 Table::ShortroomidPosShorteventid,
                 timeline_key(head.short, pos),
@@ -230,6 +253,9 @@ pub(super) fn complete(
             short.to_be_bytes(),
             meta.encode_with_id(&event.event_id),
         );
+        if pos.is_none() {
+            continue;
+        }
         let current = stream_state::current_after(store, short, after)?;
         if current != after {
             let current = fill.filled(current)?;
@@ -371,6 +397,61 @@ fn span_since(store: &EventStore, room: u64, from: u64) -> ServiceResult<Vec<(u6
     Ok(out)
 }
 
+/// The room's events first stored after our join (`join`) that have a state of ours but
+/// no timeline place: soft-failed, or rejected on arrival with the state before them.
+/// In short id order (the order they were stored in).
+fn unplaced_since(
+    store: &EventStore,
+    room: u64,
+    join: ShortEventId,
+) -> ServiceResult<Vec<ShortEventId>> {
+    let mut out = Vec::new();
+    let (start, end) = (
+        pdu_key(room, join.saturating_add(1)),
+        pdu_key(room, u64::MAX),
+    );
+    for entry in store
+        .db
+        .scan_range(Table::ShortroomidShorteventidPdu, &start, &end, false)
+    {
+        let (key, _) = entry?;
+        let Some(short) = key.get(8..).and_then(keys::read_u64) else {
+            continue;
+        };
+        let meta = store.meta(short)?;
+        if meta.pos == 0 && meta.state_before != 0 {
+            out.push(short);
+        }
+    }
+    Ok(out)
+}
+
+/// An event of the partial window: placed in the timeline, or kept without a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowEvent {
+    Placed { pos: u64, short: ShortEventId },
+    Unplaced(ShortEventId),
+}
+
+/// The span's events in timeline order with the unplaced ones (by short id) merged in
+/// before the first placed event stored after them: an event comes before the events
+/// built on it, which were stored after it.
+fn in_arrival_order(
+    span: Vec<(u64, ShortEventId)>,
+    unplaced: Vec<ShortEventId>,
+) -> Vec<WindowEvent> {
+    let mut out = Vec::with_capacity(span.len() + unplaced.len());
+    let mut unplaced = unplaced.into_iter().peekable();
+    for (pos, short) in span {
+        while let Some(earlier) = unplaced.next_if(|u| *u < short) {
+            out.push(WindowEvent::Unplaced(earlier));
+        }
+        out.push(WindowEvent::Placed { pos, short });
+    }
+    out.extend(unplaced.map(WindowEvent::Unplaced));
+    out
+}
+
 /// Each partial snapshot of the span with the missing member events added under keys it
 /// does not have, saved once. The join's partial state before it, filled, is saved once
 /// as a base; any other snapshot is saved as its difference from that partial state, on
@@ -490,4 +571,30 @@ fn recheck(
         signed_by: &signed,
     };
     Ok(auth_rules::check(&ctx, event, &auth).map_err(|e| e.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{in_arrival_order, WindowEvent};
+
+    #[test]
+    fn unplaced_events_come_before_the_first_placed_event_stored_after_them() {
+        let span = vec![(10, 5), (11, 8), (12, 3), (13, 9)];
+        let order = in_arrival_order(span, vec![4, 6, 7, 12]);
+        assert_eq!(
+            order,
+            vec![
+                WindowEvent::Unplaced(4),
+                WindowEvent::Placed { pos: 10, short: 5 },
+                WindowEvent::Unplaced(6),
+                WindowEvent::Unplaced(7),
+                WindowEvent::Placed { pos: 11, short: 8 },
+                // Placed in the window, stored before it: the span's order stands.
+                WindowEvent::Placed { pos: 12, short: 3 },
+                WindowEvent::Placed { pos: 13, short: 9 },
+                WindowEvent::Unplaced(12),
+            ]
+        );
+        assert!(in_arrival_order(Vec::new(), Vec::new()).is_empty());
+    }
 }
