@@ -84,12 +84,17 @@ async fn edus_about_another_servers_users_are_ignored() {
         ]),
     )
     .await;
-    // And for its own user, as a control: that typing shows.
+    // And for its own user, as a control: that typing and receipt show (the receipt
+    // with the time C says carol read the event).
     send_edus(
         c,
         a,
         "own",
-        json!([{"edu_type": "m.typing", "content": {"room_id": room, "user_id": carol.user_id, "typing": true}}]),
+        json!([
+            {"edu_type": "m.typing", "content": {"room_id": room, "user_id": carol.user_id, "typing": true}},
+            {"edu_type": "m.receipt", "content": {room.clone(): {"m.read": {carol.user_id.clone(): {
+                "event_ids": [event], "data": {"ts": 1_600_000_000_000u64}}}}}}
+        ]),
     )
     .await;
 
@@ -132,6 +137,13 @@ async fn edus_about_another_servers_users_are_ignored() {
             "{presence}"
         );
     }
+    let carols = body["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|e| e["content"][&event]["m.read"].get(&carol.user_id))
+        .unwrap_or_else(|| panic!("carol's receipt shows: {body}"));
+    assert_eq!(carols["ts"], 1_600_000_000_000u64, "{carols}");
     let changed = &body["device_lists"]["changed"];
     assert!(
         !changed

@@ -3,6 +3,7 @@
 //! two real instances over TLS.
 
 use federation_tests::{enc, Cluster, User};
+use reqwest::Method;
 use serde_json::{json, Value};
 
 fn bodies(events: &[Value]) -> Vec<String> {
@@ -233,5 +234,167 @@ async fn history_shared_with_members_only_stays_hidden_after_a_backfill() {
     let (events, _) = bob.page_back(&room, 10).await;
     assert!(bodies(&events).is_empty(), "{events:?}");
     assert_eq!(events.first().unwrap()["content"]["membership"], "join");
+    cluster.shutdown().await;
+}
+
+/// What another server reads of a `joined` room's history: its user's own member events
+/// (seen when the membership before or after allows, as the spec's history visibility
+/// says), the events from while it was in, and, on a walk of the history, the events
+/// from while it was not given redacted, so that the walk goes on to older events it
+/// may see (as Synapse answers). A `limit` of 0 answers none; a room we do not hold is
+/// refused.
+#[tokio::test]
+async fn a_server_walking_the_history_gets_what_it_may_see_and_the_rest_redacted() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "joined"}
+            }]
+        }))
+        .await;
+    let say = |n: &'static str| {
+        let alice = &alice;
+        let room = &room;
+        async move {
+            let path = format!("/rooms/{}/send/m.room.message/{n}", enc(room));
+            let (status, sent) = alice
+                .put(&path, json!({"msgtype": "m.text", "body": n}))
+                .await;
+            assert_eq!(status, 200, "{sent}");
+            sent["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let bob_state = format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&bob.user_id)
+    );
+    let before = say("before").await;
+    bob.join_via(&room, a.name()).await;
+    let (_, member) = alice.get(&bob_state).await;
+    let (status, state) = alice.get(&format!("/rooms/{}/state", enc(&room))).await;
+    assert_eq!(status, 200, "{state}");
+    let first_join = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["state_key"] == bob.user_id.as_str())
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .unwrap();
+    assert_eq!(member["membership"], "join");
+
+    // Bob's own join: nobody of B was in the room before it; the state after it allows.
+    let event = |id: &str| format!("/_matrix/federation/v1/event/{}", enc(id));
+    let (status, body) = b
+        .ask(a.name(), Method::GET, &event(&first_join), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let state_ids = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        enc(&room),
+        enc(&first_join)
+    );
+    let (status, body) = b.ask(a.name(), Method::GET, &state_ids, None).await;
+    assert_eq!(status, 200, "{body}");
+    // An event from before it stays unknown to B.
+    let (status, _) = b.ask(a.name(), Method::GET, &event(&before), None).await;
+    assert_eq!(status, 404);
+
+    let while_in = say("while in").await;
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for _ in 0..100 {
+        if alice.get(&bob_state).await.1["membership"] == "leave" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(alice.get(&bob_state).await.1["membership"], "leave");
+    let while_out = say("while out").await;
+    bob.join_via(&room, a.name()).await;
+    let latest = say("back in").await;
+
+    let backfill = |limit: u32| {
+        format!(
+            "/_matrix/federation/v1/backfill/{}?v={}&limit={limit}",
+            enc(&room),
+            enc(&latest)
+        )
+    };
+    let (status, body) = b.ask(a.name(), Method::GET, &backfill(50), None).await;
+    assert_eq!(status, 200, "{body}");
+    let pdus = body["pdus"].as_array().unwrap();
+    let by_id = |id: &str| {
+        pdus.iter()
+            .find(|p| {
+                ourwhats::core::event_hashes::event_id(p, ourwhats::core::RoomVersion::V12)
+                    .is_ok_and(|e| e == id)
+            })
+            .unwrap_or_else(|| panic!("{id} not in the backfill: {body}"))
+            .clone()
+    };
+    assert_eq!(by_id(&while_in)["content"]["body"], "while in");
+    assert_eq!(by_id(&latest)["content"]["body"], "back in");
+    assert_eq!(by_id(&first_join)["content"]["membership"], "join");
+    // Walked past, redacted: what B may not see.
+    assert_eq!(by_id(&while_out)["content"], json!({}));
+    assert_eq!(by_id(&before)["content"], json!({}));
+    assert_eq!(by_id(&before)["type"], "m.room.message");
+
+    let missing = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+    let ask_missing =
+        |limit: u32| json!({"earliest_events": [], "latest_events": [latest], "limit": limit});
+    let (status, body) = b
+        .ask(a.name(), Method::POST, &missing, Some(ask_missing(50)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = body["events"].as_array().unwrap();
+    let contents: Vec<&Value> = events.iter().map(|e| &e["content"]).collect();
+    assert!(
+        contents.contains(&&json!({"msgtype": "m.text", "body": "while in"})),
+        "{body}"
+    );
+    assert!(
+        !contents
+            .iter()
+            .any(|c| c["body"] == "while out" || c["body"] == "before"),
+        "{body}"
+    );
+    let redacted = events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message" && e["content"] == json!({}))
+        .count();
+    assert_eq!(redacted, 2, "{body}");
+
+    // limit 0: none.
+    let (status, body) = b.ask(a.name(), Method::GET, &backfill(0), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pdus"], json!([]));
+    let (status, body) = b
+        .ask(a.name(), Method::POST, &missing, Some(ask_missing(0)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], json!([]));
+    // A room A does not hold.
+    let unknown = format!(
+        "/_matrix/federation/v1/backfill/{}?v={}&limit=5",
+        enc(&format!("!nowhere:{}", a.name())),
+        enc(&latest)
+    );
+    let (status, body) = b.ask(a.name(), Method::GET, &unknown, None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
     cluster.shutdown().await;
 }

@@ -126,6 +126,12 @@ async fn a_server_the_acl_denies_is_refused_everywhere() {
             format!("/_matrix/federation/v1/get_missing_events/{r}"),
             Some(json!({"earliest_events": [], "latest_events": [latest], "limit": 5})),
         ),
+        (
+            "event",
+            Method::GET,
+            format!("/_matrix/federation/v1/event/{}", enc(&latest)),
+            None,
+        ),
     ] {
         forbidden(b.ask(a.name(), method, &path, body).await, what);
     }

@@ -57,7 +57,7 @@ pub async fn post_receipt(
             &room_id,
             kind,
             &event_id,
-            thread_id,
+            (thread_id, None),
         )
         .await?;
     Ok(Json(json!({})))

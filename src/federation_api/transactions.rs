@@ -198,10 +198,12 @@ async fn receipts(services: &AppState, origin: &str, content: &Value) -> MatrixR
             else {
                 continue;
             };
-            let thread = receipt
-                .get("data")
+            let data = receipt.get("data");
+            let thread = data
                 .and_then(|d| d.get("thread_id"))
                 .and_then(Value::as_str);
+            // When the user read it, as their server says (required by the spec).
+            let ts = data.and_then(|d| d.get("ts")).and_then(Value::as_u64);
             if let Err(e) = services
                 .ephemeral
                 .set_receipt(
@@ -210,7 +212,7 @@ async fn receipts(services: &AppState, origin: &str, content: &Value) -> MatrixR
                     room_id,
                     ReceiptType::Read,
                     event_id,
-                    thread,
+                    (thread, ts),
                 )
                 .await
             {

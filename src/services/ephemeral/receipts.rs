@@ -108,7 +108,9 @@ struct ShownReceipt {
 }
 
 impl Ephemeral {
-    /// Sets a user's receipt on an event they can see in a room they are joined to.
+    /// Sets a user's receipt on an event they can see in a room they are joined to, in
+    /// a thread (`thread_id`) or not, read at `ts` (milliseconds; `None`: now, as for
+    /// our users; another server's receipt says when its user read the event).
     pub async fn set_receipt(
         &self,
         rooms: &Rooms,
@@ -116,7 +118,7 @@ impl Ephemeral {
         room_id: &str,
         kind: ReceiptType,
         event_id: &str,
-        thread_id: Option<&str>,
+        (thread_id, ts): (Option<&str>, Option<u64>),
     ) -> ServiceResult<()> {
         if thread_id.is_some_and(str::is_empty) {
             return Err(ServiceError::invalid_param(
@@ -161,7 +163,7 @@ impl Ephemeral {
         }
         let event_id = event.event_id.clone();
         let event_pos = event.meta.pos;
-        let ts = now_ms();
+        let ts = ts.unwrap_or_else(now_ms);
         // A public receipt of one of our users goes to the room's other servers too.
         let ours = user_id
             .split_once(':')
@@ -243,8 +245,15 @@ impl Ephemeral {
                 .await?;
         }
         if let Some(event_id) = read {
-            self.set_receipt(rooms, user_id, room_id, ReceiptType::Read, event_id, None)
-                .await?;
+            self.set_receipt(
+                rooms,
+                user_id,
+                room_id,
+                ReceiptType::Read,
+                event_id,
+                (None, None),
+            )
+            .await?;
         }
         if let Some(event_id) = read_private {
             self.set_receipt(
@@ -253,7 +262,7 @@ impl Ephemeral {
                 room_id,
                 ReceiptType::ReadPrivate,
                 event_id,
-                None,
+                (None, None),
             )
             .await?;
         }

@@ -5,9 +5,9 @@
 //! Spec: server-server API, "Retrieving events" (`/event/{eventId}`, `/state/{roomId}`,
 //! `/state_ids/{roomId}`, `/timestamp_to_event/{roomId}`), "Backfilling and retrieving
 //! missing events" (`/backfill`, `/get_missing_events`) and "Authentication"
-//! (`/event_auth`). Events an asking server
-//! may not see are left out of lists, and answered as unknown alone; rejected events are
-//! never served.
+//! (`/event_auth`). An event the asking server may not see is answered as unknown alone
+//! and given redacted on walks of the history (`/backfill`, `/get_missing_events`, so
+//! that the walk reaches the events before it); rejected events are never served.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -45,10 +45,11 @@ impl Rooms {
     /// room lately counts as in it (see [`reset_out`](super::reset_out)).
     fn check_server_in_room(&self, room_id: &str, server: &str) -> ServiceResult<()> {
         self.check_server_acl(room_id, server)?;
+        // A room we do not hold has none of its servers either (Synapse answers the same).
         let known = self.store.room(room_id)?.is_some();
-        if known
-            && !self.remote_servers(room_id)?.iter().any(|s| s == server)
-            && self.reset_servers.granted(room_id, server).is_none()
+        if !known
+            || !self.remote_servers(room_id)?.iter().any(|s| s == server)
+                && self.reset_servers.granted(room_id, server).is_none()
         {
             return Err(ServiceError::forbidden(
                 "The requesting server is not in the room",
@@ -77,6 +78,21 @@ impl Rooms {
         short: ShortEventId,
         cache: &mut SeenCache,
     ) -> ServiceResult<Option<StoredEvent>> {
+        let Some((event, room)) = self.held_for_servers(room_id, short)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .server_may_see_event(server, &event, &room, cache)?
+            .then_some(event))
+    }
+
+    /// A stored event of `room_id` (when given) that may be served to other servers at
+    /// all (not rejected, not kept out of band), with its room.
+    fn held_for_servers(
+        &self,
+        room_id: Option<&str>,
+        short: ShortEventId,
+    ) -> ServiceResult<Option<(StoredEvent, super::event_store::Room)>> {
         if let Some(record) = graph::record(&self.store, short)? {
             if matches!(
                 record.status,
@@ -92,6 +108,21 @@ impl Rooms {
         if room_id.is_some_and(|r| r != room.record.room_id) {
             return Ok(None);
         }
+        Ok(Some((event, room)))
+    }
+
+    /// Whether `server` may see `event` of `room` under the room's history visibility.
+    /// Spec: client-server API, "History visibility", "Server behaviour", for each of
+    /// the server's users: the state at the event decides; a `m.room.history_visibility`
+    /// event, and a user's own member event, are seen when the state before or after it
+    /// allows.
+    fn server_may_see_event(
+        &self,
+        server: &str,
+        event: &StoredEvent,
+        room: &super::event_store::Room,
+        cache: &mut SeenCache,
+    ) -> ServiceResult<bool> {
         // A room held with a partial state does not know the members of the servers the
         // resident server named: where the history was never restricted to `invited`
         // or `joined`, such a server (in the room now) may read it all, as its members'
@@ -100,36 +131,74 @@ impl Rooms {
             !room.record.visibility_restricted && p.servers.iter().any(|s| s == server)
         });
         if partial_member {
-            return Ok(Some(event));
+            return Ok(true);
         }
-        let before = event.meta.state_before;
         // A server put out by a resolution of ours reads what we held then as a member.
         let granted = self
             .reset_servers
             .granted(&room.record.room_id, server)
-            .is_some_and(|grant| grant.covers(event.meta.pos, short));
-        let seen = match cache.get(&(before, granted)) {
-            Some(seen) => *seen,
-            None => {
-                let now = if granted {
-                    Member::Yes
-                } else {
-                    Member::In(room.record.state)
-                };
-                let seen = server_may_see(&self.store, server, before, now)?;
-                cache.insert((before, granted), seen);
-                seen
+            .is_some_and(|grant| grant.covers(event.meta.pos, event.short));
+        let mut seen_at = |snapshot: ShortStateHash| -> ServiceResult<bool> {
+            if let Some(seen) = cache.get(&(snapshot, granted)) {
+                return Ok(*seen);
             }
+            let now = if granted {
+                Member::Yes
+            } else {
+                Member::In(room.record.state)
+            };
+            let seen = server_may_see(&self.store, server, snapshot, now)?;
+            cache.insert((snapshot, granted), seen);
+            Ok(seen)
         };
-        Ok(seen.then_some(event))
+        if seen_at(event.meta.state_before)? {
+            return Ok(true);
+        }
+        let after = event.meta.state_after;
+        let either_side = match (event.kind(), event.state_key()) {
+            ("m.room.history_visibility", Some("")) => true,
+            ("m.room.member", Some(user)) => user
+                .split_once(':')
+                .is_some_and(|(_, user_server)| user_server == server),
+            _ => false,
+        };
+        Ok(either_side && after != 0 && after != event.meta.state_before && seen_at(after)?)
+    }
+
+    /// An event met on a walk of the room's history for `server` (`/backfill`,
+    /// `/get_missing_events`): its PDU, redacted when the server may not see it, so that
+    /// the walk goes on to the events before it the server may see (as Synapse answers);
+    /// `None` for one never served.
+    fn walked_for_server(
+        &self,
+        server: &str,
+        room_id: &str,
+        short: ShortEventId,
+        cache: &mut SeenCache,
+    ) -> ServiceResult<Option<Value>> {
+        let Some((event, room)) = self.held_for_servers(Some(room_id), short)? else {
+            return Ok(None);
+        };
+        if self.server_may_see_event(server, &event, &room, cache)? {
+            return Ok(Some(event.pdu().clone()));
+        }
+        Ok(Some(crate::core::redaction::redact(
+            event.pdu(),
+            room.version,
+        )))
     }
 
     /// The PDU of `event_id` for `server`: 404 when we do not have it, it was rejected,
-    /// or the server may not see it (the same answer, so as not to tell which).
+    /// or the server may not see it (the same answer, so as not to tell which); 403 when
+    /// the room's ACL denies the server (spec: "Server Access Control Lists", every
+    /// request of a denied server is refused; told only of an event it could see).
     pub fn event_for_server(&self, server: &str, event_id: &str) -> ServiceResult<Value> {
-        self.event_seen_by(server, None, event_id)?
-            .map(|e| e.pdu().clone())
-            .ok_or_else(|| ServiceError::not_found("Event not found"))
+        let event = self
+            .event_seen_by(server, None, event_id)?
+            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
+        let room = self.store.room_by_short(event.meta.room)?;
+        self.check_server_acl(&room.record.room_id, server)?;
+        Ok(event.pdu().clone())
     }
 
     /// `/timestamp_to_event`: the event closest to `ts` in direction `dir` that `server`
@@ -161,7 +230,7 @@ impl Rooms {
         limit: usize,
     ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
-        let limit = limit.clamp(1, MAX_BACKFILL);
+        let limit = limit.min(MAX_BACKFILL);
         let mut seen = HashSet::new();
         // Deepest first: (depth, short).
         let mut frontier: BTreeSet<(u64, ShortEventId)> = BTreeSet::new();
@@ -180,7 +249,7 @@ impl Rooms {
             if !seen.insert(short) {
                 continue;
             }
-            let Some(event) = self.short_seen_by(server, Some(room_id), short, &mut cache)? else {
+            let Some(pdu) = self.walked_for_server(server, room_id, short, &mut cache)? else {
                 continue;
             };
             if let Some(record) = graph::record(&self.store, short)? {
@@ -191,7 +260,7 @@ impl Rooms {
                     }
                 }
             }
-            out.push(event.pdu().clone());
+            out.push(pdu);
         }
         Ok(out)
     }
@@ -206,7 +275,7 @@ impl Rooms {
         (limit, min_depth): (usize, u64),
     ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
-        let limit = limit.clamp(1, MAX_MISSING);
+        let limit = limit.min(MAX_MISSING);
         let mut stop: HashSet<ShortEventId> = HashSet::new();
         for id in earliest {
             if let Some(short) = self.store.state.find_event(id)? {
@@ -240,11 +309,11 @@ impl Rooms {
             if record.depth < min_depth {
                 continue;
             }
-            let Some(event) = self.short_seen_by(server, Some(room_id), short, &mut cache)? else {
+            let Some(pdu) = self.walked_for_server(server, room_id, short, &mut cache)? else {
                 continue;
             };
             queue.extend(record.prev.iter().copied());
-            out.push((record.depth, short, event.pdu().clone()));
+            out.push((record.depth, short, pdu));
         }
         out.sort_unstable_by_key(|(depth, short, _)| (*depth, *short));
         Ok(out.into_iter().map(|(_, _, pdu)| pdu).collect())
