@@ -5,9 +5,10 @@
 //! Spec: server-server API, "Retrieving events" (`/event/{eventId}`, `/state/{roomId}`,
 //! `/state_ids/{roomId}`, `/timestamp_to_event/{roomId}`), "Backfilling and retrieving
 //! missing events" (`/backfill`, `/get_missing_events`) and "Authentication"
-//! (`/event_auth`). An event the asking server may not see is answered as unknown alone
-//! and given redacted on walks of the history (`/backfill`, `/get_missing_events`, so
-//! that the walk reaches the events before it); rejected events are never served.
+//! (`/event_auth`). An event the asking server may not see is given redacted to a server
+//! in the room (by id, and on walks of the history, `/backfill`, `/get_missing_events`,
+//! so that the walk reaches the events before it; Synapse answers the same) and left out
+//! or answered as unknown otherwise; rejected events are never served.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -45,17 +46,23 @@ impl Rooms {
     /// room lately counts as in it (see [`reset_out`](super::reset_out)).
     fn check_server_in_room(&self, room_id: &str, server: &str) -> ServiceResult<()> {
         self.check_server_acl(room_id, server)?;
-        // A room we do not hold has none of its servers either (Synapse answers the same).
-        let known = self.store.room(room_id)?.is_some();
-        if !known
-            || !self.remote_servers(room_id)?.iter().any(|s| s == server)
-                && self.reset_servers.granted(room_id, server).is_none()
-        {
+        if !self.server_in_room(room_id, server)? {
             return Err(ServiceError::forbidden(
                 "The requesting server is not in the room",
             ));
         }
         Ok(())
+    }
+
+    /// Whether `server` has a member joined to `room_id` now (or counts as one, see
+    /// [`check_server_in_room`](Self::check_server_in_room)). A room we do not hold has
+    /// none of its servers either (Synapse answers the same).
+    fn server_in_room(&self, room_id: &str, server: &str) -> ServiceResult<bool> {
+        if self.store.room(room_id)?.is_none() {
+            return Ok(false);
+        }
+        Ok(self.remote_servers(room_id)?.iter().any(|s| s == server)
+            || self.reset_servers.granted(room_id, server).is_some())
     }
 
     /// A stored, not rejected event of `room_id` (when given) that `server` may see.
@@ -188,17 +195,31 @@ impl Rooms {
         )))
     }
 
-    /// The PDU of `event_id` for `server`: 404 when we do not have it, it was rejected,
-    /// or the server may not see it (the same answer, so as not to tell which); 403 when
-    /// the room's ACL denies the server (spec: "Server Access Control Lists", every
-    /// request of a denied server is refused; told only of an event it could see).
+    /// The PDU of `event_id` for `server`: 404 when we do not have it or it was
+    /// rejected; one the server may not see is redacted for a server in the room (it may
+    /// need its auth-relevant keys for an auth chain or a state resolution; Synapse
+    /// answers the same) and unknown to others (the same 404, so as not to tell which);
+    /// 403 when the room's ACL denies the server (spec: "Server Access Control Lists",
+    /// every request of a denied server is refused; told only of an event it could be
+    /// given).
     pub fn event_for_server(&self, server: &str, event_id: &str) -> ServiceResult<Value> {
-        let event = self
-            .event_seen_by(server, None, event_id)?
-            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
-        let room = self.store.room_by_short(event.meta.room)?;
-        self.check_server_acl(&room.record.room_id, server)?;
-        Ok(event.pdu().clone())
+        let not_found = || ServiceError::not_found("Event not found");
+        let short = self
+            .store
+            .state
+            .find_event(event_id)?
+            .ok_or_else(not_found)?;
+        let (event, room) = self.held_for_servers(None, short)?.ok_or_else(not_found)?;
+        let room_id = room.record.room_id.as_str();
+        let seen = self.server_may_see_event(server, &event, &room, &mut SeenCache::new())?;
+        if !seen && !self.server_in_room(room_id, server)? {
+            return Err(not_found());
+        }
+        self.check_server_acl(room_id, server)?;
+        Ok(match seen {
+            true => event.pdu().clone(),
+            false => crate::core::redaction::redact(event.pdu(), room.version),
+        })
     }
 
     /// `/timestamp_to_event`: the event closest to `ts` in direction `dir` that `server`
