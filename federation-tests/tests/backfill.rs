@@ -309,6 +309,28 @@ async fn a_server_walking_the_history_gets_what_it_may_see_and_the_rest_redacted
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["pdus"][0]["type"], "m.room.message");
     assert_eq!(body["pdus"][0]["content"], json!({}), "{body}");
+    // The state there: its ids (as Synapse answers; a gap before an event B cannot see
+    // needs them), not its events.
+    let at_before = |what: &str| {
+        format!(
+            "/_matrix/federation/v1/{what}/{}?event_id={}",
+            enc(&room),
+            enc(&before)
+        )
+    };
+    let (status, body) = b
+        .ask(a.name(), Method::GET, &at_before("state_ids"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body["pdu_ids"].as_array().unwrap().is_empty(), "{body}");
+    let (status, body) = b
+        .ask(a.name(), Method::GET, &at_before("state"), None)
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{body}"
+    );
 
     let while_in = say("while in").await;
     let (status, body) = bob

@@ -107,9 +107,10 @@ pub async fn state(
     QueryParams(at): QueryParams<AtEvent>,
     signed: Signed<Value>,
 ) -> MatrixResult<Json<Value>> {
-    let found = services
-        .rooms
-        .state_for_server(signed.origin.as_str(), &room_id, &at.event_id)?;
+    let found =
+        services
+            .rooms
+            .state_for_server(signed.origin.as_str(), &room_id, (&at.event_id, false))?;
     let pdus = |list: &[crate::services::rooms::stored_event::StoredEvent]| -> Vec<Value> {
         list.iter().map(|e| e.pdu().clone()).collect()
     };
@@ -126,9 +127,10 @@ pub async fn state_ids(
     QueryParams(at): QueryParams<AtEvent>,
     signed: Signed<Value>,
 ) -> MatrixResult<Json<Value>> {
-    let found = services
-        .rooms
-        .state_for_server(signed.origin.as_str(), &room_id, &at.event_id)?;
+    let found =
+        services
+            .rooms
+            .state_for_server(signed.origin.as_str(), &room_id, (&at.event_id, true))?;
     let ids = |list: &[crate::services::rooms::stored_event::StoredEvent]| -> Vec<String> {
         list.iter().map(|e| e.event_id.clone()).collect()
     };

@@ -340,13 +340,17 @@ impl Rooms {
         Ok(out.into_iter().map(|(_, _, pdu)| pdu).collect())
     }
 
-    /// `/state` and `/state_ids`: the state before `event_id` and the auth chain of it
-    /// and of the event; 404 when the server may not see the event.
+    /// `/state` and `/state_ids` (`ids_only`): the state before `event_id` and the auth
+    /// chain of it and of the event. `/state` answers 404 when the server may not see the
+    /// event (the events would tell of history it may not read); `/state_ids` answers at
+    /// any event of the room for a server in it, as Synapse does: the ids tell nothing,
+    /// `/event` gives what the server may not see redacted, and a server filling a gap
+    /// before an event it cannot see needs the state there.
     pub fn state_for_server(
         &self,
         server: &str,
         room_id: &str,
-        event_id: &str,
+        (event_id, ids_only): (&str, bool),
     ) -> ServiceResult<StateAtEvent> {
         self.check_server_in_room(room_id, server)?;
         if self.is_partial(room_id)? {
@@ -354,9 +358,14 @@ impl Rooms {
                 "This server's state of the room is partial (its member list is not in yet)",
             ));
         }
-        let event = self
-            .event_seen_by(server, Some(room_id), event_id)?
-            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
+        let event = match ids_only {
+            true => match self.store.state.find_event(event_id)? {
+                Some(short) => self.held_for_servers(Some(room_id), short)?.map(|(e, _)| e),
+                None => None,
+            },
+            false => self.event_seen_by(server, Some(room_id), event_id)?,
+        }
+        .ok_or_else(|| ServiceError::not_found("Event not found"))?;
         // An event held without its state (an outlier, or rejected on its auth events
         // alone) has none to tell; an empty answer would read as a room without state.
         let placed = matches!(
