@@ -1007,3 +1007,123 @@ async fn send_join_with_omit_members_answers_without_most_member_events() {
     }
     cluster.shutdown().await;
 }
+
+/// A room with `join_rules` `content`, created by `creator` with `extra` createRoom fields.
+async fn room_with_rules(creator: &User, content: Value, extra: Value) -> String {
+    let mut body = json!({"initial_state": [{"type": "m.room.join_rules", "content": content}]});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    creator.create_room(body).await
+}
+
+/// A join of `user` (of `b`) into `room` naming `authoriser` (of `a`, joined) as its
+/// authoriser, made and signed by `b` without `make_join`, sent to `a`.
+async fn forged_authorised_join(
+    (a, b): (&Instance, &Instance),
+    authoriser: &User,
+    room: &str,
+    user: &str,
+) -> (u16, Value) {
+    let event_id_of = |kind: &'static str, key: String| async move {
+        let path = format!(
+            "/rooms/{}/state/{kind}/{}?format=event",
+            enc(room),
+            enc(&key)
+        );
+        let (_, e) = authoriser.get(&path).await;
+        e["event_id"].as_str().unwrap().to_owned()
+    };
+    let power = event_id_of("m.room.power_levels", String::new()).await;
+    let rules = event_id_of("m.room.join_rules", String::new()).await;
+    let member = event_id_of("m.room.member", authoriser.user_id.clone()).await;
+    let (_, page) = authoriser
+        .get(&format!("/rooms/{}/messages?dir=b&limit=1", enc(room)))
+        .await;
+    let latest = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let join = json!({
+        "room_id": room, "type": "m.room.member", "sender": user, "state_key": user,
+        "content": {"membership": "join", "join_authorised_via_users_server": authoriser.user_id},
+        "prev_events": [latest], "auth_events": [power, rules, member], "depth": 50,
+    });
+    let (id, join) = sign_join(b, RoomVersion::V12, &join);
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        enc(room),
+        enc(&id)
+    );
+    ask(b, a, Method::PUT, &path, Some(join)).await
+}
+
+/// Spec: server-server API, "Restricted rooms". A `knock_restricted` room's user who
+/// meets none of its conditions may only knock: `make_join` and a `send_join` naming one
+/// of our members as authoriser are refused (403), and the join is not signed. A
+/// restricted room whose rules name no room refuses every join through them (403, "no
+/// conditions available"); one whose user meets a condition with none of our members
+/// able to invite answers 400 `M_UNABLE_TO_GRANT_JOIN` (try another server). Met, the
+/// join goes through.
+#[tokio::test]
+async fn restricted_joins_are_refused_unless_a_condition_holds() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let space = alice.create_room(json!({"preset": "public_chat"})).await;
+    let allow = json!([{"type": "m.room_membership", "room_id": space}]);
+    let make_join = |room: &str| {
+        format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12&ver=11",
+            enc(room),
+            enc(&bob.user_id)
+        )
+    };
+    let forbidden = |(status, body): (u16, Value)| {
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{body}"
+        );
+    };
+
+    let knock_restricted = room_with_rules(
+        &alice,
+        json!({"join_rule": "knock_restricted", "allow": allow}),
+        json!({}),
+    )
+    .await;
+    forbidden(ask(b, a, Method::GET, &make_join(&knock_restricted), None).await);
+    let answer = forged_authorised_join((a, b), &alice, &knock_restricted, &bob.user_id).await;
+    forbidden(answer);
+
+    let no_rooms = room_with_rules(
+        &alice,
+        json!({"join_rule": "restricted", "allow": [{"type": "m.unknown"}]}),
+        json!({}),
+    )
+    .await;
+    forbidden(ask(b, a, Method::GET, &make_join(&no_rooms), None).await);
+
+    // Bob meets the condition from now on.
+    bob.join_via(&space, a.name()).await;
+    let nobody_invites = room_with_rules(
+        &alice,
+        json!({"join_rule": "restricted", "allow": allow}),
+        // Version 11: its creator's power is the levels' (from 12 it is beyond them).
+        json!({"room_version": "11", "power_level_content_override": {"invite": 101}}),
+    )
+    .await;
+    let (status, body) = ask(b, a, Method::GET, &make_join(&nobody_invites), None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_UNABLE_TO_GRANT_JOIN")),
+        "{body}"
+    );
+    let open = room_with_rules(
+        &alice,
+        json!({"join_rule": "knock_restricted", "allow": allow}),
+        json!({}),
+    )
+    .await;
+    bob.join_via(&open, a.name()).await;
+    cluster.shutdown().await;
+}

@@ -72,6 +72,9 @@ pub enum ErrorCode {
     IncompatibleRoomVersion,
     /// `M_UNABLE_TO_AUTHORISE_JOIN` (a restricted join no condition of which we know)
     UnableToAuthoriseJoin,
+    /// `M_UNABLE_TO_GRANT_JOIN` (a restricted join whose user meets a condition, with
+    /// none of our members able to authorise it: try another server)
+    UnableToGrantJoin,
 }
 
 impl ErrorCode {
@@ -111,6 +114,7 @@ impl ErrorCode {
             Self::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
             Self::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
+            Self::UnableToGrantJoin => "M_UNABLE_TO_GRANT_JOIN",
         }
     }
 }

@@ -55,6 +55,7 @@ pub(super) fn refusal(error: FederationError) -> ServiceError {
                 "M_NOT_FOUND" => ErrorCode::NotFound,
                 "M_INCOMPATIBLE_ROOM_VERSION" => ErrorCode::IncompatibleRoomVersion,
                 "M_UNABLE_TO_AUTHORISE_JOIN" => ErrorCode::UnableToAuthoriseJoin,
+                "M_UNABLE_TO_GRANT_JOIN" => ErrorCode::UnableToGrantJoin,
                 "M_LIMIT_EXCEEDED" => ErrorCode::LimitExceeded,
                 _ => ErrorCode::Unknown,
             };

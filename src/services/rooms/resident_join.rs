@@ -461,7 +461,11 @@ impl Rooms {
 
     /// For a restricted room the user may join through a room of its `allow` list: the
     /// local member who authorises it. `None` when the room is not restricted, or the
-    /// user is invited or joined already (no authoriser needed).
+    /// user is invited or joined already (no authoriser needed). A user meeting none of
+    /// the conditions (or a room with none) is refused with 403, under `knock_restricted`
+    /// too (such a user knocks); 400 `M_UNABLE_TO_AUTHORISE_JOIN` when we are in none
+    /// of the rooms the conditions name, `M_UNABLE_TO_GRANT_JOIN` when none of our
+    /// members may invite (spec: server-server API, "Restricted rooms").
     fn restricted_join_authoriser(
         &self,
         room_id: &str,
@@ -498,6 +502,13 @@ impl Rooms {
             .filter(|e| e.get("type").and_then(Value::as_str) == Some("m.room_membership"))
             .filter_map(|e| e.get("room_id").and_then(Value::as_str).map(str::to_owned))
             .collect();
+        // Spec: "If no conditions are available, or none match the required schema,
+        // then the joining server is considered to have failed all conditions" (403).
+        if allowed_rooms.is_empty() {
+            return Err(ServiceError::forbidden(
+                "The room's join rules grant access through no room",
+            ));
+        }
         let mut known_any = false;
         let mut allowed = false;
         for allowed_room in &allowed_rooms {
@@ -518,17 +529,17 @@ impl Rooms {
                     "This server knows none of the rooms that grant access to this one",
                 ));
             }
-            if rule == "knock_restricted" {
-                return Ok(None);
-            }
+            // Under `knock_restricted` too: such a user may only knock (or join once
+            // invited).
             return Err(ServiceError::forbidden(
                 "The user is not joined to any room that grants access to this one",
             ));
         }
+        // Spec: 400 `M_UNABLE_TO_GRANT_JOIN`, the joining server should try another.
         self.local_inviter(room_id)?.map(Some).ok_or_else(|| {
             ServiceError::new(
                 ErrorKind::Invalid,
-                ErrorCode::UnableToAuthoriseJoin,
+                ErrorCode::UnableToGrantJoin,
                 "No member of this server may authorise the join",
             )
         })
