@@ -1061,7 +1061,8 @@ async fn forged_authorised_join(
 /// restricted room whose rules name no room refuses every join through them (403, "no
 /// conditions available"); one whose user meets a condition with none of our members
 /// able to invite answers 400 `M_UNABLE_TO_GRANT_JOIN` (try another server). Met, the
-/// join goes through.
+/// join goes through, and the member's later profile change does not name the join's
+/// authoriser again.
 #[tokio::test]
 async fn restricted_joins_are_refused_unless_a_condition_holds() {
     let cluster = Cluster::start(2).await.unwrap();
@@ -1125,5 +1126,33 @@ async fn restricted_joins_are_refused_unless_a_condition_holds() {
     )
     .await;
     bob.join_via(&open, a.name()).await;
+
+    // Bob's join names alice as its authoriser; his profile change there must not (it
+    // would need a's signature): it reaches the room like any other.
+    let (status, body) = bob
+        .put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            json!({"displayname": "Bob Restricted"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(&open),
+        enc(&bob.user_id)
+    );
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = alice.get(&path).await.1;
+        if seen["displayname"] == "Bob Restricted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["displayname"], "Bob Restricted", "{seen}");
+    assert!(
+        seen.get("join_authorised_via_users_server").is_none(),
+        "{seen}"
+    );
     cluster.shutdown().await;
 }

@@ -176,6 +176,10 @@ impl Rooms {
                 };
             }
             content.remove("reason");
+            // The join's authoriser (a restricted join) authorised that join only: named
+            // again, the change would need its server's signature, which another
+            // server's member never gives for this event (Synapse drops it too).
+            content.remove("join_authorised_via_users_server");
             if let Err(e) = self
                 .send_state(
                     user,
