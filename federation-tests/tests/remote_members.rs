@@ -163,3 +163,39 @@ async fn remote_members_in_directory_search_counts_profiles_power_and_upgrades()
     assert_eq!((status, &name["name"]), (200, &json!("renamed by bob")));
     cluster.shutdown().await;
 }
+
+/// A room joined through another server, unnamed: its summary's heroes are its members
+/// (the member events came in the join's answer, held without a place of ours), up to
+/// five, not one of them.
+#[tokio::test]
+async fn heroes_of_a_room_joined_through_another_server() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = bob.create_room(json!({"preset": "public_chat"})).await;
+    let mut expected = vec![bob.user_id.clone()];
+    for name in ["carol", "dave"] {
+        let member = User::register(b, name).await.unwrap();
+        let (status, body) = member
+            .post(&format!("/join/{}", enc(&room)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        expected.push(member.user_id);
+    }
+    alice.join_via(&room, b.name()).await;
+    let (status, sync) = alice.get("/sync?timeout=0").await;
+    assert_eq!(status, 200, "{sync}");
+    let summary = &sync["rooms"]["join"][&room]["summary"];
+    let mut heroes: Vec<String> = summary["m.heroes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{summary}"))
+        .iter()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
+    heroes.sort();
+    expected.sort();
+    assert_eq!(heroes, expected, "{summary}");
+    assert_eq!(summary["m.joined_member_count"], 4, "{summary}");
+    cluster.shutdown().await;
+}

@@ -1436,7 +1436,9 @@ fn summary<'e>(
     };
     // Spec: heroes are joined or invited members other than the user, in stream order;
     // if there are none, members who left.
-    let mut ordered: BTreeMap<(u8, u64), String> = BTreeMap::new();
+    // Keyed by place and short id too: members that came in a join's answer (through
+    // another server) are held without a place, all at 0.
+    let mut ordered: BTreeMap<(u8, u64, u64), String> = BTreeMap::new();
     for member in members {
         let Some(user) = member.state_key() else {
             continue;
@@ -1448,12 +1450,12 @@ fn summary<'e>(
             Some("join" | "invite") => 0,
             _ => 1,
         };
-        ordered.insert((rank, member.meta.pos), user.to_owned());
+        ordered.insert((rank, member.meta.pos, member.short), user.to_owned());
     }
-    let best_rank = ordered.keys().next().map(|(r, _)| *r);
+    let best_rank = ordered.keys().next().map(|(r, _, _)| *r);
     let heroes: Vec<String> = ordered
         .into_iter()
-        .filter(|((rank, _), _)| Some(*rank) == best_rank)
+        .filter(|((rank, _, _), _)| Some(*rank) == best_rank)
         .map(|(_, user)| user)
         .take(MAX_HEROES)
         .collect();
