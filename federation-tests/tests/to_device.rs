@@ -188,6 +188,13 @@ async fn presence_goes_to_servers_sharing_a_room() {
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["presence"], "unavailable", "{shown}");
     assert_eq!(shown["status_msg"], "at lunch", "{shown}");
+    // Alice was never active: not shown as active just now (the EDU must say when).
+    assert!(
+        shown["last_active_ago"]
+            .as_u64()
+            .is_none_or(|ago| ago > 86_400_000),
+        "{shown}"
+    );
     cluster.shutdown().await;
 }
 

@@ -251,10 +251,8 @@ impl Presence {
             .and_then(Value::as_str)
             .filter(|s| s.len() <= MAX_STATUS_BYTES)
             .map(str::to_owned);
-        let ago = update
-            .get("last_active_ago")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+        // Required by the spec; without it, never active (not active just now).
+        let ago = update.get("last_active_ago").and_then(Value::as_u64);
         let currently_active = update
             .get("currently_active")
             .and_then(Value::as_bool)
@@ -265,7 +263,7 @@ impl Presence {
                 Some(PresenceRecord {
                     state,
                     status_msg,
-                    last_active_ts: now.saturating_sub(ago),
+                    last_active_ts: ago.map_or(0, |ago| now.saturating_sub(ago)),
                     currently_active: currently_active && state == State::Online,
                     pos: 0,
                 })
@@ -504,6 +502,11 @@ impl Presence {
                     if !queued.is_empty() {
                         let mut update = record.content(now);
                         update["user_id"] = json!(user);
+                        // Required in the EDU (spec: `m.presence`): a user never active
+                        // was last active at the epoch, as long ago as can be said.
+                        if update.get("last_active_ago").is_none() {
+                            update["last_active_ago"] = json!(now);
+                        }
                         let edu = json!({"edu_type": "m.presence", "content": {"push": [update]}});
                         writes.extend(queued.iter().map(|server| {
                             crate::services::outbox::Outbox::queue(server, pos, &edu)
