@@ -58,11 +58,15 @@ impl Rooms {
     /// [`check_server_in_room`](Self::check_server_in_room)). A room we do not hold has
     /// none of its servers either (Synapse answers the same).
     fn server_in_room(&self, room_id: &str, server: &str) -> ServiceResult<bool> {
-        if self.store.room(room_id)?.is_none() {
-            return Ok(false);
-        }
-        Ok(self.remote_servers(room_id)?.iter().any(|s| s == server)
-            || self.reset_servers.granted(room_id, server).is_some())
+        Ok(self.server_joined(room_id, server)?
+            || (self.store.room(room_id)?.is_some()
+                && self.reset_servers.granted(room_id, server).is_some()))
+    }
+
+    /// Whether `server` has a member joined to `room_id` now, as the room's current state
+    /// says (a server a reset put out, which reads what we held then, does not).
+    fn server_joined(&self, room_id: &str, server: &str) -> ServiceResult<bool> {
+        Ok(self.remote_servers(room_id)?.iter().any(|s| s == server))
     }
 
     /// A stored, not rejected event of `room_id` (when given) that `server` may see.
@@ -175,7 +179,8 @@ impl Rooms {
     /// An event met on a walk of the room's history for `server` (`/backfill`,
     /// `/get_missing_events`): its PDU, redacted when the server may not see it, so that
     /// the walk goes on to the events before it the server may see (as Synapse answers);
-    /// `None` for one never served.
+    /// `None` for one never served, or one a server in the room only by a reset's grant
+    /// may not see.
     fn walked_for_server(
         &self,
         server: &str,
@@ -188,6 +193,10 @@ impl Rooms {
         };
         if self.server_may_see_event(server, &event, &room, cache)? {
             return Ok(Some(event.pdu().clone()));
+        }
+        // A server in the room only by a reset's grant gets nothing past what it may see.
+        if !self.server_joined(room_id, server)? {
+            return Ok(None);
         }
         Ok(Some(crate::core::redaction::redact(
             event.pdu(),
@@ -212,7 +221,7 @@ impl Rooms {
         let (event, room) = self.held_for_servers(None, short)?.ok_or_else(not_found)?;
         let room_id = room.record.room_id.as_str();
         let seen = self.server_may_see_event(server, &event, &room, &mut SeenCache::new())?;
-        if !seen && !self.server_in_room(room_id, server)? {
+        if !seen && !self.server_joined(room_id, server)? {
             return Err(not_found());
         }
         self.check_server_acl(room_id, server)?;
@@ -358,7 +367,9 @@ impl Rooms {
                 "This server's state of the room is partial (its member list is not in yet)",
             ));
         }
-        let event = match ids_only {
+        // (A server in the room only by a reset's grant reads what it may see alone.)
+        let any_event = ids_only && self.server_joined(room_id, server)?;
+        let event = match any_event {
             true => match self.store.state.find_event(event_id)? {
                 Some(short) => self.held_for_servers(Some(room_id), short)?.map(|(e, _)| e),
                 None => None,
