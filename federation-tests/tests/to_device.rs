@@ -463,3 +463,48 @@ async fn a_destination_back_from_an_outage_catches_up_with_the_newest_events() {
     );
     cluster.shutdown().await;
 }
+
+/// Spec: "Device Management": updates are sent "when that user joins a room which
+/// contains servers which are not already receiving updates for that user's device
+/// list". Alice's changes while she shares no room still take a place in her sequence
+/// (a server that kept her list from before sees the gap); her join of a room on bob's
+/// server sends bob's server her whole list, a new place in the sequence with no device
+/// changed (`stream_id` of `/user/devices`), and bob then sees both her devices.
+#[tokio::test]
+async fn joining_a_room_tells_its_new_servers_the_device_list() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let stream_id = || async {
+        let path = format!(
+            "/_matrix/federation/v1/user/devices/{}",
+            enc(&alice.user_id)
+        );
+        let (status, body) = b.ask(a.name(), reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        body["stream_id"].as_u64().unwrap()
+    };
+    alice.upload_device_keys(7).await;
+    let first = stream_id().await;
+    assert!(
+        first > 0,
+        "a change with nobody to tell still has its place"
+    );
+    let phone = alice.login_another_device().await.unwrap();
+    phone.upload_device_keys(8).await;
+    let second = stream_id().await;
+    assert!(second > first, "{second} after {first}");
+    let room = bob.create_room(json!({"preset": "public_chat"})).await;
+    alice.join_via(&room, b.name()).await;
+    let joined = stream_id().await;
+    assert!(
+        joined > second,
+        "the join told bob's server the list: {joined}"
+    );
+    let mut both = vec![alice.device_id.clone(), phone.device_id.clone()];
+    both.sort();
+    let (devices, failures) = queried_devices(&bob, &alice.user_id).await;
+    assert_eq!(devices, both, "{failures}");
+    cluster.shutdown().await;
+}

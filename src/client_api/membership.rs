@@ -113,6 +113,10 @@ pub async fn join(
         // Kept device lists of the room's members may have missed updates while no
         // room was shared with them.
         services.forget_member_device_lists(&room_id).await;
+        services
+            .accounts
+            .tell_new_room_mates(session.user_id.as_str(), &room_id)
+            .await;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     services
@@ -125,6 +129,10 @@ pub async fn join(
             session.is_guest,
         )
         .await?;
+    services
+        .accounts
+        .tell_new_room_mates(session.user_id.as_str(), &room_id)
+        .await;
     Ok(Json(json!({ "room_id": room_id })))
 }
 

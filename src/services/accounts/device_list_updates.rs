@@ -58,16 +58,35 @@ impl Accounts {
         }
     }
 
+    /// Tells the other servers sharing a room with `user_id` (one of ours, just joined to
+    /// `room_id`) the user's whole device list and cross-signing keys, when the room
+    /// brings servers that shared no room with the user (spec: "Device Management",
+    /// updates are sent "when that user joins a room which contains servers which are not
+    /// already receiving updates for that user's device list"). Sent to every server
+    /// sharing a room, in the one sequence of the user's updates. Failures are logged.
+    pub async fn tell_new_room_mates(&self, user_id: &str, room_id: &str) {
+        let Some(mates) = self.room_mates.get() else {
+            return;
+        };
+        match mates.servers_new_to(user_id, room_id) {
+            Ok(new) if new.is_empty() => {}
+            Ok(_) => self.tell_other_servers(user_id, Changed::Everything).await,
+            Err(e) => {
+                tracing::warn!(user = %user_id, room = %room_id, error = %e.message, "the room's new servers were not told the user's devices")
+            }
+        }
+    }
+
     async fn queue_updates(&self, user_id: &str, changed: Changed<'_>) -> ServiceResult<()> {
         let local =
             UserId::parse(user_id).is_ok_and(|u| u.server_name() == self.server_name.as_str());
         let Some(mates) = self.room_mates.get().filter(|_| local) else {
             return Ok(());
         };
+        // With no server to tell, the change still takes a place in the user's sequence:
+        // a server that kept the list from a room shared before sees the gap in the next
+        // update's `prev_id` and resyncs, instead of missing the change.
         let servers = mates.remote_servers_sharing(user_id)?;
-        if servers.is_empty() {
-            return Ok(());
-        }
         let mut wanted = BTreeMap::new();
         wanted.insert(user_id.to_owned(), Vec::new());
         let keys = self.query_keys("", &wanted)?;
