@@ -199,3 +199,147 @@ async fn heroes_of_a_room_joined_through_another_server() {
     assert_eq!(summary["m.joined_member_count"], 4, "{summary}");
     cluster.shutdown().await;
 }
+
+/// A redaction made and signed by `b` as `sender` (of `b`) in `room` on `a`, redacting
+/// `target`, built on the room's latest event there.
+fn remote_redaction(
+    (a, b): (&federation_tests::Instance, &federation_tests::Instance),
+    room: &str,
+    sender: &str,
+    target: &str,
+) -> (String, Value) {
+    use ourwhats::core::pdu::{self, PduTemplate};
+    let store = a.running().services.rooms.store();
+    let record = store.room(room).unwrap().unwrap().record;
+    let state_id = |kind: &str, key: &str| {
+        store
+            .state_event(record.state, kind, key)
+            .unwrap()
+            .unwrap()
+            .event_id
+    };
+    let template = PduTemplate {
+        room_id: Some(room.to_owned()),
+        sender: sender.to_owned(),
+        kind: "m.room.redaction".into(),
+        state_key: None,
+        content: json!({"redacts": target}),
+        prev_events: record.extremities.clone(),
+        auth_events: vec![
+            state_id("m.room.power_levels", ""),
+            state_id("m.room.member", sender),
+        ],
+        depth: record.depth + 1,
+        origin_server_ts: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        redacts: Some(target.to_owned()),
+    };
+    let key = &b.running().services.signing_key;
+    let built = pdu::build(ourwhats::core::RoomVersion::V12, template, b.name(), key).unwrap();
+    (built.event_id, built.pdu)
+}
+
+/// Spec: room versions 3 and later, "Handling redactions": a redaction is not sent to
+/// clients until the event it redacts has been received and the redaction validated. A
+/// remote member without the power to redact another server's message, and a
+/// redaction of an event the server does not hold, are accepted into the room but never
+/// shown (the message keeps its content); a member redacting their own message is
+/// shown the redaction like any other.
+#[tokio::test]
+async fn a_remote_redaction_reaches_clients_only_once_it_applies() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&room, a.name()).await;
+    let (status, sent) = alice
+        .put(
+            &format!("/rooms/{}/send/m.room.message/keep", enc(&room)),
+            json!({"msgtype": "m.text", "body": "keep me"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let kept = sent["event_id"].as_str().unwrap().to_owned();
+
+    let unpowered = remote_redaction((a, b), &room, &bob.user_id, &kept);
+    let path = "/_matrix/federation/v1/send/unpowered";
+    let body = json!({"origin": b.name(), "origin_server_ts": 1, "pdus": [unpowered.1]});
+    let (status, answer) = b
+        .ask(a.name(), reqwest::Method::PUT, path, Some(body))
+        .await;
+    assert_eq!(
+        (status, &answer["pdus"][&unpowered.0]),
+        (200, &json!({})),
+        "{answer}"
+    );
+    let unknown = remote_redaction((a, b), &room, &bob.user_id, "$not-here");
+    let path = "/_matrix/federation/v1/send/unknown-target";
+    let body = json!({"origin": b.name(), "origin_server_ts": 2, "pdus": [unknown.1]});
+    let (status, answer) = b
+        .ask(a.name(), reqwest::Method::PUT, path, Some(body))
+        .await;
+    assert_eq!(
+        (status, &answer["pdus"][&unknown.0]),
+        (200, &json!({})),
+        "{answer}"
+    );
+
+    let event = |id: &str| format!("/rooms/{}/event/{}", enc(&room), enc(id));
+    let (status, body) = alice.get(&event(&kept)).await;
+    assert_eq!(
+        (status, &body["content"]["body"]),
+        (200, &json!("keep me")),
+        "{body}"
+    );
+    for withheld in [&unpowered.0, &unknown.0] {
+        let (status, body) = alice.get(&event(withheld)).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    let redactions_in = |page: &Value| {
+        page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.redaction")
+            .count()
+    };
+    let messages = format!("/rooms/{}/messages?dir=b&limit=50", enc(&room));
+    let (status, page) = alice.get(&messages).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(redactions_in(&page), 0, "{page}");
+    let (status, sync) = alice.get("/sync?timeout=0").await;
+    assert_eq!(status, 200, "{sync}");
+    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+    assert!(
+        !timeline
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.room.redaction"),
+        "{timeline}"
+    );
+
+    // Bob's own message, redacted by him: shown.
+    let (status, sent) = bob
+        .put(
+            &format!("/rooms/{}/send/m.room.message/mine", enc(&room)),
+            json!({"msgtype": "m.text", "body": "oops"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let mine = sent["event_id"].as_str().unwrap().to_owned();
+    wait_for(&alice, &event(&mine), |status, _| status == 200).await;
+    let (status, body) = bob
+        .put(
+            &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(&mine)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_for(&alice, &messages, |_, page| redactions_in(page) == 1).await;
+    let (_, body) = alice.get(&event(&mine)).await;
+    assert_eq!(body["content"], json!({}), "{body}");
+    cluster.shutdown().await;
+}

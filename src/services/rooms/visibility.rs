@@ -11,6 +11,12 @@
 //! 5. Otherwise deny.
 //!
 //! A missing or unknown value counts as `shared`.
+//!
+//! A redaction is shown once it applies (spec: room versions 3 and later, "Handling
+//! redactions": not sent to clients until the event it redacts has been received and
+//! the redaction validated): one whose target has not come, or that never applies (its
+//! sender had not the power), stays here. One whose target comes later is not shown
+//! then either: the client gets the target already redacted.
 
 use std::collections::HashMap;
 
@@ -196,6 +202,9 @@ impl<'a> VisibilityCheck<'a> {
 
     /// Whether the viewer may see `event`.
     pub fn can_see(&mut self, event: &StoredEvent) -> ServiceResult<bool> {
+        if event.kind() == "m.room.redaction" && !self.redaction_applied(event)? {
+            return Ok(false);
+        }
         // Decided without reading any state, as most events a member reads are (a /sync
         // of their rooms): sent while the viewer was joined (rule 2); the join that began
         // that (their own member event, seen after it); sent before their latest join in
@@ -215,6 +224,20 @@ impl<'a> VisibilityCheck<'a> {
             return self.allowed_at(event.meta.state_after, event.meta.pos);
         }
         Ok(false)
+    }
+
+    /// Whether the redaction `event` applied: the event it redacts is held, in its room,
+    /// and redacted (by it, or by one before it).
+    fn redaction_applied(&self, event: &StoredEvent) -> ServiceResult<bool> {
+        let version = self.store.room_by_short(event.meta.room)?.version;
+        let Some(target) = crate::core::pdu::redaction_target(event.pdu(), version) else {
+            return Ok(false);
+        };
+        let Some(short) = self.store.state().find_event(target)? else {
+            return Ok(false);
+        };
+        let meta = self.store.meta(short)?;
+        Ok(meta.room == event.meta.room && meta.redacted_by != 0)
     }
 
     /// Whether every event after stream position `pos` is visible to the viewer without
