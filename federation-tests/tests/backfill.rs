@@ -331,6 +331,16 @@ async fn a_server_walking_the_history_gets_what_it_may_see_and_the_rest_redacted
         (404, Some("M_NOT_FOUND")),
         "{body}"
     );
+    // Its auth chain too (B may need it for the redacted copy it got).
+    let auth = format!(
+        "/_matrix/federation/v1/event_auth/{}/{}",
+        enc(&room),
+        enc(&before)
+    );
+    let (status, body) = b.ask(a.name(), Method::GET, &auth, None).await;
+    assert_eq!(status, 200, "{body}");
+    let chain = body["auth_chain"].as_array().unwrap();
+    assert!(chain.iter().any(|e| e["type"] == "m.room.create"), "{body}");
 
     let while_in = say("while in").await;
     let (status, body) = bob

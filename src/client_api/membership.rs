@@ -129,10 +129,13 @@ pub async fn join(
             session.is_guest,
         )
         .await?;
-    services
-        .accounts
-        .tell_new_room_mates(session.user_id.as_str(), &room_id)
-        .await;
+    // (A join of a user joined already changes nothing.)
+    if !joined {
+        services
+            .accounts
+            .tell_new_room_mates(session.user_id.as_str(), &room_id)
+            .await;
+    }
     Ok(Json(json!({ "room_id": room_id })))
 }
 

@@ -655,6 +655,23 @@ async fn a_redaction_names_its_target_in_both_places_in_every_room_version() {
             said.as_str(),
             "v{version}: {listed}"
         );
+        // The redaction redacted in turn (in v10 it then names no target): it and the
+        // target's `redacted_because` are still shown.
+        let (status, body) = alice
+            .redact(&room, &redaction_id, &format!("rr{version}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {body}");
+        let (status, shown) = alice
+            .get(&format!("/rooms/{room}/event/{redaction_id}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {shown}");
+        let (status, target) = alice.get(&format!("/rooms/{room}/event/{said}")).await;
+        assert_eq!(status, StatusCode::OK, "v{version}: {target}");
+        assert_eq!(
+            target["unsigned"]["redacted_because"]["event_id"],
+            redaction_id.as_str(),
+            "v{version}: {target}"
+        );
     }
     server.stop().await;
 }

@@ -124,7 +124,8 @@ impl Accounts {
                 json!({ "edu_type": "m.device_list_update", "content": content })
             })
             .collect();
-        if cross_signing {
+        // Only device updates take a place in the sequence when nobody is told.
+        if cross_signing && !servers.is_empty() {
             let mut content = json!({ "user_id": user_id });
             if let Some(master) = keys.master_keys.get(user_id) {
                 content["master_key"] = master.clone();

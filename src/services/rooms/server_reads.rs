@@ -183,7 +183,7 @@ impl Rooms {
     /// may not see.
     fn walked_for_server(
         &self,
-        server: &str,
+        (server, joined): (&str, bool),
         room_id: &str,
         short: ShortEventId,
         cache: &mut SeenCache,
@@ -195,7 +195,7 @@ impl Rooms {
             return Ok(Some(event.pdu().clone()));
         }
         // A server in the room only by a reset's grant gets nothing past what it may see.
-        if !self.server_joined(room_id, server)? {
+        if !joined {
             return Ok(None);
         }
         Ok(Some(crate::core::redaction::redact(
@@ -260,6 +260,7 @@ impl Rooms {
         limit: usize,
     ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
+        let joined = self.server_joined(room_id, server)?;
         let limit = limit.min(MAX_BACKFILL);
         let mut seen = HashSet::new();
         // Deepest first: (depth, short).
@@ -279,7 +280,8 @@ impl Rooms {
             if !seen.insert(short) {
                 continue;
             }
-            let Some(pdu) = self.walked_for_server(server, room_id, short, &mut cache)? else {
+            let Some(pdu) = self.walked_for_server((server, joined), room_id, short, &mut cache)?
+            else {
                 continue;
             };
             if let Some(record) = graph::record(&self.store, short)? {
@@ -305,6 +307,7 @@ impl Rooms {
         (limit, min_depth): (usize, u64),
     ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
+        let joined = self.server_joined(room_id, server)?;
         let limit = limit.min(MAX_MISSING);
         let mut stop: HashSet<ShortEventId> = HashSet::new();
         for id in earliest {
@@ -339,7 +342,8 @@ impl Rooms {
             if record.depth < min_depth {
                 continue;
             }
-            let Some(pdu) = self.walked_for_server(server, room_id, short, &mut cache)? else {
+            let Some(pdu) = self.walked_for_server((server, joined), room_id, short, &mut cache)?
+            else {
                 continue;
             };
             queue.extend(record.prev.iter().copied());
@@ -423,7 +427,10 @@ impl Rooms {
         Ok(chain)
     }
 
-    /// `/event_auth`: the auth chain of one event the server may see.
+    /// `/event_auth`: the auth chain of one event. A server with a member joined now
+    /// asks at any event of the room (it may need the chain of one it was given
+    /// redacted), and gets the chain's events it may not see redacted; one in the room
+    /// only by a reset's grant asks at events it may see.
     pub fn event_auth_for_server(
         &self,
         server: &str,
@@ -431,15 +438,26 @@ impl Rooms {
         event_id: &str,
     ) -> ServiceResult<Vec<Value>> {
         self.check_server_in_room(room_id, server)?;
-        let event = self
-            .event_seen_by(server, Some(room_id), event_id)?
-            .ok_or_else(|| ServiceError::not_found("Event not found"))?;
+        let joined = self.server_joined(room_id, server)?;
+        let event = match joined {
+            true => match self.store.state.find_event(event_id)? {
+                Some(short) => self.held_for_servers(Some(room_id), short)?.map(|(e, _)| e),
+                None => None,
+            },
+            false => self.event_seen_by(server, Some(room_id), event_id)?,
+        }
+        .ok_or_else(|| ServiceError::not_found("Event not found"))?;
         let chain = self.auth_chain_with_create(&[event.short], &event)?;
-        Ok(self
-            .store
-            .events(&chain)?
-            .iter()
-            .map(|e| e.pdu().clone())
-            .collect())
+        let room = self.store.room_by_short(event.meta.room)?;
+        let mut cache = SeenCache::new();
+        let mut out = Vec::with_capacity(chain.len());
+        for link in self.store.events(&chain)? {
+            let seen = !joined || self.server_may_see_event(server, &link, &room, &mut cache)?;
+            out.push(match seen {
+                true => link.pdu().clone(),
+                false => crate::core::redaction::redact(link.pdu(), room.version),
+            });
+        }
+        Ok(out)
     }
 }

@@ -76,6 +76,8 @@ pub struct VisibilityCheck<'a> {
     membership_at: HashMap<ShortStateHash, Option<Membership>>,
     /// Content fields already read, by event and field name.
     fields: HashMap<(ShortEventId, &'static str), Option<String>>,
+    /// The version of the room last read (by short id), for redactions.
+    room_version: Option<(u64, crate::core::RoomVersion)>,
 }
 
 /// The short id of `(kind, state_key)`, looked up once into `cache`.
@@ -108,6 +110,7 @@ impl<'a> VisibilityCheck<'a> {
             visibility_at: HashMap::new(),
             membership_at: HashMap::new(),
             fields: HashMap::new(),
+            room_version: None,
         }
     }
 
@@ -227,11 +230,20 @@ impl<'a> VisibilityCheck<'a> {
     }
 
     /// Whether the redaction `event` applied: the event it redacts is held, in its room,
-    /// and redacted (by it, or by one before it).
-    fn redaction_applied(&self, event: &StoredEvent) -> ServiceResult<bool> {
-        let version = self.store.room_by_short(event.meta.room)?.version;
+    /// and redacted (by it, or by one before it). A redaction redacted in turn no longer
+    /// names its target before room version 11: it counts as applied (as it was, or
+    /// there was nothing to show of it).
+    fn redaction_applied(&mut self, event: &StoredEvent) -> ServiceResult<bool> {
+        let version = match self.room_version {
+            Some((room, version)) if room == event.meta.room => version,
+            _ => {
+                let version = self.store.room_by_short(event.meta.room)?.version;
+                self.room_version = Some((event.meta.room, version));
+                version
+            }
+        };
         let Some(target) = crate::core::pdu::redaction_target(event.pdu(), version) else {
-            return Ok(false);
+            return Ok(event.meta.redacted_by != 0);
         };
         let Some(short) = self.store.state().find_event(target)? else {
             return Ok(false);

@@ -10,9 +10,9 @@
 //! - takes its events in as outliers after check 4;
 //! - adds the member events the partial state lacked to the state before and after every
 //!   event of the room since our join (and to the room's current state), under keys no
-//!   later event set: the events of the timeline's span, and those stored in the window
-//!   without a place (soft-failed, or rejected on arrival), which another server may
-//!   build on;
+//!   later event set: the events of the timeline's span, and those first stored in the
+//!   window without a place (soft-failed, or rejected on arrival), which another server
+//!   may build on (not history from before the join backfilled meanwhile);
 //! - checks every other server's event of that span, and the soft-failed ones, again
 //!   against the whole state before it: one the rules now refuse is rejected (out of the
 //!   timeline; a refused state event gives its key back to the state before it, under its
@@ -137,6 +137,9 @@ pub(super) fn complete(
         .find_event(&partial.join_event)?
         .ok_or_else(|| ServiceError::internal("a partial room's join is not stored"))?;
     let join_meta = store.meta(join)?;
+    // Read before the answer's events are stored (as outliers, none of them wanted).
+    let join_depth = graph::record(store, join)?.map_or(0, |r| r.depth);
+    let unplaced = unplaced_since(store, head.short, (join, join_depth))?;
 
     take_in_outliers(ctx, room_id, head, full.events, written)?;
     let whole: StateMap = state_of(store, &full.state_ids)?
@@ -172,7 +175,6 @@ pub(super) fn complete(
         refused: Vec::new(),
     };
     let span = span_since(store, head.short, join_meta.pos)?;
-    let unplaced = unplaced_since(store, head.short, join)?;
     let version = head.version;
     let mut refused: Vec<(ShortEventId, Option<ShortStateKey>, ShortStateHash)> = Vec::new();
     for item in in_arrival_order(span, unplaced) {
@@ -397,13 +399,14 @@ fn span_since(store: &EventStore, room: u64, from: u64) -> ServiceResult<Vec<(u6
     Ok(out)
 }
 
-/// The room's events first stored after our join (`join`) that have a state of ours but
-/// no timeline place: soft-failed, or rejected on arrival with the state before them.
-/// In short id order (the order they were stored in).
+/// The room's events first stored after our join (`join`, at `depth`) that have a state
+/// of ours but no timeline place: soft-failed, or rejected on arrival with the state
+/// before them. In short id order (the order they were stored in). Events of the
+/// history before the join, backfilled meanwhile (less deep than it), keep their states.
 fn unplaced_since(
     store: &EventStore,
     room: u64,
-    join: ShortEventId,
+    (join, depth): (ShortEventId, u64),
 ) -> ServiceResult<Vec<ShortEventId>> {
     let mut out = Vec::new();
     let (start, end) = (
@@ -419,7 +422,10 @@ fn unplaced_since(
             continue;
         };
         let meta = store.meta(short)?;
-        if meta.pos == 0 && meta.state_before != 0 {
+        if meta.pos == 0
+            && meta.state_before != 0
+            && graph::record(store, short)?.is_some_and(|r| r.depth > depth)
+        {
             out.push(short);
         }
     }
