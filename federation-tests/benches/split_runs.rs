@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use federation_tests::seeded::{cpu_time, full_run, number_arg, Rng};
-use federation_tests::split::SplitProxy;
+use federation_tests::split::{ProxyPort, SplitProxy};
 use federation_tests::synapse::Synapse;
 use federation_tests::{enc, free_port, Cluster, Instance, User};
 use ourwhats::core::ServerName;
@@ -445,7 +445,11 @@ struct Figures {
 
 async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Figures, String> {
     let mut rng = Rng::new(seed);
-    let proxy_ports = [free_port()?, free_port()?, free_port()?];
+    let mut bound = Vec::new();
+    for _ in 0..3 {
+        bound.push(ProxyPort::bind().await?);
+    }
+    let proxy_ports: Vec<u16> = bound.iter().map(ProxyPort::port).collect();
     let real_ports = [free_port()?, free_port()?, free_port()?];
     let ours = if synapse { 2 } else { 3 };
     let cluster = Cluster::start_with(ours, |i, config| {
@@ -471,8 +475,8 @@ async fn run(seed: u64, synapse: bool, limit: Duration) -> Result<Figures, Strin
         None
     };
     let mut proxies = Vec::new();
-    for i in 0..3 {
-        proxies.push(SplitProxy::start(proxy_ports[i], real_ports[i]).await?);
+    for (port, real) in bound.into_iter().zip(real_ports) {
+        proxies.push(SplitProxy::start(port, real).await?);
     }
     let names = ["alice", "bob", "carol", "dave", "erin", "frank"];
     let mut users = Vec::new();

@@ -36,12 +36,34 @@ pub struct SplitProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A proxy's listening socket, bound before the servers start: its port names a server,
+/// and a port only found free could be taken (by another test's outgoing connection)
+/// before the proxy binds it.
+pub struct ProxyPort(TcpListener);
+
+impl ProxyPort {
+    /// A loopback port of its own.
+    pub async fn bind() -> Result<Self, String> {
+        TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map(Self)
+            .map_err(|e| format!("a proxy port: {e}"))
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().map_or(0, |a| a.port())
+    }
+}
+
 impl SplitProxy {
     /// Listens on `port`, forwarding to `target` on loopback.
-    pub async fn start(port: u16, target: u16) -> Result<Self, String> {
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("proxy on {port}: {e}"))?;
+    pub async fn start(port: ProxyPort, target: u16) -> Result<Self, String> {
+        let listener = port.0;
+        let port = listener
+            .local_addr()
+            .map_err(|e| format!("a proxy port: {e}"))?
+            .port();
         let (split, watching) = watch::channel(Blocked::default());
         let bytes = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&bytes);

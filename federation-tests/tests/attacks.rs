@@ -3,7 +3,7 @@
 //! `joins.rs` and `invites.rs` (membership endpoints naming another room or type, unsigned
 //! or badly signed membership events), `server_acl.rs` (ACLs on every endpoint).
 
-use federation_tests::split::SplitProxy;
+use federation_tests::split::{ProxyPort, SplitProxy};
 use federation_tests::{enc, free_port, Cluster, User};
 use ourwhats::core::ServerName;
 use reqwest::Method;
@@ -283,12 +283,13 @@ async fn a_destination_that_cannot_check_our_signature_yet_loses_nothing_of_the_
     let mut attempt = 0;
     let (cluster, proxy_port, real_port) = loop {
         attempt += 1;
-        let proxy_port = free_port().unwrap();
+        let proxy_port = ProxyPort::bind().await.unwrap();
         let real_port = free_port().unwrap();
+        let name = proxy_port.port();
         let started = Cluster::start_with(2, |i, config| {
             if i == 0 {
                 config.server_name =
-                    ServerName::parse(&format!("127.0.0.1:{proxy_port}")).expect("a server name");
+                    ServerName::parse(&format!("127.0.0.1:{name}")).expect("a server name");
                 config.federation.listen = format!("127.0.0.1:{real_port}")
                     .parse()
                     .expect("an address");

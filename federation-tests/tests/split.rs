@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use federation_tests::split::SplitProxy;
+use federation_tests::split::{ProxyPort, SplitProxy};
 use federation_tests::{enc, free_port, Cluster, User};
 use ourwhats::core::ServerName;
 use serde_json::json;
@@ -51,7 +51,9 @@ async fn wait_to_see(user: &User, room: &str, body: &str, what: &str) {
 
 #[tokio::test]
 async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing() {
-    let proxy_ports = [free_port().unwrap(), free_port().unwrap()];
+    let [first, second] = [ProxyPort::bind().await, ProxyPort::bind().await];
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let proxy_ports = [first.port(), second.port()];
     let real_ports = [free_port().unwrap(), free_port().unwrap()];
     let cluster = Cluster::start_with(2, |i, config| {
         config.server_name = ServerName::parse(&format!("127.0.0.1:{}", proxy_ports[i])).unwrap();
@@ -60,12 +62,8 @@ async fn two_servers_split_change_state_on_both_sides_and_converge_after_healing
     .await
     .unwrap();
     let proxies = [
-        SplitProxy::start(proxy_ports[0], real_ports[0])
-            .await
-            .unwrap(),
-        SplitProxy::start(proxy_ports[1], real_ports[1])
-            .await
-            .unwrap(),
+        SplitProxy::start(first, real_ports[0]).await.unwrap(),
+        SplitProxy::start(second, real_ports[1]).await.unwrap(),
     ];
     let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
     let alice = User::register(a, "alice").await.unwrap();
@@ -162,11 +160,11 @@ fn source(i: usize) -> std::net::IpAddr {
 /// its own address, each trusting the other two as notaries (a server cut off from
 /// another still gets its key through the third).
 async fn three_behind_proxies() -> (Cluster, Vec<SplitProxy>) {
-    let proxy_ports = [
-        free_port().unwrap(),
-        free_port().unwrap(),
-        free_port().unwrap(),
-    ];
+    let mut bound = Vec::new();
+    for _ in 0..3 {
+        bound.push(ProxyPort::bind().await.unwrap());
+    }
+    let proxy_ports: Vec<u16> = bound.iter().map(ProxyPort::port).collect();
     let real_ports = [
         free_port().unwrap(),
         free_port().unwrap(),
@@ -184,12 +182,8 @@ async fn three_behind_proxies() -> (Cluster, Vec<SplitProxy>) {
     .await
     .unwrap();
     let mut proxies = Vec::new();
-    for i in 0..3 {
-        proxies.push(
-            SplitProxy::start(proxy_ports[i], real_ports[i])
-                .await
-                .unwrap(),
-        );
+    for (port, real) in bound.into_iter().zip(real_ports) {
+        proxies.push(SplitProxy::start(port, real).await.unwrap());
     }
     (cluster, proxies)
 }
