@@ -87,6 +87,8 @@ pub struct FederationConfig {
     pub listen: SocketAddr,
     /// Request body limit in bytes.
     pub max_body_size: u64,
+    /// Time a request body may go without sending anything.
+    pub body_idle_timeout: Duration,
     /// PEM certificate chain; `None` with `tls_key` `None`: self-signed.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key.
@@ -364,6 +366,7 @@ impl Config {
                 enabled: r.bool("federation.enabled")?,
                 listen: r.socket_addr("federation.listen")?,
                 max_body_size: r.size("federation.max_body_size")?,
+                body_idle_timeout: r.seconds("federation.body_idle_timeout_secs")?,
                 tls_cert,
                 tls_key,
                 key_valid_hours: r.u64("federation.key_valid_hours", 1)?,

@@ -8,7 +8,7 @@
 //! not.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,8 @@ struct Notary {
     /// A server whose document says its key is valid for a year (signed by it).
     long_lived: String,
     long_lived_key: SigningKeyPair,
+    /// How many times its own key document was fetched.
+    own_fetches: AtomicUsize,
 }
 
 const DAY_MS: u64 = 24 * 3_600_000;
@@ -101,6 +103,7 @@ impl Notary {
             expired_key: SigningKeyPair::generate(),
             long_lived: unreachable(),
             long_lived_key: SigningKeyPair::generate(),
+            own_fetches: AtomicUsize::new(0),
         }
     }
 
@@ -135,6 +138,7 @@ impl Notary {
 }
 
 async fn own_keys(State(notary): State<Arc<Notary>>) -> Json<Value> {
+    notary.own_fetches.fetch_add(1, Ordering::SeqCst);
     Json(notary.own_document())
 }
 
@@ -323,4 +327,61 @@ async fn a_key_said_valid_for_a_year_signs_nothing_past_seven_days() {
     handle.shutdown();
     let _ = serving.await;
     cluster.shutdown().await;
+}
+
+/// A request naming a key its server's document does not hold (anyone can forge the
+/// header) costs one fetch of the document now and then, not one per request; so does a
+/// notary query for a validity the document does not reach.
+#[tokio::test]
+async fn keys_a_document_lacks_are_not_fetched_again_and_again() {
+    for notary_query in [false, true] {
+        let notary = Arc::new(Notary::new(true));
+        let cluster = cluster_trusting(&notary).await;
+        let a = &cluster.instances[0];
+        let alice = User::register(a, "alice").await.unwrap();
+        let (handle, serving, _dir) = notary.serve(&cluster.ca).await;
+        let http = cluster.tls_client().unwrap();
+        let forged = SigningKeyPair::generate();
+        let target = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            enc(&alice.user_id)
+        );
+        for _ in 0..10 {
+            let response = match notary_query {
+                false => {
+                    let header = x_matrix::sign_request(
+                        &forged,
+                        ("GET", &target),
+                        (&notary.name, a.name()),
+                        None,
+                    )
+                    .unwrap();
+                    http.get(format!("https://{}{target}", a.name()))
+                        .header("Authorization", header)
+                        .send()
+                        .await
+                        .unwrap()
+                }
+                true => http
+                    .post(format!("https://{}/_matrix/key/v2/query", a.name()))
+                    .json(&json!({"server_keys": {notary.name.clone(): {
+                        "k": {"minimum_valid_until_ts": 9_000_000_000_000_000u64}}}}))
+                    .send()
+                    .await
+                    .unwrap(),
+            };
+            let expected = if notary_query { 200 } else { 401 };
+            assert_eq!(response.status().as_u16(), expected);
+        }
+        // Each lookup fetches the document directly and, through the notary, the notary's
+        // own document again: two a lookup. Backed off after the first, a few at most.
+        let fetches = notary.own_fetches.load(Ordering::SeqCst);
+        assert!(
+            (1..=6).contains(&fetches),
+            "{fetches} fetches for 10 lookups (notary query: {notary_query})"
+        );
+        handle.shutdown();
+        let _ = serving.await;
+        cluster.shutdown().await;
+    }
 }

@@ -55,10 +55,13 @@ pub fn client_router(services: AppState) -> Router {
 /// The federation listener's router: server-server API, key API, `.well-known/matrix/server`.
 pub fn federation_router(services: AppState) -> Router {
     let limit = services.config.federation.max_body_size;
+    let body_idle = services.config.federation.body_idle_timeout;
     let router = crate::federation_api::routes()
         .fallback(fallback::unrecognized)
         .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(middleware::from_fn_with_state(limit, reject_oversized_body))
+        // A body that stops arriving fails its read (408), as on the client listener.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_idle))
         .with_state(services);
     with_common_layers(router)
 }

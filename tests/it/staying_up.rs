@@ -439,3 +439,39 @@ async fn the_health_endpoint_reports_storage_and_listeners() {
     assert_eq!(body["federation_listener"], "up");
     s.stop().await;
 }
+
+/// The federation listener too: a body from another server that stops arriving fails
+/// (408) instead of holding the connection and its buffer (the body is read before the
+/// request's signature can be checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_from_another_server_is_answered_408() {
+    let s = TestServer::start_with(|c| {
+        c.federation.body_idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let (http, base) = s.federation_client();
+    use futures_util::StreamExt;
+    // One chunk, then nothing.
+    let first: Result<Vec<u8>, std::io::Error> = Ok(b"{\"pdus\":".to_vec());
+    let stalled = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+    let started = Instant::now();
+    let answer = http
+        .put(format!("{base}/_matrix/federation/v1/send/slow"))
+        .header(
+            "Authorization",
+            "X-Matrix origin=\"other.example\",key=\"ed25519:a\",sig=\"c2ln\"",
+        )
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(stalled))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 408);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
+        "answered after {elapsed:?}"
+    );
+    s.stop().await;
+}

@@ -36,6 +36,14 @@ const FIRST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a server is not asked again after failed fetches.
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Servers whose failed fetches are remembered before those past their back-off are
+/// forgotten.
+const MAX_BACKED_OFF: usize = 10_000;
+/// The furthest validity a notary query is answered for: key documents are valid for at
+/// most 7 days (spec: room version 5 signing requirements), so a later minimum could
+/// never be met by a fetch.
+const NOTARY_MINIMUM_MAX_MS: u64 = 7 * 24 * 3600 * 1000;
+
 /// How long `failures` failed fetches in a row keep a server from being asked again.
 fn failure_backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
@@ -205,6 +213,8 @@ impl KeyRing {
     /// The stored key document of `server` (for the notary endpoint), fetching it when
     /// none is stored or it is valid for less than `minimum_valid_until_ts`.
     pub async fn document(&self, server: &str, minimum_valid_until_ts: u64) -> Option<Value> {
+        let minimum_valid_until_ts =
+            minimum_valid_until_ts.min(now_ms().saturating_add(NOTARY_MINIMUM_MAX_MS));
         let fresh = |keys: &HashMap<String, ServerKey>| {
             keys.values()
                 .any(|k| !k.old && k.valid_until_ts >= minimum_valid_until_ts)
@@ -273,17 +283,40 @@ impl KeyRing {
                 if let Err(e) = self.db.write_relaxed(batch) {
                     tracing::warn!(%server, error = %e, "cannot store the server's keys");
                 }
-                lock(&self.failed).remove(server);
+                let satisfied = fresh(&checked.keys);
                 lock(&self.keys).insert(server.to_owned(), checked.keys);
+                // A document without the key asked for (an unknown key id, an old key
+                // past its expiry) backs off as a failure does: whoever names such a key
+                // (a request's forged header, a notary query) cannot make us fetch again
+                // and again.
+                match satisfied {
+                    true => {
+                        lock(&self.failed).remove(server);
+                    }
+                    false => self.note_failure(server),
+                }
             }
-            None => {
-                let mut failed = lock(&self.failed);
-                let failures = failed.get(server).map_or(0, |(_, n)| *n);
-                failed.insert(
-                    server.to_owned(),
-                    (Instant::now(), failures.saturating_add(1)),
-                );
-            }
+            None => self.note_failure(server),
+        }
+        // Nobody else waits on this server's gate: forget it (names asked for once, by
+        // anyone, would otherwise stay for good).
+        let mut fetching = lock(&self.fetching);
+        if Arc::strong_count(&gate) <= 2 {
+            fetching.remove(server);
+        }
+    }
+
+    /// Counts a fetch of `server` that gave nothing usable; the oldest entries whose
+    /// back-off has passed are forgotten past [`MAX_BACKED_OFF`] servers.
+    fn note_failure(&self, server: &str) {
+        let mut failed = lock(&self.failed);
+        let failures = failed.get(server).map_or(0, |(_, n)| *n);
+        failed.insert(
+            server.to_owned(),
+            (Instant::now(), failures.saturating_add(1)),
+        );
+        if failed.len() > MAX_BACKED_OFF {
+            failed.retain(|_, (at, n)| at.elapsed() < failure_backoff(*n));
         }
     }
 
@@ -307,7 +340,12 @@ impl KeyRing {
         notary: &ServerName,
         server: &ServerName,
     ) -> Result<(Value, key_document::KeyDocument), String> {
-        let path = format!("/_matrix/key/v2/query/{}", server.as_str());
+        // Spec (v5 signing requirements): a server querying a notary MUST set it.
+        let path = format!(
+            "/_matrix/key/v2/query/{}?minimum_valid_until_ts={}",
+            server.as_str(),
+            now_ms()
+        );
         let answer = self
             .client
             .get_unsigned(notary, &path, KEY_DOCUMENT_MAX_BYTES)

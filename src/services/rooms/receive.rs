@@ -517,17 +517,32 @@ impl Rooms {
         let wanted: Vec<String> = ids.iter().take(budget.0).cloned().collect();
         budget.0 -= wanted.len();
         let fetched = source.events(room_id, &wanted).await;
+        let room = self.store.room(room_id)?;
+        // Only what was asked for: an answer with another event (of the same room, validly
+        // signed) is not taken in, and the wanted one stays missing.
+        let asked_for = |pdu: &Value| match &room {
+            Some(room) => crate::core::event_hashes::event_id(pdu, room.version)
+                .is_ok_and(|id| wanted.contains(&id)),
+            None => true,
+        };
         // Oldest first: a fetched event's own missing prev events are fetched by its
         // receipt, so the order here only matters among siblings.
         let mut fetched: Vec<Value> = fetched
             .into_iter()
             .filter(|p| p.get("room_id").and_then(Value::as_str) == Some(room_id))
+            .filter(|p| {
+                let asked = asked_for(p);
+                if !asked {
+                    tracing::info!(%origin, "the source answered an event that was not asked for: not taken");
+                }
+                asked
+            })
             .collect();
         fetched.sort_by_key(|p| p.get("depth").and_then(Value::as_u64).unwrap_or(0));
         // A prev event from before the oldest event we hold with a place (from before our
         // join) is not taken in as a live event at the timeline's end: held as an
         // outlier, the state after it is asked for instead.
-        let oldest = match (kind, self.store.room(room_id)?) {
+        let oldest = match (kind, room) {
             (Kind::Live, Some(room)) => self.oldest_depth(&room)?,
             _ => 0,
         };
@@ -540,11 +555,7 @@ impl Rooms {
             };
             let (id, outcome) =
                 Box::pin(self.receive_one(origin, pdu, kind, source, budget)).await?;
-            if let Some(id) = id.filter(|id| wanted.contains(id)) {
-                tracing::debug!(%origin, event = %id, ?outcome, "fetched event received");
-            } else {
-                tracing::info!(%origin, "the source answered an event that was not asked for");
-            }
+            tracing::debug!(%origin, event = ?id, ?outcome, "fetched event received");
         }
         Ok(())
     }

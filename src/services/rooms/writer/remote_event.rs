@@ -312,7 +312,7 @@ fn check_and_store(
             let meta = store.meta(short)?;
             let status = graph::record(store, short)?.map(|r| r.status);
             match status {
-                Some(EventStatus::Outlier | EventStatus::OutOfBand) => unplaced(id, &mut snapshots),
+                // Whatever it is held as (an out-of-band invite of another room, too).
                 _ if meta.room != head.short => {
                     let reason = format!("prev event {id} belongs to another room");
                     // Judged without a state: no edges to what it claims to build on.
@@ -320,6 +320,7 @@ fn check_and_store(
                     to_store(&mut event, version, redacted_by);
                     return reject(ctx, head, (existing, &event), edges, 0, reason);
                 }
+                Some(EventStatus::Outlier | EventStatus::OutOfBand) => unplaced(id, &mut snapshots),
                 // The state after a rejected event is the state before it, when known
                 // (an outlier rejected on its auth events has none).
                 Some(EventStatus::Rejected { .. }) if meta.state_before == 0 => {
