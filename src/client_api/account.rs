@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::error::MatrixResult;
 use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody};
 use crate::http::AppState;
-use crate::services::accounts::uia::{stages, UiaRequest};
+use crate::services::accounts::uia::{body_subject, stages, UiaRequest};
 
 /// Who the access token belongs to.
 pub async fn whoami(AuthedAllowGuest(session): AuthedAllowGuest) -> Json<Value> {
@@ -43,7 +43,7 @@ pub async fn change_password(
     let uia = UiaRequest {
         operation: "change_password",
         user: Some(session.user_id.as_str()),
-        subject: String::new(),
+        subject: body_subject(&[&json!(body.new_password), &json!(body.logout_devices)]),
         flows: vec![vec![stages::PASSWORD]],
     };
     let passed = services
@@ -84,7 +84,7 @@ pub async fn deactivate(
     let uia = UiaRequest {
         operation: "deactivate",
         user: Some(session.user_id.as_str()),
-        subject: String::new(),
+        subject: body_subject(&[&json!(body.erase)]),
         flows: vec![vec![stages::PASSWORD]],
     };
     let passed = services

@@ -77,14 +77,15 @@ pub struct DeleteBody {
     auth: Option<Value>,
 }
 
-/// The auth of a delete, bound to the set of devices it deletes: a session completed for
-/// one device cannot delete another.
-fn delete_uia<'a>(user: &'a str, devices: &[String]) -> UiaRequest<'a> {
+/// The auth of a delete (`operation`: one device, or a list), bound to the set of
+/// devices it deletes: a session completed for one device cannot delete another, nor
+/// serve the other endpoint.
+fn delete_uia<'a>(operation: &'a str, user: &'a str, devices: &[String]) -> UiaRequest<'a> {
     let mut devices: Vec<&str> = devices.iter().map(String::as_str).collect();
     devices.sort_unstable();
     devices.dedup();
     UiaRequest {
-        operation: "delete_devices",
+        operation,
         user: Some(user),
         subject: devices.join("\n"),
         flows: vec![vec![stages::PASSWORD]],
@@ -100,7 +101,7 @@ pub async fn delete_one(
 ) -> MatrixResult<Json<Value>> {
     let auth = body.and_then(|b| b.auth);
     let devices = [device_id];
-    let uia = delete_uia(session.user_id.as_str(), &devices);
+    let uia = delete_uia("delete_device", session.user_id.as_str(), &devices);
     let passed = services
         .accounts
         .user_interactive_auth(auth.as_ref(), &uia)
@@ -127,7 +128,7 @@ pub async fn delete_many(
     Authed(session): Authed,
     JsonBody(body): JsonBody<DeleteManyBody>,
 ) -> MatrixResult<Json<Value>> {
-    let uia = delete_uia(session.user_id.as_str(), &body.devices);
+    let uia = delete_uia("delete_devices", session.user_id.as_str(), &body.devices);
     let passed = services
         .accounts
         .user_interactive_auth(body.auth.as_ref(), &uia)

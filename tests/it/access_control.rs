@@ -144,6 +144,28 @@ async fn guests_leave_when_guest_access_ends() {
     assert_error(status, &body, 403, "M_FORBIDDEN");
     let (status, body) = g.join(&room).await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    // Redacting the guest access event ends it too (its content goes).
+    let other = alice.create_room(json!({"preset": "private_chat"})).await;
+    let (status, body) = alice.invite(&other, &g.user_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = g.join(&other).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, access) = alice
+        .get(&format!(
+            "/rooms/{other}/state/m.room.guest_access/?format=event"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{access}");
+    let access_id = access["event_id"].as_str().unwrap().to_owned();
+    let (status, body) = alice.redact(&other, &access_id, "end-guests").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, members) = alice.get(&format!("/rooms/{other}/members")).await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert_eq!(
+        membership_of(&members, &g.user_id).map(|m| m.0),
+        Some("leave".to_owned())
+    );
     s.stop().await;
 }
 
@@ -576,6 +598,15 @@ async fn a_uia_session_serves_only_the_request_that_opened_it() {
         )
         .await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Nor the other endpoint deleting the same device.
+    let (status, body) = dan
+        .post(
+            "/delete_devices",
+            json!({"devices": [d1.device_id],
+                   "auth": password_auth(&session, &dan.user_id, pw)}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
     // Nor another operation. (A first cross-signing upload needs no auth; replacing the
     // keys does.)
     let master = |seed: u8| {
@@ -629,6 +660,38 @@ async fn a_uia_session_serves_only_the_request_that_opened_it() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(d1.get("/account/whoami").await.0, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+/// A session whose stages passed for one body, its operation then failing (an empty new
+/// password), does not complete the same operation with another body: the client
+/// completes the stages "by resubmitting the same request".
+#[tokio::test]
+async fn a_uia_session_whose_operation_failed_serves_no_other_body() {
+    let s = TestServer::start().await;
+    let dan = Client::new(&s, "dan").await;
+    let pw = "correct horse battery";
+    let (status, challenge) = dan
+        .post("/account/password", json!({"new_password": ""}))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    let session = challenge["session"].as_str().unwrap().to_owned();
+    let (status, body) = dan
+        .post(
+            "/account/password",
+            json!({"new_password": "", "auth": password_auth(&session, &dan.user_id, pw)}),
+        )
+        .await;
+    assert_error(status, &body, 400, "M_WEAK_PASSWORD");
+    // The passed session with another new password, no password given: refused.
+    let (status, body) = dan
+        .post(
+            "/account/password",
+            json!({"new_password": "chosen by someone else", "auth": {"session": session}}),
+        )
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+    assert_eq!(s.login(&dan.user_id, pw).await.0, StatusCode::OK);
     s.stop().await;
 }
 

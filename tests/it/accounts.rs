@@ -480,7 +480,7 @@ async fn password_change_needs_the_old_password_and_logs_out_other_devices() {
         .post(
             "/_matrix/client/v3/account/password",
             Some(&token),
-            json!({"new_password": "third"}),
+            json!({"new_password": "third", "logout_devices": false}),
         )
         .await;
     let (status, _) = s

@@ -474,6 +474,9 @@ async fn cross_signing_signatures_with_a_bad_signature_are_refused() {
         "self_signing",
         Some(&other.master),
     );
+    // (A session serves the body it was opened with.)
+    let (status, challenge) = alice.post("/keys/device_signing/upload", bad.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
     bad["auth"] = json!({
         "type": "m.login.password",
         "identifier": {"type": "m.id.user", "user": alice.user_id},

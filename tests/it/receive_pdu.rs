@@ -1948,3 +1948,171 @@ async fn a_redaction_needs_the_power_where_it_was_made_and_where_it_comes() {
     );
     assert!(!redacted(third).await, "applied after he lost the power");
 }
+
+/// An event fetched by id (a missing prev event) is taken in only if it is the one asked
+/// for: a source answering with another event of the room, validly signed, does not get
+/// it in, and the wanted one stays missing.
+#[tokio::test]
+async fn a_fetched_event_that_is_not_the_one_asked_for_is_not_taken() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let join_depth = room.depth_of(std::slice::from_ref(&join_id));
+    let message = |body: &str, prev: &str, depth: u64| {
+        remote_pdu(RemoteDraft {
+            room_id: &room.id,
+            sender: BOB,
+            kind: "m.room.message",
+            state_key: None,
+            content: json!({"msgtype": "m.text", "body": body}),
+            prev: vec![prev.to_owned()],
+            auth: vec![levels.clone(), join_id.clone()],
+            depth,
+        })
+    };
+    let wanted = message("wanted", &join_id, join_depth + 1);
+    let other = message("other", &join_id, join_depth + 1);
+    let latest = message("latest", &wanted.0, join_depth + 2);
+    // Asked for `wanted`, the source answers `other`.
+    let source = TestSource::default();
+    source
+        .events
+        .lock()
+        .unwrap()
+        .insert(wanted.0.clone(), other.1.clone());
+    let outcome = room.receive(&latest.1, &source).await;
+    assert_ne!(outcome, PduOutcome::Accepted);
+    let store = s.running().services.rooms.store();
+    assert!(
+        store.event_by_id(&other.0).unwrap().is_none(),
+        "the other event was taken"
+    );
+    assert!(store.event_by_id(&wanted.0).unwrap().is_none());
+    let asked = source.asked.lock().unwrap();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|id| *id == wanted.0),
+        "{asked:?}"
+    );
+}
+
+/// A prev event of another room is refused whatever it is held as: here our user's invite
+/// to another server's room, kept out of band (it was taken as unplaced, its state asked
+/// of the sender, and the event accepted with an edge into the other room).
+#[tokio::test]
+async fn a_prev_event_of_another_room_kept_out_of_band_is_refused() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let alice = room.alice.user_id.clone();
+    // Bob's server invites alice to a room of its own (version 11: the id is its own).
+    let elsewhere = "!elsewhere:remote.example";
+    let invite = remote_pdu_in(
+        RoomVersion::V11,
+        RemoteDraft {
+            room_id: elsewhere,
+            sender: BOB,
+            kind: "m.room.member",
+            state_key: Some(&alice),
+            content: json!({"membership": "invite"}),
+            prev: vec![format!("${}", "P".repeat(43))],
+            auth: vec![format!("${}", "C".repeat(43))],
+            depth: 5,
+        },
+        &|_| None,
+    );
+    let offer = ourwhats::services::rooms::remote_invite::InviteOffer {
+        room_version: "11".into(),
+        event: invite.1.clone(),
+        invite_room_state: None,
+    };
+    let source = TestSource::default();
+    s.running()
+        .services
+        .rooms
+        .accept_remote_invite(REMOTE, (elsewhere, &invite.0), offer, &|_| true, &source)
+        .await
+        .unwrap();
+    assert!(room.store().event_by_id(&invite.0).unwrap().is_some());
+
+    // Bob's message in our room names the invite as its prev event; the sender would
+    // tell a state at it.
+    let join_depth = room.depth_of(std::slice::from_ref(&join_id));
+    let said = remote_pdu(RemoteDraft {
+        room_id: &room.id,
+        sender: BOB,
+        kind: "m.room.message",
+        state_key: None,
+        content: json!({"msgtype": "m.text", "body": "built on another room"}),
+        prev: vec![invite.0.clone()],
+        auth: vec![levels.clone(), join_id.clone()],
+        depth: join_depth + 1,
+    });
+    let state = room.current_state_ids().await;
+    source
+        .state_ids
+        .lock()
+        .unwrap()
+        .insert(invite.0.clone(), state);
+    let outcome = room.receive(&said.1, &source).await;
+    assert!(
+        matches!(outcome, PduOutcome::Rejected(ref r) if r.contains("another room")),
+        "{outcome:?}"
+    );
+}
+
+/// Spec: "Guest Access", "Server behaviour": when the guest access changes to keep
+/// guests out, they leave; a change another server sends too.
+#[tokio::test]
+async fn a_remote_change_of_the_guest_access_makes_our_guests_leave() {
+    let s = TestServer::start_with(|c| c.registration.allow_guests = true).await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let (status, _) = room
+        .alice
+        .put(
+            &format!("/rooms/{}/state/m.room.guest_access/", room.id),
+            json!({"guest_access": "can_join"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let bob_levels = room
+        .alice_sets_levels(|levels| levels["users"][BOB] = json!(100))
+        .await;
+    let (status, guest) = s
+        .post("/_matrix/client/v3/register?kind=guest", None, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{guest}");
+    let (guest_id, token) = (
+        guest["user_id"].as_str().unwrap().to_owned(),
+        guest["access_token"].as_str().unwrap().to_owned(),
+    );
+    let (status, body) = s
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", room.id),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let depth = room.depth_of(std::slice::from_ref(&bob_levels)) + 1;
+    let closed = remote_pdu(RemoteDraft {
+        room_id: &room.id,
+        sender: BOB,
+        kind: "m.room.guest_access",
+        state_key: Some(""),
+        content: json!({"guest_access": "forbidden"}),
+        prev: room.extremities(),
+        auth: vec![bob_levels.clone(), join_id.clone()],
+        depth,
+    });
+    assert_eq!(
+        room.receive(&closed.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let (status, member) = room.alice.state(&room.id, "m.room.member", &guest_id).await;
+    assert_eq!(status, StatusCode::OK, "{member}");
+    assert_eq!(member["membership"], "leave", "{member}");
+}

@@ -317,6 +317,23 @@ async fn room_initial_sync_is_a_snapshot_for_members_and_peekers() {
     let text = all.to_string();
     assert!(!text.contains("before eve came"), "{all}");
     assert!(!text.contains("after eve left"), "{all}");
+    // An invite eve rejected, to a room she never joined: still 200, the room not listed.
+    let private = alice.create_room(json!({"preset": "private_chat"})).await;
+    assert_eq!(alice.invite(&private, &eve.user_id).await.0, StatusCode::OK);
+    let (status, body) = eve
+        .post(&format!("/rooms/{private}/leave"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, all) = eve.get("/initialSync?archived=true").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert!(
+        !all["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == private.as_str()),
+        "{all}"
+    );
     s.stop().await;
 }
 

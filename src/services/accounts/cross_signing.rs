@@ -225,7 +225,11 @@ impl Accounts {
         let request = UiaRequest {
             operation: "device_signing_upload",
             user: Some(user),
-            subject: String::new(),
+            subject: super::uia::body_subject(&[
+                upload.master_key.as_ref().unwrap_or(&Value::Null),
+                upload.self_signing_key.as_ref().unwrap_or(&Value::Null),
+                upload.user_signing_key.as_ref().unwrap_or(&Value::Null),
+            ]),
             flows: vec![vec![stages::PASSWORD]],
         };
         // The password check (Argon2) runs before the lock, which is shared by a stripe

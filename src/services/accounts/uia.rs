@@ -40,6 +40,27 @@ pub mod stages {
     pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
 }
 
+/// A session subject that binds it to a request's body: the SHA-256 of the parts given
+/// (each as canonical JSON, lenient about numbers), in base64. A session whose stages
+/// passed for one body (and whose operation then failed, say on a weak new password)
+/// cannot complete a request with another body (spec: the client completes the stages
+/// "by resubmitting the same request").
+pub fn body_subject(parts: &[&Value]) -> String {
+    let mut bytes = Vec::new();
+    for part in parts {
+        match crate::core::canonical_json::to_bytes(
+            part,
+            crate::core::canonical_json::Numbers::Lenient,
+        ) {
+            Ok(canonical) => bytes.extend_from_slice(&canonical),
+            // (Not JSON a body could hold: its text stands for it.)
+            Err(_) => bytes.extend_from_slice(part.to_string().as_bytes()),
+        }
+        bytes.push(b'\n');
+    }
+    crate::core::base64::encode(ring::digest::digest(&ring::digest::SHA256, &bytes))
+}
+
 /// What an operation asks of user-interactive auth.
 pub struct UiaRequest<'a> {
     /// Names the operation, e.g. `"register"`, `"delete_devices"`.
@@ -47,7 +68,8 @@ pub struct UiaRequest<'a> {
     /// The authenticated user the operation is for, if any.
     pub user: Option<&'a str>,
     /// What the operation acts on, when more than the user (the device ids a delete
-    /// names); empty otherwise. A session opened for one subject cannot complete another.
+    /// names, or [`body_subject`] of the request's body); empty otherwise. A session
+    /// opened for one subject cannot complete another.
     pub subject: String,
     /// The acceptable flows, each a list of stage types.
     pub flows: Vec<Vec<&'static str>>,

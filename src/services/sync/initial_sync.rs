@@ -52,7 +52,9 @@ pub fn initial_sync(
             }));
             continue;
         }
-        if membership == "knock" {
+        // A room left without ever being joined (an invite rejected, a ban before any
+        // join) has no history the user may read.
+        if membership == "knock" || (membership != "join" && record.last_join_pos == 0) {
             continue;
         }
         let snapshot = services.rooms.room_snapshot(viewer, &room_id, limit)?;

@@ -3,7 +3,7 @@
 //! an out-of-band member event, building without storing, forgetting. Run by the
 //! committers (`commits.rs`), one room's drain after another.
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
@@ -14,7 +14,7 @@ use crate::storage::Table;
 
 use super::head::RoomHead;
 use super::local_event::{append, build, create_room};
-use super::{EventDraft, JobAnswer, JobStart, WriterContext, Written};
+use super::{EventDraft, JobAnswer, JobStart, PduOutcome, WriterContext, Written};
 
 pub(super) fn process_job(
     ctx: &WriterContext,
@@ -72,8 +72,19 @@ pub(super) fn process_job(
         }
         JobStart::Receive(event) => {
             let current = loaded(ctx, room_id, head)?;
+            let change = guest_access_change(
+                event.pdu.get("type").and_then(Value::as_str).unwrap_or(""),
+                event.pdu.get("state_key").and_then(Value::as_str),
+            );
             return match super::remote_event::receive(ctx, current, *event, written) {
-                Ok(outcome) => Ok(JobAnswer::Received(outcome)),
+                Ok(outcome) => {
+                    // Another server's change of the guest access (or redaction of it)
+                    // ends it as ours does.
+                    if outcome == PduOutcome::Accepted {
+                        remove_guests_if_access_ended(ctx, current, change, written)?;
+                    }
+                    Ok(JobAnswer::Received(outcome))
+                }
                 Err(e) => {
                     // A storage failure may leave the cached head ahead of the tables.
                     *head = None;
@@ -84,15 +95,11 @@ pub(super) fn process_job(
     }
     for draft in drafts {
         let current = loaded(ctx, room_id, head)?;
-        let ends_guest_access = draft.kind == "m.room.guest_access"
-            && draft.state_key.as_deref() == Some("")
-            && !guests::guests_can_join(Some(&draft.content));
+        let change = guest_access_change(&draft.kind, draft.state_key.as_deref());
         match append(ctx, current, draft, written) {
             Ok(id) => {
                 ids.push(id);
-                if ends_guest_access {
-                    remove_guests(ctx, current, written)?;
-                }
+                remove_guests_if_access_ended(ctx, current, change, written)?;
             }
             Err(e) => {
                 if e.kind.is_server_side() {
@@ -104,6 +111,50 @@ pub(super) fn process_job(
         }
     }
     Ok(JobAnswer::Events(ids))
+}
+
+/// What an event may do to the room's guest access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuestAccessChange {
+    /// Nothing.
+    None,
+    /// Set it anew.
+    Set,
+    /// Redact an event (the guest access one, perhaps: then guests may no longer join).
+    Redaction,
+}
+
+fn guest_access_change(kind: &str, state_key: Option<&str>) -> GuestAccessChange {
+    match (kind, state_key) {
+        ("m.room.guest_access", Some("")) => GuestAccessChange::Set,
+        ("m.room.redaction", _) => GuestAccessChange::Redaction,
+        _ => GuestAccessChange::None,
+    }
+}
+
+/// [`remove_guests`] when `change` ended the room's guest access: the current access does
+/// not let guests join, after a new guest access event or a redaction of it.
+fn remove_guests_if_access_ended(
+    ctx: &WriterContext,
+    head: &mut RoomHead,
+    change: GuestAccessChange,
+    written: &mut Written,
+) -> ServiceResult<()> {
+    if change == GuestAccessChange::None {
+        return Ok(());
+    }
+    let access = head.state_event(&ctx.store, "m.room.guest_access", "")?;
+    let ended = match change {
+        GuestAccessChange::None => false,
+        GuestAccessChange::Set => !guests::guests_can_join(access.as_ref().map(|e| e.content())),
+        GuestAccessChange::Redaction => access.as_ref().is_some_and(|e| {
+            e.meta.redacted_by != 0 && !guests::guests_can_join(Some(e.content()))
+        }),
+    };
+    if ended {
+        remove_guests(ctx, head, written)?;
+    }
+    Ok(())
 }
 
 /// Spec: "Guest Access", "Server behaviour": once guest access ends, every local guest
