@@ -36,9 +36,13 @@ const FIRST_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest a server is not asked again after failed fetches.
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Servers whose failed fetches are remembered before those past their back-off are
-/// forgotten.
+/// Servers whose failed fetches (or misses) are remembered before those past their
+/// back-off are forgotten.
 const MAX_BACKED_OFF: usize = 10_000;
+/// How long after a fetched document lacked the key a lookup asked for no lookup fetches
+/// that server again (and how long after any fetch a notary query is answered with the
+/// document fetched).
+const MISS_REFETCH: Duration = Duration::from_secs(30);
 /// The furthest validity a notary query is answered for: key documents are valid for at
 /// most 7 days (spec: room version 5 signing requirements), so a later minimum could
 /// never be met by a fetch.
@@ -72,6 +76,30 @@ pub struct KeyRing {
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Servers whose last fetch failed: when, and how many failures in a row.
     failed: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Servers whose last fetched document lacked the key asked for: when.
+    missed: Mutex<HashMap<String, Instant>>,
+}
+
+/// A server's fetch gate, forgotten once nobody holds or waits on it (on every path out
+/// of a fetch, a cancelled one too).
+struct Gate<'a> {
+    ring: &'a KeyRing,
+    server: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut fetching = lock(&self.ring.fetching);
+        // The map's and this one: nobody else holds it.
+        if Arc::strong_count(&self.gate) <= 2
+            && fetching
+                .get(self.server)
+                .is_some_and(|g| Arc::ptr_eq(g, &self.gate))
+        {
+            fetching.remove(self.server);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -97,6 +125,7 @@ impl KeyRing {
             keys: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            missed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -137,13 +166,16 @@ impl KeyRing {
             }
             return out;
         }
+        // An old key is what it is (its expiry is the server's word): fetching again
+        // would not change it.
         let fresh = |keys: &HashMap<String, ServerKey>| {
-            key_ids
-                .iter()
-                .any(|id| keys.get(id).is_some_and(|k| k.valid_until_ts >= at_ts))
+            key_ids.iter().any(|id| {
+                keys.get(id)
+                    .is_some_and(|k| k.old || k.valid_until_ts >= at_ts)
+            })
         };
         if !self.known(server, &fresh) {
-            self.fetch(server, &fresh).await;
+            self.fetch(server, &fresh, true).await;
         }
         let keys = lock(&self.keys);
         let Some(known) = keys.get(server) else {
@@ -219,24 +251,39 @@ impl KeyRing {
             keys.values()
                 .any(|k| !k.old && k.valid_until_ts >= minimum_valid_until_ts)
         };
-        let stored_is_fresh = self.stored(server).ok().flatten().is_some_and(|r| {
+        let stored = self.stored(server).ok().flatten();
+        let stored_is_fresh = stored.as_ref().is_some_and(|r| {
             key_document::check(&r.document, server, r.fetched_at).is_ok_and(|d| fresh(&d.keys))
         });
-        if !stored_is_fresh {
-            self.fetch(server, &fresh).await;
+        // Fetched a moment ago: that is the document there is (an unauthenticated query
+        // for a validity it does not reach cannot make us fetch again and again).
+        let fetched_lately = stored.as_ref().is_some_and(|r| {
+            now_ms().saturating_sub(r.fetched_at) < MISS_REFETCH.as_millis() as u64
+        });
+        if !stored_is_fresh && !fetched_lately {
+            self.fetch(server, &fresh, false).await;
         }
         self.stored(server).ok().flatten().map(|r| r.document)
     }
 
     /// Fetches `server`'s keys (once at a time per server; after failures, not again for
     /// [`failure_backoff`]), directly and then through the notaries.
+    /// A lookup (`lookup`) whose document lacks what it asked for is noted as a miss: no
+    /// lookup fetches the server again for [`MISS_REFETCH`] (a forged request header
+    /// naming a made-up key cannot make us fetch again and again; a server's new key is
+    /// learnt within that time).
     async fn fetch(
         &self,
         server: &str,
         fresh: &(dyn Fn(&HashMap<String, ServerKey>) -> bool + Sync),
+        lookup: bool,
     ) {
-        let gate = Arc::clone(lock(&self.fetching).entry(server.to_owned()).or_default());
-        let _turn = gate.lock().await;
+        let gate = Gate {
+            ring: self,
+            server,
+            gate: Arc::clone(lock(&self.fetching).entry(server.to_owned()).or_default()),
+        };
+        let _turn = gate.gate.lock().await;
         // Another lookup may have fetched while this one waited.
         if lock(&self.keys).get(server).is_some_and(fresh) {
             return;
@@ -244,6 +291,13 @@ impl KeyRing {
         if lock(&self.failed)
             .get(server)
             .is_some_and(|(at, failures)| at.elapsed() < failure_backoff(*failures))
+        {
+            return;
+        }
+        if lookup
+            && lock(&self.missed)
+                .get(server)
+                .is_some_and(|at| at.elapsed() < MISS_REFETCH)
         {
             return;
         }
@@ -285,38 +339,26 @@ impl KeyRing {
                 }
                 let satisfied = fresh(&checked.keys);
                 lock(&self.keys).insert(server.to_owned(), checked.keys);
-                // A document without the key asked for (an unknown key id, an old key
-                // past its expiry) backs off as a failure does: whoever names such a key
-                // (a request's forged header, a notary query) cannot make us fetch again
-                // and again.
-                match satisfied {
-                    true => {
-                        lock(&self.failed).remove(server);
+                lock(&self.failed).remove(server);
+                if !satisfied && lookup {
+                    let mut missed = lock(&self.missed);
+                    if missed.len() >= MAX_BACKED_OFF {
+                        missed.retain(|_, at| at.elapsed() < MISS_REFETCH);
                     }
-                    false => self.note_failure(server),
+                    missed.insert(server.to_owned(), Instant::now());
                 }
             }
-            None => self.note_failure(server),
-        }
-        // Nobody else waits on this server's gate: forget it (names asked for once, by
-        // anyone, would otherwise stay for good).
-        let mut fetching = lock(&self.fetching);
-        if Arc::strong_count(&gate) <= 2 {
-            fetching.remove(server);
-        }
-    }
-
-    /// Counts a fetch of `server` that gave nothing usable; the oldest entries whose
-    /// back-off has passed are forgotten past [`MAX_BACKED_OFF`] servers.
-    fn note_failure(&self, server: &str) {
-        let mut failed = lock(&self.failed);
-        let failures = failed.get(server).map_or(0, |(_, n)| *n);
-        failed.insert(
-            server.to_owned(),
-            (Instant::now(), failures.saturating_add(1)),
-        );
-        if failed.len() > MAX_BACKED_OFF {
-            failed.retain(|_, (at, n)| at.elapsed() < failure_backoff(*n));
+            None => {
+                let mut failed = lock(&self.failed);
+                let failures = failed.get(server).map_or(0, |(_, n)| *n);
+                if failed.len() >= MAX_BACKED_OFF && !failed.contains_key(server) {
+                    failed.retain(|_, (at, n)| at.elapsed() < failure_backoff(*n));
+                }
+                failed.insert(
+                    server.to_owned(),
+                    (Instant::now(), failures.saturating_add(1)),
+                );
+            }
         }
     }
 

@@ -5,6 +5,8 @@
 
 use serde_json::{json, Value};
 
+use crate::services::rooms::state_store::ShortEventId;
+
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::records::{decode, encode};
 use crate::services::rooms::event_store::{membership_key, EventStore};
@@ -72,16 +74,18 @@ pub(super) fn process_job(
         }
         JobStart::Receive(event) => {
             let current = loaded(ctx, room_id, head)?;
-            let change = guest_access_change(
-                event.pdu.get("type").and_then(Value::as_str).unwrap_or(""),
-                event.pdu.get("state_key").and_then(Value::as_str),
-            );
+            let redaction =
+                event.pdu.get("type").and_then(Value::as_str) == Some("m.room.redaction");
+            let before = GuestAccess::now(ctx, current, redaction)?;
             return match super::remote_event::receive(ctx, current, *event, written) {
                 Ok(outcome) => {
-                    // Another server's change of the guest access (or redaction of it)
-                    // ends it as ours does.
+                    // Another server's event that ends the guest access (a change, a
+                    // redaction of it, a resolution) ends it as ours does.
                     if outcome == PduOutcome::Accepted {
-                        remove_guests_if_access_ended(ctx, current, change, written)?;
+                        if let Err(e) = remove_guests_if_ended(ctx, current, before, written) {
+                            tracing::warn!(room = %room_id, error = %e.message, "guests were not made to leave");
+                            *head = None;
+                        }
                     }
                     Ok(JobAnswer::Received(outcome))
                 }
@@ -95,11 +99,11 @@ pub(super) fn process_job(
     }
     for draft in drafts {
         let current = loaded(ctx, room_id, head)?;
-        let change = guest_access_change(&draft.kind, draft.state_key.as_deref());
+        let before = GuestAccess::now(ctx, current, draft.kind == "m.room.redaction")?;
         match append(ctx, current, draft, written) {
             Ok(id) => {
                 ids.push(id);
-                remove_guests_if_access_ended(ctx, current, change, written)?;
+                remove_guests_if_ended(ctx, current, before, written)?;
             }
             Err(e) => {
                 if e.kind.is_server_side() {
@@ -113,48 +117,69 @@ pub(super) fn process_job(
     Ok(JobAnswer::Events(ids))
 }
 
-/// What an event may do to the room's guest access.
+/// The room's guest access event in its current state, to tell whether an event ended
+/// the access: its short id and, around a redaction, the redaction that redacted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GuestAccessChange {
-    /// Nothing.
-    None,
-    /// Set it anew.
-    Set,
-    /// Redact an event (the guest access one, perhaps: then guests may no longer join).
-    Redaction,
+struct GuestAccess {
+    event: Option<ShortEventId>,
+    redacted_by: ShortEventId,
+    /// Whether `redacted_by` was read (around redactions only).
+    redaction: bool,
+    /// Whether it let guests in when read (around redactions only: a redaction changes
+    /// the event's content in place; any other change is another event).
+    let_in: Option<bool>,
 }
 
-fn guest_access_change(kind: &str, state_key: Option<&str>) -> GuestAccessChange {
-    match (kind, state_key) {
-        ("m.room.guest_access", Some("")) => GuestAccessChange::Set,
-        ("m.room.redaction", _) => GuestAccessChange::Redaction,
-        _ => GuestAccessChange::None,
+impl GuestAccess {
+    /// The room's guest access now (no read but an interned key's; the event itself
+    /// around a redaction).
+    fn now(ctx: &WriterContext, head: &RoomHead, redaction: bool) -> ServiceResult<Self> {
+        let key = ctx.store.state.find_state_key("m.room.guest_access", "")?;
+        let event = key.and_then(|k| head.state.get(&k).copied());
+        let (redacted_by, let_in) = match (redaction, event) {
+            (true, Some(event)) => {
+                let stored = ctx.store.event(event)?;
+                let let_in = guests::guests_can_join(Some(stored.content()));
+                (stored.meta.redacted_by, Some(let_in))
+            }
+            _ => (0, None),
+        };
+        Ok(Self {
+            event,
+            redacted_by,
+            redaction,
+            let_in,
+        })
+    }
+
+    /// Whether guests may join under it.
+    fn lets_guests_in(&self, ctx: &WriterContext) -> ServiceResult<bool> {
+        if let Some(let_in) = self.let_in {
+            return Ok(let_in);
+        }
+        match self.event {
+            Some(event) => Ok(guests::guests_can_join(Some(
+                ctx.store.event(event)?.content(),
+            ))),
+            None => Ok(false),
+        }
     }
 }
 
-/// [`remove_guests`] when `change` ended the room's guest access: the current access does
-/// not let guests join, after a new guest access event or a redaction of it.
-fn remove_guests_if_access_ended(
+/// [`remove_guests`] when the event just written ended the room's guest access: it let
+/// guests in `before` and does not now (a new guest access event, ours or another
+/// server's, one a resolution brought, or the redaction of it).
+fn remove_guests_if_ended(
     ctx: &WriterContext,
     head: &mut RoomHead,
-    change: GuestAccessChange,
+    before: GuestAccess,
     written: &mut Written,
 ) -> ServiceResult<()> {
-    if change == GuestAccessChange::None {
+    let after = GuestAccess::now(ctx, head, before.redaction)?;
+    if after == before || !before.lets_guests_in(ctx)? || after.lets_guests_in(ctx)? {
         return Ok(());
     }
-    let access = head.state_event(&ctx.store, "m.room.guest_access", "")?;
-    let ended = match change {
-        GuestAccessChange::None => false,
-        GuestAccessChange::Set => !guests::guests_can_join(access.as_ref().map(|e| e.content())),
-        GuestAccessChange::Redaction => access.as_ref().is_some_and(|e| {
-            e.meta.redacted_by != 0 && !guests::guests_can_join(Some(e.content()))
-        }),
-    };
-    if ended {
-        remove_guests(ctx, head, written)?;
-    }
-    Ok(())
+    remove_guests(ctx, head, written)
 }
 
 /// Spec: "Guest Access", "Server behaviour": once guest access ends, every local guest
