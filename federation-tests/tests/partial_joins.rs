@@ -282,6 +282,18 @@ async fn leaving_within_the_partial_window_ends_the_partial_state() {
     cluster.shutdown().await;
 }
 
+/// Waits until `instance`'s partial state of `room` is complete (the resync ended).
+async fn resync_ended(instance: &Instance, room: &str) {
+    let waited = Instant::now();
+    while instance.running().services.rooms.is_partial(room).unwrap() {
+        assert!(
+            waited.elapsed() < RESYNC_DELAY * 3,
+            "the resync never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `user`'s membership in `room` as `viewer`'s server holds it.
 async fn membership(viewer: &User, room: &str, user: &str) -> String {
     let path = format!("/rooms/{}/state/m.room.member/{}", enc(room), enc(user));
@@ -406,14 +418,7 @@ async fn an_event_refused_at_completion_leaves_the_state_of_the_events_after_it(
     );
 
     // The member list comes: the rename is refused, mallory is banned again.
-    let waited = Instant::now();
-    while b.running().services.rooms.is_partial(&room).unwrap() {
-        assert!(
-            waited.elapsed() < RESYNC_DELAY * 3,
-            "the resync never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    resync_ended(b, &room).await;
     assert_eq!(membership(&bob, &room, &mallory.user_id).await, "ban");
     // Alice's next message comes on her last one alone: the room's state after it is the
     // state after hers, which must not hold the refused rename.
@@ -510,14 +515,7 @@ async fn an_event_soft_failed_in_the_partial_window_gets_the_whole_state_too() {
         "the hand-made event came after the resync: raise RESYNC_DELAY"
     );
 
-    let waited = Instant::now();
-    while b.running().services.rooms.is_partial(&room).unwrap() {
-        assert!(
-            waited.elapsed() < RESYNC_DELAY * 3,
-            "the resync never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    resync_ended(b, &room).await;
 
     // A member the partial state lacked answers mallory's message alone: the state
     // before the answer is the state after the soft-failed message, which must hold
