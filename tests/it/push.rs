@@ -1302,3 +1302,49 @@ async fn an_invite_from_an_ignored_user_is_not_listed_in_a_world_readable_room()
     assert_eq!(body["notifications"], json!([]), "{body}");
     s.stop().await;
 }
+
+/// A gateway refusing a notification for good (400) is not asked again with it: the next
+/// one goes at once instead of waiting behind it. A notification sent again after the
+/// user read everything leaves its zero count out (push gateway API: "counts whose
+/// value is zero should be omitted").
+#[tokio::test]
+async fn a_refused_push_is_dropped_and_a_zero_count_left_out() {
+    let s = server().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = dm(&alice, &bob).await;
+    let (gateway, url) = Gateway::start().await;
+    gateway
+        .answers
+        .lock()
+        .unwrap()
+        .extend([(400, json!({"error": "no"})), (500, json!({}))]);
+    assert_eq!(set(&bob, pusher(&url, "bob-phone")).await.0, StatusCode::OK);
+    let one = alice.text(&room, "one").await;
+    let got = gateway.wait_for(1).await;
+    assert_eq!(got[0]["notification"]["event_id"], one.as_str());
+    let two = alice.text(&room, "two").await;
+    // Refused once (500), then read by bob before it is sent again.
+    let got = gateway.wait_for(2).await;
+    assert_eq!(got[1]["notification"]["event_id"], two.as_str(), "{got:?}");
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&two)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let got = gateway.wait_for(3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["notification"]["event_id"], two.as_str(), "{got:?}");
+    assert_eq!(got[2]["notification"]["counts"], json!({}), "{got:?}");
+    // "one" was never sent again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ones = gateway
+        .received()
+        .iter()
+        .filter(|b| b["notification"]["event_id"] == one.as_str())
+        .count();
+    assert_eq!(ones, 1);
+    s.stop().await;
+}

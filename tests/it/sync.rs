@@ -144,6 +144,43 @@ async fn a_group_and_a_dm_appear_in_the_room_list_with_their_last_message() {
         .await;
     assert!(with_leave["rooms"]["leave"].get(&group).is_some());
     assert!(bob.sync("").await["rooms"]["leave"].get(&group).is_none());
+    // A left room's account data goes through the filter as a joined room's does.
+    let (status, body) = bob
+        .put(
+            &format!("/user/{}/rooms/{group}/tags/u.work", bob.user_id),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let types_in = |answer: &Value| -> Vec<String> {
+        answer["rooms"]["leave"][&group]["account_data"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["type"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let all = bob
+        .sync(&format!(
+            "filter={}",
+            urlencode(&json!({"room": {"include_leave": true}}).to_string())
+        ))
+        .await;
+    assert!(types_in(&all).contains(&"m.tag".to_owned()), "{all}");
+    let filtered = bob
+        .sync(&format!(
+            "filter={}",
+            urlencode(
+                &json!({"room": {"include_leave": true,
+                                 "account_data": {"not_types": ["m.tag"]}}})
+                .to_string()
+            )
+        ))
+        .await;
+    assert!(
+        !types_in(&filtered).contains(&"m.tag".to_owned()),
+        "{filtered}"
+    );
 }
 
 /// Starts a long-poll from `since` and answers (elapsed, response).
@@ -1514,4 +1551,30 @@ async fn a_redacted_message_leaves_the_notifications_of_members_who_left() {
 
     assert_eq!(bob.notified_event_ids().await, vec![kept.clone()]);
     assert_eq!(carol.notified_event_ids().await, vec![kept]);
+}
+
+/// The room filter's sections name rooms of their own (`rooms`, `not_rooms` of a
+/// `RoomEventFilter`): a room the timeline filter leaves out shows no events there,
+/// while another room's do.
+#[tokio::test]
+async fn a_timeline_filter_leaves_out_the_rooms_it_names() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let quiet = alice.create_room(json!({"preset": "private_chat"})).await;
+    let loud = alice.create_room(json!({"preset": "private_chat"})).await;
+    alice.text(&quiet, "not wanted here").await;
+    alice.text(&loud, "wanted").await;
+    let filter = json!({"room": {"timeline": {"not_rooms": [quiet]},
+                                 "state": {"not_rooms": [quiet]}}});
+    let answer = alice
+        .sync(&format!("filter={}", urlencode(&filter.to_string())))
+        .await;
+    let events = |room: &str, part: &str| {
+        answer["rooms"]["join"][room][part]["events"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(events(&quiet, "timeline"), 0, "{answer}");
+    assert_eq!(events(&quiet, "state"), 0, "{answer}");
+    assert!(events(&loud, "timeline") > 0, "{answer}");
 }

@@ -358,8 +358,13 @@ async fn filters_are_checked_when_uploaded() {
     let s = TestServer::start().await;
     let alice = Client::new(&s, "alice").await;
     let path = format!("/user/{}/filter", alice.user_id);
-    let bad: [(Value, &str); 6] = [
+    let bad: [(Value, &str); 7] = [
         (json!({"room": {"rooms": ["not a room id"]}}), "room.rooms"),
+        // Spec: "must be an integer greater than 0".
+        (
+            json!({"room": {"timeline": {"limit": 0}}}),
+            "room.timeline.limit",
+        ),
         (
             json!({"room": {"timeline": {"senders": ["nobody"]}}}),
             "room.timeline.senders",

@@ -307,6 +307,9 @@ enum Sent {
     Done(Vec<String>),
     /// Not delivered: try again later.
     Failed(String),
+    /// Refused for good (a 4xx answer but 408 and 429): the same body would be refused
+    /// again, and retrying it would hold up the pushes after it.
+    Refused(String),
 }
 
 /// What one pusher's delivery did.
@@ -881,6 +884,11 @@ impl Worker {
                     outcome.failure = Some(why);
                     return outcome;
                 }
+                Sent::Refused(why) => {
+                    tracing::warn!(user = %outcome.pusher.user_id, %why, "a push the gateway refused was dropped");
+                    outcome.done += 1;
+                    outcome.done_upto = Some(pos);
+                }
             }
         }
         outcome.failure = build_failure;
@@ -964,7 +972,9 @@ impl Worker {
             match self.push.unread_total(&*self.lookups, &pusher.user_id) {
                 Ok(unread) => {
                     for (_, body) in &mut bodies {
-                        if let Some(body) = body {
+                        // Spec (push gateway API): counts whose value is zero are
+                        // left out.
+                        if let Some(body) = body.as_mut().filter(|_| unread > 0) {
                             body["notification"]["counts"]["unread"] = Value::from(unread);
                         }
                     }
@@ -1032,7 +1042,7 @@ impl Worker {
             "event_id": event_id,
             "room_id": room_id,
             "prio": prio,
-            "counts": {"unread": 0},
+            "counts": {},
             "devices": [device],
         });
         if !pusher.event_id_only() {
@@ -1119,6 +1129,13 @@ async fn post(http: &reqwest::Client, guard: &AddressGuard, url: &str, body: &Va
         Err(e) => return Sent::Failed(e.to_string()),
     };
     let status = response.status();
+    let retry_later = [
+        reqwest::StatusCode::REQUEST_TIMEOUT,
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+    ];
+    if status.is_client_error() && !retry_later.contains(&status) {
+        return Sent::Refused(format!("the gateway answered {status}"));
+    }
     if !status.is_success() {
         return Sent::Failed(format!("the gateway answered {status}"));
     }

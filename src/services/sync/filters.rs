@@ -218,12 +218,13 @@ fn check_field(path: &str, value: &Value, kind: FieldKind) -> ServiceResult<()> 
             .as_bool()
             .map(|_| ())
             .ok_or_else(|| wrong_type("true or false")),
+        // Spec (`EventFilter.limit`): "must be an integer greater than 0".
         FieldKind::Limit => match value.as_u64() {
-            Some(_) => Ok(()),
-            None if value.is_number() => Err(ServiceError::invalid_param(format!(
-                "Filter field {path} must be a whole number, 0 or more"
+            Some(1..) => Ok(()),
+            _ if value.is_number() => Err(ServiceError::invalid_param(format!(
+                "Filter field {path} must be a whole number, 1 or more"
             ))),
-            None => Err(wrong_type("a number")),
+            _ => Err(wrong_type("a number")),
         },
         FieldKind::Strings | FieldKind::RoomIds | FieldKind::UserIds => {
             let items = value

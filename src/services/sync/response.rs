@@ -997,6 +997,15 @@ fn timeline(
     after: Option<u64>,
     upto: u64,
 ) -> ServiceResult<Timeline> {
+    if !ctx.filter.room.timeline.matches_room(&room.record.room_id) {
+        // Left out by the timeline filter's own `rooms` / `not_rooms`: no events, and no
+        // gap to tell of.
+        return Ok(Timeline {
+            events: Vec::new(),
+            limited: false,
+            prev_batch: upto,
+        });
+    }
     let limit = ctx
         .timeline_filter
         .limit
@@ -1219,8 +1228,13 @@ fn joined_room(
         VisibilityCheck::new(store, &ctx.request.user_id, Some(record)).in_room(&room.record);
     let timeline = timeline(ctx, room, &mut check, ctx.since, ctx.upto)?;
     let (start, since_state) = state_span(ctx, room, &timeline, ctx.upto, full)?;
-    let mut state = state_section(ctx, start, since_state, &timeline.events)?;
-    if ctx.filter.room.state.lazy_load_members {
+    // The room filter's sections name rooms of their own (`rooms`, `not_rooms`).
+    let state_wanted = ctx.filter.room.state.matches_room(room_id);
+    let mut state = match state_wanted {
+        true => state_section(ctx, start, since_state, &timeline.events)?,
+        false => Vec::new(),
+    };
+    if state_wanted && ctx.filter.room.state.lazy_load_members {
         if !full {
             let extra = lazy_members(ctx, room.short, start, &timeline.events, &state)?;
             state.extend(extra);
@@ -1240,10 +1254,8 @@ fn joined_room(
     let account_data: Vec<Value> = data
         .iter()
         .filter(|d| {
-            ctx.filter
-                .room
-                .account_data
-                .matches_type_and_sender(&d.kind, "")
+            let filter = &ctx.filter.room.account_data;
+            filter.matches_room(room_id) && filter.matches_type_and_sender(&d.kind, "")
         })
         .map(|d| json!({ "type": d.kind, "content": d.content }))
         .collect();
@@ -1339,9 +1351,16 @@ fn left_room(
     let joined_since = ctx.since.is_some_and(|s| record.last_join_pos > s);
     let fresh = ctx.full || joined_since;
     let (start, since_state) = state_span(ctx, room, &timeline, record.pos, fresh)?;
-    let state = state_section(ctx, start, since_state, &timeline.events)?;
+    let state = match ctx.filter.room.state.matches_room(room_id) {
+        true => state_section(ctx, start, since_state, &timeline.events)?,
+        false => Vec::new(),
+    };
     let account_data: Vec<Value> = data
         .iter()
+        .filter(|d| {
+            let filter = &ctx.filter.room.account_data;
+            filter.matches_room(room_id) && filter.matches_type_and_sender(&d.kind, "")
+        })
         .map(|d| json!({ "type": d.kind, "content": d.content }))
         .collect();
     raw_json(&LeftRoomJson::new(
@@ -1359,6 +1378,9 @@ fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> ServiceResult<Vec<Value>>
     let ephemeral = &ctx.services.ephemeral;
     let filter = &ctx.filter.room.ephemeral;
     let mut out = Vec::new();
+    if !filter.matches_room(&room.record.room_id) {
+        return Ok(out);
+    }
     let typing = match (ctx.full, ctx.since) {
         (false, Some(since)) => ephemeral.typing_changed(room.short, since, ctx.upto),
         _ => Some(ephemeral.typing_now(room.short)).filter(|t| !t.is_empty()),
