@@ -350,6 +350,22 @@ async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
     let joined = &sync["rooms"]["join"][&room];
     let sent = member_keys(&joined["state"]["events"]);
     assert!(sent.contains(&others[1].user_id), "{joined}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A join in the gap of a limited sync comes though its user says nothing (spec: "the
+    // server MUST return membership events for events in the gap").
+    let frank = Client::new(&s, "frank").await;
+    assert_eq!(frank.join(&room).await.0, StatusCode::OK);
+    for _ in 0..3 {
+        others[0].text(&room, "after frank came").await;
+    }
+    let sync = viewer.sync(&since_with(&since, lazy.clone())).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true, "{joined}");
+    assert!(
+        member_keys(&joined["state"]["events"]).contains(&frank.user_id),
+        "{joined}"
+    );
     s.stop().await;
 }
 

@@ -1167,9 +1167,12 @@ fn state_section(
     let state_filter = &ctx.filter.room.state;
     let mut events = store.events(&shorts)?;
     events.retain(|e| state_filter.matches(e));
-    if state_filter.lazy_load_members {
-        // Spec: "Lazy-loading room members": only the member events of the timeline's
-        // senders (and the syncing user's own).
+    // Spec: "Lazy-loading room members": only the member events of the timeline's senders
+    // (and the syncing user's own); but an incremental sync's state is what changed in
+    // the gap before a limited timeline, whose membership events the server "MUST
+    // return ... regardless as to whether or not they are redundant".
+    let incremental = matches!(since_state, Some(snapshot) if snapshot != 0);
+    if state_filter.lazy_load_members && !incremental {
         let mut wanted: BTreeSet<&str> = timeline.iter().map(StoredEvent::sender).collect();
         wanted.insert(&ctx.request.user_id);
         events.retain(|e| {
