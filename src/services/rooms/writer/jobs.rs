@@ -99,11 +99,22 @@ pub(super) fn process_job(
     }
     for draft in drafts {
         let current = loaded(ctx, room_id, head)?;
-        let before = GuestAccess::now(ctx, current, draft.kind == "m.room.redaction")?;
+        // Of our own events only a guest access event or a redaction can end the access
+        // (ours resolve nothing): the others are not looked at.
+        let before = match draft.kind.as_str() {
+            "m.room.guest_access" | "m.room.redaction" => Some(GuestAccess::now(
+                ctx,
+                current,
+                draft.kind == "m.room.redaction",
+            )?),
+            _ => None,
+        };
         match append(ctx, current, draft, written) {
             Ok(id) => {
                 ids.push(id);
-                remove_guests_if_ended(ctx, current, before, written)?;
+                if let Some(before) = before {
+                    remove_guests_if_ended(ctx, current, before, written)?;
+                }
             }
             Err(e) => {
                 if e.kind.is_server_side() {
@@ -175,6 +186,10 @@ fn remove_guests_if_ended(
     before: GuestAccess,
     written: &mut Written,
 ) -> ServiceResult<()> {
+    // No access before: nobody to make leave (and nothing more to read).
+    if before.event.is_none() {
+        return Ok(());
+    }
     let after = GuestAccess::now(ctx, head, before.redaction)?;
     if after == before || !before.lets_guests_in(ctx)? || after.lets_guests_in(ctx)? {
         return Ok(());
