@@ -112,6 +112,69 @@ async fn a_newly_joined_room_with_more_events_than_the_limit_is_limited_and_page
     s.stop().await;
 }
 
+/// A room whose history came before the client's token, joined since: the client holds
+/// nothing of it, so it gets the room's last events as an initial sync would (Synapse
+/// does the same), not only the join.
+#[tokio::test]
+async fn a_room_joined_since_the_token_shows_its_last_events_from_before_the_token() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let bob = Client::new(&s, "bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    for n in 0..12 {
+        alice.text(&room, &format!("m{n}")).await;
+    }
+    let since = bob.sync("timeout=0").await["next_batch"].clone();
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let filter = json!({"room": {"timeline": {"limit": 5}}});
+    let sync = bob
+        .sync(&since_with(since.as_str().unwrap(), filter.clone()))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    let timeline = &joined["timeline"];
+    assert_eq!(timeline["limited"], true, "{timeline}");
+    assert_eq!(bodies(&timeline["events"]), ["m8", "m9", "m10", "m11"]);
+    let events = timeline["events"].as_array().unwrap();
+    assert_eq!(events.last().unwrap()["state_key"], bob.user_id.as_str());
+    let page = bob
+        .messages(
+            &room,
+            &format!(
+                "dir=b&limit=100&from={}",
+                timeline["prev_batch"].as_str().unwrap()
+            ),
+        )
+        .await;
+    let older: Vec<String> = bodies(&page["chunk"]).into_iter().rev().collect();
+    let expected: Vec<String> = (0..8).map(|n| format!("m{n}")).collect();
+    assert_eq!(older, expected);
+    // The whole state before the timeline, as for a new room.
+    let state = &joined["state"]["events"];
+    assert!(member_keys(state).contains(&alice.user_id), "{state}");
+    assert!(state
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+
+    // A room that is short of the limit is not limited.
+    let small = alice.create_room(json!({"preset": "public_chat"})).await;
+    alice.text(&small, "only one").await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(bob.join(&small).await.0, StatusCode::OK);
+    let sync = bob
+        .sync(&since_with(
+            &since,
+            json!({"room": {"timeline": {"limit": 50}}}),
+        ))
+        .await;
+    let timeline = &sync["rooms"]["join"][&small]["timeline"];
+    assert_eq!(timeline["limited"], false, "{timeline}");
+    assert_eq!(bodies(&timeline["events"]), ["only one"]);
+    assert_eq!(timeline["events"][0]["type"], "m.room.create", "{timeline}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn state_is_the_state_before_the_timeline_and_never_repeats_it() {
     let s = TestServer::start().await;
@@ -366,6 +429,39 @@ async fn lazy_loading_sends_exactly_the_timelines_senders_and_never_twice() {
         member_keys(&joined["state"]["events"]).contains(&frank.user_id),
         "{joined}"
     );
+
+    // A device that was never sent carol's membership: she speaks, then changes her
+    // display name. Her first message is shown with the membership from before the
+    // timeline, so that one is sent although a newer one is in the timeline.
+    let other_device = alice.another_device().await;
+    for _ in 0..2 {
+        others[0].text(&room, "bob fills").await;
+    }
+    let sync = other_device.sync(&with_filter(lazy.clone())).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert!(
+        !member_keys(&joined["state"]["events"]).contains(&others[1].user_id),
+        "{joined}"
+    );
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    others[1].text(&room, "carol before renaming").await;
+    let (status, _) = others[1]
+        .put(
+            &format!("/profile/{}/displayname", others[1].user_id),
+            json!({"displayname": "Carol Renamed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sync = other_device.sync(&since_with(&since, lazy.clone())).await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], false, "{joined}");
+    let state = joined["state"]["events"].as_array().unwrap();
+    let carol_before: Vec<&Value> = state
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == others[1].user_id.as_str())
+        .collect();
+    assert_eq!(carol_before.len(), 1, "{joined}");
+    assert_ne!(carol_before[0]["content"]["displayname"], "Carol Renamed");
     s.stop().await;
 }
 

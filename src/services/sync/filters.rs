@@ -269,18 +269,23 @@ fn check_field(path: &str, value: &Value, kind: FieldKind) -> ServiceResult<()> 
 }
 
 /// Spec: appendices, "Dot-separated property paths" (`\.` is a literal dot, `\\` a
-/// backslash).
+/// backslash; "other escape sequences are left as-is, e.g. a `\x` would be treated as a
+/// literal backslash followed by 'x'").
 fn split_dotted(path: &str) -> Vec<String> {
     let mut parts = vec![String::new()];
-    let mut chars = path.chars();
+    let mut chars = path.chars().peekable();
     while let Some(c) = chars.next() {
+        let part = parts.last_mut().expect("never empty");
         match c {
-            '\\' => match chars.next() {
-                Some(next) => parts.last_mut().expect("never empty").push(next),
-                None => parts.last_mut().expect("never empty").push('\\'),
+            '\\' => match chars.peek() {
+                Some(&next @ ('.' | '\\')) => {
+                    part.push(next);
+                    chars.next();
+                }
+                _ => part.push('\\'),
             },
             '.' => parts.push(String::new()),
-            c => parts.last_mut().expect("never empty").push(c),
+            c => part.push(c),
         }
     }
     parts
@@ -403,6 +408,19 @@ mod tests {
             filter.project(event),
             json!({"type": "m.room.message", "content": {"body": "hi", "m.relates_to": {"a": 1}}})
         );
+    }
+
+    #[test]
+    fn dotted_paths_unescape_only_dots_and_backslashes() {
+        assert_eq!(
+            split_dotted(r"content.m\.relates_to"),
+            ["content", "m.relates_to"]
+        );
+        assert_eq!(split_dotted(r"content.m\\foo"), ["content", r"m\foo"]);
+        // Spec: "a `\x` would be treated as a literal backslash followed by 'x'".
+        assert_eq!(split_dotted(r"content.a\x.b"), ["content", r"a\x", "b"]);
+        assert_eq!(split_dotted(r"content.a\"), ["content", r"a\"]);
+        assert_eq!(split_dotted(r"a\\.b"), [r"a\", "b"]);
     }
 
     #[test]

@@ -1192,15 +1192,25 @@ fn lazy_members(
     timeline: &[StoredEvent],
     state: &[StoredEvent],
 ) -> ServiceResult<Vec<StoredEvent>> {
+    // Where each sender first appears in the timeline: a member event of theirs in the
+    // timeline stands for their membership only from there on (a message before their
+    // display name change is shown with the membership from before the timeline).
+    let mut first_sent: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, event) in timeline.iter().enumerate() {
+        first_sent.entry(event.sender()).or_insert(i);
+    }
+    let in_timeline = timeline.iter().enumerate().filter_map(|(i, e)| {
+        let key = e.state_key().filter(|_| e.kind() == "m.room.member")?;
+        (first_sent.get(key).is_none_or(|first| i <= *first)).then_some(key)
+    });
     let have: BTreeSet<&str> = state
         .iter()
-        .chain(timeline.iter())
         .filter(|e| e.kind() == "m.room.member")
         .filter_map(StoredEvent::state_key)
+        .chain(in_timeline)
         .collect();
-    let senders: BTreeSet<&str> = timeline.iter().map(StoredEvent::sender).collect();
     let mut out = Vec::new();
-    for sender in senders.difference(&have) {
+    for sender in first_sent.keys().filter(|s| !have.contains(*s)) {
         let Some(event) = ctx.store().state_event(start, "m.room.member", sender)? else {
             continue;
         };
@@ -1227,9 +1237,13 @@ fn joined_room(
     let newly_joined = ctx.since.is_some_and(|s| record.joined_at > s);
     let full = ctx.full || newly_joined;
     // Spec: with `full_state` "the timeline will still be limited by the since parameter".
+    // A newly joined room's timeline is not: the client holds nothing of the room, so it
+    // gets the room's last events as an initial sync would (`limited` when there are
+    // more), not only those since its token (as Synapse does).
     let mut check =
         VisibilityCheck::new(store, &ctx.request.user_id, Some(record)).in_room(&room.record);
-    let timeline = timeline(ctx, room, &mut check, ctx.since, ctx.upto)?;
+    let after = if newly_joined { None } else { ctx.since };
+    let timeline = timeline(ctx, room, &mut check, after, ctx.upto)?;
     let (start, since_state) = state_span(ctx, room, &timeline, ctx.upto, full)?;
     // The room filter's sections name rooms of their own (`rooms`, `not_rooms`).
     let state_wanted = ctx.filter.room.state.matches_room(room_id);
