@@ -433,3 +433,82 @@ async fn a_server_walking_the_history_gets_what_it_may_see_and_the_rest_redacted
     );
     cluster.shutdown().await;
 }
+
+/// Spec: `POST /account/deactivate`, `erase`: "any users (or servers) which join the room
+/// after the erasure request are served redacted copies". A server joining afterwards
+/// gets an erased user's messages redacted by `/event`, `/backfill` and
+/// `/get_missing_events`, and the others' messages whole.
+#[tokio::test]
+async fn a_server_joining_after_an_erasure_is_served_redacted_copies() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let carol = User::register(a, "carol").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let (status, body) = carol
+        .post(&format!("/join/{}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let say = |user: &User, body: &'static str| {
+        let path = format!(
+            "/rooms/{}/send/m.room.message/{}",
+            enc(&room),
+            body.replace(' ', "_")
+        );
+        let user = user.clone();
+        async move {
+            let (status, sent) = user
+                .put(&path, json!({"msgtype": "m.text", "body": body}))
+                .await;
+            assert_eq!(status, 200, "{sent}");
+            sent["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let erased = say(&carol, "carol's words").await;
+    let kept = say(&alice, "alice's words").await;
+    let (_, challenge) = carol
+        .post("/account/deactivate", json!({"erase": true}))
+        .await;
+    let (status, body) = carol
+        .post(
+            "/account/deactivate",
+            json!({"erase": true, "auth": {"type": "m.login.password",
+                   "session": challenge["session"],
+                   "identifier": {"type": "m.id.user", "user": "carol"},
+                   "password": "correct horse battery"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    bob.join_via(&room, a.name()).await;
+    let latest = say(&alice, "after bob came").await;
+
+    let event = |id: &str| format!("/_matrix/federation/v1/event/{}", enc(id));
+    let (status, body) = b.ask(a.name(), Method::GET, &event(&erased), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pdus"][0]["content"], json!({}), "{body}");
+    let (status, body) = b.ask(a.name(), Method::GET, &event(&kept), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["pdus"][0]["content"]["body"], "alice's words",
+        "{body}"
+    );
+
+    let backfill = format!(
+        "/_matrix/federation/v1/backfill/{}?v={}&limit=50",
+        enc(&room),
+        enc(&latest)
+    );
+    let (status, body) = b.ask(a.name(), Method::GET, &backfill, None).await;
+    assert_eq!(status, 200, "{body}");
+    let found = bodies(body["pdus"].as_array().unwrap());
+    assert!(found.contains(&"alice's words".to_owned()), "{body}");
+    assert!(!found.contains(&"carol's words".to_owned()), "{body}");
+    let missing = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+    let ask = json!({"earliest_events": [], "latest_events": [latest], "limit": 50});
+    let (status, body) = b.ask(a.name(), Method::POST, &missing, Some(ask)).await;
+    assert_eq!(status, 200, "{body}");
+    let found = bodies(body["events"].as_array().unwrap());
+    assert!(found.contains(&"alice's words".to_owned()), "{body}");
+    assert!(!found.contains(&"carol's words".to_owned()), "{body}");
+}

@@ -80,6 +80,55 @@ async fn an_openid_token_tells_a_third_party_who_the_user_is_and_nothing_more() 
     s.stop().await;
 }
 
+/// A deactivated account's OpenID tokens prove nothing, like its access tokens; and an
+/// erasure empties its account data (spec: `erase`, "any non-event data associated with
+/// the user, such as account data").
+#[tokio::test]
+async fn deactivation_ends_openid_tokens_and_erasure_empties_account_data() {
+    let s = TestServer::start().await;
+    let alice = Client::new(&s, "alice").await;
+    let path = format!("/user/{}/openid/request_token", alice.user_id);
+    let (status, body) = alice.post(&path, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let room = alice.create_room(json!({})).await;
+    let data = format!("/user/{}/account_data/org.example.notes", alice.user_id);
+    let (status, _) = alice.put(&data, json!({"secret": "kept"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let room_data = format!(
+        "/user/{}/rooms/{room}/account_data/org.example.notes",
+        alice.user_id
+    );
+    let (status, _) = alice.put(&room_data, json!({"secret": "in room"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = userinfo(&s, &format!("?access_token={token}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (_, challenge) = alice
+        .post("/account/deactivate", json!({"erase": true}))
+        .await;
+    let (status, body) = alice
+        .post(
+            "/account/deactivate",
+            json!({"erase": true, "auth": {"type": "m.login.password",
+                   "session": challenge["session"],
+                   "identifier": {"type": "m.id.user", "user": "alice"},
+                   "password": "correct horse battery"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = userinfo(&s, &format!("?access_token={token}")).await;
+    assert_error(status, &body, 401, "M_UNKNOWN_TOKEN");
+    let accounts = &s.running().services.accounts;
+    for room in [None, Some(room.as_str())] {
+        let left = accounts
+            .account_data(&alice.user_id, room, "org.example.notes")
+            .unwrap();
+        assert_eq!(left, None, "{room:?}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn whois_is_for_oneself_and_server_admins() {
     let s = TestServer::start().await;

@@ -160,6 +160,9 @@ async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
                    "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
         )
         .await;
+    // dave joins after her words, before the erasure: under `shared` he could read them.
+    let dave = Client::new(&s, "dave").await;
+    assert_eq!(dave.join(&room).await.0, StatusCode::OK);
     let (_, challenge) = alice
         .post("/account/deactivate", json!({"erase": true}))
         .await;
@@ -174,9 +177,27 @@ async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    // bob was there before the erasure: he still sees the words.
+    // bob was there before the erasure: he still sees the words. So does dave.
     let (_, seen) = bob.get(&format!("/rooms/{room}/event/{words}")).await;
     assert_eq!(seen["content"]["body"], "my own words");
+    let (_, seen) = dave.get(&format!("/rooms/{room}/event/{words}")).await;
+    assert_eq!(seen["content"]["body"], "my own words");
+    // Neither a display name change (a new join event) nor leaving and coming back
+    // takes that away.
+    let (status, _) = bob
+        .put(
+            &format!("/profile/{}/displayname", bob.user_id),
+            json!({"displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, seen) = bob.get(&format!("/rooms/{room}/event/{words}")).await;
+    assert_eq!(seen["content"]["body"], "my own words", "{seen}");
+    let (status, _) = dave.post(&format!("/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(dave.join(&room).await.0, StatusCode::OK);
+    let (_, seen) = dave.get(&format!("/rooms/{room}/event/{words}")).await;
+    assert_eq!(seen["content"]["body"], "my own words", "{seen}");
     // carol joins afterwards: the message is there, its content redacted.
     assert_eq!(carol.join(&room).await.0, StatusCode::OK);
     let (_, seen) = carol.get(&format!("/rooms/{room}/event/{words}")).await;

@@ -164,6 +164,8 @@ pub struct Accounts {
     device_removal: OnceLock<Arc<dyn DeviceRemovalHook>>,
     /// Every local user's ignore list, in memory (the push service reads it too).
     ignore_lists: Arc<ignore_lists::IgnoreLists>,
+    /// When expired OpenID tokens were last swept (milliseconds since the epoch).
+    openid_swept: std::sync::atomic::AtomicU64,
 }
 
 /// Whoever keeps something per device that must go when the device does.
@@ -210,6 +212,7 @@ impl Accounts {
             device_edu_locks: Default::default(),
             device_removal: OnceLock::new(),
             ignore_lists,
+            openid_swept: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -1104,6 +1107,24 @@ impl Accounts {
         self.delete_all_devices_locked(&guard, user_id, None)
             .await?;
         self.remove_cross_signing(user_id.as_str()).await?;
+        if erase {
+            // Spec: "The server should additionally erase any non-event data associated
+            // with the user, such as account data". Each object becomes `{}`, as a
+            // removal does.
+            for data in self.all_account_data(user_id.as_str())? {
+                self.update_account_data(
+                    user_id.as_str(),
+                    data.room_id.as_deref(),
+                    &data.kind,
+                    |content| {
+                        content
+                            .filter(|c| c != &Value::Object(Default::default()))
+                            .map(|_| None)
+                    },
+                )
+                .await?;
+            }
+        }
         tracing::info!(user = %user_id, "account deactivated");
         Ok(())
     }

@@ -48,6 +48,7 @@ impl Accounts {
         let mut batch = self.db.batch();
         batch.put(Table::TokenhashOpenid, token_hash(&token), encode(&record));
         self.db.commit(batch).await?;
+        self.sweep_openid_tokens()?;
         Ok(IssuedOpenIdToken {
             token,
             expires_in: OPENID_TOKEN_SECS,
@@ -67,12 +68,44 @@ impl Accounts {
             return Err(unknown());
         };
         let record: OpenIdToken = decode(Table::TokenhashOpenid, &bytes)?;
-        if record.expires_at <= now_ms() {
+        // A deactivated account's tokens prove nothing any more (its access tokens are
+        // gone too).
+        let deactivated = || -> ServiceResult<bool> {
+            Ok(self.account(&record.user_id)?.is_none_or(|a| a.deactivated))
+        };
+        if record.expires_at <= now_ms() || deactivated()? {
             let mut batch = self.db.batch();
             batch.delete(Table::TokenhashOpenid, key);
             self.db.write_relaxed(batch)?;
             return Err(unknown());
         }
         Ok(record.user_id)
+    }
+
+    /// Deletes the expired tokens, at most once every [`OPENID_TOKEN_SECS`]: tokens
+    /// nobody asks about again would otherwise stay forever.
+    fn sweep_openid_tokens(&self) -> ServiceResult<()> {
+        use std::sync::atomic::Ordering;
+        let now = now_ms();
+        let last = self.openid_swept.load(Ordering::Relaxed);
+        if now < last + OPENID_TOKEN_SECS * 1000
+            || self
+                .openid_swept
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for entry in self.db.scan_prefix(Table::TokenhashOpenid, b"") {
+            let (key, value) = entry?;
+            let expired = decode::<OpenIdToken>(Table::TokenhashOpenid, &value)
+                .map_or(true, |record| record.expires_at <= now);
+            if expired {
+                batch.delete(Table::TokenhashOpenid, key);
+            }
+        }
+        self.db.write_relaxed(batch)?;
+        Ok(())
     }
 }

@@ -185,14 +185,19 @@ fn render_with_content(
     serde_json::to_value(view).map_err(|e| ServiceError::internal(format!("client event: {e}")))
 }
 
-/// Whether `event`'s sender was erased before the viewer of `check` joined the room, so
-/// that the viewer is shown the event's content redacted and search does not find it.
+/// Whether `event`'s sender was erased before the viewer of `check` could see the event,
+/// so that the viewer is shown its content redacted and search does not find it.
 /// Spec: `POST /account/deactivate`, `erase`: "hide all of the user's messages from users
 /// who did not already have access to them".
-pub fn erased_for(store: &EventStore, event: &StoredEvent, check: &VisibilityCheck<'_>) -> bool {
-    store
-        .erased_at(event.sender())
-        .is_some_and(|erased_at| !check.joined_before(erased_at))
+pub fn erased_for(
+    store: &EventStore,
+    event: &StoredEvent,
+    check: &VisibilityCheck<'_>,
+) -> ServiceResult<bool> {
+    match store.erased_at(event.sender()) {
+        Some(erased_at) => Ok(!check.saw_before(event, erased_at)?),
+        None => Ok(false),
+    }
 }
 
 /// The redacted content of an erased sender's event, for a viewer who was not in the room
@@ -205,7 +210,7 @@ fn erased_content(
     let Some(check) = check else {
         return Ok(None);
     };
-    if event.meta.redacted_by != 0 || !erased_for(store, event, check) {
+    if event.meta.redacted_by != 0 || !erased_for(store, event, check)? {
         return Ok(None);
     }
     let version = store.room_by_short(event.meta.room)?.version;

@@ -192,7 +192,7 @@ impl Rooms {
             return Ok(None);
         };
         if self.server_may_see_event(server, &event, &room, cache)? {
-            return Ok(Some(event.pdu().clone()));
+            return Ok(Some(self.unless_erased(&event, room.version)));
         }
         // A server in the room only by a reset's grant gets nothing past what it may see.
         if !joined {
@@ -226,9 +226,21 @@ impl Rooms {
         }
         self.check_server_acl(room_id, server)?;
         Ok(match seen {
-            true => event.pdu().clone(),
+            true => self.unless_erased(&event, room.version),
             false => crate::core::redaction::redact(event.pdu(), room.version),
         })
+    }
+
+    /// `event`'s PDU, redacted when its sender's account was erased. Spec: `POST
+    /// /account/deactivate`, `erase`: "any users (or servers) which join the room after
+    /// the erasure request are served redacted copies"; a server in the room before has
+    /// its copy already, so every server is served one (as Synapse does for `/event`,
+    /// `/backfill` and `/get_missing_events`).
+    fn unless_erased(&self, event: &StoredEvent, version: crate::core::RoomVersion) -> Value {
+        match self.store.erased_at(event.sender()) {
+            Some(_) => crate::core::redaction::redact(event.pdu(), version),
+            None => event.pdu().clone(),
+        }
     }
 
     /// `/timestamp_to_event`: the event closest to `ts` in direction `dir` that `server`

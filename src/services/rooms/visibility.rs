@@ -259,10 +259,52 @@ impl<'a> VisibilityCheck<'a> {
         self.joined_since.is_some_and(|since| since <= pos)
     }
 
-    /// Whether the viewer's latest join came before stream position `pos` (they were in
-    /// the room, with what it let them see, before then).
-    pub fn joined_before(&self, pos: u64) -> bool {
-        self.last_join_pos > 0 && self.last_join_pos < pos
+    /// Whether the viewer, who may see `event` now, could see it up to stream position
+    /// `erased_at` (the last position when its sender was erased; spec: `POST /account/deactivate`, `erase`:
+    /// "Users which had visibility on those events prior to the erasure are still able
+    /// to see unredacted copies"): they were joined when it was sent or when the erasure
+    /// came, or their current (or last) run of joins began between the two. Only a
+    /// member who joined after the event and left again before the erasure is not seen
+    /// (no membership history is kept). A later join, a display name change included,
+    /// does not count. Reads the state only for the events of erased senders.
+    pub fn saw_before(&self, event: &StoredEvent, erased_at: u64) -> ServiceResult<bool> {
+        let pos = event.meta.pos;
+        if self.joined_since.is_some_and(|since| since <= erased_at)
+            || (pos..=erased_at).contains(&self.last_join_pos)
+        {
+            return Ok(true);
+        }
+        let key = match self.member_key {
+            Some(key) => key,
+            None => self
+                .store
+                .state()
+                .find_state_key("m.room.member", self.user_id)?,
+        };
+        let Some(key) = key else {
+            return Ok(false);
+        };
+        // Joined when it was sent, or when the erasure came.
+        if self.joined_in(event.meta.state_before, key)? {
+            return Ok(true);
+        }
+        let upto = erased_at.saturating_add(1);
+        let last = self.store.timeline(event.meta.room, 0, upto, true, 1)?;
+        match last.first() {
+            Some((_, short)) => self.joined_in(self.store.meta(*short)?.state_after, key),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the viewer's member event in `snapshot` (interned as `key`) is a join.
+    fn joined_in(&self, snapshot: ShortStateHash, key: ShortStateKey) -> ServiceResult<bool> {
+        if snapshot == 0 {
+            return Ok(false);
+        }
+        let Some(member) = self.store.state().get(snapshot, key)? else {
+            return Ok(false);
+        };
+        Ok(self.store.content_str(member, "membership")?.as_deref() == Some("join"))
     }
 
     /// Whether the room's current history visibility is `world_readable`.

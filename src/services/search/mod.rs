@@ -274,7 +274,7 @@ pub fn room_events(services: &Services, request: &SearchRequest) -> ServiceResul
             && request.filter.matches(&event)
             && sender_only.is_none_or(|s| s == event.sender())
             && check.can_see(&event)?
-            && !erased_for(store, &event, check);
+            && !erased_for(store, &event, check)?;
         if wanted {
             count += 1;
         }
