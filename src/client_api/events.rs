@@ -9,6 +9,7 @@
 //! events of a room come in one answer (a client that fell further behind pages with
 //! `/messages`).
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -29,6 +30,8 @@ use crate::services::sync::SyncRequest;
 pub struct EventsParams {
     from: Option<String>,
     timeout: Option<String>,
+    /// Only this room's events (spec: `peekEvents`); one the user is joined to.
+    room_id: Option<String>,
 }
 
 /// The user's events after `from`.
@@ -51,50 +54,81 @@ pub async fn events(
                 .map_err(|_| MatrixError::invalid_param("timeout must be a number of ms"))?,
         ),
     };
-    let filter = Filter::from_json(&json!({
-        "room": {
-            "timeline": {"limit": 100},
-            "state": {"types": []},
-            "account_data": {"types": []},
-        },
+    let mut room_filter = json!({
+        "timeline": {"limit": 100},
+        "state": {"types": []},
+        "ephemeral": {"types": ["m.typing"]},
         "account_data": {"types": []},
-    }))?;
-    let request = SyncRequest {
-        user_id: session.user_id.as_str().to_owned(),
-        device_id: session.device_id.clone(),
-        since: Some(since),
-        to_device_since: Some(since),
-        deliver_to_device: false,
-        set_presence: PresenceState::Online,
-        timeout,
-        full_state: false,
-        use_state_after: false,
-        filter,
-    };
-    let response = services.sync.sync(services.clone(), request).await?;
-    // Writing the answer may build rooms (blocking work).
-    let answer = tokio::task::spawn_blocking(move || -> MatrixResult<Value> {
-        let mut bytes = Vec::new();
-        for chunk in response.into_json_chunks() {
-            bytes.extend(chunk?);
+    });
+    if let Some(room_id) = &params.room_id {
+        // Peeking at a room one is not joined to (a preview) is not served: only a
+        // member's own rooms have a stream here.
+        let joined = services
+            .rooms
+            .joined_rooms(session.user_id.as_str())?
+            .iter()
+            .any(|r| r == room_id);
+        if !joined {
+            return Err(MatrixError::forbidden(
+                "You are not joined to this room (peeking through /events is not served)",
+            ));
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| MatrixError::internal(format!("a sync answer is not JSON: {e}")))
-    })
-    .await
-    .map_err(|e| MatrixError::internal(format!("events task failed: {e}")))??;
-    let upto = answer["next_batch"]
-        .as_str()
-        .map(tokens::parse)
-        .transpose()?
-        .unwrap_or(since);
+        room_filter["rooms"] = json!([room_id]);
+    }
+    let mut filter = json!({"room": room_filter, "account_data": {"types": []}});
+    if params.room_id.is_some() {
+        // One room's events: no one's presence.
+        filter["presence"] = json!({"types": []});
+    }
+    let filter = Filter::from_json(&filter)?;
+    // Spec: "This will block until an event is received, or until the timeout is
+    // reached": an answer with nothing this endpoint shows (a device list change, say)
+    // goes back to waiting from where it ended.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut from = since;
+    let (chunk, upto) = loop {
+        let request = SyncRequest {
+            user_id: session.user_id.as_str().to_owned(),
+            device_id: session.device_id.clone(),
+            since: Some(from),
+            to_device_since: Some(from),
+            deliver_to_device: false,
+            set_presence: PresenceState::Online,
+            timeout: deadline.saturating_duration_since(tokio::time::Instant::now()),
+            full_state: false,
+            use_state_after: false,
+            filter: filter.clone(),
+        };
+        let response = services.sync.sync(services.clone(), request).await?;
+        // Writing the answer may build rooms (blocking work).
+        let answer = tokio::task::spawn_blocking(move || -> MatrixResult<Value> {
+            let mut bytes = Vec::new();
+            for chunk in response.into_json_chunks() {
+                bytes.extend(chunk?);
+            }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| MatrixError::internal(format!("a sync answer is not JSON: {e}")))
+        })
+        .await
+        .map_err(|e| MatrixError::internal(format!("events task failed: {e}")))??;
+        let upto = answer["next_batch"]
+            .as_str()
+            .map(tokens::parse)
+            .transpose()?
+            .unwrap_or(from);
+        let chunk = flatten(&answer, session.user_id.as_str());
+        if !chunk.is_empty() || upto <= from || tokio::time::Instant::now() >= deadline {
+            break (chunk, upto.max(from));
+        }
+        from = upto;
+    };
     let end = if to_device_seen < upto {
         format!("{}_{to_device_seen}", tokens::token(upto))
     } else {
         tokens::token(upto)
     };
     Ok(Json(json!({
-        "chunk": flatten(&answer, session.user_id.as_str()),
+        "chunk": chunk,
         "start": params.from.unwrap_or_else(|| tokens::token(since)),
         "end": end,
     })))
@@ -116,13 +150,17 @@ fn flatten(answer: &Value, user_id: &str) -> Vec<Value> {
             .cloned()
             .unwrap_or_default()
     };
-    let mut timeline = Vec::new();
+    // Each room's events in order.
+    let mut by_room: Vec<VecDeque<Value>> = Vec::new();
     let mut typing = Vec::new();
     for kind in ["join", "leave"] {
         for (room_id, room) in answer["rooms"][kind].as_object().into_iter().flatten() {
-            for event in events_of(room, "timeline") {
-                timeline.push(with_room(&event, room_id));
-            }
+            by_room.push(
+                events_of(room, "timeline")
+                    .iter()
+                    .map(|event| with_room(event, room_id))
+                    .collect(),
+            );
             for event in events_of(room, "ephemeral") {
                 if event["type"] == "m.typing" {
                     typing.push(with_room(&event, room_id));
@@ -133,13 +171,11 @@ fn flatten(answer: &Value, user_id: &str) -> Vec<Value> {
     for (room_id, room) in answer["rooms"]["invite"].as_object().into_iter().flatten() {
         for event in events_of(room, "invite_state") {
             if event["type"] == "m.room.member" && event["state_key"] == user_id {
-                timeline.push(with_room(&event, room_id));
+                by_room.push(VecDeque::from([with_room(&event, room_id)]));
             }
         }
     }
-    // Each room's events are in order; across rooms, by when they were sent.
-    timeline.sort_by_key(|e| e["origin_server_ts"].as_u64().unwrap_or(0));
-    let mut chunk = timeline;
+    let mut chunk = merged_by_time(by_room);
     chunk.extend(typing);
     chunk.extend(
         answer["presence"]["events"]
@@ -148,4 +184,47 @@ fn flatten(answer: &Value, user_id: &str) -> Vec<Value> {
             .unwrap_or_default(),
     );
     chunk
+}
+
+/// Rooms' events as one list: each room's in its own order (a remote server's clock
+/// cannot reorder them), across rooms by when they were sent.
+fn merged_by_time(mut rooms: Vec<VecDeque<Value>>) -> Vec<Value> {
+    let ts = |event: &Value| event["origin_server_ts"].as_u64().unwrap_or(0);
+    let mut out = Vec::with_capacity(rooms.iter().map(VecDeque::len).sum());
+    loop {
+        let next = rooms
+            .iter()
+            .enumerate()
+            .filter_map(|(i, room)| Some((ts(room.front()?), i)))
+            .min();
+        let Some((_, i)) = next else {
+            return out;
+        };
+        out.extend(rooms[i].pop_front());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rooms_events_stay_in_order_whatever_their_clocks() {
+        let event = |room: &str, ts: u64| json!({"room_id": room, "origin_server_ts": ts});
+        let merged = merged_by_time(vec![
+            VecDeque::from([event("!a", 50), event("!a", 10), event("!a", 60)]),
+            VecDeque::from([event("!b", 20), event("!b", 55)]),
+        ]);
+        let order: Vec<(String, u64)> = merged
+            .iter()
+            .map(|e| {
+                let room = e["room_id"].as_str().unwrap().to_owned();
+                (room, e["origin_server_ts"].as_u64().unwrap())
+            })
+            .collect();
+        let expected = [("!b", 20), ("!a", 50), ("!a", 10), ("!b", 55), ("!a", 60)];
+        let expected: Vec<(String, u64)> =
+            expected.iter().map(|(r, t)| (r.to_string(), *t)).collect();
+        assert_eq!(order, expected);
+    }
 }

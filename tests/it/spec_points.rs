@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::client::Client;
-use common::{assert_error, TestServer};
+use common::{assert_error, urlencode, TestServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -400,6 +400,20 @@ async fn initial_sync_lists_every_room_with_its_messages_invites_and_presence() 
         .filter_map(|p| p["sender"].as_str())
         .collect();
     assert!(senders.contains(&bob.user_id.as_str()), "{body}");
+    // "at most `limit` elements": none for 0, with tokens to page back from.
+    let (status, body) = alice.get("/initialSync?limit=0").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rooms = body["rooms"].as_array().unwrap();
+    let joined_room = rooms
+        .iter()
+        .find(|r| r["room_id"] == joined.as_str())
+        .unwrap();
+    assert_eq!(joined_room["messages"]["chunk"], json!([]), "{body}");
+    let from = joined_room["messages"]["start"].as_str().unwrap();
+    let page = alice
+        .messages(&joined, &format!("dir=b&limit=1&from={}", urlencode(from)))
+        .await;
+    assert_eq!(page["chunk"][0]["content"]["body"], "message 4", "{page}");
 
     let (status, body) = alice.get("/initialSync?archived=true").await;
     assert_eq!(status, StatusCode::OK, "{body}");

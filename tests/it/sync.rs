@@ -1399,6 +1399,66 @@ async fn the_deprecated_event_stream_long_polls_the_users_rooms() {
     assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
     let (status, body) = bob.get("/events?from=nonsense").await;
     assert_error(status, &body, 400, "M_INVALID_PARAM");
+
+    // A receipt (which /events does not show) does not end a poll with nothing: it
+    // blocks "until an event is received" (spec), here the next message.
+    let end = next["end"].as_str().unwrap().to_owned();
+    let waiting = {
+        let path = format!("/events?from={}&timeout=10000", urlencode(&end));
+        let bob_token = bob.token.clone();
+        let base = server.running().client_url();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(format!("{base}/_matrix/client/v3{path}"))
+                .bearer_auth(bob_token)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = message["event_id"].as_str().unwrap();
+    let (status, _) = alice
+        .post(
+            &format!(
+                "/rooms/{}/receipt/m.read/{}",
+                urlencode(&room),
+                urlencode(read)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.text(&room, "after the receipt").await;
+    let answer = waiting.await.unwrap();
+    assert!(answer.to_string().contains("after the receipt"), "{answer}");
+
+    // `room_id`: one of the user's rooms only; another room's events stay out, and a
+    // room the user is not in (peeking) is refused.
+    let other = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&other).await.0, StatusCode::OK);
+    let end = answer["end"].as_str().unwrap().to_owned();
+    alice.text(&other, "in the other room").await;
+    alice.text(&room, "in the first room").await;
+    let (status, only) = bob
+        .get(&format!(
+            "/events?from={}&timeout=0&room_id={}",
+            urlencode(&end),
+            urlencode(&room)
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{only}");
+    assert!(only.to_string().contains("in the first room"), "{only}");
+    assert!(!only.to_string().contains("in the other room"), "{only}");
+    let closed = alice.create_room(json!({})).await;
+    let (status, body) = bob
+        .get(&format!("/events?timeout=0&room_id={}", urlencode(&closed)))
+        .await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
 }
 
 /// `/events` answers only the user's rooms, carries other members' presence, and leaves

@@ -35,9 +35,9 @@ pub struct RoomSnapshot {
 }
 
 impl Rooms {
-    /// The snapshot of `room_id` for `viewer` with its latest `messages` (at least one);
-    /// 403 `M_FORBIDDEN` when they may not
-    /// read the room (never a member and history not world-readable).
+    /// The snapshot of `room_id` for `viewer` with its latest `messages` ("at most
+    /// `limit` elements": none for 0); 403 `M_FORBIDDEN` when they may not read the room
+    /// (never a member and history not world-readable).
     pub fn room_snapshot(
         &self,
         viewer: Viewer<'_>,
@@ -56,6 +56,14 @@ impl Rooms {
         )?;
         let mut chunk = page.chunk;
         chunk.reverse();
+        // Without messages, both tokens are now: paging back from `start` misses none.
+        let start = match messages {
+            0 => {
+                chunk.clear();
+                Some(page.start.clone())
+            }
+            _ => page.end,
+        };
         let membership = self
             .store
             .membership(viewer.user_id, room_id)?
@@ -63,7 +71,7 @@ impl Rooms {
         Ok(RoomSnapshot {
             membership,
             chunk,
-            start: page.end,
+            start,
             end: page.start,
             state,
             published: self.is_published(room_id)?,
