@@ -512,3 +512,33 @@ async fn a_server_joining_after_an_erasure_is_served_redacted_copies() {
     assert!(found.contains(&"alice's words".to_owned()), "{body}");
     assert!(!found.contains(&"carol's words".to_owned()), "{body}");
 }
+
+/// Two clients paging back past our join at once: the room's past is fetched by one
+/// backfill at a time, so each sees every message once, in order (two at once placed
+/// the same events in two position blocks, a parent after its child).
+#[tokio::test]
+async fn two_clients_paging_back_at_once_see_the_past_in_order() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mut said = Vec::new();
+    for n in 0..40 {
+        let path = format!("/rooms/{}/send/m.room.message/old{n}", enc(&room));
+        let body = format!("old {n}");
+        let (status, sent) = alice
+            .put(&path, json!({"msgtype": "m.text", "body": body}))
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        said.push(body);
+    }
+    said.reverse();
+    bob.join_via(&room, a.name()).await;
+    let other_device = bob.login_another_device().await.unwrap();
+    let (first, second) = tokio::join!(bob.page_back(&room, 5), other_device.page_back(&room, 5));
+    for (events, _) in [first, second] {
+        assert_eq!(bodies(&events), said);
+        assert_eq!(events.last().unwrap()["type"], "m.room.create");
+    }
+}

@@ -59,10 +59,21 @@ impl BackfillBackoff {
 }
 
 impl Federation {
+    /// Whether our sender is backing off from `destination` (its last attempts failed).
+    fn backing_off(&self, destination: &ServerName) -> bool {
+        super::sender::load_record(&self.db, destination.as_str()).retry_at
+            > crate::services::now_ms()
+    }
+
     /// Fetches up to `limit` events of `room_id`'s past, before the oldest we hold, from
     /// the other servers in the room; answers how many got a place. Nothing is asked
     /// when the room's history is whole here. After a backfill that placed nothing (no
     /// server answered usable history), the room is not asked for again for a while.
+    ///
+    /// One backfill of a room at a time: two at once would fetch the same events and
+    /// place them in two position blocks, a parent after its child. A call that waited
+    /// for another one that moved the room's oldest events asks for nothing more and
+    /// answers 1 (the caller reads again what the other one placed).
     pub async fn backfill(
         &self,
         rooms: &Rooms,
@@ -72,8 +83,16 @@ impl Federation {
         if self.backfill_backoff.waiting(room_id) {
             return Ok(0);
         }
+        let before = rooms.backfill_points(room_id)?;
+        if before.is_empty() {
+            return Ok(0);
+        }
+        let _one_at_a_time = self.backfill_locks.lock(room_id.as_bytes()).await;
         let points = rooms.backfill_points(room_id)?;
-        if points.is_empty() {
+        if points != before {
+            return Ok(1);
+        }
+        if self.backfill_backoff.waiting(room_id) {
             return Ok(0);
         }
         let placed = self.backfill_from(rooms, room_id, &points, limit).await;
@@ -99,11 +118,17 @@ impl Federation {
             "/_matrix/federation/v1/backfill/{}?{query}",
             crate::core::url::encode(room_id)
         );
-        let servers = rooms.remote_servers(room_id)?;
-        for server in servers.iter().take(SERVERS_ASKED) {
-            let Ok(destination) = ServerName::parse(server) else {
-                continue;
-            };
+        // Those in the room longest first; servers our sender is backing off from (they
+        // failed lately) after all the others.
+        let mut servers: Vec<(bool, ServerName)> = rooms
+            .servers_by_seniority(room_id)?
+            .iter()
+            .filter_map(|s| ServerName::parse(s).ok())
+            .map(|s| (self.backing_off(&s), s))
+            .collect();
+        servers.sort_by_key(|(backing_off, _)| *backing_off);
+        for (_, destination) in servers.into_iter().take(SERVERS_ASKED) {
+            let server = destination.as_str().to_owned();
             let answer = match self
                 .client
                 .request(&destination, Method::GET, &path, None)
@@ -128,7 +153,7 @@ impl Federation {
                 origin: destination,
             };
             let placed = rooms
-                .receive_history(server, (room_id, points), pdus, &source)
+                .receive_history(&server, (room_id, points), pdus, &source)
                 .await?;
             tracing::debug!(room = %room_id, %server, placed, "backfilled");
             if placed > 0 {

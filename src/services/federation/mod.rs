@@ -59,6 +59,8 @@ pub struct Federation {
     signing_key: Arc<SigningKeyPair>,
     /// Rooms whose last backfill placed nothing, waiting before the next.
     backfill_backoff: backfilling::BackfillBackoff,
+    /// One backfill of a room at a time.
+    backfill_locks: crate::services::StripedLocks,
     /// Our joins ask for a partial state (`federation.partial_state_joins`).
     partial_state_joins: bool,
 }
@@ -91,6 +93,7 @@ impl Federation {
             outbox,
             signing_key,
             backfill_backoff: Default::default(),
+            backfill_locks: Default::default(),
             partial_state_joins: config.federation.partial_state_joins,
         })
     }

@@ -298,6 +298,35 @@ impl Rooms {
         Ok(servers)
     }
 
+    /// The other servers in the room to ask for its past, those in it longest first (as
+    /// the spec recommends for `/timestamp_to_event`, and Synapse does for backfill): the
+    /// creator's server, then by the oldest member event of theirs in the current state.
+    /// Servers the room's ACL denies are left out (their answers would be thrown away).
+    pub fn servers_by_seniority(&self, room_id: &str) -> ServiceResult<Vec<String>> {
+        let servers = self.remote_servers(room_id)?;
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(Vec::new());
+        };
+        let state = room.record.state;
+        let members = self.store.state_events(state, Some("m.room.member"))?;
+        let member_since = members.iter().filter_map(|event| {
+            let (_, server) = event.state_key()?.split_once(':')?;
+            Some((server, event.meta.pos))
+        });
+        let create = self.store.state_events(state, Some("m.room.create"))?;
+        let creator = create
+            .first()
+            .and_then(|e| e.sender().split_once(':').map(|(_, s)| s));
+        let mut ranked = by_seniority(&servers, member_since, creator);
+        let mut allowed = Vec::with_capacity(ranked.len());
+        for server in ranked.drain(..) {
+            if self.server_allowed(room_id, &server)? {
+                allowed.push(server);
+            }
+        }
+        Ok(allowed)
+    }
+
     fn cached_servers(&self) -> std::sync::MutexGuard<'_, super::RemoteServers> {
         self.remote_servers
             .lock()
@@ -347,5 +376,52 @@ impl Rooms {
         };
         let state = self.store.state.load(room.record.state)?;
         Ok(self.local_joined(&state)?.is_some())
+    }
+}
+
+/// `servers` ranked for asking about the room's past: the creator's server first, then by
+/// the position of their oldest member event (`member_since`: each member event's server
+/// and position), then by name.
+fn by_seniority<'a>(
+    servers: &[String],
+    member_since: impl Iterator<Item = (&'a str, u64)>,
+    creator: Option<&str>,
+) -> Vec<String> {
+    let mut oldest: std::collections::HashMap<&str, u64> =
+        servers.iter().map(|s| (s.as_str(), u64::MAX)).collect();
+    for (server, pos) in member_since {
+        if let Some(oldest) = oldest.get_mut(server) {
+            *oldest = (*oldest).min(pos);
+        }
+    }
+    let mut ranked: Vec<(bool, u64, &str)> = oldest
+        .into_iter()
+        .map(|(server, pos)| (creator != Some(server), pos, server))
+        .collect();
+    ranked.sort_unstable();
+    ranked.into_iter().map(|(_, _, s)| s.to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_seniority;
+
+    #[test]
+    fn the_creators_server_then_those_in_the_room_longest_are_asked_first() {
+        let servers: Vec<String> = ["a.test", "b.test", "c.test", "z.test"]
+            .map(String::from)
+            .to_vec();
+        let members = [
+            ("a.test", 90),
+            ("b.test", 40),
+            ("b.test", 95),
+            ("c.test", 60),
+            ("z.test", 80),
+            ("elsewhere.test", 1),
+        ];
+        let ranked = by_seniority(&servers, members.into_iter(), Some("z.test"));
+        assert_eq!(ranked, ["z.test", "b.test", "c.test", "a.test"]);
+        let ranked = by_seniority(&servers, members.into_iter(), None);
+        assert_eq!(ranked, ["b.test", "c.test", "z.test", "a.test"]);
     }
 }
