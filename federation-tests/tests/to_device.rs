@@ -506,5 +506,40 @@ async fn joining_a_room_tells_its_new_servers_the_device_list() {
     both.sort();
     let (devices, failures) = queried_devices(&bob, &alice.user_id).await;
     assert_eq!(devices, both, "{failures}");
+    // A device with no keys is not listed (spec: each device's `keys` are required).
+    let laptop = alice.login_another_device().await.unwrap();
+    let path = format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        enc(&alice.user_id)
+    );
+    let (status, body) = b.ask(a.name(), reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["devices"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{body}");
+    assert!(listed.iter().all(|d| d["keys"].is_object()), "{body}");
+    assert!(listed
+        .iter()
+        .all(|d| d["device_id"] != laptop.device_id.as_str()));
+
+    // Deleting the laptop along with made-up devices announces the laptop alone, not
+    // one update per id asked for.
+    let before = stream_id().await;
+    let mut ids: Vec<String> = (0..20).map(|n| format!("NOSUCH{n}")).collect();
+    ids.push(laptop.device_id.clone());
+    let (status, challenge) = alice.post("/delete_devices", json!({"devices": ids})).await;
+    assert_eq!(status, 401, "{challenge}");
+    let (status, body) = alice
+        .post(
+            "/delete_devices",
+            json!({"devices": ids, "auth": {"type": "m.login.password",
+                   "session": challenge["session"],
+                   "identifier": {"type": "m.id.user", "user": alice.user_id},
+                   "password": "correct horse battery"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Each update is queued at a stream position of its own: 21 would take 21.
+    let after = stream_id().await;
+    assert!(after > before && after < before + 10, "{before} → {after}");
     cluster.shutdown().await;
 }

@@ -117,28 +117,33 @@ pub async fn devices(
     if !services.accounts.is_active_user(&user)? {
         return Err(MatrixError::not_found("Unknown user"));
     }
+    // Read before the list: an update queued meanwhile then has a later id, and a peer
+    // applies it on top of this answer (the other way round it would take the update
+    // for one it has and keep the older list).
+    let stream_id = services.accounts.device_list_update_id(user.as_str())?;
     let list = services.accounts.devices(&user)?;
     let mut wanted = BTreeMap::new();
     wanted.insert(user.as_str().to_owned(), Vec::new());
     let keys = services.accounts.query_keys("", &wanted)?;
     let by_device = keys.device_keys.get(user.as_str());
+    // Spec (`user_devices.yaml`): each device's `keys` are required; a device that has
+    // not uploaded any is not listed (as Synapse answers).
     let devices: Vec<Value> = list
         .into_iter()
-        .map(|d| {
+        .filter_map(|d| {
+            let keys = by_device.and_then(|m| m.get(&d.device_id))?;
             let mut entry = Map::new();
-            if let Some(keys) = by_device.and_then(|m| m.get(&d.device_id)) {
-                entry.insert("keys".into(), json!(keys));
-            }
+            entry.insert("keys".into(), json!(keys));
             if let Some(name) = d.display_name {
                 entry.insert("device_display_name".into(), json!(name));
             }
             entry.insert("device_id".into(), json!(d.device_id));
-            Value::Object(entry)
+            Some(Value::Object(entry))
         })
         .collect();
     let mut answer = json!({
         "user_id": user.as_str(),
-        "stream_id": services.accounts.device_list_update_id(user.as_str())?,
+        "stream_id": stream_id,
         "devices": devices,
     });
     if let Some(master) = keys.master_keys.get(user.as_str()) {

@@ -381,6 +381,9 @@ async fn membership_rules_refuse_what_they_should() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = bob.try_send(&room, "still here?").await;
     assert_error(status, &body, 403, "M_FORBIDDEN");
+    // Nor list who is joined (spec: "The current user must be in the room").
+    let (status, body) = bob.get(&format!("/rooms/{room}/joined_members")).await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
     let (_, member) = alice.state(&room, "m.room.member", &bob.user_id).await;
     assert_eq!(member["membership"], "leave");
     assert_eq!(member["reason"], "spam");
@@ -1170,6 +1173,41 @@ async fn upgrade_replaces_the_room() {
     assert_eq!(alias["alias"], "#up:localhost");
     // Bob follows.
     assert_eq!(bob.join(new).await.0, StatusCode::OK);
+    server.stop().await;
+}
+
+/// A moderator who may send the tombstone upgrades the room: they are raised only to copy
+/// the state across, and end with their own level (as Synapse does), not an admin's.
+#[tokio::test]
+async fn an_upgrade_by_a_moderator_leaves_them_a_moderator() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let old = alice
+        .create_room(json!({"room_version": "10", "preset": "public_chat", "name": "Ours"}))
+        .await;
+    assert_eq!(bob.join(&old).await.0, StatusCode::OK);
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{old}/state/m.room.power_levels/"),
+            json!({"users": {&alice.user_id: 100, &bob.user_id: 50},
+                   "events": {"m.room.tombstone": 50}, "state_default": 50}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{old}/upgrade"),
+            json!({"new_version": "11"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+    let (_, levels) = bob.state(new, "m.room.power_levels", "").await;
+    assert_eq!(levels["users"][&bob.user_id], 50, "{levels}");
+    assert_eq!(levels["users"][&alice.user_id], 100, "{levels}");
+    let (_, name) = bob.state(new, "m.room.name", "").await;
+    assert_eq!(name["name"], "Ours");
     server.stop().await;
 }
 

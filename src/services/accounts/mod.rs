@@ -1001,11 +1001,17 @@ impl Accounts {
         // being deleted lands between the listing and the removal.
         let _keys = self.keys_locks.lock(user_id.as_str().as_bytes()).await;
         let mut writes: Vec<Write> = Vec::new();
+        // Only devices that exist are announced as deleted (made-up ids would each cost
+        // an update to every server sharing a room).
+        let mut removed: std::collections::BTreeSet<&str> = Default::default();
         for device_id in device_ids {
             let key = device_key(user_id.as_str(), device_id);
             let Some(bytes) = self.db.get(Table::UseridDeviceidDevice, &key)? else {
                 continue;
             };
+            if !removed.insert(device_id) {
+                continue;
+            }
             let device: Device = decode(Table::UseridDeviceidDevice, &bytes)?;
             if let Some(hash) = hex::decode_32(&device.token_hash) {
                 writes.push((Table::TokenhashSession, hash.to_vec(), None));
@@ -1019,8 +1025,8 @@ impl Accounts {
         if !writes.is_empty() {
             self.commit_keys_change(user_id.as_str(), true, move |_| writes)
                 .await?;
-            let deleted: Vec<&str> = device_ids.iter().map(String::as_str).collect();
-            self.tell_other_servers(user_id.as_str(), Changed::Devices(&deleted))
+            let removed: Vec<&str> = removed.into_iter().collect();
+            self.tell_other_servers(user_id.as_str(), Changed::Devices(&removed))
                 .await;
         }
         // Spec ("Push Notifications"): a device's pushers go with it (as Synapse removes

@@ -120,9 +120,20 @@ impl Rooms {
         Ok(out)
     }
 
-    /// `/joined_members`: joined users with their display name and avatar.
+    /// `/joined_members`: joined users with their display name and avatar. Spec: "The
+    /// current user must be in the room for it to work": 403 `M_FORBIDDEN` for anyone
+    /// else (a member who left, a reader of a world-readable room), as in Synapse.
     pub fn joined_members_for(&self, user_id: &str, room_id: &str) -> ServiceResult<Value> {
         let access = self.read_access(user_id, room_id)?;
+        if access
+            .membership
+            .as_ref()
+            .is_none_or(|m| m.membership != "join")
+        {
+            return Err(ServiceError::forbidden(
+                "Only the room's members may list who is joined",
+            ));
+        }
         let mut joined = Map::new();
         for event in self
             .store

@@ -133,6 +133,8 @@ impl Rooms {
             .and_then(|c| c.as_object().cloned())
             .unwrap_or_default();
         power_levels::integers_only(&mut new_levels);
+        // The levels the new room ends with, when the upgrader's is raised only to copy.
+        let mut final_levels = None;
         if version.creators_have_infinite_power() {
             if let Some(users) = new_levels.get_mut("users").and_then(Value::as_object_mut) {
                 users.remove(sender);
@@ -150,11 +152,25 @@ impl Rooms {
             } else {
                 Vec::new()
             };
+            let levels_as_copied = new_levels.clone();
             let users = new_levels
                 .entry("users")
                 .or_insert_with(|| json!({}))
                 .as_object_mut()
                 .ok_or_else(|| ServiceError::internal("power levels users is not an object"))?;
+            // Their own level comes back once everything is copied (as Synapse does): a
+            // moderator who may send the tombstone does not come out an admin. The old
+            // room's v12 creators keep the highest, the nearest to their infinite power.
+            if levels.user(sender) < i128::from(top) && old_creators.iter().all(|c| c != sender) {
+                let mut restored = levels_as_copied;
+                let users = restored.entry("users").or_insert_with(|| json!({}));
+                if let Some(users) = users.as_object_mut() {
+                    for creator in &old_creators {
+                        users.insert(creator.clone(), json!(top));
+                    }
+                }
+                final_levels = Some(restored);
+            }
             users.insert(sender.to_owned(), json!(top));
             for creator in old_creators {
                 users.insert(creator, json!(top));
@@ -193,6 +209,14 @@ impl Rooms {
                     ));
                 }
             }
+        }
+        if let Some(levels) = final_levels {
+            drafts.push(EventDraft::new(
+                sender,
+                "m.room.power_levels",
+                Some(""),
+                Value::Object(levels),
+            ));
         }
         check_drafts(
             version,
