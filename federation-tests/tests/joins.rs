@@ -618,6 +618,24 @@ async fn another_servers_room_directory() {
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(names(&page), ["dogs"], "{page}");
+    // Asked directly: a limit of 0 is no limit (spec: "Defaults to 0 (no limit)"), and
+    // an empty `room_types` filters nothing.
+    let directory = "/_matrix/federation/v1/publicRooms";
+    let (status, all) = b
+        .ask(a.name(), Method::GET, &format!("{directory}?limit=0"), None)
+        .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(names(&all), ["cats", "dogs"], "{all}");
+    let (status, all) = b
+        .ask(
+            a.name(),
+            Method::POST,
+            directory,
+            Some(json!({"filter": {"room_types": []}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(names(&all), ["cats", "dogs"], "{all}");
     // Paging through another server's directory.
     let (status, first) = bob
         .get(&format!("/publicRooms?server={server}&limit=1"))

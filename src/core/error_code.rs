@@ -75,6 +75,9 @@ pub enum ErrorCode {
     /// `M_UNABLE_TO_GRANT_JOIN` (a restricted join whose user meets a condition, with
     /// none of our members able to authorise it: try another server)
     UnableToGrantJoin,
+    /// `M_INVITE_BLOCKED` (the invitee's server blocks invites to them; passed on from
+    /// another server)
+    InviteBlocked,
 }
 
 impl ErrorCode {
@@ -115,6 +118,64 @@ impl ErrorCode {
             Self::IncompatibleRoomVersion => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::UnableToAuthoriseJoin => "M_UNABLE_TO_AUTHORISE_JOIN",
             Self::UnableToGrantJoin => "M_UNABLE_TO_GRANT_JOIN",
+            Self::InviteBlocked => "M_INVITE_BLOCKED",
         }
+    }
+
+    /// The code of a wire form, for errors another server gave that are passed on to
+    /// our clients (`None`: not one of ours).
+    pub fn from_wire(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    const ALL: [Self; 35] = [
+        Self::Forbidden,
+        Self::UnknownToken,
+        Self::MissingToken,
+        Self::UserLocked,
+        Self::UserDeactivated,
+        Self::BadJson,
+        Self::NotJson,
+        Self::NotFound,
+        Self::LimitExceeded,
+        Self::Unrecognized,
+        Self::Unknown,
+        Self::Unauthorized,
+        Self::UserInUse,
+        Self::InvalidUsername,
+        Self::Exclusive,
+        Self::GuestAccessForbidden,
+        Self::InvalidParam,
+        Self::MissingParam,
+        Self::TooLarge,
+        Self::WeakPassword,
+        Self::UnsupportedRoomVersion,
+        Self::CannotOverwriteMedia,
+        Self::NotYetUploaded,
+        Self::RoomInUse,
+        Self::InvalidRoomState,
+        Self::BadAlias,
+        Self::BadState,
+        Self::ProfileTooLarge,
+        Self::KeyTooLarge,
+        Self::InvalidSignature,
+        Self::WrongRoomKeysVersion,
+        Self::IncompatibleRoomVersion,
+        Self::UnableToAuthoriseJoin,
+        Self::UnableToGrantJoin,
+        Self::InviteBlocked,
+    ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn every_code_reads_back_from_its_wire_form() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_wire(code.as_str()), Some(code));
+        }
+        assert_eq!(ErrorCode::from_wire("M_NOT_A_CODE"), None);
     }
 }

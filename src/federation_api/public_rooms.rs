@@ -35,11 +35,17 @@ pub async fn get_public_rooms(
     if first("third_party_instance_id").is_some() {
         return Ok(no_rooms());
     }
+    // Spec: "Defaults to 0 (no limit)": 0 is as many as a page holds here (the rest
+    // follows with `next_batch`), as is a missing limit.
     let limit = match first("limit") {
         None => DEFAULT_LIMIT,
-        Some(text) => text
+        Some(text) => match text
             .parse::<usize>()
-            .map_err(|_| MatrixError::invalid_param("limit is not a number"))?,
+            .map_err(|_| MatrixError::invalid_param("limit is not a number"))?
+        {
+            0 => MAX_LIMIT,
+            n => n,
+        },
     };
     Ok(Json(services.rooms.public_rooms(&PublicRoomsQuery {
         limit: Some(limit.min(MAX_LIMIT)),

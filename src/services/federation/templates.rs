@@ -50,14 +50,13 @@ pub(super) fn refusal(error: FederationError) -> ServiceError {
                 .and_then(Value::as_str)
                 .unwrap_or("The resident server refused the request")
                 .to_owned();
-            let code = match errcode {
-                "M_FORBIDDEN" => ErrorCode::Forbidden,
-                "M_NOT_FOUND" => ErrorCode::NotFound,
-                "M_INCOMPATIBLE_ROOM_VERSION" => ErrorCode::IncompatibleRoomVersion,
-                "M_UNABLE_TO_AUTHORISE_JOIN" => ErrorCode::UnableToAuthoriseJoin,
-                "M_UNABLE_TO_GRANT_JOIN" => ErrorCode::UnableToGrantJoin,
-                "M_LIMIT_EXCEEDED" => ErrorCode::LimitExceeded,
-                _ => ErrorCode::Unknown,
+            // Spec (invites, joins): the error "should be passed through to clients".
+            // A token error of theirs is not one of the client's token, though.
+            let code = match ErrorCode::from_wire(errcode) {
+                Some(ErrorCode::UnknownToken | ErrorCode::MissingToken) | None => {
+                    ErrorCode::Unknown
+                }
+                Some(code) => code,
             };
             ServiceError::new(super::client::refusal_kind(status), code, message)
         }
@@ -202,5 +201,37 @@ impl Federation {
             }
             other => other.map_err(refusal),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::refusal;
+    use crate::services::error::ErrorCode;
+    use crate::services::error::ErrorKind;
+    use crate::services::federation::client::FederationError;
+
+    #[test]
+    fn another_servers_refusal_reaches_the_client_with_its_code() {
+        let refused = |status, errcode: &str| {
+            refusal(FederationError::Refused {
+                status,
+                body: json!({"errcode": errcode, "error": "no"}),
+            })
+        };
+        let blocked = refused(403, "M_INVITE_BLOCKED");
+        assert_eq!(blocked.errcode, Some(ErrorCode::InviteBlocked));
+        assert_eq!(blocked.kind, ErrorKind::Forbidden);
+        assert_eq!(blocked.message, "no");
+        let bad = refused(400, "M_BAD_JSON");
+        assert_eq!(bad.errcode, Some(ErrorCode::BadJson));
+        // Their token errors are not about the client's token; unknown codes are unknown.
+        assert_eq!(
+            refused(401, "M_UNKNOWN_TOKEN").errcode,
+            Some(ErrorCode::Unknown)
+        );
+        assert_eq!(refused(400, "M_MADE_UP").errcode, Some(ErrorCode::Unknown));
     }
 }

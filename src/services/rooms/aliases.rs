@@ -352,7 +352,9 @@ impl Rooms {
                     continue;
                 }
             }
-            if let Some(types) = &query.room_types {
+            // An empty list filters nothing (as Synapse reads it): "When not specified,
+            // all applicable rooms" are returned.
+            if let Some(types) = query.room_types.as_ref().filter(|t| !t.is_empty()) {
                 let kind = entry
                     .get("room_type")
                     .and_then(Value::as_str)
