@@ -188,6 +188,148 @@ async fn invites_rejected_and_accepted_across_three_servers() {
     cluster.shutdown().await;
 }
 
+/// An invite the inviter's server takes back (a kick of the invitee): the invitee's
+/// server is not in the room, and takes the leave out of band, so their `/sync` shows the
+/// room left instead of an invite that can no longer be taken. A leave for them from
+/// another server of the room, which did not invite them, is not taken.
+#[tokio::test]
+async fn an_invite_taken_back_reaches_the_invitee() {
+    let cluster = Cluster::start(3).await.unwrap();
+    let (a, b, c) = (
+        &cluster.instances[0],
+        &cluster.instances[1],
+        &cluster.instances[2],
+    );
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(c, "carol").await.unwrap();
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await;
+    sync_shows(&bob, "invite", &room).await;
+    // carol's server is in the room too, and tries to end bob's invite itself.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": carol.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_shows(&carol, "invite", &room).await;
+    let (status, body) = carol
+        .post(&format!("/join/{}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{}/state/m.room.power_levels/", enc(&room)),
+            json!({"users": {&carol.user_id: 100}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&carol, &room, &carol.user_id, "join").await;
+
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/kick", enc(&room)),
+            json!({"user_id": bob.user_id, "reason": "sent by mistake"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A full sync leaves out left rooms unless asked (`include_leave`).
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    let started = std::time::Instant::now();
+    let synced = loop {
+        let (status, synced) = bob.get(&format!("/sync?timeout=0&filter={filter}")).await;
+        assert_eq!(status, 200, "{synced}");
+        if synced["rooms"]["leave"].get(&room).is_some() {
+            break synced;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the invite never ended: {synced}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(synced["rooms"]["invite"].get(&room).is_none(), "{synced}");
+    let events = &synced["rooms"]["leave"][&room]["timeline"]["events"];
+    assert!(
+        state_has(events, "m.room.member", |e| e["content"]["membership"]
+            == "leave"
+            && e["sender"] == alice.user_id
+            && e["content"]["reason"] == "sent by mistake"),
+        "{synced}"
+    );
+    // bob can no longer join through it.
+    let (status, _) = bob.post(&format!("/join/{}", enc(&room)), json!({})).await;
+    assert_eq!(status, 403);
+
+    // Invited again. A leave for him from carol's server, which did not invite him, is
+    // not taken by his server (it is not in the room): the invite stays.
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    sync_shows(&bob, "invite", &room).await;
+    let (_, create) = alice
+        .get(&format!("/rooms/{}/state/m.room.create/", enc(&room)))
+        .await;
+    let version = RoomVersion::from_id(create["room_version"].as_str().unwrap()).unwrap();
+    let (_, forged) = hand_made_invite(c, version, (&room, &bob.user_id), |t| {
+        t.sender = carol.user_id.clone();
+        t.content = json!({"membership": "leave"});
+    });
+    let txn = json!({"origin": c.name(), "origin_server_ts": 1_700_000_000_000u64,
+                     "pdus": [forged]});
+    let (status, body) = c
+        .ask(
+            b.name(),
+            Method::PUT,
+            "/_matrix/federation/v1/send/forged1",
+            Some(txn),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, synced) = bob.get("/sync?timeout=0").await;
+    assert!(synced["rooms"]["invite"].get(&room).is_some(), "{synced}");
+    cluster.shutdown().await;
+}
+
+/// An invite sent inside a room we hold, rejected once our last member has left: the
+/// rejection goes through the room's other servers (it has no stripped state to name
+/// them), so they see the invitee leave.
+#[tokio::test]
+async fn an_invite_rejected_after_our_last_member_left_reaches_the_room() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(a, "bob").await.unwrap();
+    let carol = User::register(b, "carol").await.unwrap();
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [carol.user_id, bob.user_id]}))
+        .await;
+    sync_shows(&carol, "invite", &room).await;
+    let (status, body) = carol
+        .post(&format!("/join/{}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&alice, &room, &carol.user_id, "join").await;
+    let (status, body) = alice
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&carol, &room, &alice.user_id, "leave").await;
+    let (status, body) = bob
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    membership_becomes(&carol, &room, &bob.user_id, "leave").await;
+    cluster.shutdown().await;
+}
+
 #[tokio::test]
 async fn knocks_accepted_and_retracted_across_servers() {
     let cluster = Cluster::start(3).await.unwrap();

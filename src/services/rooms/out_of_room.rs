@@ -10,12 +10,12 @@
 
 use serde_json::{json, Value};
 
-use super::receive::MissingSource;
+use super::receive::{verify_signatures, MissingSource};
 use super::remote_invite::{checked_room_state, shaped_room_state};
-use super::writer::OutOfBandMember;
+use super::writer::{OutOfBandMember, PduOutcome};
 use super::Rooms;
 use crate::core::pdu::{self, PduTemplate};
-use crate::core::{event_hashes, RoomId, RoomVersion, UserId};
+use crate::core::{event_hashes, pdu_checks, RoomId, RoomVersion, UserId};
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 
@@ -76,7 +76,8 @@ impl Rooms {
     }
 
     /// The servers that may let `user` leave (or join) `room_id` they are invited to or
-    /// knocking on: the inviter's, those of the room state's senders, the room id's.
+    /// knocking on: the inviter's, those of the room state's senders, the room id's, and
+    /// the room's other servers when we hold its state.
     pub fn servers_for_pending(&self, user: &UserId, room_id: &str) -> ServiceResult<Vec<String>> {
         let mut servers: Vec<String> = Vec::new();
         let mut add = |user_id: &str| {
@@ -105,7 +106,80 @@ impl Rooms {
                 servers.push(server);
             }
         }
+        // An invite sent inside a room we hold (our last member left since) has no
+        // stripped state and may come from one of ours: the room's other servers.
+        for server in self.remote_servers(room_id)?.iter() {
+            if !servers.contains(server) {
+                servers.push(server.clone());
+            }
+        }
         Ok(servers)
+    }
+
+    /// A PDU `origin` sent for a room we are not in: when it is the end of one of our
+    /// users' pending invite or knock (the inviter's server rescinding the invite with a
+    /// kick or a ban, the room denying the knock), checked and kept out of band, so the
+    /// user's `/sync` shows it left instead of an invite that can no longer be taken.
+    /// Only the server that sent the invite (or, for a knock, that of the room's state
+    /// senders) may end it. `None`: not such an event (it is dropped as before).
+    pub(super) async fn rescinded_membership(
+        &self,
+        origin: &str,
+        (room_id, pdu): (&str, &Value),
+        source: &dyn MissingSource,
+    ) -> ServiceResult<Option<(Option<String>, PduOutcome)>> {
+        let field = |name: &str| pdu.get(name).and_then(Value::as_str);
+        let membership = pdu
+            .get("content")
+            .and_then(|c| c.get("membership"))
+            .and_then(Value::as_str);
+        let (Some("m.room.member"), Some(target), Some(sender)) =
+            (field("type"), field("state_key"), field("sender"))
+        else {
+            return Ok(None);
+        };
+        if !matches!(membership, Some("leave" | "ban")) || target == sender {
+            return Ok(None);
+        }
+        let Ok(user) = UserId::parse(target) else {
+            return Ok(None);
+        };
+        if user.server_name() != self.server_name.as_str()
+            || sender.split_once(':').map(|(_, s)| s) != Some(origin)
+            || !self.pending_out_of_room(&user, room_id)?
+        {
+            return Ok(None);
+        }
+        // The server the invite came from (or that let the knock in).
+        if !self
+            .servers_for_pending(&user, room_id)?
+            .iter()
+            .any(|s| s == origin)
+        {
+            return Ok(None);
+        }
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(None);
+        };
+        let version = room.version;
+        let refused = |why: String| Ok(Some((None, PduOutcome::Dropped(why))));
+        if let Err(e) = pdu_checks::check_format(version, pdu) {
+            return refused(format!("malformed: {e}"));
+        }
+        let event_id = match event_hashes::event_id(pdu, version) {
+            Ok(id) => id,
+            Err(e) => return refused(format!("no event id: {e:?}")),
+        };
+        let dropped = |why: String| Ok(Some((Some(event_id.clone()), PduOutcome::Dropped(why))));
+        if let Err(why) = verify_signatures(version, pdu, source).await {
+            return dropped(format!("the end of an invite is not signed: {why}"));
+        }
+        if !event_hashes::content_hash_matches(pdu, version).unwrap_or(false) {
+            return dropped("the end of an invite fails its content hash".into());
+        }
+        self.keep_remote_member(room_id, version, (&event_id, pdu.clone()), None)
+            .await?;
+        Ok(Some((Some(event_id), PduOutcome::Accepted)))
     }
 
     /// Rejects `user`'s invite (or retracts their knock) here alone: a leave of ours after

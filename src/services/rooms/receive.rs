@@ -261,7 +261,16 @@ impl Rooms {
         };
         let Some(room) = self.store.room(&room_id)?.filter(|r| r.record.state != 0) else {
             // No record, or one with no state yet (a join through another server that
-            // did not complete).
+            // did not complete): only the end of one of our users' invites or knocks
+            // is taken (out of band).
+            if kind == Kind::Live {
+                if let Some((id, outcome)) = self
+                    .rescinded_membership(origin, (&room_id, &pdu), source)
+                    .await?
+                {
+                    return Ok(Prepare::Done(id, outcome));
+                }
+            }
             return dropped(format!("this server is not in room {room_id}"));
         };
         let version = room.version;
