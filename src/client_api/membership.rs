@@ -117,6 +117,9 @@ pub async fn join(
             .accounts
             .tell_new_room_mates(session.user_id.as_str(), &room_id)
             .await;
+        services
+            .carry_settings_from_predecessor(session.user_id.as_str(), &room_id)
+            .await;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     services
@@ -134,6 +137,9 @@ pub async fn join(
         services
             .accounts
             .tell_new_room_mates(session.user_id.as_str(), &room_id)
+            .await;
+        services
+            .carry_settings_from_predecessor(session.user_id.as_str(), &room_id)
             .await;
     }
     Ok(Json(json!({ "room_id": room_id })))

@@ -23,6 +23,7 @@ pub mod search;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
+pub mod upgrade_settings;
 pub mod user_directory;
 
 use std::sync::Arc;

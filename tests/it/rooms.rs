@@ -1176,6 +1176,78 @@ async fn upgrade_replaces_the_room() {
     server.stop().await;
 }
 
+/// Spec: "Room Upgrades", "When a user joins the new room, the server should
+/// automatically transfer/replicate some of the user's personalized settings such as
+/// notifications, tags, etc.": bob's tag, his mute rules and his `m.direct` entry for
+/// the old room come with him to the new one.
+#[tokio::test]
+async fn a_members_settings_follow_them_into_the_upgraded_room() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let old = alice
+        .create_room(json!({"room_version": "11", "preset": "public_chat"}))
+        .await;
+    assert_eq!(bob.join(&old).await.0, StatusCode::OK);
+    let bob_id = bob.user_id.clone();
+    let (status, _) = bob
+        .put(
+            &format!("/user/{bob_id}/rooms/{old}/tags/u.work"),
+            json!({"order": 0.5}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = bob
+        .put(
+            &format!("/pushrules/global/room/{old}"),
+            json!({"actions": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob
+        .put(
+            &format!("/pushrules/global/override/{old}"),
+            json!({"actions": [], "conditions": [
+                {"kind": "event_match", "key": "room_id", "pattern": old}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = bob
+        .put(
+            &format!("/user/{bob_id}/account_data/m.direct"),
+            json!({&alice.user_id: [old]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = alice
+        .post(
+            &format!("/rooms/{old}/upgrade"),
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap().to_owned();
+    assert_eq!(bob.join(&new).await.0, StatusCode::OK);
+
+    let (_, tags) = bob.get(&format!("/user/{bob_id}/rooms/{new}/tags")).await;
+    assert_eq!(tags["tags"]["u.work"]["order"], 0.5, "{tags}");
+    let (status, rule) = bob.get(&format!("/pushrules/global/room/{new}")).await;
+    assert_eq!(status, StatusCode::OK, "{rule}");
+    assert_eq!(rule["actions"], json!([]));
+    let (status, rule) = bob.get(&format!("/pushrules/global/override/{new}")).await;
+    assert_eq!(status, StatusCode::OK, "{rule}");
+    assert_eq!(rule["conditions"][0]["pattern"], new.as_str(), "{rule}");
+    let (_, direct) = bob
+        .get(&format!("/user/{bob_id}/account_data/m.direct"))
+        .await;
+    assert_eq!(direct[&alice.user_id], json!([old, new]), "{direct}");
+    // The old room's settings stay.
+    let (_, tags) = bob.get(&format!("/user/{bob_id}/rooms/{old}/tags")).await;
+    assert!(tags["tags"]["u.work"].is_object(), "{tags}");
+    server.stop().await;
+}
+
 /// A moderator who may send the tombstone upgrades the room: they are raised only to copy
 /// the state across, and end with their own level (as Synapse does), not an admin's.
 #[tokio::test]

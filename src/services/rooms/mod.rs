@@ -175,6 +175,20 @@ impl Rooms {
         Ok(self.joined_rooms(a)?.iter().any(|r| theirs.contains(r)))
     }
 
+    /// The room `room_id` replaced (its create event's `predecessor.room_id`), if any.
+    pub fn predecessor(&self, room_id: &str) -> ServiceResult<Option<String>> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .state_event(room.record.state, "m.room.create", "")?
+            .and_then(|create| {
+                let predecessor = create.content().get("predecessor")?.get("room_id")?;
+                predecessor.as_str().map(str::to_owned)
+            }))
+    }
+
     /// The user's current membership in a room (`None` when they have none).
     pub fn membership_of(&self, user_id: &str, room_id: &str) -> ServiceResult<Option<String>> {
         Ok(self
