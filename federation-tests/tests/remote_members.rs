@@ -343,3 +343,34 @@ async fn a_remote_redaction_reaches_clients_only_once_it_applies() {
     assert_eq!(body["content"], json!({}), "{body}");
     cluster.shutdown().await;
 }
+
+/// The user directory finds the members of public rooms our server is in, and forgets
+/// those of a room our last member left (their membership there is no longer followed).
+#[tokio::test]
+async fn the_directory_forgets_a_public_room_we_left() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let carol = User::register(a, "carol").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = bob.create_room(json!({"preset": "public_chat"})).await;
+    alice.join_via(&room, b.name()).await;
+    let finds_bob = || async {
+        let (status, directory) = carol
+            .post("/user_directory/search", json!({"search_term": "bob"}))
+            .await;
+        assert_eq!(status, 200, "{directory}");
+        directory["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["user_id"] == bob.user_id)
+    };
+    assert!(finds_bob().await, "a member of a public room we are in");
+    let (status, body) = alice
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!finds_bob().await, "a member of a room we left");
+    cluster.shutdown().await;
+}

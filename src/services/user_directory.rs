@@ -73,7 +73,9 @@ pub fn search_users(
         }
     }
     for room in store.all_rooms()? {
-        if is_public(store, &room)? {
+        // A room none of our users is in any more is not followed: its members as we
+        // last knew them are no one's current room mates (as Synapse drops them).
+        if is_public(store, &room)? && services.rooms.has_local_member(&room.record.room_id)? {
             collect_members(store, &room, false, &mut found)?;
         }
     }
