@@ -1248,6 +1248,44 @@ async fn a_members_settings_follow_them_into_the_upgraded_room() {
     server.stop().await;
 }
 
+/// An upgrader who may send the tombstone but not restrict the old room as far as an
+/// upgrade does (the restriction needs level 50, they have 40): the upgrade stands once
+/// the tombstone is in, the alias moves, and the answer is 200, not an error after the
+/// fact.
+#[tokio::test]
+async fn an_upgrade_whose_restriction_is_refused_still_completes() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    let old = alice
+        .create_room(json!({"room_version": "11", "preset": "public_chat",
+                            "room_alias_name": "lowpower"}))
+        .await;
+    assert_eq!(bob.join(&old).await.0, StatusCode::OK);
+    let (status, body) = alice
+        .put(
+            &format!("/rooms/{old}/state/m.room.power_levels/"),
+            json!({"users": {&alice.user_id: 100, &bob.user_id: 40},
+                   "events": {"m.room.tombstone": 40, "m.room.power_levels": 40},
+                   "state_default": 40}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{old}/upgrade"),
+            json!({"new_version": "12"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let new = body["replacement_room"].as_str().unwrap();
+    let (_, tombstone) = bob.state(&old, "m.room.tombstone", "").await;
+    assert_eq!(tombstone["replacement_room"], new);
+    let (_, resolved) = bob.get("/directory/room/%23lowpower:localhost").await;
+    assert_eq!(resolved["room_id"], new, "{resolved}");
+    server.stop().await;
+}
+
 /// A moderator who may send the tombstone upgrades the room: they are raised only to copy
 /// the state across, and end with their own level (as Synapse does), not an admin's.
 #[tokio::test]

@@ -233,7 +233,7 @@ impl Rooms {
             .await?;
 
         // Tombstone and restrict the old room.
-        let mut old_drafts = vec![EventDraft::new(
+        let tombstone = EventDraft::new(
             sender,
             "m.room.tombstone",
             Some(""),
@@ -241,7 +241,12 @@ impl Rooms {
                 "body": "This room has been replaced",
                 "replacement_room": new_room_id,
             }),
-        )];
+        );
+        self.append(room_id, vec![tombstone]).await?;
+        // The rest is best effort (as Synapse): the room is upgraded once the tombstone
+        // is in; a restriction the auth rules refuse (the upgrader may lack the power to
+        // set `events_default` or `invite` that high) does not undo that.
+        let mut old_drafts = Vec::new();
         if let Some(mut content) = self
             .store
             .state_event(snapshot, "m.room.power_levels", "")?
@@ -272,7 +277,11 @@ impl Rooms {
                 ));
             }
         }
-        self.append(room_id, old_drafts).await?;
+        if !old_drafts.is_empty() {
+            if let Err(e) = self.append(room_id, old_drafts).await {
+                tracing::info!(room = %room_id, "the replaced room was not restricted: {}", e.message);
+            }
+        }
         self.move_aliases(room_id, &new_room_id).await?;
         if let Some(alias) = self
             .store
@@ -288,8 +297,12 @@ impl Rooms {
             {
                 tracing::info!(room = %new_room_id, "canonical alias not carried over: {}", e.message);
             }
-            self.send_state(user, room_id, "m.room.canonical_alias", "", json!({}))
-                .await?;
+            if let Err(e) = self
+                .send_state(user, room_id, "m.room.canonical_alias", "", json!({}))
+                .await
+            {
+                tracing::info!(room = %room_id, "the replaced room's alias was not cleared: {}", e.message);
+            }
         }
         if self.store.db.contains(Table::RoomidPublished, room_id)? {
             self.set_published(&new_room_id, true).await?;
