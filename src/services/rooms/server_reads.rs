@@ -25,6 +25,8 @@ use crate::services::error::{ServiceError, ServiceResult};
 pub const MAX_BACKFILL: usize = 100;
 /// Events one `/get_missing_events` answers at most.
 pub const MAX_MISSING: usize = 100;
+/// `latest_events` of a `/get_missing_events` looked at, at most.
+const MAX_LATEST: usize = 50;
 
 /// Visibility answers of one request, by the state snapshot before the event (and
 /// whether the server was counted a member by a reset grant): a run of messages shares
@@ -329,7 +331,9 @@ impl Rooms {
         }
         let mut queue = std::collections::VecDeque::new();
         let mut seen: HashSet<ShortEventId> = HashSet::new();
-        for id in latest {
+        // A sender asks from its forward extremities, a handful; each costs a visibility
+        // check here, so only so many are taken.
+        for id in latest.iter().take(MAX_LATEST) {
             // The latest events themselves must be ones the server may see.
             let Some(event) = self.event_seen_by(server, Some(room_id), id)? else {
                 continue;

@@ -17,17 +17,28 @@ use super::event_store::EventStore;
 use super::state_store::ShortStateHash;
 use crate::services::error::ServiceResult;
 
-/// The memberships `server`'s users have in `snapshot`.
+/// The memberships `server`'s users have in `snapshot`. Only their member events are
+/// read: the snapshot's keys are resolved in one batched read and filtered by server, so
+/// a room of many members costs no read of every member event (any server may ask).
 fn memberships_of(
     store: &EventStore,
     snapshot: ShortStateHash,
     server: &str,
 ) -> ServiceResult<Vec<String>> {
     let suffix = format!(":{server}");
-    Ok(store
-        .state_events(snapshot, Some("m.room.member"))?
+    let map = store.state.load(snapshot)?;
+    let keys: Vec<_> = map.keys().copied().collect();
+    let names = store.state.state_keys_of(&keys)?;
+    let mut theirs: Vec<_> = keys
         .iter()
-        .filter(|e| e.state_key().is_some_and(|k| k.ends_with(&suffix)))
+        .zip(&names)
+        .filter(|(_, (kind, state_key))| kind == "m.room.member" && state_key.ends_with(&suffix))
+        .filter_map(|(key, _)| map.get(key).copied())
+        .collect();
+    theirs.sort_unstable();
+    Ok(store
+        .events(&theirs)?
+        .iter()
         .filter_map(|e| {
             e.content()
                 .get("membership")
@@ -63,10 +74,12 @@ pub fn server_may_see(
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         });
+    if visibility.as_deref() == Some("world_readable") {
+        return Ok(true);
+    }
     let then = memberships_of(store, before, server)?;
     let joined_then = then.iter().any(|m| m == "join");
     match visibility.as_deref() {
-        Some("world_readable") => Ok(true),
         Some("joined") => Ok(joined_then),
         Some("invited") => Ok(joined_then || then.iter().any(|m| m == "invite")),
         _ => {
