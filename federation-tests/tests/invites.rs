@@ -783,3 +783,61 @@ async fn an_invite_from_another_server_reaches_the_invitees_phone() {
     assert_eq!(n["counts"]["unread"], 1, "{n}");
     cluster.shutdown().await;
 }
+
+/// A knock's room state with a badly signed entry: that entry alone is left out (spec:
+/// `send_knock`, entries "improperly signed or formatted SHOULD be removed"); the create
+/// event, which a v12 knock's state must show, stays; an entry whose content no longer
+/// matches its hash is shown redacted.
+#[tokio::test]
+async fn a_knocks_room_state_loses_only_its_bad_entries() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let room = alice
+        .create_room(json!({"room_version": "12", "name": "knock here",
+            "initial_state": [
+                {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}))
+        .await;
+    let (status, state) = alice.get(&format!("/rooms/{}/state", enc(&room))).await;
+    assert_eq!(status, 200, "{state}");
+    let id_of = |kind: &str| {
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == kind)
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    // The PDUs as the resident server holds them (what its send_knock answer holds).
+    let store = a.running().services.rooms.store();
+    let mut raw = Vec::new();
+    for kind in ["m.room.create", "m.room.join_rules", "m.room.name"] {
+        let event = store.event_by_id(&id_of(kind)).unwrap().unwrap();
+        raw.push(event.pdu().clone());
+    }
+    // Content altered after signing: shown redacted (check 3), the event kept.
+    raw[2]["content"]["name"] = json!("not what was signed");
+    // Signed by no one: left out.
+    let mut unsigned = raw[1].clone();
+    unsigned["signatures"] = json!({});
+    raw.push(unsigned);
+    let services = &b.running().services;
+    let source = ourwhats::services::federation::source::FromOrigin {
+        federation: &services.federation,
+        origin: ourwhats::core::ServerName::parse(a.name()).unwrap(),
+    };
+    let v12 = RoomVersion::from_id("12").unwrap();
+    let shown = services
+        .rooms
+        .knock_room_state(&room, v12, Some(&json!(raw)), &source)
+        .await;
+    let kinds: Vec<&str> = shown.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["m.room.create", "m.room.join_rules", "m.room.name"],
+        "{shown:?}"
+    );
+    assert_eq!(shown[2]["content"], json!({}), "{shown:?}");
+    cluster.shutdown().await;
+}

@@ -11,7 +11,7 @@
 use serde_json::{json, Value};
 
 use super::receive::{verify_signatures, MissingSource};
-use super::remote_invite::{checked_room_state, shaped_room_state};
+use super::remote_invite::{checked_entry, stripped_of, MAX_STRIPPED_STATE};
 use super::writer::{OutOfBandMember, PduOutcome};
 use super::Rooms;
 use crate::core::pdu::{self, PduTemplate};
@@ -42,9 +42,10 @@ impl Rooms {
             .await
     }
 
-    /// A knock's answered room state as a client sees it: checked as for an invite, the
-    /// entries that fail dropped (spec: `send_knock`, entries "improperly signed or
-    /// formatted SHOULD be removed").
+    /// A knock's answered room state as a client sees it, each entry checked as for an
+    /// invite and dropped alone when it fails (spec: `send_knock`, entries "improperly
+    /// signed or formatted SHOULD be removed"). Before room version 12 an entry may be a
+    /// bare stripped event (no signatures), kept as it is.
     pub async fn knock_room_state(
         &self,
         room_id: &str,
@@ -52,17 +53,21 @@ impl Rooms {
         raw: Option<&Value>,
         source: &dyn MissingSource,
     ) -> Vec<Value> {
-        match checked_room_state(version, room_id, raw, source).await {
-            Ok(stripped) => stripped,
-            Err(why) => {
-                tracing::info!(room = %room_id, "a knock's room state is not as the spec asks: {why}");
-                if version.room_id_is_create_event_hash() {
-                    Vec::new()
-                } else {
-                    shaped_room_state(raw)
+        let entries = raw.and_then(Value::as_array).into_iter().flatten();
+        let mut out = Vec::new();
+        for entry in entries.take(MAX_STRIPPED_STATE) {
+            if entry.get("signatures").is_none() && !version.room_id_is_create_event_hash() {
+                out.extend(stripped_of(entry));
+                continue;
+            }
+            match checked_entry(version, room_id, entry, source).await {
+                Ok((_, stripped)) => out.extend(stripped),
+                Err(why) => {
+                    tracing::info!(room = %room_id, "an entry of a knock's room state is left out: {why}");
                 }
             }
         }
+        out
     }
 
     /// Whether `user` is invited to or knocking on `room_id` with no member of ours in the

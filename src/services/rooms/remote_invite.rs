@@ -299,28 +299,9 @@ pub(super) async fn checked_room_state(
     let mut out = Vec::with_capacity(entries.len());
     let mut has_create = false;
     for entry in entries {
-        pdu_checks::check_format(version, entry).map_err(|e| format!("an event: {e}"))?;
-        let kind = entry.get("type").and_then(Value::as_str).unwrap_or("");
-        let is_create =
-            kind == "m.room.create" && entry.get("state_key").and_then(Value::as_str) == Some("");
-        let its_room = if is_create && version.room_id_is_create_event_hash() {
-            event_hashes::room_id_from_create_event(entry, version).ok()
-        } else {
-            entry
-                .get("room_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        if its_room.as_deref() != Some(room_id) {
-            return Err(format!("an {kind} event is of another room"));
-        }
-        verify_signatures(version, entry, source)
-            .await
-            .map_err(|why| format!("an {kind} event: {why}"))?;
+        let (is_create, stripped) = checked_entry(version, room_id, entry, source).await?;
         has_create |= is_create;
-        if let Some(stripped) = stripped_of(entry) {
-            out.push(stripped);
-        }
+        out.extend(stripped);
     }
     if !has_create {
         return Err("the create event is missing".into());
@@ -328,9 +309,45 @@ pub(super) async fn checked_room_state(
     Ok(out)
 }
 
+/// One entry of a room state sent with an invite or a knock, checked as a PDU of
+/// `room_id` (format, room, signatures): whether it is the create event, and its stripped
+/// form (`None` when it lacks a stripped event's fields).
+pub(super) async fn checked_entry(
+    version: RoomVersion,
+    room_id: &str,
+    entry: &Value,
+    source: &dyn MissingSource,
+) -> Result<(bool, Option<Value>), String> {
+    pdu_checks::check_format(version, entry).map_err(|e| format!("an event: {e}"))?;
+    let kind = entry.get("type").and_then(Value::as_str).unwrap_or("");
+    let is_create =
+        kind == "m.room.create" && entry.get("state_key").and_then(Value::as_str) == Some("");
+    let its_room = if is_create && version.room_id_is_create_event_hash() {
+        event_hashes::room_id_from_create_event(entry, version).ok()
+    } else {
+        entry
+            .get("room_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if its_room.as_deref() != Some(room_id) {
+        return Err(format!("an {kind} event is of another room"));
+    }
+    verify_signatures(version, entry, source)
+        .await
+        .map_err(|why| format!("an {kind} event: {why}"))?;
+    // Check 3 of receiving a PDU: content that does not match its hash is shown redacted
+    // (an event redacted since is sent so, and an altered one shows nothing it claims).
+    if !event_hashes::content_hash_matches(entry, version).unwrap_or(false) {
+        let redacted = crate::core::redaction::redact(entry, version);
+        return Ok((is_create, stripped_of(&redacted)));
+    }
+    Ok((is_create, stripped_of(entry)))
+}
+
 /// The entries of `raw` that have a stripped event's shape, as stripped events (the
 /// older form of `invite_room_state`).
-pub(super) fn shaped_room_state(raw: Option<&Value>) -> Vec<Value> {
+fn shaped_room_state(raw: Option<&Value>) -> Vec<Value> {
     raw.and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -341,7 +358,7 @@ pub(super) fn shaped_room_state(raw: Option<&Value>) -> Vec<Value> {
 
 /// A stripped state event (`type`, `state_key`, `content`, `sender`), if `event` has
 /// those.
-fn stripped_of(event: &Value) -> Option<Value> {
+pub(super) fn stripped_of(event: &Value) -> Option<Value> {
     let kind = event.get("type")?.as_str()?;
     let state_key = event.get("state_key")?.as_str()?;
     let sender = event.get("sender")?.as_str()?;
