@@ -68,6 +68,27 @@ pub(super) fn refusal(error: FederationError) -> ServiceError {
     }
 }
 
+/// Whether a `make_{membership}` template is `user`'s member event of that membership in
+/// `room_id`. Spec (`make_join`, `make_leave`, `make_knock`): the room id, sender, state
+/// key, type and `content.membership` are checked; otherwise the answer "MUST be
+/// treated as malformed and discarded".
+fn is_template_for(
+    template: &Map<String, Value>,
+    (room_id, user): (&str, &str),
+    membership: &str,
+) -> bool {
+    let field = |k: &str| template.get(k).and_then(Value::as_str);
+    let template_membership = template
+        .get("content")
+        .and_then(|c| c.get("membership"))
+        .and_then(Value::as_str);
+    field("type") == Some("m.room.member")
+        && field("sender") == Some(user)
+        && field("state_key") == Some(user)
+        && field("room_id") == Some(room_id)
+        && template_membership == Some(membership)
+}
+
 impl Federation {
     /// `make_{membership}` at `destination` for `user` in `room_id`, filled in with
     /// `content` (its `membership` is set here), hashed and signed.
@@ -110,12 +131,7 @@ impl Federation {
             .get("event")
             .and_then(Value::as_object)
             .ok_or_else(|| refusal(FederationError::BadResponse("no event template".into())))?;
-        let field = |k: &str| template.get(k).and_then(Value::as_str);
-        if field("type") != Some("m.room.member")
-            || field("sender") != Some(user.as_str())
-            || field("state_key") != Some(user.as_str())
-            || field("room_id") != Some(room_id)
-        {
+        if !is_template_for(template, (room_id, user.as_str()), membership) {
             return Err(refusal(FederationError::BadResponse(format!(
                 "the template is not our user's {membership} in this room"
             ))));
@@ -153,9 +169,18 @@ impl Federation {
             &self.signing_key,
             version,
         )
-        .map_err(|e| ServiceError::internal(format!("cannot sign our {membership}: {e:?}")))?;
-        let event_id = event_hashes::event_id(&pdu, version)
-            .map_err(|e| ServiceError::internal(format!("cannot hash our {membership}: {e:?}")))?;
+        // What cannot be hashed came from the template (a float depth, prev_events not a
+        // list): the other server's bad answer, not ours.
+        .map_err(|e| {
+            refusal(FederationError::BadResponse(format!(
+                "the template cannot be signed: {e:?}"
+            )))
+        })?;
+        let event_id = event_hashes::event_id(&pdu, version).map_err(|e| {
+            refusal(FederationError::BadResponse(format!(
+                "the template cannot be hashed: {e:?}"
+            )))
+        })?;
         Ok(SignedMember {
             version,
             pdu,
@@ -208,7 +233,7 @@ impl Federation {
 mod tests {
     use serde_json::json;
 
-    use super::refusal;
+    use super::{is_template_for, refusal};
     use crate::services::error::ErrorCode;
     use crate::services::error::ErrorKind;
     use crate::services::federation::client::FederationError;
@@ -233,5 +258,28 @@ mod tests {
             Some(ErrorCode::Unknown)
         );
         assert_eq!(refused(400, "M_MADE_UP").errcode, Some(ErrorCode::Unknown));
+    }
+
+    #[test]
+    fn a_template_of_another_membership_is_malformed() {
+        let template = |membership: &str| {
+            json!({"type": "m.room.member", "sender": "@a:x", "state_key": "@a:x",
+                   "room_id": "!r:x", "content": {"membership": membership}})
+            .as_object()
+            .cloned()
+            .unwrap()
+        };
+        let ours = ("!r:x", "@a:x");
+        assert!(is_template_for(&template("join"), ours, "join"));
+        assert!(!is_template_for(&template("leave"), ours, "join"));
+        assert!(!is_template_for(&template("join"), ours, "knock"));
+        assert!(!is_template_for(
+            &template("join"),
+            ("!r:x", "@b:x"),
+            "join"
+        ));
+        let mut no_content = template("join");
+        no_content.remove("content");
+        assert!(!is_template_for(&no_content, ours, "join"));
     }
 }
