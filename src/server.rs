@@ -131,6 +131,14 @@ impl Server {
                 .federation
                 .start(services.rooms.shared_store(), stopped.clone()),
         );
+        {
+            let services = Arc::clone(&services);
+            workers.push(tokio::spawn(async move {
+                if let Err(e) = services.accounts.announce_unsent_device_changes().await {
+                    tracing::warn!(error = %e.message, "unsent device-list changes were not looked for");
+                }
+            }));
+        }
         workers.extend(crate::services::partial_resync::PartialResyncs::start(
             Arc::clone(&services),
             stopped.clone(),

@@ -543,3 +543,88 @@ async fn joining_a_room_tells_its_new_servers_the_device_list() {
     assert!(after > before && after < before + 10, "{before} → {after}");
     cluster.shutdown().await;
 }
+
+/// A device change that committed but whose update never reached the outbox (the server
+/// stopped between the two): at the next start the server sees the change is past the
+/// latest update it queued and sends the whole list again, so a server keeping the list
+/// gets the new device.
+#[tokio::test]
+async fn a_device_change_whose_update_was_lost_is_sent_at_the_next_start() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let bob = User::register(&cluster.instances[0], "bob").await.unwrap();
+    let mut alice = User::register(&cluster.instances[1], "alice")
+        .await
+        .unwrap();
+    let b_name = cluster.instances[1].name().to_owned();
+    let a_name = cluster.instances[0].name().to_owned();
+    let room = bob
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await;
+    alice.join_via(&room, &a_name).await;
+    bob.upload_device_keys(7).await;
+    let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+    assert_eq!(devices, vec![bob.device_id.clone()], "{failures}");
+    let kept = cluster.instances[1]
+        .running()
+        .services
+        .remote_device_lists
+        .get(&bob.user_id)
+        .unwrap();
+    assert!(
+        kept.is_some_and(|l| !l.stale),
+        "alice's server keeps bob's list"
+    );
+
+    // Bob's phone, while alice's server is down; then its update is lost: taken out of
+    // the outbox, and the sequence put back to before it.
+    let services = &cluster.instances[0].running().services;
+    let last_told = services
+        .accounts
+        .device_list_update_id(&bob.user_id)
+        .unwrap();
+    cluster.instances[1].stop().await;
+    let phone = bob.login_another_device().await.unwrap();
+    phone.upload_device_keys(8).await;
+    let services = &cluster.instances[0].running().services;
+    let db = &services.db;
+    let mut batch = db.batch();
+    let queued: Vec<Vec<u8>> = db
+        .scan_prefix(
+            ourwhats::storage::Table::ServernamePosEdu,
+            &ourwhats::storage::keys::prefix(b_name.as_bytes()),
+        )
+        .map(|entry| entry.unwrap().0.to_vec())
+        .collect();
+    assert!(
+        !queued.is_empty(),
+        "the phone's update waits for alice's server"
+    );
+    for key in queued {
+        batch.delete(ourwhats::storage::Table::ServernamePosEdu, key);
+    }
+    batch.put(
+        ourwhats::storage::Table::UseridDevicelistedu,
+        bob.user_id.as_bytes(),
+        last_told.to_be_bytes(),
+    );
+    db.commit_blocking(batch).unwrap();
+
+    cluster.instances[0].restart().await.unwrap();
+    cluster.instances[1].restart().await.unwrap();
+    alice.base = cluster.instances[1].client_url();
+    let mut both = vec![bob.device_id.clone(), phone.device_id.clone()];
+    both.sort();
+    let started = std::time::Instant::now();
+    loop {
+        let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
+        if devices == both {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "alice's server never learnt of the phone: {devices:?} {failures}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    cluster.shutdown().await;
+}

@@ -9,8 +9,9 @@
 //! what it has, and one that missed an update resyncs. The sequence of one user is
 //! queued under a lock of its own. Cross-signing key changes go as
 //! `m.signing_key_update` (spec: "End-to-End Encryption"). The EDUs are queued durably
-//! after the change commits; a crash between the two loses them, and the next update's
-//! `prev_id` then makes the other servers resync.
+//! after the change commits; a crash between the two is found at the next start (the
+//! change's position in `userid_devicelistpos` is past the latest update's) and the
+//! whole list is sent again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,8 +51,31 @@ impl Accounts {
             .unwrap_or(0))
     }
 
+    /// At start-up: our users whose latest device-list change came after the latest
+    /// update queued for other servers (the server stopped, or the queueing failed,
+    /// between the change's commit and its update) have their whole list sent again, so
+    /// the change is not lost to the servers that keep their list. Answers how many.
+    pub async fn announce_unsent_device_changes(&self) -> ServiceResult<usize> {
+        let suffix = format!(":{}", self.server_name.as_str());
+        let mut behind = Vec::new();
+        for entry in self.db.scan_prefix(Table::UseridDevicelistpos, b"") {
+            let (user, pos) = entry?;
+            let user = String::from_utf8_lossy(&user).into_owned();
+            let changed_at = keys::read_u64(&pos).unwrap_or(0);
+            if user.ends_with(&suffix) && changed_at > self.device_list_update_id(&user)? {
+                behind.push(user);
+            }
+        }
+        for user in &behind {
+            tracing::info!(%user, "a device-list change was not told to other servers: sending the list again");
+            self.tell_other_servers(user, Changed::Everything).await;
+        }
+        Ok(behind.len())
+    }
+
     /// Tells the other servers sharing a room with `user_id` (one of ours) what changed.
-    /// Failures are logged: the change itself has committed.
+    /// Failures are logged: the change itself has committed (and
+    /// [`Accounts::announce_unsent_device_changes`] sends it at the next start).
     pub(super) async fn tell_other_servers(&self, user_id: &str, changed: Changed<'_>) {
         if let Err(e) = self.queue_updates(user_id, changed).await {
             tracing::warn!(user = %user_id, error = %e.message, "device-list updates for other servers were not queued");
