@@ -272,6 +272,31 @@ async fn thumbnail_of(
     (headers, bytes, (img.width(), img.height()))
 }
 
+/// Every size asked for was a file of its own, forever: past the few stored per image, the
+/// nearest stored thumbnail is served (covering the box when one does), and no more
+/// files are written.
+#[tokio::test]
+async fn asking_for_ever_more_thumbnail_sizes_writes_no_more_files() {
+    let s = TestServer::start().await;
+    let c = client(&s, "eve").await;
+    let mxc = c
+        .upload_ok(png(600, 600), "image/png", Some("big.png"))
+        .await;
+    let before = blob_files(&s);
+    for i in 0..40u32 {
+        let (_, _, dims) =
+            thumbnail_of(&c, &mxc, format!("width={}&height=57&method=crop", 100 + i)).await;
+        assert!(dims.0 >= 1 && dims.1 >= 1);
+    }
+    let written = blob_files(&s) - before;
+    assert!(written <= 32, "{written} thumbnail files for one image");
+    // Past the cap, a box no stored thumbnail covers gets the largest one.
+    let (_, _, dims) = thumbnail_of(&c, &mxc, "width=500&height=500&method=crop".into()).await;
+    assert_eq!(dims, (131, 57));
+    assert!(blob_files(&s) - before <= 32);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn thumbnails_follow_the_size_rules_and_are_cached() {
     let s = TestServer::start().await;

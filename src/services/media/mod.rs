@@ -601,6 +601,26 @@ impl Media {
             let cached: ThumbnailRecord = decode(Table::MediaidThumbnail, &bytes)?;
             return Ok(thumbnail_served(cached));
         }
+        // Clients may ask for many sizes; past a few per image, the nearest stored one is
+        // served instead of rendering (and storing) one more: every size asked for would
+        // otherwise be a file of its own, and any user or server may ask (spec: "Security
+        // considerations" of the content repository; a thumbnail "may be larger" than
+        // asked).
+        let prefix = keys::prefix(&media_key(server, media_id));
+        let mut stored: Vec<ThumbnailRecord> = Vec::new();
+        for entry in self
+            .db
+            .scan_prefix(Table::MediaidThumbnail, &prefix)
+            .take(MAX_CACHED_THUMBNAILS)
+        {
+            let (_, bytes) = entry?;
+            stored.push(decode(Table::MediaidThumbnail, &bytes)?);
+        }
+        if stored.len() >= MAX_CACHED_THUMBNAILS {
+            if let Some(nearest) = nearest_thumbnail(stored, (out_w, out_h)) {
+                return Ok(thumbnail_served(nearest));
+            }
+        }
         let _decode = self
             .decode_slots
             .acquire()
@@ -637,20 +657,26 @@ impl Media {
             width: rendered.width,
             height: rendered.height,
         };
-        // Clients may ask for many sizes; past a few per image, render without storing.
-        let prefix = keys::prefix(&media_key(server, media_id));
-        let cached = self
-            .db
-            .scan_prefix(Table::MediaidThumbnail, &prefix)
-            .take(MAX_CACHED_THUMBNAILS)
-            .count();
-        if cached < MAX_CACHED_THUMBNAILS {
-            let mut batch = self.db.batch();
-            batch.put(Table::MediaidThumbnail, &key, encode(&record));
-            self.db.commit(batch).await?;
-        }
+        let mut batch = self.db.batch();
+        batch.put(Table::MediaidThumbnail, &key, encode(&record));
+        self.db.commit(batch).await?;
         Ok(thumbnail_served(record))
     }
+}
+
+/// Of stored thumbnails, the one to serve for a `(width, height)` box once no more are
+/// made: the smallest that covers the box, else the largest.
+fn nearest_thumbnail(
+    stored: Vec<ThumbnailRecord>,
+    (width, height): (u32, u32),
+) -> Option<ThumbnailRecord> {
+    let area = |t: &ThumbnailRecord| u64::from(t.width) * u64::from(t.height);
+    let covering = stored
+        .iter()
+        .filter(|t| t.width >= width && t.height >= height)
+        .min_by_key(|t| area(t))
+        .cloned();
+    covering.or_else(|| stored.into_iter().max_by_key(area))
 }
 
 /// A download waiting for a pending upload; the last one out removes the map entry.
