@@ -61,6 +61,66 @@ struct KeyDocumentRecord {
     document: Value,
     /// When it was fetched (ms since the epoch).
     fetched_at: u64,
+    /// Keys earlier documents listed and this one does not (a server that rotated its
+    /// key without listing the old one in `old_verify_keys`, as Synapse does unless told
+    /// to): kept as old keys, valid for what was signed before they expired, so events
+    /// signed with them stay verifiable. By key id: the unpadded base64 key and until
+    /// when it was valid.
+    #[serde(default)]
+    retired: HashMap<String, (String, u64)>,
+}
+
+/// Retired keys kept per server at most (the most recently valid).
+const MAX_RETIRED_KEYS: usize = 16;
+
+/// The keys of a new document of a server whose `previous` document (with its retired
+/// keys) had `earlier` keys: those the new one no longer lists, added to the retired.
+fn retire(
+    previous: Option<&KeyDocumentRecord>,
+    earlier: Option<&HashMap<String, ServerKey>>,
+    new: &HashMap<String, ServerKey>,
+) -> HashMap<String, (String, u64)> {
+    let mut retired: HashMap<String, (String, u64)> =
+        previous.map(|r| r.retired.clone()).unwrap_or_default();
+    for (id, key) in earlier.into_iter().flatten() {
+        retired.insert(
+            id.clone(),
+            (
+                crate::core::base64::encode(key.key.to_bytes()),
+                key.valid_until_ts,
+            ),
+        );
+    }
+    retired.retain(|id, _| !new.contains_key(id));
+    if retired.len() > MAX_RETIRED_KEYS {
+        let mut by_validity: Vec<(String, (String, u64))> = retired.into_iter().collect();
+        by_validity.sort_by_key(|(_, (_, until))| std::cmp::Reverse(*until));
+        by_validity.truncate(MAX_RETIRED_KEYS);
+        retired = by_validity.into_iter().collect();
+    }
+    retired
+}
+
+/// `keys` with the `retired` ones added as old keys (where the document does not name
+/// them).
+fn with_retired(
+    mut keys: HashMap<String, ServerKey>,
+    retired: &HashMap<String, (String, u64)>,
+) -> HashMap<String, ServerKey> {
+    for (id, (key, until)) in retired {
+        let parsed = crate::core::base64::decode(key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok());
+        if let Some(key) = parsed {
+            keys.entry(id.clone()).or_insert(ServerKey {
+                key,
+                valid_until_ts: *until,
+                old: true,
+            });
+        }
+    }
+    keys
 }
 
 /// The key ring.
@@ -229,8 +289,9 @@ impl KeyRing {
         let Ok(doc) = key_document::check(&record.document, server, record.fetched_at) else {
             return false;
         };
-        let ok = fresh(&doc.keys);
-        lock(&self.keys).insert(server.to_owned(), doc.keys);
+        let keys = with_retired(doc.keys, &record.retired);
+        let ok = fresh(&keys);
+        lock(&self.keys).insert(server.to_owned(), keys);
         ok
     }
 
@@ -328,9 +389,17 @@ impl KeyRing {
         }
         match fetched {
             Some((document, checked)) => {
+                let previous = self.stored(server).ok().flatten();
+                let earlier = previous.as_ref().and_then(|r| {
+                    key_document::check(&r.document, server, r.fetched_at)
+                        .ok()
+                        .map(|d| d.keys)
+                });
+                let retired = retire(previous.as_ref(), earlier.as_ref(), &checked.keys);
                 let record = KeyDocumentRecord {
                     document,
                     fetched_at: now,
+                    retired,
                 };
                 let mut batch = self.db.batch();
                 batch.put(Table::ServernameKeydocument, server, encode(&record));
@@ -338,7 +407,8 @@ impl KeyRing {
                     tracing::warn!(%server, error = %e, "cannot store the server's keys");
                 }
                 let satisfied = fresh(&checked.keys);
-                lock(&self.keys).insert(server.to_owned(), checked.keys);
+                let keys = with_retired(checked.keys, &record.retired);
+                lock(&self.keys).insert(server.to_owned(), keys);
                 lock(&self.failed).remove(server);
                 if !satisfied && lookup {
                     let mut missed = lock(&self.missed);
