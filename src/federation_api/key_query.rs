@@ -31,7 +31,10 @@ pub async fn query_one(
 ) -> MatrixResult<Json<Value>> {
     let server = ServerName::parse(&server)
         .map_err(|e| MatrixError::invalid_param(format!("{server:?} is not a server name: {e}")))?;
-    let minimum = params.minimum_valid_until_ts.unwrap_or(0);
+    // Spec: "If not supplied, the notary server MUST use the current time."
+    let minimum = params
+        .minimum_valid_until_ts
+        .unwrap_or_else(crate::services::now_ms);
     let documents: Vec<Value> = services
         .federation
         .keys
@@ -63,17 +66,20 @@ pub async fn query_many(
         let server = ServerName::parse(server).map_err(|e| {
             MatrixError::invalid_param(format!("{server:?} is not a server name: {e}"))
         })?;
+        // Spec: "If not supplied, the notary server MUST use the current time."
+        let now = crate::services::now_ms();
         let minimum = wanted
             .as_object()
             .into_iter()
             .flat_map(|keys| keys.values())
-            .filter_map(|criteria| {
+            .map(|criteria| {
                 criteria
                     .get("minimum_valid_until_ts")
                     .and_then(Value::as_u64)
+                    .unwrap_or(now)
             })
             .max()
-            .unwrap_or(0);
+            .unwrap_or(now);
         if let Some(document) = services
             .federation
             .keys
