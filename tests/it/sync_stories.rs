@@ -121,9 +121,15 @@ async fn a_room_joined_since_the_token_shows_its_last_events_from_before_the_tok
     let alice = Client::new(&s, "alice").await;
     let bob = Client::new(&s, "bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mut last = String::new();
     for n in 0..12 {
-        alice.text(&room, &format!("m{n}")).await;
+        last = alice.text(&room, &format!("m{n}")).await;
     }
+    // Where alice has read to, from before the token too.
+    let (status, _) = alice
+        .post(&format!("/rooms/{room}/receipt/m.read/{last}"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let since = bob.sync("timeout=0").await["next_batch"].clone();
     assert_eq!(bob.join(&room).await.0, StatusCode::OK);
     let filter = json!({"room": {"timeline": {"limit": 5}}});
@@ -134,6 +140,16 @@ async fn a_room_joined_since_the_token_shows_its_last_events_from_before_the_tok
     let timeline = &joined["timeline"];
     assert_eq!(timeline["limited"], true, "{timeline}");
     assert_eq!(bodies(&timeline["events"]), ["m8", "m9", "m10", "m11"]);
+    let receipts = joined["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .unwrap_or_else(|| panic!("no receipts: {joined}"));
+    assert!(
+        receipts["content"][&last]["m.read"][&alice.user_id].is_object(),
+        "{receipts}"
+    );
     let events = timeline["events"].as_array().unwrap();
     assert_eq!(events.last().unwrap()["state_key"], bob.user_id.as_str());
     let page = bob

@@ -1267,7 +1267,7 @@ fn joined_room(
             .record(ctx.device(), room.short, sent, ctx.upto);
     }
 
-    let ephemeral = ephemeral_events(ctx, room)?;
+    let ephemeral = ephemeral_events(ctx, room, full)?;
     let account_data: Vec<Value> = data
         .iter()
         .filter(|d| {
@@ -1391,14 +1391,17 @@ fn left_room(
 }
 
 /// Typing and receipts that changed (all of them in a full sync).
-fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> ServiceResult<Vec<Value>> {
+/// A room's typing and receipts: what changed since `since`, or all of them for a room
+/// sent `full` (an initial sync, or a room joined since `since`, whose client knows
+/// nothing of where its members have read to).
+fn ephemeral_events(ctx: &Context<'_>, room: &Room, full: bool) -> ServiceResult<Vec<Value>> {
     let ephemeral = &ctx.services.ephemeral;
     let filter = &ctx.filter.room.ephemeral;
     let mut out = Vec::new();
     if !filter.matches_room(&room.record.room_id) {
         return Ok(out);
     }
-    let typing = match (ctx.full, ctx.since) {
+    let typing = match (full, ctx.since) {
         (false, Some(since)) => ephemeral.typing_changed(room.short, since, ctx.upto),
         _ => Some(ephemeral.typing_now(room.short)).filter(|t| !t.is_empty()),
     };
@@ -1408,7 +1411,7 @@ fn ephemeral_events(ctx: &Context<'_>, room: &Room) -> ServiceResult<Vec<Value>>
         }
     }
     if filter.matches_type_and_sender("m.receipt", "") {
-        let after = if ctx.full { None } else { ctx.since };
+        let after = if full { None } else { ctx.since };
         if let Some(receipts) =
             ephemeral.receipts_for(room.short, &ctx.request.user_id, after, ctx.upto)?
         {
