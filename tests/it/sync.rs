@@ -374,6 +374,35 @@ async fn receipts_and_read_markers() {
     let alice_view = alice.sync_since(&alice_view["next_batch"]).await;
     let receipt = ephemeral_of(&alice_view, &room, "m.receipt").unwrap();
     assert!(receipt["content"][&first]["m.read"][&bob.user_id]["ts"].is_u64());
+    // The marker moves forward only, and a bad event anywhere in the body moves nothing.
+    let marker_path = format!(
+        "/user/{}/rooms/{room}/account_data/m.fully_read",
+        bob.user_id
+    );
+    let (status, _) = bob
+        .post(
+            &format!("/rooms/{room}/read_markers"),
+            json!({"m.fully_read": second}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = bob
+        .post(
+            &format!("/rooms/{room}/read_markers"),
+            json!({"m.fully_read": first}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bob.get(&marker_path).await.1["event_id"], second.as_str());
+    let third = alice.text(&room, "three").await;
+    let (status, body) = bob
+        .post(
+            &format!("/rooms/{room}/read_markers"),
+            json!({"m.fully_read": third, "m.read": "$missing"}),
+        )
+        .await;
+    assert_error(status, &body, 404, "M_NOT_FOUND");
+    assert_eq!(bob.get(&marker_path).await.1["event_id"], second.as_str());
     // A threaded receipt carries its thread id.
     bob.post(
         &format!("/rooms/{room}/receipt/m.read/{second}"),

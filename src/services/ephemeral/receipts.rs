@@ -228,21 +228,43 @@ impl Ephemeral {
         read: Option<&str>,
         read_private: Option<&str>,
     ) -> ServiceResult<()> {
-        if let Some(event_id) = fully_read {
-            let access = rooms.read_access(user_id, room_id)?;
-            if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
-                return Err(ServiceError::forbidden("You aren't joined to the room"));
+        // Every event named is checked before anything is written: a bad one leaves
+        // all the markers as they were.
+        let access = rooms.read_access(user_id, room_id)?;
+        if access.membership.as_ref().map(|m| m.membership.as_str()) != Some("join") {
+            return Err(ServiceError::forbidden("You aren't joined to the room"));
+        }
+        let mut check = rooms.visibility_check(user_id, &access);
+        let mut marker = None;
+        for (event_id, is_marker) in [(fully_read, true), (read, false), (read_private, false)] {
+            if let Some(event_id) = event_id {
+                let event = rooms.visible_event_for(&access, &mut check, event_id)?;
+                if is_marker {
+                    marker = Some(event);
+                }
             }
-            let mut check = rooms.visibility_check(user_id, &access);
-            rooms.visible_event_for(&access, &mut check, event_id)?;
-            accounts
-                .set_account_data(
-                    user_id,
-                    Some(room_id),
-                    "m.fully_read",
-                    Some(json!({ "event_id": event_id })),
-                )
-                .await?;
+        }
+        if let (Some(event_id), Some(event)) = (fully_read, marker) {
+            // The marker only moves forward (as Synapse keeps it): a client that sends
+            // an older event (another device behind) does not take it back.
+            let current = accounts
+                .account_data(user_id, Some(room_id), "m.fully_read")?
+                .and_then(|c| c.get("event_id").and_then(Value::as_str).map(str::to_owned))
+                .map(|id| rooms.store().event_by_id(&id))
+                .transpose()?
+                .flatten();
+            let behind = current
+                .is_some_and(|c| c.meta.room == event.meta.room && c.meta.pos > event.meta.pos);
+            if !behind {
+                accounts
+                    .set_account_data(
+                        user_id,
+                        Some(room_id),
+                        "m.fully_read",
+                        Some(json!({ "event_id": event_id })),
+                    )
+                    .await?;
+            }
         }
         if let Some(event_id) = read {
             self.set_receipt(
