@@ -30,9 +30,9 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::http::extract::PathParams;
 use crate::http::AppState;
 use crate::services::ephemeral::receipts::ReceiptType;
+use crate::services::federation::received_txns::transaction_key;
 use crate::services::federation::source::FromOrigin;
 use crate::services::rooms::receive::PduOutcome;
-use crate::storage::{keys, Table};
 
 /// PDUs per transaction at most (spec).
 const MAX_PDUS: usize = 50;
@@ -63,9 +63,11 @@ pub async fn send(
             "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
-    let seen_key = keys::join(&[origin.as_str().as_bytes(), txn_id.as_bytes()]);
-    if let Some(answer) = services.db.get(Table::OriginTxnidAnswer, &seen_key)? {
-        let answer: Value = serde_json::from_slice(&answer).unwrap_or_else(|_| json!({"pdus": {}}));
+    let received = &services.federation.received;
+    let seen_key = transaction_key(origin.as_str(), &txn_id);
+    // A copy of it being processed (the origin's retry after a timeout) is waited for.
+    let _processing = received.enter(&seen_key).await;
+    if let Some(answer) = received.answer(&services.db, &seen_key)? {
         return Ok(Json(answer));
     }
 
@@ -125,13 +127,7 @@ pub async fn send(
             "part of the transaction could not be stored",
         ));
     }
-    let mut batch = services.db.batch();
-    batch.put(
-        Table::OriginTxnidAnswer,
-        &seen_key,
-        serde_json::to_vec(&answer).unwrap_or_default(),
-    );
-    services.db.write_relaxed(batch)?;
+    received.remember(&services.db, &seen_key, &answer)?;
     Ok(Json(answer))
 }
 

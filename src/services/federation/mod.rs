@@ -27,6 +27,7 @@ pub mod knocking;
 pub mod leaving;
 pub mod media;
 pub mod queries;
+pub mod received_txns;
 pub mod sender;
 pub mod source;
 pub mod templates;
@@ -61,6 +62,8 @@ pub struct Federation {
     backfill_backoff: backfilling::BackfillBackoff,
     /// One backfill of a room at a time.
     backfill_locks: crate::services::StripedLocks,
+    /// The transactions other servers sent: their answers, the ones being processed.
+    pub received: received_txns::ReceivedTransactions,
     /// Our joins ask for a partial state (`federation.partial_state_joins`).
     partial_state_joins: bool,
 }
@@ -94,6 +97,7 @@ impl Federation {
             signing_key,
             backfill_backoff: Default::default(),
             backfill_locks: Default::default(),
+            received: Default::default(),
             partial_state_joins: config.federation.partial_state_joins,
         })
     }
