@@ -207,7 +207,8 @@ async fn an_invite_taken_back_reaches_the_invitee() {
         .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
         .await;
     sync_shows(&bob, "invite", &room).await;
-    // carol's server is in the room too, and tries to end bob's invite itself.
+    // carol's server is in the room too (she names it, so her server is among the
+    // invite's room state senders), and tries to end bob's invite itself.
     let (status, body) = alice
         .post(
             &format!("/rooms/{}/invite", enc(&room)),
@@ -228,6 +229,23 @@ async fn an_invite_taken_back_reaches_the_invitee() {
         .await;
     assert_eq!(status, 200, "{body}");
     membership_becomes(&carol, &room, &carol.user_id, "join").await;
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = carol
+            .put(
+                &format!("/rooms/{}/state/m.room.name/", enc(&room)),
+                json!({"name": "carol's name"}),
+            )
+            .await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 15,
+            "carol never got the power"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     let (status, body) = alice
         .post(
@@ -273,7 +291,15 @@ async fn an_invite_taken_back_reaches_the_invitee() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    sync_shows(&bob, "invite", &room).await;
+    let invite = sync_shows(&bob, "invite", &room).await;
+    let invite_id = invite["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap_or_else(|| panic!("{invite}"))
+        .to_owned();
     let (_, create) = alice
         .get(&format!("/rooms/{}/state/m.room.create/", enc(&room)))
         .await;
@@ -281,6 +307,7 @@ async fn an_invite_taken_back_reaches_the_invitee() {
     let (_, forged) = hand_made_invite(c, version, (&room, &bob.user_id), |t| {
         t.sender = carol.user_id.clone();
         t.content = json!({"membership": "leave"});
+        t.auth_events = vec![invite_id.clone()];
     });
     let txn = json!({"origin": c.name(), "origin_server_ts": 1_700_000_000_000u64,
                      "pdus": [forged]});

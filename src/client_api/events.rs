@@ -84,7 +84,8 @@ pub async fn events(
     // Spec: "This will block until an event is received, or until the timeout is
     // reached": an answer with nothing this endpoint shows (a device list change, say)
     // goes back to waiting from where it ended.
-    let deadline = tokio::time::Instant::now() + timeout;
+    // Capped as /sync caps its own (a client's number could overflow the clock).
+    let deadline = tokio::time::Instant::now() + timeout.min(crate::services::sync::MAX_TIMEOUT);
     let mut from = since;
     let (chunk, upto) = loop {
         let request = SyncRequest {

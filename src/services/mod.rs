@@ -11,6 +11,7 @@ pub mod error;
 pub mod federation;
 pub mod health;
 pub mod key_backup;
+pub mod keyed_locks;
 pub mod media;
 pub mod memory;
 pub mod outbox;

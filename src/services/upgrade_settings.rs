@@ -26,8 +26,17 @@ impl Services {
         let Some(old) = self.rooms.predecessor(room_id)? else {
             return Ok(());
         };
-        // Only for a user who was in the old room (a stranger has no settings there).
-        if self.rooms.membership_of(user_id, &old)?.is_none() {
+        // Only a room the old one's tombstone names as its replacement (any room can
+        // claim any predecessor), and for a user who was joined to the old room.
+        if self.rooms.replacement(&old)?.as_deref() != Some(room_id) {
+            return Ok(());
+        }
+        let was_member = self
+            .rooms
+            .store()
+            .membership(user_id, &old)?
+            .is_some_and(|m| m.last_join_pos > 0);
+        if !was_member {
             return Ok(());
         }
         let accounts = &self.accounts;
@@ -59,9 +68,13 @@ impl Services {
         if !copies.is_empty() {
             self.push
                 .update_rules(user_id, |rules| {
-                    for (kind, rule_id, body) in copies {
-                        if rules.rules(kind).iter().all(|r| r.rule_id != rule_id) {
-                            rules.put_rule(kind, &rule_id, body, None, None)?;
+                    for (kind, rule_id, body, enabled) in copies {
+                        if rules.rules(kind).iter().any(|r| r.rule_id == rule_id) {
+                            continue;
+                        }
+                        // One rule the ruleset refuses is left out, not the others.
+                        if rules.put_rule(kind, &rule_id, body, None, None).is_ok() && !enabled {
+                            let _ = rules.set_enabled(kind, &rule_id, false);
                         }
                     }
                     Ok(())
@@ -72,14 +85,16 @@ impl Services {
     }
 }
 
-/// Copies of the user's rules that name room `old`, naming `new` instead: its `room`
-/// rule, and `override` and `underride` rules with a `room_id` condition (Element mutes a
-/// room that way; their ids name the room as well). Server-default rules are not copied.
+/// Copies of the user's rules that name room `old`, naming `new` instead (and whether
+/// each was enabled): its `room` rule, and `override` and `underride` rules with a
+/// `room_id` condition whose id names the room too (Element mutes a room that way);
+/// the new id names the new room where the old one named the old. Server-default rules,
+/// and rules whose id does not name the room (no new id to give them), are not copied.
 pub fn rules_naming_room(
     ruleset: &Ruleset,
     old: &str,
     new: &str,
-) -> Vec<(RuleKind, String, RuleBody)> {
+) -> Vec<(RuleKind, String, RuleBody, bool)> {
     let mut copies = Vec::new();
     for kind in [RuleKind::Override, RuleKind::Room, RuleKind::Underride] {
         for rule in ruleset.rules(kind).iter().filter(|r| !r.default) {
@@ -90,7 +105,7 @@ pub fn rules_naming_room(
                         if key == "room_id" && pattern == old)
                 }),
             };
-            if !names_room {
+            if !names_room || !rule.rule_id.contains(old) {
                 continue;
             }
             let conditions = rule.conditions.as_ref().map(|conditions| {
@@ -109,16 +124,13 @@ pub fn rules_naming_room(
                     })
                     .collect()
             });
-            let rule_id = match rule.rule_id.contains(old) {
-                true => rule.rule_id.replace(old, new),
-                false => format!("{}/{new}", rule.rule_id),
-            };
+            let rule_id = rule.rule_id.replace(old, new);
             let body = RuleBody {
                 actions: rule.actions.clone(),
                 conditions,
                 pattern: rule.pattern.clone(),
             };
-            copies.push((kind, rule_id, body));
+            copies.push((kind, rule_id, body, rule.enabled));
         }
     }
     copies
@@ -152,6 +164,16 @@ mod tests {
             {"kind": "event_match", "key": "room_id", "pattern": "!old:x"},
             {"kind": "event_match", "key": "content.body", "pattern": "lunch"}]});
         rules
+            .put_rule(
+                RuleKind::Underride,
+                "lunch in !old:x",
+                body(keyword.clone()),
+                None,
+                None,
+            )
+            .unwrap();
+        // An id that does not name the room: no id to give its copy.
+        rules
             .put_rule(RuleKind::Underride, "lunch", body(keyword), None, None)
             .unwrap();
         let elsewhere = json!({"actions": [], "conditions": [
@@ -160,17 +182,20 @@ mod tests {
             .put_rule(RuleKind::Override, "other", body(elsewhere), None, None)
             .unwrap();
         let copies = rules_naming_room(&rules, "!old:x", "!new:x");
-        let ids: Vec<(RuleKind, &str)> =
-            copies.iter().map(|(k, id, _)| (*k, id.as_str())).collect();
+        let ids: Vec<(RuleKind, &str)> = copies
+            .iter()
+            .map(|(k, id, _, _)| (*k, id.as_str()))
+            .collect();
         assert_eq!(
             ids,
             [
                 (RuleKind::Override, "!new:x"),
                 (RuleKind::Room, "!new:x"),
-                (RuleKind::Underride, "lunch/!new:x"),
+                (RuleKind::Underride, "lunch in !new:x"),
             ]
         );
-        let (_, _, lunch) = &copies[2];
+        let (_, _, lunch, enabled) = &copies[2];
+        assert!(enabled);
         let conditions = lunch.conditions.as_ref().unwrap();
         assert_eq!(
             conditions[0],

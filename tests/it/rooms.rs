@@ -1219,6 +1219,27 @@ async fn a_members_settings_follow_them_into_the_upgraded_room() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    let (status, body) = bob
+        .put(
+            &format!("/pushrules/global/override/{old}/enabled"),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A room that only claims to follow the old one gets nothing of bob's.
+    let carol = Client::new(&server, "carol").await;
+    let claimed = carol
+        .create_room(json!({"preset": "public_chat",
+                            "creation_content": {"predecessor": {"room_id": old}}}))
+        .await;
+    assert_eq!(bob.join(&claimed).await.0, StatusCode::OK);
+    let (_, tags) = bob
+        .get(&format!("/user/{bob_id}/rooms/{claimed}/tags"))
+        .await;
+    assert_eq!(tags["tags"], json!({}), "{tags}");
+    let (status, _) = bob.get(&format!("/pushrules/global/room/{claimed}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     let (status, body) = alice
         .post(
@@ -1238,6 +1259,10 @@ async fn a_members_settings_follow_them_into_the_upgraded_room() {
     let (status, rule) = bob.get(&format!("/pushrules/global/override/{new}")).await;
     assert_eq!(status, StatusCode::OK, "{rule}");
     assert_eq!(rule["conditions"][0]["pattern"], new.as_str(), "{rule}");
+    assert_eq!(
+        rule["enabled"], false,
+        "a disabled rule stays disabled: {rule}"
+    );
     let (_, direct) = bob
         .get(&format!("/user/{bob_id}/account_data/m.direct"))
         .await;

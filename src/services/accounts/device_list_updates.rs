@@ -62,7 +62,18 @@ impl Accounts {
             let (user, pos) = entry?;
             let user = String::from_utf8_lossy(&user).into_owned();
             let changed_at = keys::read_u64(&pos).unwrap_or(0);
-            if user.ends_with(&suffix) && changed_at > self.device_list_update_id(&user)? {
+            if !user.ends_with(&suffix) || changed_at <= self.device_list_update_id(&user)? {
+                continue;
+            }
+            // A user with no device (deactivated) has no list to send. A cross-signing
+            // change also moves the change's position without a device update: such a
+            // user's list is sent once more, which brings the two back in step.
+            let has_devices = UserId::parse(&user)
+                .ok()
+                .map(|u| self.devices(&u))
+                .transpose()?
+                .is_some_and(|d| !d.is_empty());
+            if has_devices {
                 behind.push(user);
             }
         }

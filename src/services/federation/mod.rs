@@ -60,8 +60,9 @@ pub struct Federation {
     signing_key: Arc<SigningKeyPair>,
     /// Rooms whose last backfill placed nothing, waiting before the next.
     backfill_backoff: backfilling::BackfillBackoff,
-    /// One backfill of a room at a time.
-    backfill_locks: crate::services::StripedLocks,
+    /// One backfill of a room at a time (a lock per room: a backfill waits on other
+    /// servers for up to minutes, and must not hold up other rooms').
+    backfill_locks: crate::services::keyed_locks::KeyedLocks,
     /// The transactions other servers sent: their answers, the ones being processed.
     pub received: received_txns::ReceivedTransactions,
     /// Our joins ask for a partial state (`federation.partial_state_joins`).

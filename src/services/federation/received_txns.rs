@@ -10,13 +10,12 @@
 //!
 //! Owns the table `origin_txnid_answer`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{json, Value};
 
 use crate::services::error::ServiceResult;
+use crate::services::keyed_locks::{KeyedGuard, KeyedLocks};
 use crate::services::now_ms;
 use crate::storage::{keys, Db, Table};
 
@@ -28,30 +27,8 @@ const SWEEP_EVERY_MS: u64 = 3_600_000;
 /// The received transactions' answers and the ones being processed.
 #[derive(Default)]
 pub struct ReceivedTransactions {
-    in_flight: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: KeyedLocks,
     swept_at: AtomicU64,
-}
-
-/// Held while a transaction is processed; a retry of it waits until it is dropped.
-pub struct Processing<'a> {
-    gates: &'a ReceivedTransactions,
-    key: Vec<u8>,
-    gate: Arc<tokio::sync::Mutex<()>>,
-    _held: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for Processing<'_> {
-    fn drop(&mut self) {
-        let mut in_flight = self
-            .gates
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Ours and the map's: nobody else waits, the entry goes.
-        if Arc::strong_count(&self.gate) <= 3 {
-            in_flight.remove(&self.key);
-        }
-    }
 }
 
 /// The key of `origin`'s transaction `txn_id`.
@@ -62,21 +39,8 @@ pub fn transaction_key(origin: &str, txn_id: &str) -> Vec<u8> {
 impl ReceivedTransactions {
     /// Waits until no other copy of the transaction `key` is being processed; the answer
     /// stored by one that finished is then in the database.
-    pub async fn enter(&self, key: &[u8]) -> Processing<'_> {
-        let gate = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(in_flight.entry(key.to_vec()).or_default())
-        };
-        let held = Arc::clone(&gate).lock_owned().await;
-        Processing {
-            gates: self,
-            key: key.to_vec(),
-            gate,
-            _held: held,
-        }
+    pub async fn enter(&self, key: &[u8]) -> KeyedGuard<'_> {
+        self.in_flight.lock(key).await
     }
 
     /// The answer given to the transaction `key`, if it was processed in the last day.
@@ -129,6 +93,7 @@ impl ReceivedTransactions {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -156,7 +121,7 @@ mod tests {
         received.remember(&db, &key, &answer).unwrap();
         drop(first);
         assert_eq!(retry.await.unwrap(), Some(answer.clone()));
-        assert!(received.in_flight.lock().unwrap().is_empty());
+        assert!(received.in_flight.is_empty());
 
         // An answer older than a day goes with the next sweep; an older record (the
         // answer itself) is read as one.

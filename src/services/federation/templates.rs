@@ -51,14 +51,25 @@ pub(super) fn refusal(error: FederationError) -> ServiceError {
                 .unwrap_or("The resident server refused the request")
                 .to_owned();
             // Spec (invites, joins): the error "should be passed through to clients".
-            // A token error of theirs is not one of the client's token, though.
+            // Errors about the caller's own account or token are not the client's,
+            // though (a client would take them for its own session's): unknown, and a
+            // 401 of theirs is no 401 of ours.
             let code = match ErrorCode::from_wire(errcode) {
-                Some(ErrorCode::UnknownToken | ErrorCode::MissingToken) | None => {
-                    ErrorCode::Unknown
-                }
+                Some(
+                    ErrorCode::UnknownToken
+                    | ErrorCode::MissingToken
+                    | ErrorCode::UserLocked
+                    | ErrorCode::UserDeactivated
+                    | ErrorCode::Unauthorized,
+                )
+                | None => ErrorCode::Unknown,
                 Some(code) => code,
             };
-            ServiceError::new(super::client::refusal_kind(status), code, message)
+            let kind = match status {
+                401 => ErrorKind::RemoteFailed,
+                _ => super::client::refusal_kind(status),
+            };
+            ServiceError::new(kind, code, message)
         }
         other => ServiceError::new(
             ErrorKind::RemoteFailed,
@@ -253,8 +264,11 @@ mod tests {
         let bad = refused(400, "M_BAD_JSON");
         assert_eq!(bad.errcode, Some(ErrorCode::BadJson));
         // Their token errors are not about the client's token; unknown codes are unknown.
+        let theirs = refused(401, "M_UNKNOWN_TOKEN");
+        assert_eq!(theirs.errcode, Some(ErrorCode::Unknown));
+        assert_eq!(theirs.kind, ErrorKind::RemoteFailed);
         assert_eq!(
-            refused(401, "M_UNKNOWN_TOKEN").errcode,
+            refused(403, "M_USER_DEACTIVATED").errcode,
             Some(ErrorCode::Unknown)
         );
         assert_eq!(refused(400, "M_MADE_UP").errcode, Some(ErrorCode::Unknown));

@@ -657,9 +657,18 @@ impl Media {
             width: rendered.width,
             height: rendered.height,
         };
-        let mut batch = self.db.batch();
-        batch.put(Table::MediaidThumbnail, &key, encode(&record));
-        self.db.commit(batch).await?;
+        // Counted again: renders that waited for a decode slot meanwhile may have filled
+        // the image's share (the file written is then the only one past it).
+        let stored_now = self
+            .db
+            .scan_prefix(Table::MediaidThumbnail, &prefix)
+            .take(MAX_CACHED_THUMBNAILS)
+            .count();
+        if stored_now < MAX_CACHED_THUMBNAILS {
+            let mut batch = self.db.batch();
+            batch.put(Table::MediaidThumbnail, &key, encode(&record));
+            self.db.commit(batch).await?;
+        }
         Ok(thumbnail_served(record))
     }
 }

@@ -189,6 +189,20 @@ impl Rooms {
             }))
     }
 
+    /// The room that replaced `room_id` (its tombstone's `replacement_room`), if any.
+    pub fn replacement(&self, room_id: &str) -> ServiceResult<Option<String>> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .state_event(room.record.state, "m.room.tombstone", "")?
+            .and_then(|t| {
+                let replacement = t.content().get("replacement_room")?;
+                replacement.as_str().map(str::to_owned)
+            }))
+    }
+
     /// The user's current membership in a room (`None` when they have none).
     pub fn membership_of(&self, user_id: &str, room_id: &str) -> ServiceResult<Option<String>> {
         Ok(self

@@ -125,8 +125,9 @@ impl Rooms {
     /// users' pending invite or knock (the inviter's server rescinding the invite with a
     /// kick or a ban, the room denying the knock), checked and kept out of band, so the
     /// user's `/sync` shows it left instead of an invite that can no longer be taken.
-    /// Only the server that sent the invite (or, for a knock, that of the room's state
-    /// senders) may end it. `None`: not such an event (it is dropped as before).
+    /// Only an event naming the invite (or knock) we hold among its auth events, from the
+    /// server that sent the invite (or, for a knock, one of the servers it went through),
+    /// may end it. `None`: not such an event (it is dropped as before).
     pub(super) async fn rescinded_membership(
         &self,
         origin: &str,
@@ -155,12 +156,31 @@ impl Rooms {
         {
             return Ok(None);
         }
-        // The server the invite came from (or that let the knock in).
-        if !self
-            .servers_for_pending(&user, room_id)?
-            .iter()
-            .any(|s| s == origin)
-        {
+        // Tied to the invite or knock we hold (a kick names the target's membership
+        // among its auth events), and from the server that sent the invite (for a knock,
+        // one of the servers the knock's answer came with).
+        let Some(record) = self.store.membership(target, room_id)? else {
+            return Ok(None);
+        };
+        let names_ours = pdu
+            .get("auth_events")
+            .and_then(Value::as_array)
+            .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(&record.event_id)));
+        if !names_ours {
+            return Ok(None);
+        }
+        let from_sender = match record.membership.as_str() {
+            "invite" => self
+                .store
+                .event_by_id(&record.event_id)?
+                .and_then(|invite| invite.sender().split_once(':').map(|(_, s)| s.to_owned()))
+                .is_some_and(|server| server == origin),
+            _ => self
+                .servers_for_pending(&user, room_id)?
+                .iter()
+                .any(|s| s == origin),
+        };
+        if !from_sender {
             return Ok(None);
         }
         let Some(room) = self.store.room(room_id)? else {
