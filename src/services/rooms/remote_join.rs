@@ -308,7 +308,12 @@ impl Rooms {
             return Ok(Vec::new());
         };
         let state = room.record.state;
-        let members = self.store.state_events(state, Some("m.room.member"))?;
+        // Ranked by member events only in rooms of a modest size: reading every member
+        // event of a big room to pick three servers would cost more than asking.
+        let members = match room.record.joined <= MAX_MEMBERS_RANKED {
+            true => self.store.state_events(state, Some("m.room.member"))?,
+            false => Vec::new(),
+        };
         let member_since = members.iter().filter_map(|event| {
             let (_, server) = event.state_key()?.split_once(':')?;
             Some((server, event.meta.pos))
@@ -378,6 +383,10 @@ impl Rooms {
         Ok(self.local_joined(&state)?.is_some())
     }
 }
+
+/// Rooms with more joined members than this rank servers for backfill without reading
+/// member events (the creator's server first, then by name).
+const MAX_MEMBERS_RANKED: u64 = 2_000;
 
 /// `servers` ranked for asking about the room's past: the creator's server first, then by
 /// the position of their oldest member event (`member_since`: each member event's server

@@ -129,6 +129,7 @@ impl Rooms {
             Value::Object(join),
         ));
         // Power levels: the old ones; in v12 the creators are not listed.
+        let had_levels = levels_content.is_some();
         let mut new_levels = levels_content
             .and_then(|c| c.as_object().cloned())
             .unwrap_or_default();
@@ -161,7 +162,12 @@ impl Rooms {
             // Their own level comes back once everything is copied (as Synapse does): a
             // moderator who may send the tombstone does not come out an admin. The old
             // room's v12 creators keep the highest, the nearest to their infinite power.
-            if levels.user(sender) < i128::from(top) && old_creators.iter().all(|c| c != sender) {
+            // (An old room without power levels has no level of theirs to give back: the
+            // defaults would leave no one able to change the new room's state.)
+            if had_levels
+                && levels.user(sender) < i128::from(top)
+                && old_creators.iter().all(|c| c != sender)
+            {
                 let mut restored = levels_as_copied;
                 let users = restored.entry("users").or_insert_with(|| json!({}));
                 if let Some(users) = users.as_object_mut() {
