@@ -104,18 +104,7 @@ async fn deactivation_ends_openid_tokens_and_erasure_empties_account_data() {
     let (status, _) = userinfo(&s, &format!("?access_token={token}")).await;
     assert_eq!(status, StatusCode::OK);
 
-    let (_, challenge) = alice
-        .post("/account/deactivate", json!({"erase": true}))
-        .await;
-    let (status, body) = alice
-        .post(
-            "/account/deactivate",
-            json!({"erase": true, "auth": {"type": "m.login.password",
-                   "session": challenge["session"],
-                   "identifier": {"type": "m.id.user", "user": "alice"},
-                   "password": "correct horse battery"}}),
-        )
-        .await;
+    let (status, body) = alice.deactivate(true).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = userinfo(&s, &format!("?access_token={token}")).await;
     assert_error(status, &body, 401, "M_UNKNOWN_TOKEN");
@@ -184,15 +173,7 @@ async fn whois_is_for_oneself_and_server_admins() {
     assert_error(status, &body, 400, "M_INVALID_PARAM");
 
     // A deactivated account has no sessions to tell of.
-    let (_, challenge) = bob.post("/account/deactivate", json!({})).await;
-    let (status, body) = bob
-        .post(
-            "/account/deactivate",
-            json!({"auth": {"type": "m.login.password", "session": challenge["session"],
-                            "identifier": {"type": "m.id.user", "user": bob.user_id},
-                            "password": "correct horse battery"}}),
-        )
-        .await;
+    let (status, body) = bob.deactivate(false).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = admin.get(&path(&bob.user_id)).await;
     assert_error(status, &body, 404, "M_NOT_FOUND");

@@ -163,18 +163,7 @@ async fn an_erased_users_messages_are_redacted_for_those_who_join_afterwards() {
     // dave joins after her words, before the erasure: under `shared` he could read them.
     let dave = Client::new(&s, "dave").await;
     assert_eq!(dave.join(&room).await.0, StatusCode::OK);
-    let (_, challenge) = alice
-        .post("/account/deactivate", json!({"erase": true}))
-        .await;
-    let (status, body) = alice
-        .post(
-            "/account/deactivate",
-            json!({"erase": true, "auth": {"type": "m.login.password",
-                   "session": challenge["session"],
-                   "identifier": {"type": "m.id.user", "user": "alice"},
-                   "password": "correct horse battery"}}),
-        )
-        .await;
+    let (status, body) = alice.deactivate(true).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // bob was there before the erasure: he still sees the words. So does dave.

@@ -1344,6 +1344,24 @@ async fn sync_serves_the_events_the_event_endpoint_serves() {
     }
 }
 
+/// A `GET /events` from `end` (10 s long poll) of `client`, in a task of its own.
+fn events_poll(client: &Client<'_>, end: &str) -> tokio::task::JoinHandle<Value> {
+    let path = format!("/events?from={}&timeout=10000", urlencode(end));
+    let token = client.token.clone();
+    let base = client.server.running().client_url();
+    tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(format!("{base}/_matrix/client/v3{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    })
+}
+
 #[tokio::test]
 async fn the_deprecated_event_stream_long_polls_the_users_rooms() {
     let server = TestServer::start().await;
@@ -1368,22 +1386,7 @@ async fn the_deprecated_event_stream_long_polls_the_users_rooms() {
 
     // A long poll that a message ends.
     let started = Instant::now();
-    let waiting = {
-        let path = format!("/events?from={}&timeout=10000", urlencode(&end));
-        let bob_token = bob.token.clone();
-        let base = server.running().client_url();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .get(format!("{base}/_matrix/client/v3{path}"))
-                .bearer_auth(bob_token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = events_poll(&bob, &end);
     tokio::time::sleep(Duration::from_millis(300)).await;
     alice.text(&room, "through the stream").await;
     let answer = waiting.await.unwrap();
@@ -1432,22 +1435,7 @@ async fn the_deprecated_event_stream_long_polls_the_users_rooms() {
     // A receipt (which /events does not show) does not end a poll with nothing: it
     // blocks "until an event is received" (spec), here the next message.
     let end = next["end"].as_str().unwrap().to_owned();
-    let waiting = {
-        let path = format!("/events?from={}&timeout=10000", urlencode(&end));
-        let bob_token = bob.token.clone();
-        let base = server.running().client_url();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .get(format!("{base}/_matrix/client/v3{path}"))
-                .bearer_auth(bob_token)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = events_poll(&bob, &end);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let read = message["event_id"].as_str().unwrap();
     let (status, _) = alice

@@ -30,6 +30,22 @@ impl<'a> Client<'a> {
         }
     }
 
+    /// `POST /account/deactivate` (with `erase` when asked), through its password stage;
+    /// answers the status and body of the completing request.
+    pub async fn deactivate(&self, erase: bool) -> (StatusCode, Value) {
+        let (_, challenge) = self
+            .post("/account/deactivate", json!({"erase": erase}))
+            .await;
+        self.post(
+            "/account/deactivate",
+            json!({"erase": erase, "auth": {"type": "m.login.password",
+                   "session": challenge["session"],
+                   "identifier": {"type": "m.id.user", "user": self.user_id},
+                   "password": "correct horse battery"}}),
+        )
+        .await
+    }
+
     /// A client for an account registered earlier: `(user_id, access_token, device_id)`.
     pub fn signed_in(server: &'a TestServer, login: &(String, String, String)) -> Self {
         Self {
