@@ -733,8 +733,7 @@ async fn unread_counts_rise_with_messages_fall_after_reading_and_mentions_highli
     let mention = alice.mention(&room, &bob.user_id, "bob: look").await;
     let second = bob.sync_since(&first["next_batch"]).await;
     assert_eq!(unread(&second, &room), (3, 1));
-    // Bob's own messages and notices don't count; Alice's member events neither.
-    bob.text(&room, "mine").await;
+    // Notices don't count; Alice's member events neither.
     alice
         .send(&room, json!({"msgtype": "m.notice", "body": "a bot says"}))
         .await;
@@ -766,6 +765,28 @@ async fn unread_counts_rise_with_messages_fall_after_reading_and_mentions_highli
     let read = bob.sync_since(&third["next_batch"]).await;
     assert_eq!(unread(&read, &room), (0, 0));
 
+    // Sending reads what came before (spec, "Marking notifications as read"), with no
+    // receipt from the client; Bob's own message does not count.
+    alice.text(&room, "three").await;
+    let later = alice.mention(&room, &bob.user_id, "bob: and this").await;
+    let unread_again = bob.sync_since(&read["next_batch"]).await;
+    assert_eq!(unread(&unread_again, &room), (2, 1));
+    bob.text(&room, "mine").await;
+    let answered = bob.sync_since(&unread_again["next_batch"]).await;
+    assert_eq!(unread(&answered, &room), (0, 0));
+    let (_, listed) = bob.get("/notifications?limit=1").await;
+    assert_eq!(
+        listed["notifications"][0]["event"]["event_id"],
+        later.as_str()
+    );
+    assert_eq!(listed["notifications"][0]["read"], true, "{listed}");
+    // It is no receipt anyone sees.
+    let receipts = answered["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
+    assert!(!receipts.contains("m.read"), "{receipts}");
+    alice.text(&room, "four").await;
+    let read = bob.sync_since(&answered["next_batch"]).await;
+    assert_eq!(unread(&read, &room), (1, 0));
+
     // A room rule that mutes the room: nothing counts any more.
     let (status, out) = bob
         .put(
@@ -776,7 +797,7 @@ async fn unread_counts_rise_with_messages_fall_after_reading_and_mentions_highli
     assert_eq!(status, StatusCode::OK, "{out}");
     alice.text(&room, "muted").await;
     let muted = bob.sync_since(&read["next_batch"]).await;
-    assert_eq!(unread(&muted, &room), (0, 0));
+    assert_eq!(unread(&muted, &room), (1, 0), "\"four\" only");
     // The rules reach the client as m.push_rules account data.
     let rules = muted["account_data"]["events"]
         .as_array()
@@ -1209,6 +1230,34 @@ async fn thread_notifications_are_counted_per_thread_when_asked() {
     let notifications = list["notifications"].as_array().unwrap();
     assert_eq!(notifications.len(), 3);
     assert!(notifications.iter().all(|n| n["read"] == true), "{list}");
+
+    // Sending in a thread reads that thread only; sending in the main timeline, the main
+    // timeline only.
+    let in_thread = json!({"msgtype": "m.text", "body": "more in the thread",
+                           "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    alice.send(&room, in_thread.clone()).await;
+    alice.text(&room, "more in the room").await;
+    assert_eq!(
+        split(&bob.sync(&format!("filter={threaded}")).await),
+        (1, Some(1))
+    );
+    bob.send(&room, in_thread).await;
+    assert_eq!(
+        split(&bob.sync(&format!("filter={threaded}")).await),
+        (1, None)
+    );
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "the thread goes on",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
+    bob.text(&room, "my answer in the room").await;
+    assert_eq!(
+        split(&bob.sync(&format!("filter={threaded}")).await),
+        (0, Some(1))
+    );
 }
 
 /// Removes `unsigned.age` at every depth: it is the one field that differs between two

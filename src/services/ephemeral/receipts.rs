@@ -16,7 +16,7 @@ use crate::services::now_ms;
 use crate::services::records::{decode, encode};
 use crate::services::rooms::Rooms;
 use crate::services::stream::StreamChange;
-use crate::storage::{keys, Table};
+use crate::storage::{keys, Batch, Table};
 
 /// A receipt type clients may send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,28 @@ impl ReadPositions {
         };
         pos <= self.unthreaded.max(own)
     }
+}
+
+/// Records, in the batch of an event a local user sent, the event as their implicit read
+/// receipt in its thread (`None`: the main timeline). Spec, "Marking notifications as
+/// read": "When the user updates their read receipt (either by using the API or by sending
+/// an event), notifications prior to and including that event MUST be marked as read".
+/// Like a threaded receipt it reads only its own thread: a reply in the main timeline
+/// leaves a thread's notifications unread, and a thread reply the main timeline's. It is
+/// no receipt others see (Synapse keeps none: its clients infer it).
+pub fn put_sent_position(
+    batch: &mut Batch<'_>,
+    room: u64,
+    user_id: &str,
+    thread: Option<&str>,
+    pos: u64,
+) {
+    let mut key = room.to_be_bytes().to_vec();
+    key.extend_from_slice(&keys::join(&[
+        user_id.as_bytes(),
+        thread.unwrap_or("main").as_bytes(),
+    ]));
+    batch.put(Table::ShortroomidUseridThreadSent, key, pos.to_be_bytes());
 }
 
 fn receipt_key(room: u64, user_id: &str, kind: &str, thread: &str) -> Vec<u8> {
@@ -329,6 +351,22 @@ impl Ephemeral {
             let pos = decode::<ReceiptRecord>(Table::ShortroomidUseridReceipt, &value)?.event_pos;
             let slot = match thread {
                 b"" => &mut out.unthreaded,
+                b"main" => &mut out.main,
+                root => out
+                    .threads
+                    .entry(String::from_utf8_lossy(root).into_owned())
+                    .or_default(),
+            };
+            *slot = (*slot).max(pos);
+        }
+        // What the user sent reads what came before it in its thread.
+        for entry in self
+            .db
+            .scan_prefix(Table::ShortroomidUseridThreadSent, &prefix)
+        {
+            let (key, value) = entry?;
+            let pos = keys::read_u64(&value).ok_or_else(corrupt)?;
+            let slot = match &key[prefix.len()..] {
                 b"main" => &mut out.main,
                 root => out
                     .threads

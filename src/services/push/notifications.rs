@@ -18,7 +18,7 @@ use super::queue::{self, QueuedEvent};
 use super::unread_cache::Counted;
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
-use crate::services::ephemeral::receipts::ReadPositions;
+use crate::services::ephemeral::receipts::{self, ReadPositions};
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::rooms::stored_event::StoredEvent;
 use crate::services::rooms::writer::{NewEvent, NewEventHook};
@@ -164,8 +164,14 @@ impl NewEventHook for Push {
             .iter()
             .map(|m| (m.user_id.as_str(), m.display_name.as_deref()))
             .chain(invitee);
+        let root = thread_root(event.pdu);
         for (user_id, display_name) in members {
             let invited = invitee.is_some_and(|(user, _)| user == user_id);
+            if user_id == sender && !invited {
+                // A local member's own event: what came before it in its thread is read.
+                receipts::put_sent_position(batch, event.room, sender, root, event.pos);
+                continue;
+            }
             if user_id == sender || (!is_state && ignores(user_id)) {
                 continue;
             }
@@ -184,7 +190,6 @@ impl NewEventHook for Push {
             if !outcome.notify {
                 continue;
             }
-            let root = thread_root(event.pdu);
             let mut value = Vec::with_capacity(HEADER + 64);
             let mut flags = 0;
             if outcome.highlight {
