@@ -76,6 +76,38 @@ impl ReadPositions {
         };
         pos <= self.unthreaded.max(own)
     }
+
+    /// Whether every receipt here is at or after where it was in `earlier` (receipts only
+    /// move forward, so this holds for the same user's later positions).
+    pub fn covers(&self, earlier: &ReadPositions) -> bool {
+        self.unthreaded >= earlier.unthreaded
+            && self.main >= earlier.main
+            && earlier
+                .threads
+                .iter()
+                .all(|(root, pos)| self.threads.get(root).is_some_and(|now| now >= pos))
+    }
+
+    /// The stream positions `(after, upto]` holding every event read here that was unread
+    /// at `earlier` (which this covers); `None` when no receipt moved past what was read.
+    pub fn newly_read_since(&self, earlier: &ReadPositions) -> Option<(u64, u64)> {
+        let mut range: Option<(u64, u64)> = None;
+        let mut widen = |from: u64, to: u64| {
+            if to > from {
+                range = Some(match range {
+                    None => (from, to),
+                    Some((a, b)) => (a.min(from), b.max(to)),
+                });
+            }
+        };
+        widen(earlier.unthreaded, self.unthreaded);
+        widen(earlier.unthreaded.max(earlier.main), self.main);
+        for (root, &pos) in &self.threads {
+            let before = earlier.threads.get(root).copied().unwrap_or(0);
+            widen(earlier.unthreaded.max(before), pos);
+        }
+        range
+    }
 }
 
 /// Records, in the batch of an event a local user sent, the event as their implicit read
@@ -455,4 +487,48 @@ fn shown_receipt(key: &[u8], value: &[u8]) -> ServiceResult<ShownReceipt> {
         thread: String::from_utf8_lossy(thread).into_owned(),
         record: decode(Table::ShortroomidUseridReceipt, value)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadPositions;
+
+    fn at(unthreaded: u64, main: u64, threads: &[(&str, u64)]) -> ReadPositions {
+        ReadPositions {
+            unthreaded,
+            main,
+            threads: threads.iter().map(|(r, p)| (r.to_string(), *p)).collect(),
+        }
+    }
+
+    #[test]
+    fn what_became_read_lies_between_the_old_and_new_receipts() {
+        let before = at(10, 20, &[("$t", 15)]);
+        assert!(before.covers(&before));
+        assert_eq!(before.newly_read_since(&before), None);
+        // The main timeline moved: from 20 on.
+        assert_eq!(
+            at(10, 30, &[("$t", 15)]).newly_read_since(&before),
+            Some((20, 30))
+        );
+        // A first receipt in a thread: from the unthreaded one on.
+        assert_eq!(
+            at(10, 20, &[("$t", 15), ("$u", 40)]).newly_read_since(&before),
+            Some((10, 40))
+        );
+        // The unthreaded receipt moved past the others: from where it was.
+        assert_eq!(
+            at(50, 20, &[("$t", 15)]).newly_read_since(&before),
+            Some((10, 50))
+        );
+        // A thread receipt that stays behind the unthreaded one reads nothing new.
+        assert_eq!(
+            at(10, 20, &[("$t", 15), ("$u", 5)]).newly_read_since(&before),
+            None
+        );
+        // Receipts that went back (a thread forgotten) are not covered.
+        assert!(!at(10, 20, &[]).covers(&before));
+        assert!(!at(9, 20, &[("$t", 15)]).covers(&before));
+        assert!(at(11, 21, &[("$t", 16), ("$u", 1)]).covers(&before));
+    }
 }

@@ -310,6 +310,14 @@ fn parse_entry(key: &[u8], value: &[u8], prefix_len: usize) -> ServiceResult<Not
     })
 }
 
+/// The stream position an entry's key ends with.
+fn entry_pos(key: &[u8]) -> ServiceResult<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| keys::read_u64(&key[at..]))
+        .ok_or_else(corrupt)
+}
+
 /// The thread root of an entry (if any) and the bytes after it.
 fn split_thread(value: &[u8]) -> ServiceResult<(Option<&str>, &[u8])> {
     let flags = *value.first().ok_or_else(corrupt)?;
@@ -345,7 +353,11 @@ impl Push {
         read: &ReadPositions,
     ) -> ServiceResult<(RoomCounts, Option<u64>)> {
         let published = self.stream.watermark();
-        let (mut counts, after, started) = match self.unread.get(user_id, room, read) {
+        let remembered = match self.unread.get(user_id, room) {
+            Some(counted) => self.read_since(user_id, room, counted, read)?,
+            None => None,
+        };
+        let (mut counts, after, started) = match remembered {
             Some(counted) => (
                 counted.counts,
                 counted.upto.max(read.unthreaded),
@@ -372,11 +384,7 @@ impl Push {
                 break;
             }
             let (key, value) = entry?;
-            let pos = key
-                .len()
-                .checked_sub(8)
-                .and_then(|at| keys::read_u64(&key[at..]))
-                .ok_or_else(corrupt)?;
+            let pos = entry_pos(&key)?;
             last = pos;
             let (root, _) = split_thread(&value)?;
             if read.has_read(pos, root) || value[0] & INVITE != 0 {
@@ -402,6 +410,65 @@ impl Push {
             },
         );
         Ok((counts, (upto == published).then_some(upto)))
+    }
+
+    /// A remembered count brought to the receipts `read`: the entries that became read
+    /// since it was made (between where its receipts were and where they are, up to what
+    /// it covers) are taken out. `None` when it cannot be (receipts that went back, as
+    /// after a leave; more than [`MAX_COUNTED`] entries to look at): count again.
+    fn read_since(
+        &self,
+        user_id: &str,
+        room: u64,
+        mut counted: Counted,
+        read: &ReadPositions,
+    ) -> ServiceResult<Option<Counted>> {
+        if counted.read == *read {
+            return Ok(Some(counted));
+        }
+        if !read.covers(&counted.read) {
+            return Ok(None);
+        }
+        if let Some((after, upto)) = read.newly_read_since(&counted.read) {
+            let upto = upto.min(counted.upto);
+            if after < upto {
+                let from = entry_key(user_id, room, after.saturating_add(1));
+                let to = entry_key(user_id, room, upto.saturating_add(1));
+                for (scanned, entry) in self
+                    .db
+                    .scan_range(Table::UseridShortroomidPosNotify, &from, &to, false)
+                    .enumerate()
+                {
+                    if scanned >= MAX_COUNTED {
+                        return Ok(None);
+                    }
+                    let (key, value) = entry?;
+                    let pos = entry_pos(&key)?;
+                    let (root, _) = split_thread(&value)?;
+                    if value[0] & INVITE != 0
+                        || counted.read.has_read(pos, root)
+                        || !read.has_read(pos, root)
+                    {
+                        continue;
+                    }
+                    let counts = &mut counted.counts;
+                    let slot = match root {
+                        None => &mut counts.main,
+                        Some(root) => match counts.threads.get_mut(root) {
+                            Some(slot) => slot,
+                            None => continue,
+                        },
+                    };
+                    slot.notifications = slot.notifications.saturating_sub(1);
+                    if value[0] & HIGHLIGHT != 0 {
+                        slot.highlights = slot.highlights.saturating_sub(1);
+                    }
+                }
+                counted.counts.threads.retain(|_, c| c.notifications > 0);
+            }
+        }
+        counted.read = read.clone();
+        Ok(Some(counted))
     }
 
     /// The user's notifications before position `before` (newest first), at most `limit`,

@@ -1,9 +1,10 @@
 //! Unread counts remembered per (user, room), so that counting follows what is new rather
 //! than everything unread: a count made at some read receipts, up to some stream
-//! position, goes on from that position while the receipts stay the same. Notification
-//! entries are added at rising positions, and a count only covers positions the stream
-//! has published (all committed), so the remembered part does not change under it. A new
-//! receipt means counting again from it, once.
+//! position, goes on from that position. Notification entries are added at rising
+//! positions, and a count only covers positions the stream has published (all
+//! committed), so the remembered part does not change under it. Receipts only move
+//! forward: when they moved since, the entries between where they were and where they
+//! are now are taken back out of the count (see `Push::counted_unread`).
 //!
 //! The one exception is a redaction, which deletes its target's entries. Before its batch
 //! commits it sets a barrier for the room at its own stream position: a count begun
@@ -69,14 +70,14 @@ impl Inner {
 }
 
 impl UnreadCache {
-    /// The count of `user_id` in `room`, if one was made at exactly `read` (and not
-    /// before a redaction since).
-    pub fn get(&self, user_id: &str, room: u64, read: &ReadPositions) -> Option<Counted> {
+    /// The latest count of `user_id` in `room`, whatever receipts it was made at (unless
+    /// made before a redaction since).
+    pub fn get(&self, user_id: &str, room: u64) -> Option<Counted> {
         let inner = self.lock();
         inner
             .counts
             .get(&(user_id.to_owned(), room))
-            .filter(|c| c.read == *read && inner.fresh(room, c))
+            .filter(|c| inner.fresh(room, c))
             .cloned()
     }
 
@@ -145,60 +146,49 @@ mod tests {
     }
 
     #[test]
-    fn a_count_is_found_only_at_the_same_receipts() {
+    fn a_count_is_found_by_user_and_room() {
         let cache = UnreadCache::default();
         cache.put("@a:x", 1, counted(5, 10, 3));
-        let at = counted(5, 0, 0).read;
-        assert_eq!(
-            cache.get("@a:x", 1, &at).unwrap().counts.main.notifications,
-            3
-        );
-        assert!(cache.get("@a:x", 1, &counted(6, 0, 0).read).is_none());
-        assert!(cache.get("@a:x", 2, &at).is_none());
-        assert!(cache.get("@b:x", 1, &at).is_none());
+        assert_eq!(cache.get("@a:x", 1).unwrap().counts.main.notifications, 3);
+        assert!(cache.get("@a:x", 2).is_none());
+        assert!(cache.get("@b:x", 1).is_none());
     }
 
     #[test]
     fn an_older_count_does_not_replace_a_newer_one() {
         let cache = UnreadCache::default();
-        let at = counted(5, 0, 0).read;
         cache.put("@a:x", 1, counted(5, 20, 7));
         cache.put("@a:x", 1, counted(5, 10, 3));
-        assert_eq!(cache.get("@a:x", 1, &at).unwrap().upto, 20);
+        assert_eq!(cache.get("@a:x", 1).unwrap().upto, 20);
         // New receipts replace whatever was there.
         cache.put("@a:x", 1, counted(9, 12, 1));
-        assert!(cache.get("@a:x", 1, &at).is_none());
+        assert_eq!(cache.get("@a:x", 1).unwrap().read.unthreaded, 9);
     }
 
     #[test]
     fn a_count_begun_before_a_redaction_deleted_entries_is_stale() {
         let cache = UnreadCache::default();
-        let at = counted(5, 0, 0).read;
         cache.put("@a:x", 1, counted(5, 20, 7));
         cache.put("@b:x", 1, counted(5, 20, 2));
         // A redaction at 25 deletes entries of room 1: every member's count goes.
         cache.forget_before(1, 25);
-        assert!(cache.get("@a:x", 1, &at).is_none());
-        assert!(cache.get("@b:x", 1, &at).is_none());
+        assert!(cache.get("@a:x", 1).is_none());
+        assert!(cache.get("@b:x", 1).is_none());
         // A count begun before the redaction committed, put after it: not kept.
         cache.put("@a:x", 1, counted(5, 24, 7));
-        assert!(cache.get("@a:x", 1, &at).is_none());
+        assert!(cache.get("@a:x", 1).is_none());
         // One begun once the stream had published it read the entries deleted, even
         // when it stopped short (10,000 entries at a time) at an older position.
         cache.put("@a:x", 1, started(5, 12, 25, 6));
-        assert_eq!(
-            cache.get("@a:x", 1, &at).unwrap().counts.main.notifications,
-            6
-        );
+        assert_eq!(cache.get("@a:x", 1).unwrap().counts.main.notifications, 6);
         // Other rooms are untouched.
         cache.put("@a:x", 2, counted(5, 20, 1));
-        assert!(cache.get("@a:x", 2, &at).is_some());
+        assert!(cache.get("@a:x", 2).is_some());
     }
 
     #[test]
     fn barriers_forgotten_still_hold() {
         let cache = UnreadCache::default();
-        let at = counted(5, 0, 0).read;
         cache.forget_before(1, 25);
         for room in 0..MAX_BARRIERS as u64 {
             cache.forget_before(100 + room, 10);
@@ -206,8 +196,8 @@ mod tests {
         // Forgotten on the way: the barrier at 25 now holds for every room.
         cache.put("@a:x", 1, counted(5, 24, 7));
         cache.put("@a:x", 7, counted(5, 24, 7));
-        assert!(cache.get("@a:x", 1, &at).is_none() && cache.get("@a:x", 7, &at).is_none());
+        assert!(cache.get("@a:x", 1).is_none() && cache.get("@a:x", 7).is_none());
         cache.put("@a:x", 1, counted(5, 26, 7));
-        assert!(cache.get("@a:x", 1, &at).is_some());
+        assert!(cache.get("@a:x", 1).is_some());
     }
 }
