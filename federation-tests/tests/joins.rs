@@ -1174,3 +1174,65 @@ async fn restricted_joins_are_refused_unless_a_condition_holds() {
     );
     cluster.shutdown().await;
 }
+
+/// Spec: server-server API, "Restricted rooms": a resident server none of whose members
+/// may invite cannot authorise a join, and the joining server "should try another
+/// resident server". Our own users meet that too: b holds the room (bob is in it, with
+/// no power to invite) and carol meets its condition, so her join is authorised by a
+/// (alice, through `make_join`/`send_join` there), countersigned, and reaches both
+/// servers. A user who meets no condition is still refused.
+#[tokio::test]
+async fn a_restricted_join_none_of_ours_may_authorise_goes_through_another_server() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(b, "carol").await.unwrap();
+    let dave = User::register(b, "dave").await.unwrap();
+    let space = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&space, a.name()).await;
+    carol.join_via(&space, a.name()).await;
+    let room = room_with_rules(
+        &alice,
+        json!({"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}),
+        json!({"power_level_content_override": {"invite": 50}}),
+    )
+    .await;
+    bob.join_via(&room, a.name()).await;
+
+    let (status, body) = carol
+        .post(&format!("/join/{}", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&carol.user_id)
+    );
+    let (status, own) = carol.get(&path).await;
+    assert_eq!(status, 200, "{own}");
+    assert_eq!(own["membership"], "join", "{own}");
+    assert_eq!(
+        own["join_authorised_via_users_server"],
+        alice.user_id.as_str()
+    );
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = alice.get(&path).await.1;
+        if seen["membership"] == "join" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["membership"], "join", "{seen}");
+    assert_eq!(send_text(&carol, &room, "carol").await, 200);
+    assert!(sees_message(&alice, &room, "fork carol").await);
+
+    let (status, body) = dave.post(&format!("/join/{}", enc(&room)), json!({})).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{body}"
+    );
+    cluster.shutdown().await;
+}

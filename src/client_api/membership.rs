@@ -122,16 +122,37 @@ pub async fn join(
             .await;
         return Ok(Json(json!({ "room_id": room_id })));
     }
-    services
+    let local = services
         .rooms
         .join(
             &session.user_id,
             &room_id,
-            reason,
+            reason.clone(),
             &profile,
             session.is_guest,
         )
-        .await?;
+        .await;
+    match local {
+        // A restricted room whose join none of our members may authorise: a member of
+        // another server of the room may.
+        Err(e) if e.errcode == Some(ErrorCode::UnableToGrantJoin) => {
+            if session.is_guest {
+                return Err(MatrixError::forbidden(
+                    "Guests cannot join rooms through other servers",
+                ));
+            }
+            services
+                .federation
+                .join_authorised_elsewhere(
+                    &services.rooms,
+                    &session.user_id,
+                    &room_id,
+                    member_content("join", Some(&profile), reason),
+                )
+                .await?;
+        }
+        other => other?,
+    }
     // (A join of a user joined already changes nothing.)
     if !joined {
         services

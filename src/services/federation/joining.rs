@@ -6,6 +6,12 @@
 //! server does not know v2). The answer is checked and taken in by the rooms service
 //! ([`crate::services::rooms::remote_join`]). Resident servers are tried in order until
 //! one lets us in; the last refusal is the answer.
+//!
+//! A restricted room we hold can need another server too: when the user meets its
+//! conditions but none of our members may invite, a server of the room with a member who
+//! may authorises the join ([`Federation::join_authorised_elsewhere`]; spec, "Restricted
+//! rooms": "the joining server ... should try another resident server"; Synapse does the
+//! same).
 
 use serde_json::{Map, Value};
 
@@ -13,7 +19,11 @@ use super::source::FromOrigin;
 use super::Federation;
 use crate::core::{event_hashes, ServerName, UserId};
 use crate::services::error::{ServiceError, ServiceResult};
+use crate::services::rooms::receive::PduOutcome;
 use crate::services::rooms::Rooms;
+
+/// Servers asked at most to authorise one restricted join.
+const MAX_AUTHORISERS_ASKED: usize = 5;
 
 impl Federation {
     /// Joins `user` to `room_id` through the first of `servers` that lets them in, with
@@ -92,5 +102,93 @@ impl Federation {
             )
             .await?;
         Ok(partial.is_some())
+    }
+
+    /// Joins `user` to `room_id`, a restricted room we hold whose conditions they meet
+    /// but whose join none of our members may authorise, through the room's other
+    /// servers whose members may (most powerful first): `make_join` there names the
+    /// authoriser, `send_join` comes back countersigned, and the join goes into the room
+    /// like any event received, passed on to the other servers.
+    pub async fn join_authorised_elsewhere(
+        &self,
+        rooms: &Rooms,
+        user: &UserId,
+        room_id: &str,
+        content: Map<String, Value>,
+    ) -> ServiceResult<()> {
+        let mut last = ServiceError::forbidden("No member of the room may authorise the join");
+        for server in rooms
+            .remote_authorisers(room_id)?
+            .iter()
+            .take(MAX_AUTHORISERS_ASKED)
+        {
+            let Ok(destination) = ServerName::parse(server) else {
+                continue;
+            };
+            match self
+                .authorised_join_through(rooms, user, room_id, &destination, content.clone())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(room = %room_id, %server, error = %e.message, "authorising the join through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn authorised_join_through(
+        &self,
+        rooms: &Rooms,
+        user: &UserId,
+        room_id: &str,
+        destination: &ServerName,
+        content: Map<String, Value>,
+    ) -> ServiceResult<()> {
+        let member = self
+            .member_from_template(destination, (room_id, user), "join", content)
+            .await?;
+        let authoriser = member.pdu["content"]["join_authorised_via_users_server"]
+            .as_str()
+            .and_then(|u| u.split_once(':'))
+            .map(|(_, server)| server);
+        if authoriser != Some(destination.as_str()) {
+            return Err(ServiceError::forbidden(format!(
+                "{destination} named none of its members to authorise the join"
+            )));
+        }
+        let answer = self
+            .send_member(destination, room_id, "join", &member)
+            .await?;
+        let join = match answer.get("event") {
+            Some(signed)
+                if event_hashes::event_id(signed, member.version)
+                    .ok()
+                    .as_deref()
+                    == Some(member.event_id.as_str()) =>
+            {
+                signed.clone()
+            }
+            _ => {
+                return Err(ServiceError::forbidden(format!(
+                    "{destination} did not countersign the join"
+                )))
+            }
+        };
+        let source = FromOrigin {
+            federation: self,
+            origin: destination.clone(),
+        };
+        let (_, outcome) = rooms
+            .receive_membership_pdu(destination.as_str(), join, &source)
+            .await?;
+        match outcome {
+            PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),
+            other => Err(ServiceError::forbidden(format!(
+                "The join was not allowed here: {other:?}"
+            ))),
+        }
     }
 }

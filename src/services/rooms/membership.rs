@@ -13,7 +13,7 @@ use super::writer::{EventDraft, JobStart, Writers};
 use super::Rooms;
 use crate::core::pdu::BuiltPdu;
 use crate::core::UserId;
-use crate::services::error::{ServiceError, ServiceResult};
+use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 
 /// The profile copied into a member event.
 #[derive(Debug, Clone, Default)]
@@ -60,8 +60,8 @@ impl Rooms {
             return Ok(());
         }
         Err(ServiceError::new(
-            crate::services::error::ErrorKind::Unavailable,
-            crate::services::error::ErrorCode::Unknown,
+            ErrorKind::Unavailable,
+            ErrorCode::Unknown,
             "The room's member list is still being fetched from other servers; try again shortly",
         ))
     }
@@ -134,8 +134,14 @@ impl Rooms {
                         == Some("join")
             });
             if allowed_by_membership {
+                // None of ours may: another server's member may (see
+                // `Federation::join_authorised_elsewhere`).
                 let via = self.local_inviter(room_id)?.ok_or_else(|| {
-                    ServiceError::forbidden("No local member of the room may authorise the join")
+                    ServiceError::new(
+                        ErrorKind::Invalid,
+                        ErrorCode::UnableToGrantJoin,
+                        "No member of this server may authorise the join",
+                    )
                 })?;
                 content.insert("join_authorised_via_users_server".into(), json!(via));
             } else if rule == "restricted" {
@@ -194,6 +200,41 @@ impl Rooms {
             }
         }
         Ok(())
+    }
+
+    /// The other servers with a joined member who may invite, who can authorise a
+    /// restricted join none of ours can: the most powerful member's server first.
+    pub fn remote_authorisers(&self, room_id: &str) -> ServiceResult<Vec<String>> {
+        let room = self.known_room(room_id)?;
+        let levels = self.current_power_levels(&room)?;
+        let own = self.server_name.as_str();
+        let mut found: Vec<(i128, &str)> = Vec::new();
+        let members = self
+            .store
+            .state_events(room.record.state, Some("m.room.member"))?;
+        for member in &members {
+            let Some(user) = member.state_key() else {
+                continue;
+            };
+            let joined = member.content().get("membership").and_then(Value::as_str) == Some("join");
+            let power = levels.user(user);
+            match user.split_once(':') {
+                Some((_, server))
+                    if joined && server != own && power >= i128::from(levels.invite) =>
+                {
+                    found.push((power, server));
+                }
+                _ => {}
+            }
+        }
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let mut servers: Vec<String> = Vec::new();
+        for (_, server) in found {
+            if !servers.iter().any(|s| s == server) {
+                servers.push(server.to_owned());
+            }
+        }
+        Ok(servers)
     }
 
     /// A local joined member with the power to invite (for restricted joins).
