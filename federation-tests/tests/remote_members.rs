@@ -130,6 +130,23 @@ async fn remote_members_in_directory_search_counts_profiles_power_and_upgrades()
     })
     .await;
 
+    // Bob gives the room an alias of b's and lists it in b's directory.
+    let alias = format!("#mixed:{}", b.name());
+    let (status, body) = bob
+        .put(
+            &format!("/directory/room/{}", enc(&alias)),
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = bob
+        .put(
+            &format!("/directory/list/room/{}", enc(&room)),
+            json!({"visibility": "public"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
     // Alice upgrades the room: bob sees the tombstone and follows it into the new room
     // (through a), keeping his power there.
     let (status, upgraded) = alice
@@ -161,6 +178,20 @@ async fn remote_members_in_directory_search_counts_profiles_power_and_upgrades()
         .get(&format!("/rooms/{}/state/m.room.name/", enc(&new_room)))
         .await;
     assert_eq!((status, &name["name"]), (200, &json!("renamed by bob")));
+    // b's alias and directory listing moved with b's first member to join the new room
+    // (a moved its own when alice upgraded).
+    let (status, target) = bob.get(&format!("/directory/room/{}", enc(&alias))).await;
+    assert_eq!(
+        (status, &target["room_id"]),
+        (200, &json!(new_room)),
+        "{target}"
+    );
+    for (listed, visibility) in [(&new_room, "public"), (&room, "private")] {
+        let (_, body) = bob
+            .get(&format!("/directory/list/room/{}", enc(listed)))
+            .await;
+        assert_eq!(body["visibility"], visibility, "{listed}: {body}");
+    }
     cluster.shutdown().await;
 }
 

@@ -5,6 +5,10 @@
 //! new room, the server should automatically transfer/replicate some of the user's
 //! personalized settings such as notifications, tags, etc." What the user set in the new
 //! room already is kept; the old room's settings stay as they were (as Synapse does).
+//! With a room another server upgraded, our first member to join the new room also
+//! takes our aliases of the old room and its place in our room directory there (the
+//! spec's "Server behaviour" asks the upgrading server to move them; ours only we can
+//! move; Synapse does the same on its first join).
 
 use serde_json::Value;
 
@@ -39,6 +43,9 @@ impl Services {
         if !was_member {
             return Ok(());
         }
+        // The room directory's state of the old room follows too (a no-op once done,
+        // and for an upgrade of ours, which moved it already).
+        self.rooms.transfer_directory(&old, room_id).await?;
         let accounts = &self.accounts;
         if let Some(tags) = accounts.account_data(user_id, Some(&old), "m.tag")? {
             accounts

@@ -288,7 +288,7 @@ impl Rooms {
                 tracing::info!(room = %room_id, "the replaced room was not restricted: {}", e.message);
             }
         }
-        self.move_aliases(room_id, &new_room_id).await?;
+        self.transfer_directory(room_id, &new_room_id).await?;
         if let Some(alias) = self
             .store
             .state_event(snapshot, "m.room.canonical_alias", "")?
@@ -310,11 +310,18 @@ impl Rooms {
                 tracing::info!(room = %room_id, "the replaced room's alias was not cleared: {}", e.message);
             }
         }
-        if self.store.db.contains(Table::RoomidPublished, room_id)? {
-            self.set_published(&new_room_id, true).await?;
-            self.set_published(room_id, false).await?;
-        }
         Ok(new_room_id)
+    }
+
+    /// Moves our aliases of room `old` to `new`, and its place in our room directory,
+    /// if it has one (spec: "Room Upgrades", server behaviour).
+    pub async fn transfer_directory(&self, old: &str, new: &str) -> ServiceResult<()> {
+        self.move_aliases(old, new).await?;
+        if self.store.db.contains(Table::RoomidPublished, old)? {
+            self.set_published(new, true).await?;
+            self.set_published(old, false).await?;
+        }
+        Ok(())
     }
 
     async fn move_aliases(&self, old: &str, new: &str) -> ServiceResult<()> {
