@@ -103,3 +103,62 @@ async fn shutdown_drops_a_transaction_in_flight_and_ends_the_senders_tasks() {
         .unwrap();
     assert!(closed_at <= stopped + std::time::Duration::from_millis(100));
 }
+
+/// A to-device send's transaction id makes a retry a no-op, but is not kept for ever: a
+/// week on, the first send after a start sweeps it (rows of before the sweep existed,
+/// with no time, too).
+#[tokio::test]
+async fn to_device_transaction_ids_are_forgotten_after_a_week() {
+    use ourwhats::storage::Table;
+    let mut s = TestServer::start().await;
+    let alice = common::client::Client::new(&s, "alice").await;
+    let login = (
+        alice.user_id.clone(),
+        alice.token.clone(),
+        alice.device_id.clone(),
+    );
+    let bob = common::client::Client::new(&s, "bob").await;
+    let body = serde_json::json!({"messages": {bob.user_id.clone(): {"*": {"a": 1}}}});
+    for txn in ["old", "older", "recent"] {
+        let (status, out) = alice
+            .put(&format!("/sendToDevice/m.test/{txn}"), body.clone())
+            .await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+    }
+    let rows = |s: &TestServer| -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.running()
+            .services
+            .db
+            .scan_prefix(Table::TxnidTodevice, b"")
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    };
+    let before = rows(&s);
+    assert_eq!(before.len(), 3);
+    // Eight days pass for "old"; "older" is a row of before times were kept.
+    let db = &s.running().services.db;
+    let mut batch = db.batch();
+    for (key, value) in &before {
+        let ends = |txn: &[u8]| key.ends_with(txn) && !key.ends_with(b"older");
+        if ends(b"old") {
+            let mut aged = value[..8].to_vec();
+            let eight_days_ago = ourwhats::services::now_ms() - 8 * 24 * 3_600_000;
+            aged.extend_from_slice(&eight_days_ago.to_be_bytes());
+            batch.put(Table::TxnidTodevice, key, aged);
+        } else if key.ends_with(b"older") {
+            batch.put(Table::TxnidTodevice, key, &value[..8]);
+        }
+    }
+    db.commit_blocking(batch).unwrap();
+    s.restart().await;
+    let alice = common::client::Client::signed_in(&s, &login);
+    let (status, out) = alice.put("/sendToDevice/m.test/new", body).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let left: Vec<Vec<u8>> = rows(&s).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.iter().any(|k| k.ends_with(b"recent")));
+    assert!(left.iter().any(|k| k.ends_with(b"new")));
+}

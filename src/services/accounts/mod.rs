@@ -147,6 +147,8 @@ pub struct Accounts {
     account_data_locks: StripedLocks,
     /// Serializes to-device sends per sender device and transaction.
     to_device_locks: StripedLocks,
+    /// When the old to-device transaction ids were last swept (ms).
+    to_device_swept_at: std::sync::atomic::AtomicU64,
     /// Serializes every change of a user's one-time, fallback and cross-signing keys and
     /// signatures (per user), so a key is claimed at most once and a claim never
     /// overwrites a newer fallback key.
@@ -205,6 +207,7 @@ impl Accounts {
             stream,
             account_data_locks: Default::default(),
             to_device_locks: Default::default(),
+            to_device_swept_at: Default::default(),
             keys_locks: Default::default(),
             rooms: OnceLock::new(),
             outbox,

@@ -9,18 +9,28 @@
 //! scoped to the access token's device).
 //!
 //! Tables: `userid_deviceid_pos_todevice` (recipient, device, position -> the event as the
-//! client gets it) and `txnid_todevice` (sender, device, txn id -> position).
+//! client gets it) and `txnid_todevice` (sender, device, txn id -> position, time): a
+//! transaction id (or another server's `message_id`) is remembered a week, long past
+//! any retry (Synapse forgets other servers' message ids after a week too), and swept at
+//! most once an hour.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use serde_json::{json, Value};
 
 use super::{device_key, Accounts};
 use crate::core::UserId;
 use crate::services::error::{ServiceError, ServiceResult};
+use crate::services::now_ms;
 use crate::services::outbox::Outbox;
 use crate::services::stream::{StreamChange, Write};
 use crate::storage::{keys, Table};
+
+/// How long a send's transaction id is remembered.
+const TXN_KEPT_MS: u64 = 7 * 24 * 3_600_000;
+/// How often the old ones are swept at most.
+const TXN_SWEEP_EVERY_MS: u64 = 3_600_000;
 
 /// Messages handed to a device in one `/sync` answer (the spec recommends 100).
 pub const MAX_PER_SYNC: usize = 100;
@@ -131,6 +141,7 @@ impl Accounts {
                 changes.push(StreamChange::ToDevice { user: user.clone() });
             }
         }
+        let expired = self.expired_to_device_txns()?;
         let destinations: Vec<String> = remote.keys().cloned().collect();
         let (sender_id, kind_owned) = (sender.as_str().to_owned(), kind.to_owned());
         self.stream
@@ -159,11 +170,12 @@ impl Accounts {
                             Some(bytes),
                         ));
                     }
-                    writes.push((
-                        Table::TxnidTodevice,
-                        txn_key,
-                        Some(pos.to_be_bytes().to_vec()),
-                    ));
+                    let mut record = pos.to_be_bytes().to_vec();
+                    record.extend_from_slice(&now_ms().to_be_bytes());
+                    writes.push((Table::TxnidTodevice, txn_key, Some(record)));
+                    for old in expired {
+                        writes.push((Table::TxnidTodevice, old, None));
+                    }
                     writes
                 },
                 changes,
@@ -173,6 +185,30 @@ impl Accounts {
             self.outbox.wake(&destination);
         }
         Ok(())
+    }
+
+    /// The transaction ids remembered longer than [`TXN_KEPT_MS`] (those of before this
+    /// was kept, with no time, among them), when a sweep is due (at most once an hour).
+    fn expired_to_device_txns(&self) -> ServiceResult<Vec<Vec<u8>>> {
+        let now = now_ms();
+        let last = self.to_device_swept_at.load(Ordering::Relaxed);
+        let due = now >= last + TXN_SWEEP_EVERY_MS
+            && self
+                .to_device_swept_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        let mut expired = Vec::new();
+        if !due {
+            return Ok(expired);
+        }
+        for entry in self.db.scan_prefix(Table::TxnidTodevice, b"") {
+            let (key, value) = entry?;
+            let at = value.get(8..16).and_then(keys::read_u64).unwrap_or(0);
+            if at + TXN_KEPT_MS < now {
+                expired.push(key.to_vec());
+            }
+        }
+        Ok(expired)
     }
 
     /// For a sync of `device_id` covering `(acknowledged, upto]`: deletes what the client
