@@ -39,5 +39,8 @@ pub async fn post_read_markers(
             body.read_private.as_deref(),
         )
         .await?;
+    if body.read.is_some() || body.read_private.is_some() {
+        services.push.read_moved(session.user_id.as_str());
+    }
     Ok(Json(json!({})))
 }

@@ -60,5 +60,6 @@ pub async fn post_receipt(
             (thread_id, None),
         )
         .await?;
+    services.push.read_moved(user_id);
     Ok(Json(json!({})))
 }

@@ -230,25 +230,36 @@ async fn messages_reach_the_gateway_with_the_unread_count() {
         .post(&format!("/rooms/{room}/receipt/m.read/{second}"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    alice.text(&room, "third").await;
+    // The read clears the phone's badge: a push of the count alone, zero included.
     let got = gateway.wait_for(3).await;
+    let cleared = &got[2]["notification"];
+    assert_eq!(cleared["counts"], json!({"unread": 0}), "{cleared}");
+    assert!(cleared.get("event_id").is_none(), "{cleared}");
+    assert_eq!(cleared["devices"][0]["pushkey"], "bob-phone");
+    // The same receipt again changes no count: nothing is pushed.
+    let (status, _) = bob
+        .post(&format!("/rooms/{room}/receipt/m.read/{second}"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    alice.text(&room, "third").await;
+    let got = gateway.wait_for(4).await;
     assert_eq!(
-        got[2]["notification"]["counts"]["unread"], 1,
+        got[3]["notification"]["counts"]["unread"], 1,
         "{:?}",
-        got[2]
+        got[3]
     );
     // Alice's own messages never push to her, and bob's to alice: she has no pusher.
     bob.text(&room, "yes").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gateway.received().len(), 3);
+    assert_eq!(gateway.received().len(), 4);
 
     // `event_id_only`: ids, counts and devices, no content.
     let mut slim = pusher(&url, "bob-tablet");
     slim["data"]["format"] = json!("event_id_only");
     assert_eq!(set(&bob, slim).await.0, StatusCode::OK);
     alice.text(&room, "fourth").await;
-    let got = gateway.wait_for(5).await;
-    assert_eq!(got.len(), 5, "one request per device");
+    let got = gateway.wait_for(6).await;
+    assert_eq!(got.len(), 6, "one request per device");
     let slim = got
         .iter()
         .find(|b| b["notification"]["devices"][0]["pushkey"] == "bob-tablet")
@@ -290,14 +301,18 @@ async fn the_badge_counts_every_room_with_unread_notifications() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    carol.text(&with_carol, "four").await;
+    // The phone hears of it at once: carol's "three" is left.
     let got = gateway.wait_for(2).await;
-    assert_eq!(badge(&got, 1), 2, "{:?}", got[1]);
+    assert_eq!(badge(&got, 1), 1, "{:?}", got[1]);
+    assert!(got[1]["notification"].get("event_id").is_none());
+    carol.text(&with_carol, "four").await;
+    let got = gateway.wait_for(3).await;
+    assert_eq!(badge(&got, 2), 2, "{:?}", got[2]);
 
     // Its next message brings it back.
     alice.text(&with_alice, "five").await;
-    let got = gateway.wait_for(3).await;
-    assert_eq!(badge(&got, 2), 3, "{:?}", got[2]);
+    let got = gateway.wait_for(4).await;
+    assert_eq!(badge(&got, 3), 3, "{:?}", got[3]);
 
     // A room bob left counts no more.
     assert_eq!(
@@ -307,9 +322,9 @@ async fn the_badge_counts_every_room_with_unread_notifications() {
         StatusCode::OK
     );
     alice.text(&with_alice, "six").await;
-    let got = gateway.wait_for(4).await;
-    assert_eq!(badge(&got, 3), 2, "{:?}", got[3]);
-    assert_eq!(got.len(), 4, "{got:?}");
+    let got = gateway.wait_for(5).await;
+    assert_eq!(badge(&got, 4), 2, "{:?}", got[4]);
+    assert_eq!(got.len(), 5, "{got:?}");
     s.stop().await;
 }
 

@@ -18,6 +18,14 @@
 //! its CPUs busy it takes only a small share of one ([`crate::services::cpu_share`]: the
 //! pushes wait, queued), so that sends keep their pace on a busy server; its writes are
 //! made on the server's own threads ([`Writes`]).
+//! A user whose read receipt moved (a receipt or `/read_markers` of theirs) is owed a
+//! badge-only push on each pusher with nothing else to send: the new count, no event
+//! (as Synapse does, so that a phone's badge falls when its owner reads elsewhere). It is
+//! sent only when the count differs from the last one the pusher was sent, and, unlike
+//! an event's push, carries `unread` even when it is zero (the push gateway API says
+//! zero counts "should be omitted"; a push whose only content is the count that cleared
+//! would then say nothing, and Sygnal would leave the badge as it was). Badge pushes
+//! are not queued on disk: one lost to a restart is made up by the next push.
 //! Gateway URLs are user input: the HTTP client resolves them through the same address guard as
 //! federation (`federation.ip_range_allowlist` opens private ranges) and follows no
 //! redirect.
@@ -141,6 +149,10 @@ struct PusherState {
     task: Option<tokio::task::Id>,
     /// Its cursor moved since it was last stored.
     unsaved: bool,
+    /// Its user's read receipt moved: a badge-only push is owed once nothing else is.
+    badge_due: bool,
+    /// The last badge it was sent (`None`: none yet since the worker started).
+    last_badge: Option<u64>,
 }
 
 impl PusherState {
@@ -252,12 +264,49 @@ pub struct Delivery {
     wake: Notify,
     pushes_upto: AtomicU64,
     woken_upto: AtomicU64,
+    /// Users with pushers whose read receipt moved since the last pass.
+    read_moved: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Users whose badge pushes wait for a pass at most (past it, the rest are dropped: their
+/// next event's push carries the count).
+const MAX_BADGES_WAITING: usize = 100_000;
 
 impl Delivery {
     /// Notes that the event at `pos` queued pushes.
     pub fn queued_at(&self, pos: u64) {
         self.pushes_upto.fetch_max(pos, Ordering::AcqRel);
+    }
+
+    fn take_read_moved(&self) -> std::collections::HashSet<String> {
+        std::mem::take(
+            &mut *self
+                .read_moved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+}
+
+impl Push {
+    /// `user_id`'s read receipt moved (written already): their pushers owe a badge-only
+    /// push, if the count changed.
+    pub fn read_moved(&self, user_id: &str) {
+        if !self.pusher_index().has_any(user_id) {
+            return;
+        }
+        {
+            let mut waiting = self
+                .delivery
+                .read_moved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if waiting.len() >= MAX_BADGES_WAITING {
+                return;
+            }
+            waiting.insert(user_id.to_owned());
+        }
+        self.delivery.wake.notify_one();
     }
 }
 
@@ -321,6 +370,10 @@ struct Outcome {
     done_upto: Option<u64>,
     failure: Option<String>,
     rejected: bool,
+    /// The badge its pushes carried (or, for a badge-only push, the count found).
+    badge: Option<u64>,
+    /// A badge-only push (its failure leaves the badge owed).
+    badge_only: bool,
 }
 
 /// A task of the worker's that ended without an answer (it panicked or was cancelled).
@@ -559,6 +612,12 @@ impl Worker {
             return Ok(());
         };
         state.task = None;
+        if outcome.badge.is_some() {
+            state.last_badge = outcome.badge;
+        }
+        if outcome.badge_only && outcome.failure.is_some() {
+            state.badge_due = true;
+        }
         state.held.drain(..outcome.done.min(state.held.len()));
         if let Some(upto) = outcome.done_upto.filter(|upto| *upto > state.cursor) {
             state.cursor = upto;
@@ -682,6 +741,14 @@ impl Worker {
                 state.offer(item);
             }
         }
+        let read_moved = self.push.delivery.take_read_moved();
+        if !read_moved.is_empty() {
+            for state in progress.pushers.values_mut() {
+                if read_moved.contains(&state.pusher.user_id) {
+                    state.badge_due = true;
+                }
+            }
+        }
         progress.reader = progress.reader.max(reader);
 
         // Deliveries.
@@ -698,8 +765,18 @@ impl Worker {
                 self.catch_up(state, progress.reader)?;
             }
             if state.held.is_empty() {
+                if std::mem::take(&mut state.badge_due) {
+                    let (worker, pusher) = (Arc::clone(self), state.pusher.clone());
+                    let last = state.last_badge;
+                    let task = tasks.spawn(async move { worker.deliver_badge(pusher, last).await });
+                    progress.tasks.insert(task.id(), pusher_key.clone());
+                    state.task = Some(task.id());
+                    in_flight += 1;
+                }
                 continue;
             }
+            // Its pushes carry the count as it is now.
+            state.badge_due = false;
             // A pusher retried after a failure tries one entry first: its batch is built
             // before the first request, and a gateway still down would waste the rest.
             let take = if state.backoff.is_some() {
@@ -795,6 +872,8 @@ impl Worker {
                     backoff: None,
                     task: None,
                     unsaved: false,
+                    badge_due: false,
+                    last_badge: None,
                 },
             ));
         }
@@ -855,15 +934,21 @@ impl Worker {
                 worker.cpu.charge(|| worker.notifications(&pusher, &items))
             })
             .await
-            .unwrap_or_else(|e| (Vec::new(), Some(e.to_string())))
+            .unwrap_or_else(|e| Built::failed(e.to_string()))
         };
-        let (bodies, build_failure) = built;
+        let Built {
+            bodies,
+            badge,
+            failure: build_failure,
+        } = built;
         let mut outcome = Outcome {
             pusher,
             done: 0,
             done_upto: None,
             failure: None,
             rejected: false,
+            badge,
+            badge_only: false,
         };
         for (pos, body) in bodies {
             let Some(body) = body else {
@@ -882,6 +967,9 @@ impl Worker {
                 }
                 Sent::Failed(why) => {
                     outcome.failure = Some(why);
+                    if outcome.done == 0 {
+                        outcome.badge = None;
+                    }
                     return outcome;
                 }
                 Sent::Refused(why) => {
@@ -893,6 +981,95 @@ impl Worker {
         }
         outcome.failure = build_failure;
         outcome
+    }
+
+    /// A badge-only push: the user's unread count, sent unless it is `last`, the one the
+    /// pusher was sent last.
+    async fn deliver_badge(self: Arc<Self>, pusher: Pusher, last: Option<u64>) -> Outcome {
+        let counted = {
+            let (worker, user) = (Arc::clone(&self), pusher.user_id.clone());
+            tokio::task::spawn_blocking(move || {
+                worker
+                    .cpu
+                    .charge(|| worker.push.unread_total(&*worker.lookups, &user))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|counted| counted.map_err(|e| e.message))
+        };
+        let mut outcome = Outcome {
+            pusher,
+            done: 0,
+            done_upto: None,
+            failure: None,
+            rejected: false,
+            badge: None,
+            badge_only: true,
+        };
+        let unread = match counted {
+            Ok(unread) => unread,
+            Err(why) => {
+                outcome.failure = Some(why);
+                return outcome;
+            }
+        };
+        outcome.badge = Some(unread);
+        if last == Some(unread) {
+            return outcome;
+        }
+        let body = badge_body(&outcome.pusher, unread);
+        match post(&self.http, &self.guard, outcome.pusher.url(), &body).await {
+            Sent::Done(rejected) => {
+                outcome.rejected = rejected.contains(&outcome.pusher.pushkey);
+            }
+            Sent::Failed(why) => {
+                outcome.badge = None;
+                outcome.failure = Some(why);
+            }
+            Sent::Refused(why) => {
+                tracing::warn!(user = %outcome.pusher.user_id, %why, "a badge push the gateway refused was dropped");
+            }
+        }
+        outcome
+    }
+}
+
+/// The body of a badge-only push to `pusher`'s device (spec: push gateway API; no event,
+/// `prio` low, the count even when zero: see the module's documentation).
+fn badge_body(pusher: &Pusher, unread: u64) -> Value {
+    let mut data = pusher.data.clone();
+    data.remove("url");
+    json!({
+        "notification": {
+            "prio": "low",
+            "counts": {"unread": unread},
+            "devices": [{
+                "app_id": pusher.app_id,
+                "pushkey": pusher.pushkey,
+                "pushkey_ts": pusher.pushkey_ts / 1000,
+                "data": data,
+            }],
+        }
+    })
+}
+
+/// One pusher's pushes, built together (see [`Worker::notifications`]).
+struct Built {
+    /// Each entry's body and position.
+    bodies: Vec<(u64, Option<Value>)>,
+    /// The badge they carry (`None` when it is zero: it is left out).
+    badge: Option<u64>,
+    /// Why the entries after the last body could not be built.
+    failure: Option<String>,
+}
+
+impl Built {
+    fn failed(why: String) -> Self {
+        Self {
+            bodies: Vec::new(),
+            badge: None,
+            failure: Some(why),
+        }
     }
 }
 
@@ -947,11 +1124,7 @@ impl Worker {
     /// is counted in: each push carries the count as it was when its batch was built
     /// (moments before it leaves, unless the gateway is slow), as a phone shows the
     /// latest count. Stops at the first entry that cannot be read and answers why.
-    fn notifications(
-        &self,
-        pusher: &Pusher,
-        items: &[Item],
-    ) -> (Vec<(u64, Option<Value>)>, Option<String>) {
+    fn notifications(&self, pusher: &Pusher, items: &[Item]) -> Built {
         let now = crate::services::now_ms();
         let mut bodies = Vec::with_capacity(items.len());
         let mut failure = None;
@@ -968,9 +1141,12 @@ impl Worker {
                 }
             }
         }
+        let mut badge = None;
         if bodies.iter().any(|(_, body)| body.is_some()) {
             match self.push.unread_total(&*self.lookups, &pusher.user_id) {
                 Ok(unread) => {
+                    // What the device is told (a zero is left out: then nothing).
+                    badge = (unread > 0).then_some(unread);
                     for (_, body) in &mut bodies {
                         // Spec (push gateway API): counts whose value is zero are
                         // left out.
@@ -979,10 +1155,14 @@ impl Worker {
                         }
                     }
                 }
-                Err(e) => return (Vec::new(), Some(e.message)),
+                Err(e) => return Built::failed(e.message),
             }
         }
-        (bodies, failure)
+        Built {
+            bodies,
+            badge,
+            failure,
+        }
     }
 
     /// The `notification` object for one device (spec: push gateway API), its unread
