@@ -120,6 +120,9 @@ pub async fn join(
         services
             .carry_settings_from_predecessor(session.user_id.as_str(), &room_id)
             .await;
+        services
+            .transfer_directory_from_predecessor(session.user_id.as_str(), &room_id)
+            .await;
         return Ok(Json(json!({ "room_id": room_id })));
     }
     let local = services

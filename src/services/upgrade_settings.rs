@@ -5,10 +5,10 @@
 //! new room, the server should automatically transfer/replicate some of the user's
 //! personalized settings such as notifications, tags, etc." What the user set in the new
 //! room already is kept; the old room's settings stay as they were (as Synapse does).
-//! With a room another server upgraded, our first member to join the new room also
-//! takes our aliases of the old room and its place in our room directory there (the
-//! spec's "Server behaviour" asks the upgrading server to move them; ours only we can
-//! move; Synapse does the same on its first join).
+//! With a room another server upgraded, our first member to join the new room (through
+//! another server) also takes our aliases of the old room and its place in our room
+//! directory there (the spec's "Server behaviour" asks the upgrading server to move them;
+//! ours only we can move; Synapse does the same on its first join).
 
 use serde_json::Value;
 
@@ -26,26 +26,42 @@ impl Services {
         }
     }
 
-    async fn carry_settings(&self, user_id: &str, room_id: &str) -> ServiceResult<()> {
-        let Some(old) = self.rooms.predecessor(room_id)? else {
-            return Ok(());
+    /// After our server's first member joined `room_id` (a join through another
+    /// server): when it replaced a room (another server upgraded it), our aliases of the
+    /// old room and its place in our directory move to it. Only then, once: an alias
+    /// pointed at the old room again later stays. Failures are logged.
+    pub async fn transfer_directory_from_predecessor(&self, user_id: &str, room_id: &str) {
+        let moved = match self.upgraded_from(user_id, room_id) {
+            Ok(Some(old)) => self.rooms.transfer_directory(&old, room_id).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
         };
-        // Only a room the old one's tombstone names as its replacement (any room can
-        // claim any predecessor), and for a user who was joined to the old room.
+        if let Err(e) = moved {
+            tracing::warn!(room = %room_id, error = %e.message, "the replaced room's aliases and listing were not moved");
+        }
+    }
+
+    /// The room `room_id` replaced, when its tombstone names `room_id` (any room can claim
+    /// any predecessor) and `user_id` was joined to it.
+    fn upgraded_from(&self, user_id: &str, room_id: &str) -> ServiceResult<Option<String>> {
+        let Some(old) = self.rooms.predecessor(room_id)? else {
+            return Ok(None);
+        };
         if self.rooms.replacement(&old)?.as_deref() != Some(room_id) {
-            return Ok(());
+            return Ok(None);
         }
         let was_member = self
             .rooms
             .store()
             .membership(user_id, &old)?
             .is_some_and(|m| m.last_join_pos > 0);
-        if !was_member {
+        Ok(was_member.then_some(old))
+    }
+
+    async fn carry_settings(&self, user_id: &str, room_id: &str) -> ServiceResult<()> {
+        let Some(old) = self.upgraded_from(user_id, room_id)? else {
             return Ok(());
-        }
-        // The room directory's state of the old room follows too (a no-op once done,
-        // and for an upgrade of ours, which moved it already).
-        self.rooms.transfer_directory(&old, room_id).await?;
+        };
         let accounts = &self.accounts;
         if let Some(tags) = accounts.account_data(user_id, Some(&old), "m.tag")? {
             accounts

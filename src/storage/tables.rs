@@ -151,16 +151,14 @@ pub enum Table {
     /// incremental sync. Owner: accounts.
     UseridPosAccountdata,
     /// `short room id (u64 BE) ++ user_id 0xFF receipt type 0xFF thread id -> ReceiptRecord`
-    /// (event, timestamp, position): each user's latest receipt. Owner: ephemeral.
+    /// (event, timestamp, position): each user's latest receipt; with the type `implicit`
+    /// (no receipt type a client may send) and the thread `main` or a root's event id, ->
+    /// position (u64 BE): where the user last sent an event in that thread, their implicit
+    /// read receipt, shown to no one. Owner: ephemeral.
     ShortroomidUseridReceipt,
     /// `short room id (u64 BE) ++ position (u64 BE) -> user_id 0xFF receipt type 0xFF thread
     /// id`: receipts by change, for incremental sync. Owner: ephemeral.
     ShortroomidPosReceipt,
-    /// `short room id (u64 BE) ++ user_id 0xFF thread id ("main" or the root's event id) ->
-    /// position (u64 BE)`: where each local user last sent an event in the room, in each
-    /// thread; their implicit read receipt (spec, "Marking notifications as read": sending
-    /// an event marks what came before it read). Owner: ephemeral.
-    ShortroomidUseridThreadSent,
     /// `user_id -> RulesRecord` (position, ruleset): a user's push rules. Owner: push.
     UseridPushrules,
     /// `user_id 0xFF short room id (u64 BE) ++ position (u64 BE) -> highlight (1 byte) ++
@@ -291,7 +289,6 @@ impl Table {
         Table::UseridPosAccountdata,
         Table::ShortroomidUseridReceipt,
         Table::ShortroomidPosReceipt,
-        Table::ShortroomidUseridThreadSent,
         Table::UseridPushrules,
         Table::UseridShortroomidPosNotify,
         Table::UseridAppidPushkeyPusher,
@@ -370,7 +367,6 @@ impl Table {
             Table::UseridPosAccountdata => "userid_pos_accountdata",
             Table::ShortroomidUseridReceipt => "shortroomid_userid_receipt",
             Table::ShortroomidPosReceipt => "shortroomid_pos_receipt",
-            Table::ShortroomidUseridThreadSent => "shortroomid_userid_thread_sent",
             Table::UseridPushrules => "userid_pushrules",
             Table::UseridShortroomidPosNotify => "userid_shortroomid_pos_notify",
             Table::UseridAppidPushkeyPusher => "userid_appid_pushkey_pusher",

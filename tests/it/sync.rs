@@ -1246,7 +1246,7 @@ async fn thread_notifications_are_counted_per_thread_when_asked() {
         split(&bob.sync(&format!("filter={threaded}")).await),
         (1, None)
     );
-    alice
+    let goes_on = alice
         .send(
             &room,
             json!({"msgtype": "m.text", "body": "the thread goes on",
@@ -1257,6 +1257,27 @@ async fn thread_notifications_are_counted_per_thread_when_asked() {
     assert_eq!(
         split(&bob.sync(&format!("filter={threaded}")).await),
         (0, Some(1))
+    );
+    // What the server sends for bob (his profile change, in every room) reads nothing,
+    // nor does his reaction to the thread's reply (it is not of the main timeline).
+    alice.text(&room, "and the room").await;
+    let (status, body) = bob
+        .put(
+            &format!("/rooms/{room}/send/m.reaction/r1"),
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": goes_on, "key": "👍"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob
+        .put(
+            &format!("/profile/{}/displayname", bob.user_id),
+            json!({"displayname": "Bob Renamed"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        split(&bob.sync(&format!("filter={threaded}")).await),
+        (1, Some(1))
     );
 }
 

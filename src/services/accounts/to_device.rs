@@ -11,11 +11,12 @@
 //! Tables: `userid_deviceid_pos_todevice` (recipient, device, position -> the event as the
 //! client gets it) and `txnid_todevice` (sender, device, txn id -> position, time): a
 //! transaction id (or another server's `message_id`) is remembered a week, long past
-//! any retry (Synapse forgets other servers' message ids after a week too), and swept at
-//! most once an hour.
+//! any retry (Synapse forgets other servers' message ids after a week too), and swept in
+//! the background at most once an hour.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
@@ -25,7 +26,7 @@ use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::now_ms;
 use crate::services::outbox::Outbox;
 use crate::services::stream::{StreamChange, Write};
-use crate::storage::{keys, Table};
+use crate::storage::{keys, Db, Table};
 
 /// How long a send's transaction id is remembered.
 const TXN_KEPT_MS: u64 = 7 * 24 * 3_600_000;
@@ -141,7 +142,7 @@ impl Accounts {
                 changes.push(StreamChange::ToDevice { user: user.clone() });
             }
         }
-        let expired = self.expired_to_device_txns()?;
+        self.sweep_to_device_txns();
         let destinations: Vec<String> = remote.keys().cloned().collect();
         let (sender_id, kind_owned) = (sender.as_str().to_owned(), kind.to_owned());
         self.stream
@@ -173,9 +174,6 @@ impl Accounts {
                     let mut record = pos.to_be_bytes().to_vec();
                     record.extend_from_slice(&now_ms().to_be_bytes());
                     writes.push((Table::TxnidTodevice, txn_key, Some(record)));
-                    for old in expired {
-                        writes.push((Table::TxnidTodevice, old, None));
-                    }
                     writes
                 },
                 changes,
@@ -187,9 +185,11 @@ impl Accounts {
         Ok(())
     }
 
-    /// The transaction ids remembered longer than [`TXN_KEPT_MS`] (those of before this
-    /// was kept, with no time, among them), when a sweep is due (at most once an hour).
-    fn expired_to_device_txns(&self) -> ServiceResult<Vec<Vec<u8>>> {
+    /// Forgets the transaction ids remembered longer than [`TXN_KEPT_MS`], when a sweep
+    /// is due (at most once an hour): in the background, in batches of
+    /// [`TXN_SWEEP_BATCH`], not in the way of the send. A row of before times were kept
+    /// (none: a server upgraded) is given the sweep's time, and goes a week later.
+    fn sweep_to_device_txns(&self) {
         let now = now_ms();
         let last = self.to_device_swept_at.load(Ordering::Relaxed);
         let due = now >= last + TXN_SWEEP_EVERY_MS
@@ -197,18 +197,15 @@ impl Accounts {
                 .to_device_swept_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
-        let mut expired = Vec::new();
         if !due {
-            return Ok(expired);
+            return;
         }
-        for entry in self.db.scan_prefix(Table::TxnidTodevice, b"") {
-            let (key, value) = entry?;
-            let at = value.get(8..16).and_then(keys::read_u64).unwrap_or(0);
-            if at + TXN_KEPT_MS < now {
-                expired.push(key.to_vec());
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sweep_txns(&db, now) {
+                tracing::warn!(error = %e.message, "sweeping old to-device transaction ids failed");
             }
-        }
-        Ok(expired)
+        });
     }
 
     /// For a sync of `device_id` covering `(acknowledged, upto]`: deletes what the client
@@ -281,6 +278,36 @@ impl Accounts {
 fn check_type(kind: &str) -> ServiceResult<()> {
     if kind.is_empty() || kind.len() > 255 {
         return Err(ServiceError::invalid_param("Invalid event type"));
+    }
+    Ok(())
+}
+
+/// Rows of `txnid_todevice` changed at most per batch of a sweep.
+const TXN_SWEEP_BATCH: usize = 10_000;
+
+/// One sweep of the to-device transaction ids at `now` (see
+/// [`Accounts::sweep_to_device_txns`]).
+fn sweep_txns(db: &Db, now: u64) -> ServiceResult<()> {
+    let mut batch = db.batch();
+    let mut changed = 0;
+    for entry in db.scan_prefix(Table::TxnidTodevice, b"") {
+        let (key, value) = entry?;
+        match value.get(8..16).and_then(keys::read_u64) {
+            Some(at) if at + TXN_KEPT_MS < now => batch.delete(Table::TxnidTodevice, &key),
+            Some(_) => continue,
+            None => {
+                let mut record = value.get(..8).unwrap_or(&[0; 8]).to_vec();
+                record.extend_from_slice(&now.to_be_bytes());
+                batch.put(Table::TxnidTodevice, &key, record);
+            }
+        }
+        changed += 1;
+        if changed % TXN_SWEEP_BATCH == 0 {
+            db.write_relaxed(std::mem::replace(&mut batch, db.batch()))?;
+        }
+    }
+    if !batch.is_empty() {
+        db.write_relaxed(batch)?;
     }
     Ok(())
 }

@@ -87,27 +87,6 @@ impl ReadPositions {
                 .iter()
                 .all(|(root, pos)| self.threads.get(root).is_some_and(|now| now >= pos))
     }
-
-    /// The stream positions `(after, upto]` holding every event read here that was unread
-    /// at `earlier` (which this covers); `None` when no receipt moved past what was read.
-    pub fn newly_read_since(&self, earlier: &ReadPositions) -> Option<(u64, u64)> {
-        let mut range: Option<(u64, u64)> = None;
-        let mut widen = |from: u64, to: u64| {
-            if to > from {
-                range = Some(match range {
-                    None => (from, to),
-                    Some((a, b)) => (a.min(from), b.max(to)),
-                });
-            }
-        };
-        widen(earlier.unthreaded, self.unthreaded);
-        widen(earlier.unthreaded.max(earlier.main), self.main);
-        for (root, &pos) in &self.threads {
-            let before = earlier.threads.get(root).copied().unwrap_or(0);
-            widen(earlier.unthreaded.max(before), pos);
-        }
-        range
-    }
 }
 
 /// Records, in the batch of an event a local user sent, the event as their implicit read
@@ -127,10 +106,14 @@ pub fn put_sent_position(
     let mut key = room.to_be_bytes().to_vec();
     key.extend_from_slice(&keys::join(&[
         user_id.as_bytes(),
+        IMPLICIT,
         thread.unwrap_or("main").as_bytes(),
     ]));
-    batch.put(Table::ShortroomidUseridThreadSent, key, pos.to_be_bytes());
+    batch.put(Table::ShortroomidUseridReceipt, key, pos.to_be_bytes());
 }
+
+/// The receipt type of implicit receipts (see [`put_sent_position`]).
+const IMPLICIT: &[u8] = b"implicit";
 
 fn receipt_key(room: u64, user_id: &str, kind: &str, thread: &str) -> Vec<u8> {
     let mut key = room.to_be_bytes().to_vec();
@@ -377,28 +360,16 @@ impl Ephemeral {
             let (Some(kind), thread) = (parts.next(), parts.next().unwrap_or(b"")) else {
                 continue;
             };
-            if kind != b"m.read" && kind != b"m.read.private" {
-                continue;
-            }
-            let pos = decode::<ReceiptRecord>(Table::ShortroomidUseridReceipt, &value)?.event_pos;
+            let pos = match kind {
+                b"m.read" | b"m.read.private" => {
+                    decode::<ReceiptRecord>(Table::ShortroomidUseridReceipt, &value)?.event_pos
+                }
+                // What the user sent reads what came before it in its thread.
+                IMPLICIT => keys::read_u64(&value).ok_or_else(corrupt)?,
+                _ => continue,
+            };
             let slot = match thread {
                 b"" => &mut out.unthreaded,
-                b"main" => &mut out.main,
-                root => out
-                    .threads
-                    .entry(String::from_utf8_lossy(root).into_owned())
-                    .or_default(),
-            };
-            *slot = (*slot).max(pos);
-        }
-        // What the user sent reads what came before it in its thread.
-        for entry in self
-            .db
-            .scan_prefix(Table::ShortroomidUseridThreadSent, &prefix)
-        {
-            let (key, value) = entry?;
-            let pos = keys::read_u64(&value).ok_or_else(corrupt)?;
-            let slot = match &key[prefix.len()..] {
                 b"main" => &mut out.main,
                 root => out
                     .threads
@@ -432,7 +403,7 @@ impl Ephemeral {
                     let mut key = room.to_be_bytes().to_vec();
                     key.extend_from_slice(&value);
                     if let Some(bytes) = self.db.get(Table::ShortroomidUseridReceipt, &key)? {
-                        shown.push(shown_receipt(&key, &bytes)?);
+                        shown.extend(shown_receipt(&key, &bytes)?);
                     }
                 }
             }
@@ -442,7 +413,7 @@ impl Ephemeral {
                     .scan_prefix(Table::ShortroomidUseridReceipt, &room.to_be_bytes())
                 {
                     let (key, value) = entry?;
-                    shown.push(shown_receipt(&key, &value)?);
+                    shown.extend(shown_receipt(&key, &value)?);
                 }
             }
         }
@@ -476,17 +447,21 @@ impl Ephemeral {
     }
 }
 
-fn shown_receipt(key: &[u8], value: &[u8]) -> ServiceResult<ShownReceipt> {
+/// A receipt as stored, `None` for an implicit one (shown to no one).
+fn shown_receipt(key: &[u8], value: &[u8]) -> ServiceResult<Option<ShownReceipt>> {
     let mut parts = keys::split(key.get(8..).ok_or_else(corrupt)?);
     let (Some(user), Some(kind), Some(thread)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(corrupt());
     };
-    Ok(ShownReceipt {
+    if kind == IMPLICIT {
+        return Ok(None);
+    }
+    Ok(Some(ShownReceipt {
         user: String::from_utf8_lossy(user).into_owned(),
         kind: String::from_utf8_lossy(kind).into_owned(),
         thread: String::from_utf8_lossy(thread).into_owned(),
         record: decode(Table::ShortroomidUseridReceipt, value)?,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -502,33 +477,13 @@ mod tests {
     }
 
     #[test]
-    fn what_became_read_lies_between_the_old_and_new_receipts() {
+    fn later_receipts_cover_earlier_ones() {
         let before = at(10, 20, &[("$t", 15)]);
         assert!(before.covers(&before));
-        assert_eq!(before.newly_read_since(&before), None);
-        // The main timeline moved: from 20 on.
-        assert_eq!(
-            at(10, 30, &[("$t", 15)]).newly_read_since(&before),
-            Some((20, 30))
-        );
-        // A first receipt in a thread: from the unthreaded one on.
-        assert_eq!(
-            at(10, 20, &[("$t", 15), ("$u", 40)]).newly_read_since(&before),
-            Some((10, 40))
-        );
-        // The unthreaded receipt moved past the others: from where it was.
-        assert_eq!(
-            at(50, 20, &[("$t", 15)]).newly_read_since(&before),
-            Some((10, 50))
-        );
-        // A thread receipt that stays behind the unthreaded one reads nothing new.
-        assert_eq!(
-            at(10, 20, &[("$t", 15), ("$u", 5)]).newly_read_since(&before),
-            None
-        );
+        assert!(at(11, 21, &[("$t", 16), ("$u", 1)]).covers(&before));
         // Receipts that went back (a thread forgotten) are not covered.
         assert!(!at(10, 20, &[]).covers(&before));
         assert!(!at(9, 20, &[("$t", 15)]).covers(&before));
-        assert!(at(11, 21, &[("$t", 16), ("$u", 1)]).covers(&before));
+        assert!(!at(10, 19, &[("$t", 15)]).covers(&before));
     }
 }

@@ -117,20 +117,26 @@ impl Federation {
         content: Map<String, Value>,
     ) -> ServiceResult<()> {
         let mut last = ServiceError::forbidden("No member of the room may authorise the join");
-        for server in rooms
-            .remote_authorisers(room_id)?
-            .iter()
-            .take(MAX_AUTHORISERS_ASKED)
-        {
-            let Ok(destination) = ServerName::parse(server) else {
+        let mut asked = 0;
+        for server in rooms.remote_authorisers(room_id)? {
+            if asked >= MAX_AUTHORISERS_ASKED {
+                break;
+            }
+            let Ok(destination) = ServerName::parse(&server) else {
                 continue;
             };
+            if !rooms.server_allowed(room_id, &server)? {
+                continue;
+            }
+            asked += 1;
             match self
                 .authorised_join_through(rooms, user, room_id, &destination, content.clone())
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(e) => {
+                // The join is in the room already: another server would make a second.
+                Err((e, true)) => return Err(e),
+                Err((e, false)) => {
                     tracing::info!(room = %room_id, %server, error = %e.message, "authorising the join through this server failed");
                     last = e;
                 }
@@ -146,22 +152,26 @@ impl Federation {
         room_id: &str,
         destination: &ServerName,
         content: Map<String, Value>,
-    ) -> ServiceResult<()> {
+    ) -> Result<(), (ServiceError, bool)> {
+        let before_sent = |e| (e, false);
         let member = self
             .member_from_template(destination, (room_id, user), "join", content)
-            .await?;
+            .await
+            .map_err(before_sent)?;
         let authoriser = member.pdu["content"]["join_authorised_via_users_server"]
             .as_str()
             .and_then(|u| u.split_once(':'))
             .map(|(_, server)| server);
         if authoriser != Some(destination.as_str()) {
-            return Err(ServiceError::forbidden(format!(
+            return Err(before_sent(ServiceError::forbidden(format!(
                 "{destination} named none of its members to authorise the join"
-            )));
+            ))));
         }
         let answer = self
             .send_member(destination, room_id, "join", &member)
-            .await?;
+            .await
+            .map_err(before_sent)?;
+        let sent = |e| (e, true);
         let join = match answer.get("event") {
             Some(signed)
                 if event_hashes::event_id(signed, member.version)
@@ -172,9 +182,9 @@ impl Federation {
                 signed.clone()
             }
             _ => {
-                return Err(ServiceError::forbidden(format!(
+                return Err(sent(ServiceError::forbidden(format!(
                     "{destination} did not countersign the join"
-                )))
+                ))))
             }
         };
         let source = FromOrigin {
@@ -183,12 +193,25 @@ impl Federation {
         };
         let (_, outcome) = rooms
             .receive_membership_pdu(destination.as_str(), join, &source)
-            .await?;
-        match outcome {
-            PduOutcome::Accepted | PduOutcome::AlreadyKnown => Ok(()),
-            other => Err(ServiceError::forbidden(format!(
-                "The join was not allowed here: {other:?}"
-            ))),
+            .await
+            .map_err(sent)?;
+        let joined = match outcome {
+            PduOutcome::Accepted => true,
+            // Come first through the room (`/send`): what became of it is what counts.
+            PduOutcome::AlreadyKnown => {
+                rooms
+                    .membership_of(user.as_str(), room_id)
+                    .map_err(sent)?
+                    .as_deref()
+                    == Some("join")
+            }
+            _ => false,
+        };
+        if joined {
+            return Ok(());
         }
+        Err(sent(ServiceError::forbidden(format!(
+            "The join was not allowed here: {outcome:?}"
+        ))))
     }
 }

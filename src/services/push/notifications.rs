@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 use super::queue::{self, QueuedEvent};
-use super::unread_cache::Counted;
+use super::unread_cache::{Counted, OldestUnread};
 use super::Push;
 use crate::core::push_rules::{self, PushContext, PushEvent};
 use crate::services::ephemeral::receipts::{self, ReadPositions};
@@ -168,8 +168,9 @@ impl NewEventHook for Push {
         for (user_id, display_name) in members {
             let invited = invitee.is_some_and(|(user, _)| user == user_id);
             if user_id == sender && !invited {
-                // A local member's own event: what came before it in its thread is read.
-                receipts::put_sent_position(batch, event.room, sender, root, event.pos);
+                if self.reads_before(event.pdu, root)? {
+                    receipts::put_sent_position(batch, event.room, sender, root, event.pos);
+                }
                 continue;
             }
             if user_id == sender || (!is_state && ignores(user_id)) {
@@ -238,6 +239,30 @@ impl NewEventHook for Push {
 }
 
 impl Push {
+    /// Whether a local member's own event `pdu` (in the thread of `root`, if any) marks
+    /// what came before it in its thread read (spec, "Marking notifications as read"). Not
+    /// a member event: the server sends those for the user too (a profile change goes to
+    /// every room), and joining or leaving is no reading. Not an event related to another
+    /// otherwise than by a thread (a reaction, an edit, a reference): its thread is that of
+    /// the event it relates to, which is not looked up here. A thread root must be an
+    /// event we know (each root makes a row read with every count of the room).
+    fn reads_before(&self, pdu: &Value, root: Option<&str>) -> ServiceResult<bool> {
+        if pdu.get("type").and_then(Value::as_str) == Some("m.room.member") {
+            return Ok(false);
+        }
+        let relation = pdu
+            .get("content")
+            .and_then(|c| c.get("m.relates_to"))
+            .and_then(|r| r.get("rel_type"));
+        if relation.is_some() && root.is_none() {
+            return Ok(false);
+        }
+        match root {
+            Some(root) => Ok(self.db.contains(Table::EventidShorteventid, root)?),
+            None => Ok(true),
+        }
+    }
+
     /// A redacted event notifies no more (as in Synapse, which deletes its push actions):
     /// the entries it left for the room's local members go, in the redaction's batch, so
     /// it leaves the unread counts and `/notifications`, and a push not yet sent is not
@@ -318,6 +343,49 @@ fn entry_pos(key: &[u8]) -> ServiceResult<u64> {
         .ok_or_else(corrupt)
 }
 
+/// The positions `(after, upto]` holding every entry `counted` counted unread that is
+/// read at `read` (which covers its receipts); `None` when there is none. For each receipt
+/// that moved: from where it was (or the oldest entry counted unread in its thread, if
+/// later) to where it is, up to what the count covers.
+fn newly_read(counted: &Counted, read: &ReadPositions) -> Option<(u64, u64)> {
+    let (before, oldest) = (&counted.read, &counted.oldest);
+    let mut range: Option<(u64, u64)> = None;
+    let mut widen = |from: u64, to: u64| {
+        let to = to.min(counted.upto);
+        if to > from {
+            range = Some(match range {
+                None => (from, to),
+                Some((a, b)) => (a.min(from), b.max(to)),
+            });
+        }
+    };
+    // Each thread's entries before its oldest unread one were read already.
+    let since = |first: Option<u64>, was: u64| first.map(|first| was.max(first.saturating_sub(1)));
+    if read.unthreaded > before.unthreaded {
+        if let Some(first) = oldest.first() {
+            widen(
+                before.unthreaded.max(first.saturating_sub(1)),
+                read.unthreaded,
+            );
+        }
+    }
+    if read.main > before.main {
+        if let Some(from) = since(oldest.main, before.unthreaded.max(before.main)) {
+            widen(from, read.main);
+        }
+    }
+    for (root, &pos) in &read.threads {
+        let was = before.threads.get(root).copied().unwrap_or(0);
+        if pos > was {
+            let first = oldest.threads.get(root).copied();
+            if let Some(from) = since(first, before.unthreaded.max(was)) {
+                widen(from, pos);
+            }
+        }
+    }
+    range
+}
+
 /// The thread root of an entry (if any) and the bytes after it.
 fn split_thread(value: &[u8]) -> ServiceResult<(Option<&str>, &[u8])> {
     let flags = *value.first().ok_or_else(corrupt)?;
@@ -357,15 +425,26 @@ impl Push {
             Some(counted) => self.read_since(user_id, room, counted, read)?,
             None => None,
         };
-        let (mut counts, after, started) = match remembered {
-            Some(counted) => (
-                counted.counts,
-                counted.upto.max(read.unthreaded),
-                counted.started,
+        let (mut counted, moved) = match remembered {
+            Some(adjusted) => adjusted,
+            None => (
+                Counted {
+                    read: read.clone(),
+                    upto: read.unthreaded,
+                    started: published,
+                    counts: RoomCounts::default(),
+                    oldest: OldestUnread::default(),
+                },
+                true,
             ),
-            None => (RoomCounts::default(), read.unthreaded, published),
         };
+        let after = counted.upto.max(read.unthreaded);
         if after >= published {
+            counted.upto = after;
+            let counts = counted.counts.clone();
+            if moved {
+                self.unread.put(user_id, room, counted);
+            }
             return Ok((counts, Some(after)));
         }
         let from = entry_key(user_id, room, after.saturating_add(1));
@@ -390,6 +469,8 @@ impl Push {
             if read.has_read(pos, root) || value[0] & INVITE != 0 {
                 continue;
             }
+            counted.oldest.note(root, pos);
+            let counts = &mut counted.counts;
             let slot = match root {
                 None => &mut counts.main,
                 Some(root) => counts.threads.entry(root.to_owned()).or_default(),
@@ -399,76 +480,74 @@ impl Push {
                 slot.highlights += 1;
             }
         }
-        self.unread.put(
-            user_id,
-            room,
-            Counted {
-                read: read.clone(),
-                upto,
-                started,
-                counts: counts.clone(),
-            },
-        );
+        counted.upto = upto;
+        let counts = counted.counts.clone();
+        self.unread.put(user_id, room, counted);
         Ok((counts, (upto == published).then_some(upto)))
     }
 
-    /// A remembered count brought to the receipts `read`: the entries that became read
-    /// since it was made (between where its receipts were and where they are, up to what
-    /// it covers) are taken out. `None` when it cannot be (receipts that went back, as
-    /// after a leave; more than [`MAX_COUNTED`] entries to look at): count again.
+    /// A remembered count brought to the receipts `read`, and whether they moved: the
+    /// entries it counted that became read since are taken out. They lie between where a
+    /// receipt was and where it is, and not before the oldest entry it counted unread in
+    /// that receipt's thread (a thread with none unread has nothing to take out). `None`
+    /// when it cannot be done (receipts that went back, as after a leave; more than
+    /// [`MAX_COUNTED`] entries to look at): count again.
     fn read_since(
         &self,
         user_id: &str,
         room: u64,
         mut counted: Counted,
         read: &ReadPositions,
-    ) -> ServiceResult<Option<Counted>> {
+    ) -> ServiceResult<Option<(Counted, bool)>> {
         if counted.read == *read {
-            return Ok(Some(counted));
+            return Ok(Some((counted, false)));
         }
         if !read.covers(&counted.read) {
             return Ok(None);
         }
-        if let Some((after, upto)) = read.newly_read_since(&counted.read) {
-            let upto = upto.min(counted.upto);
-            if after < upto {
-                let from = entry_key(user_id, room, after.saturating_add(1));
-                let to = entry_key(user_id, room, upto.saturating_add(1));
-                for (scanned, entry) in self
-                    .db
-                    .scan_range(Table::UseridShortroomidPosNotify, &from, &to, false)
-                    .enumerate()
-                {
-                    if scanned >= MAX_COUNTED {
-                        return Ok(None);
-                    }
-                    let (key, value) = entry?;
-                    let pos = entry_pos(&key)?;
-                    let (root, _) = split_thread(&value)?;
-                    if value[0] & INVITE != 0
-                        || counted.read.has_read(pos, root)
-                        || !read.has_read(pos, root)
-                    {
-                        continue;
-                    }
-                    let counts = &mut counted.counts;
-                    let slot = match root {
-                        None => &mut counts.main,
-                        Some(root) => match counts.threads.get_mut(root) {
-                            Some(slot) => slot,
-                            None => continue,
-                        },
-                    };
-                    slot.notifications = slot.notifications.saturating_sub(1);
-                    if value[0] & HIGHLIGHT != 0 {
-                        slot.highlights = slot.highlights.saturating_sub(1);
-                    }
+        if read.unthreaded >= counted.upto {
+            // Everything it counted is read.
+            counted.counts = RoomCounts::default();
+            counted.oldest = OldestUnread::default();
+        } else if let Some((after, upto)) = newly_read(&counted, read) {
+            let from = entry_key(user_id, room, after.saturating_add(1));
+            let to = entry_key(user_id, room, upto.saturating_add(1));
+            for (scanned, entry) in self
+                .db
+                .scan_range(Table::UseridShortroomidPosNotify, &from, &to, false)
+                .enumerate()
+            {
+                if scanned >= MAX_COUNTED {
+                    return Ok(None);
                 }
-                counted.counts.threads.retain(|_, c| c.notifications > 0);
+                let (key, value) = entry?;
+                let pos = entry_pos(&key)?;
+                let (root, _) = split_thread(&value)?;
+                if value[0] & INVITE != 0
+                    || counted.read.has_read(pos, root)
+                    || !read.has_read(pos, root)
+                {
+                    continue;
+                }
+                let counts = &mut counted.counts;
+                let slot = match root {
+                    None => &mut counts.main,
+                    Some(root) => match counts.threads.get_mut(root) {
+                        Some(slot) => slot,
+                        None => continue,
+                    },
+                };
+                slot.notifications = slot.notifications.saturating_sub(1);
+                if value[0] & HIGHLIGHT != 0 {
+                    slot.highlights = slot.highlights.saturating_sub(1);
+                }
             }
+            counted.counts.threads.retain(|_, c| c.notifications > 0);
+            let counts = &counted.counts;
+            counted.oldest.forget_read(counts);
         }
         counted.read = read.clone();
-        Ok(Some(counted))
+        Ok(Some((counted, true)))
     }
 
     /// The user's notifications before position `before` (newest first), at most `limit`,
@@ -530,5 +609,93 @@ impl Push {
         let next = (found.len() > limit).then(|| found[limit - 1].pos);
         found.truncate(limit);
         Ok((found, next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(unthreaded: u64, main: u64, threads: &[(&str, u64)]) -> ReadPositions {
+        ReadPositions {
+            unthreaded,
+            main,
+            threads: threads.iter().map(|(r, p)| (r.to_string(), *p)).collect(),
+        }
+    }
+
+    /// A count at `read`, covering up to 100, with unread entries from `main` on in the
+    /// main timeline and from the given positions in threads.
+    fn counted(read: ReadPositions, main: Option<u64>, threads: &[(&str, u64)]) -> Counted {
+        let mut oldest = OldestUnread::default();
+        let mut counts = RoomCounts::default();
+        if let Some(pos) = main {
+            oldest.note(None, pos);
+            counts.main.notifications = 1;
+        }
+        for (root, pos) in threads {
+            oldest.note(Some(root), *pos);
+            counts
+                .threads
+                .entry(root.to_string())
+                .or_default()
+                .notifications = 1;
+        }
+        Counted {
+            read,
+            upto: 100,
+            started: 0,
+            counts,
+            oldest,
+        }
+    }
+
+    #[test]
+    fn what_became_read_lies_between_old_and_new_receipts_after_the_oldest_unread() {
+        // Threaded receipts only: the unthreaded one stays at 0.
+        let before = at(0, 20, &[("$t", 15)]);
+        let count = counted(before.clone(), Some(30), &[("$t", 40), ("$u", 60)]);
+        assert_eq!(newly_read(&count, &before), None);
+        // The main timeline read on to 50: from its oldest unread (30) on, not from 20.
+        assert_eq!(
+            newly_read(&count, &at(0, 50, &[("$t", 15)])),
+            Some((29, 50))
+        );
+        // A first receipt in thread $u: from its oldest unread entry, not from 0.
+        assert_eq!(
+            newly_read(&count, &at(0, 20, &[("$t", 15), ("$u", 70)])),
+            Some((59, 70))
+        );
+        // A thread with nothing unread reads nothing new, wherever its receipt goes.
+        assert_eq!(
+            newly_read(&count, &at(0, 20, &[("$t", 15), ("$v", 90)])),
+            None
+        );
+        // Beyond what the count covers, nothing is taken out (it is counted afresh).
+        assert_eq!(
+            newly_read(&count, &at(0, 20, &[("$t", 99_999)])),
+            Some((39, 100))
+        );
+        // The unthreaded receipt: from the oldest unread of all.
+        assert_eq!(
+            newly_read(&count, &at(45, 20, &[("$t", 15)])),
+            Some((29, 45))
+        );
+        // With nothing unread, nothing to take out.
+        let nothing = counted(before.clone(), None, &[]);
+        assert_eq!(newly_read(&nothing, &at(50, 50, &[("$t", 50)])), None);
+    }
+
+    #[test]
+    fn the_oldest_unread_is_forgotten_with_its_last_unread_entry() {
+        let mut oldest = OldestUnread::default();
+        oldest.note(None, 7);
+        oldest.note(None, 9);
+        oldest.note(Some("$t"), 8);
+        assert_eq!((oldest.main, oldest.first()), (Some(7), Some(7)));
+        let mut counts = RoomCounts::default();
+        counts.threads.insert("$t".into(), UnreadCounts::default());
+        oldest.forget_read(&counts);
+        assert_eq!((oldest.main, oldest.first()), (None, Some(8)));
     }
 }

@@ -45,6 +45,50 @@ pub struct Counted {
     pub started: u64,
     /// The counts.
     pub counts: RoomCounts,
+    /// Where the entries it counted unread begin, in each thread.
+    pub oldest: OldestUnread,
+}
+
+/// The position of the oldest entry a count counted unread in the main timeline and in
+/// each thread (a lower bound once some were taken out as read: never later than the
+/// oldest still unread).
+#[derive(Debug, Clone, Default)]
+pub struct OldestUnread {
+    /// The main timeline's.
+    pub main: Option<u64>,
+    /// Each thread's, by root event id.
+    pub threads: HashMap<String, u64>,
+}
+
+impl OldestUnread {
+    /// An entry at `pos` (in the thread of `root`) is counted unread; entries are counted
+    /// in rising positions, so the first noted stays.
+    pub fn note(&mut self, root: Option<&str>, pos: u64) {
+        match root {
+            None => {
+                self.main.get_or_insert(pos);
+            }
+            Some(root) => {
+                if !self.threads.contains_key(root) {
+                    self.threads.insert(root.to_owned(), pos);
+                }
+            }
+        }
+    }
+
+    /// The oldest of all.
+    pub fn first(&self) -> Option<u64> {
+        self.threads.values().copied().chain(self.main).min()
+    }
+
+    /// Forgets the threads (and main timeline) `counts` has nothing unread in.
+    pub fn forget_read(&mut self, counts: &RoomCounts) {
+        if counts.main.notifications == 0 {
+            self.main = None;
+        }
+        self.threads
+            .retain(|root, _| counts.threads.contains_key(root));
+    }
 }
 
 /// The remembered counts.
@@ -142,6 +186,7 @@ mod tests {
             upto,
             started,
             counts,
+            oldest: OldestUnread::default(),
         }
     }
 
