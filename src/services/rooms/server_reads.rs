@@ -39,6 +39,8 @@ pub struct StateAtEvent {
     pub state: Vec<StoredEvent>,
     /// Their auth chain (and the event's).
     pub auth_chain: Vec<StoredEvent>,
+    /// The room's version.
+    pub version: crate::core::RoomVersion,
 }
 
 impl Rooms {
@@ -237,8 +239,9 @@ impl Rooms {
     /// /account/deactivate`, `erase`: "any users (or servers) which join the room after
     /// the erasure request are served redacted copies"; a server in the room before has
     /// its copy already, so every server is served one (as Synapse does for `/event`,
-    /// `/backfill` and `/get_missing_events`).
-    fn unless_erased(&self, event: &StoredEvent, version: crate::core::RoomVersion) -> Value {
+    /// `/backfill` and `/get_missing_events`; we do for `/state`, `/event_auth` and
+    /// `send_join` too: a redacted copy keeps what the auth rules read).
+    pub fn unless_erased(&self, event: &StoredEvent, version: crate::core::RoomVersion) -> Value {
         match self.store.erased_at(event.sender()) {
             Some(_) => crate::core::redaction::redact(event.pdu(), version),
             None => event.pdu().clone(),
@@ -418,6 +421,7 @@ impl Rooms {
         Ok(StateAtEvent {
             state: self.store.events(&shorts)?,
             auth_chain: self.store.events(&chain)?,
+            version: self.store.room_by_short(event.meta.room)?.version,
         })
     }
 
@@ -470,7 +474,7 @@ impl Rooms {
         for link in self.store.events(&chain)? {
             let seen = !joined || self.server_may_see_event(server, &link, &room, &mut cache)?;
             out.push(match seen {
-                true => link.pdu().clone(),
+                true => self.unless_erased(&link, room.version),
                 false => crate::core::redaction::redact(link.pdu(), room.version),
             });
         }
