@@ -613,3 +613,58 @@ async fn two_clients_paging_back_at_once_see_the_past_in_order() {
         assert_eq!(events.last().unwrap()["type"], "m.room.create");
     }
 }
+
+/// Spec: client-server API, `/timestamp_to_event`: a server that "does not have all of
+/// the room history" asks the others (the federation endpoint). Bob's server joined
+/// after alice's 130 early messages: a time among them, either way, answers one of them
+/// (backfilled, so that its `/context` can be read), not bob's join.
+#[tokio::test]
+async fn a_time_before_our_join_is_found_on_another_server() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mut sent = Vec::new();
+    for n in 0..130 {
+        let path = format!("/rooms/{}/send/m.room.message/early{n}", enc(&room));
+        let (status, body) = alice
+            .put(
+                &path,
+                json!({"msgtype": "m.text", "body": format!("early {n}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        sent.push(body["event_id"].as_str().unwrap().to_owned());
+    }
+    let ts_of = |id: String| {
+        let path = format!("/rooms/{}/event/{}", enc(&room), enc(&id));
+        let alice = &alice;
+        async move {
+            alice.get(&path).await.1["origin_server_ts"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let (early, earlier) = (ts_of(sent[5].clone()).await, ts_of(sent[3].clone()).await);
+    bob.join_via(&room, a.name()).await;
+
+    for (ts, dir) in [(early, "b"), (earlier, "f")] {
+        let path = format!("/rooms/{}/timestamp_to_event?ts={ts}&dir={dir}", enc(&room));
+        let (status, found) = bob.get(&path).await;
+        assert_eq!(status, 200, "{dir}: {found}");
+        assert_eq!(found["origin_server_ts"], ts, "{dir}: {found}");
+        let id = found["event_id"].as_str().unwrap();
+        let (status, context) = bob
+            .get(&format!(
+                "/rooms/{}/context/{}?limit=2",
+                enc(&room),
+                enc(id)
+            ))
+            .await;
+        assert_eq!(status, 200, "{context}");
+        let body = context["event"]["content"]["body"].as_str().unwrap_or("");
+        assert!(body.starts_with("early "), "{context}");
+    }
+    cluster.shutdown().await;
+}

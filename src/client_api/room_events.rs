@@ -177,7 +177,8 @@ pub struct TimestampParams {
     dir: Option<String>,
 }
 
-/// The event closest to a timestamp.
+/// The event closest to a timestamp (asking other servers in a room whose start we lack:
+/// see [`crate::services::timestamp_lookup`]).
 pub async fn timestamp_to_event(
     State(services): State<AppState>,
     Authed(session): Authed,
@@ -194,10 +195,9 @@ pub async fn timestamp_to_event(
         None => return Err(MatrixError::missing_param("dir is required")),
         dir => direction(dir, Direction::Forward)?,
     };
-    let (event_id, origin_server_ts) =
-        services
-            .rooms
-            .timestamp_to_event(session.user_id.as_str(), &room_id, ts, dir)?;
+    let (event_id, origin_server_ts) = services
+        .event_for_timestamp(session.user_id.as_str(), &room_id, ts, dir)
+        .await?;
     Ok(Json(json!({
         "event_id": event_id,
         "origin_server_ts": origin_server_ts,

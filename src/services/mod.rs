@@ -24,6 +24,7 @@ pub mod search;
 pub mod server_keys;
 pub mod stream;
 pub mod sync;
+pub mod timestamp_lookup;
 pub mod upgrade_settings;
 pub mod user_directory;
 

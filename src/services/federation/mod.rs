@@ -31,6 +31,7 @@ pub mod received_txns;
 pub mod sender;
 pub mod source;
 pub mod templates;
+pub mod timestamps;
 
 use std::sync::Arc;
 

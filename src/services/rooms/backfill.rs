@@ -61,6 +61,24 @@ impl Rooms {
         Ok(points)
     }
 
+    /// Whether the event is held in the room's timeline (with a place, not rejected nor
+    /// soft-failed).
+    pub fn holds_in_timeline(&self, event_id: &str) -> ServiceResult<bool> {
+        let Some(short) = self.store.state.find_event(event_id)? else {
+            return Ok(false);
+        };
+        Ok(matches!(
+            graph::record(&self.store, short)?.map(|r| r.status),
+            Some(status) if !matches!(
+                status,
+                EventStatus::Outlier
+                    | EventStatus::OutOfBand
+                    | EventStatus::SoftFailed
+                    | EventStatus::Rejected { .. }
+            )
+        ))
+    }
+
     /// Whether the event is held with a timeline place (or judged, for a rejected one).
     pub(super) fn has_place(&self, event_id: &str) -> ServiceResult<bool> {
         let Some(short) = self.store.state.find_event(event_id)? else {

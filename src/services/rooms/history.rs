@@ -404,6 +404,18 @@ impl Rooms {
         self.closest_event(access.room.short, ts, dir, |event| check.can_see(event))
     }
 
+    /// The time of the earliest event of `room_id` we hold in its timeline (`None`: none).
+    pub fn earliest_held(&self, room_id: &str) -> ServiceResult<Option<u64>> {
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(None);
+        };
+        match self.closest_event(room.short, 0, Direction::Forward, |_| Ok(true)) {
+            Ok((_, ts)) => Ok(Some(ts)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The event of room `room` closest to `ts` in direction `dir` that `visible` lets
     /// through (at most [`MAX_SCANNED`] looked at).
     pub(super) fn closest_event(
