@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod background;
 pub mod cache;
 pub mod cpu_share;
+pub mod deactivation;
 pub mod ephemeral;
 pub mod error;
 pub mod federation;

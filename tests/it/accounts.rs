@@ -684,3 +684,31 @@ async fn a_registration_token_is_required_when_configured() {
     );
     s.stop().await;
 }
+
+/// A deactivated account leaves its rooms, and its pending invites are rejected (as
+/// Synapse does), so member lists do not keep a user who cannot come back.
+#[tokio::test]
+async fn a_deactivated_user_leaves_their_rooms_and_rejects_their_invites() {
+    let s = TestServer::start().await;
+    let alice = common::client::Client::new(&s, "alice").await;
+    let bob = common::client::Client::new(&s, "bob").await;
+    let joined = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_eq!(bob.join(&joined).await.0, StatusCode::OK);
+    let invited = alice.create_room(json!({})).await;
+    assert_eq!(alice.invite(&invited, &bob.user_id).await.0, StatusCode::OK);
+
+    let (status, body) = bob.deactivate(false).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for room in [&joined, &invited] {
+        let (status, member) = alice
+            .get(&format!(
+                "/rooms/{room}/state/m.room.member/{}",
+                bob.user_id
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{member}");
+        assert_eq!(member["membership"], "leave", "{room}: {member}");
+        assert!(member.get("displayname").is_none(), "{member}");
+    }
+    s.stop().await;
+}
