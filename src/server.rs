@@ -137,6 +137,7 @@ impl Server {
                 if let Err(e) = services.accounts.announce_unsent_device_changes().await {
                     tracing::warn!(error = %e.message, "unsent device-list changes were not looked for");
                 }
+                services.finish_leaving_rooms_of_deactivated().await;
             }));
         }
         workers.extend(crate::services::partial_resync::PartialResyncs::start(

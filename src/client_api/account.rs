@@ -96,7 +96,7 @@ pub async fn deactivate(
         .deactivate(&session.user_id, body.erase)
         .await?;
     services.accounts.finish_uia(passed);
-    services.leave_rooms_of_deactivated(&session.user_id).await;
+    services.start_leaving_rooms_of_deactivated(session.user_id.clone());
     // Spec: "success" when the homeserver has no identifiers to unbind (we keep none).
     Ok(Json(json!({ "id_server_unbind_result": "success" })))
 }

@@ -4,12 +4,37 @@
 //! to login again"; Synapse also makes the user leave every room they are joined to, and
 //! rejects their pending invites and withdraws their knocks, so that member lists do not
 //! keep a user who can never come back. We do the same, once the account is deactivated
-//! (the leaves carry no display name: the profile is cleared first).
+//! (the leaves carry no display name: the profile is cleared first), in a task of its
+//! own: a remote invite is rejected through its room's servers, which may be slow or
+//! gone, and a client that gives up waiting must not cut the leaving short. A start-up
+//! finishes what a stop interrupted (the deactivated accounts' remaining memberships).
+
+use std::sync::Arc;
 
 use super::Services;
 use crate::core::UserId;
 
 impl Services {
+    /// Starts [`Services::leave_rooms_of_deactivated`] for `user` in a task of its own.
+    pub fn start_leaving_rooms_of_deactivated(self: &Arc<Self>, user: UserId) {
+        let services = Arc::clone(self);
+        tokio::spawn(async move { services.leave_rooms_of_deactivated(&user).await });
+    }
+
+    /// At start-up: the deactivated accounts leave what they are still in.
+    pub async fn finish_leaving_rooms_of_deactivated(&self) {
+        match self.accounts.deactivated_users() {
+            Ok(users) => {
+                for user in users {
+                    self.leave_rooms_of_deactivated(&user).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message, "the deactivated accounts could not be read")
+            }
+        }
+    }
+
     /// Makes `user` leave every room they are joined to, reject their invites and
     /// withdraw their knocks (through the room's servers for a room we are not in). A
     /// room that refuses is logged and skipped.

@@ -1322,7 +1322,8 @@ async fn an_invite_from_an_ignored_user_is_not_listed_in_a_world_readable_room()
 /// A gateway refusing a notification for good (400) is not asked again with it: the next
 /// one goes at once instead of waiting behind it. A notification sent again after the
 /// user read everything leaves its zero count out (push gateway API: "counts whose
-/// value is zero should be omitted").
+/// value is zero should be omitted"), and a badge-only push then clears the count the
+/// device last had.
 #[tokio::test]
 async fn a_refused_push_is_dropped_and_a_zero_count_left_out() {
     let s = server().await;
@@ -1351,9 +1352,18 @@ async fn a_refused_push_is_dropped_and_a_zero_count_left_out() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let got = gateway.wait_for(3).await;
-    assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(got[2]["notification"]["event_id"], two.as_str(), "{got:?}");
     assert_eq!(got[2]["notification"]["counts"], json!({}), "{got:?}");
+    // The phone showed 1 ("one"'s push) and was told no count since: a badge-only push
+    // brings it to zero.
+    let got = gateway.wait_for(4).await;
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(
+        got[3]["notification"]["counts"],
+        json!({"unread": 0}),
+        "{got:?}"
+    );
+    assert!(got[3]["notification"].get("event_id").is_none(), "{got:?}");
     // "one" was never sent again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ones = gateway

@@ -174,3 +174,52 @@ async fn to_device_transaction_ids_are_forgotten_after_a_week() {
     // The row with no time was given the sweep's: it goes a week from now.
     assert!(left.iter().all(|(_, v)| v.len() == 16), "{left:?}");
 }
+
+/// A deactivated account's leaving of its rooms, cut short by a stop, is finished at the
+/// next start (here the stop came before any leave: the account is marked deactivated
+/// while the server is down).
+#[tokio::test]
+async fn a_start_finishes_a_deactivated_accounts_leaving() {
+    use ourwhats::storage::Table;
+    let mut s = TestServer::start().await;
+    let alice = common::client::Client::new(&s, "alice").await;
+    let alice_login = (
+        alice.user_id.clone(),
+        alice.token.clone(),
+        alice.device_id.clone(),
+    );
+    let bob = common::client::Client::new(&s, "bob").await;
+    let room = alice
+        .create_room(serde_json::json!({"preset": "public_chat"}))
+        .await;
+    assert_eq!(bob.join(&room).await.0, StatusCode::OK);
+    let bob_id = bob.user_id.clone();
+    s.restart_after(
+        |db| {
+            let mut account: serde_json::Value =
+                serde_json::from_slice(&db.get(Table::UseridAccount, &bob_id).unwrap().unwrap())
+                    .unwrap();
+            account["deactivated"] = serde_json::json!(true);
+            let mut batch = db.batch();
+            batch.put(
+                Table::UseridAccount,
+                &bob_id,
+                serde_json::to_vec(&account).unwrap(),
+            );
+            db.commit_blocking(batch).unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    let alice = common::client::Client::signed_in(&s, &alice_login);
+    let path = format!("/rooms/{room}/state/m.room.member/{bob_id}");
+    let mut member = alice.get(&path).await.1;
+    for _ in 0..100 {
+        if member["membership"] == "leave" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        member = alice.get(&path).await.1;
+    }
+    assert_eq!(member["membership"], "leave", "{member}");
+}

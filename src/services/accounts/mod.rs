@@ -1138,6 +1138,21 @@ impl Accounts {
         Ok(())
     }
 
+    /// The deactivated accounts (read at start-up, to finish their leaving of rooms).
+    pub fn deactivated_users(&self) -> ServiceResult<Vec<UserId>> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(Table::UseridAccount, b"") {
+            let (key, value) = item?;
+            let account: Account = decode(Table::UseridAccount, &value)?;
+            if account.deactivated {
+                if let Ok(user) = UserId::parse(&String::from_utf8_lossy(&key)) {
+                    out.push(user);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Users who asked for erasure, and from which stream position (read at start-up, for
     /// the rooms' store).
     pub fn erased_users(&self) -> ServiceResult<Vec<(String, u64)>> {

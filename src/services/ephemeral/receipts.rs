@@ -77,6 +77,16 @@ impl ReadPositions {
         pos <= self.unthreaded.max(own)
     }
 
+    /// Receipts at these positions (tests).
+    #[cfg(test)]
+    pub fn at(unthreaded: u64, main: u64, threads: &[(&str, u64)]) -> Self {
+        Self {
+            unthreaded,
+            main,
+            threads: threads.iter().map(|(r, p)| (r.to_string(), *p)).collect(),
+        }
+    }
+
     /// Whether every receipt here is at or after where it was in `earlier` (receipts only
     /// move forward, so this holds for the same user's later positions).
     pub fn covers(&self, earlier: &ReadPositions) -> bool {
@@ -468,22 +478,14 @@ fn shown_receipt(key: &[u8], value: &[u8]) -> ServiceResult<Option<ShownReceipt>
 mod tests {
     use super::ReadPositions;
 
-    fn at(unthreaded: u64, main: u64, threads: &[(&str, u64)]) -> ReadPositions {
-        ReadPositions {
-            unthreaded,
-            main,
-            threads: threads.iter().map(|(r, p)| (r.to_string(), *p)).collect(),
-        }
-    }
-
     #[test]
     fn later_receipts_cover_earlier_ones() {
-        let before = at(10, 20, &[("$t", 15)]);
+        let before = ReadPositions::at(10, 20, &[("$t", 15)]);
         assert!(before.covers(&before));
-        assert!(at(11, 21, &[("$t", 16), ("$u", 1)]).covers(&before));
+        assert!(ReadPositions::at(11, 21, &[("$t", 16), ("$u", 1)]).covers(&before));
         // Receipts that went back (a thread forgotten) are not covered.
-        assert!(!at(10, 20, &[]).covers(&before));
-        assert!(!at(9, 20, &[("$t", 15)]).covers(&before));
-        assert!(!at(10, 19, &[("$t", 15)]).covers(&before));
+        assert!(!ReadPositions::at(10, 20, &[]).covers(&before));
+        assert!(!ReadPositions::at(9, 20, &[("$t", 15)]).covers(&before));
+        assert!(!ReadPositions::at(10, 19, &[("$t", 15)]).covers(&before));
     }
 }

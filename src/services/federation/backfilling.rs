@@ -60,7 +60,7 @@ impl BackfillBackoff {
 
 impl Federation {
     /// Whether our sender is backing off from `destination` (its last attempts failed).
-    fn backing_off(&self, destination: &ServerName) -> bool {
+    pub(super) fn backing_off(&self, destination: &ServerName) -> bool {
         super::sender::load_record(&self.db, destination.as_str()).retry_at
             > crate::services::now_ms()
     }

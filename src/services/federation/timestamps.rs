@@ -8,7 +8,9 @@
 //! servers for a suitable event"; server-server API, `GET
 //! /_matrix/federation/v1/timestamp_to_event/{roomId}`. The client then asks for the
 //! event's `/context`, so the answer must be an event we hold in the timeline: the room's
-//! past is backfilled until it holds it (as Synapse fetches the event it is told of).
+//! past is backfilled towards it, a few backfills per request (Synapse fetches the one
+//! event it is told of and places it alone; our history is placed in order from what we
+//! hold, so it is reached by backfilling, bounded here and by the backfill's back-off).
 
 use reqwest::Method;
 use serde_json::Value;
@@ -23,9 +25,9 @@ use crate::services::rooms::Rooms;
 
 /// Servers asked at most (those in the room longest first).
 const SERVERS_ASKED: usize = 3;
-/// Backfills made at most to reach the event another server named (of up to
-/// [`MAX_BACKFILL_EVENTS`] events each).
-const BACKFILLS_AT_MOST: usize = 10;
+/// Backfills made at most per request to reach the event another server named (of up
+/// to [`MAX_BACKFILL_EVENTS`] events each; a later request goes on from there).
+const BACKFILLS_AT_MOST: usize = 3;
 
 impl Federation {
     /// The event of `room_id` another server says is closest to `ts` in direction `dir`,
@@ -51,6 +53,9 @@ impl Federation {
             let Ok(destination) = ServerName::parse(server) else {
                 continue;
             };
+            if self.backing_off(&destination) {
+                continue;
+            }
             let answer = match self
                 .client
                 .request(&destination, Method::GET, &path, None)
@@ -91,13 +96,13 @@ impl Federation {
         event_id: &str,
     ) -> ServiceResult<bool> {
         for _ in 0..BACKFILLS_AT_MOST {
-            if rooms.holds_in_timeline(event_id)? {
+            if rooms.holds_in_timeline(room_id, event_id)? {
                 return Ok(true);
             }
             if self.backfill(rooms, room_id, MAX_BACKFILL_EVENTS).await? == 0 {
                 break;
             }
         }
-        rooms.holds_in_timeline(event_id)
+        rooms.holds_in_timeline(room_id, event_id)
     }
 }

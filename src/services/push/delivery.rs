@@ -618,6 +618,17 @@ impl Worker {
         if outcome.badge_only && outcome.failure.is_some() {
             state.badge_due = true;
         }
+        // Event pushes that carried no count (all read: a zero is left out) leave the
+        // device with the count it was last sent: a badge-only push follows when that
+        // was not zero.
+        if !outcome.badge_only
+            && outcome.done > 0
+            && outcome.badge.is_none()
+            && outcome.failure.is_none()
+            && state.last_badge.is_some_and(|last| last > 0)
+        {
+            state.badge_due = true;
+        }
         state.held.drain(..outcome.done.min(state.held.len()));
         if let Some(upto) = outcome.done_upto.filter(|upto| *upto > state.cursor) {
             state.cursor = upto;
@@ -858,6 +869,8 @@ impl Worker {
                         }
                     }
                     state.pusher = pusher;
+                    // Perhaps another gateway now: it was sent no badge yet.
+                    state.last_badge = None;
                 }
                 continue;
             }

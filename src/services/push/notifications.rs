@@ -616,14 +616,6 @@ impl Push {
 mod tests {
     use super::*;
 
-    fn at(unthreaded: u64, main: u64, threads: &[(&str, u64)]) -> ReadPositions {
-        ReadPositions {
-            unthreaded,
-            main,
-            threads: threads.iter().map(|(r, p)| (r.to_string(), *p)).collect(),
-        }
-    }
-
     /// A count at `read`, covering up to 100, with unread entries from `main` on in the
     /// main timeline and from the given positions in threads.
     fn counted(read: ReadPositions, main: Option<u64>, threads: &[(&str, u64)]) -> Counted {
@@ -653,37 +645,40 @@ mod tests {
     #[test]
     fn what_became_read_lies_between_old_and_new_receipts_after_the_oldest_unread() {
         // Threaded receipts only: the unthreaded one stays at 0.
-        let before = at(0, 20, &[("$t", 15)]);
+        let before = ReadPositions::at(0, 20, &[("$t", 15)]);
         let count = counted(before.clone(), Some(30), &[("$t", 40), ("$u", 60)]);
         assert_eq!(newly_read(&count, &before), None);
         // The main timeline read on to 50: from its oldest unread (30) on, not from 20.
         assert_eq!(
-            newly_read(&count, &at(0, 50, &[("$t", 15)])),
+            newly_read(&count, &ReadPositions::at(0, 50, &[("$t", 15)])),
             Some((29, 50))
         );
         // A first receipt in thread $u: from its oldest unread entry, not from 0.
         assert_eq!(
-            newly_read(&count, &at(0, 20, &[("$t", 15), ("$u", 70)])),
+            newly_read(&count, &ReadPositions::at(0, 20, &[("$t", 15), ("$u", 70)])),
             Some((59, 70))
         );
         // A thread with nothing unread reads nothing new, wherever its receipt goes.
         assert_eq!(
-            newly_read(&count, &at(0, 20, &[("$t", 15), ("$v", 90)])),
+            newly_read(&count, &ReadPositions::at(0, 20, &[("$t", 15), ("$v", 90)])),
             None
         );
         // Beyond what the count covers, nothing is taken out (it is counted afresh).
         assert_eq!(
-            newly_read(&count, &at(0, 20, &[("$t", 99_999)])),
+            newly_read(&count, &ReadPositions::at(0, 20, &[("$t", 99_999)])),
             Some((39, 100))
         );
         // The unthreaded receipt: from the oldest unread of all.
         assert_eq!(
-            newly_read(&count, &at(45, 20, &[("$t", 15)])),
+            newly_read(&count, &ReadPositions::at(45, 20, &[("$t", 15)])),
             Some((29, 45))
         );
         // With nothing unread, nothing to take out.
         let nothing = counted(before.clone(), None, &[]);
-        assert_eq!(newly_read(&nothing, &at(50, 50, &[("$t", 50)])), None);
+        assert_eq!(
+            newly_read(&nothing, &ReadPositions::at(50, 50, &[("$t", 50)])),
+            None
+        );
     }
 
     #[test]

@@ -61,12 +61,18 @@ impl Rooms {
         Ok(points)
     }
 
-    /// Whether the event is held in the room's timeline (with a place, not rejected nor
-    /// soft-failed).
-    pub fn holds_in_timeline(&self, event_id: &str) -> ServiceResult<bool> {
+    /// Whether the event is held in the timeline of `room_id` (with a place, not
+    /// rejected nor soft-failed).
+    pub fn holds_in_timeline(&self, room_id: &str, event_id: &str) -> ServiceResult<bool> {
         let Some(short) = self.store.state.find_event(event_id)? else {
             return Ok(false);
         };
+        let Some(room) = self.store.room(room_id)? else {
+            return Ok(false);
+        };
+        if self.store.event(short)?.meta.room != room.short {
+            return Ok(false);
+        }
         Ok(matches!(
             graph::record(&self.store, short)?.map(|r| r.status),
             Some(status) if !matches!(

@@ -246,17 +246,13 @@ impl Rooms {
             let in_state: BTreeSet<ShortEventId> = state_events.iter().map(|e| e.short).collect();
             chain.retain(|e| !in_state.contains(e));
         }
-        // An erased user's events go redacted (see `Rooms::unless_erased`).
         Ok(JoinAnswer {
-            state: state_events
-                .iter()
-                .map(|e| self.unless_erased(e, version))
-                .collect(),
+            state: state_events.iter().map(|e| e.pdu().clone()).collect(),
             auth_chain: self
                 .store
                 .events(&chain)?
                 .iter()
-                .map(|e| self.unless_erased(e, version))
+                .map(|e| e.pdu().clone())
                 .collect(),
             event: signed_here.then_some(kept),
             servers_in_room: servers.into_iter().collect(),

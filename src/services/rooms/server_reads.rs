@@ -39,8 +39,6 @@ pub struct StateAtEvent {
     pub state: Vec<StoredEvent>,
     /// Their auth chain (and the event's).
     pub auth_chain: Vec<StoredEvent>,
-    /// The room's version.
-    pub version: crate::core::RoomVersion,
 }
 
 impl Rooms {
@@ -239,12 +237,17 @@ impl Rooms {
     /// /account/deactivate`, `erase`: "any users (or servers) which join the room after
     /// the erasure request are served redacted copies"; a server in the room before has
     /// its copy already, so every server is served one (as Synapse does for `/event`,
-    /// `/backfill` and `/get_missing_events`; we do for `/state`, `/event_auth` and
-    /// `send_join` too: a redacted copy keeps what the auth rules read).
-    pub fn unless_erased(&self, event: &StoredEvent, version: crate::core::RoomVersion) -> Value {
+    /// `/backfill` and `/get_missing_events`). State events are served whole: a redacted
+    /// create event loses its `room_version` (rooms v1–v10), a server ACL its `allow`
+    /// (denying every server), power levels (v1–v10) their `invite`, a member event its
+    /// `join_authorised_via_users_server` (v8): a server given those could not join or
+    /// would judge the room's events otherwise than the rest of it.
+    fn unless_erased(&self, event: &StoredEvent, version: crate::core::RoomVersion) -> Value {
         match self.store.erased_at(event.sender()) {
-            Some(_) => crate::core::redaction::redact(event.pdu(), version),
-            None => event.pdu().clone(),
+            Some(_) if event.state_key().is_none() => {
+                crate::core::redaction::redact(event.pdu(), version)
+            }
+            _ => event.pdu().clone(),
         }
     }
 
@@ -421,7 +424,6 @@ impl Rooms {
         Ok(StateAtEvent {
             state: self.store.events(&shorts)?,
             auth_chain: self.store.events(&chain)?,
-            version: self.store.room_by_short(event.meta.room)?.version,
         })
     }
 
@@ -474,7 +476,7 @@ impl Rooms {
         for link in self.store.events(&chain)? {
             let seen = !joined || self.server_may_see_event(server, &link, &room, &mut cache)?;
             out.push(match seen {
-                true => self.unless_erased(&link, room.version),
+                true => link.pdu().clone(),
                 false => crate::core::redaction::redact(link.pdu(), room.version),
             });
         }
