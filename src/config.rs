@@ -198,6 +198,10 @@ pub struct RateLimitConfig {
     pub room_create_per_minute: u32,
     /// Room creation bucket size.
     pub room_create_burst: u32,
+    /// Joins and knocks through other servers refilled per minute, per user.
+    pub remote_join_per_minute: u32,
+    /// Remote-join bucket size.
+    pub remote_join_burst: u32,
     /// Invites sent refilled per minute, per user.
     pub invite_per_minute: u32,
     /// Invites-sent bucket size.
@@ -424,6 +428,8 @@ impl Config {
                 message_burst: r.u32("rate_limits.message_burst")?,
                 room_create_per_minute: r.u32("rate_limits.room_create_per_minute")?,
                 room_create_burst: r.u32("rate_limits.room_create_burst")?,
+                remote_join_per_minute: r.u32("rate_limits.remote_join_per_minute")?,
+                remote_join_burst: r.u32("rate_limits.remote_join_burst")?,
                 invite_per_minute: r.u32("rate_limits.invite_per_minute")?,
                 invite_burst: r.u32("rate_limits.invite_burst")?,
                 invites_received_per_minute: r.u32("rate_limits.invites_received_per_minute")?,

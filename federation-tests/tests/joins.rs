@@ -1236,3 +1236,38 @@ async fn a_restricted_join_none_of_ours_may_authorise_goes_through_another_serve
     );
     cluster.shutdown().await;
 }
+
+/// Joins through other servers are rate-limited per user (`rate_limits.remote_join_*`):
+/// each is several federation requests and a room's state to check. Past the burst, 429
+/// `M_LIMIT_EXCEEDED` with the wait; joins of rooms we are in are not counted.
+#[tokio::test]
+async fn joins_through_other_servers_are_rate_limited() {
+    let cluster = Cluster::start_with(2, |i, config| {
+        if i == 1 {
+            config.rate_limits.enabled = true;
+            config.rate_limits.remote_join_per_minute = 1;
+            config.rate_limits.remote_join_burst = 1;
+        }
+    })
+    .await
+    .unwrap();
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let alice = User::register(a, "alice").await.unwrap();
+    let bob = User::register(b, "bob").await.unwrap();
+    let carol = User::register(b, "carol").await.unwrap();
+    let first = alice.create_room(json!({"preset": "public_chat"})).await;
+    let second = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join_via(&first, a.name()).await;
+    let join = |room: &str| format!("/join/{}?via={}", enc(room), a.name());
+    let (status, body) = bob.post(&join(&second), json!({})).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (429, Some("M_LIMIT_EXCEEDED")),
+        "{body}"
+    );
+    assert!(body["retry_after_ms"].as_u64().is_some(), "{body}");
+    // Carol joins the room bob brought us into: no other server is needed.
+    let (status, body) = carol.post(&join(&first), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    cluster.shutdown().await;
+}

@@ -96,6 +96,9 @@ pub async fn join(
                 "Guests cannot join rooms through other servers",
             ));
         }
+        services
+            .rate_limiter
+            .check(RateAction::RemoteJoin, session.user_id.as_str())?;
         let content = member_content("join", Some(&profile), reason);
         let partial = services
             .federation
@@ -145,6 +148,9 @@ pub async fn join(
                 ));
             }
             services
+                .rate_limiter
+                .check(RateAction::RemoteJoin, session.user_id.as_str())?;
+            services
                 .federation
                 .join_authorised_elsewhere(
                     &services.rooms,
@@ -188,6 +194,9 @@ pub async fn knock(
         {
             servers.push(server);
         }
+        services
+            .rate_limiter
+            .check(RateAction::RemoteJoin, session.user_id.as_str())?;
         let content = member_content("knock", Some(&profile), reason);
         services
             .federation

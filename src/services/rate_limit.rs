@@ -23,6 +23,8 @@ pub enum RateAction {
     RoomCreate,
     /// Requests from another server (after their signature is checked), per origin.
     Federation,
+    /// Joins and knocks through other servers, per user.
+    RemoteJoin,
     /// Invites sent, per inviting user.
     InviteSent,
     /// Invites received, per invited user of ours and inviting server (so that one server's
@@ -97,6 +99,10 @@ impl RateLimiter {
             (
                 RateAction::Federation,
                 Rule::per_second(config.federation_per_second, config.federation_burst),
+            ),
+            (
+                RateAction::RemoteJoin,
+                Rule::per_minute(config.remote_join_per_minute, config.remote_join_burst),
             ),
             (
                 RateAction::InviteSent,
@@ -184,6 +190,8 @@ mod tests {
             message_burst: 2,
             room_create_per_minute: 1,
             room_create_burst: 2,
+            remote_join_per_minute: 1,
+            remote_join_burst: 2,
             invite_per_minute: 1,
             invite_burst: 2,
             invites_received_per_minute: 1,
