@@ -11,6 +11,7 @@ use crate::core::{url, RoomAliasId, RoomId, UserId};
 use crate::error::{ErrorCode, MatrixError, MatrixResult};
 use crate::http::extract::{Authed, AuthedAllowGuest, JsonBody, MaybeJsonBody, PathParams};
 use crate::http::AppState;
+use crate::services::accounts::Session;
 use crate::services::rate_limit::{invite_bucket, RateAction};
 use crate::services::rooms::membership::member_content;
 
@@ -60,6 +61,20 @@ async fn room_and_servers(
     Ok((room_id, servers))
 }
 
+/// Whether the session may join a room through another server: not a guest, and within
+/// its rate (`rate_limits.remote_join_*`).
+fn may_join_through_others(services: &AppState, session: &Session) -> MatrixResult<()> {
+    if session.is_guest {
+        return Err(MatrixError::forbidden(
+            "Guests cannot join rooms through other servers",
+        ));
+    }
+    services
+        .rate_limiter
+        .check(RateAction::RemoteJoin, session.user_id.as_str())?;
+    Ok(())
+}
+
 /// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`. A room none of our users
 /// is in is joined through another server: those the client names (`via`, or the older
 /// `server_name`), those the alias's directory answer names, and the room id's own.
@@ -91,14 +106,7 @@ pub async fn join(
         {
             servers.push(server);
         }
-        if session.is_guest {
-            return Err(MatrixError::forbidden(
-                "Guests cannot join rooms through other servers",
-            ));
-        }
-        services
-            .rate_limiter
-            .check(RateAction::RemoteJoin, session.user_id.as_str())?;
+        may_join_through_others(&services, &session)?;
         let content = member_content("join", Some(&profile), reason);
         let partial = services
             .federation
@@ -142,14 +150,7 @@ pub async fn join(
         // A restricted room whose join none of our members may authorise: a member of
         // another server of the room may.
         Err(e) if e.errcode == Some(ErrorCode::UnableToGrantJoin) => {
-            if session.is_guest {
-                return Err(MatrixError::forbidden(
-                    "Guests cannot join rooms through other servers",
-                ));
-            }
-            services
-                .rate_limiter
-                .check(RateAction::RemoteJoin, session.user_id.as_str())?;
+            may_join_through_others(&services, &session)?;
             services
                 .federation
                 .join_authorised_elsewhere(

@@ -701,15 +701,7 @@ async fn a_deactivated_user_leaves_their_rooms_and_rejects_their_invites() {
     assert_eq!(status, StatusCode::OK, "{body}");
     // In a task of its own, after the answer.
     for room in [&joined, &invited] {
-        let path = format!("/rooms/{room}/state/m.room.member/{}", bob.user_id);
-        let mut member = alice.get(&path).await.1;
-        for _ in 0..100 {
-            if member["membership"] == "leave" {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            member = alice.get(&path).await.1;
-        }
+        let member = alice.member_once(room, &bob.user_id, "leave").await;
         assert_eq!(member["membership"], "leave", "{room}: {member}");
         assert!(member.get("displayname").is_none(), "{member}");
     }

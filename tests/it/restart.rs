@@ -212,14 +212,6 @@ async fn a_start_finishes_a_deactivated_accounts_leaving() {
     )
     .await;
     let alice = common::client::Client::signed_in(&s, &alice_login);
-    let path = format!("/rooms/{room}/state/m.room.member/{bob_id}");
-    let mut member = alice.get(&path).await.1;
-    for _ in 0..100 {
-        if member["membership"] == "leave" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        member = alice.get(&path).await.1;
-    }
+    let member = alice.member_once(&room, &bob_id, "leave").await;
     assert_eq!(member["membership"], "leave", "{member}");
 }

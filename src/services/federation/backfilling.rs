@@ -59,8 +59,27 @@ impl BackfillBackoff {
 }
 
 impl Federation {
+    /// At most `limit` of the other servers of `room_id` to ask about its past: those in
+    /// the room longest first, servers our sender is backing off from (they failed
+    /// lately) after all the others.
+    pub(super) fn servers_to_ask(
+        &self,
+        rooms: &Rooms,
+        room_id: &str,
+        limit: usize,
+    ) -> ServiceResult<Vec<ServerName>> {
+        let mut servers: Vec<(bool, ServerName)> = rooms
+            .servers_by_seniority(room_id)?
+            .iter()
+            .filter_map(|s| ServerName::parse(s).ok())
+            .map(|s| (self.backing_off(&s), s))
+            .collect();
+        servers.sort_by_key(|(backing_off, _)| *backing_off);
+        Ok(servers.into_iter().take(limit).map(|(_, s)| s).collect())
+    }
+
     /// Whether our sender is backing off from `destination` (its last attempts failed).
-    pub(super) fn backing_off(&self, destination: &ServerName) -> bool {
+    fn backing_off(&self, destination: &ServerName) -> bool {
         super::sender::load_record(&self.db, destination.as_str()).retry_at
             > crate::services::now_ms()
     }
@@ -118,16 +137,7 @@ impl Federation {
             "/_matrix/federation/v1/backfill/{}?{query}",
             crate::core::url::encode(room_id)
         );
-        // Those in the room longest first; servers our sender is backing off from (they
-        // failed lately) after all the others.
-        let mut servers: Vec<(bool, ServerName)> = rooms
-            .servers_by_seniority(room_id)?
-            .iter()
-            .filter_map(|s| ServerName::parse(s).ok())
-            .map(|s| (self.backing_off(&s), s))
-            .collect();
-        servers.sort_by_key(|(backing_off, _)| *backing_off);
-        for (_, destination) in servers.into_iter().take(SERVERS_ASKED) {
+        for destination in self.servers_to_ask(rooms, room_id, SERVERS_ASKED)? {
             let server = destination.as_str().to_owned();
             let answer = match self
                 .client

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::Federation;
 use crate::core::url::encode;
-use crate::core::{EventId, ServerName};
+use crate::core::EventId;
 use crate::services::error::ServiceResult;
 use crate::services::rooms::backfill::MAX_BACKFILL_EVENTS;
 use crate::services::rooms::history::Direction;
@@ -48,14 +48,8 @@ impl Federation {
             "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir={dir_param}",
             encode(room_id)
         );
-        let servers = rooms.servers_by_seniority(room_id)?;
-        for server in servers.iter().take(SERVERS_ASKED) {
-            let Ok(destination) = ServerName::parse(server) else {
-                continue;
-            };
-            if self.backing_off(&destination) {
-                continue;
-            }
+        for destination in self.servers_to_ask(rooms, room_id, SERVERS_ASKED)? {
+            let server = destination.as_str();
             let answer = match self
                 .client
                 .request(&destination, Method::GET, &path, None)

@@ -376,6 +376,21 @@ struct Outcome {
     badge_only: bool,
 }
 
+impl Outcome {
+    /// Nothing done yet for `pusher` (by a badge-only push, or by event pushes).
+    fn new(pusher: Pusher, badge_only: bool) -> Self {
+        Self {
+            pusher,
+            done: 0,
+            done_upto: None,
+            failure: None,
+            rejected: false,
+            badge: None,
+            badge_only,
+        }
+    }
+}
+
 /// A task of the worker's that ended without an answer (it panicked or was cancelled).
 fn task_failed<T>(e: tokio::task::JoinError) -> ServiceResult<T> {
     Err(ServiceError::internal(e.to_string()))
@@ -954,15 +969,8 @@ impl Worker {
             badge,
             failure: build_failure,
         } = built;
-        let mut outcome = Outcome {
-            pusher,
-            done: 0,
-            done_upto: None,
-            failure: None,
-            rejected: false,
-            badge,
-            badge_only: false,
-        };
+        let mut outcome = Outcome::new(pusher, false);
+        outcome.badge = badge;
         for (pos, body) in bodies {
             let Some(body) = body else {
                 outcome.done += 1;
@@ -1010,15 +1018,7 @@ impl Worker {
             .map_err(|e| e.to_string())
             .and_then(|counted| counted.map_err(|e| e.message))
         };
-        let mut outcome = Outcome {
-            pusher,
-            done: 0,
-            done_upto: None,
-            failure: None,
-            rejected: false,
-            badge: None,
-            badge_only: true,
-        };
+        let mut outcome = Outcome::new(pusher, true);
         let unread = match counted {
             Ok(unread) => unread,
             Err(why) => {

@@ -158,6 +158,20 @@ impl<'a> Client<'a> {
         self.get(&format!("/rooms/{room}/state/{kind}/{key}")).await
     }
 
+    /// `user`'s member event content in `room` once it shows `membership` (polled for up
+    /// to 2 s: for what the server does after its answer); the last one read otherwise.
+    pub async fn member_once(&self, room: &str, user: &str, membership: &str) -> Value {
+        let mut member = self.state(room, "m.room.member", user).await.1;
+        for _ in 0..100 {
+            if member["membership"] == membership {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            member = self.state(room, "m.room.member", user).await.1;
+        }
+        member
+    }
+
     /// The event ids `GET /notifications` lists, newest first; asserts 200.
     pub async fn notified_event_ids(&self) -> Vec<String> {
         let (status, listed) = self.get("/notifications").await;
