@@ -6,6 +6,7 @@
 pub mod auth_rules;
 pub mod base64;
 pub mod canonical_json;
+pub mod ed25519_strict;
 pub mod error_code;
 pub mod event_hashes;
 pub mod fnv;

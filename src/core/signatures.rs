@@ -3,11 +3,12 @@
 //! Spec: appendices, "Signing Details" and "Checking for a Signature". The signature covers
 //! the canonical JSON of the object without its `signatures` and `unsigned` members.
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use serde_json::{Map, Value};
 
 use super::base64;
 use super::canonical_json::{self, CanonicalJsonError, Numbers};
+use super::ed25519_strict;
 use super::signing_key::SigningKeyPair;
 
 /// Why a signature could not be made or did not verify.
@@ -157,9 +158,11 @@ pub fn verify_signature_over(
 ) -> Result<(), SignatureError> {
     let bytes = base64::decode(signature_b64).map_err(|_| SignatureError::Malformed)?;
     let bytes: [u8; 64] = bytes.try_into().map_err(|_| SignatureError::Malformed)?;
-    let signature = Signature::from_bytes(&bytes);
-    key.verify_strict(signed, &signature)
-        .map_err(|_| SignatureError::Invalid)
+    if ed25519_strict::verify(key, signed, &bytes) {
+        Ok(())
+    } else {
+        Err(SignatureError::Invalid)
+    }
 }
 
 #[cfg(test)]
