@@ -100,6 +100,67 @@ pub fn object_to_bytes_without(
     Ok(out)
 }
 
+/// The length of `value` written as [`to_bytes`] writes it, counted without writing it
+/// (the size check of every received PDU), with the same errors.
+pub fn encoded_len(value: &Value, numbers: Numbers) -> Result<usize, CanonicalJsonError> {
+    Ok(match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => match numbers {
+            Numbers::Canonical => decimal_len(canonical_integer(n)?),
+            Numbers::Lenient => lenient_number(n).len(),
+        },
+        Value::String(s) => string_len(s),
+        Value::Array(items) => {
+            let mut len = 2 + items.len().saturating_sub(1);
+            for item in items {
+                len += encoded_len(item, numbers)?;
+            }
+            len
+        }
+        Value::Object(map) => {
+            let mut len = 2 + map.len().saturating_sub(1);
+            for (key, value) in map {
+                len += string_len(key) + 1 + encoded_len(value, numbers)?;
+            }
+            len
+        }
+    })
+}
+
+/// Digits (and sign) of an integer in base 10.
+fn decimal_len(n: i64) -> usize {
+    let digits = n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |d| d as usize + 1);
+    digits + usize::from(n < 0)
+}
+
+/// The length of a string as [`write_string`] writes it.
+fn string_len(s: &str) -> usize {
+    let bytes = s.as_bytes();
+    if is_plain(bytes) {
+        return bytes.len() + 2;
+    }
+    2 + bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | 0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// Whether a string needs no escape (most do not): one pass without early exit, which
+/// the compiler vectorises.
+fn is_plain(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |plain, &b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    })
+}
+
 /// Checks that every number in `value` is a canonical integer.
 pub fn validate(value: &Value) -> Result<(), CanonicalJsonError> {
     match value {
@@ -122,7 +183,7 @@ fn write_value(
         Value::Number(n) => match numbers {
             Numbers::Canonical => {
                 let int = canonical_integer(n)?;
-                out.extend_from_slice(int.to_string().as_bytes());
+                write_integer(out, int);
             }
             Numbers::Lenient => out.extend_from_slice(lenient_number(n).as_bytes()),
         },
@@ -244,11 +305,35 @@ fn python_float_repr(f: f64) -> String {
     format!("{sign}{body}")
 }
 
+/// An integer in base 10, without a `String` in between.
+fn write_integer(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Spec grammar: escape `"`, `\`, and control characters (the five with short escapes as
 /// such, the rest as lowercase `\u00XX`); everything else is written as raw UTF-8.
 fn write_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    if is_plain(bytes) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape: &[u8] = match b {

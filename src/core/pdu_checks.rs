@@ -60,15 +60,12 @@ pub fn check_format(version: RoomVersion, pdu: &Value) -> Result<(), FormatError
     let Some(object) = pdu.as_object() else {
         return invalid("a PDU must be a JSON object");
     };
-    let bytes = canonical_json::to_bytes(pdu, Numbers::of(version)).map_err(|e| match e {
+    let len = canonical_json::encoded_len(pdu, Numbers::of(version)).map_err(|e| match e {
         CanonicalJsonError::NotAnInteger(n) => FormatError(format!("{n} is not an integer")),
         CanonicalJsonError::OutOfRange(n) => FormatError(format!("{n} is outside ±(2^53 - 1)")),
     })?;
-    if bytes.len() > MAX_PDU_BYTES {
-        return invalid(format!(
-            "the PDU is {} bytes, more than {MAX_PDU_BYTES}",
-            bytes.len()
-        ));
+    if len > MAX_PDU_BYTES {
+        return invalid(format!("the PDU is {len} bytes, more than {MAX_PDU_BYTES}"));
     }
     let string = |key: &str| -> Result<Option<&str>, FormatError> {
         match object.get(key) {

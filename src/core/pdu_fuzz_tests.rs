@@ -15,6 +15,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
+use super::canonical_json::Numbers;
 use super::pdu::{build, PduTemplate};
 use super::pdu_checks::{
     check_content_hash, check_format, check_signatures, KnownKey, SignatureCheck,
@@ -70,6 +71,8 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,40}".prop_map(Value::String),
         Just(json!("@mallory:evil.example")),
+        Just(json!("a\"b\\c\n\t\u{1}\u{1f}\u{7f}é")),
+        Just(json!(-9_007_199_254_740_991i64)),
         Just(json!("$cccccccccccccccccccccccccccccccccccccccccc")),
         Just(json!("x".repeat(70_000))),
     ];
@@ -165,6 +168,16 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// The size check counts exactly what the writer writes, and fails alike.
+    #[test]
+    fn encoded_len_is_the_length_written(value in json_value(), lenient in any::<bool>()) {
+        let numbers = if lenient { Numbers::Lenient } else { Numbers::Canonical };
+        prop_assert_eq!(
+            canonical_json::encoded_len(&value, numbers),
+            canonical_json::to_bytes(&value, numbers).map(|bytes| bytes.len())
+        );
     }
 
     #[test]
