@@ -10,6 +10,7 @@
 //! [`AuthContext::signed_by`]. Rule numbers in comments are v12's.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -46,6 +47,13 @@ pub trait AuthState {
     /// reference hash when it arrived): spares hashing it again for every event of a
     /// room whose id is made from it (v12). `None` (the default): it is computed.
     fn create_event_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// `PowerLevels::new(version, create, power levels)` of the create and power levels
+    /// events [`AuthState::get`] answers, when the caller keeps them parsed. `None` (the
+    /// default): they are parsed.
+    fn power_levels(&self, _version: RoomVersion) -> Option<Arc<PowerLevels>> {
         None
     }
 }
@@ -272,11 +280,19 @@ pub fn check(ctx: &AuthContext<'_>, event: &Value, state: &dyn AuthState) -> Res
         };
     }
 
-    let levels = PowerLevels::new(version, Some(create), state.get("m.room.power_levels", ""));
+    let kept = state.power_levels(version);
+    let parsed;
+    let levels = match &kept {
+        Some(levels) => &**levels,
+        None => {
+            parsed = PowerLevels::new(version, Some(create), state.get("m.room.power_levels", ""));
+            &parsed
+        }
+    };
 
     // Rule 5: membership.
     if ev.kind == "m.room.member" {
-        return check_member(ctx, &ev, state, create, &levels);
+        return check_member(ctx, &ev, state, create, levels);
     }
 
     // Rule 6.

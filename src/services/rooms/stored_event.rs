@@ -9,10 +9,13 @@
 //! [`StoredEvent::content_json`] hands out the content as it is.
 
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::core::power_levels::PowerLevels;
+use crate::core::RoomVersion;
 
 use super::records::EventMeta;
 use super::state_store::ShortEventId;
@@ -31,6 +34,10 @@ pub struct StoredEvent {
     json: Option<Box<str>>,
     /// The PDU parsed: at once for an event built in memory, on first use otherwise.
     pdu: OnceLock<Value>,
+    /// For a power levels event, its levels parsed on first use, with the short id of the
+    /// create event they were parsed with (0 for none). A redaction replaces the
+    /// redacted event's `StoredEvent` in every cache, and this with it.
+    levels: OnceLock<(ShortEventId, Arc<PowerLevels>)>,
 }
 
 /// The fields taken out at load.
@@ -108,6 +115,7 @@ impl StoredEvent {
             head,
             json: Some(json),
             pdu: OnceLock::new(),
+            levels: OnceLock::new(),
         })
     }
 
@@ -131,6 +139,7 @@ impl StoredEvent {
             head,
             json: None,
             pdu: OnceLock::from(pdu),
+            levels: OnceLock::new(),
         }
     }
 
@@ -144,6 +153,30 @@ impl StoredEvent {
                 .and_then(|json| serde_json::from_str(json).ok())
                 .unwrap_or_else(|| Value::Object(Default::default()))
         })
+    }
+
+    /// This power levels event's levels in a room of `version` created by `create`
+    /// (`PowerLevels::new` of the two), parsed once and kept: the auth rules read them for
+    /// every event, and a big room's `users` map is long.
+    pub fn power_levels(
+        &self,
+        version: RoomVersion,
+        create: Option<&StoredEvent>,
+    ) -> Arc<PowerLevels> {
+        let create_short = create.map_or(0, |c| c.short);
+        if let Some((short, parsed)) = self.levels.get() {
+            if *short == create_short {
+                return Arc::clone(parsed);
+            }
+        }
+        let parsed = Arc::new(PowerLevels::new(
+            version,
+            create.map(StoredEvent::pdu),
+            Some(self.pdu()),
+        ));
+        // A parse with another create event (never in one room) is not kept.
+        let _ = self.levels.set((create_short, Arc::clone(&parsed)));
+        parsed
     }
 
     /// The PDU's JSON text, as stored (for an event read from storage).

@@ -34,9 +34,6 @@ pub(super) struct RoomHead {
     /// Local users with a member event in the current state, whatever their membership,
     /// loaded when first needed and kept current by [`RoomHead::member_changed`].
     pub(super) local_member_users: Option<BTreeSet<String>>,
-    /// The parsed power levels, with the short ids of the create and power levels
-    /// events they come from (parsed again only when those change).
-    pub(super) power_levels: Option<((ShortEventId, ShortEventId), Arc<PowerLevels>)>,
     /// The forward extremities with their short ids and depths, loaded when first needed.
     pub(super) extremities: Option<Vec<graph::Extremity>>,
     /// The other servers' joined members, read from the current state when first needed
@@ -102,7 +99,6 @@ impl RoomHead {
             cache: HashMap::new(),
             local_members: None,
             local_member_users: None,
-            power_levels: None,
             extremities: None,
             remote_servers: None,
             redactions_waiting: None,
@@ -149,29 +145,20 @@ impl RoomHead {
         self.cache = HashMap::new();
         self.local_members = None;
         self.local_member_users = None;
-        self.power_levels = None;
     }
 
-    /// The current power levels, parsed once per change of the power levels event.
+    /// The current power levels, parsed once per power levels event (kept with the event
+    /// in the head's cache).
     pub(super) fn power_levels(&mut self, store: &EventStore) -> ServiceResult<Arc<PowerLevels>> {
         let create = self.state_event(store, "m.room.create", "")?;
-        let levels = self.state_event(store, "m.room.power_levels", "")?;
-        let key = (
-            create.as_ref().map_or(0, |e| e.short),
-            levels.as_ref().map_or(0, |e| e.short),
-        );
-        if let Some((cached_key, parsed)) = &self.power_levels {
-            if *cached_key == key {
-                return Ok(Arc::clone(parsed));
-            }
-        }
-        let parsed = Arc::new(PowerLevels::new(
-            self.version,
-            create.as_ref().map(|e| e.pdu()),
-            levels.as_ref().map(|e| e.pdu()),
-        ));
-        self.power_levels = Some((key, Arc::clone(&parsed)));
-        Ok(parsed)
+        Ok(match self.state_event(store, "m.room.power_levels", "")? {
+            Some(levels) => levels.power_levels(self.version, create.as_deref()),
+            None => Arc::new(PowerLevels::new(
+                self.version,
+                create.as_ref().map(|e| e.pdu()),
+                None,
+            )),
+        })
     }
 
     /// The member events in the current state of the users `keep` takes (by user id),

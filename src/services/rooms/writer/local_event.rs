@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::core::auth_rules::{self, AuthContext, AuthState};
 use crate::core::event_hashes;
 use crate::core::pdu::{self, BuiltPdu, PduTemplate};
+use crate::core::power_levels::PowerLevels;
 use crate::core::RoomVersion;
 use crate::services::error::{ErrorCode, ErrorKind, ServiceError, ServiceResult};
 use crate::services::now_ms;
@@ -59,7 +60,6 @@ pub(super) fn create_room(
         cache: HashMap::new(),
         local_members: None,
         local_member_users: None,
-        power_levels: None,
         extremities: Some(Vec::new()),
         remote_servers: Some(RemoteJoined::default()),
         redactions_waiting: Some(false),
@@ -211,5 +211,14 @@ impl AuthState for CachedAuthState {
         self.0
             .get(&("m.room.create".to_owned(), String::new()))
             .map(|e| e.event_id.as_str())
+    }
+
+    /// Kept parsed with the power levels event, which the head's cache shares.
+    fn power_levels(&self, version: RoomVersion) -> Option<Arc<PowerLevels>> {
+        let levels = self
+            .0
+            .get(&("m.room.power_levels".to_owned(), String::new()))?;
+        let create = self.0.get(&("m.room.create".to_owned(), String::new()));
+        Some(levels.power_levels(version, create.map(|e| &**e)))
     }
 }
