@@ -316,6 +316,12 @@ impl StateStore {
         Ok(short)
     }
 
+    /// Remembers a new event's short id once the batch that interned it is written (the
+    /// next events of its room name it among their prev events at once).
+    pub fn remember_written_event(&self, event_id: &str, short: ShortEventId) {
+        self.shorts.insert(event_id.to_owned(), Arc::new(short));
+    }
+
     /// A new short id for a new event, written in `batch` with the event itself.
     /// The caller guarantees the event is not stored yet (it holds the room's lock).
     pub fn intern_new_event(&self, event_id: &str, batch: &mut Batch<'_>) -> ShortEventId {

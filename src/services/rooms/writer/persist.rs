@@ -233,6 +233,7 @@ pub(super) fn write_event(
     }
     queue_for(&mut batch, &destinations, pos, &event_id);
     store.db.write_relaxed(batch)?;
+    store.state.remember_written_event(&event_id, short);
     if let Some((user, _)) = &member {
         head.member_changed(user, Some(pdu), &ctx.server_name);
     }

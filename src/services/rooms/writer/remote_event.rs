@@ -1181,6 +1181,7 @@ fn accept(
         destinations.extend(returning);
     }
     store.db.write_relaxed(batch)?;
+    store.state.remember_written_event(event_id, short);
     let highest_short = store.state.highest_short();
     for server in &reset {
         ctx.reset_servers
