@@ -1,6 +1,8 @@
 //! Strict Ed25519 verification, accepting exactly what ed25519-dalek's `verify_strict`
-//! accepts (and libsodium's `crypto_sign_verify_detached`, which Synapse uses), without
-//! decompressing the signature's `R`.
+//! accepts, without decompressing the signature's `R`. (libsodium's
+//! `crypto_sign_verify_detached`, which Synapse uses, refuses the same signatures and
+//! also keys whose encoding is not canonical; that difference is dalek's and was there
+//! before.)
 //!
 //! Spec: appendices, "Signing Details" (Ed25519 as RFC 8032 defines it). The strict form
 //! refuses a non-canonical `s` (`s ≥ ℓ`), and an `R` or a key of small order, and checks
@@ -152,7 +154,8 @@ mod tests {
         agree(&key, b"message", &malleable, false);
     }
 
-    /// Every `R` of small order fails, whatever the key; and a key of small order fails
+    /// Every `R` of small order fails, whatever the key (with a key of prime order only the
+    /// identity can satisfy the equation: see the next test); and a key of small order fails
     /// even with a signature that satisfies the cofactorless equation: for the identity
     /// as the key, `R = [s]B` does whatever `k` is.
     #[test]
@@ -186,17 +189,10 @@ mod tests {
     #[test]
     fn the_identity_as_r_fails_though_the_equation_holds() {
         let a = Scalar::from_bytes_mod_order([9; 32]);
-        let key = VerifyingKey::from_bytes(&(ED25519_BASEPOINT_POINT * a).compress().to_bytes())
-            .expect("a point decodes");
+        let key = known_key(a);
         let mut r = [0u8; 32];
         r[0] = 1;
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA512);
-        hash.update(&r);
-        hash.update(key.as_bytes());
-        hash.update(b"m");
-        let mut wide = [0u8; 64];
-        wide.copy_from_slice(hash.finish().as_ref());
-        let k = Scalar::from_bytes_mod_order_wide(&wide);
+        let k = challenge(&r, &key, b"m");
         let s = k * a;
         let mut signature = [0u8; 64];
         signature[..32].copy_from_slice(&r);
@@ -206,49 +202,100 @@ mod tests {
         agree(&key, b"m", &signature, false);
     }
 
-    /// `R` with a small-order component added (`R + T`) fails both ways: the equation is
-    /// checked without the cofactor.
-    #[test]
-    fn an_r_off_by_a_small_order_point_fails() {
-        let signer = SigningKey::from_bytes(&[5; 32]);
-        let key = signer.verifying_key();
-        let signature = signer.sign(b"text").to_bytes();
-        let r = curve25519_dalek::edwards::CompressedEdwardsY(
-            signature[..32].try_into().expect("32 bytes"),
-        )
-        .decompress()
-        .expect("R decodes");
-        for torsion in EIGHT_TORSION.iter().skip(1) {
-            let mut moved = signature;
-            moved[..32].copy_from_slice(&(r + torsion).compress().to_bytes());
-            agree(&key, b"text", &moved, false);
-        }
+    /// `k = H(R ‖ A ‖ M)` as both verifications compute it.
+    fn challenge(r: &[u8; 32], key: &VerifyingKey, message: &[u8]) -> Scalar {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA512);
+        hash.update(r);
+        hash.update(key.as_bytes());
+        hash.update(message);
+        let mut wide = [0u8; 64];
+        wide.copy_from_slice(hash.finish().as_ref());
+        Scalar::from_bytes_mod_order_wide(&wide)
     }
 
-    /// Encodings that are not canonical (y ≥ p, or the sign bit set on x = 0) decode in
-    /// dalek; neither check accepts them as `R`.
+    /// A key `A = [a]B` whose secret scalar the test knows.
+    fn known_key(a: Scalar) -> VerifyingKey {
+        VerifyingKey::from_bytes(&(ED25519_BASEPOINT_POINT * a).compress().to_bytes())
+            .expect("a point decodes")
+    }
+
+    /// `R = [r]B + T` for a small-order `T` and `s = r + k·a` (`k` hashed over that
+    /// `R`): the cofactored equation holds, the cofactorless one is off by `T`. Both
+    /// refuse it.
+    #[test]
+    fn an_r_off_by_a_small_order_point_fails() {
+        let a = Scalar::from_bytes_mod_order([21; 32]);
+        let key = known_key(a);
+        let r = Scalar::from_bytes_mod_order([33; 32]);
+        for torsion in EIGHT_TORSION.iter().skip(1) {
+            let big_r = (ED25519_BASEPOINT_POINT * r + torsion)
+                .compress()
+                .to_bytes();
+            let k = challenge(&big_r, &key, b"text");
+            let s = r + k * a;
+            let left =
+                EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.to_edwards(), &s);
+            let right = curve25519_dalek::edwards::CompressedEdwardsY(big_r)
+                .decompress()
+                .expect("R decodes");
+            assert_eq!(
+                left.mul_by_cofactor(),
+                right.mul_by_cofactor(),
+                "the cofactored equation holds"
+            );
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&big_r);
+            signature[32..].copy_from_slice(s.as_bytes());
+            agree(&key, b"text", &signature, false);
+        }
+        // The same without T verifies (the construction is right).
+        let big_r = (ED25519_BASEPOINT_POINT * r).compress().to_bytes();
+        let k = challenge(&big_r, &key, b"text");
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(&big_r);
+        signature[32..].copy_from_slice((r + k * a).as_bytes());
+        agree(&key, b"text", &signature, true);
+    }
+
+    /// Encodings of the identity that are not canonical (y = p + 1; x = 0 with the sign
+    /// bit set) decode in dalek, and the equation holds for them with `s = k·a`: they are
+    /// in no list of small-order encodings here, and only the comparison of encodings
+    /// refuses them. Other non-canonical `R` (y ≥ p) fail too.
     #[test]
     fn non_canonical_encodings_of_r_fail() {
+        let a = Scalar::from_bytes_mod_order([17; 32]);
+        let key = known_key(a);
+        let mut p_plus_one = [0xffu8; 32];
+        p_plus_one[0] = 0xee;
+        p_plus_one[31] = 0x7f;
+        let mut signed_zero = [0u8; 32];
+        signed_zero[0] = 1;
+        signed_zero[31] = 0x80;
+        for r in [p_plus_one, signed_zero] {
+            let decoded = curve25519_dalek::edwards::CompressedEdwardsY(r)
+                .decompress()
+                .expect("dalek decodes it");
+            assert_eq!(
+                decoded.compress().as_bytes()[..],
+                [&[1u8][..], &[0; 31]].concat()[..]
+            );
+            let k = challenge(&r, &key, b"x");
+            let s = k * a;
+            let mut signature = [0u8; 64];
+            signature[..32].copy_from_slice(&r);
+            signature[32..].copy_from_slice(s.as_bytes());
+            agree(&key, b"x", &signature, false);
+        }
         let signer = SigningKey::from_bytes(&[11; 32]);
         let key = signer.verifying_key();
         let signature = signer.sign(b"x").to_bytes();
-        let mut candidates: Vec<[u8; 32]> = Vec::new();
-        // y = p + n for n < 19 (p = 2^255 - 19), the top bit clear: p + 1 encodes the
-        // identity's y, which dalek decodes.
+        // y = p + n for n < 19 (p = 2^255 - 19), the top bit clear.
         for low in 0..19u8 {
             let mut y = [0xffu8; 32];
             y[0] = 0xed + low;
             y[31] = 0x7f;
-            candidates.push(y);
-        }
-        // The identity (0, 1) and (0, -1) with the sign bit set.
-        let mut identity = [0u8; 32];
-        identity[0] = 1;
-        identity[31] = 0x80;
-        candidates.push(identity);
-        for r in candidates {
             let mut altered = signature;
-            altered[..32].copy_from_slice(&r);
+            altered[..32].copy_from_slice(&y);
             agree(&key, b"x", &altered, false);
         }
     }

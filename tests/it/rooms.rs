@@ -617,6 +617,43 @@ async fn rooms_v1_to_v9_do_what_their_version_allows() {
     server.stop().await;
 }
 
+/// A redacted power levels event counts redacted at once: in a v10 room the redaction
+/// drops `invite`, so the default (0) applies and a member without power may invite. The
+/// writer kept the levels it had parsed before (the redaction's own hooks read the event
+/// again before its batch was written) and went on refusing.
+#[tokio::test]
+async fn a_redacted_power_levels_event_is_judged_redacted_at_once() {
+    let server = TestServer::start().await;
+    let alice = Client::new(&server, "alice").await;
+    let bob = Client::new(&server, "bob").await;
+    Client::new(&server, "carol").await;
+    let room = alice
+        .create_room(json!({"room_version": "10", "preset": "public_chat"}))
+        .await;
+    let (status, levels) = alice.state(&room, "m.room.power_levels", "").await;
+    assert_eq!(status, StatusCode::OK, "{levels}");
+    let mut levels = levels;
+    levels["invite"] = json!(50);
+    let (status, body) = alice
+        .put(&format!("/rooms/{room}/state/m.room.power_levels/"), levels)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let levels_id = body["event_id"].as_str().unwrap().to_owned();
+    let (status, body) = bob.join(&room).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = bob.invite(&room, "@carol:localhost").await;
+    assert_error(status, &body, 403, "M_FORBIDDEN");
+
+    let (status, body) = alice.redact(&room, &levels_id, "levels").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, shown) = alice.state(&room, "m.room.power_levels", "").await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert!(shown.get("invite").is_none(), "redacted: {shown}");
+    let (status, body) = bob.invite(&room, "@carol:localhost").await;
+    assert_eq!(status, StatusCode::OK, "invite falls back to 0: {body}");
+    server.stop().await;
+}
+
 /// A redaction is served naming its target at the top level and in the content in
 /// every room version (spec: room version 11, "Moving the `redacts` property": older
 /// clients read the top level, newer ones the content), through `/event` and `/sync`.

@@ -1,6 +1,8 @@
 //! Redactions: the client-server rules on a local redaction, and applying a redaction
 //! to the event it targets.
 
+use std::sync::Arc;
+
 use crate::core::redaction::redact;
 use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::records::encode;
@@ -92,8 +94,19 @@ pub(super) fn apply_redaction(
             timeline_value(target.short, &meta, &target.event_id),
         );
     }
-    // A redacted state event stays in the state, redacted: drop the parsed copy.
-    head.cache.remove(&target.short);
+    // A redacted state event stays in the state, redacted: the head's cache holds the
+    // redacted copy at once (dropping the parsed one was not enough: the hooks of this
+    // batch read the state again before it is written, and found the copy in storage
+    // unredacted), and the power levels parsed with the old copy go with it.
+    head.cache.insert(
+        target.short,
+        Arc::new(StoredEvent::from_pdu(
+            target.short,
+            target.event_id.clone(),
+            redacted,
+            meta,
+        )),
+    );
     Ok(Some(target))
 }
 
