@@ -139,14 +139,11 @@ pub(super) fn build(
         if let Some(event) = head.state_event(store, &kind, &key)? {
             auth_events.push(event.event_id.clone());
             edges.auth.push(event.short);
-            auth_state.0.insert((kind, key), event);
+            auth_state.insert((kind, key), event);
         }
     }
     if let Some(create) = head.state_event(store, "m.room.create", "")? {
-        auth_state
-            .0
-            .entry(("m.room.create".into(), String::new()))
-            .or_insert(create);
+        auth_state.insert_if_absent(("m.room.create".into(), String::new()), create);
     }
 
     let (prev, depth) = graph::local_prev_events(head.extremities(store)?);
@@ -157,7 +154,7 @@ pub(super) fn build(
     let mut hashes: HashMap<String, [u8; 32]> = HashMap::new();
     if head.version.event_references_carry_hashes() {
         let prev_events = store.events(&edges.prev)?;
-        let referenced = auth_state.0.values().map(|e| &**e).chain(&prev_events);
+        let referenced = auth_state.0.iter().map(|(_, e)| &**e).chain(&prev_events);
         for event in referenced {
             let hash = event_hashes::reference_hash(event.pdu(), head.version)
                 .map_err(ServiceError::internal)?;
@@ -195,30 +192,50 @@ pub(super) fn build(
 }
 
 /// The state the auth rules read, borrowed from the writer's cache of parsed state events
-/// (no copy of a big power levels event per message).
+/// (no copy of a big power levels event per message). An event's auth state holds a
+/// handful of events: a list searched in place answers the rules' many lookups without
+/// building a key for each.
 #[derive(Default)]
-pub(super) struct CachedAuthState(pub(super) HashMap<(String, String), Arc<StoredEvent>>);
+pub(super) struct CachedAuthState(Vec<((String, String), Arc<StoredEvent>)>);
+
+impl CachedAuthState {
+    /// Sets `(type, state_key)` to `event`, replacing what it held.
+    pub(super) fn insert(&mut self, pair: (String, String), event: Arc<StoredEvent>) {
+        match self.0.iter_mut().find(|(held, _)| *held == pair) {
+            Some((_, held)) => *held = event,
+            None => self.0.push((pair, event)),
+        }
+    }
+
+    /// Sets `(type, state_key)` to `event` unless it holds one already.
+    pub(super) fn insert_if_absent(&mut self, pair: (String, String), event: Arc<StoredEvent>) {
+        if self.find(&pair.0, &pair.1).is_none() {
+            self.0.push((pair, event));
+        }
+    }
+
+    fn find(&self, event_type: &str, state_key: &str) -> Option<&Arc<StoredEvent>> {
+        self.0
+            .iter()
+            .find(|((kind, key), _)| kind == event_type && key == state_key)
+            .map(|(_, event)| event)
+    }
+}
 
 impl AuthState for CachedAuthState {
     fn get(&self, event_type: &str, state_key: &str) -> Option<&Value> {
-        self.0
-            .get(&(event_type.to_owned(), state_key.to_owned()))
-            .map(|e| e.pdu())
+        self.find(event_type, state_key).map(|e| e.pdu())
     }
 
     /// Stored events are held under their ids.
     fn create_event_id(&self) -> Option<&str> {
-        self.0
-            .get(&("m.room.create".to_owned(), String::new()))
-            .map(|e| e.event_id.as_str())
+        self.find("m.room.create", "").map(|e| e.event_id.as_str())
     }
 
     /// Kept parsed with the power levels event, which the head's cache shares.
     fn power_levels(&self, version: RoomVersion) -> Option<Arc<PowerLevels>> {
-        let levels = self
-            .0
-            .get(&("m.room.power_levels".to_owned(), String::new()))?;
-        let create = self.0.get(&("m.room.create".to_owned(), String::new()));
+        let levels = self.find("m.room.power_levels", "")?;
+        let create = self.find("m.room.create", "");
         Some(levels.power_levels(version, create.map(|e| &**e)))
     }
 }

@@ -559,8 +559,7 @@ fn recheck(
             continue;
         };
         if let Some(short) = store.state.get(before, short_key)? {
-            auth.0
-                .insert((kind, key), std::sync::Arc::new(store.event(short)?));
+            auth.insert((kind, key), std::sync::Arc::new(store.event(short)?));
         }
     }
     // The rules' signature conditions (a restricted join's authorising server) do not

@@ -610,9 +610,7 @@ fn check_4_of(
         {
             return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
         }
-        auth_state
-            .0
-            .insert(state_pair(auth.pdu()), Arc::clone(auth));
+        auth_state.insert(state_pair(auth.pdu()), Arc::clone(auth));
     }
     let auth_pdus: Vec<&Value> = auth_events.iter().map(|e| e.pdu()).collect();
     if let Err(e) = auth_rules::check_auth_events(auth_ctx.version, &event.pdu, &auth_pdus) {
@@ -621,7 +619,7 @@ fn check_4_of(
     if auth_ctx.version.room_id_is_create_event_hash() {
         // From v12 the create event is the room id's, not among the auth events.
         if let Some(create) = head.state_event(store, "m.room.create", "")? {
-            auth_state.0.insert(state_pair(create.pdu()), create);
+            auth_state.insert(state_pair(create.pdu()), create);
         }
     }
     if let Err(e) = auth_rules::check(auth_ctx, &event.pdu, &auth_state) {
@@ -712,7 +710,7 @@ fn auth_state_from(
 ) -> ServiceResult<CachedAuthState> {
     let mut out = CachedAuthState::default();
     for (pair, short) in shorts {
-        out.0.insert(pair, head.event(store, short)?);
+        out.insert(pair, head.event(store, short)?);
     }
     Ok(out)
 }
