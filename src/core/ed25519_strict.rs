@@ -170,9 +170,7 @@ mod tests {
         identity[0] = 1;
         let key = VerifyingKey::from_bytes(&identity).expect("the identity decodes");
         let s = Scalar::from_bytes_mod_order([42; 32]);
-        let mut signature = [0u8; 64];
-        signature[..32].copy_from_slice(&(ED25519_BASEPOINT_POINT * s).compress().to_bytes());
-        signature[32..].copy_from_slice(s.as_bytes());
+        let signature = signature_of(&(ED25519_BASEPOINT_POINT * s).compress().to_bytes(), &s);
         let k = Scalar::from_bytes_mod_order([7; 32]);
         let left = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.to_edwards(), &s);
         assert_eq!(
@@ -194,9 +192,7 @@ mod tests {
         r[0] = 1;
         let k = challenge(&r, &key, b"m");
         let s = k * a;
-        let mut signature = [0u8; 64];
-        signature[..32].copy_from_slice(&r);
-        signature[32..].copy_from_slice(s.as_bytes());
+        let signature = signature_of(&r, &s);
         let left = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &-key.to_edwards(), &s);
         assert_eq!(left.compress().as_bytes(), &r, "the equation holds");
         agree(&key, b"m", &signature, false);
@@ -211,6 +207,14 @@ mod tests {
         let mut wide = [0u8; 64];
         wide.copy_from_slice(hash.finish().as_ref());
         Scalar::from_bytes_mod_order_wide(&wide)
+    }
+
+    /// The signature `R ‖ s`.
+    fn signature_of(r: &[u8; 32], s: &Scalar) -> [u8; 64] {
+        let mut signature = [0u8; 64];
+        signature[..32].copy_from_slice(r);
+        signature[32..].copy_from_slice(s.as_bytes());
+        signature
     }
 
     /// A key `A = [a]B` whose secret scalar the test knows.
@@ -243,17 +247,13 @@ mod tests {
                 right.mul_by_cofactor(),
                 "the cofactored equation holds"
             );
-            let mut signature = [0u8; 64];
-            signature[..32].copy_from_slice(&big_r);
-            signature[32..].copy_from_slice(s.as_bytes());
+            let signature = signature_of(&big_r, &s);
             agree(&key, b"text", &signature, false);
         }
         // The same without T verifies (the construction is right).
         let big_r = (ED25519_BASEPOINT_POINT * r).compress().to_bytes();
         let k = challenge(&big_r, &key, b"text");
-        let mut signature = [0u8; 64];
-        signature[..32].copy_from_slice(&big_r);
-        signature[32..].copy_from_slice((r + k * a).as_bytes());
+        let signature = signature_of(&big_r, &(r + k * a));
         agree(&key, b"text", &signature, true);
     }
 
@@ -281,9 +281,7 @@ mod tests {
             );
             let k = challenge(&r, &key, b"x");
             let s = k * a;
-            let mut signature = [0u8; 64];
-            signature[..32].copy_from_slice(&r);
-            signature[32..].copy_from_slice(s.as_bytes());
+            let signature = signature_of(&r, &s);
             agree(&key, b"x", &signature, false);
         }
         let signer = SigningKey::from_bytes(&[11; 32]);

@@ -97,16 +97,21 @@ pub(super) fn apply_redaction(
     // A redacted state event stays in the state, redacted: the head's cache holds the
     // redacted copy at once (dropping the parsed one was not enough: the hooks of this
     // batch read the state again before it is written, and found the copy in storage
-    // unredacted), and the power levels parsed with the old copy go with it.
-    head.cache.insert(
-        target.short,
-        Arc::new(StoredEvent::from_pdu(
+    // unredacted), and the power levels parsed with the old copy go with it. Other
+    // events are only dropped (the cache is for state events).
+    if target.state_key().is_some() {
+        head.cache.insert(
             target.short,
-            target.event_id.clone(),
-            redacted,
-            meta,
-        )),
-    );
+            Arc::new(StoredEvent::from_pdu(
+                target.short,
+                target.event_id.clone(),
+                redacted,
+                meta,
+            )),
+        );
+    } else {
+        head.cache.remove(&target.short);
+    }
     Ok(Some(target))
 }
 
