@@ -78,6 +78,27 @@ impl Federation {
         Ok(servers.into_iter().take(limit).map(|(_, s)| s).collect())
     }
 
+    /// `GET path` of `destination` about `room_id`'s past; a refusal or failure is logged
+    /// (as `what`) and answers `None`, so the caller asks the next server.
+    pub(super) async fn ask_about_past(
+        &self,
+        destination: &ServerName,
+        path: &str,
+        (room_id, what): (&str, &str),
+    ) -> Option<Value> {
+        match self
+            .client
+            .request(destination, Method::GET, path, None)
+            .await
+        {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                tracing::info!(room = %room_id, server = %destination.as_str(), error = %e, "{what} refused or failed");
+                None
+            }
+        }
+    }
+
     /// Whether our sender is backing off from `destination` (its last attempts failed).
     fn backing_off(&self, destination: &ServerName) -> bool {
         super::sender::load_record(&self.db, destination.as_str()).retry_at
@@ -139,16 +160,11 @@ impl Federation {
         );
         for destination in self.servers_to_ask(rooms, room_id, SERVERS_ASKED)? {
             let server = destination.as_str().to_owned();
-            let answer = match self
-                .client
-                .request(&destination, Method::GET, &path, None)
+            let Some(answer) = self
+                .ask_about_past(&destination, &path, (room_id, "backfill"))
                 .await
-            {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::info!(room = %room_id, %server, error = %e, "backfill refused or failed");
-                    continue;
-                }
+            else {
+                continue;
             };
             let pdus: Vec<Value> = answer
                 .get("pdus")

@@ -12,7 +12,6 @@
 //! event it is told of and places it alone; our history is placed in order from what we
 //! hold, so it is reached by backfilling, bounded here and by the backfill's back-off).
 
-use reqwest::Method;
 use serde_json::Value;
 
 use super::Federation;
@@ -50,16 +49,11 @@ impl Federation {
         );
         for destination in self.servers_to_ask(rooms, room_id, SERVERS_ASKED)? {
             let server = destination.as_str();
-            let answer = match self
-                .client
-                .request(&destination, Method::GET, &path, None)
+            let Some(answer) = self
+                .ask_about_past(&destination, &path, (room_id, "timestamp_to_event"))
                 .await
-            {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::info!(room = %room_id, %server, error = %e, "timestamp_to_event refused or failed");
-                    continue;
-                }
+            else {
+                continue;
             };
             let event_id = answer
                 .get("event_id")
