@@ -1131,6 +1131,52 @@ async fn a_prev_event_held_only_as_an_outlier_takes_the_state_its_sender_tells_m
 }
 
 #[tokio::test]
+async fn an_outlier_soft_failed_when_offered_again_is_no_longer_judged_an_outlier() {
+    // The room's writer keeps what it read of the prev and auth events of the events it
+    // receives (their status and snapshots): an outlier offered again and stored with
+    // another status must not be remembered as the outlier it was.
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let (rename, _) = room.rename_held_as_outlier(&join_id, "Bob").await;
+    let on_rename = |body: &str| {
+        room.remote(
+            ("m.room.message", None),
+            json!({"msgtype": "m.text", "body": body}),
+            std::slice::from_ref(&rename.0),
+            &[levels.clone(), rename.0.clone()],
+        )
+    };
+    // On an outlier with no state told, a message waits (the writer read the rename's
+    // facts: an outlier).
+    let first = on_rename("on the outlier");
+    assert_eq!(
+        room.receive(&first.1, &TestSource::default()).await,
+        PduOutcome::MissingEvents(vec![rename.0.clone()])
+    );
+    // Bob is banned; the rename, offered again in the timeline on his join, passes the
+    // state before it but not the current state: soft-failed, with a state of ours.
+    let (status, body) = room
+        .alice
+        .post(&format!("/rooms/{}/ban", room.id), json!({"user_id": BOB}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    match room.receive(&rename.1, &TestSource::default()).await {
+        PduOutcome::SoftFailed(reason) => assert!(reason.contains("current state"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(room.status(&rename.0), EventStatus::SoftFailed);
+    // A message on it now takes the state after it (and soft-fails too): it no longer
+    // waits for an outlier's state.
+    let second = on_rename("on the soft-failed rename");
+    match room.receive(&second.1, &TestSource::default()).await {
+        PduOutcome::SoftFailed(reason) => assert!(reason.contains("current state"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn an_event_accepted_on_a_soft_failed_one_leaves_no_dangling_extremity_behind_it() {
     // Found by the seeded split runs: an event we soft-failed (and another server
     // accepted) never named its prev event's successor here, so that prev event stayed a

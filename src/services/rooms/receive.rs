@@ -187,7 +187,9 @@ impl Rooms {
             .filter_map(|pdu| pdu.get("room_id").and_then(Value::as_str))
             .collect::<HashSet<&str>>()
             .into_iter()
-            .map(|room| (room, self.store.room(room).ok().flatten().is_some()))
+            // Its short id (kept in memory) tells whether a room is held; its record is
+            // read again by each PDU's checks.
+            .map(|room| (room, self.store.room_short(room).ok().flatten().is_some()))
             .collect();
         prefetch_sender_keys(&pdus, source, |room| {
             rooms_held.get(room).copied().unwrap_or(false)

@@ -12,8 +12,8 @@ use crate::services::records::encode;
 use crate::services::rooms::event_store::{EventStore, StoredEvent};
 use crate::services::rooms::graph;
 use crate::services::rooms::guests;
-use crate::services::rooms::records::RoomRecord;
-use crate::services::rooms::state_store::{ShortEventId, StateMap};
+use crate::services::rooms::records::{EventMeta, RoomRecord};
+use crate::services::rooms::state_store::{ShortEventId, ShortStateHash, StateMap};
 use crate::storage::Table;
 use serde_json::Value;
 
@@ -22,6 +22,20 @@ use super::LocalMember;
 /// State events a writer keeps parsed; the cache is cleared when it grows past this.
 pub(super) const MAX_CACHED_EVENTS: usize = 512;
 
+/// Events whose [`EventFacts`] a writer keeps; cleared when it grows past this.
+const MAX_FACTS: usize = 512;
+
+/// What a room's writer reads of one of the room's events when it is the prev or auth
+/// event of one being received: its room, the snapshots around it (its metadata) and its
+/// status (its graph record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EventFacts {
+    pub(super) room: u64,
+    pub(super) state_before: ShortStateHash,
+    pub(super) state_after: ShortStateHash,
+    pub(super) status: Option<graph::EventStatus>,
+}
+
 /// A room's head as its writer keeps it.
 pub(super) struct RoomHead {
     pub(super) short: u64,
@@ -29,6 +43,8 @@ pub(super) struct RoomHead {
     pub(super) version: RoomVersion,
     pub(super) state: StateMap,
     pub(super) cache: HashMap<ShortEventId, Arc<StoredEvent>>,
+    /// The facts of the room's events read or written lately (see [`RoomHead::facts`]).
+    facts: HashMap<ShortEventId, EventFacts>,
     /// Local joined members, loaded when first needed.
     pub(super) local_members: Option<Vec<LocalMember>>,
     /// Local users with a member event in the current state, whatever their membership,
@@ -85,6 +101,18 @@ impl RemoteJoined {
     }
 }
 
+impl EventFacts {
+    /// The facts of an event just accepted with `meta`.
+    pub(super) fn accepted(meta: &EventMeta) -> Self {
+        Self {
+            room: meta.room,
+            state_before: meta.state_before,
+            state_after: meta.state_after,
+            status: Some(graph::EventStatus::Accepted),
+        }
+    }
+}
+
 impl RoomHead {
     pub(super) fn load(store: &EventStore, room_id: &str) -> ServiceResult<Self> {
         let room = store
@@ -97,12 +125,85 @@ impl RoomHead {
             version: room.version,
             state,
             cache: HashMap::new(),
+            facts: HashMap::new(),
             local_members: None,
             local_member_users: None,
             extremities: None,
             remote_servers: None,
             redactions_waiting: None,
         })
+    }
+
+    /// A fresh head for a room being created (nothing stored yet).
+    pub(super) fn new_room(short: u64, record: RoomRecord, version: RoomVersion) -> Self {
+        Self {
+            short,
+            record,
+            version,
+            state: StateMap::default(),
+            cache: HashMap::new(),
+            facts: HashMap::new(),
+            local_members: None,
+            local_member_users: None,
+            extremities: Some(Vec::new()),
+            remote_servers: Some(RemoteJoined::default()),
+            redactions_waiting: Some(false),
+        }
+    }
+
+    /// The facts of event `short` (held: its metadata must exist), from memory when this
+    /// writer read or wrote them lately. Each receipt of an event reads those of its prev
+    /// and auth events (often the same few events: the power levels, the sender's
+    /// membership, the event before it), two reads and a decoding each otherwise.
+    ///
+    /// Only the room's writer changes what the facts of the room's events say, and it
+    /// keeps this memory true: the paths that write an event's status or snapshots call
+    /// [`RoomHead::wrote_facts`] (the hot paths, with what they wrote) or
+    /// [`RoomHead::forget_facts`] / [`RoomHead::forget_all_facts`] once their batch is
+    /// written, and a failed job drops the whole head. Facts of another room's event are
+    /// not kept (its own writer may change them).
+    pub(super) fn facts(
+        &mut self,
+        store: &EventStore,
+        short: ShortEventId,
+    ) -> ServiceResult<EventFacts> {
+        if let Some(facts) = self.facts.get(&short) {
+            return Ok(facts.clone());
+        }
+        let meta = store.meta(short)?;
+        let facts = EventFacts {
+            room: meta.room,
+            state_before: meta.state_before,
+            state_after: meta.state_after,
+            status: graph::record(store, short)?.map(|r| r.status),
+        };
+        if facts.room == self.short {
+            self.keep_facts(short, facts.clone());
+        }
+        Ok(facts)
+    }
+
+    /// Keeps what a write of event `short` of this room just stored (after its batch is
+    /// written).
+    pub(super) fn wrote_facts(&mut self, short: ShortEventId, facts: EventFacts) {
+        self.keep_facts(short, facts);
+    }
+
+    fn keep_facts(&mut self, short: ShortEventId, facts: EventFacts) {
+        if self.facts.len() >= MAX_FACTS {
+            self.facts.clear();
+        }
+        self.facts.insert(short, facts);
+    }
+
+    /// Forgets the facts of event `short`, whose status or snapshots were written again.
+    pub(super) fn forget_facts(&mut self, short: ShortEventId) {
+        self.facts.remove(&short);
+    }
+
+    /// Forgets every event's facts (after a write that may change several).
+    pub(super) fn forget_all_facts(&mut self) {
+        self.facts.clear();
     }
 
     /// Gives a room we hold no state of another version (see the writer's

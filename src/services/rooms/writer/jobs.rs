@@ -34,7 +34,10 @@ pub(super) fn process_job(
         JobStart::Append => {}
         JobStart::Forget(user) => forget(&ctx.store, room_id, &user)?,
         JobStart::JoinRemote(join) => {
-            return match super::remote_join::join(ctx, room_id, head, *join, written) {
+            let joined = super::remote_join::join(ctx, room_id, head, *join, written);
+            // These jobs write the status or snapshots of events already held.
+            forget_all_facts(head);
+            return match joined {
                 Ok(outcome) => Ok(JobAnswer::Received(outcome)),
                 Err(e) => {
                     *head = None;
@@ -43,7 +46,9 @@ pub(super) fn process_job(
             };
         }
         JobStart::CompleteState(full) => {
-            return match super::partial_state::complete(ctx, room_id, head, *full, written) {
+            let completed = super::partial_state::complete(ctx, room_id, head, *full, written);
+            forget_all_facts(head);
+            return match completed {
                 Ok(done) => Ok(JobAnswer::Completed(done)),
                 Err(e) => {
                     *head = None;
@@ -52,7 +57,9 @@ pub(super) fn process_job(
             };
         }
         JobStart::OutOfBand(member) => {
-            return match super::out_of_band::write(ctx, room_id, head, *member, written) {
+            let kept = super::out_of_band::write(ctx, room_id, head, *member, written);
+            forget_all_facts(head);
+            return match kept {
                 Ok(()) => Ok(JobAnswer::Events(Vec::new())),
                 Err(e) => {
                     *head = None;
@@ -126,6 +133,15 @@ pub(super) fn process_job(
         }
     }
     Ok(JobAnswer::Events(ids))
+}
+
+/// After a job that may have written the status or snapshots of events already held
+/// (completing a partial state, an out-of-band event, a join through another server):
+/// the head's memory of them goes (see [`RoomHead::facts`]).
+fn forget_all_facts(head: &mut Option<RoomHead>) {
+    if let Some(head) = head {
+        head.forget_all_facts();
+    }
 }
 
 /// The room's guest access event in its current state, to tell whether an event ended

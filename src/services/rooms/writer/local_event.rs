@@ -16,11 +16,10 @@ use crate::services::rooms::event_store::StoredEvent;
 use crate::services::rooms::graph;
 use crate::services::rooms::guests;
 use crate::services::rooms::records::RoomRecord;
-use crate::services::rooms::state_store::StateMap;
 use crate::storage::Table;
 use serde_json::{json, Value};
 
-use super::head::{RemoteJoined, RoomHead};
+use super::head::RoomHead;
 use super::persist::{write_event, Edges};
 use super::redactions::check_redaction;
 use super::{forbidden, pdu_error, EventDraft, TxnRef, WriterContext, Written};
@@ -52,18 +51,11 @@ pub(super) fn create_room(
     let no_state: HashMap<(String, String), Value> = HashMap::new();
     auth_rules::check(&auth_ctx, &create.pdu, &no_state).map_err(forbidden)?;
     let short_room = store.allocate_room();
-    let mut fresh = RoomHead {
-        short: short_room,
-        record: RoomRecord::new(room_id, version.as_str()),
+    let mut fresh = RoomHead::new_room(
+        short_room,
+        RoomRecord::new(room_id, version.as_str()),
         version,
-        state: StateMap::default(),
-        cache: HashMap::new(),
-        local_members: None,
-        local_member_users: None,
-        extremities: Some(Vec::new()),
-        remote_servers: Some(RemoteJoined::default()),
-        redactions_waiting: Some(false),
-    };
+    );
     let mut batch = store.db.batch();
     batch.put(Table::RoomidShortroomid, room_id, short_room.to_be_bytes());
     let id = write_event(

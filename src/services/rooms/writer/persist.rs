@@ -21,7 +21,7 @@ use crate::services::stream::StreamChange;
 use crate::storage::{keys, Batch, Table};
 use serde_json::Value;
 
-use super::head::{membership_of, RoomHead};
+use super::head::{membership_of, EventFacts, RoomHead};
 use super::redactions::apply_redaction;
 use super::relations::{index_relation, relation_of, thread_key};
 use super::{NewEvent, TxnRef, WriterContext, Written};
@@ -234,6 +234,7 @@ pub(super) fn write_event(
     queue_for(&mut batch, &destinations, pos, &event_id);
     store.db.write_relaxed(batch)?;
     store.state.remember_written_event(&event_id, short);
+    head.wrote_facts(short, EventFacts::accepted(&meta));
     if let Some((user, _)) = &member {
         head.member_changed(user, Some(pdu), &ctx.server_name);
     }

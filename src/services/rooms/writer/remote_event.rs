@@ -26,7 +26,7 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::head::{membership_of, RoomHead};
+use super::head::{membership_of, EventFacts, RoomHead};
 use super::local_event::CachedAuthState;
 use super::persist::Edges;
 use super::persist::{
@@ -149,6 +149,11 @@ pub(super) fn receive(
     }
     let event_id = waited.then(|| event.event_id.clone());
     let outcome = check_and_store(ctx, head, event, written, (existing, redacted_by))?;
+    if let Some(short) = existing.filter(|_| outcome != PduOutcome::Accepted) {
+        // Held before (as an outlier, or out of band) and written again: what the head
+        // knew of it is stale (`accept` keeps what it wrote).
+        head.forget_facts(short);
+    }
     let stored = matches!(
         outcome,
         PduOutcome::Accepted
@@ -279,12 +284,12 @@ fn check_and_store(
             let Some(short) = store.state.find_event(id)? else {
                 continue;
             };
-            let status = graph::record(store, short)?.map(|r| r.status);
+            let facts = head.facts(store, short)?;
             let held = matches!(
-                status,
+                facts.status,
                 Some(EventStatus::Accepted | EventStatus::SoftFailed | EventStatus::Outlier)
             );
-            if held && store.meta(short)?.room == head.short {
+            if held && facts.room == head.short {
                 edges.prev.push(short);
             }
         }
@@ -309,11 +314,10 @@ fn check_and_store(
                 unplaced(id, &mut snapshots);
                 continue;
             };
-            let meta = store.meta(short)?;
-            let status = graph::record(store, short)?.map(|r| r.status);
-            match status {
+            let facts = head.facts(store, short)?;
+            match facts.status {
                 // Whatever it is held as (an out-of-band invite of another room, too).
-                _ if meta.room != head.short => {
+                _ if facts.room != head.short => {
                     let reason = format!("prev event {id} belongs to another room");
                     // Judged without a state: no edges to what it claims to build on.
                     edges.prev.clear();
@@ -323,20 +327,20 @@ fn check_and_store(
                 Some(EventStatus::Outlier | EventStatus::OutOfBand) => unplaced(id, &mut snapshots),
                 // The state after a rejected event is the state before it, when known
                 // (an outlier rejected on its auth events has none).
-                Some(EventStatus::Rejected { .. }) if meta.state_before == 0 => {
+                Some(EventStatus::Rejected { .. }) if facts.state_before == 0 => {
                     unplaced(id, &mut snapshots)
                 }
                 Some(EventStatus::Rejected { .. }) => {
                     failed_prevs.push(short);
-                    snapshots.push(meta.state_before)
+                    snapshots.push(facts.state_before)
                 }
                 Some(EventStatus::SoftFailed) => {
-                    if meta.state_before != 0 {
+                    if facts.state_before != 0 {
                         failed_prevs.push(short);
                     }
-                    snapshots.push(meta.state_after)
+                    snapshots.push(facts.state_after)
                 }
-                _ => snapshots.push(meta.state_after),
+                _ => snapshots.push(facts.state_after),
             }
             edges.prev.push(short);
         }
@@ -603,11 +607,7 @@ fn check_4_of(
                 auth.event_id
             )));
         }
-        if let Some(GraphRecord {
-            status: EventStatus::Rejected { .. },
-            ..
-        }) = graph::record(store, auth.short)?
-        {
+        if let Some(EventStatus::Rejected { .. }) = head.facts(store, auth.short)?.status {
             return Ok(Err(format!("auth event {} was rejected", auth.event_id)));
         }
         auth_state.insert(state_pair(auth.pdu()), Arc::clone(auth));
@@ -1180,6 +1180,7 @@ fn accept(
     }
     store.db.write_relaxed(batch)?;
     store.state.remember_written_event(event_id, short);
+    head.wrote_facts(short, EventFacts::accepted(&meta));
     let highest_short = store.state.highest_short();
     for server in &reset {
         ctx.reset_servers
