@@ -42,6 +42,8 @@ struct Notary {
     long_lived_key: SigningKeyPair,
     /// How many times its own key document was fetched.
     own_fetches: AtomicUsize,
+    /// The key it has rotated to, if it has (its first key then an old key).
+    rotated_to: std::sync::Mutex<Option<SigningKeyPair>>,
 }
 
 const DAY_MS: u64 = 24 * 3_600_000;
@@ -57,6 +59,15 @@ impl Notary {
     }
 
     fn own_document(&self) -> Value {
+        if let Some(new_key) = &*self.rotated_to.lock().unwrap() {
+            let mut doc = Self::document(&self.name, new_key, now_ms() + 3_600_000);
+            doc["old_verify_keys"] = json!({self.key.key_id(): {
+                "key": self.key.public_key_base64(),
+                "expired_ts": now_ms(),
+            }});
+            signatures::sign_json(&mut doc, &self.name, new_key).unwrap();
+            return doc;
+        }
         let mut doc = Self::document(&self.name, &self.key, now_ms() + 3_600_000);
         signatures::sign_json(&mut doc, &self.name, &self.key).unwrap();
         doc
@@ -104,6 +115,7 @@ impl Notary {
             long_lived: unreachable(),
             long_lived_key: SigningKeyPair::generate(),
             own_fetches: AtomicUsize::new(0),
+            rotated_to: std::sync::Mutex::new(None),
         }
     }
 
@@ -384,4 +396,49 @@ async fn keys_a_document_lacks_are_not_fetched_again_and_again() {
         let _ = serving.await;
         cluster.shutdown().await;
     }
+}
+
+/// As a notary, asked for a key id the document we keep lacks (the server rotated to a
+/// new key since we fetched it), we fetch the document again rather than answer the old
+/// one (as Synapse's notary does), no sooner than the refetch guard allows.
+#[tokio::test]
+async fn asked_for_a_key_it_lacks_our_notary_fetches_the_document_again() {
+    let server = Arc::new(Notary::new(true));
+    let cluster = cluster_trusting(&server).await;
+    let a = &cluster.instances[0];
+    let (handle, serving, _dir) = server.serve(&cluster.ca).await;
+    let http = cluster.tls_client().unwrap();
+    let ask = |key_ids: Value| {
+        let http = http.clone();
+        let body = json!({"server_keys": {server.name.clone(): key_ids}});
+        let url = format!("https://{}/_matrix/key/v2/query", a.name());
+        async move {
+            let response = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            let answer: Value = response.json().await.unwrap();
+            answer["server_keys"][0]["verify_keys"]
+                .as_object()
+                .map(|keys| keys.keys().cloned().collect::<Vec<String>>())
+                .unwrap_or_default()
+        }
+    };
+    let first_key = server.key.key_id().to_owned();
+    assert_eq!(ask(json!({})).await, vec![first_key.clone()]);
+    let new_key = SigningKeyPair::generate();
+    let new_id = new_key.key_id().to_owned();
+    *server.rotated_to.lock().unwrap() = Some(new_key);
+    let named = || json!({new_id.clone(): {"minimum_valid_until_ts": now_ms()}});
+    // Within the refetch guard (30 s after a fetch) the document kept is the answer.
+    assert_eq!(ask(named()).await, vec![first_key.clone()]);
+    // Asked about the keys we hold, the kept document (valid for an hour) still serves.
+    let fetches = server.own_fetches.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(ask(json!({})).await, vec![first_key]);
+    assert_eq!(server.own_fetches.load(Ordering::SeqCst), fetches);
+    // Asked about the new key, it fetches again and answers the new document.
+    assert_eq!(ask(named()).await, vec![new_id]);
+    assert!(server.own_fetches.load(Ordering::SeqCst) > fetches);
+    handle.shutdown();
+    let _ = serving.await;
+    cluster.shutdown().await;
 }

@@ -1,8 +1,10 @@
 //! Spec: server-server API, "Querying Keys Through Another Server": `GET
 //! /_matrix/key/v2/query/{serverName}` and `POST /_matrix/key/v2/query`. We answer as a
 //! notary: each server's key document as we fetched it (from the server itself), with
-//! our signature added; our own document for ourselves. Servers whose keys cannot be
-//! found are left out. Not signed requests (anyone may ask a notary).
+//! our signature added; our own document for ourselves. The document kept is fetched
+//! again when it is valid for less than asked, or lacks a key id asked for (within the
+//! key ring's refetch guard). Servers whose keys cannot be found are left out. Not signed
+//! requests (anyone may ask a notary).
 
 use axum::extract::State;
 use axum::Json;
@@ -38,7 +40,7 @@ pub async fn query_one(
     let documents: Vec<Value> = services
         .federation
         .keys
-        .notarised(server.as_str(), minimum)
+        .notarised(server.as_str(), (minimum, &[]))
         .await
         .into_iter()
         .collect();
@@ -80,10 +82,16 @@ pub async fn query_many(
             })
             .max()
             .unwrap_or(now);
+        // The key ids asked for (none: all the server has). The document answered holds
+        // every key the server published, asked for or not, as the spec allows.
+        let key_ids: Vec<String> = wanted
+            .as_object()
+            .map(|keys| keys.keys().cloned().collect())
+            .unwrap_or_default();
         if let Some(document) = services
             .federation
             .keys
-            .notarised(server.as_str(), minimum)
+            .notarised(server.as_str(), (minimum, &key_ids))
             .await
         {
             documents.push(document);

@@ -304,13 +304,19 @@ impl KeyRing {
     }
 
     /// The stored key document of `server` (for the notary endpoint), fetching it when
-    /// none is stored or it is valid for less than `minimum_valid_until_ts`.
-    pub async fn document(&self, server: &str, minimum_valid_until_ts: u64) -> Option<Value> {
+    /// none is stored, it is valid for less than `minimum_valid_until_ts`, or it lacks
+    /// one of `key_ids` (as a key or an old key: a key the server has rotated to since).
+    pub async fn document(
+        &self,
+        server: &str,
+        (minimum_valid_until_ts, key_ids): (u64, &[String]),
+    ) -> Option<Value> {
         let minimum_valid_until_ts =
             minimum_valid_until_ts.min(now_ms().saturating_add(NOTARY_MINIMUM_MAX_MS));
         let fresh = |keys: &HashMap<String, ServerKey>| {
             keys.values()
                 .any(|k| !k.old && k.valid_until_ts >= minimum_valid_until_ts)
+                && key_ids.iter().all(|id| keys.contains_key(id))
         };
         let stored = self.stored(server).ok().flatten();
         let stored_is_fresh = stored.as_ref().is_some_and(|r| {
@@ -486,8 +492,9 @@ impl KeyRing {
     }
 
     /// The answer of our notary endpoint for `server`: its document with our signature
-    /// added (our own document when it is us).
-    pub async fn notarised(&self, server: &str, minimum_valid_until_ts: u64) -> Option<Value> {
+    /// added (our own document when it is us), valid until `minimum_valid_until_ts` and
+    /// holding `key_ids` if the server can tell (see [`KeyRing::document`]).
+    pub async fn notarised(&self, server: &str, wanted: (u64, &[String])) -> Option<Value> {
         let mut document = if server == self.own_name().as_str() {
             crate::services::server_keys::key_document(
                 self.own_name(),
@@ -497,7 +504,7 @@ impl KeyRing {
             )
             .ok()?
         } else {
-            self.document(server, minimum_valid_until_ts).await?
+            self.document(server, wanted).await?
         };
         signatures::sign_json(&mut document, self.own_name().as_str(), &self.own_key).ok()?;
         Some(document)
