@@ -149,9 +149,11 @@ pub(super) fn receive(
     }
     let event_id = waited.then(|| event.event_id.clone());
     let outcome = check_and_store(ctx, head, event, written, (existing, redacted_by))?;
-    if let Some(short) = existing.filter(|_| outcome != PduOutcome::Accepted) {
-        // Held before (as an outlier, or out of band) and written again: what the head
-        // knew of it is stale (`accept` keeps what it wrote).
+    if let Some(short) = existing {
+        // Held before (as an outlier, or out of band) and written again, by `accept`,
+        // by `backfilled::place` or with another status (and in rooms v1 and v2 a
+        // redaction of itself rewrites its metadata after `accept`): what the head knew
+        // of it goes, to be read again.
         head.forget_facts(short);
     }
     let stored = matches!(
