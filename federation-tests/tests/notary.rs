@@ -44,6 +44,9 @@ struct Notary {
     own_fetches: AtomicUsize,
     /// The key it has rotated to, if it has (its first key then an old key).
     rotated_to: std::sync::Mutex<Option<SigningKeyPair>>,
+    /// A key it dropped: its answers as a notary then include an older copy of its own
+    /// document listing that key (and not its current one).
+    dropped: std::sync::Mutex<Option<SigningKeyPair>>,
 }
 
 const DAY_MS: u64 = 24 * 3_600_000;
@@ -116,6 +119,7 @@ impl Notary {
             long_lived_key: SigningKeyPair::generate(),
             own_fetches: AtomicUsize::new(0),
             rotated_to: std::sync::Mutex::new(None),
+            dropped: std::sync::Mutex::new(None),
         }
     }
 
@@ -155,11 +159,19 @@ async fn own_keys(State(notary): State<Arc<Notary>>) -> Json<Value> {
 }
 
 async fn query(State(notary): State<Arc<Notary>>) -> Json<Value> {
-    Json(json!({"server_keys": [
+    let mut documents = vec![
         notary.origin_document(),
         notary.expired_document(),
         notary.long_lived_document(),
-    ]}))
+    ];
+    if let Some(dropped) = &*notary.dropped.lock().unwrap() {
+        // Valid for half an hour: older than the document it serves itself (an hour).
+        let mut older = Notary::document(&notary.name, dropped, now_ms() + 1_800_000);
+        signatures::sign_json(&mut older, &notary.name, dropped).unwrap();
+        signatures::sign_json(&mut older, &notary.name, &notary.key).unwrap();
+        documents.push(older);
+    }
+    Json(json!({ "server_keys": documents }))
 }
 
 /// One server that trusts `notary` (and no other) for keys.
@@ -438,6 +450,39 @@ async fn asked_for_a_key_it_lacks_our_notary_fetches_the_document_again() {
     // Asked about the new key, it fetches again and answers the new document.
     assert_eq!(ask(named()).await, vec![new_id]);
     assert!(server.own_fetches.load(Ordering::SeqCst) > fetches);
+    handle.shutdown();
+    let _ = serving.await;
+    cluster.shutdown().await;
+}
+
+/// A key id the server's own document lacks (it dropped the key), asked of our notary:
+/// a notary's older copy of the document that lists it does not take the place of the
+/// newer document the server gave; the dropped key is kept as an old key.
+#[tokio::test]
+async fn an_older_notary_copy_does_not_replace_the_document_the_server_gave() {
+    let server = Arc::new(Notary::new(true));
+    let dropped = SigningKeyPair::generate();
+    let dropped_id = dropped.key_id().to_owned();
+    *server.dropped.lock().unwrap() = Some(dropped);
+    // The server is its own notary here: its answers as a notary hold the older copy.
+    let cluster = cluster_trusting(&server).await;
+    let a = &cluster.instances[0];
+    let (handle, serving, _dir) = server.serve(&cluster.ca).await;
+    let http = cluster.tls_client().unwrap();
+    let response = http
+        .post(format!("https://{}/_matrix/key/v2/query", a.name()))
+        .json(&json!({"server_keys": {server.name.clone(): {dropped_id: {}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let keys: Vec<&String> = answer["server_keys"][0]["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(keys, vec![server.key.key_id()], "{answer}");
     handle.shutdown();
     let _ = serving.await;
     cluster.shutdown().await;

@@ -379,11 +379,20 @@ impl KeyRing {
                 None
             }
         };
+        // Keys only an older copy of a notary's holds (the server answered, without
+        // them: it has dropped them since): kept as retired keys, not in the place of
+        // the server's own newer document.
+        let mut older_copy_keys: Option<HashMap<String, ServerKey>> = None;
         if fetched.as_ref().is_none_or(|(_, doc)| !fresh(&doc.keys)) {
             for notary in &self.notaries {
                 match self.fetch_from_notary(notary, &name).await {
                     Ok(found) if fresh(&found.1.keys) => {
-                        fetched = Some(found);
+                        match &fetched {
+                            Some((_, direct)) if found.1.valid_until_ts < direct.valid_until_ts => {
+                                older_copy_keys = Some(found.1.keys);
+                            }
+                            _ => fetched = Some(found),
+                        }
                         break;
                     }
                     Ok(_) => {}
@@ -396,11 +405,14 @@ impl KeyRing {
         match fetched {
             Some((document, checked)) => {
                 let previous = self.stored(server).ok().flatten();
-                let earlier = previous.as_ref().and_then(|r| {
+                let mut earlier = previous.as_ref().and_then(|r| {
                     key_document::check(&r.document, server, r.fetched_at)
                         .ok()
                         .map(|d| d.keys)
                 });
+                if let Some(older) = older_copy_keys {
+                    earlier.get_or_insert_with(HashMap::new).extend(older);
+                }
                 let retired = retire(previous.as_ref(), earlier.as_ref(), &checked.keys);
                 let record = KeyDocumentRecord {
                     document,
@@ -412,8 +424,8 @@ impl KeyRing {
                 if let Err(e) = self.db.write_relaxed(batch) {
                     tracing::warn!(%server, error = %e, "cannot store the server's keys");
                 }
-                let satisfied = fresh(&checked.keys);
                 let keys = with_retired(checked.keys, &record.retired);
+                let satisfied = fresh(&keys);
                 lock(&self.keys).insert(server.to_owned(), keys);
                 lock(&self.failed).remove(server);
                 if !satisfied && lookup {
