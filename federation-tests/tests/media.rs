@@ -131,3 +131,43 @@ async fn remote_media_is_fetched_kept_and_thumbnailed_here() {
     assert_eq!((status, bytes == image), (200, true));
     cluster.shutdown().await;
 }
+
+/// Several clients asking for the same remote media at once share one fetch, and a
+/// client showing several pictures of one server at once gets them all: none is refused
+/// for want of a download slot (each request fetched on its own, so copies of one fetch
+/// took the server's four slots and the rest got 429).
+#[tokio::test]
+async fn remote_media_asked_at_once_is_fetched_once_and_served_to_all() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let alice = User::register(&cluster.instances[0], "alice")
+        .await
+        .unwrap();
+    let bob = User::register(&cluster.instances[1], "bob").await.unwrap();
+    let mut pictures = Vec::new();
+    for n in 0..3u32 {
+        let image = png(1200 + n, 900);
+        let mxc = upload(&bob, image.clone(), "image/png", "picture.png").await;
+        pictures.push((mxc.trim_start_matches("mxc://").to_owned(), image));
+    }
+    // The first picture eight times, the others twice, all at once.
+    let asks: Vec<usize> = (0..8).map(|_| 0).chain([1, 2, 1, 2]).collect();
+    let mut asking = tokio::task::JoinSet::new();
+    for n in asks {
+        let (alice, path) = (
+            alice.clone(),
+            format!("/_matrix/client/v1/media/download/{}", pictures[n].0),
+        );
+        asking.spawn(async move { (n, get(&alice, &path).await) });
+    }
+    while let Some(answer) = asking.join_next().await {
+        let (n, (status, content_type, bytes)) = answer.unwrap();
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "image/png"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert!(bytes == pictures[n].1, "picture {n}: the same bytes");
+    }
+    cluster.shutdown().await;
+}

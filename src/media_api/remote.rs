@@ -35,20 +35,35 @@ pub async fn ensure_here(
             "Remote media not fetched (allow_remote is false)",
         ));
     }
-    let remote = services
-        .federation
-        .fetch_media(&name, media_id)
-        .await
-        .map_err(|e| e.for_client("Media"))?;
+    // Clients asking for the same media at once (a picture in a busy room) share one
+    // fetch and its outcome.
+    let fetch = {
+        let services = services.clone();
+        let media_id = media_id.to_owned();
+        move || async move {
+            if services.media.has_remote(name.as_str(), &media_id)? {
+                return Ok(());
+            }
+            let remote = services
+                .federation
+                .fetch_media(&name, &media_id)
+                .await
+                .map_err(|e| e.for_client("Media"))?;
+            services
+                .media
+                .store_remote(
+                    name.as_str(),
+                    &media_id,
+                    remote.content_type.as_deref(),
+                    remote.filename.as_deref(),
+                    remote.body,
+                )
+                .await
+        }
+    };
     services
         .media
-        .store_remote(
-            server,
-            media_id,
-            remote.content_type.as_deref(),
-            remote.filename.as_deref(),
-            remote.body,
-        )
+        .ensure_remote(server, media_id, fetch)
         .await?;
     Ok(())
 }

@@ -23,6 +23,7 @@ pub mod records;
 pub mod rooms;
 pub mod search;
 pub mod server_keys;
+pub mod single_flight;
 pub mod stream;
 pub mod sync;
 pub mod timestamp_lookup;

@@ -30,6 +30,8 @@ use records::{Content, ImageInfo, MediaRecord, ThumbnailRecord};
 use thumbnail::{Method, Plan, ThumbnailError};
 use upload_slots::{NoSlot, UploadSlots};
 
+use crate::services::single_flight::SingleFlight;
+
 /// How long an id from `/create` may wait for its upload (the spec's recommendation).
 pub const UNUSED_EXPIRY_MS: u64 = 24 * 3_600_000;
 /// Pending `/create` ids a user may hold at once.
@@ -40,6 +42,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const MAX_FILENAME_BYTES: usize = 1024;
 /// Uploads in progress at once, server-wide (each holds a writer thread); more get 429.
 pub const MAX_CONCURRENT_UPLOADS: usize = 64;
+/// Other servers' media fetched at once, server-wide; more get 429.
+const MAX_CONCURRENT_REMOTE_FETCHES: usize = 32;
+/// Media fetched at once from one server (a client shows several of its pictures at
+/// once; the same media asked by several clients is one fetch).
+const REMOTE_FETCHES_PER_SERVER: usize = 4;
 /// Thumbnails decoded at once (decoding takes up to 8 bytes per source pixel).
 const CONCURRENT_DECODES: usize = 2;
 /// Thumbnails cached per media at most; further sizes are rendered but not stored.
@@ -85,6 +92,10 @@ pub struct Media {
     uploading: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Bounds concurrent uploads, in all and per user.
     upload_slots: UploadSlots,
+    /// Bounds concurrent fetches of other servers' media, in all and per server.
+    remote_slots: UploadSlots,
+    /// Fetches of other servers' media in flight, by media key.
+    remote_fetches: SingleFlight<ServiceResult<()>>,
     /// Bounds concurrent thumbnail decodes.
     decode_slots: tokio::sync::Semaphore,
 }
@@ -171,6 +182,11 @@ impl Media {
             write_lock: tokio::sync::Mutex::new(()),
             uploading: Mutex::new(std::collections::HashSet::new()),
             upload_slots: UploadSlots::new(MAX_CONCURRENT_UPLOADS, limits.max_uploads_per_user),
+            remote_slots: UploadSlots::new(
+                MAX_CONCURRENT_REMOTE_FETCHES,
+                REMOTE_FETCHES_PER_SERVER,
+            ),
+            remote_fetches: SingleFlight::default(),
             decode_slots: tokio::sync::Semaphore::new(CONCURRENT_DECODES),
         })
     }
@@ -419,10 +435,31 @@ impl Media {
             .is_some_and(|r| r.content.is_some()))
     }
 
+    /// Makes sure another server's `mxc://server/media_id` is here: `fetch` (fetching it
+    /// and [`Media::store_remote`]) runs once for every caller asking while it runs, who
+    /// all get its outcome; a caller that goes away leaves it running for the others.
+    pub async fn ensure_remote<F>(
+        &self,
+        server: &str,
+        media_id: &str,
+        fetch: impl FnOnce() -> F,
+    ) -> ServiceResult<()>
+    where
+        F: std::future::Future<Output = ServiceResult<()>> + Send + 'static,
+    {
+        if self.has_remote(server, media_id)? {
+            return Ok(());
+        }
+        self.remote_fetches
+            .run(&media_key(server, media_id), fetch)
+            .await
+            .unwrap_or_else(|| Err(ServiceError::internal("the media fetch failed")))
+    }
+
     /// Stores another server's media, as its server gave it, under its own `mxc://` id
     /// (so downloads and thumbnails serve it like ours). Counted against
-    /// `media.max_upload_size` and the concurrent-upload slots (per origin server, under
-    /// the global cap).
+    /// `media.max_upload_size` and the remote fetch slots (per origin server, under a
+    /// global cap).
     pub async fn store_remote<S, E>(
         &self,
         server: &str,
@@ -436,13 +473,9 @@ impl Media {
         E: std::fmt::Display,
     {
         let limit = self.limits.max_upload_size;
-        let _slot = self
-            .upload_slots
-            .try_claim(&format!("server {server}"))
-            .map_err(|_| {
-                ServiceError::limit_exceeded(1000)
-                    .with_message("Too many media downloads in progress")
-            })?;
+        let _slot = self.remote_slots.try_claim(server).map_err(|_| {
+            ServiceError::limit_exceeded(1000).with_message("Too many media downloads in progress")
+        })?;
         let StoredBlob { sha256, size } =
             self.store
                 .write_stream(body, limit)
