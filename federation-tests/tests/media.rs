@@ -132,10 +132,11 @@ async fn remote_media_is_fetched_kept_and_thumbnailed_here() {
     cluster.shutdown().await;
 }
 
-/// Several clients asking for the same remote media at once share one fetch, and a
-/// client showing several pictures of one server at once gets them all: none is refused
-/// for want of a download slot (each request fetched on its own, so copies of one fetch
-/// took the server's four slots and the rest got 429).
+/// Several clients asking for the same remote media at once, and a client showing
+/// several pictures of one server at once, get them all: none is refused for want of a
+/// download slot (each request fetched on its own before, so copies of one fetch took the
+/// server's four slots and the rest got 429; that one run serves every caller is shown by
+/// `single_flight`'s own tests, as this one cannot count the other server's answers).
 #[tokio::test]
 async fn remote_media_asked_at_once_is_fetched_once_and_served_to_all() {
     let cluster = Cluster::start(2).await.unwrap();

@@ -457,7 +457,7 @@ async fn asked_for_a_key_it_lacks_our_notary_fetches_the_document_again() {
 
 /// A key id the server's own document lacks (it dropped the key), asked of our notary:
 /// a notary's older copy of the document that lists it does not take the place of the
-/// newer document the server gave; the dropped key is kept as an old key.
+/// newer document the server gave (its keys are kept as old keys, not served here).
 #[tokio::test]
 async fn an_older_notary_copy_does_not_replace_the_document_the_server_gave() {
     let server = Arc::new(Notary::new(true));

@@ -53,29 +53,33 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let mut result = {
+        let (mut result, start) = {
             let mut flights = lock(&self.flights);
             match flights.get(key) {
-                Some(running) => running.clone(),
+                Some(running) => (running.clone(), None),
                 None => {
                     let (done, result) = watch::channel(None);
                     flights.insert(key.to_vec(), result.clone());
-                    let landing = Landing {
-                        flights: Arc::clone(&self.flights),
-                        key: key.to_vec(),
-                    };
-                    let work = work();
-                    tokio::spawn(async move {
-                        let out = work.await;
-                        // The entry goes before the result is told: a caller told it
-                        // finds no run of the key and starts one if it must.
-                        drop(landing);
-                        let _ = done.send(Some(out));
-                    });
-                    result
+                    (result, Some(done))
                 }
             }
         };
+        // Started with the map unlocked: a task dropped at once (a runtime shutting
+        // down) drops its landing here, which locks the map.
+        if let Some(done) = start {
+            let landing = Landing {
+                flights: Arc::clone(&self.flights),
+                key: key.to_vec(),
+            };
+            let work = work();
+            tokio::spawn(async move {
+                let out = work.await;
+                // The entry goes before the result is told: a caller told it finds no
+                // run of the key and starts one if it must.
+                drop(landing);
+                let _ = done.send(Some(out));
+            });
+        }
         let told = result.wait_for(Option::is_some).await.ok()?;
         told.clone()
     }

@@ -411,7 +411,12 @@ impl KeyRing {
                         .map(|d| d.keys)
                 });
                 if let Some(older) = older_copy_keys {
-                    earlier.get_or_insert_with(HashMap::new).extend(older);
+                    // Dropped by the server by now: valid for events before now at most.
+                    let dropped = older.into_iter().map(|(id, mut key)| {
+                        key.valid_until_ts = key.valid_until_ts.min(now);
+                        (id, key)
+                    });
+                    earlier.get_or_insert_with(HashMap::new).extend(dropped);
                 }
                 let retired = retire(previous.as_ref(), earlier.as_ref(), &checked.keys);
                 let record = KeyDocumentRecord {
