@@ -2162,3 +2162,70 @@ async fn a_remote_change_of_the_guest_access_makes_our_guests_leave() {
     assert_eq!(status, StatusCode::OK, "{member}");
     assert_eq!(member["membership"], "leave", "{member}");
 }
+
+/// In rooms v1 and v2 the sender picks the event id, so a redaction may name itself. One
+/// held as an outlier (fetched as another event's auth event) and then offered in the
+/// timeline redacted "its target", the outlier copy of itself, writing that copy's
+/// metadata (no timeline place, no state) over what its acceptance had just written. A
+/// redaction naming itself redacts nothing (and, as any such, is shown to no client).
+#[tokio::test]
+async fn in_a_v1_room_a_redaction_naming_itself_redacts_nothing_and_keeps_its_place() {
+    let s = TestServer::start().await;
+    let room = Room::public_in(&s, RoomVersion::V1).await;
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let create = room.state_id("m.room.create", "").await;
+    let (redaction_id, mut redaction) = room.remote(
+        ("m.room.redaction", None),
+        json!({"reason": "myself"}),
+        &room.extremities(),
+        &[create, levels, join_id.clone()],
+    );
+    redaction["redacts"] = json!(redaction_id);
+    event_hashes::hash_and_sign_event(
+        &mut redaction,
+        REMOTE,
+        &common::remote::remote_key(),
+        RoomVersion::V1,
+    )
+    .unwrap();
+    let redaction_event = (redaction_id.clone(), redaction.clone());
+    // Named as an auth event of a message: fetched and held as an outlier (the message,
+    // with a redaction among its auth events, is rejected).
+    let (_, mut message) = room
+        .bob_says("on a redaction", &room.extremities(), &join_id)
+        .await;
+    let with_reference = |id: &str, pdu: &Value| {
+        json!([id, {"sha256": ourwhats::core::base64::encode(
+            event_hashes::reference_hash(pdu, RoomVersion::V1).unwrap())}])
+    };
+    message["auth_events"]
+        .as_array_mut()
+        .unwrap()
+        .push(with_reference(&redaction_id, &redaction));
+    event_hashes::hash_and_sign_event(
+        &mut message,
+        REMOTE,
+        &common::remote::remote_key(),
+        RoomVersion::V1,
+    )
+    .unwrap();
+    let outcome = room
+        .receive(&message, &TestSource::holding(&[&redaction_event]))
+        .await;
+    assert!(matches!(outcome, PduOutcome::Rejected(_)), "{outcome:?}");
+    assert_eq!(room.status(&redaction_id), EventStatus::Outlier);
+    // Offered in the timeline: accepted, with its place and its state kept.
+    assert_eq!(
+        room.receive(&redaction, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let stored = room.store().event_by_id(&redaction_id).unwrap().unwrap();
+    assert_ne!(stored.meta.pos, 0, "its timeline place");
+    assert_ne!(stored.meta.state_before, 0, "its state");
+    assert_eq!(stored.meta.redacted_by, 0);
+    assert_eq!(stored.content()["reason"], "myself");
+    assert_eq!(room.extremities(), vec![redaction_id.clone()]);
+    // Shown to no client, as any redaction that redacted nothing.
+    assert!(!room.timeline().await.contains(&redaction_id));
+}

@@ -1370,6 +1370,11 @@ pub(super) fn redact_or_wait(
     power: bool,
 ) -> ServiceResult<Option<StoredEvent>> {
     let store = &ctx.store;
+    // In rooms v1 and v2 the sender picks the event id: a redaction naming itself
+    // redacts nothing (its held outlier copy is no target, nor is it waited for).
+    if pdu.get("event_id").and_then(Value::as_str) == Some(target) {
+        return Ok(None);
+    }
     let Some(held) = store.event_by_id(target)? else {
         super::redactions::wait_for_target(store, head, batch, target, (short, power))?;
         return Ok(None);
