@@ -2229,3 +2229,43 @@ async fn in_a_v1_room_a_redaction_naming_itself_redacts_nothing_and_keeps_its_pl
     // Shown to no client, as any redaction that redacted nothing.
     assert!(!room.timeline().await.contains(&redaction_id));
 }
+
+/// From room version 3 an event's id is its hash: an `event_id` field a redaction
+/// carries means nothing, and naming its target there does not stop it (only in rooms v1
+/// and v2 is a redaction naming itself nothing).
+#[tokio::test]
+async fn from_v3_an_event_id_field_naming_the_target_does_not_stop_a_redaction() {
+    let s = TestServer::start().await;
+    let room = Room::public(&s).await;
+    assert!(room.version.event_ids_are_reference_hashes());
+    let (join_id, _) = room.with_bob().await;
+    let levels = room.state_id("m.room.power_levels", "").await;
+    let said = room
+        .bob_says("to be taken back", &room.extremities(), &join_id)
+        .await;
+    assert_eq!(
+        room.receive(&said.1, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let (_, mut redaction) = room.remote(
+        ("m.room.redaction", None),
+        json!({"redacts": said.0}),
+        std::slice::from_ref(&said.0),
+        &[levels, join_id],
+    );
+    redaction["redacts"] = json!(said.0);
+    redaction["event_id"] = json!(said.0);
+    event_hashes::hash_and_sign_event(
+        &mut redaction,
+        REMOTE,
+        &common::remote::remote_key(),
+        room.version,
+    )
+    .unwrap();
+    assert_eq!(
+        room.receive(&redaction, &TestSource::default()).await,
+        PduOutcome::Accepted
+    );
+    let target = room.store().event_by_id(&said.0).unwrap().unwrap();
+    assert_ne!(target.meta.redacted_by, 0, "the redaction applied");
+}

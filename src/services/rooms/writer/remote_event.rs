@@ -151,9 +151,8 @@ pub(super) fn receive(
     let outcome = check_and_store(ctx, head, event, written, (existing, redacted_by))?;
     if let Some(short) = existing {
         // Held before (as an outlier, or out of band) and written again, by `accept`,
-        // by `backfilled::place` or with another status (and in rooms v1 and v2 a
-        // redaction of itself rewrites its metadata after `accept`): what the head knew
-        // of it goes, to be read again.
+        // by `backfilled::place` or with another status: what the head knew of it
+        // goes, to be read again.
         head.forget_facts(short);
     }
     let stored = matches!(
@@ -1371,8 +1370,11 @@ pub(super) fn redact_or_wait(
 ) -> ServiceResult<Option<StoredEvent>> {
     let store = &ctx.store;
     // In rooms v1 and v2 the sender picks the event id: a redaction naming itself
-    // redacts nothing (its held outlier copy is no target, nor is it waited for).
-    if pdu.get("event_id").and_then(Value::as_str) == Some(target) {
+    // redacts nothing (its held outlier copy is no target, nor is it waited for). From
+    // v3 the id is the event's hash, and an `event_id` field it carries means nothing.
+    if !head.version.event_ids_are_reference_hashes()
+        && pdu.get("event_id").and_then(Value::as_str) == Some(target)
+    {
         return Ok(None);
     }
     let Some(held) = store.event_by_id(target)? else {
