@@ -353,3 +353,69 @@ async fn an_origin_over_its_rate_limit_gets_429_and_other_origins_do_not() {
     assert_eq!(status, 200);
     cluster.shutdown().await;
 }
+
+/// A request naming an origin whose key cannot be found is refused (401) before its
+/// body is read: a made-up origin cannot make us wait for, read and parse a large body.
+/// The body here never arrives whole (the listener would wait 30 s for more of it).
+#[tokio::test]
+async fn a_request_from_an_origin_without_a_key_is_refused_before_its_body() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+
+    let cluster = Cluster::start(1).await.unwrap();
+    let a = &cluster.instances[0];
+    let nobody = format!("127.0.0.1:{}", federation_tests::free_port().unwrap());
+    let forged = SigningKeyPair::generate();
+    let target = "/_matrix/federation/v1/send/txn1";
+    let header = x_matrix::sign_request(
+        &forged,
+        ("PUT", target),
+        (&nobody, a.name()),
+        Some(&json!({"pdus": [], "edus": []})),
+    )
+    .unwrap();
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(&cluster.ca.cert_path).unwrap();
+    let address = a.name().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let socket = std::net::TcpStream::connect(&address).unwrap();
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut tls = rustls::StreamOwned::new(connection, socket);
+        // A megabyte announced, a few bytes sent.
+        let head = format!(
+            "PUT {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: {header}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{{\"pdus\": ["
+        );
+        tls.write_all(head.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        let started = std::time::Instant::now();
+        let mut answer = vec![0u8; 4096];
+        let read = tls.read(&mut answer).unwrap_or(0);
+        (
+            String::from_utf8_lossy(&answer[..read]).into_owned(),
+            started.elapsed(),
+        )
+    })
+    .await
+    .unwrap();
+    let (answer, took) = answer;
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "after {took:?}: {answer:?}"
+    );
+    assert!(answer.contains("M_UNAUTHORIZED"), "{answer}");
+    cluster.shutdown().await;
+}

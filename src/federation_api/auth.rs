@@ -3,7 +3,8 @@
 //! Spec: server-server API, "Request Authentication". Every request another server makes
 //! carries `Authorization: X-Matrix …`; we check, in order: the header parses; its
 //! `destination`, when given, is us; the origin is a server name (and not us); the key it
-//! names is a current key of the origin (fetched once when unknown); the signature covers
+//! names is a current key of the origin (fetched once when unknown; before the body is
+//! read, so a made-up origin costs no body); the signature covers
 //! this request's method, target (path and query as sent), origin, destination and JSON
 //! body. Any failure is 401 `M_UNAUTHORIZED` (a key we cannot fetch included), never a
 //! 500. Verified requests count against the origin's rate limit (`rate_limits.federation_*`,
@@ -63,16 +64,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
         if origin.as_str() == us {
             return Err(unauthorized("Requests from ourselves are not accepted"));
         }
-        let limit = request
-            .extensions()
-            .get::<BodyLimit>()
-            .map_or(DEFAULT_LIMIT, |l| l.0);
-        let bytes = read_body(request, limit).await?;
-        let content: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
-            None
-        } else {
-            Some(parse_json(&bytes)?)
-        };
+        // The key first: a request naming a server or key that cannot be found is
+        // refused before its body (up to the listener's limit) is read and parsed.
         let Some(key) = services
             .federation
             .keys
@@ -83,6 +76,16 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
                 "No current key {} of {origin} could be found",
                 header.key
             )));
+        };
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(DEFAULT_LIMIT, |l| l.0);
+        let bytes = read_body(request, limit).await?;
+        let content: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(parse_json(&bytes)?)
         };
         x_matrix::verify_request(&header, (&method, &target), us, content.as_ref(), &key)
             .map_err(|_| unauthorized("The request's signature does not verify"))?;
