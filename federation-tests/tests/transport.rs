@@ -354,31 +354,23 @@ async fn an_origin_over_its_rate_limit_gets_429_and_other_origins_do_not() {
     cluster.shutdown().await;
 }
 
-/// A request naming an origin whose key cannot be found is refused (401) before its
-/// body is read: a made-up origin cannot make us wait for, read and parse a large body.
-/// The body here never arrives whole (the listener would wait 30 s for more of it).
-#[tokio::test]
-async fn a_request_from_an_origin_without_a_key_is_refused_before_its_body() {
+/// Sends `PUT target` to `address` over TLS (trusting the test CA) with `header` as its
+/// Authorization, announcing a megabyte of body and sending a few bytes of it; answers
+/// what came back within `wait` (empty if nothing) and when.
+async fn put_a_stalled_body(
+    cluster: &Cluster,
+    address: &str,
+    (target, header): (&str, String),
+    wait: std::time::Duration,
+) -> (String, std::time::Duration) {
     use std::io::{Read, Write};
     use std::sync::Arc;
 
     use rustls::pki_types::pem::PemObject;
 
-    let cluster = Cluster::start(1).await.unwrap();
-    let a = &cluster.instances[0];
-    let nobody = format!("127.0.0.1:{}", federation_tests::free_port().unwrap());
-    let forged = SigningKeyPair::generate();
-    let target = "/_matrix/federation/v1/send/txn1";
-    let header = x_matrix::sign_request(
-        &forged,
-        ("PUT", target),
-        (&nobody, a.name()),
-        Some(&json!({"pdus": [], "edus": []})),
-    )
-    .unwrap();
     let ca = rustls::pki_types::CertificateDer::from_pem_file(&cluster.ca.cert_path).unwrap();
-    let address = a.name().to_owned();
-    let answer = tokio::task::spawn_blocking(move || {
+    let (address, target) = (address.to_owned(), target.to_owned());
+    tokio::task::spawn_blocking(move || {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -390,11 +382,8 @@ async fn a_request_from_an_origin_without_a_key_is_refused_before_its_body() {
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
         let socket = std::net::TcpStream::connect(&address).unwrap();
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .unwrap();
+        socket.set_read_timeout(Some(wait)).unwrap();
         let mut tls = rustls::StreamOwned::new(connection, socket);
-        // A megabyte announced, a few bytes sent.
         let head = format!(
             "PUT {target} HTTP/1.1\r\nHost: {address}\r\nAuthorization: {header}\r\n\
              Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{{\"pdus\": ["
@@ -410,12 +399,66 @@ async fn a_request_from_an_origin_without_a_key_is_refused_before_its_body() {
         )
     })
     .await
+    .unwrap()
+}
+
+/// A request naming an origin whose key cannot be found is refused (401) before its
+/// body is read: a made-up origin cannot make us wait for, read and parse a large body.
+/// From a server whose key is found, a body that stops arriving fails (408) once the
+/// listener's idle time for bodies is out, instead of holding the connection.
+#[tokio::test]
+async fn a_stalled_body_is_refused_at_once_from_a_made_up_origin_and_408_from_a_server() {
+    let cluster = Cluster::start_with(2, |_, config| {
+        config.federation.body_idle_timeout = std::time::Duration::from_secs(1);
+    })
+    .await
     .unwrap();
-    let (answer, took) = answer;
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let target = "/_matrix/federation/v1/send/txn1";
+    let body = json!({"pdus": [], "edus": []});
+    // A made-up origin (nothing listens there).
+    let nobody = format!("127.0.0.1:{}", federation_tests::free_port().unwrap());
+    let header = x_matrix::sign_request(
+        &SigningKeyPair::generate(),
+        ("PUT", target),
+        (&nobody, a.name()),
+        Some(&body),
+    )
+    .unwrap();
+    let wait = std::time::Duration::from_secs(10);
+    let (answer, took) = put_a_stalled_body(&cluster, a.name(), (target, header), wait).await;
     assert!(
         answer.starts_with("HTTP/1.1 401"),
         "after {took:?}: {answer:?}"
     );
     assert!(answer.contains("M_UNAUTHORIZED"), "{answer}");
+    // Server B's name and key id (its key found): the body is waited for, a second.
+    let http = cluster.tls_client().unwrap();
+    let keys: Value = http
+        .get(format!("https://{}/_matrix/key/v2/server", b.name()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key_id = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let header = format!(
+        "X-Matrix origin=\"{}\",destination=\"{}\",key=\"{key_id}\",sig=\"c2ln\"",
+        b.name(),
+        a.name()
+    );
+    let (answer, took) = put_a_stalled_body(&cluster, a.name(), (target, header), wait).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {took:?}: {answer:?}"
+    );
+    assert!(took >= std::time::Duration::from_millis(900), "{took:?}");
     cluster.shutdown().await;
 }
