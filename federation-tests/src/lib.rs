@@ -201,6 +201,19 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
+    /// The key document `server` (a server with a certificate of the test CA) publishes
+    /// at `/_matrix/key/v2/server`.
+    pub async fn key_document(&self, server: &str) -> Result<serde_json::Value, String> {
+        self.tls_client()?
+            .get(format!("https://{server}/_matrix/key/v2/server"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The folder the CA's files are in.
     pub fn ca_dir(&self) -> &Path {
         self.ca_dir.path()

@@ -53,15 +53,7 @@ async fn history_signed_with_a_replaced_key_is_taken_by_a_server_joining_later()
     );
 
     // The document: the new key to verify with, the old one with its expiry.
-    let http = cluster.tls_client().unwrap();
-    let document: Value = http
-        .get(format!("https://{}/_matrix/key/v2/server", a.name()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = cluster.key_document(a.name()).await.unwrap();
     assert!(document["verify_keys"].get(&new_id).is_some(), "{document}");
     assert!(document["verify_keys"].get(&old_id).is_none(), "{document}");
     let expired = document["old_verify_keys"][&old_id]["expired_ts"].as_u64();

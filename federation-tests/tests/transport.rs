@@ -433,15 +433,7 @@ async fn a_stalled_body_is_refused_at_once_from_a_made_up_origin_and_408_from_a_
     );
     assert!(answer.contains("M_UNAUTHORIZED"), "{answer}");
     // Server B's name and key id (its key found): the body is waited for, a second.
-    let http = cluster.tls_client().unwrap();
-    let keys: Value = http
-        .get(format!("https://{}/_matrix/key/v2/server", b.name()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = cluster.key_document(b.name()).await.unwrap();
     let key_id = keys["verify_keys"]
         .as_object()
         .unwrap()
