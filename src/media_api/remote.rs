@@ -44,6 +44,7 @@ pub async fn ensure_here(
             if services.media.has_remote(name.as_str(), &media_id)? {
                 return Ok(());
             }
+            let _slot = services.media.remote_slot(name.as_str())?;
             let remote = services
                 .federation
                 .fetch_media(&name, &media_id)

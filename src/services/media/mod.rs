@@ -28,7 +28,7 @@ use crate::storage::{keys, Db, Table};
 use blob_store::{BlobStore, BlobWriteError, StoredBlob};
 use records::{Content, ImageInfo, MediaRecord, ThumbnailRecord};
 use thumbnail::{Method, Plan, ThumbnailError};
-use upload_slots::{NoSlot, UploadSlots};
+use upload_slots::{NoSlot, UploadSlot, UploadSlots};
 
 use crate::services::single_flight::SingleFlight;
 
@@ -435,9 +435,10 @@ impl Media {
             .is_some_and(|r| r.content.is_some()))
     }
 
-    /// Makes sure another server's `mxc://server/media_id` is here: `fetch` (fetching it
-    /// and [`Media::store_remote`]) runs once for every caller asking while it runs, who
-    /// all get its outcome; a caller that goes away leaves it running for the others.
+    /// Brings another server's `mxc://server/media_id` here (the caller found it is not):
+    /// `fetch` (a [`Media::remote_slot`], the fetch and [`Media::store_remote`]) runs once
+    /// for every caller asking while it runs, who all get its outcome; a caller that goes
+    /// away leaves it running for the others.
     pub async fn ensure_remote<F>(
         &self,
         server: &str,
@@ -447,19 +448,23 @@ impl Media {
     where
         F: std::future::Future<Output = ServiceResult<()>> + Send + 'static,
     {
-        if self.has_remote(server, media_id)? {
-            return Ok(());
-        }
         self.remote_fetches
             .run(&media_key(server, media_id), fetch)
             .await
             .unwrap_or_else(|| Err(ServiceError::internal("the media fetch failed")))
     }
 
+    /// A slot for fetching media of `server`, held for the whole fetch (its request and
+    /// its body): at most a few per origin server, under a global cap; 429 beyond.
+    pub fn remote_slot(&self, server: &str) -> ServiceResult<UploadSlot> {
+        self.remote_slots.try_claim(server).map_err(|_| {
+            ServiceError::limit_exceeded(1000).with_message("Too many media downloads in progress")
+        })
+    }
+
     /// Stores another server's media, as its server gave it, under its own `mxc://` id
-    /// (so downloads and thumbnails serve it like ours). Counted against
-    /// `media.max_upload_size` and the remote fetch slots (per origin server, under a
-    /// global cap).
+    /// (so downloads and thumbnails serve it like ours), within `media.max_upload_size`.
+    /// The caller holds a [`Media::remote_slot`].
     pub async fn store_remote<S, E>(
         &self,
         server: &str,
@@ -473,9 +478,6 @@ impl Media {
         E: std::fmt::Display,
     {
         let limit = self.limits.max_upload_size;
-        let _slot = self.remote_slots.try_claim(server).map_err(|_| {
-            ServiceError::limit_exceeded(1000).with_message("Too many media downloads in progress")
-        })?;
         let StoredBlob { sha256, size } =
             self.store
                 .write_stream(body, limit)
