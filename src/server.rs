@@ -131,6 +131,13 @@ impl Server {
                 .federation
                 .start(services.rooms.shared_store(), stopped.clone()),
         );
+        workers.push(tokio::spawn(
+            crate::services::federation::device_list_resync::run(
+                Arc::clone(&services.remote_device_lists),
+                Arc::clone(&services.federation.client),
+                stopped.clone(),
+            ),
+        ));
         {
             let services = Arc::clone(&services);
             workers.push(tokio::spawn(async move {

@@ -235,14 +235,11 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     bob.upload_device_keys(7).await;
     assert!(device_list_changes(&alice, since, &bob.user_id).await);
 
-    // The first query fetches bob's list from his server, which then keeps it.
+    // The first query fetches bob's list from his server, which then keeps it (fetched
+    // again in the background if an update came meanwhile).
     let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
     assert_eq!(devices, vec![bob.device_id.clone()], "{failures}");
-    let kept = alice_server_list(&cluster, &bob.user_id);
-    assert!(
-        kept.is_some_and(|l| !l.stale),
-        "alice's server keeps bob's list"
-    );
+    fresh_list(&cluster, 0, &bob.user_id).await;
     // With bob's server down, alice still gets his keys.
     cluster.instances[1].stop().await;
     let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
@@ -276,8 +273,8 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     bob.base = cluster.instances[1].client_url();
 
     // An update of bob's server whose prev_id names a position alice's server never
-    // saw: nothing of it is applied, the list is stale, and the next query fetches it
-    // again from bob's server (which has no such device).
+    // saw: nothing of it is applied, the list is stale, and alice's server fetches it
+    // again from bob's server (which has no such device) at once, by itself.
     let kept = alice_server_list(&cluster, &bob.user_id).unwrap();
     let ghost = serde_json::json!({
         "edu_type": "m.device_list_update",
@@ -299,15 +296,36 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let stale = alice_server_list(&cluster, &bob.user_id).unwrap();
-    assert!(
-        stale.stale && !stale.devices.contains_key("GHOST"),
-        "{stale:?}"
+    let fresh = fresh_list(&cluster, 0, &bob.user_id).await;
+    assert!(!fresh.devices.contains_key("GHOST"), "{fresh:?}");
+    assert_eq!(
+        fresh.seen,
+        vec![fresh.stream_id],
+        "fetched again: {fresh:?}"
     );
+    // The list follows bob's updates again: his tablet and its keys are applied.
+    let tablet = bob.login_another_device().await.unwrap();
+    tablet.upload_device_keys(9).await;
+    let started = std::time::Instant::now();
+    while alice_server_list(&cluster, &bob.user_id).is_none_or(|l| {
+        l.devices
+            .get(&tablet.device_id)
+            .is_none_or(|d| d.keys.is_none())
+    }) && started.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let followed = alice_server_list(&cluster, &bob.user_id).unwrap();
+    assert!(!followed.stale, "{followed:?}");
+    assert!(
+        followed.seen.len() > 1,
+        "applied, not fetched: {followed:?}"
+    );
+    let mut all = both.clone();
+    all.push(tablet.device_id.clone());
+    all.sort();
     let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
-    assert_eq!(devices, both, "{failures}");
-    let fresh = alice_server_list(&cluster, &bob.user_id).unwrap();
-    assert!(!fresh.stale, "fetched again");
+    assert_eq!(devices, all, "{failures}");
 
     // A member event of bob's (a new display name) drops the list: it is fetched
     // afresh when next asked for.
@@ -326,8 +344,33 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     }
     assert!(alice_server_list(&cluster, &bob.user_id).is_none());
     let (devices, _) = queried_devices(&alice, &bob.user_id).await;
-    assert_eq!(devices, both);
+    assert_eq!(devices, all);
     cluster.shutdown().await;
+}
+
+/// The list the server `instance` keeps for `user`, once it is fresh (waits up to
+/// 10 s: a list that turned stale is fetched again in the background).
+async fn fresh_list(
+    cluster: &Cluster,
+    instance: usize,
+    user: &str,
+) -> ourwhats::services::federation::device_lists::RemoteDeviceList {
+    let started = std::time::Instant::now();
+    loop {
+        let kept = cluster.instances[instance]
+            .running()
+            .services
+            .remote_device_lists
+            .get(user)
+            .unwrap();
+        match kept {
+            Some(list) if !list.stale => return list,
+            _ if started.elapsed() > Duration::from_secs(10) => {
+                panic!("alice's server keeps no fresh list of {user}: {kept:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// The device list alice's server (the first instance) keeps for `user`.
@@ -564,16 +607,7 @@ async fn a_device_change_whose_update_was_lost_is_sent_at_the_next_start() {
     bob.upload_device_keys(7).await;
     let (devices, failures) = queried_devices(&alice, &bob.user_id).await;
     assert_eq!(devices, vec![bob.device_id.clone()], "{failures}");
-    let kept = cluster.instances[1]
-        .running()
-        .services
-        .remote_device_lists
-        .get(&bob.user_id)
-        .unwrap();
-    assert!(
-        kept.is_some_and(|l| !l.stale),
-        "alice's server keeps bob's list"
-    );
+    fresh_list(&cluster, 1, &bob.user_id).await;
 
     // Bob's phone, while alice's server is down; then its update is lost: taken out of
     // the outbox, and the sequence put back to before it.

@@ -205,7 +205,7 @@ pub async fn query(
         + std::time::Duration::from_millis(timeout.min(MAX_REMOTE_TIMEOUT_MS));
     let federation = &services.federation;
     let (fetched, answers) = tokio::join!(
-        lists.fetch(federation, needed.to_fetch, deadline),
+        lists.fetch(&federation.client, needed.to_fetch, deadline),
         ask_servers(remote, timeout, |server, part| async move {
             federation.user_keys(&server, &part).await
         })

@@ -6,9 +6,12 @@
 //! follows the `m.device_list_update` EDUs the user's server sends: each names its
 //! `stream_id` and the `prev_id`s before it. An update with a `prev_id` we have not seen
 //! (the fetched list's `stream_id` or an update applied since) shows that we missed one:
-//! the list is marked stale and fetched again at the next query ("re-synced when an
-//! update shows a gap"). Stream ids are only unique, not ordered: an update is known when
-//! its `stream_id` is among the last ones seen. `m.signing_key_update`
+//! the list is marked stale and fetched again ("it must resynchronise its list … and
+//! resume the process"): at once in the background (`device_list_resync.rs`, as Synapse
+//! resyncs on a gap), or by the next query. Stream ids are only unique, not ordered: an
+//! update is known when its `stream_id` is among the last ones seen, and an older update
+//! that arrives after a fetch (a server's queue delivering it late) looks like a gap too,
+//! which the background fetch mends. `m.signing_key_update`
 //! replaces the cross-signing keys. A client's `/keys/query` for such a user is answered
 //! from the list, so the user's server is not asked each time, and a server that is down
 //! does not hide the devices of its users; if a stale list cannot be fetched again, the
@@ -25,11 +28,13 @@
 //!
 //! Changes of one user's list (an update, keeping a fetched list, the member-event hook
 //! dropping it) are serialized by a striped lock whose generation counts them: a list
-//! fetched while an update came (which found no list to follow) is kept stale.
+//! fetched while an update came (which found no list to follow) is kept stale, and
+//! fetched again in the background. Users wanting that are at most
+//! [`MAX_RESYNCS_WANTED`]; past it, a stale list waits for the next query.
 //!
 //! Owns the table `userid_remotedevicelist`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use std::sync::{Mutex, PoisonError};
@@ -38,8 +43,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::client::FederationError;
-use super::Federation;
+use super::client::{FederationClient, FederationError};
 use crate::core::{ServerName, UserId};
 use crate::services::error::ServiceResult;
 use crate::services::records::{decode, encode};
@@ -59,6 +63,8 @@ pub const MAX_KEYS_BYTES: usize = 16 * 1024;
 const SEEN_STREAM_IDS: usize = 32;
 /// Stripes of the per-user lock.
 const STRIPES: usize = 64;
+/// Users whose stale list waits for a background fetch, at most.
+pub const MAX_RESYNCS_WANTED: usize = 1_024;
 
 /// A remote user's device list as kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -176,12 +182,14 @@ pub enum UpdateEffect {
     Known,
     /// The update's `prev_id`s do not name the list's position: the list is now stale.
     Gap,
+    /// The list is kept but stale: it is to be fetched again, the update is not applied.
+    Stale,
 }
 
 /// Applies one `m.device_list_update` content to `list` (pure, for tests and the cache).
 pub fn apply_update(list: &mut RemoteDeviceList, user: &str, content: &Value) -> UpdateEffect {
     if list.stale {
-        return UpdateEffect::NotKept;
+        return UpdateEffect::Stale;
     }
     let Some(stream_id) = content.get("stream_id").and_then(Value::as_u64) else {
         list.stale = true;
@@ -252,6 +260,10 @@ pub struct RemoteDeviceLists {
     server_name: ServerName,
     /// Per stripe of users: held across each change of a list, counting the changes.
     stripes: Vec<Mutex<u64>>,
+    /// Users whose kept list is stale, for the background fetch.
+    resyncs_wanted: Mutex<BTreeSet<String>>,
+    /// Wakes the background fetch.
+    resync_wake: tokio::sync::Notify,
 }
 
 impl RemoteDeviceLists {
@@ -261,7 +273,45 @@ impl RemoteDeviceLists {
             db,
             server_name,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            resyncs_wanted: Mutex::new(BTreeSet::new()),
+            resync_wake: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Asks the background fetch for `user`'s list (kept, stale), unless
+    /// [`MAX_RESYNCS_WANTED`] users already wait.
+    fn want_resync(&self, user: &str) {
+        let mut wanted = self
+            .resyncs_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if wanted.len() < MAX_RESYNCS_WANTED {
+            wanted.insert(user.to_owned());
+        }
+        drop(wanted);
+        self.resync_wake.notify_one();
+    }
+
+    /// Takes up to `n` users whose stale list the background fetch is to fetch again.
+    pub fn take_resyncs_wanted(&self, n: usize) -> Vec<String> {
+        let mut wanted = self
+            .resyncs_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut taken = Vec::with_capacity(n.min(wanted.len()));
+        while taken.len() < n {
+            let Some(user) = wanted.pop_first() else {
+                break;
+            };
+            taken.push(user);
+        }
+        taken
+    }
+
+    /// Waits until a stale list is wanted (at once if one was asked for since the last
+    /// wait).
+    pub async fn resync_wanted(&self) {
+        self.resync_wake.notified().await;
     }
 
     fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, u64> {
@@ -303,6 +353,9 @@ impl RemoteDeviceLists {
         }
         if effect == UpdateEffect::Gap {
             tracing::info!(%user, "a device-list update shows a gap: the list is fetched again");
+        }
+        if matches!(effect, UpdateEffect::Gap | UpdateEffect::Stale) {
+            self.want_resync(user);
         }
         Ok(effect)
     }
@@ -347,7 +400,7 @@ impl RemoteDeviceLists {
     /// gets the stale one kept, or their server is listed as a failure.
     pub async fn fetch(
         &self,
-        federation: &Federation,
+        client: &FederationClient,
         to_fetch: Vec<(UserId, Option<RemoteDeviceList>, u64)>,
         deadline: tokio::time::Instant,
     ) -> ServiceResult<Fetched> {
@@ -356,7 +409,7 @@ impl RemoteDeviceLists {
             futures_util::stream::iter(asked)
                 .map(|user| async move {
                     let answer = match ServerName::parse(user.server_name()) {
-                        Ok(server) => federation.user_devices(&server, user.as_str()).await,
+                        Ok(server) => user_devices(client, &server, user.as_str()).await,
                         Err(e) => Err(FederationError::Unreachable(e.to_string())),
                     };
                     (user.as_str().to_owned(), answer)
@@ -410,6 +463,10 @@ impl RemoteDeviceLists {
         }
         *now += 1;
         self.put(user, &list)?;
+        drop(now);
+        if list.stale {
+            self.want_resync(user);
+        }
         Ok(list)
     }
 
@@ -449,6 +506,22 @@ impl RemoteDeviceLists {
         self.db.write_relaxed(batch)?;
         Ok(())
     }
+}
+
+/// Spec: server-server API, `GET /_matrix/federation/v1/user/devices/{userId}`: the
+/// user's devices from their server.
+async fn user_devices(
+    client: &FederationClient,
+    server: &ServerName,
+    user_id: &str,
+) -> Result<Value, FederationError> {
+    let path = format!(
+        "/_matrix/federation/v1/user/devices/{}",
+        crate::core::url::encode(user_id)
+    );
+    client
+        .request(server, reqwest::Method::GET, &path, None)
+        .await
 }
 
 /// A member event of another server's user drops their list: it is fetched again when
@@ -561,7 +634,7 @@ mod tests {
         assert!(!list.devices.contains_key("D5"), "nothing of it is applied");
         assert_eq!(
             apply_update(&mut list, BOB, &after_a_gap),
-            UpdateEffect::NotKept
+            UpdateEffect::Stale
         );
         // The first update of a list that had none follows position 0.
         let mut empty = RemoteDeviceList::default();
@@ -590,10 +663,35 @@ mod tests {
         );
         let kept = lists.keep_fetched(BOB, fetched(), changes).unwrap();
         assert!(kept.stale, "the fetched list may miss that update");
+        assert_eq!(
+            lists.take_resyncs_wanted(8),
+            vec![BOB.to_owned()],
+            "fetched again in the background"
+        );
         let needed = lists.needed(std::slice::from_ref(&bob)).unwrap();
         assert_eq!(needed.to_fetch.len(), 1, "fetched again next time");
-        // Fetched with nothing in between: fresh.
+        // Fetched with nothing in between: fresh, and no fetch is wanted.
         let (_, _, changes) = needed.to_fetch.into_iter().next().unwrap();
+        assert!(!lists.keep_fetched(BOB, fetched(), changes).unwrap().stale);
+        assert!(lists.take_resyncs_wanted(8).is_empty());
+        // A gap makes it stale and wants it fetched again, once however many updates
+        // then come.
+        let gap = json!({"user_id": BOB, "device_id": "D8", "stream_id": 9, "prev_id": [8]});
+        assert_eq!(lists.device_list_update(&gap).unwrap(), UpdateEffect::Gap);
+        let after = json!({"user_id": BOB, "device_id": "D8", "stream_id": 10, "prev_id": [9]});
+        assert_eq!(
+            lists.device_list_update(&after).unwrap(),
+            UpdateEffect::Stale
+        );
+        assert_eq!(lists.take_resyncs_wanted(8), vec![BOB.to_owned()]);
+        assert!(lists.take_resyncs_wanted(8).is_empty());
+        let (_, _, changes) = lists
+            .needed(std::slice::from_ref(&bob))
+            .unwrap()
+            .to_fetch
+            .into_iter()
+            .next()
+            .unwrap();
         assert!(!lists.keep_fetched(BOB, fetched(), changes).unwrap().stale);
         assert_eq!(
             lists

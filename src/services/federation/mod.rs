@@ -17,6 +17,7 @@
 
 pub mod backfilling;
 pub mod client;
+pub mod device_list_resync;
 pub mod device_lists;
 pub mod discovery;
 pub mod inviting;

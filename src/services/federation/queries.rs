@@ -179,19 +179,6 @@ impl Federation {
         )
     }
 
-    /// A user's device list (spec: `GET /user/devices/{userId}`): their server's answer.
-    pub async fn user_devices(
-        &self,
-        server: &ServerName,
-        user_id: &str,
-    ) -> Result<Value, FederationError> {
-        let path = format!(
-            "/_matrix/federation/v1/user/devices/{}",
-            crate::core::url::encode(user_id)
-        );
-        self.client.request(server, Method::GET, &path, None).await
-    }
-
     /// One-time keys of devices of `server`: its `/user/keys/claim` answer.
     pub async fn claim_user_keys(
         &self,

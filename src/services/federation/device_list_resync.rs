@@ -1,0 +1,78 @@
+//! The background fetch of stale remote device lists.
+//!
+//! Spec: server-server API, "Device Management": a server that receives an
+//! `m.device_list_update` whose `prev_id` it does not recognise "must resynchronise its
+//! list by calling the `/user/keys/query` API and resume the process". A kept list that
+//! turns stale (an update showed a gap, or an update came while the list was being
+//! fetched) is fetched again here at once, as Synapse resyncs on a gap, so that it
+//! follows the next updates instead of waiting, stale, for a client's query; its server
+//! may be down by then. Up to [`BATCH`] users at a time, their servers asked
+//! [`super::device_lists`]' way (16 at once, within [`FETCH_TIME`]). A list whose server
+//! cannot answer stays stale, for the next query or update to try again: a server that
+//! is down costs one attempt per update it sends, never a loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::client::FederationClient;
+use super::device_lists::RemoteDeviceLists;
+use crate::core::UserId;
+
+/// Users whose lists one round fetches at most.
+const BATCH: usize = 64;
+/// How long one round waits for the servers' answers.
+const FETCH_TIME: Duration = Duration::from_secs(10);
+
+/// Fetches the stale lists `lists` asks for, until `stopped`.
+pub async fn run(
+    lists: Arc<RemoteDeviceLists>,
+    client: Arc<FederationClient>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let users: Vec<UserId> = lists
+            .take_resyncs_wanted(BATCH)
+            .iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect();
+        if users.is_empty() {
+            tokio::select! {
+                _ = lists.resync_wanted() => continue,
+                _ = stopped.changed() => return,
+            }
+        }
+        let to_fetch = match lists.needed(&users) {
+            Ok(needed) => needed.to_fetch,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "stale device lists could not be read");
+                continue;
+            }
+        };
+        // Dropped meanwhile (a member event), or fetched fresh by a query: nothing to do.
+        let to_fetch: Vec<_> = to_fetch
+            .into_iter()
+            .filter(|(_, stale, _)| stale.is_some())
+            .collect();
+        if to_fetch.is_empty() {
+            continue;
+        }
+        let count = to_fetch.len();
+        let deadline = tokio::time::Instant::now() + FETCH_TIME;
+        let fetched = tokio::select! {
+            fetched = lists.fetch(&client, to_fetch, deadline) => fetched,
+            _ = stopped.changed() => return,
+        };
+        match fetched {
+            Ok(fetched) => {
+                let fresh = fetched.lists.values().filter(|l| !l.stale).count();
+                tracing::debug!(count, fresh, "stale device lists fetched again");
+            }
+            Err(e) => tracing::warn!(error = %e.message, "stale device lists were not kept"),
+        }
+    }
+}
