@@ -356,7 +356,7 @@ async fn a_server_walking_the_history_gets_what_it_may_see_and_the_rest_redacted
         .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
         .await;
     assert_eq!(status, 200, "{body}");
-    for _ in 0..100 {
+    for _ in 0..600 {
         if alice.get(&bob_state).await.1["membership"] == "leave" {
             break;
         }

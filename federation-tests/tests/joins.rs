@@ -1160,7 +1160,7 @@ async fn restricted_joins_are_refused_unless_a_condition_holds() {
         enc(&bob.user_id)
     );
     let mut seen = Value::Null;
-    for _ in 0..100 {
+    for _ in 0..600 {
         seen = alice.get(&path).await.1;
         if seen["displayname"] == "Bob Restricted" {
             break;

@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 /// How long the joining server's resync waits in these tests.
-const RESYNC_DELAY: Duration = Duration::from_secs(10);
+const RESYNC_DELAY: Duration = Duration::from_secs(20);
 
 /// Members the room has on the resident server besides its creator.
 const MEMBERS: usize = 12;

@@ -203,7 +203,7 @@ async fn queried_devices(asker: &User, target: &str) -> (Vec<String>, serde_json
     let (status, keys) = asker
         .post(
             "/keys/query",
-            serde_json::json!({"device_keys": {target: []}, "timeout": 2000}),
+            serde_json::json!({"device_keys": {target: []}, "timeout": 10000}),
         )
         .await;
     assert_eq!(status, 200, "{keys}");

@@ -244,7 +244,7 @@ async fn an_upload_cut_off_midway_leaves_no_file() {
         stream.flush().unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     } // dropped: the connection closes mid-body
-    for _ in 0..50 {
+    for _ in 0..200 {
         if blob_files(&s) == 0 {
             break;
         }
@@ -371,11 +371,13 @@ async fn small_media_on_a_kept_alive_connection_is_not_held_back() {
             response.bytes().await.unwrap();
             times.push(started.elapsed());
         }
+        // The delay hits every request: the second fastest shows it, while the machine's
+        // load (other tests) may slow any few of them.
         times.sort();
         assert!(
-            times[3] < std::time::Duration::from_millis(30),
-            "{path}: median {:?} ({times:?})",
-            times[3]
+            times[1] < std::time::Duration::from_millis(30),
+            "{path}: second fastest {:?} ({times:?})",
+            times[1]
         );
     }
     s.stop().await;

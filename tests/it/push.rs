@@ -106,10 +106,11 @@ impl Gateway {
         self.received.lock().unwrap().clone()
     }
 
-    /// Waits until `n` requests came (or 10 s pass); answers them all.
+    /// Waits until `n` requests came (or 30 s pass: pushes run at the lowest CPU
+    /// priority, and the other tests keep the machine busy); answers them all.
     async fn wait_for(&self, n: usize) -> Vec<Value> {
         let started = Instant::now();
-        while self.received().len() < n && started.elapsed() < Duration::from_secs(10) {
+        while self.received().len() < n && started.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.received()
@@ -361,7 +362,7 @@ async fn a_failing_gateway_is_retried_and_a_rejected_pushkey_loses_its_pusher() 
     let started = Instant::now();
     while !pushers_of(&bob).await.is_empty() {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(30),
             "the pusher stayed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

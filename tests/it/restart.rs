@@ -94,14 +94,16 @@ async fn shutdown_drops_a_transaction_in_flight_and_ends_the_senders_tasks() {
     let started = std::time::Instant::now();
     s.server.take().unwrap().shutdown().await;
     let stopped = std::time::Instant::now();
-    assert!(stopped - started < std::time::Duration::from_secs(5));
+    assert!(stopped - started < std::time::Duration::from_secs(15));
     // Shutdown waited for the destination's task, which dropped its request: the
-    // connection was already closed when it returned.
-    let closed_at = tokio::time::timeout(std::time::Duration::from_secs(1), closed)
+    // connection was closed when it returned (the hole's task notices it as soon as it
+    // runs, which a busy machine may put off a little; a request left open would wait
+    // for its timeout, a minute).
+    let closed_at = tokio::time::timeout(std::time::Duration::from_secs(2), closed)
         .await
         .expect("the request was dropped at shutdown")
         .unwrap();
-    assert!(closed_at <= stopped + std::time::Duration::from_millis(100));
+    assert!(closed_at <= stopped + std::time::Duration::from_secs(1));
 }
 
 /// A to-device send's transaction id makes a retry a no-op, but is not kept for ever: a
@@ -159,7 +161,7 @@ async fn to_device_transaction_ids_are_forgotten_after_a_week() {
     assert_eq!(status, StatusCode::OK, "{out}");
     // The sweep runs in the background.
     let mut left = rows(&s);
-    for _ in 0..100 {
+    for _ in 0..500 {
         if left.len() == 3 {
             break;
         }

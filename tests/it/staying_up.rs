@@ -380,16 +380,26 @@ async fn one_users_slow_uploads_do_not_stop_another_users_upload() {
         stream.write_all(head.as_bytes()).unwrap();
         stalled.push(stream);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // The user's uploads past its own cap were refused at once (429), not queued.
-    for stream in &mut stalled {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        if let Ok(n) = stream.read(&mut buf) {
-            if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 429") {
-                refused += 1;
+    // The user's uploads past its own cap are refused at once (429), not queued: read
+    // until 60 answered so (within 10 s, however busy the machine).
+    let mut answered = vec![false; stalled.len()];
+    let started = std::time::Instant::now();
+    while refused < 60 && started.elapsed() < Duration::from_secs(10) {
+        // The reads below block this thread: the server gets both between passes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (stream, answered) in stalled.iter_mut().zip(answered.iter_mut()) {
+            if *answered {
+                continue;
+            }
+            stream
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok(n @ 1..) = stream.read(&mut buf) {
+                *answered = true;
+                if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 429") {
+                    refused += 1;
+                }
             }
         }
     }

@@ -159,10 +159,10 @@ impl<'a> Client<'a> {
     }
 
     /// `user`'s member event content in `room` once it shows `membership` (polled for up
-    /// to 2 s: for what the server does after its answer); the last one read otherwise.
+    /// to 10 s: for what the server does after its answer); the last one read otherwise.
     pub async fn member_once(&self, room: &str, user: &str, membership: &str) -> Value {
         let mut member = self.state(room, "m.room.member", user).await.1;
-        for _ in 0..100 {
+        for _ in 0..500 {
             if member["membership"] == membership {
                 break;
             }
