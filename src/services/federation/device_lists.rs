@@ -431,7 +431,7 @@ impl RemoteDeviceLists {
             });
             match list {
                 Ok(list) => {
-                    let kept = self.keep_fetched(user_id, list, changes)?;
+                    let kept = self.keep_fetched(user_id, list, changes, stale.is_some())?;
                     found.lists.insert(user_id.to_owned(), kept);
                 }
                 Err(e) => match stale {
@@ -450,16 +450,22 @@ impl RemoteDeviceLists {
 
     /// Keeps a fetched list, stale when the user's list changed since the fetch began
     /// (`changes` was the stripe's generation then: an update may have found no list to
-    /// follow); answers the list.
+    /// follow); answers the list. A list that was kept (`had_list`, stale) when the fetch
+    /// began and has been dropped since (a member event of the user) is not kept again:
+    /// the drop stands, and the list is fetched afresh when next asked for.
     fn keep_fetched(
         &self,
         user: &str,
         mut list: RemoteDeviceList,
         changes: u64,
+        had_list: bool,
     ) -> ServiceResult<RemoteDeviceList> {
         let mut now = self.stripe(user);
         if *now != changes {
             list.stale = true;
+            if had_list && self.get(user)?.is_none() {
+                return Ok(list);
+            }
         }
         *now += 1;
         self.put(user, &list)?;
@@ -661,7 +667,7 @@ mod tests {
             lists.device_list_update(&update).unwrap(),
             UpdateEffect::NotKept
         );
-        let kept = lists.keep_fetched(BOB, fetched(), changes).unwrap();
+        let kept = lists.keep_fetched(BOB, fetched(), changes, false).unwrap();
         assert!(kept.stale, "the fetched list may miss that update");
         assert_eq!(
             lists.take_resyncs_wanted(8),
@@ -672,7 +678,12 @@ mod tests {
         assert_eq!(needed.to_fetch.len(), 1, "fetched again next time");
         // Fetched with nothing in between: fresh, and no fetch is wanted.
         let (_, _, changes) = needed.to_fetch.into_iter().next().unwrap();
-        assert!(!lists.keep_fetched(BOB, fetched(), changes).unwrap().stale);
+        assert!(
+            !lists
+                .keep_fetched(BOB, fetched(), changes, true)
+                .unwrap()
+                .stale
+        );
         assert!(lists.take_resyncs_wanted(8).is_empty());
         // A gap makes it stale and wants it fetched again, once however many updates
         // then come.
@@ -692,7 +703,12 @@ mod tests {
             .into_iter()
             .next()
             .unwrap();
-        assert!(!lists.keep_fetched(BOB, fetched(), changes).unwrap().stale);
+        assert!(
+            !lists
+                .keep_fetched(BOB, fetched(), changes, true)
+                .unwrap()
+                .stale
+        );
         assert_eq!(
             lists
                 .needed(std::slice::from_ref(&bob))
@@ -700,6 +716,38 @@ mod tests {
                 .fresh
                 .len(),
             1
+        );
+        // Stale, being fetched again, and dropped meanwhile: the drop stands, no fetch
+        // is wanted.
+        let gap = json!({"user_id": BOB, "device_id": "D8", "stream_id": 20, "prev_id": [19]});
+        assert_eq!(lists.device_list_update(&gap).unwrap(), UpdateEffect::Gap);
+        assert_eq!(lists.take_resyncs_wanted(8), vec![BOB.to_owned()]);
+        let (_, stale, changes) = lists
+            .needed(std::slice::from_ref(&bob))
+            .unwrap()
+            .to_fetch
+            .into_iter()
+            .next()
+            .unwrap();
+        assert!(stale.is_some());
+        lists.drop_list(BOB).unwrap();
+        let answered = lists.keep_fetched(BOB, fetched(), changes, true).unwrap();
+        assert!(answered.stale);
+        assert!(lists.get(BOB).unwrap().is_none(), "not kept again");
+        assert!(lists.take_resyncs_wanted(8).is_empty());
+        // Fetched afresh.
+        let (_, _, changes) = lists
+            .needed(std::slice::from_ref(&bob))
+            .unwrap()
+            .to_fetch
+            .into_iter()
+            .next()
+            .unwrap();
+        assert!(
+            !lists
+                .keep_fetched(BOB, fetched(), changes, false)
+                .unwrap()
+                .stale
         );
         // Dropped: gone, and an update then finds nothing to follow.
         lists.drop_list(BOB).unwrap();
