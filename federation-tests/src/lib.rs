@@ -134,11 +134,25 @@ impl Instance {
         }
     }
 
-    /// Starts the server again on its data and configuration (same ports).
+    /// Starts the server again on its data and configuration (same ports). A port
+    /// taken meanwhile (by an outgoing connection of another test, say) is tried again
+    /// for up to 5 s.
     pub async fn restart(&mut self) -> Result<(), String> {
         self.stop().await;
-        self.server = Some(Server::start(self.config.clone()).await?);
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Server::start(self.config.clone()).await {
+                Ok(server) => {
+                    self.server = Some(server);
+                    return Ok(());
+                }
+                Err(e) if e.contains("Address already in use") && attempt < 50 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
