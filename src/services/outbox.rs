@@ -21,6 +21,10 @@ use crate::services::error::{ServiceError, ServiceResult};
 use crate::services::stream::Write;
 use crate::storage::{keys, Db, Table};
 
+/// The field of a queued presence entry holding when it was queued (ms), replaced by
+/// the time since in `last_active_ago` as the EDU leaves ([`Outbox::presence_as_sent`]).
+pub const QUEUED_TS: &str = "ourwhats_queued_ts";
+
 /// Where the sender reads the PDUs the outbox names (the rooms' event store).
 pub trait PduStore: Send + Sync {
     /// The PDU of `event_id` as it goes over federation, if it is stored.
@@ -82,6 +86,54 @@ impl Outbox {
             edu_key(destination, pos),
             Some(serde_json::to_vec(edu).unwrap_or_default()),
         )
+    }
+
+    /// The write that queues the presence EDU `edu` (`m.presence`, its `push` entries'
+    /// `last_active_ago` as of `now`) for `destination` at `pos`. Each entry also keeps
+    /// `now` (under [`QUEUED_TS`]) so that the sender can say how long ago the user was
+    /// active when the EDU leaves, not when it was queued: a destination that was down
+    /// for an hour is not told the user was active a moment ago (spec: "Presence",
+    /// `last_active_ago` is "the time since the last activity").
+    pub fn queue_presence(destination: &str, pos: u64, edu: &Value, now: u64) -> Write {
+        let mut edu = edu.clone();
+        if let Some(push) = edu
+            .get_mut("content")
+            .and_then(|c| c.get_mut("push"))
+            .and_then(Value::as_array_mut)
+        {
+            for entry in push.iter_mut().filter_map(Value::as_object_mut) {
+                entry.insert(QUEUED_TS.to_owned(), Value::from(now));
+            }
+        }
+        Self::queue(destination, pos, &edu)
+    }
+
+    /// A queued EDU as it leaves at `now`: a presence entry queued earlier has the time
+    /// since added to its `last_active_ago`, and loses [`QUEUED_TS`]; other EDUs are as
+    /// queued.
+    pub fn presence_as_sent(edu: &mut Value, now: u64) {
+        if edu.get("edu_type").and_then(Value::as_str) != Some("m.presence") {
+            return;
+        }
+        let Some(push) = edu
+            .get_mut("content")
+            .and_then(|c| c.get_mut("push"))
+            .and_then(Value::as_array_mut)
+        else {
+            return;
+        };
+        for entry in push.iter_mut().filter_map(Value::as_object_mut) {
+            let Some(queued) = entry.remove(QUEUED_TS).and_then(|v| v.as_u64()) else {
+                continue;
+            };
+            let since = now.saturating_sub(queued);
+            if let Some(ago) = entry.get("last_active_ago").and_then(Value::as_u64) {
+                entry.insert(
+                    "last_active_ago".to_owned(),
+                    Value::from(ago.saturating_add(since)),
+                );
+            }
+        }
     }
 
     /// The write that queues the room event `event_id` for `destination` at `pos` (the

@@ -509,7 +509,7 @@ impl Presence {
                         }
                         let edu = json!({"edu_type": "m.presence", "content": {"push": [update]}});
                         writes.extend(queued.iter().map(|server| {
-                            crate::services::outbox::Outbox::queue(server, pos, &edu)
+                            crate::services::outbox::Outbox::queue_presence(server, pos, &edu, now)
                         }));
                     }
                     // In memory before the position commits: a sync woken by it must find it.

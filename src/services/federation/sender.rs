@@ -342,7 +342,7 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 }
                 break;
             }
-            let transaction = next_transaction(shared.pdus.as_ref(), &name, pending);
+            let transaction = next_transaction(shared.pdus.as_ref(), &name, pending, now_ms());
             refusals = 0;
             in_flight = Some(transaction);
         }
@@ -504,6 +504,7 @@ fn next_transaction(
     store: &dyn PduStore,
     destination: &str,
     pending: Vec<(Vec<u8>, Item)>,
+    now: u64,
 ) -> Transaction {
     let mut keys = Vec::new();
     let mut pdus = Vec::new();
@@ -516,7 +517,10 @@ fn next_transaction(
                 Some(pdu) => pdus.push(pdu),
                 None => tracing::warn!(%destination, event = %id, "a queued event is not stored"),
             },
-            Item::Edu(edu) => edus.push(edu),
+            Item::Edu(mut edu) => {
+                Outbox::presence_as_sent(&mut edu, now);
+                edus.push(edu);
+            }
         }
         keys.push(key);
     }
@@ -604,11 +608,36 @@ mod tests {
                     (crate::services::outbox::edu_key("d.example", pos), edu)
                 })
                 .collect();
-            next_transaction(&NoPdus, "d.example", pending).txn_id
+            next_transaction(&NoPdus, "d.example", pending, 0).txn_id
         };
         assert_eq!(transaction(&[1, 2, 3]), transaction(&[1, 2, 3]));
         // Same first item and count, other items: another id.
         assert_ne!(transaction(&[1, 2, 3]), transaction(&[1, 5, 9]));
+    }
+
+    #[test]
+    fn presence_leaves_with_the_time_since_it_was_queued() {
+        let edu = json!({"edu_type": "m.presence", "content": {"push": [
+            {"user_id": "@a:o.example", "presence": "online", "last_active_ago": 100},
+            {"user_id": "@b:o.example", "presence": "offline"}
+        ]}});
+        let (_, key, bytes) = Outbox::queue_presence("d.example", 7, &edu, 1_000);
+        let queued: Value = serde_json::from_slice(&bytes.unwrap()).unwrap();
+        let pending = vec![(key, Item::Edu(queued))];
+        // Sent an hour after it was queued.
+        let sent = next_transaction(&NoPdus, "d.example", pending, 3_601_000).edus;
+        let push = &sent[0]["content"]["push"];
+        assert_eq!(push[0]["last_active_ago"], 3_600_100, "{push}");
+        assert!(push[0].get(crate::services::outbox::QUEUED_TS).is_none());
+        assert!(push[1].get("last_active_ago").is_none(), "{push}");
+        assert!(push[1].get(crate::services::outbox::QUEUED_TS).is_none());
+        // Other EDUs leave as queued.
+        let typing = json!({"edu_type": "m.typing", "content": {"last_active_ago": 1}});
+        let pending = vec![(b"k".to_vec(), Item::Edu(typing.clone()))];
+        assert_eq!(
+            next_transaction(&NoPdus, "d.example", pending, 9).edus[0],
+            typing
+        );
     }
 
     struct NoPdus;
