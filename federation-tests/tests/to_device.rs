@@ -272,10 +272,37 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     cluster.instances[1].restart().await.unwrap();
     bob.base = cluster.instances[1].client_url();
 
-    // An update of bob's server whose prev_id names a position alice's server never
-    // saw: nothing of it is applied, the list is stale, and alice's server fetches it
-    // again from bob's server (which has no such device) at once, by itself.
-    let kept = alice_server_list(&cluster, &bob.user_id).unwrap();
+    // An update of bob's server that follows the list is applied (a device bob's
+    // server does not have: the test speaks for it).
+    let kept = fresh_list(&cluster, 0, &bob.user_id).await;
+    let follower = serde_json::json!({
+        "edu_type": "m.device_list_update",
+        "content": {
+            "user_id": bob.user_id, "device_id": "FOLLOWER",
+            "stream_id": kept.stream_id + 1000, "prev_id": [kept.stream_id]
+        }
+    });
+    let b = &cluster.instances[1];
+    let (status, body) = b
+        .ask(
+            &a_name,
+            reqwest::Method::PUT,
+            "/_matrix/federation/v1/send/follow1",
+            Some(serde_json::json!({
+                "origin": b.name(), "origin_server_ts": 1, "pdus": [], "edus": [follower]
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let followed = alice_server_list(&cluster, &bob.user_id).unwrap();
+    assert!(
+        followed.devices.contains_key("FOLLOWER") && followed.seen.len() > 1,
+        "{followed:?}"
+    );
+    // One whose prev_id names a position alice's server never saw: nothing of it is
+    // applied, the list is stale, and alice's server fetches it again from bob's server
+    // (which has neither device) at once, by itself.
+    let kept = followed;
     let ghost = serde_json::json!({
         "edu_type": "m.device_list_update",
         "content": {
@@ -297,7 +324,10 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
         .await;
     assert_eq!(status, 200, "{body}");
     let fresh = fresh_list(&cluster, 0, &bob.user_id).await;
-    assert!(!fresh.devices.contains_key("GHOST"), "{fresh:?}");
+    assert!(
+        !fresh.devices.contains_key("GHOST") && !fresh.devices.contains_key("FOLLOWER"),
+        "{fresh:?}"
+    );
     assert_eq!(
         fresh.seen,
         vec![fresh.stream_id],
@@ -316,6 +346,13 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let followed = alice_server_list(&cluster, &bob.user_id).unwrap();
+    assert!(
+        followed
+            .devices
+            .get(&tablet.device_id)
+            .is_some_and(|d| d.keys.is_some()),
+        "{followed:?}"
+    );
     assert!(!followed.stale, "{followed:?}");
     assert!(
         followed.seen.len() > 1,

@@ -205,7 +205,12 @@ pub async fn query(
         + std::time::Duration::from_millis(timeout.min(MAX_REMOTE_TIMEOUT_MS));
     let federation = &services.federation;
     let (fetched, answers) = tokio::join!(
-        lists.fetch(&federation.client, needed.to_fetch, deadline),
+        lists.fetch(
+            &federation.client,
+            needed.to_fetch,
+            deadline,
+            crate::services::federation::device_lists::CONCURRENT_RESYNCS
+        ),
         ask_servers(remote, timeout, |server, part| async move {
             federation.user_keys(&server, &part).await
         })

@@ -371,13 +371,13 @@ async fn small_media_on_a_kept_alive_connection_is_not_held_back() {
             response.bytes().await.unwrap();
             times.push(started.elapsed());
         }
-        // The delay hits every request: the second fastest shows it, while the machine's
+        // The delay hits every request: the third fastest shows it, while the machine's
         // load (other tests) may slow any few of them.
         times.sort();
         assert!(
-            times[1] < std::time::Duration::from_millis(30),
-            "{path}: second fastest {:?} ({times:?})",
-            times[1]
+            times[2] < std::time::Duration::from_millis(30),
+            "{path}: third fastest {:?} ({times:?})",
+            times[2]
         );
     }
     s.stop().await;

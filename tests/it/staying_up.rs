@@ -410,6 +410,12 @@ async fn one_users_slow_uploads_do_not_stop_another_users_upload() {
         }
     }
     assert!(refused >= 60, "only {refused} of 64 were refused");
+    // At once: a refusal does not wait for a slot (these never free one).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused after {:?}",
+        started.elapsed()
+    );
     let answer = s
         .http
         .post(format!("{}/_matrix/media/v3/upload", s.base))

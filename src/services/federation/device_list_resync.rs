@@ -2,14 +2,17 @@
 //!
 //! Spec: server-server API, "Device Management": a server that receives an
 //! `m.device_list_update` whose `prev_id` it does not recognise "must resynchronise its
-//! list by calling the `/user/keys/query` API and resume the process". A kept list that
-//! turns stale (an update showed a gap, or an update came while the list was being
-//! fetched) is fetched again here at once, as Synapse resyncs on a gap, so that it
-//! follows the next updates instead of waiting, stale, for a client's query; its server
-//! may be down by then. Up to [`BATCH`] users at a time, their servers asked
-//! [`super::device_lists`]' way (16 at once, within [`FETCH_TIME`]). A list whose server
-//! cannot answer stays stale, for the next query or update to try again: a server that
-//! is down costs one attempt per update it sends, never a loop.
+//! list by calling the `/user/keys/query` API and resume the process" (the call that
+//! answers the list with its `stream_id` is `GET /user/devices`, which is what is asked).
+//! A kept list that turns stale (an update showed a gap, or an update of the user came
+//! while the list was being fetched) is fetched again here at once, as Synapse resyncs
+//! on a gap, so that it follows the next updates instead of waiting, stale, for a
+//! client's query; its server may be down by then. Up to [`BATCH`] users a round, first
+//! asked first, [`AT_ONCE`] at a time, within [`FETCH_TIME`]. A list whose server cannot
+//! answer stays stale, for the next query or update to try again. Each fetch follows an
+//! update of the user's own server (a gap, or one that raced a fetch), and a user waits
+//! for one fetch at most: a server makes us fetch no more than it sends us updates,
+//! and only from itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,8 @@ use crate::core::UserId;
 
 /// Users whose lists one round fetches at most.
 const BATCH: usize = 64;
+/// Lists fetched at once (each answer up to the client's response limit).
+const AT_ONCE: usize = 4;
 /// How long one round waits for the servers' answers.
 const FETCH_TIME: Duration = Duration::from_secs(10);
 
@@ -35,17 +40,14 @@ pub async fn run(
         if *stopped.borrow() {
             return;
         }
-        let users: Vec<UserId> = lists
-            .take_resyncs_wanted(BATCH)
-            .iter()
-            .filter_map(|u| UserId::parse(u).ok())
-            .collect();
-        if users.is_empty() {
+        let taken = lists.take_resyncs_wanted(BATCH);
+        if taken.is_empty() {
             tokio::select! {
                 _ = lists.resync_wanted() => continue,
                 _ = stopped.changed() => return,
             }
         }
+        let users: Vec<UserId> = taken.iter().filter_map(|u| UserId::parse(u).ok()).collect();
         let to_fetch = match lists.needed(&users) {
             Ok(needed) => needed.to_fetch,
             Err(e) => {
@@ -64,7 +66,7 @@ pub async fn run(
         let count = to_fetch.len();
         let deadline = tokio::time::Instant::now() + FETCH_TIME;
         let fetched = tokio::select! {
-            fetched = lists.fetch(&client, to_fetch, deadline) => fetched,
+            fetched = lists.fetch(&client, to_fetch, deadline, AT_ONCE) => fetched,
             _ = stopped.changed() => return,
         };
         match fetched {

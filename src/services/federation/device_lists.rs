@@ -27,14 +27,18 @@
 //! batched way), all within the query's one deadline.
 //!
 //! Changes of one user's list (an update, keeping a fetched list, the member-event hook
-//! dropping it) are serialized by a striped lock whose generation counts them: a list
-//! fetched while an update came (which found no list to follow) is kept stale, and
-//! fetched again in the background. Users wanting that are at most
-//! [`MAX_RESYNCS_WANTED`]; past it, a stale list waits for the next query.
+//! dropping it) are serialized by a striped lock. While a fetch of a user's list is out
+//! (a [`FetchTicket`]), the updates and drops of that user are counted: a list fetched
+//! while an update of the user came (which may have found no list to follow) is kept
+//! stale, and fetched again in the background; one whose user's member event dropped
+//! the list meanwhile is not kept (the drop stands). Users wanting a background fetch
+//! wait first come, first served, at most [`MAX_RESYNCS_WANTED`] in all and
+//! [`MAX_RESYNCS_WANTED_PER_SERVER`] of one server; past that a stale list waits for the
+//! next query or update.
 //!
 //! Owns the table `userid_remotedevicelist`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use std::sync::{Mutex, PoisonError};
@@ -52,7 +56,7 @@ use crate::services::rooms::writer::{NewEvent, NewEventHook};
 use crate::storage::{Batch, Db, Table};
 
 /// Device lists fetched at once for one query at most.
-const CONCURRENT_RESYNCS: usize = 16;
+pub const CONCURRENT_RESYNCS: usize = 16;
 /// Device lists one query fetches at most.
 pub const MAX_FETCHES_PER_QUERY: usize = 64;
 /// Devices a kept list holds at most (a server adding more is not followed further).
@@ -65,6 +69,8 @@ const SEEN_STREAM_IDS: usize = 32;
 const STRIPES: usize = 64;
 /// Users whose stale list waits for a background fetch, at most.
 pub const MAX_RESYNCS_WANTED: usize = 1_024;
+/// Users of one server whose stale list waits for a background fetch, at most.
+pub const MAX_RESYNCS_WANTED_PER_SERVER: usize = 64;
 
 /// A remote user's device list as kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -174,7 +180,7 @@ pub fn list_from_answer(user: &str, answer: &Value) -> Option<RemoteDeviceList> 
 /// What an `m.device_list_update` does to a kept list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdateEffect {
-    /// No list is kept for the user (or it is stale already): nothing to follow.
+    /// No list is kept for the user: nothing to follow.
     NotKept,
     /// The update was applied.
     Applied,
@@ -250,18 +256,70 @@ pub struct Fetched {
 pub struct Needed {
     /// Kept and fresh, by user.
     pub fresh: BTreeMap<String, RemoteDeviceList>,
-    /// To fetch: the user, the stale list kept (if any) and the stripe's generation.
-    pub to_fetch: Vec<(UserId, Option<RemoteDeviceList>, u64)>,
+    /// To fetch: the user, the stale list kept (if any) and the fetch's ticket.
+    pub to_fetch: Vec<(UserId, Option<RemoteDeviceList>, FetchTicket)>,
+}
+
+/// What befell one user's list while fetches of it were out.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Fetches out.
+    fetches: usize,
+    /// Updates and drops since the first of them began.
+    changes: u64,
+    /// Drops since the first of them began.
+    drops: u64,
+}
+
+/// The users whose lists are being fetched.
+type Watched = Arc<Mutex<HashMap<String, Watch>>>;
+
+/// A fetch of one user's list under way: what had befallen the list when it began. The
+/// watch ends when the last ticket of the user drops (the fetch kept, failed or given
+/// up).
+#[derive(Debug)]
+pub struct FetchTicket {
+    watched: Watched,
+    user: String,
+    changes: u64,
+    drops: u64,
+}
+
+impl Drop for FetchTicket {
+    fn drop(&mut self) {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(watch) = watched.get_mut(&self.user) {
+            watch.fetches = watch.fetches.saturating_sub(1);
+            if watch.fetches == 0 {
+                watched.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// The users waiting for a background fetch, first come first served.
+#[derive(Default)]
+struct Wanted {
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    per_server: HashMap<String, usize>,
+}
+
+/// The server part of a user id.
+fn server_of(user: &str) -> &str {
+    user.split_once(':').map_or("", |(_, server)| server)
 }
 
 /// The remote device lists we keep.
 pub struct RemoteDeviceLists {
     db: Arc<Db>,
     server_name: ServerName,
-    /// Per stripe of users: held across each change of a list, counting the changes.
-    stripes: Vec<Mutex<u64>>,
+    /// Per stripe of users: held across each change of a list.
+    stripes: Vec<Mutex<()>>,
+    /// The users whose lists are being fetched, and what befell them meanwhile.
+    watched: Watched,
     /// Users whose kept list is stale, for the background fetch.
-    resyncs_wanted: Mutex<BTreeSet<String>>,
+    resyncs_wanted: Mutex<Wanted>,
     /// Wakes the background fetch.
     resync_wake: tokio::sync::Notify,
 }
@@ -272,40 +330,83 @@ impl RemoteDeviceLists {
         Self {
             db,
             server_name,
-            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
-            resyncs_wanted: Mutex::new(BTreeSet::new()),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            watched: Watched::default(),
+            resyncs_wanted: Mutex::new(Wanted::default()),
             resync_wake: tokio::sync::Notify::new(),
         }
     }
 
-    /// Asks the background fetch for `user`'s list (kept, stale), unless
-    /// [`MAX_RESYNCS_WANTED`] users already wait.
+    /// Asks the background fetch for `user`'s list (kept, stale), unless it waits
+    /// already or [`MAX_RESYNCS_WANTED`] users (or [`MAX_RESYNCS_WANTED_PER_SERVER`] of
+    /// theirs) already wait.
     fn want_resync(&self, user: &str) {
         let mut wanted = self
             .resyncs_wanted
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if wanted.len() < MAX_RESYNCS_WANTED {
-            wanted.insert(user.to_owned());
+        let server = server_of(user);
+        let of_server = wanted.per_server.get(server).copied().unwrap_or(0);
+        if wanted.queued.contains(user)
+            || wanted.queue.len() >= MAX_RESYNCS_WANTED
+            || of_server >= MAX_RESYNCS_WANTED_PER_SERVER
+        {
+            return;
         }
+        wanted.queue.push_back(user.to_owned());
+        wanted.queued.insert(user.to_owned());
+        wanted.per_server.insert(server.to_owned(), of_server + 1);
         drop(wanted);
         self.resync_wake.notify_one();
     }
 
-    /// Takes up to `n` users whose stale list the background fetch is to fetch again.
+    /// Takes up to `n` users whose stale list the background fetch is to fetch again,
+    /// the first asked for first.
     pub fn take_resyncs_wanted(&self, n: usize) -> Vec<String> {
         let mut wanted = self
             .resyncs_wanted
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut taken = Vec::with_capacity(n.min(wanted.len()));
+        let mut taken = Vec::with_capacity(n.min(wanted.queue.len()));
         while taken.len() < n {
-            let Some(user) = wanted.pop_first() else {
+            let Some(user) = wanted.queue.pop_front() else {
                 break;
             };
+            wanted.queued.remove(&user);
+            let server = server_of(&user);
+            if let Some(count) = wanted.per_server.get_mut(server) {
+                *count -= 1;
+                if *count == 0 {
+                    wanted.per_server.remove(server);
+                }
+            }
             taken.push(user);
         }
         taken
+    }
+
+    /// Counts an update (or, `dropped`, a drop) of `user`'s list for the fetches of it
+    /// out (called under the user's stripe lock).
+    fn note_change(&self, user: &str, dropped: bool) {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(watch) = watched.get_mut(user) {
+            watch.changes += 1;
+            watch.drops += u64::from(dropped);
+        }
+    }
+
+    /// A ticket for a fetch of `user`'s list beginning now (called under the user's
+    /// stripe lock).
+    fn begin_fetch(&self, user: &str) -> FetchTicket {
+        let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+        let watch = watched.entry(user.to_owned()).or_default();
+        watch.fetches += 1;
+        FetchTicket {
+            watched: Arc::clone(&self.watched),
+            user: user.to_owned(),
+            changes: watch.changes,
+            drops: watch.drops,
+        }
     }
 
     /// Waits until a stale list is wanted (at once if one was asked for since the last
@@ -314,7 +415,7 @@ impl RemoteDeviceLists {
         self.resync_wake.notified().await;
     }
 
-    fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, u64> {
+    fn stripe(&self, user: &str) -> std::sync::MutexGuard<'_, ()> {
         self.stripes[crate::services::stripe_of(user.as_bytes(), STRIPES)]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -341,9 +442,9 @@ impl RemoteDeviceLists {
         let Some(user) = content.get("user_id").and_then(Value::as_str) else {
             return Ok(UpdateEffect::NotKept);
         };
-        let mut changes = self.stripe(user);
+        let _changing = self.stripe(user);
         // Counted even when no list is kept: a fetch in flight must not be kept fresh.
-        *changes += 1;
+        self.note_change(user, false);
         let Some(mut list) = self.get(user)? else {
             return Ok(UpdateEffect::NotKept);
         };
@@ -365,8 +466,8 @@ impl RemoteDeviceLists {
         let Some(user) = content.get("user_id").and_then(Value::as_str) else {
             return Ok(());
         };
-        let mut changes = self.stripe(user);
-        *changes += 1;
+        let _changing = self.stripe(user);
+        self.note_change(user, false);
         let Some(mut list) = self.get(user)? else {
             return Ok(());
         };
@@ -384,25 +485,29 @@ impl RemoteDeviceLists {
     pub fn needed(&self, users: &[UserId]) -> ServiceResult<Needed> {
         let mut needed = Needed::default();
         for user in users {
-            let changes = *self.stripe(user.as_str());
+            let _reading = self.stripe(user.as_str());
             match self.get(user.as_str())? {
                 Some(list) if !list.stale => {
                     needed.fresh.insert(user.as_str().to_owned(), list);
                 }
-                stale => needed.to_fetch.push((user.clone(), stale, changes)),
+                stale => {
+                    let ticket = self.begin_fetch(user.as_str());
+                    needed.to_fetch.push((user.clone(), stale, ticket));
+                }
             }
         }
         Ok(needed)
     }
 
-    /// Fetches the lists of `to_fetch` from their servers, [`CONCURRENT_RESYNCS`] at
-    /// once, until `deadline`, and keeps them; a user whose list could not be fetched
-    /// gets the stale one kept, or their server is listed as a failure.
+    /// Fetches the lists of `to_fetch` from their servers, `at_once` at a time (a query:
+    /// [`CONCURRENT_RESYNCS`]), until `deadline`, and keeps them; a user whose list could
+    /// not be fetched gets the stale one kept, or their server is listed as a failure.
     pub async fn fetch(
         &self,
         client: &FederationClient,
-        to_fetch: Vec<(UserId, Option<RemoteDeviceList>, u64)>,
+        to_fetch: Vec<(UserId, Option<RemoteDeviceList>, FetchTicket)>,
         deadline: tokio::time::Instant,
+        at_once: usize,
     ) -> ServiceResult<Fetched> {
         let asked: Vec<UserId> = to_fetch.iter().map(|(u, _, _)| u.clone()).collect();
         let mut answers: BTreeMap<String, Result<Value, FederationError>> =
@@ -414,12 +519,12 @@ impl RemoteDeviceLists {
                     };
                     (user.as_str().to_owned(), answer)
                 })
-                .buffer_unordered(CONCURRENT_RESYNCS)
+                .buffer_unordered(at_once.max(1))
                 .take_until(tokio::time::sleep_until(deadline))
                 .collect()
                 .await;
         let mut found = Fetched::default();
-        for (user, stale, changes) in to_fetch {
+        for (user, stale, ticket) in to_fetch {
             let user_id = user.as_str();
             let answer = answers
                 .remove(user_id)
@@ -431,7 +536,7 @@ impl RemoteDeviceLists {
             });
             match list {
                 Ok(list) => {
-                    let kept = self.keep_fetched(user_id, list, changes, stale.is_some())?;
+                    let kept = self.keep_fetched(user_id, list, &ticket)?;
                     found.lists.insert(user_id.to_owned(), kept);
                 }
                 Err(e) => match stale {
@@ -448,28 +553,32 @@ impl RemoteDeviceLists {
         Ok(found)
     }
 
-    /// Keeps a fetched list, stale when the user's list changed since the fetch began
-    /// (`changes` was the stripe's generation then: an update may have found no list to
-    /// follow); answers the list. A list that was kept (`had_list`, stale) when the fetch
-    /// began and has been dropped since (a member event of the user) is not kept again:
-    /// the drop stands, and the list is fetched afresh when next asked for.
+    /// Keeps a fetched list, stale when an update of the user came since the fetch
+    /// began (`ticket`: it may have found no list to follow); answers the list. One whose
+    /// list was dropped since (a member event of the user) is answered, not kept: the
+    /// drop stands, and the list is fetched afresh when next asked for.
     fn keep_fetched(
         &self,
         user: &str,
         mut list: RemoteDeviceList,
-        changes: u64,
-        had_list: bool,
+        ticket: &FetchTicket,
     ) -> ServiceResult<RemoteDeviceList> {
-        let mut now = self.stripe(user);
-        if *now != changes {
+        let changing = self.stripe(user);
+        let (changes, drops) = {
+            let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
+            watched
+                .get(user)
+                .map_or((ticket.changes, ticket.drops), |w| (w.changes, w.drops))
+        };
+        if drops != ticket.drops {
             list.stale = true;
-            if had_list && self.get(user)?.is_none() {
-                return Ok(list);
-            }
+            return Ok(list);
         }
-        *now += 1;
+        if changes != ticket.changes {
+            list.stale = true;
+        }
         self.put(user, &list)?;
-        drop(now);
+        drop(changing);
         if list.stale {
             self.want_resync(user);
         }
@@ -499,11 +608,11 @@ impl RemoteDeviceLists {
 
     /// Drops `user`'s list at once (not with an event's batch, which commits later: a
     /// change of the list in between would bring it back).
-    /// A change of the user's list is counted either way (a fetch in flight is then kept
-    /// stale); only a kept list costs a write.
+    /// The drop is counted either way (a fetch in flight then keeps nothing); only a
+    /// kept list costs a write.
     fn drop_list(&self, user: &str) -> ServiceResult<()> {
-        let mut changes = self.stripe(user);
-        *changes += 1;
+        let _changing = self.stripe(user);
+        self.note_change(user, true);
         if self.db.get(Table::UseridRemotedevicelist, user)?.is_none() {
             return Ok(());
         }
@@ -667,7 +776,7 @@ mod tests {
             lists.device_list_update(&update).unwrap(),
             UpdateEffect::NotKept
         );
-        let kept = lists.keep_fetched(BOB, fetched(), changes, false).unwrap();
+        let kept = lists.keep_fetched(BOB, fetched(), &changes).unwrap();
         assert!(kept.stale, "the fetched list may miss that update");
         assert_eq!(
             lists.take_resyncs_wanted(8),
@@ -678,12 +787,7 @@ mod tests {
         assert_eq!(needed.to_fetch.len(), 1, "fetched again next time");
         // Fetched with nothing in between: fresh, and no fetch is wanted.
         let (_, _, changes) = needed.to_fetch.into_iter().next().unwrap();
-        assert!(
-            !lists
-                .keep_fetched(BOB, fetched(), changes, true)
-                .unwrap()
-                .stale
-        );
+        assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
         assert!(lists.take_resyncs_wanted(8).is_empty());
         // A gap makes it stale and wants it fetched again, once however many updates
         // then come.
@@ -703,12 +807,7 @@ mod tests {
             .into_iter()
             .next()
             .unwrap();
-        assert!(
-            !lists
-                .keep_fetched(BOB, fetched(), changes, true)
-                .unwrap()
-                .stale
-        );
+        assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
         assert_eq!(
             lists
                 .needed(std::slice::from_ref(&bob))
@@ -731,7 +830,7 @@ mod tests {
             .unwrap();
         assert!(stale.is_some());
         lists.drop_list(BOB).unwrap();
-        let answered = lists.keep_fetched(BOB, fetched(), changes, true).unwrap();
+        let answered = lists.keep_fetched(BOB, fetched(), &changes).unwrap();
         assert!(answered.stale);
         assert!(lists.get(BOB).unwrap().is_none(), "not kept again");
         assert!(lists.take_resyncs_wanted(8).is_empty());
@@ -743,12 +842,29 @@ mod tests {
             .into_iter()
             .next()
             .unwrap();
-        assert!(
-            !lists
-                .keep_fetched(BOB, fetched(), changes, false)
-                .unwrap()
-                .stale
-        );
+        assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
+        // A first fetch during which the user's member event came: answered, not kept.
+        lists.drop_list(BOB).unwrap();
+        let (_, none, ticket) = lists
+            .needed(std::slice::from_ref(&bob))
+            .unwrap()
+            .to_fetch
+            .into_iter()
+            .next()
+            .unwrap();
+        assert!(none.is_none());
+        lists.drop_list(BOB).unwrap();
+        assert!(lists.keep_fetched(BOB, fetched(), &ticket).unwrap().stale);
+        assert!(lists.get(BOB).unwrap().is_none());
+        drop(ticket);
+        let (_, _, changes) = lists
+            .needed(std::slice::from_ref(&bob))
+            .unwrap()
+            .to_fetch
+            .into_iter()
+            .next()
+            .unwrap();
+        assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
         // Dropped: gone, and an update then finds nothing to follow.
         lists.drop_list(BOB).unwrap();
         assert!(lists.get(BOB).unwrap().is_none());
@@ -758,5 +874,73 @@ mod tests {
             UpdateEffect::NotKept
         );
         assert!(lists.get(BOB).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_the_users_own_updates_spoil_a_fetch_and_wanted_fetches_are_first_come_and_capped_per_server(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &crate::storage::DbOptions::default()).unwrap();
+        let lists = RemoteDeviceLists::new(db, ServerName::parse("a.example").unwrap());
+        // Many users fetched at once, an update of one of them meanwhile, and another
+        // fetch of the first kept before the first's own: only the updated user's list
+        // is kept stale (users sharing a lock stripe, or a list kept meanwhile, change
+        // nothing for the others).
+        let users: Vec<UserId> = (0..200)
+            .map(|i| UserId::parse(&format!("@u{i}:b.example")).unwrap())
+            .collect();
+        let needed = lists.needed(&users).unwrap();
+        let again = lists.needed(&users[..1]).unwrap();
+        let update =
+            json!({"user_id": "@u7:b.example", "device_id": "D", "stream_id": 9, "prev_id": [8]});
+        assert_eq!(
+            lists.device_list_update(&update).unwrap(),
+            UpdateEffect::NotKept
+        );
+        let list_of = |_: &UserId| {
+            let mut list = fetched();
+            list.devices.clear();
+            list
+        };
+        for (user, _, ticket) in &again.to_fetch {
+            assert!(
+                !lists
+                    .keep_fetched(user.as_str(), list_of(user), ticket)
+                    .unwrap()
+                    .stale
+            );
+        }
+        let mut stale = Vec::new();
+        for (user, _, ticket) in &needed.to_fetch {
+            if lists
+                .keep_fetched(user.as_str(), list_of(user), ticket)
+                .unwrap()
+                .stale
+            {
+                stale.push(user.as_str().to_owned());
+            }
+        }
+        assert_eq!(stale, vec!["@u7:b.example".to_owned()]);
+        assert_eq!(lists.take_resyncs_wanted(8), stale);
+        drop((needed, again));
+        assert!(
+            lists.watched.lock().unwrap().is_empty(),
+            "watches end with their tickets"
+        );
+        // Wanted fetches: first come, first served; at most 64 of one server.
+        for i in 0..100 {
+            lists.want_resync(&format!("@m{i}:many.example"));
+        }
+        lists.want_resync("@late:other.example");
+        lists.want_resync("@m0:many.example");
+        let taken = lists.take_resyncs_wanted(1_000);
+        assert_eq!(taken.len(), MAX_RESYNCS_WANTED_PER_SERVER + 1);
+        assert_eq!(taken[0], "@m0:many.example");
+        assert_eq!(taken[MAX_RESYNCS_WANTED_PER_SERVER], "@late:other.example");
+        lists.want_resync("@m99:many.example");
+        assert_eq!(
+            lists.take_resyncs_wanted(8),
+            vec!["@m99:many.example".to_owned()]
+        );
     }
 }
