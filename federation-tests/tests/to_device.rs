@@ -273,7 +273,9 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     bob.base = cluster.instances[1].client_url();
 
     // An update of bob's server that follows the list is applied (a device bob's
-    // server does not have: the test speaks for it).
+    // server does not have: the test speaks for it). A query first fetches the list
+    // again, should it have turned stale while bob's server was down.
+    queried_devices(&alice, &bob.user_id).await;
     let kept = fresh_list(&cluster, 0, &bob.user_id).await;
     let follower = serde_json::json!({
         "edu_type": "m.device_list_update",
@@ -282,21 +284,12 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
             "stream_id": kept.stream_id + 1000, "prev_id": [kept.stream_id]
         }
     });
-    let b = &cluster.instances[1];
-    let (status, body) = b
-        .ask(
-            &a_name,
-            reqwest::Method::PUT,
-            "/_matrix/federation/v1/send/follow1",
-            Some(serde_json::json!({
-                "origin": b.name(), "origin_server_ts": 1, "pdus": [], "edus": [follower]
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    second_server_sends(&cluster, "follow1", follower).await;
     let followed = alice_server_list(&cluster, &bob.user_id).unwrap();
     assert!(
-        followed.devices.contains_key("FOLLOWER") && followed.seen.len() > 1,
+        followed.devices.contains_key("FOLLOWER")
+            && followed.stream_id == kept.stream_id + 1000
+            && !followed.stale,
         "{followed:?}"
     );
     // One whose prev_id names a position alice's server never saw: nothing of it is
@@ -311,18 +304,7 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
             "keys": {"user_id": bob.user_id, "device_id": "GHOST", "keys": {"ed25519:GHOST": "x"}}
         }
     });
-    let b = &cluster.instances[1];
-    let (status, body) = b
-        .ask(
-            &a_name,
-            reqwest::Method::PUT,
-            "/_matrix/federation/v1/send/gap1",
-            Some(serde_json::json!({
-                "origin": b.name(), "origin_server_ts": 1, "pdus": [], "edus": [ghost]
-            })),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    second_server_sends(&cluster, "gap1", ghost).await;
     let fresh = fresh_list(&cluster, 0, &bob.user_id).await;
     assert!(
         !fresh.devices.contains_key("GHOST") && !fresh.devices.contains_key("FOLLOWER"),
@@ -383,6 +365,23 @@ async fn a_remote_device_list_is_kept_followed_and_fetched_again_after_a_gap() {
     let (devices, _) = queried_devices(&alice, &bob.user_id).await;
     assert_eq!(devices, all);
     cluster.shutdown().await;
+}
+
+/// The cluster's second server sends the first the transaction `txn_id` holding `edu`
+/// (must be answered 200).
+async fn second_server_sends(cluster: &Cluster, txn_id: &str, edu: serde_json::Value) {
+    let (a, b) = (&cluster.instances[0], &cluster.instances[1]);
+    let (status, body) = b
+        .ask(
+            a.name(),
+            reqwest::Method::PUT,
+            &format!("/_matrix/federation/v1/send/{txn_id}"),
+            Some(serde_json::json!({
+                "origin": b.name(), "origin_server_ts": 1, "pdus": [], "edus": [edu]
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The list the server `instance` keeps for `user`, once it is fresh (waits up to

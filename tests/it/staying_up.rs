@@ -359,12 +359,14 @@ async fn connections_past_the_cap_get_503_until_one_closes() {
     drop(held);
     // Served again once the server notices the closes (within 10 s).
     let started = Instant::now();
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    while status != StatusCode::OK && started.elapsed() < Duration::from_secs(10) {
+    let versions = format!("{}/_matrix/client/versions", s.base);
+    let mut status = None;
+    while status != Some(StatusCode::OK) && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        status = s.get("/_matrix/client/versions", None).await.0;
+        // A refusal may reset the connection before the 503 is read: not yet.
+        status = s.http.get(&versions).send().await.ok().map(|r| r.status());
     }
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, Some(StatusCode::OK));
     s.stop().await;
 }
 
@@ -398,7 +400,7 @@ async fn one_users_slow_uploads_do_not_stop_another_users_upload() {
                 continue;
             }
             stream
-                .set_read_timeout(Some(Duration::from_millis(50)))
+                .set_read_timeout(Some(Duration::from_millis(5)))
                 .unwrap();
             let mut buf = [0u8; 64];
             if let Ok(n @ 1..) = stream.read(&mut buf) {

@@ -8,7 +8,8 @@
 //! while the list was being fetched) is fetched again here at once, as Synapse resyncs
 //! on a gap, so that it follows the next updates instead of waiting, stale, for a
 //! client's query; its server may be down by then. Up to [`BATCH`] users a round, first
-//! asked first, [`AT_ONCE`] at a time, within [`FETCH_TIME`]. A list whose server cannot
+//! asked first, in groups of [`AT_ONCE`] asked together within [`FETCH_TIME`] (a silent
+//! server holds up its group only, and every user taken is asked). A list whose server cannot
 //! answer stays stale, for the next query or update to try again. Each fetch follows an
 //! update of the user's own server (a gap, or one that raced a fetch), and a user waits
 //! for one fetch at most: a server makes us fetch no more than it sends us updates,
@@ -48,33 +49,39 @@ pub async fn run(
             }
         }
         let users: Vec<UserId> = taken.iter().filter_map(|u| UserId::parse(u).ok()).collect();
-        let to_fetch = match lists.needed(&users) {
-            Ok(needed) => needed.to_fetch,
-            Err(e) => {
-                tracing::warn!(error = %e.message, "stale device lists could not be read");
+        for group in users.chunks(AT_ONCE) {
+            // Read as the group's fetches begin: an update before then is in the list.
+            let to_fetch = match lists.needed(group) {
+                Ok(needed) => needed.to_fetch,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "stale device lists could not be read");
+                    continue;
+                }
+            };
+            // Dropped meanwhile (a member event), or fetched fresh by a query: nothing
+            // to do.
+            let to_fetch: Vec<_> = to_fetch
+                .into_iter()
+                .filter(|(_, stale, _)| stale.is_some())
+                .collect();
+            if to_fetch.is_empty() {
                 continue;
             }
-        };
-        // Dropped meanwhile (a member event), or fetched fresh by a query: nothing to do.
-        let to_fetch: Vec<_> = to_fetch
-            .into_iter()
-            .filter(|(_, stale, _)| stale.is_some())
-            .collect();
-        if to_fetch.is_empty() {
-            continue;
-        }
-        let count = to_fetch.len();
-        let deadline = tokio::time::Instant::now() + FETCH_TIME;
-        let fetched = tokio::select! {
-            fetched = lists.fetch(&client, to_fetch, deadline, AT_ONCE) => fetched,
-            _ = stopped.changed() => return,
-        };
-        match fetched {
-            Ok(fetched) => {
-                let fresh = fetched.lists.values().filter(|l| !l.stale).count();
-                tracing::debug!(count, fresh, "stale device lists fetched again");
+            let count = to_fetch.len();
+            let deadline = tokio::time::Instant::now() + FETCH_TIME;
+            let fetched = tokio::select! {
+                fetched = lists.fetch(&client, to_fetch, deadline, AT_ONCE) => fetched,
+                _ = stopped.changed() => return,
+            };
+            match fetched {
+                Ok(fetched) => {
+                    let fresh = fetched.lists.values().filter(|l| !l.stale).count();
+                    tracing::debug!(count, fresh, "stale device lists fetched again");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "stale device lists were not kept")
+                }
             }
-            Err(e) => tracing::warn!(error = %e.message, "stale device lists were not kept"),
         }
     }
 }

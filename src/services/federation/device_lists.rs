@@ -277,12 +277,21 @@ type Watched = Arc<Mutex<HashMap<String, Watch>>>;
 /// A fetch of one user's list under way: what had befallen the list when it began. The
 /// watch ends when the last ticket of the user drops (the fetch kept, failed or given
 /// up).
-#[derive(Debug)]
 pub struct FetchTicket {
     watched: Watched,
     user: String,
     changes: u64,
     drops: u64,
+}
+
+impl std::fmt::Debug for FetchTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FetchTicket")
+            .field("user", &self.user)
+            .field("changes", &self.changes)
+            .field("drops", &self.drops)
+            .finish()
+    }
 }
 
 impl Drop for FetchTicket {
@@ -564,11 +573,16 @@ impl RemoteDeviceLists {
         ticket: &FetchTicket,
     ) -> ServiceResult<RemoteDeviceList> {
         let changing = self.stripe(user);
+        // The ticket keeps its user watched; a watch not found (never expected) counts
+        // as a change.
         let (changes, drops) = {
             let watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
             watched
-                .get(user)
-                .map_or((ticket.changes, ticket.drops), |w| (w.changes, w.drops))
+                .get(&ticket.user)
+                .filter(|_| ticket.user == user)
+                .map_or((ticket.changes.wrapping_add(1), ticket.drops), |w| {
+                    (w.changes, w.drops)
+                })
         };
         if drops != ticket.drops {
             list.stale = true;
@@ -761,14 +775,22 @@ mod tests {
         assert!(empty.devices["D2"].keys.is_none());
     }
 
+    /// A fetch of `user`'s list beginning: the stale list kept (if any) and its ticket.
+    fn fetch_of(
+        lists: &RemoteDeviceLists,
+        user: &UserId,
+    ) -> (UserId, Option<RemoteDeviceList>, FetchTicket) {
+        let needed = lists.needed(std::slice::from_ref(user)).unwrap();
+        needed.to_fetch.into_iter().next().expect("a list to fetch")
+    }
+
     #[test]
     fn a_list_fetched_while_an_update_came_is_kept_stale_and_a_dropped_one_stays_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &crate::storage::DbOptions::default()).unwrap();
         let lists = RemoteDeviceLists::new(db, ServerName::parse("a.example").unwrap());
         let bob = UserId::parse(BOB).unwrap();
-        let needed = lists.needed(std::slice::from_ref(&bob)).unwrap();
-        let (_, none, changes) = needed.to_fetch.into_iter().next().unwrap();
+        let (_, none, changes) = fetch_of(&lists, &bob);
         assert!(none.is_none());
         // While the fetch is out, an update comes, with no list to follow.
         let update = json!({"user_id": BOB, "device_id": "D9", "stream_id": 6, "prev_id": [5]});
@@ -800,13 +822,7 @@ mod tests {
         );
         assert_eq!(lists.take_resyncs_wanted(8), vec![BOB.to_owned()]);
         assert!(lists.take_resyncs_wanted(8).is_empty());
-        let (_, _, changes) = lists
-            .needed(std::slice::from_ref(&bob))
-            .unwrap()
-            .to_fetch
-            .into_iter()
-            .next()
-            .unwrap();
+        let (_, _, changes) = fetch_of(&lists, &bob);
         assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
         assert_eq!(
             lists
@@ -821,13 +837,7 @@ mod tests {
         let gap = json!({"user_id": BOB, "device_id": "D8", "stream_id": 20, "prev_id": [19]});
         assert_eq!(lists.device_list_update(&gap).unwrap(), UpdateEffect::Gap);
         assert_eq!(lists.take_resyncs_wanted(8), vec![BOB.to_owned()]);
-        let (_, stale, changes) = lists
-            .needed(std::slice::from_ref(&bob))
-            .unwrap()
-            .to_fetch
-            .into_iter()
-            .next()
-            .unwrap();
+        let (_, stale, changes) = fetch_of(&lists, &bob);
         assert!(stale.is_some());
         lists.drop_list(BOB).unwrap();
         let answered = lists.keep_fetched(BOB, fetched(), &changes).unwrap();
@@ -835,35 +845,17 @@ mod tests {
         assert!(lists.get(BOB).unwrap().is_none(), "not kept again");
         assert!(lists.take_resyncs_wanted(8).is_empty());
         // Fetched afresh.
-        let (_, _, changes) = lists
-            .needed(std::slice::from_ref(&bob))
-            .unwrap()
-            .to_fetch
-            .into_iter()
-            .next()
-            .unwrap();
+        let (_, _, changes) = fetch_of(&lists, &bob);
         assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
         // A first fetch during which the user's member event came: answered, not kept.
         lists.drop_list(BOB).unwrap();
-        let (_, none, ticket) = lists
-            .needed(std::slice::from_ref(&bob))
-            .unwrap()
-            .to_fetch
-            .into_iter()
-            .next()
-            .unwrap();
+        let (_, none, ticket) = fetch_of(&lists, &bob);
         assert!(none.is_none());
         lists.drop_list(BOB).unwrap();
         assert!(lists.keep_fetched(BOB, fetched(), &ticket).unwrap().stale);
         assert!(lists.get(BOB).unwrap().is_none());
         drop(ticket);
-        let (_, _, changes) = lists
-            .needed(std::slice::from_ref(&bob))
-            .unwrap()
-            .to_fetch
-            .into_iter()
-            .next()
-            .unwrap();
+        let (_, _, changes) = fetch_of(&lists, &bob);
         assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
         // Dropped: gone, and an update then finds nothing to follow.
         lists.drop_list(BOB).unwrap();

@@ -4,7 +4,7 @@
 //! most 50 PDUs and 100 EDUs), in the order they were queued. Each destination has its own task, started when something
 //! is queued for it and stopped once its queue is empty and idle, so a destination that
 //! does not answer holds up no other. One transaction in flight per destination; a retry
-//! sends the same transaction (same id, same content) until it is acknowledged, then its
+//! sends the same transaction (same id, same items; presence aged to the attempt) until it is acknowledged, then its
 //! EDUs leave the queue. Failures back off exponentially with jitter (1 s doubling to an
 //! hour), persisted so a restart does not hammer a dead server, and reset as soon as that
 //! server makes a request to us; a destination waiting longer than a few seconds gives
@@ -342,7 +342,7 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
                 }
                 break;
             }
-            let transaction = next_transaction(shared.pdus.as_ref(), &name, pending, now_ms());
+            let transaction = next_transaction(shared.pdus.as_ref(), &name, pending);
             refusals = 0;
             in_flight = Some(transaction);
         }
@@ -359,11 +359,12 @@ async fn run_destination(shared: Arc<Shared>, destination: ServerName, notify: A
             in_flight = None;
             continue;
         }
+        let now = now_ms();
         let body = json!({
             "origin": shared.client.server_name().as_str(),
-            "origin_server_ts": now_ms(),
+            "origin_server_ts": now,
             "pdus": pdus,
-            "edus": edus,
+            "edus": edus_as_sent(edus, now),
         });
         let path = format!("/_matrix/federation/v1/send/{txn_id}");
         let attempt_started = now_ms();
@@ -487,7 +488,7 @@ fn catch_up_room(pdu: &Value, destination: &str) -> Option<String> {
     field("room_id").map(str::to_owned)
 }
 
-/// A transaction being delivered: the same id and content on every retry.
+/// A transaction being delivered: the same id and items on every retry.
 #[derive(Clone)]
 struct Transaction {
     txn_id: String,
@@ -504,7 +505,6 @@ fn next_transaction(
     store: &dyn PduStore,
     destination: &str,
     pending: Vec<(Vec<u8>, Item)>,
-    now: u64,
 ) -> Transaction {
     let mut keys = Vec::new();
     let mut pdus = Vec::new();
@@ -517,10 +517,7 @@ fn next_transaction(
                 Some(pdu) => pdus.push(pdu),
                 None => tracing::warn!(%destination, event = %id, "a queued event is not stored"),
             },
-            Item::Edu(mut edu) => {
-                Outbox::presence_as_sent(&mut edu, now);
-                edus.push(edu);
-            }
+            Item::Edu(edu) => edus.push(edu),
         }
         keys.push(key);
     }
@@ -538,6 +535,15 @@ fn next_transaction(
         pdus,
         edus,
     }
+}
+
+/// A transaction's EDUs as an attempt at `now` sends them (presence aged to `now`: a
+/// retry after a back-off says how long ago the user was active as of that retry).
+fn edus_as_sent(mut edus: Vec<Value>, now: u64) -> Vec<Value> {
+    for edu in &mut edus {
+        Outbox::presence_as_sent(edu, now);
+    }
+    edus
 }
 
 /// The destination's answer names PDUs it did not accept (`{"pdus": {id: {"error"}}}`).
@@ -608,7 +614,7 @@ mod tests {
                     (crate::services::outbox::edu_key("d.example", pos), edu)
                 })
                 .collect();
-            next_transaction(&NoPdus, "d.example", pending, 0).txn_id
+            next_transaction(&NoPdus, "d.example", pending).txn_id
         };
         assert_eq!(transaction(&[1, 2, 3]), transaction(&[1, 2, 3]));
         // Same first item and count, other items: another id.
@@ -624,8 +630,11 @@ mod tests {
         let (_, key, bytes) = Outbox::queue_presence("d.example", 7, &edu, 1_000);
         let queued: Value = serde_json::from_slice(&bytes.unwrap()).unwrap();
         let pending = vec![(key, Item::Edu(queued))];
-        // Sent an hour after it was queued.
-        let sent = next_transaction(&NoPdus, "d.example", pending, 3_601_000).edus;
+        let transaction = next_transaction(&NoPdus, "d.example", pending);
+        // Tried a second after it was queued, then again an hour after.
+        let first = edus_as_sent(transaction.edus.clone(), 2_000);
+        assert_eq!(first[0]["content"]["push"][0]["last_active_ago"], 1_100);
+        let sent = edus_as_sent(transaction.edus, 3_601_000);
         let push = &sent[0]["content"]["push"];
         assert_eq!(push[0]["last_active_ago"], 3_600_100, "{push}");
         assert!(push[0].get(crate::services::outbox::QUEUED_TS).is_none());
@@ -633,11 +642,7 @@ mod tests {
         assert!(push[1].get(crate::services::outbox::QUEUED_TS).is_none());
         // Other EDUs leave as queued.
         let typing = json!({"edu_type": "m.typing", "content": {"last_active_ago": 1}});
-        let pending = vec![(b"k".to_vec(), Item::Edu(typing.clone()))];
-        assert_eq!(
-            next_transaction(&NoPdus, "d.example", pending, 9).edus[0],
-            typing
-        );
+        assert_eq!(edus_as_sent(vec![typing.clone()], 9)[0], typing);
     }
 
     struct NoPdus;
