@@ -111,11 +111,28 @@ impl Server {
         let client_listen = config.client.listen;
         let federation = config.federation.clone();
         let limits = connection_limits(&config);
-        let services = open_services(config).await?;
-
+        // The ports first: a start that cannot have them fails before it opens the data
+        // folder or starts any worker (nothing to undo; a restart may simply try again).
+        // Connections that come meanwhile wait in the backlog until serving begins.
         let listener = TcpListener::bind(client_listen)
             .await
             .map_err(|e| format!("cannot listen on {client_listen} (client.listen): {e}"))?;
+        let federation_listener = if federation.enabled {
+            let std_listener = std::net::TcpListener::bind(federation.listen).map_err(|e| {
+                format!(
+                    "cannot listen on {} (federation.listen): {e}",
+                    federation.listen
+                )
+            })?;
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|e| e.to_string())?;
+            Some(std_listener)
+        } else {
+            None
+        };
+        let services = open_services(config).await?;
+
         let client_addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (shutdown, stopped) = watch::channel(false);
         let app = http::client_router(Arc::clone(&services));
@@ -175,21 +192,12 @@ impl Server {
 
         let mut federation_addr = None;
         let mut federation_parts = None;
-        if federation.enabled {
+        if let Some(std_listener) = federation_listener {
             let files = crate::tls::load_or_generate(&services.config)?;
             let tls =
                 axum_server::tls_rustls::RustlsConfig::from_pem(files.cert_pem, files.key_pem)
                     .await
                     .map_err(|e| format!("invalid federation TLS certificate or key: {e}"))?;
-            let std_listener = std::net::TcpListener::bind(federation.listen).map_err(|e| {
-                format!(
-                    "cannot listen on {} (federation.listen): {e}",
-                    federation.listen
-                )
-            })?;
-            std_listener
-                .set_nonblocking(true)
-                .map_err(|e| e.to_string())?;
             let addr = std_listener.local_addr().map_err(|e| e.to_string())?;
             let handle = axum_server::Handle::new();
             let mut server = axum_server::from_tcp_rustls(std_listener, tls)

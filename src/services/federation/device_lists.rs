@@ -282,6 +282,8 @@ pub struct FetchTicket {
     user: String,
     changes: u64,
     drops: u64,
+    /// A (stale) list was kept when the fetch began.
+    had_list: bool,
 }
 
 impl std::fmt::Debug for FetchTicket {
@@ -406,7 +408,7 @@ impl RemoteDeviceLists {
 
     /// A ticket for a fetch of `user`'s list beginning now (called under the user's
     /// stripe lock).
-    fn begin_fetch(&self, user: &str) -> FetchTicket {
+    fn begin_fetch(&self, user: &str, had_list: bool) -> FetchTicket {
         let mut watched = self.watched.lock().unwrap_or_else(PoisonError::into_inner);
         let watch = watched.entry(user.to_owned()).or_default();
         watch.fetches += 1;
@@ -415,6 +417,7 @@ impl RemoteDeviceLists {
             user: user.to_owned(),
             changes: watch.changes,
             drops: watch.drops,
+            had_list,
         }
     }
 
@@ -500,7 +503,7 @@ impl RemoteDeviceLists {
                     needed.fresh.insert(user.as_str().to_owned(), list);
                 }
                 stale => {
-                    let ticket = self.begin_fetch(user.as_str());
+                    let ticket = self.begin_fetch(user.as_str(), stale.is_some());
                     needed.to_fetch.push((user.clone(), stale, ticket));
                 }
             }
@@ -562,10 +565,13 @@ impl RemoteDeviceLists {
         Ok(found)
     }
 
-    /// Keeps a fetched list, stale when an update of the user came since the fetch
-    /// began (`ticket`: it may have found no list to follow); answers the list. One whose
-    /// list was dropped since (a member event of the user) is answered, not kept: the
-    /// drop stands, and the list is fetched afresh when next asked for.
+    /// Keeps a fetched list, stale when an update or drop of the user came since the
+    /// fetch began (`ticket`: an update may have found no list to follow); answers the
+    /// list. A stale list being fetched again whose list was dropped since (a member
+    /// event of the user) is answered, not kept: the drop stands (the background fetch
+    /// does not bring back the list of a user who left), and the list is fetched afresh
+    /// when next asked for. A first fetch that a drop raced (our server's join dropping
+    /// the room's lists, say) is kept stale, to be fetched again.
     fn keep_fetched(
         &self,
         user: &str,
@@ -584,12 +590,11 @@ impl RemoteDeviceLists {
                     (w.changes, w.drops)
                 })
         };
-        if drops != ticket.drops {
+        if changes != ticket.changes || drops != ticket.drops {
             list.stale = true;
-            return Ok(list);
-        }
-        if changes != ticket.changes {
-            list.stale = true;
+            if drops != ticket.drops && ticket.had_list {
+                return Ok(list);
+            }
         }
         self.put(user, &list)?;
         drop(changing);
@@ -847,13 +852,15 @@ mod tests {
         // Fetched afresh.
         let (_, _, changes) = fetch_of(&lists, &bob);
         assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
-        // A first fetch during which the user's member event came: answered, not kept.
+        // A first fetch during which a drop came (our join dropping the room's lists):
+        // kept stale, to be fetched again.
         lists.drop_list(BOB).unwrap();
         let (_, none, ticket) = fetch_of(&lists, &bob);
         assert!(none.is_none());
         lists.drop_list(BOB).unwrap();
         assert!(lists.keep_fetched(BOB, fetched(), &ticket).unwrap().stale);
-        assert!(lists.get(BOB).unwrap().is_none());
+        assert!(lists.get(BOB).unwrap().is_some_and(|l| l.stale));
+        assert_eq!(lists.take_resyncs_wanted(8), vec![BOB.to_owned()]);
         drop(ticket);
         let (_, _, changes) = fetch_of(&lists, &bob);
         assert!(!lists.keep_fetched(BOB, fetched(), &changes).unwrap().stale);
