@@ -218,14 +218,11 @@ impl Cluster {
     /// The key document `server` (a server with a certificate of the test CA) publishes
     /// at `/_matrix/key/v2/server`.
     pub async fn key_document(&self, server: &str) -> Result<serde_json::Value, String> {
-        self.tls_client()?
-            .get(format!("https://{server}/_matrix/key/v2/server"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())
+        json_answer(
+            self.tls_client()?
+                .get(format!("https://{server}/_matrix/key/v2/server")),
+        )
+        .await
     }
 
     /// The folder the CA's files are in.
@@ -258,20 +255,24 @@ pub struct User {
     pub http: reqwest::Client,
 }
 
-/// POSTs `body` to `url` and reads the JSON answer, whatever its status.
-async fn post_json(
-    http: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    http.post(url)
-        .json(body)
+/// Sends `request` and reads the JSON answer, whatever its status.
+async fn json_answer(request: reqwest::RequestBuilder) -> Result<serde_json::Value, String> {
+    request
         .send()
         .await
         .map_err(|e| e.to_string())?
         .json()
         .await
         .map_err(|e| e.to_string())
+}
+
+/// POSTs `body` to `url` and reads the JSON answer, whatever its status.
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    json_answer(http.post(url).json(body)).await
 }
 
 /// The string `answer[name]`, or an error naming what answered (`what`) without it.
